@@ -1,0 +1,24 @@
+#include "lua/modules.h"
+
+#include <lauxlib.h>
+
+typedef struct {
+  const char *name;
+  lua_CFunction open;
+  int sandbox_safe;  /* campaign code may require it */
+} ModuleEntry;
+
+static const ModuleEntry modules[] = {
+  {"herald.core", luaopen_herald_core, 1},
+  {"herald.core.task", luaopen_herald_core_task, 1},
+};
+
+void herald_modules_preload(lua_State *L, int sandbox_safe) {
+  luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
+  for (size_t i = 0; i < sizeof modules / sizeof modules[0]; i++) {
+    if (sandbox_safe && !modules[i].sandbox_safe) continue;
+    lua_pushcfunction(L, modules[i].open);
+    lua_setfield(L, -2, modules[i].name);
+  }
+  lua_pop(L, 1);
+}

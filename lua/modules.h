@@ -1,0 +1,14 @@
+/* herald's C modules, preloaded into every state as "herald.core.*". */
+#ifndef HERALD_LUA_MODULES_H
+#define HERALD_LUA_MODULES_H
+
+#include <lua.h>
+
+int luaopen_herald_core(lua_State *L);      /* lua/lherald_core.c: version, options, paths */
+int luaopen_herald_core_task(lua_State *L); /* lua/task.c: coroutine tasks on the loop */
+
+/* Preloads every module into package.preload. sandbox_safe limits it to the modules campaign
+ * code may reach. */
+void herald_modules_preload(lua_State *L, int sandbox_safe);
+
+#endif

@@ -1,0 +1,36 @@
+-- herald build. Written in the subset premake4 and premake5 both accept:
+--   premake4 --file=premake5.lua gmake   (Debian 12)
+--   premake5 gmake                       (where premake5 is installed)
+-- release -> build/bin/herald (optimised)
+-- debug   -> build/debug/bin/herald (AddressSanitizer + UndefinedBehaviorSanitizer)
+
+solution "herald"
+  configurations { "release", "debug" }
+  location "build"
+
+  project "herald"
+    kind "ConsoleApp"
+    language "C"
+    files { "runtime/**.c", "runtime/**.h", "lua/**.c", "lua/**.h" }
+    includedirs { ".", "/usr/include/lua5.4" }
+    buildoptions { "-std=gnu11", "-Wall", "-Wextra", "-Wshadow", "-Wno-unused-parameter",
+                   "-fno-strict-aliasing" }
+    links { "lua5.4", "uv", "sqlite3", "curl", "edit", "jansson", "m", "pthread", "dl" }
+    -- Lua C modules loaded at run time (busted's helpers) resolve the Lua API against us.
+    linkoptions { "-Wl,-E" }
+
+    configuration "release"
+      flags { "Symbols" }
+      targetdir "build/bin"
+      objdir "build/obj/release"
+      defines { "NDEBUG" }
+      buildoptions { "-O2", "-g" }
+
+    configuration "debug"
+      flags { "Symbols" }
+      targetdir "build/debug/bin"
+      objdir "build/obj/debug"
+      defines { "HERALD_DEBUG" }
+      buildoptions { "-O1", "-g", "-fno-omit-frame-pointer",
+                     "-fsanitize=address,undefined", "-fno-sanitize-recover=undefined" }
+      linkoptions { "-fsanitize=address,undefined" }

@@ -1,0 +1,217 @@
+#include "runtime/store.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "runtime/store_schema.h"
+
+typedef struct CachedStmt {
+  const char *sql;
+  sqlite3_stmt *stmt;
+  struct CachedStmt *next;
+} CachedStmt;
+
+struct HeraldStore {
+  sqlite3 *db;
+  char *path;
+  CachedStmt *stmts;
+  int depth;          /* nesting of herald_store_begin */
+  int failed;         /* an inner level rolled back: the outermost end must roll back */
+  int schema_version;
+};
+
+int herald_store_fail(HeraldStore *store, HeraldError *err, const char *doing) {
+  int rc = sqlite3_errcode(store->db);
+  const char *msg = sqlite3_errmsg(store->db);
+  HeraldErrorCode code = kHeraldStore;
+  if (rc == SQLITE_NOMEM) code = kHeraldNoMemory;
+  return herald_error_set(err, code, "%s: %s: %s", store->path, doing, msg);
+}
+
+static int exec_sql(HeraldStore *store, const char *sql, HeraldError *err, const char *doing) {
+  char *msg = NULL;
+  if (sqlite3_exec(store->db, sql, NULL, NULL, &msg) != SQLITE_OK) {
+    herald_error_set(err, kHeraldStore, "%s: %s: %s", store->path, doing,
+                     msg ? msg : sqlite3_errmsg(store->db));
+    sqlite3_free(msg);
+    return kHeraldStore;
+  }
+  return kHeraldOk;
+}
+
+int herald_store_exec(HeraldStore *store, const char *sql, HeraldError *err) {
+  return exec_sql(store, sql, err, "exec");
+}
+
+static int read_user_version(HeraldStore *store, int *version, HeraldError *err) {
+  sqlite3_stmt *st = NULL;
+  if (sqlite3_prepare_v2(store->db, "PRAGMA user_version", -1, &st, NULL) != SQLITE_OK)
+    return herald_store_fail(store, err, "reading the schema version");
+  int rc = sqlite3_step(st);
+  if (rc != SQLITE_ROW) {
+    sqlite3_finalize(st);
+    return herald_store_fail(store, err, "reading the schema version");
+  }
+  *version = sqlite3_column_int(st, 0);
+  sqlite3_finalize(st);
+  return kHeraldOk;
+}
+
+/* Each migration runs in its own IMMEDIATE transaction together with the user_version bump, so
+ * a crash leaves the schema at a whole version. */
+static int migrate(HeraldStore *store, HeraldError *err) {
+  int version = 0;
+  if (read_user_version(store, &version, err) != kHeraldOk) return err ? err->code : kHeraldStore;
+  if (version > herald_store_migration_count)
+    return herald_error_set(err, kHeraldStore,
+                            "%s: schema version %d is newer than this herald supports (%d)",
+                            store->path, version, herald_store_migration_count);
+  while (version < herald_store_migration_count) {
+    if (exec_sql(store, "BEGIN IMMEDIATE", err, "starting a migration") != kHeraldOk)
+      return kHeraldStore;
+    int rc = read_user_version(store, &version, err);
+    if (rc == kHeraldOk && version < herald_store_migration_count) {
+      char doing[64];
+      snprintf(doing, sizeof doing, "applying migration %d", version + 1);
+      rc = exec_sql(store, herald_store_migrations[version], err, doing);
+      if (rc == kHeraldOk) {
+        char bump[64];
+        snprintf(bump, sizeof bump, "PRAGMA user_version = %d", version + 1);
+        rc = exec_sql(store, bump, err, doing);
+      }
+    }
+    if (rc != kHeraldOk) {
+      sqlite3_exec(store->db, "ROLLBACK", NULL, NULL, NULL);
+      return rc;
+    }
+    if (exec_sql(store, "COMMIT", err, "committing a migration") != kHeraldOk) return kHeraldStore;
+    if (read_user_version(store, &version, err) != kHeraldOk) return kHeraldStore;
+  }
+  store->schema_version = version;
+  return kHeraldOk;
+}
+
+int herald_store_open(const char *path, HeraldStore **out, HeraldError *err) {
+  *out = NULL;
+  HeraldStore *store = calloc(1, sizeof *store);
+  if (store == NULL) return herald_error_set(err, kHeraldNoMemory, "out of memory");
+  store->path = strdup(path);
+  if (store->path == NULL) {
+    free(store);
+    return herald_error_set(err, kHeraldNoMemory, "out of memory");
+  }
+  int rc = sqlite3_open_v2(path, &store->db,
+                           SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL);
+  if (rc != SQLITE_OK) {
+    herald_error_set(err, kHeraldStore, "%s: cannot open database: %s", path,
+                     store->db ? sqlite3_errmsg(store->db) : sqlite3_errstr(rc));
+    herald_store_close(store);
+    return kHeraldStore;
+  }
+  sqlite3_extended_result_codes(store->db, 1);
+  int timeout_ms = 5000;
+  const char *env = getenv("HERALD_BUSY_TIMEOUT_MS");
+  if (env != NULL && *env) timeout_ms = atoi(env);
+  sqlite3_busy_timeout(store->db, timeout_ms);
+
+  /* journal_mode is the first statement that reads the file, so a file that is not a database
+   * or is locked by another writer fails here with SQLite's own reason. */
+  if (exec_sql(store, "PRAGMA journal_mode = WAL", err, "opening") != kHeraldOk ||
+      exec_sql(store, "PRAGMA synchronous = NORMAL", err, "opening") != kHeraldOk ||
+      exec_sql(store, "PRAGMA foreign_keys = ON", err, "opening") != kHeraldOk ||
+      migrate(store, err) != kHeraldOk) {
+    herald_store_close(store);
+    return err ? err->code : kHeraldStore;
+  }
+  *out = store;
+  return kHeraldOk;
+}
+
+void herald_store_close(HeraldStore *store) {
+  if (store == NULL) return;
+  CachedStmt *c = store->stmts;
+  while (c != NULL) {
+    CachedStmt *next = c->next;
+    sqlite3_finalize(c->stmt);
+    free(c);
+    c = next;
+  }
+  if (store->db != NULL) sqlite3_close_v2(store->db);
+  free(store->path);
+  free(store);
+}
+
+sqlite3 *herald_store_db(HeraldStore *store) { return store->db; }
+const char *herald_store_path(HeraldStore *store) { return store->path; }
+int herald_store_schema_version(HeraldStore *store) { return store->schema_version; }
+
+sqlite3_stmt *herald_store_stmt(HeraldStore *store, const char *sql, HeraldError *err) {
+  for (CachedStmt *c = store->stmts; c != NULL; c = c->next) {
+    if (c->sql == sql || strcmp(c->sql, sql) == 0) {
+      sqlite3_reset(c->stmt);
+      sqlite3_clear_bindings(c->stmt);
+      return c->stmt;
+    }
+  }
+  CachedStmt *c = calloc(1, sizeof *c);
+  if (c == NULL) {
+    herald_error_set(err, kHeraldNoMemory, "out of memory");
+    return NULL;
+  }
+  if (sqlite3_prepare_v3(store->db, sql, -1, SQLITE_PREPARE_PERSISTENT, &c->stmt, NULL) !=
+      SQLITE_OK) {
+    herald_store_fail(store, err, "preparing a statement");
+    free(c);
+    return NULL;
+  }
+  c->sql = sql;
+  c->next = store->stmts;
+  store->stmts = c;
+  return c->stmt;
+}
+
+int herald_store_begin(HeraldStore *store, HeraldError *err) {
+  if (store->depth == 0) {
+    if (exec_sql(store, "BEGIN IMMEDIATE", err, "starting a transaction") != kHeraldOk)
+      return kHeraldStore;
+    store->failed = 0;
+  }
+  store->depth++;
+  return kHeraldOk;
+}
+
+int herald_store_commit(HeraldStore *store, HeraldError *err) {
+  if (store->depth <= 0) return herald_error_set(err, kHeraldStore, "commit without a transaction");
+  if (--store->depth > 0) return kHeraldOk;
+  if (store->failed) {
+    sqlite3_exec(store->db, "ROLLBACK", NULL, NULL, NULL);
+    return herald_error_set(err, kHeraldStore, "transaction rolled back by an inner failure");
+  }
+  if (exec_sql(store, "COMMIT", err, "committing") != kHeraldOk) {
+    sqlite3_exec(store->db, "ROLLBACK", NULL, NULL, NULL);
+    return kHeraldStore;
+  }
+  return kHeraldOk;
+}
+
+void herald_store_rollback(HeraldStore *store) {
+  if (store->depth <= 0) return;
+  if (--store->depth > 0) {
+    store->failed = 1;
+    return;
+  }
+  sqlite3_exec(store->db, "ROLLBACK", NULL, NULL, NULL);
+}
+
+int herald_store_app_exists(HeraldStore *store, const char *app_id, HeraldError *err) {
+  sqlite3_stmt *st = herald_store_stmt(store, "SELECT 1 FROM applications WHERE id = ?1", err);
+  if (st == NULL) return err ? err->code : kHeraldStore;
+  sqlite3_bind_text(st, 1, app_id, -1, SQLITE_STATIC);
+  int rc = sqlite3_step(st);
+  sqlite3_reset(st);
+  if (rc == SQLITE_ROW) return kHeraldOk;
+  if (rc == SQLITE_DONE)
+    return herald_error_set(err, kHeraldNotFound, "unknown application '%s'", app_id);
+  return herald_store_fail(store, err, "looking up the application");
+}

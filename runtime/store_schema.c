@@ -1,0 +1,67 @@
+#include "runtime/store_schema.h"
+
+/* Each entry is one migration. Never edit an entry that has shipped: append a new one. Dates
+ * are UTC ISO-8601 strings with milliseconds ("2026-11-29T10:00:00.000Z"), which sort in time
+ * order as text. */
+const char *const herald_store_migrations[] = {
+  /* 1: applications, endpoints, attribute key registry, events */
+  "CREATE TABLE applications ("
+  "  id TEXT PRIMARY KEY,"
+  "  name TEXT NOT NULL,"
+  "  creation_date TEXT NOT NULL"
+  ") WITHOUT ROWID;"
+  "INSERT INTO applications(id, name, creation_date)"
+  "  VALUES ('default', 'default', strftime('%Y-%m-%dT%H:%M:%fZ', 'now'));"
+
+  "CREATE TABLE endpoints ("
+  "  app_id TEXT NOT NULL REFERENCES applications(id),"
+  "  id TEXT NOT NULL,"
+  "  channel_type TEXT NOT NULL,"
+  "  address TEXT,"
+  "  endpoint_status TEXT NOT NULL DEFAULT 'ACTIVE',"
+  "  opt_out TEXT NOT NULL DEFAULT 'NONE',"
+  "  user_id TEXT,"
+  "  cohort_id INTEGER NOT NULL CHECK (cohort_id BETWEEN 0 AND 99),"
+  "  effective_date TEXT NOT NULL,"
+  "  creation_date TEXT NOT NULL,"
+  "  request_id TEXT,"
+  "  app_version TEXT, locale TEXT, make TEXT, model TEXT, model_version TEXT,"
+  "  platform TEXT, platform_version TEXT, timezone TEXT,"
+  "  city TEXT, country TEXT, latitude REAL, longitude REAL, postal_code TEXT, region TEXT,"
+  "  attributes TEXT NOT NULL DEFAULT '{}',"
+  "  metrics TEXT NOT NULL DEFAULT '{}',"
+  "  user_attributes TEXT NOT NULL DEFAULT '{}',"
+  "  last_activity TEXT,"
+  "  UNIQUE (app_id, id)"
+  ");"
+  "CREATE INDEX endpoints_address ON endpoints(app_id, address) WHERE address IS NOT NULL;"
+  "CREATE INDEX endpoints_user ON endpoints(app_id, user_id) WHERE user_id IS NOT NULL;"
+
+  /* Pinpoint caps distinct attribute and metric names per application (250). */
+  "CREATE TABLE attribute_keys ("
+  "  app_id TEXT NOT NULL,"
+  "  kind TEXT NOT NULL,"
+  "  name TEXT NOT NULL,"
+  "  PRIMARY KEY (app_id, kind, name)"
+  ") WITHOUT ROWID;"
+
+  "CREATE TABLE events ("
+  "  seq INTEGER PRIMARY KEY,"
+  "  app_id TEXT NOT NULL,"
+  "  endpoint_id TEXT NOT NULL,"
+  "  event_id TEXT NOT NULL,"
+  "  event_type TEXT NOT NULL,"
+  "  timestamp TEXT NOT NULL,"
+  "  attributes TEXT NOT NULL DEFAULT '{}',"
+  "  metrics TEXT NOT NULL DEFAULT '{}',"
+  "  session TEXT,"
+  "  client TEXT,"
+  "  arrival TEXT NOT NULL,"
+  "  UNIQUE (app_id, endpoint_id, event_id)"
+  ");"
+  "CREATE INDEX events_by_endpoint ON events(app_id, endpoint_id, timestamp);"
+  "CREATE INDEX events_by_type ON events(app_id, event_type, timestamp);",
+};
+
+const int herald_store_migration_count =
+    (int)(sizeof herald_store_migrations / sizeof herald_store_migrations[0]);

@@ -1,0 +1,199 @@
+-- Command-line interface: global options, then a subcommand or a script to run.
+local core = require 'herald.core'
+local task = require 'herald.core.task'
+
+local cli = {}
+
+local USAGE = [[
+usage: herald [options] SCRIPT.lua [args...]   run a script with the runtime loaded
+       herald [options] -e CHUNK               run a Lua chunk
+       herald [options] COMMAND [args...]      run a command
+
+commands:
+%s
+global options:
+  --db PATH     database file (default ./herald.db, or $HERALD_DB)
+  --app ID      application (Pinpoint project) to work in (default "default", or $HERALD_APP)
+  -e CHUNK      run CHUNK
+  --version     print the version
+  -h, --help    this text; `herald COMMAND --help` describes a command
+]]
+
+-- Commands register here: name -> { summary =, usage =, module = } where module's run(args)
+-- returns an exit code.
+cli.commands = {}
+cli.order = {}
+
+function cli.command(name, spec)
+  cli.commands[name] = spec
+  cli.order[#cli.order + 1] = name
+end
+
+cli.command('repl', { summary = 'interactive Lua prompt with the runtime loaded', module = 'herald.cli.repl' })
+cli.command('run', { summary = 'load campaign definitions and run the scheduler', module = 'herald.cli.run' })
+cli.command('import', { summary = 'import endpoints or events from CSV / NDJSON', module = 'herald.cli.import' })
+cli.command('help', { summary = 'describe a command', module = 'herald.cli' })
+
+local function eprintf(fmt, ...)
+  io.stderr:write(string.format(fmt, ...))
+end
+cli.eprintf = eprintf
+
+function cli.usage()
+  local lines = {}
+  for _, name in ipairs(cli.order) do
+    lines[#lines + 1] = string.format('  %-10s %s', name, cli.commands[name].summary)
+  end
+  return string.format(USAGE, table.concat(lines, '\n') .. '\n')
+end
+
+-- Runs fn(...) as the main task, drives the loop until idle, and reports a failure.
+-- Returns true, results or false, error message.
+function cli.run_task(fn, ...)
+  local handle = task.spawn(function(...)
+    return fn(...)
+  end, ...)
+  handle.observed = true
+  task.run()
+  if not handle.done then
+    return false, 'the main task did not finish (the loop stopped while it waited)'
+  end
+  if not handle.ok then return false, handle.error end
+  return true, handle.results
+end
+
+local function run_script(path, script_args, argv)
+  _G.herald = require 'herald'
+  local fn, err = loadfile(path, 't')
+  if not fn then
+    eprintf('herald: %s\n', err)
+    return 1
+  end
+  local a = { [0] = path, [-1] = argv[0] }
+  for i, v in ipairs(script_args) do a[i] = v end
+  _G.arg = a
+  local ok, res = cli.run_task(fn, table.unpack(script_args))
+  if not ok then
+    eprintf('herald: %s\n', res)
+    return 1
+  end
+  return 0
+end
+
+local function run_chunk(chunk)
+  _G.herald = require 'herald'
+  local fn, err = load(chunk, '=(command line)', 't')
+  if not fn then
+    eprintf('herald: %s\n', err)
+    return 1
+  end
+  local ok, res = cli.run_task(fn)
+  if not ok then
+    eprintf('herald: %s\n', res)
+    return 1
+  end
+  return 0
+end
+
+-- Reads the global options; returns the index of the first remaining argument, or nil and an
+-- exit code when the options alone decided what to do.
+local function global_options(argv)
+  local i = 1
+  local chunks = {}
+  while argv[i] do
+    local a = argv[i]
+    if a == '--db' or a == '--app' then
+      local v = argv[i + 1]
+      if v == nil then
+        eprintf('herald: %s needs a value\n', a)
+        return nil, 2
+      end
+      if a == '--db' then core.set_db_path(v) else core.set_app(v) end
+      i = i + 2
+    elseif a:match('^%-%-db=') then
+      core.set_db_path(a:sub(6)); i = i + 1
+    elseif a:match('^%-%-app=') then
+      core.set_app(a:sub(7)); i = i + 1
+    elseif a == '--version' or a == '-v' then
+      print('herald ' .. core.version() .. ' (' .. _VERSION .. ')')
+      return nil, 0
+    elseif a == '-h' or a == '--help' then
+      io.stdout:write(cli.usage())
+      return nil, 0
+    elseif a == '-e' then
+      if argv[i + 1] == nil then
+        eprintf('herald: -e needs a chunk\n')
+        return nil, 2
+      end
+      chunks[#chunks + 1] = argv[i + 1]
+      i = i + 2
+    elseif a == '--' then
+      return i + 1, nil, chunks
+    elseif a:sub(1, 1) == '-' and a ~= '-' then
+      eprintf('herald: unknown option %s\n%s', a, cli.usage())
+      return nil, 2
+    else
+      break
+    end
+  end
+  return i, nil, chunks
+end
+
+-- True when args asks for help (so every subcommand answers --help the same way).
+function cli.wants_help(args)
+  for _, a in ipairs(args) do
+    if a == '-h' or a == '--help' then return true end
+  end
+  return false
+end
+
+function cli.run(args)
+  local name = args[1]
+  if name == nil then
+    io.stdout:write(cli.usage())
+    return 0
+  end
+  local spec = cli.commands[name]
+  if spec == nil or name == 'help' then
+    eprintf('herald help: unknown command %s\n', tostring(name))
+    return 2
+  end
+  local m = require(spec.module)
+  io.stdout:write(m.usage)
+  return 0
+end
+cli.usage_text = 'usage: herald help COMMAND\n'
+
+function cli.main(argv)
+  local first, code, chunks = global_options(argv)
+  if first == nil then return code end
+  for _, chunk in ipairs(chunks) do
+    local rc = run_chunk(chunk)
+    if rc ~= 0 then return rc end
+  end
+  local target = argv[first]
+  if target == nil then
+    if #chunks > 0 then return 0 end
+    io.stdout:write(cli.usage())
+    return 0
+  end
+  local rest = {}
+  for j = first + 1, #argv do rest[#rest + 1] = argv[j] end
+  local spec = cli.commands[target]
+  if spec and not target:match('%.lua$') then
+    if target == 'help' then return cli.run(rest) end
+    local m = require(spec.module)
+    if cli.wants_help(rest) then
+      io.stdout:write(m.usage)
+      return 0
+    end
+    return m.run(rest)
+  end
+  if not target:match('%.lua$') and not io.open(target, 'r') then
+    eprintf('herald: unknown command or script: %s\n%s', target, cli.usage())
+    return 2
+  end
+  return run_script(target, rest, argv)
+end
+
+return cli

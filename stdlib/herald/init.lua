@@ -1,0 +1,32 @@
+-- The `herald` table scripts see. Submodules load on first use, so `herald -e` stays fast and
+-- a script pays only for what it touches.
+local core = require 'herald.core'
+local task = require 'herald.core.task'
+
+local herald = {
+  version = core.version(),
+  sleep = task.sleep,
+  spawn = task.spawn,
+  now_ms = task.now,
+}
+
+-- name -> module that provides it
+local submodules = {
+  cli = 'herald.cli',
+  pretty = 'herald.pretty',
+  progress = 'herald.progress',
+}
+
+function herald.register(name, module_name)
+  submodules[name] = module_name
+end
+
+return setmetatable(herald, {
+  __index = function(t, k)
+    local name = submodules[k]
+    if name == nil then return nil end
+    local m = require(name)
+    rawset(t, k, m)
+    return m
+  end,
+})

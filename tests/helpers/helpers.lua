@@ -1,0 +1,63 @@
+-- Shared spec helpers: run the herald binary as a subprocess, make temporary files.
+local core = require 'herald.core'
+
+local M = {}
+
+M.exe = core.exe_path()
+
+function M.shell_quote(s)
+  return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
+end
+
+local tmp_root
+function M.tmpdir()
+  if tmp_root == nil then
+    local p = io.popen('mktemp -d /tmp/herald-spec.XXXXXX')
+    tmp_root = p:read('l')
+    p:close()
+  end
+  local n = 0
+  repeat
+    n = n + 1
+  until os.execute('mkdir ' .. M.shell_quote(tmp_root .. '/' .. n) .. ' 2>/dev/null')
+  return tmp_root .. '/' .. n
+end
+
+function M.write(path, content)
+  local f = assert(io.open(path, 'wb'))
+  f:write(content)
+  f:close()
+  return path
+end
+
+function M.read(path)
+  local f = io.open(path, 'rb')
+  if not f then return nil end
+  local s = f:read('a')
+  f:close()
+  return s
+end
+
+-- Runs `herald ARGS` (a shell fragment) and returns stdout, exit code, stderr.
+-- opts.stdin feeds standard input; opts.env is a table of environment variables.
+function M.herald(args, opts)
+  opts = opts or {}
+  local dir = M.tmpdir()
+  local errf = dir .. '/stderr'
+  local env = ''
+  for k, v in pairs(opts.env or {}) do env = env .. k .. '=' .. M.shell_quote(v) .. ' ' end
+  local input = ''
+  if opts.stdin then
+    M.write(dir .. '/stdin', opts.stdin)
+    input = ' < ' .. M.shell_quote(dir .. '/stdin')
+  else
+    input = ' < /dev/null'
+  end
+  local cmd = env .. M.shell_quote(M.exe) .. ' ' .. args .. input .. ' 2> ' .. M.shell_quote(errf)
+  local p = io.popen(cmd, 'r')
+  local out = p:read('a')
+  local _, _, code = p:close()
+  return out, code, M.read(errf) or ''
+end
+
+return M
