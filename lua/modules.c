@@ -11,6 +11,8 @@ typedef struct {
 static const ModuleEntry modules[] = {
   {"herald.core", luaopen_herald_core, 1},
   {"herald.core.task", luaopen_herald_core_task, 1},
+  {"herald.core.outbox", luaopen_herald_core_outbox, 1},
+  {"herald.core.clock", luaopen_herald_core_clock, 1},
 };
 
 void herald_modules_preload(lua_State *L, int sandbox_safe) {

@@ -9,6 +9,7 @@
  * The loop is never run re-entrantly: task.run refuses when the loop is already running. */
 #include <lauxlib.h>
 #include <stdio.h>
+#include <signal.h>
 #include <stdlib.h>
 
 #include "lua/context.h"
@@ -22,6 +23,7 @@ typedef struct Wait {
   uv_timer_t timer;
   lua_State *co;     /* the waiting task */
   lua_State *main;   /* main thread of the task's state */
+  int interrupted;   /* a stop request cuts this wait short */
   struct Wait *prev, *next;
 } Wait;
 
@@ -146,13 +148,18 @@ static int in_task(lua_State *L) {
   return t == LUA_TTABLE;
 }
 
-static void timer_cb(uv_timer_t *t) {
-  Wait *w = t->data;
+/* Ends a wait and resumes its task with one boolean: true when the sleep ran its course,
+ * false when a stop request cut it short. */
+static void wait_finish(Wait *w, int completed) {
   wait_unlink(w);
   lua_State *co = w->co, *m = w->main;
+  uv_timer_stop(&w->timer);
   uv_close((uv_handle_t *)&w->timer, wait_free_cb);
-  task_step(m, co, 0);
+  lua_pushboolean(co, completed);
+  task_step(m, co, 1);
 }
+
+static void timer_cb(uv_timer_t *t) { wait_finish(t->data, 1); }
 
 static int l_sleep(lua_State *L) {
   lua_Integer ms = luaL_checkinteger(L, 1);
@@ -214,6 +221,45 @@ static int l_failures(lua_State *L) {
   return 1;
 }
 
+static uv_signal_t sigint_handle, sigterm_handle;
+static int signals_on;
+
+/* SIGINT/SIGTERM: mark the context stopping and cut every sleep short, so tasks see the stop
+ * at their next step and finish what they were writing. */
+static void signal_cb(uv_signal_t *h, int signum) {
+  (void)h;
+  (void)signum;
+  herald_context()->stopping = 1;
+  /* Only waits that exist now are cut short; a task that sleeps again sleeps normally. */
+  for (Wait *w = waits; w != NULL; w = w->next) w->interrupted = 1;
+  for (;;) {
+    Wait *w = waits;
+    while (w != NULL && !w->interrupted) w = w->next;
+    if (w == NULL) break;
+    wait_finish(w, 0);
+  }
+}
+
+static int l_watch_signals(lua_State *L) {
+  if (signals_on) return 0;
+  uv_loop_t *loop = &herald_context()->loop;
+  if (uv_signal_init(loop, &sigint_handle) != 0 || uv_signal_init(loop, &sigterm_handle) != 0)
+    return luaL_error(L, "cannot watch signals");
+  uv_signal_start(&sigint_handle, signal_cb, SIGINT);
+  uv_signal_start(&sigterm_handle, signal_cb, SIGTERM);
+  /* Watching for a stop must not keep an otherwise idle loop alive. */
+  uv_unref((uv_handle_t *)&sigint_handle);
+  uv_unref((uv_handle_t *)&sigterm_handle);
+  signals_on = 1;
+  return 0;
+}
+
+static int l_request_stop(lua_State *L) {
+  (void)L;
+  signal_cb(NULL, 0);
+  return 0;
+}
+
 void herald_task_cancel_all(void) {
   while (waits != NULL) {
     Wait *w = waits;
@@ -229,6 +275,7 @@ int luaopen_herald_core_task(lua_State *L) {
   static const luaL_Reg funcs[] = {
     {"spawn", l_spawn},     {"sleep", l_sleep}, {"run", l_run},           {"run_once", l_run_once},
     {"stop", l_stop},       {"now", l_now},     {"in_task", l_in_task},   {"failures", l_failures},
+    {"watch_signals", l_watch_signals},         {"request_stop", l_request_stop},
     {NULL, NULL},
   };
   luaL_newlib(L, funcs);

@@ -61,6 +61,52 @@ const char *const herald_store_migrations[] = {
   ");"
   "CREATE INDEX events_by_endpoint ON events(app_id, endpoint_id, timestamp);"
   "CREATE INDEX events_by_type ON events(app_id, event_type, timestamp);",
+
+  /* 2: campaigns, their runs and the outbox. A run is materialised into the outbox in one
+   * transaction: one row per audience endpoint, holdout and skipped endpoints included with a
+   * reason, so every endpoint's fate is explainable and a restart never re-materialises. */
+  "CREATE TABLE campaigns ("
+  "  app_id TEXT NOT NULL REFERENCES applications(id),"
+  "  id TEXT NOT NULL,"
+  "  name TEXT NOT NULL,"
+  "  version INTEGER NOT NULL DEFAULT 1,"
+  "  state TEXT NOT NULL DEFAULT 'SCHEDULED',"
+  "  definition TEXT NOT NULL DEFAULT '{}',"
+  "  creation_date TEXT NOT NULL,"
+  "  last_modified_date TEXT NOT NULL,"
+  "  PRIMARY KEY (app_id, id)"
+  ") WITHOUT ROWID;"
+
+  "CREATE TABLE campaign_runs ("
+  "  id INTEGER PRIMARY KEY,"
+  "  app_id TEXT NOT NULL,"
+  "  campaign_id TEXT NOT NULL,"
+  "  campaign_version INTEGER NOT NULL,"
+  "  scheduled_ms INTEGER NOT NULL,"
+  "  state TEXT NOT NULL DEFAULT 'EXECUTING',"
+  "  total INTEGER NOT NULL DEFAULT 0,"
+  "  created_at TEXT NOT NULL,"
+  "  ended_at TEXT,"
+  "  UNIQUE (app_id, campaign_id, scheduled_ms)"
+  ");"
+
+  "CREATE TABLE outbox ("
+  "  id INTEGER PRIMARY KEY,"
+  "  run_id INTEGER NOT NULL REFERENCES campaign_runs(id),"
+  "  endpoint_id TEXT NOT NULL,"
+  "  treatment INTEGER NOT NULL,"
+  "  message_id TEXT NOT NULL UNIQUE,"
+  "  channel TEXT,"
+  "  address TEXT,"
+  "  due_ms INTEGER NOT NULL,"
+  "  state TEXT NOT NULL,"
+  "  reason TEXT,"
+  "  attempts INTEGER NOT NULL DEFAULT 0,"
+  "  updated_ms INTEGER,"
+  "  UNIQUE (run_id, endpoint_id)"
+  ");"
+  "CREATE INDEX outbox_due ON outbox(due_ms) WHERE state = 'PENDING';"
+  "CREATE INDEX outbox_claimed ON outbox(run_id) WHERE state = 'CLAIMED';",
 };
 
 const int herald_store_migration_count =

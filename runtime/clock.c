@@ -1,0 +1,35 @@
+#include "runtime/clock.h"
+
+#include <stdio.h>
+#include <time.h>
+
+static int manual_on;
+static int64_t manual_ms;
+
+int64_t herald_clock_now_ms(void) {
+  if (manual_on) return manual_ms;
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+void herald_clock_set_manual(int manual, int64_t ms) {
+  manual_on = manual;
+  manual_ms = ms;
+}
+
+void herald_clock_advance(int64_t delta_ms) {
+  if (manual_on) manual_ms += delta_ms;
+}
+
+int herald_clock_is_manual(void) { return manual_on; }
+
+void herald_time_format(int64_t ms, char *buf, size_t len) {
+  int64_t secs = ms >= 0 ? ms / 1000 : (ms - 999) / 1000;
+  int millis = (int)(ms - secs * 1000);
+  time_t t = (time_t)secs;
+  struct tm tm;
+  gmtime_r(&t, &tm);
+  snprintf(buf, len, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900, tm.tm_mon + 1,
+           tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, millis);
+}
