@@ -6,6 +6,7 @@
 #include "lua/context.h"
 #include "lua/modules.h"
 #include "runtime/clock.h"
+#include "runtime/campaign.h"
 #include "runtime/outbox.h"
 
 static const char *opt_field_string(lua_State *L, int t, const char *k) {
@@ -77,16 +78,19 @@ fail:
   return raise_error(L, &err);
 }
 
+/* claim(now_ms, max [, campaigns_json [, app]]) -> list of claimed rows */
 static int l_claim(lua_State *L) {
   int64_t now = (int64_t)luaL_checkinteger(L, 1);
   int max = (int)luaL_optinteger(L, 2, 256);
+  const char *campaigns = luaL_optstring(L, 3, NULL);
+  const char *app = luaL_optstring(L, 4, herald_context()->app);
   luaL_argcheck(L, max > 0 && max <= 10000, 2, "must be 1..10000");
   HeraldStore *store = herald_context_store(L);
   HeraldOutboxClaim *rows = calloc((size_t)max, sizeof *rows);
   if (rows == NULL) return luaL_error(L, "out of memory");
   int count = 0;
   HeraldError err = {0};
-  if (herald_outbox_claim(store, now, max, rows, &count, &err) != kHeraldOk) {
+  if (herald_outbox_claim(store, app, campaigns, now, max, rows, &count, &err) != kHeraldOk) {
     free(rows);
     return raise_error(L, &err);
   }
@@ -95,6 +99,7 @@ static int l_claim(lua_State *L) {
     lua_createtable(L, 0, 9);
     lua_pushinteger(L, rows[i].id); lua_setfield(L, -2, "id");
     lua_pushinteger(L, rows[i].run_id); lua_setfield(L, -2, "run_id");
+    lua_pushstring(L, rows[i].campaign_id); lua_setfield(L, -2, "campaign_id");
     lua_pushstring(L, rows[i].endpoint_id); lua_setfield(L, -2, "endpoint_id");
     lua_pushinteger(L, rows[i].treatment); lua_setfield(L, -2, "treatment");
     lua_pushstring(L, rows[i].message_id); lua_setfield(L, -2, "message_id");
@@ -148,11 +153,15 @@ static int l_recover(lua_State *L) {
   return 1;
 }
 
+/* next_due([campaigns_json [, app]]) -> ms or nothing */
 static int l_next_due(lua_State *L) {
   int64_t due = 0;
   int found = 0;
   HeraldError err = {0};
-  if (herald_outbox_next_due(herald_context_store(L), &due, &found, &err) != kHeraldOk)
+  const char *campaigns = luaL_optstring(L, 1, NULL);
+  const char *app = luaL_optstring(L, 2, herald_context()->app);
+  if (herald_outbox_next_due(herald_context_store(L), app, campaigns, &due, &found, &err) !=
+      kHeraldOk)
     return raise_error(L, &err);
   if (!found) return 0;
   lua_pushinteger(L, (lua_Integer)due);
@@ -174,11 +183,63 @@ static int l_message_id(lua_State *L) {
   return 1;
 }
 
+static void push_tally(const HeraldOutboxTally *t, void *ctx) {
+  lua_State *L = ctx;
+  lua_createtable(L, 0, 7);
+  lua_pushinteger(L, t->run_id); lua_setfield(L, -2, "run_id");
+  lua_pushinteger(L, t->scheduled_ms); lua_setfield(L, -2, "scheduled_ms");
+  lua_pushstring(L, t->run_state); lua_setfield(L, -2, "run_state");
+  lua_pushinteger(L, t->treatment); lua_setfield(L, -2, "treatment");
+  lua_pushstring(L, t->state); lua_setfield(L, -2, "state");
+  if (t->reason) { lua_pushstring(L, t->reason); lua_setfield(L, -2, "reason"); }
+  lua_pushinteger(L, t->count); lua_setfield(L, -2, "count");
+  lua_rawseti(L, -2, (lua_Integer)luaL_len(L, -2) + 1);
+}
+
+/* tally(campaign_id [, app]) -> list of {run_id, treatment, state, reason, count, ...} */
+static int l_tally(lua_State *L) {
+  const char *campaign_id = luaL_checkstring(L, 1);
+  const char *app = luaL_optstring(L, 2, herald_context()->app);
+  HeraldStore *store = herald_context_store(L);
+  lua_newtable(L);
+  HeraldError err = {0};
+  if (herald_outbox_tally(store, app, campaign_id, push_tally, L, &err) != kHeraldOk)
+    return raise_error(L, &err);
+  return 1;
+}
+
+/* define_campaign(id, name, definition_json [, app]) -> version, version_ms, changed */
+static int l_define_campaign(lua_State *L) {
+  const char *id = luaL_checkstring(L, 1);
+  const char *name = luaL_checkstring(L, 2);
+  const char *definition = luaL_checkstring(L, 3);
+  const char *app = luaL_optstring(L, 4, herald_context()->app);
+  HeraldCampaignVersion v;
+  HeraldError err = {0};
+  if (herald_campaign_define(herald_context_store(L), app, id, name, definition,
+                             herald_clock_now_ms(), &v, &err) != kHeraldOk)
+    return raise_error(L, &err);
+  lua_pushinteger(L, v.version);
+  lua_pushinteger(L, (lua_Integer)v.version_ms);
+  lua_pushboolean(L, v.changed);
+  return 3;
+}
+
+static int l_set_campaign_state(lua_State *L) {
+  HeraldError err = {0};
+  if (herald_campaign_set_state(herald_context_store(L), luaL_optstring(L, 3, herald_context()->app),
+                                luaL_checkstring(L, 1), luaL_checkstring(L, 2), &err) != kHeraldOk)
+    return raise_error(L, &err);
+  return 0;
+}
+
 int luaopen_herald_core_outbox(lua_State *L) {
   static const luaL_Reg funcs[] = {
     {"materialize", l_materialize}, {"claim", l_claim},         {"report_batch", l_report_batch},
     {"recover", l_recover},         {"next_due", l_next_due},   {"complete_runs", l_complete_runs},
-    {"message_id", l_message_id},   {NULL, NULL},
+    {"message_id", l_message_id},   {"tally", l_tally},
+    {"define_campaign", l_define_campaign}, {"set_campaign_state", l_set_campaign_state},
+    {NULL, NULL},
   };
   luaL_newlib(L, funcs);
   return 1;

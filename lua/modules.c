@@ -13,6 +13,7 @@ static const ModuleEntry modules[] = {
   {"herald.core.task", luaopen_herald_core_task, 1},
   {"herald.core.outbox", luaopen_herald_core_outbox, 1},
   {"herald.core.clock", luaopen_herald_core_clock, 1},
+  {"herald.core.filechannel", luaopen_herald_core_filechannel, 1},
 };
 
 void herald_modules_preload(lua_State *L, int sandbox_safe) {

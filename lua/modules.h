@@ -8,6 +8,7 @@ int luaopen_herald_core(lua_State *L);      /* lua/lherald_core.c: version, opti
 int luaopen_herald_core_task(lua_State *L); /* lua/task.c: coroutine tasks on the loop */
 int luaopen_herald_core_outbox(lua_State *L); /* lua/lherald_outbox.c */
 int luaopen_herald_core_clock(lua_State *L);  /* lua/lherald_clock.c */
+int luaopen_herald_core_filechannel(lua_State *L); /* lua/lherald_filechannel.c */
 
 /* Preloads every module into package.preload. sandbox_safe limits it to the modules campaign
  * code may reach. */

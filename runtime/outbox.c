@@ -110,18 +110,25 @@ static void copy_col(sqlite3_stmt *st, int col, char *dst, size_t len) {
   snprintf(dst, len, "%s", s ? (const char *)s : "");
 }
 
-int herald_outbox_claim(HeraldStore *store, int64_t now_ms, int max, HeraldOutboxClaim *out,
-                        int *count, HeraldError *err) {
+int herald_outbox_claim(HeraldStore *store, const char *app, const char *campaigns_json,
+                        int64_t now_ms, int max, HeraldOutboxClaim *out, int *count,
+                        HeraldError *err) {
   *count = 0;
   if (herald_store_begin(store, err) != kHeraldOk) return err ? err->code : kHeraldStore;
   sqlite3_stmt *sel = herald_store_stmt(
       store,
-      "SELECT id, run_id, endpoint_id, treatment, message_id, channel, address, due_ms, attempts"
-      " FROM outbox WHERE state = 'PENDING' AND due_ms <= ?1 ORDER BY due_ms, id LIMIT ?2",
+      "SELECT o.id, o.run_id, o.endpoint_id, o.treatment, o.message_id, o.channel, o.address,"
+      " o.due_ms, o.attempts, r.campaign_id"
+      " FROM outbox o JOIN campaign_runs r ON r.id = o.run_id"
+      " WHERE o.state = 'PENDING' AND o.due_ms <= ?1 AND r.app_id = ?3"
+      " AND (?4 IS NULL OR r.campaign_id IN (SELECT value FROM json_each(?4)))"
+      " ORDER BY o.due_ms, o.id LIMIT ?2",
       err);
   if (sel == NULL) goto fail;
   sqlite3_bind_int64(sel, 1, now_ms);
   sqlite3_bind_int(sel, 2, max);
+  sqlite3_bind_text(sel, 3, app, -1, SQLITE_STATIC);
+  sqlite3_bind_text(sel, 4, campaigns_json, -1, SQLITE_STATIC);
   int rc;
   while ((rc = sqlite3_step(sel)) == SQLITE_ROW) {
     HeraldOutboxClaim *c = &out[*count];
@@ -134,6 +141,7 @@ int herald_outbox_claim(HeraldStore *store, int64_t now_ms, int max, HeraldOutbo
     copy_col(sel, 6, c->address, sizeof c->address);
     c->due_ms = sqlite3_column_int64(sel, 7);
     c->attempts = sqlite3_column_int(sel, 8) + 1;
+    copy_col(sel, 9, c->campaign_id, sizeof c->campaign_id);
     (*count)++;
   }
   sqlite3_reset(sel);
@@ -198,10 +206,17 @@ int herald_outbox_recover(HeraldStore *store, int64_t *count, HeraldError *err) 
   return kHeraldOk;
 }
 
-int herald_outbox_next_due(HeraldStore *store, int64_t *due_ms, int *found, HeraldError *err) {
-  sqlite3_stmt *st =
-      herald_store_stmt(store, "SELECT min(due_ms) FROM outbox WHERE state = 'PENDING'", err);
+int herald_outbox_next_due(HeraldStore *store, const char *app, const char *campaigns_json,
+                           int64_t *due_ms, int *found, HeraldError *err) {
+  sqlite3_stmt *st = herald_store_stmt(
+      store,
+      "SELECT min(o.due_ms) FROM outbox o JOIN campaign_runs r ON r.id = o.run_id"
+      " WHERE o.state = 'PENDING' AND r.app_id = ?1"
+      " AND (?2 IS NULL OR r.campaign_id IN (SELECT value FROM json_each(?2)))",
+      err);
   if (st == NULL) return err ? err->code : kHeraldStore;
+  sqlite3_bind_text(st, 1, app, -1, SQLITE_STATIC);
+  sqlite3_bind_text(st, 2, campaigns_json, -1, SQLITE_STATIC);
   int rc = sqlite3_step(st);
   if (rc != SQLITE_ROW) {
     sqlite3_reset(st);
@@ -227,5 +242,36 @@ int herald_outbox_complete_runs(HeraldStore *store, int64_t now_ms, HeraldError 
   int rc = sqlite3_step(st);
   sqlite3_reset(st);
   if (rc != SQLITE_DONE) return herald_store_fail(store, err, "completing runs");
+  return kHeraldOk;
+}
+
+int herald_outbox_tally(HeraldStore *store, const char *app, const char *campaign_id,
+                        void (*fn)(const HeraldOutboxTally *tally, void *ctx), void *ctx,
+                        HeraldError *err) {
+  sqlite3_stmt *st = herald_store_stmt(
+      store,
+      "SELECT r.id, r.scheduled_ms, r.state, o.treatment, o.state, o.reason, count(*)"
+      " FROM campaign_runs r JOIN outbox o ON o.run_id = r.id"
+      " WHERE r.app_id = ?1 AND r.campaign_id = ?2"
+      " GROUP BY r.id, o.treatment, o.state, o.reason ORDER BY r.id, o.treatment, o.state",
+      err);
+  if (st == NULL) return err ? err->code : kHeraldStore;
+  sqlite3_bind_text(st, 1, app, -1, SQLITE_STATIC);
+  sqlite3_bind_text(st, 2, campaign_id, -1, SQLITE_STATIC);
+  int rc;
+  while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+    HeraldOutboxTally t = {
+      .run_id = sqlite3_column_int64(st, 0),
+      .scheduled_ms = sqlite3_column_int64(st, 1),
+      .run_state = (const char *)sqlite3_column_text(st, 2),
+      .treatment = sqlite3_column_int(st, 3),
+      .state = (const char *)sqlite3_column_text(st, 4),
+      .reason = (const char *)sqlite3_column_text(st, 5),
+      .count = sqlite3_column_int64(st, 6),
+    };
+    fn(&t, ctx);
+  }
+  sqlite3_reset(st);
+  if (rc != SQLITE_DONE) return herald_store_fail(store, err, "tallying the outbox");
   return kHeraldOk;
 }

@@ -27,6 +27,7 @@ typedef struct {
 typedef struct {
   int64_t id;
   int64_t run_id;
+  char campaign_id[256];
   char endpoint_id[256];
   int treatment;
   char message_id[40];
@@ -47,9 +48,11 @@ int herald_outbox_add(HeraldStore *store, const char *app, const char *campaign_
 int herald_outbox_run_set_total(HeraldStore *store, int64_t run_id, int64_t total,
                                 HeraldError *err);
 
-/* Claims up to max rows due at now_ms (state PENDING -> CLAIMED, attempts + 1). */
-int herald_outbox_claim(HeraldStore *store, int64_t now_ms, int max, HeraldOutboxClaim *out,
-                        int *count, HeraldError *err);
+/* Claims up to max rows due at now_ms (state PENDING -> CLAIMED, attempts + 1) of the
+ * campaigns named in campaigns_json (a JSON array of ids of app; NULL for all). */
+int herald_outbox_claim(HeraldStore *store, const char *app, const char *campaigns_json,
+                        int64_t now_ms, int max, HeraldOutboxClaim *out, int *count,
+                        HeraldError *err);
 
 /* Records the outcome of a claimed row: SENT, FAILED (with reason) or PENDING (retry at
  * due_ms). */
@@ -59,11 +62,28 @@ int herald_outbox_report(HeraldStore *store, int64_t id, const char *state, cons
 /* Returns claimed-but-unreported rows to PENDING (after a crash); *count says how many. */
 int herald_outbox_recover(HeraldStore *store, int64_t *count, HeraldError *err);
 
-/* Earliest due time of a PENDING row; *found = 0 when none. */
-int herald_outbox_next_due(HeraldStore *store, int64_t *due_ms, int *found, HeraldError *err);
+/* Earliest due time of a PENDING row of the campaigns named (as for claim); *found = 0 when
+ * none. */
+int herald_outbox_next_due(HeraldStore *store, const char *app, const char *campaigns_json,
+                           int64_t *due_ms, int *found, HeraldError *err);
 
 /* Marks runs whose rows are all settled COMPLETED. */
 int herald_outbox_complete_runs(HeraldStore *store, int64_t now_ms, HeraldError *err);
+
+typedef struct {
+  int64_t run_id;
+  int64_t scheduled_ms;
+  const char *run_state;
+  int treatment;
+  const char *state;
+  const char *reason;  /* NULL when none */
+  int64_t count;
+} HeraldOutboxTally;
+
+/* Calls fn for every (run, treatment, state, reason) group of a campaign's outbox rows. */
+int herald_outbox_tally(HeraldStore *store, const char *app, const char *campaign_id,
+                        void (*fn)(const HeraldOutboxTally *tally, void *ctx), void *ctx,
+                        HeraldError *err);
 
 /* The deterministic message id of an endpoint in a run: stable across restarts. */
 void herald_outbox_message_id(const char *app, const char *campaign_id, int64_t scheduled_ms,

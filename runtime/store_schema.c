@@ -74,6 +74,7 @@ const char *const herald_store_migrations[] = {
   "  definition TEXT NOT NULL DEFAULT '{}',"
   "  creation_date TEXT NOT NULL,"
   "  last_modified_date TEXT NOT NULL,"
+  "  last_modified_ms INTEGER NOT NULL,"
   "  PRIMARY KEY (app_id, id)"
   ") WITHOUT ROWID;"
 

@@ -15,6 +15,10 @@ local submodules = {
   cli = 'herald.cli',
   pretty = 'herald.pretty',
   progress = 'herald.progress',
+  segment = 'herald.segment',
+  campaign = 'herald.campaign',
+  template = 'herald.template',
+  scheduler = 'herald.scheduler',
 }
 
 function herald.register(name, module_name)

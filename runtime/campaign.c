@@ -1,0 +1,100 @@
+#include "runtime/campaign.h"
+
+#include <string.h>
+
+#include "runtime/clock.h"
+
+int herald_campaign_define(HeraldStore *store, const char *app, const char *id, const char *name,
+                           const char *definition, int64_t now_ms, HeraldCampaignVersion *out,
+                           HeraldError *err) {
+  memset(out, 0, sizeof *out);
+  if (herald_store_app_exists(store, app, err) != kHeraldOk) return err ? err->code : kHeraldNotFound;
+  char now[32];
+  herald_time_format(now_ms, now, sizeof now);
+  if (herald_store_begin(store, err) != kHeraldOk) return err ? err->code : kHeraldStore;
+  sqlite3_stmt *sel = herald_store_stmt(
+      store,
+      "SELECT version, definition, last_modified_ms FROM campaigns WHERE app_id = ?1 AND id = ?2",
+      err);
+  if (sel == NULL) goto fail;
+  sqlite3_bind_text(sel, 1, app, -1, SQLITE_STATIC);
+  sqlite3_bind_text(sel, 2, id, -1, SQLITE_STATIC);
+  int rc = sqlite3_step(sel);
+  if (rc == SQLITE_ROW) {
+    const char *stored = (const char *)sqlite3_column_text(sel, 1);
+    out->version = sqlite3_column_int(sel, 0);
+    out->version_ms = sqlite3_column_int64(sel, 2);
+    int same = stored != NULL && strcmp(stored, definition) == 0;
+    sqlite3_reset(sel);
+    if (!same) {
+      sqlite3_stmt *upd = herald_store_stmt(
+          store,
+          "UPDATE campaigns SET version = version + 1, name = ?3, definition = ?4,"
+          " last_modified_date = ?5, last_modified_ms = ?6 WHERE app_id = ?1 AND id = ?2",
+          err);
+      if (upd == NULL) goto fail;
+      sqlite3_bind_text(upd, 1, app, -1, SQLITE_STATIC);
+      sqlite3_bind_text(upd, 2, id, -1, SQLITE_STATIC);
+      sqlite3_bind_text(upd, 3, name, -1, SQLITE_STATIC);
+      sqlite3_bind_text(upd, 4, definition, -1, SQLITE_STATIC);
+      sqlite3_bind_text(upd, 5, now, -1, SQLITE_STATIC);
+      sqlite3_bind_int64(upd, 6, now_ms);
+      rc = sqlite3_step(upd);
+      sqlite3_reset(upd);
+      if (rc != SQLITE_DONE) {
+        herald_store_fail(store, err, "updating a campaign");
+        goto fail;
+      }
+      out->version++;
+      out->version_ms = now_ms;
+      out->changed = 1;
+    }
+  } else if (rc == SQLITE_DONE) {
+    sqlite3_reset(sel);
+    sqlite3_stmt *ins = herald_store_stmt(
+        store,
+        "INSERT INTO campaigns(app_id, id, name, version, definition, creation_date,"
+        " last_modified_date, last_modified_ms) VALUES (?1, ?2, ?3, 1, ?4, ?5, ?5, ?6)",
+        err);
+    if (ins == NULL) goto fail;
+    sqlite3_bind_text(ins, 1, app, -1, SQLITE_STATIC);
+    sqlite3_bind_text(ins, 2, id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(ins, 3, name, -1, SQLITE_STATIC);
+    sqlite3_bind_text(ins, 4, definition, -1, SQLITE_STATIC);
+    sqlite3_bind_text(ins, 5, now, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(ins, 6, now_ms);
+    rc = sqlite3_step(ins);
+    sqlite3_reset(ins);
+    if (rc != SQLITE_DONE) {
+      herald_store_fail(store, err, "creating a campaign");
+      goto fail;
+    }
+    out->version = 1;
+    out->version_ms = now_ms;
+    out->changed = 1;
+  } else {
+    sqlite3_reset(sel);
+    herald_store_fail(store, err, "reading a campaign");
+    goto fail;
+  }
+  return herald_store_commit(store, err);
+fail:
+  herald_store_rollback(store);
+  return err ? err->code : kHeraldStore;
+}
+
+int herald_campaign_set_state(HeraldStore *store, const char *app, const char *id,
+                              const char *state, HeraldError *err) {
+  sqlite3_stmt *st = herald_store_stmt(
+      store, "UPDATE campaigns SET state = ?3 WHERE app_id = ?1 AND id = ?2", err);
+  if (st == NULL) return err ? err->code : kHeraldStore;
+  sqlite3_bind_text(st, 1, app, -1, SQLITE_STATIC);
+  sqlite3_bind_text(st, 2, id, -1, SQLITE_STATIC);
+  sqlite3_bind_text(st, 3, state, -1, SQLITE_STATIC);
+  int rc = sqlite3_step(st);
+  sqlite3_reset(st);
+  if (rc != SQLITE_DONE) return herald_store_fail(store, err, "setting a campaign state");
+  if (sqlite3_changes(herald_store_db(store)) == 0)
+    return herald_error_set(err, kHeraldNotFound, "unknown campaign '%s'", id);
+  return kHeraldOk;
+}

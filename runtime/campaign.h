@@ -1,0 +1,25 @@
+/* Campaign definitions as stored rows: a definition that changes gets a new version. */
+#ifndef HERALD_CAMPAIGN_H
+#define HERALD_CAMPAIGN_H
+
+#include <stdint.h>
+
+#include "runtime/store.h"
+
+typedef struct {
+  int version;
+  int64_t version_ms;  /* when this version was first stored */
+  int changed;         /* this call created the campaign or a new version */
+} HeraldCampaignVersion;
+
+/* Stores the definition (canonical JSON) of campaign id; the version moves on only when the
+ * definition differs from the stored one. */
+int herald_campaign_define(HeraldStore *store, const char *app, const char *id, const char *name,
+                           const char *definition, int64_t now_ms, HeraldCampaignVersion *out,
+                           HeraldError *err);
+
+/* Sets the lifecycle state (SCHEDULED, EXECUTING, PENDING_NEXT_RUN, COMPLETED, PAUSED, ...). */
+int herald_campaign_set_state(HeraldStore *store, const char *app, const char *id,
+                              const char *state, HeraldError *err);
+
+#endif
