@@ -1,10 +1,11 @@
 /* Coroutine tasks on the libuv loop.
  *
  * Every script body, campaign run, filter and trigger runs as a task: a Lua coroutine anchored
- * in the registry while it lives. A C function that has to wait (a timer today; HTTP and
- * queries later) registers a Wait with a cleanup, starts the I/O and yields. The completion
- * callback resumes the coroutine. Waits sit in one list so shutdown can cancel them, and a
- * cancelled wait never resumes its task.
+ * in the registry while it lives. A C function that has to wait (a timer, an HTTP transfer, a
+ * long query) creates a HeraldTaskWait with a cancel function, starts the I/O and yields; the
+ * completion callback pushes results on the task's thread and calls herald_task_wait_done,
+ * which resumes it. Waits sit in one list so a stop request can cut sleeps short and shutdown
+ * can cancel everything: a cancelled wait never resumes its task.
  *
  * The loop is never run re-entrantly: task.run refuses when the loop is already running. */
 #include <lauxlib.h>
@@ -19,32 +20,32 @@
 
 #define TASKS_KEY "herald.tasks"     /* registry: thread -> handle table */
 
-typedef struct Wait {
-  uv_timer_t timer;
+struct HeraldTaskWait {
   lua_State *co;     /* the waiting task */
   lua_State *main;   /* main thread of the task's state */
-  int interrupted;   /* a stop request cuts this wait short */
-  struct Wait *prev, *next;
-} Wait;
+  int interruptible; /* a stop request resumes it early (sleeps), else it runs its course */
+  int interrupted;
+  void (*cancel)(HeraldTaskWait *w, void *data);
+  void *data;
+  HeraldTaskWait *prev, *next;
+};
 
-static Wait *waits;
+static HeraldTaskWait *waits;
 static int loop_running;
 static int unobserved_failures;
 
-static void wait_link(Wait *w) {
+static void wait_link(HeraldTaskWait *w) {
   w->prev = NULL;
   w->next = waits;
   if (waits) waits->prev = w;
   waits = w;
 }
 
-static void wait_unlink(Wait *w) {
+static void wait_unlink(HeraldTaskWait *w) {
   if (w->prev) w->prev->next = w->next; else waits = w->next;
   if (w->next) w->next->prev = w->prev;
   w->prev = w->next = NULL;
 }
-
-static void wait_free_cb(uv_handle_t *h) { free(h->data); }
 
 /* Pushes the handle table of task co (from L's registry), or nil. */
 static int push_handle(lua_State *L, lua_State *co) {
@@ -148,35 +149,75 @@ static int in_task(lua_State *L) {
   return t == LUA_TTABLE;
 }
 
-/* Ends a wait and resumes its task with one boolean: true when the sleep ran its course,
- * false when a stop request cut it short. */
-static void wait_finish(Wait *w, int completed) {
-  wait_unlink(w);
-  lua_State *co = w->co, *m = w->main;
-  uv_timer_stop(&w->timer);
-  uv_close((uv_handle_t *)&w->timer, wait_free_cb);
-  lua_pushboolean(co, completed);
-  task_step(m, co, 1);
+HeraldTaskWait *herald_task_wait_new(lua_State *L, int interruptible,
+                                     void (*cancel)(HeraldTaskWait *w, void *data), void *data) {
+  if (!in_task(L)) {
+    luaL_error(L, "this call waits, so it must run in a task (a script body, run, filter or trigger)");
+    return NULL;
+  }
+  HeraldTaskWait *w = calloc(1, sizeof *w);
+  if (w == NULL) {
+    luaL_error(L, "out of memory");
+    return NULL;
+  }
+  w->co = L;
+  w->main = main_thread(L);
+  w->interruptible = interruptible;
+  w->cancel = cancel;
+  w->data = data;
+  wait_link(w);
+  return w;
 }
 
-static void timer_cb(uv_timer_t *t) { wait_finish(t->data, 1); }
+lua_State *herald_task_wait_thread(HeraldTaskWait *w) { return w->co; }
 
+void herald_task_wait_done(HeraldTaskWait *w, int nvalues) {
+  wait_unlink(w);
+  lua_State *co = w->co, *m = w->main;
+  free(w);
+  task_step(m, co, nvalues);
+}
+
+typedef struct {
+  uv_timer_t timer;
+  HeraldTaskWait *wait;
+} Sleep;
+
+static void sleep_free_cb(uv_handle_t *h) { free(h->data); }
+
+static void sleep_timer_cb(uv_timer_t *t) {
+  Sleep *s = t->data;
+  HeraldTaskWait *w = s->wait;
+  uv_close((uv_handle_t *)&s->timer, sleep_free_cb);
+  lua_pushboolean(herald_task_wait_thread(w), 1);
+  herald_task_wait_done(w, 1);
+}
+
+/* Cancelling a sleep releases the timer; the task module resumes or drops the task. */
+static void sleep_cancel(HeraldTaskWait *w, void *data) {
+  (void)w;
+  Sleep *s = data;
+  uv_timer_stop(&s->timer);
+  uv_close((uv_handle_t *)&s->timer, sleep_free_cb);
+}
+
+/* sleep(ms) -> true, or false when a stop request cut it short. */
 static int l_sleep(lua_State *L) {
   lua_Integer ms = luaL_checkinteger(L, 1);
   luaL_argcheck(L, ms >= 0, 1, "must be >= 0");
-  if (!in_task(L))
+  Sleep *s = calloc(1, sizeof *s);
+  if (s == NULL) return luaL_error(L, "out of memory");
+  if (!in_task(L)) {
+    free(s);
     return luaL_error(L, "sleep must be called from a task (a script body, run, filter or trigger)");
-  Wait *w = calloc(1, sizeof *w);
-  if (w == NULL) return luaL_error(L, "out of memory");
-  w->co = L;
-  w->main = main_thread(L);
-  if (uv_timer_init(&herald_context()->loop, &w->timer) != 0) {
-    free(w);
+  }
+  if (uv_timer_init(&herald_context()->loop, &s->timer) != 0) {
+    free(s);
     return luaL_error(L, "cannot create a timer");
   }
-  w->timer.data = w;
-  uv_timer_start(&w->timer, timer_cb, (uint64_t)ms, 0);
-  wait_link(w);
+  s->timer.data = s;
+  s->wait = herald_task_wait_new(L, 1, sleep_cancel, s);
+  uv_timer_start(&s->timer, sleep_timer_cb, (uint64_t)ms, 0);
   return lua_yield(L, 0);
 }
 
@@ -230,13 +271,17 @@ static void signal_cb(uv_signal_t *h, int signum) {
   (void)h;
   (void)signum;
   herald_context()->stopping = 1;
-  /* Only waits that exist now are cut short; a task that sleeps again sleeps normally. */
-  for (Wait *w = waits; w != NULL; w = w->next) w->interrupted = 1;
+  /* Only interruptible waits that exist now are cut short; a task that sleeps again sleeps
+   * normally, and I/O in flight runs its course so what it writes is whole. */
+  for (HeraldTaskWait *w = waits; w != NULL; w = w->next) w->interrupted = w->interruptible;
   for (;;) {
-    Wait *w = waits;
-    while (w != NULL && !w->interrupted) w = w->next;
+    HeraldTaskWait *w = waits;
+    while (w != NULL && !(w->interrupted && w->interruptible)) w = w->next;
     if (w == NULL) break;
-    wait_finish(w, 0);
+    w->interruptible = 0;
+    w->cancel(w, w->data);
+    lua_pushboolean(w->co, 0);
+    herald_task_wait_done(w, 1);
   }
 }
 
@@ -262,10 +307,10 @@ static int l_request_stop(lua_State *L) {
 
 void herald_task_cancel_all(void) {
   while (waits != NULL) {
-    Wait *w = waits;
+    HeraldTaskWait *w = waits;
     wait_unlink(w);
-    uv_timer_stop(&w->timer);
-    uv_close((uv_handle_t *)&w->timer, wait_free_cb);
+    w->cancel(w, w->data);
+    free(w);
   }
 }
 
