@@ -38,8 +38,11 @@ function M.read(path)
   return s
 end
 
+M.root = os.getenv('HERALD_TEST_ROOT') or '.'
+
 -- Runs `herald ARGS` (a shell fragment) and returns stdout, exit code, stderr.
--- opts.stdin feeds standard input; opts.env is a table of environment variables.
+-- opts.stdin feeds standard input; opts.env is a table of environment variables; opts.cwd
+-- the directory to run in.
 function M.herald(args, opts)
   opts = opts or {}
   local dir = M.tmpdir()
@@ -53,11 +56,30 @@ function M.herald(args, opts)
   else
     input = ' < /dev/null'
   end
-  local cmd = env .. M.shell_quote(M.exe) .. ' ' .. args .. input .. ' 2> ' .. M.shell_quote(errf)
+  local cd = opts.cwd and ('cd ' .. M.shell_quote(opts.cwd) .. ' && ') or ''
+  local cmd = cd .. env .. M.shell_quote(M.exe) .. ' ' .. args .. input .. ' 2> ' .. M.shell_quote(errf)
   local p = io.popen(cmd, 'r')
   local out = p:read('a')
   local _, _, code = p:close()
   return out, code, M.read(errf) or ''
+end
+
+-- Runs a shell command; returns stdout and the exit code.
+function M.sh(cmd)
+  local p = io.popen(cmd, 'r')
+  local out = p:read('a')
+  local _, _, code = p:close()
+  return out, code
+end
+
+-- Counts the non-overlapping occurrences of a plain string.
+function M.count(haystack, needle)
+  local n, i = 0, 1
+  while true do
+    local j = haystack:find(needle, i, true)
+    if not j then return n end
+    n, i = n + 1, j + #needle
+  end
 end
 
 return M

@@ -1,0 +1,81 @@
+local h = require 'helpers'
+
+local function quickstart(dir)
+  return h.herald('--db q.db run --until-idle ' .. h.shell_quote(h.root .. '/scripts/quickstart.lua'),
+    { cwd = dir })
+end
+
+local function query(dir, sql)
+  local out, code, err = h.herald("--db q.db -e " .. h.shell_quote(
+    "for _, r in ipairs(herald.db.query([[" .. sql .. "]])) do print(r.n) end"), { cwd = dir })
+  assert.are.equal(0, code, err)
+  return tonumber(out:match('%d+'))
+end
+
+describe('herald run', function()
+  it('runs the quickstart: holdout gets nothing, every other member gets one message', function()
+    local dir = h.tmpdir()
+    local out, code, err = quickstart(dir)
+    assert.are.equal(0, code, err)
+    assert.matches('campaign winter%-reading %(version 1%)', out)
+    assert.matches('holdout', out)
+
+    local messages = h.read(dir .. '/quickstart-messages.txt')
+    local sent = query(dir, "SELECT count(*) AS n FROM outbox WHERE state = 'SENT'")
+    local holdout = query(dir, "SELECT count(*) AS n FROM outbox WHERE reason = 'HOLDOUT'")
+    local optout = query(dir, "SELECT count(*) AS n FROM outbox WHERE reason = 'OPT_OUT'")
+    assert.is_true(sent > 0 and holdout > 0 and optout > 0)
+    assert.are.equal(sent, h.count(messages, '--- message '))
+    -- every holdout endpoint's address is absent from what was delivered
+    local out2 = h.herald("--db q.db -e " .. h.shell_quote([[
+      for _, r in ipairs(herald.db.query("SELECT o.address FROM outbox o WHERE o.reason = 'HOLDOUT'")) do
+        print(r.address)
+      end]]), { cwd = dir })
+    for addr in out2:gmatch('[^\n]+') do
+      assert.is_nil(messages:find('to: ' .. addr, 1, true), addr .. ' is in the holdout')
+    end
+    -- arms follow the cohort: holdout = cohorts 0-9, A = 10-54, B = 55-99
+    local misplaced = query(dir, [[SELECT count(*) AS n FROM outbox o JOIN endpoints e ON e.id = o.endpoint_id
+      WHERE NOT ((o.treatment = -1 AND e.cohort_id < 10) OR (o.treatment = 0 AND e.cohort_id BETWEEN 10 AND 54)
+             OR (o.treatment = 1 AND e.cohort_id >= 55))]])
+    assert.are.equal(0, misplaced)
+  end)
+
+  it('sends nothing twice when run again', function()
+    local dir = h.tmpdir()
+    local _, code, err = quickstart(dir)
+    assert.are.equal(0, code, err)
+    local first = h.read(dir .. '/quickstart-messages.txt')
+    local out, code2, err2 = quickstart(dir)
+    assert.are.equal(0, code2, err2)
+    assert.are.equal(first, h.read(dir .. '/quickstart-messages.txt'))
+    assert.matches('campaign winter%-reading %(version 1%)', out)
+    assert.are.equal(1, query(dir, 'SELECT count(*) AS n FROM campaign_runs'))
+  end)
+
+  it('stops cleanly on SIGTERM and SIGINT', function()
+    for _, sig in ipairs({ 'TERM', 'INT' }) do
+      local dir = h.tmpdir()
+      h.write(dir .. '/later.lua', [[
+        herald.endpoints.put{ Id = 'a', ChannelType = 'EMAIL', Address = 'a@example.com' }
+        herald.campaign{ name = 'later', segment = herald.segment{ name = 'all' },
+          schedule = { start = '2099-01-01T00:00:00Z' }, message = { body = 'hi' } }
+      ]])
+      local out, code = h.sh('cd ' .. h.shell_quote(dir) .. ' && (' .. h.shell_quote(h.exe) ..
+        ' --db q.db run later.lua > out.txt 2> err.txt & pid=$!; sleep 1; kill -' .. sig ..
+        ' $pid; wait $pid; echo "rc=$?")')
+      assert.are.equal(0, code)
+      assert.matches('rc=0', out, 1, true)
+      assert.matches('stopped', h.read(dir .. '/out.txt'))
+    end
+  end)
+
+  it('reports a definition error with the file and line and exits non-zero', function()
+    local dir = h.tmpdir()
+    h.write(dir .. '/bad.lua', "local s = herald.segment{ name = 'all' }\nherald.campaign{ name = 'x', segment = s, holdout = 120, message = { body = 'b' } }\n")
+    local _, code, err = h.herald('--db q.db run --until-idle bad.lua', { cwd = dir })
+    assert.are_not.equal(0, code)
+    assert.matches('bad.lua:2:', err, 1, true)
+    assert.matches('holdout: a whole percentage 0%-100', err)
+  end)
+end)
