@@ -6,7 +6,9 @@
 -- herald.sleep work at the prompt; tasks it spawns in the background advance while later inputs
 -- run. Values print tab-separated, strings as they are and everything else through
 -- herald.pretty. An error prints its message and traceback on stderr and the prompt goes on.
--- Locals end with their input, as in lua.c; globals stay.
+-- Locals end with their input, as in lua.c; globals stay. On a terminal, Tab completes global
+-- names and fields, and Ctrl-C drops the line being typed or stops the running input (at its
+-- next Lua instruction, so a sleep in progress ends first); Ctrl-D exits.
 --
 -- On a terminal there is a banner, a prompt, line editing and a history kept in
 -- $HERALD_HISTORY (empty: no file) or ~/.herald_history. With stdin not a terminal the REPL
@@ -76,24 +78,30 @@ end
 
 -- Runs fn as a task and drives the loop until that task is done. Returns a table.pack of
 -- true and fn's results, or of false and an error text.
-function repl.execute(fn)
+-- With interruptible set, a Ctrl-C caught by readline.catch_interrupt stops the input with an
+-- "interrupted" error at its next Lua instruction (a wait in progress ends first).
+function repl.execute(fn, interruptible)
   local result
   local driving = false
   local handle = task.spawn(function()
+    if interruptible then readline.watch_interrupt() end
     result = table.pack(xpcall(fn, traceback))
     -- Stop only a loop we are driving: a stop requested while the loop is idle would make its
     -- next run return at once.
     if driving then task.stop() end
   end)
   handle.observed = true
+  local failure
   while not handle.done do
     driving = true
     local idle = task.run()
     driving = false
     if idle and not handle.done then
-      return table.pack(false, 'the input was still waiting when nothing was left to wake it')
+      failure = 'the input was still waiting when nothing was left to wake it'
+      break
     end
   end
+  if failure then return table.pack(false, failure) end
   if not handle.ok then return table.pack(false, handle.error) end
   return result
 end
@@ -112,6 +120,68 @@ function repl.show(result)
     end
   end
   io.stdout:write(table.concat(out, '\t'), '\n')
+end
+
+local KEYWORDS = {
+  'and', 'break', 'do', 'else', 'elseif', 'end', 'false', 'for', 'function', 'goto', 'if',
+  'in', 'local', 'nil', 'not', 'or', 'repeat', 'return', 'then', 'true', 'until', 'while',
+}
+
+-- The table whose fields complete a value: a table itself, or the __index table of its
+-- metatable (string methods for a string). Lookups are raw so completing runs no user code.
+local function fields_of(v)
+  local tables = {}
+  if type(v) == 'table' then tables[1] = v end
+  local mt = getmetatable(v)
+  local index = type(mt) == 'table' and rawget(mt, '__index')
+  if type(index) == 'table' then tables[#tables + 1] = index end
+  return tables
+end
+
+-- Tab completion: word is what precedes the cursor back to a separator, such as `herald.sl`
+-- or `s:up`. Returns the words that complete it, sorted.
+function repl.complete(word)
+  local path, sep, prefix = word:match('^(.-)([.:]?)([%a_][%w_]*)$')
+  if path == nil then
+    path, sep, prefix = word:match('^(.-)([.:])$')
+    prefix = ''
+  end
+  if path == nil or (path == '' and sep ~= '') then return {} end
+  if sep == '' then path, prefix = '', path .. prefix end
+  local candidates, seen = {}, {}
+  local function add(name)
+    if not seen[name] and name:sub(1, #prefix) == prefix then
+      seen[name] = true
+      candidates[#candidates + 1] = path .. sep .. name
+    end
+  end
+  local scope
+  if path == '' then
+    scope = { _G }
+    for _, k in ipairs(KEYWORDS) do add(k) end
+  else
+    local v = _G
+    for name in path:gmatch('[^.:]+') do
+      local found
+      for _, t in ipairs(fields_of(v)) do
+        found = rawget(t, name)
+        if found ~= nil then break end
+      end
+      if found == nil then return {} end
+      v = found
+    end
+    scope = fields_of(v)
+  end
+  for _, t in ipairs(scope) do
+    for k, v in next, t do
+      if type(k) == 'string' and k:match('^[%a_][%w_]*$')
+          and (sep ~= ':' or type(v) == 'function') then
+        add(k)
+      end
+    end
+  end
+  table.sort(candidates)
+  return candidates
 end
 
 local History = {}
@@ -144,20 +214,22 @@ function History:add(src)
   end
 end
 
+local INTERRUPTED = {}
+
 -- Reads one input (continuing over lines while it is incomplete). Returns the source and its
--- compiled function or compile error; nil at end of input; false, message on a read error.
+-- compiled function or compile error; or nil at end of input, nil, INTERRUPTED when Ctrl-C
+-- abandoned the input, nil, message on a read error.
 local function read_input(prompt, prompt2)
   local line, err = readline.readline(prompt)
-  if line == nil then
-    if err then return false, err end
-    return nil
-  end
+  if line == false then return nil, INTERRUPTED end
+  if line == nil then return nil, err end
   local src = line
   local fn, more, msg = repl.compile(src)
   while fn == nil and more do
     line, err = readline.readline(prompt2)
+    if line == false then return nil, INTERRUPTED end
     if line == nil then
-      if err then return false, err end
+      if err then return nil, err end
       break
     end
     src = src .. '\n' .. line
@@ -176,29 +248,37 @@ function repl.run()
     io.stdout:write(('herald %s (%s): expressions print their value, Ctrl-D exits\n')
       :format(core.version(), _VERSION))
     history = open_history()
+    readline.set_completer(repl.complete)
+    readline.catch_interrupt(true)
     prompt, prompt2 = repl.prompt, repl.continuation_prompt
   end
+  local code = 0
   while true do
     local src, fn, msg = read_input(prompt, prompt2)
-    if src == nil then break end
-    if src == false then
-      report('herald repl: ' .. fn)
-      return 1
-    end
-    if history then history:add(src) end
-    if fn then
-      local result = repl.execute(fn)
-      if result[1] then
-        repl.show(result)
+    if src then
+      if history then history:add(src) end
+      if fn then
+        local result = repl.execute(fn, interactive)
+        if result[1] then repl.show(result) else report(result[2]) end
       else
-        report(result[2])
+        report(msg)
       end
+    elseif fn == INTERRUPTED then
+      -- Ctrl-C at a prompt drops what was typed, as a shell does.
+      io.stdout:write('^C\n')
+    elseif fn ~= nil then
+      report('herald repl: ' .. fn)
+      code = 1
+      break
     else
-      report(msg)
+      break
     end
   end
-  if interactive then io.stdout:write('\n') end
-  return 0
+  if interactive then
+    readline.catch_interrupt(false)
+    io.stdout:write('\n')
+  end
+  return code
 end
 
 return repl

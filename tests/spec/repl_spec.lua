@@ -157,10 +157,11 @@ end
 function Term.start(env)
   local dir = h.tmpdir()
   local self = setmetatable({ socket = dir .. '/tmux.sock' }, Term)
-  local cmd = 'env'
+  -- The shell writes the exit status on the screen once the REPL is gone (remain-on-exit
+  -- keeps the pane to read it). It shares the REPL's process group, so it traps Ctrl-C
+  -- rather than dying of it; a trapped signal is back to its default in the REPL.
+  local cmd = 'trap : INT; env'
   for k, v in pairs(env or {}) do cmd = cmd .. ' ' .. k .. '=' .. h.shell_quote(v) end
-  -- The shell writes the exit status on the screen once the REPL is gone; remain-on-exit
-  -- keeps the pane to read it.
   cmd = cmd .. ' ' .. h.shell_quote(h.exe) .. ' repl; echo "[exit status $?]"'
   assert(sh(self:tmux('-f /dev/null new-session -d -s repl -x 100 -y 40 ' .. h.shell_quote(cmd))
     .. ' \\; set-option -t repl remain-on-exit on'), 'tmux could not start a session')
@@ -266,6 +267,68 @@ describe('herald repl on a terminal', function()
     assert.are.equal(0, term:wait_exit())
   end)
 
+  it('drops the line being typed on Ctrl-C and stops a running input', function()
+    if not have_tmux() then
+      pending('tmux is not installed')
+      return
+    end
+    local term = Term.start({ HERALD_HISTORY = '' })
+    finally(function() term:close() end)
+    term:wait_for('the prompt', prompted)
+
+    term:type('return "dropped" ..')
+    term:wait_for('the typed line', function(s) return s:find('> return "dropped" ..', 1, true) end)
+    term:keys('C-c')
+    term:wait_for('the dropped line', function(s) return s:find('> return "dropped" ..^C', 1, true) end)
+
+    term:type('function f()')
+    term:keys('Enter')
+    term:wait_for('the continuation prompt', function(s) return s:find('\n>> *\n') ~= nil end)
+    term:keys('C-c')
+    term:type('return "kept"')
+    term:keys('Enter')
+    term:wait_for('the next input', function(s) return count_lines(s, 'kept') == 1 end)
+
+    term:type('io.write("spinning\\n") io.flush() while true do end')
+    term:keys('Enter')
+    term:wait_for('the loop', function(s) return count_lines(s, 'spinning') == 1 end)
+    term:keys('C-c')
+    local screen = term:wait_for('the interruption', function(s) return s:find('interrupted', 1, true) end)
+    assert.matches('stdin:1: in main chunk', screen, 1, true)
+    term:type('return "after"')
+    term:keys('Enter')
+    term:wait_for('the next input', function(s) return count_lines(s, 'after') == 1 end)
+
+    term:keys('C-d')
+    assert.are.equal(0, term:wait_exit())
+    assert.is_nil(term:screen():find('dropped"$'), 'the dropped line ran')
+  end)
+
+  it('completes global names and fields with Tab', function()
+    if not have_tmux() then
+      pending('tmux is not installed')
+      return
+    end
+    local term = Term.start({ HERALD_HISTORY = '' })
+    finally(function() term:close() end)
+    term:wait_for('the prompt', prompted)
+    term:type('string.up')
+    term:keys('Tab')
+    term:wait_for('the completed name', function(s) return s:find('> string.upper', 1, true) end)
+    term:type('("abc")')
+    term:keys('Enter')
+    term:wait_for('the result', function(s) return count_lines(s, 'ABC') == 1 end)
+
+    term:type('name = "x"')
+    term:keys('Enter')
+    term:type('return name:le')
+    term:keys('Tab')
+    term:wait_for('the completed method', function(s) return s:find('return name:len', 1, true) end)
+    term:type('()')
+    term:keys('Enter')
+    term:wait_for('the method result', function(s) return count_lines(s, '1') == 1 end)
+  end)
+
   it('keeps history in $HERALD_HISTORY across sessions', function()
     if not have_tmux() then
       pending('tmux is not installed')
@@ -297,5 +360,65 @@ describe('herald repl on a terminal', function()
       return count_lines(s, 'from the first session') == 1
         and count_lines(s, '> return "from the first session"') == 1
     end)
+  end)
+end)
+
+describe('herald.repl in-process', function()
+  local repl = require 'herald.repl'
+
+  it('compiles an expression, a statement, an unfinished chunk and a syntax error', function()
+    assert.are.equal(3, repl.compile('1 + 2')())
+    assert.is_function(repl.compile('x_from_spec = 1'))
+    local fn, more, msg = repl.compile('function f()')
+    assert.is_nil(fn)
+    assert.is_true(more)
+    assert.matches('<eof>$', msg)
+    fn, more = repl.compile('{')
+    assert.is_nil(fn)
+    assert.is_true(more)
+    fn, more, msg = repl.compile('return = 1')
+    assert.is_nil(fn)
+    assert.is_false(more)
+    assert.matches("stdin:1: unexpected symbol near '='", msg, 1, true)
+  end)
+
+  it('completes globals, keywords, fields and methods without running user code', function()
+    assert.are.same({ 'string' }, repl.complete('strin'))
+    assert.are.same({ 'while' }, repl.complete('whil'))
+    assert.are.same({ 'string.upper' }, repl.complete('string.up'))
+    assert.are.same({ 'math.max', 'math.maxinteger' }, repl.complete('math.max'))
+    _G.spec_text = 'abc'
+    assert.are.same({ 'spec_text:upper' }, repl.complete('spec_text:up'))
+    local called = false
+    _G.spec_proxy = setmetatable({}, { __index = function() called = true end })
+    assert.are.same({}, repl.complete('spec_proxy.any.thing'))
+    assert.is_false(called)
+    assert.are.same({}, repl.complete('no_such_global.x'))
+    assert.are.same({}, repl.complete('.x'))
+    _G.spec_text, _G.spec_proxy = nil, nil
+  end)
+
+  it('runs an input as a task and returns its values or its error', function()
+    local r = repl.execute(function() herald_spec_task = require('herald.core.task').in_task() return 1, nil end)
+    assert.are.same({ true, 1, nil, n = 3 }, r)
+    assert.is_true(herald_spec_task)
+    herald_spec_task = nil
+    r = repl.execute(function() error('spec failure') end)
+    assert.is_false(r[1])
+    assert.matches('spec failure', r[2], 1, true)
+    assert.is_nil(r[2]:find("in function 'xpcall'", 1, true))
+  end)
+
+  it('reads the history file from $HERALD_HISTORY, and none when it is empty', function()
+    local out = h.herald([[-e 'print(require("herald.repl").history_path())']],
+      { env = { HERALD_HISTORY = '/tmp/somewhere' } })
+    assert.are.equal('/tmp/somewhere\n', out)
+    out = h.herald([[-e 'print(require("herald.repl").history_path())']], { env = { HERALD_HISTORY = '' } })
+    assert.are.equal('nil\n', out)
+    local p = io.popen('env -u HERALD_HISTORY HOME=/home/spec ' .. h.shell_quote(h.exe)
+      .. [[ -e 'print(require("herald.repl").history_path())' </dev/null]])
+    out = p:read('a')
+    p:close()
+    assert.are.equal('/home/spec/.herald_history\n', out)
   end)
 end)
