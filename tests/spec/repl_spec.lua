@@ -187,8 +187,9 @@ function Term:query(args)
   return s
 end
 
+-- The screen with wrapped lines joined and trailing blanks removed.
 function Term:screen()
-  return self:query('capture-pane -p -t repl')
+  return (self:query('capture-pane -p -J -t repl'):gsub('[ \t]+\n', '\n'))
 end
 
 -- Polls until pred(screen) is true; fails with the screen after 20 s (the sanitizer build
@@ -360,6 +361,55 @@ describe('herald repl on a terminal', function()
       return count_lines(s, 'from the first session') == 1
         and count_lines(s, '> return "from the first session"') == 1
     end)
+  end)
+end)
+
+describe('herald repl history file', function()
+  it('keeps only the newest 1000 entries', function()
+    if not have_tmux() then
+      pending('tmux is not installed')
+      return
+    end
+    local history = h.tmpdir() .. '/history'
+    local lines = { '_HiStOrY_V2_' }
+    for i = 1, 1200 do lines[#lines + 1] = 'old' .. i end
+    h.write(history, table.concat(lines, '\n') .. '\n')
+    local term = Term.start({ HERALD_HISTORY = history })
+    finally(function() term:close() end)
+    term:wait_for('the prompt', prompted)
+    term:keys('Up')
+    term:wait_for('the newest old entry', function(s) return s:find('> old1200', 1, true) end)
+    term:keys('C-u')
+    term:type('return "newest"')
+    term:keys('Enter')
+    term:wait_for('the result', function(s) return count_lines(s, 'newest') == 1 end)
+    term:keys('C-d')
+    assert.are.equal(0, term:wait_exit())
+    local saved = {}
+    for line in h.read(history):gmatch('[^\n]+') do saved[#saved + 1] = line end
+    assert.are.equal(1001, #saved)
+    assert.are.equal('_HiStOrY_V2_', saved[1])
+    assert.are.equal('old202', saved[2])
+    assert.matches('newest', saved[1001], 1, true)
+  end)
+
+  it('says so when the history cannot be read, and the REPL still works', function()
+    if not have_tmux() then
+      pending('tmux is not installed')
+      return
+    end
+    local dir = h.tmpdir()
+    local term = Term.start({ HERALD_HISTORY = dir })
+    finally(function() term:close() end)
+    term:wait_for('the prompt', prompted)
+    local screen = term:screen()
+    assert.matches('cannot read history ' .. dir, screen, 1, true)
+    assert.matches('history will not be saved', screen, 1, true)
+    term:type('return 2 + 2')
+    term:keys('Enter')
+    term:wait_for('the result', function(s) return count_lines(s, '4') == 1 end)
+    term:keys('C-d')
+    assert.are.equal(0, term:wait_exit())
   end)
 end)
 
