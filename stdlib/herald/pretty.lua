@@ -107,6 +107,27 @@ local function custom_text(v)
   return nil
 end
 
+-- The keys of t outside its array part 1..n: the first `limit` of them in display order, and
+-- how many there are. Only the shown keys are kept sorted, so a huge table costs one pass.
+local function first_keys(t, n, limit)
+  local keys, count = {}, 0
+  for k in next, t do
+    if not (math.type(k) == 'integer' and k >= 1 and k <= n) then
+      count = count + 1
+      if #keys < limit or (limit > 0 and key_before(k, keys[limit])) then
+        local lo, hi = 1, #keys + 1
+        while lo < hi do
+          local mid = (lo + hi) // 2
+          if key_before(k, keys[mid]) then hi = mid else lo = mid + 1 end
+        end
+        table.insert(keys, lo, k)
+        keys[limit + 1] = nil
+      end
+    end
+  end
+  return keys, count
+end
+
 -- Renders table t whose text starts at column col, nested depth levels deep (the value given
 -- to format is depth 1). path names t for cycle markers.
 local function render_table(t, st, depth, col, path)
@@ -119,14 +140,10 @@ local function render_table(t, st, depth, col, path)
 
   local n = 0
   while rawget(t, n + 1) ~= nil do n = n + 1 end
-  local keys = {}
-  for k in next, t do
-    if not (math.type(k) == 'integer' and k >= 1 and k <= n) then keys[#keys + 1] = k end
-  end
-  table.sort(keys, key_before)
+  local keys, nkeys = first_keys(t, n, st.items - n)
 
   st.open[t] = path
-  local total = n + #keys
+  local total = n + nkeys
   local shown = math.min(total, st.items)
   local pad = st.indent:rep(depth)
   local items, multiline = {}, false
@@ -152,7 +169,7 @@ local function render_table(t, st, depth, col, path)
     if col + #line <= st.width then return line end
   end
   local close_pad = st.indent:rep(depth - 1)
-  if not multiline and #keys == 0 then
+  if not multiline and nkeys == 0 then
     -- A long list of short values fills lines instead of taking one line each.
     if more then items[#items + 1] = more end
     local lines, line = {}, pad
@@ -183,7 +200,7 @@ local function check_options(opts)
     if v == nil then v = default end
     if k == 'indent' then
       if type(v) ~= 'string' then error('pretty: option indent must be a string', 3) end
-    elseif math.type(v) ~= 'integer' or v < (k == 'width' and 0 or 1) then
+    elseif math.type(v) ~= 'integer' or v < 1 then
       error('pretty: option ' .. k .. ' must be a positive integer', 3)
     end
     st[k] = v

@@ -97,7 +97,7 @@ function repl.execute(fn, interruptible)
     local idle = task.run()
     driving = false
     if idle and not handle.done then
-      failure = 'the input was still waiting when nothing was left to wake it'
+      failure = 'the input yielded without waiting for anything, so nothing will resume it'
       break
     end
   end

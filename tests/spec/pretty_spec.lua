@@ -135,6 +135,16 @@ describe('herald.pretty', function()
       assert.are.equal('{\n  10,\n  20,\n  … (4 more)\n}', pretty.format(t, { items = 2, width = 5 }))
     end)
 
+    it('shows the first keys in sorted order when the item limit cuts a big table', function()
+      local t = {}
+      for i = 26, 1, -1 do t[string.char(96 + i)] = i end
+      t[100] = 'n'
+      assert.are.equal('{[100] = "n", a = 1, b = 2, … (24 more)}', pretty.format(t, { items = 3 }))
+      local big = {}
+      for i = 1, 50000 do big['k' .. i] = i end
+      assert.are.equal('{k1 = 1, k10 = 10, k100 = 100, … (49997 more)}', pretty.format(big, { items = 3 }))
+    end)
+
     it('terminates on a deep chain with the default limits', function()
       local chain = {}
       local node = chain
