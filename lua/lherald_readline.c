@@ -19,7 +19,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include "lua/modules.h"
@@ -75,16 +74,16 @@ static char **attempt_completion(const char *text, int start, int end) {
  * whether input is UTF-8 from the locale's character type, so that is set here; only the
  * terminal REPL calls these functions, piped runs never change the locale. ~/.editrc sections
  * apply to us under the name "herald". */
-static void editor_init(void) {
+static void editor_init(lua_State *L) {
   if (editor_ready) return;
-  editor_ready = 1;
   setlocale(LC_CTYPE, "");
   rl_readline_name = "herald";
-  rl_initialize();
-  using_history();
   rl_attempted_completion_function = attempt_completion;
   rl_basic_word_break_characters = word_breaks;
   rl_completion_append_character = '\0';
+  if (rl_initialize() != 0) luaL_error(L, "cannot initialise line editing on this terminal");
+  using_history();
+  editor_ready = 1;
 }
 
 static int l_isatty(lua_State *L) {
@@ -130,7 +129,7 @@ static int l_readline(lua_State *L) {
     if (!got) lua_pushnil(L);
     return 1;
   }
-  editor_init();
+  editor_init(L);
   completing_L = L;
   interrupted = 0;
   char *line = readline(prompt);
@@ -151,7 +150,7 @@ static int l_readline(lua_State *L) {
 
 static int l_add_history(lua_State *L) {
   const char *line = luaL_checkstring(L, 1);
-  editor_init();
+  editor_init(L);
   add_history(line);
   return 0;
 }
@@ -160,13 +159,13 @@ static int l_add_history(lua_State *L) {
 static int l_history_limit(lua_State *L) {
   lua_Integer n = luaL_checkinteger(L, 1);
   luaL_argcheck(L, n > 0 && n <= 1000000, 1, "must be between 1 and 1000000");
-  editor_init();
+  editor_init(L);
   stifle_history((int)n);
   return 0;
 }
 
 static int l_history_length(lua_State *L) {
-  editor_init();
+  editor_init(L);
   lua_pushinteger(L, history_length);
   return 1;
 }
@@ -174,7 +173,7 @@ static int l_history_length(lua_State *L) {
 /* load_history(path) -> true, or nil, message. A missing file is an empty history. */
 static int l_load_history(lua_State *L) {
   const char *path = luaL_checkstring(L, 1);
-  editor_init();
+  editor_init(L);
   if (access(path, F_OK) != 0 && errno == ENOENT) {
     lua_pushboolean(L, 1);
     return 1;
@@ -193,14 +192,18 @@ static int l_load_history(lua_State *L) {
  * was typed at the prompt may hold addresses or tokens. */
 static int l_save_history(lua_State *L) {
   const char *path = luaL_checkstring(L, 1);
-  editor_init();
+  editor_init(L);
   int fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
   if (fd < 0) {
     lua_pushnil(L);
     lua_pushfstring(L, "cannot write history %s: %s", path, strerror(errno));
     return 2;
   }
-  close(fd);
+  if (close(fd) != 0) {
+    lua_pushnil(L);
+    lua_pushfstring(L, "cannot write history %s: %s", path, strerror(errno));
+    return 2;
+  }
   int rc = write_history(path);
   if (rc != 0) {
     lua_pushnil(L);
