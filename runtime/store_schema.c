@@ -110,8 +110,8 @@ const char *const herald_store_migrations[] = {
   "CREATE INDEX outbox_claimed ON outbox(run_id) WHERE state = 'CLAIMED';",
 
   /* message templates: Pinpoint keeps them per account, so they belong to no application.
-   * latest_version only grows, so version numbers are never reused; revision changes when a
-   * version is overwritten in place, so compiled copies know they are stale. */
+   * latest_version only grows, so version numbers are never reused; revision is renewed (at
+   * random) whenever a version is written, so compiled copies know they are stale. */
   "CREATE TABLE templates ("
   "  name TEXT NOT NULL,"
   "  type TEXT NOT NULL CHECK (type IN ('EMAIL', 'SMS', 'PUSH')),"

@@ -362,6 +362,7 @@ static int h_replace(TemplateRender *r, const TemplateExpr *c, const TemplateVal
 }
 
 static int buf_add(TemplateRender *r, char **buf, size_t *len, size_t *cap, const char *s, size_t n) {
+  if (n == 0) return 0;
   if (*len + n > *cap) {
     size_t ncap = *cap ? *cap * 2 : 64;
     while (ncap < *len + n) ncap *= 2;

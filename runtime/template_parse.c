@@ -31,6 +31,8 @@ typedef struct {
   HeraldError *err;
   int failed;
   int strip_next;      /* the previous tag ended with ~}}: trim the next text's leading space */
+  size_t tag;          /* where the tag being parsed starts */
+  size_t paren;        /* where the innermost open subexpression starts */
 } Parser;
 
 /* What ended a sequence of nodes. */
@@ -135,7 +137,7 @@ static int at_tag_end(Parser *p, int raw) {
 static int expect_tag_end(Parser *p, int raw) {
   skip_space(p);
   if (!at_tag_end(p, raw)) {
-    if (p->pos >= p->len) return fail_at(p, p->pos, kHeraldInvalid, "unterminated tag: expected %s", raw ? "}}}" : "}}");
+    if (p->pos >= p->len) return fail_at(p, p->tag, kHeraldInvalid, "unterminated tag: expected %s", raw ? "}}}" : "}}");
     return fail_at(p, p->pos, kHeraldInvalid, "unexpected '%c': expected %s", p->src[p->pos],
                    raw ? "}}}" : "}}");
   }
@@ -321,7 +323,7 @@ static TemplateExpr *parse_path(Parser *p) {
     } else {
       while (p->pos < p->len && is_id_char((unsigned char)p->src[p->pos])) p->pos++;
       if (p->pos == seg_start) {
-        if (p->pos >= p->len) fail_at(p, seg_start, kHeraldInvalid, "unterminated tag");
+        if (p->pos >= p->len) fail_at(p, p->tag, kHeraldInvalid, "unterminated tag");
         else fail_at(p, seg_start, kHeraldInvalid, "unexpected '%c' in a path", p->src[seg_start]);
         return NULL;
       }
@@ -352,7 +354,7 @@ static TemplateExpr *parse_call_rest(Parser *p, TemplateExpr *head, int depth, i
 static TemplateExpr *parse_param(Parser *p, int depth) {
   skip_space(p);
   if (p->pos >= p->len) {
-    fail_at(p, p->pos, kHeraldInvalid, "unterminated tag");
+    fail_at(p, p->tag, kHeraldInvalid, "unterminated tag");
     return NULL;
   }
   char c = p->src[p->pos];
@@ -370,6 +372,7 @@ static TemplateExpr *parse_param(Parser *p, int depth) {
     }
     TemplateExpr *head = parse_path(p);
     if (head == NULL) return NULL;
+    p->paren = start;
     TemplateExpr *call = parse_call_rest(p, head, depth + 1, 0, 1, 0);
     if (call == NULL) return NULL;
     skip_space(p);
@@ -412,10 +415,19 @@ static TemplateExpr *parse_call_rest(Parser *p, TemplateExpr *head, int depth, i
   for (;;) {
     skip_space(p);
     if (p->pos >= p->len) {
-      fail_at(p, p->pos, kHeraldInvalid, in_subexpr ? "unclosed '('" : "unterminated tag");
+      if (in_subexpr) fail_at(p, p->paren, kHeraldInvalid, "unclosed '('");
+      else fail_at(p, p->tag, kHeraldInvalid, "unterminated tag: expected %s", raw ? "}}}" : "}}");
       return NULL;
     }
     if (in_subexpr ? p->src[p->pos] == ')' : at_tag_end(p, raw)) break;
+    if (in_subexpr && at_tag_end(p, 0)) {
+      fail_at(p, p->paren, kHeraldInvalid, "unclosed '('");
+      return NULL;
+    }
+    if (raw && at_tag_end(p, 0)) {
+      fail_at(p, p->pos, kHeraldInvalid, "unexpected '}': expected }}}");
+      return NULL;
+    }
     /* key=value? */
     size_t save = p->pos, i = p->pos;
     while (i < p->len && is_id_char((unsigned char)p->src[i])) i++;
@@ -583,7 +595,7 @@ static TemplateNode *parse_block(Parser *p, size_t tag_offset, int depth, const 
   }
   TemplateExpr *name = parse_path(p);
   if (name == NULL) return NULL;
-  TemplateBlockKind kind;
+  TemplateBlockKind kind = kBlockIf;
   const TemplateHelper *helper;
   if (block_kind(p, name, &kind, &helper) != 0) return NULL;
   TemplateNode *n = arena_alloc(p->t, sizeof *n);
@@ -716,6 +728,7 @@ static int parse_seq(Parser *p, int depth, TemplateNode **head, Stop *stop) {
       return 0;
     }
     p->pos = tag + 2;
+    p->tag = tag;
     int raw = 0;
     if (p->pos < p->len && p->src[p->pos] == '{') {
       raw = 1;

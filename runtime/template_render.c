@@ -190,6 +190,7 @@ static int json_text_append(TemplateRender *r, const json_t *j, char **buf, size
 
 static int text_grow(TemplateRender *r, char **buf, size_t *len, size_t *cap, const char *s,
                      size_t n) {
+  if (n == 0) return 0;
   if (*len + n > *cap) {
     size_t ncap = *cap ? *cap * 2 : 64;
     while (ncap < *len + n) ncap *= 2;

@@ -280,7 +280,7 @@ static int insert_version(HeraldStore *store, const char *name, const char *type
   sqlite3_stmt *st = herald_store_stmt(
       store,
       "INSERT INTO template_versions(name, type, version, parts, revision, creation_date, last_modified_date)"
-      " VALUES (?1, ?2, ?3, ?4, 1, ?5, ?5)",
+      " VALUES (?1, ?2, ?3, ?4, random(), ?5, ?5)",
       err);
   if (st == NULL) return err ? err->code : kHeraldStore;
   sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
@@ -386,7 +386,7 @@ int herald_template_store_update(HeraldStore *store, const char *name, const cha
     if ((rc = insert_version(store, name, type, target, text, now, err)) != kHeraldOk) goto done;
   } else {
     st = herald_store_stmt(store,
-                           "UPDATE template_versions SET parts = ?4, revision = revision + 1, last_modified_date = ?5"
+                           "UPDATE template_versions SET parts = ?4, revision = random(), last_modified_date = ?5"
                            " WHERE name = ?1 AND type = ?2 AND version = ?3",
                            err);
     if (st == NULL) {

@@ -26,7 +26,8 @@ typedef struct {
   int version;
   int active_version;
   int latest_version;
-  int64_t revision;        /* changes whenever this version's content is overwritten */
+  int64_t revision;        /* random, renewed whenever this version's content is written, so a
+                              compiled copy knows it is stale, even across databases */
   json_t *parts;           /* owned by the caller: json_decref */
   char creation_date[32];
   char last_modified_date[32];
