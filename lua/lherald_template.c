@@ -123,7 +123,7 @@ static json_t *to_json(lua_State *L, int idx, int depth, int empty_list, char *w
   return o;
 }
 
-static void push_json(lua_State *L, const json_t *j, int depth) {
+static void push_json(lua_State *L, const json_t *j) {
   luaL_checkstack(L, 3, "template data");
   switch (json_typeof(j)) {
     case JSON_OBJECT: {
@@ -132,7 +132,7 @@ static void push_json(lua_State *L, const json_t *j, int depth) {
       json_t *v;
       json_object_foreach((json_t *)j, key, v) {
         if (json_is_null(v)) continue;
-        push_json(L, v, depth + 1);
+        push_json(L, v);
         lua_setfield(L, -2, key);
       }
       return;
@@ -140,7 +140,7 @@ static void push_json(lua_State *L, const json_t *j, int depth) {
     case JSON_ARRAY:
       lua_createtable(L, (int)json_array_size(j), 0);
       for (size_t i = 0; i < json_array_size(j); i++) {
-        push_json(L, json_array_get(j, i), depth + 1);
+        push_json(L, json_array_get(j, i));
         lua_rawseti(L, -2, (lua_Integer)i + 1);
       }
       return;
@@ -308,7 +308,7 @@ static int l_get(lua_State *L) {
   HeraldError err = {0};
   if (herald_template_store_get(herald_context_store(L), name, type, version, &info, &err) != kHeraldOk)
     return push_fail(L, err.msg);
-  push_json(L, info.parts, 0);
+  push_json(L, info.parts);
   json_decref(info.parts);
   lua_pushstring(L, name); lua_setfield(L, -2, "Name");
   lua_pushstring(L, type); lua_setfield(L, -2, "Type");
@@ -326,7 +326,7 @@ static int l_versions(lua_State *L) {
   if (herald_template_store_versions(herald_context_store(L), luaL_checkstring(L, 1), luaL_checkstring(L, 2),
                                      &list, &err) != kHeraldOk)
     return push_fail(L, err.msg);
-  push_json(L, list, 0);
+  push_json(L, list);
   json_decref(list);
   return 1;
 }
@@ -404,7 +404,7 @@ static int l_render(lua_State *L) {
   json_decref(subs);
   if (owned) json_decref(ctx);
   if (rc != kHeraldOk) return push_fail(L, err.msg);
-  push_json(L, rendered, 0);
+  push_json(L, rendered);
   json_decref(rendered);
   return 1;
 }

@@ -305,7 +305,7 @@ int herald_template_store_create(HeraldStore *store, const char *name, const cha
   if (rc == kHeraldOk) rc = herald_template_store_check_parts(name, type, 1, parts, err);
   if (rc != kHeraldOk) return rc;
   char *text = json_dumps(parts, JSON_COMPACT);
-  if (text == NULL) return herald_error_set(err, kHeraldNoMemory, "out of memory");
+  if (text == NULL) return herald_error_set(err, kHeraldInvalid, "%s(v1): parts must be UTF-8 text", name);
   char now[32];
   herald_time_format(herald_clock_now_ms(), now, sizeof now);
   if ((rc = herald_store_begin(store, err)) != kHeraldOk) {
@@ -346,7 +346,7 @@ int herald_template_store_update(HeraldStore *store, const char *name, const cha
   char now[32];
   herald_time_format(herald_clock_now_ms(), now, sizeof now);
   char *text = json_dumps(parts, JSON_COMPACT);
-  if (text == NULL) return herald_error_set(err, kHeraldInvalid, "parts must be a table");
+  if (text == NULL) return herald_error_set(err, kHeraldInvalid, "%s: parts must be UTF-8 text", name);
   if ((rc = herald_store_begin(store, err)) != kHeraldOk) {
     free(text);
     return rc;
