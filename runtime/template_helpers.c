@@ -498,6 +498,79 @@ static int h_yesno(TemplateRender *r, const TemplateExpr *c, const TemplateValue
   return 0;
 }
 
+/* 1st, 2nd, 3rd, 4th, 11th, 12th, 13th, 21st, ... of an integer; other values pass through. */
+static int h_ordinalize(TemplateRender *r, const TemplateExpr *c, const TemplateValue *p, int n,
+                        TemplateValue *out) {
+  double d;
+  if (!template_value_number(&p[0], &d) || d != floor(d) || fabs(d) >= 1e15) {
+    const char *s;
+    size_t len;
+    if (text_of(r, &p[0], &s, &len) != 0) return -1;
+    set_string(out, s, len);
+    return 0;
+  }
+  long long v = (long long)d, a = v < 0 ? -v : v;
+  const char *suffix = "th";
+  if (a % 100 < 11 || a % 100 > 13) {
+    if (a % 10 == 1) suffix = "st";
+    else if (a % 10 == 2) suffix = "nd";
+    else if (a % 10 == 3) suffix = "rd";
+  }
+  char *buf = template_scratch(r, 32);
+  if (buf == NULL) return -1;
+  set_string(out, buf, (size_t)snprintf(buf, 32, "%lld%s", v, suffix));
+  return 0;
+}
+
+static const char b64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+static int h_encode64(TemplateRender *r, const TemplateExpr *c, const TemplateValue *p, int n,
+                      TemplateValue *out) {
+  const unsigned char *s;
+  size_t len;
+  if (text_of(r, &p[0], (const char **)&s, &len) != 0) return -1;
+  char *d = template_scratch(r, (len + 2) / 3 * 4 + 1);
+  if (d == NULL) return -1;
+  size_t o = 0;
+  for (size_t i = 0; i < len; i += 3) {
+    unsigned v = (unsigned)s[i] << 16;
+    if (i + 1 < len) v |= (unsigned)s[i + 1] << 8;
+    if (i + 2 < len) v |= s[i + 2];
+    d[o++] = b64[(v >> 18) & 63];
+    d[o++] = b64[(v >> 12) & 63];
+    d[o++] = i + 1 < len ? b64[(v >> 6) & 63] : '=';
+    d[o++] = i + 2 < len ? b64[v & 63] : '=';
+  }
+  set_string(out, d, o);
+  return 0;
+}
+
+/* Decodes standard base64 (padding optional); text that is not base64 renders nothing. */
+static int h_decode64(TemplateRender *r, const TemplateExpr *c, const TemplateValue *p, int n,
+                      TemplateValue *out) {
+  const char *s;
+  size_t len;
+  if (text_of(r, &p[0], &s, &len) != 0) return -1;
+  while (len > 0 && s[len - 1] == '=') len--;
+  char *d = template_scratch(r, len * 3 / 4 + 1);
+  if (d == NULL) return -1;
+  size_t o = 0;
+  unsigned v = 0;
+  int bits = 0;
+  for (size_t i = 0; i < len; i++) {
+    const char *q = s[i] ? strchr(b64, s[i]) : NULL;
+    if (q == NULL) return 0;
+    v = (v << 6) | (unsigned)(q - b64);
+    bits += 6;
+    if (bits >= 8) {
+      bits -= 8;
+      d[o++] = (char)((v >> bits) & 0xFF);
+    }
+  }
+  set_string(out, d, o);
+  return 0;
+}
+
 /* ---- math ---- */
 
 static int two_numbers(const TemplateValue *p, double *a, double *b) {
@@ -563,7 +636,9 @@ static const TemplateHelper helpers[] = {
   {"ceiling", h_ceiling, kHelperPlain, 1, 1},
   {"center", h_center, kHelperPlain, 1, 3},
   {"cut", h_cut, kHelperPlain, 1, 2},
+  {"decode64", h_decode64, kHelperPlain, 1, 1},
   {"divide", h_divide, kHelperPlain, 2, 2},
+  {"encode64", h_encode64, kHelperPlain, 1, 1},
   {"eq", h_eq, kHelperConditional, 2, 2},
   {"floor", h_floor, kHelperPlain, 1, 1},
   {"gt", h_gt, kHelperConditional, 2, 2},
@@ -579,6 +654,7 @@ static const TemplateHelper helpers[] = {
   {"neq", h_neq, kHelperConditional, 2, 2},
   {"not", h_not, kHelperConditional, 1, 1},
   {"or", h_or, kHelperConditional, 1, -1},
+  {"ordinalize", h_ordinalize, kHelperPlain, 1, 1},
   {"replace", h_replace, kHelperPlain, 3, 3},
   {"rjust", h_rjust, kHelperPlain, 1, 3},
   {"round", h_round, kHelperPlain, 1, 1},

@@ -209,6 +209,14 @@ describe('template string and math helpers', function()
     assert.are.equal('<b>a // b</b>', R('{{{join "a" "b" " // " prefix="<b>" suffix="</b>"}}}'))
   end)
 
+  it('ordinalizes and encodes', function()
+    assert.are.equal('1st 2nd 3rd 4th 11th 12th 13th 21st 102nd 17th x', R('{{ordinalize 1}} {{ordinalize 2}} {{ordinalize 3}} '
+      .. '{{ordinalize 4}} {{ordinalize 11}} {{ordinalize "12"}} {{ordinalize 13}} {{ordinalize 21}} {{ordinalize 102}} '
+      .. '{{ordinalize Metrics.visits}} {{ordinalize "x"}}'))
+    assert.are.equal('amFuZUBleGFtcGxlLmNvbQ== jane@example.com [] TQ== TWE=',
+      R('{{{encode64 Address}}} {{decode64 (encode64 Address)}} [{{decode64 "*"}}] {{{encode64 "M"}}} {{{encode64 "Ma"}}}'))
+  end)
+
   it('yesno', function()
     assert.are.equal('yes no maybe', R('{{yesno true}} {{yesno false}} {{yesno Nope}}'))
     assert.are.equal('on off ?', R("{{yesno true yes='on'}} {{yesno Metrics.zero no='off'}} {{yesno Nope maybe='?'}}"))
