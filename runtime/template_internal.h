@@ -74,7 +74,7 @@ struct TemplateExpr {
   size_t offset;       /* in the source, for error messages */
   /* kExprPath */
   int up;              /* number of ../ */
-  int scoped;          /* starts with this or ./: no helper lookup */
+  int scoped;          /* starts with this, ./ or [name]: never a helper */
   TemplateDataVar data;
   TemplatePathSeg *segs;
   int nsegs;

@@ -312,6 +312,7 @@ static TemplateExpr *parse_path(Parser *p) {
   for (;;) {
     size_t seg_start = p->pos;
     if (p->pos < p->len && p->src[p->pos] == '[') {
+      if (e->nsegs == 0) e->scoped = 1;
       const char *close = memchr(p->src + p->pos, ']', p->len - p->pos);
       if (close == NULL) {
         fail_at(p, seg_start, kHeraldInvalid, "unclosed '[' in a path");

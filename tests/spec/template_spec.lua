@@ -79,6 +79,10 @@ describe('template variables', function()
     assert.are.equal('user-42 ep-1 ep-1', R('{{#with User}}{{this.UserId}} {{../Id}} {{@root.Id}}{{/with}}'))
   end)
 
+  it('reads a bracketed name even when it names a helper', function()
+    assert.are.equal('a b', R('{{[if]}} {{[upper].x}}', { ['if'] = 'a', upper = { x = 'b' } }))
+  end)
+
   it('treats \\{{ as literal braces', function()
     assert.are.equal('{{Id}} ep-1', R('\\{{Id}} {{Id}}'))
   end)
