@@ -15,6 +15,7 @@ static const ModuleEntry modules[] = {
   {"herald.core.clock", luaopen_herald_core_clock, 1},
   {"herald.core.filechannel", luaopen_herald_core_filechannel, 1},
   {"herald.core.readline", luaopen_herald_core_readline, 0},
+  {"herald.core.template", luaopen_herald_core_template, 1},
 };
 
 void herald_modules_preload(lua_State *L, int sandbox_safe) {

@@ -108,6 +108,30 @@ const char *const herald_store_migrations[] = {
   ");"
   "CREATE INDEX outbox_due ON outbox(due_ms) WHERE state = 'PENDING';"
   "CREATE INDEX outbox_claimed ON outbox(run_id) WHERE state = 'CLAIMED';",
+
+  /* message templates: Pinpoint keeps them per account, so they belong to no application.
+   * latest_version only grows, so version numbers are never reused; revision is renewed (at
+   * random) whenever a version is written, so compiled copies know they are stale. */
+  "CREATE TABLE templates ("
+  "  name TEXT NOT NULL,"
+  "  type TEXT NOT NULL CHECK (type IN ('EMAIL', 'SMS', 'PUSH')),"
+  "  active_version INTEGER NOT NULL,"
+  "  latest_version INTEGER NOT NULL,"
+  "  creation_date TEXT NOT NULL,"
+  "  last_modified_date TEXT NOT NULL,"
+  "  PRIMARY KEY (name, type)"
+  ") WITHOUT ROWID;"
+  "CREATE TABLE template_versions ("
+  "  name TEXT NOT NULL,"
+  "  type TEXT NOT NULL,"
+  "  version INTEGER NOT NULL,"
+  "  parts TEXT NOT NULL,"
+  "  revision INTEGER NOT NULL,"
+  "  creation_date TEXT NOT NULL,"
+  "  last_modified_date TEXT NOT NULL,"
+  "  PRIMARY KEY (name, type, version),"
+  "  FOREIGN KEY (name, type) REFERENCES templates(name, type)"
+  ") WITHOUT ROWID;",
 };
 
 const int herald_store_migration_count =

@@ -51,12 +51,21 @@ local function render(c, row, ep)
     'campaign: ' .. c.name .. '  treatment: ' .. t.name,
     'to: ' .. row.address .. ' (' .. row.channel .. ')',
   }
-  if m.subject then lines[#lines + 1] = 'subject: ' .. template.render(m.subject, ep) end
+  local subject, body, html, err
+  if m.subject then
+    subject, err = template.render(m.subject, ep)
+    if not subject then return nil, err end
+    lines[#lines + 1] = 'subject: ' .. subject
+  end
+  body, err = template.render(m.body, ep)
+  if not body then return nil, err end
   lines[#lines + 1] = ''
-  lines[#lines + 1] = template.render(m.body, ep)
+  lines[#lines + 1] = body
   if m.html then
+    html, err = template.render(m.html, ep, { escape = true })
+    if not html then return nil, err end
     lines[#lines + 1] = ''
-    lines[#lines + 1] = template.render(m.html, ep, { escape = true })
+    lines[#lines + 1] = html
   end
   return table.concat(lines, '\n') .. '\n\n'
 end
@@ -71,8 +80,13 @@ local function deliver(rows)
     if ep == nil then
       report.state, report.reason = 'FAILED', 'ENDPOINT_DELETED'
     else
-      local ok, err = filechannel.write(c.deliver.path, render(c, row, ep))
-      if not ok then report.state, report.reason = 'FAILED', err end
+      local text, err = render(c, row, ep)
+      if text then
+        local ok, werr = filechannel.write(c.deliver.path, text)
+        if not ok then report.state, report.reason = 'FAILED', werr end
+      else
+        report.state, report.reason = 'FAILED', 'RENDER_FAILED: ' .. err
+      end
     end
     reports[i] = report
   end

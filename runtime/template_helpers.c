@@ -1,0 +1,681 @@
+/* The helpers Pinpoint documents for message templates (a subset; see template.h).
+ *
+ * Semantics follow Pinpoint's Handlebars helpers. Where a strict reading would make real
+ * templates fail quietly we are lenient, and say so here:
+ * - comparisons read a list of one value as that value (`eq Attributes.plan "gold"` works with
+ *   or without `.[0]`), and compare as numbers when both sides read as numbers (attributes
+ *   are strings: "10" > 9), otherwise as text;
+ * - math helpers read numeric strings; a value that is not a number, or a division by zero,
+ *   renders nothing, like a missing variable;
+ * - string helpers work on bytes for ASCII case changes and on UTF-8 characters for widths
+ *   and positions. */
+#include <ctype.h>
+#include <math.h>
+#include <string.h>
+
+#include "runtime/template_internal.h"
+
+static void set_bool(TemplateValue *out, int b) {
+  out->kind = kValBool;
+  out->b = b != 0;
+}
+
+static void set_string(TemplateValue *out, const char *s, size_t len) {
+  out->kind = kValString;
+  out->s = s;
+  out->len = len;
+}
+
+static void set_number(TemplateValue *out, double d) {
+  if (isnan(d) || isinf(d)) {
+    out->kind = kValMissing;
+    return;
+  }
+  out->kind = kValNumber;
+  out->n = d;
+}
+
+/* A list of one value stands for that value in comparisons. */
+static TemplateValue unwrap(const TemplateValue *v) {
+  TemplateValue u = *v;
+  if (v->kind == kValArray && json_array_size(v->j) == 1) template_value_from_json(json_array_get(v->j, 0), &u);
+  return u;
+}
+
+static int numeric_pair(const TemplateValue *a, const TemplateValue *b, double *x, double *y) {
+  return template_value_number(a, x) && template_value_number(b, y);
+}
+
+/* -1, 0, 1, or 2 when the two cannot be ordered. */
+static int compare(TemplateRender *r, const TemplateValue *pa, const TemplateValue *pb, int *cmp) {
+  TemplateValue a = unwrap(pa), b = unwrap(pb);
+  double x, y;
+  *cmp = 2;
+  if (numeric_pair(&a, &b, &x, &y)) {
+    *cmp = x < y ? -1 : x > y ? 1 : 0;
+    return 0;
+  }
+  int a_none = a.kind == kValMissing || a.kind == kValNull;
+  int b_none = b.kind == kValMissing || b.kind == kValNull;
+  if (a_none || b_none) {
+    if (a_none && b_none) *cmp = 0;
+    return 0;
+  }
+  if (a.kind == kValBool && b.kind == kValBool) {
+    *cmp = a.b == b.b ? 0 : a.b < b.b ? -1 : 1;
+    return 0;
+  }
+  const char *s, *t;
+  size_t sl, tl;
+  if (template_value_text(r, &a, &s, &sl) != 0 || template_value_text(r, &b, &t, &tl) != 0) return -1;
+  int c = memcmp(s, t, sl < tl ? sl : tl);
+  if (c == 0) c = sl < tl ? -1 : sl > tl ? 1 : 0;
+  *cmp = c < 0 ? -1 : c > 0 ? 1 : 0;
+  return 0;
+}
+
+static int h_eq(TemplateRender *r, const TemplateExpr *c, const TemplateValue *p, int n, TemplateValue *out) {
+  int cmp;
+  if (compare(r, &p[0], &p[1], &cmp) != 0) return -1;
+  set_bool(out, cmp == 0);
+  return 0;
+}
+
+static int h_neq(TemplateRender *r, const TemplateExpr *c, const TemplateValue *p, int n, TemplateValue *out) {
+  int cmp;
+  if (compare(r, &p[0], &p[1], &cmp) != 0) return -1;
+  set_bool(out, cmp != 0);
+  return 0;
+}
+
+static int h_gt(TemplateRender *r, const TemplateExpr *c, const TemplateValue *p, int n, TemplateValue *out) {
+  int cmp;
+  if (compare(r, &p[0], &p[1], &cmp) != 0) return -1;
+  set_bool(out, cmp == 1);
+  return 0;
+}
+
+static int h_gte(TemplateRender *r, const TemplateExpr *c, const TemplateValue *p, int n, TemplateValue *out) {
+  int cmp;
+  if (compare(r, &p[0], &p[1], &cmp) != 0) return -1;
+  set_bool(out, cmp == 1 || cmp == 0);
+  return 0;
+}
+
+static int h_lt(TemplateRender *r, const TemplateExpr *c, const TemplateValue *p, int n, TemplateValue *out) {
+  int cmp;
+  if (compare(r, &p[0], &p[1], &cmp) != 0) return -1;
+  set_bool(out, cmp == -1);
+  return 0;
+}
+
+static int h_lte(TemplateRender *r, const TemplateExpr *c, const TemplateValue *p, int n, TemplateValue *out) {
+  int cmp;
+  if (compare(r, &p[0], &p[1], &cmp) != 0) return -1;
+  set_bool(out, cmp == -1 || cmp == 0);
+  return 0;
+}
+
+static int h_and(TemplateRender *r, const TemplateExpr *c, const TemplateValue *p, int n, TemplateValue *out) {
+  int all = 1;
+  for (int i = 0; i < n; i++) all = all && template_value_truthy(&p[i]);
+  set_bool(out, all);
+  return 0;
+}
+
+static int h_or(TemplateRender *r, const TemplateExpr *c, const TemplateValue *p, int n, TemplateValue *out) {
+  int any = 0;
+  for (int i = 0; i < n; i++) any = any || template_value_truthy(&p[i]);
+  set_bool(out, any);
+  return 0;
+}
+
+static int h_not(TemplateRender *r, const TemplateExpr *c, const TemplateValue *p, int n, TemplateValue *out) {
+  set_bool(out, !template_value_truthy(&p[0]));
+  return 0;
+}
+
+static int h_if(TemplateRender *r, const TemplateExpr *c, const TemplateValue *p, int n, TemplateValue *out) {
+  set_bool(out, template_value_truthy(&p[0]));
+  return 0;
+}
+
+/* ---- strings ---- */
+
+static int text_of(TemplateRender *r, const TemplateValue *v, const char **s, size_t *len) {
+  return template_value_text(r, v, s, len);
+}
+
+static size_t utf8_count(const char *s, size_t len) {
+  size_t n = 0;
+  for (size_t i = 0; i < len; i++)
+    if (((unsigned char)s[i] & 0xC0) != 0x80) n++;
+  return n;
+}
+
+/* Byte offset of the chars-th character (len when past the end). */
+static size_t utf8_offset(const char *s, size_t len, size_t chars) {
+  size_t i = 0;
+  while (i < len && chars > 0) {
+    i++;
+    while (i < len && ((unsigned char)s[i] & 0xC0) == 0x80) i++;
+    chars--;
+  }
+  return i;
+}
+
+static int copy_text(TemplateRender *r, const TemplateValue *v, char **d, size_t *len) {
+  const char *s;
+  if (text_of(r, v, &s, len) != 0) return -1;
+  *d = template_scratch(r, *len + 1);
+  if (*d == NULL) return -1;
+  memcpy(*d, s, *len);
+  return 0;
+}
+
+static int h_upper(TemplateRender *r, const TemplateExpr *c, const TemplateValue *p, int n, TemplateValue *out) {
+  char *d;
+  size_t len;
+  if (copy_text(r, &p[0], &d, &len) != 0) return -1;
+  for (size_t i = 0; i < len; i++) d[i] = (char)toupper((unsigned char)d[i]);
+  set_string(out, d, len);
+  return 0;
+}
+
+static int h_lower(TemplateRender *r, const TemplateExpr *c, const TemplateValue *p, int n, TemplateValue *out) {
+  char *d;
+  size_t len;
+  if (copy_text(r, &p[0], &d, &len) != 0) return -1;
+  for (size_t i = 0; i < len; i++) d[i] = (char)tolower((unsigned char)d[i]);
+  set_string(out, d, len);
+  return 0;
+}
+
+static int h_capitalize_first(TemplateRender *r, const TemplateExpr *c, const TemplateValue *p, int n,
+                              TemplateValue *out) {
+  char *d;
+  size_t len;
+  if (copy_text(r, &p[0], &d, &len) != 0) return -1;
+  if (len > 0) d[0] = (char)toupper((unsigned char)d[0]);
+  set_string(out, d, len);
+  return 0;
+}
+
+/* Upper-cases the first letter of every word; fully=true lower-cases the rest first. */
+static int h_capitalize(TemplateRender *r, const TemplateExpr *c, const TemplateValue *p, int n,
+                        TemplateValue *out) {
+  TemplateValue fully;
+  if (template_hash_get(r, c, "fully", &fully) != 0) return -1;
+  int lower_rest = template_value_truthy(&fully);
+  char *d;
+  size_t len;
+  if (copy_text(r, &p[0], &d, &len) != 0) return -1;
+  int start = 1;
+  for (size_t i = 0; i < len; i++) {
+    unsigned char ch = (unsigned char)d[i];
+    if (isspace(ch)) {
+      start = 1;
+      continue;
+    }
+    if (start) d[i] = (char)toupper(ch);
+    else if (lower_rest) d[i] = (char)tolower(ch);
+    start = 0;
+  }
+  set_string(out, d, len);
+  return 0;
+}
+
+/* Reads an integer argument: the positional one at index i, or the hash argument name. */
+static int int_arg(TemplateRender *r, const TemplateExpr *c, const TemplateValue *p, int n, int i,
+                   const char *name, long *out, int *found) {
+  TemplateValue v = {0};
+  if (i < n) v = p[i];
+  else if (name != NULL && template_hash_get(r, c, name, &v) != 0) return -1;
+  double d;
+  *found = template_value_number(&v, &d) && d > -1e9 && d < 1e9;
+  *out = *found ? (long)d : 0;
+  return 0;
+}
+
+static int h_abbreviate(TemplateRender *r, const TemplateExpr *c, const TemplateValue *p, int n,
+                        TemplateValue *out) {
+  const char *s;
+  size_t len;
+  long width;
+  int found;
+  if (text_of(r, &p[0], &s, &len) != 0 || int_arg(r, c, p, n, 1, "width", &width, &found) != 0) return -1;
+  if (!found) return 0;
+  if (width < 4) width = 4;
+  if (utf8_count(s, len) <= (size_t)width) {
+    set_string(out, s, len);
+    return 0;
+  }
+  size_t keep = utf8_offset(s, len, (size_t)width - 3);
+  char *d = template_scratch(r, keep + 3);
+  if (d == NULL) return -1;
+  memcpy(d, s, keep);
+  memcpy(d + keep, "...", 3);
+  set_string(out, d, keep + 3);
+  return 0;
+}
+
+/* Pads s to width characters with pad repeated, left (align<0), right (align>0) or both. */
+static int pad_text(TemplateRender *r, const TemplateExpr *c, const TemplateValue *p, int n, int align,
+                    TemplateValue *out) {
+  const char *s, *pad = " ";
+  size_t len, plen = 1;
+  long width;
+  int found;
+  if (text_of(r, &p[0], &s, &len) != 0 || int_arg(r, c, p, n, 1, "size", &width, &found) != 0) return -1;
+  TemplateValue pv = {0};
+  if (n > 2) pv = p[2];
+  else if (template_hash_get(r, c, "pad", &pv) != 0) return -1;
+  if (pv.kind != kValMissing && text_of(r, &pv, &pad, &plen) != 0) return -1;
+  if (plen == 0) {
+    pad = " ";
+    plen = 1;
+  }
+  size_t chars = utf8_count(s, len);
+  if (!found || width <= 0 || (size_t)width <= chars) {
+    set_string(out, s, len);
+    return 0;
+  }
+  size_t fill = (size_t)width - chars;
+  size_t left = align < 0 ? 0 : align > 0 ? fill : fill / 2;
+  size_t right = fill - left;
+  char *d = template_scratch(r, len + fill * plen);
+  if (d == NULL) return -1;
+  size_t o = 0;
+  for (size_t i = 0; i < left; i++) d[o++] = pad[i % plen];
+  memcpy(d + o, s, len);
+  o += len;
+  for (size_t i = 0; i < right; i++) d[o++] = pad[i % plen];
+  set_string(out, d, o);
+  return 0;
+}
+
+static int h_ljust(TemplateRender *r, const TemplateExpr *c, const TemplateValue *p, int n, TemplateValue *out) {
+  return pad_text(r, c, p, n, -1, out);
+}
+
+static int h_rjust(TemplateRender *r, const TemplateExpr *c, const TemplateValue *p, int n, TemplateValue *out) {
+  return pad_text(r, c, p, n, 1, out);
+}
+
+static int h_center(TemplateRender *r, const TemplateExpr *c, const TemplateValue *p, int n, TemplateValue *out) {
+  return pad_text(r, c, p, n, 0, out);
+}
+
+/* Replaces every occurrence of target in s with rep (rep NULL removes). */
+static int replace_all(TemplateRender *r, const char *s, size_t len, const char *target, size_t tlen,
+                       const char *rep, size_t rlen, TemplateValue *out) {
+  if (tlen == 0) {
+    set_string(out, s, len);
+    return 0;
+  }
+  size_t count = 0;
+  for (size_t i = 0; i + tlen <= len;) {
+    if (memcmp(s + i, target, tlen) == 0) {
+      count++;
+      i += tlen;
+    } else {
+      i++;
+    }
+  }
+  if (count == 0) {
+    set_string(out, s, len);
+    return 0;
+  }
+  size_t size = len - count * tlen + count * rlen;
+  char *d = template_scratch(r, size + 1);
+  if (d == NULL) return -1;
+  size_t o = 0;
+  for (size_t i = 0; i < len;) {
+    if (i + tlen <= len && memcmp(s + i, target, tlen) == 0) {
+      memcpy(d + o, rep, rlen);
+      o += rlen;
+      i += tlen;
+    } else {
+      d[o++] = s[i++];
+    }
+  }
+  set_string(out, d, o);
+  return 0;
+}
+
+static int h_cut(TemplateRender *r, const TemplateExpr *c, const TemplateValue *p, int n, TemplateValue *out) {
+  const char *s, *t = " ";
+  size_t len, tlen = 1;
+  if (text_of(r, &p[0], &s, &len) != 0) return -1;
+  if (n > 1 && text_of(r, &p[1], &t, &tlen) != 0) return -1;
+  return replace_all(r, s, len, t, tlen, "", 0, out);
+}
+
+static int h_replace(TemplateRender *r, const TemplateExpr *c, const TemplateValue *p, int n,
+                     TemplateValue *out) {
+  const char *s, *t, *rep;
+  size_t len, tlen, rlen;
+  if (text_of(r, &p[0], &s, &len) != 0 || text_of(r, &p[1], &t, &tlen) != 0 ||
+      text_of(r, &p[2], &rep, &rlen) != 0)
+    return -1;
+  return replace_all(r, s, len, t, tlen, rep, rlen, out);
+}
+
+static int buf_add(TemplateRender *r, char **buf, size_t *len, size_t *cap, const char *s, size_t n) {
+  if (n == 0) return 0;
+  if (*len + n > *cap) {
+    size_t ncap = *cap ? *cap * 2 : 64;
+    while (ncap < *len + n) ncap *= 2;
+    char *nb = template_scratch(r, ncap);
+    if (nb == NULL) return -1;
+    if (*len) memcpy(nb, *buf, *len);
+    *buf = nb;
+    *cap = ncap;
+  }
+  memcpy(*buf + *len, s, n);
+  *len += n;
+  return 0;
+}
+
+/* join list sep, or join a b c ... sep; prefix= and suffix= wrap the result. */
+static int h_join(TemplateRender *r, const TemplateExpr *c, const TemplateValue *p, int n, TemplateValue *out) {
+  const char *sep;
+  size_t slen;
+  if (text_of(r, &p[n - 1], &sep, &slen) != 0) return -1;
+  TemplateValue pre, suf;
+  if (template_hash_get(r, c, "prefix", &pre) != 0 || template_hash_get(r, c, "suffix", &suf) != 0) return -1;
+  char *buf = NULL;
+  size_t len = 0, cap = 0;
+  const char *s;
+  size_t sl;
+  if (text_of(r, &pre, &s, &sl) != 0 || buf_add(r, &buf, &len, &cap, s, sl) != 0) return -1;
+  int first = 1;
+  for (int i = 0; i < n - 1; i++) {
+    if (p[i].kind == kValArray) {
+      for (size_t k = 0; k < json_array_size(p[i].j); k++) {
+        TemplateValue item;
+        template_value_from_json(json_array_get(p[i].j, k), &item);
+        if (!first && buf_add(r, &buf, &len, &cap, sep, slen) != 0) return -1;
+        if (text_of(r, &item, &s, &sl) != 0 || buf_add(r, &buf, &len, &cap, s, sl) != 0) return -1;
+        first = 0;
+      }
+      continue;
+    }
+    if (p[i].kind == kValMissing || p[i].kind == kValNull) continue;
+    if (!first && buf_add(r, &buf, &len, &cap, sep, slen) != 0) return -1;
+    if (text_of(r, &p[i], &s, &sl) != 0 || buf_add(r, &buf, &len, &cap, s, sl) != 0) return -1;
+    first = 0;
+  }
+  if (text_of(r, &suf, &s, &sl) != 0 || buf_add(r, &buf, &len, &cap, s, sl) != 0) return -1;
+  set_string(out, buf ? buf : "", len);
+  return 0;
+}
+
+/* Lower-case ASCII words joined by '-': other characters are dropped. */
+static int h_slugify(TemplateRender *r, const TemplateExpr *c, const TemplateValue *p, int n,
+                     TemplateValue *out) {
+  const char *s;
+  size_t len;
+  if (text_of(r, &p[0], &s, &len) != 0) return -1;
+  char *d = template_scratch(r, len + 1);
+  if (d == NULL) return -1;
+  size_t o = 0;
+  int dash = 0;
+  for (size_t i = 0; i < len; i++) {
+    unsigned char ch = (unsigned char)s[i];
+    if (isalnum(ch) || ch == '_') {
+      if (dash && o > 0) d[o++] = '-';
+      dash = 0;
+      d[o++] = (char)tolower(ch);
+    } else if (isspace(ch) || ch == '-') {
+      dash = 1;
+    }
+  }
+  set_string(out, d, o);
+  return 0;
+}
+
+static int h_strip_tags(TemplateRender *r, const TemplateExpr *c, const TemplateValue *p, int n,
+                        TemplateValue *out) {
+  const char *s;
+  size_t len;
+  if (text_of(r, &p[0], &s, &len) != 0) return -1;
+  char *d = template_scratch(r, len + 1);
+  if (d == NULL) return -1;
+  size_t o = 0;
+  for (size_t i = 0; i < len; i++) {
+    if (s[i] == '<') {
+      const char *close = memchr(s + i, '>', len - i);
+      if (close != NULL) {
+        i = (size_t)(close - s);
+        continue;
+      }
+    }
+    d[o++] = s[i];
+  }
+  set_string(out, d, o);
+  return 0;
+}
+
+/* substring value start [end]: character positions, clamped to the text. */
+static int h_substring(TemplateRender *r, const TemplateExpr *c, const TemplateValue *p, int n,
+                       TemplateValue *out) {
+  const char *s;
+  size_t len;
+  long start, end;
+  int has_start, has_end;
+  if (text_of(r, &p[0], &s, &len) != 0 || int_arg(r, c, p, n, 1, NULL, &start, &has_start) != 0 ||
+      int_arg(r, c, p, n, 2, NULL, &end, &has_end) != 0)
+    return -1;
+  size_t chars = utf8_count(s, len);
+  if (!has_start || start < 0) start = 0;
+  if (!has_end || end > (long)chars) end = (long)chars;
+  if ((size_t)start > chars || end <= start) {
+    set_string(out, "", 0);
+    return 0;
+  }
+  size_t a = utf8_offset(s, len, (size_t)start), b = utf8_offset(s, len, (size_t)end);
+  set_string(out, s + a, b - a);
+  return 0;
+}
+
+/* yesno value yes= no= maybe=: true, false, or missing/null. */
+static int h_yesno(TemplateRender *r, const TemplateExpr *c, const TemplateValue *p, int n, TemplateValue *out) {
+  TemplateValue v = unwrap(&p[0]);
+  const char *name, *fallback;
+  if (v.kind == kValMissing || v.kind == kValNull) {
+    name = "maybe";
+    fallback = "maybe";
+  } else if (template_value_truthy(&v) && !(v.kind == kValString && v.len == 5 && memcmp(v.s, "false", 5) == 0)) {
+    name = "yes";
+    fallback = "yes";
+  } else {
+    name = "no";
+    fallback = "no";
+  }
+  if (template_hash_get(r, c, name, out) != 0) return -1;
+  if (out->kind == kValMissing) set_string(out, fallback, strlen(fallback));
+  return 0;
+}
+
+/* 1st, 2nd, 3rd, 4th, 11th, 12th, 13th, 21st, ... of an integer; other values pass through. */
+static int h_ordinalize(TemplateRender *r, const TemplateExpr *c, const TemplateValue *p, int n,
+                        TemplateValue *out) {
+  double d;
+  if (!template_value_number(&p[0], &d) || d != floor(d) || fabs(d) >= 1e15) {
+    const char *s;
+    size_t len;
+    if (text_of(r, &p[0], &s, &len) != 0) return -1;
+    set_string(out, s, len);
+    return 0;
+  }
+  long long v = (long long)d, a = v < 0 ? -v : v;
+  const char *suffix = "th";
+  if (a % 100 < 11 || a % 100 > 13) {
+    if (a % 10 == 1) suffix = "st";
+    else if (a % 10 == 2) suffix = "nd";
+    else if (a % 10 == 3) suffix = "rd";
+  }
+  char *buf = template_scratch(r, 32);
+  if (buf == NULL) return -1;
+  set_string(out, buf, (size_t)snprintf(buf, 32, "%lld%s", v, suffix));
+  return 0;
+}
+
+static const char b64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+static int h_encode64(TemplateRender *r, const TemplateExpr *c, const TemplateValue *p, int n,
+                      TemplateValue *out) {
+  const unsigned char *s;
+  size_t len;
+  if (text_of(r, &p[0], (const char **)&s, &len) != 0) return -1;
+  char *d = template_scratch(r, (len + 2) / 3 * 4 + 1);
+  if (d == NULL) return -1;
+  size_t o = 0;
+  for (size_t i = 0; i < len; i += 3) {
+    unsigned v = (unsigned)s[i] << 16;
+    if (i + 1 < len) v |= (unsigned)s[i + 1] << 8;
+    if (i + 2 < len) v |= s[i + 2];
+    d[o++] = b64[(v >> 18) & 63];
+    d[o++] = b64[(v >> 12) & 63];
+    d[o++] = i + 1 < len ? b64[(v >> 6) & 63] : '=';
+    d[o++] = i + 2 < len ? b64[v & 63] : '=';
+  }
+  set_string(out, d, o);
+  return 0;
+}
+
+/* Decodes standard base64 (padding optional); text that is not base64 renders nothing. */
+static int h_decode64(TemplateRender *r, const TemplateExpr *c, const TemplateValue *p, int n,
+                      TemplateValue *out) {
+  const char *s;
+  size_t len;
+  if (text_of(r, &p[0], &s, &len) != 0) return -1;
+  while (len > 0 && s[len - 1] == '=') len--;
+  char *d = template_scratch(r, len * 3 / 4 + 1);
+  if (d == NULL) return -1;
+  size_t o = 0;
+  unsigned v = 0;
+  int bits = 0;
+  for (size_t i = 0; i < len; i++) {
+    const char *q = s[i] ? strchr(b64, s[i]) : NULL;
+    if (q == NULL) return 0;
+    v = (v << 6) | (unsigned)(q - b64);
+    bits += 6;
+    if (bits >= 8) {
+      bits -= 8;
+      d[o++] = (char)((v >> bits) & 0xFF);
+    }
+  }
+  set_string(out, d, o);
+  return 0;
+}
+
+/* ---- math ---- */
+
+static int two_numbers(const TemplateValue *p, double *a, double *b) {
+  return template_value_number(&p[0], a) && template_value_number(&p[1], b);
+}
+
+static int h_add(TemplateRender *r, const TemplateExpr *c, const TemplateValue *p, int n, TemplateValue *out) {
+  double a, b;
+  if (two_numbers(p, &a, &b)) set_number(out, a + b);
+  return 0;
+}
+
+static int h_subtract(TemplateRender *r, const TemplateExpr *c, const TemplateValue *p, int n, TemplateValue *out) {
+  double a, b;
+  if (two_numbers(p, &a, &b)) set_number(out, a - b);
+  return 0;
+}
+
+static int h_multiply(TemplateRender *r, const TemplateExpr *c, const TemplateValue *p, int n, TemplateValue *out) {
+  double a, b;
+  if (two_numbers(p, &a, &b)) set_number(out, a * b);
+  return 0;
+}
+
+static int h_divide(TemplateRender *r, const TemplateExpr *c, const TemplateValue *p, int n, TemplateValue *out) {
+  double a, b;
+  if (two_numbers(p, &a, &b) && b != 0) set_number(out, a / b);
+  return 0;
+}
+
+static int h_modulo(TemplateRender *r, const TemplateExpr *c, const TemplateValue *p, int n, TemplateValue *out) {
+  double a, b;
+  if (two_numbers(p, &a, &b) && b != 0) set_number(out, fmod(a, b));
+  return 0;
+}
+
+static int h_ceiling(TemplateRender *r, const TemplateExpr *c, const TemplateValue *p, int n, TemplateValue *out) {
+  double a;
+  if (template_value_number(&p[0], &a)) set_number(out, ceil(a));
+  return 0;
+}
+
+static int h_floor(TemplateRender *r, const TemplateExpr *c, const TemplateValue *p, int n, TemplateValue *out) {
+  double a;
+  if (template_value_number(&p[0], &a)) set_number(out, floor(a));
+  return 0;
+}
+
+/* Half up, as JavaScript's and Java's Math.round. */
+static int h_round(TemplateRender *r, const TemplateExpr *c, const TemplateValue *p, int n, TemplateValue *out) {
+  double a;
+  if (template_value_number(&p[0], &a)) set_number(out, floor(a + 0.5));
+  return 0;
+}
+
+/* Sorted by name for bsearch. */
+static const TemplateHelper helpers[] = {
+  {"abbreviate", h_abbreviate, kHelperPlain, 1, 2},
+  {"add", h_add, kHelperPlain, 2, 2},
+  {"and", h_and, kHelperConditional, 1, -1},
+  {"capitalize", h_capitalize, kHelperPlain, 1, 1},
+  {"capitalizeFirst", h_capitalize_first, kHelperPlain, 1, 1},
+  {"ceiling", h_ceiling, kHelperPlain, 1, 1},
+  {"center", h_center, kHelperPlain, 1, 3},
+  {"cut", h_cut, kHelperPlain, 1, 2},
+  {"decode64", h_decode64, kHelperPlain, 1, 1},
+  {"divide", h_divide, kHelperPlain, 2, 2},
+  {"encode64", h_encode64, kHelperPlain, 1, 1},
+  {"eq", h_eq, kHelperConditional, 2, 2},
+  {"floor", h_floor, kHelperPlain, 1, 1},
+  {"gt", h_gt, kHelperConditional, 2, 2},
+  {"gte", h_gte, kHelperConditional, 2, 2},
+  {"if", h_if, kHelperConditional, 1, 1},
+  {"join", h_join, kHelperPlain, 2, -1},
+  {"ljust", h_ljust, kHelperPlain, 1, 3},
+  {"lower", h_lower, kHelperPlain, 1, 1},
+  {"lt", h_lt, kHelperConditional, 2, 2},
+  {"lte", h_lte, kHelperConditional, 2, 2},
+  {"modulo", h_modulo, kHelperPlain, 2, 2},
+  {"multiply", h_multiply, kHelperPlain, 2, 2},
+  {"neq", h_neq, kHelperConditional, 2, 2},
+  {"not", h_not, kHelperConditional, 1, 1},
+  {"or", h_or, kHelperConditional, 1, -1},
+  {"ordinalize", h_ordinalize, kHelperPlain, 1, 1},
+  {"replace", h_replace, kHelperPlain, 3, 3},
+  {"rjust", h_rjust, kHelperPlain, 1, 3},
+  {"round", h_round, kHelperPlain, 1, 1},
+  {"slugify", h_slugify, kHelperPlain, 1, 1},
+  {"stripTags", h_strip_tags, kHelperPlain, 1, 1},
+  {"substring", h_substring, kHelperPlain, 2, 3},
+  {"subtract", h_subtract, kHelperPlain, 2, 2},
+  {"upper", h_upper, kHelperPlain, 1, 1},
+  {"yesno", h_yesno, kHelperPlain, 1, 1},
+};
+
+const TemplateHelper *template_helper_find(const char *name, size_t len) {
+  size_t lo = 0, hi = sizeof helpers / sizeof helpers[0];
+  while (lo < hi) {
+    size_t mid = (lo + hi) / 2;
+    const char *h = helpers[mid].name;
+    int c = strncmp(h, name, len);
+    if (c == 0 && h[len] != '\0') c = 1;
+    if (c == 0) return &helpers[mid];
+    if (c < 0) lo = mid + 1;
+    else hi = mid;
+  }
+  return NULL;
+}

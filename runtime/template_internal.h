@@ -1,0 +1,169 @@
+/* Shared between the template compiler (template_parse.c), the renderer (template_render.c)
+ * and the helpers (template_helpers.c). Not part of the public API. */
+#ifndef HERALD_TEMPLATE_INTERNAL_H
+#define HERALD_TEMPLATE_INTERNAL_H
+
+#include <jansson.h>
+#include <stddef.h>
+
+#include "runtime/template.h"
+
+typedef enum {
+  kValMissing = 0,
+  kValNull,
+  kValBool,
+  kValNumber,
+  kValString,
+  kValArray,   /* j is a json array */
+  kValObject,  /* j is a json object */
+} ValueKind;
+
+typedef struct {
+  ValueKind kind;
+  int b;
+  double n;
+  const char *s;
+  size_t len;
+  const json_t *j;
+} TemplateValue;
+
+typedef struct TemplateExpr TemplateExpr;
+typedef struct TemplateRender TemplateRender;
+
+typedef struct {
+  const char *name;
+  TemplateExpr *value;
+} TemplateHashArg;
+
+/* A helper computes one value from evaluated arguments. hash values are evaluated lazily via
+ * template_hash_get so unused ones cost nothing. */
+typedef int (*TemplateHelperFn)(TemplateRender *r, const TemplateExpr *call,
+                                const TemplateValue *params, int nparams, TemplateValue *out);
+
+typedef enum {
+  kHelperPlain = 0,
+  kHelperConditional,  /* eq, gt, and, ...: usable as a block, or inline with yes=/no= */
+} TemplateHelperKind;
+
+typedef struct {
+  const char *name;
+  TemplateHelperFn fn;
+  TemplateHelperKind kind;
+  int min_params;
+  int max_params;      /* -1: any number */
+} TemplateHelper;
+
+typedef enum {
+  kDataNone = 0,
+  kDataIndex,
+  kDataFirst,
+  kDataLast,
+  kDataKey,
+} TemplateDataVar;
+
+typedef struct {
+  const char *text;
+  size_t len;
+  long index;          /* >= 0 when the segment is all digits: a list index */
+} TemplatePathSeg;
+
+typedef enum { kExprPath, kExprLiteral, kExprCall } TemplateExprKind;
+
+struct TemplateExpr {
+  TemplateExprKind kind;
+  size_t offset;       /* in the source, for error messages */
+  /* kExprPath */
+  int up;              /* number of ../ */
+  int scoped;          /* starts with this, ./ or [name]: never a helper */
+  TemplateDataVar data;
+  TemplatePathSeg *segs;
+  int nsegs;
+  /* kExprLiteral */
+  TemplateValue lit;
+  /* kExprCall */
+  const TemplateHelper *helper;
+  TemplateExpr **params;
+  int nparams;
+  TemplateHashArg *hash;
+  int nhash;
+};
+
+typedef enum { kNodeText, kNodeOutput, kNodeBlock } TemplateNodeKind;
+typedef enum { kBlockIf, kBlockUnless, kBlockEach, kBlockWith, kBlockHelper } TemplateBlockKind;
+
+typedef struct TemplateNode {
+  TemplateNodeKind kind;
+  struct TemplateNode *next;
+  size_t offset;
+  /* kNodeText */
+  const char *text;
+  size_t len;
+  /* kNodeOutput: expr; kNodeBlock: expr is the argument (if/unless/each/with) or the call */
+  TemplateExpr *expr;
+  int raw;
+  TemplateBlockKind block;
+  struct TemplateNode *body;
+  struct TemplateNode *inverse;
+} TemplateNode;
+
+typedef struct TemplateArenaChunk TemplateArenaChunk;
+
+struct HeraldTemplate {
+  char *name;
+  char *source;        /* owned copy: text nodes and names point into arena copies */
+  size_t source_len;
+  int escape;
+  TemplateNode *root;
+  TemplateArenaChunk *arena;
+};
+
+/* Render-time state. */
+typedef struct TemplateFrame {
+  TemplateValue self;
+  const struct TemplateFrame *parent;
+  int has_index;
+  size_t index;
+  int first, last;
+  TemplateValue key;
+} TemplateFrame;
+
+struct TemplateRender {
+  const HeraldTemplate *t;
+  const json_t *ctx, *subs, *defaults;
+  HeraldTemplateOutput *out;
+  HeraldError *err;
+  size_t max_out;
+  size_t scratch_used;
+  long steps;
+  const TemplateFrame *frame;
+  int failed;
+};
+
+const TemplateHelper *template_helper_find(const char *name, size_t len);
+
+/* Scratch memory valid until the end of the render; NULL (with r->err set) past the limit. */
+char *template_scratch(TemplateRender *r, size_t n);
+
+/* Evaluates a hash argument of call by name; kValMissing when absent. */
+int template_hash_get(TemplateRender *r, const TemplateExpr *call, const char *name,
+                      TemplateValue *out);
+
+/* Text of a value as Handlebars prints it: lists join with ",", numbers in shortest form,
+ * missing and null print nothing. The text may live in scratch memory. */
+int template_value_text(TemplateRender *r, const TemplateValue *v, const char **s, size_t *len);
+
+int template_value_truthy(const TemplateValue *v);
+
+/* Reads a number from a number or a numeric string; 0 when it is neither. */
+int template_value_number(const TemplateValue *v, double *out);
+
+void template_value_from_json(const json_t *j, TemplateValue *out);
+
+/* Fails the render at expression e with a message naming the template and position. */
+int template_render_fail(TemplateRender *r, size_t offset, HeraldErrorCode code,
+                         const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+
+/* "line L, column C" for a source offset: columns count UTF-8 characters from 1. */
+void template_position(const char *source, size_t len, size_t offset, int *line, int *column);
+
+#endif

@@ -1,0 +1,869 @@
+/* The template compiler: one pass over the source builds the node tree the renderer walks.
+ *
+ * Text between tags becomes text nodes that point into the template's own copy of the source;
+ * tags become output nodes (a path, a literal or a helper call) or block nodes (if, unless,
+ * each, with, or a conditional helper) with a body and an inverse ({{else}}, also chained as
+ * {{else if x}}). Paths are split into segments once, list indexes are pre-parsed and helper
+ * names resolved, so rendering never looks at the source again. Everything the tree holds
+ * lives in one arena freed with the template. Block and subexpression nesting is bounded
+ * (HERALD_TEMPLATE_MAX_DEPTH), so the recursion here and in the renderer is bounded too. */
+#include <ctype.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "runtime/template_internal.h"
+
+struct TemplateArenaChunk {
+  TemplateArenaChunk *next;
+  size_t used, cap;
+  max_align_t data[];
+};
+
+#define ARENA_CHUNK 8192
+
+typedef struct {
+  HeraldTemplate *t;
+  const char *src;
+  size_t len;
+  size_t pos;
+  HeraldError *err;
+  int failed;
+  int strip_next;      /* the previous tag ended with ~}}: trim the next text's leading space */
+  size_t tag;          /* where the tag being parsed starts */
+  size_t paren;        /* where the innermost open subexpression starts */
+} Parser;
+
+/* What ended a sequence of nodes. */
+typedef enum { kStopEof, kStopElse, kStopClose } StopKind;
+
+typedef struct {
+  StopKind kind;
+  size_t offset;       /* of the tag that stopped it */
+  const char *name;    /* close tag's name, or the chained helper of {{else if ...}} */
+  size_t name_len;
+  size_t content;      /* for else-chains: where the chained expression starts */
+} Stop;
+
+static void *arena_alloc(HeraldTemplate *t, size_t n) {
+  n = (n + sizeof(max_align_t) - 1) / sizeof(max_align_t) * sizeof(max_align_t);
+  TemplateArenaChunk *c = t->arena;
+  if (c == NULL || c->cap - c->used < n) {
+    size_t cap = n > ARENA_CHUNK ? n : ARENA_CHUNK;
+    c = malloc(sizeof *c + cap);
+    if (c == NULL) return NULL;
+    c->used = 0;
+    c->cap = cap;
+    c->next = t->arena;
+    t->arena = c;
+  }
+  void *p = (char *)c->data + c->used;
+  c->used += n;
+  memset(p, 0, n);
+  return p;
+}
+
+void template_position(const char *source, size_t len, size_t offset, int *line, int *column) {
+  int l = 1, col = 1;
+  if (offset > len) offset = len;
+  for (size_t i = 0; i < offset; i++) {
+    unsigned char c = (unsigned char)source[i];
+    if (c == '\n') {
+      l++;
+      col = 1;
+    } else if ((c & 0xC0) != 0x80) {
+      col++;
+    }
+  }
+  *line = l;
+  *column = col;
+}
+
+static int fail_at(Parser *p, size_t offset, HeraldErrorCode code, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+static int fail_at(Parser *p, size_t offset, HeraldErrorCode code, const char *fmt, ...) {
+  if (p->failed) return -1;
+  p->failed = 1;
+  char msg[512];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(msg, sizeof msg, fmt, ap);
+  va_end(ap);
+  int line, col;
+  template_position(p->src, p->len, offset, &line, &col);
+  herald_error_set(p->err, code, "%s: line %d, column %d: %s", p->t->name, line, col, msg);
+  return -1;
+}
+
+static int oom(Parser *p) {
+  if (!p->failed) {
+    p->failed = 1;
+    herald_error_set(p->err, kHeraldNoMemory, "%s: out of memory", p->t->name);
+  }
+  return -1;
+}
+
+static char *arena_strndup(Parser *p, const char *s, size_t n) {
+  char *d = arena_alloc(p->t, n + 1);
+  if (d == NULL) {
+    oom(p);
+    return NULL;
+  }
+  memcpy(d, s, n);
+  d[n] = '\0';
+  return d;
+}
+
+/* Handlebars' identifier characters: anything but space and its punctuation. */
+static int is_id_char(unsigned char c) {
+  if (c <= ' ' || c == 0x7F) return 0;
+  return strchr("!\"#%&'()*+,./;<=>@[\\]^`{|}~", c) == NULL;
+}
+
+static void skip_space(Parser *p) {
+  while (p->pos < p->len && isspace((unsigned char)p->src[p->pos])) p->pos++;
+}
+
+/* Does the tag end here: "}}" or "~}}" (or "}}}" / "~}}}" for raw tags)? */
+static int at_tag_end(Parser *p, int raw) {
+  size_t i = p->pos;
+  if (i < p->len && p->src[i] == '~') i++;
+  if (raw) return p->len - i >= 3 && memcmp(p->src + i, "}}}", 3) == 0;
+  return p->len - i >= 2 && memcmp(p->src + i, "}}", 2) == 0;
+}
+
+static int expect_tag_end(Parser *p, int raw) {
+  skip_space(p);
+  if (!at_tag_end(p, raw)) {
+    if (p->pos >= p->len) return fail_at(p, p->tag, kHeraldInvalid, "unterminated tag: expected %s", raw ? "}}}" : "}}");
+    return fail_at(p, p->pos, kHeraldInvalid, "unexpected '%c': expected %s", p->src[p->pos],
+                   raw ? "}}}" : "}}");
+  }
+  if (p->src[p->pos] == '~') {
+    p->strip_next = 1;
+    p->pos++;
+  } else {
+    p->strip_next = 0;
+  }
+  p->pos += raw ? 3 : 2;
+  return 0;
+}
+
+static TemplateExpr *new_expr(Parser *p, TemplateExprKind kind, size_t offset) {
+  TemplateExpr *e = arena_alloc(p->t, sizeof *e);
+  if (e == NULL) {
+    oom(p);
+    return NULL;
+  }
+  e->kind = kind;
+  e->offset = offset;
+  return e;
+}
+
+static int delimiter_at(Parser *p, size_t i) {
+  if (i >= p->len) return 1;
+  unsigned char c = (unsigned char)p->src[i];
+  return isspace(c) || c == ')' || c == '}' || c == '~' || c == '=';
+}
+
+static TemplateExpr *parse_string(Parser *p) {
+  size_t start = p->pos;
+  char quote = p->src[p->pos++];
+  char *buf = arena_alloc(p->t, p->len - p->pos + 1);
+  if (buf == NULL) {
+    oom(p);
+    return NULL;
+  }
+  size_t n = 0;
+  while (p->pos < p->len && p->src[p->pos] != quote) {
+    if (p->src[p->pos] == '\\' && p->pos + 1 < p->len && p->src[p->pos + 1] == quote) p->pos++;
+    buf[n++] = p->src[p->pos++];
+  }
+  if (p->pos >= p->len) {
+    fail_at(p, start, kHeraldInvalid, "unterminated string");
+    return NULL;
+  }
+  p->pos++;
+  buf[n] = '\0';
+  TemplateExpr *e = new_expr(p, kExprLiteral, start);
+  if (e == NULL) return NULL;
+  e->lit.kind = kValString;
+  e->lit.s = buf;
+  e->lit.len = n;
+  return e;
+}
+
+static TemplateExpr *parse_number(Parser *p, size_t end) {
+  size_t start = p->pos;
+  char tmp[64];
+  size_t n = end - start;
+  if (n >= sizeof tmp) {
+    fail_at(p, start, kHeraldInvalid, "number too long");
+    return NULL;
+  }
+  memcpy(tmp, p->src + start, n);
+  tmp[n] = '\0';
+  TemplateExpr *e = new_expr(p, kExprLiteral, start);
+  if (e == NULL) return NULL;
+  e->lit.kind = kValNumber;
+  e->lit.n = strtod(tmp, NULL);
+  p->pos = end;
+  return e;
+}
+
+/* A number literal: -?digits(.digits)? ending at a delimiter. Returns its end or 0. */
+static size_t number_end(Parser *p) {
+  size_t i = p->pos;
+  if (i < p->len && p->src[i] == '-') i++;
+  size_t d = i;
+  while (i < p->len && isdigit((unsigned char)p->src[i])) i++;
+  if (i == d) return 0;
+  if (i < p->len && p->src[i] == '.') {
+    size_t f = ++i;
+    while (i < p->len && isdigit((unsigned char)p->src[i])) i++;
+    if (i == f) return 0;
+  }
+  return delimiter_at(p, i) ? i : 0;
+}
+
+static int add_segment(Parser *p, TemplatePathSeg **segs, int *n, int *cap, const char *s,
+                       size_t len, size_t offset) {
+  if (len == 0) return fail_at(p, offset, kHeraldInvalid, "empty path segment");
+  if (*n == *cap) {
+    int ncap = *cap ? *cap * 2 : 4;
+    TemplatePathSeg *ns = arena_alloc(p->t, sizeof *ns * (size_t)ncap);
+    if (ns == NULL) return oom(p);
+    if (*n) memcpy(ns, *segs, sizeof *ns * (size_t)*n);
+    *segs = ns;
+    *cap = ncap;
+  }
+  char *copy = arena_strndup(p, s, len);
+  if (copy == NULL) return -1;
+  long index = -1;
+  if (len <= 9) {
+    index = 0;
+    for (size_t i = 0; i < len; i++) {
+      if (!isdigit((unsigned char)s[i])) {
+        index = -1;
+        break;
+      }
+      index = index * 10 + (s[i] - '0');
+    }
+  }
+  (*segs)[*n].text = copy;
+  (*segs)[*n].len = len;
+  (*segs)[*n].index = index;
+  (*n)++;
+  return 0;
+}
+
+/* path := ('@' ID) | ('../')* (this | '.' | segment) (('.' | '/') segment)*
+ * segment := ID | '[' anything but ']' ']' */
+static TemplateExpr *parse_path(Parser *p) {
+  size_t start = p->pos;
+  TemplateExpr *e = new_expr(p, kExprPath, start);
+  if (e == NULL) return NULL;
+  int cap = 0;
+  if (p->src[p->pos] == '@') {
+    p->pos++;
+    size_t s = p->pos;
+    while (p->pos < p->len && is_id_char((unsigned char)p->src[p->pos])) p->pos++;
+    size_t n = p->pos - s;
+    const char *id = p->src + s;
+    if (n == 5 && memcmp(id, "index", 5) == 0) e->data = kDataIndex;
+    else if (n == 5 && memcmp(id, "first", 5) == 0) e->data = kDataFirst;
+    else if (n == 4 && memcmp(id, "last", 4) == 0) e->data = kDataLast;
+    else if (n == 3 && memcmp(id, "key", 3) == 0) e->data = kDataKey;
+    else if (n == 4 && memcmp(id, "root", 4) == 0) e->up = -1;
+    else {
+      fail_at(p, start, kHeraldInvalid, "unknown data variable '@%.*s' (known: @index, @first, @last, @key, @root)",
+              (int)n, id);
+      return NULL;
+    }
+    if (e->data != kDataNone) return e;
+    if (p->pos < p->len && (p->src[p->pos] == '.' || p->src[p->pos] == '/')) p->pos++;
+    else return e;
+  } else {
+    while (p->len - p->pos >= 3 && memcmp(p->src + p->pos, "../", 3) == 0) {
+      e->up++;
+      p->pos += 3;
+    }
+    if (p->len - p->pos >= 2 && memcmp(p->src + p->pos, "..", 2) == 0 && delimiter_at(p, p->pos + 2)) {
+      e->up++;
+      p->pos += 2;
+      return e;
+    }
+    if (p->pos < p->len && p->src[p->pos] == '.' &&
+        (delimiter_at(p, p->pos + 1) || p->src[p->pos + 1] == '/' || p->src[p->pos + 1] == '.')) {
+      e->scoped = 1;
+      p->pos++;
+      if (delimiter_at(p, p->pos)) return e;
+      p->pos++;
+    } else if (p->len - p->pos >= 4 && memcmp(p->src + p->pos, "this", 4) == 0 &&
+               (delimiter_at(p, p->pos + 4) || p->src[p->pos + 4] == '.' || p->src[p->pos + 4] == '/')) {
+      e->scoped = 1;
+      p->pos += 4;
+      if (delimiter_at(p, p->pos)) return e;
+      p->pos++;
+    }
+  }
+  for (;;) {
+    size_t seg_start = p->pos;
+    if (p->pos < p->len && p->src[p->pos] == '[') {
+      if (e->nsegs == 0) e->scoped = 1;
+      const char *close = memchr(p->src + p->pos, ']', p->len - p->pos);
+      if (close == NULL) {
+        fail_at(p, seg_start, kHeraldInvalid, "unclosed '[' in a path");
+        return NULL;
+      }
+      size_t s = p->pos + 1, n = (size_t)(close - (p->src + s));
+      if (add_segment(p, &e->segs, &e->nsegs, &cap, p->src + s, n, seg_start) != 0) return NULL;
+      p->pos = (size_t)(close - p->src) + 1;
+    } else {
+      while (p->pos < p->len && is_id_char((unsigned char)p->src[p->pos])) p->pos++;
+      if (p->pos == seg_start) {
+        if (p->pos >= p->len) fail_at(p, p->tag, kHeraldInvalid, "unterminated tag");
+        else fail_at(p, seg_start, kHeraldInvalid, "unexpected '%c' in a path", p->src[seg_start]);
+        return NULL;
+      }
+      if (add_segment(p, &e->segs, &e->nsegs, &cap, p->src + seg_start, p->pos - seg_start,
+                      seg_start) != 0)
+        return NULL;
+    }
+    if (p->pos < p->len && (p->src[p->pos] == '.' || p->src[p->pos] == '/')) {
+      p->pos++;
+      continue;
+    }
+    break;
+  }
+  if (!delimiter_at(p, p->pos) && p->src[p->pos] != '(') {
+    fail_at(p, p->pos, kHeraldInvalid, "unexpected '%c' in a path", p->src[p->pos]);
+    return NULL;
+  }
+  return e;
+}
+
+static int is_simple_name(const TemplateExpr *e) {
+  return e->kind == kExprPath && e->nsegs == 1 && e->up == 0 && !e->scoped && e->data == kDataNone;
+}
+
+static TemplateExpr *parse_call_rest(Parser *p, TemplateExpr *head, int depth, int raw,
+                                     int in_subexpr, int allow_path);
+
+static TemplateExpr *parse_param(Parser *p, int depth) {
+  skip_space(p);
+  if (p->pos >= p->len) {
+    fail_at(p, p->tag, kHeraldInvalid, "unterminated tag");
+    return NULL;
+  }
+  char c = p->src[p->pos];
+  if (c == '"' || c == '\'') return parse_string(p);
+  if (c == '(') {
+    size_t start = p->pos++;
+    if (depth + 1 > HERALD_TEMPLATE_MAX_DEPTH) {
+      fail_at(p, start, kHeraldLimit, "subexpressions nested deeper than %d", HERALD_TEMPLATE_MAX_DEPTH);
+      return NULL;
+    }
+    skip_space(p);
+    if (p->pos >= p->len || !(is_id_char((unsigned char)p->src[p->pos]))) {
+      fail_at(p, p->pos, kHeraldInvalid, "expected a helper name after '('");
+      return NULL;
+    }
+    TemplateExpr *head = parse_path(p);
+    if (head == NULL) return NULL;
+    p->paren = start;
+    TemplateExpr *call = parse_call_rest(p, head, depth + 1, 0, 1, 0);
+    if (call == NULL) return NULL;
+    skip_space(p);
+    if (p->pos >= p->len || p->src[p->pos] != ')') {
+      fail_at(p, start, kHeraldInvalid, "unclosed '('");
+      return NULL;
+    }
+    p->pos++;
+    return call;
+  }
+  size_t nend = number_end(p);
+  if (nend) return parse_number(p, nend);
+  static const struct { const char *word; ValueKind kind; int b; } words[] = {
+    {"true", kValBool, 1}, {"false", kValBool, 0}, {"null", kValNull, 0}, {"undefined", kValMissing, 0},
+  };
+  for (size_t i = 0; i < sizeof words / sizeof words[0]; i++) {
+    size_t n = strlen(words[i].word);
+    if (p->len - p->pos >= n && memcmp(p->src + p->pos, words[i].word, n) == 0 &&
+        delimiter_at(p, p->pos + n)) {
+      TemplateExpr *e = new_expr(p, kExprLiteral, p->pos);
+      if (e == NULL) return NULL;
+      e->lit.kind = words[i].kind;
+      e->lit.b = words[i].b;
+      p->pos += n;
+      return e;
+    }
+  }
+  if (c == '@' || c == '[' || c == '.' || is_id_char((unsigned char)c)) return parse_path(p);
+  fail_at(p, p->pos, kHeraldInvalid, "unexpected '%c'", c);
+  return NULL;
+}
+
+/* Parses params and hash arguments after head until the tag end or ')'. With allow_path, a
+ * head that names no helper and has no arguments stays a plain path. */
+static TemplateExpr *parse_call_rest(Parser *p, TemplateExpr *head, int depth, int raw,
+                                     int in_subexpr, int allow_path) {
+  TemplateExpr *params[64];
+  TemplateHashArg hash[32];
+  int np = 0, nh = 0;
+  for (;;) {
+    skip_space(p);
+    if (p->pos >= p->len) {
+      if (in_subexpr) fail_at(p, p->paren, kHeraldInvalid, "unclosed '('");
+      else fail_at(p, p->tag, kHeraldInvalid, "unterminated tag: expected %s", raw ? "}}}" : "}}");
+      return NULL;
+    }
+    if (in_subexpr ? p->src[p->pos] == ')' : at_tag_end(p, raw)) break;
+    if (in_subexpr && at_tag_end(p, 0)) {
+      fail_at(p, p->paren, kHeraldInvalid, "unclosed '('");
+      return NULL;
+    }
+    if (raw && at_tag_end(p, 0)) {
+      fail_at(p, p->pos, kHeraldInvalid, "unexpected '}': expected }}}");
+      return NULL;
+    }
+    /* key=value? */
+    size_t save = p->pos, i = p->pos;
+    while (i < p->len && is_id_char((unsigned char)p->src[i])) i++;
+    size_t j = i;
+    while (j < p->len && isspace((unsigned char)p->src[j])) j++;
+    if (i > save && j < p->len && p->src[j] == '=') {
+      if (nh == (int)(sizeof hash / sizeof hash[0])) {
+        fail_at(p, save, kHeraldLimit, "too many hash arguments");
+        return NULL;
+      }
+      hash[nh].name = arena_strndup(p, p->src + save, i - save);
+      if (hash[nh].name == NULL) return NULL;
+      p->pos = j + 1;
+      hash[nh].value = parse_param(p, depth);
+      if (hash[nh].value == NULL) return NULL;
+      nh++;
+      continue;
+    }
+    if (nh > 0) {
+      fail_at(p, save, kHeraldInvalid, "positional argument after a key=value argument");
+      return NULL;
+    }
+    if (np == (int)(sizeof params / sizeof params[0])) {
+      fail_at(p, save, kHeraldLimit, "too many arguments");
+      return NULL;
+    }
+    params[np] = parse_param(p, depth);
+    if (params[np] == NULL) return NULL;
+    np++;
+  }
+  const TemplateHelper *h = NULL;
+  if (is_simple_name(head)) h = template_helper_find(head->segs[0].text, head->segs[0].len);
+  if (h == NULL) {
+    if (allow_path && np == 0 && nh == 0) return head;
+    if (is_simple_name(head)) {
+      fail_at(p, head->offset, kHeraldInvalid, "unknown helper '%s'", head->segs[0].text);
+    } else {
+      fail_at(p, head->offset, kHeraldInvalid, "expected a helper name before arguments");
+    }
+    return NULL;
+  }
+  if (np < h->min_params || (h->max_params >= 0 && np > h->max_params)) {
+    if (h->min_params == h->max_params)
+      fail_at(p, head->offset, kHeraldInvalid, "'%s' takes %d argument%s, got %d", h->name,
+              h->min_params, h->min_params == 1 ? "" : "s", np);
+    else if (h->max_params < 0)
+      fail_at(p, head->offset, kHeraldInvalid, "'%s' takes at least %d argument%s, got %d",
+              h->name, h->min_params, h->min_params == 1 ? "" : "s", np);
+    else
+      fail_at(p, head->offset, kHeraldInvalid, "'%s' takes %d to %d arguments, got %d", h->name,
+              h->min_params, h->max_params, np);
+    return NULL;
+  }
+  TemplateExpr *call = new_expr(p, kExprCall, head->offset);
+  if (call == NULL) return NULL;
+  call->helper = h;
+  call->nparams = np;
+  call->nhash = nh;
+  if (np) {
+    call->params = arena_alloc(p->t, sizeof *call->params * (size_t)np);
+    if (call->params == NULL) {
+      oom(p);
+      return NULL;
+    }
+    memcpy(call->params, params, sizeof *params * (size_t)np);
+  }
+  if (nh) {
+    call->hash = arena_alloc(p->t, sizeof *call->hash * (size_t)nh);
+    if (call->hash == NULL) {
+      oom(p);
+      return NULL;
+    }
+    memcpy(call->hash, hash, sizeof *hash * (size_t)nh);
+  }
+  return call;
+}
+
+/* A tag's expression: a literal, a path, or a helper call. */
+static TemplateExpr *parse_tag_expr(Parser *p, int raw) {
+  skip_space(p);
+  if (at_tag_end(p, raw)) {
+    fail_at(p, p->pos, kHeraldInvalid, "empty tag");
+    return NULL;
+  }
+  char c = p->src[p->pos];
+  TemplateExpr *head;
+  if (c == '"' || c == '\'' || c == '(' || number_end(p)) {
+    head = parse_param(p, 0);
+    if (head == NULL) return NULL;
+    skip_space(p);
+    if (!at_tag_end(p, raw)) {
+      fail_at(p, p->pos, kHeraldInvalid, "expected a helper name before arguments");
+      return NULL;
+    }
+    return head;
+  }
+  if (c == '@' || c == '[' || c == '.' || is_id_char((unsigned char)c)) {
+    head = parse_path(p);
+    if (head == NULL) return NULL;
+    return parse_call_rest(p, head, 0, raw, 0, 1);
+  }
+  fail_at(p, p->pos, kHeraldInvalid, "unexpected '%c'", c);
+  return NULL;
+}
+
+static int is_space(char c) { return isspace((unsigned char)c) != 0; }
+
+static int append_text(Parser *p, TemplateNode ***tail, size_t start, size_t end, int strip_right) {
+  if (p->strip_next) {
+    while (start < end && is_space(p->src[start])) start++;
+    p->strip_next = 0;
+  }
+  if (strip_right)
+    while (end > start && is_space(p->src[end - 1])) end--;
+  if (end == start) return 0;
+  TemplateNode *n = arena_alloc(p->t, sizeof *n);
+  if (n == NULL) return oom(p);
+  n->kind = kNodeText;
+  n->offset = start;
+  n->text = p->t->source + start;
+  n->len = end - start;
+  **tail = n;
+  *tail = &n->next;
+  return 0;
+}
+
+/* Block names and what they become. */
+static int block_kind(Parser *p, const TemplateExpr *head, TemplateBlockKind *kind,
+                      const TemplateHelper **helper) {
+  *helper = NULL;
+  if (!is_simple_name(head))
+    return fail_at(p, head->offset, kHeraldInvalid, "expected a block helper name");
+  const char *name = head->segs[0].text;
+  if (strcmp(name, "if") == 0) *kind = kBlockIf;
+  else if (strcmp(name, "unless") == 0) *kind = kBlockUnless;
+  else if (strcmp(name, "each") == 0) *kind = kBlockEach;
+  else if (strcmp(name, "with") == 0) *kind = kBlockWith;
+  else {
+    const TemplateHelper *h = template_helper_find(name, head->segs[0].len);
+    if (h == NULL) return fail_at(p, head->offset, kHeraldInvalid, "unknown block helper '%s'", name);
+    if (h->kind != kHelperConditional)
+      return fail_at(p, head->offset, kHeraldInvalid,
+                     "'%s' is not a block helper (blocks: if, unless, each, with, eq, neq, gt, gte, lt, lte, and, or, not)",
+                     name);
+    *kind = kBlockHelper;
+    *helper = h;
+  }
+  return 0;
+}
+
+static int parse_seq(Parser *p, int depth, TemplateNode **head, Stop *stop);
+
+/* Parses a block's head expression (after the name), then its body, else-chain and close tag.
+ * open_name is the name its close tag must carry. */
+static TemplateNode *parse_block(Parser *p, size_t tag_offset, int depth, const char *open_name,
+                                 size_t open_offset) {
+  if (depth + 1 > HERALD_TEMPLATE_MAX_DEPTH) {
+    fail_at(p, tag_offset, kHeraldLimit, "blocks nested deeper than %d", HERALD_TEMPLATE_MAX_DEPTH);
+    return NULL;
+  }
+  skip_space(p);
+  if (p->pos >= p->len || at_tag_end(p, 0)) {
+    fail_at(p, p->pos, kHeraldInvalid, "expected a block helper name");
+    return NULL;
+  }
+  TemplateExpr *name = parse_path(p);
+  if (name == NULL) return NULL;
+  TemplateBlockKind kind = kBlockIf;
+  const TemplateHelper *helper;
+  if (block_kind(p, name, &kind, &helper) != 0) return NULL;
+  TemplateNode *n = arena_alloc(p->t, sizeof *n);
+  if (n == NULL) {
+    oom(p);
+    return NULL;
+  }
+  n->kind = kNodeBlock;
+  n->offset = tag_offset;
+  n->block = kind;
+  if (kind == kBlockHelper) {
+    n->expr = parse_call_rest(p, name, 0, 0, 0, 0);
+    if (n->expr == NULL) return NULL;
+  } else {
+    TemplateExpr *arg = NULL;
+    skip_space(p);
+    if (!at_tag_end(p, 0)) arg = parse_param(p, 0);
+    else {
+      fail_at(p, name->offset, kHeraldInvalid, "#%s needs one argument", name->segs[0].text);
+      return NULL;
+    }
+    if (arg == NULL) return NULL;
+    skip_space(p);
+    if (!at_tag_end(p, 0)) {
+      fail_at(p, p->pos, kHeraldInvalid, "#%s takes one argument", name->segs[0].text);
+      return NULL;
+    }
+    n->expr = arg;
+  }
+  if (expect_tag_end(p, 0) != 0) return NULL;
+  const char *close_name = open_name ? open_name : name->segs[0].text;
+  size_t close_offset = open_name ? open_offset : tag_offset;
+
+  Stop stop;
+  if (parse_seq(p, depth + 1, &n->body, &stop) != 0) return NULL;
+  if (stop.kind == kStopElse) {
+    if (stop.name != NULL) {
+      /* {{else if x}}: the rest is a block of its own that shares our close tag */
+      p->pos = stop.content;
+      n->inverse = parse_block(p, stop.offset, depth + 1, close_name, close_offset);
+      if (n->inverse == NULL) return NULL;
+      return n;
+    }
+    if (parse_seq(p, depth + 1, &n->inverse, &stop) != 0) return NULL;
+    if (stop.kind == kStopElse) {
+      fail_at(p, stop.offset, kHeraldInvalid, "a second {{else}} in {{#%s}}", close_name);
+      return NULL;
+    }
+  }
+  if (stop.kind == kStopEof) {
+    fail_at(p, close_offset, kHeraldInvalid, "unclosed {{#%s}}", close_name);
+    return NULL;
+  }
+  if (stop.name_len != strlen(close_name) || memcmp(stop.name, close_name, stop.name_len) != 0) {
+    int line, col;
+    template_position(p->src, p->len, close_offset, &line, &col);
+    fail_at(p, stop.offset, kHeraldInvalid, "{{/%.*s}} does not close {{#%s}} (opened at line %d, column %d)",
+            (int)stop.name_len, stop.name, close_name, line, col);
+    return NULL;
+  }
+  return n;
+}
+
+/* Length of a tag opener at i: whether it strips whitespace before it. */
+static int tag_strips_left(Parser *p, size_t i) {
+  i += 2;
+  if (i < p->len && p->src[i] == '{') i++;
+  return i < p->len && p->src[i] == '~';
+}
+
+static int parse_comment(Parser *p, size_t tag) {
+  /* p->pos is after "{{" and an optional "~", at '!' */
+  p->pos++;
+  int long_form = p->len - p->pos >= 2 && memcmp(p->src + p->pos, "--", 2) == 0;
+  const char *end_mark = long_form ? "--" : "";
+  size_t mlen = strlen(end_mark);
+  for (size_t i = p->pos + (long_form ? 2 : 0); i + 1 < p->len; i++) {
+    if (mlen && (p->len - i < mlen || memcmp(p->src + i, end_mark, mlen) != 0)) continue;
+    size_t j = i + mlen;
+    int strip = 0;
+    if (j < p->len && p->src[j] == '~') {
+      strip = 1;
+      j++;
+    }
+    if (p->len - j >= 2 && memcmp(p->src + j, "}}", 2) == 0) {
+      p->pos = j + 2;
+      p->strip_next = strip;
+      return 0;
+    }
+  }
+  return fail_at(p, tag, kHeraldInvalid, "unclosed comment");
+}
+
+static int parse_seq(Parser *p, int depth, TemplateNode **head, Stop *stop) {
+  TemplateNode **tail = head;
+  *head = NULL;
+  for (;;) {
+    size_t text_start = p->pos;
+    size_t i = p->pos;
+    size_t tag = p->len;
+    size_t out_end = p->len;   /* end of the text to emit before the tag */
+    while (i + 1 < p->len) {
+      const char *q = memchr(p->src + i, '{', p->len - i - 1);
+      if (q == NULL) break;
+      i = (size_t)(q - p->src);
+      if (p->src[i + 1] == '{') {
+        if (i > 0 && p->src[i - 1] == '\\') {
+          /* \{{ is a literal "{{": emit the text before the backslash, then the braces as text */
+          if (append_text(p, &tail, text_start, i - 1, 0) != 0) return -1;
+          size_t close = i + 2;
+          const char *e = NULL;
+          if (close < p->len) e = memchr(p->src + close, '}', p->len - close);
+          size_t end = e ? (size_t)(e - p->src) : p->len;
+          while (end < p->len && p->src[end] == '}') end++;
+          if (append_text(p, &tail, i, end, 0) != 0) return -1;
+          text_start = i = end;
+          continue;
+        }
+        tag = i;
+        out_end = i;
+        break;
+      }
+      i++;
+    }
+    if (append_text(p, &tail, text_start, out_end, tag < p->len && tag_strips_left(p, tag)) != 0)
+      return -1;
+    if (tag >= p->len) {
+      p->pos = p->len;
+      stop->kind = kStopEof;
+      return 0;
+    }
+    p->pos = tag + 2;
+    p->tag = tag;
+    int raw = 0;
+    if (p->pos < p->len && p->src[p->pos] == '{') {
+      raw = 1;
+      p->pos++;
+    }
+    if (p->pos < p->len && p->src[p->pos] == '~') p->pos++;
+    if (raw) {
+      TemplateNode *n = arena_alloc(p->t, sizeof *n);
+      if (n == NULL) return oom(p);
+      n->kind = kNodeOutput;
+      n->offset = tag;
+      n->raw = 1;
+      n->expr = parse_tag_expr(p, 1);
+      if (n->expr == NULL || expect_tag_end(p, 1) != 0) return -1;
+      *tail = n;
+      tail = &n->next;
+      continue;
+    }
+    char c = p->pos < p->len ? p->src[p->pos] : '\0';
+    if (c == '!') {
+      if (parse_comment(p, tag) != 0) return -1;
+      continue;
+    }
+    if (c == '>') return fail_at(p, tag, kHeraldInvalid, "partials ({{> name}}) are not supported");
+    if (c == '*' || (c == '#' && p->pos + 1 < p->len && p->src[p->pos + 1] == '*'))
+      return fail_at(p, tag, kHeraldInvalid, "inline partials and decorators are not supported");
+    if (c == '#') {
+      p->pos++;
+      TemplateNode *n = parse_block(p, tag, depth, NULL, 0);
+      if (n == NULL) return -1;
+      *tail = n;
+      tail = &n->next;
+      continue;
+    }
+    if (c == '/') {
+      p->pos++;
+      skip_space(p);
+      size_t s = p->pos;
+      while (p->pos < p->len && is_id_char((unsigned char)p->src[p->pos])) p->pos++;
+      stop->kind = kStopClose;
+      stop->offset = tag;
+      stop->name = p->src + s;
+      stop->name_len = p->pos - s;
+      if (stop->name_len == 0) return fail_at(p, s, kHeraldInvalid, "expected a block name after {{/");
+      if (expect_tag_end(p, 0) != 0) return -1;
+      if (depth == 0)
+        return fail_at(p, tag, kHeraldInvalid, "{{/%.*s}} closes no open block", (int)stop->name_len,
+                       stop->name);
+      return 0;
+    }
+    /* {{else}}, {{else if x}}, {{^}} */
+    size_t save = p->pos;
+    skip_space(p);
+    int is_else = 0;
+    if (c == '^') {
+      p->pos++;
+      skip_space(p);
+      if (!at_tag_end(p, 0)) return fail_at(p, tag, kHeraldInvalid, "inverted sections ({{^name}}) are not supported");
+      is_else = 1;
+    } else if (p->len - p->pos >= 4 && memcmp(p->src + p->pos, "else", 4) == 0 &&
+               (p->pos + 4 >= p->len || isspace((unsigned char)p->src[p->pos + 4]) ||
+                p->src[p->pos + 4] == '}' || p->src[p->pos + 4] == '~')) {
+      p->pos += 4;
+      is_else = 1;
+    }
+    if (is_else) {
+      if (depth == 0) return fail_at(p, tag, kHeraldInvalid, "{{else}} outside a block");
+      stop->kind = kStopElse;
+      stop->offset = tag;
+      stop->name = NULL;
+      skip_space(p);
+      if (at_tag_end(p, 0)) {
+        if (expect_tag_end(p, 0) != 0) return -1;
+        return 0;
+      }
+      stop->name = p->src + p->pos;
+      stop->content = p->pos;
+      return 0;
+    }
+    p->pos = save;
+    if (c == '&') p->pos++;
+    TemplateNode *n = arena_alloc(p->t, sizeof *n);
+    if (n == NULL) return oom(p);
+    n->kind = kNodeOutput;
+    n->offset = tag;
+    n->raw = c == '&';
+    n->expr = parse_tag_expr(p, 0);
+    if (n->expr == NULL || expect_tag_end(p, 0) != 0) return -1;
+    *tail = n;
+    tail = &n->next;
+  }
+}
+
+int herald_template_compile(const char *name, const char *text, size_t len, int escape,
+                            HeraldTemplate **out, HeraldError *err) {
+  *out = NULL;
+  if (name == NULL) name = "template";
+  if (len > HERALD_TEMPLATE_MAX_SOURCE)
+    return herald_error_set(err, kHeraldLimit, "%s: template is %zu bytes, more than the %d allowed",
+                            name, len, HERALD_TEMPLATE_MAX_SOURCE);
+  HeraldTemplate *t = calloc(1, sizeof *t);
+  if (t == NULL) return herald_error_set(err, kHeraldNoMemory, "%s: out of memory", name);
+  t->name = strdup(name);
+  t->source = malloc(len + 1);
+  if (t->name == NULL || t->source == NULL) {
+    herald_template_free(t);
+    return herald_error_set(err, kHeraldNoMemory, "%s: out of memory", name);
+  }
+  memcpy(t->source, text, len);
+  t->source[len] = '\0';
+  t->source_len = len;
+  t->escape = escape;
+  Parser p = {.t = t, .src = t->source, .len = len, .err = err};
+  Stop stop;
+  if (parse_seq(&p, 0, &t->root, &stop) != 0) {
+    HeraldErrorCode code = err ? err->code : kHeraldInvalid;
+    herald_template_free(t);
+    return (int)code;
+  }
+  *out = t;
+  return kHeraldOk;
+}
+
+void herald_template_free(HeraldTemplate *t) {
+  if (t == NULL) return;
+  TemplateArenaChunk *c = t->arena;
+  while (c != NULL) {
+    TemplateArenaChunk *next = c->next;
+    free(c);
+    c = next;
+  }
+  free(t->name);
+  free(t->source);
+  free(t);
+}
+
+const char *herald_template_name(const HeraldTemplate *t) { return t->name; }

@@ -1,0 +1,615 @@
+/* The template renderer: walks the compiled node tree against a jansson context.
+ *
+ * Values are views (a json_t, or bytes in the context, the template or scratch memory), so a
+ * render allocates nothing but the output and the strings helpers build. Work is bounded: a
+ * step budget counts nodes and expressions, #each visits at most HERALD_TEMPLATE_MAX_EACH
+ * items, the output and the helpers' scratch memory have byte limits. */
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "runtime/template_internal.h"
+
+struct HeraldTemplateScratchChunk {
+  HeraldTemplateScratchChunk *next;
+  size_t used, cap;
+  max_align_t data[];
+};
+
+#define SCRATCH_CHUNK (64 * 1024)
+
+int template_render_fail(TemplateRender *r, size_t offset, HeraldErrorCode code,
+                         const char *fmt, ...) {
+  if (r->failed) return -1;
+  r->failed = 1;
+  char msg[512];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(msg, sizeof msg, fmt, ap);
+  va_end(ap);
+  int line, col;
+  template_position(r->t->source, r->t->source_len, offset, &line, &col);
+  herald_error_set(r->err, code, "%s: line %d, column %d: %s", r->t->name, line, col, msg);
+  return -1;
+}
+
+char *template_scratch(TemplateRender *r, size_t n) {
+  size_t limit = r->max_out * 2;
+  if (n > limit || r->scratch_used > limit - n) {
+    template_render_fail(r, 0, kHeraldLimit, "helpers built more than %zu bytes of text", limit);
+    return NULL;
+  }
+  HeraldTemplateScratchChunk *c = r->out->scratch;
+  /* chunks are reused across renders: look for room in any of them */
+  for (; c != NULL; c = c->next)
+    if (c->cap - c->used >= n) break;
+  if (c == NULL) {
+    size_t cap = n > SCRATCH_CHUNK ? n : SCRATCH_CHUNK;
+    c = malloc(sizeof *c + cap);
+    if (c == NULL) {
+      template_render_fail(r, 0, kHeraldNoMemory, "out of memory");
+      return NULL;
+    }
+    c->cap = cap;
+    c->used = 0;
+    c->next = r->out->scratch;
+    r->out->scratch = c;
+  }
+  char *p = (char *)c->data + c->used;
+  c->used += n;
+  r->scratch_used += n;
+  return p;
+}
+
+void herald_template_output_free(HeraldTemplateOutput *out) {
+  if (out == NULL) return;
+  HeraldTemplateScratchChunk *c = out->scratch;
+  while (c != NULL) {
+    HeraldTemplateScratchChunk *next = c->next;
+    free(c);
+    c = next;
+  }
+  free(out->data);
+  memset(out, 0, sizeof *out);
+}
+
+static int out_reserve(TemplateRender *r, size_t n) {
+  HeraldTemplateOutput *o = r->out;
+  if (n > r->max_out || o->len > r->max_out - n)
+    return template_render_fail(r, 0, kHeraldLimit, "output exceeds %zu bytes", r->max_out);
+  if (o->len + n + 1 <= o->cap) return 0;
+  size_t cap = o->cap ? o->cap : 4096;
+  while (cap < o->len + n + 1) cap *= 2;
+  char *d = realloc(o->data, cap);
+  if (d == NULL) return template_render_fail(r, 0, kHeraldNoMemory, "out of memory");
+  o->data = d;
+  o->cap = cap;
+  return 0;
+}
+
+static int out_append(TemplateRender *r, const char *s, size_t n) {
+  if (n == 0) return 0;
+  if (out_reserve(r, n) != 0) return -1;
+  memcpy(r->out->data + r->out->len, s, n);
+  r->out->len += n;
+  return 0;
+}
+
+/* Handlebars escapes these seven characters in {{x}}. */
+static int out_escaped(TemplateRender *r, const char *s, size_t n) {
+  size_t start = 0;
+  for (size_t i = 0; i < n; i++) {
+    const char *rep;
+    switch (s[i]) {
+      case '&': rep = "&amp;"; break;
+      case '<': rep = "&lt;"; break;
+      case '>': rep = "&gt;"; break;
+      case '"': rep = "&quot;"; break;
+      case '\'': rep = "&#x27;"; break;
+      case '`': rep = "&#x60;"; break;
+      case '=': rep = "&#x3D;"; break;
+      default: continue;
+    }
+    if (out_append(r, s + start, i - start) != 0 || out_append(r, rep, strlen(rep)) != 0) return -1;
+    start = i + 1;
+  }
+  return out_append(r, s + start, n - start);
+}
+
+void template_value_from_json(const json_t *j, TemplateValue *v) {
+  memset(v, 0, sizeof *v);
+  if (j == NULL) return;
+  switch (json_typeof(j)) {
+    case JSON_OBJECT: v->kind = kValObject; v->j = j; break;
+    case JSON_ARRAY: v->kind = kValArray; v->j = j; break;
+    case JSON_STRING:
+      v->kind = kValString;
+      v->s = json_string_value(j);
+      v->len = json_string_length(j);
+      break;
+    case JSON_INTEGER: v->kind = kValNumber; v->n = (double)json_integer_value(j); break;
+    case JSON_REAL: v->kind = kValNumber; v->n = json_real_value(j); break;
+    case JSON_TRUE: v->kind = kValBool; v->b = 1; break;
+    case JSON_FALSE: v->kind = kValBool; v->b = 0; break;
+    case JSON_NULL: v->kind = kValNull; break;
+  }
+}
+
+int template_value_truthy(const TemplateValue *v) {
+  switch (v->kind) {
+    case kValMissing:
+    case kValNull: return 0;
+    case kValBool: return v->b;
+    case kValNumber: return v->n != 0 && !isnan(v->n);
+    case kValString: return v->len > 0;
+    case kValArray: return json_array_size(v->j) > 0;
+    case kValObject: return 1;
+  }
+  return 0;
+}
+
+int template_value_number(const TemplateValue *v, double *out) {
+  if (v->kind == kValNumber) {
+    *out = v->n;
+    return 1;
+  }
+  if (v->kind == kValArray && json_array_size(v->j) == 1) {
+    TemplateValue item;
+    template_value_from_json(json_array_get(v->j, 0), &item);
+    if (item.kind == kValArray) return 0;
+    return template_value_number(&item, out);
+  }
+  if (v->kind != kValString || v->len == 0 || v->len > 63) return 0;
+  char tmp[64];
+  memcpy(tmp, v->s, v->len);
+  tmp[v->len] = '\0';
+  char *end;
+  double d = strtod(tmp, &end);
+  while (*end == ' ') end++;
+  if (end == tmp || *end != '\0' || tmp[0] == ' ' || isnan(d) || isinf(d)) return 0;
+  *out = d;
+  return 1;
+}
+
+/* Shortest text that reads back as the same double, integers without a fraction (as JS). */
+static size_t format_number(double d, char *buf, size_t size) {
+  if (isnan(d)) return (size_t)snprintf(buf, size, "NaN");
+  if (isinf(d)) return (size_t)snprintf(buf, size, d > 0 ? "Infinity" : "-Infinity");
+  if (d == floor(d) && fabs(d) < 1e15) return (size_t)snprintf(buf, size, "%lld", (long long)d);
+  for (int prec = 1; prec <= 17; prec++) {
+    int n = snprintf(buf, size, "%.*g", prec, d);
+    if (strtod(buf, NULL) == d) return (size_t)n;
+  }
+  return (size_t)snprintf(buf, size, "%.17g", d);
+}
+
+static int json_text_append(TemplateRender *r, const json_t *j, char **buf, size_t *len,
+                            size_t *cap, int depth);
+
+static int text_grow(TemplateRender *r, char **buf, size_t *len, size_t *cap, const char *s,
+                     size_t n) {
+  if (n == 0) return 0;
+  if (*len + n > *cap) {
+    size_t ncap = *cap ? *cap * 2 : 64;
+    while (ncap < *len + n) ncap *= 2;
+    char *nb = template_scratch(r, ncap);
+    if (nb == NULL) return -1;
+    if (*len) memcpy(nb, *buf, *len);
+    *buf = nb;
+    *cap = ncap;
+  }
+  memcpy(*buf + *len, s, n);
+  *len += n;
+  return 0;
+}
+
+/* A list prints as Handlebars.js prints an array: its items' text joined with ",". */
+static int json_text_append(TemplateRender *r, const json_t *j, char **buf, size_t *len,
+                            size_t *cap, int depth) {
+  char num[64];
+  switch (json_typeof(j)) {
+    case JSON_STRING: return text_grow(r, buf, len, cap, json_string_value(j), json_string_length(j));
+    case JSON_INTEGER:
+    case JSON_REAL: {
+      size_t n = format_number(json_number_value(j), num, sizeof num);
+      return text_grow(r, buf, len, cap, num, n);
+    }
+    case JSON_TRUE: return text_grow(r, buf, len, cap, "true", 4);
+    case JSON_FALSE: return text_grow(r, buf, len, cap, "false", 5);
+    case JSON_NULL: return 0;
+    case JSON_OBJECT: return text_grow(r, buf, len, cap, "[object Object]", 15);
+    case JSON_ARRAY: {
+      if (depth >= HERALD_TEMPLATE_MAX_DEPTH) return 0;
+      for (size_t i = 0; i < json_array_size(j); i++) {
+        if (i > 0 && text_grow(r, buf, len, cap, ",", 1) != 0) return -1;
+        if (json_text_append(r, json_array_get(j, i), buf, len, cap, depth + 1) != 0) return -1;
+      }
+      return 0;
+    }
+  }
+  return 0;
+}
+
+int template_value_text(TemplateRender *r, const TemplateValue *v, const char **s, size_t *len) {
+  char num[64];
+  switch (v->kind) {
+    case kValMissing:
+    case kValNull: *s = ""; *len = 0; return 0;
+    case kValBool: *s = v->b ? "true" : "false"; *len = v->b ? 4 : 5; return 0;
+    case kValString: *s = v->s; *len = v->len; return 0;
+    case kValObject: *s = "[object Object]"; *len = 15; return 0;
+    case kValNumber: {
+      size_t n = format_number(v->n, num, sizeof num);
+      char *d = template_scratch(r, n);
+      if (d == NULL) return -1;
+      memcpy(d, num, n);
+      *s = d;
+      *len = n;
+      return 0;
+    }
+    case kValArray: {
+      if (json_array_size(v->j) == 1) {
+        const json_t *only = json_array_get(v->j, 0);
+        if (json_is_string(only)) {
+          *s = json_string_value(only);
+          *len = json_string_length(only);
+          return 0;
+        }
+      }
+      char *buf = NULL;
+      size_t n = 0, cap = 0;
+      if (json_text_append(r, v->j, &buf, &n, &cap, 0) != 0) return -1;
+      *s = buf ? buf : "";
+      *len = n;
+      return 0;
+    }
+  }
+  *s = "";
+  *len = 0;
+  return 0;
+}
+
+static int step(TemplateRender *r, size_t offset) {
+  if (++r->steps > HERALD_TEMPLATE_MAX_STEPS)
+    return template_render_fail(r, offset, kHeraldLimit, "rendering took more than %ld steps",
+                                HERALD_TEMPLATE_MAX_STEPS);
+  return 0;
+}
+
+static const json_t *walk(const json_t *j, const TemplatePathSeg *segs, int nsegs, TemplateValue *len_out) {
+  for (int i = 0; i < nsegs && j != NULL; i++) {
+    if (json_is_object(j)) {
+      j = json_object_get(j, segs[i].text);
+    } else if (json_is_array(j)) {
+      if (segs[i].index >= 0) {
+        j = json_array_get(j, (size_t)segs[i].index);
+      } else if (i == nsegs - 1 && segs[i].len == 6 && memcmp(segs[i].text, "length", 6) == 0) {
+        len_out->kind = kValNumber;
+        len_out->n = (double)json_array_size(j);
+        return NULL;
+      } else {
+        return NULL;
+      }
+    } else {
+      return NULL;
+    }
+  }
+  return j;
+}
+
+static int present(const json_t *j) {
+  if (j == NULL || json_is_null(j)) return 0;
+  if (json_is_string(j)) return json_string_length(j) > 0;
+  if (json_is_array(j)) return json_array_size(j) > 0;
+  return 1;
+}
+
+/* The top-level scope: substitutions, then the endpoint, then the defaults. An object (User,
+ * Attributes, ...) comes from the endpoint when it has one, since substitutions and defaults
+ * hold only a few leaves of it; their leaves still win when read by their full path. */
+static void lookup_root(TemplateRender *r, const TemplateExpr *e, TemplateValue *v) {
+  const json_t *layers[3] = {r->subs, r->ctx, r->defaults};
+  const json_t *object = NULL;
+  memset(v, 0, sizeof *v);
+  for (int i = 0; i < 3; i++) {
+    if (layers[i] == NULL) continue;
+    TemplateValue len = {0};
+    const json_t *j = walk(layers[i], e->segs, e->nsegs, &len);
+    if (len.kind == kValNumber) {
+      *v = len;
+      return;
+    }
+    if (!present(j)) continue;
+    if (json_is_object(j) && layers[i] != r->ctx) {
+      if (object == NULL) object = j;
+      continue;
+    }
+    template_value_from_json(j, v);
+    return;
+  }
+  if (object != NULL) template_value_from_json(object, v);
+}
+
+static void lookup_path(TemplateRender *r, const TemplateExpr *e, TemplateValue *v) {
+  memset(v, 0, sizeof *v);
+  const TemplateFrame *f = r->frame;
+  if (e->data != kDataNone) {
+    while (f != NULL && !f->has_index) f = f->parent;
+    if (f == NULL) return;
+    switch (e->data) {
+      case kDataIndex: v->kind = kValNumber; v->n = (double)f->index; break;
+      case kDataFirst: v->kind = kValBool; v->b = f->first; break;
+      case kDataLast: v->kind = kValBool; v->b = f->last; break;
+      case kDataKey: *v = f->key; break;
+      case kDataNone: break;
+    }
+    return;
+  }
+  if (e->up < 0) {
+    while (f->parent != NULL) f = f->parent;
+  } else {
+    for (int i = 0; i < e->up; i++) {
+      if (f->parent == NULL) return;
+      f = f->parent;
+    }
+  }
+  if (f->parent == NULL) {
+    if (e->nsegs == 0) {
+      template_value_from_json(r->ctx, v);
+      return;
+    }
+    lookup_root(r, e, v);
+    return;
+  }
+  if (e->nsegs == 0) {
+    *v = f->self;
+    return;
+  }
+  if (f->self.kind != kValObject && f->self.kind != kValArray) return;
+  TemplateValue len = {0};
+  const json_t *j = walk(f->self.j, e->segs, e->nsegs, &len);
+  if (len.kind == kValNumber) *v = len;
+  else template_value_from_json(j, v);
+}
+
+static int eval(TemplateRender *r, const TemplateExpr *e, TemplateValue *v);
+
+/* Calls a helper. A conditional helper yields a boolean; inline (not as a block) it yields its
+ * yes= / no= argument instead when one is given, as Pinpoint's helpers do. */
+static int eval_call(TemplateRender *r, const TemplateExpr *e, int as_block, TemplateValue *v) {
+  TemplateValue params[64];
+  for (int i = 0; i < e->nparams; i++)
+    if (eval(r, e->params[i], &params[i]) != 0) return -1;
+  memset(v, 0, sizeof *v);
+  if (e->helper->fn(r, e, params, e->nparams, v) != 0) return -1;
+  if (e->helper->kind == kHelperConditional && !as_block) {
+    TemplateValue pick;
+    if (template_hash_get(r, e, v->b ? "yes" : "no", &pick) != 0) return -1;
+    if (pick.kind != kValMissing) *v = pick;
+  }
+  return 0;
+}
+
+static int eval(TemplateRender *r, const TemplateExpr *e, TemplateValue *v) {
+  if (step(r, e->offset) != 0) return -1;
+  switch (e->kind) {
+    case kExprLiteral: *v = e->lit; return 0;
+    case kExprPath: lookup_path(r, e, v); return 0;
+    case kExprCall: return eval_call(r, e, 0, v);
+  }
+  return 0;
+}
+
+int template_hash_get(TemplateRender *r, const TemplateExpr *call, const char *name,
+                      TemplateValue *out) {
+  memset(out, 0, sizeof *out);
+  for (int i = 0; i < call->nhash; i++)
+    if (strcmp(call->hash[i].name, name) == 0) return eval(r, call->hash[i].value, out);
+  return 0;
+}
+
+static int render_nodes(TemplateRender *r, const TemplateNode *n);
+
+static int render_each(TemplateRender *r, const TemplateNode *n, const TemplateValue *v) {
+  size_t count = 0;
+  if (v->kind == kValArray) count = json_array_size(v->j);
+  else if (v->kind == kValObject) count = json_object_size(v->j);
+  if (count == 0) return render_nodes(r, n->inverse);
+  if (count > HERALD_TEMPLATE_MAX_EACH) count = HERALD_TEMPLATE_MAX_EACH;
+  TemplateFrame f = {.parent = r->frame, .has_index = 1};
+  const TemplateFrame *saved = r->frame;
+  r->frame = &f;
+  int rc = 0;
+  if (v->kind == kValArray) {
+    for (size_t i = 0; i < count && rc == 0; i++) {
+      template_value_from_json(json_array_get(v->j, i), &f.self);
+      f.index = i;
+      f.first = i == 0;
+      f.last = i + 1 == count;
+      f.key.kind = kValNumber;
+      f.key.n = (double)i;
+      rc = render_nodes(r, n->body);
+    }
+  } else {
+    size_t i = 0;
+    const char *key;
+    json_t *item;
+    json_object_foreach((json_t *)v->j, key, item) {
+      if (i >= count || rc != 0) break;
+      template_value_from_json(item, &f.self);
+      f.index = i;
+      f.first = i == 0;
+      f.last = i + 1 == count;
+      f.key.kind = kValString;
+      f.key.s = key;
+      f.key.len = strlen(key);
+      rc = render_nodes(r, n->body);
+      i++;
+    }
+  }
+  r->frame = saved;
+  return rc;
+}
+
+static int render_block(TemplateRender *r, const TemplateNode *n) {
+  TemplateValue v;
+  if (n->block == kBlockHelper) {
+    if (step(r, n->expr->offset) != 0 || eval_call(r, n->expr, 1, &v) != 0) return -1;
+  } else if (eval(r, n->expr, &v) != 0) {
+    return -1;
+  }
+  switch (n->block) {
+    case kBlockIf:
+    case kBlockHelper: return render_nodes(r, template_value_truthy(&v) ? n->body : n->inverse);
+    case kBlockUnless: return render_nodes(r, template_value_truthy(&v) ? n->inverse : n->body);
+    case kBlockEach: return render_each(r, n, &v);
+    case kBlockWith: {
+      if (!template_value_truthy(&v)) return render_nodes(r, n->inverse);
+      TemplateFrame f = {.self = v, .parent = r->frame};
+      const TemplateFrame *saved = r->frame;
+      r->frame = &f;
+      int rc = render_nodes(r, n->body);
+      r->frame = saved;
+      return rc;
+    }
+  }
+  return 0;
+}
+
+static int render_nodes(TemplateRender *r, const TemplateNode *n) {
+  for (; n != NULL; n = n->next) {
+    if (step(r, n->offset) != 0) return -1;
+    switch (n->kind) {
+      case kNodeText:
+        if (out_append(r, n->text, n->len) != 0) return -1;
+        break;
+      case kNodeOutput: {
+        TemplateValue v;
+        const char *s;
+        size_t len;
+        if (eval(r, n->expr, &v) != 0 || template_value_text(r, &v, &s, &len) != 0) return -1;
+        if ((r->t->escape && !n->raw ? out_escaped(r, s, len) : out_append(r, s, len)) != 0)
+          return -1;
+        break;
+      }
+      case kNodeBlock:
+        if (render_block(r, n) != 0) return -1;
+        break;
+    }
+  }
+  return 0;
+}
+
+int herald_template_render(const HeraldTemplate *t, const json_t *ctx, const json_t *subs,
+                           const json_t *defaults, HeraldTemplateOutput *out, HeraldError *err) {
+  for (HeraldTemplateScratchChunk *c = out->scratch; c != NULL; c = c->next) c->used = 0;
+  out->len = 0;
+  TemplateFrame root = {0};
+  template_value_from_json(ctx, &root.self);
+  TemplateRender r = {
+    .t = t, .ctx = ctx, .subs = subs, .defaults = defaults, .out = out, .err = err,
+    .max_out = out->max ? out->max : HERALD_TEMPLATE_MAX_OUTPUT, .frame = &root,
+  };
+  if (render_nodes(&r, t->root) != 0 || out_reserve(&r, 0) != 0) {
+    out->len = 0;
+    return err ? (int)err->code : kHeraldInvalid;
+  }
+  out->data[out->len] = '\0';
+  return kHeraldOk;
+}
+
+/* Inserts value at the path named by key, creating objects on the way. */
+static int vars_put(json_t *tree, const char *key, json_t *value, HeraldError *err) {
+  HeraldTemplate *t = NULL;
+  size_t klen = strlen(key);
+  char *src = malloc(klen + 5);
+  if (src == NULL) return herald_error_set(err, kHeraldNoMemory, "out of memory");
+  /* parse the key with the template path syntax: "{{" key "}}" */
+  memcpy(src, "{{", 2);
+  memcpy(src + 2, key, klen);
+  memcpy(src + 2 + klen, "}}", 3);
+  HeraldError perr = {0};
+  int rc = herald_template_compile("substitution", src, klen + 4, 0, &t, &perr);
+  free(src);
+  const TemplateExpr *e = NULL;
+  if (rc == kHeraldOk && t->root != NULL && t->root->next == NULL && t->root->kind == kNodeOutput)
+    e = t->root->expr;
+  if (e == NULL || e->kind != kExprPath || e->nsegs == 0 || e->up != 0 || e->data != kDataNone) {
+    herald_template_free(t);
+    return herald_error_set(err, kHeraldInvalid, "substitution key '%s' is not a variable path", key);
+  }
+  json_t *cur = tree;
+  for (int i = 0; i < e->nsegs; i++) {
+    const char *seg = e->segs[i].text;
+    if (i == e->nsegs - 1) {
+      if (json_object_set(cur, seg, value) != 0) {
+        herald_template_free(t);
+        return herald_error_set(err, kHeraldNoMemory, "out of memory");
+      }
+      break;
+    }
+    json_t *next = json_object_get(cur, seg);
+    if (!json_is_object(next)) {
+      next = json_object();
+      if (next == NULL || json_object_set_new(cur, seg, next) != 0) {
+        herald_template_free(t);
+        return herald_error_set(err, kHeraldNoMemory, "out of memory");
+      }
+    }
+    cur = next;
+  }
+  herald_template_free(t);
+  return kHeraldOk;
+}
+
+static int vars_fill(json_t *tree, const json_t *map, const char *prefix, int depth,
+                     HeraldError *err) {
+  if (depth > HERALD_TEMPLATE_MAX_DEPTH)
+    return herald_error_set(err, kHeraldLimit, "substitutions nested deeper than %d",
+                            HERALD_TEMPLATE_MAX_DEPTH);
+  const char *key;
+  json_t *value;
+  json_object_foreach((json_t *)map, key, value) {
+    size_t n = strlen(prefix) + strlen(key) + 4;
+    char *full = malloc(n);
+    if (full == NULL) return herald_error_set(err, kHeraldNoMemory, "out of memory");
+    /* a key with a '.' of its own is already a path; nested keys are single names */
+    if (*prefix)
+      snprintf(full, n, strpbrk(key, ".[]") ? "%s.%s" : "%s.[%s]", prefix, key);
+    else
+      snprintf(full, n, "%s", key);
+    int rc;
+    if (json_is_object(value)) {
+      rc = vars_fill(tree, value, full, depth + 1, err);
+    } else if (json_is_array(value)) {
+      rc = vars_put(tree, full, value, err);
+    } else {
+      json_t *list = json_array();
+      rc = list == NULL || json_array_append(list, value) != 0
+               ? herald_error_set(err, kHeraldNoMemory, "out of memory")
+               : vars_put(tree, full, list, err);
+      json_decref(list);
+    }
+    free(full);
+    if (rc != kHeraldOk) return rc;
+  }
+  return kHeraldOk;
+}
+
+int herald_template_vars(const json_t *map, json_t **out, HeraldError *err) {
+  *out = NULL;
+  if (map == NULL || json_is_null(map)) return kHeraldOk;
+  if (!json_is_object(map))
+    return herald_error_set(err, kHeraldInvalid, "substitutions must be an object of name -> values");
+  json_t *tree = json_object();
+  if (tree == NULL) return herald_error_set(err, kHeraldNoMemory, "out of memory");
+  int rc = vars_fill(tree, map, "", 0, err);
+  if (rc != kHeraldOk) {
+    json_decref(tree);
+    return rc;
+  }
+  *out = tree;
+  return kHeraldOk;
+}

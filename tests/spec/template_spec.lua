@@ -1,0 +1,412 @@
+-- The template engine: Pinpoint's Handlebars subset compiled and rendered in C.
+local template = require('herald').template
+
+local endpoint = {
+  Id = 'ep-1', Address = 'jane@example.com', ChannelType = 'EMAIL', OptOut = 'NONE',
+  EffectiveDate = '2026-11-01T10:00:00.000Z', CreationDate = '2026-01-15T08:30:00.000Z',
+  User = { UserId = 'user-42', UserAttributes = {
+    FirstName = { 'jane' }, LastName = { 'Doe' }, ['Last Name'] = { 'Smith' },
+    Interests = { 'hiking', 'cooking', 'jazz' } } },
+  Attributes = { plan = { 'gold' }, age = { '30' }, empty = {}, blank = { '' },
+                 html = { '<b>"Tom" & \'Jerry\' `=`</b>' } },
+  Metrics = { visits = 17, spend = 12.5, zero = 0 },
+  Demographic = { Platform = 'ios', Timezone = 'Europe/Lisbon' },
+  Location = { City = 'Lisbon', Country = 'PT' },
+}
+
+-- Compiles and renders; a failure comes back as the error text so specs compare one string.
+local function R(text, ctx, subs, opts)
+  local t, err = template.compile(text, opts or { name = 'spec' })
+  if not t then return 'compile error: ' .. err end
+  local out, rerr = t:render(ctx == nil and endpoint or ctx, subs)
+  if not out then return 'render error: ' .. rerr end
+  return out
+end
+
+local function compile_error(text, name)
+  local t, err = template.compile(text, { name = name or 'welcome(v2)' })
+  assert.is_nil(t)
+  return err
+end
+
+describe('template variables', function()
+  it('reads dotted endpoint paths', function()
+    assert.are.equal('ep-1 jane@example.com EMAIL NONE user-42 Lisbon ios',
+      R('{{Id}} {{Address}} {{ChannelType}} {{OptOut}} {{User.UserId}} {{Location.City}} {{Demographic.Platform}}'))
+    assert.are.equal('2026-11-01T10:00:00.000Z 2026-01-15T08:30:00.000Z',
+      R('{{EffectiveDate}} {{CreationDate}}'))
+  end)
+
+  it('reads list items with .[0] and names with spaces in brackets (Pinpoint examples)', function()
+    assert.are.equal('Doe', R('{{User.UserAttributes.LastName.[0]}}'))
+    assert.are.equal('Smith', R('{{User.UserAttributes.[Last Name].[0]}}'))
+    assert.are.equal('cooking', R('{{User.UserAttributes.Interests.[1]}}'))
+    assert.are.equal('jazz', R('{{User.UserAttributes.Interests.2}}'))
+    assert.are.equal('', R('{{User.UserAttributes.Interests.[3]}}'))
+  end)
+
+  it('renders a list where text is expected joined with "," as Handlebars.js does', function()
+    assert.are.equal('hiking,cooking,jazz', R('{{User.UserAttributes.Interests}}'))
+    assert.are.equal('gold', R('{{Attributes.plan}}'))
+    assert.are.equal('3', R('{{User.UserAttributes.Interests.length}}'))
+  end)
+
+  it('renders numbers as JavaScript prints them', function()
+    assert.are.equal('17 12.5 0', R('{{Metrics.visits}} {{Metrics.spend}} {{Metrics.zero}}'))
+    assert.are.equal('0.30000000000000004', R('{{add 0.1 0.2}}'))
+  end)
+
+  it('renders a missing value as nothing, at any depth', function()
+    assert.are.equal('[][][][]', R('[{{Nope}}][{{Attributes.nope.[0]}}][{{User.UserId.deeper}}][{{Metrics.visits.[0]}}]'))
+    assert.are.equal('Hi !', R('Hi {{User.UserAttributes.FirstName.[0]}}!', {}))
+    assert.are.equal('x', template.compile('x{{Id}}'):render())
+  end)
+
+  it('HTML-escapes {{x}} and leaves {{{x}}} and {{& x}} raw', function()
+    assert.are.equal('&lt;b&gt;&quot;Tom&quot; &amp; &#x27;Jerry&#x27; &#x60;&#x3D;&#x60;&lt;/b&gt;',
+      R('{{Attributes.html.[0]}}'))
+    assert.are.equal('<b>"Tom" & \'Jerry\' `=`</b>', R('{{{Attributes.html.[0]}}}'))
+    assert.are.equal('<b>"Tom" & \'Jerry\' `=`</b>', R('{{& Attributes.html.[0]}}'))
+    assert.are.equal('<p>&amp;</p>', R('<p>{{"&"}}</p>'))
+  end)
+
+  it('does not escape when compiled for plain text', function()
+    assert.are.equal('<b>"Tom" & \'Jerry\' `=`</b>',
+      R('{{Attributes.html.[0]}}', nil, nil, { name = 'text', escape = false }))
+  end)
+
+  it('reads this, ../ and @root', function()
+    assert.are.equal('user-42 ep-1 ep-1', R('{{#with User}}{{this.UserId}} {{../Id}} {{@root.Id}}{{/with}}'))
+  end)
+
+  it('reads a bracketed name even when it names a helper', function()
+    assert.are.equal('a b', R('{{[if]}} {{[upper].x}}', { ['if'] = 'a', upper = { x = 'b' } }))
+  end)
+
+  it('treats \\{{ as literal braces', function()
+    assert.are.equal('{{Id}} ep-1', R('\\{{Id}} {{Id}}'))
+  end)
+end)
+
+describe('template blocks', function()
+  it('#if / {{else}} / {{else if}} on truthiness', function()
+    assert.are.equal('yes', R('{{#if User.UserId}}yes{{else}}no{{/if}}'))
+    assert.are.equal('no', R('{{#if Nope}}yes{{else}}no{{/if}}'))
+    assert.are.equal('no no no yes', R('{{#if Attributes.empty}}yes{{else}}no{{/if}} '
+      .. '{{#if Attributes.blank.[0]}}yes{{else}}no{{/if}} {{#if Metrics.zero}}yes{{else}}no{{/if}} '
+      .. '{{#if Location}}yes{{else}}no{{/if}}'))
+    assert.are.equal('b', R('{{#if Nope}}a{{else if Metrics.visits}}b{{else}}c{{/if}}'))
+    assert.are.equal('c', R('{{#if Nope}}a{{else if Nope2}}b{{else}}c{{/if}}'))
+  end)
+
+  it('#unless', function()
+    assert.are.equal('in', R('{{#unless Nope}}in{{else}}out{{/unless}}'))
+    assert.are.equal('out', R('{{#unless Id}}in{{else}}out{{/unless}}'))
+  end)
+
+  it('#each over a list with this, @index, @first, @last', function()
+    assert.are.equal('[0:hiking first][1:cooking][2:jazz last]',
+      R('{{#each User.UserAttributes.Interests}}[{{@index}}:{{this}}{{#if @first}} first{{/if}}{{#if @last}} last{{/if}}]{{/each}}'))
+  end)
+
+  it('#each over an object gives @key, and {{else}} when empty', function()
+    assert.are.equal('City=Lisbon;', R('{{#each Location}}{{@key}}={{this}};{{/each}}', { Location = { City = 'Lisbon' } }))
+    -- a Lua table has no order: both entries appear, in either order
+    local both = R('{{#each Location}}{{@key}}={{this}};{{/each}}')
+    assert.is_true(both == 'City=Lisbon;Country=PT;' or both == 'Country=PT;City=Lisbon;', both)
+    assert.are.equal('none', R('{{#each Attributes.empty}}x{{else}}none{{/each}}'))
+    assert.are.equal('none', R('{{#each Nope}}x{{else}}none{{/each}}'))
+  end)
+
+  it('#each visits at most 15 items, as Pinpoint', function()
+    local list = {}
+    for i = 1, 40 do list[i] = tostring(i) end
+    assert.are.equal('1,2,3,4,5,6,7,8,9,10,11,12,13,14,15!',
+      R('{{#each Attributes.n}}{{this}}{{#if @last}}!{{else}},{{/if}}{{/each}}', { Attributes = { n = list } }))
+  end)
+
+  it('#with changes the scope and falls to {{else}} when empty', function()
+    assert.are.equal('Lisbon/PT', R('{{#with Location}}{{City}}/{{Country}}{{/with}}'))
+    assert.are.equal('none', R('{{#with Nope}}x{{else}}none{{/with}}'))
+  end)
+
+  it('nests blocks', function()
+    assert.are.equal('hiking!cooking.jazz.',
+      R('{{#each User.UserAttributes.Interests}}{{#if @first}}{{#with this}}{{.}}!{{/with}}{{else}}{{this}}.{{/if}}{{/each}}'))
+  end)
+
+  it('drops comments and honours whitespace control', function()
+    assert.are.equal('ab', R('a{{!-- a comment with }} and {{x}} --}}b'))
+    assert.are.equal('ab', R('a{{! short }}b'))
+    assert.are.equal('[ep-1]', R('[  {{~Id~}}  ]'))
+    assert.are.equal('<li>hiking</li><li>cooking</li><li>jazz</li>',
+      R('{{#each User.UserAttributes.Interests~}}\n  <li>{{this}}</li>\n{{~/each}}'))
+    assert.are.equal('ab', R('a {{~!-- x --~}}   {{"b"}}'))
+  end)
+end)
+
+describe('template conditional helpers', function()
+  it('eq in #if with a subexpression (Pinpoint example)', function()
+    assert.are.equal('Gold member', R('{{#if (eq Attributes.plan.[0] "gold")}}Gold member{{else}}Member{{/if}}'))
+    assert.are.equal('Member', R('{{#if (eq Attributes.plan.[0] "silver")}}Gold member{{else}}Member{{/if}}'))
+  end)
+
+  it('every comparison as a block', function()
+    assert.are.equal('eq neq gt gte lt lte',
+      R('{{#eq 1 1}}eq{{/eq}} {{#neq 1 2}}neq{{/neq}} {{#gt 2 1}}gt{{/gt}} {{#gte 2 2}}gte{{/gte}} '
+        .. '{{#lt 1 2}}lt{{/lt}} {{#lte 2 2}}lte{{/lte}}'))
+    assert.are.equal('no', R('{{#gt 1 2}}yes{{else}}no{{/gt}}'))
+  end)
+
+  it('and, or, not as blocks and inline', function()
+    assert.are.equal('both', R('{{#and Id Address}}both{{else}}not both{{/and}}'))
+    assert.are.equal('not both', R('{{#and Id Nope}}both{{else}}not both{{/and}}'))
+    assert.are.equal('one', R('{{#or Nope Id}}one{{else}}none{{/or}}'))
+    assert.are.equal('none', R('{{#or Nope Attributes.empty}}one{{else}}none{{/or}}'))
+    assert.are.equal('negated', R('{{#not Nope}}negated{{/not}}'))
+    assert.are.equal('true false true', R('{{and Id Address}} {{or Nope Metrics.zero}} {{not Nope}}'))
+  end)
+
+  it('inline forms return a boolean, or the yes= / no= values', function()
+    assert.are.equal('true false', R('{{eq Metrics.visits 17}} {{eq Metrics.visits 18}}'))
+    assert.are.equal('y n', R("{{eq Attributes.plan.[0] 'gold' yes='y' no='n'}} {{gt Metrics.visits 20 yes='y' no='n'}}"))
+    assert.are.equal('Y', R("{{if Id yes='Y' no='N'}}"))
+  end)
+
+  it('compares numbers held as strings numerically and a one-value list as its value', function()
+    assert.are.equal('true true true', R('{{gt Attributes.age.[0] 9}} {{eq Attributes.plan "gold"}} {{lt "9" "10"}}'))
+    assert.are.equal('true false', R('{{lt "apple" "banana"}} {{eq "a" "A"}}'))
+    assert.are.equal('false true', R('{{eq Nope "x"}} {{eq Nope Nope2}}'))
+  end)
+end)
+
+describe('template string and math helpers', function()
+  it('nests helpers (Pinpoint example)', function()
+    assert.are.equal('Jane', R('{{capitalizeFirst (lower "JANE")}}'))
+    assert.are.equal('JANE DOE', R('{{upper (join User.UserAttributes.FirstName User.UserAttributes.LastName " ")}}'))
+  end)
+
+  it('changes case', function()
+    assert.are.equal('JANE jane Jane', R('{{upper User.UserAttributes.FirstName}} {{lower "JaNe"}} {{capitalizeFirst User.UserAttributes.FirstName.[0]}}'))
+    assert.are.equal('This Is Text|ABc DeF|Abc Def', R('{{capitalize "this is text"}}|{{capitalize "aBc deF"}}|{{capitalize "aBc deF" fully=true}}'))
+  end)
+
+  it('pads, centres and abbreviates', function()
+    assert.are.equal('########13#########', R('{{center "13" size=19 pad="#"}}'))
+    assert.are.equal('13#################', R('{{ljust "13" size=19 pad="#"}}'))
+    assert.are.equal('#################13', R('{{rjust "13" size=19 pad="#"}}'))
+    assert.are.equal('[ab   ][   ab][  ab  ]', R('[{{ljust "ab" 5}}][{{rjust "ab" 5}}][{{center "ab" 6}}]'))
+    assert.are.equal('toolong', R('{{ljust "toolong" 3}}'))
+    assert.are.equal('Fi...|First Last|Now is the t...', R('{{abbreviate "First Last" 5}}|{{abbreviate "First Last" 10}}|{{abbreviate "Now is the time for all good men" 15}}'))
+  end)
+
+  it('cuts, replaces, slugifies, strips tags, takes substrings', function()
+    assert.are.equal('MobilePhone|Mob-le Phone', R('{{cut "Mobile Phone" " "}}|{{replace "Mobile Phone" "i" "-"}}'))
+    assert.are.equal('joel-is-a-slug', R('{{slugify "  Joel is a Slug!  "}}'))
+    assert.are.equal('Mobile Phone', R('{{stripTags "<html><b>Mobile</b> Phone</html>"}}'))
+    assert.are.equal('Phone|Mob|', R('{{substring "Mobile Phone" 7}}|{{substring "Mobile Phone" 0 3}}|{{substring "ab" 5}}'))
+    assert.are.equal('ção', R('{{substring "Ação" 1}}'))
+  end)
+
+  it('joins lists and values', function()
+    assert.are.equal('hiking, cooking, jazz', R('{{join User.UserAttributes.Interests ", "}}'))
+    assert.are.equal('<b>a // b</b>', R('{{{join "a" "b" " // " prefix="<b>" suffix="</b>"}}}'))
+  end)
+
+  it('ordinalizes and encodes', function()
+    assert.are.equal('1st 2nd 3rd 4th 11th 12th 13th 21st 102nd 17th x', R('{{ordinalize 1}} {{ordinalize 2}} {{ordinalize 3}} '
+      .. '{{ordinalize 4}} {{ordinalize 11}} {{ordinalize "12"}} {{ordinalize 13}} {{ordinalize 21}} {{ordinalize 102}} '
+      .. '{{ordinalize Metrics.visits}} {{ordinalize "x"}}'))
+    assert.are.equal('amFuZUBleGFtcGxlLmNvbQ== jane@example.com [] TQ== TWE=',
+      R('{{{encode64 Address}}} {{decode64 (encode64 Address)}} [{{decode64 "*"}}] {{{encode64 "M"}}} {{{encode64 "Ma"}}}'))
+  end)
+
+  it('yesno', function()
+    assert.are.equal('yes no maybe', R('{{yesno true}} {{yesno false}} {{yesno Nope}}'))
+    assert.are.equal('on off ?', R("{{yesno true yes='on'}} {{yesno Metrics.zero no='off'}} {{yesno Nope maybe='?'}}"))
+  end)
+
+  it('does arithmetic on numbers and numeric attributes', function()
+    assert.are.equal('19 15 34 8.5 1', R('{{add Metrics.visits 2}} {{subtract Metrics.visits 2}} {{multiply Metrics.visits 2}} {{divide Metrics.visits 2}} {{modulo Metrics.visits 2}}'))
+    assert.are.equal('31 2 1 3 -2', R('{{add Attributes.age.[0] 1}} {{ceiling 1.1}} {{floor 1.9}} {{round 2.5}} {{round -2.5}}'))
+    assert.are.equal('[][]', R('[{{divide 1 0}}][{{add Nope 1}}]'))
+  end)
+
+  it('uses helpers inside blocks and their results in comparisons', function()
+    assert.are.equal('big spender', R('{{#if (gt (multiply Metrics.spend 2) 20)}}big spender{{/if}}'))
+  end)
+end)
+
+describe('template substitutions', function()
+  local t = assert(template.compile('{{FirstName}}|{{User.UserAttributes.FirstName.[0]}}|{{Attributes.plan}}',
+    { name = 'subs', escape = false }))
+
+  it('reads per-message substitutions as lists or single values', function()
+    assert.are.equal('Jo|Ann|silver', t:render(endpoint, {
+      FirstName = { 'Jo' }, ['User.UserAttributes.FirstName'] = 'Ann', ['Attributes.plan'] = { 'silver' } }))
+  end)
+
+  it('lets message substitutions win over the endpoint, and the endpoint fill the rest', function()
+    assert.are.equal('|jane|platinum', t:render(endpoint, { ['Attributes.plan'] = 'platinum' }))
+    assert.are.equal('|jane|gold', t:render(endpoint))
+  end)
+
+  it('keeps objects from the endpoint when a substitution sets one of their leaves', function()
+    local w = assert(template.compile('{{#with User}}{{UserId}}/{{UserAttributes.FirstName}}{{/with}}'))
+    assert.are.equal('user-42/jane', w:render(endpoint, { ['User.UserAttributes.FirstName'] = 'Sub' }))
+  end)
+
+  it('rejects a substitution key that is not a variable path', function()
+    local out, err = t:render(endpoint, { ['a..b'] = 'x' })
+    assert.is_nil(out)
+    assert.matches("substitution key 'a..b' is not a variable path", err, 1, true)
+  end)
+end)
+
+describe('template compile errors', function()
+  it('names the template, line and column of an unclosed block', function()
+    assert.are.equal('welcome(v2): line 3, column 14: unclosed {{#if}}',
+      compile_error('Hello\nthere\nplan is gold {{#if Attributes.plan}}yes'))
+    assert.are.equal('welcome(v2): line 1, column 1: unclosed {{#each}}', compile_error('{{#each x}}{{#if y}}{{/if}}'))
+  end)
+
+  it('reports mismatched and stray closing tags', function()
+    assert.are.equal('welcome(v2): line 1, column 12: {{/each}} does not close {{#if}} (opened at line 1, column 1)',
+      compile_error('{{#if x}}a {{/each}}'))
+    assert.are.equal('welcome(v2): line 1, column 3: {{/if}} closes no open block', compile_error('a {{/if}}'))
+    assert.are.equal('welcome(v2): line 1, column 1: {{else}} outside a block', compile_error('{{else}}'))
+    assert.are.equal('welcome(v2): line 1, column 19: a second {{else}} in {{#if}}',
+      compile_error('{{#if x}}a{{else}}{{else}}b{{/if}}'))
+  end)
+
+  it('reports unknown helpers, with the column counted in characters', function()
+    assert.are.equal("welcome(v2): line 2, column 6: unknown helper 'frobnicate'",
+      compile_error('Olá\nçé {{frobnicate Id}}'))
+    assert.are.equal("welcome(v2): line 1, column 4: unknown helper 'nope'", compile_error('{{(nope 1)}}'))
+    assert.are.equal("welcome(v2): line 1, column 4: unknown block helper 'frob'", compile_error('{{#frob x}}{{/frob}}'))
+    assert.are.equal("welcome(v2): line 1, column 4: 'upper' is not a block helper (blocks: if, unless, each, with, eq, neq, gt, gte, lt, lte, and, or, not)",
+      compile_error('{{#upper x}}{{/upper}}'))
+  end)
+
+  it('checks helper arity', function()
+    assert.are.equal("welcome(v2): line 1, column 3: 'eq' takes 2 arguments, got 1", compile_error('{{eq Id}}'))
+    assert.are.equal("welcome(v2): line 1, column 3: 'substring' takes 2 to 3 arguments, got 4",
+      compile_error('{{substring "a" 1 2 3}}'))
+    assert.are.equal('welcome(v2): line 1, column 4: #if needs one argument', compile_error('{{#if}}{{/if}}'))
+    assert.are.equal('welcome(v2): line 1, column 11: #each takes one argument', compile_error('{{#each a b}}{{/each}}'))
+  end)
+
+  it('reports bad syntax', function()
+    assert.are.equal('welcome(v2): line 1, column 3: unterminated tag: expected }}', compile_error('a {{Id'))
+    assert.are.equal('welcome(v2): line 1, column 3: empty tag', compile_error('{{}}'))
+    assert.are.equal("welcome(v2): line 1, column 14: unclosed '[' in a path", compile_error('{{User.Attrs.[Last Name}}'))
+    assert.are.equal('welcome(v2): line 1, column 12: unterminated string', compile_error('{{lower Id "abc}}'))
+    assert.are.equal("welcome(v2): line 1, column 3: unclosed '('", compile_error('{{(lower Id}}'))
+    assert.are.equal('welcome(v2): line 1, column 1: unclosed comment', compile_error('{{!-- no end }}'))
+    assert.are.equal('welcome(v2): line 1, column 1: partials ({{> name}}) are not supported', compile_error('{{> footer}}'))
+    assert.are.equal("welcome(v2): line 1, column 3: unknown data variable '@foo' (known: @index, @first, @last, @key, @root)",
+      compile_error('{{@foo}}'))
+    assert.are.equal('welcome(v2): line 1, column 14: positional argument after a key=value argument',
+      compile_error('{{eq 1 2 x=1 3}}'))
+    assert.are.equal("welcome(v2): line 1, column 6: unexpected '}': expected }}}", compile_error('{{{Id}}'))
+  end)
+
+  it('check() reports the same errors for herald.campaign', function()
+    assert.is_true(template.check('{{#if x}}{{/if}}'))
+    local ok, err = template.check('{{#if x}}')
+    assert.is_nil(ok)
+    assert.are.equal('template: line 1, column 1: unclosed {{#if}}', err)
+  end)
+end)
+
+describe('template limits on hostile input', function()
+  it('refuses blocks nested deeper than 32', function()
+    local deep = ('{{#if Id}}'):rep(40) .. 'x' .. ('{{/if}}'):rep(40)
+    local err = compile_error(deep, 'deep')
+    assert.matches('deep: line 1, column 321: blocks nested deeper than 32', err, 1, true)
+    local ok = ('{{#if Id}}'):rep(31) .. 'x' .. ('{{/if}}'):rep(31)
+    assert.are.equal('x', R(ok))
+  end)
+
+  it('refuses subexpressions nested deeper than 32', function()
+    local deep = '{{' .. ('(lower '):rep(40) .. '"x"' .. (')'):rep(40) .. '}}'
+    assert.matches('subexpressions nested deeper than 32', compile_error('{{lower ' .. deep:sub(3)), 1, true)
+  end)
+
+  it('stops nested #each within the step budget', function()
+    local list = {}
+    for i = 1, 15 do list[i] = i end
+    local text = ('{{#each @root.L}}'):rep(6) .. 'x' .. ('{{/each}}'):rep(6)
+    local out, err = template.compile(text, { name = 'bomb' }):render({ L = list })
+    assert.is_nil(out)
+    assert.matches('^bomb: line %d+, column %d+: rendering took more than 1000000 steps$', err)
+  end)
+
+  it('stops output past 4 MiB', function()
+    local big = ('x'):rep(1024 * 1024)
+    local out, err = template.compile('{{#each L}}{{{this}}}{{/each}}', { name = 'big' })
+      :render({ L = { big, big, big, big, big } })
+    assert.is_nil(out)
+    assert.matches('big: line %d+, column %d+: output exceeds 4194304 bytes', err)
+  end)
+
+  it('stops helpers that would build huge strings', function()
+    local out, err = R('{{ljust "x" 100000000}}')
+    assert.are.equal('render error: spec: line 1, column 1: helpers built more than 8388608 bytes of text', out)
+  end)
+
+  it('refuses templates over 1 MiB', function()
+    local t, err = template.compile(('x'):rep(1024 * 1024 + 1), { name = 'huge' })
+    assert.is_nil(t)
+    assert.are.equal('huge: template is 1048577 bytes, more than the 1048576 allowed', err)
+  end)
+
+  it('survives arbitrary bytes', function()
+    local seed = 12345
+    local function rnd(n)
+      seed = (seed * 1103515245 + 12345) % 2147483648
+      return seed % n
+    end
+    local alphabet = { '{{', '}}', '{{{', '}}}', '#if', '#each', '/if', '/each', 'else', '(', ')', '"', "'",
+      '[', ']', '.', '../', '@index', 'this', 'eq', 'Id', ' ', '~', '!--', '--', '=', 'x', '\0', '\255' }
+    local compiled = 0
+    for _ = 1, 2000 do
+      local parts = {}
+      for i = 1, rnd(30) + 1 do parts[i] = alphabet[rnd(#alphabet) + 1] end
+      local t, err = template.compile(table.concat(parts), { name = 'fuzz' })
+      if t then
+        compiled = compiled + 1
+        assert.is_string((t:render(endpoint)))
+      else
+        assert.matches('^fuzz: ', err)
+      end
+    end
+    assert.is_true(compiled > 0)
+  end)
+end)
+
+describe('template.render for campaign messages', function()
+  it('renders plain text unless asked to escape, with the endpoint as a Lua table', function()
+    assert.are.equal('Hi jane & <Doe>', template.render('Hi {{User.UserAttributes.FirstName}} & <{{User.UserAttributes.LastName.[0]}}>', endpoint))
+    assert.are.equal('&lt;b&gt;', template.render('{{x}}', { x = '<b>' }, { escape = true }))
+  end)
+
+  it('returns nil and the error for bad text', function()
+    local out, err = template.render('{{#if x}}', endpoint)
+    assert.is_nil(out)
+    assert.are.equal('template: line 1, column 1: unclosed {{#if}}', err)
+  end)
+
+  it('renders several templates against one prepared context', function()
+    local ctx = assert(template.context(endpoint))
+    local a = assert(template.compile('{{Id}}'))
+    local b = assert(template.compile('{{Location.City}}'))
+    assert.are.equal('ep-1 Lisbon', a:render(ctx) .. ' ' .. b:render(ctx))
+  end)
+
+  it('refuses data it cannot convert', function()
+    local out, err = template.compile('{{x}}'):render({ x = print })
+    assert.is_nil(out)
+    assert.are.equal('cannot use a function as template data', err)
+  end)
+end)
