@@ -489,8 +489,10 @@ HeraldHttpTransfer *herald_http_submit(HeraldHttpClient *c, const HeraldHttpRequ
   curl_easy_setopt(e, CURLOPT_HEADERDATA, t);
   curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, req->timeout_ms > 0 ? req->timeout_ms : DEFAULT_TIMEOUT_MS);
   curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
-  /* Wait for a multiplexable connection instead of opening a new one per stream. */
-  curl_easy_setopt(e, CURLOPT_PIPEWAIT, 1L);
+  /* Over TLS, wait for a multiplexable connection instead of opening one per stream. Not in
+   * cleartext, where every connection is HTTP/1.1 and waiting would serialise transfers. */
+  if (!req->http1_only && strncasecmp(req->url, "https:", 6) == 0)
+    curl_easy_setopt(e, CURLOPT_PIPEWAIT, 1L);
   /* HTTP/2 only where ALPN negotiates it: cleartext prior knowledge is broken on reused
    * connections in libcurl 7.88. */
   curl_easy_setopt(e, CURLOPT_HTTP_VERSION,
