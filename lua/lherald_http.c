@@ -23,6 +23,7 @@
 
 #define BATCH_MT "herald.http.batch"
 #define SENTINEL_MT "herald.http.sentinel"
+#define SENTINEL_KEY "herald.http.client_user"
 #define DEFAULT_MAX_BODY (1024 * 1024)
 #define FAILURE_BODY_MAX 512
 #define MAX_HEADERS 64
@@ -862,14 +863,18 @@ static int l_sentinel_gc(lua_State *L) {
 }
 
 int luaopen_herald_core_http(lua_State *L) {
-  /* One sentinel per state: the client lives while some state uses it. */
-  lua_newuserdatauv(L, 1, 0);
-  luaL_newmetatable(L, SENTINEL_MT);
-  lua_pushcfunction(L, l_sentinel_gc);
-  lua_setfield(L, -2, "__gc");
-  lua_setmetatable(L, -2);
-  lua_setfield(L, LUA_REGISTRYINDEX, SENTINEL_MT);
-  client_users++;
+  /* One sentinel per state (a module may be loaded twice, e.g. after package.loaded was
+   * reset): the client lives while some state uses it. */
+  if (lua_getfield(L, LUA_REGISTRYINDEX, SENTINEL_KEY) == LUA_TNIL) {
+    lua_newuserdatauv(L, 1, 0);
+    luaL_newmetatable(L, SENTINEL_MT);
+    lua_pushcfunction(L, l_sentinel_gc);
+    lua_setfield(L, -2, "__gc");
+    lua_setmetatable(L, -2);
+    lua_setfield(L, LUA_REGISTRYINDEX, SENTINEL_KEY);
+    client_users++;
+  }
+  lua_pop(L, 1);
 
   static const luaL_Reg batch_methods[] = {
     {"add", l_batch_add}, {"add_many", l_batch_add_many}, {"wait", l_batch_wait},

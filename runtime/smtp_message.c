@@ -78,8 +78,9 @@ static size_t utf8_len(unsigned char c) {
   return 1;
 }
 
-/* RFC 2047 B encoded words, folded between words. Each word carries at most 45 bytes (60
- * base64 characters, a 72-character word) and never splits a UTF-8 sequence. */
+/* RFC 2047 B encoded words, folded between words. Each word carries at most 39 bytes (52
+ * base64 characters, a 64-character word), so even after "Subject: " a line stays under 78,
+ * and never splits a UTF-8 sequence. */
 static void encoded_words(Buf *b, const char *s) {
   const unsigned char *p = (const unsigned char *)s;
   size_t n = strlen(s);
@@ -90,7 +91,7 @@ static void encoded_words(Buf *b, const char *s) {
     while (j < n) {
       size_t k = utf8_len(p[j]);
       if (j + k > n) k = n - j;
-      if (j + k - i > 45) break;
+      if (j + k - i > 39) break;
       j += k;
     }
     if (!first) buf_str(b, "\r\n ");
@@ -105,6 +106,22 @@ static void encoded_words(Buf *b, const char *s) {
 /* Unstructured header text: as is when plain ASCII, else encoded words. */
 static void header_text(Buf *b, const char *s) {
   if (is_ascii_printable(s)) buf_str(b, s); else encoded_words(b, s);
+}
+
+/* A comma-separated header value, folded after commas where a line would pass 78 characters. */
+static void fold_list(Buf *b, size_t col, const char *v) {
+  while (*v) {
+    const char *comma = strchr(v, ',');
+    size_t n = comma ? (size_t)(comma - v) + 1 : strlen(v);
+    if (col > 1 && col + n > 78) {
+      /* A continuation line must start with white space. */
+      buf_str(b, *v == ' ' || *v == '\t' ? "\r\n" : "\r\n ");
+      col = 1;
+    }
+    buf_add(b, v, n);
+    col += n;
+    v += n;
+  }
 }
 
 static int check_addr(const char *a, size_t n, const char *field, HeraldError *err) {
@@ -196,7 +213,8 @@ static int mailbox_header(Buf *b, const char *mb, const char *field, HeraldError
 }
 
 /* Quoted-printable (RFC 2045 §6.7) with every line break made CRLF. Because '=' is always
- * encoded, the output never contains "=_", which the boundary starts with. */
+ * encoded, the output never contains "=_", which the boundary starts with. No line break is
+ * added at the end: the CRLF before a boundary delimiter belongs to the delimiter. */
 static void quoted_printable(Buf *b, const char *s) {
   static const char hex[] = "0123456789ABCDEF";
   size_t col = 0;
@@ -227,7 +245,6 @@ static void quoted_printable(Buf *b, const char *s) {
     buf_add(b, enc, n);
     col += n;
   }
-  buf_str(b, "\r\n");
 }
 
 static void part(Buf *b, const char *type, const char *content) {
@@ -352,8 +369,8 @@ int herald_smtp_message_build(const HeraldMailMessage *m, char **out, size_t *ou
   header_text(&b, m->subject ? m->subject : "");
   buf_fmt(&b, "\r\nMessage-ID: %s\r\n", message_id);
   if (m->list_unsubscribe != NULL) {
-    buf_fmt(&b, "List-Unsubscribe: ");
-    buf_str(&b, m->list_unsubscribe);
+    buf_str(&b, "List-Unsubscribe: ");
+    fold_list(&b, strlen("List-Unsubscribe: "), m->list_unsubscribe);
     buf_str(&b, "\r\n");
     if (m->one_click) buf_str(&b, "List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n");
   }
@@ -375,10 +392,9 @@ int herald_smtp_message_build(const HeraldMailMessage *m, char **out, size_t *ou
     buf_fmt(&b, "\r\n--%s\r\n", boundary);
     part(&b, "text/html", m->html);
     buf_fmt(&b, "\r\n--%s--\r\n", boundary);
-  } else if (m->text != NULL) {
-    part(&b, "text/plain", m->text);
   } else {
-    part(&b, "text/html", m->html);
+    part(&b, m->text ? "text/plain" : "text/html", m->text ? m->text : m->html);
+    if (b.len < 2 || memcmp(b.p + b.len - 2, "\r\n", 2) != 0) buf_str(&b, "\r\n");
   }
   if (b.failed) {
     rc = herald_error_set(err, kHeraldNoMemory, "out of memory");
