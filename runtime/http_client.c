@@ -63,7 +63,7 @@ struct HeraldHttpClient {
   size_t in_flight;
   uint64_t connections;
   int closing;
-  int open_handles;          /* timer + polls not yet closed, while closing */
+  int open_handles;          /* the timer and every poll whose close callback has not run */
 };
 
 const char *herald_net_class_name(HeraldNetClass c) {
@@ -101,17 +101,14 @@ static void socket_closed_cb(uv_handle_t *h) {
   Socket *s = h->data;
   HeraldHttpClient *c = s->c;
   free(s);
-  if (c->closing) {
-    c->open_handles--;
-    client_maybe_release(c);
-  }
+  c->open_handles--;
+  client_maybe_release(c);
 }
 
 static void socket_close(HeraldHttpClient *c, Socket *s) {
   if (s->prev) s->prev->next = s->next; else c->sockets = s->next;
   if (s->next) s->next->prev = s->prev;
   uv_poll_stop(&s->poll);
-  if (c->closing) c->open_handles++;
   uv_close((uv_handle_t *)&s->poll, socket_closed_cb);
 }
 
@@ -248,6 +245,7 @@ static int curl_socket_cb(CURL *easy, curl_socket_t fd, int what, void *clientp,
       free(s);
       return -1;
     }
+    c->open_handles++;
     s->fd = fd;
     s->c = c;
     s->poll.data = s;
@@ -290,6 +288,7 @@ HeraldHttpClient *herald_http_client_new(uv_loop_t *loop, const HeraldHttpClient
     return NULL;
   }
   c->timer.data = c;
+  c->open_handles = 1;
   curl_multi_setopt(c->multi, CURLMOPT_SOCKETFUNCTION, curl_socket_cb);
   curl_multi_setopt(c->multi, CURLMOPT_SOCKETDATA, c);
   curl_multi_setopt(c->multi, CURLMOPT_TIMERFUNCTION, curl_timer_cb);
@@ -319,7 +318,6 @@ static void timer_closed_cb(uv_handle_t *h) {
 void herald_http_client_free(HeraldHttpClient *c) {
   if (c == NULL) return;
   c->closing = 1;
-  c->open_handles = 1;  /* the timer; polls count themselves as they close */
   while (c->active != NULL) herald_http_cancel(c, c->active);
   while (c->free_list != NULL) {
     HeraldHttpTransfer *t = c->free_list;

@@ -1,8 +1,9 @@
 """An SMTP server that keeps every message it accepts, for specs that check MIME content.
 
-usage: mailstore.py PORT DIR
+usage: mailstore.py PORT DIR [--starttls CERT KEY | --smtps CERT KEY] [--auth USER:PASSWORD]
 
-Each accepted message is written to DIR/N.eml (the DATA as received) and DIR/N.json (the
+--starttls offers and requires STARTTLS; --smtps speaks TLS from the first byte; --auth requires
+AUTH (PLAIN or LOGIN, over TLS) with these credentials. Each accepted message is written to DIR/N.eml (the DATA as received) and DIR/N.json (the
 envelope). Recipients whose local part starts with "tempfail" get 451, "reject" get 550, so
 specs can see how the client classifies SMTP refusals.
 """
@@ -12,7 +13,10 @@ import os
 import signal
 import sys
 
+import ssl
+
 from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult, LoginPassword
 
 
 class Store:
@@ -40,9 +44,39 @@ class Store:
         return "250 OK queued as " + str(self.count)
 
 
+def authenticator_for(user, password):
+    def authenticate(server, session, envelope, mechanism, auth_data):
+        ok = (isinstance(auth_data, LoginPassword) and auth_data.login.decode() == user
+              and auth_data.password.decode() == password)
+        # handled=False makes the server answer 535 itself on a refusal.
+        return AuthResult(success=ok, handled=False)
+    return authenticate
+
+
 def main():
     port, directory = int(sys.argv[1]), sys.argv[2]
-    controller = Controller(Store(directory), hostname="127.0.0.1", port=port)
+    args = sys.argv[3:]
+    kwargs = {}
+    while args:
+        opt = args.pop(0)
+        if opt in ("--starttls", "--smtps"):
+            cert, key = args.pop(0), args.pop(0)
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            context.load_cert_chain(cert, key)
+            if opt == "--starttls":
+                kwargs["tls_context"] = context
+                kwargs["require_starttls"] = True
+            else:
+                kwargs["ssl_context"] = context
+                # The server object cannot see that the transport is TLS from the start.
+                kwargs["auth_require_tls"] = False
+        elif opt == "--auth":
+            user, password = args.pop(0).split(":", 1)
+            kwargs["authenticator"] = authenticator_for(user, password)
+            kwargs["auth_required"] = True
+        else:
+            sys.exit("unknown option " + opt)
+    controller = Controller(Store(directory), hostname="127.0.0.1", port=port, **kwargs)
     controller.start()
     stop = asyncio.Event()
     loop = asyncio.new_event_loop()

@@ -203,15 +203,25 @@ function S.start_smtp_sink(opts)
 end
 
 -- An aiosmtpd server that keeps messages as DIR/N.eml (+ N.json envelopes); recipients
--- tempfail*@ get 451 and reject*@ get 550.
-function S.start_mailstore()
+-- tempfail*@ get 451 and reject*@ get 550. opts.tls = 'starttls' (required) or 'smtps' (with a
+-- test CA at server.ca), opts.auth = 'user:password' (AUTH required).
+function S.start_mailstore(opts)
+  opts = opts or {}
   local dir = S.tmpdir('mailstore')
   local port = S.free_port()
   sh('mkdir -p ' .. q(dir .. '/mail'))
+  local extra, certs = '', nil
+  if opts.tls then
+    certs = S.make_ca(dir)
+    extra = ' --' .. opts.tls .. ' ' .. q(certs.cert) .. ' ' .. q(certs.key)
+  end
+  if opts.auth then extra = extra .. ' --auth ' .. q(opts.auth) end
   local pid = spawn('exec /usr/bin/python3 ' .. q(here .. '/mailstore.py') .. ' ' .. port .. ' '
-    .. q(dir .. '/mail'), dir .. '/server.log')
+    .. q(dir .. '/mail') .. extra, dir .. '/server.log')
   assert(S.wait_port(port), 'aiosmtpd is not listening: ' .. (read(dir .. '/server.log') or ''))
-  local server = { dir = dir, port = port, pid = pid, url = 'smtp://127.0.0.1:' .. port }
+  local scheme = opts.tls == 'smtps' and 'smtps' or 'smtp'
+  local server = { dir = dir, port = port, pid = pid, ca = certs and certs.ca,
+                   url = scheme .. '://' .. (opts.tls and 'localhost' or '127.0.0.1') .. ':' .. port }
   -- Message n as {raw =, envelope = json text}, or nil when not (yet) stored.
   function server:message(n)
     local raw = read(self.dir .. '/mail/' .. n .. '.eml')

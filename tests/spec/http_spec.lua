@@ -241,4 +241,36 @@ describe('herald.http', function()
     assert.are.equal(0, code, err)
     assert.are.equal('200 done\n\tfalse\n', out)
   end)
+
+  it('cancels transfers in flight cleanly at shutdown', function()
+    local dir = h.tmpdir()
+    local script = h.write(dir .. '/shutdown.lua', string.format([[
+      local task = require 'herald.core.task'
+      herald.spawn(function() herald.http.request{ url = %q }; print('request resumed') end)
+      local b = herald.http.batch{ url = %q, method = 'GET', concurrency = 2 }
+      b:add_many{ '', '', '' }
+      herald.spawn(function() b:wait(); print('batch resumed') end)
+      herald.spawn(function() herald.sleep(100); task.stop() end)
+      print('started')
+    ]], ng.url .. '/slow', ng.url .. '/slow'))
+    local t0 = herald.now_ms()
+    local out, code, err = h.herald(script)
+    assert.are.equal(0, code, err)
+    assert.are.equal('started\n', out)
+    assert.is_true(herald.now_ms() - t0 < 1800)
+  end)
+
+  it('caps connections per host', function()
+    http.configure { max_host_connections = 2 }
+    local bodies, keys = {}, {}
+    for i = 1, 100 do bodies[i] = 'x'; keys[i] = 'cap-' .. i end
+    local ok, s = pcall(http.post_many, { url = ng.url .. '/ok', bodies = bodies, keys = keys,
+                                          key_header = 'Idempotency-Key', concurrency = 10 })
+    http.configure { max_host_connections = 64 }
+    assert(ok, s)
+    assert.are.equal(100, s.delivered)
+    local rows = wait_rows(ng, 'cap-', 100)
+    assert.are.equal(100, #rows)
+    assert.is_true(distinct(rows, 'connection') <= 2)
+  end)
 end)

@@ -179,3 +179,54 @@ describe('herald.http.send_mail', function()
       "field 'starttls': expected 'no', 'try' or 'required', got 'maybe'")
   end)
 end)
+
+describe('herald.http.send_mail over TLS with AUTH', function()
+  local starttls, smtps
+
+  setup(function()
+    starttls = S.start_mailstore { tls = 'starttls', auth = 'herald:s3cret' }
+    smtps = S.start_mailstore { tls = 'smtps', auth = 'herald:s3cret' }
+  end)
+  teardown(function()
+    if starttls then starttls:stop() end
+    if smtps then smtps:stop() end
+  end)
+
+  local function mail(server, extra)
+    local t = { url = server.url, from = 'a@herald.example', to = 'b@example.org', subject = 'tls',
+                text = 'secret text', message_id = 'tls-' .. math.random(1e9), ca_file = server.ca,
+                username = 'herald', password = 's3cret' }
+    for k, v in pairs(extra or {}) do
+      if v == false then t[k] = nil else t[k] = v end
+    end
+    return http.send_mail(t)
+  end
+
+  it('upgrades with STARTTLS and authenticates', function()
+    local res, err = mail(starttls, { starttls = 'required' })
+    assert.is_nil(err)
+    assert.are.equal(250, res.status)
+    assert.are.equal(1, starttls:count())
+    assert.matches('secret text', starttls:message(1).raw, 1, true)
+  end)
+
+  it('speaks implicit TLS on smtps://', function()
+    local res, err = mail(smtps)
+    assert.is_nil(err)
+    assert.are.equal(250, res.status)
+    assert.are.equal(1, smtps:count())
+  end)
+
+  it('classifies a refused login as auth, permanent', function()
+    local res, _, class = mail(starttls, { starttls = 'required', password = 'wrong' })
+    assert.is_nil(res)
+    assert.are.equal('auth', class)
+    assert.are.equal('permanent', http.verdict(class))
+  end)
+
+  it('refuses a server certificate it cannot verify', function()
+    local res, _, class = mail(smtps, { ca_file = false })
+    assert.is_nil(res)
+    assert.are.equal('tls', class)
+  end)
+end)
