@@ -473,6 +473,7 @@ struct Batch {
   lua_State *main;
   int items_ref;          /* registry: {[seq] = body} */
   int keys_ref;           /* registry: {[seq] = key} */
+  int opts_ref;           /* registry: {[seq] = {url=, headers=}} for items that have them */
   lua_Integer added;      /* last seq appended */
   lua_Integer started;    /* last seq started */
   size_t in_flight;
@@ -516,16 +517,18 @@ static Outcome *outcome_new(Batch *b) {
 static void batch_pump(lua_State *L, Batch *b) {
   if (b->closed || b->started >= b->added || b->in_flight >= b->concurrency) return;
   HeraldHttpClient *c = get_client(L);
-  luaL_checkstack(L, 4, "batch");
+  luaL_checkstack(L, MAX_HEADERS + 12, "batch");
   lua_rawgeti(L, LUA_REGISTRYINDEX, b->items_ref);
   lua_rawgeti(L, LUA_REGISTRYINDEX, b->keys_ref);
-  int items = lua_gettop(L) - 1, keys = items + 1;
-  const char *lines[MAX_HEADERS + 1];
+  lua_rawgeti(L, LUA_REGISTRYINDEX, b->opts_ref);
+  int items = lua_gettop(L) - 2, keys = items + 1, opts = items + 2;
+  const char *lines[2 * MAX_HEADERS + 1];
   for (size_t i = 0; i < b->nheaders; i++) lines[i] = b->headers[i];
   while (b->started < b->added && b->in_flight < b->concurrency) {
     size_t s = 0;
     while (b->slots[s].t != NULL) s++;
     lua_Integer seq = ++b->started;
+    int base = lua_gettop(L);
     lua_rawgeti(L, items, seq);
     size_t len = 0;
     const char *body = lua_tolstring(L, -1, &len);
@@ -548,11 +551,34 @@ static void batch_pump(lua_State *L, Batch *b) {
     } else if (b->key_header != NULL) {
       lua_pop(L, 1);
     }
+    /* Per-item url and headers were checked by add; the strings stay on the stack until the
+     * submit has copied them. */
+    if (lua_rawgeti(L, opts, seq) == LUA_TTABLE) {
+      int o = lua_gettop(L);
+      if (lua_getfield(L, o, "url") == LUA_TSTRING) req.url = lua_tostring(L, -1);
+      if (lua_getfield(L, o, "headers") == LUA_TTABLE) {
+        int ht = lua_gettop(L);
+        lua_pushnil(L);
+        while (lua_next(L, ht) != 0 && req.nheaders < 2 * MAX_HEADERS) {
+          if (lua_type(L, -2) == LUA_TSTRING && lua_type(L, -1) == LUA_TSTRING)
+            lines[req.nheaders++] = lua_pushfstring(L, "%s: %s", lua_tostring(L, -2), lua_tostring(L, -1));
+          else if (lua_type(L, -1) == LUA_TSTRING)
+            lines[req.nheaders++] = lua_pushstring(L, lua_tostring(L, -1));
+          else
+            lua_pushnil(L);
+          lua_insert(L, ht);  /* keep the line, below the table */
+          ht++;
+          lua_pop(L, 1);
+        }
+      }
+      lua_pushnil(L);
+      lua_rawseti(L, opts, seq);
+    }
     b->slots[s].b = b;
     b->slots[s].seq = seq;
     b->in_flight++;
     b->slots[s].t = herald_http_submit(c, &req, batch_done, &b->slots[s]);
-    lua_pop(L, 1);
+    lua_settop(L, base);
     lua_pushnil(L);
     lua_rawseti(L, items, seq);  /* the body is copied; release it */
     if (b->slots[s].t == NULL) {
@@ -564,7 +590,7 @@ static void batch_pump(lua_State *L, Batch *b) {
       o->detail = strdup("cannot start the transfer (out of memory)");
     }
   }
-  lua_pop(L, 2);
+  lua_pop(L, 3);
 }
 
 static int batch_push_outcomes(lua_State *L, Batch *b);
@@ -667,7 +693,7 @@ static int l_batch(lua_State *L) {
   field_string(L, 1, "url", 1);
   Batch *b = lua_newuserdatauv(L, sizeof *b, 0);
   memset(b, 0, sizeof *b);
-  b->items_ref = b->keys_ref = LUA_NOREF;
+  b->items_ref = b->keys_ref = b->opts_ref = LUA_NOREF;
   luaL_setmetatable(L, BATCH_MT);
   lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_MAINTHREAD);
   b->main = lua_tothread(L, -1);
@@ -696,47 +722,93 @@ static int l_batch(lua_State *L) {
   b->items_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   lua_newtable(L);
   b->keys_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  lua_newtable(L);
+  b->opts_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   return 1;
 }
 
-static void batch_append(lua_State *L, Batch *b, int body_idx, int key_idx, int items, int keys) {
-  if (lua_type(L, body_idx) != LUA_TSTRING) luaL_error(L, "a body must be a string");
-  lua_Integer seq = ++b->added;
+static int has_line_break(lua_State *L, int i) {
+  return lua_type(L, i) == LUA_TSTRING && strpbrk(lua_tostring(L, i), "\r\n") != NULL;
+}
+
+/* Checks an item's options ({url=, headers=}) where the caller can be told what is wrong. */
+static void check_item_opts(lua_State *L, int o, lua_Integer seq) {
+  if (!lua_istable(L, o)) luaL_error(L, "item %d: options must be a table {url=, headers=}", (int)seq);
+  lua_getfield(L, o, "url");
+  if (!lua_isnil(L, -1) && lua_type(L, -1) != LUA_TSTRING)
+    luaL_error(L, "item %d: url must be a string", (int)seq);
+  lua_pop(L, 1);
+  lua_getfield(L, o, "headers");
+  int ht = lua_gettop(L);
+  if (lua_istable(L, ht)) {
+    int n = 0;
+    lua_pushnil(L);
+    while (lua_next(L, ht) != 0) {
+      if (++n > MAX_HEADERS) luaL_error(L, "item %d: more than %d headers", (int)seq, MAX_HEADERS);
+      if (lua_type(L, -1) != LUA_TSTRING || has_line_break(L, -1) || has_line_break(L, -2))
+        luaL_error(L, "item %d: headers must be strings without line breaks", (int)seq);
+      lua_pop(L, 1);
+    }
+  } else if (!lua_isnil(L, ht)) {
+    luaL_error(L, "item %d: headers must be a table", (int)seq);
+  }
+  lua_pop(L, 1);
+}
+
+/* Appends one item from the values at body_idx, key_idx and opts_idx (0: none). */
+static void batch_append(lua_State *L, Batch *b, int body_idx, int key_idx, int opts_idx,
+                         int items, int keys, int opts) {
+  lua_Integer seq = b->added + 1;
+  if (lua_type(L, body_idx) != LUA_TSTRING) luaL_error(L, "item %d: the body must be a string", (int)seq);
+  int has_key = key_idx != 0 && !lua_isnil(L, key_idx);
+  if (has_key && (!lua_isstring(L, key_idx) || has_line_break(L, key_idx)))
+    luaL_error(L, "item %d: the key must be a string or a number without line breaks", (int)seq);
+  int has_opts = opts_idx != 0 && !lua_isnil(L, opts_idx);
+  if (has_opts) check_item_opts(L, opts_idx, seq);
+  b->added = seq;
   lua_pushvalue(L, body_idx);
   lua_rawseti(L, items, seq);
-  if (key_idx != 0 && !lua_isnil(L, key_idx)) {
-    if (!lua_isstring(L, key_idx)) luaL_error(L, "a key must be a string or a number");
+  if (has_key) {
     lua_pushvalue(L, key_idx);
     lua_rawseti(L, keys, seq);
   }
+  if (has_opts) {
+    lua_pushvalue(L, opts_idx);
+    lua_rawseti(L, opts, seq);
+  }
 }
 
-/* b:add(body[, key]) -> seq */
+/* b:add(body[, key[, {url=, headers=}]]) -> seq. The key goes out in the key_header and comes
+ * back with the outcome; url and headers override or extend the batch's for this item. */
 static int l_batch_add(lua_State *L) {
   Batch *b = check_batch(L);
-  lua_settop(L, 3);
+  lua_settop(L, 4);
   lua_rawgeti(L, LUA_REGISTRYINDEX, b->items_ref);
   lua_rawgeti(L, LUA_REGISTRYINDEX, b->keys_ref);
-  batch_append(L, b, 2, 3, 4, 5);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, b->opts_ref);
+  batch_append(L, b, 2, 3, 4, 5, 6, 7);
   batch_pump(L, b);
   lua_pushinteger(L, b->added);
   return 1;
 }
 
-/* b:add_many(bodies[, keys]) -> last seq */
+/* b:add_many(bodies[, keys[, options]]) -> last seq (lists in step, as add takes them) */
 static int l_batch_add_many(lua_State *L) {
   Batch *b = check_batch(L);
   luaL_checktype(L, 2, LUA_TTABLE);
-  lua_settop(L, 3);
+  lua_settop(L, 4);
   if (!lua_isnil(L, 3)) luaL_checktype(L, 3, LUA_TTABLE);
+  if (!lua_isnil(L, 4)) luaL_checktype(L, 4, LUA_TTABLE);
   lua_rawgeti(L, LUA_REGISTRYINDEX, b->items_ref);
   lua_rawgeti(L, LUA_REGISTRYINDEX, b->keys_ref);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, b->opts_ref);
   lua_Integer n = (lua_Integer)lua_rawlen(L, 2);
   for (lua_Integer i = 1; i <= n; i++) {
     lua_rawgeti(L, 2, i);
     if (lua_isnil(L, 3)) lua_pushnil(L); else lua_rawgeti(L, 3, i);
-    batch_append(L, b, 6, 7, 4, 5);
-    lua_pop(L, 2);
+    if (lua_isnil(L, 4)) lua_pushnil(L); else lua_rawgeti(L, 4, i);
+    batch_append(L, b, 8, 9, 10, 5, 6, 7);
+    lua_pop(L, 3);
   }
   batch_pump(L, b);
   lua_pushinteger(L, b->added);
@@ -790,6 +862,7 @@ static int l_batch_close(lua_State *L) {
   free(b->ca_file);
   luaL_unref(L, LUA_REGISTRYINDEX, b->items_ref);
   luaL_unref(L, LUA_REGISTRYINDEX, b->keys_ref);
+  luaL_unref(L, LUA_REGISTRYINDEX, b->opts_ref);
   return 0;
 }
 

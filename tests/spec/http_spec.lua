@@ -199,6 +199,31 @@ describe('herald.http', function()
     assert.has_error(function() b:add('x') end, 'the batch is closed')
   end)
 
+  it('takes a url and headers per batch item', function()
+    local b <close> = http.batch { url = ng.url .. '/ok', concurrency = 4, key_header = 'Idempotency-Key' }
+    b:add('a', 'item-1')
+    b:add('b', 'item-2', { url = ng.url .. '/limited' })
+    b:add('c', 'item-3', { url = ng.url .. '/headers', headers = { ['X-Test'] = 'per item' } })
+    local out = b:wait()
+    assert.are.equal(3, out.n)
+    local by_key = {}
+    for i = 1, out.n do by_key[out.key[i]] = i end
+    assert.are.equal(200, out.status[by_key['item-1']])
+    local limited = by_key['item-2']
+    assert.are.equal(429, out.status[limited])
+    assert.are.equal(7000, out.retry_after_ms[limited])
+    assert.are.equal('transient', out.verdict[limited])
+    assert.are.equal('slow down\n', out.detail[limited])
+    local uris = {}
+    for _, r in ipairs(wait_rows(ng, 'item-', 3)) do uris[r.key] = r.uri end
+    assert.are.same({ ['item-1'] = '/ok', ['item-2'] = '/limited', ['item-3'] = '/headers' }, uris)
+    assert.has_error(function() b:add('x', 'bad\r\nkey') end,
+      'item 4: the key must be a string or a number without line breaks')
+    assert.has_error(function() b:add('x', 'k', { headers = { X = 'a\nb' } }) end,
+      'item 4: headers must be strings without line breaks')
+    assert.has_error(function() b:add(42) end, 'item 4: the body must be a string')
+  end)
+
   it('reports refused connections per request in a batch', function()
     local b <close> = http.batch { url = 'http://127.0.0.1:' .. S.free_port() .. '/', concurrency = 3 }
     b:add_many({ 'a', 'b', 'c', 'd' })
