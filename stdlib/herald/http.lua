@@ -1,6 +1,13 @@
 -- herald.http: HTTP(S) and SMTP(S) through the runtime's transport engine (libcurl multi on the
 -- event loop). Calls that wait yield the calling task; runtime failures return nil, err, class
 -- where class is one of timeout, connect, reset, tls, status, auth, invalid, protocol.
+--
+-- Batches are the throughput path (and the outbox's seam): no task per request.
+--   local b <close> = http.batch{url=, concurrency=50, key_header='Idempotency-Key', headers=}
+--   b:add(body, key[, {url=, headers=}])       -- or b:add_many(bodies, keys[, options])
+--   local out = b:wait([min])                  -- yields until min outcomes (default: all)
+--   -- out.n, and arrays out.seq, out.key, out.status, out.class, out.verdict,
+--   -- out.retry_after_ms, out.detail (failure text or the start of a failure body)
 local core = require 'herald.core.http'
 
 local http = {
