@@ -26,7 +26,7 @@ HeraldRetryVerdict herald_retry_verdict(HeraldNetClass cls, long status, int is_
     return kHeraldRetryTransient;
   }
   if (status >= 200 && status < 300) return kHeraldRetryDelivered;
-  if (status == 408 || status == 425 || status == 429 || status >= 500) return kHeraldRetryTransient;
+  if (status == 408 || status == 429 || status >= 500) return kHeraldRetryTransient;
   return kHeraldRetryPermanent;
 }
 

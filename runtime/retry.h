@@ -16,7 +16,7 @@ typedef enum {
 
 const char *herald_retry_verdict_name(HeraldRetryVerdict v);
 
-/* HTTP: 2xx delivered; 408, 425, 429 and 5xx transient; other statuses permanent.
+/* HTTP: 2xx delivered; 408, 429 and 5xx transient; other statuses permanent.
  * SMTP (is_smtp): 2xx/3xx delivered, 4xx transient, 5xx permanent.
  * Transport failures: timeouts, refused or reset connections, TLS and protocol trouble are
  * transient; an invalid request or refused login is permanent. */
