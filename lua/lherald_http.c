@@ -33,13 +33,10 @@ static HeraldHttpClient *client;
 static HeraldHttpClientOptions client_opts = {64, 0, 100};
 static int client_users;  /* states that loaded the module */
 
-/* Raises unless L can wait (herald_task_wait_new checks it is a task), before anything is
- * allocated for the wait. */
+/* Raises unless L is a task, before any I/O starts: a transfer must always have a wait to
+ * complete. */
 static void check_can_wait(lua_State *L) {
-  lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_MAINTHREAD);
-  int is_main = lua_tothread(L, -1) == L;
-  lua_pop(L, 1);
-  if (is_main || !lua_isyieldable(L))
+  if (!herald_task_can_wait(L))
     luaL_error(L, "this call waits, so it must run in a task (a script body, run, filter or trigger)");
 }
 

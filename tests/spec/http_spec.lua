@@ -154,6 +154,10 @@ describe('herald.http', function()
     assert.has_error(function() http.request {} end, "field 'url' is required")
     assert.has_error(function() http.request { url = ng.url, headers = { 'X: a\r\nY: b' } } end,
       "field 'headers': a header contains a line break")
+    -- a plain coroutine inside a task is not a task: nothing could resume it
+    local ok, err = coroutine.wrap(function() return pcall(http.request, { url = ng.url .. '/ok' }) end)()
+    assert.is_false(ok)
+    assert.matches('must run in a task', err, 1, true)
   end)
 
   it('posts many bodies with bounded concurrency and one key per request', function()
