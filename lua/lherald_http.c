@@ -845,6 +845,9 @@ static int l_batch_stats(lua_State *L) {
 static int l_batch_close(lua_State *L) {
   Batch *b = luaL_checkudata(L, 1, BATCH_MT);
   if (b->closed) return 0;
+  /* Only another task can get here while one waits (the waiter holds the batch), and that
+   * waiter would never be resumed. */
+  if (b->wait != NULL) return luaL_error(L, "cannot close a batch while a task waits on it");
   b->closed = 1;
   for (size_t i = 0; i < b->concurrency && b->slots; i++)
     if (b->slots[i].t != NULL && client != NULL) herald_http_cancel(client, b->slots[i].t);
