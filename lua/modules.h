@@ -11,6 +11,8 @@ int luaopen_herald_core_clock(lua_State *L);  /* lua/lherald_clock.c */
 int luaopen_herald_core_filechannel(lua_State *L); /* lua/lherald_filechannel.c */
 int luaopen_herald_core_readline(lua_State *L); /* lua/lherald_readline.c: REPL line input */
 int luaopen_herald_core_template(lua_State *L);    /* lua/lherald_template.c */
+int luaopen_herald_core_http(lua_State *L);        /* lua/lherald_http.c: HTTP/SMTP engine */
+int luaopen_herald_core_ratelimit(lua_State *L);   /* lua/lherald_ratelimit.c */
 
 /* Preloads every module into package.preload. sandbox_safe limits it to the modules campaign
  * code may reach. */

@@ -149,6 +149,8 @@ static int in_task(lua_State *L) {
   return t == LUA_TTABLE;
 }
 
+int herald_task_can_wait(lua_State *L) { return in_task(L); }
+
 HeraldTaskWait *herald_task_wait_new(lua_State *L, int interruptible,
                                      void (*cancel)(HeraldTaskWait *w, void *data), void *data) {
   if (!in_task(L)) {

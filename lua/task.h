@@ -14,6 +14,10 @@ typedef struct HeraldTaskWait HeraldTaskWait;
 HeraldTaskWait *herald_task_wait_new(lua_State *L, int interruptible,
                                      void (*cancel)(HeraldTaskWait *w, void *data), void *data);
 
+/* Whether L is a task that may wait: lets a caller check before it starts I/O it could not
+ * hand to a wait. */
+int herald_task_can_wait(lua_State *L);
+
 /* The waiting thread: push the results on it, then call herald_task_wait_done. */
 lua_State *herald_task_wait_thread(HeraldTaskWait *w);
 

@@ -19,6 +19,8 @@ local submodules = {
   campaign = 'herald.campaign',
   template = 'herald.template',
   scheduler = 'herald.scheduler',
+  http = 'herald.http',
+  ratelimit = 'herald.ratelimit',
 }
 
 function herald.register(name, module_name)

@@ -1,0 +1,194 @@
+-- The delivery benchmark, run by bench/delivery.sh (bench/run's convention): prints one row
+-- per measurement, tab-separated: name, herald seconds, reference seconds, target ratio, note.
+-- It measures the transport engine alone: the outbox bookkeeping (claim, report, batched
+-- commits) comes with the outbox integration. Each side runs `--runs` times (default 2) and the
+-- best run counts, since the machine is shared.
+--
+-- webhook: POSTs of a ~500-byte JSON body, each with its own Idempotency-Key, to nginx
+--   (`return 200`, one worker, no access log) from herald's batch API with N connections,
+--   against wrk POSTing the same body to the same nginx with the same connection count.
+-- smtp: 2 KB messages to postfix's smtp-sink from herald (S tasks sending in turn over reused
+--   connections), against smtp-source with the same count, size and sessions.
+local root = arg[0]:match('^(.*)/bench/[^/]*$') or '.'
+package.path = root .. '/tests/helpers/?.lua;' .. package.path
+local S = require 'servers'
+local http = require 'herald.http'
+
+local opts = { what = 'all', connections = 50, messages = 200000, mails = 50000, sessions = 20,
+               duration = 5, runs = 2 }
+do
+  local i = 1
+  while arg[i] do
+    local a = arg[i]
+    if a == 'webhook' or a == 'smtp' or a == 'all' then
+      opts.what = a
+    elseif a == '--connections' or a == '--messages' or a == '--mails' or a == '--sessions'
+        or a == '--duration' or a == '--runs' then
+      local v = tonumber(arg[i + 1])
+      if not v then error(a .. ' needs a number', 0) end
+      opts[a:sub(3)] = math.floor(v)
+      i = i + 1
+    else
+      error('unknown argument ' .. a .. ' (webhook|smtp|all, --connections, --messages, --mails, --sessions, --duration, --runs)', 0)
+    end
+    i = i + 1
+  end
+end
+
+-- Herald's target is >= 0.3x the reference's rate, i.e. at most 1/0.3 of its time.
+local TARGET_RATIO = '3.33'
+
+local function row(name, herald_s, ref_s, note)
+  io.write(string.format('%s\t%.3f\t%.3f\t%s\t%s\n', name, herald_s, ref_s, TARGET_RATIO, note))
+  io.stdout:flush()
+end
+
+local function rate(n, seconds) return string.format('%.0f/s', n / seconds) end
+
+local function capture(cmd)
+  local p = assert(io.popen(cmd, 'r'))
+  local out = p:read('a')
+  p:close()
+  return out
+end
+
+local function now_s()
+  return tonumber(capture('date +%s.%N'))
+end
+
+-- A JSON body of the webhook's shape, padded to about 500 bytes.
+local function webhook_body()
+  local base = '{"Message":{"Body":"Your order has shipped and will arrive on Tuesday.",'
+    .. '"Title":"Order update"},"Data":{"campaign":"spring-sale","treatment":"0"},'
+    .. '"CampaignId":"c0ffee0123456789","TreatmentId":"0","Endpoints":{"ep-000001":{'
+    .. '"ChannelType":"CUSTOM","Address":"https://hooks.example.com/ep-000001","Attributes":'
+    .. '{"plan":["pro"],"region":["eu-west-1"]},"User":{"UserId":"user-000001"}}},"Pad":"'
+  return base .. string.rep('x', 498 - #base) .. '"}'
+end
+
+local function bench_webhook()
+  local ng = S.start_nginx { tls = false, access_log = false }
+  local url = ng.url .. '/ok'
+  local body = webhook_body()
+  local total, conns = opts.messages, opts.connections
+  http.configure { max_host_connections = conns }
+
+  -- Warm up (connections, nginx buffers) outside the measurement.
+  http.post_many { url = url, bodies = { body, body, body }, concurrency = 3 }
+
+  -- Messages are fed as the outbox will feed them: chunks of rows with their keys, outcomes
+  -- collected in batches.
+  local function herald_run()
+    local b <close> = http.batch { url = url, concurrency = conns, key_header = 'Idempotency-Key',
+                                   headers = { ['Content-Type'] = 'application/json' } }
+    local CHUNK = 10000
+    local bodies, keys = {}, {}
+    local added, delivered, failed = 0, 0, 0
+    local t0 = now_s()
+    while delivered + failed < total do
+      local queued = b:stats()
+      if added < total and queued < CHUNK then
+        local n = math.min(CHUNK, total - added)
+        for i = 1, n do
+          bodies[i] = body
+          keys[i] = 'msg-' .. (added + i)
+        end
+        for i = n + 1, #bodies do bodies[i] = nil; keys[i] = nil end
+        b:add_many(bodies, keys)
+        added = added + n
+      end
+      local out = b:wait(math.min(CHUNK // 2, total - delivered - failed))
+      local verdict = out.verdict
+      for i = 1, out.n do
+        if verdict[i] == 'delivered' then delivered = delivered + 1 else failed = failed + 1 end
+      end
+    end
+    local elapsed = now_s() - t0
+    if failed > 0 then error('webhook: ' .. failed .. ' requests failed', 0) end
+    return elapsed
+  end
+
+  local dir = S.tmpdir('wrk')
+  local f = assert(io.open(dir .. '/post.lua', 'w'))
+  f:write(string.format('wrk.method = "POST"\nwrk.body = %q\nwrk.headers["Content-Type"] = "application/json"\n', body))
+  f:close()
+  -- wrk runs for a duration; its rate gives the time it would take for the same count.
+  local function wrk_run()
+    local out = capture(string.format('wrk -t1 -c%d -d%ds -s %s %s 2>&1', conns, opts.duration,
+      dir .. '/post.lua', url))
+    local r = tonumber(out:match('Requests/sec:%s*([%d%.]+)'))
+    if not r then error('wrk did not report a rate:\n' .. out, 0) end
+    if out:match('Non%-2xx') or out:match('Socket errors') then error('wrk saw errors:\n' .. out, 0) end
+    return total / r
+  end
+
+  local best_h, best_r = math.huge, math.huge
+  for _ = 1, opts.runs do
+    best_h = math.min(best_h, herald_run())
+    best_r = math.min(best_r, wrk_run())
+  end
+  ng:stop()
+  local floor = total / best_h >= 20000 and '' or ' (below 20,000/s: MISSED)'
+  row('webhook', best_h, best_r, string.format(
+    '%d POSTs of %d B to nginx return 200, %d connections: herald %s vs wrk %s%s; engine only, outbox bookkeeping not yet included',
+    total, #body, conns, rate(total, best_h), rate(total, best_r), floor))
+end
+
+local function bench_smtp()
+  local sink = S.start_smtp_sink { backlog = 1024 }
+  local total, sessions = opts.mails, opts.sessions
+  local text = string.rep('The quick brown fox jumps over the lazy dog. ', 60):sub(1, 1700)
+  -- Warm up the connections.
+  assert(http.send_mail { url = sink.url, from = 'bench@herald.example', to = 'sink@example.org',
+                          subject = 'warm', text = 'x', message_id = 'warm' })
+  local size
+  do
+    local msg = http.build_mail { from = 'Herald Bench <bench@herald.example>', to = 'sink@example.org',
+                                  subject = 'Your weekly digest', text = text,
+                                  message_id = 'size-probe' }
+    size = #msg
+  end
+  local function herald_run()
+    local sent, failed, next_n = 0, 0, 0
+    local t0 = now_s()
+    local running = sessions
+    for _ = 1, sessions do
+      herald.spawn(function()
+        while next_n < total do
+          next_n = next_n + 1
+          local res = http.send_mail { url = sink.url, from = 'Herald Bench <bench@herald.example>',
+                                       to = 'sink@example.org', subject = 'Your weekly digest',
+                                       text = text, message_id = 'bench-' .. next_n }
+          if res then sent = sent + 1 else failed = failed + 1 end
+        end
+        running = running - 1
+      end)
+    end
+    while running > 0 do herald.sleep(5) end
+    local elapsed = now_s() - t0
+    if failed > 0 then error('smtp: ' .. failed .. ' messages failed', 0) end
+    return elapsed
+  end
+
+  local function source_run()
+    local t1 = now_s()
+    local out = capture(string.format('smtp-source -d -s %d -l %d -m %d -f bench@herald.example '
+      .. '-t sink@example.org 127.0.0.1:%d 2>&1', sessions, size, total, sink.port))
+    local elapsed = now_s() - t1
+    if out:match('fatal') or out:match('error') then error('smtp-source failed:\n' .. out, 0) end
+    return elapsed
+  end
+
+  local best_h, best_r = math.huge, math.huge
+  for _ = 1, opts.runs do
+    best_h = math.min(best_h, herald_run())
+    best_r = math.min(best_r, source_run())
+  end
+  sink:stop()
+  row('smtp', best_h, best_r, string.format(
+    '%d messages of %d B to smtp-sink over %d reused connections: herald %s vs smtp-source %s',
+    total, size, sessions, rate(total, best_h), rate(total, best_r)))
+end
+
+if opts.what == 'webhook' or opts.what == 'all' then bench_webhook() end
+if opts.what == 'smtp' or opts.what == 'all' then bench_smtp() end

@@ -1,0 +1,972 @@
+/* herald.core.http: the transport engine (runtime/http_client.c) for Lua.
+ *
+ * One client per process, shared by every state that loads the module, so all of them share
+ * one connection pool. request and send_mail yield the calling task and resume it from the
+ * completion callback; a stop request does not cut them short (a transfer in flight runs its
+ * course so its outcome is known), only shutdown cancels them.
+ *
+ * A batch sends many requests to one URL with a fixed concurrency without a coroutine per
+ * request: Lua appends bodies (and idempotency keys), C keeps `concurrency` transfers in flight
+ * and collects outcomes, and wait() hands them back as arrays. Bodies stay in a Lua table
+ * until their transfer starts, so queueing costs no copies. */
+#include <lauxlib.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "lua/context.h"
+#include "lua/modules.h"
+#include "lua/task.h"
+#include "runtime/clock.h"
+#include "runtime/http_client.h"
+#include "runtime/retry.h"
+#include "runtime/smtp_message.h"
+
+#define BATCH_MT "herald.http.batch"
+#define SENTINEL_MT "herald.http.sentinel"
+#define SENTINEL_KEY "herald.http.client_user"
+#define DEFAULT_MAX_BODY (1024 * 1024)
+#define FAILURE_BODY_MAX 512
+#define MAX_HEADERS 64
+#define MAX_RCPT 50
+
+static HeraldHttpClient *client;
+static HeraldHttpClientOptions client_opts = {64, 0, 100};
+static int client_users;  /* states that loaded the module */
+
+/* Raises unless L is a task, before any I/O starts: a transfer must always have a wait to
+ * complete. */
+static void check_can_wait(lua_State *L) {
+  if (!herald_task_can_wait(L))
+    luaL_error(L, "this call waits, so it must run in a task (a script body, run, filter or trigger)");
+}
+
+static HeraldHttpClient *get_client(lua_State *L) {
+  if (client == NULL) {
+    client = herald_http_client_new(&herald_context()->loop, &client_opts);
+    if (client == NULL) luaL_error(L, "cannot create the HTTP client");
+  }
+  return client;
+}
+
+/* ---- argument helpers ---- */
+
+static const char *field_string(lua_State *L, int t, const char *k, int required) {
+  lua_getfield(L, t, k);
+  const char *s = NULL;
+  if (lua_type(L, -1) == LUA_TSTRING || lua_type(L, -1) == LUA_TNUMBER) {
+    s = lua_tostring(L, -1);
+  } else if (!lua_isnil(L, -1)) {
+    luaL_error(L, "field '%s': expected a string, got %s", k, luaL_typename(L, -1));
+  } else if (required) {
+    luaL_error(L, "field '%s' is required", k);
+  }
+  lua_pop(L, 1);  /* the options table keeps the string alive */
+  return s;
+}
+
+static lua_Integer field_integer(lua_State *L, int t, const char *k, lua_Integer def) {
+  lua_getfield(L, t, k);
+  lua_Integer v = def;
+  if (!lua_isnil(L, -1)) {
+    int ok = 0;
+    v = lua_tointegerx(L, -1, &ok);
+    if (!ok) luaL_error(L, "field '%s': expected an integer, got %s", k, luaL_typename(L, -1));
+  }
+  lua_pop(L, 1);
+  return v;
+}
+
+static int field_boolean(lua_State *L, int t, const char *k, int def) {
+  lua_getfield(L, t, k);
+  int v = lua_isnil(L, -1) ? def : lua_toboolean(L, -1);
+  lua_pop(L, 1);
+  return v;
+}
+
+/* Reads a headers table ({Name = value} or {"Name: value", ...}) into "Name: value" lines
+ * pushed on the stack (they stay there, anchoring the strings). Returns the count. */
+static size_t header_lines(lua_State *L, int t, const char *k, const char **lines) {
+  lua_getfield(L, t, k);
+  int h = lua_gettop(L);
+  size_t n = 0;
+  if (lua_isnil(L, h)) return 0;
+  if (!lua_istable(L, h)) luaL_error(L, "field '%s': expected a table", k);
+  lua_pushnil(L);
+  while (lua_next(L, h) != 0) {
+    if (n == MAX_HEADERS) luaL_error(L, "field '%s': more than %d headers", k, MAX_HEADERS);
+    luaL_checkstack(L, 4, "too many headers");
+    const char *line;
+    if (lua_type(L, -2) == LUA_TNUMBER) {
+      if (lua_type(L, -1) != LUA_TSTRING) luaL_error(L, "field '%s': entries must be strings", k);
+      line = lua_pushfstring(L, "%s", lua_tostring(L, -1));
+    } else {
+      if (lua_type(L, -2) != LUA_TSTRING || !lua_isstring(L, -1))
+        luaL_error(L, "field '%s': expected name = value strings", k);
+      line = lua_pushfstring(L, "%s: %s", lua_tostring(L, -2), lua_tostring(L, -1));
+    }
+    if (strpbrk(line, "\r\n") != NULL) luaL_error(L, "field '%s': a header contains a line break", k);
+    lines[n++] = line;
+    lua_insert(L, h);  /* keep the line below the table */
+    h++;
+    lua_pop(L, 1);
+  }
+  return n;
+}
+
+/* Pushes nil, message, class[, status] for a failed transfer. */
+static int push_failure(lua_State *L, const HeraldHttpResponse *res) {
+  lua_pushnil(L);
+  lua_pushstring(L, res->error_text);
+  lua_pushstring(L, herald_net_class_name(res->error));
+  if (res->status > 0) {
+    lua_pushinteger(L, res->status);
+    return 4;
+  }
+  return 3;
+}
+
+/* ---- request ---- */
+
+typedef struct {
+  HeraldTaskWait *wait;
+  HeraldHttpTransfer *t;
+} Pending;
+
+static void pending_cancel(HeraldTaskWait *w, void *data) {
+  (void)w;
+  Pending *p = data;
+  if (client != NULL && p->t != NULL) herald_http_cancel(client, p->t);
+  free(p);
+}
+
+static void push_response(lua_State *L, const HeraldHttpResponse *res) {
+  lua_createtable(L, 0, 6);
+  lua_pushinteger(L, res->status);
+  lua_setfield(L, -2, "status");
+  lua_pushlstring(L, res->body ? res->body : "", res->body_len);
+  lua_setfield(L, -2, "body");
+  if (res->truncated) {
+    lua_pushboolean(L, 1);
+    lua_setfield(L, -2, "truncated");
+  }
+  lua_createtable(L, 0, (int)res->nheaders);
+  const char *p = res->headers;
+  for (size_t i = 0; i < res->nheaders; i++) {
+    const char *name = p;
+    const char *value = name + strlen(name) + 1;
+    p = value + strlen(value) + 1;
+    /* Repeated fields combine as RFC 9110 §5.3 allows. */
+    if (lua_getfield(L, -1, name) == LUA_TSTRING) {
+      lua_pushfstring(L, "%s, %s", lua_tostring(L, -1), value);
+      lua_remove(L, -2);
+    } else {
+      lua_pop(L, 1);
+      lua_pushstring(L, value);
+    }
+    lua_setfield(L, -2, name);
+  }
+  lua_setfield(L, -2, "headers");
+  if (res->retry_after_ms >= 0) {
+    lua_pushinteger(L, res->retry_after_ms);
+    lua_setfield(L, -2, "retry_after_ms");
+  }
+  lua_pushinteger(L, res->http_version);
+  lua_setfield(L, -2, "http_version");
+  lua_pushstring(L, herald_retry_verdict_name(herald_retry_verdict(res->error, res->status, 0)));
+  lua_setfield(L, -2, "verdict");
+}
+
+static void request_done(const HeraldHttpResponse *res, void *user) {
+  Pending *p = user;
+  HeraldTaskWait *w = p->wait;
+  free(p);
+  lua_State *co = herald_task_wait_thread(w);
+  int n;
+  if (res->error == kHeraldNetOk) {
+    push_response(co, res);
+    n = 1;
+  } else {
+    n = push_failure(co, res);
+  }
+  herald_task_wait_done(w, n);
+}
+
+/* request{method=, url=, headers=, body=, timeout_ms=, max_body=, ca_file=, http1=} ->
+ * {status=, headers=, body=, retry_after_ms=, http_version=, verdict=} | nil, err, class */
+static int l_request(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TTABLE);
+  HeraldHttpRequest req = {0};
+  req.url = field_string(L, 1, "url", 1);
+  req.method = field_string(L, 1, "method", 0);
+  req.body = field_string(L, 1, "body", 0);
+  if (req.body) {
+    lua_getfield(L, 1, "body");
+    req.body_len = lua_rawlen(L, -1);
+    lua_pop(L, 1);
+  }
+  req.timeout_ms = (long)field_integer(L, 1, "timeout_ms", 30000);
+  luaL_argcheck(L, req.timeout_ms > 0, 1, "timeout_ms must be > 0");
+  lua_Integer max_body = field_integer(L, 1, "max_body", DEFAULT_MAX_BODY);
+  luaL_argcheck(L, max_body >= 0, 1, "max_body must be >= 0");
+  req.max_body = (size_t)max_body;
+  req.ca_file = field_string(L, 1, "ca_file", 0);
+  req.http1_only = field_boolean(L, 1, "http1", 0);
+  req.want_headers = 1;
+  const char *lines[MAX_HEADERS];
+  req.nheaders = header_lines(L, 1, "headers", lines);
+  req.headers = lines;
+  HeraldHttpClient *c = get_client(L);
+  check_can_wait(L);
+  Pending *p = calloc(1, sizeof *p);
+  if (p == NULL) return luaL_error(L, "out of memory");
+  /* Completions only arrive from the loop, so the wait can be registered after the submit. */
+  p->t = herald_http_submit(c, &req, request_done, p);
+  if (p->t == NULL) {
+    free(p);
+    lua_pushnil(L);
+    lua_pushliteral(L, "cannot start the transfer (out of memory)");
+    lua_pushliteral(L, "protocol");
+    return 3;
+  }
+  p->wait = herald_task_wait_new(L, 0, pending_cancel, p);
+  return lua_yield(L, 0);
+}
+
+/* ---- send_mail ---- */
+
+static int starttls_mode(lua_State *L, int t) {
+  lua_getfield(L, t, "starttls");
+  int mode = 1;
+  if (lua_isboolean(L, -1)) {
+    mode = lua_toboolean(L, -1) ? 2 : 0;
+  } else if (lua_type(L, -1) == LUA_TSTRING) {
+    const char *s = lua_tostring(L, -1);
+    if (strcmp(s, "no") == 0) mode = 0;
+    else if (strcmp(s, "try") == 0) mode = 1;
+    else if (strcmp(s, "required") == 0) mode = 2;
+    else luaL_error(L, "field 'starttls': expected 'no', 'try' or 'required', got '%s'", s);
+  } else if (!lua_isnil(L, -1)) {
+    luaL_error(L, "field 'starttls': expected a boolean or a string");
+  }
+  lua_pop(L, 1);
+  return mode;
+}
+
+/* Strings of field k (a string or a list of strings), anchored in the options table. */
+static size_t string_list(lua_State *L, int t, const char *k, const char **out, size_t max) {
+  lua_getfield(L, t, k);
+  size_t n = 0;
+  if (lua_type(L, -1) == LUA_TSTRING) {
+    out[n++] = lua_tostring(L, -1);
+  } else if (lua_istable(L, -1)) {
+    lua_Integer len = (lua_Integer)lua_rawlen(L, -1);
+    if ((size_t)len > max) luaL_error(L, "field '%s': more than %d entries", k, (int)max);
+    for (lua_Integer i = 1; i <= len; i++) {
+      if (lua_rawgeti(L, -1, i) != LUA_TSTRING)
+        luaL_error(L, "field '%s'[%d]: expected a string", k, (int)i);
+      out[n++] = lua_tostring(L, -1);
+      lua_pop(L, 1);
+    }
+  } else if (!lua_isnil(L, -1)) {
+    luaL_error(L, "field '%s': expected a string or a list of strings", k);
+  }
+  lua_pop(L, 1);
+  return n;
+}
+
+/* Reads the message fields of table t into m (to and headers are the caller's arrays of
+ * MAX_RCPT and MAX_HEADERS); strings it makes stay on the stack. */
+static void read_message(lua_State *L, int t, HeraldMailMessage *m, const char **to,
+                         HeraldMailHeader *headers) {
+  m->from = field_string(L, t, "from", 1);
+  m->nto = string_list(L, t, "to", to, MAX_RCPT);
+  m->to = to;
+  if (m->nto == 0) luaL_error(L, "field 'to' is required");
+  m->subject = field_string(L, t, "subject", 0);
+  m->text = field_string(L, t, "text", 0);
+  m->html = field_string(L, t, "html", 0);
+  m->message_key = field_string(L, t, "message_id", 1);
+  m->one_click = field_boolean(L, t, "one_click", 0);
+  m->date_ms = herald_clock_now_ms();
+  const char *unsub[8];
+  size_t nunsub = string_list(L, t, "list_unsubscribe", unsub, 8);
+  if (nunsub > 0) {
+    luaL_Buffer b;
+    luaL_buffinit(L, &b);
+    for (size_t i = 0; i < nunsub; i++) {
+      if (i > 0) luaL_addstring(&b, ", ");
+      int bracketed = unsub[i][0] == '<';
+      if (!bracketed) luaL_addchar(&b, '<');
+      luaL_addstring(&b, unsub[i]);
+      if (!bracketed) luaL_addchar(&b, '>');
+    }
+    luaL_pushresult(&b);
+    m->list_unsubscribe = lua_tostring(L, -1);
+  }
+  lua_getfield(L, t, "headers");
+  int ht = lua_gettop(L);
+  if (lua_istable(L, ht)) {
+    lua_pushnil(L);
+    while (lua_next(L, ht) != 0) {
+      if (lua_type(L, -2) != LUA_TSTRING || !lua_isstring(L, -1))
+        luaL_error(L, "field 'headers': expected name = value strings");
+      if (m->nheaders == MAX_HEADERS) luaL_error(L, "field 'headers': more than %d", MAX_HEADERS);
+      headers[m->nheaders].name = lua_tostring(L, -2);
+      headers[m->nheaders].value = lua_tostring(L, -1);
+      m->nheaders++;
+      lua_pop(L, 1);
+    }
+  } else if (!lua_isnil(L, ht)) {
+    luaL_error(L, "field 'headers': expected a table");
+  }
+  m->headers = headers;
+}
+
+typedef struct {
+  HeraldTaskWait *wait;
+  HeraldHttpTransfer *t;
+  char message_id[512];
+} MailPending;
+
+static void mail_cancel(HeraldTaskWait *w, void *data) {
+  (void)w;
+  MailPending *p = data;
+  if (client != NULL && p->t != NULL) herald_http_cancel(client, p->t);
+  free(p);
+}
+
+static void mail_done(const HeraldHttpResponse *res, void *user) {
+  MailPending *p = user;
+  HeraldTaskWait *w = p->wait;
+  lua_State *co = herald_task_wait_thread(w);
+  int n;
+  if (res->error == kHeraldNetOk) {
+    lua_createtable(co, 0, 3);
+    lua_pushinteger(co, res->status);
+    lua_setfield(co, -2, "status");
+    lua_pushstring(co, p->message_id);
+    lua_setfield(co, -2, "message_id");
+    lua_pushstring(co, "delivered");
+    lua_setfield(co, -2, "verdict");
+    n = 1;
+  } else {
+    n = push_failure(co, res);
+  }
+  free(p);
+  herald_task_wait_done(w, n);
+}
+
+/* send_mail{url=, from=, to=, subject=, text=, html=, message_id=, headers=, list_unsubscribe=,
+ * one_click=, envelope_from=, username=, password=, starttls=, ca_file=, timeout_ms=}
+ * -> {status=, message_id=} | nil, err, class[, smtp code] */
+static int l_send_mail(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TTABLE);
+  HeraldSmtpRequest req = {0};
+  req.url = field_string(L, 1, "url", 1);
+  req.timeout_ms = (long)field_integer(L, 1, "timeout_ms", 30000);
+  luaL_argcheck(L, req.timeout_ms > 0, 1, "timeout_ms must be > 0");
+  req.starttls = starttls_mode(L, 1);
+  req.username = field_string(L, 1, "username", 0);
+  req.password = field_string(L, 1, "password", 0);
+  req.ca_file = field_string(L, 1, "ca_file", 0);
+
+  HeraldMailMessage m = {0};
+  const char *to[MAX_RCPT];
+  HeraldMailHeader headers[MAX_HEADERS];
+  read_message(L, 1, &m, to, headers);
+
+  HeraldError err = {0};
+  const char *from_field = field_string(L, 1, "envelope_from", 0);
+  char mail_from[512];
+  if (herald_smtp_address(from_field ? from_field : m.from, from_field ? "envelope_from" : "from",
+                          mail_from, sizeof mail_from, &err) != kHeraldOk)
+    goto invalid;
+  char rcpt_buf[MAX_RCPT][320];
+  const char *rcpt[MAX_RCPT];
+  for (size_t i = 0; i < m.nto; i++) {
+    char field[32];
+    snprintf(field, sizeof field, "to[%zu]", i + 1);
+    if (herald_smtp_address(to[i], field, rcpt_buf[i], sizeof rcpt_buf[i], &err) != kHeraldOk)
+      goto invalid;
+    rcpt[i] = rcpt_buf[i];
+  }
+  req.mail_from = mail_from;
+  req.rcpt = rcpt;
+  req.nrcpt = m.nto;
+
+  HeraldHttpClient *c = get_client(L);
+  check_can_wait(L);
+  MailPending *p = calloc(1, sizeof *p);
+  if (p == NULL) return luaL_error(L, "out of memory");
+  char *msg = NULL;
+  size_t len = 0;
+  if (herald_smtp_message_build(&m, &msg, &len, p->message_id, sizeof p->message_id, &err) !=
+      kHeraldOk) {
+    free(p);
+    goto invalid;
+  }
+  req.message = msg;
+  req.message_len = len;
+  /* Completions only arrive from the loop, so the wait can be registered after the submit. */
+  p->t = herald_smtp_submit(c, &req, mail_done, p);
+  free(msg);
+  if (p->t == NULL) {
+    free(p);
+    lua_pushnil(L);
+    lua_pushliteral(L, "cannot start the transfer (out of memory)");
+    lua_pushliteral(L, "protocol");
+    return 3;
+  }
+  p->wait = herald_task_wait_new(L, 0, mail_cancel, p);
+  return lua_yield(L, 0);
+invalid:
+  lua_pushnil(L);
+  lua_pushstring(L, err.msg);
+  lua_pushliteral(L, "invalid");
+  return 3;
+}
+
+/* build_mail{...same message fields...} -> message text, message_id (what send_mail sends). */
+static int l_build_mail(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TTABLE);
+  HeraldMailMessage m = {0};
+  const char *to[MAX_RCPT];
+  HeraldMailHeader headers[MAX_HEADERS];
+  read_message(L, 1, &m, to, headers);
+  char id[512];
+  char *msg = NULL;
+  size_t len = 0;
+  HeraldError err = {0};
+  if (herald_smtp_message_build(&m, &msg, &len, id, sizeof id, &err) != kHeraldOk) {
+    lua_pushnil(L);
+    lua_pushstring(L, err.msg);
+    return 2;
+  }
+  lua_pushlstring(L, msg, len);
+  free(msg);
+  lua_pushstring(L, id);
+  return 2;
+}
+
+/* ---- batches ---- */
+
+typedef struct Batch Batch;
+
+typedef struct {
+  Batch *b;
+  lua_Integer seq;
+  HeraldHttpTransfer *t;  /* NULL when the slot is free */
+} Slot;
+
+typedef struct {
+  lua_Integer seq;
+  long status;
+  HeraldNetClass cls;
+  int64_t retry_after_ms;
+  char *detail;  /* failure text or the start of a failure body */
+} Outcome;
+
+struct Batch {
+  lua_State *main;
+  int items_ref;          /* registry: {[seq] = body} */
+  int keys_ref;           /* registry: {[seq] = key} */
+  int opts_ref;           /* registry: {[seq] = {url=, headers=}} for items that have them */
+  lua_Integer added;      /* last seq appended */
+  lua_Integer started;    /* last seq started */
+  size_t in_flight;
+  size_t concurrency;
+  Slot *slots;
+  char *url;
+  char *method;
+  char *key_header;       /* e.g. "Idempotency-Key"; NULL: no per-request key header */
+  char **headers;
+  size_t nheaders;
+  long timeout_ms;
+  char *ca_file;
+  int http1_only;
+  Outcome *out;
+  size_t nout, cap;
+  HeraldTaskWait *wait;
+  size_t wait_min;
+  int closed;
+};
+
+static size_t batch_outstanding(const Batch *b) {
+  return (size_t)(b->added - b->started) + b->in_flight;
+}
+
+static void batch_done(const HeraldHttpResponse *res, void *user);
+
+static Outcome *outcome_new(Batch *b) {
+  if (b->nout == b->cap) {
+    size_t cap = b->cap ? b->cap * 2 : 256;
+    Outcome *o = realloc(b->out, cap * sizeof *o);
+    if (o == NULL) abort();  /* losing an outcome would lose track of a message */
+    b->out = o;
+    b->cap = cap;
+  }
+  Outcome *o = &b->out[b->nout++];
+  memset(o, 0, sizeof *o);
+  return o;
+}
+
+/* Starts queued items while slots are free. L is any thread of the batch's state. */
+static void batch_pump(lua_State *L, Batch *b) {
+  if (b->closed || b->started >= b->added || b->in_flight >= b->concurrency) return;
+  HeraldHttpClient *c = get_client(L);
+  luaL_checkstack(L, MAX_HEADERS + 12, "batch");
+  lua_rawgeti(L, LUA_REGISTRYINDEX, b->items_ref);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, b->keys_ref);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, b->opts_ref);
+  int items = lua_gettop(L) - 2, keys = items + 1, opts = items + 2;
+  const char *lines[2 * MAX_HEADERS + 1];
+  for (size_t i = 0; i < b->nheaders; i++) lines[i] = b->headers[i];
+  while (b->started < b->added && b->in_flight < b->concurrency) {
+    size_t s = 0;
+    while (b->slots[s].t != NULL) s++;
+    lua_Integer seq = ++b->started;
+    int base = lua_gettop(L);
+    lua_rawgeti(L, items, seq);
+    size_t len = 0;
+    const char *body = lua_tolstring(L, -1, &len);
+    HeraldHttpRequest req = {0};
+    req.method = b->method;
+    req.url = b->url;
+    req.body = body;
+    req.body_len = len;
+    req.timeout_ms = b->timeout_ms;
+    req.max_body = FAILURE_BODY_MAX;
+    req.ca_file = b->ca_file;
+    req.http1_only = b->http1_only;
+    req.headers = lines;
+    req.nheaders = b->nheaders;
+    char keyline[512];
+    if (b->key_header != NULL && lua_rawgeti(L, keys, seq) != LUA_TNIL) {
+      snprintf(keyline, sizeof keyline, "%s: %s", b->key_header, lua_tostring(L, -1));
+      lines[req.nheaders++] = keyline;
+      lua_pop(L, 1);
+    } else if (b->key_header != NULL) {
+      lua_pop(L, 1);
+    }
+    /* Per-item url and headers were checked by add; the strings stay on the stack until the
+     * submit has copied them. */
+    if (lua_rawgeti(L, opts, seq) == LUA_TTABLE) {
+      int o = lua_gettop(L);
+      if (lua_getfield(L, o, "url") == LUA_TSTRING) req.url = lua_tostring(L, -1);
+      if (lua_getfield(L, o, "headers") == LUA_TTABLE) {
+        int ht = lua_gettop(L);
+        lua_pushnil(L);
+        while (lua_next(L, ht) != 0 && req.nheaders < 2 * MAX_HEADERS) {
+          if (lua_type(L, -2) == LUA_TSTRING && lua_type(L, -1) == LUA_TSTRING)
+            lines[req.nheaders++] = lua_pushfstring(L, "%s: %s", lua_tostring(L, -2), lua_tostring(L, -1));
+          else if (lua_type(L, -1) == LUA_TSTRING)
+            lines[req.nheaders++] = lua_pushstring(L, lua_tostring(L, -1));
+          else
+            lua_pushnil(L);
+          lua_insert(L, ht);  /* keep the line, below the table */
+          ht++;
+          lua_pop(L, 1);
+        }
+      }
+      lua_pushnil(L);
+      lua_rawseti(L, opts, seq);
+    }
+    b->slots[s].b = b;
+    b->slots[s].seq = seq;
+    b->in_flight++;
+    b->slots[s].t = herald_http_submit(c, &req, batch_done, &b->slots[s]);
+    lua_settop(L, base);
+    lua_pushnil(L);
+    lua_rawseti(L, items, seq);  /* the body is copied; release it */
+    if (b->slots[s].t == NULL) {
+      b->in_flight--;
+      Outcome *o = outcome_new(b);
+      o->seq = seq;
+      o->cls = kHeraldNetProtocol;
+      o->retry_after_ms = -1;
+      o->detail = strdup("cannot start the transfer (out of memory)");
+    }
+  }
+  lua_pop(L, 3);
+}
+
+static int batch_push_outcomes(lua_State *L, Batch *b);
+
+static void batch_maybe_wake(Batch *b) {
+  if (b->wait == NULL) return;
+  if (b->nout < b->wait_min && batch_outstanding(b) > 0) return;
+  HeraldTaskWait *w = b->wait;
+  b->wait = NULL;
+  lua_State *co = herald_task_wait_thread(w);
+  batch_push_outcomes(co, b);
+  herald_task_wait_done(w, 1);
+}
+
+static void batch_done(const HeraldHttpResponse *res, void *user) {
+  Slot *slot = user;
+  Batch *b = slot->b;
+  slot->t = NULL;
+  b->in_flight--;
+  Outcome *o = outcome_new(b);
+  o->seq = slot->seq;
+  o->status = res->status;
+  o->cls = res->error;
+  o->retry_after_ms = res->retry_after_ms;
+  if (res->error != kHeraldNetOk) {
+    o->detail = strdup(res->error_text);
+  } else if ((res->status < 200 || res->status >= 300) && res->body_len > 0) {
+    o->detail = strndup(res->body, res->body_len);
+  }
+  batch_pump(b->main, b);
+  batch_maybe_wake(b);
+}
+
+/* Pushes {n=, seq={}, key={}, status={}, class={}, verdict={}, retry_after_ms={}, detail={}}
+ * and forgets the outcomes. */
+static int batch_push_outcomes(lua_State *L, Batch *b) {
+  luaL_checkstack(L, 12, "batch");
+  int n = (int)b->nout;
+  lua_createtable(L, 0, 8);
+  int t = lua_gettop(L);
+  static const char *const names[] = {"seq", "key", "status", "class", "verdict",
+                                      "retry_after_ms", "detail"};
+  for (int k = 0; k < 7; k++) lua_createtable(L, n, 0);
+  int base = t + 1;  /* seq at base, key base+1, ... */
+  lua_rawgeti(L, LUA_REGISTRYINDEX, b->keys_ref);
+  int keys = lua_gettop(L);
+  for (int i = 0; i < n; i++) {
+    Outcome *o = &b->out[i];
+    lua_pushinteger(L, o->seq);
+    lua_rawseti(L, base, i + 1);
+    lua_rawgeti(L, keys, o->seq);
+    lua_rawseti(L, base + 1, i + 1);
+    lua_pushnil(L);
+    lua_rawseti(L, keys, o->seq);
+    lua_pushinteger(L, o->status);
+    lua_rawseti(L, base + 2, i + 1);
+    lua_pushstring(L, herald_net_class_name(o->cls));
+    lua_rawseti(L, base + 3, i + 1);
+    lua_pushstring(L, herald_retry_verdict_name(herald_retry_verdict(o->cls, o->status, 0)));
+    lua_rawseti(L, base + 4, i + 1);
+    if (o->retry_after_ms >= 0) {
+      lua_pushinteger(L, o->retry_after_ms);
+      lua_rawseti(L, base + 5, i + 1);
+    }
+    if (o->detail != NULL) {
+      lua_pushstring(L, o->detail);
+      lua_rawseti(L, base + 6, i + 1);
+      free(o->detail);
+    }
+  }
+  lua_pop(L, 1);
+  for (int k = 6; k >= 0; k--) lua_setfield(L, t, names[k]);
+  lua_pushinteger(L, n);
+  lua_setfield(L, t, "n");
+  b->nout = 0;
+  return 1;
+}
+
+static Batch *check_batch(lua_State *L) {
+  Batch *b = luaL_checkudata(L, 1, BATCH_MT);
+  if (b->closed) luaL_error(L, "the batch is closed");
+  return b;
+}
+
+static char *dup_field(lua_State *L, int t, const char *k, int required) {
+  const char *s = field_string(L, t, k, required);
+  if (s == NULL) return NULL;
+  char *d = strdup(s);
+  if (d == NULL) luaL_error(L, "out of memory");
+  return d;
+}
+
+/* batch{url=, method=, headers=, concurrency=, timeout_ms=, key_header=, ca_file=, http1=} */
+static int l_batch(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TTABLE);
+  lua_Integer conc = field_integer(L, 1, "concurrency", 10);
+  luaL_argcheck(L, conc >= 1 && conc <= 10000, 1, "concurrency must be 1..10000");
+  lua_Integer timeout = field_integer(L, 1, "timeout_ms", 30000);
+  luaL_argcheck(L, timeout > 0, 1, "timeout_ms must be > 0");
+  field_string(L, 1, "url", 1);
+  Batch *b = lua_newuserdatauv(L, sizeof *b, 0);
+  memset(b, 0, sizeof *b);
+  b->items_ref = b->keys_ref = b->opts_ref = LUA_NOREF;
+  luaL_setmetatable(L, BATCH_MT);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_MAINTHREAD);
+  b->main = lua_tothread(L, -1);
+  lua_pop(L, 1);
+  b->concurrency = (size_t)conc;
+  b->timeout_ms = (long)timeout;
+  b->http1_only = field_boolean(L, 1, "http1", 0);
+  b->slots = calloc(b->concurrency, sizeof *b->slots);
+  if (b->slots == NULL) return luaL_error(L, "out of memory");
+  b->url = dup_field(L, 1, "url", 1);
+  b->method = dup_field(L, 1, "method", 0);
+  b->key_header = dup_field(L, 1, "key_header", 0);
+  b->ca_file = dup_field(L, 1, "ca_file", 0);
+  int top = lua_gettop(L);
+  const char *lines[MAX_HEADERS];
+  size_t n = header_lines(L, 1, "headers", lines);
+  b->headers = calloc(n + 1, sizeof *b->headers);
+  if (b->headers == NULL) return luaL_error(L, "out of memory");
+  for (size_t i = 0; i < n; i++) {
+    b->headers[i] = strdup(lines[i]);
+    if (b->headers[i] == NULL) return luaL_error(L, "out of memory");
+    b->nheaders++;
+  }
+  lua_settop(L, top);
+  lua_newtable(L);
+  b->items_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  lua_newtable(L);
+  b->keys_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  lua_newtable(L);
+  b->opts_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  return 1;
+}
+
+static int has_line_break(lua_State *L, int i) {
+  return lua_type(L, i) == LUA_TSTRING && strpbrk(lua_tostring(L, i), "\r\n") != NULL;
+}
+
+/* Checks an item's options ({url=, headers=}) where the caller can be told what is wrong. */
+static void check_item_opts(lua_State *L, int o, lua_Integer seq) {
+  if (!lua_istable(L, o)) luaL_error(L, "item %d: options must be a table {url=, headers=}", (int)seq);
+  lua_getfield(L, o, "url");
+  if (!lua_isnil(L, -1) && lua_type(L, -1) != LUA_TSTRING)
+    luaL_error(L, "item %d: url must be a string", (int)seq);
+  lua_pop(L, 1);
+  lua_getfield(L, o, "headers");
+  int ht = lua_gettop(L);
+  if (lua_istable(L, ht)) {
+    int n = 0;
+    lua_pushnil(L);
+    while (lua_next(L, ht) != 0) {
+      if (++n > MAX_HEADERS) luaL_error(L, "item %d: more than %d headers", (int)seq, MAX_HEADERS);
+      if (lua_type(L, -1) != LUA_TSTRING || has_line_break(L, -1) || has_line_break(L, -2))
+        luaL_error(L, "item %d: headers must be strings without line breaks", (int)seq);
+      lua_pop(L, 1);
+    }
+  } else if (!lua_isnil(L, ht)) {
+    luaL_error(L, "item %d: headers must be a table", (int)seq);
+  }
+  lua_pop(L, 1);
+}
+
+/* Appends one item from the values at body_idx, key_idx and opts_idx (0: none). */
+static void batch_append(lua_State *L, Batch *b, int body_idx, int key_idx, int opts_idx,
+                         int items, int keys, int opts) {
+  lua_Integer seq = b->added + 1;
+  if (lua_type(L, body_idx) != LUA_TSTRING) luaL_error(L, "item %d: the body must be a string", (int)seq);
+  int has_key = key_idx != 0 && !lua_isnil(L, key_idx);
+  if (has_key && (!lua_isstring(L, key_idx) || has_line_break(L, key_idx)))
+    luaL_error(L, "item %d: the key must be a string or a number without line breaks", (int)seq);
+  int has_opts = opts_idx != 0 && !lua_isnil(L, opts_idx);
+  if (has_opts) check_item_opts(L, opts_idx, seq);
+  b->added = seq;
+  lua_pushvalue(L, body_idx);
+  lua_rawseti(L, items, seq);
+  if (has_key) {
+    lua_pushvalue(L, key_idx);
+    lua_rawseti(L, keys, seq);
+  }
+  if (has_opts) {
+    lua_pushvalue(L, opts_idx);
+    lua_rawseti(L, opts, seq);
+  }
+}
+
+/* b:add(body[, key[, {url=, headers=}]]) -> seq. The key goes out in the key_header and comes
+ * back with the outcome; url and headers override or extend the batch's for this item. */
+static int l_batch_add(lua_State *L) {
+  Batch *b = check_batch(L);
+  lua_settop(L, 4);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, b->items_ref);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, b->keys_ref);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, b->opts_ref);
+  batch_append(L, b, 2, 3, 4, 5, 6, 7);
+  batch_pump(L, b);
+  lua_pushinteger(L, b->added);
+  return 1;
+}
+
+/* b:add_many(bodies[, keys[, options]]) -> last seq (lists in step, as add takes them) */
+static int l_batch_add_many(lua_State *L) {
+  Batch *b = check_batch(L);
+  luaL_checktype(L, 2, LUA_TTABLE);
+  lua_settop(L, 4);
+  if (!lua_isnil(L, 3)) luaL_checktype(L, 3, LUA_TTABLE);
+  if (!lua_isnil(L, 4)) luaL_checktype(L, 4, LUA_TTABLE);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, b->items_ref);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, b->keys_ref);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, b->opts_ref);
+  lua_Integer n = (lua_Integer)lua_rawlen(L, 2);
+  for (lua_Integer i = 1; i <= n; i++) {
+    lua_rawgeti(L, 2, i);
+    if (lua_isnil(L, 3)) lua_pushnil(L); else lua_rawgeti(L, 3, i);
+    if (lua_isnil(L, 4)) lua_pushnil(L); else lua_rawgeti(L, 4, i);
+    batch_append(L, b, 8, 9, 10, 5, 6, 7);
+    lua_pop(L, 3);
+  }
+  batch_pump(L, b);
+  lua_pushinteger(L, b->added);
+  return 1;
+}
+
+static void batch_wait_cancel(HeraldTaskWait *w, void *data) {
+  (void)w;
+  Batch *b = data;
+  b->wait = NULL;
+}
+
+/* b:wait([min]) -> outcomes. Waits until min outcomes are ready (default: everything added),
+ * or nothing is outstanding. */
+static int l_batch_wait(lua_State *L) {
+  Batch *b = check_batch(L);
+  if (b->wait != NULL) return luaL_error(L, "another task is waiting on this batch");
+  size_t all = b->nout + batch_outstanding(b);
+  lua_Integer min = luaL_optinteger(L, 2, (lua_Integer)all);
+  luaL_argcheck(L, min >= 0, 2, "must be >= 0");
+  b->wait_min = (size_t)min;
+  if (b->nout >= b->wait_min || batch_outstanding(b) == 0) return batch_push_outcomes(L, b);
+  b->wait = herald_task_wait_new(L, 0, batch_wait_cancel, b);
+  return lua_yield(L, 0);
+}
+
+/* b:stats() -> queued, in_flight, ready */
+static int l_batch_stats(lua_State *L) {
+  Batch *b = check_batch(L);
+  lua_pushinteger(L, b->added - b->started);
+  lua_pushinteger(L, (lua_Integer)b->in_flight);
+  lua_pushinteger(L, (lua_Integer)b->nout);
+  return 3;
+}
+
+/* Cancels what is in flight and releases everything; safe to call twice. */
+static int l_batch_close(lua_State *L) {
+  Batch *b = luaL_checkudata(L, 1, BATCH_MT);
+  if (b->closed) return 0;
+  /* Only another task can get here while one waits (the waiter holds the batch), and that
+   * waiter would never be resumed. */
+  if (b->wait != NULL) return luaL_error(L, "cannot close a batch while a task waits on it");
+  b->closed = 1;
+  for (size_t i = 0; i < b->concurrency && b->slots; i++)
+    if (b->slots[i].t != NULL && client != NULL) herald_http_cancel(client, b->slots[i].t);
+  for (size_t i = 0; i < b->nout; i++) free(b->out[i].detail);
+  free(b->out);
+  free(b->slots);
+  for (size_t i = 0; i < b->nheaders; i++) free(b->headers[i]);
+  free(b->headers);
+  free(b->url);
+  free(b->method);
+  free(b->key_header);
+  free(b->ca_file);
+  luaL_unref(L, LUA_REGISTRYINDEX, b->items_ref);
+  luaL_unref(L, LUA_REGISTRYINDEX, b->keys_ref);
+  luaL_unref(L, LUA_REGISTRYINDEX, b->opts_ref);
+  return 0;
+}
+
+/* ---- policy helpers and client settings ---- */
+
+/* verdict(class, status[, smtp]) -> "delivered" | "transient" | "permanent" */
+static int l_verdict(lua_State *L) {
+  const char *cls = luaL_optstring(L, 1, "ok");
+  long status = (long)luaL_optinteger(L, 2, 0);
+  int smtp = lua_toboolean(L, 3);
+  HeraldNetClass c = kHeraldNetProtocol;
+  for (int i = kHeraldNetOk; i <= kHeraldNetCancelled; i++)
+    if (strcmp(cls, herald_net_class_name((HeraldNetClass)i)) == 0) c = (HeraldNetClass)i;
+  lua_pushstring(L, herald_retry_verdict_name(herald_retry_verdict(c, status, smtp)));
+  return 1;
+}
+
+static uint64_t backoff_rng;
+
+/* backoff(attempt, min_ms, max_ms[, jitter]) -> ms */
+static int l_backoff(lua_State *L) {
+  int attempt = (int)luaL_checkinteger(L, 1);
+  int64_t min_ms = (int64_t)luaL_checkinteger(L, 2);
+  int64_t max_ms = (int64_t)luaL_checkinteger(L, 3);
+  double jitter = luaL_optnumber(L, 4, 0.5);
+  luaL_argcheck(L, min_ms >= 0, 2, "must be >= 0");
+  luaL_argcheck(L, max_ms >= min_ms, 3, "must be >= min_ms");
+  luaL_argcheck(L, jitter >= 0 && jitter <= 1, 4, "must be in 0..1");
+  if (backoff_rng == 0) backoff_rng = (uint64_t)uv_hrtime() | 1;
+  lua_pushinteger(L, herald_retry_backoff_ms(attempt, min_ms, max_ms, jitter, &backoff_rng));
+  return 1;
+}
+
+/* configure{max_host_connections=, max_total_connections=, max_concurrent_streams=}: takes
+ * effect for a new client, so only while nothing is in flight. */
+static int l_configure(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TTABLE);
+  if (client != NULL && herald_http_in_flight(client) > 0)
+    return luaL_error(L, "cannot reconfigure the HTTP client while transfers are in flight");
+  HeraldHttpClientOptions o = client_opts;
+  o.max_host_connections = (long)field_integer(L, 1, "max_host_connections", o.max_host_connections);
+  o.max_total_connections = (long)field_integer(L, 1, "max_total_connections", o.max_total_connections);
+  o.max_concurrent_streams = (long)field_integer(L, 1, "max_concurrent_streams", o.max_concurrent_streams);
+  luaL_argcheck(L, o.max_host_connections >= 0 && o.max_total_connections >= 0 &&
+                   o.max_concurrent_streams >= 0, 1, "limits must be >= 0");
+  client_opts = o;
+  if (client != NULL) {
+    herald_http_client_free(client);
+    client = NULL;
+  }
+  return 0;
+}
+
+/* stats() -> {in_flight=, connections=} */
+static int l_stats(lua_State *L) {
+  lua_createtable(L, 0, 2);
+  lua_pushinteger(L, client ? (lua_Integer)herald_http_in_flight(client) : 0);
+  lua_setfield(L, -2, "in_flight");
+  lua_pushinteger(L, client ? (lua_Integer)herald_http_connections_opened(client) : 0);
+  lua_setfield(L, -2, "connections");
+  return 1;
+}
+
+static int l_sentinel_gc(lua_State *L) {
+  (void)L;
+  if (--client_users == 0 && client != NULL) {
+    herald_http_client_free(client);
+    client = NULL;
+  }
+  return 0;
+}
+
+int luaopen_herald_core_http(lua_State *L) {
+  /* One sentinel per state (a module may be loaded twice, e.g. after package.loaded was
+   * reset): the client lives while some state uses it. */
+  if (lua_getfield(L, LUA_REGISTRYINDEX, SENTINEL_KEY) == LUA_TNIL) {
+    lua_newuserdatauv(L, 1, 0);
+    luaL_newmetatable(L, SENTINEL_MT);
+    lua_pushcfunction(L, l_sentinel_gc);
+    lua_setfield(L, -2, "__gc");
+    lua_setmetatable(L, -2);
+    lua_setfield(L, LUA_REGISTRYINDEX, SENTINEL_KEY);
+    client_users++;
+  }
+  lua_pop(L, 1);
+
+  static const luaL_Reg batch_methods[] = {
+    {"add", l_batch_add}, {"add_many", l_batch_add_many}, {"wait", l_batch_wait},
+    {"stats", l_batch_stats}, {"close", l_batch_close}, {NULL, NULL},
+  };
+  luaL_newmetatable(L, BATCH_MT);
+  luaL_newlib(L, batch_methods);
+  lua_setfield(L, -2, "__index");
+  lua_pushcfunction(L, l_batch_close);
+  lua_setfield(L, -2, "__gc");
+  lua_pushcfunction(L, l_batch_close);
+  lua_setfield(L, -2, "__close");
+  lua_pop(L, 1);
+
+  static const luaL_Reg funcs[] = {
+    {"request", l_request},     {"send_mail", l_send_mail}, {"build_mail", l_build_mail},
+    {"batch", l_batch},         {"verdict", l_verdict},     {"backoff", l_backoff},
+    {"configure", l_configure}, {"stats", l_stats},         {NULL, NULL},
+  };
+  luaL_newlib(L, funcs);
+  return 1;
+}

@@ -1,0 +1,162 @@
+/* herald.core.ratelimit: multi-window token buckets (runtime/ratelimit.c) on the runtime clock
+ * (manual in tests). */
+#include <lauxlib.h>
+#include <stdint.h>
+
+#include "lua/modules.h"
+#include "runtime/clock.h"
+#include "runtime/ratelimit.h"
+
+#define LIMIT_MT "herald.ratelimit"
+
+typedef struct {
+  HeraldRateLimit *rl;
+} Limit;
+
+static Limit *check_limit(lua_State *L, int i) {
+  Limit *l = luaL_checkudata(L, i, LIMIT_MT);
+  if (l->rl == NULL) luaL_error(L, "the rate limit is closed");
+  return l;
+}
+
+static const struct {
+  const char *name;
+  int64_t period_ms;
+} NAMED[] = {
+  {"per_second", 1000}, {"per_minute", 60000}, {"per_hour", 3600000}, {"per_day", 86400000},
+};
+
+static int add_window(lua_State *L, HeraldRateWindow *w, size_t *n, const char *what) {
+  if (*n == HERALD_RATELIMIT_MAX_WINDOWS)
+    return luaL_error(L, "%s: at most %d windows", what, HERALD_RATELIMIT_MAX_WINDOWS);
+  int ok = 0;
+  double v = lua_tonumberx(L, -1, &ok);
+  if (!ok || !(v > 0)) return luaL_error(L, "%s: expected a positive number", what);
+  w[*n].limit = v;
+  (*n)++;
+  return 0;
+}
+
+/* new{per_second=, per_minute=, per_hour=, per_day=, windows={{limit=, period_ms=}...},
+ *     parent=limit} -> limit */
+static int l_new(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TTABLE);
+  HeraldRateWindow w[HERALD_RATELIMIT_MAX_WINDOWS];
+  size_t n = 0;
+  for (size_t i = 0; i < sizeof NAMED / sizeof NAMED[0]; i++) {
+    lua_getfield(L, 1, NAMED[i].name);
+    if (!lua_isnil(L, -1)) {
+      w[n].period_ms = NAMED[i].period_ms;
+      add_window(L, w, &n, NAMED[i].name);
+    }
+    lua_pop(L, 1);
+  }
+  lua_getfield(L, 1, "windows");
+  if (lua_istable(L, -1)) {
+    lua_Integer len = (lua_Integer)lua_rawlen(L, -1);
+    for (lua_Integer i = 1; i <= len; i++) {
+      lua_rawgeti(L, -1, i);
+      if (!lua_istable(L, -1)) return luaL_error(L, "windows[%d]: expected {limit=, period_ms=}", (int)i);
+      lua_getfield(L, -1, "period_ms");
+      int ok = 0;
+      lua_Integer period = lua_tointegerx(L, -1, &ok);
+      if (!ok || period <= 0) return luaL_error(L, "windows[%d].period_ms: expected a positive integer", (int)i);
+      lua_pop(L, 1);
+      lua_getfield(L, -1, "limit");
+      if (n < HERALD_RATELIMIT_MAX_WINDOWS) w[n].period_ms = (int64_t)period;
+      add_window(L, w, &n, "windows[].limit");
+      lua_pop(L, 2);
+    }
+  } else if (!lua_isnil(L, -1)) {
+    return luaL_error(L, "windows: expected a list of {limit=, period_ms=}");
+  }
+  lua_pop(L, 1);
+  lua_getfield(L, 1, "parent");
+  HeraldRateLimit *parent = NULL;
+  if (!lua_isnil(L, -1)) {
+    Limit *p = luaL_testudata(L, -1, LIMIT_MT);
+    if (p == NULL || p->rl == NULL) return luaL_error(L, "parent: expected an open rate limit");
+    parent = p->rl;
+  }
+  int parent_idx = lua_gettop(L);
+  if (n == 0 && parent == NULL)
+    return luaL_error(L, "a rate limit needs a window (per_second, per_minute, per_hour, per_day or windows) or a parent");
+  Limit *l = lua_newuserdatauv(L, sizeof *l, 1);
+  l->rl = NULL;
+  luaL_setmetatable(L, LIMIT_MT);
+  HeraldError err = {0};
+  l->rl = herald_ratelimit_new(w, n, parent, herald_clock_now_ms(), &err);
+  if (l->rl == NULL) return luaL_error(L, "%s", err.msg);
+  /* The parent must outlive its children. */
+  lua_pushvalue(L, parent_idx);
+  lua_setiuservalue(L, -2, 1);
+  return 1;
+}
+
+static double check_count(lua_State *L, int i) {
+  double n = luaL_optnumber(L, i, 1);
+  luaL_argcheck(L, n > 0, i, "must be > 0");
+  return n;
+}
+
+/* l:take([n]) -> granted, next_slot_ms (absolute clock ms; nil when n can never fit) */
+static int l_take(lua_State *L) {
+  Limit *l = check_limit(L, 1);
+  double n = check_count(L, 2);
+  int64_t next = 0;
+  int granted = herald_ratelimit_take(l->rl, n, herald_clock_now_ms(), &next);
+  lua_pushboolean(L, granted);
+  if (next == INT64_MAX) lua_pushnil(L); else lua_pushinteger(L, (lua_Integer)next);
+  return 2;
+}
+
+/* l:reserve([n]) -> slot_ms: books the earliest slot (later calls get later slots); nil when
+ * n can never fit. */
+static int l_reserve(lua_State *L) {
+  Limit *l = check_limit(L, 1);
+  double n = check_count(L, 2);
+  int64_t slot = herald_ratelimit_reserve(l->rl, n, herald_clock_now_ms());
+  if (slot < 0) lua_pushnil(L); else lua_pushinteger(L, (lua_Integer)slot);
+  return 1;
+}
+
+/* l:pause(ms): nothing is granted for ms from now (a Retry-After). */
+static int l_pause(lua_State *L) {
+  Limit *l = check_limit(L, 1);
+  lua_Integer ms = luaL_checkinteger(L, 2);
+  luaL_argcheck(L, ms >= 0, 2, "must be >= 0");
+  herald_ratelimit_pause_until(l->rl, herald_clock_now_ms() + (int64_t)ms);
+  return 0;
+}
+
+/* l:tokens(i) -> tokens window i holds now */
+static int l_tokens(lua_State *L) {
+  Limit *l = check_limit(L, 1);
+  lua_Integer i = luaL_optinteger(L, 2, 1);
+  luaL_argcheck(L, i >= 1, 2, "must be >= 1");
+  lua_pushnumber(L, herald_ratelimit_tokens(l->rl, (size_t)(i - 1), herald_clock_now_ms()));
+  return 1;
+}
+
+static int l_gc(lua_State *L) {
+  Limit *l = luaL_checkudata(L, 1, LIMIT_MT);
+  herald_ratelimit_free(l->rl);
+  l->rl = NULL;
+  return 0;
+}
+
+int luaopen_herald_core_ratelimit(lua_State *L) {
+  static const luaL_Reg methods[] = {
+    {"take", l_take}, {"reserve", l_reserve}, {"pause", l_pause}, {"tokens", l_tokens},
+    {NULL, NULL},
+  };
+  luaL_newmetatable(L, LIMIT_MT);
+  luaL_newlib(L, methods);
+  lua_setfield(L, -2, "__index");
+  lua_pushcfunction(L, l_gc);
+  lua_setfield(L, -2, "__gc");
+  lua_pop(L, 1);
+  static const luaL_Reg funcs[] = {{"new", l_new}, {NULL, NULL}};
+  luaL_newlib(L, funcs);
+  return 1;
+}

@@ -1,0 +1,564 @@
+/* The transport engine: libcurl's multi-socket interface on a libuv loop.
+ *
+ * One multi handle owns the connection pool, so keep-alive HTTP/1.1 connections, HTTP/2
+ * connections (multiplexed over TLS) and SMTP sessions are reused across transfers. libcurl
+ * tells us which sockets to watch (CURLMOPT_SOCKETFUNCTION -> one uv_poll per socket) and when
+ * it next needs a call (CURLMOPT_TIMERFUNCTION -> one uv_timer); on either event we call
+ * curl_multi_socket_action and then drain finished transfers with curl_multi_info_read. We
+ * never call back into libcurl from inside its callbacks.
+ *
+ * A transfer owns an easy handle and its buffers; finished transfers go to a free list and
+ * are reused (curl_easy_reset keeps the handle's allocations but clears its options), so a
+ * steady stream of requests allocates almost nothing.
+ *
+ * Handles are closed asynchronously: herald_http_client_free starts the closes and the last
+ * close callback frees the client. */
+#include "runtime/http_client.h"
+
+#include <curl/curl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+
+#define FREE_LIST_MAX 1024
+#define DEFAULT_TIMEOUT_MS 30000L
+#define MAX_HEADER_BYTES (64 * 1024)
+
+typedef struct Socket {
+  uv_poll_t poll;
+  curl_socket_t fd;
+  HeraldHttpClient *c;
+  struct Socket *prev, *next;
+} Socket;
+
+struct HeraldHttpTransfer {
+  HeraldHttpClient *c;
+  CURL *easy;
+  struct curl_slist *list;   /* request headers, or SMTP recipients */
+  char *send;                /* request body / SMTP message */
+  size_t send_len, send_cap, send_pos;
+  char *recv;
+  size_t recv_len, recv_cap, max_body;
+  int truncated;
+  char *hdrs;                /* "name\0value\0" pairs */
+  size_t hdrs_len, hdrs_cap, nheaders;
+  int want_headers;
+  int64_t retry_after_ms;
+  int is_smtp;
+  HeraldHttpDone done;
+  void *user;
+  char errbuf[CURL_ERROR_SIZE];
+  HeraldHttpTransfer *prev, *next;
+};
+
+struct HeraldHttpClient {
+  uv_loop_t *loop;
+  CURLM *multi;
+  uv_timer_t timer;
+  Socket *sockets;
+  HeraldHttpTransfer *active;
+  HeraldHttpTransfer *free_list;
+  size_t nfree;
+  size_t in_flight;
+  uint64_t connections;
+  int closing;
+  int open_handles;          /* the timer and every poll whose close callback has not run */
+};
+
+const char *herald_net_class_name(HeraldNetClass c) {
+  switch (c) {
+    case kHeraldNetOk: return "ok";
+    case kHeraldNetTimeout: return "timeout";
+    case kHeraldNetConnect: return "connect";
+    case kHeraldNetReset: return "reset";
+    case kHeraldNetTls: return "tls";
+    case kHeraldNetStatus: return "status";
+    case kHeraldNetAuth: return "auth";
+    case kHeraldNetInvalid: return "invalid";
+    case kHeraldNetProtocol: return "protocol";
+    case kHeraldNetCancelled: return "cancelled";
+  }
+  return "protocol";
+}
+
+static int grow(char **buf, size_t *cap, size_t need) {
+  if (need <= *cap) return 0;
+  size_t n = *cap ? *cap : 512;
+  while (n < need) n *= 2;
+  char *p = realloc(*buf, n);
+  if (p == NULL) return -1;
+  *buf = p;
+  *cap = n;
+  return 0;
+}
+
+static void client_maybe_release(HeraldHttpClient *c) {
+  if (c->closing && c->open_handles == 0) free(c);
+}
+
+static void socket_closed_cb(uv_handle_t *h) {
+  Socket *s = h->data;
+  HeraldHttpClient *c = s->c;
+  free(s);
+  c->open_handles--;
+  client_maybe_release(c);
+}
+
+static void socket_close(HeraldHttpClient *c, Socket *s) {
+  if (s->prev) s->prev->next = s->next; else c->sockets = s->next;
+  if (s->next) s->next->prev = s->prev;
+  uv_poll_stop(&s->poll);
+  uv_close((uv_handle_t *)&s->poll, socket_closed_cb);
+}
+
+static HeraldNetClass classify_curl(CURLcode rc, int is_smtp, long status) {
+  switch (rc) {
+    case CURLE_OK: return kHeraldNetOk;
+    case CURLE_OPERATION_TIMEDOUT: return kHeraldNetTimeout;
+    case CURLE_COULDNT_CONNECT:
+    case CURLE_COULDNT_RESOLVE_HOST:
+    case CURLE_COULDNT_RESOLVE_PROXY: return kHeraldNetConnect;
+    case CURLE_SSL_CONNECT_ERROR:
+    case CURLE_PEER_FAILED_VERIFICATION:
+    case CURLE_SSL_CERTPROBLEM:
+    case CURLE_SSL_CIPHER:
+    case CURLE_SSL_CACERT_BADFILE:
+    case CURLE_SSL_ISSUER_ERROR:
+    case CURLE_SSL_PINNEDPUBKEYNOTMATCH:
+    case CURLE_SSL_INVALIDCERTSTATUS:
+    case CURLE_USE_SSL_FAILED: return kHeraldNetTls;
+    case CURLE_LOGIN_DENIED: return kHeraldNetAuth;
+    case CURLE_URL_MALFORMAT:
+    case CURLE_UNSUPPORTED_PROTOCOL:
+    case CURLE_BAD_FUNCTION_ARGUMENT:
+    case CURLE_NOT_BUILT_IN: return kHeraldNetInvalid;
+    case CURLE_ABORTED_BY_CALLBACK: return kHeraldNetCancelled;
+    default: break;
+  }
+  /* An SMTP server that refused a command left its reply code; that decides the retry. */
+  if (is_smtp && status >= 400) return kHeraldNetStatus;
+  switch (rc) {
+    case CURLE_SEND_ERROR:
+    case CURLE_RECV_ERROR:
+    case CURLE_GOT_NOTHING:
+    case CURLE_PARTIAL_FILE:
+    case CURLE_HTTP2:
+    case CURLE_HTTP2_STREAM: return kHeraldNetReset;
+    default: return kHeraldNetProtocol;
+  }
+}
+
+static void transfer_release(HeraldHttpClient *c, HeraldHttpTransfer *t) {
+  curl_slist_free_all(t->list);
+  t->list = NULL;
+  if (c->closing || c->nfree >= FREE_LIST_MAX) {
+    curl_easy_cleanup(t->easy);
+    free(t->send);
+    free(t->recv);
+    free(t->hdrs);
+    free(t);
+    return;
+  }
+  t->next = c->free_list;
+  t->prev = NULL;
+  c->free_list = t;
+  c->nfree++;
+}
+
+static void transfer_unlink(HeraldHttpClient *c, HeraldHttpTransfer *t) {
+  if (t->prev) t->prev->next = t->next; else c->active = t->next;
+  if (t->next) t->next->prev = t->prev;
+  t->prev = t->next = NULL;
+  c->in_flight--;
+}
+
+static void check_completions(HeraldHttpClient *c) {
+  CURLMsg *msg;
+  int pending;
+  while ((msg = curl_multi_info_read(c->multi, &pending)) != NULL) {
+    if (msg->msg != CURLMSG_DONE) continue;
+    CURL *easy = msg->easy_handle;
+    CURLcode rc = msg->data.result;
+    HeraldHttpTransfer *t = NULL;
+    curl_easy_getinfo(easy, CURLINFO_PRIVATE, (char **)&t);
+    HeraldHttpResponse res;
+    memset(&res, 0, sizeof res);
+    curl_easy_getinfo(easy, CURLINFO_RESPONSE_CODE, &res.status);
+    long version = 0, connects = 0;
+    curl_easy_getinfo(easy, CURLINFO_HTTP_VERSION, &version);
+    curl_easy_getinfo(easy, CURLINFO_NUM_CONNECTS, &connects);
+    curl_off_t total_us = 0;
+    curl_easy_getinfo(easy, CURLINFO_TOTAL_TIME_T, &total_us);
+    c->connections += (uint64_t)connects;
+    curl_multi_remove_handle(c->multi, easy);
+    transfer_unlink(c, t);
+    res.error = classify_curl(rc, t->is_smtp, res.status);
+    res.error_text = rc == CURLE_OK ? "" : (t->errbuf[0] ? t->errbuf : curl_easy_strerror(rc));
+    res.body = t->recv;
+    res.body_len = t->recv_len;
+    res.truncated = t->truncated;
+    res.headers = t->hdrs;
+    res.nheaders = t->nheaders;
+    res.retry_after_ms = t->retry_after_ms;
+    res.http_version = version == CURL_HTTP_VERSION_2_0 ? 2 : 1;
+    res.elapsed_us = (int64_t)total_us;
+    t->done(&res, t->user);
+    transfer_release(c, t);
+  }
+}
+
+static void poll_cb(uv_poll_t *p, int status, int events) {
+  Socket *s = p->data;
+  HeraldHttpClient *c = s->c;
+  int flags = 0;
+  if (status < 0) flags = CURL_CSELECT_ERR;
+  if (events & UV_READABLE) flags |= CURL_CSELECT_IN;
+  if (events & UV_WRITABLE) flags |= CURL_CSELECT_OUT;
+  int running = 0;
+  curl_multi_socket_action(c->multi, s->fd, flags, &running);
+  check_completions(c);
+}
+
+static void timer_cb(uv_timer_t *h) {
+  HeraldHttpClient *c = h->data;
+  int running = 0;
+  curl_multi_socket_action(c->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+  check_completions(c);
+}
+
+static int curl_socket_cb(CURL *easy, curl_socket_t fd, int what, void *clientp, void *socketp) {
+  (void)easy;
+  HeraldHttpClient *c = clientp;
+  Socket *s = socketp;
+  if (what == CURL_POLL_REMOVE) {
+    if (s != NULL) {
+      curl_multi_assign(c->multi, fd, NULL);
+      socket_close(c, s);
+    }
+    return 0;
+  }
+  if (s == NULL) {
+    s = calloc(1, sizeof *s);
+    if (s == NULL) return -1;
+    if (uv_poll_init_socket(c->loop, &s->poll, fd) != 0) {
+      free(s);
+      return -1;
+    }
+    c->open_handles++;
+    s->fd = fd;
+    s->c = c;
+    s->poll.data = s;
+    s->next = c->sockets;
+    if (c->sockets) c->sockets->prev = s;
+    c->sockets = s;
+    curl_multi_assign(c->multi, fd, s);
+  }
+  int events = 0;
+  if (what & CURL_POLL_IN) events |= UV_READABLE;
+  if (what & CURL_POLL_OUT) events |= UV_WRITABLE;
+  uv_poll_start(&s->poll, events, poll_cb);
+  return 0;
+}
+
+static int curl_timer_cb(CURLM *multi, long timeout_ms, void *clientp) {
+  (void)multi;
+  HeraldHttpClient *c = clientp;
+  if (timeout_ms < 0) {
+    uv_timer_stop(&c->timer);
+  } else {
+    uv_timer_start(&c->timer, timer_cb, (uint64_t)timeout_ms, 0);
+  }
+  return 0;
+}
+
+HeraldHttpClient *herald_http_client_new(uv_loop_t *loop, const HeraldHttpClientOptions *opt) {
+  static int global_ready;
+  if (!global_ready) {
+    if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) return NULL;
+    global_ready = 1;
+  }
+  HeraldHttpClient *c = calloc(1, sizeof *c);
+  if (c == NULL) return NULL;
+  c->loop = loop;
+  c->multi = curl_multi_init();
+  if (c->multi == NULL || uv_timer_init(loop, &c->timer) != 0) {
+    if (c->multi) curl_multi_cleanup(c->multi);
+    free(c);
+    return NULL;
+  }
+  c->timer.data = c;
+  c->open_handles = 1;
+  curl_multi_setopt(c->multi, CURLMOPT_SOCKETFUNCTION, curl_socket_cb);
+  curl_multi_setopt(c->multi, CURLMOPT_SOCKETDATA, c);
+  curl_multi_setopt(c->multi, CURLMOPT_TIMERFUNCTION, curl_timer_cb);
+  curl_multi_setopt(c->multi, CURLMOPT_TIMERDATA, c);
+  curl_multi_setopt(c->multi, CURLMOPT_PIPELINING, (long)CURLPIPE_MULTIPLEX);
+  if (opt != NULL) {
+    if (opt->max_host_connections > 0)
+      curl_multi_setopt(c->multi, CURLMOPT_MAX_HOST_CONNECTIONS, opt->max_host_connections);
+    if (opt->max_total_connections > 0)
+      curl_multi_setopt(c->multi, CURLMOPT_MAX_TOTAL_CONNECTIONS, opt->max_total_connections);
+    if (opt->max_concurrent_streams > 0)
+      curl_multi_setopt(c->multi, CURLMOPT_MAX_CONCURRENT_STREAMS, opt->max_concurrent_streams);
+    /* The pool must hold at least the connections we allow, or keep-alive is lost. */
+    long pool = opt->max_total_connections > opt->max_host_connections
+                    ? opt->max_total_connections : opt->max_host_connections;
+    if (pool > 0) curl_multi_setopt(c->multi, CURLMOPT_MAXCONNECTS, pool);
+  }
+  return c;
+}
+
+static void timer_closed_cb(uv_handle_t *h) {
+  HeraldHttpClient *c = h->data;
+  c->open_handles--;
+  client_maybe_release(c);
+}
+
+void herald_http_client_free(HeraldHttpClient *c) {
+  if (c == NULL) return;
+  c->closing = 1;
+  while (c->active != NULL) herald_http_cancel(c, c->active);
+  while (c->free_list != NULL) {
+    HeraldHttpTransfer *t = c->free_list;
+    c->free_list = t->next;
+    curl_easy_cleanup(t->easy);
+    free(t->send);
+    free(t->recv);
+    free(t->hdrs);
+    free(t);
+  }
+  c->nfree = 0;
+  curl_multi_cleanup(c->multi);  /* closes pooled connections, may report sockets removed */
+  c->multi = NULL;
+  while (c->sockets != NULL) socket_close(c, c->sockets);
+  uv_timer_stop(&c->timer);
+  uv_close((uv_handle_t *)&c->timer, timer_closed_cb);
+}
+
+static size_t write_cb(char *data, size_t size, size_t n, void *userp) {
+  HeraldHttpTransfer *t = userp;
+  size_t len = size * n;
+  size_t room = t->max_body > t->recv_len ? t->max_body - t->recv_len : 0;
+  size_t keep = len < room ? len : room;
+  if (keep < len) t->truncated = 1;
+  if (keep > 0) {
+    if (grow(&t->recv, &t->recv_cap, t->recv_len + keep) != 0) return 0;
+    memcpy(t->recv + t->recv_len, data, keep);
+    t->recv_len += keep;
+  }
+  return len;
+}
+
+/* Retry-After: delay-seconds or an HTTP-date (RFC 9110 §10.2.3). */
+static int64_t parse_retry_after(const char *v, size_t len) {
+  char buf[64];
+  if (len == 0 || len >= sizeof buf) return -1;
+  memcpy(buf, v, len);
+  buf[len] = '\0';
+  char *end;
+  long long secs = strtoll(buf, &end, 10);
+  if (end != buf && *end == '\0') return secs < 0 ? 0 : (int64_t)secs * 1000;
+  time_t when = curl_getdate(buf, NULL);
+  if (when == -1) return -1;
+  int64_t delta = ((int64_t)when - (int64_t)time(NULL)) * 1000;
+  return delta < 0 ? 0 : delta;
+}
+
+static size_t header_cb(char *data, size_t size, size_t n, void *userp) {
+  HeraldHttpTransfer *t = userp;
+  size_t len = size * n;
+  /* A new response (after a 1xx or a redirect) replaces the headers of the previous one. */
+  if (len > 5 && memcmp(data, "HTTP/", 5) == 0) {
+    t->hdrs_len = 0;
+    t->nheaders = 0;
+    t->retry_after_ms = -1;
+    return len;
+  }
+  const char *colon = memchr(data, ':', len);
+  if (colon == NULL) return len;
+  size_t nlen = (size_t)(colon - data);
+  const char *v = colon + 1;
+  const char *end = data + len;
+  while (v < end && (*v == ' ' || *v == '\t')) v++;
+  while (end > v && (end[-1] == '\r' || end[-1] == '\n' || end[-1] == ' ' || end[-1] == '\t')) end--;
+  size_t vlen = (size_t)(end - v);
+  if (nlen == 11 && strncasecmp(data, "retry-after", 11) == 0)
+    t->retry_after_ms = parse_retry_after(v, vlen);
+  if (!t->want_headers || t->hdrs_len + nlen + vlen + 2 > MAX_HEADER_BYTES) return len;
+  if (grow(&t->hdrs, &t->hdrs_cap, t->hdrs_len + nlen + vlen + 2) != 0) return 0;
+  for (size_t i = 0; i < nlen; i++) {
+    char ch = data[i];
+    t->hdrs[t->hdrs_len++] = (ch >= 'A' && ch <= 'Z') ? (char)(ch + 32) : ch;
+  }
+  t->hdrs[t->hdrs_len++] = '\0';
+  memcpy(t->hdrs + t->hdrs_len, v, vlen);
+  t->hdrs_len += vlen;
+  t->hdrs[t->hdrs_len++] = '\0';
+  t->nheaders++;
+  return len;
+}
+
+static size_t read_cb(char *buf, size_t size, size_t n, void *userp) {
+  HeraldHttpTransfer *t = userp;
+  size_t room = size * n;
+  size_t left = t->send_len - t->send_pos;
+  size_t k = left < room ? left : room;
+  memcpy(buf, t->send + t->send_pos, k);
+  t->send_pos += k;
+  return k;
+}
+
+/* A transfer from the free list, or a new one; its easy handle is reset and bound to t. */
+static HeraldHttpTransfer *transfer_get(HeraldHttpClient *c, const char *data, size_t len) {
+  HeraldHttpTransfer *t = c->free_list;
+  if (t != NULL) {
+    c->free_list = t->next;
+    c->nfree--;
+    curl_easy_reset(t->easy);
+  } else {
+    t = calloc(1, sizeof *t);
+    if (t == NULL) return NULL;
+    t->easy = curl_easy_init();
+    if (t->easy == NULL) {
+      free(t);
+      return NULL;
+    }
+  }
+  t->c = c;
+  t->next = t->prev = NULL;
+  t->send_len = t->send_pos = 0;
+  t->recv_len = 0;
+  t->hdrs_len = 0;
+  t->nheaders = 0;
+  t->truncated = 0;
+  t->retry_after_ms = -1;
+  t->errbuf[0] = '\0';
+  if (len > 0) {
+    if (grow(&t->send, &t->send_cap, len) != 0) {
+      transfer_release(c, t);
+      return NULL;
+    }
+    memcpy(t->send, data, len);
+  }
+  t->send_len = len;
+  CURL *e = t->easy;
+  curl_easy_setopt(e, CURLOPT_PRIVATE, (char *)t);
+  curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+  curl_easy_setopt(e, CURLOPT_ERRORBUFFER, t->errbuf);
+  curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, write_cb);
+  curl_easy_setopt(e, CURLOPT_WRITEDATA, t);
+  return t;
+}
+
+static HeraldHttpTransfer *transfer_start(HeraldHttpClient *c, HeraldHttpTransfer *t,
+                                          HeraldHttpDone done, void *user) {
+  t->done = done;
+  t->user = user;
+  if (curl_multi_add_handle(c->multi, t->easy) != CURLM_OK) {
+    transfer_release(c, t);
+    return NULL;
+  }
+  t->next = c->active;
+  if (c->active) c->active->prev = t;
+  c->active = t;
+  c->in_flight++;
+  return t;
+}
+
+static int append_header(struct curl_slist **list, const char *line) {
+  struct curl_slist *l = curl_slist_append(*list, line);
+  if (l == NULL) return -1;
+  *list = l;
+  return 0;
+}
+
+HeraldHttpTransfer *herald_http_submit(HeraldHttpClient *c, const HeraldHttpRequest *req,
+                                       HeraldHttpDone done, void *user) {
+  if (c->closing) return NULL;
+  HeraldHttpTransfer *t = transfer_get(c, req->body, req->body ? req->body_len : 0);
+  if (t == NULL) return NULL;
+  t->is_smtp = 0;
+  t->max_body = req->max_body;
+  t->want_headers = req->want_headers;
+  CURL *e = t->easy;
+  curl_easy_setopt(e, CURLOPT_URL, req->url);
+  curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, header_cb);
+  curl_easy_setopt(e, CURLOPT_HEADERDATA, t);
+  curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, req->timeout_ms > 0 ? req->timeout_ms : DEFAULT_TIMEOUT_MS);
+  curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
+  /* Over TLS, wait for a multiplexable connection instead of opening one per stream. Not in
+   * cleartext, where every connection is HTTP/1.1 and waiting would serialise transfers. */
+  if (!req->http1_only && strncasecmp(req->url, "https:", 6) == 0)
+    curl_easy_setopt(e, CURLOPT_PIPEWAIT, 1L);
+  /* HTTP/2 only where ALPN negotiates it: cleartext prior knowledge is broken on reused
+   * connections in libcurl 7.88. */
+  curl_easy_setopt(e, CURLOPT_HTTP_VERSION,
+                   req->http1_only ? (long)CURL_HTTP_VERSION_1_1 : (long)CURL_HTTP_VERSION_2TLS);
+  if (req->ca_file) curl_easy_setopt(e, CURLOPT_CAINFO, req->ca_file);
+  int has_body = req->body != NULL;
+  const char *method = req->method ? req->method : (has_body ? "POST" : "GET");
+  if (has_body) {
+    curl_easy_setopt(e, CURLOPT_POSTFIELDS, t->send);
+    curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)t->send_len);
+    if (strcmp(method, "POST") != 0) curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, method);
+  } else if (strcmp(method, "HEAD") == 0) {
+    curl_easy_setopt(e, CURLOPT_NOBODY, 1L);
+  } else if (strcmp(method, "GET") != 0) {
+    curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, method);
+  }
+  int bad = 0;
+  for (size_t i = 0; i < req->nheaders && !bad; i++) bad = append_header(&t->list, req->headers[i]);
+  /* A round trip for 100-continue buys nothing for small bodies. */
+  if (!bad && has_body) bad = append_header(&t->list, "Expect:");
+  if (bad) {
+    transfer_release(c, t);
+    return NULL;
+  }
+  if (t->list) curl_easy_setopt(e, CURLOPT_HTTPHEADER, t->list);
+  return transfer_start(c, t, done, user);
+}
+
+HeraldHttpTransfer *herald_smtp_submit(HeraldHttpClient *c, const HeraldSmtpRequest *req,
+                                       HeraldHttpDone done, void *user) {
+  if (c->closing) return NULL;
+  HeraldHttpTransfer *t = transfer_get(c, req->message, req->message_len);
+  if (t == NULL) return NULL;
+  t->is_smtp = 1;
+  t->max_body = 0;
+  t->want_headers = 0;
+  CURL *e = t->easy;
+  for (size_t i = 0; i < req->nrcpt; i++) {
+    if (append_header(&t->list, req->rcpt[i]) != 0) {
+      transfer_release(c, t);
+      return NULL;
+    }
+  }
+  curl_easy_setopt(e, CURLOPT_URL, req->url);
+  curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "smtp,smtps");
+  curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, req->timeout_ms > 0 ? req->timeout_ms : DEFAULT_TIMEOUT_MS);
+  curl_easy_setopt(e, CURLOPT_MAIL_FROM, req->mail_from);
+  curl_easy_setopt(e, CURLOPT_MAIL_RCPT, t->list);
+  curl_easy_setopt(e, CURLOPT_UPLOAD, 1L);
+  curl_easy_setopt(e, CURLOPT_READFUNCTION, read_cb);
+  curl_easy_setopt(e, CURLOPT_READDATA, t);
+  curl_easy_setopt(e, CURLOPT_INFILESIZE_LARGE, (curl_off_t)t->send_len);
+  long ssl = req->starttls == 2 ? (long)CURLUSESSL_ALL
+             : req->starttls == 1 ? (long)CURLUSESSL_TRY : (long)CURLUSESSL_NONE;
+  curl_easy_setopt(e, CURLOPT_USE_SSL, ssl);
+  if (req->username) curl_easy_setopt(e, CURLOPT_USERNAME, req->username);
+  if (req->password) curl_easy_setopt(e, CURLOPT_PASSWORD, req->password);
+  if (req->ca_file) curl_easy_setopt(e, CURLOPT_CAINFO, req->ca_file);
+  return transfer_start(c, t, done, user);
+}
+
+void herald_http_cancel(HeraldHttpClient *c, HeraldHttpTransfer *t) {
+  if (t == NULL) return;
+  curl_multi_remove_handle(c->multi, t->easy);
+  transfer_unlink(c, t);
+  transfer_release(c, t);
+}
+
+size_t herald_http_in_flight(const HeraldHttpClient *c) { return c->in_flight; }
+
+uint64_t herald_http_connections_opened(const HeraldHttpClient *c) { return c->connections; }

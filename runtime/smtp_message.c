@@ -1,0 +1,409 @@
+#include "runtime/smtp_message.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+
+#define MAX_LINE 998  /* RFC 5322 §2.1.1 */
+
+typedef struct {
+  char *p;
+  size_t len, cap;
+  int failed;
+} Buf;
+
+static void buf_add(Buf *b, const char *s, size_t n) {
+  if (b->failed) return;
+  if (b->len + n + 1 > b->cap) {
+    size_t cap = b->cap ? b->cap : 1024;
+    while (cap < b->len + n + 1) cap *= 2;
+    char *p = realloc(b->p, cap);
+    if (p == NULL) {
+      b->failed = 1;
+      return;
+    }
+    b->p = p;
+    b->cap = cap;
+  }
+  memcpy(b->p + b->len, s, n);
+  b->len += n;
+  b->p[b->len] = '\0';
+}
+
+static void buf_str(Buf *b, const char *s) { buf_add(b, s, strlen(s)); }
+
+static void buf_fmt(Buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void buf_fmt(Buf *b, const char *fmt, ...) {
+  char tmp[1024];
+  va_list ap;
+  va_start(ap, fmt);
+  int n = vsnprintf(tmp, sizeof tmp, fmt, ap);
+  va_end(ap);
+  if (n < 0) {
+    b->failed = 1;
+    return;
+  }
+  buf_add(b, tmp, (size_t)n < sizeof tmp ? (size_t)n : sizeof tmp - 1);
+}
+
+static int is_ascii_printable(const char *s) {
+  for (const unsigned char *p = (const unsigned char *)s; *p; p++)
+    if (*p < 32 || *p > 126) return 0;
+  return 1;
+}
+
+static int has_line_break(const char *s) { return strpbrk(s, "\r\n") != NULL; }
+
+static const char B64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+static void b64(Buf *b, const unsigned char *s, size_t n) {
+  for (size_t i = 0; i < n; i += 3) {
+    unsigned v = (unsigned)s[i] << 16;
+    if (i + 1 < n) v |= (unsigned)s[i + 1] << 8;
+    if (i + 2 < n) v |= s[i + 2];
+    char out[4] = {B64[(v >> 18) & 63], B64[(v >> 12) & 63],
+                   i + 1 < n ? B64[(v >> 6) & 63] : '=', i + 2 < n ? B64[v & 63] : '='};
+    buf_add(b, out, 4);
+  }
+}
+
+/* Length of the UTF-8 sequence starting with byte c (1 for stray bytes). */
+static size_t utf8_len(unsigned char c) {
+  if (c >= 0xF0 && c < 0xF8) return 4;
+  if (c >= 0xE0) return c < 0xF0 ? 3 : 1;
+  if (c >= 0xC0) return 2;
+  return 1;
+}
+
+/* RFC 2047 B encoded words, folded between words. Each word carries at most 39 bytes (52
+ * base64 characters, a 64-character word), so even after "Subject: " a line stays under 78,
+ * and never splits a UTF-8 sequence. */
+static void encoded_words(Buf *b, const char *s) {
+  const unsigned char *p = (const unsigned char *)s;
+  size_t n = strlen(s);
+  size_t i = 0;
+  int first = 1;
+  while (i < n) {
+    size_t j = i;
+    while (j < n) {
+      size_t k = utf8_len(p[j]);
+      if (j + k > n) k = n - j;
+      if (j + k - i > 39) break;
+      j += k;
+    }
+    if (!first) buf_str(b, "\r\n ");
+    buf_str(b, "=?UTF-8?B?");
+    b64(b, p + i, j - i);
+    buf_str(b, "?=");
+    first = 0;
+    i = j;
+  }
+}
+
+/* Unstructured header text: as is when plain ASCII, else encoded words. */
+static void header_text(Buf *b, const char *s) {
+  if (is_ascii_printable(s)) buf_str(b, s); else encoded_words(b, s);
+}
+
+/* A comma-separated header value, folded after commas where a line would pass 78 characters. */
+static void fold_list(Buf *b, size_t col, const char *v) {
+  while (*v) {
+    const char *comma = strchr(v, ',');
+    size_t n = comma ? (size_t)(comma - v) + 1 : strlen(v);
+    if (col > 1 && col + n > 78) {
+      /* A continuation line must start with white space. */
+      buf_str(b, *v == ' ' || *v == '\t' ? "\r\n" : "\r\n ");
+      col = 1;
+    }
+    buf_add(b, v, n);
+    col += n;
+    v += n;
+  }
+}
+
+static int check_addr(const char *a, size_t n, const char *field, HeraldError *err) {
+  const char *at = memchr(a, '@', n);
+  if (n == 0 || at == NULL || at == a || at == a + n - 1)
+    return herald_error_set(err, kHeraldInvalid, "%s: '%.*s' is not an address (user@domain)",
+                            field, (int)n, a);
+  for (size_t i = 0; i < n; i++) {
+    unsigned char ch = (unsigned char)a[i];
+    if (ch <= 32 || ch >= 127 || ch == '<' || ch == '>' || ch == ',' || ch == '"')
+      return herald_error_set(err, kHeraldInvalid, "%s: '%.*s' is not an address (user@domain)",
+                              field, (int)n, a);
+  }
+  return kHeraldOk;
+}
+
+/* Splits "Name <addr>" into name (possibly empty, quotes removed) and addr. */
+static int parse_mailbox(const char *mb, const char *field, const char **name, size_t *name_len,
+                         const char **addr, size_t *addr_len, HeraldError *err) {
+  if (mb == NULL || *mb == '\0') return herald_error_set(err, kHeraldInvalid, "%s: missing", field);
+  if (has_line_break(mb))
+    return herald_error_set(err, kHeraldInvalid, "%s: line breaks are not allowed", field);
+  const char *lt = strrchr(mb, '<');
+  if (lt == NULL) {
+    while (*mb == ' ') mb++;
+    size_t n = strlen(mb);
+    while (n > 0 && mb[n - 1] == ' ') n--;
+    *name = mb;
+    *name_len = 0;
+    *addr = mb;
+    *addr_len = n;
+  } else {
+    const char *gt = strchr(lt, '>');
+    if (gt == NULL || gt[1 + strspn(gt + 1, " ")] != '\0')
+      return herald_error_set(err, kHeraldInvalid, "%s: '<' without a closing '>' at the end", field);
+    const char *s = mb, *e = lt;
+    while (s < e && *s == ' ') s++;
+    while (e > s && e[-1] == ' ') e--;
+    if (e - s >= 2 && *s == '"' && e[-1] == '"') {
+      s++;
+      e--;
+    }
+    *name = s;
+    *name_len = (size_t)(e - s);
+    *addr = lt + 1;
+    *addr_len = (size_t)(gt - lt - 1);
+  }
+  return check_addr(*addr, *addr_len, field, err);
+}
+
+int herald_smtp_address(const char *mailbox, const char *field, char *out, size_t size,
+                        HeraldError *err) {
+  const char *name, *addr;
+  size_t nl, al;
+  int rc = parse_mailbox(mailbox, field, &name, &nl, &addr, &al, err);
+  if (rc != kHeraldOk) return rc;
+  if (al + 1 > size) return herald_error_set(err, kHeraldInvalid, "%s: address too long", field);
+  memcpy(out, addr, al);
+  out[al] = '\0';
+  return kHeraldOk;
+}
+
+static int mailbox_header(Buf *b, const char *mb, const char *field, HeraldError *err) {
+  const char *name, *addr;
+  size_t nl, al;
+  int rc = parse_mailbox(mb, field, &name, &nl, &addr, &al, err);
+  if (rc != kHeraldOk) return rc;
+  if (nl > 0) {
+    char *n = strndup(name, nl);
+    if (n == NULL) return herald_error_set(err, kHeraldNoMemory, "out of memory");
+    if (!is_ascii_printable(n)) {
+      encoded_words(b, n);
+    } else {
+      /* A quoted string keeps specials such as ',' and '.' in a display name harmless. */
+      buf_str(b, "\"");
+      for (const char *p = n; *p; p++) {
+        if (*p == '"' || *p == '\\') buf_add(b, "\\", 1);
+        buf_add(b, p, 1);
+      }
+      buf_str(b, "\"");
+    }
+    free(n);
+    buf_str(b, " ");
+  }
+  buf_str(b, "<");
+  buf_add(b, addr, al);
+  buf_str(b, ">");
+  return kHeraldOk;
+}
+
+/* Quoted-printable (RFC 2045 §6.7) with every line break made CRLF. Because '=' is always
+ * encoded, the output never contains "=_", which the boundary starts with. No line break is
+ * added at the end: the CRLF before a boundary delimiter belongs to the delimiter. */
+static void quoted_printable(Buf *b, const char *s) {
+  static const char hex[] = "0123456789ABCDEF";
+  size_t col = 0;
+  for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+    unsigned char ch = *p;
+    if (ch == '\r' && p[1] == '\n') continue;
+    if (ch == '\n' || ch == '\r') {
+      buf_str(b, "\r\n");
+      col = 0;
+      continue;
+    }
+    int at_eol = p[1] == '\0' || p[1] == '\n' || p[1] == '\r';
+    char enc[3];
+    size_t n;
+    if ((ch >= 33 && ch <= 126 && ch != '=') || ((ch == ' ' || ch == '\t') && !at_eol)) {
+      enc[0] = (char)ch;
+      n = 1;
+    } else {
+      enc[0] = '=';
+      enc[1] = hex[ch >> 4];
+      enc[2] = hex[ch & 15];
+      n = 3;
+    }
+    if (col + n > 75) {
+      buf_str(b, "=\r\n");
+      col = 0;
+    }
+    buf_add(b, enc, n);
+    col += n;
+  }
+}
+
+static void part(Buf *b, const char *type, const char *content) {
+  buf_fmt(b, "Content-Type: %s; charset=UTF-8\r\n", type);
+  buf_str(b, "Content-Transfer-Encoding: quoted-printable\r\n\r\n");
+  quoted_printable(b, content);
+}
+
+static const char *const RESERVED[] = {
+  "from", "to", "cc", "bcc", "subject", "date", "message-id", "mime-version", "content-type",
+  "content-transfer-encoding", "list-unsubscribe", "list-unsubscribe-post",
+};
+
+static int check_header(const HeraldMailHeader *h, size_t i, HeraldError *err) {
+  if (h->name == NULL || *h->name == '\0')
+    return herald_error_set(err, kHeraldInvalid, "headers[%zu]: missing name", i + 1);
+  for (const unsigned char *p = (const unsigned char *)h->name; *p; p++)
+    if (*p < 33 || *p > 126 || *p == ':')
+      return herald_error_set(err, kHeraldInvalid, "headers['%s']: invalid header name", h->name);
+  for (size_t k = 0; k < sizeof RESERVED / sizeof RESERVED[0]; k++)
+    if (strcasecmp(h->name, RESERVED[k]) == 0)
+      return herald_error_set(err, kHeraldInvalid,
+                              "headers['%s']: set by the message itself (use its own field)", h->name);
+  if (h->value == NULL || has_line_break(h->value))
+    return herald_error_set(err, kHeraldInvalid, "headers['%s']: value missing or has a line break",
+                            h->name);
+  return kHeraldOk;
+}
+
+/* The key in a msg-id: atext characters pass, others become =XX, so distinct keys stay
+ * distinct and the id stays valid (RFC 5322 §3.6.4). */
+static void msgid_key(Buf *b, const char *key) {
+  static const char hex[] = "0123456789ABCDEF";
+  for (const unsigned char *p = (const unsigned char *)key; *p; p++) {
+    unsigned char ch = *p;
+    int ok = (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+             strchr("!#$%&'*+-/?^_`{|}~", ch) != NULL ||
+             (ch == '.' && p != (const unsigned char *)key && p[1] != '\0' && p[1] != '.');
+    if (ok) {
+      buf_add(b, (const char *)p, 1);
+    } else {
+      char enc[3] = {'=', hex[ch >> 4], hex[ch & 15]};
+      buf_add(b, enc, 3);
+    }
+  }
+}
+
+static uint64_t fnv1a(const char *s) {
+  uint64_t h = 1469598103934665603ULL;
+  for (; *s; s++) h = (h ^ (unsigned char)*s) * 1099511628211ULL;
+  return h;
+}
+
+/* Every header line must stay under the RFC's 998 characters; folded lines are measured
+ * piecewise. */
+static int check_lines(const char *s, size_t n, HeraldError *err) {
+  size_t col = 0;
+  for (size_t i = 0; i < n; i++) {
+    if (s[i] == '\n') {
+      col = 0;
+    } else if (++col > MAX_LINE) {
+      return herald_error_set(err, kHeraldInvalid, "a header line is longer than %d characters",
+                              MAX_LINE);
+    }
+  }
+  return kHeraldOk;
+}
+
+int herald_smtp_message_build(const HeraldMailMessage *m, char **out, size_t *out_len,
+                              char *message_id, size_t message_id_size, HeraldError *err) {
+  *out = NULL;
+  *out_len = 0;
+  if (m->text == NULL && m->html == NULL)
+    return herald_error_set(err, kHeraldInvalid, "text or html: a message needs a body");
+  if (m->nto == 0) return herald_error_set(err, kHeraldInvalid, "to: at least one recipient");
+  if (m->message_key == NULL || *m->message_key == '\0')
+    return herald_error_set(err, kHeraldInvalid, "message_id: missing (the idempotency key)");
+  if (m->subject != NULL && has_line_break(m->subject))
+    return herald_error_set(err, kHeraldInvalid, "subject: line breaks are not allowed");
+  if (m->list_unsubscribe != NULL &&
+      (has_line_break(m->list_unsubscribe) || !is_ascii_printable(m->list_unsubscribe)))
+    return herald_error_set(err, kHeraldInvalid, "list_unsubscribe: ASCII URIs without line breaks");
+  for (size_t i = 0; i < m->nheaders; i++) {
+    int rc = check_header(&m->headers[i], i, err);
+    if (rc != kHeraldOk) return rc;
+  }
+  char from_addr[512];
+  int rc = herald_smtp_address(m->from, "from", from_addr, sizeof from_addr, err);
+  if (rc != kHeraldOk) return rc;
+  const char *domain = strrchr(from_addr, '@') + 1;
+
+  Buf b = {0};
+  Buf mid = {0};
+  buf_str(&mid, "<");
+  msgid_key(&mid, m->message_key);
+  buf_fmt(&mid, "@%s>", domain);
+  if (mid.failed || mid.len + 1 > message_id_size) {
+    free(mid.p);
+    return herald_error_set(err, kHeraldInvalid, "message_id: too long");
+  }
+  memcpy(message_id, mid.p, mid.len + 1);
+  free(mid.p);
+
+  time_t secs = (time_t)(m->date_ms / 1000);
+  struct tm tm;
+  gmtime_r(&secs, &tm);
+  static const char *const days[] = {"Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"};
+  static const char *const months[] = {"Jan", "Feb", "Mar", "Apr", "May", "Jun",
+                                       "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"};
+  buf_fmt(&b, "Date: %s, %02d %s %04d %02d:%02d:%02d +0000\r\n", days[tm.tm_wday], tm.tm_mday,
+          months[tm.tm_mon], tm.tm_year + 1900, tm.tm_hour, tm.tm_min, tm.tm_sec);
+  buf_str(&b, "From: ");
+  if ((rc = mailbox_header(&b, m->from, "from", err)) != kHeraldOk) goto fail;
+  buf_str(&b, "\r\nTo: ");
+  for (size_t i = 0; i < m->nto; i++) {
+    char field[32];
+    snprintf(field, sizeof field, "to[%zu]", i + 1);
+    if (i > 0) buf_str(&b, ",\r\n ");
+    if ((rc = mailbox_header(&b, m->to[i], field, err)) != kHeraldOk) goto fail;
+  }
+  buf_str(&b, "\r\nSubject: ");
+  header_text(&b, m->subject ? m->subject : "");
+  buf_fmt(&b, "\r\nMessage-ID: %s\r\n", message_id);
+  if (m->list_unsubscribe != NULL) {
+    buf_str(&b, "List-Unsubscribe: ");
+    fold_list(&b, strlen("List-Unsubscribe: "), m->list_unsubscribe);
+    buf_str(&b, "\r\n");
+    if (m->one_click) buf_str(&b, "List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n");
+  }
+  for (size_t i = 0; i < m->nheaders; i++) {
+    buf_str(&b, m->headers[i].name);
+    buf_str(&b, ": ");
+    header_text(&b, m->headers[i].value);
+    buf_str(&b, "\r\n");
+  }
+  buf_str(&b, "MIME-Version: 1.0\r\n");
+  if ((rc = check_lines(b.p, b.len, err)) != kHeraldOk) goto fail;
+  if (m->text != NULL && m->html != NULL) {
+    char boundary[64];
+    snprintf(boundary, sizeof boundary, "=_herald_%016llx", (unsigned long long)fnv1a(m->message_key));
+    buf_fmt(&b, "Content-Type: multipart/alternative; boundary=\"%s\"\r\n\r\n", boundary);
+    buf_str(&b, "This is a multi-part message in MIME format.\r\n");
+    buf_fmt(&b, "\r\n--%s\r\n", boundary);
+    part(&b, "text/plain", m->text);
+    buf_fmt(&b, "\r\n--%s\r\n", boundary);
+    part(&b, "text/html", m->html);
+    buf_fmt(&b, "\r\n--%s--\r\n", boundary);
+  } else {
+    part(&b, m->text ? "text/plain" : "text/html", m->text ? m->text : m->html);
+    if (b.len < 2 || memcmp(b.p + b.len - 2, "\r\n", 2) != 0) buf_str(&b, "\r\n");
+  }
+  if (b.failed) {
+    rc = herald_error_set(err, kHeraldNoMemory, "out of memory");
+    goto fail;
+  }
+  *out = b.p;
+  *out_len = b.len;
+  return kHeraldOk;
+fail:
+  free(b.p);
+  return rc;
+}

@@ -1,0 +1,42 @@
+/* RFC 5322 / MIME messages for the email channel: multipart/alternative text + HTML in
+ * quoted-printable, RFC 2047 encoded words for non-ASCII header text, a Message-ID derived from
+ * the message's idempotency key (so a retried message keeps its id), and the List-Unsubscribe
+ * headers of RFC 2369 / RFC 8058. */
+#ifndef HERALD_SMTP_MESSAGE_H
+#define HERALD_SMTP_MESSAGE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "runtime/error.h"
+
+typedef struct {
+  const char *name;
+  const char *value;
+} HeraldMailHeader;
+
+typedef struct {
+  const char *from;                 /* "Display Name <addr@domain>" or "addr@domain" */
+  const char *const *to;            /* mailboxes, as from */
+  size_t nto;
+  const char *subject;              /* UTF-8 */
+  const char *text;                 /* at least one of text and html */
+  const char *html;
+  const char *message_key;          /* the idempotency key: Message-ID <key@from-domain> */
+  const HeraldMailHeader *headers;  /* extra headers; may not replace the structural ones */
+  size_t nheaders;
+  const char *list_unsubscribe;     /* the header's value, e.g. "<https://x/u?t=1>" (or NULL) */
+  int one_click;                    /* List-Unsubscribe-Post: List-Unsubscribe=One-Click */
+  int64_t date_ms;                  /* the Date header */
+} HeraldMailMessage;
+
+/* Builds the message into *out (malloc'd, CRLF line ends, caller frees; *out_len its length).
+ * message_id receives "<...>" (give 512 bytes). Errors name the field. */
+int herald_smtp_message_build(const HeraldMailMessage *m, char **out, size_t *out_len,
+                              char *message_id, size_t message_id_size, HeraldError *err);
+
+/* The addr-spec of a mailbox ("Name <a@b>" -> "a@b"), checked; field names it in errors. */
+int herald_smtp_address(const char *mailbox, const char *field, char *out, size_t size,
+                        HeraldError *err);
+
+#endif

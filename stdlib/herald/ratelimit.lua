@@ -1,0 +1,11 @@
+-- herald.ratelimit: token buckets over several windows at once, optionally under a shared
+-- parent (a global or per-provider cap), on the runtime clock.
+--   local rl = herald.ratelimit.new{per_second = 10, per_day = 20000, parent = global}
+--   local ok, next_slot_ms = rl:take()   -- not granted: schedule the message for next_slot_ms
+--   local slot_ms = rl:reserve()         -- book the next slot (later calls get later slots)
+--   rl:pause(res.retry_after_ms)         -- honour a 429's Retry-After
+local core = require 'herald.core.ratelimit'
+
+return {
+  new = core.new,
+}

@@ -1,0 +1,90 @@
+"""An SMTP server that keeps every message it accepts, for specs that check MIME content.
+
+usage: mailstore.py PORT DIR [--starttls CERT KEY | --smtps CERT KEY] [--auth USER:PASSWORD]
+
+--starttls offers and requires STARTTLS; --smtps speaks TLS from the first byte; --auth requires
+AUTH (PLAIN or LOGIN, over TLS) with these credentials. Each accepted message is written to DIR/N.eml (the DATA as received) and DIR/N.json (the
+envelope). Recipients whose local part starts with "tempfail" get 451, "reject" get 550, so
+specs can see how the client classifies SMTP refusals.
+"""
+import asyncio
+import json
+import os
+import signal
+import sys
+
+import ssl
+
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult, LoginPassword
+
+
+class Store:
+    def __init__(self, directory):
+        self.directory = directory
+        self.count = 0
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        local = address.split("@", 1)[0]
+        if local.startswith("tempfail"):
+            return "451 4.3.0 try again later"
+        if local.startswith("reject"):
+            return "550 5.1.1 no such user"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server, session, envelope):
+        self.count += 1
+        base = os.path.join(self.directory, str(self.count))
+        with open(base + ".eml.tmp", "wb") as f:
+            f.write(envelope.original_content or envelope.content)
+        with open(base + ".json", "w") as f:
+            json.dump({"mail_from": envelope.mail_from, "rcpt_tos": envelope.rcpt_tos}, f)
+        os.rename(base + ".eml.tmp", base + ".eml")
+        return "250 OK queued as " + str(self.count)
+
+
+def authenticator_for(user, password):
+    def authenticate(server, session, envelope, mechanism, auth_data):
+        ok = (isinstance(auth_data, LoginPassword) and auth_data.login.decode() == user
+              and auth_data.password.decode() == password)
+        # handled=False makes the server answer 535 itself on a refusal.
+        return AuthResult(success=ok, handled=False)
+    return authenticate
+
+
+def main():
+    port, directory = int(sys.argv[1]), sys.argv[2]
+    args = sys.argv[3:]
+    kwargs = {}
+    while args:
+        opt = args.pop(0)
+        if opt in ("--starttls", "--smtps"):
+            cert, key = args.pop(0), args.pop(0)
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            context.load_cert_chain(cert, key)
+            if opt == "--starttls":
+                kwargs["tls_context"] = context
+                kwargs["require_starttls"] = True
+            else:
+                kwargs["ssl_context"] = context
+                # The server object cannot see that the transport is TLS from the start.
+                kwargs["auth_require_tls"] = False
+        elif opt == "--auth":
+            user, password = args.pop(0).split(":", 1)
+            kwargs["authenticator"] = authenticator_for(user, password)
+            kwargs["auth_required"] = True
+        else:
+            sys.exit("unknown option " + opt)
+    controller = Controller(Store(directory), hostname="127.0.0.1", port=port, **kwargs)
+    controller.start()
+    stop = asyncio.Event()
+    loop = asyncio.new_event_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    loop.run_until_complete(stop.wait())
+    controller.stop()
+
+
+if __name__ == "__main__":
+    main()

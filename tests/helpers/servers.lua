@@ -1,0 +1,243 @@
+-- Real servers for specs and benchmarks, each on a free loopback port in its own temporary
+-- directory: nginx (HTTP/1.1 and HTTP/2 over TLS with a test CA), postfix's smtp-sink, and an
+-- aiosmtpd server that keeps messages. start_* returns a server table with :stop().
+local S = {}
+
+local here = debug.getinfo(1, 'S').source:match('^@(.*)/[^/]*$') or '.'
+
+local function q(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
+
+local function sh(cmd)
+  local ok = os.execute(cmd)
+  return ok == true
+end
+
+local function capture(cmd)
+  local p = assert(io.popen(cmd, 'r'))
+  local out = p:read('a')
+  p:close()
+  return out
+end
+
+local function write(path, content)
+  local f = assert(io.open(path, 'wb'))
+  f:write(content)
+  f:close()
+end
+
+local function read(path)
+  local f = io.open(path, 'rb')
+  if not f then return nil end
+  local s = f:read('a')
+  f:close()
+  return s
+end
+S.read = read
+
+function S.tmpdir(tag)
+  return (capture('mktemp -d /tmp/herald-' .. (tag or 'server') .. '.XXXXXX'):gsub('%s+$', ''))
+end
+
+-- A loopback port nobody listens on (the kernel picks it; a race with another process taking
+-- it before the server binds is possible but rare).
+function S.free_port()
+  local out = capture([[/usr/bin/python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])']])
+  return assert(tonumber(out), 'cannot find a free port')
+end
+
+-- Waits until something accepts connections on port (up to ~10 s).
+function S.wait_port(port)
+  return sh('bash -c ' .. q('for i in $(seq 200); do (exec 3<>/dev/tcp/127.0.0.1/' .. port
+    .. ') 2>/dev/null && exit 0; sleep 0.05; done; exit 1'))
+end
+
+function S.have(cmd)
+  return sh('command -v ' .. q(cmd) .. ' >/dev/null 2>&1 || test -x ' .. q(cmd))
+end
+
+-- A test CA and a server certificate for localhost / 127.0.0.1 (EC keys: fast to make).
+function S.make_ca(dir)
+  local script = [[
+set -e
+cd ]] .. q(dir) .. [[
+
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout ca.key \
+  -out ca.pem -days 2 -subj /CN=herald-test-ca >/dev/null 2>&1
+openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout server.key \
+  -out server.csr -subj /CN=localhost >/dev/null 2>&1
+printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n' > ext.cnf
+openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out server.pem \
+  -days 2 -extfile ext.cnf >/dev/null 2>&1
+]]
+  assert(sh('bash -c ' .. q(script)), 'openssl could not make the test CA')
+  return { ca = dir .. '/ca.pem', cert = dir .. '/server.pem', key = dir .. '/server.key' }
+end
+
+local function kill_pid(pid, sig)
+  if pid then sh('kill -' .. (sig or 'TERM') .. ' ' .. pid .. ' 2>/dev/null') end
+end
+
+-- Waits for pid to exit (up to ~5 s), then kills it for good.
+local function reap(pid)
+  if not pid then return end
+  sh('for i in $(seq 100); do kill -0 ' .. pid .. ' 2>/dev/null || exit 0; sleep 0.05; done; kill -KILL '
+    .. pid .. ' 2>/dev/null; exit 0')
+end
+
+-- Starts cmd in the background with its output in log; returns its pid.
+local function spawn(cmd, log)
+  local out = capture('(' .. cmd .. ') >' .. q(log) .. ' 2>&1 & echo $!')
+  return assert(tonumber(out), 'cannot start: ' .. cmd)
+end
+
+-- nginx on two ports: `port` (HTTP/1.1 cleartext) and `tls_port` (HTTP/1.1 and HTTP/2 over TLS
+-- with a test CA at server.ca). Locations:
+--   /ok      200 "ok"                      /echo    200 with the request body
+--   /limited 429 with Retry-After: 7       /fail    500
+--   /slow    200 after 2 s                 /headers 200 echoing X-Test and Idempotency-Key
+-- The access log (server.log) has one line per request:
+--   connection serial, requests on it, protocol, method, uri, status, request length,
+--   Idempotency-Key.
+-- opts.workers (default 1), opts.tls (default true).
+function S.start_nginx(opts)
+  opts = opts or {}
+  local dir = S.tmpdir('nginx')
+  local port, tls_port = S.free_port(), S.free_port()
+  local certs = opts.tls ~= false and S.make_ca(dir) or nil
+  sh('mkdir -p ' .. q(dir .. '/tmp'))
+  local locations = [[
+      location = /ok { return 200 "ok\n"; }
+      location = /echo { echo_read_request_body; echo_request_body; }
+      location = /limited { add_header Retry-After 7 always; return 429 "slow down\n"; }
+      location = /fail { return 500 "broken\n"; }
+      location = /slow { echo_sleep 2; echo "done"; }
+      location = /headers { add_header X-Seen-Key $http_idempotency_key always; return 200 "$http_x_test"; }
+]]
+  local tls_server = ''
+  if certs then
+    tls_server = string.format([[
+    server {
+      listen 127.0.0.1:%d ssl http2;
+      ssl_certificate %s;
+      ssl_certificate_key %s;
+      http2_max_concurrent_streams 128;
+%s    }
+]], tls_port, certs.cert, certs.key, locations)
+  end
+  local conf = string.format([[
+load_module /usr/lib/nginx/modules/ngx_http_echo_module.so;
+worker_processes %d;
+pid %s/nginx.pid;
+error_log %s/error.log warn;
+%s
+events { worker_connections 4096; }
+http {
+  log_format herald '$connection $connection_requests $server_protocol $request_method $uri $status $request_length $http_idempotency_key';
+  access_log %s;
+  client_body_temp_path %s/tmp/body;
+  proxy_temp_path %s/tmp/proxy;
+  fastcgi_temp_path %s/tmp/fastcgi;
+  uwsgi_temp_path %s/tmp/uwsgi;
+  scgi_temp_path %s/tmp/scgi;
+  keepalive_requests 10000000;
+  keepalive_timeout 120s;
+  client_body_buffer_size 64k;
+  server {
+    listen 127.0.0.1:%d;
+%s  }
+%s}
+]], opts.workers or 1, dir, dir, (capture('id -u'):match('^0') and 'user root;' or ''),
+    opts.access_log == false and 'off' or (dir .. '/access.log herald'),
+    dir, dir, dir, dir, dir, port, locations, tls_server)
+  write(dir .. '/nginx.conf', conf)
+  local ok = sh('nginx -p ' .. q(dir) .. ' -c ' .. q(dir .. '/nginx.conf') .. ' -e ' .. q(dir .. '/error.log')
+    .. ' >' .. q(dir .. '/start.log') .. ' 2>&1')
+  assert(ok, 'nginx did not start: ' .. (read(dir .. '/start.log') or '') .. (read(dir .. '/error.log') or ''))
+  assert(S.wait_port(port), 'nginx is not listening on ' .. port)
+  local server = {
+    dir = dir, port = port, tls_port = tls_port, ca = certs and certs.ca,
+    url = 'http://127.0.0.1:' .. port, tls_url = 'https://localhost:' .. tls_port,
+    log = dir .. '/access.log',
+  }
+  -- Access log lines as tables (nginx writes them when a request ends).
+  function server:requests()
+    local rows = {}
+    for line in (read(self.log) or ''):gmatch('[^\n]+') do
+      local conn, n, proto, method, uri, status, len, key = line:match(
+        '^(%d+) (%d+) (%S+) (%S+) (%S+) (%d+) (%d+) (%S*)$')
+      if conn then
+        rows[#rows + 1] = { connection = tonumber(conn), nth = tonumber(n), protocol = proto,
+                            method = method, uri = uri, status = tonumber(status),
+                            length = tonumber(len), key = key ~= '-' and key or nil }
+      end
+    end
+    return rows
+  end
+  function server:clear_log()
+    write(self.log, '')
+    sh('kill -USR1 $(cat ' .. q(self.dir .. '/nginx.pid') .. ') 2>/dev/null')
+  end
+  function server:stop()
+    local pid = tonumber(read(self.dir .. '/nginx.pid') or '')
+    kill_pid(pid, 'QUIT')
+    reap(pid)
+  end
+  return server
+end
+
+-- postfix's smtp-sink: accepts everything and keeps nothing. opts.backlog (default 1024).
+function S.start_smtp_sink(opts)
+  opts = opts or {}
+  local dir = S.tmpdir('smtp-sink')
+  local port = S.free_port()
+  local user = capture('id -u'):match('^0') and '-u nobody ' or ''
+  local pid = spawn('exec smtp-sink ' .. user .. '-c 127.0.0.1:' .. port .. ' ' .. (opts.backlog or 1024),
+    dir .. '/sink.log')
+  assert(S.wait_port(port), 'smtp-sink is not listening: ' .. (read(dir .. '/sink.log') or ''))
+  local server = { dir = dir, port = port, pid = pid, url = 'smtp://127.0.0.1:' .. port }
+  function server:stop()
+    kill_pid(self.pid)
+    reap(self.pid)
+  end
+  return server
+end
+
+-- An aiosmtpd server that keeps messages as DIR/N.eml (+ N.json envelopes); recipients
+-- tempfail*@ get 451 and reject*@ get 550. opts.tls = 'starttls' (required) or 'smtps' (with a
+-- test CA at server.ca), opts.auth = 'user:password' (AUTH required).
+function S.start_mailstore(opts)
+  opts = opts or {}
+  local dir = S.tmpdir('mailstore')
+  local port = S.free_port()
+  sh('mkdir -p ' .. q(dir .. '/mail'))
+  local extra, certs = '', nil
+  if opts.tls then
+    certs = S.make_ca(dir)
+    extra = ' --' .. opts.tls .. ' ' .. q(certs.cert) .. ' ' .. q(certs.key)
+  end
+  if opts.auth then extra = extra .. ' --auth ' .. q(opts.auth) end
+  local pid = spawn('exec /usr/bin/python3 ' .. q(here .. '/mailstore.py') .. ' ' .. port .. ' '
+    .. q(dir .. '/mail') .. extra, dir .. '/server.log')
+  assert(S.wait_port(port), 'aiosmtpd is not listening: ' .. (read(dir .. '/server.log') or ''))
+  local scheme = opts.tls == 'smtps' and 'smtps' or 'smtp'
+  local server = { dir = dir, port = port, pid = pid, ca = certs and certs.ca,
+                   url = scheme .. '://' .. (opts.tls and 'localhost' or '127.0.0.1') .. ':' .. port }
+  -- Message n as {raw =, envelope = json text}, or nil when not (yet) stored.
+  function server:message(n)
+    local raw = read(self.dir .. '/mail/' .. n .. '.eml')
+    if not raw then return nil end
+    return { raw = raw, envelope = read(self.dir .. '/mail/' .. n .. '.json') }
+  end
+  function server:count()
+    local n = 0
+    while read(self.dir .. '/mail/' .. (n + 1) .. '.eml') do n = n + 1 end
+    return n
+  end
+  function server:stop()
+    kill_pid(self.pid)
+    reap(self.pid)
+  end
+  return server
+end
+
+return S

@@ -1,0 +1,305 @@
+-- The transport engine against a real nginx: keep-alive reuse, HTTP/2 multiplexing over TLS,
+-- failure classes, Retry-After, bounded bodies, batches, and stop requests.
+local h = require 'helpers'
+local S = require 'servers'
+local http = require 'herald.http'
+
+-- Access-log rows whose Idempotency-Key starts with prefix.
+local function rows_with(server, prefix)
+  local out = {}
+  for _, r in ipairs(server:requests()) do
+    if r.key and r.key:sub(1, #prefix) == prefix then out[#out + 1] = r end
+  end
+  return out
+end
+
+-- nginx logs a request as it finalises it, a moment after the response: wait for n rows.
+local function wait_rows(server, prefix, n)
+  local rows
+  for _ = 1, 40 do
+    rows = rows_with(server, prefix)
+    if #rows >= n then break end
+    herald.sleep(25)
+  end
+  return rows
+end
+
+local function distinct(rows, field)
+  local seen, n = {}, 0
+  for _, r in ipairs(rows) do
+    if not seen[r[field]] then seen[r[field]] = true; n = n + 1 end
+  end
+  return n
+end
+
+describe('herald.http', function()
+  local ng
+
+  setup(function() ng = S.start_nginx() end)
+  teardown(function() if ng then ng:stop() end end)
+
+  it('reuses one keep-alive connection for sequential requests', function()
+    local before = http.stats().connections
+    for i = 1, 20 do
+      local res, err = http.request { url = ng.url .. '/ok', headers = { ['Idempotency-Key'] = 'seq-' .. i } }
+      assert.is_nil(err)
+      assert.are.equal(200, res.status)
+      assert.are.equal('ok\n', res.body)
+      assert.are.equal('delivered', res.verdict)
+    end
+    local rows = wait_rows(ng, 'seq-', 20)
+    assert.are.equal(20, #rows)
+    assert.are.equal(1, distinct(rows, 'connection'))
+    assert.are.equal(1, http.stats().connections - before)
+  end)
+
+  it('multiplexes concurrent requests over one HTTP/2 connection over TLS', function()
+    -- Ten 2-second requests finish in about 2 s on one connection only if they run as
+    -- concurrent streams.
+    local b <close> = http.batch { url = ng.tls_url .. '/slow', method = 'GET', concurrency = 10,
+                                   ca_file = ng.ca, key_header = 'Idempotency-Key' }
+    local t0 = herald.now_ms()
+    for i = 1, 10 do b:add('', 'h2-' .. i) end
+    local out = b:wait()
+    local elapsed = herald.now_ms() - t0
+    assert.are.equal(10, out.n)
+    for i = 1, out.n do assert.are.equal(200, out.status[i]) end
+    assert.is_true(elapsed < 3500, 'took ' .. elapsed .. ' ms')
+    local rows = wait_rows(ng, 'h2-', 10)
+    assert.are.equal(10, #rows)
+    assert.are.equal(1, distinct(rows, 'connection'))
+    for _, r in ipairs(rows) do assert.are.equal('HTTP/2.0', r.protocol) end
+  end)
+
+  it('reports the negotiated protocol of a response', function()
+    local res = assert(http.request { url = ng.tls_url .. '/ok', ca_file = ng.ca })
+    assert.are.equal(2, res.http_version)
+    res = assert(http.request { url = ng.tls_url .. '/ok', ca_file = ng.ca, http1 = true })
+    assert.are.equal(1, res.http_version)
+  end)
+
+  it('round-trips a binary body and headers', function()
+    local parts = {}
+    for i = 0, 100000 do parts[#parts + 1] = string.char(i % 256) end
+    local body = table.concat(parts)
+    local res = assert(http.request { url = ng.url .. '/echo', method = 'PUT', body = body })
+    assert.are.equal(200, res.status)
+    assert.are.equal(#body, #res.body)
+    assert.is_true(res.body == body)
+    res = assert(http.request { url = ng.url .. '/headers',
+                                headers = { 'X-Test: two words', 'Idempotency-Key: hdr-1' } })
+    assert.are.equal('two words', res.body)
+    assert.are.equal('hdr-1', res.headers['x-seen-key'])
+    assert.is_string(res.headers['content-length'])
+  end)
+
+  it('surfaces 429 with Retry-After as transient', function()
+    local res = assert(http.request { url = ng.url .. '/limited', body = '{}' })
+    assert.are.equal(429, res.status)
+    assert.are.equal(7000, res.retry_after_ms)
+    assert.are.equal('7', res.headers['retry-after'])
+    assert.are.equal('transient', res.verdict)
+  end)
+
+  it('classifies server errors as transient and client errors as permanent', function()
+    local res = assert(http.request { url = ng.url .. '/fail' })
+    assert.are.equal(500, res.status)
+    assert.are.equal('transient', res.verdict)
+    res = assert(http.request { url = ng.url .. '/missing' })
+    assert.are.equal(404, res.status)
+    assert.are.equal('permanent', res.verdict)
+  end)
+
+  it('classifies a timeout', function()
+    local t0 = herald.now_ms()
+    local res, err, class = http.request { url = ng.url .. '/slow', timeout_ms = 300 }
+    assert.is_nil(res)
+    assert.are.equal('timeout', class)
+    assert.matches('timed out', err)
+    assert.is_true(herald.now_ms() - t0 < 1500)
+    assert.are.equal('transient', http.verdict(class))
+  end)
+
+  it('classifies a refused connection', function()
+    local port = S.free_port()
+    local res, err, class = http.request { url = 'http://127.0.0.1:' .. port .. '/' }
+    assert.is_nil(res)
+    assert.are.equal('connect', class)
+    assert.matches(tostring(port), err, 1, true)
+    assert.are.equal('transient', http.verdict(class))
+  end)
+
+  it('classifies an untrusted certificate as a TLS failure', function()
+    -- Without ca_file only the system's trust anchors count, and they do not know the test CA.
+    local res, _, class = http.request { url = ng.tls_url .. '/ok' }
+    assert.is_nil(res)
+    assert.are.equal('tls', class)
+  end)
+
+  it('classifies a malformed URL as invalid and permanent', function()
+    local res, _, class = http.request { url = 'ftp://127.0.0.1/' }
+    assert.is_nil(res)
+    assert.are.equal('invalid', class)
+    assert.are.equal('permanent', http.verdict(class))
+  end)
+
+  it('keeps at most max_body bytes of a response', function()
+    local res = assert(http.request { url = ng.url .. '/echo', body = '0123456789', max_body = 4 })
+    assert.are.equal('0123', res.body)
+    assert.is_true(res.truncated)
+    assert.are.equal('delivered', res.verdict)
+  end)
+
+  it('raises on a request definition error', function()
+    assert.has_error(function() http.request {} end, "field 'url' is required")
+    assert.has_error(function() http.request { url = ng.url, headers = { 'X: a\r\nY: b' } } end,
+      "field 'headers': a header contains a line break")
+    -- a plain coroutine inside a task is not a task: nothing could resume it
+    local ok, err = coroutine.wrap(function() return pcall(http.request, { url = ng.url .. '/ok' }) end)()
+    assert.is_false(ok)
+    assert.matches('must run in a task', err, 1, true)
+  end)
+
+  it('posts many bodies with bounded concurrency and one key per request', function()
+    local bodies, keys = {}, {}
+    for i = 1, 1000 do
+      bodies[i] = '{"n":' .. i .. '}'
+      keys[i] = 'many-' .. i
+    end
+    local s = http.post_many { url = ng.url .. '/ok', bodies = bodies, keys = keys, concurrency = 10,
+                               key_header = 'Idempotency-Key',
+                               headers = { ['Content-Type'] = 'application/json' } }
+    assert.are.equal(1000, s.sent)
+    assert.are.equal(1000, s.delivered)
+    assert.are.equal(1000, s.statuses[200])
+    local rows = wait_rows(ng, 'many-', 1000)
+    assert.are.equal(1000, #rows)
+    local seen = {}
+    for _, r in ipairs(rows) do
+      assert.is_nil(seen[r.key])
+      seen[r.key] = true
+    end
+    assert.is_true(distinct(rows, 'connection') <= 10)
+    -- outcomes carry the key back with the verdict
+    local out = s.outcomes
+    local keyed = {}
+    for i = 1, out.n do keyed[out.key[i]] = out.verdict[i] end
+    assert.are.equal('delivered', keyed['many-1000'])
+  end)
+
+  it('hands outcomes back in batches as they complete', function()
+    local b <close> = http.batch { url = ng.url .. '/fail', concurrency = 2 }
+    for i = 1, 5 do b:add('x', i) end
+    local first = b:wait(2)
+    assert.is_true(first.n >= 2)
+    local rest = b:wait()
+    assert.are.equal(5, first.n + rest.n)
+    assert.are.equal(500, rest.status[rest.n])
+    assert.are.equal('transient', rest.verdict[rest.n])
+    assert.are.equal('broken\n', rest.detail[rest.n])
+    local queued, in_flight, ready = b:stats()
+    assert.are.same({ 0, 0, 0 }, { queued, in_flight, ready })
+    b:close()
+    assert.has_error(function() b:add('x') end, 'the batch is closed')
+  end)
+
+  it('takes a url and headers per batch item', function()
+    local b <close> = http.batch { url = ng.url .. '/ok', concurrency = 4, key_header = 'Idempotency-Key' }
+    b:add('a', 'item-1')
+    b:add('b', 'item-2', { url = ng.url .. '/limited' })
+    b:add('c', 'item-3', { url = ng.url .. '/headers', headers = { ['X-Test'] = 'per item' } })
+    local out = b:wait()
+    assert.are.equal(3, out.n)
+    local by_key = {}
+    for i = 1, out.n do by_key[out.key[i]] = i end
+    assert.are.equal(200, out.status[by_key['item-1']])
+    local limited = by_key['item-2']
+    assert.are.equal(429, out.status[limited])
+    assert.are.equal(7000, out.retry_after_ms[limited])
+    assert.are.equal('transient', out.verdict[limited])
+    assert.are.equal('slow down\n', out.detail[limited])
+    local uris = {}
+    for _, r in ipairs(wait_rows(ng, 'item-', 3)) do uris[r.key] = r.uri end
+    assert.are.same({ ['item-1'] = '/ok', ['item-2'] = '/limited', ['item-3'] = '/headers' }, uris)
+    assert.has_error(function() b:add('x', 'bad\r\nkey') end,
+      'item 4: the key must be a string or a number without line breaks')
+    assert.has_error(function() b:add('x', 'k', { headers = { X = 'a\nb' } }) end,
+      'item 4: headers must be strings without line breaks')
+    assert.has_error(function() b:add(42) end, 'item 4: the body must be a string')
+  end)
+
+  it('reports refused connections per request in a batch', function()
+    local b <close> = http.batch { url = 'http://127.0.0.1:' .. S.free_port() .. '/', concurrency = 3 }
+    b:add_many({ 'a', 'b', 'c', 'd' })
+    local out = b:wait()
+    assert.are.equal(4, out.n)
+    for i = 1, 4 do
+      assert.are.equal('connect', out.class[i])
+      assert.are.equal('transient', out.verdict[i])
+    end
+  end)
+
+  it('backs off exponentially between a minimum and a maximum', function()
+    assert.are.equal(1000, http.backoff(1, 1000, 60000, 0))
+    assert.are.equal(8000, http.backoff(4, 1000, 60000, 0))
+    assert.are.equal(60000, http.backoff(20, 1000, 60000, 0))
+    for attempt = 1, 12 do
+      local d = http.backoff(attempt, 1000, 60000, 0.5)
+      local full = math.min(60000, 1000 * 2 ^ (attempt - 1))
+      assert.is_true(d >= math.max(1000, full / 2) and d <= full, attempt .. ': ' .. d)
+    end
+  end)
+
+  it('lets a transfer in flight finish when a stop is requested', function()
+    local dir = h.tmpdir()
+    local script = h.write(dir .. '/stop.lua', string.format([[
+      local task = require 'herald.core.task'
+      local got
+      herald.spawn(function()
+        local res, err, class = herald.http.request{ url = %q, timeout_ms = 10000 }
+        got = res and (res.status .. ' ' .. res.body) or (err .. ' ' .. class)
+      end)
+      local slept
+      herald.spawn(function() slept = herald.sleep(10000) end)
+      herald.sleep(200)
+      task.request_stop()
+      while got == nil do herald.sleep(50) end
+      print(got, slept)
+    ]], ng.url .. '/slow'))
+    local out, code, err = h.herald(script)
+    assert.are.equal(0, code, err)
+    assert.are.equal('200 done\n\tfalse\n', out)
+  end)
+
+  it('cancels transfers in flight cleanly at shutdown', function()
+    local dir = h.tmpdir()
+    local script = h.write(dir .. '/shutdown.lua', string.format([[
+      local task = require 'herald.core.task'
+      herald.spawn(function() herald.http.request{ url = %q }; print('request resumed') end)
+      local b = herald.http.batch{ url = %q, method = 'GET', concurrency = 2 }
+      b:add_many{ '', '', '' }
+      herald.spawn(function() b:wait(); print('batch resumed') end)
+      herald.spawn(function() herald.sleep(100); task.stop() end)
+      print('started')
+    ]], ng.url .. '/slow', ng.url .. '/slow'))
+    local t0 = herald.now_ms()
+    local out, code, err = h.herald(script)
+    assert.are.equal(0, code, err)
+    assert.are.equal('started\n', out)
+    assert.is_true(herald.now_ms() - t0 < 1800)
+  end)
+
+  it('caps connections per host', function()
+    http.configure { max_host_connections = 2 }
+    local bodies, keys = {}, {}
+    for i = 1, 100 do bodies[i] = 'x'; keys[i] = 'cap-' .. i end
+    local ok, s = pcall(http.post_many, { url = ng.url .. '/ok', bodies = bodies, keys = keys,
+                                          key_header = 'Idempotency-Key', concurrency = 10 })
+    http.configure { max_host_connections = 64 }
+    assert(ok, s)
+    assert.are.equal(100, s.delivered)
+    local rows = wait_rows(ng, 'cap-', 100)
+    assert.are.equal(100, #rows)
+    assert.is_true(distinct(rows, 'connection') <= 2)
+  end)
+end)

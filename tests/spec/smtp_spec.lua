@@ -1,0 +1,232 @@
+-- Email through the transport engine: the MIME a real SMTP server receives (read back with
+-- Python's email package), SMTP reply classes, connection reuse, and bad input.
+local S = require 'servers'
+local http = require 'herald.http'
+
+local here = debug.getinfo(1, 'S').source:match('^@(.*)/[^/]*$') or '.'
+local mimecheck = here .. '/../helpers/mimecheck.py'
+
+local function parse(path)
+  local p = assert(io.popen("/usr/bin/python3 '" .. mimecheck .. "' '" .. path .. "'"))
+  local fields = {}
+  for line in p:lines() do
+    local k, hex = line:match('^([^=]+)=(%x*)$')
+    if k then fields[k] = hex:gsub('%x%x', function(x) return string.char(tonumber(x, 16)) end) end
+  end
+  p:close()
+  return fields
+end
+
+local SUBJECT = 'Grüße aus Zürich — ваш заказ готов, and a long tail to make it fold over lines'
+local TEXT = 'Hallo Zoë,\n.a line that starts with a dot\n' .. string.rep('long line ', 30)
+  .. '\ntrailing spaces   \n= equals =\n'
+local HTML = '<p>Hallo <b>Zoë</b> — <a href="https://example.com/?a=1&b=2">link</a></p>\n'
+
+describe('herald.http.send_mail', function()
+  local store, sink
+
+  setup(function()
+    store = S.start_mailstore()
+    sink = S.start_smtp_sink()
+  end)
+  teardown(function()
+    if store then store:stop() end
+    if sink then sink:stop() end
+  end)
+
+  it('sends a multipart/alternative message with the headers a campaign needs', function()
+    local res, err = http.send_mail {
+      url = store.url, from = 'Zoë from Herald <news@herald.example>',
+      to = { 'Ann Example <ann@example.org>' }, subject = SUBJECT, text = TEXT, html = HTML,
+      message_id = 'run-7/endpoint-42', headers = { ['X-Campaign'] = 'spring sale' },
+      list_unsubscribe = { 'https://herald.example/u?t=abc', 'mailto:unsub@herald.example' },
+      one_click = true,
+    }
+    assert.is_nil(err)
+    assert.are.equal(250, res.status)
+    assert.are.equal('<run-7/endpoint-42@herald.example>', res.message_id)
+    local n = store:count()
+    local msg = assert(store:message(n))
+    assert.matches('"mail_from": "news@herald.example"', msg.envelope, 1, true)
+    assert.matches('"rcpt_tos": ["ann@example.org"]', msg.envelope, 1, true)
+    local f = parse(store.dir .. '/mail/' .. n .. '.eml')
+    assert.are.equal('0', f.defects)
+    assert.are.equal(SUBJECT, f.subject)
+    assert.are.equal('Zoë from Herald <news@herald.example>', f.from)
+    assert.are.equal('Ann Example <ann@example.org>', f.to)
+    assert.are.equal('<run-7/endpoint-42@herald.example>', f['message-id'])
+    assert.are.equal('<https://herald.example/u?t=abc>, <mailto:unsub@herald.example>',
+      f['list-unsubscribe'])
+    assert.are.equal('List-Unsubscribe=One-Click', f['list-unsubscribe-post'])
+    assert.are.equal('spring sale', f['x-campaign'])
+    assert.are.equal('1.0', f['mime-version'])
+    assert.is_string(f.date)
+    assert.are.equal('multipart/alternative', f['content-type'])
+    assert.are.equal('2', f.parts)
+    assert.are.equal('text/plain', f['part1-type'])
+    assert.are.equal('utf-8', f['part1-charset'])
+    assert.are.equal('0', f['part1-defects'])
+    assert.are.equal((TEXT:gsub('\n', '\n')), f['part1-body'])
+    assert.are.equal('text/html', f['part2-type'])
+    assert.are.equal(HTML, f['part2-body'])
+    -- every line of the raw message stays within the RFC's limits
+    for line in msg.raw:gmatch('[^\n]*') do assert.is_true(#line <= 78, line) end
+  end)
+
+  it('sends a text-only message as a single part', function()
+    local res = assert(http.send_mail { url = store.url, from = 'a@herald.example',
+                                        to = 'b@example.org', subject = 'plain', text = 'just text',
+                                        message_id = 'plain-1' })
+    assert.are.equal(250, res.status)
+    local f = parse(store.dir .. '/mail/' .. store:count() .. '.eml')
+    assert.are.equal('text/plain', f['content-type'])
+    assert.are.equal('just text\n', f['part1-body'])
+    assert.is_nil(f['list-unsubscribe'])
+  end)
+
+  it('keeps the Message-ID of a retried message', function()
+    local a = assert(http.send_mail { url = store.url, from = 'a@herald.example', to = 'b@example.org',
+                                      text = 'x', message_id = 'same key' })
+    local b = assert(http.send_mail { url = store.url, from = 'a@herald.example', to = 'b@example.org',
+                                      text = 'x', message_id = 'same key' })
+    assert.are.equal(a.message_id, b.message_id)
+    assert.are.equal('<same=20key@herald.example>', a.message_id)
+  end)
+
+  it('classifies SMTP refusals: 5xx permanent, 4xx transient', function()
+    local res, err, class, code = http.send_mail { url = store.url, from = 'a@herald.example',
+                                                   to = 'reject@example.org', text = 'x', message_id = 'r1' }
+    assert.is_nil(res)
+    assert.are.equal('status', class)
+    assert.are.equal(550, code)
+    assert.matches('550', err)
+    assert.are.equal('permanent', http.verdict(class, code, true))
+    res, err, class, code = http.send_mail { url = store.url, from = 'a@herald.example',
+                                             to = 'tempfail@example.org', text = 'x', message_id = 't1' }
+    assert.is_nil(res)
+    assert.are.equal('status', class)
+    assert.are.equal(451, code)
+    assert.are.equal('transient', http.verdict(class, code, true))
+  end)
+
+  it('reuses the SMTP connection across messages', function()
+    local before = http.stats().connections
+    for i = 1, 25 do
+      local res, err = http.send_mail { url = sink.url, from = 'a@herald.example', to = 'b@example.org',
+                                        subject = 'n' .. i, text = 'body ' .. i, message_id = 'reuse-' .. i }
+      assert.is_nil(err)
+      assert.are.equal(250, res.status)
+    end
+    assert.are.equal(1, http.stats().connections - before)
+  end)
+
+  it('sends concurrently from several tasks', function()
+    local done, failures = 0, 0
+    for t = 1, 5 do
+      herald.spawn(function()
+        for i = 1, 10 do
+          local res = http.send_mail { url = sink.url, from = 'a@herald.example', to = 'b@example.org',
+                                       text = 'x', message_id = 'c' .. t .. '-' .. i }
+          if res then done = done + 1 else failures = failures + 1 end
+        end
+      end)
+    end
+    while done + failures < 50 do herald.sleep(20) end
+    assert.are.equal(50, done)
+  end)
+
+  it('classifies a refused connection', function()
+    local res, _, class = http.send_mail { url = 'smtp://127.0.0.1:' .. S.free_port(),
+                                           from = 'a@herald.example', to = 'b@example.org',
+                                           text = 'x', message_id = 'x1' }
+    assert.is_nil(res)
+    assert.are.equal('connect', class)
+  end)
+
+  it('fails STARTTLS when required and not offered', function()
+    local res, _, class = http.send_mail { url = store.url, from = 'a@herald.example',
+                                           to = 'b@example.org', text = 'x', message_id = 'tls1',
+                                           starttls = 'required' }
+    assert.is_nil(res)
+    assert.are.equal('tls', class)
+  end)
+
+  it('returns bad message data as invalid, naming the field', function()
+    local base = { url = store.url, from = 'a@herald.example', to = 'b@example.org', text = 'x',
+                   message_id = 'bad' }
+    local function with(k, v)
+      local t = {}
+      for key, val in pairs(base) do t[key] = val end
+      t[k] = v
+      return t
+    end
+    local cases = {
+      { with('to', 'not an address'), "to[1]: 'not an address' is not an address" },
+      { with('from', 'Ann <ann@>'), "from: 'ann@' is not an address" },
+      { with('subject', 'a\r\nBcc: x@y'), 'subject: line breaks are not allowed' },
+      { with('headers', { ['X-A'] = 'a\nBcc: x@y' }), "headers['X-A']: value missing or has a line break" },
+      { with('headers', { Subject = 'again' }), "headers['Subject']: set by the message itself" },
+      { with('text', nil), 'text or html: a message needs a body' },
+    }
+    for _, c in ipairs(cases) do
+      local res, err, class = http.send_mail(c[1])
+      assert.is_nil(res)
+      assert.are.equal('invalid', class)
+      assert.matches(c[2], err, 1, true)
+    end
+    assert.has_error(function() http.send_mail { url = store.url } end, "field 'from' is required")
+    assert.has_error(function() http.send_mail(with('starttls', 'maybe')) end,
+      "field 'starttls': expected 'no', 'try' or 'required', got 'maybe'")
+  end)
+end)
+
+describe('herald.http.send_mail over TLS with AUTH', function()
+  local starttls, smtps
+
+  setup(function()
+    starttls = S.start_mailstore { tls = 'starttls', auth = 'herald:s3cret' }
+    smtps = S.start_mailstore { tls = 'smtps', auth = 'herald:s3cret' }
+  end)
+  teardown(function()
+    if starttls then starttls:stop() end
+    if smtps then smtps:stop() end
+  end)
+
+  local function mail(server, extra)
+    local t = { url = server.url, from = 'a@herald.example', to = 'b@example.org', subject = 'tls',
+                text = 'secret text', message_id = 'tls-' .. math.random(1e9), ca_file = server.ca,
+                username = 'herald', password = 's3cret' }
+    for k, v in pairs(extra or {}) do
+      if v == false then t[k] = nil else t[k] = v end
+    end
+    return http.send_mail(t)
+  end
+
+  it('upgrades with STARTTLS and authenticates', function()
+    local res, err = mail(starttls, { starttls = 'required' })
+    assert.is_nil(err)
+    assert.are.equal(250, res.status)
+    assert.are.equal(1, starttls:count())
+    assert.matches('secret text', starttls:message(1).raw, 1, true)
+  end)
+
+  it('speaks implicit TLS on smtps://', function()
+    local res, err = mail(smtps)
+    assert.is_nil(err)
+    assert.are.equal(250, res.status)
+    assert.are.equal(1, smtps:count())
+  end)
+
+  it('classifies a refused login as auth, permanent', function()
+    local res, _, class = mail(starttls, { starttls = 'required', password = 'wrong' })
+    assert.is_nil(res)
+    assert.are.equal('auth', class)
+    assert.are.equal('permanent', http.verdict(class))
+  end)
+
+  it('refuses a server certificate it cannot verify', function()
+    local res, _, class = mail(smtps, { ca_file = false })
+    assert.is_nil(res)
+    assert.are.equal('tls', class)
+  end)
+end)
