@@ -11,6 +11,7 @@ typedef struct {
 static const ModuleEntry modules[] = {
   {"herald.core", luaopen_herald_core, 1},
   {"herald.core.task", luaopen_herald_core_task, 1},
+  {"herald.core.sandbox", luaopen_herald_core_sandbox, 0},
 };
 
 void herald_modules_preload(lua_State *L, int sandbox_safe) {

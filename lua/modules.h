@@ -6,6 +6,7 @@
 
 int luaopen_herald_core(lua_State *L);      /* lua/lherald_core.c: version, options, paths */
 int luaopen_herald_core_task(lua_State *L); /* lua/task.c: coroutine tasks on the loop */
+int luaopen_herald_core_sandbox(lua_State *L); /* lua/lherald_sandbox.c: host-mode sandboxes */
 
 /* Preloads every module into package.preload. sandbox_safe limits it to the modules campaign
  * code may reach. */

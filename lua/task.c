@@ -223,6 +223,19 @@ void herald_task_cancel_all(void) {
   }
 }
 
+void herald_task_cancel_state(lua_State *main) {
+  Wait *w = waits;
+  while (w != NULL) {
+    Wait *next = w->next;
+    if (w->main == main) {
+      wait_unlink(w);
+      uv_timer_stop(&w->timer);
+      uv_close((uv_handle_t *)&w->timer, wait_free_cb);
+    }
+    w = next;
+  }
+}
+
 int luaopen_herald_core_task(lua_State *L) {
   luaL_getsubtable(L, LUA_REGISTRYINDEX, TASKS_KEY);
   lua_pop(L, 1);

@@ -15,6 +15,7 @@ local submodules = {
   cli = 'herald.cli',
   pretty = 'herald.pretty',
   progress = 'herald.progress',
+  sandbox = 'herald.sandbox',
 }
 
 function herald.register(name, module_name)
