@@ -261,8 +261,13 @@ static void call_begin(HeraldSandbox *sb, lua_State *L) {
     sb->exhausted = 0;
     sb->memory_hit = 0;
     clock_gettime(CLOCK_MONOTONIC, &sb->started);
+  } else {
+    /* Setting the hook below restarts this thread's count, so a nested resume (a task
+     * spawned by the script) pays its first step up front. */
+    sb->remaining -= BUDGET_STEP;
   }
-  lua_sethook(L, budget_hook, LUA_MASKCOUNT, sb->exhausted ? 1 : BUDGET_STEP);
+  lua_sethook(L, budget_hook, LUA_MASKCOUNT,
+              sb->exhausted || sb->remaining <= 0 ? 1 : BUDGET_STEP);
 }
 
 /* Rewrites the error on top of L after a failed call: the recorded budget message when the
@@ -552,7 +557,6 @@ static double pattern_cost(lua_State *L, const unsigned char *s, size_t n, const
         break;
       case kItemSingle: {
         int disjoint = !nullable && !set_meets(&it->set, &F);
-        double full = nullable ? (double)n : hits(hist, &F);
         if (it->quant == 0) {
           C = 1 + C;
           F = it->set;
@@ -567,7 +571,8 @@ static double pattern_cost(lua_State *L, const unsigned char *s, size_t n, const
           if (nullable) {
             C = R + 1 + C;
           } else {
-            double attempts = disjoint ? 1 : (full + 1 < R + 1 ? full + 1 : R + 1);
+            double full = hits(hist, &F) + 1;  /* positions where the rest can start */
+            double attempts = disjoint ? 1 : (full < R + 1 ? full : R + 1);
             C = R + (R + 1) * cheap + attempts * C;
           }
           if (it->quant == '+') {
