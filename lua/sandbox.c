@@ -5,9 +5,10 @@
  * or other scripts. A lua_State of its own gives three things a shared state cannot: an
  * allocator of its own, so memory is counted and capped per sandbox (the allocator refuses to
  * grow past the cap, Lua raises its memory error, the call fails, the garbage is collected
- * and the state goes on); a string metatable of its own (the shared string metatable is
- * per state in Lua, so nothing a sandbox does reaches the host or another sandbox); and a
- * registry that holds only the libraries we chose. io, debug, package and the C loaders are
+ * and the state goes on; the error has no line, as Lua raises it without a message handler);
+ * a string metatable of its own (the shared string metatable is per state in Lua, so nothing
+ * a sandbox does reaches the host or another sandbox); and a registry that holds only the
+ * libraries we chose. io, debug, package and the C loaders are
  * never opened in this state, so no path through a metatable or upvalue can lead to them.
  *
  * Environments. Each loaded chunk gets its own _ENV table whose metatable falls back to an
@@ -22,14 +23,14 @@
  * any count hook costs ~60%, so the step is large) and subtracts from a budget shared by every
  * thread of the state (lua_newthread copies the hook). Once the budget is spent the hook
  * re-arms itself with a count of 1 on whichever thread it fires in and raises on every
- * instruction: a pcall, an xpcall handler, a coroutine or a __close handler that catches the
- * error runs at most one more instruction before the error is raised again, so the error
+ * instruction: a pcall or a coroutine that catches the error runs at most one more
+ * instruction before the error is raised again (see below for handlers), so the error
  * reaches the outermost herald_sandbox_pcall, which reports the budget message it recorded
  * when the budget ran out. The budget is reset by each top-level call or task resume, never
  * by nested ones (otherwise spawning a task would refill it). C functions whose work grows
- * with an argument (table.move, pattern matching, string.rep, creating coroutines) charge the
- * budget up front, and a wall-clock limit checked by the same hook is a backstop for the
- * rest (sorting or copying big tables inside one C call).
+ * with an argument (table.move/insert/remove, pattern matching, string.rep, creating
+ * coroutines) charge the budget up front, and a wall-clock limit checked by the same hook is
+ * a backstop for the rest (sorting or copying big tables inside one C call).
  *
  * Patterns. Lua's matcher backtracks in C, where no hook fires, and its cost can be
  * exponential in the number of variable-length items: ("a"):rep(300):find(".-.-.-b") runs
@@ -691,6 +692,20 @@ static int wrap_move(lua_State *L) {
   return call_original(L);
 }
 
+/* table.insert(t, pos, v) and table.remove(t, pos) shift elements in a C loop up to #t, which
+ * a __len metamethod could make 2^62 (and answer differently to us and to the library). */
+static int charge_shift(lua_State *L, const char *fname, int positional) {
+  luaL_checktype(L, 1, LUA_TTABLE);
+  if (luaL_getmetafield(L, 1, "__len") != LUA_TNIL)
+    return luaL_error(L, "table.%s: tables with a __len metamethod are not supported in "
+                      "campaign code", fname);
+  if (positional) charge(L, (double)lua_rawlen(L, 1));
+  return call_original(L);
+}
+
+static int wrap_insert(lua_State *L) { return charge_shift(L, "insert", lua_gettop(L) >= 3); }
+static int wrap_remove(lua_State *L) { return charge_shift(L, "remove", lua_gettop(L) >= 2); }
+
 /* A coroutine's own hook counter is charged only every BUDGET_STEP instructions, so short
  * coroutines would run for free: creating one costs a full step. */
 static int wrap_coroutine_new(lua_State *L) {
@@ -1067,6 +1082,8 @@ static int sandbox_setup(lua_State *L) {
   lua_pop(L, 2);
   lua_getfield(L, G, "table");
   wrap_field(L, lua_gettop(L), "move", wrap_move);
+  wrap_field(L, lua_gettop(L), "insert", wrap_insert);
+  wrap_field(L, lua_gettop(L), "remove", wrap_remove);
   lua_pop(L, 1);
   lua_getfield(L, G, "coroutine");
   wrap_field(L, lua_gettop(L), "create", wrap_coroutine_new);

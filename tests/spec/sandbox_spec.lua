@@ -127,7 +127,15 @@ describe('herald.sandbox', function()
         failure(sb, 'while true do coroutine.wrap(function() for i = 1, 50 do end end)() end'), 1, true)
       local t0 = os.clock()
       assert.matches('instruction budget exceeded', failure(sb, 'table.move({}, 1, 1e12, 2)'), 1, true)
+      assert.matches('tables with a __len metamethod are not supported',
+        failure(sb, 'table.insert(setmetatable({}, {__len = function() return 2^62 end}), 1, 0)'), 1, true)
+      assert.matches('instruction budget exceeded',
+        failure(sb, 'local t = {} for i = 1, 2000 do t[i] = i end while true do table.insert(t, 1, 0) table.remove(t, 1) end'),
+        1, true)
       assert.is_true(os.clock() - t0 < 1)
+      local ok, n = sb:run('local t = {} for i = 1, 1000 do table.insert(t, i) end table.insert(t, 1, 0) table.remove(t, 1) return #t')
+      assert.is_true(ok)
+      assert.are.equal(1000, n)
     end)
 
     it('applies a wall-clock limit as a backstop', function()
