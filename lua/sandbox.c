@@ -43,8 +43,10 @@
  * Where hooks are off. Lua runs __gc metamethods with hooks disabled, an error raised by a
  * hook calls the message handler while still inside the hook, and a coroutine killed by the
  * hook keeps hooks disabled for the __close handlers that closing it runs. Code in any of
- * those places could loop beyond the budget's reach, so setmetatable refuses __gc and
- * __close in campaign code, and xpcall skips the script's handler once the budget is spent. */
+ * those places could loop beyond the budget's reach, so setmetatable refuses __gc in campaign
+ * code, xpcall skips the script's handler once the budget is spent, and a coroutine that
+ * died by an error is never reset (coroutine.close, coroutine.wrap and finished tasks leave
+ * its to-be-closed variables alone). */
 #include "lua/sandbox.h"
 
 #include <ctype.h>
@@ -282,7 +284,7 @@ static int call_end(HeraldSandbox *sb, lua_State *L, int status) {
   }
   const char *msg = lua_tostring(L, -1);
   if (sb->exhausted) {
-    if (msg == NULL || strstr(msg, "exceeded (") == NULL) {
+    if (msg == NULL || strstr(msg, sb->exhausted_msg) == NULL) {
       lua_pop(L, 1);
       lua_pushstring(L, sb->exhausted_msg);
     }
@@ -301,7 +303,8 @@ static int call_end(HeraldSandbox *sb, lua_State *L, int status) {
     status = LUA_ERRRUN;
   }
   sb->slack = 0;
-  if (sb->depth == 0 && status != LUA_OK) lua_gc(L, LUA_GCCOLLECT);
+  /* The garbage of a failed call is usually what filled memory: free it before the next. */
+  if (sb->depth == 0 && sb->memory_hit) lua_gc(L, LUA_GCCOLLECT);
   return status;
 }
 
@@ -324,6 +327,12 @@ int herald_sandbox_pcall(lua_State *L, int nargs, int nresults) {
   call_begin(sb, L);
   int status = lua_pcall(L, nargs, nresults, base);
   lua_remove(L, base);
+  if (status == LUA_OK && sb->exhausted && sb->depth == 1) {
+    /* The budget ran out in a thread whose error the script dropped: the call still fails. */
+    lua_settop(L, base - 1);
+    lua_pushstring(L, sb->exhausted_msg);
+    status = LUA_ERRRUN;
+  }
   return call_end(sb, L, status);
 }
 
@@ -331,6 +340,15 @@ static int sandbox_resume(lua_State *L, lua_State *co, int nargs, int *nresults)
   HeraldSandbox *sb = sandbox_of(L);
   call_begin(sb, co);
   int status = lua_resume(co, L, nargs, nresults);
+  if (sb->exhausted) {
+    if (sb->depth > 1) {
+      lua_sethook(L, budget_hook, LUA_MASKCOUNT, 1);  /* the resumer stops at once too */
+    } else if (status == LUA_OK) {
+      lua_pop(co, *nresults);
+      lua_pushstring(co, sb->exhausted_msg);
+      status = LUA_ERRRUN;
+    }
+  }
   return call_end(sb, co, status);
 }
 
@@ -708,22 +726,86 @@ static int wrap_remove(lua_State *L) { return charge_shift(L, "remove", lua_gett
 
 /* A coroutine's own hook counter is charged only every BUDGET_STEP instructions, so short
  * coroutines would run for free: creating one costs a full step. */
-static int wrap_coroutine_new(lua_State *L) {
+static int sandbox_cocreate(lua_State *L) {
   charge(L, BUDGET_STEP);
   return call_original(L);
 }
 
-/* __gc runs with hooks disabled, and so does __close when it closes a coroutine that the
- * budget killed (the hook's error leaves the dead thread with hooks off): either could loop
- * beyond the budget's reach. */
-static int sandbox_setmetatable(lua_State *L) {
-  static const char *const refused[] = {"__gc", "__close", NULL};
-  if (lua_type(L, 2) == LUA_TTABLE) {
-    for (int i = 0; refused[i] != NULL; i++) {
-      if (lua_getfield(L, 2, refused[i]) != LUA_TNIL)
-        return luaL_error(L, "%s metamethods are not available in campaign code", refused[i]);
-      lua_pop(L, 1);
+/* A coroutine that died by an error may have been killed by the budget hook, and Lua leaves
+ * such a thread with hooks off: running its __close handlers (which coroutine.close and
+ * coroutine.wrap do in stock Lua) could loop beyond the budget's reach. In campaign code a
+ * coroutine that died by an error is therefore never reset; its pending to-be-closed
+ * variables are left to the garbage collector. */
+static int coroutine_died(lua_State *co) {
+  int st = lua_status(co);
+  return st != LUA_OK && st != LUA_YIELD;
+}
+
+/* The thread that resumed a coroutine killed by the budget must stop as well, not run on
+ * until its own count fires. */
+static int sandbox_coresume(lua_State *L) {
+  int n = call_original(L);
+  if (sandbox_of(L)->exhausted) raise_exhausted(L, sandbox_of(L));
+  return n;
+}
+
+static int sandbox_coclose(lua_State *L) {
+  if (sandbox_of(L)->exhausted) raise_exhausted(L, sandbox_of(L));
+  lua_State *co = lua_tothread(L, 1);
+  luaL_argexpected(L, co != NULL, 1, "coroutine");
+  if (coroutine_died(co)) {
+    luaL_pushfail(L);
+    lua_pushliteral(L, "the coroutine died by an error (its to-be-closed variables are not "
+                       "closed in campaign code)");
+    return 2;
+  }
+  return call_original(L);
+}
+
+static int wrapped_coroutine(lua_State *L) {
+  lua_State *co = lua_tothread(L, lua_upvalueindex(1));
+  int n = lua_gettop(L);
+  if (coroutine_died(co) || (lua_status(co) == LUA_OK && lua_gettop(co) == 0))
+    return luaL_error(L, "cannot resume dead coroutine");
+  if (!lua_checkstack(co, n)) return luaL_error(L, "too many arguments to resume");
+  lua_xmove(L, co, n);
+  int nres;
+  int status = lua_resume(co, L, n, &nres);
+  if (sandbox_of(L)->exhausted) raise_exhausted(L, sandbox_of(L));
+  if (status == LUA_OK || status == LUA_YIELD) {
+    if (!lua_checkstack(L, nres + 1)) {
+      lua_pop(co, nres);
+      return luaL_error(L, "too many results to resume");
     }
+    lua_xmove(co, L, nres);
+    return nres;
+  }
+  lua_xmove(co, L, 1);
+  if (lua_type(L, -1) == LUA_TSTRING) {  /* like stock wrap: where the error came through */
+    luaL_where(L, 1);
+    lua_insert(L, -2);
+    lua_concat(L, 2);
+  }
+  return lua_error(L);
+}
+
+static int sandbox_cowrap(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TFUNCTION);
+  charge(L, BUDGET_STEP);
+  lua_State *co = lua_newthread(L);
+  lua_pushvalue(L, 1);
+  lua_xmove(L, co, 1);
+  lua_pushcclosure(L, wrapped_coroutine, 1);
+  return 1;
+}
+
+/* __gc runs with hooks disabled, so a looping finalizer could never be stopped. (__close
+ * needs no such rule: see coroutine_died.) */
+static int sandbox_setmetatable(lua_State *L) {
+  if (lua_type(L, 2) == LUA_TTABLE) {
+    if (lua_getfield(L, 2, "__gc") != LUA_TNIL)
+      return luaL_error(L, "__gc metamethods are not available in campaign code");
+    lua_pop(L, 1);
   }
   return call_original(L);
 }
@@ -829,10 +911,11 @@ int herald_sandbox_loadfile(lua_State *L, const char *path) {
     lua_pushfstring(L, "cannot read %s", path);
     return LUA_ERRFILE;
   }
-  /* A first line starting with '#' (#!/usr/bin/env herald) is skipped; its newline stays so
-   * line numbers match the file. */
+  /* A first line starting with '#' (#!/usr/bin/env herald) is skipped, as lua does; its
+   * newline stays so line numbers match the file. */
   size_t skip = 0;
-  if (len > 0 && buf[0] == '#')
+  if (len >= 3 && memcmp(buf, "\xEF\xBB\xBF", 3) == 0) skip = 3;  /* a UTF-8 byte order mark */
+  if (skip < len && buf[skip] == '#')
     while (skip < len && buf[skip] != '\n') skip++;
   char *name = malloc(strlen(path) + 2);
   if (name == NULL) {
@@ -1086,8 +1169,11 @@ static int sandbox_setup(lua_State *L) {
   wrap_field(L, lua_gettop(L), "remove", wrap_remove);
   lua_pop(L, 1);
   lua_getfield(L, G, "coroutine");
-  wrap_field(L, lua_gettop(L), "create", wrap_coroutine_new);
-  wrap_field(L, lua_gettop(L), "wrap", wrap_coroutine_new);
+  wrap_field(L, lua_gettop(L), "create", sandbox_cocreate);
+  wrap_field(L, lua_gettop(L), "close", sandbox_coclose);
+  wrap_field(L, lua_gettop(L), "resume", sandbox_coresume);
+  lua_pushcfunction(L, sandbox_cowrap);
+  lua_setfield(L, -2, "wrap");
   lua_pop(L, 1);
 
   /* What chunk environments fall back to. */

@@ -72,6 +72,13 @@ describe('herald.sandbox', function()
       assert.matches(path .. ':7:', err, 1, true)
     end)
 
+    it('skips a #! line in a file and keeps its line numbers', function()
+      local path = h.write(h.tmpdir() .. '/script.lua', '#!/usr/bin/env herald\nlocal x = 1\nerror("line " .. 3)\n')
+      local ok, err = sb:run_file(path)
+      assert.is_false(ok)
+      assert.matches(path .. ':3: line 3', err, 1, true)
+    end)
+
     it('names the chunk given to run', function()
       assert.matches('^campaign.lua:2: attempt to call a nil value', failure(sb, 'local f\nf()', 'campaign.lua'))
     end)
@@ -99,6 +106,7 @@ describe('herald.sandbox', function()
         'while true do coroutine.resume(coroutine.create(function() while true do end end)) end',
         'while true do pcall(coroutine.wrap(function() while true do end end)) end',
         'local ok = pcall(function() while true do end end); error("swallowed: " .. tostring(ok))',
+        'local co = coroutine.create(function() while true do end end); coroutine.resume(co); return "finished"',
         'while true do pcall(error, setmetatable({}, {__tostring = function() while true do end end})) end',
       }
       for _, code in ipairs(escapes) do
@@ -117,9 +125,35 @@ describe('herald.sandbox', function()
       assert.are.same({ true, true, 7 }, { task:result() })
     end)
 
-    it('refuses __close, which a killed coroutine would run with hooks off', function()
-      assert.matches('__close metamethods are not available',
-        failure(sb, 'local x <close> = setmetatable({}, {__close = function() end})'), 1, true)
+    it('never runs __close handlers of a coroutine the budget killed (hooks are off there)', function()
+      local setup = [[
+        local mt = {}
+        local obj = setmetatable({}, mt)
+        mt.__close = function() while true do end end
+      ]]
+      for _, code in ipairs {
+        'local co = coroutine.create(function() local x <close> = obj; while true do end end)\n' ..
+          'coroutine.resume(co); coroutine.close(co)',
+        'pcall(coroutine.wrap(function() local x <close> = obj; while true do end end))',
+      } do
+        assert.matches('instruction budget exceeded', failure(sb, setup .. code), 1, true)
+      end
+      local task = assert(sb:spawn(setup .. 'local x <close> = obj; herald.sleep(1) while true do end'))
+      while not task:done() do herald.sleep(5) end
+      assert.matches('instruction budget exceeded', select(2, task:result()), 1, true)
+      local ok, closed = sb:run('local log = {} do local x <close> = setmetatable({}, {__close = function() log[1] = "closed" end}) end return log[1]')
+      assert.is_true(ok)
+      assert.are.equal('closed', closed)
+      local ok2, a, b, c = sb:run([[
+        local gen = coroutine.wrap(function(x) local y = coroutine.yield(x + 1) return y * 2 end)
+        local first = gen(1)
+        local second = gen(10)
+        local ok, err = pcall(gen)
+        return first, second, err
+      ]])
+      assert.is_true(ok2)
+      assert.are.same({ 2, 20 }, { a, b })
+      assert.matches('cannot resume dead coroutine', c, 1, true)
     end)
 
     it('counts short coroutines and C loops over huge ranges', function()
