@@ -94,7 +94,9 @@ static int push_args(lua_State *H, lua_State *S, int first, int last) {
   lua_pushcfunction(S, copy_in_all);
   lua_pushlightuserdata(S, &c);
   if (herald_sandbox_pcall(S, 1, LUA_MULTRET) != LUA_OK) {
-    lua_pushstring(H, lua_tostring(S, -1));
+    size_t len;
+    const char *msg = lua_tolstring(S, -1, &len);
+    lua_pushlstring(H, msg ? msg : "?", msg ? len : 1);
     lua_pop(S, 1);
     return 0;
   }
@@ -178,8 +180,10 @@ static int return_results(lua_State *H, lua_State *S, int from) {
 
 static int return_failure(lua_State *H, lua_State *S) {
   lua_pushboolean(H, 0);
-  const char *msg = lua_tostring(S, -1);
-  lua_pushstring(H, msg ? msg : "(error object is not a string)");
+  size_t len;
+  const char *msg = lua_tolstring(S, -1, &len);
+  if (msg != NULL) lua_pushlstring(H, msg, len);
+  else lua_pushliteral(H, "(error object is not a string)");
   lua_settop(S, 0);
   return 2;
 }

@@ -859,7 +859,7 @@ static int set_chunk_env(lua_State *L) {
 }
 
 int herald_sandbox_load(lua_State *L, const char *chunk, size_t len, const char *chunkname) {
-  if (!lua_checkstack(L, 4)) return LUA_ERRMEM;
+  if (!lua_checkstack(L, 4)) return LUA_ERRMEM;  /* the only failure with nothing pushed */
   if (is_bytecode(chunk, len)) {
     lua_pushfstring(L, "%s: bytecode is refused in campaign code (load Lua source text)",
                     chunkname[0] == '@' || chunkname[0] == '=' ? chunkname + 1 : chunkname);
