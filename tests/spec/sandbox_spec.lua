@@ -350,6 +350,45 @@ describe('herald.sandbox', function()
       assert.matches('^Dear Ada, your order A%-17 ships on Monday%.\n', rendered)
       assert.are.same({ 'a', 'b', '', 'c' }, fields)
     end)
+    it('gives the same results as stock Lua for the patterns it admits', function()
+      -- Random patterns (malformed ones included) over random subjects, compared with the
+      -- host's unwrapped string library; the error location prefix differs, the rest may not.
+      local tokens = { 'a', 'b', '.', '%a', '%d', '[ab]', '[^a]', '(', ')', '%b()', '%f[%a]', '%1',
+        '$', '^', '-', '*', '+', '?', '[', '%', ',', '.-', 'a*' }
+      local alphabet = { 'a', 'b', '(', ')', '1', ',', ' ' }
+      local code = [[
+        local fn, s, p = ...
+        local r = table.pack(pcall(string[fn], s, p, fn == 'gsub' and '<%0>' or nil))
+        if fn == 'gmatch' and r[1] then
+          local out = {}
+          for a, b in r[2] do out[#out + 1] = tostring(a) .. '|' .. tostring(b) end
+          return true, table.concat(out, ';')
+        end
+        return table.unpack(r, 1, r.n)
+      ]]
+      local stock = load(code)
+      local strip = function(v) return type(v) == 'string' and v:gsub('^[^:]*:%d+: ', '') or v end
+      local seed = 1
+      local function rnd(n)  -- a fixed sequence, independent of math.random's state
+        seed = (seed * 1103515245 + 12345) % 2147483648
+        return seed % n + 1
+      end
+      for _ = 1, 400 do
+        local p, subject = {}, {}
+        for _ = 1, rnd(6) do p[#p + 1] = tokens[rnd(#tokens)] end
+        for _ = 1, rnd(40) - 1 do subject[#subject + 1] = alphabet[rnd(#alphabet)] end
+        local fn = ({ 'find', 'match', 'gmatch', 'gsub' })[rnd(4)]
+        p, subject = table.concat(p), table.concat(subject)
+        local got = table.pack(sb:run(code, 'fuzz', fn, subject, p))
+        assert.is_true(got[1], got[2])
+        local want = table.pack(stock(fn, subject, p))
+        local expected, actual = { fn, subject, p }, { fn, subject, p }
+        for k = 1, math.max(want.n, got.n - 1) do
+          expected[k + 3], actual[k + 3] = strip(want[k]), strip(got[k + 1])
+        end
+        assert.are.same(expected, actual)
+      end
+    end)
   end)
 
   describe('tasks', function()
