@@ -1102,15 +1102,16 @@ static int readonly_newindex(lua_State *L) {
   return luaL_error(L, "herald is read-only in campaign code (assign to a local instead)");
 }
 
-/* Replaces the string table's wrapped functions (upvalue: the original). */
+/* Replaces lib[name] by fn with the original as its upvalue (see call_original). */
 static void wrap_field(lua_State *L, int lib, const char *name, lua_CFunction fn) {
   lua_getfield(L, lib, name);
   lua_pushcclosure(L, fn, 1);
   lua_setfield(L, lib, name);
 }
 
-/* Builds the state: runs protected (everything allocates). */
-static int sandbox_setup(lua_State *L) {
+/* The state's own globals, which trusted stdlib modules see: the safe libraries, no file or
+ * process access, require and load as campaign code has them. Leaves _G on the stack. */
+static int setup_globals(lua_State *L) {
   static const luaL_Reg libs[] = {
     {LUA_GNAME, luaopen_base},        {LUA_COLIBNAME, luaopen_coroutine},
     {LUA_TABLIBNAME, luaopen_table},  {LUA_STRLIBNAME, luaopen_string},
@@ -1123,8 +1124,6 @@ static int sandbox_setup(lua_State *L) {
   }
   lua_pushglobaltable(L);
   int G = lua_gettop(L);
-
-  /* The state's own globals (what trusted stdlib modules see): no file or process access. */
   static const char *const drop[] = {"dofile", "loadfile", "collectgarbage", NULL};
   for (int i = 0; drop[i] != NULL; i++) {
     lua_pushnil(L);
@@ -1143,8 +1142,12 @@ static int sandbox_setup(lua_State *L) {
   lua_pushvalue(L, G);
   lua_pushcclosure(L, sandbox_load, 1);
   lua_setfield(L, G, "load");
+  return G;
+}
 
-  /* string: bounded pattern functions and rep, no dump; the same table serves methods. */
+/* Wraps the library functions that do unbounded work in C or bypass the hook. The string
+ * table becomes the string metatable's __index too, behind a __metatable sentinel. */
+static void setup_wrappers(lua_State *L, int G) {
   lua_getfield(L, G, "string");
   int str = lua_gettop(L);
   wrap_field(L, str, "find", wrap_find);
@@ -1154,20 +1157,21 @@ static int sandbox_setup(lua_State *L) {
   wrap_field(L, str, "rep", wrap_rep);
   lua_pushnil(L);
   lua_setfield(L, str, "dump");
+  lua_pushliteral(L, "");
   lua_createtable(L, 0, 2);
   lua_pushvalue(L, str);
   lua_setfield(L, -2, "__index");
   lua_pushliteral(L, "protected");
   lua_setfield(L, -2, "__metatable");
-  lua_pushliteral(L, "");
-  lua_insert(L, -2);
   lua_setmetatable(L, -2);
   lua_pop(L, 2);
+
   lua_getfield(L, G, "table");
   wrap_field(L, lua_gettop(L), "move", wrap_move);
   wrap_field(L, lua_gettop(L), "insert", wrap_insert);
   wrap_field(L, lua_gettop(L), "remove", wrap_remove);
   lua_pop(L, 1);
+
   lua_getfield(L, G, "coroutine");
   wrap_field(L, lua_gettop(L), "create", sandbox_cocreate);
   wrap_field(L, lua_gettop(L), "close", sandbox_coclose);
@@ -1175,18 +1179,21 @@ static int sandbox_setup(lua_State *L) {
   lua_pushcfunction(L, sandbox_cowrap);
   lua_setfield(L, -2, "wrap");
   lua_pop(L, 1);
+}
 
-  /* What chunk environments fall back to. */
-  lua_newtable(L);
+/* The registry tables chunk environments fall back to (see env_index). */
+static void setup_allow_list(lua_State *L, int G) {
   static const char *const lib_names[] = {"coroutine", "math", "string", "table", "utf8", "os",
                                           NULL};
+  lua_newtable(L);
   for (int i = 0; lib_names[i] != NULL; i++) {
     lua_getfield(L, G, lib_names[i]);
     lua_setfield(L, -2, lib_names[i]);
   }
   lua_setfield(L, LUA_REGISTRYINDEX, LIBS_KEY);
-  lua_newtable(L);
+
   static const char *const guarded[] = {"os", "string", NULL};
+  lua_newtable(L);
   for (int i = 0; guarded[i] != NULL; i++) {
     lua_createtable(L, 0, 2);
     lua_pushstring(L, guarded[i]);
@@ -1236,6 +1243,13 @@ static int sandbox_setup(lua_State *L) {
   lua_pushboolean(L, 0);
   lua_setfield(L, -2, "__metatable");
   lua_setfield(L, LUA_REGISTRYINDEX, ENVMT_KEY);
+}
+
+/* Builds the state; runs protected, as everything here allocates. */
+static int sandbox_setup(lua_State *L) {
+  int G = setup_globals(L);
+  setup_wrappers(L, G);
+  setup_allow_list(L, G);
   return 0;
 }
 
