@@ -13,6 +13,7 @@
 typedef struct {
   size_t memory_limit;          /* bytes the state may hold; 0 = default (64 MiB) */
   long long instruction_budget; /* VM instructions per call/resume; 0 = default (10^8) */
+  long long time_limit_ms;      /* wall-clock backstop per call/resume; 0 = default (10 s) */
 } HeraldSandboxLimits;
 
 /* Creates a sandboxed state. Campaign-safe herald modules are preloaded; the global
@@ -30,5 +31,11 @@ int herald_sandbox_loadfile(lua_State *L, const char *path);
  * message carries file:line and a traceback; budget and memory failures say so
  * ("instruction budget exceeded", "memory limit exceeded"). The state stays usable. */
 int herald_sandbox_pcall(lua_State *L, int nargs, int nresults);
+
+/* Bytes the sandboxed state holds now. */
+size_t herald_sandbox_memory(lua_State *L);
+
+/* True when L (or a thread of it) belongs to a sandboxed state. */
+int herald_sandbox_is(lua_State *L);
 
 #endif

@@ -108,7 +108,9 @@ static void task_step(lua_State *L, lua_State *co, int nargs) {
   lua_pushboolean(L, 1);
   lua_setfield(L, handle, "done");
   lua_pop(L, 1);
-  lua_resetthread(co);
+  /* A sandboxed task killed by its budget has hooks off; its __close handlers must not run
+   * (see lua/sandbox.c), so a failed sandboxed task is left to the garbage collector. */
+  if (status == LUA_OK || !herald_state_info(L)->sandboxed) lua_resetthread(co);
   unanchor(L, co);
 }
 
@@ -313,6 +315,19 @@ void herald_task_cancel_all(void) {
     wait_unlink(w);
     w->cancel(w, w->data);
     free(w);
+  }
+}
+
+void herald_task_cancel_state(lua_State *main) {
+  HeraldTaskWait *w = waits;
+  while (w != NULL) {
+    HeraldTaskWait *next = w->next;
+    if (w->main == main) {
+      wait_unlink(w);
+      w->cancel(w, w->data);
+      free(w);
+    }
+    w = next;
   }
 }
 

@@ -21,6 +21,7 @@ local submodules = {
   scheduler = 'herald.scheduler',
   http = 'herald.http',
   ratelimit = 'herald.ratelimit',
+  sandbox = 'herald.sandbox',
 }
 
 function herald.register(name, module_name)
