@@ -176,4 +176,17 @@ local function define(def)
   return c
 end
 
+-- A definition file that fails part-way leaves none of its campaigns behind: the loader
+-- takes a mark before the file and rolls back to it on failure.
+function campaign.mark()
+  return #campaign.order
+end
+
+function campaign.rollback(mark)
+  for i = #campaign.order, mark + 1, -1 do
+    campaign.defined[campaign.order[i].name] = nil
+    campaign.order[i] = nil
+  end
+end
+
 return setmetatable(campaign, { __call = function(_, def) return define(def) end })

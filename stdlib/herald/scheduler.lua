@@ -1,9 +1,6 @@
--- The scheduler loop of `herald run`: materialises due runs into the outbox, delivers due
--- outbox rows through the campaign's channel, and sleeps until the next due time. It runs as
--- a task; a stop request (SIGINT/SIGTERM) ends it after the batch in hand is written.
-local core = require 'herald.core'
-local task = require 'herald.core.task'
-local clock = require 'herald.core.clock'
+-- The campaign side of `herald run`, loaded in the sandbox next to the definitions: plans due
+-- runs, materialises them into the outbox and delivers due rows through each campaign's
+-- channel. The loop that calls these steps lives in the host (herald.runner).
 local outbox = require 'herald.core.outbox'
 local json = require 'herald.core.json'
 local filechannel = require 'herald.core.filechannel'
@@ -11,9 +8,6 @@ local campaign = require 'herald.campaign'
 local template = require 'herald.template'
 
 local scheduler = {}
-
-local CLAIM_BATCH = 256
-local POLL_MS = 1000
 
 local function arm_name(c, treatment)
   if treatment < 0 then return 'holdout' end
@@ -94,58 +88,47 @@ local function deliver(rows)
   return #rows
 end
 
--- Runs until stopped, or (opts.until_idle) until nothing more is due. Returns counts.
-function scheduler.run(opts)
-  opts = opts or {}
-  local log = opts.log or function() end
-  local recovered = outbox.recover()
-  if recovered > 0 then log(string.format('recovered %d in-doubt messages', recovered)) end
+-- The steps below run inside the sandbox, each called by the host loop (herald.runner) as
+-- its own sandboxed call: user code in one campaign (a filter that fails or runs away) fails
+-- that step only, with its file and line, and the loop goes on.
 
+-- What is due at now_ms: campaigns whose run should be materialised, the next start after
+-- now, and the ids of every loaded campaign.
+function scheduler.plan(now_ms)
+  local due, ids, next_start = {}, {}, nil
+  for i, c in ipairs(campaign.order) do
+    ids[i] = c.id
+    local at = c:scheduled_ms(c.version_ms)
+    if at <= now_ms then
+      due[#due + 1] = { id = c.id, at = at }
+    elseif next_start == nil or at < next_start then
+      next_start = at
+    end
+  end
+  return { due = due, ids = ids, next_start = next_start }
+end
+
+-- Materialises campaign id's run at `at` (a no-op when it exists). Returns run id, created, n.
+function scheduler.materialize(id, at)
+  local c = campaign.defined[id]
+  if c == nil then error('unknown campaign ' .. tostring(id)) end
+  return materialize(c, at)
+end
+
+-- Claims and delivers up to max due rows of the loaded campaigns; returns how many.
+function scheduler.deliver_due(now_ms, max)
   local ids = {}
   for i, c in ipairs(campaign.order) do ids[i] = c.id end
-  local ids_json = json.encode(ids)
-  local done = {}
-  local sent = 0
+  local rows = outbox.claim(now_ms, max, json.encode(ids))
+  deliver(rows)
+  outbox.complete_runs()
+  local next_due = outbox.next_due(json.encode(ids))
+  return #rows, next_due
+end
 
-  while not core.stopping() do
-    local now = clock.now()
-    local next_start
-    for _, c in ipairs(campaign.order) do
-      if not done[c.id] then
-        local at = c:scheduled_ms(c.version_ms)
-        if at <= now then
-          local run_id, created, n = materialize(c, at)
-          if created then
-            log(string.format('campaign %s v%d: run %d materialised for %d endpoints', c.name,
-              c.version, run_id, n))
-          end
-          done[c.id] = true
-        elseif next_start == nil or at < next_start then
-          next_start = at
-        end
-      end
-    end
-
-    repeat
-      local rows = outbox.claim(now, CLAIM_BATCH, ids_json)
-      sent = sent + deliver(rows)
-    until #rows < CLAIM_BATCH or core.stopping()
-    outbox.complete_runs()
-
-    local next_due = outbox.next_due(ids_json)
-    local wake = next_start
-    if next_due and (wake == nil or next_due < wake) then wake = next_due end
-    if wake == nil and opts.until_idle then break end
-    local wait = POLL_MS
-    if wake then wait = math.max(0, math.min(POLL_MS, wake - clock.now())) end
-    if clock.is_manual() then
-      if wake == nil then break end
-      clock.advance(math.max(wake - clock.now(), 0))
-      wait = 0
-    end
-    task.sleep(wait)
-  end
-  return { sent = sent, stopped = core.stopping() }
+function scheduler.describe(id)
+  local c = campaign.defined[id]
+  return c and { name = c.name, version = c.version } or nil
 end
 
 -- Per campaign: for each run, counts per arm of sent, failed, pending and skip reasons.

@@ -38,7 +38,7 @@ function M.read(path)
   return s
 end
 
-M.root = os.getenv('HERALD_TEST_ROOT') or '.'
+M.root = os.getenv('HERALD_TEST_ROOT') or (core.stdlib_dir() .. '/..')
 
 -- Runs `herald ARGS` (a shell fragment) and returns stdout, exit code, stderr.
 -- opts.stdin feeds standard input; opts.env is a table of environment variables; opts.cwd

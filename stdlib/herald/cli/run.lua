@@ -1,5 +1,6 @@
 -- `herald run FILE...`: loads campaign definitions in the sandbox and runs the scheduler.
 local task = require 'herald.core.task'
+local runner = require 'herald.runner'
 
 local M = {}
 
@@ -8,17 +9,20 @@ usage: herald run [options] FILE...
 
 Loads each FILE as campaign code (sandboxed: no io, os.execute or debug; an instruction
 budget per call and a memory cap), then runs the scheduler: due runs are materialised into the
-outbox and delivered. SIGINT or SIGTERM stops it cleanly: the batch being written finishes.
+outbox and delivered. A file that fails to load is reported with its line and leaves none of
+its campaigns behind; a campaign whose code fails at run time is reported and the others go
+on; the exit status is then 1. SIGINT or SIGTERM stops the loop cleanly: the step being written
+finishes, and the next `herald run` continues where it stopped.
 
 options:
   --until-idle   exit when nothing more is due (otherwise run until stopped)
-  --verbose      log each run and recovery
+  --verbose      log each run materialised and each recovery
   --memory MB    memory cap of the sandbox (default 64)
 ]]
 
 local function fail(fmt, ...)
   io.stderr:write('herald run: ' .. string.format(fmt, ...) .. '\n')
-  return 1
+  return 2
 end
 
 function M.run(args)
@@ -47,40 +51,29 @@ function M.run(args)
     io.stderr:write(M.usage)
     return 2
   end
-
-  local sandbox = require 'herald.sandbox'
-  local sb = sandbox.new { memory = math.floor(memory * 1024 * 1024) }
   for _, f in ipairs(files) do
     local fh = io.open(f, 'r')
     if not fh then return fail('cannot open %s', f) end
     fh:close()
-    local ok, err = sb:run_file(f)
-    if not ok then
-      io.stderr:write('herald run: ' .. tostring(err) .. '\n')
-      return 1
-    end
   end
 
+  local r = runner.new {
+    memory = math.floor(memory * 1024 * 1024),
+    log = opts.verbose and function(msg) print(msg) end or nil,
+  }
+  r:load(files)
   task.watch_signals()
-  local failures_before = task.failures()
-  local ok, err = sb:run([[
-    local opts = ...
-    local task = require 'herald.core.task'
-    local scheduler = require 'herald.scheduler'
-    task.spawn(function()
-      if opts.verbose then opts.log = print end
-      local result = scheduler.run(opts)
-      scheduler.print_summary()
-      if result.stopped then print('stopped: in-flight work written; run again to continue') end
-    end)
-  ]], '=(herald run)', opts)
+  local ok, res = require('herald.cli').run_task(function() return r:loop(opts) end)
   if not ok then
-    io.stderr:write('herald run: ' .. tostring(err) .. '\n')
+    io.stderr:write('herald run: ' .. tostring(res) .. '\n')
+    r:close()
     return 1
   end
-  task.run()
-  if task.failures() > failures_before then return 1 end
-  return 0
+  local result = res[1]
+  r:print_summary()
+  if result.stopped then print('stopped: work in hand was written; run again to continue') end
+  r:close()
+  return r.failures > 0 and 1 or 0
 end
 
 return M

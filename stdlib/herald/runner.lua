@@ -1,0 +1,116 @@
+-- The scheduler loop of `herald run`, on the host side. Definitions and every piece of user
+-- code live in a sandbox; each step that can run user code (materialising a campaign's run,
+-- delivering a batch) is its own sandboxed call, so a failing or runaway campaign fails that
+-- step with its file and line while the loop and the other campaigns go on. A stop request
+-- (SIGINT/SIGTERM) cuts the sleep short; the step in hand finishes writing first.
+local core = require 'herald.core'
+local task = require 'herald.core.task'
+local clock = require 'herald.core.clock'
+local outbox = require 'herald.core.outbox'
+local sandbox = require 'herald.sandbox'
+
+local runner = {}
+runner.__index = runner
+
+local CLAIM_BATCH = 256
+local POLL_MS = 1000
+
+-- new{memory =, budget =, log = function(msg), err = function(msg)}
+function runner.new(opts)
+  opts = opts or {}
+  local sb = sandbox.new { memory = opts.memory, budget = opts.budget }
+  return setmetatable({
+    sb = sb,
+    log = opts.log or function() end,
+    err = opts.err or function(msg) io.stderr:write('herald run: ' .. msg .. '\n') end,
+    failures = 0,
+  }, runner)
+end
+
+-- Calls scheduler.NAME(...) in the sandbox. Returns true, results... or false after reporting.
+function runner:step(name, ...)
+  local r = table.pack(self.sb:run('local name = ...; local s = require "herald.scheduler";'
+    .. ' return s[name](select(2, ...))', '=(herald run)', name, ...))
+  if not r[1] then
+    self.failures = self.failures + 1
+    self.err(tostring(r[2]))
+    return false
+  end
+  return table.unpack(r, 1, r.n)
+end
+
+-- Loads definition files; a file that fails leaves none of its campaigns behind.
+function runner:load(files)
+  local ok_all = true
+  for _, f in ipairs(files) do
+    local _, mark = self.sb:run('return require("herald.campaign").mark()')
+    local ok, err = self.sb:run_file(f)
+    if not ok then
+      self.sb:run('require("herald.campaign").rollback(...)', '=(herald run)', mark)
+      self.failures = self.failures + 1
+      self.err(tostring(err))
+      ok_all = false
+    end
+  end
+  return ok_all
+end
+
+-- Runs the loop inside a task. opts.until_idle ends it when nothing more is due.
+function runner:loop(opts)
+  opts = opts or {}
+  local recovered = outbox.recover()
+  if recovered > 0 then
+    self.log(string.format('recovered %d in-doubt messages; they are retried with the same message id',
+      recovered))
+  end
+  local materialised, failed = {}, {}
+  while not core.stopping() do
+    local now = clock.now()
+    local ok, plan = self:step('plan', now)
+    if not ok then break end
+    for _, d in ipairs(plan.due) do
+      local key = d.id .. '@' .. d.at
+      if not materialised[key] and not failed[key] then
+        local okm, run_id, created, n = self:step('materialize', d.id, d.at)
+        if okm then
+          materialised[key] = true
+          if created then
+            self.log(string.format('campaign %s: run %d materialised for %d endpoints', d.id, run_id, n))
+          end
+        else
+          failed[key] = true
+        end
+      end
+    end
+
+    local next_due
+    repeat
+      local okd, n, nd = self:step('deliver_due', now, CLAIM_BATCH)
+      if not okd then n = 0 end
+      next_due = nd
+    until n < CLAIM_BATCH or core.stopping()
+
+    local wake = plan.next_start
+    if next_due and (wake == nil or next_due < wake) then wake = next_due end
+    if wake == nil and opts.until_idle then break end
+    if clock.is_manual() then
+      if wake == nil then break end
+      clock.advance(math.max(wake - clock.now(), 0))
+    else
+      local wait = POLL_MS
+      if wake then wait = math.max(0, math.min(POLL_MS, wake - clock.now())) end
+      task.sleep(wait)
+    end
+  end
+  return { stopped = core.stopping() }
+end
+
+function runner:print_summary()
+  self:step('print_summary')
+end
+
+function runner:close()
+  self.sb:close()
+end
+
+return runner
