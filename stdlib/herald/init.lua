@@ -16,6 +16,7 @@ local submodules = {
   pretty = 'herald.pretty',
   progress = 'herald.progress',
   segment = 'herald.segment',
+  ab = 'herald.ab',
   campaign = 'herald.campaign',
   template = 'herald.template',
   scheduler = 'herald.scheduler',
