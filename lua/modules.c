@@ -14,6 +14,7 @@ static const ModuleEntry modules[] = {
   {"herald.core.outbox", luaopen_herald_core_outbox, 1},
   {"herald.core.clock", luaopen_herald_core_clock, 1},
   {"herald.core.filechannel", luaopen_herald_core_filechannel, 1},
+  {"herald.core.server", luaopen_herald_core_server, 0},
 };
 
 void herald_modules_preload(lua_State *L, int sandbox_safe) {

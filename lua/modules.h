@@ -9,6 +9,7 @@ int luaopen_herald_core_task(lua_State *L); /* lua/task.c: coroutine tasks on th
 int luaopen_herald_core_outbox(lua_State *L); /* lua/lherald_outbox.c */
 int luaopen_herald_core_clock(lua_State *L);  /* lua/lherald_clock.c */
 int luaopen_herald_core_filechannel(lua_State *L); /* lua/lherald_filechannel.c */
+int luaopen_herald_core_server(lua_State *L); /* lua/lherald_server.c: engagement HTTP server */
 
 /* Preloads every module into package.preload. sandbox_safe limits it to the modules campaign
  * code may reach. */

@@ -108,6 +108,14 @@ const char *const herald_store_migrations[] = {
   ");"
   "CREATE INDEX outbox_due ON outbox(due_ms) WHERE state = 'PENDING';"
   "CREATE INDEX outbox_claimed ON outbox(run_id) WHERE state = 'CLAIMED';",
+
+  /* 3: the key that signs tracking tokens (row 1; generated on first use), shared by every
+   * process on this database so links minted by one are verified by another. */
+  "CREATE TABLE tracking_keys ("
+  "  id INTEGER PRIMARY KEY,"
+  "  secret BLOB NOT NULL,"
+  "  created_at TEXT NOT NULL"
+  ");",
 };
 
 const int herald_store_migration_count =

@@ -17,6 +17,7 @@ local submodules = {
   progress = 'herald.progress',
   segment = 'herald.segment',
   ab = 'herald.ab',
+  tracking = 'herald.tracking',
   campaign = 'herald.campaign',
   template = 'herald.template',
   scheduler = 'herald.scheduler',
