@@ -51,9 +51,9 @@ static void load_key(lua_State *L, int t, HeraldTrackingKey *key) {
     secret = lua_isnil(L, -1) ? NULL : luaL_checkstring(L, -1);
     lua_pop(L, 1);
   }
+  const char *env = getenv("HERALD_TRACKING_KEY");
   int rc = secret ? herald_tracking_key_from_secret(secret, key, &err)
-                  : herald_tracking_key_load(getenv("HERALD_TRACKING_KEY") ? NULL : herald_context_store(L),
-                                             key, &err);
+                  : herald_tracking_key_load(env && *env ? NULL : herald_context_store(L), key, &err);
   if (rc != kHeraldOk) luaL_error(L, "%s", err.msg);
 }
 

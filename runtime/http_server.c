@@ -458,7 +458,7 @@ static int on_headers_complete(http_parser *p) {
   if ((p->flags & F_CONTENTLENGTH) && p->content_length > s->limits.max_body_bytes) {
     s->error_status = 413;
     s->error_message = "request body exceeds the size limit";
-    return 1; /* stop: the body is never read */
+    return -1; /* an error (1 would mean "no body"): the body is never read */
   }
   s->body_off = s->req.len;
   return 0;
