@@ -1,9 +1,11 @@
 /* herald.core.server: the engagement HTTP server on the process loop, and tracking tokens. */
 #include <lauxlib.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "lua/context.h"
+#include "lua/host.h"
 #include "lua/modules.h"
 #include "runtime/http_server.h"
 #include "runtime/tracking.h"
@@ -21,7 +23,54 @@ typedef struct {
 
 typedef struct {
   Engage *e;  /* NULL once stopped */
+  lua_State *L;  /* main thread, for on_hit */
+  int on_hit;    /* registry reference of the on_hit function, or LUA_NOREF */
 } ServerBox;
+
+static void set_string(lua_State *L, const char *k, const char *v) {
+  if (v == NULL) return;
+  lua_pushstring(L, v);
+  lua_setfield(L, -2, k);
+}
+
+static const char *kind_name(HeraldTrackingKind kind) {
+  switch (kind) {
+    case kHeraldTrackOpen: return "open";
+    case kHeraldTrackClick: return "click";
+    case kHeraldTrackUnsubscribe: return "unsubscribe";
+  }
+  return "?";
+}
+
+/* The tracker's recorder: calls on_hit{kind, app, campaign, run, treatment, endpoint,
+ * message_id, url, user_agent, request_id} on the main thread. An error is reported on stderr
+ * and counted as a failed record; the recipient is answered either way. */
+static int record_hit(void *ctx, const HeraldTrackingHit *hit) {
+  ServerBox *box = ctx;
+  lua_State *L = box->L;
+  const HeraldTrackingToken *t = hit->token;
+  if (!lua_checkstack(L, 4)) return -1;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, box->on_hit);
+  lua_createtable(L, 0, 10);
+  set_string(L, "kind", kind_name(hit->kind));
+  set_string(L, "app", t->app);
+  set_string(L, "campaign", t->campaign);
+  lua_pushinteger(L, (lua_Integer)t->run);
+  lua_setfield(L, -2, "run");
+  lua_pushinteger(L, t->treatment);
+  lua_setfield(L, -2, "treatment");
+  set_string(L, "endpoint", t->endpoint);
+  set_string(L, "message_id", t->message_id);
+  set_string(L, "url", t->url);
+  set_string(L, "user_agent", hit->user_agent);
+  set_string(L, "request_id", hit->request_id);
+  if (herald_host_pcall(L, 1, 0) != LUA_OK) {
+    fprintf(stderr, "herald: on_hit failed: %s\n", lua_tostring(L, -1));
+    lua_pop(L, 1);
+    return -1;
+  }
+  return 0;
+}
 
 static void engage_free(void *arg) {
   Engage *e = arg;
@@ -79,7 +128,8 @@ static int parse_listen(const char *s, char *host, size_t hostcap, int *port) {
 }
 
 /* start{listen = 'HOST:PORT', key =, max_body =, max_header =, idle_timeout_ms =,
- *       request_timeout_ms =, max_connections =} -> server, or nil, err */
+ *       request_timeout_ms =, max_connections =, on_hit = function(hit)} -> server, or nil, err.
+ * on_hit runs for every recorded open, click and one-click unsubscribe. */
 static int l_start(lua_State *L) {
   luaL_checktype(L, 1, LUA_TTABLE);
   lua_getfield(L, 1, "listen");
@@ -100,9 +150,19 @@ static int l_start(lua_State *L) {
   HeraldTrackingKey key;
   load_key(L, 1, &key);
 
+  lua_getfield(L, 1, "on_hit");
+  int has_hook = !lua_isnil(L, -1);
+  if (has_hook && !lua_isfunction(L, -1)) return luaL_error(L, "server option on_hit: expected a function");
   ServerBox *box = lua_newuserdatauv(L, sizeof *box, 0);
   box->e = NULL;
+  box->on_hit = LUA_NOREF;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_MAINTHREAD);
+  box->L = lua_tothread(L, -1);
+  lua_pop(L, 1);
   luaL_setmetatable(L, SERVER_MT);
+  lua_insert(L, -2);  /* box below the hook */
+  if (has_hook) box->on_hit = luaL_ref(L, LUA_REGISTRYINDEX);
+  else lua_pop(L, 1);
   Engage *e = calloc(1, sizeof *e);
   if (e == NULL) return luaL_error(L, "out of memory");
   snprintf(e->host, sizeof e->host, "%s", host);
@@ -117,10 +177,13 @@ static int l_start(lua_State *L) {
       herald_http_server_start(&herald_context()->loop, host, port, e->router, &limits, &e->server,
                                &err) != kHeraldOk) {
     engage_free(e);
+    luaL_unref(L, LUA_REGISTRYINDEX, box->on_hit);
+    box->on_hit = LUA_NOREF;
     lua_pushnil(L);
     lua_pushstring(L, err.msg);
     return 2;
   }
+  if (has_hook) herald_tracker_set_recorder(e->tracker, record_hit, box);
   box->e = e;
   return 1;
 }
@@ -179,7 +242,13 @@ static int l_stop(lua_State *L) {
   ServerBox *box = luaL_checkudata(L, 1, SERVER_MT);
   Engage *e = box->e;
   box->e = NULL;
-  if (e != NULL) herald_http_server_stop(e->server, engage_free, e);
+  if (e != NULL) {
+    /* the closing server answers no more requests, so the hook is never called again */
+    herald_tracker_set_recorder(e->tracker, NULL, NULL);
+    herald_http_server_stop(e->server, engage_free, e);
+  }
+  luaL_unref(L, LUA_REGISTRYINDEX, box->on_hit);
+  box->on_hit = LUA_NOREF;
   return 0;
 }
 

@@ -29,7 +29,7 @@ typedef struct {
   int header_count;
   const char *body;       /* NUL-terminated for convenience; body_len excludes the NUL */
   size_t body_len;
-  const char *param_names[HERALD_HTTP_MAX_PARAMS]; /* {name} segments of the matched pattern */
+  const char *param_names[HERALD_HTTP_MAX_PARAMS]; /* "{name}" as in the pattern, braces kept */
   const char *param_values[HERALD_HTTP_MAX_PARAMS];
   int param_count;
   const char *request_id;
@@ -43,7 +43,8 @@ const char *herald_http_request_param(const HeraldHttpRequest *req, const char *
 typedef struct HeraldHttpResponse HeraldHttpResponse;
 
 /* Default status is 200 with an empty body. Header names and values must not hold CR or LF
- * (refused with -1). Content-Length and Connection are set by the server. */
+ * (refused with -1). Content-Length and Connection are set by the server. Set the body once:
+ * a second call replaces the bytes but adds a second Content-Type. */
 void herald_http_response_status(HeraldHttpResponse *res, int status);
 int herald_http_response_header(HeraldHttpResponse *res, const char *name, const char *value);
 int herald_http_response_body(HeraldHttpResponse *res, const void *data, size_t len,

@@ -379,8 +379,12 @@ describe('herald serve lifecycle', function()
 end)
 
 describe('herald.core.server in-process', function()
-  it('serves on the loop, counts hits and stops', function()
-    local srv = assert(server.start { listen = '127.0.0.1:0', key = KEY })
+  it('serves on the loop, counts hits, passes them to on_hit and stops', function()
+    local hits = {}
+    local srv = assert(server.start { listen = '127.0.0.1:0', key = KEY, on_hit = function(hit)
+      hits[#hits + 1] = hit
+      if hit.kind == 'click' then error('recorder down') end
+    end })
     local port = srv:port()
     assert.is_true(port > 0)
     assert.are.equal('127.0.0.1:' .. port, srv:address())
@@ -400,6 +404,16 @@ describe('herald.core.server in-process', function()
     assert.are.equal(4, st.requests)
     assert.are.equal(1, st.client_errors)
     assert.are.equal(3, st.connections)
+    assert.are.equal(1, st.record_failures) -- the click's on_hit raised; the redirect still went out
+    assert.are.equal(3, #hits)
+    assert.are.equal('open', hits[1].kind)
+    assert.are.equal('click', hits[3].kind)
+    assert.are.equal('https://example.com/', hits[3].url)
+    assert.matches('^curl/', hits[1].user_agent)
+    assert.are.equal(36, #hits[1].request_id)
+    hits[1].user_agent, hits[1].request_id = nil, nil
+    assert.are.same({ kind = 'open', app = 'default', campaign = 'spring', run = 7, treatment = 1,
+      endpoint = 'ep-42', message_id = 'msg-42-7' }, hits[1])
     srv:stop()
     srv:stop()
     assert.has_error(function() srv:stats() end, 'the server is stopped')
