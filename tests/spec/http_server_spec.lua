@@ -134,6 +134,29 @@ print("close\t%%s" %% (b"Connection: close" in data))
     assert.are.equal('True', kv.close)
   end)
 
+  it('answers 20,000 pipelined requests to a client that reads late, in order', function()
+    local kv = py(s.port, [[
+import socket, threading, time, re
+N = 20000
+s = socket.create_connection((HOST, PORT), timeout=10)
+reqs = b"".join(b"GET /n%d HTTP/1.1\r\nHost: x\r\n\r\n" % i for i in range(N))
+t = threading.Thread(target=s.sendall, args=(reqs,))
+t.start()
+time.sleep(0.5)  # the server's answers pile up: it must stop reading, not buffer without end
+data = b""
+while data.count(b"HTTP/1.1 404") < N:
+    d = s.recv(1 << 20)
+    if not d: break
+    data += d
+t.join()
+ids = [int(m.group(1), 16) for m in re.finditer(rb'"RequestID":"[0-9a-f-]*-([0-9a-f]{12})"', data)]
+print("answered	%d" % data.count(b"HTTP/1.1 404"))
+print("ordered	%s" % (ids == sorted(ids) and len(ids) == N))
+]])
+    assert.are.equal('20000', kv.answered)
+    assert.are.equal('True', kv.ordered)
+  end)
+
   it('answers 404, 405, 413, 431 and 400 with Pinpoint-style JSON bodies', function()
     local unsub = tracking.unsubscribe_url(ids { base = base }):gsub('^http://[^/]+', '')
     local kv = py(s.port, string.format([[
@@ -365,6 +388,24 @@ describe('herald serve lifecycle', function()
     -- the spec's own key is not the database's
     local other = tracking.open_url(ids { base = 'http://127.0.0.1:' .. s.port })
     assert.are.equal('400', sh('curl -s -o /dev/null -w "%{http_code}" ' .. h.shell_quote(other)))
+    assert.are.equal(0, (stop_serve(s)))
+  end)
+
+  it('closes connections over --max-connections at once', function()
+    local s = start_serve('--max-connections 1')
+    local kv = py(s.port, [[
+import socket, http.client
+a = http.client.HTTPConnection(HOST, PORT, timeout=5)
+a.request("GET", "/x"); a.getresponse().read()
+b = socket.create_connection((HOST, PORT), timeout=5)
+print("refused\t%r" % b.recv(100))
+a.close()
+import time; time.sleep(0.2)
+c = http.client.HTTPConnection(HOST, PORT, timeout=5)
+c.request("GET", "/x"); print("later\t%d" % c.getresponse().status)
+]])
+    assert.are.equal("b''", kv.refused)
+    assert.are.equal('404', kv.later)
     assert.are.equal(0, (stop_serve(s)))
   end)
 
