@@ -15,7 +15,8 @@ solution "herald"
     includedirs { ".", "/usr/include/lua5.4" }
     buildoptions { "-std=gnu11", "-Wall", "-Wextra", "-Wshadow", "-Wno-unused-parameter",
                    "-fno-strict-aliasing" }
-    links { "lua5.4", "uv", "sqlite3", "curl", "edit", "jansson", "m", "pthread", "dl" }
+    links { "lua5.4", "uv", "sqlite3", "curl", "edit", "jansson", "http_parser", "crypto", "m",
+            "pthread", "dl" }
     -- Lua C modules loaded at run time (busted's helpers) resolve the Lua API against us.
     linkoptions { "-Wl,-E" }
 

@@ -19,6 +19,7 @@ static const ModuleEntry modules[] = {
   {"herald.core.http", luaopen_herald_core_http, 1},
   {"herald.core.ratelimit", luaopen_herald_core_ratelimit, 1},
   {"herald.core.sandbox", luaopen_herald_core_sandbox, 0},
+  {"herald.core.server", luaopen_herald_core_server, 0},
 };
 
 void herald_modules_preload(lua_State *L, int sandbox_safe) {

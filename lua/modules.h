@@ -14,6 +14,7 @@ int luaopen_herald_core_template(lua_State *L);    /* lua/lherald_template.c */
 int luaopen_herald_core_http(lua_State *L);        /* lua/lherald_http.c: HTTP/SMTP engine */
 int luaopen_herald_core_ratelimit(lua_State *L);   /* lua/lherald_ratelimit.c */
 int luaopen_herald_core_sandbox(lua_State *L); /* lua/lherald_sandbox.c: host-mode sandboxes */
+int luaopen_herald_core_server(lua_State *L); /* lua/lherald_server.c: engagement HTTP server */
 
 /* Preloads every module into package.preload. sandbox_safe limits it to the modules campaign
  * code may reach. */

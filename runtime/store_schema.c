@@ -109,7 +109,7 @@ const char *const herald_store_migrations[] = {
   "CREATE INDEX outbox_due ON outbox(due_ms) WHERE state = 'PENDING';"
   "CREATE INDEX outbox_claimed ON outbox(run_id) WHERE state = 'CLAIMED';",
 
-  /* message templates: Pinpoint keeps them per account, so they belong to no application.
+  /* 3: message templates: Pinpoint keeps them per account, so they belong to no application.
    * latest_version only grows, so version numbers are never reused; revision is renewed (at
    * random) whenever a version is written, so compiled copies know they are stale. */
   "CREATE TABLE templates ("
@@ -132,6 +132,14 @@ const char *const herald_store_migrations[] = {
   "  PRIMARY KEY (name, type, version),"
   "  FOREIGN KEY (name, type) REFERENCES templates(name, type)"
   ") WITHOUT ROWID;",
+
+  /* 4: the key that signs tracking tokens (row 1; generated on first use), shared by every
+   * process on this database so links minted by one are verified by another. */
+  "CREATE TABLE tracking_keys ("
+  "  id INTEGER PRIMARY KEY,"
+  "  secret BLOB NOT NULL,"
+  "  created_at TEXT NOT NULL"
+  ");",
 };
 
 const int herald_store_migration_count =

@@ -1,0 +1,103 @@
+# bench/run row "clicks": click redirects (GET /t/c/TOKEN -> 302 to the signed URL, token
+# verified by HMAC, click counted) served by `herald serve`, against nginx (nginx-light, one
+# worker, access log off) answering the same path with `return 302`. wrk, one thread, the same
+# connection count on both, 2 s warm-up then BENCH_CLICK_SECONDS (default 5) measured; each side
+# runs twice and the better run counts (the machine is shared).
+# Rows follow bench/run: name, herald seconds, reference seconds, target ratio, note; here the
+# seconds are per 1,000,000 requests (1e6 / requests per second), so the target "herald at
+# least 0.5x nginx's requests/s" is a time ratio <= 2.0.
+# Runs alone too: bash bench/analytics.sh (uses build/bin/herald, builds it if missing).
+set -euo pipefail
+ROOT=${ROOT:-$(cd "$(dirname "$0")/.." && pwd)}
+HERALD=${HERALD:-$ROOT/build/bin/herald}
+[ -x "$HERALD" ] || (cd "$ROOT" && tools/build release >/dev/null)
+own_dir=""
+if [ -z "${BENCH_DIR:-}" ]; then
+  BENCH_DIR=$(mktemp -d "${TMPDIR:-/tmp}/herald-bench.XXXXXX")
+  own_dir=$BENCH_DIR
+fi
+seconds=${BENCH_CLICK_SECONDS:-5}
+conns=${BENCH_CLICK_CONNECTIONS:-50}
+for tool in wrk nginx curl python3; do
+  command -v "$tool" >/dev/null || [ -x "/usr/sbin/$tool" ] || { echo "bench analytics: $tool is missing" >&2; exit 1; }
+done
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+
+export HERALD_TRACKING_KEY=bench-tracking-key-0123456789abcdef
+herald_pid="" nginx_pid=""
+cleanup() {
+  [ -z "$herald_pid" ] || kill -TERM "$herald_pid" 2>/dev/null || true
+  [ -z "$nginx_pid" ] || kill -TERM "$nginx_pid" 2>/dev/null || true
+  wait 2>/dev/null || true
+  [ -z "$own_dir" ] || rm -rf "$own_dir"
+}
+trap cleanup EXIT
+
+"$HERALD" --db "$BENCH_DIR/h.db" serve --listen 127.0.0.1:0 >"$BENCH_DIR/serve.out" 2>"$BENCH_DIR/serve.err" &
+herald_pid=$!
+for _ in $(seq 100); do grep -q 'listening' "$BENCH_DIR/serve.out" 2>/dev/null && break; sleep 0.05; done
+herald_port=$(sed -n 's/.*listening on http:\/\/127\.0\.0\.1:\([0-9]*\).*/\1/p' "$BENCH_DIR/serve.out")
+[ -n "$herald_port" ] || { echo "bench analytics: herald serve did not start: $(cat "$BENCH_DIR/serve.err")" >&2; exit 1; }
+
+target=https://shop.example.com/landing?utm_source=herald
+click=$("$HERALD" --db "$BENCH_DIR/h.db" -e "io.write(herald.tracking.click_url{campaign='bench', run=1,
+  treatment=0, endpoint='endpoint-000001', message_id='msg-000001', url='$target',
+  base='http://127.0.0.1:$herald_port'})")
+path=${click#http://127.0.0.1:$herald_port}
+
+nginx_port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+mkdir -p "$BENCH_DIR/nginx"
+cat >"$BENCH_DIR/nginx/nginx.conf" <<CONF
+worker_processes 1;
+daemon off;
+pid $BENCH_DIR/nginx/nginx.pid;
+error_log $BENCH_DIR/nginx/error.log;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $BENCH_DIR/nginx/body;
+  proxy_temp_path $BENCH_DIR/nginx/proxy;
+  fastcgi_temp_path $BENCH_DIR/nginx/fastcgi;
+  uwsgi_temp_path $BENCH_DIR/nginx/uwsgi;
+  scgi_temp_path $BENCH_DIR/nginx/scgi;
+  server {
+    listen 127.0.0.1:$nginx_port;
+    location / { return 302 $target; }
+  }
+}
+CONF
+"$NGINX" -p "$BENCH_DIR/nginx" -c "$BENCH_DIR/nginx/nginx.conf" 2>"$BENCH_DIR/nginx/start.err" &
+nginx_pid=$!
+for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$nginx_port/" && break; sleep 0.05; done
+
+# Both must answer the same redirect before they are timed.
+for url in "http://127.0.0.1:$herald_port$path" "http://127.0.0.1:$nginx_port$path"; do
+  got=$(curl -s -o /dev/null -w '%{http_code} %{redirect_url}' "$url")
+  [ "$got" = "302 $target" ] || { echo "bench analytics: $url answered '$got'" >&2; exit 1; }
+done
+
+# Prints the requests/s of the better of two wrk runs; fails on any non-3xx answer or error.
+measure() {
+  local url=$1 best=0
+  wrk -t1 -c"$conns" -d2s "$url" >/dev/null
+  for _ in 1 2; do
+    local out
+    out=$(wrk -t1 -c"$conns" -d"${seconds}s" "$url")
+    if grep -qE 'Non-2xx or 3xx|Socket errors' <<<"$out"; then
+      echo "bench analytics: errors against $url:" >&2
+      echo "$out" >&2
+      exit 1
+    fi
+    local rps
+    rps=$(awk '/^Requests\/sec:/ { print $2 }' <<<"$out")
+    best=$(awk -v a="$best" -v b="$rps" 'BEGIN { print (b > a ? b : a) }')
+  done
+  echo "$best"
+}
+herald_rps=$(measure "http://127.0.0.1:$herald_port$path")
+nginx_rps=$(measure "http://127.0.0.1:$nginx_port$path")
+clicks=$(kill -TERM "$herald_pid"; wait "$herald_pid" || true; sed -n 's/.*(\([0-9]*\) opens, \([0-9]*\) clicks.*/\2/p' "$BENCH_DIR/serve.out")
+herald_pid=""
+awk -v h="$herald_rps" -v n="$nginx_rps" -v c="$conns" -v k="$clicks" 'BEGIN {
+  printf "clicks\t%.3f\t%.3f\t2.0\t302 redirects per 1M requests, wrk 1 thread %d conns: herald %.0f req/s, nginx %.0f req/s (%.2fx); %s clicks counted\n",
+    1e6 / h, 1e6 / n, c, h, n, h / n, k }'

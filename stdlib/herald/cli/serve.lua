@@ -1,0 +1,88 @@
+-- `herald serve`: the engagement HTTP server (open pixel, click redirect, unsubscribe).
+local server = require 'herald.core.server'
+local task = require 'herald.core.task'
+
+local M = {}
+
+M.usage = [[
+usage: herald serve [options]
+
+Runs the engagement server until SIGINT or SIGTERM:
+  GET  /t/o/TOKEN   open pixel (a 1x1 GIF), records an open
+  GET  /t/c/TOKEN   redirects (302) to the link the token signs, records a click
+  GET  /t/u/TOKEN   unsubscribe page (a confirmation form; changes nothing)
+  POST /t/u/TOKEN   RFC 8058 one-click unsubscribe (body List-Unsubscribe=One-Click)
+Tokens are signed with the key in $HERALD_TRACKING_KEY or, when unset, the database's
+(generated on first use); mint them with herald.tracking.open_url{...} and friends.
+Errors are JSON bodies {"Message": ..., "RequestID": ...}.
+
+options:
+  --listen HOST:PORT      address to listen on (default 127.0.0.1:8080; port 0: any free)
+  --max-body BYTES        request body cap (default 4194304, Pinpoint's PutEvents limit)
+  --idle-timeout MS       close keep-alive connections idle this long (default 60000)
+  --request-timeout MS    a request must arrive whole within this (default 30000)
+  --max-connections N     default 10000
+]]
+
+local function fail(fmt, ...)
+  io.stderr:write('herald serve: ' .. string.format(fmt, ...) .. '\n')
+  return 2
+end
+
+local NUMERIC = {
+  ['--max-body'] = 'max_body',
+  ['--idle-timeout'] = 'idle_timeout_ms',
+  ['--request-timeout'] = 'request_timeout_ms',
+  ['--max-connections'] = 'max_connections',
+}
+
+function M.run(args)
+  local opts = { listen = '127.0.0.1:8080' }
+  local i = 1
+  while args[i] do
+    local a = args[i]
+    local v = args[i + 1]
+    if a == '--listen' then
+      if v == nil then return fail('--listen needs HOST:PORT') end
+      opts.listen = v
+      i = i + 2
+    elseif NUMERIC[a] then
+      local n = tonumber(v)
+      if n == nil or n ~= math.floor(n) or n < 0 then return fail('%s needs a whole number', a) end
+      opts[NUMERIC[a]] = math.tointeger(n)
+      i = i + 2
+    else
+      return fail('unknown option %s\n%s', a, M.usage)
+    end
+  end
+
+  local ok, srv, err = pcall(server.start, opts)
+  if not ok then
+    io.stderr:write('herald serve: ' .. tostring(srv) .. '\n')
+    return 1
+  end
+  if not srv then
+    io.stderr:write('herald serve: ' .. err .. '\n')
+    return 1
+  end
+  task.watch_signals()
+  io.stdout:write(string.format('herald serve: listening on http://%s\n', srv:address()))
+  io.stdout:flush()
+  local cli = require 'herald.cli'
+  local done, res = cli.run_task(function()
+    -- a stop request cuts this sleep short
+    while task.sleep(3600 * 1000) do end
+    local s = srv:stats()
+    srv:stop()
+    io.stdout:write(string.format(
+      'herald serve: stopped after %d requests (%d opens, %d clicks, %d unsubscribes, %d rejected tokens)\n',
+      s.requests, s.opens, s.clicks, s.unsubscribes, s.rejected))
+  end)
+  if not done then
+    io.stderr:write('herald serve: ' .. tostring(res) .. '\n')
+    return 1
+  end
+  return 0
+end
+
+return M

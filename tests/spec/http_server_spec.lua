@@ -1,0 +1,497 @@
+-- The engagement server, driven over loopback by python3 (http.client and raw sockets) and
+-- curl: a `herald serve` subprocess for the protocol, and one started in-process for the
+-- Lua binding and its counters.
+local h = require 'helpers'
+local server = require 'herald.core.server'
+local tracking = require 'herald.tracking'
+local task = require 'herald.core.task'
+
+local KEY = 'spec-tracking-key-0123456789abcdef'
+
+local function sh(cmd)
+  local p = assert(io.popen(cmd, 'r'))
+  local out = p:read('a')
+  local _, _, code = p:close()
+  return out, code
+end
+
+-- Runs a python3 program with HOST and PORT set; returns its stdout and exit code. The program
+-- prints `key<TAB>value` lines, returned as a table too (repeated keys become lists).
+local function py(port, program)
+  local dir = h.tmpdir()
+  local path = h.write(dir .. '/probe.py', 'HOST = "127.0.0.1"\nPORT = ' .. port .. '\n' .. program)
+  local out, code = sh('python3 ' .. h.shell_quote(path) .. ' 2>&1')
+  local kv = {}
+  for line in out:gmatch('[^\n]+') do
+    local k, v = line:match('^([%w_]+)\t(.*)$')
+    if k then
+      if kv[k] == nil then kv[k] = v
+      elseif type(kv[k]) == 'table' then table.insert(kv[k], v)
+      else kv[k] = { kv[k], v } end
+    end
+  end
+  assert(code == 0, 'python3 probe failed:\n' .. out)
+  return kv, out
+end
+
+local function wait_for(pred, ms, what)
+  local deadline = task.now() + ms
+  while task.now() < deadline do
+    local v = pred()
+    if v then return v end
+    task.sleep(20)
+  end
+  error('timed out waiting for ' .. (type(what) == 'function' and what() or what))
+end
+
+-- Starts `herald serve` in the background; returns {pid, port, dir}.
+local function start_serve(extra, env)
+  local dir = h.tmpdir()
+  env = env or ('HERALD_TRACKING_KEY=' .. h.shell_quote(KEY))
+  local inner = env .. ' ' .. h.shell_quote(h.exe) .. ' --db ' .. h.shell_quote(dir .. '/h.db') ..
+    ' serve --listen 127.0.0.1:0 ' .. (extra or '') .. ' > ' .. h.shell_quote(dir .. '/out') ..
+    ' 2> ' .. h.shell_quote(dir .. '/err') .. ' & echo $! > ' .. h.shell_quote(dir .. '/pid') ..
+    '; wait $!; echo $? > ' .. h.shell_quote(dir .. '/rc')
+  os.execute('sh -c ' .. h.shell_quote(inner) .. ' > /dev/null 2>&1 &')
+  local port = wait_for(function()
+    local out = h.read(dir .. '/out') or ''
+    return tonumber(out:match('listening on http://127%.0%.0%.1:(%d+)'))
+  end, 20000, function() return 'herald serve to listen (stderr: ' .. tostring(h.read(dir .. '/err')) .. ')' end)
+  local pid = wait_for(function() return tonumber((h.read(dir .. '/pid') or ''):match('%d+')) end,
+    5000, 'the pid')
+  return { pid = pid, port = port, dir = dir }
+end
+
+-- SIGTERM; returns the exit code and stdout.
+local function stop_serve(s)
+  os.execute('kill -TERM ' .. s.pid)
+  local rc = wait_for(function() return tonumber((h.read(s.dir .. '/rc') or ''):match('%d+')) end,
+    20000, 'herald serve to exit')
+  return rc, h.read(s.dir .. '/out'), h.read(s.dir .. '/err')
+end
+
+local function alive(s)
+  return os.execute('kill -0 ' .. s.pid .. ' 2>/dev/null') == true
+end
+
+local function ids(extra)
+  local t = { app = 'default', campaign = 'spring', run = 7, treatment = 1, endpoint = 'ep-42',
+    message_id = 'msg-42-7', key = KEY }
+  for k, v in pairs(extra or {}) do t[k] = v end
+  return t
+end
+
+local function token_of(url) return url:match('/t/%a/(.*)$') end
+
+describe('herald serve', function()
+  local s, base
+  setup(function()
+    s = start_serve('--request-timeout 400 --idle-timeout 800 --max-body 100000')
+    base = 'http://127.0.0.1:' .. s.port
+  end)
+  teardown(function()
+    if s then
+      local rc = stop_serve(s)
+      assert.are.equal(0, rc)
+    end
+  end)
+
+  it('serves several requests on one keep-alive connection', function()
+    local open = tracking.open_url(ids { base = base })
+    local click = tracking.click_url(ids { base = base, url = 'https://example.com/a' })
+    local kv = py(s.port, string.format([[
+import http.client
+c = http.client.HTTPConnection(HOST, PORT, timeout=5)
+sock = None
+for path in [%q, %q, "/nope", %q]:
+    c.request("GET", path)
+    r = c.getresponse()
+    r.read()
+    if sock is None: sock = c.sock
+    print("status\t%%d" %% r.status)
+    print("same\t%%s" %% (c.sock is sock))
+]], open:gsub('^http://[^/]+', ''), click:gsub('^http://[^/]+', ''), open:gsub('^http://[^/]+', '')))
+    assert.are.same({ '200', '302', '404', '200' }, kv.status)
+    assert.are.same({ 'True', 'True', 'True', 'True' }, kv.same)
+  end)
+
+  it('answers pipelined requests in order', function()
+    local open = tracking.open_url(ids { base = base }):gsub('^http://[^/]+', '')
+    local kv = py(s.port, string.format([[
+import socket, re
+s = socket.create_connection((HOST, PORT), timeout=5)
+s.sendall(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET %s HTTP/1.1\r\nHost: x\r\n\r\nPOST /t/o/x HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabcGET /b HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+data = b""
+while True:
+    d = s.recv(65536)
+    if not d: break
+    data += d
+for m in re.finditer(rb"HTTP/1\.1 (\d+)", data):
+    print("status\t" + m.group(1).decode())
+print("close\t%%s" %% (b"Connection: close" in data))
+]], open))
+    assert.are.same({ '404', '200', '405', '404' }, kv.status)
+    assert.are.equal('True', kv.close)
+  end)
+
+  it('answers 20,000 pipelined requests to a client that reads late, in order', function()
+    local kv = py(s.port, [[
+import socket, threading, time, re
+N = 20000
+s = socket.create_connection((HOST, PORT), timeout=10)
+reqs = b"".join(b"GET /n%d HTTP/1.1\r\nHost: x\r\n\r\n" % i for i in range(N))
+t = threading.Thread(target=s.sendall, args=(reqs,))
+t.start()
+time.sleep(0.5)  # the server's answers pile up: it must stop reading, not buffer without end
+data = b""
+while data.count(b"HTTP/1.1 404") < N:
+    d = s.recv(1 << 20)
+    if not d: break
+    data += d
+t.join()
+ids = [int(m.group(1), 16) for m in re.finditer(rb'"RequestID":"[0-9a-f-]*-([0-9a-f]{12})"', data)]
+print("answered	%d" % data.count(b"HTTP/1.1 404"))
+print("ordered	%s" % (ids == sorted(ids) and len(ids) == N))
+]])
+    assert.are.equal('20000', kv.answered)
+    assert.are.equal('True', kv.ordered)
+  end)
+
+  it('answers 404, 405, 413, 431 and 400 with Pinpoint-style JSON bodies', function()
+    local unsub = tracking.unsubscribe_url(ids { base = base }):gsub('^http://[^/]+', '')
+    local kv = py(s.port, string.format([[
+import http.client, json, socket
+def show(name, status, headers, body):
+    j = json.loads(body)
+    print(name + "\t%%d|%%s|%%s" %% (status, j["Message"], j["RequestID"] == headers.get("x-amzn-RequestId") and len(j["RequestID"]) == 36))
+c = http.client.HTTPConnection(HOST, PORT, timeout=5)
+c.request("GET", "/v1/apps/x/nothing")
+r = c.getresponse(); show("notfound", r.status, r.headers, r.read())
+c.request("DELETE", "/t/o/abc")
+r = c.getresponse(); print("allow\t" + r.headers["Allow"]); show("method", r.status, r.headers, r.read())
+c.request("POST", %q, body=b"x" * 200000, headers={"Content-Type": "application/x-www-form-urlencoded"})
+r = c.getresponse(); print("closed413\t" + str(r.headers.get("Connection"))); show("large", r.status, r.headers, r.read())
+c = http.client.HTTPConnection(HOST, PORT, timeout=5)
+c.request("GET", "/t/o/abc", headers={"X-Big": "y" * 40000})
+r = c.getresponse(); show("headers", r.status, r.headers, r.read())
+s = socket.create_connection((HOST, PORT), timeout=5)
+s.sendall(b"GET /t/o/abc HTTP/1.1\r\nHost: x\r\nContent-Length: nope\r\n\r\n")
+data = b""
+while True:
+    d = s.recv(65536)
+    if not d: break
+    data += d
+head, body = data.split(b"\r\n\r\n", 1)
+print("malformed\t" + head.split(b"\r\n")[0].decode() + "|" + json.loads(body)["Message"])
+]], unsub))
+    assert.are.equal('404|no such resource|True', kv.notfound)
+    assert.are.equal('GET', kv.allow)
+    assert.are.equal('405|method DELETE is not allowed here (allowed: GET)|True', kv.method)
+    assert.are.equal('413|request body exceeds the size limit|True', kv.large)
+    assert.are.equal('close', kv.closed413)
+    assert.are.equal('431|request line and headers exceed the size limit|True', kv.headers)
+    assert.matches('^HTTP/1%.1 400 Bad Request|malformed request: ', kv.malformed)
+  end)
+
+  it('refuses a body over the cap from its Content-Length, before reading it', function()
+    local kv = py(s.port, [[
+import socket
+s = socket.create_connection((HOST, PORT), timeout=5)
+s.sendall(b"POST /t/u/abc HTTP/1.1\r\nHost: x\r\nContent-Length: 5000000\r\n\r\n")
+print("head\t" + s.recv(65536).split(b"\r\n")[0].decode())
+]])
+    assert.are.equal('HTTP/1.1 413 Payload Too Large', kv.head)
+  end)
+
+  it('survives random garbage and still serves a valid request', function()
+    local open = tracking.open_url(ids { base = base }):gsub('^http://[^/]+', '')
+    local kv = py(s.port, string.format([[
+import random, socket, http.client
+random.seed(20261129)
+answered = 0
+for i in range(60):
+    s = socket.create_connection((HOST, PORT), timeout=5)
+    n = random.choice([1, 7, 100, 3000, 70000])
+    junk = bytes(random.getrandbits(8) for _ in range(n))
+    if i %% 3 == 0: junk = b"GET /" + junk
+    if i %% 5 == 0: junk = b"POST /t/u/x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n" + junk
+    try:
+        s.sendall(junk)
+        s.shutdown(socket.SHUT_WR)
+        if s.recv(100).startswith(b"HTTP/1.1 4"): answered += 1
+    except (OSError, socket.timeout):
+        pass
+    s.close()
+print("answered\t%%d" %% answered)
+c = http.client.HTTPConnection(HOST, PORT, timeout=5)
+c.request("GET", %q)
+r = c.getresponse()
+print("after\t%%d" %% r.status)
+]], open))
+    assert.is_true(tonumber(kv.answered) > 30, 'garbage answered with 4xx: ' .. kv.answered)
+    assert.are.equal('200', kv.after)
+    assert.is_true(alive(s))
+  end)
+
+  it('returns a 1x1 GIF for the open pixel, also to HEAD without the body', function()
+    local open = tracking.open_url(ids { base = base }):gsub('^http://[^/]+', '')
+    local kv = py(s.port, string.format([[
+import http.client, struct
+c = http.client.HTTPConnection(HOST, PORT, timeout=5)
+c.request("GET", %q)
+r = c.getresponse(); b = r.read()
+print("type\t" + r.headers["Content-Type"])
+print("cache\t" + r.headers["Cache-Control"])
+print("magic\t" + b[:6].decode())
+print("size\t%%dx%%d" %% struct.unpack("<HH", b[6:10]))
+print("len\t%%d|%%s" %% (len(b), r.headers["Content-Length"]))
+print("trailer\t%%d" %% b[-1])
+c.request("HEAD", %q)
+r = c.getresponse(); b = r.read()
+print("head\t%%d|%%s|%%d" %% (r.status, r.headers["Content-Length"], len(b)))
+]], open, open))
+    assert.are.equal('image/gif', kv.type)
+    assert.matches('no%-store', kv.cache)
+    assert.are.equal('GIF89a', kv.magic)
+    assert.are.equal('1x1', kv.size)
+    assert.are.equal('43|43', kv.len)
+    assert.are.equal('59', kv.trailer) -- ';'
+    assert.are.equal('200|43|0', kv.head)
+  end)
+
+  it('redirects a click to the exact signed URL', function()
+    local target = 'https://shop.example.com/p/%C3%A9t%C3%A9?utm_source=herald&x=a%20b&y=1;2#top'
+    local click = tracking.click_url(ids { base = base, url = target })
+    local out = sh('curl -s -o /dev/null -w "%{http_code} %{redirect_url}" ' .. h.shell_quote(click))
+    assert.are.equal('302 ' .. target, out)
+  end)
+
+  it('rejects tampered, forged, truncated and wrong-kind tokens with 400 JSON', function()
+    local click = tracking.click_url(ids { base = base, url = 'https://example.com/' })
+    local tok = token_of(click)
+    local flipped = tok:sub(1, 20) .. (tok:sub(21, 21) == 'A' and 'B' or 'A') .. tok:sub(22)
+    local forged = token_of(tracking.click_url(ids { base = base, url = 'https://evil.example/',
+      key = 'another-key-that-is-long-enough' }))
+    local open_tok = token_of(tracking.open_url(ids { base = base }))
+    local paths = {
+      '/t/c/' .. flipped, '/t/c/' .. forged, '/t/c/' .. tok:sub(1, #tok - 3), '/t/c/' .. open_tok,
+      '/t/o/' .. tok, '/t/c/' .. tok .. 'A', '/t/c/%00%ff', '/t/c/' .. string.rep('A', 5000),
+      '/t/u/' .. open_tok,
+    }
+    local list = {}
+    for i, p in ipairs(paths) do list[i] = string.format('%q', p) end
+    local kv = py(s.port, [[
+import http.client, json
+c = http.client.HTTPConnection(HOST, PORT, timeout=5)
+for p in []] .. table.concat(list, ', ') .. [[]:
+    c.request("GET", p)
+    r = c.getresponse()
+    print("r\t%d|%s|%s" % (r.status, json.loads(r.read())["Message"], r.headers.get("Location")))
+]])
+    assert.are.equal(#paths, #kv.r)
+    for i, r in ipairs(kv.r) do
+      assert.are.equal('400|invalid tracking token|None', r, paths[i])
+    end
+    local good = sh('curl -s -o /dev/null -w "%{http_code}" ' .. h.shell_quote(click))
+    assert.are.equal('302', good)
+  end)
+
+  it('accepts the RFC 8058 one-click POST and shows a form on GET', function()
+    local unsub = tracking.unsubscribe_url(ids { base = base })
+    local page = sh('curl -s -w "|%{http_code}" ' .. h.shell_quote(unsub))
+    assert.matches('<form method="post">', page, 1, true)
+    assert.matches('|200$', page)
+    local post = sh('curl -s -w "|%{http_code}" -d List-Unsubscribe=One-Click ' .. h.shell_quote(unsub))
+    assert.matches('You are unsubscribed.', post, 1, true)
+    assert.matches('|200$', post)
+    local multipart = sh('curl -s -o /dev/null -w "%{http_code}" -F List-Unsubscribe=One-Click ' .. h.shell_quote(unsub))
+    assert.are.equal('200', multipart)
+    local wrong = sh('curl -s -w "|%{http_code}" -d unsubscribe=yes ' .. h.shell_quote(unsub))
+    assert.matches('List-Unsubscribe=One-Click', wrong, 1, true)
+    assert.matches('|400$', wrong)
+  end)
+
+  it('answers a slow request with 408 and closes idle connections', function()
+    local kv = py(s.port, [[
+import socket, time
+s = socket.create_connection((HOST, PORT), timeout=5)
+t0 = time.time()
+s.sendall(b"GET /t/o/abc HTTP/1.1\r\nHost: x\r\n")
+for _ in range(3):
+    time.sleep(0.1)
+    s.sendall(b"X-Slow: 1\r\n")
+data = b""
+while True:
+    d = s.recv(65536)
+    if not d: break
+    data += d
+print("slow\t" + data.split(b"\r\n")[0].decode())
+print("slow_s\t%.2f" % (time.time() - t0))
+s = socket.create_connection((HOST, PORT), timeout=5)
+t0 = time.time()
+print("idle\t%r" % s.recv(100))
+print("idle_s\t%.2f" % (time.time() - t0))
+]])
+    assert.are.equal('HTTP/1.1 408 Request Timeout', kv.slow)
+    assert.is_true(tonumber(kv.slow_s) >= 0.35 and tonumber(kv.slow_s) < 3, kv.slow_s)
+    assert.are.equal("b''", kv.idle)
+    assert.is_true(tonumber(kv.idle_s) >= 0.7 and tonumber(kv.idle_s) < 3, kv.idle_s)
+  end)
+
+  it('closes after a response when the client asks, and speaks HTTP/1.0 keep-alive', function()
+    local kv = py(s.port, [[
+import socket
+def exchange(req):
+    s = socket.create_connection((HOST, PORT), timeout=5)
+    s.sendall(req)
+    data = b""
+    while True:
+        d = s.recv(65536)
+        if not d: break
+        data += d
+        if req.startswith(b"GET /ka"): break
+    return data
+d = exchange(b"GET /x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+print("close\t%s" % (b"Connection: close" in d))
+d = exchange(b"GET /ka HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+print("ka10\t%s" % (b"Connection: keep-alive" in d))
+d = exchange(b"GET /x HTTP/1.0\r\n\r\n")
+print("plain10\t%s" % (b"Connection: close" in d))
+]])
+    assert.are.equal('True', kv.close)
+    assert.are.equal('True', kv.ka10)
+    assert.are.equal('True', kv.plain10)
+  end)
+end)
+
+describe('herald serve lifecycle', function()
+  it('reports its counters when stopped by SIGTERM', function()
+    local s = start_serve()
+    local base = 'http://127.0.0.1:' .. s.port
+    sh('curl -s -o /dev/null ' .. h.shell_quote(tracking.open_url(ids { base = base })))
+    sh('curl -s -o /dev/null ' .. h.shell_quote(tracking.click_url(ids { base = base, url = 'http://a.example/' })))
+    sh('curl -s -o /dev/null ' .. base .. '/t/c/bogus')
+    local rc, out = stop_serve(s)
+    assert.are.equal(0, rc)
+    assert.matches('stopped after 3 requests %(1 opens, 1 clicks, 0 unsubscribes, 1 rejected tokens%)', out)
+  end)
+
+  it('signs with a key kept in the database, shared by every process on it', function()
+    local s = start_serve('', 'HERALD_TRACKING_KEY=')
+    local db = s.dir .. '/h.db'
+    local out, code, err = h.herald('--db ' .. h.shell_quote(db) ..
+      [[ -e "print(herald.tracking.open_url{campaign='c', endpoint='e', base='http://127.0.0.1:]] .. s.port .. [['})"]],
+      { env = { HERALD_TRACKING_KEY = '' } })
+    assert.are.equal(0, code, err)
+    local url = out:match('%S+')
+    assert.are.equal('200', sh('curl -s -o /dev/null -w "%{http_code}" ' .. h.shell_quote(url)))
+    -- the spec's own key is not the database's
+    local other = tracking.open_url(ids { base = 'http://127.0.0.1:' .. s.port })
+    assert.are.equal('400', sh('curl -s -o /dev/null -w "%{http_code}" ' .. h.shell_quote(other)))
+    assert.are.equal(0, (stop_serve(s)))
+  end)
+
+  it('closes connections over --max-connections at once', function()
+    local s = start_serve('--max-connections 1')
+    local kv = py(s.port, [[
+import socket, http.client
+a = http.client.HTTPConnection(HOST, PORT, timeout=5)
+a.request("GET", "/x"); a.getresponse().read()
+b = socket.create_connection((HOST, PORT), timeout=5)
+print("refused\t%r" % b.recv(100))
+a.close()
+import time; time.sleep(0.2)
+c = http.client.HTTPConnection(HOST, PORT, timeout=5)
+c.request("GET", "/x"); print("later\t%d" % c.getresponse().status)
+]])
+    assert.are.equal("b''", kv.refused)
+    assert.are.equal('404', kv.later)
+    assert.are.equal(0, (stop_serve(s)))
+  end)
+
+  it('refuses bad options', function()
+    local _, code, err = h.herald('serve --listen nowhere')
+    assert.are.equal(1, code)
+    assert.matches('listen: expected HOST:PORT, got nowhere', err)
+    _, code, err = h.herald('serve --max-body lots')
+    assert.are.equal(2, code)
+    assert.matches('--max-body needs a whole number', err, 1, true)
+  end)
+end)
+
+describe('herald.core.server in-process', function()
+  it('serves on the loop, counts hits, passes them to on_hit and stops', function()
+    local hits = {}
+    local srv = assert(server.start { listen = '127.0.0.1:0', key = KEY, on_hit = function(hit)
+      hits[#hits + 1] = hit
+      if hit.kind == 'click' then error('recorder down') end
+    end })
+    local port = srv:port()
+    assert.is_true(port > 0)
+    assert.are.equal('127.0.0.1:' .. port, srv:address())
+    local base = 'http://127.0.0.1:' .. port
+    local dir = h.tmpdir()
+    -- the client runs in the background while this task sleeps, so the loop serves it
+    local open = tracking.open_url(ids { base = base })
+    local click = tracking.click_url(ids { base = base, url = 'https://example.com/' })
+    os.execute('(curl -s -o /dev/null ' .. h.shell_quote(open) .. ' ' .. h.shell_quote(open) ..
+      '; curl -s -o /dev/null ' .. h.shell_quote(click) .. '; curl -s -o /dev/null ' .. base ..
+      '/t/o/forged; echo done > ' .. h.shell_quote(dir .. '/done') .. ') > /dev/null 2>&1 &')
+    wait_for(function() return h.read(dir .. '/done') end, 20000, 'the clients')
+    local st = srv:stats()
+    assert.are.equal(2, st.opens)
+    assert.are.equal(1, st.clicks)
+    assert.are.equal(1, st.rejected)
+    assert.are.equal(4, st.requests)
+    assert.are.equal(1, st.client_errors)
+    assert.are.equal(3, st.connections)
+    assert.are.equal(1, st.record_failures) -- the click's on_hit raised; the redirect still went out
+    assert.are.equal(3, #hits)
+    assert.are.equal('open', hits[1].kind)
+    assert.are.equal('click', hits[3].kind)
+    assert.are.equal('https://example.com/', hits[3].url)
+    assert.matches('^curl/', hits[1].user_agent)
+    assert.are.equal(36, #hits[1].request_id)
+    hits[1].user_agent, hits[1].request_id = nil, nil
+    assert.are.same({ kind = 'open', app = 'default', campaign = 'spring', run = 7, treatment = 1,
+      endpoint = 'ep-42', message_id = 'msg-42-7' }, hits[1])
+    srv:stop()
+    srv:stop()
+    assert.has_error(function() srv:stats() end, 'the server is stopped')
+  end)
+
+  it('reports a port in use and a bad address as nil, err', function()
+    local a = assert(server.start { listen = '127.0.0.1:0', key = KEY })
+    local b, err = server.start { listen = a:address(), key = KEY }
+    assert.is_nil(b)
+    assert.matches('address already in use', err)
+    a:stop()
+    local c, err2 = server.start { listen = '300.1.1.1:80', key = KEY }
+    assert.is_nil(c)
+    assert.matches('300.1.1.1 is not an IP address', err2)
+  end)
+
+  it('mints tokens that verify, and refuses bad fields by name', function()
+    local url = tracking.click_url(ids { url = 'https://example.com/x' })
+    local t = assert(tracking.verify(token_of(url), 'click', { key = KEY }))
+    assert.are.same({ kind = 'click', app = 'default', campaign = 'spring', run = 7, treatment = 1,
+      endpoint = 'ep-42', message_id = 'msg-42-7', url = 'https://example.com/x' }, t)
+    local none, err = tracking.verify(token_of(url), 'open', { key = KEY })
+    assert.is_nil(none)
+    assert.are.equal('invalid tracking token', err)
+    local u, e = tracking.click_url(ids { url = 'javascript:alert(1)' })
+    assert.is_nil(u)
+    assert.matches('url must be http%(s%)', e)
+    u, e = tracking.click_url(ids { url = 'https://example.com/a b' })
+    assert.is_nil(u)
+    assert.matches('without spaces', e)
+    u, e = tracking.open_url(ids { endpoint = '' })
+    assert.is_nil(u)
+    assert.matches('endpoint is required', e)
+    u, e = tracking.open_url(ids { campaign = string.rep('c', 300) })
+    assert.is_nil(u)
+    assert.matches('campaign is longer than 256 bytes', e)
+    assert.has_error(function() tracking.open_url(ids { key = 'short' }) end,
+      'tracking key: needs at least 16 bytes')
+  end)
+end)
