@@ -14,8 +14,8 @@ solution "herald"
     files { "runtime/**.c", "runtime/**.h", "lua/**.c", "lua/**.h" }
     includedirs { ".", "/usr/include/lua5.4" }
     buildoptions { "-std=gnu11", "-Wall", "-Wextra", "-Wshadow", "-Wno-unused-parameter",
-                   "-fno-strict-aliasing" }
-    links { "lua5.4", "uv", "sqlite3", "curl", "edit", "jansson", "m", "pthread", "dl" }
+                   "-fno-strict-aliasing", "`pkg-config --cflags glib-2.0`" }
+    links { "lua5.4", "uv", "sqlite3", "curl", "edit", "jansson", "glib-2.0", "m", "pthread", "dl" }
     -- Lua C modules loaded at run time (busted's helpers) resolve the Lua API against us.
     linkoptions { "-Wl,-E" }
 

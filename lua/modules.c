@@ -16,6 +16,7 @@ static const ModuleEntry modules[] = {
   {"herald.core.filechannel", luaopen_herald_core_filechannel, 1},
   {"herald.core.readline", luaopen_herald_core_readline, 0},
   {"herald.core.template", luaopen_herald_core_template, 1},
+  {"herald.core.schedule", luaopen_herald_core_schedule, 1},
 };
 
 void herald_modules_preload(lua_State *L, int sandbox_safe) {

@@ -11,6 +11,7 @@ int luaopen_herald_core_clock(lua_State *L);  /* lua/lherald_clock.c */
 int luaopen_herald_core_filechannel(lua_State *L); /* lua/lherald_filechannel.c */
 int luaopen_herald_core_readline(lua_State *L); /* lua/lherald_readline.c: REPL line input */
 int luaopen_herald_core_template(lua_State *L);    /* lua/lherald_template.c */
+int luaopen_herald_core_schedule(lua_State *L);    /* lua/lherald_schedule.c: zones, runs */
 
 /* Preloads every module into package.preload. sandbox_safe limits it to the modules campaign
  * code may reach. */
