@@ -19,6 +19,7 @@ local submodules = {
   campaign = 'herald.campaign',
   template = 'herald.template',
   scheduler = 'herald.scheduler',
+  time = 'herald.time',
 }
 
 function herald.register(name, module_name)
