@@ -40,6 +40,7 @@ static const HeraldTz *check_zone(lua_State *L, int idx, HeraldError *err) {
 
 static int check_ms(lua_State *L, int idx, int64_t *ms, HeraldError *err) {
   lua_Integer v = luaL_checkinteger(L, idx);
+  *ms = 0;
   if (v < HERALD_TZ_MIN_MS || v > HERALD_TZ_MAX_MS) {
     return herald_error_set(err, kHeraldInvalid,
                             "instant %lld ms is out of range (years 1-9999)", (long long)v);
