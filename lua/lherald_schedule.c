@@ -254,7 +254,7 @@ static int l_runs(lua_State *L) {
   lua_Integer limit = luaL_optinteger(L, 4, RUNS_LIMIT);
   lua_newtable(L);
   HeraldRun run;
-  if (from <= HERALD_TZ_MIN_MS || !herald_schedule_next_after(s, from - 1, &run)) return 1;
+  if (!herald_schedule_next_after(s, from - 1, &run)) return 1;
   lua_Integer n = 0;
   while (run.ms < to) {
     if (n == limit) {

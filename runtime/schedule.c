@@ -121,7 +121,12 @@ int herald_schedule_next_after(const HeraldSchedule *s, int64_t after_ms, Herald
     if (index < 0) index = 0;
   }
   HeraldRun run;
-  while (index > 0 && herald_schedule_run(s, index - 1, &run) && run.ms > after_ms) index--;
+  /* Runs are in time order, and a missing one lies past EndTime: step back until the run
+   * before is at or before after_ms. */
+  while (index > 0) {
+    if (herald_schedule_run(s, index - 1, &run) && run.ms <= after_ms) break;
+    index--;
+  }
   for (;;) {
     if (!herald_schedule_run(s, index, &run)) return 0;
     if (run.ms > after_ms) break;

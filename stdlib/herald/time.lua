@@ -65,10 +65,10 @@ function time.to_utc(t)
   for i, k in ipairs { 'year', 'month', 'day', 'hour', 'min', 'sec', 'ms' } do
     local x = t[k]
     if x == nil and i > 3 then x = 0 end
-    if math.type(x) ~= 'integer' and not (type(x) == 'number' and x == math.floor(x)) then
+    v[i] = math.tointeger(x)
+    if v[i] == nil then
       error('herald.time.to_utc: ' .. k .. ' must be a whole number, got ' .. tostring(t[k]), 2)
     end
-    v[i] = math.tointeger(x)
   end
   return core.to_utc(v[1], v[2], v[3], v[4], v[5], v[6], v[7], t.zone or 'UTC')
 end

@@ -188,6 +188,16 @@ describe('once, event, end time and next_run', function()
     end
   end)
 
+  it('refuses to list more than 100,000 runs at once, and lists from the first instant', function()
+    local s = time.schedule { StartTime = '2000-01-01T00:00:00Z', Frequency = 'HOURLY' }
+    assert.are.same({ nil, 'more than 100000 runs between the two instants; ask for a shorter range' },
+      { time.runs(s, 0, time.parse('2020-01-01')) })
+    assert.are.equal(24, #time.runs(s, -62135596800000, time.parse('2000-01-02')))
+    assert.are.equal(0, #time.runs(s, time.parse('2000-01-02'), time.parse('2000-01-02')))
+    assert.are.same({ nil, 'instant 253402300800000 ms is out of range (years 1-9999)' },
+      { time.runs(s, 0, 253402300800000) })
+  end)
+
   it('computes a year of daily runs in well under a second', function()
     local s = time.schedule { StartTime = '2026-01-01T09:00:00', Timezone = 'Europe/Paris', Frequency = 'DAILY' }
     local started = os.clock()
