@@ -348,14 +348,6 @@ function Schedule:quiet(ms, zone)
   return time.quiet(self.quiet_time, ms, zone, self.timezone)
 end
 
-function Schedule:local_delivery(run, zone)
-  return self.core:local_due(run.index, zone, self.timezone)
-end
-
-function Schedule:slices(run, zones)
-  return self.core:slices(run.index, zones, self.timezone)
-end
-
 function Schedule:__tostring()
   return tostring(self.core)
 end
