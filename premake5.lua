@@ -14,9 +14,9 @@ solution "herald"
     files { "runtime/**.c", "runtime/**.h", "lua/**.c", "lua/**.h" }
     includedirs { ".", "/usr/include/lua5.4" }
     buildoptions { "-std=gnu11", "-Wall", "-Wextra", "-Wshadow", "-Wno-unused-parameter",
-                   "-fno-strict-aliasing" }
-    links { "lua5.4", "uv", "sqlite3", "curl", "edit", "jansson", "http_parser", "crypto", "m",
-            "pthread", "dl" }
+                   "-fno-strict-aliasing", "`pkg-config --cflags glib-2.0`" }
+    links { "lua5.4", "uv", "sqlite3", "curl", "edit", "jansson", "http_parser", "crypto",
+            "glib-2.0", "m", "pthread", "dl" }
     -- Lua C modules loaded at run time (busted's helpers) resolve the Lua API against us.
     linkoptions { "-Wl,-E" }
 

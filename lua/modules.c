@@ -20,6 +20,7 @@ static const ModuleEntry modules[] = {
   {"herald.core.ratelimit", luaopen_herald_core_ratelimit, 1},
   {"herald.core.sandbox", luaopen_herald_core_sandbox, 0},
   {"herald.core.server", luaopen_herald_core_server, 0},
+  {"herald.core.schedule", luaopen_herald_core_schedule, 1},
 };
 
 void herald_modules_preload(lua_State *L, int sandbox_safe) {

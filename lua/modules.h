@@ -15,6 +15,7 @@ int luaopen_herald_core_http(lua_State *L);        /* lua/lherald_http.c: HTTP/S
 int luaopen_herald_core_ratelimit(lua_State *L);   /* lua/lherald_ratelimit.c */
 int luaopen_herald_core_sandbox(lua_State *L); /* lua/lherald_sandbox.c: host-mode sandboxes */
 int luaopen_herald_core_server(lua_State *L); /* lua/lherald_server.c: engagement HTTP server */
+int luaopen_herald_core_schedule(lua_State *L);    /* lua/lherald_schedule.c: zones, runs */
 
 /* Preloads every module into package.preload. sandbox_safe limits it to the modules campaign
  * code may reach. */

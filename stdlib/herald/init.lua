@@ -24,6 +24,7 @@ local submodules = {
   http = 'herald.http',
   ratelimit = 'herald.ratelimit',
   sandbox = 'herald.sandbox',
+  time = 'herald.time',
 }
 
 function herald.register(name, module_name)
