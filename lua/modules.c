@@ -11,6 +11,9 @@ typedef struct {
 static const ModuleEntry modules[] = {
   {"herald.core", luaopen_herald_core, 1},
   {"herald.core.task", luaopen_herald_core_task, 1},
+  {"herald.core.json", luaopen_herald_core_json, 1},
+  {"herald.core.store", luaopen_herald_core_store, 1},
+  {"herald.core.progress", luaopen_herald_core_progress, 0},
 };
 
 void herald_modules_preload(lua_State *L, int sandbox_safe) {

@@ -6,6 +6,9 @@
 
 int luaopen_herald_core(lua_State *L);      /* lua/lherald_core.c: version, options, paths */
 int luaopen_herald_core_task(lua_State *L); /* lua/task.c: coroutine tasks on the loop */
+int luaopen_herald_core_json(lua_State *L);  /* lua/lherald_json.c: JSON over jansson */
+int luaopen_herald_core_store(lua_State *L); /* lua/lherald_store.c: endpoints, events, SQL */
+int luaopen_herald_core_progress(lua_State *L); /* lua/lherald_progress.c: progress lines */
 
 /* Preloads every module into package.preload. sandbox_safe limits it to the modules campaign
  * code may reach. */

@@ -15,6 +15,11 @@ local submodules = {
   cli = 'herald.cli',
   pretty = 'herald.pretty',
   progress = 'herald.progress',
+  endpoints = 'herald.endpoints',
+  events = 'herald.events',
+  db = 'herald.db',
+  apps = 'herald.apps',
+  json = 'herald.json',
 }
 
 function herald.register(name, module_name)

@@ -1,0 +1,8 @@
+-- herald.db: read-only SQL over the store, for the REPL and ad-hoc reports.
+--   herald.db.query('SELECT id FROM endpoints WHERE country = ?', 'FR') -> list of row tables
+-- One statement; writes are refused (change data through herald.endpoints / herald.events).
+local store = require 'herald.core.store'
+
+return {
+  query = store.query,
+}
