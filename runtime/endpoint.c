@@ -20,13 +20,75 @@ typedef struct {
   size_t len, cap;
 } HeraldBuf;
 
+/* Counts by 64-bit hash (open addressing). Used only to skip lookups that cannot find
+ * anything: a collision merely overcounts, which makes the writer ask SQLite, never skip. */
+typedef struct {
+  uint64_t *keys; /* 0 = empty */
+  uint32_t *counts;
+  size_t cap, used;
+} HashCount;
+
 struct HeraldEndpointWriter {
   HeraldStore *store;
   char *app;
   json_t *keys;   /* "a:Name" / "m:Name" / "u:Name" -> true: the application's attribute keys */
   json_t *zones;  /* time zone names already found in the tz database */
   HeraldBuf attrs, metrics, uattrs; /* reused per row for the stored JSON text */
+  /* The application had no endpoint when the writer opened (a first import): every endpoint
+   * then went through this writer, so these counts bound what SQLite could find. */
+  int fresh;
+  HashCount addresses; /* writes naming an address */
+  HashCount users;     /* writes giving an endpoint a user id */
 };
+
+static uint64_t hash_text(const char *s) {
+  uint64_t h = 1469598103934665603ULL;
+  for (; *s; s++) h = (h ^ (unsigned char)*s) * 1099511628211ULL;
+  h ^= h >> 33;
+  h *= 0xff51afd7ed558ccdULL;
+  h ^= h >> 33;
+  return h ? h : 1;
+}
+
+/* Adds one to the count of key and returns the count before; UINT32_MAX when out of memory
+ * (callers then fall back to asking SQLite). */
+static uint32_t hash_count_bump(HashCount *h, const char *text) {
+  if (h->used * 2 >= h->cap) {
+    size_t cap = h->cap ? h->cap * 2 : 1024;
+    uint64_t *keys = calloc(cap, sizeof *keys);
+    uint32_t *counts = calloc(cap, sizeof *counts);
+    if (keys == NULL || counts == NULL) {
+      free(keys);
+      free(counts);
+      return UINT32_MAX;
+    }
+    for (size_t i = 0; i < h->cap; i++) {
+      if (h->keys[i] == 0) continue;
+      size_t j = h->keys[i] & (cap - 1);
+      while (keys[j] != 0) j = (j + 1) & (cap - 1);
+      keys[j] = h->keys[i];
+      counts[j] = h->counts[i];
+    }
+    free(h->keys);
+    free(h->counts);
+    h->keys = keys;
+    h->counts = counts;
+    h->cap = cap;
+  }
+  uint64_t key = hash_text(text);
+  size_t j = key & (h->cap - 1);
+  while (h->keys[j] != 0 && h->keys[j] != key) j = (j + 1) & (h->cap - 1);
+  if (h->keys[j] == 0) {
+    h->keys[j] = key;
+    h->used++;
+  }
+  return h->counts[j]++;
+}
+
+static void hash_count_free(HashCount *h) {
+  free(h->keys);
+  free(h->counts);
+}
 
 /* Columns in the order row_to_json reads them. */
 #define ENDPOINT_COLUMNS                                                                        \
@@ -603,6 +665,19 @@ int herald_endpoint_writer_open(HeraldStore *store, const char *app, HeraldEndpo
     herald_endpoint_writer_close(w);
     return herald_store_fail(store, err, "reading attribute keys");
   }
+  st = herald_store_stmt(store, "SELECT 1 FROM endpoints WHERE app_id = ?1 LIMIT 1", err);
+  if (st == NULL) {
+    herald_endpoint_writer_close(w);
+    return err ? err->code : kHeraldStore;
+  }
+  sqlite3_bind_text(st, 1, app, -1, SQLITE_STATIC);
+  rc = sqlite3_step(st);
+  sqlite3_reset(st);
+  if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
+    herald_endpoint_writer_close(w);
+    return herald_store_fail(store, err, "reading endpoints");
+  }
+  w->fresh = rc == SQLITE_DONE;
   *out = w;
   return kHeraldOk;
 }
@@ -611,6 +686,8 @@ void herald_endpoint_writer_close(HeraldEndpointWriter *w) {
   if (w == NULL) return;
   json_decref(w->keys);
   json_decref(w->zones);
+  hash_count_free(&w->addresses);
+  hash_count_free(&w->users);
   free(w->attrs.data);
   free(w->metrics.data);
   free(w->uattrs.data);
@@ -969,11 +1046,17 @@ static int track_all_keys(HeraldEndpointWriter *w, json_t *req, HeraldError *err
 static int after_write(HeraldEndpointWriter *w, json_t *cur, const RowMeta *m,
                        const char *old_user, HeraldError *err) {
   const char *user_id = str_at(json_object_get(cur, "User"), "UserId");
-  if (user_id != NULL && (old_user == NULL || strcmp(old_user, user_id) != 0) &&
-      enforce_user_limit(w, m->id, user_id, str_at(cur, "ChannelType"), err) != kHeraldOk)
-    return err->code;
-  if (strcmp(m->status, "ACTIVE") == 0 &&
-      retire_same_address(w, m->id, str_at(cur, "Address"), err) != kHeraldOk)
+  if (user_id != NULL && (old_user == NULL || strcmp(old_user, user_id) != 0)) {
+    /* Fewer than 15 earlier writes named this user: it cannot have 15 other endpoints. */
+    int known_small = w->fresh && hash_count_bump(&w->users, user_id) < HERALD_ENDPOINTS_PER_USER;
+    if (!known_small &&
+        enforce_user_limit(w, m->id, user_id, str_at(cur, "ChannelType"), err) != kHeraldOk)
+      return err->code;
+  }
+  const char *address = str_at(cur, "Address");
+  int address_unseen = w->fresh && hash_count_bump(&w->addresses, address) == 0;
+  if (strcmp(m->status, "ACTIVE") == 0 && !address_unseen &&
+      retire_same_address(w, m->id, address, err) != kHeraldOk)
     return err->code;
   return kHeraldOk;
 }

@@ -4,6 +4,7 @@
 #include <fcntl.h>
 #include <jansson.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -69,37 +70,136 @@ static HeraldImportFormat detect(const char *path, const Mapped *m) {
   return kHeraldImportJson;
 }
 
+/* ---- the pipeline ----
+ * Parsing (jansson, or CSV to JSON) runs on a second thread and hands rows over in batches
+ * through a small bounded ring; the calling thread validates and writes them in file order.
+ * On a multi-core machine the parse cost, a third of an import, then overlaps the SQLite
+ * work. The first error (a parse error arrives as a row carrying it) stops both sides. */
+
+#define BATCH_ROWS 256
+#define RING_BATCHES 8
+
+typedef struct {
+  json_t *row;
+  long line;
+  size_t offset; /* bytes of the file consumed after this row, for progress */
+} Item;
+
+typedef struct {
+  Item items[BATCH_ROWS];
+  size_t n;
+  int last;        /* the producer's final batch */
+  int failed;      /* ... ending with a parse error in err */
+  HeraldError err;
+} Batch;
+
+typedef struct {
+  const char *path;
+  const Mapped *m;
+  int csv;
+  pthread_mutex_t mu;
+  pthread_cond_t changed;
+  Batch *ring[RING_BATCHES];
+  size_t head, count; /* ring[head] is the oldest of count batches */
+  int cancel;         /* the consumer stopped: the producer winds down */
+  Batch *filling;
+} Pipe;
+
+/* Hands the filled batch to the consumer; -1 when the consumer has stopped. */
+static int pipe_push(Pipe *p) {
+  Batch *b = p->filling;
+  p->filling = NULL;
+  pthread_mutex_lock(&p->mu);
+  while (p->count == RING_BATCHES && !p->cancel) pthread_cond_wait(&p->changed, &p->mu);
+  int cancelled = p->cancel;
+  if (!cancelled) {
+    p->ring[(p->head + p->count) % RING_BATCHES] = b;
+    p->count++;
+    pthread_cond_broadcast(&p->changed);
+  }
+  pthread_mutex_unlock(&p->mu);
+  if (cancelled) {
+    for (size_t i = 0; i < b->n; i++) json_decref(b->items[i].row);
+    free(b);
+    return -1;
+  }
+  return 0;
+}
+
+static int pipe_batch(Pipe *p) {
+  if (p->filling != NULL) return 0;
+  p->filling = calloc(1, sizeof *p->filling);
+  return p->filling ? 0 : -1;
+}
+
+static int pipe_emit(Pipe *p, json_t *row, long line, size_t offset) {
+  if (pipe_batch(p) != 0) {
+    json_decref(row);
+    return -1;
+  }
+  p->filling->items[p->filling->n++] = (Item){row, line, offset};
+  if (p->filling->n == BATCH_ROWS) return pipe_push(p);
+  return 0;
+}
+
+/* Ends the stream, with err when parsing failed. */
+static void pipe_finish(Pipe *p, const HeraldError *err) {
+  if (pipe_batch(p) != 0) {
+    /* No memory for the final batch: cancelling makes the consumer's pop return NULL once
+     * the ring is empty, which it reports as out of memory. */
+    pthread_mutex_lock(&p->mu);
+    p->cancel = 1;
+    pthread_cond_broadcast(&p->changed);
+    pthread_mutex_unlock(&p->mu);
+    return;
+  }
+  p->filling->last = 1;
+  if (err != NULL) {
+    p->filling->failed = 1;
+    p->filling->err = *err;
+  }
+  pipe_push(p);
+}
+
+static Batch *pipe_pop(Pipe *p) {
+  pthread_mutex_lock(&p->mu);
+  while (p->count == 0 && !p->cancel) pthread_cond_wait(&p->changed, &p->mu);
+  Batch *b = NULL;
+  if (p->count > 0) {
+    b = p->ring[p->head];
+    p->head = (p->head + 1) % RING_BATCHES;
+    p->count--;
+    pthread_cond_broadcast(&p->changed);
+  }
+  pthread_mutex_unlock(&p->mu);
+  return b;
+}
+
 /* ---- newline-delimited JSON ---- */
 
-typedef int (*RowFn)(void *ctx, json_t *row, HeraldError *err);
-
-static int each_json_line(const char *path, const Mapped *m, HeraldProgress *progress, RowFn fn,
-                          void *ctx, long long *rows, HeraldError *err) {
-  const char *p = m->data, *end = m->data + m->len;
+static void produce_json_lines(Pipe *p) {
+  const char *base = p->m->data, *q = base, *end = base + p->m->len;
   long line = 0;
-  while (p < end) {
+  while (q < end) {
     line++;
-    const char *nl = memchr(p, '\n', (size_t)(end - p));
+    const char *nl = memchr(q, '\n', (size_t)(end - q));
     const char *stop = nl ? nl : end;
-    const char *s = p;
-    p = nl ? nl + 1 : end;
+    const char *s = q;
+    q = nl ? nl + 1 : end;
     while (s < stop && (*s == ' ' || *s == '\t' || *s == '\r')) s++;
     if (s == stop) continue;
     json_error_t jerr;
     json_t *row = json_loadb(s, (size_t)(stop - s), JSON_REJECT_DUPLICATES, &jerr);
-    if (row == NULL)
-      return herald_error_set(err, kHeraldInvalid, "%s:%ld: invalid JSON at column %d: %s", path,
-                              line, jerr.column, jerr.text);
-    int rc = fn(ctx, row, err);
-    json_decref(row);
-    if (rc != kHeraldOk) {
-      herald_error_prefix(err, "%s:%ld: ", path, line);
-      return rc;
+    if (row == NULL) {
+      HeraldError err;
+      herald_error_set(&err, kHeraldInvalid, "%s:%ld: invalid JSON at column %d: %s", p->path,
+                       line, jerr.column, jerr.text);
+      pipe_finish(p, &err);
+      return;
     }
-    (*rows)++;
-    herald_progress_update(progress, (uint64_t)*rows, (uint64_t)(p - m->data));
+    if (pipe_emit(p, row, line, (size_t)(q - base)) != 0) return;
   }
-  return kHeraldOk;
+  pipe_finish(p, NULL);
 }
 
 /* ---- CSV with Pinpoint's dotted headers ---- */
@@ -230,52 +330,113 @@ static int csv_row_to_request(HeraldCsv *csv, const Column *cols, size_t n, json
   return kHeraldOk;
 }
 
-static int each_csv_row(const char *path, const Mapped *m, HeraldProgress *progress, RowFn fn,
-                        void *ctx, long long *rows, HeraldError *err) {
+/* csv.c says "line N: ..."; an import says "FILE:N: ...". */
+static void csv_error_at(HeraldError *err, const char *path) {
+  if (strncmp(err->msg, "line ", 5) == 0) memmove(err->msg, err->msg + 5, strlen(err->msg + 5) + 1);
+  herald_error_prefix(err, "%s:", path);
+}
+
+static void produce_csv_rows(Pipe *p) {
   HeraldCsv csv;
-  herald_csv_init(&csv, m->data, m->len);
+  herald_csv_init(&csv, p->m->data, p->m->len);
   size_t ncols = 0, n;
   long line;
   Column *cols = NULL;
-  int rc = herald_csv_next(&csv, &ncols, &line, err);
-  if (rc <= 0) {
-    herald_csv_free(&csv);
-    if (rc == 0) return kHeraldOk; /* an empty file imports nothing */
-    herald_error_prefix(err, "%s:", path);
-    return err->code;
-  }
-  if (parse_header(path, &csv, ncols, &cols, err) != kHeraldOk) {
-    free_columns(cols, ncols);
-    herald_csv_free(&csv);
-    return err->code;
-  }
-  rc = kHeraldOk;
-  int more;
-  while ((more = herald_csv_next(&csv, &n, &line, err)) == 1) {
-    if (n != ncols) {
-      rc = herald_error_set(err, kHeraldInvalid, "%s:%ld: %zu fields; the header has %zu", path,
-                            line, n, ncols);
-      break;
-    }
-    json_t *req = NULL;
-    rc = csv_row_to_request(&csv, cols, n, &req, err);
-    if (rc == kHeraldOk) {
-      rc = fn(ctx, req, err);
-      json_decref(req);
-    }
-    if (rc != kHeraldOk) {
-      herald_error_prefix(err, "%s:%ld: ", path, line);
-      break;
-    }
-    (*rows)++;
-    herald_progress_update(progress, (uint64_t)*rows, (uint64_t)(csv.p - m->data));
-  }
+  HeraldError err = {0};
+  int failed = 0, stopped = 0;
+  int more = herald_csv_next(&csv, &ncols, &line, &err);
   if (more < 0) {
-    herald_error_prefix(err, "%s:", path);
-    rc = err->code;
+    csv_error_at(&err, p->path);
+    failed = 1;
+  } else if (more == 1 && parse_header(p->path, &csv, ncols, &cols, &err) != kHeraldOk) {
+    failed = 1;
   }
+  while (!failed && more == 1 && (more = herald_csv_next(&csv, &n, &line, &err)) == 1) {
+    json_t *req = NULL;
+    if (n != ncols) {
+      herald_error_set(&err, kHeraldInvalid, "%s:%ld: %zu fields; the header has %zu", p->path,
+                       line, n, ncols);
+      failed = 1;
+    } else if (csv_row_to_request(&csv, cols, n, &req, &err) != kHeraldOk) {
+      herald_error_prefix(&err, "%s:%ld: ", p->path, line);
+      failed = 1;
+    } else if (pipe_emit(p, req, line, (size_t)(csv.p - p->m->data)) != 0) {
+      stopped = 1;
+      break;
+    }
+  }
+  if (more < 0 && !failed) {
+    csv_error_at(&err, p->path);
+    failed = 1;
+  }
+  if (!stopped) pipe_finish(p, failed ? &err : NULL);
   free_columns(cols, ncols);
   herald_csv_free(&csv);
+}
+
+static void *producer_main(void *arg) {
+  Pipe *p = arg;
+  if (p->csv) produce_csv_rows(p);
+  else produce_json_lines(p);
+  return NULL;
+}
+
+typedef int (*RowFn)(void *ctx, json_t *row, HeraldError *err);
+
+/* Feeds every row of the file to fn in order; the first failure stops the import. */
+static int each_row(const char *path, const Mapped *m, int csv, HeraldProgress *progress, RowFn fn,
+                    void *ctx, long long *rows, HeraldError *err) {
+  Pipe p = {.path = path, .m = m, .csv = csv};
+  pthread_mutex_init(&p.mu, NULL);
+  pthread_cond_init(&p.changed, NULL);
+  json_object_seed(0); /* before two threads create objects */
+  pthread_t thread;
+  if (pthread_create(&thread, NULL, producer_main, &p) != 0) {
+    pthread_cond_destroy(&p.changed);
+    pthread_mutex_destroy(&p.mu);
+    return herald_error_set(err, kHeraldNoMemory, "cannot start the parser thread");
+  }
+  int rc = kHeraldOk, done = 0;
+  while (!done) {
+    Batch *b = pipe_pop(&p);
+    if (b == NULL) {
+      rc = herald_error_set(err, kHeraldNoMemory, "%s: out of memory while parsing", path);
+      break;
+    }
+    size_t i = 0;
+    for (; i < b->n && rc == kHeraldOk; i++) {
+      rc = fn(ctx, b->items[i].row, err);
+      if (rc != kHeraldOk) {
+        herald_error_prefix(err, "%s:%ld: ", path, b->items[i].line);
+      } else {
+        (*rows)++;
+        herald_progress_update(progress, (uint64_t)*rows, b->items[i].offset);
+      }
+      json_decref(b->items[i].row);
+    }
+    for (; i < b->n; i++) json_decref(b->items[i].row);
+    if (rc == kHeraldOk && b->failed) {
+      *err = b->err;
+      rc = err->code;
+    }
+    done = b->last || rc != kHeraldOk;
+    free(b);
+  }
+  /* Stop the producer (it may be waiting for room), then free what it left in the ring. */
+  pthread_mutex_lock(&p.mu);
+  p.cancel = 1;
+  pthread_cond_broadcast(&p.changed);
+  pthread_mutex_unlock(&p.mu);
+  pthread_join(thread, NULL);
+  while (p.count > 0) {
+    Batch *b = p.ring[p.head];
+    p.head = (p.head + 1) % RING_BATCHES;
+    p.count--;
+    for (size_t i = 0; i < b->n; i++) json_decref(b->items[i].row);
+    free(b);
+  }
+  pthread_cond_destroy(&p.changed);
+  pthread_mutex_destroy(&p.mu);
   return rc;
 }
 
@@ -324,10 +485,7 @@ static int run_import(HeraldStore *store, const char *app, const char *path, int
   if (rc == kHeraldOk) {
     RowFn fn = events ? put_event : put_endpoint;
     void *ctx = events ? (void *)&ectx : (void *)w;
-    if (format == kHeraldImportCsv)
-      rc = each_csv_row(path, &m, &progress, fn, ctx, &result->rows, err);
-    else
-      rc = each_json_line(path, &m, &progress, fn, ctx, &result->rows, err);
+    rc = each_row(path, &m, format == kHeraldImportCsv, &progress, fn, ctx, &result->rows, err);
     herald_endpoint_writer_close(w);
     if (rc == kHeraldOk) {
       rc = herald_store_commit(store, err);
