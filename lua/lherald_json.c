@@ -105,12 +105,19 @@ static int table_to_json(lua_State *L, int idx, json_t **out, char *path, size_t
   json_t *obj = json_object();
   lua_pushnil(L);
   while (lua_next(L, idx)) {
-    if (lua_type(L, -2) != LUA_TSTRING) {
+    char numkey[32];
+    const char *key;
+    if (lua_type(L, -2) == LUA_TSTRING) {
+      key = lua_tostring(L, -2);
+    } else if (lua_isinteger(L, -2)) {
+      /* A table mixing list and named entries: its integer keys become strings. */
+      snprintf(numkey, sizeof numkey, LUA_INTEGER_FMT, lua_tointeger(L, -2));
+      key = numkey;
+    } else {
       lua_pop(L, 2);
       json_decref(obj);
-      return fail_at(err, path, "object keys must be strings (mixed table?)");
+      return fail_at(err, path, "object keys must be strings or integers");
     }
-    const char *key = lua_tostring(L, -2);
     size_t l2 = plen ? append(path, plen, ".%s", key, 0) : append(path, plen, "%s", key, 0);
     json_t *v = NULL;
     int rc = to_json(L, lua_gettop(L), &v, path, l2, depth + 1, err);

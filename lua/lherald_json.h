@@ -3,7 +3,8 @@
  *
  * Lua -> JSON: a table whose metatable is json.array / json.object is that; otherwise a
  * non-empty table whose keys are exactly 1..n is an array and any other table an object (an
- * empty table is an object). json.null is JSON null. Integers stay integers.
+ * empty table is an object; integer keys of an object become strings). json.null is JSON
+ * null. Integers stay integers.
  * JSON -> Lua: arrays and objects get the json.array / json.object metatables, so a decoded
  * value encodes back to the same JSON (an empty array stays an array). */
 #ifndef HERALD_LUA_JSON_H

@@ -67,7 +67,8 @@ function M.run(args)
     if what == 'endpoints' then return store.import_endpoints(file, nil, format) end
     return store.import_events(file, nil)
   end)
-  if not ok then return fail('%s', tostring(rows)) end
+  -- Opening errors carry the Lua position of the call; the message itself is what matters.
+  if not ok then return fail('%s', (tostring(rows):gsub('^[^\n]-%.lua:%d+: ', ''))) end
   if rows == nil then return fail('%s', seconds) end
   local extra = ''
   if what == 'events' and inserted < rows then
