@@ -19,7 +19,7 @@ static int l_new(lua_State *L) {
   return 1;
 }
 
-/* Lua callers update rarely compared to C loops, so every call may redraw. */
+/* Lua callers update less often than C loops: every call looks at the clock. */
 static int l_update(lua_State *L) {
   HeraldProgress *p = check(L);
   lua_Integer count = luaL_checkinteger(L, 2);

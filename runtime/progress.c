@@ -50,7 +50,7 @@ void herald_progress_update(HeraldProgress *p, uint64_t count, uint64_t done) {
   p->done = done;
   if (!p->enabled || (++p->ticks & 255) != 0) return;
   double now = herald_progress_now();
-  if (now - p->last_draw >= 0.2) draw(p, now);
+  if (!p->drawn || now - p->last_draw >= 0.2) draw(p, now);
 }
 
 double herald_progress_finish(HeraldProgress *p) {

@@ -23,7 +23,8 @@ typedef struct {
 
 /* label: what is being done ("importing"); unit: what count counts ("endpoints"). */
 void herald_progress_start(HeraldProgress *p, const char *label, const char *unit, uint64_t total);
-/* Cheap enough to call per item: looks at the clock every 256 calls. */
+/* Cheap enough to call per item: looks at the clock every 256 calls; draws at once the first
+ * time, then at most every 200 ms. */
 void herald_progress_update(HeraldProgress *p, uint64_t count, uint64_t done);
 /* Clears the line. Returns the seconds since start. */
 double herald_progress_finish(HeraldProgress *p);

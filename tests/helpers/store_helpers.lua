@@ -8,7 +8,7 @@ local M = {}
 local PRELUDE = [[
 local json = herald.json
 local function emit(v) io.write(assert(json.encode(v == nil and json.null or v))) end
-local function must(v, err) if v == nil then error(err, 2) end return v end
+local function must(v, ...) if v == nil then error((...), 2) end return v, ... end
 ]]
 
 function M.db()
