@@ -2,7 +2,6 @@
 
 #include <ctype.h>
 #include <stdio.h>
-#include <string.h>
 #include <time.h>
 
 static int digits(const char **p, int n, int *out) {
@@ -95,10 +94,16 @@ void herald_datetime_format(int64_t ms, char out[HERALD_DATETIME_LEN]) {
   int m = (int)(mp < 10 ? mp + 3 : mp - 9);
   y += m <= 2;
   if (y < 0 || y > 9999) y = y < 0 ? 0 : 9999;
-  char buf[64];
-  snprintf(buf, sizeof buf, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", (int)y, m, d, rem / 3600,
-           rem / 60 % 60, rem % 60, millis);
-  memcpy(out, buf, HERALD_DATETIME_LEN - 1);
+  /* By hand: this runs for every imported row, and snprintf was a visible share of it. */
+  int fields[] = {(int)y, m, d, rem / 3600, rem / 60 % 60, rem % 60, millis};
+  static const int widths[] = {4, 2, 2, 2, 2, 2, 3};
+  static const char seps[] = "--T::.Z";
+  char *o = out;
+  for (int i = 0; i < 7; i++) {
+    for (int k = widths[i] - 1, v = fields[i]; k >= 0; k--, v /= 10) o[k] = (char)('0' + v % 10);
+    o += widths[i];
+    *o++ = seps[i];
+  }
   out[HERALD_DATETIME_LEN - 1] = '\0';
 }
 

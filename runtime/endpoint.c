@@ -2,6 +2,7 @@
 
 #include <ctype.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -32,7 +33,7 @@ struct HeraldEndpointWriter {
   HeraldStore *store;
   char *app;
   json_t *keys;   /* "a:Name" / "m:Name" / "u:Name" -> true: the application's attribute keys */
-  json_t *zones;  /* time zone names already found in the tz database */
+  HeraldEndpointChecker checker;
   HeraldBuf attrs, metrics, uattrs; /* reused per row for the stored JSON text */
   /* The application had no endpoint when the writer opened (a first import): every endpoint
    * then went through this writer, so these counts bound what SQLite could find. */
@@ -237,8 +238,8 @@ static int check_address(const char *channel, const char *address, HeraldError *
 
 /* ---- time zones and countries ---- */
 
-static int zone_exists(HeraldEndpointWriter *w, const char *name) {
-  if (json_object_get(w->zones, name) != NULL) return 1;
+static int zone_exists(HeraldEndpointChecker *c, const char *name) {
+  if (c->zones != NULL && json_object_get(c->zones, name) != NULL) return 1;
   size_t len = strlen(name);
   if (len == 0 || len > 64 || name[0] == '/' || name[0] == '.' || strstr(name, "..") != NULL)
     return 0;
@@ -253,14 +254,17 @@ static int zone_exists(HeraldEndpointWriter *w, const char *name) {
   size_t got = fread(magic, 1, sizeof magic, f);
   fclose(f);
   if (got != 4 || memcmp(magic, "TZif", 4) != 0) return 0;
-  json_object_set_new(w->zones, name, json_true());
+  if (c->zones == NULL) c->zones = json_object();
+  if (c->zones != NULL) json_object_set_new(c->zones, name, json_true());
   return 1;
 }
 
 /* ISO 3166-1 codes from Debian's iso-codes, read once per process. */
 static json_t *countries;
 
-static int load_countries(HeraldError *err) {
+static pthread_mutex_t countries_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static int load_countries_locked(HeraldError *err) {
   if (countries != NULL) return kHeraldOk;
   json_error_t jerr;
   json_t *doc = json_load_file(ISO3166_FILE, 0, &jerr);
@@ -284,6 +288,14 @@ static int load_countries(HeraldError *err) {
   json_decref(doc);
   countries = set;
   return kHeraldOk;
+}
+
+/* Imports validate on their parser thread while other code may validate on the main one. */
+static int load_countries(HeraldError *err) {
+  pthread_mutex_lock(&countries_lock);
+  int rc = load_countries_locked(err);
+  pthread_mutex_unlock(&countries_lock);
+  return rc;
 }
 
 /* ---- request validation ---- */
@@ -386,7 +398,7 @@ static int check_date_field(json_t *obj, const char *key, const char *path, Hera
   return kHeraldOk;
 }
 
-static int check_demographic(HeraldEndpointWriter *w, json_t *d, HeraldError *err) {
+static int check_demographic(HeraldEndpointChecker *c, json_t *d, HeraldError *err) {
   if (json_is_null(d)) return kHeraldOk;
   if (!json_is_object(d)) return invalid(err, kHeraldInvalid, "Demographic", "expected an object");
   const char *key;
@@ -399,7 +411,7 @@ static int check_demographic(HeraldEndpointWriter *w, json_t *d, HeraldError *er
       return invalid_key(err, kHeraldInvalid, "Demographic", key, -1, "unknown field");
     if (!json_is_string(v) && !json_is_null(v))
       return invalid_key(err, kHeraldInvalid, "Demographic", key, -1, "expected a string or null");
-    if (i == kDemographicCount - 1 && json_is_string(v) && !zone_exists(w, json_string_value(v))) {
+    if (i == kDemographicCount - 1 && json_is_string(v) && !zone_exists(c, json_string_value(v))) {
       char buf[96];
       return invalid_key(err, kHeraldInvalid, "Demographic", key, -1,
                          "'%s' is not a time zone of the tz database (an IANA name such as "
@@ -480,7 +492,7 @@ static int check_user(json_t *u, HeraldError *err) {
   return kHeraldOk;
 }
 
-static int check_request(HeraldEndpointWriter *w, json_t *req, HeraldError *err) {
+static int check_request(HeraldEndpointChecker *c, json_t *req, HeraldError *err) {
   static const char *const statuses[] = {"ACTIVE", "INACTIVE"};
   static const char *const opt_outs[] = {"ALL", "NONE"};
   const char *key;
@@ -510,7 +522,7 @@ static int check_request(HeraldEndpointWriter *w, json_t *req, HeraldError *err)
     } else if (strcmp(key, "User") == 0) {
       rc = check_user(v, err);
     } else if (strcmp(key, "Demographic") == 0) {
-      rc = check_demographic(w, v, err);
+      rc = check_demographic(c, v, err);
     } else if (strcmp(key, "Location") == 0) {
       rc = check_location(v, err);
     } else if (strcmp(key, "ApplicationId") == 0 || strcmp(key, "CohortId") == 0) {
@@ -637,8 +649,7 @@ int herald_endpoint_writer_open(HeraldStore *store, const char *app, HeraldEndpo
   w->store = store;
   w->app = strdup(app);
   w->keys = json_object();
-  w->zones = json_object();
-  if (w->app == NULL || w->keys == NULL || w->zones == NULL) {
+  if (w->app == NULL || w->keys == NULL) {
     herald_endpoint_writer_close(w);
     return oom(err);
   }
@@ -685,7 +696,7 @@ int herald_endpoint_writer_open(HeraldStore *store, const char *app, HeraldEndpo
 void herald_endpoint_writer_close(HeraldEndpointWriter *w) {
   if (w == NULL) return;
   json_decref(w->keys);
-  json_decref(w->zones);
+  herald_endpoint_checker_clear(&w->checker);
   hash_count_free(&w->addresses);
   hash_count_free(&w->users);
   free(w->attrs.data);
@@ -1061,12 +1072,25 @@ static int after_write(HeraldEndpointWriter *w, json_t *cur, const RowMeta *m,
   return kHeraldOk;
 }
 
-int herald_endpoint_writer_put(HeraldEndpointWriter *w, json_t *req, char *id_out,
-                               HeraldError *err) {
+int herald_endpoint_check(HeraldEndpointChecker *c, json_t *req, HeraldError *err) {
   if (!json_is_object(req))
     return herald_error_set(err, kHeraldInvalid, "endpoint: expected an object");
-  if (check_request(w, req, err) != kHeraldOk) return err->code;
+  return check_request(c, req, err);
+}
 
+void herald_endpoint_checker_clear(HeraldEndpointChecker *c) {
+  json_decref(c->zones);
+  c->zones = NULL;
+}
+
+int herald_endpoint_writer_put(HeraldEndpointWriter *w, json_t *req, char *id_out,
+                               HeraldError *err) {
+  if (herald_endpoint_check(&w->checker, req, err) != kHeraldOk) return err->code;
+  return herald_endpoint_writer_put_checked(w, req, id_out, err);
+}
+
+int herald_endpoint_writer_put_checked(HeraldEndpointWriter *w, json_t *req, char *id_out,
+                                       HeraldError *err) {
   char generated[37];
   const char *id = str_at(req, "Id");
   if (id == NULL) {

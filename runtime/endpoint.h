@@ -24,6 +24,17 @@
 #define HERALD_ATTRIBUTE_KEYS_PER_APP 250
 #define HERALD_ENDPOINT_MAX_BYTES (15 * 1024)
 
+/* Validation that needs no database, split out so an import can run it on its parser thread.
+ * A checker caches the time zones it has found; one checker per thread. Zero-initialise it. */
+typedef struct {
+  json_t *zones;
+} HeraldEndpointChecker;
+
+/* Validates request and normalises it in place (dates, country codes, a lone attribute string
+ * becomes a list). Errors start with the field path. */
+int herald_endpoint_check(HeraldEndpointChecker *c, json_t *request, HeraldError *err);
+void herald_endpoint_checker_clear(HeraldEndpointChecker *c);
+
 /* Writes many endpoints of one application inside the caller's transaction, caching what the
  * rules consult on every row (the application's attribute keys, known time zones). */
 typedef struct HeraldEndpointWriter HeraldEndpointWriter;
@@ -37,6 +48,9 @@ int herald_endpoint_writer_open(HeraldStore *store, const char *app, HeraldEndpo
  * Error messages start with the field path ("Address: ..."). Must run inside a transaction. */
 int herald_endpoint_writer_put(HeraldEndpointWriter *w, json_t *request, char *id_out,
                                HeraldError *err);
+/* herald_endpoint_writer_put for a request herald_endpoint_check has accepted. */
+int herald_endpoint_writer_put_checked(HeraldEndpointWriter *w, json_t *request, char *id_out,
+                                       HeraldError *err);
 void herald_endpoint_writer_close(HeraldEndpointWriter *w);
 
 /* One write in its own transaction; *out (when out is not NULL) is the stored EndpointResponse. */

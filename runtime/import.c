@@ -93,17 +93,39 @@ typedef struct {
   HeraldError err;
 } Batch;
 
+typedef int (*RowFn)(void *ctx, json_t *row, HeraldError *err);
+
 typedef struct {
   const char *path;
   const Mapped *m;
   int csv;
+  RowFn check;        /* validation run on the parser thread (may be NULL) */
+  void *check_ctx;
   pthread_mutex_t mu;
   pthread_cond_t changed;
   Batch *ring[RING_BATCHES];
   size_t head, count; /* ring[head] is the oldest of count batches */
   int cancel;         /* the consumer stopped: the producer winds down */
   Batch *filling;
+  Batch *spare;       /* consumed batches handed back for reuse (linked through items[0].row) */
 } Pipe;
+
+/* Batches are recycled: allocating ~7 KB per 256 rows made malloc consolidate its bins. */
+static Batch *take_spare(Pipe *p) {
+  pthread_mutex_lock(&p->mu);
+  Batch *b = p->spare;
+  if (b != NULL) p->spare = (Batch *)(void *)b->items[0].row;
+  pthread_mutex_unlock(&p->mu);
+  if (b == NULL) return malloc(sizeof *b);
+  return b;
+}
+
+static void give_spare(Pipe *p, Batch *b) {
+  pthread_mutex_lock(&p->mu);
+  b->items[0].row = (json_t *)(void *)p->spare;
+  p->spare = b;
+  pthread_mutex_unlock(&p->mu);
+}
 
 /* Hands the filled batch to the consumer; -1 when the consumer has stopped. */
 static int pipe_push(Pipe *p) {
@@ -128,11 +150,27 @@ static int pipe_push(Pipe *p) {
 
 static int pipe_batch(Pipe *p) {
   if (p->filling != NULL) return 0;
-  p->filling = calloc(1, sizeof *p->filling);
-  return p->filling ? 0 : -1;
+  Batch *b = take_spare(p);
+  if (b == NULL) return -1;
+  b->n = 0;
+  b->last = b->failed = 0;
+  p->filling = b;
+  return 0;
 }
 
+static void pipe_finish(Pipe *p, const HeraldError *err);
+
+/* Validates (on this thread) and queues one row; -1 when the stream ended (stop producing). */
 static int pipe_emit(Pipe *p, json_t *row, long line, size_t offset) {
+  if (p->check != NULL) {
+    HeraldError err;
+    if (p->check(p->check_ctx, row, &err) != kHeraldOk) {
+      json_decref(row);
+      herald_error_prefix(&err, "%s:%ld: ", p->path, line);
+      pipe_finish(p, &err);
+      return -1;
+    }
+  }
   if (pipe_batch(p) != 0) {
     json_decref(row);
     return -1;
@@ -381,12 +419,11 @@ static void *producer_main(void *arg) {
   return NULL;
 }
 
-typedef int (*RowFn)(void *ctx, json_t *row, HeraldError *err);
-
 /* Feeds every row of the file to fn in order; the first failure stops the import. */
-static int each_row(const char *path, const Mapped *m, int csv, HeraldProgress *progress, RowFn fn,
-                    void *ctx, long long *rows, HeraldError *err) {
-  Pipe p = {.path = path, .m = m, .csv = csv};
+static int each_row(const char *path, const Mapped *m, int csv, HeraldProgress *progress,
+                    RowFn check, void *check_ctx, RowFn fn, void *ctx, long long *rows,
+                    HeraldError *err) {
+  Pipe p = {.path = path, .m = m, .csv = csv, .check = check, .check_ctx = check_ctx};
   pthread_mutex_init(&p.mu, NULL);
   pthread_cond_init(&p.changed, NULL);
   json_object_seed(0); /* before two threads create objects */
@@ -420,7 +457,7 @@ static int each_row(const char *path, const Mapped *m, int csv, HeraldProgress *
       rc = err->code;
     }
     done = b->last || rc != kHeraldOk;
-    free(b);
+    give_spare(&p, b);
   }
   /* Stop the producer (it may be waiting for room), then free what it left in the ring. */
   pthread_mutex_lock(&p.mu);
@@ -435,6 +472,11 @@ static int each_row(const char *path, const Mapped *m, int csv, HeraldProgress *
     for (size_t i = 0; i < b->n; i++) json_decref(b->items[i].row);
     free(b);
   }
+  while (p.spare != NULL) {
+    Batch *b = p.spare;
+    p.spare = (Batch *)(void *)b->items[0].row;
+    free(b);
+  }
   pthread_cond_destroy(&p.changed);
   pthread_mutex_destroy(&p.mu);
   return rc;
@@ -442,8 +484,12 @@ static int each_row(const char *path, const Mapped *m, int csv, HeraldProgress *
 
 /* ---- the two imports ---- */
 
+static int check_endpoint(void *ctx, json_t *row, HeraldError *err) {
+  return herald_endpoint_check(ctx, row, err);
+}
+
 static int put_endpoint(void *ctx, json_t *row, HeraldError *err) {
-  return herald_endpoint_writer_put(ctx, row, NULL, err);
+  return herald_endpoint_writer_put_checked(ctx, row, NULL, err);
 }
 
 typedef struct {
@@ -485,7 +531,10 @@ static int run_import(HeraldStore *store, const char *app, const char *path, int
   if (rc == kHeraldOk) {
     RowFn fn = events ? put_event : put_endpoint;
     void *ctx = events ? (void *)&ectx : (void *)w;
-    rc = each_row(path, &m, format == kHeraldImportCsv, &progress, fn, ctx, &result->rows, err);
+    HeraldEndpointChecker checker = {0};
+    rc = each_row(path, &m, format == kHeraldImportCsv, &progress, events ? NULL : check_endpoint,
+                  &checker, fn, ctx, &result->rows, err);
+    herald_endpoint_checker_clear(&checker);
     herald_endpoint_writer_close(w);
     if (rc == kHeraldOk) {
       rc = herald_store_commit(store, err);
