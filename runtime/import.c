@@ -76,7 +76,7 @@ static HeraldImportFormat detect(const char *path, const Mapped *m) {
  * On a multi-core machine the parse cost, a third of an import, then overlaps the SQLite
  * work. The first error (a parse error arrives as a row carrying it) stops both sides. */
 
-#define BATCH_ROWS 256
+#define BATCH_ROWS 1024
 #define RING_BATCHES 8
 
 typedef struct {
@@ -85,7 +85,8 @@ typedef struct {
   size_t offset; /* bytes of the file consumed after this row, for progress */
 } Item;
 
-typedef struct {
+typedef struct Batch {
+  struct Batch *next; /* in the spare list */
   Item items[BATCH_ROWS];
   size_t n;
   int last;        /* the producer's final batch */
@@ -107,22 +108,57 @@ typedef struct {
   size_t head, count; /* ring[head] is the oldest of count batches */
   int cancel;         /* the consumer stopped: the producer winds down */
   Batch *filling;
-  Batch *spare;       /* consumed batches handed back for reuse (linked through items[0].row) */
+  Batch *spare;       /* consumed batches handed back, rows still to be freed */
+  /* The consumer side. With `serial` set the parser calls it itself, on one thread. */
+  int serial;
+  RowFn fn;
+  void *ctx;
+  HeraldProgress *progress;
+  long long *rows;
+  int rc;
+  HeraldError *err;
 } Pipe;
 
-/* Batches are recycled: allocating ~7 KB per 256 rows made malloc consolidate its bins. */
+/* Writes the rows of a batch in order; returns 0 to go on, -1 once something failed. */
+static int consume(Pipe *p, Batch *b) {
+  for (size_t i = 0; i < b->n && p->rc == kHeraldOk; i++) {
+    p->rc = p->fn(p->ctx, b->items[i].row, p->err);
+    if (p->rc != kHeraldOk) {
+      herald_error_prefix(p->err, "%s:%ld: ", p->path, b->items[i].line);
+    } else {
+      (*p->rows)++;
+      herald_progress_update(p->progress, (uint64_t)*p->rows, b->items[i].offset);
+    }
+  }
+  if (p->rc == kHeraldOk && b->failed) {
+    *p->err = b->err;
+    p->rc = p->err->code;
+  }
+  return p->rc == kHeraldOk ? 0 : -1;
+}
+
+
+static void free_rows(Batch *b) {
+  for (size_t i = 0; i < b->n; i++) json_decref(b->items[i].row);
+  b->n = 0;
+}
+
+/* Consumed batches come back to the parser thread, which frees their rows: memory is then
+ * released by the thread that allocated it (cross-thread frees doubled malloc's cost), and
+ * batches are reused instead of reallocated. */
 static Batch *take_spare(Pipe *p) {
   pthread_mutex_lock(&p->mu);
   Batch *b = p->spare;
-  if (b != NULL) p->spare = (Batch *)(void *)b->items[0].row;
+  if (b != NULL) p->spare = b->next;
   pthread_mutex_unlock(&p->mu);
   if (b == NULL) return malloc(sizeof *b);
+  free_rows(b);
   return b;
 }
 
 static void give_spare(Pipe *p, Batch *b) {
   pthread_mutex_lock(&p->mu);
-  b->items[0].row = (json_t *)(void *)p->spare;
+  b->next = p->spare;
   p->spare = b;
   pthread_mutex_unlock(&p->mu);
 }
@@ -131,6 +167,13 @@ static void give_spare(Pipe *p, Batch *b) {
 static int pipe_push(Pipe *p) {
   Batch *b = p->filling;
   p->filling = NULL;
+  if (p->serial) {
+    int rc = consume(p, b);
+    free_rows(b);
+    b->next = p->spare;
+    p->spare = b;
+    return rc;
+  }
   pthread_mutex_lock(&p->mu);
   while (p->count == RING_BATCHES && !p->cancel) pthread_cond_wait(&p->changed, &p->mu);
   int cancelled = p->cancel;
@@ -141,7 +184,7 @@ static int pipe_push(Pipe *p) {
   }
   pthread_mutex_unlock(&p->mu);
   if (cancelled) {
-    for (size_t i = 0; i < b->n; i++) json_decref(b->items[i].row);
+    free_rows(b);
     free(b);
     return -1;
   }
@@ -419,67 +462,72 @@ static void *producer_main(void *arg) {
   return NULL;
 }
 
+/* The parser thread pays off only where it gets a core of its own: on two CPUs or fewer
+ * (often hyperthreads of one core, shared with the rest of the machine) it slowed imports down
+ * in measurements, so they parse on the calling thread. HERALD_IMPORT_THREADS=0/1 overrides. */
+static int use_parser_thread(void) {
+  const char *env = getenv("HERALD_IMPORT_THREADS");
+  if (env != NULL && *env) return strcmp(env, "0") != 0;
+  return sysconf(_SC_NPROCESSORS_ONLN) > 2;
+}
+
 /* Feeds every row of the file to fn in order; the first failure stops the import. */
 static int each_row(const char *path, const Mapped *m, int csv, HeraldProgress *progress,
                     RowFn check, void *check_ctx, RowFn fn, void *ctx, long long *rows,
                     HeraldError *err) {
-  Pipe p = {.path = path, .m = m, .csv = csv, .check = check, .check_ctx = check_ctx};
+  Pipe p = {.path = path, .m = m, .csv = csv, .check = check, .check_ctx = check_ctx,
+            .fn = fn, .ctx = ctx, .progress = progress, .rows = rows, .rc = kHeraldOk,
+            .err = err};
   pthread_mutex_init(&p.mu, NULL);
   pthread_cond_init(&p.changed, NULL);
-  json_object_seed(0); /* before two threads create objects */
   pthread_t thread;
-  if (pthread_create(&thread, NULL, producer_main, &p) != 0) {
-    pthread_cond_destroy(&p.changed);
-    pthread_mutex_destroy(&p.mu);
-    return herald_error_set(err, kHeraldNoMemory, "cannot start the parser thread");
+  p.serial = !use_parser_thread();
+  if (!p.serial) {
+    json_object_seed(0); /* before two threads create objects */
+    if (pthread_create(&thread, NULL, producer_main, &p) != 0) p.serial = 1;
   }
-  int rc = kHeraldOk, done = 0;
-  while (!done) {
-    Batch *b = pipe_pop(&p);
-    if (b == NULL) {
-      rc = herald_error_set(err, kHeraldNoMemory, "%s: out of memory while parsing", path);
-      break;
-    }
-    size_t i = 0;
-    for (; i < b->n && rc == kHeraldOk; i++) {
-      rc = fn(ctx, b->items[i].row, err);
-      if (rc != kHeraldOk) {
-        herald_error_prefix(err, "%s:%ld: ", path, b->items[i].line);
-      } else {
-        (*rows)++;
-        herald_progress_update(progress, (uint64_t)*rows, b->items[i].offset);
+  if (p.serial) {
+    producer_main(&p);
+  } else {
+    for (int done = 0; !done;) {
+      Batch *b = pipe_pop(&p);
+      if (b == NULL) {
+        if (p.rc == kHeraldOk)
+          p.rc = herald_error_set(err, kHeraldNoMemory, "%s: out of memory while parsing", path);
+        break;
       }
-      json_decref(b->items[i].row);
+      done = consume(&p, b) != 0 || b->last;
+      give_spare(&p, b);
     }
-    for (; i < b->n; i++) json_decref(b->items[i].row);
-    if (rc == kHeraldOk && b->failed) {
-      *err = b->err;
-      rc = err->code;
-    }
-    done = b->last || rc != kHeraldOk;
-    give_spare(&p, b);
+    /* Stop the producer (it may be waiting for room), then free what it left in the ring. */
+    pthread_mutex_lock(&p.mu);
+    p.cancel = 1;
+    pthread_cond_broadcast(&p.changed);
+    pthread_mutex_unlock(&p.mu);
+    pthread_join(thread, NULL);
   }
-  /* Stop the producer (it may be waiting for room), then free what it left in the ring. */
-  pthread_mutex_lock(&p.mu);
-  p.cancel = 1;
-  pthread_cond_broadcast(&p.changed);
-  pthread_mutex_unlock(&p.mu);
-  pthread_join(thread, NULL);
+  if (p.serial && p.rc == kHeraldOk && p.filling == NULL && p.cancel)
+    p.rc = herald_error_set(err, kHeraldNoMemory, "%s: out of memory while parsing", path);
   while (p.count > 0) {
     Batch *b = p.ring[p.head];
     p.head = (p.head + 1) % RING_BATCHES;
     p.count--;
-    for (size_t i = 0; i < b->n; i++) json_decref(b->items[i].row);
+    free_rows(b);
     free(b);
+  }
+  if (p.filling != NULL) {
+    free_rows(p.filling);
+    free(p.filling);
   }
   while (p.spare != NULL) {
     Batch *b = p.spare;
-    p.spare = (Batch *)(void *)b->items[0].row;
+    p.spare = b->next;
+    free_rows(b);
     free(b);
   }
   pthread_cond_destroy(&p.changed);
   pthread_mutex_destroy(&p.mu);
-  return rc;
+  return p.rc;
 }
 
 /* ---- the two imports ---- */

@@ -105,6 +105,27 @@ describe('herald import endpoints', function()
     end)
   end
 
+  it('gives the same results with the parser on its own thread', function()
+    local db = s.db()
+    local rows = {}
+    for i = 1, 2500 do rows[#rows + 1] = ('{"Id":"t%d","ChannelType":"EMAIL","Address":"t%d@example.com"}'):format(i, i) end
+    local env = {env = {HERALD_IMPORT_THREADS = '1'}}
+    local out, code, err = s.import(db, 'endpoints', file('t.ndjson', table.concat(rows, '\n') .. '\n'), nil, env)
+    assert.are.equal(0, code, err)
+    assert.matches('imported 2500 endpoints', out, 1, true)
+    rows[2001] = '{"Id":"bad","ChannelType":"EMAIL","Address":"nope"}'
+    local _, code2, err2 = s.import(db, 'endpoints', file('t2.ndjson', table.concat(rows, '\n') .. '\n'), nil, env)
+    assert.are.equal(1, code2)
+    assert.matches("t2.ndjson:2001: Address: 'nope' is not a valid email address", err2, 1, true)
+    local csv = {'Id,ChannelType,Address'}
+    for i = 1, 2500 do csv[#csv + 1] = ('c%d,SMS,+1415555%04d'):format(i, i) end
+    csv[2400] = 'c2399,SMS,"+1415'
+    local _, code3, err3 = s.import(db, 'endpoints', file('t3.csv', table.concat(csv, '\n') .. '\n'), nil, env)
+    assert.are.equal(1, code3)
+    assert.matches('t3.csv:2400: field 3: a quoted field is never closed', err3, 1, true)
+    assert.are.equal(2500, s.count(db))
+  end)
+
   it('honours --app and refuses an unknown one', function()
     local db = s.db()
     assert.are.equal(0, select(2, s.run(db, 'must(herald.apps.create("shop"))')))
