@@ -539,16 +539,20 @@ static int check_request(HeraldEndpointChecker *c, json_t *req, HeraldError *err
 
 /* ---- ids and cohorts ---- */
 
+/* A random (version 4) UUID. Random bytes come 256 at a time: getrandom never returns a short
+ * read for up to 256 bytes once the kernel's pool is ready. */
 static void generate_id(char out[37]) {
-  static unsigned char pool[4096];
+  static unsigned char pool[256];
   static size_t left;
   if (left < 16) {
-    ssize_t got = getrandom(pool, sizeof pool, 0);
-    if (got != (ssize_t)sizeof pool) {
-      /* getrandom cannot fail for this size once the pool is seeded; keep ids unique anyway. */
-      static unsigned long long counter;
-      for (size_t i = 0; i < sizeof pool; i++)
-        pool[i] = (unsigned char)((herald_datetime_now_ms() + (long long)counter++ * 2654435761ULL) >> (i % 8));
+    if (getrandom(pool, sizeof pool, 0) != (ssize_t)sizeof pool) {
+      /* Only without getrandom (very old kernels): time and a counter keep ids distinct. */
+      static uint64_t counter;
+      uint64_t seed = (uint64_t)herald_datetime_now_ms() * 6364136223846793005ULL + ++counter;
+      for (size_t i = 0; i < sizeof pool; i++) {
+        seed = seed * 6364136223846793005ULL + 1442695040888963407ULL;
+        pool[i] = (unsigned char)(seed >> 56);
+      }
     }
     left = sizeof pool;
   }

@@ -143,8 +143,16 @@ static uint64_t fnv(const char *s, uint64_t h) {
   return h;
 }
 
+/* The hash covers the endpoint and the event without its EndpointId field, so an event put
+ * through the API and the same event in an import file get the same id. */
 static int content_id(const char *endpoint_id, json_t *e, char out[33], HeraldError *err) {
+  json_t *own = json_object_get(e, "EndpointId");
+  if (own != NULL) {
+    json_incref(own);
+    json_object_del(e, "EndpointId");
+  }
   char *text = json_dumps(e, JSON_COMPACT | JSON_SORT_KEYS);
+  if (own != NULL) json_object_set_new(e, "EndpointId", own);
   if (text == NULL) return herald_error_set(err, kHeraldNoMemory, "out of memory");
   uint64_t a = fnv(text, fnv(endpoint_id, 1469598103934665603ULL));
   uint64_t b = fnv(text, fnv(endpoint_id, 0x9e3779b97f4a7c15ULL));

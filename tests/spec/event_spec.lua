@@ -41,9 +41,11 @@ describe('herald.events', function()
       local a, new_a = must(herald.events.put("e1", ev))
       local b, new_b = must(herald.events.put("e1", {EventType="custom", Timestamp="2026-11-02T12:00:00+02:00", Attributes={k="v"}}))
       local c = must(herald.events.put("e2", ev))
-      emit({same = a == b, new_a = new_a, new_b = new_b, other = a ~= c})]])
+      local batch = must(herald.events.put_batch{{EndpointId="e1", EventType="custom",
+        Timestamp="2026-11-02T10:00:00.000Z", Attributes={k="v"}}})
+      emit({same = a == b, new_a = new_a, new_b = new_b, other = a ~= c, batch_new = batch})]])
     assert.are.equal(0, rc, err)
-    assert.are.same({same = true, new_a = true, new_b = false, other = true}, v)
+    assert.are.same({same = true, new_a = true, new_b = false, other = true, batch_new = 0}, v)
   end)
 
   it('filters events of an endpoint by time, type and count', function()
