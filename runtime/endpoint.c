@@ -718,8 +718,14 @@ static int track_keys(HeraldEndpointWriter *w, json_t *map, int kind, const char
   json_t *v;
   json_object_foreach(map, name, v) {
     if (json_is_null(v)) continue;
+    /* Names were checked to be at most 50 characters (200 bytes); no snprintf on this path. */
     char key[256];
-    snprintf(key, sizeof key, "%c:%s", kind_letter[kind], name);
+    size_t len = strlen(name);
+    if (len > sizeof key - 3) len = sizeof key - 3;
+    key[0] = kind_letter[kind];
+    key[1] = ':';
+    memcpy(key + 2, name, len);
+    key[len + 2] = '\0';
     if (json_object_get(w->keys, key) != NULL) continue;
     if (json_object_size(w->keys) >= HERALD_ATTRIBUTE_KEYS_PER_APP) {
       char p[160];
