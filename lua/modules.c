@@ -21,6 +21,9 @@ static const ModuleEntry modules[] = {
   {"herald.core.sandbox", luaopen_herald_core_sandbox, 0},
   {"herald.core.server", luaopen_herald_core_server, 0},
   {"herald.core.schedule", luaopen_herald_core_schedule, 1},
+  {"herald.core.json", luaopen_herald_core_json, 1},
+  {"herald.core.store", luaopen_herald_core_store, 1},
+  {"herald.core.progress", luaopen_herald_core_progress, 0},
 };
 
 void herald_modules_preload(lua_State *L, int sandbox_safe) {

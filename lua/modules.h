@@ -16,6 +16,9 @@ int luaopen_herald_core_ratelimit(lua_State *L);   /* lua/lherald_ratelimit.c */
 int luaopen_herald_core_sandbox(lua_State *L); /* lua/lherald_sandbox.c: host-mode sandboxes */
 int luaopen_herald_core_server(lua_State *L); /* lua/lherald_server.c: engagement HTTP server */
 int luaopen_herald_core_schedule(lua_State *L);    /* lua/lherald_schedule.c: zones, runs */
+int luaopen_herald_core_json(lua_State *L);  /* lua/lherald_json.c: JSON over jansson */
+int luaopen_herald_core_store(lua_State *L); /* lua/lherald_store.c: endpoints, events, SQL */
+int luaopen_herald_core_progress(lua_State *L); /* lua/lherald_progress.c: progress lines */
 
 /* Preloads every module into package.preload. sandbox_safe limits it to the modules campaign
  * code may reach. */

@@ -25,6 +25,11 @@ local submodules = {
   ratelimit = 'herald.ratelimit',
   sandbox = 'herald.sandbox',
   time = 'herald.time',
+  endpoints = 'herald.endpoints',
+  events = 'herald.events',
+  db = 'herald.db',
+  apps = 'herald.apps',
+  json = 'herald.json',
 }
 
 function herald.register(name, module_name)

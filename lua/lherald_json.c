@@ -1,0 +1,282 @@
+/* herald.core.json: encode/decode over jansson, with a null sentinel and array/object marks. */
+#include "lua/lherald_json.h"
+
+#include <lauxlib.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "lua/modules.h"
+
+#define ARRAY_MT "herald.json.array"
+#define OBJECT_MT "herald.json.object"
+#define MAX_DEPTH 200
+
+/* json.null: a light userdata whose address is unique to herald. */
+static const char null_sentinel = 0;
+#define NULL_SENTINEL ((void *)&null_sentinel)
+
+static void push_mark(lua_State *L, const char *name) {
+  if (luaL_newmetatable(L, name)) {
+    lua_pushstring(L, name);
+    lua_setfield(L, -2, "__name");
+  }
+}
+
+static int to_json(lua_State *L, int idx, json_t **out, char *path, size_t plen, int depth,
+                   HeraldError *err);
+
+static int fail_at(HeraldError *err, const char *path, const char *what) {
+  return herald_error_set(err, kHeraldInvalid, "%s%s%s", path, *path ? ": " : "", what);
+}
+
+/* 0 unmarked, 1 array, 2 object */
+static int marked(lua_State *L, int idx) {
+  if (!lua_getmetatable(L, idx)) return 0;
+  int kind = 0;
+  luaL_getmetatable(L, ARRAY_MT);
+  if (lua_rawequal(L, -1, -2)) kind = 1;
+  lua_pop(L, 1);
+  if (!kind) {
+    luaL_getmetatable(L, OBJECT_MT);
+    if (lua_rawequal(L, -1, -2)) kind = 2;
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 1);
+  return kind;
+}
+
+/* A table is an array when its keys are exactly the integers 1..n with n > 0. */
+static int looks_like_array(lua_State *L, int idx, lua_Integer *n) {
+  lua_Integer count = 0, max = 0;
+  lua_pushnil(L);
+  while (lua_next(L, idx)) {
+    lua_pop(L, 1);
+    if (!lua_isinteger(L, -1) || lua_tointeger(L, -1) < 1) {
+      lua_pop(L, 1);
+      return 0;
+    }
+    lua_Integer k = lua_tointeger(L, -1);
+    if (k > max) max = k;
+    count++;
+  }
+  *n = max;
+  return count > 0 && count == max;
+}
+
+static size_t append(char *path, size_t plen, const char *fmt, const char *s, long long i) {
+  char piece[128];
+  if (s) snprintf(piece, sizeof piece, fmt, s);
+  else snprintf(piece, sizeof piece, fmt, i);
+  size_t n = strlen(piece);
+  if (plen + n >= 512) n = 511 - plen;
+  memcpy(path + plen, piece, n);
+  path[plen + n] = '\0';
+  return plen + n;
+}
+
+static int table_to_json(lua_State *L, int idx, json_t **out, char *path, size_t plen, int depth,
+                         HeraldError *err) {
+  if (depth > MAX_DEPTH) return fail_at(err, path, "nested too deeply (a cycle?)");
+  luaL_checkstack(L, 4, "json encode");
+  int kind = marked(L, idx);
+  lua_Integer n = 0;
+  if (kind == 0) kind = looks_like_array(L, idx, &n) ? 1 : 2;
+  else if (kind == 1) n = (lua_Integer)lua_rawlen(L, idx);
+  if (kind == 1) {
+    json_t *arr = json_array();
+    for (lua_Integer i = 1; i <= n; i++) {
+      lua_rawgeti(L, idx, i);
+      size_t l2 = append(path, plen, "[%lld]", NULL, (long long)i);
+      json_t *v = NULL;
+      int rc = to_json(L, lua_gettop(L), &v, path, l2, depth + 1, err);
+      path[plen] = '\0';
+      lua_pop(L, 1);
+      if (rc != kHeraldOk) {
+        json_decref(arr);
+        return rc;
+      }
+      json_array_append_new(arr, v);
+    }
+    *out = arr;
+    return kHeraldOk;
+  }
+  json_t *obj = json_object();
+  lua_pushnil(L);
+  while (lua_next(L, idx)) {
+    char numkey[32];
+    const char *key;
+    if (lua_type(L, -2) == LUA_TSTRING) {
+      key = lua_tostring(L, -2);
+    } else if (lua_isinteger(L, -2)) {
+      /* A table mixing list and named entries: its integer keys become strings. */
+      snprintf(numkey, sizeof numkey, LUA_INTEGER_FMT, lua_tointeger(L, -2));
+      key = numkey;
+    } else {
+      lua_pop(L, 2);
+      json_decref(obj);
+      return fail_at(err, path, "object keys must be strings or integers");
+    }
+    size_t l2 = plen ? append(path, plen, ".%s", key, 0) : append(path, plen, "%s", key, 0);
+    json_t *v = NULL;
+    int rc = to_json(L, lua_gettop(L), &v, path, l2, depth + 1, err);
+    path[plen] = '\0';
+    if (rc != kHeraldOk) {
+      lua_pop(L, 2);
+      json_decref(obj);
+      return rc;
+    }
+    if (json_object_set_new(obj, key, v) != 0) {
+      lua_pop(L, 2);
+      json_decref(obj);
+      return fail_at(err, path, "an object key is not valid UTF-8");
+    }
+    lua_pop(L, 1);
+  }
+  *out = obj;
+  return kHeraldOk;
+}
+
+static int to_json(lua_State *L, int idx, json_t **out, char *path, size_t plen, int depth,
+                   HeraldError *err) {
+  *out = NULL;
+  switch (lua_type(L, idx)) {
+    case LUA_TNIL: *out = json_null(); return kHeraldOk;
+    case LUA_TBOOLEAN: *out = json_boolean(lua_toboolean(L, idx)); return kHeraldOk;
+    case LUA_TNUMBER:
+      if (lua_isinteger(L, idx)) {
+        *out = json_integer((json_int_t)lua_tointeger(L, idx));
+      } else {
+        double d = lua_tonumber(L, idx);
+        if (!isfinite(d)) return fail_at(err, path, "expected a finite number");
+        *out = json_real(d);
+      }
+      return *out ? kHeraldOk : herald_error_set(err, kHeraldNoMemory, "out of memory");
+    case LUA_TSTRING: {
+      size_t len;
+      const char *s = lua_tolstring(L, idx, &len);
+      *out = json_stringn(s, len);
+      return *out ? kHeraldOk : fail_at(err, path, "string is not valid UTF-8");
+    }
+    case LUA_TLIGHTUSERDATA:
+      if (lua_touserdata(L, idx) == NULL_SENTINEL) {
+        *out = json_null();
+        return kHeraldOk;
+      }
+      break;
+    case LUA_TTABLE: return table_to_json(L, lua_absindex(L, idx), out, path, plen, depth, err);
+    default: break;
+  }
+  char what[64];
+  snprintf(what, sizeof what, "cannot encode a %s value", luaL_typename(L, idx));
+  return fail_at(err, path, what);
+}
+
+int herald_lua_tojson(lua_State *L, int idx, json_t **out, HeraldError *err) {
+  char path[512] = "";
+  return to_json(L, lua_absindex(L, idx), out, path, 0, 0, err);
+}
+
+void herald_lua_pushjson(lua_State *L, json_t *v) {
+  luaL_checkstack(L, 4, "json decode");
+  switch (json_typeof(v)) {
+    case JSON_OBJECT: {
+      lua_createtable(L, 0, (int)json_object_size(v));
+      const char *k;
+      json_t *x;
+      json_object_foreach(v, k, x) {
+        herald_lua_pushjson(L, x);
+        lua_setfield(L, -2, k);
+      }
+      push_mark(L, OBJECT_MT);
+      lua_setmetatable(L, -2);
+      return;
+    }
+    case JSON_ARRAY: {
+      lua_createtable(L, (int)json_array_size(v), 0);
+      size_t i;
+      json_t *x;
+      json_array_foreach(v, i, x) {
+        herald_lua_pushjson(L, x);
+        lua_rawseti(L, -2, (lua_Integer)i + 1);
+      }
+      push_mark(L, ARRAY_MT);
+      lua_setmetatable(L, -2);
+      return;
+    }
+    case JSON_STRING: lua_pushlstring(L, json_string_value(v), json_string_length(v)); return;
+    case JSON_INTEGER: lua_pushinteger(L, (lua_Integer)json_integer_value(v)); return;
+    case JSON_REAL: lua_pushnumber(L, json_real_value(v)); return;
+    case JSON_TRUE: lua_pushboolean(L, 1); return;
+    case JSON_FALSE: lua_pushboolean(L, 0); return;
+    case JSON_NULL: lua_pushlightuserdata(L, NULL_SENTINEL); return;
+  }
+  lua_pushnil(L);
+}
+
+static int l_encode(lua_State *L) {
+  luaL_checkany(L, 1);
+  size_t flags = JSON_COMPACT | JSON_ENCODE_ANY;
+  if (lua_istable(L, 2)) {
+    if (lua_getfield(L, 2, "pretty"), lua_toboolean(L, -1)) flags = JSON_INDENT(2) | JSON_ENCODE_ANY;
+    if (lua_getfield(L, 2, "sort"), lua_toboolean(L, -1)) flags |= JSON_SORT_KEYS;
+    lua_pop(L, 2);
+  }
+  json_t *v = NULL;
+  HeraldError err = {0};
+  if (herald_lua_tojson(L, 1, &v, &err) != kHeraldOk) {
+    lua_pushnil(L);
+    lua_pushstring(L, err.msg);
+    return 2;
+  }
+  char *s = json_dumps(v, flags);
+  json_decref(v);
+  if (s == NULL) return luaL_error(L, "out of memory");
+  lua_pushstring(L, s);
+  free(s);
+  return 1;
+}
+
+static int l_decode(lua_State *L) {
+  size_t len;
+  const char *s = luaL_checklstring(L, 1, &len);
+  json_error_t jerr;
+  json_t *v = json_loadb(s, len, JSON_DECODE_ANY | JSON_ALLOW_NUL, &jerr);
+  if (v == NULL) {
+    lua_pushnil(L);
+    lua_pushfstring(L, "line %d, column %d: %s", jerr.line, jerr.column, jerr.text);
+    return 2;
+  }
+  herald_lua_pushjson(L, v);
+  json_decref(v);
+  return 1;
+}
+
+static int mark_table(lua_State *L, const char *mt) {
+  if (lua_isnoneornil(L, 1)) lua_newtable(L);
+  luaL_checktype(L, 1, LUA_TTABLE);
+  lua_settop(L, 1);
+  push_mark(L, mt);
+  lua_setmetatable(L, 1);
+  return 1;
+}
+
+static int l_array(lua_State *L) { return mark_table(L, ARRAY_MT); }
+static int l_object(lua_State *L) { return mark_table(L, OBJECT_MT); }
+
+static int l_is_array(lua_State *L) {
+  lua_pushboolean(L, lua_istable(L, 1) && marked(L, 1) == 1);
+  return 1;
+}
+
+int luaopen_herald_core_json(lua_State *L) {
+  static const luaL_Reg funcs[] = {
+    {"encode", l_encode}, {"decode", l_decode},     {"array", l_array},
+    {"object", l_object}, {"is_array", l_is_array}, {NULL, NULL},
+  };
+  luaL_newlib(L, funcs);
+  lua_pushlightuserdata(L, NULL_SENTINEL);
+  lua_setfield(L, -2, "null");
+  return 1;
+}

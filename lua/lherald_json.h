@@ -1,0 +1,23 @@
+/* Conversions between Lua values and jansson values, shared by herald.core.json and every
+ * binding that takes or returns Pinpoint-shaped data (endpoints, events).
+ *
+ * Lua -> JSON: a table whose metatable is json.array / json.object is that; otherwise a
+ * non-empty table whose keys are exactly 1..n is an array and any other table an object (an
+ * empty table is an object; integer keys of an object become strings). json.null is JSON
+ * null. Integers stay integers.
+ * JSON -> Lua: arrays and objects get the json.array / json.object metatables, so a decoded
+ * value encodes back to the same JSON (an empty array stays an array). */
+#ifndef HERALD_LUA_JSON_H
+#define HERALD_LUA_JSON_H
+
+#include <jansson.h>
+#include <lua.h>
+
+#include "runtime/error.h"
+
+/* Converts the value at idx; on failure err names the path ("Attributes.x[2]: ..."). */
+int herald_lua_tojson(lua_State *L, int idx, json_t **out, HeraldError *err);
+/* Pushes v (NULL pushes nil). */
+void herald_lua_pushjson(lua_State *L, json_t *v);
+
+#endif

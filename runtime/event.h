@@ -1,0 +1,37 @@
+/* Events in Pinpoint's model (reference/pinpoint.md §3.2), one row per (application, endpoint,
+ * event id): putting the same event again changes nothing. Each new event moves its endpoint's
+ * last_activity forward.
+ *
+ * An event object: {EndpointId, EventId, EventType (required), Timestamp (required, ISO-8601),
+ * Attributes: {name: string}, Metrics: {name: number}, Session: {Id, StartTimestamp,
+ * StopTimestamp, Duration}, AppPackageName, AppTitle, AppVersionCode, ClientSdkVersion,
+ * SdkName}. Without an EventId the id is a hash of the endpoint and the event's content, so a
+ * replayed file stays idempotent. */
+#ifndef HERALD_EVENT_H
+#define HERALD_EVENT_H
+
+#include <jansson.h>
+
+#include "runtime/store.h"
+
+#define HERALD_EVENT_KEYS_MAX 40 /* attribute + metric keys per event */
+#define HERALD_EVENT_VALUE_MAX 200
+
+/* Stores one event of endpoint_id (NULL: the event's own EndpointId field). The endpoint must
+ * exist. *inserted (may be NULL) is 1 for a new event, 0 for a repeat. event_id_out (may be
+ * NULL, 129 bytes) receives the event id. Runs in a (nested) transaction. */
+int herald_event_put(HeraldStore *store, const char *app, const char *endpoint_id, json_t *event,
+                     int *inserted, char *event_id_out, HeraldError *err);
+
+/* Stores an array of events (each with EndpointId) in one transaction: all or none. Errors
+ * name the item ("[3].Timestamp: ..."). *inserted counts the new events. */
+int herald_event_put_batch(HeraldStore *store, const char *app, json_t *events, long long *inserted,
+                           HeraldError *err);
+
+/* Events of an endpoint, newest first; since (ISO-8601, inclusive), type and limit (<= 0: no
+ * limit) are optional. */
+int herald_event_for_endpoint(HeraldStore *store, const char *app, const char *endpoint_id,
+                              const char *since, const char *type, long long limit, json_t **out,
+                              HeraldError *err);
+
+#endif
