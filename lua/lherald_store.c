@@ -71,6 +71,22 @@ static int l_endpoint_by_user(lua_State *L) {
   return push_result(L, rc, out, &err);
 }
 
+/* endpoint_scan(after, limit [, app]) -> list, last (or nil, err) */
+static int l_endpoint_scan(lua_State *L) {
+  long long after = (long long)luaL_checkinteger(L, 1);
+  int limit = (int)luaL_checkinteger(L, 2);
+  luaL_argcheck(L, limit > 0 && limit <= 10000, 2, "must be 1..10000");
+  const char *app = app_arg(L, 3);
+  HeraldError err = {0};
+  json_t *out = NULL;
+  long long last = after;
+  int rc = herald_endpoint_scan(herald_context_store(L), app, after, limit, &out, &last, &err);
+  int n = push_result(L, rc, out, &err);
+  if (rc != kHeraldOk) return n;
+  lua_pushinteger(L, (lua_Integer)last);
+  return 2;
+}
+
 static int l_endpoint_count(lua_State *L) {
   const char *app = app_arg(L, 1);
   HeraldError err = {0};
@@ -269,6 +285,7 @@ int luaopen_herald_core_store(lua_State *L) {
     {"endpoint_get", l_endpoint_get},
     {"endpoint_delete", l_endpoint_delete},
     {"endpoint_by_user", l_endpoint_by_user},
+    {"endpoint_scan", l_endpoint_scan},
     {"endpoint_count", l_endpoint_count},
     {"event_put", l_event_put},
     {"event_put_batch", l_event_put_batch},

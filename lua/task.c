@@ -193,8 +193,7 @@ static void sleep_timer_cb(uv_timer_t *t) {
   Sleep *s = t->data;
   HeraldTaskWait *w = s->wait;
   uv_close((uv_handle_t *)&s->timer, sleep_free_cb);
-  lua_pushboolean(herald_task_wait_thread(w), 1);
-  herald_task_wait_done(w, 1);
+  herald_task_wait_done(w, 0);
 }
 
 /* Cancelling a sleep releases the timer; the task module resumes or drops the task. */
@@ -205,7 +204,8 @@ static void sleep_cancel(HeraldTaskWait *w, void *data) {
   uv_close((uv_handle_t *)&s->timer, sleep_free_cb);
 }
 
-/* sleep(ms) -> true, or false when a stop request cut it short. */
+/* sleep(ms): returns when ms have passed or a stop request cut it short (a caller that cares
+ * checks herald.core.stopping()). */
 static int l_sleep(lua_State *L) {
   lua_Integer ms = luaL_checkinteger(L, 1);
   luaL_argcheck(L, ms >= 0, 1, "must be >= 0");
@@ -284,8 +284,7 @@ static void signal_cb(uv_signal_t *h, int signum) {
     if (w == NULL) break;
     w->interruptible = 0;
     w->cancel(w, w->data);
-    lua_pushboolean(w->co, 0);
-    herald_task_wait_done(w, 1);
+    herald_task_wait_done(w, 0);
   }
 }
 

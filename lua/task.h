@@ -10,7 +10,7 @@ typedef struct HeraldTaskWait HeraldTaskWait;
  * wait, then start the I/O and `return lua_yield(L, 0);`. Raises a Lua error when L is not a
  * task. cancel(w, data) must stop the I/O and release data; it is called on shutdown (the task
  * is then dropped) and, for interruptible waits, on a stop request (the task then resumes with
- * false). */
+ * no values). */
 HeraldTaskWait *herald_task_wait_new(lua_State *L, int interruptible,
                                      void (*cancel)(HeraldTaskWait *w, void *data), void *data);
 

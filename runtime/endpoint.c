@@ -1251,6 +1251,34 @@ int herald_endpoint_by_user(HeraldStore *store, const char *app, const char *use
   return kHeraldOk;
 }
 
+int herald_endpoint_scan(HeraldStore *store, const char *app, long long after, int limit,
+                         json_t **out, long long *last, HeraldError *err) {
+  *out = NULL;
+  *last = after;
+  if (herald_store_app_exists(store, app, err) != kHeraldOk) return err ? err->code : kHeraldNotFound;
+  sqlite3_stmt *st = herald_store_stmt(
+      store, "SELECT " ENDPOINT_COLUMNS ", rowid FROM endpoints WHERE app_id = ?1 AND rowid > ?2 "
+             "ORDER BY rowid LIMIT ?3", err);
+  if (st == NULL) return err ? err->code : kHeraldStore;
+  sqlite3_bind_text(st, 1, app, -1, SQLITE_STATIC);
+  sqlite3_bind_int64(st, 2, after);
+  sqlite3_bind_int(st, 3, limit);
+  json_t *list = json_array();
+  int rc;
+  int rowid_col = sqlite3_column_count(st) - 1;
+  while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+    json_array_append_new(list, row_to_json(st, app));
+    *last = sqlite3_column_int64(st, rowid_col);
+  }
+  sqlite3_reset(st);
+  if (rc != SQLITE_DONE) {
+    json_decref(list);
+    return herald_store_fail(store, err, "scanning endpoints");
+  }
+  *out = list;
+  return kHeraldOk;
+}
+
 int herald_endpoint_count(HeraldStore *store, const char *app, long long *out, HeraldError *err) {
   *out = 0;
   if (herald_store_app_exists(store, app, err) != kHeraldOk) return err ? err->code : kHeraldNotFound;

@@ -65,6 +65,11 @@ int herald_endpoint_delete(HeraldStore *store, const char *app, const char *id, 
 /* All endpoints of a user, an array ordered by EffectiveDate. */
 int herald_endpoint_by_user(HeraldStore *store, const char *app, const char *user_id,
                             json_t **out, HeraldError *err);
+/* Up to limit endpoints of app after storage position `after`, in storage order; *last is the
+ * position to continue from. Memory stays bounded however many endpoints there are. */
+int herald_endpoint_scan(HeraldStore *store, const char *app, long long after, int limit,
+                         json_t **out, long long *last, HeraldError *err);
+
 int herald_endpoint_count(HeraldStore *store, const char *app, long long *out, HeraldError *err);
 
 /* Stable cohort of an endpoint: a hash of application and id, 0-99. */

@@ -138,11 +138,12 @@ function Campaign:definition_json()
   return json.encode({
     segment = self.segment.name, holdout = self.holdout, treatments = t,
     start = self.start, deliver = self.deliver,
-  }, { sort_keys = true })
+  }, { sort = true })
 end
 
 -- The arm of a cohort: treatment index (0-based) or -1 for the holdout.
 function Campaign:arm(cohort)
+  cohort = tonumber(cohort)
   if cohort < self.holdout then return -1 end
   local edge = self.holdout
   for i, t in ipairs(self.treatments) do

@@ -26,6 +26,24 @@ function M.delete(id, opts) return store.endpoint_delete(id, app_of(opts)) end
 -- by_user(user_id [, opts]) -> list of the user's endpoints, oldest EffectiveDate first.
 function M.by_user(user_id, opts) return store.endpoint_by_user(user_id, app_of(opts)) end
 
+-- scan{batch = 500, app =} -> iterator over lists of endpoints, in storage order.
+function M.scan(opts)
+  opts = opts or {}
+  local batch = opts.batch or 500
+  local after = 0
+  return function()
+    if after == nil then return nil end
+    local list, last = store.endpoint_scan(after, batch, opts.app)
+    if list == nil then error(last, 2) end
+    if #list == 0 then
+      after = nil
+      return nil
+    end
+    after = last
+    return list
+  end
+end
+
 function M.count(opts) return store.endpoint_count(app_of(opts)) end
 
 return M

@@ -260,7 +260,7 @@ describe('herald.http', function()
         got = res and (res.status .. ' ' .. res.body) or (err .. ' ' .. class)
       end)
       local slept
-      herald.spawn(function() slept = herald.sleep(10000) end)
+      herald.spawn(function() herald.sleep(10000); slept = require('herald.core').stopping() end)
       herald.sleep(200)
       task.request_stop()
       while got == nil do herald.sleep(50) end
@@ -268,7 +268,7 @@ describe('herald.http', function()
     ]], ng.url .. '/slow'))
     local out, code, err = h.herald(script)
     assert.are.equal(0, code, err)
-    assert.are.equal('200 done\n\tfalse\n', out)
+    assert.are.equal('200 done\ttrue\n', out)
   end)
 
   it('cancels transfers in flight cleanly at shutdown', function()
