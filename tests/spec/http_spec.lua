@@ -268,7 +268,7 @@ describe('herald.http', function()
     ]], ng.url .. '/slow'))
     local out, code, err = h.herald(script)
     assert.are.equal(0, code, err)
-    assert.are.equal('200 done\ttrue\n', out)
+    assert.are.equal('200 done\n\ttrue\n', out)
   end)
 
   it('cancels transfers in flight cleanly at shutdown', function()
