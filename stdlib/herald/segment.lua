@@ -38,6 +38,14 @@ function Segment:each(fn)
   end
 end
 
+-- The segment as a query for engines that select endpoints in SQL (campaign
+-- materialisation): `where` is a boolean SQL expression over the endpoints table aliased `e`,
+-- using only named parameters (:name) whose values are in `params`, never spliced strings;
+-- `filter`, when present, must still be applied to the rows the SQL keeps.
+function Segment:compile()
+  return { where = '1', params = {}, filter = self.filter }
+end
+
 function Segment:count()
   local n = 0
   self:each(function() n = n + 1 end)
