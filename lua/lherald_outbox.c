@@ -100,6 +100,7 @@ static int l_claim(lua_State *L) {
     lua_pushinteger(L, rows[i].id); lua_setfield(L, -2, "id");
     lua_pushinteger(L, rows[i].run_id); lua_setfield(L, -2, "run_id");
     lua_pushstring(L, rows[i].campaign_id); lua_setfield(L, -2, "campaign_id");
+    lua_pushinteger(L, rows[i].campaign_version); lua_setfield(L, -2, "campaign_version");
     lua_pushstring(L, rows[i].endpoint_id); lua_setfield(L, -2, "endpoint_id");
     lua_pushinteger(L, rows[i].treatment); lua_setfield(L, -2, "treatment");
     lua_pushstring(L, rows[i].message_id); lua_setfield(L, -2, "message_id");
@@ -225,6 +226,24 @@ static int l_define_campaign(lua_State *L) {
   return 3;
 }
 
+/* campaign_definition(id, version [, app]) -> definition JSON text, or nil, err */
+static int l_campaign_definition(lua_State *L) {
+  const char *id = luaL_checkstring(L, 1);
+  int version = (int)luaL_checkinteger(L, 2);
+  const char *app = luaL_optstring(L, 3, herald_context()->app);
+  char *def = NULL;
+  HeraldError err = {0};
+  if (herald_campaign_version_definition(herald_context_store(L), app, id, version, &def, &err) !=
+      kHeraldOk) {
+    lua_pushnil(L);
+    lua_pushstring(L, err.msg);
+    return 2;
+  }
+  lua_pushstring(L, def);
+  free(def);
+  return 1;
+}
+
 static int l_set_campaign_state(lua_State *L) {
   HeraldError err = {0};
   if (herald_campaign_set_state(herald_context_store(L), luaL_optstring(L, 3, herald_context()->app),
@@ -239,6 +258,7 @@ int luaopen_herald_core_outbox(lua_State *L) {
     {"recover", l_recover},         {"next_due", l_next_due},   {"complete_runs", l_complete_runs},
     {"message_id", l_message_id},   {"tally", l_tally},
     {"define_campaign", l_define_campaign}, {"set_campaign_state", l_set_campaign_state},
+    {"campaign_definition", l_campaign_definition},
     {NULL, NULL},
   };
   luaL_newlib(L, funcs);

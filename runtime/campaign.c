@@ -1,5 +1,6 @@
 #include "runtime/campaign.h"
 
+#include <stdlib.h>
 #include <string.h>
 
 #include "runtime/clock.h"
@@ -77,10 +78,54 @@ int herald_campaign_define(HeraldStore *store, const char *app, const char *id, 
     herald_store_fail(store, err, "reading a campaign");
     goto fail;
   }
+  if (out->changed) {
+    sqlite3_stmt *ver = herald_store_stmt(
+        store,
+        "INSERT INTO campaign_versions(app_id, campaign_id, version, definition, created_ms)"
+        " VALUES (?1, ?2, ?3, ?4, ?5)",
+        err);
+    if (ver == NULL) goto fail;
+    sqlite3_bind_text(ver, 1, app, -1, SQLITE_STATIC);
+    sqlite3_bind_text(ver, 2, id, -1, SQLITE_STATIC);
+    sqlite3_bind_int(ver, 3, out->version);
+    sqlite3_bind_text(ver, 4, definition, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(ver, 5, now_ms);
+    rc = sqlite3_step(ver);
+    sqlite3_reset(ver);
+    if (rc != SQLITE_DONE) {
+      herald_store_fail(store, err, "storing a campaign version");
+      goto fail;
+    }
+  }
   return herald_store_commit(store, err);
 fail:
   herald_store_rollback(store);
   return err ? err->code : kHeraldStore;
+}
+
+int herald_campaign_version_definition(HeraldStore *store, const char *app, const char *id,
+                                       int version, char **out, HeraldError *err) {
+  *out = NULL;
+  sqlite3_stmt *st = herald_store_stmt(
+      store,
+      "SELECT definition FROM campaign_versions WHERE app_id = ?1 AND campaign_id = ?2"
+      " AND version = ?3",
+      err);
+  if (st == NULL) return err ? err->code : kHeraldStore;
+  sqlite3_bind_text(st, 1, app, -1, SQLITE_STATIC);
+  sqlite3_bind_text(st, 2, id, -1, SQLITE_STATIC);
+  sqlite3_bind_int(st, 3, version);
+  int rc = sqlite3_step(st);
+  if (rc == SQLITE_ROW) {
+    *out = strdup((const char *)sqlite3_column_text(st, 0));
+    sqlite3_reset(st);
+    if (*out == NULL) return herald_error_set(err, kHeraldNoMemory, "out of memory");
+    return kHeraldOk;
+  }
+  sqlite3_reset(st);
+  if (rc == SQLITE_DONE)
+    return herald_error_set(err, kHeraldNotFound, "campaign '%s' has no version %d", id, version);
+  return herald_store_fail(store, err, "reading a campaign version");
 }
 
 int herald_campaign_set_state(HeraldStore *store, const char *app, const char *id,

@@ -18,6 +18,10 @@ int herald_campaign_define(HeraldStore *store, const char *app, const char *id, 
                            const char *definition, int64_t now_ms, HeraldCampaignVersion *out,
                            HeraldError *err);
 
+/* The stored definition (canonical JSON) of one version; *out is malloc'ed. */
+int herald_campaign_version_definition(HeraldStore *store, const char *app, const char *id,
+                                       int version, char **out, HeraldError *err);
+
 /* Sets the lifecycle state (SCHEDULED, EXECUTING, PENDING_NEXT_RUN, COMPLETED, PAUSED, ...). */
 int herald_campaign_set_state(HeraldStore *store, const char *app, const char *id,
                               const char *state, HeraldError *err);

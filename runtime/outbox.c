@@ -118,7 +118,7 @@ int herald_outbox_claim(HeraldStore *store, const char *app, const char *campaig
   sqlite3_stmt *sel = herald_store_stmt(
       store,
       "SELECT o.id, o.run_id, o.endpoint_id, o.treatment, o.message_id, o.channel, o.address,"
-      " o.due_ms, o.attempts, r.campaign_id"
+      " o.due_ms, o.attempts, r.campaign_id, r.campaign_version"
       " FROM outbox o JOIN campaign_runs r ON r.id = o.run_id"
       " WHERE o.state = 'PENDING' AND o.due_ms <= ?1 AND r.app_id = ?3"
       " AND (?4 IS NULL OR r.campaign_id IN (SELECT value FROM json_each(?4)))"
@@ -142,6 +142,7 @@ int herald_outbox_claim(HeraldStore *store, const char *app, const char *campaig
     c->due_ms = sqlite3_column_int64(sel, 7);
     c->attempts = sqlite3_column_int(sel, 8) + 1;
     copy_col(sel, 9, c->campaign_id, sizeof c->campaign_id);
+    c->campaign_version = sqlite3_column_int(sel, 10);
     (*count)++;
   }
   sqlite3_reset(sel);

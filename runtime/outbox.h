@@ -28,6 +28,7 @@ typedef struct {
   int64_t id;
   int64_t run_id;
   char campaign_id[256];
+  int campaign_version;
   char endpoint_id[256];
   int treatment;
   char message_id[40];

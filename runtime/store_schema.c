@@ -78,6 +78,17 @@ const char *const herald_store_migrations[] = {
   "  PRIMARY KEY (app_id, id)"
   ") WITHOUT ROWID;"
 
+  /* Every version's definition is kept: a run in progress keeps the version it started with,
+   * and delivery reads its messages from the run's version. */
+  "CREATE TABLE campaign_versions ("
+  "  app_id TEXT NOT NULL,"
+  "  campaign_id TEXT NOT NULL,"
+  "  version INTEGER NOT NULL,"
+  "  definition TEXT NOT NULL,"
+  "  created_ms INTEGER NOT NULL,"
+  "  PRIMARY KEY (app_id, campaign_id, version)"
+  ") WITHOUT ROWID;"
+
   "CREATE TABLE campaign_runs ("
   "  id INTEGER PRIMARY KEY,"
   "  app_id TEXT NOT NULL,"

@@ -128,16 +128,37 @@ local function build(def)
   }, Campaign)
 end
 
--- The parts of a definition that decide what is sent, as canonical JSON: a change to any of
--- them makes a new version.
+-- A Lua message { subject =, body =, html = } in Pinpoint's MessageConfiguration terms: the
+-- email message, and the default message other channels fall back to.
+local function message_configuration(m)
+  return {
+    EmailMessage = { Title = m.subject, Body = m.body, HtmlBody = m.html },
+    DefaultMessage = { Title = m.subject, Body = m.body },
+  }
+end
+
+-- The stored definition: Pinpoint's WriteCampaignRequest shape (what delivery reads for a
+-- run's version) plus herald's own settings under "Herald", as canonical JSON: a change to
+-- any of it makes a new version.
 function Campaign:definition_json()
-  local t = {}
-  for i, tr in ipairs(self.treatments) do
-    t[i] = { name = tr.name, size = tr.size, message = tr.message }
+  local default = self.treatments[1]
+  local additional = {}
+  for i = 2, #self.treatments do
+    local t = self.treatments[i]
+    additional[#additional + 1] = {
+      Id = tostring(i - 1), TreatmentName = t.name, SizePercent = t.size,
+      MessageConfiguration = message_configuration(t.message),
+    }
   end
   return json.encode({
-    segment = self.segment.name, holdout = self.holdout, treatments = t,
-    start = self.start, deliver = self.deliver,
+    Name = self.name,
+    SegmentId = self.segment.name,
+    HoldoutPercent = self.holdout,
+    TreatmentName = default.name,
+    MessageConfiguration = message_configuration(default.message),
+    AdditionalTreatments = #additional > 0 and additional or json.array({}),
+    Schedule = { StartTime = self.start, Frequency = 'ONCE' },
+    Herald = { DefaultSizePercent = default.size, Deliver = self.deliver },
   }, { sort = true })
 end
 

@@ -8,6 +8,7 @@ local task = require 'herald.core.task'
 local clock = require 'herald.core.clock'
 local outbox = require 'herald.core.outbox'
 local sandbox = require 'herald.sandbox'
+local deliver = require 'herald.deliver'
 
 local runner = {}
 runner.__index = runner
@@ -83,10 +84,11 @@ function runner:loop(opts)
       end
     end
 
+    local okids, ids_json = self:step('campaign_ids')
+    if not okids then break end
     local next_due
     repeat
-      local okd, n, nd = self:step('deliver_due', now, CLAIM_BATCH)
-      if not okd then n = 0 end
+      local n, nd = deliver.pump(now, CLAIM_BATCH, ids_json)
       next_due = nd
     until n < CLAIM_BATCH or core.stopping()
 

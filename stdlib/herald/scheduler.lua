@@ -1,11 +1,9 @@
 -- The campaign side of `herald run`, loaded in the sandbox next to the definitions: plans due
--- runs, materialises them into the outbox and delivers due rows through each campaign's
--- channel. The loop that calls these steps lives in the host (herald.runner).
+-- runs and materialises them into the outbox. The loop that calls these steps, and delivery,
+-- live in the host (herald.runner, herald.deliver).
 local outbox = require 'herald.core.outbox'
 local json = require 'herald.core.json'
-local filechannel = require 'herald.core.filechannel'
 local campaign = require 'herald.campaign'
-local template = require 'herald.template'
 
 local scheduler = {}
 
@@ -37,57 +35,6 @@ local function materialize(c, scheduled)
   return run_id, created, #rows
 end
 
-local function render(c, row, ep)
-  local t = c.treatments[row.treatment + 1]
-  local m = t.message
-  local lines = {
-    '--- message ' .. row.message_id,
-    'campaign: ' .. c.name .. '  treatment: ' .. t.name,
-    'to: ' .. row.address .. ' (' .. row.channel .. ')',
-  }
-  local subject, body, html, err
-  if m.subject then
-    subject, err = template.render(m.subject, ep)
-    if not subject then return nil, err end
-    lines[#lines + 1] = 'subject: ' .. subject
-  end
-  body, err = template.render(m.body, ep)
-  if not body then return nil, err end
-  lines[#lines + 1] = ''
-  lines[#lines + 1] = body
-  if m.html then
-    html, err = template.render(m.html, ep, { escape = true })
-    if not html then return nil, err end
-    lines[#lines + 1] = ''
-    lines[#lines + 1] = html
-  end
-  return table.concat(lines, '\n') .. '\n\n'
-end
-
-local function deliver(rows)
-  local endpoints = require('herald').endpoints
-  local reports = {}
-  for i, row in ipairs(rows) do
-    local c = campaign.defined[row.campaign_id]
-    local ep = endpoints.get(row.endpoint_id)
-    local report = { id = row.id, state = 'SENT' }
-    if ep == nil then
-      report.state, report.reason = 'FAILED', 'ENDPOINT_DELETED'
-    else
-      local text, err = render(c, row, ep)
-      if text then
-        local ok, werr = filechannel.write(c.deliver.path, text)
-        if not ok then report.state, report.reason = 'FAILED', werr end
-      else
-        report.state, report.reason = 'FAILED', 'RENDER_FAILED: ' .. err
-      end
-    end
-    reports[i] = report
-  end
-  outbox.report_batch(reports)
-  return #rows
-end
-
 -- The steps below run inside the sandbox, each called by the host loop (herald.runner) as
 -- its own sandboxed call: user code in one campaign (a filter that fails or runs away) fails
 -- that step only, with its file and line, and the loop goes on.
@@ -115,15 +62,11 @@ function scheduler.materialize(id, at)
   return materialize(c, at)
 end
 
--- Claims and delivers up to max due rows of the loaded campaigns; returns how many.
-function scheduler.deliver_due(now_ms, max)
+-- The ids of the loaded campaigns, as JSON, for the host's delivery to claim their rows.
+function scheduler.campaign_ids()
   local ids = {}
   for i, c in ipairs(campaign.order) do ids[i] = c.id end
-  local rows = outbox.claim(now_ms, max, json.encode(ids))
-  deliver(rows)
-  outbox.complete_runs()
-  local next_due = outbox.next_due(json.encode(ids))
-  return #rows, next_due
+  return json.encode(json.array(ids))
 end
 
 function scheduler.describe(id)
