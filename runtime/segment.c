@@ -39,8 +39,7 @@ static int digits(const char **p, int n, int *out) {
 
 int herald_segment_parse_instant(const char *s, double *ms, int64_t *day) {
   const char *p = s;
-  int y, mo, d, h = 0, mi = 0, sec = 0;
-  double frac = 0;
+  int y, mo, d, h = 0, mi = 0, sec = 0, milli = 0;
   if (!digits(&p, 4, &y) || *p++ != '-' || !digits(&p, 2, &mo) || *p++ != '-' ||
       !digits(&p, 2, &d))
     return 0;
@@ -55,12 +54,9 @@ int herald_segment_parse_instant(const char *s, double *ms, int64_t *day) {
       if (*p == '.') {
         p++;
         if (*p < '0' || *p > '9') return 0;
-        double scale = 0.1;
-        while (*p >= '0' && *p <= '9') {
-          frac += (*p - '0') * scale;
-          scale /= 10;
-          p++;
-        }
+        /* Milliseconds from the first three digits; finer digits are read and ignored. */
+        for (int i = 0; *p >= '0' && *p <= '9'; i++, p++)
+          if (i < 3) milli += (*p - '0') * (i == 0 ? 100 : i == 1 ? 10 : 1);
       }
     }
     if (h > 23 || mi > 59 || sec > 59) return 0;
@@ -76,8 +72,7 @@ int herald_segment_parse_instant(const char *s, double *ms, int64_t *day) {
   if (*p != '\0') return 0;
   int64_t days = days_from_civil(y, mo, d);
   int64_t secs = days * 86400 + h * 3600 + mi * 60 + sec - (int64_t)offset_min * 60;
-  /* Whole milliseconds, truncated, so the Lua reference and SQL agree exactly. */
-  *ms = (double)secs * 1000.0 + floor(frac * 1000.0 + 1e-9);
+  *ms = (double)(secs * 1000 + milli);
   *day = days;
   return 1;
 }

@@ -438,7 +438,7 @@ function Compiler:set(column, d)
   if d.DimensionType == 'EXCLUSIVE' then
     return '(e.' .. column .. ' IS NULL OR e.' .. column .. ' NOT IN (' .. list .. '))'
   end
-  return 'e.' .. column .. ' IN (' .. list .. ')'
+  return '(e.' .. column .. ' IS NOT NULL AND e.' .. column .. ' IN (' .. list .. '))'
 end
 
 -- The rows of json_each over the values of attribute `name` in column, as `j`.
@@ -483,7 +483,8 @@ function Compiler:metric(name, d)
   else
     value = 'json_extract(e.metrics, ' .. self:param('$."' .. name .. '"') .. ')'
   end
-  return value .. ' ' .. METRIC_OPERATORS[d.ComparisonOperator] .. ' ' .. self:param(d.Value)
+  return 'coalesce(' .. value .. ' ' .. METRIC_OPERATORS[d.ComparisonOperator] .. ' ' ..
+    self:param(d.Value) .. ', 0)'
 end
 
 function Compiler:gps(g)
@@ -507,7 +508,7 @@ function Compiler:gps(g)
   end
   parts[#parts + 1] = 'herald_km(' .. self:param(lat) .. ', ' .. self:param(lon) ..
     ', e.latitude, e.longitude) <= ' .. self:param(r)
-  return '(' .. table.concat(parts, ' AND ') .. ')'
+  return 'coalesce(' .. table.concat(parts, ' AND ') .. ', 0)'
 end
 
 local function sorted_keys(t)
@@ -535,7 +536,7 @@ function Compiler:dimensions(d, label)
     local r = d.Behavior.Recency
     local cutoff = self:param(clock.format(self.now_ms - DURATIONS[r.Duration]))
     if r.RecencyType == 'ACTIVE' then
-      add('Behavior.Recency', 'e.last_activity >= ' .. cutoff)
+      add('Behavior.Recency', 'coalesce(e.last_activity >= ' .. cutoff .. ', 0)')
     else
       add('Behavior.Recency', '(e.last_activity IS NULL OR e.last_activity < ' .. cutoff .. ')')
     end
@@ -698,6 +699,9 @@ local function has_filter(seg)
 end
 
 local function contains_declarative(seg, id, opts) return seg:contains(id, opts, true) end
+
+-- Every clause the compiler emits is two-valued (never NULL), so NOT and NONE keep endpoints
+-- whose fields are missing, as the reference semantics say.
 
 -- The SQL condition and the Lua predicate of seg. With filters under ANY or NONE, the SQL is
 -- a superset and the predicate decides, checking each child's declarative part by id.
@@ -1016,25 +1020,28 @@ function Segment:contains(id, opts, declarative_only)
   opts = opts or {}
   local app = app_of(opts)
   local now = opts.now_ms or clock.now()
-  local cache = rawget(self, '_contains')
+  local slot = declarative_only and '_contains_sql' or '_contains'
+  local cache = rawget(self, slot)
   if cache == nil or cache.app ~= app or cache.now_ms ~= opts.now_ms or
       (opts.now_ms == nil and now - cache.at > 1000) then
     if cache then cache.st:close() end
     local c = new_compiler { now_ms = now, app = app }
-    local where = checked(2, declarative, self, c)
-    local params = query_params({ params = c.params }, app)
-    cache = { app = app, at = now, now_ms = opts.now_ms, params = params,
+    local where, filter
+    if declarative_only then where = checked(2, declarative, self, c)
+    else where, filter = checked(2, compile_into, self, c, opts) end
+    cache = { app = app, at = now, now_ms = opts.now_ms, filter = filter,
+      params = query_params({ params = c.params }, app),
       st = prepare('SELECT 1 FROM endpoints e WHERE e.app_id = :app AND e.id = :id AND (' ..
         where .. ')') }
-    rawset(self, '_contains', cache)
+    rawset(self, slot, cache)
   end
   cache.params.id = id
   cache.st:bind(cache.params)
   local found = cache.st:first() ~= nil
-  if not found or declarative_only or not has_filter(self) then return found end
-  local compiled = self:compile { now_ms = opts.now_ms, app = app }
-  local ep = require('herald.endpoints').get(id, { app = app })
-  return ep ~= nil and compiled.filter(ep) and true or false
+  if not found or cache.filter == nil then return found end
+  local view, _, current = new_view(app, {})
+  current.id = id
+  return cache.filter(view) and true or false
 end
 
 local explain_mt = {
