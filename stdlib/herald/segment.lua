@@ -554,8 +554,6 @@ function Compiler:dimensions(d, label)
 end
 
 function Compiler:source(src, path)
-  local key = src.Id .. '@' .. tostring(src.Version)
-  if self.expanding[src.Id] then fail(path, "segment '%s' refers to itself", src.Id) end
   local row = stored(src.Id, src.Version, self.app)
   if row == nil then
     fail(path .. '.Id', "no segment '%s'%s in application '%s'", src.Id,
@@ -566,9 +564,11 @@ function Compiler:source(src, path)
       'm.segment_id = ' .. self:param(src.Id) .. ' AND m.version = ' .. self:param(row.version) ..
       ' AND m.endpoint_id = e.id)'
   end
-  self.expanding[src.Id] = key
-  local sql = self:request(row.definition)
-  self.expanding[src.Id] = nil
+  local key = src.Id .. '@' .. row.version
+  if self.expanding[key] then fail(path, "segment '%s' refers to itself", src.Id) end
+  self.expanding[key] = true
+  local sql = self:request(write_segment_request(row.definition))
+  self.expanding[key] = nil
   return sql
 end
 
@@ -698,8 +698,6 @@ local function has_filter(seg)
   return false
 end
 
-local function contains_declarative(seg, id, opts) return seg:contains(id, opts, true) end
-
 -- Every clause the compiler emits is two-valued (never NULL), so NOT and NONE keep endpoints
 -- whose fields are missing, as the reference semantics say.
 
@@ -727,9 +725,7 @@ local function compile_into(seg, c, opts)
     end
   end
   local function member(i, ep)
-    local child = seg.children[i]
-    if not contains_declarative(child, ep.Id, opts) then return false end
-    return filters[i] == nil or filters[i](ep) and true or false
+    return seg.children[i]:contains(ep.Id, opts)
   end
   if seg.op == 'ANY' then
     return combine('ANY', wheres), function(ep)
@@ -794,14 +790,17 @@ local readonly_mt = {
   __newindex = function() error('segment endpoint views are read-only', 2) end,
 }
 
+local function readonly(values)
+  return setmetatable({}, { __index = values, __len = function() return #values end,
+    __newindex = readonly_mt.__newindex, __pairs = function() return next, values, nil end })
+end
+
 local list_cache, list_cache_size = {}, 0
 
 local function readonly_list(text)
   local l = list_cache[text]
   if l then return l end
-  local values = json.decode(text)
-  l = setmetatable({}, { __index = values, __len = function() return #values end,
-    __newindex = readonly_mt.__newindex })
+  l = readonly(json.decode(text))
   if list_cache_size > 10000 then list_cache, list_cache_size = {}, 0 end
   list_cache[text] = l
   list_cache_size = list_cache_size + 1
@@ -828,7 +827,9 @@ local function new_view(app, fields, on_miss)
         if pushed[name][k] then return nil end
         if on_miss then on_miss(name, k) end
         local src = parent_get()
-        return src and src[k]
+        local v = src and src[k]
+        if type(v) == 'table' then return readonly(v) end
+        return v
       end,
       __newindex = readonly_mt.__newindex,
       __pairs = function()
@@ -1016,24 +1017,21 @@ end
 
 -- contains(endpoint_id [, opts]) -> boolean. The statement is prepared once per segment and
 -- application; Recency cutoffs are refreshed every second.
-function Segment:contains(id, opts, declarative_only)
+function Segment:contains(id, opts)
   opts = opts or {}
   local app = app_of(opts)
   local now = opts.now_ms or clock.now()
-  local slot = declarative_only and '_contains_sql' or '_contains'
-  local cache = rawget(self, slot)
+  local cache = rawget(self, '_contains')
   if cache == nil or cache.app ~= app or cache.now_ms ~= opts.now_ms or
       (opts.now_ms == nil and now - cache.at > 1000) then
     if cache then cache.st:close() end
     local c = new_compiler { now_ms = now, app = app }
-    local where, filter
-    if declarative_only then where = checked(2, declarative, self, c)
-    else where, filter = checked(2, compile_into, self, c, opts) end
+    local where, filter = checked(2, compile_into, self, c, opts)
     cache = { app = app, at = now, now_ms = opts.now_ms, filter = filter,
       params = query_params({ params = c.params }, app),
       st = prepare('SELECT 1 FROM endpoints e WHERE e.app_id = :app AND e.id = :id AND (' ..
         where .. ')') }
-    rawset(self, slot, cache)
+    rawset(self, '_contains', cache)
   end
   cache.params.id = id
   cache.st:bind(cache.params)
