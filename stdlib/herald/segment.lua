@@ -29,7 +29,6 @@ local Segment = {}
 Segment.__index = Segment
 
 local BATCH = 1000
-local PROBE = 32
 
 local SET_TYPES = { 'INCLUSIVE', 'EXCLUSIVE' }
 local ATTRIBUTE_TYPES = { 'INCLUSIVE', 'EXCLUSIVE', 'CONTAINS', 'BEFORE', 'AFTER', 'BETWEEN', 'ON' }
@@ -862,7 +861,7 @@ local function new_view(app, fields, on_miss)
 end
 
 -- Streams the SQL survivors of seg and calls on_member(rowid, id) for each member. With a
--- filter, the fields it reads are pushed as columns (found on the first PROBE rows).
+-- filter, the fields it reads are pushed as SQL columns as they are discovered.
 local function stream(seg, opts, on_member)
   local app = app_of(opts)
   local compiled = seg:compile { now_ms = opts.now_ms, app = app }
@@ -880,75 +879,69 @@ local function stream(seg, opts, on_member)
     end
     return
   end
-  -- Probe: the first rows with a recording view; every read loads the full endpoint.
-  local fields, seen = {}, {}
-  local probed = {}
-  do
-    local top, _, current = new_view(app, {}, function(tname, k)
-      local key = tname .. '.' .. tostring(k)
-      if seen[key] or type(k) ~= 'string' then return end
-      seen[key] = true
-      local sql, list
-      if tname == 'top' then sql = SCALAR_FIELDS[k]
-      elseif SUB_FIELDS[tname] then sql = SUB_FIELDS[tname][k]
-      elseif MAP_COLUMNS[tname] then
-        if not k:find('"', 1, true) then
-          sql = { 'json_extract(e.' .. MAP_COLUMNS[tname] .. ', :', '$."' .. k .. '"' }
-          list = tname ~= 'Metrics'
-        end
-      end
-      if sql then fields[#fields + 1] = { table = tname, key = k, sql = sql, list = list } end
-    end)
-    local st <close> = prepare('SELECT e.rowid, e.id' .. base .. ' LIMIT ' .. PROBE)
-    st:bind(params)
-    local n, rowids, ids = st:fetch(PROBE)
-    if n == nil then error(rowids, 0) end
-    for i = 1, n do
-      current.id, current.full = ids[i], nil
-      local keep = filter(top)
-      probed[rowids[i]] = true
-      if keep then on_member(rowids[i], ids[i]) end
+  -- The filter's view starts with no pushed field: a read of a field that is not pushed loads
+  -- the full endpoint once for that row and records the field. At the next batch boundary the
+  -- query restarts after the last row with the recorded fields as columns. Batches start
+  -- small and double while no field is new, so the slow reads stay few. The scan is in rowid
+  -- order (NOT INDEXED), which makes the restart point exact.
+  local fields, seen, dirty = {}, {}, false
+  local function on_miss(tname, k)
+    local key = tname .. '.' .. tostring(k)
+    if seen[key] or type(k) ~= 'string' then return end
+    seen[key] = true
+    local sql, list
+    if tname == 'top' then sql = SCALAR_FIELDS[k]
+    elseif SUB_FIELDS[tname] then sql = SUB_FIELDS[tname][k]
+    elseif MAP_COLUMNS[tname] and not k:find('"', 1, true) then
+      sql = { 'json_extract(e.' .. MAP_COLUMNS[tname] .. ', :', '$."' .. k .. '"' }
+      list = tname ~= 'Metrics'
     end
-    if n < PROBE then return end
-  end
-  -- Main pass with the discovered fields as columns.
-  local cols = { 'e.rowid', 'e.id' }
-  for i, f in ipairs(fields) do
-    if type(f.sql) == 'table' then
-      local pname = 'f' .. i
-      params[pname] = f.sql[2]
-      cols[#cols + 1] = f.sql[1] .. pname .. ')'
-    else
-      cols[#cols + 1] = f.sql
+    if sql then
+      fields[#fields + 1] = { table = tname, key = k, sql = sql, list = list }
+      dirty = true
     end
   end
-  local top, tables, current = new_view(app, fields)
-  local nf = #fields
-  local ftables, fkeys, flist = {}, {}, {}
-  for i, f in ipairs(fields) do
-    ftables[i], fkeys[i], flist[i] = tables[f.table], f.key, f.list
-  end
-  local st <close> = prepare('SELECT ' .. table.concat(cols, ', ') .. base)
-  st:bind(params)
-  local batch = { st:fetch(BATCH) }
+  local after, size = 0, 16
   while true do
-    local n = batch[1]
-    if n == nil then error(batch[2], 0) end
-    if n == 0 then break end
-    local rowids, ids = batch[2], batch[3]
-    for i = 1, n do
-      local rowid = rowids[i]
-      if not probed[rowid] then
+    local cols = { 'e.rowid', 'e.id' }
+    for i, f in ipairs(fields) do
+      if type(f.sql) == 'table' then
+        params['f' .. i] = f.sql[2]
+        cols[#cols + 1] = f.sql[1] .. 'f' .. i .. ')'
+      else
+        cols[#cols + 1] = f.sql
+      end
+    end
+    local top, tables, current = new_view(app, fields, on_miss)
+    local nf = #fields
+    local ftables, fkeys, flist = {}, {}, {}
+    for i, f in ipairs(fields) do
+      ftables[i], fkeys[i], flist[i] = tables[f.table], f.key, f.list
+    end
+    params.after = after
+    local st <close> = prepare('SELECT ' .. table.concat(cols, ', ') ..
+      ' FROM endpoints e NOT INDEXED WHERE e.app_id = :app AND e.rowid > :after AND (' ..
+      compiled.where .. ') ORDER BY e.rowid')
+    st:bind(params)
+    dirty = false
+    repeat
+      local batch = { st:fetch(size) }
+      local n = batch[1]
+      if n == nil then error(batch[2], 0) end
+      if n == 0 then return end
+      local rowids, ids = batch[2], batch[3]
+      for i = 1, n do
         current.id, current.full = ids[i], nil
         for f = 1, nf do
           local v = batch[f + 3][i]
           if v ~= nil and flist[f] then v = readonly_list(v) end
           rawset(ftables[f], fkeys[f], v)
         end
-        if filter(top) then on_member(rowid, ids[i]) end
+        if filter(top) then on_member(rowids[i], ids[i]) end
       end
-    end
-    batch = { st:fetch(BATCH) }
+      after = rowids[n]
+      if not dirty then size = math.min(BATCH, size * 2) end
+    until dirty
   end
 end
 
