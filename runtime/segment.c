@@ -117,13 +117,94 @@ static void sql_km(sqlite3_context *ctx, int argc, sqlite3_value **argv) {
                                                sqlite3_value_double(argv[3])));
 }
 
+/* JSON scanning for herald_member: the text has no backslash (the caller checks), so a string
+ * ends at the next quote. Each returns the position after the value, or NULL if malformed. */
+static const char *skip_ws(const char *p) {
+  while (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r') p++;
+  return p;
+}
+
+static const char *skip_value(const char *p) {
+  p = skip_ws(p);
+  if (*p == '"') {
+    const char *q = strchr(p + 1, '"');
+    return q ? q + 1 : NULL;
+  }
+  if (*p == '[' || *p == '{') {
+    int depth = 0;
+    for (; *p; p++) {
+      if (*p == '"') {
+        p = strchr(p + 1, '"');
+        if (p == NULL) return NULL;
+      } else if (*p == '[' || *p == '{') {
+        depth++;
+      } else if (*p == ']' || *p == '}') {
+        if (--depth == 0) return p + 1;
+      }
+    }
+    return NULL;
+  }
+  while (*p && *p != ',' && *p != '}' && *p != ']' && *p != ' ') p++;
+  return p;
+}
+
+/* herald_member(json, key): the value of a top-level member of a JSON object without
+ * backslashes, as json_extract(json, '$."key"') returns it (arrays and objects as JSON text),
+ * without building a parse tree. Segment endpoint views read attributes and metrics with it. */
+static void sql_member(sqlite3_context *ctx, int argc, sqlite3_value **argv) {
+  (void)argc;
+  const char *json = (const char *)sqlite3_value_text(argv[0]);
+  const char *key = (const char *)sqlite3_value_text(argv[1]);
+  if (json == NULL || key == NULL) return;
+  size_t klen = strlen(key);
+  const char *p = skip_ws(json);
+  if (*p++ != '{') return;
+  for (;;) {
+    p = skip_ws(p);
+    if (*p != '"') return;
+    const char *k = p + 1, *kend = strchr(k, '"');
+    if (kend == NULL) return;
+    p = skip_ws(kend + 1);
+    if (*p++ != ':') return;
+    p = skip_ws(p);
+    const char *end = skip_value(p);
+    if (end == NULL) return;
+    if ((size_t)(kend - k) == klen && memcmp(k, key, klen) == 0) {
+      if (*p == '"') {
+        sqlite3_result_text(ctx, p + 1, (int)(end - p - 2), SQLITE_TRANSIENT);
+      } else if (*p == '[' || *p == '{') {
+        sqlite3_result_text(ctx, p, (int)(end - p), SQLITE_TRANSIENT);
+      } else if (*p == 't' || *p == 'f') {
+        sqlite3_result_int(ctx, *p == 't');
+      } else if (*p != 'n') {
+        char *num_end = NULL;
+        int integer = 1;
+        for (const char *c = p; c < end; c++)
+          if (*c == '.' || *c == 'e' || *c == 'E') integer = 0;
+        if (integer) {
+          long long v = strtoll(p, &num_end, 10);
+          if (num_end == end) sqlite3_result_int64(ctx, v);
+        } else {
+          double v = strtod(p, &num_end);
+          if (num_end == end) sqlite3_result_double(ctx, v);
+        }
+      }
+      return;
+    }
+    p = skip_ws(end);
+    if (*p++ != ',') return;
+  }
+}
+
 int herald_segment_register_sql(sqlite3 *db, HeraldError *err) {
   const int flags = SQLITE_UTF8 | SQLITE_DETERMINISTIC | SQLITE_INNOCUOUS;
   if (sqlite3_create_function(db, "herald_instant", 1, flags, NULL, sql_instant, NULL, NULL) !=
           SQLITE_OK ||
       sqlite3_create_function(db, "herald_day", 1, flags, NULL, sql_day, NULL, NULL) !=
           SQLITE_OK ||
-      sqlite3_create_function(db, "herald_km", 4, flags, NULL, sql_km, NULL, NULL) != SQLITE_OK)
+      sqlite3_create_function(db, "herald_km", 4, flags, NULL, sql_km, NULL, NULL) != SQLITE_OK ||
+      sqlite3_create_function(db, "herald_member", 2, flags, NULL, sql_member, NULL, NULL) !=
+          SQLITE_OK)
     return herald_error_set(err, kHeraldStore, "segments: registering SQL functions: %s",
                             sqlite3_errmsg(db));
   return kHeraldOk;

@@ -9,8 +9,8 @@
 
 #include "runtime/store.h"
 
-/* Registers herald_instant(text), herald_day(text) and herald_km(lat1, lon1, lat2, lon2) on db.
- * Safe to call more than once. */
+/* Registers herald_instant(text), herald_day(text), herald_km(lat1, lon1, lat2, lon2) and
+ * herald_member(json, key) (a fast top-level lookup for JSON without backslashes) on db. */
 int herald_segment_register_sql(sqlite3 *db, HeraldError *err);
 
 /* Parses the ISO-8601 forms segments accept: YYYY-MM-DD, optionally followed by

@@ -49,8 +49,6 @@ local DEMOGRAPHIC_COLUMNS = {
 }
 local DEMOGRAPHIC_NAMES = { 'AppVersion', 'Channel', 'DeviceType', 'Make', 'Model', 'Platform' }
 
-segment.DEMOGRAPHIC_COLUMNS = DEMOGRAPHIC_COLUMNS
-segment.DURATIONS = DURATIONS
 
 ---------------------------------------------------------------------------------------------
 -- Validation: the definition is checked and copied into a canonical Pinpoint-shaped table.
@@ -892,8 +890,10 @@ local function stream(seg, opts, on_member)
     local sql, list
     if tname == 'top' then sql = SCALAR_FIELDS[k]
     elseif SUB_FIELDS[tname] then sql = SUB_FIELDS[tname][k]
-    elseif MAP_COLUMNS[tname] and not k:find('"', 1, true) then
-      sql = { 'json_extract(e.' .. MAP_COLUMNS[tname] .. ', :', '$."' .. k .. '"' }
+    elseif MAP_COLUMNS[tname] and not k:find('["\\]') then
+      -- herald_member skips building a parse tree; json_extract handles escaped text.
+      local col = 'e.' .. MAP_COLUMNS[tname]
+      sql = { key = k, path = '$."' .. k .. '"', col = col }
       list = tname ~= 'Metrics'
     end
     if sql then
@@ -906,8 +906,9 @@ local function stream(seg, opts, on_member)
     local cols = { 'e.rowid', 'e.id' }
     for i, f in ipairs(fields) do
       if type(f.sql) == 'table' then
-        params['f' .. i] = f.sql[2]
-        cols[#cols + 1] = f.sql[1] .. 'f' .. i .. ')'
+        params['k' .. i], params['p' .. i] = f.sql.key, f.sql.path
+        cols[#cols + 1] = string.format("CASE WHEN instr(%s, '\\') THEN json_extract(%s, :p%d) " ..
+          "ELSE herald_member(%s, :k%d) END", f.sql.col, f.sql.col, i, f.sql.col, i)
       else
         cols[#cols + 1] = f.sql
       end
