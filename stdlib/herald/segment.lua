@@ -17,7 +17,8 @@
 --   Values that are not dates never match a date operator.
 -- - A metric that is absent never matches.
 -- - An empty combination (no groups, no dimensions, no base segments) keeps every endpoint;
---   Include, Type and SourceType default to ALL. Dimensions and SegmentGroups both present: both hold.
+--   Include, Type and SourceType default to ALL. Dimensions and SegmentGroups both present:
+--   both hold.
 -- - DeviceType reads Demographic.Model (endpoints carry no separate device type).
 local core = require 'herald.core.segment'
 local json = require 'herald.core.json'
@@ -138,7 +139,9 @@ local function attribute_map(path, v)
   table_at(path, v, true)
   local out = {}
   for name, d in pairs(v) do
-    if type(name) ~= 'string' or name == '' then fail(path, 'attribute names are non-empty strings') end
+    if type(name) ~= 'string' or name == '' then
+      fail(path, 'attribute names are non-empty strings')
+    end
     out[name] = attribute_dimension(path .. '.' .. name, d)
   end
   return out
@@ -156,7 +159,9 @@ local function metric_map(path, v)
   table_at(path, v, true)
   local out = {}
   for name, d in pairs(v) do
-    if type(name) ~= 'string' or name == '' then fail(path, 'metric names are non-empty strings') end
+    if type(name) ~= 'string' or name == '' then
+      fail(path, 'metric names are non-empty strings')
+    end
     local p = path .. '.' .. name
     table_at(p, d, true)
     check_keys(p, d, { 'ComparisonOperator', 'Value' })
@@ -206,8 +211,12 @@ local function dimensions(path, v)
       check_keys(p .. '.GPSPoint.Coordinates', c, { 'Latitude', 'Longitude' })
       local lat = finite(p .. '.GPSPoint.Coordinates.Latitude', c.Latitude)
       local lon = finite(p .. '.GPSPoint.Coordinates.Longitude', c.Longitude)
-      if lat < -90 or lat > 90 then fail(p .. '.GPSPoint.Coordinates.Latitude', 'outside -90..90') end
-      if lon < -180 or lon > 180 then fail(p .. '.GPSPoint.Coordinates.Longitude', 'outside -180..180') end
+      if lat < -90 or lat > 90 then
+        fail(p .. '.GPSPoint.Coordinates.Latitude', 'outside -90..90')
+      end
+      if lon < -180 or lon > 180 then
+        fail(p .. '.GPSPoint.Coordinates.Longitude', 'outside -180..180')
+      end
       local r = g.RangeInKilometers == nil and 0
         or finite(p .. '.GPSPoint.RangeInKilometers', g.RangeInKilometers)
       if r < 0 then fail(p .. '.GPSPoint.RangeInKilometers', 'must not be negative') end
@@ -357,7 +366,8 @@ local function concise_dimensions(def)
   elseif def.inactive ~= nil then
     d.Behavior = { Recency = { Duration = def.inactive, RecencyType = 'INACTIVE' } }
   end
-  for _, pair in ipairs { { 'attributes', 'Attributes' }, { 'user_attributes', 'UserAttributes' } } do
+  for _, pair in ipairs { { 'attributes', 'Attributes' },
+      { 'user_attributes', 'UserAttributes' } } do
     local v = def[pair[1]]
     if v ~= nil then
       table_at(pair[1], v, true)
@@ -528,7 +538,9 @@ function Compiler:dimensions(d, label)
   if d.Location and d.Location.Country then
     add('Location.Country', self:set('country', d.Location.Country))
   end
-  if d.Location and d.Location.GPSPoint then add('Location.GPSPoint', self:gps(d.Location.GPSPoint)) end
+  if d.Location and d.Location.GPSPoint then
+    add('Location.GPSPoint', self:gps(d.Location.GPSPoint))
+  end
   if d.Behavior then
     local r = d.Behavior.Recency
     local cutoff = self:param(clock.format(self.now_ms - DURATIONS[r.Duration]))
@@ -655,7 +667,9 @@ end
 
 local function compose(op)
   return function(list)
-    if type(list) ~= 'table' then error('herald.segment.' .. op .. ': expected a list of segments', 2) end
+    if type(list) ~= 'table' then
+      error('herald.segment.' .. op .. ': expected a list of segments', 2)
+    end
     local names = {}
     for i, s in ipairs(list) do
       if getmetatable(s) ~= Segment then
@@ -671,13 +685,8 @@ segment.all = compose('all')
 segment.any = compose('any')
 segment.none = compose('none')
 
--- Declarative SQL of a segment (filters ignored) into compiler c.
-local function declarative(seg, c, label)
-  if seg.children then
-    local parts = {}
-    for i, child in ipairs(seg.children) do parts[i] = declarative(child, c) end
-    return combine(seg.op, parts)
-  end
+-- SQL of a segment that is not a composition, into compiler c.
+local function leaf_sql(seg, c, label)
   local sql = c:request(seg.definition, label)
   if seg.static then
     sql = combine('ALL', { sql, 'EXISTS (SELECT 1 FROM segment_members m WHERE m.app_id = ' ..
@@ -699,10 +708,10 @@ end
 -- whose fields are missing, as the reference semantics say.
 
 -- The SQL condition and the Lua predicate of seg. With filters under ANY or NONE, the SQL is
--- a superset and the predicate decides, checking each child's declarative part by id.
+-- a superset and the predicate decides, asking each child's contains().
 local function compile_into(seg, c, opts)
   if not seg.children then
-    return declarative(seg, c, opts.label), seg.filter
+    return leaf_sql(seg, c, opts.label), seg.filter
   end
   local wheres, filters = {}, {}
   for i, child in ipairs(seg.children) do
@@ -1134,7 +1143,9 @@ function segment.versions(id, opts)
   st:bind { app = app_of(opts), id = id }
   local n, v, name, kind, created = st:fetch(100000)
   local out = {}
-  for i = 1, n do out[i] = { version = v[i], name = name[i], type = kind[i], creation_date = created[i] } end
+  for i = 1, n do
+    out[i] = { version = v[i], name = name[i], type = kind[i], creation_date = created[i] }
+  end
   return out
 end
 
@@ -1145,7 +1156,9 @@ local function csv_fields(line, path, lineno)
       local buf, j = {}, i + 1
       while true do
         local q = line:find('"', j, true)
-        if q == nil then error(string.format('%s:%d: unterminated quoted field', path, lineno), 0) end
+        if q == nil then
+          error(string.format('%s:%d: unterminated quoted field', path, lineno), 0)
+        end
         buf[#buf + 1] = line:sub(j, q - 1)
         if line:sub(q + 1, q + 1) == '"' then
           buf[#buf + 1] = '"'
@@ -1186,7 +1199,8 @@ local function csv_endpoint(headers, fields)
       if parent == 'Attributes' or parent == 'UserAttributes' then
         t[last] = t[last] or {}
         table.insert(t[last], v)
-      elseif parent == 'Metrics' or (parent == 'Location' and (last == 'Latitude' or last == 'Longitude')) then
+      elseif parent == 'Metrics' or
+          (parent == 'Location' and (last == 'Latitude' or last == 'Longitude')) then
         t[last] = tonumber(v) or v
       else
         t[last] = v

@@ -346,6 +346,27 @@ describe('segment Lua forms', function()
   end)
 end)
 
+describe('segments in campaign code', function()
+  it('evaluate inside the sandbox, where a runaway filter stops at its line', function()
+    local v = run [[
+      local fine = [=[local S = require('herald').segment
+        return S{ name = 'ok', country = 'FR', filter = function(ep) return ep.Metrics.score > 6 end }:count()]=]
+      local spin = [=[local S = require('herald').segment
+        local s = S{ name = 'spin', filter = function(ep)
+          while true do end
+        end }
+        return pcall(s.count, s)]=]
+      local sb = must(herald.sandbox.new { budget = 10^7, memory = 32 * 2^20 })
+      local ok1, n = sb:run(fine, 'fine.lua')
+      local ok2, err = sb:run(spin, 'spin.lua')
+      emit { ok1, n, ok2, err }]]
+    assert.is_true(v[1], v[2])
+    assert.are.equal(1, v[2])
+    assert.is_false(v[3])
+    assert.matches('spin.lua:3: instruction budget exceeded', v[4], 1, true)
+  end)
+end)
+
 describe('segment composition', function()
   it('all, any and none over declarative and filtered segments', function()
     local v = run [[
