@@ -715,7 +715,7 @@ local function compile_into(seg, c, opts)
   end
   local wheres, filters = {}, {}
   for i, child in ipairs(seg.children) do
-    wheres[i], filters[i] = compile_into(child, c, {})
+    wheres[i], filters[i] = compile_into(child, c, { now_ms = opts.now_ms, app = opts.app })
   end
   if not has_filter(seg) then return combine(seg.op, wheres), nil end
   if seg.op == 'ALL' then

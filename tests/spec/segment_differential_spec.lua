@@ -231,8 +231,8 @@ local function random_segment(depth)
   local r = R(20)
   if depth < 2 and r == 1 then
     local op = pick { 'all', 'any', 'none' }
-    local kids, preds = {}, {}
-    for i = 1, R(2, 3) do kids[i], preds[i] = random_segment(depth + 1) end
+    local kids, preds, texts = {}, {}, {}
+    for i = 1, R(2, 3) do kids[i], preds[i], texts[i] = random_segment(depth + 1) end
     local seg = S[op](kids)
     return seg, function(ep)
       local any, all = false, true
@@ -241,7 +241,7 @@ local function random_segment(depth)
       end
       if op == 'all' then return all elseif op == 'any' then return any end
       return not any
-    end, 'composition ' .. op
+    end, op .. ' { ' .. table.concat(texts, ' ; ') .. ' }'
   end
   local req = request(true)
   local filter = R(8) == 1 and pick(FILTERS) or nil
