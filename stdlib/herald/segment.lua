@@ -817,10 +817,19 @@ end
 -- params = {}, list = bool }; returns the top table and a setter that fills one row.
 local function new_view(app, fields, on_miss)
   local tables, pushed = {}, {}
-  local current = { id = nil, full = nil }
+  -- current.id, or current.rowid when the stream does not fetch ids (count()).
+  local current = { id = nil, rowid = nil, full = nil }
+  local function id()
+    if current.id == nil then
+      local st <close> = prepare('SELECT id FROM endpoints WHERE rowid = :rowid')
+      st:bind { rowid = current.rowid }
+      current.id = st:first()
+    end
+    return current.id
+  end
   local function full()
     if current.full == nil then
-      local ep = require('herald.endpoints').get(current.id, { app = app })
+      local ep = require('herald.endpoints').get(id(), { app = app })
       current.full = ep or {}
     end
     return current.full
@@ -859,7 +868,7 @@ local function new_view(app, fields, on_miss)
   pushed.top.User = true
   rawset(top, 'events', function(_, o)
     o = o or {}
-    return require('herald.core.store').event_for_endpoint(current.id, o.since, o.type,
+    return require('herald.core.store').event_for_endpoint(id(), o.since, o.type,
       o.limit or 100, app)
   end)
   pushed.top.events = true
@@ -869,7 +878,7 @@ end
 
 -- Streams the SQL survivors of seg and calls on_member(rowid, id) for each member. With a
 -- filter, the fields it reads are pushed as SQL columns as they are discovered.
-local function stream(seg, opts, on_member)
+local function stream(seg, opts, on_member, without_ids)
   local app = app_of(opts)
   local compiled = seg:compile { now_ms = opts.now_ms, app = app }
   local params = query_params(compiled, app)
@@ -911,8 +920,10 @@ local function stream(seg, opts, on_member)
     end
   end
   local after, size = 0, 16
+  local first = without_ids and 2 or 3 -- the batch index of the first field column
   while true do
-    local cols = { 'e.rowid', 'e.id' }
+    local cols = { 'e.rowid' }
+    if not without_ids then cols[2] = 'e.id' end
     for i, f in ipairs(fields) do
       if type(f.sql) == 'table' then
         params['k' .. i], params['p' .. i] = f.sql.key, f.sql.path
@@ -939,11 +950,11 @@ local function stream(seg, opts, on_member)
       local n = batch[1]
       if n == nil then error(batch[2], 0) end
       if n == 0 then return end
-      local rowids, ids = batch[2], batch[3]
+      local rowids, ids = batch[2], without_ids and {} or batch[3]
       for i = 1, n do
-        current.id, current.full = ids[i], nil
+        current.rowid, current.id, current.full = rowids[i], ids[i], nil
         for f = 1, nf do
-          local v = batch[f + 3][i]
+          local v = batch[f + first][i]
           if v ~= nil and flist[f] then v = readonly_list(v) end
           rawset(ftables[f], fkeys[f], v)
         end
@@ -969,7 +980,7 @@ function Segment:count(opts)
     return n
   end
   local n = 0
-  stream(self, opts, function() n = n + 1 end)
+  stream(self, opts, function() n = n + 1 end, true)
   return n
 end
 
