@@ -2,7 +2,8 @@
 -- imported base segments, Lua filters, compositions) over random endpoints, evaluated by the
 -- engine (SQL + endpoint views) and by a plain reference evaluator (tests/helpers/
 -- segment_reference.lua). Any disagreement fails with the seed that reproduces it
--- (HERALD_SEGMENT_SEED=n pins the seeds).
+-- (HERALD_SEGMENT_SEED=n pins the seeds; HERALD_SEGMENT_ROUNDS and HERALD_SEGMENT_PER_ROUND
+-- change the default 4 rounds of 2,500 definitions, each round on its own database).
 local h = require 'helpers'
 local s = require 'store_helpers'
 
@@ -289,7 +290,8 @@ emit { compared = compared, mismatches = mismatches, nonempty = nonempty, partia
 ]=]
 
 describe('segments: engine against the reference evaluator', function()
-  local rounds, per_round = tonumber(os.getenv("SEG_ROUNDS") or 4), tonumber(os.getenv("SEG_PER") or 2500)
+  local rounds, per_round = tonumber(os.getenv("HERALD_SEGMENT_ROUNDS") or 4),
+    tonumber(os.getenv("HERALD_SEGMENT_PER_ROUND") or 2500)
   for round = 1, rounds do
     it('agrees on ' .. per_round .. ' random segments (round ' .. round .. ')', function()
       local seed = tonumber(os.getenv('HERALD_SEGMENT_SEED') or '') or (os.time() * 10 + round)
