@@ -23,6 +23,7 @@ static const ModuleEntry modules[] = {
   {"herald.core.schedule", luaopen_herald_core_schedule, 1},
   {"herald.core.json", luaopen_herald_core_json, 1},
   {"herald.core.store", luaopen_herald_core_store, 1},
+  {"herald.core.segment", luaopen_herald_core_segment, 1},
   {"herald.core.progress", luaopen_herald_core_progress, 0},
 };
 

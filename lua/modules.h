@@ -18,6 +18,7 @@ int luaopen_herald_core_server(lua_State *L); /* lua/lherald_server.c: engagemen
 int luaopen_herald_core_schedule(lua_State *L);    /* lua/lherald_schedule.c: zones, runs */
 int luaopen_herald_core_json(lua_State *L);  /* lua/lherald_json.c: JSON over jansson */
 int luaopen_herald_core_store(lua_State *L); /* lua/lherald_store.c: endpoints, events, SQL */
+int luaopen_herald_core_segment(lua_State *L); /* lua/lherald_segment.c: segment queries */
 int luaopen_herald_core_progress(lua_State *L); /* lua/lherald_progress.c: progress lines */
 
 /* Preloads every module into package.preload. sandbox_safe limits it to the modules campaign

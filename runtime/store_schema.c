@@ -151,6 +151,27 @@ const char *const herald_store_migrations[] = {
   "  secret BLOB NOT NULL,"
   "  created_at TEXT NOT NULL"
   ");",
+
+  /* 5: segments. Every save is a new version (campaigns may pin one); definition is the
+   * Pinpoint WriteSegmentRequest JSON. An imported (static) segment's version lists its
+   * endpoints in segment_members, fixed at import time. */
+  "CREATE TABLE segments ("
+  "  app_id TEXT NOT NULL REFERENCES applications(id),"
+  "  id TEXT NOT NULL,"
+  "  version INTEGER NOT NULL,"
+  "  name TEXT NOT NULL,"
+  "  segment_type TEXT NOT NULL CHECK (segment_type IN ('DIMENSIONAL', 'IMPORT')),"
+  "  definition TEXT NOT NULL,"
+  "  creation_date TEXT NOT NULL,"
+  "  PRIMARY KEY (app_id, id, version)"
+  ") WITHOUT ROWID;"
+  "CREATE TABLE segment_members ("
+  "  app_id TEXT NOT NULL,"
+  "  segment_id TEXT NOT NULL,"
+  "  version INTEGER NOT NULL,"
+  "  endpoint_id TEXT NOT NULL,"
+  "  PRIMARY KEY (app_id, segment_id, version, endpoint_id)"
+  ") WITHOUT ROWID;",
 };
 
 const int herald_store_migration_count =

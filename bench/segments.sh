@@ -1,0 +1,102 @@
+# bench/run rows "segments": on N generated endpoints (default 1,000,000; bench/gen_endpoints.lua
+# imported with `herald import`), a three-dimension segment (country, attribute INCLUSIVE,
+# metric comparison):
+#   seg-count    herald's count() against the same condition hand-written as SQL COUNT(*) in
+#                the sqlite3 shell on the same file, in CPU seconds (user + system: the shell's
+#                .timer, herald's os.clock), best of 3 each: on a shared machine wall time
+#                mostly measures the neighbours. The note gives both wall times.
+#   seg-filter   the same segment with country in SQL and a three-field Lua predicate instead of
+#                the attribute and metric: seconds to evaluate it over the N endpoints, against
+#                the time 1,000,000 endpoints/s would take (the note adds the rate per second of
+#                CPU time, which a loaded machine disturbs less, and predicate calls/s).
+#   seg-contains 20,000 contains() checks at random ids against one second (20,000/s).
+#   seg-memory   peak RSS above the idle process (MB) while counting, filtering and iterating
+#                with each(), against 64 MB.
+set -euo pipefail
+rows=${BENCH_SEGMENT_ROWS:-1000000}
+"$HERALD" "$ROOT/bench/gen_endpoints.lua" "$rows" "$BENCH_DIR/endpoints.ndjson" "$BENCH_DIR/endpoints.csv"
+"$HERALD" --db "$BENCH_DIR/h.db" import endpoints "$BENCH_DIR/endpoints.ndjson" >/dev/null
+rm -f "$BENCH_DIR/endpoints.ndjson" "$BENCH_DIR/endpoints.csv"
+
+cat >"$BENCH_DIR/bench.lua" <<'LUA'
+local rows = tonumber(arg[1])
+local clock = require 'herald.core.clock'
+local function rss(field)
+  for line in io.lines('/proc/self/status') do
+    local kb = line:match('^' .. field .. ':%s+(%d+) kB')
+    if kb then return tonumber(kb) / 1024 end
+  end
+end
+-- best wall seconds, result, best CPU seconds
+local function timed(fn)
+  local best, best_cpu, result = math.huge, math.huge, nil
+  for _ = 1, 3 do
+    local t0, c0 = clock.now(), os.clock()
+    result = fn()
+    best = math.min(best, (clock.now() - t0) / 1000)
+    best_cpu = math.min(best_cpu, os.clock() - c0)
+  end
+  return best, result, best_cpu
+end
+herald.endpoints.count() -- open the store before measuring the idle size
+collectgarbage()
+local idle = rss('VmRSS')
+local S = herald.segment
+local seg = S{ name = 'bench', country = 'US', attributes = { Plan = 'pro' },
+  metrics = { score = { gt = 500 } } }
+local t_count, n, cpu_count = timed(function() return seg:count() end)
+local evaluated = 0
+local filtered = S{ name = 'bench-lua', country = 'US', filter = function(ep)
+  evaluated = evaluated + 1
+  return ep.Attributes.Plan[1] == 'pro' and ep.Metrics.score > 500 and
+    ep.Demographic.Timezone ~= 'UTC'
+end }
+local t_filter, m, cpu_filter = timed(function() evaluated = 0 return filtered:count() end)
+assert(m == n, 'the Lua predicate and the declarative segment disagree: ' .. m .. ' vs ' .. n)
+local members = 0
+seg:each(function() members = members + 1 end)
+assert(members == n)
+local checks, hits = 20000, 0
+math.randomseed(7)
+local ids = {}
+for i = 1, checks do ids[i] = 'ep-' .. math.random(rows) end
+local t0 = clock.now()
+for i = 1, checks do
+  if seg:contains(ids[i]) then hits = hits + 1 end
+end
+local t_contains = (clock.now() - t0) / 1000
+local peak = rss('VmHWM')
+io.write(string.format('%.4f %d %.4f %d %.4f %d %.1f %.4f %.4f\n', t_count, n, t_filter,
+  evaluated, t_contains, hits, peak - idle, cpu_filter, cpu_count))
+LUA
+
+read -r t_count n t_filter evaluated t_contains hits mem cpu_filter cpu_count < <("$HERALD" --db "$BENCH_DIR/h.db" "$BENCH_DIR/bench.lua" "$rows")
+
+best_ref=999999 best_ref_wall=999999
+for _ in 1 2 3; do
+  timer=$(sqlite3 "$BENCH_DIR/h.db" <<'SQL' | grep '^Run Time'
+.timer on
+SELECT count(*) FROM endpoints WHERE app_id = 'default' AND country = 'US'
+  AND EXISTS (SELECT 1 FROM json_each(attributes, '$."Plan"') WHERE value IN ('pro'))
+  AND json_extract(metrics, '$."score"') > 500;
+SQL
+)
+  t=$(echo "$timer" | awk '{ print $6 + $8 }')
+  w=$(echo "$timer" | awk '{ print $4 }')
+  best_ref=$(awk -v a="$best_ref" -v b="$t" 'BEGIN { print (b < a ? b : a) }')
+  best_ref_wall=$(awk -v a="$best_ref_wall" -v b="$w" 'BEGIN { print (b < a ? b : a) }')
+done
+ref_n=$(sqlite3 "$BENCH_DIR/h.db" "SELECT count(*) FROM endpoints WHERE country = 'US' AND json_extract(attributes, '\$.Plan[0]') = 'pro' AND json_extract(metrics, '\$.score') > 500")
+[ "$ref_n" -eq "$n" ] || { echo "segment counted $n, the hand-written SQL $ref_n" >&2; exit 1; }
+
+rate=$(awk -v e="$evaluated" -v t="$t_filter" 'BEGIN { printf "%.0f", e / t }')
+erate=$(awk -v e="$rows" -v t="$t_filter" 'BEGIN { printf "%.0f", e / t }')
+cpu_erate=$(awk -v e="$rows" -v t="$cpu_filter" 'BEGIN { printf "%.0f", e / t }')
+crate=$(awk -v c=20000 -v t="$t_contains" 'BEGIN { printf "%.0f", c / t }')
+printf 'seg-count\t%s\t%s\t1.5\t%s endpoints, %s members; count() vs sqlite3 COUNT(*), CPU s (wall %s vs %s)\n' \
+  "$cpu_count" "$best_ref" "$rows" "$n" "$t_count" "$best_ref_wall"
+printf 'seg-filter\t%s\t%s\t1.0\t%s endpoints/s (%s/s of CPU time; target 1,000,000/s); %s predicate calls, %s/s\n' \
+  "$t_filter" "$(awk -v e="$rows" 'BEGIN { print e / 1000000 }')" "$erate" "$cpu_erate" "$evaluated" "$rate"
+printf 'seg-contains\t%s\t1.0\t1.0\t20000 contains() checks, %s/s (%s hits; target 20,000/s)\n' \
+  "$t_contains" "$crate" "$hits"
+printf 'seg-memory\t%s\t64\t1.0\tpeak MB above idle while evaluating (target 64 MB)\n' "$mem"

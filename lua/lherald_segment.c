@@ -1,0 +1,292 @@
+/* herald.core.segment: what stdlib/herald/segment.lua needs from C. Read-only prepared
+ * statements over the store with named parameters and columnar batch fetches (a batch of rows
+ * comes back as one Lua array per column, so evaluating a Lua predicate costs no table per
+ * row), the segment SQL functions, and the segment version store. Campaign code may load it:
+ * statements refuse anything that writes, and ATTACH. */
+#include <lauxlib.h>
+#include <string.h>
+
+#include "lua/context.h"
+#include "lua/modules.h"
+#include "runtime/segment.h"
+
+#define STMT_TYPE "herald.segment.stmt"
+
+typedef struct {
+  sqlite3_stmt *st;
+  int done; /* the last step returned SQLITE_DONE */
+} SegmentStmt;
+
+static sqlite3 *store_db(lua_State *L) {
+  HeraldStore *store = herald_context_store(L);
+  sqlite3 *db = herald_store_db(store);
+  /* Once per connection: SQLite refuses to redefine a function while statements run. */
+  static sqlite3 *registered = NULL;
+  if (db != registered) {
+    HeraldError err = {0};
+    if (herald_segment_register_sql(db, &err) != kHeraldOk) luaL_error(L, "%s", err.msg);
+    registered = db;
+  }
+  return db;
+}
+
+static int deny_attach(void *ud, int action, const char *a, const char *b, const char *c,
+                       const char *d) {
+  (void)ud, (void)a, (void)b, (void)c, (void)d;
+  return action == SQLITE_ATTACH || action == SQLITE_DETACH ? SQLITE_DENY : SQLITE_OK;
+}
+
+static SegmentStmt *check_stmt(lua_State *L) {
+  SegmentStmt *s = luaL_checkudata(L, 1, STMT_TYPE);
+  if (s->st == NULL) luaL_error(L, "segment statement is closed");
+  return s;
+}
+
+/* prepare(sql) -> stmt, or nil, message */
+static int l_prepare(lua_State *L) {
+  size_t len;
+  const char *sql = luaL_checklstring(L, 1, &len);
+  sqlite3 *db = store_db(L);
+  sqlite3_stmt *st = NULL;
+  const char *tail = NULL;
+  sqlite3_set_authorizer(db, deny_attach, NULL);
+  int rc = sqlite3_prepare_v3(db, sql, (int)len, SQLITE_PREPARE_PERSISTENT, &st, &tail);
+  sqlite3_set_authorizer(db, NULL, NULL);
+  if (rc != SQLITE_OK) {
+    lua_pushnil(L);
+    lua_pushfstring(L, "segment SQL: %s", sqlite3_errmsg(db));
+    return 2;
+  }
+  while (tail && *tail && strchr(" \t\r\n;", *tail)) tail++;
+  if (st == NULL || (tail && *tail) || !sqlite3_stmt_readonly(st)) {
+    sqlite3_finalize(st);
+    return luaL_error(L, "segment SQL must be one read-only statement");
+  }
+  SegmentStmt *s = lua_newuserdatauv(L, sizeof *s, 0);
+  s->st = st;
+  s->done = 0;
+  luaL_setmetatable(L, STMT_TYPE);
+  return 1;
+}
+
+/* stmt:bind(params) resets the statement and binds every :name from params[name]; a missing
+ * parameter raises (the compiler produced it, so it is a bug, not bad input). */
+static int l_bind(lua_State *L) {
+  SegmentStmt *s = check_stmt(L);
+  luaL_checktype(L, 2, LUA_TTABLE);
+  sqlite3_reset(s->st);
+  sqlite3_clear_bindings(s->st);
+  s->done = 0;
+  int n = sqlite3_bind_parameter_count(s->st);
+  for (int i = 1; i <= n; i++) {
+    const char *name = sqlite3_bind_parameter_name(s->st, i);
+    if (name == NULL) return luaL_error(L, "segment SQL: positional parameter %d", i);
+    int t = lua_getfield(L, 2, name + 1);
+    int rc;
+    switch (t) {
+      case LUA_TNUMBER:
+        rc = lua_isinteger(L, -1) ? sqlite3_bind_int64(s->st, i, lua_tointeger(L, -1))
+                                  : sqlite3_bind_double(s->st, i, lua_tonumber(L, -1));
+        break;
+      case LUA_TSTRING: {
+        size_t len;
+        const char *v = lua_tolstring(L, -1, &len);
+        rc = sqlite3_bind_text(s->st, i, v, (int)len, SQLITE_TRANSIENT);
+        break;
+      }
+      case LUA_TBOOLEAN: rc = sqlite3_bind_int(s->st, i, lua_toboolean(L, -1)); break;
+      default: return luaL_error(L, "segment SQL: parameter %s has no value", name);
+    }
+    lua_pop(L, 1);
+    if (rc != SQLITE_OK) return luaL_error(L, "segment SQL: binding %s failed", name);
+  }
+  lua_settop(L, 1);
+  return 1;
+}
+
+static void push_column(lua_State *L, sqlite3_stmt *st, int c) {
+  switch (sqlite3_column_type(st, c)) {
+    case SQLITE_INTEGER: lua_pushinteger(L, sqlite3_column_int64(st, c)); break;
+    case SQLITE_FLOAT: lua_pushnumber(L, sqlite3_column_double(st, c)); break;
+    case SQLITE_NULL: lua_pushnil(L); break;
+    default: {
+      const char *v = (const char *)sqlite3_column_text(st, c);
+      lua_pushlstring(L, v, (size_t)sqlite3_column_bytes(st, c));
+    }
+  }
+}
+
+static int step_error(lua_State *L, SegmentStmt *s) {
+  sqlite3 *db = sqlite3_db_handle(s->st);
+  lua_pushnil(L);
+  lua_pushfstring(L, "segment query: %s", sqlite3_errmsg(db));
+  sqlite3_reset(s->st);
+  return 2;
+}
+
+/* stmt:fetch(limit) -> n, column1, column2, ...: up to limit rows as one array per column
+ * (NULL leaves a hole). n is 0 once the rows are exhausted. */
+static int l_fetch(lua_State *L) {
+  SegmentStmt *s = check_stmt(L);
+  int limit = (int)luaL_checkinteger(L, 2);
+  luaL_argcheck(L, limit > 0 && limit <= 100000, 2, "must be 1..100000");
+  int ncols = sqlite3_column_count(s->st);
+  luaL_checkstack(L, ncols + 2, "too many columns");
+  lua_pushinteger(L, 0);
+  for (int c = 0; c < ncols; c++) lua_createtable(L, limit, 0);
+  int n = 0;
+  while (!s->done && n < limit) {
+    int rc = sqlite3_step(s->st);
+    if (rc == SQLITE_DONE) {
+      s->done = 1;
+      break;
+    }
+    if (rc != SQLITE_ROW) return step_error(L, s);
+    n++;
+    for (int c = 0; c < ncols; c++) {
+      push_column(L, s->st, c);
+      lua_rawseti(L, 4 + c, n);
+    }
+  }
+  lua_pushinteger(L, n);
+  lua_replace(L, 3);
+  return ncols + 1;
+}
+
+/* stmt:first() -> the first row's columns (nothing when there is no row); resets. */
+static int l_first(lua_State *L) {
+  SegmentStmt *s = check_stmt(L);
+  int rc = sqlite3_step(s->st);
+  if (rc == SQLITE_DONE) {
+    sqlite3_reset(s->st);
+    return 0;
+  }
+  if (rc != SQLITE_ROW) return step_error(L, s);
+  int ncols = sqlite3_column_count(s->st);
+  luaL_checkstack(L, ncols, "too many columns");
+  for (int c = 0; c < ncols; c++) push_column(L, s->st, c);
+  sqlite3_reset(s->st);
+  return ncols;
+}
+
+static int l_sql(lua_State *L) {
+  SegmentStmt *s = check_stmt(L);
+  char *sql = sqlite3_expanded_sql(s->st);
+  lua_pushstring(L, sql ? sql : sqlite3_sql(s->st));
+  sqlite3_free(sql);
+  return 1;
+}
+
+static int l_close(lua_State *L) {
+  SegmentStmt *s = luaL_checkudata(L, 1, STMT_TYPE);
+  if (s->st != NULL) sqlite3_finalize(s->st);
+  s->st = NULL;
+  return 0;
+}
+
+static const char *app_arg(lua_State *L, int idx) {
+  const char *app = luaL_optstring(L, idx, NULL);
+  return app ? app : herald_context()->app;
+}
+
+/* save(id, name, type, definition_json [, app]) -> version, or nil, message */
+static int l_save(lua_State *L) {
+  const char *id = luaL_checkstring(L, 1), *name = luaL_checkstring(L, 2);
+  const char *type = luaL_checkstring(L, 3), *def = luaL_checkstring(L, 4);
+  const char *app = app_arg(L, 5);
+  HeraldError err = {0};
+  int version = 0;
+  if (herald_segment_save(herald_context_store(L), app, id, name, type, def, &version, &err) !=
+      kHeraldOk) {
+    lua_pushnil(L);
+    lua_pushstring(L, err.msg);
+    return 2;
+  }
+  lua_pushinteger(L, version);
+  return 1;
+}
+
+/* add_members(id, version, ids [, app]) -> true, or nil, message */
+static int l_add_members(lua_State *L) {
+  const char *id = luaL_checkstring(L, 1);
+  int version = (int)luaL_checkinteger(L, 2);
+  luaL_checktype(L, 3, LUA_TTABLE);
+  const char *app = app_arg(L, 4);
+  HeraldStore *store = herald_context_store(L);
+  HeraldError err = {0};
+  lua_Integer n = luaL_len(L, 3);
+  for (lua_Integer i = 1; i <= n; i++) {
+    lua_rawgeti(L, 3, i);
+    const char *ep = lua_tostring(L, -1);
+    if (ep == NULL) return luaL_error(L, "add_members: member %d is not a string", (int)i);
+    if (herald_segment_add_member(store, app, id, version, ep, &err) != kHeraldOk) {
+      lua_pushnil(L);
+      lua_pushstring(L, err.msg);
+      return 2;
+    }
+    lua_pop(L, 1);
+  }
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* atomic(fn, ...) -> fn's results: fn runs inside one store transaction, which rolls back
+ * (and the error propagates) when fn raises. */
+static int l_atomic(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TFUNCTION);
+  HeraldStore *store = herald_context_store(L);
+  HeraldError err = {0};
+  if (herald_store_begin(store, &err) != kHeraldOk) return luaL_error(L, "%s", err.msg);
+  int base = lua_gettop(L);
+  if (lua_pcall(L, base - 1, LUA_MULTRET, 0) != LUA_OK) {
+    herald_store_rollback(store);
+    return lua_error(L);
+  }
+  if (herald_store_commit(store, &err) != kHeraldOk) return luaL_error(L, "%s", err.msg);
+  return lua_gettop(L);
+}
+
+/* instant(text) -> milliseconds since the epoch, day number; nil when not an ISO-8601 date */
+static int l_instant(lua_State *L) {
+  const char *s = luaL_checkstring(L, 1);
+  double ms;
+  int64_t day;
+  if (!herald_segment_parse_instant(s, &ms, &day)) return 0;
+  lua_pushnumber(L, ms);
+  lua_pushinteger(L, (lua_Integer)day);
+  return 2;
+}
+
+static int l_km(lua_State *L) {
+  lua_pushnumber(L, herald_segment_km(luaL_checknumber(L, 1), luaL_checknumber(L, 2),
+                                      luaL_checknumber(L, 3), luaL_checknumber(L, 4)));
+  return 1;
+}
+
+static int l_app(lua_State *L) {
+  lua_pushstring(L, herald_context()->app);
+  return 1;
+}
+
+int luaopen_herald_core_segment(lua_State *L) {
+  static const luaL_Reg stmt_methods[] = {
+    {"bind", l_bind}, {"fetch", l_fetch}, {"first", l_first}, {"sql", l_sql},
+    {"close", l_close}, {NULL, NULL},
+  };
+  static const luaL_Reg funcs[] = {
+    {"prepare", l_prepare}, {"save", l_save}, {"add_members", l_add_members},
+    {"atomic", l_atomic},   {"instant", l_instant}, {"km", l_km},
+    {"app", l_app},         {NULL, NULL},
+  };
+  if (luaL_newmetatable(L, STMT_TYPE)) {
+    luaL_newlib(L, stmt_methods);
+    lua_setfield(L, -2, "__index");
+    lua_pushcfunction(L, l_close);
+    lua_setfield(L, -2, "__gc");
+    lua_pushcfunction(L, l_close);
+    lua_setfield(L, -2, "__close");
+  }
+  lua_pop(L, 1);
+  luaL_newlib(L, funcs);
+  return 1;
+}
