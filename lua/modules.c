@@ -24,6 +24,7 @@ static const ModuleEntry modules[] = {
   {"herald.core.json", luaopen_herald_core_json, 1},
   {"herald.core.store", luaopen_herald_core_store, 1},
   {"herald.core.progress", luaopen_herald_core_progress, 0},
+  {"herald.core.deliver", luaopen_herald_core_deliver, 0},
 };
 
 void herald_modules_preload(lua_State *L, int sandbox_safe) {
