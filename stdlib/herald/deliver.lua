@@ -134,7 +134,7 @@ local function present(v) return v ~= nil and v ~= json.null end
 
 -- Compiled templates by text (template.compile caches nothing, so keep them here).
 local compiled, ncompiled = {}, 0
-local function render_text(text, ctx, escape)
+local function render_text(text, ctx, escape, subs)
   if not present(text) then return nil end
   local key = (escape and 'h' or 't') .. text
   local t = compiled[key]
@@ -146,8 +146,9 @@ local function render_text(text, ctx, escape)
     compiled[key] = t
     ncompiled = ncompiled + 1
   end
-  return t:render(ctx)
+  return t:render(ctx, subs)
 end
+deliver.render_text = render_text
 
 -- Where a campaign's messages go: a profile (for this row's channel) or nil, reason.
 local function route(def, channel)
@@ -172,6 +173,18 @@ local function route(def, channel)
     return cfg.profiles[name]
   end
   return BUILTIN.stdout
+end
+
+-- The profile the providers file routes a channel type to, or nil, reason.
+function deliver.route_channel(channel)
+  return route({ Herald = { Deliver = { type = 'channels' } } }, channel)
+end
+
+-- Takes a slot from the profile's limits now: true, or false and the next slot.
+function deliver.take(profile)
+  local pl = profile_limit(profile)
+  if pl == nil then return true end
+  return pl:take()
 end
 
 -- Builds the message for a claimed row: a table channels understand, or nil, reason.
@@ -227,7 +240,8 @@ function deliver.send_items(items)
       if ok then
         out[i] = res[k] or { verdict = 'transient', reason = 'no outcome' }
       else
-        out[i] = { verdict = 'permanent', reason = 'channel ' .. g.profile.name .. ': ' .. tostring(res), systemic = true }
+        out[i] = { verdict = 'permanent', reason = 'channel ' .. g.profile.name .. ': ' .. tostring(res),
+                   systemic = true, error = true }
       end
     end
     pending = pending - 1
@@ -246,7 +260,7 @@ local function backoff(attempts)
   return http.backoff(attempts, r.min_ms, r.max_ms, r.jitter)
 end
 
-local function feedback(endpoint_id, kind)
+function deliver.feedback(endpoint_id, kind)
   if kind == 'INACTIVE' or kind == 'HARD_BOUNCE' then
     endpoints.put { Id = endpoint_id, EndpointStatus = 'INACTIVE' }
   elseif kind == 'OPT_OUT' then
@@ -358,7 +372,7 @@ function deliver.pump(now_ms, max, ids_json)
     core.defer_batch(defers)
   end
   outbox.report_batch(reports)
-  for _, f in ipairs(fb) do feedback(f[1], f[2]) end
+  for _, f in ipairs(fb) do deliver.feedback(f[1], f[2]) end
   outbox.complete_runs()
   return #rows, outbox.next_due(claimable(ids_json))
 end

@@ -12,7 +12,7 @@ function luachannel:send(msgs)
   for i, m in ipairs(msgs) do
     local ok, res, reason, kind = pcall(self.profile.send, m)
     if not ok then
-      out[i] = { verdict = 'transient', reason = 'send failed: ' .. tostring(res), systemic = true }
+      out[i] = { verdict = 'transient', reason = 'send failed: ' .. tostring(res), systemic = true, error = true }
     elseif res then
       out[i] = { verdict = 'delivered' }
     else

@@ -29,7 +29,7 @@ function sms.new(profile)
       end
     end
   end
-  self.opt_out = profile.opt_out_pattern or '[Oo]pt.?[Oo]ut'
+  self.opt_out = profile.opt_out_pattern or '[Oo]pt%a*[%s_%-]?[Oo]ut'
   return self
 end
 
