@@ -138,7 +138,9 @@ describe('delivery reliability', function()
       local sent, dead = 0, 0
       for _, r in ipairs(rows) do
         assert.is_true(r.attempts >= 1 and r.attempts <= 4, 'attempts ' .. r.attempts)
-        assert.is_true((by_key[r.message_id] or 0) <= 4, 'requests for one message ' .. tostring(by_key[r.message_id]))
+        -- libcurl resends a request once by itself when a reused connection turns out closed
+        -- before any reply (nginx's 444), so the sink may log two requests for one attempt.
+        assert.is_true((by_key[r.message_id] or 0) <= 2 * 4, 'requests for one message ' .. tostring(by_key[r.message_id]))
         if r.state == 'SENT' then
           sent = sent + 1
           assert.are.equal(1, delivered[r.message_id])

@@ -15,7 +15,7 @@ function webhook.new(profile)
   return setmetatable({ profile = profile, per = per }, webhook)
 end
 
-local function payload(group)
+function webhook.payload(group)
   local m = group[1]
   local eps = {}
   for _, x in ipairs(group) do eps[x.endpoint_id] = x.endpoint end
@@ -45,7 +45,7 @@ function webhook:send(msgs)
   for gi, g in ipairs(groups) do
     local keys = {}
     for k, m in ipairs(g) do keys[k] = m.key end
-    reqs[gi] = { body = payload(g), key = table.concat(keys, ','), url = g[1].url,
+    reqs[gi] = { body = webhook.payload(g), key = table.concat(keys, ','), url = g[1].url,
                  headers = { ['Content-Type'] = 'application/json' } }
   end
   local res = util.send_http(self.profile, reqs, { key_header = 'Idempotency-Key', headers = self.profile.headers,
