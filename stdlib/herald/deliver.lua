@@ -373,8 +373,9 @@ function deliver.pump(now_ms, max, ids_json)
   end
   outbox.report_batch(reports)
   for _, f in ipairs(fb) do deliver.feedback(f[1], f[2]) end
-  outbox.complete_runs()
-  return #rows, outbox.next_due(claimable(ids_json))
+  -- A full claim means more is due at once: runs are closed when the claims run short.
+  if #rows < max then outbox.complete_runs() end
+  return #rows, outbox.next_due(ids_json)
 end
 
 return deliver

@@ -25,7 +25,11 @@ function util.send_http(profile, reqs, opts)
     headers = opts.headers, ca_file = profile.ca_file, http1 = opts.http1,
   }
   for _, r in ipairs(reqs) do
-    b:add(r.body, r.key, { url = r.url, headers = r.headers })
+    if r.url or r.headers then
+      b:add(r.body, r.key, { url = r.url, headers = r.headers })
+    else
+      b:add(r.body, r.key)
+    end
   end
   local res = b:wait()
   for i = 1, res.n do

@@ -12,7 +12,9 @@ function webhook.new(profile)
   if math.type(per) ~= 'integer' or per < 1 or per > 50 then
     error('profiles.' .. profile.name .. '.endpoints_per_call: 1..50 (Pinpoint sends at most 50)', 0)
   end
-  return setmetatable({ profile = profile, per = per }, webhook)
+  local headers = { ['Content-Type'] = 'application/json' }
+  for k, v in pairs(profile.headers or {}) do headers[k] = v end
+  return setmetatable({ profile = profile, per = per, headers = headers }, webhook)
 end
 
 function webhook.payload(group)
@@ -45,10 +47,9 @@ function webhook:send(msgs)
   for gi, g in ipairs(groups) do
     local keys = {}
     for k, m in ipairs(g) do keys[k] = m.key end
-    reqs[gi] = { body = webhook.payload(g), key = table.concat(keys, ','), url = g[1].url,
-                 headers = { ['Content-Type'] = 'application/json' } }
+    reqs[gi] = { body = webhook.payload(g), key = table.concat(keys, ','), url = g[1].url }
   end
-  local res = util.send_http(self.profile, reqs, { key_header = 'Idempotency-Key', headers = self.profile.headers,
+  local res = util.send_http(self.profile, reqs, { key_header = 'Idempotency-Key', headers = self.headers,
                                                    http1 = self.profile.http1 })
   local out = {}
   for gi, g in ipairs(groups) do
