@@ -51,5 +51,5 @@ end
 local elapsed = (clock.now() - t0) / 1000
 local size = kind == 'webhook' and #require('herald.channels.webhook').payload { {
   endpoint_id = 'ep-0000001', endpoint = herald.endpoints.get('ep-0000001'), body = body:gsub('{{Id}}', 'ep-0000001'),
-  campaign_id = 'bench', treatment_id = 0, scheduled_time = base } } or #text
+  campaign_id = 'bench', treatment_id = 0, scheduled_time = '2026-11-29T00:00:00.000Z', app_id = 'default', activity_id = '1' } } or #text
 print(string.format('%.3f %d %d %d', elapsed, deliver.stats.sent, deliver.stats.failed + deliver.stats.dead, size))

@@ -25,6 +25,7 @@ local json = require 'herald.json'
 local template = require 'herald.template'
 local endpoints = require 'herald.endpoints'
 local providers = require 'herald.providers'
+local hcore = require 'herald.core'
 
 local deliver = {}
 
@@ -207,7 +208,8 @@ local function prepare(row, def, ep)
     endpoint_id = row.endpoint_id, endpoint = ep,
     campaign_id = row.campaign_id, campaign_name = def.Name, treatment_id = row.treatment,
     treatment_name = name, activity_id = row.run_id and tostring(row.run_id) or nil,
-    scheduled_time = row.due_ms, title = title, body = body, html = html, data = data,
+    scheduled_time = os.date('!%Y-%m-%dT%H:%M:%S', row.due_ms // 1000) .. string.format('.%03dZ', row.due_ms % 1000),
+    title = title, body = body, html = html, data = data,
     from = present(m.FromAddress) and m.FromAddress or nil,
     silent = m.SilentPush == true, ttl = tonumber(m.TimeToLive),
     origination_number = present(m.OriginationNumber) and m.OriginationNumber or nil,
@@ -215,7 +217,7 @@ local function prepare(row, def, ep)
     message_type = present(m.MessageType) and m.MessageType or nil,
     keyword = present(m.Keyword) and m.Keyword or nil,
     headers = present(m.Headers) and m.Headers or nil,
-    app_id = row.app_id,
+    app_id = hcore.app(),
   }
 end
 

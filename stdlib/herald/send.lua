@@ -67,7 +67,7 @@ function send.send(req, opts)
   if type(config) ~= 'table' then fail('MessageConfiguration is required') end
   request_seq = request_seq + 1
   local request_id = req.TraceId or string.format('%x-%d', os.time(), request_seq)
-  local app = opts.app
+  local app = opts.app or require('herald.core').app()
 
   -- One entry per message to send: {address=, channel=, ctx=, subs=, override=, result=}
   local work = {}

@@ -94,6 +94,22 @@ describe('herald.send', function()
     assert.matches('exploded', res3.Result['x@example.com'].StatusMessage)
   end)
 
+  it('sends to every endpoint of a user (SendUsersMessages)', function()
+    assert(endpoints.put { Id = 'u-sms', ChannelType = 'SMS', Address = '+15550000071', User = { UserId = 'user-7' } })
+    assert(endpoints.put { Id = 'u-sms2', ChannelType = 'SMS', Address = '+15550000099', User = { UserId = 'user-7' } })
+    local res = send({ Users = { ['user-7'] = { Substitutions = { Code = { '1234' } } } },
+                       MessageConfiguration = { SMSMessage = { Body = 'Code {{Code}}' } } }, { providers = sms_providers() })
+    assert.are.equal('SUCCESSFUL', res.UsersResult['user-7']['u-sms'].DeliveryStatus)
+    assert.are.equal('OPT_OUT', res.UsersResult['user-7']['u-sms2'].DeliveryStatus)
+    -- the provider's opt-out reply opts the endpoint out, as Pinpoint does on STOP
+    assert.are.equal('ALL', endpoints.get('u-sms2').OptOut)
+    local texts = {}
+    for _, r in ipairs(emu:requests()) do
+      if r.path == '/sms' then texts[json.decode(r.body).to] = json.decode(r.body).text end
+    end
+    assert.are.equal('Code 1234', texts['+15550000071'])
+  end)
+
   it('sends a silent push as APNs background with priority 5 and TimeToLive as apns-expiration', function()
     local token = string.rep('ab', 32)
     local apns = { profiles = { apns = { type = 'apns', url = emu.tls_url, ca_file = emu.ca, team_id = emu.team_id,
