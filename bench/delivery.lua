@@ -6,6 +6,7 @@
 -- webhook-outbox, smtp-outbox: the whole campaign delivery path (bench/delivery_campaign.lua:
 --   outbox claim, endpoint read, render, channel, batched report) against wrk / smtp-source.
 -- memory: peak RSS of that path over --memory-messages (default 1,000,000) webhooks.
+-- crash (not in all): kill -9 ten times during --crash-messages (100,000) webhooks; see below.
 -- webhook: POSTs of a ~500-byte JSON body, each with its own Idempotency-Key, to nginx
 --   (`return 200`, one worker, no access log) from herald's batch API with N connections,
 --   against wrk POSTing the same body to the same nginx with the same connection count.
@@ -17,22 +18,22 @@ local S = require 'servers'
 local http = require 'herald.http'
 
 local opts = { what = 'all', connections = 50, messages = 200000, mails = 50000, sessions = 20,
-               duration = 5, runs = 2, memory_messages = 1000000 }
+               duration = 5, runs = 2, memory_messages = 1000000, crash_messages = 100000 }
 do
   local i = 1
   while arg[i] do
     local a = arg[i]
     if a == 'webhook' or a == 'smtp' or a == 'all' or a == 'webhook-outbox' or a == 'smtp-outbox'
-        or a == 'memory' then
+        or a == 'memory' or a == 'crash' then
       opts.what = a
     elseif a == '--connections' or a == '--messages' or a == '--mails' or a == '--sessions'
-        or a == '--duration' or a == '--runs' or a == '--memory-messages' then
+        or a == '--duration' or a == '--runs' or a == '--memory-messages' or a == '--crash-messages' then
       local v = tonumber(arg[i + 1])
       if not v then error(a .. ' needs a number', 0) end
       opts[a:sub(3):gsub('%-', '_')] = math.floor(v)
       i = i + 1
     else
-      error('unknown argument ' .. a .. ' (webhook|smtp|webhook-outbox|smtp-outbox|memory|all, --connections, --messages, --mails, --sessions, --duration, --runs, --memory-messages)', 0)
+      error('unknown argument ' .. a .. ' (webhook|smtp|webhook-outbox|smtp-outbox|memory|crash|all, --connections, --messages, --mails, --sessions, --duration, --runs, --memory-messages, --crash-messages)', 0)
     end
     i = i + 1
   end
@@ -272,6 +273,62 @@ local function bench_memory()
   io.stdout:flush()
 end
 
+-- crash: the issue's crash check at full size (the spec runs a smaller audience under the
+-- sanitizer): kill -9 the delivering process ten times at random points of the sending,
+-- restart each time; then every message must have reached the sink (nginx logs each request's
+-- Idempotency-Key) and any duplicate is a key the sink had already seen.
+local function bench_crash()
+  local n = opts.crash_messages
+  local ng = S.start_nginx { tls = false }
+  local dir = S.tmpdir('bench-crash')
+  local f = assert(io.open(dir .. '/eps.csv', 'w'))
+  f:write('Id,ChannelType,Address\n')
+  for i = 1, n do f:write(string.format('ep-%07d,CUSTOM,a%d\n', i, i)) end
+  f:close()
+  local exe = require('herald.core').exe_path()
+  capture(string.format('cd %s && %s --db d.db import endpoints eps.csv', dir, exe))
+  local cmd = string.format('%s --db d.db %s/bench/delivery_campaign.lua webhook %s/ok %d %d', exe, root, ng.url, n,
+    opts.connections)
+  local function logged()
+    return tonumber(capture('wc -l < ' .. ng.log)) or 0
+  end
+  math.randomseed(os.time())
+  local kills, t0 = 0, now_s()
+  for _ = 1, 10 do
+    local target = logged() + math.random(1, n // 12)
+    local out = capture(string.format('cd %s && (%s >/dev/null 2>&1 & pid=$!; while kill -0 $pid 2>/dev/null '
+      .. '&& [ "$(wc -l < %s)" -lt %d ]; do sleep 0.01; done; if kill -0 $pid 2>/dev/null; then kill -9 $pid; '
+      .. 'echo killed; fi; { wait $pid; } 2>/dev/null; true)', dir, cmd, ng.log, target))
+    if out:find('killed') then kills = kills + 1 end
+  end
+  local last = capture(string.format('cd %s && %s 2>&1', dir, cmd))
+  local elapsed = now_s() - t0
+  local keys, lines, distinct = {}, 0, 0
+  for _, r in ipairs(ng:requests()) do
+    if r.key then
+      lines = lines + 1
+      if not keys[r.key] then distinct = distinct + 1; keys[r.key] = true end
+    end
+  end
+  local missing = 0
+  local ids = capture(string.format([[cd %s && %s --db d.db -e "for _, r in ipairs(herald.db.query("SELECT message_id AS m FROM outbox WHERE state = 'SENT'")) do print(r.m) end"]], dir, exe))
+  local sent = 0
+  for id in ids:gmatch('%x+') do
+    sent = sent + 1
+    if not keys[id] then missing = missing + 1 end
+  end
+  ng:stop()
+  capture('rm -rf ' .. dir)
+  local dups = lines - distinct
+  local ok = sent == n and missing == 0 and distinct == n and dups <= kills * 256
+  io.write(string.format('crash\t%d\t%d\t-\t%d endpoints, %d kill -9 while sending, %d sent, %d missing at the sink, '
+    .. '%d duplicate requests (bound %d = kills x 256 in flight), %.0f s in all: %s (last run: %s)\n',
+    dups, kills * 256, n, kills, sent, missing, dups, kills * 256, elapsed, ok and 'PASS' or 'FAIL',
+    last:gsub('%s+$', '')))
+  io.stdout:flush()
+end
+
+if opts.what == 'crash' then bench_crash() end
 if opts.what == 'webhook-outbox' or opts.what == 'all' then bench_campaign_webhook() end
 if opts.what == 'smtp-outbox' or opts.what == 'all' then bench_campaign_smtp() end
 if opts.what == 'memory' or opts.what == 'all' then bench_memory() end

@@ -76,20 +76,20 @@ local function channel_for(profile)
   return ch
 end
 
+-- Every profile has a limit of its own, even without windows, so a Retry-After pauses that
+-- provider alone; it sits under the global cap when there is one.
+local UNLIMITED = { per_second = 1e12 }
+
 local function profile_limit(profile)
   local l = state.limits[profile.name]
   if l == nil then
-    if profile.limits then
-      local opts = {}
-      for k, v in pairs(profile.limits) do opts[k] = v end
-      opts.parent = state.global
-      l = ratelimit.new(opts)
-    else
-      l = state.global or false
-    end
+    local opts = {}
+    for k, v in pairs(profile.limits or UNLIMITED) do opts[k] = v end
+    opts.parent = state.global
+    l = ratelimit.new(opts)
     state.limits[profile.name] = l
   end
-  return l or nil
+  return l
 end
 
 local function campaign_limit(campaign_id, def)
@@ -183,9 +183,7 @@ end
 
 -- Takes a slot from the profile's limits now: true, or false and the next slot.
 function deliver.take(profile)
-  local pl = profile_limit(profile)
-  if pl == nil then return true end
-  return pl:take()
+  return profile_limit(profile):take()
 end
 
 -- Builds the message for a claimed row: a table channels understand, or nil, reason.
@@ -322,7 +320,7 @@ function deliver.pump(now_ms, max, ids_json)
       local cl = campaign_limit(row.campaign_id, def)
       local pl = profile_limit(profile)
       if cl then granted, slot = cl:take() end
-      if granted and pl then granted, slot = pl:take() end
+      if granted then granted, slot = pl:take() end
       if granted then
         items[#items + 1] = { profile = profile, msg = msg, row = row }
       else
@@ -349,10 +347,7 @@ function deliver.pump(now_ms, max, ids_json)
           if state.systemic[cid] >= cfg.pause_after then pause(cid, o.reason) end
         end
         if o.feedback then fb[#fb + 1] = { row.endpoint_id, o.feedback } end
-        if o.retry_after_ms and o.retry_after_ms > 0 then
-          local pl = profile_limit(it.profile)
-          if pl then pl:pause(o.retry_after_ms) end
-        end
+        if o.retry_after_ms and o.retry_after_ms > 0 then profile_limit(it.profile):pause(o.retry_after_ms) end
         if o.verdict == 'permanent' then
           state.stats.failed = state.stats.failed + 1
           reports[#reports + 1] = { id = row.id, state = 'FAILED', reason = 'PERMANENT: ' .. tostring(o.reason) }

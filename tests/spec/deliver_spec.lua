@@ -256,6 +256,27 @@ describe('delivery through providers', function()
     assert.is_true(pending > 0, 'the pause left no rows unclaimed')
   end)
 
+  it("honours a 429's Retry-After before the next attempt", function()
+    local dir = h.tmpdir()
+    ng:clear_log()
+    campaign_file(dir, { n = 3, channel = 'CUSTOM', name = 'limited', addr = "function(i) return 'x' .. i end" })
+    h.write(dir .. '/providers.lua', string.format([[
+      return { profiles = { hooks = { type = 'webhook', url = %q } }, channels = { CUSTOM = 'hooks' },
+               retry = { max_attempts = 2, min_ms = 10, max_ms = 20 } }
+    ]], ng.url .. '/limited'))
+    local t0 = os.time()
+    local _, code, err = run(dir, 'c.lua')
+    assert.are.equal(0, code, err)
+    -- nginx's /limited answers 429 with Retry-After: 7; the retry waited for it, not 10 ms
+    assert.is_true(os.time() - t0 >= 6)
+    local rows = query(dir, "SELECT state, reason, attempts FROM outbox")
+    for _, r in ipairs(rows) do
+      assert.are.equal(2, r.attempts)
+      assert.matches('^DEAD_LETTER: 2 attempts, last: HTTP 429', r.reason)
+    end
+    assert.are.equal(6, #ng:requests())
+  end)
+
   it('keeps to the campaign MessagesPerSecond without spending attempts on waiting', function()
     local dir = h.tmpdir()
     ng:clear_log()
