@@ -311,9 +311,12 @@ local function bench_crash()
     end
   end
   local missing = 0
-  local ids = capture(string.format([[cd %s && %s --db d.db -e "for _, r in ipairs(herald.db.query("SELECT message_id AS m FROM outbox WHERE state = 'SENT'")) do print(r.m) end"]], dir, exe))
+  local q = assert(io.open(dir .. '/sent.lua', 'w'))
+  q:write([[for _, r in ipairs(assert(herald.db.query("SELECT message_id AS m FROM outbox WHERE state = 'SENT'"))) do print(r.m) end]])
+  q:close()
+  local ids = capture(string.format('cd %s && %s --db d.db sent.lua', dir, exe))
   local sent = 0
-  for id in ids:gmatch('%x+') do
+  for id in ids:gmatch('[^\n]+') do
     sent = sent + 1
     if not keys[id] then missing = missing + 1 end
   end
