@@ -156,10 +156,14 @@ local function route(def, channel)
   local d = def.Herald and def.Herald.Deliver or { type = 'stdout' }
   local cfg = deliver.config()
   local custom = def.CustomDeliveryConfiguration
-  if channel == 'CUSTOM' and type(custom) == 'table' and type(custom.DeliveryUri) == 'string'
+  local custom_types = type(custom) == 'table' and type(custom.EndpointTypes) == 'table' and custom.EndpointTypes or {}
+  local to_custom = channel == 'CUSTOM'
+  for _, t in ipairs(custom_types) do if t == channel then to_custom = true end end
+  -- Pinpoint's CustomDeliveryConfiguration: the endpoint types it lists go to DeliveryUri.
+  if to_custom and type(custom) == 'table' and type(custom.DeliveryUri) == 'string'
       and custom.DeliveryUri:match('^https?://') then
     local name = 'custom:' .. custom.DeliveryUri
-    cfg.profiles[name] = cfg.profiles[name] or { name = name, type = 'webhook', url = custom.DeliveryUri }
+    cfg.profiles[name] = cfg.profiles[name] or { name = name, type = 'webhook', url = custom.DeliveryUri, custom_delivery = true }
     return cfg.profiles[name]
   end
   if d.type == 'file' then
@@ -187,10 +191,11 @@ function deliver.take(profile)
 end
 
 -- Builds the message for a claimed row: a table channels understand, or nil, reason.
-local function prepare(row, def, ep)
+local function prepare(row, def, ep, profile)
   local name, config = treatment_config(def, row.treatment)
   if config == nil then return nil, 'NO_TREATMENT' end
-  local m = channel_message(config, row.channel)
+  -- endpoints routed to a CustomDeliveryConfiguration get the CustomMessage, as in Pinpoint
+  local m = channel_message(config, profile.custom_delivery and 'CUSTOM' or row.channel)
   if m == nil then return nil, 'NO_MESSAGE_FOR_CHANNEL' end
   local title, body, html, err
   title, err = render_text(m.Title or m.Subject, ep)
@@ -200,14 +205,20 @@ local function prepare(row, def, ep)
   html, err = render_text(m.HtmlBody, ep, true)
   if err then return nil, 'RENDER_FAILED: ' .. err end
   local data = present(m.Data) and m.Data or nil
-  if type(data) == 'string' then data = { Data = data } end
+  local custom_data
+  if type(data) == 'string' then
+    -- CustomMessage.Data: a string the receiver gets as the payload's Data, rendered
+    custom_data, err = render_text(data, ep)
+    if err then return nil, 'RENDER_FAILED: ' .. err end
+    data = nil
+  end
   return {
     key = row.message_id, address = row.address, channel = row.channel,
     endpoint_id = row.endpoint_id, endpoint = ep,
     campaign_id = row.campaign_id, campaign_name = def.Name, treatment_id = row.treatment,
     treatment_name = name, activity_id = row.run_id and tostring(row.run_id) or nil,
     scheduled_time = os.date('!%Y-%m-%dT%H:%M:%S', row.due_ms // 1000) .. string.format('.%03dZ', row.due_ms % 1000),
-    title = title, body = body, html = html, data = data,
+    title = title, body = body, html = html, data = data, custom_data = custom_data,
     from = present(m.FromAddress) and m.FromAddress or nil,
     silent = m.SilentPush == true, ttl = tonumber(m.TimeToLive),
     origination_number = present(m.OriginationNumber) and m.OriginationNumber or nil,
@@ -311,7 +322,7 @@ function deliver.pump(now_ms, max, ids_json)
       if ep == nil then err = 'ENDPOINT_DELETED' end
     end
     if def and ep then profile, err = route(def, row.channel) end
-    if profile then msg, err = prepare(row, def, ep) end
+    if profile then msg, err = prepare(row, def, ep, profile) end
     if msg == nil then
       reports[#reports + 1] = { id = row.id, state = 'FAILED', reason = err }
     else

@@ -110,9 +110,11 @@ function providers.check(cfg, source)
   return cfg
 end
 
--- Loads a providers file: plain Lua with os.getenv, no other access; returns the checked table.
+-- Loads a providers file: operator configuration, run on the host like the command line
+-- itself (a Lua channel's send function may use herald.http and the rest). Returns the checked
+-- table; errors name the file.
 function providers.load(path)
-  local env = setmetatable({ os = { getenv = os.getenv, time = os.time } }, { __index = _G })
+  local env = setmetatable({ herald = require 'herald' }, { __index = _G })
   local chunk, err = loadfile(path, 't', env)
   if not chunk then error(err, 0) end
   local ok, cfg = pcall(chunk)

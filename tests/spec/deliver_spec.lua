@@ -300,6 +300,33 @@ describe('delivery through providers', function()
     assert.is_true(os.time() - t0 < 30)
   end)
 
+  it("sends the endpoint types of a definition's CustomDeliveryConfiguration to its DeliveryUri", function()
+    local dir = h.tmpdir()
+    h.write(dir .. '/s.lua', string.format([[
+      local outbox = require 'herald.core.outbox'
+      local deliver = require 'herald.deliver'
+      assert(herald.endpoints.put { Id = 'sms-1', ChannelType = 'SMS', Address = '+15550000123' })
+      outbox.define_campaign('cdc', 'cdc', herald.json.encode {
+        Name = 'cdc', TreatmentName = 't', AdditionalTreatments = herald.json.array {},
+        MessageConfiguration = { CustomMessage = { Data = 'custom {{Address}}' }, DefaultMessage = { Body = 'b' } },
+        CustomDeliveryConfiguration = { DeliveryUri = %q, EndpointTypes = { 'SMS' } },
+      })
+      outbox.materialize { campaign_id = 'cdc', version = 1, scheduled_ms = 1000, rows = {
+        { endpoint_id = 'sms-1', treatment = 0, channel = 'SMS', address = '+15550000123', state = 'PENDING' } } }
+      print(deliver.pump(herald.now_ms(), 10, '["cdc"]'))
+    ]], emu.url .. '/hook'))
+    local out, code, err = h.herald('--db d.db s.lua', { cwd = dir })
+    assert.are.equal(0, code, err)
+    assert.matches('^1', out)
+    assert.are.equal('SENT', query(dir, "SELECT state FROM outbox")[1].state)
+    local found
+    for _, r in ipairs(emu:requests()) do
+      if r.path == '/hook' and r.body:find('"cdc"', 1, true) then found = json.decode(r.body) end
+    end
+    assert.are.equal('SMS', found.Endpoints['sms-1'].ChannelType)
+    assert.are.equal('custom +15550000123', found.Data)
+  end)
+
   it('names the providers file and field of a bad profile', function()
     local dir = h.tmpdir()
     campaign_file(dir, { n = 1, channel = 'CUSTOM', addr = "function(i) return 'x' end" })

@@ -23,7 +23,7 @@ function webhook.payload(group)
   for _, x in ipairs(group) do eps[x.endpoint_id] = x.endpoint end
   return json.encode {
     Message = { Body = m.body, Title = m.title },
-    Data = m.data or m.body,
+    Data = m.custom_data or m.data or m.body,
     ApplicationId = m.app_id, CampaignId = m.campaign_id, TreatmentId = tostring(m.treatment_id),
     ActivityId = m.activity_id, ScheduledTime = m.scheduled_time,
     Endpoints = eps,
