@@ -134,7 +134,7 @@ local function bench_webhook()
   ng:stop()
   local floor = total / best_h >= 20000 and '' or ' (below 20,000/s: MISSED)'
   row('webhook', best_h, best_r, string.format(
-    '%d POSTs of %d B to nginx return 200, %d connections: herald %s vs wrk %s%s; engine only, outbox bookkeeping not yet included',
+    '%d POSTs of %d B to nginx return 200, %d connections: herald %s vs wrk %s%s; transport engine alone (webhook-outbox has the whole delivery path)',
     total, #body, conns, rate(total, best_h), rate(total, best_r), floor))
 end
 
