@@ -1,6 +1,8 @@
 #include "runtime/clock.h"
 
 #include <stdio.h>
+
+#include "runtime/datetime.h"
 #include <time.h>
 
 static int manual_on;
@@ -25,11 +27,7 @@ void herald_clock_advance(int64_t delta_ms) {
 int herald_clock_is_manual(void) { return manual_on; }
 
 void herald_time_format(int64_t ms, char *buf, size_t len) {
-  int64_t secs = ms >= 0 ? ms / 1000 : (ms - 999) / 1000;
-  int millis = (int)(ms - secs * 1000);
-  time_t t = (time_t)secs;
-  struct tm tm;
-  gmtime_r(&t, &tm);
-  snprintf(buf, len, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900, tm.tm_mon + 1,
-           tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, millis);
+  char iso[HERALD_DATETIME_LEN];
+  herald_datetime_format(ms, iso);
+  snprintf(buf, len, "%s", iso);
 }

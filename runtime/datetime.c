@@ -1,5 +1,7 @@
 #include "runtime/datetime.h"
 
+#include "runtime/clock.h"
+
 #include <ctype.h>
 #include <stdio.h>
 #include <time.h>
@@ -107,11 +109,8 @@ void herald_datetime_format(int64_t ms, char out[HERALD_DATETIME_LEN]) {
   out[HERALD_DATETIME_LEN - 1] = '\0';
 }
 
-int64_t herald_datetime_now_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
+/* The runtime's clock, so a manual clock in tests dates writes too. */
+int64_t herald_datetime_now_ms(void) { return herald_clock_now_ms(); }
 
 void herald_datetime_now(char out[HERALD_DATETIME_LEN]) {
   herald_datetime_format(herald_datetime_now_ms(), out);

@@ -1,0 +1,107 @@
+-- Campaign code under `herald run` is sandboxed: every bad script gets a clear error with its
+-- file and line, and the runtime goes on with the rest.
+local h = require 'helpers'
+
+local GOOD = [[
+herald.endpoints.put{ Id = 'g1', ChannelType = 'EMAIL', Address = 'g1@example.com' }
+herald.campaign{ name = 'good', segment = herald.segment{ name = 'everyone' },
+  message = { subject = 'hello', body = 'hi {{Address}}' }, deliver = { file = 'good.txt' } }
+]]
+
+-- Runs `herald run --until-idle bad.lua good.lua` in a fresh directory.
+local function run_with(bad_source)
+  local dir = h.tmpdir()
+  h.write(dir .. '/bad.lua', bad_source)
+  h.write(dir .. '/good.lua', GOOD)
+  local out, code, err = h.herald('--db q.db run --until-idle bad.lua good.lua', { cwd = dir })
+  return dir, out, code, err
+end
+
+local function good_was_delivered(dir)
+  local sent = h.read(dir .. '/good.txt') or ''
+  assert.are.equal(1, h.count(sent, '--- message '))
+  assert.matches('to: g1@example.com', sent, 1, true)
+end
+
+describe('herald run with bad campaign code', function()
+  it('reports a syntax error with file and line', function()
+    local dir, _, code, err = run_with('local x = 1\nherald.campaign{ name = \n')
+    assert.are_not.equal(0, code)
+    assert.matches('bad.lua:3:', err, 1, true)
+    good_was_delivered(dir)
+  end)
+
+  it('stops an endless loop with "instruction budget exceeded" and goes on', function()
+    local dir, _, code, err = run_with('local n = 0\nwhile true do n = n + 1 end\n')
+    assert.are_not.equal(0, code)
+    assert.matches('instruction budget exceeded', err, 1, true)
+    assert.matches('bad.lua:2', err, 1, true)
+    good_was_delivered(dir)
+  end)
+
+  it('stops a loop that tries to pcall its way past the budget', function()
+    local dir, _, code, err = run_with('while true do pcall(function() while true do end end) end\n')
+    assert.are_not.equal(0, code)
+    assert.matches('instruction budget exceeded', err, 1, true)
+    good_was_delivered(dir)
+  end)
+
+  it('stops string.rep of 2^40 bytes with a memory limit error and goes on', function()
+    local dir, _, code, err = run_with('local s = string.rep("x", 2^40)\n')
+    assert.are_not.equal(0, code)
+    assert.matches('memory limit', err, 1, true)
+    good_was_delivered(dir)
+  end)
+
+  it('stops endless table growth with a memory limit error and goes on', function()
+    local dir, _, code, err = run_with('local t = {}\nlocal i = 0\nwhile true do i = i + 1; t[i] = {i} end\n')
+    assert.are_not.equal(0, code)
+    assert.matches('memory limit', err, 1, true)
+    good_was_delivered(dir)
+  end)
+
+  it('refuses a bytecode chunk', function()
+    local dir = h.tmpdir()
+    h.write(dir .. '/bytecode.lua', string.dump(load('return 1')))
+    h.write(dir .. '/good.lua', GOOD)
+    local _, code, err = h.herald('--db q.db run --until-idle bytecode.lua good.lua', { cwd = dir })
+    assert.are_not.equal(0, code)
+    assert.matches('bytecode is refused', err, 1, true)
+    good_was_delivered(dir)
+  end)
+
+  it('names io, os.execute and debug when a script reaches for them', function()
+    for _, expr in ipairs({ 'io.open("x")', 'os.execute("true")', 'debug.traceback()' }) do
+      local global = expr:match('^(%a+)')
+      local dir, _, code, err = run_with('local r = ' .. expr .. '\n')
+      assert.are_not.equal(0, code, expr)
+      assert.matches(global, err, 1, true)
+      assert.matches('bad.lua:1', err, 1, true)
+      good_was_delivered(dir)
+    end
+  end)
+
+  it('leaves none of a failing file\'s campaigns behind', function()
+    local dir, out, code = run_with([[
+      herald.campaign{ name = 'half', segment = herald.segment{ name = 'all' }, message = { body = 'x' } }
+      error('definition file gives up')
+    ]])
+    assert.are_not.equal(0, code)
+    assert.is_nil(out:find('campaign half', 1, true))
+    good_was_delivered(dir)
+  end)
+
+  it('fails only the campaign whose filter runs away, with its file and line', function()
+    local dir, out, code, err = run_with([[
+      herald.campaign{ name = 'spinner', message = { body = 'x' },
+        segment = herald.segment{ name = 'spin', filter = function(ep)
+          while true do end
+        end } }
+    ]])
+    assert.are_not.equal(0, code)
+    assert.matches('instruction budget exceeded', err, 1, true)
+    assert.matches('bad.lua:3', err, 1, true)
+    good_was_delivered(dir)
+    assert.matches('campaign good', out, 1, true)
+  end)
+end)
