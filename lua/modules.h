@@ -20,6 +20,7 @@ int luaopen_herald_core_json(lua_State *L);  /* lua/lherald_json.c: JSON over ja
 int luaopen_herald_core_store(lua_State *L); /* lua/lherald_store.c: endpoints, events, SQL */
 int luaopen_herald_core_segment(lua_State *L); /* lua/lherald_segment.c: segment queries */
 int luaopen_herald_core_progress(lua_State *L); /* lua/lherald_progress.c: progress lines */
+int luaopen_herald_core_deliver(lua_State *L);  /* lua/lherald_deliver.c: JWS signing */
 
 /* Preloads every module into package.preload. sandbox_safe limits it to the modules campaign
  * code may reach. */

@@ -119,7 +119,10 @@ int herald_outbox_claim(HeraldStore *store, const char *app, const char *campaig
       store,
       "SELECT o.id, o.run_id, o.endpoint_id, o.treatment, o.message_id, o.channel, o.address,"
       " o.due_ms, o.attempts, r.campaign_id, r.campaign_version"
-      " FROM outbox o JOIN campaign_runs r ON r.id = o.run_id"
+      /* CROSS JOIN keeps outbox first: the partial due-time index yields rows in claim order
+       * and the LIMIT stops the scan, where starting from the runs would read and sort every
+       * row of a large run on each claim. */
+      " FROM outbox o CROSS JOIN campaign_runs r ON r.id = o.run_id"
       " WHERE o.state = 'PENDING' AND o.due_ms <= ?1 AND r.app_id = ?3"
       " AND (?4 IS NULL OR r.campaign_id IN (SELECT value FROM json_each(?4)))"
       " ORDER BY o.due_ms, o.id LIMIT ?2",
@@ -211,19 +214,21 @@ int herald_outbox_next_due(HeraldStore *store, const char *app, const char *camp
                            int64_t *due_ms, int *found, HeraldError *err) {
   sqlite3_stmt *st = herald_store_stmt(
       store,
-      "SELECT min(o.due_ms) FROM outbox o JOIN campaign_runs r ON r.id = o.run_id"
+      /* The first row in due-time order, outbox first for the reason given at claim. */
+      "SELECT o.due_ms FROM outbox o CROSS JOIN campaign_runs r ON r.id = o.run_id"
       " WHERE o.state = 'PENDING' AND r.app_id = ?1"
-      " AND (?2 IS NULL OR r.campaign_id IN (SELECT value FROM json_each(?2)))",
+      " AND (?2 IS NULL OR r.campaign_id IN (SELECT value FROM json_each(?2)))"
+      " ORDER BY o.due_ms LIMIT 1",
       err);
   if (st == NULL) return err ? err->code : kHeraldStore;
   sqlite3_bind_text(st, 1, app, -1, SQLITE_STATIC);
   sqlite3_bind_text(st, 2, campaigns_json, -1, SQLITE_STATIC);
   int rc = sqlite3_step(st);
-  if (rc != SQLITE_ROW) {
+  if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
     sqlite3_reset(st);
     return herald_store_fail(store, err, "reading the next due time");
   }
-  *found = sqlite3_column_type(st, 0) != SQLITE_NULL;
+  *found = rc == SQLITE_ROW;
   *due_ms = *found ? sqlite3_column_int64(st, 0) : 0;
   sqlite3_reset(st);
   return kHeraldOk;

@@ -55,14 +55,32 @@ end
 
 local function check_deliver(path, d)
   if d == nil or d == 'stdout' then return { type = 'stdout' } end
+  if d == 'channels' then return { type = 'channels' } end
   if type(d) == 'table' and type(d.file) == 'string' and d.file ~= '' then
     return { type = 'file', path = d.file }
   end
-  fail(path, "expected 'stdout' or { file = 'relative/path' }")
+  if type(d) == 'table' and type(d.provider) == 'string' and d.provider ~= '' then
+    return { type = 'provider', provider = d.provider }
+  end
+  fail(path, "expected 'stdout', 'channels' (route by channel type through the providers file), { file = 'relative/path' } or { provider = 'profile name' }")
 end
 
+-- limits = { messages_per_second = N }: Pinpoint's Limits.MessagesPerSecond (1-20,000).
+local function check_limits(path, l)
+  if l == nil then return nil end
+  if type(l) ~= 'table' then fail(path, 'expected { messages_per_second = N }') end
+  for k in pairs(l) do
+    if k ~= 'messages_per_second' then fail(path .. '.' .. tostring(k), 'unknown field (allowed: messages_per_second)') end
+  end
+  local mps = l.messages_per_second
+  if math.type(mps) ~= 'integer' or mps < 1 or mps > 20000 then
+    fail(path .. '.messages_per_second', 'a whole number 1-20000 (as Pinpoint)')
+  end
+  return { MessagesPerSecond = mps }
+end
 local ALLOWED = { name = true, description = true, segment = true, schedule = true,
-                  holdout = true, treatments = true, message = true, deliver = true }
+                  holdout = true, treatments = true, message = true, deliver = true,
+                  limits = true }
 
 local function build(def)
   if type(def) ~= 'table' then fail('', 'expected a table') end
@@ -125,6 +143,7 @@ local function build(def)
     treatments = treatments,
     start = start,
     deliver = check_deliver('deliver', def.deliver),
+    limits = check_limits('limits', def.limits),
   }, Campaign)
 end
 
@@ -159,6 +178,7 @@ function Campaign:definition_json()
     AdditionalTreatments = #additional > 0 and additional or json.array({}),
     Schedule = { StartTime = self.start, Frequency = 'ONCE' },
     Herald = { DefaultSizePercent = default.size, Deliver = self.deliver },
+    Limits = self.limits,
   }, { sort = true })
 end
 

@@ -32,6 +32,7 @@ end
 cli.command('repl', { summary = 'interactive Lua prompt with the runtime loaded', module = 'herald.cli.repl' })
 cli.command('run', { summary = 'load campaign definitions and run the scheduler', module = 'herald.cli.run' })
 cli.command('import', { summary = 'import endpoints or events from CSV / NDJSON', module = 'herald.cli.import' })
+cli.command('send', { summary = 'send direct messages (Pinpoint SendMessages / SendUsersMessages)', module = 'herald.cli.send' })
 cli.command('serve', { summary = 'run the engagement HTTP server (opens, clicks, unsubscribes)', module = 'herald.cli.serve' })
 cli.command('help', { summary = 'describe a command', module = 'herald.cli' })
 

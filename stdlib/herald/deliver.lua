@@ -1,12 +1,31 @@
--- Delivery of due outbox rows, on the host side of `herald run`. It needs no campaign code:
--- each row's message comes from the stored definition of the version its run started with
--- (Pinpoint's MessageConfiguration), rendered by the template engine, and goes out through
--- the campaign's channel. Outcomes are written back in one transaction per batch.
+-- Delivery of due outbox rows, on the host side of `herald run`. Each row's message comes from
+-- the stored definition of the version its run started with (Pinpoint's MessageConfiguration),
+-- rendered by the template engine (compiled once per text), and goes out through a channel
+-- profile of the providers file (herald.providers): the campaign's Herald.Deliver names a
+-- profile ({type = 'provider', provider = NAME}), or routes by channel type
+-- ({type = 'channels'}), or is the built-in stdout/file channel.
+--
+-- Per batch: claim, render, rate-limit (per campaign: Limits.MessagesPerSecond; per profile:
+-- its windows under the global cap; a message over a limit is deferred to its next slot
+-- without using an attempt), send every profile's messages concurrently on the loop, then
+-- write outcomes in one transaction: SENT; PENDING again with exponential backoff and jitter
+-- (or the receiver's Retry-After) for transient failures; FAILED with the provider's reason
+-- for permanent ones and, after the retry bound, FAILED 'DEAD_LETTER: ...'. After
+-- pause_after consecutive systemic failures (connection, TLS, 5xx, refused credentials) the
+-- campaign is PAUSED with the reason and its rows are no longer claimed. The idempotency key
+-- is the outbox message id throughout.
 local outbox = require 'herald.core.outbox'
-local filechannel = require 'herald.core.filechannel'
+local core = require 'herald.core.deliver'
+local clock = require 'herald.core.clock'
+local task = require 'herald.core.task'
+local http = require 'herald.core.http'
+local ratelimit = require 'herald.core.ratelimit'
+local store = require 'herald.core.store'
 local json = require 'herald.json'
 local template = require 'herald.template'
 local endpoints = require 'herald.endpoints'
+local providers = require 'herald.providers'
+local hcore = require 'herald.core'
 
 local deliver = {}
 
@@ -14,14 +33,83 @@ local PUSH = { APNS = 'APNSMessage', APNS_SANDBOX = 'APNSMessage', APNS_VOIP = '
                APNS_VOIP_SANDBOX = 'APNSMessage', GCM = 'GCMMessage', ADM = 'ADMMessage',
                BAIDU = 'BaiduMessage' }
 
+local CHANNEL_MODULES = { smtp = 'herald.channels.smtp', sms = 'herald.channels.sms',
+                          http = 'herald.channels.webhook', webhook = 'herald.channels.webhook',
+                          fcm = 'herald.channels.fcm', apns = 'herald.channels.apns',
+                          lua = 'herald.channels.lua', file = 'herald.channels.file',
+                          stdout = 'herald.channels.file' }
+
+local state = {
+  config = nil,        -- the checked providers table
+  channels = {},       -- profile name -> channel object
+  limits = {},         -- profile name -> rate limit
+  campaign_limits = {},-- campaign id -> rate limit
+  global = nil,
+  systemic = {},       -- campaign id -> consecutive systemic failures
+  paused = {},         -- campaign id -> reason (paused by this process)
+  rng = 0x2545F491,
+  stats = { sent = 0, retried = 0, failed = 0, dead = 0, deferred = 0 },
+}
+deliver.stats = state.stats
+
+-- Uses the providers table cfg (from herald.providers.load) from now on.
+function deliver.configure(cfg)
+  state.config = cfg or providers.default()
+  state.channels, state.limits, state.campaign_limits = {}, {}, {}
+  state.global = state.config.global and ratelimit.new(state.config.global) or nil
+end
+
+function deliver.config()
+  if state.config == nil then deliver.configure(nil) end
+  return state.config
+end
+
+local BUILTIN = { stdout = { name = '(stdout)', type = 'stdout' } }
+
+-- The channel object of a profile, created on first use.
+local function channel_for(profile)
+  local ch = state.channels[profile.name]
+  if ch == nil then
+    ch = require(CHANNEL_MODULES[profile.type]).new(profile)
+    state.channels[profile.name] = ch
+  end
+  return ch
+end
+
+-- Every profile has a limit of its own, even without windows, so a Retry-After pauses that
+-- provider alone; it sits under the global cap when there is one.
+local UNLIMITED = { per_second = 1e12 }
+
+local function profile_limit(profile)
+  local l = state.limits[profile.name]
+  if l == nil then
+    local opts = {}
+    for k, v in pairs(profile.limits or UNLIMITED) do opts[k] = v end
+    opts.parent = state.global
+    l = ratelimit.new(opts)
+    state.limits[profile.name] = l
+  end
+  return l
+end
+
+local function campaign_limit(campaign_id, def)
+  local l = state.campaign_limits[campaign_id]
+  if l == nil then
+    local mps = def.Limits and tonumber(def.Limits.MessagesPerSecond)
+    l = mps and mps > 0 and ratelimit.new { per_second = mps } or false
+    state.campaign_limits[campaign_id] = l
+  end
+  return l or nil
+end
+
 -- Definitions by "campaign@version": a version never changes once stored.
 local definitions = {}
 
-local function definition(row)
-  local key = row.campaign_id .. '@' .. row.campaign_version
+local function definition(campaign_id, version)
+  local key = campaign_id .. '@' .. version
   local d = definitions[key]
   if d == nil then
-    local text, err = outbox.campaign_definition(row.campaign_id, row.campaign_version)
+    local text, err = outbox.campaign_definition(campaign_id, version)
     if text == nil then return nil, err end
     d = json.decode(text)
     definitions[key] = d
@@ -43,62 +131,258 @@ local function channel_message(config, channel)
   return (key and config[key]) or config.DefaultMessage
 end
 
-local function render_part(text, ep, escape)
-  if text == nil or text == json.null then return nil end
-  return template.render(text, ep, { escape = escape })
+local function present(v) return v ~= nil and v ~= json.null end
+
+-- Compiled templates by text (template.compile caches nothing, so keep them here).
+local compiled, ncompiled = {}, 0
+local function render_text(text, ctx, escape, subs)
+  if not present(text) then return nil end
+  local key = (escape and 'h' or 't') .. text
+  local t = compiled[key]
+  if t == nil then
+    local err
+    t, err = template.compile(text, { escape = escape })
+    if not t then return nil, err end
+    if ncompiled > 1024 then compiled, ncompiled = {}, 0 end
+    compiled[key] = t
+    ncompiled = ncompiled + 1
+  end
+  return t:render(ctx, subs)
+end
+deliver.render_text = render_text
+
+-- Where a campaign's messages go: a profile (for this row's channel) or nil, reason.
+local function route(def, channel)
+  local d = def.Herald and def.Herald.Deliver or { type = 'stdout' }
+  local cfg = deliver.config()
+  local custom = def.CustomDeliveryConfiguration
+  local custom_types = type(custom) == 'table' and type(custom.EndpointTypes) == 'table' and custom.EndpointTypes or {}
+  local to_custom = channel == 'CUSTOM'
+  for _, t in ipairs(custom_types) do if t == channel then to_custom = true end end
+  -- Pinpoint's CustomDeliveryConfiguration: the endpoint types it lists go to DeliveryUri.
+  if to_custom and type(custom) == 'table' and type(custom.DeliveryUri) == 'string'
+      and custom.DeliveryUri:match('^https?://') then
+    local name = 'custom:' .. custom.DeliveryUri
+    cfg.profiles[name] = cfg.profiles[name] or { name = name, type = 'webhook', url = custom.DeliveryUri, custom_delivery = true }
+    return cfg.profiles[name]
+  end
+  if d.type == 'file' then
+    return { name = 'file:' .. d.path, type = 'file', path = d.path }
+  elseif d.type == 'provider' then
+    local p = cfg.profiles[d.provider]
+    if p == nil then return nil, "NO_PROVIDER: no profile named '" .. tostring(d.provider) .. "' in the providers file" end
+    return p
+  elseif d.type == 'channels' then
+    local name = cfg.channels[channel] or (channel:match('^APNS') and cfg.channels.APNS)
+    if name == nil then return nil, 'NO_PROVIDER: the providers file routes no ' .. channel .. ' channel' end
+    return cfg.profiles[name]
+  end
+  return BUILTIN.stdout
 end
 
-local function render(row, def, ep)
+-- The profile the providers file routes a channel type to, or nil, reason.
+function deliver.route_channel(channel)
+  return route({ Herald = { Deliver = { type = 'channels' } } }, channel)
+end
+
+-- Takes a slot from the profile's limits now: true, or false and the next slot.
+function deliver.take(profile)
+  return profile_limit(profile):take()
+end
+
+-- Builds the message for a claimed row: a table channels understand, or nil, reason.
+local function prepare(row, def, ep, profile)
   local name, config = treatment_config(def, row.treatment)
   if config == nil then return nil, 'NO_TREATMENT' end
-  local m = channel_message(config, row.channel)
+  -- endpoints routed to a CustomDeliveryConfiguration get the CustomMessage, as in Pinpoint
+  local m = channel_message(config, profile.custom_delivery and 'CUSTOM' or row.channel)
   if m == nil then return nil, 'NO_MESSAGE_FOR_CHANNEL' end
-  local subject, body, html, err
-  subject, err = render_part(m.Title, ep)
+  local title, body, html, err
+  title, err = render_text(m.Title or m.Subject, ep)
   if err then return nil, 'RENDER_FAILED: ' .. err end
-  body, err = render_part(m.Body, ep)
+  body, err = render_text(m.Body, ep)
   if err then return nil, 'RENDER_FAILED: ' .. err end
-  html, err = render_part(m.HtmlBody, ep, true)
+  html, err = render_text(m.HtmlBody, ep, true)
   if err then return nil, 'RENDER_FAILED: ' .. err end
-  local lines = {
-    '--- message ' .. row.message_id,
-    'campaign: ' .. def.Name .. '  treatment: ' .. tostring(name),
-    'to: ' .. row.address .. ' (' .. row.channel .. ')',
-  }
-  if subject then lines[#lines + 1] = 'subject: ' .. subject end
-  lines[#lines + 1] = ''
-  lines[#lines + 1] = body or ''
-  if html then
-    lines[#lines + 1] = ''
-    lines[#lines + 1] = html
+  local data = present(m.Data) and m.Data or nil
+  local custom_data
+  if type(data) == 'string' then
+    -- CustomMessage.Data: a string the receiver gets as the payload's Data, rendered
+    custom_data, err = render_text(data, ep)
+    if err then return nil, 'RENDER_FAILED: ' .. err end
+    data = nil
   end
-  return table.concat(lines, '\n') .. '\n\n'
+  return {
+    key = row.message_id, address = row.address, channel = row.channel,
+    endpoint_id = row.endpoint_id, endpoint = ep,
+    campaign_id = row.campaign_id, campaign_name = def.Name, treatment_id = row.treatment,
+    treatment_name = name, activity_id = row.run_id and tostring(row.run_id) or nil,
+    scheduled_time = os.date('!%Y-%m-%dT%H:%M:%S', row.due_ms // 1000) .. string.format('.%03dZ', row.due_ms % 1000),
+    title = title, body = body, html = html, data = data, custom_data = custom_data,
+    from = present(m.FromAddress) and m.FromAddress or nil,
+    silent = m.SilentPush == true, ttl = tonumber(m.TimeToLive),
+    origination_number = present(m.OriginationNumber) and m.OriginationNumber or nil,
+    sender_id = present(m.SenderId) and m.SenderId or nil,
+    message_type = present(m.MessageType) and m.MessageType or nil,
+    keyword = present(m.Keyword) and m.Keyword or nil,
+    headers = present(m.Headers) and m.Headers or nil,
+    app_id = hcore.app(),
+  }
 end
 
-local function send(row)
-  local def, err = definition(row)
-  if def == nil then return 'FAILED', err end
-  local ep = endpoints.get(row.endpoint_id)
-  if ep == nil then return 'FAILED', 'ENDPOINT_DELETED' end
-  local text, reason = render(row, def, ep)
-  if text == nil then return 'FAILED', reason end
-  local target = def.Herald and def.Herald.Deliver or { type = 'stdout' }
-  local ok, werr = filechannel.write(target.type == 'file' and target.path or nil, text)
-  if not ok then return 'FAILED', werr end
-  return 'SENT'
+-- Sends prepared messages grouped by profile, every profile's batch in its own task so they
+-- overlap on the loop; returns outcomes by the index of `items` ({profile=, msg=}).
+function deliver.send_items(items)
+  local groups, order = {}, {}
+  for i, it in ipairs(items) do
+    local g = groups[it.profile.name]
+    if g == nil then
+      g = { profile = it.profile, msgs = {}, idx = {} }
+      groups[it.profile.name] = g
+      order[#order + 1] = g
+    end
+    g.msgs[#g.msgs + 1] = it.msg
+    g.idx[#g.idx + 1] = i
+  end
+  local out, pending = {}, #order
+  local function run(g)
+    local ok, res = pcall(function() return channel_for(g.profile):send(g.msgs) end)
+    for k, i in ipairs(g.idx) do
+      if ok then
+        out[i] = res[k] or { verdict = 'transient', reason = 'no outcome' }
+      else
+        out[i] = { verdict = 'permanent', reason = 'channel ' .. g.profile.name .. ': ' .. tostring(res),
+                   systemic = true, error = true }
+      end
+    end
+    pending = pending - 1
+  end
+  if #order == 1 then
+    run(order[1])
+  else
+    for _, g in ipairs(order) do task.spawn(run, g) end
+    while pending > 0 do task.sleep(1) end
+  end
+  return out
+end
+
+local function backoff(attempts)
+  local r = deliver.config().retry
+  return http.backoff(attempts, r.min_ms, r.max_ms, r.jitter)
+end
+
+function deliver.feedback(endpoint_id, kind)
+  if kind == 'INACTIVE' or kind == 'HARD_BOUNCE' then
+    endpoints.put { Id = endpoint_id, EndpointStatus = 'INACTIVE' }
+  elseif kind == 'OPT_OUT' then
+    endpoints.put { Id = endpoint_id, OptOut = 'ALL' }
+  end
+end
+
+local function pause(campaign_id, reason)
+  if state.paused[campaign_id] then return end
+  state.paused[campaign_id] = reason
+  outbox.set_campaign_state(campaign_id, 'PAUSED')
+  io.stderr:write(string.format('herald: campaign %s paused after %d consecutive systemic failures: %s\n',
+    campaign_id, deliver.config().pause_after, reason))
+end
+
+-- The campaigns to claim from: ids_json without the paused ones (nil: every campaign not
+-- paused). Returns a JSON array or nil when ids_json is nil and none is paused.
+local function claimable(ids_json)
+  local paused = store.query("SELECT id FROM campaigns WHERE state = 'PAUSED'")
+  local skip = {}
+  for _, r in ipairs(paused or {}) do skip[r.id] = true end
+  for id in pairs(state.paused) do skip[id] = true end
+  if next(skip) == nil then return ids_json end
+  local ids = {}
+  if ids_json then
+    for _, id in ipairs(json.decode(ids_json)) do if not skip[id] then ids[#ids + 1] = id end end
+  else
+    for _, r in ipairs(store.query("SELECT id FROM campaigns WHERE state != 'PAUSED'") or {}) do
+      if not skip[r.id] then ids[#ids + 1] = r.id end
+    end
+  end
+  return json.encode(json.array(ids))
 end
 
 -- Claims up to max rows due at now_ms of the campaigns in ids_json (a JSON array; nil = all),
 -- sends them and records the outcomes. Returns how many were claimed and the next due time.
 function deliver.pump(now_ms, max, ids_json)
+  ids_json = claimable(ids_json)
   local rows = outbox.claim(now_ms, max, ids_json)
-  local reports = {}
-  for i, row in ipairs(rows) do
-    local state, reason = send(row)
-    reports[i] = { id = row.id, state = state, reason = reason }
+  local cfg = deliver.config()
+  local reports, defers, items, fb = {}, {}, {}, {}
+  local deferred_at = {}
+  for _, row in ipairs(rows) do
+    local def, err = definition(row.campaign_id, row.campaign_version)
+    local ep, profile, msg
+    if def then
+      ep = endpoints.get(row.endpoint_id)
+      if ep == nil then err = 'ENDPOINT_DELETED' end
+    end
+    if def and ep then profile, err = route(def, row.channel) end
+    if profile then msg, err = prepare(row, def, ep, profile) end
+    if msg == nil then
+      reports[#reports + 1] = { id = row.id, state = 'FAILED', reason = err }
+    else
+      -- Limits: a row over its campaign's or profile's limit waits for the next slot.
+      local granted, slot = true, nil
+      local cl = campaign_limit(row.campaign_id, def)
+      local pl = profile_limit(profile)
+      if cl then granted, slot = cl:take() end
+      if granted then granted, slot = pl:take() end
+      if granted then
+        items[#items + 1] = { profile = profile, msg = msg, row = row }
+      else
+        local k = row.campaign_id
+        local at = math.max(slot or (now_ms + 1000), deferred_at[k] or 0)
+        deferred_at[k] = at
+        defers[#defers + 1] = { id = row.id, due_ms = at }
+      end
+    end
+  end
+  if #items > 0 then
+    local out = deliver.send_items(items)
+    local now = clock.now()
+    for i, it in ipairs(items) do
+      local o, row = out[i], it.row
+      local cid = row.campaign_id
+      if o.verdict == 'delivered' then
+        state.systemic[cid] = 0
+        state.stats.sent = state.stats.sent + 1
+        reports[#reports + 1] = { id = row.id, state = 'SENT' }
+      else
+        if o.systemic then
+          state.systemic[cid] = (state.systemic[cid] or 0) + 1
+          if state.systemic[cid] >= cfg.pause_after then pause(cid, o.reason) end
+        end
+        if o.feedback then fb[#fb + 1] = { row.endpoint_id, o.feedback } end
+        if o.retry_after_ms and o.retry_after_ms > 0 then profile_limit(it.profile):pause(o.retry_after_ms) end
+        if o.verdict == 'permanent' then
+          state.stats.failed = state.stats.failed + 1
+          reports[#reports + 1] = { id = row.id, state = 'FAILED', reason = 'PERMANENT: ' .. tostring(o.reason) }
+        elseif row.attempts >= cfg.retry.max_attempts then
+          state.stats.dead = state.stats.dead + 1
+          reports[#reports + 1] = { id = row.id, state = 'FAILED',
+                                    reason = 'DEAD_LETTER: ' .. row.attempts .. ' attempts, last: ' .. tostring(o.reason) }
+        else
+          state.stats.retried = state.stats.retried + 1
+          local delay = math.max(backoff(row.attempts), o.retry_after_ms or 0)
+          reports[#reports + 1] = { id = row.id, state = 'PENDING', due_ms = now + delay,
+                                    reason = 'RETRY: ' .. tostring(o.reason) }
+        end
+      end
+    end
+  end
+  if #defers > 0 then
+    state.stats.deferred = state.stats.deferred + #defers
+    core.defer_batch(defers)
   end
   outbox.report_batch(reports)
-  outbox.complete_runs()
+  for _, f in ipairs(fb) do deliver.feedback(f[1], f[2]) end
+  -- A full claim means more is due at once: runs are closed when the claims run short.
+  if #rows < max then outbox.complete_runs() end
   return #rows, outbox.next_due(ids_json)
 end
 

@@ -30,6 +30,8 @@ local submodules = {
   db = 'herald.db',
   apps = 'herald.apps',
   json = 'herald.json',
+  send = 'herald.send',
+  providers = 'herald.providers',
 }
 
 function herald.register(name, module_name)

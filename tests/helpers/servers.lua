@@ -98,7 +98,7 @@ end
 -- The access log (server.log) has one line per request:
 --   connection serial, requests on it, protocol, method, uri, status, request length,
 --   Idempotency-Key.
--- opts.workers (default 1), opts.tls (default true).
+-- opts.workers (default 1), opts.tls (default true), opts.locations (more location blocks).
 function S.start_nginx(opts)
   opts = opts or {}
   local dir = S.tmpdir('nginx')
@@ -112,7 +112,7 @@ function S.start_nginx(opts)
       location = /fail { return 500 "broken\n"; }
       location = /slow { echo_sleep 2; echo "done"; }
       location = /headers { add_header X-Seen-Key $http_idempotency_key always; return 200 "$http_x_test"; }
-]]
+]] .. (opts.locations or '')
   local tls_server = ''
   if certs then
     tls_server = string.format([[
@@ -234,6 +234,62 @@ function S.start_mailstore(opts)
     return n
   end
   function server:stop()
+    kill_pid(self.pid)
+    reap(self.pid)
+  end
+  return server
+end
+
+-- The provider emulator (tests/fixtures/provider_emulator.py) behind nginx: plain HTTP on
+-- server.url for the token endpoint, FCM, SMS and webhooks, HTTP/2 over TLS on server.tls_url
+-- for APNs (the emulator refuses requests that did not arrive over HTTP/2). Keys: an RSA
+-- service account (server.service_account, a JSON file) and an APNs P-256 key
+-- (server.apns_key). server:requests() -> the emulator's log as tables.
+function S.start_emulator()
+  local dir = S.tmpdir('emulator')
+  local script = [[
+set -e
+cd ]] .. q(dir) .. [[
+
+openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out sa.key >/dev/null 2>&1
+openssl pkey -in sa.key -pubout -out sa.pub >/dev/null 2>&1
+openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out apns.key >/dev/null 2>&1
+openssl pkey -in apns.key -pubout -out apns.pub >/dev/null 2>&1
+]]
+  assert(sh('bash -c ' .. q(script)), 'openssl could not make the emulator keys')
+  local port = S.free_port()
+  local pid = spawn('exec /usr/bin/python3 ' .. q(here .. '/../fixtures/provider_emulator.py') .. ' ' .. port
+    .. ' ' .. q(dir .. '/requests.log') .. ' ' .. q(dir .. '/sa.pub') .. ' ' .. q(dir .. '/apns.pub'),
+    dir .. '/emulator.log')
+  assert(S.wait_port(port), 'the emulator is not listening: ' .. (read(dir .. '/emulator.log') or ''))
+  local ng = S.start_nginx { locations = string.format([[
+      location /emu/ {
+        proxy_pass http://127.0.0.1:%d/;
+        proxy_http_version 1.1;
+        proxy_set_header Connection "";
+        proxy_set_header X-Proto $server_protocol;
+        proxy_set_header Host $http_host;
+      }
+]], port) }
+  local key = read(dir .. '/sa.key')
+  local sa = dir .. '/service-account.json'
+  write(sa, require('herald.json').encode {
+    type = 'service_account', project_id = 'demo-project', private_key_id = 'k1',
+    private_key = key, client_email = 'herald@demo-project.iam.gserviceaccount.com',
+    token_uri = ng.url .. '/emu/token',
+  })
+  local server = { dir = dir, pid = pid, nginx = ng, url = ng.url .. '/emu', tls_url = ng.tls_url .. '/emu',
+                   ca = ng.ca, service_account = sa, apns_key = dir .. '/apns.key',
+                   team_id = 'TEAM123456', key_id = 'KEY1234567', topic = 'com.example.app',
+                   project_id = 'demo-project' }
+  function server:requests()
+    local rows = {}
+    local json = require('herald.json')
+    for line in (read(self.dir .. '/requests.log') or ''):gmatch('[^\n]+') do rows[#rows + 1] = json.decode(line) end
+    return rows
+  end
+  function server:stop()
+    ng:stop()
     kill_pid(self.pid)
     reap(self.pid)
   end

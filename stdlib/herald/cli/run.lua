@@ -18,6 +18,8 @@ options:
   --until-idle   exit when nothing more is due (otherwise run until stopped)
   --verbose      log each run materialised and each recovery
   --memory MB    memory cap of the sandbox (default 64)
+  --providers F  the providers file (channel profiles; see herald.providers); by default
+                 providers.lua next to the first FILE when there is one
 ]]
 
 local function fail(fmt, ...)
@@ -36,6 +38,10 @@ function M.run(args)
       opts.until_idle = true
     elseif a == '--verbose' then
       opts.verbose = true
+    elseif a == '--providers' then
+      opts.providers = args[i + 1]
+      if not opts.providers then return fail('--providers needs a file') end
+      i = i + 1
     elseif a == '--memory' then
       memory = tonumber(args[i + 1])
       if not memory or memory < 1 then return fail('--memory needs a size in MB') end
@@ -55,6 +61,21 @@ function M.run(args)
     local fh = io.open(f, 'r')
     if not fh then return fail('cannot open %s', f) end
     fh:close()
+  end
+
+  local pfile = opts.providers
+  if pfile == nil then
+    local near = (files[1]:match('^(.*)/[^/]*$') or '.') .. '/providers.lua'
+    local fh = io.open(near, 'r')
+    if fh then
+      fh:close()
+      pfile = near
+    end
+  end
+  if pfile then
+    local ok, cfg = pcall(require('herald.providers').load, pfile)
+    if not ok then return fail('%s', tostring(cfg)) end
+    require('herald.deliver').configure(cfg)
   end
 
   local r = runner.new {

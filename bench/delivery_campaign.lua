@@ -1,0 +1,58 @@
+-- One side of bench/delivery.lua's campaign rows, run as its own process on a fresh store with
+-- the endpoints already imported: writes a campaign version and its outbox rows, then drives
+-- deliver.pump exactly as `herald run` does (claims of 256, one report transaction per claim)
+-- until every row is settled. Prints "seconds sent failed body_bytes".
+--   herald --db D bench/delivery_campaign.lua webhook|smtp URL N CONNECTIONS
+local outbox = require 'herald.core.outbox'
+local clock = require 'herald.core.clock'
+local json = require 'herald.json'
+local deliver = require 'herald.deliver'
+local providers = require 'herald.providers'
+
+local kind, url, n, conns = arg[1], arg[2], tonumber(arg[3]), tonumber(arg[4])
+assert(kind == 'webhook' or kind == 'smtp', 'webhook or smtp')
+local channel = kind == 'webhook' and 'CUSTOM' or 'EMAIL'
+local text = string.rep('The quick brown fox jumps over the lazy dog. ', 60):sub(1, 1650)
+
+local profile = kind == 'webhook'
+  and { type = 'webhook', url = url, connections = conns }
+  or { type = 'smtp', url = url, from = 'Herald Bench <bench@herald.example>', sessions = conns }
+deliver.configure(providers.check({ profiles = { p = profile }, channels = { [channel] = 'p' } }, 'bench'))
+
+local body = kind == 'webhook' and 'Your order {{Id}} has shipped and will arrive on Tuesday.' or text
+outbox.define_campaign('bench', 'bench', json.encode {
+  Name = 'bench', TreatmentName = 'default', AdditionalTreatments = json.array {},
+  MessageConfiguration = { DefaultMessage = { Body = body }, EmailMessage = { Title = 'Your weekly digest', Body = body } },
+  Herald = { Deliver = { type = 'channels' } },
+})
+
+-- Rows are written in runs of 100,000 so the row list stays small. Runs are made
+-- idempotently at fixed times in the past, so a restart after a kill finds them written and
+-- continues (rows claimed but not reported when killed are returned to PENDING first).
+local RUN = 100000
+local base = 1767225600000  -- 2026-01-01T00:00:00Z
+outbox.recover()
+for first = 1, n, RUN do
+  local rows = {}
+  for i = first, math.min(n, first + RUN - 1) do
+    rows[#rows + 1] = { endpoint_id = string.format('ep-%07d', i), treatment = 0, channel = channel,
+                        address = kind == 'webhook' and ('hook-' .. i) or 'sink@example.org', state = 'PENDING' }
+  end
+  outbox.materialize { campaign_id = 'bench', version = 1, scheduled_ms = base + first // RUN, rows = rows }
+end
+collectgarbage()
+
+local ids = '["bench"]'
+local t0 = clock.now()
+while true do
+  local claimed, next_due = deliver.pump(clock.now(), 256, ids)
+  if claimed == 0 then
+    if next_due == nil then break end
+    herald.sleep(math.max(1, math.min(100, next_due - clock.now())))
+  end
+end
+local elapsed = (clock.now() - t0) / 1000
+local size = kind == 'webhook' and #require('herald.channels.webhook').payload { {
+  endpoint_id = 'ep-0000001', endpoint = herald.endpoints.get('ep-0000001'), body = body:gsub('{{Id}}', 'ep-0000001'),
+  campaign_id = 'bench', treatment_id = 0, scheduled_time = '2026-11-29T00:00:00.000Z', app_id = 'default', activity_id = '1' } } or #text
+print(string.format('%.3f %d %d %d', elapsed, deliver.stats.sent, deliver.stats.failed + deliver.stats.dead, size))

@@ -1,0 +1,90 @@
+-- PUSH through APNs over HTTP/2: a provider token (ES256 JWT with the team id and key id)
+-- renewed every 40 minutes (APNs refuses tokens older than an hour and renewals more often
+-- than every 20 minutes), one POST per device to /3/device/TOKEN with apns-topic,
+-- apns-push-type (background for silent pushes), apns-priority, apns-expiration from
+-- TimeToLive and apns-collapse-id. 410 Unregistered and 400 BadDeviceToken make the endpoint
+-- INACTIVE; 403 ExpiredProviderToken renews the token and retries.
+local clock = require 'herald.core.clock'
+local json = require 'herald.json'
+local util = require 'herald.channels.util'
+
+local apns = {}
+apns.__index = apns
+
+local RENEW_MS = 40 * 60 * 1000
+
+function apns.new(profile)
+  local key = profile.key
+  if key == nil then
+    local err
+    key, err = util.read_file(profile.key_file)
+    if not key then error('profiles.' .. profile.name .. '.key_file: ' .. tostring(err), 0) end
+  end
+  return setmetatable({ profile = profile, key = key,
+                        url = profile.url or 'https://api.push.apple.com' }, apns)
+end
+
+function apns:token()
+  local now = clock.now()
+  if self.jwt and now < self.renew_ms then return self.jwt end
+  local t, err = util.jwt('ES256', { alg = 'ES256', kid = self.profile.key_id },
+    { iss = self.profile.team_id, iat = now // 1000 }, self.key)
+  if not t then return nil, 'APNs token: ' .. err end
+  self.jwt, self.renew_ms = t, now + RENEW_MS
+  return t
+end
+
+function apns:request(m, token)
+  local p = self.profile
+  local aps
+  if m.silent then
+    aps = { ['content-available'] = 1 }
+  else
+    aps = { alert = { title = m.title, body = m.body }, sound = m.sound }
+  end
+  local payload = { aps = aps }
+  for k, v in pairs(m.data or {}) do if k ~= 'aps' then payload[k] = v end end
+  local headers = {
+    authorization = 'bearer ' .. token,
+    ['apns-topic'] = m.channel:find('VOIP') and (p.topic .. '.voip') or p.topic,
+    ['apns-push-type'] = m.channel:find('VOIP') and 'voip' or (m.silent and 'background' or 'alert'),
+    ['apns-priority'] = m.silent and '5' or '10',
+    ['apns-collapse-id'] = m.key:sub(1, 64),
+    ['apns-id'] = m.apns_id,
+  }
+  if m.ttl then headers['apns-expiration'] = tostring(clock.now() // 1000 + m.ttl) end
+  return { key = m.key, body = json.encode(payload), headers = headers,
+           url = (m.channel:find('SANDBOX') and (p.sandbox_url or self.url) or self.url) .. '/3/device/' .. m.address }
+end
+
+function apns:send(msgs)
+  local token, err = self:token()
+  local out = {}
+  if not token then
+    for i = 1, #msgs do out[i] = { verdict = 'permanent', reason = err, systemic = true } end
+    return out
+  end
+  local reqs = {}
+  for i, m in ipairs(msgs) do reqs[i] = self:request(m, token) end
+  local res = util.send_http(self.profile, reqs, { headers = { ['Content-Type'] = 'application/json' } })
+  for i, o in ipairs(res) do
+    local r = { verdict = o.verdict, retry_after_ms = o.retry_after_ms }
+    if o.verdict ~= 'delivered' then
+      local body = util.decode(o.detail)
+      local why = body and body.reason
+      r.reason = (why and (why .. ': ') or '') .. util.reason(o)
+      if o.status == 410 or why == 'BadDeviceToken' or why == 'Unregistered' then
+        r.verdict, r.feedback = 'permanent', 'INACTIVE'
+      elseif why == 'ExpiredProviderToken' or why == 'InvalidProviderToken' then
+        self.jwt = nil
+        r.verdict, r.systemic = 'transient', true
+      else
+        r.systemic = o.class ~= 'ok' or o.status >= 500
+      end
+    end
+    out[i] = r
+  end
+  return out
+end
+
+return apns

@@ -1,0 +1,108 @@
+-- PUSH through FCM HTTP v1: an OAuth2 access token obtained by posting an RS256-signed JWT
+-- (the service account's client_email and private_key) to the token URI, cached until shortly
+-- before it expires; then one POST per device to projects/ID/messages:send. UNREGISTERED makes
+-- the endpoint INACTIVE; a 401 drops the cached token and retries.
+local http = require 'herald.core.http'
+local clock = require 'herald.core.clock'
+local json = require 'herald.json'
+local util = require 'herald.channels.util'
+
+local fcm = {}
+fcm.__index = fcm
+
+local SCOPE = 'https://www.googleapis.com/auth/firebase.messaging'
+
+function fcm.new(profile)
+  local sa = profile.service_account
+  if type(sa) == 'string' then
+    local text, err = util.read_file(sa)
+    if not text then error('profiles.' .. profile.name .. '.service_account: ' .. tostring(err), 0) end
+    sa = util.decode(text)
+    if not sa then error('profiles.' .. profile.name .. '.service_account: not a JSON service account file', 0) end
+  end
+  if type(sa.client_email) ~= 'string' or type(sa.private_key) ~= 'string' then
+    error('profiles.' .. profile.name .. '.service_account: needs client_email and private_key', 0)
+  end
+  return setmetatable({
+    profile = profile, sa = sa,
+    token_uri = profile.token_uri or sa.token_uri or 'https://oauth2.googleapis.com/token',
+    url = (profile.url or 'https://fcm.googleapis.com') .. '/v1/projects/' .. profile.project_id .. '/messages:send',
+  }, fcm)
+end
+
+-- The cached access token, or a new one. -> token | nil, reason
+function fcm:token()
+  local now = clock.now()
+  if self.access and now < self.expires_ms then return self.access end
+  local iat = now // 1000
+  local assertion, err = util.jwt('RS256', { alg = 'RS256', typ = 'JWT', kid = self.sa.private_key_id },
+    { iss = self.sa.client_email, scope = SCOPE, aud = self.token_uri, iat = iat, exp = iat + 3600 },
+    self.sa.private_key)
+  if not assertion then return nil, 'FCM token: ' .. err end
+  local res, rerr = http.request {
+    url = self.token_uri, method = 'POST', ca_file = self.profile.ca_file,
+    headers = { ['Content-Type'] = 'application/x-www-form-urlencoded' },
+    body = 'grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Ajwt-bearer&assertion=' .. assertion,
+  }
+  if not res then return nil, 'FCM token: ' .. tostring(rerr) end
+  local body = util.decode(res.body)
+  if res.status ~= 200 or not body or type(body.access_token) ~= 'string' then
+    return nil, 'FCM token: HTTP ' .. res.status .. ': ' .. tostring(res.body):sub(1, 200)
+  end
+  self.access = body.access_token
+  self.expires_ms = now + math.max((tonumber(body.expires_in) or 3600) - 60, 1) * 1000
+  return self.access
+end
+
+local function message(m)
+  local msg = { token = m.address, data = util.strings(m.data) }
+  if not m.silent then msg.notification = { title = m.title, body = m.body } end
+  local android = {}
+  if m.ttl then android.ttl = tostring(m.ttl) .. 's' end
+  if m.silent then android.priority = 'normal' else android.priority = 'high' end
+  msg.android = android
+  return json.encode { message = msg }
+end
+
+-- The error status FCM puts in details[].errorCode (or error.status).
+local function error_code(detail)
+  local e = util.decode(detail)
+  e = e and e.error
+  if type(e) ~= 'table' then return nil end
+  for _, d in ipairs(e.details or {}) do
+    if type(d) == 'table' and d.errorCode then return d.errorCode end
+  end
+  return e.status
+end
+
+function fcm:send(msgs)
+  local token, err = self:token()
+  local out = {}
+  if not token then
+    for i = 1, #msgs do out[i] = { verdict = 'transient', reason = err, systemic = true } end
+    return out
+  end
+  local reqs = {}
+  for i, m in ipairs(msgs) do reqs[i] = { key = m.key, body = message(m), url = self.url } end
+  local res = util.send_http(self.profile, reqs, {
+    headers = { Authorization = 'Bearer ' .. token, ['Content-Type'] = 'application/json' } })
+  for i, o in ipairs(res) do
+    local r = { verdict = o.verdict, retry_after_ms = o.retry_after_ms }
+    if o.verdict ~= 'delivered' then
+      local code = error_code(o.detail)
+      r.reason = (code and (code .. ': ') or '') .. util.reason(o)
+      if code == 'UNREGISTERED' then
+        r.verdict, r.feedback = 'permanent', 'INACTIVE'
+      elseif o.status == 401 then
+        self.access = nil
+        r.verdict, r.systemic = 'transient', true
+      else
+        r.systemic = o.class ~= 'ok' or o.status >= 500 or o.status == 403
+      end
+    end
+    out[i] = r
+  end
+  return out
+end
+
+return fcm

@@ -1,0 +1,25 @@
+-- A channel whose send function is Lua: profile.send(msg) returns true when delivered, or
+-- nil, reason[, 'transient' | 'permanent'] (default transient). msg has key, address,
+-- channel, endpoint, title, body, html, data, campaign_id, treatment_id. It runs in the
+-- delivery task, so it may wait (herald.http.request, herald.sleep).
+local luachannel = {}
+luachannel.__index = luachannel
+
+function luachannel.new(profile) return setmetatable({ profile = profile }, luachannel) end
+
+function luachannel:send(msgs)
+  local out = {}
+  for i, m in ipairs(msgs) do
+    local ok, res, reason, kind = pcall(self.profile.send, m)
+    if not ok then
+      out[i] = { verdict = 'transient', reason = 'send failed: ' .. tostring(res), systemic = true, error = true }
+    elseif res then
+      out[i] = { verdict = 'delivered' }
+    else
+      out[i] = { verdict = kind == 'permanent' and 'permanent' or 'transient', reason = tostring(reason or 'refused') }
+    end
+  end
+  return out
+end
+
+return luachannel

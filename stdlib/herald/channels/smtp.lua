@@ -1,0 +1,61 @@
+-- EMAIL over SMTP/SMTPS: one MIME message per endpoint (text + HTML alternatives, From, extra
+-- Headers, List-Unsubscribe with the One-Click POST header, a Message-ID from the message id),
+-- sent by profile.sessions tasks in turn so their connections are reused. A 5xx reply is
+-- permanent; 550/551/553 (no such mailbox) is a hard bounce and the endpoint goes INACTIVE.
+local http = require 'herald.core.http'
+local task = require 'herald.core.task'
+local template = require 'herald.template'
+
+local smtp = {}
+smtp.__index = smtp
+
+function smtp.new(profile)
+  local self = setmetatable({ profile = profile }, smtp)
+  if profile.list_unsubscribe then
+    local t, err = template.compile(profile.list_unsubscribe, { name = 'profiles.' .. profile.name .. '.list_unsubscribe', escape = false })
+    if not t then error(err, 0) end
+    self.unsub = t
+  end
+  return self
+end
+
+function smtp:send_one(m)
+  local p = self.profile
+  local headers = {}
+  for k, v in pairs(p.headers or {}) do headers[k] = v end
+  for k, v in pairs(m.headers or {}) do headers[k] = v end
+  local res, err, class, code = http.send_mail {
+    url = p.url, from = m.from or p.from, to = { m.address }, subject = m.title or '',
+    text = m.body, html = m.html, message_id = m.key, headers = headers,
+    list_unsubscribe = self.unsub and self.unsub:render(m.endpoint) or nil,
+    one_click = p.one_click and self.unsub ~= nil or nil,
+    username = p.username, password = p.password, starttls = p.starttls,
+    ca_file = p.ca_file, timeout_ms = p.timeout_ms, envelope_from = p.envelope_from,
+  }
+  if res then return { verdict = 'delivered' } end
+  local verdict = http.verdict(class, code or 0, true)
+  local r = { verdict = verdict, reason = 'SMTP ' .. tostring(code or class) .. ': ' .. tostring(err),
+              systemic = class ~= 'status' }
+  if verdict == 'permanent' and (code == 550 or code == 551 or code == 553) then r.feedback = 'HARD_BOUNCE' end
+  return r
+end
+
+function smtp:send(msgs)
+  local out, next_i, done = {}, 1, 0
+  local sessions = math.min(self.profile.sessions or 10, #msgs)
+  for _ = 1, sessions do
+    task.spawn(function()
+      while next_i <= #msgs do
+        local i = next_i
+        next_i = i + 1
+        local ok, r = pcall(self.send_one, self, msgs[i])
+        out[i] = ok and r or { verdict = 'permanent', reason = tostring(r) }
+        done = done + 1
+      end
+    end)
+  end
+  while done < #msgs do task.sleep(1) end
+  return out
+end
+
+return smtp

@@ -1,0 +1,79 @@
+-- Shared by the channel modules: sending prepared HTTP requests through one batch, turning
+-- outcomes into delivery verdicts, base64 and JSON helpers.
+local http = require 'herald.core.http'
+local core = require 'herald.core.deliver'
+local json = require 'herald.json'
+
+local util = {}
+
+function util.base64(s)
+  local b = core.b64url(s):gsub('-', '+'):gsub('_', '/')
+  return b .. string.rep('=', (4 - #b % 4) % 4)
+end
+
+-- Sends reqs ({body=, key=, url=, headers=}) as one batch with profile's connections, method
+-- and TLS options; returns outcomes by index: {verdict=, status=, class=, detail=,
+-- retry_after_ms=}.
+function util.send_http(profile, reqs, opts)
+  opts = opts or {}
+  local out = {}
+  if #reqs == 0 then return out end
+  local b <close> = http.batch {
+    url = reqs[1].url or profile.url, method = opts.method or 'POST',
+    concurrency = math.min(profile.connections or 50, #reqs),
+    timeout_ms = profile.timeout_ms or 30000, key_header = opts.key_header,
+    headers = opts.headers, ca_file = profile.ca_file, http1 = opts.http1,
+  }
+  for _, r in ipairs(reqs) do
+    if r.url or r.headers then
+      b:add(r.body, r.key, { url = r.url, headers = r.headers })
+    else
+      b:add(r.body, r.key)
+    end
+  end
+  local res = b:wait()
+  for i = 1, res.n do
+    out[res.seq[i]] = { verdict = res.verdict[i], status = res.status[i], class = res.class[i],
+                        detail = res.detail[i], retry_after_ms = res.retry_after_ms[i] }
+  end
+  return out
+end
+
+-- A short reason for a failed outcome: "HTTP 503: body start" or "timeout: text".
+function util.reason(o)
+  local d = o.detail and o.detail:gsub('%s+', ' '):sub(1, 200) or ''
+  if o.class ~= 'ok' then return o.class .. (d ~= '' and (': ' .. d) or '') end
+  return 'HTTP ' .. tostring(o.status) .. (d ~= '' and (': ' .. d) or '')
+end
+
+function util.decode(s)
+  if not s then return nil end
+  local ok, v = pcall(json.decode, s)
+  if ok and type(v) == 'table' then return v end
+end
+
+-- String-valued map (FCM data and similar need strings).
+function util.strings(t)
+  if type(t) ~= 'table' then return nil end
+  local out = {}
+  for k, v in pairs(t) do out[tostring(k)] = type(v) == 'string' and v or json.encode(v) end
+  return out
+end
+
+-- A JWS compact token: header and claims JSON, signed with alg.
+function util.jwt(alg, header, claims, pem)
+  local input = core.b64url(json.encode(header)) .. '.' .. core.b64url(json.encode(claims))
+  local sig, err = core.sign(alg, pem, input)
+  if not sig then return nil, err end
+  return input .. '.' .. sig
+end
+
+function util.read_file(path)
+  local f, err = io.open(path, 'rb')
+  if not f then return nil, err end
+  local s = f:read('a')
+  f:close()
+  return s
+end
+
+return util

@@ -1,0 +1,130 @@
+-- The providers file: channel profiles for delivery, in Lua, loaded by `herald run --providers
+-- FILE` (or providers.lua next to the first campaign file) and by herald.send. Secrets come
+-- from the environment (os.getenv) so the file can be committed. It returns a table:
+--
+--   return {
+--     profiles = {
+--       mail  = { type = 'smtp', url = 'smtps://mail.example.com:465', from = 'News <n@example.com>',
+--                 username = os.getenv('SMTP_USER'), password = os.getenv('SMTP_PASSWORD'),
+--                 starttls = 'required', list_unsubscribe = 'https://example.com/u/{{Id}}',
+--                 one_click = true, sessions = 10, limits = { per_second = 50, per_day = 50000 } },
+--       sms   = { type = 'sms', preset = 'twilio', url = 'https://api.twilio.com/...', account_sid =,
+--                 auth_token = os.getenv('TWILIO_TOKEN'), from = '+15550100' },
+--       sms2  = { type = 'sms', url = 'https://sms.example.com/send', json = { to = '{{Address}}',
+--                 text = '{{Body}}', sender = '{{SenderId}}' } },
+--       fcm   = { type = 'fcm', project_id = 'p', service_account = '/path/sa.json', url =, token_uri = },
+--       apns  = { type = 'apns', url = 'https://api.push.apple.com', team_id =, key_id =, key_file =,
+--                 topic = 'com.example.app' },
+--       hooks = { type = 'webhook', url = 'https://hooks.example.com/in', headers = { ... } },
+--       mine  = { type = 'lua', send = function(msg) return true end },
+--       out   = { type = 'file', path = 'messages.txt' },   -- or type = 'stdout'
+--     },
+--     channels = { EMAIL = 'mail', SMS = 'sms', GCM = 'fcm', APNS = 'apns', CUSTOM = 'hooks' },
+--     global = { per_second = 20000 },   -- a cap over every profile
+--     retry = { max_attempts = 5, min_ms = 1000, max_ms = 300000 },
+--     pause_after = 20,                  -- consecutive systemic failures before a campaign pauses
+--   }
+local providers = {}
+
+local TYPES = { smtp = true, sms = true, fcm = true, apns = true, webhook = true, lua = true,
+                file = true, stdout = true, http = true }
+local CHANNELS = { EMAIL = true, SMS = true, GCM = true, APNS = true, APNS_SANDBOX = true,
+                   APNS_VOIP = true, APNS_VOIP_SANDBOX = true, CUSTOM = true, ADM = true,
+                   BAIDU = true, VOICE = true, IN_APP = true }
+local LIMIT_KEYS = { per_second = true, per_minute = true, per_hour = true, per_day = true }
+
+local function fail(where, msg) error(where .. ': ' .. msg, 0) end
+
+local function check_limits(where, l)
+  if l == nil then return nil end
+  if type(l) ~= 'table' then fail(where, 'expected a table such as { per_second = 100 }') end
+  for k, v in pairs(l) do
+    if not LIMIT_KEYS[k] then fail(where .. '.' .. tostring(k), 'unknown window (per_second, per_minute, per_hour, per_day)') end
+    if type(v) ~= 'number' or v <= 0 then fail(where .. '.' .. k, 'a positive number') end
+  end
+  return l
+end
+
+local function need_string(where, p, k)
+  if type(p[k]) ~= 'string' or p[k] == '' then fail(where .. '.' .. k, 'required (a string)') end
+end
+
+local REQUIRED = {
+  smtp = { 'url', 'from' }, sms = { 'url' }, webhook = { 'url' }, http = { 'url' },
+  fcm = { 'project_id', 'service_account' }, apns = { 'team_id', 'key_id', 'topic' },
+  file = { 'path' }, lua = {}, stdout = {},
+}
+
+local function check_profile(where, p)
+  if type(p) ~= 'table' then fail(where, 'expected a table with a type') end
+  if not TYPES[p.type] then
+    fail(where .. '.type', "one of smtp, sms, fcm, apns, webhook, http, lua, file, stdout, not '" .. tostring(p.type) .. "'")
+  end
+  for _, k in ipairs(REQUIRED[p.type]) do need_string(where, p, k) end
+  if p.type == 'lua' and type(p.send) ~= 'function' then fail(where .. '.send', 'required (a function(msg))') end
+  if p.type == 'sms' and p.preset ~= nil and p.preset ~= 'twilio' then
+    fail(where .. '.preset', "'twilio' or absent (then json = {...} is the body template)")
+  end
+  if p.type == 'sms' and p.preset == nil and type(p.json) ~= 'table' then
+    fail(where .. '.json', "required without a preset: the JSON body, values are templates")
+  end
+  if p.type == 'apns' and p.key == nil and p.key_file == nil then fail(where .. '.key', 'key (PEM text) or key_file is required') end
+  if p.connections ~= nil and (math.type(p.connections) ~= 'integer' or p.connections < 1) then
+    fail(where .. '.connections', 'a positive integer')
+  end
+  p.limits = check_limits(where .. '.limits', p.limits)
+  return p
+end
+
+-- Checks a providers table; errors name the file and the field.
+function providers.check(cfg, source)
+  source = source or 'providers'
+  if type(cfg) ~= 'table' then fail(source, 'must return a table { profiles = {...}, channels = {...} }') end
+  for k in pairs(cfg) do
+    if k ~= 'profiles' and k ~= 'channels' and k ~= 'global' and k ~= 'retry' and k ~= 'pause_after' then
+      fail(source .. ': ' .. tostring(k), 'unknown field (profiles, channels, global, retry, pause_after)')
+    end
+  end
+  local profiles = cfg.profiles or {}
+  if type(profiles) ~= 'table' then fail(source .. ': profiles', 'expected a table name = profile') end
+  for name, p in pairs(profiles) do
+    if type(name) ~= 'string' then fail(source .. ': profiles', 'names must be strings') end
+    p.name = name
+    check_profile(source .. ': profiles.' .. name, p)
+  end
+  local channels = cfg.channels or {}
+  for ch, name in pairs(channels) do
+    if not CHANNELS[ch] then fail(source .. ': channels.' .. tostring(ch), 'not a Pinpoint channel type') end
+    if profiles[name] == nil then fail(source .. ': channels.' .. ch, "no profile named '" .. tostring(name) .. "'") end
+  end
+  cfg.profiles, cfg.channels = profiles, channels
+  cfg.global = check_limits(source .. ': global', cfg.global)
+  local r = cfg.retry or {}
+  if type(r) ~= 'table' then fail(source .. ': retry', 'expected { max_attempts =, min_ms =, max_ms = }') end
+  cfg.retry = { max_attempts = r.max_attempts or 5, min_ms = r.min_ms or 1000, max_ms = r.max_ms or 300000,
+                jitter = r.jitter or 0.5 }
+  if math.type(cfg.retry.max_attempts) ~= 'integer' or cfg.retry.max_attempts < 1 then
+    fail(source .. ': retry.max_attempts', 'a positive integer')
+  end
+  cfg.pause_after = cfg.pause_after or 20
+  return cfg
+end
+
+-- Loads a providers file: operator configuration, run on the host like the command line
+-- itself (a Lua channel's send function may use herald.http and the rest). Returns the checked
+-- table; errors name the file.
+function providers.load(path)
+  local env = setmetatable({ herald = require 'herald' }, { __index = _G })
+  local chunk, err = loadfile(path, 't', env)
+  if not chunk then error(err, 0) end
+  local ok, cfg = pcall(chunk)
+  if not ok then error(tostring(cfg), 0) end
+  return providers.check(cfg, path)
+end
+
+-- The configuration used when no providers file is given: the built-in stdout channel.
+function providers.default()
+  return providers.check({}, 'providers')
+end
+
+return providers

@@ -1,0 +1,338 @@
+-- Campaign delivery through real channels: `herald run` with a providers file against nginx,
+-- an SMTP server that keeps messages, and the provider emulator (FCM token + send, APNs over
+-- HTTP/2 with TLS, Twilio-style SMS, a custom-channel webhook).
+local h = require 'helpers'
+local S = require 'servers'
+local json = require 'herald.json'
+
+local here = debug.getinfo(1, 'S').source:match('^@(.*)/[^/]*$') or '.'
+local mimecheck = here .. '/../helpers/mimecheck.py'
+
+local function query(dir, sql)
+  local out, code, err = h.herald('--db d.db -e ' .. h.shell_quote(
+    'print(herald.json.encode(herald.json.array(assert(herald.db.query([[' .. sql .. ']])))))'), { cwd = dir })
+  assert.are.equal(0, code, err)
+  return json.decode(out)
+end
+
+local function run(dir, files, env)
+  return h.herald('--db d.db run --until-idle ' .. files, { cwd = dir, env = env })
+end
+
+-- A campaign file: n endpoints of channel built by addr(i), one campaign delivered as given.
+local function campaign_file(dir, opts)
+  h.write(dir .. '/c.lua', string.format([[
+    for i = 1, %d do
+      local ok, err = herald.endpoints.put { Id = string.format('ep-%%05d', i), ChannelType = %q,
+        Address = (%s)(i), User = { UserAttributes = { FirstName = { 'Reader' .. i } } } }
+      assert(ok, err)
+    end
+    herald.campaign { name = %q, segment = herald.segment { name = 'all' }, holdout = %d,
+      message = { subject = 'Hello {{User.UserAttributes.FirstName}}', body = 'Hi {{User.UserAttributes.FirstName}}',
+                  html = '<p>Hi <b>{{User.UserAttributes.FirstName}}</b></p>' },
+      deliver = %s, limits = %s }
+  ]], opts.n, opts.channel, opts.addr, opts.name or 'c1', opts.holdout or 0, opts.deliver or "'channels'",
+    opts.limits or 'nil'))
+end
+
+describe('delivery through providers', function()
+  local ng, emu
+
+  setup(function()
+    ng = S.start_nginx { locations = [[
+      location = /hook-ok { return 200 "ok\n"; }
+    ]] }
+    emu = S.start_emulator()
+  end)
+
+  teardown(function()
+    if ng then ng:stop() end
+    if emu then emu:stop() end
+  end)
+
+  it('posts every message to a webhook once, with its message id as Idempotency-Key', function()
+    local dir = h.tmpdir()
+    ng:clear_log()
+    campaign_file(dir, { n = 300, channel = 'CUSTOM', addr = "function(i) return 'https://x/' .. i end", holdout = 10 })
+    h.write(dir .. '/providers.lua', string.format([[
+      return { profiles = { hooks = { type = 'webhook', url = %q, connections = 8 } }, channels = { CUSTOM = 'hooks' } }
+    ]], ng.url .. '/hook-ok'))
+    local _, code, err = run(dir, 'c.lua')
+    assert.are.equal(0, code, err)
+    local sent = query(dir, "SELECT message_id FROM outbox WHERE state = 'SENT'")
+    local skipped = query(dir, "SELECT count(*) AS n FROM outbox WHERE state = 'SKIPPED'")[1].n
+    assert.is_true(#sent > 200 and skipped > 0)
+    assert.are.equal(300, #sent + skipped)
+    local seen = {}
+    for _, r in ipairs(ng:requests()) do
+      if r.uri == '/hook-ok' then
+        assert.is_nil(seen[r.key], 'key sent twice: ' .. tostring(r.key))
+        seen[r.key] = true
+      end
+    end
+    for _, r in ipairs(sent) do assert.is_true(seen[r.message_id], r.message_id) end
+    local n = 0
+    for _ in pairs(seen) do n = n + 1 end
+    assert.are.equal(#sent, n)
+  end)
+
+  it('sends the Pinpoint custom-channel payload', function()
+    local dir = h.tmpdir()
+    campaign_file(dir, { n = 3, channel = 'CUSTOM', addr = "function(i) return 'hook-' .. i end", name = 'payload' })
+    h.write(dir .. '/providers.lua', string.format([[
+      return { profiles = { hooks = { type = 'webhook', url = %q } }, channels = { CUSTOM = 'hooks' } }
+    ]], emu.url .. '/hook'))
+    local _, code, err = run(dir, 'c.lua')
+    assert.are.equal(0, code, err)
+    local got = 0
+    for _, r in ipairs(emu:requests()) do
+      if r.path == '/hook' and r.body:find('"payload"', 1, true) then
+        local p = json.decode(r.body)
+        assert.are.equal('payload', p.CampaignId)
+        assert.are.equal('0', p.TreatmentId)
+        assert.are.equal('default', p.ApplicationId)
+        assert.is_truthy(tonumber(p.ActivityId))
+        assert.matches('^%d%d%d%d%-%d%d%-%d%dT%d%d:%d%d:%d%d%.%d%d%dZ$', p.ScheduledTime)
+        local id, ep = next(p.Endpoints)
+        assert.matches('^ep%-0000%d$', id)
+        assert.are.equal('CUSTOM', ep.ChannelType)
+        assert.matches('^Hi Reader%d$', p.Message.Body)
+        assert.are.equal(r.headers['idempotency-key'], query(dir,
+          "SELECT message_id FROM outbox WHERE endpoint_id = '" .. id .. "'")[1].message_id)
+        got = got + 1
+      end
+    end
+    assert.are.equal(3, got)
+  end)
+
+  it('pushes through APNs over HTTP/2 with an ES256 token; 410 makes the endpoint INACTIVE', function()
+    local dir = h.tmpdir()
+    campaign_file(dir, { n = 4, channel = 'APNS', name = 'apns-c',
+      addr = "function(i) return (i == 4 and 'dead' or 'beef') .. string.rep(string.format('%02x', i), 30) end" })
+    h.write(dir .. '/providers.lua', string.format([[
+      return { profiles = { apns = { type = 'apns', url = %q, ca_file = %q, team_id = %q, key_id = %q,
+        key_file = %q, topic = %q } }, channels = { APNS = 'apns' } }
+    ]], emu.tls_url, emu.ca, emu.team_id, emu.key_id, emu.apns_key, emu.topic))
+    local _, code, err = run(dir, 'c.lua')
+    assert.are.equal(0, code, err)
+    local rows = query(dir, "SELECT endpoint_id, state, reason, message_id FROM outbox ORDER BY endpoint_id")
+    for i = 1, 3 do assert.are.equal('SENT', rows[i].state, tostring(rows[i].reason)) end
+    assert.are.equal('FAILED', rows[4].state)
+    assert.matches('Unregistered', rows[4].reason)
+    assert.are.equal('INACTIVE', query(dir, "SELECT endpoint_status AS s FROM endpoints WHERE id = 'ep-00004'")[1].s)
+    local seen = 0
+    for _, r in ipairs(emu:requests()) do
+      if r.path:find('^/3/device/beef') and r.status == 200 then
+        assert.are.equal('alert', r.headers['apns-push-type'])
+        assert.are.equal('10', r.headers['apns-priority'])
+        assert.are.equal('HTTP/2.0', r.headers['x-proto'])
+        local aps = json.decode(r.body).aps
+        assert.matches('^Hello Reader%d$', aps.alert.title)
+        local found = false
+        for _, row in ipairs(rows) do if row.message_id == r.headers['apns-collapse-id'] then found = true end end
+        assert.is_true(found)
+        seen = seen + 1
+      end
+    end
+    assert.is_true(seen >= 3)
+  end)
+
+  it('pushes through FCM HTTP v1 with an OAuth2 token from a signed JWT; UNREGISTERED makes the endpoint INACTIVE', function()
+    local dir = h.tmpdir()
+    campaign_file(dir, { n = 5, channel = 'GCM', name = 'fcm-c',
+      addr = "function(i) return (i == 5 and 'unregistered-' or 'tok-') .. i end" })
+    h.write(dir .. '/providers.lua', string.format([[
+      return { profiles = { fcm = { type = 'fcm', url = %q, project_id = %q, service_account = %q } },
+               channels = { GCM = 'fcm' } }
+    ]], emu.url, emu.project_id, emu.service_account))
+    local _, code, err = run(dir, 'c.lua')
+    assert.are.equal(0, code, err)
+    local rows = query(dir, "SELECT endpoint_id, state, reason FROM outbox ORDER BY endpoint_id")
+    for i = 1, 4 do assert.are.equal('SENT', rows[i].state, tostring(rows[i].reason)) end
+    assert.are.equal('FAILED', rows[5].state)
+    assert.matches('UNREGISTERED', rows[5].reason)
+    assert.are.equal('INACTIVE', query(dir, "SELECT endpoint_status AS s FROM endpoints WHERE id = 'ep-00005'")[1].s)
+    local tokens = 0
+    for _, r in ipairs(emu:requests()) do
+      if r.path == '/token' and r.status == 200 then tokens = tokens + 1 end
+    end
+    assert.is_true(tokens >= 1)
+  end)
+
+  it('sends SMS through the Twilio-style preset; an opted-out number opts the endpoint out', function()
+    local dir = h.tmpdir()
+    campaign_file(dir, { n = 3, channel = 'SMS', name = 'sms-c',
+      addr = "function(i) return i == 3 and '+15550000099' or ('+1555000001' .. i) end" })
+    h.write(dir .. '/providers.lua', string.format([[
+      return { profiles = { sms = { type = 'sms', preset = 'twilio', url = %q,
+        account_sid = 'AC_test', auth_token = os.getenv('TEST_TWILIO_TOKEN'), from = '+15550100' } },
+        channels = { SMS = 'sms' } }
+    ]], emu.url .. '/twilio/Messages.json'))
+    local _, code, err = run(dir, 'c.lua', { TEST_TWILIO_TOKEN = 'secret' })
+    assert.are.equal(0, code, err)
+    local rows = query(dir, "SELECT endpoint_id, state, reason FROM outbox ORDER BY endpoint_id")
+    assert.are.equal('SENT', rows[1].state, tostring(rows[1].reason))
+    assert.are.equal('SENT', rows[2].state)
+    assert.are.equal('FAILED', rows[3].state)
+    assert.matches('OPT_OUT', rows[3].reason)
+    assert.are.equal('ALL', query(dir, "SELECT opt_out AS o FROM endpoints WHERE id = 'ep-00003'")[1].o)
+  end)
+
+  it('sends email over SMTP with MIME parts, List-Unsubscribe one-click and a Message-ID from the message id', function()
+    local mail = S.start_mailstore { auth = 'herald:pw', tls = 'starttls' }
+    local ok, e = pcall(function()
+      local dir = h.tmpdir()
+      campaign_file(dir, { n = 3, channel = 'EMAIL', name = 'mail-c',
+        addr = "function(i) return (i == 3 and 'reject' or 'reader') .. i .. '@example.com' end" })
+      h.write(dir .. '/providers.lua', string.format([[
+        return { profiles = { mail = { type = 'smtp', url = %q, ca_file = %q, from = 'News <news@example.com>',
+          username = 'herald', password = os.getenv('TEST_SMTP_PASSWORD'), starttls = 'required',
+          list_unsubscribe = 'https://example.com/u/{{Id}}', one_click = true, sessions = 2 } },
+          channels = { EMAIL = 'mail' } }
+      ]], mail.url, mail.ca))
+      local _, code, err = run(dir, 'c.lua', { TEST_SMTP_PASSWORD = 'pw' })
+      assert.are.equal(0, code, err)
+      local rows = query(dir, "SELECT endpoint_id, state, reason, message_id FROM outbox ORDER BY endpoint_id")
+      assert.are.equal('SENT', rows[1].state, tostring(rows[1].reason))
+      assert.are.equal('SENT', rows[2].state)
+      assert.are.equal('FAILED', rows[3].state)
+      assert.matches('550', rows[3].reason)
+      assert.are.equal('INACTIVE', query(dir, "SELECT endpoint_status AS s FROM endpoints WHERE id = 'ep-00003'")[1].s)
+      assert.are.equal(2, mail:count())
+      local raw = mail:message(1).raw
+      assert.matches('List%-Unsubscribe: <https://example.com/u/ep%-0000%d>', raw)
+      assert.matches('List%-Unsubscribe%-Post: List%-Unsubscribe=One%-Click', raw)
+      assert.matches('multipart/alternative', raw)
+      local mid = raw:match('Message%-I[Dd]: <([^@>]+)@')
+      assert.is_truthy(mid)
+      local found = false
+      for _, r in ipairs(rows) do if r.message_id == mid then found = true end end
+      assert.is_true(found, 'Message-ID ' .. tostring(mid) .. ' is not a message id')
+      local path = mail.dir .. '/mail/1.eml'
+      local p = assert(io.popen("/usr/bin/python3 '" .. mimecheck .. "' '" .. path .. "'"))
+      local f = {}
+      for line in p:lines() do
+        local k, hex = line:match('^([^=]+)=(%x*)$')
+        if k then f[k] = hex:gsub('%x%x', function(x) return string.char(tonumber(x, 16)) end) end
+      end
+      p:close()
+      assert.are.equal('multipart/alternative', f['content-type'])
+      assert.are.equal('0', f.defects)
+      assert.are.equal('text/plain', f['part1-type'])
+      assert.matches('^Hi Reader%d', f['part1-body'])
+      assert.are.equal('text/html', f['part2-type'])
+      assert.matches('<p>Hi <b>Reader%d</b></p>', f['part2-body'])
+      assert.matches('^Hello Reader%d$', f.subject)
+      assert.matches('news@example.com', f.from)
+    end)
+    mail:stop()
+    assert(ok, e)
+  end)
+
+  it('retries transient failures with backoff, dead-letters after the bound and pauses the campaign', function()
+    local dir = h.tmpdir()
+    campaign_file(dir, { n = 30, channel = 'CUSTOM', name = 'failing', addr = "function(i) return 'x' .. i end" })
+    h.write(dir .. '/providers.lua', string.format([[
+      return { profiles = { hooks = { type = 'webhook', url = %q } }, channels = { CUSTOM = 'hooks' },
+               retry = { max_attempts = 3, min_ms = 20, max_ms = 80 }, pause_after = 10 }
+    ]], ng.url .. '/fail'))
+    local _, code, err = run(dir, 'c.lua')
+    assert.are.equal(0, code, err)
+    assert.matches('campaign failing paused after 10 consecutive systemic failures: HTTP 500', err)
+    assert.are.equal('PAUSED', query(dir, "SELECT state FROM campaigns WHERE id = 'failing'")[1].state)
+    local rows = query(dir, "SELECT state, reason, attempts FROM outbox")
+    local dead, pending = 0, 0
+    for _, r in ipairs(rows) do
+      assert.is_true(r.attempts <= 3)
+      if r.state == 'FAILED' then
+        assert.matches('^DEAD_LETTER: 3 attempts, last: HTTP 500', r.reason)
+        dead = dead + 1
+      else
+        assert.are.equal('PENDING', r.state)
+        pending = pending + 1
+      end
+    end
+    assert.are.equal(30, dead + pending)
+    assert.is_true(pending > 0, 'the pause left no rows unclaimed')
+  end)
+
+  it("honours a 429's Retry-After before the next attempt", function()
+    local dir = h.tmpdir()
+    ng:clear_log()
+    campaign_file(dir, { n = 3, channel = 'CUSTOM', name = 'limited', addr = "function(i) return 'x' .. i end" })
+    h.write(dir .. '/providers.lua', string.format([[
+      return { profiles = { hooks = { type = 'webhook', url = %q } }, channels = { CUSTOM = 'hooks' },
+               retry = { max_attempts = 2, min_ms = 10, max_ms = 20 } }
+    ]], ng.url .. '/limited'))
+    local t0 = os.time()
+    local _, code, err = run(dir, 'c.lua')
+    assert.are.equal(0, code, err)
+    -- nginx's /limited answers 429 with Retry-After: 7; the retry waited for it, not 10 ms
+    assert.is_true(os.time() - t0 >= 6)
+    local rows = query(dir, "SELECT state, reason, attempts FROM outbox")
+    for _, r in ipairs(rows) do
+      assert.are.equal(2, r.attempts)
+      assert.matches('^DEAD_LETTER: 2 attempts, last: HTTP 429', r.reason)
+    end
+    assert.are.equal(6, #ng:requests())
+  end)
+
+  it('keeps to the campaign MessagesPerSecond without spending attempts on waiting', function()
+    local dir = h.tmpdir()
+    ng:clear_log()
+    campaign_file(dir, { n = 60, channel = 'CUSTOM', name = 'slow', addr = "function(i) return 'x' .. i end",
+                         limits = '{ messages_per_second = 40 }' })
+    h.write(dir .. '/providers.lua', string.format([[
+      return { profiles = { hooks = { type = 'webhook', url = %q } }, channels = { CUSTOM = 'hooks' } }
+    ]], ng.url .. '/hook-ok'))
+    local t0 = os.time()
+    local _, code, err = run(dir, 'c.lua')
+    assert.are.equal(0, code, err)
+    local rows = query(dir, "SELECT state, attempts FROM outbox")
+    assert.are.equal(60, #rows)
+    for _, r in ipairs(rows) do
+      assert.are.equal('SENT', r.state)
+      assert.are.equal(1, r.attempts)
+    end
+    -- 40 at once (the bucket's burst), the other 20 at 40/s: at least half a second more.
+    local spread = query(dir, "SELECT max(updated_ms) - min(updated_ms) AS d FROM outbox")[1].d
+    assert.is_true(spread >= 400, 'sent within ' .. spread .. ' ms')
+    assert.is_true(os.time() - t0 < 30)
+  end)
+
+  it("sends the endpoint types of a definition's CustomDeliveryConfiguration to its DeliveryUri", function()
+    local dir = h.tmpdir()
+    h.write(dir .. '/s.lua', string.format([[
+      local outbox = require 'herald.core.outbox'
+      local deliver = require 'herald.deliver'
+      assert(herald.endpoints.put { Id = 'sms-1', ChannelType = 'SMS', Address = '+15550000123' })
+      outbox.define_campaign('cdc', 'cdc', herald.json.encode {
+        Name = 'cdc', TreatmentName = 't', AdditionalTreatments = herald.json.array {},
+        MessageConfiguration = { CustomMessage = { Data = 'custom {{Address}}' }, DefaultMessage = { Body = 'b' } },
+        CustomDeliveryConfiguration = { DeliveryUri = %q, EndpointTypes = { 'SMS' } },
+      })
+      outbox.materialize { campaign_id = 'cdc', version = 1, scheduled_ms = 1000, rows = {
+        { endpoint_id = 'sms-1', treatment = 0, channel = 'SMS', address = '+15550000123', state = 'PENDING' } } }
+      print(deliver.pump(herald.now_ms(), 10, '["cdc"]'))
+    ]], emu.url .. '/hook'))
+    local out, code, err = h.herald('--db d.db s.lua', { cwd = dir })
+    assert.are.equal(0, code, err)
+    assert.matches('^1', out)
+    assert.are.equal('SENT', query(dir, "SELECT state FROM outbox")[1].state)
+    local found
+    for _, r in ipairs(emu:requests()) do
+      if r.path == '/hook' and r.body:find('"cdc"', 1, true) then found = json.decode(r.body) end
+    end
+    assert.are.equal('SMS', found.Endpoints['sms-1'].ChannelType)
+    assert.are.equal('custom +15550000123', found.Data)
+  end)
+
+  it('names the providers file and field of a bad profile', function()
+    local dir = h.tmpdir()
+    campaign_file(dir, { n = 1, channel = 'CUSTOM', addr = "function(i) return 'x' end" })
+    h.write(dir .. '/p.lua', "return { profiles = { hooks = { type = 'webhook' } } }")
+    local _, code, err = h.herald('--db d.db run --until-idle --providers p.lua c.lua', { cwd = dir })
+    assert.are.equal(2, code)
+    assert.matches('p.lua: profiles.hooks.url: required', err, 1, true)
+  end)
+end)
