@@ -26,6 +26,11 @@ solution "herald"
       objdir "build/obj/release"
       defines { "NDEBUG" }
       buildoptions { "-O2", "-g" }
+      -- jemalloc replaces glibc's malloc in the release build: an import allocates and frees
+      -- millions of small JSON values on two threads, where glibc's malloc spent a quarter of
+      -- the parser thread's time (1M endpoints: 25% less CPU in all). The debug build keeps
+      -- the sanitizers' allocator.
+      links { "jemalloc" }
 
     configuration "debug"
       flags { "Symbols" }
