@@ -48,8 +48,18 @@ int herald_endpoint_writer_open(HeraldStore *store, const char *app, HeraldEndpo
  * Error messages start with the field path ("Address: ..."). Must run inside a transaction. */
 int herald_endpoint_writer_put(HeraldEndpointWriter *w, json_t *request, char *id_out,
                                HeraldError *err);
-/* herald_endpoint_writer_put for a request herald_endpoint_check has accepted. */
-int herald_endpoint_writer_put_checked(HeraldEndpointWriter *w, json_t *request, char *id_out,
+/* The column values of a request herald_endpoint_check has accepted (its attribute maps
+ * already serialised), computed where the check runs so that an import's parser thread does
+ * this work instead of its writer thread. The row points into request, which must outlive it
+ * and not change in between (the writer may only add a generated Id). */
+typedef struct HeraldEndpointRow HeraldEndpointRow;
+int herald_endpoint_row_new(json_t *request, HeraldEndpointRow **out, HeraldError *err);
+void herald_endpoint_row_free(HeraldEndpointRow *row);
+
+/* herald_endpoint_writer_put for a request herald_endpoint_check has accepted; row is its
+ * herald_endpoint_row_new or NULL. */
+int herald_endpoint_writer_put_checked(HeraldEndpointWriter *w, json_t *request,
+                                       const HeraldEndpointRow *row, char *id_out,
                                        HeraldError *err);
 void herald_endpoint_writer_close(HeraldEndpointWriter *w);
 
