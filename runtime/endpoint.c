@@ -46,6 +46,14 @@ struct HeraldEndpointWriter {
   int fresh;
   HashCount addresses; /* writes naming an address */
   HashCount users;     /* writes giving an endpoint a user id */
+  int counted_elsewhere; /* rows came with a checker's counts, so these two are incomplete */
+};
+
+/* A checker's counts of the requests it prepared rows for (herald_endpoint_row_new). Every
+ * request that gives an endpoint an address or a user id is counted, so the counts bound the
+ * writer's own (which count only writes that changed them): safe for skipping lookups. */
+struct HeraldEndpointSeen {
+  HashCount addresses, users;
 };
 
 static uint64_t hash_text(const char *s) {
@@ -85,6 +93,11 @@ static uint32_t hash_count_bump(HashCount *h, const char *text) {
 }
 
 static void hash_count_free(HashCount *h) { free(h->slots); }
+
+/* hash_count_bump for an optional text; UINT32_MAX (unknown) when there is none. */
+static uint32_t hash_count_bump_opt(HashCount *h, const char *text) {
+  return text ? hash_count_bump(h, text) : UINT32_MAX;
+}
 
 /* Columns in the order row_to_json reads them. */
 #define ENDPOINT_COLUMNS                                                                        \
@@ -973,6 +986,12 @@ struct HeraldEndpointRow {
   json_t *location[kLocationCount]; /* numbers or strings */
   HeraldBuf attrs, metrics, uattrs;  /* the stored JSON text of the three maps */
   size_t size;                       /* the bytes Pinpoint's 15 KB limit measures */
+  const char *id, *status, *effective;
+  json_t *attr_map, *metric_map, *user_attr_map;
+  /* From a checker: requests before this one naming its address / user id (UINT32_MAX when
+   * unknown). counted says they are set. */
+  int counted;
+  uint32_t address_before, user_before;
 };
 
 static int field_index(const char *key, const char *const *fields, int n) {
@@ -983,6 +1002,8 @@ static int field_index(const char *key, const char *const *fields, int n) {
 
 static int row_fill(HeraldEndpointRow *r, json_t *cur) {
   r->channel = r->address = r->opt_out = r->user_id = r->request_id = NULL;
+  r->id = r->status = r->effective = NULL;
+  r->counted = 0;
   for (int i = 0; i < kDemographicCount; i++) r->demographic[i] = NULL;
   for (int i = 0; i < kLocationCount; i++) r->location[i] = NULL;
   json_t *attrs = NULL, *metrics = NULL, *uattrs = NULL;
@@ -999,6 +1020,9 @@ static int row_fill(HeraldEndpointRow *r, json_t *cur) {
       else if (strcmp(key, "Address") == 0) r->address = s;
       else if (strcmp(key, "OptOut") == 0) r->opt_out = s;
       else if (strcmp(key, "RequestId") == 0) r->request_id = s;
+      else if (strcmp(key, "Id") == 0) r->id = s;
+      else if (strcmp(key, "EndpointStatus") == 0) r->status = s;
+      else if (strcmp(key, "EffectiveDate") == 0) r->effective = s;
     } else if (strcmp(key, "Attributes") == 0) {
       attrs = v;
     } else if (strcmp(key, "Metrics") == 0) {
@@ -1021,6 +1045,9 @@ static int row_fill(HeraldEndpointRow *r, json_t *cur) {
       }
     }
   }
+  r->attr_map = attrs;
+  r->metric_map = metrics;
+  r->user_attr_map = uattrs;
   if (dump_map(&r->attrs, attrs, 1) != 0 || dump_map(&r->metrics, metrics, 0) != 0 ||
       dump_map(&r->uattrs, uattrs, 1) != 0)
     return -1;
@@ -1028,13 +1055,19 @@ static int row_fill(HeraldEndpointRow *r, json_t *cur) {
   return 0;
 }
 
-int herald_endpoint_row_new(json_t *request, HeraldEndpointRow **out, HeraldError *err) {
+int herald_endpoint_row_new(HeraldEndpointChecker *c, json_t *request, HeraldEndpointRow **out,
+                            HeraldError *err) {
   *out = calloc(1, sizeof **out);
-  if (*out == NULL || row_fill(*out, request) != 0) {
+  if (c->seen == NULL) c->seen = calloc(1, sizeof *c->seen);
+  if (*out == NULL || c->seen == NULL || row_fill(*out, request) != 0) {
     herald_endpoint_row_free(*out);
     *out = NULL;
     return oom(err);
   }
+  HeraldEndpointRow *r = *out;
+  r->counted = 1;
+  r->address_before = hash_count_bump_opt(&c->seen->addresses, r->address);
+  r->user_before = hash_count_bump_opt(&c->seen->users, r->user_id);
   return kHeraldOk;
 }
 
@@ -1111,11 +1144,10 @@ static int retire_same_address(HeraldEndpointWriter *w, const char *id, const ch
   return step_done(w->store, st, err, "retiring endpoints with the same address");
 }
 
-static int track_all_keys(HeraldEndpointWriter *w, json_t *req, HeraldError *err) {
-  if (track_keys(w, json_object_get(req, "Attributes"), 0, "Attributes", err) != kHeraldOk ||
-      track_keys(w, json_object_get(req, "Metrics"), 1, "Metrics", err) != kHeraldOk ||
-      track_keys(w, json_object_get(json_object_get(req, "User"), "UserAttributes"), 2,
-                 "User.UserAttributes", err) != kHeraldOk)
+static int track_all_keys(HeraldEndpointWriter *w, const HeraldEndpointRow *r, HeraldError *err) {
+  if (track_keys(w, r->attr_map, 0, "Attributes", err) != kHeraldOk ||
+      track_keys(w, r->metric_map, 1, "Metrics", err) != kHeraldOk ||
+      track_keys(w, r->user_attr_map, 2, "User.UserAttributes", err) != kHeraldOk)
     return err->code;
   return kHeraldOk;
 }
@@ -1123,16 +1155,26 @@ static int track_all_keys(HeraldEndpointWriter *w, json_t *req, HeraldError *err
 /* The side effects of a written endpoint: other endpoints with its address, its user's limit. */
 static int after_write(HeraldEndpointWriter *w, const HeraldEndpointRow *r, const RowMeta *m,
                        const char *old_user, HeraldError *err) {
+  /* The counts that bound what SQLite could find: the checker's when it counted this row,
+   * else the writer's own, unless rows counted by a checker have left those incomplete. */
+  int counted = w->fresh && r->counted;
+  int own = w->fresh && !r->counted && !w->counted_elsewhere;
+  if (r->counted) w->counted_elsewhere = 1;
   const char *user_id = r->user_id;
   if (user_id != NULL && (old_user == NULL || strcmp(old_user, user_id) != 0)) {
     /* Fewer than 15 earlier writes named this user: it cannot have 15 other endpoints. */
-    int known_small = w->fresh && hash_count_bump(&w->users, user_id) < HERALD_ENDPOINTS_PER_USER;
-    if (!known_small &&
+    uint32_t before = counted ? r->user_before
+                      : own   ? hash_count_bump(&w->users, user_id)
+                              : UINT32_MAX;
+    if (before >= HERALD_ENDPOINTS_PER_USER &&
         enforce_user_limit(w, m->id, user_id, r->channel, err) != kHeraldOk)
       return err->code;
   }
   const char *address = r->address;
-  int address_unseen = w->fresh && hash_count_bump(&w->addresses, address) == 0;
+  uint32_t address_before = counted ? r->address_before
+                            : own   ? hash_count_bump(&w->addresses, address)
+                                    : UINT32_MAX;
+  int address_unseen = address_before == 0;
   if (strcmp(m->status, "ACTIVE") == 0 && !address_unseen &&
       retire_same_address(w, m->id, address, err) != kHeraldOk)
     return err->code;
@@ -1148,6 +1190,12 @@ int herald_endpoint_check(HeraldEndpointChecker *c, json_t *req, HeraldError *er
 void herald_endpoint_checker_clear(HeraldEndpointChecker *c) {
   json_decref(c->zones);
   c->zones = NULL;
+  if (c->seen != NULL) {
+    hash_count_free(&c->seen->addresses);
+    hash_count_free(&c->seen->users);
+    free(c->seen);
+    c->seen = NULL;
+  }
 }
 
 int herald_endpoint_writer_put(HeraldEndpointWriter *w, json_t *req, char *id_out,
@@ -1165,8 +1213,12 @@ static int own_row(HeraldEndpointWriter *w, json_t *obj, HeraldError *err) {
 int herald_endpoint_writer_put_checked(HeraldEndpointWriter *w, json_t *req,
                                        const HeraldEndpointRow *row, char *id_out,
                                        HeraldError *err) {
+  if (row == NULL) {
+    if (own_row(w, req, err) != kHeraldOk) return err->code;
+    row = w->row;
+  }
   char generated[37];
-  const char *id = str_at(req, "Id");
+  const char *id = row->id;
   size_t added = 0; /* bytes the request gained after row was filled */
   if (id == NULL) {
     generate_id(generated);
@@ -1178,18 +1230,13 @@ int herald_endpoint_writer_put_checked(HeraldEndpointWriter *w, json_t *req,
 
   char now[HERALD_DATETIME_LEN];
   herald_datetime_now(now);
-  RowMeta m = {id, 0, 0, now, str_at(req, "EndpointStatus"), str_at(req, "EffectiveDate")};
+  RowMeta m = {id, 0, 0, now, row->status, row->effective};
   if (m.status == NULL) m.status = "ACTIVE";
   if (m.effective == NULL) m.effective = now;
-  if (track_all_keys(w, req, err) != kHeraldOk) return err->code;
+  if (track_all_keys(w, row, err) != kHeraldOk) return err->code;
 
   /* Fast path for a new endpoint (an import's usual case): the request itself is the row.
    * The insert does nothing when the id exists, and the update path below takes over. */
-  if (row == NULL) {
-    if (own_row(w, req, err) != kHeraldOk) return err->code;
-    row = w->row;
-    added = 0;
-  }
   const char *channel = row->channel, *address = row->address;
   if (channel != NULL && address != NULL) {
     if (check_address(channel, address, err) != kHeraldOk) return err->code;

@@ -557,7 +557,7 @@ static int each_row(const char *path, const Mapped *m, int csv, HeraldProgress *
 
 static int check_endpoint(void *ctx, json_t *row, HeraldEndpointRow **columns, HeraldError *err) {
   if (herald_endpoint_check(ctx, row, err) != kHeraldOk) return err->code;
-  return herald_endpoint_row_new(row, columns, err);
+  return herald_endpoint_row_new(ctx, row, columns, err);
 }
 
 static int put_endpoint(void *ctx, json_t *row, const HeraldEndpointRow *columns,
