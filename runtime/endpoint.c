@@ -47,6 +47,8 @@ struct HeraldEndpointWriter {
   HashCount addresses; /* writes naming an address */
   HashCount users;     /* writes giving an endpoint a user id */
   int counted_elsewhere; /* rows came with a checker's counts, so these two are incomplete */
+  int64_t now_ms;         /* the time `now` shows: formatted once per millisecond, not per row */
+  char now[HERALD_DATETIME_LEN];
 };
 
 /* A checker's counts of the requests it prepared rows for (herald_endpoint_row_new). Every
@@ -1228,8 +1230,12 @@ int herald_endpoint_writer_put_checked(HeraldEndpointWriter *w, json_t *req,
   }
   if (id_out) snprintf(id_out, HERALD_ENDPOINT_ID_MAX + 1, "%s", id);
 
-  char now[HERALD_DATETIME_LEN];
-  herald_datetime_now(now);
+  int64_t now_ms = herald_datetime_now_ms();
+  if (now_ms != w->now_ms || w->now[0] == '\0') {
+    herald_datetime_format(now_ms, w->now);
+    w->now_ms = now_ms;
+  }
+  const char *now = w->now;
   RowMeta m = {id, 0, 0, now, row->status, row->effective};
   if (m.status == NULL) m.status = "ACTIVE";
   if (m.effective == NULL) m.effective = now;
