@@ -47,6 +47,10 @@ struct HeraldEndpointWriter {
   HashCount addresses; /* writes naming an address */
   HashCount users;     /* writes giving an endpoint a user id */
   int counted_elsewhere; /* rows came with a checker's counts, so these two are incomplete */
+  /* Names of each kind recently found in keys: rows of an import repeat the same few names, and
+   * a comparison with these is cheaper than building "a:Name" and hashing it. */
+  char *recent[3][8];
+  unsigned recent_next[3];
   int64_t now_ms;         /* the time `now` shows: formatted once per millisecond, not per row */
   char now[HERALD_DATETIME_LEN];
 };
@@ -714,18 +718,35 @@ void herald_endpoint_writer_close(HeraldEndpointWriter *w) {
   hash_count_free(&w->addresses);
   hash_count_free(&w->users);
   herald_endpoint_row_free(w->row);
+  for (int k = 0; k < 3; k++)
+    for (int i = 0; i < 8; i++) free(w->recent[k][i]);
   free(w->app);
   free(w);
 }
 
 /* Registers the keys of one attribute map that the application has not seen yet. */
+static int recently_known(HeraldEndpointWriter *w, int kind, const char *name) {
+  for (int i = 0; i < 8; i++)
+    if (w->recent[kind][i] != NULL && strcmp(w->recent[kind][i], name) == 0) return 1;
+  return 0;
+}
+
+/* Remembers a known name; without memory it is merely not remembered. */
+static void remember_known(HeraldEndpointWriter *w, int kind, const char *name) {
+  char *copy = strdup(name);
+  if (copy == NULL) return;
+  unsigned i = w->recent_next[kind]++ % 8;
+  free(w->recent[kind][i]);
+  w->recent[kind][i] = copy;
+}
+
 static int track_keys(HeraldEndpointWriter *w, json_t *map, int kind, const char *path,
                       HeraldError *err) {
   if (!json_is_object(map)) return kHeraldOk;
   const char *name;
   json_t *v;
   json_object_foreach(map, name, v) {
-    if (json_is_null(v)) continue;
+    if (json_is_null(v) || recently_known(w, kind, name)) continue;
     /* Names were checked to be at most 50 characters (200 bytes); no snprintf on this path. */
     char key[256];
     size_t len = strlen(name);
@@ -734,7 +755,10 @@ static int track_keys(HeraldEndpointWriter *w, json_t *map, int kind, const char
     key[1] = ':';
     memcpy(key + 2, name, len);
     key[len + 2] = '\0';
-    if (json_object_get(w->keys, key) != NULL) continue;
+    if (json_object_get(w->keys, key) != NULL) {
+      remember_known(w, kind, name);
+      continue;
+    }
     if (json_object_size(w->keys) >= HERALD_ATTRIBUTE_KEYS_PER_APP) {
       char p[160];
       snprintf(p, sizeof p, "%s.%s", path, name);
@@ -753,6 +777,7 @@ static int track_keys(HeraldEndpointWriter *w, json_t *map, int kind, const char
     sqlite3_reset(st);
     if (rc != SQLITE_DONE) return herald_store_fail(w->store, err, "recording an attribute key");
     json_object_set_new(w->keys, key, json_true());
+    remember_known(w, kind, name);
   }
   return kHeraldOk;
 }
