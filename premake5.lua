@@ -15,7 +15,7 @@ solution "herald"
     includedirs { ".", "/usr/include/lua5.4" }
     buildoptions { "-std=gnu11", "-Wall", "-Wextra", "-Wshadow", "-Wno-unused-parameter",
                    "-fno-strict-aliasing", "`pkg-config --cflags glib-2.0`" }
-    links { "lua5.4", "uv", "sqlite3", "curl", "edit", "jansson", "http_parser", "crypto",
+    links { "json_simd", "simdjson", "stdc++", "lua5.4", "uv", "sqlite3", "curl", "edit", "jansson", "http_parser", "crypto",
             "glib-2.0", "m", "pthread", "dl" }
     -- Lua C modules loaded at run time (busted's helpers) resolve the Lua API against us.
     linkoptions { "-Wl,-E" }
@@ -26,6 +26,11 @@ solution "herald"
       objdir "build/obj/release"
       defines { "NDEBUG" }
       buildoptions { "-O2", "-g" }
+      -- jemalloc replaces glibc's malloc in the release build: an import allocates and frees
+      -- millions of small JSON values on two threads, where glibc's malloc spent a quarter of
+      -- the parser thread's time (1M endpoints: 25% less CPU in all). The debug build keeps
+      -- the sanitizers' allocator.
+      links { "jemalloc" }
 
     configuration "debug"
       flags { "Symbols" }
@@ -35,3 +40,26 @@ solution "herald"
       buildoptions { "-O1", "-g", "-fno-omit-frame-pointer",
                      "-fsanitize=address,undefined", "-fno-sanitize-recover=undefined" }
       linkoptions { "-fsanitize=address,undefined" }
+
+  -- simdjson's reader for imports (runtime/json_simd.h): the one C++ translation unit, with a C
+  -- interface, built as its own static library. No exceptions cross into C.
+  project "json_simd"
+    kind "StaticLib"
+    language "C++"
+    files { "runtime/cxx/*.cc" }
+    includedirs { "." }
+    buildoptions { "-std=c++17", "-fno-exceptions", "-Wall", "-Wextra", "-Wshadow" }
+
+    configuration "release"
+      flags { "Symbols" }
+      targetdir "build/lib"
+      objdir "build/obj/release/json_simd"
+      defines { "NDEBUG" }
+      buildoptions { "-O2", "-g" }
+
+    configuration "debug"
+      flags { "Symbols" }
+      targetdir "build/debug/lib"
+      objdir "build/obj/debug/json_simd"
+      buildoptions { "-O1", "-g", "-fno-omit-frame-pointer",
+                     "-fsanitize=address,undefined", "-fno-sanitize-recover=undefined" }

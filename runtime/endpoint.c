@@ -22,10 +22,16 @@ typedef struct {
 } HeraldBuf;
 
 /* Counts by 64-bit hash (open addressing). Used only to skip lookups that cannot find
- * anything: a collision merely overcounts, which makes the writer ask SQLite, never skip. */
+ * anything: a collision merely overcounts, which makes the writer ask SQLite, never skip.
+ * A key and its count share a slot: a million-entry table misses the CPU cache on every
+ * lookup, and one miss per lookup is half the cost of two. */
 typedef struct {
-  uint64_t *keys; /* 0 = empty */
-  uint32_t *counts;
+  uint64_t key; /* 0 = empty */
+  uint32_t count;
+} HashSlot;
+
+typedef struct {
+  HashSlot *slots;
   size_t cap, used;
 } HashCount;
 
@@ -34,12 +40,26 @@ struct HeraldEndpointWriter {
   char *app;
   json_t *keys;   /* "a:Name" / "m:Name" / "u:Name" -> true: the application's attribute keys */
   HeraldEndpointChecker checker;
-  HeraldBuf attrs, metrics, uattrs; /* reused per row for the stored JSON text */
+  HeraldEndpointRow *row; /* reused for rows not prepared by the caller */
   /* The application had no endpoint when the writer opened (a first import): every endpoint
    * then went through this writer, so these counts bound what SQLite could find. */
   int fresh;
   HashCount addresses; /* writes naming an address */
   HashCount users;     /* writes giving an endpoint a user id */
+  int counted_elsewhere; /* rows came with a checker's counts, so these two are incomplete */
+  /* Names of each kind recently found in keys: rows of an import repeat the same few names, and
+   * a comparison with these is cheaper than building "a:Name" and hashing it. */
+  char *recent[3][8];
+  unsigned recent_next[3];
+  int64_t now_ms;         /* the time `now` shows: formatted once per millisecond, not per row */
+  char now[HERALD_DATETIME_LEN];
+};
+
+/* A checker's counts of the requests it prepared rows for (herald_endpoint_row_new). Every
+ * request that gives an endpoint an address or a user id is counted, so the counts bound the
+ * writer's own (which count only writes that changed them): safe for skipping lookups. */
+struct HeraldEndpointSeen {
+  HashCount addresses, users;
 };
 
 static uint64_t hash_text(const char *s) {
@@ -56,39 +76,33 @@ static uint64_t hash_text(const char *s) {
 static uint32_t hash_count_bump(HashCount *h, const char *text) {
   if (h->used * 2 >= h->cap) {
     size_t cap = h->cap ? h->cap * 2 : 1024;
-    uint64_t *keys = calloc(cap, sizeof *keys);
-    uint32_t *counts = calloc(cap, sizeof *counts);
-    if (keys == NULL || counts == NULL) {
-      free(keys);
-      free(counts);
-      return UINT32_MAX;
-    }
+    HashSlot *slots = calloc(cap, sizeof *slots);
+    if (slots == NULL) return UINT32_MAX;
     for (size_t i = 0; i < h->cap; i++) {
-      if (h->keys[i] == 0) continue;
-      size_t j = h->keys[i] & (cap - 1);
-      while (keys[j] != 0) j = (j + 1) & (cap - 1);
-      keys[j] = h->keys[i];
-      counts[j] = h->counts[i];
+      if (h->slots[i].key == 0) continue;
+      size_t j = h->slots[i].key & (cap - 1);
+      while (slots[j].key != 0) j = (j + 1) & (cap - 1);
+      slots[j] = h->slots[i];
     }
-    free(h->keys);
-    free(h->counts);
-    h->keys = keys;
-    h->counts = counts;
+    free(h->slots);
+    h->slots = slots;
     h->cap = cap;
   }
   uint64_t key = hash_text(text);
   size_t j = key & (h->cap - 1);
-  while (h->keys[j] != 0 && h->keys[j] != key) j = (j + 1) & (h->cap - 1);
-  if (h->keys[j] == 0) {
-    h->keys[j] = key;
+  while (h->slots[j].key != 0 && h->slots[j].key != key) j = (j + 1) & (h->cap - 1);
+  if (h->slots[j].key == 0) {
+    h->slots[j].key = key;
     h->used++;
   }
-  return h->counts[j]++;
+  return h->slots[j].count++;
 }
 
-static void hash_count_free(HashCount *h) {
-  free(h->keys);
-  free(h->counts);
+static void hash_count_free(HashCount *h) { free(h->slots); }
+
+/* hash_count_bump for an optional text; UINT32_MAX (unknown) when there is none. */
+static uint32_t hash_count_bump_opt(HashCount *h, const char *text) {
+  return text ? hash_count_bump(h, text) : UINT32_MAX;
 }
 
 /* Columns in the order row_to_json reads them. */
@@ -703,21 +717,36 @@ void herald_endpoint_writer_close(HeraldEndpointWriter *w) {
   herald_endpoint_checker_clear(&w->checker);
   hash_count_free(&w->addresses);
   hash_count_free(&w->users);
-  free(w->attrs.data);
-  free(w->metrics.data);
-  free(w->uattrs.data);
+  herald_endpoint_row_free(w->row);
+  for (int k = 0; k < 3; k++)
+    for (int i = 0; i < 8; i++) free(w->recent[k][i]);
   free(w->app);
   free(w);
 }
 
 /* Registers the keys of one attribute map that the application has not seen yet. */
+static int recently_known(HeraldEndpointWriter *w, int kind, const char *name) {
+  for (int i = 0; i < 8; i++)
+    if (w->recent[kind][i] != NULL && strcmp(w->recent[kind][i], name) == 0) return 1;
+  return 0;
+}
+
+/* Remembers a known name; without memory it is merely not remembered. */
+static void remember_known(HeraldEndpointWriter *w, int kind, const char *name) {
+  char *copy = strdup(name);
+  if (copy == NULL) return;
+  unsigned i = w->recent_next[kind]++ % 8;
+  free(w->recent[kind][i]);
+  w->recent[kind][i] = copy;
+}
+
 static int track_keys(HeraldEndpointWriter *w, json_t *map, int kind, const char *path,
                       HeraldError *err) {
   if (!json_is_object(map)) return kHeraldOk;
   const char *name;
   json_t *v;
   json_object_foreach(map, name, v) {
-    if (json_is_null(v)) continue;
+    if (json_is_null(v) || recently_known(w, kind, name)) continue;
     /* Names were checked to be at most 50 characters (200 bytes); no snprintf on this path. */
     char key[256];
     size_t len = strlen(name);
@@ -726,7 +755,10 @@ static int track_keys(HeraldEndpointWriter *w, json_t *map, int kind, const char
     key[1] = ':';
     memcpy(key + 2, name, len);
     key[len + 2] = '\0';
-    if (json_object_get(w->keys, key) != NULL) continue;
+    if (json_object_get(w->keys, key) != NULL) {
+      remember_known(w, kind, name);
+      continue;
+    }
     if (json_object_size(w->keys) >= HERALD_ATTRIBUTE_KEYS_PER_APP) {
       char p[160];
       snprintf(p, sizeof p, "%s.%s", path, name);
@@ -745,6 +777,7 @@ static int track_keys(HeraldEndpointWriter *w, json_t *map, int kind, const char
     sqlite3_reset(st);
     if (rc != SQLITE_DONE) return herald_store_fail(w->store, err, "recording an attribute key");
     json_object_set_new(w->keys, key, json_true());
+    remember_known(w, kind, name);
   }
   return kHeraldOk;
 }
@@ -865,7 +898,7 @@ static int enforce_user_limit(HeraldEndpointWriter *w, const char *id, const cha
 
 static int buf_reserve(HeraldBuf *b, size_t more) {
   if (b->len + more <= b->cap) return 0;
-  size_t cap = b->cap ? b->cap : 1024;
+  size_t cap = b->cap ? b->cap : 128;
   while (cap < b->len + more) cap *= 2;
   char *p = realloc(b->data, cap);
   if (p == NULL) return -1;
@@ -972,27 +1005,112 @@ typedef struct {
   const char *effective;  /* the request's EffectiveDate or now */
 } RowMeta;
 
-/* Inserts (ON CONFLICT DO NOTHING: *written tells whether it went in) or updates the row. */
-static int write_row(HeraldEndpointWriter *w, json_t *cur, const RowMeta *m, int *written,
-                     HeraldError *err) {
-  json_t *user = json_object_get(cur, "User");
-  json_t *demo = json_object_get(cur, "Demographic");
-  json_t *loc = json_object_get(cur, "Location");
-  if (dump_map(&w->attrs, json_object_get(cur, "Attributes"), 1) != 0 ||
-      dump_map(&w->metrics, json_object_get(cur, "Metrics"), 0) != 0 ||
-      dump_map(&w->uattrs, json_object_get(user, "UserAttributes"), 1) != 0)
-    return oom(err);
+/* The column values of one endpoint, taken from its request or merged state in one pass over
+ * the object (lookups by name cost a hash each, and this runs once per imported row). */
+struct HeraldEndpointRow {
+  const char *channel, *address, *opt_out, *user_id, *request_id;
+  const char *demographic[kDemographicCount];
+  json_t *location[kLocationCount]; /* numbers or strings */
+  HeraldBuf attrs, metrics, uattrs;  /* the stored JSON text of the three maps */
+  size_t size;                       /* the bytes Pinpoint's 15 KB limit measures */
+  const char *id, *status, *effective;
+  json_t *attr_map, *metric_map, *user_attr_map;
+  /* From a checker: requests before this one naming its address / user id (UINT32_MAX when
+   * unknown). counted says they are set. */
+  int counted;
+  uint32_t address_before, user_before;
+};
 
-  /* Pinpoint's size limit applies to the whole endpoint; the stored text is what we measure. */
-  size_t size = w->attrs.len + w->metrics.len + w->uattrs.len;
-  const char *key;
-  json_t *v;
-  json_object_foreach(cur, key, v)
-    if (json_is_string(v)) size += json_string_length(v);
-  json_object_foreach(demo, key, v)
-    if (json_is_string(v)) size += json_string_length(v);
-  json_object_foreach(loc, key, v)
-    if (json_is_string(v)) size += json_string_length(v);
+static int field_index(const char *key, const char *const *fields, int n) {
+  for (int i = 0; i < n; i++)
+    if (strcmp(key, fields[i]) == 0) return i;
+  return -1;
+}
+
+static int row_fill(HeraldEndpointRow *r, json_t *cur) {
+  r->channel = r->address = r->opt_out = r->user_id = r->request_id = NULL;
+  r->id = r->status = r->effective = NULL;
+  r->counted = 0;
+  for (int i = 0; i < kDemographicCount; i++) r->demographic[i] = NULL;
+  for (int i = 0; i < kLocationCount; i++) r->location[i] = NULL;
+  json_t *attrs = NULL, *metrics = NULL, *uattrs = NULL;
+  /* Pinpoint's size limit applies to the whole endpoint; the stored text is what we measure:
+   * top-level, Demographic and Location strings and the three maps' text. */
+  size_t size = 0;
+  const char *key, *k;
+  json_t *v, *x;
+  json_object_foreach(cur, key, v) {
+    if (json_is_string(v)) {
+      size += json_string_length(v);
+      const char *s = json_string_value(v);
+      if (strcmp(key, "ChannelType") == 0) r->channel = s;
+      else if (strcmp(key, "Address") == 0) r->address = s;
+      else if (strcmp(key, "OptOut") == 0) r->opt_out = s;
+      else if (strcmp(key, "RequestId") == 0) r->request_id = s;
+      else if (strcmp(key, "Id") == 0) r->id = s;
+      else if (strcmp(key, "EndpointStatus") == 0) r->status = s;
+      else if (strcmp(key, "EffectiveDate") == 0) r->effective = s;
+    } else if (strcmp(key, "Attributes") == 0) {
+      attrs = v;
+    } else if (strcmp(key, "Metrics") == 0) {
+      metrics = v;
+    } else if (strcmp(key, "User") == 0) {
+      r->user_id = json_string_value(json_object_get(v, "UserId"));
+      uattrs = json_object_get(v, "UserAttributes");
+    } else if (strcmp(key, "Demographic") == 0) {
+      json_object_foreach(v, k, x) {
+        if (!json_is_string(x)) continue;
+        size += json_string_length(x);
+        int i = field_index(k, demographic_fields, kDemographicCount);
+        if (i >= 0) r->demographic[i] = json_string_value(x);
+      }
+    } else if (strcmp(key, "Location") == 0) {
+      json_object_foreach(v, k, x) {
+        if (json_is_string(x)) size += json_string_length(x);
+        int i = field_index(k, location_fields, kLocationCount);
+        if (i >= 0) r->location[i] = x;
+      }
+    }
+  }
+  r->attr_map = attrs;
+  r->metric_map = metrics;
+  r->user_attr_map = uattrs;
+  if (dump_map(&r->attrs, attrs, 1) != 0 || dump_map(&r->metrics, metrics, 0) != 0 ||
+      dump_map(&r->uattrs, uattrs, 1) != 0)
+    return -1;
+  r->size = size + r->attrs.len + r->metrics.len + r->uattrs.len;
+  return 0;
+}
+
+int herald_endpoint_row_new(HeraldEndpointChecker *c, json_t *request, HeraldEndpointRow **out,
+                            HeraldError *err) {
+  *out = calloc(1, sizeof **out);
+  if (c->seen == NULL) c->seen = calloc(1, sizeof *c->seen);
+  if (*out == NULL || c->seen == NULL || row_fill(*out, request) != 0) {
+    herald_endpoint_row_free(*out);
+    *out = NULL;
+    return oom(err);
+  }
+  HeraldEndpointRow *r = *out;
+  r->counted = 1;
+  r->address_before = hash_count_bump_opt(&c->seen->addresses, r->address);
+  r->user_before = hash_count_bump_opt(&c->seen->users, r->user_id);
+  return kHeraldOk;
+}
+
+void herald_endpoint_row_free(HeraldEndpointRow *r) {
+  if (r == NULL) return;
+  free(r->attrs.data);
+  free(r->metrics.data);
+  free(r->uattrs.data);
+  free(r);
+}
+
+/* Inserts (ON CONFLICT DO NOTHING: *written tells whether it went in) or updates the row.
+ * r holds cur's columns; extra counts bytes added to cur since r was filled (a generated Id). */
+static int write_row(HeraldEndpointWriter *w, const HeraldEndpointRow *r, size_t extra,
+                     const RowMeta *m, int *written, HeraldError *err) {
+  size_t size = r->size + extra;
   if (size > HERALD_ENDPOINT_MAX_BYTES)
     return invalid(err, kHeraldLimit, "endpoint", "%zu bytes; Pinpoint's limit is 15 KB per "
                    "endpoint", size);
@@ -1011,27 +1129,26 @@ static int write_row(HeraldEndpointWriter *w, json_t *cur, const RowMeta *m, int
                   "?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28) ON CONFLICT(app_id, id) DO NOTHING",
       err);
   if (st == NULL) return err ? err->code : kHeraldStore;
-  const char *opt_out = str_at(cur, "OptOut");
   sqlite3_bind_text(st, 1, w->app, -1, SQLITE_STATIC);
   sqlite3_bind_text(st, 2, m->id, -1, SQLITE_STATIC);
-  bind_opt(st, 3, str_at(cur, "ChannelType"));
-  bind_opt(st, 4, str_at(cur, "Address"));
+  bind_opt(st, 3, r->channel);
+  bind_opt(st, 4, r->address);
   sqlite3_bind_text(st, 5, m->status, -1, SQLITE_STATIC);
-  sqlite3_bind_text(st, 6, opt_out ? opt_out : "NONE", -1, SQLITE_STATIC);
-  bind_opt(st, 7, str_at(user, "UserId"));
+  sqlite3_bind_text(st, 6, r->opt_out ? r->opt_out : "NONE", -1, SQLITE_STATIC);
+  bind_opt(st, 7, r->user_id);
   sqlite3_bind_int(st, 8, m->cohort);
   sqlite3_bind_text(st, 9, m->effective, -1, SQLITE_STATIC);
   sqlite3_bind_text(st, 10, m->creation, -1, SQLITE_STATIC);
-  bind_opt(st, 11, str_at(cur, "RequestId"));
-  for (int i = 0; i < kDemographicCount; i++) bind_opt(st, 12 + i, str_at(demo, demographic_fields[i]));
+  bind_opt(st, 11, r->request_id);
+  for (int i = 0; i < kDemographicCount; i++) bind_opt(st, 12 + i, r->demographic[i]);
   for (int i = 0; i < kLocationCount; i++) {
-    json_t *lv = json_object_get(loc, location_fields[i]);
+    json_t *lv = r->location[i];
     if (json_is_number(lv)) sqlite3_bind_double(st, 20 + i, json_number_value(lv));
     else bind_opt(st, 20 + i, json_string_value(lv));
   }
-  sqlite3_bind_text(st, 26, w->attrs.data, (int)w->attrs.len, SQLITE_STATIC);
-  sqlite3_bind_text(st, 27, w->metrics.data, (int)w->metrics.len, SQLITE_STATIC);
-  sqlite3_bind_text(st, 28, w->uattrs.data, (int)w->uattrs.len, SQLITE_STATIC);
+  sqlite3_bind_text(st, 26, r->attrs.data, (int)r->attrs.len, SQLITE_STATIC);
+  sqlite3_bind_text(st, 27, r->metrics.data, (int)r->metrics.len, SQLITE_STATIC);
+  sqlite3_bind_text(st, 28, r->uattrs.data, (int)r->uattrs.len, SQLITE_STATIC);
   if (step_done(w->store, st, err, m->exists ? "updating an endpoint" : "inserting an endpoint") !=
       kHeraldOk)
     return err->code;
@@ -1054,28 +1171,37 @@ static int retire_same_address(HeraldEndpointWriter *w, const char *id, const ch
   return step_done(w->store, st, err, "retiring endpoints with the same address");
 }
 
-static int track_all_keys(HeraldEndpointWriter *w, json_t *req, HeraldError *err) {
-  if (track_keys(w, json_object_get(req, "Attributes"), 0, "Attributes", err) != kHeraldOk ||
-      track_keys(w, json_object_get(req, "Metrics"), 1, "Metrics", err) != kHeraldOk ||
-      track_keys(w, json_object_get(json_object_get(req, "User"), "UserAttributes"), 2,
-                 "User.UserAttributes", err) != kHeraldOk)
+static int track_all_keys(HeraldEndpointWriter *w, const HeraldEndpointRow *r, HeraldError *err) {
+  if (track_keys(w, r->attr_map, 0, "Attributes", err) != kHeraldOk ||
+      track_keys(w, r->metric_map, 1, "Metrics", err) != kHeraldOk ||
+      track_keys(w, r->user_attr_map, 2, "User.UserAttributes", err) != kHeraldOk)
     return err->code;
   return kHeraldOk;
 }
 
 /* The side effects of a written endpoint: other endpoints with its address, its user's limit. */
-static int after_write(HeraldEndpointWriter *w, json_t *cur, const RowMeta *m,
+static int after_write(HeraldEndpointWriter *w, const HeraldEndpointRow *r, const RowMeta *m,
                        const char *old_user, HeraldError *err) {
-  const char *user_id = str_at(json_object_get(cur, "User"), "UserId");
+  /* The counts that bound what SQLite could find: the checker's when it counted this row,
+   * else the writer's own, unless rows counted by a checker have left those incomplete. */
+  int counted = w->fresh && r->counted;
+  int own = w->fresh && !r->counted && !w->counted_elsewhere;
+  if (r->counted) w->counted_elsewhere = 1;
+  const char *user_id = r->user_id;
   if (user_id != NULL && (old_user == NULL || strcmp(old_user, user_id) != 0)) {
     /* Fewer than 15 earlier writes named this user: it cannot have 15 other endpoints. */
-    int known_small = w->fresh && hash_count_bump(&w->users, user_id) < HERALD_ENDPOINTS_PER_USER;
-    if (!known_small &&
-        enforce_user_limit(w, m->id, user_id, str_at(cur, "ChannelType"), err) != kHeraldOk)
+    uint32_t before = counted ? r->user_before
+                      : own   ? hash_count_bump(&w->users, user_id)
+                              : UINT32_MAX;
+    if (before >= HERALD_ENDPOINTS_PER_USER &&
+        enforce_user_limit(w, m->id, user_id, r->channel, err) != kHeraldOk)
       return err->code;
   }
-  const char *address = str_at(cur, "Address");
-  int address_unseen = w->fresh && hash_count_bump(&w->addresses, address) == 0;
+  const char *address = r->address;
+  uint32_t address_before = counted ? r->address_before
+                            : own   ? hash_count_bump(&w->addresses, address)
+                                    : UINT32_MAX;
+  int address_unseen = address_before == 0;
   if (strcmp(m->status, "ACTIVE") == 0 && !address_unseen &&
       retire_same_address(w, m->id, address, err) != kHeraldOk)
     return err->code;
@@ -1091,41 +1217,64 @@ int herald_endpoint_check(HeraldEndpointChecker *c, json_t *req, HeraldError *er
 void herald_endpoint_checker_clear(HeraldEndpointChecker *c) {
   json_decref(c->zones);
   c->zones = NULL;
+  if (c->seen != NULL) {
+    hash_count_free(&c->seen->addresses);
+    hash_count_free(&c->seen->users);
+    free(c->seen);
+    c->seen = NULL;
+  }
 }
 
 int herald_endpoint_writer_put(HeraldEndpointWriter *w, json_t *req, char *id_out,
                                HeraldError *err) {
   if (herald_endpoint_check(&w->checker, req, err) != kHeraldOk) return err->code;
-  return herald_endpoint_writer_put_checked(w, req, id_out, err);
+  return herald_endpoint_writer_put_checked(w, req, NULL, id_out, err);
 }
 
-int herald_endpoint_writer_put_checked(HeraldEndpointWriter *w, json_t *req, char *id_out,
+/* The writer's own row, refilled from obj. */
+static int own_row(HeraldEndpointWriter *w, json_t *obj, HeraldError *err) {
+  if (w->row == NULL && (w->row = calloc(1, sizeof *w->row)) == NULL) return oom(err);
+  return row_fill(w->row, obj) == 0 ? kHeraldOk : oom(err);
+}
+
+int herald_endpoint_writer_put_checked(HeraldEndpointWriter *w, json_t *req,
+                                       const HeraldEndpointRow *row, char *id_out,
                                        HeraldError *err) {
+  if (row == NULL) {
+    if (own_row(w, req, err) != kHeraldOk) return err->code;
+    row = w->row;
+  }
   char generated[37];
-  const char *id = str_at(req, "Id");
+  const char *id = row->id;
+  size_t added = 0; /* bytes the request gained after row was filled */
   if (id == NULL) {
     generate_id(generated);
     json_object_set_new(req, "Id", json_string(generated));
     id = str_at(req, "Id");
+    added = strlen(generated);
   }
   if (id_out) snprintf(id_out, HERALD_ENDPOINT_ID_MAX + 1, "%s", id);
 
-  char now[HERALD_DATETIME_LEN];
-  herald_datetime_now(now);
-  RowMeta m = {id, 0, 0, now, str_at(req, "EndpointStatus"), str_at(req, "EffectiveDate")};
+  int64_t now_ms = herald_datetime_now_ms();
+  if (now_ms != w->now_ms || w->now[0] == '\0') {
+    herald_datetime_format(now_ms, w->now);
+    w->now_ms = now_ms;
+  }
+  const char *now = w->now;
+  RowMeta m = {id, 0, 0, now, row->status, row->effective};
   if (m.status == NULL) m.status = "ACTIVE";
   if (m.effective == NULL) m.effective = now;
-  if (track_all_keys(w, req, err) != kHeraldOk) return err->code;
+  if (track_all_keys(w, row, err) != kHeraldOk) return err->code;
 
   /* Fast path for a new endpoint (an import's usual case): the request itself is the row.
    * The insert does nothing when the id exists, and the update path below takes over. */
-  const char *channel = str_at(req, "ChannelType"), *address = str_at(req, "Address");
+  const char *channel = row->channel, *address = row->address;
   if (channel != NULL && address != NULL) {
     if (check_address(channel, address, err) != kHeraldOk) return err->code;
     m.cohort = herald_endpoint_cohort(w->app, id);
     int inserted = 0;
-    if (write_row(w, req, &m, &inserted, err) != kHeraldOk) return err->code;
-    if (inserted) return after_write(w, req, &m, NULL, err);
+    if (write_row(w, row, added, &m, &inserted, err) != kHeraldOk) return err->code;
+    if (inserted) return after_write(w, row, &m, NULL, err);
   }
 
   sqlite3_stmt *st = herald_store_stmt(
@@ -1163,8 +1312,9 @@ int herald_endpoint_writer_put_checked(HeraldEndpointWriter *w, json_t *req, cha
   else
     rc = check_address(str_at(cur, "ChannelType"), str_at(cur, "Address"), err);
   int written = 0;
-  if (rc == kHeraldOk) rc = write_row(w, cur, &m, &written, err);
-  if (rc == kHeraldOk) rc = after_write(w, cur, &m, old_user, err);
+  if (rc == kHeraldOk) rc = own_row(w, cur, err);
+  if (rc == kHeraldOk) rc = write_row(w, w->row, 0, &m, &written, err);
+  if (rc == kHeraldOk) rc = after_write(w, w->row, &m, old_user, err);
   free(old_user);
   json_decref(cur);
   return rc;

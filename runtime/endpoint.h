@@ -26,8 +26,10 @@
 
 /* Validation that needs no database, split out so an import can run it on its parser thread.
  * A checker caches the time zones it has found; one checker per thread. Zero-initialise it. */
+typedef struct HeraldEndpointSeen HeraldEndpointSeen;
 typedef struct {
   json_t *zones;
+  HeraldEndpointSeen *seen; /* addresses and user ids of the rows herald_endpoint_row_new saw */
 } HeraldEndpointChecker;
 
 /* Validates request and normalises it in place (dates, country codes, a lone attribute string
@@ -48,8 +50,22 @@ int herald_endpoint_writer_open(HeraldStore *store, const char *app, HeraldEndpo
  * Error messages start with the field path ("Address: ..."). Must run inside a transaction. */
 int herald_endpoint_writer_put(HeraldEndpointWriter *w, json_t *request, char *id_out,
                                HeraldError *err);
-/* herald_endpoint_writer_put for a request herald_endpoint_check has accepted. */
-int herald_endpoint_writer_put_checked(HeraldEndpointWriter *w, json_t *request, char *id_out,
+/* The column values of a request herald_endpoint_check has accepted (its attribute maps
+ * already serialised), computed where the check runs so that an import's parser thread does
+ * this work instead of its writer thread. The row points into request, which must outlive it
+ * and not change in between (the writer may only add a generated Id).
+ * The checker also counts the addresses and user ids of the rows it prepares: given to one
+ * writer in the same order, from the writer's opening, these counts let a first import skip
+ * the duplicate-address and per-user lookups on the writer's thread. */
+typedef struct HeraldEndpointRow HeraldEndpointRow;
+int herald_endpoint_row_new(HeraldEndpointChecker *c, json_t *request, HeraldEndpointRow **out,
+                            HeraldError *err);
+void herald_endpoint_row_free(HeraldEndpointRow *row);
+
+/* herald_endpoint_writer_put for a request herald_endpoint_check has accepted; row is its
+ * herald_endpoint_row_new or NULL. Rows from a checker must all come from that one checker. */
+int herald_endpoint_writer_put_checked(HeraldEndpointWriter *w, json_t *request,
+                                       const HeraldEndpointRow *row, char *id_out,
                                        HeraldError *err);
 void herald_endpoint_writer_close(HeraldEndpointWriter *w);
 

@@ -15,6 +15,7 @@
 #include "runtime/csv.h"
 #include "runtime/endpoint.h"
 #include "runtime/event.h"
+#include "runtime/json_simd.h"
 #include "runtime/progress.h"
 
 /* The file is mapped: the parsers then work on one buffer without copying lines. */
@@ -83,6 +84,7 @@ static HeraldImportFormat detect(const char *path, const Mapped *m) {
 
 typedef struct {
   json_t *row;
+  HeraldEndpointRow *columns; /* an endpoint's columns, prepared on the parser thread */
   long line;
   size_t offset; /* bytes of the file consumed after this row, for progress */
 } Item;
@@ -96,13 +98,15 @@ typedef struct Batch {
   HeraldError err;
 } Batch;
 
-typedef int (*RowFn)(void *ctx, json_t *row, HeraldError *err);
+typedef int (*RowFn)(void *ctx, json_t *row, const HeraldEndpointRow *columns, HeraldError *err);
+/* Validation on the parser thread; may prepare the row's columns for the writer. */
+typedef int (*CheckFn)(void *ctx, json_t *row, HeraldEndpointRow **columns, HeraldError *err);
 
 typedef struct {
   const char *path;
   const Mapped *m;
   int csv;
-  RowFn check;        /* validation run on the parser thread (may be NULL) */
+  CheckFn check;      /* validation run on the parser thread (may be NULL) */
   void *check_ctx;
   pthread_mutex_t mu;
   pthread_cond_t changed;
@@ -124,7 +128,7 @@ typedef struct {
 /* Writes the rows of a batch in order; returns 0 to go on, -1 once something failed. */
 static int consume(Pipe *p, Batch *b) {
   for (size_t i = 0; i < b->n && p->rc == kHeraldOk; i++) {
-    p->rc = p->fn(p->ctx, b->items[i].row, p->err);
+    p->rc = p->fn(p->ctx, b->items[i].row, b->items[i].columns, p->err);
     if (p->rc != kHeraldOk) {
       herald_error_prefix(p->err, "%s:%ld: ", p->path, b->items[i].line);
     } else {
@@ -141,7 +145,10 @@ static int consume(Pipe *p, Batch *b) {
 
 
 static void free_rows(Batch *b) {
-  for (size_t i = 0; i < b->n; i++) json_decref(b->items[i].row);
+  for (size_t i = 0; i < b->n; i++) {
+    herald_endpoint_row_free(b->items[i].columns);
+    json_decref(b->items[i].row);
+  }
   b->n = 0;
 }
 
@@ -207,9 +214,10 @@ static void pipe_finish(Pipe *p, const HeraldError *err);
 
 /* Validates (on this thread) and queues one row; -1 when the stream ended (stop producing). */
 static int pipe_emit(Pipe *p, json_t *row, long line, size_t offset) {
+  HeraldEndpointRow *columns = NULL;
   if (p->check != NULL) {
     HeraldError err;
-    if (p->check(p->check_ctx, row, &err) != kHeraldOk) {
+    if (p->check(p->check_ctx, row, &columns, &err) != kHeraldOk) {
       json_decref(row);
       herald_error_prefix(&err, "%s:%ld: ", p->path, line);
       pipe_finish(p, &err);
@@ -217,10 +225,11 @@ static int pipe_emit(Pipe *p, json_t *row, long line, size_t offset) {
     }
   }
   if (pipe_batch(p) != 0) {
+    herald_endpoint_row_free(columns);
     json_decref(row);
     return -1;
   }
-  p->filling->items[p->filling->n++] = (Item){row, line, offset};
+  p->filling->items[p->filling->n++] = (Item){row, columns, line, offset};
   if (p->filling->n == BATCH_ROWS) return pipe_push(p);
   return 0;
 }
@@ -260,9 +269,13 @@ static Batch *pipe_pop(Pipe *p) {
 
 /* ---- newline-delimited JSON ---- */
 
+/* Lines go through simdjson first (jansson's character-by-character reader was the larger
+ * part of the parser thread's time); a line it does not take as jansson would is read by
+ * jansson, so values and error messages are jansson's. */
 static void produce_json_lines(Pipe *p) {
   const char *base = p->m->data, *q = base, *end = base + p->m->len;
   long line = 0;
+  HeraldJsonSimd *simd = herald_json_simd_new();
   while (q < end) {
     line++;
     const char *nl = memchr(q, '\n', (size_t)(end - q));
@@ -271,18 +284,24 @@ static void produce_json_lines(Pipe *p) {
     q = nl ? nl + 1 : end;
     while (s < stop && (*s == ' ' || *s == '\t' || *s == '\r')) s++;
     if (s == stop) continue;
+    json_t *row = simd ? herald_json_simd_load(simd, s, (size_t)(stop - s)) : NULL;
     json_error_t jerr;
-    json_t *row = json_loadb(s, (size_t)(stop - s), JSON_REJECT_DUPLICATES, &jerr);
+    if (row == NULL) row = json_loadb(s, (size_t)(stop - s), JSON_REJECT_DUPLICATES, &jerr);
     if (row == NULL) {
       HeraldError err;
       herald_error_set(&err, kHeraldInvalid, "%s:%ld: invalid JSON at column %d: %s", p->path,
                        line, jerr.column, jerr.text);
       pipe_finish(p, &err);
+      herald_json_simd_free(simd);
       return;
     }
-    if (pipe_emit(p, row, line, (size_t)(q - base)) != 0) return;
+    if (pipe_emit(p, row, line, (size_t)(q - base)) != 0) {
+      herald_json_simd_free(simd);
+      return;
+    }
   }
   pipe_finish(p, NULL);
+  herald_json_simd_free(simd);
 }
 
 /* ---- CSV with Pinpoint's dotted headers ---- */
@@ -477,7 +496,7 @@ static int use_parser_thread(void) {
 
 /* Feeds every row of the file to fn in order; the first failure stops the import. */
 static int each_row(const char *path, const Mapped *m, int csv, HeraldProgress *progress,
-                    RowFn check, void *check_ctx, RowFn fn, void *ctx, long long *rows,
+                    CheckFn check, void *check_ctx, RowFn fn, void *ctx, long long *rows,
                     HeraldError *err) {
   Pipe p = {.path = path, .m = m, .csv = csv, .check = check, .check_ctx = check_ctx,
             .fn = fn, .ctx = ctx, .progress = progress, .rows = rows, .rc = kHeraldOk,
@@ -536,12 +555,14 @@ static int each_row(const char *path, const Mapped *m, int csv, HeraldProgress *
 
 /* ---- the two imports ---- */
 
-static int check_endpoint(void *ctx, json_t *row, HeraldError *err) {
-  return herald_endpoint_check(ctx, row, err);
+static int check_endpoint(void *ctx, json_t *row, HeraldEndpointRow **columns, HeraldError *err) {
+  if (herald_endpoint_check(ctx, row, err) != kHeraldOk) return err->code;
+  return herald_endpoint_row_new(ctx, row, columns, err);
 }
 
-static int put_endpoint(void *ctx, json_t *row, HeraldError *err) {
-  return herald_endpoint_writer_put_checked(ctx, row, NULL, err);
+static int put_endpoint(void *ctx, json_t *row, const HeraldEndpointRow *columns,
+                        HeraldError *err) {
+  return herald_endpoint_writer_put_checked(ctx, row, columns, NULL, err);
 }
 
 typedef struct {
@@ -550,7 +571,7 @@ typedef struct {
   long long inserted;
 } EventCtx;
 
-static int put_event(void *ctx, json_t *row, HeraldError *err) {
+static int put_event(void *ctx, json_t *row, const HeraldEndpointRow *columns, HeraldError *err) {
   EventCtx *e = ctx;
   int added = 0;
   int rc = herald_event_put(e->store, e->app, NULL, row, &added, NULL, err);

@@ -126,6 +126,45 @@ describe('herald import endpoints', function()
     assert.are.equal(2500, s.count(db))
   end)
 
+  -- A first import skips the duplicate-address and per-user lookups while the parser's counts
+  -- prove them empty; repeats within the file must still get Pinpoint's rules, on both paths.
+  for _, threads in ipairs({'0', '1'}) do
+    it('applies the address and user rules within a first import (threads=' .. threads .. ')', function()
+      local env = {env = {HERALD_IMPORT_THREADS = threads}}
+      local lines = {
+        '{"Id":"a1","ChannelType":"EMAIL","Address":"same@example.com"}',
+        '{"Id":"b1","ChannelType":"EMAIL","Address":"other@example.com"}',
+        '{"Id":"a2","ChannelType":"EMAIL","Address":"same@example.com"}',
+        '{"Id":"b1","Attributes":{"Plan":"pro"}}',
+        '{"Id":"b2","ChannelType":"EMAIL","Address":"other@example.com"}',
+      }
+      local db = s.db()
+      local out, code, err = s.import(db, 'endpoints', file('dup.ndjson', table.concat(lines, '\n') .. '\n'), nil, env)
+      assert.are.equal(0, code, err)
+      assert.matches('imported 5 endpoints', out, 1, true)
+      assert.are.equal('INACTIVE', get(db, 'a1').EndpointStatus)
+      assert.are.equal('ACTIVE', get(db, 'a2').EndpointStatus)
+      -- b1's update names no address: its stored one is still the older of the two.
+      assert.are.same({'pro'}, get(db, 'b1').Attributes.Plan)
+      assert.are.equal('INACTIVE', get(db, 'b1').EndpointStatus)
+      assert.are.equal('ACTIVE', get(db, 'b2').EndpointStatus)
+
+      local users = {}
+      for i = 1, 16 do
+        users[#users + 1] = ('{"Id":"u%d","ChannelType":"EMAIL","Address":"u%d@example.com","User":{"UserId":"u"}}'):format(i, i)
+      end
+      local db2 = s.db()
+      local _, code2, err2 = s.import(db2, 'endpoints', file('users.ndjson', table.concat(users, '\n') .. '\n'), nil, env)
+      assert.are.equal(1, code2)
+      assert.matches("users.ndjson:16: User.UserId: user 'u' already has 15 endpoints", err2, 1, true)
+      assert.are.equal(0, s.count(db2))
+      users[16] = nil
+      local _, code3, err3 = s.import(db2, 'endpoints', file('users15.ndjson', table.concat(users, '\n') .. '\n'), nil, env)
+      assert.are.equal(0, code3, err3)
+      assert.are.equal(15, s.count(db2))
+    end)
+  end
+
   it('honours --app and refuses an unknown one', function()
     local db = s.db()
     assert.are.equal(0, select(2, s.run(db, 'must(herald.apps.create("shop"))')))
