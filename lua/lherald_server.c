@@ -1,4 +1,5 @@
-/* herald.core.server: the engagement HTTP server on the process loop, and tracking tokens. */
+/* herald.core.server: the engagement HTTP server on the process loop (tracking links, PutEvents,
+ * status webhooks; see runtime/ingest.h), and tracking tokens. */
 #include <lauxlib.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -8,6 +9,7 @@
 #include "lua/host.h"
 #include "lua/modules.h"
 #include "runtime/http_server.h"
+#include "runtime/ingest.h"
 #include "runtime/tracking.h"
 
 #define SERVER_MT "herald.core.server.Server"
@@ -18,6 +20,7 @@ typedef struct {
   HeraldHttpServer *server;
   HeraldHttpRouter *router;
   HeraldTracker *tracker;
+  HeraldIngest *ingest;
   char host[64];
 } Engage;
 
@@ -42,11 +45,14 @@ static const char *kind_name(HeraldTrackingKind kind) {
   return "?";
 }
 
-/* The tracker's recorder: calls on_hit{kind, app, campaign, run, treatment, endpoint,
- * message_id, url, user_agent, request_id} on the main thread. An error is reported on stderr
- * and counted as a failed record; the recipient is answered either way. */
+/* The tracker's recorder: stores the hit as an event (runtime/ingest.h), then calls
+ * on_hit{kind, app, campaign, run, treatment, endpoint, message_id, url, user_agent, request_id}
+ * on the main thread when one is set. An error is reported on stderr and counted as a failed
+ * record; the recipient is answered either way. */
 static int record_hit(void *ctx, const HeraldTrackingHit *hit) {
   ServerBox *box = ctx;
+  int stored = herald_ingest_record_hit(box->e->ingest, hit);
+  if (box->on_hit == LUA_NOREF) return stored;
   lua_State *L = box->L;
   const HeraldTrackingToken *t = hit->token;
   if (!lua_checkstack(L, 4)) return -1;
@@ -69,12 +75,13 @@ static int record_hit(void *ctx, const HeraldTrackingHit *hit) {
     lua_pop(L, 1);
     return -1;
   }
-  return 0;
+  return stored;
 }
 
 static void engage_free(void *arg) {
   Engage *e = arg;
   herald_tracker_free(e->tracker);
+  herald_ingest_free(e->ingest);
   herald_http_router_free(e->router);
   free(e);
 }
@@ -129,7 +136,7 @@ static int parse_listen(const char *s, char *host, size_t hostcap, int *port) {
 
 /* start{listen = 'HOST:PORT', key =, max_body =, max_header =, idle_timeout_ms =,
  *       request_timeout_ms =, max_connections =, on_hit = function(hit)} -> server, or nil, err.
- * on_hit runs for every recorded open, click and one-click unsubscribe. */
+ * Every open, click and one-click unsubscribe is stored as an event; on_hit then runs for it. */
 static int l_start(lua_State *L) {
   luaL_checktype(L, 1, LUA_TTABLE);
   lua_getfield(L, 1, "listen");
@@ -149,6 +156,7 @@ static int l_start(lua_State *L) {
   limits.max_connections = opt_int(L, 1, "max_connections", limits.max_connections, 1);
   HeraldTrackingKey key;
   load_key(L, 1, &key);
+  HeraldStore *store = herald_context_store(L); /* raises before anything is allocated */
 
   lua_getfield(L, 1, "on_hit");
   int has_hook = !lua_isnil(L, -1);
@@ -168,12 +176,14 @@ static int l_start(lua_State *L) {
   snprintf(e->host, sizeof e->host, "%s", host);
   e->router = herald_http_router_new();
   e->tracker = herald_tracker_new(&key);
+  e->ingest = herald_ingest_new(store);
   HeraldError err = {0};
-  if (e->router == NULL || e->tracker == NULL) {
+  if (e->router == NULL || e->tracker == NULL || e->ingest == NULL) {
     engage_free(e);
     return luaL_error(L, "out of memory");
   }
   if (herald_tracker_routes(e->tracker, e->router, &err) != kHeraldOk ||
+      herald_ingest_routes(e->ingest, e->router, &err) != kHeraldOk ||
       herald_http_server_start(&herald_context()->loop, host, port, e->router, &limits, &e->server,
                                &err) != kHeraldOk) {
     engage_free(e);
@@ -183,8 +193,8 @@ static int l_start(lua_State *L) {
     lua_pushstring(L, err.msg);
     return 2;
   }
-  if (has_hook) herald_tracker_set_recorder(e->tracker, record_hit, box);
   box->e = e;
+  herald_tracker_set_recorder(e->tracker, record_hit, box);
   return 1;
 }
 
