@@ -159,16 +159,16 @@ int herald_ingest_put_events(HeraldStore *store, const char *app, json_t *reques
   *response = NULL;
   if (!json_is_object(request))
     return herald_error_set(err, kHeraldInvalid, "expected an EventsRequest object {\"BatchItem\": {...}}");
-  json_t *batch = json_object_get(request, "BatchItem");
-  if (!json_is_object(batch))
-    return herald_error_set(err, kHeraldInvalid, "BatchItem: required, an object of endpoint id -> "
-                            "{Endpoint, Events}");
   const char *key;
   json_t *v;
   json_object_foreach(request, key, v) {
     if (strcmp(key, "BatchItem") != 0)
       return herald_error_set(err, kHeraldInvalid, "%s: unknown field (an EventsRequest has BatchItem)", key);
   }
+  json_t *batch = json_object_get(request, "BatchItem");
+  if (!json_is_object(batch))
+    return herald_error_set(err, kHeraldInvalid, "BatchItem: required, an object of endpoint id -> "
+                            "{Endpoint, Events}");
   size_t count;
   if (count_events(batch, &count, err) != kHeraldOk) return err->code;
   if (herald_store_app_exists(store, app, err) != kHeraldOk) return err->code;
