@@ -78,6 +78,18 @@ static int record_hit(void *ctx, const HeraldTrackingHit *hit) {
   return stored;
 }
 
+/* The process's store at the time of a request (opened on first use, like
+ * herald_context_store, but reporting instead of raising: handlers run outside Lua). */
+static HeraldStore *context_store(void *arg, HeraldError *err) {
+  (void)arg;
+  HeraldContext *c = herald_context();
+  if (c->store == NULL && herald_store_open(c->db_path, &c->store, err) != kHeraldOk) {
+    c->store = NULL;
+    return NULL;
+  }
+  return c->store;
+}
+
 static void engage_free(void *arg) {
   Engage *e = arg;
   herald_tracker_free(e->tracker);
@@ -156,7 +168,6 @@ static int l_start(lua_State *L) {
   limits.max_connections = opt_int(L, 1, "max_connections", limits.max_connections, 1);
   HeraldTrackingKey key;
   load_key(L, 1, &key);
-  HeraldStore *store = herald_context_store(L); /* raises before anything is allocated */
 
   lua_getfield(L, 1, "on_hit");
   int has_hook = !lua_isnil(L, -1);
@@ -176,7 +187,7 @@ static int l_start(lua_State *L) {
   snprintf(e->host, sizeof e->host, "%s", host);
   e->router = herald_http_router_new();
   e->tracker = herald_tracker_new(&key);
-  e->ingest = herald_ingest_new(store);
+  e->ingest = herald_ingest_new(context_store, NULL);
   HeraldError err = {0};
   if (e->router == NULL || e->tracker == NULL || e->ingest == NULL) {
     engage_free(e);

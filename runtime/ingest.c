@@ -10,12 +10,16 @@
 #include "runtime/event.h"
 
 struct HeraldIngest {
-  HeraldStore *store;
+  HeraldIngestStoreFn store;
+  void *store_arg;
 };
 
-HeraldIngest *herald_ingest_new(HeraldStore *store) {
+HeraldIngest *herald_ingest_new(HeraldIngestStoreFn store, void *arg) {
   HeraldIngest *in = calloc(1, sizeof *in);
-  if (in != NULL) in->store = store;
+  if (in != NULL) {
+    in->store = store;
+    in->store_arg = arg;
+  }
   return in;
 }
 
@@ -113,9 +117,12 @@ static int count_events(json_t *batch, size_t *count, HeraldError *err) {
   return kHeraldOk;
 }
 
-/* Stores the events of one batch item; each bad event is answered alone. */
+/* Stores the events of one batch item (its endpoint exists: put_item_endpoint saw to it); each
+ * bad event is answered alone. The endpoint's last activity moves once, to the latest event. */
 static int put_item_events(HeraldStore *store, const char *app, const char *endpoint_id,
-                           json_t *events, const char *refused, json_t *answers, HeraldError *err) {
+                           json_t *events, const char *refused, json_t *answers, json_t *accepted,
+                           HeraldError *err) {
+  char latest[HERALD_DATETIME_LEN] = "";
   const char *event_id;
   json_t *ev;
   json_object_foreach(events, event_id, ev) {
@@ -135,14 +142,14 @@ static int put_item_events(HeraldStore *store, const char *app, const char *endp
                           item_status(400, "EventId: differs from the event's key in Events"));
       continue;
     }
-    json_t *copy = json_copy(ev);
-    if (copy == NULL) return herald_error_set(err, kHeraldNoMemory, "out of memory");
-    json_object_set_new(copy, "EventId", json_string(event_id));
+    if (own == NULL) json_object_set_new(ev, "EventId", json_string(event_id));
     HeraldError e = {0};
-    int rc = herald_event_put(store, app, endpoint_id, copy, NULL, NULL, &e);
-    json_decref(copy);
+    int rc = herald_event_put_known(store, app, endpoint_id, ev, NULL, &e);
     if (rc == kHeraldOk) {
-      json_object_set_new(answers, event_id, item_status(202, "Accepted"));
+      json_object_set(answers, event_id, accepted);
+      /* the store normalised Timestamp (UTC, fixed width), so text order is time order */
+      const char *ts = json_string_value(json_object_get(ev, "Timestamp"));
+      if (latest[0] == '\0' || strcmp(ts, latest) > 0) snprintf(latest, HERALD_DATETIME_LEN, "%s", ts);
     } else if (rc == kHeraldInvalid || rc == kHeraldLimit) {
       /* validation runs before the event store writes anything, so nothing is to be undone */
       json_object_set_new(answers, event_id, item_status(400, e.msg));
@@ -151,7 +158,7 @@ static int put_item_events(HeraldStore *store, const char *app, const char *endp
       return rc;
     }
   }
-  return kHeraldOk;
+  return latest[0] ? herald_event_touch(store, app, endpoint_id, latest, err) : kHeraldOk;
 }
 
 int herald_ingest_put_events(HeraldStore *store, const char *app, json_t *request,
@@ -180,6 +187,8 @@ int herald_ingest_put_events(HeraldStore *store, const char *app, json_t *reques
     return err->code;
   }
   json_t *results = json_object();
+  /* one answer object shared by every accepted event: a batch is mostly accepted events */
+  json_t *accepted = item_status(202, "Accepted");
   const char *endpoint_id;
   json_t *item;
   int rc = kHeraldOk;
@@ -218,10 +227,12 @@ int herald_ingest_put_events(HeraldStore *store, const char *app, json_t *reques
                           item_status(400, "Events: expected an object of event id -> Event"));
       continue;
     }
-    rc = put_item_events(store, app, endpoint_id, events, refused ? reason : NULL, answers, err);
+    rc = put_item_events(store, app, endpoint_id, events, refused ? reason : NULL, answers, accepted,
+                         err);
     if (rc != kHeraldOk) break;
   }
   herald_endpoint_writer_close(w);
+  json_decref(accepted);
   if (rc != kHeraldOk) {
     herald_store_rollback(store);
     json_decref(results);
@@ -293,13 +304,14 @@ int herald_ingest_record_hit(void *ctx, const HeraldTrackingHit *hit) {
   json_t *extra = NULL;
   if (t->url) extra = json_pack("{s:o}", "url", cut_string(t->url, HERALD_EVENT_VALUE_MAX));
   HeraldError err = {0};
-  int rc = herald_store_begin(in->store, &err);
+  HeraldStore *store = in->store(in->store_arg, &err);
+  int rc = store ? herald_store_begin(store, &err) : (int)err.code;
   if (rc == kHeraldOk) {
-    rc = put_engagement(in->store, t->app, t->endpoint, type, hit->request_id, now, &o, extra, &err);
+    rc = put_engagement(store, t->app, t->endpoint, type, hit->request_id, now, &o, extra, &err);
     if (rc == kHeraldOk && hit->kind == kHeraldTrackUnsubscribe)
-      rc = mark_endpoint(in->store, t->app, t->endpoint, kOptOutAll, &err);
-    if (rc == kHeraldOk) rc = herald_store_commit(in->store, &err);
-    else herald_store_rollback(in->store);
+      rc = mark_endpoint(store, t->app, t->endpoint, kOptOutAll, &err);
+    if (rc == kHeraldOk) rc = herald_store_commit(store, &err);
+    else herald_store_rollback(store);
   }
   json_decref(extra);
   if (rc != kHeraldOk) {
@@ -472,7 +484,8 @@ static void handle_put_events(void *ctx, const HeraldHttpRequest *req, HeraldHtt
   if (body == NULL) return;
   json_t *answer = NULL;
   HeraldError err = {0};
-  int rc = herald_ingest_put_events(in->store, app, body, &answer, &err);
+  HeraldStore *store = in->store(in->store_arg, &err);
+  int rc = store ? herald_ingest_put_events(store, app, body, &answer, &err) : (int)err.code;
   json_decref(body);
   if (rc != kHeraldOk) {
     herald_http_response_error(res, status_of(rc), err.msg);
@@ -489,7 +502,8 @@ static void handle_status(void *ctx, const HeraldHttpRequest *req, HeraldHttpRes
   if (body == NULL) return;
   HeraldError err = {0};
   char type[32], endpoint[HERALD_TRACKING_ID_MAX + 1];
-  int rc = herald_ingest_status(in->store, app, body, type, endpoint, &err);
+  HeraldStore *store = in->store(in->store_arg, &err);
+  int rc = store ? herald_ingest_status(store, app, body, type, endpoint, &err) : (int)err.code;
   json_decref(body);
   if (rc != kHeraldOk) {
     herald_http_response_error(res, status_of(rc), err.msg);

@@ -48,7 +48,11 @@
 
 typedef struct HeraldIngest HeraldIngest;
 
-HeraldIngest *herald_ingest_new(HeraldStore *store);
+/* Where the ingest finds the store at each request (NULL and err set when it cannot be had):
+ * the process may switch databases while a server runs, so no store pointer is kept. */
+typedef HeraldStore *(*HeraldIngestStoreFn)(void *arg, HeraldError *err);
+
+HeraldIngest *herald_ingest_new(HeraldIngestStoreFn store, void *arg);
 void herald_ingest_free(HeraldIngest *ingest);
 /* Adds POST /v1/apps/{app}/events and POST /v1/apps/{app}/webhooks/status. */
 int herald_ingest_routes(HeraldIngest *ingest, HeraldHttpRouter *router, HeraldError *err);
