@@ -145,7 +145,11 @@ ev_requests=$(sed -n 's/^ *\([0-9]*\) requests in.*/\1/p' <<<"$ev_out")
 stored=$("$HERALD" --db "$BENCH_DIR/h.db" -e "io.write(herald.db.query(
   \"SELECT count(*) AS n FROM events WHERE event_type = 'bench.view' AND event_id LIKE 'run-%'\")[1].n)")
 
-clicks=$(kill -TERM "$herald_pid"; wait "$herald_pid" || true; sed -n 's/.*(\([0-9]*\) opens, \([0-9]*\) clicks.*/\2/p' "$BENCH_DIR/serve.out")
+# kill and wait here, not in a subshell (which cannot wait for the server), so the stop line
+# with the counts is written before it is read
+kill -TERM "$herald_pid"
+wait "$herald_pid" || true
+clicks=$(sed -n 's/.*(\([0-9]*\) opens, \([0-9]*\) clicks.*/\2/p' "$BENCH_DIR/serve.out")
 stored_clicks=$("$HERALD" --db "$BENCH_DIR/h.db" -e "io.write(herald.db.query(
   \"SELECT count(*) AS n FROM events WHERE event_type = '_email.click'\")[1].n)")
 herald_pid=""

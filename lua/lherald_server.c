@@ -195,9 +195,10 @@ static int l_start(lua_State *L) {
   }
   if (herald_tracker_routes(e->tracker, e->router, &err) != kHeraldOk ||
       herald_ingest_routes(e->ingest, e->router, &err) != kHeraldOk ||
+      herald_ingest_start(e->ingest, &herald_context()->loop, &err) != kHeraldOk ||
       herald_http_server_start(&herald_context()->loop, host, port, e->router, &limits, &e->server,
                                &err) != kHeraldOk) {
-    engage_free(e);
+    herald_ingest_close(e->ingest, engage_free, e);
     luaL_unref(L, LUA_REGISTRYINDEX, box->on_hit);
     box->on_hit = LUA_NOREF;
     lua_pushnil(L);
@@ -207,6 +208,12 @@ static int l_start(lua_State *L) {
   box->e = e;
   herald_tracker_set_recorder(e->tracker, record_hit, box);
   return 1;
+}
+
+/* The server is closed: write the hits still queued, then free everything. */
+static void server_closed(void *arg) {
+  Engage *e = arg;
+  herald_ingest_close(e->ingest, engage_free, e);
 }
 
 static Engage *check_running(lua_State *L) {
@@ -234,14 +241,18 @@ static void set_count(lua_State *L, const char *k, uint64_t v) {
 }
 
 /* stats() -> {connections, open, requests, client_errors, server_errors, timeouts, refused,
- *             opens, clicks, unsubscribes, unsubscribe_pages, rejected, record_failures} */
+ *             opens, clicks, unsubscribes, unsubscribe_pages, rejected, record_failures,
+ *             events_stored, store_failures}; hits are written once per loop iteration, so
+ *             events_stored may trail opens + clicks + unsubscribes by one iteration. */
 static int l_stats(lua_State *L) {
   Engage *e = check_running(L);
   HeraldHttpStats s;
   HeraldTrackingCounts c;
   herald_http_server_stats(e->server, &s);
   herald_tracker_counts(e->tracker, &c);
-  lua_createtable(L, 0, 13);
+  HeraldIngestCounts ic;
+  herald_ingest_counts(e->ingest, &ic);
+  lua_createtable(L, 0, 15);
   set_count(L, "connections", s.connections);
   set_count(L, "open", s.open);
   set_count(L, "requests", s.requests);
@@ -255,6 +266,8 @@ static int l_stats(lua_State *L) {
   set_count(L, "unsubscribe_pages", c.unsubscribe_pages);
   set_count(L, "rejected", c.rejected);
   set_count(L, "record_failures", c.record_failures);
+  set_count(L, "events_stored", ic.stored);
+  set_count(L, "store_failures", ic.failed);
   return 1;
 }
 
@@ -266,7 +279,7 @@ static int l_stop(lua_State *L) {
   if (e != NULL) {
     /* the closing server answers no more requests, so the hook is never called again */
     herald_tracker_set_recorder(e->tracker, NULL, NULL);
-    herald_http_server_stop(e->server, engage_free, e);
+    herald_http_server_stop(e->server, server_closed, e);
   }
   luaL_unref(L, LUA_REGISTRYINDEX, box->on_hit);
   box->on_hit = LUA_NOREF;

@@ -12,6 +12,13 @@
 struct HeraldIngest {
   HeraldIngestStoreFn store;
   void *store_arg;
+  uv_check_t check;  /* flushes the hits of each loop iteration */
+  int started;
+  struct QueuedHit *queue;
+  size_t len, cap;
+  HeraldIngestCounts counts;
+  void (*closed)(void *arg);
+  void *closed_arg;
 };
 
 HeraldIngest *herald_ingest_new(HeraldIngestStoreFn store, void *arg) {
@@ -23,7 +30,12 @@ HeraldIngest *herald_ingest_new(HeraldIngestStoreFn store, void *arg) {
   return in;
 }
 
-void herald_ingest_free(HeraldIngest *in) { free(in); }
+void herald_ingest_free(HeraldIngest *in) {
+  if (in == NULL) return;
+  herald_ingest_flush(in);
+  free(in->queue);
+  free(in);
+}
 
 /* The prefix of s that holds at most max UTF-8 characters, as a new JSON string. */
 static json_t *cut_string(const char *s, size_t max) {
@@ -292,33 +304,138 @@ static const char kOptOutAll[] =
 static const char kInactive[] =
     "UPDATE endpoints SET endpoint_status = 'INACTIVE' WHERE app_id = ?1 AND id = ?2";
 
+/* A hit waiting for the next flush: the token's strings are copied (they live in the
+ * handler's stack). One allocation holds them all. */
+typedef struct QueuedHit {
+  HeraldTrackingKind kind;
+  int64_t run;
+  int32_t treatment;
+  int64_t at_ms;
+  const char *app, *campaign, *endpoint, *message_id, *url, *request_id;
+  char *strings;
+} QueuedHit;
+
+static char *append(char *dst, const char *src, const char **field) {
+  if (src == NULL) {
+    *field = NULL;
+    return dst;
+  }
+  size_t n = strlen(src) + 1;
+  memcpy(dst, src, n);
+  *field = dst;
+  return dst + n;
+}
+
+static size_t len0(const char *s) { return s ? strlen(s) + 1 : 0; }
+
+/* Stores one queued hit inside the flush's transaction, in a savepoint so a hit that cannot be
+ * stored (its endpoint was deleted) fails alone. */
+static int store_hit(HeraldStore *store, const QueuedHit *q, HeraldError *err) {
+  const char *type = q->kind == kHeraldTrackOpen    ? "_email.open"
+                     : q->kind == kHeraldTrackClick ? "_email.click"
+                                                    : "_email.unsubscribe";
+  char at[32];
+  herald_time_format(q->at_ms, at, sizeof at);
+  Origin o = {q->campaign, (long long)q->run, q->treatment, q->message_id};
+  json_t *extra = NULL;
+  if (q->url) extra = json_pack("{s:o}", "url", cut_string(q->url, HERALD_EVENT_VALUE_MAX));
+  int mark;
+  int rc = herald_store_savepoint(store, &mark, err);
+  if (rc == kHeraldOk) {
+    rc = put_engagement(store, q->app, q->endpoint, type, q->request_id, at, &o, extra, err);
+    if (rc == kHeraldOk && q->kind == kHeraldTrackUnsubscribe)
+      rc = mark_endpoint(store, q->app, q->endpoint, kOptOutAll, err);
+    if (rc == kHeraldOk) rc = herald_store_release(store, err);
+    else herald_store_rollback_to(store, mark);
+  }
+  json_decref(extra);
+  if (rc != kHeraldOk)
+    fprintf(stderr, "herald: recording %s of message %s: %s\n", type, q->message_id, err->msg);
+  return rc;
+}
+
+void herald_ingest_flush(HeraldIngest *in) {
+  if (in->len == 0) return;
+  HeraldError err = {0};
+  HeraldStore *store = in->store(in->store_arg, &err);
+  size_t stored = 0;
+  if (store != NULL && herald_store_begin(store, &err) == kHeraldOk) {
+    for (size_t i = 0; i < in->len; i++) {
+      HeraldError item = {0};
+      if (store_hit(store, &in->queue[i], &item) == kHeraldOk) stored++;
+    }
+    if (herald_store_commit(store, &err) != kHeraldOk) stored = 0;
+  }
+  if (stored == 0 && err.msg[0])
+    fprintf(stderr, "herald: recording %zu tracking hits: %s\n", in->len, err.msg);
+  in->counts.stored += stored;
+  in->counts.failed += in->len - stored;
+  for (size_t i = 0; i < in->len; i++) free(in->queue[i].strings);
+  in->len = 0;
+}
+
 int herald_ingest_record_hit(void *ctx, const HeraldTrackingHit *hit) {
   HeraldIngest *in = ctx;
   const HeraldTrackingToken *t = hit->token;
-  const char *type = hit->kind == kHeraldTrackOpen    ? "_email.open"
-                     : hit->kind == kHeraldTrackClick ? "_email.click"
-                                                      : "_email.unsubscribe";
-  char now[32];
-  herald_time_format(herald_clock_now_ms(), now, sizeof now);
-  Origin o = {t->campaign, (long long)t->run, t->treatment, t->message_id};
-  json_t *extra = NULL;
-  if (t->url) extra = json_pack("{s:o}", "url", cut_string(t->url, HERALD_EVENT_VALUE_MAX));
-  HeraldError err = {0};
-  HeraldStore *store = in->store(in->store_arg, &err);
-  int rc = store ? herald_store_begin(store, &err) : (int)err.code;
-  if (rc == kHeraldOk) {
-    rc = put_engagement(store, t->app, t->endpoint, type, hit->request_id, now, &o, extra, &err);
-    if (rc == kHeraldOk && hit->kind == kHeraldTrackUnsubscribe)
-      rc = mark_endpoint(store, t->app, t->endpoint, kOptOutAll, &err);
-    if (rc == kHeraldOk) rc = herald_store_commit(store, &err);
-    else herald_store_rollback(store);
+  if (in->len == in->cap) {
+    size_t cap = in->cap ? in->cap * 2 : 64;
+    QueuedHit *q = realloc(in->queue, cap * sizeof *q);
+    if (q == NULL) return -1;
+    in->queue = q;
+    in->cap = cap;
   }
-  json_decref(extra);
-  if (rc != kHeraldOk) {
-    fprintf(stderr, "herald: recording %s of message %s: %s\n", type, t->message_id, err.msg);
-    return -1;
-  }
+  QueuedHit *q = &in->queue[in->len];
+  q->strings = malloc(len0(t->app) + len0(t->campaign) + len0(t->endpoint) + len0(t->message_id) +
+                      len0(t->url) + len0(hit->request_id));
+  if (q->strings == NULL) return -1;
+  char *p = q->strings;
+  p = append(p, t->app, &q->app);
+  p = append(p, t->campaign, &q->campaign);
+  p = append(p, t->endpoint, &q->endpoint);
+  p = append(p, t->message_id, &q->message_id);
+  p = append(p, t->url, &q->url);
+  append(p, hit->request_id, &q->request_id);
+  q->kind = hit->kind;
+  q->run = t->run;
+  q->treatment = t->treatment;
+  q->at_ms = herald_clock_now_ms();
+  in->len++;
+  /* without a loop there is no later: write now */
+  if (!in->started || in->len >= HERALD_INGEST_FLUSH_MAX) herald_ingest_flush(in);
   return 0;
+}
+
+static void on_check(uv_check_t *h) { herald_ingest_flush(h->data); }
+
+int herald_ingest_start(HeraldIngest *in, uv_loop_t *loop, HeraldError *err) {
+  int rc = uv_check_init(loop, &in->check);
+  if (rc == 0) {
+    in->check.data = in;
+    rc = uv_check_start(&in->check, on_check);
+  }
+  if (rc != 0) return herald_error_set(err, kHeraldIo, "starting the hit recorder: %s", uv_strerror(rc));
+  uv_unref((uv_handle_t *)&in->check); /* the server keeps the loop alive, not the recorder */
+  in->started = 1;
+  return kHeraldOk;
+}
+
+void herald_ingest_counts(const HeraldIngest *in, HeraldIngestCounts *out) { *out = in->counts; }
+
+static void on_check_closed(uv_handle_t *h) {
+  HeraldIngest *in = h->data;
+  in->closed(in->closed_arg);
+}
+
+void herald_ingest_close(HeraldIngest *in, void (*closed)(void *arg), void *arg) {
+  herald_ingest_flush(in);
+  in->closed = closed;
+  in->closed_arg = arg;
+  if (in->started) {
+    in->started = 0;
+    uv_close((uv_handle_t *)&in->check, on_check_closed);
+  } else {
+    closed(arg);
+  }
 }
 
 /* Status webhooks ---------------------------------------------------------------------------- */

@@ -38,6 +38,8 @@
 #define HERALD_INGEST_H
 
 #include <jansson.h>
+#include <stdint.h>
+#include <uv.h>
 
 #include "runtime/error.h"
 #include "runtime/http_server.h"
@@ -69,8 +71,29 @@ int herald_ingest_put_events(HeraldStore *store, const char *app, json_t *reques
 int herald_ingest_status(HeraldStore *store, const char *app, json_t *notification,
                          char *event_type_out, char *endpoint_out, HeraldError *err);
 
-/* A HeraldTrackingRecorder (ctx: the HeraldIngest): stores _email.open, _email.click or
- * _email.unsubscribe (which also sets the endpoint's OptOut to ALL) with the token's ids. */
+/* A HeraldTrackingRecorder (ctx: the HeraldIngest): records _email.open, _email.click or
+ * _email.unsubscribe (which also sets the endpoint's OptOut to ALL) with the token's ids, at the
+ * time of the hit. Hits are queued and written together, one transaction per loop iteration
+ * (see herald_ingest_start), right after that iteration's requests are answered: a click
+ * redirect does not wait for a commit of its own. Until started, each hit is written at once.
+ * A hit that cannot be stored (its endpoint was deleted) is reported on stderr and counted. */
 int herald_ingest_record_hit(void *ctx, const HeraldTrackingHit *hit);
+
+#define HERALD_INGEST_FLUSH_MAX 4096 /* queued hits that force a write before the iteration ends */
+
+/* Writes the queued hits on every iteration of loop. */
+int herald_ingest_start(HeraldIngest *ingest, uv_loop_t *loop, HeraldError *err);
+/* Writes the queued hits now. */
+void herald_ingest_flush(HeraldIngest *ingest);
+/* Writes the queued hits, stops, and calls closed(arg) once the loop has released the ingest
+ * (at once when it was never started); free it then. */
+void herald_ingest_close(HeraldIngest *ingest, void (*closed)(void *arg), void *arg);
+
+typedef struct {
+  uint64_t stored;  /* hits written as events */
+  uint64_t failed;  /* hits that could not be written */
+} HeraldIngestCounts;
+
+void herald_ingest_counts(const HeraldIngest *ingest, HeraldIngestCounts *out);
 
 #endif
