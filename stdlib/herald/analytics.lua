@@ -170,6 +170,8 @@ local function figures(cells, is_holdout)
   end
   f.attempted = f.sends + f.failed
   f.deliveries = math.max(f.sends - f.hard_bounces, 0)
+  -- An endpoint can open a message and later hard-bounce (a provider's late notice), so unique
+  -- openers may exceed deliveries; a rate over deliveries is capped at 1.
   local base = is_holdout and f.holdout or f.sends
   f.rates = {
     delivery = ab.proportion(f.deliveries, f.sends),
@@ -187,7 +189,11 @@ local function campaign_info(app, campaign)
     app, campaign)
   if #rows == 0 then return nil end
   local ok, def = pcall(json.decode, rows[1].definition)
-  return { name = rows[1].name, version = rows[1].version, definition = ok and def or {} }
+  if not ok or type(def) ~= 'table' then
+    return nil, string.format("campaign '%s': its stored definition is not valid JSON: %s", campaign,
+      tostring(def))
+  end
+  return { name = rows[1].name, version = rows[1].version, definition = def }
 end
 
 local function treatment_name(info, t)
@@ -232,7 +238,8 @@ function M.report(campaign, opts)
   if type(campaign) ~= 'string' then error('herald.analytics.report: expects a campaign id', 2) end
   opts = check_opts(opts)
   local app = opts.app or core.app()
-  local info = campaign_info(app, campaign)
+  local info, ierr = campaign_info(app, campaign)
+  if ierr then return nil, ierr end
   if info == nil then return nil, string.format("no campaign '%s' in application '%s'", campaign, app) end
   local runs, counts, daily = collect(app, campaign, opts)
   if opts.run then
@@ -297,11 +304,9 @@ function M.report(campaign, opts)
       if #treatments >= 2 then
         local arms = {}
         for i, a in ipairs(treatments) do arms[i] = { x = a.rates[m].x, n = a.rates[m].n } end
-        local ok, pb = pcall(ab.p_best, arms)
-        if ok and pb then
-          report.p_best[m] = {}
-          for i, a in ipairs(treatments) do report.p_best[m][a.name] = pb.p_best[i] end
-        end
+        local pb = ab.p_best(arms)
+        report.p_best[m] = {}
+        for i, a in ipairs(treatments) do report.p_best[m][a.name] = pb.p_best[i] end
       end
     end
   end
@@ -377,9 +382,9 @@ function M.kpi(campaign, name, opts)
     return nil, string.format("unknown KPI '%s' (one of: %s)", name, table.concat(M.KPIS, ', '))
   end
   local app = opts.app or core.app()
-  if campaign_info(app, campaign) == nil then
-    return nil, string.format("no campaign '%s' in application '%s'", campaign, app)
-  end
+  local info, ierr = campaign_info(app, campaign)
+  if ierr then return nil, ierr end
+  if info == nil then return nil, string.format("no campaign '%s' in application '%s'", campaign, app) end
   local runs, counts, daily = collect(app, campaign, opts)
   local groups, keys = {}, {}
   local function add(key, c)

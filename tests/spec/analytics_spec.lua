@@ -396,9 +396,11 @@ describe('herald report', function()
       total = total + tonumber(row.Values[1].Value)
     end
     assert.are.equal(delivered, total)
-    local _, code2, err2 = h.herald('--db q.db -e ' .. h.shell_quote(
+    local out2, code2, err2 = h.herald('--db q.db -e ' .. h.shell_quote(
       "print(herald.analytics.kpi('spring', 'no-such-kpi'))"), { cwd = f.dir })
     assert.are.equal(0, code2, err2)
+    assert.matches("nil\tunknown KPI 'no-such-kpi' (one of: ", out2, 1, true)
+    assert.matches('email-open-rate-grouped-by-campaign-activity', out2, 1, true)
   end)
 
   it('attributes conversions within the window only', function()
