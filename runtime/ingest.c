@@ -87,23 +87,17 @@ static int put_item_endpoint(HeraldStore *store, HeraldEndpointWriter *w, const 
     snprintf(reason, cap, "Endpoint: expected an object");
     return 1;
   }
-  json_t *req = json_deep_copy(ep);
-  if (req == NULL) return herald_error_set(err, kHeraldNoMemory, "out of memory"), -1;
-  json_t *own = json_object_get(req, "Id");
+  /* the request is ours (parsed for this call): the writer may normalise it in place */
+  json_t *own = json_object_get(ep, "Id");
   if (own != NULL && !(json_is_string(own) && strcmp(json_string_value(own), endpoint_id) == 0)) {
-    json_decref(req);
     snprintf(reason, cap, "Endpoint.Id: differs from the batch item's endpoint id '%s'", endpoint_id);
     return 1;
   }
-  json_object_set_new(req, "Id", json_string(endpoint_id));
+  json_object_set_new(ep, "Id", json_string(endpoint_id));
   int mark;
-  if (herald_store_savepoint(store, &mark, err) != kHeraldOk) {
-    json_decref(req);
-    return -1;
-  }
+  if (herald_store_savepoint(store, &mark, err) != kHeraldOk) return -1;
   HeraldError e = {0};
-  int rc = herald_endpoint_writer_put(w, req, NULL, &e);
-  json_decref(req);
+  int rc = herald_endpoint_writer_put(w, ep, NULL, &e);
   if (rc == kHeraldOk) return herald_store_release(store, err) == kHeraldOk ? 0 : -1;
   herald_store_rollback_to(store, mark);
   if (rc == kHeraldInvalid || rc == kHeraldLimit || rc == kHeraldNotFound) {
@@ -216,16 +210,18 @@ int herald_ingest_put_events(HeraldStore *store, const char *app, json_t *reques
       snprintf(reason, sizeof reason, "the endpoint id must have 1 to %d bytes", HERALD_ENDPOINT_ID_MAX);
       refused = 1;
     } else {
-      refused = put_item_endpoint(store, w, app, endpoint_id, item, reason, sizeof reason, err);
-      if (refused < 0) {
-        rc = err->code;
-        break;
-      }
+      refused = 0;
       json_object_foreach(item, key, v) {
         if (strcmp(key, "Endpoint") != 0 && strcmp(key, "Events") != 0) {
           snprintf(reason, sizeof reason, "%s: unknown field (a batch item has Endpoint and Events)", key);
           refused = 1;
         }
+      }
+      if (!refused)
+        refused = put_item_endpoint(store, w, app, endpoint_id, item, reason, sizeof reason, err);
+      if (refused < 0) {
+        rc = err->code;
+        break;
       }
     }
     json_object_set_new(answer, "EndpointItemResponse",

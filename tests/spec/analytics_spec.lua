@@ -548,6 +548,8 @@ describe('PutEvents and webhooks', function()
       ['bad-ep'] = { Endpoint = { ChannelType = 'EMAIL', Address = 'not an address' },
         Events = { e = { EventType = 'x', Timestamp = '2026-11-29T10:00:00Z' } } },
       ['ghost'] = { Events = { g = { EventType = 'x', Timestamp = '2026-11-29T10:00:00Z' } } },
+      ['odd-ep'] = { Endpoint = { ChannelType = 'EMAIL', Address = 'odd@example.com' }, Extra = 1,
+        Events = { o = { EventType = 'x', Timestamp = '2026-11-29T10:00:00Z' } } },
       [f.sent[1].endpoint_id] = { Events = { ok2 = { EventType = 'page.view', Timestamp = '2026-11-29T11:00:00Z' } } },
     } }
     local a = http(srv().port, { { method = 'POST', path = '/v1/apps/default/events', body = json.encode(req) } })[1]
@@ -564,11 +566,14 @@ describe('PutEvents and webhooks', function()
     assert.are.equal(400, r['ghost'].EndpointItemResponse.StatusCode)
     assert.matches("no endpoint 'ghost'", r['ghost'].EndpointItemResponse.Message, 1, true)
     assert.are.equal(202, r[f.sent[1].endpoint_id].EventsItemResponse.ok2.StatusCode)
+    assert.are.same({ StatusCode = 400, Message = 'Extra: unknown field (a batch item has Endpoint and Events)' },
+      r['odd-ep'].EndpointItemResponse)
+    assert.are.equal(400, r['odd-ep'].EventsItemResponse.o.StatusCode)
     local rows = query(f.dir, [[SELECT endpoint_id, event_id, event_type FROM events
       WHERE event_type IN ('page.view', 'x') ORDER BY event_id]])
     assert.are.same({ { endpoint_id = 'new-ep', event_id = 'ok1', event_type = 'page.view' },
                       { endpoint_id = f.sent[1].endpoint_id, event_id = 'ok2', event_type = 'page.view' } }, rows)
-    local eps = query(f.dir, "SELECT id, address FROM endpoints WHERE id IN ('new-ep', 'bad-ep', 'ghost')")
+    local eps = query(f.dir, "SELECT id, address FROM endpoints WHERE id IN ('new-ep', 'bad-ep', 'ghost', 'odd-ep')")
     assert.are.same({ { id = 'new-ep', address = 'new@example.com' } }, eps)
   end)
 
