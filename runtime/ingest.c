@@ -266,7 +266,7 @@ typedef struct {
 /* Stores event_type for endpoint with the campaign attributes; extra (may be NULL) adds more. */
 static int put_engagement(HeraldStore *store, const char *app, const char *endpoint,
                           const char *event_type, const char *event_id, const char *timestamp,
-                          const Origin *o, json_t *extra, HeraldError *err) {
+                          const Origin *o, json_t *extra, int known, HeraldError *err) {
   char run[24], treatment[16];
   snprintf(run, sizeof run, "%lld", o->run);
   snprintf(treatment, sizeof treatment, "%d", o->treatment);
@@ -277,7 +277,9 @@ static int put_engagement(HeraldStore *store, const char *app, const char *endpo
   json_t *ev = json_pack("{s:s, s:s, s:s, s:o}", "EventId", event_id, "EventType", event_type,
                          "Timestamp", timestamp, "Attributes", attrs);
   if (ev == NULL) return herald_error_set(err, kHeraldNoMemory, "out of memory");
-  int rc = herald_event_put(store, app, endpoint, ev, NULL, NULL, err);
+  int rc = known ? herald_event_put_known(store, app, endpoint, ev, NULL, err)
+                 : herald_event_put(store, app, endpoint, ev, NULL, NULL, err);
+  if (rc == kHeraldOk && known) rc = herald_event_touch(store, app, endpoint, timestamp, err);
   json_decref(ev);
   return rc;
 }
@@ -324,8 +326,9 @@ static char *append(char *dst, const char *src, const char **field) {
 
 static size_t len0(const char *s) { return s ? strlen(s) + 1 : 0; }
 
-/* Stores one queued hit inside the flush's transaction, in a savepoint so a hit that cannot be
- * stored (its endpoint was deleted) fails alone. */
+/* Stores one queued hit inside the flush's transaction. A hit whose endpoint is gone (deleted
+ * since the message went out) is skipped before anything is written, so it fails alone without
+ * a savepoint per hit; any other failure is the store's and fails the flush. */
 static int store_hit(HeraldStore *store, const QueuedHit *q, HeraldError *err) {
   const char *type = q->kind == kHeraldTrackOpen    ? "_email.open"
                      : q->kind == kHeraldTrackClick ? "_email.click"
@@ -335,14 +338,16 @@ static int store_hit(HeraldStore *store, const QueuedHit *q, HeraldError *err) {
   Origin o = {q->campaign, (long long)q->run, q->treatment, q->message_id};
   json_t *extra = NULL;
   if (q->url) extra = json_pack("{s:o}", "url", cut_string(q->url, HERALD_EVENT_VALUE_MAX));
-  int mark;
-  int rc = herald_store_savepoint(store, &mark, err);
-  if (rc == kHeraldOk) {
-    rc = put_engagement(store, q->app, q->endpoint, type, q->request_id, at, &o, extra, err);
+  int rc;
+  int found = endpoint_exists(store, q->app, q->endpoint, err);
+  if (found < 0) {
+    rc = err->code;
+  } else if (!found) {
+    rc = herald_error_set(err, kHeraldNotFound, "no endpoint '%s' in application '%s'", q->endpoint, q->app);
+  } else {
+    rc = put_engagement(store, q->app, q->endpoint, type, q->request_id, at, &o, extra, 1, err);
     if (rc == kHeraldOk && q->kind == kHeraldTrackUnsubscribe)
       rc = mark_endpoint(store, q->app, q->endpoint, kOptOutAll, err);
-    if (rc == kHeraldOk) rc = herald_store_release(store, err);
-    else herald_store_rollback_to(store, mark);
   }
   json_decref(extra);
   if (rc != kHeraldOk)
@@ -356,11 +361,22 @@ void herald_ingest_flush(HeraldIngest *in) {
   HeraldStore *store = in->store(in->store_arg, &err);
   size_t stored = 0;
   if (store != NULL && herald_store_begin(store, &err) == kHeraldOk) {
-    for (size_t i = 0; i < in->len; i++) {
+    int rc = kHeraldOk;
+    for (size_t i = 0; i < in->len && rc == kHeraldOk; i++) {
       HeraldError item = {0};
-      if (store_hit(store, &in->queue[i], &item) == kHeraldOk) stored++;
+      int r = store_hit(store, &in->queue[i], &item);
+      if (r == kHeraldOk) stored++;
+      else if (r != kHeraldNotFound) {
+        rc = r;
+        err = item;
+      }
     }
-    if (herald_store_commit(store, &err) != kHeraldOk) stored = 0;
+    if (rc != kHeraldOk) {
+      herald_store_rollback(store);
+      stored = 0;
+    } else if (herald_store_commit(store, &err) != kHeraldOk) {
+      stored = 0;
+    }
   }
   if (stored == 0 && err.msg[0])
     fprintf(stderr, "herald: recording %zu tracking hits: %s\n", in->len, err.msg);
@@ -543,7 +559,7 @@ int herald_ingest_status(HeraldStore *store, const char *app, json_t *n, char *e
   json_t *extra = reason ? json_pack("{s:o}", "reason", cut_string(reason, HERALD_EVENT_VALUE_MAX)) : NULL;
   int rc = herald_store_begin(store, err);
   if (rc == kHeraldOk) {
-    rc = put_engagement(store, app, endpoint, type, event_id, stamp, &o, extra, err);
+    rc = put_engagement(store, app, endpoint, type, event_id, stamp, &o, extra, 0, err);
     if (rc == kHeraldOk && update) rc = mark_endpoint(store, app, endpoint, update, err);
     if (rc == kHeraldOk) rc = herald_store_commit(store, err);
     else herald_store_rollback(store);
