@@ -111,6 +111,11 @@ local function put_events_requests(items)
   return reqs
 end
 
+local function token_fields_of(r)
+  return { campaign = 'spring', run = r.run_id, treatment = r.treatment, endpoint = r.endpoint_id,
+           message_id = r.message_id, key = KEY, base = '' }
+end
+
 local fixture_cache
 
 -- Runs the campaign, sends the engagement through the server and reads the raw rows back.
@@ -130,10 +135,7 @@ local function fixture()
     elseif r.reason == 'HOLDOUT' then holdout[#holdout + 1] = r end
   end
   local reqs, items = {}, {}
-  local function token_fields(r)
-    return { campaign = 'spring', run = r.run_id, treatment = r.treatment, endpoint = r.endpoint_id,
-             message_id = r.message_id, key = KEY, base = '' }
-  end
+  local token_fields = token_fields_of
   for i, r in ipairs(sent) do
     if i % 3 == 0 then
       local url = assert(tracking.open_url(token_fields(r)))
@@ -469,6 +471,18 @@ describe('herald report', function()
     assert.are.equal('_SMS.SUCCESS', json.decode(answers[1].body).EventType)
     assert.are.equal('_SMS.OPTOUT', json.decode(answers[2].body).EventType)
     assert.are.equal('ALL', query(f.dir, "SELECT opt_out FROM endpoints WHERE id = '" .. s20.endpoint_id .. "'")[1].opt_out)
+    -- a hit for an endpoint deleted since the message went out is answered, not stored, and
+    -- does not keep the hits written with it from being stored
+    local gone = assert(tracking.open_url { campaign = 'spring', run = s20.run_id, treatment = 0,
+      endpoint = 'deleted-since', message_id = 'm-gone', key = KEY, base = '' })
+    local again = assert(tracking.open_url(token_fields_of(s20)))
+    local hits = http(f.srv.port, { { method = 'GET', path = gone }, { method = 'GET', path = again } })
+    assert.are.same({ 200, 200 }, { hits[1].status, hits[2].status })
+    local stored = query(f.dir, "SELECT endpoint_id, count(*) AS n FROM events WHERE event_type = '_email.open' AND "
+      .. "endpoint_id IN ('deleted-since', '" .. s20.endpoint_id .. "') GROUP BY endpoint_id")
+    assert.are.equal(1, #stored)
+    assert.are.equal(s20.endpoint_id, stored[1].endpoint_id)
+    assert.are.equal(1, stored[1].n)
   end)
 
   it('writes a self-contained HTML page that Chromium renders with the table\'s numbers', function()
