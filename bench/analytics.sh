@@ -105,7 +105,13 @@ measure() {
   done
   echo "$best"
 }
+# the server's CPU time (utime + stime, in clock ticks) around a measured run tells the
+# capacity apart from what other processes on the (shared) machine take
+ticks() { awk '{ print $14 + $15 }' "/proc/$herald_pid/stat"; }
+hz=$(getconf CLK_TCK)
+click_ticks0=$(ticks)
 herald_rps=$(measure "http://127.0.0.1:$herald_port$path")
+click_ticks=$(( $(ticks) - click_ticks0 ))
 nginx_rps=$(measure "http://127.0.0.1:$nginx_port$path")
 
 # PutEvents: the wrk script builds each body with ids unique to the request.
@@ -134,12 +140,14 @@ ev_seconds=${BENCH_EVENTS_SECONDS:-5}
 ev_conns=${BENCH_EVENTS_CONNECTIONS:-4}
 events_url="http://127.0.0.1:$herald_port/v1/apps/default/events"
 BENCH_PREFIX=warm wrk -t1 -c"$ev_conns" -d1s -s "$BENCH_DIR/putevents.lua" "$events_url" >/dev/null
+ev_ticks0=$(ticks)
 ev_out=$(BENCH_PREFIX=run wrk -t1 -c"$ev_conns" -d"${ev_seconds}s" -s "$BENCH_DIR/putevents.lua" "$events_url")
 if grep -qE 'Non-2xx or 3xx|Socket errors' <<<"$ev_out"; then
   echo "bench analytics: errors against PutEvents:" >&2
   echo "$ev_out" >&2
   exit 1
 fi
+ev_ticks=$(( $(ticks) - ev_ticks0 ))
 ev_time=$(sed -n 's/.* requests in \([0-9.]*\)s.*/\1/p' <<<"$ev_out")
 ev_requests=$(sed -n 's/^ *\([0-9]*\) requests in.*/\1/p' <<<"$ev_out")
 stored=$("$HERALD" --db "$BENCH_DIR/h.db" -e "io.write(herald.db.query(
@@ -153,9 +161,9 @@ clicks=$(sed -n 's/.*(\([0-9]*\) opens, \([0-9]*\) clicks.*/\2/p' "$BENCH_DIR/se
 stored_clicks=$("$HERALD" --db "$BENCH_DIR/h.db" -e "io.write(herald.db.query(
   \"SELECT count(*) AS n FROM events WHERE event_type = '_email.click'\")[1].n)")
 herald_pid=""
-awk -v h="$herald_rps" -v n="$nginx_rps" -v c="$conns" -v k="$clicks" -v st="$stored_clicks" 'BEGIN {
-  printf "clicks\t%.3f\t%.3f\t2.0\t302 redirects per 1M requests, wrk 1 thread %d conns: herald %.0f req/s, nginx %.0f req/s (%.2fx); %s clicks counted, %s stored as events\n",
-    1e6 / h, 1e6 / n, c, h, n, h / n, k, st }'
-awk -v s="$stored" -v t="$ev_time" -v r="$ev_requests" -v c="$ev_conns" 'BEGIN {
-  printf "putevents\t%.3f\t%.3f\t1.0\tseconds per 1M events stored, against the 50,000 events/s target: %d requests of 100 events in %.2f s, %d events stored = %.0f events/s (wrk 1 thread %d conns)\n",
-    1e6 / (s / t), 1e6 / 50000, r, t, s, s / t, c }'
+awk -v h="$herald_rps" -v n="$nginx_rps" -v c="$conns" -v k="$clicks" -v st="$stored_clicks" -v t="$click_ticks" -v hz="$hz" 'BEGIN {
+  printf "clicks\t%.3f\t%.3f\t2.0\t302 redirects per 1M requests, wrk 1 thread %d conns: herald %.0f req/s, nginx %.0f req/s (%.2fx); %s clicks counted, %s stored as events; herald CPU %.1f us per click\n",
+    1e6 / h, 1e6 / n, c, h, n, h / n, k, st, (k > 0 ? t / hz * 1e6 / k : 0) }'
+awk -v s="$stored" -v t="$ev_time" -v r="$ev_requests" -v c="$ev_conns" -v k="$ev_ticks" -v hz="$hz" 'BEGIN {
+  printf "putevents\t%.3f\t%.3f\t1.0\tseconds per 1M events stored, against the 50,000 events/s target: %d requests of 100 events in %.2f s, %d events stored = %.0f events/s (wrk 1 thread %d conns); server CPU %.2f s = %.0f events per CPU-second\n",
+    1e6 / (s / t), 1e6 / 50000, r, t, s, s / t, c, k / hz, (k > 0 ? s / (k / hz) : 0) }'
