@@ -196,10 +196,21 @@ local function campaign_info(app, campaign)
   return { name = rows[1].name, version = rows[1].version, definition = def }
 end
 
+-- A treatment's name from the stored definition: Pinpoint's shape (TreatmentName for treatment
+-- 0, AdditionalTreatments[].{Id, TreatmentName} for the others), or the earlier
+-- {treatments = {{name =}}} that databases written by older builds hold.
 local function treatment_name(info, t)
   if t < 0 then return 'holdout' end
-  local tr = info.definition.treatments and info.definition.treatments[t + 1]
-  return tr and tr.name or ('treatment ' .. t)
+  local d = info.definition
+  if t == 0 and type(d.TreatmentName) == 'string' then return d.TreatmentName end
+  if type(d.AdditionalTreatments) == 'table' then
+    for _, a in ipairs(d.AdditionalTreatments) do
+      if tonumber(a.Id) == t and type(a.TreatmentName) == 'string' then return a.TreatmentName end
+    end
+  end
+  local tr = type(d.treatments) == 'table' and d.treatments[t + 1]
+  if type(tr) == 'table' and type(tr.name) == 'string' then return tr.name end
+  return 'treatment ' .. t
 end
 
 local function check_opts(opts)
