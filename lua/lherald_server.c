@@ -1,4 +1,5 @@
-/* herald.core.server: the engagement HTTP server on the process loop, and tracking tokens. */
+/* herald.core.server: the engagement HTTP server on the process loop (tracking links, PutEvents,
+ * status webhooks; see runtime/ingest.h), and tracking tokens. */
 #include <lauxlib.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -8,6 +9,7 @@
 #include "lua/host.h"
 #include "lua/modules.h"
 #include "runtime/http_server.h"
+#include "runtime/ingest.h"
 #include "runtime/tracking.h"
 
 #define SERVER_MT "herald.core.server.Server"
@@ -18,6 +20,7 @@ typedef struct {
   HeraldHttpServer *server;
   HeraldHttpRouter *router;
   HeraldTracker *tracker;
+  HeraldIngest *ingest;
   char host[64];
 } Engage;
 
@@ -42,11 +45,14 @@ static const char *kind_name(HeraldTrackingKind kind) {
   return "?";
 }
 
-/* The tracker's recorder: calls on_hit{kind, app, campaign, run, treatment, endpoint,
- * message_id, url, user_agent, request_id} on the main thread. An error is reported on stderr
- * and counted as a failed record; the recipient is answered either way. */
+/* The tracker's recorder: stores the hit as an event (runtime/ingest.h), then calls
+ * on_hit{kind, app, campaign, run, treatment, endpoint, message_id, url, user_agent, request_id}
+ * on the main thread when one is set. An error is reported on stderr and counted as a failed
+ * record; the recipient is answered either way. */
 static int record_hit(void *ctx, const HeraldTrackingHit *hit) {
   ServerBox *box = ctx;
+  int stored = herald_ingest_record_hit(box->e->ingest, hit);
+  if (box->on_hit == LUA_NOREF) return stored;
   lua_State *L = box->L;
   const HeraldTrackingToken *t = hit->token;
   if (!lua_checkstack(L, 4)) return -1;
@@ -69,12 +75,25 @@ static int record_hit(void *ctx, const HeraldTrackingHit *hit) {
     lua_pop(L, 1);
     return -1;
   }
-  return 0;
+  return stored;
+}
+
+/* The process's store at the time of a request (opened on first use, like
+ * herald_context_store, but reporting instead of raising: handlers run outside Lua). */
+static HeraldStore *context_store(void *arg, HeraldError *err) {
+  (void)arg;
+  HeraldContext *c = herald_context();
+  if (c->store == NULL && herald_store_open(c->db_path, &c->store, err) != kHeraldOk) {
+    c->store = NULL;
+    return NULL;
+  }
+  return c->store;
 }
 
 static void engage_free(void *arg) {
   Engage *e = arg;
   herald_tracker_free(e->tracker);
+  herald_ingest_free(e->ingest);
   herald_http_router_free(e->router);
   free(e);
 }
@@ -129,7 +148,7 @@ static int parse_listen(const char *s, char *host, size_t hostcap, int *port) {
 
 /* start{listen = 'HOST:PORT', key =, max_body =, max_header =, idle_timeout_ms =,
  *       request_timeout_ms =, max_connections =, on_hit = function(hit)} -> server, or nil, err.
- * on_hit runs for every recorded open, click and one-click unsubscribe. */
+ * Every open, click and one-click unsubscribe is stored as an event; on_hit then runs for it. */
 static int l_start(lua_State *L) {
   luaL_checktype(L, 1, LUA_TTABLE);
   lua_getfield(L, 1, "listen");
@@ -168,24 +187,33 @@ static int l_start(lua_State *L) {
   snprintf(e->host, sizeof e->host, "%s", host);
   e->router = herald_http_router_new();
   e->tracker = herald_tracker_new(&key);
+  e->ingest = herald_ingest_new(context_store, NULL);
   HeraldError err = {0};
-  if (e->router == NULL || e->tracker == NULL) {
+  if (e->router == NULL || e->tracker == NULL || e->ingest == NULL) {
     engage_free(e);
     return luaL_error(L, "out of memory");
   }
   if (herald_tracker_routes(e->tracker, e->router, &err) != kHeraldOk ||
+      herald_ingest_routes(e->ingest, e->router, &err) != kHeraldOk ||
+      herald_ingest_start(e->ingest, &herald_context()->loop, &err) != kHeraldOk ||
       herald_http_server_start(&herald_context()->loop, host, port, e->router, &limits, &e->server,
                                &err) != kHeraldOk) {
-    engage_free(e);
+    herald_ingest_close(e->ingest, engage_free, e);
     luaL_unref(L, LUA_REGISTRYINDEX, box->on_hit);
     box->on_hit = LUA_NOREF;
     lua_pushnil(L);
     lua_pushstring(L, err.msg);
     return 2;
   }
-  if (has_hook) herald_tracker_set_recorder(e->tracker, record_hit, box);
   box->e = e;
+  herald_tracker_set_recorder(e->tracker, record_hit, box);
   return 1;
+}
+
+/* The server is closed: write the hits still queued, then free everything. */
+static void server_closed(void *arg) {
+  Engage *e = arg;
+  herald_ingest_close(e->ingest, engage_free, e);
 }
 
 static Engage *check_running(lua_State *L) {
@@ -213,14 +241,18 @@ static void set_count(lua_State *L, const char *k, uint64_t v) {
 }
 
 /* stats() -> {connections, open, requests, client_errors, server_errors, timeouts, refused,
- *             opens, clicks, unsubscribes, unsubscribe_pages, rejected, record_failures} */
+ *             opens, clicks, unsubscribes, unsubscribe_pages, rejected, record_failures,
+ *             events_stored, store_failures}; hits are written once per loop iteration, so
+ *             events_stored may trail opens + clicks + unsubscribes by one iteration. */
 static int l_stats(lua_State *L) {
   Engage *e = check_running(L);
   HeraldHttpStats s;
   HeraldTrackingCounts c;
   herald_http_server_stats(e->server, &s);
   herald_tracker_counts(e->tracker, &c);
-  lua_createtable(L, 0, 13);
+  HeraldIngestCounts ic;
+  herald_ingest_counts(e->ingest, &ic);
+  lua_createtable(L, 0, 15);
   set_count(L, "connections", s.connections);
   set_count(L, "open", s.open);
   set_count(L, "requests", s.requests);
@@ -234,6 +266,8 @@ static int l_stats(lua_State *L) {
   set_count(L, "unsubscribe_pages", c.unsubscribe_pages);
   set_count(L, "rejected", c.rejected);
   set_count(L, "record_failures", c.record_failures);
+  set_count(L, "events_stored", ic.stored);
+  set_count(L, "store_failures", ic.failed);
   return 1;
 }
 
@@ -245,7 +279,7 @@ static int l_stop(lua_State *L) {
   if (e != NULL) {
     /* the closing server answers no more requests, so the hook is never called again */
     herald_tracker_set_recorder(e->tracker, NULL, NULL);
-    herald_http_server_stop(e->server, engage_free, e);
+    herald_http_server_stop(e->server, server_closed, e);
   }
   luaL_unref(L, LUA_REGISTRYINDEX, box->on_hit);
   box->on_hit = LUA_NOREF;

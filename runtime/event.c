@@ -166,8 +166,57 @@ static char *dump_or_null(json_t *v) {
                                                                : NULL;
 }
 
+/* Moves the endpoint's last_activity forward; *found says whether the endpoint exists. */
+static int touch(HeraldStore *store, const char *app, const char *endpoint_id,
+                 const char *timestamp, int *found, HeraldError *err) {
+  sqlite3_stmt *st = herald_store_stmt(
+      store, "UPDATE endpoints SET last_activity = ?3 WHERE app_id = ?1 AND id = ?2 AND "
+             "(last_activity IS NULL OR last_activity < ?3)", err);
+  if (st == NULL) return err ? err->code : kHeraldStore;
+  sqlite3_bind_text(st, 1, app, -1, SQLITE_STATIC);
+  sqlite3_bind_text(st, 2, endpoint_id, -1, SQLITE_STATIC);
+  sqlite3_bind_text(st, 3, timestamp, -1, SQLITE_STATIC);
+  if (sqlite3_step(st) != SQLITE_DONE) {
+    sqlite3_reset(st);
+    return herald_store_fail(store, err, "recording an endpoint's last activity");
+  }
+  sqlite3_reset(st);
+  *found = 1;
+  if (sqlite3_changes(herald_store_db(store)) > 0) return kHeraldOk;
+  /* Either the endpoint is unknown or its last activity is already later. */
+  st = herald_store_stmt(store, "SELECT 1 FROM endpoints WHERE app_id = ?1 AND id = ?2", err);
+  if (st == NULL) return err ? err->code : kHeraldStore;
+  sqlite3_bind_text(st, 1, app, -1, SQLITE_STATIC);
+  sqlite3_bind_text(st, 2, endpoint_id, -1, SQLITE_STATIC);
+  int rc = sqlite3_step(st);
+  sqlite3_reset(st);
+  if (rc == SQLITE_DONE) *found = 0;
+  else if (rc != SQLITE_ROW) return herald_store_fail(store, err, "looking up an endpoint");
+  return kHeraldOk;
+}
+
+int herald_event_touch(HeraldStore *store, const char *app, const char *endpoint_id,
+                       const char *timestamp, HeraldError *err) {
+  int found;
+  return touch(store, app, endpoint_id, timestamp, &found, err);
+}
+
+static int put_event(HeraldStore *store, const char *app, const char *endpoint_id, json_t *event,
+                     int known, int *inserted, char *event_id_out, HeraldError *err);
+
 int herald_event_put(HeraldStore *store, const char *app, const char *endpoint_id, json_t *event,
                      int *inserted, char *event_id_out, HeraldError *err) {
+  return put_event(store, app, endpoint_id, event, 0, inserted, event_id_out, err);
+}
+
+int herald_event_put_known(HeraldStore *store, const char *app, const char *endpoint_id,
+                           json_t *event, int *inserted, HeraldError *err) {
+  return put_event(store, app, endpoint_id, event, 1, inserted, NULL, err);
+}
+
+/* known: the caller has established that the endpoint exists and moves its last activity. */
+static int put_event(HeraldStore *store, const char *app, const char *endpoint_id, json_t *event,
+                     int known, int *inserted, char *event_id_out, HeraldError *err) {
   if (inserted) *inserted = 0;
   if (check_event(event, err) != kHeraldOk) return err->code;
   const char *own = json_string_value(json_object_get(event, "EndpointId"));
@@ -188,43 +237,24 @@ int herald_event_put(HeraldStore *store, const char *app, const char *endpoint_i
 
   if (herald_store_begin(store, err) != kHeraldOk) return err ? err->code : kHeraldStore;
   int rc = kHeraldOk;
-  sqlite3_stmt *st = herald_store_stmt(
-      store, "UPDATE endpoints SET last_activity = ?3 WHERE app_id = ?1 AND id = ?2 AND "
-             "(last_activity IS NULL OR last_activity < ?3)", err);
-  if (st == NULL) goto fail;
-  sqlite3_bind_text(st, 1, app, -1, SQLITE_STATIC);
-  sqlite3_bind_text(st, 2, endpoint_id, -1, SQLITE_STATIC);
-  sqlite3_bind_text(st, 3, timestamp, -1, SQLITE_STATIC);
-  if (sqlite3_step(st) != SQLITE_DONE) {
-    sqlite3_reset(st);
-    herald_store_fail(store, err, "recording an endpoint's last activity");
-    goto fail;
-  }
-  sqlite3_reset(st);
-  if (sqlite3_changes(herald_store_db(store)) == 0) {
-    /* Either the endpoint is unknown or its last activity is already later. */
-    st = herald_store_stmt(store, "SELECT 1 FROM endpoints WHERE app_id = ?1 AND id = ?2", err);
-    if (st == NULL) goto fail;
-    sqlite3_bind_text(st, 1, app, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 2, endpoint_id, -1, SQLITE_STATIC);
-    int found = sqlite3_step(st);
-    sqlite3_reset(st);
-    if (found == SQLITE_DONE) {
+  sqlite3_stmt *st = NULL;
+  if (!known) {
+    int found;
+    if (touch(store, app, endpoint_id, timestamp, &found, err) != kHeraldOk) goto fail;
+    if (!found) {
       if (herald_store_app_exists(store, app, err) == kHeraldOk)
         invalid(err, kHeraldNotFound, "EndpointId", "no endpoint '%s' in application '%s'",
                 endpoint_id, app);
       goto fail;
     }
-    if (found != SQLITE_ROW) {
-      herald_store_fail(store, err, "looking up an endpoint");
-      goto fail;
-    }
   }
 
-  json_t *client = json_object();
+  json_t *client = NULL; /* most events carry no client fields: no object for them */
   for (int i = 0; i < kClientFieldCount; i++) {
     json_t *v = json_object_get(event, client_fields[i]);
-    if (v) json_object_set(client, client_fields[i], v);
+    if (v == NULL) continue;
+    if (client == NULL) client = json_object();
+    json_object_set(client, client_fields[i], v);
   }
   char *attrs = dump_or_null(json_object_get(event, "Attributes"));
   char *metrics = dump_or_null(json_object_get(event, "Metrics"));

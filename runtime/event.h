@@ -23,6 +23,15 @@
 int herald_event_put(HeraldStore *store, const char *app, const char *endpoint_id, json_t *event,
                      int *inserted, char *event_id_out, HeraldError *err);
 
+/* herald_event_put for a batch writer that has made sure, in the same transaction, that the
+ * endpoint exists, and moves its last activity itself once per batch with herald_event_touch
+ * (one endpoint update per batch instead of one per event). event is normalised in place. */
+int herald_event_put_known(HeraldStore *store, const char *app, const char *endpoint_id,
+                           json_t *event, int *inserted, HeraldError *err);
+/* Moves the endpoint's last_activity forward to timestamp (normalised ISO-8601) when later. */
+int herald_event_touch(HeraldStore *store, const char *app, const char *endpoint_id,
+                       const char *timestamp, HeraldError *err);
+
 /* Stores an array of events (each with EndpointId) in one transaction: all or none. Errors
  * name the item ("[3].Timestamp: ..."). *inserted counts the new events. */
 int herald_event_put_batch(HeraldStore *store, const char *app, json_t *events, long long *inserted,

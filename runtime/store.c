@@ -208,6 +208,22 @@ void herald_store_rollback(HeraldStore *store) {
   sqlite3_exec(store->db, "ROLLBACK", NULL, NULL, NULL);
 }
 
+int herald_store_savepoint(HeraldStore *store, int *mark, HeraldError *err) {
+  if (store->depth <= 0)
+    return herald_error_set(err, kHeraldStore, "savepoint without a transaction");
+  *mark = store->failed;
+  return exec_sql(store, "SAVEPOINT herald_item", err, "starting a savepoint");
+}
+
+int herald_store_release(HeraldStore *store, HeraldError *err) {
+  return exec_sql(store, "RELEASE herald_item", err, "releasing a savepoint");
+}
+
+void herald_store_rollback_to(HeraldStore *store, int mark) {
+  sqlite3_exec(store->db, "ROLLBACK TO herald_item; RELEASE herald_item", NULL, NULL, NULL);
+  store->failed = mark;
+}
+
 int herald_store_app_exists(HeraldStore *store, const char *app_id, HeraldError *err) {
   sqlite3_stmt *st = herald_store_stmt(store, "SELECT 1 FROM applications WHERE id = ?1", err);
   if (st == NULL) return err ? err->code : kHeraldStore;

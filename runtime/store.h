@@ -30,6 +30,14 @@ int herald_store_begin(HeraldStore *store, HeraldError *err);
 int herald_store_commit(HeraldStore *store, HeraldError *err);
 void herald_store_rollback(HeraldStore *store);
 
+/* A savepoint inside the current transaction, so one part of a batch (a bad item) can fail
+ * alone: herald_store_rollback_to undoes the work since the savepoint and forgets the inner
+ * rollbacks recorded since, so the outer transaction can still commit. *mark remembers the
+ * state to return to. Savepoints do not nest. */
+int herald_store_savepoint(HeraldStore *store, int *mark, HeraldError *err);
+int herald_store_release(HeraldStore *store, HeraldError *err);
+void herald_store_rollback_to(HeraldStore *store, int mark);
+
 /* Fills err from the database's last error, naming what was being done. */
 int herald_store_fail(HeraldStore *store, HeraldError *err, const char *doing);
 

@@ -33,7 +33,8 @@ cli.command('repl', { summary = 'interactive Lua prompt with the runtime loaded'
 cli.command('run', { summary = 'load campaign definitions and run the scheduler', module = 'herald.cli.run' })
 cli.command('import', { summary = 'import endpoints or events from CSV / NDJSON', module = 'herald.cli.import' })
 cli.command('send', { summary = 'send direct messages (Pinpoint SendMessages / SendUsersMessages)', module = 'herald.cli.send' })
-cli.command('serve', { summary = 'run the engagement HTTP server (opens, clicks, unsubscribes)', module = 'herald.cli.serve' })
+cli.command('serve', { summary = 'run the engagement HTTP server (opens, clicks, unsubscribes, PutEvents)', module = 'herald.cli.serve' })
+cli.command('report', { summary = 'campaign results per treatment and holdout (table or HTML)', module = 'herald.cli.report' })
 cli.command('help', { summary = 'describe a command', module = 'herald.cli' })
 
 local function eprintf(fmt, ...)

@@ -17,6 +17,7 @@ local submodules = {
   progress = 'herald.progress',
   segment = 'herald.segment',
   ab = 'herald.ab',
+  analytics = 'herald.analytics',
   tracking = 'herald.tracking',
   campaign = 'herald.campaign',
   template = 'herald.template',

@@ -1,5 +1,6 @@
 /* libFuzzer target for the request path: bytes -> HTTP session (http-parser, limits, router,
- * tracking handlers, JSON errors) -> response bytes. The input is cut into reads whose sizes
+ * tracking handlers, PutEvents and status webhooks on a real store, JSON errors) -> response
+ * bytes. The input is cut into reads whose sizes
  * come from the input itself, so requests split at every possible point are exercised.
  * Invariants checked: every output starts with a status line, and once closing the session
  * ignores further input. Build and run with tools/fuzz. */
@@ -8,28 +9,31 @@
 #include <string.h>
 
 #include "runtime/http_server.h"
+#include "runtime/ingest.h"
 #include "runtime/tracking.h"
 
 static HeraldHttpRouter *router;
 static HeraldTracker *tracker;
+static HeraldIngest *ingest;
+static HeraldStore *store;
 
-static void echo_params(void *ctx, const HeraldHttpRequest *req, HeraldHttpResponse *res) {
-  (void)ctx;
-  const char *app = herald_http_request_param(req, "app");
-  if (app == NULL) abort();
-  herald_http_response_status(res, 202);
-  herald_http_response_body(res, req->body, req->body_len, "application/json");
+static HeraldStore *fuzz_store(void *arg, HeraldError *err) {
+  (void)arg;
+  (void)err;
+  return store;
 }
 
 static void setup(void) {
   HeraldTrackingKey key;
   if (herald_tracking_key_from_secret("fuzz-key-0123456789abcdef", &key, NULL) != kHeraldOk) abort();
+  if (herald_store_open(":memory:", &store, NULL) != kHeraldOk) abort();
   router = herald_http_router_new();
   tracker = herald_tracker_new(&key);
-  if (router == NULL || tracker == NULL) abort();
+  ingest = herald_ingest_new(fuzz_store, NULL);
+  if (router == NULL || tracker == NULL || ingest == NULL) abort();
+  herald_tracker_set_recorder(tracker, herald_ingest_record_hit, ingest);
   if (herald_tracker_routes(tracker, router, NULL) != kHeraldOk) abort();
-  if (herald_http_router_add(router, "POST", "/v1/apps/{app}/events", echo_params, NULL, NULL) != kHeraldOk)
-    abort();
+  if (herald_ingest_routes(ingest, router, NULL) != kHeraldOk) abort();
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {

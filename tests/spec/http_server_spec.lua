@@ -420,7 +420,12 @@ c.request("GET", "/x"); print("later\t%d" % c.getresponse().status)
 end)
 
 describe('herald.core.server in-process', function()
-  it('serves on the loop, counts hits, passes them to on_hit and stops', function()
+  it('serves on the loop, stores hits as events, passes them to on_hit and stops', function()
+    local core = require 'herald.core'
+    local saved_db = core.db_path()
+    local dir = h.tmpdir()
+    core.set_db_path(dir .. '/h.db')
+    assert(require('herald').endpoints.put { Id = 'ep-42', ChannelType = 'EMAIL', Address = 'ep42@example.com' })
     local hits = {}
     local srv = assert(server.start { listen = '127.0.0.1:0', key = KEY, on_hit = function(hit)
       hits[#hits + 1] = hit
@@ -430,7 +435,6 @@ describe('herald.core.server in-process', function()
     assert.is_true(port > 0)
     assert.are.equal('127.0.0.1:' .. port, srv:address())
     local base = 'http://127.0.0.1:' .. port
-    local dir = h.tmpdir()
     -- the client runs in the background while this task sleeps, so the loop serves it
     local open = tracking.open_url(ids { base = base })
     local click = tracking.click_url(ids { base = base, url = 'https://example.com/' })
@@ -455,8 +459,14 @@ describe('herald.core.server in-process', function()
     hits[1].user_agent, hits[1].request_id = nil, nil
     assert.are.same({ kind = 'open', app = 'default', campaign = 'spring', run = 7, treatment = 1,
       endpoint = 'ep-42', message_id = 'msg-42-7' }, hits[1])
+    -- every hit was stored, the click with its link, whatever on_hit did
+    local rows = assert(require('herald').db.query(
+      "SELECT event_type, json_extract(attributes, '$.url') AS url FROM events ORDER BY seq"))
+    assert.are.same({ { event_type = '_email.open' }, { event_type = '_email.open' },
+      { event_type = '_email.click', url = 'https://example.com/' } }, rows)
     srv:stop()
     srv:stop()
+    core.set_db_path(saved_db)
     assert.has_error(function() srv:stats() end, 'the server is stopped')
   end)
 

@@ -1,6 +1,7 @@
 -- `herald run FILE...`: loads campaign definitions in the sandbox and runs the scheduler.
 local task = require 'herald.core.task'
 local runner = require 'herald.runner'
+local server = require 'herald.core.server'
 
 local M = {}
 
@@ -20,6 +21,9 @@ options:
   --memory MB    memory cap of the sandbox (default 64)
   --providers F  the providers file (channel profiles; see herald.providers); by default
                  providers.lua next to the first FILE when there is one
+  --serve HOST:PORT
+                 also run the engagement server (tracking links, PutEvents, status webhooks;
+                 see `herald serve --help`) on the same loop; it stops with the scheduler
 ]]
 
 local function fail(fmt, ...)
@@ -41,6 +45,10 @@ function M.run(args)
     elseif a == '--providers' then
       opts.providers = args[i + 1]
       if not opts.providers then return fail('--providers needs a file') end
+      i = i + 1
+    elseif a == '--serve' then
+      opts.serve = args[i + 1]
+      if not opts.serve then return fail('--serve needs HOST:PORT') end
       i = i + 1
     elseif a == '--memory' then
       memory = tonumber(args[i + 1])
@@ -82,10 +90,27 @@ function M.run(args)
     memory = math.floor(memory * 1024 * 1024),
     log = opts.verbose and function(msg) print(msg) end or nil,
   }
+  local srv
+  if opts.serve then
+    local oks, s, serr = pcall(server.start, { listen = opts.serve })
+    if not oks or not s then
+      io.stderr:write('herald run: --serve: ' .. tostring(oks and serr or s) .. '\n')
+      r:close()
+      return 1
+    end
+    srv = s
+    io.stdout:write(string.format('herald run: serving on http://%s\n', srv:address()))
+    io.stdout:flush()
+  end
   r:load(files)
   task.watch_signals()
-  local ok, res = require('herald.cli').run_task(function() return r:loop(opts) end)
+  local ok, res = require('herald.cli').run_task(function()
+    local result = r:loop(opts)
+    if srv then srv:stop() end
+    return result
+  end)
   if not ok then
+    if srv then srv:stop() end
     io.stderr:write('herald run: ' .. tostring(res) .. '\n')
     r:close()
     return 1

@@ -1,4 +1,5 @@
--- `herald serve`: the engagement HTTP server (open pixel, click redirect, unsubscribe).
+-- `herald serve`: the engagement HTTP server (open pixel, click redirect, unsubscribe, PutEvents,
+-- provider status webhooks).
 local server = require 'herald.core.server'
 local task = require 'herald.core.task'
 
@@ -12,6 +13,14 @@ Runs the engagement server until SIGINT or SIGTERM:
   GET  /t/c/TOKEN   redirects (302) to the link the token signs, records a click
   GET  /t/u/TOKEN   unsubscribe page (a confirmation form; changes nothing)
   POST /t/u/TOKEN   RFC 8058 one-click unsubscribe (body List-Unsubscribe=One-Click)
+  POST /v1/apps/APP/events           Pinpoint PutEvents (EventsRequest -> EventsResponse,
+                                     per-item StatusCode 202 or 400; at most 100 events)
+  POST /v1/apps/APP/webhooks/status  a provider notification {"MessageId", "Type": DELIVERY |
+                                     BOUNCE | COMPLAINT | SMS, "BounceType": HARD | SOFT,
+                                     "Status": SUCCESS | FAILURE | OPTOUT, "Timestamp", "Reason"}
+Opens, clicks and unsubscribes are stored as _email.open, _email.click and _email.unsubscribe
+events (unsubscribe also sets OptOut ALL); a hard bounce makes the endpoint INACTIVE, a
+complaint or SMS OPTOUT sets OptOut ALL (runtime/ingest.h has the details).
 Tokens are signed with the key in $HERALD_TRACKING_KEY or, when unset, the database's
 (generated on first use); mint them with herald.tracking.open_url{...} and friends.
 Errors are JSON bodies {"Message": ..., "RequestID": ...}.

@@ -1,0 +1,657 @@
+#include "runtime/ingest.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "runtime/clock.h"
+#include "runtime/datetime.h"
+#include "runtime/endpoint.h"
+#include "runtime/event.h"
+
+struct HeraldIngest {
+  HeraldIngestStoreFn store;
+  void *store_arg;
+  uv_check_t check;  /* flushes the hits of each loop iteration */
+  int started;
+  struct QueuedHit *queue;
+  size_t len, cap;
+  HeraldIngestCounts counts;
+  void (*closed)(void *arg);
+  void *closed_arg;
+};
+
+HeraldIngest *herald_ingest_new(HeraldIngestStoreFn store, void *arg) {
+  HeraldIngest *in = calloc(1, sizeof *in);
+  if (in != NULL) {
+    in->store = store;
+    in->store_arg = arg;
+  }
+  return in;
+}
+
+void herald_ingest_free(HeraldIngest *in) {
+  if (in == NULL) return;
+  herald_ingest_flush(in);
+  free(in->queue);
+  free(in);
+}
+
+/* The prefix of s that holds at most max UTF-8 characters, as a new JSON string. */
+static json_t *cut_string(const char *s, size_t max) {
+  size_t n = 0, i = 0;
+  for (; s[i]; i++) {
+    if (((unsigned char)s[i] & 0xC0) != 0x80) {
+      if (n == max) break;
+      n++;
+    }
+  }
+  return json_stringn(s, i);
+}
+
+static json_t *item_status(int status, const char *message) {
+  return json_pack("{s:s, s:i}", "Message", message, "StatusCode", status);
+}
+
+static int endpoint_exists(HeraldStore *store, const char *app, const char *id, HeraldError *err) {
+  sqlite3_stmt *st = herald_store_stmt(store, "SELECT 1 FROM endpoints WHERE app_id = ?1 AND id = ?2", err);
+  if (st == NULL) return -1;
+  sqlite3_bind_text(st, 1, app, -1, SQLITE_STATIC);
+  sqlite3_bind_text(st, 2, id, -1, SQLITE_STATIC);
+  int rc = sqlite3_step(st);
+  sqlite3_reset(st);
+  if (rc == SQLITE_ROW) return 1;
+  if (rc == SQLITE_DONE) return 0;
+  herald_store_fail(store, err, "looking up an endpoint");
+  return -1;
+}
+
+/* Upserts the item's Endpoint (or checks that the endpoint exists when none is given) inside a
+ * savepoint, so a refused endpoint leaves nothing behind. Returns 0 when the events may be
+ * stored, 1 when the item is refused (*reason says why), -1 on a store failure. */
+static int put_item_endpoint(HeraldStore *store, HeraldEndpointWriter *w, const char *app,
+                             const char *endpoint_id, json_t *item, char *reason, size_t cap,
+                             HeraldError *err) {
+  json_t *ep = json_object_get(item, "Endpoint");
+  if (ep == NULL) {
+    int found = endpoint_exists(store, app, endpoint_id, err);
+    if (found < 0) return -1;
+    if (!found) {
+      snprintf(reason, cap, "no endpoint '%s' in application '%s'; send its Endpoint to create it",
+               endpoint_id, app);
+      return 1;
+    }
+    return 0;
+  }
+  if (!json_is_object(ep)) {
+    snprintf(reason, cap, "Endpoint: expected an object");
+    return 1;
+  }
+  /* the request is ours (parsed for this call): the writer may normalise it in place */
+  json_t *own = json_object_get(ep, "Id");
+  if (own != NULL && !(json_is_string(own) && strcmp(json_string_value(own), endpoint_id) == 0)) {
+    snprintf(reason, cap, "Endpoint.Id: differs from the batch item's endpoint id '%s'", endpoint_id);
+    return 1;
+  }
+  json_object_set_new(ep, "Id", json_string(endpoint_id));
+  int mark;
+  if (herald_store_savepoint(store, &mark, err) != kHeraldOk) return -1;
+  HeraldError e = {0};
+  int rc = herald_endpoint_writer_put(w, ep, NULL, &e);
+  if (rc == kHeraldOk) return herald_store_release(store, err) == kHeraldOk ? 0 : -1;
+  herald_store_rollback_to(store, mark);
+  if (rc == kHeraldInvalid || rc == kHeraldLimit || rc == kHeraldNotFound) {
+    snprintf(reason, cap, "Endpoint.%s", e.msg);
+    return 1;
+  }
+  *err = e;
+  return -1;
+}
+
+/* Counts the events of a request, refusing a malformed one as a whole. */
+static int count_events(json_t *batch, size_t *count, HeraldError *err) {
+  *count = 0;
+  const char *id;
+  json_t *item;
+  json_object_foreach(batch, id, item) {
+    json_t *events = json_is_object(item) ? json_object_get(item, "Events") : NULL;
+    if (json_is_object(events)) *count += json_object_size(events);
+  }
+  if (*count > HERALD_PUT_EVENTS_MAX)
+    return herald_error_set(err, kHeraldLimit, "BatchItem: %zu events; at most %d per request",
+                            *count, HERALD_PUT_EVENTS_MAX);
+  return kHeraldOk;
+}
+
+/* Stores the events of one batch item (its endpoint exists: put_item_endpoint saw to it); each
+ * bad event is answered alone. The endpoint's last activity moves once, to the latest event. */
+static int put_item_events(HeraldStore *store, const char *app, const char *endpoint_id,
+                           json_t *events, const char *refused, json_t *answers, json_t *accepted,
+                           HeraldError *err) {
+  char latest[HERALD_DATETIME_LEN] = "";
+  const char *event_id;
+  json_t *ev;
+  json_object_foreach(events, event_id, ev) {
+    if (refused != NULL) {
+      char msg[1200];
+      snprintf(msg, sizeof msg, "not stored: the endpoint was refused (%s)", refused);
+      json_object_set_new(answers, event_id, item_status(400, msg));
+      continue;
+    }
+    if (!json_is_object(ev)) {
+      json_object_set_new(answers, event_id, item_status(400, "expected an event object"));
+      continue;
+    }
+    json_t *own = json_object_get(ev, "EventId");
+    if (own != NULL && !(json_is_string(own) && strcmp(json_string_value(own), event_id) == 0)) {
+      json_object_set_new(answers, event_id,
+                          item_status(400, "EventId: differs from the event's key in Events"));
+      continue;
+    }
+    if (own == NULL) json_object_set_new(ev, "EventId", json_string(event_id));
+    HeraldError e = {0};
+    int rc = herald_event_put_known(store, app, endpoint_id, ev, NULL, &e);
+    if (rc == kHeraldOk) {
+      json_object_set(answers, event_id, accepted);
+      /* the store normalised Timestamp (UTC, fixed width), so text order is time order */
+      const char *ts = json_string_value(json_object_get(ev, "Timestamp"));
+      if (latest[0] == '\0' || strcmp(ts, latest) > 0) snprintf(latest, HERALD_DATETIME_LEN, "%s", ts);
+    } else if (rc == kHeraldInvalid || rc == kHeraldLimit) {
+      /* validation runs before the event store writes anything, so nothing is to be undone */
+      json_object_set_new(answers, event_id, item_status(400, e.msg));
+    } else {
+      *err = e;
+      return rc;
+    }
+  }
+  return latest[0] ? herald_event_touch(store, app, endpoint_id, latest, err) : kHeraldOk;
+}
+
+int herald_ingest_put_events(HeraldStore *store, const char *app, json_t *request,
+                             json_t **response, HeraldError *err) {
+  *response = NULL;
+  if (!json_is_object(request))
+    return herald_error_set(err, kHeraldInvalid, "expected an EventsRequest object {\"BatchItem\": {...}}");
+  const char *key;
+  json_t *v;
+  json_object_foreach(request, key, v) {
+    if (strcmp(key, "BatchItem") != 0)
+      return herald_error_set(err, kHeraldInvalid, "%s: unknown field (an EventsRequest has BatchItem)", key);
+  }
+  json_t *batch = json_object_get(request, "BatchItem");
+  if (!json_is_object(batch))
+    return herald_error_set(err, kHeraldInvalid, "BatchItem: required, an object of endpoint id -> "
+                            "{Endpoint, Events}");
+  size_t count;
+  if (count_events(batch, &count, err) != kHeraldOk) return err->code;
+  if (herald_store_app_exists(store, app, err) != kHeraldOk) return err->code;
+
+  HeraldEndpointWriter *w = NULL;
+  if (herald_store_begin(store, err) != kHeraldOk) return err->code;
+  if (herald_endpoint_writer_open(store, app, &w, err) != kHeraldOk) {
+    herald_store_rollback(store);
+    return err->code;
+  }
+  json_t *results = json_object();
+  /* one answer object shared by every accepted event: a batch is mostly accepted events */
+  json_t *accepted = item_status(202, "Accepted");
+  const char *endpoint_id;
+  json_t *item;
+  int rc = kHeraldOk;
+  json_object_foreach(batch, endpoint_id, item) {
+    json_t *answer = json_object();
+    json_object_set_new(results, endpoint_id, answer);
+    char reason[1100] = "";
+    int refused;
+    if (!json_is_object(item)) {
+      snprintf(reason, sizeof reason, "expected an object {Endpoint, Events}");
+      refused = 1;
+    } else if (*endpoint_id == '\0' || strlen(endpoint_id) > HERALD_ENDPOINT_ID_MAX) {
+      snprintf(reason, sizeof reason, "the endpoint id must have 1 to %d bytes", HERALD_ENDPOINT_ID_MAX);
+      refused = 1;
+    } else {
+      refused = 0;
+      json_object_foreach(item, key, v) {
+        if (strcmp(key, "Endpoint") != 0 && strcmp(key, "Events") != 0) {
+          snprintf(reason, sizeof reason, "%s: unknown field (a batch item has Endpoint and Events)", key);
+          refused = 1;
+        }
+      }
+      if (!refused)
+        refused = put_item_endpoint(store, w, app, endpoint_id, item, reason, sizeof reason, err);
+      if (refused < 0) {
+        rc = err->code;
+        break;
+      }
+    }
+    json_object_set_new(answer, "EndpointItemResponse",
+                        refused ? item_status(400, reason) : item_status(202, "Accepted"));
+    json_t *events = json_is_object(item) ? json_object_get(item, "Events") : NULL;
+    if (events == NULL) continue;
+    json_t *answers = json_object();
+    json_object_set_new(answer, "EventsItemResponse", answers);
+    if (!json_is_object(events)) {
+      json_object_set_new(answer, "EndpointItemResponse",
+                          item_status(400, "Events: expected an object of event id -> Event"));
+      continue;
+    }
+    rc = put_item_events(store, app, endpoint_id, events, refused ? reason : NULL, answers, accepted,
+                         err);
+    if (rc != kHeraldOk) break;
+  }
+  herald_endpoint_writer_close(w);
+  json_decref(accepted);
+  if (rc != kHeraldOk) {
+    herald_store_rollback(store);
+    json_decref(results);
+    return rc;
+  }
+  if (herald_store_commit(store, err) != kHeraldOk) {
+    json_decref(results);
+    return err->code;
+  }
+  *response = json_pack("{s:o}", "Results", results);
+  return *response ? kHeraldOk : herald_error_set(err, kHeraldNoMemory, "out of memory");
+}
+
+/* Engagement events ------------------------------------------------------------------------- */
+
+typedef struct {
+  const char *campaign;
+  long long run;
+  int treatment;
+  const char *message_id;
+} Origin;
+
+/* Stores event_type for endpoint with the campaign attributes; extra (may be NULL) adds more. */
+static int put_engagement(HeraldStore *store, const char *app, const char *endpoint,
+                          const char *event_type, const char *event_id, const char *timestamp,
+                          const Origin *o, json_t *extra, int known, HeraldError *err) {
+  char run[24], treatment[16];
+  snprintf(run, sizeof run, "%lld", o->run);
+  snprintf(treatment, sizeof treatment, "%d", o->treatment);
+  json_t *attrs = json_pack("{s:s, s:s, s:s, s:s}", "campaign_id", o->campaign, "treatment_id",
+                            treatment, "campaign_activity_id", run, "message_id", o->message_id);
+  if (attrs == NULL) return herald_error_set(err, kHeraldNoMemory, "out of memory");
+  if (extra) json_object_update(attrs, extra);
+  json_t *ev = json_pack("{s:s, s:s, s:s, s:o}", "EventId", event_id, "EventType", event_type,
+                         "Timestamp", timestamp, "Attributes", attrs);
+  if (ev == NULL) return herald_error_set(err, kHeraldNoMemory, "out of memory");
+  int rc = known ? herald_event_put_known(store, app, endpoint, ev, NULL, err)
+                 : herald_event_put(store, app, endpoint, ev, NULL, NULL, err);
+  if (rc == kHeraldOk && known) rc = herald_event_touch(store, app, endpoint, timestamp, err);
+  json_decref(ev);
+  return rc;
+}
+
+/* A direct update rather than an endpoint write: a write would make the endpoint ACTIVE again
+ * (Pinpoint's rule for UpdateEndpoint), which must not undo a hard bounce. */
+static int mark_endpoint(HeraldStore *store, const char *app, const char *endpoint,
+                         const char *column_sql, HeraldError *err) {
+  sqlite3_stmt *st = herald_store_stmt(store, column_sql, err);
+  if (st == NULL) return err ? err->code : kHeraldStore;
+  sqlite3_bind_text(st, 1, app, -1, SQLITE_STATIC);
+  sqlite3_bind_text(st, 2, endpoint, -1, SQLITE_STATIC);
+  int rc = sqlite3_step(st);
+  sqlite3_reset(st);
+  return rc == SQLITE_DONE ? kHeraldOk : herald_store_fail(store, err, "updating an endpoint");
+}
+
+static const char kOptOutAll[] =
+    "UPDATE endpoints SET opt_out = 'ALL' WHERE app_id = ?1 AND id = ?2";
+static const char kInactive[] =
+    "UPDATE endpoints SET endpoint_status = 'INACTIVE' WHERE app_id = ?1 AND id = ?2";
+
+/* A hit waiting for the next flush: the token's strings are copied (they live in the
+ * handler's stack). One allocation holds them all. */
+typedef struct QueuedHit {
+  HeraldTrackingKind kind;
+  int64_t run;
+  int32_t treatment;
+  int64_t at_ms;
+  const char *app, *campaign, *endpoint, *message_id, *url, *request_id;
+  char *strings;
+} QueuedHit;
+
+static char *append(char *dst, const char *src, const char **field) {
+  if (src == NULL) {
+    *field = NULL;
+    return dst;
+  }
+  size_t n = strlen(src) + 1;
+  memcpy(dst, src, n);
+  *field = dst;
+  return dst + n;
+}
+
+static size_t len0(const char *s) { return s ? strlen(s) + 1 : 0; }
+
+/* Stores one queued hit inside the flush's transaction. A hit whose endpoint is gone (deleted
+ * since the message went out) is skipped before anything is written, so it fails alone without
+ * a savepoint per hit; any other failure is the store's and fails the flush. */
+static int store_hit(HeraldStore *store, const QueuedHit *q, HeraldError *err) {
+  const char *type = q->kind == kHeraldTrackOpen    ? "_email.open"
+                     : q->kind == kHeraldTrackClick ? "_email.click"
+                                                    : "_email.unsubscribe";
+  char at[32];
+  herald_time_format(q->at_ms, at, sizeof at);
+  Origin o = {q->campaign, (long long)q->run, q->treatment, q->message_id};
+  json_t *extra = NULL;
+  if (q->url) extra = json_pack("{s:o}", "url", cut_string(q->url, HERALD_EVENT_VALUE_MAX));
+  int rc;
+  int found = endpoint_exists(store, q->app, q->endpoint, err);
+  if (found < 0) {
+    rc = err->code;
+  } else if (!found) {
+    rc = herald_error_set(err, kHeraldNotFound, "no endpoint '%s' in application '%s'", q->endpoint, q->app);
+  } else {
+    rc = put_engagement(store, q->app, q->endpoint, type, q->request_id, at, &o, extra, 1, err);
+    if (rc == kHeraldOk && q->kind == kHeraldTrackUnsubscribe)
+      rc = mark_endpoint(store, q->app, q->endpoint, kOptOutAll, err);
+  }
+  json_decref(extra);
+  if (rc != kHeraldOk)
+    fprintf(stderr, "herald: recording %s of message %s: %s\n", type, q->message_id, err->msg);
+  return rc;
+}
+
+void herald_ingest_flush(HeraldIngest *in) {
+  if (in->len == 0) return;
+  HeraldError err = {0};
+  HeraldStore *store = in->store(in->store_arg, &err);
+  size_t stored = 0;
+  if (store != NULL && herald_store_begin(store, &err) == kHeraldOk) {
+    int rc = kHeraldOk;
+    for (size_t i = 0; i < in->len && rc == kHeraldOk; i++) {
+      HeraldError item = {0};
+      int r = store_hit(store, &in->queue[i], &item);
+      if (r == kHeraldOk) stored++;
+      else if (r != kHeraldNotFound) {
+        rc = r;
+        err = item;
+      }
+    }
+    if (rc != kHeraldOk) {
+      herald_store_rollback(store);
+      stored = 0;
+    } else if (herald_store_commit(store, &err) != kHeraldOk) {
+      stored = 0;
+    }
+  }
+  if (stored == 0 && err.msg[0])
+    fprintf(stderr, "herald: recording %zu tracking hits: %s\n", in->len, err.msg);
+  in->counts.stored += stored;
+  in->counts.failed += in->len - stored;
+  for (size_t i = 0; i < in->len; i++) free(in->queue[i].strings);
+  in->len = 0;
+}
+
+int herald_ingest_record_hit(void *ctx, const HeraldTrackingHit *hit) {
+  HeraldIngest *in = ctx;
+  const HeraldTrackingToken *t = hit->token;
+  if (in->len == in->cap) {
+    size_t cap = in->cap ? in->cap * 2 : 64;
+    QueuedHit *q = realloc(in->queue, cap * sizeof *q);
+    if (q == NULL) return -1;
+    in->queue = q;
+    in->cap = cap;
+  }
+  QueuedHit *q = &in->queue[in->len];
+  q->strings = malloc(len0(t->app) + len0(t->campaign) + len0(t->endpoint) + len0(t->message_id) +
+                      len0(t->url) + len0(hit->request_id));
+  if (q->strings == NULL) return -1;
+  char *p = q->strings;
+  p = append(p, t->app, &q->app);
+  p = append(p, t->campaign, &q->campaign);
+  p = append(p, t->endpoint, &q->endpoint);
+  p = append(p, t->message_id, &q->message_id);
+  p = append(p, t->url, &q->url);
+  append(p, hit->request_id, &q->request_id);
+  q->kind = hit->kind;
+  q->run = t->run;
+  q->treatment = t->treatment;
+  q->at_ms = herald_clock_now_ms();
+  in->len++;
+  /* without a loop there is no later: write now */
+  if (!in->started || in->len >= HERALD_INGEST_FLUSH_MAX) herald_ingest_flush(in);
+  return 0;
+}
+
+static void on_check(uv_check_t *h) { herald_ingest_flush(h->data); }
+
+int herald_ingest_start(HeraldIngest *in, uv_loop_t *loop, HeraldError *err) {
+  int rc = uv_check_init(loop, &in->check);
+  if (rc == 0) {
+    in->check.data = in;
+    rc = uv_check_start(&in->check, on_check);
+  }
+  if (rc != 0) return herald_error_set(err, kHeraldIo, "starting the hit recorder: %s", uv_strerror(rc));
+  uv_unref((uv_handle_t *)&in->check); /* the server keeps the loop alive, not the recorder */
+  in->started = 1;
+  return kHeraldOk;
+}
+
+void herald_ingest_counts(const HeraldIngest *in, HeraldIngestCounts *out) { *out = in->counts; }
+
+static void on_check_closed(uv_handle_t *h) {
+  HeraldIngest *in = h->data;
+  in->closed(in->closed_arg);
+}
+
+void herald_ingest_close(HeraldIngest *in, void (*closed)(void *arg), void *arg) {
+  herald_ingest_flush(in);
+  in->closed = closed;
+  in->closed_arg = arg;
+  if (in->started) {
+    in->started = 0;
+    uv_close((uv_handle_t *)&in->check, on_check_closed);
+  } else {
+    closed(arg);
+  }
+}
+
+/* Status webhooks ---------------------------------------------------------------------------- */
+
+static const char *status_event(json_t *n, const char **update, HeraldError *err) {
+  const char *type = json_string_value(json_object_get(n, "Type"));
+  const char *bounce = json_string_value(json_object_get(n, "BounceType"));
+  const char *status = json_string_value(json_object_get(n, "Status"));
+  *update = NULL;
+  if (type == NULL) {
+    herald_error_set(err, kHeraldInvalid, "Type: required, one of DELIVERY, BOUNCE, COMPLAINT, SMS");
+    return NULL;
+  }
+  if (strcmp(type, "BOUNCE") != 0 && bounce) {
+    herald_error_set(err, kHeraldInvalid, "BounceType: only for Type BOUNCE");
+    return NULL;
+  }
+  if (strcmp(type, "SMS") != 0 && status) {
+    herald_error_set(err, kHeraldInvalid, "Status: only for Type SMS");
+    return NULL;
+  }
+  if (strcmp(type, "DELIVERY") == 0) return "_email.delivered";
+  if (strcmp(type, "COMPLAINT") == 0) {
+    *update = kOptOutAll;
+    return "_email.complaint";
+  }
+  if (strcmp(type, "BOUNCE") == 0) {
+    if (bounce && strcmp(bounce, "HARD") == 0) {
+      *update = kInactive;
+      return "_email.hardbounce";
+    }
+    if (bounce && strcmp(bounce, "SOFT") == 0) return "_email.softbounce";
+    herald_error_set(err, kHeraldInvalid, "BounceType: required for a BOUNCE, HARD or SOFT");
+    return NULL;
+  }
+  if (strcmp(type, "SMS") == 0) {
+    if (status && strcmp(status, "SUCCESS") == 0) return "_SMS.SUCCESS";
+    if (status && strcmp(status, "FAILURE") == 0) return "_SMS.FAILURE";
+    if (status && strcmp(status, "OPTOUT") == 0) {
+      *update = kOptOutAll;
+      return "_SMS.OPTOUT";
+    }
+    herald_error_set(err, kHeraldInvalid, "Status: required for an SMS, SUCCESS, FAILURE or OPTOUT");
+    return NULL;
+  }
+  herald_error_set(err, kHeraldInvalid, "Type: '%s' is not one of DELIVERY, BOUNCE, COMPLAINT, SMS", type);
+  return NULL;
+}
+
+static int check_notification(json_t *n, HeraldError *err) {
+  if (!json_is_object(n))
+    return herald_error_set(err, kHeraldInvalid, "expected a notification object {MessageId, Type, ...}");
+  const char *key;
+  json_t *v;
+  json_object_foreach(n, key, v) {
+    if (strcmp(key, "MessageId") != 0 && strcmp(key, "Type") != 0 && strcmp(key, "BounceType") != 0 &&
+        strcmp(key, "Status") != 0 && strcmp(key, "Timestamp") != 0 && strcmp(key, "Reason") != 0)
+      return herald_error_set(err, kHeraldInvalid, "%s: unknown field (a notification has MessageId, "
+                              "Type, BounceType, Status, Timestamp, Reason)", key);
+    if (!json_is_string(v))
+      return herald_error_set(err, kHeraldInvalid, "%s: expected a string", key);
+  }
+  const char *id = json_string_value(json_object_get(n, "MessageId"));
+  if (id == NULL || *id == '\0') return herald_error_set(err, kHeraldInvalid, "MessageId: required");
+  return kHeraldOk;
+}
+
+int herald_ingest_status(HeraldStore *store, const char *app, json_t *n, char *event_type_out,
+                         char *endpoint_out, HeraldError *err) {
+  if (check_notification(n, err) != kHeraldOk) return err->code;
+  const char *update;
+  const char *type = status_event(n, &update, err);
+  if (type == NULL) return err->code;
+  char stamp[HERALD_DATETIME_LEN];
+  const char *ts = json_string_value(json_object_get(n, "Timestamp"));
+  if (ts == NULL) {
+    herald_time_format(herald_clock_now_ms(), stamp, sizeof stamp);
+  } else if (herald_datetime_parse(ts, stamp) != 0) {
+    return herald_error_set(err, kHeraldInvalid, "Timestamp: expected an ISO-8601 date such as "
+                            "2026-11-29T10:00:00Z");
+  }
+  const char *message_id = json_string_value(json_object_get(n, "MessageId"));
+  if (herald_store_app_exists(store, app, err) != kHeraldOk) return err->code;
+  sqlite3_stmt *st = herald_store_stmt(
+      store, "SELECT o.endpoint_id, o.treatment, o.run_id, r.campaign_id FROM outbox o "
+             "JOIN campaign_runs r ON r.id = o.run_id WHERE o.message_id = ?1 AND r.app_id = ?2", err);
+  if (st == NULL) return err->code;
+  sqlite3_bind_text(st, 1, message_id, -1, SQLITE_STATIC);
+  sqlite3_bind_text(st, 2, app, -1, SQLITE_STATIC);
+  int step = sqlite3_step(st);
+  if (step != SQLITE_ROW) {
+    sqlite3_reset(st);
+    if (step == SQLITE_DONE)
+      return herald_error_set(err, kHeraldNotFound, "MessageId: no message '%s' in application '%s'",
+                              message_id, app);
+    return herald_store_fail(store, err, "looking up a message");
+  }
+  char endpoint[HERALD_TRACKING_ID_MAX + 1], campaign[HERALD_TRACKING_ID_MAX + 1];
+  snprintf(endpoint, sizeof endpoint, "%s", (const char *)sqlite3_column_text(st, 0));
+  int treatment = sqlite3_column_int(st, 1);
+  long long run = sqlite3_column_int64(st, 2);
+  snprintf(campaign, sizeof campaign, "%s", (const char *)sqlite3_column_text(st, 3));
+  sqlite3_reset(st);
+
+  char event_id[300];
+  snprintf(event_id, sizeof event_id, "%s:%s", message_id, type);
+  Origin o = {campaign, run, treatment, message_id};
+  const char *reason = json_string_value(json_object_get(n, "Reason"));
+  json_t *extra = reason ? json_pack("{s:o}", "reason", cut_string(reason, HERALD_EVENT_VALUE_MAX)) : NULL;
+  int rc = herald_store_begin(store, err);
+  if (rc == kHeraldOk) {
+    rc = put_engagement(store, app, endpoint, type, event_id, stamp, &o, extra, 0, err);
+    if (rc == kHeraldOk && update) rc = mark_endpoint(store, app, endpoint, update, err);
+    if (rc == kHeraldOk) rc = herald_store_commit(store, err);
+    else herald_store_rollback(store);
+  }
+  json_decref(extra);
+  if (rc != kHeraldOk) return rc;
+  if (event_type_out) snprintf(event_type_out, 32, "%s", type);
+  if (endpoint_out) snprintf(endpoint_out, HERALD_TRACKING_ID_MAX + 1, "%s", endpoint);
+  return kHeraldOk;
+}
+
+/* HTTP handlers ------------------------------------------------------------------------------ */
+
+static int status_of(int code) {
+  switch (code) {
+    case kHeraldInvalid: return 400;
+    case kHeraldLimit: return 400;
+    case kHeraldNotFound: return 404;
+    case kHeraldNoMemory: return 503;
+    default: return 500;
+  }
+}
+
+static json_t *parse_body(const HeraldHttpRequest *req, HeraldHttpResponse *res) {
+  json_error_t jerr;
+  json_t *body = json_loadb(req->body, req->body_len, 0, &jerr);
+  if (body == NULL) {
+    char msg[300];
+    snprintf(msg, sizeof msg, "malformed JSON at line %d, column %d: %s", jerr.line, jerr.column,
+             jerr.text);
+    herald_http_response_error(res, 400, msg);
+  }
+  return body;
+}
+
+static void send_json(HeraldHttpResponse *res, int status, json_t *body) {
+  char *text = json_dumps(body, JSON_COMPACT);
+  if (text == NULL) {
+    herald_http_response_error(res, 503, "out of memory");
+    return;
+  }
+  herald_http_response_status(res, status);
+  herald_http_response_body(res, text, strlen(text), "application/json");
+  free(text);
+}
+
+static void handle_put_events(void *ctx, const HeraldHttpRequest *req, HeraldHttpResponse *res) {
+  HeraldIngest *in = ctx;
+  const char *app = herald_http_request_param(req, "app");
+  json_t *body = parse_body(req, res);
+  if (body == NULL) return;
+  json_t *answer = NULL;
+  HeraldError err = {0};
+  HeraldStore *store = in->store(in->store_arg, &err);
+  int rc = store ? herald_ingest_put_events(store, app, body, &answer, &err) : (int)err.code;
+  json_decref(body);
+  if (rc != kHeraldOk) {
+    herald_http_response_error(res, status_of(rc), err.msg);
+    return;
+  }
+  send_json(res, 202, answer);
+  json_decref(answer);
+}
+
+static void handle_status(void *ctx, const HeraldHttpRequest *req, HeraldHttpResponse *res) {
+  HeraldIngest *in = ctx;
+  const char *app = herald_http_request_param(req, "app");
+  json_t *body = parse_body(req, res);
+  if (body == NULL) return;
+  HeraldError err = {0};
+  char type[32], endpoint[HERALD_TRACKING_ID_MAX + 1];
+  HeraldStore *store = in->store(in->store_arg, &err);
+  int rc = store ? herald_ingest_status(store, app, body, type, endpoint, &err) : (int)err.code;
+  json_decref(body);
+  if (rc != kHeraldOk) {
+    herald_http_response_error(res, status_of(rc), err.msg);
+    return;
+  }
+  json_t *answer = json_pack("{s:s, s:s, s:s}", "EventType", type, "EndpointId", endpoint,
+                             "Message", "Accepted");
+  if (answer == NULL) {
+    herald_http_response_error(res, 503, "out of memory");
+    return;
+  }
+  send_json(res, 202, answer);
+  json_decref(answer);
+}
+
+int herald_ingest_routes(HeraldIngest *in, HeraldHttpRouter *router, HeraldError *err) {
+  int rc;
+  if ((rc = herald_http_router_add(router, "POST", "/v1/apps/{app}/events", handle_put_events, in, err)) ||
+      (rc = herald_http_router_add(router, "POST", "/v1/apps/{app}/webhooks/status", handle_status, in, err)))
+    return rc;
+  return kHeraldOk;
+}

@@ -1,0 +1,99 @@
+/* Engagement ingestion on the HTTP server: Pinpoint's PutEvents, provider status webhooks, and
+ * the recorder that stores tracking hits (opens, clicks, unsubscribes) as events.
+ *
+ * PutEvents: POST /v1/apps/{app}/events with an EventsRequest (reference/pinpoint.md §3.2):
+ *   {"BatchItem": {"<endpointId>": {"Endpoint": PublicEndpoint, "Events": {"<eventId>": Event}}}}
+ * The Endpoint (when given) is upserted; every event is stored through the events store. The
+ * answer is 202 with an EventsResponse
+ *   {"Results": {"<endpointId>": {"EndpointItemResponse": {"Message", "StatusCode"},
+ *                                 "EventsItemResponse": {"<eventId>": {"Message", "StatusCode"}}}}}
+ * where a bad item (an endpoint that fails validation, an event without a Timestamp, an attribute
+ * value over 200 characters, ...) gets 400 and its message, and the rest of the batch is stored.
+ * The request as a whole is refused (4xx, {"Message", "RequestID"}) when its JSON is malformed,
+ * it has no BatchItem object, it holds more than 100 events, or the application is unknown
+ * (404). The 4 MB body cap is the server's (413).
+ *
+ * Status webhooks: POST /v1/apps/{app}/webhooks/status with one notification
+ *   {"MessageId": "<the outbox message id>" (required),
+ *    "Type": "DELIVERY" | "BOUNCE" | "COMPLAINT" | "SMS" (required),
+ *    "BounceType": "HARD" | "SOFT" (BOUNCE only, required there),
+ *    "Status": "SUCCESS" | "FAILURE" | "OPTOUT" (SMS only, required there),
+ *    "Timestamp": ISO-8601 (default: now), "Reason": string (optional, kept 200 characters)}
+ * becomes the event _email.delivered, _email.hardbounce, _email.softbounce, _email.complaint,
+ * _SMS.SUCCESS, _SMS.FAILURE or _SMS.OPTOUT of the message's endpoint, with the campaign
+ * attributes below. Its EventId is "<MessageId>:<event type>", so a provider that retries a
+ * notification records it once. Endpoint updates:
+ *   - hard bounce: EndpointStatus INACTIVE (the address does not exist; campaigns skip the
+ *     endpoint until it is written again, e.g. with a corrected address, which makes it ACTIVE);
+ *   - complaint and SMS OPTOUT: OptOut ALL (the recipient asked for no more messages; only an
+ *     explicit OptOut NONE undoes it);
+ *   - soft bounce, delivery, SMS SUCCESS/FAILURE: nothing.
+ * The answer is 202 {"EventType", "EndpointId", "Message": "Accepted"}; an unknown message id is
+ * 404, a bad field 400 naming it.
+ *
+ * Every engagement event carries the attributes campaign_id, treatment_id ("0", "1", ...),
+ * campaign_activity_id (the run id) and message_id; clicks also url (the link, cut to the
+ * events store's 200-character attribute limit). */
+#ifndef HERALD_INGEST_H
+#define HERALD_INGEST_H
+
+#include <jansson.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "runtime/error.h"
+#include "runtime/http_server.h"
+#include "runtime/store.h"
+#include "runtime/tracking.h"
+
+#define HERALD_PUT_EVENTS_MAX 100 /* events per PutEvents request (Pinpoint's limit) */
+
+typedef struct HeraldIngest HeraldIngest;
+
+/* Where the ingest finds the store at each request (NULL and err set when it cannot be had):
+ * the process may switch databases while a server runs, so no store pointer is kept. */
+typedef HeraldStore *(*HeraldIngestStoreFn)(void *arg, HeraldError *err);
+
+HeraldIngest *herald_ingest_new(HeraldIngestStoreFn store, void *arg);
+void herald_ingest_free(HeraldIngest *ingest);
+/* Adds POST /v1/apps/{app}/events and POST /v1/apps/{app}/webhooks/status. */
+int herald_ingest_routes(HeraldIngest *ingest, HeraldHttpRouter *router, HeraldError *err);
+
+/* PutEvents without HTTP: request is an EventsRequest; *response the EventsResponse. Fails
+ * (kHeraldInvalid, kHeraldLimit, kHeraldNotFound for an unknown app) only for what refuses the
+ * whole request; bad items are answered in *response. */
+int herald_ingest_put_events(HeraldStore *store, const char *app, json_t *request,
+                             json_t **response, HeraldError *err);
+
+/* A status notification (shape above) of app. event_type_out (may be NULL, 32 bytes) and
+ * endpoint_out (may be NULL, HERALD_TRACKING_ID_MAX + 1 bytes) receive the event recorded and
+ * its endpoint. kHeraldNotFound for an unknown message id. */
+int herald_ingest_status(HeraldStore *store, const char *app, json_t *notification,
+                         char *event_type_out, char *endpoint_out, HeraldError *err);
+
+/* A HeraldTrackingRecorder (ctx: the HeraldIngest): records _email.open, _email.click or
+ * _email.unsubscribe (which also sets the endpoint's OptOut to ALL) with the token's ids, at the
+ * time of the hit. Hits are queued and written together, one transaction per loop iteration
+ * (see herald_ingest_start), right after that iteration's requests are answered: a click
+ * redirect does not wait for a commit of its own. Until started, each hit is written at once.
+ * A hit that cannot be stored (its endpoint was deleted) is reported on stderr and counted. */
+int herald_ingest_record_hit(void *ctx, const HeraldTrackingHit *hit);
+
+#define HERALD_INGEST_FLUSH_MAX 4096 /* queued hits that force a write before the iteration ends */
+
+/* Writes the queued hits on every iteration of loop. */
+int herald_ingest_start(HeraldIngest *ingest, uv_loop_t *loop, HeraldError *err);
+/* Writes the queued hits now. */
+void herald_ingest_flush(HeraldIngest *ingest);
+/* Writes the queued hits, stops, and calls closed(arg) once the loop has released the ingest
+ * (at once when it was never started); free it then. */
+void herald_ingest_close(HeraldIngest *ingest, void (*closed)(void *arg), void *arg);
+
+typedef struct {
+  uint64_t stored;  /* hits written as events */
+  uint64_t failed;  /* hits that could not be written */
+} HeraldIngestCounts;
+
+void herald_ingest_counts(const HeraldIngest *ingest, HeraldIngestCounts *out);
+
+#endif

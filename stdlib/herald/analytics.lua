@@ -1,0 +1,444 @@
+-- herald.analytics: campaign results per run (Pinpoint's campaign activity) and treatment, the
+-- holdout included, from the outbox and the events store; A/B statistics through herald.ab;
+-- KPIs in Pinpoint's KpiResult shape.
+--
+-- Definitions (reference/pinpoint.md §5.3; the counting is done by SQLite):
+--   sends        outbox rows SENT
+--   hard bounces endpoints with an _email.hardbounce of the run (once per run and endpoint)
+--   deliveries   sends - hard bounces
+--   opens        endpoints with an _email.open (unique opens); open rate = opens / deliveries
+--   clicks       _email.click events where a recipient's clicks in the same clock hour (UTC)
+--                count once, across links; clickers = endpoints that clicked, and the click
+--                rate is clickers / deliveries
+--   unsubscribes endpoints with an _email.unsubscribe; rate over deliveries
+--   conversions  endpoints with an event of the conversion type (opts.conversion) attributed
+--                to the campaign: each such event goes to the last message the endpoint got
+--                from the campaign before it, if that message is less than the window old
+--                (opts.window_days, default 7). A holdout endpoint's "message" is its run's
+--                scheduled time, so the holdout is watched over the same window. The rate is
+--                conversions / sends (holdout: / holdout members), so every arm counts the
+--                endpoints it was meant to reach, whatever happened to the message.
+-- Engagement events are tied to a run and treatment by their attributes campaign_id,
+-- campaign_activity_id and treatment_id (what the engagement server writes).
+local store = require 'herald.core.store'
+local core = require 'herald.core'
+local json = require 'herald.core.json'
+local ab = require 'herald.ab'
+
+local M = {}
+
+M.DEFAULT_WINDOW_DAYS = 7
+local DAY_MS = 86400000
+
+local ENGAGEMENT = {
+  '_email.delivered', '_email.open', '_email.click', '_email.hardbounce', '_email.softbounce',
+  '_email.complaint', '_email.unsubscribe', '_campaign.opened_notification',
+  '_SMS.SUCCESS', '_SMS.FAILURE', '_SMS.OPTOUT',
+}
+
+local function q(sql, ...)
+  local rows, err = store.query(sql, ...)
+  if not rows then error('herald.analytics: ' .. err, 0) end
+  return rows
+end
+
+local function in_list(list)
+  local parts = {}
+  for i, v in ipairs(list) do parts[i] = "'" .. v:gsub("'", "''") .. "'" end
+  return table.concat(parts, ', ')
+end
+
+local SEND_TIME = "coalesce(o.updated_ms, o.due_ms)"
+
+local function arm_key(run, treatment) return run .. ':' .. treatment end
+
+-- The raw counts of a campaign: per (run, treatment), and per (run, treatment, date).
+local function collect(app, campaign, opts)
+  local since = opts.start_time or '0000'
+  local till = opts.end_time or '9999'
+  local runs = q([[SELECT id, scheduled_ms, state, campaign_version FROM campaign_runs
+    WHERE app_id = ?1 AND campaign_id = ?2 ORDER BY id]], app, campaign)
+  local counts, daily = {}, {}
+  local function cell(run, treatment, day)
+    local t = counts
+    local k = arm_key(run, treatment)
+    if day then
+      daily[day] = daily[day] or {}
+      t = daily[day]
+    end
+    local c = t[k]
+    if c == nil then
+      c = { run = run, treatment = treatment, targeted = 0, sends = 0, failed = 0, skipped = 0,
+            holdout = 0, pending = 0, events = {}, endpoints = {}, hours = {},
+            conversions = 0, conversion_events = 0 }
+      t[k] = c
+    end
+    return c
+  end
+  local sent_at = "strftime('%Y-%m-%dT%H:%M:%fZ', " .. SEND_TIME .. " / 1000.0, 'unixepoch')"
+  local outbox_sql = string.format([[SELECT o.run_id AS run, o.treatment, o.state, o.reason,
+      substr(%s, 1, 10) AS day, count(*) AS n
+    FROM outbox o JOIN campaign_runs r ON r.id = o.run_id
+    WHERE r.app_id = ?1 AND r.campaign_id = ?2 AND %s >= ?3 AND %s < ?4
+    GROUP BY 1, 2, 3, 4, 5]], sent_at, sent_at, sent_at)
+  for _, row in ipairs(q(outbox_sql, app, campaign, since, till)) do
+    for _, c in ipairs({ cell(row.run, row.treatment), cell(row.run, row.treatment, row.day) }) do
+      c.targeted = c.targeted + row.n
+      if row.state == 'SENT' then c.sends = c.sends + row.n
+      elseif row.state == 'FAILED' then c.failed = c.failed + row.n
+      elseif row.reason == 'HOLDOUT' then c.holdout = c.holdout + row.n
+      elseif row.state == 'SKIPPED' then c.skipped = c.skipped + row.n
+      else c.pending = c.pending + row.n end
+    end
+  end
+
+  for _, by_day in ipairs({ false, true }) do
+    local day = by_day and ', substr(timestamp, 1, 10)' or ''
+    local sql = string.format([[SELECT
+        CAST(json_extract(attributes, '$.campaign_activity_id') AS INTEGER) AS run,
+        CAST(json_extract(attributes, '$.treatment_id') AS INTEGER) AS treatment,
+        event_type AS type, %s AS day, count(*) AS events, count(DISTINCT endpoint_id) AS endpoints,
+        count(DISTINCT endpoint_id || '|' || substr(timestamp, 1, 13)) AS hours
+      FROM events
+      WHERE app_id = ?1 AND event_type IN (%s) AND json_extract(attributes, '$.campaign_id') = ?2
+        AND timestamp >= ?3 AND timestamp < ?4
+      GROUP BY run, treatment, type%s]], by_day and 'substr(timestamp, 1, 10)' or 'NULL',
+      in_list(ENGAGEMENT), day)
+    for _, row in ipairs(q(sql, app, campaign, since, till)) do
+      if row.run and row.treatment then
+        local c = cell(row.run, row.treatment, by_day and row.day or nil)
+        c.events[row.type] = row.events
+        c.endpoints[row.type] = row.endpoints
+        c.hours[row.type] = row.hours
+      end
+    end
+  end
+
+  if opts.conversion then
+    local window = math.floor((opts.window_days or M.DEFAULT_WINDOW_DAYS) * DAY_MS)
+    for _, by_day in ipairs({ false, true }) do
+      local sql = string.format([[WITH msgs AS (
+          SELECT o.endpoint_id AS ep, o.run_id AS run, o.treatment AS t,
+                 CASE WHEN o.treatment < 0 THEN r.scheduled_ms ELSE %s END AS at
+          FROM outbox o JOIN campaign_runs r ON r.id = o.run_id
+          WHERE r.app_id = ?1 AND r.campaign_id = ?2 AND (o.state = 'SENT' OR o.reason = 'HOLDOUT')),
+        conv AS (
+          SELECT e.endpoint_id AS ep, e.timestamp AS ts,
+                 CAST(round((julianday(e.timestamp) - 2440587.5) * 86400000.0) AS INTEGER) AS ms
+          FROM events e
+          WHERE e.app_id = ?1 AND e.event_type = ?3 AND e.timestamp >= ?5 AND e.timestamp < ?6
+            AND e.endpoint_id IN (SELECT ep FROM msgs)),
+        hit AS (
+          SELECT c.ep, c.ts, m.run, m.t FROM conv c
+          JOIN msgs m ON m.ep = c.ep AND m.at <= c.ms AND c.ms < m.at + ?4
+          WHERE NOT EXISTS (SELECT 1 FROM msgs m2 WHERE m2.ep = c.ep AND m2.at <= c.ms
+                            AND (m2.at > m.at OR (m2.at = m.at AND m2.run > m.run))))
+        SELECT run, t AS treatment, %s AS day, count(*) AS events, count(DISTINCT ep) AS endpoints
+        FROM hit GROUP BY run, t%s]], SEND_TIME, by_day and 'substr(ts, 1, 10)' or 'NULL',
+        by_day and ', substr(ts, 1, 10)' or '')
+      for _, row in ipairs(q(sql, app, campaign, opts.conversion, window, since, till)) do
+        local c = cell(row.run, row.treatment, by_day and row.day or nil)
+        c.conversions = row.endpoints
+        c.conversion_events = row.events
+      end
+    end
+  end
+  return runs, counts, daily
+end
+
+-- Figures of one arm from the cells that make it up (one per run).
+local function figures(cells, is_holdout)
+  local f = { targeted = 0, sends = 0, failed = 0, skipped = 0, holdout = 0, pending = 0,
+              hard_bounces = 0, soft_bounces = 0, complaints = 0, opens = 0, open_events = 0,
+              clicks = 0, clickers = 0, click_events = 0, unsubscribes = 0, push_opens = 0,
+              conversions = 0, conversion_events = 0 }
+  for _, c in ipairs(cells) do
+    for _, k in ipairs({ 'targeted', 'sends', 'failed', 'skipped', 'holdout', 'pending',
+                         'conversions', 'conversion_events' }) do
+      f[k] = f[k] + c[k]
+    end
+    f.hard_bounces = f.hard_bounces + (c.endpoints['_email.hardbounce'] or 0)
+    f.soft_bounces = f.soft_bounces + (c.endpoints['_email.softbounce'] or 0)
+    f.complaints = f.complaints + (c.endpoints['_email.complaint'] or 0)
+    f.opens = f.opens + (c.endpoints['_email.open'] or 0)
+    f.open_events = f.open_events + (c.events['_email.open'] or 0)
+    f.clicks = f.clicks + (c.hours['_email.click'] or 0)
+    f.clickers = f.clickers + (c.endpoints['_email.click'] or 0)
+    f.click_events = f.click_events + (c.events['_email.click'] or 0)
+    f.unsubscribes = f.unsubscribes + (c.endpoints['_email.unsubscribe'] or 0)
+    f.push_opens = f.push_opens + (c.endpoints['_campaign.opened_notification'] or 0)
+  end
+  f.attempted = f.sends + f.failed
+  f.deliveries = math.max(f.sends - f.hard_bounces, 0)
+  -- An endpoint can open a message and later hard-bounce (a provider's late notice), so unique
+  -- openers may exceed deliveries; a rate over deliveries is capped at 1.
+  local base = is_holdout and f.holdout or f.sends
+  f.rates = {
+    delivery = ab.proportion(f.deliveries, f.sends),
+    hard_bounce = ab.proportion(math.min(f.hard_bounces, f.sends), f.sends),
+    open = ab.proportion(math.min(f.opens, f.deliveries), f.deliveries),
+    click = ab.proportion(math.min(f.clickers, f.deliveries), f.deliveries),
+    unsubscribe = ab.proportion(math.min(f.unsubscribes, f.deliveries), f.deliveries),
+    conversion = ab.proportion(math.min(f.conversions, base), base),
+  }
+  return f
+end
+
+local function campaign_info(app, campaign)
+  local rows = q('SELECT name, version, definition FROM campaigns WHERE app_id = ?1 AND id = ?2',
+    app, campaign)
+  if #rows == 0 then return nil end
+  local ok, def = pcall(json.decode, rows[1].definition)
+  if not ok or type(def) ~= 'table' then
+    return nil, string.format("campaign '%s': its stored definition is not valid JSON: %s", campaign,
+      tostring(def))
+  end
+  return { name = rows[1].name, version = rows[1].version, definition = def }
+end
+
+-- A treatment's name from the stored definition: Pinpoint's shape (TreatmentName for treatment
+-- 0, AdditionalTreatments[].{Id, TreatmentName} for the others), or the earlier
+-- {treatments = {{name =}}} that databases written by older builds hold.
+local function treatment_name(info, t)
+  if t < 0 then return 'holdout' end
+  local d = info.definition
+  if t == 0 and type(d.TreatmentName) == 'string' then return d.TreatmentName end
+  if type(d.AdditionalTreatments) == 'table' then
+    for _, a in ipairs(d.AdditionalTreatments) do
+      if tonumber(a.Id) == t and type(a.TreatmentName) == 'string' then return a.TreatmentName end
+    end
+  end
+  local tr = type(d.treatments) == 'table' and d.treatments[t + 1]
+  if type(tr) == 'table' and type(tr.name) == 'string' then return tr.name end
+  return 'treatment ' .. t
+end
+
+local function check_opts(opts)
+  if opts == nil then return {} end
+  if type(opts) ~= 'table' then error('herald.analytics: options must be a table', 3) end
+  local known = { app = true, run = true, conversion = true, window_days = true, start_time = true,
+                  end_time = true }
+  for k in pairs(opts) do
+    if not known[k] then
+      error('herald.analytics: unknown option ' .. tostring(k) .. ' (app, run, conversion, '
+        .. 'window_days, start_time, end_time)', 3)
+    end
+  end
+  if opts.run ~= nil and math.type(opts.run) ~= 'integer' then
+    error('herald.analytics: run must be an integer run id', 3)
+  end
+  if opts.window_days ~= nil and (type(opts.window_days) ~= 'number' or opts.window_days <= 0) then
+    error('herald.analytics: window_days must be a positive number', 3)
+  end
+  if opts.conversion ~= nil and (type(opts.conversion) ~= 'string' or opts.conversion == '') then
+    error('herald.analytics: conversion must be an event type', 3)
+  end
+  return opts
+end
+
+local METRICS = { 'open', 'click', 'conversion' }
+
+-- report(campaign_id, {app =, run =, conversion =, window_days =}) -> report table, or nil, err.
+-- {campaign, name, version, app, runs = {{id, scheduled, state}}, conversion, window_days,
+--  arms = {{treatment, name, <counts>, rates = {delivery, open, click, unsubscribe,
+--  hard_bounce, conversion = {x, n, rate, lo, hi}}, lift = {lift, lo, hi} (treatments, when
+--  there is a holdout with conversions)}}, tests = {{metric, a, b, z, p_value}},
+--  p_best = {metric = {name = probability}}, daily = {{date, arms = {name = {deliveries,
+--  conversions}}}}}
+function M.report(campaign, opts)
+  if type(campaign) ~= 'string' then error('herald.analytics.report: expects a campaign id', 2) end
+  opts = check_opts(opts)
+  local app = opts.app or core.app()
+  local info, ierr = campaign_info(app, campaign)
+  if ierr then return nil, ierr end
+  if info == nil then return nil, string.format("no campaign '%s' in application '%s'", campaign, app) end
+  local runs, counts, daily = collect(app, campaign, opts)
+  if opts.run then
+    local found
+    for _, r in ipairs(runs) do if r.id == opts.run then found = r end end
+    if not found then return nil, string.format("campaign '%s' has no run %d", campaign, opts.run) end
+    runs = { found }
+  end
+  local wanted = {}
+  for _, r in ipairs(runs) do wanted[r.id] = true end
+
+  local by_treatment, order = {}, {}
+  for _, c in pairs(counts) do
+    if wanted[c.run] then
+      if not by_treatment[c.treatment] then
+        by_treatment[c.treatment] = {}
+        order[#order + 1] = c.treatment
+      end
+      table.insert(by_treatment[c.treatment], c)
+    end
+  end
+  table.sort(order, function(a, b) return (a < 0 and 1000 or a) < (b < 0 and 1000 or b) end)
+
+  local report = {
+    campaign = campaign, name = info.name, version = info.version, app = app,
+    conversion = opts.conversion, window_days = opts.window_days or M.DEFAULT_WINDOW_DAYS,
+    runs = {}, arms = {}, tests = {}, p_best = {}, daily = {},
+  }
+  for i, r in ipairs(runs) do
+    local at = os.date('!%Y-%m-%dT%H:%M:%SZ', r.scheduled_ms // 1000)
+    report.runs[i] = { id = r.id, scheduled = at, state = r.state, version = r.campaign_version }
+  end
+  local holdout
+  for _, t in ipairs(order) do
+    local f = figures(by_treatment[t], t < 0)
+    f.treatment = t
+    f.name = treatment_name(info, t)
+    report.arms[#report.arms + 1] = f
+    if t < 0 then holdout = f end
+  end
+  local treatments = {}
+  for _, a in ipairs(report.arms) do
+    if a.treatment >= 0 then treatments[#treatments + 1] = a end
+  end
+  if holdout and opts.conversion then
+    for _, a in ipairs(treatments) do
+      a.lift = ab.lift(a.conversions, a.sends, holdout.conversions, holdout.holdout)
+    end
+  end
+  for _, m in ipairs(METRICS) do
+    if m ~= 'conversion' or opts.conversion then
+      for i = 1, #treatments do
+        for j = i + 1, #treatments do
+          local a, b = treatments[i].rates[m], treatments[j].rates[m]
+          local z = ab.z_test(a.x, a.n, b.x, b.n)
+          if z then
+            report.tests[#report.tests + 1] = { metric = m, a = treatments[i].name,
+              b = treatments[j].name, z = z.z, p_value = z.p_value }
+          end
+        end
+      end
+      if #treatments >= 2 then
+        local arms = {}
+        for i, a in ipairs(treatments) do arms[i] = { x = a.rates[m].x, n = a.rates[m].n } end
+        local pb = ab.p_best(arms)
+        report.p_best[m] = {}
+        for i, a in ipairs(treatments) do report.p_best[m][a.name] = pb.p_best[i] end
+      end
+    end
+  end
+
+  local days = {}
+  for day in pairs(daily) do days[#days + 1] = day end
+  table.sort(days)
+  for _, day in ipairs(days) do
+    local entry = { date = day, arms = {} }
+    for _, c in pairs(daily[day]) do
+      if wanted[c.run] then
+        local name = treatment_name(info, c.treatment)
+        local e = entry.arms[name] or { deliveries = 0, conversions = 0 }
+        local hard = c.endpoints['_email.hardbounce'] or 0
+        e.deliveries = e.deliveries + c.sends - hard
+        e.conversions = e.conversions + c.conversions
+        entry.arms[name] = e
+      end
+    end
+    report.daily[#report.daily + 1] = entry
+  end
+  return report
+end
+
+-- KPIs ---------------------------------------------------------------------------------------
+
+local function ratio(x, n) return n > 0 and x / n or 0 end
+
+-- name -> {value key, type, function(figures) -> value}
+local KPI_VALUES = {
+  ['successful-delivery-rate'] = { 'SuccessfulDeliveryRate', 'Double',
+    function(f) return ratio(f.deliveries, f.attempted) end },
+  ['hard-bounce-rate'] = { 'HardBounceRate', 'Double', function(f) return ratio(f.hard_bounces, f.attempted) end },
+  ['email-open-rate'] = { 'EmailOpenRate', 'Double', function(f) return ratio(f.opens, f.deliveries) end },
+  ['direct-email-opens'] = { 'DirectEmailOpens', 'Long', function(f) return f.open_events end },
+  ['unique-deliveries'] = { 'UniqueDeliveries', 'Long', function(f) return f.deliveries end },
+  ['clicks'] = { 'Clicks', 'Long', function(f) return f.clicks end },
+  ['successful-deliveries'] = { 'SuccessfulDeliveries', 'Long', function(f) return f.deliveries end },
+  ['attempted-deliveries'] = { 'AttemptedDeliveries', 'Long', function(f) return f.attempted end },
+  ['push-open-rate'] = { 'PushOpenRate', 'Double', function(f) return ratio(f.push_opens, f.deliveries) end },
+  ['direct-push-opens'] = { 'DirectPushOpens', 'Long', function(f) return f.push_opens end },
+}
+
+M.KPIS = {}
+for base in pairs(KPI_VALUES) do
+  M.KPIS[#M.KPIS + 1] = base
+  M.KPIS[#M.KPIS + 1] = base .. '-grouped-by-campaign-activity'
+  M.KPIS[#M.KPIS + 1] = base .. '-grouped-by-date'
+end
+table.sort(M.KPIS)
+
+local function value_text(v, typ)
+  if typ == 'Long' then return tostring(math.tointeger(v) or math.floor(v)) end
+  return string.format('%.17g', v)
+end
+
+-- kpi(campaign_id, name, {app =, run =, start_time =, end_time =}) -> GetCampaignDateRangeKpi's
+-- answer {KpiName, KpiResult = {Rows = {{GroupedBys = {{Key, Type, Value}}, Values = {{Key,
+-- Type, Value}}}}}, StartTime, EndTime}, or nil, err. Values are strings, as in Pinpoint.
+-- name is one of M.KPIS: a base name alone (one row for the campaign), or with
+-- -grouped-by-campaign-activity (a row per run, GroupedBys CampaignActivity) or
+-- -grouped-by-date (a row per UTC date, GroupedBys Date; deliveries on the date they were
+-- sent, opens and clicks on the date they happened).
+function M.kpi(campaign, name, opts)
+  if type(campaign) ~= 'string' or type(name) ~= 'string' then
+    error('herald.analytics.kpi: expects a campaign id and a KPI name', 2)
+  end
+  opts = check_opts(opts)
+  local base, group = name:match('^(.-)%-grouped%-by%-(.+)$')
+  base = base or name
+  local spec = KPI_VALUES[base]
+  if spec == nil or (group and group ~= 'campaign-activity' and group ~= 'date') then
+    return nil, string.format("unknown KPI '%s' (one of: %s)", name, table.concat(M.KPIS, ', '))
+  end
+  local app = opts.app or core.app()
+  local info, ierr = campaign_info(app, campaign)
+  if ierr then return nil, ierr end
+  if info == nil then return nil, string.format("no campaign '%s' in application '%s'", campaign, app) end
+  local runs, counts, daily = collect(app, campaign, opts)
+  local groups, keys = {}, {}
+  local function add(key, c)
+    if opts.run and c.run ~= opts.run then return end
+    if not groups[key] then
+      groups[key] = {}
+      keys[#keys + 1] = key
+    end
+    table.insert(groups[key], c)
+  end
+  if group == 'date' then
+    for day, cells in pairs(daily) do
+      for _, c in pairs(cells) do if c.treatment >= 0 then add(day, c) end end
+    end
+  else
+    for _, c in pairs(counts) do
+      if c.treatment >= 0 then add(group and tostring(c.run) or '', c) end
+    end
+  end
+  table.sort(keys, function(a, b)
+    if group == 'campaign-activity' then return tonumber(a) < tonumber(b) end
+    return a < b
+  end)
+  local rows = {}
+  for _, key in ipairs(keys) do
+    local f = figures(groups[key], false)
+    local row = { GroupedBys = {}, Values = { { Key = spec[1], Type = spec[2],
+      Value = value_text(spec[3](f), spec[2]) } } }
+    if group then
+      row.GroupedBys[1] = { Key = group == 'date' and 'Date' or 'CampaignActivity', Type = 'String', Value = key }
+    end
+    rows[#rows + 1] = row
+  end
+  if #rows == 0 and not group then
+    rows[1] = { GroupedBys = {}, Values = { { Key = spec[1], Type = spec[2], Value = value_text(0, spec[2]) } } }
+  end
+  local first = runs[1] and os.date('!%Y-%m-%dT%H:%M:%SZ', runs[1].scheduled_ms // 1000)
+  return {
+    KpiName = name,
+    KpiResult = { Rows = rows },
+    StartTime = opts.start_time or first,
+    EndTime = opts.end_time or os.date('!%Y-%m-%dT%H:%M:%SZ'),
+  }
+end
+
+return M

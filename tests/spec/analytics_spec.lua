@@ -1,0 +1,674 @@
+-- Analytics end to end through the real binary: an A/B campaign with a holdout is run with
+-- `herald run --until-idle`, opens, clicks, unsubscribes, provider notifications and
+-- conversion events are sent to a `herald serve` process over HTTP, and `herald report` (table,
+-- HTML page rendered by headless Chromium), herald.analytics.report and the KPIs are checked
+-- against figures computed here from the raw outbox and event rows.
+local h = require 'helpers'
+local json = require 'herald.core.json'
+local tracking = require 'herald.tracking'
+local task = require 'herald.core.task'
+
+local KEY = 'analytics-spec-key-0123456789abcdef'
+local DAY = 86400000
+local HOUR = 3600000
+
+local CAMPAIGN = [[
+for i = 1, 400 do
+  local ok, err = herald.endpoints.put {
+    Id = string.format('ep-%03d', i), ChannelType = 'EMAIL',
+    Address = string.format('reader%03d@example.com', i),
+    OptOut = (i % 40 == 0) and 'ALL' or 'NONE',
+  }
+  assert(ok, err)
+end
+herald.campaign {
+  name = 'spring',
+  segment = herald.segment { name = 'everyone' },
+  holdout = 20,
+  treatments = {
+    { name = 'A: plain', size = 40, message = { subject = 'Spring', body = 'Hello' } },
+    { name = 'B: bold', size = 40, message = { subject = 'SPRING', body = 'Hello!' } },
+  },
+  deliver = { file = 'messages.txt' },
+}
+]]
+
+local function wait_for(pred, ms, what)
+  local deadline = task.now() + ms
+  while task.now() < deadline do
+    local v = pred()
+    if v then return v end
+    task.sleep(20)
+  end
+  error('timed out waiting for ' .. what)
+end
+
+local function query(dir, sql)
+  local out, code, err = h.herald('--db q.db -e ' .. h.shell_quote(
+    'print(herald.json.encode(assert(herald.db.query([[' .. sql .. ']]))))'), { cwd = dir })
+  assert(code == 0, err)
+  return json.decode(out)
+end
+
+-- Starts `herald serve` on the fixture's database; returns {pid =, port =}.
+local function start_serve(dir)
+  local inner = 'HERALD_TRACKING_KEY=' .. h.shell_quote(KEY) .. ' ' .. h.shell_quote(h.exe) ..
+    ' --db q.db serve --listen 127.0.0.1:0 > serve.out 2> serve.err & echo $! > serve.pid; wait'
+  os.execute('cd ' .. h.shell_quote(dir) .. ' && sh -c ' .. h.shell_quote(inner) .. ' > /dev/null 2>&1 &')
+  local port = wait_for(function()
+    return tonumber((h.read(dir .. '/serve.out') or ''):match('listening on http://127%.0%.0%.1:(%d+)'))
+  end, 20000, 'herald serve to listen')
+  local pid = wait_for(function() return tonumber((h.read(dir .. '/serve.pid') or ''):match('%d+')) end,
+    5000, 'the server pid')
+  return { pid = pid, port = port }
+end
+
+-- Sends requests ({method, path, body, headers}) over one connection; returns the answers.
+local function http(port, requests)
+  local dir = h.tmpdir()
+  h.write(dir .. '/requests.json', json.encode(requests))
+  local out, code = h.sh('python3 ' .. h.shell_quote(h.root .. '/tests/helpers/http_batch.py') .. ' ' ..
+    port .. ' ' .. h.shell_quote(dir .. '/requests.json') .. ' 2>&1')
+  assert(code == 0, out)
+  return json.decode(out)
+end
+
+local function iso(ms)
+  return os.date('!%Y-%m-%dT%H:%M:%S', ms // 1000) .. string.format('.%03dZ', ms % 1000)
+end
+
+-- Milliseconds of a stored timestamp (YYYY-MM-DDTHH:MM:SS.sssZ), by the civil-date formula.
+local function ms_of(ts)
+  local y, mo, d, hh, mi, ss, ms = ts:match('^(%d+)-(%d+)-(%d+)T(%d+):(%d+):(%d+)%.(%d+)Z$')
+  y, mo, d = tonumber(y), tonumber(mo), tonumber(d)
+  if mo <= 2 then y = y - 1 end
+  local era = y // 400
+  local yoe = y - era * 400
+  local doy = (153 * (mo + (mo > 2 and -3 or 9)) + 2) // 5 + d - 1
+  local doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
+  local days = era * 146097 + doe - 719468
+  return ((days * 24 + hh) * 60 + mi) * 60000 + ss * 1000 + tonumber(ms)
+end
+
+local function put_events_requests(items)
+  -- items: list of {endpoint, events = {id = event}}; at most 100 events per request
+  local reqs, batch, n = {}, {}, 0
+  local function flush()
+    if n > 0 then
+      reqs[#reqs + 1] = { method = 'POST', path = '/v1/apps/default/events',
+        body = json.encode({ BatchItem = batch }) }
+    end
+    batch, n = {}, 0
+  end
+  for _, it in ipairs(items) do
+    local k = 0
+    for _ in pairs(it.events) do k = k + 1 end
+    if n + k > 100 then flush() end
+    batch[it.endpoint] = { Events = it.events }
+    n = n + k
+  end
+  flush()
+  return reqs
+end
+
+local function token_fields_of(r)
+  return { campaign = 'spring', run = r.run_id, treatment = r.treatment, endpoint = r.endpoint_id,
+           message_id = r.message_id, key = KEY, base = '' }
+end
+
+local fixture_cache
+
+-- Runs the campaign, sends the engagement through the server and reads the raw rows back.
+local function fixture()
+  if fixture_cache then return fixture_cache end
+  local dir = h.tmpdir()
+  h.write(dir .. '/spring.lua', CAMPAIGN)
+  local _, code, err = h.herald('--db q.db run --until-idle spring.lua', { cwd = dir })
+  assert(code == 0, err)
+  local rows = query(dir, [[SELECT o.endpoint_id, o.treatment, o.message_id, o.run_id, o.state,
+    o.reason, o.updated_ms, o.due_ms, r.scheduled_ms FROM outbox o JOIN campaign_runs r ON r.id = o.run_id
+    ORDER BY o.endpoint_id]])
+  local srv = start_serve(dir)
+  local sent, holdout = {}, {}
+  for _, r in ipairs(rows) do
+    if r.state == 'SENT' then sent[#sent + 1] = r
+    elseif r.reason == 'HOLDOUT' then holdout[#holdout + 1] = r end
+  end
+  local reqs, items = {}, {}
+  local token_fields = token_fields_of
+  for i, r in ipairs(sent) do
+    if i % 3 == 0 then
+      local url = assert(tracking.open_url(token_fields(r)))
+      reqs[#reqs + 1] = { method = 'GET', path = url }
+      if i % 6 == 0 then reqs[#reqs + 1] = { method = 'GET', path = url } end
+    end
+    if i % 5 == 0 then
+      local f = token_fields(r)
+      f.url = 'https://example.com/spring?i=' .. i
+      reqs[#reqs + 1] = { method = 'GET', path = assert(tracking.click_url(f)) }
+    end
+    if i == 7 or i == 14 then
+      reqs[#reqs + 1] = { method = 'POST', path = assert(tracking.unsubscribe_url(token_fields(r))),
+        body = 'List-Unsubscribe=One-Click', headers = { ['Content-Type'] = 'application/x-www-form-urlencoded' } }
+    end
+    local note
+    if i % 11 == 0 then note = { Type = 'BOUNCE', BounceType = 'HARD', Reason = 'no such user' }
+    elseif i % 13 == 0 then note = { Type = 'BOUNCE', BounceType = 'SOFT' }
+    elseif i == 17 then note = { Type = 'COMPLAINT' } end
+    if note then
+      note.MessageId = r.message_id
+      reqs[#reqs + 1] = { method = 'POST', path = '/v1/apps/default/webhooks/status', body = json.encode(note) }
+    end
+    local send = r.updated_ms
+    local events = {}
+    if i % 4 == 0 then events['buy-' .. i] = { EventType = 'purchase', Timestamp = iso(send + DAY) } end
+    if i % 8 == 1 then events['late-' .. i] = { EventType = 'purchase', Timestamp = iso(send + 8 * DAY) } end
+    if i % 9 == 0 then events['early-' .. i] = { EventType = 'purchase', Timestamp = iso(send - HOUR) } end
+    if i == 10 then
+      -- clicks reported by an SDK: 00:05 and 00:50 of one hour count once, 01:10 again
+      local t0 = (send // HOUR + 2) * HOUR
+      local attrs = { campaign_id = 'spring', campaign_activity_id = tostring(r.run_id),
+                      treatment_id = tostring(r.treatment) }
+      for k, off in ipairs({ 5, 50, 70 }) do
+        events['sdk-click-' .. k] = { EventType = '_email.click', Timestamp = iso(t0 + off * 60000), Attributes = attrs }
+      end
+    end
+    if next(events) then items[#items + 1] = { endpoint = r.endpoint_id, events = events } end
+  end
+  for j, r in ipairs(holdout) do
+    local events = {}
+    if j % 2 == 0 then events['h-buy-' .. j] = { EventType = 'purchase', Timestamp = iso(r.scheduled_ms + 2 * DAY) } end
+    if j % 5 == 0 then events['h-late-' .. j] = { EventType = 'purchase', Timestamp = iso(r.scheduled_ms + 9 * DAY) } end
+    if next(events) then items[#items + 1] = { endpoint = r.endpoint_id, events = events } end
+  end
+  for _, q in ipairs(put_events_requests(items)) do reqs[#reqs + 1] = q end
+  local answers = http(srv.port, reqs)
+  for k, a in ipairs(answers) do
+    assert(a.status < 400, 'request ' .. k .. ' (' .. reqs[k].path .. ') answered ' .. a.status .. ': ' .. a.body)
+  end
+  local events = query(dir, [[SELECT endpoint_id, event_type, timestamp, attributes FROM events ORDER BY seq]])
+  fixture_cache = { dir = dir, srv = srv, rows = rows, sent = sent, holdout = holdout, events = events,
+                    answers = answers }
+  return fixture_cache
+end
+
+-- Wilson score interval, written out here from its formula.
+local function wilson(x, n)
+  local z = 1.959963984540054
+  local p = x / n
+  local denom = 1 + z * z / n
+  local centre = (p + z * z / (2 * n)) / denom
+  local half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+  return math.max(0, centre - half), math.min(1, centre + half)
+end
+
+-- The figures per treatment (-1: holdout) computed from the raw rows.
+local function expected(f, window_days)
+  local window = (window_days or 7) * DAY
+  local arms = {}
+  local function arm(t)
+    arms[t] = arms[t] or { sends = 0, holdout = 0, hard = {}, opens = {}, clicks = {}, clickers = {},
+                           unsubs = {}, conv = {} }
+    return arms[t]
+  end
+  local touches = {}
+  for _, r in ipairs(f.rows) do
+    if r.state == 'SENT' then
+      arm(r.treatment).sends = arm(r.treatment).sends + 1
+      touches[r.endpoint_id] = touches[r.endpoint_id] or {}
+      table.insert(touches[r.endpoint_id], { at = r.updated_ms, t = r.treatment })
+    elseif r.reason == 'HOLDOUT' then
+      arm(-1).holdout = arm(-1).holdout + 1
+      touches[r.endpoint_id] = touches[r.endpoint_id] or {}
+      table.insert(touches[r.endpoint_id], { at = r.scheduled_ms, t = -1 })
+    end
+  end
+  for _, e in ipairs(f.events) do
+    local a = json.decode(e.attributes)
+    local t = tonumber(a.treatment_id)
+    if a.campaign_id == 'spring' and t then
+      local s = arm(t)
+      if e.event_type == '_email.hardbounce' then s.hard[e.endpoint_id] = true
+      elseif e.event_type == '_email.open' then s.opens[e.endpoint_id] = true
+      elseif e.event_type == '_email.click' then
+        s.clicks[e.endpoint_id .. e.timestamp:sub(1, 13)] = true
+        s.clickers[e.endpoint_id] = true
+      elseif e.event_type == '_email.unsubscribe' then s.unsubs[e.endpoint_id] = true end
+    end
+    if e.event_type == 'purchase' then
+      local ms = ms_of(e.timestamp)
+      local best
+      for _, tch in ipairs(touches[e.endpoint_id] or {}) do
+        if tch.at <= ms and ms < tch.at + window and (best == nil or tch.at > best.at) then best = tch end
+      end
+      if best then arm(best.t).conv[e.endpoint_id] = true end
+    end
+  end
+  local function size(t) local n = 0 for _ in pairs(t) do n = n + 1 end return n end
+  for _, s in pairs(arms) do
+    s.hard_bounces, s.opens_n, s.clicks_n, s.clickers_n = size(s.hard), size(s.opens), size(s.clicks), size(s.clickers)
+    s.unsubscribes, s.conversions = size(s.unsubs), size(s.conv)
+    s.deliveries = s.sends - s.hard_bounces
+  end
+  return arms
+end
+
+-- Parses the terminal table: cells[label][arm] = text, and the arm names in order.
+local function parse_table(out)
+  local lines = {}
+  for l in out:gmatch('[^\n]*') do lines[#lines + 1] = l end
+  local cells, names = {}, nil
+  for _, l in ipairs(lines) do
+    if l:match('^metric  ') then
+      names = {}
+      for name in (l:gsub('^metric%s+', '') .. '  '):gmatch('(.-)%s%s+') do names[#names + 1] = name end
+    elseif names and l ~= '' and not l:match('^two%-proportion') and not l:match('^  ') then
+      local parts = {}
+      for p in (l .. '  '):gmatch('(.-)%s%s+') do parts[#parts + 1] = p end
+      local label = table.remove(parts, 1)
+      cells[label] = {}
+      for i, name in ipairs(names) do cells[label][name] = parts[i] end
+    elseif names and l == '' then
+      names = nil
+    end
+  end
+  return cells
+end
+
+local function report(f, extra)
+  local out, code, err = h.herald('--db q.db report spring ' .. (extra or ''), { cwd = f.dir })
+  assert(code == 0, err)
+  return out, parse_table(out)
+end
+
+local function pct(x, n) return string.format('%.1f%%', 100 * x / n) end
+
+describe('herald report', function()
+
+  it('counts sends, deliveries, opens, hourly clicks, unsubscribes and conversions as the raw rows say', function()
+    local f = fixture()
+    local ex = expected(f)
+    local out, cells = report(f, '--conversion purchase')
+    local names = { [0] = 'A: plain', [1] = 'B: bold', [-1] = 'holdout' }
+    -- the fixture is not trivial: every arm has something to count
+    for t = 0, 1 do
+      local e = ex[t]
+      assert.is_true(e.sends > 50 and e.hard_bounces > 0 and e.opens_n > 0 and e.clicks_n > 0 and e.conversions > 0,
+        'fixture too thin for ' .. names[t])
+    end
+    assert.is_true(ex[-1].holdout > 0 and ex[-1].conversions > 0)
+    for t = 0, 1 do
+      local e, name = ex[t], names[t]
+      assert.are.equal(tostring(e.sends), cells['sends'][name])
+      assert.are.equal(tostring(e.hard_bounces), cells['hard bounces'][name])
+      assert.are.equal(tostring(e.deliveries), cells['deliveries'][name])
+      assert.are.equal(tostring(e.opens_n), cells['opens (unique)'][name])
+      assert.are.equal(tostring(e.clicks_n), cells['clicks'][name])
+      assert.are.equal(tostring(e.unsubscribes), cells['unsubscribes'][name])
+      assert.are.equal(tostring(e.conversions), cells['conversions'][name])
+      local lo, hi = wilson(e.opens_n, e.deliveries)
+      assert.are.equal(string.format('%s [%.1f%%-%.1f%%]', pct(e.opens_n, e.deliveries), 100 * lo, 100 * hi),
+        cells['open rate'][name])
+      assert.matches('^' .. pct(e.clickers_n, e.deliveries):gsub('%%', '%%%%'), cells['click rate'][name])
+      lo, hi = wilson(e.conversions, e.sends)
+      assert.are.equal(string.format('%s [%.1f%%-%.1f%%]', pct(e.conversions, e.sends), 100 * lo, 100 * hi),
+        cells['conversion rate'][name])
+      -- lift over the holdout: (p_t - p_h) / p_h
+      local ph = ex[-1].conversions / ex[-1].holdout
+      local lift = (e.conversions / e.sends - ph) / ph
+      assert.matches(string.format('^%+.1f%%%% %%[', 100 * lift), cells['lift over holdout'][name])
+    end
+    assert.are.equal(tostring(ex[-1].holdout), cells['endpoints']['holdout'])
+    assert.are.equal(tostring(ex[-1].conversions), cells['conversions']['holdout'])
+    assert.are.equal('-', cells['sends']['holdout'])
+    -- P(best) of the two treatments adds up to 100%
+    local pa = tonumber(cells['P(best conversion)']['A: plain']:match('[%d.]+'))
+    local pb = tonumber(cells['P(best conversion)']['B: bold']:match('[%d.]+'))
+    assert.is_true(math.abs(pa + pb - 100) < 0.2)
+    assert.matches('conversion rate: A: plain vs B: bold: z = %-?[%d.]+, p = [%d.]+', out)
+  end)
+
+  it('counts a recipient\'s clicks in one clock hour once', function()
+    local f = fixture()
+    -- the 10th sent endpoint clicked through the server once and reported three SDK clicks,
+    -- two of them in the same hour
+    local r = f.sent[10]
+    local hours, events = {}, 0
+    for _, e in ipairs(f.events) do
+      if e.endpoint_id == r.endpoint_id and e.event_type == '_email.click' then
+        events = events + 1
+        hours[e.timestamp:sub(1, 13)] = true
+      end
+    end
+    local n = 0
+    for _ in pairs(hours) do n = n + 1 end
+    assert.are.equal(4, events)
+    assert.is_true(n == 3 or n == 2) -- the tracked click may fall in an SDK click's hour
+    local out, code, err = h.herald('--db q.db -e ' .. h.shell_quote([[
+      local k = herald.analytics.kpi('spring', 'clicks-grouped-by-campaign-activity')
+      print(k.KpiResult.Rows[1].Values[1].Value)]]), { cwd = f.dir })
+    assert.are.equal(0, code, err)
+    local ex = expected(f)
+    assert.are.equal(tostring(ex[0].clicks_n + ex[1].clicks_n), out:match('%d+'))
+  end)
+
+  it('gives the same figures as Lua tables and Pinpoint KPIs', function()
+    local f = fixture()
+    local ex = expected(f)
+    local out, code, err = h.herald('--db q.db -e ' .. h.shell_quote([[
+      local r = assert(herald.analytics.report('spring', { conversion = 'purchase' }))
+      local arms = {}
+      for _, a in ipairs(r.arms) do
+        arms[tostring(a.treatment)] = { sends = a.sends, deliveries = a.deliveries, opens = a.opens,
+          clicks = a.clicks, conversions = a.conversions, holdout = a.holdout, attempted = a.attempted }
+      end
+      local k = {}
+      for _, name in ipairs({ 'successful-delivery-rate', 'successful-delivery-rate-grouped-by-campaign-activity',
+                               'email-open-rate', 'unique-deliveries-grouped-by-date', 'hard-bounce-rate',
+                               'attempted-deliveries-grouped-by-campaign-activity', 'push-open-rate' }) do
+        k[name] = assert(herald.analytics.kpi('spring', name))
+      end
+      print(herald.json.encode({ arms = arms, kpi = k, run = r.runs[1].id }))]]), { cwd = f.dir })
+    assert.are.equal(0, code, err)
+    local got = json.decode(out)
+    for _, t in ipairs({ 0, 1 }) do
+      local a = got.arms[tostring(t)]
+      assert.are.same({ ex[t].sends, ex[t].deliveries, ex[t].opens_n, ex[t].clicks_n, ex[t].conversions },
+        { a.sends, a.deliveries, a.opens, a.clicks, a.conversions })
+    end
+    assert.are.equal(ex[-1].holdout, got.arms['-1'].holdout)
+    local sends = ex[0].sends + ex[1].sends
+    local delivered = ex[0].deliveries + ex[1].deliveries
+    local opens = ex[0].opens_n + ex[1].opens_n
+    local function value(name, row) return got.kpi[name].KpiResult.Rows[row or 1].Values[1] end
+    assert.are.equal('SuccessfulDeliveryRate', value('successful-delivery-rate').Key)
+    assert.are.equal('Double', value('successful-delivery-rate').Type)
+    assert.is_true(math.abs(tonumber(value('successful-delivery-rate').Value) - delivered / sends) < 1e-12)
+    local grouped = got.kpi['successful-delivery-rate-grouped-by-campaign-activity'].KpiResult.Rows[1]
+    assert.are.same({ Key = 'CampaignActivity', Type = 'String', Value = tostring(got.run) }, grouped.GroupedBys[1])
+    assert.is_true(math.abs(tonumber(value('email-open-rate').Value) - opens / delivered) < 1e-12)
+    assert.is_true(math.abs(tonumber(value('hard-bounce-rate').Value) - (sends - delivered) / sends) < 1e-12)
+    assert.are.equal(tostring(sends), value('attempted-deliveries-grouped-by-campaign-activity').Value)
+    assert.are.equal('0', value('push-open-rate').Value)
+    local by_date = got.kpi['unique-deliveries-grouped-by-date'].KpiResult.Rows
+    local total = 0
+    for _, row in ipairs(by_date) do
+      assert.are.equal('Date', row.GroupedBys[1].Key)
+      assert.matches('^%d%d%d%d%-%d%d%-%d%d$', row.GroupedBys[1].Value)
+      total = total + tonumber(row.Values[1].Value)
+    end
+    assert.are.equal(delivered, total)
+    local out2, code2, err2 = h.herald('--db q.db -e ' .. h.shell_quote(
+      "print(herald.analytics.kpi('spring', 'no-such-kpi'))"), { cwd = f.dir })
+    assert.are.equal(0, code2, err2)
+    assert.matches("nil\tunknown KPI 'no-such-kpi' (one of: ", out2, 1, true)
+    assert.matches('email-open-rate-grouped-by-campaign-activity', out2, 1, true)
+  end)
+
+  it('attributes conversions within the window only', function()
+    local f = fixture()
+    local ex7, ex10 = expected(f), expected(f, 10)
+    local _, cells7 = report(f, '--conversion purchase')
+    local _, cells10 = report(f, '--conversion purchase --window 10')
+    -- a 10-day window picks up the purchases 8 and 9 days after the message
+    assert.is_true(ex10[0].conversions + ex10[1].conversions > ex7[0].conversions + ex7[1].conversions)
+    assert.is_true(ex10[-1].conversions > ex7[-1].conversions)
+    for t, name in pairs({ [0] = 'A: plain', [1] = 'B: bold', [-1] = 'holdout' }) do
+      assert.are.equal(tostring(ex7[t].conversions), cells7['conversions'][name])
+      assert.are.equal(tostring(ex10[t].conversions), cells10['conversions'][name])
+    end
+    local _, cells_none = report(f, '')
+    assert.is_nil(cells_none['conversions'])
+    local _, cells_other = report(f, '--conversion signup')
+    assert.are.equal('0', cells_other['conversions']['A: plain'])
+  end)
+
+  it('records unsubscribes and notifications with their endpoint updates', function()
+    local f = fixture()
+    local s7, s11, s17 = f.sent[7], f.sent[11], f.sent[17]
+    local eps = query(f.dir, string.format([[SELECT id, opt_out, endpoint_status FROM endpoints
+      WHERE id IN ('%s', '%s', '%s') ORDER BY id]], s7.endpoint_id, s11.endpoint_id, s17.endpoint_id))
+    local by = {}
+    for _, e in ipairs(eps) do by[e.id] = e end
+    assert.are.equal('ALL', by[s7.endpoint_id].opt_out)        -- unsubscribed
+    assert.are.equal('INACTIVE', by[s11.endpoint_id].endpoint_status) -- hard bounce
+    assert.are.equal('ALL', by[s17.endpoint_id].opt_out)       -- complaint
+    local seen = {}
+    for _, e in ipairs(f.events) do
+      if e.endpoint_id == s7.endpoint_id and e.event_type == '_email.unsubscribe' then
+        local a = json.decode(e.attributes)
+        assert.are.same({ campaign_id = 'spring', treatment_id = tostring(s7.treatment),
+          campaign_activity_id = tostring(s7.run_id), message_id = s7.message_id }, a)
+        seen.unsub = true
+      elseif e.endpoint_id == s11.endpoint_id and e.event_type == '_email.hardbounce' then
+        assert.are.equal('no such user', json.decode(e.attributes).reason)
+        seen.bounce = true
+      elseif e.endpoint_id == s17.endpoint_id and e.event_type == '_email.complaint' then
+        seen.complaint = true
+      elseif e.event_type == '_email.click' and e.endpoint_id == f.sent[5].endpoint_id then
+        assert.are.equal('https://example.com/spring?i=5', json.decode(e.attributes).url)
+        seen.click = true
+      end
+    end
+    assert.are.same({ unsub = true, bounce = true, complaint = true, click = true }, seen)
+    -- a provider that repeats a notification records it once
+    local note = json.encode({ MessageId = s11.message_id, Type = 'BOUNCE', BounceType = 'HARD' })
+    local a = http(f.srv.port, { { method = 'POST', path = '/v1/apps/default/webhooks/status', body = note } })
+    assert.are.equal(202, a[1].status)
+    assert.are.same({ EventType = '_email.hardbounce', EndpointId = s11.endpoint_id, Message = 'Accepted' },
+      json.decode(a[1].body))
+    local n = query(f.dir, "SELECT count(*) AS n FROM events WHERE event_type = '_email.hardbounce' AND endpoint_id = '"
+      .. s11.endpoint_id .. "'")
+    assert.are.equal(1, n[1].n)
+    -- SMS statuses map to Pinpoint's names; OPTOUT opts the endpoint out
+    local s20 = f.sent[20]
+    local answers = http(f.srv.port, {
+      { method = 'POST', path = '/v1/apps/default/webhooks/status',
+        body = json.encode({ MessageId = s20.message_id, Type = 'SMS', Status = 'SUCCESS' }) },
+      { method = 'POST', path = '/v1/apps/default/webhooks/status',
+        body = json.encode({ MessageId = s20.message_id, Type = 'SMS', Status = 'OPTOUT' }) },
+    })
+    assert.are.equal('_SMS.SUCCESS', json.decode(answers[1].body).EventType)
+    assert.are.equal('_SMS.OPTOUT', json.decode(answers[2].body).EventType)
+    assert.are.equal('ALL', query(f.dir, "SELECT opt_out FROM endpoints WHERE id = '" .. s20.endpoint_id .. "'")[1].opt_out)
+    -- a hit for an endpoint deleted since the message went out is answered, not stored, and
+    -- does not keep the hits written with it from being stored
+    local gone = assert(tracking.open_url { campaign = 'spring', run = s20.run_id, treatment = 0,
+      endpoint = 'deleted-since', message_id = 'm-gone', key = KEY, base = '' })
+    local again = assert(tracking.open_url(token_fields_of(s20)))
+    local hits = http(f.srv.port, { { method = 'GET', path = gone }, { method = 'GET', path = again } })
+    assert.are.same({ 200, 200 }, { hits[1].status, hits[2].status })
+    local stored = query(f.dir, "SELECT endpoint_id, count(*) AS n FROM events WHERE event_type = '_email.open' AND "
+      .. "endpoint_id IN ('deleted-since', '" .. s20.endpoint_id .. "') GROUP BY endpoint_id")
+    assert.are.equal(1, #stored)
+    assert.are.equal(s20.endpoint_id, stored[1].endpoint_id)
+    assert.are.equal(1, stored[1].n)
+  end)
+
+  it('writes a self-contained HTML page that Chromium renders with the table\'s numbers', function()
+    local f = fixture()
+    local out, cells = report(f, '--conversion purchase --html page.html')
+    assert.matches('wrote page.html', out, 1, true)
+    local page = h.read(f.dir .. '/page.html')
+    assert.are.equal(3, h.count(page, '<svg '))
+    assert.is_nil(page:find('<script', 1, true))
+    assert.is_nil(page:find('<link', 1, true))
+    assert.is_nil(page:find('src=', 1, true))
+    assert.is_nil(page:find('@import', 1, true))
+    assert.is_nil(page:find('url(', 1, true))
+    -- every cell of the page's table equals the terminal table's
+    local n = 0
+    for row in page:gmatch('<tr><th>(.-)</tr>') do
+      local label = row:match('^(.-)</th>')
+      for arm, text in row:gmatch('data%-arm="(.-)">(.-)</td>') do
+        assert.are.equal(cells[label][arm], text, label .. ' / ' .. arm)
+        n = n + 1
+      end
+    end
+    assert.are.equal(3 * 15, n)
+    -- rendered, the page is not blank
+    local profile = h.tmpdir()
+    local png = f.dir .. '/page.png'
+    local cmd = 'chromium --headless --no-sandbox --disable-gpu --disable-quic --no-first-run ' ..
+      '--disable-background-networking --disable-component-update --disable-sync ' ..
+      '--user-data-dir=' .. h.shell_quote(profile) .. ' --screenshot=' .. h.shell_quote(png) ..
+      ' --window-size=900,1600 ' .. h.shell_quote('file://' .. f.dir .. '/page.html') .. ' > /dev/null 2>&1'
+    local _, code = h.sh('timeout 120 ' .. cmd)
+    assert.are.equal(0, code)
+    local stats, scode = h.sh('python3 ' .. h.shell_quote(h.root .. '/tests/helpers/png_stats.py') .. ' ' .. h.shell_quote(png))
+    assert.are.equal(0, scode, stats)
+    local w, ht, colours = stats:match('(%d+) (%d+) (%d+)')
+    assert.are.equal('900', w)
+    assert.are.equal('1600', ht)
+    -- text, the arms' colours and the grid: far more than a blank page's single colour
+    assert.is_true(tonumber(colours) > 50, 'only ' .. colours .. ' colours')
+  end)
+
+  it('reports one run with --run and refuses unknown campaigns and runs', function()
+    local f = fixture()
+    local run = f.rows[1].run_id
+    local _, cells = report(f, '--run ' .. run)
+    local ex = expected(f)
+    assert.are.equal(tostring(ex[0].sends), cells['sends']['A: plain'])
+    local _, code, err = h.herald('--db q.db report spring --run 999', { cwd = f.dir })
+    assert.are.equal(1, code)
+    assert.matches("campaign 'spring' has no run 999", err, 1, true)
+    _, code, err = h.herald('--db q.db report nope', { cwd = f.dir })
+    assert.are.equal(1, code)
+    assert.matches("no campaign 'nope'", err, 1, true)
+    _, code, err = h.herald('--db q.db report spring --window -1', { cwd = f.dir })
+    assert.are.equal(2, code)
+    assert.matches('--window needs a positive number', err, 1, true)
+  end)
+end)
+
+describe('PutEvents and webhooks', function()
+  -- the last user of the fixture's server stops it
+  teardown(function()
+    if fixture_cache then os.execute('kill ' .. fixture_cache.srv.pid .. ' 2> /dev/null') end
+  end)
+  local function srv() return fixture().srv end
+
+  local function body_of(a) return json.decode(a.body) end
+
+  it('stores the good items of a batch and answers each bad one with 400 and its reason', function()
+    local f = fixture()
+    local long = string.rep('x', 201)
+    local req = { BatchItem = {
+      ['new-ep'] = { Endpoint = { ChannelType = 'EMAIL', Address = 'new@example.com' },
+        Events = { ok1 = { EventType = 'page.view', Timestamp = '2026-11-29T10:00:00Z', Attributes = { page = 'home' } },
+                   notime = { EventType = 'page.view' },
+                   long = { EventType = 'page.view', Timestamp = '2026-11-29T10:00:00Z', Attributes = { a = long } } } },
+      ['bad-ep'] = { Endpoint = { ChannelType = 'EMAIL', Address = 'not an address' },
+        Events = { e = { EventType = 'x', Timestamp = '2026-11-29T10:00:00Z' } } },
+      ['ghost'] = { Events = { g = { EventType = 'x', Timestamp = '2026-11-29T10:00:00Z' } } },
+      ['odd-ep'] = { Endpoint = { ChannelType = 'EMAIL', Address = 'odd@example.com' }, Extra = 1,
+        Events = { o = { EventType = 'x', Timestamp = '2026-11-29T10:00:00Z' } } },
+      [f.sent[1].endpoint_id] = { Events = { ok2 = { EventType = 'page.view', Timestamp = '2026-11-29T11:00:00Z' } } },
+    } }
+    local a = http(srv().port, { { method = 'POST', path = '/v1/apps/default/events', body = json.encode(req) } })[1]
+    assert.are.equal(202, a.status)
+    local r = body_of(a).Results
+    assert.are.same({ Message = 'Accepted', StatusCode = 202 }, r['new-ep'].EndpointItemResponse)
+    assert.are.same({ Message = 'Accepted', StatusCode = 202 }, r['new-ep'].EventsItemResponse.ok1)
+    assert.are.same({ Message = 'Timestamp: required', StatusCode = 400 }, r['new-ep'].EventsItemResponse.notime)
+    assert.are.equal(400, r['new-ep'].EventsItemResponse.long.StatusCode)
+    assert.matches('Attributes.a: value longer than 200 characters', r['new-ep'].EventsItemResponse.long.Message, 1, true)
+    assert.are.equal(400, r['bad-ep'].EndpointItemResponse.StatusCode)
+    assert.matches('^Endpoint%.Address', r['bad-ep'].EndpointItemResponse.Message)
+    assert.are.equal(400, r['bad-ep'].EventsItemResponse.e.StatusCode)
+    assert.are.equal(400, r['ghost'].EndpointItemResponse.StatusCode)
+    assert.matches("no endpoint 'ghost'", r['ghost'].EndpointItemResponse.Message, 1, true)
+    assert.are.equal(202, r[f.sent[1].endpoint_id].EventsItemResponse.ok2.StatusCode)
+    assert.are.same({ StatusCode = 400, Message = 'Extra: unknown field (a batch item has Endpoint and Events)' },
+      r['odd-ep'].EndpointItemResponse)
+    assert.are.equal(400, r['odd-ep'].EventsItemResponse.o.StatusCode)
+    local rows = query(f.dir, [[SELECT endpoint_id, event_id, event_type FROM events
+      WHERE event_type IN ('page.view', 'x') ORDER BY event_id]])
+    assert.are.same({ { endpoint_id = 'new-ep', event_id = 'ok1', event_type = 'page.view' },
+                      { endpoint_id = f.sent[1].endpoint_id, event_id = 'ok2', event_type = 'page.view' } }, rows)
+    local eps = query(f.dir, "SELECT id, address FROM endpoints WHERE id IN ('new-ep', 'bad-ep', 'ghost', 'odd-ep')")
+    assert.are.same({ { id = 'new-ep', address = 'new@example.com' } }, eps)
+  end)
+
+  it('refuses bad requests whole with a Pinpoint error body', function()
+    local f = fixture()
+    local many = {}
+    for i = 1, 101 do many['e' .. i] = { EventType = 'x', Timestamp = '2026-11-29T10:00:00Z' } end
+    local token = assert(tracking.open_url { campaign = 'spring', run = 1, treatment = 0, endpoint = 'ep-001',
+      message_id = 'm', key = KEY, base = '' })
+    local tampered = token:sub(1, -3) .. (token:sub(-2, -2) == 'A' and 'B' or 'A') .. token:sub(-1)
+    local reqs = {
+      { method = 'POST', path = '/v1/apps/default/events', body = '{"BatchItem": {' },
+      { method = 'POST', path = '/v1/apps/nope/events', body = '{"BatchItem": {}}' },
+      { method = 'POST', path = '/v1/apps/default/events', body = json.encode({ BatchItem = { x = { Events = many } } }) },
+      { method = 'POST', path = '/v1/apps/default/events', body = '{"Items": {}}' },
+      { method = 'POST', path = '/v1/apps/default/events', body = '[1, 2]' },
+      { method = 'POST', path = '/v1/apps/default/webhooks/status', body = '{"MessageId": "nope", "Type": "COMPLAINT"}' },
+      { method = 'POST', path = '/v1/apps/default/webhooks/status',
+        body = json.encode({ MessageId = f.sent[1].message_id, Type = 'BOUNCE' }) },
+      { method = 'POST', path = '/v1/apps/default/webhooks/status',
+        body = json.encode({ MessageId = f.sent[1].message_id, Type = 'COMPLAINT', Color = 'red' }) },
+      { method = 'GET', path = tampered },
+      { method = 'POST', path = '/v1/apps/default/events', announce = 4 * 1024 * 1024 + 1 },
+    }
+    local answers = http(srv().port, reqs)
+    local want = {
+      { 400, 'malformed JSON at line 1' },
+      { 404, "unknown application 'nope'" },
+      { 400, 'BatchItem: 101 events; at most 100 per request' },
+      { 400, 'Items: unknown field' },
+      { 400, 'expected an EventsRequest object' },
+      { 404, "MessageId: no message 'nope'" },
+      { 400, 'BounceType: required for a BOUNCE' },
+      { 400, 'Color: unknown field' },
+      { 400, 'invalid tracking token' },
+      { 413, '' },
+    }
+    for i, w in ipairs(want) do
+      local a = answers[i]
+      assert.are.equal(w[1], a.status, 'request ' .. i .. ': ' .. a.body)
+      local b = body_of(a)
+      assert.matches(w[2], b.Message, 1, true)
+      assert.matches('^[%x-]+$', b.RequestID)
+    end
+    -- nothing of the refused requests was stored
+    local n = query(f.dir, "SELECT count(*) AS n FROM events WHERE event_type = 'x'")
+    assert.are.equal(0, n[1].n)
+  end)
+end)
+
+describe('herald run --serve', function()
+  it('serves PutEvents next to the scheduler and stops with it', function()
+    local dir = h.tmpdir()
+    h.write(dir .. '/later.lua', [[
+      herald.endpoints.put{ Id = 'a', ChannelType = 'EMAIL', Address = 'a@example.com' }
+      herald.campaign{ name = 'later', segment = herald.segment{ name = 'all' },
+        schedule = { start = '2099-01-01T00:00:00Z' }, message = { body = 'hi' } }
+    ]])
+    local inner = h.shell_quote(h.exe) .. ' --db q.db run --serve 127.0.0.1:0 later.lua > out.txt 2> err.txt & ' ..
+      'echo $! > pid; wait $!; echo $? > rc'
+    os.execute('cd ' .. h.shell_quote(dir) .. ' && sh -c ' .. h.shell_quote(inner) .. ' > /dev/null 2>&1 &')
+    local port = wait_for(function()
+      return tonumber((h.read(dir .. '/out.txt') or ''):match('serving on http://127%.0%.0%.1:(%d+)'))
+    end, 20000, 'herald run to serve')
+    local body = json.encode({ BatchItem = { a = { Events = { e1 = { EventType = 'app.open', Timestamp = '2026-11-29T10:00:00Z' } } } } })
+    local a = http(port, { { method = 'POST', path = '/v1/apps/default/events', body = body } })[1]
+    assert.are.equal(202, a.status)
+    local pid = wait_for(function() return tonumber((h.read(dir .. '/pid') or ''):match('%d+')) end, 5000, 'pid')
+    os.execute('kill -TERM ' .. pid)
+    local rc = wait_for(function() return tonumber((h.read(dir .. '/rc') or ''):match('%d+')) end, 20000, 'exit')
+    assert.are.equal(0, rc, h.read(dir .. '/err.txt'))
+    assert.matches('stopped', h.read(dir .. '/out.txt'))
+    local rows = query(dir, "SELECT endpoint_id, event_type FROM events")
+    assert.are.same({ { endpoint_id = 'a', event_type = 'app.open' } }, rows)
+  end)
+
+  it('refuses a bad --serve address', function()
+    local dir = h.tmpdir()
+    h.write(dir .. '/x.lua', "herald.campaign{ name = 'x', segment = herald.segment{ name = 'all' }, message = { body = 'b' } }\n")
+    local _, code, err = h.herald('--db q.db run --until-idle --serve nowhere x.lua', { cwd = dir })
+    assert.are.equal(1, code)
+    assert.matches('--serve', err, 1, true)
+  end)
+end)
