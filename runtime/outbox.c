@@ -5,6 +5,8 @@
 
 #include "runtime/clock.h"
 
+#include <stdint.h>
+
 static uint64_t fnv1a(uint64_t h, const char *s, size_t n) {
   for (size_t i = 0; i < n; i++) {
     h ^= (unsigned char)s[i];
@@ -63,52 +65,35 @@ int herald_outbox_run_create(HeraldStore *store, const char *app, const char *ca
   return kHeraldOk;
 }
 
-int herald_outbox_add(HeraldStore *store, const char *app, const char *campaign_id,
-                      int64_t run_id, int64_t scheduled_ms, const HeraldOutboxRow *row,
-                      HeraldError *err) {
-  char message_id[40];
-  herald_outbox_message_id(app, campaign_id, scheduled_ms, row->endpoint_id, message_id);
-  sqlite3_stmt *st = herald_store_stmt(
-      store,
-      "INSERT INTO outbox(run_id, endpoint_id, treatment, message_id, channel, address, due_ms,"
-      " state, reason) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-      err);
-  if (st == NULL) return err ? err->code : kHeraldStore;
-  sqlite3_bind_int64(st, 1, run_id);
-  sqlite3_bind_text(st, 2, row->endpoint_id, -1, SQLITE_STATIC);
-  sqlite3_bind_int(st, 3, row->treatment);
-  sqlite3_bind_text(st, 4, message_id, -1, SQLITE_STATIC);
-  sqlite3_bind_text(st, 5, row->channel, -1, SQLITE_STATIC);
-  sqlite3_bind_text(st, 6, row->address, -1, SQLITE_STATIC);
-  sqlite3_bind_int64(st, 7, row->due_ms);
-  sqlite3_bind_text(st, 8, row->state, -1, SQLITE_STATIC);
-  sqlite3_bind_text(st, 9, row->reason, -1, SQLITE_STATIC);
-  if (sqlite3_step(st) != SQLITE_DONE) {
-    herald_store_fail(store, err, "writing an outbox row");
-    sqlite3_reset(st);
-    return err ? err->code : kHeraldStore;
-  }
-  sqlite3_reset(st);
-  return kHeraldOk;
-}
-
-int herald_outbox_run_set_total(HeraldStore *store, int64_t run_id, int64_t total,
-                                HeraldError *err) {
-  sqlite3_stmt *st = herald_store_stmt(store, "UPDATE campaign_runs SET total = ?2 WHERE id = ?1",
-                                       err);
-  if (st == NULL) return err ? err->code : kHeraldStore;
-  sqlite3_bind_int64(st, 1, run_id);
-  sqlite3_bind_int64(st, 2, total);
-  int rc = sqlite3_step(st);
-  sqlite3_reset(st);
-  if (rc != SQLITE_DONE) return herald_store_fail(store, err, "updating a run");
-  return kHeraldOk;
-}
-
 static void copy_col(sqlite3_stmt *st, int col, char *dst, size_t len) {
   const unsigned char *s = sqlite3_column_text(st, col);
   snprintf(dst, len, "%s", s ? (const char *)s : "");
 }
+
+/* How many messages an endpoint has sent or in flight: of one campaign (its life), or of any
+ * campaign of app since since_ms. */
+static int count_claims(HeraldStore *store, const char *app, const char *campaign_id,
+                        const char *endpoint_id, int64_t since_ms, int64_t *n, HeraldError *err) {
+  sqlite3_stmt *st = herald_store_stmt(
+      store,
+      "SELECT count(*) FROM outbox o JOIN campaign_runs r ON r.id = o.run_id"
+      " WHERE o.endpoint_id = ?1 AND o.claimed_ms IS NOT NULL AND o.claimed_ms > ?2"
+      " AND o.state IN ('CLAIMED', 'SENT') AND r.app_id = ?3"
+      " AND (?4 IS NULL OR r.campaign_id = ?4)",
+      err);
+  if (st == NULL) return err ? err->code : kHeraldStore;
+  sqlite3_bind_text(st, 1, endpoint_id, -1, SQLITE_STATIC);
+  sqlite3_bind_int64(st, 2, since_ms);
+  sqlite3_bind_text(st, 3, app, -1, SQLITE_STATIC);
+  sqlite3_bind_text(st, 4, campaign_id, -1, SQLITE_STATIC);
+  int rc = sqlite3_step(st);
+  *n = rc == SQLITE_ROW ? sqlite3_column_int64(st, 0) : 0;
+  sqlite3_reset(st);
+  if (rc != SQLITE_ROW) return herald_store_fail(store, err, "counting an endpoint's messages");
+  return kHeraldOk;
+}
+
+#define DAY_MS (24 * 3600 * 1000LL)
 
 int herald_outbox_claim(HeraldStore *store, const char *app, const char *campaigns_json,
                         int64_t now_ms, int max, HeraldOutboxClaim *out, int *count,
@@ -118,52 +103,89 @@ int herald_outbox_claim(HeraldStore *store, const char *app, const char *campaig
   sqlite3_stmt *sel = herald_store_stmt(
       store,
       "SELECT o.id, o.run_id, o.endpoint_id, o.treatment, o.message_id, o.channel, o.address,"
-      " o.due_ms, o.attempts, r.campaign_id, r.campaign_version"
+      " o.due_ms, o.attempts, r.campaign_id, r.campaign_version, r.daily_cap, r.total_cap,"
+      " r.max_duration_ms"
       " FROM outbox o JOIN campaign_runs r ON r.id = o.run_id"
+      " JOIN campaigns c ON c.app_id = r.app_id AND c.id = r.campaign_id"
       " WHERE o.state = 'PENDING' AND o.due_ms <= ?1 AND r.app_id = ?3"
+      " AND c.state NOT IN ('PAUSED', 'DELETED')"
       " AND (?4 IS NULL OR r.campaign_id IN (SELECT value FROM json_each(?4)))"
       " ORDER BY o.due_ms, o.id LIMIT ?2",
       err);
   if (sel == NULL) goto fail;
-  sqlite3_bind_int64(sel, 1, now_ms);
-  sqlite3_bind_int(sel, 2, max);
-  sqlite3_bind_text(sel, 3, app, -1, SQLITE_STATIC);
-  sqlite3_bind_text(sel, 4, campaigns_json, -1, SQLITE_STATIC);
-  int rc;
-  while ((rc = sqlite3_step(sel)) == SQLITE_ROW) {
-    HeraldOutboxClaim *c = &out[*count];
-    c->id = sqlite3_column_int64(sel, 0);
-    c->run_id = sqlite3_column_int64(sel, 1);
-    copy_col(sel, 2, c->endpoint_id, sizeof c->endpoint_id);
-    c->treatment = sqlite3_column_int(sel, 3);
-    copy_col(sel, 4, c->message_id, sizeof c->message_id);
-    copy_col(sel, 5, c->channel, sizeof c->channel);
-    copy_col(sel, 6, c->address, sizeof c->address);
-    c->due_ms = sqlite3_column_int64(sel, 7);
-    c->attempts = sqlite3_column_int(sel, 8) + 1;
-    copy_col(sel, 9, c->campaign_id, sizeof c->campaign_id);
-    c->campaign_version = sqlite3_column_int(sel, 10);
-    (*count)++;
-  }
-  sqlite3_reset(sel);
-  if (rc != SQLITE_DONE) {
-    herald_store_fail(store, err, "claiming outbox rows");
-    goto fail;
-  }
   sqlite3_stmt *upd = herald_store_stmt(
       store,
-      "UPDATE outbox SET state = 'CLAIMED', attempts = attempts + 1, updated_ms = ?2 WHERE id = ?1",
+      "UPDATE outbox SET state = ?3, reason = ?4, attempts = attempts + (?3 = 'CLAIMED'),"
+      " claimed_ms = CASE WHEN ?3 = 'CLAIMED' THEN ?2 END, updated_ms = ?2 WHERE id = ?1",
       err);
   if (upd == NULL) goto fail;
-  for (int i = 0; i < *count; i++) {
-    sqlite3_bind_int64(upd, 1, out[i].id);
-    sqlite3_bind_int64(upd, 2, now_ms);
-    rc = sqlite3_step(upd);
-    sqlite3_reset(upd);
+  /* Rows skipped by a limit leave PENDING, so selecting again finds the next ones. */
+  for (;;) {
+    int selected = 0, rc;
+    sqlite3_bind_int64(sel, 1, now_ms);
+    sqlite3_bind_int(sel, 2, max - *count);
+    sqlite3_bind_text(sel, 3, app, -1, SQLITE_STATIC);
+    sqlite3_bind_text(sel, 4, campaigns_json, -1, SQLITE_STATIC);
+    int first = *count;
+    while ((rc = sqlite3_step(sel)) == SQLITE_ROW) {
+      HeraldOutboxClaim *c = &out[*count];
+      c->id = sqlite3_column_int64(sel, 0);
+      c->run_id = sqlite3_column_int64(sel, 1);
+      copy_col(sel, 2, c->endpoint_id, sizeof c->endpoint_id);
+      c->treatment = sqlite3_column_int(sel, 3);
+      copy_col(sel, 4, c->message_id, sizeof c->message_id);
+      copy_col(sel, 5, c->channel, sizeof c->channel);
+      copy_col(sel, 6, c->address, sizeof c->address);
+      c->due_ms = sqlite3_column_int64(sel, 7);
+      c->attempts = sqlite3_column_int(sel, 8) + 1;
+      copy_col(sel, 9, c->campaign_id, sizeof c->campaign_id);
+      c->campaign_version = sqlite3_column_int(sel, 10);
+      c->daily_cap = sqlite3_column_int64(sel, 11);
+      c->total_cap = sqlite3_column_int64(sel, 12);
+      c->max_duration_ms = sqlite3_column_int64(sel, 13);
+      (*count)++;
+      selected++;
+    }
+    sqlite3_reset(sel);
     if (rc != SQLITE_DONE) {
       herald_store_fail(store, err, "claiming outbox rows");
       goto fail;
     }
+    int kept = first;
+    for (int i = first; i < first + selected; i++) {
+      HeraldOutboxClaim *c = &out[i];
+      const char *reason = NULL;
+      int64_t n = 0;
+      if (c->max_duration_ms > 0 && now_ms > c->due_ms + c->max_duration_ms) {
+        reason = "EXPIRED";
+      } else if (c->total_cap > 0) {
+        if (count_claims(store, app, c->campaign_id, c->endpoint_id, INT64_MIN, &n, err) !=
+            kHeraldOk)
+          goto fail;
+        if (n >= c->total_cap) reason = "TOTAL_CAP";
+      }
+      if (reason == NULL && c->daily_cap > 0) {
+        if (count_claims(store, app, NULL, c->endpoint_id, now_ms - DAY_MS, &n, err) != kHeraldOk)
+          goto fail;
+        if (n >= c->daily_cap) reason = "DAILY_CAP";
+      }
+      sqlite3_bind_int64(upd, 1, c->id);
+      sqlite3_bind_int64(upd, 2, now_ms);
+      sqlite3_bind_text(upd, 3, reason ? "SKIPPED" : "CLAIMED", -1, SQLITE_STATIC);
+      sqlite3_bind_text(upd, 4, reason, -1, SQLITE_STATIC);
+      rc = sqlite3_step(upd);
+      sqlite3_reset(upd);
+      if (rc != SQLITE_DONE) {
+        herald_store_fail(store, err, "claiming outbox rows");
+        goto fail;
+      }
+      if (reason == NULL) {
+        if (kept != i) out[kept] = *c;
+        kept++;
+      }
+    }
+    *count = kept;
+    if (selected < max - first || *count >= max) break;
   }
   return herald_store_commit(store, err);
 fail:
@@ -198,7 +220,7 @@ int herald_outbox_report(HeraldStore *store, int64_t id, const char *state, cons
 
 int herald_outbox_recover(HeraldStore *store, int64_t *count, HeraldError *err) {
   sqlite3_stmt *st =
-      herald_store_stmt(store, "UPDATE outbox SET state = 'PENDING' WHERE state = 'CLAIMED'", err);
+      herald_store_stmt(store, "UPDATE outbox SET state = 'PENDING', claimed_ms = NULL WHERE state = 'CLAIMED'", err);
   if (st == NULL) return err ? err->code : kHeraldStore;
   int rc = sqlite3_step(st);
   sqlite3_reset(st);
@@ -234,7 +256,8 @@ int herald_outbox_complete_runs(HeraldStore *store, int64_t now_ms, HeraldError 
   herald_time_format(now_ms, now, sizeof now);
   sqlite3_stmt *st = herald_store_stmt(
       store,
-      "UPDATE campaign_runs SET state = 'COMPLETED', ended_at = ?1 WHERE state = 'EXECUTING'"
+      "UPDATE campaign_runs SET state = 'COMPLETED', result = 'SUCCESS', ended_at = ?1"
+      " WHERE state = 'EXECUTING'"
       " AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.run_id = campaign_runs.id"
       " AND o.state IN ('PENDING', 'CLAIMED'))",
       err);
@@ -274,5 +297,259 @@ int herald_outbox_tally(HeraldStore *store, const char *app, const char *campaig
   }
   sqlite3_reset(st);
   if (rc != SQLITE_DONE) return herald_store_fail(store, err, "tallying the outbox");
+  return kHeraldOk;
+}
+
+/* herald_message_id(app, campaign, scheduled_ms, endpoint_id) for INSERT ... SELECT. */
+static void sql_message_id(sqlite3_context *ctx, int argc, sqlite3_value **argv) {
+  (void)argc;
+  const char *app = (const char *)sqlite3_value_text(argv[0]);
+  const char *campaign = (const char *)sqlite3_value_text(argv[1]);
+  const char *endpoint = (const char *)sqlite3_value_text(argv[3]);
+  if (app == NULL || campaign == NULL || endpoint == NULL) {
+    sqlite3_result_null(ctx);
+    return;
+  }
+  char id[40];
+  herald_outbox_message_id(app, campaign, sqlite3_value_int64(argv[2]), endpoint, id);
+  sqlite3_result_text(ctx, id, -1, SQLITE_TRANSIENT);
+}
+
+static int fill_zones(HeraldStore *store, const HeraldOutboxRunSpec *spec, HeraldError *err) {
+  sqlite3 *db = herald_store_db(store);
+  if (sqlite3_exec(db,
+                   "CREATE TEMP TABLE IF NOT EXISTS herald_run_zones (zone TEXT PRIMARY KEY,"
+                   " due_ms INTEGER NOT NULL, zone_used TEXT, note TEXT, skip_reason TEXT);"
+                   "DELETE FROM temp.herald_run_zones;",
+                   NULL, NULL, NULL) != SQLITE_OK)
+    return herald_store_fail(store, err, "preparing the run's zones");
+  sqlite3_stmt *st = herald_store_stmt(
+      store, "INSERT OR REPLACE INTO temp.herald_run_zones VALUES (?1, ?2, ?3, ?4, ?5)", err);
+  if (st == NULL) return err ? err->code : kHeraldStore;
+  for (int i = 0; i < spec->n_zones; i++) {
+    const HeraldOutboxZone *z = &spec->zones[i];
+    sqlite3_bind_text(st, 1, z->zone ? z->zone : "", -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 2, z->due_ms);
+    sqlite3_bind_text(st, 3, z->zone_used, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 4, z->note, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 5, z->skip_reason, -1, SQLITE_STATIC);
+    int rc = sqlite3_step(st);
+    sqlite3_reset(st);
+    if (rc != SQLITE_DONE) return herald_store_fail(store, err, "writing the run's zones");
+  }
+  return kHeraldOk;
+}
+
+/* The arm of cohort e.cohort_id as a CASE over integer bounds (formatted here, never input). */
+static int arm_sql(const HeraldOutboxRunSpec *spec, char *buf, size_t len, HeraldError *err) {
+  int n = snprintf(buf, len, "CASE WHEN e.cohort_id < %d THEN %d", spec->holdout,
+                   HERALD_HOLDOUT_TREATMENT);
+  int edge = spec->holdout;
+  for (int i = 0; i < spec->n_treatments - 1 && n > 0 && (size_t)n < len; i++) {
+    edge += spec->sizes[i];
+    n += snprintf(buf + n, len - (size_t)n, " WHEN e.cohort_id < %d THEN %d", edge, i);
+  }
+  if (n > 0 && (size_t)n < len)
+    n += snprintf(buf + n, len - (size_t)n, " ELSE %d END", spec->n_treatments - 1);
+  if (n < 0 || (size_t)n >= len)
+    return herald_error_set(err, kHeraldInvalid, "too many treatments (%d)", spec->n_treatments);
+  return kHeraldOk;
+}
+
+int herald_outbox_materialize(HeraldStore *store, const HeraldOutboxRunSpec *spec,
+                              int64_t *run_id, int *created, HeraldError *err) {
+  if (spec->n_treatments < 1)
+    return herald_error_set(err, kHeraldInvalid, "a run needs at least one treatment");
+  if (herald_outbox_run_create(store, spec->app, spec->campaign_id, spec->version,
+                               spec->scheduled_ms, run_id, created, err) != kHeraldOk)
+    return err ? err->code : kHeraldStore;
+  if (!*created) return kHeraldOk;
+  sqlite3_stmt *st = herald_store_stmt(
+      store,
+      "UPDATE campaign_runs SET run_index = ?2, daily_cap = ?3, total_cap = ?4, max_duration_ms = ?5,"
+      " started_ms = ?6, timezones = ?7 WHERE id = ?1",
+      err);
+  if (st == NULL) return err ? err->code : kHeraldStore;
+  sqlite3_bind_int64(st, 1, *run_id);
+  sqlite3_bind_int64(st, 2, spec->run_index);
+  if (spec->daily_cap > 0) sqlite3_bind_int64(st, 3, spec->daily_cap); else sqlite3_bind_null(st, 3);
+  if (spec->total_cap > 0) sqlite3_bind_int64(st, 4, spec->total_cap); else sqlite3_bind_null(st, 4);
+  if (spec->max_duration_ms > 0) sqlite3_bind_int64(st, 5, spec->max_duration_ms); else sqlite3_bind_null(st, 5);
+  sqlite3_bind_int64(st, 6, herald_clock_now_ms());
+  sqlite3_bind_int(st, 7, spec->n_zones);
+  int rc = sqlite3_step(st);
+  sqlite3_reset(st);
+  if (rc != SQLITE_DONE) return herald_store_fail(store, err, "starting a run");
+  if (fill_zones(store, spec, err) != kHeraldOk) return err ? err->code : kHeraldStore;
+
+  sqlite3 *db = herald_store_db(store);
+  if (sqlite3_create_function(db, "herald_message_id", 4, SQLITE_UTF8 | SQLITE_DETERMINISTIC,
+                              NULL, sql_message_id, NULL, NULL) != SQLITE_OK)
+    return herald_store_fail(store, err, "registering herald_message_id");
+  char arm[1024];
+  if (arm_sql(spec, arm, sizeof arm, err) != kHeraldOk) return err->code;
+  /* Reasons in priority order; the address duplicate check prefers a sendable endpoint, and
+   * among equals the first id, so the choice is stable across runs. */
+  char *sql = sqlite3_mprintf(
+      "INSERT INTO outbox(run_id, endpoint_id, treatment, message_id, channel, address, due_ms,"
+      " state, reason, zone, note)"
+      " SELECT :herald_run, id, arm, herald_message_id(:herald_app, :herald_campaign,"
+      " :herald_scheduled, id), channel_type, address, due, CASE WHEN reason IS NULL THEN"
+      " 'PENDING' ELSE 'SKIPPED' END, reason, zone_used, note FROM ("
+      "  SELECT e.id, e.channel_type, e.address, %s AS arm,"
+      "   coalesce(z.due_ms, :herald_due) AS due, z.zone_used, z.note,"
+      "   CASE WHEN e.endpoint_status = 'INACTIVE' THEN 'INACTIVE'"
+      "    WHEN e.opt_out = 'ALL' THEN 'OPT_OUT'"
+      "    WHEN e.address IS NULL OR e.address = '' THEN 'MISSING_ADDRESS'"
+      "    WHEN e.cohort_id < %d THEN 'HOLDOUT'"
+      "    WHEN z.skip_reason IS NOT NULL THEN z.skip_reason"
+      "    WHEN row_number() OVER (PARTITION BY e.channel_type, e.address ORDER BY"
+      "     e.endpoint_status = 'INACTIVE', e.opt_out = 'ALL', e.id) > 1 THEN 'DUPLICATE_ADDRESS'"
+      "   END AS reason"
+      "  FROM endpoints e LEFT JOIN temp.herald_run_zones z ON z.zone = coalesce(e.timezone, '')"
+      "  WHERE e.app_id = :herald_app AND (%s))",
+      arm, spec->holdout, spec->where ? spec->where : "1");
+  if (sql == NULL) return herald_error_set(err, kHeraldNoMemory, "out of memory");
+  rc = sqlite3_prepare_v2(db, sql, -1, &st, NULL);
+  sqlite3_free(sql);
+  if (rc != SQLITE_OK) {
+    return herald_error_set(err, kHeraldInvalid, "the segment's SQL condition does not compile: %s",
+                            sqlite3_errmsg(db));
+  }
+  sqlite3_bind_int64(st, sqlite3_bind_parameter_index(st, ":herald_run"), *run_id);
+  sqlite3_bind_text(st, sqlite3_bind_parameter_index(st, ":herald_app"), spec->app, -1,
+                    SQLITE_STATIC);
+  sqlite3_bind_text(st, sqlite3_bind_parameter_index(st, ":herald_campaign"), spec->campaign_id,
+                    -1, SQLITE_STATIC);
+  sqlite3_bind_int64(st, sqlite3_bind_parameter_index(st, ":herald_scheduled"),
+                     spec->scheduled_ms);
+  sqlite3_bind_int64(st, sqlite3_bind_parameter_index(st, ":herald_due"), spec->default_due_ms);
+  if (spec->bind != NULL && spec->bind(st, spec->bind_ctx, err) != kHeraldOk) {
+    sqlite3_finalize(st);
+    return err ? err->code : kHeraldInvalid;
+  }
+  rc = sqlite3_step(st);
+  sqlite3_finalize(st);
+  if (rc != SQLITE_DONE) return herald_store_fail(store, err, "materialising a run");
+  for (int i = 0; i < spec->n_treatments; i++) {
+    if (spec->treatment_due == NULL || spec->treatment_due[i] <= 0) continue;
+    st = herald_store_stmt(store, "UPDATE outbox SET due_ms = ?3 WHERE run_id = ?1"
+                                  " AND treatment = ?2 AND state = 'PENDING'", err);
+    if (st == NULL) return err ? err->code : kHeraldStore;
+    sqlite3_bind_int64(st, 1, *run_id);
+    sqlite3_bind_int(st, 2, i);
+    sqlite3_bind_int64(st, 3, spec->treatment_due[i]);
+    rc = sqlite3_step(st);
+    sqlite3_reset(st);
+    if (rc != SQLITE_DONE) return herald_store_fail(store, err, "scheduling a treatment");
+  }
+  return herald_outbox_run_finish(store, *run_id, err);
+}
+
+int herald_outbox_run_skip(HeraldStore *store, const char *app, const char *campaign_id,
+                           int version, int64_t scheduled_ms, int64_t run_index,
+                           const char *reason, HeraldError *err) {
+  char now[32];
+  herald_time_format(herald_clock_now_ms(), now, sizeof now);
+  sqlite3_stmt *st = herald_store_stmt(
+      store,
+      "INSERT INTO campaign_runs(app_id, campaign_id, campaign_version, scheduled_ms, run_index,"
+      " state, result, reason, created_at, ended_at) VALUES (?1, ?2, ?3, ?4, ?5, 'SKIPPED',"
+      " 'SKIPPED', ?6, ?7, ?7) ON CONFLICT (app_id, campaign_id, scheduled_ms) DO NOTHING",
+      err);
+  if (st == NULL) return err ? err->code : kHeraldStore;
+  sqlite3_bind_text(st, 1, app, -1, SQLITE_STATIC);
+  sqlite3_bind_text(st, 2, campaign_id, -1, SQLITE_STATIC);
+  sqlite3_bind_int(st, 3, version);
+  sqlite3_bind_int64(st, 4, scheduled_ms);
+  sqlite3_bind_int64(st, 5, run_index);
+  sqlite3_bind_text(st, 6, reason, -1, SQLITE_STATIC);
+  sqlite3_bind_text(st, 7, now, -1, SQLITE_STATIC);
+  int rc = sqlite3_step(st);
+  sqlite3_reset(st);
+  if (rc != SQLITE_DONE) return herald_store_fail(store, err, "recording a skipped run");
+  return kHeraldOk;
+}
+
+int herald_outbox_run_rows(HeraldStore *store, int64_t run_id, int64_t after_id, int max,
+                           void (*fn)(int64_t id, const char *endpoint_id, const char *state,
+                                      void *ctx),
+                           void *ctx, HeraldError *err) {
+  sqlite3_stmt *st = herald_store_stmt(
+      store,
+      "SELECT id, endpoint_id, state FROM outbox WHERE run_id = ?1 AND id > ?2 ORDER BY id"
+      " LIMIT ?3",
+      err);
+  if (st == NULL) return err ? err->code : kHeraldStore;
+  sqlite3_bind_int64(st, 1, run_id);
+  sqlite3_bind_int64(st, 2, after_id);
+  sqlite3_bind_int(st, 3, max);
+  int rc;
+  while ((rc = sqlite3_step(st)) == SQLITE_ROW)
+    fn(sqlite3_column_int64(st, 0), (const char *)sqlite3_column_text(st, 1),
+       (const char *)sqlite3_column_text(st, 2), ctx);
+  sqlite3_reset(st);
+  if (rc != SQLITE_DONE) return herald_store_fail(store, err, "reading a run's rows");
+  return kHeraldOk;
+}
+
+static int exec_row(HeraldStore *store, const char *sql, int64_t id, const char *a,
+                    const char *b, const char *what, HeraldError *err) {
+  sqlite3_stmt *st = herald_store_stmt(store, sql, err);
+  if (st == NULL) return err ? err->code : kHeraldStore;
+  sqlite3_bind_int64(st, 1, id);
+  if (sqlite3_bind_parameter_count(st) >= 2) sqlite3_bind_text(st, 2, a, -1, SQLITE_STATIC);
+  if (sqlite3_bind_parameter_count(st) >= 3) sqlite3_bind_text(st, 3, b, -1, SQLITE_STATIC);
+  int rc = sqlite3_step(st);
+  sqlite3_reset(st);
+  if (rc != SQLITE_DONE) return herald_store_fail(store, err, what);
+  return kHeraldOk;
+}
+
+int herald_outbox_row_drop(HeraldStore *store, int64_t id, HeraldError *err) {
+  return exec_row(store, "DELETE FROM outbox WHERE id = ?1", id, NULL, NULL,
+                  "dropping an outbox row", err);
+}
+
+int herald_outbox_row_skip(HeraldStore *store, int64_t id, const char *reason, HeraldError *err) {
+  return exec_row(store,
+                  "UPDATE outbox SET state = 'SKIPPED', reason = ?2 WHERE id = ?1"
+                  " AND state = 'PENDING'",
+                  id, reason, NULL, "skipping an outbox row", err);
+}
+
+int herald_outbox_row_override(HeraldStore *store, int64_t id, const char *title,
+                               const char *body, HeraldError *err) {
+  return exec_row(store,
+                  "UPDATE outbox SET title_override = ?2, body_override = ?3 WHERE id = ?1",
+                  id, title, body, "overriding a message", err);
+}
+
+int herald_outbox_run_finish(HeraldStore *store, int64_t run_id, HeraldError *err) {
+  sqlite3_stmt *st = herald_store_stmt(
+      store, "UPDATE campaign_runs SET total = (SELECT count(*) FROM outbox WHERE run_id = ?1)"
+             " WHERE id = ?1", err);
+  if (st == NULL) return err ? err->code : kHeraldStore;
+  sqlite3_bind_int64(st, 1, run_id);
+  int rc = sqlite3_step(st);
+  sqlite3_reset(st);
+  if (rc != SQLITE_DONE) return herald_store_fail(store, err, "counting a run");
+  return kHeraldOk;
+}
+
+int herald_outbox_cancel(HeraldStore *store, const char *app, const char *campaign_id,
+                         const char *reason, HeraldError *err) {
+  sqlite3_stmt *st = herald_store_stmt(
+      store,
+      "UPDATE outbox SET state = 'SKIPPED', reason = ?3 WHERE state = 'PENDING' AND run_id IN"
+      " (SELECT id FROM campaign_runs WHERE app_id = ?1 AND campaign_id = ?2)",
+      err);
+  if (st == NULL) return err ? err->code : kHeraldStore;
+  sqlite3_bind_text(st, 1, app, -1, SQLITE_STATIC);
+  sqlite3_bind_text(st, 2, campaign_id, -1, SQLITE_STATIC);
+  sqlite3_bind_text(st, 3, reason, -1, SQLITE_STATIC);
+  int rc = sqlite3_step(st);
+  sqlite3_reset(st);
+  if (rc != SQLITE_DONE) return herald_store_fail(store, err, "cancelling a campaign's rows");
   return kHeraldOk;
 }

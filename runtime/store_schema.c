@@ -95,8 +95,16 @@ const char *const herald_store_migrations[] = {
   "  campaign_id TEXT NOT NULL,"
   "  campaign_version INTEGER NOT NULL,"
   "  scheduled_ms INTEGER NOT NULL,"
+  "  run_index INTEGER NOT NULL DEFAULT 0,"
   "  state TEXT NOT NULL DEFAULT 'EXECUTING',"
+  "  result TEXT,"
+  "  reason TEXT,"
   "  total INTEGER NOT NULL DEFAULT 0,"
+  "  daily_cap INTEGER,"
+  "  total_cap INTEGER,"
+  "  max_duration_ms INTEGER,"
+  "  timezones INTEGER NOT NULL DEFAULT 0,"
+  "  started_ms INTEGER,"
   "  created_at TEXT NOT NULL,"
   "  ended_at TEXT,"
   "  UNIQUE (app_id, campaign_id, scheduled_ms)"
@@ -113,12 +121,20 @@ const char *const herald_store_migrations[] = {
   "  due_ms INTEGER NOT NULL,"
   "  state TEXT NOT NULL,"
   "  reason TEXT,"
+  "  zone TEXT,"
+  "  note TEXT,"
+  "  title_override TEXT,"
+  "  body_override TEXT,"
   "  attempts INTEGER NOT NULL DEFAULT 0,"
+  "  claimed_ms INTEGER,"
   "  updated_ms INTEGER,"
   "  UNIQUE (run_id, endpoint_id)"
   ");"
   "CREATE INDEX outbox_due ON outbox(due_ms) WHERE state = 'PENDING';"
-  "CREATE INDEX outbox_claimed ON outbox(run_id) WHERE state = 'CLAIMED';",
+  "CREATE INDEX outbox_claimed ON outbox(run_id) WHERE state = 'CLAIMED';"
+  /* Caps count an endpoint's messages sent or in flight: claimed rows carry claimed_ms. */
+  "CREATE INDEX outbox_endpoint_claims ON outbox(endpoint_id, claimed_ms)"
+  "  WHERE claimed_ms IS NOT NULL;",
 
   /* 3: message templates: Pinpoint keeps them per account, so they belong to no application.
    * latest_version only grows, so version numbers are never reused; revision is renewed (at

@@ -56,7 +56,15 @@ function runner:load(files)
   return ok_all
 end
 
--- Runs the loop inside a task. opts.until_idle ends it when nothing more is due.
+local function all_failed(due, failed)
+  for _, d in ipairs(due) do
+    if not failed[d.id .. '@' .. d.at] then return false end
+  end
+  return true
+end
+
+-- Runs the loop inside a task. opts.until_idle ends it when nothing more is due; opts.until_ms
+-- when nothing more is due before that instant (for a manual clock running months ahead).
 function runner:loop(opts)
   opts = opts or {}
   local recovered = outbox.recover()
@@ -64,22 +72,22 @@ function runner:loop(opts)
     self.log(string.format('recovered %d in-doubt messages; they are retried with the same message id',
       recovered))
   end
-  local materialised, failed = {}, {}
+  local failed = {}
   while not core.stopping() do
     local now = clock.now()
     local ok, plan = self:step('plan', now)
     if not ok then break end
     for _, d in ipairs(plan.due) do
       local key = d.id .. '@' .. d.at
-      if not materialised[key] and not failed[key] then
-        local okm, run_id, created, n = self:step('materialize', d.id, d.at)
+      if not failed[key] then
+        local okm, run_id, created, n = self:step('materialize', d.id, d.at, d.index)
         if okm then
-          materialised[key] = true
           if created then
             self.log(string.format('campaign %s: run %d materialised for %d endpoints', d.id, run_id, n))
           end
         else
           failed[key] = true
+          self:step('mark_invalid', d.id)
         end
       end
     end
@@ -91,10 +99,14 @@ function runner:loop(opts)
       local n, nd = deliver.pump(now, CLAIM_BATCH, ids_json)
       next_due = nd
     until n < CLAIM_BATCH or core.stopping()
+    self:step('refresh_states', clock.now())
 
     local wake = plan.next_start
     if next_due and (wake == nil or next_due < wake) then wake = next_due end
+    -- More runs due now (a campaign had several, one is materialised per pass): go round.
+    if #plan.due > 0 and not all_failed(plan.due, failed) then wake = clock.now() end
     if wake == nil and opts.until_idle then break end
+    if opts.until_ms and (wake == nil or wake > opts.until_ms) then break end
     if clock.is_manual() then
       if wake == nil then break end
       clock.advance(math.max(wake - clock.now(), 0))
