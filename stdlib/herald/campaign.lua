@@ -492,6 +492,143 @@ function campaign.copy(name, new_name)
   return register(c, 2)
 end
 
+---------------------------------------------------------------------------------------------
+-- Lifecycle and reports over the store (usable outside `herald run`, e.g. from the CLI)
+
+local store = require 'herald.core.store'
+local core = require 'herald.core'
+
+local function q(sql, ...)
+  local rows, err = store.query(sql, ...)
+  if rows == nil then error(err, 0) end
+  return rows
+end
+
+local function stored(name)
+  return q('SELECT id, name, version, state, definition FROM campaigns WHERE app_id = ? AND id = ?',
+    core.app(), name)[1]
+end
+
+-- Pause: no new runs, and the rows of a run in progress are not claimed until resume, which
+-- continues exactly where it stopped. Returns true or nil, err.
+function campaign.pause(name)
+  local c = stored(name)
+  if c == nil then return nil, 'unknown campaign ' .. tostring(name) end
+  if c.state == 'DELETED' then return nil, 'campaign ' .. name .. ' is deleted' end
+  outbox.set_campaign_state(name, 'PAUSED')
+  return true
+end
+
+function campaign.resume(name)
+  local c = stored(name)
+  if c == nil then return nil, 'unknown campaign ' .. tostring(name) end
+  if c.state ~= 'PAUSED' then return nil, 'campaign ' .. name .. ' is ' .. c.state .. ', not PAUSED' end
+  local executing = q("SELECT count(*) AS n FROM campaign_runs WHERE app_id = ? AND campaign_id = ?"
+    .. " AND state = 'EXECUTING'", core.app(), name)[1].n
+  outbox.set_campaign_state(name, executing > 0 and 'EXECUTING' or 'PENDING_NEXT_RUN')
+  return true
+end
+
+-- Delete: no more runs; messages not yet sent are recorded SKIPPED (CAMPAIGN_DELETED).
+function campaign.delete(name)
+  local c = stored(name)
+  if c == nil then return nil, 'unknown campaign ' .. tostring(name) end
+  outbox.set_campaign_state(name, 'DELETED')
+  outbox.cancel(name, 'CAMPAIGN_DELETED')
+  return true
+end
+
+-- Copies the stored definition to new_name (CLI form; campaign.copy copies a loaded one).
+function campaign.copy_stored(name, new_name)
+  return outbox.copy_campaign(name, new_name)
+end
+
+local function iso(ms)
+  return ms and time.format(ms) or nil
+end
+
+-- Pinpoint's ActivityResponse, one per run and treatment, newest run first.
+function campaign.activities(name)
+  local out = {}
+  local runs = q('SELECT * FROM campaign_runs WHERE app_id = ? AND campaign_id = ? ORDER BY scheduled_ms DESC',
+    core.app(), name)
+  for _, r in ipairs(runs) do
+    local groups = q([[SELECT treatment, state, reason, count(*) AS n FROM outbox WHERE run_id = ?
+      GROUP BY treatment, state, reason ORDER BY treatment]], r.id)
+    local zones = q([[SELECT treatment, count(DISTINCT coalesce(zone, '')) AS total,
+      count(DISTINCT CASE WHEN state IN ('PENDING', 'CLAIMED') THEN coalesce(zone, '') END) AS open
+      FROM outbox WHERE run_id = ? GROUP BY treatment]], r.id)
+    local by = {}
+    local function arm(t)
+      local a = by[t]
+      if a == nil then
+        a = {
+          ApplicationId = core.app(), CampaignId = name, Id = r.id .. ':' .. t,
+          TreatmentId = t < 0 and 'holdout' or tostring(t), State = r.state, Result = r.result,
+          ScheduledStart = iso(r.scheduled_ms), Start = iso(r.started_ms), End = r.ended_at,
+          TotalEndpointCount = 0, SuccessfulEndpointCount = 0, TimezonesTotalCount = 0,
+          TimezonesCompletedCount = 0, ExecutionMetrics = {}, CampaignVersion = r.campaign_version,
+        }
+        by[t] = a
+        out[#out + 1] = a
+      end
+      return a
+    end
+    if #groups == 0 then
+      local a = arm(0)
+      if r.reason then a.ExecutionMetrics[r.reason] = 1 end
+    end
+    for _, g in ipairs(groups) do
+      local a = arm(g.treatment)
+      a.TotalEndpointCount = a.TotalEndpointCount + g.n
+      if g.state == 'SENT' then a.SuccessfulEndpointCount = a.SuccessfulEndpointCount + g.n end
+      local key = g.reason or g.state
+      a.ExecutionMetrics[key] = (a.ExecutionMetrics[key] or 0) + g.n
+    end
+    for _, z in ipairs(zones) do
+      local a = arm(z.treatment)
+      a.TimezonesTotalCount = z.total
+      a.TimezonesCompletedCount = z.total - z.open
+    end
+  end
+  return out
+end
+
+-- For each run of campaign name: what happened to endpoint_id, and why.
+function campaign.why(name, endpoint_id)
+  local c = stored(name)
+  if c == nil then return nil, 'unknown campaign ' .. tostring(name) end
+  local out = {}
+  local runs = q([[SELECT r.id, r.run_index, r.campaign_version, r.scheduled_ms, r.state AS run_state,
+      r.reason AS run_reason, o.treatment, o.state, o.reason, o.due_ms, o.zone, o.note, o.message_id,
+      o.attempts, o.claimed_ms
+    FROM campaign_runs r LEFT JOIN outbox o ON o.run_id = r.id AND o.endpoint_id = ?
+    WHERE r.app_id = ? AND r.campaign_id = ? ORDER BY r.scheduled_ms]], endpoint_id, core.app(), name)
+  for _, r in ipairs(runs) do
+    local line = { run = r.id, index = r.run_index, version = r.campaign_version,
+                   scheduled = iso(r.scheduled_ms), run_state = r.run_state }
+    if r.run_state == 'SKIPPED' then
+      line.outcome, line.why = 'NOT_SENT', 'the whole run was skipped: ' .. tostring(r.run_reason)
+    elseif r.state == nil then
+      line.outcome, line.why = 'NOT_TARGETED', 'not in the segment when the run was materialised'
+    else
+      line.treatment, line.state, line.reason = r.treatment, r.state, r.reason
+      line.due, line.zone, line.zone_note, line.message_id = iso(r.due_ms), r.zone, r.note, r.message_id
+      line.outcome = r.state
+      line.why = r.reason or (r.state == 'PENDING' and 'due at ' .. iso(r.due_ms)) or r.state
+    end
+    out[#out + 1] = line
+  end
+  return out
+end
+
+function campaign.status(name)
+  local c = stored(name)
+  if c == nil then return nil, 'unknown campaign ' .. tostring(name) end
+  return { Id = c.id, Name = c.name, State = c.state, Version = c.version,
+           Definition = json.decode(c.definition), Activities = campaign.activities(name) }
+end
+
 -- A definition file that fails part-way leaves none of its campaigns behind: the loader
 -- takes a mark before the file and rolls back to it on failure.
 function campaign.mark()

@@ -33,6 +33,8 @@ cli.command('repl', { summary = 'interactive Lua prompt with the runtime loaded'
 cli.command('run', { summary = 'load campaign definitions and run the scheduler', module = 'herald.cli.run' })
 cli.command('import', { summary = 'import endpoints or events from CSV / NDJSON', module = 'herald.cli.import' })
 cli.command('serve', { summary = 'run the engagement HTTP server (opens, clicks, unsubscribes)', module = 'herald.cli.serve' })
+cli.command('campaign', { summary = 'pause, resume, delete, copy a campaign; status and activities', module = 'herald.cli.campaign' })
+cli.command('why', { summary = 'what happened to an endpoint in each run of a campaign, and why', module = 'herald.cli.why' })
 cli.command('help', { summary = 'describe a command', module = 'herald.cli' })
 
 local function eprintf(fmt, ...)
