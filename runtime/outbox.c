@@ -234,7 +234,8 @@ int herald_outbox_next_due(HeraldStore *store, const char *app, const char *camp
   sqlite3_stmt *st = herald_store_stmt(
       store,
       "SELECT min(o.due_ms) FROM outbox o JOIN campaign_runs r ON r.id = o.run_id"
-      " WHERE o.state = 'PENDING' AND r.app_id = ?1"
+      " JOIN campaigns c ON c.app_id = r.app_id AND c.id = r.campaign_id"
+      " WHERE o.state = 'PENDING' AND r.app_id = ?1 AND c.state NOT IN ('PAUSED', 'DELETED')"
       " AND (?2 IS NULL OR r.campaign_id IN (SELECT value FROM json_each(?2)))",
       err);
   if (st == NULL) return err ? err->code : kHeraldStore;

@@ -75,6 +75,7 @@ function runner:loop(opts)
   local failed = {}
   while not core.stopping() do
     local now = clock.now()
+    local progressed = false
     local ok, plan = self:step('plan', now)
     if not ok then break end
     for _, d in ipairs(plan.due) do
@@ -82,6 +83,7 @@ function runner:loop(opts)
       if not failed[key] then
         local okm, run_id, created, n = self:step('materialize', d.id, d.at, d.index)
         if okm then
+          progressed = true
           if created then
             self.log(string.format('campaign %s: run %d materialised for %d endpoints', d.id, run_id, n))
           end
@@ -98,6 +100,7 @@ function runner:loop(opts)
     repeat
       local n, nd = deliver.pump(now, CLAIM_BATCH, ids_json)
       next_due = nd
+      if n > 0 then progressed = true end
     until n < CLAIM_BATCH or core.stopping()
     self:step('refresh_states', clock.now())
 
@@ -105,6 +108,11 @@ function runner:loop(opts)
     if next_due and (wake == nil or next_due < wake) then wake = next_due end
     -- More runs due now (a campaign had several, one is materialised per pass): go round.
     if #plan.due > 0 and not all_failed(plan.due, failed) then wake = clock.now() end
+    -- Something due that nothing could take (its campaign failed): wait rather than spin.
+    if wake and wake <= clock.now() and not progressed then
+      if clock.is_manual() then break end
+      wake = clock.now() + POLL_MS
+    end
     if wake == nil and opts.until_idle then break end
     if opts.until_ms and (wake == nil or wake > opts.until_ms) then break end
     if clock.is_manual() then
