@@ -226,6 +226,69 @@ fail:
   return raise_error(L, &err);
 }
 
+/* trigger_cursor(campaign_id [, app]) -> last seq consumed */
+static int l_trigger_cursor(lua_State *L) {
+  int64_t seq = 0;
+  HeraldError err = {0};
+  if (herald_outbox_trigger_cursor(herald_context_store(L), luaL_optstring(L, 2, herald_context()->app),
+                                   luaL_checkstring(L, 1), &seq, &err) != kHeraldOk)
+    return raise_error(L, &err);
+  lua_pushinteger(L, (lua_Integer)seq);
+  return 1;
+}
+
+/* trigger{campaign_id=, version=, now_ms=, to_seq=, max_duration_ms=, rows={{endpoint_id=,
+ * treatment=, channel=, address=, due_ms=, event_seq=, reason=}}, cancels={endpoint ids}}
+ * -> run id (0 when the batch made no rows) */
+static int l_trigger(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TTABLE);
+  HeraldOutboxTrigger t = {0};
+  t.app = opt_field_string(L, 1, "app");
+  if (t.app == NULL) t.app = herald_context()->app;
+  t.campaign_id = opt_field_string(L, 1, "campaign_id");
+  luaL_argcheck(L, t.campaign_id != NULL, 1, "campaign_id is required");
+  t.version = (int)opt_field_integer(L, 1, "version", 1);
+  t.now_ms = (int64_t)opt_field_integer(L, 1, "now_ms", herald_clock_now_ms());
+  t.to_seq = (int64_t)opt_field_integer(L, 1, "to_seq", 0);
+  t.max_duration_ms = (int64_t)opt_field_integer(L, 1, "max_duration_ms", 0);
+  lua_getfield(L, 1, "rows");
+  int rows = lua_gettop(L);
+  lua_Integer n = lua_istable(L, rows) ? luaL_len(L, rows) : 0;
+  HeraldOutboxTriggerRow *r = lua_newuserdatauv(L, sizeof *r * (size_t)(n > 0 ? n : 1), 0);
+  for (lua_Integer i = 0; i < n; i++) {
+    lua_rawgeti(L, rows, i + 1);
+    int x = lua_gettop(L);
+    r[i].endpoint_id = opt_field_string(L, x, "endpoint_id");
+    r[i].channel = opt_field_string(L, x, "channel");
+    r[i].address = opt_field_string(L, x, "address");
+    r[i].reason = opt_field_string(L, x, "reason");
+    r[i].treatment = (int)opt_field_integer(L, x, "treatment", 0);
+    r[i].due_ms = (int64_t)opt_field_integer(L, x, "due_ms", t.now_ms);
+    r[i].event_seq = (int64_t)opt_field_integer(L, x, "event_seq", 0);
+    luaL_argcheck(L, r[i].endpoint_id != NULL, 1, "each row needs endpoint_id");
+    lua_pop(L, 1);
+  }
+  t.rows = r;
+  t.n_rows = (int)n;
+  lua_getfield(L, 1, "cancels");
+  int cancels = lua_gettop(L);
+  lua_Integer nc = lua_istable(L, cancels) ? luaL_len(L, cancels) : 0;
+  const char **c = lua_newuserdatauv(L, sizeof *c * (size_t)(nc > 0 ? nc : 1), 0);
+  for (lua_Integer i = 0; i < nc; i++) {
+    lua_rawgeti(L, cancels, i + 1);
+    c[i] = luaL_checkstring(L, -1);
+    lua_pop(L, 1);
+  }
+  t.cancels = c;
+  t.n_cancels = (int)nc;
+  int64_t run_id = 0;
+  HeraldError err = {0};
+  if (herald_outbox_trigger(herald_context_store(L), &t, &run_id, &err) != kHeraldOk)
+    return raise_error(L, &err);
+  lua_pushinteger(L, (lua_Integer)run_id);
+  return 1;
+}
+
 /* skip_run(campaign_id, version, scheduled_ms, run_index, reason [, app]) */
 static int l_skip_run(lua_State *L) {
   HeraldError err = {0};
@@ -446,7 +509,8 @@ static int l_set_campaign_state(lua_State *L) {
 
 int luaopen_herald_core_outbox(lua_State *L) {
   static const luaL_Reg funcs[] = {
-    {"materialize_run", l_materialize_run}, {"skip_run", l_skip_run}, {"claim", l_claim},         {"report_batch", l_report_batch},
+    {"materialize_run", l_materialize_run}, {"skip_run", l_skip_run},
+    {"trigger", l_trigger}, {"trigger_cursor", l_trigger_cursor}, {"claim", l_claim},         {"report_batch", l_report_batch},
     {"recover", l_recover},         {"next_due", l_next_due},   {"complete_runs", l_complete_runs},
     {"message_id", l_message_id},   {"tally", l_tally},
     {"define_campaign", l_define_campaign}, {"set_campaign_state", l_set_campaign_state},

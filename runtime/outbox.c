@@ -41,7 +41,8 @@ int herald_outbox_run_create(HeraldStore *store, const char *app, const char *ca
   sqlite3_stmt *st = herald_store_stmt(
       store,
       "INSERT INTO campaign_runs(app_id, campaign_id, campaign_version, scheduled_ms, created_at)"
-      " VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (app_id, campaign_id, scheduled_ms) DO NOTHING",
+      " VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (app_id, campaign_id, scheduled_ms, trigger_seq)"
+      " DO NOTHING",
       err);
   if (st == NULL) return err ? err->code : kHeraldStore;
   sqlite3_bind_text(st, 1, app, -1, SQLITE_STATIC);
@@ -53,7 +54,7 @@ int herald_outbox_run_create(HeraldStore *store, const char *app, const char *ca
   *created = sqlite3_changes(herald_store_db(store)) > 0;
   st = herald_store_stmt(store,
                          "SELECT id FROM campaign_runs WHERE app_id = ?1 AND campaign_id = ?2"
-                         " AND scheduled_ms = ?3",
+                         " AND scheduled_ms = ?3 AND trigger_seq = 0",
                          err);
   if (st == NULL) return err ? err->code : kHeraldStore;
   sqlite3_bind_text(st, 1, app, -1, SQLITE_STATIC);
@@ -481,7 +482,8 @@ int herald_outbox_run_skip(HeraldStore *store, const char *app, const char *camp
       store,
       "INSERT INTO campaign_runs(app_id, campaign_id, campaign_version, scheduled_ms, run_index,"
       " state, result, reason, created_at, ended_at) VALUES (?1, ?2, ?3, ?4, ?5, 'SKIPPED',"
-      " 'SKIPPED', ?6, ?7, ?7) ON CONFLICT (app_id, campaign_id, scheduled_ms) DO NOTHING",
+      " 'SKIPPED', ?6, ?7, ?7) ON CONFLICT (app_id, campaign_id, scheduled_ms, trigger_seq)"
+      " DO NOTHING",
       err);
   if (st == NULL) return err ? err->code : kHeraldStore;
   sqlite3_bind_text(st, 1, app, -1, SQLITE_STATIC);
@@ -578,4 +580,132 @@ int herald_outbox_cancel(HeraldStore *store, const char *app, const char *campai
   sqlite3_reset(st);
   if (rc != SQLITE_DONE) return herald_store_fail(store, err, "cancelling a campaign's rows");
   return kHeraldOk;
+}
+
+int herald_outbox_trigger_cursor(HeraldStore *store, const char *app, const char *campaign_id,
+                                 int64_t *last_seq, HeraldError *err) {
+  sqlite3_stmt *st = herald_store_stmt(
+      store,
+      "INSERT INTO trigger_cursors(app_id, campaign_id, last_seq) SELECT ?1, ?2,"
+      " coalesce((SELECT max(seq) FROM events), 0) WHERE true"
+      " ON CONFLICT (app_id, campaign_id) DO NOTHING",
+      err);
+  if (st == NULL) return err ? err->code : kHeraldStore;
+  sqlite3_bind_text(st, 1, app, -1, SQLITE_STATIC);
+  sqlite3_bind_text(st, 2, campaign_id, -1, SQLITE_STATIC);
+  int rc = sqlite3_step(st);
+  sqlite3_reset(st);
+  if (rc != SQLITE_DONE) return herald_store_fail(store, err, "starting a trigger cursor");
+  st = herald_store_stmt(
+      store, "SELECT last_seq FROM trigger_cursors WHERE app_id = ?1 AND campaign_id = ?2", err);
+  if (st == NULL) return err ? err->code : kHeraldStore;
+  sqlite3_bind_text(st, 1, app, -1, SQLITE_STATIC);
+  sqlite3_bind_text(st, 2, campaign_id, -1, SQLITE_STATIC);
+  rc = sqlite3_step(st);
+  *last_seq = rc == SQLITE_ROW ? sqlite3_column_int64(st, 0) : 0;
+  sqlite3_reset(st);
+  if (rc != SQLITE_ROW) return herald_store_fail(store, err, "reading a trigger cursor");
+  return kHeraldOk;
+}
+
+int herald_outbox_trigger(HeraldStore *store, const HeraldOutboxTrigger *t, int64_t *run_id,
+                          HeraldError *err) {
+  char now[32];
+  herald_time_format(t->now_ms, now, sizeof now);
+  *run_id = 0;
+  if (herald_store_begin(store, err) != kHeraldOk) return err ? err->code : kHeraldStore;
+  sqlite3_stmt *st;
+  int rc;
+  /* cancellations first: a cancelling event later in the batch than a trigger still cancels
+   * it, as the trigger's row is inserted below only when no cancel follows it */
+  for (int i = 0; i < t->n_cancels; i++) {
+    st = herald_store_stmt(
+        store,
+        "UPDATE outbox SET state = 'SKIPPED', reason = 'CANCELLED', updated_ms = ?4"
+        " WHERE state = 'PENDING' AND endpoint_id = ?3 AND run_id IN (SELECT id FROM"
+        " campaign_runs WHERE app_id = ?1 AND campaign_id = ?2 AND trigger_seq > 0)",
+        err);
+    if (st == NULL) goto fail;
+    sqlite3_bind_text(st, 1, t->app, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, t->campaign_id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 3, t->cancels[i], -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 4, t->now_ms);
+    rc = sqlite3_step(st);
+    sqlite3_reset(st);
+    if (rc != SQLITE_DONE) {
+      herald_store_fail(store, err, "cancelling triggered messages");
+      goto fail;
+    }
+  }
+  if (t->n_rows > 0) {
+    st = herald_store_stmt(
+        store,
+        "INSERT INTO campaign_runs(app_id, campaign_id, campaign_version, scheduled_ms, trigger_seq,"
+        " run_index, state, total, max_duration_ms, started_ms, created_at) VALUES (?1, ?2, ?3, ?4,"
+        " ?5, -1, 'EXECUTING', ?6, ?7, ?4, ?8)",
+        err);
+    if (st == NULL) goto fail;
+    sqlite3_bind_text(st, 1, t->app, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, t->campaign_id, -1, SQLITE_STATIC);
+    sqlite3_bind_int(st, 3, t->version);
+    sqlite3_bind_int64(st, 4, t->now_ms);
+    sqlite3_bind_int64(st, 5, t->to_seq);
+    sqlite3_bind_int(st, 6, t->n_rows);
+    if (t->max_duration_ms > 0) sqlite3_bind_int64(st, 7, t->max_duration_ms);
+    else sqlite3_bind_null(st, 7);
+    sqlite3_bind_text(st, 8, now, -1, SQLITE_STATIC);
+    rc = sqlite3_step(st);
+    sqlite3_reset(st);
+    if (rc != SQLITE_DONE) {
+      herald_store_fail(store, err, "creating a triggered run");
+      goto fail;
+    }
+    *run_id = sqlite3_last_insert_rowid(herald_store_db(store));
+    st = herald_store_stmt(
+        store,
+        "INSERT INTO outbox(run_id, endpoint_id, treatment, message_id, channel, address, due_ms,"
+        " state, reason, note) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        err);
+    if (st == NULL) goto fail;
+    for (int i = 0; i < t->n_rows; i++) {
+      const HeraldOutboxTriggerRow *r = &t->rows[i];
+      char message_id[40];
+      herald_outbox_message_id(t->app, t->campaign_id, r->event_seq, r->endpoint_id, message_id);
+      char note[48];
+      snprintf(note, sizeof note, "EVENT %lld", (long long)r->event_seq);
+      sqlite3_bind_int64(st, 1, *run_id);
+      sqlite3_bind_text(st, 2, r->endpoint_id, -1, SQLITE_STATIC);
+      sqlite3_bind_int(st, 3, r->treatment);
+      sqlite3_bind_text(st, 4, message_id, -1, SQLITE_STATIC);
+      sqlite3_bind_text(st, 5, r->channel, -1, SQLITE_STATIC);
+      sqlite3_bind_text(st, 6, r->address, -1, SQLITE_STATIC);
+      sqlite3_bind_int64(st, 7, r->due_ms);
+      sqlite3_bind_text(st, 8, r->reason ? "SKIPPED" : "PENDING", -1, SQLITE_STATIC);
+      sqlite3_bind_text(st, 9, r->reason, -1, SQLITE_STATIC);
+      sqlite3_bind_text(st, 10, note, -1, SQLITE_STATIC);
+      rc = sqlite3_step(st);
+      sqlite3_reset(st);
+      if (rc != SQLITE_DONE) {
+        herald_store_fail(store, err, "writing a triggered message");
+        goto fail;
+      }
+    }
+  }
+  st = herald_store_stmt(
+      store, "UPDATE trigger_cursors SET last_seq = ?3 WHERE app_id = ?1 AND campaign_id = ?2"
+             " AND last_seq < ?3", err);
+  if (st == NULL) goto fail;
+  sqlite3_bind_text(st, 1, t->app, -1, SQLITE_STATIC);
+  sqlite3_bind_text(st, 2, t->campaign_id, -1, SQLITE_STATIC);
+  sqlite3_bind_int64(st, 3, t->to_seq);
+  rc = sqlite3_step(st);
+  sqlite3_reset(st);
+  if (rc != SQLITE_DONE) {
+    herald_store_fail(store, err, "advancing a trigger cursor");
+    goto fail;
+  }
+  return herald_store_commit(store, err);
+fail:
+  herald_store_rollback(store);
+  return err ? err->code : kHeraldStore;
 }

@@ -99,6 +99,39 @@ int herald_outbox_run_finish(HeraldStore *store, int64_t run_id, HeraldError *er
 int herald_outbox_cancel(HeraldStore *store, const char *app, const char *campaign_id,
                          const char *reason, HeraldError *err);
 
+/* Event triggers. The position of campaign_id in the events table (created at the current
+ * last seq, so history does not fire a new trigger campaign). */
+int herald_outbox_trigger_cursor(HeraldStore *store, const char *app, const char *campaign_id,
+                                 int64_t *last_seq, HeraldError *err);
+
+typedef struct {
+  const char *endpoint_id;
+  int treatment;
+  const char *channel;
+  const char *address;
+  int64_t due_ms;
+  int64_t event_seq;   /* the event that fired: part of the message id */
+  const char *reason;  /* NULL: PENDING; else SKIPPED with it (HOLDOUT, OPT_OUT, ...) */
+} HeraldOutboxTriggerRow;
+
+typedef struct {
+  const char *app;
+  const char *campaign_id;
+  int version;
+  int64_t now_ms;
+  int64_t to_seq;      /* the last event seq this batch consumed */
+  const HeraldOutboxTriggerRow *rows;
+  int n_rows;
+  const char *const *cancels;  /* endpoints whose pending triggered messages are cancelled */
+  int n_cancels;
+  int64_t max_duration_ms;
+} HeraldOutboxTrigger;
+
+/* In one transaction: cancels, a run holding the batch's rows (when there are any), and the
+ * cursor moved to to_seq. */
+int herald_outbox_trigger(HeraldStore *store, const HeraldOutboxTrigger *t, int64_t *run_id,
+                          HeraldError *err);
+
 /* Claims up to max rows due at now_ms (state PENDING -> CLAIMED, attempts + 1, claimed_ms =
  * now_ms) of the campaigns named in campaigns_json (a JSON array of ids of app; NULL for all).
  * Rows of PAUSED or DELETED campaigns stay PENDING. In the same transaction, limits are

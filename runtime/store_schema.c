@@ -107,7 +107,9 @@ const char *const herald_store_migrations[] = {
   "  started_ms INTEGER,"
   "  created_at TEXT NOT NULL,"
   "  ended_at TEXT,"
-  "  UNIQUE (app_id, campaign_id, scheduled_ms)"
+  /* 0 for a scheduled run; for an event-triggered one, the last event seq it consumed */
+  "  trigger_seq INTEGER NOT NULL DEFAULT 0,"
+  "  UNIQUE (app_id, campaign_id, scheduled_ms, trigger_seq)"
   ");"
 
   "CREATE TABLE outbox ("
@@ -170,6 +172,16 @@ const char *const herald_store_migrations[] = {
   "  secret BLOB NOT NULL,"
   "  created_at TEXT NOT NULL"
   ");",
+
+  /* 5: event-triggered campaigns read the events table by seq; each campaign's position is
+   * advanced in the same transaction as the outbox rows its events made, so an event fires a
+   * trigger once, even across a crash. */
+  "CREATE TABLE trigger_cursors ("
+  "  app_id TEXT NOT NULL,"
+  "  campaign_id TEXT NOT NULL,"
+  "  last_seq INTEGER NOT NULL,"
+  "  PRIMARY KEY (app_id, campaign_id)"
+  ") WITHOUT ROWID;",
 };
 
 const int herald_store_migration_count =

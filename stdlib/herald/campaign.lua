@@ -152,15 +152,6 @@ local function template_configuration(path, t)
   return config
 end
 
-local function lua_schedule(path, s)
-  if s == nil or s == 'IMMEDIATE' then return { StartTime = 'IMMEDIATE', Frequency = 'ONCE' } end
-  if type(s) == 'string' then return { StartTime = s, Frequency = 'ONCE' } end
-  if type(s) ~= 'table' then fail(path, "expected 'IMMEDIATE', an ISO 8601 time or a table") end
-  only(path, s, set('start', 'end', 'frequency', 'timezone', 'is_local_time', 'event'))
-  return { StartTime = s.start or 'IMMEDIATE', EndTime = s['end'], Frequency = s.frequency or 'ONCE',
-           Timezone = s.timezone, IsLocalTime = s.is_local_time, EventFilter = s.event }
-end
-
 local function duration_s(path, v)
   if math.type(v) == 'integer' and v > 0 then return v end
   if type(v) == 'string' then
@@ -168,6 +159,58 @@ local function duration_s(path, v)
     if n then return tonumber(n) * ({ s = 1, m = 60, h = 3600, d = 86400 })[unit] end
   end
   fail(path, "a positive number of seconds, or '30m', '2h', '1d'")
+end
+
+local OPERATORS = { ['>'] = 'GREATER_THAN', ['>='] = 'GREATER_THAN_OR_EQUAL', ['<'] = 'LESS_THAN',
+                    ['<='] = 'LESS_THAN_OR_EQUAL', ['=='] = 'EQUAL' }
+
+-- event = { types = {...}, attributes = { name = {values} }, metrics = { name = {'>', 10} },
+--   filter_type = 'ENDPOINT', predicate = function(event, endpoint), delay =, cancel_on = {...},
+--   expiry = } -> Pinpoint's EventFilter, and herald's trigger settings
+local function lua_event(path, e)
+  if type(e) ~= 'table' then fail(path, 'expected a table { types = {...}, ... }') end
+  only(path, e, set('types', 'attributes', 'metrics', 'filter_type', 'predicate', 'delay', 'cancel_on', 'expiry'))
+  if type(e.types) ~= 'table' or #e.types == 0 then fail(path .. '.types', 'a non-empty list of event types') end
+  local dims = { EventType = { DimensionType = 'INCLUSIVE', Values = e.types } }
+  if e.attributes ~= nil then
+    if type(e.attributes) ~= 'table' then fail(path .. '.attributes', 'expected { name = {values} }') end
+    dims.Attributes = {}
+    for k, v in pairs(e.attributes) do
+      if type(v) == 'table' and v.AttributeType then dims.Attributes[k] = v
+      elseif type(v) == 'table' then dims.Attributes[k] = { AttributeType = 'INCLUSIVE', Values = v }
+      else fail(path .. '.attributes.' .. tostring(k), 'a list of values') end
+    end
+  end
+  if e.metrics ~= nil then
+    if type(e.metrics) ~= 'table' then fail(path .. '.metrics', "expected { name = {'>', 10} }") end
+    dims.Metrics = {}
+    for k, v in pairs(e.metrics) do
+      if type(v) == 'table' and v.ComparisonOperator then dims.Metrics[k] = v
+      elseif type(v) == 'table' and OPERATORS[v[1]] and type(v[2]) == 'number' then
+        dims.Metrics[k] = { ComparisonOperator = OPERATORS[v[1]], Value = v[2] }
+      else fail(path .. '.metrics.' .. tostring(k), "{'>', number} (>, >=, <, <=, ==)") end
+    end
+  end
+  if e.predicate ~= nil and type(e.predicate) ~= 'function' then fail(path .. '.predicate', 'a function(event, endpoint) -> boolean') end
+  local extra = { predicate = e.predicate, trigger = {} }
+  if e.delay ~= nil then extra.trigger.TriggerDelaySeconds = duration_s(path .. '.delay', e.delay) end
+  if e.expiry ~= nil then extra.trigger.TriggerExpirySeconds = duration_s(path .. '.expiry', e.expiry) end
+  if e.cancel_on ~= nil then
+    if type(e.cancel_on) ~= 'table' or #e.cancel_on == 0 then fail(path .. '.cancel_on', 'a list of event types') end
+    extra.trigger.CancelOnEventTypes = e.cancel_on
+  end
+  return { FilterType = e.filter_type or 'ENDPOINT', Dimensions = dims }, extra
+end
+
+local function lua_schedule(path, s)
+  if s == nil or s == 'IMMEDIATE' then return { StartTime = 'IMMEDIATE', Frequency = 'ONCE' } end
+  if type(s) == 'string' then return { StartTime = s, Frequency = 'ONCE' } end
+  if type(s) ~= 'table' then fail(path, "expected 'IMMEDIATE', an ISO 8601 time or a table") end
+  only(path, s, set('start', 'end', 'frequency', 'timezone', 'is_local_time', 'event'))
+  local filter, extra
+  if s.event ~= nil then filter, extra = lua_event(path .. '.event', s.event) end
+  return { StartTime = s.start or 'IMMEDIATE', EndTime = s['end'], Frequency = s.frequency or (s.event and 'EVENT') or 'ONCE',
+           Timezone = s.timezone, IsLocalTime = s.is_local_time, EventFilter = filter }, extra
 end
 
 local function from_lua(def)
@@ -179,7 +222,11 @@ local function from_lua(def)
     Name = def.name, Description = def.description, HoldoutPercent = def.holdout or 0,
     TreatmentName = def.treatment_name, Herald = {},
   }
-  p.Schedule = lua_schedule('schedule', def.schedule)
+  local event_extra
+  p.Schedule, event_extra = lua_schedule('schedule', def.schedule)
+  if event_extra then
+    for k, v in pairs(event_extra.trigger) do p.Herald[k] = v end
+  end
   if def.quiet_time ~= nil then
     local q = def.quiet_time
     if type(q) ~= 'table' then fail('quiet_time', "expected { start = 'HH:MM', ['end'] = 'HH:MM', policy = 'defer' }") end
@@ -248,7 +295,7 @@ local function from_lua(def)
     p.TreatmentName = p.TreatmentName or 'default'
   end
   p.Herald.Deliver = def.deliver
-  return p
+  return p, event_extra and event_extra.predicate
 end
 
 ---------------------------------------------------------------------------------------------
@@ -349,6 +396,31 @@ local function build(p, lua)
       if s.frequency ~= 'ONCE' then fail(path .. '.Frequency', "a treatment's own schedule is ONCE: it moves the treatment's send time") end
     end
   end
+  if sched.frequency == 'EVENT' then
+    local f = p.Schedule.EventFilter
+    local fp = spath .. '.EventFilter'
+    if type(f) ~= 'table' then fail(fp, 'required for an EVENT schedule') end
+    if f.FilterType ~= nil and f.FilterType ~= 'ENDPOINT' and f.FilterType ~= 'SYSTEM' then
+      fail(fp .. '.FilterType', "'ENDPOINT' or 'SYSTEM'")
+    end
+    local d = f.Dimensions
+    if type(d) ~= 'table' or type(d.EventType) ~= 'table' or type(d.EventType.Values) ~= 'table' or #d.EventType.Values == 0 then
+      fail(fp .. '.Dimensions.EventType.Values', 'a non-empty list of event types')
+    end
+    for k, m in pairs(d.Metrics or {}) do
+      local ok_op = false
+      for _, op in pairs(OPERATORS) do if m.ComparisonOperator == op then ok_op = true end end
+      if not ok_op then fail(fp .. '.Dimensions.Metrics.' .. k .. '.ComparisonOperator', 'GREATER_THAN, GREATER_THAN_OR_EQUAL, LESS_THAN, LESS_THAN_OR_EQUAL or EQUAL') end
+      if type(m.Value) ~= 'number' then fail(fp .. '.Dimensions.Metrics.' .. k .. '.Value', 'a number') end
+    end
+    for k, a in pairs(d.Attributes or {}) do
+      local t = a.AttributeType or 'INCLUSIVE'
+      if t ~= 'INCLUSIVE' and t ~= 'EXCLUSIVE' and t ~= 'CONTAINS' then
+        fail(fp .. '.Dimensions.Attributes.' .. k .. '.AttributeType', 'INCLUSIVE, EXCLUSIVE or CONTAINS')
+      end
+      if type(a.Values) ~= 'table' then fail(fp .. '.Dimensions.Attributes.' .. k .. '.Values', 'a list') end
+    end
+  end
   local policy = p.Herald.QuietTimePolicy
   if policy == nil then
     -- Pinpoint skips messages that fall in quiet time; herald's Lua form defers by default.
@@ -375,11 +447,11 @@ local function build(p, lua)
   return sizes
 end
 
-local function instantiate(p, seg, hook, lua)
+local function instantiate(p, seg, hook, lua, predicate)
   local sizes = build(p, lua)
   p.SegmentId = seg.name
   return setmetatable({
-    id = p.Name, name = p.Name, definition = p, segment = seg, hook = hook,
+    id = p.Name, name = p.Name, definition = p, segment = seg, hook = hook, predicate = predicate,
     holdout = p.HoldoutPercent or 0, sizes = sizes,
   }, Campaign)
 end
@@ -444,9 +516,9 @@ end
 
 local function define(def)
   local ok, c = pcall(function()
-    local p = from_lua(def)
+    local p, predicate = from_lua(def)
     if not segment.is_segment(def.segment) then fail('segment', 'required: a herald.segment') end
-    return instantiate(p, def.segment, def.hook, true)
+    return instantiate(p, def.segment, def.hook, true, predicate)
   end)
   if not ok then raise(type(def) == 'table' and def.name or '?', c, 3) end
   return register(c, 3)
@@ -454,7 +526,7 @@ end
 
 -- A Pinpoint WriteCampaignRequest (JSON text or decoded table) as is. SegmentId names a
 -- segment: pass it as opts.segment (or opts.segments = {id = segment}); opts.hook is the Lua
--- function a FILTER Hook calls.
+-- function a FILTER Hook calls; opts.predicate an event campaign's extra test.
 function campaign.from_pinpoint(doc, opts)
   opts = opts or {}
   local name = '?'
@@ -474,7 +546,7 @@ function campaign.from_pinpoint(doc, opts)
     if p.Hook ~= nil and p.Hook.Mode == 'FILTER' and type(opts.hook) ~= 'function' then
       fail('Hook', 'a FILTER hook needs its Lua function: from_pinpoint(json, { hook = function(endpoints) ... end })')
     end
-    return instantiate(p, seg, opts.hook, false)
+    return instantiate(p, seg, opts.hook, false, opts.predicate)
   end)
   if not ok then raise(name, c, 2) end
   return register(c, 2)
@@ -487,7 +559,7 @@ function campaign.copy(name, new_name)
   local p = json.decode(src:definition_json())
   p.Name = new_name
   p.Herald.CopyOf = name
-  local ok, c = pcall(instantiate, p, src.segment, src.hook, false)
+  local ok, c = pcall(instantiate, p, src.segment, src.hook, false, src.predicate)
   if not ok then raise(new_name, c, 2) end
   return register(c, 2)
 end

@@ -15,6 +15,7 @@ runner.__index = runner
 
 local CLAIM_BATCH = 256
 local POLL_MS = 1000
+local EVENT_POLL_MS = 20
 
 -- new{memory =, budget =, log = function(msg), err = function(msg)}
 function runner.new(opts)
@@ -94,6 +95,9 @@ function runner:loop(opts)
       end
     end
 
+    local okt, events, more_events = self:step('triggers', now)
+    if okt and more_events then progressed = true end
+
     local okids, ids_json = self:step('campaign_ids')
     if not okids then break end
     local next_due
@@ -108,6 +112,7 @@ function runner:loop(opts)
     if next_due and (wake == nil or next_due < wake) then wake = next_due end
     -- More runs due now (a campaign had several, one is materialised per pass): go round.
     if #plan.due > 0 and not all_failed(plan.due, failed) then wake = clock.now() end
+    if okt and more_events then wake = clock.now() end
     -- Something due that nothing could take (its campaign failed): wait rather than spin.
     if wake and wake <= clock.now() and not progressed then
       if clock.is_manual() then break end
@@ -119,8 +124,10 @@ function runner:loop(opts)
       if wake == nil then break end
       clock.advance(math.max(wake - clock.now(), 0))
     else
-      local wait = POLL_MS
-      if wake then wait = math.max(0, math.min(POLL_MS, wake - clock.now())) end
+      -- event campaigns poll the events table often: the trigger latency budget is 100 ms
+      local poll = (okt and events) and EVENT_POLL_MS or POLL_MS
+      local wait = poll
+      if wake then wait = math.max(0, math.min(poll, wake - clock.now())) end
       task.sleep(wait)
     end
   end

@@ -205,6 +205,131 @@ function scheduler.mark_invalid(id)
   outbox.advance_campaign_state(id, 'INVALID')
 end
 
+---------------------------------------------------------------------------------------------
+-- Event triggers: each EVENT campaign reads the events table after its cursor (events from
+-- herald.events.put, PutEvents and imports alike), and writes the messages its events make
+-- together with the new cursor position, so an event fires a trigger once.
+
+local TRIGGER_BATCH = 1000
+
+local COMPARE = {
+  GREATER_THAN = function(a, b) return a > b end, GREATER_THAN_OR_EQUAL = function(a, b) return a >= b end,
+  LESS_THAN = function(a, b) return a < b end, LESS_THAN_OR_EQUAL = function(a, b) return a <= b end,
+  EQUAL = function(a, b) return a == b end,
+}
+
+local function member(list, v)
+  for _, x in ipairs(list) do if x == v then return true end end
+  return false
+end
+
+local function event_matches(f, ev)
+  local system = ev.event_type:sub(1, 1) == '_'
+  if (f.FilterType == 'SYSTEM') ~= system then return false end
+  local d = f.Dimensions
+  local inside = member(d.EventType.Values, ev.event_type)
+  if (d.EventType.DimensionType or 'INCLUSIVE') == 'INCLUSIVE' then
+    if not inside then return false end
+  elseif inside then
+    return false
+  end
+  for name, a in pairs(d.Attributes or {}) do
+    local v = ev.attributes[name]
+    local t = a.AttributeType or 'INCLUSIVE'
+    if t == 'INCLUSIVE' and not member(a.Values, v) then return false end
+    if t == 'EXCLUSIVE' and member(a.Values, v) then return false end
+    if t == 'CONTAINS' then
+      local any = false
+      for _, x in ipairs(a.Values) do
+        if type(v) == 'string' and v:find(x, 1, true) then any = true end
+      end
+      if not any then return false end
+    end
+  end
+  for name, m in pairs(d.Metrics or {}) do
+    local v = ev.metrics[name]
+    if type(v) ~= 'number' or not COMPARE[m.ComparisonOperator](v, m.Value) then return false end
+  end
+  return true
+end
+
+local function skip_reason(c, ep, arm)
+  if ep.EndpointStatus == 'INACTIVE' then return 'INACTIVE' end
+  if ep.OptOut == 'ALL' then return 'OPT_OUT' end
+  if ep.Address == nil or ep.Address == '' then return 'MISSING_ADDRESS' end
+  if arm < 0 then return 'HOLDOUT' end
+  return nil
+end
+
+local function in_segment(seg, ep)
+  if seg.contains then return seg:contains(ep) end
+  local q = seg:compile()
+  if q.where ~= '1' then error('segment ' .. seg.name .. ' has an SQL condition and no contains()', 0) end
+  return q.filter == nil or q.filter(ep)
+end
+
+local function trigger_campaign(c, now_ms)
+  local f = c.definition.Schedule.EventFilter
+  local h = c.definition.Herald
+  local cancel_types = h.CancelOnEventTypes or {}
+  local delay_ms = (h.TriggerDelaySeconds or 0) * 1000
+  local expiry_ms = h.TriggerExpirySeconds and h.TriggerExpirySeconds * 1000
+  local cursor = outbox.trigger_cursor(c.id)
+  local events = query('SELECT seq, endpoint_id, event_id, event_type, timestamp, attributes, metrics'
+    .. ' FROM events WHERE app_id = ? AND seq > ? ORDER BY seq LIMIT ?', core.app(), cursor, TRIGGER_BATCH)
+  if #events == 0 then return 0 end
+  local rows, by_endpoint, cancels, cancelled = {}, {}, {}, {}
+  for _, ev in ipairs(events) do
+    if member(cancel_types, ev.event_type) then
+      local i = by_endpoint[ev.endpoint_id]
+      if i then rows[i] = false; by_endpoint[ev.endpoint_id] = nil end
+      if not cancelled[ev.endpoint_id] then
+        cancels[#cancels + 1] = ev.endpoint_id
+        cancelled[ev.endpoint_id] = true
+      end
+    elseif by_endpoint[ev.endpoint_id] == nil then
+      ev.attributes = json.decode(ev.attributes or '{}') or {}
+      ev.metrics = json.decode(ev.metrics or '{}') or {}
+      local at = time.parse(ev.timestamp) or now_ms
+      local fresh = expiry_ms == nil or now_ms - at <= expiry_ms
+      if fresh and event_matches(f, ev) then
+        local ep = endpoints.get(ev.endpoint_id)
+        if ep and in_segment(c.segment, ep) and (c.predicate == nil or c.predicate(ev, ep)) then
+          local arm = c:arm(ep.CohortId)
+          rows[#rows + 1] = {
+            endpoint_id = ep.Id, treatment = arm, channel = ep.ChannelType, address = ep.Address,
+            due_ms = math.max(at + delay_ms, now_ms), event_seq = ev.seq, reason = skip_reason(c, ep, arm),
+          }
+          by_endpoint[ep.Id] = #rows
+        end
+      end
+    end
+  end
+  local kept = {}
+  for _, r in ipairs(rows) do if r then kept[#kept + 1] = r end end
+  local limits = c.definition.Limits or {}
+  outbox.trigger {
+    campaign_id = c.id, version = c.version, now_ms = now_ms, to_seq = events[#events].seq,
+    rows = kept, cancels = cancels,
+    max_duration_ms = limits.MaximumDuration and limits.MaximumDuration * 1000 or nil,
+  }
+  return #events
+end
+
+-- Processes new events for every EVENT campaign. Returns whether any campaign is
+-- event-triggered, and whether a batch was full (more events are waiting).
+function scheduler.triggers(now_ms)
+  local any, more = false, false
+  local st = states()
+  for _, c in ipairs(campaign.order) do
+    if c:schedule().frequency == 'EVENT' and st[c.id] ~= 'PAUSED' and st[c.id] ~= 'DELETED' then
+      any = true
+      if trigger_campaign(c, now_ms) >= TRIGGER_BATCH then more = true end
+    end
+  end
+  return any, more
+end
+
 -- Moves each campaign to the state its runs say (PAUSED and DELETED stay as they are).
 function scheduler.refresh_states(now_ms)
   for _, c in ipairs(campaign.order) do

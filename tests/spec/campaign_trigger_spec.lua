@@ -1,0 +1,91 @@
+-- Event-triggered campaigns: filters, segment membership, delay with cancellation, expiry,
+-- and no event firing twice.
+local h = require 'helpers'
+local json = require 'herald.json'
+
+local function q(dir, sql)
+  local out, code, err = h.herald('--db c.db -e ' .. h.shell_quote(
+    'print(herald.json.encode(herald.json.array(assert(herald.db.query([[' .. sql .. ']])))))'),
+    { cwd = dir })
+  assert.are.equal(0, code, err)
+  return json.decode(out)
+end
+
+local function events(dir, list)
+  local src = {}
+  for _, e in ipairs(list) do
+    src[#src + 1] = string.format('assert(herald.events.put(%q, { EventId = %q, EventType = %q, Timestamp = %q, Attributes = %s, Metrics = %s }))',
+      e[1], e[2], e[3], e[4], e.attributes or '{}', e.metrics or '{}')
+  end
+  local _, code, err = h.herald('--db c.db -e ' .. h.shell_quote(table.concat(src, '\n')), { cwd = dir })
+  assert.are.equal(0, code, err)
+end
+
+local CAMPAIGN = [[
+  local eps = {}
+  for i = 1, 6 do
+    herald.endpoints.put{ Id = 'u' .. i, ChannelType = 'EMAIL', Address = 'u' .. i .. '@example.com',
+      OptOut = i == 6 and 'ALL' or 'NONE', Attributes = { tier = { i <= 4 and 'gold' or 'free' } } }
+  end
+  herald.campaign{ name = 'cart', deliver = { file = 'out.txt' },
+    segment = herald.segment{ name = 'gold', filter = function(ep) return ep.Id ~= 'u5' end },
+    message = { subject = 'Your cart', body = 'Still thinking?' },
+    schedule = { event = { types = { 'cart.add' }, attributes = { store = { 'web' } }, metrics = { total = { '>=', 20 } },
+      predicate = function(ev, ep) return ep.Id ~= 'u4' end,
+      delay = '1h', cancel_on = { 'purchase' }, expiry = '1d' } } }
+]]
+
+describe('event-triggered campaigns', function()
+  it('fires once per matching event after the delay, unless a cancelling event comes first', function()
+    local dir = h.tmpdir()
+    h.write(dir .. '/cart.lua', CAMPAIGN)
+    local _, code, err = h.herald('--db c.db run --clock-start 2027-01-01T10:00:00Z --until 2027-01-01T10:00:01Z cart.lua', { cwd = dir })
+    assert.are.equal(0, code, err)
+    events(dir, {
+      { 'u1', 'a1', 'cart.add', '2027-01-01T10:00:00Z', attributes = '{store="web"}', metrics = '{total=50}' },
+      { 'u2', 'a2', 'cart.add', '2027-01-01T10:00:00Z', attributes = '{store="web"}', metrics = '{total=50}' },
+      { 'u3', 'a3', 'cart.add', '2027-01-01T10:00:00Z', attributes = '{store="shop"}', metrics = '{total=50}' },
+      { 'u3', 'a3b', 'cart.add', '2027-01-01T10:00:00Z', attributes = '{store="web"}', metrics = '{total=5}' },
+      { 'u4', 'a4', 'cart.add', '2027-01-01T10:00:00Z', attributes = '{store="web"}', metrics = '{total=50}' },
+      { 'u5', 'a5', 'cart.add', '2027-01-01T10:00:00Z', attributes = '{store="web"}', metrics = '{total=50}' },
+      { 'u6', 'a6', 'cart.add', '2027-01-01T10:00:00Z', attributes = '{store="web"}', metrics = '{total=50}' },
+      { 'u1', 'v1', 'page.view', '2027-01-01T10:00:00Z' },
+    })
+    _, code, err = h.herald('--db c.db run --clock-start 2027-01-01T10:01:00Z --until 2027-01-01T10:30:00Z cart.lua', { cwd = dir })
+    assert.are.equal(0, code, err)
+    local rows = q(dir, 'SELECT endpoint_id, state, reason, due_ms FROM outbox ORDER BY endpoint_id')
+    -- u1, u2 match; u3's events fail the attribute or the metric; u4 the predicate; u5 is not in
+    -- the segment; u6 opted out
+    assert.are.same({ 'u1', 'u2', 'u6' }, { rows[1].endpoint_id, rows[2].endpoint_id, rows[3].endpoint_id })
+    assert.are.equal(3, #rows)
+    assert.are.equal('PENDING', rows[1].state)
+    assert.are.equal('OPT_OUT', rows[3].reason)
+    assert.are.equal(1798797600000 + 3600000, rows[1].due_ms)  -- 10:00 + 1 h
+    -- u2 buys within the hour: its reminder is cancelled
+    events(dir, { { 'u2', 'p2', 'purchase', '2027-01-01T10:40:00Z' } })
+    _, code, err = h.herald('--db c.db run --until-idle --clock-start 2027-01-01T10:40:00Z cart.lua', { cwd = dir })
+    assert.are.equal(0, code, err)
+    rows = q(dir, 'SELECT endpoint_id, state, reason FROM outbox ORDER BY endpoint_id')
+    assert.are.same({ endpoint_id = 'u1', state = 'SENT' }, rows[1])
+    assert.are.same({ endpoint_id = 'u2', state = 'SKIPPED', reason = 'CANCELLED' }, rows[2])
+    assert.are.equal(1, h.count(h.read(dir .. '/out.txt'), '--- message '))
+    -- running again fires nothing twice
+    _, code, err = h.herald('--db c.db run --until-idle --clock-start 2027-01-01T12:00:00Z cart.lua', { cwd = dir })
+    assert.are.equal(0, code, err)
+    assert.are.equal(3, #q(dir, 'SELECT 1 FROM outbox'))
+    -- an event older than the expiry does not fire
+    events(dir, { { 'u1', 'late', 'cart.add', '2026-12-30T10:00:00Z', attributes = '{store="web"}', metrics = '{total=50}' } })
+    _, code, err = h.herald('--db c.db run --until-idle --clock-start 2027-01-01T12:00:00Z cart.lua', { cwd = dir })
+    assert.are.equal(0, code, err)
+    assert.are.equal(3, #q(dir, 'SELECT 1 FROM outbox'))
+  end)
+
+  it('refuses a bad event filter with its field path', function()
+    local dir = h.tmpdir()
+    h.write(dir .. '/bad.lua', "herald.campaign{ name = 'b', segment = herald.segment{ name = 'all' }, message = { body = 'x' },\n  schedule = { event = { types = { 'a' }, metrics = { total = { '~', 1 } } } } }\n")
+    local _, code, err = h.herald('--db c.db run --until-idle bad.lua', { cwd = dir })
+    assert.are_not.equal(0, code)
+    assert.matches('bad.lua:1:', err, 1, true)
+    assert.matches('schedule.event.metrics.total', err, 1, true)
+  end)
+end)
