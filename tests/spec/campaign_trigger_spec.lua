@@ -89,3 +89,43 @@ describe('event-triggered campaigns', function()
     assert.matches('schedule.event.metrics.total', err, 1, true)
   end)
 end)
+
+describe('example scripts', function()
+  local function script(name) return h.shell_quote(h.root .. '/scripts/' .. name) end
+
+  it('weekly local time with quiet hours: twelve Mondays, each at 09:30 local', function()
+    local dir = h.tmpdir()
+    local _, code, err = h.herald('--db c.db run --until-idle --clock-start 2027-01-01T00:00:00Z ' .. script('weekly_local.lua'), { cwd = dir })
+    assert.are.equal(0, code, err)
+    assert.are.equal(13 * 50, h.count(h.read(dir .. '/weekly-messages.txt'), '--- message '))
+    assert.are.equal(13 * 5, q(dir, "SELECT count(*) AS n FROM outbox WHERE note = 'MISSING_TIMEZONE'")[1].n)
+  end)
+
+  it('A/B subjects with a holdout', function()
+    local dir = h.tmpdir()
+    local out, code, err = h.herald('--db c.db run --until-idle ' .. script('ab_subject.lua'), { cwd = dir })
+    assert.are.equal(0, code, err)
+    assert.matches('A: discount', out, 1, true)
+    local text = h.read(dir .. '/ab-messages.txt')
+    assert.is_true(h.count(text, 'subject: 20% off') > 100)
+    assert.is_true(h.count(text, 'subject: We picked') > 100)
+    assert.are.equal(q(dir, 'SELECT count(*) AS n FROM endpoints WHERE cohort_id < 10')[1].n,
+      q(dir, "SELECT count(*) AS n FROM outbox WHERE reason = 'HOLDOUT'")[1].n)
+  end)
+
+  it('cart abandonment: the reminder goes to the one who did not buy', function()
+    local dir = h.tmpdir()
+    local _, code, err = h.herald('--db c.db run --until-idle --clock-start 2027-01-01T10:00:00Z ' .. script('cart_abandonment.lua'), { cwd = dir })
+    assert.are.equal(0, code, err)
+    events(dir, {
+      { 'buyer-1', 'c1', 'cart.add', '2027-01-01T10:00:00Z', attributes = '{store="web"}', metrics = '{total=42}' },
+      { 'buyer-2', 'c2', 'cart.add', '2027-01-01T10:00:00Z', attributes = '{store="web"}', metrics = '{total=42}' },
+      { 'buyer-2', 'p2', 'purchase', '2027-01-01T10:20:00Z' },
+    })
+    _, code, err = h.herald('--db c.db run --until-idle --clock-start 2027-01-01T10:30:00Z ' .. script('cart_abandonment.lua'), { cwd = dir })
+    assert.are.equal(0, code, err)
+    local text = h.read(dir .. '/cart-messages.txt')
+    assert.are.equal(1, h.count(text, '--- message '))
+    assert.matches('to: buyer1@example.com', text, 1, true)
+  end)
+end)
