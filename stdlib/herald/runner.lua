@@ -74,6 +74,7 @@ function runner:loop(opts)
       recovered))
   end
   local failed = {}
+  local last_refresh
   while not core.stopping() do
     local now = clock.now()
     local progressed = false
@@ -106,7 +107,11 @@ function runner:loop(opts)
       next_due = nd
       if n > 0 then progressed = true end
     until n < CLAIM_BATCH or core.stopping()
-    self:step('refresh_states', clock.now())
+    -- states follow the runs; between events they change only with what was done
+    if progressed or last_refresh == nil or clock.now() - last_refresh >= POLL_MS then
+      self:step('refresh_states', clock.now())
+      last_refresh = clock.now()
+    end
 
     local wake = plan.next_start
     if next_due and (wake == nil or next_due < wake) then wake = next_due end

@@ -366,12 +366,12 @@ end
 function scheduler.summary()
   local out = {}
   for _, c in ipairs(campaign.order) do
-    local runs = {}
+    local runs, by_id = {}, {}
     for _, t in ipairs(outbox.tally(c.id)) do
-      local run = runs[t.run_id]
+      local run = by_id[t.run_id]
       if run == nil then
         run = { run_id = t.run_id, state = t.run_state, arms = {}, order = {} }
-        runs[t.run_id] = run
+        by_id[t.run_id] = run
         runs[#runs + 1] = run
       end
       local name = c:treatment_name(t.treatment)

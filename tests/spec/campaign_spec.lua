@@ -161,6 +161,31 @@ describe('campaign definitions', function()
 end)
 
 describe('campaign runs', function()
+  it("selects the audience with the segment's compiled SQL condition and named parameters", function()
+    local dir = h.tmpdir()
+    simple_endpoints(dir, 100)
+    h.write(dir .. '/w.lua', [[
+      local s = herald.segment{ name = 'low' }
+      -- the segment contract: compile() -> { where, params, filter }
+      function s:compile()
+        return { where = "e.cohort_id < :max AND e.address LIKE :pattern", params = { max = 50, pattern = 'u%' },
+                 filter = function(ep) return tonumber(ep.CohortId) % 2 == 0 end }
+      end
+      herald.campaign{ name = 'low', segment = s, message = { body = 'x' }, deliver = { file = 'out.txt' } }
+      local bad = herald.segment{ name = 'bad' }
+      function bad:compile() return { where = 'e.cohort_id < :max', params = { max = 1, other = 2 } } end
+      herald.campaign{ name = 'bad', segment = bad, message = { body = 'x' }, deliver = { file = 'out.txt' } }
+    ]])
+    local _, code, err = run(dir, '--until-idle w.lua')
+    assert.are_not.equal(0, code)
+    assert.matches('segment parameter :other is not used', err, 1, true)
+    assert.are.equal(25, n(dir, "SELECT count(*) AS n FROM outbox WHERE state = 'SENT'"))
+    assert.are.equal(0, n(dir, 'SELECT count(*) AS n FROM outbox o JOIN endpoints e ON e.id = o.endpoint_id'
+      .. ' WHERE e.cohort_id >= 50 OR e.cohort_id % 2 = 1'))
+    assert.are.equal('INVALID', q(dir, "SELECT state FROM campaigns WHERE id = 'bad'")[1].state)
+    assert.are.equal(0, n(dir, "SELECT count(*) AS n FROM campaign_runs WHERE campaign_id = 'bad'"))
+  end)
+
   it('records why each endpoint is not sent to, and herald why explains it', function()
     local dir = h.tmpdir()
     endpoints_sql(dir, {
