@@ -16,21 +16,56 @@ static uint64_t fnv1a(uint64_t h, const char *s, size_t n) {
 }
 
 /* Two FNV-1a lanes with different offsets give 128 bits: enough to make collisions between
- * message ids of one application practically impossible, and cheap to compute per row. */
-void herald_outbox_message_id(const char *app, const char *campaign_id, int64_t scheduled_ms,
-                              const char *endpoint_id, char out[40]) {
+ * message ids of one application practically impossible, and cheap to compute per row. The
+ * lanes over (app, campaign, scheduled time) are computed once per run; each row adds its
+ * endpoint. */
+typedef struct {
+  uint64_t a, b;
+} IdLanes;
+
+static void lanes_add(IdLanes *l, const char *s) {
+  size_t n = strlen(s);
+  l->a = fnv1a(l->a, s, n + 1);  /* the NUL separates parts */
+  l->b = fnv1a(l->b, s, n + 1);
+  l->b = fnv1a(l->b, (const char *)&l->a, sizeof l->a);
+}
+
+static IdLanes run_lanes(const char *app, const char *campaign_id, int64_t scheduled_ms) {
   char when[32];
   snprintf(when, sizeof when, "%lld", (long long)scheduled_ms);
-  const char *parts[] = {app, campaign_id, when, endpoint_id};
-  uint64_t a = 0xcbf29ce484222325ULL, b = 0x84222325cbf29ce4ULL;
-  for (size_t i = 0; i < 4; i++) {
-    size_t n = strlen(parts[i]);
-    a = fnv1a(a, parts[i], n + 1);  /* the NUL separates parts */
-    b = fnv1a(b, parts[i], n + 1);
-    b = fnv1a(b, (const char *)&a, sizeof a);
+  IdLanes l = {0xcbf29ce484222325ULL, 0x84222325cbf29ce4ULL};
+  lanes_add(&l, app);
+  lanes_add(&l, campaign_id);
+  lanes_add(&l, when);
+  return l;
+}
+
+static void put_hex(char *out, uint64_t v, int digits) {
+  static const char hex[] = "0123456789abcdef";
+  for (int i = digits - 1; i >= 0; i--) {
+    out[i] = hex[v & 0xf];
+    v >>= 4;
   }
-  snprintf(out, 40, "%08x-%04x-%04x-%04x-%012llx", (unsigned)(a >> 32), (unsigned)(a >> 16) & 0xffff,
-           (unsigned)a & 0xffff, (unsigned)(b >> 48), (unsigned long long)(b & 0xffffffffffffULL));
+}
+
+/* xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx */
+static void finish_id(IdLanes l, const char *endpoint_id, char out[40]) {
+  lanes_add(&l, endpoint_id);
+  put_hex(out, l.a >> 32, 8);
+  out[8] = '-';
+  put_hex(out + 9, (l.a >> 16) & 0xffff, 4);
+  out[13] = '-';
+  put_hex(out + 14, l.a & 0xffff, 4);
+  out[18] = '-';
+  put_hex(out + 19, l.b >> 48, 4);
+  out[23] = '-';
+  put_hex(out + 24, l.b & 0xffffffffffffULL, 12);
+  out[36] = '\0';
+}
+
+void herald_outbox_message_id(const char *app, const char *campaign_id, int64_t scheduled_ms,
+                              const char *endpoint_id, char out[40]) {
+  finish_id(run_lanes(app, campaign_id, scheduled_ms), endpoint_id, out);
 }
 
 int herald_outbox_run_create(HeraldStore *store, const char *app, const char *campaign_id,
@@ -302,19 +337,17 @@ int herald_outbox_tally(HeraldStore *store, const char *app, const char *campaig
   return kHeraldOk;
 }
 
-/* herald_message_id(app, campaign, scheduled_ms, endpoint_id) for INSERT ... SELECT. */
+/* herald_message_id(endpoint_id) for INSERT ... SELECT: the run's lanes are the user data. */
 static void sql_message_id(sqlite3_context *ctx, int argc, sqlite3_value **argv) {
   (void)argc;
-  const char *app = (const char *)sqlite3_value_text(argv[0]);
-  const char *campaign = (const char *)sqlite3_value_text(argv[1]);
-  const char *endpoint = (const char *)sqlite3_value_text(argv[3]);
-  if (app == NULL || campaign == NULL || endpoint == NULL) {
+  const char *endpoint = (const char *)sqlite3_value_text(argv[0]);
+  if (endpoint == NULL) {
     sqlite3_result_null(ctx);
     return;
   }
   char id[40];
-  herald_outbox_message_id(app, campaign, sqlite3_value_int64(argv[2]), endpoint, id);
-  sqlite3_result_text(ctx, id, -1, SQLITE_TRANSIENT);
+  finish_id(*(const IdLanes *)sqlite3_user_data(ctx), endpoint, id);
+  sqlite3_result_text(ctx, id, 36, SQLITE_TRANSIENT);
 }
 
 static int fill_zones(HeraldStore *store, const HeraldOutboxRunSpec *spec, HeraldError *err) {
@@ -405,36 +438,42 @@ int herald_outbox_materialize(HeraldStore *store, const HeraldOutboxRunSpec *spe
   if (fill_zones(store, spec, err) != kHeraldOk) return err ? err->code : kHeraldStore;
 
   sqlite3 *db = herald_store_db(store);
-  if (sqlite3_create_function(db, "herald_message_id", 4, SQLITE_UTF8 | SQLITE_DETERMINISTIC,
-                              NULL, sql_message_id, NULL, NULL) != SQLITE_OK)
+  IdLanes lanes = run_lanes(spec->app, spec->campaign_id, spec->scheduled_ms);
+  if (sqlite3_create_function(db, "herald_message_id", 1, SQLITE_UTF8 | SQLITE_DETERMINISTIC,
+                              &lanes, sql_message_id, NULL, NULL) != SQLITE_OK)
     return herald_store_fail(store, err, "registering herald_message_id");
   char arm[1024];
   if (arm_sql(spec, arm, sizeof arm, err) != kHeraldOk) return err->code;
   int dups = 0;
   if (has_duplicate_addresses(store, spec->app, &dups, err) != kHeraldOk) return err->code;
+  int zoned = spec->n_zones > 0;
   /* Reasons in priority order; the address duplicate check prefers a sendable endpoint, and
    * among equals the first id, so the choice is stable across runs. */
   char *sql = sqlite3_mprintf(
       "INSERT INTO outbox(run_id, endpoint_id, treatment, message_id, channel, address, due_ms,"
       " state, reason, zone, note)"
-      " SELECT :herald_run, id, arm, herald_message_id(:herald_app, :herald_campaign,"
-      " :herald_scheduled, id), channel_type, address, due, CASE WHEN reason IS NULL THEN"
+      " SELECT :herald_run, id, arm, herald_message_id(id), channel_type, address, due, CASE WHEN reason IS NULL THEN"
       " 'PENDING' ELSE 'SKIPPED' END, reason, zone_used, note FROM ("
       "  SELECT e.id, e.channel_type, e.address, %s AS arm,"
-      "   coalesce(z.due_ms, :herald_due) AS due, z.zone_used, z.note,"
+      "   %s,"
       "   CASE WHEN e.endpoint_status = 'INACTIVE' THEN 'INACTIVE'"
       "    WHEN e.opt_out = 'ALL' THEN 'OPT_OUT'"
       "    WHEN e.address IS NULL OR e.address = '' THEN 'MISSING_ADDRESS'"
       "    WHEN e.cohort_id < %d THEN 'HOLDOUT'"
-      "    WHEN z.skip_reason IS NOT NULL THEN z.skip_reason"
+      "    %s"
       "    WHEN %s THEN 'DUPLICATE_ADDRESS'"
       "   END AS reason"
-      "  FROM endpoints e LEFT JOIN temp.herald_run_zones z ON z.zone = coalesce(e.timezone, '')"
+      "  FROM endpoints e %s"
       "  WHERE e.app_id = :herald_app AND (%s))",
-      arm, spec->holdout,
+      arm,
+      /* without local time or quiet time every row is due at the run's time: no zone join */
+      zoned ? "coalesce(z.due_ms, :herald_due) AS due, z.zone_used, z.note"
+            : ":herald_due AS due, NULL AS zone_used, NULL AS note",
+      spec->holdout, zoned ? "WHEN z.skip_reason IS NOT NULL THEN z.skip_reason" : "",
       dups ? "row_number() OVER (PARTITION BY e.channel_type, e.address ORDER BY"
              " e.endpoint_status = 'INACTIVE', e.opt_out = 'ALL', e.id) > 1"
            : "0",
+      zoned ? "LEFT JOIN temp.herald_run_zones z ON z.zone = coalesce(e.timezone, '')" : "",
       spec->where ? spec->where : "1");
   if (sql == NULL) return herald_error_set(err, kHeraldNoMemory, "out of memory");
   rc = sqlite3_prepare_v2(db, sql, -1, &st, NULL);
@@ -446,10 +485,6 @@ int herald_outbox_materialize(HeraldStore *store, const HeraldOutboxRunSpec *spe
   sqlite3_bind_int64(st, sqlite3_bind_parameter_index(st, ":herald_run"), *run_id);
   sqlite3_bind_text(st, sqlite3_bind_parameter_index(st, ":herald_app"), spec->app, -1,
                     SQLITE_STATIC);
-  sqlite3_bind_text(st, sqlite3_bind_parameter_index(st, ":herald_campaign"), spec->campaign_id,
-                    -1, SQLITE_STATIC);
-  sqlite3_bind_int64(st, sqlite3_bind_parameter_index(st, ":herald_scheduled"),
-                     spec->scheduled_ms);
   sqlite3_bind_int64(st, sqlite3_bind_parameter_index(st, ":herald_due"), spec->default_due_ms);
   if (spec->bind != NULL && spec->bind(st, spec->bind_ctx, err) != kHeraldOk) {
     sqlite3_finalize(st);
@@ -457,6 +492,9 @@ int herald_outbox_materialize(HeraldStore *store, const HeraldOutboxRunSpec *spe
   }
   rc = sqlite3_step(st);
   sqlite3_finalize(st);
+  int64_t total = sqlite3_changes64(db);
+  /* the function's user data lives on this stack frame: unregister it */
+  sqlite3_create_function(db, "herald_message_id", 1, SQLITE_UTF8, NULL, NULL, NULL, NULL);
   if (rc != SQLITE_DONE) return herald_store_fail(store, err, "materialising a run");
   for (int i = 0; i < spec->n_treatments; i++) {
     if (spec->treatment_due == NULL || spec->treatment_due[i] <= 0) continue;
@@ -470,7 +508,14 @@ int herald_outbox_materialize(HeraldStore *store, const HeraldOutboxRunSpec *spe
     sqlite3_reset(st);
     if (rc != SQLITE_DONE) return herald_store_fail(store, err, "scheduling a treatment");
   }
-  return herald_outbox_run_finish(store, *run_id, err);
+  st = herald_store_stmt(store, "UPDATE campaign_runs SET total = ?2 WHERE id = ?1", err);
+  if (st == NULL) return err ? err->code : kHeraldStore;
+  sqlite3_bind_int64(st, 1, *run_id);
+  sqlite3_bind_int64(st, 2, total);
+  rc = sqlite3_step(st);
+  sqlite3_reset(st);
+  if (rc != SQLITE_DONE) return herald_store_fail(store, err, "counting a run");
+  return kHeraldOk;
 }
 
 int herald_outbox_run_skip(HeraldStore *store, const char *app, const char *campaign_id,
