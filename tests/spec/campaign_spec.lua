@@ -437,4 +437,38 @@ describe('campaign runs', function()
     assert.are.equal(120, h.count(text, 'subject: second'))
     assert.are.equal(3 * 180, h.count(text, '--- message '))
   end)
+
+  it('deletes (unsent messages recorded CAMPAIGN_DELETED), copies, and lets a treatment keep its own send time', function()
+    local dir = h.tmpdir()
+    simple_endpoints(dir, 100, function(i, r) r.tz = i % 2 == 0 and 'America/New_York' or 'Asia/Tokyo' end)
+    h.write(dir .. '/d.lua', [[
+      herald.campaign{ name = 'split', segment = herald.segment{ name = 'all' }, deliver = { file = 'out.txt' },
+        schedule = { start = '2027-07-01T10:00:00Z' },
+        treatments = { { name = 'now', size = 50, message = { body = 'a' } },
+                       { name = 'later', size = 50, message = { body = 'b' }, schedule = { start = '2027-07-02T10:00:00Z' } } } }
+    ]])
+    local _, code, err = h.herald('--db c.db run --clock-start 2027-07-01T09:00:00Z --until 2027-07-01T12:00:00Z d.lua', { cwd = dir })
+    assert.are.equal(0, code, err)
+    assert.are.equal(50, n(dir, "SELECT count(*) AS n FROM outbox WHERE treatment = 0 AND state = 'SENT'"))
+    assert.are.equal(50, n(dir, "SELECT count(*) AS n FROM outbox WHERE treatment = 1 AND state = 'PENDING' AND due_ms = 1814522400000"))
+    local out
+    out, code = h.herald('--db c.db campaign copy split split-2', { cwd = dir })
+    assert.are.equal(0, code, out)
+    local st = json.decode((h.herald('--db c.db campaign status split-2', { cwd = dir })))
+    assert.are.equal('SCHEDULED', st.State)
+    assert.are.equal('split', st.Definition.Herald.CopyOf)
+    assert.are.equal('later', st.Definition.AdditionalTreatments[1].TreatmentName)
+    _, code = h.herald('--db c.db campaign copy split split-2', { cwd = dir })
+    assert.are_not.equal(0, code)
+    out, code = h.herald('--db c.db campaign delete split', { cwd = dir })
+    assert.are.equal(0, code, out)
+    -- HERALD_CLOCK_START works as --clock-start; a deleted campaign sends nothing more
+    _, code, err = h.herald('--db c.db run --until-idle d.lua', { cwd = dir, env = { HERALD_CLOCK_START = '2027-07-02T11:00:00Z' } })
+    assert.are.equal(0, code, err)
+    assert.are.equal(50, n(dir, "SELECT count(*) AS n FROM outbox WHERE reason = 'CAMPAIGN_DELETED'"))
+    assert.are.equal(50, h.count(h.read(dir .. '/out.txt'), '--- message '))
+    assert.are.equal('DELETED', q(dir, "SELECT state FROM campaigns WHERE id = 'split'")[1].state)
+    _, code = h.herald('--db c.db campaign pause nope', { cwd = dir })
+    assert.are.equal(1, code)
+  end)
 end)
