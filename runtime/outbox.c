@@ -1,7 +1,10 @@
 #include "runtime/outbox.h"
 
+#include <errno.h>
+#include <signal.h>
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "runtime/clock.h"
 
@@ -152,7 +155,8 @@ int herald_outbox_claim(HeraldStore *store, const char *app, const char *campaig
   sqlite3_stmt *upd = herald_store_stmt(
       store,
       "UPDATE outbox SET state = ?3, reason = ?4, attempts = attempts + (?3 = 'CLAIMED'),"
-      " claimed_ms = CASE WHEN ?3 = 'CLAIMED' THEN ?2 END, updated_ms = ?2 WHERE id = ?1",
+      " claimed_ms = CASE WHEN ?3 = 'CLAIMED' THEN ?2 END,"
+      " claimed_by = CASE WHEN ?3 = 'CLAIMED' THEN ?5 END, updated_ms = ?2 WHERE id = ?1",
       err);
   if (upd == NULL) goto fail;
   /* Rows skipped by a limit leave PENDING, so selecting again finds the next ones. */
@@ -209,6 +213,7 @@ int herald_outbox_claim(HeraldStore *store, const char *app, const char *campaig
       sqlite3_bind_int64(upd, 2, now_ms);
       sqlite3_bind_text(upd, 3, reason ? "SKIPPED" : "CLAIMED", -1, SQLITE_STATIC);
       sqlite3_bind_text(upd, 4, reason, -1, SQLITE_STATIC);
+      sqlite3_bind_int64(upd, 5, (int64_t)getpid());
       rc = sqlite3_step(upd);
       sqlite3_reset(upd);
       if (rc != SQLITE_DONE) {
@@ -254,15 +259,51 @@ int herald_outbox_report(HeraldStore *store, int64_t id, const char *state, cons
   return kHeraldOk;
 }
 
+/* Whether the process that claimed a row may still be working on it. kill(pid, 0) fails
+ * with ESRCH only when no such process exists; the store is a local file, so claimers are on
+ * this host. This process's own pid, at recovery time (before it claims), is a predecessor's. */
+static int claimer_alive(int64_t pid) {
+  if (pid <= 0 || pid == (int64_t)getpid()) return 0;
+  return kill((pid_t)pid, 0) == 0 || errno != ESRCH;
+}
+
 int herald_outbox_recover(HeraldStore *store, int64_t *count, HeraldError *err) {
-  sqlite3_stmt *st =
-      herald_store_stmt(store, "UPDATE outbox SET state = 'PENDING', claimed_ms = NULL WHERE state = 'CLAIMED'", err);
-  if (st == NULL) return err ? err->code : kHeraldStore;
-  int rc = sqlite3_step(st);
-  sqlite3_reset(st);
-  if (rc != SQLITE_DONE) return herald_store_fail(store, err, "recovering claimed rows");
-  *count = sqlite3_changes(herald_store_db(store));
-  return kHeraldOk;
+  *count = 0;
+  if (herald_store_begin(store, err) != kHeraldOk) return err ? err->code : kHeraldStore;
+  sqlite3_stmt *sel = herald_store_stmt(
+      store, "SELECT DISTINCT coalesce(claimed_by, 0) FROM outbox WHERE state = 'CLAIMED'", err);
+  if (sel == NULL) goto fail;
+  int64_t dead[64];
+  int n = 0, rc;
+  while ((rc = sqlite3_step(sel)) == SQLITE_ROW && n < 64) {
+    int64_t pid = sqlite3_column_int64(sel, 0);
+    if (!claimer_alive(pid)) dead[n++] = pid;
+  }
+  sqlite3_reset(sel);
+  if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
+    herald_store_fail(store, err, "recovering claimed rows");
+    goto fail;
+  }
+  sqlite3_stmt *st = herald_store_stmt(
+      store,
+      "UPDATE outbox SET state = 'PENDING', claimed_ms = NULL, claimed_by = NULL"
+      " WHERE state = 'CLAIMED' AND coalesce(claimed_by, 0) = ?1",
+      err);
+  if (st == NULL) goto fail;
+  for (int i = 0; i < n; i++) {
+    sqlite3_bind_int64(st, 1, dead[i]);
+    rc = sqlite3_step(st);
+    sqlite3_reset(st);
+    if (rc != SQLITE_DONE) {
+      herald_store_fail(store, err, "recovering claimed rows");
+      goto fail;
+    }
+    *count += sqlite3_changes(herald_store_db(store));
+  }
+  return herald_store_commit(store, err);
+fail:
+  herald_store_rollback(store);
+  return err ? err->code : kHeraldStore;
 }
 
 int herald_outbox_next_due(HeraldStore *store, const char *app, const char *campaigns_json,

@@ -149,7 +149,9 @@ int herald_outbox_claim(HeraldStore *store, const char *app, const char *campaig
 int herald_outbox_report(HeraldStore *store, int64_t id, const char *state, const char *reason,
                          int64_t due_ms, HeraldError *err);
 
-/* Returns claimed-but-unreported rows to PENDING (after a crash); *count says how many. */
+/* Returns claimed-but-unreported rows to PENDING (after a crash): those whose claiming process
+ * (claimed_by, a pid on this host) no longer runs, so rows in flight in another live herald
+ * are left alone. *count says how many. */
 int herald_outbox_recover(HeraldStore *store, int64_t *count, HeraldError *err);
 
 /* Earliest due time of a PENDING row of the campaigns named (as for claim); *found = 0 when

@@ -132,6 +132,7 @@ const char *const herald_store_migrations[] = {
   "  body_override TEXT,"
   "  attempts INTEGER NOT NULL DEFAULT 0,"
   "  claimed_ms INTEGER,"
+  "  claimed_by INTEGER,"
   "  updated_ms INTEGER,"
   "  UNIQUE (run_id, endpoint_id)"
   ");"

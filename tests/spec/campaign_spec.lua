@@ -343,6 +343,28 @@ describe('campaign runs', function()
     assert.are.equal(0, code, err)
   end)
 
+  it('caps strictly across processes: two herald runs with five campaigns each, Daily = 5', function()
+    local dir = h.tmpdir()
+    simple_endpoints(dir, 40)
+    for p = 1, 2 do
+      local src = { "local all = herald.segment{ name = 'all' }" }
+      for i = 1, 5 do
+        src[#src + 1] = string.format("herald.campaign{ name = 'p%d-%d', segment = all, message = { body = 'x' },"
+          .. " schedule = { start = '2027-02-01T10:00:00Z' }, limits = { daily = 5 }, deliver = { file = 'out%d.txt' } }", p, i, p)
+      end
+      h.write(dir .. '/p' .. p .. '.lua', table.concat(src, '\n'))
+    end
+    local cmd = h.shell_quote(h.exe) .. ' --db c.db run --until-idle --clock-start 2027-02-01T10:00:00Z '
+    local out, code = h.sh('cd ' .. h.shell_quote(dir) .. ' && (' .. cmd .. 'p1.lua > o1 2> e1 & a=$!; '
+      .. cmd .. 'p2.lua > o2 2> e2 & b=$!; wait $a; ra=$?; wait $b; echo "rc=$ra,$?")')
+    assert.are.equal(0, code, out)
+    assert.matches('rc=0,0', out, 1, true)
+    for _, r in ipairs(q(dir, "SELECT endpoint_id, sum(state = 'SENT') AS sent FROM outbox GROUP BY endpoint_id")) do
+      assert.are.equal(5, r.sent)
+    end
+    assert.are.equal(200, h.count(h.read(dir .. '/out1.txt') or '', '--- message ') + h.count(h.read(dir .. '/out2.txt') or '', '--- message '))
+  end)
+
   it('counts Total over the campaign life and expires what MaximumDuration leaves unsent', function()
     local dir = h.tmpdir()
     simple_endpoints(dir, 5)
