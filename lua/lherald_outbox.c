@@ -237,7 +237,7 @@ static int l_trigger_cursor(lua_State *L) {
   return 1;
 }
 
-/* trigger{campaign_id=, version=, now_ms=, to_seq=, max_duration_ms=, rows={{endpoint_id=,
+/* trigger{campaign_id=, version=, now_ms=, from_seq=, to_seq=, max_duration_ms=, rows={{endpoint_id=,
  * treatment=, channel=, address=, due_ms=, event_seq=, reason=}}, cancels={endpoint ids}}
  * -> run id (0 when the batch made no rows) */
 static int l_trigger(lua_State *L) {
@@ -249,6 +249,7 @@ static int l_trigger(lua_State *L) {
   luaL_argcheck(L, t.campaign_id != NULL, 1, "campaign_id is required");
   t.version = (int)opt_field_integer(L, 1, "version", 1);
   t.now_ms = (int64_t)opt_field_integer(L, 1, "now_ms", herald_clock_now_ms());
+  t.from_seq = (int64_t)opt_field_integer(L, 1, "from_seq", 0);
   t.to_seq = (int64_t)opt_field_integer(L, 1, "to_seq", 0);
   t.max_duration_ms = (int64_t)opt_field_integer(L, 1, "max_duration_ms", 0);
   lua_getfield(L, 1, "rows");

@@ -702,6 +702,26 @@ int herald_outbox_trigger(HeraldStore *store, const HeraldOutboxTrigger *t, int6
   if (herald_store_begin(store, err) != kHeraldOk) return err ? err->code : kHeraldStore;
   sqlite3_stmt *st;
   int rc;
+  /* The cursor moves from from_seq or not at all: another herald that processed these events
+   * first has moved it, and this batch is dropped. */
+  st = herald_store_stmt(
+      store, "UPDATE trigger_cursors SET last_seq = ?4 WHERE app_id = ?1 AND campaign_id = ?2"
+             " AND last_seq = ?3", err);
+  if (st == NULL) goto fail;
+  sqlite3_bind_text(st, 1, t->app, -1, SQLITE_STATIC);
+  sqlite3_bind_text(st, 2, t->campaign_id, -1, SQLITE_STATIC);
+  sqlite3_bind_int64(st, 3, t->from_seq);
+  sqlite3_bind_int64(st, 4, t->to_seq);
+  rc = sqlite3_step(st);
+  sqlite3_reset(st);
+  if (rc != SQLITE_DONE) {
+    herald_store_fail(store, err, "advancing a trigger cursor");
+    goto fail;
+  }
+  if (sqlite3_changes(herald_store_db(store)) == 0) {
+    herald_store_rollback(store);
+    return kHeraldOk;
+  }
   /* cancellations first: a cancelling event later in the batch than a trigger still cancels
    * it, as the trigger's row is inserted below only when no cancel follows it */
   for (int i = 0; i < t->n_cancels; i++) {
@@ -776,19 +796,6 @@ int herald_outbox_trigger(HeraldStore *store, const HeraldOutboxTrigger *t, int6
         goto fail;
       }
     }
-  }
-  st = herald_store_stmt(
-      store, "UPDATE trigger_cursors SET last_seq = ?3 WHERE app_id = ?1 AND campaign_id = ?2"
-             " AND last_seq < ?3", err);
-  if (st == NULL) goto fail;
-  sqlite3_bind_text(st, 1, t->app, -1, SQLITE_STATIC);
-  sqlite3_bind_text(st, 2, t->campaign_id, -1, SQLITE_STATIC);
-  sqlite3_bind_int64(st, 3, t->to_seq);
-  rc = sqlite3_step(st);
-  sqlite3_reset(st);
-  if (rc != SQLITE_DONE) {
-    herald_store_fail(store, err, "advancing a trigger cursor");
-    goto fail;
   }
   return herald_store_commit(store, err);
 fail:

@@ -119,6 +119,7 @@ typedef struct {
   const char *campaign_id;
   int version;
   int64_t now_ms;
+  int64_t from_seq;    /* the cursor this batch was read after */
   int64_t to_seq;      /* the last event seq this batch consumed */
   const HeraldOutboxTriggerRow *rows;
   int n_rows;
@@ -127,8 +128,9 @@ typedef struct {
   int64_t max_duration_ms;
 } HeraldOutboxTrigger;
 
-/* In one transaction: cancels, a run holding the batch's rows (when there are any), and the
- * cursor moved to to_seq. */
+/* In one transaction: the cursor moved from from_seq to to_seq, cancels, and a run holding
+ * the batch's rows (when there are any). When the cursor is no longer at from_seq (another
+ * process took the batch) nothing is written and *run_id is 0. */
 int herald_outbox_trigger(HeraldStore *store, const HeraldOutboxTrigger *t, int64_t *run_id,
                           HeraldError *err);
 

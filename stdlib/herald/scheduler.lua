@@ -309,7 +309,7 @@ local function trigger_campaign(c, now_ms)
   for _, r in ipairs(rows) do if r then kept[#kept + 1] = r end end
   local limits = c.definition.Limits or {}
   outbox.trigger {
-    campaign_id = c.id, version = c.version, now_ms = now_ms, to_seq = events[#events].seq,
+    campaign_id = c.id, version = c.version, now_ms = now_ms, from_seq = cursor, to_seq = events[#events].seq,
     rows = kept, cancels = cancels,
     max_duration_ms = limits.MaximumDuration and limits.MaximumDuration * 1000 or nil,
   }
