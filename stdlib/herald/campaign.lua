@@ -701,6 +701,25 @@ function campaign.status(name)
            Definition = json.decode(c.definition), Activities = campaign.activities(name) }
 end
 
+-- Loads the stored copies (`herald campaign copy`) of the loaded campaigns: a copy runs with
+-- its source's segment, hook and predicate and its own stored definition. Returns how many.
+function campaign.load_copies()
+  local n = 0
+  local rows = q([[SELECT id, definition FROM campaigns WHERE app_id = ? AND state <> 'DELETED'
+    AND json_extract(definition, '$.Herald.CopyOf') IS NOT NULL]], core.app())
+  for _, r in ipairs(rows) do
+    local p = json.decode(r.definition)
+    local src = campaign.defined[p.Herald.CopyOf]
+    if src ~= nil and campaign.defined[r.id] == nil then
+      local ok, c = pcall(instantiate, p, src.segment, src.hook, false, src.predicate)
+      if not ok then raise(r.id, c, 1) end
+      register(c, 1)
+      n = n + 1
+    end
+  end
+  return n
+end
+
 -- A definition file that fails part-way leaves none of its campaigns behind: the loader
 -- takes a mark before the file and rolls back to it on failure.
 function campaign.mark()

@@ -54,6 +54,12 @@ function runner:load(files)
       ok_all = false
     end
   end
+  local ok, err = self.sb:run('return require("herald.campaign").load_copies()')
+  if not ok then
+    self.failures = self.failures + 1
+    self.err(tostring(err))
+    ok_all = false
+  end
   return ok_all
 end
 

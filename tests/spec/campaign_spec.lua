@@ -482,6 +482,12 @@ describe('campaign runs', function()
     assert.are.equal('later', st.Definition.AdditionalTreatments[1].TreatmentName)
     _, code = h.herald('--db c.db campaign copy split split-2', { cwd = dir })
     assert.are_not.equal(0, code)
+    -- the copy runs with its source's segment, as its own campaign with its own runs
+    _, code, err = h.herald('--db c.db run --clock-start 2027-07-01T12:00:00Z --until 2027-07-01T13:00:00Z d.lua', { cwd = dir })
+    assert.are.equal(0, code, err)
+    -- its run time (10:00) is two hours past: recorded STALE
+    assert.are.same({ { state = 'SKIPPED', reason = 'STALE' } },
+      q(dir, "SELECT state, reason FROM campaign_runs WHERE campaign_id = 'split-2'"))
     out, code = h.herald('--db c.db campaign delete split', { cwd = dir })
     assert.are.equal(0, code, out)
     -- HERALD_CLOCK_START works as --clock-start; a deleted campaign sends nothing more
