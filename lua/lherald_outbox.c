@@ -1,5 +1,6 @@
 /* herald.core.outbox: the outbox's producer and consumer sides for the campaign engine. */
 #include <lauxlib.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -18,56 +19,203 @@ static const char *opt_field_string(lua_State *L, int t, const char *k) {
 
 static int raise_error(lua_State *L, HeraldError *err) { return luaL_error(L, "%s", err->msg); }
 
-/* materialize{app=, campaign_id=, version=, scheduled_ms=, rows={...}} -> run_id, created.
- * The run and all its rows are written in one transaction; an existing run is left as is. */
-static int l_materialize(lua_State *L) {
-  luaL_checktype(L, 1, LUA_TTABLE);
-  HeraldStore *store = herald_context_store(L);
-  const char *app = opt_field_string(L, 1, "app");
-  if (app == NULL) app = herald_context()->app;
-  const char *campaign_id = opt_field_string(L, 1, "campaign_id");
-  luaL_argcheck(L, campaign_id != NULL, 1, "campaign_id is required");
-  lua_getfield(L, 1, "version");
-  int version = (int)luaL_optinteger(L, -1, 1);
-  lua_getfield(L, 1, "scheduled_ms");
-  int64_t scheduled = (int64_t)luaL_checkinteger(L, -1);
-  lua_getfield(L, 1, "rows");
-  luaL_checktype(L, -1, LUA_TTABLE);
-  int rows = lua_gettop(L);
+static lua_Integer opt_field_integer(lua_State *L, int t, const char *k, lua_Integer def) {
+  lua_getfield(L, t, k);
+  lua_Integer v = luaL_optinteger(L, -1, def);
+  lua_pop(L, 1);
+  return v;
+}
 
-  HeraldError err = {0};
-  if (herald_store_begin(store, &err) != kHeraldOk) return raise_error(L, &err);
-  int64_t run_id = 0;
-  int created = 0;
-  if (herald_outbox_run_create(store, app, campaign_id, version, scheduled, &run_id, &created,
-                               &err) != kHeraldOk)
-    goto fail;
-  if (created) {
-    lua_Integer n = luaL_len(L, rows);
-    for (lua_Integer i = 1; i <= n; i++) {
-      lua_rawgeti(L, rows, i);
-      int r = lua_gettop(L);
-      HeraldOutboxRow row = {0};
-      row.endpoint_id = opt_field_string(L, r, "endpoint_id");
-      row.channel = opt_field_string(L, r, "channel");
-      row.address = opt_field_string(L, r, "address");
-      row.state = opt_field_string(L, r, "state");
-      row.reason = opt_field_string(L, r, "reason");
-      lua_getfield(L, r, "treatment");
-      row.treatment = (int)lua_tointeger(L, -1);
-      lua_getfield(L, r, "due_ms");
-      row.due_ms = lua_isnil(L, -1) ? scheduled : (int64_t)lua_tointeger(L, -1);
+/* Binds the segment's named parameters from the Lua table at ctx's index. */
+typedef struct {
+  lua_State *L;
+  int params;
+} BindCtx;
+
+static int bind_params(sqlite3_stmt *st, void *vctx, HeraldError *err) {
+  BindCtx *b = vctx;
+  lua_State *L = b->L;
+  if (b->params == 0) return kHeraldOk;
+  lua_pushnil(L);
+  while (lua_next(L, b->params) != 0) {
+    if (lua_type(L, -2) != LUA_TSTRING) {
       lua_pop(L, 2);
-      if (row.endpoint_id == NULL || row.state == NULL) {
-        herald_error_set(&err, kHeraldInvalid, "outbox row %lld needs endpoint_id and state",
-                         (long long)i);
-        goto fail;
+      return herald_error_set(err, kHeraldInvalid, "segment parameters are named by strings");
+    }
+    const char *name = lua_tostring(L, -2);
+    char key[128];
+    snprintf(key, sizeof key, ":%s", name);
+    int idx = sqlite3_bind_parameter_index(st, key);
+    if (idx == 0) {
+      herald_error_set(err, kHeraldInvalid, "segment parameter %s is not used by its condition",
+                       key);
+      lua_pop(L, 2);
+      return err->code;
+    }
+    switch (lua_type(L, -1)) {
+      case LUA_TNUMBER:
+        if (lua_isinteger(L, -1)) sqlite3_bind_int64(st, idx, lua_tointeger(L, -1));
+        else sqlite3_bind_double(st, idx, lua_tonumber(L, -1));
+        break;
+      case LUA_TBOOLEAN: sqlite3_bind_int(st, idx, lua_toboolean(L, -1)); break;
+      case LUA_TSTRING: {
+        size_t n;
+        const char *v = lua_tolstring(L, -1, &n);
+        sqlite3_bind_text(st, idx, v, (int)n, SQLITE_TRANSIENT);
+        break;
       }
-      if (herald_outbox_add(store, app, campaign_id, run_id, scheduled, &row, &err) != kHeraldOk)
-        goto fail;
+      default:
+        lua_pop(L, 2);
+        return herald_error_set(err, kHeraldInvalid, "segment parameter %s: a string, number or"
+                                " boolean", key);
+    }
+    lua_pop(L, 1);
+  }
+  return kHeraldOk;
+}
+
+static void push_row(int64_t id, const char *endpoint_id, const char *state, void *ctx) {
+  lua_State *L = ctx;
+  lua_createtable(L, 0, 3);
+  lua_pushinteger(L, (lua_Integer)id); lua_setfield(L, -2, "id");
+  lua_pushstring(L, endpoint_id); lua_setfield(L, -2, "endpoint_id");
+  lua_pushstring(L, state); lua_setfield(L, -2, "state");
+  lua_rawseti(L, -2, (lua_Integer)luaL_len(L, -2) + 1);
+}
+
+#define FILTER_BATCH 50
+
+/* Runs filter over the run's rows in batches of FILTER_BATCH: filter(rows) returns a table
+ * whose entry i is the verdict on rows[i]: nil or true (keep), "drop" (not a member), a
+ * reason string (skip), or {TitleOverride =, BodyOverride =} (keep, overridden). */
+static int run_filter(lua_State *L, HeraldStore *store, int64_t run_id, int filter,
+                      HeraldError *err) {
+  int64_t after = 0;
+  for (;;) {
+    lua_newtable(L);
+    int rows = lua_gettop(L);
+    if (herald_outbox_run_rows(store, run_id, after, FILTER_BATCH, push_row, L, err) != kHeraldOk) {
+      lua_pop(L, 1);
+      return err->code;
+    }
+    lua_Integer n = luaL_len(L, rows);
+    if (n == 0) {
+      lua_pop(L, 1);
+      return kHeraldOk;
+    }
+    lua_pushvalue(L, filter);
+    lua_pushvalue(L, rows);
+    if (lua_pcall(L, 1, 1, 0) != LUA_OK) {
+      herald_error_set(err, kHeraldInvalid, "%s", lua_tostring(L, -1));
+      lua_pop(L, 2);
+      return err->code;
+    }
+    int verdicts = lua_gettop(L);
+    int rc = kHeraldOk;
+    for (lua_Integer i = 1; i <= n && rc == kHeraldOk; i++) {
+      lua_rawgeti(L, rows, i);
+      lua_getfield(L, -1, "id");
+      int64_t id = (int64_t)lua_tointeger(L, -1);
+      lua_pop(L, 2);
+      after = id;
+      if (!lua_istable(L, verdicts)) continue;
+      lua_rawgeti(L, verdicts, i);
+      if (lua_type(L, -1) == LUA_TSTRING) {
+        const char *v = lua_tostring(L, -1);
+        if (strcmp(v, "drop") == 0) rc = herald_outbox_row_drop(store, id, err);
+        else rc = herald_outbox_row_skip(store, id, v, err);
+      } else if (lua_istable(L, -1)) {
+        int t = lua_gettop(L);
+        const char *title = opt_field_string(L, t, "TitleOverride");
+        const char *body = opt_field_string(L, t, "BodyOverride");
+        if (title || body) rc = herald_outbox_row_override(store, id, title, body, err);
+      }
       lua_pop(L, 1);
     }
-    if (herald_outbox_run_set_total(store, run_id, (int64_t)n, &err) != kHeraldOk) goto fail;
+    lua_settop(L, rows - 1);
+    if (rc != kHeraldOk) return rc;
+    if (n < FILTER_BATCH) return kHeraldOk;
+  }
+}
+
+/* materialize_run{campaign_id=, version=, scheduled_ms=, run_index=, where=, params=,
+ * holdout=, sizes={...}, zones={{zone=, due_ms=, zone_used=, note=, skip_reason=}, ...},
+ * default_due_ms=, daily_cap=, total_cap=, max_duration_ms=, filter=function(rows), app=}
+ * -> run_id, created, total. The run, its rows and the filter's verdicts commit together. */
+static int l_materialize_run(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TTABLE);
+  HeraldStore *store = herald_context_store(L);
+  HeraldOutboxRunSpec spec = {0};
+  spec.app = opt_field_string(L, 1, "app");
+  if (spec.app == NULL) spec.app = herald_context()->app;
+  spec.campaign_id = opt_field_string(L, 1, "campaign_id");
+  luaL_argcheck(L, spec.campaign_id != NULL, 1, "campaign_id is required");
+  spec.version = (int)opt_field_integer(L, 1, "version", 1);
+  spec.scheduled_ms = (int64_t)opt_field_integer(L, 1, "scheduled_ms", 0);
+  spec.run_index = (int64_t)opt_field_integer(L, 1, "run_index", 0);
+  spec.where = opt_field_string(L, 1, "where");
+  spec.holdout = (int)opt_field_integer(L, 1, "holdout", 0);
+  spec.default_due_ms = (int64_t)opt_field_integer(L, 1, "default_due_ms", spec.scheduled_ms);
+  spec.daily_cap = (int64_t)opt_field_integer(L, 1, "daily_cap", 0);
+  spec.total_cap = (int64_t)opt_field_integer(L, 1, "total_cap", 0);
+  spec.max_duration_ms = (int64_t)opt_field_integer(L, 1, "max_duration_ms", 0);
+
+  int sizes[64];
+  lua_getfield(L, 1, "sizes");
+  luaL_argcheck(L, lua_istable(L, -1), 1, "sizes is required");
+  spec.n_treatments = (int)luaL_len(L, -1);
+  luaL_argcheck(L, spec.n_treatments >= 1 && spec.n_treatments <= 64, 1, "1..64 treatments");
+  for (int i = 0; i < spec.n_treatments; i++) {
+    lua_rawgeti(L, -1, i + 1);
+    sizes[i] = (int)luaL_checkinteger(L, -1);
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 1);
+  spec.sizes = sizes;
+  int64_t treatment_due[64] = {0};
+  lua_getfield(L, 1, "treatment_due");
+  if (lua_istable(L, -1)) {
+    for (int i = 0; i < spec.n_treatments; i++) {
+      lua_rawgeti(L, -1, i + 1);
+      treatment_due[i] = (int64_t)luaL_optinteger(L, -1, 0);
+      lua_pop(L, 1);
+    }
+    spec.treatment_due = treatment_due;
+  }
+  lua_pop(L, 1);
+
+  lua_getfield(L, 1, "zones");
+  int zones_idx = lua_gettop(L);
+  lua_Integer nz = lua_istable(L, zones_idx) ? luaL_len(L, zones_idx) : 0;
+  HeraldOutboxZone *zones = lua_newuserdatauv(L, sizeof *zones * (size_t)(nz > 0 ? nz : 1), 0);
+  for (lua_Integer i = 0; i < nz; i++) {
+    lua_rawgeti(L, zones_idx, i + 1);
+    int z = lua_gettop(L);
+    zones[i].zone = opt_field_string(L, z, "zone");
+    zones[i].due_ms = (int64_t)opt_field_integer(L, z, "due_ms", spec.scheduled_ms);
+    zones[i].zone_used = opt_field_string(L, z, "zone_used");
+    zones[i].note = opt_field_string(L, z, "note");
+    zones[i].skip_reason = opt_field_string(L, z, "skip_reason");
+    lua_pop(L, 1);  /* the zones table keeps the strings alive */
+  }
+  spec.zones = zones;
+  spec.n_zones = (int)nz;
+
+  lua_getfield(L, 1, "params");
+  BindCtx bctx = {L, lua_istable(L, -1) ? lua_gettop(L) : 0};
+  spec.bind = bind_params;
+  spec.bind_ctx = &bctx;
+  lua_getfield(L, 1, "filter");
+  int filter = lua_isfunction(L, -1) ? lua_gettop(L) : 0;
+
+  HeraldError err = {0};
+  int64_t run_id = 0;
+  int created = 0;
+  if (herald_store_begin(store, &err) != kHeraldOk) return raise_error(L, &err);
+  if (herald_outbox_materialize(store, &spec, &run_id, &created, &err) != kHeraldOk) goto fail;
+  if (created && filter) {
+    if (run_filter(L, store, run_id, filter, &err) != kHeraldOk) goto fail;
+    if (herald_outbox_run_finish(store, run_id, &err) != kHeraldOk) goto fail;
   }
   if (herald_store_commit(store, &err) != kHeraldOk) return raise_error(L, &err);
   lua_pushinteger(L, (lua_Integer)run_id);
@@ -76,6 +224,81 @@ static int l_materialize(lua_State *L) {
 fail:
   herald_store_rollback(store);
   return raise_error(L, &err);
+}
+
+/* trigger_cursor(campaign_id [, app]) -> last seq consumed */
+static int l_trigger_cursor(lua_State *L) {
+  int64_t seq = 0;
+  HeraldError err = {0};
+  if (herald_outbox_trigger_cursor(herald_context_store(L), luaL_optstring(L, 2, herald_context()->app),
+                                   luaL_checkstring(L, 1), &seq, &err) != kHeraldOk)
+    return raise_error(L, &err);
+  lua_pushinteger(L, (lua_Integer)seq);
+  return 1;
+}
+
+/* trigger{campaign_id=, version=, now_ms=, from_seq=, to_seq=, max_duration_ms=, rows={{endpoint_id=,
+ * treatment=, channel=, address=, due_ms=, event_seq=, reason=}}, cancels={endpoint ids}}
+ * -> run id (0 when the batch made no rows) */
+static int l_trigger(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TTABLE);
+  HeraldOutboxTrigger t = {0};
+  t.app = opt_field_string(L, 1, "app");
+  if (t.app == NULL) t.app = herald_context()->app;
+  t.campaign_id = opt_field_string(L, 1, "campaign_id");
+  luaL_argcheck(L, t.campaign_id != NULL, 1, "campaign_id is required");
+  t.version = (int)opt_field_integer(L, 1, "version", 1);
+  t.now_ms = (int64_t)opt_field_integer(L, 1, "now_ms", herald_clock_now_ms());
+  t.from_seq = (int64_t)opt_field_integer(L, 1, "from_seq", 0);
+  t.to_seq = (int64_t)opt_field_integer(L, 1, "to_seq", 0);
+  t.max_duration_ms = (int64_t)opt_field_integer(L, 1, "max_duration_ms", 0);
+  lua_getfield(L, 1, "rows");
+  int rows = lua_gettop(L);
+  lua_Integer n = lua_istable(L, rows) ? luaL_len(L, rows) : 0;
+  HeraldOutboxTriggerRow *r = lua_newuserdatauv(L, sizeof *r * (size_t)(n > 0 ? n : 1), 0);
+  for (lua_Integer i = 0; i < n; i++) {
+    lua_rawgeti(L, rows, i + 1);
+    int x = lua_gettop(L);
+    r[i].endpoint_id = opt_field_string(L, x, "endpoint_id");
+    r[i].channel = opt_field_string(L, x, "channel");
+    r[i].address = opt_field_string(L, x, "address");
+    r[i].reason = opt_field_string(L, x, "reason");
+    r[i].treatment = (int)opt_field_integer(L, x, "treatment", 0);
+    r[i].due_ms = (int64_t)opt_field_integer(L, x, "due_ms", t.now_ms);
+    r[i].event_seq = (int64_t)opt_field_integer(L, x, "event_seq", 0);
+    luaL_argcheck(L, r[i].endpoint_id != NULL, 1, "each row needs endpoint_id");
+    lua_pop(L, 1);
+  }
+  t.rows = r;
+  t.n_rows = (int)n;
+  lua_getfield(L, 1, "cancels");
+  int cancels = lua_gettop(L);
+  lua_Integer nc = lua_istable(L, cancels) ? luaL_len(L, cancels) : 0;
+  const char **c = lua_newuserdatauv(L, sizeof *c * (size_t)(nc > 0 ? nc : 1), 0);
+  for (lua_Integer i = 0; i < nc; i++) {
+    lua_rawgeti(L, cancels, i + 1);
+    c[i] = luaL_checkstring(L, -1);
+    lua_pop(L, 1);
+  }
+  t.cancels = c;
+  t.n_cancels = (int)nc;
+  int64_t run_id = 0;
+  HeraldError err = {0};
+  if (herald_outbox_trigger(herald_context_store(L), &t, &run_id, &err) != kHeraldOk)
+    return raise_error(L, &err);
+  lua_pushinteger(L, (lua_Integer)run_id);
+  return 1;
+}
+
+/* skip_run(campaign_id, version, scheduled_ms, run_index, reason [, app]) */
+static int l_skip_run(lua_State *L) {
+  HeraldError err = {0};
+  if (herald_outbox_run_skip(herald_context_store(L), luaL_optstring(L, 6, herald_context()->app),
+                             luaL_checkstring(L, 1), (int)luaL_checkinteger(L, 2),
+                             (int64_t)luaL_checkinteger(L, 3), (int64_t)luaL_checkinteger(L, 4),
+                             luaL_checkstring(L, 5), &err) != kHeraldOk)
+    return raise_error(L, &err);
+  return 0;
 }
 
 /* claim(now_ms, max [, campaigns_json [, app]]) -> list of claimed rows */
@@ -244,6 +467,39 @@ static int l_campaign_definition(lua_State *L) {
   return 1;
 }
 
+static int l_advance_campaign_state(lua_State *L) {
+  HeraldError err = {0};
+  if (herald_campaign_advance_state(herald_context_store(L),
+                                    luaL_optstring(L, 3, herald_context()->app),
+                                    luaL_checkstring(L, 1), luaL_checkstring(L, 2), &err) !=
+      kHeraldOk)
+    return raise_error(L, &err);
+  return 0;
+}
+
+/* copy_campaign(id, new_id [, app]) -> true | nil, err */
+static int l_copy_campaign(lua_State *L) {
+  HeraldError err = {0};
+  if (herald_campaign_copy(herald_context_store(L), luaL_optstring(L, 3, herald_context()->app),
+                           luaL_checkstring(L, 1), luaL_checkstring(L, 2), herald_clock_now_ms(),
+                           &err) != kHeraldOk) {
+    lua_pushnil(L);
+    lua_pushstring(L, err.msg);
+    return 2;
+  }
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* cancel(campaign_id, reason [, app]): PENDING rows of its runs become SKIPPED with reason. */
+static int l_cancel(lua_State *L) {
+  HeraldError err = {0};
+  if (herald_outbox_cancel(herald_context_store(L), luaL_optstring(L, 3, herald_context()->app),
+                           luaL_checkstring(L, 1), luaL_checkstring(L, 2), &err) != kHeraldOk)
+    return raise_error(L, &err);
+  return 0;
+}
+
 static int l_set_campaign_state(lua_State *L) {
   HeraldError err = {0};
   if (herald_campaign_set_state(herald_context_store(L), luaL_optstring(L, 3, herald_context()->app),
@@ -254,11 +510,14 @@ static int l_set_campaign_state(lua_State *L) {
 
 int luaopen_herald_core_outbox(lua_State *L) {
   static const luaL_Reg funcs[] = {
-    {"materialize", l_materialize}, {"claim", l_claim},         {"report_batch", l_report_batch},
+    {"materialize_run", l_materialize_run}, {"skip_run", l_skip_run},
+    {"trigger", l_trigger}, {"trigger_cursor", l_trigger_cursor}, {"claim", l_claim},         {"report_batch", l_report_batch},
     {"recover", l_recover},         {"next_due", l_next_due},   {"complete_runs", l_complete_runs},
     {"message_id", l_message_id},   {"tally", l_tally},
     {"define_campaign", l_define_campaign}, {"set_campaign_state", l_set_campaign_state},
     {"campaign_definition", l_campaign_definition},
+    {"advance_campaign_state", l_advance_campaign_state}, {"copy_campaign", l_copy_campaign},
+    {"cancel", l_cancel},
     {NULL, NULL},
   };
   luaL_newlib(L, funcs);

@@ -143,3 +143,71 @@ int herald_campaign_set_state(HeraldStore *store, const char *app, const char *i
     return herald_error_set(err, kHeraldNotFound, "unknown campaign '%s'", id);
   return kHeraldOk;
 }
+
+int herald_campaign_advance_state(HeraldStore *store, const char *app, const char *id,
+                                  const char *state, HeraldError *err) {
+  sqlite3_stmt *st = herald_store_stmt(
+      store,
+      "UPDATE campaigns SET state = ?3 WHERE app_id = ?1 AND id = ?2"
+      " AND state NOT IN ('PAUSED', 'DELETED') AND state <> ?3",
+      err);
+  if (st == NULL) return err ? err->code : kHeraldStore;
+  sqlite3_bind_text(st, 1, app, -1, SQLITE_STATIC);
+  sqlite3_bind_text(st, 2, id, -1, SQLITE_STATIC);
+  sqlite3_bind_text(st, 3, state, -1, SQLITE_STATIC);
+  int rc = sqlite3_step(st);
+  sqlite3_reset(st);
+  if (rc != SQLITE_DONE) return herald_store_fail(store, err, "advancing a campaign state");
+  return kHeraldOk;
+}
+
+int herald_campaign_copy(HeraldStore *store, const char *app, const char *id, const char *new_id,
+                         int64_t now_ms, HeraldError *err) {
+  char now[32];
+  herald_time_format(now_ms, now, sizeof now);
+  if (herald_store_begin(store, err) != kHeraldOk) return err ? err->code : kHeraldStore;
+  sqlite3_stmt *st = herald_store_stmt(
+      store,
+      "INSERT INTO campaigns(app_id, id, name, version, state, definition, creation_date,"
+      " last_modified_date, last_modified_ms) SELECT app_id, ?3, ?3, 1, 'SCHEDULED',"
+      " json_set(definition, '$.Name', ?3, '$.Herald.CopyOf', id), ?4, ?4, ?5 FROM campaigns"
+      " WHERE app_id = ?1 AND id = ?2 AND NOT EXISTS (SELECT 1 FROM campaigns WHERE app_id = ?1"
+      " AND id = ?3)",
+      err);
+  if (st == NULL) goto fail;
+  sqlite3_bind_text(st, 1, app, -1, SQLITE_STATIC);
+  sqlite3_bind_text(st, 2, id, -1, SQLITE_STATIC);
+  sqlite3_bind_text(st, 3, new_id, -1, SQLITE_STATIC);
+  sqlite3_bind_text(st, 4, now, -1, SQLITE_STATIC);
+  sqlite3_bind_int64(st, 5, now_ms);
+  int rc = sqlite3_step(st);
+  sqlite3_reset(st);
+  if (rc != SQLITE_DONE) {
+    herald_store_fail(store, err, "copying a campaign");
+    goto fail;
+  }
+  if (sqlite3_changes(herald_store_db(store)) == 0) {
+    herald_error_set(err, kHeraldInvalid, "cannot copy '%s' to '%s': the first is unknown or the"
+                     " second exists", id, new_id);
+    goto fail;
+  }
+  st = herald_store_stmt(
+      store,
+      "INSERT INTO campaign_versions(app_id, campaign_id, version, definition, created_ms)"
+      " SELECT app_id, id, 1, definition, ?3 FROM campaigns WHERE app_id = ?1 AND id = ?2",
+      err);
+  if (st == NULL) goto fail;
+  sqlite3_bind_text(st, 1, app, -1, SQLITE_STATIC);
+  sqlite3_bind_text(st, 2, new_id, -1, SQLITE_STATIC);
+  sqlite3_bind_int64(st, 3, now_ms);
+  rc = sqlite3_step(st);
+  sqlite3_reset(st);
+  if (rc != SQLITE_DONE) {
+    herald_store_fail(store, err, "copying a campaign");
+    goto fail;
+  }
+  return herald_store_commit(store, err);
+fail:
+  herald_store_rollback(store);
+  return err ? err->code : kHeraldStore;
+}

@@ -26,4 +26,14 @@ int herald_campaign_version_definition(HeraldStore *store, const char *app, cons
 int herald_campaign_set_state(HeraldStore *store, const char *app, const char *id,
                               const char *state, HeraldError *err);
 
+/* Moves a campaign to an automatic state (SCHEDULED, EXECUTING, PENDING_NEXT_RUN, COMPLETED,
+ * INVALID) unless it is PAUSED or DELETED: those change only by herald_campaign_set_state. */
+int herald_campaign_advance_state(HeraldStore *store, const char *app, const char *id,
+                                  const char *state, HeraldError *err);
+
+/* Stores campaign id's current definition as new campaign new_id (version 1, SCHEDULED), its
+ * Name set to new_id and Herald.CopyOf to id. */
+int herald_campaign_copy(HeraldStore *store, const char *app, const char *id, const char *new_id,
+                         int64_t now_ms, HeraldError *err);
+
 #endif

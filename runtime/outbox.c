@@ -1,9 +1,14 @@
 #include "runtime/outbox.h"
 
+#include <errno.h>
+#include <signal.h>
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "runtime/clock.h"
+
+#include <stdint.h>
 
 static uint64_t fnv1a(uint64_t h, const char *s, size_t n) {
   for (size_t i = 0; i < n; i++) {
@@ -14,21 +19,56 @@ static uint64_t fnv1a(uint64_t h, const char *s, size_t n) {
 }
 
 /* Two FNV-1a lanes with different offsets give 128 bits: enough to make collisions between
- * message ids of one application practically impossible, and cheap to compute per row. */
-void herald_outbox_message_id(const char *app, const char *campaign_id, int64_t scheduled_ms,
-                              const char *endpoint_id, char out[40]) {
+ * message ids of one application practically impossible, and cheap to compute per row. The
+ * lanes over (app, campaign, scheduled time) are computed once per run; each row adds its
+ * endpoint. */
+typedef struct {
+  uint64_t a, b;
+} IdLanes;
+
+static void lanes_add(IdLanes *l, const char *s) {
+  size_t n = strlen(s);
+  l->a = fnv1a(l->a, s, n + 1);  /* the NUL separates parts */
+  l->b = fnv1a(l->b, s, n + 1);
+  l->b = fnv1a(l->b, (const char *)&l->a, sizeof l->a);
+}
+
+static IdLanes run_lanes(const char *app, const char *campaign_id, int64_t scheduled_ms) {
   char when[32];
   snprintf(when, sizeof when, "%lld", (long long)scheduled_ms);
-  const char *parts[] = {app, campaign_id, when, endpoint_id};
-  uint64_t a = 0xcbf29ce484222325ULL, b = 0x84222325cbf29ce4ULL;
-  for (size_t i = 0; i < 4; i++) {
-    size_t n = strlen(parts[i]);
-    a = fnv1a(a, parts[i], n + 1);  /* the NUL separates parts */
-    b = fnv1a(b, parts[i], n + 1);
-    b = fnv1a(b, (const char *)&a, sizeof a);
+  IdLanes l = {0xcbf29ce484222325ULL, 0x84222325cbf29ce4ULL};
+  lanes_add(&l, app);
+  lanes_add(&l, campaign_id);
+  lanes_add(&l, when);
+  return l;
+}
+
+static void put_hex(char *out, uint64_t v, int digits) {
+  static const char hex[] = "0123456789abcdef";
+  for (int i = digits - 1; i >= 0; i--) {
+    out[i] = hex[v & 0xf];
+    v >>= 4;
   }
-  snprintf(out, 40, "%08x-%04x-%04x-%04x-%012llx", (unsigned)(a >> 32), (unsigned)(a >> 16) & 0xffff,
-           (unsigned)a & 0xffff, (unsigned)(b >> 48), (unsigned long long)(b & 0xffffffffffffULL));
+}
+
+/* xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx */
+static void finish_id(IdLanes l, const char *endpoint_id, char out[40]) {
+  lanes_add(&l, endpoint_id);
+  put_hex(out, l.a >> 32, 8);
+  out[8] = '-';
+  put_hex(out + 9, (l.a >> 16) & 0xffff, 4);
+  out[13] = '-';
+  put_hex(out + 14, l.a & 0xffff, 4);
+  out[18] = '-';
+  put_hex(out + 19, l.b >> 48, 4);
+  out[23] = '-';
+  put_hex(out + 24, l.b & 0xffffffffffffULL, 12);
+  out[36] = '\0';
+}
+
+void herald_outbox_message_id(const char *app, const char *campaign_id, int64_t scheduled_ms,
+                              const char *endpoint_id, char out[40]) {
+  finish_id(run_lanes(app, campaign_id, scheduled_ms), endpoint_id, out);
 }
 
 int herald_outbox_run_create(HeraldStore *store, const char *app, const char *campaign_id,
@@ -39,7 +79,8 @@ int herald_outbox_run_create(HeraldStore *store, const char *app, const char *ca
   sqlite3_stmt *st = herald_store_stmt(
       store,
       "INSERT INTO campaign_runs(app_id, campaign_id, campaign_version, scheduled_ms, created_at)"
-      " VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (app_id, campaign_id, scheduled_ms) DO NOTHING",
+      " VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (app_id, campaign_id, scheduled_ms, trigger_seq)"
+      " DO NOTHING",
       err);
   if (st == NULL) return err ? err->code : kHeraldStore;
   sqlite3_bind_text(st, 1, app, -1, SQLITE_STATIC);
@@ -51,7 +92,7 @@ int herald_outbox_run_create(HeraldStore *store, const char *app, const char *ca
   *created = sqlite3_changes(herald_store_db(store)) > 0;
   st = herald_store_stmt(store,
                          "SELECT id FROM campaign_runs WHERE app_id = ?1 AND campaign_id = ?2"
-                         " AND scheduled_ms = ?3",
+                         " AND scheduled_ms = ?3 AND trigger_seq = 0",
                          err);
   if (st == NULL) return err ? err->code : kHeraldStore;
   sqlite3_bind_text(st, 1, app, -1, SQLITE_STATIC);
@@ -63,52 +104,35 @@ int herald_outbox_run_create(HeraldStore *store, const char *app, const char *ca
   return kHeraldOk;
 }
 
-int herald_outbox_add(HeraldStore *store, const char *app, const char *campaign_id,
-                      int64_t run_id, int64_t scheduled_ms, const HeraldOutboxRow *row,
-                      HeraldError *err) {
-  char message_id[40];
-  herald_outbox_message_id(app, campaign_id, scheduled_ms, row->endpoint_id, message_id);
-  sqlite3_stmt *st = herald_store_stmt(
-      store,
-      "INSERT INTO outbox(run_id, endpoint_id, treatment, message_id, channel, address, due_ms,"
-      " state, reason) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-      err);
-  if (st == NULL) return err ? err->code : kHeraldStore;
-  sqlite3_bind_int64(st, 1, run_id);
-  sqlite3_bind_text(st, 2, row->endpoint_id, -1, SQLITE_STATIC);
-  sqlite3_bind_int(st, 3, row->treatment);
-  sqlite3_bind_text(st, 4, message_id, -1, SQLITE_STATIC);
-  sqlite3_bind_text(st, 5, row->channel, -1, SQLITE_STATIC);
-  sqlite3_bind_text(st, 6, row->address, -1, SQLITE_STATIC);
-  sqlite3_bind_int64(st, 7, row->due_ms);
-  sqlite3_bind_text(st, 8, row->state, -1, SQLITE_STATIC);
-  sqlite3_bind_text(st, 9, row->reason, -1, SQLITE_STATIC);
-  if (sqlite3_step(st) != SQLITE_DONE) {
-    herald_store_fail(store, err, "writing an outbox row");
-    sqlite3_reset(st);
-    return err ? err->code : kHeraldStore;
-  }
-  sqlite3_reset(st);
-  return kHeraldOk;
-}
-
-int herald_outbox_run_set_total(HeraldStore *store, int64_t run_id, int64_t total,
-                                HeraldError *err) {
-  sqlite3_stmt *st = herald_store_stmt(store, "UPDATE campaign_runs SET total = ?2 WHERE id = ?1",
-                                       err);
-  if (st == NULL) return err ? err->code : kHeraldStore;
-  sqlite3_bind_int64(st, 1, run_id);
-  sqlite3_bind_int64(st, 2, total);
-  int rc = sqlite3_step(st);
-  sqlite3_reset(st);
-  if (rc != SQLITE_DONE) return herald_store_fail(store, err, "updating a run");
-  return kHeraldOk;
-}
-
 static void copy_col(sqlite3_stmt *st, int col, char *dst, size_t len) {
   const unsigned char *s = sqlite3_column_text(st, col);
   snprintf(dst, len, "%s", s ? (const char *)s : "");
 }
+
+/* How many messages an endpoint has sent or in flight: of one campaign (its life), or of any
+ * campaign of app since since_ms. */
+static int count_claims(HeraldStore *store, const char *app, const char *campaign_id,
+                        const char *endpoint_id, int64_t since_ms, int64_t *n, HeraldError *err) {
+  sqlite3_stmt *st = herald_store_stmt(
+      store,
+      "SELECT count(*) FROM outbox o JOIN campaign_runs r ON r.id = o.run_id"
+      " WHERE o.endpoint_id = ?1 AND o.claimed_ms IS NOT NULL AND o.claimed_ms > ?2"
+      " AND o.state IN ('CLAIMED', 'SENT') AND r.app_id = ?3"
+      " AND (?4 IS NULL OR r.campaign_id = ?4)",
+      err);
+  if (st == NULL) return err ? err->code : kHeraldStore;
+  sqlite3_bind_text(st, 1, endpoint_id, -1, SQLITE_STATIC);
+  sqlite3_bind_int64(st, 2, since_ms);
+  sqlite3_bind_text(st, 3, app, -1, SQLITE_STATIC);
+  sqlite3_bind_text(st, 4, campaign_id, -1, SQLITE_STATIC);
+  int rc = sqlite3_step(st);
+  *n = rc == SQLITE_ROW ? sqlite3_column_int64(st, 0) : 0;
+  sqlite3_reset(st);
+  if (rc != SQLITE_ROW) return herald_store_fail(store, err, "counting an endpoint's messages");
+  return kHeraldOk;
+}
+
+#define DAY_MS (24 * 3600 * 1000LL)
 
 int herald_outbox_claim(HeraldStore *store, const char *app, const char *campaigns_json,
                         int64_t now_ms, int max, HeraldOutboxClaim *out, int *count,
@@ -118,55 +142,94 @@ int herald_outbox_claim(HeraldStore *store, const char *app, const char *campaig
   sqlite3_stmt *sel = herald_store_stmt(
       store,
       "SELECT o.id, o.run_id, o.endpoint_id, o.treatment, o.message_id, o.channel, o.address,"
-      " o.due_ms, o.attempts, r.campaign_id, r.campaign_version"
+      " o.due_ms, o.attempts, r.campaign_id, r.campaign_version, r.daily_cap, r.total_cap,"
+      " r.max_duration_ms"
       /* CROSS JOIN keeps outbox first: the partial due-time index yields rows in claim order
        * and the LIMIT stops the scan, where starting from the runs would read and sort every
        * row of a large run on each claim. */
       " FROM outbox o CROSS JOIN campaign_runs r ON r.id = o.run_id"
+      " CROSS JOIN campaigns c ON c.app_id = r.app_id AND c.id = r.campaign_id"
       " WHERE o.state = 'PENDING' AND o.due_ms <= ?1 AND r.app_id = ?3"
+      " AND c.state NOT IN ('PAUSED', 'DELETED')"
       " AND (?4 IS NULL OR r.campaign_id IN (SELECT value FROM json_each(?4)))"
       " ORDER BY o.due_ms, o.id LIMIT ?2",
       err);
   if (sel == NULL) goto fail;
-  sqlite3_bind_int64(sel, 1, now_ms);
-  sqlite3_bind_int(sel, 2, max);
-  sqlite3_bind_text(sel, 3, app, -1, SQLITE_STATIC);
-  sqlite3_bind_text(sel, 4, campaigns_json, -1, SQLITE_STATIC);
-  int rc;
-  while ((rc = sqlite3_step(sel)) == SQLITE_ROW) {
-    HeraldOutboxClaim *c = &out[*count];
-    c->id = sqlite3_column_int64(sel, 0);
-    c->run_id = sqlite3_column_int64(sel, 1);
-    copy_col(sel, 2, c->endpoint_id, sizeof c->endpoint_id);
-    c->treatment = sqlite3_column_int(sel, 3);
-    copy_col(sel, 4, c->message_id, sizeof c->message_id);
-    copy_col(sel, 5, c->channel, sizeof c->channel);
-    copy_col(sel, 6, c->address, sizeof c->address);
-    c->due_ms = sqlite3_column_int64(sel, 7);
-    c->attempts = sqlite3_column_int(sel, 8) + 1;
-    copy_col(sel, 9, c->campaign_id, sizeof c->campaign_id);
-    c->campaign_version = sqlite3_column_int(sel, 10);
-    (*count)++;
-  }
-  sqlite3_reset(sel);
-  if (rc != SQLITE_DONE) {
-    herald_store_fail(store, err, "claiming outbox rows");
-    goto fail;
-  }
   sqlite3_stmt *upd = herald_store_stmt(
       store,
-      "UPDATE outbox SET state = 'CLAIMED', attempts = attempts + 1, updated_ms = ?2 WHERE id = ?1",
+      "UPDATE outbox SET state = ?3, reason = ?4, attempts = attempts + (?3 = 'CLAIMED'),"
+      " claimed_ms = CASE WHEN ?3 = 'CLAIMED' THEN ?2 END,"
+      " claimed_by = CASE WHEN ?3 = 'CLAIMED' THEN ?5 END, updated_ms = ?2 WHERE id = ?1",
       err);
   if (upd == NULL) goto fail;
-  for (int i = 0; i < *count; i++) {
-    sqlite3_bind_int64(upd, 1, out[i].id);
-    sqlite3_bind_int64(upd, 2, now_ms);
-    rc = sqlite3_step(upd);
-    sqlite3_reset(upd);
+  /* Rows skipped by a limit leave PENDING, so selecting again finds the next ones. */
+  for (;;) {
+    int selected = 0, rc;
+    sqlite3_bind_int64(sel, 1, now_ms);
+    sqlite3_bind_int(sel, 2, max - *count);
+    sqlite3_bind_text(sel, 3, app, -1, SQLITE_STATIC);
+    sqlite3_bind_text(sel, 4, campaigns_json, -1, SQLITE_STATIC);
+    int first = *count;
+    while ((rc = sqlite3_step(sel)) == SQLITE_ROW) {
+      HeraldOutboxClaim *c = &out[*count];
+      c->id = sqlite3_column_int64(sel, 0);
+      c->run_id = sqlite3_column_int64(sel, 1);
+      copy_col(sel, 2, c->endpoint_id, sizeof c->endpoint_id);
+      c->treatment = sqlite3_column_int(sel, 3);
+      copy_col(sel, 4, c->message_id, sizeof c->message_id);
+      copy_col(sel, 5, c->channel, sizeof c->channel);
+      copy_col(sel, 6, c->address, sizeof c->address);
+      c->due_ms = sqlite3_column_int64(sel, 7);
+      c->attempts = sqlite3_column_int(sel, 8) + 1;
+      copy_col(sel, 9, c->campaign_id, sizeof c->campaign_id);
+      c->campaign_version = sqlite3_column_int(sel, 10);
+      c->daily_cap = sqlite3_column_int64(sel, 11);
+      c->total_cap = sqlite3_column_int64(sel, 12);
+      c->max_duration_ms = sqlite3_column_int64(sel, 13);
+      (*count)++;
+      selected++;
+    }
+    sqlite3_reset(sel);
     if (rc != SQLITE_DONE) {
       herald_store_fail(store, err, "claiming outbox rows");
       goto fail;
     }
+    int kept = first;
+    for (int i = first; i < first + selected; i++) {
+      HeraldOutboxClaim *c = &out[i];
+      const char *reason = NULL;
+      int64_t n = 0;
+      if (c->max_duration_ms > 0 && now_ms > c->due_ms + c->max_duration_ms) {
+        reason = "EXPIRED";
+      } else if (c->total_cap > 0) {
+        if (count_claims(store, app, c->campaign_id, c->endpoint_id, INT64_MIN, &n, err) !=
+            kHeraldOk)
+          goto fail;
+        if (n >= c->total_cap) reason = "TOTAL_CAP";
+      }
+      if (reason == NULL && c->daily_cap > 0) {
+        if (count_claims(store, app, NULL, c->endpoint_id, now_ms - DAY_MS, &n, err) != kHeraldOk)
+          goto fail;
+        if (n >= c->daily_cap) reason = "DAILY_CAP";
+      }
+      sqlite3_bind_int64(upd, 1, c->id);
+      sqlite3_bind_int64(upd, 2, now_ms);
+      sqlite3_bind_text(upd, 3, reason ? "SKIPPED" : "CLAIMED", -1, SQLITE_STATIC);
+      sqlite3_bind_text(upd, 4, reason, -1, SQLITE_STATIC);
+      sqlite3_bind_int64(upd, 5, (int64_t)getpid());
+      rc = sqlite3_step(upd);
+      sqlite3_reset(upd);
+      if (rc != SQLITE_DONE) {
+        herald_store_fail(store, err, "claiming outbox rows");
+        goto fail;
+      }
+      if (reason == NULL) {
+        if (kept != i) out[kept] = *c;
+        kept++;
+      }
+    }
+    *count = kept;
+    if (selected < max - first || *count >= max) break;
   }
   return herald_store_commit(store, err);
 fail:
@@ -199,15 +262,51 @@ int herald_outbox_report(HeraldStore *store, int64_t id, const char *state, cons
   return kHeraldOk;
 }
 
+/* Whether the process that claimed a row may still be working on it. kill(pid, 0) fails
+ * with ESRCH only when no such process exists; the store is a local file, so claimers are on
+ * this host. This process's own pid, at recovery time (before it claims), is a predecessor's. */
+static int claimer_alive(int64_t pid) {
+  if (pid <= 0 || pid == (int64_t)getpid()) return 0;
+  return kill((pid_t)pid, 0) == 0 || errno != ESRCH;
+}
+
 int herald_outbox_recover(HeraldStore *store, int64_t *count, HeraldError *err) {
-  sqlite3_stmt *st =
-      herald_store_stmt(store, "UPDATE outbox SET state = 'PENDING' WHERE state = 'CLAIMED'", err);
-  if (st == NULL) return err ? err->code : kHeraldStore;
-  int rc = sqlite3_step(st);
-  sqlite3_reset(st);
-  if (rc != SQLITE_DONE) return herald_store_fail(store, err, "recovering claimed rows");
-  *count = sqlite3_changes(herald_store_db(store));
-  return kHeraldOk;
+  *count = 0;
+  if (herald_store_begin(store, err) != kHeraldOk) return err ? err->code : kHeraldStore;
+  sqlite3_stmt *sel = herald_store_stmt(
+      store, "SELECT DISTINCT coalesce(claimed_by, 0) FROM outbox WHERE state = 'CLAIMED'", err);
+  if (sel == NULL) goto fail;
+  int64_t dead[64];
+  int n = 0, rc;
+  while ((rc = sqlite3_step(sel)) == SQLITE_ROW && n < 64) {
+    int64_t pid = sqlite3_column_int64(sel, 0);
+    if (!claimer_alive(pid)) dead[n++] = pid;
+  }
+  sqlite3_reset(sel);
+  if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
+    herald_store_fail(store, err, "recovering claimed rows");
+    goto fail;
+  }
+  sqlite3_stmt *st = herald_store_stmt(
+      store,
+      "UPDATE outbox SET state = 'PENDING', claimed_ms = NULL, claimed_by = NULL"
+      " WHERE state = 'CLAIMED' AND coalesce(claimed_by, 0) = ?1",
+      err);
+  if (st == NULL) goto fail;
+  for (int i = 0; i < n; i++) {
+    sqlite3_bind_int64(st, 1, dead[i]);
+    rc = sqlite3_step(st);
+    sqlite3_reset(st);
+    if (rc != SQLITE_DONE) {
+      herald_store_fail(store, err, "recovering claimed rows");
+      goto fail;
+    }
+    *count += sqlite3_changes(herald_store_db(store));
+  }
+  return herald_store_commit(store, err);
+fail:
+  herald_store_rollback(store);
+  return err ? err->code : kHeraldStore;
 }
 
 int herald_outbox_next_due(HeraldStore *store, const char *app, const char *campaigns_json,
@@ -216,7 +315,8 @@ int herald_outbox_next_due(HeraldStore *store, const char *app, const char *camp
       store,
       /* The first row in due-time order, outbox first for the reason given at claim. */
       "SELECT o.due_ms FROM outbox o CROSS JOIN campaign_runs r ON r.id = o.run_id"
-      " WHERE o.state = 'PENDING' AND r.app_id = ?1"
+      " CROSS JOIN campaigns c ON c.app_id = r.app_id AND c.id = r.campaign_id"
+      " WHERE o.state = 'PENDING' AND r.app_id = ?1 AND c.state NOT IN ('PAUSED', 'DELETED')"
       " AND (?2 IS NULL OR r.campaign_id IN (SELECT value FROM json_each(?2)))"
       " ORDER BY o.due_ms LIMIT 1",
       err);
@@ -239,7 +339,8 @@ int herald_outbox_complete_runs(HeraldStore *store, int64_t now_ms, HeraldError 
   herald_time_format(now_ms, now, sizeof now);
   sqlite3_stmt *st = herald_store_stmt(
       store,
-      "UPDATE campaign_runs SET state = 'COMPLETED', ended_at = ?1 WHERE state = 'EXECUTING'"
+      "UPDATE campaign_runs SET state = 'COMPLETED', result = 'SUCCESS', ended_at = ?1"
+      " WHERE state = 'EXECUTING'"
       " AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.run_id = campaign_runs.id"
       " AND o.state IN ('PENDING', 'CLAIMED'))",
       err);
@@ -280,4 +381,429 @@ int herald_outbox_tally(HeraldStore *store, const char *app, const char *campaig
   sqlite3_reset(st);
   if (rc != SQLITE_DONE) return herald_store_fail(store, err, "tallying the outbox");
   return kHeraldOk;
+}
+
+/* herald_message_id(endpoint_id) for INSERT ... SELECT: the run's lanes are the user data. */
+static void sql_message_id(sqlite3_context *ctx, int argc, sqlite3_value **argv) {
+  (void)argc;
+  const char *endpoint = (const char *)sqlite3_value_text(argv[0]);
+  if (endpoint == NULL) {
+    sqlite3_result_null(ctx);
+    return;
+  }
+  char id[40];
+  finish_id(*(const IdLanes *)sqlite3_user_data(ctx), endpoint, id);
+  sqlite3_result_text(ctx, id, 36, SQLITE_TRANSIENT);
+}
+
+static int fill_zones(HeraldStore *store, const HeraldOutboxRunSpec *spec, HeraldError *err) {
+  sqlite3 *db = herald_store_db(store);
+  if (sqlite3_exec(db,
+                   "CREATE TEMP TABLE IF NOT EXISTS herald_run_zones (zone TEXT PRIMARY KEY,"
+                   " due_ms INTEGER NOT NULL, zone_used TEXT, note TEXT, skip_reason TEXT);"
+                   "DELETE FROM temp.herald_run_zones;",
+                   NULL, NULL, NULL) != SQLITE_OK)
+    return herald_store_fail(store, err, "preparing the run's zones");
+  sqlite3_stmt *st = herald_store_stmt(
+      store, "INSERT OR REPLACE INTO temp.herald_run_zones VALUES (?1, ?2, ?3, ?4, ?5)", err);
+  if (st == NULL) return err ? err->code : kHeraldStore;
+  for (int i = 0; i < spec->n_zones; i++) {
+    const HeraldOutboxZone *z = &spec->zones[i];
+    sqlite3_bind_text(st, 1, z->zone ? z->zone : "", -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 2, z->due_ms);
+    sqlite3_bind_text(st, 3, z->zone_used, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 4, z->note, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 5, z->skip_reason, -1, SQLITE_STATIC);
+    int rc = sqlite3_step(st);
+    sqlite3_reset(st);
+    if (rc != SQLITE_DONE) return herald_store_fail(store, err, "writing the run's zones");
+  }
+  return kHeraldOk;
+}
+
+/* The arm of cohort e.cohort_id as a CASE over integer bounds (formatted here, never input). */
+static int arm_sql(const HeraldOutboxRunSpec *spec, char *buf, size_t len, HeraldError *err) {
+  int n = snprintf(buf, len, "CASE WHEN e.cohort_id < %d THEN %d", spec->holdout,
+                   HERALD_HOLDOUT_TREATMENT);
+  int edge = spec->holdout;
+  for (int i = 0; i < spec->n_treatments - 1 && n > 0 && (size_t)n < len; i++) {
+    edge += spec->sizes[i];
+    n += snprintf(buf + n, len - (size_t)n, " WHEN e.cohort_id < %d THEN %d", edge, i);
+  }
+  if (n > 0 && (size_t)n < len)
+    n += snprintf(buf + n, len - (size_t)n, " ELSE %d END", spec->n_treatments - 1);
+  if (n < 0 || (size_t)n >= len)
+    return herald_error_set(err, kHeraldInvalid, "too many treatments (%d)", spec->n_treatments);
+  return kHeraldOk;
+}
+
+/* Whether two endpoints of app share an address: a scan of the address index, far cheaper
+ * than the window that finds which rows of a run are duplicates, so that runs only when
+ * needed. */
+static int has_duplicate_addresses(HeraldStore *store, const char *app, int *found,
+                                   HeraldError *err) {
+  sqlite3_stmt *st = herald_store_stmt(
+      store,
+      "SELECT 1 FROM endpoints WHERE app_id = ?1 AND address IS NOT NULL GROUP BY address"
+      " HAVING count(*) > 1 LIMIT 1",
+      err);
+  if (st == NULL) return err ? err->code : kHeraldStore;
+  sqlite3_bind_text(st, 1, app, -1, SQLITE_STATIC);
+  int rc = sqlite3_step(st);
+  *found = rc == SQLITE_ROW;
+  sqlite3_reset(st);
+  if (rc != SQLITE_ROW && rc != SQLITE_DONE)
+    return herald_store_fail(store, err, "looking for shared addresses");
+  return kHeraldOk;
+}
+
+int herald_outbox_materialize(HeraldStore *store, const HeraldOutboxRunSpec *spec,
+                              int64_t *run_id, int *created, HeraldError *err) {
+  if (spec->n_treatments < 1)
+    return herald_error_set(err, kHeraldInvalid, "a run needs at least one treatment");
+  if (herald_outbox_run_create(store, spec->app, spec->campaign_id, spec->version,
+                               spec->scheduled_ms, run_id, created, err) != kHeraldOk)
+    return err ? err->code : kHeraldStore;
+  if (!*created) return kHeraldOk;
+  sqlite3_stmt *st = herald_store_stmt(
+      store,
+      "UPDATE campaign_runs SET run_index = ?2, daily_cap = ?3, total_cap = ?4, max_duration_ms = ?5,"
+      " started_ms = ?6, timezones = ?7 WHERE id = ?1",
+      err);
+  if (st == NULL) return err ? err->code : kHeraldStore;
+  sqlite3_bind_int64(st, 1, *run_id);
+  sqlite3_bind_int64(st, 2, spec->run_index);
+  if (spec->daily_cap > 0) sqlite3_bind_int64(st, 3, spec->daily_cap); else sqlite3_bind_null(st, 3);
+  if (spec->total_cap > 0) sqlite3_bind_int64(st, 4, spec->total_cap); else sqlite3_bind_null(st, 4);
+  if (spec->max_duration_ms > 0) sqlite3_bind_int64(st, 5, spec->max_duration_ms); else sqlite3_bind_null(st, 5);
+  sqlite3_bind_int64(st, 6, herald_clock_now_ms());
+  sqlite3_bind_int(st, 7, spec->n_zones);
+  int rc = sqlite3_step(st);
+  sqlite3_reset(st);
+  if (rc != SQLITE_DONE) return herald_store_fail(store, err, "starting a run");
+  if (fill_zones(store, spec, err) != kHeraldOk) return err ? err->code : kHeraldStore;
+
+  sqlite3 *db = herald_store_db(store);
+  IdLanes lanes = run_lanes(spec->app, spec->campaign_id, spec->scheduled_ms);
+  if (sqlite3_create_function(db, "herald_message_id", 1, SQLITE_UTF8 | SQLITE_DETERMINISTIC,
+                              &lanes, sql_message_id, NULL, NULL) != SQLITE_OK)
+    return herald_store_fail(store, err, "registering herald_message_id");
+  char arm[1024];
+  if (arm_sql(spec, arm, sizeof arm, err) != kHeraldOk) return err->code;
+  int dups = 0;
+  if (has_duplicate_addresses(store, spec->app, &dups, err) != kHeraldOk) return err->code;
+  int zoned = spec->n_zones > 0;
+  /* Reasons in priority order; the address duplicate check prefers a sendable endpoint, and
+   * among equals the first id, so the choice is stable across runs. */
+  char *sql = sqlite3_mprintf(
+      "INSERT INTO outbox(run_id, endpoint_id, treatment, message_id, channel, address, due_ms,"
+      " state, reason, zone, note)"
+      " SELECT :herald_run, id, arm, herald_message_id(id), channel_type, address, due, CASE WHEN reason IS NULL THEN"
+      " 'PENDING' ELSE 'SKIPPED' END, reason, zone_used, note FROM ("
+      "  SELECT e.id, e.channel_type, e.address, %s AS arm,"
+      "   %s,"
+      "   CASE WHEN e.endpoint_status = 'INACTIVE' THEN 'INACTIVE'"
+      "    WHEN e.opt_out = 'ALL' THEN 'OPT_OUT'"
+      "    WHEN e.address IS NULL OR e.address = '' THEN 'MISSING_ADDRESS'"
+      "    WHEN e.cohort_id < %d THEN 'HOLDOUT'"
+      "    %s"
+      "    WHEN %s THEN 'DUPLICATE_ADDRESS'"
+      "   END AS reason"
+      "  FROM endpoints e %s"
+      "  WHERE e.app_id = :herald_app AND (%s))",
+      arm,
+      /* without local time or quiet time every row is due at the run's time: no zone join */
+      zoned ? "coalesce(z.due_ms, :herald_due) AS due, z.zone_used, z.note"
+            : ":herald_due AS due, NULL AS zone_used, NULL AS note",
+      spec->holdout, zoned ? "WHEN z.skip_reason IS NOT NULL THEN z.skip_reason" : "",
+      dups ? "row_number() OVER (PARTITION BY e.channel_type, e.address ORDER BY"
+             " e.endpoint_status = 'INACTIVE', e.opt_out = 'ALL', e.id) > 1"
+           : "0",
+      zoned ? "LEFT JOIN temp.herald_run_zones z ON z.zone = coalesce(e.timezone, '')" : "",
+      spec->where ? spec->where : "1");
+  if (sql == NULL) return herald_error_set(err, kHeraldNoMemory, "out of memory");
+  rc = sqlite3_prepare_v2(db, sql, -1, &st, NULL);
+  sqlite3_free(sql);
+  if (rc != SQLITE_OK) {
+    return herald_error_set(err, kHeraldInvalid, "the segment's SQL condition does not compile: %s",
+                            sqlite3_errmsg(db));
+  }
+  sqlite3_bind_int64(st, sqlite3_bind_parameter_index(st, ":herald_run"), *run_id);
+  sqlite3_bind_text(st, sqlite3_bind_parameter_index(st, ":herald_app"), spec->app, -1,
+                    SQLITE_STATIC);
+  sqlite3_bind_int64(st, sqlite3_bind_parameter_index(st, ":herald_due"), spec->default_due_ms);
+  if (spec->bind != NULL && spec->bind(st, spec->bind_ctx, err) != kHeraldOk) {
+    sqlite3_finalize(st);
+    return err ? err->code : kHeraldInvalid;
+  }
+  rc = sqlite3_step(st);
+  sqlite3_finalize(st);
+  int64_t total = sqlite3_changes64(db);
+  /* the function's user data lives on this stack frame: unregister it */
+  sqlite3_create_function(db, "herald_message_id", 1, SQLITE_UTF8, NULL, NULL, NULL, NULL);
+  if (rc != SQLITE_DONE) return herald_store_fail(store, err, "materialising a run");
+  for (int i = 0; i < spec->n_treatments; i++) {
+    if (spec->treatment_due == NULL || spec->treatment_due[i] <= 0) continue;
+    st = herald_store_stmt(store, "UPDATE outbox SET due_ms = ?3 WHERE run_id = ?1"
+                                  " AND treatment = ?2 AND state = 'PENDING'", err);
+    if (st == NULL) return err ? err->code : kHeraldStore;
+    sqlite3_bind_int64(st, 1, *run_id);
+    sqlite3_bind_int(st, 2, i);
+    sqlite3_bind_int64(st, 3, spec->treatment_due[i]);
+    rc = sqlite3_step(st);
+    sqlite3_reset(st);
+    if (rc != SQLITE_DONE) return herald_store_fail(store, err, "scheduling a treatment");
+  }
+  st = herald_store_stmt(store, "UPDATE campaign_runs SET total = ?2 WHERE id = ?1", err);
+  if (st == NULL) return err ? err->code : kHeraldStore;
+  sqlite3_bind_int64(st, 1, *run_id);
+  sqlite3_bind_int64(st, 2, total);
+  rc = sqlite3_step(st);
+  sqlite3_reset(st);
+  if (rc != SQLITE_DONE) return herald_store_fail(store, err, "counting a run");
+  return kHeraldOk;
+}
+
+int herald_outbox_run_skip(HeraldStore *store, const char *app, const char *campaign_id,
+                           int version, int64_t scheduled_ms, int64_t run_index,
+                           const char *reason, HeraldError *err) {
+  char now[32];
+  herald_time_format(herald_clock_now_ms(), now, sizeof now);
+  sqlite3_stmt *st = herald_store_stmt(
+      store,
+      "INSERT INTO campaign_runs(app_id, campaign_id, campaign_version, scheduled_ms, run_index,"
+      " state, result, reason, created_at, ended_at) VALUES (?1, ?2, ?3, ?4, ?5, 'SKIPPED',"
+      " 'SKIPPED', ?6, ?7, ?7) ON CONFLICT (app_id, campaign_id, scheduled_ms, trigger_seq)"
+      " DO NOTHING",
+      err);
+  if (st == NULL) return err ? err->code : kHeraldStore;
+  sqlite3_bind_text(st, 1, app, -1, SQLITE_STATIC);
+  sqlite3_bind_text(st, 2, campaign_id, -1, SQLITE_STATIC);
+  sqlite3_bind_int(st, 3, version);
+  sqlite3_bind_int64(st, 4, scheduled_ms);
+  sqlite3_bind_int64(st, 5, run_index);
+  sqlite3_bind_text(st, 6, reason, -1, SQLITE_STATIC);
+  sqlite3_bind_text(st, 7, now, -1, SQLITE_STATIC);
+  int rc = sqlite3_step(st);
+  sqlite3_reset(st);
+  if (rc != SQLITE_DONE) return herald_store_fail(store, err, "recording a skipped run");
+  return kHeraldOk;
+}
+
+int herald_outbox_run_rows(HeraldStore *store, int64_t run_id, int64_t after_id, int max,
+                           void (*fn)(int64_t id, const char *endpoint_id, const char *state,
+                                      void *ctx),
+                           void *ctx, HeraldError *err) {
+  sqlite3_stmt *st = herald_store_stmt(
+      store,
+      "SELECT id, endpoint_id, state FROM outbox WHERE run_id = ?1 AND id > ?2 ORDER BY id"
+      " LIMIT ?3",
+      err);
+  if (st == NULL) return err ? err->code : kHeraldStore;
+  sqlite3_bind_int64(st, 1, run_id);
+  sqlite3_bind_int64(st, 2, after_id);
+  sqlite3_bind_int(st, 3, max);
+  int rc;
+  while ((rc = sqlite3_step(st)) == SQLITE_ROW)
+    fn(sqlite3_column_int64(st, 0), (const char *)sqlite3_column_text(st, 1),
+       (const char *)sqlite3_column_text(st, 2), ctx);
+  sqlite3_reset(st);
+  if (rc != SQLITE_DONE) return herald_store_fail(store, err, "reading a run's rows");
+  return kHeraldOk;
+}
+
+static int exec_row(HeraldStore *store, const char *sql, int64_t id, const char *a,
+                    const char *b, const char *what, HeraldError *err) {
+  sqlite3_stmt *st = herald_store_stmt(store, sql, err);
+  if (st == NULL) return err ? err->code : kHeraldStore;
+  sqlite3_bind_int64(st, 1, id);
+  if (sqlite3_bind_parameter_count(st) >= 2) sqlite3_bind_text(st, 2, a, -1, SQLITE_STATIC);
+  if (sqlite3_bind_parameter_count(st) >= 3) sqlite3_bind_text(st, 3, b, -1, SQLITE_STATIC);
+  int rc = sqlite3_step(st);
+  sqlite3_reset(st);
+  if (rc != SQLITE_DONE) return herald_store_fail(store, err, what);
+  return kHeraldOk;
+}
+
+int herald_outbox_row_drop(HeraldStore *store, int64_t id, HeraldError *err) {
+  return exec_row(store, "DELETE FROM outbox WHERE id = ?1", id, NULL, NULL,
+                  "dropping an outbox row", err);
+}
+
+int herald_outbox_row_skip(HeraldStore *store, int64_t id, const char *reason, HeraldError *err) {
+  return exec_row(store,
+                  "UPDATE outbox SET state = 'SKIPPED', reason = ?2 WHERE id = ?1"
+                  " AND state = 'PENDING'",
+                  id, reason, NULL, "skipping an outbox row", err);
+}
+
+int herald_outbox_row_override(HeraldStore *store, int64_t id, const char *title,
+                               const char *body, HeraldError *err) {
+  return exec_row(store,
+                  "UPDATE outbox SET title_override = ?2, body_override = ?3 WHERE id = ?1",
+                  id, title, body, "overriding a message", err);
+}
+
+int herald_outbox_run_finish(HeraldStore *store, int64_t run_id, HeraldError *err) {
+  sqlite3_stmt *st = herald_store_stmt(
+      store, "UPDATE campaign_runs SET total = (SELECT count(*) FROM outbox WHERE run_id = ?1)"
+             " WHERE id = ?1", err);
+  if (st == NULL) return err ? err->code : kHeraldStore;
+  sqlite3_bind_int64(st, 1, run_id);
+  int rc = sqlite3_step(st);
+  sqlite3_reset(st);
+  if (rc != SQLITE_DONE) return herald_store_fail(store, err, "counting a run");
+  return kHeraldOk;
+}
+
+int herald_outbox_cancel(HeraldStore *store, const char *app, const char *campaign_id,
+                         const char *reason, HeraldError *err) {
+  sqlite3_stmt *st = herald_store_stmt(
+      store,
+      "UPDATE outbox SET state = 'SKIPPED', reason = ?3 WHERE state = 'PENDING' AND run_id IN"
+      " (SELECT id FROM campaign_runs WHERE app_id = ?1 AND campaign_id = ?2)",
+      err);
+  if (st == NULL) return err ? err->code : kHeraldStore;
+  sqlite3_bind_text(st, 1, app, -1, SQLITE_STATIC);
+  sqlite3_bind_text(st, 2, campaign_id, -1, SQLITE_STATIC);
+  sqlite3_bind_text(st, 3, reason, -1, SQLITE_STATIC);
+  int rc = sqlite3_step(st);
+  sqlite3_reset(st);
+  if (rc != SQLITE_DONE) return herald_store_fail(store, err, "cancelling a campaign's rows");
+  return kHeraldOk;
+}
+
+int herald_outbox_trigger_cursor(HeraldStore *store, const char *app, const char *campaign_id,
+                                 int64_t *last_seq, HeraldError *err) {
+  sqlite3_stmt *st = herald_store_stmt(
+      store,
+      "INSERT INTO trigger_cursors(app_id, campaign_id, last_seq) SELECT ?1, ?2,"
+      " coalesce((SELECT max(seq) FROM events), 0) WHERE true"
+      " ON CONFLICT (app_id, campaign_id) DO NOTHING",
+      err);
+  if (st == NULL) return err ? err->code : kHeraldStore;
+  sqlite3_bind_text(st, 1, app, -1, SQLITE_STATIC);
+  sqlite3_bind_text(st, 2, campaign_id, -1, SQLITE_STATIC);
+  int rc = sqlite3_step(st);
+  sqlite3_reset(st);
+  if (rc != SQLITE_DONE) return herald_store_fail(store, err, "starting a trigger cursor");
+  st = herald_store_stmt(
+      store, "SELECT last_seq FROM trigger_cursors WHERE app_id = ?1 AND campaign_id = ?2", err);
+  if (st == NULL) return err ? err->code : kHeraldStore;
+  sqlite3_bind_text(st, 1, app, -1, SQLITE_STATIC);
+  sqlite3_bind_text(st, 2, campaign_id, -1, SQLITE_STATIC);
+  rc = sqlite3_step(st);
+  *last_seq = rc == SQLITE_ROW ? sqlite3_column_int64(st, 0) : 0;
+  sqlite3_reset(st);
+  if (rc != SQLITE_ROW) return herald_store_fail(store, err, "reading a trigger cursor");
+  return kHeraldOk;
+}
+
+int herald_outbox_trigger(HeraldStore *store, const HeraldOutboxTrigger *t, int64_t *run_id,
+                          HeraldError *err) {
+  char now[32];
+  herald_time_format(t->now_ms, now, sizeof now);
+  *run_id = 0;
+  if (herald_store_begin(store, err) != kHeraldOk) return err ? err->code : kHeraldStore;
+  sqlite3_stmt *st;
+  int rc;
+  /* The cursor moves from from_seq or not at all: another herald that processed these events
+   * first has moved it, and this batch is dropped. */
+  st = herald_store_stmt(
+      store, "UPDATE trigger_cursors SET last_seq = ?4 WHERE app_id = ?1 AND campaign_id = ?2"
+             " AND last_seq = ?3", err);
+  if (st == NULL) goto fail;
+  sqlite3_bind_text(st, 1, t->app, -1, SQLITE_STATIC);
+  sqlite3_bind_text(st, 2, t->campaign_id, -1, SQLITE_STATIC);
+  sqlite3_bind_int64(st, 3, t->from_seq);
+  sqlite3_bind_int64(st, 4, t->to_seq);
+  rc = sqlite3_step(st);
+  sqlite3_reset(st);
+  if (rc != SQLITE_DONE) {
+    herald_store_fail(store, err, "advancing a trigger cursor");
+    goto fail;
+  }
+  if (sqlite3_changes(herald_store_db(store)) == 0) {
+    herald_store_rollback(store);
+    return kHeraldOk;
+  }
+  /* cancellations first: a cancelling event later in the batch than a trigger still cancels
+   * it, as the trigger's row is inserted below only when no cancel follows it */
+  for (int i = 0; i < t->n_cancels; i++) {
+    st = herald_store_stmt(
+        store,
+        "UPDATE outbox SET state = 'SKIPPED', reason = 'CANCELLED', updated_ms = ?4"
+        " WHERE state = 'PENDING' AND endpoint_id = ?3 AND run_id IN (SELECT id FROM"
+        " campaign_runs WHERE app_id = ?1 AND campaign_id = ?2 AND trigger_seq > 0)",
+        err);
+    if (st == NULL) goto fail;
+    sqlite3_bind_text(st, 1, t->app, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, t->campaign_id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 3, t->cancels[i], -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 4, t->now_ms);
+    rc = sqlite3_step(st);
+    sqlite3_reset(st);
+    if (rc != SQLITE_DONE) {
+      herald_store_fail(store, err, "cancelling triggered messages");
+      goto fail;
+    }
+  }
+  if (t->n_rows > 0) {
+    st = herald_store_stmt(
+        store,
+        "INSERT INTO campaign_runs(app_id, campaign_id, campaign_version, scheduled_ms, trigger_seq,"
+        " run_index, state, total, max_duration_ms, started_ms, created_at) VALUES (?1, ?2, ?3, ?4,"
+        " ?5, -1, 'EXECUTING', ?6, ?7, ?4, ?8)",
+        err);
+    if (st == NULL) goto fail;
+    sqlite3_bind_text(st, 1, t->app, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, t->campaign_id, -1, SQLITE_STATIC);
+    sqlite3_bind_int(st, 3, t->version);
+    sqlite3_bind_int64(st, 4, t->now_ms);
+    sqlite3_bind_int64(st, 5, t->to_seq);
+    sqlite3_bind_int(st, 6, t->n_rows);
+    if (t->max_duration_ms > 0) sqlite3_bind_int64(st, 7, t->max_duration_ms);
+    else sqlite3_bind_null(st, 7);
+    sqlite3_bind_text(st, 8, now, -1, SQLITE_STATIC);
+    rc = sqlite3_step(st);
+    sqlite3_reset(st);
+    if (rc != SQLITE_DONE) {
+      herald_store_fail(store, err, "creating a triggered run");
+      goto fail;
+    }
+    *run_id = sqlite3_last_insert_rowid(herald_store_db(store));
+    st = herald_store_stmt(
+        store,
+        "INSERT INTO outbox(run_id, endpoint_id, treatment, message_id, channel, address, due_ms,"
+        " state, reason, note) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        err);
+    if (st == NULL) goto fail;
+    for (int i = 0; i < t->n_rows; i++) {
+      const HeraldOutboxTriggerRow *r = &t->rows[i];
+      char message_id[40];
+      herald_outbox_message_id(t->app, t->campaign_id, r->event_seq, r->endpoint_id, message_id);
+      char note[48];
+      snprintf(note, sizeof note, "EVENT %lld", (long long)r->event_seq);
+      sqlite3_bind_int64(st, 1, *run_id);
+      sqlite3_bind_text(st, 2, r->endpoint_id, -1, SQLITE_STATIC);
+      sqlite3_bind_int(st, 3, r->treatment);
+      sqlite3_bind_text(st, 4, message_id, -1, SQLITE_STATIC);
+      sqlite3_bind_text(st, 5, r->channel, -1, SQLITE_STATIC);
+      sqlite3_bind_text(st, 6, r->address, -1, SQLITE_STATIC);
+      sqlite3_bind_int64(st, 7, r->due_ms);
+      sqlite3_bind_text(st, 8, r->reason ? "SKIPPED" : "PENDING", -1, SQLITE_STATIC);
+      sqlite3_bind_text(st, 9, r->reason, -1, SQLITE_STATIC);
+      sqlite3_bind_text(st, 10, note, -1, SQLITE_STATIC);
+      rc = sqlite3_step(st);
+      sqlite3_reset(st);
+      if (rc != SQLITE_DONE) {
+        herald_store_fail(store, err, "writing a triggered message");
+        goto fail;
+      }
+    }
+  }
+  return herald_store_commit(store, err);
+fail:
+  herald_store_rollback(store);
+  return err ? err->code : kHeraldStore;
 }

@@ -15,16 +15,6 @@
 #define HERALD_HOLDOUT_TREATMENT (-1)
 
 typedef struct {
-  const char *endpoint_id;
-  int treatment;          /* 0..n-1, or HERALD_HOLDOUT_TREATMENT */
-  const char *channel;
-  const char *address;
-  int64_t due_ms;
-  const char *state;      /* "PENDING" or "SKIPPED" */
-  const char *reason;     /* why SKIPPED (HOLDOUT, OPT_OUT, ...), NULL otherwise */
-} HeraldOutboxRow;
-
-typedef struct {
   int64_t id;
   int64_t run_id;
   char campaign_id[256];
@@ -36,6 +26,7 @@ typedef struct {
   char address[512];
   int64_t due_ms;
   int attempts;
+  int64_t daily_cap, total_cap, max_duration_ms;  /* the run's limits; 0: none */
 } HeraldOutboxClaim;
 
 /* Creates the run unless it exists; *created tells which. Call inside a transaction together
@@ -43,14 +34,114 @@ typedef struct {
 int herald_outbox_run_create(HeraldStore *store, const char *app, const char *campaign_id,
                              int version, int64_t scheduled_ms, int64_t *run_id, int *created,
                              HeraldError *err);
-int herald_outbox_add(HeraldStore *store, const char *app, const char *campaign_id,
-                      int64_t run_id, int64_t scheduled_ms, const HeraldOutboxRow *row,
-                      HeraldError *err);
-int herald_outbox_run_set_total(HeraldStore *store, int64_t run_id, int64_t total,
-                                HeraldError *err);
+/* One time zone of a run's audience: endpoints whose Demographic.Timezone is `zone` ("" for
+ * none) are due at due_ms, follow zone_used, carry note (MISSING_TIMEZONE / INVALID_TIMEZONE
+ * when they fell back to the campaign's zone, else NULL) and, when skip_reason is set (quiet
+ * time under the skip policy), are recorded SKIPPED with it. */
+typedef struct {
+  const char *zone;
+  int64_t due_ms;
+  const char *zone_used;
+  const char *note;
+  const char *skip_reason;
+} HeraldOutboxZone;
 
-/* Claims up to max rows due at now_ms (state PENDING -> CLAIMED, attempts + 1) of the
- * campaigns named in campaigns_json (a JSON array of ids of app; NULL for all). */
+/* A run to materialise from the endpoints table in one INSERT ... SELECT. */
+typedef struct {
+  const char *app;
+  const char *campaign_id;
+  int version;
+  int64_t scheduled_ms;   /* the run's key: one run per (campaign, scheduled_ms) */
+  int64_t run_index;
+  const char *where;      /* the segment's SQL condition over endpoints aliased e */
+  /* Binds the segment's named parameters (never spliced into the SQL). */
+  int (*bind)(sqlite3_stmt *st, void *ctx, HeraldError *err);
+  void *bind_ctx;
+  int holdout;            /* cohorts [0, holdout) are the holdout */
+  const int *sizes;       /* SizePercent of treatment 0..n_treatments-1, in order */
+  int n_treatments;
+  const HeraldOutboxZone *zones;
+  int n_zones;
+  int64_t default_due_ms; /* for a zone not in zones (an endpoint that arrived meanwhile) */
+  int64_t daily_cap, total_cap, max_duration_ms;  /* 0: none */
+  /* Per treatment: its own schedule's instant for this run (a treatment that overrides the
+   * schedule), or 0 to keep the run's due times. NULL: none overrides. */
+  const int64_t *treatment_due;
+} HeraldOutboxRunSpec;
+
+/* Creates the run (unless it exists: *created = 0) and its rows from the segment: one row per
+ * member with its arm, a deterministic message id, due time and zone, SKIPPED with a reason
+ * (INACTIVE, OPT_OUT, MISSING_ADDRESS, HOLDOUT, QUIET_TIME, DUPLICATE_ADDRESS) when it is not
+ * to be sent. Call inside a transaction; filters run on the rows before it commits. */
+int herald_outbox_materialize(HeraldStore *store, const HeraldOutboxRunSpec *spec,
+                              int64_t *run_id, int *created, HeraldError *err);
+
+/* Records a run that will not be sent (a stale run): state SKIPPED with reason. Idempotent. */
+int herald_outbox_run_skip(HeraldStore *store, const char *app, const char *campaign_id,
+                           int version, int64_t scheduled_ms, int64_t run_index,
+                           const char *reason, HeraldError *err);
+
+/* Rows of a run after after_id in id order (at most max): fn(row id, endpoint id, state). */
+int herald_outbox_run_rows(HeraldStore *store, int64_t run_id, int64_t after_id, int max,
+                           void (*fn)(int64_t id, const char *endpoint_id, const char *state,
+                                      void *ctx),
+                           void *ctx, HeraldError *err);
+/* A filter's verdict on a row: drop it (not a segment member), skip it with reason, or keep
+ * it with optional overrides of the message's title and body. */
+int herald_outbox_row_drop(HeraldStore *store, int64_t id, HeraldError *err);
+int herald_outbox_row_skip(HeraldStore *store, int64_t id, const char *reason, HeraldError *err);
+int herald_outbox_row_override(HeraldStore *store, int64_t id, const char *title,
+                               const char *body, HeraldError *err);
+/* Sets the run's total to its row count, once its filters have run. */
+int herald_outbox_run_finish(HeraldStore *store, int64_t run_id, HeraldError *err);
+
+/* Cancels the PENDING rows of a campaign's runs (state SKIPPED, reason): for delete. */
+int herald_outbox_cancel(HeraldStore *store, const char *app, const char *campaign_id,
+                         const char *reason, HeraldError *err);
+
+/* Event triggers. The position of campaign_id in the events table (created at the current
+ * last seq, so history does not fire a new trigger campaign). */
+int herald_outbox_trigger_cursor(HeraldStore *store, const char *app, const char *campaign_id,
+                                 int64_t *last_seq, HeraldError *err);
+
+typedef struct {
+  const char *endpoint_id;
+  int treatment;
+  const char *channel;
+  const char *address;
+  int64_t due_ms;
+  int64_t event_seq;   /* the event that fired: part of the message id */
+  const char *reason;  /* NULL: PENDING; else SKIPPED with it (HOLDOUT, OPT_OUT, ...) */
+} HeraldOutboxTriggerRow;
+
+typedef struct {
+  const char *app;
+  const char *campaign_id;
+  int version;
+  int64_t now_ms;
+  int64_t from_seq;    /* the cursor this batch was read after */
+  int64_t to_seq;      /* the last event seq this batch consumed */
+  const HeraldOutboxTriggerRow *rows;
+  int n_rows;
+  const char *const *cancels;  /* endpoints whose pending triggered messages are cancelled */
+  int n_cancels;
+  int64_t max_duration_ms;
+} HeraldOutboxTrigger;
+
+/* In one transaction: the cursor moved from from_seq to to_seq, cancels, and a run holding
+ * the batch's rows (when there are any). When the cursor is no longer at from_seq (another
+ * process took the batch) nothing is written and *run_id is 0. */
+int herald_outbox_trigger(HeraldStore *store, const HeraldOutboxTrigger *t, int64_t *run_id,
+                          HeraldError *err);
+
+/* Claims up to max rows due at now_ms (state PENDING -> CLAIMED, attempts + 1, claimed_ms =
+ * now_ms) of the campaigns named in campaigns_json (a JSON array of ids of app; NULL for all).
+ * Rows of PAUSED or DELETED campaigns stay PENDING. In the same transaction, limits are
+ * enforced row by row: a row not claimed within its run's max_duration_ms of its due time becomes SKIPPED/EXPIRED, a row whose
+ * endpoint already has total_cap messages of this campaign SKIPPED/TOTAL_CAP, and one whose
+ * endpoint had daily_cap messages of any campaign of the app in the last 24 hours
+ * SKIPPED/DAILY_CAP. Caps count messages sent or claimed (in flight), not targeted ones; a
+ * FAILED message does not count. */
 int herald_outbox_claim(HeraldStore *store, const char *app, const char *campaigns_json,
                         int64_t now_ms, int max, HeraldOutboxClaim *out, int *count,
                         HeraldError *err);
@@ -60,7 +151,9 @@ int herald_outbox_claim(HeraldStore *store, const char *app, const char *campaig
 int herald_outbox_report(HeraldStore *store, int64_t id, const char *state, const char *reason,
                          int64_t due_ms, HeraldError *err);
 
-/* Returns claimed-but-unreported rows to PENDING (after a crash); *count says how many. */
+/* Returns claimed-but-unreported rows to PENDING (after a crash): those whose claiming process
+ * (claimed_by, a pid on this host) no longer runs, so rows in flight in another live herald
+ * are left alone. *count says how many. */
 int herald_outbox_recover(HeraldStore *store, int64_t *count, HeraldError *err);
 
 /* Earliest due time of a PENDING row of the campaigns named (as for claim); *found = 0 when

@@ -95,11 +95,21 @@ const char *const herald_store_migrations[] = {
   "  campaign_id TEXT NOT NULL,"
   "  campaign_version INTEGER NOT NULL,"
   "  scheduled_ms INTEGER NOT NULL,"
+  "  run_index INTEGER NOT NULL DEFAULT 0,"
   "  state TEXT NOT NULL DEFAULT 'EXECUTING',"
+  "  result TEXT,"
+  "  reason TEXT,"
   "  total INTEGER NOT NULL DEFAULT 0,"
+  "  daily_cap INTEGER,"
+  "  total_cap INTEGER,"
+  "  max_duration_ms INTEGER,"
+  "  timezones INTEGER NOT NULL DEFAULT 0,"
+  "  started_ms INTEGER,"
   "  created_at TEXT NOT NULL,"
   "  ended_at TEXT,"
-  "  UNIQUE (app_id, campaign_id, scheduled_ms)"
+  /* 0 for a scheduled run; for an event-triggered one, the last event seq it consumed */
+  "  trigger_seq INTEGER NOT NULL DEFAULT 0,"
+  "  UNIQUE (app_id, campaign_id, scheduled_ms, trigger_seq)"
   ");"
 
   "CREATE TABLE outbox ("
@@ -107,18 +117,30 @@ const char *const herald_store_migrations[] = {
   "  run_id INTEGER NOT NULL REFERENCES campaign_runs(id),"
   "  endpoint_id TEXT NOT NULL,"
   "  treatment INTEGER NOT NULL,"
-  "  message_id TEXT NOT NULL UNIQUE,"
+  /* Unique by construction (a hash of the run's key and the endpoint, and (run_id,
+   * endpoint_id) is unique): an index over these random values would cost a materialisation
+   * more than everything else. */
+  "  message_id TEXT NOT NULL,"
   "  channel TEXT,"
   "  address TEXT,"
   "  due_ms INTEGER NOT NULL,"
   "  state TEXT NOT NULL,"
   "  reason TEXT,"
+  "  zone TEXT,"
+  "  note TEXT,"
+  "  title_override TEXT,"
+  "  body_override TEXT,"
   "  attempts INTEGER NOT NULL DEFAULT 0,"
+  "  claimed_ms INTEGER,"
+  "  claimed_by INTEGER,"
   "  updated_ms INTEGER,"
   "  UNIQUE (run_id, endpoint_id)"
   ");"
   "CREATE INDEX outbox_due ON outbox(due_ms) WHERE state = 'PENDING';"
-  "CREATE INDEX outbox_claimed ON outbox(run_id) WHERE state = 'CLAIMED';",
+  "CREATE INDEX outbox_claimed ON outbox(run_id) WHERE state = 'CLAIMED';"
+  /* Caps count an endpoint's messages sent or in flight: claimed rows carry claimed_ms. */
+  "CREATE INDEX outbox_endpoint_claims ON outbox(endpoint_id, claimed_ms)"
+  "  WHERE claimed_ms IS NOT NULL;",
 
   /* 3: message templates: Pinpoint keeps them per account, so they belong to no application.
    * latest_version only grows, so version numbers are never reused; revision is renewed (at
@@ -171,6 +193,16 @@ const char *const herald_store_migrations[] = {
   "  version INTEGER NOT NULL,"
   "  endpoint_id TEXT NOT NULL,"
   "  PRIMARY KEY (app_id, segment_id, version, endpoint_id)"
+  ") WITHOUT ROWID;",
+
+  /* 6: event-triggered campaigns read the events table by seq; each campaign's position is
+   * advanced in the same transaction as the outbox rows its events made, so an event fires a
+   * trigger once, even across a crash. */
+  "CREATE TABLE trigger_cursors ("
+  "  app_id TEXT NOT NULL,"
+  "  campaign_id TEXT NOT NULL,"
+  "  last_seq INTEGER NOT NULL,"
+  "  PRIMARY KEY (app_id, campaign_id)"
   ") WITHOUT ROWID;",
 };
 

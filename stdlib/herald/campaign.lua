@@ -1,10 +1,19 @@
--- Campaigns: a segment, a message per treatment, a holdout, a schedule and a delivery channel.
+-- Campaigns: a segment, a message per treatment, a holdout, a schedule, quiet time, limits and
+-- an optional FILTER hook.
+--
+-- Two ways in, one shape inside: `herald.campaign{...}` (herald's Lua form) and
+-- `herald.campaign.from_pinpoint(json)` (a Pinpoint WriteCampaignRequest as is) both produce a
+-- Pinpoint-shaped definition table (field names and enums exactly as Pinpoint's), plus
+-- herald's own settings under "Herald". That table is what is stored per version
+-- (campaign_versions) and what delivery reads for a run's version.
 --
 -- Audience split follows Pinpoint: every endpoint has a CohortId 0-99 fixed at creation;
--- cohorts [0, holdout) are the holdout, the following SizePercent cohorts go to the first
--- treatment, and so on, so an endpoint stays in the same arm across runs and versions.
+-- cohorts [0, HoldoutPercent) are the holdout, the following SizePercent cohorts go to the
+-- default treatment, then to each additional treatment in order, so an endpoint stays in the
+-- same arm across runs and versions.
 local segment = require 'herald.segment'
 local template = require 'herald.template'
+local time = require 'herald.time'
 local json = require 'herald.core.json'
 local outbox = require 'herald.core.outbox'
 
@@ -16,170 +25,448 @@ Campaign.__index = Campaign
 campaign.defined = {}   -- name -> campaign, in definition order too
 campaign.order = {}
 
+-- A late run is still sent when it is at most this late (herald was down, or the campaign was
+-- paused, when it fell due); an older one is recorded SKIPPED with reason STALE. A campaign
+-- changes it with `stale_after` (seconds) or Herald.StaleAfterSeconds.
+campaign.DEFAULT_STALE_AFTER_S = 3600
+campaign.MAX_TREATMENTS = 10
+
 local function fail(path, msg)
   error({ path = path, msg = msg }, 0)
 end
 
 local function check_template(path, text)
+  if text == nil then return end
+  if type(text) ~= 'string' then fail(path, 'expected a string') end
   local ok, err = template.check(text)
   if not ok then fail(path, err) end
 end
 
-local function check_message(path, m)
-  if type(m) ~= 'table' then fail(path, 'expected a table { subject =, body = }') end
-  for k in pairs(m) do
-    if k ~= 'subject' and k ~= 'body' and k ~= 'html' then
-      fail(path .. '.' .. tostring(k), 'unknown field (allowed: subject, body, html)')
+local function only(path, t, allowed)
+  for k in pairs(t) do
+    if not allowed[k] then
+      local names = {}
+      for n in pairs(allowed) do names[#names + 1] = n end
+      table.sort(names)
+      fail(path .. '.' .. tostring(k), 'unknown field (allowed: ' .. table.concat(names, ', ') .. ')')
     end
   end
-  if m.body == nil then fail(path .. '.body', 'required') end
-  check_template(path .. '.body', m.body)
-  if m.subject ~= nil then check_template(path .. '.subject', m.subject) end
-  if m.html ~= nil then check_template(path .. '.html', m.html) end
 end
 
-local function parse_time(path, s)
-  local y, mo, d, h, mi, sec = s:match('^(%d%d%d%d)%-(%d%d)%-(%d%d)T(%d%d):(%d%d):(%d%d)Z$')
-  if not y then fail(path, "expected 'IMMEDIATE' or a UTC time like 2026-12-01T09:00:00Z, got '" .. s .. "'") end
-  -- days from civil date (proleptic Gregorian), so no dependency on the local time zone
-  y, mo, d = tonumber(y), tonumber(mo), tonumber(d)
-  if mo < 1 or mo > 12 or d < 1 or d > 31 then fail(path, "not a valid date: '" .. s .. "'") end
-  local yy = mo <= 2 and y - 1 or y
-  local era = (yy >= 0 and yy or yy - 399) // 400
-  local yoe = yy - era * 400
-  local doy = (153 * (mo + (mo > 2 and -3 or 9)) + 2) // 5 + d - 1
-  local doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
-  local days = era * 146097 + doe - 719468
-  return ((days * 24 + tonumber(h)) * 60 + tonumber(mi)) * 60000 + tonumber(sec) * 1000
+local function set(...)
+  local s = {}
+  for _, k in ipairs({ ... }) do s[k] = true end
+  return s
 end
 
+---------------------------------------------------------------------------------------------
+-- The Lua form -> Pinpoint's shape
+
+local PUSH_KEYS = { 'GCMMessage', 'APNSMessage', 'ADMMessage', 'BaiduMessage' }
+
+-- message = { subject =, body =, html = }  (every channel), or per channel:
+-- { email = {subject, text, html, from}, sms = {body, type, origination_number, sender_id},
+--   push = {title, body, action, url, image_url, sound}, custom = {data} }
+local function message_configuration(path, m)
+  if type(m) ~= 'table' then fail(path, 'expected a table') end
+  local config = {}
+  if m.email == nil and m.sms == nil and m.push == nil and m.custom == nil then
+    only(path, m, set('subject', 'body', 'html'))
+    if m.body == nil then fail(path .. '.body', 'required') end
+    check_template(path .. '.subject', m.subject)
+    check_template(path .. '.body', m.body)
+    check_template(path .. '.html', m.html)
+    config.EmailMessage = { Title = m.subject, Body = m.body, HtmlBody = m.html }
+    config.DefaultMessage = { Title = m.subject, Body = m.body }
+    return config
+  end
+  only(path, m, set('email', 'sms', 'push', 'custom'))
+  if m.email ~= nil then
+    local p, e = path .. '.email', m.email
+    if type(e) ~= 'table' then fail(p, 'expected a table { subject =, text =, html =, from = }') end
+    only(p, e, set('subject', 'text', 'html', 'from'))
+    if e.text == nil and e.html == nil then fail(p, 'needs text or html') end
+    if e.subject == nil then fail(p .. '.subject', 'required') end
+    check_template(p .. '.subject', e.subject)
+    check_template(p .. '.text', e.text)
+    check_template(p .. '.html', e.html)
+    if e.from ~= nil and (type(e.from) ~= 'string' or not e.from:find('@', 1, true)) then
+      fail(p .. '.from', 'an email address')
+    end
+    config.EmailMessage = { Title = e.subject, Body = e.text, HtmlBody = e.html, FromAddress = e.from }
+  end
+  if m.sms ~= nil then
+    local p, s = path .. '.sms', m.sms
+    if type(s) ~= 'table' then fail(p, 'expected a table { body =, ... }') end
+    only(p, s, set('body', 'type', 'origination_number', 'sender_id', 'keyword'))
+    if s.body == nil then fail(p .. '.body', 'required') end
+    check_template(p .. '.body', s.body)
+    if s.type ~= nil and s.type ~= 'TRANSACTIONAL' and s.type ~= 'PROMOTIONAL' then
+      fail(p .. '.type', "'TRANSACTIONAL' or 'PROMOTIONAL'")
+    end
+    config.SMSMessage = { Body = s.body, MessageType = s.type,
+                          OriginationNumber = s.origination_number, SenderId = s.sender_id,
+                          Keyword = s.keyword }
+  end
+  if m.push ~= nil then
+    local p, s = path .. '.push', m.push
+    if type(s) ~= 'table' then fail(p, 'expected a table { title =, body =, ... }') end
+    only(p, s, set('title', 'body', 'action', 'url', 'image_url', 'sound', 'silent'))
+    if s.body == nil then fail(p .. '.body', 'required') end
+    check_template(p .. '.title', s.title)
+    check_template(p .. '.body', s.body)
+    if s.action ~= nil and s.action ~= 'OPEN_APP' and s.action ~= 'DEEP_LINK' and s.action ~= 'URL' then
+      fail(p .. '.action', "'OPEN_APP', 'DEEP_LINK' or 'URL'")
+    end
+    local msg = { Title = s.title, Body = s.body, Action = s.action, Url = s.url,
+                  ImageUrl = s.image_url, Sound = s.sound, SilentPush = s.silent }
+    for _, k in ipairs(PUSH_KEYS) do config[k] = msg end
+    config.DefaultMessage = { Title = s.title, Body = s.body }
+  end
+  if m.custom ~= nil then
+    local p, s = path .. '.custom', m.custom
+    if type(s) ~= 'table' then fail(p, 'expected a table { data = }') end
+    only(p, s, set('data'))
+    if type(s.data) ~= 'string' then fail(p .. '.data', 'required: a string') end
+    check_template(p .. '.data', s.data)
+    config.CustomMessage = { Data = s.data }
+  end
+  return config
+end
+
+-- template = { email = 'name' or {name =, version =}, sms =, push =, voice = }
+local TEMPLATE_KEYS = { email = 'EmailTemplate', sms = 'SMSTemplate', push = 'PushTemplate',
+                        voice = 'VoiceTemplate', in_app = 'InAppTemplate' }
+local function template_configuration(path, t)
+  if type(t) ~= 'table' then fail(path, "expected a table { email = 'template name', ... }") end
+  local config = {}
+  for k, v in pairs(t) do
+    local key = TEMPLATE_KEYS[k]
+    if key == nil then fail(path .. '.' .. tostring(k), 'unknown channel (email, sms, push, voice, in_app)') end
+    if type(v) == 'string' then v = { name = v } end
+    if type(v) ~= 'table' or type(v.name) ~= 'string' or v.name == '' then
+      fail(path .. '.' .. k, "a template name, or { name =, version = }")
+    end
+    config[key] = { Name = v.name, Version = v.version and tostring(v.version) or nil }
+  end
+  return config
+end
+
+local function duration_s(path, v)
+  if math.type(v) == 'integer' and v > 0 then return v end
+  if type(v) == 'string' then
+    local n, unit = v:match('^(%d+)%s*([smhd])$')
+    if n then return tonumber(n) * ({ s = 1, m = 60, h = 3600, d = 86400 })[unit] end
+  end
+  fail(path, "a positive number of seconds, or '30m', '2h', '1d'")
+end
+
+local OPERATORS = { ['>'] = 'GREATER_THAN', ['>='] = 'GREATER_THAN_OR_EQUAL', ['<'] = 'LESS_THAN',
+                    ['<='] = 'LESS_THAN_OR_EQUAL', ['=='] = 'EQUAL' }
+
+-- event = { types = {...}, attributes = { name = {values} }, metrics = { name = {'>', 10} },
+--   filter_type = 'ENDPOINT', predicate = function(event, endpoint), delay =, cancel_on = {...},
+--   expiry = } -> Pinpoint's EventFilter, and herald's trigger settings
+local function lua_event(path, e)
+  if type(e) ~= 'table' then fail(path, 'expected a table { types = {...}, ... }') end
+  only(path, e, set('types', 'attributes', 'metrics', 'filter_type', 'predicate', 'delay', 'cancel_on', 'expiry'))
+  if type(e.types) ~= 'table' or #e.types == 0 then fail(path .. '.types', 'a non-empty list of event types') end
+  local dims = { EventType = { DimensionType = 'INCLUSIVE', Values = e.types } }
+  if e.attributes ~= nil then
+    if type(e.attributes) ~= 'table' then fail(path .. '.attributes', 'expected { name = {values} }') end
+    dims.Attributes = {}
+    for k, v in pairs(e.attributes) do
+      if type(v) == 'table' and v.AttributeType then dims.Attributes[k] = v
+      elseif type(v) == 'table' then dims.Attributes[k] = { AttributeType = 'INCLUSIVE', Values = v }
+      else fail(path .. '.attributes.' .. tostring(k), 'a list of values') end
+    end
+  end
+  if e.metrics ~= nil then
+    if type(e.metrics) ~= 'table' then fail(path .. '.metrics', "expected { name = {'>', 10} }") end
+    dims.Metrics = {}
+    for k, v in pairs(e.metrics) do
+      if type(v) == 'table' and v.ComparisonOperator then dims.Metrics[k] = v
+      elseif type(v) == 'table' and OPERATORS[v[1]] and type(v[2]) == 'number' then
+        dims.Metrics[k] = { ComparisonOperator = OPERATORS[v[1]], Value = v[2] }
+      else fail(path .. '.metrics.' .. tostring(k), "{'>', number} (>, >=, <, <=, ==)") end
+    end
+  end
+  if e.predicate ~= nil and type(e.predicate) ~= 'function' then fail(path .. '.predicate', 'a function(event, endpoint) -> boolean') end
+  local extra = { predicate = e.predicate, trigger = {} }
+  if e.delay ~= nil then extra.trigger.TriggerDelaySeconds = duration_s(path .. '.delay', e.delay) end
+  if e.expiry ~= nil then extra.trigger.TriggerExpirySeconds = duration_s(path .. '.expiry', e.expiry) end
+  if e.cancel_on ~= nil then
+    if type(e.cancel_on) ~= 'table' or #e.cancel_on == 0 then fail(path .. '.cancel_on', 'a list of event types') end
+    extra.trigger.CancelOnEventTypes = e.cancel_on
+  end
+  return { FilterType = e.filter_type or 'ENDPOINT', Dimensions = dims }, extra
+end
+
+local function lua_schedule(path, s)
+  if s == nil or s == 'IMMEDIATE' then return { StartTime = 'IMMEDIATE', Frequency = 'ONCE' } end
+  if type(s) == 'string' then return { StartTime = s, Frequency = 'ONCE' } end
+  if type(s) ~= 'table' then fail(path, "expected 'IMMEDIATE', an ISO 8601 time or a table") end
+  only(path, s, set('start', 'end', 'frequency', 'timezone', 'is_local_time', 'event'))
+  local filter, extra
+  if s.event ~= nil then filter, extra = lua_event(path .. '.event', s.event) end
+  return { StartTime = s.start or 'IMMEDIATE', EndTime = s['end'], Frequency = s.frequency or (s.event and 'EVENT') or 'ONCE',
+           Timezone = s.timezone, IsLocalTime = s.is_local_time, EventFilter = filter }, extra
+end
+
+local function from_lua(def)
+  if type(def) ~= 'table' then fail('', 'expected a table') end
+  only('campaign', def, set('name', 'description', 'segment', 'schedule', 'quiet_time',
+    'holdout', 'treatments', 'message', 'template', 'limits', 'hook', 'deliver', 'stale_after',
+    'treatment_name'))
+  local p = {
+    Name = def.name, Description = def.description, HoldoutPercent = def.holdout or 0,
+    TreatmentName = def.treatment_name, Herald = {},
+  }
+  local event_extra
+  p.Schedule, event_extra = lua_schedule('schedule', def.schedule)
+  if event_extra then
+    for k, v in pairs(event_extra.trigger) do p.Herald[k] = v end
+  end
+  if def.quiet_time ~= nil then
+    local q = def.quiet_time
+    if type(q) ~= 'table' then fail('quiet_time', "expected { start = 'HH:MM', ['end'] = 'HH:MM', policy = 'defer' }") end
+    only('quiet_time', q, set('start', 'end', 'policy'))
+    p.Schedule.QuietTime = { Start = q.start, End = q['end'] }
+    p.Herald.QuietTimePolicy = q.policy or 'defer'
+    if p.Herald.QuietTimePolicy ~= 'defer' and p.Herald.QuietTimePolicy ~= 'skip' then
+      fail('quiet_time.policy', "'defer' (send when quiet time ends) or 'skip'")
+    end
+  end
+  if def.limits ~= nil then
+    local l = def.limits
+    if type(l) ~= 'table' then fail('limits', 'expected a table') end
+    only('limits', l, set('daily', 'total', 'messages_per_second', 'maximum_duration', 'session'))
+    p.Limits = { Daily = l.daily, Total = l.total, MessagesPerSecond = l.messages_per_second,
+                 Session = l.session,
+                 MaximumDuration = l.maximum_duration and duration_s('limits.maximum_duration', l.maximum_duration) }
+  end
+  if def.stale_after ~= nil then p.Herald.StaleAfterSeconds = duration_s('stale_after', def.stale_after) end
+  if def.hook ~= nil then
+    if type(def.hook) ~= 'function' then fail('hook', 'a function(endpoints) returning the endpoints to keep') end
+    p.Hook = { Mode = 'FILTER', LambdaFunctionName = 'lua' }
+  end
+
+  local function message_and_template(path, t, required)
+    local m, tpl
+    if t.message ~= nil then m = message_configuration(path .. '.message', t.message) end
+    if t.template ~= nil then tpl = template_configuration(path .. '.template', t.template) end
+    if required and m == nil and tpl == nil then fail(path .. '.message', 'required (or template)') end
+    return m, tpl
+  end
+
+  if def.treatments ~= nil then
+    if def.message ~= nil or def.template ~= nil then
+      fail('message', 'give either message/template or treatments, not both')
+    end
+    if type(def.treatments) ~= 'table' or #def.treatments == 0 then fail('treatments', 'a non-empty list') end
+    local additional = {}
+    for i, t in ipairs(def.treatments) do
+      local path = 'treatments[' .. i .. ']'
+      if type(t) ~= 'table' then fail(path, 'expected a table') end
+      only(path, t, set('name', 'size', 'message', 'template', 'schedule', 'description'))
+      if math.type(t.size) ~= 'integer' or t.size < 1 or t.size > 100 then
+        fail(path .. '.size', 'a whole percentage 1-100')
+      end
+      local m, tpl = message_and_template(path, t, true)
+      if i == 1 then
+        if t.schedule ~= nil then fail(path .. '.schedule', "the first treatment follows the campaign's schedule") end
+        p.TreatmentName = t.name or 'default'
+        p.TreatmentDescription = t.description
+        p.MessageConfiguration, p.TemplateConfiguration = m, tpl
+        p.Herald.DefaultSizePercent = t.size
+      else
+        additional[#additional + 1] = {
+          Id = tostring(i - 1), TreatmentName = t.name or ('treatment ' .. (i - 1)),
+          TreatmentDescription = t.description, SizePercent = t.size,
+          MessageConfiguration = m, TemplateConfiguration = tpl,
+          Schedule = t.schedule ~= nil and lua_schedule(path .. '.schedule', t.schedule) or nil,
+        }
+      end
+    end
+    p.AdditionalTreatments = additional
+  else
+    local m, tpl = message_and_template('campaign', def, true)
+    p.MessageConfiguration, p.TemplateConfiguration = m, tpl
+    p.TreatmentName = p.TreatmentName or 'default'
+  end
+  p.Herald.Deliver = def.deliver
+  return p, event_extra and event_extra.predicate
+end
+
+---------------------------------------------------------------------------------------------
+-- Pinpoint's shape: validation (both ways in end here) and the campaign object
+
+local TOP = set('Name', 'Description', 'SegmentId', 'SegmentVersion', 'HoldoutPercent',
+  'TreatmentName', 'TreatmentDescription', 'MessageConfiguration', 'TemplateConfiguration',
+  'AdditionalTreatments', 'Schedule', 'Limits', 'Hook', 'IsPaused', 'CustomDeliveryConfiguration',
+  'Priority', 'tags', 'Herald')
+local MESSAGE_KEYS = set('EmailMessage', 'SMSMessage', 'DefaultMessage', 'GCMMessage',
+  'APNSMessage', 'ADMMessage', 'BaiduMessage', 'CustomMessage', 'InAppMessage')
+
+local function check_config(path, config)
+  if config == nil then return end
+  if type(config) ~= 'table' then fail(path, 'expected an object') end
+  only(path, config, MESSAGE_KEYS)
+  for k, m in pairs(config) do
+    if type(m) ~= 'table' then fail(path .. '.' .. k, 'expected an object') end
+    for _, f in ipairs({ 'Title', 'Body', 'HtmlBody', 'Data' }) do
+      check_template(path .. '.' .. k .. '.' .. f, m[f] ~= json.null and m[f] or nil)
+    end
+  end
+end
+
+-- Where messages go: the built-in stdout or file channel, 'channels' (each endpoint's channel
+-- type routed through the providers file) or one named provider profile.
 local function check_deliver(path, d)
   if d == nil or d == 'stdout' then return { type = 'stdout' } end
   if d == 'channels' then return { type = 'channels' } end
+  if type(d) == 'table' and (d.type == 'stdout' or d.type == 'channels') then return d end
+  if type(d) == 'table' and d.type == 'file' and type(d.path) == 'string' then return d end
+  if type(d) == 'table' and d.type == 'provider' and type(d.provider) == 'string' then return d end
   if type(d) == 'table' and type(d.file) == 'string' and d.file ~= '' then
     return { type = 'file', path = d.file }
   end
   if type(d) == 'table' and type(d.provider) == 'string' and d.provider ~= '' then
     return { type = 'provider', provider = d.provider }
   end
-  fail(path, "expected 'stdout', 'channels' (route by channel type through the providers file), { file = 'relative/path' } or { provider = 'profile name' }")
+  fail(path, "expected 'stdout', 'channels' (route by channel type through the providers file), "
+    .. "{ file = 'relative/path' } or { provider = 'profile name' }")
 end
 
--- limits = { messages_per_second = N }: Pinpoint's Limits.MessagesPerSecond (1-20,000).
-local function check_limits(path, l)
-  if l == nil then return nil end
-  if type(l) ~= 'table' then fail(path, 'expected { messages_per_second = N }') end
-  for k in pairs(l) do
-    if k ~= 'messages_per_second' then fail(path .. '.' .. tostring(k), 'unknown field (allowed: messages_per_second)') end
+local function int_field(path, v, lo, hi)
+  if v == nil then return nil end
+  if math.type(v) ~= 'integer' or v < lo or (hi and v > hi) then
+    fail(path, hi and string.format('a whole number %d-%d', lo, hi) or string.format('a whole number >= %d', lo))
   end
-  local mps = l.messages_per_second
-  if math.type(mps) ~= 'integer' or mps < 1 or mps > 20000 then
-    fail(path .. '.messages_per_second', 'a whole number 1-20000 (as Pinpoint)')
-  end
-  return { MessagesPerSecond = mps }
+  return v
 end
-local ALLOWED = { name = true, description = true, segment = true, schedule = true,
-                  holdout = true, treatments = true, message = true, deliver = true,
-                  limits = true }
 
-local function build(def)
-  if type(def) ~= 'table' then fail('', 'expected a table') end
-  for k in pairs(def) do
-    if not ALLOWED[k] then fail(tostring(k), 'unknown field') end
+local function build(p, lua)
+  only('', p, TOP)
+  if type(p.Name) ~= 'string' or not p.Name:match('^[%w][%w_%-%.]*$') then
+    fail(lua and 'name' or 'Name', 'required: letters, digits, _ - . (starting with a letter or digit)')
   end
-  if type(def.name) ~= 'string' or not def.name:match('^[%w][%w_%-%.]*$') then
-    fail('name', 'required: letters, digits, _ - . (starting with a letter or digit)')
-  end
-  if not segment.is_segment(def.segment) then fail('segment', 'required: a herald.segment') end
-
-  local holdout = def.holdout or 0
+  local holdout = p.HoldoutPercent or 0
   if math.type(holdout) ~= 'integer' or holdout < 0 or holdout > 100 then
-    fail('holdout', 'a whole percentage 0-100')
+    fail(lua and 'holdout' or 'HoldoutPercent', 'a whole percentage 0-100')
+  end
+  p.Herald = p.Herald or {}
+  check_config('MessageConfiguration', p.MessageConfiguration)
+  local additional = p.AdditionalTreatments or {}
+  if type(additional) ~= 'table' then fail('AdditionalTreatments', 'expected a list') end
+  if #additional + 1 > campaign.MAX_TREATMENTS then
+    fail(lua and 'treatments' or 'AdditionalTreatments',
+      string.format('at most %d treatments in all', campaign.MAX_TREATMENTS))
+  end
+  local sizes, total = {}, holdout
+  for i, t in ipairs(additional) do
+    local path = lua and ('treatments[' .. (i + 1) .. ']') or ('AdditionalTreatments[' .. (i - 1) .. ']')
+    if type(t) ~= 'table' then fail(path, 'expected an object') end
+    t.Id = t.Id or tostring(i)
+    if t.Id ~= tostring(i) then fail(path .. '.Id', "treatment ids are '1', '2', ... in order") end
+    if math.type(t.SizePercent) ~= 'integer' or t.SizePercent < 1 or t.SizePercent > 100 then
+      fail(path .. (lua and '.size' or '.SizePercent'), 'a whole percentage 1-100')
+    end
+    check_config(path .. '.MessageConfiguration', t.MessageConfiguration)
+    sizes[i + 1] = t.SizePercent
+    total = total + t.SizePercent
+  end
+  local default_size = p.Herald.DefaultSizePercent
+  if default_size == nil then default_size = 100 - total end
+  if math.type(default_size) ~= 'integer' or default_size < (#additional > 0 and 1 or 0) then
+    fail(lua and 'treatments' or 'AdditionalTreatments',
+      string.format('holdout (%d) and treatment sizes leave %s for the default treatment', holdout, tostring(default_size)))
+  end
+  sizes[1] = default_size
+  if total + default_size ~= 100 then
+    fail(lua and 'treatments' or 'AdditionalTreatments',
+      string.format('holdout (%d) and treatment sizes must add up to 100, not %d', holdout, total + default_size))
+  end
+  p.Herald.DefaultSizePercent = default_size
+  if p.MessageConfiguration == nil and p.TemplateConfiguration == nil then
+    fail(lua and 'message' or 'MessageConfiguration', 'required (or TemplateConfiguration)')
   end
 
-  local treatments = {}
-  if def.treatments ~= nil then
-    if def.message ~= nil then fail('message', 'give either message or treatments, not both') end
-    if type(def.treatments) ~= 'table' or #def.treatments == 0 then
-      fail('treatments', 'a non-empty list')
+  if type(p.Schedule) ~= 'table' then fail('Schedule', 'required') end
+  local spath = lua and 'schedule' or 'Schedule'
+  local sched, smsg, sfield = time.check_schedule(p.Schedule, { path = spath, now_ms = 0 })
+  if not sched then fail(sfield, smsg:sub(#sfield + 3)) end
+  for i, t in ipairs(additional) do
+    if t.Schedule ~= nil then
+      local path = lua and ('treatments[' .. (i + 1) .. '].schedule') or ('AdditionalTreatments[' .. (i - 1) .. '].Schedule')
+      local s, msg, field = time.check_schedule(t.Schedule, { path = path, now_ms = 0 })
+      if not s then fail(field, msg:sub(#field + 3)) end
+      if s.frequency ~= 'ONCE' then fail(path .. '.Frequency', "a treatment's own schedule is ONCE: it moves the treatment's send time") end
     end
-    if #def.treatments > 5 then fail('treatments', 'at most 5 treatments (Pinpoint allows 5)') end
-    local total = holdout
-    for i, t in ipairs(def.treatments) do
-      local p = 'treatments[' .. i .. ']'
-      if type(t) ~= 'table' then fail(p, 'expected a table') end
-      if math.type(t.size) ~= 'integer' or t.size < 1 or t.size > 100 then
-        fail(p .. '.size', 'a whole percentage 1-100')
+  end
+  if sched.frequency == 'EVENT' then
+    local f = p.Schedule.EventFilter
+    local fp = spath .. '.EventFilter'
+    if type(f) ~= 'table' then fail(fp, 'required for an EVENT schedule') end
+    if f.FilterType ~= nil and f.FilterType ~= 'ENDPOINT' and f.FilterType ~= 'SYSTEM' then
+      fail(fp .. '.FilterType', "'ENDPOINT' or 'SYSTEM'")
+    end
+    local d = f.Dimensions
+    if type(d) ~= 'table' or type(d.EventType) ~= 'table' or type(d.EventType.Values) ~= 'table' or #d.EventType.Values == 0 then
+      fail(fp .. '.Dimensions.EventType.Values', 'a non-empty list of event types')
+    end
+    for k, m in pairs(d.Metrics or {}) do
+      local ok_op = false
+      for _, op in pairs(OPERATORS) do if m.ComparisonOperator == op then ok_op = true end end
+      if not ok_op then fail(fp .. '.Dimensions.Metrics.' .. k .. '.ComparisonOperator', 'GREATER_THAN, GREATER_THAN_OR_EQUAL, LESS_THAN, LESS_THAN_OR_EQUAL or EQUAL') end
+      if type(m.Value) ~= 'number' then fail(fp .. '.Dimensions.Metrics.' .. k .. '.Value', 'a number') end
+    end
+    for k, a in pairs(d.Attributes or {}) do
+      local t = a.AttributeType or 'INCLUSIVE'
+      if t ~= 'INCLUSIVE' and t ~= 'EXCLUSIVE' and t ~= 'CONTAINS' then
+        fail(fp .. '.Dimensions.Attributes.' .. k .. '.AttributeType', 'INCLUSIVE, EXCLUSIVE or CONTAINS')
       end
-      check_message(p .. '.message', t.message)
-      total = total + t.size
-      treatments[i] = { name = t.name or ('treatment ' .. (i - 1)), size = t.size, message = t.message }
+      if type(a.Values) ~= 'table' then fail(fp .. '.Dimensions.Attributes.' .. k .. '.Values', 'a list') end
     end
-    if total ~= 100 then
-      fail('treatments', string.format('holdout (%d) and treatment sizes must add up to 100, not %d', holdout, total))
-    end
-  else
-    check_message('message', def.message)
-    treatments[1] = { name = 'default', size = 100 - holdout, message = def.message }
   end
-
-  local start = 'IMMEDIATE'
-  if def.schedule ~= nil then
-    local s = def.schedule
-    if type(s) == 'table' then s = s.start end
-    if s ~= 'IMMEDIATE' then
-      if type(s) ~= 'string' then fail('schedule', "expected 'IMMEDIATE' or { start = 'YYYY-MM-DDTHH:MM:SSZ' }") end
-      parse_time('schedule.start', s)
-    end
-    start = s
+  local policy = p.Herald.QuietTimePolicy
+  if policy == nil then
+    -- Pinpoint skips messages that fall in quiet time; herald's Lua form defers by default.
+    policy = lua and 'defer' or 'skip'
+    p.Herald.QuietTimePolicy = policy
   end
+  if policy ~= 'defer' and policy ~= 'skip' then fail('Herald.QuietTimePolicy', "'defer' or 'skip'") end
+  local l = p.Limits
+  if l ~= nil then
+    if type(l) ~= 'table' then fail('Limits', 'expected an object') end
+    local lp = lua and 'limits.' or 'Limits.'
+    only(lua and 'limits' or 'Limits', l, set('Daily', 'Total', 'MessagesPerSecond', 'MaximumDuration', 'Session'))
+    int_field(lp .. (lua and 'daily' or 'Daily'), l.Daily, 0)
+    int_field(lp .. (lua and 'total' or 'Total'), l.Total, 0)
+    int_field(lp .. (lua and 'messages_per_second' or 'MessagesPerSecond'), l.MessagesPerSecond, 1, 20000)
+    int_field(lp .. (lua and 'maximum_duration' or 'MaximumDuration'), l.MaximumDuration, 60)
+    int_field(lp .. (lua and 'session' or 'Session'), l.Session, 0)
+  end
+  if p.Hook ~= nil and (type(p.Hook) ~= 'table' or (p.Hook.Mode ~= nil and p.Hook.Mode ~= 'FILTER' and p.Hook.Mode ~= 'DELIVERY')) then
+    fail('Hook.Mode', "'FILTER' or 'DELIVERY'")
+  end
+  p.Herald.Deliver = check_deliver(lua and 'deliver' or 'Herald.Deliver', p.Herald.Deliver)
+  if p.AdditionalTreatments == nil or #p.AdditionalTreatments == 0 then p.AdditionalTreatments = json.array({}) end
+  return sizes
+end
 
+local function instantiate(p, seg, hook, lua, predicate)
+  local sizes = build(p, lua)
+  p.SegmentId = seg.name
   return setmetatable({
-    id = def.name,
-    name = def.name,
-    description = def.description,
-    segment = def.segment,
-    holdout = holdout,
-    treatments = treatments,
-    start = start,
-    deliver = check_deliver('deliver', def.deliver),
-    limits = check_limits('limits', def.limits),
+    id = p.Name, name = p.Name, definition = p, segment = seg, hook = hook, predicate = predicate,
+    holdout = p.HoldoutPercent or 0, sizes = sizes,
   }, Campaign)
 end
 
--- A Lua message { subject =, body =, html = } in Pinpoint's MessageConfiguration terms: the
--- email message, and the default message other channels fall back to.
-local function message_configuration(m)
-  return {
-    EmailMessage = { Title = m.subject, Body = m.body, HtmlBody = m.html },
-    DefaultMessage = { Title = m.subject, Body = m.body },
-  }
-end
-
--- The stored definition: Pinpoint's WriteCampaignRequest shape (what delivery reads for a
--- run's version) plus herald's own settings under "Herald", as canonical JSON: a change to
--- any of it makes a new version.
+-- The stored definition: canonical JSON, so a change to any of it makes a new version.
 function Campaign:definition_json()
-  local default = self.treatments[1]
-  local additional = {}
-  for i = 2, #self.treatments do
-    local t = self.treatments[i]
-    additional[#additional + 1] = {
-      Id = tostring(i - 1), TreatmentName = t.name, SizePercent = t.size,
-      MessageConfiguration = message_configuration(t.message),
-    }
-  end
-  return json.encode({
-    Name = self.name,
-    SegmentId = self.segment.name,
-    HoldoutPercent = self.holdout,
-    TreatmentName = default.name,
-    MessageConfiguration = message_configuration(default.message),
-    AdditionalTreatments = #additional > 0 and additional or json.array({}),
-    Schedule = { StartTime = self.start, Frequency = 'ONCE' },
-    Herald = { DefaultSizePercent = default.size, Deliver = self.deliver },
-    Limits = self.limits,
-  }, { sort = true })
+  return json.encode(self.definition, { sort = true })
 end
 
 -- The arm of a cohort: treatment index (0-based) or -1 for the holdout.
@@ -187,35 +474,258 @@ function Campaign:arm(cohort)
   cohort = tonumber(cohort)
   if cohort < self.holdout then return -1 end
   local edge = self.holdout
-  for i, t in ipairs(self.treatments) do
-    edge = edge + t.size
+  for i, size in ipairs(self.sizes) do
+    edge = edge + size
     if cohort < edge then return i - 1 end
   end
-  return #self.treatments - 1
+  return #self.sizes - 1
 end
 
-function Campaign:scheduled_ms(version_ms)
-  if self.start == 'IMMEDIATE' then return version_ms end
-  return parse_time('schedule.start', self.start)
+function Campaign:treatment_name(t)
+  if t < 0 then return 'holdout' end
+  if t == 0 then return self.definition.TreatmentName or 'default' end
+  return self.definition.AdditionalTreatments[t].TreatmentName or ('treatment ' .. t)
 end
 
-local function define(def)
-  local ok, c = pcall(build, def)
-  if not ok then
-    if type(c) == 'table' then
-      local name = type(def) == 'table' and def.name or '?'
-      error(string.format('herald.campaign %s: %s: %s', tostring(name), c.path, c.msg), 2)
-    end
-    error(c, 2)
+-- The schedule of this version ('IMMEDIATE' stands for the version's creation time).
+function Campaign:schedule()
+  if self._schedule == nil then
+    self._schedule = assert(time.check_schedule(self.definition.Schedule, { now_ms = self.version_ms }))
   end
+  return self._schedule
+end
+
+function Campaign:is_immediate()
+  return self.definition.Schedule.StartTime == 'IMMEDIATE'
+end
+
+function Campaign:stale_after_ms()
+  return (self.definition.Herald.StaleAfterSeconds or campaign.DEFAULT_STALE_AFTER_S) * 1000
+end
+
+local function register(c, level)
   if campaign.defined[c.name] then
-    error('herald.campaign: a campaign named ' .. c.name .. ' is already defined', 2)
+    error('herald.campaign: a campaign named ' .. c.name .. ' is already defined', level + 1)
   end
   local version, version_ms = outbox.define_campaign(c.id, c.name, c:definition_json())
   c.version, c.version_ms = version, version_ms
   campaign.defined[c.name] = c
   campaign.order[#campaign.order + 1] = c
   return c
+end
+
+local function raise(name, e, level)
+  if type(e) == 'table' then
+    local path = e.path ~= '' and e.path or 'campaign'
+    error(string.format('herald.campaign %s: %s: %s', tostring(name), path, e.msg), level + 1)
+  end
+  error(e, level + 1)
+end
+
+local function define(def)
+  local ok, c = pcall(function()
+    local p, predicate = from_lua(def)
+    if not segment.is_segment(def.segment) then fail('segment', 'required: a herald.segment') end
+    return instantiate(p, def.segment, def.hook, true, predicate)
+  end)
+  if not ok then raise(type(def) == 'table' and def.name or '?', c, 3) end
+  return register(c, 3)
+end
+
+-- A Pinpoint WriteCampaignRequest (JSON text or decoded table) as is. SegmentId names a
+-- segment: pass it as opts.segment (or opts.segments = {id = segment}); opts.hook is the Lua
+-- function a FILTER Hook calls; opts.predicate an event campaign's extra test.
+function campaign.from_pinpoint(doc, opts)
+  opts = opts or {}
+  local name = '?'
+  local ok, c = pcall(function()
+    local p = doc
+    if type(doc) == 'string' then
+      local d, err = json.decode(doc)
+      if d == nil then fail('', 'not JSON: ' .. tostring(err)) end
+      p = d
+    end
+    if type(p) ~= 'table' then fail('', 'expected a WriteCampaignRequest object') end
+    name = p.Name or '?'
+    local seg = opts.segment or (opts.segments and opts.segments[p.SegmentId])
+    if not segment.is_segment(seg) then
+      fail('SegmentId', string.format("segment '%s': pass it as from_pinpoint(json, { segment = ... })", tostring(p.SegmentId)))
+    end
+    if p.Hook ~= nil and p.Hook.Mode == 'FILTER' and type(opts.hook) ~= 'function' then
+      fail('Hook', 'a FILTER hook needs its Lua function: from_pinpoint(json, { hook = function(endpoints) ... end })')
+    end
+    return instantiate(p, seg, opts.hook, false, opts.predicate)
+  end)
+  if not ok then raise(name, c, 2) end
+  return register(c, 2)
+end
+
+-- Defines a copy of a loaded campaign under new_name (same segment, hook and settings).
+function campaign.copy(name, new_name)
+  local src = campaign.defined[name]
+  if src == nil then error('herald.campaign.copy: no campaign named ' .. tostring(name), 2) end
+  local p = json.decode(src:definition_json())
+  p.Name = new_name
+  p.Herald.CopyOf = name
+  local ok, c = pcall(instantiate, p, src.segment, src.hook, false, src.predicate)
+  if not ok then raise(new_name, c, 2) end
+  return register(c, 2)
+end
+
+---------------------------------------------------------------------------------------------
+-- Lifecycle and reports over the store (usable outside `herald run`, e.g. from the CLI)
+
+local store = require 'herald.core.store'
+local core = require 'herald.core'
+
+local function q(sql, ...)
+  local rows, err = store.query(sql, ...)
+  if rows == nil then error(err, 0) end
+  return rows
+end
+
+local function stored(name)
+  return q('SELECT id, name, version, state, definition FROM campaigns WHERE app_id = ? AND id = ?',
+    core.app(), name)[1]
+end
+
+-- Pause: no new runs, and the rows of a run in progress are not claimed until resume, which
+-- continues exactly where it stopped. Returns true or nil, err.
+function campaign.pause(name)
+  local c = stored(name)
+  if c == nil then return nil, 'unknown campaign ' .. tostring(name) end
+  if c.state == 'DELETED' then return nil, 'campaign ' .. name .. ' is deleted' end
+  outbox.set_campaign_state(name, 'PAUSED')
+  return true
+end
+
+function campaign.resume(name)
+  local c = stored(name)
+  if c == nil then return nil, 'unknown campaign ' .. tostring(name) end
+  if c.state ~= 'PAUSED' then return nil, 'campaign ' .. name .. ' is ' .. c.state .. ', not PAUSED' end
+  local executing = q("SELECT count(*) AS n FROM campaign_runs WHERE app_id = ? AND campaign_id = ?"
+    .. " AND state = 'EXECUTING'", core.app(), name)[1].n
+  outbox.set_campaign_state(name, executing > 0 and 'EXECUTING' or 'PENDING_NEXT_RUN')
+  return true
+end
+
+-- Delete: no more runs; messages not yet sent are recorded SKIPPED (CAMPAIGN_DELETED).
+function campaign.delete(name)
+  local c = stored(name)
+  if c == nil then return nil, 'unknown campaign ' .. tostring(name) end
+  outbox.set_campaign_state(name, 'DELETED')
+  outbox.cancel(name, 'CAMPAIGN_DELETED')
+  return true
+end
+
+-- Copies the stored definition to new_name (CLI form; campaign.copy copies a loaded one).
+function campaign.copy_stored(name, new_name)
+  return outbox.copy_campaign(name, new_name)
+end
+
+local function iso(ms)
+  return ms and time.format(ms) or nil
+end
+
+-- Pinpoint's ActivityResponse, one per run and treatment, newest run first.
+function campaign.activities(name)
+  local out = {}
+  local runs = q('SELECT * FROM campaign_runs WHERE app_id = ? AND campaign_id = ? ORDER BY scheduled_ms DESC',
+    core.app(), name)
+  for _, r in ipairs(runs) do
+    local groups = q([[SELECT treatment, state, reason, count(*) AS n FROM outbox WHERE run_id = ?
+      GROUP BY treatment, state, reason ORDER BY treatment]], r.id)
+    local zones = q([[SELECT treatment, count(DISTINCT coalesce(zone, '')) AS total,
+      count(DISTINCT CASE WHEN state IN ('PENDING', 'CLAIMED') THEN coalesce(zone, '') END) AS open
+      FROM outbox WHERE run_id = ? GROUP BY treatment]], r.id)
+    local by = {}
+    local function arm(t)
+      local a = by[t]
+      if a == nil then
+        a = {
+          ApplicationId = core.app(), CampaignId = name, Id = r.id .. ':' .. t,
+          TreatmentId = t < 0 and 'holdout' or tostring(t), State = r.state, Result = r.result,
+          ScheduledStart = iso(r.scheduled_ms), Start = iso(r.started_ms), End = r.ended_at,
+          TotalEndpointCount = 0, SuccessfulEndpointCount = 0, TimezonesTotalCount = 0,
+          TimezonesCompletedCount = 0, ExecutionMetrics = {}, CampaignVersion = r.campaign_version,
+        }
+        by[t] = a
+        out[#out + 1] = a
+      end
+      return a
+    end
+    if #groups == 0 then
+      local a = arm(0)
+      if r.reason then a.ExecutionMetrics[r.reason] = 1 end
+    end
+    for _, g in ipairs(groups) do
+      local a = arm(g.treatment)
+      a.TotalEndpointCount = a.TotalEndpointCount + g.n
+      if g.state == 'SENT' then a.SuccessfulEndpointCount = a.SuccessfulEndpointCount + g.n end
+      local key = g.reason or g.state
+      a.ExecutionMetrics[key] = (a.ExecutionMetrics[key] or 0) + g.n
+    end
+    for _, z in ipairs(zones) do
+      local a = arm(z.treatment)
+      a.TimezonesTotalCount = z.total
+      a.TimezonesCompletedCount = z.total - z.open
+    end
+  end
+  return out
+end
+
+-- For each run of campaign name: what happened to endpoint_id, and why.
+function campaign.why(name, endpoint_id)
+  local c = stored(name)
+  if c == nil then return nil, 'unknown campaign ' .. tostring(name) end
+  local out = {}
+  local runs = q([[SELECT r.id, r.run_index, r.campaign_version, r.scheduled_ms, r.state AS run_state,
+      r.reason AS run_reason, o.treatment, o.state, o.reason, o.due_ms, o.zone, o.note, o.message_id,
+      o.attempts, o.claimed_ms
+    FROM campaign_runs r LEFT JOIN outbox o ON o.run_id = r.id AND o.endpoint_id = ?
+    WHERE r.app_id = ? AND r.campaign_id = ? ORDER BY r.scheduled_ms]], endpoint_id, core.app(), name)
+  for _, r in ipairs(runs) do
+    local line = { run = r.id, index = r.run_index, version = r.campaign_version,
+                   scheduled = iso(r.scheduled_ms), run_state = r.run_state }
+    if r.run_state == 'SKIPPED' then
+      line.outcome, line.why = 'NOT_SENT', 'the whole run was skipped: ' .. tostring(r.run_reason)
+    elseif r.state == nil then
+      line.outcome, line.why = 'NOT_TARGETED', 'not in the segment when the run was materialised'
+    else
+      line.treatment, line.state, line.reason = r.treatment, r.state, r.reason
+      line.due, line.zone, line.zone_note, line.message_id = iso(r.due_ms), r.zone, r.note, r.message_id
+      line.outcome = r.state
+      line.why = r.reason or (r.state == 'PENDING' and 'due at ' .. iso(r.due_ms)) or r.state
+    end
+    out[#out + 1] = line
+  end
+  return out
+end
+
+function campaign.status(name)
+  local c = stored(name)
+  if c == nil then return nil, 'unknown campaign ' .. tostring(name) end
+  return { Id = c.id, Name = c.name, State = c.state, Version = c.version,
+           Definition = json.decode(c.definition), Activities = campaign.activities(name) }
+end
+
+-- Loads the stored copies (`herald campaign copy`) of the loaded campaigns: a copy runs with
+-- its source's segment, hook and predicate and its own stored definition. Returns how many.
+function campaign.load_copies()
+  local n = 0
+  local rows = q([[SELECT id, definition FROM campaigns WHERE app_id = ? AND state <> 'DELETED'
+    AND json_extract(definition, '$.Herald.CopyOf') IS NOT NULL]], core.app())
+  for _, r in ipairs(rows) do
+    local p = json.decode(r.definition)
+    local src = campaign.defined[p.Herald.CopyOf]
+    if src ~= nil and campaign.defined[r.id] == nil then
+      local ok, c = pcall(instantiate, p, src.segment, src.hook, false, src.predicate)
+      if not ok then raise(r.id, c, 1) end
+      register(c, 1)
+      n = n + 1
+    end
+  end
+  return n
 end
 
 -- A definition file that fails part-way leaves none of its campaigns behind: the loader

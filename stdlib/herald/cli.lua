@@ -35,6 +35,8 @@ cli.command('import', { summary = 'import endpoints or events from CSV / NDJSON'
 cli.command('send', { summary = 'send direct messages (Pinpoint SendMessages / SendUsersMessages)', module = 'herald.cli.send' })
 cli.command('serve', { summary = 'run the engagement HTTP server (opens, clicks, unsubscribes, PutEvents)', module = 'herald.cli.serve' })
 cli.command('report', { summary = 'campaign results per treatment and holdout (table or HTML)', module = 'herald.cli.report' })
+cli.command('campaign', { summary = 'pause, resume, delete, copy a campaign; status and activities', module = 'herald.cli.campaign' })
+cli.command('why', { summary = 'what happened to an endpoint in each run of a campaign, and why', module = 'herald.cli.why' })
 cli.command('help', { summary = 'describe a command', module = 'herald.cli' })
 
 local function eprintf(fmt, ...)

@@ -15,6 +15,7 @@ runner.__index = runner
 
 local CLAIM_BATCH = 256
 local POLL_MS = 1000
+local EVENT_POLL_MS = 20
 
 -- new{memory =, budget =, log = function(msg), err = function(msg)}
 function runner.new(opts)
@@ -53,10 +54,24 @@ function runner:load(files)
       ok_all = false
     end
   end
+  local ok, err = self.sb:run('return require("herald.campaign").load_copies()')
+  if not ok then
+    self.failures = self.failures + 1
+    self.err(tostring(err))
+    ok_all = false
+  end
   return ok_all
 end
 
--- Runs the loop inside a task. opts.until_idle ends it when nothing more is due.
+local function all_failed(due, failed)
+  for _, d in ipairs(due) do
+    if not failed[d.id .. '@' .. d.at] then return false end
+  end
+  return true
+end
+
+-- Runs the loop inside a task. opts.until_idle ends it when nothing more is due; opts.until_ms
+-- when nothing more is due before that instant (for a manual clock running months ahead).
 function runner:loop(opts)
   opts = opts or {}
   local recovered = outbox.recover()
@@ -64,25 +79,31 @@ function runner:loop(opts)
     self.log(string.format('recovered %d in-doubt messages; they are retried with the same message id',
       recovered))
   end
-  local materialised, failed = {}, {}
+  local failed = {}
+  local last_refresh
   while not core.stopping() do
     local now = clock.now()
+    local progressed = false
     local ok, plan = self:step('plan', now)
     if not ok then break end
     for _, d in ipairs(plan.due) do
       local key = d.id .. '@' .. d.at
-      if not materialised[key] and not failed[key] then
-        local okm, run_id, created, n = self:step('materialize', d.id, d.at)
+      if not failed[key] then
+        local okm, run_id, created, n = self:step('materialize', d.id, d.at, d.index)
         if okm then
-          materialised[key] = true
+          progressed = true
           if created then
             self.log(string.format('campaign %s: run %d materialised for %d endpoints', d.id, run_id, n))
           end
         else
           failed[key] = true
+          self:step('mark_invalid', d.id)
         end
       end
     end
+
+    local okt, events, more_events = self:step('triggers', now)
+    if okt and more_events then progressed = true end
 
     local okids, ids_json = self:step('campaign_ids')
     if not okids then break end
@@ -90,17 +111,34 @@ function runner:loop(opts)
     repeat
       local n, nd = deliver.pump(now, CLAIM_BATCH, ids_json)
       next_due = nd
+      if n > 0 then progressed = true end
     until n < CLAIM_BATCH or core.stopping()
+    -- states follow the runs; between events they change only with what was done
+    if progressed or last_refresh == nil or clock.now() - last_refresh >= POLL_MS then
+      self:step('refresh_states', clock.now())
+      last_refresh = clock.now()
+    end
 
     local wake = plan.next_start
     if next_due and (wake == nil or next_due < wake) then wake = next_due end
+    -- More runs due now (a campaign had several, one is materialised per pass): go round.
+    if #plan.due > 0 and not all_failed(plan.due, failed) then wake = clock.now() end
+    if okt and more_events then wake = clock.now() end
+    -- Something due that nothing could take (its campaign failed): wait rather than spin.
+    if wake and wake <= clock.now() and not progressed then
+      if clock.is_manual() then break end
+      wake = clock.now() + POLL_MS
+    end
     if wake == nil and opts.until_idle then break end
+    if opts.until_ms and (wake == nil or wake > opts.until_ms) then break end
     if clock.is_manual() then
       if wake == nil then break end
       clock.advance(math.max(wake - clock.now(), 0))
     else
-      local wait = POLL_MS
-      if wake then wait = math.max(0, math.min(POLL_MS, wake - clock.now())) end
+      -- event campaigns poll the events table often: the trigger latency budget is 100 ms
+      local poll = (okt and events) and EVENT_POLL_MS or POLL_MS
+      local wait = poll
+      if wake then wait = math.max(0, math.min(poll, wake - clock.now())) end
       task.sleep(wait)
     end
   end

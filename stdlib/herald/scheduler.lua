@@ -1,65 +1,353 @@
 -- The campaign side of `herald run`, loaded in the sandbox next to the definitions: plans due
 -- runs and materialises them into the outbox. The loop that calls these steps, and delivery,
 -- live in the host (herald.runner, herald.deliver).
+--
+-- Planning is driven by what is stored, so a restart continues exactly: a campaign's next run
+-- is the first run of its schedule after the last run recorded in campaign_runs. A run whose
+-- latest due time is more than the campaign's stale bound (default one hour) in the past when
+-- it is planned (herald was down, or the campaign paused) is recorded SKIPPED with reason STALE
+-- and the plan moves on; a later one is sent late.
 local outbox = require 'herald.core.outbox'
+local core = require 'herald.core'
 local json = require 'herald.core.json'
+local store = require 'herald.core.store'
 local campaign = require 'herald.campaign'
+local time = require 'herald.time'
+local endpoints = require 'herald.endpoints'
 
 local scheduler = {}
 
-local function arm_name(c, treatment)
-  if treatment < 0 then return 'holdout' end
-  return c.treatments[treatment + 1].name
+local function query(sql, ...)
+  local rows, err = store.query(sql, ...)
+  if rows == nil then error(err, 0) end
+  return rows
 end
 
--- One outbox row per segment member: skipped ones carry Pinpoint's reason codes.
-local function materialize(c, scheduled)
-  local rows = {}
-  c.segment:each(function(ep)
-    local row = { endpoint_id = ep.Id, channel = ep.ChannelType, address = ep.Address,
-                  due_ms = scheduled, treatment = c:arm(ep.CohortId), state = 'PENDING' }
-    if ep.EndpointStatus == 'INACTIVE' then
-      row.state, row.reason = 'SKIPPED', 'INACTIVE'
-    elseif ep.OptOut == 'ALL' then
-      row.state, row.reason = 'SKIPPED', 'OPT_OUT'
-    elseif ep.Address == nil or ep.Address == '' then
-      row.state, row.reason = 'SKIPPED', 'MISSING_ADDRESS'
-    elseif row.treatment < 0 then
-      row.state, row.reason = 'SKIPPED', 'HOLDOUT'
+local function states()
+  local out = {}
+  for _, r in ipairs(query('SELECT id, state FROM campaigns WHERE app_id = ?', core.app())) do
+    out[r.id] = r.state
+  end
+  return out
+end
+
+local function last_run(c)
+  return query('SELECT scheduled_ms, run_index FROM campaign_runs WHERE app_id = ? AND campaign_id = ?'
+    .. ' ORDER BY scheduled_ms DESC LIMIT 1', core.app(), c.id)[1]
+end
+
+-- The next run of c to materialise at now_ms: {at, index} when due, else nil and the instant
+-- it becomes due (nil when the schedule has no more runs). Stale runs are recorded here.
+local function next_run(c, now_ms)
+  local sched = c:schedule()
+  if sched.frequency == 'EVENT' then return nil end
+  local last = last_run(c)
+  local run
+  if last == nil then
+    run = sched:run(0)
+  elseif sched.frequency == 'ONCE' then
+    -- A one-off campaign runs once: a new version moves its StartTime only if later.
+    if c:is_immediate() or sched.start_ms <= last.scheduled_ms then return nil end
+    run = sched:run(0)
+  else
+    run = sched:next_run(last.scheduled_ms)
+  end
+  while run do
+    local start_at = run.earliest_ms or run.ms
+    if start_at > now_ms then return nil, start_at end
+    local latest = run.latest_ms or run.ms
+    if (c:is_immediate() and run.index == 0) or now_ms - latest <= c:stale_after_ms() then
+      return { at = run.ms, index = run.index }
     end
-    rows[#rows + 1] = row
-  end)
-  local run_id, created = outbox.materialize {
-    campaign_id = c.id, version = c.version, scheduled_ms = scheduled, rows = rows,
-  }
-  return run_id, created, #rows
+    outbox.skip_run(c.id, c.version, run.ms, run.index, 'STALE')
+    run = sched:next_run(run.ms)
+  end
+  return nil
 end
 
 -- The steps below run inside the sandbox, each called by the host loop (herald.runner) as
 -- its own sandboxed call: user code in one campaign (a filter that fails or runs away) fails
 -- that step only, with its file and line, and the loop goes on.
 
--- What is due at now_ms: campaigns whose run should be materialised, the next start after
--- now, and the ids of every loaded campaign.
+-- What is due at now_ms: runs to materialise, the next start after now, and the ids of every
+-- loaded campaign. Paused and deleted campaigns plan nothing.
 function scheduler.plan(now_ms)
   local due, ids, next_start = {}, {}, nil
+  local st = states()
   for i, c in ipairs(campaign.order) do
     ids[i] = c.id
-    local at = c:scheduled_ms(c.version_ms)
-    if at <= now_ms then
-      due[#due + 1] = { id = c.id, at = at }
-    elseif next_start == nil or at < next_start then
-      next_start = at
+    local state = st[c.id]
+    if state ~= 'PAUSED' and state ~= 'DELETED' then
+      local run, at = next_run(c, now_ms)
+      if run then
+        due[#due + 1] = { id = c.id, at = run.at, index = run.index }
+      elseif at and (next_start == nil or at < next_start) then
+        next_start = at
+      end
     end
   end
   return { due = due, ids = ids, next_start = next_start }
 end
 
--- Materialises campaign id's run at `at` (a no-op when it exists). Returns run id, created, n.
-function scheduler.materialize(id, at)
+-- Per zone of the audience: when its endpoints receive run, in which zone, and whether quiet
+-- time defers or skips them.
+local function zones_of(c, run)
+  local sched = c:schedule()
+  local quiet = sched.quiet_time
+  if not sched.is_local_time and quiet == nil then return {} end
+  local policy = c.definition.Herald.QuietTimePolicy
+  local out = {}
+  local rows = query("SELECT DISTINCT coalesce(timezone, '') AS z FROM endpoints WHERE app_id = ?", core.app())
+  for _, r in ipairs(rows) do
+    local zone = r.z or ''
+    local item = { zone = zone, due_ms = run.ms }
+    local used, note
+    if sched.is_local_time then
+      local due
+      due, used, note = time.local_delivery(run, zone ~= '' and zone or nil, sched.timezone)
+      if due == nil then error(used, 0) end
+      item.due_ms = due
+    end
+    if quiet then
+      local is_quiet, ends, qused, qnote = time.quiet(quiet, item.due_ms, zone ~= '' and zone or nil, sched.timezone)
+      if is_quiet == nil then error(ends, 0) end
+      used, note = qused, note or qnote
+      if is_quiet then
+        if policy == 'skip' then item.skip_reason = 'QUIET_TIME' else item.due_ms = ends end
+      end
+    end
+    item.zone_used, item.note = used, note
+    out[#out + 1] = item
+  end
+  return out
+end
+
+local function hook_verdicts(c, eps, idx, verdicts)
+  local kept = c.hook(eps)
+  if type(kept) ~= 'table' then
+    error(string.format('campaign %s: the hook must return the endpoints to keep (a list or a map'
+      .. ' of id to endpoint), not a %s', c.name, type(kept)), 0)
+  end
+  local keep = {}
+  for k, v in pairs(kept) do
+    local id = type(v) == 'table' and v.Id or v
+    if type(k) == 'string' then id = k end
+    if type(id) == 'string' then keep[id] = type(v) == 'table' and v or true end
+  end
+  for id, i in pairs(idx) do
+    local v = keep[id]
+    if v == nil then
+      verdicts[i] = 'FILTERED_BY_HOOK'
+    elseif type(v) == 'table' and (v.TitleOverride or v.BodyOverride) then
+      verdicts[i] = { TitleOverride = v.TitleOverride, BodyOverride = v.BodyOverride }
+    end
+  end
+end
+
+-- The Lua side of materialisation: the segment's filter (rows it rejects are not members) and
+-- the FILTER hook (audience it drops is FILTERED_BY_HOOK), on batches of 50 rows.
+local function row_filter(c, seg_filter)
+  return function(rows)
+    local verdicts, eps, idx = {}, {}, {}
+    for i, r in ipairs(rows) do
+      local ep = endpoints.get(r.endpoint_id)
+      if ep == nil or (seg_filter and not seg_filter(ep)) then
+        verdicts[i] = 'drop'
+      elseif c.hook and r.state == 'PENDING' then
+        eps[#eps + 1] = ep
+        idx[ep.Id] = i
+      end
+    end
+    if #eps > 0 then hook_verdicts(c, eps, idx, verdicts) end
+    return verdicts
+  end
+end
+
+-- Materialises campaign id's run `index` at `at` (a no-op when it exists). Returns run id,
+-- created, total rows.
+function scheduler.materialize(id, at, index)
   local c = campaign.defined[id]
   if c == nil then error('unknown campaign ' .. tostring(id)) end
-  return materialize(c, at)
+  local sched = c:schedule()
+  local run = sched:run(index or 0)
+  if run == nil or run.ms ~= at then error(string.format('campaign %s has no run %s at %s', id, tostring(index), tostring(at))) end
+  local q = c.segment:compile()
+  local limits = c.definition.Limits or {}
+  local treatment_due
+  if index == 0 then
+    for i, t in ipairs(c.definition.AdditionalTreatments) do
+      if t.Schedule ~= nil then
+        treatment_due = treatment_due or {}
+        treatment_due[i + 1] = assert(time.check_schedule(t.Schedule, { now_ms = at })).start_ms
+      end
+    end
+  end
+  local filter
+  if q.filter or c.hook then filter = row_filter(c, q.filter) end
+  local run_id, created = outbox.materialize_run {
+    campaign_id = c.id, version = c.version, scheduled_ms = at, run_index = run.index,
+    where = q.where, params = q.params, holdout = c.holdout, sizes = c.sizes,
+    zones = zones_of(c, run), default_due_ms = at, treatment_due = treatment_due,
+    daily_cap = limits.Daily, total_cap = limits.Total,
+    max_duration_ms = limits.MaximumDuration and limits.MaximumDuration * 1000 or nil,
+    filter = filter,
+  }
+  local total = query('SELECT total FROM campaign_runs WHERE id = ?', run_id)[1].total
+  return run_id, created, total
+end
+
+local invalid = {}
+
+-- A campaign whose run could not be materialised (its code failed) is INVALID for the rest of
+-- this process; the next `herald run` tries again.
+function scheduler.mark_invalid(id)
+  invalid[id] = true
+  outbox.advance_campaign_state(id, 'INVALID')
+end
+
+---------------------------------------------------------------------------------------------
+-- Event triggers: each EVENT campaign reads the events table after its cursor (events from
+-- herald.events.put, PutEvents and imports alike), and writes the messages its events make
+-- together with the new cursor position, so an event fires a trigger once.
+
+local TRIGGER_BATCH = 1000
+
+local COMPARE = {
+  GREATER_THAN = function(a, b) return a > b end, GREATER_THAN_OR_EQUAL = function(a, b) return a >= b end,
+  LESS_THAN = function(a, b) return a < b end, LESS_THAN_OR_EQUAL = function(a, b) return a <= b end,
+  EQUAL = function(a, b) return a == b end,
+}
+
+local function member(list, v)
+  for _, x in ipairs(list) do if x == v then return true end end
+  return false
+end
+
+local function event_matches(f, ev)
+  local system = ev.event_type:sub(1, 1) == '_'
+  if (f.FilterType == 'SYSTEM') ~= system then return false end
+  local d = f.Dimensions
+  local inside = member(d.EventType.Values, ev.event_type)
+  if (d.EventType.DimensionType or 'INCLUSIVE') == 'INCLUSIVE' then
+    if not inside then return false end
+  elseif inside then
+    return false
+  end
+  for name, a in pairs(d.Attributes or {}) do
+    local v = ev.attributes[name]
+    local t = a.AttributeType or 'INCLUSIVE'
+    if t == 'INCLUSIVE' and not member(a.Values, v) then return false end
+    if t == 'EXCLUSIVE' and member(a.Values, v) then return false end
+    if t == 'CONTAINS' then
+      local any = false
+      for _, x in ipairs(a.Values) do
+        if type(v) == 'string' and v:find(x, 1, true) then any = true end
+      end
+      if not any then return false end
+    end
+  end
+  for name, m in pairs(d.Metrics or {}) do
+    local v = ev.metrics[name]
+    if type(v) ~= 'number' or not COMPARE[m.ComparisonOperator](v, m.Value) then return false end
+  end
+  return true
+end
+
+local function skip_reason(c, ep, arm)
+  if ep.EndpointStatus == 'INACTIVE' then return 'INACTIVE' end
+  if ep.OptOut == 'ALL' then return 'OPT_OUT' end
+  if ep.Address == nil or ep.Address == '' then return 'MISSING_ADDRESS' end
+  if arm < 0 then return 'HOLDOUT' end
+  return nil
+end
+
+local function in_segment(seg, ep)
+  if seg.contains then return seg:contains(ep) end
+  local q = seg:compile()
+  if q.where ~= '1' then error('segment ' .. seg.name .. ' has an SQL condition and no contains()', 0) end
+  return q.filter == nil or q.filter(ep)
+end
+
+local function trigger_campaign(c, now_ms)
+  local f = c.definition.Schedule.EventFilter
+  local h = c.definition.Herald
+  local cancel_types = h.CancelOnEventTypes or {}
+  local delay_ms = (h.TriggerDelaySeconds or 0) * 1000
+  local expiry_ms = h.TriggerExpirySeconds and h.TriggerExpirySeconds * 1000
+  local cursor = outbox.trigger_cursor(c.id)
+  local events = query('SELECT seq, endpoint_id, event_id, event_type, timestamp, attributes, metrics'
+    .. ' FROM events WHERE app_id = ? AND seq > ? ORDER BY seq LIMIT ?', core.app(), cursor, TRIGGER_BATCH)
+  if #events == 0 then return 0 end
+  local rows, by_endpoint, cancels, cancelled = {}, {}, {}, {}
+  for _, ev in ipairs(events) do
+    if member(cancel_types, ev.event_type) then
+      local i = by_endpoint[ev.endpoint_id]
+      if i then rows[i] = false; by_endpoint[ev.endpoint_id] = nil end
+      if not cancelled[ev.endpoint_id] then
+        cancels[#cancels + 1] = ev.endpoint_id
+        cancelled[ev.endpoint_id] = true
+      end
+    elseif by_endpoint[ev.endpoint_id] == nil then
+      ev.attributes = json.decode(ev.attributes or '{}') or {}
+      ev.metrics = json.decode(ev.metrics or '{}') or {}
+      local at = time.parse(ev.timestamp) or now_ms
+      local fresh = expiry_ms == nil or now_ms - at <= expiry_ms
+      if fresh and event_matches(f, ev) then
+        local ep = endpoints.get(ev.endpoint_id)
+        if ep and in_segment(c.segment, ep) and (c.predicate == nil or c.predicate(ev, ep)) then
+          local arm = c:arm(ep.CohortId)
+          rows[#rows + 1] = {
+            endpoint_id = ep.Id, treatment = arm, channel = ep.ChannelType, address = ep.Address,
+            due_ms = math.max(at + delay_ms, now_ms), event_seq = ev.seq, reason = skip_reason(c, ep, arm),
+          }
+          by_endpoint[ep.Id] = #rows
+        end
+      end
+    end
+  end
+  local kept = {}
+  for _, r in ipairs(rows) do if r then kept[#kept + 1] = r end end
+  local limits = c.definition.Limits or {}
+  outbox.trigger {
+    campaign_id = c.id, version = c.version, now_ms = now_ms, from_seq = cursor, to_seq = events[#events].seq,
+    rows = kept, cancels = cancels,
+    max_duration_ms = limits.MaximumDuration and limits.MaximumDuration * 1000 or nil,
+  }
+  return #events
+end
+
+-- Processes new events for every EVENT campaign. Returns whether any campaign is
+-- event-triggered, and whether a batch was full (more events are waiting).
+function scheduler.triggers(now_ms)
+  local any, more = false, false
+  local st = states()
+  for _, c in ipairs(campaign.order) do
+    if c:schedule().frequency == 'EVENT' and st[c.id] ~= 'PAUSED' and st[c.id] ~= 'DELETED' then
+      any = true
+      if trigger_campaign(c, now_ms) >= TRIGGER_BATCH then more = true end
+    end
+  end
+  return any, more
+end
+
+-- Moves each campaign to the state its runs say (PAUSED and DELETED stay as they are).
+function scheduler.refresh_states(now_ms)
+  for _, c in ipairs(campaign.order) do
+    if invalid[c.id] then goto continue end
+    local r = query("SELECT count(*) AS n, sum(state = 'EXECUTING') AS executing FROM campaign_runs"
+      .. ' WHERE app_id = ? AND campaign_id = ?', core.app(), c.id)[1]
+    local state
+    if (r.executing or 0) > 0 then
+      state = 'EXECUTING'
+    else
+      local ok, run, at = pcall(next_run, c, now_ms)
+      local more = ok and (run ~= nil or at ~= nil)
+      if c:schedule().frequency == 'EVENT' then more = true end
+      if more then state = r.n > 0 and 'PENDING_NEXT_RUN' or 'SCHEDULED' else state = 'COMPLETED' end
+    end
+    outbox.advance_campaign_state(c.id, state)
+    ::continue::
+  end
 end
 
 -- The ids of the loaded campaigns, as JSON, for the host's delivery to claim their rows.
@@ -78,15 +366,15 @@ end
 function scheduler.summary()
   local out = {}
   for _, c in ipairs(campaign.order) do
-    local runs = {}
+    local runs, by_id = {}, {}
     for _, t in ipairs(outbox.tally(c.id)) do
-      local run = runs[t.run_id]
+      local run = by_id[t.run_id]
       if run == nil then
         run = { run_id = t.run_id, state = t.run_state, arms = {}, order = {} }
-        runs[t.run_id] = run
+        by_id[t.run_id] = run
         runs[#runs + 1] = run
       end
-      local name = arm_name(c, t.treatment)
+      local name = c:treatment_name(t.treatment)
       local arm = run.arms[name]
       if arm == nil then
         arm = { total = 0 }

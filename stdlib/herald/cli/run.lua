@@ -1,5 +1,7 @@
 -- `herald run FILE...`: loads campaign definitions in the sandbox and runs the scheduler.
 local task = require 'herald.core.task'
+local clock = require 'herald.core.clock'
+local time = require 'herald.time'
 local runner = require 'herald.runner'
 local server = require 'herald.core.server'
 
@@ -24,6 +26,10 @@ options:
   --serve HOST:PORT
                  also run the engagement server (tracking links, PutEvents, status webhooks;
                  see `herald serve --help`) on the same loop; it stops with the scheduler
+  --clock-start ISO  run on a manual clock starting at ISO (or $HERALD_CLOCK_START): the loop
+                 jumps from one due instant to the next, so months of a recurring schedule run
+                 in seconds; implies exiting when nothing more is due
+  --until ISO    exit when nothing more is due before ISO
 ]]
 
 local function fail(fmt, ...)
@@ -53,6 +59,11 @@ function M.run(args)
     elseif a == '--memory' then
       memory = tonumber(args[i + 1])
       if not memory or memory < 1 then return fail('--memory needs a size in MB') end
+      i = i + 1
+    elseif a == '--clock-start' or a == '--until' then
+      local ms, err = time.parse(args[i + 1] or '')
+      if not ms then return fail('%s: %s', a, err) end
+      if a == '--clock-start' then opts.clock_start = ms else opts.until_ms = ms end
       i = i + 1
     elseif a:sub(1, 2) == '--' then
       return fail('unknown option %s', a)
@@ -86,6 +97,13 @@ function M.run(args)
     require('herald.deliver').configure(cfg)
   end
 
+  local env_start = os.getenv('HERALD_CLOCK_START')
+  if opts.clock_start == nil and env_start and env_start ~= '' then
+    local ms, err = time.parse(env_start)
+    if not ms then return fail('HERALD_CLOCK_START: %s', err) end
+    opts.clock_start = ms
+  end
+  if opts.clock_start then clock.set_manual(opts.clock_start) end
   local r = runner.new {
     memory = math.floor(memory * 1024 * 1024),
     log = opts.verbose and function(msg) print(msg) end or nil,

@@ -1,0 +1,42 @@
+-- `herald why CAMPAIGN ENDPOINT`: for each run, what happened to the endpoint and why.
+local campaign = require 'herald.campaign'
+
+local M = {}
+
+M.usage = [[
+usage: herald why CAMPAIGN ENDPOINT
+
+For each run of CAMPAIGN: the endpoint's arm, state (SENT, PENDING, SKIPPED, ...), the reason
+code when it was not sent (OPT_OUT, HOLDOUT, QUIET_TIME, DAILY_CAP, ...), its due time and the
+zone it followed; or why the run did not reach it at all.
+]]
+
+function M.run(args)
+  if args[1] == nil or args[2] == nil then
+    io.stderr:write(M.usage)
+    return 2
+  end
+  local lines, err = campaign.why(args[1], args[2])
+  if lines == nil then
+    io.stderr:write('herald why: ' .. err .. '\n')
+    return 1
+  end
+  if #lines == 0 then print(string.format('campaign %s has no runs yet', args[1])) end
+  for _, l in ipairs(lines) do
+    local head = string.format('run %d (#%d, version %d, %s):', l.run, l.index, l.version, l.scheduled)
+    if l.treatment == nil then
+      print(head .. ' ' .. l.outcome .. ': ' .. l.why)
+    else
+      local arm = l.treatment < 0 and 'holdout' or ('treatment ' .. l.treatment)
+      local extra = {}
+      if l.due then extra[#extra + 1] = 'due ' .. l.due end
+      if l.zone then extra[#extra + 1] = 'zone ' .. l.zone end
+      if l.zone_note then extra[#extra + 1] = 'zone fell back: ' .. l.zone_note end
+      print(string.format('%s %s, %s%s (%s) message %s', head, arm, l.state,
+        l.reason and (': ' .. l.reason) or '', table.concat(extra, ', '), l.message_id))
+    end
+  end
+  return 0
+end
+
+return M

@@ -1,0 +1,502 @@
+-- The campaign engine through the real binary: definitions (Lua and Pinpoint), schedules on a
+-- manual clock, audience split, reasons, limits, lifecycle and explainability.
+local h = require 'helpers'
+local json = require 'herald.json'
+
+local function run(dir, args)
+  return h.herald('--db c.db run ' .. args, { cwd = dir })
+end
+
+-- Rows of a read-only query, decoded.
+local function q(dir, sql)
+  local out, code, err = h.herald('--db c.db -e ' .. h.shell_quote(
+    'print(herald.json.encode(herald.json.array(assert(herald.db.query([[' .. sql .. ']])))))'),
+    { cwd = dir })
+  assert.are.equal(0, code, err)
+  return json.decode(out)
+end
+
+local function n(dir, sql)
+  return q(dir, sql)[1].n
+end
+
+-- Endpoints written with the sqlite3 tool: fast, and independent of herald's own writers.
+local function endpoints_sql(dir, rows)
+  local lines = { 'BEGIN;' }
+  for _, r in ipairs(rows) do
+    lines[#lines + 1] = string.format(
+      "INSERT INTO endpoints(app_id, id, channel_type, address, endpoint_status, opt_out, cohort_id,"
+      .. " effective_date, creation_date, timezone) VALUES ('default', '%s', '%s', %s, '%s', '%s', %d,"
+      .. " '2026-01-01T00:00:00.000Z', '2026-01-01T00:00:00.000Z', %s);",
+      r.id, r.channel or 'EMAIL', r.address and ("'" .. r.address .. "'") or 'NULL',
+      r.status or 'ACTIVE', r.opt_out or 'NONE', r.cohort or 0, r.tz and ("'" .. r.tz .. "'") or 'NULL')
+  end
+  lines[#lines + 1] = 'COMMIT;'
+  h.write(dir .. '/eps.sql', table.concat(lines, '\n'))
+  -- the schema first: any herald command migrates the database
+  local _, code, err = h.herald('--db c.db -e "herald.endpoints.count()"', { cwd = dir })
+  assert.are.equal(0, code, err)
+  local out, rc = h.sh('cd ' .. h.shell_quote(dir) .. ' && sqlite3 c.db < eps.sql 2>&1')
+  assert.are.equal(0, rc, out)
+end
+
+local function simple_endpoints(dir, count, extra)
+  local rows = {}
+  for i = 1, count do
+    local r = { id = string.format('e%04d', i), address = string.format('u%04d@example.com', i), cohort = (i - 1) % 100 }
+    if extra then extra(i, r) end
+    rows[i] = r
+  end
+  endpoints_sql(dir, rows)
+  return rows
+end
+
+describe('campaign definitions', function()
+  it('names the field path and the file:line of a bad definition', function()
+    local dir = h.tmpdir()
+    local cases = {
+      { "message = { body = 'x' }, holdout = 120", 'holdout: a whole percentage 0%-100' },
+      { "message = { email = { text = 'x' } }", 'message%.email%.subject: required' },
+      { "message = { sms = { body = 'x', type = 'LOUD' } }", "message%.sms%.type: 'TRANSACTIONAL' or 'PROMOTIONAL'" },
+      { "message = { body = '{{#if}}' }", 'message%.body' },
+      { "message = { body = 'x' }, schedule = { start = '2026-13-01T00:00:00Z' }", 'schedule%.StartTime' },
+      { "message = { body = 'x' }, schedule = { start = '2026-12-01T09:00:00', frequency = 'YEARLY' }", "schedule%.Frequency: 'YEARLY' is not a frequency" },
+      { "message = { body = 'x' }, quiet_time = { start = '22:00', ['end'] = '07:00', policy = 'later' }", "quiet_time%.policy: 'defer'" },
+      { "message = { body = 'x' }, limits = { daily = -1 }", 'limits%.daily: a whole number >= 0' },
+      { "message = { body = 'x' }, limits = { maximum_duration = 'soon' }", 'limits%.maximum_duration' },
+      { "message = { body = 'x' }, hook = 3", 'hook: a function' },
+      { "treatments = { { size = 60, message = { body = 'a' } }, { size = 30, message = { body = 'b' } } }", 'must add up to 100, not 90' },
+      { "treatments = { { size = 50, message = { body = 'a' } }, { size = 50, message = { body = 'b' }, schedule = { start = 'x' } } }", 'treatments%[2%]%.schedule%.StartTime' },
+      { "message = { body = 'x' }, colour = 'red'", 'campaign%.colour: unknown field' },
+    }
+    for i, case in ipairs(cases) do
+      local file = 'bad' .. i .. '.lua'
+      h.write(dir .. '/' .. file, "local s = herald.segment{ name = 'all' }\n\nherald.campaign{ name = 'c" .. i .. "', segment = s, " .. case[1] .. " }\n")
+      local _, code, err = run(dir, '--until-idle ' .. file)
+      assert.are_not.equal(0, code)
+      assert.matches(file .. ':3:', err, 1, true)
+      assert.matches(case[2], err)
+    end
+  end)
+
+  it('takes per-channel messages, templates, limits and ten treatments, stored in Pinpoint shape', function()
+    local dir = h.tmpdir()
+    h.write(dir .. '/def.lua', [[
+      local s = herald.segment{ name = 'all' }
+      local t = {}
+      for i = 1, 10 do
+        t[i] = { name = 'T' .. i, size = 9, message = {
+          email = { subject = 'S' .. i, text = 'hi {{Address}}', html = '<p>hi</p>', from = 'news@example.com' },
+          sms = { body = 'sms ' .. i, type = 'PROMOTIONAL' },
+          push = { title = 'P', body = 'push ' .. i, action = 'OPEN_APP' },
+          custom = { data = '{"n":]] .. "' .. i .. '" .. [[}' } } }
+      end
+      t[3].message = nil
+      t[3].template = { email = 'welcome', sms = { name = 'welcome-sms', version = 2 } }
+      t[4].schedule = { start = '2027-01-02T10:00:00Z' }
+      herald.campaign{ name = 'many', segment = s, holdout = 10, treatments = t,
+        schedule = { start = '2027-01-01T09:00:00', timezone = 'Europe/Paris', frequency = 'WEEKLY',
+                     ['end'] = '2027-03-01T00:00:00Z', is_local_time = true },
+        quiet_time = { start = '22:00', ['end'] = '08:00' },
+        limits = { daily = 2, total = 5, messages_per_second = 50, maximum_duration = '2h' } }
+    ]])
+    local _, code, err = run(dir, '--clock-start 2026-12-01T00:00:00Z --until 2026-12-02T00:00:00Z def.lua')
+    assert.are.equal(0, code, err)
+    local d = json.decode(q(dir, "SELECT definition FROM campaign_versions WHERE campaign_id = 'many'")[1].definition)
+    assert.are.equal(10, d.HoldoutPercent)
+    assert.are.equal('T1', d.TreatmentName)
+    assert.are.equal(9, #d.AdditionalTreatments)
+    assert.are.equal('S1', d.MessageConfiguration.EmailMessage.Title)
+    assert.are.equal('news@example.com', d.MessageConfiguration.EmailMessage.FromAddress)
+    assert.are.equal('PROMOTIONAL', d.MessageConfiguration.SMSMessage.MessageType)
+    assert.are.equal('push 1', d.MessageConfiguration.GCMMessage.Body)
+    assert.are.equal('push 1', d.MessageConfiguration.APNSMessage.Body)
+    assert.are.equal('{"n":1}', d.MessageConfiguration.CustomMessage.Data)
+    assert.are.equal('welcome', d.AdditionalTreatments[2].TemplateConfiguration.EmailTemplate.Name)
+    assert.are.equal('2', d.AdditionalTreatments[2].TemplateConfiguration.SMSTemplate.Version)
+    assert.are.equal('2027-01-02T10:00:00Z', d.AdditionalTreatments[3].Schedule.StartTime)
+    assert.are.equal('WEEKLY', d.Schedule.Frequency)
+    assert.is_true(d.Schedule.IsLocalTime)
+    assert.are.same({ Start = '22:00', End = '08:00' }, d.Schedule.QuietTime)
+    assert.are.same({ Daily = 2, Total = 5, MessagesPerSecond = 50, MaximumDuration = 7200 }, d.Limits)
+    assert.are.equal('defer', d.Herald.QuietTimePolicy)
+    assert.are.equal(9, d.Herald.DefaultSizePercent)
+    assert.are.equal('SCHEDULED', q(dir, "SELECT state FROM campaigns WHERE id = 'many'")[1].state)
+  end)
+
+  it('loads a Pinpoint WriteCampaignRequest as is and runs it', function()
+    local dir = h.tmpdir()
+    simple_endpoints(dir, 100)
+    h.write(dir .. '/req.json', json.encode({
+      Name = 'pp', SegmentId = 'seg-1', HoldoutPercent = 20, TreatmentName = 'control',
+      MessageConfiguration = { EmailMessage = { Title = 'Hello', Body = 'Body for {{Address}}' } },
+      AdditionalTreatments = { { TreatmentName = 'variant', SizePercent = 40,
+        MessageConfiguration = { EmailMessage = { Title = 'Hi!', Body = 'Variant' } } } },
+      Schedule = { StartTime = '2026-12-01T10:00:00Z', Frequency = 'ONCE', Timezone = 'UTC' },
+      Limits = { Daily = 3 },
+    }))
+    h.write(dir .. '/pp.lua', [[
+      local c = herald.campaign.from_pinpoint(HERALD_JSON, { segments = { ['seg-1'] = herald.segment{ name = 'all' } } })
+    ]])
+    local src = h.read(dir .. '/pp.lua'):gsub('HERALD_JSON', '[==[' .. h.read(dir .. '/req.json') .. ']==]')
+    h.write(dir .. '/pp.lua', src)
+    h.write(dir .. '/pp.lua', h.read(dir .. '/pp.lua') .. "\n")
+    local _, code, err = run(dir, '--until-idle --clock-start 2026-12-01T09:59:00Z pp.lua')
+    assert.are.equal(0, code, err)
+    assert.are.equal(20, n(dir, "SELECT count(*) AS n FROM outbox WHERE reason = 'HOLDOUT'"))
+    assert.are.equal(40, n(dir, "SELECT count(*) AS n FROM outbox WHERE treatment = 0 AND state = 'SENT'"))
+    assert.are.equal(40, n(dir, "SELECT count(*) AS n FROM outbox WHERE treatment = 1 AND state = 'SENT'"))
+    assert.are.equal(0, n(dir, "SELECT count(*) AS n FROM outbox o JOIN endpoints e ON e.id = o.endpoint_id"
+      .. " WHERE NOT ((o.treatment = -1 AND e.cohort_id < 20) OR (o.treatment = 0 AND e.cohort_id BETWEEN 20 AND 59)"
+      .. " OR (o.treatment = 1 AND e.cohort_id >= 60))"))
+    -- sent at the scheduled time, not before (the clock started a minute early)
+    assert.are.equal(0, n(dir, "SELECT count(*) AS n FROM outbox WHERE state = 'SENT' AND claimed_ms < 1796119200000"))
+    -- a Pinpoint document without its segment is refused, naming the field
+    h.write(dir .. '/bad.lua', "herald.campaign.from_pinpoint('{\"Name\":\"x\",\"SegmentId\":\"nope\",\"Schedule\":{\"StartTime\":\"IMMEDIATE\"}}')\n")
+    local _, code2, err2 = run(dir, '--until-idle bad.lua')
+    assert.are_not.equal(0, code2)
+    assert.matches('bad.lua:1:', err2, 1, true)
+    assert.matches("SegmentId: segment 'nope'", err2, 1, true)
+  end)
+end)
+
+describe('campaign runs', function()
+  it("selects the audience with the segment's compiled SQL condition and named parameters", function()
+    local dir = h.tmpdir()
+    simple_endpoints(dir, 100)
+    h.write(dir .. '/w.lua', [[
+      local s = herald.segment{ name = 'low' }
+      -- the segment contract: compile() -> { where, params, filter }
+      function s:compile()
+        return { where = "e.cohort_id < :max AND e.address LIKE :pattern", params = { max = 50, pattern = 'u%' },
+                 filter = function(ep) return tonumber(ep.CohortId) % 2 == 0 end }
+      end
+      herald.campaign{ name = 'low', segment = s, message = { body = 'x' }, deliver = { file = 'out.txt' } }
+      local bad = herald.segment{ name = 'bad' }
+      function bad:compile() return { where = 'e.cohort_id < :max', params = { max = 1, other = 2 } } end
+      herald.campaign{ name = 'bad', segment = bad, message = { body = 'x' }, deliver = { file = 'out.txt' } }
+    ]])
+    local _, code, err = run(dir, '--until-idle w.lua')
+    assert.are_not.equal(0, code)
+    assert.matches('segment parameter :other is not used', err, 1, true)
+    assert.are.equal(25, n(dir, "SELECT count(*) AS n FROM outbox WHERE state = 'SENT'"))
+    assert.are.equal(0, n(dir, 'SELECT count(*) AS n FROM outbox o JOIN endpoints e ON e.id = o.endpoint_id'
+      .. ' WHERE e.cohort_id >= 50 OR e.cohort_id % 2 = 1'))
+    assert.are.equal('INVALID', q(dir, "SELECT state FROM campaigns WHERE id = 'bad'")[1].state)
+    assert.are.equal(0, n(dir, "SELECT count(*) AS n FROM campaign_runs WHERE campaign_id = 'bad'"))
+  end)
+
+  it('records why each endpoint is not sent to, and herald why explains it', function()
+    local dir = h.tmpdir()
+    endpoints_sql(dir, {
+      { id = 'ok', address = 'ok@example.com', cohort = 50 },
+      { id = 'held', address = 'held@example.com', cohort = 3 },
+      { id = 'out', address = 'out@example.com', cohort = 50, opt_out = 'ALL' },
+      { id = 'inactive', address = 'in@example.com', cohort = 50, status = 'INACTIVE' },
+      { id = 'noaddr', cohort = 50 },
+      { id = 'dup1', address = 'same@example.com', cohort = 60 },
+      { id = 'dup2', address = 'same@example.com', cohort = 61 },
+      { id = 'hooked', address = 'hook@example.com', cohort = 70 },
+    })
+    h.write(dir .. '/c.lua', [[
+      herald.campaign{ name = 'why', segment = herald.segment{ name = 'all' }, holdout = 10,
+        message = { subject = 'S', body = 'B' }, deliver = { file = 'out.txt' },
+        hook = function(eps)
+          local keep = {}
+          for _, ep in ipairs(eps) do
+            if ep.Id ~= 'hooked' then ep.TitleOverride = 'T-' .. ep.Id; keep[#keep + 1] = ep end
+          end
+          return keep
+        end }
+    ]])
+    local _, code, err = run(dir, '--until-idle c.lua')
+    assert.are.equal(0, code, err)
+    local got = {}
+    for _, r in ipairs(q(dir, 'SELECT endpoint_id, state, reason, title_override FROM outbox')) do
+      got[r.endpoint_id] = r
+    end
+    assert.are.equal('SENT', got.ok.state)
+    assert.are.equal('T-ok', got.ok.title_override)
+    assert.are.equal('HOLDOUT', got.held.reason)
+    assert.are.equal('OPT_OUT', got.out.reason)
+    assert.are.equal('INACTIVE', got.inactive.reason)
+    assert.are.equal('MISSING_ADDRESS', got.noaddr.reason)
+    assert.are.equal('SENT', got.dup1.state)
+    assert.are.equal('DUPLICATE_ADDRESS', got.dup2.reason)
+    assert.are.equal('FILTERED_BY_HOOK', got.hooked.reason)
+    local out, code2 = h.herald('--db c.db why why dup2', { cwd = dir })
+    assert.are.equal(0, code2)
+    assert.matches('SKIPPED: DUPLICATE_ADDRESS', out, 1, true)
+    out = h.herald('--db c.db why why nobody', { cwd = dir })
+    assert.matches('NOT_TARGETED', out, 1, true)
+    local acts = json.decode((h.herald('--db c.db campaign activities why', { cwd = dir })))
+    local metrics = {}
+    for _, a in ipairs(acts) do
+      for k, v in pairs(a.ExecutionMetrics) do metrics[k] = (metrics[k] or 0) + v end
+      assert.are.equal('COMPLETED', a.State)
+    end
+    assert.are.same({ SENT = 2, HOLDOUT = 1, OPT_OUT = 1, INACTIVE = 1, MISSING_ADDRESS = 1,
+                      DUPLICATE_ADDRESS = 1, FILTERED_BY_HOOK = 1 }, metrics)
+    assert.are.equal('COMPLETED', q(dir, "SELECT state FROM campaigns WHERE id = 'why'")[1].state)
+  end)
+
+  it('runs a weekly local-time campaign for three months with quiet time, each endpoint at its own 09:00', function()
+    local dir = h.tmpdir()
+    local zones = { 'Europe/Paris', 'America/New_York', 'Australia/Sydney', 'Asia/Kolkata', 'UTC+05:30', 'Mars/Olympus' }
+    simple_endpoints(dir, 14, function(i, r) r.tz = zones[i % (#zones + 1) + 1] end)
+    h.write(dir .. '/w.lua', [[
+      herald.campaign{ name = 'weekly', segment = herald.segment{ name = 'all' },
+        schedule = { start = '2027-01-04T09:00:00', ['end'] = '2027-04-01T00:00:00', frequency = 'WEEKLY',
+                     timezone = 'Europe/London', is_local_time = true },
+        quiet_time = { start = '08:30', ['end'] = '09:15' },
+        message = { body = 'weekly' }, deliver = { file = 'out.txt' } }
+    ]])
+    local _, code, err = run(dir, '--until-idle --clock-start 2027-01-01T00:00:00Z w.lua')
+    assert.are.equal(0, code, err)
+    local runs = q(dir, "SELECT count(*) AS n, min(state) AS lo, max(state) AS hi FROM campaign_runs")[1]
+    assert.are.equal(13, runs.n)  -- Mondays from 4 January to 29 March
+    assert.are.equal('COMPLETED', runs.lo)
+    assert.are.equal('COMPLETED', runs.hi)
+    assert.are.equal(13 * 14, n(dir, "SELECT count(*) AS n FROM outbox WHERE state = 'SENT'"))
+    -- every due time is 09:15 local (quiet time deferred 09:00) on a Monday, in the endpoint's
+    -- zone or, for a missing or unknown one, in the campaign's, recorded per endpoint
+    local rows = q(dir, [[SELECT o.due_ms, o.zone, o.note, e.timezone, o.claimed_ms FROM outbox o
+      JOIN endpoints e ON e.id = o.endpoint_id]])
+    local ref = require 'tzref'
+    local lines = {}
+    for _, r in ipairs(rows) do
+      local z = r.zone
+      if z == 'UTC+05:30' then z = 'Asia/Kolkata' end
+      lines[#lines + 1] = string.format('print(wall(%d, %q))', r.due_ms, z)
+      if r.timezone == nil then assert.are.equal('MISSING_TIMEZONE', r.note) end
+      if r.timezone == 'Mars/Olympus' then
+        assert.are.equal('INVALID_TIMEZONE', r.note)
+        assert.are.equal('Europe/London', r.zone)
+      end
+      assert.is_true(r.claimed_ms >= r.due_ms)
+    end
+    for _, line in ipairs(ref.python(table.concat(lines, '\n'))) do
+      assert.matches('T09:15:00 ', line, 1, true)
+    end
+    local mondays = ref.python(table.concat((function()
+      local t = {}
+      for _, r in ipairs(rows) do
+        local z = r.zone == 'UTC+05:30' and 'Asia/Kolkata' or r.zone
+        t[#t + 1] = string.format("print(datetime.fromtimestamp(%d / 1000, ZoneInfo(%q)).weekday())", r.due_ms, z)
+      end
+      return t
+    end)(), '\n'))
+    for _, d in ipairs(mondays) do assert.are.equal('0', d) end
+  end)
+
+  it('skips under the skip policy and sends a stale run only within its bound', function()
+    local dir = h.tmpdir()
+    simple_endpoints(dir, 10, function(_, r) r.tz = 'Europe/Paris' end)
+    h.write(dir .. '/s.lua', [[
+      local all = herald.segment{ name = 'all' }
+      herald.campaign{ name = 'quiet-skip', segment = all, message = { body = 'x' },
+        schedule = { start = '2027-01-05T07:30:00', timezone = 'Europe/Paris' },
+        quiet_time = { start = '07:00', ['end'] = '09:00', policy = 'skip' }, deliver = { file = 'out.txt' } }
+      herald.campaign{ name = 'late-ok', segment = all, message = { body = 'x' },
+        schedule = { start = '2027-01-05T06:30:00Z' }, deliver = { file = 'out.txt' } }
+      herald.campaign{ name = 'too-late', segment = all, message = { body = 'x' },
+        schedule = { start = '2027-01-05T05:00:00Z' }, stale_after = '30m', deliver = { file = 'out.txt' } }
+    ]])
+    local _, code, err = run(dir, '--until-idle --clock-start 2027-01-05T07:00:00Z s.lua')
+    assert.are.equal(0, code, err)
+    assert.are.equal(10, n(dir, "SELECT count(*) AS n FROM outbox o JOIN campaign_runs r ON r.id = o.run_id WHERE r.campaign_id = 'quiet-skip' AND o.reason = 'QUIET_TIME'"))
+    assert.are.equal(10, n(dir, "SELECT count(*) AS n FROM outbox o JOIN campaign_runs r ON r.id = o.run_id WHERE r.campaign_id = 'late-ok' AND o.state = 'SENT'"))
+    local r = q(dir, "SELECT state, reason, total FROM campaign_runs WHERE campaign_id = 'too-late'")[1]
+    assert.are.same({ state = 'SKIPPED', reason = 'STALE', total = 0 }, r)
+    local out = h.herald('--db c.db why too-late e0001', { cwd = dir })
+    assert.matches('the whole run was skipped: STALE', out, 1, true)
+  end)
+
+  it('caps strictly: ten campaigns at the same instant with Daily = 5 send exactly 5 to each endpoint', function()
+    local dir = h.tmpdir()
+    simple_endpoints(dir, 30)
+    local src = { "local all = herald.segment{ name = 'all' }" }
+    for i = 1, 10 do
+      src[#src + 1] = string.format("herald.campaign{ name = 'cap%d', segment = all, message = { body = 'x' },"
+        .. " schedule = { start = '2027-02-01T10:00:00Z' }, limits = { daily = 5 }, deliver = { file = 'out.txt' } }", i)
+    end
+    h.write(dir .. '/caps.lua', table.concat(src, '\n'))
+    local _, code, err = run(dir, '--until-idle --clock-start 2027-02-01T09:00:00Z caps.lua')
+    assert.are.equal(0, code, err)
+    for _, r in ipairs(q(dir, [[SELECT endpoint_id, sum(state = 'SENT') AS sent, sum(reason = 'DAILY_CAP') AS capped
+        FROM outbox GROUP BY endpoint_id]])) do
+      assert.are.equal(5, r.sent)
+      assert.are.equal(5, r.capped)
+    end
+    assert.are.equal(150, h.count(h.read(dir .. '/out.txt'), '--- message '))
+    -- 24 hours later the window has rolled: the next day's campaigns send again
+    local src2 = { "local all = herald.segment{ name = 'all' }" }
+    for i = 1, 2 do
+      src2[#src2 + 1] = string.format("herald.campaign{ name = 'next%d', segment = all, message = { body = 'x' },"
+        .. " schedule = { start = '2027-02-02T09:59:00Z' }, limits = { daily = 5 }, deliver = { file = 'out.txt' } }", i)
+    end
+    h.write(dir .. '/caps2.lua', table.concat(src2, '\n'))
+    _, code, err = run(dir, '--until-idle --clock-start 2027-02-02T09:58:00Z caps2.lua')
+    assert.are.equal(0, code, err)
+    assert.are.equal(60, n(dir, "SELECT count(*) AS n FROM outbox o JOIN campaign_runs r ON r.id = o.run_id WHERE r.campaign_id LIKE 'next%' AND o.reason = 'DAILY_CAP'"))
+    _, code, err = run(dir, '--until-idle --clock-start 2027-02-02T10:00:01Z caps2.lua')
+    assert.are.equal(0, code, err)
+  end)
+
+  it('caps strictly across processes: two herald runs with five campaigns each, Daily = 5', function()
+    local dir = h.tmpdir()
+    simple_endpoints(dir, 40)
+    for p = 1, 2 do
+      local src = { "local all = herald.segment{ name = 'all' }" }
+      for i = 1, 5 do
+        src[#src + 1] = string.format("herald.campaign{ name = 'p%d-%d', segment = all, message = { body = 'x' },"
+          .. " schedule = { start = '2027-02-01T10:00:00Z' }, limits = { daily = 5 }, deliver = { file = 'out%d.txt' } }", p, i, p)
+      end
+      h.write(dir .. '/p' .. p .. '.lua', table.concat(src, '\n'))
+    end
+    local cmd = h.shell_quote(h.exe) .. ' --db c.db run --until-idle --clock-start 2027-02-01T10:00:00Z '
+    local out, code = h.sh('cd ' .. h.shell_quote(dir) .. ' && (' .. cmd .. 'p1.lua > o1 2> e1 & a=$!; '
+      .. cmd .. 'p2.lua > o2 2> e2 & b=$!; wait $a; ra=$?; wait $b; echo "rc=$ra,$?")')
+    assert.are.equal(0, code, out)
+    assert.matches('rc=0,0', out, 1, true)
+    for _, r in ipairs(q(dir, "SELECT endpoint_id, sum(state = 'SENT') AS sent FROM outbox GROUP BY endpoint_id")) do
+      assert.are.equal(5, r.sent)
+    end
+    assert.are.equal(200, h.count(h.read(dir .. '/out1.txt') or '', '--- message ') + h.count(h.read(dir .. '/out2.txt') or '', '--- message '))
+  end)
+
+  it('counts Total over the campaign life and expires what MaximumDuration leaves unsent', function()
+    local dir = h.tmpdir()
+    simple_endpoints(dir, 5)
+    h.write(dir .. '/t.lua', [[
+      herald.campaign{ name = 'daily', segment = herald.segment{ name = 'all' }, message = { body = 'x' },
+        schedule = { start = '2027-03-01T10:00:00Z', ['end'] = '2027-03-05T10:00:00Z', frequency = 'DAILY' },
+        limits = { total = 3 }, deliver = { file = 'out.txt' } }
+    ]])
+    local _, code, err = run(dir, '--until-idle --clock-start 2027-03-01T00:00:00Z t.lua')
+    assert.are.equal(0, code, err)
+    assert.are.equal(15, n(dir, "SELECT count(*) AS n FROM outbox WHERE state = 'SENT'"))
+    assert.are.equal(10, n(dir, "SELECT count(*) AS n FROM outbox WHERE reason = 'TOTAL_CAP'"))
+
+    -- a local-time run materialises when the earliest zone reaches it; Los Angeles is due
+    -- later, and a row still unsent 60 s after its due time is recorded EXPIRED at claim
+    local dir2 = h.tmpdir()
+    simple_endpoints(dir2, 6, function(i, r) r.tz = i <= 3 and 'Pacific/Kiritimati' or 'America/Los_Angeles' end)
+    h.write(dir2 .. '/x.lua', [[
+      herald.campaign{ name = 'short', segment = herald.segment{ name = 'all' }, message = { body = 'x' },
+        schedule = { start = '2027-03-01T10:00:00', is_local_time = true }, limits = { maximum_duration = 60 },
+        deliver = { file = 'out.txt' } }
+    ]])
+    _, code, err = run(dir2, '--clock-start 2027-02-28T00:00:00Z --until 2027-03-01T12:00:00Z x.lua')
+    assert.are.equal(0, code, err)
+    assert.are.equal(3, n(dir2, "SELECT count(*) AS n FROM outbox WHERE state = 'SENT'"))
+    assert.are.equal(3, n(dir2, "SELECT count(*) AS n FROM outbox WHERE state = 'PENDING'"))
+    _, code, err = run(dir2, '--until-idle --clock-start 2027-03-01T18:02:00Z x.lua')
+    assert.are.equal(0, code, err)
+    assert.are.equal(3, n(dir2, "SELECT count(*) AS n FROM outbox WHERE reason = 'EXPIRED'"))
+  end)
+
+  it('pause holds the run in progress and resume continues it: nobody skipped, nobody sent twice', function()
+    local dir = h.tmpdir()
+    local zones = { 'Asia/Tokyo', 'Europe/Paris', 'America/New_York', 'America/Los_Angeles' }
+    simple_endpoints(dir, 40, function(i, r) r.tz = zones[i % 4 + 1] end)
+    h.write(dir .. '/p.lua', [[
+      herald.campaign{ name = 'hold', segment = herald.segment{ name = 'all' }, message = { body = 'x' },
+        schedule = { start = '2027-05-03T09:00:00', is_local_time = true, timezone = 'UTC' },
+        deliver = { file = 'out.txt' } }
+    ]])
+    -- Tokyo and Paris get theirs, then the campaign is paused
+    local _, code, err = run(dir, '--clock-start 2027-05-02T00:00:00Z --until 2027-05-03T08:00:00Z p.lua')
+    assert.are.equal(0, code, err)
+    assert.are.equal(20, n(dir, "SELECT count(*) AS n FROM outbox WHERE state = 'SENT'"))
+    local out
+    out, code = h.herald('--db c.db campaign pause hold', { cwd = dir })
+    assert.are.equal(0, code)
+    assert.matches('paused', out)
+    -- while paused, New York's and Los Angeles' times pass and nothing is claimed
+    _, code, err = run(dir, '--until-idle --clock-start 2027-05-03T17:00:00Z p.lua')
+    assert.are.equal(0, code, err)
+    assert.are.equal(20, n(dir, "SELECT count(*) AS n FROM outbox WHERE state = 'SENT'"))
+    assert.are.equal(20, n(dir, "SELECT count(*) AS n FROM outbox WHERE state = 'PENDING'"))
+    assert.are.equal('PAUSED', q(dir, "SELECT state FROM campaigns")[1].state)
+    _, code = h.herald('--db c.db campaign resume hold', { cwd = dir })
+    assert.are.equal(0, code)
+    _, code, err = run(dir, '--until-idle --clock-start 2027-05-03T17:05:00Z p.lua')
+    assert.are.equal(0, code, err)
+    assert.are.equal(40, n(dir, "SELECT count(*) AS n FROM outbox WHERE state = 'SENT'"))
+    assert.are.equal(40, n(dir, "SELECT count(DISTINCT endpoint_id) AS n FROM outbox WHERE state = 'SENT'"))
+    assert.are.equal(40, h.count(h.read(dir .. '/out.txt'), '--- message '))
+    assert.are.equal('COMPLETED', q(dir, "SELECT state FROM campaigns")[1].state)
+  end)
+
+  it('keeps arms by cohort across runs and versions; an update makes a new version, the run keeps its own', function()
+    local dir = h.tmpdir()
+    simple_endpoints(dir, 200)
+    local function def(subject)
+      h.write(dir .. '/v.lua', [[
+        herald.campaign{ name = 'ab', segment = herald.segment{ name = 'all' }, holdout = 10,
+          schedule = { start = '2027-06-01T10:00:00Z', ['end'] = '2027-06-03T10:00:00Z', frequency = 'DAILY' },
+          treatments = { { name = 'A', size = 30, message = { subject = ']] .. subject .. [[', body = 'a' } },
+                         { name = 'B', size = 30, message = { subject = 'B', body = 'b' } },
+                         { name = 'C', size = 30, message = { subject = 'C', body = 'c' } } },
+          deliver = { file = 'out.txt' } }
+      ]])
+    end
+    def('first')
+    local _, code, err = run(dir, '--clock-start 2027-06-01T09:00:00Z --until 2027-06-01T12:00:00Z v.lua')
+    assert.are.equal(0, code, err)
+    def('second')
+    _, code, err = run(dir, '--until-idle --clock-start 2027-06-01T12:00:00Z v.lua')
+    assert.are.equal(0, code, err)
+    local runs = q(dir, 'SELECT run_index, campaign_version FROM campaign_runs ORDER BY run_index')
+    assert.are.same({ { run_index = 0, campaign_version = 1 }, { run_index = 1, campaign_version = 2 },
+                      { run_index = 2, campaign_version = 2 } }, runs)
+    -- the same endpoint is in the same arm in every run
+    assert.are.equal(0, n(dir, 'SELECT count(*) AS n FROM (SELECT endpoint_id FROM outbox GROUP BY endpoint_id'
+      .. ' HAVING count(DISTINCT treatment) > 1)'))
+    local text = h.read(dir .. '/out.txt')
+    assert.are.equal(60, h.count(text, 'subject: first'))
+    assert.are.equal(120, h.count(text, 'subject: second'))
+    assert.are.equal(3 * 180, h.count(text, '--- message '))
+  end)
+
+  it('deletes (unsent messages recorded CAMPAIGN_DELETED), copies, and lets a treatment keep its own send time', function()
+    local dir = h.tmpdir()
+    simple_endpoints(dir, 100, function(i, r) r.tz = i % 2 == 0 and 'America/New_York' or 'Asia/Tokyo' end)
+    h.write(dir .. '/d.lua', [[
+      herald.campaign{ name = 'split', segment = herald.segment{ name = 'all' }, deliver = { file = 'out.txt' },
+        schedule = { start = '2027-07-01T10:00:00Z' },
+        treatments = { { name = 'now', size = 50, message = { body = 'a' } },
+                       { name = 'later', size = 50, message = { body = 'b' }, schedule = { start = '2027-07-02T10:00:00Z' } } } }
+    ]])
+    local _, code, err = h.herald('--db c.db run --clock-start 2027-07-01T09:00:00Z --until 2027-07-01T12:00:00Z d.lua', { cwd = dir })
+    assert.are.equal(0, code, err)
+    assert.are.equal(50, n(dir, "SELECT count(*) AS n FROM outbox WHERE treatment = 0 AND state = 'SENT'"))
+    assert.are.equal(50, n(dir, "SELECT count(*) AS n FROM outbox WHERE treatment = 1 AND state = 'PENDING' AND due_ms = 1814522400000"))
+    local out
+    out, code = h.herald('--db c.db campaign copy split split-2', { cwd = dir })
+    assert.are.equal(0, code, out)
+    local st = json.decode((h.herald('--db c.db campaign status split-2', { cwd = dir })))
+    assert.are.equal('SCHEDULED', st.State)
+    assert.are.equal('split', st.Definition.Herald.CopyOf)
+    assert.are.equal('later', st.Definition.AdditionalTreatments[1].TreatmentName)
+    _, code = h.herald('--db c.db campaign copy split split-2', { cwd = dir })
+    assert.are_not.equal(0, code)
+    -- the copy runs with its source's segment, as its own campaign with its own runs
+    _, code, err = h.herald('--db c.db run --clock-start 2027-07-01T12:00:00Z --until 2027-07-01T13:00:00Z d.lua', { cwd = dir })
+    assert.are.equal(0, code, err)
+    -- its run time (10:00) is two hours past: recorded STALE
+    assert.are.same({ { state = 'SKIPPED', reason = 'STALE' } },
+      q(dir, "SELECT state, reason FROM campaign_runs WHERE campaign_id = 'split-2'"))
+    out, code = h.herald('--db c.db campaign delete split', { cwd = dir })
+    assert.are.equal(0, code, out)
+    -- HERALD_CLOCK_START works as --clock-start; a deleted campaign sends nothing more
+    _, code, err = h.herald('--db c.db run --until-idle d.lua', { cwd = dir, env = { HERALD_CLOCK_START = '2027-07-02T11:00:00Z' } })
+    assert.are.equal(0, code, err)
+    assert.are.equal(50, n(dir, "SELECT count(*) AS n FROM outbox WHERE reason = 'CAMPAIGN_DELETED'"))
+    assert.are.equal(50, h.count(h.read(dir .. '/out.txt'), '--- message '))
+    assert.are.equal('DELETED', q(dir, "SELECT state FROM campaigns WHERE id = 'split'")[1].state)
+    _, code = h.herald('--db c.db campaign pause nope', { cwd = dir })
+    assert.are.equal(1, code)
+  end)
+end)

@@ -1,0 +1,131 @@
+-- Event-triggered campaigns: filters, segment membership, delay with cancellation, expiry,
+-- and no event firing twice.
+local h = require 'helpers'
+local json = require 'herald.json'
+
+local function q(dir, sql)
+  local out, code, err = h.herald('--db c.db -e ' .. h.shell_quote(
+    'print(herald.json.encode(herald.json.array(assert(herald.db.query([[' .. sql .. ']])))))'),
+    { cwd = dir })
+  assert.are.equal(0, code, err)
+  return json.decode(out)
+end
+
+local function events(dir, list)
+  local src = {}
+  for _, e in ipairs(list) do
+    src[#src + 1] = string.format('assert(herald.events.put(%q, { EventId = %q, EventType = %q, Timestamp = %q, Attributes = %s, Metrics = %s }))',
+      e[1], e[2], e[3], e[4], e.attributes or '{}', e.metrics or '{}')
+  end
+  local _, code, err = h.herald('--db c.db -e ' .. h.shell_quote(table.concat(src, '\n')), { cwd = dir })
+  assert.are.equal(0, code, err)
+end
+
+local CAMPAIGN = [[
+  local eps = {}
+  for i = 1, 6 do
+    herald.endpoints.put{ Id = 'u' .. i, ChannelType = 'EMAIL', Address = 'u' .. i .. '@example.com',
+      OptOut = i == 6 and 'ALL' or 'NONE', Attributes = { tier = { i <= 4 and 'gold' or 'free' } } }
+  end
+  herald.campaign{ name = 'cart', deliver = { file = 'out.txt' },
+    segment = herald.segment{ name = 'gold', filter = function(ep) return ep.Id ~= 'u5' end },
+    message = { subject = 'Your cart', body = 'Still thinking?' },
+    schedule = { event = { types = { 'cart.add' }, attributes = { store = { 'web' } }, metrics = { total = { '>=', 20 } },
+      predicate = function(ev, ep) return ep.Id ~= 'u4' end,
+      delay = '1h', cancel_on = { 'purchase' }, expiry = '1d' } } }
+]]
+
+describe('event-triggered campaigns', function()
+  it('fires once per matching event after the delay, unless a cancelling event comes first', function()
+    local dir = h.tmpdir()
+    h.write(dir .. '/cart.lua', CAMPAIGN)
+    local _, code, err = h.herald('--db c.db run --clock-start 2027-01-01T10:00:00Z --until 2027-01-01T10:00:01Z cart.lua', { cwd = dir })
+    assert.are.equal(0, code, err)
+    events(dir, {
+      { 'u1', 'a1', 'cart.add', '2027-01-01T10:00:00Z', attributes = '{store="web"}', metrics = '{total=50}' },
+      { 'u2', 'a2', 'cart.add', '2027-01-01T10:00:00Z', attributes = '{store="web"}', metrics = '{total=50}' },
+      { 'u3', 'a3', 'cart.add', '2027-01-01T10:00:00Z', attributes = '{store="shop"}', metrics = '{total=50}' },
+      { 'u3', 'a3b', 'cart.add', '2027-01-01T10:00:00Z', attributes = '{store="web"}', metrics = '{total=5}' },
+      { 'u4', 'a4', 'cart.add', '2027-01-01T10:00:00Z', attributes = '{store="web"}', metrics = '{total=50}' },
+      { 'u5', 'a5', 'cart.add', '2027-01-01T10:00:00Z', attributes = '{store="web"}', metrics = '{total=50}' },
+      { 'u6', 'a6', 'cart.add', '2027-01-01T10:00:00Z', attributes = '{store="web"}', metrics = '{total=50}' },
+      { 'u1', 'v1', 'page.view', '2027-01-01T10:00:00Z' },
+    })
+    _, code, err = h.herald('--db c.db run --clock-start 2027-01-01T10:01:00Z --until 2027-01-01T10:30:00Z cart.lua', { cwd = dir })
+    assert.are.equal(0, code, err)
+    local rows = q(dir, 'SELECT endpoint_id, state, reason, due_ms FROM outbox ORDER BY endpoint_id')
+    -- u1, u2 match; u3's events fail the attribute or the metric; u4 the predicate; u5 is not in
+    -- the segment; u6 opted out
+    assert.are.same({ 'u1', 'u2', 'u6' }, { rows[1].endpoint_id, rows[2].endpoint_id, rows[3].endpoint_id })
+    assert.are.equal(3, #rows)
+    assert.are.equal('PENDING', rows[1].state)
+    assert.are.equal('OPT_OUT', rows[3].reason)
+    assert.are.equal(1798797600000 + 3600000, rows[1].due_ms)  -- 10:00 + 1 h
+    -- u2 buys within the hour: its reminder is cancelled
+    events(dir, { { 'u2', 'p2', 'purchase', '2027-01-01T10:40:00Z' } })
+    _, code, err = h.herald('--db c.db run --until-idle --clock-start 2027-01-01T10:40:00Z cart.lua', { cwd = dir })
+    assert.are.equal(0, code, err)
+    rows = q(dir, 'SELECT endpoint_id, state, reason FROM outbox ORDER BY endpoint_id')
+    assert.are.same({ endpoint_id = 'u1', state = 'SENT' }, rows[1])
+    assert.are.same({ endpoint_id = 'u2', state = 'SKIPPED', reason = 'CANCELLED' }, rows[2])
+    assert.are.equal(1, h.count(h.read(dir .. '/out.txt'), '--- message '))
+    -- running again fires nothing twice
+    _, code, err = h.herald('--db c.db run --until-idle --clock-start 2027-01-01T12:00:00Z cart.lua', { cwd = dir })
+    assert.are.equal(0, code, err)
+    assert.are.equal(3, #q(dir, 'SELECT 1 FROM outbox'))
+    -- an event older than the expiry does not fire
+    events(dir, { { 'u1', 'late', 'cart.add', '2026-12-30T10:00:00Z', attributes = '{store="web"}', metrics = '{total=50}' } })
+    _, code, err = h.herald('--db c.db run --until-idle --clock-start 2027-01-01T12:00:00Z cart.lua', { cwd = dir })
+    assert.are.equal(0, code, err)
+    assert.are.equal(3, #q(dir, 'SELECT 1 FROM outbox'))
+  end)
+
+  it('refuses a bad event filter with its field path', function()
+    local dir = h.tmpdir()
+    h.write(dir .. '/bad.lua', "herald.campaign{ name = 'b', segment = herald.segment{ name = 'all' }, message = { body = 'x' },\n  schedule = { event = { types = { 'a' }, metrics = { total = { '~', 1 } } } } }\n")
+    local _, code, err = h.herald('--db c.db run --until-idle bad.lua', { cwd = dir })
+    assert.are_not.equal(0, code)
+    assert.matches('bad.lua:1:', err, 1, true)
+    assert.matches('schedule.event.metrics.total', err, 1, true)
+  end)
+end)
+
+describe('example scripts', function()
+  local function script(name) return h.shell_quote(h.root .. '/scripts/' .. name) end
+
+  it('weekly local time with quiet hours: twelve Mondays, each at 09:30 local', function()
+    local dir = h.tmpdir()
+    local _, code, err = h.herald('--db c.db run --until-idle --clock-start 2027-01-01T00:00:00Z ' .. script('weekly_local.lua'), { cwd = dir })
+    assert.are.equal(0, code, err)
+    assert.are.equal(13 * 50, h.count(h.read(dir .. '/weekly-messages.txt'), '--- message '))
+    assert.are.equal(13 * 5, q(dir, "SELECT count(*) AS n FROM outbox WHERE note = 'MISSING_TIMEZONE'")[1].n)
+  end)
+
+  it('A/B subjects with a holdout', function()
+    local dir = h.tmpdir()
+    local out, code, err = h.herald('--db c.db run --until-idle ' .. script('ab_subject.lua'), { cwd = dir })
+    assert.are.equal(0, code, err)
+    assert.matches('A: discount', out, 1, true)
+    local text = h.read(dir .. '/ab-messages.txt')
+    assert.is_true(h.count(text, 'subject: 20% off') > 100)
+    assert.is_true(h.count(text, 'subject: We picked') > 100)
+    assert.are.equal(q(dir, 'SELECT count(*) AS n FROM endpoints WHERE cohort_id < 10')[1].n,
+      q(dir, "SELECT count(*) AS n FROM outbox WHERE reason = 'HOLDOUT'")[1].n)
+  end)
+
+  it('cart abandonment: the reminder goes to the one who did not buy', function()
+    local dir = h.tmpdir()
+    local _, code, err = h.herald('--db c.db run --until-idle --clock-start 2027-01-01T10:00:00Z ' .. script('cart_abandonment.lua'), { cwd = dir })
+    assert.are.equal(0, code, err)
+    events(dir, {
+      { 'buyer-1', 'c1', 'cart.add', '2027-01-01T10:00:00Z', attributes = '{store="web"}', metrics = '{total=42}' },
+      { 'buyer-2', 'c2', 'cart.add', '2027-01-01T10:00:00Z', attributes = '{store="web"}', metrics = '{total=42}' },
+      { 'buyer-2', 'p2', 'purchase', '2027-01-01T10:20:00Z' },
+    })
+    _, code, err = h.herald('--db c.db run --until-idle --clock-start 2027-01-01T10:30:00Z ' .. script('cart_abandonment.lua'), { cwd = dir })
+    assert.are.equal(0, code, err)
+    local text = h.read(dir .. '/cart-messages.txt')
+    assert.are.equal(1, h.count(text, '--- message '))
+    assert.matches('to: buyer1@example.com', text, 1, true)
+  end)
+end)
