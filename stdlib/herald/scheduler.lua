@@ -262,7 +262,7 @@ local function skip_reason(c, ep, arm)
 end
 
 local function in_segment(seg, ep)
-  if seg.contains then return seg:contains(ep) end
+  if seg.contains then return seg:contains(ep.Id) end
   local q = seg:compile()
   if q.where ~= '1' then error('segment ' .. seg.name .. ' has an SQL condition and no contains()', 0) end
   return q.filter == nil or q.filter(ep)

@@ -311,8 +311,9 @@ describe('delivery through providers', function()
         MessageConfiguration = { CustomMessage = { Data = 'custom {{Address}}' }, DefaultMessage = { Body = 'b' } },
         CustomDeliveryConfiguration = { DeliveryUri = %q, EndpointTypes = { 'SMS' } },
       })
-      outbox.materialize { campaign_id = 'cdc', version = 1, scheduled_ms = 1000, rows = {
-        { endpoint_id = 'sms-1', treatment = 0, channel = 'SMS', address = '+15550000123', state = 'PENDING' } } }
+      local seq = outbox.trigger_cursor('cdc')
+      outbox.trigger { campaign_id = 'cdc', version = 1, now_ms = 1000, from_seq = seq, to_seq = seq + 1, rows = {
+        { endpoint_id = 'sms-1', treatment = 0, channel = 'SMS', address = '+15550000123', due_ms = 1000 } } }
       print(deliver.pump(herald.now_ms(), 10, '["cdc"]'))
     ]], emu.url .. '/hook'))
     local out, code, err = h.herald('--db d.db s.lua', { cwd = dir })
