@@ -36,9 +36,17 @@ for first = 1, n, RUN do
   local rows = {}
   for i = first, math.min(n, first + RUN - 1) do
     rows[#rows + 1] = { endpoint_id = string.format('ep-%07d', i), treatment = 0, channel = channel,
-                        address = kind == 'webhook' and ('hook-' .. i) or 'sink@example.org', state = 'PENDING' }
+                        address = kind == 'webhook' and ('hook-' .. i) or 'sink@example.org',
+                        due_ms = base + (first - 1) // RUN }
   end
-  outbox.materialize { campaign_id = 'bench', version = 1, scheduled_ms = base + first // RUN, rows = rows }
+  -- each slice is a run written through the trigger path: the cursor moves by one per slice
+  -- with compare-and-set, so a slice written before a kill is not written again
+  local slice = (first - 1) // RUN
+  local seq = outbox.trigger_cursor('bench')
+  if seq == slice then
+    outbox.trigger { campaign_id = 'bench', version = 1, now_ms = base + slice, from_seq = slice,
+                     to_seq = slice + 1, rows = rows }
+  end
 end
 collectgarbage()
 
