@@ -22,6 +22,7 @@ local http = require 'herald.core.http'
 local ratelimit = require 'herald.core.ratelimit'
 local store = require 'herald.core.store'
 local json = require 'herald.json'
+local db = require 'herald.db'
 local template = require 'herald.template'
 local endpoints = require 'herald.endpoints'
 local providers = require 'herald.providers'
@@ -202,6 +203,11 @@ local function prepare(row, def, ep, profile)
   if err then return nil, 'RENDER_FAILED: ' .. err end
   body, err = render_text(m.Body, ep)
   if err then return nil, 'RENDER_FAILED: ' .. err end
+  -- Pinpoint honours a hook's overrides on every channel but email.
+  if row.channel ~= 'EMAIL' then
+    if present(row.title_override) then title = row.title_override end
+    if present(row.body_override) then body = row.body_override end
+  end
   html, err = render_text(m.HtmlBody, ep, true)
   if err then return nil, 'RENDER_FAILED: ' .. err end
   local data = present(m.Data) and m.Data or nil
@@ -308,9 +314,30 @@ end
 
 -- Claims up to max rows due at now_ms of the campaigns in ids_json (a JSON array; nil = all),
 -- sends them and records the outcomes. Returns how many were claimed and the next due time.
+-- A campaign's FILTER hook may give an endpoint TitleOverride/BodyOverride, kept on its outbox
+-- row. Only rows of hooked campaigns are looked up, in one query per claim.
+local function attach_overrides(rows)
+  local ids = {}
+  for _, row in ipairs(rows) do
+    local def = definition(row.campaign_id, row.campaign_version)
+    if def and def.Hook ~= nil then ids[#ids + 1] = row.id end
+  end
+  if #ids == 0 then return end
+  local found = db.query('SELECT id, title_override, body_override FROM outbox'
+    .. ' WHERE id IN (SELECT value FROM json_each(?1))'
+    .. ' AND (title_override IS NOT NULL OR body_override IS NOT NULL)', json.encode(ids))
+  local by_id = {}
+  for _, r in ipairs(found or {}) do by_id[r.id] = r end
+  for _, row in ipairs(rows) do
+    local r = by_id[row.id]
+    if r then row.title_override, row.body_override = r.title_override, r.body_override end
+  end
+end
+
 function deliver.pump(now_ms, max, ids_json)
   ids_json = claimable(ids_json)
   local rows = outbox.claim(now_ms, max, ids_json)
+  attach_overrides(rows)
   local cfg = deliver.config()
   local reports, defers, items, fb = {}, {}, {}, {}
   local deferred_at = {}
