@@ -119,9 +119,13 @@ local function definition(campaign_id, version)
 end
 
 local function treatment_config(def, treatment)
-  if treatment == 0 then return def.TreatmentName, def.MessageConfiguration end
+  if treatment == 0 then
+    return def.TreatmentName, def.MessageConfiguration, def.TemplateConfiguration
+  end
   for _, t in ipairs(def.AdditionalTreatments or {}) do
-    if tonumber(t.Id) == treatment then return t.TreatmentName, t.MessageConfiguration end
+    if tonumber(t.Id) == treatment then
+      return t.TreatmentName, t.MessageConfiguration, t.TemplateConfiguration
+    end
   end
 end
 
@@ -192,24 +196,61 @@ function deliver.take(profile)
 end
 
 -- Builds the message for a claimed row: a table channels understand, or nil, reason.
+-- A treatment's TemplateConfiguration names a stored template per channel type; Pinpoint
+-- uses it where the treatment has no message of its own for the channel. The parts come back
+-- rendered (the template's active version unless the reference pins one).
+local TEMPLATE_KIND = { EMAIL = { 'EmailTemplate', 'EMAIL' }, SMS = { 'SMSTemplate', 'SMS' } }
+local function template_message(tconfig, channel, ep)
+  if not present(tconfig) then return nil end
+  local kind = TEMPLATE_KIND[channel] or (PUSH[channel] and { 'PushTemplate', 'PUSH' })
+  local ref = kind and tconfig[kind[1]]
+  if not present(ref) or type(ref.Name) ~= 'string' then return nil end
+  local parts, err = template.render(ref.Name, kind[2], ep,
+    { version = present(ref.Version) and tonumber(ref.Version) or nil })
+  if not parts then return nil, 'RENDER_FAILED: ' .. tostring(err) end
+  if kind[2] == 'EMAIL' then
+    return { Title = parts.Subject, Body = parts.TextPart, HtmlBody = parts.HtmlPart }
+  elseif kind[2] == 'SMS' then
+    return { Body = parts.Body }
+  end
+  local d = present(parts.Default) and parts.Default or {}
+  return { Title = d.Title, Body = d.Body }
+end
+
 local function prepare(row, def, ep, profile)
-  local name, config = treatment_config(def, row.treatment)
-  if config == nil then return nil, 'NO_TREATMENT' end
+  local name, config, tconfig = treatment_config(def, row.treatment)
+  if config == nil and tconfig == nil then return nil, 'NO_TREATMENT' end
   -- endpoints routed to a CustomDeliveryConfiguration get the CustomMessage, as in Pinpoint
-  local m = channel_message(config, profile.custom_delivery and 'CUSTOM' or row.channel)
+  local m = present(config) and channel_message(config, profile.custom_delivery and 'CUSTOM' or row.channel) or nil
+  local rendered
+  if m == nil then
+    local terr
+    rendered, terr = template_message(tconfig, row.channel, ep)
+    if terr then return nil, terr end
+    m = rendered
+  end
   if m == nil then return nil, 'NO_MESSAGE_FOR_CHANNEL' end
   local title, body, html, err
-  title, err = render_text(m.Title or m.Subject, ep)
-  if err then return nil, 'RENDER_FAILED: ' .. err end
-  body, err = render_text(m.Body, ep)
-  if err then return nil, 'RENDER_FAILED: ' .. err end
+  if rendered then
+    title = present(m.Title) and m.Title or nil
+    body = present(m.Body) and m.Body or nil
+  else
+    title, err = render_text(m.Title or m.Subject, ep)
+    if err then return nil, 'RENDER_FAILED: ' .. err end
+    body, err = render_text(m.Body, ep)
+    if err then return nil, 'RENDER_FAILED: ' .. err end
+  end
   -- Pinpoint honours a hook's overrides on every channel but email.
   if row.channel ~= 'EMAIL' then
     if present(row.title_override) then title = row.title_override end
     if present(row.body_override) then body = row.body_override end
   end
-  html, err = render_text(m.HtmlBody, ep, true)
-  if err then return nil, 'RENDER_FAILED: ' .. err end
+  if rendered then
+    html = present(m.HtmlBody) and m.HtmlBody or nil
+  else
+    html, err = render_text(m.HtmlBody, ep, true)
+    if err then return nil, 'RENDER_FAILED: ' .. err end
+  end
   local data = present(m.Data) and m.Data or nil
   local custom_data
   if type(data) == 'string' then
