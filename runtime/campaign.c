@@ -27,51 +27,10 @@ int herald_campaign_define(HeraldStore *store, const char *app, const char *id, 
     out->version_ms = sqlite3_column_int64(sel, 2);
     int same = stored != NULL && strcmp(stored, definition) == 0;
     sqlite3_reset(sel);
-    if (!same) {
-      sqlite3_stmt *upd = herald_store_stmt(
-          store,
-          "UPDATE campaigns SET version = version + 1, name = ?3, definition = ?4,"
-          " last_modified_date = ?5, last_modified_ms = ?6 WHERE app_id = ?1 AND id = ?2",
-          err);
-      if (upd == NULL) goto fail;
-      sqlite3_bind_text(upd, 1, app, -1, SQLITE_STATIC);
-      sqlite3_bind_text(upd, 2, id, -1, SQLITE_STATIC);
-      sqlite3_bind_text(upd, 3, name, -1, SQLITE_STATIC);
-      sqlite3_bind_text(upd, 4, definition, -1, SQLITE_STATIC);
-      sqlite3_bind_text(upd, 5, now, -1, SQLITE_STATIC);
-      sqlite3_bind_int64(upd, 6, now_ms);
-      rc = sqlite3_step(upd);
-      sqlite3_reset(upd);
-      if (rc != SQLITE_DONE) {
-        herald_store_fail(store, err, "updating a campaign");
-        goto fail;
-      }
-      out->version++;
-      out->version_ms = now_ms;
-      out->changed = 1;
-    }
+    out->changed = !same;
   } else if (rc == SQLITE_DONE) {
     sqlite3_reset(sel);
-    sqlite3_stmt *ins = herald_store_stmt(
-        store,
-        "INSERT INTO campaigns(app_id, id, name, version, definition, creation_date,"
-        " last_modified_date, last_modified_ms) VALUES (?1, ?2, ?3, 1, ?4, ?5, ?5, ?6)",
-        err);
-    if (ins == NULL) goto fail;
-    sqlite3_bind_text(ins, 1, app, -1, SQLITE_STATIC);
-    sqlite3_bind_text(ins, 2, id, -1, SQLITE_STATIC);
-    sqlite3_bind_text(ins, 3, name, -1, SQLITE_STATIC);
-    sqlite3_bind_text(ins, 4, definition, -1, SQLITE_STATIC);
-    sqlite3_bind_text(ins, 5, now, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(ins, 6, now_ms);
-    rc = sqlite3_step(ins);
-    sqlite3_reset(ins);
-    if (rc != SQLITE_DONE) {
-      herald_store_fail(store, err, "creating a campaign");
-      goto fail;
-    }
-    out->version = 1;
-    out->version_ms = now_ms;
+    out->version = 0;
     out->changed = 1;
   } else {
     sqlite3_reset(sel);
@@ -79,6 +38,25 @@ int herald_campaign_define(HeraldStore *store, const char *app, const char *id, 
     goto fail;
   }
   if (out->changed) {
+    /* One statement creates the campaign or moves it to its next version. */
+    sqlite3_stmt *up = herald_store_stmt(
+        store,
+        "INSERT INTO campaigns(app_id, id, name, version, definition, creation_date,"
+        " last_modified_date, last_modified_ms) VALUES (?1, ?2, ?3, 1, ?4, ?5, ?5, ?6)"
+        " ON CONFLICT (app_id, id) DO UPDATE SET version = version + 1, name = excluded.name,"
+        " definition = excluded.definition, last_modified_date = excluded.last_modified_date,"
+        " last_modified_ms = excluded.last_modified_ms",
+        err);
+    if (up == NULL) goto fail;
+    sqlite3_bind_text(up, 1, app, -1, SQLITE_STATIC);
+    sqlite3_bind_text(up, 2, id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(up, 3, name, -1, SQLITE_STATIC);
+    sqlite3_bind_text(up, 4, definition, -1, SQLITE_STATIC);
+    sqlite3_bind_text(up, 5, now, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(up, 6, now_ms);
+    if (herald_store_step_done(store, up, err, "storing a campaign") != kHeraldOk) goto fail;
+    out->version++;
+    out->version_ms = now_ms;
     sqlite3_stmt *ver = herald_store_stmt(
         store,
         "INSERT INTO campaign_versions(app_id, campaign_id, version, definition, created_ms)"
@@ -90,12 +68,7 @@ int herald_campaign_define(HeraldStore *store, const char *app, const char *id, 
     sqlite3_bind_int(ver, 3, out->version);
     sqlite3_bind_text(ver, 4, definition, -1, SQLITE_STATIC);
     sqlite3_bind_int64(ver, 5, now_ms);
-    rc = sqlite3_step(ver);
-    sqlite3_reset(ver);
-    if (rc != SQLITE_DONE) {
-      herald_store_fail(store, err, "storing a campaign version");
-      goto fail;
-    }
+    if (herald_store_step_done(store, ver, err, "storing a campaign version") != kHeraldOk) goto fail;
   }
   return herald_store_commit(store, err);
 fail:
@@ -200,12 +173,7 @@ int herald_campaign_copy(HeraldStore *store, const char *app, const char *id, co
   sqlite3_bind_text(st, 1, app, -1, SQLITE_STATIC);
   sqlite3_bind_text(st, 2, new_id, -1, SQLITE_STATIC);
   sqlite3_bind_int64(st, 3, now_ms);
-  rc = sqlite3_step(st);
-  sqlite3_reset(st);
-  if (rc != SQLITE_DONE) {
-    herald_store_fail(store, err, "copying a campaign");
-    goto fail;
-  }
+  if (herald_store_step_done(store, st, err, "copying a campaign") != kHeraldOk) goto fail;
   return herald_store_commit(store, err);
 fail:
   herald_store_rollback(store);

@@ -217,12 +217,7 @@ int herald_outbox_claim(HeraldStore *store, const char *app, const char *campaig
       sqlite3_bind_text(upd, 3, reason ? "SKIPPED" : "CLAIMED", -1, SQLITE_STATIC);
       sqlite3_bind_text(upd, 4, reason, -1, SQLITE_STATIC);
       sqlite3_bind_int64(upd, 5, (int64_t)getpid());
-      rc = sqlite3_step(upd);
-      sqlite3_reset(upd);
-      if (rc != SQLITE_DONE) {
-        herald_store_fail(store, err, "claiming outbox rows");
-        goto fail;
-      }
+      if (herald_store_step_done(store, upd, err, "claiming outbox rows") != kHeraldOk) goto fail;
       if (reason == NULL) {
         if (kept != i) out[kept] = *c;
         kept++;
@@ -295,12 +290,7 @@ int herald_outbox_recover(HeraldStore *store, int64_t *count, HeraldError *err) 
   if (st == NULL) goto fail;
   for (int i = 0; i < n; i++) {
     sqlite3_bind_int64(st, 1, dead[i]);
-    rc = sqlite3_step(st);
-    sqlite3_reset(st);
-    if (rc != SQLITE_DONE) {
-      herald_store_fail(store, err, "recovering claimed rows");
-      goto fail;
-    }
+    if (herald_store_step_done(store, st, err, "recovering claimed rows") != kHeraldOk) goto fail;
     *count += sqlite3_changes(herald_store_db(store));
   }
   return herald_store_commit(store, err);
@@ -706,7 +696,6 @@ int herald_outbox_trigger(HeraldStore *store, const HeraldOutboxTrigger *t, int6
   *run_id = 0;
   if (herald_store_begin(store, err) != kHeraldOk) return err ? err->code : kHeraldStore;
   sqlite3_stmt *st;
-  int rc;
   /* The cursor moves from from_seq or not at all: another herald that processed these events
    * first has moved it, and this batch is dropped. */
   st = herald_store_stmt(
@@ -717,12 +706,7 @@ int herald_outbox_trigger(HeraldStore *store, const HeraldOutboxTrigger *t, int6
   sqlite3_bind_text(st, 2, t->campaign_id, -1, SQLITE_STATIC);
   sqlite3_bind_int64(st, 3, t->from_seq);
   sqlite3_bind_int64(st, 4, t->to_seq);
-  rc = sqlite3_step(st);
-  sqlite3_reset(st);
-  if (rc != SQLITE_DONE) {
-    herald_store_fail(store, err, "advancing a trigger cursor");
-    goto fail;
-  }
+  if (herald_store_step_done(store, st, err, "advancing a trigger cursor") != kHeraldOk) goto fail;
   if (sqlite3_changes(herald_store_db(store)) == 0) {
     herald_store_rollback(store);
     return kHeraldOk;
@@ -741,12 +725,7 @@ int herald_outbox_trigger(HeraldStore *store, const HeraldOutboxTrigger *t, int6
     sqlite3_bind_text(st, 2, t->campaign_id, -1, SQLITE_STATIC);
     sqlite3_bind_text(st, 3, t->cancels[i], -1, SQLITE_STATIC);
     sqlite3_bind_int64(st, 4, t->now_ms);
-    rc = sqlite3_step(st);
-    sqlite3_reset(st);
-    if (rc != SQLITE_DONE) {
-      herald_store_fail(store, err, "cancelling triggered messages");
-      goto fail;
-    }
+    if (herald_store_step_done(store, st, err, "cancelling triggered messages") != kHeraldOk) goto fail;
   }
   if (t->n_rows > 0) {
     st = herald_store_stmt(
@@ -765,12 +744,7 @@ int herald_outbox_trigger(HeraldStore *store, const HeraldOutboxTrigger *t, int6
     if (t->max_duration_ms > 0) sqlite3_bind_int64(st, 7, t->max_duration_ms);
     else sqlite3_bind_null(st, 7);
     sqlite3_bind_text(st, 8, now, -1, SQLITE_STATIC);
-    rc = sqlite3_step(st);
-    sqlite3_reset(st);
-    if (rc != SQLITE_DONE) {
-      herald_store_fail(store, err, "creating a triggered run");
-      goto fail;
-    }
+    if (herald_store_step_done(store, st, err, "creating a triggered run") != kHeraldOk) goto fail;
     *run_id = sqlite3_last_insert_rowid(herald_store_db(store));
     st = herald_store_stmt(
         store,
@@ -794,12 +768,7 @@ int herald_outbox_trigger(HeraldStore *store, const HeraldOutboxTrigger *t, int6
       sqlite3_bind_text(st, 8, r->reason ? "SKIPPED" : "PENDING", -1, SQLITE_STATIC);
       sqlite3_bind_text(st, 9, r->reason, -1, SQLITE_STATIC);
       sqlite3_bind_text(st, 10, note, -1, SQLITE_STATIC);
-      rc = sqlite3_step(st);
-      sqlite3_reset(st);
-      if (rc != SQLITE_DONE) {
-        herald_store_fail(store, err, "writing a triggered message");
-        goto fail;
-      }
+      if (herald_store_step_done(store, st, err, "writing a triggered message") != kHeraldOk) goto fail;
     }
   }
   return herald_store_commit(store, err);

@@ -40,6 +40,14 @@ static int exec_sql(HeraldStore *store, const char *sql, HeraldError *err, const
   return kHeraldOk;
 }
 
+int herald_store_step_done(HeraldStore *store, sqlite3_stmt *st, HeraldError *err,
+                           const char *doing) {
+  int rc = sqlite3_step(st);
+  sqlite3_reset(st);
+  if (rc != SQLITE_DONE) return herald_store_fail(store, err, doing);
+  return kHeraldOk;
+}
+
 int herald_store_exec(HeraldStore *store, const char *sql, HeraldError *err) {
   return exec_sql(store, sql, err, "exec");
 }

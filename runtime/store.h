@@ -41,6 +41,11 @@ void herald_store_rollback_to(HeraldStore *store, int mark);
 /* Fills err from the database's last error, naming what was being done. */
 int herald_store_fail(HeraldStore *store, HeraldError *err, const char *doing);
 
+/* Steps a bound statement that returns no rows and resets it; on failure fills err from the
+ * database, naming what was being done. */
+int herald_store_step_done(HeraldStore *store, sqlite3_stmt *st, HeraldError *err,
+                           const char *doing);
+
 /* Runs a statement that returns no rows (bind nothing). */
 int herald_store_exec(HeraldStore *store, const char *sql, HeraldError *err);
 
