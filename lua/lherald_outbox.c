@@ -140,8 +140,10 @@ static int run_filter(lua_State *L, HeraldStore *store, int64_t run_id, int filt
 
 /* materialize_run{campaign_id=, version=, scheduled_ms=, run_index=, where=, params=,
  * holdout=, sizes={...}, zones={{zone=, due_ms=, zone_used=, note=, skip_reason=}, ...},
- * default_due_ms=, daily_cap=, total_cap=, max_duration_ms=, filter=function(rows), app=}
- * -> run_id, created, total. The run, its rows and the filter's verdicts commit together. */
+ * default_due_ms=, daily_cap=, total_cap=, max_duration_ms=, filter=function(rows), app=,
+ * test_cohorts={...}} -> run_id, created, held. The run, its rows and the filter's verdicts
+ * commit together. With test_cohorts (an A/B winner test), rows outside those cohorts are held
+ * WAITING (herald_outbox_hold_rest); held counts them. */
 static int l_materialize_run(lua_State *L) {
   luaL_checktype(L, 1, LUA_TTABLE);
   HeraldStore *store = herald_context_store(L);
@@ -207,6 +209,20 @@ static int l_materialize_run(lua_State *L) {
   spec.bind_ctx = &bctx;
   lua_getfield(L, 1, "filter");
   int filter = lua_isfunction(L, -1) ? lua_gettop(L) : 0;
+  unsigned char in_test[100] = {0};
+  lua_getfield(L, 1, "test_cohorts");
+  int ab_test = lua_istable(L, -1);
+  if (ab_test) {
+    lua_Integer nc = luaL_len(L, -1);
+    for (lua_Integer i = 1; i <= nc; i++) {
+      lua_rawgeti(L, -1, i);
+      lua_Integer c = luaL_checkinteger(L, -1);
+      luaL_argcheck(L, c >= 0 && c < 100, 1, "test_cohorts: cohorts are 0-99");
+      in_test[c] = 1;
+      lua_pop(L, 1);
+    }
+  }
+  lua_pop(L, 1);
 
   HeraldError err = {0};
   int64_t run_id = 0;
@@ -217,13 +233,50 @@ static int l_materialize_run(lua_State *L) {
     if (run_filter(L, store, run_id, filter, &err) != kHeraldOk) goto fail;
     if (herald_outbox_run_finish(store, run_id, &err) != kHeraldOk) goto fail;
   }
+  /* after the filters, so the hook judges the whole audience, test share and rest alike */
+  int64_t held = 0;
+  if (created && ab_test &&
+      herald_outbox_hold_rest(store, spec.app, run_id, in_test, &held, &err) != kHeraldOk)
+    goto fail;
   if (herald_store_commit(store, &err) != kHeraldOk) return raise_error(L, &err);
   lua_pushinteger(L, (lua_Integer)run_id);
   lua_pushboolean(L, created);
-  return 2;
+  lua_pushinteger(L, (lua_Integer)held);
+  return 3;
 fail:
   herald_store_rollback(store);
   return raise_error(L, &err);
+}
+
+/* decide{campaign_id=, run_id=, decided_ms=, metric=, decision=, winner= (treatment or nil),
+ * policy=, reason=, figures= (JSON text), app=} -> recorded, released. Records the decision
+ * and releases the run's WAITING rows in one transaction; a run decided before is left alone
+ * (recorded false). */
+static int l_decide(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TTABLE);
+  HeraldOutboxDecision d = {0};
+  d.app = opt_field_string(L, 1, "app");
+  if (d.app == NULL) d.app = herald_context()->app;
+  d.campaign_id = opt_field_string(L, 1, "campaign_id");
+  d.metric = opt_field_string(L, 1, "metric");
+  d.decision = opt_field_string(L, 1, "decision");
+  d.policy = opt_field_string(L, 1, "policy");
+  d.reason = opt_field_string(L, 1, "reason");
+  d.figures_json = opt_field_string(L, 1, "figures");
+  luaL_argcheck(L, d.campaign_id && d.metric && d.decision && d.policy && d.reason && d.figures_json,
+                1, "campaign_id, metric, decision, policy, reason and figures are required");
+  d.run_id = (int64_t)opt_field_integer(L, 1, "run_id", 0);
+  d.decided_ms = (int64_t)opt_field_integer(L, 1, "decided_ms", 0);
+  d.winner = (int)opt_field_integer(L, 1, "winner", -1);
+  luaL_argcheck(L, d.run_id > 0, 1, "run_id is required");
+  HeraldError err = {0};
+  int recorded = 0;
+  int64_t released = 0;
+  if (herald_outbox_decide(herald_context_store(L), &d, &recorded, &released, &err) != kHeraldOk)
+    return raise_error(L, &err);
+  lua_pushboolean(L, recorded);
+  lua_pushinteger(L, (lua_Integer)released);
+  return 2;
 }
 
 /* trigger_cursor(campaign_id [, app]) -> last seq consumed */
@@ -517,7 +570,7 @@ int luaopen_herald_core_outbox(lua_State *L) {
     {"define_campaign", l_define_campaign}, {"set_campaign_state", l_set_campaign_state},
     {"campaign_definition", l_campaign_definition},
     {"advance_campaign_state", l_advance_campaign_state}, {"copy_campaign", l_copy_campaign},
-    {"cancel", l_cancel},
+    {"cancel", l_cancel}, {"decide", l_decide},
     {NULL, NULL},
   };
   luaL_newlib(L, funcs);

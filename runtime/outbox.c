@@ -332,7 +332,7 @@ int herald_outbox_complete_runs(HeraldStore *store, int64_t now_ms, HeraldError 
       "UPDATE campaign_runs SET state = 'COMPLETED', result = 'SUCCESS', ended_at = ?1"
       " WHERE state = 'EXECUTING'"
       " AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.run_id = campaign_runs.id"
-      " AND o.state IN ('PENDING', 'CLAIMED'))",
+      " AND o.state IN ('PENDING', 'CLAIMED', 'WAITING'))",
       err);
   if (st == NULL) return err ? err->code : kHeraldStore;
   sqlite3_bind_text(st, 1, now, -1, SQLITE_STATIC);
@@ -650,7 +650,7 @@ int herald_outbox_cancel(HeraldStore *store, const char *app, const char *campai
                          const char *reason, HeraldError *err) {
   sqlite3_stmt *st = herald_store_stmt(
       store,
-      "UPDATE outbox SET state = 'SKIPPED', reason = ?3 WHERE state = 'PENDING' AND run_id IN"
+      "UPDATE outbox SET state = 'SKIPPED', reason = ?3 WHERE state IN ('PENDING', 'WAITING') AND run_id IN"
       " (SELECT id FROM campaign_runs WHERE app_id = ?1 AND campaign_id = ?2)",
       err);
   if (st == NULL) return err ? err->code : kHeraldStore;
@@ -661,6 +661,83 @@ int herald_outbox_cancel(HeraldStore *store, const char *app, const char *campai
   sqlite3_reset(st);
   if (rc != SQLITE_DONE) return herald_store_fail(store, err, "cancelling a campaign's rows");
   return kHeraldOk;
+}
+
+int herald_outbox_hold_rest(HeraldStore *store, const char *app, int64_t run_id,
+                            const unsigned char in_test[100], int64_t *held, HeraldError *err) {
+  /* the test cohorts as a 100-character mask, so the statement stays one cached text */
+  char mask[101];
+  for (int i = 0; i < 100; i++) mask[i] = in_test[i] ? '1' : '0';
+  mask[100] = '\0';
+  sqlite3_stmt *st = herald_store_stmt(
+      store,
+      "UPDATE outbox SET state = 'WAITING', reason = 'AB_WAITING' WHERE run_id = ?1"
+      " AND state = 'PENDING' AND endpoint_id IN (SELECT id FROM endpoints WHERE app_id = ?2"
+      " AND substr(?3, cohort_id + 1, 1) = '0')",
+      err);
+  if (st == NULL) return err ? err->code : kHeraldStore;
+  sqlite3_bind_int64(st, 1, run_id);
+  sqlite3_bind_text(st, 2, app, -1, SQLITE_STATIC);
+  sqlite3_bind_text(st, 3, mask, 100, SQLITE_STATIC);
+  if (herald_store_step_done(store, st, err, "holding back the rest of an A/B test") != kHeraldOk)
+    return err ? err->code : kHeraldStore;
+  *held = sqlite3_changes64(herald_store_db(store));
+  return kHeraldOk;
+}
+
+static int decide_in_tx(HeraldStore *store, const HeraldOutboxDecision *d, int *recorded,
+                        int64_t *released, HeraldError *err) {
+  sqlite3_stmt *st = herald_store_stmt(
+      store,
+      "INSERT INTO ab_decisions(run_id, app_id, campaign_id, decided_ms, metric, decision, winner,"
+      " policy, released, reason, figures) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 0, ?9, ?10)"
+      " ON CONFLICT (run_id) DO NOTHING",
+      err);
+  if (st == NULL) return err ? err->code : kHeraldStore;
+  sqlite3_bind_int64(st, 1, d->run_id);
+  sqlite3_bind_text(st, 2, d->app, -1, SQLITE_STATIC);
+  sqlite3_bind_text(st, 3, d->campaign_id, -1, SQLITE_STATIC);
+  sqlite3_bind_int64(st, 4, d->decided_ms);
+  sqlite3_bind_text(st, 5, d->metric, -1, SQLITE_STATIC);
+  sqlite3_bind_text(st, 6, d->decision, -1, SQLITE_STATIC);
+  if (d->winner >= 0) sqlite3_bind_int(st, 7, d->winner); else sqlite3_bind_null(st, 7);
+  sqlite3_bind_text(st, 8, d->policy, -1, SQLITE_STATIC);
+  sqlite3_bind_text(st, 9, d->reason, -1, SQLITE_STATIC);
+  sqlite3_bind_text(st, 10, d->figures_json, -1, SQLITE_STATIC);
+  if (herald_store_step_done(store, st, err, "recording an A/B decision") != kHeraldOk)
+    return err ? err->code : kHeraldStore;
+  *recorded = sqlite3_changes(herald_store_db(store)) > 0;
+  *released = 0;
+  if (!*recorded) return kHeraldOk;
+  st = herald_store_stmt(
+      store,
+      "UPDATE outbox SET state = CASE WHEN ?2 IS NULL THEN 'SKIPPED' ELSE 'PENDING' END,"
+      " reason = CASE WHEN ?2 IS NULL THEN 'AB_STOPPED' END, treatment = coalesce(?2, treatment),"
+      " due_ms = CASE WHEN ?2 IS NULL THEN due_ms ELSE max(due_ms, ?3) END"
+      " WHERE run_id = ?1 AND state = 'WAITING'",
+      err);
+  if (st == NULL) return err ? err->code : kHeraldStore;
+  sqlite3_bind_int64(st, 1, d->run_id);
+  if (d->winner >= 0) sqlite3_bind_int(st, 2, d->winner); else sqlite3_bind_null(st, 2);
+  sqlite3_bind_int64(st, 3, d->decided_ms);
+  if (herald_store_step_done(store, st, err, "releasing the rest of an A/B test") != kHeraldOk)
+    return err ? err->code : kHeraldStore;
+  *released = sqlite3_changes64(herald_store_db(store));
+  st = herald_store_stmt(store, "UPDATE ab_decisions SET released = ?2 WHERE run_id = ?1", err);
+  if (st == NULL) return err ? err->code : kHeraldStore;
+  sqlite3_bind_int64(st, 1, d->run_id);
+  sqlite3_bind_int64(st, 2, *released);
+  return herald_store_step_done(store, st, err, "counting an A/B release");
+}
+
+int herald_outbox_decide(HeraldStore *store, const HeraldOutboxDecision *d, int *recorded,
+                         int64_t *released, HeraldError *err) {
+  if (herald_store_begin(store, err) != kHeraldOk) return err ? err->code : kHeraldStore;
+  if (decide_in_tx(store, d, recorded, released, err) != kHeraldOk) {
+    herald_store_rollback(store);
+    return err ? err->code : kHeraldStore;
+  }
+  return herald_store_commit(store, err);
 }
 
 int herald_outbox_trigger_cursor(HeraldStore *store, const char *app, const char *campaign_id,

@@ -76,6 +76,33 @@ typedef struct {
 int herald_outbox_materialize(HeraldStore *store, const HeraldOutboxRunSpec *spec,
                               int64_t *run_id, int *created, HeraldError *err);
 
+/* Automatic A/B winner. After a run's rows are materialised (and filtered), holds back the
+ * rest of the audience: rows still PENDING whose endpoint's CohortId c has in_test[c] == 0
+ * become WAITING with reason AB_WAITING. Nothing claims WAITING rows; the run stays EXECUTING
+ * until herald_outbox_decide releases them. *held counts them. */
+int herald_outbox_hold_rest(HeraldStore *store, const char *app, int64_t run_id,
+                            const unsigned char in_test[100], int64_t *held, HeraldError *err);
+
+typedef struct {
+  const char *app;
+  const char *campaign_id;
+  int64_t run_id;
+  int64_t decided_ms;
+  const char *metric;        /* opens, clicks, conversions */
+  const char *decision;      /* winner, send_best, send_default, stop */
+  int winner;                /* the treatment the rest receives; -1: none (stop) */
+  const char *policy;
+  const char *reason;        /* one line of why */
+  const char *figures_json;  /* the numbers the decision was taken on */
+} HeraldOutboxDecision;
+
+/* In one transaction: records the run's decision and releases its WAITING rows, to the winner
+ * (PENDING, treatment = winner, due at decided_ms) or, with no winner, SKIPPED with reason
+ * AB_STOPPED. A run already decided is left as it is: *recorded = 0 and nothing changes. Call
+ * outside a transaction. *released counts the rows released. */
+int herald_outbox_decide(HeraldStore *store, const HeraldOutboxDecision *d, int *recorded,
+                         int64_t *released, HeraldError *err);
+
 /* Records a run that will not be sent (a stale run): state SKIPPED with reason. Idempotent. */
 int herald_outbox_run_skip(HeraldStore *store, const char *app, const char *campaign_id,
                            int version, int64_t scheduled_ms, int64_t run_index,

@@ -204,6 +204,26 @@ const char *const herald_store_migrations[] = {
   "  last_seq INTEGER NOT NULL,"
   "  PRIMARY KEY (app_id, campaign_id)"
   ") WITHOUT ROWID;",
+
+  /* 7: automatic A/B winner decisions, one per run (the primary key makes deciding twice
+   * impossible). Written in the same transaction that releases the run's WAITING rows to the
+   * winner (or skips them), so a crash leaves either no decision and rows still waiting, or
+   * both. figures is the whole herald.ab.decide result as JSON (per arm x/n, rates and
+   * intervals, comparisons with p-values). Creates a table only, so its place among other
+   * migrations does not matter. */
+  "CREATE TABLE ab_decisions ("
+  "  run_id INTEGER PRIMARY KEY REFERENCES campaign_runs(id),"
+  "  app_id TEXT NOT NULL,"
+  "  campaign_id TEXT NOT NULL,"
+  "  decided_ms INTEGER NOT NULL,"
+  "  metric TEXT NOT NULL,"
+  "  decision TEXT NOT NULL,"
+  "  winner INTEGER,"
+  "  policy TEXT NOT NULL,"
+  "  released INTEGER NOT NULL,"
+  "  reason TEXT NOT NULL,"
+  "  figures TEXT NOT NULL"
+  ");",
 };
 
 const int herald_store_migration_count =

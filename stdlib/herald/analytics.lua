@@ -238,13 +238,43 @@ end
 
 local METRICS = { 'open', 'click', 'conversion' }
 
+-- The automatic A/B winner's recorded decisions (herald.winner), one per run, with the
+-- figures they were taken on and treatment names.
+local function decisions(info, app, campaign, run)
+  local out = {}
+  local rows = q([[SELECT run_id, decided_ms, metric, decision, winner, policy, released, reason,
+      figures FROM ab_decisions WHERE app_id = ?1 AND campaign_id = ?2 AND (?3 IS NULL OR run_id = ?3)
+    ORDER BY run_id]], app, campaign, run)
+  for _, r in ipairs(rows) do
+    local f = json.decode(r.figures) or {}
+    local d = { run = r.run_id, decided = os.date('!%Y-%m-%dT%H:%M:%SZ', r.decided_ms // 1000),
+      metric = r.metric, decision = r.decision, policy = r.policy, released = r.released,
+      reason = r.reason, early = f.early, winner = r.winner and treatment_name(info, r.winner) or nil,
+      arms = {}, comparisons = {} }
+    for i, a in ipairs(f.arms or {}) do
+      d.arms[i] = { name = treatment_name(info, a.id), x = a.x, n = a.n, rate = a.rate, lo = a.lo, hi = a.hi }
+    end
+    for i, c in ipairs(f.comparisons or {}) do
+      d.comparisons[i] = { name = treatment_name(info, c.id), against = treatment_name(info, c.against),
+        z = c.z, p_value = c.p_value, significant = c.significant }
+    end
+    out[#out + 1] = d
+  end
+  return out
+end
+
 -- report(campaign_id, {app =, run =, conversion =, window_days =}) -> report table, or nil, err.
 -- {campaign, name, version, app, runs = {{id, scheduled, state}}, conversion, window_days,
 --  arms = {{treatment, name, <counts>, rates = {delivery, open, click, unsubscribe,
 --  hard_bounce, conversion = {x, n, rate, lo, hi}}, lift = {lift, lo, hi} (treatments, when
 --  there is a holdout with conversions)}}, tests = {{metric, a, b, z, p_value}},
 --  p_best = {metric = {name = probability}}, daily = {{date, arms = {name = {deliveries,
---  conversions}}}}}
+--  conversions}}}}, decisions = {{run, decided, metric, decision, winner (name or nil),
+--  policy, released, reason, early, arms = {{name, x, n, rate, lo, hi}}, comparisons = {{name,
+--  against, z, p_value, significant}}}} (automatic A/B winner, herald.winner)}
+-- With an automatic winner, the rest of a run's audience is released to the winning treatment
+-- after the decision, so that treatment's figures then include it; the decision keeps the
+-- test share's figures it was taken on.
 function M.report(campaign, opts)
   if type(campaign) ~= 'string' then error('herald.analytics.report: expects a campaign id', 2) end
   opts = check_opts(opts)
@@ -321,6 +351,8 @@ function M.report(campaign, opts)
       end
     end
   end
+
+  report.decisions = decisions(info, app, campaign, opts.run)
 
   local days = {}
   for day in pairs(daily) do days[#days + 1] = day end

@@ -217,7 +217,7 @@ local function from_lua(def)
   if type(def) ~= 'table' then fail('', 'expected a table') end
   only('campaign', def, set('name', 'description', 'segment', 'schedule', 'quiet_time',
     'holdout', 'treatments', 'message', 'template', 'limits', 'hook', 'deliver', 'stale_after',
-    'treatment_name'))
+    'treatment_name', 'winner'))
   local p = {
     Name = def.name, Description = def.description, HoldoutPercent = def.holdout or 0,
     TreatmentName = def.treatment_name, Herald = {},
@@ -246,6 +246,15 @@ local function from_lua(def)
                  MaximumDuration = l.maximum_duration and duration_s('limits.maximum_duration', l.maximum_duration) }
   end
   if def.stale_after ~= nil then p.Herald.StaleAfterSeconds = duration_s('stale_after', def.stale_after) end
+  if def.winner ~= nil then
+    local w = def.winner
+    if type(w) ~= 'table' then fail('winner', "expected { test_percent =, metric =, decide_after =, policy = }") end
+    only('winner', w, set('test_percent', 'metric', 'decide_after', 'min_sample', 'alpha', 'policy',
+      'conversion', 'window_days'))
+    p.Herald.Winner = { TestPercent = w.test_percent, Metric = w.metric, MinSample = w.min_sample,
+      Alpha = w.alpha, Policy = w.policy, ConversionEvent = w.conversion, WindowDays = w.window_days,
+      DecideAfterSeconds = w.decide_after ~= nil and duration_s('winner.decide_after', w.decide_after) or nil }
+  end
   if def.hook ~= nil then
     if type(def.hook) ~= 'function' then fail('hook', 'a function(endpoints) returning the endpoints to keep') end
     p.Hook = { Mode = 'FILTER', LambdaFunctionName = 'lua' }
@@ -344,6 +353,50 @@ local function int_field(path, v, lo, hi)
     fail(path, hi and string.format('a whole number %d-%d', lo, hi) or string.format('a whole number >= %d', lo))
   end
   return v
+end
+
+-- Herald.Winner: the automatic A/B winner (herald.winner runs it). Field paths name the form
+-- the definition came in.
+local WINNER_FIELDS = {
+  TestPercent = 'test_percent', Metric = 'metric', DecideAfterSeconds = 'decide_after',
+  MinSample = 'min_sample', Alpha = 'alpha', Policy = 'policy', ConversionEvent = 'conversion',
+  WindowDays = 'window_days',
+}
+campaign.DEFAULT_DECIDE_AFTER_S = 86400
+
+local function check_winner(p, lua, n_treatments)
+  local w = p.Herald.Winner
+  local base = lua and 'winner' or 'Herald.Winner'
+  local function path(k) return base .. '.' .. (lua and WINNER_FIELDS[k] or k) end
+  if type(w) ~= 'table' then fail(base, 'expected an object') end
+  if not lua then only(base, w, WINNER_FIELDS) end
+  if n_treatments < 2 then fail(base, 'an A/B winner needs at least two treatments') end
+  if p.Schedule.Frequency == 'EVENT' then fail(base, 'an event-triggered campaign has no test share to decide on') end
+  int_field(path('TestPercent'), w.TestPercent, 1, 99)
+  if w.TestPercent == nil then fail(path('TestPercent'), 'required: the share of the audience (1-99) that tests the treatments') end
+  w.Metric = w.Metric or 'clicks'
+  if w.Metric ~= 'opens' and w.Metric ~= 'clicks' and w.Metric ~= 'conversions' then
+    fail(path('Metric'), "'opens', 'clicks' or 'conversions'")
+  end
+  if w.Metric == 'conversions' then
+    if type(w.ConversionEvent) ~= 'string' or w.ConversionEvent == '' then
+      fail(path('ConversionEvent'), 'required with the conversions metric: the event type that counts')
+    end
+  elseif w.ConversionEvent ~= nil then
+    fail(path('ConversionEvent'), 'only with the conversions metric')
+  end
+  if w.WindowDays ~= nil and (type(w.WindowDays) ~= 'number' or w.WindowDays <= 0) then
+    fail(path('WindowDays'), 'a positive number of days')
+  end
+  w.DecideAfterSeconds = w.DecideAfterSeconds or campaign.DEFAULT_DECIDE_AFTER_S
+  int_field(path('DecideAfterSeconds'), w.DecideAfterSeconds, 1)
+  int_field(path('MinSample'), w.MinSample, 1)
+  w.Alpha = w.Alpha or 0.05
+  if type(w.Alpha) ~= 'number' or not (w.Alpha > 0 and w.Alpha < 1) then fail(path('Alpha'), 'a number in (0, 1)') end
+  w.Policy = w.Policy or 'send_best'
+  if w.Policy ~= 'send_best' and w.Policy ~= 'send_default' and w.Policy ~= 'stop' then
+    fail(path('Policy'), "'send_best', 'send_default' or 'stop'")
+  end
 end
 
 local function build(p, lua)
@@ -451,6 +504,7 @@ local function build(p, lua)
     fail('Hook.Mode', "'FILTER' or 'DELIVERY'")
   end
   p.Herald.Deliver = check_deliver(lua and 'deliver' or 'Herald.Deliver', p.Herald.Deliver)
+  if p.Herald.Winner ~= nil then check_winner(p, lua, #additional + 1) end
   if p.AdditionalTreatments == nil or #p.AdditionalTreatments == 0 then p.AdditionalTreatments = json.array({}) end
   return sizes
 end
@@ -479,6 +533,20 @@ function Campaign:arm(cohort)
     if cohort < edge then return i - 1 end
   end
   return #self.sizes - 1
+end
+
+-- The cohorts of the A/B winner's test share (nil without one): the first TestPercent of
+-- each treatment's cohorts, at least one, so every treatment is tested on its own endpoints.
+function Campaign:test_cohorts()
+  local w = self.definition.Herald.Winner
+  if w == nil then return nil end
+  local out, edge = {}, self.holdout
+  for _, size in ipairs(self.sizes) do
+    local k = math.max(1, math.floor(size * w.TestPercent / 100 + 0.5))
+    for c = edge, edge + math.min(k, size) - 1 do out[#out + 1] = c end
+    edge = edge + size
+  end
+  return out
 end
 
 function Campaign:treatment_name(t)
@@ -696,6 +764,11 @@ function campaign.why(name, endpoint_id)
       line.due, line.zone, line.zone_note, line.message_id = iso(r.due_ms), r.zone, r.note, r.message_id
       line.outcome = r.state
       line.why = r.reason or (r.state == 'PENDING' and 'due at ' .. iso(r.due_ms)) or r.state
+      if r.state == 'WAITING' then line.why = 'held back until the A/B test of this run is decided' end
+    end
+    local d = q('SELECT decision, winner, reason, decided_ms FROM ab_decisions WHERE run_id = ?', r.id)[1]
+    if d then
+      line.ab_decision = string.format('A/B decision at %s: %s, %s', iso(d.decided_ms), d.decision, d.reason)
     end
     out[#out + 1] = line
   end

@@ -9,6 +9,7 @@ local clock = require 'herald.core.clock'
 local outbox = require 'herald.core.outbox'
 local sandbox = require 'herald.sandbox'
 local deliver = require 'herald.deliver'
+local winner = require 'herald.winner'
 
 local runner = {}
 runner.__index = runner
@@ -107,6 +108,20 @@ function runner:loop(opts)
 
     local okids, ids_json = self:step('campaign_ids')
     if not okids then break end
+    -- A/B winners before delivery, so a released rest goes out in this pass
+    local okw, made, next_decision = pcall(winner.step, plan.ids, now)
+    if not okw then
+      self.failures = self.failures + 1
+      self.err(tostring(made))
+      made, next_decision = {}, nil
+    end
+    for _, d in ipairs(made) do
+      progressed = true
+      local r = d.result
+      self.log(string.format('campaign %s: run %d A/B decision %s (%s): %s; %d waiting endpoints %s',
+        d.campaign, d.run, r.decision, r.metric, r.reason, r.released,
+        r.winner and ('get treatment ' .. r.winner) or 'are skipped (AB_STOPPED)'))
+    end
     local next_due
     repeat
       local n, nd = deliver.pump(now, CLAIM_BATCH, ids_json)
@@ -121,6 +136,7 @@ function runner:loop(opts)
 
     local wake = plan.next_start
     if next_due and (wake == nil or next_due < wake) then wake = next_due end
+    if next_decision and (wake == nil or next_decision < wake) then wake = next_decision end
     -- More runs due now (a campaign had several, one is materialised per pass): go round.
     if #plan.due > 0 and not all_failed(plan.due, failed) then wake = clock.now() end
     if okt and more_events then wake = clock.now() end

@@ -190,7 +190,7 @@ function scheduler.materialize(id, at, index)
     zones = zones_of(c, run), default_due_ms = at, treatment_due = treatment_due,
     daily_cap = limits.Daily, total_cap = limits.Total,
     max_duration_ms = limits.MaximumDuration and limits.MaximumDuration * 1000 or nil,
-    filter = filter,
+    filter = filter, test_cohorts = c:test_cohorts(),
   }
   local total = query('SELECT total FROM campaign_runs WHERE id = ?', run_id)[1].total
   return run_id, created, total

@@ -101,6 +101,26 @@ local function test_lines(report)
   return lines
 end
 
+local function decision_lines(report)
+  local lines = {}
+  for _, d in ipairs(report.decisions or {}) do
+    local arms = {}
+    for _, a in ipairs(d.arms) do
+      arms[#arms + 1] = string.format('%s %d/%d%s', a.name, a.x, a.n, a.rate and (' ' .. pct(a.rate)) or '')
+    end
+    local tests = {}
+    for _, c in ipairs(d.comparisons) do
+      if c.p_value then tests[#tests + 1] = string.format('%s vs %s p = %.4f', c.against, c.name, c.p_value) end
+    end
+    lines[#lines + 1] = string.format('run %d, %s%s on %s: %s -> %s (%s); %s%s; %d waiting endpoints %s',
+      d.run, d.decided, d.early and ' (early, minimum sample reached)' or '', d.metric, d.decision,
+      d.winner or 'none', d.reason, table.concat(arms, ', '),
+      #tests > 0 and ('; ' .. table.concat(tests, ', ')) or '', d.released,
+      d.winner and ('got ' .. d.winner) or 'skipped (AB_STOPPED)')
+  end
+  return lines
+end
+
 function M.table(report)
   local out = header(report)
   out[#out + 1] = ''
@@ -132,6 +152,12 @@ function M.table(report)
     out[#out + 1] = ''
     out[#out + 1] = 'two-proportion z-tests between treatments:'
     for _, l in ipairs(tests) do out[#out + 1] = '  ' .. l end
+  end
+  local decided = decision_lines(report)
+  if #decided > 0 then
+    out[#out + 1] = ''
+    out[#out + 1] = 'automatic A/B winner decisions:'
+    for _, l in ipairs(decided) do out[#out + 1] = '  ' .. l end
   end
   return table.concat(out, '\n') .. '\n'
 end
@@ -324,6 +350,12 @@ function M.html(report)
   if #tests > 0 then
     out[#out + 1] = '<h2>Tests between treatments</h2><ul>'
     for _, l in ipairs(tests) do out[#out + 1] = '<li>' .. esc(l) .. '</li>' end
+    out[#out + 1] = '</ul>'
+  end
+  local decided = decision_lines(report)
+  if #decided > 0 then
+    out[#out + 1] = '<h2>Automatic A/B winner decisions</h2><ul id="decisions">'
+    for _, l in ipairs(decided) do out[#out + 1] = '<li>' .. esc(l) .. '</li>' end
     out[#out + 1] = '</ul>'
   end
   out[#out + 1] = '<h2>Rates per treatment (bars: 95% intervals)</h2>'

@@ -8,7 +8,9 @@ usage: herald why CAMPAIGN ENDPOINT
 
 For each run of CAMPAIGN: the endpoint's arm, state (SENT, PENDING, SKIPPED, ...), the reason
 code when it was not sent (OPT_OUT, HOLDOUT, QUIET_TIME, DAILY_CAP, ...), its due time and the
-zone it followed; or why the run did not reach it at all.
+zone it followed; or why the run did not reach it at all. In a run with an automatic A/B
+winner, the rest of the audience is WAITING (AB_WAITING) until the run is decided, and the
+run's recorded decision is shown.
 ]]
 
 function M.run(args)
@@ -34,7 +36,9 @@ function M.run(args)
       if l.zone_note then extra[#extra + 1] = 'zone fell back: ' .. l.zone_note end
       print(string.format('%s %s, %s%s (%s) message %s', head, arm, l.state,
         l.reason and (': ' .. l.reason) or '', table.concat(extra, ', '), l.message_id))
+      if l.state == 'WAITING' then print('  ' .. l.why) end
     end
+    if l.ab_decision then print('  ' .. l.ab_decision) end
   end
   return 0
 end

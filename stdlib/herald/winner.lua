@@ -1,0 +1,144 @@
+-- herald.winner: the automatic A/B winner of a campaign run, on the host side of `herald run`.
+--
+-- A campaign with Herald.Winner (Lua form `winner = {...}`) sends each run's treatments to a
+-- test share of its audience (the first TestPercent of every treatment's cohorts, so the split
+-- is deterministic like the arms); the rest is materialised WAITING (reason AB_WAITING). The
+-- run is decided:
+--   * at its decide time (run start + DecideAfterSeconds): herald.ab.decide with final = true,
+--     so a significant leader wins and otherwise the policy applies (send_best: the leader,
+--     send_default: treatment 0, stop: the rest is SKIPPED with reason AB_STOPPED);
+--   * earlier, only when MinSample is set, every treatment has at least MinSample trials on
+--     the metric (deliveries; sends for conversions) and the leader already wins
+--     significantly. An early look that finds no significant winner waits for the decide time,
+--     where the policy applies: the policy is never applied early.
+-- The figures are analytics' (herald.analytics.report for the run): opens and clicks over
+-- deliveries (unique openers and clickers), conversions over sends. At decision time the rest
+-- is still WAITING, so the figures are the test share's alone.
+--
+-- The decision (time, metric, per-arm x/n, rates with intervals, comparisons with p-values,
+-- winner, policy, reason) is written to ab_decisions in the same transaction that releases
+-- the rest to the winner's message (treatment = winner, due now), so a run is decided once and
+-- a crash leaves either the rest waiting and no decision, or both done.
+local store = require 'herald.core.store'
+local core = require 'herald.core'
+local json = require 'herald.core.json'
+local outbox = require 'herald.core.outbox'
+local ab = require 'herald.ab'
+local analytics = require 'herald.analytics'
+
+local M = {}
+
+local RATE = { opens = 'open', clicks = 'click', conversions = 'conversion' }
+
+local function q(sql, ...)
+  local rows, err = store.query(sql, ...)
+  if rows == nil then error('herald.winner: ' .. err, 0) end
+  return rows
+end
+
+-- Runs of the given campaigns (a list of ids; nil: all of the app) whose rest waits for a
+-- decision, with their version's Winner settings and decide time.
+function M.pending(ids)
+  local rows = q([[SELECT r.id, r.campaign_id, r.scheduled_ms, r.started_ms, v.definition
+    FROM campaign_runs r
+    JOIN campaign_versions v ON v.app_id = r.app_id AND v.campaign_id = r.campaign_id
+      AND v.version = r.campaign_version
+    JOIN campaigns c ON c.app_id = r.app_id AND c.id = r.campaign_id
+    WHERE r.app_id = ?1 AND c.state NOT IN ('PAUSED', 'DELETED')
+      AND (?2 IS NULL OR r.campaign_id IN (SELECT value FROM json_each(?2)))
+      AND NOT EXISTS (SELECT 1 FROM ab_decisions d WHERE d.run_id = r.id)
+      AND EXISTS (SELECT 1 FROM outbox o WHERE o.run_id = r.id AND o.state = 'WAITING')
+    ORDER BY r.id]], core.app(), ids and json.encode(json.array(ids)) or nil)
+  local out = {}
+  for _, r in ipairs(rows) do
+    local def = json.decode(r.definition)
+    local w = def.Herald and def.Herald.Winner
+    if w then
+      local start = r.started_ms or r.scheduled_ms
+      out[#out + 1] = {
+        run = r.id, campaign = r.campaign_id, winner = w,
+        treatments = #(def.AdditionalTreatments or {}) + 1,
+        decide_ms = start + w.DecideAfterSeconds * 1000,
+      }
+    end
+  end
+  return out
+end
+
+-- The arms {id = treatment, x, n} of a run on the metric, from analytics.
+local function arms_of(p)
+  local w = p.winner
+  local report, err = analytics.report(p.campaign, { run = p.run, conversion = w.ConversionEvent,
+    window_days = w.WindowDays })
+  if report == nil then return nil, err end
+  local by = {}
+  for _, a in ipairs(report.arms) do by[a.treatment] = a end
+  local arms = {}
+  for t = 0, p.treatments - 1 do
+    local r = by[t] and by[t].rates[RATE[w.Metric]]
+    arms[#arms + 1] = { id = t, x = r and r.x or 0, n = r and r.n or 0 }
+  end
+  return arms
+end
+
+local function encode(result)
+  local copy = {}
+  for k, v in pairs(result) do copy[k] = v end
+  copy.arms = json.array(result.arms)
+  copy.comparisons = json.array(result.comparisons)
+  return json.encode(copy, { sort = true })
+end
+
+-- Looks at one pending run at now_ms: decides and records when due. Returns the decision
+-- table when one was recorded (with released = rows released), or nil and why not
+-- ('wait' and the result of the look, or an error message).
+function M.decide(p, now_ms)
+  local w = p.winner
+  local final = now_ms >= p.decide_ms
+  if not final and w.MinSample == nil then return nil, 'wait' end
+  local arms, err = arms_of(p)
+  if arms == nil then return nil, err end
+  local r = ab.decide { arms = arms, metric = w.Metric, policy = w.Policy, alpha = w.Alpha,
+    min_sample = w.MinSample or 0, final = final, default = 0 }
+  if not final and r.decision ~= 'winner' then return nil, 'wait', r end
+  r.decided_ms = now_ms
+  r.early = not final
+  r.decide_ms = p.decide_ms
+  local recorded, released = outbox.decide {
+    campaign_id = p.campaign, run_id = p.run, decided_ms = now_ms, metric = w.Metric,
+    decision = r.decision, winner = r.winner, policy = w.Policy, reason = r.reason,
+    figures = encode(r),
+  }
+  if not recorded then return nil, 'decided already' end
+  r.released = released
+  return r
+end
+
+-- One pass for the runner: decides every due run of the campaigns ids. Returns the decisions
+-- made ({campaign, run, result}) and the next instant a run falls due (nil when none waits).
+-- A run with MinSample is looked at again on every pass until its decide time.
+function M.step(ids, now_ms)
+  local made, next_ms = {}, nil
+  for _, p in ipairs(M.pending(ids)) do
+    local r, why = M.decide(p, now_ms)
+    if r then
+      made[#made + 1] = { campaign = p.campaign, run = p.run, result = r }
+    else
+      if why ~= 'wait' and why ~= 'decided already' then error(why, 0) end
+      if next_ms == nil or p.decide_ms < next_ms then next_ms = p.decide_ms end
+    end
+  end
+  return made, next_ms
+end
+
+-- The recorded decisions of a campaign (newest run first), figures decoded.
+function M.decisions(campaign, opts)
+  opts = opts or {}
+  local rows = q([[SELECT run_id, decided_ms, metric, decision, winner, policy, released, reason,
+      figures FROM ab_decisions WHERE app_id = ?1 AND campaign_id = ?2
+      AND (?3 IS NULL OR run_id = ?3) ORDER BY run_id DESC]], opts.app or core.app(), campaign, opts.run)
+  for _, r in ipairs(rows) do r.figures = json.decode(r.figures) end
+  return rows
+end
+
+return M
