@@ -16,11 +16,22 @@
 
 /* Owned by the userdata until stop; then by the closing server, which frees it when every
  * handle is closed (the Lua value may be collected before that). */
+/* A route answered by a Lua function (opts.routes): the function runs on the main thread,
+ * synchronously, like the C handlers. */
+typedef struct {
+  lua_State *L;
+  int ref;  /* registry reference of the handler; LUA_NOREF once the server is stopped */
+} LuaRoute;
+
+#define MAX_LUA_ROUTES 16
+
 typedef struct {
   HeraldHttpServer *server;
   HeraldHttpRouter *router;
   HeraldTracker *tracker;
   HeraldIngest *ingest;
+  LuaRoute routes[MAX_LUA_ROUTES];
+  int n_routes;
   char host[64];
 } Engage;
 
@@ -90,6 +101,113 @@ static HeraldStore *context_store(void *arg, HeraldError *err) {
   return c->store;
 }
 
+/* Calls handler{method, path, query, params = {name = value}, body, request_id} -> status,
+ * body [, content type (default application/json)]. path parameters and the query string are
+ * passed as received (percent-encoded). A handler that fails is answered 500. */
+static void handle_lua(void *ctx, const HeraldHttpRequest *req, HeraldHttpResponse *res) {
+  LuaRoute *route = ctx;
+  if (route->ref == LUA_NOREF) {
+    herald_http_response_error(res, 503, "the server is stopping");
+    return;
+  }
+  lua_State *L = route->L;
+  if (!lua_checkstack(L, 8)) {
+    herald_http_response_error(res, 500, "out of memory");
+    return;
+  }
+  int top = lua_gettop(L);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, route->ref);
+  lua_createtable(L, 0, 6);
+  set_string(L, "method", req->method);
+  set_string(L, "path", req->path);
+  set_string(L, "query", req->query);
+  set_string(L, "request_id", req->request_id);
+  lua_pushlstring(L, req->body ? req->body : "", req->body ? req->body_len : 0);
+  lua_setfield(L, -2, "body");
+  lua_createtable(L, 0, req->param_count);
+  for (int i = 0; i < req->param_count; i++) {
+    /* "{name}" in the pattern: the key is the name without its braces */
+    const char *n = req->param_names[i];
+    size_t len = strlen(n);
+    if (len >= 2 && n[0] == '{') lua_pushlstring(L, n + 1, len - 2);
+    else lua_pushstring(L, n);
+    lua_pushstring(L, req->param_values[i]);
+    lua_settable(L, -3);
+  }
+  lua_setfield(L, -2, "params");
+  if (herald_host_pcall(L, 1, 3) != LUA_OK) {
+    fprintf(stderr, "herald: route %s %s failed: %s\n", req->method, req->path, lua_tostring(L, -1));
+    lua_settop(L, top);
+    herald_http_response_error(res, 500, "internal error");
+    return;
+  }
+  int isnum;
+  lua_Integer status = lua_tointegerx(L, top + 1, &isnum);
+  size_t len = 0;
+  const char *body = lua_tolstring(L, top + 2, &len);
+  if (!isnum || status < 100 || status > 599 || body == NULL) {
+    fprintf(stderr, "herald: route %s %s: the handler must return a status and a body\n", req->method,
+            req->path);
+    lua_settop(L, top);
+    herald_http_response_error(res, 500, "internal error");
+    return;
+  }
+  const char *type = lua_tostring(L, top + 3);
+  herald_http_response_status(res, (int)status);
+  if (herald_http_response_body(res, body, len, type ? type : "application/json") != 0) {
+    lua_settop(L, top);
+    herald_http_response_error(res, 500, "out of memory");
+    return;
+  }
+  lua_settop(L, top);
+}
+
+/* Adds opts.routes = {{method =, pattern =, handler =}, ...} to the router. */
+static int add_lua_routes(lua_State *L, int t, Engage *e, lua_State *main, HeraldError *err) {
+  lua_getfield(L, t, "routes");
+  if (lua_isnil(L, -1)) {
+    lua_pop(L, 1);
+    return kHeraldOk;
+  }
+  if (!lua_istable(L, -1)) return herald_error_set(err, kHeraldInvalid, "server option routes: expected a list");
+  int list = lua_gettop(L);
+  lua_Integer n = luaL_len(L, list);
+  if (n > MAX_LUA_ROUTES)
+    return herald_error_set(err, kHeraldLimit, "server option routes: at most %d", MAX_LUA_ROUTES);
+  for (lua_Integer i = 1; i <= n; i++) {
+    lua_rawgeti(L, list, i);
+    int r = lua_gettop(L);
+    lua_getfield(L, r, "method");
+    lua_getfield(L, r, "pattern");
+    lua_getfield(L, r, "handler");
+    if (!lua_isstring(L, r + 1) || !lua_isstring(L, r + 2) || !lua_isfunction(L, r + 3)) {
+      lua_settop(L, list - 1);
+      return herald_error_set(err, kHeraldInvalid, "server option routes[%d]: expected {method =,"
+                              " pattern =, handler = function(request)}", (int)i);
+    }
+    LuaRoute *route = &e->routes[e->n_routes];
+    route->L = main;
+    lua_pushvalue(L, r + 3);
+    route->ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    e->n_routes++;
+    if (herald_http_router_add(e->router, lua_tostring(L, r + 1), lua_tostring(L, r + 2), handle_lua,
+                               route, err) != kHeraldOk) {
+      lua_settop(L, list - 1);
+      return err->code;
+    }
+    lua_settop(L, list);
+  }
+  lua_pop(L, 1);
+  return kHeraldOk;
+}
+
+static void unref_routes(lua_State *L, Engage *e) {
+  for (int i = 0; i < e->n_routes; i++) {
+    luaL_unref(L, LUA_REGISTRYINDEX, e->routes[i].ref);
+    e->routes[i].ref = LUA_NOREF;
+  }
+}
+
 static void engage_free(void *arg) {
   Engage *e = arg;
   herald_tracker_free(e->tracker);
@@ -147,8 +265,10 @@ static int parse_listen(const char *s, char *host, size_t hostcap, int *port) {
 }
 
 /* start{listen = 'HOST:PORT', key =, max_body =, max_header =, idle_timeout_ms =,
- *       request_timeout_ms =, max_connections =, on_hit = function(hit)} -> server, or nil, err.
- * Every open, click and one-click unsubscribe is stored as an event; on_hit then runs for it. */
+ *       request_timeout_ms =, max_connections =, on_hit = function(hit),
+ *       routes = {{method =, pattern =, handler =}}} -> server, or nil, err.
+ * Every open, click and one-click unsubscribe is stored as an event; on_hit then runs for it.
+ * routes adds routes answered by Lua functions (see handle_lua). */
 static int l_start(lua_State *L) {
   luaL_checktype(L, 1, LUA_TTABLE);
   lua_getfield(L, 1, "listen");
@@ -195,9 +315,11 @@ static int l_start(lua_State *L) {
   }
   if (herald_tracker_routes(e->tracker, e->router, &err) != kHeraldOk ||
       herald_ingest_routes(e->ingest, e->router, &err) != kHeraldOk ||
+      add_lua_routes(L, 1, e, box->L, &err) != kHeraldOk ||
       herald_ingest_start(e->ingest, &herald_context()->loop, &err) != kHeraldOk ||
       herald_http_server_start(&herald_context()->loop, host, port, e->router, &limits, &e->server,
                                &err) != kHeraldOk) {
+    unref_routes(L, e);
     herald_ingest_close(e->ingest, engage_free, e);
     luaL_unref(L, LUA_REGISTRYINDEX, box->on_hit);
     box->on_hit = LUA_NOREF;
@@ -279,6 +401,7 @@ static int l_stop(lua_State *L) {
   if (e != NULL) {
     /* the closing server answers no more requests, so the hook is never called again */
     herald_tracker_set_recorder(e->tracker, NULL, NULL);
+    unref_routes(L, e);
     herald_http_server_stop(e->server, server_closed, e);
   }
   luaL_unref(L, LUA_REGISTRYINDEX, box->on_hit);

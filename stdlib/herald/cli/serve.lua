@@ -2,6 +2,7 @@
 -- provider status webhooks).
 local server = require 'herald.core.server'
 local task = require 'herald.core.task'
+local api = require 'herald.api'
 
 local M = {}
 
@@ -18,6 +19,9 @@ Runs the engagement server until SIGINT or SIGTERM:
   POST /v1/apps/APP/webhooks/status  a provider notification {"MessageId", "Type": DELIVERY |
                                      BOUNCE | COMPLAINT | SMS, "BounceType": HARD | SOFT,
                                      "Status": SUCCESS | FAILURE | OPTOUT, "Timestamp", "Reason"}
+  GET  /v1/apps/APP/campaigns/CAMPAIGN/kpis/daily/KPI?start-time=ISO&end-time=ISO
+                                     Pinpoint GetCampaignDateRangeKpi (CampaignDateRangeKpiResponse;
+                                     the KPIs of herald.analytics.kpi, e.g. clicks-grouped-by-date)
 Opens, clicks and unsubscribes are stored as _email.open, _email.click and _email.unsubscribe
 events (unsubscribe also sets OptOut ALL); a hard bounce makes the endpoint INACTIVE, a
 complaint or SMS OPTOUT sets OptOut ALL (runtime/ingest.h has the details).
@@ -46,7 +50,7 @@ local NUMERIC = {
 }
 
 function M.run(args)
-  local opts = { listen = '127.0.0.1:8080' }
+  local opts = { listen = '127.0.0.1:8080', routes = api.routes() }
   local i = 1
   while args[i] do
     local a = args[i]
