@@ -1,0 +1,178 @@
+-- Pinpoint's GetCampaignDateRangeKpi over real HTTP: `herald serve` and `herald run --serve`
+-- answer GET /v1/apps/{app}/campaigns/{campaign}/kpis/daily/{kpi} with a
+-- CampaignDateRangeKpiResponse; values are checked against counts made here from the events
+-- the fixture writes, and against herald.analytics.kpi in the REPL.
+local h = require 'helpers'
+local json = require 'herald.core.json'
+local task = require 'herald.core.task'
+
+local function wait_for(pred, ms, what)
+  local deadline = task.now() + ms
+  while task.now() < deadline do
+    local v = pred()
+    if v then return v end
+    task.sleep(20)
+  end
+  error('timed out waiting for ' .. what)
+end
+
+-- Starts `herald ARGS` in dir in the background; returns {pid, port} once it prints pattern.
+local function start(dir, args, pattern)
+  local inner = h.shell_quote(h.exe) .. ' ' .. args .. ' > srv.out 2> srv.err & echo $! > srv.pid; wait'
+  os.execute('cd ' .. h.shell_quote(dir) .. ' && rm -f srv.out srv.pid && sh -c ' .. h.shell_quote(inner)
+    .. ' > /dev/null 2>&1 &')
+  local port = wait_for(function() return tonumber((h.read(dir .. '/srv.out') or ''):match(pattern)) end,
+    20000, 'the server to listen')
+  local pid = wait_for(function() return tonumber((h.read(dir .. '/srv.pid') or ''):match('%d+')) end, 5000, 'pid')
+  return { pid = pid, port = port }
+end
+
+local function get(port, path)
+  local out, code = h.sh('curl -s -w "\\n%{http_code}" ' .. h.shell_quote('http://127.0.0.1:' .. port .. path))
+  assert.are.equal(0, code, out)
+  local body, status = out:match('^(.*)\n(%d+)$')
+  return tonumber(status), json.decode(body)
+end
+
+-- 100 endpoints (cohort = i - 1), A 50 / B 50, one run on 2027-03-01 at 10:00; four hard
+-- bounces, and clicks: e001 twice in the 11:00 hour and once at 12:10 (two clicks by
+-- Pinpoint's hourly rule), e002-e010 once on 03-01, e011-e015 once on 03-02.
+local FIXTURE = [[
+for i = 1, 100 do
+  assert(herald.endpoints.put { Id = string.format('e%03d', i), ChannelType = 'EMAIL',
+    Address = string.format('u%03d@example.com', i) })
+end
+herald.campaign {
+  name = 'kpis', segment = herald.segment { name = 'all' }, schedule = '2027-03-01T10:00:00Z',
+  treatments = {
+    { name = 'A', size = 50, message = { subject = 'A', body = 'a' } },
+    { name = 'B', size = 50, message = { subject = 'B', body = 'b' } },
+  },
+  deliver = { file = 'out.txt' },
+}
+]]
+
+local EVENTS = [[
+local rows = herald.db.query("SELECT endpoint_id, treatment, run_id FROM outbox")
+local by = {}
+for _, r in ipairs(rows) do by[r.endpoint_id] = r end
+local n = 0
+local function put(ep, type, ts)
+  n = n + 1
+  local r = by[ep]
+  assert(herald.events.put(ep, { EventId = 'ev' .. n, EventType = type, Timestamp = ts,
+    Attributes = { campaign_id = 'kpis', treatment_id = tostring(r.treatment),
+                   campaign_activity_id = tostring(r.run_id) } }))
+end
+put('e001', '_email.click', '2027-03-01T11:05:00Z')
+put('e001', '_email.click', '2027-03-01T11:45:00Z')
+put('e001', '_email.click', '2027-03-01T12:10:00Z')
+for i = 2, 10 do put(string.format('e%03d', i), '_email.click', '2027-03-01T13:00:00Z') end
+for i = 11, 15 do put(string.format('e%03d', i), '_email.click', '2027-03-02T09:00:00Z') end
+for i = 91, 94 do put(string.format('e%03d', i), '_email.hardbounce', '2027-03-01T10:01:00Z') end
+]]
+
+local fixture
+local function setup()
+  if fixture then return fixture end
+  local dir = h.tmpdir()
+  h.write(dir .. '/kpis.lua', FIXTURE)
+  h.write(dir .. '/events.lua', EVENTS)
+  local _, code, err = h.herald('--db k.db run --until-idle --clock-start 2027-03-01T09:00:00Z kpis.lua', { cwd = dir })
+  assert.are.equal(0, code, err)
+  _, code, err = h.herald('--db k.db events.lua', { cwd = dir })
+  assert.are.equal(0, code, err)
+  fixture = { dir = dir, srv = start(dir, '--db k.db serve --listen 127.0.0.1:0', 'listening on http://127%.0%.0%.1:(%d+)') }
+  return fixture
+end
+
+local BASE = '/v1/apps/default/campaigns/kpis/kpis/daily/'
+local RANGE = '?start-time=2027-03-01T00:00:00Z&end-time=2027-03-03T00:00:00Z'
+
+local function value(body, i)
+  return body.KpiResult.Rows[i or 1].Values[1]
+end
+
+describe('KPI route', function()
+  teardown(function()
+    if fixture then os.execute('kill ' .. fixture.srv.pid .. ' 2> /dev/null') end
+  end)
+
+  it('answers a CampaignDateRangeKpiResponse with Pinpoint definitions', function()
+    local f = setup()
+    local status, body = get(f.srv.port, BASE .. 'clicks' .. RANGE)
+    assert.are.equal(200, status)
+    assert.are.equal('default', body.ApplicationId)
+    assert.are.equal('kpis', body.CampaignId)
+    assert.are.equal('clicks', body.KpiName)
+    assert.are.equal('2027-03-01T00:00:00Z', body.StartTime)
+    assert.are.equal('2027-03-03T00:00:00Z', body.EndTime)
+    -- e001: two distinct hours; 9 + 5 others once each
+    assert.are.same({ Key = 'Clicks', Type = 'Long', Value = '16' }, value(body))
+    assert.are.same({}, body.KpiResult.Rows[1].GroupedBys)
+
+    status, body = get(f.srv.port, BASE .. 'successful-delivery-rate' .. RANGE)
+    assert.are.equal(200, status)
+    assert.are.equal('SuccessfulDeliveryRate', value(body).Key)
+    assert.are.equal('Double', value(body).Type)
+    assert.are.equal(0.96, tonumber(value(body).Value))
+    status, body = get(f.srv.port, BASE .. 'unique-deliveries' .. RANGE)
+    assert.are.equal('96', value(body).Value)
+
+    status, body = get(f.srv.port, BASE .. 'clicks-grouped-by-date' .. RANGE)
+    assert.are.equal(200, status)
+    assert.are.equal(2, #body.KpiResult.Rows)
+    assert.are.same({ { Key = 'Date', Type = 'String', Value = '2027-03-01' } }, body.KpiResult.Rows[1].GroupedBys)
+    assert.are.equal('11', value(body, 1).Value)
+    assert.are.same({ { Key = 'Date', Type = 'String', Value = '2027-03-02' } }, body.KpiResult.Rows[2].GroupedBys)
+    assert.are.equal('5', value(body, 2).Value)
+
+    -- a narrower period: only 2027-03-02's clicks
+    status, body = get(f.srv.port, BASE .. 'clicks?start-time=2027-03-02T00:00:00%2B00:00&end-time=2027-03-02T23:00:00Z')
+    assert.are.equal(200, status)
+    assert.are.equal('5', value(body).Value)
+
+    -- the same figure as herald.analytics.kpi in-process
+    local out, code, err = h.herald('--db k.db -e ' .. h.shell_quote([[
+      local r = assert(herald.analytics.kpi('kpis', 'clicks-grouped-by-campaign-activity',
+        { start_time = '2027-03-01T00:00:00.000Z', end_time = '2027-03-03T00:00:00.000Z' }))
+      print(herald.json.encode(r.KpiResult.Rows))]]), { cwd = f.dir })
+    assert.are.equal(0, code, err)
+    status, body = get(f.srv.port, BASE .. 'clicks-grouped-by-campaign-activity' .. RANGE)
+    assert.are.equal(200, status)
+    assert.are.same(json.decode(out), body.KpiResult.Rows)
+    assert.are.equal('16', value(body).Value)
+  end)
+
+  it('refuses unknown names and bad dates with a Pinpoint error body', function()
+    local f = setup()
+    local cases = {
+      { '/v1/apps/nope/campaigns/kpis/kpis/daily/clicks', 404, "application 'nope' not found" },
+      { '/v1/apps/default/campaigns/nope/kpis/daily/clicks', 404, "campaign 'nope' not found" },
+      { BASE .. 'likes', 400, "unknown KPI 'likes'" },
+      { BASE .. 'clicks?start-time=yesterday', 400, 'start-time: not an ISO-8601' },
+      { BASE .. 'clicks?end-time=2027-02-30T00:00:00Z', 400, 'end-time: not an ISO-8601' },
+      { BASE .. 'clicks?start-time=2027-03-02T00:00:00Z&end-time=2027-03-01T00:00:00Z', 400, 'end-time is before start-time' },
+    }
+    for _, c in ipairs(cases) do
+      local status, body = get(f.srv.port, c[1])
+      assert.are.equal(c[2], status, c[1])
+      assert.truthy(body.Message:find(c[3], 1, true), body.Message)
+      assert.truthy(type(body.RequestID) == 'string' and #body.RequestID > 0)
+    end
+    local status = get(f.srv.port, BASE:gsub('/daily/$', '') .. '/clicks')
+    assert.are.equal(404, status)
+  end)
+
+  it('is mounted by herald run --serve', function()
+    local f = setup()
+    local dir = h.tmpdir()
+    h.sh('cp ' .. h.shell_quote(f.dir .. '/k.db') .. ' ' .. h.shell_quote(dir .. '/k.db'))
+    h.write(dir .. '/kpis.lua', FIXTURE)
+    local srv = start(dir, '--db k.db run --serve 127.0.0.1:0 kpis.lua', 'serving on http://127%.0%.0%.1:(%d+)')
+    local status, body = get(srv.port, BASE .. 'unique-deliveries' .. RANGE)
+    os.execute('kill ' .. srv.pid .. ' 2> /dev/null')
+    assert.are.equal(200, status)
+    assert.are.equal('96', value(body).Value)
+  end)
+end)
