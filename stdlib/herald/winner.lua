@@ -37,14 +37,17 @@ local function q(sql, ...)
 end
 
 -- Runs of the given campaigns (a list of ids; nil: all of the app) whose rest waits for a
--- decision, with their version's Winner settings and decide time.
+-- decision, with their version's Winner settings and decide time. Only runs in progress of
+-- versions with a winner are looked at (a run with WAITING rows is never COMPLETED), so the
+-- runner's pass does not scan finished runs.
 function M.pending(ids)
   local rows = q([[SELECT r.id, r.campaign_id, r.scheduled_ms, r.started_ms, v.definition
     FROM campaign_runs r
     JOIN campaign_versions v ON v.app_id = r.app_id AND v.campaign_id = r.campaign_id
       AND v.version = r.campaign_version
     JOIN campaigns c ON c.app_id = r.app_id AND c.id = r.campaign_id
-    WHERE r.app_id = ?1 AND c.state NOT IN ('PAUSED', 'DELETED')
+    WHERE r.app_id = ?1 AND r.state = 'EXECUTING' AND c.state NOT IN ('PAUSED', 'DELETED')
+      AND json_extract(v.definition, '$.Herald.Winner') IS NOT NULL
       AND (?2 IS NULL OR r.campaign_id IN (SELECT value FROM json_each(?2)))
       AND NOT EXISTS (SELECT 1 FROM ab_decisions d WHERE d.run_id = r.id)
       AND EXISTS (SELECT 1 FROM outbox o WHERE o.run_id = r.id AND o.state = 'WAITING')
