@@ -3,6 +3,9 @@
 -- rest. When neither wins significantly at alpha 0.05, the leader is sent (send_best; the
 -- other policies are send_default, treatment A, and stop, which sends the rest nothing).
 --
+-- In one go on a manual clock (test share at 09:00, decision and the rest at 13:00):
+--   herald --db ab.db run --verbose --until-idle --clock-start 2026-12-01T09:00:00Z scripts/ab_winner.lua
+-- or in two phases, with clicks arriving in between:
 --   herald --db ab.db run --verbose --until 2026-12-01T10:00:00Z --clock-start 2026-12-01T09:00:00Z scripts/ab_winner.lua
 --   herald --db ab.db why ab-winner reader-050          # WAITING: held back for the decision
 --   ... clicks arrive (herald serve, tracking links) ...

@@ -48,25 +48,28 @@ herald.campaign {
     { name = 'A', size = 45, message = { subject = 'Subject A', body = 'a' } },
     { name = 'B', size = 45, message = { subject = 'Subject B', body = 'b' } },
   },
-  winner = { test_percent = 20, metric = 'clicks', decide_after = %q, policy = %q%s },
+  winner = { test_percent = 20, metric = %q, decide_after = %q, policy = %q%s%s },
   deliver = { file = %q },
-}]], c.name, T0, c.decide_after or '4h', c.policy or 'send_best',
-      c.min_sample and (', min_sample = ' .. c.min_sample) or '', c.name .. '.txt')
+}]], c.name, T0, c.metric or 'clicks', c.decide_after or '4h', c.policy or 'send_best',
+      c.min_sample and (', min_sample = ' .. c.min_sample) or '',
+      c.conversion and (', conversion = ' .. string.format('%q', c.conversion)) or '', c.name .. '.txt')
   end
   h.write(dir .. '/def.lua', table.concat(src, '\n'))
 end
 
--- Clicks by `count` endpoints of treatment t's test share in campaign name's run.
-local function clicks(dir, name, t, count)
+-- Clicks (or events of another type) by `count` endpoints of treatment t's test share in
+-- campaign name's run.
+local function clicks(dir, name, t, count, event_type)
   local rows = q(dir, string.format([[SELECT o.endpoint_id, o.run_id FROM outbox o JOIN campaign_runs r
     ON r.id = o.run_id WHERE r.campaign_id = '%s' AND o.treatment = %d AND o.state = 'SENT'
     ORDER BY o.endpoint_id LIMIT %d]], name, t, count))
   assert.are.equal(count, #rows)
   local src = {}
   for i, r in ipairs(rows) do
-    src[#src + 1] = string.format('assert(herald.events.put(%q, { EventId = %q, EventType = "_email.click",'
+    src[#src + 1] = string.format('assert(herald.events.put(%q, { EventId = %q, EventType = %q,'
       .. ' Timestamp = "2027-01-01T09:30:00Z", Attributes = { campaign_id = %q, treatment_id = "%d",'
-      .. ' campaign_activity_id = "%d" } }))', r.endpoint_id, name .. '-click-' .. i, name, t, r.run_id)
+      .. ' campaign_activity_id = "%d" } }))', r.endpoint_id, name .. '-click-' .. i,
+      event_type or '_email.click', name, t, r.run_id)
   end
   h.write(dir .. '/clicks.lua', table.concat(src, '\n'))
   local _, code, err = h.herald('--db w.db clicks.lua', { cwd = dir })
@@ -251,6 +254,27 @@ describe('automatic A/B winner', function()
     assert.is_false(short.figures.early)
     assert.are.equal(ms('2027-01-02T09:00'), even.decided_ms)
     assert.are.equal('send_best', even.decision)
+  end)
+
+  it('decides on conversions attributed to the test messages', function()
+    local dir = h.tmpdir()
+    endpoints(dir)
+    definitions(dir, { { name = 'buy', metric = 'conversions', conversion = 'purchase', policy = 'stop' } })
+    local _, code, err = run(dir, '--clock-start ' .. T0 .. ' --until 2027-01-01T10:00:00Z def.lua')
+    assert.are.equal(0, code, err)
+    -- a purchase counts for the last message the endpoint got from the campaign (analytics'
+    -- attribution window), whatever the event's attributes say
+    clicks(dir, 'buy', 0, 3, 'purchase')
+    clicks(dir, 'buy', 1, 30, 'purchase')
+    _, code, err = run(dir, '--until-idle --clock-start 2027-01-01T10:00:00Z def.lua')
+    assert.are.equal(0, code, err)
+    local d = decision(dir, 'buy')
+    assert.are.equal('conversions', d.metric)
+    assert.are.equal('winner', d.decision)
+    assert.are.equal(1, d.winner)
+    assert.are.same({ 3, 90 }, { d.figures.arms[1].x, d.figures.arms[1].n })
+    assert.are.same({ 30, 90 }, { d.figures.arms[2].x, d.figures.arms[2].n })
+    assert.are.same({ ['-1:SKIPPED:HOLDOUT'] = 100, ['0:SENT'] = 90, ['1:SENT'] = 810 }, tally(dir, 'buy'))
   end)
 
   it('decides once and loses no endpoint when releasing the rest fails', function()
