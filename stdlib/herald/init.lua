@@ -18,6 +18,7 @@ local submodules = {
   segment = 'herald.segment',
   ab = 'herald.ab',
   analytics = 'herald.analytics',
+  winner = 'herald.winner',
   tracking = 'herald.tracking',
   campaign = 'herald.campaign',
   template = 'herald.template',
