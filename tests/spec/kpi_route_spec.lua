@@ -176,3 +176,48 @@ describe('KPI route', function()
     assert.are.equal('96', value(body).Value)
   end)
 end)
+
+describe('herald.core.server routes answered in Lua', function()
+  it('passes the request to the handler and answers 500 when the handler fails', function()
+    local server = require 'herald.core.server'
+    local dir = h.tmpdir()
+    local srv = assert(server.start { listen = '127.0.0.1:0', key = 'route-spec-key-0123456789abcdef', routes = {
+      { method = 'POST', pattern = '/echo/{name}/x', handler = function(req)
+        return 201, json.encode { method = req.method, path = req.path, query = req.query,
+          name = req.params.name, body = req.body }, 'application/json'
+      end },
+      { method = 'GET', pattern = '/boom', handler = function() error('handler down') end },
+      { method = 'GET', pattern = '/nothing', handler = function() return 'ok' end },
+    } })
+    local base = 'http://127.0.0.1:' .. srv:port()
+    local function curl(args, file)
+      return 'curl -s -w "\\n%{http_code}" ' .. args .. ' > ' .. h.shell_quote(dir .. '/' .. file)
+    end
+    -- the clients run in the background while this task sleeps, so the loop serves them
+    os.execute('(' .. curl('-d hello ' .. h.shell_quote(base .. '/echo/a%20b/x?k=v'), 'echo') .. '; '
+      .. curl(base .. '/boom', 'boom') .. '; ' .. curl(base .. '/nothing', 'nothing') .. '; '
+      .. curl(base .. '/echo/a/x', 'get') .. '; echo done > ' .. h.shell_quote(dir .. '/done')
+      .. ') > /dev/null 2>&1 &')
+    wait_for(function() return h.read(dir .. '/done') end, 20000, 'the clients')
+    srv:stop()
+    local body, status = h.read(dir .. '/echo'):match('^(.*)\n(%d+)$')
+    assert.are.equal('201', status)
+    assert.are.same({ method = 'POST', path = '/echo/a%20b/x', query = 'k=v', name = 'a%20b', body = 'hello' },
+      json.decode(body))
+    for _, f in ipairs({ 'boom', 'nothing' }) do
+      body, status = h.read(dir .. '/' .. f):match('^(.*)\n(%d+)$')
+      assert.are.equal('500', status, f)
+      assert.are.equal('internal error', json.decode(body).Message)
+    end
+    body, status = h.read(dir .. '/get'):match('^(.*)\n(%d+)$')
+    assert.are.equal('405', status)
+    local bad, err = server.start { listen = '127.0.0.1:0', key = 'route-spec-key-0123456789abcdef',
+      routes = { { method = 'GET', pattern = 'no-slash', handler = print } } }
+    assert.is_nil(bad)
+    assert.matches('pattern starting with /', err, 1, true)
+    bad, err = server.start { listen = '127.0.0.1:0', key = 'route-spec-key-0123456789abcdef',
+      routes = { { method = 'GET', pattern = '/x' } } }
+    assert.is_nil(bad)
+    assert.matches('routes[1]: expected {method =, pattern =, handler = function(request)}', err, 1, true)
+  end)
+end)
