@@ -766,7 +766,7 @@ function campaign.why(name, endpoint_id)
       line.why = r.reason or (r.state == 'PENDING' and 'due at ' .. iso(r.due_ms)) or r.state
       if r.state == 'WAITING' then line.why = 'held back until the A/B test of this run is decided' end
     end
-    local d = q('SELECT decision, winner, reason, decided_ms FROM ab_decisions WHERE run_id = ?', r.id)[1]
+    local d = q('SELECT decision, reason, decided_ms FROM ab_decisions WHERE run_id = ?', r.id)[1]
     if d then
       line.ab_decision = string.format('A/B decision at %s: %s, %s', iso(d.decided_ms), d.decision, d.reason)
     end
