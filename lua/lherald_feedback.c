@@ -108,7 +108,7 @@ static int l_entries(lua_State *L) {
     g_free(path);
   }
   closedir(d);
-  qsort(names->pdata, names->len, sizeof(char *), cmp_names);
+  if (names->len > 1) qsort(names->pdata, names->len, sizeof(char *), cmp_names);
   lua_createtable(L, (int)names->len, 0);
   for (guint i = 0; i < names->len; i++) {
     lua_pushstring(L, g_ptr_array_index(names, i));
