@@ -244,7 +244,8 @@ end
 -- server.url for the token endpoint, FCM, SMS and webhooks, HTTP/2 over TLS on server.tls_url
 -- for APNs (the emulator refuses requests that did not arrive over HTTP/2). Keys: an RSA
 -- service account (server.service_account, a JSON file) and an APNs P-256 key
--- (server.apns_key). server:requests() -> the emulator's log as tables.
+-- (server.apns_key). server.direct_url reaches the emulator without nginx (Baidu signs the
+-- URL the client addressed). server:requests() -> the emulator's log as tables.
 function S.start_emulator()
   local dir = S.tmpdir('emulator')
   local script = [[
@@ -279,6 +280,7 @@ openssl pkey -in apns.key -pubout -out apns.pub >/dev/null 2>&1
     token_uri = ng.url .. '/emu/token',
   })
   local server = { dir = dir, pid = pid, nginx = ng, url = ng.url .. '/emu', tls_url = ng.tls_url .. '/emu',
+                   direct_url = 'http://127.0.0.1:' .. port,
                    ca = ng.ca, service_account = sa, apns_key = dir .. '/apns.key',
                    team_id = 'TEAM123456', key_id = 'KEY1234567', topic = 'com.example.app',
                    project_id = 'demo-project' }
