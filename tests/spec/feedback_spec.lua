@@ -2,7 +2,8 @@
 -- that keeps it (aiosmtpd); the messages it kept go back inside RFC 3464 delivery status
 -- notifications and RFC 5965 feedback reports built from the fixtures in tests/fixtures/mail
 -- (structured as the RFCs' examples and a Postfix bounce), read by `herald feedback` from a
--- maildir and posted to the server's /webhooks/mail.
+-- maildir and posted to the server's /webhooks/mail. The last spec has a private Postfix relay
+-- the campaign's mail and write the bounce and delay notices itself.
 local h = require 'helpers'
 local S = require 'servers'
 local json = require 'herald.json'
@@ -84,8 +85,8 @@ local function arf(rcpt, kind, original)
   return fill(fixture('arf.eml'), { RCPT = rcpt, TYPE = kind, ORIGINAL = original })
 end
 
--- The original as a relay that rewrote its Message-ID... no: as a mailbox provider that strips
--- headers it does not know (the X- header), leaving the Message-ID alone.
+-- The original as a mailbox provider that strips headers it does not know (the X- header)
+-- quotes it: only the Message-ID is left to match.
 local function without_x_header(raw)
   return (raw:gsub('X%-Herald%-Message%-Id: [^\r\n]+\r\n', ''))
 end
@@ -257,5 +258,44 @@ describe('bounces and complaints by mail', function()
       :gsub('Content%-Type: message/rfc822', 'Content-Type: text/plain')))
     assert.is_nil(bare.message_id)
     assert.are.equal('HARD_BOUNCE', bare.kind)
+  end)
+
+  it('records the bounce and the delay notice Postfix writes for a campaign it relayed', function()
+    local remote = S.start_mailstore()
+    local pf
+    local ok, e = pcall(function()
+      pf = S.start_postfix { relay_port = remote.port, delay_warning = '1s' }
+      local dir = h.tmpdir()
+      h.write(dir .. '/c.lua', [[
+        for i, a in ipairs({ 'reader1@example.org', 'reject2@example.org', 'tempfail3@example.org' }) do
+          assert(herald.endpoints.put { Id = 'pf-' .. i, ChannelType = 'EMAIL', Address = a })
+        end
+        herald.campaign { name = 'relayed', segment = herald.segment { name = 'all' },
+          message = { subject = 'Relayed', body = 'Hello' }, deliver = 'channels' }
+      ]])
+      h.write(dir .. '/providers.lua', string.format([[
+        return { profiles = { mail = { type = 'smtp', url = %q, from = 'News <news@example.com>' } },
+                 channels = { EMAIL = 'mail' } }
+      ]], pf.url))
+      local _, code, err = h.herald('--db d.db run --until-idle c.lua', { cwd = dir })
+      assert.are.equal(0, code, err)
+      assert.are.equal(3, query(dir, "SELECT count(*) AS n FROM outbox WHERE state = 'SENT'")[1].n)
+      -- Postfix relays; the remote server refuses reject2 (550) and defers tempfail3 (451)
+      local deadline = os.time() + 30
+      while #pf:new_mail() < 2 and os.time() < deadline do task.sleep(200) end
+      assert.are.equal(2, #pf:new_mail(), 'Postfix wrote no notices: ' .. tostring(h.read(pf.log)))
+      local out, fcode, ferr = h.herald('--db d.db feedback ' .. h.shell_quote(pf.maildir), { cwd = dir })
+      assert.are.equal(0, fcode, out .. ferr)
+      assert.matches('2 recorded, 0 ignored, 0 unmatched, 0 malformed', ferr, 1, true)
+      assert.matches('RECORDED _email.hardbounce endpoint pf%-2 message %S+: failed 5.1.1 reject2@example.org', out)
+      assert.matches('RECORDED _email.softbounce endpoint pf%-3 message %S+: delayed 4.%d.%d+ tempfail3@example.org', out)
+      assert.are.same({}, pf:new_mail())
+      local eps = {}
+      for _, r in ipairs(query(dir, 'SELECT id, endpoint_status AS s FROM endpoints')) do eps[r.id] = r.s end
+      assert.are.same({ ['pf-1'] = 'ACTIVE', ['pf-2'] = 'INACTIVE', ['pf-3'] = 'ACTIVE' }, eps)
+    end)
+    if pf then pf:stop() end
+    remote:stop()
+    assert(ok, e)
   end)
 end)
