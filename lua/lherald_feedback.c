@@ -4,8 +4,7 @@
  *                   feedback_type =, reason =} | nil, err
  *   process(text [, app]) -> {result = 'RECORDED' | 'IGNORED' | 'UNMATCHED' | 'MALFORMED',
  *                             event_type =, endpoint_id =, message_id =, reason =}
- *   entries(dir) -> sorted names of the regular files in dir (a maildir's new/) | nil, err
- *   md5_hex(s) -> lowercase hex MD5 of s (Baidu push signs its requests with it) */
+ *   entries(dir) -> sorted names of the regular files in dir (a maildir's new/) | nil, err */
 #include <dirent.h>
 #include <errno.h>
 #include <glib.h>
@@ -118,20 +117,9 @@ static int l_entries(lua_State *L) {
   return 1;
 }
 
-static int l_md5_hex(lua_State *L) {
-  size_t len;
-  const char *s = luaL_checklstring(L, 1, &len);
-  gchar *hex = g_compute_checksum_for_data(G_CHECKSUM_MD5, (const guchar *)s, len);
-  if (hex == NULL) return luaL_error(L, "md5: not available");
-  lua_pushstring(L, hex);
-  g_free(hex);
-  return 1;
-}
-
 int luaopen_herald_core_feedback(lua_State *L) {
   static const luaL_Reg fns[] = {
-      {"parse", l_parse}, {"process", l_process}, {"entries", l_entries}, {"md5_hex", l_md5_hex},
-      {NULL, NULL},
+      {"parse", l_parse}, {"process", l_process}, {"entries", l_entries}, {NULL, NULL},
   };
   luaL_newlib(L, fns);
   return 1;

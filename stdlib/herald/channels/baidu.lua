@@ -8,7 +8,7 @@
 -- INACTIVE; 30600 (server error), 30699 (over the request limit) and 5xx are transient; 30603
 -- (authentication) fails every message of the profile.
 local clock = require 'herald.core.clock'
-local feedback = require 'herald.core.feedback'
+local digest = require 'herald.core.digest'
 local json = require 'herald.json'
 local util = require 'herald.channels.util'
 
@@ -35,7 +35,7 @@ function baidu.sign(method, url, params, secret)
   local parts = { method, url }
   for _, k in ipairs(keys) do parts[#parts + 1] = k .. '=' .. params[k] end
   parts[#parts + 1] = secret
-  return feedback.md5_hex(util.urlencode(table.concat(parts)))
+  return digest.md5_hex(util.urlencode(table.concat(parts)))
 end
 
 function baidu:request(m)
