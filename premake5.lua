@@ -14,9 +14,9 @@ solution "herald"
     files { "runtime/**.c", "runtime/**.h", "lua/**.c", "lua/**.h" }
     includedirs { ".", "/usr/include/lua5.4" }
     buildoptions { "-std=gnu11", "-Wall", "-Wextra", "-Wshadow", "-Wno-unused-parameter",
-                   "-fno-strict-aliasing", "`pkg-config --cflags glib-2.0`" }
+                   "-fno-strict-aliasing", "`pkg-config --cflags glib-2.0 gmime-3.0`" }
     links { "json_simd", "simdjson", "stdc++", "lua5.4", "uv", "sqlite3", "curl", "edit", "jansson", "http_parser", "crypto",
-            "glib-2.0", "m", "pthread", "dl" }
+            "gmime-3.0", "gio-2.0", "gobject-2.0", "glib-2.0", "m", "pthread", "dl" }
     -- Lua C modules loaded at run time (busted's helpers) resolve the Lua API against us.
     linkoptions { "-Wl,-E" }
 

@@ -8,6 +8,7 @@
 #include "lua/context.h"
 #include "lua/host.h"
 #include "lua/modules.h"
+#include "runtime/feedback.h"
 #include "runtime/http_server.h"
 #include "runtime/ingest.h"
 #include "runtime/tracking.h"
@@ -316,6 +317,7 @@ static int l_start(lua_State *L) {
   if (herald_tracker_routes(e->tracker, e->router, &err) != kHeraldOk ||
       herald_ingest_routes(e->ingest, e->router, &err) != kHeraldOk ||
       add_lua_routes(L, 1, e, box->L, &err) != kHeraldOk ||
+      herald_feedback_routes(e->router, e->ingest, &err) != kHeraldOk ||
       herald_ingest_start(e->ingest, &herald_context()->loop, &err) != kHeraldOk ||
       herald_http_server_start(&herald_context()->loop, host, port, e->router, &limits, &e->server,
                                &err) != kHeraldOk) {

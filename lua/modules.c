@@ -26,6 +26,8 @@ static const ModuleEntry modules[] = {
   {"herald.core.segment", luaopen_herald_core_segment, 1},
   {"herald.core.progress", luaopen_herald_core_progress, 0},
   {"herald.core.deliver", luaopen_herald_core_deliver, 0},
+  {"herald.core.feedback", luaopen_herald_core_feedback, 0},
+  {"herald.core.digest", luaopen_herald_core_digest, 1},
 };
 
 void herald_modules_preload(lua_State *L, int sandbox_safe) {

@@ -21,6 +21,8 @@ int luaopen_herald_core_store(lua_State *L); /* lua/lherald_store.c: endpoints, 
 int luaopen_herald_core_segment(lua_State *L); /* lua/lherald_segment.c: segment queries */
 int luaopen_herald_core_progress(lua_State *L); /* lua/lherald_progress.c: progress lines */
 int luaopen_herald_core_deliver(lua_State *L);  /* lua/lherald_deliver.c: JWS signing */
+int luaopen_herald_core_feedback(lua_State *L); /* lua/lherald_feedback.c: bounce/complaint mail */
+int luaopen_herald_core_digest(lua_State *L);   /* lua/lherald_digest.c: MD5 */
 
 /* Preloads every module into package.preload. sandbox_safe limits it to the modules campaign
  * code may reach. */

@@ -37,6 +37,10 @@ void herald_ingest_free(HeraldIngest *in) {
   free(in);
 }
 
+HeraldStore *herald_ingest_store(HeraldIngest *in, HeraldError *err) {
+  return in->store(in->store_arg, err);
+}
+
 /* The prefix of s that holds at most max UTF-8 characters, as a new JSON string. */
 static json_t *cut_string(const char *s, size_t max) {
   size_t n = 0, i = 0;

@@ -56,6 +56,8 @@ typedef HeraldStore *(*HeraldIngestStoreFn)(void *arg, HeraldError *err);
 
 HeraldIngest *herald_ingest_new(HeraldIngestStoreFn store, void *arg);
 void herald_ingest_free(HeraldIngest *ingest);
+/* The store the ingest writes to now (NULL and err set when it cannot be had). */
+HeraldStore *herald_ingest_store(HeraldIngest *ingest, HeraldError *err);
 /* Adds POST /v1/apps/{app}/events and POST /v1/apps/{app}/webhooks/status. */
 int herald_ingest_routes(HeraldIngest *ingest, HeraldHttpRouter *router, HeraldError *err);
 

@@ -255,7 +255,7 @@ static void part(Buf *b, const char *type, const char *content) {
 
 static const char *const RESERVED[] = {
   "from", "to", "cc", "bcc", "subject", "date", "message-id", "mime-version", "content-type",
-  "content-transfer-encoding", "list-unsubscribe", "list-unsubscribe-post",
+  "content-transfer-encoding", "list-unsubscribe", "list-unsubscribe-post", "x-herald-message-id",
 };
 
 static int check_header(const HeraldMailHeader *h, size_t i, HeraldError *err) {
@@ -368,6 +368,11 @@ int herald_smtp_message_build(const HeraldMailMessage *m, char **out, size_t *ou
   buf_str(&b, "\r\nSubject: ");
   header_text(&b, m->subject ? m->subject : "");
   buf_fmt(&b, "\r\nMessage-ID: %s\r\n", message_id);
+  /* The key again, verbatim: relays that rewrite Message-ID keep other headers, and bounces and
+   * complaints quote them back (runtime/feedback.h matches on it first). */
+  buf_str(&b, "X-Herald-Message-Id: ");
+  header_text(&b, m->message_key);
+  buf_str(&b, "\r\n");
   if (m->list_unsubscribe != NULL) {
     buf_str(&b, "List-Unsubscribe: ");
     fold_list(&b, strlen("List-Unsubscribe: "), m->list_unsubscribe);

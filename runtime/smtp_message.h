@@ -1,6 +1,7 @@
 /* RFC 5322 / MIME messages for the email channel: multipart/alternative text + HTML in
  * quoted-printable, RFC 2047 encoded words for non-ASCII header text, a Message-ID derived from
- * the message's idempotency key (so a retried message keeps its id), and the List-Unsubscribe
+ * the message's idempotency key (so a retried message keeps its id) and the key verbatim in
+ * X-Herald-Message-Id (bounces and complaints are matched on them), and the List-Unsubscribe
  * headers of RFC 2369 / RFC 8058. */
 #ifndef HERALD_SMTP_MESSAGE_H
 #define HERALD_SMTP_MESSAGE_H

@@ -34,6 +34,7 @@ cli.command('run', { summary = 'load campaign definitions and run the scheduler'
 cli.command('import', { summary = 'import endpoints or events from CSV / NDJSON', module = 'herald.cli.import' })
 cli.command('send', { summary = 'send direct messages (Pinpoint SendMessages / SendUsersMessages)', module = 'herald.cli.send' })
 cli.command('serve', { summary = 'run the engagement HTTP server (opens, clicks, unsubscribes, PutEvents)', module = 'herald.cli.serve' })
+cli.command('feedback', { summary = 'record bounces and complaints that arrive as mail (DSN, ARF)', module = 'herald.cli.feedback' })
 cli.command('report', { summary = 'campaign results per treatment and holdout (table or HTML)', module = 'herald.cli.report' })
 cli.command('campaign', { summary = 'pause, resume, delete, copy a campaign; status and activities', module = 'herald.cli.campaign' })
 cli.command('why', { summary = 'what happened to an endpoint in each run of a campaign, and why', module = 'herald.cli.why' })

@@ -37,6 +37,7 @@ local PUSH = { APNS = 'APNSMessage', APNS_SANDBOX = 'APNSMessage', APNS_VOIP = '
 local CHANNEL_MODULES = { smtp = 'herald.channels.smtp', sms = 'herald.channels.sms',
                           http = 'herald.channels.webhook', webhook = 'herald.channels.webhook',
                           fcm = 'herald.channels.fcm', apns = 'herald.channels.apns',
+                          adm = 'herald.channels.adm', baidu = 'herald.channels.baidu',
                           lua = 'herald.channels.lua', file = 'herald.channels.file',
                           stdout = 'herald.channels.file' }
 

@@ -15,19 +15,24 @@
 --       fcm   = { type = 'fcm', project_id = 'p', service_account = '/path/sa.json', url =, token_uri = },
 --       apns  = { type = 'apns', url = 'https://api.push.apple.com', team_id =, key_id =, key_file =,
 --                 topic = 'com.example.app' },
+--       adm   = { type = 'adm', client_id = os.getenv('ADM_CLIENT_ID'), client_secret =
+--                 os.getenv('ADM_CLIENT_SECRET'), url = 'https://api.amazon.com', token_uri = },
+--       baidu = { type = 'baidu', api_key = os.getenv('BAIDU_API_KEY'), secret_key =
+--                 os.getenv('BAIDU_SECRET_KEY'), url = 'https://api.tuisong.baidu.com/rest/3.0/push/single_device' },
 --       hooks = { type = 'webhook', url = 'https://hooks.example.com/in', headers = { ... } },
 --       mine  = { type = 'lua', send = function(msg) return true end },
 --       out   = { type = 'file', path = 'messages.txt' },   -- or type = 'stdout'
 --     },
---     channels = { EMAIL = 'mail', SMS = 'sms', GCM = 'fcm', APNS = 'apns', CUSTOM = 'hooks' },
+--     channels = { EMAIL = 'mail', SMS = 'sms', GCM = 'fcm', APNS = 'apns', ADM = 'adm', BAIDU = 'baidu',
+--                  CUSTOM = 'hooks' },
 --     global = { per_second = 20000 },   -- a cap over every profile
 --     retry = { max_attempts = 5, min_ms = 1000, max_ms = 300000 },
 --     pause_after = 20,                  -- consecutive systemic failures before a campaign pauses
 --   }
 local providers = {}
 
-local TYPES = { smtp = true, sms = true, fcm = true, apns = true, webhook = true, lua = true,
-                file = true, stdout = true, http = true }
+local TYPES = { smtp = true, sms = true, fcm = true, apns = true, adm = true, baidu = true,
+                webhook = true, lua = true, file = true, stdout = true, http = true }
 local CHANNELS = { EMAIL = true, SMS = true, GCM = true, APNS = true, APNS_SANDBOX = true,
                    APNS_VOIP = true, APNS_VOIP_SANDBOX = true, CUSTOM = true, ADM = true,
                    BAIDU = true, VOICE = true, IN_APP = true }
@@ -52,13 +57,15 @@ end
 local REQUIRED = {
   smtp = { 'url', 'from' }, sms = { 'url' }, webhook = { 'url' }, http = { 'url' },
   fcm = { 'project_id', 'service_account' }, apns = { 'team_id', 'key_id', 'topic' },
+  adm = { 'client_id', 'client_secret' }, baidu = { 'api_key', 'secret_key' },
   file = { 'path' }, lua = {}, stdout = {},
 }
 
 local function check_profile(where, p)
   if type(p) ~= 'table' then fail(where, 'expected a table with a type') end
   if not TYPES[p.type] then
-    fail(where .. '.type', "one of smtp, sms, fcm, apns, webhook, http, lua, file, stdout, not '" .. tostring(p.type) .. "'")
+    fail(where .. '.type', "one of smtp, sms, fcm, apns, adm, baidu, webhook, http, lua, file, stdout, not '"
+      .. tostring(p.type) .. "'")
   end
   for _, k in ipairs(REQUIRED[p.type]) do need_string(where, p, k) end
   if p.type == 'lua' and type(p.send) ~= 'function' then fail(where .. '.send', 'required (a function(msg))') end
@@ -69,6 +76,9 @@ local function check_profile(where, p)
     fail(where .. '.json', "required without a preset: the JSON body, values are templates")
   end
   if p.type == 'apns' and p.key == nil and p.key_file == nil then fail(where .. '.key', 'key (PEM text) or key_file is required') end
+  if p.type == 'baidu' and p.device_type ~= nil and p.device_type ~= 3 and p.device_type ~= 4 then
+    fail(where .. '.device_type', '3 (Android, the default) or 4 (iOS)')
+  end
   if p.connections ~= nil and (math.type(p.connections) ~= 'integer' or p.connections < 1) then
     fail(where .. '.connections', 'a positive integer')
   end

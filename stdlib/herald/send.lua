@@ -155,6 +155,7 @@ function send.send(req, opts)
             endpoint = w.ctx, title = title, body = body, html = html,
             data = type(m.Data) == 'table' and m.Data or nil, from = m.FromAddress,
             silent = m.SilentPush == true, ttl = tonumber(m.TimeToLive),
+            consolidation_key = m.ConsolidationKey, expires_after = tonumber(m.ExpiresAfter),
             origination_number = m.OriginationNumber, sender_id = m.SenderId,
             message_type = m.MessageType, keyword = m.Keyword, campaign_id = req.TraceId,
             treatment_id = 0,

@@ -240,11 +240,87 @@ function S.start_mailstore(opts)
   return server
 end
 
+-- A private Postfix instance (its own configuration, queue and log under a temporary
+-- directory; needs root, which hands the queue to the postfix user): it accepts mail from
+-- 127.0.0.1 on server.url, relays every recipient to opts.relay_port and delivers mail for
+-- example.com (bounces to a sender there) to the maildir server.maildir. Postfix writes the
+-- delivery status notifications itself: 5xx from the relay bounces at once; a 4xx defers and,
+-- after delay_warning_time (opts.delay_warning, default off), sends a delay notice.
+function S.start_postfix(opts)
+  local dir = S.tmpdir('postfix')
+  local port = S.free_port()
+  for _, d in ipairs({ 'etc', 'spool', 'data', 'mail' }) do sh('mkdir -p ' .. q(dir .. '/' .. d)) end
+  assert(sh('chmod 755 ' .. q(dir) .. ' && chown postfix ' .. q(dir .. '/data') .. ' && chown nobody ' .. q(dir .. '/mail')),
+    'start_postfix needs root (chown to postfix and nobody)')
+  write(dir .. '/etc/main.cf', string.format([[
+compatibility_level = 3.6
+queue_directory = %s/spool
+data_directory = %s/data
+mail_owner = postfix
+setgid_group = postdrop
+maillog_file = %s/maillog
+maillog_file_prefixes = %s
+inet_interfaces = 127.0.0.1
+inet_protocols = ipv4
+myhostname = mail.example.com
+mydomain = example.com
+myorigin = example.com
+mydestination =
+mynetworks = 127.0.0.0/8
+smtpd_relay_restrictions = permit_mynetworks, reject
+relayhost = [127.0.0.1]:%d
+smtp_dns_support_level = disabled
+virtual_mailbox_domains = example.com
+virtual_mailbox_base = %s/mail
+virtual_mailbox_maps = static:Maildir/
+virtual_uid_maps = static:65534
+virtual_gid_maps = static:65534
+alias_maps =
+alias_database =
+smtputf8_enable = no
+biff = no
+notify_classes =
+service_throttle_time = 1s
+queue_run_delay = 1s
+minimal_backoff_time = 1s
+maximal_backoff_time = 2s
+delay_warning_time = %s
+]], dir, dir, dir, dir, opts.relay_port, dir, opts.delay_warning or '0h'))
+  local services = {
+    'pickup unix n - n 60 1 pickup', 'cleanup unix n - n - 0 cleanup', 'qmgr unix n - n 300 1 qmgr',
+    'rewrite unix - - n - - trivial-rewrite', 'bounce unix - - n - 0 bounce', 'defer unix - - n - 0 bounce',
+    'trace unix - - n - 0 bounce', 'verify unix - - n - 1 verify', 'flush unix n - n 1000? 0 flush',
+    'proxymap unix - - n - - proxymap', 'smtp unix - - n - - smtp', 'relay unix - - n - - smtp',
+    'showq unix n - n - - showq', 'error unix - - n - - error', 'retry unix - - n - - error',
+    'discard unix - - n - - discard', 'virtual unix - n n - - virtual', 'anvil unix - - n - 1 anvil',
+    'scache unix - - n - 1 scache', 'postlog unix-dgram n - n - 1 postlogd',
+  }
+  write(dir .. '/etc/master.cf', '127.0.0.1:' .. port .. ' inet n - n - - smtpd\n' .. table.concat(services, '\n') .. '\n')
+  local ok = sh('postfix -c ' .. q(dir .. '/etc') .. ' start >' .. q(dir .. '/start.log') .. ' 2>&1')
+  assert(ok, 'postfix did not start: ' .. (read(dir .. '/start.log') or '') .. (read(dir .. '/maillog') or ''))
+  assert(S.wait_port(port), 'postfix is not listening: ' .. (read(dir .. '/maillog') or ''))
+  local server = { dir = dir, port = port, url = 'smtp://127.0.0.1:' .. port,
+                   maildir = dir .. '/mail/Maildir', log = dir .. '/maillog' }
+  -- The names in the maildir's new/ (Postfix creates the maildir on its first delivery).
+  function server:new_mail()
+    local names = {}
+    local p = io.popen('ls -1 ' .. q(self.maildir .. '/new') .. ' 2>/dev/null')
+    for line in p:lines() do names[#names + 1] = line end
+    p:close()
+    return names
+  end
+  function server:stop()
+    sh('postfix -c ' .. q(self.dir .. '/etc') .. ' stop >/dev/null 2>&1')
+  end
+  return server
+end
+
 -- The provider emulator (tests/fixtures/provider_emulator.py) behind nginx: plain HTTP on
 -- server.url for the token endpoint, FCM, SMS and webhooks, HTTP/2 over TLS on server.tls_url
 -- for APNs (the emulator refuses requests that did not arrive over HTTP/2). Keys: an RSA
 -- service account (server.service_account, a JSON file) and an APNs P-256 key
--- (server.apns_key). server:requests() -> the emulator's log as tables.
+-- (server.apns_key). server.direct_url reaches the emulator without nginx (Baidu signs the
+-- URL the client addressed). server:requests() -> the emulator's log as tables.
 function S.start_emulator()
   local dir = S.tmpdir('emulator')
   local script = [[
@@ -279,6 +355,7 @@ openssl pkey -in apns.key -pubout -out apns.pub >/dev/null 2>&1
     token_uri = ng.url .. '/emu/token',
   })
   local server = { dir = dir, pid = pid, nginx = ng, url = ng.url .. '/emu', tls_url = ng.tls_url .. '/emu',
+                   direct_url = 'http://127.0.0.1:' .. port,
                    ca = ng.ca, service_account = sa, apns_key = dir .. '/apns.key',
                    team_id = 'TEAM123456', key_id = 'KEY1234567', topic = 'com.example.app',
                    project_id = 'demo-project' }

@@ -68,6 +68,22 @@ function util.jwt(alg, header, claims, pem)
   return input .. '.' .. sig
 end
 
+-- application/x-www-form-urlencoded as PHP's urlencode writes it (letters, digits and -_.
+-- kept, space as +, the rest %XX): the form bodies of token endpoints and Baidu's signature
+-- base string use it.
+function util.urlencode(s)
+  return (tostring(s):gsub('[^%w%-%._ ]', function(c) return string.format('%%%02X', c:byte()) end):gsub(' ', '+'))
+end
+
+-- A form body from an array of {name, value} pairs (nil values left out).
+function util.form(pairs_)
+  local parts = {}
+  for _, kv in ipairs(pairs_) do
+    if kv[2] ~= nil then parts[#parts + 1] = util.urlencode(kv[1]) .. '=' .. util.urlencode(kv[2]) end
+  end
+  return table.concat(parts, '&')
+end
+
 function util.read_file(path)
   local f, err = io.open(path, 'rb')
   if not f then return nil, err end

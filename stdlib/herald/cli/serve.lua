@@ -22,6 +22,10 @@ Runs the engagement server until SIGINT or SIGTERM:
   GET  /v1/apps/APP/campaigns/CAMPAIGN/kpis/daily/KPI?start-time=ISO&end-time=ISO
                                      Pinpoint GetCampaignDateRangeKpi (CampaignDateRangeKpiResponse;
                                      the KPIs of herald.analytics.kpi, e.g. clicks-grouped-by-date)
+  POST /v1/apps/APP/webhooks/mail    a bounce (RFC 3464 DSN) or complaint (RFC 5965 ARF) as
+                                     the whole mail (message/rfc822): 202 recorded, 200
+                                     ignored, 400 not a report, 404 no message matches
+                                     (herald feedback --help describes what is recorded)
 Opens, clicks and unsubscribes are stored as _email.open, _email.click and _email.unsubscribe
 events (unsubscribe also sets OptOut ALL); a hard bounce makes the endpoint INACTIVE, a
 complaint or SMS OPTOUT sets OptOut ALL (runtime/ingest.h has the details).

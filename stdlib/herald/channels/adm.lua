@@ -1,0 +1,100 @@
+-- PUSH through Amazon Device Messaging: an OAuth2 access token from the client-credentials
+-- grant (client_id and client_secret of the security profile, scope messaging:push) posted to
+-- the token URI, cached until shortly before it expires; then one POST per device to
+-- /messaging/registrations/ID/messages with ADM's type headers and a body of data (string
+-- values: the title and body under Pinpoint's pinpoint.notification.* keys, then the message's
+-- Data), consolidationKey (ADMMessage.ConsolidationKey, else the message id, so a retried
+-- message collapses into the first) and expiresAfter (ADMMessage.ExpiresAfter, else
+-- TimeToLive). InvalidRegistrationId and Unregistered make the endpoint INACTIVE; an expired
+-- token is dropped and the message retried; 429 and 5xx are transient (Retry-After honoured).
+local http = require 'herald.core.http'
+local clock = require 'herald.core.clock'
+local json = require 'herald.json'
+local util = require 'herald.channels.util'
+
+local adm = {}
+adm.__index = adm
+
+local SCOPE = 'messaging:push'
+local TYPE_VERSION = 'com.amazon.device.messaging.ADMMessage@1.0'
+local ACCEPT_TYPE = 'com.amazon.device.messaging.ADMSendResult@1.0'
+local MAX_EXPIRES = 2678400  -- ADM keeps a message at most 31 days
+
+function adm.new(profile)
+  return setmetatable({
+    profile = profile,
+    token_uri = profile.token_uri or 'https://api.amazon.com/auth/o2/token',
+    url = (profile.url or 'https://api.amazon.com') .. '/messaging/registrations/',
+  }, adm)
+end
+
+-- The cached access token, or a new one. -> token | nil, reason
+function adm:token()
+  local now = clock.now()
+  if self.access and now < self.expires_ms then return self.access end
+  local p = self.profile
+  local res, rerr = http.request {
+    url = self.token_uri, method = 'POST', ca_file = p.ca_file,
+    headers = { ['Content-Type'] = 'application/x-www-form-urlencoded;charset=UTF-8' },
+    body = util.form { { 'grant_type', 'client_credentials' }, { 'scope', SCOPE },
+                       { 'client_id', p.client_id }, { 'client_secret', p.client_secret } },
+  }
+  if not res then return nil, 'ADM token: ' .. tostring(rerr) end
+  local body = util.decode(res.body)
+  if res.status ~= 200 or not body or type(body.access_token) ~= 'string' then
+    local why = body and body.error and (tostring(body.error) .. ': ' .. tostring(body.error_description or '')) or tostring(res.body):sub(1, 200)
+    return nil, 'ADM token: HTTP ' .. res.status .. ': ' .. why
+  end
+  self.access = body.access_token
+  self.expires_ms = now + math.max((tonumber(body.expires_in) or 3600) - 60, 1) * 1000
+  return self.access
+end
+
+local function request(self, m)
+  local data = util.strings(m.data) or {}
+  if m.silent then
+    data['pinpoint.notification.silentPush'] = '1'
+  else
+    data['pinpoint.notification.title'] = m.title
+    data['pinpoint.notification.body'] = m.body
+  end
+  if m.campaign_id then data['pinpoint.campaign.campaign_id'] = tostring(m.campaign_id) end
+  local expires = m.expires_after or m.ttl
+  if expires then expires = math.max(60, math.min(MAX_EXPIRES, math.floor(expires))) end
+  local body = { data = data, consolidationKey = (m.consolidation_key or m.key):sub(1, 64), expiresAfter = expires }
+  return { key = m.key, url = self.url .. util.urlencode(m.address) .. '/messages', body = json.encode(body) }
+end
+
+function adm:send(msgs)
+  local token, err = self:token()
+  local out = {}
+  if not token then
+    for i = 1, #msgs do out[i] = { verdict = 'transient', reason = err, systemic = true } end
+    return out
+  end
+  local reqs = {}
+  for i, m in ipairs(msgs) do reqs[i] = request(self, m) end
+  local res = util.send_http(self.profile, reqs, { headers = {
+    Authorization = 'Bearer ' .. token, ['Content-Type'] = 'application/json', Accept = 'application/json',
+    ['X-Amzn-Type-Version'] = TYPE_VERSION, ['X-Amzn-Accept-Type'] = ACCEPT_TYPE } })
+  for i, o in ipairs(res) do
+    local r = { verdict = o.verdict, retry_after_ms = o.retry_after_ms }
+    if o.verdict ~= 'delivered' then
+      local b = util.decode(o.detail)
+      local why = b and b.reason
+      r.reason = (why and (why .. ': ') or '') .. util.reason(o)
+      if why == 'InvalidRegistrationId' or why == 'Unregistered' or o.status == 410 then
+        r.verdict, r.feedback = 'permanent', 'INACTIVE'
+      elseif o.status == 401 or why == 'AccessTokenExpired' then
+        self.access = nil
+        r.verdict, r.systemic = 'transient', true
+      else
+        r.systemic = o.class ~= 'ok' or o.status >= 500
+      end
+    end
+    out[i] = r
+  end
+  return out
+end
+
+return adm

@@ -1,0 +1,90 @@
+-- PUSH through Baidu Cloud Push (REST API 3.0, push/single_device): one form POST per device
+-- with apikey, timestamp, channel_id, device_type (3, Android), msg_type (1 notification, 0 a
+-- pass-through message for silent pushes), msg (the notification as JSON: title, description,
+-- custom_content from Data), msg_expires from TimeToLive, and sign: the MD5 (lowercase hex) of
+-- the urlencoded string METHOD + URL + every other parameter as key=value sorted by key +
+-- secret key. Baidu answers {request_id, response_params} or {request_id, error_code,
+-- error_msg}: 30608 (no such channel binding) and 30607 (channel expired) make the endpoint
+-- INACTIVE; 30600 (server error), 30699 (over the request limit) and 5xx are transient; 30603
+-- (authentication) fails every message of the profile.
+local clock = require 'herald.core.clock'
+local digest = require 'herald.core.digest'
+local json = require 'herald.json'
+local util = require 'herald.channels.util'
+
+local baidu = {}
+baidu.__index = baidu
+
+local INACTIVE = { [30607] = true, [30608] = true }
+local TRANSIENT = { [30600] = true, [30699] = true }
+local MAX_EXPIRES = 604800  -- Baidu keeps an offline device's message at most 7 days
+
+function baidu.new(profile)
+  return setmetatable({
+    profile = profile,
+    url = profile.url or 'https://api.tuisong.baidu.com/rest/3.0/push/single_device',
+    device_type = profile.device_type or 3,
+  }, baidu)
+end
+
+-- The sign parameter over params (a name -> string table without sign).
+function baidu.sign(method, url, params, secret)
+  local keys = {}
+  for k in pairs(params) do keys[#keys + 1] = k end
+  table.sort(keys)
+  local parts = { method, url }
+  for _, k in ipairs(keys) do parts[#parts + 1] = k .. '=' .. params[k] end
+  parts[#parts + 1] = secret
+  return digest.md5_hex(util.urlencode(table.concat(parts)))
+end
+
+function baidu:request(m)
+  local p = self.profile
+  local msg
+  if m.silent then
+    msg = util.strings(m.data) or {}
+  else
+    msg = { title = m.title, description = m.body or '', custom_content = util.strings(m.data) }
+  end
+  local params = {
+    apikey = p.api_key, timestamp = tostring(clock.now() // 1000), channel_id = m.address,
+    device_type = tostring(self.device_type), msg_type = m.silent and '0' or '1', msg = json.encode(msg),
+  }
+  if m.ttl then params.msg_expires = tostring(math.max(1, math.min(MAX_EXPIRES, math.floor(m.ttl)))) end
+  params.sign = baidu.sign('POST', self.url, params, p.secret_key)
+  local fields = {}
+  for k, v in pairs(params) do fields[#fields + 1] = { k, v } end
+  table.sort(fields, function(a, b) return a[1] < b[1] end)
+  return { key = m.key, url = self.url, body = util.form(fields) }
+end
+
+function baidu:send(msgs)
+  local reqs = {}
+  for i, m in ipairs(msgs) do reqs[i] = self:request(m) end
+  local res = util.send_http(self.profile, reqs, { headers = {
+    ['Content-Type'] = 'application/x-www-form-urlencoded;charset=utf-8',
+    ['User-Agent'] = 'BCCS_SDK/3.0 (herald) Lua/5.4 (Baidu Push Server SDK V3.0.0)' } })
+  local out = {}
+  for i, o in ipairs(res) do
+    local b = util.decode(o.detail)
+    local code = b and tonumber(b.error_code)
+    local r = { verdict = o.verdict, retry_after_ms = o.retry_after_ms }
+    if code or o.verdict ~= 'delivered' then
+      r.reason = (code and (code .. ' ' .. tostring(b.error_msg) .. ': ') or '') .. util.reason(o)
+      if INACTIVE[code] then
+        r.verdict, r.feedback = 'permanent', 'INACTIVE'
+      elseif TRANSIENT[code] then
+        r.verdict, r.systemic = 'transient', true
+      elseif code == 30603 then
+        r.verdict, r.systemic = 'permanent', true
+      else
+        if r.verdict == 'delivered' then r.verdict = 'permanent' end
+        r.systemic = o.class ~= 'ok' or o.status >= 500
+      end
+    end
+    out[i] = r
+  end
+  return out
+end
+
+return baidu
