@@ -139,8 +139,9 @@ static int run_filter(lua_State *L, HeraldStore *store, int64_t run_id, int filt
 }
 
 /* materialize_run{campaign_id=, version=, scheduled_ms=, run_index=, where=, params=,
- * holdout=, sizes={...}, zones={{zone=, due_ms=, zone_used=, note=, skip_reason=}, ...},
- * default_due_ms=, daily_cap=, total_cap=, max_duration_ms=, filter=function(rows), app=}
+ * holdout=, sizes={...}, zones={{stream=, zone=, due_ms=, zone_used=, note=, skip_reason=}, ...},
+ * arm_stream={stream or -1 per treatment}, without_holdout=, arms=json, default_due_ms=,
+ * daily_cap=, total_cap=, max_duration_ms=, filter=function(rows), app=}
  * -> run_id, created, total. The run, its rows and the filter's verdicts commit together. */
 static int l_materialize_run(lua_State *L) {
   luaL_checktype(L, 1, LUA_TTABLE);
@@ -172,17 +173,21 @@ static int l_materialize_run(lua_State *L) {
   }
   lua_pop(L, 1);
   spec.sizes = sizes;
-  int64_t treatment_due[64] = {0};
-  lua_getfield(L, 1, "treatment_due");
+  int arm_stream[64];
+  lua_getfield(L, 1, "arm_stream");
   if (lua_istable(L, -1)) {
     for (int i = 0; i < spec.n_treatments; i++) {
       lua_rawgeti(L, -1, i + 1);
-      treatment_due[i] = (int64_t)luaL_optinteger(L, -1, 0);
+      arm_stream[i] = (int)luaL_optinteger(L, -1, -1);
       lua_pop(L, 1);
     }
-    spec.treatment_due = treatment_due;
+    spec.arm_stream = arm_stream;
   }
   lua_pop(L, 1);
+  lua_getfield(L, 1, "without_holdout");
+  spec.without_holdout = lua_toboolean(L, -1);
+  lua_pop(L, 1);
+  spec.arms_json = opt_field_string(L, 1, "arms");
 
   lua_getfield(L, 1, "zones");
   int zones_idx = lua_gettop(L);
@@ -191,6 +196,7 @@ static int l_materialize_run(lua_State *L) {
   for (lua_Integer i = 0; i < nz; i++) {
     lua_rawgeti(L, zones_idx, i + 1);
     int z = lua_gettop(L);
+    zones[i].stream = (int)opt_field_integer(L, z, "stream", 0);
     zones[i].zone = opt_field_string(L, z, "zone");
     zones[i].due_ms = (int64_t)opt_field_integer(L, z, "due_ms", spec.scheduled_ms);
     zones[i].zone_used = opt_field_string(L, z, "zone_used");

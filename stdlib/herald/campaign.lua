@@ -268,7 +268,7 @@ local function from_lua(def)
     for i, t in ipairs(def.treatments) do
       local path = 'treatments[' .. i .. ']'
       if type(t) ~= 'table' then fail(path, 'expected a table') end
-      only(path, t, set('name', 'size', 'message', 'template', 'schedule', 'description'))
+      only(path, t, set('name', 'size', 'message', 'template', 'schedule', 'quiet_time', 'description'))
       if math.type(t.size) ~= 'integer' or t.size < 1 or t.size > 100 then
         fail(path .. '.size', 'a whole percentage 1-100')
       end
@@ -280,11 +280,19 @@ local function from_lua(def)
         p.MessageConfiguration, p.TemplateConfiguration = m, tpl
         p.Herald.DefaultSizePercent = t.size
       else
+        local sched
+        if t.schedule ~= nil then sched = lua_schedule(path .. '.schedule', t.schedule) end
+        if t.quiet_time ~= nil then
+          if sched == nil then fail(path .. '.quiet_time', "only with the treatment's own schedule") end
+          local tq = t.quiet_time
+          if type(tq) ~= 'table' then fail(path .. '.quiet_time', "expected { start = 'HH:MM', ['end'] = 'HH:MM' }") end
+          only(path .. '.quiet_time', tq, set('start', 'end'))
+          sched.QuietTime = { Start = tq.start, End = tq['end'] }
+        end
         additional[#additional + 1] = {
           Id = tostring(i - 1), TreatmentName = t.name or ('treatment ' .. (i - 1)),
           TreatmentDescription = t.description, SizePercent = t.size,
-          MessageConfiguration = m, TemplateConfiguration = tpl,
-          Schedule = t.schedule ~= nil and lua_schedule(path .. '.schedule', t.schedule) or nil,
+          MessageConfiguration = m, TemplateConfiguration = tpl, Schedule = sched,
         }
       end
     end
@@ -401,7 +409,12 @@ local function build(p, lua)
       local path = lua and ('treatments[' .. (i + 1) .. '].schedule') or ('AdditionalTreatments[' .. (i - 1) .. '].Schedule')
       local s, msg, field = time.check_schedule(t.Schedule, { path = path, now_ms = 0 })
       if not s then fail(field, msg:sub(#field + 3)) end
-      if s.frequency ~= 'ONCE' then fail(path .. '.Frequency', "a treatment's own schedule is ONCE: it moves the treatment's send time") end
+      if s.frequency == 'EVENT' then
+        fail(path .. '.Frequency', "ONCE, HOURLY, DAILY, WEEKLY or MONTHLY: event triggers belong to the campaign's schedule")
+      end
+      if sched.frequency == 'EVENT' then
+        fail(path, "the treatments of an event-triggered campaign follow its trigger: no schedule of their own")
+      end
     end
   end
   if sched.frequency == 'EVENT' then
@@ -497,6 +510,34 @@ end
 
 function Campaign:is_immediate()
   return self.definition.Schedule.StartTime == 'IMMEDIATE'
+end
+
+-- The schedules runs follow: stream 0 is the campaign's schedule (the holdout, the default
+-- treatment and every treatment without its own schedule), stream k treatment k's own
+-- Schedule. A treatment's schedule without QuietTime keeps the campaign's quiet time, so
+-- overriding when a treatment is sent never drops the protection of quiet hours.
+function Campaign:streams()
+  if self._streams == nil then
+    local def = self.definition
+    local streams = { { id = 0, schedule = self:schedule(), immediate = self:is_immediate() } }
+    for k, t in ipairs(def.AdditionalTreatments) do
+      if t.Schedule ~= nil then
+        local sdef = {}
+        for f, v in pairs(t.Schedule) do sdef[f] = v end
+        if sdef.QuietTime == nil then sdef.QuietTime = def.Schedule.QuietTime end
+        streams[#streams + 1] = { id = k, treatment = k, immediate = sdef.StartTime == 'IMMEDIATE',
+          schedule = assert(time.check_schedule(sdef, { now_ms = self.version_ms })) }
+      end
+    end
+    self._streams = streams
+  end
+  return self._streams
+end
+
+-- The stream treatment t (0-based) follows.
+function Campaign:stream_of(t)
+  local own = t > 0 and self.definition.AdditionalTreatments[t].Schedule ~= nil
+  return own and t or 0
 end
 
 function Campaign:stale_after_ms()
