@@ -696,7 +696,9 @@ function campaign.activities(name)
       return a
     end
     if #groups == 0 then
-      local a = arm(0)
+      local arms = r.arms and json.decode(r.arms)
+      local first = arms and arms[1] or 0
+      local a = arm(first < 0 and (arms[2] or 0) or first)
       if r.reason then a.ExecutionMetrics[r.reason] = 1 end
     end
     for _, g in ipairs(groups) do
@@ -715,23 +717,64 @@ function campaign.activities(name)
   return out
 end
 
+-- The arm (treatment index, -1 the holdout) and its name of a cohort under a stored
+-- definition: the same split as Campaign:arm.
+local function stored_arm(def, cohort)
+  local edge = def.HoldoutPercent or 0
+  if cohort < edge then return -1, 'holdout' end
+  local extra = def.AdditionalTreatments or {}
+  local sizes = { def.Herald and def.Herald.DefaultSizePercent or 100 }
+  for i, t in ipairs(extra) do sizes[i + 1] = t.SizePercent end
+  local arm = #sizes - 1
+  for i, size in ipairs(sizes) do
+    edge = edge + size
+    if cohort < edge then arm = i - 1; break end
+  end
+  if arm == 0 then return 0, def.TreatmentName or 'default' end
+  return arm, extra[arm].TreatmentName or ('treatment ' .. arm)
+end
+
 -- For each run of campaign name: what happened to endpoint_id, and why.
 function campaign.why(name, endpoint_id)
   local c = stored(name)
   if c == nil then return nil, 'unknown campaign ' .. tostring(name) end
   local out = {}
   local runs = q([[SELECT r.id, r.run_index, r.campaign_version, r.scheduled_ms, r.state AS run_state,
-      r.reason AS run_reason, o.treatment, o.state, o.reason, o.due_ms, o.zone, o.note, o.message_id,
+      r.reason AS run_reason, r.arms, o.treatment, o.state, o.reason, o.due_ms, o.zone, o.note, o.message_id,
       o.attempts, o.claimed_ms
     FROM campaign_runs r LEFT JOIN outbox o ON o.run_id = r.id AND o.endpoint_id = ?
     WHERE r.app_id = ? AND r.campaign_id = ? ORDER BY r.scheduled_ms]], endpoint_id, core.app(), name)
+  local cohort = q('SELECT cohort_id FROM endpoints WHERE app_id = ? AND id = ?', core.app(), endpoint_id)[1]
+  local defs = {}
+  local function arm_of(version)
+    if cohort == nil then return nil end
+    if defs[version] == nil then
+      defs[version] = json.decode(q('SELECT definition FROM campaign_versions WHERE app_id = ? AND campaign_id = ?'
+        .. ' AND version = ?', core.app(), name, version)[1].definition)
+    end
+    return stored_arm(defs[version], cohort.cohort_id)
+  end
   for _, r in ipairs(runs) do
     local line = { run = r.id, index = r.run_index, version = r.campaign_version,
                    scheduled = iso(r.scheduled_ms), run_state = r.run_state }
+    local arm, arm_name = arm_of(r.campaign_version)
+    line.treatment, line.treatment_name = arm, arm_name
     if r.run_state == 'SKIPPED' then
       line.outcome, line.why = 'NOT_SENT', 'the whole run was skipped: ' .. tostring(r.run_reason)
     elseif r.state == nil then
-      line.outcome, line.why = 'NOT_TARGETED', 'not in the segment when the run was materialised'
+      local arms = r.arms and json.decode(r.arms)
+      local in_run = arms == nil or arm == nil
+      for _, a in ipairs(arms or {}) do if a == arm then in_run = true end end
+      if in_run then
+        line.outcome, line.why = 'NOT_TARGETED', 'not in the segment when the run was materialised'
+      elseif arm < 0 then
+        line.outcome, line.why = 'NOT_IN_RUN', "the holdout is recorded on the campaign schedule's runs;"
+          .. ' this run was for treatments with schedules of their own'
+      else
+        line.outcome, line.why = 'NOT_IN_RUN', string.format("its arm '%s' follows %s; this run was for other arms",
+          arm_name, arm > 0 and defs[r.campaign_version].AdditionalTreatments[arm].Schedule
+            and 'its own schedule' or "the campaign's schedule")
+      end
     else
       line.treatment, line.state, line.reason = r.treatment, r.state, r.reason
       line.due, line.zone, line.zone_note, line.message_id = iso(r.due_ms), r.zone, r.note, r.message_id
@@ -782,4 +825,8 @@ function campaign.rollback(mark)
   end
 end
 
-return setmetatable(campaign, { __call = function(_, def) return define(def) end })
+-- Not a tail call: define raises at its caller's caller, the script's line.
+return setmetatable(campaign, { __call = function(_, def)
+  local c = define(def)
+  return c
+end })
