@@ -506,6 +506,31 @@ static int l_cancel(lua_State *L) {
   return 0;
 }
 
+/* set_campaign_origin(id, source, audience_json, lua [, app]): source, audience and lua may
+ * be nil. */
+static int l_set_campaign_origin(lua_State *L) {
+  HeraldError err = {0};
+  if (herald_campaign_set_origin(herald_context_store(L), luaL_optstring(L, 5, herald_context()->app),
+                                 luaL_checkstring(L, 1), luaL_optstring(L, 2, NULL),
+                                 luaL_optstring(L, 3, NULL), luaL_optstring(L, 4, NULL),
+                                 &err) != kHeraldOk)
+    return raise_error(L, &err);
+  return 0;
+}
+
+/* invalidate_campaigns(id, source, error [, app]) -> count: campaign id, or every campaign of
+ * definition file source (the other nil), becomes INVALID with error. */
+static int l_invalidate_campaigns(lua_State *L) {
+  HeraldError err = {0};
+  int count = 0;
+  if (herald_campaign_invalidate(herald_context_store(L), luaL_optstring(L, 4, herald_context()->app),
+                                 luaL_optstring(L, 1, NULL), luaL_optstring(L, 2, NULL),
+                                 luaL_checkstring(L, 3), &count, &err) != kHeraldOk)
+    return raise_error(L, &err);
+  lua_pushinteger(L, count);
+  return 1;
+}
+
 static int l_set_campaign_state(lua_State *L) {
   HeraldError err = {0};
   if (herald_campaign_set_state(herald_context_store(L), luaL_optstring(L, 3, herald_context()->app),
@@ -523,7 +548,8 @@ int luaopen_herald_core_outbox(lua_State *L) {
     {"define_campaign", l_define_campaign}, {"set_campaign_state", l_set_campaign_state},
     {"campaign_definition", l_campaign_definition},
     {"advance_campaign_state", l_advance_campaign_state}, {"copy_campaign", l_copy_campaign},
-    {"cancel", l_cancel},
+    {"cancel", l_cancel}, {"set_campaign_origin", l_set_campaign_origin},
+    {"invalidate_campaigns", l_invalidate_campaigns},
     {NULL, NULL},
   };
   luaL_newlib(L, funcs);

@@ -150,7 +150,8 @@ int herald_outbox_claim(HeraldStore *store, const char *app, const char *campaig
       " FROM outbox o CROSS JOIN campaign_runs r ON r.id = o.run_id"
       " CROSS JOIN campaigns c ON c.app_id = r.app_id AND c.id = r.campaign_id"
       " WHERE o.state = 'PENDING' AND o.due_ms <= ?1 AND r.app_id = ?3"
-      " AND c.state NOT IN ('PAUSED', 'DELETED')"
+      /* an INVALID campaign's rows are held, not sent, until its definition loads again */
+      " AND c.state NOT IN ('PAUSED', 'DELETED', 'INVALID')"
       " AND (?4 IS NULL OR r.campaign_id IN (SELECT value FROM json_each(?4)))"
       " ORDER BY o.due_ms, o.id LIMIT ?2",
       err);
@@ -306,7 +307,7 @@ int herald_outbox_next_due(HeraldStore *store, const char *app, const char *camp
       /* The first row in due-time order, outbox first for the reason given at claim. */
       "SELECT o.due_ms FROM outbox o CROSS JOIN campaign_runs r ON r.id = o.run_id"
       " CROSS JOIN campaigns c ON c.app_id = r.app_id AND c.id = r.campaign_id"
-      " WHERE o.state = 'PENDING' AND r.app_id = ?1 AND c.state NOT IN ('PAUSED', 'DELETED')"
+      " WHERE o.state = 'PENDING' AND r.app_id = ?1 AND c.state NOT IN ('PAUSED', 'DELETED', 'INVALID')"
       " AND (?2 IS NULL OR r.campaign_id IN (SELECT value FROM json_each(?2)))"
       " ORDER BY o.due_ms LIMIT 1",
       err);

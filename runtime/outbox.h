@@ -142,7 +142,7 @@ int herald_outbox_trigger(HeraldStore *store, const HeraldOutboxTrigger *t, int6
 
 /* Claims up to max rows due at now_ms (state PENDING -> CLAIMED, attempts + 1, claimed_ms =
  * now_ms) of the campaigns named in campaigns_json (a JSON array of ids of app; NULL for all).
- * Rows of PAUSED or DELETED campaigns stay PENDING. In the same transaction, limits are
+ * Rows of PAUSED, DELETED or INVALID campaigns stay PENDING. In the same transaction, limits are
  * enforced row by row: a row not claimed within its run's max_duration_ms of its due time becomes SKIPPED/EXPIRED, a row whose
  * endpoint already has total_cap messages of this campaign SKIPPED/TOTAL_CAP, and one whose
  * endpoint had daily_cap messages of any campaign of the app in the last 24 hours

@@ -544,12 +544,62 @@ function Campaign:stale_after_ms()
   return (self.definition.Herald.StaleAfterSeconds or campaign.DEFAULT_STALE_AFTER_S) * 1000
 end
 
-local function register(c, level)
+-- A campaign's audience as stored data, so a stored copy runs without its source's file:
+-- declarative segments as their WriteSegmentRequest, imports by stored id and version,
+-- compositions of those. Returns the table, or nil and what cannot be stored.
+local function encode_audience(seg)
+  if seg.filter then return nil, 'segment filter' end
+  if rawget(seg, 'compile') or rawget(seg, 'contains') then return nil, 'segment compile function' end
+  if seg.children then
+    local kids = {}
+    for i, child in ipairs(seg.children) do
+      local k, why = encode_audience(child)
+      if k == nil then return nil, why end
+      kids[i] = k
+    end
+    return { Name = seg.name, Op = seg.op, Children = kids }
+  end
+  if seg.static then return { Name = seg.name, StoredId = seg.id, Version = seg.version } end
+  return { Name = seg.name, Request = seg.definition }
+end
+
+local function decode_audience(a)
+  if a.Children then
+    local kids = { name = a.Name }
+    for i, child in ipairs(a.Children) do
+      local k, err = decode_audience(child)
+      if k == nil then return nil, err end
+      kids[i] = k
+    end
+    return segment[a.Op:lower()](kids)
+  end
+  if a.StoredId then return segment.load(a.StoredId, { version = a.Version }) end
+  local ok, seg = pcall(segment.from_pinpoint, a.Request, { name = a.Name })
+  if not ok then return nil, seg end
+  return seg
+end
+
+-- The Lua functions c depends on (nil: none), and its audience as JSON (nil: not storable).
+local function origin(c)
+  local lua = {}
+  if c.hook then lua[#lua + 1] = 'hook' end
+  if c.predicate then lua[#lua + 1] = 'event predicate' end
+  local audience, why = encode_audience(c.segment)
+  if audience == nil then lua[#lua + 1] = why end
+  return #lua > 0 and table.concat(lua, ', ') or nil, audience and json.encode(audience, { sort = true })
+end
+
+-- The definition file being loaded (set by the loader): campaigns record it as their source.
+campaign.source = nil
+
+local function register(c, level, stored_copy)
   if campaign.defined[c.name] then
     error('herald.campaign: a campaign named ' .. c.name .. ' is already defined', level + 1)
   end
   local version, version_ms = outbox.define_campaign(c.id, c.name, c:definition_json())
   c.version, c.version_ms = version, version_ms
+  local lua, audience = origin(c)
+  outbox.set_campaign_origin(c.id, not stored_copy and campaign.source or nil, audience, lua)
   campaign.defined[c.name] = c
   campaign.order[#campaign.order + 1] = c
   return c
@@ -601,7 +651,9 @@ function campaign.from_pinpoint(doc, opts)
   return register(c, 2)
 end
 
--- Defines a copy of a loaded campaign under new_name (same segment, hook and settings).
+-- Defines a copy of a loaded campaign under new_name (same segment, hook and settings), in
+-- the script that calls it: the copy is defined again whenever the script loads, so it keeps
+-- the source's Lua functions. `herald campaign copy` makes a stored copy instead.
 function campaign.copy(name, new_name)
   local src = campaign.defined[name]
   if src == nil then error('herald.campaign.copy: no campaign named ' .. tostring(name), 2) end
@@ -626,7 +678,7 @@ local function q(sql, ...)
 end
 
 local function stored(name)
-  return q('SELECT id, name, version, state, definition FROM campaigns WHERE app_id = ? AND id = ?',
+  return q('SELECT id, name, version, state, definition, source, error FROM campaigns WHERE app_id = ? AND id = ?',
     core.app(), name)[1]
 end
 
@@ -646,7 +698,9 @@ function campaign.resume(name)
   if c.state ~= 'PAUSED' then return nil, 'campaign ' .. name .. ' is ' .. c.state .. ', not PAUSED' end
   local executing = q("SELECT count(*) AS n FROM campaign_runs WHERE app_id = ? AND campaign_id = ?"
     .. " AND state = 'EXECUTING'", core.app(), name)[1].n
-  outbox.set_campaign_state(name, executing > 0 and 'EXECUTING' or 'PENDING_NEXT_RUN')
+  -- its definition failed to load while it was paused: it resumes INVALID, its rows held
+  local state = c.error and 'INVALID' or executing > 0 and 'EXECUTING' or 'PENDING_NEXT_RUN'
+  outbox.set_campaign_state(name, state)
   return true
 end
 
@@ -659,9 +713,34 @@ function campaign.delete(name)
   return true
 end
 
--- Copies the stored definition to new_name (CLI form; campaign.copy copies a loaded one).
+-- A stored copy of campaign name as new_name (`herald campaign copy`): its definition and
+-- audience are stored, so it runs in any later `herald run` of this database and application
+-- on its own, whatever files that run loads. A campaign that depends on Lua functions (a
+-- hook, an event predicate, a segment filter) cannot be copied this way: the error says so
+-- and points to herald.campaign.copy in its definition file. Returns true or nil, err.
 function campaign.copy_stored(name, new_name)
+  if type(new_name) ~= 'string' or not new_name:match('^[%w][%w_%-%.]*$') then
+    return nil, 'new name: letters, digits, _ - . (starting with a letter or digit)'
+  end
   return outbox.copy_campaign(name, new_name)
+end
+
+-- Every campaign of definition file source becomes INVALID with err (the load failure, with
+-- its file:line); its pending rows are held until the file loads again. Returns how many.
+function campaign.invalidate_source(source, err)
+  return outbox.invalidate_campaigns(nil, source, err)
+end
+
+-- Campaign id becomes INVALID with err (e.g. its run could not be materialised).
+function campaign.invalidate(id, err)
+  return outbox.invalidate_campaigns(id, nil, err)
+end
+
+-- The stored campaigns of the application: {id, state, version, source, error, copy_of}.
+function campaign.list()
+  local rows = q([[SELECT id, state, version, source, error, json_extract(definition, '$.Herald.CopyOf') AS copy_of
+    FROM campaigns WHERE app_id = ? ORDER BY id]], core.app())
+  return rows
 end
 
 local function iso(ms)
@@ -789,27 +868,34 @@ end
 function campaign.status(name)
   local c = stored(name)
   if c == nil then return nil, 'unknown campaign ' .. tostring(name) end
-  return { Id = c.id, Name = c.name, State = c.state, Version = c.version,
-           Definition = json.decode(c.definition), Activities = campaign.activities(name) }
+  return { Id = c.id, Name = c.name, State = c.state, Version = c.version, Source = c.source,
+           Error = c.error, Definition = json.decode(c.definition), Activities = campaign.activities(name) }
 end
 
--- Loads the stored copies (`herald campaign copy`) of the loaded campaigns: a copy runs with
--- its source's segment, hook and predicate and its own stored definition. Returns how many.
+-- Loads the stored copies (`herald campaign copy`): each runs with its own stored definition
+-- and audience. A copy whose audience no longer loads (a stored segment was removed) becomes
+-- INVALID with the reason. Returns how many loaded, and the failures' messages.
 function campaign.load_copies()
-  local n = 0
-  local rows = q([[SELECT id, definition FROM campaigns WHERE app_id = ? AND state <> 'DELETED'
-    AND json_extract(definition, '$.Herald.CopyOf') IS NOT NULL]], core.app())
+  local n, failures = 0, {}
+  local rows = q([[SELECT id, definition, audience FROM campaigns WHERE app_id = ? AND state <> 'DELETED'
+    AND source IS NULL AND audience IS NOT NULL AND json_extract(definition, '$.Herald.CopyOf') IS NOT NULL
+    ORDER BY id]], core.app())
   for _, r in ipairs(rows) do
-    local p = json.decode(r.definition)
-    local src = campaign.defined[p.Herald.CopyOf]
-    if src ~= nil and campaign.defined[r.id] == nil then
-      local ok, c = pcall(instantiate, p, src.segment, src.hook, false, src.predicate)
-      if not ok then raise(r.id, c, 1) end
-      register(c, 1)
-      n = n + 1
+    if campaign.defined[r.id] == nil then
+      local seg, err = decode_audience(json.decode(r.audience))
+      local ok, c = false, err
+      if seg then ok, c = pcall(instantiate, json.decode(r.definition), seg, nil, false, nil) end
+      if ok then
+        register(c, 1, true)
+        n = n + 1
+      else
+        local msg = string.format('stored copy %s: %s', r.id, type(c) == 'table' and (c.path .. ': ' .. c.msg) or tostring(c))
+        campaign.invalidate(r.id, msg)
+        failures[#failures + 1] = msg
+      end
     end
   end
-  return n
+  return n, failures
 end
 
 -- A definition file that fails part-way leaves none of its campaigns behind: the loader

@@ -217,11 +217,11 @@ end
 
 local invalid = {}
 
--- A campaign whose run could not be materialised (its code failed) is INVALID for the rest of
--- this process; the next `herald run` tries again.
-function scheduler.mark_invalid(id)
+-- A campaign whose run could not be materialised (its code failed) is INVALID, with the
+-- error, for the rest of this process; the next `herald run` tries again.
+function scheduler.mark_invalid(id, err)
   invalid[id] = true
-  outbox.advance_campaign_state(id, 'INVALID')
+  campaign.invalidate(id, err or 'its run could not be materialised')
 end
 
 ---------------------------------------------------------------------------------------------
