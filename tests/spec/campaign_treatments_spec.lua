@@ -158,6 +158,30 @@ describe('treatments with schedules of their own', function()
     assert.are.equal(6, h.count(why, "NOT_IN_RUN: the holdout is recorded on the campaign schedule's runs"))
   end)
 
+  it("apply the campaign's caps to every arm's runs", function()
+    local dir = h.tmpdir()
+    endpoints(dir)
+    -- B (cohorts 50-99) runs daily at 08:00 UTC for four days; Total = 2 over the campaign's
+    -- life, Daily = 1 across campaigns: B's endpoints get two, then TOTAL_CAP
+    h.write(dir .. '/caps.lua', [[
+      herald.campaign{ name = 'capped', segment = herald.segment{ name = 'all' }, deliver = { file = 'out.txt' },
+        schedule = { start = '2027-05-01T08:00:00Z' }, limits = { total = 2, daily = 1 },
+        treatments = { { name = 'A', size = 50, message = { body = 'a' } },
+                       { name = 'B', size = 50, message = { body = 'b' },
+                         schedule = { start = '2027-05-01T08:00:00Z', frequency = 'DAILY', ['end'] = '2027-05-04T09:00:00Z' } } } }
+    ]])
+    local _, code, err = h.herald('--db c.db run --until-idle caps.lua', { cwd = dir, env = { HERALD_CLOCK_START = '2027-05-01T07:00:00Z' } })
+    assert.are.equal(0, code, err)
+    assert.are.same({
+      { treatment = 0, state = 'SENT', n = 50 },
+      { treatment = 1, state = 'SENT', n = 100 },
+      { treatment = 1, state = 'SKIPPED', reason = 'TOTAL_CAP', n = 100 },
+    }, q(dir, 'SELECT treatment, state, reason, count(*) AS n FROM outbox GROUP BY 1, 2, 3 ORDER BY 1, 2'))
+    -- the first run holds both arms (A's one-off and B's first day), the next three only B
+    assert.are.same({ { arms = '[-1,0,1]' }, { arms = '[1]' }, { arms = '[1]' }, { arms = '[1]' } },
+      q(dir, 'SELECT arms FROM campaign_runs ORDER BY scheduled_ms'))
+  end)
+
   it('validates a treatment schedule with its field path', function()
     local dir = h.tmpdir()
     local function pinpoint(schedule3)
