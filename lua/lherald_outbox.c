@@ -483,12 +483,12 @@ static int l_advance_campaign_state(lua_State *L) {
   return 0;
 }
 
-/* copy_campaign(id, new_id [, app]) -> true | nil, err */
+/* copy_campaign(id, new_id, definition_json [, app]) -> true | nil, err */
 static int l_copy_campaign(lua_State *L) {
   HeraldError err = {0};
-  if (herald_campaign_copy(herald_context_store(L), luaL_optstring(L, 3, herald_context()->app),
-                           luaL_checkstring(L, 1), luaL_checkstring(L, 2), herald_clock_now_ms(),
-                           &err) != kHeraldOk) {
+  if (herald_campaign_copy(herald_context_store(L), luaL_optstring(L, 4, herald_context()->app),
+                           luaL_checkstring(L, 1), luaL_checkstring(L, 2), luaL_checkstring(L, 3),
+                           herald_clock_now_ms(), &err) != kHeraldOk) {
     lua_pushnil(L);
     lua_pushstring(L, err.msg);
     return 2;

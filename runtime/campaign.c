@@ -211,7 +211,7 @@ static int check_copyable(HeraldStore *store, const char *app, const char *id, H
 }
 
 int herald_campaign_copy(HeraldStore *store, const char *app, const char *id, const char *new_id,
-                         int64_t now_ms, HeraldError *err) {
+                         const char *definition, int64_t now_ms, HeraldError *err) {
   char now[32];
   herald_time_format(now_ms, now, sizeof now);
   if (herald_store_begin(store, err) != kHeraldOk) return err ? err->code : kHeraldStore;
@@ -220,7 +220,7 @@ int herald_campaign_copy(HeraldStore *store, const char *app, const char *id, co
       store,
       "INSERT INTO campaigns(app_id, id, name, version, state, definition, creation_date,"
       " last_modified_date, last_modified_ms, audience) SELECT app_id, ?3, ?3, 1, 'SCHEDULED',"
-      " json_set(definition, '$.Name', ?3, '$.Herald.CopyOf', id), ?4, ?4, ?5, audience"
+      " ?6, ?4, ?4, ?5, audience"
       " FROM campaigns WHERE app_id = ?1 AND id = ?2 AND NOT EXISTS (SELECT 1 FROM campaigns"
       " WHERE app_id = ?1 AND id = ?3)",
       err);
@@ -230,6 +230,7 @@ int herald_campaign_copy(HeraldStore *store, const char *app, const char *id, co
   sqlite3_bind_text(st, 3, new_id, -1, SQLITE_STATIC);
   sqlite3_bind_text(st, 4, now, -1, SQLITE_STATIC);
   sqlite3_bind_int64(st, 5, now_ms);
+  sqlite3_bind_text(st, 6, definition, -1, SQLITE_STATIC);
   int rc = sqlite3_step(st);
   sqlite3_reset(st);
   if (rc != SQLITE_DONE) {

@@ -48,11 +48,11 @@ int herald_campaign_invalidate(HeraldStore *store, const char *app, const char *
                                const char *source, const char *error, int *count,
                                HeraldError *err);
 
-/* Stores campaign id's current definition and audience as new campaign new_id (version 1,
- * SCHEDULED), its Name set to new_id and Herald.CopyOf to id: a stored copy, which runs in
- * any later `herald run` on its own. Refused (kHeraldInvalid) when id depends on Lua functions
- * or its audience is not stored. */
+/* Stores new campaign new_id (version 1, SCHEDULED) with definition (id's, its Name set to
+ * new_id and Herald.CopyOf to id, as canonical JSON) and id's audience: a stored copy, which
+ * runs in any later `herald run` on its own. Refused (kHeraldInvalid) when id depends on Lua
+ * functions or its audience is not stored. */
 int herald_campaign_copy(HeraldStore *store, const char *app, const char *id, const char *new_id,
-                         int64_t now_ms, HeraldError *err);
+                         const char *definition, int64_t now_ms, HeraldError *err);
 
 #endif

@@ -722,7 +722,19 @@ function campaign.copy_stored(name, new_name)
   if type(new_name) ~= 'string' or not new_name:match('^[%w][%w_%-%.]*$') then
     return nil, 'new name: letters, digits, _ - . (starting with a letter or digit)'
   end
-  return outbox.copy_campaign(name, new_name)
+  local src = q('SELECT definition, audience FROM campaigns WHERE app_id = ? AND id = ?', core.app(), name)[1]
+  if src == nil then return nil, 'unknown campaign ' .. tostring(name) end
+  local p = json.decode(src.definition)
+  p.Name = new_name
+  p.Herald.CopyOf = name
+  local def = json.encode(p, { sort = true })
+  -- the definition as the copy's first load will store it, so that load makes no new version
+  local seg = src.audience and decode_audience(json.decode(src.audience))
+  if seg then
+    local ok, c = pcall(instantiate, p, seg, nil, false, nil)
+    if ok then def = c:definition_json() end
+  end
+  return outbox.copy_campaign(name, new_name, def)
 end
 
 -- Every campaign of definition file source becomes INVALID with err (the load failure, with

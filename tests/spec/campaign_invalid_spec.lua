@@ -193,5 +193,7 @@ herald.campaign{ name = 'unrelated', segment = herald.segment{ name = 'none', ch
     local st = json.decode((herald(dir, 'campaign status spring-2')))
     assert.are.equal('COMPLETED', st.State)
     assert.is_nil(st.Source)
+    -- loading the copy stored no new version of it
+    assert.are.equal(1, st.Version)
   end)
 end)
