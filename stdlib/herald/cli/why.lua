@@ -27,7 +27,7 @@ function M.run(args)
     if l.state == nil then
       print(head .. ' ' .. l.outcome .. ': ' .. l.why)
     else
-      local arm = l.treatment < 0 and 'holdout' or string.format("treatment %d '%s'", l.treatment, l.treatment_name)
+      local arm = l.treatment < 0 and 'holdout' or string.format("treatment %d '%s'", l.treatment, l.treatment_name or '?')
       local extra = {}
       if l.due then extra[#extra + 1] = 'due ' .. l.due end
       if l.zone then extra[#extra + 1] = 'zone ' .. l.zone end
