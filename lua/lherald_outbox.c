@@ -139,11 +139,12 @@ static int run_filter(lua_State *L, HeraldStore *store, int64_t run_id, int filt
 }
 
 /* materialize_run{campaign_id=, version=, scheduled_ms=, run_index=, where=, params=,
- * holdout=, sizes={...}, zones={{zone=, due_ms=, zone_used=, note=, skip_reason=}, ...},
- * default_due_ms=, daily_cap=, total_cap=, max_duration_ms=, filter=function(rows), app=,
- * test_cohorts={...}} -> run_id, created, held. The run, its rows and the filter's verdicts
- * commit together. With test_cohorts (an A/B winner test), rows outside those cohorts are held
- * WAITING (herald_outbox_hold_rest); held counts them. */
+ * holdout=, sizes={...}, zones={{stream=, zone=, due_ms=, zone_used=, note=, skip_reason=}, ...},
+ * arm_stream={stream or -1 per treatment}, without_holdout=, arms=json, default_due_ms=,
+ * daily_cap=, total_cap=, max_duration_ms=, filter=function(rows), app=, test_cohorts={...}}
+ * -> run_id, created, held. The run, its rows and the filter's verdicts commit together. With
+ * test_cohorts (an A/B winner test), rows outside those cohorts are held WAITING
+ * (herald_outbox_hold_rest); held counts them. */
 static int l_materialize_run(lua_State *L) {
   luaL_checktype(L, 1, LUA_TTABLE);
   HeraldStore *store = herald_context_store(L);
@@ -174,17 +175,21 @@ static int l_materialize_run(lua_State *L) {
   }
   lua_pop(L, 1);
   spec.sizes = sizes;
-  int64_t treatment_due[64] = {0};
-  lua_getfield(L, 1, "treatment_due");
+  int arm_stream[64];
+  lua_getfield(L, 1, "arm_stream");
   if (lua_istable(L, -1)) {
     for (int i = 0; i < spec.n_treatments; i++) {
       lua_rawgeti(L, -1, i + 1);
-      treatment_due[i] = (int64_t)luaL_optinteger(L, -1, 0);
+      arm_stream[i] = (int)luaL_optinteger(L, -1, -1);
       lua_pop(L, 1);
     }
-    spec.treatment_due = treatment_due;
+    spec.arm_stream = arm_stream;
   }
   lua_pop(L, 1);
+  lua_getfield(L, 1, "without_holdout");
+  spec.without_holdout = lua_toboolean(L, -1);
+  lua_pop(L, 1);
+  spec.arms_json = opt_field_string(L, 1, "arms");
 
   lua_getfield(L, 1, "zones");
   int zones_idx = lua_gettop(L);
@@ -193,6 +198,7 @@ static int l_materialize_run(lua_State *L) {
   for (lua_Integer i = 0; i < nz; i++) {
     lua_rawgeti(L, zones_idx, i + 1);
     int z = lua_gettop(L);
+    zones[i].stream = (int)opt_field_integer(L, z, "stream", 0);
     zones[i].zone = opt_field_string(L, z, "zone");
     zones[i].due_ms = (int64_t)opt_field_integer(L, z, "due_ms", spec.scheduled_ms);
     zones[i].zone_used = opt_field_string(L, z, "zone_used");
@@ -530,12 +536,12 @@ static int l_advance_campaign_state(lua_State *L) {
   return 0;
 }
 
-/* copy_campaign(id, new_id [, app]) -> true | nil, err */
+/* copy_campaign(id, new_id, definition_json [, app]) -> true | nil, err */
 static int l_copy_campaign(lua_State *L) {
   HeraldError err = {0};
-  if (herald_campaign_copy(herald_context_store(L), luaL_optstring(L, 3, herald_context()->app),
-                           luaL_checkstring(L, 1), luaL_checkstring(L, 2), herald_clock_now_ms(),
-                           &err) != kHeraldOk) {
+  if (herald_campaign_copy(herald_context_store(L), luaL_optstring(L, 4, herald_context()->app),
+                           luaL_checkstring(L, 1), luaL_checkstring(L, 2), luaL_checkstring(L, 3),
+                           herald_clock_now_ms(), &err) != kHeraldOk) {
     lua_pushnil(L);
     lua_pushstring(L, err.msg);
     return 2;
@@ -551,6 +557,31 @@ static int l_cancel(lua_State *L) {
                            luaL_checkstring(L, 1), luaL_checkstring(L, 2), &err) != kHeraldOk)
     return raise_error(L, &err);
   return 0;
+}
+
+/* set_campaign_origin(id, source, audience_json, lua [, app]): source, audience and lua may
+ * be nil. */
+static int l_set_campaign_origin(lua_State *L) {
+  HeraldError err = {0};
+  if (herald_campaign_set_origin(herald_context_store(L), luaL_optstring(L, 5, herald_context()->app),
+                                 luaL_checkstring(L, 1), luaL_optstring(L, 2, NULL),
+                                 luaL_optstring(L, 3, NULL), luaL_optstring(L, 4, NULL),
+                                 &err) != kHeraldOk)
+    return raise_error(L, &err);
+  return 0;
+}
+
+/* invalidate_campaigns(id, source, error [, app]) -> count: campaign id, or every campaign of
+ * definition file source (the other nil), becomes INVALID with error. */
+static int l_invalidate_campaigns(lua_State *L) {
+  HeraldError err = {0};
+  int count = 0;
+  if (herald_campaign_invalidate(herald_context_store(L), luaL_optstring(L, 4, herald_context()->app),
+                                 luaL_optstring(L, 1, NULL), luaL_optstring(L, 2, NULL),
+                                 luaL_checkstring(L, 3), &count, &err) != kHeraldOk)
+    return raise_error(L, &err);
+  lua_pushinteger(L, count);
+  return 1;
 }
 
 static int l_set_campaign_state(lua_State *L) {
@@ -571,6 +602,8 @@ int luaopen_herald_core_outbox(lua_State *L) {
     {"campaign_definition", l_campaign_definition},
     {"advance_campaign_state", l_advance_campaign_state}, {"copy_campaign", l_copy_campaign},
     {"cancel", l_cancel}, {"decide", l_decide},
+    {"cancel", l_cancel}, {"set_campaign_origin", l_set_campaign_origin},
+    {"invalidate_campaigns", l_invalidate_campaigns},
     {NULL, NULL},
   };
   luaL_newlib(L, funcs);

@@ -2,6 +2,8 @@
  * tested directly. Values cross between the two states by deep copy (strings, numbers,
  * booleans, nil and tables); anything else is refused with an error naming it. */
 #include <lauxlib.h>
+#include <limits.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "lua/modules.h"
@@ -191,6 +193,19 @@ static int return_failure(lua_State *H, lua_State *S) {
 /* ---- the sandbox object ------------------------------------------------------------------ */
 
 /* new(memory_bytes, instruction_budget, time_limit_ms): each 0 or nil for the default. */
+/* realpath(path) -> absolute path | nil, err: the name a definition file is recorded under,
+ * the same whatever the directory herald was started in. */
+static int l_realpath(lua_State *H) {
+  char buf[PATH_MAX];
+  if (realpath(luaL_checkstring(H, 1), buf) == NULL) {
+    luaL_pushfail(H);
+    lua_pushfstring(H, "%s: cannot resolve the path", lua_tostring(H, 1));
+    return 2;
+  }
+  lua_pushstring(H, buf);
+  return 1;
+}
+
 static int l_new(lua_State *H) {
   HeraldSandboxLimits limits = {0, 0, 0};
   lua_Integer memory = luaL_optinteger(H, 1, 0), budget = luaL_optinteger(H, 2, 0),
@@ -398,7 +413,7 @@ int luaopen_herald_core_sandbox(lua_State *H) {
   luaL_newlib(H, task_methods);
   lua_setfield(H, -2, "__index");
   lua_pop(H, 1);
-  static const luaL_Reg funcs[] = {{"new", l_new}, {NULL, NULL}};
+  static const luaL_Reg funcs[] = {{"new", l_new}, {"realpath", l_realpath}, {NULL, NULL}};
   luaL_newlib(H, funcs);
   return 1;
 }

@@ -122,7 +122,7 @@ int herald_campaign_advance_state(HeraldStore *store, const char *app, const cha
   sqlite3_stmt *st = herald_store_stmt(
       store,
       "UPDATE campaigns SET state = ?3 WHERE app_id = ?1 AND id = ?2"
-      " AND state NOT IN ('PAUSED', 'DELETED') AND state <> ?3",
+      " AND state NOT IN ('PAUSED', 'DELETED') AND state <> ?3 AND (error IS NULL OR ?3 = 'INVALID')",
       err);
   if (st == NULL) return err ? err->code : kHeraldStore;
   sqlite3_bind_text(st, 1, app, -1, SQLITE_STATIC);
@@ -134,18 +134,95 @@ int herald_campaign_advance_state(HeraldStore *store, const char *app, const cha
   return kHeraldOk;
 }
 
+int herald_campaign_set_origin(HeraldStore *store, const char *app, const char *id,
+                               const char *source, const char *audience, const char *lua,
+                               HeraldError *err) {
+  sqlite3_stmt *st = herald_store_stmt(
+      store,
+      "UPDATE campaigns SET source = ?3, audience = ?4, lua = ?5, error = NULL,"
+      " state = CASE WHEN state <> 'INVALID' THEN state WHEN EXISTS (SELECT 1 FROM campaign_runs r"
+      " WHERE r.app_id = ?1 AND r.campaign_id = ?2) THEN 'PENDING_NEXT_RUN' ELSE 'SCHEDULED' END"
+      " WHERE app_id = ?1 AND id = ?2",
+      err);
+  if (st == NULL) return err ? err->code : kHeraldStore;
+  sqlite3_bind_text(st, 1, app, -1, SQLITE_STATIC);
+  sqlite3_bind_text(st, 2, id, -1, SQLITE_STATIC);
+  sqlite3_bind_text(st, 3, source, -1, SQLITE_STATIC);
+  sqlite3_bind_text(st, 4, audience, -1, SQLITE_STATIC);
+  sqlite3_bind_text(st, 5, lua, -1, SQLITE_STATIC);
+  return herald_store_step_done(store, st, err, "recording a campaign's origin");
+}
+
+int herald_campaign_invalidate(HeraldStore *store, const char *app, const char *id,
+                               const char *source, const char *error, int *count,
+                               HeraldError *err) {
+  *count = 0;
+  if (id == NULL && source == NULL)
+    return herald_error_set(err, kHeraldInvalid, "invalidating needs a campaign or a source");
+  sqlite3_stmt *st = herald_store_stmt(
+      store,
+      "UPDATE campaigns SET error = ?4, state = CASE WHEN state = 'PAUSED' THEN state"
+      " ELSE 'INVALID' END WHERE app_id = ?1 AND (?2 IS NULL OR id = ?2)"
+      " AND (?3 IS NULL OR source = ?3) AND state <> 'DELETED'",
+      err);
+  if (st == NULL) return err ? err->code : kHeraldStore;
+  sqlite3_bind_text(st, 1, app, -1, SQLITE_STATIC);
+  sqlite3_bind_text(st, 2, id, -1, SQLITE_STATIC);
+  sqlite3_bind_text(st, 3, source, -1, SQLITE_STATIC);
+  sqlite3_bind_text(st, 4, error, -1, SQLITE_STATIC);
+  if (herald_store_step_done(store, st, err, "invalidating campaigns") != kHeraldOk)
+    return err ? err->code : kHeraldStore;
+  *count = sqlite3_changes(herald_store_db(store));
+  return kHeraldOk;
+}
+
+/* Why campaign id cannot be copied as a stored campaign (into err), or kHeraldOk. */
+static int check_copyable(HeraldStore *store, const char *app, const char *id, HeraldError *err) {
+  sqlite3_stmt *st = herald_store_stmt(
+      store, "SELECT lua, audience IS NOT NULL FROM campaigns WHERE app_id = ?1 AND id = ?2", err);
+  if (st == NULL) return err ? err->code : kHeraldStore;
+  sqlite3_bind_text(st, 1, app, -1, SQLITE_STATIC);
+  sqlite3_bind_text(st, 2, id, -1, SQLITE_STATIC);
+  int rc = sqlite3_step(st);
+  if (rc == SQLITE_DONE) {
+    sqlite3_reset(st);
+    return herald_error_set(err, kHeraldNotFound, "unknown campaign '%s'", id);
+  }
+  if (rc != SQLITE_ROW) {
+    sqlite3_reset(st);
+    return herald_store_fail(store, err, "reading a campaign");
+  }
+  const unsigned char *lua = sqlite3_column_text(st, 0);
+  int stored = sqlite3_column_int(st, 1);
+  if (lua != NULL) {
+    herald_error_set(err, kHeraldInvalid,
+                     "campaign '%s' depends on Lua functions (%s) that are not stored, so a stored"
+                     " copy could not run on its own: copy it in its definition file with"
+                     " herald.campaign.copy('%s', 'NEW')",
+                     id, (const char *)lua, id);
+  } else if (!stored) {
+    herald_error_set(err, kHeraldInvalid,
+                     "campaign '%s' has no stored segment yet: load its definition file once"
+                     " (herald run or herald campaign load) and copy again",
+                     id);
+  }
+  sqlite3_reset(st);
+  return lua != NULL || !stored ? kHeraldInvalid : kHeraldOk;
+}
+
 int herald_campaign_copy(HeraldStore *store, const char *app, const char *id, const char *new_id,
-                         int64_t now_ms, HeraldError *err) {
+                         const char *definition, int64_t now_ms, HeraldError *err) {
   char now[32];
   herald_time_format(now_ms, now, sizeof now);
   if (herald_store_begin(store, err) != kHeraldOk) return err ? err->code : kHeraldStore;
+  if (check_copyable(store, app, id, err) != kHeraldOk) goto fail;
   sqlite3_stmt *st = herald_store_stmt(
       store,
       "INSERT INTO campaigns(app_id, id, name, version, state, definition, creation_date,"
-      " last_modified_date, last_modified_ms) SELECT app_id, ?3, ?3, 1, 'SCHEDULED',"
-      " json_set(definition, '$.Name', ?3, '$.Herald.CopyOf', id), ?4, ?4, ?5 FROM campaigns"
-      " WHERE app_id = ?1 AND id = ?2 AND NOT EXISTS (SELECT 1 FROM campaigns WHERE app_id = ?1"
-      " AND id = ?3)",
+      " last_modified_date, last_modified_ms, audience) SELECT app_id, ?3, ?3, 1, 'SCHEDULED',"
+      " ?6, ?4, ?4, ?5, audience"
+      " FROM campaigns WHERE app_id = ?1 AND id = ?2 AND NOT EXISTS (SELECT 1 FROM campaigns"
+      " WHERE app_id = ?1 AND id = ?3)",
       err);
   if (st == NULL) goto fail;
   sqlite3_bind_text(st, 1, app, -1, SQLITE_STATIC);
@@ -153,6 +230,7 @@ int herald_campaign_copy(HeraldStore *store, const char *app, const char *id, co
   sqlite3_bind_text(st, 3, new_id, -1, SQLITE_STATIC);
   sqlite3_bind_text(st, 4, now, -1, SQLITE_STATIC);
   sqlite3_bind_int64(st, 5, now_ms);
+  sqlite3_bind_text(st, 6, definition, -1, SQLITE_STATIC);
   int rc = sqlite3_step(st);
   sqlite3_reset(st);
   if (rc != SQLITE_DONE) {

@@ -150,7 +150,8 @@ int herald_outbox_claim(HeraldStore *store, const char *app, const char *campaig
       " FROM outbox o CROSS JOIN campaign_runs r ON r.id = o.run_id"
       " CROSS JOIN campaigns c ON c.app_id = r.app_id AND c.id = r.campaign_id"
       " WHERE o.state = 'PENDING' AND o.due_ms <= ?1 AND r.app_id = ?3"
-      " AND c.state NOT IN ('PAUSED', 'DELETED')"
+      /* an INVALID campaign's rows are held, not sent, until its definition loads again */
+      " AND c.state NOT IN ('PAUSED', 'DELETED', 'INVALID')"
       " AND (?4 IS NULL OR r.campaign_id IN (SELECT value FROM json_each(?4)))"
       " ORDER BY o.due_ms, o.id LIMIT ?2",
       err);
@@ -306,7 +307,7 @@ int herald_outbox_next_due(HeraldStore *store, const char *app, const char *camp
       /* The first row in due-time order, outbox first for the reason given at claim. */
       "SELECT o.due_ms FROM outbox o CROSS JOIN campaign_runs r ON r.id = o.run_id"
       " CROSS JOIN campaigns c ON c.app_id = r.app_id AND c.id = r.campaign_id"
-      " WHERE o.state = 'PENDING' AND r.app_id = ?1 AND c.state NOT IN ('PAUSED', 'DELETED')"
+      " WHERE o.state = 'PENDING' AND r.app_id = ?1 AND c.state NOT IN ('PAUSED', 'DELETED', 'INVALID')"
       " AND (?2 IS NULL OR r.campaign_id IN (SELECT value FROM json_each(?2)))"
       " ORDER BY o.due_ms LIMIT 1",
       err);
@@ -389,21 +390,24 @@ static void sql_message_id(sqlite3_context *ctx, int argc, sqlite3_value **argv)
 static int fill_zones(HeraldStore *store, const HeraldOutboxRunSpec *spec, HeraldError *err) {
   sqlite3 *db = herald_store_db(store);
   if (sqlite3_exec(db,
-                   "CREATE TEMP TABLE IF NOT EXISTS herald_run_zones (zone TEXT PRIMARY KEY,"
-                   " due_ms INTEGER NOT NULL, zone_used TEXT, note TEXT, skip_reason TEXT);"
-                   "DELETE FROM temp.herald_run_zones;",
+                   "CREATE TEMP TABLE IF NOT EXISTS herald_run_streams (stream INTEGER NOT NULL,"
+                   " zone TEXT NOT NULL, due_ms INTEGER NOT NULL, zone_used TEXT, note TEXT,"
+                   " skip_reason TEXT, PRIMARY KEY (stream, zone));"
+                   "DELETE FROM temp.herald_run_streams;",
                    NULL, NULL, NULL) != SQLITE_OK)
     return herald_store_fail(store, err, "preparing the run's zones");
   sqlite3_stmt *st = herald_store_stmt(
-      store, "INSERT OR REPLACE INTO temp.herald_run_zones VALUES (?1, ?2, ?3, ?4, ?5)", err);
+      store, "INSERT OR REPLACE INTO temp.herald_run_streams VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+      err);
   if (st == NULL) return err ? err->code : kHeraldStore;
   for (int i = 0; i < spec->n_zones; i++) {
     const HeraldOutboxZone *z = &spec->zones[i];
-    sqlite3_bind_text(st, 1, z->zone ? z->zone : "", -1, SQLITE_STATIC);
-    sqlite3_bind_int64(st, 2, z->due_ms);
-    sqlite3_bind_text(st, 3, z->zone_used, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 4, z->note, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 5, z->skip_reason, -1, SQLITE_STATIC);
+    sqlite3_bind_int(st, 1, z->stream);
+    sqlite3_bind_text(st, 2, z->zone ? z->zone : "", -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 3, z->due_ms);
+    sqlite3_bind_text(st, 4, z->zone_used, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 5, z->note, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 6, z->skip_reason, -1, SQLITE_STATIC);
     int rc = sqlite3_step(st);
     sqlite3_reset(st);
     if (rc != SQLITE_DONE) return herald_store_fail(store, err, "writing the run's zones");
@@ -422,6 +426,29 @@ static int arm_sql(const HeraldOutboxRunSpec *spec, char *buf, size_t len, Heral
   }
   if (n > 0 && (size_t)n < len)
     n += snprintf(buf + n, len - (size_t)n, " ELSE %d END", spec->n_treatments - 1);
+  if (n < 0 || (size_t)n >= len)
+    return herald_error_set(err, kHeraldInvalid, "too many treatments (%d)", spec->n_treatments);
+  return kHeraldOk;
+}
+
+/* The stream of cohort e.cohort_id in this run (see HeraldOutboxRunSpec.arm_stream), -1 when
+ * its arm has no run at this instant. */
+static int stream_sql(const HeraldOutboxRunSpec *spec, char *buf, size_t len, HeraldError *err) {
+  if (spec->arm_stream == NULL) {
+    snprintf(buf, len, "0");
+    return kHeraldOk;
+  }
+  int n = snprintf(buf, len, "CASE WHEN e.cohort_id < %d THEN %d", spec->holdout,
+                   spec->without_holdout ? -1 : 0);
+  int edge = spec->holdout;
+  for (int i = 0; i < spec->n_treatments - 1 && n > 0 && (size_t)n < len; i++) {
+    edge += spec->sizes[i];
+    n += snprintf(buf + n, len - (size_t)n, " WHEN e.cohort_id < %d THEN %d", edge,
+                  spec->arm_stream[i]);
+  }
+  if (n > 0 && (size_t)n < len)
+    n += snprintf(buf + n, len - (size_t)n, " ELSE %d END",
+                  spec->arm_stream[spec->n_treatments - 1]);
   if (n < 0 || (size_t)n >= len)
     return herald_error_set(err, kHeraldInvalid, "too many treatments (%d)", spec->n_treatments);
   return kHeraldOk;
@@ -458,7 +485,7 @@ int herald_outbox_materialize(HeraldStore *store, const HeraldOutboxRunSpec *spe
   sqlite3_stmt *st = herald_store_stmt(
       store,
       "UPDATE campaign_runs SET run_index = ?2, daily_cap = ?3, total_cap = ?4, max_duration_ms = ?5,"
-      " started_ms = ?6, timezones = ?7 WHERE id = ?1",
+      " started_ms = ?6, timezones = ?7, arms = ?8 WHERE id = ?1",
       err);
   if (st == NULL) return err ? err->code : kHeraldStore;
   sqlite3_bind_int64(st, 1, *run_id);
@@ -468,6 +495,7 @@ int herald_outbox_materialize(HeraldStore *store, const HeraldOutboxRunSpec *spe
   if (spec->max_duration_ms > 0) sqlite3_bind_int64(st, 5, spec->max_duration_ms); else sqlite3_bind_null(st, 5);
   sqlite3_bind_int64(st, 6, herald_clock_now_ms());
   sqlite3_bind_int(st, 7, spec->n_zones);
+  sqlite3_bind_text(st, 8, spec->arms_json, -1, SQLITE_STATIC);
   int rc = sqlite3_step(st);
   sqlite3_reset(st);
   if (rc != SQLITE_DONE) return herald_store_fail(store, err, "starting a run");
@@ -480,6 +508,8 @@ int herald_outbox_materialize(HeraldStore *store, const HeraldOutboxRunSpec *spe
     return herald_store_fail(store, err, "registering herald_message_id");
   char arm[1024];
   if (arm_sql(spec, arm, sizeof arm, err) != kHeraldOk) return err->code;
+  char stream[1024];
+  if (stream_sql(spec, stream, sizeof stream, err) != kHeraldOk) return err->code;
   int dups = 0;
   if (has_duplicate_addresses(store, spec->app, &dups, err) != kHeraldOk) return err->code;
   int zoned = spec->n_zones > 0;
@@ -499,8 +529,8 @@ int herald_outbox_materialize(HeraldStore *store, const HeraldOutboxRunSpec *spe
       "    %s"
       "    WHEN %s THEN 'DUPLICATE_ADDRESS'"
       "   END AS reason"
-      "  FROM endpoints e %s"
-      "  WHERE e.app_id = :herald_app AND (%s))",
+      "  FROM endpoints e %s%s%s"
+      "  WHERE e.app_id = :herald_app AND (%s)%s%s%s)",
       arm,
       /* without local time or quiet time every row is due at the run's time: no zone join */
       zoned ? "coalesce(z.due_ms, :herald_due) AS due, z.zone_used, z.note"
@@ -509,8 +539,11 @@ int herald_outbox_materialize(HeraldStore *store, const HeraldOutboxRunSpec *spe
       dups ? "row_number() OVER (PARTITION BY e.channel_type, e.address ORDER BY"
              " e.endpoint_status = 'INACTIVE', e.opt_out = 'ALL', e.id) > 1"
            : "0",
-      zoned ? "LEFT JOIN temp.herald_run_zones z ON z.zone = coalesce(e.timezone, '')" : "",
-      spec->where ? spec->where : "1");
+      zoned ? "LEFT JOIN temp.herald_run_streams z ON z.stream = " : "", zoned ? stream : "",
+      zoned ? " AND z.zone = coalesce(e.timezone, '')" : "", spec->where ? spec->where : "1",
+      /* arms without a run at this instant get no rows */
+      spec->arm_stream ? " AND " : "", spec->arm_stream ? stream : "",
+      spec->arm_stream ? " >= 0" : "");
   if (sql == NULL) return herald_error_set(err, kHeraldNoMemory, "out of memory");
   rc = sqlite3_prepare_v2(db, sql, -1, &st, NULL);
   sqlite3_free(sql);
@@ -532,18 +565,6 @@ int herald_outbox_materialize(HeraldStore *store, const HeraldOutboxRunSpec *spe
   /* the function's user data lives on this stack frame: unregister it */
   sqlite3_create_function(db, "herald_message_id", 1, SQLITE_UTF8, NULL, NULL, NULL, NULL);
   if (rc != SQLITE_DONE) return herald_store_fail(store, err, "materialising a run");
-  for (int i = 0; i < spec->n_treatments; i++) {
-    if (spec->treatment_due == NULL || spec->treatment_due[i] <= 0) continue;
-    st = herald_store_stmt(store, "UPDATE outbox SET due_ms = ?3 WHERE run_id = ?1"
-                                  " AND treatment = ?2 AND state = 'PENDING'", err);
-    if (st == NULL) return err ? err->code : kHeraldStore;
-    sqlite3_bind_int64(st, 1, *run_id);
-    sqlite3_bind_int(st, 2, i);
-    sqlite3_bind_int64(st, 3, spec->treatment_due[i]);
-    rc = sqlite3_step(st);
-    sqlite3_reset(st);
-    if (rc != SQLITE_DONE) return herald_store_fail(store, err, "scheduling a treatment");
-  }
   st = herald_store_stmt(store, "UPDATE campaign_runs SET total = ?2 WHERE id = ?1", err);
   if (st == NULL) return err ? err->code : kHeraldStore;
   sqlite3_bind_int64(st, 1, *run_id);

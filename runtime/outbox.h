@@ -39,6 +39,7 @@ int herald_outbox_run_create(HeraldStore *store, const char *app, const char *ca
  * when they fell back to the campaign's zone, else NULL) and, when skip_reason is set (quiet
  * time under the skip policy), are recorded SKIPPED with it. */
 typedef struct {
+  int stream;             /* the schedule these due times follow (see arm_stream) */
   const char *zone;
   int64_t due_ms;
   const char *zone_used;
@@ -64,9 +65,14 @@ typedef struct {
   int n_zones;
   int64_t default_due_ms; /* for a zone not in zones (an endpoint that arrived meanwhile) */
   int64_t daily_cap, total_cap, max_duration_ms;  /* 0: none */
-  /* Per treatment: its own schedule's instant for this run (a treatment that overrides the
-   * schedule), or 0 to keep the run's due times. NULL: none overrides. */
-  const int64_t *treatment_due;
+  /* A treatment may follow its own schedule: per treatment, the stream (0: the campaign's
+   * schedule, k: treatment k's own) whose zones give its rows' due times in this run, or -1
+   * when the treatment has no run at this instant (it gets no rows). NULL: every treatment
+   * follows stream 0. without_holdout leaves the holdout out (it is recorded once per run of
+   * the campaign's schedule). arms_json (the arms in the run) is stored with the run. */
+  const int *arm_stream;
+  int without_holdout;
+  const char *arms_json;
 } HeraldOutboxRunSpec;
 
 /* Creates the run (unless it exists: *created = 0) and its rows from the segment: one row per
@@ -163,7 +169,7 @@ int herald_outbox_trigger(HeraldStore *store, const HeraldOutboxTrigger *t, int6
 
 /* Claims up to max rows due at now_ms (state PENDING -> CLAIMED, attempts + 1, claimed_ms =
  * now_ms) of the campaigns named in campaigns_json (a JSON array of ids of app; NULL for all).
- * Rows of PAUSED or DELETED campaigns stay PENDING. In the same transaction, limits are
+ * Rows of PAUSED, DELETED or INVALID campaigns stay PENDING. In the same transaction, limits are
  * enforced row by row: a row not claimed within its run's max_duration_ms of its due time becomes SKIPPED/EXPIRED, a row whose
  * endpoint already has total_cap messages of this campaign SKIPPED/TOTAL_CAP, and one whose
  * endpoint had daily_cap messages of any campaign of the app in the last 24 hours

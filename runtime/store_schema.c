@@ -224,6 +224,16 @@ const char *const herald_store_migrations[] = {
   "  reason TEXT NOT NULL,"
   "  figures TEXT NOT NULL"
   ");",
+  /* 8: source is the definition file that last defined a campaign: when that file fails to
+   * load, its stored campaigns become INVALID with the failure in error (file:line). audience
+   * is what a stored copy needs to run without its source's file: the segment as JSON, or
+   * NULL when the campaign depends on Lua functions (lua names them). A run's arms list the
+   * treatments it materialised (-1 the holdout); NULL means every arm. */
+  "ALTER TABLE campaigns ADD COLUMN source TEXT;"
+  "ALTER TABLE campaigns ADD COLUMN error TEXT;"
+  "ALTER TABLE campaigns ADD COLUMN audience TEXT;"
+  "ALTER TABLE campaigns ADD COLUMN lua TEXT;"
+  "ALTER TABLE campaign_runs ADD COLUMN arms TEXT;",
 };
 
 const int herald_store_migration_count =

@@ -277,7 +277,7 @@ local function from_lua(def)
     for i, t in ipairs(def.treatments) do
       local path = 'treatments[' .. i .. ']'
       if type(t) ~= 'table' then fail(path, 'expected a table') end
-      only(path, t, set('name', 'size', 'message', 'template', 'schedule', 'description'))
+      only(path, t, set('name', 'size', 'message', 'template', 'schedule', 'quiet_time', 'description'))
       if math.type(t.size) ~= 'integer' or t.size < 1 or t.size > 100 then
         fail(path .. '.size', 'a whole percentage 1-100')
       end
@@ -289,11 +289,19 @@ local function from_lua(def)
         p.MessageConfiguration, p.TemplateConfiguration = m, tpl
         p.Herald.DefaultSizePercent = t.size
       else
+        local sched
+        if t.schedule ~= nil then sched = lua_schedule(path .. '.schedule', t.schedule) end
+        if t.quiet_time ~= nil then
+          if sched == nil then fail(path .. '.quiet_time', "only with the treatment's own schedule") end
+          local tq = t.quiet_time
+          if type(tq) ~= 'table' then fail(path .. '.quiet_time', "expected { start = 'HH:MM', ['end'] = 'HH:MM' }") end
+          only(path .. '.quiet_time', tq, set('start', 'end'))
+          sched.QuietTime = { Start = tq.start, End = tq['end'] }
+        end
         additional[#additional + 1] = {
           Id = tostring(i - 1), TreatmentName = t.name or ('treatment ' .. (i - 1)),
           TreatmentDescription = t.description, SizePercent = t.size,
-          MessageConfiguration = m, TemplateConfiguration = tpl,
-          Schedule = t.schedule ~= nil and lua_schedule(path .. '.schedule', t.schedule) or nil,
+          MessageConfiguration = m, TemplateConfiguration = tpl, Schedule = sched,
         }
       end
     end
@@ -454,7 +462,12 @@ local function build(p, lua)
       local path = lua and ('treatments[' .. (i + 1) .. '].schedule') or ('AdditionalTreatments[' .. (i - 1) .. '].Schedule')
       local s, msg, field = time.check_schedule(t.Schedule, { path = path, now_ms = 0 })
       if not s then fail(field, msg:sub(#field + 3)) end
-      if s.frequency ~= 'ONCE' then fail(path .. '.Frequency', "a treatment's own schedule is ONCE: it moves the treatment's send time") end
+      if s.frequency == 'EVENT' then
+        fail(path .. '.Frequency', "ONCE, HOURLY, DAILY, WEEKLY or MONTHLY: event triggers belong to the campaign's schedule")
+      end
+      if sched.frequency == 'EVENT' then
+        fail(path, "the treatments of an event-triggered campaign follow its trigger: no schedule of their own")
+      end
     end
   end
   if sched.frequency == 'EVENT' then
@@ -567,16 +580,94 @@ function Campaign:is_immediate()
   return self.definition.Schedule.StartTime == 'IMMEDIATE'
 end
 
+-- The schedules runs follow: stream 0 is the campaign's schedule (the holdout, the default
+-- treatment and every treatment without its own schedule), stream k treatment k's own
+-- Schedule. A treatment's schedule without QuietTime keeps the campaign's quiet time, so
+-- overriding when a treatment is sent never drops the protection of quiet hours.
+function Campaign:streams()
+  if self._streams == nil then
+    local def = self.definition
+    local streams = { { id = 0, schedule = self:schedule(), immediate = self:is_immediate() } }
+    for k, t in ipairs(def.AdditionalTreatments) do
+      if t.Schedule ~= nil then
+        local sdef = {}
+        for f, v in pairs(t.Schedule) do sdef[f] = v end
+        if sdef.QuietTime == nil then sdef.QuietTime = def.Schedule.QuietTime end
+        streams[#streams + 1] = { id = k, treatment = k, immediate = sdef.StartTime == 'IMMEDIATE',
+          schedule = assert(time.check_schedule(sdef, { now_ms = self.version_ms })) }
+      end
+    end
+    self._streams = streams
+  end
+  return self._streams
+end
+
+-- The stream treatment t (0-based) follows.
+function Campaign:stream_of(t)
+  local own = t > 0 and self.definition.AdditionalTreatments[t].Schedule ~= nil
+  return own and t or 0
+end
+
 function Campaign:stale_after_ms()
   return (self.definition.Herald.StaleAfterSeconds or campaign.DEFAULT_STALE_AFTER_S) * 1000
 end
 
-local function register(c, level)
+-- A campaign's audience as stored data, so a stored copy runs without its source's file:
+-- declarative segments as their WriteSegmentRequest, imports by stored id and version,
+-- compositions of those. Returns the table, or nil and what cannot be stored.
+local function encode_audience(seg)
+  if seg.filter then return nil, 'segment filter' end
+  if rawget(seg, 'compile') or rawget(seg, 'contains') then return nil, 'segment compile function' end
+  if seg.children then
+    local kids = {}
+    for i, child in ipairs(seg.children) do
+      local k, why = encode_audience(child)
+      if k == nil then return nil, why end
+      kids[i] = k
+    end
+    return { Name = seg.name, Op = seg.op, Children = kids }
+  end
+  if seg.static then return { Name = seg.name, StoredId = seg.id, Version = seg.version } end
+  return { Name = seg.name, Request = seg.definition }
+end
+
+local function decode_audience(a)
+  if a.Children then
+    local kids = { name = a.Name }
+    for i, child in ipairs(a.Children) do
+      local k, err = decode_audience(child)
+      if k == nil then return nil, err end
+      kids[i] = k
+    end
+    return segment[a.Op:lower()](kids)
+  end
+  if a.StoredId then return segment.load(a.StoredId, { version = a.Version }) end
+  local ok, seg = pcall(segment.from_pinpoint, a.Request, { name = a.Name })
+  if not ok then return nil, seg end
+  return seg
+end
+
+-- The Lua functions c depends on (nil: none), and its audience as JSON (nil: not storable).
+local function origin(c)
+  local lua = {}
+  if c.hook then lua[#lua + 1] = 'hook' end
+  if c.predicate then lua[#lua + 1] = 'event predicate' end
+  local audience, why = encode_audience(c.segment)
+  if audience == nil then lua[#lua + 1] = why end
+  return #lua > 0 and table.concat(lua, ', ') or nil, audience and json.encode(audience, { sort = true })
+end
+
+-- The definition file being loaded (set by the loader): campaigns record it as their source.
+campaign.source = nil
+
+local function register(c, level, stored_copy)
   if campaign.defined[c.name] then
     error('herald.campaign: a campaign named ' .. c.name .. ' is already defined', level + 1)
   end
   local version, version_ms = outbox.define_campaign(c.id, c.name, c:definition_json())
   c.version, c.version_ms = version, version_ms
+  local lua, audience = origin(c)
+  outbox.set_campaign_origin(c.id, not stored_copy and campaign.source or nil, audience, lua)
   campaign.defined[c.name] = c
   campaign.order[#campaign.order + 1] = c
   return c
@@ -628,7 +719,9 @@ function campaign.from_pinpoint(doc, opts)
   return register(c, 2)
 end
 
--- Defines a copy of a loaded campaign under new_name (same segment, hook and settings).
+-- Defines a copy of a loaded campaign under new_name (same segment, hook and settings), in
+-- the script that calls it: the copy is defined again whenever the script loads, so it keeps
+-- the source's Lua functions. `herald campaign copy` makes a stored copy instead.
 function campaign.copy(name, new_name)
   local src = campaign.defined[name]
   if src == nil then error('herald.campaign.copy: no campaign named ' .. tostring(name), 2) end
@@ -653,7 +746,7 @@ local function q(sql, ...)
 end
 
 local function stored(name)
-  return q('SELECT id, name, version, state, definition FROM campaigns WHERE app_id = ? AND id = ?',
+  return q('SELECT id, name, version, state, definition, source, error FROM campaigns WHERE app_id = ? AND id = ?',
     core.app(), name)[1]
 end
 
@@ -673,7 +766,9 @@ function campaign.resume(name)
   if c.state ~= 'PAUSED' then return nil, 'campaign ' .. name .. ' is ' .. c.state .. ', not PAUSED' end
   local executing = q("SELECT count(*) AS n FROM campaign_runs WHERE app_id = ? AND campaign_id = ?"
     .. " AND state = 'EXECUTING'", core.app(), name)[1].n
-  outbox.set_campaign_state(name, executing > 0 and 'EXECUTING' or 'PENDING_NEXT_RUN')
+  -- its definition failed to load while it was paused: it resumes INVALID, its rows held
+  local state = c.error and 'INVALID' or executing > 0 and 'EXECUTING' or 'PENDING_NEXT_RUN'
+  outbox.set_campaign_state(name, state)
   return true
 end
 
@@ -686,9 +781,46 @@ function campaign.delete(name)
   return true
 end
 
--- Copies the stored definition to new_name (CLI form; campaign.copy copies a loaded one).
+-- A stored copy of campaign name as new_name (`herald campaign copy`): its definition and
+-- audience are stored, so it runs in any later `herald run` of this database and application
+-- on its own, whatever files that run loads. A campaign that depends on Lua functions (a
+-- hook, an event predicate, a segment filter) cannot be copied this way: the error says so
+-- and points to herald.campaign.copy in its definition file. Returns true or nil, err.
 function campaign.copy_stored(name, new_name)
-  return outbox.copy_campaign(name, new_name)
+  if type(new_name) ~= 'string' or not new_name:match('^[%w][%w_%-%.]*$') then
+    return nil, 'new name: letters, digits, _ - . (starting with a letter or digit)'
+  end
+  local src = q('SELECT definition, audience FROM campaigns WHERE app_id = ? AND id = ?', core.app(), name)[1]
+  if src == nil then return nil, 'unknown campaign ' .. tostring(name) end
+  local p = json.decode(src.definition)
+  p.Name = new_name
+  p.Herald.CopyOf = name
+  local def = json.encode(p, { sort = true })
+  -- the definition as the copy's first load will store it, so that load makes no new version
+  local seg = src.audience and decode_audience(json.decode(src.audience))
+  if seg then
+    local ok, c = pcall(instantiate, p, seg, nil, false, nil)
+    if ok then def = c:definition_json() end
+  end
+  return outbox.copy_campaign(name, new_name, def)
+end
+
+-- Every campaign of definition file source becomes INVALID with err (the load failure, with
+-- its file:line); its pending rows are held until the file loads again. Returns how many.
+function campaign.invalidate_source(source, err)
+  return outbox.invalidate_campaigns(nil, source, err)
+end
+
+-- Campaign id becomes INVALID with err (e.g. its run could not be materialised).
+function campaign.invalidate(id, err)
+  return outbox.invalidate_campaigns(id, nil, err)
+end
+
+-- The stored campaigns of the application: {id, state, version, source, error, copy_of}.
+function campaign.list()
+  local rows = q([[SELECT id, state, version, source, error, json_extract(definition, '$.Herald.CopyOf') AS copy_of
+    FROM campaigns WHERE app_id = ? ORDER BY id]], core.app())
+  return rows
 end
 
 local function iso(ms)
@@ -723,7 +855,9 @@ function campaign.activities(name)
       return a
     end
     if #groups == 0 then
-      local a = arm(0)
+      local arms = r.arms and json.decode(r.arms)
+      local first = arms and arms[1] or 0
+      local a = arm(first < 0 and (arms[2] or 0) or first)
       if r.reason then a.ExecutionMetrics[r.reason] = 1 end
     end
     for _, g in ipairs(groups) do
@@ -742,23 +876,64 @@ function campaign.activities(name)
   return out
 end
 
+-- The arm (treatment index, -1 the holdout) and its name of a cohort under a stored
+-- definition: the same split as Campaign:arm.
+local function stored_arm(def, cohort)
+  local edge = def.HoldoutPercent or 0
+  if cohort < edge then return -1, 'holdout' end
+  local extra = def.AdditionalTreatments or {}
+  local sizes = { def.Herald and def.Herald.DefaultSizePercent or 100 }
+  for i, t in ipairs(extra) do sizes[i + 1] = t.SizePercent end
+  local arm = #sizes - 1
+  for i, size in ipairs(sizes) do
+    edge = edge + size
+    if cohort < edge then arm = i - 1; break end
+  end
+  if arm == 0 then return 0, def.TreatmentName or 'default' end
+  return arm, extra[arm].TreatmentName or ('treatment ' .. arm)
+end
+
 -- For each run of campaign name: what happened to endpoint_id, and why.
 function campaign.why(name, endpoint_id)
   local c = stored(name)
   if c == nil then return nil, 'unknown campaign ' .. tostring(name) end
   local out = {}
   local runs = q([[SELECT r.id, r.run_index, r.campaign_version, r.scheduled_ms, r.state AS run_state,
-      r.reason AS run_reason, o.treatment, o.state, o.reason, o.due_ms, o.zone, o.note, o.message_id,
+      r.reason AS run_reason, r.arms, o.treatment, o.state, o.reason, o.due_ms, o.zone, o.note, o.message_id,
       o.attempts, o.claimed_ms
     FROM campaign_runs r LEFT JOIN outbox o ON o.run_id = r.id AND o.endpoint_id = ?
     WHERE r.app_id = ? AND r.campaign_id = ? ORDER BY r.scheduled_ms]], endpoint_id, core.app(), name)
+  local cohort = q('SELECT cohort_id FROM endpoints WHERE app_id = ? AND id = ?', core.app(), endpoint_id)[1]
+  local defs = {}
+  local function arm_of(version)
+    if cohort == nil then return nil end
+    if defs[version] == nil then
+      defs[version] = json.decode(q('SELECT definition FROM campaign_versions WHERE app_id = ? AND campaign_id = ?'
+        .. ' AND version = ?', core.app(), name, version)[1].definition)
+    end
+    return stored_arm(defs[version], cohort.cohort_id)
+  end
   for _, r in ipairs(runs) do
     local line = { run = r.id, index = r.run_index, version = r.campaign_version,
                    scheduled = iso(r.scheduled_ms), run_state = r.run_state }
+    local arm, arm_name = arm_of(r.campaign_version)
+    line.treatment, line.treatment_name = arm, arm_name
     if r.run_state == 'SKIPPED' then
       line.outcome, line.why = 'NOT_SENT', 'the whole run was skipped: ' .. tostring(r.run_reason)
     elseif r.state == nil then
-      line.outcome, line.why = 'NOT_TARGETED', 'not in the segment when the run was materialised'
+      local arms = r.arms and json.decode(r.arms)
+      local in_run = arms == nil or arm == nil
+      for _, a in ipairs(arms or {}) do if a == arm then in_run = true end end
+      if in_run then
+        line.outcome, line.why = 'NOT_TARGETED', 'not in the segment when the run was materialised'
+      elseif arm < 0 then
+        line.outcome, line.why = 'NOT_IN_RUN', "the holdout is recorded on the campaign schedule's runs;"
+          .. ' this run was for treatments with schedules of their own'
+      else
+        line.outcome, line.why = 'NOT_IN_RUN', string.format("its arm '%s' follows %s; this run was for other arms",
+          arm_name, arm > 0 and defs[r.campaign_version].AdditionalTreatments[arm].Schedule
+            and 'its own schedule' or "the campaign's schedule")
+      end
     else
       line.treatment, line.state, line.reason = r.treatment, r.state, r.reason
       line.due, line.zone, line.zone_note, line.message_id = iso(r.due_ms), r.zone, r.note, r.message_id
@@ -778,27 +953,34 @@ end
 function campaign.status(name)
   local c = stored(name)
   if c == nil then return nil, 'unknown campaign ' .. tostring(name) end
-  return { Id = c.id, Name = c.name, State = c.state, Version = c.version,
-           Definition = json.decode(c.definition), Activities = campaign.activities(name) }
+  return { Id = c.id, Name = c.name, State = c.state, Version = c.version, Source = c.source,
+           Error = c.error, Definition = json.decode(c.definition), Activities = campaign.activities(name) }
 end
 
--- Loads the stored copies (`herald campaign copy`) of the loaded campaigns: a copy runs with
--- its source's segment, hook and predicate and its own stored definition. Returns how many.
+-- Loads the stored copies (`herald campaign copy`): each runs with its own stored definition
+-- and audience. A copy whose audience no longer loads (a stored segment was removed) becomes
+-- INVALID with the reason. Returns how many loaded, and the failures' messages.
 function campaign.load_copies()
-  local n = 0
-  local rows = q([[SELECT id, definition FROM campaigns WHERE app_id = ? AND state <> 'DELETED'
-    AND json_extract(definition, '$.Herald.CopyOf') IS NOT NULL]], core.app())
+  local n, failures = 0, {}
+  local rows = q([[SELECT id, definition, audience FROM campaigns WHERE app_id = ? AND state <> 'DELETED'
+    AND source IS NULL AND audience IS NOT NULL AND json_extract(definition, '$.Herald.CopyOf') IS NOT NULL
+    ORDER BY id]], core.app())
   for _, r in ipairs(rows) do
-    local p = json.decode(r.definition)
-    local src = campaign.defined[p.Herald.CopyOf]
-    if src ~= nil and campaign.defined[r.id] == nil then
-      local ok, c = pcall(instantiate, p, src.segment, src.hook, false, src.predicate)
-      if not ok then raise(r.id, c, 1) end
-      register(c, 1)
-      n = n + 1
+    if campaign.defined[r.id] == nil then
+      local seg, err = decode_audience(json.decode(r.audience))
+      local ok, c = false, err
+      if seg then ok, c = pcall(instantiate, json.decode(r.definition), seg, nil, false, nil) end
+      if ok then
+        register(c, 1, true)
+        n = n + 1
+      else
+        local msg = string.format('stored copy %s: %s', r.id, type(c) == 'table' and (c.path .. ': ' .. c.msg) or tostring(c))
+        campaign.invalidate(r.id, msg)
+        failures[#failures + 1] = msg
+      end
     end
   end
-  return n
+  return n, failures
 end
 
 -- A definition file that fails part-way leaves none of its campaigns behind: the loader
@@ -814,4 +996,8 @@ function campaign.rollback(mark)
   end
 end
 
-return setmetatable(campaign, { __call = function(_, def) return define(def) end })
+-- Not a tail call: define raises at its caller's caller, the script's line.
+return setmetatable(campaign, { __call = function(_, def)
+  local c = define(def)
+  return c
+end })

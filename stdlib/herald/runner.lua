@@ -8,6 +8,8 @@ local task = require 'herald.core.task'
 local clock = require 'herald.core.clock'
 local outbox = require 'herald.core.outbox'
 local sandbox = require 'herald.sandbox'
+local sandbox_core = require 'herald.core.sandbox'
+local campaign = require 'herald.campaign'
 local deliver = require 'herald.deliver'
 local winner = require 'herald.winner'
 
@@ -30,35 +32,54 @@ function runner.new(opts)
   }, runner)
 end
 
--- Calls scheduler.NAME(...) in the sandbox. Returns true, results... or false after reporting.
+-- Calls scheduler.NAME(...) in the sandbox. Returns true, results... or false, the error
+-- after reporting it.
 function runner:step(name, ...)
   local r = table.pack(self.sb:run('local name = ...; local s = require "herald.scheduler";'
     .. ' return s[name](select(2, ...))', '=(herald run)', name, ...))
   if not r[1] then
     self.failures = self.failures + 1
     self.err(tostring(r[2]))
-    return false
+    return false, tostring(r[2])
   end
   return table.unpack(r, 1, r.n)
 end
 
--- Loads definition files; a file that fails leaves none of its campaigns behind.
+-- The first line of a load error (file:line: message), without the traceback.
+local function headline(err)
+  return (tostring(err):match('^[^\n]*'))
+end
+
+-- Loads definition files; a file that fails leaves none of its campaigns behind, and the
+-- campaigns it defined before (stored with it as their source) become INVALID with the
+-- error until it loads again. Then the stored copies load.
 function runner:load(files)
   local ok_all = true
   for _, f in ipairs(files) do
-    local _, mark = self.sb:run('return require("herald.campaign").mark()')
+    local source = sandbox_core.realpath(f) or f
+    local _, mark = self.sb:run('local c = require("herald.campaign"); c.source = ...; return c.mark()',
+      '=(herald run)', source)
     local ok, err = self.sb:run_file(f)
+    self.sb:run('require("herald.campaign").source = nil')
     if not ok then
       self.sb:run('require("herald.campaign").rollback(...)', '=(herald run)', mark)
       self.failures = self.failures + 1
       self.err(tostring(err))
+      local n = campaign.invalidate_source(source, headline(err))
+      if n > 0 then
+        self.err(string.format('%s: %d stored campaign%s of this file %s INVALID; their pending messages are held',
+          f, n, n == 1 and '' or 's', n == 1 and 'is' or 'are'))
+      end
       ok_all = false
     end
   end
-  local ok, err = self.sb:run('return require("herald.campaign").load_copies()')
+  local ok, n, failures = self.sb:run('return require("herald.campaign").load_copies()')
   if not ok then
+    failures = { n }
+  end
+  for _, msg in ipairs(failures or {}) do
     self.failures = self.failures + 1
-    self.err(tostring(err))
+    self.err(tostring(msg))
     ok_all = false
   end
   return ok_all
@@ -98,7 +119,7 @@ function runner:loop(opts)
           end
         else
           failed[key] = true
-          self:step('mark_invalid', d.id)
+          self:step('mark_invalid', d.id, headline(run_id))
         end
       end
     end

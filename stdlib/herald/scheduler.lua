@@ -36,33 +36,45 @@ local function last_run(c)
     .. ' ORDER BY scheduled_ms DESC LIMIT 1', core.app(), c.id)[1]
 end
 
+-- The next run of stream s after the run `after` ({scheduled_ms}; nil: none yet). A one-off
+-- schedule runs once: a new version moves its StartTime only if later.
+local function stream_next(s, after)
+  local sched = s.schedule
+  if after == nil then return sched:run(0) end
+  if sched.frequency == 'ONCE' then
+    if s.immediate or sched.start_ms <= after.scheduled_ms then return nil end
+    return sched:run(0)
+  end
+  return sched:next_run(after.scheduled_ms)
+end
+
 -- The next run of c to materialise at now_ms: {at, index} when due, else nil and the instant
--- it becomes due (nil when the schedule has no more runs). Stale runs are recorded here.
+-- it becomes due (nil when the schedule has no more runs). A run is one instant of any of
+-- c's streams (its schedule and the treatments' own): arms whose stream fires then. Stale
+-- runs are recorded here.
 local function next_run(c, now_ms)
-  local sched = c:schedule()
-  if sched.frequency == 'EVENT' then return nil end
-  local last = last_run(c)
-  local run
-  if last == nil then
-    run = sched:run(0)
-  elseif sched.frequency == 'ONCE' then
-    -- A one-off campaign runs once: a new version moves its StartTime only if later.
-    if c:is_immediate() or sched.start_ms <= last.scheduled_ms then return nil end
-    run = sched:run(0)
-  else
-    run = sched:next_run(last.scheduled_ms)
-  end
-  while run do
-    local start_at = run.earliest_ms or run.ms
-    if start_at > now_ms then return nil, start_at end
-    local latest = run.latest_ms or run.ms
-    if (c:is_immediate() and run.index == 0) or now_ms - latest <= c:stale_after_ms() then
-      return { at = run.ms, index = run.index }
+  if c:schedule().frequency == 'EVENT' then return nil end
+  local after = last_run(c)
+  while true do
+    local best
+    for _, s in ipairs(c:streams()) do
+      local r = stream_next(s, after)
+      if r and (best == nil or r.ms < best.ms) then
+        best = { ms = r.ms, index = r.index, earliest = r.earliest_ms or r.ms, latest = r.latest_ms or r.ms,
+                 immediate = s.immediate and r.index == 0 }
+      elseif r and r.ms == best.ms then
+        best.earliest = math.min(best.earliest, r.earliest_ms or r.ms)
+        best.latest = math.max(best.latest, r.latest_ms or r.ms)
+      end
     end
-    outbox.skip_run(c.id, c.version, run.ms, run.index, 'STALE')
-    run = sched:next_run(run.ms)
+    if best == nil then return nil end
+    if best.earliest > now_ms then return nil, best.earliest end
+    if best.immediate or now_ms - best.latest <= c:stale_after_ms() then
+      return { at = best.ms, index = best.index }
+    end
+    outbox.skip_run(c.id, c.version, best.ms, best.index, 'STALE')
+    after = { scheduled_ms = best.ms }
   end
-  return nil
 end
 
 -- The steps below run inside the sandbox, each called by the host loop (herald.runner) as
@@ -89,18 +101,17 @@ function scheduler.plan(now_ms)
   return { due = due, ids = ids, next_start = next_start }
 end
 
--- Per zone of the audience: when its endpoints receive run, in which zone, and whether quiet
--- time defers or skips them.
-local function zones_of(c, run)
-  local sched = c:schedule()
+-- Per zone of the audience: when the endpoints of stream s receive its run, in which zone,
+-- and whether quiet time defers or skips them. Appends to out.
+local function zones_of(c, s, run, out)
+  local sched = s.schedule
   local quiet = sched.quiet_time
-  if not sched.is_local_time and quiet == nil then return {} end
+  if not sched.is_local_time and quiet == nil then return end
   local policy = c.definition.Herald.QuietTimePolicy
-  local out = {}
   local rows = query("SELECT DISTINCT coalesce(timezone, '') AS z FROM endpoints WHERE app_id = ?", core.app())
   for _, r in ipairs(rows) do
     local zone = r.z or ''
-    local item = { zone = zone, due_ms = run.ms }
+    local item = { stream = s.id, zone = zone, due_ms = run.ms }
     local used, note
     if sched.is_local_time then
       local due
@@ -119,7 +130,6 @@ local function zones_of(c, run)
     item.zone_used, item.note = used, note
     out[#out + 1] = item
   end
-  return out
 end
 
 local function hook_verdicts(c, eps, idx, verdicts)
@@ -163,31 +173,40 @@ local function row_filter(c, seg_filter)
   end
 end
 
--- Materialises campaign id's run `index` at `at` (a no-op when it exists). Returns run id,
--- created, total rows.
+-- Materialises campaign id's run `index` at `at` (a no-op when it exists): the arms whose
+-- stream has a run at that instant, the holdout when the campaign's own schedule has. Returns
+-- run id, created, total rows.
 function scheduler.materialize(id, at, index)
   local c = campaign.defined[id]
   if c == nil then error('unknown campaign ' .. tostring(id)) end
-  local sched = c:schedule()
-  local run = sched:run(index or 0)
-  if run == nil or run.ms ~= at then error(string.format('campaign %s has no run %s at %s', id, tostring(index), tostring(at))) end
-  local q = c.segment:compile()
-  local limits = c.definition.Limits or {}
-  local treatment_due
-  if index == 0 then
-    for i, t in ipairs(c.definition.AdditionalTreatments) do
-      if t.Schedule ~= nil then
-        treatment_due = treatment_due or {}
-        treatment_due[i + 1] = assert(time.check_schedule(t.Schedule, { now_ms = at })).start_ms
-      end
+  local zones, fires = {}, {}
+  for _, s in ipairs(c:streams()) do
+    local run = s.schedule:next_run(at - 1)
+    if run and run.ms == at then
+      fires[s.id] = true
+      zones_of(c, s, run, zones)
     end
   end
+  if next(fires) == nil then error(string.format('campaign %s has no run %s at %s', id, tostring(index), tostring(at))) end
+  local arm_stream, arms, every = {}, {}, fires[0] == true
+  if fires[0] then arms[1] = -1 end
+  for t = 0, #c.sizes - 1 do
+    local sid = c:stream_of(t)
+    arm_stream[t + 1] = fires[sid] and sid or -1
+    if fires[sid] then arms[#arms + 1] = t end
+    if sid ~= 0 then every = false end
+  end
+  local q = c.segment:compile()
+  local limits = c.definition.Limits or {}
   local filter
   if q.filter or c.hook then filter = row_filter(c, q.filter) end
   local run_id, created = outbox.materialize_run {
-    campaign_id = c.id, version = c.version, scheduled_ms = at, run_index = run.index,
+    campaign_id = c.id, version = c.version, scheduled_ms = at, run_index = index or 0,
     where = q.where, params = q.params, holdout = c.holdout, sizes = c.sizes,
-    zones = zones_of(c, run), default_due_ms = at, treatment_due = treatment_due,
+    zones = zones, default_due_ms = at,
+    -- every arm on the campaign's schedule: the plain statement, no per-arm streams
+    arm_stream = not every and arm_stream or nil, without_holdout = not fires[0],
+    arms = not every and json.encode(json.array(arms)) or nil,
     daily_cap = limits.Daily, total_cap = limits.Total,
     max_duration_ms = limits.MaximumDuration and limits.MaximumDuration * 1000 or nil,
     filter = filter, test_cohorts = c:test_cohorts(),
@@ -198,11 +217,11 @@ end
 
 local invalid = {}
 
--- A campaign whose run could not be materialised (its code failed) is INVALID for the rest of
--- this process; the next `herald run` tries again.
-function scheduler.mark_invalid(id)
+-- A campaign whose run could not be materialised (its code failed) is INVALID, with the
+-- error, for the rest of this process; the next `herald run` tries again.
+function scheduler.mark_invalid(id, err)
   invalid[id] = true
-  outbox.advance_campaign_state(id, 'INVALID')
+  campaign.invalidate(id, err or 'its run could not be materialised')
 end
 
 ---------------------------------------------------------------------------------------------

@@ -74,7 +74,8 @@ describe('campaign definitions', function()
       h.write(dir .. '/' .. file, "local s = herald.segment{ name = 'all' }\n\nherald.campaign{ name = 'c" .. i .. "', segment = s, " .. case[1] .. " }\n")
       local _, code, err = run(dir, '--until-idle ' .. file)
       assert.are_not.equal(0, code)
-      assert.matches(file .. ':3:', err, 1, true)
+      -- the message itself starts with the script's file:line (not only its traceback)
+      assert.matches('herald run: ' .. file .. ':3: herald.campaign c' .. i .. ': ', err, 1, true)
       assert.matches(case[2], err)
     end
   end)
@@ -467,12 +468,14 @@ describe('campaign runs', function()
       herald.campaign{ name = 'split', segment = herald.segment{ name = 'all' }, deliver = { file = 'out.txt' },
         schedule = { start = '2027-07-01T10:00:00Z' },
         treatments = { { name = 'now', size = 50, message = { body = 'a' } },
-                       { name = 'later', size = 50, message = { body = 'b' }, schedule = { start = '2027-07-02T10:00:00Z' } } } }
+                       { name = 'later', size = 50, message = { body = 'b' }, schedule = { start = '2027-07-02T10:00:00Z' },
+                         quiet_time = { start = '18:00', ['end'] = '07:00' } } } }
     ]])
     local _, code, err = h.herald('--db c.db run --clock-start 2027-07-01T09:00:00Z --until 2027-07-01T12:00:00Z d.lua', { cwd = dir })
     assert.are.equal(0, code, err)
     assert.are.equal(50, n(dir, "SELECT count(*) AS n FROM outbox WHERE treatment = 0 AND state = 'SENT'"))
-    assert.are.equal(50, n(dir, "SELECT count(*) AS n FROM outbox WHERE treatment = 1 AND state = 'PENDING' AND due_ms = 1814522400000"))
+    -- the 'later' arm has a run of its own on 2 July: nothing of it yet
+    assert.are.equal(0, n(dir, "SELECT count(*) AS n FROM outbox WHERE treatment = 1"))
     local out
     out, code = h.herald('--db c.db campaign copy split split-2', { cwd = dir })
     assert.are.equal(0, code, out)
@@ -488,13 +491,26 @@ describe('campaign runs', function()
     -- its run time (10:00) is two hours past: recorded STALE
     assert.are.same({ { state = 'SKIPPED', reason = 'STALE' } },
       q(dir, "SELECT state, reason FROM campaign_runs WHERE campaign_id = 'split-2'"))
+    -- the 'later' arm's run at 10:00 UTC on 2 July falls in its own quiet time (18:00-07:00 on
+    -- each endpoint's clock): New York (06:00) is deferred to 07:00 there, Tokyo (19:00) to 07:00
+    -- the next morning; the holdout and the 'now' arm have no run then
+    _, code, err = h.herald('--db c.db run --clock-start 2027-07-02T10:00:00Z --until 2027-07-02T10:30:00Z d.lua', { cwd = dir })
+    assert.are.equal(0, code, err)
+    assert.are.same({ { due_ms = 1814526000000, zone = 'America/New_York', n = 25 }, { due_ms = 1814565600000, zone = 'Asia/Tokyo', n = 25 } },
+      q(dir, "SELECT o.due_ms, o.zone, count(*) AS n FROM outbox o JOIN campaign_runs r ON r.id = o.run_id"
+      .. " WHERE r.campaign_id = 'split' AND o.treatment = 1 AND o.state = 'PENDING' GROUP BY 1, 2 ORDER BY 1"))
+    assert.are.equal(0, n(dir, "SELECT count(*) AS n FROM outbox o JOIN campaign_runs r ON r.id = o.run_id"
+      .. " WHERE r.campaign_id = 'split' AND r.scheduled_ms = 1814522400000 AND o.treatment <> 1"))
     out, code = h.herald('--db c.db campaign delete split', { cwd = dir })
     assert.are.equal(0, code, out)
     -- HERALD_CLOCK_START works as --clock-start; a deleted campaign sends nothing more
-    _, code, err = h.herald('--db c.db run --until-idle d.lua', { cwd = dir, env = { HERALD_CLOCK_START = '2027-07-02T11:00:00Z' } })
+    _, code, err = h.herald('--db c.db run --until-idle d.lua', { cwd = dir, env = { HERALD_CLOCK_START = '2027-07-02T12:30:00Z' } })
     assert.are.equal(0, code, err)
     assert.are.equal(50, n(dir, "SELECT count(*) AS n FROM outbox WHERE reason = 'CAMPAIGN_DELETED'"))
-    assert.are.equal(50, h.count(h.read(dir .. '/out.txt'), '--- message '))
+    -- 50 of split's first run, 50 of the copy's 'later' arm
+    assert.are.equal(100, h.count(h.read(dir .. '/out.txt'), '--- message '))
+    assert.are.equal(50, n(dir, "SELECT count(*) AS n FROM outbox o JOIN campaign_runs r ON r.id = o.run_id"
+      .. " WHERE r.campaign_id = 'split-2' AND o.treatment = 1 AND o.state = 'SENT'"))
     assert.are.equal('DELETED', q(dir, "SELECT state FROM campaigns WHERE id = 'split'")[1].state)
     _, code = h.herald('--db c.db campaign pause nope', { cwd = dir })
     assert.are.equal(1, code)

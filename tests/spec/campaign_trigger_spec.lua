@@ -113,6 +113,30 @@ describe('example scripts', function()
       q(dir, "SELECT count(*) AS n FROM outbox WHERE reason = 'HOLDOUT'")[1].n)
   end)
 
+  it('A/B send times: arm A on Tuesday mornings, arm B on Saturday evenings, local time', function()
+    local dir = h.tmpdir()
+    local _, code, err = h.herald('--db c.db run --until-idle --clock-start 2027-03-01T00:00:00Z ' .. script('send_time_test.lua'), { cwd = dir })
+    assert.are.equal(0, code, err)
+    local text = h.read(dir .. '/send-time-messages.txt')
+    local a = q(dir, "SELECT count(*) AS n FROM outbox WHERE treatment = 0 AND state = 'SENT'")[1].n
+    local b = q(dir, "SELECT count(*) AS n FROM outbox WHERE treatment = 1 AND state = 'SENT'")[1].n
+    -- four Tuesdays and four Saturdays
+    assert.are.equal(4 * q(dir, 'SELECT count(*) AS n FROM endpoints WHERE cohort_id BETWEEN 10 AND 54')[1].n, a)
+    assert.are.equal(4 * q(dir, 'SELECT count(*) AS n FROM endpoints WHERE cohort_id >= 55')[1].n, b)
+    assert.are.equal(a, h.count(text, 'subject: Start your week'))
+    assert.are.equal(b, h.count(text, 'subject: Something for your weekend'))
+    assert.are.equal(4 * q(dir, 'SELECT count(*) AS n FROM endpoints WHERE cohort_id < 10')[1].n,
+      q(dir, "SELECT count(*) AS n FROM outbox WHERE reason = 'HOLDOUT'")[1].n)
+    -- B's messages reach each reader at 18:00 on their own clock, on a Saturday (New York
+    -- moves to daylight time on 14 March; Paris only after the test)
+    local off = "CASE e.timezone WHEN 'Asia/Tokyo' THEN '+9 hours' WHEN 'Europe/Paris' THEN '+1 hours'"
+      .. " ELSE CASE WHEN o.due_ms < 1805007600000 THEN '-5 hours' ELSE '-4 hours' END END"
+    assert.are.same({ { n = b } }, q(dir, "SELECT count(*) AS n FROM outbox o JOIN endpoints e ON e.id = o.endpoint_id"
+      .. " WHERE o.treatment = 1 AND strftime('%w %H:%M', o.due_ms / 1000, 'unixepoch', " .. off .. ") = '6 18:00'"))
+    assert.are.same({ { n = a } }, q(dir, "SELECT count(*) AS n FROM outbox o JOIN endpoints e ON e.id = o.endpoint_id"
+      .. " WHERE o.treatment = 0 AND strftime('%w %H:%M', o.due_ms / 1000, 'unixepoch', " .. off .. ") = '2 08:00'"))
+  end)
+
   it('cart abandonment: the reminder goes to the one who did not buy', function()
     local dir = h.tmpdir()
     local _, code, err = h.herald('--db c.db run --until-idle --clock-start 2027-01-01T10:00:00Z ' .. script('cart_abandonment.lua'), { cwd = dir })

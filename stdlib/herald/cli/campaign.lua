@@ -1,31 +1,90 @@
--- `herald campaign pause|resume|delete|copy|status|activities NAME`: lifecycle over the store.
+-- `herald campaign list|show|load|pause|resume|delete|copy|status|activities`: lifecycle over
+-- the store.
 local campaign = require 'herald.campaign'
 local json = require 'herald.core.json'
 
 local M = {}
 
 M.usage = [[
-usage: herald campaign ACTION NAME [NEW_NAME]
+usage: herald campaign ACTION [NAME [NEW_NAME] | FILE...]
 
 actions:
+  list             every stored campaign: state, version, definition file, error
+  show NAME        one campaign: state, version, definition file, error, runs per treatment
+  load FILE...     load definition files and store their campaigns' definitions without
+                   running them; a file that fails makes the campaigns it defined INVALID
   pause NAME       stop new runs and hold the run in progress (its rows are not claimed)
   resume NAME      continue a paused campaign exactly where it stopped
   delete NAME      no more runs; messages not yet sent are recorded CAMPAIGN_DELETED
-  copy NAME NEW    store a copy of NAME's current definition as NEW (version 1, SCHEDULED)
-  status NAME      state, version, definition and activities, as JSON
+  copy NAME NEW    store a copy of NAME (definition and segment) as NEW (version 1, SCHEDULED);
+                   it runs in any later `herald run` on its own. A campaign with Lua functions
+                   (hook, event predicate, segment filter) is copied in its definition file
+                   with herald.campaign.copy instead.
+  status NAME      state, version, definition file, error, definition and activities, as JSON
   activities NAME  Pinpoint ActivityResponse items per run and treatment, as JSON
+
+A campaign is INVALID while its definition file fails to load (the error names the file and
+line) or after its run failed to materialise; its pending messages are held, not sent, and go
+out when it leaves INVALID (the file loads again), subject to MaximumDuration.
 ]]
 
 local ACTIONS = { pause = campaign.pause, resume = campaign.resume, delete = campaign.delete }
 
+local function list()
+  local rows = campaign.list()
+  if #rows == 0 then print('no campaigns') end
+  for _, r in ipairs(rows) do
+    local from = r.source or (r.copy_of and ('stored copy of ' .. r.copy_of)) or '-'
+    print(string.format('%-24s %-16s v%-4d %s', r.id, r.state, r.version, from))
+    if r.error then print('  error: ' .. r.error) end
+  end
+  return 0
+end
+
+local function show(name)
+  local st, err = campaign.status(name)
+  if st == nil then return nil, err end
+  print(string.format('campaign %s: %s, version %d', st.Id, st.State, st.Version))
+  local def = st.Definition
+  if st.Source then print('defined in ' .. st.Source) end
+  if def.Herald and def.Herald.CopyOf then print('copy of ' .. def.Herald.CopyOf) end
+  if st.Error then print('error: ' .. st.Error) end
+  local names = { [-1] = 'holdout', [0] = def.TreatmentName or 'default' }
+  for i, t in ipairs(def.AdditionalTreatments or {}) do names[i] = t.TreatmentName or ('treatment ' .. i) end
+  for _, a in ipairs(st.Activities) do
+    local t = a.TreatmentId == 'holdout' and -1 or tonumber(a.TreatmentId)
+    print(string.format('  %s %-9s %-12s %s: %d of %d sent', a.ScheduledStart, a.State,
+      names[t] or a.TreatmentId, a.Result or '', a.SuccessfulEndpointCount, a.TotalEndpointCount))
+  end
+  return true
+end
+
+-- Loads FILEs as `herald run` does (a campaign that loads leaves INVALID), without running
+-- or planning anything.
+local function load(files)
+  local runner = require('herald.runner').new {
+    err = function(msg) io.stderr:write('herald campaign load: ' .. msg .. '\n') end,
+  }
+  local ok = runner:load(files)
+  runner:close()
+  if ok then print(string.format('loaded %d file%s', #files, #files == 1 and '' or 's')) end
+  return ok and 0 or 1
+end
+
 function M.run(args)
   local action, name = args[1], args[2]
+  if action == 'list' then return list() end
+  if action == 'load' and name ~= nil then
+    return load(table.move(args, 2, #args, 1, {}))
+  end
   if action == nil or name == nil then
     io.stderr:write(M.usage)
     return 2
   end
   local ok, err
-  if ACTIONS[action] then
+  if action == 'show' then
+    ok, err = show(name)
+  elseif ACTIONS[action] then
     ok, err = ACTIONS[action](name)
     if ok then print(string.format('campaign %s: %s', name, action == 'delete' and 'deleted' or action .. 'd')) end
   elseif action == 'copy' then

@@ -26,10 +26,10 @@ function M.run(args)
   if #lines == 0 then print(string.format('campaign %s has no runs yet', args[1])) end
   for _, l in ipairs(lines) do
     local head = string.format('run %d (#%d, version %d, %s):', l.run, l.index, l.version, l.scheduled)
-    if l.treatment == nil then
+    if l.state == nil then
       print(head .. ' ' .. l.outcome .. ': ' .. l.why)
     else
-      local arm = l.treatment < 0 and 'holdout' or ('treatment ' .. l.treatment)
+      local arm = l.treatment < 0 and 'holdout' or string.format("treatment %d '%s'", l.treatment, l.treatment_name or '?')
       local extra = {}
       if l.due then extra[#extra + 1] = 'due ' .. l.due end
       if l.zone then extra[#extra + 1] = 'zone ' .. l.zone end

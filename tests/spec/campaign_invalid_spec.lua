@@ -1,0 +1,199 @@
+-- INVALID campaigns (a definition file that fails to load) and stored copies that run on
+-- their own, each through several separate herald processes.
+local h = require 'helpers'
+local json = require 'herald.json'
+
+local function q(dir, sql)
+  local out, code, err = h.herald('--db c.db -e ' .. h.shell_quote(
+    'print(herald.json.encode(herald.json.array(assert(herald.db.query([[' .. sql .. ']])))))'),
+    { cwd = dir })
+  assert.are.equal(0, code, err)
+  return json.decode(out)
+end
+
+local function n(dir, sql)
+  return q(dir, sql)[1].n
+end
+
+-- count endpoints: e01.. with cohort i-1; odd ones EMAIL in Tokyo, even ones SMS in New York
+local function endpoints(dir, count)
+  local lines = { 'BEGIN;' }
+  for i = 1, count do
+    local email = i % 2 == 1
+    lines[#lines + 1] = string.format(
+      "INSERT INTO endpoints(app_id, id, channel_type, address, endpoint_status, opt_out, cohort_id,"
+      .. " effective_date, creation_date, timezone) VALUES ('default', 'e%02d', '%s', '%s', 'ACTIVE', 'NONE', %d,"
+      .. " '2026-01-01T00:00:00.000Z', '2026-01-01T00:00:00.000Z', '%s');",
+      i, email and 'EMAIL' or 'SMS', email and string.format('u%02d@example.com', i) or string.format('+1555000%04d', i),
+      (i - 1) * 5 % 100, email and 'Asia/Tokyo' or 'America/New_York')
+  end
+  lines[#lines + 1] = 'COMMIT;'
+  h.write(dir .. '/eps.sql', table.concat(lines, '\n'))
+  local _, code, err = h.herald('--db c.db -e "herald.endpoints.count()"', { cwd = dir })
+  assert.are.equal(0, code, err)
+  local out, rc = h.sh('cd ' .. h.shell_quote(dir) .. ' && sqlite3 c.db < eps.sql 2>&1')
+  assert.are.equal(0, rc, out)
+end
+
+local function herald(dir, args, env)
+  return h.herald('--db c.db ' .. args, { cwd = dir, env = env })
+end
+
+-- 'local' is due at 09:00 on each endpoint's clock (Tokyo 00:00 UTC, New York 13:00 UTC);
+-- 'other' runs daily.
+local GOOD = [[
+local all = herald.segment{ name = 'all' }
+herald.campaign{ name = 'local', segment = all, deliver = { file = 'out.txt' }, message = { body = 'hi' },
+  schedule = { start = '2027-05-03T09:00:00', is_local_time = true } }
+herald.campaign{ name = 'other', segment = all, deliver = { file = 'other.txt' }, message = { body = 'o' },
+  schedule = { start = '2027-05-01T12:00:00Z', frequency = 'DAILY', ['end'] = '2027-05-10T00:00:00Z' } }
+]]
+
+describe('INVALID campaigns', function()
+  it('hold their messages while their definition file fails to load, and leave INVALID when it loads', function()
+    local dir = h.tmpdir()
+    endpoints(dir, 20)
+    h.write(dir .. '/w.lua', GOOD)
+    -- Tokyo has its message, New York's is pending
+    local _, code, err = herald(dir, 'run --clock-start 2027-05-02T00:00:00Z --until 2027-05-03T06:00:00Z w.lua')
+    assert.are.equal(0, code, err)
+    assert.are.equal(10, h.count(h.read(dir .. '/out.txt'), '--- message '))
+    assert.are.equal(10, n(dir, "SELECT count(*) AS n FROM outbox o JOIN campaign_runs r ON r.id = o.run_id"
+      .. " WHERE r.campaign_id = 'local' AND o.state = 'PENDING'"))
+    local out
+    out, code = herald(dir, 'campaign pause other')
+    assert.are.equal(0, code, out)
+
+    -- a syntax error, a runtime error, a validation error: each named with file:line
+    local broken = {
+      { GOOD .. '\nherald.campaign{ name = \n', 'w.lua:8: unexpected symbol near <eof>' },
+      { GOOD .. '\nlocal x = nil\nx.field = 1\n', 'w.lua:8: attempt to index a nil value' },
+      { GOOD:gsub("body = 'hi' }", "body = 'hi' }, holdout = 120"), 'w.lua:2: herald.campaign local: holdout: a whole percentage 0-100' },
+    }
+    for i, case in ipairs(broken) do
+      h.write(dir .. '/w.lua', case[1])
+      _, code, err = herald(dir, 'run --until-idle w.lua', { HERALD_CLOCK_START = string.format('2027-05-03T%02d:00:00Z', 6 + i) })
+      assert.are_not.equal(0, code)
+      assert.matches(case[2], err, 1, true)
+      assert.matches('w.lua: 2 stored campaigns of this file are INVALID; their pending messages are held', err, 1, true)
+      local rows = q(dir, "SELECT id, state, error, source FROM campaigns ORDER BY id")
+      -- the paused one keeps PAUSED, with the error
+      assert.are.same({ 'INVALID', 'PAUSED' }, { rows[1].state, rows[2].state })
+      for _, r in ipairs(rows) do
+        assert.matches(case[2], r.error, 1, true)
+        assert.matches('/w.lua$', r.source)
+      end
+      -- nothing sent, nothing lost, no new run while INVALID
+      assert.are.equal(10, n(dir, "SELECT count(*) AS n FROM outbox o JOIN campaign_runs r ON r.id = o.run_id"
+        .. " WHERE r.campaign_id = 'local' AND o.state = 'PENDING'"))
+      assert.are.equal(10, h.count(h.read(dir .. '/out.txt'), '--- message '))
+    end
+    assert.are.equal(2, n(dir, "SELECT count(*) AS n FROM campaign_runs WHERE campaign_id = 'other'"))
+    -- list and show say why
+    out = herald(dir, 'campaign list')
+    assert.matches('local%s+INVALID%s+v1%s+/[^\n]*/w%.lua\n  error: w%.lua:2: herald%.campaign local: holdout', out)
+    assert.matches('other%s+PAUSED', out)
+    out = herald(dir, 'campaign show local')
+    assert.matches('campaign local: INVALID, version 1', out, 1, true)
+    assert.matches('error: w.lua:2: herald.campaign local: holdout', out, 1, true)
+    local st = json.decode((herald(dir, 'campaign status local')))
+    assert.are.equal('INVALID', st.State)
+    assert.matches('holdout', st.Error)
+    -- resuming a paused campaign whose file fails leaves it INVALID, its rows held
+    out, code = herald(dir, 'campaign resume other')
+    assert.are.equal(0, code, out)
+    assert.are.equal('INVALID', q(dir, "SELECT state FROM campaigns WHERE id = 'other'")[1].state)
+
+    -- `herald campaign load` of a file that still fails changes nothing; of the fixed file,
+    -- the campaigns leave INVALID
+    _, code, err = herald(dir, 'campaign load w.lua')
+    assert.are_not.equal(0, code)
+    assert.matches('herald campaign load: w.lua:2:', err, 1, true)
+    h.write(dir .. '/w.lua', GOOD)
+    out, code, err = herald(dir, 'campaign load w.lua')
+    assert.are.equal(0, code, err)
+    assert.are.same({ { id = 'local', state = 'PENDING_NEXT_RUN' }, { id = 'other', state = 'PENDING_NEXT_RUN' } },
+      q(dir, 'SELECT id, state FROM campaigns WHERE error IS NULL ORDER BY id'))
+    -- the held messages go out, once each
+    _, code, err = herald(dir, 'run --until 2027-05-03T14:00:00Z w.lua', { HERALD_CLOCK_START = '2027-05-03T10:00:00Z' })
+    assert.are.equal(0, code, err)
+    assert.are.equal(20, h.count(h.read(dir .. '/out.txt'), '--- message '))
+    assert.are.equal(20, n(dir, "SELECT count(DISTINCT o.endpoint_id) AS n FROM outbox o JOIN campaign_runs r ON r.id = o.run_id"
+      .. " WHERE r.campaign_id = 'local' AND o.state = 'SENT'"))
+    assert.are.equal('COMPLETED', q(dir, "SELECT state FROM campaigns WHERE id = 'local'")[1].state)
+    -- a run whose hook fails: the campaign is INVALID with the error, for this process
+    h.write(dir .. '/w.lua', GOOD .. [[
+herald.campaign{ name = 'hooked', segment = herald.segment{ name = 'all' }, deliver = { file = 'h.txt' },
+  message = { body = 'h' }, schedule = { start = '2027-05-04T00:00:00Z' },
+  hook = function(eps) error('no luck') end }
+]])
+    _, code, err = herald(dir, 'run --until 2027-05-04T01:00:00Z w.lua', { HERALD_CLOCK_START = '2027-05-04T00:00:00Z' })
+    assert.are_not.equal(0, code)
+    local row = q(dir, "SELECT state, error FROM campaigns WHERE id = 'hooked'")[1]
+    assert.are.equal('INVALID', row.state)
+    assert.matches('w.lua:8: no luck', row.error, 1, true)
+  end)
+end)
+
+describe('stored copies', function()
+  it('run in a later process on their own; campaigns with Lua functions are copied in Lua', function()
+    local dir = h.tmpdir()
+    endpoints(dir, 20)
+    h.write(dir .. '/src.lua', [[
+local emails = herald.segment{ name = 'emails', channel = 'EMAIL' }
+herald.campaign{ name = 'spring', segment = emails, deliver = { file = 'out.txt' },
+  treatments = { { name = 'A', size = 50, message = { body = 'a' } },
+                 { name = 'B', size = 50, message = { body = 'b' }, schedule = { start = '2027-06-02T10:00:00Z' } } },
+  schedule = { start = '2027-06-01T10:00:00Z' } }
+herald.campaign{ name = 'hooked', segment = emails, deliver = { file = 'hooked.txt' }, message = { body = 'h' },
+  schedule = { start = '2027-06-01T10:00:00Z' },
+  hook = function(eps) local keep = {} for _, e in ipairs(eps) do if e.Id < 'e10' then keep[#keep + 1] = e end end return keep end }
+herald.campaign.copy('hooked', 'hooked-lua')
+]])
+    -- process 1: store the definitions (nothing runs)
+    local out, code, err = herald(dir, 'campaign load src.lua')
+    assert.are.equal(0, code, err)
+    assert.are.equal(0, n(dir, 'SELECT count(*) AS n FROM campaign_runs'))
+    -- process 2: copy
+    out, code = herald(dir, 'campaign copy spring spring-2')
+    assert.are.equal(0, code, out)
+    _, code, err = herald(dir, 'campaign copy hooked hooked-2')
+    assert.are.equal(1, code)
+    assert.matches("campaign 'hooked' depends on Lua functions (hook) that are not stored", err, 1, true)
+    assert.matches("herald.campaign.copy('hooked', 'NEW')", err, 1, true)
+    _, code, err = herald(dir, 'campaign copy spring "bad name"')
+    assert.are.equal(1, code)
+    assert.matches('new name', err, 1, true)
+    out = herald(dir, 'campaign list')
+    assert.matches('spring%-2%s+SCHEDULED%s+v1%s+stored copy of spring', out)
+    -- process 3 loads another file only: the stored copy runs on its own, with spring's
+    -- segment (the 10 EMAIL endpoints) and treatments (B on its own schedule)
+    h.write(dir .. '/other.lua', [[
+herald.campaign{ name = 'unrelated', segment = herald.segment{ name = 'none', channel = 'PUSH' },
+  deliver = { file = 'u.txt' }, message = { body = 'u' }, schedule = { start = '2027-06-01T10:00:00Z' } }
+]])
+    _, code, err = herald(dir, 'run --until-idle other.lua', { HERALD_CLOCK_START = '2027-06-01T09:00:00Z' })
+    assert.are.equal(0, code, err)
+    assert.are.same({ { campaign_id = 'spring-2', treatment = 0, n = 5 }, { campaign_id = 'spring-2', treatment = 1, n = 5 } },
+      q(dir, "SELECT r.campaign_id, o.treatment, count(*) AS n FROM outbox o JOIN campaign_runs r ON r.id = o.run_id"
+        .. " WHERE o.state = 'SENT' AND r.campaign_id <> 'unrelated' GROUP BY 1, 2 ORDER BY 1, 2"))
+    assert.are.equal(0, n(dir, "SELECT count(*) AS n FROM outbox o JOIN endpoints e ON e.id = o.endpoint_id"
+      .. " WHERE e.channel_type <> 'EMAIL'"))
+    assert.are.equal(10, h.count(h.read(dir .. '/out.txt'), '--- message '))
+    -- spring itself was not loaded: it did not run
+    assert.are.equal(0, n(dir, "SELECT count(*) AS n FROM campaign_runs WHERE campaign_id IN ('spring', 'hooked', 'hooked-lua')"))
+    -- process 4 loads the source file: the Lua copy runs with the hook, the stored copy is done
+    _, code, err = herald(dir, 'run --until-idle src.lua', { HERALD_CLOCK_START = '2027-06-01T09:30:00Z' })
+    assert.are.equal(0, code, err)
+    assert.are.same({ { campaign_id = 'hooked', n = 5 }, { campaign_id = 'hooked-lua', n = 5 } },
+      q(dir, "SELECT r.campaign_id, count(*) AS n FROM outbox o JOIN campaign_runs r ON r.id = o.run_id"
+        .. " WHERE o.state = 'SENT' AND r.campaign_id LIKE 'hooked%' GROUP BY 1 ORDER BY 1"))
+    assert.are.equal(10, n(dir, "SELECT count(*) AS n FROM outbox o JOIN campaign_runs r ON r.id = o.run_id"
+      .. " WHERE r.campaign_id = 'spring-2'"))
+    local st = json.decode((herald(dir, 'campaign status spring-2')))
+    assert.are.equal('COMPLETED', st.State)
+    assert.is_nil(st.Source)
+    -- loading the copy stored no new version of it
+    assert.are.equal(1, st.Version)
+  end)
+end)
