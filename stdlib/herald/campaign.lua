@@ -935,7 +935,13 @@ function campaign.why(name, endpoint_id)
             and 'its own schedule' or "the campaign's schedule")
       end
     else
+      -- the row's treatment, which an A/B decision may have changed from the cohort's arm
       line.treatment, line.state, line.reason = r.treatment, r.state, r.reason
+      local def = defs[r.campaign_version]
+      if r.treatment ~= arm and def then
+        line.treatment_name = r.treatment < 0 and 'holdout' or r.treatment == 0 and (def.TreatmentName or 'default')
+          or (def.AdditionalTreatments[r.treatment].TreatmentName or ('treatment ' .. r.treatment))
+      end
       line.due, line.zone, line.zone_note, line.message_id = iso(r.due_ms), r.zone, r.note, r.message_id
       line.outcome = r.state
       line.why = r.reason or (r.state == 'PENDING' and 'due at ' .. iso(r.due_ms)) or r.state

@@ -159,7 +159,7 @@ describe('automatic A/B winner', function()
       .. ms('2027-01-01T13:00'))[1].n)
 
     why = h.herald('--db w.db why w e0031', { cwd = dir })
-    assert.truthy(why:find('treatment 1, SENT', 1, true), why)
+    assert.truthy(why:find("treatment 1 'B', SENT", 1, true), why)
     assert.truthy(why:find('A/B decision at 2027-01-01T13:00:00Z: winner', 1, true), why)
     local report = h.herald('--db w.db report w', { cwd = dir })
     assert.truthy(report:find('automatic A/B winner decisions:', 1, true), report)
