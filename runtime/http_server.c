@@ -776,7 +776,8 @@ static void on_write(uv_write_t *req, int status) {
     conn_close(c);
     return;
   }
-  if (c->pending_write == 0 && (c->eof || herald_http_session_closing(c->session))) {
+  /* a held connection has answers still to write: the end of the iteration closes it */
+  if (c->pending_write == 0 && !c->held && (c->eof || herald_http_session_closing(c->session))) {
     conn_close(c);
     return;
   }

@@ -338,6 +338,8 @@ static char *append(char *dst, const char *src, const char **field) {
 
 static size_t len0(const char *s) { return s ? strlen(s) + 1 : 0; }
 
+static const char *or_empty(const char *s) { return s ? s : ""; }
+
 static const char *hit_type(const QueuedHit *q) {
   return q->kind == kHeraldTrackOpen    ? "_email.open"
          : q->kind == kHeraldTrackClick ? "_email.click"
@@ -612,16 +614,20 @@ int herald_ingest_record_hit(void *ctx, const HeraldTrackingHit *hit) {
     in->cap = cap;
   }
   QueuedHit *q = &in->queue[in->len];
-  q->strings = malloc(len0(t->app) + len0(t->campaign) + len0(t->endpoint) + len0(t->message_id) +
-                      len0(t->url) + len0(hit->request_id));
+  /* a verified token has every id but the url; "" stands in for any missing one */
+  const char *app = or_empty(t->app), *campaign = or_empty(t->campaign);
+  const char *endpoint = or_empty(t->endpoint), *message_id = or_empty(t->message_id);
+  const char *request_id = or_empty(hit->request_id);
+  q->strings = malloc(len0(app) + len0(campaign) + len0(endpoint) + len0(message_id) +
+                      len0(t->url) + len0(request_id));
   if (q->strings == NULL) return -1;
   char *p = q->strings;
-  p = append(p, t->app, &q->app);
-  p = append(p, t->campaign, &q->campaign);
-  p = append(p, t->endpoint, &q->endpoint);
-  p = append(p, t->message_id, &q->message_id);
+  p = append(p, app, &q->app);
+  p = append(p, campaign, &q->campaign);
+  p = append(p, endpoint, &q->endpoint);
+  p = append(p, message_id, &q->message_id);
   p = append(p, t->url, &q->url);
-  append(p, hit->request_id, &q->request_id);
+  append(p, request_id, &q->request_id);
   q->kind = hit->kind;
   q->run = t->run;
   q->treatment = t->treatment;
