@@ -81,13 +81,11 @@ static long b64_decode(const char *in, size_t len, unsigned char *out, size_t ca
  * sets the key up again on every call, several times the work for a short payload. */
 static int mac(const HeraldTrackingKey *key, EVP_MAC_CTX *ctx, const unsigned char *data,
                size_t len, unsigned char out[32]) {
-  if (ctx != NULL) {
-    size_t n = 0;
-    if (EVP_MAC_init(ctx, NULL, 0, NULL) != 1 || EVP_MAC_update(ctx, data, len) != 1 ||
-        EVP_MAC_final(ctx, out, &n, 32) != 1 || n != 32)
-      return -1;
+  size_t done = 0;
+  if (ctx != NULL && EVP_MAC_init(ctx, NULL, 0, NULL) == 1 && EVP_MAC_update(ctx, data, len) == 1 &&
+      EVP_MAC_final(ctx, out, &done, 32) == 1 && done == 32)
     return 0;
-  }
+  /* no context, or it failed: the one-shot form */
   unsigned int n = 0;
   if (HMAC(EVP_sha256(), key->bytes, (int)key->len, data, len, out, &n) == NULL || n != 32) return -1;
   return 0;
