@@ -28,6 +28,7 @@ int herald_event_put(HeraldStore *store, const char *app, const char *endpoint_i
  * (one endpoint update per batch instead of one per event). event is normalised in place. */
 int herald_event_put_known(HeraldStore *store, const char *app, const char *endpoint_id,
                            json_t *event, int *inserted, HeraldError *err);
+
 /* One event as the events table keeps it. */
 typedef struct {
   const char *app, *endpoint_id, *event_id, *event_type;
@@ -46,6 +47,7 @@ typedef struct {
  * and it moves the endpoint's last activity itself (herald_event_touch). */
 int herald_event_insert(HeraldStore *store, const HeraldEventRow *row, int *inserted,
                         HeraldError *err);
+
 /* Moves the endpoint's last_activity forward to timestamp (normalised ISO-8601) when later. */
 int herald_event_touch(HeraldStore *store, const char *app, const char *endpoint_id,
                        const char *timestamp, HeraldError *err);
