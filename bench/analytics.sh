@@ -1,6 +1,8 @@
 # bench/run row "clicks": click redirects (GET /t/c/TOKEN -> 302 to the signed URL, token
-# verified by HMAC, click stored as an _email.click event, one transaction each) served by `herald serve`, against nginx (nginx-light, one
-# worker, access log off) answering the same path with `return 302`. wrk, one thread, the same
+# verified by HMAC, click stored as an _email.click event; the clicks of a loop iteration share
+# one transaction and each 302 is written only after the commit that stored its click) served
+# by `herald serve`, against nginx (nginx-light, one worker, access log off) answering the same
+# path with `return 302`. wrk, one thread, the same
 # connection count on both, 2 s warm-up then BENCH_CLICK_SECONDS (default 5) measured; each side
 # runs twice and the better run counts (the machine is shared).
 # Rows follow bench/run: name, herald seconds, reference seconds, target ratio, note; here the
@@ -110,6 +112,7 @@ measure() {
 ticks() { awk '{ print $14 + $15 }' "/proc/$herald_pid/stat"; }
 hz=$(getconf CLK_TCK)
 click_ticks0=$(ticks)
+load=$(cut -d' ' -f1-3 /proc/loadavg) # other work on the machine, noted in the row
 herald_rps=$(measure "http://127.0.0.1:$herald_port$path")
 click_ticks=$(( $(ticks) - click_ticks0 ))
 nginx_rps=$(measure "http://127.0.0.1:$nginx_port$path")
@@ -161,9 +164,9 @@ clicks=$(sed -n 's/.*(\([0-9]*\) opens, \([0-9]*\) clicks.*/\2/p' "$BENCH_DIR/se
 stored_clicks=$("$HERALD" --db "$BENCH_DIR/h.db" -e "io.write(herald.db.query(
   \"SELECT count(*) AS n FROM events WHERE event_type = '_email.click'\")[1].n)")
 herald_pid=""
-awk -v h="$herald_rps" -v n="$nginx_rps" -v c="$conns" -v k="$clicks" -v st="$stored_clicks" -v t="$click_ticks" -v hz="$hz" 'BEGIN {
-  printf "clicks\t%.3f\t%.3f\t2.0\t302 redirects per 1M requests, wrk 1 thread %d conns: herald %.0f req/s, nginx %.0f req/s (%.2fx); %s clicks counted, %s stored as events; herald CPU %.1f us per click\n",
-    1e6 / h, 1e6 / n, c, h, n, h / n, k, st, (k > 0 ? t / hz * 1e6 / k : 0) }'
+awk -v h="$herald_rps" -v n="$nginx_rps" -v c="$conns" -v k="$clicks" -v st="$stored_clicks" -v t="$click_ticks" -v hz="$hz" -v l="$load" 'BEGIN {
+  printf "clicks\t%.3f\t%.3f\t2.0\t302 redirects per 1M requests, wrk 1 thread %d conns: herald %.0f req/s, nginx %.0f req/s (%.2fx); %s clicks counted, %s stored as events; herald CPU %.1f us per click; load average %s\n",
+    1e6 / h, 1e6 / n, c, h, n, h / n, k, st, (k > 0 ? t / hz * 1e6 / k : 0), l }'
 awk -v s="$stored" -v t="$ev_time" -v r="$ev_requests" -v c="$ev_conns" -v k="$ev_ticks" -v hz="$hz" 'BEGIN {
   printf "putevents\t%.3f\t%.3f\t1.0\tseconds per 1M events stored, against the 50,000 events/s target: %d requests of 100 events in %.2f s, %d events stored = %.0f events/s (wrk 1 thread %d conns); server CPU %.2f s = %.0f events per CPU-second\n",
     1e6 / (s / t), 1e6 / 50000, r, t, s, s / t, c, k / hz, (k > 0 ? s / (k / hz) : 0) }'

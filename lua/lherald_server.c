@@ -217,6 +217,9 @@ static void engage_free(void *arg) {
   free(e);
 }
 
+/* The server's commit hook: the hits of the iteration, in one transaction. */
+static void commit_hits(void *ingest) { herald_ingest_flush(ingest); }
+
 static int opt_int(lua_State *L, int t, const char *k, lua_Integer def, lua_Integer min) {
   lua_getfield(L, t, k);
   lua_Integer v = def;
@@ -318,11 +321,10 @@ static int l_start(lua_State *L) {
       herald_ingest_routes(e->ingest, e->router, &err) != kHeraldOk ||
       add_lua_routes(L, 1, e, box->L, &err) != kHeraldOk ||
       herald_feedback_routes(e->router, e->ingest, &err) != kHeraldOk ||
-      herald_ingest_start(e->ingest, &herald_context()->loop, &err) != kHeraldOk ||
       herald_http_server_start(&herald_context()->loop, host, port, e->router, &limits, &e->server,
                                &err) != kHeraldOk) {
     unref_routes(L, e);
-    herald_ingest_close(e->ingest, engage_free, e);
+    engage_free(e);
     luaL_unref(L, LUA_REGISTRYINDEX, box->on_hit);
     box->on_hit = LUA_NOREF;
     lua_pushnil(L);
@@ -331,14 +333,14 @@ static int l_start(lua_State *L) {
   }
   box->e = e;
   herald_tracker_set_recorder(e->tracker, record_hit, box);
+  /* hits wait for the server's commit, once per loop iteration, before the answers go out */
+  herald_ingest_queue_hits(e->ingest);
+  herald_http_server_set_commit(e->server, commit_hits, e->ingest);
   return 1;
 }
 
-/* The server is closed: write the hits still queued, then free everything. */
-static void server_closed(void *arg) {
-  Engage *e = arg;
-  herald_ingest_close(e->ingest, engage_free, e);
-}
+/* The server is closed (it committed the queued hits before closing): free everything. */
+static void server_closed(void *arg) { engage_free(arg); }
 
 static Engage *check_running(lua_State *L) {
   ServerBox *box = luaL_checkudata(L, 1, SERVER_MT);
@@ -366,8 +368,9 @@ static void set_count(lua_State *L, const char *k, uint64_t v) {
 
 /* stats() -> {connections, open, requests, client_errors, server_errors, timeouts, refused,
  *             opens, clicks, unsubscribes, unsubscribe_pages, rejected, record_failures,
- *             events_stored, store_failures}; hits are written once per loop iteration, so
- *             events_stored may trail opens + clicks + unsubscribes by one iteration. */
+ *             events_stored, store_failures}; hits are written at the end of the loop iteration
+ *             that received them (before they are answered), so events_stored may trail opens +
+ *             clicks + unsubscribes while a hook runs in that iteration. */
 static int l_stats(lua_State *L) {
   Engage *e = check_running(L);
   HeraldHttpStats s;

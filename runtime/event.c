@@ -204,6 +204,31 @@ int herald_event_touch(HeraldStore *store, const char *app, const char *endpoint
 static int put_event(HeraldStore *store, const char *app, const char *endpoint_id, json_t *event,
                      int known, int *inserted, char *event_id_out, HeraldError *err);
 
+int herald_event_insert(HeraldStore *store, const HeraldEventRow *row, int *inserted,
+                        HeraldError *err) {
+  if (inserted) *inserted = 0;
+  sqlite3_stmt *st = herald_store_stmt(
+      store, "INSERT OR IGNORE INTO events(app_id, endpoint_id, event_id, event_type, timestamp, "
+             "attributes, metrics, session, client, arrival) VALUES (?1, ?2, ?3, ?4, ?5, "
+             "coalesce(?6, '{}'), coalesce(?7, '{}'), ?8, ?9, ?10)", err);
+  if (st == NULL) return err ? err->code : kHeraldStore;
+  sqlite3_bind_text(st, 1, row->app, -1, SQLITE_STATIC);
+  sqlite3_bind_text(st, 2, row->endpoint_id, -1, SQLITE_STATIC);
+  sqlite3_bind_text(st, 3, row->event_id, -1, SQLITE_STATIC);
+  sqlite3_bind_text(st, 4, row->event_type, -1, SQLITE_STATIC);
+  sqlite3_bind_text(st, 5, row->timestamp, -1, SQLITE_STATIC);
+  sqlite3_bind_text(st, 6, row->attributes, -1, SQLITE_STATIC);
+  sqlite3_bind_text(st, 7, row->metrics, -1, SQLITE_STATIC);
+  sqlite3_bind_text(st, 8, row->session, -1, SQLITE_STATIC);
+  sqlite3_bind_text(st, 9, row->client, -1, SQLITE_STATIC);
+  sqlite3_bind_text(st, 10, row->arrival, -1, SQLITE_STATIC);
+  int rc = sqlite3_step(st);
+  sqlite3_reset(st);
+  if (rc != SQLITE_DONE) return herald_store_fail(store, err, "inserting an event");
+  if (inserted) *inserted = sqlite3_changes(herald_store_db(store)) > 0;
+  return kHeraldOk;
+}
+
 int herald_event_put(HeraldStore *store, const char *app, const char *endpoint_id, json_t *event,
                      int *inserted, char *event_id_out, HeraldError *err) {
   return put_event(store, app, endpoint_id, event, 0, inserted, event_id_out, err);
@@ -237,7 +262,6 @@ static int put_event(HeraldStore *store, const char *app, const char *endpoint_i
 
   if (herald_store_begin(store, err) != kHeraldOk) return err ? err->code : kHeraldStore;
   int rc = kHeraldOk;
-  sqlite3_stmt *st = NULL;
   if (!known) {
     int found;
     if (touch(store, app, endpoint_id, timestamp, &found, err) != kHeraldOk) goto fail;
@@ -263,36 +287,18 @@ static int put_event(HeraldStore *store, const char *app, const char *endpoint_i
   json_decref(client);
   char arrival[HERALD_DATETIME_LEN];
   herald_datetime_now(arrival);
-  st = herald_store_stmt(
-      store, "INSERT OR IGNORE INTO events(app_id, endpoint_id, event_id, event_type, timestamp, "
-             "attributes, metrics, session, client, arrival) VALUES (?1, ?2, ?3, ?4, ?5, "
-             "coalesce(?6, '{}'), coalesce(?7, '{}'), ?8, ?9, ?10)", err);
-  if (st != NULL) {
-    sqlite3_bind_text(st, 1, app, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 2, endpoint_id, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 3, event_id, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 4, json_string_value(json_object_get(event, "EventType")), -1,
-                      SQLITE_STATIC);
-    sqlite3_bind_text(st, 5, timestamp, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 6, attrs, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 7, metrics, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 8, session, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 9, client_text, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 10, arrival, -1, SQLITE_STATIC);
-    rc = sqlite3_step(st);
-    sqlite3_reset(st);
-    if (rc == SQLITE_DONE) {
-      if (inserted) *inserted = sqlite3_changes(herald_store_db(store)) > 0;
-      rc = kHeraldOk;
-    } else {
-      rc = herald_store_fail(store, err, "inserting an event");
-    }
-  }
+  HeraldEventRow row = {
+    .app = app, .endpoint_id = endpoint_id, .event_id = event_id,
+    .event_type = json_string_value(json_object_get(event, "EventType")), .timestamp = timestamp,
+    .attributes = attrs, .metrics = metrics, .session = session, .client = client_text,
+    .arrival = arrival,
+  };
+  rc = herald_event_insert(store, &row, inserted, err);
   free(attrs);
   free(metrics);
   free(session);
   free(client_text);
-  if (st == NULL || rc != kHeraldOk) goto fail;
+  if (rc != kHeraldOk) goto fail;
   return herald_store_commit(store, err);
 
 fail:

@@ -28,6 +28,26 @@ int herald_event_put(HeraldStore *store, const char *app, const char *endpoint_i
  * (one endpoint update per batch instead of one per event). event is normalised in place. */
 int herald_event_put_known(HeraldStore *store, const char *app, const char *endpoint_id,
                            json_t *event, int *inserted, HeraldError *err);
+
+/* One event as the events table keeps it. */
+typedef struct {
+  const char *app, *endpoint_id, *event_id, *event_type;
+  const char *timestamp;   /* normalised ISO-8601 (herald_datetime_format) */
+  const char *attributes;  /* JSON object texts, or NULL for none */
+  const char *metrics;
+  const char *session;     /* JSON object text or NULL */
+  const char *client;
+  const char *arrival;     /* normalised ISO-8601 */
+} HeraldEventRow;
+
+/* Inserts one row as it is (a repeat of its event id changes nothing; *inserted, may be NULL,
+ * says which): the path under herald_event_put, and the fast path of a writer that builds its
+ * own events (tracking hits) without a JSON object to validate. The caller guarantees what
+ * herald_event_put would check: the fields within the limits above, the endpoint existing,
+ * and it moves the endpoint's last activity itself (herald_event_touch). */
+int herald_event_insert(HeraldStore *store, const HeraldEventRow *row, int *inserted,
+                        HeraldError *err);
+
 /* Moves the endpoint's last_activity forward to timestamp (normalised ISO-8601) when later. */
 int herald_event_touch(HeraldStore *store, const char *app, const char *endpoint_id,
                        const char *timestamp, HeraldError *err);

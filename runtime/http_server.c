@@ -15,12 +15,17 @@
  *   requests; a deadline from a request's first byte, so a slow client cannot hold a
  *   connection by trickling bytes), write backpressure (reading stops while more than
  *   kMaxPendingWrite bytes wait to be sent, so a client that pipelines without reading cannot
- *   grow our memory). */
+ *   grow our memory).
+ *   Answers are held until the end of the loop iteration (a check handle): the connections
+ *   read in the iteration wait on a list, the commit hook writes what their handlers queued
+ *   (one transaction for the whole iteration's tracking hits: group commit), and only then is
+ *   each connection's output written, in one write per connection. So an answer never leaves
+ *   before the work it acknowledges is stored, and a busy server commits less often, not more.
+ *   A connection whose held output passes kMaxPendingWrite stops reading until it is written. */
 #include "runtime/http_server.h"
 
 #include <http_parser.h>
 #include <jansson.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -52,18 +57,17 @@ static int buf_add(Buf *b, const void *data, size_t len) {
   return 0;
 }
 
-static int buf_printf(Buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static int buf_printf(Buf *b, const char *fmt, ...) {
-  va_list ap;
-  va_start(ap, fmt);
-  int n = vsnprintf(NULL, 0, fmt, ap);
-  va_end(ap);
-  if (n < 0 || buf_reserve(b, (size_t)n + 1) != 0) return -1;
-  va_start(ap, fmt);
-  vsnprintf(b->data + b->len, (size_t)n + 1, fmt, ap);
-  va_end(ap);
-  b->len += (size_t)n;
-  return 0;
+static int buf_add_str(Buf *b, const char *s) { return buf_add(b, s, strlen(s)); }
+
+/* Appends v in decimal. */
+static int buf_add_uint(Buf *b, uint64_t v) {
+  char tmp[24];
+  int n = 0;
+  do {
+    tmp[sizeof tmp - 1 - n++] = (char)('0' + v % 10);
+    v /= 10;
+  } while (v);
+  return buf_add(b, tmp + sizeof tmp - n, (size_t)n);
 }
 
 /* Router ------------------------------------------------------------------------------------ */
@@ -229,7 +233,9 @@ static int has_crlf(const char *s) { return strpbrk(s, "\r\n") != NULL; }
 int herald_http_response_header(HeraldHttpResponse *res, const char *name, const char *value) {
   if (name == NULL || value == NULL || has_crlf(name) || has_crlf(value) || strchr(name, ':'))
     return -1;
-  if (buf_printf(&res->headers, "%s: %s\r\n", name, value) != 0) {
+  Buf *h = &res->headers;
+  if (buf_add_str(h, name) != 0 || buf_add(h, ": ", 2) != 0 || buf_add_str(h, value) != 0 ||
+      buf_add(h, "\r\n", 2) != 0) {
     res->failed = 1;
     return -1;
   }
@@ -333,11 +339,31 @@ static void session_count(HeraldHttpSession *s, int status) {
   else if (status >= 400) s->stats->client_errors++;
 }
 
+/* Writes the low `digits` hex digits of v; returns the end. */
+static char *put_hex(char *p, uint64_t v, int digits) {
+  static const char hex[] = "0123456789abcdef";
+  for (int i = digits - 1; i >= 0; i--) {
+    p[i] = hex[v & 15];
+    v >>= 4;
+  }
+  return p + digits;
+}
+
+/* A UUID-shaped id, 8-4-4-4-12 hex digits: the random prefix, then the counter. Formatted by
+ * hand: every request makes one. */
 static void make_request_id(HeraldHttpRouter *r, char out[40]) {
   uint64_t n = ++r->next_id;
-  snprintf(out, 40, "%08x-%04x-4%03x-%04x-%012llx", r->id_prefix[0], r->id_prefix[1] & 0xffff,
-           (r->id_prefix[1] >> 16) & 0xfff, (r->id_prefix[2] & 0x3fff) | 0x8000,
-           (unsigned long long)(n & 0xffffffffffffULL));
+  char *p = put_hex(out, r->id_prefix[0], 8);
+  *p++ = '-';
+  p = put_hex(p, r->id_prefix[1] & 0xffff, 4);
+  *p++ = '-';
+  *p++ = '4';
+  p = put_hex(p, (r->id_prefix[1] >> 16) & 0xfff, 3);
+  *p++ = '-';
+  p = put_hex(p, (r->id_prefix[2] & 0x3fff) | 0x8000, 4);
+  *p++ = '-';
+  p = put_hex(p, n & 0xffffffffffffULL, 12);
+  *p = '\0';
 }
 
 /* Serialises res into the output buffer. */
@@ -349,15 +375,21 @@ static void session_emit(HeraldHttpSession *s, HeraldHttpResponse *res, int head
     res->body.len = 0;
   }
   Buf *o = &s->out;
-  int rc = buf_printf(o, "HTTP/1.1 %d %s\r\n", res->status, status_reason(res->status));
+  const char *connection = s->closing ? "Connection: close\r\n"
+                           : (s->parser.http_major == 1 && s->parser.http_minor == 0)
+                               ? "Connection: keep-alive\r\n"
+                               : "";
+  /* pieces appended one by one (no printf: this runs for every answer) */
+  int rc = buf_add(o, "HTTP/1.1 ", 9) || buf_add_uint(o, (uint64_t)res->status) ||
+           buf_add(o, " ", 1) || buf_add_str(o, status_reason(res->status)) ||
+           buf_add(o, "\r\n", 2);
   if (rc == 0 && res->headers.len) rc = buf_add(o, res->headers.data, res->headers.len);
   if (rc == 0 && res->request_id)
-    rc = buf_printf(o, "x-amzn-RequestId: %s\r\n", res->request_id);
+    rc = buf_add(o, "x-amzn-RequestId: ", 18) || buf_add_str(o, res->request_id) ||
+         buf_add(o, "\r\n", 2);
   if (rc == 0)
-    rc = buf_printf(o, "Content-Length: %zu\r\n%s\r\n", res->body.len,
-                    s->closing ? "Connection: close\r\n"
-                    : (s->parser.http_major == 1 && s->parser.http_minor == 0) ? "Connection: keep-alive\r\n"
-                    : "");
+    rc = buf_add(o, "Content-Length: ", 16) || buf_add_uint(o, res->body.len) ||
+         buf_add(o, "\r\n", 2) || buf_add_str(o, connection) || buf_add(o, "\r\n", 2);
   if (rc == 0 && !head_only && res->body.len) rc = buf_add(o, res->body.data, res->body.len);
   if (rc != 0) s->oom = 1;
   session_count(s, res->status);
@@ -653,7 +685,11 @@ struct HeraldHttpServer {
   HeraldHttpLimits limits;
   HeraldHttpStats stats;
   Conn *conns;
-  int handles;     /* open libuv handles: the listener and two per connection */
+  Conn *held;      /* connections read in this loop iteration, their answers not yet written */
+  uv_check_t writer; /* at the end of each iteration: commit, then write the held answers */
+  void (*commit)(void *arg);
+  void *commit_arg;
+  int handles;     /* open libuv handles: the listener, the writer and two per connection */
   int stopping;
   void (*closed)(void *arg);
   void *closed_arg;
@@ -666,6 +702,8 @@ struct Conn {
   HeraldHttpServer *server;
   HeraldHttpSession *session;
   Conn *prev, *next;
+  Conn *held_prev, *held_next; /* on the server's held list when held */
+  int held;
   size_t pending_write;  /* bytes handed to uv_write and not yet written */
   int handles;           /* open libuv handles of this connection */
   int reading;
@@ -699,9 +737,18 @@ static void conn_handle_closed(uv_handle_t *h) {
   server_handle_closed(s);
 }
 
+static void conn_unhold(Conn *c) {
+  if (!c->held) return;
+  c->held = 0;
+  if (c->held_prev) c->held_prev->held_next = c->held_next; else c->server->held = c->held_next;
+  if (c->held_next) c->held_next->held_prev = c->held_prev;
+  c->held_prev = c->held_next = NULL;
+}
+
 static void conn_close(Conn *c) {
   if (c->closing) return;
   c->closing = 1;
+  conn_unhold(c);
   HeraldHttpServer *s = c->server;
   if (c->prev) c->prev->next = c->next; else s->conns = c->next;
   if (c->next) c->next->prev = c->prev;
@@ -729,7 +776,8 @@ static void on_write(uv_write_t *req, int status) {
     conn_close(c);
     return;
   }
-  if (c->pending_write == 0 && (c->eof || herald_http_session_closing(c->session))) {
+  /* a held connection has answers still to write: the end of the iteration closes it */
+  if (c->pending_write == 0 && !c->held && (c->eof || herald_http_session_closing(c->session))) {
     conn_close(c);
     return;
   }
@@ -790,11 +838,51 @@ static void conn_flush(Conn *c) {
     if (c->pending_write == 0) conn_close(c);
     return;
   }
-  if (c->pending_write > kMaxPendingWrite && c->reading) {
+  if (c->eof) {
+    /* the client half-closed after its last request: close once that answer is out */
+    if (c->pending_write == 0) conn_close(c);
+    return;
+  }
+  if (c->pending_write > kMaxPendingWrite) {
+    if (c->reading) {
+      uv_read_stop((uv_stream_t *)&c->tcp);
+      c->reading = 0;
+    }
+  } else if (c->pending_write < kMaxPendingWrite / 2) {
+    conn_resume(c); /* reading may have stopped while the answers were held */
+  }
+}
+
+/* Puts c on the held list: its answers go out at the end of the iteration, after the commit. */
+static void conn_hold(Conn *c) {
+  HeraldHttpServer *s = c->server;
+  if (!c->held) {
+    c->held = 1;
+    c->held_prev = NULL;
+    c->held_next = s->held;
+    if (s->held) s->held->held_prev = c;
+    s->held = c;
+  }
+  size_t len;
+  herald_http_session_output(c->session, &len);
+  if (len > kMaxPendingWrite && c->reading) {
     uv_read_stop((uv_stream_t *)&c->tcp);
     c->reading = 0;
   }
 }
+
+/* Commits what the iteration's handlers queued, then writes every held answer. */
+static void server_write_held(HeraldHttpServer *s) {
+  if (s->held == NULL) return;
+  if (s->commit) s->commit(s->commit_arg);
+  while (s->held != NULL) {
+    Conn *c = s->held;
+    conn_unhold(c);
+    conn_flush(c);
+  }
+}
+
+static void on_writer(uv_check_t *h) { server_write_held(h->data); }
 
 static void on_timer(uv_timer_t *t) {
   Conn *c = t->data;
@@ -825,7 +913,7 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
       c->reading = 0;
     }
     c->eof = 1;
-    if (c->pending_write == 0) conn_close(c);
+    if (c->pending_write == 0 && !c->held) conn_close(c);
     return;
   }
   if (nread == 0) return;
@@ -833,7 +921,7 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
     conn_close(c);
     return;
   }
-  conn_flush(c);
+  conn_hold(c);
   conn_arm_timer(c);
 }
 
@@ -877,6 +965,8 @@ static void on_connection(uv_stream_t *listener, int status) {
 
 static void listener_closed(uv_handle_t *h) { server_handle_closed(h->data); }
 
+static void writer_closed(uv_handle_t *h) { server_handle_closed(h->data); }
+
 int herald_http_server_start(uv_loop_t *loop, const char *host, int port, HeraldHttpRouter *router,
                              const HeraldHttpLimits *limits, HeraldHttpServer **out,
                              HeraldError *err) {
@@ -907,6 +997,23 @@ int herald_http_server_start(uv_loop_t *loop, const char *host, int port, Herald
     uv_close((uv_handle_t *)&s->listener, listener_closed);
     return kHeraldIo;
   }
+  rc = uv_check_init(loop, &s->writer);
+  if (rc == 0) {
+    s->writer.data = s;
+    s->handles++;
+    rc = uv_check_start(&s->writer, on_writer);
+    if (rc != 0) {
+      s->stopping = 1;
+      uv_close((uv_handle_t *)&s->writer, writer_closed);
+    }
+  }
+  if (rc != 0) {
+    herald_error_set(err, kHeraldIo, "listen: %s", uv_strerror(rc));
+    s->stopping = 1;
+    uv_close((uv_handle_t *)&s->listener, listener_closed);
+    return kHeraldIo;
+  }
+  uv_unref((uv_handle_t *)&s->writer); /* the listener and the connections keep the loop alive */
   *out = s;
   return kHeraldOk;
 }
@@ -921,11 +1028,19 @@ int herald_http_server_port(const HeraldHttpServer *s) {
 
 void herald_http_server_stats(const HeraldHttpServer *s, HeraldHttpStats *out) { *out = s->stats; }
 
+void herald_http_server_set_commit(HeraldHttpServer *s, void (*commit)(void *arg), void *arg) {
+  s->commit = commit;
+  s->commit_arg = arg;
+}
+
 void herald_http_server_stop(HeraldHttpServer *s, void (*closed)(void *arg), void *arg) {
   if (s->stopping) return;
+  /* answers already produced are committed and handed to the sockets before they close */
+  server_write_held(s);
   s->stopping = 1;
   s->closed = closed;
   s->closed_arg = arg;
   while (s->conns != NULL) conn_close(s->conns);
+  uv_close((uv_handle_t *)&s->writer, writer_closed);
   uv_close((uv_handle_t *)&s->listener, listener_closed);
 }

@@ -118,6 +118,12 @@ int herald_http_server_start(uv_loop_t *loop, const char *host, int port, Herald
                              HeraldError *err);
 int herald_http_server_port(const HeraldHttpServer *server);
 void herald_http_server_stats(const HeraldHttpServer *server, HeraldHttpStats *out);
+/* Responses are written once per loop iteration, after every request that arrived in it was
+ * handled: commit(arg) (when set) runs first, so a handler that queues durable work (tracking
+ * hits, written in one transaction per iteration) has it committed before any answer leaves,
+ * and a crash never answers a request whose effect was not stored. commit also runs before a
+ * stop closes the connections. */
+void herald_http_server_set_commit(HeraldHttpServer *server, void (*commit)(void *arg), void *arg);
 /* Stops listening and closes every connection; the server frees itself when its handles are
  * closed (the loop must run), then calls closed(arg) (may be NULL). Call once. */
 void herald_http_server_stop(HeraldHttpServer *server, void (*closed)(void *arg), void *arg);

@@ -12,13 +12,11 @@
 struct HeraldIngest {
   HeraldIngestStoreFn store;
   void *store_arg;
-  uv_check_t check;  /* flushes the hits of each loop iteration */
-  int started;
+  int queueing;  /* hits wait for herald_ingest_flush */
   struct QueuedHit *queue;
+  struct QueuedHit **order; /* the flush's view of the queue sorted by endpoint */
   size_t len, cap;
   HeraldIngestCounts counts;
-  void (*closed)(void *arg);
-  void *closed_arg;
 };
 
 HeraldIngest *herald_ingest_new(HeraldIngestStoreFn store, void *arg) {
@@ -34,6 +32,7 @@ void herald_ingest_free(HeraldIngest *in) {
   if (in == NULL) return;
   herald_ingest_flush(in);
   free(in->queue);
+  free(in->order);
   free(in);
 }
 
@@ -41,8 +40,8 @@ HeraldStore *herald_ingest_store(HeraldIngest *in, HeraldError *err) {
   return in->store(in->store_arg, err);
 }
 
-/* The prefix of s that holds at most max UTF-8 characters, as a new JSON string. */
-static json_t *cut_string(const char *s, size_t max) {
+/* The length in bytes of the prefix of s that holds at most max UTF-8 characters. */
+static size_t prefix_bytes(const char *s, size_t max) {
   size_t n = 0, i = 0;
   for (; s[i]; i++) {
     if (((unsigned char)s[i] & 0xC0) != 0x80) {
@@ -50,8 +49,11 @@ static json_t *cut_string(const char *s, size_t max) {
       n++;
     }
   }
-  return json_stringn(s, i);
+  return i;
 }
+
+/* The prefix of s that holds at most max UTF-8 characters, as a new JSON string. */
+static json_t *cut_string(const char *s, size_t max) { return json_stringn(s, prefix_bytes(s, max)); }
 
 static json_t *item_status(int status, const char *message) {
   return json_pack("{s:s, s:i}", "Message", message, "StatusCode", status);
@@ -270,7 +272,7 @@ typedef struct {
 /* Stores event_type for endpoint with the campaign attributes; extra (may be NULL) adds more. */
 static int put_engagement(HeraldStore *store, const char *app, const char *endpoint,
                           const char *event_type, const char *event_id, const char *timestamp,
-                          const Origin *o, json_t *extra, int known, HeraldError *err) {
+                          const Origin *o, json_t *extra, HeraldError *err) {
   char run[24], treatment[16];
   snprintf(run, sizeof run, "%lld", o->run);
   snprintf(treatment, sizeof treatment, "%d", o->treatment);
@@ -281,9 +283,7 @@ static int put_engagement(HeraldStore *store, const char *app, const char *endpo
   json_t *ev = json_pack("{s:s, s:s, s:s, s:o}", "EventId", event_id, "EventType", event_type,
                          "Timestamp", timestamp, "Attributes", attrs);
   if (ev == NULL) return herald_error_set(err, kHeraldNoMemory, "out of memory");
-  int rc = known ? herald_event_put_known(store, app, endpoint, ev, NULL, err)
-                 : herald_event_put(store, app, endpoint, ev, NULL, NULL, err);
-  if (rc == kHeraldOk && known) rc = herald_event_touch(store, app, endpoint, timestamp, err);
+  int rc = herald_event_put(store, app, endpoint, ev, NULL, NULL, err);
   json_decref(ev);
   return rc;
 }
@@ -306,8 +306,18 @@ static const char kOptOutAll[] =
 static const char kInactive[] =
     "UPDATE endpoints SET endpoint_status = 'INACTIVE' WHERE app_id = ?1 AND id = ?2";
 
-/* A hit waiting for the next flush: the token's strings are copied (they live in the
- * handler's stack). One allocation holds them all. */
+/* Tracking hits ------------------------------------------------------------------------------
+ *
+ * The recorder queues each hit; herald_ingest_flush writes the queue in one transaction (the
+ * server calls it once per loop iteration, before the iteration's answers go out). The fast
+ * pass looks each distinct endpoint up once and moves its last activity once, to its latest
+ * hit. A hit that is refused alone (its endpoint is gone, an id over the events' limits) is
+ * skipped before anything of it is written. Any other failure is the store's: the pass is
+ * rolled back and the batch written again with a savepoint per hit, so a failure costs only
+ * the hits that cause it, never the rest of the batch. */
+
+/* A queued hit: the token's strings are copied (they live in the handler's stack), in one
+ * allocation. */
 typedef struct QueuedHit {
   HeraldTrackingKind kind;
   int64_t run;
@@ -315,6 +325,8 @@ typedef struct QueuedHit {
   int64_t at_ms;
   const char *app, *campaign, *endpoint, *message_id, *url, *request_id;
   char *strings;
+  char *failure;  /* why the hit was not stored (malloc'd), or NULL */
+  int found;      /* its endpoint exists and it is stored (the fast pass's bookkeeping) */
 } QueuedHit;
 
 static char *append(char *dst, const char *src, const char **field) {
@@ -330,32 +342,241 @@ static char *append(char *dst, const char *src, const char **field) {
 
 static size_t len0(const char *s) { return s ? strlen(s) + 1 : 0; }
 
-/* Stores one queued hit inside the flush's transaction. A hit whose endpoint is gone (deleted
- * since the message went out) is skipped before anything is written, so it fails alone without
- * a savepoint per hit; any other failure is the store's and fails the flush. */
-static int store_hit(HeraldStore *store, const QueuedHit *q, HeraldError *err) {
-  const char *type = q->kind == kHeraldTrackOpen    ? "_email.open"
-                     : q->kind == kHeraldTrackClick ? "_email.click"
-                                                    : "_email.unsubscribe";
-  char at[32];
-  herald_time_format(q->at_ms, at, sizeof at);
-  Origin o = {q->campaign, (long long)q->run, q->treatment, q->message_id};
-  json_t *extra = NULL;
-  if (q->url) extra = json_pack("{s:o}", "url", cut_string(q->url, HERALD_EVENT_VALUE_MAX));
-  int rc;
-  int found = endpoint_exists(store, q->app, q->endpoint, err);
-  if (found < 0) {
-    rc = err->code;
-  } else if (!found) {
-    rc = herald_error_set(err, kHeraldNotFound, "no endpoint '%s' in application '%s'", q->endpoint, q->app);
-  } else {
-    rc = put_engagement(store, q->app, q->endpoint, type, q->request_id, at, &o, extra, 1, err);
-    if (rc == kHeraldOk && q->kind == kHeraldTrackUnsubscribe)
-      rc = mark_endpoint(store, q->app, q->endpoint, kOptOutAll, err);
+static const char *or_empty(const char *s) { return s ? s : ""; }
+
+static const char *hit_type(const QueuedHit *q) {
+  return q->kind == kHeraldTrackOpen    ? "_email.open"
+         : q->kind == kHeraldTrackClick ? "_email.click"
+                                        : "_email.unsubscribe";
+}
+
+static void hit_fail(QueuedHit *q, const char *reason) {
+  free(q->failure);
+  q->failure = strdup(reason);
+}
+
+static size_t utf8_chars(const char *s) {
+  size_t n = 0;
+  for (; *s; s++)
+    if (((unsigned char)*s & 0xC0) != 0x80) n++;
+  return n;
+}
+
+/* The length of the UTF-8 sequence at s (well-formed: no overlong forms, surrogates or code
+ * points past U+10FFFF), or 0. */
+static int utf8_sequence(const unsigned char *s) {
+  unsigned c = s[0];
+  if (c < 0x80) return 1;
+  int n = c >= 0xF0 ? 4 : c >= 0xE0 ? 3 : c >= 0xC2 ? 2 : 0;
+  if (n == 0 || c > 0xF4) return 0;
+  for (int i = 1; i < n; i++)
+    if ((s[i] & 0xC0) != 0x80) return 0;
+  if ((c == 0xE0 && s[1] < 0xA0) || (c == 0xED && s[1] > 0x9F) || (c == 0xF0 && s[1] < 0x90) ||
+      (c == 0xF4 && s[1] > 0x8F))
+    return 0;
+  return n;
+}
+
+/* Appends "key":"value" (value's first len bytes, escaped as RFC 8259 asks) to the JSON object
+ * text being built at out + *o. The caller sized out for the worst case (6 bytes per input
+ * byte). Returns -1 when value is not UTF-8. Written here rather than through jansson: a hit's
+ * attributes are a handful of short strings, and building and dumping a jansson object for
+ * them cost more than storing the event. */
+static int put_member(char *out, size_t *o, const char *key, const char *value, size_t len) {
+  static const char hex[] = "0123456789abcdef";
+  size_t p = *o;
+  out[p] = p == 0 ? '{' : ',';
+  p++;
+  out[p++] = '"';
+  size_t klen = strlen(key);
+  memcpy(out + p, key, klen);
+  p += klen;
+  memcpy(out + p, "\":\"", 3);
+  p += 3;
+  const unsigned char *v = (const unsigned char *)value;
+  for (size_t i = 0; i < len;) {
+    unsigned char c = v[i];
+    if (c == '"' || c == '\\') {
+      out[p++] = '\\';
+      out[p++] = (char)c;
+      i++;
+    } else if (c < 0x20) {
+      memcpy(out + p, "\\u00", 4);
+      out[p + 4] = hex[c >> 4];
+      out[p + 5] = hex[c & 15];
+      p += 6;
+      i++;
+    } else {
+      int n = utf8_sequence(v + i);
+      if (n == 0 || i + (size_t)n > len) return -1;
+      memcpy(out + p, v + i, (size_t)n);
+      p += (size_t)n;
+      i += (size_t)n;
+    }
   }
-  json_decref(extra);
-  if (rc != kHeraldOk)
-    fprintf(stderr, "herald: recording %s of message %s: %s\n", type, q->message_id, err->msg);
+  out[p++] = '"';
+  *o = p;
+  return 0;
+}
+
+/* The event's attributes as JSON object text (malloc'd) in *out; kHeraldLimit or
+ * kHeraldInvalid (err says which field) when an id breaks the events' rules, so the hit is
+ * refused alone. */
+static int hit_attributes(const QueuedHit *q, char **out, HeraldError *err) {
+  if (utf8_chars(q->campaign) > HERALD_EVENT_VALUE_MAX)
+    return herald_error_set(err, kHeraldLimit, "campaign_id: longer than %d characters", HERALD_EVENT_VALUE_MAX);
+  if (utf8_chars(q->message_id) > HERALD_EVENT_VALUE_MAX)
+    return herald_error_set(err, kHeraldLimit, "message_id: longer than %d characters", HERALD_EVENT_VALUE_MAX);
+  char run[24], treatment[16];
+  snprintf(run, sizeof run, "%lld", (long long)q->run);
+  snprintf(treatment, sizeof treatment, "%d", q->treatment);
+  size_t campaign_len = strlen(q->campaign), message_len = strlen(q->message_id);
+  size_t url_len = q->url ? prefix_bytes(q->url, HERALD_EVENT_VALUE_MAX) : 0;
+  char *text = malloc(6 * (campaign_len + message_len + url_len) + 256);
+  if (text == NULL) return herald_error_set(err, kHeraldNoMemory, "out of memory");
+  size_t o = 0;
+  if (put_member(text, &o, "campaign_id", q->campaign, campaign_len) != 0 ||
+      put_member(text, &o, "treatment_id", treatment, strlen(treatment)) != 0 ||
+      put_member(text, &o, "campaign_activity_id", run, strlen(run)) != 0 ||
+      put_member(text, &o, "message_id", q->message_id, message_len) != 0 ||
+      (q->url && put_member(text, &o, "url", q->url, url_len) != 0)) {
+    free(text);
+    return herald_error_set(err, kHeraldInvalid, "the token's ids are not valid UTF-8");
+  }
+  text[o++] = '}';
+  text[o] = '\0';
+  *out = text;
+  return kHeraldOk;
+}
+
+/* Writes the event of one hit whose endpoint exists; touch: also move the endpoint's last
+ * activity (the slow pass; the fast pass does it once per endpoint). */
+static int store_hit(HeraldStore *store, const QueuedHit *q, const char *arrival, int touch_now,
+                     HeraldError *err) {
+  char *attrs = NULL;
+  int rc = hit_attributes(q, &attrs, err);
+  if (rc != kHeraldOk) return rc;
+  char at[HERALD_DATETIME_LEN];
+  herald_datetime_format(q->at_ms, at);
+  HeraldEventRow row = {
+    .app = q->app, .endpoint_id = q->endpoint, .event_id = q->request_id,
+    .event_type = hit_type(q), .timestamp = at, .attributes = attrs, .arrival = arrival,
+  };
+  rc = herald_event_insert(store, &row, NULL, err);
+  if (rc == kHeraldOk && touch_now) rc = herald_event_touch(store, q->app, q->endpoint, at, err);
+  if (rc == kHeraldOk && q->kind == kHeraldTrackUnsubscribe)
+    rc = mark_endpoint(store, q->app, q->endpoint, kOptOutAll, err);
+  free(attrs);
+  return rc;
+}
+
+static int refused_alone(int rc) { return rc == kHeraldInvalid || rc == kHeraldLimit; }
+
+static int by_endpoint(const void *a, const void *b) {
+  const QueuedHit *x = *(const QueuedHit *const *)a, *y = *(const QueuedHit *const *)b;
+  int c = strcmp(x->app, y->app);
+  return c ? c : strcmp(x->endpoint, y->endpoint);
+}
+
+/* The fast pass: one lookup and one last-activity update per distinct endpoint, no savepoints.
+ * Inside the caller's transaction; a store failure returns at once (the caller rolls back). */
+static int write_fast(HeraldIngest *in, HeraldStore *store, const char *arrival, size_t *stored,
+                      HeraldError *err) {
+  QueuedHit **order = in->order;
+  for (size_t i = 0; i < in->len; i++) order[i] = &in->queue[i];
+  qsort(order, in->len, sizeof *order, by_endpoint);
+  for (size_t i = 0; i < in->len;) {
+    size_t end = i + 1;
+    while (end < in->len && by_endpoint(&order[i], &order[end]) == 0) end++;
+    int found = endpoint_exists(store, order[i]->app, order[i]->endpoint, err);
+    if (found < 0) return err->code;
+    char reason[2 * HERALD_TRACKING_ID_MAX + 64];
+    if (!found)
+      snprintf(reason, sizeof reason, "no endpoint '%s' in application '%s'", order[i]->endpoint,
+               order[i]->app);
+    for (size_t k = i; k < end; k++) {
+      order[k]->found = found;
+      if (!found) hit_fail(order[k], reason);
+    }
+    i = end;
+  }
+  for (size_t i = 0; i < in->len; i++) {
+    QueuedHit *q = &in->queue[i];
+    if (!q->found) continue;
+    HeraldError item = {0};
+    int rc = store_hit(store, q, arrival, 0, &item);
+    if (rc == kHeraldOk) {
+      (*stored)++;
+    } else if (refused_alone(rc)) {
+      q->found = 0; /* nothing of it was written: validation comes first */
+      hit_fail(q, item.msg);
+    } else {
+      *err = item;
+      return rc;
+    }
+  }
+  /* the latest stored hit of each endpoint moves its last activity */
+  for (size_t i = 0; i < in->len;) {
+    size_t end = i + 1;
+    while (end < in->len && by_endpoint(&order[i], &order[end]) == 0) end++;
+    int64_t latest = -1;
+    for (size_t k = i; k < end; k++)
+      if (order[k]->found && order[k]->at_ms > latest) latest = order[k]->at_ms;
+    if (latest >= 0) {
+      char at[HERALD_DATETIME_LEN];
+      herald_datetime_format(latest, at);
+      if (herald_event_touch(store, order[i]->app, order[i]->endpoint, at, err) != kHeraldOk)
+        return err->code;
+    }
+    i = end;
+  }
+  return kHeraldOk;
+}
+
+/* The slow pass: each hit alone in a savepoint, so a failing one is undone alone. */
+static int write_isolated(HeraldIngest *in, HeraldStore *store, const char *arrival,
+                          size_t *stored, HeraldError *err) {
+  for (size_t i = 0; i < in->len; i++) {
+    QueuedHit *q = &in->queue[i];
+    HeraldError item = {0};
+    int mark;
+    if (herald_store_savepoint(store, &mark, err) != kHeraldOk) return err->code;
+    int rc = endpoint_exists(store, q->app, q->endpoint, &item);
+    if (rc == 1) rc = store_hit(store, q, arrival, 1, &item);
+    else if (rc == 0) rc = herald_error_set(&item, kHeraldNotFound, "no endpoint '%s' in application '%s'",
+                                            q->endpoint, q->app);
+    else rc = item.code;
+    if (rc == kHeraldOk) {
+      if (herald_store_release(store, err) != kHeraldOk) return err->code;
+      (*stored)++;
+    } else {
+      herald_store_rollback_to(store, mark);
+      hit_fail(q, item.msg);
+    }
+  }
+  return kHeraldOk;
+}
+
+/* One pass in its own transaction; *stored counts the hits it stored when it commits. */
+static int write_pass(HeraldIngest *in, HeraldStore *store, int isolated, size_t *stored,
+                      HeraldError *err) {
+  *stored = 0;
+  for (size_t i = 0; i < in->len; i++) {
+    free(in->queue[i].failure);
+    in->queue[i].failure = NULL;
+  }
+  if (herald_store_begin(store, err) != kHeraldOk) return err->code;
+  char arrival[HERALD_DATETIME_LEN];
+  herald_datetime_now(arrival);
+  int rc = isolated ? write_isolated(in, store, arrival, stored, err)
+                    : write_fast(in, store, arrival, stored, err);
+  if (rc != kHeraldOk) {
+    herald_store_rollback(store);
+    *stored = 0;
+    return rc;
+  }
+  rc = herald_store_commit(store, err);
+  if (rc != kHeraldOk) *stored = 0;
   return rc;
 }
 
@@ -364,29 +585,22 @@ void herald_ingest_flush(HeraldIngest *in) {
   HeraldError err = {0};
   HeraldStore *store = in->store(in->store_arg, &err);
   size_t stored = 0;
-  if (store != NULL && herald_store_begin(store, &err) == kHeraldOk) {
-    int rc = kHeraldOk;
-    for (size_t i = 0; i < in->len && rc == kHeraldOk; i++) {
-      HeraldError item = {0};
-      int r = store_hit(store, &in->queue[i], &item);
-      if (r == kHeraldOk) stored++;
-      else if (r != kHeraldNotFound) {
-        rc = r;
-        err = item;
-      }
-    }
-    if (rc != kHeraldOk) {
-      herald_store_rollback(store);
-      stored = 0;
-    } else if (herald_store_commit(store, &err) != kHeraldOk) {
-      stored = 0;
-    }
+  int rc = store != NULL ? write_pass(in, store, 0, &stored, &err) : (int)err.code;
+  if (rc != kHeraldOk && store != NULL) {
+    HeraldError again = {0};
+    if (write_pass(in, store, 1, &stored, &again) != kHeraldOk) err = again;
   }
   if (stored == 0 && err.msg[0])
     fprintf(stderr, "herald: recording %zu tracking hits: %s\n", in->len, err.msg);
+  for (size_t i = 0; i < in->len; i++) {
+    QueuedHit *q = &in->queue[i];
+    if (q->failure != NULL)
+      fprintf(stderr, "herald: recording %s of message %s: %s\n", hit_type(q), q->message_id, q->failure);
+    free(q->failure);
+    free(q->strings);
+  }
   in->counts.stored += stored;
   in->counts.failed += in->len - stored;
-  for (size_t i = 0; i < in->len; i++) free(in->queue[i].strings);
   in->len = 0;
 }
 
@@ -398,61 +612,41 @@ int herald_ingest_record_hit(void *ctx, const HeraldTrackingHit *hit) {
     QueuedHit *q = realloc(in->queue, cap * sizeof *q);
     if (q == NULL) return -1;
     in->queue = q;
+    QueuedHit **order = realloc(in->order, cap * sizeof *order);
+    if (order == NULL) return -1;
+    in->order = order;
     in->cap = cap;
   }
   QueuedHit *q = &in->queue[in->len];
-  q->strings = malloc(len0(t->app) + len0(t->campaign) + len0(t->endpoint) + len0(t->message_id) +
-                      len0(t->url) + len0(hit->request_id));
+  /* a verified token has every id but the url; "" stands in for any missing one */
+  const char *app = or_empty(t->app), *campaign = or_empty(t->campaign);
+  const char *endpoint = or_empty(t->endpoint), *message_id = or_empty(t->message_id);
+  const char *request_id = or_empty(hit->request_id);
+  q->strings = malloc(len0(app) + len0(campaign) + len0(endpoint) + len0(message_id) +
+                      len0(t->url) + len0(request_id));
   if (q->strings == NULL) return -1;
   char *p = q->strings;
-  p = append(p, t->app, &q->app);
-  p = append(p, t->campaign, &q->campaign);
-  p = append(p, t->endpoint, &q->endpoint);
-  p = append(p, t->message_id, &q->message_id);
+  p = append(p, app, &q->app);
+  p = append(p, campaign, &q->campaign);
+  p = append(p, endpoint, &q->endpoint);
+  p = append(p, message_id, &q->message_id);
   p = append(p, t->url, &q->url);
-  append(p, hit->request_id, &q->request_id);
+  append(p, request_id, &q->request_id);
   q->kind = hit->kind;
   q->run = t->run;
   q->treatment = t->treatment;
   q->at_ms = herald_clock_now_ms();
+  q->failure = NULL;
+  q->found = 0;
   in->len++;
-  /* without a loop there is no later: write now */
-  if (!in->started || in->len >= HERALD_INGEST_FLUSH_MAX) herald_ingest_flush(in);
+  /* unless a flush is coming (the server's, once per iteration), write now */
+  if (!in->queueing || in->len >= HERALD_INGEST_FLUSH_MAX) herald_ingest_flush(in);
   return 0;
 }
 
-static void on_check(uv_check_t *h) { herald_ingest_flush(h->data); }
-
-int herald_ingest_start(HeraldIngest *in, uv_loop_t *loop, HeraldError *err) {
-  int rc = uv_check_init(loop, &in->check);
-  if (rc == 0) {
-    in->check.data = in;
-    rc = uv_check_start(&in->check, on_check);
-  }
-  if (rc != 0) return herald_error_set(err, kHeraldIo, "starting the hit recorder: %s", uv_strerror(rc));
-  uv_unref((uv_handle_t *)&in->check); /* the server keeps the loop alive, not the recorder */
-  in->started = 1;
-  return kHeraldOk;
-}
+void herald_ingest_queue_hits(HeraldIngest *in) { in->queueing = 1; }
 
 void herald_ingest_counts(const HeraldIngest *in, HeraldIngestCounts *out) { *out = in->counts; }
-
-static void on_check_closed(uv_handle_t *h) {
-  HeraldIngest *in = h->data;
-  in->closed(in->closed_arg);
-}
-
-void herald_ingest_close(HeraldIngest *in, void (*closed)(void *arg), void *arg) {
-  herald_ingest_flush(in);
-  in->closed = closed;
-  in->closed_arg = arg;
-  if (in->started) {
-    in->started = 0;
-    uv_close((uv_handle_t *)&in->check, on_check_closed);
-  } else {
-    closed(arg);
-  }
-}
 
 /* Status webhooks ---------------------------------------------------------------------------- */
 
@@ -563,7 +757,7 @@ int herald_ingest_status(HeraldStore *store, const char *app, json_t *n, char *e
   json_t *extra = reason ? json_pack("{s:o}", "reason", cut_string(reason, HERALD_EVENT_VALUE_MAX)) : NULL;
   int rc = herald_store_begin(store, err);
   if (rc == kHeraldOk) {
-    rc = put_engagement(store, app, endpoint, type, event_id, stamp, &o, extra, 0, err);
+    rc = put_engagement(store, app, endpoint, type, event_id, stamp, &o, extra, err);
     if (rc == kHeraldOk && update) rc = mark_endpoint(store, app, endpoint, update, err);
     if (rc == kHeraldOk) rc = herald_store_commit(store, err);
     else herald_store_rollback(store);

@@ -39,7 +39,6 @@
 
 #include <jansson.h>
 #include <stdint.h>
-#include <uv.h>
 
 #include "runtime/error.h"
 #include "runtime/http_server.h"
@@ -75,21 +74,21 @@ int herald_ingest_status(HeraldStore *store, const char *app, json_t *notificati
 
 /* A HeraldTrackingRecorder (ctx: the HeraldIngest): records _email.open, _email.click or
  * _email.unsubscribe (which also sets the endpoint's OptOut to ALL) with the token's ids, at the
- * time of the hit. Hits are queued and written together, one transaction per loop iteration
- * (see herald_ingest_start), right after that iteration's requests are answered: a click
- * redirect does not wait for a commit of its own. Until started, each hit is written at once.
- * A hit that cannot be stored (its endpoint was deleted) is reported on stderr and counted. */
+ * time of the hit. Each hit is written at once, unless herald_ingest_queue_hits was called:
+ * then hits wait for herald_ingest_flush, which writes them all in one transaction (group
+ * commit). The server calls it once per loop iteration before the iteration's answers are
+ * written (herald_http_server_set_commit), so a click's redirect leaves only once the click
+ * is stored, and clicks do not pay a commit each. A hit that cannot be stored (its endpoint
+ * was deleted, an id longer than an event attribute may be, a failing store) is reported on
+ * stderr and counted; it never costs the other hits of its batch. */
 int herald_ingest_record_hit(void *ctx, const HeraldTrackingHit *hit);
 
-#define HERALD_INGEST_FLUSH_MAX 4096 /* queued hits that force a write before the iteration ends */
+#define HERALD_INGEST_FLUSH_MAX 4096 /* queued hits that force a write before the flush is due */
 
-/* Writes the queued hits on every iteration of loop. */
-int herald_ingest_start(HeraldIngest *ingest, uv_loop_t *loop, HeraldError *err);
-/* Writes the queued hits now. */
+/* Queues hits until herald_ingest_flush from now on. */
+void herald_ingest_queue_hits(HeraldIngest *ingest);
+/* Writes the queued hits now (herald_ingest_free does too). */
 void herald_ingest_flush(HeraldIngest *ingest);
-/* Writes the queued hits, stops, and calls closed(arg) once the loop has released the ingest
- * (at once when it was never started); free it then. */
-void herald_ingest_close(HeraldIngest *ingest, void (*closed)(void *arg), void *arg);
 
 typedef struct {
   uint64_t stored;  /* hits written as events */

@@ -158,14 +158,19 @@ sqlite3 *herald_store_db(HeraldStore *store) { return store->db; }
 const char *herald_store_path(HeraldStore *store) { return store->path; }
 int herald_store_schema_version(HeraldStore *store) { return store->schema_version; }
 
+static sqlite3_stmt *reuse(CachedStmt *c) {
+  sqlite3_reset(c->stmt);
+  sqlite3_clear_bindings(c->stmt);
+  return c->stmt;
+}
+
 sqlite3_stmt *herald_store_stmt(HeraldStore *store, const char *sql, HeraldError *err) {
-  for (CachedStmt *c = store->stmts; c != NULL; c = c->next) {
-    if (c->sql == sql || strcmp(c->sql, sql) == 0) {
-      sqlite3_reset(c->stmt);
-      sqlite3_clear_bindings(c->stmt);
-      return c->stmt;
-    }
-  }
+  /* Callers pass string literals, so the same pointer comes back: look for it before comparing
+   * texts, which would cost a strcmp per cached statement on every call. */
+  for (CachedStmt *c = store->stmts; c != NULL; c = c->next)
+    if (c->sql == sql) return reuse(c);
+  for (CachedStmt *c = store->stmts; c != NULL; c = c->next)
+    if (strcmp(c->sql, sql) == 0) return reuse(c);
   CachedStmt *c = calloc(1, sizeof *c);
   if (c == NULL) {
     herald_error_set(err, kHeraldNoMemory, "out of memory");
@@ -183,9 +188,16 @@ sqlite3_stmt *herald_store_stmt(HeraldStore *store, const char *sql, HeraldError
   return c->stmt;
 }
 
+/* BEGIN and COMMIT run for every batch: prepared once, not parsed each time. */
+static int step_cached(HeraldStore *store, const char *sql, HeraldError *err, const char *doing) {
+  sqlite3_stmt *st = herald_store_stmt(store, sql, err);
+  if (st == NULL) return err ? (int)err->code : kHeraldStore;
+  return herald_store_step_done(store, st, err, doing);
+}
+
 int herald_store_begin(HeraldStore *store, HeraldError *err) {
   if (store->depth == 0) {
-    if (exec_sql(store, "BEGIN IMMEDIATE", err, "starting a transaction") != kHeraldOk)
+    if (step_cached(store, "BEGIN IMMEDIATE", err, "starting a transaction") != kHeraldOk)
       return kHeraldStore;
     store->failed = 0;
   }
@@ -200,7 +212,7 @@ int herald_store_commit(HeraldStore *store, HeraldError *err) {
     sqlite3_exec(store->db, "ROLLBACK", NULL, NULL, NULL);
     return herald_error_set(err, kHeraldStore, "transaction rolled back by an inner failure");
   }
-  if (exec_sql(store, "COMMIT", err, "committing") != kHeraldOk) {
+  if (step_cached(store, "COMMIT", err, "committing") != kHeraldOk) {
     sqlite3_exec(store->db, "ROLLBACK", NULL, NULL, NULL);
     return kHeraldStore;
   }

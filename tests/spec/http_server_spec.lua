@@ -364,6 +364,149 @@ print("plain10\t%s" % (b"Connection: close" in d))
   end)
 end)
 
+describe('herald serve group commit', function()
+  -- Every click of a loop iteration is stored in one transaction, and the answers of that
+  -- iteration are written only after it commits.
+  local s, base, db
+  setup(function()
+    s = start_serve()
+    base = 'http://127.0.0.1:' .. s.port
+    db = s.dir .. '/h.db'
+    local _, code, err = h.herald('--db ' .. h.shell_quote(db) .. [[ -e "
+      for _, id in ipairs{'ep-42', 'ep-7', 'ep-trap'} do
+        assert(herald.endpoints.put{Id = id, ChannelType = 'EMAIL', Address = id .. '@example.com'})
+      end"]])
+    assert.are.equal(0, code, err)
+    -- a store failure for one endpoint's events only (herald.db is read-only: python writes it)
+    local out, rc = sh('python3 -c ' .. h.shell_quote(string.format([[
+import sqlite3
+c = sqlite3.connect(%q, isolation_level=None, timeout=5)
+c.execute("CREATE TRIGGER spec_trap BEFORE INSERT ON events WHEN NEW.endpoint_id = 'ep-trap' "
+          "BEGIN SELECT RAISE(ABORT, 'the trap refuses the event'); END")
+]], db)) .. ' 2>&1')
+    assert.are.equal(0, rc, out)
+  end)
+  teardown(function()
+    if s then assert.are.equal(0, (stop_serve(s))) end
+  end)
+
+  -- the path of a click token for base
+  local function path_of(extra)
+    local t = { base = base, url = 'https://example.com/landing' }
+    for k, v in pairs(extra or {}) do t[k] = v end
+    return (tracking.click_url(ids(t)):gsub('^http://[^/]+', ''))
+  end
+
+  it('answers a click only once it is stored, even while another writer holds the database', function()
+    local kv = py(s.port, string.format([[
+import socket, sqlite3, time, re
+DB = %q
+lock = sqlite3.connect(DB, isolation_level=None, timeout=5)
+lock.execute("BEGIN IMMEDIATE")  # the server cannot commit until this ends
+s = socket.create_connection((HOST, PORT), timeout=5)
+s.sendall(b"GET %s HTTP/1.1\r\nHost: x\r\n\r\n")
+s.settimeout(0.8)
+try:
+    early = s.recv(65536)
+except socket.timeout:
+    early = b""
+print("early\t%%d" %% len(early))
+lock.execute("ROLLBACK")
+s.settimeout(10)
+data = b""
+while b"\r\n\r\n" not in data:
+    d = s.recv(65536)
+    if not d: break
+    data += d
+rid = re.search(rb"x-amzn-RequestId: (\S+)", data).group(1).decode()
+# read at once: the event must be there when its answer is
+n = sqlite3.connect(DB).execute("SELECT count(*) FROM events WHERE event_type = '_email.click' AND event_id = ?", (rid,)).fetchone()[0]
+print("status\t" + data.split(b"\r\n")[0].decode())
+print("stored\t%%d" %% n)
+]], db, path_of()))
+    assert.are.equal('0', kv.early)
+    assert.are.equal('HTTP/1.1 302 Found', kv.status)
+    assert.are.equal('1', kv.stored)
+  end)
+
+  it('stores every click of a pipelined burst before answering the burst', function()
+    local kv = py(s.port, string.format([[
+import socket, sqlite3, re
+DB = %q
+N = 500
+s = socket.create_connection((HOST, PORT), timeout=10)
+s.sendall(b"GET %s HTTP/1.1\r\nHost: x\r\n\r\n" * N)
+data = b""
+while data.count(b"HTTP/1.1 302") < N:
+    d = s.recv(1 << 20)
+    if not d: break
+    data += d
+ids = [m.group(1).decode() for m in re.finditer(rb"x-amzn-RequestId: (\S+)", data)]
+c = sqlite3.connect(DB)
+stored = set(r[0] for r in c.execute("SELECT event_id FROM events WHERE event_type = '_email.click' AND endpoint_id = 'ep-7'"))
+print("answered\t%%d" %% data.count(b"HTTP/1.1 302"))
+print("stored\t%%d" %% sum(1 for i in ids if i in stored))
+]], db, path_of { endpoint = 'ep-7' }))
+    assert.are.equal('500', kv.answered)
+    assert.are.equal('500', kv.stored)
+  end)
+
+  it('loses no click of a batch to the clicks in it that cannot be stored', function()
+    local good = path_of { message_id = 'msg-good' }
+    local bad = {
+      path_of { endpoint = 'ep-gone', message_id = 'msg-gone' },           -- no such endpoint
+      path_of { message_id = 'msg-' .. string.rep('x', 240) },             -- over the attribute limit
+      path_of { endpoint = 'ep-trap', message_id = 'msg-trap' },           -- the store refuses it
+    }
+    local reqs = {}
+    for i = 1, 3 do
+      reqs[#reqs + 1] = good
+      reqs[#reqs + 1] = bad[i]
+    end
+    reqs[#reqs + 1] = good
+    local list = {}
+    for i, p in ipairs(reqs) do list[i] = string.format('b"GET %s HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n"', p) end
+    local kv = py(s.port, string.format([[
+import socket, sqlite3, re
+DB = %q
+reqs = []] .. table.concat(list, ', ') .. [[]
+s = socket.create_connection((HOST, PORT), timeout=10)
+s.sendall(b"".join(reqs))  # one write: the server reads the batch in one iteration
+data = b""
+while data.count(b"HTTP/1.1 302") < len(reqs):
+    d = s.recv(1 << 20)
+    if not d: break
+    data += d
+ids = [m.group(1).decode() for m in re.finditer(rb"x-amzn-RequestId: (\S+)", data)]
+c = sqlite3.connect(DB)
+for i in ids:
+    row = c.execute("SELECT json_extract(attributes, '$.message_id') FROM events WHERE event_id = ?", (i,)).fetchone()
+    print("row\t%%s" %% (row[0][:8] if row else "-"))
+]], db))
+    assert.are.same({ 'msg-good', '-', 'msg-good', '-', 'msg-good', '-', 'msg-good' }, kv.row)
+    local err = h.read(s.dir .. '/err')
+    assert.matches("recording _email.click of message msg%-gone: no endpoint 'ep%-gone' in application 'default'", err)
+    assert.matches('recording _email.click of message msg%-x+: message_id: longer than 200 characters', err)
+    assert.matches('recording _email.click of message msg%-trap: .*the trap refuses the event', err)
+  end)
+
+  it('answers a client that half-closes right after its request', function()
+    local kv = py(s.port, string.format([[
+import socket
+s = socket.create_connection((HOST, PORT), timeout=5)
+s.sendall(b"GET %s HTTP/1.1\r\nHost: x\r\n\r\n")
+s.shutdown(socket.SHUT_WR)
+data = b""
+while True:
+    d = s.recv(65536)
+    if not d: break
+    data += d
+print("status\t" + data.split(b"\r\n")[0].decode())
+]], path_of()))
+    assert.are.equal('HTTP/1.1 302 Found', kv.status)
+  end)
+end)
+
 describe('herald serve lifecycle', function()
   it('reports its counters when stopped by SIGTERM', function()
     local s = start_serve()
