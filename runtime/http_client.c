@@ -20,15 +20,21 @@
 #include <string.h>
 #include <strings.h>
 #include <time.h>
+#include <unistd.h>
 
 #define FREE_LIST_MAX 1024
 #define DEFAULT_TIMEOUT_MS 30000L
 #define MAX_HEADER_BYTES (64 * 1024)
 
+/* A socket libcurl opened. It keeps its uv_poll from the first time libcurl asks us to watch
+ * it until libcurl closes it (CURLOPT_CLOSESOCKETFUNCTION), so a pooled keep-alive connection
+ * does not pay for a handle init (ioctl), an epoll DEL and an ADD on every request. */
 typedef struct Socket {
   uv_poll_t poll;
   curl_socket_t fd;
   HeraldHttpClient *c;
+  int events;      /* what the poll watches now; 0 = stopped */
+  int wanted;      /* libcurl watches it (not CURL_POLL_REMOVE'd since) */
   struct Socket *prev, *next;
 } Socket;
 
@@ -57,6 +63,8 @@ struct HeraldHttpClient {
   CURLM *multi;
   uv_timer_t timer;
   Socket *sockets;
+  Socket **by_fd;            /* open sockets by descriptor */
+  size_t nby_fd;
   HeraldHttpTransfer *active;
   HeraldHttpTransfer *free_list;
   size_t nfree;
@@ -108,8 +116,36 @@ static void socket_closed_cb(uv_handle_t *h) {
 static void socket_close(HeraldHttpClient *c, Socket *s) {
   if (s->prev) s->prev->next = s->next; else c->sockets = s->next;
   if (s->next) s->next->prev = s->prev;
+  if ((size_t)s->fd < c->nby_fd && c->by_fd[s->fd] == s) c->by_fd[s->fd] = NULL;
   uv_poll_stop(&s->poll);
   uv_close((uv_handle_t *)&s->poll, socket_closed_cb);
+}
+
+static Socket *socket_find(HeraldHttpClient *c, curl_socket_t fd) {
+  return fd >= 0 && (size_t)fd < c->nby_fd ? c->by_fd[fd] : NULL;
+}
+
+static int socket_remember(HeraldHttpClient *c, Socket *s) {
+  if ((size_t)s->fd >= c->nby_fd) {
+    size_t n = c->nby_fd ? c->nby_fd : 64;
+    while (n <= (size_t)s->fd) n *= 2;
+    Socket **p = realloc(c->by_fd, n * sizeof *p);
+    if (p == NULL) return -1;
+    memset(p + c->nby_fd, 0, (n - c->nby_fd) * sizeof *p);
+    c->by_fd = p;
+    c->nby_fd = n;
+  }
+  c->by_fd[s->fd] = s;
+  return 0;
+}
+
+/* libcurl closes its sockets through us: the poll must leave the loop before the descriptor
+ * is closed, or a new socket that reuses the number would be reported to a stale handle. */
+static int curl_close_cb(void *clientp, curl_socket_t fd) {
+  HeraldHttpClient *c = clientp;
+  Socket *s = socket_find(c, fd);
+  if (s != NULL) socket_close(c, s);
+  return close(fd);
 }
 
 static HeraldNetClass classify_curl(CURLcode rc, int is_smtp, long status) {
@@ -211,6 +247,13 @@ static void check_completions(HeraldHttpClient *c) {
 static void poll_cb(uv_poll_t *p, int status, int events) {
   Socket *s = p->data;
   HeraldHttpClient *c = s->c;
+  if (!s->wanted) {
+    /* A pooled connection became readable or failed while idle (the peer closed it): stop
+     * watching; libcurl checks a connection before reusing it and closes a dead one. */
+    uv_poll_stop(&s->poll);
+    s->events = 0;
+    return;
+  }
   int flags = 0;
   if (status < 0) flags = CURL_CSELECT_ERR;
   if (events & UV_READABLE) flags |= CURL_CSELECT_IN;
@@ -229,35 +272,45 @@ static void timer_cb(uv_timer_t *h) {
 
 static int curl_socket_cb(CURL *easy, curl_socket_t fd, int what, void *clientp, void *socketp) {
   (void)easy;
+  (void)socketp;
   HeraldHttpClient *c = clientp;
-  Socket *s = socketp;
+  /* Our registry, not libcurl's socketp: libcurl can close a socket without a REMOVE first
+   * (a pooled connection closed by the pool), and the number may come back as a new socket. */
+  Socket *s = socket_find(c, fd);
   if (what == CURL_POLL_REMOVE) {
+    /* Back in the pool: keep the poll as it is until it fires or libcurl wants it again, but
+     * unreferenced, so an idle pool does not keep the loop (and the process) alive. */
     if (s != NULL) {
-      curl_multi_assign(c->multi, fd, NULL);
-      socket_close(c, s);
+      s->wanted = 0;
+      uv_unref((uv_handle_t *)&s->poll);
     }
     return 0;
   }
   if (s == NULL) {
     s = calloc(1, sizeof *s);
     if (s == NULL) return -1;
-    if (uv_poll_init_socket(c->loop, &s->poll, fd) != 0) {
+    s->fd = fd;
+    s->c = c;
+    if (socket_remember(c, s) != 0 || uv_poll_init_socket(c->loop, &s->poll, fd) != 0) {
+      if (socket_find(c, fd) == s) c->by_fd[fd] = NULL;
       free(s);
       return -1;
     }
     c->open_handles++;
-    s->fd = fd;
-    s->c = c;
     s->poll.data = s;
     s->next = c->sockets;
     if (c->sockets) c->sockets->prev = s;
     c->sockets = s;
-    curl_multi_assign(c->multi, fd, s);
   }
+  s->wanted = 1;
+  uv_ref((uv_handle_t *)&s->poll);
   int events = 0;
   if (what & CURL_POLL_IN) events |= UV_READABLE;
   if (what & CURL_POLL_OUT) events |= UV_WRITABLE;
-  uv_poll_start(&s->poll, events, poll_cb);
+  if (events != s->events) {
+    if (uv_poll_start(&s->poll, events, poll_cb) != 0) return -1;
+    s->events = events;
+  }
   return 0;
 }
 
@@ -332,6 +385,9 @@ void herald_http_client_free(HeraldHttpClient *c) {
   curl_multi_cleanup(c->multi);  /* closes pooled connections, may report sockets removed */
   c->multi = NULL;
   while (c->sockets != NULL) socket_close(c, c->sockets);
+  free(c->by_fd);
+  c->by_fd = NULL;
+  c->nby_fd = 0;
   uv_timer_stop(&c->timer);
   uv_close((uv_handle_t *)&c->timer, timer_closed_cb);
 }
@@ -448,6 +504,8 @@ static HeraldHttpTransfer *transfer_get(HeraldHttpClient *c, const char *data, s
   curl_easy_setopt(e, CURLOPT_ERRORBUFFER, t->errbuf);
   curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, write_cb);
   curl_easy_setopt(e, CURLOPT_WRITEDATA, t);
+  curl_easy_setopt(e, CURLOPT_CLOSESOCKETFUNCTION, curl_close_cb);
+  curl_easy_setopt(e, CURLOPT_CLOSESOCKETDATA, c);
   return t;
 }
 

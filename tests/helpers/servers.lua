@@ -107,6 +107,7 @@ function S.start_nginx(opts)
   sh('mkdir -p ' .. q(dir .. '/tmp'))
   local locations = [[
       location = /ok { return 200 "ok\n"; }
+      location = /short-keepalive { keepalive_timeout 1s; return 200 "ok\n"; }
       location = /echo { echo_read_request_body; echo_request_body; }
       location = /limited { add_header Retry-After 7 always; return 429 "slow down\n"; }
       location = /fail { return 500 "broken\n"; }

@@ -289,6 +289,44 @@ describe('herald.http', function()
     assert.is_true(herald.now_ms() - t0 < 1800)
   end)
 
+  it('exits when its work is done although the server keeps the connection open', function()
+    -- nginx keeps idle connections for 120 s; the pooled connection's poll must not hold the
+    -- loop, or every `herald run` would wait for the server to hang up
+    local dir = h.tmpdir()
+    local script = h.write(dir .. '/idle.lua', string.format([[
+      local res = assert(herald.http.request { url = %q })
+      local again = assert(herald.http.request { url = %q })
+      print(res.status, again.status, herald.http.stats().connections)
+    ]], ng.url .. '/ok', ng.url .. '/ok'))
+    local t0 = herald.now_ms()
+    local out, code, err = h.herald(script)
+    assert.are.equal(0, code, err)
+    assert.are.equal('200\t200\t1\n', out)
+    assert.is_true(herald.now_ms() - t0 < 5000, 'exited after ' .. (herald.now_ms() - t0) .. ' ms')
+  end)
+
+  it('replaces a pooled connection the server closed while it was idle', function()
+    -- a process of its own, so the pool holds exactly one connection; after /short-keepalive
+    -- nginx closes it once it has been idle for 1 s
+    local dir = h.tmpdir()
+    local script = h.write(dir .. '/reopen.lua', string.format([[
+      local first = assert(herald.http.request { url = %q })
+      assert(first.status == 200, first.status)
+      herald.sleep(1500)
+      for i = 1, 5 do
+        local r = assert(herald.http.request { url = %q, headers = { ['Idempotency-Key'] = 'after-close-' .. i } })
+        assert(r.status == 200, r.status)
+      end
+      print(herald.http.stats().connections)
+    ]], ng.url .. '/short-keepalive', ng.url .. '/ok'))
+    local out, code, err = h.herald(script)
+    assert.are.equal(0, code, err)
+    assert.are.equal('2\n', out)
+    local rows = wait_rows(ng, 'after-close-', 5)
+    assert.are.equal(5, #rows)
+    assert.are.equal(1, distinct(rows, 'connection'))
+  end)
+
   it('caps connections per host', function()
     http.configure { max_host_connections = 2 }
     local bodies, keys = {}, {}
