@@ -1,4 +1,6 @@
-/* herald.core.http: the transport engine (runtime/http_client.c) for Lua.
+/* herald.core.http: the transport engine for Lua, on a thread of its own
+ * (runtime/http_thread.c over runtime/http_client.c): libcurl and the socket calls run beside
+ * the caller's work, and every callback comes back on the caller's loop.
  *
  * One client per process, shared by every state that loads the module, so all of them share
  * one connection pool. request and send_mail yield the calling task and resume it from the
@@ -18,6 +20,7 @@
 #include "lua/task.h"
 #include "runtime/clock.h"
 #include "runtime/http_client.h"
+#include "runtime/http_thread.h"
 #include "runtime/retry.h"
 #include "runtime/smtp_message.h"
 
@@ -29,7 +32,7 @@
 #define MAX_HEADERS 64
 #define MAX_RCPT 50
 
-static HeraldHttpClient *client;
+static HeraldHttpThread *client;
 static HeraldHttpClientOptions client_opts = {64, 0, 100};
 static int client_users;  /* states that loaded the module */
 
@@ -40,9 +43,9 @@ static void check_can_wait(lua_State *L) {
     luaL_error(L, "this call waits, so it must run in a task (a script body, run, filter or trigger)");
 }
 
-static HeraldHttpClient *get_client(lua_State *L) {
+static HeraldHttpThread *get_client(lua_State *L) {
   if (client == NULL) {
-    client = herald_http_client_new(&herald_context()->loop, &client_opts);
+    client = herald_http_thread_new(&herald_context()->loop, &client_opts);
     if (client == NULL) luaL_error(L, "cannot create the HTTP client");
   }
   return client;
@@ -129,13 +132,13 @@ static int push_failure(lua_State *L, const HeraldHttpResponse *res) {
 
 typedef struct {
   HeraldTaskWait *wait;
-  HeraldHttpTransfer *t;
+  HeraldHttpJob *t;
 } Pending;
 
 static void pending_cancel(HeraldTaskWait *w, void *data) {
   (void)w;
   Pending *p = data;
-  if (client != NULL && p->t != NULL) herald_http_cancel(client, p->t);
+  if (client != NULL && p->t != NULL) herald_http_thread_cancel(client, p->t);
   free(p);
 }
 
@@ -215,12 +218,12 @@ static int l_request(lua_State *L) {
   const char *lines[MAX_HEADERS];
   req.nheaders = header_lines(L, 1, "headers", lines);
   req.headers = lines;
-  HeraldHttpClient *c = get_client(L);
+  HeraldHttpThread *c = get_client(L);
   check_can_wait(L);
   Pending *p = calloc(1, sizeof *p);
   if (p == NULL) return luaL_error(L, "out of memory");
   /* Completions only arrive from the loop, so the wait can be registered after the submit. */
-  p->t = herald_http_submit(c, &req, request_done, p);
+  p->t = herald_http_thread_submit(c, NULL, &req, request_done, p);
   if (p->t == NULL) {
     free(p);
     lua_pushnil(L);
@@ -324,14 +327,14 @@ static void read_message(lua_State *L, int t, HeraldMailMessage *m, const char *
 
 typedef struct {
   HeraldTaskWait *wait;
-  HeraldHttpTransfer *t;
+  HeraldHttpJob *t;
   char message_id[512];
 } MailPending;
 
 static void mail_cancel(HeraldTaskWait *w, void *data) {
   (void)w;
   MailPending *p = data;
-  if (client != NULL && p->t != NULL) herald_http_cancel(client, p->t);
+  if (client != NULL && p->t != NULL) herald_http_thread_cancel(client, p->t);
   free(p);
 }
 
@@ -394,7 +397,7 @@ static int l_send_mail(lua_State *L) {
   req.rcpt = rcpt;
   req.nrcpt = m.nto;
 
-  HeraldHttpClient *c = get_client(L);
+  HeraldHttpThread *c = get_client(L);
   check_can_wait(L);
   MailPending *p = calloc(1, sizeof *p);
   if (p == NULL) return luaL_error(L, "out of memory");
@@ -408,7 +411,7 @@ static int l_send_mail(lua_State *L) {
   req.message = msg;
   req.message_len = len;
   /* Completions only arrive from the loop, so the wait can be registered after the submit. */
-  p->t = herald_smtp_submit(c, &req, mail_done, p);
+  p->t = herald_http_thread_smtp(c, NULL, &req, mail_done, p);
   free(msg);
   if (p->t == NULL) {
     free(p);
@@ -455,7 +458,7 @@ typedef struct Batch Batch;
 typedef struct {
   Batch *b;
   lua_Integer seq;
-  HeraldHttpTransfer *t;  /* NULL when the slot is free */
+  HeraldHttpJob *t;  /* NULL when the slot is free */
 } Slot;
 
 typedef struct {
@@ -474,8 +477,11 @@ struct Batch {
   lua_Integer added;      /* last seq appended */
   lua_Integer started;    /* last seq started */
   size_t in_flight;
-  size_t concurrency;
-  Slot *slots;
+  size_t concurrency;     /* transfers at once, kept by the transport thread (group) */
+  size_t window;          /* items handed to the transport thread at once */
+  HeraldHttpGroup *group;
+  Slot *slots;            /* one per item handed over */
+  size_t next_slot;
   char *url;
   char *method;
   char *key_header;       /* e.g. "Idempotency-Key"; NULL: no per-request key header */
@@ -512,8 +518,8 @@ static Outcome *outcome_new(Batch *b) {
 
 /* Starts queued items while slots are free. L is any thread of the batch's state. */
 static void batch_pump(lua_State *L, Batch *b) {
-  if (b->closed || b->started >= b->added || b->in_flight >= b->concurrency) return;
-  HeraldHttpClient *c = get_client(L);
+  if (b->closed || b->started >= b->added || b->in_flight >= b->window) return;
+  HeraldHttpThread *c = get_client(L);
   luaL_checkstack(L, MAX_HEADERS + 12, "batch");
   lua_rawgeti(L, LUA_REGISTRYINDEX, b->items_ref);
   lua_rawgeti(L, LUA_REGISTRYINDEX, b->keys_ref);
@@ -521,9 +527,11 @@ static void batch_pump(lua_State *L, Batch *b) {
   int items = lua_gettop(L) - 2, keys = items + 1, opts = items + 2;
   const char *lines[2 * MAX_HEADERS + 1];
   for (size_t i = 0; i < b->nheaders; i++) lines[i] = b->headers[i];
-  while (b->started < b->added && b->in_flight < b->concurrency) {
-    size_t s = 0;
-    while (b->slots[s].t != NULL) s++;
+  while (b->started < b->added && b->in_flight < b->window) {
+    /* outcomes come back about in order, so the slot after the last one taken is most often free */
+    size_t s = b->next_slot;
+    while (b->slots[s].t != NULL) s = (s + 1) % b->window;
+    b->next_slot = (s + 1) % b->window;
     lua_Integer seq = ++b->started;
     int base = lua_gettop(L);
     lua_rawgeti(L, items, seq);
@@ -574,7 +582,7 @@ static void batch_pump(lua_State *L, Batch *b) {
     b->slots[s].b = b;
     b->slots[s].seq = seq;
     b->in_flight++;
-    b->slots[s].t = herald_http_submit(c, &req, batch_done, &b->slots[s]);
+    b->slots[s].t = herald_http_thread_submit(c, b->group, &req, batch_done, &b->slots[s]);
     lua_settop(L, base);
     lua_pushnil(L);
     lua_rawseti(L, items, seq);  /* the body is copied; release it */
@@ -696,10 +704,14 @@ static int l_batch(lua_State *L) {
   b->main = lua_tothread(L, -1);
   lua_pop(L, 1);
   b->concurrency = (size_t)conc;
+  /* Items wait in the transport thread's group rather than here, so a finished transfer is
+   * followed by the next at once; the window bounds the copies handed over. */
+  b->window = b->concurrency * 4 < 1024 ? 1024 : b->concurrency * 4;
   b->timeout_ms = (long)timeout;
   b->http1_only = field_boolean(L, 1, "http1", 0);
-  b->slots = calloc(b->concurrency, sizeof *b->slots);
-  if (b->slots == NULL) return luaL_error(L, "out of memory");
+  b->slots = calloc(b->window, sizeof *b->slots);
+  b->group = herald_http_group_new(b->concurrency);
+  if (b->slots == NULL || b->group == NULL) return luaL_error(L, "out of memory");
   b->url = dup_field(L, 1, "url", 1);
   b->method = dup_field(L, 1, "method", 0);
   b->key_header = dup_field(L, 1, "key_header", 0);
@@ -849,8 +861,10 @@ static int l_batch_close(lua_State *L) {
    * waiter would never be resumed. */
   if (b->wait != NULL) return luaL_error(L, "cannot close a batch while a task waits on it");
   b->closed = 1;
-  for (size_t i = 0; i < b->concurrency && b->slots; i++)
-    if (b->slots[i].t != NULL && client != NULL) herald_http_cancel(client, b->slots[i].t);
+  for (size_t i = 0; i < b->window && b->slots; i++)
+    if (b->slots[i].t != NULL && client != NULL) herald_http_thread_cancel(client, b->slots[i].t);
+  herald_http_group_release(b->group);
+  b->group = NULL;
   for (size_t i = 0; i < b->nout; i++) free(b->out[i].detail);
   free(b->out);
   free(b->slots);
@@ -900,7 +914,7 @@ static int l_backoff(lua_State *L) {
  * effect for a new client, so only while nothing is in flight. */
 static int l_configure(lua_State *L) {
   luaL_checktype(L, 1, LUA_TTABLE);
-  if (client != NULL && herald_http_in_flight(client) > 0)
+  if (client != NULL && herald_http_thread_in_flight(client) > 0)
     return luaL_error(L, "cannot reconfigure the HTTP client while transfers are in flight");
   HeraldHttpClientOptions o = client_opts;
   o.max_host_connections = (long)field_integer(L, 1, "max_host_connections", o.max_host_connections);
@@ -910,7 +924,7 @@ static int l_configure(lua_State *L) {
                    o.max_concurrent_streams >= 0, 1, "limits must be >= 0");
   client_opts = o;
   if (client != NULL) {
-    herald_http_client_free(client);
+    herald_http_thread_free(client);
     client = NULL;
   }
   return 0;
@@ -919,9 +933,9 @@ static int l_configure(lua_State *L) {
 /* stats() -> {in_flight=, connections=} */
 static int l_stats(lua_State *L) {
   lua_createtable(L, 0, 2);
-  lua_pushinteger(L, client ? (lua_Integer)herald_http_in_flight(client) : 0);
+  lua_pushinteger(L, client ? (lua_Integer)herald_http_thread_in_flight(client) : 0);
   lua_setfield(L, -2, "in_flight");
-  lua_pushinteger(L, client ? (lua_Integer)herald_http_connections_opened(client) : 0);
+  lua_pushinteger(L, client ? (lua_Integer)herald_http_thread_connections(client) : 0);
   lua_setfield(L, -2, "connections");
   return 1;
 }
@@ -929,7 +943,7 @@ static int l_stats(lua_State *L) {
 static int l_sentinel_gc(lua_State *L) {
   (void)L;
   if (--client_users == 0 && client != NULL) {
-    herald_http_client_free(client);
+    herald_http_thread_free(client);
     client = NULL;
   }
   return 0;

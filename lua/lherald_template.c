@@ -3,6 +3,8 @@
  * compile(text [, name [, escape]]) -> template | nil, err
  *   template:render([ctx [, substitutions]]) -> text | nil, err
  * context(table) -> ctx   (an endpoint converted once, to render several templates with)
+ * endpoint_context(id [, app]) -> ctx | nil, err   (a stored endpoint, read straight into one)
+ *   ctx:json() -> compact JSON text; ctx:table() -> a Lua table
  * create(name, type, parts) -> 1 | nil, err
  * update(name, type, parts, create_new_version, version) -> version | nil, err
  * get(name, type [, version]) -> {Name, Type, Version, ActiveVersion, LatestVersion, ...parts}
@@ -14,10 +16,12 @@
  * misuse raises. Compiled store versions are cached per state and recompiled when the stored
  * revision changes. */
 #include <lauxlib.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "lua/context.h"
 #include "lua/modules.h"
+#include "runtime/endpoint.h"
 #include "runtime/template.h"
 #include "runtime/template_store.h"
 
@@ -240,6 +244,45 @@ static int l_context(lua_State *L) {
   return 1;
 }
 
+/* endpoint_context(id [, app]) -> ctx, or nil, err: a stored endpoint as a template context
+ * straight from the store, with no Lua table in between; delivery renders with it and sends
+ * it as stored (ctx:json()), and makes a table (ctx:table()) only where Lua code wants one. */
+static int l_endpoint_context(lua_State *L) {
+  const char *id = luaL_checkstring(L, 1);
+  const char *app = luaL_optstring(L, 2, herald_context()->app);
+  HeraldStore *store = herald_context_store(L);
+  ContextBox *box = lua_newuserdatauv(L, sizeof *box, 0);
+  box->j = NULL;
+  luaL_setmetatable(L, CONTEXT_MT);
+  HeraldError err = {0};
+  if (herald_endpoint_get(store, app, id, &box->j, &err) != kHeraldOk) return push_fail(L, err.msg);
+  return 1;
+}
+
+static ContextBox *check_context(lua_State *L) {
+  ContextBox *box = luaL_checkudata(L, 1, CONTEXT_MT);
+  luaL_argcheck(L, box->j != NULL, 1, "context is closed");
+  return box;
+}
+
+/* ctx:json() -> the context as compact JSON text */
+static int context_json(lua_State *L) {
+  ContextBox *box = check_context(L);
+  char *s = json_dumps(box->j, JSON_COMPACT | JSON_ENCODE_ANY);
+  if (s == NULL) return luaL_error(L, "out of memory");
+  lua_pushstring(L, s);
+  free(s);
+  return 1;
+}
+
+/* ctx:table() -> the context as a Lua table (JSON nulls left out) */
+static int context_table(lua_State *L) {
+  ContextBox *box = check_context(L);
+  luaL_checkstack(L, 40, "context");
+  push_json(L, box->j);
+  return 1;
+}
+
 static int context_gc(lua_State *L) {
   ContextBox *box = luaL_checkudata(L, 1, CONTEXT_MT);
   json_decref(box->j);
@@ -423,10 +466,15 @@ int luaopen_herald_core_template(lua_State *L) {
   }
   lua_pop(L, 1);
   if (luaL_newmetatable(L, CONTEXT_MT)) {
+    static const luaL_Reg context_methods[] = {
+      {"json", context_json}, {"table", context_table}, {NULL, NULL},
+    };
     lua_pushcfunction(L, context_gc);
     lua_setfield(L, -2, "__gc");
     lua_pushcfunction(L, context_gc);
     lua_setfield(L, -2, "__close");
+    luaL_newlib(L, context_methods);
+    lua_setfield(L, -2, "__index");
   }
   lua_pop(L, 1);
   if (luaL_newmetatable(L, PARTS_MT)) {
@@ -453,7 +501,8 @@ int luaopen_herald_core_template(lua_State *L) {
   lua_pop(L, 1);
 
   static const luaL_Reg funcs[] = {
-    {"compile", l_compile},       {"context", l_context}, {"create", l_create},
+    {"compile", l_compile},       {"context", l_context},
+    {"endpoint_context", l_endpoint_context}, {"create", l_create},
     {"update", l_update},         {"get", l_get},         {"versions", l_versions},
     {"set_active", l_set_active}, {"render", l_render},
     {NULL, NULL},

@@ -24,11 +24,14 @@ local store = require 'herald.core.store'
 local json = require 'herald.json'
 local db = require 'herald.db'
 local template = require 'herald.template'
+local tcore = require 'herald.core.template'
 local endpoints = require 'herald.endpoints'
 local providers = require 'herald.providers'
 local hcore = require 'herald.core'
 
 local deliver = {}
+
+local LAZY_ENDPOINT
 
 local PUSH = { APNS = 'APNSMessage', APNS_SANDBOX = 'APNSMessage', APNS_VOIP = 'APNSMessage',
                APNS_VOIP_SANDBOX = 'APNSMessage', GCM = 'GCMMessage', ADM = 'ADMMessage',
@@ -218,6 +221,16 @@ local function template_message(tconfig, channel, ep)
   return { Title = d.Title, Body = d.Body }
 end
 
+-- A message carries its endpoint as the template context read from the store (msg.ctx:
+-- channels send it as stored with ctx:json()); msg.endpoint, a Lua table, is made only when
+-- some code asks for it (a Lua channel, a hook).
+LAZY_ENDPOINT = { __index = function(msg, k)
+  if k ~= 'endpoint' then return nil end
+  local t = rawget(msg, 'ctx'):table()
+  rawset(msg, 'endpoint', t)
+  return t
+end }
+
 local function prepare(row, def, ep, profile)
   local name, config, tconfig = treatment_config(def, row.treatment)
   if config == nil and tconfig == nil then return nil, 'NO_TREATMENT' end
@@ -260,9 +273,9 @@ local function prepare(row, def, ep, profile)
     if err then return nil, 'RENDER_FAILED: ' .. err end
     data = nil
   end
-  return {
+  return setmetatable({
     key = row.message_id, address = row.address, channel = row.channel,
-    endpoint_id = row.endpoint_id, endpoint = ep,
+    endpoint_id = row.endpoint_id, ctx = ep,
     campaign_id = row.campaign_id, campaign_name = def.Name, treatment_id = row.treatment,
     treatment_name = name, activity_id = row.run_id and tostring(row.run_id) or nil,
     scheduled_time = os.date('!%Y-%m-%dT%H:%M:%S', row.due_ms // 1000) .. string.format('.%03dZ', row.due_ms % 1000),
@@ -275,7 +288,7 @@ local function prepare(row, def, ep, profile)
     keyword = present(m.Keyword) and m.Keyword or nil,
     headers = present(m.Headers) and m.Headers or nil,
     app_id = hcore.app(),
-  }
+  }, LAZY_ENDPOINT)
 end
 
 -- Sends prepared messages grouped by profile, every profile's batch in its own task so they
@@ -376,18 +389,16 @@ local function attach_overrides(rows)
   end
 end
 
-function deliver.pump(now_ms, max, ids_json)
-  ids_json = claimable(ids_json)
-  local rows = outbox.claim(now_ms, max, ids_json)
-  attach_overrides(rows)
-  local cfg = deliver.config()
-  local reports, defers, items, fb = {}, {}, {}, {}
+-- Renders and routes a claim's rows: reports (rows that cannot be sent), defers (rows over a
+-- limit) and items to send.
+local function prepare_rows(rows, now_ms)
+  local reports, defers, items = {}, {}, {}
   local deferred_at = {}
   for _, row in ipairs(rows) do
     local def, err = definition(row.campaign_id, row.campaign_version)
     local ep, profile, msg
     if def then
-      ep = endpoints.get(row.endpoint_id)
+      ep = tcore.endpoint_context(row.endpoint_id)
       if ep == nil then err = 'ENDPOINT_DELETED' end
     end
     if def and ep then profile, err = route(def, row.channel) end
@@ -411,6 +422,21 @@ function deliver.pump(now_ms, max, ids_json)
       end
     end
   end
+  return reports, defers, items
+end
+
+-- Claims and prepares in one transaction: if preparing fails, the rows are not left claimed.
+local function claim_and_prepare(now_ms, max, ids_json)
+  local rows = outbox.claim(now_ms, max, ids_json)
+  attach_overrides(rows)
+  return rows, prepare_rows(rows, now_ms)
+end
+
+function deliver.pump(now_ms, max, ids_json)
+  ids_json = claimable(ids_json)
+  local cfg = deliver.config()
+  local rows, reports, defers, items = core.transaction(claim_and_prepare, now_ms, max, ids_json)
+  local fb = {}
   if #items > 0 then
     local out = deliver.send_items(items)
     local now = clock.now()

@@ -10,6 +10,7 @@ function luachannel.new(profile) return setmetatable({ profile = profile }, luac
 function luachannel:send(msgs)
   local out = {}
   for i, m in ipairs(msgs) do
+    m.endpoint = m.endpoint  -- a plain field for the user's function (delivery makes it lazily)
     local ok, res, reason, kind = pcall(self.profile.send, m)
     if not ok then
       out[i] = { verdict = 'transient', reason = 'send failed: ' .. tostring(res), systemic = true, error = true }

@@ -27,7 +27,7 @@ function smtp:send_one(m)
   local res, err, class, code = http.send_mail {
     url = p.url, from = m.from or p.from, to = { m.address }, subject = m.title or '',
     text = m.body, html = m.html, message_id = m.key, headers = headers,
-    list_unsubscribe = self.unsub and self.unsub:render(m.endpoint) or nil,
+    list_unsubscribe = self.unsub and self.unsub:render(m.ctx or m.endpoint) or nil,
     one_click = p.one_click and self.unsub ~= nil or nil,
     username = p.username, password = p.password, starttls = p.starttls,
     ca_file = p.ca_file, timeout_ms = p.timeout_ms, envelope_from = p.envelope_from,

@@ -17,17 +17,25 @@ function webhook.new(profile)
   return setmetatable({ profile = profile, per = per, headers = headers }, webhook)
 end
 
+-- Endpoints go out as stored: a campaign message carries its endpoint as a template context
+-- (ctx:json()), a direct message as a table.
 function webhook.payload(group)
   local m = group[1]
-  local eps = {}
-  for _, x in ipairs(group) do eps[x.endpoint_id] = x.endpoint end
-  return json.encode {
+  local head = json.encode {
     Message = { Body = m.body, Title = m.title },
     Data = m.custom_data or m.data or m.body,
     ApplicationId = m.app_id, CampaignId = m.campaign_id, TreatmentId = tostring(m.treatment_id),
     ActivityId = m.activity_id, ScheduledTime = m.scheduled_time,
-    Endpoints = eps,
   }
+  local parts, seen = {}, {}
+  for _, x in ipairs(group) do
+    if not seen[x.endpoint_id] then
+      seen[x.endpoint_id] = true
+      local ep = rawget(x, 'ctx')
+      parts[#parts + 1] = json.encode(x.endpoint_id) .. ':' .. (ep and ep:json() or json.encode(x.endpoint))
+    end
+  end
+  return head:sub(1, -2) .. ',"Endpoints":{' .. table.concat(parts, ',') .. '}}'
 end
 
 function webhook:send(msgs)

@@ -1,0 +1,520 @@
+/* The transport engine on its own thread (see http_thread.h).
+ *
+ * Jobs travel in three queues under one mutex: submits and cancels to the transport thread,
+ * completions back; a uv_async on each side wakes the other. A job is shared by both threads,
+ * so it is reference counted: one reference for the caller (until its callback has run, or
+ * until the transport has seen its cancellation) and one for the transport (until the outcome
+ * is handed back, or dropped because the job was cancelled). The transport thread drains
+ * submits before cancels, in one grab, so a cancellation always finds its job started.
+ *
+ * The caller's async handle is referenced only while jobs are outstanding, so an idle engine
+ * does not keep the caller's loop alive. */
+#include "runtime/http_thread.h"
+
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef enum { kJobQueued = 0, kJobRunning, kJobDone } JobState;
+
+struct HeraldHttpGroup {
+  atomic_int refs;
+  size_t limit;
+  /* the transport thread's */
+  size_t running;
+  HeraldHttpJob *head, *tail;   /* waiting for a free place */
+};
+
+struct HeraldHttpJob {
+  HeraldHttpThread *owner;
+  HeraldHttpJob *link;          /* submits, then completions: never both at once */
+  HeraldHttpJob *cancel_link;   /* cancels */
+  HeraldHttpJob *prev, *next;   /* the caller's outstanding jobs */
+  HeraldHttpGroup *group;
+  HeraldHttpJob *gprev, *gnext; /* the group's waiting jobs (transport thread) */
+  atomic_int refs;
+  atomic_int cancelled;
+  int is_smtp;
+  /* the request, copied */
+  char *url, *method, *body, *ca_file, *mail_from, *username, *password;
+  size_t body_len;
+  char **lines;                 /* header lines, or SMTP recipients */
+  size_t nlines;
+  long timeout_ms;
+  size_t max_body;
+  int want_headers, http1_only, starttls, has_body;
+  /* the transport thread's */
+  JobState state;
+  HeraldHttpTransfer *transfer;
+  /* the outcome */
+  HeraldNetClass error;
+  char *error_text;
+  long status;
+  char *rbody;
+  size_t rbody_len;
+  int truncated;
+  char *rheaders;
+  size_t rnheaders;
+  int64_t retry_after_ms;
+  int http_version;
+  int64_t elapsed_us;
+  HeraldHttpDone done;
+  void *user;
+};
+
+struct HeraldHttpThread {
+  /* the caller's side */
+  uv_loop_t *loop;
+  uv_async_t back;
+  HeraldHttpJob *outstanding;
+  size_t in_flight;
+  int dispatching;              /* inside back_cb: a free waits until it returns */
+  int free_pending;
+  /* shared, under lock */
+  uv_mutex_t lock;
+  HeraldHttpJob *submits, *submits_tail;
+  HeraldHttpJob *cancels;
+  HeraldHttpJob *completions, *completions_tail;
+  int stopping;
+  /* the transport's side */
+  uv_loop_t wloop;
+  uv_async_t wake;
+  HeraldHttpClient *client;
+  uv_thread_t thread;
+  _Atomic uint64_t connections;
+};
+
+HeraldHttpGroup *herald_http_group_new(size_t limit) {
+  HeraldHttpGroup *g = calloc(1, sizeof *g);
+  if (g == NULL) return NULL;
+  atomic_init(&g->refs, 1);
+  g->limit = limit > 0 ? limit : 1;
+  return g;
+}
+
+void herald_http_group_release(HeraldHttpGroup *g) {
+  if (g != NULL && atomic_fetch_sub(&g->refs, 1) == 1) free(g);
+}
+
+static void job_free(HeraldHttpJob *j) {
+  herald_http_group_release(j->group);
+  free(j->url);
+  free(j->method);
+  free(j->body);
+  free(j->ca_file);
+  free(j->mail_from);
+  free(j->username);
+  free(j->password);
+  for (size_t i = 0; i < j->nlines; i++) free(j->lines[i]);
+  free(j->lines);
+  free(j->error_text);
+  free(j->rbody);
+  free(j->rheaders);
+  free(j);
+}
+
+static void job_unref(HeraldHttpJob *j) {
+  if (atomic_fetch_sub(&j->refs, 1) == 1) job_free(j);
+}
+
+static int dup_str(char **dst, const char *s) {
+  if (s == NULL) return 0;
+  *dst = strdup(s);
+  return *dst == NULL ? -1 : 0;
+}
+
+static int dup_lines(HeraldHttpJob *j, const char *const *lines, size_t n) {
+  if (n == 0) return 0;
+  j->lines = calloc(n, sizeof *j->lines);
+  if (j->lines == NULL) return -1;
+  for (; j->nlines < n; j->nlines++) {
+    if ((j->lines[j->nlines] = strdup(lines[j->nlines])) == NULL) return -1;
+  }
+  return 0;
+}
+
+static int dup_bytes(char **dst, const char *p, size_t n) {
+  *dst = malloc(n ? n : 1);
+  if (*dst == NULL) return -1;
+  if (n) memcpy(*dst, p, n);
+  return 0;
+}
+
+/* ---- the transport thread ---- */
+
+static void post_completion(HeraldHttpThread *t, HeraldHttpJob *j) {
+  uv_mutex_lock(&t->lock);
+  j->link = NULL;
+  if (t->completions_tail) t->completions_tail->link = j; else t->completions = j;
+  t->completions_tail = j;
+  uv_mutex_unlock(&t->lock);
+  uv_async_send(&t->back);
+}
+
+static void start_job(HeraldHttpThread *t, HeraldHttpJob *j);
+
+static void group_unlink(HeraldHttpGroup *g, HeraldHttpJob *j) {
+  if (j->gprev) j->gprev->gnext = j->gnext; else g->head = j->gnext;
+  if (j->gnext) j->gnext->gprev = j->gprev; else g->tail = j->gprev;
+  j->gprev = j->gnext = NULL;
+}
+
+/* A place in the group came free: start who waits for it. */
+static void group_finished(HeraldHttpThread *t, HeraldHttpGroup *g) {
+  if (g == NULL) return;
+  g->running--;
+  while (g->head != NULL && g->running < g->limit) {
+    HeraldHttpJob *next = g->head;
+    group_unlink(g, next);
+    g->running++;
+    start_job(t, next);
+  }
+}
+
+/* Starts j now, or queues it behind its group's running jobs. */
+static void schedule_job(HeraldHttpThread *t, HeraldHttpJob *j) {
+  HeraldHttpGroup *g = j->group;
+  if (g != NULL && g->running >= g->limit) {
+    j->gnext = NULL;
+    j->gprev = g->tail;
+    if (g->tail) g->tail->gnext = j; else g->head = j;
+    g->tail = j;
+    return;
+  }
+  if (g != NULL) g->running++;
+  start_job(t, j);
+}
+
+/* The outcome is copied into the job; the transport's reference goes with it to the caller,
+ * or is dropped when the caller cancelled meanwhile. */
+static void transport_done(const HeraldHttpResponse *res, void *user) {
+  HeraldHttpJob *j = user;
+  HeraldHttpThread *t = j->owner;
+  j->state = kJobDone;
+  j->transfer = NULL;
+  group_finished(t, j->group);
+  atomic_store(&t->connections, herald_http_connections_opened(t->client));
+  if (atomic_load(&j->cancelled)) {
+    job_unref(j);
+    return;
+  }
+  j->error = res->error;
+  j->status = res->status;
+  j->truncated = res->truncated;
+  j->retry_after_ms = res->retry_after_ms;
+  j->http_version = res->http_version;
+  j->elapsed_us = res->elapsed_us;
+  int bad = 0;
+  if (res->error_text && res->error_text[0]) bad |= dup_str(&j->error_text, res->error_text);
+  if (res->body_len > 0) {
+    bad |= dup_bytes(&j->rbody, res->body, res->body_len);
+    j->rbody_len = res->body_len;
+  }
+  if (res->nheaders > 0 && res->headers != NULL) {
+    const char *p = res->headers;
+    for (size_t i = 0; i < 2 * res->nheaders; i++) p += strlen(p) + 1;
+    bad |= dup_bytes(&j->rheaders, res->headers, (size_t)(p - res->headers));
+    j->rnheaders = res->nheaders;
+  }
+  if (bad) {
+    /* the send happened; only its details are lost, and the caller learns it failed to tell */
+    j->error = kHeraldNetProtocol;
+    j->rbody_len = 0;
+    j->rnheaders = 0;
+  }
+  post_completion(t, j);
+}
+
+static void start_job(HeraldHttpThread *t, HeraldHttpJob *j) {
+  j->state = kJobRunning;
+  if (j->is_smtp) {
+    HeraldSmtpRequest r = {0};
+    r.url = j->url;
+    r.mail_from = j->mail_from;
+    r.rcpt = (const char *const *)j->lines;
+    r.nrcpt = j->nlines;
+    r.message = j->body;
+    r.message_len = j->body_len;
+    r.timeout_ms = j->timeout_ms;
+    r.starttls = j->starttls;
+    r.username = j->username;
+    r.password = j->password;
+    r.ca_file = j->ca_file;
+    j->transfer = herald_smtp_submit(t->client, &r, transport_done, j);
+  } else {
+    HeraldHttpRequest r = {0};
+    r.method = j->method;
+    r.url = j->url;
+    r.headers = (const char *const *)j->lines;
+    r.nheaders = j->nlines;
+    r.body = j->has_body ? j->body : NULL;
+    r.body_len = j->body_len;
+    r.timeout_ms = j->timeout_ms;
+    r.max_body = j->max_body;
+    r.want_headers = j->want_headers;
+    r.ca_file = j->ca_file;
+    r.http1_only = j->http1_only;
+    j->transfer = herald_http_submit(t->client, &r, transport_done, j);
+  }
+  /* The request body went into libcurl's transfer; the job need not keep it. */
+  free(j->body);
+  j->body = NULL;
+  if (j->transfer == NULL) {
+    HeraldHttpResponse res = {0};
+    res.error = kHeraldNetProtocol;
+    res.error_text = "cannot start the transfer (out of memory)";
+    res.retry_after_ms = -1;
+    transport_done(&res, j);
+  }
+}
+
+static void wake_cb(uv_async_t *a) {
+  HeraldHttpThread *t = a->data;
+  uv_mutex_lock(&t->lock);
+  HeraldHttpJob *submits = t->submits, *cancels = t->cancels;
+  t->submits = t->submits_tail = NULL;
+  t->cancels = NULL;
+  int stopping = t->stopping;
+  uv_mutex_unlock(&t->lock);
+  while (submits != NULL) {
+    HeraldHttpJob *j = submits;
+    submits = j->link;
+    if (atomic_load(&j->cancelled)) {
+      j->state = kJobDone;   /* cancelled before it started: the transport's reference goes */
+      job_unref(j);
+    } else {
+      schedule_job(t, j);
+    }
+  }
+  while (cancels != NULL) {
+    HeraldHttpJob *j = cancels;
+    cancels = j->cancel_link;
+    if (j->state == kJobRunning) {
+      herald_http_cancel(t->client, j->transfer);
+      j->transfer = NULL;
+      j->state = kJobDone;
+      group_finished(t, j->group);
+      job_unref(j);          /* the transport's reference */
+    } else if (j->state == kJobQueued) {
+      group_unlink(j->group, j);  /* it waited for a place in its group */
+      j->state = kJobDone;
+      job_unref(j);
+    }
+    job_unref(j);            /* the caller's, which came with the cancellation */
+  }
+  if (stopping) {
+    herald_http_client_free(t->client);  /* its handles close as this loop runs on */
+    t->client = NULL;
+    uv_close((uv_handle_t *)&t->wake, NULL);
+  }
+}
+
+static void transport_main(void *arg) {
+  HeraldHttpThread *t = arg;
+  uv_run(&t->wloop, UV_RUN_DEFAULT);
+}
+
+/* ---- the caller's side ---- */
+
+static void back_closed(uv_handle_t *h) {
+  HeraldHttpThread *t = h->data;
+  uv_mutex_destroy(&t->lock);
+  free(t);
+}
+
+static void outstanding_remove(HeraldHttpThread *t, HeraldHttpJob *j) {
+  if (j->prev) j->prev->next = j->next; else t->outstanding = j->next;
+  if (j->next) j->next->prev = j->prev;
+  j->prev = j->next = NULL;
+  if (--t->in_flight == 0) uv_unref((uv_handle_t *)&t->back);
+}
+
+static void really_free(HeraldHttpThread *t);
+
+static void back_cb(uv_async_t *a) {
+  HeraldHttpThread *t = a->data;
+  uv_mutex_lock(&t->lock);
+  HeraldHttpJob *list = t->completions;
+  t->completions = t->completions_tail = NULL;
+  uv_mutex_unlock(&t->lock);
+  t->dispatching = 1;
+  while (list != NULL) {
+    HeraldHttpJob *j = list;
+    list = j->link;
+    if (!atomic_load(&j->cancelled)) {
+      outstanding_remove(t, j);
+      HeraldHttpResponse res = {0};
+      res.error = j->error;
+      res.error_text = j->error_text ? j->error_text : "";
+      res.status = j->status;
+      res.body = j->rbody;
+      res.body_len = j->rbody_len;
+      res.truncated = j->truncated;
+      res.headers = j->rheaders;
+      res.nheaders = j->rnheaders;
+      res.retry_after_ms = j->retry_after_ms;
+      res.http_version = j->http_version;
+      res.elapsed_us = j->elapsed_us;
+      j->done(&res, j->user);
+      job_unref(j);          /* the caller's */
+    }
+    job_unref(j);            /* the transport's, which came with the outcome */
+  }
+  t->dispatching = 0;
+  if (t->free_pending) really_free(t);
+}
+
+HeraldHttpThread *herald_http_thread_new(uv_loop_t *loop, const HeraldHttpClientOptions *opt) {
+  HeraldHttpThread *t = calloc(1, sizeof *t);
+  if (t == NULL) return NULL;
+  t->loop = loop;
+  if (uv_mutex_init(&t->lock) != 0) {
+    free(t);
+    return NULL;
+  }
+  if (uv_loop_init(&t->wloop) != 0) {
+    uv_mutex_destroy(&t->lock);
+    free(t);
+    return NULL;
+  }
+  /* created here, before the thread runs its loop: libcurl's global setup is not thread-safe */
+  t->client = herald_http_client_new(&t->wloop, opt);
+  int wake_ok = t->client != NULL && uv_async_init(&t->wloop, &t->wake, wake_cb) == 0;
+  if (wake_ok) t->wake.data = t;
+  int back_ok = wake_ok && uv_async_init(loop, &t->back, back_cb) == 0;
+  if (back_ok) {
+    t->back.data = t;
+    uv_unref((uv_handle_t *)&t->back);
+    if (uv_thread_create(&t->thread, transport_main, t) == 0) return t;
+  }
+  /* undo on this thread: the transport loop runs here once to close what it has */
+  if (wake_ok) uv_close((uv_handle_t *)&t->wake, NULL);
+  if (t->client != NULL) herald_http_client_free(t->client);
+  uv_run(&t->wloop, UV_RUN_DEFAULT);
+  uv_loop_close(&t->wloop);
+  if (back_ok) {
+    uv_close((uv_handle_t *)&t->back, back_closed);  /* frees t */
+  } else {
+    uv_mutex_destroy(&t->lock);
+    free(t);
+  }
+  return NULL;
+}
+
+static HeraldHttpJob *job_new(HeraldHttpThread *t, HeraldHttpGroup *g, HeraldHttpDone done,
+                             void *user) {
+  HeraldHttpJob *j = calloc(1, sizeof *j);
+  if (j == NULL) return NULL;
+  j->owner = t;
+  if (g != NULL) {
+    atomic_fetch_add(&g->refs, 1);
+    j->group = g;
+  }
+  atomic_init(&j->refs, 2);
+  atomic_init(&j->cancelled, 0);
+  j->done = done;
+  j->user = user;
+  j->retry_after_ms = -1;
+  return j;
+}
+
+static HeraldHttpJob *enqueue(HeraldHttpThread *t, HeraldHttpJob *j) {
+  j->next = t->outstanding;
+  if (t->outstanding) t->outstanding->prev = j;
+  t->outstanding = j;
+  if (t->in_flight++ == 0) uv_ref((uv_handle_t *)&t->back);
+  uv_mutex_lock(&t->lock);
+  j->link = NULL;
+  if (t->submits_tail) t->submits_tail->link = j; else t->submits = j;
+  t->submits_tail = j;
+  uv_mutex_unlock(&t->lock);
+  uv_async_send(&t->wake);
+  return j;
+}
+
+HeraldHttpJob *herald_http_thread_submit(HeraldHttpThread *t, HeraldHttpGroup *g,
+                                         const HeraldHttpRequest *req, HeraldHttpDone done,
+                                         void *user) {
+  if (t == NULL || t->free_pending) return NULL;
+  HeraldHttpJob *j = job_new(t, g, done, user);
+  if (j == NULL) return NULL;
+  j->timeout_ms = req->timeout_ms;
+  j->max_body = req->max_body;
+  j->want_headers = req->want_headers;
+  j->http1_only = req->http1_only;
+  j->has_body = req->body != NULL;
+  j->body_len = req->body ? req->body_len : 0;
+  if (dup_str(&j->url, req->url) || dup_str(&j->method, req->method) ||
+      dup_str(&j->ca_file, req->ca_file) || dup_lines(j, req->headers, req->nheaders) ||
+      (j->has_body && dup_bytes(&j->body, req->body, j->body_len))) {
+    job_free(j);
+    return NULL;
+  }
+  return enqueue(t, j);
+}
+
+HeraldHttpJob *herald_http_thread_smtp(HeraldHttpThread *t, HeraldHttpGroup *g,
+                                       const HeraldSmtpRequest *req, HeraldHttpDone done,
+                                       void *user) {
+  if (t == NULL || t->free_pending) return NULL;
+  HeraldHttpJob *j = job_new(t, g, done, user);
+  if (j == NULL) return NULL;
+  j->is_smtp = 1;
+  j->timeout_ms = req->timeout_ms;
+  j->starttls = req->starttls;
+  j->body_len = req->message_len;
+  if (dup_str(&j->url, req->url) || dup_str(&j->mail_from, req->mail_from) ||
+      dup_str(&j->username, req->username) || dup_str(&j->password, req->password) ||
+      dup_str(&j->ca_file, req->ca_file) || dup_lines(j, req->rcpt, req->nrcpt) ||
+      dup_bytes(&j->body, req->message, req->message_len)) {
+    job_free(j);
+    return NULL;
+  }
+  return enqueue(t, j);
+}
+
+void herald_http_thread_cancel(HeraldHttpThread *t, HeraldHttpJob *j) {
+  if (t == NULL || j == NULL || atomic_load(&j->cancelled)) return;
+  atomic_store(&j->cancelled, 1);
+  outstanding_remove(t, j);
+  uv_mutex_lock(&t->lock);
+  j->cancel_link = t->cancels;   /* the caller's reference travels with it */
+  t->cancels = j;
+  uv_mutex_unlock(&t->lock);
+  uv_async_send(&t->wake);
+}
+
+size_t herald_http_thread_in_flight(const HeraldHttpThread *t) { return t ? t->in_flight : 0; }
+
+uint64_t herald_http_thread_connections(const HeraldHttpThread *t) {
+  return t ? atomic_load(&((HeraldHttpThread *)t)->connections) : 0;
+}
+
+static void really_free(HeraldHttpThread *t) {
+  t->free_pending = 0;
+  while (t->outstanding != NULL) herald_http_thread_cancel(t, t->outstanding);
+  uv_mutex_lock(&t->lock);
+  t->stopping = 1;
+  uv_mutex_unlock(&t->lock);
+  uv_async_send(&t->wake);
+  uv_thread_join(&t->thread);
+  uv_loop_close(&t->wloop);
+  /* outcomes handed back before the cancellations: every job is cancelled, drop them */
+  HeraldHttpJob *list = t->completions;
+  t->completions = t->completions_tail = NULL;
+  while (list != NULL) {
+    HeraldHttpJob *j = list;
+    list = j->link;
+    job_unref(j);
+  }
+  uv_close((uv_handle_t *)&t->back, back_closed);
+}
+
+void herald_http_thread_free(HeraldHttpThread *t) {
+  if (t == NULL) return;
+  if (t->dispatching) {
+    t->free_pending = 1;  /* a callback freed us: finish once back_cb has returned */
+    return;
+  }
+  really_free(t);
+}

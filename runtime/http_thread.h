@@ -1,0 +1,49 @@
+/* The transport engine on a thread of its own: the same transfers as http_client.h, driven by a
+ * libuv loop and libcurl multi handle on a second thread, with completions handed back to the
+ * caller's loop. Delivery spends about as much CPU in libcurl and the kernel's socket calls as
+ * in its own bookkeeping; with the transport on another core the two overlap.
+ *
+ * Requests are copied at submit; callbacks run on the caller's loop, never on the transport
+ * thread. Everything here is called from the caller's thread only. */
+#ifndef HERALD_HTTP_THREAD_H
+#define HERALD_HTTP_THREAD_H
+
+#include "runtime/http_client.h"
+
+typedef struct HeraldHttpThread HeraldHttpThread;
+typedef struct HeraldHttpJob HeraldHttpJob;
+
+/* A group of jobs of which at most `limit` run at once; the transport thread starts the next
+ * as one finishes, so a batch keeps its connections busy without a round trip through the
+ * caller's loop. The caller's reference is dropped with herald_http_group_release; jobs keep
+ * the group alive while they need it. */
+typedef struct HeraldHttpGroup HeraldHttpGroup;
+HeraldHttpGroup *herald_http_group_new(size_t limit);
+void herald_http_group_release(HeraldHttpGroup *g);
+
+/* Starts the thread. NULL when it cannot be started. */
+HeraldHttpThread *herald_http_thread_new(uv_loop_t *loop, const HeraldHttpClientOptions *opt);
+
+/* Cancels every job (no callbacks), stops and joins the thread. The last handle on the
+ * caller's loop closes asynchronously, so run that loop afterwards. */
+void herald_http_thread_free(HeraldHttpThread *t);
+
+/* Starts a transfer (in group g, or on its own when g is NULL); NULL when it cannot be queued
+ * (out of memory). */
+HeraldHttpJob *herald_http_thread_submit(HeraldHttpThread *t, HeraldHttpGroup *g,
+                                         const HeraldHttpRequest *req, HeraldHttpDone done,
+                                         void *user);
+HeraldHttpJob *herald_http_thread_smtp(HeraldHttpThread *t, HeraldHttpGroup *g,
+                                       const HeraldSmtpRequest *req, HeraldHttpDone done,
+                                       void *user);
+
+/* Aborts a job; its callback is never called. */
+void herald_http_thread_cancel(HeraldHttpThread *t, HeraldHttpJob *job);
+
+/* Jobs submitted whose callbacks have not run and that were not cancelled. */
+size_t herald_http_thread_in_flight(const HeraldHttpThread *t);
+
+/* Connections the transport opened so far. */
+uint64_t herald_http_thread_connections(const HeraldHttpThread *t);
+
+#endif
