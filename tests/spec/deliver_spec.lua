@@ -74,6 +74,10 @@ describe('delivery through providers', function()
     local n = 0
     for _ in pairs(seen) do n = n + 1 end
     assert.are.equal(#sent, n)
+    -- one _campaign.send per sent message (no _email.send on this channel), none for the holdout
+    local ev = query(dir, [[SELECT count(*) AS n, count(DISTINCT json_extract(attributes, '$.message_id')) AS d,
+      sum(event_type = '_campaign.send') AS c FROM events]])[1]
+    assert.are.same({ #sent, #sent, #sent }, { ev.n, ev.d, ev.c })
   end)
 
   it('sends the Pinpoint custom-channel payload', function()
@@ -198,6 +202,21 @@ describe('delivery through providers', function()
       assert.are.equal('FAILED', rows[3].state)
       assert.matches('550', rows[3].reason)
       assert.are.equal('INACTIVE', query(dir, "SELECT endpoint_status AS s FROM endpoints WHERE id = 'ep-00003'")[1].s)
+      -- each sent email is recorded as Pinpoint records it: _campaign.send and _email.send with
+      -- the campaign's attributes; the refused one has none, and sending is not activity
+      local ev = query(dir, [[SELECT endpoint_id, event_type, event_id, json_extract(attributes, '$.campaign_id') AS c,
+        json_extract(attributes, '$.treatment_id') AS t, json_extract(attributes, '$.campaign_activity_id') AS a,
+        json_extract(attributes, '$.message_id') AS m FROM events ORDER BY endpoint_id, event_type]])
+      assert.are.equal(4, #ev)
+      local run_id = tostring(query(dir, "SELECT id FROM campaign_runs")[1].id)
+      for i, e in ipairs(ev) do
+        local row = rows[(i + 1) // 2]
+        assert.are.equal(row.endpoint_id, e.endpoint_id)
+        assert.are.equal(i % 2 == 1 and '_campaign.send' or '_email.send', e.event_type)
+        assert.are.equal(row.message_id .. '/' .. e.event_type, e.event_id)
+        assert.are.same({ 'mail-c', '0', run_id, row.message_id }, { e.c, e.t, e.a, e.m })
+      end
+      assert.are.equal(0, query(dir, "SELECT count(*) AS n FROM endpoints WHERE last_activity IS NOT NULL")[1].n)
       assert.are.equal(2, mail:count())
       local raw = mail:message(1).raw
       assert.matches('List%-Unsubscribe: <https://example.com/u/ep%-0000%d>', raw)
