@@ -462,13 +462,14 @@ function Compiler:set(column, d)
   return '(e.' .. column .. ' IS NOT NULL AND e.' .. column .. ' IN (' .. list .. '))'
 end
 
--- The endpoints whose indexed value of 'Kind.name' satisfies cond (over v.value and
--- v.instant), as a condition on e; nil when that name has no index.
+-- The endpoints whose indexed value of 'Kind.name' satisfies cond (over indexed_values.value
+-- and .instant), as a condition on e; nil when that name has no index. The table keeps its
+-- name (no alias) so that EXPLAIN QUERY PLAN names it.
 function Compiler:indexed(key, cond)
   local id = self.indexes[key]
   if id == nil then return nil end
-  return 'e.id IN (SELECT v.endpoint_id FROM indexed_values v WHERE v.index_id = ' ..
-    self:param(id) .. ' AND ' .. cond .. ')'
+  return 'e.id IN (SELECT indexed_values.endpoint_id FROM indexed_values WHERE ' ..
+    'indexed_values.index_id = ' .. self:param(id) .. ' AND ' .. cond .. ')'
 end
 
 -- The rows of json_each over the values of attribute `name` in column, as `j`.
@@ -483,14 +484,14 @@ end
 
 local ATTRIBUTE_COLUMNS = { Attributes = 'attributes', UserAttributes = 'user_attributes' }
 
--- An attribute dimension. With a value index the condition reads indexed_values (v.value is
--- the element, v.instant its date-time); without, json_each over the endpoint's JSON (j).
+-- An attribute dimension. With a value index the condition reads indexed_values (value is
+-- the element, instant its date-time); without, json_each over the endpoint's JSON (j).
 function Compiler:attribute(kind, name, d)
   local key = kind .. '.' .. name
   self.used[key] = { kind, name }
   local t, values = d.AttributeType, d.Values
   local index = self.indexes[key] ~= nil
-  local value = index and 'v.value' or 'j.value'
+  local value = index and 'indexed_values.value' or 'j.value'
   local cond
   if t == 'INCLUSIVE' or t == 'EXCLUSIVE' then
     cond = value .. ' IN (' .. self:list(values) .. ')'
@@ -503,7 +504,7 @@ function Compiler:attribute(kind, name, d)
     for i, v in ipairs(values) do days[i] = select(2, core.instant(v)) end
     cond = 'herald_day(' .. value .. ') IN (' .. self:list(days) .. ')'
   else
-    local instant = index and 'v.instant' or 'herald_instant(j.value)'
+    local instant = index and 'indexed_values.instant' or 'herald_instant(j.value)'
     local a = self:param((core.instant(values[1])))
     if t == 'BEFORE' then cond = instant .. ' < ' .. a
     elseif t == 'AFTER' then cond = instant .. ' > ' .. a
@@ -521,7 +522,7 @@ function Compiler:metric(name, d)
   self.used[key] = { 'Metrics', name }
   local op = METRIC_OPERATORS[d.ComparisonOperator]
   if self.indexes[key] then
-    return self:indexed(key, 'v.value ' .. op .. ' ' .. self:param(d.Value))
+    return self:indexed(key, 'indexed_values.value ' .. op .. ' ' .. self:param(d.Value))
   end
   local value
   if name:find('"', 1, true) then
