@@ -63,6 +63,8 @@ end
 
 -- Value indexes: half of the names (and the odd one with a '"') in 'before' and 'after'.
 S.auto_index = INDEXES == 'auto'
+-- A low drive limit mixes both forms of indexed conditions (Compiler:indexed).
+if INDEXES ~= 'after' then S.drive_limit = 40 end
 local INDEXED = { 'Attributes.plan', 'Attributes.signup', 'Attributes.we"ird',
   'UserAttributes.born', 'Metrics.score', 'Metrics.we"ird' }
 local function add_indexes()

@@ -88,8 +88,11 @@ describe('segment value indexes', function()
     local out, rc, err = index_cli(db, 'add ' .. table.concat(INDEXED, ' '))
     assert.are.equal(0, rc, err)
     for _, n in ipairs(INDEXED) do assert.truthy(out:find(n .. ': created', 1, true), out) end
-    local after = run(db, 'local S = herald.segment\nS.auto_index = false\nlocal NOW = ' .. NOW ..
-      '\n' .. FIXTURE:match('local function ids.*$') .. eval .. 'emit(out)')
+    local prelude = 'local S = herald.segment\nS.auto_index = false\nlocal NOW = ' .. NOW ..
+      '\n' .. FIXTURE:match('local function ids.*$')
+    local after = run(db, prelude .. eval .. 'emit(out)')
+    -- drive_limit 0: no indexed condition drives; each is checked per endpoint.
+    local probed = run(db, prelude .. 'S.drive_limit = 0\n' .. eval .. 'emit(out)')
     for i, c in ipairs(CASES) do
       assert.are.equal(c[2], before[i].ids, c[1])
       assert.are.equal(c[2], after[i].ids, c[1])
@@ -98,6 +101,9 @@ describe('segment value indexes', function()
       assert.are.equal(n, after[i].count, c[1])
       assert.is_nil(before[i].plan:find('indexed_values', 1, true), before[i].plan)
       assert.truthy(after[i].plan:find('indexed_values', 1, true), c[1] .. '\n' .. after[i].plan)
+      assert.are.equal(c[2], probed[i].ids, c[1])
+      assert.are.equal(n, probed[i].count, c[1])
+      assert.truthy(probed[i].plan:find('indexed_values', 1, true), c[1] .. '\n' .. probed[i].plan)
     end
   end)
 
