@@ -90,7 +90,10 @@ io.write(string.format('%.4f %d %.4f %d %.4f %d %.1f %.4f %.4f %.6f %d %.6f\n', 
   cpu_vip))
 LUA
 
-read -r t_count n t_filter evaluated t_contains hits mem cpu_filter cpu_count t_vip n_vip cpu_vip < <("$HERALD" --db "$BENCH_DIR/h.db" "$BENCH_DIR/bench.lua" "$rows")
+# Captured whole, so herald has exited (and checkpointed the indexes it wrote) before sqlite3
+# opens the file.
+measured=$("$HERALD" --db "$BENCH_DIR/h.db" "$BENCH_DIR/bench.lua" "$rows")
+read -r t_count n t_filter evaluated t_contains hits mem cpu_filter cpu_count t_vip n_vip cpu_vip <<<"$measured"
 
 best_ref=999999 best_ref_wall=999999
 for _ in 1 2 3; do
