@@ -486,7 +486,8 @@ function Compiler:indexed(key, cond, drivable)
     local st <close> = prepare('SELECT count(*) FROM (SELECT 1 FROM indexed_values WHERE ' ..
       where .. ' LIMIT ' .. (limit + 1) .. ')')
     st:bind(self.params)
-    local n = st:first()
+    local n, err = st:first()
+    if n == nil then error(err, 0) end
     if n <= limit then
       return 'e.id IN (SELECT indexed_values.endpoint_id FROM indexed_values WHERE ' .. where .. ')'
     end
