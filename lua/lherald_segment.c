@@ -263,6 +263,52 @@ static int l_km(lua_State *L) {
   return 1;
 }
 
+/* index_check(kind, name) -> true, or nil, message */
+static int l_index_check(lua_State *L) {
+  HeraldError err = {0};
+  if (herald_segment_index_check(luaL_checkstring(L, 1), luaL_checkstring(L, 2), &err) !=
+      kHeraldOk) {
+    lua_pushnil(L);
+    lua_pushstring(L, err.msg);
+    return 2;
+  }
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* index_add(kind, name [, app [, origin]]) -> created (false when it existed), or nil, message.
+ * The name is checked in C (herald_segment_index_check) whatever the caller did. */
+static int l_index_add(lua_State *L) {
+  const char *kind = luaL_checkstring(L, 1), *name = luaL_checkstring(L, 2);
+  const char *app = app_arg(L, 3), *origin = luaL_optstring(L, 4, "lua");
+  HeraldError err = {0};
+  int created = 0;
+  if (herald_segment_index_add(herald_context_store(L), app, kind, name, origin, &created,
+                               &err) != kHeraldOk) {
+    lua_pushnil(L);
+    lua_pushstring(L, err.msg);
+    return 2;
+  }
+  lua_pushboolean(L, created);
+  return 1;
+}
+
+/* index_drop(kind, name [, app]) -> dropped (false when there was none), or nil, message */
+static int l_index_drop(lua_State *L) {
+  const char *kind = luaL_checkstring(L, 1), *name = luaL_checkstring(L, 2);
+  const char *app = app_arg(L, 3);
+  HeraldError err = {0};
+  int dropped = 0;
+  if (herald_segment_index_drop(herald_context_store(L), app, kind, name, &dropped, &err) !=
+      kHeraldOk) {
+    lua_pushnil(L);
+    lua_pushstring(L, err.msg);
+    return 2;
+  }
+  lua_pushboolean(L, dropped);
+  return 1;
+}
+
 static int l_app(lua_State *L) {
   lua_pushstring(L, herald_context()->app);
   return 1;
@@ -276,7 +322,8 @@ int luaopen_herald_core_segment(lua_State *L) {
   static const luaL_Reg funcs[] = {
     {"prepare", l_prepare}, {"save", l_save}, {"add_members", l_add_members},
     {"atomic", l_atomic},   {"instant", l_instant}, {"km", l_km},
-    {"app", l_app},         {NULL, NULL},
+    {"app", l_app},         {"index_check", l_index_check}, {"index_add", l_index_add},
+    {"index_drop", l_index_drop}, {NULL, NULL},
   };
   if (luaL_newmetatable(L, STMT_TYPE)) {
     luaL_newlib(L, stmt_methods);

@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "runtime/datetime.h"
+#include "runtime/segment.h"
 
 #define ZONEINFO_DIR "/usr/share/zoneinfo"
 #define ISO3166_FILE "/usr/share/iso-codes/json/iso_3166-1.json"
@@ -53,6 +54,7 @@ struct HeraldEndpointWriter {
   unsigned recent_next[3];
   int64_t now_ms;         /* the time `now` shows: formatted once per millisecond, not per row */
   char now[HERALD_DATETIME_LEN];
+  HeraldValueIndexes *indexes; /* the application's value indexes; NULL when it has none */
 };
 
 /* A checker's counts of the requests it prepared rows for (herald_endpoint_row_new). Every
@@ -707,6 +709,10 @@ int herald_endpoint_writer_open(HeraldStore *store, const char *app, HeraldEndpo
     return herald_store_fail(store, err, "reading endpoints");
   }
   w->fresh = rc == SQLITE_DONE;
+  if (herald_segment_indexes_open(store, app, &w->indexes, err) != kHeraldOk) {
+    herald_endpoint_writer_close(w);
+    return err ? err->code : kHeraldStore;
+  }
   *out = w;
   return kHeraldOk;
 }
@@ -714,6 +720,7 @@ int herald_endpoint_writer_open(HeraldStore *store, const char *app, HeraldEndpo
 void herald_endpoint_writer_close(HeraldEndpointWriter *w) {
   if (w == NULL) return;
   json_decref(w->keys);
+  herald_segment_indexes_close(w->indexes);
   herald_endpoint_checker_clear(&w->checker);
   hash_count_free(&w->addresses);
   hash_count_free(&w->users);
@@ -1153,6 +1160,12 @@ static int write_row(HeraldEndpointWriter *w, const HeraldEndpointRow *r, size_t
       kHeraldOk)
     return err->code;
   *written = sqlite3_changes(herald_store_db(w->store)) > 0;
+  if (*written && w->indexes != NULL) {
+    /* Indexed values follow the row in the same transaction (runtime/segment.c). */
+    json_t *maps[3] = {r->attr_map, r->user_attr_map, r->metric_map};
+    return herald_segment_indexes_write(w->store, w->indexes, w->app, m->id, m->exists, maps,
+                                        err);
+  }
   return kHeraldOk;
 }
 
@@ -1362,21 +1375,28 @@ int herald_endpoint_get(HeraldStore *store, const char *app, const char *id, jso
 int herald_endpoint_delete(HeraldStore *store, const char *app, const char *id, json_t **out,
                            HeraldError *err) {
   if (herald_endpoint_get(store, app, id, out, err) != kHeraldOk) return err ? err->code : kHeraldNotFound;
-  sqlite3_stmt *st =
-      herald_store_stmt(store, "DELETE FROM endpoints WHERE app_id = ?1 AND id = ?2", err);
-  if (st == NULL) {
+  /* The row and its indexed values go together. */
+  if (herald_store_begin(store, err) != kHeraldOk) {
     json_decref(*out);
     *out = NULL;
     return err ? err->code : kHeraldStore;
   }
-  sqlite3_bind_text(st, 1, app, -1, SQLITE_STATIC);
-  sqlite3_bind_text(st, 2, id, -1, SQLITE_STATIC);
-  if (step_done(store, st, err, "deleting an endpoint") != kHeraldOk) {
+  sqlite3_stmt *st =
+      herald_store_stmt(store, "DELETE FROM endpoints WHERE app_id = ?1 AND id = ?2", err);
+  int rc = st == NULL ? (err ? err->code : kHeraldStore) : kHeraldOk;
+  if (rc == kHeraldOk) {
+    sqlite3_bind_text(st, 1, app, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, id, -1, SQLITE_STATIC);
+    rc = step_done(store, st, err, "deleting an endpoint");
+  }
+  if (rc == kHeraldOk) rc = herald_segment_indexes_forget(store, app, id, err);
+  if (rc == kHeraldOk) rc = herald_store_commit(store, err);
+  else herald_store_rollback(store);
+  if (rc != kHeraldOk) {
     json_decref(*out);
     *out = NULL;
-    return err->code;
   }
-  return kHeraldOk;
+  return rc;
 }
 
 int herald_endpoint_by_user(HeraldStore *store, const char *app, const char *user_id,

@@ -254,3 +254,299 @@ int herald_segment_add_member(HeraldStore *store, const char *app, const char *i
   if (rc != SQLITE_DONE) return herald_store_fail(store, err, "adding a segment member");
   return kHeraldOk;
 }
+
+/* ---- value indexes ----
+ *
+ * Why a side table and not SQLite expression indexes: Pinpoint attributes are lists
+ * ({"plan":["gold","silver"]}) and INCLUSIVE keeps an endpoint when any element matches. An
+ * expression index holds one entry per row, so an index on the attribute's JSON text can only
+ * answer "the whole list equals", never "some element equals". indexed_values holds one row
+ * per (index, element, endpoint), which answers membership, CONTAINS (a scan of one name's
+ * values, no JSON parsing), dates (the instant column) and metric comparisons (a range of the
+ * primary key). Queries bind every value and the index id as parameters; the index SQL here
+ * is fixed text and names are bound too, so nothing a user writes is spliced into SQL. Rows
+ * are written by the endpoint writer (runtime/endpoint.c) for indexed names only, in the
+ * writer's transaction, so an application without indexes pays one small query per writer. */
+
+static const struct {
+  const char *kind;   /* the segment dimension and the value_indexes.kind */
+  const char *column; /* the endpoints column holding its JSON map */
+  int metric;
+} kIndexKinds[] = {
+  {"Attributes", "attributes", 0},
+  {"UserAttributes", "user_attributes", 0},
+  {"Metrics", "metrics", 1},
+};
+#define INDEX_KIND_COUNT 3
+
+struct HeraldValueIndexes {
+  int count;
+  struct {
+    int64_t id;
+    int kind; /* into kIndexKinds */
+    char *name;
+  } *items;
+};
+
+static int kind_index(const char *kind) {
+  for (int i = 0; i < INDEX_KIND_COUNT; i++)
+    if (strcmp(kind, kIndexKinds[i].kind) == 0) return i;
+  return -1;
+}
+
+int herald_segment_index_check(const char *kind, const char *name, HeraldError *err) {
+  if (kind == NULL || kind_index(kind) < 0)
+    return herald_error_set(err, kHeraldInvalid,
+                            "'%s' cannot be indexed: give Attributes.NAME, UserAttributes.NAME "
+                            "or Metrics.NAME (herald stores no user metrics)",
+                            kind ? kind : "");
+  if (name == NULL || *name == '\0')
+    return herald_error_set(err, kHeraldInvalid, "%s: the name is empty", kind);
+  size_t chars = 0;
+  for (const unsigned char *p = (const unsigned char *)name; *p; p++) {
+    if ((*p & 0xC0) != 0x80) chars++;
+    if (strchr("#:?\\/", *p) != NULL)
+      return herald_error_set(err, kHeraldInvalid,
+                              "%s.%s: names may not contain # : ? \\ or / (Pinpoint's rule)",
+                              kind, name);
+  }
+  if (chars > 50)
+    return herald_error_set(err, kHeraldInvalid,
+                            "%s.%s: %zu characters; names have at most 50 (Pinpoint's rule)",
+                            kind, name, chars);
+  return kHeraldOk;
+}
+
+/* The id of index (kind, name) of app in *id, 0 when there is none. */
+static int index_id(HeraldStore *store, const char *app, const char *kind, const char *name,
+                    int64_t *id, HeraldError *err) {
+  sqlite3_stmt *st = herald_store_stmt(
+      store, "SELECT id FROM value_indexes WHERE app_id = ?1 AND kind = ?2 AND name = ?3", err);
+  if (st == NULL) return err->code;
+  sqlite3_bind_text(st, 1, app, -1, SQLITE_STATIC);
+  sqlite3_bind_text(st, 2, kind, -1, SQLITE_STATIC);
+  sqlite3_bind_text(st, 3, name, -1, SQLITE_STATIC);
+  int rc = sqlite3_step(st);
+  *id = rc == SQLITE_ROW ? sqlite3_column_int64(st, 0) : 0;
+  sqlite3_reset(st);
+  if (rc != SQLITE_ROW && rc != SQLITE_DONE) return herald_store_fail(store, err, "reading indexes");
+  return kHeraldOk;
+}
+
+static sqlite3_stmt *insert_value_stmt(HeraldStore *store, HeraldError *err) {
+  return herald_store_stmt(store,
+                           "INSERT OR IGNORE INTO indexed_values(index_id, value, endpoint_id, "
+                           "instant) VALUES (?1, ?2, ?3, ?4)",
+                           err);
+}
+
+/* Binds an attribute value (text, with its instant) or a metric (a number) and inserts. */
+static int insert_text_value(HeraldStore *store, sqlite3_stmt *ins, int64_t id, const char *value,
+                             int len, const char *endpoint_id, HeraldError *err) {
+  double ms;
+  int64_t day;
+  sqlite3_bind_int64(ins, 1, id);
+  sqlite3_bind_text(ins, 2, value, len, SQLITE_STATIC);
+  sqlite3_bind_text(ins, 3, endpoint_id, -1, SQLITE_STATIC);
+  if (herald_segment_parse_instant(value, &ms, &day)) sqlite3_bind_double(ins, 4, ms);
+  else sqlite3_bind_null(ins, 4);
+  return herald_store_step_done(store, ins, err, "writing an index value");
+}
+
+/* Fills a new index from the application's endpoints. json_each by key (not by path) works
+ * for every name, including ones with a '"', which a JSON path label cannot quote. */
+static int populate(HeraldStore *store, const char *app, int kind, const char *name, int64_t id,
+                    HeraldError *err) {
+  char sql[256];
+  snprintf(sql, sizeof sql,
+           kIndexKinds[kind].metric
+               ? "SELECT e.id, j.value FROM endpoints e, json_each(e.%s) j WHERE e.app_id = ?1 "
+                 "AND j.key = ?2 AND j.type IN ('integer', 'real')"
+               : "SELECT e.id, j.value FROM endpoints e, json_each(e.%s) a, json_each(a.value) j "
+                 "WHERE e.app_id = ?1 AND a.key = ?2 AND j.type = 'text'",
+           kIndexKinds[kind].column);
+  sqlite3 *db = herald_store_db(store);
+  sqlite3_stmt *scan = NULL;
+  if (sqlite3_prepare_v2(db, sql, -1, &scan, NULL) != SQLITE_OK)
+    return herald_store_fail(store, err, "preparing an index scan");
+  sqlite3_bind_text(scan, 1, app, -1, SQLITE_STATIC);
+  sqlite3_bind_text(scan, 2, name, -1, SQLITE_STATIC);
+  sqlite3_stmt *ins = insert_value_stmt(store, err);
+  int rc = ins == NULL ? SQLITE_ERROR : SQLITE_ROW;
+  while (rc == SQLITE_ROW && (rc = sqlite3_step(scan)) == SQLITE_ROW) {
+    const char *endpoint_id = (const char *)sqlite3_column_text(scan, 0);
+    int ok;
+    if (kIndexKinds[kind].metric) {
+      sqlite3_bind_int64(ins, 1, id);
+      sqlite3_bind_value(ins, 2, sqlite3_column_value(scan, 1));
+      sqlite3_bind_text(ins, 3, endpoint_id, -1, SQLITE_STATIC);
+      sqlite3_bind_null(ins, 4);
+      ok = herald_store_step_done(store, ins, err, "writing an index value");
+    } else {
+      ok = insert_text_value(store, ins, id, (const char *)sqlite3_column_text(scan, 1),
+                             sqlite3_column_bytes(scan, 1), endpoint_id, err);
+    }
+    if (ok != kHeraldOk) {
+      sqlite3_finalize(scan);
+      return err->code;
+    }
+  }
+  if (rc != SQLITE_DONE && ins != NULL) herald_store_fail(store, err, "reading endpoints to index");
+  sqlite3_finalize(scan);
+  return rc == SQLITE_DONE ? kHeraldOk : err->code;
+}
+
+int herald_segment_index_add(HeraldStore *store, const char *app, const char *kind,
+                             const char *name, const char *origin, int *created,
+                             HeraldError *err) {
+  *created = 0;
+  if (herald_segment_index_check(kind, name, err) != kHeraldOk) return err->code;
+  if (herald_store_app_exists(store, app, err) != kHeraldOk) return err->code;
+  if (herald_store_begin(store, err) != kHeraldOk) return err->code;
+  int64_t id = 0;
+  int rc = index_id(store, app, kind, name, &id, err);
+  if (rc == kHeraldOk && id == 0) {
+    sqlite3_stmt *st = herald_store_stmt(
+        store, "INSERT INTO value_indexes(app_id, kind, name, origin, creation_date) VALUES "
+               "(?1, ?2, ?3, ?4, strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))",
+        err);
+    rc = st == NULL ? err->code : kHeraldOk;
+    if (rc == kHeraldOk) {
+      sqlite3_bind_text(st, 1, app, -1, SQLITE_STATIC);
+      sqlite3_bind_text(st, 2, kind, -1, SQLITE_STATIC);
+      sqlite3_bind_text(st, 3, name, -1, SQLITE_STATIC);
+      sqlite3_bind_text(st, 4, origin, -1, SQLITE_STATIC);
+      rc = herald_store_step_done(store, st, err, "recording an index");
+    }
+    if (rc == kHeraldOk) {
+      id = sqlite3_last_insert_rowid(herald_store_db(store));
+      rc = populate(store, app, kind_index(kind), name, id, err);
+    }
+    if (rc == kHeraldOk) *created = 1;
+  }
+  if (rc != kHeraldOk) {
+    herald_store_rollback(store);
+    *created = 0;
+    return rc;
+  }
+  return herald_store_commit(store, err);
+}
+
+int herald_segment_index_drop(HeraldStore *store, const char *app, const char *kind,
+                              const char *name, int *dropped, HeraldError *err) {
+  *dropped = 0;
+  if (herald_segment_index_check(kind, name, err) != kHeraldOk) return err->code;
+  if (herald_store_begin(store, err) != kHeraldOk) return err->code;
+  int64_t id = 0;
+  int rc = index_id(store, app, kind, name, &id, err);
+  static const char *const sql[] = {"DELETE FROM indexed_values WHERE index_id = ?1",
+                                     "DELETE FROM value_indexes WHERE id = ?1"};
+  for (int i = 0; i < 2 && rc == kHeraldOk && id != 0; i++) {
+    sqlite3_stmt *st = herald_store_stmt(store, sql[i], err);
+    if (st == NULL) {
+      rc = err->code;
+      break;
+    }
+    sqlite3_bind_int64(st, 1, id);
+    rc = herald_store_step_done(store, st, err, "dropping an index");
+  }
+  if (rc != kHeraldOk) {
+    herald_store_rollback(store);
+    return rc;
+  }
+  *dropped = id != 0;
+  return herald_store_commit(store, err);
+}
+
+void herald_segment_indexes_close(HeraldValueIndexes *ix) {
+  if (ix == NULL) return;
+  for (int i = 0; i < ix->count; i++) free(ix->items[i].name);
+  free(ix->items);
+  free(ix);
+}
+
+int herald_segment_indexes_open(HeraldStore *store, const char *app, HeraldValueIndexes **out,
+                                HeraldError *err) {
+  *out = NULL;
+  sqlite3_stmt *st =
+      herald_store_stmt(store, "SELECT id, kind, name FROM value_indexes WHERE app_id = ?1", err);
+  if (st == NULL) return err->code;
+  sqlite3_bind_text(st, 1, app, -1, SQLITE_STATIC);
+  HeraldValueIndexes *ix = NULL;
+  int rc;
+  while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+    if (ix == NULL && (ix = calloc(1, sizeof *ix)) == NULL) break;
+    void *grown = realloc(ix->items, (size_t)(ix->count + 1) * sizeof *ix->items);
+    if (grown == NULL) break;
+    ix->items = grown;
+    int kind = kind_index((const char *)sqlite3_column_text(st, 1));
+    char *name = strdup((const char *)sqlite3_column_text(st, 2));
+    if (name == NULL) break;
+    if (kind < 0) { /* the CHECK constraint makes this unreachable; skip rather than guess */
+      free(name);
+      continue;
+    }
+    ix->items[ix->count].id = sqlite3_column_int64(st, 0);
+    ix->items[ix->count].kind = kind;
+    ix->items[ix->count].name = name;
+    ix->count++;
+  }
+  sqlite3_reset(st);
+  if (rc == SQLITE_ROW) {
+    herald_segment_indexes_close(ix);
+    return herald_error_set(err, kHeraldNoMemory, "out of memory");
+  }
+  if (rc != SQLITE_DONE) {
+    herald_segment_indexes_close(ix);
+    return herald_store_fail(store, err, "reading indexes");
+  }
+  *out = ix;
+  return kHeraldOk;
+}
+
+int herald_segment_indexes_write(HeraldStore *store, const HeraldValueIndexes *ix, const char *app,
+                                 const char *endpoint_id, int replace, json_t *maps[3],
+                                 HeraldError *err) {
+  if (ix == NULL) return kHeraldOk;
+  if (replace && herald_segment_indexes_forget(store, app, endpoint_id, err) != kHeraldOk)
+    return err->code;
+  sqlite3_stmt *ins = insert_value_stmt(store, err);
+  if (ins == NULL) return err->code;
+  for (int i = 0; i < ix->count; i++) {
+    int kind = ix->items[i].kind;
+    json_t *v = json_object_get(maps[kind], ix->items[i].name);
+    if (v == NULL) continue;
+    if (kIndexKinds[kind].metric) {
+      if (!json_is_number(v)) continue;
+      sqlite3_bind_int64(ins, 1, ix->items[i].id);
+      if (json_is_integer(v)) sqlite3_bind_int64(ins, 2, json_integer_value(v));
+      else sqlite3_bind_double(ins, 2, json_real_value(v));
+      sqlite3_bind_text(ins, 3, endpoint_id, -1, SQLITE_STATIC);
+      sqlite3_bind_null(ins, 4);
+      if (herald_store_step_done(store, ins, err, "writing an index value") != kHeraldOk)
+        return err->code;
+      continue;
+    }
+    size_t k;
+    json_t *s;
+    json_array_foreach(v, k, s) {
+      if (!json_is_string(s)) continue;
+      if (insert_text_value(store, ins, ix->items[i].id, json_string_value(s),
+                            (int)json_string_length(s), endpoint_id, err) != kHeraldOk)
+        return err->code;
+    }
+  }
+  return kHeraldOk;
+}
+
+int herald_segment_indexes_forget(HeraldStore *store, const char *app, const char *endpoint_id,
+                                  HeraldError *err) {
+  sqlite3_stmt *st = herald_store_stmt(
+      store, "DELETE FROM indexed_values WHERE endpoint_id = ?2 AND index_id IN "
+             "(SELECT id FROM value_indexes WHERE app_id = ?1)",
+      err);
+  if (st == NULL) return err->code;
+  sqlite3_bind_text(st, 1, app, -1, SQLITE_STATIC);
+  sqlite3_bind_text(st, 2, endpoint_id, -1, SQLITE_STATIC);
+  return herald_store_step_done(store, st, err, "removing index values");
+}

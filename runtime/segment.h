@@ -5,6 +5,7 @@
 #ifndef HERALD_SEGMENT_H
 #define HERALD_SEGMENT_H
 
+#include <jansson.h>
 #include <stdint.h>
 
 #include "runtime/store.h"
@@ -30,5 +31,41 @@ int herald_segment_save(HeraldStore *store, const char *app, const char *id, con
 /* Adds endpoint_id to the members of an imported segment's version. */
 int herald_segment_add_member(HeraldStore *store, const char *app, const char *id, int version,
                               const char *endpoint_id, HeraldError *err);
+
+/* Value indexes (the table design is explained in runtime/segment.c): one per application,
+ * kind ("Attributes", "UserAttributes" or "Metrics") and name. */
+
+/* Checks kind and name against the forms an index accepts: a name of 1 to 50 characters
+ * without # : ? \ or / (Pinpoint's attribute name rules). */
+int herald_segment_index_check(const char *kind, const char *name, HeraldError *err);
+
+/* Creates index (kind, name) of app and fills it from the application's endpoints, in one
+ * transaction. origin says who asked ("cli", "demand", ...). *created is 0 when it existed. */
+int herald_segment_index_add(HeraldStore *store, const char *app, const char *kind,
+                             const char *name, const char *origin, int *created,
+                             HeraldError *err);
+
+/* Removes index (kind, name) of app and its values; *dropped is 0 when there was none. */
+int herald_segment_index_drop(HeraldStore *store, const char *app, const char *kind,
+                              const char *name, int *dropped, HeraldError *err);
+
+/* The indexes of one application, as an endpoint writer keeps them while it writes. */
+typedef struct HeraldValueIndexes HeraldValueIndexes;
+
+/* Reads app's indexes; *out is NULL when it has none (the writer then does no index work). */
+int herald_segment_indexes_open(HeraldStore *store, const char *app, HeraldValueIndexes **out,
+                                HeraldError *err);
+void herald_segment_indexes_close(HeraldValueIndexes *ix);
+
+/* Writes the indexed values of endpoint_id from its stored maps (maps[0] Attributes, maps[1]
+ * User.UserAttributes, maps[2] Metrics; NULL for an absent map). replace: remove the values
+ * the endpoint had first (an update). ix may be NULL: nothing to do. */
+int herald_segment_indexes_write(HeraldStore *store, const HeraldValueIndexes *ix, const char *app,
+                                 const char *endpoint_id, int replace, json_t *maps[3],
+                                 HeraldError *err);
+
+/* Removes every indexed value of endpoint_id in app (a deleted endpoint). */
+int herald_segment_indexes_forget(HeraldStore *store, const char *app, const char *endpoint_id,
+                                  HeraldError *err);
 
 #endif

@@ -234,6 +234,31 @@ const char *const herald_store_migrations[] = {
   "ALTER TABLE campaigns ADD COLUMN audience TEXT;"
   "ALTER TABLE campaigns ADD COLUMN lua TEXT;"
   "ALTER TABLE campaign_runs ADD COLUMN arms TEXT;",
+  /* 9: value indexes for segments (runtime/segment.c says why a side table and not expression
+   * indexes: attributes are lists). value_indexes names the indexed attributes and metrics of
+   * an application; indexed_values holds one row per (index, value, endpoint), kept in step
+   * with endpoint writes and deletes in the same transaction. instant is the value read as an
+   * ISO-8601 date-time (NULL when it is not one), for BEFORE, AFTER and BETWEEN. Endpoints are
+   * referred to by id, not rowid, because VACUUM may renumber the rowids of endpoints. */
+  "CREATE TABLE value_indexes ("
+  "  id INTEGER PRIMARY KEY,"
+  "  app_id TEXT NOT NULL REFERENCES applications(id),"
+  "  kind TEXT NOT NULL CHECK (kind IN ('Attributes', 'UserAttributes', 'Metrics')),"
+  "  name TEXT NOT NULL,"
+  "  origin TEXT NOT NULL,"
+  "  creation_date TEXT NOT NULL,"
+  "  UNIQUE (app_id, kind, name)"
+  ");"
+  "CREATE TABLE indexed_values ("
+  "  index_id INTEGER NOT NULL REFERENCES value_indexes(id),"
+  "  value NOT NULL,"
+  "  endpoint_id TEXT NOT NULL,"
+  "  instant REAL,"
+  "  PRIMARY KEY (index_id, value, endpoint_id)"
+  ") WITHOUT ROWID;"
+  "CREATE INDEX indexed_values_endpoint ON indexed_values(endpoint_id, index_id);"
+  "CREATE INDEX indexed_values_instant ON indexed_values(index_id, instant)"
+  "  WHERE instant IS NOT NULL;",
 };
 
 const int herald_store_migration_count =

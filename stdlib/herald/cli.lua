@@ -37,6 +37,7 @@ cli.command('serve', { summary = 'run the engagement HTTP server (opens, clicks,
 cli.command('feedback', { summary = 'record bounces and complaints that arrive as mail (DSN, ARF)', module = 'herald.cli.feedback' })
 cli.command('report', { summary = 'campaign results per treatment and holdout (table or HTML)', module = 'herald.cli.report' })
 cli.command('campaign', { summary = 'pause, resume, delete, copy a campaign; status and activities', module = 'herald.cli.campaign' })
+cli.command('index', { summary = 'list, add and drop the attribute and metric indexes segments use', module = 'herald.cli.index' })
 cli.command('why', { summary = 'what happened to an endpoint in each run of a campaign, and why', module = 'herald.cli.why' })
 cli.command('help', { summary = 'describe a command', module = 'herald.cli' })
 

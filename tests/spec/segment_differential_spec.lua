@@ -4,6 +4,10 @@
 -- segment_reference.lua). Any disagreement fails with the seed that reproduces it
 -- (HERALD_SEGMENT_SEED=n pins the seeds; HERALD_SEGMENT_ROUNDS and HERALD_SEGMENT_PER_ROUND
 -- change the default 4 rounds of 2,500 definitions, each round on its own database).
+-- Rounds take turns over the value indexes (runtime/segment.c): none (JSON only), indexes
+-- created before the endpoints are written (the writer keeps them), indexes created after
+-- (filled from the stored endpoints), and indexes created on demand by the segments. In every
+-- round some endpoints are then updated and deleted, so the indexes must follow.
 local h = require 'helpers'
 local s = require 'store_helpers'
 
@@ -12,7 +16,7 @@ local REFERENCE = h.read(here .. '/../helpers/segment_reference.lua')
 
 local SCRIPT = [=[
 local ref = (function() %s end)()
-local SEED, SEGMENTS = %d, %d
+local SEED, SEGMENTS, INDEXES = %d, %d, %q
 math.randomseed(SEED)
 local R = math.random
 local S = herald.segment
@@ -56,6 +60,17 @@ local function attr_values(name)
   if name == 'signup' or name == 'born' then return values(R(0, 3), date) end
   return values(R(0, 3), function() return pick(WORDS) end)
 end
+
+-- Value indexes: half of the names (and the odd one with a '"') in 'before' and 'after'.
+S.auto_index = INDEXES == 'auto'
+-- A low drive limit mixes both forms of indexed conditions (Compiler:indexed).
+if INDEXES ~= 'after' then S.drive_limit = 40 end
+local INDEXED = { 'Attributes.plan', 'Attributes.signup', 'Attributes.we"ird',
+  'UserAttributes.born', 'Metrics.score', 'Metrics.we"ird' }
+local function add_indexes()
+  for _, n in ipairs(INDEXED) do assert(S.index_add(n)) end
+end
+if INDEXES == 'before' then add_indexes() end
 
 -- Endpoints
 local endpoints = {}
@@ -105,6 +120,30 @@ for i = 1, 250 do
   end
   endpoints[#endpoints + 1] = ep
 end
+
+-- Updates (an attribute, a user attribute or a metric replaced or removed) and deletes.
+for _ = 1, 60 do
+  local ep = pick(endpoints)
+  local change = { Attributes = {}, Metrics = {}, User = { UserAttributes = {} } }
+  local a, u, m = pick(ATTRS), pick(UATTRS), pick(METRICS)
+  local v = attr_values(a)
+  ep.Attributes[a] = #v > 0 and v or nil
+  change.Attributes[a] = #v > 0 and v or herald.json.null
+  v = attr_values(u)
+  ep.User.UserAttributes[u] = #v > 0 and v or nil
+  change.User.UserAttributes[u] = #v > 0 and v or herald.json.null
+  ep.Metrics[m] = R(3) > 1 and R(0, 10) or nil
+  change.Metrics[m] = ep.Metrics[m] or herald.json.null
+  change.Id = ep.Id
+  local ok, err = herald.endpoints.put(change)
+  if not ok then error(ep.Id .. ': ' .. err) end
+end
+for _ = 1, 10 do
+  local i = R(#endpoints)
+  assert(herald.endpoints.delete(endpoints[i].Id))
+  table.remove(endpoints, i)
+end
+if INDEXES == 'after' then add_indexes() end
 
 -- Random definitions
 local stored_ids = {}
@@ -286,17 +325,21 @@ for k = 1, SEGMENTS do
         tostring(first.LastActivityMs) or '' }
   end
 end
-emit { compared = compared, mismatches = mismatches, nonempty = nonempty, partial = partial }
+emit { compared = compared, mismatches = mismatches, nonempty = nonempty, partial = partial,
+  indexes = #S.indexes() }
 ]=]
 
 describe('segments: engine against the reference evaluator', function()
   local rounds, per_round = tonumber(os.getenv("HERALD_SEGMENT_ROUNDS") or 4),
     tonumber(os.getenv("HERALD_SEGMENT_PER_ROUND") or 2500)
+  local MODES = { 'none', 'before', 'after', 'auto' }
   for round = 1, rounds do
-    it('agrees on ' .. per_round .. ' random segments (round ' .. round .. ')', function()
+    local mode = MODES[(round - 1) % #MODES + 1]
+    it('agrees on ' .. per_round .. ' random segments (round ' .. round .. ', indexes: ' .. mode ..
+        ')', function()
       local seed = tonumber(os.getenv('HERALD_SEGMENT_SEED') or '') or (os.time() * 10 + round)
       local dir = h.tmpdir()
-      local v, rc, err = s.run(dir .. '/herald.db', SCRIPT:format(REFERENCE, seed, per_round),
+      local v, rc, err = s.run(dir .. '/herald.db', SCRIPT:format(REFERENCE, seed, per_round, mode),
         { env = { SEGMENT_TMP = dir } })
       assert.are.equal(0, rc, 'seed ' .. seed .. ': ' .. tostring(err))
       assert.are.equal(per_round, v.compared)
@@ -306,6 +349,9 @@ describe('segments: engine against the reference evaluator', function()
           'definition: %s\nSQL: %s\nfirst endpoint: %s', seed, seed, m.index, m.differences,
           m.definition, m.sql, m.endpoint), 0)
       end
+      -- The indexed rounds must really have read from indexes (auto: every name was used).
+      local want = ({ none = 0, before = 6, after = 6, auto = 9 })[mode]
+      assert.are.equal(want, v.indexes)
       -- The generator must produce segments that split the endpoints, or the test proves little.
       assert.is_true(v.partial > per_round / 4, 'only ' .. v.partial .. ' segments split the endpoints')
     end)
