@@ -59,11 +59,8 @@ end
 
 function apns:send(msgs)
   local token, err = self:token()
+  if not token then return util.fail_all(#msgs, 'permanent', err) end
   local out = {}
-  if not token then
-    for i = 1, #msgs do out[i] = { verdict = 'permanent', reason = err, systemic = true } end
-    return out
-  end
   local reqs = {}
   for i, m in ipairs(msgs) do reqs[i] = self:request(m, token) end
   local res = util.send_http(self.profile, reqs, { headers = { ['Content-Type'] = 'application/json' } })
