@@ -147,18 +147,15 @@ function M.table(report)
     end
     out[#out + 1] = table.concat(parts, '   ')
   end
-  local tests = test_lines(report)
-  if #tests > 0 then
+  -- a titled, indented section after a blank line; none without lines
+  local function section(title, lines)
+    if #lines == 0 then return end
     out[#out + 1] = ''
-    out[#out + 1] = 'two-proportion z-tests between treatments:'
-    for _, l in ipairs(tests) do out[#out + 1] = '  ' .. l end
+    out[#out + 1] = title
+    for _, l in ipairs(lines) do out[#out + 1] = '  ' .. l end
   end
-  local decided = decision_lines(report)
-  if #decided > 0 then
-    out[#out + 1] = ''
-    out[#out + 1] = 'automatic A/B winner decisions:'
-    for _, l in ipairs(decided) do out[#out + 1] = '  ' .. l end
-  end
+  section('two-proportion z-tests between treatments:', test_lines(report))
+  section('automatic A/B winner decisions:', decision_lines(report))
   return table.concat(out, '\n') .. '\n'
 end
 
