@@ -120,4 +120,17 @@ function M.endpoints_sql(dir, db, rows)
   M.sqlite(dir, db, table.concat(lines, '\n'))
 end
 
+-- Polls pred every 20 ms inside a herald task until it returns a true value (returned), or
+-- raises after ms milliseconds naming what (a string, or a function giving one).
+function M.wait_for(pred, ms, what)
+  local task = require 'herald.core.task'
+  local deadline = task.now() + ms
+  while task.now() < deadline do
+    local v = pred()
+    if v then return v end
+    task.sleep(20)
+  end
+  error('timed out waiting for ' .. (type(what) == 'function' and what() or what), 2)
+end
+
 return M
