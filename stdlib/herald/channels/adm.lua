@@ -53,30 +53,22 @@ end
 function adm:send(msgs)
   local token, err = self:token()
   if not token then return util.fail_all(#msgs, 'transient', err) end
-  local out = {}
   local reqs = {}
   for i, m in ipairs(msgs) do reqs[i] = request(self, m) end
   local res = util.send_http(self.profile, reqs, { headers = {
     Authorization = 'Bearer ' .. token, ['Content-Type'] = 'application/json', Accept = 'application/json',
     ['X-Amzn-Type-Version'] = TYPE_VERSION, ['X-Amzn-Accept-Type'] = ACCEPT_TYPE } })
-  for i, o in ipairs(res) do
-    local r = { verdict = o.verdict, retry_after_ms = o.retry_after_ms }
-    if o.verdict ~= 'delivered' then
-      local b = util.decode(o.detail)
-      local why = b and b.reason
-      r.reason = (why and (why .. ': ') or '') .. util.reason(o)
-      if why == 'InvalidRegistrationId' or why == 'Unregistered' or o.status == 410 then
-        r.verdict, r.feedback = 'permanent', 'INACTIVE'
-      elseif o.status == 401 or why == 'AccessTokenExpired' then
-        self.access = nil
-        r.verdict, r.systemic = 'transient', true
-      else
-        r.systemic = o.class ~= 'ok' or o.status >= 500
-      end
+  return util.verdicts(res, function(o)
+    local b = util.decode(o.detail)
+    local why = b and b.reason
+    if why == 'InvalidRegistrationId' or why == 'Unregistered' or o.status == 410 then
+      return why, 'inactive'
+    elseif o.status == 401 or why == 'AccessTokenExpired' then
+      self.access = nil
+      return why, 'token'
     end
-    out[i] = r
-  end
-  return out
+    return why
+  end)
 end
 
 return adm

@@ -64,28 +64,21 @@ end
 function fcm:send(msgs)
   local token, err = self:token()
   if not token then return util.fail_all(#msgs, 'transient', err) end
-  local out = {}
   local reqs = {}
   for i, m in ipairs(msgs) do reqs[i] = { key = m.key, body = message(m), url = self.url } end
   local res = util.send_http(self.profile, reqs, {
     headers = { Authorization = 'Bearer ' .. token, ['Content-Type'] = 'application/json' } })
-  for i, o in ipairs(res) do
-    local r = { verdict = o.verdict, retry_after_ms = o.retry_after_ms }
-    if o.verdict ~= 'delivered' then
-      local code = error_code(o.detail)
-      r.reason = (code and (code .. ': ') or '') .. util.reason(o)
-      if code == 'UNREGISTERED' then
-        r.verdict, r.feedback = 'permanent', 'INACTIVE'
-      elseif o.status == 401 then
-        self.access = nil
-        r.verdict, r.systemic = 'transient', true
-      else
-        r.systemic = o.class ~= 'ok' or o.status >= 500 or o.status == 403
-      end
+  return util.verdicts(res, function(o)
+    local code = error_code(o.detail)
+    if code == 'UNREGISTERED' then
+      return code, 'inactive'
+    elseif o.status == 401 then
+      self.access = nil
+      return code, 'token'
     end
-    out[i] = r
-  end
-  return out
+    -- a 403 (permission denied on the project) holds for every message of the batch
+    return code, o.status == 403 and 'systemic' or nil
+  end)
 end
 
 return fcm

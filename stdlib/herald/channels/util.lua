@@ -74,6 +74,32 @@ function util.access_token(client, name, content_type, form)
   return client.access
 end
 
+-- Delivery verdicts from outcomes (util.send_http). judge(o) is asked about each outcome not
+-- delivered and returns the provider's reason (put before the HTTP reason) and what the
+-- refusal means: 'inactive' (the device is gone: permanent, the endpoint made INACTIVE),
+-- 'token' (the credentials were refused: transient and systemic; judge drops the cached
+-- token), 'systemic' (the provider cannot take the batch) or nil (transport failures and 5xx
+-- are systemic, the rest concern the message only).
+function util.verdicts(res, judge)
+  local out = {}
+  for i, o in ipairs(res) do
+    local r = { verdict = o.verdict, retry_after_ms = o.retry_after_ms }
+    if o.verdict ~= 'delivered' then
+      local why, meaning = judge(o)
+      r.reason = (why and (why .. ': ') or '') .. util.reason(o)
+      if meaning == 'inactive' then
+        r.verdict, r.feedback = 'permanent', 'INACTIVE'
+      elseif meaning == 'token' then
+        r.verdict, r.systemic = 'transient', true
+      else
+        r.systemic = meaning == 'systemic' or o.class ~= 'ok' or o.status >= 500
+      end
+    end
+    out[i] = r
+  end
+  return out
+end
+
 -- A short reason for a failed outcome: "HTTP 503: body start" or "timeout: text".
 function util.reason(o)
   local d = o.detail and o.detail:gsub('%s+', ' '):sub(1, 200) or ''
