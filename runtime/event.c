@@ -176,11 +176,8 @@ static int touch(HeraldStore *store, const char *app, const char *endpoint_id,
   sqlite3_bind_text(st, 1, app, -1, SQLITE_STATIC);
   sqlite3_bind_text(st, 2, endpoint_id, -1, SQLITE_STATIC);
   sqlite3_bind_text(st, 3, timestamp, -1, SQLITE_STATIC);
-  if (sqlite3_step(st) != SQLITE_DONE) {
-    sqlite3_reset(st);
-    return herald_store_fail(store, err, "recording an endpoint's last activity");
-  }
-  sqlite3_reset(st);
+  int rc = herald_store_step_done(store, st, err, "recording an endpoint's last activity");
+  if (rc != kHeraldOk) return rc;
   *found = 1;
   if (sqlite3_changes(herald_store_db(store)) > 0) return kHeraldOk;
   /* Either the endpoint is unknown or its last activity is already later. */
@@ -188,7 +185,7 @@ static int touch(HeraldStore *store, const char *app, const char *endpoint_id,
   if (st == NULL) return err ? err->code : kHeraldStore;
   sqlite3_bind_text(st, 1, app, -1, SQLITE_STATIC);
   sqlite3_bind_text(st, 2, endpoint_id, -1, SQLITE_STATIC);
-  int rc = sqlite3_step(st);
+  rc = sqlite3_step(st);
   sqlite3_reset(st);
   if (rc == SQLITE_DONE) *found = 0;
   else if (rc != SQLITE_ROW) return herald_store_fail(store, err, "looking up an endpoint");
@@ -222,9 +219,8 @@ int herald_event_insert(HeraldStore *store, const HeraldEventRow *row, int *inse
   sqlite3_bind_text(st, 8, row->session, -1, SQLITE_STATIC);
   sqlite3_bind_text(st, 9, row->client, -1, SQLITE_STATIC);
   sqlite3_bind_text(st, 10, row->arrival, -1, SQLITE_STATIC);
-  int rc = sqlite3_step(st);
-  sqlite3_reset(st);
-  if (rc != SQLITE_DONE) return herald_store_fail(store, err, "inserting an event");
+  int rc = herald_store_step_done(store, st, err, "inserting an event");
+  if (rc != kHeraldOk) return rc;
   if (inserted) *inserted = sqlite3_changes(herald_store_db(store)) > 0;
   return kHeraldOk;
 }

@@ -381,17 +381,6 @@ int herald_feedback_record(HeraldStore *store, const char *app, const HeraldFeed
 
 /* HTTP ----------------------------------------------------------------------------------------- */
 
-static void send_json(HeraldHttpResponse *res, int status, json_t *body) {
-  char *text = body ? json_dumps(body, JSON_COMPACT) : NULL;
-  if (text == NULL) {
-    herald_http_response_error(res, 503, "out of memory");
-    return;
-  }
-  herald_http_response_status(res, status);
-  herald_http_response_body(res, text, strlen(text), "application/json");
-  free(text);
-}
-
 static void handle_mail(void *ctx, const HeraldHttpRequest *req, HeraldHttpResponse *res) {
   HeraldIngest *in = ctx;
   const char *app = herald_http_request_param(req, "app");
@@ -407,7 +396,7 @@ static void handle_mail(void *ctx, const HeraldHttpRequest *req, HeraldHttpRespo
     char msg[600];
     snprintf(msg, sizeof msg, "Ignored: %s", r->reason);
     json_t *answer = json_pack("{s:s}", "Message", msg);
-    send_json(res, 200, answer);
+    herald_http_response_json(res, 200, answer);
     json_decref(answer);
   } else {
     char type[32], endpoint[HERALD_TRACKING_ID_MAX + 1];
@@ -418,7 +407,7 @@ static void handle_mail(void *ctx, const HeraldHttpRequest *req, HeraldHttpRespo
     } else {
       json_t *answer = json_pack("{s:s, s:s, s:s, s:s}", "EventType", type, "EndpointId", endpoint,
                                  "MessageId", r->message_id, "Message", "Accepted");
-      send_json(res, 202, answer);
+      herald_http_response_json(res, 202, answer);
       json_decref(answer);
     }
   }

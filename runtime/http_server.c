@@ -269,6 +269,17 @@ void herald_http_response_error(HeraldHttpResponse *res, int status, const char 
   free(text);
 }
 
+void herald_http_response_json(HeraldHttpResponse *res, int status, const json_t *body) {
+  char *text = body ? json_dumps(body, JSON_COMPACT) : NULL;
+  if (text == NULL) {
+    herald_http_response_error(res, 503, "out of memory");
+    return;
+  }
+  herald_http_response_status(res, status);
+  herald_http_response_body(res, text, strlen(text), "application/json");
+  free(text);
+}
+
 static void response_reset(HeraldHttpResponse *res, const char *request_id) {
   res->status = 200;
   res->headers.len = 0;

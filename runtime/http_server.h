@@ -51,6 +51,10 @@ int herald_http_response_body(HeraldHttpResponse *res, const void *data, size_t 
                               const char *content_type);
 /* A 4xx/5xx with the JSON body {"Message": message, "RequestID": <the request's id>}. */
 void herald_http_response_error(HeraldHttpResponse *res, int status, const char *message);
+/* status with body (a jansson json_t; NULL, as from a failed json_pack, is taken as out of
+ * memory) serialised compactly as application/json; a 503 when it cannot be serialised. */
+struct json_t;
+void herald_http_response_json(HeraldHttpResponse *res, int status, const struct json_t *body);
 
 typedef void (*HeraldHttpHandler)(void *ctx, const HeraldHttpRequest *req,
                                   HeraldHttpResponse *res);

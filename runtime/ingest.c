@@ -793,17 +793,6 @@ static json_t *parse_body(const HeraldHttpRequest *req, HeraldHttpResponse *res)
   return body;
 }
 
-static void send_json(HeraldHttpResponse *res, int status, json_t *body) {
-  char *text = json_dumps(body, JSON_COMPACT);
-  if (text == NULL) {
-    herald_http_response_error(res, 503, "out of memory");
-    return;
-  }
-  herald_http_response_status(res, status);
-  herald_http_response_body(res, text, strlen(text), "application/json");
-  free(text);
-}
-
 static void handle_put_events(void *ctx, const HeraldHttpRequest *req, HeraldHttpResponse *res) {
   HeraldIngest *in = ctx;
   const char *app = herald_http_request_param(req, "app");
@@ -818,7 +807,7 @@ static void handle_put_events(void *ctx, const HeraldHttpRequest *req, HeraldHtt
     herald_http_response_error(res, status_of(rc), err.msg);
     return;
   }
-  send_json(res, 202, answer);
+  herald_http_response_json(res, 202, answer);
   json_decref(answer);
 }
 
@@ -842,7 +831,7 @@ static void handle_status(void *ctx, const HeraldHttpRequest *req, HeraldHttpRes
     herald_http_response_error(res, 503, "out of memory");
     return;
   }
-  send_json(res, 202, answer);
+  herald_http_response_json(res, 202, answer);
   json_decref(answer);
 }
 

@@ -288,9 +288,7 @@ static int insert_version(HeraldStore *store, const char *name, const char *type
   sqlite3_bind_int(st, 3, version);
   sqlite3_bind_text(st, 4, text, -1, SQLITE_STATIC);
   sqlite3_bind_text(st, 5, now, -1, SQLITE_STATIC);
-  int rc = sqlite3_step(st);
-  sqlite3_reset(st);
-  return rc == SQLITE_DONE ? kHeraldOk : herald_store_fail(store, err, "writing a template version");
+  return herald_store_step_done(store, st, err, "writing a template version");
 }
 
 static int check_args(const char *name, const char *type, HeraldError *err) {
@@ -323,12 +321,12 @@ int herald_template_store_create(HeraldStore *store, const char *name, const cha
     sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
     sqlite3_bind_text(st, 2, type, -1, SQLITE_STATIC);
     sqlite3_bind_text(st, 3, now, -1, SQLITE_STATIC);
-    int step = sqlite3_step(st);
-    sqlite3_reset(st);
-    if (step != SQLITE_DONE) rc = herald_store_fail(store, err, "creating a template");
-    else if (sqlite3_changes(herald_store_db(store)) == 0)
-      rc = herald_error_set(err, kHeraldInvalid, "%s template '%s' already exists", type, name);
-    else rc = insert_version(store, name, type, 1, text, now, err);
+    rc = herald_store_step_done(store, st, err, "creating a template");
+    if (rc == kHeraldOk) {
+      if (sqlite3_changes(herald_store_db(store)) == 0)
+        rc = herald_error_set(err, kHeraldInvalid, "%s template '%s' already exists", type, name);
+      else rc = insert_version(store, name, type, 1, text, now, err);
+    }
   }
   free(text);
   if (rc != kHeraldOk) {
@@ -398,12 +396,8 @@ int herald_template_store_update(HeraldStore *store, const char *name, const cha
     sqlite3_bind_int(st, 3, target);
     sqlite3_bind_text(st, 4, text, -1, SQLITE_STATIC);
     sqlite3_bind_text(st, 5, now, -1, SQLITE_STATIC);
-    step = sqlite3_step(st);
-    sqlite3_reset(st);
-    if (step != SQLITE_DONE) {
-      rc = herald_store_fail(store, err, "updating a template version");
-      goto done;
-    }
+    rc = herald_store_step_done(store, st, err, "updating a template version");
+    if (rc != kHeraldOk) goto done;
   }
   st = herald_store_stmt(store,
                          "UPDATE templates SET latest_version = ?3, last_modified_date = ?4 WHERE name = ?1 AND type = ?2",
@@ -416,9 +410,7 @@ int herald_template_store_update(HeraldStore *store, const char *name, const cha
   sqlite3_bind_text(st, 2, type, -1, SQLITE_STATIC);
   sqlite3_bind_int(st, 3, target);
   sqlite3_bind_text(st, 4, now, -1, SQLITE_STATIC);
-  step = sqlite3_step(st);
-  sqlite3_reset(st);
-  if (step != SQLITE_DONE) rc = herald_store_fail(store, err, "updating a template");
+  rc = herald_store_step_done(store, st, err, "updating a template");
 done:
   free(text);
   if (rc != kHeraldOk) {
@@ -514,11 +506,10 @@ int herald_template_store_set_active(HeraldStore *store, const char *name, const
   sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
   sqlite3_bind_text(st, 2, type, -1, SQLITE_STATIC);
   sqlite3_bind_int(st, 3, version);
-  int step = sqlite3_step(st);
-  sqlite3_reset(st);
-  if (step != SQLITE_DONE) return herald_store_fail(store, err, "setting the active version");
+  int rc = herald_store_step_done(store, st, err, "setting the active version");
+  if (rc != kHeraldOk) return rc;
   if (sqlite3_changes(herald_store_db(store)) > 0) return kHeraldOk;
-  int rc = template_missing(store, name, type, err);
+  rc = template_missing(store, name, type, err);
   if (rc != kHeraldOk) return rc;
   return herald_error_set(err, kHeraldNotFound, "%s template '%s' has no version %d", type, name, version);
 }

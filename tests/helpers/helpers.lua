@@ -82,4 +82,55 @@ function M.count(haystack, needle)
   end
 end
 
+-- Rows of a read-only query on the store DB (a path relative to dir), decoded from JSON.
+function M.query(dir, db, sql)
+  local out, code, err = M.herald('--db ' .. M.shell_quote(db) .. ' -e ' .. M.shell_quote(
+    'print(herald.json.encode(herald.json.array(assert(herald.db.query([[' .. sql .. ']])))))'),
+    { cwd = dir })
+  if code ~= 0 then error('query failed (exit ' .. tostring(code) .. '): ' .. err, 2) end
+  return require('herald.json').decode(out)
+end
+
+-- Runs SQL statements on the store DB (relative to dir) with the sqlite3 tool: fast, and
+-- independent of herald's own writers. Any herald command migrates the database first, so
+-- the schema is there.
+function M.sqlite(dir, db, sql)
+  local _, code, err = M.herald('--db ' .. M.shell_quote(db) .. ' -e "herald.endpoints.count()"', { cwd = dir })
+  if code ~= 0 then error('migrating ' .. db .. ' failed (exit ' .. tostring(code) .. '): ' .. err, 2) end
+  local file = M.write(M.tmpdir() .. '/statements.sql', sql)
+  local out, rc = M.sh('cd ' .. M.shell_quote(dir) .. ' && sqlite3 ' .. M.shell_quote(db) .. ' < '
+    .. M.shell_quote(file) .. ' 2>&1')
+  if rc ~= 0 then error('sqlite3 ' .. db .. ' failed (exit ' .. tostring(rc) .. '): ' .. out, 2) end
+end
+
+-- Writes endpoints into the store DB (relative to dir) in one transaction through M.sqlite.
+-- Each row has id and optionally channel (EMAIL), address, status (ACTIVE), opt_out (NONE),
+-- cohort (0) and tz.
+function M.endpoints_sql(dir, db, rows)
+  local lines = { 'BEGIN;' }
+  for _, r in ipairs(rows) do
+    lines[#lines + 1] = string.format(
+      "INSERT INTO endpoints(app_id, id, channel_type, address, endpoint_status, opt_out, cohort_id,"
+      .. " effective_date, creation_date, timezone) VALUES ('default', '%s', '%s', %s, '%s', '%s', %d,"
+      .. " '2026-01-01T00:00:00.000Z', '2026-01-01T00:00:00.000Z', %s);",
+      r.id, r.channel or 'EMAIL', r.address and ("'" .. r.address .. "'") or 'NULL',
+      r.status or 'ACTIVE', r.opt_out or 'NONE', r.cohort or 0, r.tz and ("'" .. r.tz .. "'") or 'NULL')
+  end
+  lines[#lines + 1] = 'COMMIT;'
+  M.sqlite(dir, db, table.concat(lines, '\n'))
+end
+
+-- Polls pred every 20 ms inside a herald task until it returns a true value (returned), or
+-- raises after ms milliseconds naming what (a string, or a function giving one).
+function M.wait_for(pred, ms, what)
+  local task = require 'herald.core.task'
+  local deadline = task.now() + ms
+  while task.now() < deadline do
+    local v = pred()
+    if v then return v end
+    task.sleep(20)
+  end
+  error('timed out waiting for ' .. (type(what) == 'function' and what() or what), 2)
+end
+
 return M

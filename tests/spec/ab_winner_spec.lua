@@ -11,29 +11,15 @@ local function run(dir, args)
   return h.herald('--db w.db run ' .. args, { cwd = dir })
 end
 
-local function q(dir, sql)
-  local out, code, err = h.herald('--db w.db -e ' .. h.shell_quote(
-    'print(herald.json.encode(herald.json.array(assert(herald.db.query([[' .. sql .. ']])))))'),
-    { cwd = dir })
-  assert.are.equal(0, code, err)
-  return json.decode(out)
-end
+local function q(dir, sql) return h.query(dir, 'w.db', sql) end
 
 -- 1000 endpoints, 10 per cohort: endpoint e0001 has cohort 0, e0002 cohort 1, ...
 local function endpoints(dir)
-  local lines = { 'BEGIN;' }
+  local rows = {}
   for i = 1, 1000 do
-    lines[#lines + 1] = string.format(
-      "INSERT INTO endpoints(app_id, id, channel_type, address, cohort_id, effective_date, creation_date)"
-      .. " VALUES ('default', 'e%04d', 'EMAIL', 'u%04d@example.com', %d, '2026-01-01T00:00:00.000Z',"
-      .. " '2026-01-01T00:00:00.000Z');", i, i, (i - 1) % 100)
+    rows[i] = { id = string.format('e%04d', i), address = string.format('u%04d@example.com', i), cohort = (i - 1) % 100 }
   end
-  lines[#lines + 1] = 'COMMIT;'
-  h.write(dir .. '/eps.sql', table.concat(lines, '\n'))
-  local _, code, err = h.herald('--db w.db -e "herald.endpoints.count()"', { cwd = dir })
-  assert.are.equal(0, code, err)
-  local out, rc = h.sh('cd ' .. h.shell_quote(dir) .. ' && sqlite3 w.db < eps.sql 2>&1')
-  assert.are.equal(0, rc, out)
+  h.endpoints_sql(dir, 'w.db', rows)
 end
 
 -- Campaigns over the same audience: holdout 10 (cohorts 0-9), A 45 (10-54), B 45 (55-99);

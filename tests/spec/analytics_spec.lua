@@ -6,7 +6,6 @@
 local h = require 'helpers'
 local json = require 'herald.core.json'
 local tracking = require 'herald.tracking'
-local task = require 'herald.core.task'
 
 local KEY = 'analytics-spec-key-0123456789abcdef'
 local DAY = 86400000
@@ -33,16 +32,6 @@ herald.campaign {
 }
 ]]
 
-local function wait_for(pred, ms, what)
-  local deadline = task.now() + ms
-  while task.now() < deadline do
-    local v = pred()
-    if v then return v end
-    task.sleep(20)
-  end
-  error('timed out waiting for ' .. what)
-end
-
 local function query(dir, sql)
   local out, code, err = h.herald('--db q.db -e ' .. h.shell_quote(
     'print(herald.json.encode(assert(herald.db.query([[' .. sql .. ']]))))'), { cwd = dir })
@@ -55,10 +44,10 @@ local function start_serve(dir)
   local inner = 'HERALD_TRACKING_KEY=' .. h.shell_quote(KEY) .. ' ' .. h.shell_quote(h.exe) ..
     ' --db q.db serve --listen 127.0.0.1:0 > serve.out 2> serve.err & echo $! > serve.pid; wait'
   os.execute('cd ' .. h.shell_quote(dir) .. ' && sh -c ' .. h.shell_quote(inner) .. ' > /dev/null 2>&1 &')
-  local port = wait_for(function()
+  local port = h.wait_for(function()
     return tonumber((h.read(dir .. '/serve.out') or ''):match('listening on http://127%.0%.0%.1:(%d+)'))
   end, 20000, 'herald serve to listen')
-  local pid = wait_for(function() return tonumber((h.read(dir .. '/serve.pid') or ''):match('%d+')) end,
+  local pid = h.wait_for(function() return tonumber((h.read(dir .. '/serve.pid') or ''):match('%d+')) end,
     5000, 'the server pid')
   return { pid = pid, port = port }
 end
@@ -649,15 +638,15 @@ describe('herald run --serve', function()
     local inner = h.shell_quote(h.exe) .. ' --db q.db run --serve 127.0.0.1:0 later.lua > out.txt 2> err.txt & ' ..
       'echo $! > pid; wait $!; echo $? > rc'
     os.execute('cd ' .. h.shell_quote(dir) .. ' && sh -c ' .. h.shell_quote(inner) .. ' > /dev/null 2>&1 &')
-    local port = wait_for(function()
+    local port = h.wait_for(function()
       return tonumber((h.read(dir .. '/out.txt') or ''):match('serving on http://127%.0%.0%.1:(%d+)'))
     end, 20000, 'herald run to serve')
     local body = json.encode({ BatchItem = { a = { Events = { e1 = { EventType = 'app.open', Timestamp = '2026-11-29T10:00:00Z' } } } } })
     local a = http(port, { { method = 'POST', path = '/v1/apps/default/events', body = body } })[1]
     assert.are.equal(202, a.status)
-    local pid = wait_for(function() return tonumber((h.read(dir .. '/pid') or ''):match('%d+')) end, 5000, 'pid')
+    local pid = h.wait_for(function() return tonumber((h.read(dir .. '/pid') or ''):match('%d+')) end, 5000, 'pid')
     os.execute('kill -TERM ' .. pid)
-    local rc = wait_for(function() return tonumber((h.read(dir .. '/rc') or ''):match('%d+')) end, 20000, 'exit')
+    local rc = h.wait_for(function() return tonumber((h.read(dir .. '/rc') or ''):match('%d+')) end, 20000, 'exit')
     assert.are.equal(0, rc, h.read(dir .. '/err.txt'))
     assert.matches('stopped', h.read(dir .. '/out.txt'))
     local rows = query(dir, "SELECT endpoint_id, event_type FROM events")

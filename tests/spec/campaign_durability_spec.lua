@@ -1,28 +1,16 @@
 -- Durable runs: kill -9 of the herald process during materialisation and between runs, then
 -- restart: no run is lost, duplicated or half-materialised.
 local h = require 'helpers'
-local json = require 'herald.json'
 
-local function q(dir, sql)
-  local out, code, err = h.herald('--db c.db -e ' .. h.shell_quote(
-    'print(herald.json.encode(herald.json.array(assert(herald.db.query([[' .. sql .. ']])))))'),
-    { cwd = dir })
-  assert.are.equal(0, code, err)
-  return json.decode(out)
-end
+local function q(dir, sql) return h.query(dir, 'c.db', sql) end
 
 -- count endpoints through the sqlite3 tool (a recursive CTE), cohorts spread evenly
 local function populate(dir, count)
-  local _, code, err = h.herald('--db c.db -e "herald.endpoints.count()"', { cwd = dir })
-  assert.are.equal(0, code, err)
-  local sql = string.format([[
+  h.sqlite(dir, 'c.db', string.format([[
     WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < %d)
     INSERT INTO endpoints(app_id, id, channel_type, address, cohort_id, effective_date, creation_date)
     SELECT 'default', printf('e%%07d', i), 'EMAIL', printf('u%%07d@example.com', i), i %% 100,
-      '2026-01-01T00:00:00.000Z', '2026-01-01T00:00:00.000Z' FROM n;]], count)
-  h.write(dir .. '/pop.sql', sql)
-  local out, rc = h.sh('cd ' .. h.shell_quote(dir) .. ' && sqlite3 c.db < pop.sql 2>&1')
-  assert.are.equal(0, rc, out)
+      '2026-01-01T00:00:00.000Z', '2026-01-01T00:00:00.000Z' FROM n;]], count))
 end
 
 -- Starts herald run in the background, kills it with SIGKILL after `delay` seconds.

@@ -3,13 +3,7 @@
 local h = require 'helpers'
 local json = require 'herald.json'
 
-local function q(dir, sql)
-  local out, code, err = h.herald('--db c.db -e ' .. h.shell_quote(
-    'print(herald.json.encode(herald.json.array(assert(herald.db.query([[' .. sql .. ']])))))'),
-    { cwd = dir })
-  assert.are.equal(0, code, err)
-  return json.decode(out)
-end
+local function q(dir, sql) return h.query(dir, 'c.db', sql) end
 
 local function n(dir, sql)
   return q(dir, sql)[1].n
@@ -17,22 +11,14 @@ end
 
 -- count endpoints: e01.. with cohort i-1; odd ones EMAIL in Tokyo, even ones SMS in New York
 local function endpoints(dir, count)
-  local lines = { 'BEGIN;' }
+  local rows = {}
   for i = 1, count do
     local email = i % 2 == 1
-    lines[#lines + 1] = string.format(
-      "INSERT INTO endpoints(app_id, id, channel_type, address, endpoint_status, opt_out, cohort_id,"
-      .. " effective_date, creation_date, timezone) VALUES ('default', 'e%02d', '%s', '%s', 'ACTIVE', 'NONE', %d,"
-      .. " '2026-01-01T00:00:00.000Z', '2026-01-01T00:00:00.000Z', '%s');",
-      i, email and 'EMAIL' or 'SMS', email and string.format('u%02d@example.com', i) or string.format('+1555000%04d', i),
-      (i - 1) * 5 % 100, email and 'Asia/Tokyo' or 'America/New_York')
+    rows[i] = { id = string.format('e%02d', i), channel = email and 'EMAIL' or 'SMS',
+      address = email and string.format('u%02d@example.com', i) or string.format('+1555000%04d', i),
+      cohort = (i - 1) * 5 % 100, tz = email and 'Asia/Tokyo' or 'America/New_York' }
   end
-  lines[#lines + 1] = 'COMMIT;'
-  h.write(dir .. '/eps.sql', table.concat(lines, '\n'))
-  local _, code, err = h.herald('--db c.db -e "herald.endpoints.count()"', { cwd = dir })
-  assert.are.equal(0, code, err)
-  local out, rc = h.sh('cd ' .. h.shell_quote(dir) .. ' && sqlite3 c.db < eps.sql 2>&1')
-  assert.are.equal(0, rc, out)
+  h.endpoints_sql(dir, 'c.db', rows)
 end
 
 local function herald(dir, args, env)

@@ -7,37 +7,10 @@ local function run(dir, args)
   return h.herald('--db c.db run ' .. args, { cwd = dir })
 end
 
--- Rows of a read-only query, decoded.
-local function q(dir, sql)
-  local out, code, err = h.herald('--db c.db -e ' .. h.shell_quote(
-    'print(herald.json.encode(herald.json.array(assert(herald.db.query([[' .. sql .. ']])))))'),
-    { cwd = dir })
-  assert.are.equal(0, code, err)
-  return json.decode(out)
-end
+local function q(dir, sql) return h.query(dir, 'c.db', sql) end
 
 local function n(dir, sql)
   return q(dir, sql)[1].n
-end
-
--- Endpoints written with the sqlite3 tool: fast, and independent of herald's own writers.
-local function endpoints_sql(dir, rows)
-  local lines = { 'BEGIN;' }
-  for _, r in ipairs(rows) do
-    lines[#lines + 1] = string.format(
-      "INSERT INTO endpoints(app_id, id, channel_type, address, endpoint_status, opt_out, cohort_id,"
-      .. " effective_date, creation_date, timezone) VALUES ('default', '%s', '%s', %s, '%s', '%s', %d,"
-      .. " '2026-01-01T00:00:00.000Z', '2026-01-01T00:00:00.000Z', %s);",
-      r.id, r.channel or 'EMAIL', r.address and ("'" .. r.address .. "'") or 'NULL',
-      r.status or 'ACTIVE', r.opt_out or 'NONE', r.cohort or 0, r.tz and ("'" .. r.tz .. "'") or 'NULL')
-  end
-  lines[#lines + 1] = 'COMMIT;'
-  h.write(dir .. '/eps.sql', table.concat(lines, '\n'))
-  -- the schema first: any herald command migrates the database
-  local _, code, err = h.herald('--db c.db -e "herald.endpoints.count()"', { cwd = dir })
-  assert.are.equal(0, code, err)
-  local out, rc = h.sh('cd ' .. h.shell_quote(dir) .. ' && sqlite3 c.db < eps.sql 2>&1')
-  assert.are.equal(0, rc, out)
 end
 
 local function simple_endpoints(dir, count, extra)
@@ -47,7 +20,7 @@ local function simple_endpoints(dir, count, extra)
     if extra then extra(i, r) end
     rows[i] = r
   end
-  endpoints_sql(dir, rows)
+  h.endpoints_sql(dir, 'c.db', rows)
   return rows
 end
 
@@ -189,7 +162,7 @@ describe('campaign runs', function()
 
   it('records why each endpoint is not sent to, and herald why explains it', function()
     local dir = h.tmpdir()
-    endpoints_sql(dir, {
+    h.endpoints_sql(dir, 'c.db', {
       { id = 'ok', address = 'ok@example.com', cohort = 50 },
       { id = 'held', address = 'held@example.com', cohort = 3 },
       { id = 'out', address = 'out@example.com', cohort = 50, opt_out = 'ALL' },

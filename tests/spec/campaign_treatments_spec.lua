@@ -5,30 +5,16 @@
 local h = require 'helpers'
 local json = require 'herald.json'
 
-local function q(dir, sql)
-  local out, code, err = h.herald('--db c.db -e ' .. h.shell_quote(
-    'print(herald.json.encode(herald.json.array(assert(herald.db.query([[' .. sql .. ']])))))'),
-    { cwd = dir })
-  assert.are.equal(0, code, err)
-  return json.decode(out)
-end
+local function q(dir, sql) return h.query(dir, 'c.db', sql) end
 
 -- 100 endpoints, cohorts 0-99; odd ones live in Berlin, even ones in New York.
 local function endpoints(dir)
-  local lines = { 'BEGIN;' }
+  local rows = {}
   for i = 1, 100 do
-    lines[#lines + 1] = string.format(
-      "INSERT INTO endpoints(app_id, id, channel_type, address, endpoint_status, opt_out, cohort_id,"
-      .. " effective_date, creation_date, timezone) VALUES ('default', 'e%03d', 'EMAIL', 'u%03d@example.com',"
-      .. " 'ACTIVE', 'NONE', %d, '2026-01-01T00:00:00.000Z', '2026-01-01T00:00:00.000Z', '%s');",
-      i, i, i - 1, i % 2 == 1 and 'Europe/Berlin' or 'America/New_York')
+    rows[i] = { id = string.format('e%03d', i), address = string.format('u%03d@example.com', i), cohort = i - 1,
+      tz = i % 2 == 1 and 'Europe/Berlin' or 'America/New_York' }
   end
-  lines[#lines + 1] = 'COMMIT;'
-  h.write(dir .. '/eps.sql', table.concat(lines, '\n'))
-  local _, code, err = h.herald('--db c.db -e "herald.endpoints.count()"', { cwd = dir })
-  assert.are.equal(0, code, err)
-  local out, rc = h.sh('cd ' .. h.shell_quote(dir) .. ' && sqlite3 c.db < eps.sql 2>&1')
-  assert.are.equal(0, rc, out)
+  h.endpoints_sql(dir, 'c.db', rows)
 end
 
 local function definition(b_schedule)

@@ -1,15 +1,8 @@
 -- Event-triggered campaigns: filters, segment membership, delay with cancellation, expiry,
 -- and no event firing twice.
 local h = require 'helpers'
-local json = require 'herald.json'
 
-local function q(dir, sql)
-  local out, code, err = h.herald('--db c.db -e ' .. h.shell_quote(
-    'print(herald.json.encode(herald.json.array(assert(herald.db.query([[' .. sql .. ']])))))'),
-    { cwd = dir })
-  assert.are.equal(0, code, err)
-  return json.decode(out)
-end
+local function q(dir, sql) return h.query(dir, 'c.db', sql) end
 
 local function events(dir, list)
   local src = {}

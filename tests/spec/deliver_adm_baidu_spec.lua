@@ -9,12 +9,7 @@ local json = require 'herald.json'
 local send = require 'herald.send'
 local endpoints = require 'herald.endpoints'
 
-local function query(dir, sql)
-  local out, code, err = h.herald('--db d.db -e ' .. h.shell_quote(
-    'print(herald.json.encode(herald.json.array(assert(herald.db.query([[' .. sql .. ']])))))'), { cwd = dir })
-  assert.are.equal(0, code, err)
-  return json.decode(out)
-end
+local function query(dir, sql) return h.query(dir, 'd.db', sql) end
 
 -- A campaign file: endpoints of channel with the given addresses, and a Pinpoint-shaped campaign
 -- whose MessageConfiguration is config (Lua source).

@@ -9,12 +9,7 @@ local h = require 'helpers'
 local S = require 'servers'
 local json = require 'herald.json'
 
-local function query(dir, sql)
-  local out, code, err = h.herald('--db d.db -e ' .. h.shell_quote(
-    'print(herald.json.encode(herald.json.array(assert(herald.db.query([[' .. sql .. ']])))))'), { cwd = dir })
-  assert.are.equal(0, code, err)
-  return json.decode(out)
-end
+local function query(dir, sql) return h.query(dir, 'd.db', sql) end
 
 local function endpoints_csv(path, n)
   local f = assert(io.open(path, 'w'))

@@ -8,12 +8,7 @@ local json = require 'herald.json'
 local here = debug.getinfo(1, 'S').source:match('^@(.*)/[^/]*$') or '.'
 local mimecheck = here .. '/../helpers/mimecheck.py'
 
-local function query(dir, sql)
-  local out, code, err = h.herald('--db d.db -e ' .. h.shell_quote(
-    'print(herald.json.encode(herald.json.array(assert(herald.db.query([[' .. sql .. ']])))))'), { cwd = dir })
-  assert.are.equal(0, code, err)
-  return json.decode(out)
-end
+local function query(dir, sql) return h.query(dir, 'd.db', sql) end
 
 local function run(dir, files, env)
   return h.herald('--db d.db run --until-idle ' .. files, { cwd = dir, env = env })

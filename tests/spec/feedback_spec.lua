@@ -18,12 +18,7 @@ local function fill(text, subs)
   return (text:gsub('@@([%w_]+)@@', function(k) return assert(subs[k], 'no ' .. k) end))
 end
 
-local function query(dir, sql)
-  local out, code, err = h.herald('--db d.db -e ' .. h.shell_quote(
-    'print(herald.json.encode(herald.json.array(assert(herald.db.query([[' .. sql .. ']])))))'), { cwd = dir })
-  assert.are.equal(0, code, err)
-  return json.decode(out)
-end
+local function query(dir, sql) return h.query(dir, 'd.db', sql) end
 
 local function base64(s)
   local dir = h.tmpdir()

@@ -4,7 +4,6 @@
 local h = require 'helpers'
 local server = require 'herald.core.server'
 local tracking = require 'herald.tracking'
-local task = require 'herald.core.task'
 
 local KEY = 'spec-tracking-key-0123456789abcdef'
 
@@ -34,16 +33,6 @@ local function py(port, program)
   return kv, out
 end
 
-local function wait_for(pred, ms, what)
-  local deadline = task.now() + ms
-  while task.now() < deadline do
-    local v = pred()
-    if v then return v end
-    task.sleep(20)
-  end
-  error('timed out waiting for ' .. (type(what) == 'function' and what() or what))
-end
-
 -- Starts `herald serve` in the background; returns {pid, port, dir}.
 local function start_serve(extra, env)
   local dir = h.tmpdir()
@@ -53,11 +42,11 @@ local function start_serve(extra, env)
     ' 2> ' .. h.shell_quote(dir .. '/err') .. ' & echo $! > ' .. h.shell_quote(dir .. '/pid') ..
     '; wait $!; echo $? > ' .. h.shell_quote(dir .. '/rc')
   os.execute('sh -c ' .. h.shell_quote(inner) .. ' > /dev/null 2>&1 &')
-  local port = wait_for(function()
+  local port = h.wait_for(function()
     local out = h.read(dir .. '/out') or ''
     return tonumber(out:match('listening on http://127%.0%.0%.1:(%d+)'))
   end, 20000, function() return 'herald serve to listen (stderr: ' .. tostring(h.read(dir .. '/err')) .. ')' end)
-  local pid = wait_for(function() return tonumber((h.read(dir .. '/pid') or ''):match('%d+')) end,
+  local pid = h.wait_for(function() return tonumber((h.read(dir .. '/pid') or ''):match('%d+')) end,
     5000, 'the pid')
   return { pid = pid, port = port, dir = dir }
 end
@@ -65,7 +54,7 @@ end
 -- SIGTERM; returns the exit code and stdout.
 local function stop_serve(s)
   os.execute('kill -TERM ' .. s.pid)
-  local rc = wait_for(function() return tonumber((h.read(s.dir .. '/rc') or ''):match('%d+')) end,
+  local rc = h.wait_for(function() return tonumber((h.read(s.dir .. '/rc') or ''):match('%d+')) end,
     20000, 'herald serve to exit')
   return rc, h.read(s.dir .. '/out'), h.read(s.dir .. '/err')
 end
@@ -584,7 +573,7 @@ describe('herald.core.server in-process', function()
     os.execute('(curl -s -o /dev/null ' .. h.shell_quote(open) .. ' ' .. h.shell_quote(open) ..
       '; curl -s -o /dev/null ' .. h.shell_quote(click) .. '; curl -s -o /dev/null ' .. base ..
       '/t/o/forged; echo done > ' .. h.shell_quote(dir .. '/done') .. ') > /dev/null 2>&1 &')
-    wait_for(function() return h.read(dir .. '/done') end, 20000, 'the clients')
+    h.wait_for(function() return h.read(dir .. '/done') end, 20000, 'the clients')
     local st = srv:stats()
     assert.are.equal(2, st.opens)
     assert.are.equal(1, st.clicks)

@@ -4,26 +4,15 @@
 -- the fixture writes, and against herald.analytics.kpi in the REPL.
 local h = require 'helpers'
 local json = require 'herald.core.json'
-local task = require 'herald.core.task'
-
-local function wait_for(pred, ms, what)
-  local deadline = task.now() + ms
-  while task.now() < deadline do
-    local v = pred()
-    if v then return v end
-    task.sleep(20)
-  end
-  error('timed out waiting for ' .. what)
-end
 
 -- Starts `herald ARGS` in dir in the background; returns {pid, port} once it prints pattern.
 local function start(dir, args, pattern)
   local inner = h.shell_quote(h.exe) .. ' ' .. args .. ' > srv.out 2> srv.err & echo $! > srv.pid; wait'
   os.execute('cd ' .. h.shell_quote(dir) .. ' && rm -f srv.out srv.pid && sh -c ' .. h.shell_quote(inner)
     .. ' > /dev/null 2>&1 &')
-  local port = wait_for(function() return tonumber((h.read(dir .. '/srv.out') or ''):match(pattern)) end,
+  local port = h.wait_for(function() return tonumber((h.read(dir .. '/srv.out') or ''):match(pattern)) end,
     20000, 'the server to listen')
-  local pid = wait_for(function() return tonumber((h.read(dir .. '/srv.pid') or ''):match('%d+')) end, 5000, 'pid')
+  local pid = h.wait_for(function() return tonumber((h.read(dir .. '/srv.pid') or ''):match('%d+')) end, 5000, 'pid')
   return { pid = pid, port = port }
 end
 
@@ -198,7 +187,7 @@ describe('herald.core.server routes answered in Lua', function()
       .. curl(base .. '/boom', 'boom') .. '; ' .. curl(base .. '/nothing', 'nothing') .. '; '
       .. curl(base .. '/echo/a/x', 'get') .. '; echo done > ' .. h.shell_quote(dir .. '/done')
       .. ') > /dev/null 2>&1 &')
-    wait_for(function() return h.read(dir .. '/done') end, 20000, 'the clients')
+    h.wait_for(function() return h.read(dir .. '/done') end, 20000, 'the clients')
     srv:stop()
     local body, status = h.read(dir .. '/echo'):match('^(.*)\n(%d+)$')
     assert.are.equal('201', status)

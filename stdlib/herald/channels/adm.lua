@@ -7,8 +7,6 @@
 -- message collapses into the first) and expiresAfter (ADMMessage.ExpiresAfter, else
 -- TimeToLive). InvalidRegistrationId and Unregistered make the endpoint INACTIVE; an expired
 -- token is dropped and the message retried; 429 and 5xx are transient (Retry-After honoured).
-local http = require 'herald.core.http'
-local clock = require 'herald.core.clock'
 local json = require 'herald.json'
 local util = require 'herald.channels.util'
 
@@ -30,24 +28,11 @@ end
 
 -- The cached access token, or a new one. -> token | nil, reason
 function adm:token()
-  local now = clock.now()
-  if self.access and now < self.expires_ms then return self.access end
   local p = self.profile
-  local res, rerr = http.request {
-    url = self.token_uri, method = 'POST', ca_file = p.ca_file,
-    headers = { ['Content-Type'] = 'application/x-www-form-urlencoded;charset=UTF-8' },
-    body = util.form { { 'grant_type', 'client_credentials' }, { 'scope', SCOPE },
-                       { 'client_id', p.client_id }, { 'client_secret', p.client_secret } },
-  }
-  if not res then return nil, 'ADM token: ' .. tostring(rerr) end
-  local body = util.decode(res.body)
-  if res.status ~= 200 or not body or type(body.access_token) ~= 'string' then
-    local why = body and body.error and (tostring(body.error) .. ': ' .. tostring(body.error_description or '')) or tostring(res.body):sub(1, 200)
-    return nil, 'ADM token: HTTP ' .. res.status .. ': ' .. why
-  end
-  self.access = body.access_token
-  self.expires_ms = now + math.max((tonumber(body.expires_in) or 3600) - 60, 1) * 1000
-  return self.access
+  return util.access_token(self, 'ADM', 'application/x-www-form-urlencoded;charset=UTF-8', function()
+    return util.form { { 'grant_type', 'client_credentials' }, { 'scope', SCOPE },
+                       { 'client_id', p.client_id }, { 'client_secret', p.client_secret } }
+  end)
 end
 
 local function request(self, m)
@@ -67,34 +52,23 @@ end
 
 function adm:send(msgs)
   local token, err = self:token()
-  local out = {}
-  if not token then
-    for i = 1, #msgs do out[i] = { verdict = 'transient', reason = err, systemic = true } end
-    return out
-  end
+  if not token then return util.fail_all(#msgs, 'transient', err) end
   local reqs = {}
   for i, m in ipairs(msgs) do reqs[i] = request(self, m) end
   local res = util.send_http(self.profile, reqs, { headers = {
     Authorization = 'Bearer ' .. token, ['Content-Type'] = 'application/json', Accept = 'application/json',
     ['X-Amzn-Type-Version'] = TYPE_VERSION, ['X-Amzn-Accept-Type'] = ACCEPT_TYPE } })
-  for i, o in ipairs(res) do
-    local r = { verdict = o.verdict, retry_after_ms = o.retry_after_ms }
-    if o.verdict ~= 'delivered' then
-      local b = util.decode(o.detail)
-      local why = b and b.reason
-      r.reason = (why and (why .. ': ') or '') .. util.reason(o)
-      if why == 'InvalidRegistrationId' or why == 'Unregistered' or o.status == 410 then
-        r.verdict, r.feedback = 'permanent', 'INACTIVE'
-      elseif o.status == 401 or why == 'AccessTokenExpired' then
-        self.access = nil
-        r.verdict, r.systemic = 'transient', true
-      else
-        r.systemic = o.class ~= 'ok' or o.status >= 500
-      end
+  return util.verdicts(res, function(o)
+    local b = util.decode(o.detail)
+    local why = b and b.reason
+    if why == 'InvalidRegistrationId' or why == 'Unregistered' or o.status == 410 then
+      return why, 'inactive'
+    elseif o.status == 401 or why == 'AccessTokenExpired' then
+      self.access = nil
+      return why, 'token'
     end
-    out[i] = r
-  end
-  return out
+    return why
+  end)
 end
 
 return adm

@@ -59,32 +59,21 @@ end
 
 function apns:send(msgs)
   local token, err = self:token()
-  local out = {}
-  if not token then
-    for i = 1, #msgs do out[i] = { verdict = 'permanent', reason = err, systemic = true } end
-    return out
-  end
+  if not token then return util.fail_all(#msgs, 'permanent', err) end
   local reqs = {}
   for i, m in ipairs(msgs) do reqs[i] = self:request(m, token) end
   local res = util.send_http(self.profile, reqs, { headers = { ['Content-Type'] = 'application/json' } })
-  for i, o in ipairs(res) do
-    local r = { verdict = o.verdict, retry_after_ms = o.retry_after_ms }
-    if o.verdict ~= 'delivered' then
-      local body = util.decode(o.detail)
-      local why = body and body.reason
-      r.reason = (why and (why .. ': ') or '') .. util.reason(o)
-      if o.status == 410 or why == 'BadDeviceToken' or why == 'Unregistered' then
-        r.verdict, r.feedback = 'permanent', 'INACTIVE'
-      elseif why == 'ExpiredProviderToken' or why == 'InvalidProviderToken' then
-        self.jwt = nil
-        r.verdict, r.systemic = 'transient', true
-      else
-        r.systemic = o.class ~= 'ok' or o.status >= 500
-      end
+  return util.verdicts(res, function(o)
+    local body = util.decode(o.detail)
+    local why = body and body.reason
+    if o.status == 410 or why == 'BadDeviceToken' or why == 'Unregistered' then
+      return why, 'inactive'
+    elseif why == 'ExpiredProviderToken' or why == 'InvalidProviderToken' then
+      self.jwt = nil
+      return why, 'token'
     end
-    out[i] = r
-  end
-  return out
+    return why
+  end)
 end
 
 return apns

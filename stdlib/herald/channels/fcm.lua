@@ -2,8 +2,6 @@
 -- (the service account's client_email and private_key) to the token URI, cached until shortly
 -- before it expires; then one POST per device to projects/ID/messages:send. UNREGISTERED makes
 -- the endpoint INACTIVE; a 401 drops the cached token and retries.
-local http = require 'herald.core.http'
-local clock = require 'herald.core.clock'
 local json = require 'herald.json'
 local util = require 'herald.channels.util'
 
@@ -32,26 +30,14 @@ end
 
 -- The cached access token, or a new one. -> token | nil, reason
 function fcm:token()
-  local now = clock.now()
-  if self.access and now < self.expires_ms then return self.access end
-  local iat = now // 1000
-  local assertion, err = util.jwt('RS256', { alg = 'RS256', typ = 'JWT', kid = self.sa.private_key_id },
-    { iss = self.sa.client_email, scope = SCOPE, aud = self.token_uri, iat = iat, exp = iat + 3600 },
-    self.sa.private_key)
-  if not assertion then return nil, 'FCM token: ' .. err end
-  local res, rerr = http.request {
-    url = self.token_uri, method = 'POST', ca_file = self.profile.ca_file,
-    headers = { ['Content-Type'] = 'application/x-www-form-urlencoded' },
-    body = 'grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Ajwt-bearer&assertion=' .. assertion,
-  }
-  if not res then return nil, 'FCM token: ' .. tostring(rerr) end
-  local body = util.decode(res.body)
-  if res.status ~= 200 or not body or type(body.access_token) ~= 'string' then
-    return nil, 'FCM token: HTTP ' .. res.status .. ': ' .. tostring(res.body):sub(1, 200)
-  end
-  self.access = body.access_token
-  self.expires_ms = now + math.max((tonumber(body.expires_in) or 3600) - 60, 1) * 1000
-  return self.access
+  return util.access_token(self, 'FCM', 'application/x-www-form-urlencoded', function(now)
+    local iat = now // 1000
+    local assertion, err = util.jwt('RS256', { alg = 'RS256', typ = 'JWT', kid = self.sa.private_key_id },
+      { iss = self.sa.client_email, scope = SCOPE, aud = self.token_uri, iat = iat, exp = iat + 3600 },
+      self.sa.private_key)
+    if not assertion then return nil, err end
+    return 'grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Ajwt-bearer&assertion=' .. assertion
+  end)
 end
 
 local function message(m)
@@ -77,32 +63,22 @@ end
 
 function fcm:send(msgs)
   local token, err = self:token()
-  local out = {}
-  if not token then
-    for i = 1, #msgs do out[i] = { verdict = 'transient', reason = err, systemic = true } end
-    return out
-  end
+  if not token then return util.fail_all(#msgs, 'transient', err) end
   local reqs = {}
   for i, m in ipairs(msgs) do reqs[i] = { key = m.key, body = message(m), url = self.url } end
   local res = util.send_http(self.profile, reqs, {
     headers = { Authorization = 'Bearer ' .. token, ['Content-Type'] = 'application/json' } })
-  for i, o in ipairs(res) do
-    local r = { verdict = o.verdict, retry_after_ms = o.retry_after_ms }
-    if o.verdict ~= 'delivered' then
-      local code = error_code(o.detail)
-      r.reason = (code and (code .. ': ') or '') .. util.reason(o)
-      if code == 'UNREGISTERED' then
-        r.verdict, r.feedback = 'permanent', 'INACTIVE'
-      elseif o.status == 401 then
-        self.access = nil
-        r.verdict, r.systemic = 'transient', true
-      else
-        r.systemic = o.class ~= 'ok' or o.status >= 500 or o.status == 403
-      end
+  return util.verdicts(res, function(o)
+    local code = error_code(o.detail)
+    if code == 'UNREGISTERED' then
+      return code, 'inactive'
+    elseif o.status == 401 then
+      self.access = nil
+      return code, 'token'
     end
-    out[i] = r
-  end
-  return out
+    -- a 403 (permission denied on the project) holds for every message of the batch
+    return code, o.status == 403 and 'systemic' or nil
+  end)
 end
 
 return fcm

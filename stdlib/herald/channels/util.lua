@@ -1,6 +1,7 @@
 -- Shared by the channel modules: sending prepared HTTP requests through one batch, turning
 -- outcomes into delivery verdicts, base64 and JSON helpers.
 local http = require 'herald.core.http'
+local clock = require 'herald.core.clock'
 local core = require 'herald.core.deliver'
 local json = require 'herald.json'
 
@@ -35,6 +36,66 @@ function util.send_http(profile, reqs, opts)
   for i = 1, res.n do
     out[res.seq[i]] = { verdict = res.verdict[i], status = res.status[i], class = res.class[i],
                         detail = res.detail[i], retry_after_ms = res.retry_after_ms[i] }
+  end
+  return out
+end
+
+-- The same failure for each of n messages: a whole batch fails when no request could be made
+-- (no access token, no signing key).
+function util.fail_all(n, verdict, reason)
+  local out = {}
+  for i = 1, n do out[i] = { verdict = verdict, reason = reason, systemic = true } end
+  return out
+end
+
+-- An OAuth2 access token for client (a channel object with profile and token_uri), kept in
+-- client.access until a minute before it expires (the caller drops it when a send is refused).
+-- form(now_ms) -> body | nil, reason makes the token request's body when a new token is due;
+-- content_type is its type; name prefixes failures. -> token | nil, reason
+function util.access_token(client, name, content_type, form)
+  local now = clock.now()
+  if client.access and now < client.expires_ms then return client.access end
+  local body, ferr = form(now)
+  if not body then return nil, name .. ' token: ' .. tostring(ferr) end
+  local res, rerr = http.request {
+    url = client.token_uri, method = 'POST', ca_file = client.profile.ca_file,
+    headers = { ['Content-Type'] = content_type }, body = body,
+  }
+  if not res then return nil, name .. ' token: ' .. tostring(rerr) end
+  local b = util.decode(res.body)
+  if res.status ~= 200 or not b or type(b.access_token) ~= 'string' then
+    -- an OAuth2 error answer names error and error_description (RFC 6749 section 5.2)
+    local why = b and b.error and (tostring(b.error) .. ': ' .. tostring(b.error_description or ''))
+      or tostring(res.body):sub(1, 200)
+    return nil, name .. ' token: HTTP ' .. res.status .. ': ' .. why
+  end
+  client.access = b.access_token
+  client.expires_ms = now + math.max((tonumber(b.expires_in) or 3600) - 60, 1) * 1000
+  return client.access
+end
+
+-- Delivery verdicts from outcomes (util.send_http). judge(o) is asked about each outcome not
+-- delivered and returns the provider's reason (put before the HTTP reason) and what the
+-- refusal means: 'inactive' (the device is gone: permanent, the endpoint made INACTIVE),
+-- 'token' (the credentials were refused: transient and systemic; judge drops the cached
+-- token), 'systemic' (the provider cannot take the batch) or nil (transport failures and 5xx
+-- are systemic, the rest concern the message only).
+function util.verdicts(res, judge)
+  local out = {}
+  for i, o in ipairs(res) do
+    local r = { verdict = o.verdict, retry_after_ms = o.retry_after_ms }
+    if o.verdict ~= 'delivered' then
+      local why, meaning = judge(o)
+      r.reason = (why and (why .. ': ') or '') .. util.reason(o)
+      if meaning == 'inactive' then
+        r.verdict, r.feedback = 'permanent', 'INACTIVE'
+      elseif meaning == 'token' then
+        r.verdict, r.systemic = 'transient', true
+      else
+        r.systemic = meaning == 'systemic' or o.class ~= 'ok' or o.status >= 500
+      end
+    end
+    out[i] = r
   end
   return out
 end

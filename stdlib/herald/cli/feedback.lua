@@ -2,6 +2,7 @@
 -- feedback-loop reports) that arrive as mail, recorded as the status webhook records them.
 local feedback = require 'herald.core.feedback'
 local json = require 'herald.json'
+local read = require('herald.channels.util').read_file
 
 local M = {}
 
@@ -38,14 +39,6 @@ end
 
 local function is_dir(path)
   return feedback.entries(path) ~= nil
-end
-
-local function read(path)
-  local f, err = io.open(path, 'rb')
-  if not f then return nil, err end
-  local s = f:read('a')
-  f:close()
-  return s
 end
 
 local function report(path, r, as_json)

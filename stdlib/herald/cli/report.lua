@@ -147,18 +147,15 @@ function M.table(report)
     end
     out[#out + 1] = table.concat(parts, '   ')
   end
-  local tests = test_lines(report)
-  if #tests > 0 then
+  -- a titled, indented section after a blank line; none without lines
+  local function section(title, lines)
+    if #lines == 0 then return end
     out[#out + 1] = ''
-    out[#out + 1] = 'two-proportion z-tests between treatments:'
-    for _, l in ipairs(tests) do out[#out + 1] = '  ' .. l end
+    out[#out + 1] = title
+    for _, l in ipairs(lines) do out[#out + 1] = '  ' .. l end
   end
-  local decided = decision_lines(report)
-  if #decided > 0 then
-    out[#out + 1] = ''
-    out[#out + 1] = 'automatic A/B winner decisions:'
-    for _, l in ipairs(decided) do out[#out + 1] = '  ' .. l end
-  end
+  section('two-proportion z-tests between treatments:', test_lines(report))
+  section('automatic A/B winner decisions:', decision_lines(report))
   return table.concat(out, '\n') .. '\n'
 end
 
@@ -346,18 +343,15 @@ function M.html(report)
     out[#out + 1] = '</tr>'
   end
   out[#out + 1] = '</tbody></table>'
-  local tests = test_lines(report)
-  if #tests > 0 then
-    out[#out + 1] = '<h2>Tests between treatments</h2><ul>'
-    for _, l in ipairs(tests) do out[#out + 1] = '<li>' .. esc(l) .. '</li>' end
+  -- a heading and the list it opens; none without lines
+  local function list(opening, lines)
+    if #lines == 0 then return end
+    out[#out + 1] = opening
+    for _, l in ipairs(lines) do out[#out + 1] = '<li>' .. esc(l) .. '</li>' end
     out[#out + 1] = '</ul>'
   end
-  local decided = decision_lines(report)
-  if #decided > 0 then
-    out[#out + 1] = '<h2>Automatic A/B winner decisions</h2><ul id="decisions">'
-    for _, l in ipairs(decided) do out[#out + 1] = '<li>' .. esc(l) .. '</li>' end
-    out[#out + 1] = '</ul>'
-  end
+  list('<h2>Tests between treatments</h2><ul>', test_lines(report))
+  list('<h2>Automatic A/B winner decisions</h2><ul id="decisions">', decision_lines(report))
   out[#out + 1] = '<h2>Rates per treatment (bars: 95% intervals)</h2>'
   out[#out + 1] = rates_chart(report)
   out[#out + 1] = '<h2>Deliveries and conversions over time</h2>'
