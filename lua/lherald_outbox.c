@@ -403,6 +403,14 @@ static int l_report_batch(lua_State *L) {
   HeraldError err = {0};
   if (herald_store_begin(store, &err) != kHeraldOk) return raise_error(L, &err);
   lua_Integer n = luaL_len(L, 1);
+  /* the ids reported SENT, as a JSON array: their send events are written in one statement */
+  char *sent = malloc((size_t)n * 21 + 3);
+  if (sent == NULL) {
+    herald_store_rollback(store);
+    return luaL_error(L, "out of memory");
+  }
+  size_t used = 0;
+  int nsent = 0;
   for (lua_Integer i = 1; i <= n; i++) {
     lua_rawgeti(L, 1, i);
     int r = lua_gettop(L);
@@ -419,10 +427,18 @@ static int l_report_batch(lua_State *L) {
     }
     if (herald_outbox_report(store, id, state, reason, due, &err) != kHeraldOk) goto fail;
     lua_pop(L, 1);
+    if (strcmp(state, "SENT") == 0)
+      used += (size_t)sprintf(sent + used, "%s%lld", nsent++ ? "," : "[", (long long)id);
   }
+  if (nsent > 0) {
+    strcpy(sent + used, "]");
+    if (herald_outbox_record_sends(store, sent, &err) != kHeraldOk) goto fail;
+  }
+  free(sent);
   if (herald_store_commit(store, &err) != kHeraldOk) return raise_error(L, &err);
   return 0;
 fail:
+  free(sent);
   herald_store_rollback(store);
   return raise_error(L, &err);
 }

@@ -235,30 +235,26 @@ fail:
   return err ? err->code : kHeraldStore;
 }
 
-/* A sent message is recorded as Pinpoint records it: a _campaign.send event, and _email.send
- * for email, with campaign_id, treatment_id, campaign_activity_id and message_id, in the
- * report's transaction. The event id derives from the message id, so a message reported again
- * after a crash is not counted twice. Sending is not the endpoint's activity: last_activity
- * (Recency) does not move. */
-static int record_send_events(HeraldStore *store, int64_t id, int64_t now_ms, HeraldError *err) {
+int herald_outbox_record_sends(HeraldStore *store, const char *ids_json, HeraldError *err) {
   char now[HERALD_DATETIME_LEN];
-  herald_datetime_format(now_ms, now);
+  herald_datetime_format(herald_clock_now_ms(), now);
   sqlite3_stmt *st = herald_store_stmt(
       store,
       "INSERT OR IGNORE INTO events(app_id, endpoint_id, event_id, event_type, timestamp,"
       " attributes, arrival)"
       " SELECT r.app_id, o.endpoint_id, o.message_id || '/' || k.type, k.type, ?2,"
       " json_object('campaign_id', r.campaign_id, 'treatment_id', CAST(o.treatment AS TEXT),"
-      " 'campaign_activity_id', CAST(o.run_id AS TEXT), 'message_id', o.message_id), ?2"
-      " FROM outbox o JOIN campaign_runs r ON r.id = o.run_id"
+      " 'campaign_activity_id', CAST(o.run_id AS TEXT), 'message_id', o.message_id,"
+      " 'delivery_type', o.channel, 'campaign_send_status', 'SUCCESS'), ?2"
+      " FROM json_each(?1) i JOIN outbox o ON o.id = i.value"
+      " JOIN campaign_runs r ON r.id = o.run_id"
       " JOIN (SELECT '_campaign.send' AS type UNION ALL SELECT '_email.send') k"
-      " ON k.type = '_campaign.send' OR o.channel = 'EMAIL'"
-      " WHERE o.id = ?1",
+      " ON k.type = '_campaign.send' OR o.channel = 'EMAIL'",
       err);
   if (st == NULL) return err ? err->code : kHeraldStore;
-  sqlite3_bind_int64(st, 1, id);
+  sqlite3_bind_text(st, 1, ids_json, -1, SQLITE_STATIC);
   sqlite3_bind_text(st, 2, now, -1, SQLITE_TRANSIENT);
-  return herald_store_step_done(store, st, err, "recording a send event");
+  return herald_store_step_done(store, st, err, "recording send events");
 }
 
 int herald_outbox_report(HeraldStore *store, int64_t id, const char *state, const char *reason,
@@ -276,14 +272,12 @@ int herald_outbox_report(HeraldStore *store, int64_t id, const char *state, cons
   sqlite3_bind_text(st, 2, state, -1, SQLITE_STATIC);
   sqlite3_bind_text(st, 3, reason, -1, SQLITE_STATIC);
   sqlite3_bind_int64(st, 4, due_ms);
-  int64_t now = herald_clock_now_ms();
-  sqlite3_bind_int64(st, 5, now);
+  sqlite3_bind_int64(st, 5, herald_clock_now_ms());
   int rc = sqlite3_step(st);
   sqlite3_reset(st);
   if (rc != SQLITE_DONE) return herald_store_fail(store, err, "reporting an outbox row");
   if (sqlite3_changes(herald_store_db(store)) == 0)
     return herald_error_set(err, kHeraldNotFound, "outbox row %lld is not claimed", (long long)id);
-  if (strcmp(state, "SENT") == 0) return record_send_events(store, id, now, err);
   return kHeraldOk;
 }
 

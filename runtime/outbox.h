@@ -184,6 +184,14 @@ int herald_outbox_claim(HeraldStore *store, const char *app, const char *campaig
 int herald_outbox_report(HeraldStore *store, int64_t id, const char *state, const char *reason,
                          int64_t due_ms, HeraldError *err);
 
+/* Records sent messages as Pinpoint records them: a _campaign.send event, and _email.send for
+ * email, with campaign_id, treatment_id, campaign_activity_id, message_id, delivery_type and
+ * campaign_send_status. ids_json is a JSON array of the outbox row ids reported SENT; call it in
+ * the report's transaction. Event ids derive from the message id, so a message reported again
+ * after a crash is not counted twice. Sending is not the endpoint's activity: last_activity
+ * (Recency) does not move. */
+int herald_outbox_record_sends(HeraldStore *store, const char *ids_json, HeraldError *err);
+
 /* Returns claimed-but-unreported rows to PENDING (after a crash): those whose claiming process
  * (claimed_by, a pid on this host) no longer runs, so rows in flight in another live herald
  * are left alone. *count says how many. */

@@ -231,6 +231,16 @@ LAZY_ENDPOINT = { __index = function(msg, k)
   return t
 end }
 
+-- A run's rows share their due time: format it once.
+local last_due, last_iso
+local function scheduled_time(due_ms)
+  if due_ms ~= last_due then
+    last_due = due_ms
+    last_iso = os.date('!%Y-%m-%dT%H:%M:%S', due_ms // 1000) .. string.format('.%03dZ', due_ms % 1000)
+  end
+  return last_iso
+end
+
 local function prepare(row, def, ep, profile)
   local name, config, tconfig = treatment_config(def, row.treatment)
   if config == nil and tconfig == nil then return nil, 'NO_TREATMENT' end
@@ -278,7 +288,7 @@ local function prepare(row, def, ep, profile)
     endpoint_id = row.endpoint_id, ctx = ep,
     campaign_id = row.campaign_id, campaign_name = def.Name, treatment_id = row.treatment,
     treatment_name = name, activity_id = row.run_id and tostring(row.run_id) or nil,
-    scheduled_time = os.date('!%Y-%m-%dT%H:%M:%S', row.due_ms // 1000) .. string.format('.%03dZ', row.due_ms % 1000),
+    scheduled_time = scheduled_time(row.due_ms),
     title = title, body = body, html = html, data = data, custom_data = custom_data,
     from = present(m.FromAddress) and m.FromAddress or nil,
     silent = m.SilentPush == true, ttl = tonumber(m.TimeToLive),

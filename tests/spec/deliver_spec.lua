@@ -201,7 +201,8 @@ describe('delivery through providers', function()
       -- the campaign's attributes; the refused one has none, and sending is not activity
       local ev = query(dir, [[SELECT endpoint_id, event_type, event_id, json_extract(attributes, '$.campaign_id') AS c,
         json_extract(attributes, '$.treatment_id') AS t, json_extract(attributes, '$.campaign_activity_id') AS a,
-        json_extract(attributes, '$.message_id') AS m FROM events ORDER BY endpoint_id, event_type]])
+        json_extract(attributes, '$.message_id') AS m, json_extract(attributes, '$.delivery_type') AS dt,
+        json_extract(attributes, '$.campaign_send_status') AS st FROM events ORDER BY endpoint_id, event_type]])
       assert.are.equal(4, #ev)
       local run_id = tostring(query(dir, "SELECT id FROM campaign_runs")[1].id)
       for i, e in ipairs(ev) do
@@ -209,7 +210,7 @@ describe('delivery through providers', function()
         assert.are.equal(row.endpoint_id, e.endpoint_id)
         assert.are.equal(i % 2 == 1 and '_campaign.send' or '_email.send', e.event_type)
         assert.are.equal(row.message_id .. '/' .. e.event_type, e.event_id)
-        assert.are.same({ 'mail-c', '0', run_id, row.message_id }, { e.c, e.t, e.a, e.m })
+        assert.are.same({ 'mail-c', '0', run_id, row.message_id, 'EMAIL', 'SUCCESS' }, { e.c, e.t, e.a, e.m, e.dt, e.st })
       end
       assert.are.equal(0, query(dir, "SELECT count(*) AS n FROM endpoints WHERE last_activity IS NOT NULL")[1].n)
       assert.are.equal(2, mail:count())
