@@ -8,9 +8,10 @@
  * course so its outcome is known), only shutdown cancels them.
  *
  * A batch sends many requests to one URL with a fixed concurrency without a coroutine per
- * request: Lua appends bodies (and idempotency keys), C keeps `concurrency` transfers in flight
- * and collects outcomes, and wait() hands them back as arrays. Bodies stay in a Lua table
- * until their transfer starts, so queueing costs no copies. */
+ * request: Lua appends bodies (and idempotency keys), C hands them to the transport thread,
+ * which keeps `concurrency` transfers in flight (a group); C collects the outcomes and wait()
+ * hands them back as arrays. Bodies stay in a Lua table until they are handed over (a window
+ * of a few times the concurrency), so a long queue costs no copies. */
 #include <lauxlib.h>
 #include <stdlib.h>
 #include <string.h>
@@ -411,7 +412,7 @@ static int l_send_mail(lua_State *L) {
   req.message = msg;
   req.message_len = len;
   /* Completions only arrive from the loop, so the wait can be registered after the submit. */
-  p->t = herald_http_thread_smtp(c, NULL, &req, mail_done, p);
+  p->t = herald_http_thread_smtp(c, &req, mail_done, p);
   free(msg);
   if (p->t == NULL) {
     free(p);

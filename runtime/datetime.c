@@ -1,6 +1,7 @@
 #include "runtime/datetime.h"
 
 #include "runtime/clock.h"
+#include "runtime/tz.h"
 
 #include <ctype.h>
 #include <stdio.h>
@@ -17,30 +18,12 @@ static int digits(const char **p, int n, int *out) {
   return 0;
 }
 
-static int is_leap(int y) { return (y % 4 == 0 && y % 100 != 0) || y % 400 == 0; }
-
-static int days_in_month(int y, int m) {
-  static const int d[] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
-  return m == 2 && is_leap(y) ? 29 : d[m - 1];
-}
-
-/* Days since 1970-01-01 of a proleptic Gregorian date (no timegm: it depends on TZ handling
- * and is slower than this arithmetic on the import path). */
-static int64_t days_from_civil(int y, int m, int d) {
-  y -= m <= 2;
-  int64_t era = (y >= 0 ? y : y - 399) / 400;
-  int64_t yoe = y - era * 400;
-  int64_t doy = (153 * (m + (m > 2 ? -3 : 9)) + 2) / 5 + d - 1;
-  int64_t doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-  return era * 146097 + doe - 719468;
-}
-
 int herald_datetime_parse(const char *text, char out[HERALD_DATETIME_LEN]) {
   const char *p = text;
   int y, mo, d, h = 0, mi = 0, s = 0, ms = 0;
   if (digits(&p, 4, &y) || *p++ != '-' || digits(&p, 2, &mo) || *p++ != '-' || digits(&p, 2, &d))
     return -1;
-  if (mo < 1 || mo > 12 || d < 1 || d > days_in_month(y, mo)) return -1;
+  if (mo < 1 || mo > 12 || d < 1 || d > herald_tz_days_in_month(y, mo)) return -1;
   int offset_min = 0;
   if (*p == 'T' || *p == 't' || *p == ' ') {
     p++;
@@ -74,7 +57,7 @@ int herald_datetime_parse(const char *text, char out[HERALD_DATETIME_LEN]) {
   }
   if (*p != '\0') return -1;
   if (s == 60) s = 59; /* a leap second is kept inside its minute */
-  int64_t secs = days_from_civil(y, mo, d) * 86400 + h * 3600 + mi * 60 + s - offset_min * 60;
+  int64_t secs = herald_tz_days_from_civil(y, mo, d) * 86400 + h * 3600 + mi * 60 + s - offset_min * 60;
   herald_datetime_format(secs * 1000 + ms, out);
   return 0;
 }
@@ -84,20 +67,11 @@ void herald_datetime_format(int64_t ms, char out[HERALD_DATETIME_LEN]) {
   int millis = (int)(ms - secs * 1000);
   int64_t days = secs >= 0 ? secs / 86400 : (secs - 86399) / 86400;
   int rem = (int)(secs - days * 86400);
-  /* civil_from_days */
-  int64_t z = days + 719468;
-  int64_t era = (z >= 0 ? z : z - 146096) / 146097;
-  int64_t doe = z - era * 146097;
-  int64_t yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
-  int64_t y = yoe + era * 400;
-  int64_t doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-  int64_t mp = (5 * doy + 2) / 153;
-  int d = (int)(doy - (153 * mp + 2) / 5 + 1);
-  int m = (int)(mp < 10 ? mp + 3 : mp - 9);
-  y += m <= 2;
+  int y, m, d;
+  herald_tz_civil_from_days(days, &y, &m, &d);
   if (y < 0 || y > 9999) y = y < 0 ? 0 : 9999;
   /* By hand: this runs for every imported row, and snprintf was a visible share of it. */
-  int fields[] = {(int)y, m, d, rem / 3600, rem / 60 % 60, rem % 60, millis};
+  int fields[] = {y, m, d, rem / 3600, rem / 60 % 60, rem % 60, millis};
   static const int widths[] = {4, 2, 2, 2, 2, 2, 3};
   static const char seps[] = "--T::.Z";
   char *o = out;

@@ -453,11 +453,10 @@ HeraldHttpJob *herald_http_thread_submit(HeraldHttpThread *t, HeraldHttpGroup *g
   return enqueue(t, j);
 }
 
-HeraldHttpJob *herald_http_thread_smtp(HeraldHttpThread *t, HeraldHttpGroup *g,
-                                       const HeraldSmtpRequest *req, HeraldHttpDone done,
-                                       void *user) {
+HeraldHttpJob *herald_http_thread_smtp(HeraldHttpThread *t, const HeraldSmtpRequest *req,
+                                       HeraldHttpDone done, void *user) {
   if (t == NULL || t->free_pending) return NULL;
-  HeraldHttpJob *j = job_new(t, g, done, user);
+  HeraldHttpJob *j = job_new(t, NULL, done, user);
   if (j == NULL) return NULL;
   j->is_smtp = 1;
   j->timeout_ms = req->timeout_ms;

@@ -33,9 +33,8 @@ void herald_http_thread_free(HeraldHttpThread *t);
 HeraldHttpJob *herald_http_thread_submit(HeraldHttpThread *t, HeraldHttpGroup *g,
                                          const HeraldHttpRequest *req, HeraldHttpDone done,
                                          void *user);
-HeraldHttpJob *herald_http_thread_smtp(HeraldHttpThread *t, HeraldHttpGroup *g,
-                                       const HeraldSmtpRequest *req, HeraldHttpDone done,
-                                       void *user);
+HeraldHttpJob *herald_http_thread_smtp(HeraldHttpThread *t, const HeraldSmtpRequest *req,
+                                       HeraldHttpDone done, void *user);
 
 /* Aborts a job; its callback is never called. */
 void herald_http_thread_cancel(HeraldHttpThread *t, HeraldHttpJob *job);

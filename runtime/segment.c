@@ -5,24 +5,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "runtime/tz.h"
+
 #define EARTH_RADIUS_KM 6371.0
 #define DEG_TO_RAD (3.14159265358979323846 / 180.0)
-
-/* Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's days_from_civil). */
-static int64_t days_from_civil(int64_t y, int m, int d) {
-  y -= m <= 2;
-  int64_t era = (y >= 0 ? y : y - 399) / 400;
-  int64_t yoe = y - era * 400;
-  int64_t doy = (153 * (m + (m > 2 ? -3 : 9)) + 2) / 5 + d - 1;
-  int64_t doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-  return era * 146097 + doe - 719468;
-}
-
-static int days_in_month(int y, int m) {
-  static const int days[] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
-  if (m == 2 && ((y % 4 == 0 && y % 100 != 0) || y % 400 == 0)) return 29;
-  return days[m - 1];
-}
 
 /* Reads exactly n digits. */
 static int digits(const char **p, int n, int *out) {
@@ -43,7 +29,7 @@ int herald_segment_parse_instant(const char *s, double *ms, int64_t *day) {
   if (!digits(&p, 4, &y) || *p++ != '-' || !digits(&p, 2, &mo) || *p++ != '-' ||
       !digits(&p, 2, &d))
     return 0;
-  if (mo < 1 || mo > 12 || d < 1 || d > days_in_month(y, mo)) return 0;
+  if (mo < 1 || mo > 12 || d < 1 || d > herald_tz_days_in_month(y, mo)) return 0;
   int offset_min = 0;
   if (*p == 'T') {
     p++;
@@ -70,7 +56,7 @@ int herald_segment_parse_instant(const char *s, double *ms, int64_t *day) {
     }
   }
   if (*p != '\0') return 0;
-  int64_t days = days_from_civil(y, mo, d);
+  int64_t days = herald_tz_days_from_civil(y, mo, d);
   int64_t secs = days * 86400 + h * 3600 + mi * 60 + sec - (int64_t)offset_min * 60;
   *ms = (double)(secs * 1000 + milli);
   *day = days;
@@ -85,18 +71,9 @@ double herald_segment_km(double lat1, double lon1, double lat2, double lon2) {
   return 2 * EARTH_RADIUS_KM * asin(sqrt(a));
 }
 
-static void sql_instant(sqlite3_context *ctx, int argc, sqlite3_value **argv) {
-  (void)argc;
-  const char *s = (const char *)sqlite3_value_text(argv[0]);
-  double ms;
-  int64_t day;
-  if (s == NULL || sqlite3_value_type(argv[0]) != SQLITE_TEXT ||
-      !herald_segment_parse_instant(s, &ms, &day))
-    return; /* NULL: not a date, so no date comparison holds */
-  sqlite3_result_double(ctx, ms);
-}
-
-static void sql_day(sqlite3_context *ctx, int argc, sqlite3_value **argv) {
+/* herald_instant(text) -> ms and herald_day(text) -> days since 1970, or NULL when the text is
+ * not a date (so no date comparison holds); the function's user data says which. */
+static void sql_date(sqlite3_context *ctx, int argc, sqlite3_value **argv) {
   (void)argc;
   const char *s = (const char *)sqlite3_value_text(argv[0]);
   double ms;
@@ -104,7 +81,8 @@ static void sql_day(sqlite3_context *ctx, int argc, sqlite3_value **argv) {
   if (s == NULL || sqlite3_value_type(argv[0]) != SQLITE_TEXT ||
       !herald_segment_parse_instant(s, &ms, &day))
     return;
-  sqlite3_result_int64(ctx, day);
+  if (sqlite3_user_data(ctx) != NULL) sqlite3_result_int64(ctx, day);
+  else sqlite3_result_double(ctx, ms);
 }
 
 static void sql_km(sqlite3_context *ctx, int argc, sqlite3_value **argv) {
@@ -198,9 +176,9 @@ static void sql_member(sqlite3_context *ctx, int argc, sqlite3_value **argv) {
 
 int herald_segment_register_sql(sqlite3 *db, HeraldError *err) {
   const int flags = SQLITE_UTF8 | SQLITE_DETERMINISTIC | SQLITE_INNOCUOUS;
-  if (sqlite3_create_function(db, "herald_instant", 1, flags, NULL, sql_instant, NULL, NULL) !=
+  if (sqlite3_create_function(db, "herald_instant", 1, flags, NULL, sql_date, NULL, NULL) !=
           SQLITE_OK ||
-      sqlite3_create_function(db, "herald_day", 1, flags, NULL, sql_day, NULL, NULL) !=
+      sqlite3_create_function(db, "herald_day", 1, flags, (void *)"day", sql_date, NULL, NULL) !=
           SQLITE_OK ||
       sqlite3_create_function(db, "herald_km", 4, flags, NULL, sql_km, NULL, NULL) != SQLITE_OK ||
       sqlite3_create_function(db, "herald_member", 2, flags, NULL, sql_member, NULL, NULL) !=

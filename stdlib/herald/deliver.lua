@@ -31,8 +31,6 @@ local hcore = require 'herald.core'
 
 local deliver = {}
 
-local LAZY_ENDPOINT
-
 local PUSH = { APNS = 'APNSMessage', APNS_SANDBOX = 'APNSMessage', APNS_VOIP = 'APNSMessage',
                APNS_VOIP_SANDBOX = 'APNSMessage', GCM = 'GCMMessage', ADM = 'ADMMessage',
                BAIDU = 'BaiduMessage' }
@@ -224,7 +222,7 @@ end
 -- A message carries its endpoint as the template context read from the store (msg.ctx:
 -- channels send it as stored with ctx:json()); msg.endpoint, a Lua table, is made only when
 -- some code asks for it (a Lua channel, a hook).
-LAZY_ENDPOINT = { __index = function(msg, k)
+local LAZY_ENDPOINT = { __index = function(msg, k)
   if k ~= 'endpoint' then return nil end
   local t = rawget(msg, 'ctx'):table()
   rawset(msg, 'endpoint', t)
