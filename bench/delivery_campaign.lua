@@ -1,6 +1,6 @@
 -- One side of bench/delivery.lua's campaign rows, run as its own process on a fresh store with
 -- the endpoints already imported: writes a campaign version and its outbox rows, then drives
--- deliver.pump exactly as `herald run` does (claims of 256, one report transaction per claim)
+-- deliver.drain exactly as `herald run` does (claims of 256 in two lanes, one report transaction per claim)
 -- until every row is settled. Prints "seconds sent failed body_bytes".
 --   herald --db D bench/delivery_campaign.lua webhook|smtp URL N CONNECTIONS
 local outbox = require 'herald.core.outbox'
@@ -54,7 +54,7 @@ collectgarbage()
 local ids = '["bench"]'
 local t0 = clock.now()
 while true do
-  local claimed, next_due = deliver.pump(clock.now(), 256, ids)
+  local claimed, next_due = deliver.drain(clock.now(), 256, ids)
   if claimed == 0 then
     if next_due == nil then break end
     herald.sleep(math.max(1, math.min(100, next_due - clock.now())))

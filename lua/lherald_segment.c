@@ -30,12 +30,6 @@ static sqlite3 *store_db(lua_State *L) {
   return db;
 }
 
-static int deny_attach(void *ud, int action, const char *a, const char *b, const char *c,
-                       const char *d) {
-  (void)ud, (void)a, (void)b, (void)c, (void)d;
-  return action == SQLITE_ATTACH || action == SQLITE_DETACH ? SQLITE_DENY : SQLITE_OK;
-}
-
 static SegmentStmt *check_stmt(lua_State *L) {
   SegmentStmt *s = luaL_checkudata(L, 1, STMT_TYPE);
   if (s->st == NULL) luaL_error(L, "segment statement is closed");
@@ -49,9 +43,8 @@ static int l_prepare(lua_State *L) {
   sqlite3 *db = store_db(L);
   sqlite3_stmt *st = NULL;
   const char *tail = NULL;
-  sqlite3_set_authorizer(db, deny_attach, NULL);
+  /* the store's authorizer refuses ATTACH and DETACH (store.c) */
   int rc = sqlite3_prepare_v3(db, sql, (int)len, SQLITE_PREPARE_PERSISTENT, &st, &tail);
-  sqlite3_set_authorizer(db, NULL, NULL);
   if (rc != SQLITE_OK) {
     lua_pushnil(L);
     lua_pushfstring(L, "segment SQL: %s", sqlite3_errmsg(db));

@@ -181,14 +181,6 @@ static int bind_value(lua_State *L, sqlite3_stmt *st, int i, int idx) {
   }
 }
 
-/* ATTACH and DETACH count as read-only for SQLite (they change the connection, not a file),
- * but they would let a query reach other files and leave them attached. */
-static int deny_attach(void *ud, int action, const char *a, const char *b, const char *c,
-                       const char *d) {
-  (void)ud, (void)a, (void)b, (void)c, (void)d;
-  return action == SQLITE_ATTACH || action == SQLITE_DETACH ? SQLITE_DENY : SQLITE_OK;
-}
-
 /* Read-only SQL for the REPL and reports: one statement, refused unless SQLite says it does
  * not write, parameters bound (never spliced into the text). */
 static int l_query(lua_State *L) {
@@ -204,9 +196,8 @@ static int l_query(lua_State *L) {
   sqlite3 *db = herald_store_db(store);
   sqlite3_stmt *st = NULL;
   const char *tail = NULL;
-  sqlite3_set_authorizer(db, deny_attach, NULL);
+  /* the store's authorizer refuses ATTACH and DETACH (store.c) */
   int prc = sqlite3_prepare_v2(db, sql, (int)len, &st, &tail);
-  sqlite3_set_authorizer(db, NULL, NULL);
   if (prc != SQLITE_OK) {
     lua_pushnil(L);
     lua_pushfstring(L, "query: %s", sqlite3_errmsg(db));

@@ -139,6 +139,7 @@ int herald_outbox_claim(HeraldStore *store, const char *app, const char *campaig
                         int64_t now_ms, int max, HeraldOutboxClaim *out, int *count,
                         HeraldError *err) {
   *count = 0;
+  const int64_t pid = (int64_t)getpid();  /* a system call: once per claim, not per row */
   if (herald_store_begin(store, err) != kHeraldOk) return err ? err->code : kHeraldStore;
   sqlite3_stmt *sel = herald_store_stmt(
       store,
@@ -218,7 +219,7 @@ int herald_outbox_claim(HeraldStore *store, const char *app, const char *campaig
       sqlite3_bind_int64(upd, 2, now_ms);
       sqlite3_bind_text(upd, 3, reason ? "SKIPPED" : "CLAIMED", -1, SQLITE_STATIC);
       sqlite3_bind_text(upd, 4, reason, -1, SQLITE_STATIC);
-      sqlite3_bind_int64(upd, 5, (int64_t)getpid());
+      sqlite3_bind_int64(upd, 5, pid);
       if (herald_store_step_done(store, upd, err, "claiming outbox rows") != kHeraldOk) goto fail;
       if (reason == NULL) {
         if (kept != i) out[kept] = *c;

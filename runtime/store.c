@@ -100,6 +100,17 @@ static int migrate(HeraldStore *store, HeraldError *err) {
   return kHeraldOk;
 }
 
+/* ATTACH and DETACH count as read-only for SQLite (they change the connection, not a file),
+ * but they would let a script's query reach other files and leave them attached; herald
+ * itself never attaches. The authorizer is installed once here: installing or removing one
+ * expires every prepared statement of the connection, so doing it around each script query
+ * made the delivery loop re-prepare its cached statements after every query. */
+static int deny_attach(void *ud, int action, const char *a, const char *b, const char *c,
+                       const char *d) {
+  (void)ud, (void)a, (void)b, (void)c, (void)d;
+  return action == SQLITE_ATTACH || action == SQLITE_DETACH ? SQLITE_DENY : SQLITE_OK;
+}
+
 int herald_store_open(const char *path, HeraldStore **out, HeraldError *err) {
   *out = NULL;
   HeraldStore *store = calloc(1, sizeof *store);
@@ -122,6 +133,7 @@ int herald_store_open(const char *path, HeraldStore **out, HeraldError *err) {
     return kHeraldStore;
   }
   sqlite3_extended_result_codes(store->db, 1);
+  sqlite3_set_authorizer(store->db, deny_attach, NULL);
   int timeout_ms = 5000;
   const char *env = getenv("HERALD_BUSY_TIMEOUT_MS");
   if (env != NULL && *env) timeout_ms = atoi(env);

@@ -489,4 +489,30 @@ function deliver.pump(now_ms, max, ids_json)
   return #rows, outbox.next_due(ids_json)
 end
 
+-- Delivers everything due at now_ms: the providers file's `lanes` pumps (default 2) claim in
+-- turn, so one lane's claim, render and report run while another lane's messages are on the
+-- wire; with one lane the loop and the transport would take turns instead. Each lane stops
+-- at its first short claim (or when stop() says so). Messages in flight at once: at most
+-- lanes * max. Returns how many rows were claimed and the next due time.
+function deliver.drain(now_ms, max, ids_json, stop)
+  local lanes = deliver.config().lanes or 2
+  local total, next_due, failure, live = 0, nil, nil, lanes
+  local function lane()
+    local ok, err = pcall(function()
+      repeat
+        local n, nd = deliver.pump(now_ms, max, ids_json)
+        total = total + n
+        next_due = nd   -- the lane that finishes last has looked last
+      until n < max or (stop and stop())
+    end)
+    if not ok and failure == nil then failure = err end
+    live = live - 1
+  end
+  for _ = 2, lanes do task.spawn(lane) end
+  lane()
+  while live > 0 do task.sleep(1) end
+  if failure ~= nil then error(failure, 0) end
+  return total, next_due
+end
+
 return deliver

@@ -28,6 +28,7 @@
 --     global = { per_second = 20000 },   -- a cap over every profile
 --     retry = { max_attempts = 5, min_ms = 1000, max_ms = 300000 },
 --     pause_after = 20,                  -- consecutive systemic failures before a campaign pauses
+--     lanes = 2,                         -- claims in flight at once (each up to 256 messages)
 --   }
 local providers = {}
 
@@ -91,8 +92,9 @@ function providers.check(cfg, source)
   source = source or 'providers'
   if type(cfg) ~= 'table' then fail(source, 'must return a table { profiles = {...}, channels = {...} }') end
   for k in pairs(cfg) do
-    if k ~= 'profiles' and k ~= 'channels' and k ~= 'global' and k ~= 'retry' and k ~= 'pause_after' then
-      fail(source .. ': ' .. tostring(k), 'unknown field (profiles, channels, global, retry, pause_after)')
+    if k ~= 'profiles' and k ~= 'channels' and k ~= 'global' and k ~= 'retry' and k ~= 'pause_after'
+        and k ~= 'lanes' then
+      fail(source .. ': ' .. tostring(k), 'unknown field (profiles, channels, global, retry, pause_after, lanes)')
     end
   end
   local profiles = cfg.profiles or {}
@@ -117,6 +119,10 @@ function providers.check(cfg, source)
     fail(source .. ': retry.max_attempts', 'a positive integer')
   end
   cfg.pause_after = cfg.pause_after or 20
+  cfg.lanes = cfg.lanes or 2
+  if math.type(cfg.lanes) ~= 'integer' or cfg.lanes < 1 or cfg.lanes > 16 then
+    fail(source .. ': lanes', 'an integer from 1 to 16')
+  end
   return cfg
 end
 

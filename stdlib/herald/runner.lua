@@ -143,12 +143,8 @@ function runner:loop(opts)
         d.campaign, d.run, r.decision, r.metric, r.reason, r.released,
         r.winner and ('get treatment ' .. r.winner) or 'are skipped (AB_STOPPED)'))
     end
-    local next_due
-    repeat
-      local n, nd = deliver.pump(now, CLAIM_BATCH, ids_json)
-      next_due = nd
-      if n > 0 then progressed = true end
-    until n < CLAIM_BATCH or core.stopping()
+    local n, next_due = deliver.drain(now, CLAIM_BATCH, ids_json, core.stopping)
+    if n > 0 then progressed = true end
     -- states follow the runs; between events they change only with what was done
     if progressed or last_refresh == nil or clock.now() - last_refresh >= POLL_MS then
       self:step('refresh_states', clock.now())
