@@ -11,7 +11,8 @@
  * request: Lua appends bodies (and idempotency keys), C hands them to the transport thread,
  * which keeps `concurrency` transfers in flight (a group); C collects the outcomes and wait()
  * hands them back as arrays. Bodies stay in a Lua table until they are handed over (a window
- * of a few times the concurrency), so a long queue costs no copies. */
+ * of a few times the concurrency), so a long queue costs no copies. Batches made with the same
+ * limit (limit(n)) share one group: n transfers at once between all of them. */
 #include <lauxlib.h>
 #include <stdlib.h>
 #include <string.h>
@@ -28,10 +29,23 @@
 #define BATCH_MT "herald.http.batch"
 #define SENTINEL_MT "herald.http.sentinel"
 #define SENTINEL_KEY "herald.http.client_user"
+#define LIMIT_MT "herald.http.Limit"
 #define DEFAULT_MAX_BODY (1024 * 1024)
 #define FAILURE_BODY_MAX 512
 #define MAX_HEADERS 64
 #define MAX_RCPT 50
+
+/* http.limit(n): a transport group that batches and mails made with it share */
+typedef struct {
+  HeraldHttpGroup *g;
+} LimitBox;
+
+static HeraldHttpGroup *opt_limit(lua_State *L, int t) {
+  lua_getfield(L, t, "limit");
+  LimitBox *box = lua_isnil(L, -1) ? NULL : luaL_checkudata(L, -1, LIMIT_MT);
+  lua_pop(L, 1);
+  return box != NULL ? box->g : NULL;
+}
 
 static HeraldHttpThread *client;
 static HeraldHttpClientOptions client_opts = {64, 0, 100};
@@ -361,8 +375,10 @@ static void mail_done(const HeraldHttpResponse *res, void *user) {
 }
 
 /* send_mail{url=, from=, to=, subject=, text=, html=, message_id=, headers=, list_unsubscribe=,
- * one_click=, envelope_from=, username=, password=, starttls=, ca_file=, timeout_ms=}
- * -> {status=, message_id=} | nil, err, class[, smtp code] */
+ * one_click=, envelope_from=, username=, password=, starttls=, ca_file=, timeout_ms=, limit=}
+ * -> {status=, message_id=} | nil, err, class[, smtp code]. With limit (http.limit(n)) the mail
+ * waits in the transport for one of the limit's n places: the transport starts the next mail
+ * the moment one finishes, with no round trip through the caller's loop. */
 static int l_send_mail(lua_State *L) {
   luaL_checktype(L, 1, LUA_TTABLE);
   HeraldSmtpRequest req = {0};
@@ -398,6 +414,7 @@ static int l_send_mail(lua_State *L) {
   req.rcpt = rcpt;
   req.nrcpt = m.nto;
 
+  HeraldHttpGroup *limit = opt_limit(L, 1);
   HeraldHttpThread *c = get_client(L);
   check_can_wait(L);
   MailPending *p = calloc(1, sizeof *p);
@@ -412,7 +429,8 @@ static int l_send_mail(lua_State *L) {
   req.message = msg;
   req.message_len = len;
   /* Completions only arrive from the loop, so the wait can be registered after the submit. */
-  p->t = herald_http_thread_smtp(c, &req, mail_done, p);
+  /* with a limit, the transport starts the mail when one of the limit's places is free */
+  p->t = herald_http_thread_smtp(c, limit, &req, mail_done, p);
   free(msg);
   if (p->t == NULL) {
     free(p);
@@ -689,7 +707,27 @@ static char *dup_field(lua_State *L, int t, const char *k, int required) {
   return d;
 }
 
-/* batch{url=, method=, headers=, concurrency=, timeout_ms=, key_header=, ca_file=, http1=} */
+/* limit(n) -> a limit of n transfers at once, for batches to share (batch{limit=}) */
+
+static int l_limit(lua_State *L) {
+  lua_Integer n = luaL_checkinteger(L, 1);
+  luaL_argcheck(L, n >= 1 && n <= 10000, 1, "a limit must be 1..10000");
+  LimitBox *box = lua_newuserdatauv(L, sizeof *box, 0);
+  box->g = herald_http_group_new((size_t)n);
+  if (box->g == NULL) return luaL_error(L, "out of memory");
+  luaL_setmetatable(L, LIMIT_MT);
+  return 1;
+}
+
+static int l_limit_gc(lua_State *L) {
+  LimitBox *box = luaL_checkudata(L, 1, LIMIT_MT);
+  herald_http_group_release(box->g);
+  box->g = NULL;
+  return 0;
+}
+
+/* batch{url=, method=, headers=, concurrency=, timeout_ms=, key_header=, ca_file=, http1=,
+ *       limit=} */
 static int l_batch(lua_State *L) {
   luaL_checktype(L, 1, LUA_TTABLE);
   lua_Integer conc = field_integer(L, 1, "concurrency", 10);
@@ -711,7 +749,10 @@ static int l_batch(lua_State *L) {
   b->timeout_ms = (long)timeout;
   b->http1_only = field_boolean(L, 1, "http1", 0);
   b->slots = calloc(b->window, sizeof *b->slots);
-  b->group = herald_http_group_new(b->concurrency);
+  /* limit = http.limit(n): the batch's transfers count against n shared with other batches
+   * (a provider profile's connections, whichever delivery lane sends) */
+  HeraldHttpGroup *shared = opt_limit(L, 1);
+  b->group = shared != NULL ? herald_http_group_retain(shared) : herald_http_group_new(b->concurrency);
   if (b->slots == NULL || b->group == NULL) return luaL_error(L, "out of memory");
   b->url = dup_field(L, 1, "url", 1);
   b->method = dup_field(L, 1, "method", 0);
@@ -977,7 +1018,13 @@ int luaopen_herald_core_http(lua_State *L) {
   lua_setfield(L, -2, "__close");
   lua_pop(L, 1);
 
+  luaL_newmetatable(L, LIMIT_MT);
+  lua_pushcfunction(L, l_limit_gc);
+  lua_setfield(L, -2, "__gc");
+  lua_pop(L, 1);
+
   static const luaL_Reg funcs[] = {
+    {"limit", l_limit},
     {"request", l_request},     {"send_mail", l_send_mail}, {"build_mail", l_build_mail},
     {"batch", l_batch},         {"verdict", l_verdict},     {"backoff", l_backoff},
     {"configure", l_configure}, {"stats", l_stats},         {NULL, NULL},

@@ -166,6 +166,12 @@ static int to_json(lua_State *L, int idx, json_t **out, char *path, size_t plen,
       }
       break;
     case LUA_TTABLE: return table_to_json(L, lua_absindex(L, idx), out, path, plen, depth, err);
+    case LUA_TUSERDATA: {
+      json_t *ctx = herald_lua_template_context(L, idx);
+      if (ctx == NULL) break;
+      *out = json_incref(ctx);
+      return kHeraldOk;
+    }
     default: break;
   }
   char what[64];
@@ -215,6 +221,210 @@ void herald_lua_pushjson(lua_State *L, json_t *v) {
   lua_pushnil(L);
 }
 
+/* ---- the direct encoder ----
+ * json.encode runs for every message a webhook sends and every API answer, so the common
+ * case (compact output) writes text straight from the Lua value, without building a jansson
+ * tree first. Its output is byte for byte what jansson's compact dump gives (tests compare the
+ * two). Whatever it does not handle itself (an error to report with its path, a table mixing
+ * integer and string keys, where jansson merges "1" and 1, a key with a NUL in it) it leaves
+ * to the jansson path. */
+
+typedef struct {
+  char *p;
+  size_t n, cap;
+} Out;
+
+static int out_reserve(Out *o, size_t extra) {
+  if (o->n + extra <= o->cap) return 0;
+  size_t cap = o->cap ? o->cap : 256;
+  while (cap < o->n + extra) cap *= 2;
+  char *p = realloc(o->p, cap);
+  if (p == NULL) return -1;
+  o->p = p;
+  o->cap = cap;
+  return 0;
+}
+
+static int out_put(Out *o, const char *s, size_t n) {
+  if (out_reserve(o, n)) return -1;
+  memcpy(o->p + o->n, s, n);
+  o->n += n;
+  return 0;
+}
+
+/* Length of the UTF-8 sequence at s (at most len bytes), or 0 when it is not one jansson
+ * accepts: no overlong forms, no surrogates, nothing above U+10FFFF. */
+static size_t utf8_seq(const unsigned char *s, size_t len) {
+  unsigned c = s[0];
+  size_t n;
+  unsigned cp;
+  if (c < 0x80) return 1;
+  if (c < 0xC2) return 0;
+  if (c < 0xE0) n = 2, cp = c & 0x1F;
+  else if (c < 0xF0) n = 3, cp = c & 0x0F;
+  else if (c < 0xF5) n = 4, cp = c & 0x07;
+  else return 0;
+  if (n > len) return 0;
+  for (size_t i = 1; i < n; i++) {
+    if ((s[i] & 0xC0) != 0x80) return 0;
+    cp = (cp << 6) | (s[i] & 0x3F);
+  }
+  if ((n == 3 && cp < 0x800) || (n == 4 && cp < 0x10000) || cp > 0x10FFFF ||
+      (cp >= 0xD800 && cp <= 0xDFFF))
+    return 0;
+  return n;
+}
+
+static int put_string(Out *o, const char *str, size_t len) {
+  const unsigned char *s = (const unsigned char *)str;
+  if (out_reserve(o, len + 2)) return -1;
+  o->p[o->n++] = '"';
+  size_t run = 0, i = 0;
+  while (i < len) {
+    unsigned c = s[i];
+    if (c >= 0x20 && c != '"' && c != '\\') {
+      size_t k = c < 0x80 ? 1 : utf8_seq(s + i, len - i);
+      if (k == 0) return -1;
+      i += k;
+      continue;
+    }
+    if (out_put(o, str + run, i - run)) return -1;
+    char esc[8];
+    const char *e = esc;
+    switch (c) {
+      case '"': e = "\\\""; break;
+      case '\\': e = "\\\\"; break;
+      case '\b': e = "\\b"; break;
+      case '\f': e = "\\f"; break;
+      case '\n': e = "\\n"; break;
+      case '\r': e = "\\r"; break;
+      case '\t': e = "\\t"; break;
+      default: snprintf(esc, sizeof esc, "\\u%04X", c); break;
+    }
+    if (out_put(o, e, strlen(e))) return -1;
+    run = ++i;
+  }
+  if (out_put(o, str + run, len - run) || out_put(o, "\"", 1)) return -1;
+  return 0;
+}
+
+/* A double as jansson writes it: %.17g, always with a '.' or an exponent, the exponent with
+ * no '+' and no leading zeros. */
+static int put_real(Out *o, double d) {
+  char buf[40];
+  int n = snprintf(buf, sizeof buf - 2, "%.17g", d);
+  if (n < 0 || (size_t)n >= sizeof buf - 2) return -1;
+  for (char *c = buf; *c; c++)
+    if (*c == ',') *c = '.';   /* a locale's decimal comma */
+  if (strchr(buf, '.') == NULL && strchr(buf, 'e') == NULL) {
+    memcpy(buf + n, ".0", 3);
+    n += 2;
+  }
+  char *e = strchr(buf, 'e');
+  if (e != NULL) {
+    char *start = e + 1, *end = start + 1;
+    if (*start == '-') start++;
+    while (*end == '0') end++;
+    if (end != start) {
+      memmove(start, end, strlen(end) + 1);
+    }
+    n = (int)strlen(buf);
+  }
+  return out_put(o, buf, (size_t)n);
+}
+
+static int dump_to_out(const char *buffer, size_t size, void *data) {
+  return out_put(data, buffer, size);
+}
+
+static int fast_value(lua_State *L, int idx, Out *o, int depth);
+
+static int fast_table(lua_State *L, int idx, Out *o, int depth) {
+  if (depth > MAX_DEPTH || !lua_checkstack(L, 4)) return -1;
+  int kind = marked(L, idx);
+  lua_Integer n = 0;
+  if (kind == 0) kind = looks_like_array(L, idx, &n) ? 1 : 2;
+  else if (kind == 1) n = (lua_Integer)lua_rawlen(L, idx);
+  if (kind == 1) {
+    if (out_put(o, "[", 1)) return -1;
+    for (lua_Integer i = 1; i <= n; i++) {
+      if (i > 1 && out_put(o, ",", 1)) return -1;
+      lua_rawgeti(L, idx, i);
+      int rc = fast_value(L, lua_gettop(L), o, depth + 1);
+      lua_pop(L, 1);
+      if (rc) return -1;
+    }
+    return out_put(o, "]", 1);
+  }
+  if (out_put(o, "{", 1)) return -1;
+  int first = 1;
+  lua_pushnil(L);
+  while (lua_next(L, idx)) {
+    if (lua_type(L, -2) != LUA_TSTRING) {
+      lua_pop(L, 2);
+      return -1;
+    }
+    size_t klen;
+    const char *k = lua_tolstring(L, -2, &klen);
+    /* jansson's keys end at a NUL, which can merge two keys: left to jansson */
+    if (strlen(k) != klen || (!first && out_put(o, ",", 1)) || put_string(o, k, klen) ||
+        out_put(o, ":", 1) || fast_value(L, lua_gettop(L), o, depth + 1)) {
+      lua_pop(L, 2);
+      return -1;
+    }
+    first = 0;
+    lua_pop(L, 1);
+  }
+  return out_put(o, "}", 1);
+}
+
+static int fast_value(lua_State *L, int idx, Out *o, int depth) {
+  switch (lua_type(L, idx)) {
+    case LUA_TNIL: return out_put(o, "null", 4);
+    case LUA_TBOOLEAN: return lua_toboolean(L, idx) ? out_put(o, "true", 4) : out_put(o, "false", 5);
+    case LUA_TNUMBER: {
+      if (lua_isinteger(L, idx)) {
+        char buf[32];
+        int n = snprintf(buf, sizeof buf, "%lld", (long long)lua_tointeger(L, idx));
+        return out_put(o, buf, (size_t)n);
+      }
+      double d = lua_tonumber(L, idx);
+      return isfinite(d) ? put_real(o, d) : -1;
+    }
+    case LUA_TSTRING: {
+      size_t len;
+      const char *s = lua_tolstring(L, idx, &len);
+      return put_string(o, s, len);
+    }
+    case LUA_TLIGHTUSERDATA:
+      return lua_touserdata(L, idx) == NULL_SENTINEL ? out_put(o, "null", 4) : -1;
+    case LUA_TTABLE: return fast_table(L, lua_absindex(L, idx), o, depth);
+    case LUA_TUSERDATA: {
+      json_t *ctx = herald_lua_template_context(L, idx);
+      return ctx != NULL ? json_dump_callback(ctx, dump_to_out, o, JSON_COMPACT | JSON_ENCODE_ANY)
+                         : -1;
+    }
+    default: return -1;
+  }
+}
+
+/* Pushes the compact JSON text of the value at idx and returns 1, or returns 0 (nothing
+ * pushed) when the jansson path must say what is wrong with it. */
+static int fast_encode(lua_State *L, int idx) {
+  static Out o;   /* reused: Lua runs on one thread */
+  o.n = 0;
+  int top = lua_gettop(L);
+  int rc = fast_value(L, lua_absindex(L, idx), &o, 0);
+  lua_settop(L, top);
+  if (rc == 0) lua_pushlstring(L, o.p, o.n);
+  if (o.cap > (1u << 20)) {   /* a large document's buffer is not kept */
+    free(o.p);
+    o.p = NULL;
+    o.cap = 0;
+  }
+  return rc == 0;
+}
+
 static int l_encode(lua_State *L) {
   luaL_checkany(L, 1);
   size_t flags = JSON_COMPACT | JSON_ENCODE_ANY;
@@ -223,6 +433,14 @@ static int l_encode(lua_State *L) {
     if (lua_getfield(L, 2, "sort"), lua_toboolean(L, -1)) flags |= JSON_SORT_KEYS;
     lua_pop(L, 2);
   }
+  /* {jansson = true} takes the jansson path for everything: tests compare the two */
+  int jansson = 0;
+  if (lua_istable(L, 2)) {
+    lua_getfield(L, 2, "jansson");
+    jansson = lua_toboolean(L, -1);
+    lua_pop(L, 1);
+  }
+  if (flags == (JSON_COMPACT | JSON_ENCODE_ANY) && !jansson && fast_encode(L, 1)) return 1;
   json_t *v = NULL;
   HeraldError err = {0};
   if (herald_lua_tojson(L, 1, &v, &err) != kHeraldOk) {

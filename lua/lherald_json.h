@@ -4,7 +4,7 @@
  * Lua -> JSON: a table whose metatable is json.array / json.object is that; otherwise a
  * non-empty table whose keys are exactly 1..n is an array and any other table an object (an
  * empty table is an object; integer keys of an object become strings). json.null is JSON
- * null. Integers stay integers.
+ * null. Integers stay integers. A template context (herald.core.template) is the JSON it holds.
  * JSON -> Lua: arrays and objects get the json.array / json.object metatables, so a decoded
  * value encodes back to the same JSON (an empty array stays an array). */
 #ifndef HERALD_LUA_JSON_H
@@ -17,6 +17,8 @@
 
 /* Converts the value at idx; on failure err names the path ("Attributes.x[2]: ..."). */
 int herald_lua_tojson(lua_State *L, int idx, json_t **out, HeraldError *err);
+/* The JSON a template context at idx holds (borrowed), or NULL when idx is not one. */
+json_t *herald_lua_template_context(lua_State *L, int idx);
 /* Pushes v (NULL pushes nil). */
 void herald_lua_pushjson(lua_State *L, json_t *v);
 

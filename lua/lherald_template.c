@@ -20,6 +20,7 @@
 #include <string.h>
 
 #include "lua/context.h"
+#include "lua/lherald_json.h"
 #include "lua/modules.h"
 #include "runtime/endpoint.h"
 #include "runtime/template.h"
@@ -257,6 +258,11 @@ static int l_endpoint_context(lua_State *L) {
   HeraldError err = {0};
   if (herald_endpoint_get(store, app, id, &box->j, &err) != kHeraldOk) return push_fail(L, err.msg);
   return 1;
+}
+
+json_t *herald_lua_template_context(lua_State *L, int idx) {
+  ContextBox *box = luaL_testudata(L, idx, CONTEXT_MT);
+  return box != NULL ? box->j : NULL;
 }
 
 static ContextBox *check_context(lua_State *L) {

@@ -101,6 +101,13 @@ HeraldHttpGroup *herald_http_group_new(size_t limit) {
   return g;
 }
 
+HeraldHttpGroup *herald_http_group_retain(HeraldHttpGroup *g) {
+  if (g != NULL) atomic_fetch_add(&g->refs, 1);
+  return g;
+}
+
+size_t herald_http_group_limit(const HeraldHttpGroup *g) { return g ? g->limit : 0; }
+
 void herald_http_group_release(HeraldHttpGroup *g) {
   if (g != NULL && atomic_fetch_sub(&g->refs, 1) == 1) free(g);
 }
@@ -481,10 +488,11 @@ HeraldHttpJob *herald_http_thread_submit(HeraldHttpThread *t, HeraldHttpGroup *g
   return enqueue(t, j);
 }
 
-HeraldHttpJob *herald_http_thread_smtp(HeraldHttpThread *t, const HeraldSmtpRequest *req,
-                                       HeraldHttpDone done, void *user) {
+HeraldHttpJob *herald_http_thread_smtp(HeraldHttpThread *t, HeraldHttpGroup *g,
+                                       const HeraldSmtpRequest *req, HeraldHttpDone done,
+                                       void *user) {
   if (t == NULL || t->free_pending) return NULL;
-  HeraldHttpJob *j = job_new(t, NULL, done, user);
+  HeraldHttpJob *j = job_new(t, g, done, user);
   if (j == NULL) return NULL;
   j->is_smtp = 1;
   j->timeout_ms = req->timeout_ms;

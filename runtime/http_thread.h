@@ -19,6 +19,9 @@ typedef struct HeraldHttpJob HeraldHttpJob;
  * the group alive while they need it. */
 typedef struct HeraldHttpGroup HeraldHttpGroup;
 HeraldHttpGroup *herald_http_group_new(size_t limit);
+/* Another reference (a group shared by several batches: their transfers count together). */
+HeraldHttpGroup *herald_http_group_retain(HeraldHttpGroup *g);
+size_t herald_http_group_limit(const HeraldHttpGroup *g);
 void herald_http_group_release(HeraldHttpGroup *g);
 
 /* Starts the thread. NULL when it cannot be started. */
@@ -33,8 +36,9 @@ void herald_http_thread_free(HeraldHttpThread *t);
 HeraldHttpJob *herald_http_thread_submit(HeraldHttpThread *t, HeraldHttpGroup *g,
                                          const HeraldHttpRequest *req, HeraldHttpDone done,
                                          void *user);
-HeraldHttpJob *herald_http_thread_smtp(HeraldHttpThread *t, const HeraldSmtpRequest *req,
-                                       HeraldHttpDone done, void *user);
+HeraldHttpJob *herald_http_thread_smtp(HeraldHttpThread *t, HeraldHttpGroup *g,
+                                       const HeraldSmtpRequest *req, HeraldHttpDone done,
+                                       void *user);
 
 /* Aborts a job; its callback is never called. */
 void herald_http_thread_cancel(HeraldHttpThread *t, HeraldHttpJob *job);

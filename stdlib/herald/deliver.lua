@@ -55,10 +55,14 @@ local state = {
 }
 deliver.stats = state.stats
 
+-- Routes by definition and channel, for the providers table in use (configure starts afresh).
+local routes = setmetatable({}, { __mode = 'k' })
+
 -- Uses the providers table cfg (from herald.providers.load) from now on.
 function deliver.configure(cfg)
   state.config = cfg or providers.default()
   state.channels, state.limits, state.campaign_limits = {}, {}, {}
+  routes = setmetatable({}, { __mode = 'k' })
   state.global = state.config.global and ratelimit.new(state.config.global) or nil
 end
 
@@ -105,17 +109,21 @@ local function campaign_limit(campaign_id, def)
   return l or nil
 end
 
--- Definitions by "campaign@version": a version never changes once stored.
+-- Definitions by campaign and version: a version never changes once stored.
 local definitions = {}
 
 local function definition(campaign_id, version)
-  local key = campaign_id .. '@' .. version
-  local d = definitions[key]
+  local versions = definitions[campaign_id]
+  if versions == nil then
+    versions = {}
+    definitions[campaign_id] = versions
+  end
+  local d = versions[version]
   if d == nil then
     local text, err = outbox.campaign_definition(campaign_id, version)
     if text == nil then return nil, err end
     d = json.decode(text)
-    definitions[key] = d
+    versions[version] = d
   end
   return d
 end
@@ -140,18 +148,19 @@ end
 
 local function present(v) return v ~= nil and v ~= json.null end
 
--- Compiled templates by text (template.compile caches nothing, so keep them here).
-local compiled, ncompiled = {}, 0
+-- Compiled templates by text, HTML-escaping and not (template.compile caches nothing, so
+-- keep them here); the text itself is the key, so a lookup copies nothing.
+local compiled, ncompiled = { [true] = {}, [false] = {} }, 0
 local function render_text(text, ctx, escape, subs)
   if not present(text) then return nil end
-  local key = (escape and 'h' or 't') .. text
-  local t = compiled[key]
+  escape = escape == true
+  local t = compiled[escape][text]
   if t == nil then
     local err
     t, err = template.compile(text, { escape = escape })
     if not t then return nil, err end
-    if ncompiled > 1024 then compiled, ncompiled = {}, 0 end
-    compiled[key] = t
+    if ncompiled > 1024 then compiled, ncompiled = { [true] = {}, [false] = {} }, 0 end
+    compiled[escape][text] = t
     ncompiled = ncompiled + 1
   end
   return t:render(ctx, subs)
@@ -159,7 +168,7 @@ end
 deliver.render_text = render_text
 
 -- Where a campaign's messages go: a profile (for this row's channel) or nil, reason.
-local function route(def, channel)
+local function find_route(def, channel)
   local d = def.Herald and def.Herald.Deliver or { type = 'stdout' }
   local cfg = deliver.config()
   local custom = def.CustomDeliveryConfiguration
@@ -185,6 +194,21 @@ local function route(def, channel)
     return cfg.profiles[name]
   end
   return BUILTIN.stdout
+end
+
+local function route(def, channel)
+  local by_channel = routes[def]
+  if by_channel == nil then
+    by_channel = {}
+    routes[def] = by_channel
+  end
+  local r = by_channel[channel]
+  if r == nil then
+    local profile, err = find_route(def, channel)
+    r = { profile, err }
+    by_channel[channel] = r
+  end
+  return r[1], r[2]
 end
 
 -- The profile the providers file routes a channel type to, or nil, reason.

@@ -8,13 +8,15 @@
 --   local out = b:wait([min])                  -- yields until min outcomes (default: all)
 --   -- out.n, and arrays out.seq, out.key, out.status, out.class, out.verdict,
 --   -- out.retry_after_ms, out.detail (failure text or the start of a failure body)
+-- Batches given the same limit (http.limit(n)) have at most n transfers in flight between them.
 local core = require 'herald.core.http'
 
 local http = {
   request = core.request,       -- {method=, url=, headers=, body=, timeout_ms=, ...} -> response
   send_mail = core.send_mail,   -- {url=, from=, to=, subject=, text=, html=, message_id=, ...}
   build_mail = core.build_mail, -- the RFC 5322 text send_mail would send, and its Message-ID
-  batch = core.batch,           -- {url=, concurrency=, headers=, key_header=, ...} -> batch
+  batch = core.batch,           -- {url=, concurrency=, headers=, key_header=, limit=, ...} -> batch
+  limit = core.limit,           -- (n) -> a cap of n transfers at once that batches share (limit=)
   verdict = core.verdict,       -- (class, status[, smtp]) -> delivered | transient | permanent
   backoff = core.backoff,       -- (attempt, min_ms, max_ms[, jitter]) -> delay ms
   configure = core.configure,   -- {max_host_connections=, max_total_connections=, ...}

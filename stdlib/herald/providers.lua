@@ -80,8 +80,12 @@ local function check_profile(where, p)
   if p.type == 'baidu' and p.device_type ~= nil and p.device_type ~= 3 and p.device_type ~= 4 then
     fail(where .. '.device_type', '3 (Android, the default) or 4 (iOS)')
   end
-  if p.connections ~= nil and (math.type(p.connections) ~= 'integer' or p.connections < 1) then
-    fail(where .. '.connections', 'a positive integer')
+  if p.connections ~= nil and (math.type(p.connections) ~= 'integer' or p.connections < 1
+                               or p.connections > 10000) then
+    fail(where .. '.connections', 'an integer from 1 to 10000')
+  end
+  if p.sessions ~= nil and (math.type(p.sessions) ~= 'integer' or p.sessions < 1 or p.sessions > 1000) then
+    fail(where .. '.sessions', 'an integer from 1 to 1000')
   end
   p.limits = check_limits(where .. '.limits', p.limits)
   return p

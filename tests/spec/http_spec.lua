@@ -340,4 +340,34 @@ describe('herald.http', function()
     assert.are.equal(100, #rows)
     assert.is_true(distinct(rows, 'connection') <= 2)
   end)
+
+  it('keeps batches that share a limit to its count of transfers in flight', function()
+    -- a fresh server, so every connection counted was opened here
+    local slow = S.start_nginx { tls = false, locations = '      location = /pause { echo_sleep 0.05; echo ok; }\n' }
+    local ok, e = pcall(function()
+      local function two_batches(prefix, limit)
+        local finished, delivered = 0, 0
+        for b = 1, 2 do
+          herald.spawn(function()
+            local batch <close> = http.batch { url = slow.url .. '/pause', concurrency = 3, limit = limit,
+                                               key_header = 'Idempotency-Key' }
+            for i = 1, 12 do batch:add('x', prefix .. b .. '-' .. i) end
+            local out = batch:wait()
+            for i = 1, out.n do if out.verdict[i] == 'delivered' then delivered = delivered + 1 end end
+            finished = finished + 1
+          end)
+        end
+        while finished < 2 do herald.sleep(10) end
+        assert.are.equal(24, delivered)
+        return distinct(wait_rows(slow, prefix, 24), 'connection')
+      end
+      -- without a shared limit each batch keeps its own 3 in flight
+      assert.is_true(two_batches('apart-', nil) > 3)
+      local shared = http.limit(3)
+      local conns = two_batches('shared-', shared)
+      assert.is_true(conns >= 1 and conns <= 3, conns .. ' connections')
+    end)
+    slow:stop()
+    assert(ok, e)
+  end)
 end)

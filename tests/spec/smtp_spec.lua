@@ -135,6 +135,30 @@ describe('herald.http.send_mail', function()
     assert.are.equal(50, done)
   end)
 
+  it('keeps mails that share a limit to its count of sessions', function()
+    local function send_all(limit)
+      local own = S.start_smtp_sink()   -- a fresh server: every connection counted is opened here
+      local before = http.stats().connections
+      local done, failures = 0, 0
+      for t = 1, 8 do
+        herald.spawn(function()
+          for i = 1, 5 do
+            local res = http.send_mail { url = own.url, from = 'a@herald.example', to = 'b@example.org',
+                                         text = 'x', message_id = 'lim' .. t .. '-' .. i, limit = limit }
+            if res then done = done + 1 else failures = failures + 1 end
+          end
+        end)
+      end
+      while done + failures < 40 do herald.sleep(10) end
+      own:stop()
+      assert.are.equal(40, done)
+      return http.stats().connections - before
+    end
+    assert.is_true(send_all(nil) > 2)
+    local opened = send_all(http.limit(2))
+    assert.is_true(opened >= 1 and opened <= 2, opened .. ' connections')
+  end)
+
   it('classifies a refused connection', function()
     local res, _, class = http.send_mail { url = 'smtp://127.0.0.1:' .. S.free_port(),
                                            from = 'a@herald.example', to = 'b@example.org',

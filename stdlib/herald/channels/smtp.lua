@@ -1,6 +1,7 @@
 -- EMAIL over SMTP/SMTPS: one MIME message per endpoint (text + HTML alternatives, From, extra
 -- Headers, List-Unsubscribe with the One-Click POST header, a Message-ID from the message id),
--- sent by profile.sessions tasks in turn so their connections are reused. A 5xx reply is
+-- at most profile.sessions at once (the channel's, shared by every batch and delivery lane
+-- that sends through it), so as many connections are opened and then reused. A 5xx reply is
 -- permanent; 550/551/553 (no such mailbox) is a hard bounce and the endpoint goes INACTIVE.
 local http = require 'herald.core.http'
 local task = require 'herald.core.task'
@@ -10,7 +11,7 @@ local smtp = {}
 smtp.__index = smtp
 
 function smtp.new(profile)
-  local self = setmetatable({ profile = profile }, smtp)
+  local self = setmetatable({ profile = profile, limit = http.limit(profile.sessions or 10) }, smtp)
   if profile.list_unsubscribe then
     local t, err = template.compile(profile.list_unsubscribe, { name = 'profiles.' .. profile.name .. '.list_unsubscribe', escape = false })
     if not t then error(err, 0) end
@@ -31,6 +32,7 @@ function smtp:send_one(m)
     one_click = p.one_click and self.unsub ~= nil or nil,
     username = p.username, password = p.password, starttls = p.starttls,
     ca_file = p.ca_file, timeout_ms = p.timeout_ms, envelope_from = p.envelope_from,
+    limit = self.limit,
   }
   if res then return { verdict = 'delivered' } end
   local verdict = http.verdict(class, code or 0, true)
@@ -40,18 +42,15 @@ function smtp:send_one(m)
   return r
 end
 
+-- Every message is handed to the transport at once, in a task of its own; the channel's limit
+-- keeps profile.sessions of them in flight and starts the next as one finishes.
 function smtp:send(msgs)
-  local out, next_i, done = {}, 1, 0
-  local sessions = math.min(self.profile.sessions or 10, #msgs)
-  for _ = 1, sessions do
+  local out, done = {}, 0
+  for i, m in ipairs(msgs) do
     task.spawn(function()
-      while next_i <= #msgs do
-        local i = next_i
-        next_i = i + 1
-        local ok, r = pcall(self.send_one, self, msgs[i])
-        out[i] = ok and r or { verdict = 'permanent', reason = tostring(r) }
-        done = done + 1
-      end
+      local ok, r = pcall(self.send_one, self, m)
+      out[i] = ok and r or { verdict = 'permanent', reason = tostring(r) }
+      done = done + 1
     end)
   end
   while done < #msgs do task.sleep(1) end

@@ -13,14 +13,26 @@ function util.base64(s)
 end
 
 -- Sends reqs ({body=, key=, url=, headers=}) as one batch with profile's connections, method
--- and TLS options; returns outcomes by index: {verdict=, status=, class=, detail=,
--- retry_after_ms=}.
-function util.send_http(profile, reqs, opts)
+-- and TLS options; returns the outcomes as the batch gives them, by column (res.n, res.seq[i]
+-- the index in reqs, res.verdict[i], res.status[i], res.class[i], res.detail[i],
+-- res.retry_after_ms[i]), for callers that make no table per request.
+-- A profile's connections are a cap on its requests in flight, however many batches (delivery
+-- lanes) send at once.
+local limits = setmetatable({}, { __mode = 'k' })
+local function profile_limit(profile)
+  local l = limits[profile]
+  if l == nil then
+    l = http.limit(profile.connections or 50)
+    limits[profile] = l
+  end
+  return l
+end
+
+function util.send_http_columns(profile, reqs, opts)
   opts = opts or {}
-  local out = {}
-  if #reqs == 0 then return out end
+  if #reqs == 0 then return { n = 0 } end
   local b <close> = http.batch {
-    url = reqs[1].url or profile.url, method = opts.method or 'POST',
+    url = reqs[1].url or profile.url, method = opts.method or 'POST', limit = profile_limit(profile),
     concurrency = math.min(profile.connections or 50, #reqs),
     timeout_ms = profile.timeout_ms or 30000, key_header = opts.key_header,
     headers = opts.headers, ca_file = profile.ca_file, http1 = opts.http1,
@@ -32,7 +44,13 @@ function util.send_http(profile, reqs, opts)
       b:add(r.body, r.key)
     end
   end
-  local res = b:wait()
+  return b:wait()
+end
+
+-- The same, with outcomes by index: {verdict=, status=, class=, detail=, retry_after_ms=}.
+function util.send_http(profile, reqs, opts)
+  local out = {}
+  local res = util.send_http_columns(profile, reqs, opts)
   for i = 1, res.n do
     out[res.seq[i]] = { verdict = res.verdict[i], status = res.status[i], class = res.class[i],
                         detail = res.detail[i], retry_after_ms = res.retry_after_ms[i] }

@@ -18,53 +18,74 @@ function webhook.new(profile)
 end
 
 -- Endpoints go out as stored: a campaign message carries its endpoint as a template context
--- (ctx:json()), a direct message as a table.
+-- (json.encode writes a context as the JSON it holds), a direct message as a table.
 function webhook.payload(group)
   local m = group[1]
-  local head = json.encode {
+  local eps = {}
+  for _, x in ipairs(group) do
+    if eps[x.endpoint_id] == nil then eps[x.endpoint_id] = rawget(x, 'ctx') or x.endpoint end
+  end
+  return json.encode {
     Message = { Body = m.body, Title = m.title },
     Data = m.custom_data or m.data or m.body,
     ApplicationId = m.app_id, CampaignId = m.campaign_id, TreatmentId = tostring(m.treatment_id),
     ActivityId = m.activity_id, ScheduledTime = m.scheduled_time,
+    Endpoints = json.object(eps),
   }
-  local parts, seen = {}, {}
-  for _, x in ipairs(group) do
-    if not seen[x.endpoint_id] then
-      seen[x.endpoint_id] = true
-      local ep = rawget(x, 'ctx')
-      parts[#parts + 1] = json.encode(x.endpoint_id) .. ':' .. (ep and ep:json() or json.encode(x.endpoint))
-    end
-  end
-  return head:sub(1, -2) .. ',"Endpoints":{' .. table.concat(parts, ',') .. '}}'
 end
 
+local function verdict(o)
+  return { verdict = o.verdict, retry_after_ms = o.retry_after_ms,
+           reason = o.verdict ~= 'delivered' and util.reason(o) or nil,
+           systemic = o.class ~= 'ok' or o.status >= 500 or o.status == 401 or o.status == 403 }
+end
+
+-- Outcomes are read-only to the caller: every plain delivery shares one.
+local DELIVERED = { verdict = 'delivered', systemic = false }
+
 function webhook:send(msgs)
-  local groups, reqs = {}, {}
-  local open = {}
-  for i, m in ipairs(msgs) do
-    local gk = tostring(m.campaign_id) .. '\0' .. tostring(m.treatment_id) .. '\0' .. (m.url or '')
-    local g = open[gk]
-    if g == nil or #g >= self.per then
-      g = { idx = {} }
-      open[gk] = g
-      groups[#groups + 1] = g
+  local reqs, groups = {}, nil
+  if self.per == 1 then
+    -- one message per call, its Idempotency-Key the message id
+    for i, m in ipairs(msgs) do reqs[i] = { body = webhook.payload { m }, key = m.key, url = m.url } end
+  else
+    groups = {}
+    local open = {}
+    for i, m in ipairs(msgs) do
+      local gk = tostring(m.campaign_id) .. '\0' .. tostring(m.treatment_id) .. '\0' .. (m.url or '')
+      local g = open[gk]
+      if g == nil or #g >= self.per then
+        g = { idx = {} }
+        open[gk] = g
+        groups[#groups + 1] = g
+      end
+      g[#g + 1] = m
+      g.idx[#g.idx + 1] = i
     end
-    g[#g + 1] = m
-    g.idx[#g.idx + 1] = i
+    for gi, g in ipairs(groups) do
+      local keys = {}
+      for k, m in ipairs(g) do keys[k] = m.key end
+      reqs[gi] = { body = webhook.payload(g), key = table.concat(keys, ','), url = g[1].url }
+    end
   end
-  for gi, g in ipairs(groups) do
-    local keys = {}
-    for k, m in ipairs(g) do keys[k] = m.key end
-    reqs[gi] = { body = webhook.payload(g), key = table.concat(keys, ','), url = g[1].url }
-  end
-  local res = util.send_http(self.profile, reqs, { key_header = 'Idempotency-Key', headers = self.headers,
-                                                   http1 = self.profile.http1 })
+  local opts = { key_header = 'Idempotency-Key', headers = self.headers, http1 = self.profile.http1 }
   local out = {}
+  if groups == nil then
+    local res = util.send_http_columns(self.profile, reqs, opts)
+    local seq, verdicts, after = res.seq, res.verdict, res.retry_after_ms
+    for i = 1, res.n do
+      if verdicts[i] == 'delivered' and after[i] == nil then
+        out[seq[i]] = DELIVERED
+      else
+        out[seq[i]] = verdict { verdict = verdicts[i], status = res.status[i], class = res.class[i],
+                                detail = res.detail[i], retry_after_ms = after[i] }
+      end
+    end
+    return out
+  end
+  local res = util.send_http(self.profile, reqs, opts)
   for gi, g in ipairs(groups) do
-    local o = res[gi]
-    local r = { verdict = o.verdict, retry_after_ms = o.retry_after_ms,
-                reason = o.verdict ~= 'delivered' and util.reason(o) or nil,
-                systemic = o.class ~= 'ok' or o.status >= 500 or o.status == 401 or o.status == 403 }
+    local r = verdict(res[gi])
     for _, i in ipairs(g.idx) do out[i] = r end
   end
   return out
