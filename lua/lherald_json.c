@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "lua/modules.h"
+#include "runtime/buffer.h"
 
 #define ARRAY_MT "herald.json.array"
 #define OBJECT_MT "herald.json.object"
@@ -229,28 +230,11 @@ void herald_lua_pushjson(lua_State *L, json_t *v) {
  * integer and string keys, where jansson merges "1" and 1, a key with a NUL in it) it leaves
  * to the jansson path. */
 
-typedef struct {
-  char *p;
-  size_t n, cap;
-} Out;
+typedef HeraldBuf Out;
 
-static int out_reserve(Out *o, size_t extra) {
-  if (o->n + extra <= o->cap) return 0;
-  size_t cap = o->cap ? o->cap : 256;
-  while (cap < o->n + extra) cap *= 2;
-  char *p = realloc(o->p, cap);
-  if (p == NULL) return -1;
-  o->p = p;
-  o->cap = cap;
-  return 0;
-}
+static int out_reserve(Out *o, size_t extra) { return herald_buf_reserve(o, extra); }
 
-static int out_put(Out *o, const char *s, size_t n) {
-  if (out_reserve(o, n)) return -1;
-  memcpy(o->p + o->n, s, n);
-  o->n += n;
-  return 0;
-}
+static int out_put(Out *o, const char *s, size_t n) { return herald_buf_add(o, s, n); }
 
 /* Length of the UTF-8 sequence at s (at most len bytes), or 0 when it is not one jansson
  * accepts: no overlong forms, no surrogates, nothing above U+10FFFF. */
@@ -278,7 +262,7 @@ static size_t utf8_seq(const unsigned char *s, size_t len) {
 static int put_string(Out *o, const char *str, size_t len) {
   const unsigned char *s = (const unsigned char *)str;
   if (out_reserve(o, len + 2)) return -1;
-  o->p[o->n++] = '"';
+  o->data[o->len++] = '"';
   size_t run = 0, i = 0;
   while (i < len) {
     unsigned c = s[i];
@@ -412,14 +396,14 @@ static int fast_value(lua_State *L, int idx, Out *o, int depth) {
  * pushed) when the jansson path must say what is wrong with it. */
 static int fast_encode(lua_State *L, int idx) {
   static Out o;   /* reused: Lua runs on one thread */
-  o.n = 0;
+  o.len = 0;
   int top = lua_gettop(L);
   int rc = fast_value(L, lua_absindex(L, idx), &o, 0);
   lua_settop(L, top);
-  if (rc == 0) lua_pushlstring(L, o.p, o.n);
+  if (rc == 0) lua_pushlstring(L, o.data, o.len);
   if (o.cap > (1u << 20)) {   /* a large document's buffer is not kept */
-    free(o.p);
-    o.p = NULL;
+    free(o.data);
+    o.data = NULL;
     o.cap = 0;
   }
   return rc == 0;

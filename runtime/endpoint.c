@@ -13,14 +13,10 @@
 
 #include "runtime/datetime.h"
 #include "runtime/segment.h"
+#include "runtime/buffer.h"
 
 #define ZONEINFO_DIR "/usr/share/zoneinfo"
 #define ISO3166_FILE "/usr/share/iso-codes/json/iso_3166-1.json"
-
-typedef struct {
-  char *data;
-  size_t len, cap;
-} HeraldBuf;
 
 /* Counts by 64-bit hash (open addressing). Used only to skip lookups that cannot find
  * anything: a collision merely overcounts, which makes the writer ask SQLite, never skip.
@@ -904,16 +900,7 @@ static int enforce_user_limit(HeraldEndpointWriter *w, const char *id, const cha
  * the shapes are fixed (name -> list of strings, name -> number). Null entries (removals) are
  * skipped. */
 
-static int buf_reserve(HeraldBuf *b, size_t more) {
-  if (b->len + more <= b->cap) return 0;
-  size_t cap = b->cap ? b->cap : 128;
-  while (cap < b->len + more) cap *= 2;
-  char *p = realloc(b->data, cap);
-  if (p == NULL) return -1;
-  b->data = p;
-  b->cap = cap;
-  return 0;
-}
+static int buf_reserve(HeraldBuf *b, size_t more) { return herald_buf_reserve(b, more); }
 
 static int buf_string(HeraldBuf *b, const char *s, size_t len) {
   if (buf_reserve(b, len * 6 + 2) != 0) return -1;

@@ -24,6 +24,8 @@
  *   A connection whose held output passes kMaxPendingWrite stops reading until it is written. */
 #include "runtime/http_server.h"
 
+#include "runtime/buffer.h"
+
 #include <http_parser.h>
 #include <jansson.h>
 #include <stdio.h>
@@ -33,29 +35,9 @@
 
 enum { kMaxSegments = 32, kMaxPendingWrite = 1 << 20, kReadBufSize = 64 * 1024 };
 
-/* Growable byte buffer. */
-typedef struct {
-  char *data;
-  size_t len, cap;
-} Buf;
+typedef HeraldBuf Buf;
 
-static int buf_reserve(Buf *b, size_t extra) {
-  if (b->len + extra <= b->cap) return 0;
-  size_t cap = b->cap ? b->cap : 256;
-  while (cap < b->len + extra) cap *= 2;
-  char *d = realloc(b->data, cap);
-  if (d == NULL) return -1;
-  b->data = d;
-  b->cap = cap;
-  return 0;
-}
-
-static int buf_add(Buf *b, const void *data, size_t len) {
-  if (buf_reserve(b, len + 1) != 0) return -1;
-  memcpy(b->data + b->len, data, len);
-  b->len += len;
-  return 0;
-}
+static int buf_add(Buf *b, const void *data, size_t len) { return herald_buf_add(b, data, len); }
 
 static int buf_add_str(Buf *b, const char *s) { return buf_add(b, s, strlen(s)); }
 

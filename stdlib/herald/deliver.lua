@@ -109,15 +109,21 @@ local function campaign_limit(campaign_id, def)
   return l or nil
 end
 
+-- t[k], made an empty table on first use.
+local function sub(t, k)
+  local v = t[k]
+  if v == nil then
+    v = {}
+    t[k] = v
+  end
+  return v
+end
+
 -- Definitions by campaign and version: a version never changes once stored.
 local definitions = {}
 
 local function definition(campaign_id, version)
-  local versions = definitions[campaign_id]
-  if versions == nil then
-    versions = {}
-    definitions[campaign_id] = versions
-  end
+  local versions = sub(definitions, campaign_id)
   local d = versions[version]
   if d == nil then
     local text, err = outbox.campaign_definition(campaign_id, version)
@@ -197,11 +203,7 @@ local function find_route(def, channel)
 end
 
 local function route(def, channel)
-  local by_channel = routes[def]
-  if by_channel == nil then
-    by_channel = {}
-    routes[def] = by_channel
-  end
+  local by_channel = sub(routes, def)
   local r = by_channel[channel]
   if r == nil then
     local profile, err = find_route(def, channel)

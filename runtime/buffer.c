@@ -1,0 +1,23 @@
+#include "runtime/buffer.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+int herald_buf_reserve(HeraldBuf *b, size_t more) {
+  if (b->len + more <= b->cap) return 0;
+  size_t cap = b->cap ? b->cap : 256;
+  while (cap < b->len + more) cap *= 2;
+  char *p = realloc(b->data, cap);
+  if (p == NULL) return -1;
+  b->data = p;
+  b->cap = cap;
+  return 0;
+}
+
+int herald_buf_add(HeraldBuf *b, const void *p, size_t n) {
+  if (herald_buf_reserve(b, n + 1) != 0) return -1;
+  if (n) memcpy(b->data + b->len, p, n);
+  b->len += n;
+  b->data[b->len] = '\0';
+  return 0;
+}
