@@ -152,7 +152,8 @@ local function channel_message(config, channel)
   return (key and config[key]) or config.DefaultMessage
 end
 
-local function present(v) return v ~= nil and v ~= json.null end
+local NULL = json.null
+local function present(v) return v ~= nil and v ~= NULL end
 
 -- Compiled templates by text, HTML-escaping and not (template.compile caches nothing, so
 -- keep them here); the text itself is the key, so a lookup copies nothing.
@@ -245,15 +246,34 @@ local function template_message(tconfig, channel, ep)
   return { Title = d.Title, Body = d.Body }
 end
 
--- A message carries its endpoint as the template context read from the store (msg.ctx:
--- channels send it as stored with ctx:json()); msg.endpoint, a Lua table, is made only when
--- some code asks for it (a Lua channel, a hook).
-local LAZY_ENDPOINT = { __index = function(msg, k)
-  if k ~= 'endpoint' then return nil end
-  local t = rawget(msg, 'ctx'):table()
-  rawset(msg, 'endpoint', t)
-  return t
-end }
+-- A message's fields that come from its message configuration alone (the sender, TTL,
+-- headers, ...) are worked out once per configuration and reached through the message's
+-- metatable; the message itself holds what differs per endpoint. It carries its endpoint as
+-- the template context read from the store (msg.ctx: channels send it as stored); a Lua
+-- channel gets msg.endpoint as a table (channels/lua.lua).
+local STATIC = setmetatable({}, { __mode = 'k' })
+local function static_fields(m, def, name, cache)
+  local s = nil
+  if cache then s = STATIC[m] end
+  if s == nil then
+    local data = present(m.Data) and m.Data or nil
+    s = {
+      campaign_name = def.Name, treatment_name = name,
+      data = type(data) ~= 'string' and data or nil,
+      from = present(m.FromAddress) and m.FromAddress or nil,
+      silent = m.SilentPush == true, ttl = tonumber(m.TimeToLive),
+      origination_number = present(m.OriginationNumber) and m.OriginationNumber or nil,
+      sender_id = present(m.SenderId) and m.SenderId or nil,
+      message_type = present(m.MessageType) and m.MessageType or nil,
+      keyword = present(m.Keyword) and m.Keyword or nil,
+      headers = present(m.Headers) and m.Headers or nil,
+      app_id = hcore.app(),
+    }
+    s.__index = s
+    if cache then STATIC[m] = s end
+  end
+  return s
+end
 
 -- A run's rows share their due time: format it once.
 local last_due, last_iso
@@ -299,30 +319,20 @@ local function prepare(row, def, ep, profile)
     html, err = render_text(m.HtmlBody, ep, true)
     if err then return nil, 'RENDER_FAILED: ' .. err end
   end
-  local data = present(m.Data) and m.Data or nil
   local custom_data
-  if type(data) == 'string' then
+  if type(m.Data) == 'string' then
     -- CustomMessage.Data: a string the receiver gets as the payload's Data, rendered
-    custom_data, err = render_text(data, ep)
+    custom_data, err = render_text(m.Data, ep)
     if err then return nil, 'RENDER_FAILED: ' .. err end
-    data = nil
   end
   return setmetatable({
     key = row.message_id, address = row.address, channel = row.channel,
     endpoint_id = row.endpoint_id, ctx = ep,
-    campaign_id = row.campaign_id, campaign_name = def.Name, treatment_id = row.treatment,
-    treatment_name = name, activity_id = row.run_id and tostring(row.run_id) or nil,
+    campaign_id = row.campaign_id, treatment_id = row.treatment,
+    activity_id = row.run_id and tostring(row.run_id) or nil,
     scheduled_time = scheduled_time(row.due_ms),
-    title = title, body = body, html = html, data = data, custom_data = custom_data,
-    from = present(m.FromAddress) and m.FromAddress or nil,
-    silent = m.SilentPush == true, ttl = tonumber(m.TimeToLive),
-    origination_number = present(m.OriginationNumber) and m.OriginationNumber or nil,
-    sender_id = present(m.SenderId) and m.SenderId or nil,
-    message_type = present(m.MessageType) and m.MessageType or nil,
-    keyword = present(m.Keyword) and m.Keyword or nil,
-    headers = present(m.Headers) and m.Headers or nil,
-    app_id = hcore.app(),
-  }, LAZY_ENDPOINT)
+    title = title, body = body, html = html, custom_data = custom_data,
+  }, static_fields(m, def, name, not rendered))
 end
 
 -- Sends prepared messages grouped by profile, every profile's batch in its own task so they

@@ -45,6 +45,37 @@ describe('delivery through providers', function()
     if emu then emu:stop() end
   end)
 
+  it('gives a Lua channel the endpoint as a table and the fields of the message configuration', function()
+    local dir = h.tmpdir()
+    campaign_file(dir, { n = 2, channel = 'EMAIL', addr = "function(i) return 'r' .. i .. '@example.com' end" })
+    h.write(dir .. '/providers.lua', [[
+      local json = require 'herald.json'
+      return { profiles = { mine = { type = 'lua', send = function(m)
+        local f = assert(io.open('seen.txt', 'a'))
+        f:write(json.encode { address = m.endpoint.Address, first = m.endpoint.User.UserAttributes.FirstName[1],
+                              campaign = m.campaign_name, title = m.title, key = m.key, app = m.app_id }, '\n')
+        f:close()
+        return true
+      end } }, channels = { EMAIL = 'mine' } }
+    ]])
+    local _, code, err = run(dir, 'c.lua')
+    assert.are.equal(0, code, err)
+    local seen = {}
+    for line in io.lines(dir .. '/seen.txt') do
+      local r = json.decode(line)
+      seen[r.address] = r
+    end
+    for i = 1, 2 do
+      local r = seen['r' .. i .. '@example.com']
+      assert.is_table(r)
+      assert.are.equal('Reader' .. i, r.first)
+      assert.are.equal('c1', r.campaign)
+      assert.are.equal('Hello Reader' .. i, r.title)
+      assert.are.equal('default', r.app)
+    end
+    assert.are.equal(2, #query(dir, "SELECT id FROM outbox WHERE state = 'SENT'"))
+  end)
+
   it('posts every message to a webhook once, with its message id as Idempotency-Key', function()
     local dir = h.tmpdir()
     ng:clear_log()

@@ -10,7 +10,8 @@ function luachannel.new(profile) return setmetatable({ profile = profile }, luac
 function luachannel:send(msgs)
   local out = {}
   for i, m in ipairs(msgs) do
-    m.endpoint = m.endpoint  -- a plain field for the user's function (delivery makes it lazily)
+    -- the endpoint as a table for the user's function (delivery carries it as a context)
+    if rawget(m, 'endpoint') == nil and rawget(m, 'ctx') ~= nil then m.endpoint = m.ctx:table() end
     local ok, res, reason, kind = pcall(self.profile.send, m)
     if not ok then
       out[i] = { verdict = 'transient', reason = 'send failed: ' .. tostring(res), systemic = true, error = true }
