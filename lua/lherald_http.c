@@ -708,7 +708,6 @@ static char *dup_field(lua_State *L, int t, const char *k, int required) {
 }
 
 /* limit(n) -> a limit of n transfers at once, for batches to share (batch{limit=}) */
-
 static int l_limit(lua_State *L) {
   lua_Integer n = luaL_checkinteger(L, 1);
   luaL_argcheck(L, n >= 1 && n <= 10000, 1, "a limit must be 1..10000");

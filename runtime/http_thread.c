@@ -106,8 +106,6 @@ HeraldHttpGroup *herald_http_group_retain(HeraldHttpGroup *g) {
   return g;
 }
 
-size_t herald_http_group_limit(const HeraldHttpGroup *g) { return g ? g->limit : 0; }
-
 void herald_http_group_release(HeraldHttpGroup *g) {
   if (g != NULL && atomic_fetch_sub(&g->refs, 1) == 1) free(g);
 }
@@ -166,7 +164,6 @@ static void post_completion(HeraldHttpThread *t, HeraldHttpJob *j) {
   uv_mutex_unlock(&t->lock);
   uv_async_send(&t->back);
 }
-
 
 static void start_job(HeraldHttpThread *t, HeraldHttpJob *j);
 

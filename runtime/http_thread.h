@@ -21,7 +21,6 @@ typedef struct HeraldHttpGroup HeraldHttpGroup;
 HeraldHttpGroup *herald_http_group_new(size_t limit);
 /* Another reference (a group shared by several batches: their transfers count together). */
 HeraldHttpGroup *herald_http_group_retain(HeraldHttpGroup *g);
-size_t herald_http_group_limit(const HeraldHttpGroup *g);
 void herald_http_group_release(HeraldHttpGroup *g);
 
 /* Starts the thread. NULL when it cannot be started. */

@@ -79,6 +79,19 @@ describe('json.encode', function()
     assert.truthy(err:find('nested too deeply', 1, true))
   end)
 
+  it('writes a template context as the JSON it holds, inside other values too', function()
+    local ctx = require('herald.core.template').context {
+      Id = 'ep-1', Address = 'a@example.com', Attributes = { plan = { 'pro', 'gold' } }, Metrics = { n = 1.5 },
+    }
+    local text = json.encode { Endpoints = { ['ep-1'] = ctx }, n = 1 }
+    assert.are.equal(json.encode({ Endpoints = { ['ep-1'] = ctx }, n = 1 }, { jansson = true }), text)
+    local back = json.decode(text)
+    assert.are.equal('a@example.com', back.Endpoints['ep-1'].Address)
+    assert.are.same({ 'pro', 'gold' }, back.Endpoints['ep-1'].Attributes.plan)
+    assert.are.equal(1.5, back.Endpoints['ep-1'].Metrics.n)
+    assert.is_nil(json.encode { f = io.stdout })   -- other userdata stays refused
+  end)
+
   it('keeps jansson\'s reading of tables that mix integer and string keys', function()
     local mixed = { [1] = 1, ['1'] = 2 }
     assert.are.equal(json.encode(mixed, { jansson = true }), json.encode(mixed))

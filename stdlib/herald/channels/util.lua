@@ -12,10 +12,6 @@ function util.base64(s)
   return b .. string.rep('=', (4 - #b % 4) % 4)
 end
 
--- Sends reqs ({body=, key=, url=, headers=}) as one batch with profile's connections, method
--- and TLS options; returns the outcomes as the batch gives them, by column (res.n, res.seq[i]
--- the index in reqs, res.verdict[i], res.status[i], res.class[i], res.detail[i],
--- res.retry_after_ms[i]), for callers that make no table per request.
 -- A profile's connections are a cap on its requests in flight, however many batches (delivery
 -- lanes) send at once.
 local limits = setmetatable({}, { __mode = 'k' })
@@ -28,6 +24,10 @@ local function profile_limit(profile)
   return l
 end
 
+-- Sends reqs ({body=, key=, url=, headers=}) as one batch with profile's connections, method
+-- and TLS options; returns the outcomes as the batch gives them, by column (res.n, res.seq[i]
+-- the index in reqs, res.verdict[i], res.status[i], res.class[i], res.detail[i],
+-- res.retry_after_ms[i]), for callers that make no table per request.
 function util.send_http_columns(profile, reqs, opts)
   opts = opts or {}
   if #reqs == 0 then return { n = 0 } end
