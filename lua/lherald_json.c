@@ -9,6 +9,7 @@
 
 #include "lua/modules.h"
 #include "runtime/buffer.h"
+#include "runtime/utf8.h"
 
 #define ARRAY_MT "herald.json.array"
 #define OBJECT_MT "herald.json.object"
@@ -236,29 +237,6 @@ static int out_reserve(Out *o, size_t extra) { return herald_buf_reserve(o, extr
 
 static int out_put(Out *o, const char *s, size_t n) { return herald_buf_add(o, s, n); }
 
-/* Length of the UTF-8 sequence at s (at most len bytes), or 0 when it is not one jansson
- * accepts: no overlong forms, no surrogates, nothing above U+10FFFF. */
-static size_t utf8_seq(const unsigned char *s, size_t len) {
-  unsigned c = s[0];
-  size_t n;
-  unsigned cp;
-  if (c < 0x80) return 1;
-  if (c < 0xC2) return 0;
-  if (c < 0xE0) n = 2, cp = c & 0x1F;
-  else if (c < 0xF0) n = 3, cp = c & 0x0F;
-  else if (c < 0xF5) n = 4, cp = c & 0x07;
-  else return 0;
-  if (n > len) return 0;
-  for (size_t i = 1; i < n; i++) {
-    if ((s[i] & 0xC0) != 0x80) return 0;
-    cp = (cp << 6) | (s[i] & 0x3F);
-  }
-  if ((n == 3 && cp < 0x800) || (n == 4 && cp < 0x10000) || cp > 0x10FFFF ||
-      (cp >= 0xD800 && cp <= 0xDFFF))
-    return 0;
-  return n;
-}
-
 static int put_string(Out *o, const char *str, size_t len) {
   const unsigned char *s = (const unsigned char *)str;
   if (out_reserve(o, len + 2)) return -1;
@@ -267,7 +245,8 @@ static int put_string(Out *o, const char *str, size_t len) {
   while (i < len) {
     unsigned c = s[i];
     if (c >= 0x20 && c != '"' && c != '\\') {
-      size_t k = c < 0x80 ? 1 : utf8_seq(s + i, len - i);
+      /* the sequences jansson accepts; a Lua string ends in a NUL, which stops the check */
+      size_t k = c < 0x80 ? 1 : (size_t)herald_utf8_sequence(s + i);
       if (k == 0) return -1;
       i += k;
       continue;

@@ -11,9 +11,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "runtime/buffer.h"
 #include "runtime/datetime.h"
 #include "runtime/segment.h"
-#include "runtime/buffer.h"
+#include "runtime/utf8.h"
 
 #define ZONEINFO_DIR "/usr/share/zoneinfo"
 #define ISO3166_FILE "/usr/share/iso-codes/json/iso_3166-1.json"
@@ -161,13 +162,6 @@ static int invalid_key(HeraldError *err, HeraldErrorCode code, const char *base,
 
 static int oom(HeraldError *err) { return herald_error_set(err, kHeraldNoMemory, "out of memory"); }
 
-/* Characters, not bytes: Pinpoint's limits count characters; jansson guarantees UTF-8. */
-static size_t utf8_chars(const char *s) {
-  size_t n = 0;
-  for (; *s; s++)
-    if (((unsigned char)*s & 0xC0) != 0x80) n++;
-  return n;
-}
 
 /* A value quoted in an error message, cut so the message stays readable. */
 static const char *quoted(const char *s, char *buf, size_t size) {
@@ -317,7 +311,7 @@ static int expect_string(json_t *v, const char *path, size_t max_chars, int allo
   if (json_is_null(v) && allow_null) return kHeraldOk;
   if (!json_is_string(v))
     return invalid(err, kHeraldInvalid, path, "expected a string%s", allow_null ? " or null" : "");
-  if (max_chars && utf8_chars(json_string_value(v)) > max_chars)
+  if (max_chars && herald_utf8_chars(json_string_value(v)) > max_chars)
     return invalid(err, kHeraldLimit, path, "longer than %zu characters", max_chars);
   return kHeraldOk;
 }
@@ -341,7 +335,7 @@ static int expect_enum(json_t *v, const char *path, const char *const *values, s
 
 static int check_name(const char *base, const char *name, HeraldError *err) {
   if (*name == '\0') return invalid_key(err, kHeraldInvalid, base, name, -1, "an attribute name is empty");
-  if (utf8_chars(name) > 50)
+  if (herald_utf8_chars(name) > 50)
     return invalid_key(err, kHeraldLimit, base, name, -1, "attribute name longer than 50 characters");
   return kHeraldOk;
 }
@@ -374,7 +368,7 @@ static int check_attribute_map(json_t *map, const char *path, HeraldError *err) 
     json_array_foreach(values, i, v) {
       if (!json_is_string(v))
         return invalid_key(err, kHeraldInvalid, path, name, (long)i, "expected a string");
-      if (json_string_length(v) > 100 && utf8_chars(json_string_value(v)) > 100)
+      if (json_string_length(v) > 100 && herald_utf8_chars(json_string_value(v)) > 100)
         return invalid_key(err, kHeraldLimit, path, name, (long)i,
                            "attribute value longer than 100 characters");
     }

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "runtime/datetime.h"
+#include "runtime/utf8.h"
 
 static int invalid(HeraldError *err, HeraldErrorCode code, const char *path, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
@@ -18,12 +19,6 @@ static int invalid(HeraldError *err, HeraldErrorCode code, const char *path, con
   return herald_error_set(err, code, "%s: %s", path, reason);
 }
 
-static size_t utf8_chars(const char *s) {
-  size_t n = 0;
-  for (; *s; s++)
-    if (((unsigned char)*s & 0xC0) != 0x80) n++;
-  return n;
-}
 
 static const char *const client_fields[] = {"AppPackageName", "AppTitle", "AppVersionCode",
                                             "ClientSdkVersion", "SdkName"};
@@ -32,7 +27,7 @@ enum { kClientFieldCount = 5 };
 static int check_string(json_t *v, const char *path, size_t max, HeraldError *err) {
   if (!json_is_string(v)) return invalid(err, kHeraldInvalid, path, "expected a string");
   if (json_string_length(v) == 0) return invalid(err, kHeraldInvalid, path, "must not be empty");
-  if (max && utf8_chars(json_string_value(v)) > max)
+  if (max && herald_utf8_chars(json_string_value(v)) > max)
     return invalid(err, kHeraldLimit, path, "longer than %zu characters", max);
   return kHeraldOk;
 }
@@ -100,13 +95,13 @@ static int check_event(json_t *e, HeraldError *err) {
           snprintf(p, sizeof p, "%s.%s", key, name);
           keys++;
           if (*name == '\0') rc = invalid(err, kHeraldInvalid, p, "an attribute name is empty");
-          else if (utf8_chars(name) > 50)
+          else if (herald_utf8_chars(name) > 50)
             rc = invalid(err, kHeraldLimit, p, "attribute name longer than 50 characters");
           else if (metrics && (!json_is_number(x) || !isfinite(json_number_value(x))))
             rc = invalid(err, kHeraldInvalid, p, "expected a finite number");
           else if (!metrics && !json_is_string(x))
             rc = invalid(err, kHeraldInvalid, p, "expected a string");
-          else if (!metrics && utf8_chars(json_string_value(x)) > HERALD_EVENT_VALUE_MAX)
+          else if (!metrics && herald_utf8_chars(json_string_value(x)) > HERALD_EVENT_VALUE_MAX)
             rc = invalid(err, kHeraldLimit, p, "value longer than %d characters (Pinpoint drops "
                          "such events)", HERALD_EVENT_VALUE_MAX);
           if (rc != kHeraldOk) break;

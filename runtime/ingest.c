@@ -8,6 +8,7 @@
 #include "runtime/datetime.h"
 #include "runtime/endpoint.h"
 #include "runtime/event.h"
+#include "runtime/utf8.h"
 
 struct HeraldIngest {
   HeraldIngestStoreFn store;
@@ -355,27 +356,6 @@ static void hit_fail(QueuedHit *q, const char *reason) {
   q->failure = strdup(reason);
 }
 
-static size_t utf8_chars(const char *s) {
-  size_t n = 0;
-  for (; *s; s++)
-    if (((unsigned char)*s & 0xC0) != 0x80) n++;
-  return n;
-}
-
-/* The length of the UTF-8 sequence at s (well-formed: no overlong forms, surrogates or code
- * points past U+10FFFF), or 0. */
-static int utf8_sequence(const unsigned char *s) {
-  unsigned c = s[0];
-  if (c < 0x80) return 1;
-  int n = c >= 0xF0 ? 4 : c >= 0xE0 ? 3 : c >= 0xC2 ? 2 : 0;
-  if (n == 0 || c > 0xF4) return 0;
-  for (int i = 1; i < n; i++)
-    if ((s[i] & 0xC0) != 0x80) return 0;
-  if ((c == 0xE0 && s[1] < 0xA0) || (c == 0xED && s[1] > 0x9F) || (c == 0xF0 && s[1] < 0x90) ||
-      (c == 0xF4 && s[1] > 0x8F))
-    return 0;
-  return n;
-}
 
 /* Appends "key":"value" (value's first len bytes, escaped as RFC 8259 asks) to the JSON object
  * text being built at out + *o. The caller sized out for the worst case (6 bytes per input
@@ -407,7 +387,7 @@ static int put_member(char *out, size_t *o, const char *key, const char *value, 
       p += 6;
       i++;
     } else {
-      int n = utf8_sequence(v + i);
+      int n = herald_utf8_sequence(v + i);
       if (n == 0 || i + (size_t)n > len) return -1;
       memcpy(out + p, v + i, (size_t)n);
       p += (size_t)n;
@@ -423,9 +403,9 @@ static int put_member(char *out, size_t *o, const char *key, const char *value, 
  * kHeraldInvalid (err says which field) when an id breaks the events' rules, so the hit is
  * refused alone. */
 static int hit_attributes(const QueuedHit *q, char **out, HeraldError *err) {
-  if (utf8_chars(q->campaign) > HERALD_EVENT_VALUE_MAX)
+  if (herald_utf8_chars(q->campaign) > HERALD_EVENT_VALUE_MAX)
     return herald_error_set(err, kHeraldLimit, "campaign_id: longer than %d characters", HERALD_EVENT_VALUE_MAX);
-  if (utf8_chars(q->message_id) > HERALD_EVENT_VALUE_MAX)
+  if (herald_utf8_chars(q->message_id) > HERALD_EVENT_VALUE_MAX)
     return herald_error_set(err, kHeraldLimit, "message_id: longer than %d characters", HERALD_EVENT_VALUE_MAX);
   char run[24], treatment[16];
   snprintf(run, sizeof run, "%lld", (long long)q->run);

@@ -7,30 +7,19 @@
 #include <strings.h>
 #include <time.h>
 
+#include "runtime/buffer.h"
+
 #define MAX_LINE 998  /* RFC 5322 §2.1.1 */
 
+/* The message being built; after a failed allocation the rest is skipped and the build fails
+ * once, at the end. */
 typedef struct {
-  char *p;
-  size_t len, cap;
+  HeraldBuf text;
   int failed;
 } Buf;
 
 static void buf_add(Buf *b, const char *s, size_t n) {
-  if (b->failed) return;
-  if (b->len + n + 1 > b->cap) {
-    size_t cap = b->cap ? b->cap : 1024;
-    while (cap < b->len + n + 1) cap *= 2;
-    char *p = realloc(b->p, cap);
-    if (p == NULL) {
-      b->failed = 1;
-      return;
-    }
-    b->p = p;
-    b->cap = cap;
-  }
-  memcpy(b->p + b->len, s, n);
-  b->len += n;
-  b->p[b->len] = '\0';
+  if (!b->failed && herald_buf_add(&b->text, s, n) != 0) b->failed = 1;
 }
 
 static void buf_str(Buf *b, const char *s) { buf_add(b, s, strlen(s)); }
@@ -341,12 +330,12 @@ int herald_smtp_message_build(const HeraldMailMessage *m, char **out, size_t *ou
   buf_str(&mid, "<");
   msgid_key(&mid, m->message_key);
   buf_fmt(&mid, "@%s>", domain);
-  if (mid.failed || mid.len + 1 > message_id_size) {
-    free(mid.p);
+  if (mid.failed || mid.text.len + 1 > message_id_size) {
+    free(mid.text.data);
     return herald_error_set(err, kHeraldInvalid, "message_id: too long");
   }
-  memcpy(message_id, mid.p, mid.len + 1);
-  free(mid.p);
+  memcpy(message_id, mid.text.data, mid.text.len + 1);
+  free(mid.text.data);
 
   time_t secs = (time_t)(m->date_ms / 1000);
   struct tm tm;
@@ -386,7 +375,7 @@ int herald_smtp_message_build(const HeraldMailMessage *m, char **out, size_t *ou
     buf_str(&b, "\r\n");
   }
   buf_str(&b, "MIME-Version: 1.0\r\n");
-  if ((rc = check_lines(b.p, b.len, err)) != kHeraldOk) goto fail;
+  if ((rc = check_lines(b.text.data, b.text.len, err)) != kHeraldOk) goto fail;
   if (m->text != NULL && m->html != NULL) {
     char boundary[64];
     snprintf(boundary, sizeof boundary, "=_herald_%016llx", (unsigned long long)fnv1a(m->message_key));
@@ -399,16 +388,16 @@ int herald_smtp_message_build(const HeraldMailMessage *m, char **out, size_t *ou
     buf_fmt(&b, "\r\n--%s--\r\n", boundary);
   } else {
     part(&b, m->text ? "text/plain" : "text/html", m->text ? m->text : m->html);
-    if (b.len < 2 || memcmp(b.p + b.len - 2, "\r\n", 2) != 0) buf_str(&b, "\r\n");
+    if (b.text.len < 2 || memcmp(b.text.data + b.text.len - 2, "\r\n", 2) != 0) buf_str(&b, "\r\n");
   }
   if (b.failed) {
     rc = herald_error_set(err, kHeraldNoMemory, "out of memory");
     goto fail;
   }
-  *out = b.p;
-  *out_len = b.len;
+  *out = b.text.data;
+  *out_len = b.text.len;
   return kHeraldOk;
 fail:
-  free(b.p);
+  free(b.text.data);
   return rc;
 }

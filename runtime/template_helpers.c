@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include "runtime/template_internal.h"
+#include "runtime/utf8.h"
 
 static void set_bool(TemplateValue *out, int b) {
   out->kind = kValBool;
@@ -146,13 +147,6 @@ static int text_of(TemplateRender *r, const TemplateValue *v, const char **s, si
   return template_value_text(r, v, s, len);
 }
 
-static size_t utf8_count(const char *s, size_t len) {
-  size_t n = 0;
-  for (size_t i = 0; i < len; i++)
-    if (((unsigned char)s[i] & 0xC0) != 0x80) n++;
-  return n;
-}
-
 /* Byte offset of the chars-th character (len when past the end). */
 static size_t utf8_offset(const char *s, size_t len, size_t chars) {
   size_t i = 0;
@@ -246,7 +240,7 @@ static int h_abbreviate(TemplateRender *r, const TemplateExpr *c, const Template
   if (text_of(r, &p[0], &s, &len) != 0 || int_arg(r, c, p, n, 1, "width", &width, &found) != 0) return -1;
   if (!found) return 0;
   if (width < 4) width = 4;
-  if (utf8_count(s, len) <= (size_t)width) {
+  if (herald_utf8_count(s, len) <= (size_t)width) {
     set_string(out, s, len);
     return 0;
   }
@@ -275,7 +269,7 @@ static int pad_text(TemplateRender *r, const TemplateExpr *c, const TemplateValu
     pad = " ";
     plen = 1;
   }
-  size_t chars = utf8_count(s, len);
+  size_t chars = herald_utf8_count(s, len);
   if (!found || width <= 0 || (size_t)width <= chars) {
     set_string(out, s, len);
     return 0;
@@ -467,7 +461,7 @@ static int h_substring(TemplateRender *r, const TemplateExpr *c, const TemplateV
   if (text_of(r, &p[0], &s, &len) != 0 || int_arg(r, c, p, n, 1, NULL, &start, &has_start) != 0 ||
       int_arg(r, c, p, n, 2, NULL, &end, &has_end) != 0)
     return -1;
-  size_t chars = utf8_count(s, len);
+  size_t chars = herald_utf8_count(s, len);
   if (!has_start || start < 0) start = 0;
   if (!has_end || end > (long)chars) end = (long)chars;
   if ((size_t)start > chars || end <= start) {

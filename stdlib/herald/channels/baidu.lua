@@ -64,27 +64,17 @@ function baidu:send(msgs)
   local res = util.send_http(self.profile, reqs, { headers = {
     ['Content-Type'] = 'application/x-www-form-urlencoded;charset=utf-8',
     ['User-Agent'] = 'BCCS_SDK/3.0 (herald) Lua/5.4 (Baidu Push Server SDK V3.0.0)' } })
-  local out = {}
-  for i, o in ipairs(res) do
+  -- Baidu refuses a message in the body of a 200 answer as well
+  return util.verdicts(res, function(o)
     local b = util.decode(o.detail)
     local code = b and tonumber(b.error_code)
-    local r = { verdict = o.verdict, retry_after_ms = o.retry_after_ms }
-    if code or o.verdict ~= 'delivered' then
-      r.reason = (code and (code .. ' ' .. tostring(b.error_msg) .. ': ') or '') .. util.reason(o)
-      if INACTIVE[code] then
-        r.verdict, r.feedback = 'permanent', 'INACTIVE'
-      elseif TRANSIENT[code] then
-        r.verdict, r.systemic = 'transient', true
-      elseif code == 30603 then
-        r.verdict, r.systemic = 'permanent', true
-      else
-        if r.verdict == 'delivered' then r.verdict = 'permanent' end
-        r.systemic = o.class ~= 'ok' or o.status >= 500
-      end
-    end
-    out[i] = r
-  end
-  return out
+    if not code then return nil end
+    local why = code .. ' ' .. tostring(b.error_msg)
+    if INACTIVE[code] then return why, 'inactive' end
+    if TRANSIENT[code] then return why, 'retry' end
+    if code == 30603 then return why, 'refused' end
+    return why
+  end, { delivered = true })
 end
 
 return baidu

@@ -93,23 +93,31 @@ function util.access_token(client, name, content_type, form)
 end
 
 -- Delivery verdicts from outcomes (util.send_http). judge(o) is asked about each outcome not
--- delivered and returns the provider's reason (put before the HTTP reason) and what the
--- refusal means: 'inactive' (the device is gone: permanent, the endpoint made INACTIVE),
--- 'token' (the credentials were refused: transient and systemic; judge drops the cached
--- token), 'systemic' (the provider cannot take the batch) or nil (transport failures and 5xx
--- are systemic, the rest concern the message only).
-function util.verdicts(res, judge)
+-- delivered (and, with opts.delivered, about delivered ones too, for providers that refuse a
+-- message in a 200 answer's body) and returns the provider's reason (put before the HTTP
+-- reason; a delivered outcome given one is refused) and what the refusal means: 'inactive'
+-- (the device is gone: permanent, the endpoint made INACTIVE), 'token' (the credentials were
+-- refused: transient and systemic; judge drops the cached token), 'retry' (the provider asks
+-- to come back: transient and systemic), 'refused' (permanent, and the provider refuses the
+-- whole batch), 'systemic' (the provider cannot take the batch) or nil (transport failures and
+-- 5xx are systemic, the rest concern the message only).
+function util.verdicts(res, judge, opts)
+  local ask_delivered = opts and opts.delivered
   local out = {}
   for i, o in ipairs(res) do
     local r = { verdict = o.verdict, retry_after_ms = o.retry_after_ms }
-    if o.verdict ~= 'delivered' then
-      local why, meaning = judge(o)
+    local why, meaning
+    if o.verdict ~= 'delivered' or ask_delivered then why, meaning = judge(o) end
+    if o.verdict ~= 'delivered' or why then
       r.reason = (why and (why .. ': ') or '') .. util.reason(o)
       if meaning == 'inactive' then
         r.verdict, r.feedback = 'permanent', 'INACTIVE'
-      elseif meaning == 'token' then
+      elseif meaning == 'token' or meaning == 'retry' then
         r.verdict, r.systemic = 'transient', true
+      elseif meaning == 'refused' then
+        r.verdict, r.systemic = 'permanent', true
       else
+        if r.verdict == 'delivered' then r.verdict = 'permanent' end
         r.systemic = meaning == 'systemic' or o.class ~= 'ok' or o.status >= 500
       end
     end
