@@ -259,6 +259,11 @@ const char *const herald_store_migrations[] = {
   "CREATE INDEX indexed_values_endpoint ON indexed_values(endpoint_id, index_id);"
   "CREATE INDEX indexed_values_instant ON indexed_values(index_id, instant)"
   "  WHERE instant IS NOT NULL;",
+  /* 10: an endpoint's events are found through the unique (app_id, endpoint_id, event_id)
+   * index, whose prefix is the same; a second index on (app_id, endpoint_id, timestamp) cost
+   * every stored event (clicks, opens, PutEvents) one more b-tree insert and a WAL page per
+   * commit, for the one reader that lists an endpoint's latest events (a sort of its rows). */
+  "DROP INDEX events_by_endpoint;",
 };
 
 const int herald_store_migration_count =
