@@ -296,8 +296,44 @@ static int put_real(Out *o, double d) {
   return out_put(o, buf, (size_t)n);
 }
 
-static int dump_to_out(const char *buffer, size_t size, void *data) {
-  return out_put(data, buffer, size);
+/* A jansson value (a template context: an endpoint read for a message) written the way
+ * jansson's compact dump writes it, keys in insertion order; jansson's own callback dump
+ * costs a webhook message more than building its whole payload. */
+static int put_json(Out *o, const json_t *v, int depth) {
+  if (depth > MAX_DEPTH) return -1;
+  switch (json_typeof(v)) {
+    case JSON_OBJECT: {
+      if (out_put(o, "{", 1)) return -1;
+      const char *k;
+      size_t klen;
+      json_t *m;
+      int first = 1;
+      json_object_keylen_foreach((json_t *)v, k, klen, m) {
+        if ((!first && out_put(o, ",", 1)) || put_string(o, k, klen) || out_put(o, ":", 1) ||
+            put_json(o, m, depth + 1))
+          return -1;
+        first = 0;
+      }
+      return out_put(o, "}", 1);
+    }
+    case JSON_ARRAY: {
+      if (out_put(o, "[", 1)) return -1;
+      for (size_t i = 0; i < json_array_size(v); i++)
+        if ((i > 0 && out_put(o, ",", 1)) || put_json(o, json_array_get(v, i), depth + 1)) return -1;
+      return out_put(o, "]", 1);
+    }
+    case JSON_STRING: return put_string(o, json_string_value(v), json_string_length(v));
+    case JSON_INTEGER: {
+      char buf[32];
+      int n = snprintf(buf, sizeof buf, "%" JSON_INTEGER_FORMAT, json_integer_value(v));
+      return out_put(o, buf, (size_t)n);
+    }
+    case JSON_REAL: return put_real(o, json_real_value(v));
+    case JSON_TRUE: return out_put(o, "true", 4);
+    case JSON_FALSE: return out_put(o, "false", 5);
+    case JSON_NULL: return out_put(o, "null", 4);
+  }
+  return -1;
 }
 
 static int fast_value(lua_State *L, int idx, Out *o, int depth);
@@ -364,8 +400,7 @@ static int fast_value(lua_State *L, int idx, Out *o, int depth) {
     case LUA_TTABLE: return fast_table(L, lua_absindex(L, idx), o, depth);
     case LUA_TUSERDATA: {
       json_t *ctx = herald_lua_template_context(L, idx);
-      return ctx != NULL ? json_dump_callback(ctx, dump_to_out, o, JSON_COMPACT | JSON_ENCODE_ANY)
-                         : -1;
+      return ctx != NULL ? put_json(o, ctx, depth) : -1;
     }
     default: return -1;
   }

@@ -82,6 +82,9 @@ describe('json.encode', function()
   it('writes a template context as the JSON it holds, inside other values too', function()
     local ctx = require('herald.core.template').context {
       Id = 'ep-1', Address = 'a@example.com', Attributes = { plan = { 'pro', 'gold' } }, Metrics = { n = 1.5 },
+      User = { UserAttributes = { name = { 'Zoë "Z" \\ 東京\n\t\1/' } } },
+      Location = { Latitude = 47.6062, Longitude = -1e-7 }, Demographic = { Count = 3, Big = 2 ^ 53 },
+      Flags = { on = true, off = false, list = { 1, 2.5, 'x', { deep = { 'y' } } } }, Empty = {},
     }
     local text = json.encode { Endpoints = { ['ep-1'] = ctx }, n = 1 }
     assert.are.equal(json.encode({ Endpoints = { ['ep-1'] = ctx }, n = 1 }, { jansson = true }), text)
