@@ -9,18 +9,17 @@ function M.shell_quote(s)
   return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
 end
 
-local tmp_root
+local tmp_root, tmp_n = nil, 0
 function M.tmpdir()
   if tmp_root == nil then
     local p = io.popen('mktemp -d /tmp/herald-spec.XXXXXX')
     tmp_root = p:read('l')
     p:close()
   end
-  local n = 0
   repeat
-    n = n + 1
-  until os.execute('mkdir ' .. M.shell_quote(tmp_root .. '/' .. n) .. ' 2>/dev/null')
-  return tmp_root .. '/' .. n
+    tmp_n = tmp_n + 1
+  until os.execute('mkdir ' .. M.shell_quote(tmp_root .. '/' .. tmp_n) .. ' 2>/dev/null')
+  return tmp_root .. '/' .. tmp_n
 end
 
 function M.write(path, content)
