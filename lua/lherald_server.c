@@ -217,8 +217,8 @@ static void engage_free(void *arg) {
   free(e);
 }
 
-/* The server's commit hook: the hits of the iteration, in one transaction. */
-static void commit_hits(void *ingest) { herald_ingest_flush(ingest); }
+/* The server's commit hook: the hits of the iteration, in the journal or one transaction. */
+static void commit_hits(void *ingest) { herald_ingest_end_iteration(ingest); }
 
 static int opt_int(lua_State *L, int t, const char *k, lua_Integer def, lua_Integer min) {
   lua_getfield(L, t, k);
@@ -270,8 +270,11 @@ static int parse_listen(const char *s, char *host, size_t hostcap, int *port) {
 
 /* start{listen = 'HOST:PORT', key =, max_body =, max_header =, idle_timeout_ms =,
  *       request_timeout_ms =, max_connections =, on_hit = function(hit),
- *       routes = {{method =, pattern =, handler =}}} -> server, or nil, err.
+ *       routes = {{method =, pattern =, handler =}}, journal_min_hits = 16,
+ *       journal_fold_hits = 1024, journal_fold_ms = 50} -> server, or nil, err.
  * Every open, click and one-click unsubscribe is stored as an event; on_hit then runs for it.
+ * The journal options are runtime/ingest.h's HeraldJournalOptions (journal_min_hits = 0: no
+ * journal, every iteration's hits go to the store before they are answered).
  * routes adds routes answered by Lua functions (see handle_lua). */
 static int l_start(lua_State *L) {
   luaL_checktype(L, 1, LUA_TTABLE);
@@ -292,6 +295,11 @@ static int l_start(lua_State *L) {
   limits.max_connections = opt_int(L, 1, "max_connections", limits.max_connections, 1);
   HeraldTrackingKey key;
   load_key(L, 1, &key);
+  HeraldJournalOptions journal = {
+    .min_hits = opt_int(L, 1, "journal_min_hits", 16, 0),
+    .fold_hits = opt_int(L, 1, "journal_fold_hits", 1024, 1),
+    .fold_ms = (uint64_t)opt_int(L, 1, "journal_fold_ms", 50, 1),
+  };
 
   lua_getfield(L, 1, "on_hit");
   int has_hook = !lua_isnil(L, -1);
@@ -335,6 +343,12 @@ static int l_start(lua_State *L) {
   herald_tracker_set_recorder(e->tracker, record_hit, box);
   /* hits wait for the server's commit, once per loop iteration, before the answers go out */
   herald_ingest_queue_hits(e->ingest);
+  if (journal.min_hits > 0) {
+    HeraldError jerr = {0};
+    int rc = herald_ingest_open_journal(e->ingest, &herald_context()->loop, &journal, &jerr);
+    if (rc != kHeraldOk && rc != kHeraldLimit && rc != kHeraldInvalid)
+      fprintf(stderr, "herald: tracking hits go straight to the store: %s\n", jerr.msg);
+  }
   herald_http_server_set_commit(e->server, commit_hits, e->ingest);
   return 1;
 }
@@ -408,6 +422,9 @@ static int l_stop(lua_State *L) {
     herald_tracker_set_recorder(e->tracker, NULL, NULL);
     unref_routes(L, e);
     herald_http_server_stop(e->server, server_closed, e);
+    /* now, not when the server has closed: the process's last loop run closes every handle
+     * still open, the journal's timer among them */
+    herald_ingest_close_journal(e->ingest);
   }
   luaL_unref(L, LUA_REGISTRYINDEX, box->on_hit);
   box->on_hit = LUA_NOREF;

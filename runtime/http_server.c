@@ -17,10 +17,11 @@
  *   kMaxPendingWrite bytes wait to be sent, so a client that pipelines without reading cannot
  *   grow our memory).
  *   Answers are held until the end of the loop iteration (a check handle): the connections
- *   read in the iteration wait on a list, the commit hook writes what their handlers queued
- *   (one transaction for the whole iteration's tracking hits: group commit), and only then is
- *   each connection's output written, in one write per connection. So an answer never leaves
- *   before the work it acknowledges is stored, and a busy server commits less often, not more.
+ *   read in the iteration wait on a list, the commit hook makes durable what their handlers
+ *   queued (the iteration's tracking hits, in one transaction or the hit journal:
+ *   runtime/ingest.h), and only then is each connection's output written, in one write per
+ *   connection. So an answer never leaves before the work it acknowledges is durable, and a
+ *   busy server commits less often, not more.
  *   A connection whose held output passes kMaxPendingWrite stops reading until it is written. */
 #include "runtime/http_server.h"
 

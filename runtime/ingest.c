@@ -8,6 +8,7 @@
 #include "runtime/datetime.h"
 #include "runtime/endpoint.h"
 #include "runtime/event.h"
+#include "runtime/hit_journal.h"
 #include "runtime/utf8.h"
 
 struct HeraldIngest {
@@ -18,6 +19,12 @@ struct HeraldIngest {
   struct QueuedHit **order; /* the flush's view of the queue sorted by endpoint */
   size_t len, cap;
   HeraldIngestCounts counts;
+  /* the journal (herald_ingest_open_journal): queue[0 .. journaled) is in it */
+  HeraldJournal *journal;
+  size_t journaled;
+  HeraldBuf frames;        /* an iteration's records, written at once */
+  uv_timer_t *fold_timer;  /* writes journaled hits to the store when traffic stops */
+  HeraldJournalOptions options;
 };
 
 HeraldIngest *herald_ingest_new(HeraldIngestStoreFn store, void *arg) {
@@ -31,6 +38,7 @@ HeraldIngest *herald_ingest_new(HeraldIngestStoreFn store, void *arg) {
 
 void herald_ingest_free(HeraldIngest *in) {
   if (in == NULL) return;
+  herald_ingest_close_journal(in);
   herald_ingest_flush(in);
   free(in->queue);
   free(in->order);
@@ -326,6 +334,7 @@ typedef struct QueuedHit {
   int64_t at_ms;
   const char *app, *campaign, *endpoint, *message_id, *url, *request_id;
   char *strings;
+  size_t strings_len;
   char *failure;  /* why the hit was not stored (malloc'd), or NULL */
   int found;      /* its endpoint exists and it is stored (the fast pass's bookkeeping) */
 } QueuedHit;
@@ -442,9 +451,12 @@ static int store_hit(HeraldStore *store, const QueuedHit *q, const char *arrival
     .app = q->app, .endpoint_id = q->endpoint, .event_id = q->request_id,
     .event_type = hit_type(q), .timestamp = at, .attributes = attrs, .arrival = arrival,
   };
-  rc = herald_event_insert(store, &row, NULL, err);
+  int inserted = 0;
+  rc = herald_event_insert(store, &row, &inserted, err);
   if (rc == kHeraldOk && touch_now) rc = herald_event_touch(store, q->app, q->endpoint, at, err);
-  if (rc == kHeraldOk && q->kind == kHeraldTrackUnsubscribe)
+  /* a hit replayed from the journal after it was stored changes nothing twice (the endpoint
+   * may have opted in again since) */
+  if (rc == kHeraldOk && inserted && q->kind == kHeraldTrackUnsubscribe)
     rc = mark_endpoint(store, q->app, q->endpoint, kOptOutAll, err);
   free(attrs);
   return rc;
@@ -582,11 +594,19 @@ void herald_ingest_flush(HeraldIngest *in) {
   in->counts.stored += stored;
   in->counts.failed += in->len - stored;
   in->len = 0;
+  if (in->journal != NULL) {
+    uv_timer_stop(in->fold_timer);
+    /* stored, or reported as never storable: either way not to be replayed */
+    if (in->journaled > 0 && herald_journal_clear(in->journal, &err) != kHeraldOk)
+      fprintf(stderr, "herald: tracking hit journal: %s\n", err.msg);
+    in->journaled = 0;
+  }
 }
 
-int herald_ingest_record_hit(void *ctx, const HeraldTrackingHit *hit) {
-  HeraldIngest *in = ctx;
-  const HeraldTrackingToken *t = hit->token;
+/* Queues one hit (its strings copied); -1 when out of memory. */
+static int queue_hit(HeraldIngest *in, HeraldTrackingKind kind, int64_t run, int32_t treatment,
+                     int64_t at_ms, const char *app, const char *campaign, const char *endpoint,
+                     const char *message_id, const char *url, const char *request_id) {
   if (in->len == in->cap) {
     size_t cap = in->cap ? in->cap * 2 : 64;
     QueuedHit *q = realloc(in->queue, cap * sizeof *q);
@@ -598,30 +618,184 @@ int herald_ingest_record_hit(void *ctx, const HeraldTrackingHit *hit) {
     in->cap = cap;
   }
   QueuedHit *q = &in->queue[in->len];
-  /* a verified token has every id but the url; "" stands in for any missing one */
-  const char *app = or_empty(t->app), *campaign = or_empty(t->campaign);
-  const char *endpoint = or_empty(t->endpoint), *message_id = or_empty(t->message_id);
-  const char *request_id = or_empty(hit->request_id);
   q->strings = malloc(len0(app) + len0(campaign) + len0(endpoint) + len0(message_id) +
-                      len0(t->url) + len0(request_id));
+                      len0(url) + len0(request_id));
   if (q->strings == NULL) return -1;
   char *p = q->strings;
   p = append(p, app, &q->app);
   p = append(p, campaign, &q->campaign);
   p = append(p, endpoint, &q->endpoint);
   p = append(p, message_id, &q->message_id);
-  p = append(p, t->url, &q->url);
-  append(p, request_id, &q->request_id);
-  q->kind = hit->kind;
-  q->run = t->run;
-  q->treatment = t->treatment;
-  q->at_ms = herald_clock_now_ms();
+  p = append(p, url, &q->url);
+  q->strings_len = (size_t)(append(p, request_id, &q->request_id) - q->strings);
+  q->kind = kind;
+  q->run = run;
+  q->treatment = treatment;
+  q->at_ms = at_ms;
   q->failure = NULL;
   q->found = 0;
   in->len++;
+  return 0;
+}
+
+int herald_ingest_record_hit(void *ctx, const HeraldTrackingHit *hit) {
+  HeraldIngest *in = ctx;
+  const HeraldTrackingToken *t = hit->token;
+  /* a verified token has every id but the url; "" stands in for any missing one */
+  if (queue_hit(in, hit->kind, t->run, t->treatment, herald_clock_now_ms(), or_empty(t->app),
+                or_empty(t->campaign), or_empty(t->endpoint), or_empty(t->message_id), t->url,
+                or_empty(hit->request_id)) != 0)
+    return -1;
   /* unless a flush is coming (the server's, once per iteration), write now */
   if (!in->queueing || in->len >= HERALD_INGEST_FLUSH_MAX) herald_ingest_flush(in);
   return 0;
+}
+
+/* Journal ------------------------------------------------------------------------------------
+ *
+ * A hit's record: kind, whether it has a url, run (8 bytes), treatment (4), time (8, ms), all
+ * little-endian, then its strings as queued (app, campaign, endpoint, message id, url when it
+ * has one, request id, each NUL-terminated). */
+
+enum { kRecordFixed = 22 };
+
+static void put_le(unsigned char *p, uint64_t v, int n) {
+  for (int i = 0; i < n; i++) p[i] = (unsigned char)(v >> (8 * i));
+}
+
+static uint64_t get_le(const unsigned char *p, int n) {
+  uint64_t v = 0;
+  for (int i = 0; i < n; i++) v |= (uint64_t)p[i] << (8 * i);
+  return v;
+}
+
+/* Reads the next NUL-terminated string of a record. */
+static const char *next_string(const unsigned char *p, size_t len, size_t *o) {
+  if (*o >= len) return NULL;
+  const unsigned char *end = memchr(p + *o, 0, len - *o);
+  if (end == NULL) return NULL;
+  const char *s = (const char *)p + *o;
+  *o = (size_t)(end - p) + 1;
+  return s;
+}
+
+static int replay_record(const unsigned char *p, size_t len, void *arg) {
+  HeraldIngest *in = arg;
+  if (len < kRecordFixed || p[0] > kHeraldTrackUnsubscribe || p[1] > 1) return -1;
+  size_t o = kRecordFixed;
+  const char *app = next_string(p, len, &o), *campaign = next_string(p, len, &o);
+  const char *endpoint = next_string(p, len, &o), *message_id = next_string(p, len, &o);
+  const char *url = p[1] ? next_string(p, len, &o) : NULL;
+  const char *request_id = next_string(p, len, &o);
+  if (request_id == NULL || (p[1] && url == NULL) || o != len) return -1;
+  return queue_hit(in, (HeraldTrackingKind)p[0], (int64_t)get_le(p + 2, 8),
+                   (int32_t)get_le(p + 10, 4), (int64_t)get_le(p + 14, 8), app, campaign, endpoint,
+                   message_id, url, request_id);
+}
+
+/* Writes the records of queue[journaled ..] to the journal: 0, or -1 (nothing is counted as
+ * journaled then). */
+static int journal_append(HeraldIngest *in) {
+  in->frames.len = 0;
+  unsigned char fixed[kRecordFixed];
+  HeraldBuf rec = {0};
+  int rc = 0;
+  for (size_t i = in->journaled; i < in->len && rc == 0; i++) {
+    const QueuedHit *q = &in->queue[i];
+    fixed[0] = (unsigned char)q->kind;
+    fixed[1] = q->url != NULL;
+    put_le(fixed + 2, (uint64_t)q->run, 8);
+    put_le(fixed + 10, (uint64_t)(uint32_t)q->treatment, 4);
+    put_le(fixed + 14, (uint64_t)q->at_ms, 8);
+    rec.len = 0;
+    rc = herald_buf_add(&rec, fixed, sizeof fixed) ||
+         herald_buf_add(&rec, q->strings, q->strings_len) ||
+         herald_journal_frame(&in->frames, rec.data, rec.len);
+  }
+  free(rec.data);
+  HeraldError err = {0};
+  if (rc == 0 && herald_journal_write(in->journal, &in->frames, &err) != kHeraldOk) {
+    fprintf(stderr, "herald: tracking hit journal: %s; hits are written to the store\n", err.msg);
+    rc = -1;
+  }
+  if (rc != 0) return -1;
+  in->journaled = in->len;
+  return 0;
+}
+
+static void on_fold_timer(uv_timer_t *t) { herald_ingest_flush(t->data); }
+
+static void fold_timer_closed(uv_handle_t *h) { free(h); }
+
+int herald_ingest_open_journal(HeraldIngest *in, uv_loop_t *loop,
+                               const HeraldJournalOptions *options, HeraldError *err) {
+  if (in->journal != NULL) return kHeraldOk;
+  HeraldStore *store = in->store(in->store_arg, err);
+  if (store == NULL) return err->code;
+  const char *db = herald_store_path(store);
+  if (db[0] == '\0' || strcmp(db, ":memory:") == 0 || strncmp(db, "file:", 5) == 0)
+    return herald_error_set(err, kHeraldInvalid, "the database is not a plain file");
+  size_t n = strlen(db) + sizeof "-hits";
+  char *path = malloc(n);
+  if (path == NULL) return herald_error_set(err, kHeraldNoMemory, "out of memory");
+  snprintf(path, n, "%s-hits", db);
+  int rc = herald_journal_open(path, &in->journal, err);
+  free(path);
+  if (rc != kHeraldOk) return rc;
+  in->fold_timer = malloc(sizeof *in->fold_timer);
+  if (in->fold_timer == NULL || uv_timer_init(loop, in->fold_timer) != 0) {
+    free(in->fold_timer);
+    in->fold_timer = NULL;
+    herald_journal_close(in->journal, 0);
+    in->journal = NULL;
+    return herald_error_set(err, kHeraldIo, "tracking hit journal: cannot make a timer");
+  }
+  in->fold_timer->data = in;
+  uv_unref((uv_handle_t *)in->fold_timer); /* the server's connections keep the loop alive */
+  in->options = *options;
+  /* what a server that died left: its hits go to the store before any new one */
+  size_t records, ignored;
+  herald_ingest_flush(in);
+  if (herald_journal_replay(in->journal, replay_record, in, &records, &ignored, err) != kHeraldOk) {
+    herald_ingest_close_journal(in);
+    return err->code;
+  }
+  if (records > 0 || ignored > 0) {
+    fprintf(stderr, "herald: %s: %zu tracking hits of a server that stopped unexpectedly%s\n",
+            herald_journal_path(in->journal), records,
+            ignored ? " (and the incomplete record it was writing, ignored)" : "");
+    herald_ingest_flush(in);
+    if (herald_journal_clear(in->journal, err) != kHeraldOk) {
+      herald_ingest_close_journal(in);
+      return err->code;
+    }
+  }
+  return kHeraldOk;
+}
+
+void herald_ingest_close_journal(HeraldIngest *in) {
+  if (in->journal == NULL) return;
+  herald_ingest_flush(in);
+  uv_timer_stop(in->fold_timer);
+  uv_close((uv_handle_t *)in->fold_timer, fold_timer_closed);
+  in->fold_timer = NULL;
+  herald_journal_close(in->journal, 1);
+  in->journal = NULL;
+  free(in->frames.data);
+  in->frames = (HeraldBuf){0};
+}
+
+void herald_ingest_end_iteration(HeraldIngest *in) {
+  size_t fresh = in->len - in->journaled;
+  if (fresh == 0) return;
+  /* a quiet iteration (or no journal) writes to the store now, as does a long queue */
+  if (in->journal == NULL || fresh < (size_t)in->options.min_hits ||
+      in->len >= (size_t)in->options.fold_hits || journal_append(in) != 0) {
+    herald_ingest_flush(in);
+    return;
+  }
+  if (!uv_is_active((uv_handle_t *)in->fold_timer))
+    uv_timer_start(in->fold_timer, on_fold_timer, in->options.fold_ms, 0);
 }
 
 void herald_ingest_queue_hits(HeraldIngest *in) { in->queueing = 1; }

@@ -76,19 +76,43 @@ int herald_ingest_status(HeraldStore *store, const char *app, json_t *notificati
  * _email.unsubscribe (which also sets the endpoint's OptOut to ALL) with the token's ids, at the
  * time of the hit. Each hit is written at once, unless herald_ingest_queue_hits was called:
  * then hits wait for herald_ingest_flush, which writes them all in one transaction (group
- * commit). The server calls it once per loop iteration before the iteration's answers are
- * written (herald_http_server_set_commit), so a click's redirect leaves only once the click
- * is stored, and clicks do not pay a commit each. A hit that cannot be stored (its endpoint
+ * commit), or herald_ingest_end_iteration, which the server calls once per loop iteration
+ * before the iteration's answers are written (herald_http_server_set_commit): a click's
+ * redirect leaves only once the click is durable (stored, or journaled), and clicks do not
+ * pay a commit each. A hit that cannot be stored (its endpoint
  * was deleted, an id longer than an event attribute may be, a failing store) is reported on
  * stderr and counted; it never costs the other hits of its batch. */
 int herald_ingest_record_hit(void *ctx, const HeraldTrackingHit *hit);
 
 #define HERALD_INGEST_FLUSH_MAX 4096 /* queued hits that force a write before the flush is due */
 
-/* Queues hits until herald_ingest_flush from now on. */
+/* Queues hits until herald_ingest_flush or herald_ingest_end_iteration from now on. */
 void herald_ingest_queue_hits(HeraldIngest *ingest);
-/* Writes the queued hits now (herald_ingest_free does too). */
+/* Writes the queued hits to the store now (herald_ingest_free does too). */
 void herald_ingest_flush(HeraldIngest *ingest);
+
+/* Under load, an iteration's hits go to the journal (runtime/hit_journal.h) before they are
+ * answered, and to the store in larger transactions: when min_hits or more arrived in one
+ * loop iteration. They are written to the store once fold_hits are queued, or fold_ms after the
+ * first of them, and when the server stops. A quieter iteration writes its hits to the store
+ * at once, as without a journal, so they can be read as soon as they are answered. */
+typedef struct {
+  int min_hits;      /* default 16 */
+  int fold_hits;     /* default 1024 */
+  uint64_t fold_ms;  /* default 50 */
+} HeraldJournalOptions;
+
+/* Opens `<database>-hits` for this ingest, first storing what a server that died left in it.
+ * Fails (and the ingest goes on without a journal) for a database that is not a file, or
+ * when another live server holds the journal (kHeraldLimit). */
+int herald_ingest_open_journal(HeraldIngest *ingest, uv_loop_t *loop,
+                               const HeraldJournalOptions *options, HeraldError *err);
+/* Stores the journaled hits and removes the journal (herald_ingest_free does too, but the
+ * server's stop should: the process's last loop run closes the handles still open). */
+void herald_ingest_close_journal(HeraldIngest *ingest);
+/* The server's commit, once per loop iteration: makes the iteration's hits durable (in the
+ * journal or the store) before their answers are written. */
+void herald_ingest_end_iteration(HeraldIngest *ingest);
 
 typedef struct {
   uint64_t stored;  /* hits written as events */

@@ -33,11 +33,16 @@ local function py(port, program)
   return kv, out
 end
 
--- Starts `herald serve` in the background; returns {pid, port, dir}.
-local function start_serve(extra, env)
-  local dir = h.tmpdir()
+-- Starts `herald serve` in the background, its output in dir (default: a new one) and its
+-- database db (default: dir/h.db); returns {pid, port, dir}.
+local function start_serve(extra, env, dir, db)
+  dir = dir or h.tmpdir()
+  db = db or (dir .. '/h.db')
+  os.remove(dir .. '/out')
+  os.remove(dir .. '/pid')
+  os.remove(dir .. '/rc')
   env = env or ('HERALD_TRACKING_KEY=' .. h.shell_quote(KEY))
-  local inner = env .. ' ' .. h.shell_quote(h.exe) .. ' --db ' .. h.shell_quote(dir .. '/h.db') ..
+  local inner = env .. ' ' .. h.shell_quote(h.exe) .. ' --db ' .. h.shell_quote(db) ..
     ' serve --listen 127.0.0.1:0 ' .. (extra or '') .. ' > ' .. h.shell_quote(dir .. '/out') ..
     ' 2> ' .. h.shell_quote(dir .. '/err') .. ' & echo $! > ' .. h.shell_quote(dir .. '/pid') ..
     '; wait $!; echo $? > ' .. h.shell_quote(dir .. '/rc')
@@ -69,6 +74,21 @@ local function ids(extra)
   for k, v in pairs(extra or {}) do t[k] = v end
   return t
 end
+
+-- A python3 function for py() programs: sends requests (bytes) in one write, so the server
+-- reads them in one loop iteration, and returns the answers and their request ids.
+local PIPELINE = [[
+import socket, re
+def pipeline(reqs):
+    s = socket.create_connection((HOST, PORT), timeout=10)
+    s.sendall(b"".join(reqs))
+    data = b""
+    while data.count(b"HTTP/1.1 ") < len(reqs):
+        d = s.recv(1 << 20)
+        if not d: break
+        data += d
+    return data, [m.group(1).decode() for m in re.finditer(rb"x-amzn-RequestId: (\S+)", data)]
+]]
 
 local function token_of(url) return url:match('/t/%a/(.*)$') end
 
@@ -418,9 +438,9 @@ print("stored\t%%d" %% n)
     assert.are.equal('1', kv.stored)
   end)
 
-  it('stores every click of a pipelined burst before answering the burst', function()
+  it('stores every click of a pipelined burst it answered (journaled first: a busy iteration)', function()
     local kv = py(s.port, string.format([[
-import socket, sqlite3, re
+import socket, sqlite3, re, time
 DB = %q
 N = 500
 s = socket.create_connection((HOST, PORT), timeout=10)
@@ -432,12 +452,19 @@ while data.count(b"HTTP/1.1 302") < N:
     data += d
 ids = [m.group(1).decode() for m in re.finditer(rb"x-amzn-RequestId: (\S+)", data)]
 c = sqlite3.connect(DB)
-stored = set(r[0] for r in c.execute("SELECT event_id FROM events WHERE event_type = '_email.click' AND endpoint_id = 'ep-7'"))
+deadline = time.time() + 5  # journaled hits reach the store within the fold time (50 ms)
+while True:
+    stored = set(r[0] for r in c.execute("SELECT event_id FROM events WHERE event_type = '_email.click' AND endpoint_id = 'ep-7'"))
+    n = sum(1 for i in ids if i in stored)
+    if n == len(ids) or time.time() > deadline: break
+    time.sleep(0.02)
 print("answered\t%%d" %% data.count(b"HTTP/1.1 302"))
-print("stored\t%%d" %% sum(1 for i in ids if i in stored))
+print("stored\t%%d" %% n)
+print("events\t%%d" %% len(stored))
 ]], db, path_of { endpoint = 'ep-7' }))
     assert.are.equal('500', kv.answered)
     assert.are.equal('500', kv.stored)
+    assert.are.equal('500', kv.events)
   end)
 
   it('loses no click of a batch to the clicks in it that cannot be stored', function()
@@ -455,18 +482,10 @@ print("stored\t%%d" %% sum(1 for i in ids if i in stored))
     reqs[#reqs + 1] = good
     local list = {}
     for i, p in ipairs(reqs) do list[i] = string.format('b"GET %s HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n"', p) end
-    local kv = py(s.port, string.format([[
-import socket, sqlite3, re
+    local kv = py(s.port, PIPELINE .. string.format([[
+import sqlite3
 DB = %q
-reqs = []] .. table.concat(list, ', ') .. [[]
-s = socket.create_connection((HOST, PORT), timeout=10)
-s.sendall(b"".join(reqs))  # one write: the server reads the batch in one iteration
-data = b""
-while data.count(b"HTTP/1.1 302") < len(reqs):
-    d = s.recv(1 << 20)
-    if not d: break
-    data += d
-ids = [m.group(1).decode() for m in re.finditer(rb"x-amzn-RequestId: (\S+)", data)]
+data, ids = pipeline([]] .. table.concat(list, ', ') .. [[])
 c = sqlite3.connect(DB)
 for i in ids:
     row = c.execute("SELECT json_extract(attributes, '$.message_id') FROM events WHERE event_id = ?", (i,)).fetchone()
@@ -493,6 +512,122 @@ while True:
 print("status\t" + data.split(b"\r\n")[0].decode())
 ]], path_of()))
     assert.are.equal('HTTP/1.1 302 Found', kv.status)
+  end)
+end)
+
+describe('herald serve hit journal', function()
+  -- A busy iteration's hits are answered once they are in <db>-hits; a server killed before
+  -- it stored them leaves them there, and the next server stores them before it listens.
+  local function seed(dir)
+    local _, code, err = h.herald('--db ' .. h.shell_quote(dir .. '/h.db') .. [[ -e "
+      assert(herald.endpoints.put{Id = 'ep-42', ChannelType = 'EMAIL', Address = 'a@example.com'})
+      assert(herald.endpoints.put{Id = 'ep-7', ChannelType = 'EMAIL', Address = 'b@example.com'})"]])
+    assert.are.equal(0, code, err)
+  end
+
+  -- Sends n pipelined requests for path in one write; returns the request ids answered, the
+  -- events of those ids in the store right after the last answer, and the journal's size.
+  local function burst(s, paths, db)
+    local list = {}
+    for i, p in ipairs(paths) do list[i] = string.format('b"GET %s HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n"', p) end
+    return py(s.port, PIPELINE .. string.format([[
+import sqlite3, os
+DB = %q
+data, ids = pipeline([]] .. table.concat(list, ', ') .. [[])
+c = sqlite3.connect(DB)
+stored = sum(c.execute("SELECT count(*) FROM events WHERE event_id = ?", (i,)).fetchone()[0] for i in ids)
+print("answered\t%%d" %% data.count(b"HTTP/1.1 302"))
+print("stored\t%%d" %% stored)
+print("journal\t%%s" %% (os.path.getsize(DB + "-hits") if os.path.exists(DB + "-hits") else "none"))
+for i in ids: print("id\t" + i)
+]], db or (s.dir .. '/h.db')))
+  end
+
+  local function count(dir, sql)
+    local out = sh('sqlite3 ' .. h.shell_quote(dir .. '/h.db') .. ' ' .. h.shell_quote(sql))
+    return tonumber(out:match('%d+'))
+  end
+
+  it('keeps the answered hits of a killed server and stores them at the next start', function()
+    local s = start_serve('--journal-fold-ms 600000')
+    seed(s.dir)
+    local base = 'http://127.0.0.1:' .. s.port
+    local paths = {}
+    for i = 1, 40 do
+      local t = ids { base = base, url = 'https://example.com/' .. i, message_id = 'msg-' .. i,
+                      endpoint = i % 2 == 0 and 'ep-42' or 'ep-7' }
+      paths[i] = (tracking.click_url(t):gsub('^http://[^/]+', ''))
+    end
+    paths[41] = (tracking.open_url(ids { base = base, message_id = 'msg-open' }):gsub('^http://[^/]+', ''))
+    local kv = burst(s, paths)
+    assert.are.equal('40', kv.answered)            -- and one open pixel
+    assert.are.equal(41, #kv.id)
+    assert.are.equal('0', kv.stored)               -- not in the store yet: in the journal
+    assert.is_true(tonumber(kv.journal) > 0)
+    os.execute('kill -KILL ' .. s.pid)
+    h.wait_for(function() return h.read(s.dir .. '/rc') end, 10000, 'the killed server to exit')
+    -- a record the killed server was writing when it died: cut short, ignored
+    local f = assert(io.open(s.dir .. '/h.db-hits', 'ab'))
+    f:write('\200\0\0\0garbage')
+    f:close()
+
+    local again = start_serve('', nil, s.dir)
+    local err = h.read(again.dir .. '/err') or ''
+    assert.matches('41 tracking hits of a server that stopped unexpectedly %(and the incomplete record', err)
+    local where = {}
+    for i, id in ipairs(kv.id) do where[i] = "'" .. id .. "'" end
+    local list = table.concat(where, ',')
+    assert.are.equal(41, count(s.dir, 'SELECT count(*) FROM events WHERE event_id IN (' .. list .. ')'))
+    assert.are.equal(40, count(s.dir, "SELECT count(*) FROM events WHERE event_type = '_email.click'"))
+    assert.are.equal(1, count(s.dir, "SELECT count(*) FROM events WHERE event_type = '_email.open'"))
+    assert.are.equal(20, count(s.dir, "SELECT count(DISTINCT json_extract(attributes, '$.url')) FROM events "
+      .. "WHERE endpoint_id = 'ep-42' AND event_type = '_email.click'"))
+    -- the journal is emptied once stored, and removed when the server stops
+    assert.are.equal(0, #(h.read(s.dir .. '/h.db-hits') or 'x'))
+    assert.are.equal(0, (stop_serve(again)))
+    assert.is_nil(io.open(s.dir .. '/h.db-hits', 'rb'))
+  end)
+
+  it('stores journaled hits when stopped, and goes straight to the store with --journal-min-hits 0', function()
+    local s = start_serve('--journal-fold-ms 600000')
+    seed(s.dir)
+    local base = 'http://127.0.0.1:' .. s.port
+    local paths = {}
+    for i = 1, 30 do paths[i] = (tracking.click_url(ids { base = base, url = 'https://example.com/' .. i })
+      :gsub('^http://[^/]+', '')) end
+    local kv = burst(s, paths)
+    assert.are.equal('30', kv.answered)
+    assert.are.equal('0', kv.stored)
+    assert.are.equal(0, (stop_serve(s)))
+    assert.are.equal(30, count(s.dir, "SELECT count(*) FROM events WHERE event_type = '_email.click'"))
+    assert.is_nil(io.open(s.dir .. '/h.db-hits', 'rb'))
+
+    local direct = start_serve('--journal-min-hits 0', nil, s.dir)
+    kv = burst(direct, paths)
+    assert.are.equal('30', kv.answered)
+    assert.are.equal('30', kv.stored)              -- in the store before they were answered
+    assert.are.equal('none', kv.journal)
+    assert.are.equal(0, (stop_serve(direct)))
+  end)
+
+  it('leaves the journal to the first server on a database; a second stores before answering', function()
+    local first = start_serve('--journal-fold-ms 600000')
+    seed(first.dir)
+    local second = start_serve('--journal-fold-ms 600000', nil, nil, first.dir .. '/h.db')
+    local paths = {}
+    for i = 1, 30 do paths[i] = (tracking.click_url(ids { base = 'http://x', url = 'https://example.com/' .. i })
+      :gsub('^http://[^/]+', '')) end
+    local kv = burst(second, paths, first.dir .. '/h.db')
+    assert.are.equal('30', kv.answered)
+    assert.are.equal('30', kv.stored)    -- the first server holds the journal
+    assert.are.equal('0', kv.journal)
+    kv = burst(first, paths)
+    assert.are.equal('30', kv.answered)
+    assert.are.equal('0', kv.stored)
+    assert.is_true(tonumber(kv.journal) > 0)
+    assert.are.equal(0, (stop_serve(second)))
+    assert.are.equal(0, (stop_serve(first)))
+    assert.are.equal(60, count(first.dir, "SELECT count(*) FROM events WHERE event_type = '_email.click'"))
   end)
 end)
 

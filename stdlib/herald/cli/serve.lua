@@ -39,6 +39,14 @@ options:
   --idle-timeout MS       close keep-alive connections idle this long (default 60000)
   --request-timeout MS    a request must arrive whole within this (default 30000)
   --max-connections N     default 10000
+  --journal-min-hits N    an iteration with N or more hits (default 16) answers them once they
+                          are in the journal file beside the database (<db>-hits) and stores
+                          them later, in larger transactions; 0: every hit is in the database
+                          before it is answered
+  --journal-fold-hits N   store journaled hits once N are waiting (default 1024)
+  --journal-fold-ms MS    ... or MS after the first of them (default 50)
+A server that stops unexpectedly leaves its journal; the next `herald serve` on the database
+stores what it holds before it listens.
 ]]
 
 local function fail(fmt, ...)
@@ -51,6 +59,9 @@ local NUMERIC = {
   ['--idle-timeout'] = 'idle_timeout_ms',
   ['--request-timeout'] = 'request_timeout_ms',
   ['--max-connections'] = 'max_connections',
+  ['--journal-min-hits'] = 'journal_min_hits',
+  ['--journal-fold-hits'] = 'journal_fold_hits',
+  ['--journal-fold-ms'] = 'journal_fold_ms',
 }
 
 function M.run(args)
