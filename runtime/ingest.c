@@ -22,6 +22,7 @@ struct HeraldIngest {
   /* the journal (herald_ingest_open_journal): queue[0 .. journaled) is in it */
   HeraldJournal *journal;
   size_t journaled;
+  int journal_torn;        /* a write failed part way: the next store of the queue clears it */
   HeraldBuf frames;        /* an iteration's records, written at once */
   uv_timer_t *fold_timer;  /* writes journaled hits to the store when traffic stops */
   HeraldJournalOptions options;
@@ -597,8 +598,12 @@ void herald_ingest_flush(HeraldIngest *in) {
   if (in->journal != NULL) {
     uv_timer_stop(in->fold_timer);
     /* stored, or reported as never storable: either way not to be replayed */
-    if (in->journaled > 0 && herald_journal_clear(in->journal, &err) != kHeraldOk)
-      fprintf(stderr, "herald: tracking hit journal: %s\n", err.msg);
+    if (in->journaled > 0 || in->journal_torn) {
+      if (herald_journal_clear(in->journal, &err) != kHeraldOk)
+        fprintf(stderr, "herald: tracking hit journal: %s\n", err.msg);
+      else
+        in->journal_torn = 0;
+    }
     in->journaled = 0;
   }
 }
@@ -716,6 +721,7 @@ static int journal_append(HeraldIngest *in) {
   HeraldError err = {0};
   if (rc == 0 && herald_journal_write(in->journal, &in->frames, &err) != kHeraldOk) {
     fprintf(stderr, "herald: tracking hit journal: %s; hits are written to the store\n", err.msg);
+    in->journal_torn = 1; /* records after a torn one would never be replayed */
     rc = -1;
   }
   if (rc != 0) return -1;
