@@ -16,8 +16,9 @@ struct HeraldJournal {
 
 enum { kHeaderLen = 12 };
 
-static uint64_t fnv1a(const unsigned char *p, size_t n) {
-  uint64_t h = 14695981039346656037ULL;
+static const uint64_t kFnvBasis = 14695981039346656037ULL;
+
+static uint64_t fnv1a(uint64_t h, const unsigned char *p, size_t n) {
   for (size_t i = 0; i < n; i++) h = (h ^ p[i]) * 1099511628211ULL;
   return h;
 }
@@ -69,7 +70,7 @@ int herald_journal_replay(HeraldJournal *j,
     uint64_t sum = 0;
     for (int i = 0; i < 8; i++) sum |= (uint64_t)h[4 + i] << (8 * i);
     if (len == 0 || len > HERALD_JOURNAL_RECORD_MAX || o + kHeaderLen + len > got ||
-        fnv1a(h + kHeaderLen, len) != sum)
+        fnv1a(kFnvBasis, h + kHeaderLen, len) != sum)
       break;
     if (fn(h + kHeaderLen, len, arg) != 0) break;
     (*records)++;
@@ -80,13 +81,18 @@ int herald_journal_replay(HeraldJournal *j,
   return kHeraldOk;
 }
 
-int herald_journal_frame(HeraldBuf *b, const void *payload, size_t len) {
+int herald_journal_frame(HeraldBuf *b, const void *head, size_t head_len, const void *body,
+                         size_t body_len) {
+  size_t len = head_len + body_len;
   if (len == 0 || len > HERALD_JOURNAL_RECORD_MAX) return -1;
   unsigned char h[kHeaderLen];
   for (int i = 0; i < 4; i++) h[i] = (unsigned char)(len >> (8 * i));
-  uint64_t sum = fnv1a(payload, len);
+  uint64_t sum = fnv1a(fnv1a(kFnvBasis, head, head_len), body, body_len);
   for (int i = 0; i < 8; i++) h[4 + i] = (unsigned char)(sum >> (8 * i));
-  return herald_buf_add(b, h, sizeof h) || herald_buf_add(b, payload, len) ? -1 : 0;
+  if (herald_buf_add(b, h, sizeof h) || herald_buf_add(b, head, head_len) ||
+      herald_buf_add(b, body, body_len))
+    return -1;
+  return 0;
 }
 
 int herald_journal_write(HeraldJournal *j, const HeraldBuf *b, HeraldError *err) {

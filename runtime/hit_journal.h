@@ -34,8 +34,11 @@ int herald_journal_replay(HeraldJournal *j,
                           int (*fn)(const unsigned char *payload, size_t len, void *arg), void *arg,
                           size_t *records, size_t *ignored, HeraldError *err);
 
-/* Appends one framed record for payload to b (b is then written with herald_journal_write). */
-int herald_journal_frame(HeraldBuf *b, const void *payload, size_t len);
+/* Appends one framed record to b whose payload is head then body (b is then written with
+ * herald_journal_write): a caller with a fixed part and a block of text frames them without
+ * first copying them together. */
+int herald_journal_frame(HeraldBuf *b, const void *head, size_t head_len, const void *body,
+                         size_t body_len);
 
 /* Writes all of b at the end of the journal. */
 int herald_journal_write(HeraldJournal *j, const HeraldBuf *b, HeraldError *err);

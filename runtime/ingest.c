@@ -703,7 +703,6 @@ static int replay_record(const unsigned char *p, size_t len, void *arg) {
 static int journal_append(HeraldIngest *in) {
   in->frames.len = 0;
   unsigned char fixed[kRecordFixed];
-  HeraldBuf rec = {0};
   int rc = 0;
   for (size_t i = in->journaled; i < in->len && rc == 0; i++) {
     const QueuedHit *q = &in->queue[i];
@@ -712,12 +711,8 @@ static int journal_append(HeraldIngest *in) {
     put_le(fixed + 2, (uint64_t)q->run, 8);
     put_le(fixed + 10, (uint64_t)(uint32_t)q->treatment, 4);
     put_le(fixed + 14, (uint64_t)q->at_ms, 8);
-    rec.len = 0;
-    rc = herald_buf_add(&rec, fixed, sizeof fixed) ||
-         herald_buf_add(&rec, q->strings, q->strings_len) ||
-         herald_journal_frame(&in->frames, rec.data, rec.len);
+    rc = herald_journal_frame(&in->frames, fixed, sizeof fixed, q->strings, q->strings_len);
   }
-  free(rec.data);
   HeraldError err = {0};
   if (rc == 0 && herald_journal_write(in->journal, &in->frames, &err) != kHeraldOk) {
     fprintf(stderr, "herald: tracking hit journal: %s; hits are written to the store\n", err.msg);
@@ -759,9 +754,8 @@ int herald_ingest_open_journal(HeraldIngest *in, uv_loop_t *loop,
   in->fold_timer->data = in;
   uv_unref((uv_handle_t *)in->fold_timer); /* the server's connections keep the loop alive */
   in->options = *options;
-  /* what a server that died left: its hits go to the store before any new one */
+  /* what a server that died left: its hits go to the store before any new one arrives */
   size_t records, ignored;
-  herald_ingest_flush(in);
   if (herald_journal_replay(in->journal, replay_record, in, &records, &ignored, err) != kHeraldOk) {
     herald_ingest_close_journal(in);
     return err->code;

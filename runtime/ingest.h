@@ -79,9 +79,9 @@ int herald_ingest_status(HeraldStore *store, const char *app, json_t *notificati
  * commit), or herald_ingest_end_iteration, which the server calls once per loop iteration
  * before the iteration's answers are written (herald_http_server_set_commit): a click's
  * redirect leaves only once the click is durable (stored, or journaled), and clicks do not
- * pay a commit each. A hit that cannot be stored (its endpoint
- * was deleted, an id longer than an event attribute may be, a failing store) is reported on
- * stderr and counted; it never costs the other hits of its batch. */
+ * pay a commit each. A hit that cannot be stored (its endpoint was deleted, an id longer than
+ * an event attribute may be, a failing store) is reported on stderr and counted; it never
+ * costs the other hits of its batch. */
 int herald_ingest_record_hit(void *ctx, const HeraldTrackingHit *hit);
 
 #define HERALD_INGEST_FLUSH_MAX 4096 /* queued hits that force a write before the flush is due */
