@@ -525,13 +525,15 @@ function deliver.pump(now_ms, max, ids_json)
   return #rows, outbox.next_due(ids_json)
 end
 
--- Delivers everything due at now_ms: the providers file's `lanes` pumps (default 2) claim in
--- turn, so one lane's claim, render and report run while another lane's messages are on the
--- wire; with one lane the loop and the transport would take turns instead. Each lane stops
+-- Delivers everything due at now_ms: the providers file's `lanes` pumps (default 4) claim in
+-- turn, so one lane's claim, render and report run while other lanes' messages are on the
+-- wire; with one lane the loop and the transport would take turns instead. Four lanes keep the
+-- transport fed while a lane waits for the last answers of its claim (webhook-outbox: 12% more
+-- messages/s than two lanes, measured interleaved). Each lane stops
 -- at its first short claim (or when stop() says so). Messages in flight at once: at most
 -- lanes * max. Returns how many rows were claimed and the next due time.
 function deliver.drain(now_ms, max, ids_json, stop)
-  local lanes = deliver.config().lanes or 2
+  local lanes = deliver.config().lanes or 4
   local total, next_due, failure, live = 0, nil, nil, lanes
   local function lane()
     local ok, err = pcall(function()

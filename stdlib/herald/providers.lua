@@ -28,7 +28,7 @@
 --     global = { per_second = 20000 },   -- a cap over every profile
 --     retry = { max_attempts = 5, min_ms = 1000, max_ms = 300000 },
 --     pause_after = 20,                  -- consecutive systemic failures before a campaign pauses
---     lanes = 2,                         -- claims in flight at once (each up to 256 messages)
+--     lanes = 4,                         -- claims in flight at once (each up to 256 messages)
 --   }
 local providers = {}
 
@@ -123,7 +123,7 @@ function providers.check(cfg, source)
     fail(source .. ': retry.max_attempts', 'a positive integer')
   end
   cfg.pause_after = cfg.pause_after or 20
-  cfg.lanes = cfg.lanes or 2
+  cfg.lanes = cfg.lanes or 4
   if math.type(cfg.lanes) ~= 'integer' or cfg.lanes < 1 or cfg.lanes > 16 then
     fail(source .. ': lanes', 'an integer from 1 to 16')
   end

@@ -19,8 +19,8 @@ local function endpoints_csv(path, n)
 end
 
 -- The most messages in flight at a kill: runner.lua's claim size times the delivery lanes
--- (providers' `lanes`, 2 unless the providers file says otherwise).
-local IN_FLIGHT = 256 * 2
+-- (providers' `lanes`, 4 unless the providers file says otherwise).
+local IN_FLIGHT = 256 * 4
 
 describe('delivery reliability', function()
   it('loses nothing and duplicates only keys the sink saw when killed -9 ten times', function()
