@@ -499,6 +499,7 @@ struct Batch {
   size_t concurrency;     /* transfers at once, kept by the transport thread (group) */
   size_t window;          /* items handed to the transport thread at once */
   HeraldHttpGroup *group;
+  HeraldHttpNotify *notify; /* its transfers' outcomes wake the loop only when needed */
   Slot *slots;            /* one per item handed over */
   size_t next_slot;
   char *url;
@@ -521,6 +522,15 @@ static size_t batch_outstanding(const Batch *b) {
 }
 
 static void batch_done(const HeraldHttpResponse *res, void *user);
+
+/* The loop needs each outcome at once only while items wait to be handed over (a place in the
+ * window came free) or a task waits for fewer outcomes than are outstanding; otherwise the
+ * last outcome in flight wakes it, with the others. */
+static void batch_update_eager(Batch *b) {
+  herald_http_notify_set_eager(
+      b->notify, b->started < b->added ||
+                     (b->wait != NULL && b->wait_min < b->nout + batch_outstanding(b)));
+}
 
 static Outcome *outcome_new(Batch *b) {
   if (b->nout == b->cap) {
@@ -601,7 +611,7 @@ static void batch_pump(lua_State *L, Batch *b) {
     b->slots[s].b = b;
     b->slots[s].seq = seq;
     b->in_flight++;
-    b->slots[s].t = herald_http_thread_submit(c, b->group, &req, batch_done, &b->slots[s]);
+    b->slots[s].t = herald_http_thread_submit_quiet(c, b->group, b->notify, &req, batch_done, &b->slots[s]);
     lua_settop(L, base);
     lua_pushnil(L);
     lua_rawseti(L, items, seq);  /* the body is copied; release it */
@@ -615,6 +625,7 @@ static void batch_pump(lua_State *L, Batch *b) {
     }
   }
   lua_pop(L, 3);
+  batch_update_eager(b);
 }
 
 static int batch_push_outcomes(lua_State *L, Batch *b);
@@ -646,6 +657,7 @@ static void batch_done(const HeraldHttpResponse *res, void *user) {
   }
   batch_pump(b->main, b);
   batch_maybe_wake(b);
+  batch_update_eager(b);
 }
 
 /* Pushes {n=, seq={}, key={}, status={}, class={}, verdict={}, retry_after_ms={}, detail={}}
@@ -752,7 +764,8 @@ static int l_batch(lua_State *L) {
    * (a provider profile's connections, whichever delivery lane sends) */
   HeraldHttpGroup *shared = opt_limit(L, 1);
   b->group = shared != NULL ? herald_http_group_retain(shared) : herald_http_group_new(b->concurrency);
-  if (b->slots == NULL || b->group == NULL) return luaL_error(L, "out of memory");
+  b->notify = herald_http_notify_new();
+  if (b->slots == NULL || b->group == NULL || b->notify == NULL) return luaL_error(L, "out of memory");
   b->url = dup_field(L, 1, "url", 1);
   b->method = dup_field(L, 1, "method", 0);
   b->key_header = dup_field(L, 1, "key_header", 0);
@@ -838,6 +851,7 @@ static int l_batch_add(lua_State *L) {
   lua_rawgeti(L, LUA_REGISTRYINDEX, b->opts_ref);
   batch_append(L, b, 2, 3, 4, 5, 6, 7);
   batch_pump(L, b);
+  batch_update_eager(b);  /* also when the window is full and pump started nothing */
   lua_pushinteger(L, b->added);
   return 1;
 }
@@ -861,6 +875,7 @@ static int l_batch_add_many(lua_State *L) {
     lua_pop(L, 3);
   }
   batch_pump(L, b);
+  batch_update_eager(b);  /* also when the window is full and pump started nothing */
   lua_pushinteger(L, b->added);
   return 1;
 }
@@ -882,6 +897,7 @@ static int l_batch_wait(lua_State *L) {
   b->wait_min = (size_t)min;
   if (b->nout >= b->wait_min || batch_outstanding(b) == 0) return batch_push_outcomes(L, b);
   b->wait = herald_task_wait_new(L, 0, batch_wait_cancel, b);
+  batch_update_eager(b);
   return lua_yield(L, 0);
 }
 
@@ -906,6 +922,8 @@ static int l_batch_close(lua_State *L) {
     if (b->slots[i].t != NULL && client != NULL) herald_http_thread_cancel(client, b->slots[i].t);
   herald_http_group_release(b->group);
   b->group = NULL;
+  herald_http_notify_release(b->notify);
+  b->notify = NULL;
   for (size_t i = 0; i < b->nout; i++) free(b->out[i].detail);
   free(b->out);
   free(b->slots);

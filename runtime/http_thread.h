@@ -23,6 +23,17 @@ HeraldHttpGroup *herald_http_group_new(size_t limit);
 HeraldHttpGroup *herald_http_group_retain(HeraldHttpGroup *g);
 void herald_http_group_release(HeraldHttpGroup *g);
 
+/* Quiet completions: jobs submitted with a notifier wake the caller's loop only when the last
+ * of them still in flight has finished (or at each finish while the notifier is eager), and
+ * their outcomes wait for that wake-up. A batch whose every request is already handed over
+ * needs nothing before its last answer, and each wake-up of the caller costs both threads a
+ * system call and a context switch. Jobs keep the notifier alive while they need it. */
+typedef struct HeraldHttpNotify HeraldHttpNotify;
+HeraldHttpNotify *herald_http_notify_new(void);
+void herald_http_notify_release(HeraldHttpNotify *n);
+/* Eager: every finish wakes the caller (it has more to submit, or waits for some outcomes). */
+void herald_http_notify_set_eager(HeraldHttpNotify *n, int eager);
+
 /* Starts the thread. NULL when it cannot be started. */
 HeraldHttpThread *herald_http_thread_new(uv_loop_t *loop, const HeraldHttpClientOptions *opt);
 
@@ -35,6 +46,10 @@ void herald_http_thread_free(HeraldHttpThread *t);
 HeraldHttpJob *herald_http_thread_submit(HeraldHttpThread *t, HeraldHttpGroup *g,
                                          const HeraldHttpRequest *req, HeraldHttpDone done,
                                          void *user);
+/* The same, its completion quiet under notifier n (see HeraldHttpNotify; n may be NULL). */
+HeraldHttpJob *herald_http_thread_submit_quiet(HeraldHttpThread *t, HeraldHttpGroup *g,
+                                               HeraldHttpNotify *n, const HeraldHttpRequest *req,
+                                               HeraldHttpDone done, void *user);
 HeraldHttpJob *herald_http_thread_smtp(HeraldHttpThread *t, HeraldHttpGroup *g,
                                        const HeraldSmtpRequest *req, HeraldHttpDone done,
                                        void *user);

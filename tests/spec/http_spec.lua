@@ -3,6 +3,7 @@
 local h = require 'helpers'
 local S = require 'servers'
 local http = require 'herald.http'
+local clock = require 'herald.core.clock'
 
 -- Access-log rows whose Idempotency-Key starts with prefix.
 local function rows_with(server, prefix)
@@ -201,6 +202,39 @@ describe('herald.http', function()
     assert.are.same({ 0, 0, 0 }, { queued, in_flight, ready })
     b:close()
     assert.has_error(function() b:add('x') end, 'the batch is closed')
+  end)
+
+  -- Outcomes of a batch whose requests are all handed over wake the loop only with the last one
+  -- in flight; a task waiting for fewer must still get them as they come.
+  it('answers a wait for some outcomes while a slow request is still in flight', function()
+    local b <close> = http.batch { url = ng.url .. '/ok', concurrency = 4 }
+    b:add('x', 'slow', { url = ng.url .. '/slow' })
+    for i = 1, 3 do b:add('x', 'fast-' .. i) end
+    local t0 = clock.now()
+    local first = b:wait(3)
+    -- /slow answers after 2 s: the wait ends long before, with the three fast outcomes
+    assert.is_true(clock.now() - t0 < 1500, 'the wait took ' .. (clock.now() - t0) .. ' ms')
+    assert.are.equal(3, first.n)
+    for i = 1, 3 do assert.are.equal('delivered', first.verdict[i]) end
+    local _, in_flight = b:stats()
+    assert.are.equal(1, in_flight)
+    local rest = b:wait()
+    assert.are.equal(1, rest.n)
+    assert.are.equal('slow', rest.key[1])
+  end)
+
+  it('refills from the loop a batch larger than the requests it hands over at once', function()
+    local b <close> = http.batch { url = ng.url .. '/ok', concurrency = 2 }
+    local n = 1100   -- the window is 1,024 items for this concurrency
+    for i = 1, n do b:add('x', 'window-' .. i) end
+    local out = b:wait()
+    assert.are.equal(n, out.n)
+    local seen = {}
+    for i = 1, out.n do
+      assert.are.equal('delivered', out.verdict[i])
+      seen[out.key[i]] = true
+    end
+    for i = 1, n do assert.is_true(seen['window-' .. i]) end
   end)
 
   it('takes a url and headers per batch item', function()
