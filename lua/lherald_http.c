@@ -656,8 +656,9 @@ static void batch_done(const HeraldHttpResponse *res, void *user) {
     o->detail = strndup(res->body, res->body_len);
   }
   batch_pump(b->main, b);
-  batch_maybe_wake(b);
+  /* before the wake: the task it resumes may close the batch and let it be collected */
   batch_update_eager(b);
+  batch_maybe_wake(b);
 }
 
 /* Pushes {n=, seq={}, key={}, status={}, class={}, verdict={}, retry_after_ms={}, detail={}}
