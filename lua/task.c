@@ -225,6 +225,100 @@ static int l_sleep(lua_State *L) {
   return lua_yield(L, 0);
 }
 
+/* A signal: one task waits until others say it may go on (their work is done), without
+ * polling with short sleeps. notify() before wait() is remembered, so a waiter that comes late
+ * does not wait. The waiter is resumed from the loop (a zero timer), never from inside the
+ * notifying task. The core is separate from the Lua userdata because its timer outlives the
+ * userdata until libuv has closed it. */
+#define SIGNAL_MT "herald.task.signal"
+
+typedef struct {
+  uv_timer_t timer;
+  HeraldTaskWait *wait;
+  int set;
+} SignalCore;
+
+typedef struct {
+  SignalCore *c;
+} SignalBox;
+
+static void signal_free_cb(uv_handle_t *h) { free(h->data); }
+
+static void signal_fire(uv_timer_t *t) {
+  SignalCore *c = t->data;
+  if (c->wait == NULL || !c->set) return;
+  HeraldTaskWait *w = c->wait;
+  c->wait = NULL;
+  c->set = 0;
+  herald_task_wait_done(w, 0);
+}
+
+/* Shutdown drops the waiting task; the timer goes with the userdata. */
+static void signal_cancel(HeraldTaskWait *w, void *data) {
+  (void)w;
+  SignalCore *c = data;
+  c->wait = NULL;
+  uv_timer_stop(&c->timer);
+}
+
+static SignalCore *check_signal(lua_State *L) {
+  SignalBox *b = luaL_checkudata(L, 1, SIGNAL_MT);
+  if (b->c == NULL) luaL_error(L, "the signal is closed");
+  return b->c;
+}
+
+/* signal() -> a signal with :wait() and :notify() */
+static int l_signal(lua_State *L) {
+  SignalBox *b = lua_newuserdatauv(L, sizeof *b, 0);
+  b->c = NULL;
+  luaL_setmetatable(L, SIGNAL_MT);
+  SignalCore *c = calloc(1, sizeof *c);
+  if (c == NULL) return luaL_error(L, "out of memory");
+  if (uv_timer_init(&herald_context()->loop, &c->timer) != 0) {
+    free(c);
+    return luaL_error(L, "cannot create a timer");
+  }
+  c->timer.data = c;
+  /* a signal nobody waits on must not keep the loop alive */
+  uv_unref((uv_handle_t *)&c->timer);
+  b->c = c;
+  return 1;
+}
+
+/* s:wait(): returns once notify() was called (at once if it was called since the last wait).
+ * One task at a time; the wait lasts through a stop request, as the work it waits for does. */
+static int l_signal_wait(lua_State *L) {
+  SignalCore *c = check_signal(L);
+  if (c->set) {
+    c->set = 0;
+    return 0;
+  }
+  if (c->wait != NULL) return luaL_error(L, "another task waits on this signal");
+  c->wait = herald_task_wait_new(L, 0, signal_cancel, c);
+  return lua_yield(L, 0);
+}
+
+/* s:notify(): lets the waiting task (or the next to wait) go on. */
+static int l_signal_notify(lua_State *L) {
+  SignalCore *c = check_signal(L);
+  c->set = 1;
+  if (c->wait != NULL) {
+    uv_ref((uv_handle_t *)&c->timer);   /* the resumption is work the loop has to do */
+    uv_timer_start(&c->timer, signal_fire, 0, 0);
+  }
+  return 0;
+}
+
+static int l_signal_gc(lua_State *L) {
+  SignalBox *b = luaL_checkudata(L, 1, SIGNAL_MT);
+  if (b->c != NULL) {
+    uv_timer_stop(&b->c->timer);
+    uv_close((uv_handle_t *)&b->c->timer, signal_free_cb);
+    b->c = NULL;
+  }
+  return 0;
+}
+
 /* run() drives the loop until nothing is pending; returns false if stopped early. */
 static int l_run(lua_State *L) {
   if (loop_running) return luaL_error(L, "the loop is already running");
@@ -337,8 +431,19 @@ int luaopen_herald_core_task(lua_State *L) {
     {"spawn", l_spawn},     {"sleep", l_sleep}, {"run", l_run},           {"run_once", l_run_once},
     {"stop", l_stop},       {"now", l_now},     {"in_task", l_in_task},   {"failures", l_failures},
     {"watch_signals", l_watch_signals},         {"request_stop", l_request_stop},
+    {"signal", l_signal},
     {NULL, NULL},
   };
+  if (luaL_newmetatable(L, SIGNAL_MT)) {
+    static const luaL_Reg methods[] = {
+      {"wait", l_signal_wait}, {"notify", l_signal_notify}, {NULL, NULL},
+    };
+    luaL_newlib(L, methods);
+    lua_setfield(L, -2, "__index");
+    lua_pushcfunction(L, l_signal_gc);
+    lua_setfield(L, -2, "__gc");
+  }
+  lua_pop(L, 1);
   luaL_newlib(L, funcs);
   return 1;
 }

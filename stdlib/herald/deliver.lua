@@ -349,7 +349,7 @@ function deliver.send_items(items)
     g.msgs[#g.msgs + 1] = it.msg
     g.idx[#g.idx + 1] = i
   end
-  local out, pending = {}, #order
+  local out, pending, all_done = {}, #order, nil
   local function run(g)
     local ok, res = pcall(function() return channel_for(g.profile):send(g.msgs) end)
     for k, i in ipairs(g.idx) do
@@ -361,12 +361,14 @@ function deliver.send_items(items)
       end
     end
     pending = pending - 1
+    if pending == 0 and all_done then all_done:notify() end
   end
   if #order == 1 then
     run(order[1])
   else
+    all_done = task.signal()
     for _, g in ipairs(order) do task.spawn(run, g) end
-    while pending > 0 do task.sleep(1) end
+    if pending > 0 then all_done:wait() end
   end
   return out
 end
@@ -535,6 +537,7 @@ end
 function deliver.drain(now_ms, max, ids_json, stop)
   local lanes = deliver.config().lanes or 4
   local total, next_due, failure, live = 0, nil, nil, lanes
+  local all_done = task.signal()
   local function lane()
     local ok, err = pcall(function()
       repeat
@@ -545,10 +548,11 @@ function deliver.drain(now_ms, max, ids_json, stop)
     end)
     if not ok and failure == nil then failure = err end
     live = live - 1
+    if live == 0 then all_done:notify() end
   end
   for _ = 2, lanes do task.spawn(lane) end
   lane()
-  while live > 0 do task.sleep(1) end
+  if live > 0 then all_done:wait() end
   if failure ~= nil then error(failure, 0) end
   return total, next_due
 end

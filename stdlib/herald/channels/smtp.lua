@@ -45,15 +45,16 @@ end
 -- Every message is handed to the transport at once, in a task of its own; the channel's limit
 -- keeps profile.sessions of them in flight and starts the next as one finishes.
 function smtp:send(msgs)
-  local out, done = {}, 0
+  local out, done, all_done = {}, 0, task.signal()
   for i, m in ipairs(msgs) do
     task.spawn(function()
       local ok, r = pcall(self.send_one, self, m)
       out[i] = ok and r or { verdict = 'permanent', reason = tostring(r) }
       done = done + 1
+      if done == #msgs then all_done:notify() end
     end)
   end
-  while done < #msgs do task.sleep(1) end
+  if done < #msgs then all_done:wait() end
   return out
 end
 

@@ -1,0 +1,66 @@
+-- herald.core.task's signal: a task waits for other tasks' work without polling with sleeps
+-- (delivery waits so for its lanes, its profiles' sends and an SMTP batch's mails).
+local h = require 'helpers'
+local task = require 'herald.core.task'
+
+describe('task.signal', function()
+  it('resumes the waiting task once another task notifies', function()
+    local s = task.signal()
+    local order = {}
+    task.spawn(function()
+      herald.sleep(30)
+      order[#order + 1] = 'notified'
+      s:notify()
+    end)
+    s:wait()
+    order[#order + 1] = 'resumed'
+    assert.are.same({ 'notified', 'resumed' }, order)
+  end)
+
+  it('remembers a notify that came before the wait, once', function()
+    local s = task.signal()
+    s:notify()
+    s:wait()   -- returns at once: the notify was kept
+    local order = {}
+    task.spawn(function()
+      herald.sleep(20)
+      order[#order + 1] = 'notified again'
+      s:notify()
+    end)
+    s:wait()   -- the first notify was used up: this one waits for the second
+    order[#order + 1] = 'resumed'
+    assert.are.same({ 'notified again', 'resumed' }, order)
+  end)
+
+  it('resumes the waiter from the loop, after the notifying task has stepped on', function()
+    local s = task.signal()
+    local notifier_went_on = false
+    task.spawn(function()
+      herald.sleep(10)
+      s:notify()
+      notifier_went_on = true
+    end)
+    s:wait()
+    assert.is_true(notifier_went_on)
+  end)
+
+  it('refuses a second waiting task', function()
+    local s = task.signal()
+    local first_resumed = false
+    task.spawn(function()
+      s:wait()
+      first_resumed = true
+    end)
+    assert.has_error(function() s:wait() end, 'another task waits on this signal')
+    s:notify()
+    herald.sleep(10)
+    assert.is_true(first_resumed)
+  end)
+
+  it('does not keep a script alive when nobody waits on it', function()
+    local out, code = h.herald('-e ' .. h.shell_quote(
+      "local s = require('herald.core.task').signal(); s:notify(); print('done')"))
+    assert.are.equal(0, code)
+    assert.are.equal('done\n', out)
+  end)
+end)
