@@ -524,12 +524,15 @@ static size_t batch_outstanding(const Batch *b) {
 static void batch_done(const HeraldHttpResponse *res, void *user);
 
 /* The loop needs each outcome at once only while items wait to be handed over (a place in the
- * window came free) or a task waits for fewer outcomes than are outstanding; otherwise the
- * last outcome in flight wakes it, with the others. */
+ * window came free). A task waiting for some outcomes is woken when enough have finished (the
+ * transport counts them down: outcomes queued but not yet delivered make that wake a little
+ * later, never missing); otherwise the last outcome in flight wakes the loop, with the
+ * others. */
 static void batch_update_eager(Batch *b) {
-  herald_http_notify_set_eager(
-      b->notify, b->started < b->added ||
-                     (b->wait != NULL && b->wait_min < b->nout + batch_outstanding(b)));
+  long wake_at = 0;
+  if (b->wait != NULL && b->wait_min > b->nout)
+    wake_at = herald_http_notify_pending(b->notify) - (long)(b->wait_min - b->nout);
+  herald_http_notify_set_wake(b->notify, b->started < b->added, wake_at);
 }
 
 static Outcome *outcome_new(Batch *b) {

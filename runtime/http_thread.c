@@ -36,6 +36,7 @@ struct HeraldHttpGroup {
 struct HeraldHttpNotify {
   atomic_int refs;
   atomic_long pending;   /* jobs submitted under it whose outcome is not handed back yet */
+  atomic_long wake_at;   /* a finish that leaves at most this many pending wakes the caller */
   atomic_int eager;
 };
 
@@ -107,6 +108,7 @@ HeraldHttpNotify *herald_http_notify_new(void) {
   if (n == NULL) return NULL;
   atomic_init(&n->refs, 1);
   atomic_init(&n->pending, 0);
+  atomic_init(&n->wake_at, 0);
   atomic_init(&n->eager, 0);
   return n;
 }
@@ -115,9 +117,13 @@ void herald_http_notify_release(HeraldHttpNotify *n) {
   if (n != NULL && atomic_fetch_sub(&n->refs, 1) == 1) free(n);
 }
 
-void herald_http_notify_set_eager(HeraldHttpNotify *n, int eager) {
-  if (n != NULL) atomic_store(&n->eager, eager != 0);
+void herald_http_notify_set_wake(HeraldHttpNotify *n, int eager, long wake_at) {
+  if (n == NULL) return;
+  atomic_store(&n->wake_at, wake_at > 0 ? wake_at : 0);
+  atomic_store(&n->eager, eager != 0);
 }
+
+long herald_http_notify_pending(HeraldHttpNotify *n) { return n ? atomic_load(&n->pending) : 0; }
 
 HeraldHttpGroup *herald_http_group_new(size_t limit) {
   HeraldHttpGroup *g = calloc(1, sizeof *g);
@@ -184,12 +190,14 @@ static int dup_bytes(char **dst, const char *p, size_t n) {
 /* ---- the transport thread ---- */
 
 /* The transport is done with j (its outcome handed back or dropped): whether the caller must be
- * woken now. A quiet job wakes it only as the last of its notifier's jobs in flight, so the
- * outcomes queued before are delivered with it. */
+ * woken now. A quiet job wakes it only when it leaves its notifier's count of jobs in flight
+ * at the caller's threshold (the last one at the latest), so the outcomes queued before are
+ * delivered with it. */
 static int job_settled(HeraldHttpJob *j) {
   HeraldHttpNotify *n = j->notify;
   if (n == NULL) return 1;
-  return atomic_fetch_sub(&n->pending, 1) == 1 || atomic_load(&n->eager);
+  long left = atomic_fetch_sub(&n->pending, 1) - 1;
+  return left <= atomic_load(&n->wake_at) || atomic_load(&n->eager);
 }
 
 static void post_completion(HeraldHttpThread *t, HeraldHttpJob *j) {

@@ -31,8 +31,12 @@ void herald_http_group_release(HeraldHttpGroup *g);
 typedef struct HeraldHttpNotify HeraldHttpNotify;
 HeraldHttpNotify *herald_http_notify_new(void);
 void herald_http_notify_release(HeraldHttpNotify *n);
-/* Eager: every finish wakes the caller (it has more to submit, or waits for some outcomes). */
-void herald_http_notify_set_eager(HeraldHttpNotify *n, int eager);
+/* Eager: every finish wakes the caller (it has more to submit). Otherwise a finish wakes it
+ * when at most wake_at of the notifier's jobs remain in flight (0: the last one; a caller
+ * waiting for some outcomes sets it higher), and always when none remains. */
+void herald_http_notify_set_wake(HeraldHttpNotify *n, int eager, long wake_at);
+/* Jobs submitted under n whose outcome the transport has not handed back yet. */
+long herald_http_notify_pending(HeraldHttpNotify *n);
 
 /* Starts the thread. NULL when it cannot be started. */
 HeraldHttpThread *herald_http_thread_new(uv_loop_t *loop, const HeraldHttpClientOptions *opt);

@@ -336,8 +336,11 @@ local function prepare(row, def, ep, profile)
 end
 
 -- Sends prepared messages grouped by profile, every profile's batch in its own task so they
--- overlap on the loop; returns outcomes by the index of `items` ({profile=, msg=}).
-function deliver.send_items(items)
+-- overlap on the loop; returns outcomes by the index of `items` ({profile=, msg=}). A channel
+-- that can tell outcomes as they finish (the webhook's one-message calls) hands them to
+-- progress(indexes, outcomes) on the way, by the index of `items`; an error progress raises is
+-- raised again once the sends are over (their outcomes are still returned).
+function deliver.send_items(items, progress)
   local groups, order = {}, {}
   for i, it in ipairs(items) do
     local g = groups[it.profile.name]
@@ -349,9 +352,19 @@ function deliver.send_items(items)
     g.msgs[#g.msgs + 1] = it.msg
     g.idx[#g.idx + 1] = i
   end
-  local out, pending, all_done = {}, #order, nil
+  local out, pending, all_done, progress_err = {}, #order, nil, nil
   local function run(g)
-    local ok, res = pcall(function() return channel_for(g.profile):send(g.msgs) end)
+    local told = nil
+    if progress then
+      told = function(ks, outs)
+        if progress_err ~= nil then return end
+        local idx = {}
+        for j, k in ipairs(ks) do idx[j] = g.idx[k] end
+        local ok, err = pcall(progress, idx, outs)
+        if not ok then progress_err = err end
+      end
+    end
+    local ok, res = pcall(function() return channel_for(g.profile):send(g.msgs, told) end)
     for k, i in ipairs(g.idx) do
       if ok then
         out[i] = res[k] or { verdict = 'transient', reason = 'no outcome' }
@@ -370,6 +383,7 @@ function deliver.send_items(items)
     for _, g in ipairs(order) do task.spawn(run, g) end
     if pending > 0 then all_done:wait() end
   end
+  if progress_err ~= nil then error(progress_err, 0) end
   return out
 end
 
@@ -478,16 +492,20 @@ local function claim_and_prepare(now_ms, max, ids_json)
   return rows, prepare_rows(rows, now_ms)
 end
 
+-- Outcomes are recorded as the channel tells them (in chunks, each in a transaction of its
+-- own), so the messages sent but not yet recorded when a process is killed, which it sends
+-- again after its restart, are at most a chunk's worth per lane rather than a whole claim.
 function deliver.pump(now_ms, max, ids_json)
   ids_json = claimable(ids_json)
   local cfg = deliver.config()
   local rows, reports, defers, items = core.transaction(claim_and_prepare, now_ms, max, ids_json)
   local fb = {}
   if #items > 0 then
-    local out = deliver.send_items(items)
-    local now = clock.now()
-    for i, it in ipairs(items) do
-      local o, row = out[i], it.row
+    local settled = {}
+    local function settle(i, o, now)
+      settled[i] = true
+      local it = items[i]
+      local row = it.row
       local cid = row.campaign_id
       if o.verdict == 'delivered' then
         state.systemic[cid] = 0
@@ -514,6 +532,19 @@ function deliver.pump(now_ms, max, ids_json)
                                     reason = 'RETRY: ' .. tostring(o.reason) }
         end
       end
+    end
+    local function progress(idx, outs)
+      local now = clock.now()
+      for j, i in ipairs(idx) do settle(i, outs[j], now) end
+      outbox.report_batch(reports)
+      reports = {}
+      for _, f in ipairs(fb) do deliver.feedback(f[1], f[2]) end
+      fb = {}
+    end
+    local out = deliver.send_items(items, progress)
+    local now = clock.now()
+    for i = 1, #items do
+      if not settled[i] then settle(i, out[i], now) end
     end
   end
   if #defers > 0 then

@@ -36,6 +36,7 @@ describe('delivery through providers', function()
   setup(function()
     ng = S.start_nginx { locations = [[
       location = /hook-ok { return 200 "ok\n"; }
+      location = /hook-paced { echo_sleep 0.005; echo "ok"; }
     ]] }
     emu = S.start_emulator()
   end)
@@ -372,6 +373,52 @@ describe('delivery through providers', function()
     end
     assert.are.equal('SMS', found.Endpoints['sms-1'].ChannelType)
     assert.are.equal('custom +15550000123', found.Data)
+  end)
+
+  it('records webhook outcomes in chunks while the rest of the claim is still on the wire', function()
+    local dir = h.tmpdir()
+    h.write(dir .. '/s.lua', string.format([[
+      local outbox = require 'herald.core.outbox'
+      local deliver = require 'herald.deliver'
+      local providers = require 'herald.providers'
+      local task = require 'herald.core.task'
+      deliver.configure(providers.check({ profiles = { p = { type = 'webhook', url = %q, connections = 2 } },
+                                          channels = { CUSTOM = 'p' } }, 'spec'))
+      local rows = {}
+      for i = 1, 256 do
+        local id = string.format('ep-%%03d', i)
+        assert(herald.endpoints.put { Id = id, ChannelType = 'CUSTOM', Address = 'hook-' .. i })
+        rows[i] = { endpoint_id = id, treatment = 0, channel = 'CUSTOM', address = 'hook-' .. i, due_ms = 1000 }
+      end
+      outbox.define_campaign('chunks', 'chunks', herald.json.encode {
+        Name = 'chunks', TreatmentName = 't', AdditionalTreatments = herald.json.array {},
+        MessageConfiguration = { DefaultMessage = { Body = 'b {{Id}}' } }, Herald = { Deliver = { type = 'channels' } },
+      })
+      local seq = outbox.trigger_cursor('chunks')
+      outbox.trigger { campaign_id = 'chunks', version = 1, now_ms = 1000, from_seq = seq, to_seq = seq + 1, rows = rows }
+      -- the SENT count seen every 10 ms while one claim of 256 goes out two at a time
+      local done, seen = false, {}
+      task.spawn(function()
+        while not done do
+          seen[#seen + 1] = herald.db.query("SELECT count(*) AS n FROM outbox WHERE state = 'SENT'")[1].n
+          herald.sleep(10)
+        end
+      end)
+      local claimed = deliver.pump(herald.now_ms(), 256, '["chunks"]')
+      done = true
+      print(claimed, table.concat(seen, ','))
+    ]], ng.url .. '/hook-paced'))
+    local out, code, err = h.herald('--db d.db s.lua', { cwd = dir })
+    assert.are.equal(0, code, err)
+    local claimed, seen = out:match('^(%d+)%s+([%d,]+)')
+    assert.are.equal('256', claimed)
+    local partial = 0
+    for n in seen:gmatch('%d+') do
+      n = tonumber(n)
+      if n > 0 and n < 256 then partial = partial + 1 end
+    end
+    assert.is_true(partial > 0, 'SENT counts seen during the claim: ' .. seen)
+    assert.are.equal(256, #query(dir, "SELECT id FROM outbox WHERE state = 'SENT'"))
   end)
 
   it('names the providers file and field of a bad profile', function()

@@ -28,10 +28,8 @@ end
 -- and TLS options; returns the outcomes as the batch gives them, by column (res.n, res.seq[i]
 -- the index in reqs, res.verdict[i], res.status[i], res.class[i], res.detail[i],
 -- res.retry_after_ms[i]), for callers that make no table per request.
-function util.send_http_columns(profile, reqs, opts)
-  opts = opts or {}
-  if #reqs == 0 then return { n = 0 } end
-  local b <close> = http.batch {
+local function open_batch(profile, reqs, opts)
+  local b = http.batch {
     url = reqs[1].url or profile.url, method = opts.method or 'POST', limit = profile_limit(profile),
     concurrency = math.min(profile.connections or 50, #reqs),
     timeout_ms = profile.timeout_ms or 30000, key_header = opts.key_header,
@@ -44,7 +42,28 @@ function util.send_http_columns(profile, reqs, opts)
       b:add(r.body, r.key)
     end
   end
+  return b
+end
+
+function util.send_http_columns(profile, reqs, opts)
+  opts = opts or {}
+  if #reqs == 0 then return { n = 0 } end
+  local b <close> = open_batch(profile, reqs, opts)
   return b:wait()
+end
+
+-- The same, handing the outcomes to on_chunk(res) as they finish, in columns of up to chunk
+-- outcomes (res.seq[i] the index in reqs), until every request has its outcome.
+function util.send_http_stream(profile, reqs, opts, chunk, on_chunk)
+  opts = opts or {}
+  local b <close> = open_batch(profile, reqs, opts)
+  local left = #reqs
+  while left > 0 do
+    local res = b:wait(math.min(chunk, left))
+    if res.n == 0 then break end   -- nothing outstanding: a closed batch
+    left = left - res.n
+    on_chunk(res)
+  end
 end
 
 -- The same, with outcomes by index: {verdict=, status=, class=, detail=, retry_after_ms=}.

@@ -43,7 +43,12 @@ end
 -- Outcomes are read-only to the caller: every plain delivery shares one.
 local DELIVERED = { verdict = 'delivered', systemic = false }
 
-function webhook:send(msgs)
+-- Outcomes of one-message calls come to progress(indexes, outcomes) in chunks as they finish,
+-- when a progress function is given (delivery records them as they come, so a process killed
+-- meanwhile sends fewer of them again after its restart); the whole list is returned as well.
+local CHUNK = 64
+
+function webhook:send(msgs, progress)
   local reqs, groups = {}, nil
   if self.per == 1 then
     -- one message per call, its Idempotency-Key the message id
@@ -71,15 +76,26 @@ function webhook:send(msgs)
   local opts = { key_header = 'Idempotency-Key', headers = self.headers, http1 = self.profile.http1 }
   local out = {}
   if groups == nil then
-    local res = util.send_http_columns(self.profile, reqs, opts)
-    local seq, verdicts, after = res.seq, res.verdict, res.retry_after_ms
-    for i = 1, res.n do
-      if verdicts[i] == 'delivered' and after[i] == nil then
-        out[seq[i]] = DELIVERED
-      else
-        out[seq[i]] = verdict { verdict = verdicts[i], status = res.status[i], class = res.class[i],
-                                detail = res.detail[i], retry_after_ms = after[i] }
+    local function take(res)
+      local seq, verdicts, after = res.seq, res.verdict, res.retry_after_ms
+      for i = 1, res.n do
+        if verdicts[i] == 'delivered' and after[i] == nil then
+          out[seq[i]] = DELIVERED
+        else
+          out[seq[i]] = verdict { verdict = verdicts[i], status = res.status[i], class = res.class[i],
+                                  detail = res.detail[i], retry_after_ms = after[i] }
+        end
       end
+    end
+    if progress == nil or #reqs <= CHUNK then
+      take(util.send_http_columns(self.profile, reqs, opts))
+    else
+      util.send_http_stream(self.profile, reqs, opts, CHUNK, function(res)
+        take(res)
+        local outs = {}
+        for i = 1, res.n do outs[i] = out[res.seq[i]] end
+        progress(res.seq, outs)
+      end)
     end
     return out
   end
