@@ -43,14 +43,28 @@ function smtp:send_one(m)
 end
 
 -- Every message is handed to the transport at once, in a task of its own; the channel's limit
--- keeps profile.sessions of them in flight and starts the next as one finishes.
-function smtp:send(msgs)
+-- keeps profile.sessions of them in flight and starts the next as one finishes. Outcomes come
+-- to progress(indexes, outcomes) in chunks of 64 as they finish, when a progress function is
+-- given (delivery records them as they come, so a process killed meanwhile mails fewer of
+-- them again after its restart); the whole list is returned as well.
+local CHUNK = 64
+
+function smtp:send(msgs, progress)
   local out, done, all_done = {}, 0, task.signal()
+  local told_idx, told_out = {}, {}
   for i, m in ipairs(msgs) do
     task.spawn(function()
       local ok, r = pcall(self.send_one, self, m)
       out[i] = ok and r or { verdict = 'permanent', reason = tostring(r) }
       done = done + 1
+      if progress and done < #msgs then
+        told_idx[#told_idx + 1], told_out[#told_out + 1] = i, out[i]
+        if #told_idx >= CHUNK then
+          local idx, outs = told_idx, told_out
+          told_idx, told_out = {}, {}
+          progress(idx, outs)
+        end
+      end
       if done == #msgs then all_done:notify() end
     end)
   end
