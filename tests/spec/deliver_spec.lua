@@ -428,6 +428,12 @@ describe('delivery through providers', function()
     assert.are.equal(256, sent_counts_during_claim(profile, 'CUSTOM', 'hook-%d', 256))
   end)
 
+  it('records SMS outcomes in chunks while the rest of the claim is still being sent', function()
+    local profile = string.format("{ type = 'sms', preset = 'twilio', url = %q, account_sid = 'AC_test', "
+      .. "auth_token = 'secret', from = '+15550100', connections = 1 }", emu.url .. '/twilio/Messages.json')
+    assert.are.equal(200, sent_counts_during_claim(profile, 'SMS', '+1556%03d0000', 200))
+  end)
+
   it('records email outcomes in chunks while the rest of the claim is still being mailed', function()
     local mail = S.start_mailstore()
     local ok, e = pcall(function()

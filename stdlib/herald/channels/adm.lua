@@ -50,15 +50,12 @@ local function request(self, m)
   return { key = m.key, url = self.url .. util.urlencode(m.address) .. '/messages', body = json.encode(body) }
 end
 
-function adm:send(msgs)
+function adm:send(msgs, progress)
   local token, err = self:token()
   if not token then return util.fail_all(#msgs, 'transient', err) end
   local reqs = {}
   for i, m in ipairs(msgs) do reqs[i] = request(self, m) end
-  local res = util.send_http(self.profile, reqs, { headers = {
-    Authorization = 'Bearer ' .. token, ['Content-Type'] = 'application/json', Accept = 'application/json',
-    ['X-Amzn-Type-Version'] = TYPE_VERSION, ['X-Amzn-Accept-Type'] = ACCEPT_TYPE } })
-  return util.verdicts(res, function(o)
+  local function judge(o)
     local b = util.decode(o.detail)
     local why = b and b.reason
     if why == 'InvalidRegistrationId' or why == 'Unregistered' or o.status == 410 then
@@ -68,7 +65,12 @@ function adm:send(msgs)
       return why, 'token'
     end
     return why
-  end)
+  end
+  local function verdicts(res) return util.verdicts(res, judge) end
+  local res = util.send_http(self.profile, reqs, { headers = {
+    Authorization = 'Bearer ' .. token, ['Content-Type'] = 'application/json', Accept = 'application/json',
+    ['X-Amzn-Type-Version'] = TYPE_VERSION, ['X-Amzn-Accept-Type'] = ACCEPT_TYPE } }, progress, verdicts)
+  return verdicts(res)
 end
 
 return adm

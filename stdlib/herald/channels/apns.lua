@@ -57,13 +57,12 @@ function apns:request(m, token)
            url = (m.channel:find('SANDBOX') and (p.sandbox_url or self.url) or self.url) .. '/3/device/' .. m.address }
 end
 
-function apns:send(msgs)
+function apns:send(msgs, progress)
   local token, err = self:token()
   if not token then return util.fail_all(#msgs, 'permanent', err) end
   local reqs = {}
   for i, m in ipairs(msgs) do reqs[i] = self:request(m, token) end
-  local res = util.send_http(self.profile, reqs, { headers = { ['Content-Type'] = 'application/json' } })
-  return util.verdicts(res, function(o)
+  local function judge(o)
     local body = util.decode(o.detail)
     local why = body and body.reason
     if o.status == 410 or why == 'BadDeviceToken' or why == 'Unregistered' then
@@ -73,7 +72,11 @@ function apns:send(msgs)
       return why, 'token'
     end
     return why
-  end)
+  end
+  local function verdicts(res) return util.verdicts(res, judge) end
+  local res = util.send_http(self.profile, reqs, { headers = { ['Content-Type'] = 'application/json' } },
+    progress, verdicts)
+  return verdicts(res)
 end
 
 return apns

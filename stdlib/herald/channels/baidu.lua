@@ -58,14 +58,10 @@ function baidu:request(m)
   return { key = m.key, url = self.url, body = util.form(fields) }
 end
 
-function baidu:send(msgs)
+function baidu:send(msgs, progress)
   local reqs = {}
   for i, m in ipairs(msgs) do reqs[i] = self:request(m) end
-  local res = util.send_http(self.profile, reqs, { headers = {
-    ['Content-Type'] = 'application/x-www-form-urlencoded;charset=utf-8',
-    ['User-Agent'] = 'BCCS_SDK/3.0 (herald) Lua/5.4 (Baidu Push Server SDK V3.0.0)' } })
-  -- Baidu refuses a message in the body of a 200 answer as well
-  return util.verdicts(res, function(o)
+  local function judge(o)
     local b = util.decode(o.detail)
     local code = b and tonumber(b.error_code)
     if not code then return nil end
@@ -74,7 +70,13 @@ function baidu:send(msgs)
     if TRANSIENT[code] then return why, 'retry' end
     if code == 30603 then return why, 'refused' end
     return why
-  end, { delivered = true })
+  end
+  -- Baidu refuses a message in the body of a 200 answer as well
+  local function verdicts(res) return util.verdicts(res, judge, { delivered = true }) end
+  local res = util.send_http(self.profile, reqs, { headers = {
+    ['Content-Type'] = 'application/x-www-form-urlencoded;charset=utf-8',
+    ['User-Agent'] = 'BCCS_SDK/3.0 (herald) Lua/5.4 (Baidu Push Server SDK V3.0.0)' } }, progress, verdicts)
+  return verdicts(res)
 end
 
 return baidu

@@ -61,14 +61,12 @@ local function error_code(detail)
   return e.status
 end
 
-function fcm:send(msgs)
+function fcm:send(msgs, progress)
   local token, err = self:token()
   if not token then return util.fail_all(#msgs, 'transient', err) end
   local reqs = {}
   for i, m in ipairs(msgs) do reqs[i] = { key = m.key, body = message(m), url = self.url } end
-  local res = util.send_http(self.profile, reqs, {
-    headers = { Authorization = 'Bearer ' .. token, ['Content-Type'] = 'application/json' } })
-  return util.verdicts(res, function(o)
+  local function judge(o)
     local code = error_code(o.detail)
     if code == 'UNREGISTERED' then
       return code, 'inactive'
@@ -78,7 +76,11 @@ function fcm:send(msgs)
     end
     -- a 403 (permission denied on the project) holds for every message of the batch
     return code, o.status == 403 and 'systemic' or nil
-  end)
+  end
+  local function verdicts(res) return util.verdicts(res, judge) end
+  local res = util.send_http(self.profile, reqs, {
+    headers = { Authorization = 'Bearer ' .. token, ['Content-Type'] = 'application/json' } }, progress, verdicts)
+  return verdicts(res)
 end
 
 return fcm

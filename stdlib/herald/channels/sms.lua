@@ -61,10 +61,16 @@ function sms:request(m)
   return { key = m.key, body = json.encode(body), headers = { ['Content-Type'] = 'application/json' } }
 end
 
-function sms:send(msgs)
+function sms:send(msgs, progress)
   local reqs = {}
   for i, m in ipairs(msgs) do reqs[i] = self:request(m) end
-  local res = util.send_http(self.profile, reqs, { key_header = 'Idempotency-Key', headers = self.profile.headers })
+  local function verdicts(res) return self:verdicts(res) end
+  local res = util.send_http(self.profile, reqs, { key_header = 'Idempotency-Key', headers = self.profile.headers },
+    progress, verdicts)
+  return verdicts(res)
+end
+
+function sms:verdicts(res)
   local out = {}
   for i, o in ipairs(res) do
     local r = { verdict = o.verdict, retry_after_ms = o.retry_after_ms }

@@ -6,6 +6,7 @@
 local http = require 'herald.core.http'
 local task = require 'herald.core.task'
 local template = require 'herald.template'
+local util = require 'herald.channels.util'
 
 local smtp = {}
 smtp.__index = smtp
@@ -44,11 +45,8 @@ end
 
 -- Every message is handed to the transport at once, in a task of its own; the channel's limit
 -- keeps profile.sessions of them in flight and starts the next as one finishes. Outcomes come
--- to progress(indexes, outcomes) in chunks of 64 as they finish, when a progress function is
--- given (delivery records them as they come, so a process killed meanwhile mails fewer of
--- them again after its restart); the whole list is returned as well.
-local CHUNK = 64
-
+-- to progress(indexes, outcomes) in chunks as they finish (util.CHUNK), when a progress
+-- function is given; the whole list is returned as well.
 function smtp:send(msgs, progress)
   local out, done, all_done = {}, 0, task.signal()
   local told_idx, told_out = {}, {}
@@ -59,7 +57,7 @@ function smtp:send(msgs, progress)
       done = done + 1
       if progress and done < #msgs then
         told_idx[#told_idx + 1], told_out[#told_out + 1] = i, out[i]
-        if #told_idx >= CHUNK then
+        if #told_idx >= util.CHUNK then
           local idx, outs = told_idx, told_out
           told_idx, told_out = {}, {}
           progress(idx, outs)

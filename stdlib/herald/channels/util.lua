@@ -66,14 +66,33 @@ function util.send_http_stream(profile, reqs, opts, chunk, on_chunk)
   end
 end
 
+-- Outcomes a channel tells delivery as they finish (send(msgs, progress)): in chunks of this
+-- many, each recorded in a transaction of its own, so a process killed meanwhile has fewer
+-- messages sent but unrecorded, which it would send again after its restart.
+util.CHUNK = 64
+
 -- The same, with outcomes by index: {verdict=, status=, class=, detail=, retry_after_ms=}.
-function util.send_http(profile, reqs, opts)
+-- With progress (a channel's send(msgs, progress)) and to_verdicts (outcomes -> the channel's
+-- verdicts, in step), the verdicts of finished requests go to progress(indexes, verdicts) in
+-- chunks on the way; every outcome is returned as well.
+function util.send_http(profile, reqs, opts, progress, to_verdicts)
   local out = {}
-  local res = util.send_http_columns(profile, reqs, opts)
-  for i = 1, res.n do
-    out[res.seq[i]] = { verdict = res.verdict[i], status = res.status[i], class = res.class[i],
-                        detail = res.detail[i], retry_after_ms = res.retry_after_ms[i] }
+  local function take(res)
+    for i = 1, res.n do
+      out[res.seq[i]] = { verdict = res.verdict[i], status = res.status[i], class = res.class[i],
+                          detail = res.detail[i], retry_after_ms = res.retry_after_ms[i] }
+    end
   end
+  if progress == nil or to_verdicts == nil or #reqs <= util.CHUNK then
+    take(util.send_http_columns(profile, reqs, opts))
+    return out
+  end
+  util.send_http_stream(profile, reqs, opts, util.CHUNK, function(res)
+    take(res)
+    local outs = {}
+    for i = 1, res.n do outs[i] = out[res.seq[i]] end
+    progress(res.seq, to_verdicts(outs))
+  end)
   return out
 end
 

@@ -44,10 +44,7 @@ end
 local DELIVERED = { verdict = 'delivered', systemic = false }
 
 -- Outcomes of one-message calls come to progress(indexes, outcomes) in chunks as they finish,
--- when a progress function is given (delivery records them as they come, so a process killed
--- meanwhile sends fewer of them again after its restart); the whole list is returned as well.
-local CHUNK = 64
-
+-- when a progress function is given (util.CHUNK); the whole list is returned as well.
 function webhook:send(msgs, progress)
   local reqs, groups = {}, nil
   if self.per == 1 then
@@ -87,10 +84,10 @@ function webhook:send(msgs, progress)
         end
       end
     end
-    if progress == nil or #reqs <= CHUNK then
+    if progress == nil or #reqs <= util.CHUNK then
       take(util.send_http_columns(self.profile, reqs, opts))
     else
-      util.send_http_stream(self.profile, reqs, opts, CHUNK, function(res)
+      util.send_http_stream(self.profile, reqs, opts, util.CHUNK, function(res)
         take(res)
         local outs = {}
         for i = 1, res.n do outs[i] = out[res.seq[i]] end
