@@ -337,9 +337,9 @@ end
 
 -- Sends prepared messages grouped by profile, every profile's batch in its own task so they
 -- overlap on the loop; returns outcomes by the index of `items` ({profile=, msg=}). A channel
--- that can tell outcomes as they finish (the webhook's one-message calls) hands them to
--- progress(indexes, outcomes) on the way, by the index of `items`; an error progress raises is
--- raised again once the sends are over (their outcomes are still returned).
+-- that can tell outcomes as they finish (all but a Lua channel and a webhook with several
+-- endpoints per call) hands them to progress(indexes, outcomes) on the way, by the index of
+-- `items`; an error progress raises is raised again once the sends are over.
 function deliver.send_items(items, progress)
   local groups, order = {}, {}
   for i, it in ipairs(items) do

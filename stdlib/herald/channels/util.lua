@@ -52,24 +52,28 @@ function util.send_http_columns(profile, reqs, opts)
   return b:wait()
 end
 
--- The same, handing the outcomes to on_chunk(res) as they finish, in columns of up to chunk
--- outcomes (res.seq[i] the index in reqs), until every request has its outcome.
-function util.send_http_stream(profile, reqs, opts, chunk, on_chunk)
-  opts = opts or {}
-  local b <close> = open_batch(profile, reqs, opts)
-  local left = #reqs
-  while left > 0 do
-    local res = b:wait(math.min(chunk, left))
-    if res.n == 0 then break end   -- nothing outstanding: a closed batch
-    left = left - res.n
-    on_chunk(res)
-  end
-end
-
 -- Outcomes a channel tells delivery as they finish (send(msgs, progress)): in chunks of this
 -- many, each recorded in a transaction of its own, so a process killed meanwhile has fewer
 -- messages sent but unrecorded, which it would send again after its restart.
 util.CHUNK = 64
+
+-- The same, handing the outcome columns to take(res): all at once, or, when told is given and
+-- there is more than a chunk, a chunk at a time as they finish, each followed by told(res).
+function util.send_http_taking(profile, reqs, opts, take, told)
+  if told == nil or #reqs <= util.CHUNK then
+    take(util.send_http_columns(profile, reqs, opts))
+    return
+  end
+  local b <close> = open_batch(profile, reqs, opts or {})
+  local left = #reqs
+  while left > 0 do
+    local res = b:wait(math.min(util.CHUNK, left))
+    if res.n == 0 then break end   -- nothing outstanding: a closed batch
+    left = left - res.n
+    take(res)
+    told(res)
+  end
+end
 
 -- The same, with outcomes by index: {verdict=, status=, class=, detail=, retry_after_ms=}.
 -- With progress (a channel's send(msgs, progress)) and to_verdicts (outcomes -> the channel's
@@ -83,12 +87,7 @@ function util.send_http(profile, reqs, opts, progress, to_verdicts)
                           detail = res.detail[i], retry_after_ms = res.retry_after_ms[i] }
     end
   end
-  if progress == nil or to_verdicts == nil or #reqs <= util.CHUNK then
-    take(util.send_http_columns(profile, reqs, opts))
-    return out
-  end
-  util.send_http_stream(profile, reqs, opts, util.CHUNK, function(res)
-    take(res)
+  util.send_http_taking(profile, reqs, opts, take, progress and to_verdicts and function(res)
     local outs = {}
     for i = 1, res.n do outs[i] = out[res.seq[i]] end
     progress(res.seq, to_verdicts(outs))

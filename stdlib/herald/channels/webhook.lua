@@ -84,16 +84,11 @@ function webhook:send(msgs, progress)
         end
       end
     end
-    if progress == nil or #reqs <= util.CHUNK then
-      take(util.send_http_columns(self.profile, reqs, opts))
-    else
-      util.send_http_stream(self.profile, reqs, opts, util.CHUNK, function(res)
-        take(res)
-        local outs = {}
-        for i = 1, res.n do outs[i] = out[res.seq[i]] end
-        progress(res.seq, outs)
-      end)
-    end
+    util.send_http_taking(self.profile, reqs, opts, take, progress and function(res)
+      local outs = {}
+      for i = 1, res.n do outs[i] = out[res.seq[i]] end
+      progress(res.seq, outs)
+    end)
     return out
   end
   local res = util.send_http(self.profile, reqs, opts)
