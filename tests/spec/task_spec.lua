@@ -57,10 +57,11 @@ describe('task.signal', function()
     assert.is_true(first_resumed)
   end)
 
-  it('does not keep a script alive when nobody waits on it', function()
+  it('resumes its waiter although nothing else keeps the loop running', function()
     local out, code = h.herald('-e ' .. h.shell_quote(
-      "local s = require('herald.core.task').signal(); s:notify(); print('done')"))
+      "local task = require('herald.core.task'); local s = task.signal(); "
+      .. "task.spawn(function() s:wait(); print('resumed') end); s:notify(); print('notified')"))
     assert.are.equal(0, code)
-    assert.are.equal('done\n', out)
+    assert.are.equal('notified\nresumed\n', out)
   end)
 end)
