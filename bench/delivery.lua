@@ -5,6 +5,11 @@
 --
 -- webhook-outbox, smtp-outbox: the whole campaign delivery path (bench/delivery_campaign.lua:
 --   outbox claim, endpoint read, render, channel, batched report) against wrk / smtp-source.
+--   On two cores the webhook row shares them with nginx, which sleeps after almost every
+--   request when herald drives it and, woken by the transport's send, preempts the transport
+--   on its core (wrk keeps nginx busy on a core of its own); with nginx unable to preempt
+--   (SCHED_BATCH, an experiment only) the row ran 10-12% faster, with the loop's own work cut
+--   to claim and report only ~5% faster.
 -- memory: peak RSS of that path over --memory-messages (default 1,000,000) webhooks.
 -- crash (not in all): kill -9 ten times during --crash-messages (100,000) webhooks; see below.
 -- webhook: POSTs of a ~500-byte JSON body, each with its own Idempotency-Key, to nginx
