@@ -528,7 +528,7 @@ static void batch_done(const HeraldHttpResponse *res, void *user);
  * transport counts them down: outcomes queued but not yet delivered make that wake a little
  * later, never missing); otherwise the last outcome in flight wakes the loop, with the
  * others. */
-static void batch_update_eager(Batch *b) {
+static void batch_update_wake(Batch *b) {
   long wake_at = 0;
   if (b->wait != NULL && b->wait_min > b->nout)
     wake_at = herald_http_notify_pending(b->notify) - (long)(b->wait_min - b->nout);
@@ -548,9 +548,8 @@ static Outcome *outcome_new(Batch *b) {
   return o;
 }
 
-/* Starts queued items while slots are free. L is any thread of the batch's state. */
-static void batch_pump(lua_State *L, Batch *b) {
-  if (b->closed || b->started >= b->added || b->in_flight >= b->window) return;
+/* Hands queued items to the transport while the window has room. */
+static void batch_hand_over(lua_State *L, Batch *b) {
   HeraldHttpThread *c = get_client(L);
   luaL_checkstack(L, MAX_HEADERS + 12, "batch");
   lua_rawgeti(L, LUA_REGISTRYINDEX, b->items_ref);
@@ -628,7 +627,13 @@ static void batch_pump(lua_State *L, Batch *b) {
     }
   }
   lua_pop(L, 3);
-  batch_update_eager(b);
+}
+
+/* Starts queued items while slots are free, then says when the loop needs waking (also when
+ * the window is full and nothing started). L is any thread of the batch's state. */
+static void batch_pump(lua_State *L, Batch *b) {
+  if (!b->closed && b->started < b->added && b->in_flight < b->window) batch_hand_over(L, b);
+  batch_update_wake(b);
 }
 
 static int batch_push_outcomes(lua_State *L, Batch *b);
@@ -658,9 +663,9 @@ static void batch_done(const HeraldHttpResponse *res, void *user) {
   } else if ((res->status < 200 || res->status >= 300) && res->body_len > 0) {
     o->detail = strndup(res->body, res->body_len);
   }
+  /* pumps (and updates the wake-up) before the wake: the task it resumes may close the batch
+   * and let it be collected */
   batch_pump(b->main, b);
-  /* before the wake: the task it resumes may close the batch and let it be collected */
-  batch_update_eager(b);
   batch_maybe_wake(b);
 }
 
@@ -855,7 +860,6 @@ static int l_batch_add(lua_State *L) {
   lua_rawgeti(L, LUA_REGISTRYINDEX, b->opts_ref);
   batch_append(L, b, 2, 3, 4, 5, 6, 7);
   batch_pump(L, b);
-  batch_update_eager(b);  /* also when the window is full and pump started nothing */
   lua_pushinteger(L, b->added);
   return 1;
 }
@@ -879,7 +883,6 @@ static int l_batch_add_many(lua_State *L) {
     lua_pop(L, 3);
   }
   batch_pump(L, b);
-  batch_update_eager(b);  /* also when the window is full and pump started nothing */
   lua_pushinteger(L, b->added);
   return 1;
 }
@@ -901,7 +904,7 @@ static int l_batch_wait(lua_State *L) {
   b->wait_min = (size_t)min;
   if (b->nout >= b->wait_min || batch_outstanding(b) == 0) return batch_push_outcomes(L, b);
   b->wait = herald_task_wait_new(L, 0, batch_wait_cancel, b);
-  batch_update_eager(b);
+  batch_update_wake(b);
   return lua_yield(L, 0);
 }
 
