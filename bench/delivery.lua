@@ -5,11 +5,17 @@
 --
 -- webhook-outbox, smtp-outbox: the whole campaign delivery path (bench/delivery_campaign.lua:
 --   outbox claim, endpoint read, render, channel, batched report) against wrk / smtp-source.
---   On two cores the webhook row shares them with nginx, which sleeps after almost every
---   request when herald drives it and, woken by the transport's send, preempts the transport
---   on its core (wrk keeps nginx busy on a core of its own); with nginx unable to preempt
---   (SCHED_BATCH, an experiment only) the row ran 10-12% faster, with the loop's own work cut
---   to claim and report only ~5% faster.
+--   The note gives the child's CPU per message by thread. On two cores the webhook row shares
+--   them with nginx, which sleeps after almost every request when herald drives it (wrk keeps
+--   it busy on a core of its own). nginx gets the loop thread's core only while that core is
+--   mostly idle: with the loop's work replaced by a spin (an experiment: claims from a counter,
+--   the same transport and lanes), 1-3 us of loop CPU per message gave 64,000-70,000/s, 7 us
+--   44,600/s, 12 us 42,400/s, 23 us 41,600/s. Past a few us nginx runs on the transport's core,
+--   woken by its sends, and preempts it after nearly every request, so the row sits at what
+--   that one core does for both (~14 us transport + ~10 us nginx per message) whatever the loop
+--   spends, up to a core. Outbox claim and report alone cost the loop 10-12 us per message
+--   (42,000/s in that experiment); with nginx unable to preempt (SCHED_BATCH) the row ran
+--   10-12% faster.
 -- memory: peak RSS of that path over --memory-messages (default 1,000,000) webhooks.
 -- crash (not in all): kill -9 ten times during --crash-messages (100,000) webhooks; see below.
 -- webhook: POSTs of a ~500-byte JSON body, each with its own Idempotency-Key, to nginx
@@ -201,8 +207,8 @@ end
 
 -- The campaign rows: the whole delivery path of `herald run` (outbox claim, endpoint read,
 -- render, the channel, report in one transaction per claim) in a child herald on a fresh store
--- whose endpoints were imported beforehand (not timed). Returns seconds, sent, failed, body size
--- and the child's peak RSS in KB.
+-- whose endpoints were imported beforehand (not timed). Returns seconds, body size, the child's
+-- peak RSS in KB and its CPU per message as text ("loop X us + transport Y us").
 local function campaign_child(kind, url, n, conns)
   local dir = S.tmpdir('bench-campaign')
   local f = assert(io.open(dir .. '/eps.csv', 'w'))
@@ -216,21 +222,22 @@ local function campaign_child(kind, url, n, conns)
     dir, exe, exe, root, kind, url, n, conns, dir))
   local secs, sent, failed, size = out:match('([%d%.]+) (%d+) (%d+) (%d+)')
   local rss = tonumber(out:match('rss (%d+)'))
+  local loop_us, other_us = out:match('cpu ([%d%.]+) ([%d%.]+)')
   if not secs then error(kind .. ' campaign run failed:\n' .. out, 0) end
   if tonumber(sent) ~= n then error(string.format('%s campaign: %s of %d sent, %s failed', kind, sent, n, failed), 0) end
-  return tonumber(secs), tonumber(size), rss
+  return tonumber(secs), tonumber(size), rss, string.format('loop %s us + transport %s us', loop_us, other_us)
 end
 
 local function bench_campaign_webhook()
   local ng = S.start_nginx { tls = false, access_log = false }
   local url = ng.url .. '/ok'
   local total, conns = opts.messages, opts.connections
-  local best_h, size, rss = math.huge, 0, 0
+  local best_h, size, rss, cpu = math.huge, 0, 0, ''
   local best_r = math.huge
   local dir = S.tmpdir('wrk')
   for _ = 1, opts.runs do
-    local s, sz, r = campaign_child('webhook', url, total, conns)
-    if s < best_h then best_h, size, rss = s, sz, r end
+    local s, sz, r, c = campaign_child('webhook', url, total, conns)
+    if s < best_h then best_h, size, rss, cpu = s, sz, r, c end
     local f = assert(io.open(dir .. '/post.lua', 'w'))
     f:write(string.format('wrk.method = "POST"\nwrk.body = %q\nwrk.headers["Content-Type"] = "application/json"\n'
       .. 'wrk.headers["Idempotency-Key"] = "0123456789abcdef0123456789abcdef"\n', string.rep('x', size)))
@@ -243,18 +250,18 @@ local function bench_campaign_webhook()
   ng:stop()
   local floor = total / best_h >= 20000 and '' or ' (below 20,000/s: MISSED)'
   row('webhook-outbox', best_h, best_r, string.format(
-    '%d campaign messages (Pinpoint custom-channel JSON, %d B) to nginx return 200 with outbox claim/report, %d connections: herald %s vs wrk %s%s; peak RSS %d MB',
-    total, size, conns, rate(total, best_h), rate(total, best_r), floor, rss // 1024))
+    '%d campaign messages (Pinpoint custom-channel JSON, %d B) to nginx return 200 with outbox claim/report, %d connections: herald %s vs wrk %s%s; peak RSS %d MB; CPU per message: %s',
+    total, size, conns, rate(total, best_h), rate(total, best_r), floor, rss // 1024, cpu))
 end
 
 local function bench_campaign_smtp()
   local sink = S.start_smtp_sink { backlog = 1024 }
   local total, sessions = opts.mails, opts.sessions
-  local best_h, size, rss = math.huge, 0, 0
+  local best_h, size, rss, cpu = math.huge, 0, 0, ''
   local best_r = math.huge
   for _ = 1, opts.runs do
-    local s, sz, r = campaign_child('smtp', sink.url, total, sessions)
-    if s < best_h then best_h, size, rss = s, sz, r end
+    local s, sz, r, c = campaign_child('smtp', sink.url, total, sessions)
+    if s < best_h then best_h, size, rss, cpu = s, sz, r, c end
     local t1 = now_s()
     local out = capture(string.format('smtp-source -d -s %d -l %d -m %d -f bench@herald.example '
       .. '-t sink@example.org 127.0.0.1:%d 2>&1', sessions, 2048, total, sink.port))
@@ -263,8 +270,8 @@ local function bench_campaign_smtp()
   end
   sink:stop()
   row('smtp-outbox', best_h, best_r, string.format(
-    '%d campaign emails (~2 KB MIME) to smtp-sink with outbox claim/report, %d sessions: herald %s vs smtp-source %s; peak RSS %d MB',
-    total, sessions, rate(total, best_h), rate(total, best_r), rss // 1024))
+    '%d campaign emails (~2 KB MIME) to smtp-sink with outbox claim/report, %d sessions: herald %s vs smtp-source %s; peak RSS %d MB; CPU per message: %s',
+    total, sessions, rate(total, best_h), rate(total, best_r), rss // 1024, cpu))
 end
 
 local function bench_memory()

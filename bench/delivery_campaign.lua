@@ -1,7 +1,8 @@
 -- One side of bench/delivery.lua's campaign rows, run as its own process on a fresh store with
 -- the endpoints already imported: writes a campaign version and its outbox rows, then drives
 -- deliver.drain exactly as `herald run` does (claims of 256 in the default four lanes, one report transaction per claim)
--- until every row is settled. Prints "seconds sent failed body_bytes".
+-- until every row is settled. Prints "seconds sent failed body_bytes", then "cpu LOOP OTHER": the
+-- CPU time per message of the loop thread and of the other threads (the transport), in us.
 --   herald --db D bench/delivery_campaign.lua webhook|smtp URL N CONNECTIONS
 local outbox = require 'herald.core.outbox'
 local clock = require 'herald.core.clock'
@@ -51,7 +52,26 @@ for first = 1, n, RUN do
 end
 collectgarbage()
 
+-- CPU seconds of each thread of this process by thread id (Linux /proc; ticks of 1/100 s).
+local function thread_cpu()
+  local stat = assert(io.open('/proc/self/stat')):read('a')
+  local pid = stat:match('^(%d+)')
+  local out = {}
+  local ls = assert(io.popen('ls /proc/' .. pid .. '/task'))
+  for tid in ls:lines() do
+    local f = io.open('/proc/' .. pid .. '/task/' .. tid .. '/stat')
+    if f then
+      local utime, stime = f:read('a'):match('^%d+ %b() %S+ ' .. string.rep('%S+ ', 10) .. '(%d+) (%d+)')
+      f:close()
+      out[tid] = (tonumber(utime) + tonumber(stime)) / 100
+    end
+  end
+  ls:close()
+  return out, pid
+end
+
 local ids = '["bench"]'
+local cpu0 = thread_cpu()
 local t0 = clock.now()
 while true do
   local claimed, next_due = deliver.drain(clock.now(), 256, ids)
@@ -65,3 +85,10 @@ local size = kind == 'webhook' and #require('herald.channels.webhook').payload {
   endpoint_id = 'ep-0000001', endpoint = herald.endpoints.get('ep-0000001'), body = body:gsub('{{Id}}', 'ep-0000001'),
   campaign_id = 'bench', treatment_id = 0, scheduled_time = '2026-11-29T00:00:00.000Z', app_id = 'default', activity_id = '1' } } or #text
 print(string.format('%.3f %d %d %d', elapsed, deliver.stats.sent, deliver.stats.failed + deliver.stats.dead, size))
+local cpu1, pid = thread_cpu()
+local loop_s, other_s = 0, 0
+for tid, c in pairs(cpu1) do
+  local d = c - (cpu0[tid] or 0)
+  if tid == pid then loop_s = loop_s + d else other_s = other_s + d end
+end
+print(string.format('cpu %.1f %.1f', loop_s * 1e6 / n, other_s * 1e6 / n))
