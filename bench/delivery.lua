@@ -206,7 +206,7 @@ local function bench_smtp()
 end
 
 -- The campaign rows: the whole delivery path of `herald run` (outbox claim, endpoint read,
--- render, the channel, report in one transaction per claim) in a child herald on a fresh store
+-- render, the channel, outcomes recorded in chunks as they come) in a child herald on a fresh store
 -- whose endpoints were imported beforehand (not timed). Returns seconds, body size, the child's
 -- peak RSS in KB and its CPU per message as text ("loop X us + transport Y us").
 local function campaign_child(kind, url, n, conns)

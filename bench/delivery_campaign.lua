@@ -1,6 +1,6 @@
 -- One side of bench/delivery.lua's campaign rows, run as its own process on a fresh store with
 -- the endpoints already imported: writes a campaign version and its outbox rows, then drives
--- deliver.drain exactly as `herald run` does (claims of 256 in the default four lanes, one report transaction per claim)
+-- deliver.drain exactly as `herald run` does (claims of 256 in the default four lanes, outcomes recorded in chunks of 64 as they come)
 -- until every row is settled. Prints "seconds sent failed body_bytes", then "cpu LOOP OTHER": the
 -- CPU time per message of the loop thread and of the other threads (the transport), in us.
 --   herald --db D bench/delivery_campaign.lua webhook|smtp URL N CONNECTIONS
