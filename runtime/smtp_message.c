@@ -92,9 +92,11 @@ static void encoded_words(Buf *b, const char *s) {
   }
 }
 
-/* Unstructured header text: as is when plain ASCII, else encoded words. */
+/* Unstructured header text: as is when plain ASCII, else encoded words. Readers decode
+ * anything shaped like "=?charset?B?text?=" in such text (RFC 2047 §5), so ASCII text holding
+ * "=?" is encoded too, or a subject quoting one would be shown decoded. */
 static void header_text(Buf *b, const char *s) {
-  if (is_ascii_printable(s)) buf_str(b, s); else encoded_words(b, s);
+  if (is_ascii_printable(s) && strstr(s, "=?") == NULL) buf_str(b, s); else encoded_words(b, s);
 }
 
 /* A comma-separated header value, folded after commas where a line would pass 78 characters. */

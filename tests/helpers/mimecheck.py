@@ -16,7 +16,7 @@ def main():
     with open(sys.argv[1], "rb") as f:
         msg = BytesParser(policy=policy.default).parse(f)
     for name in ("From", "To", "Subject", "Message-ID", "Date", "List-Unsubscribe",
-                 "List-Unsubscribe-Post", "MIME-Version", "X-Campaign"):
+                 "List-Unsubscribe-Post", "MIME-Version", "X-Campaign", "X-Offer"):
         if msg[name] is not None:
             out(name.lower(), str(msg[name]))
     out("content-type", msg.get_content_type())

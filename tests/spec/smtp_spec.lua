@@ -84,6 +84,21 @@ describe('herald.http.send_mail', function()
     assert.is_nil(f['list-unsubscribe'])
   end)
 
+  it('shows a subject that looks like an encoded word as it was written', function()
+    -- Mail readers decode "=?charset?B?...?=" wherever it appears in a subject, so text that
+    -- merely quotes one has to be encoded itself to reach the reader unchanged.
+    local subject = 'Use code =?UTF-8?B?SGk=?= at checkout'
+    assert(http.send_mail { url = store.url, from = 'a@herald.example', to = 'b@example.org',
+                            subject = subject, text = 'x', message_id = 'ew-1',
+                            headers = { ['X-Offer'] = 'literal =?utf-8?q?x?=' } })
+    local n = store:count()
+    local f = parse(store.dir .. '/mail/' .. n .. '.eml')
+    assert.are.equal('0', f.defects)
+    assert.are.equal(subject, f.subject)
+    assert.are.equal('literal =?utf-8?q?x?=', f['x-offer'])
+    assert.is_nil(store:message(n).raw:find('=?UTF-8?B?SGk=?=', 1, true))
+  end)
+
   it('keeps the Message-ID of a retried message', function()
     local a = assert(http.send_mail { url = store.url, from = 'a@herald.example', to = 'b@example.org',
                                       text = 'x', message_id = 'same key' })
