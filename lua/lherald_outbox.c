@@ -296,7 +296,7 @@ static int l_trigger_cursor(lua_State *L) {
   return 1;
 }
 
-/* trigger{campaign_id=, version=, now_ms=, from_seq=, to_seq=, max_duration_ms=, rows={{endpoint_id=,
+/* trigger{campaign_id=, version=, now_ms=, from_seq=, to_seq=, daily_cap=, total_cap=, max_duration_ms=, rows={{endpoint_id=,
  * treatment=, channel=, address=, due_ms=, event_seq=, reason=}}, cancels={endpoint ids}}
  * -> run id (0 when the batch made no rows) */
 static int l_trigger(lua_State *L) {
@@ -310,6 +310,8 @@ static int l_trigger(lua_State *L) {
   t.now_ms = (int64_t)opt_field_integer(L, 1, "now_ms", herald_clock_now_ms());
   t.from_seq = (int64_t)opt_field_integer(L, 1, "from_seq", 0);
   t.to_seq = (int64_t)opt_field_integer(L, 1, "to_seq", 0);
+  t.daily_cap = (int64_t)opt_field_integer(L, 1, "daily_cap", 0);
+  t.total_cap = (int64_t)opt_field_integer(L, 1, "total_cap", 0);
   t.max_duration_ms = (int64_t)opt_field_integer(L, 1, "max_duration_ms", 0);
   lua_getfield(L, 1, "rows");
   int rows = lua_gettop(L);

@@ -853,8 +853,8 @@ int herald_outbox_trigger(HeraldStore *store, const HeraldOutboxTrigger *t, int6
     st = herald_store_stmt(
         store,
         "INSERT INTO campaign_runs(app_id, campaign_id, campaign_version, scheduled_ms, trigger_seq,"
-        " run_index, state, total, max_duration_ms, started_ms, created_at) VALUES (?1, ?2, ?3, ?4,"
-        " ?5, -1, 'EXECUTING', ?6, ?7, ?4, ?8)",
+        " run_index, state, total, max_duration_ms, started_ms, created_at, daily_cap, total_cap)"
+        " VALUES (?1, ?2, ?3, ?4, ?5, -1, 'EXECUTING', ?6, ?7, ?4, ?8, ?9, ?10)",
         err);
     if (st == NULL) goto fail;
     sqlite3_bind_text(st, 1, t->app, -1, SQLITE_STATIC);
@@ -866,6 +866,8 @@ int herald_outbox_trigger(HeraldStore *store, const HeraldOutboxTrigger *t, int6
     if (t->max_duration_ms > 0) sqlite3_bind_int64(st, 7, t->max_duration_ms);
     else sqlite3_bind_null(st, 7);
     sqlite3_bind_text(st, 8, now, -1, SQLITE_STATIC);
+    if (t->daily_cap > 0) sqlite3_bind_int64(st, 9, t->daily_cap); else sqlite3_bind_null(st, 9);
+    if (t->total_cap > 0) sqlite3_bind_int64(st, 10, t->total_cap); else sqlite3_bind_null(st, 10);
     if (herald_store_step_done(store, st, err, "creating a triggered run") != kHeraldOk) goto fail;
     *run_id = sqlite3_last_insert_rowid(herald_store_db(store));
     st = herald_store_stmt(

@@ -158,7 +158,7 @@ typedef struct {
   int n_rows;
   const char *const *cancels;  /* endpoints whose pending triggered messages are cancelled */
   int n_cancels;
-  int64_t max_duration_ms;
+  int64_t daily_cap, total_cap, max_duration_ms;  /* the run's limits, as a scheduled run's; 0: none */
 } HeraldOutboxTrigger;
 
 /* In one transaction: the cursor moved from from_seq to to_seq, cancels, and a run holding

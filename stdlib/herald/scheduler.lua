@@ -329,7 +329,7 @@ local function trigger_campaign(c, now_ms)
   local limits = c.definition.Limits or {}
   outbox.trigger {
     campaign_id = c.id, version = c.version, now_ms = now_ms, from_seq = cursor, to_seq = events[#events].seq,
-    rows = kept, cancels = cancels,
+    rows = kept, cancels = cancels, daily_cap = limits.Daily, total_cap = limits.Total,
     max_duration_ms = limits.MaximumDuration and limits.MaximumDuration * 1000 or nil,
   }
   return #events

@@ -73,6 +73,30 @@ describe('event-triggered campaigns', function()
     assert.are.equal(3, #q(dir, 'SELECT 1 FROM outbox'))
   end)
 
+  it('holds an event campaign to its daily and total caps, event after event', function()
+    local dir = h.tmpdir()
+    h.write(dir .. '/capped.lua', [[
+      herald.endpoints.put{ Id = 'u1', ChannelType = 'EMAIL', Address = 'u1@example.com' }
+      herald.campaign{ name = 'nudge', deliver = { file = 'out.txt' }, limits = { daily = 1, total = 2 },
+        segment = herald.segment{ name = 'all' }, message = { subject = 'Hi', body = 'Come back' },
+        schedule = { event = { types = { 'visit' } } } }
+    ]])
+    local _, code, err = h.herald('--db c.db run --clock-start 2027-01-01T09:00:00Z --until 2027-01-01T09:00:01Z capped.lua', { cwd = dir })
+    assert.are.equal(0, code, err)
+    -- each visit is its own batch and so its own run: the caps must hold across runs
+    local visits = { { 'v1', '2027-01-01T10:00:00Z' }, { 'v2', '2027-01-01T11:00:00Z' },
+                     { 'v3', '2027-01-02T10:00:00Z' }, { 'v4', '2027-01-03T10:00:00Z' } }
+    for _, v in ipairs(visits) do
+      events(dir, { { 'u1', v[1], 'visit', v[2] } })
+      _, code, err = h.herald('--db c.db run --until-idle --clock-start ' .. v[2] .. ' capped.lua', { cwd = dir })
+      assert.are.equal(0, code, err)
+    end
+    local rows = q(dir, 'SELECT o.state, o.reason FROM outbox o JOIN campaign_runs r ON r.id = o.run_id ORDER BY r.id')
+    assert.are.same({ { state = 'SENT' }, { state = 'SKIPPED', reason = 'DAILY_CAP' }, { state = 'SENT' },
+                      { state = 'SKIPPED', reason = 'TOTAL_CAP' } }, rows)
+    assert.are.equal(2, h.count(h.read(dir .. '/out.txt'), '--- message '))
+  end)
+
   it('refuses a bad event filter with its field path', function()
     local dir = h.tmpdir()
     h.write(dir .. '/bad.lua', "herald.campaign{ name = 'b', segment = herald.segment{ name = 'all' }, message = { body = 'x' },\n  schedule = { event = { types = { 'a' }, metrics = { total = { '~', 1 } } } } }\n")
