@@ -68,11 +68,21 @@ static HeraldHttpThread *get_client(lua_State *L) {
 
 /* ---- argument helpers ---- */
 
-static const char *field_string(lua_State *L, int t, const char *k, int required) {
+/* Field k of table t (absolute index) as a string; a number is accepted and converted. The
+ * pointer stays valid while the table is alive: a string is the table's own, and a converted
+ * number is stored back into the table in place of the number (lua_tostring converts only the
+ * stack's copy, which is gone once popped). *len receives the length when len is not NULL. */
+static const char *field_lstring(lua_State *L, int t, const char *k, int required, size_t *len) {
   lua_getfield(L, t, k);
   const char *s = NULL;
-  if (lua_type(L, -1) == LUA_TSTRING || lua_type(L, -1) == LUA_TNUMBER) {
-    s = lua_tostring(L, -1);
+  if (len) *len = 0;
+  if (lua_type(L, -1) == LUA_TNUMBER) {
+    lua_tostring(L, -1);
+    lua_pushvalue(L, -1);
+    lua_setfield(L, t, k);
+  }
+  if (lua_type(L, -1) == LUA_TSTRING) {
+    s = lua_tolstring(L, -1, len);
   } else if (!lua_isnil(L, -1)) {
     luaL_error(L, "field '%s': expected a string, got %s", k, luaL_typename(L, -1));
   } else if (required) {
@@ -80,6 +90,10 @@ static const char *field_string(lua_State *L, int t, const char *k, int required
   }
   lua_pop(L, 1);  /* the options table keeps the string alive */
   return s;
+}
+
+static const char *field_string(lua_State *L, int t, const char *k, int required) {
+  return field_lstring(L, t, k, required, NULL);
 }
 
 static lua_Integer field_integer(lua_State *L, int t, const char *k, lua_Integer def) {
@@ -216,12 +230,7 @@ static int l_request(lua_State *L) {
   HeraldHttpRequest req = {0};
   req.url = field_string(L, 1, "url", 1);
   req.method = field_string(L, 1, "method", 0);
-  req.body = field_string(L, 1, "body", 0);
-  if (req.body) {
-    lua_getfield(L, 1, "body");
-    req.body_len = lua_rawlen(L, -1);
-    lua_pop(L, 1);
-  }
+  req.body = field_lstring(L, 1, "body", 0, &req.body_len);
   req.timeout_ms = (long)field_integer(L, 1, "timeout_ms", 30000);
   luaL_argcheck(L, req.timeout_ms > 0, 1, "timeout_ms must be > 0");
   lua_Integer max_body = field_integer(L, 1, "max_body", DEFAULT_MAX_BODY);
@@ -329,6 +338,14 @@ static void read_message(lua_State *L, int t, HeraldMailMessage *m, const char *
       if (lua_type(L, -2) != LUA_TSTRING || !lua_isstring(L, -1))
         luaL_error(L, "field 'headers': expected name = value strings");
       if (m->nheaders == MAX_HEADERS) luaL_error(L, "field 'headers': more than %d", MAX_HEADERS);
+      if (lua_type(L, -1) == LUA_TNUMBER) {
+        /* as in field_lstring: the converted value goes back into the table, which anchors it
+         * (assigning an existing field during lua_next is allowed) */
+        lua_tostring(L, -1);
+        lua_pushvalue(L, -2);
+        lua_pushvalue(L, -2);
+        lua_rawset(L, ht);
+      }
       headers[m->nheaders].name = lua_tostring(L, -2);
       headers[m->nheaders].value = lua_tostring(L, -1);
       m->nheaders++;

@@ -94,6 +94,17 @@ describe('herald.http', function()
     assert.is_string(res.headers['content-length'])
   end)
 
+  it('sends a number given for a string field as its text', function()
+    -- the converted text must outlive the conversion: collect garbage hard while requests run
+    local garbage = {}
+    for i = 1, 50 do
+      for k = 1, 200 do garbage[k] = { i, k, tostring(k) } end
+      local res = assert(http.request { url = ng.url .. '/echo', method = 'PUT', body = 4200 + i })
+      assert.are.equal(tostring(4200 + i), res.body)
+      collectgarbage('step', 0)
+    end
+  end)
+
   it('surfaces 429 with Retry-After as transient', function()
     local res = assert(http.request { url = ng.url .. '/limited', body = '{}' })
     assert.are.equal(429, res.status)
@@ -280,8 +291,17 @@ describe('herald.http', function()
     for attempt = 1, 12 do
       local d = http.backoff(attempt, 1000, 60000, 0.5)
       local full = math.min(60000, 1000 * 2 ^ (attempt - 1))
-      assert.is_true(d >= math.max(1000, full / 2) and d <= full, attempt .. ': ' .. d)
+      -- at the minimum the jitter goes upwards (up to half the minimum more)
+      local hi = full == 1000 and 1500 or full
+      assert.is_true(d >= math.max(1000, full / 2) and d <= hi, attempt .. ': ' .. d)
     end
+    -- first retries of many failures spread out instead of all coming back at once
+    local seen = {}
+    for _ = 1, 50 do seen[http.backoff(1, 1000, 60000, 0.5)] = true end
+    local distinct = 0
+    for _ in pairs(seen) do distinct = distinct + 1 end
+    assert.is_true(distinct > 10, distinct .. ' distinct first delays')
+    assert.are.equal(1000, http.backoff(1, 1000, 1000, 0.5))  -- never past the maximum
   end)
 
   it('lets a transfer in flight finish when a stop is requested', function()

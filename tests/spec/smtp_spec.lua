@@ -84,6 +84,17 @@ describe('herald.http.send_mail', function()
     assert.is_nil(f['list-unsubscribe'])
   end)
 
+  it('takes numbers for text fields', function()
+    local res = assert(http.send_mail { url = store.url, from = 'a@herald.example', to = 'b@example.org',
+                                        subject = 2027, text = 12.5, message_id = 42,
+                                        headers = { ['X-Offer'] = 3 } })
+    assert.are.equal('<42@herald.example>', res.message_id)
+    local f = parse(store.dir .. '/mail/' .. store:count() .. '.eml')
+    assert.are.equal('2027', f.subject)
+    assert.are.equal('3', f['x-offer'])
+    assert.are.equal('12.5\n', f['part1-body'])
+  end)
+
   it('shows a subject that looks like an encoded word as it was written', function()
     -- Mail readers decode "=?charset?B?...?=" wherever it appears in a subject, so text that
     -- merely quotes one has to be encoded itself to reach the reader unchanged.
