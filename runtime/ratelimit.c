@@ -43,9 +43,16 @@ HeraldRateLimit *herald_ratelimit_new(const HeraldRateWindow *windows, size_t n,
     return NULL;
   }
   for (size_t i = 0; i < n; i++) {
-    rl->b[i].limit = windows[i].limit;
-    rl->b[i].period_ms = windows[i].period_ms;
-    rl->b[i].tokens = windows[i].limit;
+    /* A window's limit is also its burst, so a bucket of less than one token could never send:
+     * a fractional rate (0.5 per second) is one message per 1/limit periods (1 per 2 s). */
+    double limit = windows[i].limit, period = (double)windows[i].period_ms;
+    if (limit < 1) {
+      period /= limit;
+      limit = 1;
+    }
+    rl->b[i].limit = limit;
+    rl->b[i].period_ms = period < 9.2e18 ? (int64_t)period : INT64_MAX;
+    rl->b[i].tokens = limit;
     rl->b[i].at_ms = now_ms;
   }
   rl->n = n;

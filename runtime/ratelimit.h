@@ -16,7 +16,8 @@
 #define HERALD_RATELIMIT_MAX_WINDOWS 8
 
 typedef struct {
-  double limit;        /* messages per period (> 0); also the burst the window allows */
+  double limit;        /* messages per period (> 0); also the burst the window allows (a limit
+                        * under 1 becomes 1 per period / limit: 0.5/s is 1 per 2 s) */
   int64_t period_ms;   /* > 0 */
 } HeraldRateWindow;
 

@@ -27,6 +27,18 @@ describe('herald.ratelimit', function()
     assert.is_true((rl:take()))
   end)
 
+  it('sends at a fractional rate: half a message a second is one every two seconds', function()
+    local rl = ratelimit.new { per_second = 0.5 }
+    assert.is_true((rl:take()))
+    local ok, next_slot = rl:take()
+    assert.is_false(ok)
+    assert.are.equal(T0 + 2000, next_slot)
+    clock.advance(1999)
+    assert.is_false((rl:take()))
+    clock.advance(1)
+    assert.is_true((rl:take()))
+  end)
+
   it('does not take tokens when it refuses', function()
     local rl = ratelimit.new { per_second = 10, per_hour = 12 }
     assert.is_true((rl:take(10)))
