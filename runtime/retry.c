@@ -51,6 +51,11 @@ int64_t herald_retry_backoff_ms(int attempt, int64_t min_ms, int64_t max_ms, dou
     if (jitter > 1) jitter = 1;
     double r = (double)(xorshift(rng) >> 11) / 9007199254740992.0;  /* [0, 1) */
     d -= (int64_t)((double)d * jitter * r);
+    /* Below the minimum (the first attempts, where d is the minimum itself) the jitter is
+     * turned upwards rather than cut off, or every first retry of a burst of failures would
+     * come back at the same instant. */
+    if (d < min_ms) d = min_ms + (min_ms - d);
+    if (d > max_ms) d = max_ms;
   }
   return d < min_ms ? min_ms : d;
 }

@@ -23,8 +23,9 @@ const char *herald_retry_verdict_name(HeraldRetryVerdict v);
 HeraldRetryVerdict herald_retry_verdict(HeraldNetClass cls, long status, int is_smtp);
 
 /* Delay before attempt number `attempt` (1 = the first retry): min_ms doubled per attempt, at
- * most max_ms, then lowered by up to jitter (0..1) of itself, never below min_ms. *rng is a
- * xorshift state the caller keeps (any non-zero seed). */
+ * most max_ms, then lowered by up to jitter (0..1) of itself; what would fall below min_ms is
+ * turned upwards instead (so first retries spread over min_ms .. min_ms * (1 + jitter)), never
+ * past max_ms. *rng is a xorshift state the caller keeps (any non-zero seed). */
 int64_t herald_retry_backoff_ms(int attempt, int64_t min_ms, int64_t max_ms, double jitter,
                                 uint64_t *rng);
 

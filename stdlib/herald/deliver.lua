@@ -339,7 +339,9 @@ end
 -- overlap on the loop; returns outcomes by the index of `items` ({profile=, msg=}). A channel
 -- that can tell outcomes as they finish (all but a Lua channel and a webhook with several
 -- endpoints per call) hands them to progress(indexes, outcomes) on the way, by the index of
--- `items`; an error progress raises is raised again once the sends are over.
+-- `items`. progress gets every chunk even after a call of it raised (deliver.pump keeps what
+-- it could not record and records it with a later chunk); the second result is the error of
+-- the last call when that one raised.
 function deliver.send_items(items, progress)
   local groups, order = {}, {}
   for i, it in ipairs(items) do
@@ -357,11 +359,10 @@ function deliver.send_items(items, progress)
     local told = nil
     if progress then
       told = function(ks, outs)
-        if progress_err ~= nil then return end
         local idx = {}
         for j, k in ipairs(ks) do idx[j] = g.idx[k] end
         local ok, err = pcall(progress, idx, outs)
-        if not ok then progress_err = err end
+        progress_err = not ok and err or nil
       end
     end
     local ok, res = pcall(function() return channel_for(g.profile):send(g.msgs, told) end)
@@ -369,7 +370,10 @@ function deliver.send_items(items, progress)
       if ok then
         out[i] = res[k] or { verdict = 'transient', reason = 'no outcome' }
       else
-        out[i] = { verdict = 'permanent', reason = 'channel ' .. g.profile.name .. ': ' .. tostring(res),
+        -- A channel that raises (a key file it cannot read, a bug in a Lua channel) has sent
+        -- nothing we know of: the message is retried, and the failures count towards the
+        -- campaign's pause, rather than the whole group failing for good.
+        out[i] = { verdict = 'transient', reason = 'channel ' .. g.profile.name .. ': ' .. tostring(res),
                    systemic = true, error = true }
       end
     end
@@ -383,8 +387,7 @@ function deliver.send_items(items, progress)
     for _, g in ipairs(order) do task.spawn(run, g) end
     if pending > 0 then all_done:wait() end
   end
-  if progress_err ~= nil then error(progress_err, 0) end
-  return out
+  return out, progress_err
 end
 
 local function backoff(attempts)
@@ -403,6 +406,11 @@ end
 local function pause(campaign_id, reason)
   if state.paused[campaign_id] then return end
   state.paused[campaign_id] = reason
+  -- a campaign deleted (or made invalid) meanwhile stays so: pausing it would let a resume
+  -- bring it back
+  local now = store.query('SELECT state FROM campaigns WHERE id = ?', campaign_id)
+  local st = now and now[1] and now[1].state
+  if st == 'DELETED' or st == 'INVALID' then return end
   outbox.set_campaign_state(campaign_id, 'PAUSED')
   io.stderr:write(string.format('herald: campaign %s paused after %d consecutive systemic failures: %s\n',
     campaign_id, deliver.config().pause_after, reason))
@@ -414,7 +422,11 @@ local function claimable(ids_json)
   local paused = store.query("SELECT id FROM campaigns WHERE state = 'PAUSED'")
   local skip = {}
   for _, r in ipairs(paused or {}) do skip[r.id] = true end
-  for id in pairs(state.paused) do skip[id] = true end
+  -- A campaign this process paused is skipped until it is resumed (`herald campaign resume`,
+  -- from another process, changes only the stored state): then its failure count starts over.
+  for id in pairs(state.paused) do
+    if not skip[id] then state.paused[id], state.systemic[id] = nil, 0 end
+  end
   if next(skip) == nil then return ids_json end
   local ids = {}
   if ids_json then
@@ -492,6 +504,19 @@ local function claim_and_prepare(now_ms, max, ids_json)
   return rows, prepare_rows(rows, now_ms)
 end
 
+-- The claim's last outcomes: they must be written, or the rows stay CLAIMED and a restart
+-- sends them again. A write that fails (the store busy past its timeout while another process
+-- writes a large run) is tried again a few times, a second apart, before the error is raised.
+local function report_all(reports)
+  for attempt = 1, 10 do
+    local ok, err = pcall(outbox.report_batch, reports)
+    if ok then return end
+    if attempt == 10 then error(err, 0) end
+    io.stderr:write('herald: recording ' .. #reports .. ' outcomes failed, trying again: ' .. tostring(err) .. '\n')
+    task.sleep(1000)
+  end
+end
+
 -- Outcomes are recorded as the channel tells them (in chunks, each in a transaction of its
 -- own), so the messages sent but not yet recorded when a process is killed, which it sends
 -- again after its restart, are at most a chunk's worth per lane rather than a whole claim.
@@ -515,6 +540,9 @@ function deliver.pump(now_ms, max, ids_json)
         if o.systemic then
           state.systemic[cid] = (state.systemic[cid] or 0) + 1
           if state.systemic[cid] >= cfg.pause_after then pause(cid, o.reason) end
+        else
+          -- the provider answered (a bad address, say): the failures are not consecutive
+          state.systemic[cid] = 0
         end
         if o.feedback then fb[#fb + 1] = { row.endpoint_id, o.feedback } end
         if o.retry_after_ms and o.retry_after_ms > 0 then profile_limit(it.profile):pause(o.retry_after_ms) end
@@ -536,12 +564,17 @@ function deliver.pump(now_ms, max, ids_json)
     local function progress(idx, outs)
       local now = clock.now()
       for j, i in ipairs(idx) do settle(i, outs[j], now) end
+      -- kept until written: if this write fails, the next chunk's (or the last) carries them
       outbox.report_batch(reports)
       reports = {}
       for _, f in ipairs(fb) do deliver.feedback(f[1], f[2]) end
       fb = {}
     end
-    local out = deliver.send_items(items, progress)
+    local out, progress_err = deliver.send_items(items, progress)
+    if progress_err ~= nil then
+      io.stderr:write('herald: recording outcomes as they came failed (retried at the end of the claim): '
+        .. tostring(progress_err) .. '\n')
+    end
     local now = clock.now()
     for i = 1, #items do
       if not settled[i] then settle(i, out[i], now) end
@@ -551,7 +584,7 @@ function deliver.pump(now_ms, max, ids_json)
     state.stats.deferred = state.stats.deferred + #defers
     core.defer_batch(defers)
   end
-  outbox.report_batch(reports)
+  report_all(reports)
   for _, f in ipairs(fb) do deliver.feedback(f[1], f[2]) end
   -- A full claim means more is due at once: runs are closed when the claims run short.
   if #rows < max then outbox.complete_runs() end

@@ -122,6 +122,14 @@ function providers.check(cfg, source)
   if math.type(cfg.retry.max_attempts) ~= 'integer' or cfg.retry.max_attempts < 1 then
     fail(source .. ': retry.max_attempts', 'a positive integer')
   end
+  -- checked here, not at the first retry: a bad bound found mid-delivery would leave the claim's
+  -- messages unrecorded
+  local rt = cfg.retry
+  if type(rt.min_ms) ~= 'number' or rt.min_ms < 0 then fail(source .. ': retry.min_ms', 'a number >= 0') end
+  if type(rt.max_ms) ~= 'number' or rt.max_ms < rt.min_ms then
+    fail(source .. ': retry.max_ms', 'a number >= retry.min_ms (' .. tostring(rt.min_ms) .. ')')
+  end
+  if type(rt.jitter) ~= 'number' or rt.jitter < 0 or rt.jitter > 1 then fail(source .. ': retry.jitter', 'a number from 0 to 1') end
   cfg.pause_after = cfg.pause_after or 20
   cfg.lanes = cfg.lanes or 4
   if math.type(cfg.lanes) ~= 'integer' or cfg.lanes < 1 or cfg.lanes > 16 then

@@ -303,6 +303,30 @@ describe('delivery through providers', function()
     assert.is_true(pending > 0, 'the pause left no rows unclaimed')
   end)
 
+  it('keeps the messages of a channel that cannot start, pauses, and sends them once fixed and resumed', function()
+    local dir = h.tmpdir()
+    campaign_file(dir, { n = 6, channel = 'APNS', name = 'nokey',
+      addr = "function(i) return 'beef' .. string.rep(string.format('%02x', i), 30) end" })
+    -- the key file is missing: the channel raises when it is built, before anything is sent
+    h.write(dir .. '/providers.lua', string.format([[
+      return { profiles = { apns = { type = 'apns', url = %q, ca_file = %q, team_id = %q, key_id = %q,
+        key_file = 'key.p8', topic = %q } }, channels = { APNS = 'apns' },
+        retry = { max_attempts = 5, min_ms = 0, max_ms = 0 }, pause_after = 3 }
+    ]], emu.tls_url, emu.ca, emu.team_id, emu.key_id, emu.topic))
+    local _, code, err = run(dir, 'c.lua')
+    assert.are.equal(0, code, err)
+    assert.matches('campaign nokey paused after 3 consecutive systemic failures: channel apns: profiles.apns.key_file', err, 1, true)
+    assert.are.equal('PAUSED', query(dir, "SELECT state FROM campaigns WHERE id = 'nokey'")[1].state)
+    -- nothing failed for good: every message waits to be retried
+    assert.are.same({ { state = 'PENDING', n = 6 } }, query(dir, 'SELECT state, count(*) AS n FROM outbox GROUP BY state'))
+    h.write(dir .. '/key.p8', h.read(emu.apns_key))
+    _, code, err = h.herald('--db d.db campaign resume nokey', { cwd = dir })
+    assert.are.equal(0, code, err)
+    _, code, err = run(dir, 'c.lua')
+    assert.are.equal(0, code, err)
+    assert.are.same({ { state = 'SENT', n = 6 } }, query(dir, 'SELECT state, count(*) AS n FROM outbox GROUP BY state'))
+  end)
+
   it("honours a 429's Retry-After before the next attempt", function()
     local dir = h.tmpdir()
     ng:clear_log()
@@ -451,5 +475,12 @@ describe('delivery through providers', function()
     local _, code, err = h.herald('--db d.db run --until-idle --providers p.lua c.lua', { cwd = dir })
     assert.are.equal(2, code)
     assert.matches('p.lua: profiles.hooks.url: required', err, 1, true)
+    -- a retry bound that could not be used is refused before anything is claimed
+    h.write(dir .. '/p.lua', "return { profiles = { hooks = { type = 'webhook', url = 'http://127.0.0.1:9/' } },"
+      .. " channels = { CUSTOM = 'hooks' }, retry = { min_ms = 600000 } }")
+    _, code, err = h.herald('--db d.db run --until-idle --providers p.lua c.lua', { cwd = dir })
+    assert.are.equal(2, code)
+    assert.matches('p.lua: retry.max_ms: a number >= retry.min_ms (600000)', err, 1, true)
+    assert.are.equal(0, #query(dir, "SELECT 1 FROM outbox WHERE state != 'PENDING'"))
   end)
 end)
