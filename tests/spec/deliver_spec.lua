@@ -327,6 +327,35 @@ describe('delivery through providers', function()
     assert.are.same({ { state = 'SENT', n = 6 } }, query(dir, 'SELECT state, count(*) AS n FROM outbox GROUP BY state'))
   end)
 
+  it('claims a paused campaign again once it is resumed from another process', function()
+    local dir = h.tmpdir()
+    campaign_file(dir, { n = 5, channel = 'APNS', name = 'later',
+      addr = "function(i) return 'beef' .. string.rep(string.format('%02x', i), 30) end" })
+    h.write(dir .. '/providers.lua', string.format([[
+      return { profiles = { apns = { type = 'apns', url = %q, ca_file = %q, team_id = %q, key_id = %q,
+        key_file = 'key.p8', topic = %q } }, channels = { APNS = 'apns' },
+        retry = { max_attempts = 5, min_ms = 0, max_ms = 0 }, pause_after = 2 }
+    ]], emu.tls_url, emu.ca, emu.team_id, emu.key_id, emu.topic))
+    -- one long-running `herald run`, as an operator would keep it
+    local inner = h.shell_quote(h.exe) .. ' --db d.db run c.lua > run.out 2> run.err & echo $! > run.pid; wait'
+    os.execute('cd ' .. h.shell_quote(dir) .. ' && sh -c ' .. h.shell_quote(inner) .. ' > /dev/null 2>&1 &')
+    local pid = h.wait_for(function() return tonumber((h.read(dir .. '/run.pid') or ''):match('%d+')) end,
+      5000, 'the run pid')
+    local ok, err = pcall(function()
+      h.wait_for(function() return (h.read(dir .. '/run.err') or ''):find('campaign later paused', 1, true) end,
+        20000, 'the pause')
+      h.write(dir .. '/key.p8', h.read(emu.apns_key))
+      local _, code, e = h.herald('--db d.db campaign resume later', { cwd = dir })
+      assert.are.equal(0, code, e)
+      h.wait_for(function()
+        local r = query(dir, "SELECT count(*) AS n FROM outbox WHERE state = 'SENT'")
+        return r[1].n == 5
+      end, 20000, 'the resumed campaign to be sent by the same process')
+    end)
+    os.execute('kill ' .. pid .. ' 2> /dev/null')
+    assert(ok, err)
+  end)
+
   it("honours a 429's Retry-After before the next attempt", function()
     local dir = h.tmpdir()
     ng:clear_log()
