@@ -212,7 +212,7 @@ static int valid_e164(const char *a) {
 }
 
 static int valid_token(const char *a) {
-  if (*a == '\0' || strlen(a) > 4096) return 0;
+  if (*a == '\0' || strlen(a) > HERALD_ENDPOINT_ADDRESS_MAX) return 0;
   for (const char *p = a; *p; p++)
     if (isspace((unsigned char)*p) || (unsigned char)*p < 0x20) return 0;
   return 1;

@@ -20,6 +20,7 @@
 #include "runtime/store.h"
 
 #define HERALD_ENDPOINT_ID_MAX 128
+#define HERALD_ENDPOINT_ADDRESS_MAX 4096  /* a push token's limit; other channels' are shorter */
 #define HERALD_ENDPOINTS_PER_USER 15
 #define HERALD_ATTRIBUTE_KEYS_PER_APP 250
 #define HERALD_ENDPOINT_MAX_BYTES (15 * 1024)

@@ -11,6 +11,7 @@
 #include <stdint.h>
 
 #include "runtime/store.h"
+#include "runtime/endpoint.h"
 
 #define HERALD_HOLDOUT_TREATMENT (-1)
 
@@ -23,7 +24,7 @@ typedef struct {
   int treatment;
   char message_id[40];
   char channel[32];
-  char address[512];
+  char address[HERALD_ENDPOINT_ADDRESS_MAX + 1];  /* whole: a push token may be long */
   int64_t due_ms;
   int attempts;
   int64_t daily_cap, total_cap, max_duration_ms;  /* the run's limits; 0: none */

@@ -77,6 +77,25 @@ describe('delivery through providers', function()
     assert.are.equal(2, #query(dir, "SELECT id FROM outbox WHERE state = 'SENT'"))
   end)
 
+  it('hands a channel the whole address, however long a push token is', function()
+    local dir = h.tmpdir()
+    campaign_file(dir, { n = 2, channel = 'GCM', addr = "function(i) return string.rep(string.char(96 + i), 4000) end" })
+    h.write(dir .. '/providers.lua', [[
+      return { profiles = { mine = { type = 'lua', send = function(m)
+        local f = assert(io.open('seen.txt', 'a'))
+        f:write(#m.address, ' ', m.address:sub(1, 1), '\n')
+        f:close()
+        return true
+      end } }, channels = { GCM = 'mine' } }
+    ]])
+    local _, code, err = run(dir, 'c.lua')
+    assert.are.equal(0, code, err)
+    local seen = {}
+    for line in io.lines(dir .. '/seen.txt') do seen[#seen + 1] = line end
+    table.sort(seen)
+    assert.are.same({ '4000 a', '4000 b' }, seen)
+  end)
+
   it('posts every message to a webhook once, with its message id as Idempotency-Key', function()
     local dir = h.tmpdir()
     ng:clear_log()
