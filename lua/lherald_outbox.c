@@ -398,7 +398,8 @@ static int l_claim(lua_State *L) {
   return 1;
 }
 
-/* report_batch{ {id=, state=, reason=, due_ms=}, ... }: outcomes written in one transaction. */
+/* report_batch{ {id=, state=, reason=, due_ms=}, ... }: outcomes written in one transaction. A row
+ * that is no longer CLAIMED is passed over; any other failure writes nothing and raises. */
 static int l_report_batch(lua_State *L) {
   luaL_checktype(L, 1, LUA_TTABLE);
   HeraldStore *store = herald_context_store(L);
@@ -427,7 +428,15 @@ static int l_report_batch(lua_State *L) {
       herald_error_set(&err, kHeraldInvalid, "report %lld has no state", (long long)i);
       goto fail;
     }
-    if (herald_outbox_report(store, id, state, reason, due, &err) != kHeraldOk) goto fail;
+    int rc = herald_outbox_report(store, id, state, reason, due, &err);
+    if (rc == kHeraldNotFound) {
+      /* No longer CLAIMED: settled already (reported twice) or taken back by a recovery. The
+       * other outcomes of the batch must not be lost with it, nor kept back to fail again. */
+      memset(&err, 0, sizeof err);
+      lua_pop(L, 1);
+      continue;
+    }
+    if (rc != kHeraldOk) goto fail;
     lua_pop(L, 1);
     if (strcmp(state, "SENT") == 0)
       used += (size_t)sprintf(sent + used, "%s%lld", nsent++ ? "," : "[", (long long)id);

@@ -447,6 +447,34 @@ describe('delivery through providers', function()
     assert.are.equal('custom +15550000123', found.Data)
   end)
 
+  it('records a batch of outcomes although one of its rows is no longer claimed', function()
+    local dir = h.tmpdir()
+    h.write(dir .. '/s.lua', [[
+      local outbox = require 'herald.core.outbox'
+      local rows = {}
+      for i = 1, 2 do
+        assert(herald.endpoints.put { Id = 'e' .. i, ChannelType = 'CUSTOM', Address = 'x' .. i })
+        rows[i] = { endpoint_id = 'e' .. i, treatment = 0, channel = 'CUSTOM', address = 'x' .. i, due_ms = 1000 }
+      end
+      outbox.define_campaign('rb', 'rb', herald.json.encode {
+        Name = 'rb', TreatmentName = 't', AdditionalTreatments = herald.json.array {},
+        MessageConfiguration = { DefaultMessage = { Body = 'b' } } })
+      local seq = outbox.trigger_cursor('rb')
+      outbox.trigger { campaign_id = 'rb', version = 1, now_ms = 1000, from_seq = seq, to_seq = seq + 1, rows = rows }
+      local c = outbox.claim(herald.now_ms(), 10, '["rb"]')
+      assert(#c == 2)
+      outbox.report_batch { { id = c[1].id, state = 'SENT' } }
+      -- the first row is reported again (already SENT): the second's outcome still counts
+      outbox.report_batch { { id = c[1].id, state = 'SENT' }, { id = c[2].id, state = 'FAILED', reason = 'PERMANENT: x' } }
+    ]])
+    local _, code, err = h.herald('--db d.db s.lua', { cwd = dir })
+    assert.are.equal(0, code, err)
+    assert.are.same({ { state = 'SENT' }, { state = 'FAILED', reason = 'PERMANENT: x' } },
+      query(dir, 'SELECT state, reason FROM outbox ORDER BY id'))
+    -- one send event for the one message sent
+    assert.are.equal(1, query(dir, "SELECT count(*) AS n FROM events WHERE event_type = '_campaign.send'")[1].n)
+  end)
+
   -- Runs one claim of n messages through profile (Lua source) and returns how many were
   -- claimed and the SENT counts a task saw every 10 ms meanwhile.
   local function sent_counts_during_claim(profile, channel, address_fmt, n)
