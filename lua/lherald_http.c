@@ -212,6 +212,7 @@ static void request_done(const HeraldHttpResponse *res, void *user) {
   Pending *p = user;
   HeraldTaskWait *w = p->wait;
   free(p);
+  if (w == NULL) return;  /* the wait could not be made (out of memory, raised to the caller) */
   lua_State *co = herald_task_wait_thread(w);
   int n;
   if (res->error == kHeraldNetOk) {
@@ -373,6 +374,10 @@ static void mail_cancel(HeraldTaskWait *w, void *data) {
 static void mail_done(const HeraldHttpResponse *res, void *user) {
   MailPending *p = user;
   HeraldTaskWait *w = p->wait;
+  if (w == NULL) {  /* the wait could not be made (out of memory, raised to the caller) */
+    free(p);
+    return;
+  }
   lua_State *co = herald_task_wait_thread(w);
   int n;
   if (res->error == kHeraldNetOk) {

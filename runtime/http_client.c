@@ -406,7 +406,10 @@ static size_t write_cb(char *data, size_t size, size_t n, void *userp) {
   return len;
 }
 
-/* Retry-After: delay-seconds or an HTTP-date (RFC 9110 §10.2.3). */
+/* Retry-After: delay-seconds or an HTTP-date (RFC 9110 §10.2.3), at most a day ahead: the
+ * value comes from the server, and a larger one (or one past what milliseconds can hold) would
+ * hold the provider's whole limit shut. */
+#define RETRY_AFTER_MAX_MS (24 * 3600 * 1000LL)
 static int64_t parse_retry_after(const char *v, size_t len) {
   char buf[64];
   if (len == 0 || len >= sizeof buf) return -1;
@@ -414,11 +417,13 @@ static int64_t parse_retry_after(const char *v, size_t len) {
   buf[len] = '\0';
   char *end;
   long long secs = strtoll(buf, &end, 10);
-  if (end != buf && *end == '\0') return secs < 0 ? 0 : (int64_t)secs * 1000;
+  if (end != buf && *end == '\0')
+    return secs < 0 ? 0 : secs > RETRY_AFTER_MAX_MS / 1000 ? RETRY_AFTER_MAX_MS : (int64_t)secs * 1000;
   time_t when = curl_getdate(buf, NULL);
   if (when == -1) return -1;
-  int64_t delta = ((int64_t)when - (int64_t)time(NULL)) * 1000;
-  return delta < 0 ? 0 : delta;
+  int64_t ahead = (int64_t)when - (int64_t)time(NULL);
+  if (ahead > RETRY_AFTER_MAX_MS / 1000) return RETRY_AFTER_MAX_MS;
+  return ahead < 0 ? 0 : ahead * 1000;
 }
 
 static size_t header_cb(char *data, size_t size, size_t n, void *userp) {

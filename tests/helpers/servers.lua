@@ -94,6 +94,7 @@ end
 -- with a test CA at server.ca). Locations:
 --   /ok      200 "ok"                      /echo    200 with the request body
 --   /limited 429 with Retry-After: 7       /fail    500
+--   /limited-long 429 with a Retry-After of more seconds than milliseconds can hold
 --   /slow    200 after 2 s                 /headers 200 echoing X-Test and Idempotency-Key
 -- The access log (server.log) has one line per request:
 --   connection serial, requests on it, protocol, method, uri, status, request length,
@@ -110,6 +111,7 @@ function S.start_nginx(opts)
       location = /short-keepalive { keepalive_timeout 1s; return 200 "ok\n"; }
       location = /echo { echo_read_request_body; echo_request_body; }
       location = /limited { add_header Retry-After 7 always; return 429 "slow down\n"; }
+      location = /limited-long { add_header Retry-After 99999999999999999999 always; return 429 "later\n"; }
       location = /fail { return 500 "broken\n"; }
       location = /slow { echo_sleep 2; echo "done"; }
       location = /headers { add_header X-Seen-Key $http_idempotency_key always; return 200 "$http_x_test"; }
