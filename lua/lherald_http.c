@@ -927,6 +927,9 @@ static int l_batch_wait(lua_State *L) {
   if (b->nout >= b->wait_min || batch_outstanding(b) == 0) return batch_push_outcomes(L, b);
   b->wait = herald_task_wait_new(L, 0, batch_wait_cancel, b);
   batch_update_wake(b);
+  /* Outcomes that finished quietly (nobody was waiting) count towards min but are not in yet:
+   * the wake threshold just set counts only jobs still in flight. */
+  herald_http_thread_hand_back(client);
   return lua_yield(L, 0);
 }
 

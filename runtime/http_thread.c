@@ -201,11 +201,14 @@ static int job_settled(HeraldHttpJob *j) {
 }
 
 static void post_completion(HeraldHttpThread *t, HeraldHttpJob *j) {
-  int wake = job_settled(j);
   uv_mutex_lock(&t->lock);
   j->link = NULL;
   if (t->completions_tail) t->completions_tail->link = j; else t->completions = j;
   t->completions_tail = j;
+  /* Decided under the lock, after queueing: herald_http_thread_hand_back, which sets a new
+   * threshold and then looks at the queue under this lock, either sees this outcome queued or
+   * had its threshold in place before this decision. */
+  int wake = job_settled(j);
   uv_mutex_unlock(&t->lock);
   if (wake) uv_async_send(&t->back);
 }
@@ -232,6 +235,14 @@ static void group_finished(HeraldHttpThread *t, HeraldHttpGroup *g) {
   while (g->head != NULL && g->running < g->limit) {
     HeraldHttpJob *next = g->head;
     group_unlink(g, next);
+    if (atomic_load(&next->cancelled)) {
+      /* Cancelled while it waited, the cancellation not yet taken from the queue (that would
+       * have unlinked it): it must not reach the server with nobody left to hear the outcome.
+       * The cancellation, when wake_cb takes it, finds the job done. */
+      next->state = kJobDone;
+      drop_cancelled(t, next);
+      continue;
+    }
     g->running++;
     start_job(t, next);
   }
@@ -436,6 +447,14 @@ static void back_cb(uv_async_t *a) {
   }
   t->dispatching = 0;
   if (t->free_pending) really_free(t);
+}
+
+void herald_http_thread_hand_back(HeraldHttpThread *t) {
+  if (t == NULL) return;
+  uv_mutex_lock(&t->lock);
+  int queued = t->completions != NULL;
+  uv_mutex_unlock(&t->lock);
+  if (queued) uv_async_send(&t->back);
 }
 
 HeraldHttpThread *herald_http_thread_new(uv_loop_t *loop, const HeraldHttpClientOptions *opt) {

@@ -41,6 +41,11 @@ long herald_http_notify_pending(HeraldHttpNotify *n);
 /* Starts the thread. NULL when it cannot be started. */
 HeraldHttpThread *herald_http_thread_new(uv_loop_t *loop, const HeraldHttpClientOptions *opt);
 
+/* Outcomes that finished quietly and wait for a wake-up are handed back on the loop's next
+ * turn (call on the loop thread): for a caller that starts to wait for outcomes some of which
+ * may already be in, so it is not left waiting for the wake-up of a later finish. */
+void herald_http_thread_hand_back(HeraldHttpThread *t);
+
 /* Cancels every job (no callbacks), stops and joins the thread. The last handle on the
  * caller's loop closes asynchronously, so run that loop afterwards. */
 void herald_http_thread_free(HeraldHttpThread *t);

@@ -111,6 +111,9 @@ describe('herald.http', function()
     assert.are.equal(7000, res.retry_after_ms)
     assert.are.equal('7', res.headers['retry-after'])
     assert.are.equal('transient', res.verdict)
+    -- a server's absurd delay is held to a day (and does not overflow)
+    res = assert(http.request { url = ng.url .. '/limited-long', body = '{}' })
+    assert.are.equal(24 * 3600 * 1000, res.retry_after_ms)
   end)
 
   it('classifies server errors as transient and client errors as permanent', function()
@@ -232,6 +235,22 @@ describe('herald.http', function()
     local rest = b:wait()
     assert.are.equal(1, rest.n)
     assert.are.equal('slow', rest.key[1])
+  end)
+
+  it('answers a wait at once from outcomes that came in before anyone waited', function()
+    local b <close> = http.batch { url = ng.url .. '/ok', concurrency = 4 }
+    b:add('x', 'slow', { url = ng.url .. '/slow' })
+    for i = 1, 3 do b:add('x', 'fast-' .. i) end
+    -- nobody waits while the fast ones finish: their outcomes are in, but nothing woke the loop
+    herald.sleep(500)
+    local t0 = clock.now()
+    local first = b:wait(1)
+    assert.is_true(clock.now() - t0 < 1000, 'the wait took ' .. (clock.now() - t0) .. ' ms')
+    assert.is_true(first.n >= 1)
+    for i = 1, first.n do assert.matches('^fast%-', first.key[i]) end
+    local rest = b:wait()
+    assert.are.equal(4, first.n + rest.n)
+    assert.are.equal('slow', rest.key[rest.n])
   end)
 
   it('refills from the loop a batch larger than the requests it hands over at once', function()
