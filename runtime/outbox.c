@@ -145,7 +145,7 @@ int herald_outbox_claim(HeraldStore *store, const char *app, const char *campaig
       store,
       "SELECT o.id, o.run_id, o.endpoint_id, o.treatment, o.message_id, o.channel, o.address,"
       " o.due_ms, o.attempts, r.campaign_id, r.campaign_version, r.daily_cap, r.total_cap,"
-      " r.max_duration_ms"
+      " r.max_duration_ms, coalesce(o.first_due_ms, o.due_ms)"
       /* CROSS JOIN keeps outbox first: the partial due-time index yields rows in claim order
        * and the LIMIT stops the scan, where starting from the runs would read and sort every
        * row of a large run on each claim. */
@@ -189,6 +189,7 @@ int herald_outbox_claim(HeraldStore *store, const char *app, const char *campaig
       c->daily_cap = sqlite3_column_int64(sel, 11);
       c->total_cap = sqlite3_column_int64(sel, 12);
       c->max_duration_ms = sqlite3_column_int64(sel, 13);
+      c->first_due_ms = sqlite3_column_int64(sel, 14);
       (*count)++;
       selected++;
     }
@@ -202,7 +203,7 @@ int herald_outbox_claim(HeraldStore *store, const char *app, const char *campaig
       HeraldOutboxClaim *c = &out[i];
       const char *reason = NULL;
       int64_t n = 0;
-      if (c->max_duration_ms > 0 && now_ms > c->due_ms + c->max_duration_ms) {
+      if (c->max_duration_ms > 0 && now_ms > c->first_due_ms + c->max_duration_ms) {
         reason = "EXPIRED";
       } else if (c->total_cap > 0) {
         if (count_claims(store, app, c->campaign_id, c->endpoint_id, INT64_MIN, &n, err) !=
@@ -541,8 +542,8 @@ int herald_outbox_materialize(HeraldStore *store, const HeraldOutboxRunSpec *spe
    * among equals the first id, so the choice is stable across runs. */
   char *sql = sqlite3_mprintf(
       "INSERT INTO outbox(run_id, endpoint_id, treatment, message_id, channel, address, due_ms,"
-      " state, reason, zone, note)"
-      " SELECT :herald_run, id, arm, herald_message_id(id), channel_type, address, due, CASE WHEN reason IS NULL THEN"
+      " first_due_ms, state, reason, zone, note)"
+      " SELECT :herald_run, id, arm, herald_message_id(id), channel_type, address, due, due, CASE WHEN reason IS NULL THEN"
       " 'PENDING' ELSE 'SKIPPED' END, reason, zone_used, note FROM ("
       "  SELECT e.id, e.channel_type, e.address, %s AS arm,"
       "   %s,"
@@ -758,7 +759,9 @@ static int decide_in_tx(HeraldStore *store, const HeraldOutboxDecision *d, int *
       store,
       "UPDATE outbox SET state = CASE WHEN ?2 IS NULL THEN 'SKIPPED' ELSE 'PENDING' END,"
       " reason = CASE WHEN ?2 IS NULL THEN 'AB_STOPPED' END, treatment = coalesce(?2, treatment),"
-      " due_ms = CASE WHEN ?2 IS NULL THEN due_ms ELSE max(due_ms, ?3) END"
+      " due_ms = CASE WHEN ?2 IS NULL THEN due_ms ELSE max(due_ms, ?3) END,"
+      /* the winner's send is the rest's scheduled start */
+      " first_due_ms = CASE WHEN ?2 IS NULL THEN first_due_ms ELSE max(due_ms, ?3) END"
       " WHERE run_id = ?1 AND state = 'WAITING'",
       err);
   if (st == NULL) return err ? err->code : kHeraldStore;
@@ -873,7 +876,7 @@ int herald_outbox_trigger(HeraldStore *store, const HeraldOutboxTrigger *t, int6
     st = herald_store_stmt(
         store,
         "INSERT INTO outbox(run_id, endpoint_id, treatment, message_id, channel, address, due_ms,"
-        " state, reason, note) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        " first_due_ms, state, reason, note) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?8, ?9, ?10)",
         err);
     if (st == NULL) goto fail;
     for (int i = 0; i < t->n_rows; i++) {

@@ -26,6 +26,7 @@ typedef struct {
   char channel[32];
   char address[HERALD_ENDPOINT_ADDRESS_MAX + 1];  /* whole: a push token may be long */
   int64_t due_ms;
+  int64_t first_due_ms;  /* when it was first due: retries and deferrals move due_ms */
   int attempts;
   int64_t daily_cap, total_cap, max_duration_ms;  /* the run's limits; 0: none */
 } HeraldOutboxClaim;
@@ -171,7 +172,8 @@ int herald_outbox_trigger(HeraldStore *store, const HeraldOutboxTrigger *t, int6
 /* Claims up to max rows due at now_ms (state PENDING -> CLAIMED, attempts + 1, claimed_ms =
  * now_ms) of the campaigns named in campaigns_json (a JSON array of ids of app; NULL for all).
  * Rows of PAUSED, DELETED or INVALID campaigns stay PENDING. In the same transaction, limits are
- * enforced row by row: a row not claimed within its run's max_duration_ms of its due time becomes SKIPPED/EXPIRED, a row whose
+ * enforced row by row: a row not claimed within its run's max_duration_ms of the time it was
+ * first due (retries and deferrals do not extend it) becomes SKIPPED/EXPIRED, a row whose
  * endpoint already has total_cap messages of this campaign SKIPPED/TOTAL_CAP, and one whose
  * endpoint had daily_cap messages of any campaign of the app in the last 24 hours
  * SKIPPED/DAILY_CAP. Caps count messages sent or claimed (in flight), not targeted ones; a

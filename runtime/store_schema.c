@@ -264,6 +264,10 @@ const char *const herald_store_migrations[] = {
    * every stored event (clicks, opens, PutEvents) one more b-tree insert and a WAL page per
    * commit, for the one reader that lists an endpoint's latest events (a sort of its rows). */
   "DROP INDEX events_by_endpoint;",
+  /* 11: MaximumDuration counts from when a message was first due (Pinpoint: "after the
+   * scheduled start time"), but retries and rate-limit deferrals move due_ms; first_due_ms
+   * keeps the start. NULL in rows written before: due_ms stands in. */
+  "ALTER TABLE outbox ADD COLUMN first_due_ms INTEGER;",
 };
 
 const int herald_store_migration_count =

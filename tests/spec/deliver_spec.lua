@@ -375,6 +375,21 @@ describe('delivery through providers', function()
     assert(ok, err)
   end)
 
+  it('stops retrying a message once MaximumDuration has passed since it was first due', function()
+    local dir = h.tmpdir()
+    campaign_file(dir, { n = 1, channel = 'CUSTOM', name = 'brief', addr = "function(i) return 'x' .. i end",
+                         limits = '{ maximum_duration = 60 }' })
+    h.write(dir .. '/providers.lua', string.format([[
+      return { profiles = { hooks = { type = 'webhook', url = %q } }, channels = { CUSTOM = 'hooks' },
+               retry = { max_attempts = 10, min_ms = 30000, max_ms = 30000, jitter = 0 } }
+    ]], ng.url .. '/fail'))
+    -- attempts at 0 s, 30 s and 60 s fail; at 90 s the minute since the start has passed
+    local _, code, err = h.herald('--db d.db run --until-idle --clock-start 2027-01-01T10:00:00Z c.lua', { cwd = dir })
+    assert.are.equal(0, code, err)
+    assert.are.same({ { state = 'SKIPPED', reason = 'EXPIRED', attempts = 3 } },
+      query(dir, 'SELECT state, reason, attempts FROM outbox'))
+  end)
+
   it("honours a 429's Retry-After before the next attempt", function()
     local dir = h.tmpdir()
     ng:clear_log()
