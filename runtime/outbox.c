@@ -353,7 +353,20 @@ int herald_outbox_next_due(HeraldStore *store, const char *app, const char *camp
 int herald_outbox_complete_runs(HeraldStore *store, int64_t now_ms, HeraldError *err) {
   char now[32];
   herald_time_format(now_ms, now, sizeof now);
+  /* A message in flight when its campaign was deleted may come back PENDING afterwards (a
+   * retry, a rate-limit deferral, a recovery after a kill); nothing claims it any more, so it
+   * is cancelled as the deletion cancelled the others, and its run can complete. */
   sqlite3_stmt *st = herald_store_stmt(
+      store,
+      "UPDATE outbox SET state = 'SKIPPED', reason = 'CAMPAIGN_DELETED' WHERE state = 'PENDING'"
+      " AND run_id IN (SELECT r.id FROM campaign_runs r JOIN campaigns c"
+      " ON c.app_id = r.app_id AND c.id = r.campaign_id"
+      " WHERE r.state = 'EXECUTING' AND c.state = 'DELETED')",
+      err);
+  if (st == NULL) return err ? err->code : kHeraldStore;
+  if (herald_store_step_done(store, st, err, "cancelling messages of deleted campaigns") != kHeraldOk)
+    return err ? err->code : kHeraldStore;
+  st = herald_store_stmt(
       store,
       "UPDATE campaign_runs SET state = 'COMPLETED', result = 'SUCCESS', ended_at = ?1"
       " WHERE state = 'EXECUTING'"

@@ -205,7 +205,8 @@ int herald_outbox_recover(HeraldStore *store, int64_t *count, HeraldError *err);
 int herald_outbox_next_due(HeraldStore *store, const char *app, const char *campaigns_json,
                            int64_t *due_ms, int *found, HeraldError *err);
 
-/* Marks runs whose rows are all settled COMPLETED. */
+/* Marks runs whose rows are all settled COMPLETED, after cancelling (SKIPPED/CAMPAIGN_DELETED)
+ * the PENDING rows of deleted campaigns: rows in flight at the deletion that came back. */
 int herald_outbox_complete_runs(HeraldStore *store, int64_t now_ms, HeraldError *err);
 
 typedef struct {

@@ -490,6 +490,36 @@ describe('delivery through providers', function()
     assert.are.equal(1, query(dir, "SELECT count(*) AS n FROM events WHERE event_type = '_campaign.send'")[1].n)
   end)
 
+  it('cancels a message that comes back for a retry after its campaign was deleted, so its run completes', function()
+    local dir = h.tmpdir()
+    h.write(dir .. '/s.lua', [[
+      local outbox = require 'herald.core.outbox'
+      local rows = {}
+      for i = 1, 2 do
+        assert(herald.endpoints.put { Id = 'e' .. i, ChannelType = 'CUSTOM', Address = 'x' .. i })
+        rows[i] = { endpoint_id = 'e' .. i, treatment = 0, channel = 'CUSTOM', address = 'x' .. i, due_ms = 1000 }
+      end
+      outbox.define_campaign('gone', 'gone', herald.json.encode {
+        Name = 'gone', TreatmentName = 't', AdditionalTreatments = herald.json.array {},
+        MessageConfiguration = { DefaultMessage = { Body = 'b' } } })
+      local seq = outbox.trigger_cursor('gone')
+      outbox.trigger { campaign_id = 'gone', version = 1, now_ms = 1000, from_seq = seq, to_seq = seq + 1, rows = rows }
+      local c = outbox.claim(herald.now_ms(), 10, '["gone"]')
+      assert(#c == 2)
+      -- deleted while both are in flight: one is sent, the other fails and is due again
+      outbox.set_campaign_state('gone', 'DELETED')
+      outbox.cancel('gone', 'CAMPAIGN_DELETED')
+      outbox.report_batch { { id = c[1].id, state = 'SENT' },
+                            { id = c[2].id, state = 'PENDING', due_ms = herald.now_ms() + 1000, reason = 'RETRY: HTTP 500' } }
+      outbox.complete_runs()
+    ]])
+    local _, code, err = h.herald('--db d.db s.lua', { cwd = dir })
+    assert.are.equal(0, code, err)
+    assert.are.same({ { state = 'SENT' }, { state = 'SKIPPED', reason = 'CAMPAIGN_DELETED' } },
+      query(dir, 'SELECT state, reason FROM outbox ORDER BY id'))
+    assert.are.equal('COMPLETED', query(dir, 'SELECT state FROM campaign_runs')[1].state)
+  end)
+
   -- Runs one claim of n messages through profile (Lua source) and returns how many were
   -- claimed and the SENT counts a task saw every 10 ms meanwhile.
   local function sent_counts_during_claim(profile, channel, address_fmt, n)
