@@ -16,6 +16,8 @@ local template = require 'herald.template'
 local time = require 'herald.time'
 local json = require 'herald.core.json'
 local outbox = require 'herald.core.outbox'
+local store = require 'herald.core.store'
+local core = require 'herald.core'
 
 local campaign = {}
 
@@ -568,12 +570,19 @@ function Campaign:treatment_name(t)
   return self.definition.AdditionalTreatments[t].TreatmentName or ('treatment ' .. t)
 end
 
--- The schedule of this version ('IMMEDIATE' stands for the version's creation time).
+-- The schedule of this version. 'IMMEDIATE' stands for when the campaign started: its first
+-- run's time once it has run (a later version, say a corrected message, keeps the cadence
+-- rather than starting it again, which would send a second time that day), else the version's
+-- creation time.
 function Campaign:schedule()
   if self._schedule == nil then
-    self._schedule = assert(time.check_schedule(self.definition.Schedule, { now_ms = self.version_ms }))
+    self._schedule = assert(time.check_schedule(self.definition.Schedule, { now_ms = self:immediate_ms() }))
   end
   return self._schedule
+end
+
+function Campaign:immediate_ms()
+  return self.started_ms or self.version_ms
 end
 
 function Campaign:is_immediate()
@@ -594,7 +603,7 @@ function Campaign:streams()
         for f, v in pairs(t.Schedule) do sdef[f] = v end
         if sdef.QuietTime == nil then sdef.QuietTime = def.Schedule.QuietTime end
         streams[#streams + 1] = { id = k, treatment = k, immediate = sdef.StartTime == 'IMMEDIATE',
-          schedule = assert(time.check_schedule(sdef, { now_ms = self.version_ms })) }
+          schedule = assert(time.check_schedule(sdef, { now_ms = self:immediate_ms() })) }
       end
     end
     self._streams = streams
@@ -666,6 +675,9 @@ local function register(c, level, stored_copy)
   end
   local version, version_ms = outbox.define_campaign(c.id, c.name, c:definition_json())
   c.version, c.version_ms = version, version_ms
+  local first = store.query('SELECT min(scheduled_ms) AS at FROM campaign_runs WHERE app_id = ? AND campaign_id = ?'
+    .. ' AND trigger_seq = 0', core.app(), c.id)
+  c.started_ms = first and first[1] and first[1].at or nil
   local lua, audience = origin(c)
   outbox.set_campaign_origin(c.id, not stored_copy and campaign.source or nil, audience, lua)
   campaign.defined[c.name] = c
@@ -735,9 +747,6 @@ end
 
 ---------------------------------------------------------------------------------------------
 -- Lifecycle and reports over the store (usable outside `herald run`, e.g. from the CLI)
-
-local store = require 'herald.core.store'
-local core = require 'herald.core'
 
 local function q(sql, ...)
   local rows, err = store.query(sql, ...)

@@ -370,6 +370,29 @@ describe('campaign runs', function()
     assert.are.equal(3, n(dir2, "SELECT count(*) AS n FROM outbox WHERE reason = 'EXPIRED'"))
   end)
 
+  it('keeps a recurring campaign started IMMEDIATE on its times when it is edited', function()
+    local dir = h.tmpdir()
+    simple_endpoints(dir, 2)
+    local function def(body)
+      return string.format([[
+        herald.campaign{ name = 'digest', segment = herald.segment{ name = 'all' }, message = { body = %q },
+          schedule = { frequency = 'DAILY' }, deliver = { file = 'out.txt' } }
+      ]], body)
+    end
+    h.write(dir .. '/d.lua', def('first'))
+    local _, code, err = run(dir, '--clock-start 2027-04-05T09:00:00Z --until 2027-04-07T15:00:00Z d.lua')
+    assert.are.equal(0, code, err)
+    -- the message is fixed on the 7th at 15:00: a new version, but not a new start
+    h.write(dir .. '/d.lua', def('second'))
+    _, code, err = run(dir, '--clock-start 2027-04-07T15:00:00Z --until 2027-04-08T09:30:00Z d.lua')
+    assert.are.equal(0, code, err)
+    local at = {}
+    for _, r in ipairs(q(dir, 'SELECT scheduled_ms FROM campaign_runs ORDER BY scheduled_ms')) do at[#at + 1] = r.scheduled_ms end
+    assert.are.same({ 1806915600000, 1807002000000, 1807088400000, 1807174800000 }, at)  -- 09:00 on the 5th to the 8th
+    assert.are.equal(2, n(dir, "SELECT count(*) AS n FROM outbox o JOIN campaign_runs r ON r.id = o.run_id"
+      .. " WHERE r.campaign_version = 2 AND o.state = 'SENT'"))
+  end)
+
   it('pause holds the run in progress and resume continues it: nobody skipped, nobody sent twice', function()
     local dir = h.tmpdir()
     local zones = { 'Asia/Tokyo', 'Europe/Paris', 'America/New_York', 'America/Los_Angeles' }
