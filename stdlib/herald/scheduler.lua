@@ -293,6 +293,8 @@ local function trigger_campaign(c, now_ms)
   local cancel_types = h.CancelOnEventTypes or {}
   local delay_ms = (h.TriggerDelaySeconds or 0) * 1000
   local expiry_ms = h.TriggerExpirySeconds and h.TriggerExpirySeconds * 1000
+  -- Pinpoint sends for the events that occur between the schedule's StartTime and EndTime
+  local sched = c:schedule()
   local cursor = outbox.trigger_cursor(c.id)
   local events = query('SELECT seq, endpoint_id, event_id, event_type, timestamp, attributes, metrics'
     .. ' FROM events WHERE app_id = ? AND seq > ? ORDER BY seq LIMIT ?', core.app(), cursor, TRIGGER_BATCH)
@@ -311,7 +313,8 @@ local function trigger_campaign(c, now_ms)
       ev.metrics = json.decode(ev.metrics or '{}') or {}
       local at = time.parse(ev.timestamp) or now_ms
       local fresh = expiry_ms == nil or now_ms - at <= expiry_ms
-      if fresh and event_matches(f, ev) then
+      local in_window = at >= sched.start_ms and (sched.end_ms == nil or at <= sched.end_ms)
+      if fresh and in_window and event_matches(f, ev) then
         local ep = endpoints.get(ev.endpoint_id)
         if ep and in_segment(c.segment, ep) and (c.predicate == nil or c.predicate(ev, ep)) then
           local arm = c:arm(ep.CohortId)
@@ -361,7 +364,9 @@ function scheduler.refresh_states(now_ms)
     else
       local ok, run, at = pcall(next_run, c, now_ms)
       local more = ok and (run ~= nil or at ~= nil)
-      if c:schedule().frequency == 'EVENT' then more = true end
+      -- an event campaign waits for events until its EndTime
+      local s = c:schedule()
+      if s.frequency == 'EVENT' then more = s.end_ms == nil or now_ms <= s.end_ms end
       if more then state = r.n > 0 and 'PENDING_NEXT_RUN' or 'SCHEDULED' else state = 'COMPLETED' end
     end
     outbox.advance_campaign_state(c.id, state)

@@ -97,6 +97,27 @@ describe('event-triggered campaigns', function()
     assert.are.equal(2, h.count(h.read(dir .. '/out.txt'), '--- message '))
   end)
 
+  it('sends for the events between its start and end time only, and completes after the end', function()
+    local dir = h.tmpdir()
+    h.write(dir .. '/window.lua', [[
+      herald.endpoints.put{ Id = 'u1', ChannelType = 'EMAIL', Address = 'u1@example.com' }
+      herald.campaign{ name = 'feb', deliver = { file = 'out.txt' },
+        segment = herald.segment{ name = 'all' }, message = { subject = 'Hi', body = 'February offer' },
+        schedule = { event = { types = { 'visit' } }, start = '2027-02-01T00:00:00Z', ['end'] = '2027-02-28T00:00:00Z' } }
+    ]])
+    local _, code, err = h.herald('--db c.db run --clock-start 2027-01-10T00:00:00Z --until 2027-01-10T00:00:01Z window.lua', { cwd = dir })
+    assert.are.equal(0, code, err)
+    local visits = { { 'v1', '2027-01-15T10:00:00Z' }, { 'v2', '2027-02-10T10:00:00Z' }, { 'v3', '2027-03-05T10:00:00Z' } }
+    for _, v in ipairs(visits) do
+      events(dir, { { 'u1', v[1], 'visit', v[2] } })
+      _, code, err = h.herald('--db c.db run --until-idle --clock-start ' .. v[2] .. ' window.lua', { cwd = dir })
+      assert.are.equal(0, code, err)
+    end
+    -- the visit before the start and the one after the end send nothing
+    assert.are.same({ { note = 'EVENT 2', state = 'SENT' } }, q(dir, 'SELECT note, state FROM outbox'))
+    assert.are.equal('COMPLETED', q(dir, "SELECT state FROM campaigns WHERE id = 'feb'")[1].state)
+  end)
+
   it('refuses a bad event filter with its field path', function()
     local dir = h.tmpdir()
     h.write(dir .. '/bad.lua', "herald.campaign{ name = 'b', segment = herald.segment{ name = 'all' }, message = { body = 'x' },\n  schedule = { event = { types = { 'a' }, metrics = { total = { '~', 1 } } } } }\n")
