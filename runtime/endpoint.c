@@ -123,8 +123,18 @@ static const char *const channel_types[] = {
   "PUSH", "GCM", "APNS", "APNS_SANDBOX", "APNS_VOIP", "APNS_VOIP_SANDBOX", "ADM",
   "SMS",  "VOICE", "EMAIL", "BAIDU", "CUSTOM", "IN_APP",
 };
-static const char *const push_channels_sql = "('PUSH','GCM','APNS','APNS_SANDBOX','APNS_VOIP',"
-                                             "'APNS_VOIP_SANDBOX','ADM','BAIDU')";
+/* The channels whose 16th endpoint of a user replaces the oldest of them, as Pinpoint's
+ * developer guide lists them (audience-define-auto-inactive): not PUSH (refused like SMS or
+ * EMAIL) nor APNS_SANDBOX, which the guide leaves out. */
+static const char *const replaceable_channels_sql =
+    "('ADM','GCM','APNS','APNS_VOIP','APNS_VOIP_SANDBOX','BAIDU')";
+
+static int is_replaceable_channel(const char *c) {
+  static const char *const kinds[] = {"ADM", "GCM", "APNS", "APNS_VOIP", "APNS_VOIP_SANDBOX", "BAIDU"};
+  for (size_t i = 0; i < sizeof kinds / sizeof kinds[0]; i++)
+    if (strcmp(c, kinds[i]) == 0) return 1;
+  return 0;
+}
 
 static int is_push_channel(const char *c) {
   static const char *const push[] = {"PUSH", "GCM", "APNS", "APNS_SANDBOX", "APNS_VOIP",
@@ -862,10 +872,11 @@ static int enforce_user_limit(HeraldEndpointWriter *w, const char *id, const cha
   sqlite3_reset(st);
   if (count < HERALD_ENDPOINTS_PER_USER) return kHeraldOk;
   char buf[96];
-  if (!is_push_channel(channel))
+  if (!is_replaceable_channel(channel))
     return invalid(err, kHeraldLimit, "User.UserId",
                    "user '%s' already has %d endpoints (Pinpoint's limit); a %s endpoint is "
-                   "refused (only push endpoints replace the oldest)",
+                   "refused (only ADM, GCM, APNS, APNS_VOIP, APNS_VOIP_SANDBOX and BAIDU "
+                   "endpoints replace the oldest of theirs)",
                    quoted(user_id, buf, sizeof buf), count, channel);
   static char evict_sql[512];
   if (evict_sql[0] == '\0')
@@ -873,7 +884,7 @@ static int enforce_user_limit(HeraldEndpointWriter *w, const char *id, const cha
              "UPDATE endpoints SET endpoint_status = 'INACTIVE', user_id = NULL "
              "WHERE rowid = (SELECT rowid FROM endpoints WHERE app_id = ?1 AND user_id = ?2 "
              "AND id <> ?3 AND channel_type IN %s ORDER BY effective_date, rowid LIMIT 1)",
-             push_channels_sql);
+             replaceable_channels_sql);
   st = herald_store_stmt(w->store, evict_sql, err);
   if (st == NULL) return err ? err->code : kHeraldStore;
   sqlite3_bind_text(st, 1, w->app, -1, SQLITE_STATIC);

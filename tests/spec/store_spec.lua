@@ -140,6 +140,25 @@ describe('herald.endpoints', function()
     assert.are.equal('ACTIVE', v.e1)
   end)
 
+  it('refuses a 16th PUSH endpoint and never retires a PUSH or APNS_SANDBOX one, as Pinpoint lists them', function()
+    local v, rc, err = s.run(s.db(), [[
+      for i = 1, 15 do
+        local ch = i == 1 and "PUSH" or i == 2 and "APNS_SANDBOX" or i == 3 and "GCM" or "EMAIL"
+        local addr = i <= 3 and ("token" .. i) or ("u" .. i .. "@example.com")
+        must(herald.endpoints.put{Id="e" .. i, ChannelType=ch, Address=addr, User={UserId="u"},
+          EffectiveDate=string.format("2026-01-%02dT00:00:00Z", 10 + i)})
+      end
+      local e, msg = herald.endpoints.put{Id="p16", ChannelType="PUSH", Address="token16", User={UserId="u"}}
+      must(herald.endpoints.put{Id="g17", ChannelType="GCM", Address="token17", User={UserId="u"}})
+      emit({refused = e == nil, msg = msg, e1 = herald.endpoints.get("e1").EndpointStatus,
+            e2 = herald.endpoints.get("e2").EndpointStatus, e3 = herald.endpoints.get("e3").EndpointStatus})]])
+    assert.are.equal(0, rc, err)
+    assert.is_true(v.refused)
+    assert.matches("a PUSH endpoint is refused", v.msg, 1, true)
+    -- the GCM endpoint is replaced although the PUSH and APNS_SANDBOX ones are older
+    assert.are.same({ 'ACTIVE', 'ACTIVE', 'INACTIVE' }, { v.e1, v.e2, v.e3 })
+  end)
+
   it('keeps CohortId within 0-99, stable, and spread evenly over many ids', function()
     local h = require 'helpers'
     local dir = h.tmpdir()
