@@ -279,10 +279,22 @@ typedef struct {
   const char *message_id;
 } Origin;
 
-/* Stores event_type for endpoint with the campaign attributes; extra (may be NULL) adds more. */
+/* Stores event_type for endpoint with the campaign attributes; extra (may be NULL) adds more.
+ * A provider's receipt (delivered, bounced, complained) is not the endpoint's own doing, so it
+ * does not move the endpoint's last activity, which Recency segments read. */
 static int put_engagement(HeraldStore *store, const char *app, const char *endpoint,
                           const char *event_type, const char *event_id, const char *timestamp,
                           const Origin *o, json_t *extra, HeraldError *err) {
+  sqlite3_stmt *st = herald_store_stmt(store, "SELECT 1 FROM endpoints WHERE app_id = ?1 AND id = ?2", err);
+  if (st == NULL) return err ? err->code : kHeraldStore;
+  sqlite3_bind_text(st, 1, app, -1, SQLITE_STATIC);
+  sqlite3_bind_text(st, 2, endpoint, -1, SQLITE_STATIC);
+  int found = sqlite3_step(st);
+  sqlite3_reset(st);
+  if (found == SQLITE_DONE)
+    return herald_error_set(err, kHeraldNotFound, "EndpointId: no endpoint '%s' in application '%s'",
+                            endpoint, app);
+  if (found != SQLITE_ROW) return herald_store_fail(store, err, "looking up an endpoint");
   char run[24], treatment[16];
   snprintf(run, sizeof run, "%lld", o->run);
   snprintf(treatment, sizeof treatment, "%d", o->treatment);
@@ -293,7 +305,7 @@ static int put_engagement(HeraldStore *store, const char *app, const char *endpo
   json_t *ev = json_pack("{s:s, s:s, s:s, s:o}", "EventId", event_id, "EventType", event_type,
                          "Timestamp", timestamp, "Attributes", attrs);
   if (ev == NULL) return herald_error_set(err, kHeraldNoMemory, "out of memory");
-  int rc = herald_event_put(store, app, endpoint, ev, NULL, NULL, err);
+  int rc = herald_event_put_known(store, app, endpoint, ev, NULL, err);
   json_decref(ev);
   return rc;
 }

@@ -451,6 +451,15 @@ describe('herald report', function()
     assert.are.equal(1, n[1].n)
     -- SMS statuses map to Pinpoint's names; OPTOUT opts the endpoint out
     local s20 = f.sent[20]
+    local function last_activity(id)
+      return query(f.dir, "SELECT coalesce(last_activity, 'never') AS t FROM endpoints WHERE id = '" .. id .. "'")[1].t
+    end
+    -- (an old last activity, so a receipt stamped now would move it if it counted)
+    local kept = last_activity(s20.endpoint_id)
+    h.sqlite(f.dir, 'q.db', "UPDATE endpoints SET last_activity = '2020-01-01T00:00:00.000Z' WHERE id = '"
+      .. s20.endpoint_id .. "'")
+    local before = last_activity(s20.endpoint_id)
+    assert.are.equal('2020-01-01T00:00:00.000Z', before)
     local answers = http(f.srv.port, {
       { method = 'POST', path = '/v1/apps/default/webhooks/status',
         body = json.encode({ MessageId = s20.message_id, Type = 'SMS', Status = 'SUCCESS' }) },
@@ -460,6 +469,10 @@ describe('herald report', function()
     assert.are.equal('_SMS.SUCCESS', json.decode(answers[1].body).EventType)
     assert.are.equal('_SMS.OPTOUT', json.decode(answers[2].body).EventType)
     assert.are.equal('ALL', query(f.dir, "SELECT opt_out FROM endpoints WHERE id = '" .. s20.endpoint_id .. "'")[1].opt_out)
+    -- a provider's receipts are not the endpoint's activity: Recency does not move
+    assert.are.equal(before, last_activity(s20.endpoint_id))
+    h.sqlite(f.dir, 'q.db', "UPDATE endpoints SET last_activity = " .. (kept == 'never' and 'NULL' or ("'" .. kept .. "'"))
+      .. " WHERE id = '" .. s20.endpoint_id .. "'")
     -- a hit for an endpoint deleted since the message went out is answered, not stored, and
     -- does not keep the hits written with it from being stored
     local gone = assert(tracking.open_url { campaign = 'spring', run = s20.run_id, treatment = 0,
