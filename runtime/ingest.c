@@ -26,7 +26,19 @@ struct HeraldIngest {
   HeraldBuf frames;        /* an iteration's records, written at once */
   uv_timer_t *fold_timer;  /* writes journaled hits to the store when traffic stops */
   HeraldJournalOptions options;
+  /* The store refused a whole write (busy past its timeout, say): the queue is kept and tried
+   * again from hold_until_ms on, rather than losing hits already answered. */
+  int64_t hold_until_ms;
+  int holding;
 };
+
+/* How long hits the store refused wait before the next try, and how many are kept at most
+ * (past that, a store that keeps refusing costs them, reported). */
+enum { kHoldMs = 1000, kKeepMax = 100000 };
+
+static void flush(HeraldIngest *in, int final);
+static int journal_append(HeraldIngest *in);
+static void on_fold_timer(uv_timer_t *t);
 
 HeraldIngest *herald_ingest_new(HeraldIngestStoreFn store, void *arg) {
   HeraldIngest *in = calloc(1, sizeof *in);
@@ -40,7 +52,7 @@ HeraldIngest *herald_ingest_new(HeraldIngestStoreFn store, void *arg) {
 void herald_ingest_free(HeraldIngest *in) {
   if (in == NULL) return;
   herald_ingest_close_journal(in);
-  herald_ingest_flush(in);
+  flush(in, 1);
   free(in->queue);
   free(in->order);
   free(in);
@@ -585,16 +597,51 @@ static int write_pass(HeraldIngest *in, HeraldStore *store, int isolated, size_t
   return rc;
 }
 
-void herald_ingest_flush(HeraldIngest *in) {
+void herald_ingest_flush(HeraldIngest *in) { flush(in, 0); }
+
+/* final: the last chance of this ingest (it is being freed): hits the store refuses then stay
+ * in the journal, if there is one, for the next server to store. */
+static void flush(HeraldIngest *in, int final) {
   if (in->len == 0) return;
+  int64_t now = herald_clock_now_ms();
+  if (!final && in->holding && now < in->hold_until_ms) {
+    if (in->journal != NULL && in->journaled < in->len) journal_append(in);
+    /* the next try: the timer may have fired early (the loop's time is read once per
+     * iteration, and the refused write blocked that iteration) */
+    if (in->fold_timer != NULL && !uv_is_active((uv_handle_t *)in->fold_timer))
+      uv_timer_start(in->fold_timer, on_fold_timer, (uint64_t)(in->hold_until_ms - now), 0);
+    return;
+  }
   HeraldError err = {0};
   HeraldStore *store = in->store(in->store_arg, &err);
   size_t stored = 0;
+  int refused = store == NULL;
   int rc = store != NULL ? write_pass(in, store, 0, &stored, &err) : (int)err.code;
   if (rc != kHeraldOk && store != NULL) {
     HeraldError again = {0};
-    if (write_pass(in, store, 1, &stored, &again) != kHeraldOk) err = again;
+    if (write_pass(in, store, 1, &stored, &again) != kHeraldOk) {
+      err = again;
+      refused = 1;  /* not one hit at fault: the store took nothing */
+    }
   }
+  if (refused && in->len <= kKeepMax && (!final || in->journal != NULL)) {
+    if (!in->holding)
+      fprintf(stderr, "herald: the store refused %zu tracking hits (%s); they are kept and written "
+                      "when it takes them\n", in->len, err.msg);
+    in->holding = 1;
+    in->hold_until_ms = herald_clock_now_ms() + kHoldMs;
+    if (in->journal != NULL) {
+      if (in->journaled < in->len) journal_append(in);
+      if (!final && in->fold_timer != NULL) uv_timer_start(in->fold_timer, on_fold_timer, kHoldMs, 0);
+    }
+    for (size_t i = 0; i < in->len; i++) {
+      free(in->queue[i].failure);
+      in->queue[i].failure = NULL;
+    }
+    return;
+  }
+  if (in->holding && !refused) fprintf(stderr, "herald: the store took the tracking hits it had refused\n");
+  in->holding = 0;
   if (stored == 0 && err.msg[0])
     fprintf(stderr, "herald: recording %zu tracking hits: %s\n", in->len, err.msg);
   for (size_t i = 0; i < in->len; i++) {
@@ -787,7 +834,7 @@ int herald_ingest_open_journal(HeraldIngest *in, uv_loop_t *loop,
 
 void herald_ingest_close_journal(HeraldIngest *in) {
   if (in->journal == NULL) return;
-  herald_ingest_flush(in);
+  flush(in, 1);  /* what the store still refuses stays in the journal, for the next start */
   uv_timer_stop(in->fold_timer);
   uv_close((uv_handle_t *)in->fold_timer, fold_timer_closed);
   in->fold_timer = NULL;

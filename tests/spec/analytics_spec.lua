@@ -487,6 +487,34 @@ describe('herald report', function()
     assert.are.equal(1, stored[1].n)
   end)
 
+  it('keeps the hits the store refuses while another process holds it, and writes them after', function()
+    local f = fixture()
+    local s = f.sent[3]
+    local function opens()
+      return query(f.dir, "SELECT count(*) AS n FROM events WHERE event_type = '_email.open' AND endpoint_id = '"
+        .. s.endpoint_id .. "'")[1].n
+    end
+    local before = opens()
+    -- another writer holds the database past both of the server's tries (5 s busy timeout each)
+    local holder = [[
+import sqlite3, sys, time
+c = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=30)
+c.execute('BEGIN IMMEDIATE')
+open(sys.argv[2], 'w').close()
+time.sleep(12)
+c.execute('COMMIT')
+]]
+    h.write(f.dir .. '/hold.py', holder)
+    os.remove(f.dir .. '/held')
+    os.execute('cd ' .. h.shell_quote(f.dir) .. ' && python3 hold.py q.db held > /dev/null 2>&1 &')
+    h.wait_for(function() return h.read(f.dir .. '/held') ~= nil end, 10000, 'the other writer to hold the store')
+    local url = assert(tracking.open_url(token_fields_of(s)))
+    local hits = http(f.srv.port, { { method = 'GET', path = url } })
+    assert.are.equal(200, hits[1].status)
+    -- answered while the store was held; written once it is free again
+    h.wait_for(function() return opens() == before + 1 end, 30000, function() return 'the refused open to be written: ' .. before .. ' then ' .. opens() end)
+  end)
+
   it('writes a self-contained HTML page that Chromium renders with the table\'s numbers', function()
     local f = fixture()
     local out, cells = report(f, '--conversion purchase --html page.html')
