@@ -316,7 +316,9 @@ typedef struct {
   char *header;
 } Column;
 
-static int parse_header(const char *path, HeraldCsv *csv, size_t n, Column **out, HeraldError *err) {
+/* line: where the header is (blank lines before it are skipped). */
+static int parse_header(const char *path, long line, HeraldCsv *csv, size_t n, Column **out,
+                        HeraldError *err) {
   static const char *const top[] = {"Id", "Address", "ChannelType", "OptOut", "EndpointStatus",
                                     "EffectiveDate", "RequestId"};
   static const char *const demo[] = {"AppVersion", "Locale", "Make", "Model", "ModelVersion",
@@ -356,10 +358,10 @@ static int parse_header(const char *path, HeraldCsv *csv, size_t n, Column **out
     }
     if (!ok) {
       *out = cols;
-      return herald_error_set(err, kHeraldInvalid, "%s:1: column %zu: unknown header '%s' (use "
+      return herald_error_set(err, kHeraldInvalid, "%s:%ld: column %zu: unknown header '%s' (use "
                               "Pinpoint's dotted paths such as Address, ChannelType, "
                               "User.UserId, Attributes.Name, Metrics.Name, "
-                              "Demographic.Timezone, Location.Country)", path, i + 1, h);
+                              "Demographic.Timezone, Location.Country)", path, line, i + 1, h);
     }
   }
   *out = cols;
@@ -450,7 +452,7 @@ static void produce_csv_rows(Pipe *p) {
   if (more < 0) {
     csv_error_at(&err, p->path);
     failed = 1;
-  } else if (more == 1 && parse_header(p->path, &csv, ncols, &cols, &err) != kHeraldOk) {
+  } else if (more == 1 && parse_header(p->path, line, &csv, ncols, &cols, &err) != kHeraldOk) {
     failed = 1;
   }
   while (!failed && more == 1 && (more = herald_csv_next(&csv, &n, &line, &err)) == 1) {

@@ -79,6 +79,8 @@ describe('herald import endpoints', function()
       'wide.csv:3: 3 fields; the header has 2'},
     {'an unknown header', 'head.csv', 'ChannelType,Address,Colour\nEMAIL,a@example.com,red\n',
       "head.csv:1: column 3: unknown header 'Colour'"},
+    {'an unknown header after blank lines', 'head.csv', '\n\nChannelType,Address,Colour\nEMAIL,a@example.com,red\n',
+      "head.csv:3: column 3: unknown header 'Colour'"},
     {'a metric that is not a number', 'm.csv', 'ChannelType,Address,Metrics.score\nEMAIL,a@example.com,high\n',
       "m.csv:2: Metrics.score: 'high' is not a number"},
     {'an attribute value over 100 characters', 'long.csv', 'ChannelType,Address,Attributes.Bio\nEMAIL,a@example.com,' .. string.rep('x', 101) .. '\n',
