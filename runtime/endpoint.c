@@ -298,8 +298,10 @@ static int load_countries_locked(HeraldError *err) {
   json_array_foreach(list, i, c) {
     const char *a2 = json_string_value(json_object_get(c, "alpha_2"));
     const char *a3 = json_string_value(json_object_get(c, "alpha_3"));
-    if (a2) json_object_set_new(set, a2, json_true());
-    if (a3) json_object_set_new(set, a3, json_true());
+    /* every code maps to its alpha-2 form, the one endpoints keep (as Pinpoint's EndpointLocation
+     * and segments' Country dimension have it) */
+    if (a2) json_object_set_new(set, a2, json_string(a2));
+    if (a2 && a3) json_object_set_new(set, a3, json_string(a2));
   }
   json_decref(doc);
   countries = set;
@@ -477,11 +479,13 @@ static int check_location(json_t *l, HeraldError *err) {
     }
     if (load_countries(err) != kHeraldOk) return err->code;
     char buf[96];
-    if (code[0] == '\0' || json_object_get(countries, code) == NULL)
+    const char *a2 = code[0] ? json_string_value(json_object_get(countries, code)) : NULL;
+    if (a2 == NULL)
       return invalid_key(err, kHeraldInvalid, "Location", key, -1,
                          "'%s' is not an ISO 3166-1 alpha-2 or alpha-3 country code",
                          quoted(s, buf, sizeof buf));
-    if (strcmp(code, s) != 0) json_string_set(v, code);
+    /* kept as alpha-2: "fra" and "FRA" are stored "FR", so a segment on FR finds them */
+    if (strcmp(a2, s) != 0) json_string_set(v, a2);
   }
   return kHeraldOk;
 }

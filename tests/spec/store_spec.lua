@@ -276,12 +276,15 @@ describe('endpoint validation', function()
     assert.are.equal(0, data.count)
   end)
 
-  it('accepts alpha-3 countries, IANA zones and E.164 numbers', function()
+  it('accepts alpha-3 countries (kept as alpha-2, so a segment on FR finds them), IANA zones and E.164 numbers', function()
     local v, code, e = s.run(s.db(), [[
-      emit(must(herald.endpoints.put{Id="ok", ChannelType="SMS", Address="+442071838750",
-        Location={Country="fra"}, Demographic={Timezone="America/Argentina/Buenos_Aires"}}))]])
+      local ep = must(herald.endpoints.put{Id="ok", ChannelType="SMS", Address="+442071838750",
+        Location={Country="fra"}, Demographic={Timezone="America/Argentina/Buenos_Aires"}})
+      ep.fr = herald.segment{ name = 'fr', country = 'FR' }:count()
+      emit(ep)]])
     assert.are.equal(0, code, e)
-    assert.are.equal('FRA', v.Location.Country)
+    assert.are.equal('FR', v.Location.Country)
+    assert.are.equal(1, v.fr)
     assert.are.equal('America/Argentina/Buenos_Aires', v.Demographic.Timezone)
   end)
 
