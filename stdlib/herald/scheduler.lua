@@ -318,9 +318,20 @@ local function trigger_campaign(c, now_ms)
         local ep = endpoints.get(ev.endpoint_id)
         if ep and in_segment(c.segment, ep) and (c.predicate == nil or c.predicate(ev, ep)) then
           local arm = c:arm(ep.CohortId)
+          local due, reason = math.max(at + delay_ms, now_ms), skip_reason(c, ep, arm)
+          -- quiet time holds for triggered messages as for scheduled ones, in the endpoint's zone
+          -- (the campaign's when it has none): deferred to its end, or skipped under 'skip'
+          if sched.quiet_time and reason == nil then
+            local zone = ep.Demographic and ep.Demographic.Timezone
+            local quiet, ends = time.quiet(sched.quiet_time, due, zone, sched.timezone)
+            if quiet == nil then error(ends, 0) end
+            if quiet then
+              if h.QuietTimePolicy == 'skip' then reason = 'QUIET_TIME' else due = ends end
+            end
+          end
           rows[#rows + 1] = {
             endpoint_id = ep.Id, treatment = arm, channel = ep.ChannelType, address = ep.Address,
-            due_ms = math.max(at + delay_ms, now_ms), event_seq = ev.seq, reason = skip_reason(c, ep, arm),
+            due_ms = due, event_seq = ev.seq, reason = reason,
           }
           by_endpoint[ep.Id] = #rows
         end

@@ -118,6 +118,27 @@ describe('event-triggered campaigns', function()
     assert.are.equal('COMPLETED', q(dir, "SELECT state FROM campaigns WHERE id = 'feb'")[1].state)
   end)
 
+  it('holds a triggered message to quiet time in the endpoint\'s zone', function()
+    local dir = h.tmpdir()
+    h.write(dir .. '/night.lua', [[
+      herald.endpoints.put{ Id = 'paris', ChannelType = 'EMAIL', Address = 'p@example.com', Demographic = { Timezone = 'Europe/Paris' } }
+      herald.endpoints.put{ Id = 'nyc', ChannelType = 'EMAIL', Address = 'n@example.com', Demographic = { Timezone = 'America/New_York' } }
+      herald.campaign{ name = 'late', deliver = { file = 'out.txt' },
+        segment = herald.segment{ name = 'all' }, message = { subject = 'Hi', body = 'Thanks' },
+        quiet_time = { start = '22:00', ['end'] = '07:00' },
+        schedule = { event = { types = { 'visit' } } } }
+    ]])
+    local _, code, err = h.herald('--db c.db run --clock-start 2027-01-10T00:00:00Z --until 2027-01-10T00:00:01Z night.lua', { cwd = dir })
+    assert.are.equal(0, code, err)
+    -- 22:30 UTC: 23:30 in Paris (quiet until 07:00 there), 17:30 in New York (not quiet)
+    events(dir, { { 'paris', 'v1', 'visit', '2027-01-10T22:30:00Z' }, { 'nyc', 'v2', 'visit', '2027-01-10T22:30:00Z' } })
+    _, code, err = h.herald('--db c.db run --clock-start 2027-01-10T22:30:00Z --until 2027-01-10T22:31:00Z night.lua', { cwd = dir })
+    assert.are.equal(0, code, err)
+    local rows = q(dir, 'SELECT endpoint_id, state, due_ms FROM outbox ORDER BY endpoint_id')
+    assert.are.same({ endpoint_id = 'nyc', state = 'SENT', due_ms = 1799620200000 }, rows[1])       -- 22:30 UTC
+    assert.are.same({ endpoint_id = 'paris', state = 'PENDING', due_ms = 1799647200000 }, rows[2])  -- 07:00 Paris
+  end)
+
   it('refuses a bad event filter with its field path', function()
     local dir = h.tmpdir()
     h.write(dir .. '/bad.lua', "herald.campaign{ name = 'b', segment = herald.segment{ name = 'all' }, message = { body = 'x' },\n  schedule = { event = { types = { 'a' }, metrics = { total = { '~', 1 } } } } }\n")
