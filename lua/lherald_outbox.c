@@ -10,8 +10,15 @@
 #include "runtime/campaign.h"
 #include "runtime/outbox.h"
 
+/* t: an absolute index. A number is converted and stored back into the table, so the text
+ * outlives the pop as a string field's does (lua_tostring converts only the stack's copy). */
 static const char *opt_field_string(lua_State *L, int t, const char *k) {
   lua_getfield(L, t, k);
+  if (lua_type(L, -1) == LUA_TNUMBER) {
+    lua_tostring(L, -1);
+    lua_pushvalue(L, -1);
+    lua_setfield(L, t, k);
+  }
   const char *s = lua_isnil(L, -1) ? NULL : luaL_checkstring(L, -1);
   lua_pop(L, 1);  /* the table keeps the string alive */
   return s;
@@ -275,6 +282,25 @@ static int l_decide(lua_State *L) {
   d.decided_ms = (int64_t)opt_field_integer(L, 1, "decided_ms", 0);
   d.winner = (int)opt_field_integer(L, 1, "winner", -1);
   luaL_argcheck(L, d.run_id > 0, 1, "run_id is required");
+  /* quiet = {{zone=, due_ms=, new_due_ms=, skip=}, ...}: released rows that fall in quiet time */
+  lua_getfield(L, 1, "quiet");
+  int qt = lua_gettop(L);
+  lua_Integer nq = lua_istable(L, qt) ? luaL_len(L, qt) : 0;
+  struct HeraldOutboxQuietMove *moves = lua_newuserdatauv(L, sizeof *moves * (size_t)(nq > 0 ? nq : 1), 0);
+  for (lua_Integer i = 0; i < nq; i++) {
+    lua_rawgeti(L, qt, i + 1);
+    int m = lua_gettop(L);
+    luaL_argcheck(L, lua_istable(L, m), 1, "quiet: a list of {zone=, due_ms=, new_due_ms=, skip=}");
+    moves[i].zone = opt_field_string(L, m, "zone");
+    if (moves[i].zone == NULL) moves[i].zone = "";
+    moves[i].due_ms = (int64_t)opt_field_integer(L, m, "due_ms", 0);
+    moves[i].new_due_ms = (int64_t)opt_field_integer(L, m, "new_due_ms", 0);
+    lua_getfield(L, m, "skip");
+    moves[i].skip = lua_toboolean(L, -1);
+    lua_pop(L, 2);  /* skip, and the entry (its strings stay in the list, which stays on the stack) */
+  }
+  d.quiet = moves;
+  d.n_quiet = (int)nq;
   HeraldError err = {0};
   int recorded = 0;
   int64_t released = 0;

@@ -784,6 +784,27 @@ static int decide_in_tx(HeraldStore *store, const HeraldOutboxDecision *d, int *
   if (herald_store_step_done(store, st, err, "releasing the rest of an A/B test") != kHeraldOk)
     return err ? err->code : kHeraldStore;
   *released = sqlite3_changes64(herald_store_db(store));
+  if (d->winner >= 0 && d->n_quiet > 0) {
+    /* released into quiet time: held to its end (or skipped), as the run's first rows were */
+    st = herald_store_stmt(
+        store,
+        "UPDATE outbox SET due_ms = CASE WHEN ?5 THEN due_ms ELSE ?4 END,"
+        " first_due_ms = CASE WHEN ?5 THEN first_due_ms ELSE ?4 END,"
+        " state = CASE WHEN ?5 THEN 'SKIPPED' ELSE state END,"
+        " reason = CASE WHEN ?5 THEN 'QUIET_TIME' ELSE reason END"
+        " WHERE run_id = ?1 AND state = 'PENDING' AND coalesce(zone, '') = ?2 AND due_ms = ?3",
+        err);
+    if (st == NULL) return err ? err->code : kHeraldStore;
+    for (int i = 0; i < d->n_quiet; i++) {
+      sqlite3_bind_int64(st, 1, d->run_id);
+      sqlite3_bind_text(st, 2, d->quiet[i].zone, -1, SQLITE_STATIC);
+      sqlite3_bind_int64(st, 3, d->quiet[i].due_ms);
+      sqlite3_bind_int64(st, 4, d->quiet[i].new_due_ms);
+      sqlite3_bind_int(st, 5, d->quiet[i].skip);
+      if (herald_store_step_done(store, st, err, "holding released rows to quiet time") != kHeraldOk)
+        return err ? err->code : kHeraldStore;
+    }
+  }
   st = herald_store_stmt(store, "UPDATE ab_decisions SET released = ?2 WHERE run_id = ?1", err);
   if (st == NULL) return err ? err->code : kHeraldStore;
   sqlite3_bind_int64(st, 1, d->run_id);

@@ -102,6 +102,14 @@ typedef struct {
   const char *policy;
   const char *reason;        /* one line of why */
   const char *figures_json;  /* the numbers the decision was taken on */
+  /* Released rows that would fall in quiet time: those of zone ("" for none) due at due_ms once
+   * released move to new_due_ms, or are SKIPPED/QUIET_TIME when skip is set. */
+  const struct HeraldOutboxQuietMove {
+    const char *zone;
+    int64_t due_ms, new_due_ms;
+    int skip;
+  } *quiet;
+  int n_quiet;
 } HeraldOutboxDecision;
 
 /* In one transaction: records the run's decision and releases its WAITING rows, to the winner

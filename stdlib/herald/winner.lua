@@ -25,6 +25,7 @@ local json = require 'herald.core.json'
 local outbox = require 'herald.core.outbox'
 local ab = require 'herald.ab'
 local analytics = require 'herald.analytics'
+local time = require 'herald.time'
 
 local M = {}
 
@@ -61,7 +62,7 @@ function M.pending(ids)
       out[#out + 1] = {
         run = r.id, campaign = r.campaign_id, winner = w,
         treatments = #(def.AdditionalTreatments or {}) + 1,
-        decide_ms = start + w.DecideAfterSeconds * 1000,
+        decide_ms = start + w.DecideAfterSeconds * 1000, definition = def,
       }
     end
   end
@@ -92,6 +93,29 @@ local function encode(result)
   return json.encode(copy, { sort = true })
 end
 
+-- The rest of a run is released at the decision, hours after the run's time: where that falls
+-- in quiet time (in each zone of the run's audience), its rows are held to the end of it, or
+-- skipped under the skip policy, as the run's first rows were. The quiet time is the winning
+-- treatment's own schedule's, else the campaign's.
+local function quiet_moves(p, winner, now_ms)
+  local def = p.definition
+  local sched = def.Schedule or {}
+  local t = winner > 0 and def.AdditionalTreatments and def.AdditionalTreatments[winner]
+  if t and t.Schedule then sched = { QuietTime = t.Schedule.QuietTime or sched.QuietTime,
+                                     Timezone = t.Schedule.Timezone or sched.Timezone } end
+  local qt = sched.QuietTime
+  if qt == nil or qt.Start == nil or qt.End == nil then return nil end
+  local skip = (def.Herald or {}).QuietTimePolicy == 'skip'
+  local moves = {}
+  local groups = q([[SELECT DISTINCT coalesce(zone, '') AS zone, max(due_ms, ?2) AS due FROM outbox
+    WHERE run_id = ?1 AND state = 'WAITING']], p.run, now_ms)
+  for _, g in ipairs(groups) do
+    local quiet, ends = time.quiet(qt, g.due, g.zone ~= '' and g.zone or nil, sched.Timezone or 'UTC')
+    if quiet then moves[#moves + 1] = { zone = g.zone, due_ms = g.due, new_due_ms = ends, skip = skip } end
+  end
+  return moves
+end
+
 -- Looks at one pending run at now_ms: decides and records when due. Returns the decision
 -- table when one was recorded (with released = rows released), or nil and why not
 -- ('wait' and the result of the look, or an error message).
@@ -110,7 +134,7 @@ function M.decide(p, now_ms)
   local recorded, released = outbox.decide {
     campaign_id = p.campaign, run_id = p.run, decided_ms = now_ms, metric = w.Metric,
     decision = r.decision, winner = r.winner, policy = w.Policy, reason = r.reason,
-    figures = encode(r),
+    figures = encode(r), quiet = r.winner ~= nil and r.winner >= 0 and quiet_moves(p, r.winner, now_ms) or nil,
   }
   if not recorded then return nil, 'decided already' end
   r.released = released

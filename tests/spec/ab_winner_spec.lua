@@ -35,10 +35,11 @@ herald.campaign {
     { name = 'B', size = 45, message = { subject = 'Subject B', body = 'b' } },
   },
   winner = { test_percent = 20, metric = %q, decide_after = %q, policy = %q%s%s },
-  deliver = { file = %q },
+  deliver = { file = %q },%s
 }]], c.name, T0, c.metric or 'clicks', c.decide_after or '4h', c.policy or 'send_best',
       c.min_sample and (', min_sample = ' .. c.min_sample) or '',
-      c.conversion and (', conversion = ' .. string.format('%q', c.conversion)) or '', c.name .. '.txt')
+      c.conversion and (', conversion = ' .. string.format('%q', c.conversion)) or '', c.name .. '.txt',
+      c.quiet and ('\n  quiet_time = ' .. c.quiet .. ',') or '')
   end
   h.write(dir .. '/def.lua', table.concat(src, '\n'))
 end
@@ -94,6 +95,25 @@ local function ms(iso)
 end
 
 describe('automatic A/B winner', function()
+  it('holds the rest it releases into quiet time to the end of it', function()
+    local dir = h.tmpdir()
+    endpoints(dir)
+    -- sent at 09:00, decided at 13:00: inside quiet time 12:00-18:00 (UTC, the campaign's zone)
+    definitions(dir, { { name = 'q', quiet = "{ start = '12:00', ['end'] = '18:00' }" } })
+    local _, code, err = run(dir, '--clock-start ' .. T0 .. ' --until 2027-01-01T10:00:00Z def.lua')
+    assert.are.equal(0, code, err)
+    clicks(dir, 'q', 1, 40)
+    _, code, err = run(dir, '--clock-start 2027-01-01T10:00:00Z --until 2027-01-01T13:30:00Z def.lua')
+    assert.are.equal(0, code, err)
+    assert.are.equal(720, decision(dir, 'q').released)
+    local rest = q(dir, "SELECT state, due_ms, count(*) AS n FROM outbox WHERE state IN ('PENDING', 'SENT')"
+      .. ' AND due_ms > ' .. ms('2027-01-01T09:00') .. ' GROUP BY 1, 2')
+    assert.are.same({ { state = 'PENDING', due_ms = ms('2027-01-01T18:00'), n = 720 } }, rest)
+    _, code, err = run(dir, '--until-idle --clock-start 2027-01-01T13:30:00Z def.lua')
+    assert.are.equal(0, code, err)
+    assert.are.equal(720 + 180, count_lines(dir .. '/q.txt', '--- message '))
+  end)
+
   it('sends the test share, holds the rest WAITING, then sends the clear winner B to the rest', function()
     local dir = h.tmpdir()
     endpoints(dir)
