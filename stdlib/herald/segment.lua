@@ -1299,37 +1299,63 @@ function segment.versions(id, opts)
   return out
 end
 
-local function csv_fields(line, path, lineno)
-  local out, i, n = {}, 1, #line
-  while i <= n + 1 do
-    if line:sub(i, i) == '"' then
-      local buf, j = {}, i + 1
-      while true do
-        local q = line:find('"', j, true)
-        if q == nil then
-          error(string.format('%s:%d: unterminated quoted field', path, lineno), 0)
-        end
-        buf[#buf + 1] = line:sub(j, q - 1)
-        if line:sub(q + 1, q + 1) == '"' then
-          buf[#buf + 1] = '"'
-          j = q + 2
-        else
-          i = q + 1
-          break
-        end
-      end
-      out[#out + 1] = table.concat(buf)
-      if i <= n and line:sub(i, i) ~= ',' then
-        error(string.format('%s:%d: text after a quoted field', path, lineno), 0)
-      end
-      i = i + 1
-    else
-      local c = line:find(',', i, true) or n + 1
-      out[#out + 1] = line:sub(i, c - 1)
-      i = c + 1
+-- The records of a CSV text (RFC 4180: quoted fields, "" escapes, line breaks inside quotes,
+-- CRLF or LF, a UTF-8 byte order mark skipped): an iterator of (fields, line the record starts
+-- on); blank lines are skipped. Malformed text raises naming path and line.
+local function csv_records(text, path)
+  local pos, line, n = 1, 1, #text
+  if text:sub(1, 3) == '\239\187\191' then pos = 4 end
+  return function()
+    while pos <= n and (text:sub(pos, pos) == '\n' or text:sub(pos, pos) == '\r') do
+      if text:sub(pos, pos) == '\n' then line = line + 1 end
+      pos = pos + 1
     end
+    if pos > n then return nil end
+    local start_line, out = line, {}
+    while true do
+      if text:sub(pos, pos) == '"' then
+        local buf, j = {}, pos + 1
+        while true do
+          local q = text:find('"', j, true)
+          if q == nil then error(string.format('%s:%d: unterminated quoted field', path, start_line), 0) end
+          local chunk = text:sub(j, q - 1)
+          local _, breaks = chunk:gsub('\n', '')
+          line = line + breaks
+          buf[#buf + 1] = chunk
+          if text:sub(q + 1, q + 1) == '"' then
+            buf[#buf + 1] = '"'
+            j = q + 2
+          else
+            pos = q + 1
+            break
+          end
+        end
+        out[#out + 1] = table.concat(buf)
+        local c = text:sub(pos, pos)
+        if pos <= n and c ~= ',' and c ~= '\n' and c ~= '\r' then
+          error(string.format('%s:%d: text after a quoted field', path, line), 0)
+        end
+      else
+        local e = text:find('[,\r\n]', pos) or n + 1
+        local field = text:sub(pos, e - 1)
+        if field:find('"', 1, true) then
+          error(string.format('%s:%d: a quote inside an unquoted field (quote the whole field and double the quote)',
+            path, line), 0)
+        end
+        out[#out + 1] = field
+        pos = e
+      end
+      if text:sub(pos, pos) == ',' then
+        pos = pos + 1
+      else
+        break
+      end
+    end
+    if text:sub(pos, pos) == '\r' then pos = pos + 1 end
+    if text:sub(pos, pos) == '\n' then pos = pos + 1 end
+    line = line + 1
+    return out, start_line
   end
-  return out
 end
 
 -- A CSV row under dotted headers -> an EndpointRequest (repeated headers make lists).
@@ -1393,14 +1419,23 @@ function segment.import(path, opts)
       if ep == nil then error(string.format('%s:%d: %s', path, lineno, err), 0) end
       members[#members + 1] = ep.Id
     end
-    for line in f:lines() do
-      lineno = lineno + 1
-      line = line:gsub('\r$', '')
-      if line ~= '' then
-        if format == 'csv' then
-          if headers == nil then headers = csv_fields(line, path, lineno)
-          else add_row(csv_endpoint(headers, csv_fields(line, path, lineno))) end
+    if format == 'csv' then
+      for fields, at in csv_records(f:read('a'), path) do
+        lineno = at
+        if headers == nil then
+          headers = fields
+        elseif #fields ~= #headers then
+          -- a field too many or too few is a row misread, never data to drop or leave out
+          error(string.format('%s:%d: %d fields; the header has %d', path, at, #fields, #headers), 0)
         else
+          add_row(csv_endpoint(headers, fields))
+        end
+      end
+    else
+      for line in f:lines() do
+        lineno = lineno + 1
+        line = line:gsub('\r$', '')
+        if line ~= '' then
           local dok, req = pcall(json.decode, line)
           if not dok or type(req) ~= 'table' then
             error(string.format('%s:%d: not a JSON object', path, lineno), 0)

@@ -271,6 +271,19 @@ describe('imported segments', function()
       emit { ids(a), a.name, b:count(), rows[1] }]]):format(dir .. '/new.ndjson', dir .. '/new.csv'))
     assert.are.same({ 'e4,n1', 'new', 1, { country = 'FR', attributes = '{"Ride":["Bus","Train"]}', metrics = '{"km":12.5}' } }, v)
   end)
+  it('reads CSV as the endpoint importer does: a BOM, quoted line breaks, and a row of the wrong width refused', function()
+    local dir = h.tmpdir()
+    h.write(dir .. '/q.csv', '\239\187\191Id,ChannelType,Address,Location.City\r\n'
+      .. 'q1,EMAIL,q1@example.com,"Paris, France"\r\nq2,EMAIL,q2@example.com,"two\nlines"\r\n')
+    h.write(dir .. '/wide.csv', 'Id,ChannelType,Address,Location.City\n\nw1,EMAIL,w1@example.com,Paris, France\n')
+    local v = run(([[
+      local seg = must(S.import(%q))
+      local rows = must(herald.db.query("SELECT id, city FROM endpoints WHERE id IN ('q1', 'q2') ORDER BY id"))
+      local bad, err = S.import(%q)
+      emit { ids(seg), rows[1].city, rows[2].city, bad == nil, err, herald.endpoints.get('w1') == nil }]]):format(
+        dir .. '/q.csv', dir .. '/wide.csv'))
+    assert.are.same({ 'q1,q2', 'Paris, France', 'two\nlines', true, dir .. '/wide.csv:3: 5 fields; the header has 4', true }, v)
+  end)
   it('is all or nothing: a bad row leaves no segment and no endpoint, naming the line', function()
     local dir = h.tmpdir()
     h.write(dir .. '/bad.ndjson', '{"Id":"n1","ChannelType":"EMAIL","Address":"n1@example.com"}\n' ..
