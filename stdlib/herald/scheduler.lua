@@ -13,6 +13,7 @@ local json = require 'herald.core.json'
 local store = require 'herald.core.store'
 local campaign = require 'herald.campaign'
 local time = require 'herald.time'
+local clock = require 'herald.core.clock'
 local endpoints = require 'herald.endpoints'
 
 local scheduler = {}
@@ -105,6 +106,7 @@ end
 -- and whether quiet time defers or skips them. Appends to out.
 local function zones_of(c, s, run, out)
   local sched = s.schedule
+  local now_ms = clock.now()
   local quiet = sched.quiet_time
   if not sched.is_local_time and quiet == nil then return end
   local policy = c.definition.Herald.QuietTimePolicy
@@ -118,13 +120,16 @@ local function zones_of(c, s, run, out)
       due, used, note = time.local_delivery(run, zone ~= '' and zone or nil, sched.timezone)
       if due == nil then error(used, 0) end
       item.due_ms = due
+      -- A zone whose local time passed long ago (herald was down through it) is stale, as a
+      -- whole run that late would be: sent now, it would arrive at some other hour there.
+      if not s.immediate and now_ms - due > c:stale_after_ms() then item.skip_reason = 'STALE' end
     end
     if quiet then
       local is_quiet, ends, qused, qnote = time.quiet(quiet, item.due_ms, zone ~= '' and zone or nil, sched.timezone)
       if is_quiet == nil then error(ends, 0) end
       used, note = qused, note or qnote
       if is_quiet then
-        if policy == 'skip' then item.skip_reason = 'QUIET_TIME' else item.due_ms = ends end
+        if policy == 'skip' then item.skip_reason = item.skip_reason or 'QUIET_TIME' else item.due_ms = ends end
       end
     end
     item.zone_used, item.note = used, note

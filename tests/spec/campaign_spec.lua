@@ -370,6 +370,24 @@ describe('campaign runs', function()
     assert.are.equal(3, n(dir2, "SELECT count(*) AS n FROM outbox WHERE reason = 'EXPIRED'"))
   end)
 
+  it('skips the zones whose local send time passed long before herald got to a local-time run', function()
+    local dir = h.tmpdir()
+    local zones = { 'Asia/Tokyo', 'Europe/London', 'America/Los_Angeles' }
+    simple_endpoints(dir, 3, function(i, r) r.tz = zones[i] end)
+    h.write(dir .. '/l.lua', [[
+      herald.campaign{ name = 'morning', segment = herald.segment{ name = 'all' }, message = { body = 'x' },
+        schedule = { start = '2027-06-01T09:00:00', is_local_time = true, timezone = 'UTC' },
+        deliver = { file = 'out.txt' } }
+    ]])
+    -- herald starts at 07:00 UTC: 09:00 in Tokyo was 7 hours ago; London (08:00 UTC) and Los
+    -- Angeles (16:00 UTC) are still ahead
+    local _, code, err = run(dir, '--clock-start 2027-06-01T07:00:00Z --until 2027-06-01T17:00:00Z l.lua')
+    assert.are.equal(0, code, err)
+    assert.are.same({ { id = 'e0001', state = 'SKIPPED', reason = 'STALE' }, { id = 'e0002', state = 'SENT' },
+                      { id = 'e0003', state = 'SENT' } },
+      q(dir, 'SELECT endpoint_id AS id, state, reason FROM outbox ORDER BY endpoint_id'))
+  end)
+
   it('keeps a recurring campaign started IMMEDIATE on its times when it is edited', function()
     local dir = h.tmpdir()
     simple_endpoints(dir, 2)
