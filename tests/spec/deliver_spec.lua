@@ -462,26 +462,33 @@ describe('delivery through providers', function()
     assert.are.equal('custom +15550000123', found.Data)
   end)
 
-  it('records a batch of outcomes although one of its rows is no longer claimed', function()
-    local dir = h.tmpdir()
-    h.write(dir .. '/s.lua', [[
+  -- A script that makes campaign `name` with two messages and claims both (as `c`), then runs
+  -- `rest`: the outbox in the state a delivery leaves it while the two are in flight.
+  local function two_claimed(name, rest)
+    return string.format([[
       local outbox = require 'herald.core.outbox'
       local rows = {}
       for i = 1, 2 do
         assert(herald.endpoints.put { Id = 'e' .. i, ChannelType = 'CUSTOM', Address = 'x' .. i })
         rows[i] = { endpoint_id = 'e' .. i, treatment = 0, channel = 'CUSTOM', address = 'x' .. i, due_ms = 1000 }
       end
-      outbox.define_campaign('rb', 'rb', herald.json.encode {
-        Name = 'rb', TreatmentName = 't', AdditionalTreatments = herald.json.array {},
+      outbox.define_campaign(%q, %q, herald.json.encode {
+        Name = %q, TreatmentName = 't', AdditionalTreatments = herald.json.array {},
         MessageConfiguration = { DefaultMessage = { Body = 'b' } } })
-      local seq = outbox.trigger_cursor('rb')
-      outbox.trigger { campaign_id = 'rb', version = 1, now_ms = 1000, from_seq = seq, to_seq = seq + 1, rows = rows }
-      local c = outbox.claim(herald.now_ms(), 10, '["rb"]')
+      local seq = outbox.trigger_cursor(%q)
+      outbox.trigger { campaign_id = %q, version = 1, now_ms = 1000, from_seq = seq, to_seq = seq + 1, rows = rows }
+      local c = outbox.claim(herald.now_ms(), 10, %q)
       assert(#c == 2)
+    ]], name, name, name, name, name, '["' .. name .. '"]') .. rest
+  end
+
+  it('records a batch of outcomes although one of its rows is no longer claimed', function()
+    local dir = h.tmpdir()
+    h.write(dir .. '/s.lua', two_claimed('rb', [[
       outbox.report_batch { { id = c[1].id, state = 'SENT' } }
       -- the first row is reported again (already SENT): the second's outcome still counts
       outbox.report_batch { { id = c[1].id, state = 'SENT' }, { id = c[2].id, state = 'FAILED', reason = 'PERMANENT: x' } }
-    ]])
+    ]]))
     local _, code, err = h.herald('--db d.db s.lua', { cwd = dir })
     assert.are.equal(0, code, err)
     assert.are.same({ { state = 'SENT' }, { state = 'FAILED', reason = 'PERMANENT: x' } },
@@ -492,27 +499,14 @@ describe('delivery through providers', function()
 
   it('cancels a message that comes back for a retry after its campaign was deleted, so its run completes', function()
     local dir = h.tmpdir()
-    h.write(dir .. '/s.lua', [[
-      local outbox = require 'herald.core.outbox'
-      local rows = {}
-      for i = 1, 2 do
-        assert(herald.endpoints.put { Id = 'e' .. i, ChannelType = 'CUSTOM', Address = 'x' .. i })
-        rows[i] = { endpoint_id = 'e' .. i, treatment = 0, channel = 'CUSTOM', address = 'x' .. i, due_ms = 1000 }
-      end
-      outbox.define_campaign('gone', 'gone', herald.json.encode {
-        Name = 'gone', TreatmentName = 't', AdditionalTreatments = herald.json.array {},
-        MessageConfiguration = { DefaultMessage = { Body = 'b' } } })
-      local seq = outbox.trigger_cursor('gone')
-      outbox.trigger { campaign_id = 'gone', version = 1, now_ms = 1000, from_seq = seq, to_seq = seq + 1, rows = rows }
-      local c = outbox.claim(herald.now_ms(), 10, '["gone"]')
-      assert(#c == 2)
+    h.write(dir .. '/s.lua', two_claimed('gone', [[
       -- deleted while both are in flight: one is sent, the other fails and is due again
       outbox.set_campaign_state('gone', 'DELETED')
       outbox.cancel('gone', 'CAMPAIGN_DELETED')
       outbox.report_batch { { id = c[1].id, state = 'SENT' },
                             { id = c[2].id, state = 'PENDING', due_ms = herald.now_ms() + 1000, reason = 'RETRY: HTTP 500' } }
       outbox.complete_runs()
-    ]])
+    ]]))
     local _, code, err = h.herald('--db d.db s.lua', { cwd = dir })
     assert.are.equal(0, code, err)
     assert.are.same({ { state = 'SENT' }, { state = 'SKIPPED', reason = 'CAMPAIGN_DELETED' } },
