@@ -4,8 +4,9 @@ usage: mailstore.py PORT DIR [--starttls CERT KEY | --smtps CERT KEY] [--auth US
 
 --starttls offers and requires STARTTLS; --smtps speaks TLS from the first byte; --auth requires
 AUTH (PLAIN or LOGIN, over TLS) with these credentials. Each accepted message is written to DIR/N.eml (the DATA as received) and DIR/N.json (the
-envelope). Recipients whose local part starts with "tempfail" get 451, "reject" get 550, so
-specs can see how the client classifies SMTP refusals.
+envelope). Recipients whose local part starts with "tempfail" get 451, "reject" get 550, and a
+sender whose local part starts with "blocked" gets 550 at MAIL FROM, so specs can see how the
+client classifies SMTP refusals.
 """
 import asyncio
 import json
@@ -23,6 +24,13 @@ class Store:
     def __init__(self, directory):
         self.directory = directory
         self.count = 0
+
+    async def handle_MAIL(self, server, session, envelope, address, mail_options):
+        if address.split("@", 1)[0].startswith("blocked"):
+            return "550 5.7.1 sender rejected by policy"
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 OK"
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
         local = address.split("@", 1)[0]

@@ -295,6 +295,26 @@ describe('delivery through providers', function()
     assert(ok, e)
   end)
 
+  it('does not take a refused sender for bounced recipients: the campaign pauses, the endpoints stay', function()
+    local mail = S.start_mailstore {}
+    local ok, e = pcall(function()
+      local dir = h.tmpdir()
+      campaign_file(dir, { n = 4, channel = 'EMAIL', name = 'dmarc',
+        addr = "function(i) return 'reader' .. i .. '@example.com' end" })
+      h.write(dir .. '/providers.lua', string.format([[
+        return { profiles = { mail = { type = 'smtp', url = %q, from = 'blocked@example.com', sessions = 1 } },
+          channels = { EMAIL = 'mail' }, pause_after = 2 }
+      ]], mail.url))
+      local _, code, err = run(dir, 'c.lua')
+      assert.are.equal(0, code, err)
+      assert.matches('campaign dmarc paused after 2 consecutive systemic failures', err, 1, true)
+      assert.are.same({ { s = 'ACTIVE', n = 4 } },
+        query(dir, 'SELECT endpoint_status AS s, count(*) AS n FROM endpoints GROUP BY 1'))
+    end)
+    mail:stop()
+    assert(ok, e)
+  end)
+
   it('retries transient failures with backoff, dead-letters after the bound and pauses the campaign', function()
     local dir = h.tmpdir()
     campaign_file(dir, { n = 30, channel = 'CUSTOM', name = 'failing', addr = "function(i) return 'x' .. i end" })

@@ -39,7 +39,15 @@ function smtp:send_one(m)
   local verdict = http.verdict(class, code or 0, true)
   local r = { verdict = verdict, reason = 'SMTP ' .. tostring(code or class) .. ': ' .. tostring(err),
               systemic = class ~= 'status' }
-  if verdict == 'permanent' and (code == 550 or code == 551 or code == 553) then r.feedback = 'HARD_BOUNCE' end
+  -- Only a refusal of the recipient (at RCPT) is a hard bounce. The same codes at MAIL FROM or
+  -- after DATA refuse the sender or the content (a DMARC or policy rejection): every message
+  -- would fail alike, so they count towards the pause and leave the endpoint as it is.
+  local at_rcpt = tostring(err):find('RCPT failed', 1, true) ~= nil
+  if verdict == 'permanent' and at_rcpt and (code == 550 or code == 551 or code == 553) then
+    r.feedback = 'HARD_BOUNCE'
+  elseif class == 'status' and not at_rcpt then
+    r.systemic = true
+  end
   return r
 end
 
