@@ -14,7 +14,8 @@
 --                 text = '{{Body}}', sender = '{{SenderId}}' } },
 --       fcm   = { type = 'fcm', project_id = 'p', service_account = '/path/sa.json', url =, token_uri = },
 --       apns  = { type = 'apns', url = 'https://api.push.apple.com', team_id =, key_id =, key_file =,
---                 topic = 'com.example.app' },
+--                 topic = 'com.example.app', sandbox_url = },  -- APNS_SANDBOX endpoints go to
+--                 -- sandbox_url: by default Apple's sandbox host when url is its production one
 --       adm   = { type = 'adm', client_id = os.getenv('ADM_CLIENT_ID'), client_secret =
 --                 os.getenv('ADM_CLIENT_SECRET'), url = 'https://api.amazon.com', token_uri = },
 --       baidu = { type = 'baidu', api_key = os.getenv('BAIDU_API_KEY'), secret_key =

@@ -295,6 +295,41 @@ describe('delivery through providers', function()
     assert(ok, e)
   end)
 
+  it("sends APNS_SANDBOX to Apple's sandbox host and mints a refused provider token again only after 20 minutes", function()
+    local dir = h.tmpdir()
+    h.write(dir .. '/s.lua', string.format([[
+      local apns = require 'herald.channels.apns'
+      local clock = require 'herald.core.clock'
+      local key = assert(io.open(%q)):read('a')
+      local prod = apns.new { name = 'a', type = 'apns', team_id = 'T', key_id = 'K', key = key, topic = 'com.x' }
+      local m = { key = 'k1', channel = 'APNS_SANDBOX', address = 'beef', title = 't', body = 'b' }
+      local live = { key = 'k2', channel = 'APNS', address = 'beef', title = 't', body = 'b' }
+      -- the emulator refuses this key id (InvalidProviderToken), as APNs does a wrong one
+      local wrong = apns.new { name = 'w', type = 'apns', url = %q, ca_file = %q, team_id = %q,
+                               key_id = 'NOT-THE-KEY', key = key, topic = %q }
+      clock.set_manual(clock.now())
+      local v1 = wrong:send({ { key = 'w1', channel = 'APNS', address = 'beef01', title = 't', body = 'b' } })[1]
+      wrong:send({ { key = 'w2', channel = 'APNS', address = 'beef02', title = 't', body = 'b' } })
+      clock.advance(20 * 60 * 1000)
+      wrong:send({ { key = 'w3', channel = 'APNS', address = 'beef03', title = 't', body = 'b' } })
+      print(prod:request(m, 'x').url, prod:request(live, 'x').url, v1.verdict, tostring(v1.systemic))
+    ]], emu.apns_key, emu.tls_url, emu.ca, emu.team_id, emu.topic))
+    local out, code, err = h.herald('--db d.db s.lua', { cwd = dir })
+    assert.are.equal(0, code, err)
+    local words = {}
+    for w in out:gmatch('%S+') do words[#words + 1] = w end
+    assert.are.same({ 'https://api.sandbox.push.apple.com/3/device/beef', 'https://api.push.apple.com/3/device/beef',
+                      'transient', 'true' }, words)
+    -- three refused sends, two tokens: the second send reused the first token
+    local tokens = {}
+    for _, r in ipairs(emu:requests()) do
+      if r.path:find('^/3/device/beef0[123]') then tokens[r.headers['authorization']] = true end
+    end
+    local n = 0
+    for _ in pairs(tokens) do n = n + 1 end
+    assert.are.equal(2, n)
+  end)
+
   it('does not take a refused sender for bounced recipients: the campaign pauses, the endpoints stay', function()
     local mail = S.start_mailstore {}
     local ok, e = pcall(function()

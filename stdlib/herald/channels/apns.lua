@@ -12,6 +12,9 @@ local apns = {}
 apns.__index = apns
 
 local RENEW_MS = 40 * 60 * 1000
+local MIN_RENEW_MS = 20 * 60 * 1000  -- APNs answers faster renewals with TooManyProviderTokenUpdates
+local PRODUCTION = 'https://api.push.apple.com'
+local SANDBOX = 'https://api.sandbox.push.apple.com'
 
 function apns.new(profile)
   local key = profile.key
@@ -20,8 +23,11 @@ function apns.new(profile)
     key, err = util.read_file(profile.key_file)
     if not key then error('profiles.' .. profile.name .. '.key_file: ' .. tostring(err), 0) end
   end
-  return setmetatable({ profile = profile, key = key,
-                        url = profile.url or 'https://api.push.apple.com' }, apns)
+  local url = profile.url or PRODUCTION
+  -- APNS_SANDBOX tokens (development builds) exist only on Apple's sandbox host: sent to
+  -- production they come back BadDeviceToken, which would make the endpoint INACTIVE
+  local sandbox = profile.sandbox_url or (url:gsub('/+$', '') == PRODUCTION and SANDBOX or url)
+  return setmetatable({ profile = profile, key = key, url = url, sandbox_url = sandbox }, apns)
 end
 
 function apns:token()
@@ -30,7 +36,7 @@ function apns:token()
   local t, err = util.jwt('ES256', { alg = 'ES256', kid = self.profile.key_id },
     { iss = self.profile.team_id, iat = now // 1000 }, self.key)
   if not t then return nil, 'APNs token: ' .. err end
-  self.jwt, self.renew_ms = t, now + RENEW_MS
+  self.jwt, self.renew_ms, self.minted_ms = t, now + RENEW_MS, now
   return t
 end
 
@@ -54,7 +60,7 @@ function apns:request(m, token)
   }
   if m.ttl then headers['apns-expiration'] = tostring(clock.now() // 1000 + m.ttl) end
   return { key = m.key, body = json.encode(payload), headers = headers,
-           url = (m.channel:find('SANDBOX') and (p.sandbox_url or self.url) or self.url) .. '/3/device/' .. m.address }
+           url = (m.channel:find('SANDBOX') and self.sandbox_url or self.url) .. '/3/device/' .. m.address }
 end
 
 function apns:send(msgs, progress)
@@ -68,8 +74,12 @@ function apns:send(msgs, progress)
     if o.status == 410 or why == 'BadDeviceToken' or why == 'Unregistered' then
       return why, 'inactive'
     elseif why == 'ExpiredProviderToken' or why == 'InvalidProviderToken' then
-      self.jwt = nil
+      -- a fresh token only once the current one may be replaced: a token refused for its key
+      -- or team (a configuration mistake) must not be minted again on every claim
+      if self.minted_ms == nil or clock.now() - self.minted_ms >= MIN_RENEW_MS then self.jwt = nil end
       return why, 'token'
+    elseif why == 'TooManyProviderTokenUpdates' then
+      return why, 'retry'
     end
     return why
   end
