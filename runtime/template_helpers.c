@@ -75,16 +75,29 @@ static int compare(TemplateRender *r, const TemplateValue *pa, const TemplateVal
   return 0;
 }
 
+/* Equality: two strings are equal only as strings ("007" is not "7", "+15550101" is not
+ * "15550101": ids, phone numbers and postal codes are text, as Pinpoint's attributes are);
+ * with a number on either side the comparison is numeric ("30" eq 30). Ordering (gt, lt, ...)
+ * reads numeric strings as numbers, so "10" > "9". */
+static int equal(TemplateRender *r, const TemplateValue *pa, const TemplateValue *pb, int *cmp) {
+  TemplateValue a = unwrap(pa), b = unwrap(pb);
+  if (a.kind == kValString && b.kind == kValString) {
+    *cmp = a.len == b.len && memcmp(a.s, b.s, a.len) == 0 ? 0 : 1;
+    return 0;
+  }
+  return compare(r, pa, pb, cmp);
+}
+
 static int h_eq(TemplateRender *r, const TemplateExpr *c, const TemplateValue *p, int n, TemplateValue *out) {
   int cmp;
-  if (compare(r, &p[0], &p[1], &cmp) != 0) return -1;
+  if (equal(r, &p[0], &p[1], &cmp) != 0) return -1;
   set_bool(out, cmp == 0);
   return 0;
 }
 
 static int h_neq(TemplateRender *r, const TemplateExpr *c, const TemplateValue *p, int n, TemplateValue *out) {
   int cmp;
-  if (compare(r, &p[0], &p[1], &cmp) != 0) return -1;
+  if (equal(r, &p[0], &p[1], &cmp) != 0) return -1;
   set_bool(out, cmp != 0);
   return 0;
 }

@@ -176,6 +176,8 @@ describe('template conditional helpers', function()
   it('compares numbers held as strings numerically and a one-value list as its value', function()
     assert.are.equal('true true true', R('{{gt Attributes.age.[0] 9}} {{eq Attributes.plan "gold"}} {{lt "9" "10"}}'))
     assert.are.equal('true false', R('{{lt "apple" "banana"}} {{eq "a" "A"}}'))
+    -- equal strings are equal as text: ids, phone numbers and postal codes are not numbers
+    assert.are.equal('false false true true', R('{{eq "007" "7"}} {{eq "+15550101" "15550101"}} {{neq "1.0" "1"}} {{eq "30" 30}}'))
     assert.are.equal('false true', R('{{eq Nope "x"}} {{eq Nope Nope2}}'))
   end)
 end)
