@@ -229,6 +229,8 @@ end
 -- uses it where the treatment has no message of its own for the channel. The parts come back
 -- rendered (the template's active version unless the reference pins one).
 local TEMPLATE_KIND = { EMAIL = { 'EmailTemplate', 'EMAIL' }, SMS = { 'SMSTemplate', 'SMS' } }
+local PUSH_PART = { APNS = 'APNS', APNS_SANDBOX = 'APNS', APNS_VOIP = 'APNS', APNS_VOIP_SANDBOX = 'APNS',
+                    GCM = 'GCM', ADM = 'ADM', BAIDU = 'Baidu' }
 local function template_message(tconfig, channel, ep)
   if not present(tconfig) then return nil end
   local kind = TEMPLATE_KIND[channel] or (PUSH[channel] and { 'PushTemplate', 'PUSH' })
@@ -238,12 +240,22 @@ local function template_message(tconfig, channel, ep)
     { version = present(ref.Version) and tonumber(ref.Version) or nil })
   if not parts then return nil, 'RENDER_FAILED: ' .. tostring(err) end
   if kind[2] == 'EMAIL' then
-    return { Title = parts.Subject, Body = parts.TextPart, HtmlBody = parts.HtmlPart }
+    -- the template's headers ({Name, Value} list, rendered) as the channel takes them
+    local headers
+    for _, hd in ipairs(present(parts.Headers) and parts.Headers or {}) do
+      headers = headers or {}
+      headers[hd.Name] = hd.Value
+    end
+    return { Title = parts.Subject, Body = parts.TextPart, HtmlBody = parts.HtmlPart, Headers = headers }
   elseif kind[2] == 'SMS' then
     return { Body = parts.Body }
   end
+  -- A push template has a Default part and one per service (APNS, GCM, ADM, Baidu): the
+  -- service's part, where it gives a field, wins over Default, as in Pinpoint.
   local d = present(parts.Default) and parts.Default or {}
-  return { Title = d.Title, Body = d.Body }
+  local own = parts[PUSH_PART[channel] or ''] or {}
+  local function field(k) if present(own[k]) then return own[k] end return d[k] end
+  return { Title = field('Title'), Body = field('Body') }
 end
 
 -- A message's fields that come from its message configuration alone (the sender, TTL,

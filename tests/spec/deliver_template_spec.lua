@@ -3,6 +3,47 @@
 local h = require 'helpers'
 
 describe('treatments that name a stored template', function()
+  it("send a push template's part for the endpoint's service over Default, and an email template's headers", function()
+    local dir = h.tmpdir()
+    h.write(dir .. '/c.lua', [[
+      assert(herald.template.create{ name = 'alert', type = 'PUSH',
+        Default = { Title = 'Default title', Body = 'default body' },
+        APNS = { Body = 'iOS body for {{Id}}' }, GCM = { Title = 'Android title', Body = 'Android body' } })
+      assert(herald.template.create{ name = 'mail', type = 'EMAIL', Subject = 'Hi', TextPart = 'text',
+        Headers = { { Name = 'X-Plan', Value = '{{Attributes.plan.[0]}}' } } })
+      assert(herald.endpoints.put{ Id = 'ios', ChannelType = 'APNS', Address = 'aa' })
+      assert(herald.endpoints.put{ Id = 'android', ChannelType = 'GCM', Address = 'bb' })
+      assert(herald.endpoints.put{ Id = 'kindle', ChannelType = 'ADM', Address = 'cc' })
+      assert(herald.endpoints.put{ Id = 'inbox', ChannelType = 'EMAIL', Address = 'in@example.com',
+        Attributes = { plan = { 'gold' } } })
+      herald.campaign{ name = 'tp', segment = herald.segment{ name = 'all' }, deliver = 'channels',
+        template = { push = 'alert', email = 'mail' } }
+    ]])
+    h.write(dir .. '/providers.lua', [[
+      local json = require 'herald.json'
+      local function record(m)
+        local f = assert(io.open('seen.txt', 'a'))
+        f:write(json.encode { ch = m.channel, title = m.title, body = m.body,
+                              plan = m.headers and m.headers['X-Plan'] or json.null }, '\n')
+        f:close()
+        return true
+      end
+      return { profiles = { rec = { type = 'lua', send = record } },
+               channels = { APNS = 'rec', GCM = 'rec', ADM = 'rec', EMAIL = 'rec' } }
+    ]])
+    local _, code, err = h.herald('--db c.db run --until-idle c.lua', { cwd = dir })
+    assert.are.equal(0, code, err)
+    local seen = {}
+    for line in io.lines(dir .. '/seen.txt') do
+      local r = require('herald.json').decode(line)
+      seen[r.ch] = r
+    end
+    assert.are.same({ 'Default title', 'iOS body for ios' }, { seen.APNS.title, seen.APNS.body })
+    assert.are.same({ 'Android title', 'Android body' }, { seen.GCM.title, seen.GCM.body })
+    assert.are.same({ 'Default title', 'default body' }, { seen.ADM.title, seen.ADM.body })
+    assert.are.equal('gold', seen.EMAIL.plan)
+  end)
+
   it('render the active version, or a pinned one, per treatment', function()
     local dir = h.tmpdir()
     h.write(dir .. '/c.lua', [[
