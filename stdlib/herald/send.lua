@@ -89,10 +89,9 @@ function send.send(req, opts)
       r.DeliveryStatus, r.StatusMessage = 'OPT_OUT', 'the endpoint opted out'
       return
     end
-    if ctx and ctx.EndpointStatus == 'INACTIVE' then
-      r.DeliveryStatus, r.StatusMessage = 'PERMANENT_FAILURE', 'the endpoint is INACTIVE'
-      return
-    end
+    -- EndpointStatus is not looked at: Pinpoint's SendMessages ignores it (only campaigns and
+    -- journeys leave INACTIVE endpoints out), so a direct message reaches a device a campaign
+    -- would skip
     work[#work + 1] = { address = address, channel = channel, ctx = ctx or { Address = address, ChannelType = channel },
                         spec = spec or {}, endpoint_id = endpoint_id, result = r }
   end

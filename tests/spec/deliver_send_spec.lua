@@ -61,6 +61,11 @@ describe('herald.send', function()
                      { providers = sms_providers() })
     assert.are.equal('OPT_OUT', res.EndpointResult['send-out'].DeliveryStatus)
     for _, r in ipairs(emu:requests()) do assert.is_nil(r.body:find('+15550000044', 1, true)) end
+    -- an INACTIVE endpoint is sent to: SendMessages ignores EndpointStatus
+    assert(endpoints.put { Id = 'send-idle', ChannelType = 'SMS', Address = '+15550000045', EndpointStatus = 'INACTIVE' })
+    local idle = send({ Endpoints = { ['send-idle'] = {} }, MessageConfiguration = { DefaultMessage = { Body = 'x' } } },
+                      { providers = sms_providers() })
+    assert.are.equal('SUCCESSFUL', idle.EndpointResult['send-idle'].DeliveryStatus)
 
     local res2 = send({ Addresses = { ['+15550000051'] = { ChannelType = 'SMS' }, ['+15550000052'] = { ChannelType = 'SMS' },
                                       ['+15550000053'] = { ChannelType = 'SMS' } },
