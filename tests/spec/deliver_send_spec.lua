@@ -66,6 +66,11 @@ describe('herald.send', function()
     local idle = send({ Endpoints = { ['send-idle'] = {} }, MessageConfiguration = { DefaultMessage = { Body = 'x' } } },
                       { providers = sms_providers() })
     assert.are.equal('SUCCESSFUL', idle.EndpointResult['send-idle'].DeliveryStatus)
+    -- a provider fault whose body quotes "opt out" is a failure to retry, not an opt-out
+    local fault = send({ Addresses = { ['+15550000098'] = { ChannelType = 'SMS' } },
+                         MessageConfiguration = { DefaultMessage = { Body = 'Sale! Reply STOP to opt out' } } },
+                       { providers = sms_providers() })
+    assert.are.equal('TEMPORARY_FAILURE', fault.Result['+15550000098'].DeliveryStatus)
 
     local res2 = send({ Addresses = { ['+15550000051'] = { ChannelType = 'SMS' }, ['+15550000052'] = { ChannelType = 'SMS' },
                                       ['+15550000053'] = { ChannelType = 'SMS' } },

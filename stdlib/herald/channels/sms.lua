@@ -77,7 +77,10 @@ function sms:verdicts(res)
     if o.verdict ~= 'delivered' then
       r.reason = util.reason(o)
       local err = util.decode(o.detail)
-      if (err and tonumber(err.code) == 21610) or (o.detail and o.detail:find(self.opt_out)) then
+      -- Only the provider's refusal of this number (a 4xx) can say it opted out: a 5xx or a
+      -- failed connection that happens to quote the message ("reply STOP to opt out") cannot.
+      local refused = o.class == 'ok' and o.status >= 400 and o.status < 500
+      if refused and ((err and tonumber(err.code) == 21610) or (o.detail and o.detail:find(self.opt_out))) then
         r.verdict, r.feedback, r.reason = 'permanent', 'OPT_OUT', 'OPT_OUT: ' .. r.reason
       end
       r.systemic = o.class ~= 'ok' or o.status >= 500 or o.status == 401 or o.status == 403
