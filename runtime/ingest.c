@@ -297,16 +297,11 @@ typedef struct {
 static int put_engagement(HeraldStore *store, const char *app, const char *endpoint,
                           const char *event_type, const char *event_id, const char *timestamp,
                           const Origin *o, json_t *extra, HeraldError *err) {
-  sqlite3_stmt *st = herald_store_stmt(store, "SELECT 1 FROM endpoints WHERE app_id = ?1 AND id = ?2", err);
-  if (st == NULL) return err ? err->code : kHeraldStore;
-  sqlite3_bind_text(st, 1, app, -1, SQLITE_STATIC);
-  sqlite3_bind_text(st, 2, endpoint, -1, SQLITE_STATIC);
-  int found = sqlite3_step(st);
-  sqlite3_reset(st);
-  if (found == SQLITE_DONE)
+  int found = endpoint_exists(store, app, endpoint, err);
+  if (found < 0) return err->code ? err->code : kHeraldStore;
+  if (found == 0)
     return herald_error_set(err, kHeraldNotFound, "EndpointId: no endpoint '%s' in application '%s'",
                             endpoint, app);
-  if (found != SQLITE_ROW) return herald_store_fail(store, err, "looking up an endpoint");
   char run[24], treatment[16];
   snprintf(run, sizeof run, "%lld", o->run);
   snprintf(treatment, sizeof treatment, "%d", o->treatment);
