@@ -149,7 +149,12 @@ local function template_configuration(path, t)
     if type(v) ~= 'table' or type(v.name) ~= 'string' or v.name == '' then
       fail(path .. '.' .. k, "a template name, or { name =, version = }")
     end
-    config[key] = { Name = v.name, Version = v.version and tostring(v.version) or nil }
+    local version = v.version
+    if version ~= nil and (math.tointeger(tonumber(version)) == nil or math.tointeger(tonumber(version)) < 1
+        or (type(version) == 'string' and not version:match('^%d+$')) or type(version) == 'boolean') then
+      fail(path .. '.' .. k .. '.version', 'a version number from 1 (or leave it out for the active version), not ' .. tostring(version))
+    end
+    config[key] = { Name = v.name, Version = version and tostring(math.tointeger(tonumber(version))) or nil }
   end
   return config
 end
@@ -339,6 +344,31 @@ local function check_config(path, config)
   end
 end
 
+-- TemplateConfiguration: a stored template per channel kind, {Name, Version}; Version (a
+-- string in Pinpoint's JSON) pins a version and must be a whole number from 1, or delivery
+-- could not tell which version to render.
+local TEMPLATE_CONFIG_KEYS = set('EmailTemplate', 'SMSTemplate', 'PushTemplate', 'VoiceTemplate', 'InAppTemplate')
+local function check_template_config(path, tc)
+  if tc == nil or tc == json.null then return end
+  if type(tc) ~= 'table' then fail(path, 'expected an object') end
+  only(path, tc, TEMPLATE_CONFIG_KEYS)
+  for k, ref in pairs(tc) do
+    local p = path .. '.' .. k
+    if ref ~= json.null then
+      if type(ref) ~= 'table' then fail(p, 'expected an object { Name =, Version = }') end
+      if type(ref.Name) ~= 'string' or ref.Name == '' then fail(p .. '.Name', 'required: a template name') end
+      local v = ref.Version
+      if v ~= nil and v ~= json.null then
+        local n = math.tointeger(tonumber(v))
+        if (type(v) ~= 'string' and type(v) ~= 'number') or n == nil or n < 1
+            or (type(v) == 'string' and not v:match('^%d+$')) then
+          fail(p .. '.Version', 'a version number from 1 (or leave it out for the active version), not ' .. tostring(v))
+        end
+      end
+    end
+  end
+end
+
 -- Where messages go: the built-in stdout or file channel, 'channels' (each endpoint's channel
 -- type routed through the providers file) or one named provider profile.
 local function check_deliver(path, d)
@@ -420,6 +450,7 @@ local function build(p, lua)
   end
   p.Herald = p.Herald or {}
   check_config('MessageConfiguration', p.MessageConfiguration)
+  check_template_config('TemplateConfiguration', p.TemplateConfiguration)
   local additional = p.AdditionalTreatments or {}
   if type(additional) ~= 'table' then fail('AdditionalTreatments', 'expected a list') end
   if #additional + 1 > campaign.MAX_TREATMENTS then
@@ -436,6 +467,7 @@ local function build(p, lua)
       fail(path .. (lua and '.size' or '.SizePercent'), 'a whole percentage 1-100')
     end
     check_config(path .. '.MessageConfiguration', t.MessageConfiguration)
+    check_template_config(path .. '.TemplateConfiguration', t.TemplateConfiguration)
     sizes[i + 1] = t.SizePercent
     total = total + t.SizePercent
   end

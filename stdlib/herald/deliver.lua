@@ -145,13 +145,6 @@ local function treatment_config(def, treatment)
   end
 end
 
--- The message for an endpoint's channel: the channel's own, else DefaultMessage.
-local function channel_message(config, channel)
-  local key = (channel == 'EMAIL' and 'EmailMessage') or (channel == 'SMS' and 'SMSMessage')
-    or (channel == 'CUSTOM' and 'CustomMessage') or PUSH[channel]
-  return (key and config[key]) or config.DefaultMessage
-end
-
 local NULL = json.null
 local function present(v) return v ~= nil and v ~= NULL end
 
@@ -231,22 +224,47 @@ end
 local TEMPLATE_KIND = { EMAIL = { 'EmailTemplate', 'EMAIL' }, SMS = { 'SMSTemplate', 'SMS' } }
 local PUSH_PART = { APNS = 'APNS', APNS_SANDBOX = 'APNS', APNS_VOIP = 'APNS', APNS_VOIP_SANDBOX = 'APNS',
                     GCM = 'GCM', ADM = 'ADM', BAIDU = 'Baidu' }
-local function template_message(tconfig, channel, ep)
-  if not present(tconfig) then return nil end
+
+-- Headers as channels take them (name -> value): from Pinpoint's list of {Name =, Value =}
+-- (EmailMessage.Headers, an email template's Headers) or a name -> value table already; nil
+-- when there are none.
+local function header_map(h)
+  if not present(h) or type(h) ~= 'table' then return nil end
+  local out
+  for k, v in pairs(h) do
+    local name, value = k, v
+    if math.type(k) == 'integer' and type(v) == 'table' then name, value = v.Name, v.Value end
+    if type(name) == 'string' and present(value) and type(value) ~= 'table' then
+      out = out or {}
+      out[name] = tostring(value)
+    end
+  end
+  return out
+end
+deliver.header_map = header_map
+
+-- The parts of the stored template a TemplateConfiguration names for a channel, rendered for
+-- ctx with substitutions subs (the template's DefaultSubstitutions under them): nil when it
+-- names none for the channel, or nil, reason.
+local function template_message(tconfig, channel, ep, subs)
+  if not present(tconfig) or type(tconfig) ~= 'table' then return nil end
   local kind = TEMPLATE_KIND[channel] or (PUSH[channel] and { 'PushTemplate', 'PUSH' })
   local ref = kind and tconfig[kind[1]]
-  if not present(ref) or type(ref.Name) ~= 'string' then return nil end
-  local parts, err = template.render(ref.Name, kind[2], ep,
-    { version = present(ref.Version) and tonumber(ref.Version) or nil })
+  if not present(ref) or type(ref) ~= 'table' or type(ref.Name) ~= 'string' then return nil end
+  local version
+  if present(ref.Version) then
+    -- definitions are checked when stored; a definition stored before that check could still
+    -- hold anything, and must fail its rows rather than stop delivery
+    version = math.tointeger(tonumber(ref.Version))
+    if version == nil or version < 1 then
+      return nil, 'RENDER_FAILED: TemplateConfiguration.' .. kind[1] .. '.Version is not a version number: '
+        .. tostring(ref.Version)
+    end
+  end
+  local parts, err = template.render(ref.Name, kind[2], ep, { version = version, substitutions = subs })
   if not parts then return nil, 'RENDER_FAILED: ' .. tostring(err) end
   if kind[2] == 'EMAIL' then
-    -- the template's headers ({Name, Value} list, rendered) as the channel takes them
-    local headers
-    for _, hd in ipairs(present(parts.Headers) and parts.Headers or {}) do
-      headers = headers or {}
-      headers[hd.Name] = hd.Value
-    end
-    return { Title = parts.Subject, Body = parts.TextPart, HtmlBody = parts.HtmlPart, Headers = headers }
+    return { Title = parts.Subject, Body = parts.TextPart, HtmlBody = parts.HtmlPart, Headers = header_map(parts.Headers) }
   elseif kind[2] == 'SMS' then
     return { Body = parts.Body }
   end
@@ -257,6 +275,7 @@ local function template_message(tconfig, channel, ep)
   local function field(k) if present(own[k]) then return own[k] end return d[k] end
   return { Title = field('Title'), Body = field('Body') }
 end
+deliver.template_message = template_message
 
 -- A message's fields that come from its message configuration alone (the sender, TTL,
 -- headers, ...) are worked out once per configuration and reached through the message's
@@ -264,9 +283,8 @@ end
 -- the template context read from the store (msg.ctx: channels send it as stored); a Lua
 -- channel gets msg.endpoint as a table (channels/lua.lua).
 local STATIC = setmetatable({}, { __mode = 'k' })
-local function static_fields(m, def, name, cache)
-  local s = nil
-  if cache then s = STATIC[m] end
+local function static_fields(m, def, name, key)
+  local s = STATIC[key]
   if s == nil then
     local data = present(m.Data) and m.Data or nil
     s = {
@@ -278,11 +296,11 @@ local function static_fields(m, def, name, cache)
       sender_id = present(m.SenderId) and m.SenderId or nil,
       message_type = present(m.MessageType) and m.MessageType or nil,
       keyword = present(m.Keyword) and m.Keyword or nil,
-      headers = present(m.Headers) and m.Headers or nil,
+      headers = header_map(m.Headers),
       app_id = hcore.app(),
     }
     s.__index = s
-    if cache then STATIC[m] = s end
+    STATIC[key] = s
   end
   return s
 end
@@ -297,19 +315,41 @@ local function scheduled_time(due_ms)
   return last_iso
 end
 
+-- Whether a message gives content (rather than only settings such as FromAddress,
+-- MessageType or OriginationNumber, which Pinpoint campaigns that use a template carry beside
+-- it).
+local function has_content(m)
+  return present(m.Title) or present(m.Body) or present(m.HtmlBody) or present(m.Subject)
+    or type(m.Data) == 'string'
+end
+
+local EMPTY = {}
+
+-- The message for a row. Its content comes from the channel's own message when that has any,
+-- else from the stored template the treatment's TemplateConfiguration names for the channel,
+-- else from DefaultMessage; its settings (sender, TTL, headers, ...) from the channel's own
+-- message, else DefaultMessage.
 local function prepare(row, def, ep, profile)
   local name, config, tconfig = treatment_config(def, row.treatment)
   if config == nil and tconfig == nil then return nil, 'NO_TREATMENT' end
   -- endpoints routed to a CustomDeliveryConfiguration get the CustomMessage, as in Pinpoint
-  local m = present(config) and channel_message(config, profile.custom_delivery and 'CUSTOM' or row.channel) or nil
+  local channel = profile.custom_delivery and 'CUSTOM' or row.channel
+  local own, default
+  if present(config) then
+    local key = (channel == 'EMAIL' and 'EmailMessage') or (channel == 'SMS' and 'SMSMessage')
+      or (channel == 'CUSTOM' and 'CustomMessage') or PUSH[channel]
+    own = key and present(config[key]) and config[key] or nil
+    default = present(config.DefaultMessage) and config.DefaultMessage or nil
+  end
   local rendered
-  if m == nil then
+  if own == nil or not has_content(own) then
     local terr
     rendered, terr = template_message(tconfig, row.channel, ep)
     if terr then return nil, terr end
-    m = rendered
   end
+  local m = rendered or (own and has_content(own) and own) or default or own
   if m == nil then return nil, 'NO_MESSAGE_FOR_CHANNEL' end
+  local settings = own or default
   local title, body, html, err
   if rendered then
     title = present(m.Title) and m.Title or nil
@@ -337,14 +377,23 @@ local function prepare(row, def, ep, profile)
     custom_data, err = render_text(m.Data, ep)
     if err then return nil, 'RENDER_FAILED: ' .. err end
   end
-  return setmetatable({
+  local static = static_fields(settings or EMPTY, def, name, settings or tconfig or config)
+  local msg = setmetatable({
     key = row.message_id, address = row.address, channel = row.channel,
     endpoint_id = row.endpoint_id, ctx = ep,
     campaign_id = row.campaign_id, treatment_id = row.treatment,
     activity_id = row.run_id and tostring(row.run_id) or nil,
     scheduled_time = scheduled_time(row.due_ms),
     title = title, body = body, html = html, custom_data = custom_data,
-  }, static_fields(m, def, name, not rendered))
+  }, static)
+  if rendered and rendered.Headers then
+    -- the template's headers, under the message's own
+    local h = {}
+    for k, v in pairs(rendered.Headers) do h[k] = v end
+    for k, v in pairs(static.headers or EMPTY) do h[k] = v end
+    msg.headers = h
+  end
+  return msg
 end
 
 -- Sends prepared messages grouped by profile, every profile's batch in its own task so they

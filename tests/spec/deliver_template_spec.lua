@@ -85,4 +85,104 @@ describe('treatments that name a stored template', function()
     assert.are.equal(40, messages)
     assert.is_true(active > 0 and pinned > 0)
   end)
+  it("take the content from the template when the channel's message gives only settings, and keep those settings", function()
+    local dir = h.tmpdir()
+    h.write(dir .. '/c.lua', [[
+      assert(herald.template.create{ name = 'mail', type = 'EMAIL', Subject = 'Hi {{User.UserAttributes.Name}}',
+        TextPart = 'text for {{Id}}', HtmlPart = '<p>html</p>',
+        Headers = { { Name = 'X-Plan', Value = 'gold' }, { Name = 'X-Tag', Value = 'from template' } } })
+      assert(herald.template.create{ name = 'sms', type = 'SMS', Body = 'Code for {{Id}}' })
+      assert(herald.endpoints.put{ Id = 'mail-1', ChannelType = 'EMAIL', Address = 'm1@example.com',
+        User = { UserAttributes = { Name = { 'Ann' } } } })
+      assert(herald.endpoints.put{ Id = 'sms-1', ChannelType = 'SMS', Address = '+15550101' })
+      herald.campaign.from_pinpoint(herald.json.encode{
+        Name = 'settings-only', Schedule = { StartTime = 'IMMEDIATE' },
+        MessageConfiguration = {
+          EmailMessage = { FromAddress = 'news@example.com', Headers = { { Name = 'X-Tag', Value = 'spring' } } },
+          SMSMessage = { MessageType = 'TRANSACTIONAL', OriginationNumber = '+15550100' },
+        },
+        TemplateConfiguration = { EmailTemplate = { Name = 'mail' }, SMSTemplate = { Name = 'sms' } },
+        Herald = { Deliver = { type = 'channels' } },
+      }, { segment = herald.segment{ name = 'all' } })
+    ]])
+    h.write(dir .. '/providers.lua', [[
+      local json = require 'herald.json'
+      local function record(m)
+        local f = assert(io.open('seen.txt', 'a'))
+        local hd = m.headers or {}
+        f:write(json.encode { ch = m.channel, title = m.title or json.null, body = m.body or json.null,
+                              html = m.html or json.null, from = m.from or json.null,
+                              tag = hd['X-Tag'] or json.null, plan = hd['X-Plan'] or json.null,
+                              type = m.message_type or json.null, number = m.origination_number or json.null }, '\n')
+        f:close()
+        return true
+      end
+      return { profiles = { rec = { type = 'lua', send = record } }, channels = { EMAIL = 'rec', SMS = 'rec' } }
+    ]])
+    local _, code, err = h.herald('--db c.db run --until-idle c.lua', { cwd = dir })
+    assert.are.equal(0, code, err)
+    local seen = {}
+    for line in io.lines(dir .. '/seen.txt') do
+      local r = require('herald.json').decode(line)
+      seen[r.ch] = r
+    end
+    assert.are.same({ 'Hi Ann', 'text for mail-1', '<p>html</p>', 'news@example.com' },
+      { seen.EMAIL.title, seen.EMAIL.body, seen.EMAIL.html, seen.EMAIL.from })
+    -- the message's headers over the template's
+    assert.are.same({ 'spring', 'gold' }, { seen.EMAIL.tag, seen.EMAIL.plan })
+    assert.are.same({ 'Code for sms-1', 'TRANSACTIONAL', '+15550100' }, { seen.SMS.body, seen.SMS.type, seen.SMS.number })
+  end)
+
+  it('refuse a TemplateConfiguration version that is not a version number, and fail the rows of one stored before', function()
+    local dir = h.tmpdir()
+    h.write(dir .. '/bad.lua', [[
+      herald.campaign{ name = 'c', segment = herald.segment{ name = 'all' }, deliver = { file = 'out.txt' },
+        template = { email = { name = 'mail', version = '1.5' } } }
+    ]])
+    local _, code, err = h.herald('--db c.db run --until-idle bad.lua', { cwd = dir })
+    assert.are_not.equal(0, code)
+    assert.matches('template.email.version', err, 1, true)
+    h.write(dir .. '/bad2.lua', [[
+      herald.campaign.from_pinpoint(herald.json.encode{ Name = 'p', Schedule = { StartTime = 'IMMEDIATE' },
+        TemplateConfiguration = { EmailTemplate = { Name = 'mail', Version = 'latest' } } },
+        { segment = herald.segment{ name = 'all' } })
+    ]])
+    _, code, err = h.herald('--db c.db run --until-idle bad2.lua', { cwd = dir })
+    assert.are_not.equal(0, code)
+    assert.matches('TemplateConfiguration.EmailTemplate.Version', err, 1, true)
+    -- A definition stored as it is (no check on the way in): its rows fail, the other
+    -- campaign's are sent in the same delivery.
+    h.write(dir .. '/c.lua', [[
+      local outbox = require 'herald.core.outbox'
+      assert(herald.template.create{ name = 'mail', type = 'EMAIL', Subject = 'v1 {{Id}}', TextPart = 'text v1' })
+      for i = 1, 3 do assert(herald.endpoints.put{ Id = 'e' .. i, ChannelType = 'EMAIL', Address = 'e' .. i .. '@example.com' }) end
+      local function define(id, def)
+        def.Name, def.TreatmentName, def.AdditionalTreatments = id, 'default', herald.json.array{}
+        outbox.define_campaign(id, id, herald.json.encode(def))
+        local rows = {}
+        for i = 1, 3 do rows[i] = { endpoint_id = 'e' .. i, treatment = 0, channel = 'EMAIL', address = 'e' .. i .. '@example.com', due_ms = 0 } end
+        local seq = outbox.trigger_cursor(id)
+        outbox.trigger{ campaign_id = id, version = 1, now_ms = 0, from_seq = seq, to_seq = seq + 1, rows = rows }
+      end
+      define('raw', { TemplateConfiguration = { EmailTemplate = { Name = 'mail', Version = '1.5' } },
+                      Herald = { Deliver = { type = 'file', path = 'out.txt' } } })
+      define('other', { MessageConfiguration = { EmailMessage = { Title = 'other {{Id}}', Body = 'b' } },
+                        Herald = { Deliver = { type = 'file', path = 'other.txt' } } })
+      require('herald.deliver').drain(require('herald.core.clock').now(), 256, nil)
+    ]])
+    _, code, err = h.herald('--db d.db c.lua', { cwd = dir })
+    assert.are.equal(0, code, err)
+    local other = h.read(dir .. '/other.txt') or ''
+    local n = 0
+    for _ in other:gmatch('subject: other e%d') do n = n + 1 end
+    assert.are.equal(3, n)
+    assert.is_nil(h.read(dir .. '/out.txt'))
+    local rows = h.query(dir, 'd.db', [[SELECT o.state, o.reason FROM outbox o JOIN campaign_runs r ON r.id = o.run_id
+      WHERE r.campaign_id = 'raw']])
+    assert.are.equal(3, #rows)
+    for _, r in ipairs(rows) do
+      assert.are.equal('FAILED', r.state)
+      assert.matches('Version is not a version number: 1.5', r.reason, 1, true)
+    end
+  end)
 end)
