@@ -456,11 +456,21 @@ local function backoff(attempts)
   return http.backoff(attempts, r.min_ms, r.max_ms, r.jitter)
 end
 
-function deliver.feedback(endpoint_id, kind)
+-- Provider feedback on an endpoint (of app, default the current one). A write that fails (the
+-- endpoint deleted meanwhile) is reported, not raised: the message's outcome stands.
+function deliver.feedback(endpoint_id, kind, app)
+  local ok, err = true, nil
+  local opts = app and { app = app } or nil
+  -- an endpoint deleted meanwhile is not made again by its feedback
+  if endpoints.get(endpoint_id, opts) == nil then return end
   if kind == 'INACTIVE' or kind == 'HARD_BOUNCE' then
-    endpoints.put { Id = endpoint_id, EndpointStatus = 'INACTIVE' }
+    ok, err = endpoints.put({ Id = endpoint_id, EndpointStatus = 'INACTIVE' }, opts)
   elseif kind == 'OPT_OUT' then
-    endpoints.put { Id = endpoint_id, OptOut = 'ALL' }
+    ok, err = endpoints.put({ Id = endpoint_id, OptOut = 'ALL' }, opts)
+  end
+  if not ok then
+    io.stderr:write('herald: provider feedback ' .. tostring(kind) .. ' for endpoint ' .. tostring(endpoint_id)
+      .. ' not recorded: ' .. tostring(err) .. '\n')
   end
 end
 

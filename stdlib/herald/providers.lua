@@ -31,6 +31,9 @@
 --     pause_after = 20,                  -- consecutive systemic failures before a campaign pauses
 --     lanes = 4,                         -- claims in flight at once (each up to 256 messages)
 --   }
+local template = require 'herald.template'
+local json = require 'herald.json'
+
 local providers = {}
 
 local TYPES = { smtp = true, sms = true, fcm = true, apns = true, adm = true, baidu = true,
@@ -88,6 +91,54 @@ local function check_profile(where, p)
   if p.sessions ~= nil and (math.type(p.sessions) ~= 'integer' or p.sessions < 1 or p.sessions > 1000) then
     fail(where .. '.sessions', 'an integer from 1 to 1000')
   end
+  if p.type == 'sms' and p.preset == 'twilio' then
+    for _, k in ipairs({ 'account_sid', 'auth_token' }) do
+      if type(p[k]) ~= 'string' or p[k] == '' then
+        fail(where .. '.' .. k, 'required by the twilio preset (a string; when it comes from os.getenv, that variable is unset)')
+      end
+    end
+  end
+  if p.type == 'sms' and p.preset == nil then
+    -- every string in the body is a template: checked now rather than at the first message
+    local function check_json(path, v, depth)
+      if depth > 16 then fail(path, 'nested too deeply') end
+      if type(v) == 'string' then
+        local ok, err = template.check(v)
+        if not ok then fail(path, err) end
+      elseif type(v) == 'table' then
+        for k, x in pairs(v) do check_json(path .. '.' .. tostring(k), x, depth + 1) end
+      elseif type(v) ~= 'number' and type(v) ~= 'boolean' and v ~= json.null then
+        fail(path, 'a string template, number, boolean, table or herald.json.null')
+      end
+    end
+    check_json(where .. '.json', p.json, 0)
+  end
+  if p.type == 'smtp' and p.starttls ~= nil and p.starttls ~= 'no' and p.starttls ~= 'try' and p.starttls ~= 'required' then
+    fail(where .. '.starttls', "'no', 'try' or 'required', not '" .. tostring(p.starttls) .. "'")
+  end
+  if p.type == 'smtp' and p.list_unsubscribe ~= nil then
+    if type(p.list_unsubscribe) ~= 'string' then fail(where .. '.list_unsubscribe', 'a URL template (a string)') end
+    local ok, err = template.check(p.list_unsubscribe)
+    if not ok then fail(where .. '.list_unsubscribe', err) end
+  end
+  if p.headers ~= nil then
+    if type(p.headers) ~= 'table' then fail(where .. '.headers', 'expected a table name = value') end
+    for k, v in pairs(p.headers) do
+      if type(k) ~= 'string' or not k:match('^[!#-\'*+%-.0-9A-Z^_`a-z|~]+$') then
+        fail(where .. '.headers', 'header names are tokens (letters, digits, -), not ' .. string.format('%q', tostring(k)))
+      end
+      if type(v) ~= 'string' or v:find('[\r\n%z]') then
+        fail(where .. '.headers.' .. k, 'a string on one line')
+      end
+    end
+  end
+  if p.timeout_ms ~= nil and (math.type(p.timeout_ms) ~= 'integer' or p.timeout_ms < 1) then
+    fail(where .. '.timeout_ms', 'a positive integer (milliseconds)')
+  end
+  if (p.type == 'webhook' or p.type == 'http') and p.endpoints_per_call ~= nil
+      and (math.type(p.endpoints_per_call) ~= 'integer' or p.endpoints_per_call < 1 or p.endpoints_per_call > 50) then
+    fail(where .. '.endpoints_per_call', 'an integer from 1 to 50 (Pinpoint sends at most 50 endpoints per call)')
+  end
   p.limits = check_limits(where .. '.limits', p.limits)
   return p
 end
@@ -110,6 +161,7 @@ function providers.check(cfg, source)
     check_profile(source .. ': profiles.' .. name, p)
   end
   local channels = cfg.channels or {}
+  if type(channels) ~= 'table' then fail(source .. ': channels', 'expected a table CHANNEL_TYPE = profile name') end
   for ch, name in pairs(channels) do
     if not CHANNELS[ch] then fail(source .. ': channels.' .. tostring(ch), 'not a Pinpoint channel type') end
     if profiles[name] == nil then fail(source .. ': channels.' .. ch, "no profile named '" .. tostring(name) .. "'") end
@@ -132,6 +184,9 @@ function providers.check(cfg, source)
   end
   if type(rt.jitter) ~= 'number' or rt.jitter < 0 or rt.jitter > 1 then fail(source .. ': retry.jitter', 'a number from 0 to 1') end
   cfg.pause_after = cfg.pause_after or 20
+  if math.type(cfg.pause_after) ~= 'integer' or cfg.pause_after < 1 then
+    fail(source .. ': pause_after', 'a positive integer (consecutive systemic failures before a campaign pauses)')
+  end
   cfg.lanes = cfg.lanes or 4
   if math.type(cfg.lanes) ~= 'integer' or cfg.lanes < 1 or cfg.lanes > 16 then
     fail(source .. ': lanes', 'an integer from 1 to 16')

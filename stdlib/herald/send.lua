@@ -15,7 +15,15 @@
 -- recipient did) or DUPLICATE (the same channel and address earlier in the request). Messages
 -- go through the providers file herald.deliver is configured with (opts.providers: a path or a
 -- table), concurrently; the call waits, so it runs in a task. The MessageId of each is its
--- idempotency key, derived from TraceId (or a fresh request id) and the address.
+-- idempotency key, derived from TraceId (or a fresh random request id) and the address.
+--
+-- TemplateConfiguration names a stored template per channel kind (EmailTemplate,
+-- SMSTemplate, PushTemplate, with an optional Version): a channel whose message gives no
+-- content of its own (only settings such as FromAddress or MessageType) takes it from the
+-- template, rendered with the Substitutions (the message's under the address's or endpoint's,
+-- over the template's DefaultSubstitutions). EmailMessage.SimpleEmail.Headers go out with the
+-- mail; Context (the request's, under an address's or endpoint's own) is added to a push
+-- message's data. JSON nulls in the request count as absent.
 local deliver = require 'herald.deliver'
 local providers = require 'herald.providers'
 local outbox = require 'herald.core.outbox'
@@ -30,7 +38,7 @@ local PUSH = { APNS = 'APNSMessage', APNS_SANDBOX = 'APNSMessage', APNS_VOIP = '
 
 local function channel_message(config, channel)
   local key = (channel == 'EMAIL' and 'EmailMessage') or (channel == 'SMS' and 'SMSMessage')
-    or (channel == 'VOICE' and 'VoiceMessage') or PUSH[channel]
+    or (channel == 'VOICE' and 'VoiceMessage') or (channel == 'CUSTOM' and 'CustomMessage') or PUSH[channel]
   local m = key and config[key]
   if m == nil and PUSH[channel] then m = config.DefaultPushNotificationMessage end
   return m or config.DefaultMessage
@@ -50,6 +58,50 @@ end
 
 local request_seq = 0
 
+-- A request id no other request (of this process or another) shares: the idempotency keys
+-- derive from it, so two requests must never get the same one.
+local function fresh_request_id()
+  local f = io.open('/dev/urandom', 'rb')
+  local bytes = f and f:read(16)
+  if f then f:close() end
+  request_seq = request_seq + 1
+  if bytes == nil or #bytes < 16 then
+    -- no /dev/urandom: the time, the process's sequence and Lua's own random numbers
+    return string.format('%x-%d-%08x%08x', os.time(), request_seq, math.random(0, 0x7fffffff), math.random(0, 0x7fffffff))
+  end
+  return (bytes:gsub('.', function(c) return string.format('%02x', c:byte()) end))
+end
+
+-- A copy of a decoded request without its JSON nulls (Pinpoint's JSON may carry "X": null for
+-- a field left out).
+local function without_nulls(v, depth)
+  if v == json.null then return nil end
+  if type(v) ~= 'table' or depth > 32 then return v end
+  local out = {}
+  for k, x in pairs(v) do
+    if x ~= json.null then out[k] = without_nulls(x, depth + 1) end
+  end
+  return setmetatable(out, getmetatable(v))
+end
+
+-- Whether a channel message gives content, not only settings.
+local function has_content(m)
+  local simple = type(m.SimpleEmail) == 'table' and m.SimpleEmail or {}
+  return m.Title ~= nil or m.Body ~= nil or m.HtmlBody ~= nil or m.RawContent ~= nil or type(m.Data) == 'string'
+    or simple.Subject ~= nil or simple.TextPart ~= nil or simple.HtmlPart ~= nil
+end
+
+-- Context (a string map) merged: b's entries over a's.
+local function merged_context(a, b)
+  if type(a) ~= 'table' then a = nil end
+  if type(b) ~= 'table' then b = nil end
+  if a == nil or b == nil then return a or b end
+  local out = {}
+  for k, v in pairs(a) do out[k] = v end
+  for k, v in pairs(b) do out[k] = v end
+  return out
+end
+
 local function status_code(status)
   return ({ SUCCESSFUL = 200, THROTTLED = 429, TEMPORARY_FAILURE = 503, PERMANENT_FAILURE = 400,
             UNKNOWN_FAILURE = 500, OPT_OUT = 400, DUPLICATE = 400 })[status]
@@ -57,6 +109,7 @@ end
 
 function send.send(req, opts)
   if type(req) ~= 'table' then fail('expected a table { Addresses =, Endpoints =, Users =, MessageConfiguration = }') end
+  req = without_nulls(req, 0)
   opts = opts or {}
   if opts.providers ~= nil then
     local cfg = opts.providers
@@ -65,8 +118,10 @@ function send.send(req, opts)
   end
   local config = req.MessageConfiguration
   if type(config) ~= 'table' then fail('MessageConfiguration is required') end
-  request_seq = request_seq + 1
-  local request_id = req.TraceId or string.format('%x-%d', os.time(), request_seq)
+  local tconfig = req.TemplateConfiguration
+  if tconfig ~= nil and type(tconfig) ~= 'table' then fail('TemplateConfiguration: expected a table') end
+  if req.TraceId ~= nil and type(req.TraceId) ~= 'string' then fail('TraceId: expected a string') end
+  local request_id = req.TraceId or fresh_request_id()
   local app = opts.app or require('herald.core').app()
 
   -- One entry per message to send: {address=, channel=, ctx=, subs=, override=, result=}
@@ -125,21 +180,60 @@ function send.send(req, opts)
     local r = w.result
     local m = channel_message(config, w.channel)
     local profile, rerr = deliver.route_channel(w.channel)
-    if m == nil then
+    local subs = merged(merged(config.DefaultMessage and config.DefaultMessage.Substitutions, m and m.Substitutions),
+                        w.spec.Substitutions)
+    local from_template, terr
+    if m == nil or not has_content(m) then
+      from_template, terr = deliver.template_message(tconfig, w.channel, w.ctx, subs)
+    end
+    if terr then
+      r.DeliveryStatus, r.StatusMessage = 'PERMANENT_FAILURE', terr
+    elseif m == nil and from_template == nil then
       r.DeliveryStatus, r.StatusMessage = 'PERMANENT_FAILURE', 'no message for channel ' .. w.channel
     elseif profile == nil then
       r.DeliveryStatus, r.StatusMessage = 'PERMANENT_FAILURE', rerr
     else
-      local subs = merged(merged(config.DefaultMessage and config.DefaultMessage.Substitutions, m.Substitutions),
-                          w.spec.Substitutions)
-      local simple = m.SimpleEmail or {}
-      local title_t = w.spec.TitleOverride or m.Title or (simple.Subject and simple.Subject.Data)
-      local body_t = w.spec.BodyOverride or m.Body or (simple.TextPart and simple.TextPart.Data)
-      local html_t = m.HtmlBody or (simple.HtmlPart and simple.HtmlPart.Data)
-      local title, e1 = deliver.render_text(title_t, w.ctx, false, subs)
-      local body, e2 = deliver.render_text(body_t, w.ctx, false, subs)
-      local html, e3 = deliver.render_text(html_t, w.ctx, true, subs)
-      local err = e1 or e2 or e3
+      m = m or {}
+      local simple = type(m.SimpleEmail) == 'table' and m.SimpleEmail or {}
+      local title, body, html, err
+      if from_template then
+        title, body, html = from_template.Title, from_template.Body, from_template.HtmlBody
+        if w.spec.TitleOverride then title, err = deliver.render_text(w.spec.TitleOverride, w.ctx, false, subs) end
+        if not err and w.spec.BodyOverride then body, err = deliver.render_text(w.spec.BodyOverride, w.ctx, false, subs) end
+      else
+        local title_t = w.spec.TitleOverride or m.Title or (simple.Subject and simple.Subject.Data)
+        local body_t = w.spec.BodyOverride or m.Body or (simple.TextPart and simple.TextPart.Data)
+        local html_t = m.HtmlBody or (simple.HtmlPart and simple.HtmlPart.Data)
+        local e1, e2, e3
+        title, e1 = deliver.render_text(title_t, w.ctx, false, subs)
+        body, e2 = deliver.render_text(body_t, w.ctx, false, subs)
+        html, e3 = deliver.render_text(html_t, w.ctx, true, subs)
+        err = e1 or e2 or e3
+      end
+      local custom_data
+      if not err and type(m.Data) == 'string' then
+        -- CustomMessage.Data: the string the receiver gets as the payload's Data, rendered
+        custom_data, err = deliver.render_text(m.Data, w.ctx, false, subs)
+      end
+      -- the template's headers, then the message's own over them
+      local headers
+      for _, h in ipairs({ from_template and from_template.Headers, deliver.header_map(simple.Headers),
+                           deliver.header_map(m.Headers) }) do
+        for k, v in pairs(h or {}) do
+          headers = headers or {}
+          headers[k] = v
+        end
+      end
+      local data = type(m.Data) == 'table' and m.Data or nil
+      if PUSH[w.channel] then
+        local context = merged_context(req.Context, w.spec.Context)
+        if context then
+          local d = {}
+          for k, v in pairs(data or {}) do d[k] = v end
+          for k, v in pairs(context) do d[k] = v end
+          data = d
+        end
+      end
       if err then
         r.DeliveryStatus, r.StatusMessage = 'PERMANENT_FAILURE', 'RENDER_FAILED: ' .. err
       else
@@ -151,8 +245,8 @@ function send.send(req, opts)
         else
           items[#items + 1] = { profile = profile, w = w, msg = {
             key = key, address = w.address, channel = w.channel, endpoint_id = w.endpoint_id,
-            endpoint = w.ctx, title = title, body = body, html = html,
-            data = type(m.Data) == 'table' and m.Data or nil, from = m.FromAddress,
+            endpoint = w.ctx, title = title, body = body, html = html, headers = headers, custom_data = custom_data,
+            data = data, from = m.FromAddress,
             silent = m.SilentPush == true, ttl = tonumber(m.TimeToLive),
             consolidation_key = m.ConsolidationKey, expires_after = tonumber(m.ExpiresAfter),
             origination_number = m.OriginationNumber, sender_id = m.SenderId,
@@ -182,7 +276,7 @@ function send.send(req, opts)
         r.DeliveryStatus = 'UNKNOWN_FAILURE'
       end
       r.StatusMessage = o.reason
-      if o.feedback and it.w.endpoint_id then deliver.feedback(it.w.endpoint_id, o.feedback) end
+      if o.feedback and it.w.endpoint_id then deliver.feedback(it.w.endpoint_id, o.feedback, app) end
     end
   end
 

@@ -104,6 +104,31 @@ describe('herald.send', function()
     assert.matches('exploded', res3.Result['x@example.com'].StatusMessage)
   end)
 
+  it("renders the JSON SMS body's strings at any depth and gives Twilio the message's own sender", function()
+    local res = send({ Addresses = { ['+15550000061'] = { ChannelType = 'SMS' } },
+                       MessageConfiguration = { SMSMessage = { Body = 'nested', MessageType = 'PROMOTIONAL',
+                                                               OriginationNumber = '+15550177' } } },
+                     { providers = sms_providers { json = { to = '{{Address}}', text = '{{Body}}',
+                       meta = { tags = { '{{MessageType}}', 'fixed' }, from = '{{OriginationNumber}}', n = 3 } } } })
+    assert.are.equal('SUCCESSFUL', res.Result['+15550000061'].DeliveryStatus)
+    local found
+    for _, r in ipairs(emu:requests()) do
+      if r.path == '/sms' and r.body:find('+15550000061', 1, true) then found = json.decode(r.body) end
+    end
+    assert.are.same({ tags = { 'PROMOTIONAL', 'fixed' }, from = '+15550177', n = 3 }, found.meta)
+    local tw = send({ Addresses = { ['+15550000062'] = { ChannelType = 'SMS' } },
+                      MessageConfiguration = { SMSMessage = { Body = 'hi', OriginationNumber = '+15550177' } } },
+                    { providers = { profiles = { sms = { type = 'sms', preset = 'twilio', url = emu.url .. '/twilio/Messages.json',
+                      account_sid = 'AC_test', auth_token = 'secret', from = '+15550100', sender_id = 'BRAND' } },
+                      channels = { SMS = 'sms' } } })
+    assert.are.equal('SUCCESSFUL', tw.Result['+15550000062'].DeliveryStatus)
+    local from
+    for _, r in ipairs(emu:requests()) do
+      if r.path == '/twilio/Messages.json' and r.body:find('15550000062', 1, true) then from = r.body:match('From=([^&]*)') end
+    end
+    assert.are.equal('%2B15550177', from)
+  end)
+
   it('sends to every endpoint of a user (SendUsersMessages)', function()
     assert(endpoints.put { Id = 'u-sms', ChannelType = 'SMS', Address = '+15550000071', User = { UserId = 'user-7' } })
     assert(endpoints.put { Id = 'u-sms2', ChannelType = 'SMS', Address = '+15550000099', User = { UserId = 'user-7' } })
@@ -176,5 +201,87 @@ describe('herald send', function()
     end)
     emu:stop()
     assert(ok, e)
+  end)
+end)
+
+describe('herald.send request fields', function()
+  -- A Lua channel that keeps what it was given.
+  local got
+  local function recorder(channels)
+    got = {}
+    local ch = {}
+    for _, c in ipairs(channels) do ch[c] = 'rec' end
+    return { profiles = { rec = { type = 'lua', send = function(m)
+      got[#got + 1] = { channel = m.channel, address = m.address, title = m.title, body = m.body, html = m.html,
+                        from = m.from, headers = m.headers, data = m.data, key = m.key }
+      return true
+    end } }, channels = ch }
+  end
+
+  it("renders TemplateConfiguration's template when the channel's message gives only settings", function()
+    assert(require('herald.template').create { name = 'send-mail', type = 'EMAIL', Subject = 'Hi {{FirstName}}',
+      TextPart = 'Plan {{Plan}} for {{Address}}', HtmlPart = '<b>{{FirstName}}</b>',
+      DefaultSubstitutions = '{"FirstName": "friend", "Plan": "free"}',
+      Headers = { { Name = 'X-From-Template', Value = 'yes' } } })
+    local res = send({
+      Addresses = { ['bo@example.com'] = { ChannelType = 'EMAIL', Substitutions = { FirstName = { 'Bo' } } },
+                    ['cy@example.com'] = { ChannelType = 'EMAIL' } },
+      MessageConfiguration = { EmailMessage = { FromAddress = 'news@example.com', Substitutions = { Plan = { 'gold' } },
+        SimpleEmail = { Headers = { { Name = 'X-Tag', Value = 'spring' } } } } },
+      TemplateConfiguration = { EmailTemplate = { Name = 'send-mail' } },
+    }, { providers = recorder { 'EMAIL' } })
+    assert.are.equal('SUCCESSFUL', res.Result['bo@example.com'].DeliveryStatus)
+    local by = {}
+    for _, m in ipairs(got) do by[m.address] = m end
+    -- the address's Substitutions over the message's, over the template's defaults
+    assert.are.same({ 'Hi Bo', 'Plan gold for bo@example.com', '<b>Bo</b>', 'news@example.com' },
+      { by['bo@example.com'].title, by['bo@example.com'].body, by['bo@example.com'].html, by['bo@example.com'].from })
+    assert.are.equal('Hi friend', by['cy@example.com'].title)
+    assert.are.same({ ['X-From-Template'] = 'yes', ['X-Tag'] = 'spring' }, by['cy@example.com'].headers)
+  end)
+
+  it('adds Context to push data, takes JSON nulls as absent and gives requests without a TraceId ids of their own', function()
+    local req = json.decode [[{
+      "Addresses": { "tok-1": { "ChannelType": "GCM", "Context": { "orderId": "o-1" }, "BodyOverride": null } },
+      "Context": { "orderId": "o-0", "campaign": "spring" },
+      "MessageConfiguration": { "GCMMessage": { "Body": "hello", "Title": null, "Data": { "d": "1" } } },
+      "TraceId": null
+    }]]
+    local r1 = send(req, { providers = recorder { 'GCM' } })
+    assert.are.equal('SUCCESSFUL', r1.Result['tok-1'].DeliveryStatus)
+    assert.are.same({ d = '1', orderId = 'o-1', campaign = 'spring' }, got[1].data)
+    assert.are.equal('hello', got[1].body)
+    local r2 = send(req, { providers = recorder { 'GCM' } })
+    assert.are_not.equal(r1.RequestId, r2.RequestId)
+    assert.are_not.equal(r1.Result['tok-1'].MessageId, r2.Result['tok-1'].MessageId)
+  end)
+
+  it('sends a CUSTOM message to an address through a webhook', function()
+    local ng = S.start_nginx { tls = false }
+    local ok, e = pcall(function()
+      local res = send({ Addresses = { alice = { ChannelType = 'CUSTOM' } },
+                         MessageConfiguration = { CustomMessage = { Data = 'hello' } } },
+                       { providers = { profiles = { hook = { type = 'webhook', url = ng.url .. '/ok' } },
+                                       channels = { CUSTOM = 'hook' } } })
+      assert.are.equal('SUCCESSFUL', res.Result.alice.DeliveryStatus, res.Result.alice.StatusMessage)
+    end)
+    ng:stop()
+    assert(ok, e)
+  end)
+end)
+
+describe('herald send ids', function()
+  it('differ between two runs without a TraceId', function()
+    local dir = h.tmpdir()
+    h.write(dir .. '/providers.lua', [[
+      return { profiles = { rec = { type = 'lua', send = function() return true end } }, channels = { SMS = 'rec' } }
+    ]])
+    local out1, c1, e1 = h.herald('--db d.db send --channel SMS --to +15550000011 --body one', { cwd = dir })
+    assert.are.equal(0, c1, e1)
+    local out2, c2, e2 = h.herald('--db d.db send --channel SMS --to +15550000011 --body two', { cwd = dir })
+    assert.are.equal(0, c2, e2)
+    local a, b = json.decode(out1), json.decode(out2)
+    assert.are_not.equal(a.RequestId, b.RequestId)
+    assert.are_not.equal(a.Result['+15550000011'].MessageId, b.Result['+15550000011'].MessageId)
   end)
 end)

@@ -652,5 +652,52 @@ describe('delivery through providers', function()
     assert.are.equal(2, code)
     assert.matches('p.lua: retry.max_ms: a number >= retry.min_ms (600000)', err, 1, true)
     assert.are.equal(0, #query(dir, "SELECT 1 FROM outbox WHERE state != 'PENDING'"))
+    -- options a channel would only trip on mid-delivery are checked when the file loads
+    local bad = {
+      { "mail = { type = 'smtp', url = 'smtp://127.0.0.1:9', from = 'a@example.com', starttls = 'require' }",
+        "profiles.mail.starttls: 'no', 'try' or 'required', not 'require'" },
+      { "tw = { type = 'sms', preset = 'twilio', url = 'http://127.0.0.1:9/', account_sid = 'AC', auth_token = os.getenv('HERALD_UNSET_VARIABLE') }",
+        'profiles.tw.auth_token: required by the twilio preset' },
+      { "s = { type = 'sms', url = 'http://127.0.0.1:9/', json = { to = '{{Address}}', nested = { text = '{{#if x}}' } } }",
+        'profiles.s.json.nested.text' },
+      { "hooks = { type = 'webhook', url = 'http://127.0.0.1:9/', endpoints_per_call = 500 }",
+        'profiles.hooks.endpoints_per_call: an integer from 1 to 50' },
+      { "hooks = { type = 'webhook', url = 'http://127.0.0.1:9/', headers = { ['X-A'] = 'a\\r\\nX-B: b' } }",
+        'profiles.hooks.headers.X-A: a string on one line' },
+      { "hooks = { type = 'webhook', url = 'http://127.0.0.1:9/', timeout_ms = -5 }",
+        'profiles.hooks.timeout_ms: a positive integer' },
+    }
+    for _, b in ipairs(bad) do
+      h.write(dir .. '/p.lua', 'return { profiles = { ' .. b[1] .. ' } }')
+      _, code, err = h.herald('--db d.db run --until-idle --providers p.lua c.lua', { cwd = dir })
+      assert.are.equal(2, code, b[1])
+      assert.matches('p.lua: ' .. b[2], err, 1, true)
+    end
+    h.write(dir .. '/p.lua', "return { profiles = { hooks = { type = 'webhook', url = 'http://127.0.0.1:9/' } },"
+      .. " channels = { CUSTOM = 'hooks' }, pause_after = 'often' }")
+    _, code, err = h.herald('--db d.db run --until-idle --providers p.lua c.lua', { cwd = dir })
+    assert.are.equal(2, code)
+    assert.matches('p.lua: pause_after: a positive integer', err, 1, true)
+    h.write(dir .. '/p.lua', "return { profiles = {}, channels = 'hooks' }")
+    _, code, err = h.herald('--db d.db run --until-idle --providers p.lua c.lua', { cwd = dir })
+    assert.are.equal(2, code)
+    assert.matches('p.lua: channels: expected a table', err, 1, true)
+    assert.are.equal(0, #query(dir, "SELECT 1 FROM outbox WHERE state != 'PENDING'"))
+  end)
+
+  it('retries the messages of an APNs profile whose key cannot be used, and pauses', function()
+    local dir = h.tmpdir()
+    campaign_file(dir, { n = 6, channel = 'APNS', name = 'badkey',
+      addr = "function(i) return 'beef' .. string.rep(string.format('%02x', i), 30) end" })
+    h.write(dir .. '/key.p8', 'not a key\n')
+    h.write(dir .. '/providers.lua', string.format([[
+      return { profiles = { apns = { type = 'apns', url = %q, ca_file = %q, team_id = %q, key_id = %q,
+        key_file = 'key.p8', topic = %q } }, channels = { APNS = 'apns' },
+        retry = { max_attempts = 5, min_ms = 0, max_ms = 0 }, pause_after = 3 }
+    ]], emu.tls_url, emu.ca, emu.team_id, emu.key_id, emu.topic))
+    local _, code, err = run(dir, 'c.lua')
+    assert.are.equal(0, code, err)
+    assert.matches('campaign badkey paused after 3 consecutive systemic failures', err, 1, true)
+    assert.are.same({ { state = 'PENDING', n = 6 } }, query(dir, 'SELECT state, count(*) AS n FROM outbox GROUP BY state'))
   end)
 end)

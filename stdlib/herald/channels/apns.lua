@@ -65,7 +65,9 @@ end
 
 function apns:send(msgs, progress)
   local token, err = self:token()
-  if not token then return util.fail_all(#msgs, 'permanent', err) end
+  -- a signing key that cannot be read or used fails every message alike: retried, and counted
+  -- towards the campaign's pause rather than failing the audience for good
+  if not token then return util.fail_all(#msgs, 'transient', err) end
   local reqs = {}
   for i, m in ipairs(msgs) do reqs[i] = self:request(m, token) end
   local function judge(o)

@@ -10,8 +10,32 @@ local util = require 'herald.channels.util'
 local sms = {}
 sms.__index = sms
 
+-- The JSON body's shape with every string in it (at any depth: a batch API may take `to` as a
+-- list or nest the message) compiled as a template; other values stay as they are.
+local COMPILED = {}
+local function compile_json(v, name)
+  if type(v) == 'string' then
+    local t, err = template.compile(v, { name = name, escape = false })
+    if not t then error(err, 0) end
+    return setmetatable({ t = t }, COMPILED)
+  elseif type(v) == 'table' and v ~= json.null then
+    local out = {}
+    for k, x in pairs(v) do out[k] = compile_json(x, name .. '.' .. tostring(k)) end
+    return setmetatable(out, getmetatable(v))
+  end
+  return v
+end
+
+local function render_json(c, vars)
+  if type(c) ~= 'table' or c == json.null then return c end
+  if getmetatable(c) == COMPILED then return c.t:render(vars) end
+  local out = {}
+  for k, x in pairs(c) do out[k] = render_json(x, vars) end
+  return setmetatable(out, getmetatable(c))
+end
+
 function sms.new(profile)
-  local self = setmetatable({ profile = profile, templates = {}, compiled = {} }, sms)
+  local self = setmetatable({ profile = profile }, sms)
   if profile.preset == 'twilio' then
     local sid, token = profile.account_sid, profile.auth_token
     if type(sid) ~= 'string' or type(token) ~= 'string' then
@@ -19,15 +43,7 @@ function sms.new(profile)
     end
     self.auth = 'Basic ' .. util.base64(sid .. ':' .. token)
   else
-    for k, v in pairs(profile.json) do
-      if type(v) == 'string' then
-        local t, err = template.compile(v, { name = 'profiles.' .. profile.name .. '.json.' .. k, escape = false })
-        if not t then error(err, 0) end
-        self.templates[k], self.compiled[k] = t, true
-      else
-        self.templates[k] = v
-      end
-    end
+    self.body = compile_json(profile.json, 'profiles.' .. profile.name .. '.json')
   end
   self.opt_out = profile.opt_out_pattern or '[Oo]pt%a*[%s_%-]?[Oo]ut'
   return self
@@ -51,14 +67,13 @@ function sms:request(m)
                  SenderId = m.sender_id or self.profile.sender_id, MessageType = m.message_type or 'TRANSACTIONAL',
                  Keyword = m.keyword, MessageId = m.key }
   if self.auth then
-    return { key = m.key, body = form { { 'To', m.address }, { 'From', vars.SenderId or from }, { 'Body', m.body } },
+    -- Twilio takes one From: the message's own sender (its SenderId, else its
+    -- OriginationNumber) over the profile's defaults
+    local sender = m.sender_id or m.origination_number or self.profile.sender_id or self.profile.from
+    return { key = m.key, body = form { { 'To', m.address }, { 'From', sender }, { 'Body', m.body } },
              headers = { Authorization = self.auth, ['Content-Type'] = 'application/x-www-form-urlencoded' } }
   end
-  local body = {}
-  for k, t in pairs(self.templates) do
-    if self.compiled[k] then body[k] = t:render(vars) else body[k] = t end
-  end
-  return { key = m.key, body = json.encode(body), headers = { ['Content-Type'] = 'application/json' } }
+  return { key = m.key, body = json.encode(render_json(self.body, vars)), headers = { ['Content-Type'] = 'application/json' } }
 end
 
 function sms:send(msgs, progress)

@@ -61,7 +61,11 @@ function smtp:send(msgs, progress)
   for i, m in ipairs(msgs) do
     task.spawn(function()
       local ok, r = pcall(self.send_one, self, m)
-      out[i] = ok and r or { verdict = 'permanent', reason = tostring(r) }
+      -- a raise (a bad option, a message the builder refuses) fails every message alike: it is
+      -- retried and counts towards the campaign's pause, as deliver.send_items does for a
+      -- channel that raises
+      out[i] = ok and r or { verdict = 'transient', reason = 'channel ' .. self.profile.name .. ': ' .. tostring(r),
+                             systemic = true, error = true }
       done = done + 1
       if progress and done < #msgs then
         told_idx[#told_idx + 1], told_out[#told_out + 1] = i, out[i]

@@ -23,7 +23,9 @@ function webhook.payload(group)
   local m = group[1]
   local eps = {}
   for _, x in ipairs(group) do
-    if eps[x.endpoint_id] == nil then eps[x.endpoint_id] = rawget(x, 'ctx') or x.endpoint end
+    -- a direct message to an address has no endpoint id: the address stands for it
+    local id = x.endpoint_id or x.address
+    if eps[id] == nil then eps[id] = rawget(x, 'ctx') or x.endpoint end
   end
   return json.encode {
     Message = { Body = m.body, Title = m.title },
