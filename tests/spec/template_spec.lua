@@ -258,6 +258,11 @@ describe('template substitutions', function()
     assert.are.equal('user-42/jane', w:render(endpoint, { ['User.UserAttributes.FirstName'] = 'Sub' }))
   end)
 
+  it('renders with an empty substitutions table as with none', function()
+    assert.are.equal('|jane|gold', t:render(endpoint, {}))
+    assert.are.equal('x', template.compile('{{#if Id}}x{{/if}}'):render(endpoint, {}))
+  end)
+
   it('rejects a substitution key that is not a variable path', function()
     local out, err = t:render(endpoint, { ['a..b'] = 'x' })
     assert.is_nil(out)

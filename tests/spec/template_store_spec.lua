@@ -59,6 +59,13 @@ describe('template store', function()
     assert.are.equal('platinum', r.Headers[1].Value)
   end)
 
+  it('renders with an empty substitutions table as with none', function()
+    welcome()
+    local r = assert(template.render('welcome', 'EMAIL', endpoint, { substitutions = {} }))
+    assert.are.equal('Hi Jane', r.Subject)
+    assert.are.equal('Plan: gold <vip>', r.TextPart)
+  end)
+
   it('refuses a second template of the same name and type, but not of another type', function()
     welcome()
     local ok, err = template.create { name = 'welcome', type = 'EMAIL', Subject = 'x' }
