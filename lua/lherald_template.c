@@ -2,6 +2,7 @@
  *
  * compile(text [, name [, escape]]) -> template | nil, err
  *   template:render([ctx [, substitutions]]) -> text | nil, err
+ *   template:memory() -> bytes the compiled template holds
  * context(table) -> ctx   (an endpoint converted once, to render several templates with)
  * endpoint_context(id [, app]) -> ctx | nil, err   (a stored endpoint, read straight into one)
  *   ctx:json() -> compact JSON text; ctx:table() -> a Lua table
@@ -249,6 +250,14 @@ static int template_name(lua_State *L) {
   return 1;
 }
 
+/* template:memory() -> bytes the compiled template holds */
+static int template_memory(lua_State *L) {
+  TemplateBox *box = luaL_checkudata(L, 1, TEMPLATE_MT);
+  luaL_argcheck(L, box->t != NULL, 1, "template is closed");
+  lua_pushinteger(L, (lua_Integer)herald_template_memory(box->t));
+  return 1;
+}
+
 static int l_context(lua_State *L) {
   luaL_checktype(L, 1, LUA_TTABLE);
   ContextBox *box = lua_newuserdatauv(L, sizeof *box, 0);
@@ -471,7 +480,7 @@ static int l_render(lua_State *L) {
 
 int luaopen_herald_core_template(lua_State *L) {
   static const luaL_Reg template_methods[] = {
-    {"render", template_render}, {"name", template_name}, {NULL, NULL},
+    {"render", template_render}, {"name", template_name}, {"memory", template_memory}, {NULL, NULL},
   };
   if (luaL_newmetatable(L, TEMPLATE_MT)) {
     lua_pushcfunction(L, template_gc);

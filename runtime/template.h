@@ -50,6 +50,10 @@ int herald_template_compile(const char *name, const char *text, size_t len, int 
 void herald_template_free(HeraldTemplate *t);
 const char *herald_template_name(const HeraldTemplate *t);
 
+/* Bytes a compiled template holds (its copy of the source and its node tree): what keeping it
+ * in a cache costs. It grows linearly with the source. */
+size_t herald_template_memory(const HeraldTemplate *t);
+
 /* Turns a substitution map into a lookup tree: keys are variable paths in template syntax
  * ("FirstName", "User.UserAttributes.[Last Name]"), values are strings, numbers or lists of
  * them (Pinpoint's map<string, list<string>>), or nested objects (DefaultSubstitutions may be

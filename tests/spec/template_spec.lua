@@ -362,6 +362,22 @@ describe('template limits on hostile input', function()
     assert.are.equal('render error: spec: line 1, column 1: helpers built more than 8388608 bytes of text', out)
   end)
 
+  it('holds memory in proportion to the source, however many string literals it has', function()
+    -- a 420 KB email whose first part compares 1,000 attributes with a string literal each
+    local parts = {}
+    for i = 1, 1000 do parts[i] = '<td>{{#eq Attributes.Plan.[0] "gold"}}Gold{{/eq}}</td>\n' end
+    parts[#parts + 1] = ('<p style="margin:0;padding:0">static text</p>\n'):rep(8000)
+    local src = table.concat(parts)
+    local t = assert(template.compile(src, { name = 'big' }))
+    -- about 4 times the source (the tree of 1,000 blocks); a copy of the rest of the source
+    -- per literal made it 400 MB
+    assert.is_true(t:memory() < 10 * #src, t:memory() .. ' bytes for a source of ' .. #src)
+    local small = assert(template.compile('{{#eq Attributes.Plan.[0] "gold"}}Gold{{/eq}}'))
+    assert.is_true(small:memory() < 16 * 1024, small:memory() .. ' bytes for one tag')
+    -- literals keep their escaped quotes
+    assert.are.equal([[a"b|c'd|e\\f]], R([[{{{"a\"b"}}}|{{{'c\'d'}}}|{{{"e\\f"}}}]]))
+  end)
+
   it('refuses templates over 1 MiB', function()
     local t, err = template.compile(('x'):rep(1024 * 1024 + 1), { name = 'huge' })
     assert.is_nil(t)
