@@ -57,8 +57,12 @@ size_t herald_template_memory(const HeraldTemplate *t);
 /* Turns a substitution map into a lookup tree: keys are variable paths in template syntax
  * ("FirstName", "User.UserAttributes.[Last Name]"), values are strings, numbers or lists of
  * them (Pinpoint's map<string, list<string>>), or nested objects (DefaultSubstitutions may be
- * written {"Attributes": {"Plan": "free"}}). Scalars become one-element lists, so `{{X}}` and
- * `{{X.[0]}}` both read them. *out is a new reference; NULL map gives NULL. */
+ * written {"Attributes": {"Plan": "free"}}). Scalars stay scalars, so false, 0 and "" are
+ * falsy in #if as they are on an endpoint (Handlebars' rule), while a list of one value is a
+ * list, truthy as on an endpoint. Both `{{X}}` and `{{X.[0]}}` read a scalar: the renderer reads
+ * an index 0 past a scalar of these trees as the scalar itself, so templates written for
+ * Pinpoint's list attributes take single-value defaults. *out is a new reference; NULL map
+ * gives NULL. */
 int herald_template_vars(const json_t *map, json_t **out, HeraldError *err);
 
 /* Renders t into out (replacing its text). ctx is the endpoint (or any object); subs and

@@ -25,6 +25,8 @@ typedef struct {
   const char *s;
   size_t len;
   const json_t *j;
+  int vars;            /* read from substitutions or defaults: a scalar in j reads as a list
+                          of one under .[0] (see herald_template_vars) */
 } TemplateValue;
 
 typedef struct TemplateExpr TemplateExpr;

@@ -278,8 +278,13 @@ static int step(TemplateRender *r, size_t offset) {
   return 0;
 }
 
-static const json_t *walk(const json_t *j, const TemplatePathSeg *segs, int nsegs, TemplateValue *len_out) {
+/* Follows segs from j. With vars (j is a substitution tree), an index 0 that ends the path
+ * reads a scalar as itself, as if it were the list of one value Pinpoint's attributes are. */
+static const json_t *walk(const json_t *j, const TemplatePathSeg *segs, int nsegs, int vars,
+                          TemplateValue *len_out) {
   for (int i = 0; i < nsegs && j != NULL; i++) {
+    if (vars && i == nsegs - 1 && segs[i].index == 0 && !json_is_object(j) && !json_is_array(j))
+      return j;
     if (json_is_object(j)) {
       j = json_object_get(j, segs[i].text);
     } else if (json_is_array(j)) {
@@ -315,21 +320,26 @@ static void lookup_root(TemplateRender *r, const TemplateExpr *e, TemplateValue 
   memset(v, 0, sizeof *v);
   for (int i = 0; i < 3; i++) {
     if (layers[i] == NULL) continue;
+    int vars = layers[i] != r->ctx;
     TemplateValue len = {0};
-    const json_t *j = walk(layers[i], e->segs, e->nsegs, &len);
+    const json_t *j = walk(layers[i], e->segs, e->nsegs, vars, &len);
     if (len.kind == kValNumber) {
       *v = len;
       return;
     }
     if (!present(j)) continue;
-    if (json_is_object(j) && layers[i] != r->ctx) {
+    if (json_is_object(j) && vars) {
       if (object == NULL) object = j;
       continue;
     }
     template_value_from_json(j, v);
+    v->vars = vars;
     return;
   }
-  if (object != NULL) template_value_from_json(object, v);
+  if (object != NULL) {
+    template_value_from_json(object, v);
+    v->vars = 1;
+  }
 }
 
 static void lookup_path(TemplateRender *r, const TemplateExpr *e, TemplateValue *v) {
@@ -369,9 +379,13 @@ static void lookup_path(TemplateRender *r, const TemplateExpr *e, TemplateValue 
   }
   if (f->self.kind != kValObject && f->self.kind != kValArray) return;
   TemplateValue len = {0};
-  const json_t *j = walk(f->self.j, e->segs, e->nsegs, &len);
-  if (len.kind == kValNumber) *v = len;
-  else template_value_from_json(j, v);
+  const json_t *j = walk(f->self.j, e->segs, e->nsegs, f->self.vars, &len);
+  if (len.kind == kValNumber) {
+    *v = len;
+    return;
+  }
+  template_value_from_json(j, v);
+  v->vars = f->self.vars;
 }
 
 static int eval(TemplateRender *r, const TemplateExpr *e, TemplateValue *v);
@@ -425,6 +439,7 @@ static int render_each(TemplateRender *r, const TemplateNode *n, const TemplateV
   if (v->kind == kValArray) {
     for (size_t i = 0; i < count && rc == 0; i++) {
       template_value_from_json(json_array_get(v->j, i), &f.self);
+      f.self.vars = v->vars;
       f.index = i;
       f.first = i == 0;
       f.last = i + 1 == count;
@@ -439,6 +454,7 @@ static int render_each(TemplateRender *r, const TemplateNode *n, const TemplateV
     json_object_foreach((json_t *)v->j, key, item) {
       if (i >= count || rc != 0) break;
       template_value_from_json(item, &f.self);
+      f.self.vars = v->vars;
       f.index = i;
       f.first = i == 0;
       f.last = i + 1 == count;
@@ -581,17 +597,8 @@ static int vars_fill(json_t *tree, const json_t *map, const char *prefix, int de
     else
       snprintf(full, n, "%s", key);
     int rc;
-    if (json_is_object(value)) {
-      rc = vars_fill(tree, value, full, depth + 1, err);
-    } else if (json_is_array(value)) {
-      rc = vars_put(tree, full, value, err);
-    } else {
-      json_t *list = json_array();
-      rc = list == NULL || json_array_append(list, value) != 0
-               ? herald_error_set(err, kHeraldNoMemory, "out of memory")
-               : vars_put(tree, full, list, err);
-      json_decref(list);
-    }
+    if (json_is_object(value)) rc = vars_fill(tree, value, full, depth + 1, err);
+    else rc = vars_put(tree, full, value, err);
     free(full);
     if (rc != kHeraldOk) return rc;
   }

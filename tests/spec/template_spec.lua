@@ -263,6 +263,23 @@ describe('template substitutions', function()
     assert.are.equal('x', template.compile('{{#if Id}}x{{/if}}'):render(endpoint, {}))
   end)
 
+  it('reads false, 0 and "" substitutions as falsy, as the same values on the endpoint', function()
+    local f = assert(template.compile('{{#if Flag}}promo{{else}}none{{/if}}|{{#if Count}}n={{Count}}{{else}}zero{{/if}}|'
+      .. '{{#if Coupon}}code={{Coupon}}{{else}}nocode{{/if}}', { name = 'falsy' }))
+    local values = { Flag = false, Count = 0, Coupon = '' }
+    assert.are.equal('none|zero|nocode', f:render(values))
+    assert.are.equal('none|zero|nocode', f:render({}, values))
+    -- false and 0 are values and win over the endpoint; "" is no value, as on the endpoint
+    assert.are.equal('none|zero|code=E', f:render({ Flag = true, Count = 5, Coupon = 'E' }, values))
+    -- a list of one value is a list, truthy as in Handlebars, here as on the endpoint
+    local lists = { Flag = { false }, Count = { 0 }, Coupon = { '' } }
+    assert.are.equal('promo|n=0|code=', f:render(lists))
+    assert.are.equal('promo|n=0|code=', f:render({}, lists))
+    -- a single value still reads with .[0], also inside #with
+    assert.are.equal('0 false', R('{{Count.[0]}} {{Flag.[0]}}', {}, values))
+    assert.are.equal('free', R('{{#with Attributes}}{{Plan.[0]}}{{/with}}', {}, { Attributes = { Plan = 'free' } }))
+  end)
+
   it('rejects a substitution key that is not a variable path', function()
     local out, err = t:render(endpoint, { ['a..b'] = 'x' })
     assert.is_nil(out)
