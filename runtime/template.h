@@ -13,7 +13,8 @@
  *
  * Hostile input is bounded: template size, block and subexpression nesting, each-items (15,
  * as Pinpoint), rendering steps, helper scratch memory and output size all have limits that
- * fail with kHeraldLimit and a message naming the template. */
+ * fail with kHeraldLimit and a message naming the template and the line and column of the tag
+ * (or helper call) that passed the limit. */
 #ifndef HERALD_TEMPLATE_H
 #define HERALD_TEMPLATE_H
 

@@ -137,6 +137,8 @@ struct TemplateRender {
   size_t max_out;
   size_t scratch_used;
   long steps;
+  size_t at;           /* source offset of the node or expression being evaluated: where a
+                          limit on output or scratch memory is reported */
   const TemplateFrame *frame;
   int failed;
 };

@@ -38,7 +38,7 @@ int template_render_fail(TemplateRender *r, size_t offset, HeraldErrorCode code,
 char *template_scratch(TemplateRender *r, size_t n) {
   size_t limit = r->max_out * 2;
   if (n > limit || r->scratch_used > limit - n) {
-    template_render_fail(r, 0, kHeraldLimit, "helpers built more than %zu bytes of text", limit);
+    template_render_fail(r, r->at, kHeraldLimit, "helpers built more than %zu bytes of text", limit);
     return NULL;
   }
   HeraldTemplateScratchChunk *c = r->out->scratch;
@@ -49,7 +49,7 @@ char *template_scratch(TemplateRender *r, size_t n) {
     size_t cap = n > SCRATCH_CHUNK ? n : SCRATCH_CHUNK;
     c = malloc(sizeof *c + cap);
     if (c == NULL) {
-      template_render_fail(r, 0, kHeraldNoMemory, "out of memory");
+      template_render_fail(r, r->at, kHeraldNoMemory, "out of memory");
       return NULL;
     }
     c->cap = cap;
@@ -78,12 +78,12 @@ void herald_template_output_free(HeraldTemplateOutput *out) {
 static int out_reserve(TemplateRender *r, size_t n) {
   HeraldTemplateOutput *o = r->out;
   if (n > r->max_out || o->len > r->max_out - n)
-    return template_render_fail(r, 0, kHeraldLimit, "output exceeds %zu bytes", r->max_out);
+    return template_render_fail(r, r->at, kHeraldLimit, "output exceeds %zu bytes", r->max_out);
   if (o->len + n + 1 <= o->cap) return 0;
   size_t cap = o->cap ? o->cap : 4096;
   while (cap < o->len + n + 1) cap *= 2;
   char *d = realloc(o->data, cap);
-  if (d == NULL) return template_render_fail(r, 0, kHeraldNoMemory, "out of memory");
+  if (d == NULL) return template_render_fail(r, r->at, kHeraldNoMemory, "out of memory");
   o->data = d;
   o->cap = cap;
   return 0;
@@ -272,6 +272,7 @@ int template_value_text(TemplateRender *r, const TemplateValue *v, const char **
 }
 
 static int step(TemplateRender *r, size_t offset) {
+  r->at = offset;
   if (++r->steps > HERALD_TEMPLATE_MAX_STEPS)
     return template_render_fail(r, offset, kHeraldLimit, "rendering took more than %ld steps",
                                 HERALD_TEMPLATE_MAX_STEPS);
@@ -397,6 +398,7 @@ static int eval_call(TemplateRender *r, const TemplateExpr *e, int as_block, Tem
   for (int i = 0; i < e->nparams; i++)
     if (eval(r, e->params[i], &params[i]) != 0) return -1;
   memset(v, 0, sizeof *v);
+  r->at = e->offset;   /* the arguments moved it; what the helper builds is the call's */
   if (e->helper->fn(r, e, params, e->nparams, v) != 0) return -1;
   if (e->helper->kind == kHelperConditional && !as_block) {
     TemplateValue pick;
@@ -419,8 +421,14 @@ static int eval(TemplateRender *r, const TemplateExpr *e, TemplateValue *v) {
 int template_hash_get(TemplateRender *r, const TemplateExpr *call, const char *name,
                       TemplateValue *out) {
   memset(out, 0, sizeof *out);
-  for (int i = 0; i < call->nhash; i++)
-    if (strcmp(call->hash[i].name, name) == 0) return eval(r, call->hash[i].value, out);
+  for (int i = 0; i < call->nhash; i++) {
+    if (strcmp(call->hash[i].name, name) != 0) continue;
+    /* the helper asking goes on building after this: keep its position for its errors */
+    size_t at = r->at;
+    int rc = eval(r, call->hash[i].value, out);
+    r->at = at;
+    return rc;
+  }
   return 0;
 }
 
@@ -505,7 +513,9 @@ static int render_nodes(TemplateRender *r, const TemplateNode *n) {
         TemplateValue v;
         const char *s;
         size_t len;
-        if (eval(r, n->expr, &v) != 0 || template_value_text(r, &v, &s, &len) != 0) return -1;
+        if (eval(r, n->expr, &v) != 0) return -1;
+        r->at = n->offset;
+        if (template_value_text(r, &v, &s, &len) != 0) return -1;
         if ((r->t->escape && !n->raw ? out_escaped(r, s, len) : out_append(r, s, len)) != 0)
           return -1;
         break;

@@ -371,12 +371,25 @@ describe('template limits on hostile input', function()
     local out, err = template.compile('{{#each L}}{{{this}}}{{/each}}', { name = 'big' })
       :render({ L = { big, big, big, big, big } })
     assert.is_nil(out)
-    assert.matches('big: line %d+, column %d+: output exceeds 4194304 bytes', err)
+    assert.are.equal('big: line 1, column 12: output exceeds 4194304 bytes', err)
   end)
 
   it('stops helpers that would build huge strings', function()
     local out, err = R('{{ljust "x" 100000000}}')
-    assert.are.equal('render error: spec: line 1, column 1: helpers built more than 8388608 bytes of text', out)
+    assert.are.equal('render error: spec: line 1, column 3: helpers built more than 8388608 bytes of text', out)
+  end)
+
+  it('names the line and column of the tag that passed a limit while rendering', function()
+    assert.are.equal('render error: welcome: line 3, column 5: helpers built more than 8388608 bytes of text',
+      R('line one\nline two\n  {{ljust "a" 99999999}}', nil, nil, { name = 'welcome' }))
+    assert.are.equal('render error: welcome: line 2, column 20: helpers built more than 8388608 bytes of text',
+      R('Olá\n{{#if Id}}{{lower (ljust "a" 99999999 pad="é")}}{{/if}}', nil, nil, { name = 'welcome' }))
+    local a = {}
+    for i = 1, 15 do a[i] = i end
+    local nest = '{{#each a}}{{#each ../a}}{{#each ../../a}}{{#each ../../../a}}{{{../../../../big}}}'
+      .. '{{/each}}{{/each}}{{/each}}{{/each}}'
+    assert.are.equal('render error: welcome: line 3, column 65: output exceeds 4194304 bytes',
+      R('line one\nline two\n  ' .. nest, { a = a, big = ('x'):rep(200) }, nil, { name = 'welcome' }))
   end)
 
   it('holds memory in proportion to the source, however many string literals it has', function()
