@@ -11,6 +11,8 @@
  *   and positions. */
 #include <ctype.h>
 #include <math.h>
+#include <openssl/evp.h>
+#include <openssl/rand.h>
 #include <string.h>
 
 #include "runtime/template_internal.h"
@@ -368,22 +370,6 @@ static int h_replace(TemplateRender *r, const TemplateExpr *c, const TemplateVal
   return replace_all(r, s, len, t, tlen, rep, rlen, out);
 }
 
-static int buf_add(TemplateRender *r, char **buf, size_t *len, size_t *cap, const char *s, size_t n) {
-  if (n == 0) return 0;
-  if (*len + n > *cap) {
-    size_t ncap = *cap ? *cap * 2 : 64;
-    while (ncap < *len + n) ncap *= 2;
-    char *nb = template_scratch(r, ncap);
-    if (nb == NULL) return -1;
-    if (*len) memcpy(nb, *buf, *len);
-    *buf = nb;
-    *cap = ncap;
-  }
-  memcpy(*buf + *len, s, n);
-  *len += n;
-  return 0;
-}
-
 /* join list sep, or join a b c ... sep; prefix= and suffix= wrap the result. */
 static int h_join(TemplateRender *r, const TemplateExpr *c, const TemplateValue *p, int n, TemplateValue *out) {
   const char *sep;
@@ -395,25 +381,25 @@ static int h_join(TemplateRender *r, const TemplateExpr *c, const TemplateValue 
   size_t len = 0, cap = 0;
   const char *s;
   size_t sl;
-  if (text_of(r, &pre, &s, &sl) != 0 || buf_add(r, &buf, &len, &cap, s, sl) != 0) return -1;
+  if (text_of(r, &pre, &s, &sl) != 0 || template_text_append(r, &buf, &len, &cap, s, sl) != 0) return -1;
   int first = 1;
   for (int i = 0; i < n - 1; i++) {
     if (p[i].kind == kValArray) {
       for (size_t k = 0; k < json_array_size(p[i].j); k++) {
         TemplateValue item;
         template_value_from_json(json_array_get(p[i].j, k), &item);
-        if (!first && buf_add(r, &buf, &len, &cap, sep, slen) != 0) return -1;
-        if (text_of(r, &item, &s, &sl) != 0 || buf_add(r, &buf, &len, &cap, s, sl) != 0) return -1;
+        if (!first && template_text_append(r, &buf, &len, &cap, sep, slen) != 0) return -1;
+        if (text_of(r, &item, &s, &sl) != 0 || template_text_append(r, &buf, &len, &cap, s, sl) != 0) return -1;
         first = 0;
       }
       continue;
     }
     if (p[i].kind == kValMissing || p[i].kind == kValNull) continue;
-    if (!first && buf_add(r, &buf, &len, &cap, sep, slen) != 0) return -1;
-    if (text_of(r, &p[i], &s, &sl) != 0 || buf_add(r, &buf, &len, &cap, s, sl) != 0) return -1;
+    if (!first && template_text_append(r, &buf, &len, &cap, sep, slen) != 0) return -1;
+    if (text_of(r, &p[i], &s, &sl) != 0 || template_text_append(r, &buf, &len, &cap, s, sl) != 0) return -1;
     first = 0;
   }
-  if (text_of(r, &suf, &s, &sl) != 0 || buf_add(r, &buf, &len, &cap, s, sl) != 0) return -1;
+  if (text_of(r, &suf, &s, &sl) != 0 || template_text_append(r, &buf, &len, &cap, s, sl) != 0) return -1;
   set_string(out, buf ? buf : "", len);
   return 0;
 }
@@ -486,6 +472,12 @@ static int h_substring(TemplateRender *r, const TemplateExpr *c, const TemplateV
   return 0;
 }
 
+/* A flag argument: truthy, except the text "false" (attributes are text). */
+static int is_yes(const TemplateValue *pv) {
+  TemplateValue v = unwrap(pv);
+  return template_value_truthy(&v) && !(v.kind == kValString && v.len == 5 && memcmp(v.s, "false", 5) == 0);
+}
+
 /* yesno value yes= no= maybe=: true, false, or missing/null. */
 static int h_yesno(TemplateRender *r, const TemplateExpr *c, const TemplateValue *p, int n, TemplateValue *out) {
   TemplateValue v = unwrap(&p[0]);
@@ -493,7 +485,7 @@ static int h_yesno(TemplateRender *r, const TemplateExpr *c, const TemplateValue
   if (v.kind == kValMissing || v.kind == kValNull) {
     name = "maybe";
     fallback = "maybe";
-  } else if (template_value_truthy(&v) && !(v.kind == kValString && v.len == 5 && memcmp(v.s, "false", 5) == 0)) {
+  } else if (is_yes(&v)) {
     name = "yes";
     fallback = "yes";
   } else {
@@ -578,6 +570,100 @@ static int h_decode64(TemplateRender *r, const TemplateExpr *c, const TemplateVa
   return 0;
 }
 
+/* The positional argument at index i, or else the hash argument name. */
+static int arg(TemplateRender *r, const TemplateExpr *c, const TemplateValue *p, int n, int i,
+               const char *name, TemplateValue *out) {
+  if (i < n) {
+    *out = p[i];
+    return 0;
+  }
+  return template_hash_get(r, c, name, out);
+}
+
+/* inflect count singular plural [includeCount] (or singular=, plural=, includeCount=): the
+ * plural unless count is 1, after the count and a space with includeCount. handlebars-helpers,
+ * where Pinpoint's helper comes from, takes the singular for every count below 1 but 0 ("-2
+ * item", "0.5 mile"); we follow English, as for 0 ("0.5 miles"). A count that is not a number
+ * renders nothing, as the math helpers do. */
+static int h_inflect(TemplateRender *r, const TemplateExpr *c, const TemplateValue *p, int n,
+                     TemplateValue *out) {
+  TemplateValue singular, plural, with_count;
+  double count;
+  if (!template_value_number(&p[0], &count)) return 0;
+  if (arg(r, c, p, n, 1, "singular", &singular) != 0 || arg(r, c, p, n, 2, "plural", &plural) != 0 ||
+      arg(r, c, p, n, 3, "includeCount", &with_count) != 0)
+    return -1;
+  const char *word, *num;
+  size_t wlen, nlen;
+  if (text_of(r, count == 1 ? &singular : &plural, &word, &wlen) != 0) return -1;
+  if (!is_yes(&with_count)) {
+    set_string(out, word, wlen);
+    return 0;
+  }
+  char *buf = NULL;
+  size_t len = 0, cap = 0;
+  if (text_of(r, &p[0], &num, &nlen) != 0 || template_text_append(r, &buf, &len, &cap, num, nlen) != 0 ||
+      template_text_append(r, &buf, &len, &cap, " ", 1) != 0 ||
+      template_text_append(r, &buf, &len, &cap, word, wlen) != 0)
+    return -1;
+  set_string(out, buf, len);
+  return 0;
+}
+
+/* ---- digests and ids ---- */
+
+/* The digest of the text's bytes in lowercase hex. */
+static int digest_hex(TemplateRender *r, const TemplateValue *v, const EVP_MD *md, TemplateValue *out) {
+  const char *s;
+  size_t len;
+  if (text_of(r, v, &s, &len) != 0) return -1;
+  unsigned char d[EVP_MAX_MD_SIZE];
+  unsigned int dlen = 0;
+  if (md == NULL || EVP_Digest(s, len, d, &dlen, md, NULL) != 1)
+    return template_render_fail(r, r->at, kHeraldInvalid, "OpenSSL could not compute the digest");
+  char *hex = template_scratch(r, (size_t)dlen * 2);
+  if (hex == NULL) return -1;
+  static const char digits[] = "0123456789abcdef";
+  for (unsigned int i = 0; i < dlen; i++) {
+    hex[2 * i] = digits[d[i] >> 4];
+    hex[2 * i + 1] = digits[d[i] & 15];
+  }
+  set_string(out, hex, (size_t)dlen * 2);
+  return 0;
+}
+
+static int h_md5(TemplateRender *r, const TemplateExpr *c, const TemplateValue *p, int n, TemplateValue *out) {
+  return digest_hex(r, &p[0], EVP_md5(), out);
+}
+
+static int h_sha256(TemplateRender *r, const TemplateExpr *c, const TemplateValue *p, int n, TemplateValue *out) {
+  return digest_hex(r, &p[0], EVP_sha256(), out);
+}
+
+static int h_sha512(TemplateRender *r, const TemplateExpr *c, const TemplateValue *p, int n, TemplateValue *out) {
+  return digest_hex(r, &p[0], EVP_sha512(), out);
+}
+
+/* A random (version 4) UUID, lowercase, 8-4-4-4-12 (RFC 4122). */
+static int h_uuid(TemplateRender *r, const TemplateExpr *c, const TemplateValue *p, int n, TemplateValue *out) {
+  unsigned char b[16];
+  if (RAND_bytes(b, sizeof b) != 1)
+    return template_render_fail(r, r->at, kHeraldIo, "OpenSSL gave no random bytes for a uuid");
+  b[6] = (unsigned char)((b[6] & 0x0F) | 0x40);
+  b[8] = (unsigned char)((b[8] & 0x3F) | 0x80);
+  char *d = template_scratch(r, 36);
+  if (d == NULL) return -1;
+  static const char digits[] = "0123456789abcdef";
+  size_t o = 0;
+  for (int i = 0; i < 16; i++) {
+    if (i == 4 || i == 6 || i == 8 || i == 10) d[o++] = '-';
+    d[o++] = digits[b[i] >> 4];
+    d[o++] = digits[b[i] & 15];
+  }
+  set_string(out, d, o);
+  return 0;
+}
+
 /* ---- math ---- */
 
 static int two_numbers(const TemplateValue *p, double *a, double *b) {
@@ -633,7 +719,7 @@ static int h_round(TemplateRender *r, const TemplateExpr *c, const TemplateValue
   return 0;
 }
 
-/* Sorted by name for bsearch. */
+/* Sorted by name (strcmp order) for bsearch. */
 static const TemplateHelper helpers[] = {
   {"abbreviate", h_abbreviate, kHelperPlain, 1, 2},
   {"add", h_add, kHelperPlain, 2, 2},
@@ -651,11 +737,13 @@ static const TemplateHelper helpers[] = {
   {"gt", h_gt, kHelperConditional, 2, 2},
   {"gte", h_gte, kHelperConditional, 2, 2},
   {"if", h_if, kHelperConditional, 1, 1},
+  {"inflect", h_inflect, kHelperPlain, 1, 4},
   {"join", h_join, kHelperPlain, 2, -1},
   {"ljust", h_ljust, kHelperPlain, 1, 3},
   {"lower", h_lower, kHelperPlain, 1, 1},
   {"lt", h_lt, kHelperConditional, 2, 2},
   {"lte", h_lte, kHelperConditional, 2, 2},
+  {"md5", h_md5, kHelperPlain, 1, 1},
   {"modulo", h_modulo, kHelperPlain, 2, 2},
   {"multiply", h_multiply, kHelperPlain, 2, 2},
   {"neq", h_neq, kHelperConditional, 2, 2},
@@ -665,11 +753,14 @@ static const TemplateHelper helpers[] = {
   {"replace", h_replace, kHelperPlain, 3, 3},
   {"rjust", h_rjust, kHelperPlain, 1, 3},
   {"round", h_round, kHelperPlain, 1, 1},
+  {"sha256", h_sha256, kHelperPlain, 1, 1},
+  {"sha512", h_sha512, kHelperPlain, 1, 1},
   {"slugify", h_slugify, kHelperPlain, 1, 1},
   {"stripTags", h_strip_tags, kHelperPlain, 1, 1},
   {"substring", h_substring, kHelperPlain, 2, 3},
   {"subtract", h_subtract, kHelperPlain, 2, 2},
   {"upper", h_upper, kHelperPlain, 1, 1},
+  {"uuid", h_uuid, kHelperPlain, 0, 0},
   {"yesno", h_yesno, kHelperPlain, 1, 1},
 };
 

@@ -156,6 +156,10 @@ int template_hash_get(TemplateRender *r, const TemplateExpr *call, const char *n
  * missing and null print nothing. The text may live in scratch memory. */
 int template_value_text(TemplateRender *r, const TemplateValue *v, const char **s, size_t *len);
 
+/* Appends s to a text built in scratch memory (*buf NULL and *len, *cap 0 to start). */
+int template_text_append(TemplateRender *r, char **buf, size_t *len, size_t *cap, const char *s,
+                         size_t n);
+
 int template_value_truthy(const TemplateValue *v);
 
 /* Reads a number from a number or a numeric string; 0 when it is neither. */

@@ -188,8 +188,8 @@ static size_t format_number(double d, char *buf, size_t size) {
 static int json_text_append(TemplateRender *r, const json_t *j, char **buf, size_t *len,
                             size_t *cap, int depth);
 
-static int text_grow(TemplateRender *r, char **buf, size_t *len, size_t *cap, const char *s,
-                     size_t n) {
+int template_text_append(TemplateRender *r, char **buf, size_t *len, size_t *cap, const char *s,
+                         size_t n) {
   if (n == 0) return 0;
   if (*len + n > *cap) {
     size_t ncap = *cap ? *cap * 2 : 64;
@@ -210,20 +210,20 @@ static int json_text_append(TemplateRender *r, const json_t *j, char **buf, size
                             size_t *cap, int depth) {
   char num[64];
   switch (json_typeof(j)) {
-    case JSON_STRING: return text_grow(r, buf, len, cap, json_string_value(j), json_string_length(j));
+    case JSON_STRING: return template_text_append(r, buf, len, cap, json_string_value(j), json_string_length(j));
     case JSON_INTEGER:
     case JSON_REAL: {
       size_t n = format_number(json_number_value(j), num, sizeof num);
-      return text_grow(r, buf, len, cap, num, n);
+      return template_text_append(r, buf, len, cap, num, n);
     }
-    case JSON_TRUE: return text_grow(r, buf, len, cap, "true", 4);
-    case JSON_FALSE: return text_grow(r, buf, len, cap, "false", 5);
+    case JSON_TRUE: return template_text_append(r, buf, len, cap, "true", 4);
+    case JSON_FALSE: return template_text_append(r, buf, len, cap, "false", 5);
     case JSON_NULL: return 0;
-    case JSON_OBJECT: return text_grow(r, buf, len, cap, "[object Object]", 15);
+    case JSON_OBJECT: return template_text_append(r, buf, len, cap, "[object Object]", 15);
     case JSON_ARRAY: {
       if (depth >= HERALD_TEMPLATE_MAX_DEPTH) return 0;
       for (size_t i = 0; i < json_array_size(j); i++) {
-        if (i > 0 && text_grow(r, buf, len, cap, ",", 1) != 0) return -1;
+        if (i > 0 && template_text_append(r, buf, len, cap, ",", 1) != 0) return -1;
         if (json_text_append(r, json_array_get(j, i), buf, len, cap, depth + 1) != 0) return -1;
       }
       return 0;

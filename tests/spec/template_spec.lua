@@ -239,6 +239,35 @@ describe('template string and math helpers', function()
   end)
 end)
 
+describe('template digest, id and inflection helpers', function()
+  it('inflect picks the singular for 1 and the plural otherwise, with the count on request', function()
+    assert.are.equal('item|items|items|3 items|1 item|2 items',
+      R('{{inflect 1 "item" "items"}}|{{inflect 0 "item" "items"}}|{{inflect 0.5 "item" "items"}}|'
+        .. '{{inflect 3 "item" "items" true}}|{{inflect Metrics.n "item" "items" true}}|'
+        .. '{{inflect Attributes.n singular="item" plural="items" includeCount=true}}',
+        { Metrics = { n = 1 }, Attributes = { n = { '2' } } }))
+    assert.are.equal('visits|[]', R('{{inflect 17 "visit" "visits" false}}|[{{inflect Nope "a" "b"}}]'))
+  end)
+
+  it('md5, sha256 and sha512 print the hex digest of the text', function()
+    assert.are.equal('5d41402abc4b2a76b9719d911017c592', R('{{md5 "hello"}}'))
+    assert.are.equal('2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824', R('{{sha256 Attributes.w}}',
+      { Attributes = { w = { 'hello' } } }))
+    assert.are.equal('cf83e1357eefb8bdf1542850d66d8007d620e4050b5715dc83f4a921d36ce9ce'
+      .. '47d0d13c5d85f2b0ff8318d2877eec2f63b931bd47417a81a538327af927da3e', R('{{sha512 ""}}'))
+    assert.are.equal('d41d8cd98f00b204e9800998ecf8427e', R('{{md5 Nope}}'))
+  end)
+
+  it('uuid prints a new random version 4 UUID each time', function()
+    local a, b = R('{{uuid}}'), R('{{uuid}}')
+    local shape = '^%x%x%x%x%x%x%x%x%-%x%x%x%x%-4%x%x%x%-[89ab]%x%x%x%-%x%x%x%x%x%x%x%x%x%x%x%x$'
+    assert.matches(shape, a)
+    assert.matches(shape, b)
+    assert.are_not.equal(a, b)
+    assert.are.equal(a:lower(), a)
+  end)
+end)
+
 describe('template substitutions', function()
   local t = assert(template.compile('{{FirstName}}|{{User.UserAttributes.FirstName.[0]}}|{{Attributes.plan}}',
     { name = 'subs', escape = false }))
