@@ -5,9 +5,10 @@
  * Supported: {{path}} (HTML-escaped when the template escapes) and {{{path}}} (raw); dotted
  * paths, list indexes `.[0]`, bracketed names `[Last Name]`, `this`, `../`, @index, @first,
  * @last, @key; blocks #if/#unless/#each/#with with {{else}}; the conditional helpers eq, neq,
- * gt, gte, lt, lte, and, or, not (inline, with yes= no=, or as blocks); string, math,
- * encoding and digest helpers and uuid, with key=value arguments; subexpressions; comments
- * {{! }} and {{!-- --}}; whitespace control {{~ ~}}.
+ * gt, gte, lt, lte, and, or, not (inline, with yes= no=, or as blocks); the string, date
+ * (now, dateFormat with Java date patterns), math, encoding and digest helpers and uuid, with
+ * key=value arguments; subexpressions; comments {{! }} and {{!-- --}}; whitespace control
+ * {{~ ~}}. Partials and decorators are not supported.
  *
  * Variable precedence (see herald_template_render): per-message substitutions, then the
  * endpoint, then the template's DefaultSubstitutions.

@@ -450,6 +450,7 @@ static TemplateExpr *parse_call_rest(Parser *p, TemplateExpr *head, int depth, i
       }
       hash[nh].name = arena_strndup(p, p->src + save, i - save);
       if (hash[nh].name == NULL) return NULL;
+      hash[nh].offset = save;
       p->pos = j + 1;
       hash[nh].value = parse_param(p, depth);
       if (hash[nh].value == NULL) return NULL;
@@ -511,6 +512,14 @@ static TemplateExpr *parse_call_rest(Parser *p, TemplateExpr *head, int depth, i
       return NULL;
     }
     memcpy(call->hash, hash, sizeof *hash * (size_t)nh);
+  }
+  if (h->check != NULL) {
+    char why[256];
+    size_t at = call->offset;
+    if (h->check(call, &at, why, sizeof why) != 0) {
+      fail_at(p, at, kHeraldInvalid, "'%s': %s", h->name, why);
+      return NULL;
+    }
   }
   return call;
 }

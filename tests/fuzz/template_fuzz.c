@@ -10,13 +10,15 @@
  * fails with a message naming the template or yields NUL-terminated text within the output
  * limit; rendering the same template again into the reused output gives the same text (helpers'
  * scratch memory and the output buffer carry nothing from one render to the next), unless it
- * may call uuid, which is random by design. Build and run with tools/fuzz. */
+ * may call uuid, which is random by design; the clock is manual so now renders the same. Build
+ * and run with tools/fuzz. */
 #define _GNU_SOURCE /* memmem */
 #include <jansson.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "runtime/clock.h"
 #include "runtime/template.h"
 
 #define NAME "fuzz(v1)"
@@ -40,6 +42,7 @@ static void setup(void) {
       "\"Flags\":{\"on\":true,\"off\":false,\"none\":null}}";
   endpoint = json_loads(text, 0, NULL);
   if (endpoint == NULL) abort();
+  herald_clock_set_manual(1, 1795964645007LL); /* 2026-11-29T15:04:05.007Z */
 }
 
 static void check_message(const HeraldError *err) {

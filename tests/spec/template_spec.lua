@@ -239,7 +239,75 @@ describe('template string and math helpers', function()
   end)
 end)
 
-describe('template digest, id and inflection helpers', function()
+describe('template date, digest and id helpers', function()
+  local clock = require 'herald.core.clock'
+  -- 2026-11-29T15:04:05.007Z, a Sunday
+  local NOW = 1795964645007
+  before_each(function() clock.set_manual(NOW) end)
+  after_each(function() clock.set_manual(nil) end)
+
+  it('resolves every helper Pinpoint documents', function()
+    local names = { 'and', 'eq', 'gt', 'gte', 'if', 'lt', 'lte', 'neq', 'not', 'or', 'abbreviate', 'capitalize',
+      'capitalizeFirst', 'center', 'cut', 'dateFormat', 'inflect', 'join', 'ljust', 'lower', 'now', 'ordinalize',
+      'replace', 'rjust', 'slugify', 'stripTags', 'substring', 'upper', 'yesno', 'add', 'ceiling', 'decode64',
+      'divide', 'encode64', 'floor', 'md5', 'modulo', 'multiply', 'round', 'sha256', 'sha512', 'subtract', 'uuid' }
+    for _, name in ipairs(names) do
+      local t, err = template.compile('{{' .. name .. ' 1 2 3 4 5 6}}')
+      assert.is_nil(err and err:match('unknown helper'), name .. ': ' .. tostring(err))
+    end
+  end)
+
+  it('now prints the clock in ISO 8601, or with a Java pattern or a style, in a zone', function()
+    assert.are.equal('2026-11-29T15:04:05.007Z', R('{{now}}'))
+    assert.are.equal('2026-11-29', R('{{now "yyyy-MM-dd"}}'))
+    assert.are.equal('Sunday, November 29, 2026 3:04:05.007 PM UTC +0000 Z',
+      R('{{now "EEEE, MMMM d, yyyy h:mm:ss.SSS a z Z XXX"}}'))
+    assert.are.equal('Sun Nov 29 26 10 10 10 04 5 7 EST -05 -0500 -05:00',
+      R('{{now "EEE MMM dd yy HH H hh mm s S z X XX XXX" tz="America/New_York"}}'))
+    assert.are.equal('2026-11-29T10:04:05.007-05:00', R('{{now tz="America/New_York"}}'))
+    assert.are.equal('2026-11-29T20:34:05.007+05:30', R('{{now tz="UTC+05:30"}}'))
+    assert.are.equal('Sunday, November 29, 2026|November 29, 2026|Nov 29, 2026|11/29/26',
+      R('{{now "full"}}|{{now "long"}}|{{now "medium"}}|{{now "short"}}'))
+    assert.are.equal("3 o'clock PM, '26", R([[{{now "h 'o''clock' a, ''yy"}}]], nil, nil, { name = 'q', escape = false }))
+    -- the zone from the endpoint; one that is no zone renders nothing
+    assert.are.equal('2026-11-29 15:04 WET', R('{{now "yyyy-MM-dd HH:mm z" tz=Demographic.Timezone}}'))
+    assert.are.equal('[]', R('[{{now tz=Location.City}}]'))
+    assert.are.equal('2026-11-30 00:04', R('{{now "yyyy-MM-dd HH:mm" tz=zone}}', { zone = { 'Asia/Tokyo' } }))
+  end)
+
+  it('dateFormat reads ISO 8601, an inputFormat or milliseconds, and renders nothing for what it cannot read', function()
+    assert.are.equal('2026-11-01T10:00:00.000Z', R('{{dateFormat EffectiveDate}}'))
+    assert.are.equal('Sunday, November 1, 2026', R('{{dateFormat EffectiveDate "full"}}'))
+    assert.are.equal('Nov 1, 2026 10:00', R('{{dateFormat EffectiveDate outputFormat="MMM d, yyyy HH:mm"}}'))
+    -- an instant is shown in the zone; a date without a zone is read in it
+    assert.are.equal('2026-11-01 02:00 PST', R('{{dateFormat "2026-11-01T10:00:00Z" "yyyy-MM-dd HH:mm z" tz="America/Los_Angeles"}}'))
+    assert.are.equal('2026-11-01 00:00 -07:00', R('{{dateFormat "2026-11-01" "yyyy-MM-dd HH:mm XXX" tz="America/Los_Angeles"}}'))
+    assert.are.equal('2026-03-05 09:00 +01:00',
+      R('{{dateFormat "2026-03-05T10:00:00+02:00" "yyyy-MM-dd HH:mm XXX" tz="Europe/Paris"}}'))
+    assert.are.equal('Mar 5, 2026', R('{{dateFormat "03/05/2026" "medium" inputFormat="MM/dd/yyyy"}}'))
+    assert.are.equal('5 Mar 2026', R('{{dateFormat "20260305" "d MMM yyyy" inputFormat="yyyyMMdd"}}'))
+    assert.are.equal('2026-03-05 15:07', R('{{dateFormat "5 march 26 3:07 pm" "yyyy-MM-dd HH:mm" inputFormat="d MMMM yy h:mm a"}}'))
+    assert.are.equal('2026-03-05T09:00:00.000Z',
+      R('{{dateFormat "Thu, 05 Mar 2026 10:00:00 +0100" inputFormat="EEE, dd MMM yyyy HH:mm:ss Z"}}'))
+    assert.are.equal('1970-01-01', R('{{dateFormat 0 "yyyy-MM-dd"}}'))
+    assert.are.equal('July 14', R('{{dateFormat Attributes.birthday "MMMM d"}}', { Attributes = { birthday = { '1990-07-14' } } }))
+    assert.are.equal('[][][][]', R('[{{dateFormat "soon"}}][{{dateFormat "2026-02-30"}}][{{dateFormat Nope}}]'
+      .. '[{{dateFormat "03/05/2026" inputFormat="yyyy-MM-dd"}}]'))
+  end)
+
+  it('refuses a literal date pattern or zone it cannot use, or an unknown argument, when compiling', function()
+    assert.are.equal("welcome(v2): line 1, column 7: 'now': unsupported letter 'Y' in date pattern \"YYYY\" "
+      .. "(supported: y M d H h m s S a E z Z X, or full, long, medium, short; quote literal text as 'text')",
+      compile_error('{{now "YYYY"}}'))
+    assert.are.equal([[welcome(v2): line 1, column 48: 'dateFormat': unterminated quote in date pattern "'at"]],
+      compile_error([[{{dateFormat x inputFormat="yyyy" outputFormat="'at"}}]]))
+    assert.are.equal("welcome(v2): line 1, column 10: 'now': unknown time zone 'Mars/Olympus' (expected a tz database "
+      .. 'name like Europe/Paris or a fixed offset like UTC+05:30)', compile_error('{{now tz="Mars/Olympus"}}'))
+    assert.are.equal("welcome(v2): line 1, column 16: 'dateFormat': unknown argument format= (known: inputFormat=, "
+      .. 'outputFormat=, tz=)', compile_error('{{dateFormat x format="yyyy"}}'))
+    assert.are.equal("welcome(v2): line 1, column 3: 'now' takes 0 to 1 arguments, got 2", compile_error('{{now "a" "b"}}'))
+  end)
+
   it('inflect picks the singular for 1 and the plural otherwise, with the count on request', function()
     assert.are.equal('item|items|items|3 items|1 item|2 items',
       R('{{inflect 1 "item" "items"}}|{{inflect 0 "item" "items"}}|{{inflect 0.5 "item" "items"}}|'
