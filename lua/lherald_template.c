@@ -2,6 +2,7 @@
  *
  * compile(text [, name [, escape]]) -> template | nil, err
  *   template:render([ctx [, substitutions]]) -> text | nil, err
+ *   template:memory() -> bytes the compiled template holds
  * context(table) -> ctx   (an endpoint converted once, to render several templates with)
  * endpoint_context(id [, app]) -> ctx | nil, err   (a stored endpoint, read straight into one)
  *   ctx:json() -> compact JSON text; ctx:table() -> a Lua table
@@ -171,6 +172,24 @@ static json_t *arg_context(lua_State *L, int idx, int *owned, char *why, size_t 
   return j;
 }
 
+/* Raises unless the substitutions argument is nil or a table. Callers check before they own
+ * anything a raise would leak. */
+static void check_substitutions(lua_State *L, int idx) {
+  if (!lua_isnoneornil(L, idx)) luaL_checktype(L, idx, LUA_TTABLE);
+}
+
+/* The substitutions argument (checked by check_substitutions): nil or a table of variable ->
+ * values. It is a map, so an empty table is an empty object (no substitutions), never the
+ * empty list endpoint data would make of it; nested empty tables stay objects too, which add
+ * no variable. NULL with err set when the table cannot be converted; NULL for nil. */
+static json_t *arg_substitutions(lua_State *L, int idx, HeraldError *err) {
+  if (lua_isnoneornil(L, idx)) return NULL;
+  char why[256] = "";
+  json_t *subs = to_json(L, idx, 0, 0, why, sizeof why);
+  if (subs == NULL) herald_error_set(err, kHeraldInvalid, "substitutions: %s", why[0] ? why : "out of memory");
+  return subs;
+}
+
 static HeraldTemplateOutput *output(lua_State *L) {
   lua_getfield(L, LUA_REGISTRYINDEX, OUTPUT_KEY);
   HeraldTemplateOutput *out = lua_touserdata(L, -1);
@@ -204,19 +223,16 @@ static int template_gc(lua_State *L) {
 static int template_render(lua_State *L) {
   TemplateBox *box = luaL_checkudata(L, 1, TEMPLATE_MT);
   luaL_argcheck(L, box->t != NULL, 1, "template is closed");
+  check_substitutions(L, 3);
   char why[256] = "";
   int owned = 0;
   json_t *ctx = arg_context(L, 2, &owned, why, sizeof why);
   if (ctx == NULL && why[0]) return push_fail(L, why);
-  json_t *subs = NULL, *tree = NULL;
+  json_t *tree = NULL;
   HeraldError err = {0};
-  int rc = kHeraldOk;
-  if (!lua_isnoneornil(L, 3)) {
-    luaL_checktype(L, 3, LUA_TTABLE);
-    subs = to_json(L, 3, 0, 1, why, sizeof why);
-    if (subs == NULL) rc = herald_error_set(&err, kHeraldInvalid, "substitutions: %s", why);
-    else rc = herald_template_vars(subs, &tree, &err);
-  }
+  json_t *subs = arg_substitutions(L, 3, &err);
+  int rc = err.code;
+  if (rc == kHeraldOk) rc = herald_template_vars(subs, &tree, &err);
   HeraldTemplateOutput *out = output(L);
   if (rc == kHeraldOk) rc = herald_template_render(box->t, ctx, tree, NULL, out, &err);
   json_decref(subs);
@@ -231,6 +247,14 @@ static int template_name(lua_State *L) {
   TemplateBox *box = luaL_checkudata(L, 1, TEMPLATE_MT);
   luaL_argcheck(L, box->t != NULL, 1, "template is closed");
   lua_pushstring(L, herald_template_name(box->t));
+  return 1;
+}
+
+/* template:memory() -> bytes the compiled template holds */
+static int template_memory(lua_State *L) {
+  TemplateBox *box = luaL_checkudata(L, 1, TEMPLATE_MT);
+  luaL_argcheck(L, box->t != NULL, 1, "template is closed");
+  lua_pushinteger(L, (lua_Integer)herald_template_memory(box->t));
   return 1;
 }
 
@@ -434,6 +458,7 @@ static int l_render(lua_State *L) {
   const char *name = luaL_checkstring(L, 1);
   const char *type = luaL_checkstring(L, 2);
   int version = (int)luaL_optinteger(L, 4, 0);
+  check_substitutions(L, 5);
   HeraldError err = {0};
   HeraldTemplateParts *parts = cached_parts(L, name, type, version, &err);
   if (parts == NULL) return push_fail(L, err.msg);
@@ -441,13 +466,8 @@ static int l_render(lua_State *L) {
   int owned = 0;
   json_t *ctx = arg_context(L, 3, &owned, why, sizeof why);
   if (ctx == NULL && why[0]) return push_fail(L, why);
-  json_t *subs = NULL;
-  int rc = kHeraldOk;
-  if (!lua_isnoneornil(L, 5)) {
-    luaL_checktype(L, 5, LUA_TTABLE);
-    subs = to_json(L, 5, 0, 1, why, sizeof why);
-    if (subs == NULL) rc = herald_error_set(&err, kHeraldInvalid, "substitutions: %s", why);
-  }
+  json_t *subs = arg_substitutions(L, 5, &err);
+  int rc = err.code;
   json_t *rendered = NULL;
   if (rc == kHeraldOk) rc = herald_template_store_render(parts, ctx, subs, output(L), &rendered, &err);
   json_decref(subs);
@@ -460,7 +480,7 @@ static int l_render(lua_State *L) {
 
 int luaopen_herald_core_template(lua_State *L) {
   static const luaL_Reg template_methods[] = {
-    {"render", template_render}, {"name", template_name}, {NULL, NULL},
+    {"render", template_render}, {"name", template_name}, {"memory", template_memory}, {NULL, NULL},
   };
   if (luaL_newmetatable(L, TEMPLATE_MT)) {
     lua_pushcfunction(L, template_gc);

@@ -5,15 +5,18 @@
  * Supported: {{path}} (HTML-escaped when the template escapes) and {{{path}}} (raw); dotted
  * paths, list indexes `.[0]`, bracketed names `[Last Name]`, `this`, `../`, @index, @first,
  * @last, @key; blocks #if/#unless/#each/#with with {{else}}; the conditional helpers eq, neq,
- * gt, gte, lt, lte, and, or, not (inline, with yes= no=, or as blocks); string and math
- * helpers; subexpressions; comments {{! }} and {{!-- --}}; whitespace control {{~ ~}}.
+ * gt, gte, lt, lte, and, or, not (inline, with yes= no=, or as blocks); the string, date
+ * (now, dateFormat with Java date patterns), math, encoding and digest helpers and uuid, with
+ * key=value arguments; subexpressions; comments {{! }} and {{!-- --}}; whitespace control
+ * {{~ ~}}. Partials and decorators are not supported.
  *
  * Variable precedence (see herald_template_render): per-message substitutions, then the
  * endpoint, then the template's DefaultSubstitutions.
  *
  * Hostile input is bounded: template size, block and subexpression nesting, each-items (15,
  * as Pinpoint), rendering steps, helper scratch memory and output size all have limits that
- * fail with kHeraldLimit and a message naming the template. */
+ * fail with kHeraldLimit and a message naming the template and the line and column of the tag
+ * (or helper call) that passed the limit. */
 #ifndef HERALD_TEMPLATE_H
 #define HERALD_TEMPLATE_H
 
@@ -50,11 +53,19 @@ int herald_template_compile(const char *name, const char *text, size_t len, int 
 void herald_template_free(HeraldTemplate *t);
 const char *herald_template_name(const HeraldTemplate *t);
 
+/* Bytes a compiled template holds (its copy of the source and its node tree): what keeping it
+ * in a cache costs. It grows linearly with the source. */
+size_t herald_template_memory(const HeraldTemplate *t);
+
 /* Turns a substitution map into a lookup tree: keys are variable paths in template syntax
  * ("FirstName", "User.UserAttributes.[Last Name]"), values are strings, numbers or lists of
  * them (Pinpoint's map<string, list<string>>), or nested objects (DefaultSubstitutions may be
- * written {"Attributes": {"Plan": "free"}}). Scalars become one-element lists, so `{{X}}` and
- * `{{X.[0]}}` both read them. *out is a new reference; NULL map gives NULL. */
+ * written {"Attributes": {"Plan": "free"}}). Scalars stay scalars, so false, 0 and "" are
+ * falsy in #if as they are on an endpoint (Handlebars' rule), while a list of one value is a
+ * list, truthy as on an endpoint. Both `{{X}}` and `{{X.[0]}}` read a scalar: the renderer reads
+ * an index 0 past a scalar of these trees as the scalar itself, so templates written for
+ * Pinpoint's list attributes take single-value defaults. *out is a new reference; NULL map
+ * gives NULL. */
 int herald_template_vars(const json_t *map, json_t **out, HeraldError *err);
 
 /* Renders t into out (replacing its text). ctx is the endpoint (or any object); subs and

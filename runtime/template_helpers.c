@@ -1,4 +1,5 @@
-/* The helpers Pinpoint documents for message templates (a subset; see template.h).
+/* The helpers Pinpoint documents for message templates: conditionals, string, date, math,
+ * encoding and digest helpers, and uuid (the date patterns are in template_date.c).
  *
  * Semantics follow Pinpoint's Handlebars helpers. Where a strict reading would make real
  * templates fail quietly we are lenient, and say so here:
@@ -8,11 +9,16 @@
  * - math helpers read numeric strings; a value that is not a number, or a division by zero,
  *   renders nothing, like a missing variable;
  * - string helpers work on bytes for ASCII case changes and on UTF-8 characters for widths
- *   and positions. */
+ *   and positions;
+ * - date helpers render nothing for a date they cannot read or a zone that does not exist,
+ *   while a literal pattern or zone they cannot use is refused when the template compiles. */
 #include <ctype.h>
 #include <math.h>
+#include <openssl/evp.h>
+#include <openssl/rand.h>
 #include <string.h>
 
+#include "runtime/clock.h"
 #include "runtime/template_internal.h"
 #include "runtime/utf8.h"
 
@@ -368,22 +374,6 @@ static int h_replace(TemplateRender *r, const TemplateExpr *c, const TemplateVal
   return replace_all(r, s, len, t, tlen, rep, rlen, out);
 }
 
-static int buf_add(TemplateRender *r, char **buf, size_t *len, size_t *cap, const char *s, size_t n) {
-  if (n == 0) return 0;
-  if (*len + n > *cap) {
-    size_t ncap = *cap ? *cap * 2 : 64;
-    while (ncap < *len + n) ncap *= 2;
-    char *nb = template_scratch(r, ncap);
-    if (nb == NULL) return -1;
-    if (*len) memcpy(nb, *buf, *len);
-    *buf = nb;
-    *cap = ncap;
-  }
-  memcpy(*buf + *len, s, n);
-  *len += n;
-  return 0;
-}
-
 /* join list sep, or join a b c ... sep; prefix= and suffix= wrap the result. */
 static int h_join(TemplateRender *r, const TemplateExpr *c, const TemplateValue *p, int n, TemplateValue *out) {
   const char *sep;
@@ -395,25 +385,25 @@ static int h_join(TemplateRender *r, const TemplateExpr *c, const TemplateValue 
   size_t len = 0, cap = 0;
   const char *s;
   size_t sl;
-  if (text_of(r, &pre, &s, &sl) != 0 || buf_add(r, &buf, &len, &cap, s, sl) != 0) return -1;
+  if (text_of(r, &pre, &s, &sl) != 0 || template_text_append(r, &buf, &len, &cap, s, sl) != 0) return -1;
   int first = 1;
   for (int i = 0; i < n - 1; i++) {
     if (p[i].kind == kValArray) {
       for (size_t k = 0; k < json_array_size(p[i].j); k++) {
         TemplateValue item;
         template_value_from_json(json_array_get(p[i].j, k), &item);
-        if (!first && buf_add(r, &buf, &len, &cap, sep, slen) != 0) return -1;
-        if (text_of(r, &item, &s, &sl) != 0 || buf_add(r, &buf, &len, &cap, s, sl) != 0) return -1;
+        if (!first && template_text_append(r, &buf, &len, &cap, sep, slen) != 0) return -1;
+        if (text_of(r, &item, &s, &sl) != 0 || template_text_append(r, &buf, &len, &cap, s, sl) != 0) return -1;
         first = 0;
       }
       continue;
     }
     if (p[i].kind == kValMissing || p[i].kind == kValNull) continue;
-    if (!first && buf_add(r, &buf, &len, &cap, sep, slen) != 0) return -1;
-    if (text_of(r, &p[i], &s, &sl) != 0 || buf_add(r, &buf, &len, &cap, s, sl) != 0) return -1;
+    if (!first && template_text_append(r, &buf, &len, &cap, sep, slen) != 0) return -1;
+    if (text_of(r, &p[i], &s, &sl) != 0 || template_text_append(r, &buf, &len, &cap, s, sl) != 0) return -1;
     first = 0;
   }
-  if (text_of(r, &suf, &s, &sl) != 0 || buf_add(r, &buf, &len, &cap, s, sl) != 0) return -1;
+  if (text_of(r, &suf, &s, &sl) != 0 || template_text_append(r, &buf, &len, &cap, s, sl) != 0) return -1;
   set_string(out, buf ? buf : "", len);
   return 0;
 }
@@ -486,6 +476,12 @@ static int h_substring(TemplateRender *r, const TemplateExpr *c, const TemplateV
   return 0;
 }
 
+/* A flag argument: truthy, except the text "false" (attributes are text). */
+static int is_yes(const TemplateValue *pv) {
+  TemplateValue v = unwrap(pv);
+  return template_value_truthy(&v) && !(v.kind == kValString && v.len == 5 && memcmp(v.s, "false", 5) == 0);
+}
+
 /* yesno value yes= no= maybe=: true, false, or missing/null. */
 static int h_yesno(TemplateRender *r, const TemplateExpr *c, const TemplateValue *p, int n, TemplateValue *out) {
   TemplateValue v = unwrap(&p[0]);
@@ -493,7 +489,7 @@ static int h_yesno(TemplateRender *r, const TemplateExpr *c, const TemplateValue
   if (v.kind == kValMissing || v.kind == kValNull) {
     name = "maybe";
     fallback = "maybe";
-  } else if (template_value_truthy(&v) && !(v.kind == kValString && v.len == 5 && memcmp(v.s, "false", 5) == 0)) {
+  } else if (is_yes(&v)) {
     name = "yes";
     fallback = "yes";
   } else {
@@ -578,6 +574,248 @@ static int h_decode64(TemplateRender *r, const TemplateExpr *c, const TemplateVa
   return 0;
 }
 
+/* The positional argument at index i, or else the hash argument name. */
+static int arg(TemplateRender *r, const TemplateExpr *c, const TemplateValue *p, int n, int i,
+               const char *name, TemplateValue *out) {
+  if (i < n) {
+    *out = p[i];
+    return 0;
+  }
+  return template_hash_get(r, c, name, out);
+}
+
+/* inflect count singular plural [includeCount] (or singular=, plural=, includeCount=): the
+ * plural unless count is 1, after the count and a space with includeCount. handlebars-helpers,
+ * where Pinpoint's helper comes from, takes the singular for every count below 1 but 0 ("-2
+ * item", "0.5 mile"); we follow English, as for 0 ("0.5 miles"). A count that is not a number
+ * renders nothing, as the math helpers do. */
+static int h_inflect(TemplateRender *r, const TemplateExpr *c, const TemplateValue *p, int n,
+                     TemplateValue *out) {
+  TemplateValue singular, plural, with_count;
+  double count;
+  if (!template_value_number(&p[0], &count)) return 0;
+  if (arg(r, c, p, n, 1, "singular", &singular) != 0 || arg(r, c, p, n, 2, "plural", &plural) != 0 ||
+      arg(r, c, p, n, 3, "includeCount", &with_count) != 0)
+    return -1;
+  const char *word, *num;
+  size_t wlen, nlen;
+  if (text_of(r, count == 1 ? &singular : &plural, &word, &wlen) != 0) return -1;
+  if (!is_yes(&with_count)) {
+    set_string(out, word, wlen);
+    return 0;
+  }
+  char *buf = NULL;
+  size_t len = 0, cap = 0;
+  if (text_of(r, &p[0], &num, &nlen) != 0 || template_text_append(r, &buf, &len, &cap, num, nlen) != 0 ||
+      template_text_append(r, &buf, &len, &cap, " ", 1) != 0 ||
+      template_text_append(r, &buf, &len, &cap, word, wlen) != 0)
+    return -1;
+  set_string(out, buf, len);
+  return 0;
+}
+
+/* ---- dates ---- */
+
+/* What now and dateFormat print when given no format: ISO 8601 with milliseconds and the
+ * zone's offset, Z in UTC (2026-11-29T15:04:05.000Z), the form herald writes dates in. */
+#define DEFAULT_DATE_PATTERN "yyyy-MM-dd'T'HH:mm:ss.SSSXXX"
+
+/* The zone tz= names, UTC when it names none. *tz is NULL for a name that is no zone: the
+ * helper then renders nothing, as for a missing value, rather than a time in the wrong zone. */
+static int zone_arg(TemplateRender *r, const TemplateExpr *c, const HeraldTz **tz) {
+  TemplateValue v;
+  const char *s;
+  size_t len;
+  if (template_hash_get(r, c, "tz", &v) != 0 || text_of(r, &v, &s, &len) != 0) return -1;
+  if (len == 0) {
+    s = "UTC";
+    len = 3;
+  }
+  char name[128];
+  *tz = NULL;
+  if (len >= sizeof name || memchr(s, '\0', len) != NULL) return 0;
+  memcpy(name, s, len);
+  name[len] = '\0';
+  HeraldError err;
+  *tz = herald_tz_get(name, &err);
+  return 0;
+}
+
+/* A pattern argument: the default when missing or empty. */
+static int pattern_arg(TemplateRender *r, const TemplateValue *v, const char **pat, size_t *len) {
+  if (text_of(r, v, pat, len) != 0) return -1;
+  if (*len == 0) {
+    *pat = DEFAULT_DATE_PATTERN;
+    *len = strlen(DEFAULT_DATE_PATTERN);
+  }
+  return 0;
+}
+
+/* now [format] [tz=]: herald's clock (the manual one under test), in the zone. */
+static int h_now(TemplateRender *r, const TemplateExpr *c, const TemplateValue *p, int n, TemplateValue *out) {
+  const HeraldTz *tz;
+  const char *pat;
+  size_t plen;
+  TemplateValue none = {0};
+  if (zone_arg(r, c, &tz) != 0 || pattern_arg(r, n > 0 ? &p[0] : &none, &pat, &plen) != 0) return -1;
+  if (tz == NULL) return 0;
+  return template_date_format(r, herald_clock_now_ms(), tz, pat, plen, out);
+}
+
+/* Reads the date dateFormat formats: ISO 8601 (2026-11-29, 2026-11-29T15:04:05.000Z, with an
+ * offset or none), or text matching inputFormat, or a number of milliseconds since the epoch. */
+static int read_date(TemplateRender *r, const TemplateValue *pv, const TemplateValue *input,
+                     const HeraldTz *tz, int64_t *ms) {
+  TemplateValue v = unwrap(pv);
+  if (v.kind == kValNumber) {
+    if (!(v.n >= (double)HERALD_TZ_MIN_MS && v.n <= (double)HERALD_TZ_MAX_MS)) return -1;
+    *ms = (int64_t)floor(v.n);
+    return 0;
+  }
+  if (v.kind != kValString) return -1;
+  const char *pat;
+  size_t plen;
+  if (text_of(r, input, &pat, &plen) != 0) return -1;
+  if (plen > 0) return template_date_parse(v.s, v.len, pat, plen, tz, herald_clock_now_ms(), ms);
+  char text[64];
+  if (v.len >= sizeof text || memchr(v.s, '\0', v.len) != NULL) return -1;
+  memcpy(text, v.s, v.len);
+  text[v.len] = '\0';
+  HeraldIsoTime iso;
+  HeraldError err;
+  if (herald_tz_parse_iso(text, &iso, &err) != kHeraldOk) return -1;
+  *ms = iso.has_offset ? herald_tz_wall_ms(&iso.wall) - (int64_t)iso.offset_s * 1000
+                       : herald_tz_to_utc(tz, &iso.wall, NULL);
+  return 0;
+}
+
+/* dateFormat date [outputFormat] [outputFormat=] [inputFormat=] [tz=]: the date in the zone,
+ * as outputFormat formats it. A date without a zone of its own is read in that zone too, so
+ * "2026-11-29" stays the 29th wherever it is shown. A date that cannot be read (or a zone that
+ * is none) renders nothing, as Pinpoint omits the text of a missing value: one endpoint's
+ * malformed attribute must not fail the message for everyone. */
+static int h_date_format(TemplateRender *r, const TemplateExpr *c, const TemplateValue *p, int n,
+                         TemplateValue *out) {
+  const HeraldTz *tz;
+  TemplateValue output, input;
+  const char *pat;
+  size_t plen;
+  if (zone_arg(r, c, &tz) != 0 || arg(r, c, p, n, 1, "outputFormat", &output) != 0 ||
+      template_hash_get(r, c, "inputFormat", &input) != 0 || pattern_arg(r, &output, &pat, &plen) != 0)
+    return -1;
+  int64_t ms;
+  if (tz == NULL || read_date(r, &p[0], &input, tz, &ms) != 0) return 0;
+  return template_date_format(r, ms, tz, pat, plen, out);
+}
+
+static const TemplateExpr *hash_expr(const TemplateExpr *c, const char *name) {
+  for (int i = 0; i < c->nhash; i++)
+    if (strcmp(c->hash[i].name, name) == 0) return c->hash[i].value;
+  return NULL;
+}
+
+static int is_text_literal(const TemplateExpr *e) {
+  return e != NULL && e->kind == kExprLiteral && e->lit.kind == kValString && e->lit.len > 0;
+}
+
+/* Compile-time checks of the date helpers: known hash names, and literal patterns and zones. */
+static int check_date_call(const TemplateExpr *c, const char *const *names, const char *known,
+                           const TemplateExpr *pattern, size_t *offset, char *why, size_t whylen) {
+  for (int i = 0; i < c->nhash; i++) {
+    const char *const *k = names;
+    while (*k != NULL && strcmp(*k, c->hash[i].name) != 0) k++;
+    if (*k == NULL) {
+      *offset = c->hash[i].offset;
+      snprintf(why, whylen, "unknown argument %s= (known: %s)", c->hash[i].name, known);
+      return -1;
+    }
+  }
+  const TemplateExpr *patterns[] = {pattern, hash_expr(c, "outputFormat"), hash_expr(c, "inputFormat")};
+  for (size_t i = 0; i < sizeof patterns / sizeof patterns[0]; i++) {
+    if (!is_text_literal(patterns[i])) continue;
+    if (template_date_check_pattern(patterns[i]->lit.s, patterns[i]->lit.len, why, whylen) != 0) {
+      *offset = patterns[i]->offset;
+      return -1;
+    }
+  }
+  const TemplateExpr *zone = hash_expr(c, "tz");
+  if (is_text_literal(zone)) {
+    HeraldError err = {0};
+    if (zone->lit.len >= 128 || memchr(zone->lit.s, '\0', zone->lit.len) != NULL ||
+        herald_tz_get(zone->lit.s, &err) == NULL) {
+      *offset = zone->offset;
+      snprintf(why, whylen, "%s", err.code != kHeraldOk ? err.msg : "unknown time zone");
+      return -1;
+    }
+  }
+  return 0;
+}
+
+static int check_now(const TemplateExpr *c, size_t *offset, char *why, size_t whylen) {
+  static const char *const names[] = {"tz", NULL};
+  return check_date_call(c, names, "tz=", c->nparams > 0 ? c->params[0] : NULL, offset, why, whylen);
+}
+
+static int check_date_format(const TemplateExpr *c, size_t *offset, char *why, size_t whylen) {
+  static const char *const names[] = {"inputFormat", "outputFormat", "tz", NULL};
+  return check_date_call(c, names, "inputFormat=, outputFormat=, tz=", c->nparams > 1 ? c->params[1] : NULL,
+                         offset, why, whylen);
+}
+
+/* ---- digests and ids ---- */
+
+/* The digest of the text's bytes in lowercase hex. */
+static int digest_hex(TemplateRender *r, const TemplateValue *v, const EVP_MD *md, TemplateValue *out) {
+  const char *s;
+  size_t len;
+  if (text_of(r, v, &s, &len) != 0) return -1;
+  unsigned char d[EVP_MAX_MD_SIZE];
+  unsigned int dlen = 0;
+  if (md == NULL || EVP_Digest(s, len, d, &dlen, md, NULL) != 1)
+    return template_render_fail(r, r->at, kHeraldInvalid, "OpenSSL could not compute the digest");
+  char *hex = template_scratch(r, (size_t)dlen * 2);
+  if (hex == NULL) return -1;
+  static const char digits[] = "0123456789abcdef";
+  for (unsigned int i = 0; i < dlen; i++) {
+    hex[2 * i] = digits[d[i] >> 4];
+    hex[2 * i + 1] = digits[d[i] & 15];
+  }
+  set_string(out, hex, (size_t)dlen * 2);
+  return 0;
+}
+
+static int h_md5(TemplateRender *r, const TemplateExpr *c, const TemplateValue *p, int n, TemplateValue *out) {
+  return digest_hex(r, &p[0], EVP_md5(), out);
+}
+
+static int h_sha256(TemplateRender *r, const TemplateExpr *c, const TemplateValue *p, int n, TemplateValue *out) {
+  return digest_hex(r, &p[0], EVP_sha256(), out);
+}
+
+static int h_sha512(TemplateRender *r, const TemplateExpr *c, const TemplateValue *p, int n, TemplateValue *out) {
+  return digest_hex(r, &p[0], EVP_sha512(), out);
+}
+
+/* A random (version 4) UUID, lowercase, 8-4-4-4-12 (RFC 4122). */
+static int h_uuid(TemplateRender *r, const TemplateExpr *c, const TemplateValue *p, int n, TemplateValue *out) {
+  unsigned char b[16];
+  if (RAND_bytes(b, sizeof b) != 1)
+    return template_render_fail(r, r->at, kHeraldIo, "OpenSSL gave no random bytes for a uuid");
+  b[6] = (unsigned char)((b[6] & 0x0F) | 0x40);
+  b[8] = (unsigned char)((b[8] & 0x3F) | 0x80);
+  char *d = template_scratch(r, 36);
+  if (d == NULL) return -1;
+  static const char digits[] = "0123456789abcdef";
+  size_t o = 0;
+  for (int i = 0; i < 16; i++) {
+    if (i == 4 || i == 6 || i == 8 || i == 10) d[o++] = '-';
+    d[o++] = digits[b[i] >> 4];
+    d[o++] = digits[b[i] & 15];
+  }
+  set_string(out, d, o);
+  return 0;
+}
+
 /* ---- math ---- */
 
 static int two_numbers(const TemplateValue *p, double *a, double *b) {
@@ -633,44 +871,51 @@ static int h_round(TemplateRender *r, const TemplateExpr *c, const TemplateValue
   return 0;
 }
 
-/* Sorted by name for bsearch. */
+/* Sorted by name (strcmp order) for bsearch. */
 static const TemplateHelper helpers[] = {
-  {"abbreviate", h_abbreviate, kHelperPlain, 1, 2},
-  {"add", h_add, kHelperPlain, 2, 2},
-  {"and", h_and, kHelperConditional, 1, -1},
-  {"capitalize", h_capitalize, kHelperPlain, 1, 1},
-  {"capitalizeFirst", h_capitalize_first, kHelperPlain, 1, 1},
-  {"ceiling", h_ceiling, kHelperPlain, 1, 1},
-  {"center", h_center, kHelperPlain, 1, 3},
-  {"cut", h_cut, kHelperPlain, 1, 2},
-  {"decode64", h_decode64, kHelperPlain, 1, 1},
-  {"divide", h_divide, kHelperPlain, 2, 2},
-  {"encode64", h_encode64, kHelperPlain, 1, 1},
-  {"eq", h_eq, kHelperConditional, 2, 2},
-  {"floor", h_floor, kHelperPlain, 1, 1},
-  {"gt", h_gt, kHelperConditional, 2, 2},
-  {"gte", h_gte, kHelperConditional, 2, 2},
-  {"if", h_if, kHelperConditional, 1, 1},
-  {"join", h_join, kHelperPlain, 2, -1},
-  {"ljust", h_ljust, kHelperPlain, 1, 3},
-  {"lower", h_lower, kHelperPlain, 1, 1},
-  {"lt", h_lt, kHelperConditional, 2, 2},
-  {"lte", h_lte, kHelperConditional, 2, 2},
-  {"modulo", h_modulo, kHelperPlain, 2, 2},
-  {"multiply", h_multiply, kHelperPlain, 2, 2},
-  {"neq", h_neq, kHelperConditional, 2, 2},
-  {"not", h_not, kHelperConditional, 1, 1},
-  {"or", h_or, kHelperConditional, 1, -1},
-  {"ordinalize", h_ordinalize, kHelperPlain, 1, 1},
-  {"replace", h_replace, kHelperPlain, 3, 3},
-  {"rjust", h_rjust, kHelperPlain, 1, 3},
-  {"round", h_round, kHelperPlain, 1, 1},
-  {"slugify", h_slugify, kHelperPlain, 1, 1},
-  {"stripTags", h_strip_tags, kHelperPlain, 1, 1},
-  {"substring", h_substring, kHelperPlain, 2, 3},
-  {"subtract", h_subtract, kHelperPlain, 2, 2},
-  {"upper", h_upper, kHelperPlain, 1, 1},
-  {"yesno", h_yesno, kHelperPlain, 1, 1},
+  {"abbreviate", h_abbreviate, kHelperPlain, 1, 2, NULL},
+  {"add", h_add, kHelperPlain, 2, 2, NULL},
+  {"and", h_and, kHelperConditional, 1, -1, NULL},
+  {"capitalize", h_capitalize, kHelperPlain, 1, 1, NULL},
+  {"capitalizeFirst", h_capitalize_first, kHelperPlain, 1, 1, NULL},
+  {"ceiling", h_ceiling, kHelperPlain, 1, 1, NULL},
+  {"center", h_center, kHelperPlain, 1, 3, NULL},
+  {"cut", h_cut, kHelperPlain, 1, 2, NULL},
+  {"dateFormat", h_date_format, kHelperPlain, 1, 2, check_date_format},
+  {"decode64", h_decode64, kHelperPlain, 1, 1, NULL},
+  {"divide", h_divide, kHelperPlain, 2, 2, NULL},
+  {"encode64", h_encode64, kHelperPlain, 1, 1, NULL},
+  {"eq", h_eq, kHelperConditional, 2, 2, NULL},
+  {"floor", h_floor, kHelperPlain, 1, 1, NULL},
+  {"gt", h_gt, kHelperConditional, 2, 2, NULL},
+  {"gte", h_gte, kHelperConditional, 2, 2, NULL},
+  {"if", h_if, kHelperConditional, 1, 1, NULL},
+  {"inflect", h_inflect, kHelperPlain, 1, 4, NULL},
+  {"join", h_join, kHelperPlain, 2, -1, NULL},
+  {"ljust", h_ljust, kHelperPlain, 1, 3, NULL},
+  {"lower", h_lower, kHelperPlain, 1, 1, NULL},
+  {"lt", h_lt, kHelperConditional, 2, 2, NULL},
+  {"lte", h_lte, kHelperConditional, 2, 2, NULL},
+  {"md5", h_md5, kHelperPlain, 1, 1, NULL},
+  {"modulo", h_modulo, kHelperPlain, 2, 2, NULL},
+  {"multiply", h_multiply, kHelperPlain, 2, 2, NULL},
+  {"neq", h_neq, kHelperConditional, 2, 2, NULL},
+  {"not", h_not, kHelperConditional, 1, 1, NULL},
+  {"now", h_now, kHelperPlain, 0, 1, check_now},
+  {"or", h_or, kHelperConditional, 1, -1, NULL},
+  {"ordinalize", h_ordinalize, kHelperPlain, 1, 1, NULL},
+  {"replace", h_replace, kHelperPlain, 3, 3, NULL},
+  {"rjust", h_rjust, kHelperPlain, 1, 3, NULL},
+  {"round", h_round, kHelperPlain, 1, 1, NULL},
+  {"sha256", h_sha256, kHelperPlain, 1, 1, NULL},
+  {"sha512", h_sha512, kHelperPlain, 1, 1, NULL},
+  {"slugify", h_slugify, kHelperPlain, 1, 1, NULL},
+  {"stripTags", h_strip_tags, kHelperPlain, 1, 1, NULL},
+  {"substring", h_substring, kHelperPlain, 2, 3, NULL},
+  {"subtract", h_subtract, kHelperPlain, 2, 2, NULL},
+  {"upper", h_upper, kHelperPlain, 1, 1, NULL},
+  {"uuid", h_uuid, kHelperPlain, 0, 0, NULL},
+  {"yesno", h_yesno, kHelperPlain, 1, 1, NULL},
 };
 
 const TemplateHelper *template_helper_find(const char *name, size_t len) {

@@ -5,8 +5,10 @@
 
 #include <jansson.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "runtime/template.h"
+#include "runtime/tz.h"
 
 typedef enum {
   kValMissing = 0,
@@ -25,6 +27,8 @@ typedef struct {
   const char *s;
   size_t len;
   const json_t *j;
+  int vars;            /* read from substitutions or defaults: a scalar in j reads as a list
+                          of one under .[0] (see herald_template_vars) */
 } TemplateValue;
 
 typedef struct TemplateExpr TemplateExpr;
@@ -33,6 +37,7 @@ typedef struct TemplateRender TemplateRender;
 typedef struct {
   const char *name;
   TemplateExpr *value;
+  size_t offset;       /* of the name, for error messages */
 } TemplateHashArg;
 
 /* A helper computes one value from evaluated arguments. hash values are evaluated lazily via
@@ -45,12 +50,19 @@ typedef enum {
   kHelperConditional,  /* eq, gt, and, ...: usable as a block, or inline with yes=/no= */
 } TemplateHelperKind;
 
+/* Checks a call when the template is compiled, so what would only fail quietly at render time
+ * (a date pattern or time zone given as a literal) is refused with the template: 0, or -1 with
+ * why and *offset (in the source) set. */
+typedef int (*TemplateHelperCheck)(const TemplateExpr *call, size_t *offset, char *why,
+                                   size_t whylen);
+
 typedef struct {
   const char *name;
   TemplateHelperFn fn;
   TemplateHelperKind kind;
   int min_params;
   int max_params;      /* -1: any number */
+  TemplateHelperCheck check;  /* or NULL */
 } TemplateHelper;
 
 typedef enum {
@@ -135,6 +147,8 @@ struct TemplateRender {
   size_t max_out;
   size_t scratch_used;
   long steps;
+  size_t at;           /* source offset of the node or expression being evaluated: where a
+                          limit on output or scratch memory is reported */
   const TemplateFrame *frame;
   int failed;
 };
@@ -152,6 +166,10 @@ int template_hash_get(TemplateRender *r, const TemplateExpr *call, const char *n
  * missing and null print nothing. The text may live in scratch memory. */
 int template_value_text(TemplateRender *r, const TemplateValue *v, const char **s, size_t *len);
 
+/* Appends s to a text built in scratch memory (*buf NULL and *len, *cap 0 to start). */
+int template_text_append(TemplateRender *r, char **buf, size_t *len, size_t *cap, const char *s,
+                         size_t n);
+
 int template_value_truthy(const TemplateValue *v);
 
 /* Reads a number from a number or a numeric string; 0 when it is neither. */
@@ -162,6 +180,18 @@ void template_value_from_json(const json_t *j, TemplateValue *out);
 /* Fails the render at expression e with a message naming the template and position. */
 int template_render_fail(TemplateRender *r, size_t offset, HeraldErrorCode code,
                          const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+
+/* Dates for now and dateFormat (template_date.c). A pattern is a Java SimpleDateFormat
+ * pattern of the letters template_date.c lists, or full, long, medium or short. */
+/* 0, or -1 with why when pat uses what we cannot format. */
+int template_date_check_pattern(const char *pat, size_t len, char *why, size_t whylen);
+/* The instant utc_ms in tz as pat formats it; the text lives in scratch memory. */
+int template_date_format(TemplateRender *r, int64_t utc_ms, const HeraldTz *tz, const char *pat,
+                         size_t len, TemplateValue *out);
+/* Reads s, which must match pat whole, into an instant; a time without a zone is read in tz,
+ * and a two-digit year relative to now_ms. -1 when s does not match or names no real time. */
+int template_date_parse(const char *s, size_t len, const char *pat, size_t plen, const HeraldTz *tz,
+                        int64_t now_ms, int64_t *out);
 
 /* "line L, column C" for a source offset: columns count UTF-8 characters from 1. */
 void template_position(const char *source, size_t len, size_t offset, int *line, int *column);

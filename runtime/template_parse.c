@@ -168,22 +168,31 @@ static int delimiter_at(Parser *p, size_t i) {
   return isspace(c) || c == ')' || c == '}' || c == '~' || c == '=';
 }
 
+/* A quoted literal; \" (or \' in single quotes) stands for the quote. The closing quote is found
+ * first so the arena holds only the literal: sizing the copy by the rest of the source made
+ * every literal cost a copy of what followed it, quadratic in the template's size. */
 static TemplateExpr *parse_string(Parser *p) {
   size_t start = p->pos;
   char quote = p->src[p->pos++];
-  char *buf = arena_alloc(p->t, p->len - p->pos + 1);
+  size_t end = p->pos, n = 0;
+  while (end < p->len && p->src[end] != quote) {
+    if (p->src[end] == '\\' && end + 1 < p->len && p->src[end + 1] == quote) end++;
+    end++;
+    n++;
+  }
+  if (end >= p->len) {
+    fail_at(p, start, kHeraldInvalid, "unterminated string");
+    return NULL;
+  }
+  char *buf = arena_alloc(p->t, n + 1);
   if (buf == NULL) {
     oom(p);
     return NULL;
   }
-  size_t n = 0;
-  while (p->pos < p->len && p->src[p->pos] != quote) {
-    if (p->src[p->pos] == '\\' && p->pos + 1 < p->len && p->src[p->pos + 1] == quote) p->pos++;
+  n = 0;
+  while (p->pos < end) {
+    if (p->src[p->pos] == '\\' && p->src[p->pos + 1] == quote) p->pos++;
     buf[n++] = p->src[p->pos++];
-  }
-  if (p->pos >= p->len) {
-    fail_at(p, start, kHeraldInvalid, "unterminated string");
-    return NULL;
   }
   p->pos++;
   buf[n] = '\0';
@@ -441,6 +450,7 @@ static TemplateExpr *parse_call_rest(Parser *p, TemplateExpr *head, int depth, i
       }
       hash[nh].name = arena_strndup(p, p->src + save, i - save);
       if (hash[nh].name == NULL) return NULL;
+      hash[nh].offset = save;
       p->pos = j + 1;
       hash[nh].value = parse_param(p, depth);
       if (hash[nh].value == NULL) return NULL;
@@ -502,6 +512,14 @@ static TemplateExpr *parse_call_rest(Parser *p, TemplateExpr *head, int depth, i
       return NULL;
     }
     memcpy(call->hash, hash, sizeof *hash * (size_t)nh);
+  }
+  if (h->check != NULL) {
+    char why[256];
+    size_t at = call->offset;
+    if (h->check(call, &at, why, sizeof why) != 0) {
+      fail_at(p, at, kHeraldInvalid, "'%s': %s", h->name, why);
+      return NULL;
+    }
   }
   return call;
 }
@@ -867,3 +885,9 @@ void herald_template_free(HeraldTemplate *t) {
 }
 
 const char *herald_template_name(const HeraldTemplate *t) { return t->name; }
+
+size_t herald_template_memory(const HeraldTemplate *t) {
+  size_t n = sizeof *t + strlen(t->name) + 1 + t->source_len + 1;
+  for (const TemplateArenaChunk *c = t->arena; c != NULL; c = c->next) n += sizeof *c + c->cap;
+  return n;
+}

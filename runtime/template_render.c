@@ -38,7 +38,7 @@ int template_render_fail(TemplateRender *r, size_t offset, HeraldErrorCode code,
 char *template_scratch(TemplateRender *r, size_t n) {
   size_t limit = r->max_out * 2;
   if (n > limit || r->scratch_used > limit - n) {
-    template_render_fail(r, 0, kHeraldLimit, "helpers built more than %zu bytes of text", limit);
+    template_render_fail(r, r->at, kHeraldLimit, "helpers built more than %zu bytes of text", limit);
     return NULL;
   }
   HeraldTemplateScratchChunk *c = r->out->scratch;
@@ -49,7 +49,7 @@ char *template_scratch(TemplateRender *r, size_t n) {
     size_t cap = n > SCRATCH_CHUNK ? n : SCRATCH_CHUNK;
     c = malloc(sizeof *c + cap);
     if (c == NULL) {
-      template_render_fail(r, 0, kHeraldNoMemory, "out of memory");
+      template_render_fail(r, r->at, kHeraldNoMemory, "out of memory");
       return NULL;
     }
     c->cap = cap;
@@ -78,12 +78,12 @@ void herald_template_output_free(HeraldTemplateOutput *out) {
 static int out_reserve(TemplateRender *r, size_t n) {
   HeraldTemplateOutput *o = r->out;
   if (n > r->max_out || o->len > r->max_out - n)
-    return template_render_fail(r, 0, kHeraldLimit, "output exceeds %zu bytes", r->max_out);
+    return template_render_fail(r, r->at, kHeraldLimit, "output exceeds %zu bytes", r->max_out);
   if (o->len + n + 1 <= o->cap) return 0;
   size_t cap = o->cap ? o->cap : 4096;
   while (cap < o->len + n + 1) cap *= 2;
   char *d = realloc(o->data, cap);
-  if (d == NULL) return template_render_fail(r, 0, kHeraldNoMemory, "out of memory");
+  if (d == NULL) return template_render_fail(r, r->at, kHeraldNoMemory, "out of memory");
   o->data = d;
   o->cap = cap;
   return 0;
@@ -188,8 +188,8 @@ static size_t format_number(double d, char *buf, size_t size) {
 static int json_text_append(TemplateRender *r, const json_t *j, char **buf, size_t *len,
                             size_t *cap, int depth);
 
-static int text_grow(TemplateRender *r, char **buf, size_t *len, size_t *cap, const char *s,
-                     size_t n) {
+int template_text_append(TemplateRender *r, char **buf, size_t *len, size_t *cap, const char *s,
+                         size_t n) {
   if (n == 0) return 0;
   if (*len + n > *cap) {
     size_t ncap = *cap ? *cap * 2 : 64;
@@ -210,20 +210,20 @@ static int json_text_append(TemplateRender *r, const json_t *j, char **buf, size
                             size_t *cap, int depth) {
   char num[64];
   switch (json_typeof(j)) {
-    case JSON_STRING: return text_grow(r, buf, len, cap, json_string_value(j), json_string_length(j));
+    case JSON_STRING: return template_text_append(r, buf, len, cap, json_string_value(j), json_string_length(j));
     case JSON_INTEGER:
     case JSON_REAL: {
       size_t n = format_number(json_number_value(j), num, sizeof num);
-      return text_grow(r, buf, len, cap, num, n);
+      return template_text_append(r, buf, len, cap, num, n);
     }
-    case JSON_TRUE: return text_grow(r, buf, len, cap, "true", 4);
-    case JSON_FALSE: return text_grow(r, buf, len, cap, "false", 5);
+    case JSON_TRUE: return template_text_append(r, buf, len, cap, "true", 4);
+    case JSON_FALSE: return template_text_append(r, buf, len, cap, "false", 5);
     case JSON_NULL: return 0;
-    case JSON_OBJECT: return text_grow(r, buf, len, cap, "[object Object]", 15);
+    case JSON_OBJECT: return template_text_append(r, buf, len, cap, "[object Object]", 15);
     case JSON_ARRAY: {
       if (depth >= HERALD_TEMPLATE_MAX_DEPTH) return 0;
       for (size_t i = 0; i < json_array_size(j); i++) {
-        if (i > 0 && text_grow(r, buf, len, cap, ",", 1) != 0) return -1;
+        if (i > 0 && template_text_append(r, buf, len, cap, ",", 1) != 0) return -1;
         if (json_text_append(r, json_array_get(j, i), buf, len, cap, depth + 1) != 0) return -1;
       }
       return 0;
@@ -272,14 +272,20 @@ int template_value_text(TemplateRender *r, const TemplateValue *v, const char **
 }
 
 static int step(TemplateRender *r, size_t offset) {
+  r->at = offset;
   if (++r->steps > HERALD_TEMPLATE_MAX_STEPS)
     return template_render_fail(r, offset, kHeraldLimit, "rendering took more than %ld steps",
                                 HERALD_TEMPLATE_MAX_STEPS);
   return 0;
 }
 
-static const json_t *walk(const json_t *j, const TemplatePathSeg *segs, int nsegs, TemplateValue *len_out) {
+/* Follows segs from j. With vars (j is a substitution tree), an index 0 that ends the path
+ * reads a scalar as itself, as if it were the list of one value Pinpoint's attributes are. */
+static const json_t *walk(const json_t *j, const TemplatePathSeg *segs, int nsegs, int vars,
+                          TemplateValue *len_out) {
   for (int i = 0; i < nsegs && j != NULL; i++) {
+    if (vars && i == nsegs - 1 && segs[i].index == 0 && !json_is_object(j) && !json_is_array(j))
+      return j;
     if (json_is_object(j)) {
       j = json_object_get(j, segs[i].text);
     } else if (json_is_array(j)) {
@@ -315,21 +321,26 @@ static void lookup_root(TemplateRender *r, const TemplateExpr *e, TemplateValue 
   memset(v, 0, sizeof *v);
   for (int i = 0; i < 3; i++) {
     if (layers[i] == NULL) continue;
+    int vars = layers[i] != r->ctx;
     TemplateValue len = {0};
-    const json_t *j = walk(layers[i], e->segs, e->nsegs, &len);
+    const json_t *j = walk(layers[i], e->segs, e->nsegs, vars, &len);
     if (len.kind == kValNumber) {
       *v = len;
       return;
     }
     if (!present(j)) continue;
-    if (json_is_object(j) && layers[i] != r->ctx) {
+    if (json_is_object(j) && vars) {
       if (object == NULL) object = j;
       continue;
     }
     template_value_from_json(j, v);
+    v->vars = vars;
     return;
   }
-  if (object != NULL) template_value_from_json(object, v);
+  if (object != NULL) {
+    template_value_from_json(object, v);
+    v->vars = 1;
+  }
 }
 
 static void lookup_path(TemplateRender *r, const TemplateExpr *e, TemplateValue *v) {
@@ -369,9 +380,13 @@ static void lookup_path(TemplateRender *r, const TemplateExpr *e, TemplateValue 
   }
   if (f->self.kind != kValObject && f->self.kind != kValArray) return;
   TemplateValue len = {0};
-  const json_t *j = walk(f->self.j, e->segs, e->nsegs, &len);
-  if (len.kind == kValNumber) *v = len;
-  else template_value_from_json(j, v);
+  const json_t *j = walk(f->self.j, e->segs, e->nsegs, f->self.vars, &len);
+  if (len.kind == kValNumber) {
+    *v = len;
+    return;
+  }
+  template_value_from_json(j, v);
+  v->vars = f->self.vars;
 }
 
 static int eval(TemplateRender *r, const TemplateExpr *e, TemplateValue *v);
@@ -383,6 +398,7 @@ static int eval_call(TemplateRender *r, const TemplateExpr *e, int as_block, Tem
   for (int i = 0; i < e->nparams; i++)
     if (eval(r, e->params[i], &params[i]) != 0) return -1;
   memset(v, 0, sizeof *v);
+  r->at = e->offset;   /* the arguments moved it; what the helper builds is the call's */
   if (e->helper->fn(r, e, params, e->nparams, v) != 0) return -1;
   if (e->helper->kind == kHelperConditional && !as_block) {
     TemplateValue pick;
@@ -405,8 +421,14 @@ static int eval(TemplateRender *r, const TemplateExpr *e, TemplateValue *v) {
 int template_hash_get(TemplateRender *r, const TemplateExpr *call, const char *name,
                       TemplateValue *out) {
   memset(out, 0, sizeof *out);
-  for (int i = 0; i < call->nhash; i++)
-    if (strcmp(call->hash[i].name, name) == 0) return eval(r, call->hash[i].value, out);
+  for (int i = 0; i < call->nhash; i++) {
+    if (strcmp(call->hash[i].name, name) != 0) continue;
+    /* the helper asking goes on building after this: keep its position for its errors */
+    size_t at = r->at;
+    int rc = eval(r, call->hash[i].value, out);
+    r->at = at;
+    return rc;
+  }
   return 0;
 }
 
@@ -425,6 +447,7 @@ static int render_each(TemplateRender *r, const TemplateNode *n, const TemplateV
   if (v->kind == kValArray) {
     for (size_t i = 0; i < count && rc == 0; i++) {
       template_value_from_json(json_array_get(v->j, i), &f.self);
+      f.self.vars = v->vars;
       f.index = i;
       f.first = i == 0;
       f.last = i + 1 == count;
@@ -439,6 +462,7 @@ static int render_each(TemplateRender *r, const TemplateNode *n, const TemplateV
     json_object_foreach((json_t *)v->j, key, item) {
       if (i >= count || rc != 0) break;
       template_value_from_json(item, &f.self);
+      f.self.vars = v->vars;
       f.index = i;
       f.first = i == 0;
       f.last = i + 1 == count;
@@ -489,7 +513,9 @@ static int render_nodes(TemplateRender *r, const TemplateNode *n) {
         TemplateValue v;
         const char *s;
         size_t len;
-        if (eval(r, n->expr, &v) != 0 || template_value_text(r, &v, &s, &len) != 0) return -1;
+        if (eval(r, n->expr, &v) != 0) return -1;
+        r->at = n->offset;
+        if (template_value_text(r, &v, &s, &len) != 0) return -1;
         if ((r->t->escape && !n->raw ? out_escaped(r, s, len) : out_append(r, s, len)) != 0)
           return -1;
         break;
@@ -581,17 +607,8 @@ static int vars_fill(json_t *tree, const json_t *map, const char *prefix, int de
     else
       snprintf(full, n, "%s", key);
     int rc;
-    if (json_is_object(value)) {
-      rc = vars_fill(tree, value, full, depth + 1, err);
-    } else if (json_is_array(value)) {
-      rc = vars_put(tree, full, value, err);
-    } else {
-      json_t *list = json_array();
-      rc = list == NULL || json_array_append(list, value) != 0
-               ? herald_error_set(err, kHeraldNoMemory, "out of memory")
-               : vars_put(tree, full, list, err);
-      json_decref(list);
-    }
+    if (json_is_object(value)) rc = vars_fill(tree, value, full, depth + 1, err);
+    else rc = vars_put(tree, full, value, err);
     free(full);
     if (rc != kHeraldOk) return rc;
   }

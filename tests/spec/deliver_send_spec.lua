@@ -178,6 +178,18 @@ describe('herald.send', function()
     assert.are.equal('B a@example.com', got[1].body)
     assert.are.equal(got[1].key, got[2].key)
   end)
+
+  it('sends a message whose Substitutions are empty, as Pinpoint accepts them', function()
+    local got = {}
+    local cfg = { profiles = { mine = { type = 'lua', send = function(m) got[#got + 1] = m; return true end } },
+                  channels = { SMS = 'mine' } }
+    local req = json.decode([[{
+      "Addresses": { "+15550000061": { "ChannelType": "SMS", "Substitutions": {} } },
+      "MessageConfiguration": { "SMSMessage": { "Body": "Hello {{Address}}", "Substitutions": {} } } }]])
+    local res = send(req, { providers = cfg })
+    assert.are.equal('SUCCESSFUL', res.Result['+15550000061'].DeliveryStatus, res.Result['+15550000061'].StatusMessage)
+    assert.are.equal('Hello +15550000061', got[1].body)
+  end)
 end)
 
 describe('herald send', function()

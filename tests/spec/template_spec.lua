@@ -239,6 +239,103 @@ describe('template string and math helpers', function()
   end)
 end)
 
+describe('template date, digest and id helpers', function()
+  local clock = require 'herald.core.clock'
+  -- 2026-11-29T15:04:05.007Z, a Sunday
+  local NOW = 1795964645007
+  before_each(function() clock.set_manual(NOW) end)
+  after_each(function() clock.set_manual(nil) end)
+
+  it('resolves every helper Pinpoint documents', function()
+    local names = { 'and', 'eq', 'gt', 'gte', 'if', 'lt', 'lte', 'neq', 'not', 'or', 'abbreviate', 'capitalize',
+      'capitalizeFirst', 'center', 'cut', 'dateFormat', 'inflect', 'join', 'ljust', 'lower', 'now', 'ordinalize',
+      'replace', 'rjust', 'slugify', 'stripTags', 'substring', 'upper', 'yesno', 'add', 'ceiling', 'decode64',
+      'divide', 'encode64', 'floor', 'md5', 'modulo', 'multiply', 'round', 'sha256', 'sha512', 'subtract', 'uuid' }
+    for _, name in ipairs(names) do
+      local t, err = template.compile('{{' .. name .. ' 1 2 3 4 5 6}}')
+      assert.is_nil(err and err:match('unknown helper'), name .. ': ' .. tostring(err))
+    end
+  end)
+
+  it('now prints the clock in ISO 8601, or with a Java pattern or a style, in a zone', function()
+    assert.are.equal('2026-11-29T15:04:05.007Z', R('{{now}}'))
+    assert.are.equal('2026-11-29', R('{{now "yyyy-MM-dd"}}'))
+    assert.are.equal('Sunday, November 29, 2026 3:04:05.007 PM UTC +0000 Z',
+      R('{{now "EEEE, MMMM d, yyyy h:mm:ss.SSS a z Z XXX"}}'))
+    assert.are.equal('Sun Nov 29 26 10 10 10 04 5 7 EST -05 -0500 -05:00',
+      R('{{now "EEE MMM dd yy HH H hh mm s S z X XX XXX" tz="America/New_York"}}'))
+    assert.are.equal('2026-11-29T10:04:05.007-05:00', R('{{now tz="America/New_York"}}'))
+    assert.are.equal('2026-11-29T20:34:05.007+05:30', R('{{now tz="UTC+05:30"}}'))
+    assert.are.equal('Sunday, November 29, 2026|November 29, 2026|Nov 29, 2026|11/29/26',
+      R('{{now "full"}}|{{now "long"}}|{{now "medium"}}|{{now "short"}}'))
+    assert.are.equal("3 o'clock PM, '26", R([[{{now "h 'o''clock' a, ''yy"}}]], nil, nil, { name = 'q', escape = false }))
+    -- the zone from the endpoint; one that is no zone renders nothing
+    assert.are.equal('2026-11-29 15:04 WET', R('{{now "yyyy-MM-dd HH:mm z" tz=Demographic.Timezone}}'))
+    assert.are.equal('[]', R('[{{now tz=Location.City}}]'))
+    assert.are.equal('2026-11-30 00:04', R('{{now "yyyy-MM-dd HH:mm" tz=zone}}', { zone = { 'Asia/Tokyo' } }))
+  end)
+
+  it('dateFormat reads ISO 8601, an inputFormat or milliseconds, and renders nothing for what it cannot read', function()
+    assert.are.equal('2026-11-01T10:00:00.000Z', R('{{dateFormat EffectiveDate}}'))
+    assert.are.equal('Sunday, November 1, 2026', R('{{dateFormat EffectiveDate "full"}}'))
+    assert.are.equal('Nov 1, 2026 10:00', R('{{dateFormat EffectiveDate outputFormat="MMM d, yyyy HH:mm"}}'))
+    -- an instant is shown in the zone; a date without a zone is read in it
+    assert.are.equal('2026-11-01 02:00 PST', R('{{dateFormat "2026-11-01T10:00:00Z" "yyyy-MM-dd HH:mm z" tz="America/Los_Angeles"}}'))
+    assert.are.equal('2026-11-01 00:00 -07:00', R('{{dateFormat "2026-11-01" "yyyy-MM-dd HH:mm XXX" tz="America/Los_Angeles"}}'))
+    assert.are.equal('2026-03-05 09:00 +01:00',
+      R('{{dateFormat "2026-03-05T10:00:00+02:00" "yyyy-MM-dd HH:mm XXX" tz="Europe/Paris"}}'))
+    assert.are.equal('Mar 5, 2026', R('{{dateFormat "03/05/2026" "medium" inputFormat="MM/dd/yyyy"}}'))
+    assert.are.equal('5 Mar 2026', R('{{dateFormat "20260305" "d MMM yyyy" inputFormat="yyyyMMdd"}}'))
+    assert.are.equal('2026-03-05 15:07', R('{{dateFormat "5 march 26 3:07 pm" "yyyy-MM-dd HH:mm" inputFormat="d MMMM yy h:mm a"}}'))
+    assert.are.equal('2026-03-05T09:00:00.000Z',
+      R('{{dateFormat "Thu, 05 Mar 2026 10:00:00 +0100" inputFormat="EEE, dd MMM yyyy HH:mm:ss Z"}}'))
+    assert.are.equal('1970-01-01', R('{{dateFormat 0 "yyyy-MM-dd"}}'))
+    assert.are.equal('July 14', R('{{dateFormat Attributes.birthday "MMMM d"}}', { Attributes = { birthday = { '1990-07-14' } } }))
+    assert.are.equal('[][][][]', R('[{{dateFormat "soon"}}][{{dateFormat "2026-02-30"}}][{{dateFormat Nope}}]'
+      .. '[{{dateFormat "03/05/2026" inputFormat="yyyy-MM-dd"}}]'))
+  end)
+
+  it('refuses a literal date pattern or zone it cannot use, or an unknown argument, when compiling', function()
+    assert.are.equal("welcome(v2): line 1, column 7: 'now': unsupported letter 'Y' in date pattern \"YYYY\" "
+      .. "(supported: y M d H h m s S a E z Z X, or full, long, medium, short; quote literal text as 'text')",
+      compile_error('{{now "YYYY"}}'))
+    assert.are.equal([[welcome(v2): line 1, column 48: 'dateFormat': unterminated quote in date pattern "'at"]],
+      compile_error([[{{dateFormat x inputFormat="yyyy" outputFormat="'at"}}]]))
+    assert.are.equal("welcome(v2): line 1, column 10: 'now': unknown time zone 'Mars/Olympus' (expected a tz database "
+      .. 'name like Europe/Paris or a fixed offset like UTC+05:30)', compile_error('{{now tz="Mars/Olympus"}}'))
+    assert.are.equal("welcome(v2): line 1, column 16: 'dateFormat': unknown argument format= (known: inputFormat=, "
+      .. 'outputFormat=, tz=)', compile_error('{{dateFormat x format="yyyy"}}'))
+    assert.are.equal("welcome(v2): line 1, column 3: 'now' takes 0 to 1 arguments, got 2", compile_error('{{now "a" "b"}}'))
+  end)
+
+  it('inflect picks the singular for 1 and the plural otherwise, with the count on request', function()
+    assert.are.equal('item|items|items|3 items|1 item|2 items',
+      R('{{inflect 1 "item" "items"}}|{{inflect 0 "item" "items"}}|{{inflect 0.5 "item" "items"}}|'
+        .. '{{inflect 3 "item" "items" true}}|{{inflect Metrics.n "item" "items" true}}|'
+        .. '{{inflect Attributes.n singular="item" plural="items" includeCount=true}}',
+        { Metrics = { n = 1 }, Attributes = { n = { '2' } } }))
+    assert.are.equal('visits|[]', R('{{inflect 17 "visit" "visits" false}}|[{{inflect Nope "a" "b"}}]'))
+  end)
+
+  it('md5, sha256 and sha512 print the hex digest of the text', function()
+    assert.are.equal('5d41402abc4b2a76b9719d911017c592', R('{{md5 "hello"}}'))
+    assert.are.equal('2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824', R('{{sha256 Attributes.w}}',
+      { Attributes = { w = { 'hello' } } }))
+    assert.are.equal('cf83e1357eefb8bdf1542850d66d8007d620e4050b5715dc83f4a921d36ce9ce'
+      .. '47d0d13c5d85f2b0ff8318d2877eec2f63b931bd47417a81a538327af927da3e', R('{{sha512 ""}}'))
+    assert.are.equal('d41d8cd98f00b204e9800998ecf8427e', R('{{md5 Nope}}'))
+  end)
+
+  it('uuid prints a new random version 4 UUID each time', function()
+    local a, b = R('{{uuid}}'), R('{{uuid}}')
+    local shape = '^%x%x%x%x%x%x%x%x%-%x%x%x%x%-4%x%x%x%-[89ab]%x%x%x%-%x%x%x%x%x%x%x%x%x%x%x%x$'
+    assert.matches(shape, a)
+    assert.matches(shape, b)
+    assert.are_not.equal(a, b)
+    assert.are.equal(a:lower(), a)
+  end)
+end)
+
 describe('template substitutions', function()
   local t = assert(template.compile('{{FirstName}}|{{User.UserAttributes.FirstName.[0]}}|{{Attributes.plan}}',
     { name = 'subs', escape = false }))
@@ -256,6 +353,28 @@ describe('template substitutions', function()
   it('keeps objects from the endpoint when a substitution sets one of their leaves', function()
     local w = assert(template.compile('{{#with User}}{{UserId}}/{{UserAttributes.FirstName}}{{/with}}'))
     assert.are.equal('user-42/jane', w:render(endpoint, { ['User.UserAttributes.FirstName'] = 'Sub' }))
+  end)
+
+  it('renders with an empty substitutions table as with none', function()
+    assert.are.equal('|jane|gold', t:render(endpoint, {}))
+    assert.are.equal('x', template.compile('{{#if Id}}x{{/if}}'):render(endpoint, {}))
+  end)
+
+  it('reads false, 0 and "" substitutions as falsy, as the same values on the endpoint', function()
+    local f = assert(template.compile('{{#if Flag}}promo{{else}}none{{/if}}|{{#if Count}}n={{Count}}{{else}}zero{{/if}}|'
+      .. '{{#if Coupon}}code={{Coupon}}{{else}}nocode{{/if}}', { name = 'falsy' }))
+    local values = { Flag = false, Count = 0, Coupon = '' }
+    assert.are.equal('none|zero|nocode', f:render(values))
+    assert.are.equal('none|zero|nocode', f:render({}, values))
+    -- false and 0 are values and win over the endpoint; "" is no value, as on the endpoint
+    assert.are.equal('none|zero|code=E', f:render({ Flag = true, Count = 5, Coupon = 'E' }, values))
+    -- a list of one value is a list, truthy as in Handlebars, here as on the endpoint
+    local lists = { Flag = { false }, Count = { 0 }, Coupon = { '' } }
+    assert.are.equal('promo|n=0|code=', f:render(lists))
+    assert.are.equal('promo|n=0|code=', f:render({}, lists))
+    -- a single value still reads with .[0], also inside #with
+    assert.are.equal('0 false', R('{{Count.[0]}} {{Flag.[0]}}', {}, values))
+    assert.are.equal('free', R('{{#with Attributes}}{{Plan.[0]}}{{/with}}', {}, { Attributes = { Plan = 'free' } }))
   end)
 
   it('rejects a substitution key that is not a variable path', function()
@@ -349,12 +468,41 @@ describe('template limits on hostile input', function()
     local out, err = template.compile('{{#each L}}{{{this}}}{{/each}}', { name = 'big' })
       :render({ L = { big, big, big, big, big } })
     assert.is_nil(out)
-    assert.matches('big: line %d+, column %d+: output exceeds 4194304 bytes', err)
+    assert.are.equal('big: line 1, column 12: output exceeds 4194304 bytes', err)
   end)
 
   it('stops helpers that would build huge strings', function()
     local out, err = R('{{ljust "x" 100000000}}')
-    assert.are.equal('render error: spec: line 1, column 1: helpers built more than 8388608 bytes of text', out)
+    assert.are.equal('render error: spec: line 1, column 3: helpers built more than 8388608 bytes of text', out)
+  end)
+
+  it('names the line and column of the tag that passed a limit while rendering', function()
+    assert.are.equal('render error: welcome: line 3, column 5: helpers built more than 8388608 bytes of text',
+      R('line one\nline two\n  {{ljust "a" 99999999}}', nil, nil, { name = 'welcome' }))
+    assert.are.equal('render error: welcome: line 2, column 20: helpers built more than 8388608 bytes of text',
+      R('Olá\n{{#if Id}}{{lower (ljust "a" 99999999 pad="é")}}{{/if}}', nil, nil, { name = 'welcome' }))
+    local a = {}
+    for i = 1, 15 do a[i] = i end
+    local nest = '{{#each a}}{{#each ../a}}{{#each ../../a}}{{#each ../../../a}}{{{../../../../big}}}'
+      .. '{{/each}}{{/each}}{{/each}}{{/each}}'
+    assert.are.equal('render error: welcome: line 3, column 65: output exceeds 4194304 bytes',
+      R('line one\nline two\n  ' .. nest, { a = a, big = ('x'):rep(200) }, nil, { name = 'welcome' }))
+  end)
+
+  it('holds memory in proportion to the source, however many string literals it has', function()
+    -- a 420 KB email whose first part compares 1,000 attributes with a string literal each
+    local parts = {}
+    for i = 1, 1000 do parts[i] = '<td>{{#eq Attributes.Plan.[0] "gold"}}Gold{{/eq}}</td>\n' end
+    parts[#parts + 1] = ('<p style="margin:0;padding:0">static text</p>\n'):rep(8000)
+    local src = table.concat(parts)
+    local t = assert(template.compile(src, { name = 'big' }))
+    -- about 4 times the source (the tree of 1,000 blocks); a copy of the rest of the source
+    -- per literal made it 400 MB
+    assert.is_true(t:memory() < 10 * #src, t:memory() .. ' bytes for a source of ' .. #src)
+    local small = assert(template.compile('{{#eq Attributes.Plan.[0] "gold"}}Gold{{/eq}}'))
+    assert.is_true(small:memory() < 16 * 1024, small:memory() .. ' bytes for one tag')
+    -- literals keep their escaped quotes
+    assert.are.equal([[a"b|c'd|e\\f]], R([[{{{"a\"b"}}}|{{{'c\'d'}}}|{{{"e\\f"}}}]]))
   end)
 
   it('refuses templates over 1 MiB', function()

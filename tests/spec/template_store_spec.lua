@@ -59,6 +59,23 @@ describe('template store', function()
     assert.are.equal('platinum', r.Headers[1].Value)
   end)
 
+  it('reads false, 0 and "" defaults as falsy, as the same values on the endpoint', function()
+    assert(template.create { name = 'flags', type = 'SMS',
+      Body = '{{#if Flag}}promo{{else}}none{{/if}}|{{#if Count}}n={{Count}}{{else}}zero{{/if}}|'
+        .. '{{#if Coupon}}code={{Coupon}}{{else}}nocode{{/if}}|{{Count.[0]}}',
+      DefaultSubstitutions = '{"Flag": false, "Count": 0, "Coupon": ""}' })
+    assert.are.equal('none|zero|nocode|0', assert(template.render('flags', 'SMS', {})).Body)
+    assert.are.equal('none|zero|nocode|0', assert(template.render('flags', 'SMS', { Flag = false, Count = 0, Coupon = '' })).Body)
+    assert.are.equal('promo|n=3|code=X|3', assert(template.render('flags', 'SMS', { Flag = true, Count = { 3 }, Coupon = 'X' })).Body)
+  end)
+
+  it('renders with an empty substitutions table as with none', function()
+    welcome()
+    local r = assert(template.render('welcome', 'EMAIL', endpoint, { substitutions = {} }))
+    assert.are.equal('Hi Jane', r.Subject)
+    assert.are.equal('Plan: gold <vip>', r.TextPart)
+  end)
+
   it('refuses a second template of the same name and type, but not of another type', function()
     welcome()
     local ok, err = template.create { name = 'welcome', type = 'EMAIL', Subject = 'x' }
