@@ -655,7 +655,8 @@ static int l_invalidate_campaigns(lua_State *L) {
 static int l_set_campaign_state(lua_State *L) {
   HeraldError err = {0};
   if (herald_campaign_set_state(herald_context_store(L), luaL_optstring(L, 3, herald_context()->app),
-                                luaL_checkstring(L, 1), luaL_checkstring(L, 2), &err) != kHeraldOk)
+                                luaL_checkstring(L, 1), luaL_checkstring(L, 2),
+                                luaL_optstring(L, 4, NULL), &err) != kHeraldOk)
     return raise_error(L, &err);
   return 0;
 }

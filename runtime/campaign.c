@@ -102,13 +102,17 @@ int herald_campaign_version_definition(HeraldStore *store, const char *app, cons
 }
 
 int herald_campaign_set_state(HeraldStore *store, const char *app, const char *id,
-                              const char *state, HeraldError *err) {
+                              const char *state, const char *pause_reason, HeraldError *err) {
   sqlite3_stmt *st = herald_store_stmt(
-      store, "UPDATE campaigns SET state = ?3 WHERE app_id = ?1 AND id = ?2", err);
+      store,
+      "UPDATE campaigns SET state = ?3, pause_reason = CASE WHEN ?3 = 'PAUSED' THEN ?4 END"
+      " WHERE app_id = ?1 AND id = ?2",
+      err);
   if (st == NULL) return err ? err->code : kHeraldStore;
   sqlite3_bind_text(st, 1, app, -1, SQLITE_STATIC);
   sqlite3_bind_text(st, 2, id, -1, SQLITE_STATIC);
   sqlite3_bind_text(st, 3, state, -1, SQLITE_STATIC);
+  sqlite3_bind_text(st, 4, pause_reason, -1, SQLITE_STATIC);
   int rc = sqlite3_step(st);
   sqlite3_reset(st);
   if (rc != SQLITE_DONE) return herald_store_fail(store, err, "setting a campaign state");

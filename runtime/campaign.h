@@ -22,9 +22,10 @@ int herald_campaign_define(HeraldStore *store, const char *app, const char *id, 
 int herald_campaign_version_definition(HeraldStore *store, const char *app, const char *id,
                                        int version, char **out, HeraldError *err);
 
-/* Sets the lifecycle state (SCHEDULED, EXECUTING, PENDING_NEXT_RUN, COMPLETED, PAUSED, ...). */
+/* Sets the lifecycle state (SCHEDULED, EXECUTING, PENDING_NEXT_RUN, COMPLETED, PAUSED, ...).
+ * pause_reason (may be NULL) is kept with a PAUSED state; any other state clears it. */
 int herald_campaign_set_state(HeraldStore *store, const char *app, const char *id,
-                              const char *state, HeraldError *err);
+                              const char *state, const char *pause_reason, HeraldError *err);
 
 /* Moves a campaign to an automatic state (SCHEDULED, EXECUTING, PENDING_NEXT_RUN, COMPLETED,
  * INVALID) unless it is PAUSED or DELETED: those change only by herald_campaign_set_state. */

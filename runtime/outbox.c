@@ -261,13 +261,18 @@ int herald_outbox_record_sends(HeraldStore *store, const char *ids_json, HeraldE
 
 int herald_outbox_report(HeraldStore *store, int64_t id, const char *state, const char *reason,
                          int64_t due_ms, HeraldError *err) {
-  if (strcmp(state, "SENT") != 0 && strcmp(state, "FAILED") != 0 && strcmp(state, "PENDING") != 0)
-    return herald_error_set(err, kHeraldInvalid, "outbox state must be SENT, FAILED or PENDING, not %s",
-                            state);
+  if (strcmp(state, "SENT") != 0 && strcmp(state, "FAILED") != 0 && strcmp(state, "PENDING") != 0 &&
+      strcmp(state, "RELEASED") != 0)
+    return herald_error_set(err, kHeraldInvalid,
+                            "outbox state must be SENT, FAILED, PENDING or RELEASED, not %s", state);
+  /* RELEASED: PENDING again without the claim counting as an attempt (a message of a campaign
+   * paused while it was on the wire waits for the resume). */
   sqlite3_stmt *st = herald_store_stmt(
       store,
-      "UPDATE outbox SET state = ?2, reason = ?3, due_ms = CASE WHEN ?2 = 'PENDING' THEN ?4"
-      " ELSE due_ms END, updated_ms = ?5 WHERE id = ?1 AND state = 'CLAIMED'",
+      "UPDATE outbox SET state = CASE WHEN ?2 = 'RELEASED' THEN 'PENDING' ELSE ?2 END, reason = ?3,"
+      " due_ms = CASE WHEN ?2 IN ('PENDING', 'RELEASED') THEN ?4 ELSE due_ms END,"
+      " attempts = CASE WHEN ?2 = 'RELEASED' AND attempts > 0 THEN attempts - 1 ELSE attempts END,"
+      " updated_ms = ?5 WHERE id = ?1 AND state = 'CLAIMED'",
       err);
   if (st == NULL) return err ? err->code : kHeraldStore;
   sqlite3_bind_int64(st, 1, id);

@@ -268,6 +268,9 @@ const char *const herald_store_migrations[] = {
    * scheduled start time"), but retries and rate-limit deferrals move due_ms; first_due_ms
    * keeps the start. NULL in rows written before: due_ms stands in. */
   "ALTER TABLE outbox ADD COLUMN first_due_ms INTEGER;",
+  /* 12: why delivery paused a campaign (the last of its consecutive systemic failures), kept
+   * until it is resumed; NULL when paused by hand or not paused. */
+  "ALTER TABLE campaigns ADD COLUMN pause_reason TEXT;",
 };
 
 const int herald_store_migration_count =

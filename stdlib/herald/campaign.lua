@@ -441,8 +441,9 @@ end
 
 local function build(p, lua)
   only('', p, TOP)
-  if type(p.Name) ~= 'string' or not p.Name:match('^[%w][%w_%-%.]*$') then
-    fail(lua and 'name' or 'Name', 'required: letters, digits, _ - . (starting with a letter or digit)')
+  -- the name is the campaign's id, which delivery keeps in at most 255 bytes
+  if type(p.Name) ~= 'string' or not p.Name:match('^[%w][%w_%-%.]*$') or #p.Name > 255 then
+    fail(lua and 'name' or 'Name', 'required: up to 255 letters, digits, _ - . (starting with a letter or digit)')
   end
   local holdout = p.HoldoutPercent or 0
   if math.type(holdout) ~= 'integer' or holdout < 0 or holdout > 100 then
@@ -787,7 +788,7 @@ local function q(sql, ...)
 end
 
 local function stored(name)
-  return q('SELECT id, name, version, state, definition, source, error FROM campaigns WHERE app_id = ? AND id = ?',
+  return q('SELECT id, name, version, state, definition, source, error, pause_reason FROM campaigns WHERE app_id = ? AND id = ?',
     core.app(), name)[1]
 end
 
@@ -828,8 +829,8 @@ end
 -- hook, an event predicate, a segment filter) cannot be copied this way: the error says so
 -- and points to herald.campaign.copy in its definition file. Returns true or nil, err.
 function campaign.copy_stored(name, new_name)
-  if type(new_name) ~= 'string' or not new_name:match('^[%w][%w_%-%.]*$') then
-    return nil, 'new name: letters, digits, _ - . (starting with a letter or digit)'
+  if type(new_name) ~= 'string' or not new_name:match('^[%w][%w_%-%.]*$') or #new_name > 255 then
+    return nil, 'new name: up to 255 letters, digits, _ - . (starting with a letter or digit)'
   end
   local src = q('SELECT definition, audience FROM campaigns WHERE app_id = ? AND id = ?', core.app(), name)[1]
   if src == nil then return nil, 'unknown campaign ' .. tostring(name) end
@@ -1001,7 +1002,8 @@ function campaign.status(name)
   local c = stored(name)
   if c == nil then return nil, 'unknown campaign ' .. tostring(name) end
   return { Id = c.id, Name = c.name, State = c.state, Version = c.version, Source = c.source,
-           Error = c.error, Definition = json.decode(c.definition), Activities = campaign.activities(name) }
+           Error = c.error, PauseReason = c.pause_reason, Definition = json.decode(c.definition),
+           Activities = campaign.activities(name) }
 end
 
 -- Loads the stored copies (`herald campaign copy`): each runs with its own stored definition

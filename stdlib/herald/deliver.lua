@@ -479,10 +479,11 @@ local function pause(campaign_id, reason)
   state.paused[campaign_id] = reason
   -- a campaign deleted (or made invalid) meanwhile stays so: pausing it would let a resume
   -- bring it back
-  local now = store.query('SELECT state FROM campaigns WHERE id = ?', campaign_id)
+  local now = store.query('SELECT state FROM campaigns WHERE app_id = ? AND id = ?', hcore.app(), campaign_id)
   local st = now and now[1] and now[1].state
   if st == 'DELETED' or st == 'INVALID' then return end
-  outbox.set_campaign_state(campaign_id, 'PAUSED')
+  local why = string.format('%d consecutive systemic failures, the last: %s', deliver.config().pause_after, reason)
+  outbox.set_campaign_state(campaign_id, 'PAUSED', hcore.app(), why)
   io.stderr:write(string.format('herald: campaign %s paused after %d consecutive systemic failures: %s\n',
     campaign_id, deliver.config().pause_after, reason))
 end
@@ -490,7 +491,8 @@ end
 -- The campaigns to claim from: ids_json without the paused ones (nil: every campaign not
 -- paused). Returns a JSON array or nil when ids_json is nil and none is paused.
 local function claimable(ids_json)
-  local paused = store.query("SELECT id FROM campaigns WHERE state = 'PAUSED'")
+  local app = hcore.app()
+  local paused = store.query("SELECT id FROM campaigns WHERE app_id = ? AND state = 'PAUSED'", app)
   local skip = {}
   for _, r in ipairs(paused or {}) do skip[r.id] = true end
   -- A campaign this process paused is skipped until it is resumed (`herald campaign resume`,
@@ -503,7 +505,7 @@ local function claimable(ids_json)
   if ids_json then
     for _, id in ipairs(json.decode(ids_json)) do if not skip[id] then ids[#ids + 1] = id end end
   else
-    for _, r in ipairs(store.query("SELECT id FROM campaigns WHERE state != 'PAUSED'") or {}) do
+    for _, r in ipairs(store.query("SELECT id FROM campaigns WHERE app_id = ? AND state != 'PAUSED'", app) or {}) do
       if not skip[r.id] then ids[#ids + 1] = r.id end
     end
   end
@@ -575,17 +577,27 @@ local function claim_and_prepare(now_ms, max, ids_json)
   return rows, prepare_rows(rows, now_ms)
 end
 
--- The claim's last outcomes: they must be written, or the rows stay CLAIMED and a restart
--- sends them again. A write that fails (the store busy past its timeout while another process
--- writes a large run) is tried again a few times, a second apart, before the error is raised.
-local function report_all(reports)
-  for attempt = 1, 10 do
-    local ok, err = pcall(outbox.report_batch, reports)
-    if ok then return end
-    if attempt == 10 then error(err, 0) end
-    io.stderr:write('herald: recording ' .. #reports .. ' outcomes failed, trying again: ' .. tostring(err) .. '\n')
+-- A store write that fails (the store busy past its timeout while another process writes a
+-- large run, or holds a long transaction) is tried again, a second apart, for about a
+-- minute before the error is raised: a daemon waits for the store rather than dying with its
+-- outcomes unwritten. what says what was being done, for the message.
+local STORE_TRIES = 60
+local function with_retries(what, fn, ...)
+  for attempt = 1, STORE_TRIES do
+    local ok, a, b, c, d = pcall(fn, ...)
+    if ok then return a, b, c, d end
+    if attempt == STORE_TRIES then error(a, 0) end
+    if attempt == 1 or attempt % 10 == 0 then
+      io.stderr:write('herald: ' .. what .. ' failed, trying again: ' .. tostring(a) .. '\n')
+    end
     task.sleep(1000)
   end
+end
+
+-- The claim's last outcomes: they must be written, or the rows stay CLAIMED and a restart
+-- sends them again.
+local function report_all(reports)
+  with_retries('recording ' .. #reports .. ' outcomes', outbox.report_batch, reports)
 end
 
 -- Outcomes are recorded as the channel tells them (in chunks, each in a transaction of its
@@ -594,7 +606,8 @@ end
 function deliver.pump(now_ms, max, ids_json)
   ids_json = claimable(ids_json)
   local cfg = deliver.config()
-  local rows, reports, defers, items = core.transaction(claim_and_prepare, now_ms, max, ids_json)
+  -- a claim that fails leaves nothing claimed (its transaction rolls back): tried again
+  local rows, reports, defers, items = with_retries('claiming', core.transaction, claim_and_prepare, now_ms, max, ids_json)
   local fb = {}
   if #items > 0 then
     local settled = {}
@@ -603,7 +616,11 @@ function deliver.pump(now_ms, max, ids_json)
       local it = items[i]
       local row = it.row
       local cid = row.campaign_id
-      if o.verdict == 'delivered' then
+      -- A systemic refusal (credentials, a refused sender, a channel that cannot start) is
+      -- not the recipient's doing: the message is retried, never failed for good.
+      local verdict = o.verdict
+      if verdict == 'permanent' and o.systemic then verdict = 'transient' end
+      if verdict == 'delivered' then
         state.systemic[cid] = 0
         state.stats.sent = state.stats.sent + 1
         reports[#reports + 1] = { id = row.id, state = 'SENT' }
@@ -617,7 +634,13 @@ function deliver.pump(now_ms, max, ids_json)
         end
         if o.feedback then fb[#fb + 1] = { row.endpoint_id, o.feedback } end
         if o.retry_after_ms and o.retry_after_ms > 0 then profile_limit(it.profile):pause(o.retry_after_ms) end
-        if o.verdict == 'permanent' then
+        if verdict == 'transient' and state.paused[cid] then
+          -- Paused while this message was on the wire: it waits for the resume, and the claim
+          -- does not count as one of its attempts, so a pause never burns the audience.
+          state.stats.retried = state.stats.retried + 1
+          reports[#reports + 1] = { id = row.id, state = 'RELEASED', due_ms = now,
+                                    reason = 'PAUSED: ' .. tostring(o.reason) }
+        elseif verdict == 'permanent' then
           state.stats.failed = state.stats.failed + 1
           reports[#reports + 1] = { id = row.id, state = 'FAILED', reason = 'PERMANENT: ' .. tostring(o.reason) }
         elseif row.attempts >= cfg.retry.max_attempts then
@@ -651,11 +674,12 @@ function deliver.pump(now_ms, max, ids_json)
       if not settled[i] then settle(i, out[i], now) end
     end
   end
+  -- the outcomes first: messages already delivered must be recorded whatever happens next
+  report_all(reports)
   if #defers > 0 then
     state.stats.deferred = state.stats.deferred + #defers
-    core.defer_batch(defers)
+    with_retries('deferring ' .. #defers .. ' messages to their rate-limit slots', core.defer_batch, defers)
   end
-  report_all(reports)
   for _, f in ipairs(fb) do deliver.feedback(f[1], f[2]) end
   -- A full claim means more is due at once: runs are closed when the claims run short.
   if #rows < max then outbox.complete_runs() end

@@ -19,6 +19,10 @@ runner.__index = runner
 local CLAIM_BATCH = 256
 local POLL_MS = 1000
 local EVENT_POLL_MS = 20
+-- A pass of delivery ends after this long (its lanes finish the claims they hold) so the loop
+-- goes round: event triggers, new runs and A/B decisions are not held up behind a large
+-- campaign's whole audience.
+local DRAIN_BUDGET_MS = 250
 
 -- new{memory =, budget =, log = function(msg), err = function(msg)}
 function runner.new(opts)
@@ -143,7 +147,11 @@ function runner:loop(opts)
         d.campaign, d.run, r.decision, r.metric, r.reason, r.released,
         r.winner and ('get treatment ' .. r.winner) or 'are skipped (AB_STOPPED)'))
     end
-    local n, next_due = deliver.drain(now, CLAIM_BATCH, ids_json, core.stopping)
+    local drain_start = clock.now()
+    local function enough()
+      return core.stopping() or clock.now() - drain_start >= DRAIN_BUDGET_MS
+    end
+    local n, next_due = deliver.drain(now, CLAIM_BATCH, ids_json, enough)
     if n > 0 then progressed = true end
     -- states follow the runs; between events they change only with what was done
     if progressed or last_refresh == nil or clock.now() - last_refresh >= POLL_MS then

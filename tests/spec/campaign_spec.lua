@@ -51,6 +51,11 @@ describe('campaign definitions', function()
       assert.matches('herald run: ' .. file .. ':3: herald.campaign c' .. i .. ': ', err, 1, true)
       assert.matches(case[2], err)
     end
+    -- a name is the campaign's id, which delivery keeps in 255 bytes
+    h.write(dir .. '/long.lua', "herald.campaign{ name = string.rep('n', 256), segment = herald.segment{ name = 'all' }, message = { body = 'x' } }")
+    local _, code, err = run(dir, '--until-idle long.lua')
+    assert.are_not.equal(0, code)
+    assert.matches('name: required: up to 255 letters', err, 1, true)
   end)
 
   it('takes per-channel messages, templates, limits and ten treatments, stored in Pinpoint shape', function()

@@ -37,6 +37,9 @@ describe('delivery through providers', function()
     ng = S.start_nginx { locations = [[
       location = /hook-ok { return 200 "ok\n"; }
       location = /hook-paced { echo_sleep 0.005; echo "ok"; }
+      location = /hook-unauth { return 401 "bad token\n"; }
+      location = /hook-busy { echo_sleep 0.2; echo "ok"; }
+      location = /hook-20ms { echo_sleep 0.02; echo "ok"; }
     ]] }
     emu = S.start_emulator()
   end)
@@ -636,6 +639,113 @@ describe('delivery through providers', function()
     end)
     mail:stop()
     if not ok then error(e, 0) end
+  end)
+
+  it('pauses on systemic failures without failing the messages that were on the wire', function()
+    local dir = h.tmpdir()
+    campaign_file(dir, { n = 300, channel = 'CUSTOM', name = 'unauth', addr = "function(i) return 'hook-' .. i end" })
+    h.write(dir .. '/providers.lua', string.format([[
+      return { profiles = { hooks = { type = 'webhook', url = %q, connections = 1 } }, channels = { CUSTOM = 'hooks' },
+               retry = { max_attempts = 3, min_ms = 0, max_ms = 0 }, pause_after = 5 }
+    ]], ng.url .. '/hook-unauth'))
+    local _, code, err = run(dir, 'c.lua')
+    assert.are.equal(0, code, err)
+    local c = query(dir, "SELECT state, pause_reason FROM campaigns WHERE id = 'unauth'")[1]
+    assert.are.equal('PAUSED', c.state)
+    assert.matches('5 consecutive systemic failures, the last: HTTP 401', c.pause_reason, 1, true)
+    -- nobody's message failed for good: all wait for the resume, and the pause cost no attempts
+    assert.are.same({ { state = 'PENDING', n = 300 } }, query(dir, 'SELECT state, count(*) AS n FROM outbox GROUP BY state'))
+    assert.is_true(query(dir, 'SELECT count(*) AS n FROM outbox WHERE attempts > 0')[1].n <= 10)
+    local shown = h.herald('--db d.db campaign show unauth', { cwd = dir })
+    assert.matches('paused by delivery: 5 consecutive systemic failures', shown, 1, true)
+    _, code, err = h.herald('--db d.db campaign resume unauth', { cwd = dir })
+    assert.are.equal(0, code, err)
+    assert.is_nil(query(dir, "SELECT pause_reason FROM campaigns WHERE id = 'unauth'")[1].pause_reason)
+  end)
+
+  it('waits for a store another process holds past the busy timeout, sending nothing twice', function()
+    local dir = h.tmpdir()
+    campaign_file(dir, { n = 30, channel = 'CUSTOM', name = 'busy', addr = "function(i) return 'hook-' .. i end",
+                         limits = '{ messages_per_second = 10 }' })
+    h.write(dir .. '/providers.lua', string.format([[
+      return { profiles = { hooks = { type = 'webhook', url = %q } }, channels = { CUSTOM = 'hooks' } }
+    ]], ng.url .. '/hook-busy'))
+    h.write(dir .. '/hold.py', [[
+import sqlite3, time
+c = sqlite3.connect('d.db', isolation_level=None, timeout=60)
+c.execute('BEGIN IMMEDIATE'); c.execute("UPDATE endpoints SET address = address WHERE id = 'ep-00001'")
+time.sleep(7); c.execute('COMMIT')
+]])
+    -- herald run delivers while the lock is held for longer than the store's busy timeout
+    local out = h.sh('cd ' .. h.shell_quote(dir) .. ' && (' .. h.shell_quote(h.exe)
+      .. ' --db d.db run --until-idle c.lua > a.out 2> a.err; echo "rc $?" > rc) & sleep 1; cd '
+      .. h.shell_quote(dir) .. ' && python3 hold.py; wait; cat ' .. h.shell_quote(dir .. '/rc'))
+    assert.matches('rc 0', out, 1, true)
+    assert.are.same({ { state = 'SENT', n = 30 } }, query(dir, 'SELECT state, count(*) AS n FROM outbox GROUP BY state'))
+    local keys, n = {}, 0
+    for _, r in ipairs(ng:requests()) do
+      if r.uri == '/hook-busy' then
+        n = n + 1
+        keys[r.key] = true
+      end
+    end
+    local distinct = 0
+    for _ in pairs(keys) do distinct = distinct + 1 end
+    assert.are.same({ 30, 30 }, { n, distinct })
+  end)
+
+  it("leaves another application's paused campaign of the same name out of this one's", function()
+    local dir = h.tmpdir()
+    h.write(dir .. '/apps.lua', "herald.apps.create('a', 'a') herald.apps.create('b', 'b')")
+    h.write(dir .. '/c.lua', [[
+      herald.campaign { name = 'welcome', segment = herald.segment { name = 'all' },
+        message = { body = 'Hi {{Id}}' }, deliver = { file = 'out.txt' } }
+    ]])
+    h.write(dir .. '/eps.lua', [[
+      for i = 1, 5 do assert(herald.endpoints.put { Id = 'e' .. i, ChannelType = 'EMAIL', Address = 'e' .. i .. '@example.com' }) end
+    ]])
+    for _, args in ipairs({ 'apps.lua', '--app b campaign load c.lua', '--app b campaign pause welcome', '--app a eps.lua',
+                            '--app a run --until-idle c.lua' }) do
+      local _, code, err = h.herald('--db d.db ' .. args, { cwd = dir })
+      assert.are.equal(0, code, args .. ': ' .. err)
+    end
+    assert.are.same({ { app = 'a', state = 'SENT', n = 5 } }, query(dir,
+      'SELECT r.app_id AS app, o.state, count(*) AS n FROM outbox o JOIN campaign_runs r ON r.id = o.run_id GROUP BY 1, 2'))
+  end)
+
+  it('goes back to event triggers while a large campaign is still being sent', function()
+    local dir = h.tmpdir()
+    h.write(dir .. '/c.lua', string.format([[
+      if herald.endpoints.count() == 0 then
+        for i = 1, 3000 do assert(herald.endpoints.put { Id = string.format('ep-%%05d', i), ChannelType = 'CUSTOM', Address = 'h' .. i }) end
+      end
+      herald.campaign { name = 'big', segment = herald.segment { name = 'all' }, message = { body = 'Hi {{Id}}' },
+        deliver = 'channels' }
+      herald.campaign { name = 'ontrigger', segment = herald.segment { name = 'all' }, message = { body = 'Thanks' },
+        deliver = { file = 'trig.txt' }, schedule = { event = { types = { 'buy' } } } }
+    ]]))
+    h.write(dir .. '/providers.lua', string.format([[
+      return { profiles = { hooks = { type = 'webhook', url = %q, connections = 10 } }, channels = { CUSTOM = 'hooks' } }
+    ]], ng.url .. '/hook-20ms'))
+    h.write(dir .. '/ev.lua', [[
+      assert(herald.events.put('ep-00007', { EventType = 'buy', Timestamp = os.date('!%Y-%m-%dT%H:%M:%SZ', os.time() + 1) }))
+    ]])
+    local sent_sql = [[SELECT count(*) FROM outbox o JOIN campaign_runs r ON r.id = o.run_id WHERE r.campaign_id = 'big' AND o.state = 'SENT']]
+    -- 3000 messages at 10 in flight and 20 ms each take about 6 s; the event comes once 300 are out
+    local script = table.concat({
+      'cd ' .. h.shell_quote(dir),
+      h.shell_quote(h.exe) .. ' --db d.db run c.lua > a.out 2> a.err & A=$!',
+      'for i in $(seq 600); do n=$(sqlite3 d.db "' .. sent_sql .. '" 2>/dev/null); [ "${n:-0}" -ge 300 ] && break; sleep 0.05; done',
+      h.shell_quote(h.exe) .. ' --db d.db ev.lua',
+      'for i in $(seq 600); do [ -s trig.txt ] && break; sleep 0.05; done',
+      'echo "big sent when triggered: $(sqlite3 d.db "' .. sent_sql .. '")"',
+      'kill $A; wait $A',
+    }, '\n')
+    local out = h.sh(script)
+    local sent = tonumber(out:match('big sent when triggered: (%d+)'))
+    assert.is_truthy(sent, out)
+    assert.is_true(h.read(dir .. '/trig.txt') ~= nil)
+    assert.is_true(sent < 2500, 'the triggered message waited for ' .. sent .. ' of the big campaign\'s 3000')
   end)
 
   it('names the providers file and field of a bad profile', function()

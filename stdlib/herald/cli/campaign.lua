@@ -20,7 +20,8 @@ actions:
                    it runs in any later `herald run` on its own. A campaign with Lua functions
                    (hook, event predicate, segment filter) is copied in its definition file
                    with herald.campaign.copy instead.
-  status NAME      state, version, definition file, error, definition and activities, as JSON
+  status NAME      state, version, definition file, error, why delivery paused it (PauseReason),
+                   definition and activities, as JSON
   activities NAME  Pinpoint ActivityResponse items per run and treatment, as JSON
 
 A campaign is INVALID while its definition file fails to load (the error names the file and
@@ -49,6 +50,7 @@ local function show(name)
   if st.Source then print('defined in ' .. st.Source) end
   if def.Herald and def.Herald.CopyOf then print('copy of ' .. def.Herald.CopyOf) end
   if st.Error then print('error: ' .. st.Error) end
+  if st.PauseReason then print('paused by delivery: ' .. st.PauseReason) end
   local names = { [-1] = 'holdout', [0] = def.TreatmentName or 'default' }
   for i, t in ipairs(def.AdditionalTreatments or {}) do names[i] = t.TreatmentName or ('treatment ' .. i) end
   for _, a in ipairs(st.Activities) do
