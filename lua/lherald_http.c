@@ -527,6 +527,8 @@ struct Batch {
   char *url;
   char *method;
   char *key_header;       /* e.g. "Idempotency-Key"; NULL: no per-request key header */
+  char *keyline;          /* "key_header: key" of the item being handed over */
+  size_t keyline_cap;
   char **headers;
   size_t nheaders;
   long timeout_ms;
@@ -570,6 +572,42 @@ static Outcome *outcome_new(Batch *b) {
   return o;
 }
 
+/* The item's key header line "key_header: key" (key at index k, a string or a number), in
+ * the batch's buffer: a key may list many message ids (a webhook call for 50 endpoints), so
+ * it has no fixed size. A number is written as tostring() writes it, in C: the line is made
+ * where nothing may raise (see batch_hand_over). NULL when out of memory. */
+static const char *batch_key_line(lua_State *L, Batch *b, int k) {
+  char num[64];
+  const char *key;
+  size_t klen;
+  if (lua_type(L, k) == LUA_TSTRING) {
+    key = lua_tolstring(L, k, &klen);
+  } else {
+    if (lua_isinteger(L, k)) {
+      lua_integer2str(num, sizeof num, lua_tointeger(L, k));
+    } else {
+      lua_number2str(num, sizeof num - 2, lua_tonumber(L, k));
+      /* as lua_tostring: a float that reads like an integer gets ".0" */
+      if (num[strspn(num, "-0123456789")] == '\0') strcat(num, ".0");
+    }
+    key = num;
+    klen = strlen(num);
+  }
+  size_t hlen = strlen(b->key_header);
+  size_t need = hlen + 2 + klen + 1;
+  if (need > b->keyline_cap) {
+    char *p = realloc(b->keyline, need);
+    if (p == NULL) return NULL;
+    b->keyline = p;
+    b->keyline_cap = need;
+  }
+  memcpy(b->keyline, b->key_header, hlen);
+  memcpy(b->keyline + hlen, ": ", 2);
+  memcpy(b->keyline + hlen + 2, key, klen);
+  b->keyline[need - 1] = '\0';
+  return b->keyline;
+}
+
 /* Hands queued items to the transport while the window has room. */
 static void batch_hand_over(lua_State *L, Batch *b) {
   HeraldHttpThread *c = get_client(L);
@@ -601,10 +639,10 @@ static void batch_hand_over(lua_State *L, Batch *b) {
     req.http1_only = b->http1_only;
     req.headers = lines;
     req.nheaders = b->nheaders;
-    char keyline[512];
+    int key_failed = 0;
     if (b->key_header != NULL && lua_rawgeti(L, keys, seq) != LUA_TNIL) {
-      snprintf(keyline, sizeof keyline, "%s: %s", b->key_header, lua_tostring(L, -1));
-      lines[req.nheaders++] = keyline;
+      const char *line = batch_key_line(L, b, -1);
+      if (line != NULL) lines[req.nheaders++] = line; else key_failed = 1;
       lua_pop(L, 1);
     } else if (b->key_header != NULL) {
       lua_pop(L, 1);
@@ -635,7 +673,9 @@ static void batch_hand_over(lua_State *L, Batch *b) {
     b->slots[s].b = b;
     b->slots[s].seq = seq;
     b->in_flight++;
-    b->slots[s].t = herald_http_thread_submit_quiet(c, b->group, b->notify, &req, batch_done, &b->slots[s]);
+    b->slots[s].t = key_failed ? NULL
+                    : herald_http_thread_submit_quiet(c, b->group, b->notify, &req, batch_done,
+                                                      &b->slots[s]);
     lua_settop(L, base);
     lua_pushnil(L);
     lua_rawseti(L, items, seq);  /* the body is copied; release it */
@@ -964,6 +1004,7 @@ static int l_batch_close(lua_State *L) {
   free(b->url);
   free(b->method);
   free(b->key_header);
+  free(b->keyline);
   free(b->ca_file);
   luaL_unref(L, LUA_REGISTRYINDEX, b->items_ref);
   luaL_unref(L, LUA_REGISTRYINDEX, b->keys_ref);

@@ -292,6 +292,24 @@ describe('herald.http', function()
     assert.has_error(function() b:add(42) end, 'item 4: the body must be a string')
   end)
 
+  it('sends an idempotency key of any length whole', function()
+    -- a webhook call for 50 endpoints lists their 50 message ids in one key (~1,850 characters)
+    local key = ('long-key-' .. string.rep('0123456789abcdef,', 120)):sub(1, 2000)
+    local b <close> = http.batch { url = ng.url .. '/headers', key_header = 'Idempotency-Key', concurrency = 2 }
+    b:add('x', key)
+    b:add('x', 987654321)   -- a number goes out as tostring writes it
+    b:add('x', 2.5)
+    local out = b:wait()
+    assert.are.equal(3, out.n)
+    for i = 1, 3 do assert.are.equal(200, out.status[i]) end
+    local rows = wait_rows(ng, 'long-key-', 1)
+    assert.are.equal(1, #rows)
+    assert.are.equal(2000, #rows[1].key)
+    assert.are.equal(key, rows[1].key)
+    assert.are.equal(1, #wait_rows(ng, '987654321', 1))
+    assert.are.equal(1, #wait_rows(ng, '2.5', 1))
+  end)
+
   it('reports refused connections per request in a batch', function()
     local b <close> = http.batch { url = 'http://127.0.0.1:' .. S.free_port() .. '/', concurrency = 3 }
     b:add_many({ 'a', 'b', 'c', 'd' })
