@@ -115,6 +115,29 @@ static int field_boolean(lua_State *L, int t, const char *k, int def) {
   return v;
 }
 
+/* Whether s (len bytes) would break out of a header line: CR or LF end the line and let the
+ * rest pass as a header of its own, and NUL ends it where C reads the string. */
+static int breaks_line(const char *s, size_t len) {
+  return memchr(s, '\r', len) != NULL || memchr(s, '\n', len) != NULL || memchr(s, '\0', len) != NULL;
+}
+
+/* Field k of table t: NULL, or an RFC 9110 token (a method or a header name), which keeps
+ * it from carrying a line break, a NUL or anything else into the request's head. */
+static const char *field_token(lua_State *L, int t, const char *k) {
+  size_t len = 0;
+  const char *s = field_lstring(L, t, k, 0, &len);
+  if (s == NULL) return NULL;
+  static const char tchar[] = "!#$%&'*+-.^_`|~";
+  int ok = len > 0;
+  for (size_t i = 0; i < len && ok; i++) {
+    unsigned char ch = (unsigned char)s[i];
+    ok = (ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') ||
+         (ch != '\0' && strchr(tchar, ch) != NULL);
+  }
+  if (!ok) luaL_error(L, "field '%s': expected a token (letters, digits and !#$%%&'*+-.^_`|~)", k);
+  return s;
+}
+
 /* Reads a headers table ({Name = value} or {"Name: value", ...}) into "Name: value" lines
  * pushed on the stack (they stay there, anchoring the strings). Returns the count. */
 static size_t header_lines(lua_State *L, int t, const char *k, const char **lines) {
@@ -230,7 +253,7 @@ static int l_request(lua_State *L) {
   luaL_checktype(L, 1, LUA_TTABLE);
   HeraldHttpRequest req = {0};
   req.url = field_string(L, 1, "url", 1);
-  req.method = field_string(L, 1, "method", 0);
+  req.method = field_token(L, 1, "method");
   req.body = field_lstring(L, 1, "body", 0, &req.body_len);
   req.timeout_ms = (long)field_integer(L, 1, "timeout_ms", 30000);
   luaL_argcheck(L, req.timeout_ms > 0, 1, "timeout_ms must be > 0");
@@ -647,26 +670,13 @@ static void batch_hand_over(lua_State *L, Batch *b) {
     } else if (b->key_header != NULL) {
       lua_pop(L, 1);
     }
-    /* Per-item url and headers were checked by add; the strings stay on the stack until the
-     * submit has copied them. */
-    if (lua_rawgeti(L, opts, seq) == LUA_TTABLE) {
-      int o = lua_gettop(L);
-      if (lua_getfield(L, o, "url") == LUA_TSTRING) req.url = lua_tostring(L, -1);
-      if (lua_getfield(L, o, "headers") == LUA_TTABLE) {
-        int ht = lua_gettop(L);
-        lua_pushnil(L);
-        while (lua_next(L, ht) != 0 && req.nheaders < 2 * MAX_HEADERS) {
-          if (lua_type(L, -2) == LUA_TSTRING && lua_type(L, -1) == LUA_TSTRING)
-            lines[req.nheaders++] = lua_pushfstring(L, "%s: %s", lua_tostring(L, -2), lua_tostring(L, -1));
-          else if (lua_type(L, -1) == LUA_TSTRING)
-            lines[req.nheaders++] = lua_pushstring(L, lua_tostring(L, -1));
-          else
-            lua_pushnil(L);
-          lua_insert(L, ht);  /* keep the line, below the table */
-          ht++;
-          lua_pop(L, 1);
-        }
-      }
+    /* Per-item url and headers, as add copied them (see pack_item_opts); the string stays on
+     * the stack until the submit has copied the request. */
+    if (lua_rawgeti(L, opts, seq) == LUA_TSTRING) {
+      size_t plen;
+      const char *p = lua_tolstring(L, -1, &plen), *end = p + plen;
+      if (*p != '\0') req.url = p;
+      for (p += strlen(p) + 1; p < end; p += strlen(p) + 1) lines[req.nheaders++] = p;
       lua_pushnil(L);
       lua_rawseti(L, opts, seq);
     }
@@ -782,8 +792,7 @@ static Batch *check_batch(lua_State *L) {
   return b;
 }
 
-static char *dup_field(lua_State *L, int t, const char *k, int required) {
-  const char *s = field_string(L, t, k, required);
+static char *dup_string(lua_State *L, const char *s) {
   if (s == NULL) return NULL;
   char *d = strdup(s);
   if (d == NULL) luaL_error(L, "out of memory");
@@ -837,10 +846,10 @@ static int l_batch(lua_State *L) {
   b->group = shared != NULL ? herald_http_group_retain(shared) : herald_http_group_new(b->concurrency);
   b->notify = herald_http_notify_new();
   if (b->slots == NULL || b->group == NULL || b->notify == NULL) return luaL_error(L, "out of memory");
-  b->url = dup_field(L, 1, "url", 1);
-  b->method = dup_field(L, 1, "method", 0);
-  b->key_header = dup_field(L, 1, "key_header", 0);
-  b->ca_file = dup_field(L, 1, "ca_file", 0);
+  b->url = dup_string(L, field_string(L, 1, "url", 1));
+  b->method = dup_string(L, field_token(L, 1, "method"));
+  b->key_header = dup_string(L, field_token(L, 1, "key_header"));
+  b->ca_file = dup_string(L, field_string(L, 1, "ca_file", 0));
   int top = lua_gettop(L);
   const char *lines[MAX_HEADERS];
   size_t n = header_lines(L, 1, "headers", lines);
@@ -862,31 +871,58 @@ static int l_batch(lua_State *L) {
 }
 
 static int has_line_break(lua_State *L, int i) {
-  return lua_type(L, i) == LUA_TSTRING && strpbrk(lua_tostring(L, i), "\r\n") != NULL;
+  size_t len;
+  const char *s = lua_type(L, i) == LUA_TSTRING ? lua_tolstring(L, i, &len) : NULL;
+  return s != NULL && breaks_line(s, len);
 }
 
-/* Checks an item's options ({url=, headers=}) where the caller can be told what is wrong. */
-static void check_item_opts(lua_State *L, int o, lua_Integer seq) {
+/* Copies an item's options ({url=, headers=}) into one string and pushes it:
+ * "url\0line\0line\0..." (url empty when not given), each part checked where the caller can be
+ * told what is wrong. The string is kept in place of the table, so what goes out is what add
+ * checked, whatever the caller does to the table while the item waits for its turn; the lines
+ * lie NUL-terminated in it, ready to hand over without making another string. */
+static void pack_item_opts(lua_State *L, int o, lua_Integer seq) {
   if (!lua_istable(L, o)) luaL_error(L, "item %d: options must be a table {url=, headers=}", (int)seq);
   lua_getfield(L, o, "url");
-  if (!lua_isnil(L, -1) && lua_type(L, -1) != LUA_TSTRING)
-    luaL_error(L, "item %d: url must be a string", (int)seq);
-  lua_pop(L, 1);
+  int url = lua_gettop(L);
+  if (!lua_isnil(L, url) && (lua_type(L, url) != LUA_TSTRING || has_line_break(L, url)))
+    luaL_error(L, "item %d: url must be a string without line breaks", (int)seq);
   lua_getfield(L, o, "headers");
   int ht = lua_gettop(L);
+  int n = 0;
   if (lua_istable(L, ht)) {
-    int n = 0;
+    luaL_checkstack(L, 2 * MAX_HEADERS + 4, "item headers");
     lua_pushnil(L);
     while (lua_next(L, ht) != 0) {
       if (++n > MAX_HEADERS) luaL_error(L, "item %d: more than %d headers", (int)seq, MAX_HEADERS);
-      if (lua_type(L, -1) != LUA_TSTRING || has_line_break(L, -1) || has_line_break(L, -2))
+      int named = lua_type(L, -2) == LUA_TSTRING;
+      if (lua_type(L, -1) != LUA_TSTRING || has_line_break(L, -1) || (named && has_line_break(L, -2)))
         luaL_error(L, "item %d: headers must be strings without line breaks", (int)seq);
-      lua_pop(L, 1);
+      /* name (nil for a whole "Name: value" line) and value go below the table, anchored
+       * there while the string is made */
+      if (named) lua_pushvalue(L, -2); else lua_pushnil(L);
+      lua_insert(L, ht++);
+      lua_insert(L, ht++);
     }
   } else if (!lua_isnil(L, ht)) {
     luaL_error(L, "item %d: headers must be a table", (int)seq);
   }
-  lua_pop(L, 1);
+  luaL_Buffer b;
+  luaL_buffinit(L, &b);
+  if (!lua_isnil(L, url)) luaL_addstring(&b, lua_tostring(L, url));
+  luaL_addchar(&b, '\0');
+  for (int i = 0; i < n; i++) {
+    int name = url + 1 + 2 * i;
+    if (!lua_isnil(L, name)) {
+      luaL_addstring(&b, lua_tostring(L, name));
+      luaL_addstring(&b, ": ");
+    }
+    luaL_addstring(&b, lua_tostring(L, name + 1));
+    luaL_addchar(&b, '\0');
+  }
+  luaL_pushresult(&b);
+  lua_replace(L, url);
+  lua_settop(L, url);
 }
 
 /* Appends one item from the values at body_idx, key_idx and opts_idx (0: none). */
@@ -898,18 +934,17 @@ static void batch_append(lua_State *L, Batch *b, int body_idx, int key_idx, int 
   if (has_key && (!lua_isstring(L, key_idx) || has_line_break(L, key_idx)))
     luaL_error(L, "item %d: the key must be a string or a number without line breaks", (int)seq);
   int has_opts = opts_idx != 0 && !lua_isnil(L, opts_idx);
-  if (has_opts) check_item_opts(L, opts_idx, seq);
-  b->added = seq;
+  if (has_opts) {
+    pack_item_opts(L, opts_idx, seq);
+    lua_rawseti(L, opts, seq);
+  }
   lua_pushvalue(L, body_idx);
   lua_rawseti(L, items, seq);
   if (has_key) {
     lua_pushvalue(L, key_idx);
     lua_rawseti(L, keys, seq);
   }
-  if (has_opts) {
-    lua_pushvalue(L, opts_idx);
-    lua_rawseti(L, opts, seq);
-  }
+  b->added = seq;  /* last: an error above leaves the batch as it was */
 }
 
 /* b:add(body[, key[, {url=, headers=}]]) -> seq. The key goes out in the key_header and comes

@@ -310,6 +310,41 @@ describe('herald.http', function()
     assert.are.equal(1, #wait_rows(ng, '2.5', 1))
   end)
 
+  it('sends the item options add checked, whatever the table says when the item goes out', function()
+    local b <close> = http.batch { url = ng.url .. '/ok', concurrency = 50 }
+    for _ = 1, 1030 do b:add('x') end   -- more than the window (1,024): the next item waits its turn
+    local opts = { url = ng.url .. '/headers', headers = { ['X-Test'] = 'fine', ['Idempotency-Key'] = 'toctou-sent' } }
+    b:add('x', nil, opts)
+    opts.headers['Idempotency-Key'] = nil
+    opts.headers['X-Test'] = 'fine\r\nIdempotency-Key: toctou-injected'
+    opts.url = ng.url .. '/missing'
+    local out = b:wait()
+    assert.are.equal(1031, out.n)
+    for i = 1, out.n do assert.are.equal('delivered', out.verdict[i]) end
+    local rows = wait_rows(ng, 'toctou-', 1)
+    assert.are.equal(1, #rows)
+    assert.are.equal('toctou-sent', rows[1].key)
+    assert.are.equal('/headers', rows[1].uri)
+  end)
+
+  it('refuses a method, key header, key or item url that could break the request head', function()
+    local token = "expected a token (letters, digits and !#$%&'*+-.^_`|~)"
+    assert.has_error(function() http.batch { url = ng.url, key_header = 'Idempotency-Key: x\r\nX-Injected: yes' } end,
+      "field 'key_header': " .. token)
+    assert.has_error(function() http.batch { url = ng.url, method = 'POST /x HTTP/1.1\r\nX-Injected: yes' } end,
+      "field 'method': " .. token)
+    assert.has_error(function() http.request { url = ng.url, method = 'GET\0' } end, "field 'method': " .. token)
+    local b <close> = http.batch { url = ng.url .. '/ok', key_header = 'Idempotency-Key' }
+    assert.has_error(function() b:add('x', 'k\0\r\nX-Injected: yes') end,
+      'item 1: the key must be a string or a number without line breaks')
+    assert.has_error(function() b:add('x', 'k', { url = ng.url .. '/ok\0X-Injected: yes' }) end,
+      'item 1: url must be a string without line breaks')
+    assert.has_error(function() b:add('x', 'k', { headers = { ['X-A'] = 'a\0b' } }) end,
+      'item 1: headers must be strings without line breaks')
+    assert.are.equal(1, b:add('x', 'k', { headers = { 'X-A: a', ['X-B'] = 'b' } }))
+    assert.are.equal(200, b:wait().status[1])
+  end)
+
   it('reports refused connections per request in a batch', function()
     local b <close> = http.batch { url = 'http://127.0.0.1:' .. S.free_port() .. '/', concurrency = 3 }
     b:add_many({ 'a', 'b', 'c', 'd' })
