@@ -148,7 +148,8 @@ static int curl_close_cb(void *clientp, curl_socket_t fd) {
   return close(fd);
 }
 
-static HeraldNetClass classify_curl(CURLcode rc, int is_smtp, long status) {
+/* reached: a server was connected to (or a pooled connection reused) for the transfer. */
+static HeraldNetClass classify_curl(CURLcode rc, int is_smtp, long status, int reached) {
   switch (rc) {
     case CURLE_OK: return kHeraldNetOk;
     case CURLE_OPERATION_TIMEDOUT: return kHeraldNetTimeout;
@@ -165,8 +166,11 @@ static HeraldNetClass classify_curl(CURLcode rc, int is_smtp, long status) {
     case CURLE_SSL_INVALIDCERTSTATUS:
     case CURLE_USE_SSL_FAILED: return kHeraldNetTls;
     case CURLE_LOGIN_DENIED: return kHeraldNetAuth;
+    /* A scheme we do not speak is a bad URL; from a server, the same code means its reply was
+     * not the protocol (HTTP/0.9, garbage from a broken proxy): the server's fault, which may
+     * pass. */
+    case CURLE_UNSUPPORTED_PROTOCOL: return reached ? kHeraldNetProtocol : kHeraldNetInvalid;
     case CURLE_URL_MALFORMAT:
-    case CURLE_UNSUPPORTED_PROTOCOL:
     case CURLE_BAD_FUNCTION_ARGUMENT:
     case CURLE_NOT_BUILT_IN: return kHeraldNetInvalid;
     case CURLE_ABORTED_BY_CALLBACK: return kHeraldNetCancelled;
@@ -224,12 +228,15 @@ static void check_completions(HeraldHttpClient *c) {
     long version = 0, connects = 0;
     curl_easy_getinfo(easy, CURLINFO_HTTP_VERSION, &version);
     curl_easy_getinfo(easy, CURLINFO_NUM_CONNECTS, &connects);
+    char *ip = NULL;
+    int reached = curl_easy_getinfo(easy, CURLINFO_PRIMARY_IP, &ip) == CURLE_OK && ip != NULL &&
+                  ip[0] != '\0';
     curl_off_t total_us = 0;
     curl_easy_getinfo(easy, CURLINFO_TOTAL_TIME_T, &total_us);
     c->connections += (uint64_t)connects;
     curl_multi_remove_handle(c->multi, easy);
     transfer_unlink(c, t);
-    res.error = classify_curl(rc, t->is_smtp, res.status);
+    res.error = classify_curl(rc, t->is_smtp, res.status, reached);
     res.error_text = rc == CURLE_OK ? "" : (t->errbuf[0] ? t->errbuf : curl_easy_strerror(rc));
     res.body = t->recv;
     res.body_len = t->recv_len;

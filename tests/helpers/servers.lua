@@ -243,6 +243,20 @@ function S.start_mailstore(opts)
   return server
 end
 
+-- The fault HTTP server (faulthttp.py): /garbage answers with something that is not HTTP.
+function S.start_fault_http()
+  local dir = S.tmpdir('faulthttp')
+  local port = S.free_port()
+  local pid = spawn('exec /usr/bin/python3 ' .. q(here .. '/faulthttp.py') .. ' ' .. port, dir .. '/server.log')
+  assert(S.wait_port(port), 'faulthttp is not listening: ' .. (read(dir .. '/server.log') or ''))
+  local server = { dir = dir, port = port, pid = pid, url = 'http://127.0.0.1:' .. port }
+  function server:stop()
+    kill_pid(self.pid)
+    reap(self.pid)
+  end
+  return server
+end
+
 -- A private Postfix instance (its own configuration, queue and log under a temporary
 -- directory; needs root, which hands the queue to the postfix user): it accepts mail from
 -- 127.0.0.1 on server.url, relays every recipient to opts.relay_port and delivers mail for

@@ -151,6 +151,28 @@ describe('herald.http', function()
     assert.are.equal('tls', class)
   end)
 
+  it('classifies a reply that is not HTTP as a transient protocol failure', function()
+    local fault = S.start_fault_http()
+    local ok, e = pcall(function()
+      local res, err, class = http.request { url = fault.url .. '/garbage', timeout_ms = 2000 }
+      assert.is_nil(res, err)
+      assert.are.equal('protocol', class)
+      assert.are.equal('transient', http.verdict(class))
+      -- on a connection reused from the pool as well
+      assert.are.equal(200, assert(http.request { url = fault.url .. '/ok' }).status)
+      res, err, class = http.request { url = fault.url .. '/garbage', timeout_ms = 2000 }
+      assert.is_nil(res, err)
+      assert.are.equal('protocol', class)
+      local b <close> = http.batch { url = fault.url .. '/garbage' }
+      b:add('x', 'k1')
+      local out = b:wait()
+      assert.are.equal('protocol', out.class[1])
+      assert.are.equal('transient', out.verdict[1])
+    end)
+    fault:stop()
+    assert(ok, e)
+  end)
+
   it('classifies a malformed URL as invalid and permanent', function()
     local res, _, class = http.request { url = 'ftp://127.0.0.1/' }
     assert.is_nil(res)
