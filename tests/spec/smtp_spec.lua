@@ -280,3 +280,45 @@ describe('herald.http.send_mail over TLS with AUTH', function()
     assert.are.equal('tls', class)
   end)
 end)
+
+describe('herald.http.send_mail against servers that misbehave', function()
+  local function mail(server, extra)
+    local t = { url = server.url, from = 'a@herald.example', to = 'b@example.org', text = 'x',
+                message_id = 'fault-' .. math.random(1e9) }
+    for k, v in pairs(extra or {}) do t[k] = v end
+    return http.send_mail(t)
+  end
+
+  it('takes a login refused for now (454) as transient and a wrong one (535) as permanent', function()
+    local later = S.start_fault_smtp { auth_reply = '454 4.7.0 Temporary authentication failure' }
+    local wrong = S.start_fault_smtp { auth_reply = '535 5.7.8 Authentication credentials invalid' }
+    local ok, e = pcall(function()
+      local login = { username = 'herald', password = 's3cret', starttls = 'no' }
+      local res, _, class, code = mail(later, login)
+      assert.is_nil(res)
+      assert.are.equal('auth', class)
+      assert.are.equal(454, code)
+      assert.are.equal('transient', http.verdict(class, code, true))
+      res, _, class, code = mail(wrong, login)
+      assert.is_nil(res)
+      assert.are.equal('auth', class)
+      assert.are.equal(535, code)
+      assert.are.equal('permanent', http.verdict(class, code, true))
+      -- the channel retries the first later; both count as systemic (every message would fail)
+      local smtp = require 'herald.channels.smtp'
+      local msg = { address = 'b@example.org', body = 'x', title = 's', key = 'fault-ch-1' }
+      local r = smtp.new { name = 'later', url = later.url, from = 'a@herald.example', username = 'herald',
+                           password = 's3cret', starttls = 'no' }:send { msg }[1]
+      assert.are.equal('transient', r.verdict)
+      assert.is_true(r.systemic)
+      r = smtp.new { name = 'wrong', url = wrong.url, from = 'a@herald.example', username = 'herald',
+                     password = 's3cret', starttls = 'no' }:send { msg }[1]
+      assert.are.equal('permanent', r.verdict)
+      assert.is_true(r.systemic)
+      assert.is_nil(r.feedback)
+    end)
+    later:stop()
+    wrong:stop()
+    assert(ok, e)
+  end)
+end)
