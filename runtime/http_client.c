@@ -25,6 +25,7 @@
 #define FREE_LIST_MAX 1024
 #define DEFAULT_TIMEOUT_MS 30000L
 #define MAX_HEADER_BYTES (64 * 1024)
+#define SMTP_REPLY_MAX 400
 
 /* A socket libcurl opened. It keeps its uv_poll from the first time libcurl asks us to watch
  * it until libcurl closes it (CURLOPT_CLOSESOCKETFUNCTION), so a pooled keep-alive connection
@@ -52,9 +53,14 @@ struct HeraldHttpTransfer {
   int want_headers;
   int64_t retry_after_ms;
   int is_smtp;
+  char reply[SMTP_REPLY_MAX];  /* SMTP: the reply being read, its lines joined */
+  size_t reply_len;
+  int reply_open;              /* that reply goes on ("250-" lines) */
+  char refusal[SMTP_REPLY_MAX]; /* the last whole reply with a 4xx or 5xx code ("" if none) */
   HeraldHttpDone done;
   void *user;
   char errbuf[CURL_ERROR_SIZE];
+  char errtext[CURL_ERROR_SIZE + SMTP_REPLY_MAX + 16];
   HeraldHttpTransfer *prev, *next;
 };
 
@@ -238,6 +244,14 @@ static void check_completions(HeraldHttpClient *c) {
     transfer_unlink(c, t);
     res.error = classify_curl(rc, t->is_smtp, res.status, reached);
     res.error_text = rc == CURLE_OK ? "" : (t->errbuf[0] ? t->errbuf : curl_easy_strerror(rc));
+    /* libcurl says which command an SMTP server refused ("RCPT failed: 550"), the server says
+     * why ("5.1.1 no such user", "5.7.1 content rejected"): a failure reason needs both. Only
+     * the reply that carries the refusal's code, not an earlier one of the session. */
+    if (rc != CURLE_OK && t->is_smtp && res.status >= 400 &&
+        strtol(t->refusal, NULL, 10) == res.status) {
+      snprintf(t->errtext, sizeof t->errtext, "%s (server: %s)", res.error_text, t->refusal);
+      res.error_text = t->errtext;
+    }
     res.body = t->recv;
     res.body_len = t->recv_len;
     res.truncated = t->truncated;
@@ -467,6 +481,26 @@ static size_t header_cb(char *data, size_t size, size_t n, void *userp) {
   return len;
 }
 
+/* libcurl hands an SMTP server's reply lines to the header callback: keep the last refusal
+ * (the lines of a multi-line reply joined with spaces, control bytes shown as '?'). Not just
+ * the last reply: after a refused RCPT libcurl ends the session, and QUIT's 221 comes last. */
+static size_t smtp_reply_cb(char *data, size_t size, size_t n, void *userp) {
+  HeraldHttpTransfer *t = userp;
+  size_t len = size * n, keep = len;
+  while (keep > 0 && (data[keep - 1] == '\r' || data[keep - 1] == '\n')) keep--;
+  if (!t->reply_open) t->reply_len = 0;
+  else if (t->reply_len + 1 < sizeof t->reply) t->reply[t->reply_len++] = ' ';
+  for (size_t i = 0; i < keep && t->reply_len + 1 < sizeof t->reply; i++) {
+    unsigned char ch = (unsigned char)data[i];
+    t->reply[t->reply_len++] = ch < 0x20 || ch == 0x7f ? '?' : (char)ch;
+  }
+  t->reply[t->reply_len] = '\0';
+  t->reply_open = keep > 3 && data[3] == '-';
+  if (!t->reply_open && strtol(t->reply, NULL, 10) >= 400)
+    memcpy(t->refusal, t->reply, t->reply_len + 1);
+  return len;
+}
+
 static size_t read_cb(char *buf, size_t size, size_t n, void *userp) {
   HeraldHttpTransfer *t = userp;
   size_t room = size * n;
@@ -502,6 +536,9 @@ static HeraldHttpTransfer *transfer_get(HeraldHttpClient *c, const char *data, s
   t->truncated = 0;
   t->retry_after_ms = -1;
   t->errbuf[0] = '\0';
+  t->reply_len = 0;
+  t->reply_open = 0;
+  t->refusal[0] = '\0';
   if (len > 0) {
     if (grow(&t->send, &t->send_cap, len) != 0) {
       transfer_release(c, t);
@@ -613,6 +650,8 @@ HeraldHttpTransfer *herald_smtp_submit(HeraldHttpClient *c, const HeraldSmtpRequ
   curl_easy_setopt(e, CURLOPT_READFUNCTION, read_cb);
   curl_easy_setopt(e, CURLOPT_READDATA, t);
   curl_easy_setopt(e, CURLOPT_INFILESIZE_LARGE, (curl_off_t)t->send_len);
+  curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, smtp_reply_cb);
+  curl_easy_setopt(e, CURLOPT_HEADERDATA, t);
   long ssl = req->starttls == 2 ? (long)CURLUSESSL_ALL
              : req->starttls == 1 ? (long)CURLUSESSL_TRY : (long)CURLUSESSL_NONE;
   curl_easy_setopt(e, CURLOPT_USE_SSL, ssl);

@@ -135,6 +135,28 @@ describe('herald.http.send_mail', function()
     assert.are.equal('transient', http.verdict(class, code, true))
   end)
 
+  it('keeps the server\'s words with a refusal', function()
+    local res, err, _, code = http.send_mail { url = store.url, from = 'a@herald.example',
+                                               to = 'reject@example.org', text = 'x', message_id = 'why-1' }
+    assert.is_nil(res)
+    assert.are.equal(550, code)
+    assert.matches('RCPT failed: 550', err, 1, true)
+    assert.matches('5.1.1 no such user', err, 1, true)
+    res, err, _, code = http.send_mail { url = store.url, from = 'blocked@herald.example',
+                                         to = 'b@example.org', text = 'x', message_id = 'why-2' }
+    assert.is_nil(res)
+    assert.are.equal(550, code)
+    assert.matches('^MAIL failed: 550', err)
+    assert.matches('5.7.1 sender rejected by policy', err, 1, true)
+    -- the reason the channel gives delivery to record, still a hard bounce at RCPT
+    local smtp = require 'herald.channels.smtp'
+    local out = smtp.new { name = 'store', url = store.url, from = 'a@herald.example' }:send {
+      { address = 'reject@example.org', body = 'x', title = 's', key = 'why-3' } }
+    assert.are.equal('permanent', out[1].verdict)
+    assert.are.equal('HARD_BOUNCE', out[1].feedback)
+    assert.matches('5.1.1 no such user', out[1].reason, 1, true)
+  end)
+
   it('reuses the SMTP connection across messages', function()
     local before = http.stats().connections
     for i = 1, 25 do
@@ -319,6 +341,21 @@ describe('herald.http.send_mail against servers that misbehave', function()
     end)
     later:stop()
     wrong:stop()
+    assert(ok, e)
+  end)
+
+  it('records why a message was refused after its DATA', function()
+    local server = S.start_fault_smtp()
+    local ok, e = pcall(function()
+      local smtp = require 'herald.channels.smtp'
+      local out = smtp.new { name = 'fault', url = server.url, from = 'a@herald.example' }:send {
+        { address = 'refuse@example.org', body = 'x', title = 's', key = 'refused-1' } }
+      assert.are.equal('permanent', out[1].verdict)
+      assert.matches('554 5.7.1 content rejected', out[1].reason, 1, true)
+      assert.is_true(out[1].systemic)   -- the content, not the recipient: no bounce
+      assert.is_nil(out[1].feedback)
+    end)
+    server:stop()
     assert(ok, e)
   end)
 end)
