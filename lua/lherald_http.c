@@ -358,9 +358,10 @@ static int l_request(lua_State *L) {
 
 /* ---- send_mail ---- */
 
+/* 0: never, 1: when offered, 2: required; -1 when the field is not given. */
 static int starttls_mode(lua_State *L, int t) {
   lua_getfield(L, t, "starttls");
-  int mode = 1;
+  int mode = -1;
   if (lua_isboolean(L, -1)) {
     mode = lua_toboolean(L, -1) ? 2 : 0;
   } else if (lua_type(L, -1) == LUA_TSTRING) {
@@ -510,6 +511,8 @@ static void mail_done(const HeraldHttpResponse *res, void *user) {
 
 /* send_mail{url=, from=, to=, subject=, text=, html=, message_id=, headers=, list_unsubscribe=,
  * one_click=, envelope_from=, username=, password=, starttls=, ca_file=, timeout_ms=, limit=}
+ * (starttls 'no', 'try' or 'required': by default 'required' with a username or password,
+ * else 'try')
  * -> {status=, message_id=} | nil, err, class[, smtp code]. With limit (http.limit(n)) the mail
  * waits in the transport for one of the limit's n places: the transport starts the next mail
  * the moment one finishes, with no round trip through the caller's loop. */
@@ -522,6 +525,10 @@ static int l_send_mail(lua_State *L) {
   req.starttls = starttls_mode(L, 1);
   req.username = field_string(L, 1, "username", 0);
   req.password = field_string(L, 1, "password", 0);
+  /* A login must not go out in cleartext because a server (or a man in the middle striking
+   * STARTTLS from its EHLO) did not offer TLS: with credentials, TLS is required unless the
+   * caller asked for less. Without, STARTTLS is used when offered. */
+  if (req.starttls < 0) req.starttls = req.username != NULL || req.password != NULL ? 2 : 1;
   req.ca_file = field_string(L, 1, "ca_file", 0);
 
   HeraldMailMessage m = {0};

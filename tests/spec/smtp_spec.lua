@@ -344,6 +344,36 @@ describe('herald.http.send_mail against servers that misbehave', function()
     assert(ok, e)
   end)
 
+  it('sends a login only over TLS unless told otherwise', function()
+    local server = S.start_fault_smtp()   -- offers AUTH, not STARTTLS
+    local ok, e = pcall(function()
+      local function auths()
+        local n = 0
+        for _, line in ipairs(server:commands()) do if line:match('^%d+ < AUTH') then n = n + 1 end end
+        return n
+      end
+      local login = { username = 'herald', password = 's3cret' }
+      local res, _, class = mail(server, login)
+      assert.is_nil(res)
+      assert.are.equal('tls', class)
+      assert.are.equal(0, auths())
+      -- the channel passes its profile's starttls, unset here
+      local smtp = require 'herald.channels.smtp'
+      local r = smtp.new { name = 'plain', url = server.url, from = 'a@herald.example', username = 'herald',
+                           password = 's3cret' }:send { { address = 'b@example.org', body = 'x', title = 's', key = 'tls-ch-1' } }[1]
+      assert.are_not.equal('delivered', r.verdict)
+      assert.are.equal(0, auths())
+      -- a profile that asks for less gets it
+      login.starttls = 'try'
+      assert(mail(server, login))
+      assert.are.equal(1, auths())
+      -- without credentials nothing needs hiding: STARTTLS when offered
+      assert(mail(server))
+    end)
+    server:stop()
+    assert(ok, e)
+  end)
+
   it('records why a message was refused after its DATA', function()
     local server = S.start_fault_smtp()
     local ok, e = pcall(function()
