@@ -19,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/resource.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -26,6 +27,7 @@
 #define DEFAULT_TIMEOUT_MS 30000L
 #define MAX_HEADER_BYTES (64 * 1024)
 #define SMTP_REPLY_MAX 400
+#define POOL_HOSTS 16      /* hosts whose capped connections the pool keeps without a total cap */
 
 /* A socket libcurl opened. It keeps its uv_poll from the first time libcurl asks us to watch
  * it until libcurl closes it (CURLOPT_CLOSESOCKETFUNCTION), so a pooled keep-alive connection
@@ -346,6 +348,23 @@ static int curl_timer_cb(CURLM *multi, long timeout_ms, void *clientp) {
   return 0;
 }
 
+/* How many idle connections the pool keeps (CURLMOPT_MAXCONNECTS, a limit over all hosts).
+ * Every connection the caps let be open at once must fit, or a connection that finishes a
+ * transfer is closed to make room and the next transfer opens a new one: set to the host cap
+ * (64), two profiles of 50 connections to two hosts opened a connection for nearly every
+ * request. So the total cap when there is one, else the host cap for POOL_HOSTS hosts, but at
+ * most half the descriptors the process may open: idle connections to many hosts (webhooks,
+ * each to its own) must not starve the store or new connections of descriptors. */
+static long pool_size(const HeraldHttpClientOptions *opt) {
+  long size = opt->max_total_connections > 0 ? opt->max_total_connections
+              : (opt->max_host_connections > 0 ? opt->max_host_connections : 64) * POOL_HOSTS;
+  struct rlimit rl;
+  if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY &&
+      (rlim_t)size > rl.rlim_cur / 2)
+    size = (long)(rl.rlim_cur / 2);
+  return size > 0 ? size : 1;
+}
+
 HeraldHttpClient *herald_http_client_new(uv_loop_t *loop, const HeraldHttpClientOptions *opt) {
   static int global_ready;
   if (!global_ready) {
@@ -375,10 +394,7 @@ HeraldHttpClient *herald_http_client_new(uv_loop_t *loop, const HeraldHttpClient
       curl_multi_setopt(c->multi, CURLMOPT_MAX_TOTAL_CONNECTIONS, opt->max_total_connections);
     if (opt->max_concurrent_streams > 0)
       curl_multi_setopt(c->multi, CURLMOPT_MAX_CONCURRENT_STREAMS, opt->max_concurrent_streams);
-    /* The pool must hold at least the connections we allow, or keep-alive is lost. */
-    long pool = opt->max_total_connections > opt->max_host_connections
-                    ? opt->max_total_connections : opt->max_host_connections;
-    if (pool > 0) curl_multi_setopt(c->multi, CURLMOPT_MAXCONNECTS, pool);
+    curl_multi_setopt(c->multi, CURLMOPT_MAXCONNECTS, pool_size(opt));
   }
   return c;
 }

@@ -489,6 +489,33 @@ describe('herald.http', function()
     assert.is_true(distinct(rows, 'connection') <= 2)
   end)
 
+  it('keeps the connections of two hosts alive at 50 each', function()
+    -- fresh servers, so every connection counted was opened here
+    local pause = '      location = /pause { echo_sleep 0.01; echo ok; }\n'
+    local a = S.start_nginx { tls = false, locations = pause }
+    local b = S.start_nginx { tls = false, locations = pause }
+    local ok, e = pcall(function()
+      local before = http.stats().connections
+      local finished, delivered = 0, 0
+      for _, server in ipairs { a, b } do
+        herald.spawn(function()
+          local bodies = {}
+          for i = 1, 1000 do bodies[i] = 'x' end
+          local s = http.post_many { url = server.url .. '/pause', bodies = bodies, concurrency = 50 }
+          delivered = delivered + s.delivered
+          finished = finished + 1
+        end)
+      end
+      while finished < 2 do herald.sleep(20) end
+      assert.are.equal(2000, delivered)
+      local opened = http.stats().connections - before
+      assert.is_true(opened <= 2 * 50 + 10, opened .. ' connections for 2,000 requests')
+    end)
+    a:stop()
+    b:stop()
+    assert(ok, e)
+  end)
+
   it('keeps batches that share a limit to its count of transfers in flight', function()
     -- a fresh server, so every connection counted was opened here
     local slow = S.start_nginx { tls = false, locations = '      location = /pause { echo_sleep 0.05; echo ok; }\n' }
