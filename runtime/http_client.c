@@ -20,6 +20,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -38,6 +39,7 @@ typedef struct Socket {
   HeraldHttpClient *c;
   int events;      /* what the poll watches now; 0 = stopped */
   int wanted;      /* libcurl watches it (not CURL_POLL_REMOVE'd since) */
+  int quiet;       /* idle in the pool, its server speaks only when spoken to (SMTP, HTTP/1) */
   struct Socket *prev, *next;
 } Socket;
 
@@ -267,14 +269,40 @@ static void check_completions(HeraldHttpClient *c) {
   }
 }
 
+/* Makes libcurl drop a pooled connection rather than reuse it. libcurl 7.88 checks an idle
+ * connection before reusing it, but counts one with input waiting as alive: an SMTP server that
+ * wrote "421 4.4.2 timeout" and closed the session had the next mail's MAIL FROM answered with
+ * that 421, failing it as a refusal. So the descriptor is pointed at a socket whose peer is gone
+ * (reading it gives end of file at once, whatever was pending): libcurl's check finds the
+ * connection closed, closes it and opens a new one. The old socket closes with it. Without a
+ * descriptor to spare, the connection is shut down and its input read off instead, which libcurl
+ * reads as closed as well. */
+static void socket_retire(Socket *s) {
+  int pair[2];
+  if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair) == 0) {
+    close(pair[1]);
+    int moved = dup2(pair[0], s->fd) == s->fd;
+    close(pair[0]);
+    if (moved) return;
+  }
+  if (shutdown(s->fd, SHUT_RDWR) == 0) {
+    char buf[4096];
+    while (recv(s->fd, buf, sizeof buf, MSG_DONTWAIT) > 0) continue;
+  }
+}
+
 static void poll_cb(uv_poll_t *p, int status, int events) {
   Socket *s = p->data;
   HeraldHttpClient *c = s->c;
   if (!s->wanted) {
-    /* A pooled connection became readable or failed while idle (the peer closed it): stop
-     * watching; libcurl checks a connection before reusing it and closes a dead one. */
+    /* A pooled connection became readable or failed while idle. When its protocol has the
+     * server speak only when spoken to, that is the server closing the session (a 421 or a
+     * 408 before it hangs up, a TLS close_notify, an end of file): never to be reused. An
+     * HTTP/2 server may send frames at any time (PING, SETTINGS); libcurl reads them, and a
+     * GOAWAY, when it next uses the connection. */
     uv_poll_stop(&s->poll);
     s->events = 0;
+    if (s->quiet) socket_retire(s);
     return;
   }
   int flags = 0;
@@ -294,18 +322,23 @@ static void timer_cb(uv_timer_t *h) {
 }
 
 static int curl_socket_cb(CURL *easy, curl_socket_t fd, int what, void *clientp, void *socketp) {
-  (void)easy;
   (void)socketp;
   HeraldHttpClient *c = clientp;
   /* Our registry, not libcurl's socketp: libcurl can close a socket without a REMOVE first
    * (a pooled connection closed by the pool), and the number may come back as a new socket. */
   Socket *s = socket_find(c, fd);
   if (what == CURL_POLL_REMOVE) {
-    /* Back in the pool: keep the poll as it is until it fires or libcurl wants it again, but
-     * unreferenced, so an idle pool does not keep the loop (and the process) alive. */
+    /* Back in the pool: watch for the server's input until it comes (see poll_cb) or libcurl
+     * wants the socket again, unreferenced, so an idle pool does not keep the loop (and the
+     * process) alive. The poll usually watches reading already (the transfer's last wait). */
     if (s != NULL) {
+      long version = 0;
       s->wanted = 0;
+      s->quiet = easy == NULL || curl_easy_getinfo(easy, CURLINFO_HTTP_VERSION, &version) != CURLE_OK ||
+                 version < CURL_HTTP_VERSION_2_0;
       uv_unref((uv_handle_t *)&s->poll);
+      if (s->events != UV_READABLE && uv_poll_start(&s->poll, UV_READABLE, poll_cb) == 0)
+        s->events = UV_READABLE;
     }
     return 0;
   }

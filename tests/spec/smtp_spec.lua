@@ -344,6 +344,32 @@ describe('herald.http.send_mail against servers that misbehave', function()
     assert(ok, e)
   end)
 
+  it('opens new sessions after the server closed the idle ones', function()
+    -- like Postfix's smtpd_timeout: "421 4.4.2 ... timeout" to a session idle for a second, then close
+    local server = S.start_fault_smtp { idle = 1 }
+    local ok, e = pcall(function()
+      local smtp = require 'herald.channels.smtp'
+      local ch = smtp.new { name = 'idle', url = server.url, from = 'a@herald.example', sessions = 3 }
+      local function three(tag)
+        local msgs = {}
+        for i = 1, 3 do msgs[i] = { address = tag .. i .. '@example.org', body = 'x', title = 's', key = tag .. '-' .. i } end
+        return ch:send(msgs)
+      end
+      local first = three('before')
+      herald.sleep(1600)
+      local idle_closed = 0
+      for _, line in ipairs(server:commands()) do if line:match(' idle%-closed$') then idle_closed = idle_closed + 1 end end
+      assert.is_true(idle_closed >= 1, 'the server closed no session')
+      local second = three('after')
+      for i = 1, 3 do
+        assert.are.equal('delivered', first[i].verdict, first[i].reason)
+        assert.are.equal('delivered', second[i].verdict, second[i].reason)
+      end
+    end)
+    server:stop()
+    assert(ok, e)
+  end)
+
   it('sends a login only over TLS unless told otherwise', function()
     local server = S.start_fault_smtp()   -- offers AUTH, not STARTTLS
     local ok, e = pcall(function()
