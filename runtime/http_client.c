@@ -12,7 +12,18 @@
  * steady stream of requests allocates almost nothing.
  *
  * Handles are closed asynchronously: herald_http_client_free starts the closes and the last
- * close callback frees the client. */
+ * close callback frees the client.
+ *
+ * Transfers to one host wait here for a place under the host cap, not in libcurl. libcurl
+ * queues a transfer that finds the host at CURLMOPT_MAX_HOST_CONNECTIONS, but its timeout
+ * (CURLOPT_TIMEOUT_MS) runs from the moment it was added: a profile of 130 connections to a
+ * host capped at 64 had its third wave time out without being sent. Raising the cap to whatever
+ * profiles ask for would leave it meaning nothing, so the cap stays and is kept here: a host
+ * gets the cap's number of transfers handed to libcurl at once (and as many times more as
+ * CURLMOPT_MAX_CONCURRENT_STREAMS allows once it has answered over HTTP/2, where transfers
+ * share connections), the rest wait in order, and a transfer's clock starts when it is handed
+ * over. Hosts are keyed as libcurl counts them, by name and port. A total cap
+ * (max_total_connections) is still libcurl's to keep. */
 #include "runtime/http_client.h"
 
 #include <curl/curl.h>
@@ -29,6 +40,9 @@
 #define MAX_HEADER_BYTES (64 * 1024)
 #define SMTP_REPLY_MAX 400
 #define POOL_HOSTS 16      /* hosts whose capped connections the pool keeps without a total cap */
+#define HOST_KEY_MAX 300
+#define HOSTS_IDLE_MAX 256 /* hosts with nothing in flight remembered (whether they multiplex) */
+#define DEFAULT_STREAMS 100 /* libcurl's CURLMOPT_MAX_CONCURRENT_STREAMS */
 
 /* A socket libcurl opened. It keeps its uv_poll from the first time libcurl asks us to watch
  * it until libcurl closes it (CURLOPT_CLOSESOCKETFUNCTION), so a pooled keep-alive connection
@@ -43,9 +57,15 @@ typedef struct Socket {
   struct Socket *prev, *next;
 } Socket;
 
+typedef struct Host Host;
+
 struct HeraldHttpTransfer {
   HeraldHttpClient *c;
   CURL *easy;
+  Host *host;                /* the host it counts against; NULL: no host cap */
+  int may_multiplex;         /* HTTP/2 possible (https, not http1 only) */
+  int queued;                /* waiting in host's queue, not handed to libcurl yet */
+  HeraldHttpTransfer *qprev, *qnext;
   struct curl_slist *list;   /* request headers, or SMTP recipients */
   char *send;                /* request body / SMTP message */
   size_t send_len, send_cap, send_pos;
@@ -68,9 +88,26 @@ struct HeraldHttpTransfer {
   HeraldHttpTransfer *prev, *next;
 };
 
+/* A host under the host cap (see the top of the file). */
+struct Host {
+  Host *next;                /* in its hash bucket */
+  Host *idle_prev, *idle_next; /* in the idle list, while nothing runs or waits */
+  int listed;                /* in the idle list */
+  size_t running;            /* transfers handed to libcurl */
+  int multiplex;             /* its latest transfer that could use HTTP/2 did */
+  HeraldHttpTransfer *head, *tail; /* waiting for a place, in order */
+  char key[];                /* "name:port", the name in lower case */
+};
+
 struct HeraldHttpClient {
   uv_loop_t *loop;
   CURLM *multi;
+  size_t host_cap;           /* transfers per host handed to libcurl at once (0: no cap) */
+  size_t streams;            /* HTTP/2 streams per connection */
+  Host **hosts;              /* hash table */
+  size_t nbuckets, nhosts;
+  Host *idle_head, *idle_tail;
+  size_t nidle;
   uv_timer_t timer;
   Socket *sockets;
   Socket **by_fd;            /* open sockets by descriptor */
@@ -199,9 +236,190 @@ static HeraldNetClass classify_curl(CURLcode rc, int is_smtp, long status, int r
   }
 }
 
+/* ---- hosts under the cap ---- */
+
+/* The key libcurl counts a URL's connections under: its host name (lower case) and port, the
+ * scheme's default when the URL gives none. -1 for what cannot be placed (libcurl will refuse
+ * a malformed URL itself). */
+static int host_key(const char *url, char *key, size_t cap) {
+  const char *sep = strstr(url, "://");
+  if (sep == NULL) return -1;
+  size_t slen = (size_t)(sep - url);
+  const char *auth = sep + 3;
+  size_t alen = strcspn(auth, "/?#");
+  const char *at = NULL;
+  for (size_t i = 0; i < alen; i++)
+    if (auth[i] == '@') at = auth + i;
+  if (at != NULL) {
+    alen -= (size_t)(at + 1 - auth);
+    auth = at + 1;
+  }
+  size_t hlen = alen;
+  if (alen > 0 && auth[0] == '[') {
+    const char *close = memchr(auth, ']', alen);
+    if (close == NULL) return -1;
+    hlen = (size_t)(close - auth) + 1;
+  } else {
+    const char *colon = memchr(auth, ':', alen);
+    if (colon != NULL) hlen = (size_t)(colon - auth);
+  }
+  long port = 0;
+  if (hlen < alen && auth[hlen] == ':' && hlen + 1 < alen) {
+    char *end;
+    port = strtol(auth + hlen + 1, &end, 10);
+    if (end != auth + alen) return -1;
+  } else if (slen == 4 && strncasecmp(url, "http", 4) == 0) {
+    port = 80;
+  } else if (slen == 5 && strncasecmp(url, "https", 5) == 0) {
+    port = 443;
+  } else if (slen == 4 && strncasecmp(url, "smtp", 4) == 0) {
+    port = 25;
+  } else if (slen == 5 && strncasecmp(url, "smtps", 5) == 0) {
+    port = 465;
+  }
+  if (hlen == 0 || hlen + 24 > cap) return -1;
+  for (size_t i = 0; i < hlen; i++) {
+    char ch = auth[i];
+    key[i] = (ch >= 'A' && ch <= 'Z') ? (char)(ch + 32) : ch;
+  }
+  snprintf(key + hlen, cap - hlen, ":%ld", port);
+  return 0;
+}
+
+static size_t key_hash(const char *key) {
+  size_t h = 2166136261u;
+  for (; *key; key++) h = (h ^ (unsigned char)*key) * 16777619u;
+  return h;
+}
+
+static void idle_unlink(HeraldHttpClient *c, Host *h) {
+  if (h->idle_prev) h->idle_prev->idle_next = h->idle_next; else c->idle_head = h->idle_next;
+  if (h->idle_next) h->idle_next->idle_prev = h->idle_prev; else c->idle_tail = h->idle_prev;
+  h->idle_prev = h->idle_next = NULL;
+  h->listed = 0;
+  c->nidle--;
+}
+
+static int host_is_idle(const Host *h) { return h->running == 0 && h->head == NULL; }
+
+static void host_remove(HeraldHttpClient *c, Host *h) {
+  Host **p = &c->hosts[key_hash(h->key) & (c->nbuckets - 1)];
+  while (*p != h) p = &(*p)->next;
+  *p = h->next;
+  c->nhosts--;
+  free(h);
+}
+
+/* A host with nothing running or waiting joins the idle list; the longest idle ones are
+ * forgotten past HOSTS_IDLE_MAX (webhooks may each have a host of their own). */
+static void host_settle(HeraldHttpClient *c, Host *h) {
+  if (!host_is_idle(h) || h->listed) return;
+  h->listed = 1;
+  h->idle_prev = NULL;
+  h->idle_next = c->idle_head;
+  if (c->idle_head) c->idle_head->idle_prev = h; else c->idle_tail = h;
+  c->idle_head = h;
+  c->nidle++;
+  while (c->nidle > HOSTS_IDLE_MAX) {
+    Host *old = c->idle_tail;
+    idle_unlink(c, old);
+    host_remove(c, old);
+  }
+}
+
+static int hosts_grow(HeraldHttpClient *c) {
+  size_t n = c->nbuckets ? c->nbuckets * 2 : 64;
+  Host **b = calloc(n, sizeof *b);
+  if (b == NULL) return c->nbuckets > 0 ? 0 : -1;  /* a full table only gets slower */
+  for (size_t i = 0; i < c->nbuckets; i++) {
+    for (Host *h = c->hosts[i], *next; h != NULL; h = next) {
+      next = h->next;
+      size_t k = key_hash(h->key) & (n - 1);
+      h->next = b[k];
+      b[k] = h;
+    }
+  }
+  free(c->hosts);
+  c->hosts = b;
+  c->nbuckets = n;
+  return 0;
+}
+
+/* The host a transfer to url counts against, taken off the idle list; NULL when there is no
+ * cap, the URL cannot be placed or memory is out (the transfer then goes to libcurl as is). */
+static Host *host_get(HeraldHttpClient *c, const char *url) {
+  char key[HOST_KEY_MAX];
+  if (c->host_cap == 0 || host_key(url, key, sizeof key) != 0) return NULL;
+  if (c->nhosts >= 2 * c->nbuckets && hosts_grow(c) != 0) return NULL;
+  size_t k = key_hash(key) & (c->nbuckets - 1);
+  Host *h = c->hosts[k];
+  while (h != NULL && strcmp(h->key, key) != 0) h = h->next;
+  if (h != NULL) {
+    if (h->listed) idle_unlink(c, h);
+    return h;
+  }
+  size_t len = strlen(key) + 1;
+  h = calloc(1, sizeof *h + len);
+  if (h == NULL) return NULL;
+  memcpy(h->key, key, len);
+  h->next = c->hosts[k];
+  c->hosts[k] = h;
+  c->nhosts++;
+  return h;
+}
+
+static int host_admits(const HeraldHttpClient *c, const Host *h, const HeraldHttpTransfer *t) {
+  size_t limit = c->host_cap;
+  if (t->may_multiplex && h->multiplex) limit *= c->streams;
+  return h->running < limit;
+}
+
+static void queue_unlink(Host *h, HeraldHttpTransfer *t) {
+  if (t->qprev) t->qprev->qnext = t->qnext; else h->head = t->qnext;
+  if (t->qnext) t->qnext->qprev = t->qprev; else h->tail = t->qprev;
+  t->qprev = t->qnext = NULL;
+  t->queued = 0;
+}
+
+static void transfer_fail_to_start(HeraldHttpClient *c, HeraldHttpTransfer *t);
+
+/* Hands waiting transfers to libcurl while the host has places. */
+static void host_admit(HeraldHttpClient *c, Host *h) {
+  while (!c->closing && h->head != NULL && host_admits(c, h, h->head)) {
+    HeraldHttpTransfer *t = h->head;
+    queue_unlink(h, t);
+    if (curl_multi_add_handle(c->multi, t->easy) != CURLM_OK) {
+      transfer_fail_to_start(c, t);
+      continue;
+    }
+    h->running++;
+  }
+}
+
+/* A transfer of h left libcurl (finished or cancelled): its place goes to the next. */
+static void host_finished(HeraldHttpClient *c, Host *h) {
+  h->running--;
+  host_admit(c, h);
+  host_settle(c, h);
+}
+
+static void hosts_free(HeraldHttpClient *c) {
+  for (size_t i = 0; i < c->nbuckets; i++) {
+    for (Host *h = c->hosts[i], *next; h != NULL; h = next) {
+      next = h->next;
+      free(h);
+    }
+  }
+  free(c->hosts);
+  c->hosts = NULL;
+  c->nbuckets = c->nhosts = c->nidle = 0;
+  c->idle_head = c->idle_tail = NULL;
+}
+
 static void transfer_release(HeraldHttpClient *c, HeraldHttpTransfer *t) {
   curl_slist_free_all(t->list);
   t->list = NULL;
+  t->host = NULL;
   if (c->closing || c->nfree >= FREE_LIST_MAX) {
     curl_easy_cleanup(t->easy);
     free(t->send);
@@ -221,6 +439,19 @@ static void transfer_unlink(HeraldHttpClient *c, HeraldHttpTransfer *t) {
   if (t->next) t->next->prev = t->prev;
   t->prev = t->next = NULL;
   c->in_flight--;
+}
+
+/* A waiting transfer libcurl would not take when its turn came: its outcome says so. */
+static void transfer_fail_to_start(HeraldHttpClient *c, HeraldHttpTransfer *t) {
+  HeraldHttpResponse res;
+  memset(&res, 0, sizeof res);
+  res.error = kHeraldNetProtocol;
+  res.error_text = "cannot start the transfer";
+  res.retry_after_ms = -1;
+  res.http_version = 1;
+  transfer_unlink(c, t);
+  t->done(&res, t->user);
+  transfer_release(c, t);
 }
 
 static void check_completions(HeraldHttpClient *c) {
@@ -245,6 +476,10 @@ static void check_completions(HeraldHttpClient *c) {
     curl_easy_getinfo(easy, CURLINFO_TOTAL_TIME_T, &total_us);
     c->connections += (uint64_t)connects;
     curl_multi_remove_handle(c->multi, easy);
+    if (t->host != NULL) {
+      if (t->may_multiplex && version != 0) t->host->multiplex = version >= CURL_HTTP_VERSION_2_0;
+      host_finished(c, t->host);
+    }
     transfer_unlink(c, t);
     res.error = classify_curl(rc, t->is_smtp, res.status, reached);
     res.error_text = rc == CURLE_OK ? "" : (t->errbuf[0] ? t->errbuf : curl_easy_strerror(rc));
@@ -421,6 +656,8 @@ HeraldHttpClient *herald_http_client_new(uv_loop_t *loop, const HeraldHttpClient
   curl_multi_setopt(c->multi, CURLMOPT_TIMERDATA, c);
   curl_multi_setopt(c->multi, CURLMOPT_PIPELINING, (long)CURLPIPE_MULTIPLEX);
   if (opt != NULL) {
+    c->host_cap = opt->max_host_connections > 0 ? (size_t)opt->max_host_connections : 0;
+    c->streams = opt->max_concurrent_streams > 0 ? (size_t)opt->max_concurrent_streams : DEFAULT_STREAMS;
     if (opt->max_host_connections > 0)
       curl_multi_setopt(c->multi, CURLMOPT_MAX_HOST_CONNECTIONS, opt->max_host_connections);
     if (opt->max_total_connections > 0)
@@ -454,6 +691,7 @@ void herald_http_client_free(HeraldHttpClient *c) {
   c->nfree = 0;
   curl_multi_cleanup(c->multi);  /* closes pooled connections, may report sockets removed */
   c->multi = NULL;
+  hosts_free(c);
   while (c->sockets != NULL) socket_close(c, c->sockets);
   free(c->by_fd);
   c->by_fd = NULL;
@@ -607,13 +845,28 @@ static HeraldHttpTransfer *transfer_get(HeraldHttpClient *c, const char *data, s
   return t;
 }
 
+/* Hands t to libcurl, or queues it behind its host's transfers (see the top of the file). */
 static HeraldHttpTransfer *transfer_start(HeraldHttpClient *c, HeraldHttpTransfer *t,
-                                          HeraldHttpDone done, void *user) {
+                                          const char *url, int may_multiplex, HeraldHttpDone done,
+                                          void *user) {
   t->done = done;
   t->user = user;
-  if (curl_multi_add_handle(c->multi, t->easy) != CURLM_OK) {
+  t->may_multiplex = may_multiplex;
+  t->queued = 0;
+  t->qprev = t->qnext = NULL;
+  Host *h = host_get(c, url);
+  t->host = h;
+  if (h != NULL && (h->head != NULL || !host_admits(c, h, t))) {
+    t->queued = 1;
+    t->qprev = h->tail;
+    if (h->tail) h->tail->qnext = t; else h->head = t;
+    h->tail = t;
+  } else if (curl_multi_add_handle(c->multi, t->easy) != CURLM_OK) {
+    if (h != NULL) host_settle(c, h);
     transfer_release(c, t);
     return NULL;
+  } else if (h != NULL) {
+    h->running++;
   }
   t->next = c->active;
   if (c->active) c->active->prev = t;
@@ -672,7 +925,8 @@ HeraldHttpTransfer *herald_http_submit(HeraldHttpClient *c, const HeraldHttpRequ
     return NULL;
   }
   if (t->list) curl_easy_setopt(e, CURLOPT_HTTPHEADER, t->list);
-  return transfer_start(c, t, done, user);
+  int may_multiplex = !req->http1_only && strncasecmp(req->url, "https:", 6) == 0;
+  return transfer_start(c, t, req->url, may_multiplex, done, user);
 }
 
 HeraldHttpTransfer *herald_smtp_submit(HeraldHttpClient *c, const HeraldSmtpRequest *req,
@@ -707,12 +961,19 @@ HeraldHttpTransfer *herald_smtp_submit(HeraldHttpClient *c, const HeraldSmtpRequ
   if (req->username) curl_easy_setopt(e, CURLOPT_USERNAME, req->username);
   if (req->password) curl_easy_setopt(e, CURLOPT_PASSWORD, req->password);
   if (req->ca_file) curl_easy_setopt(e, CURLOPT_CAINFO, req->ca_file);
-  return transfer_start(c, t, done, user);
+  return transfer_start(c, t, req->url, 0, done, user);
 }
 
 void herald_http_cancel(HeraldHttpClient *c, HeraldHttpTransfer *t) {
   if (t == NULL) return;
-  curl_multi_remove_handle(c->multi, t->easy);
+  Host *h = t->host;
+  if (t->queued) {
+    queue_unlink(h, t);
+    host_settle(c, h);
+  } else {
+    curl_multi_remove_handle(c->multi, t->easy);
+    if (h != NULL) host_finished(c, h);
+  }
   transfer_unlink(c, t);
   transfer_release(c, t);
 }

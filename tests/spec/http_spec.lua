@@ -516,6 +516,33 @@ describe('herald.http', function()
     assert(ok, e)
   end)
 
+  it('starts the clock of a transfer beyond the host cap only when its turn comes', function()
+    -- a fresh server; /half answers after half a second
+    local half = S.start_nginx { locations = '      location = /half { echo_sleep 0.5; echo ok; }\n' }
+    http.configure { max_host_connections = 2 }
+    local ok, e = pcall(function()
+      -- eight at once over two connections: four rounds of half a second, each within 1.2 s
+      local b <close> = http.batch { url = half.url .. '/half', method = 'GET', concurrency = 8, timeout_ms = 1200 }
+      for _ = 1, 8 do b:add('') end
+      local out = b:wait()
+      assert.are.equal(8, out.n)
+      for i = 1, out.n do assert.are.equal('delivered', out.verdict[i], out.detail[i]) end
+      -- over HTTP/2 the cap counts connections, which carry many streams: once the host has
+      -- answered over HTTP/2, the rest go at once (two rounds, not four)
+      local h2 <close> = http.batch { url = half.tls_url .. '/half', method = 'GET', concurrency = 8,
+                                      timeout_ms = 1200, ca_file = half.ca }
+      for _ = 1, 8 do h2:add('') end
+      local t0 = clock.now()
+      out = h2:wait()
+      local elapsed = clock.now() - t0
+      for i = 1, out.n do assert.are.equal('delivered', out.verdict[i], out.detail[i]) end
+      assert.is_true(elapsed < 1700, 'took ' .. elapsed .. ' ms')
+    end)
+    http.configure { max_host_connections = 64 }
+    half:stop()
+    assert(ok, e)
+  end)
+
   it('keeps batches that share a limit to its count of transfers in flight', function()
     -- a fresh server, so every connection counted was opened here
     local slow = S.start_nginx { tls = false, locations = '      location = /pause { echo_sleep 0.05; echo ok; }\n' }
