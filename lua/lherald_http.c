@@ -12,7 +12,14 @@
  * which keeps `concurrency` transfers in flight (a group); C collects the outcomes and wait()
  * hands them back as arrays. Bodies stay in a Lua table until they are handed over (a window
  * of a few times the concurrency), so a long queue costs no copies. Batches made with the same
- * limit (limit(n)) share one group: n transfers at once between all of them. */
+ * limit (limit(n)) share one group: n transfers at once between all of them.
+ *
+ * Completions arrive in libuv callbacks, where a Lua error has no protected call to land in:
+ * in a sandbox near its memory cap one would abort the process. So a completion only stores
+ * the outcome in C and resumes the task; the task's own continuation (lua_yieldk) makes the
+ * result tables on its thread, where a memory error is an error of that task, which it can
+ * catch. Handing a batch's queued items over from a completion touches Lua only through
+ * calls that never allocate (raw reads of strings add made, on a thread of the batch's own). */
 #include <lauxlib.h>
 #include <stdlib.h>
 #include <string.h>
@@ -115,6 +122,29 @@ static int field_boolean(lua_State *L, int t, const char *k, int def) {
   return v;
 }
 
+/* Whether s (len bytes) would break out of a header line: CR or LF end the line and let the
+ * rest pass as a header of its own, and NUL ends it where C reads the string. */
+static int breaks_line(const char *s, size_t len) {
+  return memchr(s, '\r', len) != NULL || memchr(s, '\n', len) != NULL || memchr(s, '\0', len) != NULL;
+}
+
+/* Field k of table t: NULL, or an RFC 9110 token (a method or a header name), which keeps
+ * it from carrying a line break, a NUL or anything else into the request's head. */
+static const char *field_token(lua_State *L, int t, const char *k) {
+  size_t len = 0;
+  const char *s = field_lstring(L, t, k, 0, &len);
+  if (s == NULL) return NULL;
+  static const char tchar[] = "!#$%&'*+-.^_`|~";
+  int ok = len > 0;
+  for (size_t i = 0; i < len && ok; i++) {
+    unsigned char ch = (unsigned char)s[i];
+    ok = (ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') ||
+         (ch != '\0' && strchr(tchar, ch) != NULL);
+  }
+  if (!ok) luaL_error(L, "field '%s': expected a token (letters, digits and !#$%%&'*+-.^_`|~)", k);
+  return s;
+}
+
 /* Reads a headers table ({Name = value} or {"Name: value", ...}) into "Name: value" lines
  * pushed on the stack (they stay there, anchoring the strings). Returns the count. */
 static size_t header_lines(lua_State *L, int t, const char *k, const char **lines) {
@@ -148,7 +178,7 @@ static size_t header_lines(lua_State *L, int t, const char *k, const char **line
 /* Pushes nil, message, class[, status] for a failed transfer. */
 static int push_failure(lua_State *L, const HeraldHttpResponse *res) {
   lua_pushnil(L);
-  lua_pushstring(L, res->error_text);
+  lua_pushstring(L, res->error_text ? res->error_text : "cannot keep the outcome (out of memory)");
   lua_pushstring(L, herald_net_class_name(res->error));
   if (res->status > 0) {
     lua_pushinteger(L, res->status);
@@ -159,16 +189,74 @@ static int push_failure(lua_State *L, const HeraldHttpResponse *res) {
 
 /* ---- request ---- */
 
+/* A response kept from its completion until the task has made its result: the strings are
+ * copies owned here (the transport's copies go when the callback returns). */
+static void response_free(HeraldHttpResponse *r) {
+  free((char *)r->error_text);
+  free((char *)r->body);
+  free((char *)r->headers);
+}
+
+static int dup_mem(const char **dst, const char *src, size_t n) {
+  char *d = malloc(n + 1);
+  if (d == NULL) return -1;
+  if (n > 0) memcpy(d, src, n);
+  d[n] = '\0';
+  *dst = d;
+  return 0;
+}
+
+/* Copies src into dst; out of memory, dst tells that instead (the transfer happened, only its
+ * details are lost). */
+static void response_keep(HeraldHttpResponse *dst, const HeraldHttpResponse *src) {
+  *dst = *src;
+  dst->error_text = dst->body = dst->headers = NULL;
+  size_t hlen = 0;
+  const char *p = src->headers;
+  for (size_t i = 0; p != NULL && i < 2 * src->nheaders; i++) p += strlen(p) + 1;
+  if (p != NULL) hlen = (size_t)(p - src->headers);
+  const char *text = src->error_text ? src->error_text : "";
+  if (dup_mem(&dst->error_text, text, strlen(text)) == 0 &&
+      dup_mem(&dst->body, src->body, src->body ? src->body_len : 0) == 0 &&
+      dup_mem(&dst->headers, src->headers, hlen) == 0)
+    return;
+  response_free(dst);
+  memset(dst, 0, sizeof *dst);
+  dst->error = kHeraldNetProtocol;
+  dst->error_text = NULL;
+  dst->retry_after_ms = -1;
+}
+
 typedef struct {
   HeraldTaskWait *wait;
   HeraldHttpJob *t;
+  HeraldHttpResponse res;  /* the outcome, from its completion until the task has it */
 } Pending;
+
+static void pending_free(void *data) {
+  Pending *p = data;
+  response_free(&p->res);
+  free(p);
+}
 
 static void pending_cancel(HeraldTaskWait *w, void *data) {
   (void)w;
   Pending *p = data;
   if (client != NULL && p->t != NULL) herald_http_thread_cancel(client, p->t);
-  free(p);
+  pending_free(p);
+}
+
+/* Continues a task resumed by a completion: push(L) with the pending data p as its argument
+ * makes the results, protected, so p is released whatever happens; a failure (out of memory)
+ * is then raised in the task, which can catch it. */
+static int finish_wait(lua_State *L, lua_CFunction push, void *p, void (*release)(void *)) {
+  lua_settop(L, 0);  /* the call's arguments are done with: its room on the stack is free */
+  lua_pushcfunction(L, push);
+  lua_pushlightuserdata(L, p);
+  int status = lua_pcall(L, 1, LUA_MULTRET, 0);
+  release(p);
+  if (status != LUA_OK) return lua_error(L);
+  return lua_gettop(L);
 }
 
 static void push_response(lua_State *L, const HeraldHttpResponse *res) {
@@ -208,20 +296,28 @@ static void push_response(lua_State *L, const HeraldHttpResponse *res) {
   lua_setfield(L, -2, "verdict");
 }
 
+static int push_request_result(lua_State *L) {
+  Pending *p = lua_touserdata(L, 1);
+  if (p->res.error != kHeraldNetOk) return push_failure(L, &p->res);
+  push_response(L, &p->res);
+  return 1;
+}
+
+static int request_k(lua_State *L, int status, lua_KContext ctx) {
+  (void)status;
+  return finish_wait(L, push_request_result, (void *)ctx, pending_free);
+}
+
 static void request_done(const HeraldHttpResponse *res, void *user) {
   Pending *p = user;
+  p->t = NULL;
   HeraldTaskWait *w = p->wait;
-  free(p);
-  if (w == NULL) return;  /* the wait could not be made (out of memory, raised to the caller) */
-  lua_State *co = herald_task_wait_thread(w);
-  int n;
-  if (res->error == kHeraldNetOk) {
-    push_response(co, res);
-    n = 1;
-  } else {
-    n = push_failure(co, res);
+  if (w == NULL) {  /* the wait could not be made (out of memory, raised to the caller) */
+    free(p);
+    return;
   }
-  herald_task_wait_done(w, n);
+  response_keep(&p->res, res);
+  herald_task_wait_done(w, 0);  /* request_k makes the result, on the task's thread */
 }
 
 /* request{method=, url=, headers=, body=, timeout_ms=, max_body=, ca_file=, http1=} ->
@@ -230,7 +326,7 @@ static int l_request(lua_State *L) {
   luaL_checktype(L, 1, LUA_TTABLE);
   HeraldHttpRequest req = {0};
   req.url = field_string(L, 1, "url", 1);
-  req.method = field_string(L, 1, "method", 0);
+  req.method = field_token(L, 1, "method");
   req.body = field_lstring(L, 1, "body", 0, &req.body_len);
   req.timeout_ms = (long)field_integer(L, 1, "timeout_ms", 30000);
   luaL_argcheck(L, req.timeout_ms > 0, 1, "timeout_ms must be > 0");
@@ -257,14 +353,15 @@ static int l_request(lua_State *L) {
     return 3;
   }
   p->wait = herald_task_wait_new(L, 0, pending_cancel, p);
-  return lua_yield(L, 0);
+  return lua_yieldk(L, 0, (lua_KContext)p, request_k);
 }
 
 /* ---- send_mail ---- */
 
+/* 0: never, 1: when offered, 2: required; -1 when the field is not given. */
 static int starttls_mode(lua_State *L, int t) {
   lua_getfield(L, t, "starttls");
-  int mode = 1;
+  int mode = -1;
   if (lua_isboolean(L, -1)) {
     mode = lua_toboolean(L, -1) ? 2 : 0;
   } else if (lua_type(L, -1) == LUA_TSTRING) {
@@ -362,42 +459,60 @@ typedef struct {
   HeraldTaskWait *wait;
   HeraldHttpJob *t;
   char message_id[512];
+  HeraldHttpResponse res;  /* the outcome (its error text kept), until the task has it */
 } MailPending;
+
+static void mail_free(void *data) {
+  MailPending *p = data;
+  free((char *)p->res.error_text);
+  free(p);
+}
 
 static void mail_cancel(HeraldTaskWait *w, void *data) {
   (void)w;
   MailPending *p = data;
   if (client != NULL && p->t != NULL) herald_http_thread_cancel(client, p->t);
-  free(p);
+  mail_free(p);
+}
+
+static int push_mail_result(lua_State *L) {
+  MailPending *p = lua_touserdata(L, 1);
+  if (p->res.error != kHeraldNetOk) return push_failure(L, &p->res);
+  lua_createtable(L, 0, 3);
+  lua_pushinteger(L, p->res.status);
+  lua_setfield(L, -2, "status");
+  lua_pushstring(L, p->message_id);
+  lua_setfield(L, -2, "message_id");
+  lua_pushstring(L, "delivered");
+  lua_setfield(L, -2, "verdict");
+  return 1;
+}
+
+static int mail_k(lua_State *L, int status, lua_KContext ctx) {
+  (void)status;
+  return finish_wait(L, push_mail_result, (void *)ctx, mail_free);
 }
 
 static void mail_done(const HeraldHttpResponse *res, void *user) {
   MailPending *p = user;
+  p->t = NULL;
   HeraldTaskWait *w = p->wait;
   if (w == NULL) {  /* the wait could not be made (out of memory, raised to the caller) */
     free(p);
     return;
   }
-  lua_State *co = herald_task_wait_thread(w);
-  int n;
-  if (res->error == kHeraldNetOk) {
-    lua_createtable(co, 0, 3);
-    lua_pushinteger(co, res->status);
-    lua_setfield(co, -2, "status");
-    lua_pushstring(co, p->message_id);
-    lua_setfield(co, -2, "message_id");
-    lua_pushstring(co, "delivered");
-    lua_setfield(co, -2, "verdict");
-    n = 1;
-  } else {
-    n = push_failure(co, res);
-  }
-  free(p);
-  herald_task_wait_done(w, n);
+  p->res.error = res->error;
+  p->res.status = res->status;
+  const char *text = res->error_text ? res->error_text : "";
+  if (res->error != kHeraldNetOk && dup_mem(&p->res.error_text, text, strlen(text)) != 0)
+    p->res.error_text = NULL;  /* push_failure says the outcome was lost */
+  herald_task_wait_done(w, 0);  /* mail_k makes the result, on the task's thread */
 }
 
 /* send_mail{url=, from=, to=, subject=, text=, html=, message_id=, headers=, list_unsubscribe=,
  * one_click=, envelope_from=, username=, password=, starttls=, ca_file=, timeout_ms=, limit=}
+ * (starttls 'no', 'try' or 'required': by default 'required' with a username or password,
+ * else 'try')
  * -> {status=, message_id=} | nil, err, class[, smtp code]. With limit (http.limit(n)) the mail
  * waits in the transport for one of the limit's n places: the transport starts the next mail
  * the moment one finishes, with no round trip through the caller's loop. */
@@ -410,6 +525,10 @@ static int l_send_mail(lua_State *L) {
   req.starttls = starttls_mode(L, 1);
   req.username = field_string(L, 1, "username", 0);
   req.password = field_string(L, 1, "password", 0);
+  /* A login must not go out in cleartext because a server (or a man in the middle striking
+   * STARTTLS from its EHLO) did not offer TLS: with credentials, TLS is required unless the
+   * caller asked for less. Without, STARTTLS is used when offered. */
+  if (req.starttls < 0) req.starttls = req.username != NULL || req.password != NULL ? 2 : 1;
   req.ca_file = field_string(L, 1, "ca_file", 0);
 
   HeraldMailMessage m = {0};
@@ -462,7 +581,7 @@ static int l_send_mail(lua_State *L) {
     return 3;
   }
   p->wait = herald_task_wait_new(L, 0, mail_cancel, p);
-  return lua_yield(L, 0);
+  return lua_yieldk(L, 0, (lua_KContext)p, mail_k);
 invalid:
   lua_pushnil(L);
   lua_pushstring(L, err.msg);
@@ -511,10 +630,11 @@ typedef struct {
 } Outcome;
 
 struct Batch {
-  lua_State *main;
+  lua_State *L;           /* a thread of the batch's own, for handing items over (see there) */
+  int thread_ref;         /* registry: L */
   int items_ref;          /* registry: {[seq] = body} */
   int keys_ref;           /* registry: {[seq] = key} */
-  int opts_ref;           /* registry: {[seq] = {url=, headers=}} for items that have them */
+  int opts_ref;           /* registry: {[seq] = "url\0line\0..."} for items with options */
   lua_Integer added;      /* last seq appended */
   lua_Integer started;    /* last seq started */
   size_t in_flight;
@@ -527,6 +647,8 @@ struct Batch {
   char *url;
   char *method;
   char *key_header;       /* e.g. "Idempotency-Key"; NULL: no per-request key header */
+  char *keyline;          /* "key_header: key" of the item being handed over */
+  size_t keyline_cap;
   char **headers;
   size_t nheaders;
   long timeout_ms;
@@ -570,10 +692,49 @@ static Outcome *outcome_new(Batch *b) {
   return o;
 }
 
-/* Hands queued items to the transport while the window has room. */
-static void batch_hand_over(lua_State *L, Batch *b) {
-  HeraldHttpThread *c = get_client(L);
-  luaL_checkstack(L, MAX_HEADERS + 12, "batch");
+/* The item's key header line "key_header: key" (key at index k, a string or a number), in
+ * the batch's buffer: a key may list many message ids (a webhook call for 50 endpoints), so
+ * it has no fixed size. A number is written as tostring() writes it, in C: the line is made
+ * where nothing may raise (see batch_hand_over). NULL when out of memory. */
+static const char *batch_key_line(lua_State *L, Batch *b, int k) {
+  char num[64];
+  const char *key;
+  size_t klen;
+  if (lua_type(L, k) == LUA_TSTRING) {
+    key = lua_tolstring(L, k, &klen);
+  } else {
+    if (lua_isinteger(L, k)) {
+      lua_integer2str(num, sizeof num, lua_tointeger(L, k));
+    } else {
+      lua_number2str(num, sizeof num - 2, lua_tonumber(L, k));
+      /* as lua_tostring: a float that reads like an integer gets ".0" */
+      if (num[strspn(num, "-0123456789")] == '\0') strcat(num, ".0");
+    }
+    key = num;
+    klen = strlen(num);
+  }
+  size_t hlen = strlen(b->key_header);
+  size_t need = hlen + 2 + klen + 1;
+  if (need > b->keyline_cap) {
+    char *p = realloc(b->keyline, need);
+    if (p == NULL) return NULL;
+    b->keyline = p;
+    b->keyline_cap = need;
+  }
+  memcpy(b->keyline, b->key_header, hlen);
+  memcpy(b->keyline + hlen, ": ", 2);
+  memcpy(b->keyline + hlen + 2, key, klen);
+  b->keyline[need - 1] = '\0';
+  return b->keyline;
+}
+
+/* Hands queued items to the transport while the window has room. Runs from completions too,
+ * so nothing here may raise: it reads the strings add stored with raw accesses, which never
+ * allocate, on the batch's own thread, whose stack is never used for more than the room every
+ * thread starts with (LUA_MINSTACK). An item that cannot be handed over gets its outcome. */
+static void batch_hand_over(Batch *b) {
+  HeraldHttpThread *c = client;  /* made by whoever added the items; outlives the batch's jobs */
+  lua_State *L = b->L;
   lua_rawgeti(L, LUA_REGISTRYINDEX, b->items_ref);
   lua_rawgeti(L, LUA_REGISTRYINDEX, b->keys_ref);
   lua_rawgeti(L, LUA_REGISTRYINDEX, b->opts_ref);
@@ -589,7 +750,7 @@ static void batch_hand_over(lua_State *L, Batch *b) {
     int base = lua_gettop(L);
     lua_rawgeti(L, items, seq);
     size_t len = 0;
-    const char *body = lua_tolstring(L, -1, &len);
+    const char *body = lua_tolstring(L, -1, &len);  /* a string: add checked it */
     HeraldHttpRequest req = {0};
     req.method = b->method;
     req.url = b->url;
@@ -601,41 +762,30 @@ static void batch_hand_over(lua_State *L, Batch *b) {
     req.http1_only = b->http1_only;
     req.headers = lines;
     req.nheaders = b->nheaders;
-    char keyline[512];
+    int key_failed = 0;
     if (b->key_header != NULL && lua_rawgeti(L, keys, seq) != LUA_TNIL) {
-      snprintf(keyline, sizeof keyline, "%s: %s", b->key_header, lua_tostring(L, -1));
-      lines[req.nheaders++] = keyline;
+      const char *line = batch_key_line(L, b, -1);
+      if (line != NULL) lines[req.nheaders++] = line; else key_failed = 1;
       lua_pop(L, 1);
     } else if (b->key_header != NULL) {
       lua_pop(L, 1);
     }
-    /* Per-item url and headers were checked by add; the strings stay on the stack until the
-     * submit has copied them. */
-    if (lua_rawgeti(L, opts, seq) == LUA_TTABLE) {
-      int o = lua_gettop(L);
-      if (lua_getfield(L, o, "url") == LUA_TSTRING) req.url = lua_tostring(L, -1);
-      if (lua_getfield(L, o, "headers") == LUA_TTABLE) {
-        int ht = lua_gettop(L);
-        lua_pushnil(L);
-        while (lua_next(L, ht) != 0 && req.nheaders < 2 * MAX_HEADERS) {
-          if (lua_type(L, -2) == LUA_TSTRING && lua_type(L, -1) == LUA_TSTRING)
-            lines[req.nheaders++] = lua_pushfstring(L, "%s: %s", lua_tostring(L, -2), lua_tostring(L, -1));
-          else if (lua_type(L, -1) == LUA_TSTRING)
-            lines[req.nheaders++] = lua_pushstring(L, lua_tostring(L, -1));
-          else
-            lua_pushnil(L);
-          lua_insert(L, ht);  /* keep the line, below the table */
-          ht++;
-          lua_pop(L, 1);
-        }
-      }
+    /* Per-item url and headers, as add copied them (see pack_item_opts); the string stays on
+     * the stack until the submit has copied the request. */
+    if (lua_rawgeti(L, opts, seq) == LUA_TSTRING) {
+      size_t plen;
+      const char *p = lua_tolstring(L, -1, &plen), *end = p + plen;
+      if (*p != '\0') req.url = p;
+      for (p += strlen(p) + 1; p < end; p += strlen(p) + 1) lines[req.nheaders++] = p;
       lua_pushnil(L);
       lua_rawseti(L, opts, seq);
     }
     b->slots[s].b = b;
     b->slots[s].seq = seq;
     b->in_flight++;
-    b->slots[s].t = herald_http_thread_submit_quiet(c, b->group, b->notify, &req, batch_done, &b->slots[s]);
+    b->slots[s].t = key_failed || c == NULL ? NULL
+                    : herald_http_thread_submit_quiet(c, b->group, b->notify, &req, batch_done,
+                                                      &b->slots[s]);
     lua_settop(L, base);
     lua_pushnil(L);
     lua_rawseti(L, items, seq);  /* the body is copied; release it */
@@ -652,22 +802,18 @@ static void batch_hand_over(lua_State *L, Batch *b) {
 }
 
 /* Starts queued items while slots are free, then says when the loop needs waking (also when
- * the window is full and nothing started). L is any thread of the batch's state. */
-static void batch_pump(lua_State *L, Batch *b) {
-  if (!b->closed && b->started < b->added && b->in_flight < b->window) batch_hand_over(L, b);
+ * the window is full and nothing started). */
+static void batch_pump(Batch *b) {
+  if (!b->closed && b->started < b->added && b->in_flight < b->window) batch_hand_over(b);
   batch_update_wake(b);
 }
-
-static int batch_push_outcomes(lua_State *L, Batch *b);
 
 static void batch_maybe_wake(Batch *b) {
   if (b->wait == NULL) return;
   if (b->nout < b->wait_min && batch_outstanding(b) > 0) return;
   HeraldTaskWait *w = b->wait;
   b->wait = NULL;
-  lua_State *co = herald_task_wait_thread(w);
-  batch_push_outcomes(co, b);
-  herald_task_wait_done(w, 1);
+  herald_task_wait_done(w, 0);  /* batch_wait_k hands the outcomes over, on the task's thread */
 }
 
 static void batch_done(const HeraldHttpResponse *res, void *user) {
@@ -687,31 +833,30 @@ static void batch_done(const HeraldHttpResponse *res, void *user) {
   }
   /* pumps (and updates the wake-up) before the wake: the task it resumes may close the batch
    * and let it be collected */
-  batch_pump(b->main, b);
+  batch_pump(b);
   batch_maybe_wake(b);
 }
 
 /* Pushes {n=, seq={}, key={}, status={}, class={}, verdict={}, retry_after_ms={}, detail={}}
- * and forgets the outcomes. */
+ * and forgets the outcomes. The tables are made first: a memory error leaves every outcome in
+ * the batch for a later wait. */
 static int batch_push_outcomes(lua_State *L, Batch *b) {
   luaL_checkstack(L, 12, "batch");
   int n = (int)b->nout;
   lua_createtable(L, 0, 8);
   int t = lua_gettop(L);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, b->keys_ref);
+  int keys = t + 1;
   static const char *const names[] = {"seq", "key", "status", "class", "verdict",
                                       "retry_after_ms", "detail"};
   for (int k = 0; k < 7; k++) lua_createtable(L, n, 0);
-  int base = t + 1;  /* seq at base, key base+1, ... */
-  lua_rawgeti(L, LUA_REGISTRYINDEX, b->keys_ref);
-  int keys = lua_gettop(L);
+  int base = keys + 1;  /* seq at base, key base+1, ... */
   for (int i = 0; i < n; i++) {
     Outcome *o = &b->out[i];
     lua_pushinteger(L, o->seq);
     lua_rawseti(L, base, i + 1);
     lua_rawgeti(L, keys, o->seq);
     lua_rawseti(L, base + 1, i + 1);
-    lua_pushnil(L);
-    lua_rawseti(L, keys, o->seq);
     lua_pushinteger(L, o->status);
     lua_rawseti(L, base + 2, i + 1);
     lua_pushstring(L, herald_net_class_name(o->cls));
@@ -725,14 +870,23 @@ static int batch_push_outcomes(lua_State *L, Batch *b) {
     if (o->detail != NULL) {
       lua_pushstring(L, o->detail);
       lua_rawseti(L, base + 6, i + 1);
-      free(o->detail);
     }
   }
-  lua_pop(L, 1);
   for (int k = 6; k >= 0; k--) lua_setfield(L, t, names[k]);
   lua_pushinteger(L, n);
   lua_setfield(L, t, "n");
+  /* The task has them: nothing below allocates (a key is cleared where it is set). */
+  for (int i = 0; i < n; i++) {
+    Outcome *o = &b->out[i];
+    if (lua_rawgeti(L, keys, o->seq) != LUA_TNIL) {
+      lua_pushnil(L);
+      lua_rawseti(L, keys, o->seq);
+    }
+    lua_pop(L, 1);
+    free(o->detail);
+  }
   b->nout = 0;
+  lua_settop(L, t);
   return 1;
 }
 
@@ -742,8 +896,7 @@ static Batch *check_batch(lua_State *L) {
   return b;
 }
 
-static char *dup_field(lua_State *L, int t, const char *k, int required) {
-  const char *s = field_string(L, t, k, required);
+static char *dup_string(lua_State *L, const char *s) {
   if (s == NULL) return NULL;
   char *d = strdup(s);
   if (d == NULL) luaL_error(L, "out of memory");
@@ -779,11 +932,10 @@ static int l_batch(lua_State *L) {
   field_string(L, 1, "url", 1);
   Batch *b = lua_newuserdatauv(L, sizeof *b, 0);
   memset(b, 0, sizeof *b);
-  b->items_ref = b->keys_ref = b->opts_ref = LUA_NOREF;
+  b->thread_ref = b->items_ref = b->keys_ref = b->opts_ref = LUA_NOREF;
   luaL_setmetatable(L, BATCH_MT);
-  lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_MAINTHREAD);
-  b->main = lua_tothread(L, -1);
-  lua_pop(L, 1);
+  b->L = lua_newthread(L);
+  b->thread_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   b->concurrency = (size_t)conc;
   /* Items wait in the transport thread's group rather than here, so a finished transfer is
    * followed by the next at once; the window bounds the copies handed over. */
@@ -797,10 +949,10 @@ static int l_batch(lua_State *L) {
   b->group = shared != NULL ? herald_http_group_retain(shared) : herald_http_group_new(b->concurrency);
   b->notify = herald_http_notify_new();
   if (b->slots == NULL || b->group == NULL || b->notify == NULL) return luaL_error(L, "out of memory");
-  b->url = dup_field(L, 1, "url", 1);
-  b->method = dup_field(L, 1, "method", 0);
-  b->key_header = dup_field(L, 1, "key_header", 0);
-  b->ca_file = dup_field(L, 1, "ca_file", 0);
+  b->url = dup_string(L, field_string(L, 1, "url", 1));
+  b->method = dup_string(L, field_token(L, 1, "method"));
+  b->key_header = dup_string(L, field_token(L, 1, "key_header"));
+  b->ca_file = dup_string(L, field_string(L, 1, "ca_file", 0));
   int top = lua_gettop(L);
   const char *lines[MAX_HEADERS];
   size_t n = header_lines(L, 1, "headers", lines);
@@ -822,31 +974,58 @@ static int l_batch(lua_State *L) {
 }
 
 static int has_line_break(lua_State *L, int i) {
-  return lua_type(L, i) == LUA_TSTRING && strpbrk(lua_tostring(L, i), "\r\n") != NULL;
+  size_t len;
+  const char *s = lua_type(L, i) == LUA_TSTRING ? lua_tolstring(L, i, &len) : NULL;
+  return s != NULL && breaks_line(s, len);
 }
 
-/* Checks an item's options ({url=, headers=}) where the caller can be told what is wrong. */
-static void check_item_opts(lua_State *L, int o, lua_Integer seq) {
+/* Copies an item's options ({url=, headers=}) into one string and pushes it:
+ * "url\0line\0line\0..." (url empty when not given), each part checked where the caller can be
+ * told what is wrong. The string is kept in place of the table, so what goes out is what add
+ * checked, whatever the caller does to the table while the item waits for its turn; the lines
+ * lie NUL-terminated in it, ready to hand over without making another string. */
+static void pack_item_opts(lua_State *L, int o, lua_Integer seq) {
   if (!lua_istable(L, o)) luaL_error(L, "item %d: options must be a table {url=, headers=}", (int)seq);
   lua_getfield(L, o, "url");
-  if (!lua_isnil(L, -1) && lua_type(L, -1) != LUA_TSTRING)
-    luaL_error(L, "item %d: url must be a string", (int)seq);
-  lua_pop(L, 1);
+  int url = lua_gettop(L);
+  if (!lua_isnil(L, url) && (lua_type(L, url) != LUA_TSTRING || has_line_break(L, url)))
+    luaL_error(L, "item %d: url must be a string without line breaks", (int)seq);
   lua_getfield(L, o, "headers");
   int ht = lua_gettop(L);
+  int n = 0;
   if (lua_istable(L, ht)) {
-    int n = 0;
+    luaL_checkstack(L, 2 * MAX_HEADERS + 4, "item headers");
     lua_pushnil(L);
     while (lua_next(L, ht) != 0) {
       if (++n > MAX_HEADERS) luaL_error(L, "item %d: more than %d headers", (int)seq, MAX_HEADERS);
-      if (lua_type(L, -1) != LUA_TSTRING || has_line_break(L, -1) || has_line_break(L, -2))
+      int named = lua_type(L, -2) == LUA_TSTRING;
+      if (lua_type(L, -1) != LUA_TSTRING || has_line_break(L, -1) || (named && has_line_break(L, -2)))
         luaL_error(L, "item %d: headers must be strings without line breaks", (int)seq);
-      lua_pop(L, 1);
+      /* name (nil for a whole "Name: value" line) and value go below the table, anchored
+       * there while the string is made */
+      if (named) lua_pushvalue(L, -2); else lua_pushnil(L);
+      lua_insert(L, ht++);
+      lua_insert(L, ht++);
     }
   } else if (!lua_isnil(L, ht)) {
     luaL_error(L, "item %d: headers must be a table", (int)seq);
   }
-  lua_pop(L, 1);
+  luaL_Buffer b;
+  luaL_buffinit(L, &b);
+  if (!lua_isnil(L, url)) luaL_addstring(&b, lua_tostring(L, url));
+  luaL_addchar(&b, '\0');
+  for (int i = 0; i < n; i++) {
+    int name = url + 1 + 2 * i;
+    if (!lua_isnil(L, name)) {
+      luaL_addstring(&b, lua_tostring(L, name));
+      luaL_addstring(&b, ": ");
+    }
+    luaL_addstring(&b, lua_tostring(L, name + 1));
+    luaL_addchar(&b, '\0');
+  }
+  luaL_pushresult(&b);
+  lua_replace(L, url);
+  lua_settop(L, url);
 }
 
 /* Appends one item from the values at body_idx, key_idx and opts_idx (0: none). */
@@ -858,30 +1037,30 @@ static void batch_append(lua_State *L, Batch *b, int body_idx, int key_idx, int 
   if (has_key && (!lua_isstring(L, key_idx) || has_line_break(L, key_idx)))
     luaL_error(L, "item %d: the key must be a string or a number without line breaks", (int)seq);
   int has_opts = opts_idx != 0 && !lua_isnil(L, opts_idx);
-  if (has_opts) check_item_opts(L, opts_idx, seq);
-  b->added = seq;
+  if (has_opts) {
+    pack_item_opts(L, opts_idx, seq);
+    lua_rawseti(L, opts, seq);
+  }
   lua_pushvalue(L, body_idx);
   lua_rawseti(L, items, seq);
   if (has_key) {
     lua_pushvalue(L, key_idx);
     lua_rawseti(L, keys, seq);
   }
-  if (has_opts) {
-    lua_pushvalue(L, opts_idx);
-    lua_rawseti(L, opts, seq);
-  }
+  b->added = seq;  /* last: an error above leaves the batch as it was */
 }
 
 /* b:add(body[, key[, {url=, headers=}]]) -> seq. The key goes out in the key_header and comes
  * back with the outcome; url and headers override or extend the batch's for this item. */
 static int l_batch_add(lua_State *L) {
   Batch *b = check_batch(L);
+  get_client(L);
   lua_settop(L, 4);
   lua_rawgeti(L, LUA_REGISTRYINDEX, b->items_ref);
   lua_rawgeti(L, LUA_REGISTRYINDEX, b->keys_ref);
   lua_rawgeti(L, LUA_REGISTRYINDEX, b->opts_ref);
   batch_append(L, b, 2, 3, 4, 5, 6, 7);
-  batch_pump(L, b);
+  batch_pump(b);
   lua_pushinteger(L, b->added);
   return 1;
 }
@@ -890,6 +1069,7 @@ static int l_batch_add(lua_State *L) {
 static int l_batch_add_many(lua_State *L) {
   Batch *b = check_batch(L);
   luaL_checktype(L, 2, LUA_TTABLE);
+  get_client(L);
   lua_settop(L, 4);
   if (!lua_isnil(L, 3)) luaL_checktype(L, 3, LUA_TTABLE);
   if (!lua_isnil(L, 4)) luaL_checktype(L, 4, LUA_TTABLE);
@@ -904,7 +1084,7 @@ static int l_batch_add_many(lua_State *L) {
     batch_append(L, b, 8, 9, 10, 5, 6, 7);
     lua_pop(L, 3);
   }
-  batch_pump(L, b);
+  batch_pump(b);
   lua_pushinteger(L, b->added);
   return 1;
 }
@@ -913,6 +1093,11 @@ static void batch_wait_cancel(HeraldTaskWait *w, void *data) {
   (void)w;
   Batch *b = data;
   b->wait = NULL;
+}
+
+static int batch_wait_k(lua_State *L, int status, lua_KContext ctx) {
+  (void)status;
+  return batch_push_outcomes(L, (Batch *)ctx);  /* the waiter's argument holds the batch */
 }
 
 /* b:wait([min]) -> outcomes. Waits until min outcomes are ready (default: everything added),
@@ -930,7 +1115,7 @@ static int l_batch_wait(lua_State *L) {
   /* Outcomes that finished quietly (nobody was waiting) count towards min but are not in yet:
    * the wake threshold just set counts only jobs still in flight. */
   herald_http_thread_hand_back(client);
-  return lua_yield(L, 0);
+  return lua_yieldk(L, 0, (lua_KContext)b, batch_wait_k);
 }
 
 /* b:stats() -> queued, in_flight, ready */
@@ -964,10 +1149,12 @@ static int l_batch_close(lua_State *L) {
   free(b->url);
   free(b->method);
   free(b->key_header);
+  free(b->keyline);
   free(b->ca_file);
   luaL_unref(L, LUA_REGISTRYINDEX, b->items_ref);
   luaL_unref(L, LUA_REGISTRYINDEX, b->keys_ref);
   luaL_unref(L, LUA_REGISTRYINDEX, b->opts_ref);
+  luaL_unref(L, LUA_REGISTRYINDEX, b->thread_ref);
   return 0;
 }
 

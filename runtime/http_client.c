@@ -12,19 +12,37 @@
  * steady stream of requests allocates almost nothing.
  *
  * Handles are closed asynchronously: herald_http_client_free starts the closes and the last
- * close callback frees the client. */
+ * close callback frees the client.
+ *
+ * Transfers to one host wait here for a place under the host cap, not in libcurl. libcurl
+ * queues a transfer that finds the host at CURLMOPT_MAX_HOST_CONNECTIONS, but its timeout
+ * (CURLOPT_TIMEOUT_MS) runs from the moment it was added: a profile of 130 connections to a
+ * host capped at 64 had its third wave time out without being sent. Raising the cap to whatever
+ * profiles ask for would leave it meaning nothing, so the cap stays and is kept here: a host
+ * gets the cap's number of transfers handed to libcurl at once (and as many times more as
+ * CURLMOPT_MAX_CONCURRENT_STREAMS allows once it has answered over HTTP/2, where transfers
+ * share connections), the rest wait in order, and a transfer's clock starts when it is handed
+ * over. Hosts are keyed as libcurl counts them, by name and port. A total cap
+ * (max_total_connections) is still libcurl's to keep. */
 #include "runtime/http_client.h"
 
 #include <curl/curl.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
 #define FREE_LIST_MAX 1024
 #define DEFAULT_TIMEOUT_MS 30000L
 #define MAX_HEADER_BYTES (64 * 1024)
+#define SMTP_REPLY_MAX 400
+#define POOL_HOSTS 16      /* hosts whose capped connections the pool keeps without a total cap */
+#define HOST_KEY_MAX 300
+#define HOSTS_IDLE_MAX 256 /* hosts with nothing in flight remembered (whether they multiplex) */
+#define DEFAULT_STREAMS 100 /* libcurl's CURLMOPT_MAX_CONCURRENT_STREAMS */
 
 /* A socket libcurl opened. It keeps its uv_poll from the first time libcurl asks us to watch
  * it until libcurl closes it (CURLOPT_CLOSESOCKETFUNCTION), so a pooled keep-alive connection
@@ -35,12 +53,19 @@ typedef struct Socket {
   HeraldHttpClient *c;
   int events;      /* what the poll watches now; 0 = stopped */
   int wanted;      /* libcurl watches it (not CURL_POLL_REMOVE'd since) */
+  int quiet;       /* idle in the pool, its server speaks only when spoken to (SMTP, HTTP/1) */
   struct Socket *prev, *next;
 } Socket;
+
+typedef struct Host Host;
 
 struct HeraldHttpTransfer {
   HeraldHttpClient *c;
   CURL *easy;
+  Host *host;                /* the host it counts against; NULL: no host cap */
+  int may_multiplex;         /* HTTP/2 possible (https, not http1 only) */
+  int queued;                /* waiting in host's queue, not handed to libcurl yet */
+  HeraldHttpTransfer *qprev, *qnext;
   struct curl_slist *list;   /* request headers, or SMTP recipients */
   char *send;                /* request body / SMTP message */
   size_t send_len, send_cap, send_pos;
@@ -52,15 +77,37 @@ struct HeraldHttpTransfer {
   int want_headers;
   int64_t retry_after_ms;
   int is_smtp;
+  char reply[SMTP_REPLY_MAX];  /* SMTP: the reply being read, its lines joined */
+  size_t reply_len;
+  int reply_open;              /* that reply goes on ("250-" lines) */
+  char refusal[SMTP_REPLY_MAX]; /* the last whole reply with a 4xx or 5xx code ("" if none) */
   HeraldHttpDone done;
   void *user;
   char errbuf[CURL_ERROR_SIZE];
+  char errtext[CURL_ERROR_SIZE + SMTP_REPLY_MAX + 16];
   HeraldHttpTransfer *prev, *next;
+};
+
+/* A host under the host cap (see the top of the file). */
+struct Host {
+  Host *next;                /* in its hash bucket */
+  Host *idle_prev, *idle_next; /* in the idle list, while nothing runs or waits */
+  int listed;                /* in the idle list */
+  size_t running;            /* transfers handed to libcurl */
+  int multiplex;             /* its latest transfer that could use HTTP/2 did */
+  HeraldHttpTransfer *head, *tail; /* waiting for a place, in order */
+  char key[];                /* "name:port", the name in lower case */
 };
 
 struct HeraldHttpClient {
   uv_loop_t *loop;
   CURLM *multi;
+  size_t host_cap;           /* transfers per host handed to libcurl at once (0: no cap) */
+  size_t streams;            /* HTTP/2 streams per connection */
+  Host **hosts;              /* hash table */
+  size_t nbuckets, nhosts;
+  Host *idle_head, *idle_tail;
+  size_t nidle;
   uv_timer_t timer;
   Socket *sockets;
   Socket **by_fd;            /* open sockets by descriptor */
@@ -148,7 +195,8 @@ static int curl_close_cb(void *clientp, curl_socket_t fd) {
   return close(fd);
 }
 
-static HeraldNetClass classify_curl(CURLcode rc, int is_smtp, long status) {
+/* reached: a server was connected to (or a pooled connection reused) for the transfer. */
+static HeraldNetClass classify_curl(CURLcode rc, int is_smtp, long status, int reached) {
   switch (rc) {
     case CURLE_OK: return kHeraldNetOk;
     case CURLE_OPERATION_TIMEDOUT: return kHeraldNetTimeout;
@@ -165,8 +213,11 @@ static HeraldNetClass classify_curl(CURLcode rc, int is_smtp, long status) {
     case CURLE_SSL_INVALIDCERTSTATUS:
     case CURLE_USE_SSL_FAILED: return kHeraldNetTls;
     case CURLE_LOGIN_DENIED: return kHeraldNetAuth;
+    /* A scheme we do not speak is a bad URL; from a server, the same code means its reply was
+     * not the protocol (HTTP/0.9, garbage from a broken proxy): the server's fault, which may
+     * pass. */
+    case CURLE_UNSUPPORTED_PROTOCOL: return reached ? kHeraldNetProtocol : kHeraldNetInvalid;
     case CURLE_URL_MALFORMAT:
-    case CURLE_UNSUPPORTED_PROTOCOL:
     case CURLE_BAD_FUNCTION_ARGUMENT:
     case CURLE_NOT_BUILT_IN: return kHeraldNetInvalid;
     case CURLE_ABORTED_BY_CALLBACK: return kHeraldNetCancelled;
@@ -185,9 +236,190 @@ static HeraldNetClass classify_curl(CURLcode rc, int is_smtp, long status) {
   }
 }
 
+/* ---- hosts under the cap ---- */
+
+/* The key libcurl counts a URL's connections under: its host name (lower case) and port, the
+ * scheme's default when the URL gives none. -1 for what cannot be placed (libcurl will refuse
+ * a malformed URL itself). */
+static int host_key(const char *url, char *key, size_t cap) {
+  const char *sep = strstr(url, "://");
+  if (sep == NULL) return -1;
+  size_t slen = (size_t)(sep - url);
+  const char *auth = sep + 3;
+  size_t alen = strcspn(auth, "/?#");
+  const char *at = NULL;
+  for (size_t i = 0; i < alen; i++)
+    if (auth[i] == '@') at = auth + i;
+  if (at != NULL) {
+    alen -= (size_t)(at + 1 - auth);
+    auth = at + 1;
+  }
+  size_t hlen = alen;
+  if (alen > 0 && auth[0] == '[') {
+    const char *close = memchr(auth, ']', alen);
+    if (close == NULL) return -1;
+    hlen = (size_t)(close - auth) + 1;
+  } else {
+    const char *colon = memchr(auth, ':', alen);
+    if (colon != NULL) hlen = (size_t)(colon - auth);
+  }
+  long port = 0;
+  if (hlen < alen && auth[hlen] == ':' && hlen + 1 < alen) {
+    char *end;
+    port = strtol(auth + hlen + 1, &end, 10);
+    if (end != auth + alen) return -1;
+  } else if (slen == 4 && strncasecmp(url, "http", 4) == 0) {
+    port = 80;
+  } else if (slen == 5 && strncasecmp(url, "https", 5) == 0) {
+    port = 443;
+  } else if (slen == 4 && strncasecmp(url, "smtp", 4) == 0) {
+    port = 25;
+  } else if (slen == 5 && strncasecmp(url, "smtps", 5) == 0) {
+    port = 465;
+  }
+  if (hlen == 0 || hlen + 24 > cap) return -1;
+  for (size_t i = 0; i < hlen; i++) {
+    char ch = auth[i];
+    key[i] = (ch >= 'A' && ch <= 'Z') ? (char)(ch + 32) : ch;
+  }
+  snprintf(key + hlen, cap - hlen, ":%ld", port);
+  return 0;
+}
+
+static size_t key_hash(const char *key) {
+  size_t h = 2166136261u;
+  for (; *key; key++) h = (h ^ (unsigned char)*key) * 16777619u;
+  return h;
+}
+
+static void idle_unlink(HeraldHttpClient *c, Host *h) {
+  if (h->idle_prev) h->idle_prev->idle_next = h->idle_next; else c->idle_head = h->idle_next;
+  if (h->idle_next) h->idle_next->idle_prev = h->idle_prev; else c->idle_tail = h->idle_prev;
+  h->idle_prev = h->idle_next = NULL;
+  h->listed = 0;
+  c->nidle--;
+}
+
+static int host_is_idle(const Host *h) { return h->running == 0 && h->head == NULL; }
+
+static void host_remove(HeraldHttpClient *c, Host *h) {
+  Host **p = &c->hosts[key_hash(h->key) & (c->nbuckets - 1)];
+  while (*p != h) p = &(*p)->next;
+  *p = h->next;
+  c->nhosts--;
+  free(h);
+}
+
+/* A host with nothing running or waiting joins the idle list; the longest idle ones are
+ * forgotten past HOSTS_IDLE_MAX (webhooks may each have a host of their own). */
+static void host_settle(HeraldHttpClient *c, Host *h) {
+  if (!host_is_idle(h) || h->listed) return;
+  h->listed = 1;
+  h->idle_prev = NULL;
+  h->idle_next = c->idle_head;
+  if (c->idle_head) c->idle_head->idle_prev = h; else c->idle_tail = h;
+  c->idle_head = h;
+  c->nidle++;
+  while (c->nidle > HOSTS_IDLE_MAX) {
+    Host *old = c->idle_tail;
+    idle_unlink(c, old);
+    host_remove(c, old);
+  }
+}
+
+static int hosts_grow(HeraldHttpClient *c) {
+  size_t n = c->nbuckets ? c->nbuckets * 2 : 64;
+  Host **b = calloc(n, sizeof *b);
+  if (b == NULL) return c->nbuckets > 0 ? 0 : -1;  /* a full table only gets slower */
+  for (size_t i = 0; i < c->nbuckets; i++) {
+    for (Host *h = c->hosts[i], *next; h != NULL; h = next) {
+      next = h->next;
+      size_t k = key_hash(h->key) & (n - 1);
+      h->next = b[k];
+      b[k] = h;
+    }
+  }
+  free(c->hosts);
+  c->hosts = b;
+  c->nbuckets = n;
+  return 0;
+}
+
+/* The host a transfer to url counts against, taken off the idle list; NULL when there is no
+ * cap, the URL cannot be placed or memory is out (the transfer then goes to libcurl as is). */
+static Host *host_get(HeraldHttpClient *c, const char *url) {
+  char key[HOST_KEY_MAX];
+  if (c->host_cap == 0 || host_key(url, key, sizeof key) != 0) return NULL;
+  if (c->nhosts >= 2 * c->nbuckets && hosts_grow(c) != 0) return NULL;
+  size_t k = key_hash(key) & (c->nbuckets - 1);
+  Host *h = c->hosts[k];
+  while (h != NULL && strcmp(h->key, key) != 0) h = h->next;
+  if (h != NULL) {
+    if (h->listed) idle_unlink(c, h);
+    return h;
+  }
+  size_t len = strlen(key) + 1;
+  h = calloc(1, sizeof *h + len);
+  if (h == NULL) return NULL;
+  memcpy(h->key, key, len);
+  h->next = c->hosts[k];
+  c->hosts[k] = h;
+  c->nhosts++;
+  return h;
+}
+
+static int host_admits(const HeraldHttpClient *c, const Host *h, const HeraldHttpTransfer *t) {
+  size_t limit = c->host_cap;
+  if (t->may_multiplex && h->multiplex) limit *= c->streams;
+  return h->running < limit;
+}
+
+static void queue_unlink(Host *h, HeraldHttpTransfer *t) {
+  if (t->qprev) t->qprev->qnext = t->qnext; else h->head = t->qnext;
+  if (t->qnext) t->qnext->qprev = t->qprev; else h->tail = t->qprev;
+  t->qprev = t->qnext = NULL;
+  t->queued = 0;
+}
+
+static void transfer_fail_to_start(HeraldHttpClient *c, HeraldHttpTransfer *t);
+
+/* Hands waiting transfers to libcurl while the host has places. */
+static void host_admit(HeraldHttpClient *c, Host *h) {
+  while (!c->closing && h->head != NULL && host_admits(c, h, h->head)) {
+    HeraldHttpTransfer *t = h->head;
+    queue_unlink(h, t);
+    if (curl_multi_add_handle(c->multi, t->easy) != CURLM_OK) {
+      transfer_fail_to_start(c, t);
+      continue;
+    }
+    h->running++;
+  }
+}
+
+/* A transfer of h left libcurl (finished or cancelled): its place goes to the next. */
+static void host_finished(HeraldHttpClient *c, Host *h) {
+  h->running--;
+  host_admit(c, h);
+  host_settle(c, h);
+}
+
+static void hosts_free(HeraldHttpClient *c) {
+  for (size_t i = 0; i < c->nbuckets; i++) {
+    for (Host *h = c->hosts[i], *next; h != NULL; h = next) {
+      next = h->next;
+      free(h);
+    }
+  }
+  free(c->hosts);
+  c->hosts = NULL;
+  c->nbuckets = c->nhosts = c->nidle = 0;
+  c->idle_head = c->idle_tail = NULL;
+}
+
 static void transfer_release(HeraldHttpClient *c, HeraldHttpTransfer *t) {
   curl_slist_free_all(t->list);
   t->list = NULL;
+  t->host = NULL;
   if (c->closing || c->nfree >= FREE_LIST_MAX) {
     curl_easy_cleanup(t->easy);
     free(t->send);
@@ -209,6 +441,19 @@ static void transfer_unlink(HeraldHttpClient *c, HeraldHttpTransfer *t) {
   c->in_flight--;
 }
 
+/* A waiting transfer libcurl would not take when its turn came: its outcome says so. */
+static void transfer_fail_to_start(HeraldHttpClient *c, HeraldHttpTransfer *t) {
+  HeraldHttpResponse res;
+  memset(&res, 0, sizeof res);
+  res.error = kHeraldNetProtocol;
+  res.error_text = "cannot start the transfer";
+  res.retry_after_ms = -1;
+  res.http_version = 1;
+  transfer_unlink(c, t);
+  t->done(&res, t->user);
+  transfer_release(c, t);
+}
+
 static void check_completions(HeraldHttpClient *c) {
   CURLMsg *msg;
   int pending;
@@ -224,13 +469,28 @@ static void check_completions(HeraldHttpClient *c) {
     long version = 0, connects = 0;
     curl_easy_getinfo(easy, CURLINFO_HTTP_VERSION, &version);
     curl_easy_getinfo(easy, CURLINFO_NUM_CONNECTS, &connects);
+    char *ip = NULL;
+    int reached = curl_easy_getinfo(easy, CURLINFO_PRIMARY_IP, &ip) == CURLE_OK && ip != NULL &&
+                  ip[0] != '\0';
     curl_off_t total_us = 0;
     curl_easy_getinfo(easy, CURLINFO_TOTAL_TIME_T, &total_us);
     c->connections += (uint64_t)connects;
     curl_multi_remove_handle(c->multi, easy);
+    if (t->host != NULL) {
+      if (t->may_multiplex && version != 0) t->host->multiplex = version >= CURL_HTTP_VERSION_2_0;
+      host_finished(c, t->host);
+    }
     transfer_unlink(c, t);
-    res.error = classify_curl(rc, t->is_smtp, res.status);
+    res.error = classify_curl(rc, t->is_smtp, res.status, reached);
     res.error_text = rc == CURLE_OK ? "" : (t->errbuf[0] ? t->errbuf : curl_easy_strerror(rc));
+    /* libcurl says which command an SMTP server refused ("RCPT failed: 550"), the server says
+     * why ("5.1.1 no such user", "5.7.1 content rejected"): a failure reason needs both. Only
+     * the reply that carries the refusal's code, not an earlier one of the session. */
+    if (rc != CURLE_OK && t->is_smtp && res.status >= 400 &&
+        strtol(t->refusal, NULL, 10) == res.status) {
+      snprintf(t->errtext, sizeof t->errtext, "%s (server: %s)", res.error_text, t->refusal);
+      res.error_text = t->errtext;
+    }
     res.body = t->recv;
     res.body_len = t->recv_len;
     res.truncated = t->truncated;
@@ -244,14 +504,40 @@ static void check_completions(HeraldHttpClient *c) {
   }
 }
 
+/* Makes libcurl drop a pooled connection rather than reuse it. libcurl 7.88 checks an idle
+ * connection before reusing it, but counts one with input waiting as alive: an SMTP server that
+ * wrote "421 4.4.2 timeout" and closed the session had the next mail's MAIL FROM answered with
+ * that 421, failing it as a refusal. So the descriptor is pointed at a socket whose peer is gone
+ * (reading it gives end of file at once, whatever was pending): libcurl's check finds the
+ * connection closed, closes it and opens a new one. The old socket closes with it. Without a
+ * descriptor to spare, the connection is shut down and its input read off instead, which libcurl
+ * reads as closed as well. */
+static void socket_retire(Socket *s) {
+  int pair[2];
+  if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair) == 0) {
+    close(pair[1]);
+    int moved = dup2(pair[0], s->fd) == s->fd;
+    close(pair[0]);
+    if (moved) return;
+  }
+  if (shutdown(s->fd, SHUT_RDWR) == 0) {
+    char buf[4096];
+    while (recv(s->fd, buf, sizeof buf, MSG_DONTWAIT) > 0) continue;
+  }
+}
+
 static void poll_cb(uv_poll_t *p, int status, int events) {
   Socket *s = p->data;
   HeraldHttpClient *c = s->c;
   if (!s->wanted) {
-    /* A pooled connection became readable or failed while idle (the peer closed it): stop
-     * watching; libcurl checks a connection before reusing it and closes a dead one. */
+    /* A pooled connection became readable or failed while idle. When its protocol has the
+     * server speak only when spoken to, that is the server closing the session (a 421 or a
+     * 408 before it hangs up, a TLS close_notify, an end of file): never to be reused. An
+     * HTTP/2 server may send frames at any time (PING, SETTINGS); libcurl reads them, and a
+     * GOAWAY, when it next uses the connection. */
     uv_poll_stop(&s->poll);
     s->events = 0;
+    if (s->quiet) socket_retire(s);
     return;
   }
   int flags = 0;
@@ -271,18 +557,23 @@ static void timer_cb(uv_timer_t *h) {
 }
 
 static int curl_socket_cb(CURL *easy, curl_socket_t fd, int what, void *clientp, void *socketp) {
-  (void)easy;
   (void)socketp;
   HeraldHttpClient *c = clientp;
   /* Our registry, not libcurl's socketp: libcurl can close a socket without a REMOVE first
    * (a pooled connection closed by the pool), and the number may come back as a new socket. */
   Socket *s = socket_find(c, fd);
   if (what == CURL_POLL_REMOVE) {
-    /* Back in the pool: keep the poll as it is until it fires or libcurl wants it again, but
-     * unreferenced, so an idle pool does not keep the loop (and the process) alive. */
+    /* Back in the pool: watch for the server's input until it comes (see poll_cb) or libcurl
+     * wants the socket again, unreferenced, so an idle pool does not keep the loop (and the
+     * process) alive. The poll usually watches reading already (the transfer's last wait). */
     if (s != NULL) {
+      long version = 0;
       s->wanted = 0;
+      s->quiet = easy == NULL || curl_easy_getinfo(easy, CURLINFO_HTTP_VERSION, &version) != CURLE_OK ||
+                 version < CURL_HTTP_VERSION_2_0;
       uv_unref((uv_handle_t *)&s->poll);
+      if (s->events != UV_READABLE && uv_poll_start(&s->poll, UV_READABLE, poll_cb) == 0)
+        s->events = UV_READABLE;
     }
     return 0;
   }
@@ -325,6 +616,23 @@ static int curl_timer_cb(CURLM *multi, long timeout_ms, void *clientp) {
   return 0;
 }
 
+/* How many idle connections the pool keeps (CURLMOPT_MAXCONNECTS, a limit over all hosts).
+ * Every connection the caps let be open at once must fit, or a connection that finishes a
+ * transfer is closed to make room and the next transfer opens a new one: set to the host cap
+ * (64), two profiles of 50 connections to two hosts opened a connection for nearly every
+ * request. So the total cap when there is one, else the host cap for POOL_HOSTS hosts, but at
+ * most half the descriptors the process may open: idle connections to many hosts (webhooks,
+ * each to its own) must not starve the store or new connections of descriptors. */
+static long pool_size(const HeraldHttpClientOptions *opt) {
+  long size = opt->max_total_connections > 0 ? opt->max_total_connections
+              : (opt->max_host_connections > 0 ? opt->max_host_connections : 64) * POOL_HOSTS;
+  struct rlimit rl;
+  if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY &&
+      (rlim_t)size > rl.rlim_cur / 2)
+    size = (long)(rl.rlim_cur / 2);
+  return size > 0 ? size : 1;
+}
+
 HeraldHttpClient *herald_http_client_new(uv_loop_t *loop, const HeraldHttpClientOptions *opt) {
   static int global_ready;
   if (!global_ready) {
@@ -348,16 +656,15 @@ HeraldHttpClient *herald_http_client_new(uv_loop_t *loop, const HeraldHttpClient
   curl_multi_setopt(c->multi, CURLMOPT_TIMERDATA, c);
   curl_multi_setopt(c->multi, CURLMOPT_PIPELINING, (long)CURLPIPE_MULTIPLEX);
   if (opt != NULL) {
+    c->host_cap = opt->max_host_connections > 0 ? (size_t)opt->max_host_connections : 0;
+    c->streams = opt->max_concurrent_streams > 0 ? (size_t)opt->max_concurrent_streams : DEFAULT_STREAMS;
     if (opt->max_host_connections > 0)
       curl_multi_setopt(c->multi, CURLMOPT_MAX_HOST_CONNECTIONS, opt->max_host_connections);
     if (opt->max_total_connections > 0)
       curl_multi_setopt(c->multi, CURLMOPT_MAX_TOTAL_CONNECTIONS, opt->max_total_connections);
     if (opt->max_concurrent_streams > 0)
       curl_multi_setopt(c->multi, CURLMOPT_MAX_CONCURRENT_STREAMS, opt->max_concurrent_streams);
-    /* The pool must hold at least the connections we allow, or keep-alive is lost. */
-    long pool = opt->max_total_connections > opt->max_host_connections
-                    ? opt->max_total_connections : opt->max_host_connections;
-    if (pool > 0) curl_multi_setopt(c->multi, CURLMOPT_MAXCONNECTS, pool);
+    curl_multi_setopt(c->multi, CURLMOPT_MAXCONNECTS, pool_size(opt));
   }
   return c;
 }
@@ -384,6 +691,7 @@ void herald_http_client_free(HeraldHttpClient *c) {
   c->nfree = 0;
   curl_multi_cleanup(c->multi);  /* closes pooled connections, may report sockets removed */
   c->multi = NULL;
+  hosts_free(c);
   while (c->sockets != NULL) socket_close(c, c->sockets);
   free(c->by_fd);
   c->by_fd = NULL;
@@ -460,6 +768,26 @@ static size_t header_cb(char *data, size_t size, size_t n, void *userp) {
   return len;
 }
 
+/* libcurl hands an SMTP server's reply lines to the header callback: keep the last refusal
+ * (the lines of a multi-line reply joined with spaces, control bytes shown as '?'). Not just
+ * the last reply: after a refused RCPT libcurl ends the session, and QUIT's 221 comes last. */
+static size_t smtp_reply_cb(char *data, size_t size, size_t n, void *userp) {
+  HeraldHttpTransfer *t = userp;
+  size_t len = size * n, keep = len;
+  while (keep > 0 && (data[keep - 1] == '\r' || data[keep - 1] == '\n')) keep--;
+  if (!t->reply_open) t->reply_len = 0;
+  else if (t->reply_len + 1 < sizeof t->reply) t->reply[t->reply_len++] = ' ';
+  for (size_t i = 0; i < keep && t->reply_len + 1 < sizeof t->reply; i++) {
+    unsigned char ch = (unsigned char)data[i];
+    t->reply[t->reply_len++] = ch < 0x20 || ch == 0x7f ? '?' : (char)ch;
+  }
+  t->reply[t->reply_len] = '\0';
+  t->reply_open = keep > 3 && data[3] == '-';
+  if (!t->reply_open && strtol(t->reply, NULL, 10) >= 400)
+    memcpy(t->refusal, t->reply, t->reply_len + 1);
+  return len;
+}
+
 static size_t read_cb(char *buf, size_t size, size_t n, void *userp) {
   HeraldHttpTransfer *t = userp;
   size_t room = size * n;
@@ -495,6 +823,9 @@ static HeraldHttpTransfer *transfer_get(HeraldHttpClient *c, const char *data, s
   t->truncated = 0;
   t->retry_after_ms = -1;
   t->errbuf[0] = '\0';
+  t->reply_len = 0;
+  t->reply_open = 0;
+  t->refusal[0] = '\0';
   if (len > 0) {
     if (grow(&t->send, &t->send_cap, len) != 0) {
       transfer_release(c, t);
@@ -514,13 +845,28 @@ static HeraldHttpTransfer *transfer_get(HeraldHttpClient *c, const char *data, s
   return t;
 }
 
+/* Hands t to libcurl, or queues it behind its host's transfers (see the top of the file). */
 static HeraldHttpTransfer *transfer_start(HeraldHttpClient *c, HeraldHttpTransfer *t,
-                                          HeraldHttpDone done, void *user) {
+                                          const char *url, int may_multiplex, HeraldHttpDone done,
+                                          void *user) {
   t->done = done;
   t->user = user;
-  if (curl_multi_add_handle(c->multi, t->easy) != CURLM_OK) {
+  t->may_multiplex = may_multiplex;
+  t->queued = 0;
+  t->qprev = t->qnext = NULL;
+  Host *h = host_get(c, url);
+  t->host = h;
+  if (h != NULL && (h->head != NULL || !host_admits(c, h, t))) {
+    t->queued = 1;
+    t->qprev = h->tail;
+    if (h->tail) h->tail->qnext = t; else h->head = t;
+    h->tail = t;
+  } else if (curl_multi_add_handle(c->multi, t->easy) != CURLM_OK) {
+    if (h != NULL) host_settle(c, h);
     transfer_release(c, t);
     return NULL;
+  } else if (h != NULL) {
+    h->running++;
   }
   t->next = c->active;
   if (c->active) c->active->prev = t;
@@ -579,7 +925,8 @@ HeraldHttpTransfer *herald_http_submit(HeraldHttpClient *c, const HeraldHttpRequ
     return NULL;
   }
   if (t->list) curl_easy_setopt(e, CURLOPT_HTTPHEADER, t->list);
-  return transfer_start(c, t, done, user);
+  int may_multiplex = !req->http1_only && strncasecmp(req->url, "https:", 6) == 0;
+  return transfer_start(c, t, req->url, may_multiplex, done, user);
 }
 
 HeraldHttpTransfer *herald_smtp_submit(HeraldHttpClient *c, const HeraldSmtpRequest *req,
@@ -606,18 +953,27 @@ HeraldHttpTransfer *herald_smtp_submit(HeraldHttpClient *c, const HeraldSmtpRequ
   curl_easy_setopt(e, CURLOPT_READFUNCTION, read_cb);
   curl_easy_setopt(e, CURLOPT_READDATA, t);
   curl_easy_setopt(e, CURLOPT_INFILESIZE_LARGE, (curl_off_t)t->send_len);
+  curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, smtp_reply_cb);
+  curl_easy_setopt(e, CURLOPT_HEADERDATA, t);
   long ssl = req->starttls == 2 ? (long)CURLUSESSL_ALL
              : req->starttls == 1 ? (long)CURLUSESSL_TRY : (long)CURLUSESSL_NONE;
   curl_easy_setopt(e, CURLOPT_USE_SSL, ssl);
   if (req->username) curl_easy_setopt(e, CURLOPT_USERNAME, req->username);
   if (req->password) curl_easy_setopt(e, CURLOPT_PASSWORD, req->password);
   if (req->ca_file) curl_easy_setopt(e, CURLOPT_CAINFO, req->ca_file);
-  return transfer_start(c, t, done, user);
+  return transfer_start(c, t, req->url, 0, done, user);
 }
 
 void herald_http_cancel(HeraldHttpClient *c, HeraldHttpTransfer *t) {
   if (t == NULL) return;
-  curl_multi_remove_handle(c->multi, t->easy);
+  Host *h = t->host;
+  if (t->queued) {
+    queue_unlink(h, t);
+    host_settle(c, h);
+  } else {
+    curl_multi_remove_handle(c->multi, t->easy);
+    if (h != NULL) host_finished(c, h);
+  }
   transfer_unlink(c, t);
   transfer_release(c, t);
 }

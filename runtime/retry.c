@@ -15,8 +15,11 @@ HeraldRetryVerdict herald_retry_verdict(HeraldNetClass cls, long status, int is_
     case kHeraldNetStatus:
       break;
     case kHeraldNetInvalid:
-    case kHeraldNetAuth:
       return kHeraldRetryPermanent;
+    case kHeraldNetAuth:
+      /* An SMTP server refuses a login for now with a 4xx (454, RFC 4954: "temporary
+       * authentication failure"); 535 and the like mean the credentials are wrong. */
+      return is_smtp && status >= 400 && status < 500 ? kHeraldRetryTransient : kHeraldRetryPermanent;
     default:
       return kHeraldRetryTransient;
   }

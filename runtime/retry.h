@@ -19,7 +19,8 @@ const char *herald_retry_verdict_name(HeraldRetryVerdict v);
 /* HTTP: 2xx delivered; 408, 429 and 5xx transient; other statuses permanent.
  * SMTP (is_smtp): 2xx/3xx delivered, 4xx transient, 5xx permanent.
  * Transport failures: timeouts, refused or reset connections, TLS and protocol trouble are
- * transient; an invalid request or refused login is permanent. */
+ * transient; an invalid request or refused login is permanent, but an SMTP login refused
+ * with a 4xx reply (454) is transient. */
 HeraldRetryVerdict herald_retry_verdict(HeraldNetClass cls, long status, int is_smtp);
 
 /* Delay before attempt number `attempt` (1 = the first retry): min_ms doubled per attempt, at

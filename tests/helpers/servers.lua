@@ -243,6 +243,47 @@ function S.start_mailstore(opts)
   return server
 end
 
+-- The fault SMTP server (faultsmtp.py): no STARTTLS, AUTH offered; opts.auth_reply answers
+-- AUTH with that line, opts.idle (seconds) closes idle sessions with a 421. reject*@ recipients
+-- get 550 at RCPT, refuse*@ ones 554 after DATA. server:commands() -> the log lines so far.
+function S.start_fault_smtp(opts)
+  opts = opts or {}
+  local dir = S.tmpdir('faultsmtp')
+  local port = S.free_port()
+  local extra = ''
+  if opts.auth_reply then extra = extra .. ' --auth-reply ' .. q(opts.auth_reply) end
+  if opts.idle then extra = extra .. ' --idle ' .. q(opts.idle) end
+  local log = dir .. '/commands.log'
+  local pid = spawn('exec /usr/bin/python3 ' .. q(here .. '/faultsmtp.py') .. ' ' .. port .. ' ' .. q(log)
+    .. extra, dir .. '/server.log')
+  assert(S.wait_port(port), 'faultsmtp is not listening: ' .. (read(dir .. '/server.log') or ''))
+  local server = { dir = dir, port = port, pid = pid, url = 'smtp://127.0.0.1:' .. port }
+  function server:commands()
+    local lines = {}
+    for line in (read(log) or ''):gmatch('[^\n]+') do lines[#lines + 1] = line end
+    return lines
+  end
+  function server:stop()
+    kill_pid(self.pid)
+    reap(self.pid)
+  end
+  return server
+end
+
+-- The fault HTTP server (faulthttp.py): /garbage answers with something that is not HTTP.
+function S.start_fault_http()
+  local dir = S.tmpdir('faulthttp')
+  local port = S.free_port()
+  local pid = spawn('exec /usr/bin/python3 ' .. q(here .. '/faulthttp.py') .. ' ' .. port, dir .. '/server.log')
+  assert(S.wait_port(port), 'faulthttp is not listening: ' .. (read(dir .. '/server.log') or ''))
+  local server = { dir = dir, port = port, pid = pid, url = 'http://127.0.0.1:' .. port }
+  function server:stop()
+    kill_pid(self.pid)
+    reap(self.pid)
+  end
+  return server
+end
+
 -- A private Postfix instance (its own configuration, queue and log under a temporary
 -- directory; needs root, which hands the queue to the postfix user): it accepts mail from
 -- 127.0.0.1 on server.url, relays every recipient to opts.relay_port and delivers mail for

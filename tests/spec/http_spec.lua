@@ -151,6 +151,28 @@ describe('herald.http', function()
     assert.are.equal('tls', class)
   end)
 
+  it('classifies a reply that is not HTTP as a transient protocol failure', function()
+    local fault = S.start_fault_http()
+    local ok, e = pcall(function()
+      local res, err, class = http.request { url = fault.url .. '/garbage', timeout_ms = 2000 }
+      assert.is_nil(res, err)
+      assert.are.equal('protocol', class)
+      assert.are.equal('transient', http.verdict(class))
+      -- on a connection reused from the pool as well
+      assert.are.equal(200, assert(http.request { url = fault.url .. '/ok' }).status)
+      res, err, class = http.request { url = fault.url .. '/garbage', timeout_ms = 2000 }
+      assert.is_nil(res, err)
+      assert.are.equal('protocol', class)
+      local b <close> = http.batch { url = fault.url .. '/garbage' }
+      b:add('x', 'k1')
+      local out = b:wait()
+      assert.are.equal('protocol', out.class[1])
+      assert.are.equal('transient', out.verdict[1])
+    end)
+    fault:stop()
+    assert(ok, e)
+  end)
+
   it('classifies a malformed URL as invalid and permanent', function()
     local res, _, class = http.request { url = 'ftp://127.0.0.1/' }
     assert.is_nil(res)
@@ -292,6 +314,59 @@ describe('herald.http', function()
     assert.has_error(function() b:add(42) end, 'item 4: the body must be a string')
   end)
 
+  it('sends an idempotency key of any length whole', function()
+    -- a webhook call for 50 endpoints lists their 50 message ids in one key (~1,850 characters)
+    local key = ('long-key-' .. string.rep('0123456789abcdef,', 120)):sub(1, 2000)
+    local b <close> = http.batch { url = ng.url .. '/headers', key_header = 'Idempotency-Key', concurrency = 2 }
+    b:add('x', key)
+    b:add('x', 987654321)   -- a number goes out as tostring writes it
+    b:add('x', 2.5)
+    local out = b:wait()
+    assert.are.equal(3, out.n)
+    for i = 1, 3 do assert.are.equal(200, out.status[i]) end
+    local rows = wait_rows(ng, 'long-key-', 1)
+    assert.are.equal(1, #rows)
+    assert.are.equal(2000, #rows[1].key)
+    assert.are.equal(key, rows[1].key)
+    assert.are.equal(1, #wait_rows(ng, '987654321', 1))
+    assert.are.equal(1, #wait_rows(ng, '2.5', 1))
+  end)
+
+  it('sends the item options add checked, whatever the table says when the item goes out', function()
+    local b <close> = http.batch { url = ng.url .. '/ok', concurrency = 50 }
+    for _ = 1, 1030 do b:add('x') end   -- more than the window (1,024): the next item waits its turn
+    local opts = { url = ng.url .. '/headers', headers = { ['X-Test'] = 'fine', ['Idempotency-Key'] = 'toctou-sent' } }
+    b:add('x', nil, opts)
+    opts.headers['Idempotency-Key'] = nil
+    opts.headers['X-Test'] = 'fine\r\nIdempotency-Key: toctou-injected'
+    opts.url = ng.url .. '/missing'
+    local out = b:wait()
+    assert.are.equal(1031, out.n)
+    for i = 1, out.n do assert.are.equal('delivered', out.verdict[i]) end
+    local rows = wait_rows(ng, 'toctou-', 1)
+    assert.are.equal(1, #rows)
+    assert.are.equal('toctou-sent', rows[1].key)
+    assert.are.equal('/headers', rows[1].uri)
+  end)
+
+  it('refuses a method, key header, key or item url that could break the request head', function()
+    local token = "expected a token (letters, digits and !#$%&'*+-.^_`|~)"
+    assert.has_error(function() http.batch { url = ng.url, key_header = 'Idempotency-Key: x\r\nX-Injected: yes' } end,
+      "field 'key_header': " .. token)
+    assert.has_error(function() http.batch { url = ng.url, method = 'POST /x HTTP/1.1\r\nX-Injected: yes' } end,
+      "field 'method': " .. token)
+    assert.has_error(function() http.request { url = ng.url, method = 'GET\0' } end, "field 'method': " .. token)
+    local b <close> = http.batch { url = ng.url .. '/ok', key_header = 'Idempotency-Key' }
+    assert.has_error(function() b:add('x', 'k\0\r\nX-Injected: yes') end,
+      'item 1: the key must be a string or a number without line breaks')
+    assert.has_error(function() b:add('x', 'k', { url = ng.url .. '/ok\0X-Injected: yes' }) end,
+      'item 1: url must be a string without line breaks')
+    assert.has_error(function() b:add('x', 'k', { headers = { ['X-A'] = 'a\0b' } }) end,
+      'item 1: headers must be strings without line breaks')
+    assert.are.equal(1, b:add('x', 'k', { headers = { 'X-A: a', ['X-B'] = 'b' } }))
+    assert.are.equal(200, b:wait().status[1])
+  end)
+
   it('reports refused connections per request in a batch', function()
     local b <close> = http.batch { url = 'http://127.0.0.1:' .. S.free_port() .. '/', concurrency = 3 }
     b:add_many({ 'a', 'b', 'c', 'd' })
@@ -412,6 +487,60 @@ describe('herald.http', function()
     local rows = wait_rows(ng, 'cap-', 100)
     assert.are.equal(100, #rows)
     assert.is_true(distinct(rows, 'connection') <= 2)
+  end)
+
+  it('keeps the connections of two hosts alive at 50 each', function()
+    -- fresh servers, so every connection counted was opened here
+    local pause = '      location = /pause { echo_sleep 0.01; echo ok; }\n'
+    local a = S.start_nginx { tls = false, locations = pause }
+    local b = S.start_nginx { tls = false, locations = pause }
+    local ok, e = pcall(function()
+      local before = http.stats().connections
+      local finished, delivered = 0, 0
+      for _, server in ipairs { a, b } do
+        herald.spawn(function()
+          local bodies = {}
+          for i = 1, 1000 do bodies[i] = 'x' end
+          local s = http.post_many { url = server.url .. '/pause', bodies = bodies, concurrency = 50 }
+          delivered = delivered + s.delivered
+          finished = finished + 1
+        end)
+      end
+      while finished < 2 do herald.sleep(20) end
+      assert.are.equal(2000, delivered)
+      local opened = http.stats().connections - before
+      assert.is_true(opened <= 2 * 50 + 10, opened .. ' connections for 2,000 requests')
+    end)
+    a:stop()
+    b:stop()
+    assert(ok, e)
+  end)
+
+  it('starts the clock of a transfer beyond the host cap only when its turn comes', function()
+    -- a fresh server; /half answers after half a second
+    local half = S.start_nginx { locations = '      location = /half { echo_sleep 0.5; echo ok; }\n' }
+    http.configure { max_host_connections = 2 }
+    local ok, e = pcall(function()
+      -- eight at once over two connections: four rounds of half a second, each within 1.2 s
+      local b <close> = http.batch { url = half.url .. '/half', method = 'GET', concurrency = 8, timeout_ms = 1200 }
+      for _ = 1, 8 do b:add('') end
+      local out = b:wait()
+      assert.are.equal(8, out.n)
+      for i = 1, out.n do assert.are.equal('delivered', out.verdict[i], out.detail[i]) end
+      -- over HTTP/2 the cap counts connections, which carry many streams: once the host has
+      -- answered over HTTP/2, the rest go at once (two rounds, not four)
+      local h2 <close> = http.batch { url = half.tls_url .. '/half', method = 'GET', concurrency = 8,
+                                      timeout_ms = 1200, ca_file = half.ca }
+      for _ = 1, 8 do h2:add('') end
+      local t0 = clock.now()
+      out = h2:wait()
+      local elapsed = clock.now() - t0
+      for i = 1, out.n do assert.are.equal('delivered', out.verdict[i], out.detail[i]) end
+      assert.is_true(elapsed < 1700, 'took ' .. elapsed .. ' ms')
+    end)
+    http.configure { max_host_connections = 64 }
+    half:stop()
+    assert(ok, e)
   end)
 
   it('keeps batches that share a limit to its count of transfers in flight', function()

@@ -1,6 +1,7 @@
 -- Campaign code under `herald run` is sandboxed: every bad script gets a clear error with its
 -- file and line, and the runtime goes on with the rest.
 local h = require 'helpers'
+local S = require 'servers'
 
 local GOOD = [[
 herald.endpoints.put{ Id = 'g1', ChannelType = 'EMAIL', Address = 'g1@example.com' }
@@ -103,5 +104,81 @@ describe('herald run with bad campaign code', function()
     assert.matches('bad.lua:3', err, 1, true)
     good_was_delivered(dir)
     assert.matches('campaign good', out, 1, true)
+  end)
+end)
+
+-- Outcomes of HTTP transfers reach a task from the event loop; in a sandbox at its memory cap
+-- the tables that carry them may not fit. The task gets the memory error, not the process.
+describe('herald run with campaign code at its memory cap', function()
+  local ng
+
+  setup(function() ng = S.start_nginx { tls = false } end)
+  teardown(function() if ng then ng:stop() end end)
+
+  -- Runs before and body as a task that fills the sandbox up to its cap in between (with ever
+  -- smaller pieces, so what is left is a few bytes) and lets go of about 100 KB, and a second
+  -- task that reports how the first ended.
+  local function run_full(body, before)
+    local dir = h.tmpdir()
+    h.write(dir .. '/full.lua', [[
+local http = require 'herald.http'
+local function fill()
+  local hog, n = nil, 0
+  for _, size in ipairs { 1048576, 65536, 4096, 256, 16 } do
+    pcall(function() while true do n = n + 1; hog = { next = hog, s = string.rep('x', size) .. n } end end)
+  end
+  local freed = 0
+  while freed < 100000 do freed = freed + #hog.s + 64; hog = hog.next end
+  return hog
+end
+local t = herald.spawn(function()
+]] .. (before or '') .. [[
+  local hog = fill()
+]] .. body .. [[
+end)
+herald.spawn(function()
+  while not t.done do herald.sleep(20) end
+  print('the runtime goes on; the task ended ok:', t.ok)
+end)
+]])
+    return h.herald('--db q.db run --until-idle full.lua', { cwd = dir })
+  end
+
+  it('fails the task whose batch outcomes do not fit', function()
+    local out, code, err = run_full(string.format([[
+  local b = http.batch { url = %q, concurrency = 50 }
+  for i = 1, 2000 do b:add('x') end
+  local out = b:wait()
+  print('outcomes', out.n, hog ~= nil)
+]], ng.url .. '/ok'))
+    assert.are_not.equal(134, code, err)
+    assert.matches('herald: task failed: memory limit exceeded', err, 1, true)
+    assert.matches("in method 'wait'", err, 1, true)
+    assert.are.equal('the runtime goes on; the task ended ok:\tfalse\n', out)
+  end)
+
+  it('lets the task catch the memory error and take the outcomes once it has room', function()
+    local out, code, err = run_full(string.format([[
+  local b = http.batch { url = %q, concurrency = 50 }
+  for i = 1, 2000 do b:add('x', i) end
+  local ok = pcall(b.wait, b)
+  hog = nil
+  local out = b:wait()
+  print('first wait', ok, 'then', out.n, out.verdict[out.n], out.key[1] ~= nil)
+]], ng.url .. '/ok'))
+    assert.are.equal(0, code, err)
+    assert.are.equal('first wait\tfalse\tthen\t2000\tdelivered\ttrue\n'
+      .. 'the runtime goes on; the task ended ok:\ttrue\n', out)
+  end)
+
+  it('fails the task whose response does not fit', function()
+    local out, code, err = run_full(string.format([[
+  local res = http.request { url = %q, body = big }
+  print('response', #res.body, hog ~= nil)
+]], ng.url .. '/echo'), "  local big = string.rep('y', 300000)\n")
+    assert.are_not.equal(134, code, err)
+    assert.matches('herald: task failed: memory limit exceeded', err, 1, true)
+    assert.matches("http.request'", err, 1, true)
+    assert.are.equal('the runtime goes on; the task ended ok:\tfalse\n', out)
   end)
 end)

@@ -135,6 +135,28 @@ describe('herald.http.send_mail', function()
     assert.are.equal('transient', http.verdict(class, code, true))
   end)
 
+  it('keeps the server\'s words with a refusal', function()
+    local res, err, _, code = http.send_mail { url = store.url, from = 'a@herald.example',
+                                               to = 'reject@example.org', text = 'x', message_id = 'why-1' }
+    assert.is_nil(res)
+    assert.are.equal(550, code)
+    assert.matches('RCPT failed: 550', err, 1, true)
+    assert.matches('5.1.1 no such user', err, 1, true)
+    res, err, _, code = http.send_mail { url = store.url, from = 'blocked@herald.example',
+                                         to = 'b@example.org', text = 'x', message_id = 'why-2' }
+    assert.is_nil(res)
+    assert.are.equal(550, code)
+    assert.matches('^MAIL failed: 550', err)
+    assert.matches('5.7.1 sender rejected by policy', err, 1, true)
+    -- the reason the channel gives delivery to record, still a hard bounce at RCPT
+    local smtp = require 'herald.channels.smtp'
+    local out = smtp.new { name = 'store', url = store.url, from = 'a@herald.example' }:send {
+      { address = 'reject@example.org', body = 'x', title = 's', key = 'why-3' } }
+    assert.are.equal('permanent', out[1].verdict)
+    assert.are.equal('HARD_BOUNCE', out[1].feedback)
+    assert.matches('5.1.1 no such user', out[1].reason, 1, true)
+  end)
+
   it('reuses the SMTP connection across messages', function()
     local before = http.stats().connections
     for i = 1, 25 do
@@ -278,5 +300,118 @@ describe('herald.http.send_mail over TLS with AUTH', function()
     local res, _, class = mail(smtps, { ca_file = false })
     assert.is_nil(res)
     assert.are.equal('tls', class)
+  end)
+end)
+
+describe('herald.http.send_mail against servers that misbehave', function()
+  local function mail(server, extra)
+    local t = { url = server.url, from = 'a@herald.example', to = 'b@example.org', text = 'x',
+                message_id = 'fault-' .. math.random(1e9) }
+    for k, v in pairs(extra or {}) do t[k] = v end
+    return http.send_mail(t)
+  end
+
+  it('takes a login refused for now (454) as transient and a wrong one (535) as permanent', function()
+    local later = S.start_fault_smtp { auth_reply = '454 4.7.0 Temporary authentication failure' }
+    local wrong = S.start_fault_smtp { auth_reply = '535 5.7.8 Authentication credentials invalid' }
+    local ok, e = pcall(function()
+      local login = { username = 'herald', password = 's3cret', starttls = 'no' }
+      local res, _, class, code = mail(later, login)
+      assert.is_nil(res)
+      assert.are.equal('auth', class)
+      assert.are.equal(454, code)
+      assert.are.equal('transient', http.verdict(class, code, true))
+      res, _, class, code = mail(wrong, login)
+      assert.is_nil(res)
+      assert.are.equal('auth', class)
+      assert.are.equal(535, code)
+      assert.are.equal('permanent', http.verdict(class, code, true))
+      -- the channel retries the first later; both count as systemic (every message would fail)
+      local smtp = require 'herald.channels.smtp'
+      local msg = { address = 'b@example.org', body = 'x', title = 's', key = 'fault-ch-1' }
+      local r = smtp.new { name = 'later', url = later.url, from = 'a@herald.example', username = 'herald',
+                           password = 's3cret', starttls = 'no' }:send { msg }[1]
+      assert.are.equal('transient', r.verdict)
+      assert.is_true(r.systemic)
+      r = smtp.new { name = 'wrong', url = wrong.url, from = 'a@herald.example', username = 'herald',
+                     password = 's3cret', starttls = 'no' }:send { msg }[1]
+      assert.are.equal('permanent', r.verdict)
+      assert.is_true(r.systemic)
+      assert.is_nil(r.feedback)
+    end)
+    later:stop()
+    wrong:stop()
+    assert(ok, e)
+  end)
+
+  it('opens new sessions after the server closed the idle ones', function()
+    -- like Postfix's smtpd_timeout: "421 4.4.2 ... timeout" to a session idle for a second, then close
+    local server = S.start_fault_smtp { idle = 1 }
+    local ok, e = pcall(function()
+      local smtp = require 'herald.channels.smtp'
+      local ch = smtp.new { name = 'idle', url = server.url, from = 'a@herald.example', sessions = 3 }
+      local function three(tag)
+        local msgs = {}
+        for i = 1, 3 do msgs[i] = { address = tag .. i .. '@example.org', body = 'x', title = 's', key = tag .. '-' .. i } end
+        return ch:send(msgs)
+      end
+      local first = three('before')
+      herald.sleep(1600)
+      local idle_closed = 0
+      for _, line in ipairs(server:commands()) do if line:match(' idle%-closed$') then idle_closed = idle_closed + 1 end end
+      assert.is_true(idle_closed >= 1, 'the server closed no session')
+      local second = three('after')
+      for i = 1, 3 do
+        assert.are.equal('delivered', first[i].verdict, first[i].reason)
+        assert.are.equal('delivered', second[i].verdict, second[i].reason)
+      end
+    end)
+    server:stop()
+    assert(ok, e)
+  end)
+
+  it('sends a login only over TLS unless told otherwise', function()
+    local server = S.start_fault_smtp()   -- offers AUTH, not STARTTLS
+    local ok, e = pcall(function()
+      local function auths()
+        local n = 0
+        for _, line in ipairs(server:commands()) do if line:match('^%d+ < AUTH') then n = n + 1 end end
+        return n
+      end
+      local login = { username = 'herald', password = 's3cret' }
+      local res, _, class = mail(server, login)
+      assert.is_nil(res)
+      assert.are.equal('tls', class)
+      assert.are.equal(0, auths())
+      -- the channel passes its profile's starttls, unset here
+      local smtp = require 'herald.channels.smtp'
+      local r = smtp.new { name = 'plain', url = server.url, from = 'a@herald.example', username = 'herald',
+                           password = 's3cret' }:send { { address = 'b@example.org', body = 'x', title = 's', key = 'tls-ch-1' } }[1]
+      assert.are_not.equal('delivered', r.verdict)
+      assert.are.equal(0, auths())
+      -- a profile that asks for less gets it
+      login.starttls = 'try'
+      assert(mail(server, login))
+      assert.are.equal(1, auths())
+      -- without credentials nothing needs hiding: STARTTLS when offered
+      assert(mail(server))
+    end)
+    server:stop()
+    assert(ok, e)
+  end)
+
+  it('records why a message was refused after its DATA', function()
+    local server = S.start_fault_smtp()
+    local ok, e = pcall(function()
+      local smtp = require 'herald.channels.smtp'
+      local out = smtp.new { name = 'fault', url = server.url, from = 'a@herald.example' }:send {
+        { address = 'refuse@example.org', body = 'x', title = 's', key = 'refused-1' } }
+      assert.are.equal('permanent', out[1].verdict)
+      assert.matches('554 5.7.1 content rejected', out[1].reason, 1, true)
+      assert.is_true(out[1].systemic)   -- the content, not the recipient: no bounce
+      assert.is_nil(out[1].feedback)
+    end)
+    server:stop()
+    assert(ok, e)
   end)
 end)

@@ -41,8 +41,9 @@ function smtp:send_one(m)
               systemic = class ~= 'status' }
   -- Only a refusal of the recipient (at RCPT) is a hard bounce. The same codes at MAIL FROM or
   -- after DATA refuse the sender or the content (a DMARC or policy rejection): every message
-  -- would fail alike, so they count towards the pause and leave the endpoint as it is.
-  local at_rcpt = tostring(err):find('RCPT failed', 1, true) ~= nil
+  -- would fail alike, so they count towards the pause and leave the endpoint as it is. The
+  -- transport's text starts with the command that failed; the server's own words follow.
+  local at_rcpt = tostring(err):find('^RCPT failed') ~= nil
   if verdict == 'permanent' and at_rcpt and (code == 550 or code == 551 or code == 553) then
     r.feedback = 'HARD_BOUNCE'
   elseif class == 'status' and not at_rcpt then
