@@ -492,6 +492,8 @@ static int l_report_batch(lua_State *L) {
   }
   size_t used = 0;
   int nsent = 0;
+  int64_t claimer = 0;
+  if (herald_claimer_id(store, &claimer, &err) != kHeraldOk) goto fail;
   for (lua_Integer i = 1; i <= n; i++) {
     lua_rawgeti(L, 1, i);
     int r = lua_gettop(L);
@@ -506,9 +508,10 @@ static int l_report_batch(lua_State *L) {
       herald_error_set(&err, kHeraldInvalid, "report %lld has no state", (long long)i);
       goto fail;
     }
-    int rc = herald_outbox_report(store, id, state, reason, due, &err);
+    int rc = herald_outbox_report(store, claimer, id, state, reason, due, &err);
     if (rc == kHeraldNotFound) {
-      /* No longer CLAIMED: settled already (reported twice) or taken back by a recovery. The
+      /* Not CLAIMED by this process: settled already (reported twice), or given back by a
+       * recovery that took this process for dead (another may have it in flight now). The
        * other outcomes of the batch must not be lost with it, nor kept back to fail again. */
       memset(&err, 0, sizeof err);
       lua_pop(L, 1);

@@ -13,7 +13,8 @@
  * when it is in the same PID namespace and its pid is gone (or is the observer's own: a
  * predecessor's). Reaping removes the claimer; its rows are then no one's and the outbox gives
  * them back in the same transaction. A claimer taken for dead by mistake (its loop stalled for
- * longer than the bound) registers again at its next heartbeat.
+ * longer than the bound) finds its rows no longer its own: its late reports are passed over,
+ * and it registers again at its next heartbeat.
  *
  * Heartbeats are wall-clock times: every process sharing a SQLite store in WAL mode is on one
  * host, so they read one clock. */
@@ -105,6 +106,18 @@ int herald_claimer_beat(HeraldStore *store, int64_t now_ms, int64_t *id, HeraldE
   if (rc == SQLITE_ROW) rc = sqlite3_step(st);
   sqlite3_reset(st);
   if (rc != SQLITE_DONE) return herald_store_fail(store, err, "registering a claimer");
+  return kHeraldOk;
+}
+
+int herald_claimer_id(HeraldStore *store, int64_t *id, HeraldError *err) {
+  const Self *me = self_get();
+  sqlite3_stmt *st = herald_store_stmt(store, "SELECT id FROM claimers WHERE token = ?1", err);
+  if (st == NULL) return err ? err->code : kHeraldStore;
+  sqlite3_bind_text(st, 1, me->token, -1, SQLITE_STATIC);
+  int rc = sqlite3_step(st);
+  *id = rc == SQLITE_ROW ? sqlite3_column_int64(st, 0) : 0;
+  sqlite3_reset(st);
+  if (rc != SQLITE_ROW && rc != SQLITE_DONE) return herald_store_fail(store, err, "reading a claimer");
   return kHeraldOk;
 }
 

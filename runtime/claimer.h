@@ -16,6 +16,10 @@
  * system clock). *id (when id is not NULL) is its row. */
 int herald_claimer_beat(HeraldStore *store, int64_t now_ms, int64_t *id, HeraldError *err);
 
+/* This process's claimer row in store: 0 when it has none (it never claimed there, or it was
+ * taken for dead and its rows were given back). */
+int herald_claimer_id(HeraldStore *store, int64_t *id, HeraldError *err);
+
 /* Removes the claimers taken for dead at now_ms (never this process): their claimed rows are
  * then no one's, for herald_outbox_recover to give back. *reaped (when not NULL) counts them.
  * Call inside the transaction that gives the rows back. */

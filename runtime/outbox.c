@@ -260,15 +260,15 @@ int herald_outbox_record_sends(HeraldStore *store, const char *ids_json, HeraldE
   return herald_store_step_done(store, st, err, "recording send events");
 }
 
-int herald_outbox_report(HeraldStore *store, int64_t id, const char *state, const char *reason,
-                         int64_t due_ms, HeraldError *err) {
+int herald_outbox_report(HeraldStore *store, int64_t claimer, int64_t id, const char *state,
+                         const char *reason, int64_t due_ms, HeraldError *err) {
   if (strcmp(state, "SENT") != 0 && strcmp(state, "FAILED") != 0 && strcmp(state, "PENDING") != 0)
     return herald_error_set(err, kHeraldInvalid, "outbox state must be SENT, FAILED or PENDING, not %s",
                             state);
   sqlite3_stmt *st = herald_store_stmt(
       store,
       "UPDATE outbox SET state = ?2, reason = ?3, due_ms = CASE WHEN ?2 = 'PENDING' THEN ?4"
-      " ELSE due_ms END, updated_ms = ?5 WHERE id = ?1 AND state = 'CLAIMED'",
+      " ELSE due_ms END, updated_ms = ?5 WHERE id = ?1 AND state = 'CLAIMED' AND claimed_by = ?6",
       err);
   if (st == NULL) return err ? err->code : kHeraldStore;
   sqlite3_bind_int64(st, 1, id);
@@ -276,11 +276,13 @@ int herald_outbox_report(HeraldStore *store, int64_t id, const char *state, cons
   sqlite3_bind_text(st, 3, reason, -1, SQLITE_STATIC);
   sqlite3_bind_int64(st, 4, due_ms);
   sqlite3_bind_int64(st, 5, herald_clock_now_ms());
+  sqlite3_bind_int64(st, 6, claimer);
   int rc = sqlite3_step(st);
   sqlite3_reset(st);
   if (rc != SQLITE_DONE) return herald_store_fail(store, err, "reporting an outbox row");
   if (sqlite3_changes(herald_store_db(store)) == 0)
-    return herald_error_set(err, kHeraldNotFound, "outbox row %lld is not claimed", (long long)id);
+    return herald_error_set(err, kHeraldNotFound, "outbox row %lld is not claimed by this process",
+                            (long long)id);
   return kHeraldOk;
 }
 

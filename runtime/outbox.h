@@ -192,10 +192,11 @@ int herald_outbox_claim(HeraldStore *store, const char *app, const char *campaig
                         int64_t now_ms, int max, HeraldOutboxClaim *out, int *count,
                         HeraldError *err);
 
-/* Records the outcome of a claimed row: SENT, FAILED (with reason) or PENDING (retry at
- * due_ms). */
-int herald_outbox_report(HeraldStore *store, int64_t id, const char *state, const char *reason,
-                         int64_t due_ms, HeraldError *err);
+/* Records the outcome of a row claimed by claimer (herald_claimer_id): SENT, FAILED (with
+ * reason) or PENDING (retry at due_ms). kHeraldNotFound when the row is not claimed by it (any
+ * more: a claimer taken for dead has had its rows given back). */
+int herald_outbox_report(HeraldStore *store, int64_t claimer, int64_t id, const char *state,
+                         const char *reason, int64_t due_ms, HeraldError *err);
 
 /* Records sent messages as Pinpoint records them: a _campaign.send event, and _email.send for
  * email, with campaign_id, treatment_id, campaign_activity_id, message_id, delivery_type and

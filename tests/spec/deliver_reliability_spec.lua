@@ -401,4 +401,29 @@ describe('processes sharing a store', function()
     assert.are.same({ { id = 101 }, { id = 102 }, { id = 103 }, { id = 105 } },
       query(dir, 'SELECT id FROM claimers ORDER BY id'))
   end)
+
+  it('does not let a process taken for dead settle the rows given back meanwhile', function()
+    local dir = h.tmpdir()
+    h.write(dir .. '/claim.lua', claimed(3) .. string.format([[
+      -- this process stalls: another sees its heartbeat 46 s old and gives its rows back
+      assert(os.execute("sqlite3 d.db 'UPDATE claimers SET heartbeat_ms = heartbeat_ms - 46000'"))
+      assert(os.execute(%q .. " --db d.db -e \"assert(require('herald.core.outbox').recover() == 3)\""))
+      local rows = herald.db.query("SELECT id FROM outbox ORDER BY id")
+      -- its late outcomes are passed over: the rows may be in flight elsewhere now
+      outbox.report_batch { { id = rows[1].id, state = 'FAILED', reason = 'PERMANENT: late' },
+                            { id = rows[2].id, state = 'PENDING', due_ms = herald.now_ms() + 3600000, reason = 'RETRY: late' } }
+      require('herald.core.deliver').defer_batch { { id = rows[3].id, due_ms = 9000 } }
+      -- claimed again, under a claimer of its own again, they are its own
+      local again = outbox.claim(herald.now_ms(), 100, '["cl"]')
+      assert(#again == 3)
+      local reports = {}
+      for i, r in ipairs(again) do reports[i] = { id = r.id, state = 'SENT' } end
+      outbox.report_batch(reports)
+    ]], h.exe))
+    local _, code, err = h.herald('--db d.db claim.lua', { cwd = dir })
+    assert.are.equal(0, code, err)
+    assert.are.same({ { state = 'SENT', attempts = 2 }, { state = 'SENT', attempts = 2 }, { state = 'SENT', attempts = 2 } },
+      query(dir, 'SELECT state, attempts FROM outbox ORDER BY id'))
+    assert.are.equal(1, query(dir, 'SELECT count(*) AS n FROM claimers')[1].n)
+  end)
 end)
