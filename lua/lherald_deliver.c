@@ -14,6 +14,7 @@
 
 #include "lua/context.h"
 #include "lua/modules.h"
+#include "runtime/claimer.h"
 #include "runtime/deliver.h"
 
 static const char B64URL[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
@@ -122,6 +123,11 @@ static int l_defer_batch(lua_State *L) {
   HeraldStore *store = herald_context_store(L);
   HeraldError err = {0};
   if (herald_store_begin(store, &err) != kHeraldOk) return luaL_error(L, "%s", err.msg);
+  int64_t claimer = 0;
+  if (herald_claimer_id(store, &claimer, &err) != kHeraldOk) {
+    herald_store_rollback(store);
+    return luaL_error(L, "%s", err.msg);
+  }
   lua_Integer n = luaL_len(L, 1);
   for (lua_Integer i = 1; i <= n; i++) {
     lua_rawgeti(L, 1, i);
@@ -129,7 +135,7 @@ static int l_defer_batch(lua_State *L) {
     lua_getfield(L, -2, "due_ms");
     int64_t id = (int64_t)lua_tointeger(L, -2), due = (int64_t)lua_tointeger(L, -1);
     lua_pop(L, 3);
-    if (herald_deliver_defer(store, id, due, &err) != kHeraldOk) {
+    if (herald_deliver_defer(store, claimer, id, due, &err) != kHeraldOk) {
       herald_store_rollback(store);
       return luaL_error(L, "%s", err.msg);
     }

@@ -6,6 +6,7 @@
 
 #include "lua/context.h"
 #include "lua/modules.h"
+#include "runtime/claimer.h"
 #include "runtime/clock.h"
 #include "runtime/campaign.h"
 #include "runtime/outbox.h"
@@ -408,6 +409,41 @@ static HeraldOutboxClaim *claim_buffer(lua_State *L, int max) {
   return rows;
 }
 
+/* Once this process claims, a timer on the loop keeps its claimer's heartbeat fresh and gives
+ * back the rows of claimers taken for dead, so the rows of a process that died go back to
+ * PENDING while this one runs, not only when a process starts. The tick skips a turn while a
+ * transaction is open (a task waiting inside one): writing inside it would tie the heartbeat
+ * and the recovery to its outcome. It does not keep the loop alive. */
+static uv_timer_t watch_timer;
+static int watching;
+
+static void watch_tick(uv_timer_t *t) {
+  (void)t;
+  HeraldStore *store = herald_context()->store;
+  if (store == NULL || !sqlite3_get_autocommit(herald_store_db(store))) return;
+  HeraldError err = {0};
+  int64_t now = herald_clock_system_ms(), recovered = 0;
+  if (herald_claimer_beat(store, now, NULL, &err) != kHeraldOk ||
+      herald_outbox_recover(store, now, &recovered, &err) != kHeraldOk) {
+    fprintf(stderr, "herald: claimers: %s (tried again in %d s)\n", err.msg,
+            HERALD_CLAIMER_BEAT_MS / 1000);
+    return;
+  }
+  if (recovered > 0)
+    fprintf(stderr, "herald: recovered %lld in-doubt messages of a process that stopped; they are"
+            " retried with the same message id\n", (long long)recovered);
+}
+
+static void watch_claimers(lua_State *L) {
+  if (watching) return;
+  uv_loop_t *loop = &herald_context()->loop;
+  if (uv_timer_init(loop, &watch_timer) != 0) luaL_error(L, "cannot create a timer");
+  uv_unref((uv_handle_t *)&watch_timer);
+  if (uv_timer_start(&watch_timer, watch_tick, HERALD_CLAIMER_BEAT_MS, HERALD_CLAIMER_BEAT_MS) != 0)
+    luaL_error(L, "cannot start a timer");
+  watching = 1;
+}
+
 static int l_claim(lua_State *L) {
   int64_t now = (int64_t)luaL_checkinteger(L, 1);
   int max = (int)luaL_optinteger(L, 2, 256);
@@ -415,6 +451,7 @@ static int l_claim(lua_State *L) {
   const char *app = luaL_optstring(L, 4, herald_context()->app);
   luaL_argcheck(L, max > 0 && max <= 10000, 2, "must be 1..10000");
   HeraldStore *store = herald_context_store(L);
+  watch_claimers(L);
   HeraldOutboxClaim *rows = claim_buffer(L, max);
   int count = 0;
   HeraldError err = {0};
@@ -455,6 +492,8 @@ static int l_report_batch(lua_State *L) {
   }
   size_t used = 0;
   int nsent = 0;
+  int64_t claimer = 0;
+  if (herald_claimer_id(store, &claimer, &err) != kHeraldOk) goto fail;
   for (lua_Integer i = 1; i <= n; i++) {
     lua_rawgeti(L, 1, i);
     int r = lua_gettop(L);
@@ -469,9 +508,10 @@ static int l_report_batch(lua_State *L) {
       herald_error_set(&err, kHeraldInvalid, "report %lld has no state", (long long)i);
       goto fail;
     }
-    int rc = herald_outbox_report(store, id, state, reason, due, &err);
+    int rc = herald_outbox_report(store, claimer, id, state, reason, due, &err);
     if (rc == kHeraldNotFound) {
-      /* No longer CLAIMED: settled already (reported twice) or taken back by a recovery. The
+      /* Not CLAIMED by this process: settled already (reported twice), or given back by a
+       * recovery that took this process for dead (another may have it in flight now). The
        * other outcomes of the batch must not be lost with it, nor kept back to fail again. */
       memset(&err, 0, sizeof err);
       lua_pop(L, 1);
@@ -495,10 +535,12 @@ fail:
   return raise_error(L, &err);
 }
 
+/* recover() -> how many rows of claimers taken for dead went back to PENDING */
 static int l_recover(lua_State *L) {
   int64_t count = 0;
   HeraldError err = {0};
-  if (herald_outbox_recover(herald_context_store(L), &count, &err) != kHeraldOk)
+  if (herald_outbox_recover(herald_context_store(L), herald_clock_system_ms(), &count, &err) !=
+      kHeraldOk)
     return raise_error(L, &err);
   lua_pushinteger(L, (lua_Integer)count);
   return 1;

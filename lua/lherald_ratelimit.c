@@ -1,5 +1,5 @@
-/* herald.core.ratelimit: multi-window token buckets (runtime/ratelimit.c) on the runtime clock
- * (manual in tests). */
+/* herald.core.ratelimit: multi-window rate limits (runtime/ratelimit.c) on the runtime clock
+ * (manual in tests). A limit lives in its userdata, so Lua's allocator counts its memory. */
 #include <lauxlib.h>
 #include <stdint.h>
 
@@ -9,14 +9,8 @@
 
 #define LIMIT_MT "herald.ratelimit"
 
-typedef struct {
-  HeraldRateLimit *rl;
-} Limit;
-
-static Limit *check_limit(lua_State *L, int i) {
-  Limit *l = luaL_checkudata(L, i, LIMIT_MT);
-  if (l->rl == NULL) luaL_error(L, "the rate limit is closed");
-  return l;
+static HeraldRateLimit *check_limit(lua_State *L, int i) {
+  return luaL_checkudata(L, i, LIMIT_MT);
 }
 
 static const struct {
@@ -74,19 +68,16 @@ static int l_new(lua_State *L) {
   lua_getfield(L, 1, "parent");
   HeraldRateLimit *parent = NULL;
   if (!lua_isnil(L, -1)) {
-    Limit *p = luaL_testudata(L, -1, LIMIT_MT);
-    if (p == NULL || p->rl == NULL) return luaL_error(L, "parent: expected an open rate limit");
-    parent = p->rl;
+    parent = luaL_testudata(L, -1, LIMIT_MT);
+    if (parent == NULL) return luaL_error(L, "parent: expected an open rate limit");
   }
   int parent_idx = lua_gettop(L);
   if (n == 0 && parent == NULL)
     return luaL_error(L, "a rate limit needs a window (per_second, per_minute, per_hour, per_day or windows) or a parent");
-  Limit *l = lua_newuserdatauv(L, sizeof *l, 1);
-  l->rl = NULL;
-  luaL_setmetatable(L, LIMIT_MT);
+  void *mem = lua_newuserdatauv(L, herald_ratelimit_size(n), 1);
   HeraldError err = {0};
-  l->rl = herald_ratelimit_new(w, n, parent, herald_clock_now_ms(), &err);
-  if (l->rl == NULL) return luaL_error(L, "%s", err.msg);
+  if (herald_ratelimit_init(mem, w, n, parent, &err) == NULL) return luaL_error(L, "%s", err.msg);
+  luaL_setmetatable(L, LIMIT_MT);
   /* The parent must outlive its children. */
   lua_pushvalue(L, parent_idx);
   lua_setiuservalue(L, -2, 1);
@@ -101,10 +92,10 @@ static double check_count(lua_State *L, int i) {
 
 /* l:take([n]) -> granted, next_slot_ms (absolute clock ms; nil when n can never fit) */
 static int l_take(lua_State *L) {
-  Limit *l = check_limit(L, 1);
+  HeraldRateLimit *rl = check_limit(L, 1);
   double n = check_count(L, 2);
   int64_t next = 0;
-  int granted = herald_ratelimit_take(l->rl, n, herald_clock_now_ms(), &next);
+  int granted = herald_ratelimit_take(rl, n, herald_clock_now_ms(), &next);
   lua_pushboolean(L, granted);
   if (next == INT64_MAX) lua_pushnil(L); else lua_pushinteger(L, (lua_Integer)next);
   return 2;
@@ -113,36 +104,29 @@ static int l_take(lua_State *L) {
 /* l:reserve([n]) -> slot_ms: books the earliest slot (later calls get later slots); nil when
  * n can never fit. */
 static int l_reserve(lua_State *L) {
-  Limit *l = check_limit(L, 1);
+  HeraldRateLimit *rl = check_limit(L, 1);
   double n = check_count(L, 2);
-  int64_t slot = herald_ratelimit_reserve(l->rl, n, herald_clock_now_ms());
+  int64_t slot = herald_ratelimit_reserve(rl, n, herald_clock_now_ms());
   if (slot < 0) lua_pushnil(L); else lua_pushinteger(L, (lua_Integer)slot);
   return 1;
 }
 
 /* l:pause(ms): nothing is granted for ms from now (a Retry-After). */
 static int l_pause(lua_State *L) {
-  Limit *l = check_limit(L, 1);
+  HeraldRateLimit *rl = check_limit(L, 1);
   lua_Integer ms = luaL_checkinteger(L, 2);
   luaL_argcheck(L, ms >= 0, 2, "must be >= 0");
-  herald_ratelimit_pause_until(l->rl, herald_clock_now_ms() + (int64_t)ms);
+  herald_ratelimit_pause_until(rl, herald_clock_now_ms() + (int64_t)ms);
   return 0;
 }
 
-/* l:tokens(i) -> tokens window i holds now */
+/* l:tokens(i) -> how many more messages window i has room for now */
 static int l_tokens(lua_State *L) {
-  Limit *l = check_limit(L, 1);
+  HeraldRateLimit *rl = check_limit(L, 1);
   lua_Integer i = luaL_optinteger(L, 2, 1);
   luaL_argcheck(L, i >= 1, 2, "must be >= 1");
-  lua_pushnumber(L, herald_ratelimit_tokens(l->rl, (size_t)(i - 1), herald_clock_now_ms()));
+  lua_pushnumber(L, herald_ratelimit_tokens(rl, (size_t)(i - 1), herald_clock_now_ms()));
   return 1;
-}
-
-static int l_gc(lua_State *L) {
-  Limit *l = luaL_checkudata(L, 1, LIMIT_MT);
-  herald_ratelimit_free(l->rl);
-  l->rl = NULL;
-  return 0;
 }
 
 int luaopen_herald_core_ratelimit(lua_State *L) {
@@ -153,8 +137,6 @@ int luaopen_herald_core_ratelimit(lua_State *L) {
   luaL_newmetatable(L, LIMIT_MT);
   luaL_newlib(L, methods);
   lua_setfield(L, -2, "__index");
-  lua_pushcfunction(L, l_gc);
-  lua_setfield(L, -2, "__gc");
   lua_pop(L, 1);
   static const luaL_Reg funcs[] = {{"new", l_new}, {NULL, NULL}};
   luaL_newlib(L, funcs);

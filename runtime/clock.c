@@ -8,11 +8,15 @@
 static int manual_on;
 static int64_t manual_ms;
 
-int64_t herald_clock_now_ms(void) {
-  if (manual_on) return manual_ms;
+int64_t herald_clock_system_ms(void) {
   struct timespec ts;
   clock_gettime(CLOCK_REALTIME, &ts);
   return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+int64_t herald_clock_now_ms(void) {
+  if (manual_on) return manual_ms;
+  return herald_clock_system_ms();
 }
 
 void herald_clock_set_manual(int manual, int64_t ms) {

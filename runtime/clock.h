@@ -9,6 +9,10 @@
 /* Milliseconds since the Unix epoch, from the system clock or the manual clock when set. */
 int64_t herald_clock_now_ms(void);
 
+/* Milliseconds since the Unix epoch from the system clock, even when a manual clock is set:
+ * for times other processes compare with theirs (claimers' heartbeats). */
+int64_t herald_clock_system_ms(void);
+
 /* Switches to a manual clock at ms (or back to the system clock with manual = 0). */
 void herald_clock_set_manual(int manual, int64_t ms);
 void herald_clock_advance(int64_t delta_ms);

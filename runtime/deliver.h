@@ -8,8 +8,10 @@
 
 #include "runtime/store.h"
 
-/* Returns claimed row id to PENDING due at due_ms and takes back the attempt its claim
- * counted. Call inside a transaction for batches. */
-int herald_deliver_defer(HeraldStore *store, int64_t id, int64_t due_ms, HeraldError *err);
+/* Returns row id, claimed by claimer (herald_claimer_id), to PENDING due at due_ms and takes
+ * back the attempt its claim counted; a row no longer claimed by it is left alone. Call inside
+ * a transaction for batches. */
+int herald_deliver_defer(HeraldStore *store, int64_t claimer, int64_t id, int64_t due_ms,
+                         HeraldError *err);
 
 #endif

@@ -1,11 +1,9 @@
 #include "runtime/outbox.h"
 
-#include <errno.h>
-#include <signal.h>
 #include <stdio.h>
 #include <string.h>
-#include <unistd.h>
 
+#include "runtime/claimer.h"
 #include "runtime/clock.h"
 #include "runtime/datetime.h"
 
@@ -139,7 +137,7 @@ int herald_outbox_claim(HeraldStore *store, const char *app, const char *campaig
                         int64_t now_ms, int max, HeraldOutboxClaim *out, int *count,
                         HeraldError *err) {
   *count = 0;
-  const int64_t pid = (int64_t)getpid();  /* a system call: once per claim, not per row */
+  int64_t claimer = 0;  /* registered at the first row, so an empty claim writes nothing */
   if (herald_store_begin(store, err) != kHeraldOk) return err ? err->code : kHeraldStore;
   sqlite3_stmt *sel = herald_store_stmt(
       store,
@@ -198,6 +196,9 @@ int herald_outbox_claim(HeraldStore *store, const char *app, const char *campaig
       herald_store_fail(store, err, "claiming outbox rows");
       goto fail;
     }
+    if (selected > 0 && claimer == 0 &&
+        herald_claimer_beat(store, herald_clock_system_ms(), &claimer, err) != kHeraldOk)
+      goto fail;
     int kept = first;
     for (int i = first; i < first + selected; i++) {
       HeraldOutboxClaim *c = &out[i];
@@ -220,7 +221,7 @@ int herald_outbox_claim(HeraldStore *store, const char *app, const char *campaig
       sqlite3_bind_int64(upd, 2, now_ms);
       sqlite3_bind_text(upd, 3, reason ? "SKIPPED" : "CLAIMED", -1, SQLITE_STATIC);
       sqlite3_bind_text(upd, 4, reason, -1, SQLITE_STATIC);
-      sqlite3_bind_int64(upd, 5, pid);
+      sqlite3_bind_int64(upd, 5, claimer);
       if (herald_store_step_done(store, upd, err, "claiming outbox rows") != kHeraldOk) goto fail;
       if (reason == NULL) {
         if (kept != i) out[kept] = *c;
@@ -259,8 +260,8 @@ int herald_outbox_record_sends(HeraldStore *store, const char *ids_json, HeraldE
   return herald_store_step_done(store, st, err, "recording send events");
 }
 
-int herald_outbox_report(HeraldStore *store, int64_t id, const char *state, const char *reason,
-                         int64_t due_ms, HeraldError *err) {
+int herald_outbox_report(HeraldStore *store, int64_t claimer, int64_t id, const char *state,
+                         const char *reason, int64_t due_ms, HeraldError *err) {
   if (strcmp(state, "SENT") != 0 && strcmp(state, "FAILED") != 0 && strcmp(state, "PENDING") != 0 &&
       strcmp(state, "RELEASED") != 0)
     return herald_error_set(err, kHeraldInvalid,
@@ -272,7 +273,7 @@ int herald_outbox_report(HeraldStore *store, int64_t id, const char *state, cons
       "UPDATE outbox SET state = CASE WHEN ?2 = 'RELEASED' THEN 'PENDING' ELSE ?2 END, reason = ?3,"
       " due_ms = CASE WHEN ?2 IN ('PENDING', 'RELEASED') THEN ?4 ELSE due_ms END,"
       " attempts = CASE WHEN ?2 = 'RELEASED' AND attempts > 0 THEN attempts - 1 ELSE attempts END,"
-      " updated_ms = ?5 WHERE id = ?1 AND state = 'CLAIMED'",
+      " updated_ms = ?5 WHERE id = ?1 AND state = 'CLAIMED' AND claimed_by = ?6",
       err);
   if (st == NULL) return err ? err->code : kHeraldStore;
   sqlite3_bind_int64(st, 1, id);
@@ -280,50 +281,30 @@ int herald_outbox_report(HeraldStore *store, int64_t id, const char *state, cons
   sqlite3_bind_text(st, 3, reason, -1, SQLITE_STATIC);
   sqlite3_bind_int64(st, 4, due_ms);
   sqlite3_bind_int64(st, 5, herald_clock_now_ms());
+  sqlite3_bind_int64(st, 6, claimer);
   int rc = sqlite3_step(st);
   sqlite3_reset(st);
   if (rc != SQLITE_DONE) return herald_store_fail(store, err, "reporting an outbox row");
   if (sqlite3_changes(herald_store_db(store)) == 0)
-    return herald_error_set(err, kHeraldNotFound, "outbox row %lld is not claimed", (long long)id);
+    return herald_error_set(err, kHeraldNotFound, "outbox row %lld is not claimed by this process",
+                            (long long)id);
   return kHeraldOk;
 }
 
-/* Whether the process that claimed a row may still be working on it. kill(pid, 0) fails
- * with ESRCH only when no such process exists; the store is a local file, so claimers are on
- * this host. This process's own pid, at recovery time (before it claims), is a predecessor's. */
-static int claimer_alive(int64_t pid) {
-  if (pid <= 0 || pid == (int64_t)getpid()) return 0;
-  return kill((pid_t)pid, 0) == 0 || errno != ESRCH;
-}
-
-int herald_outbox_recover(HeraldStore *store, int64_t *count, HeraldError *err) {
+int herald_outbox_recover(HeraldStore *store, int64_t now_ms, int64_t *count, HeraldError *err) {
   *count = 0;
   if (herald_store_begin(store, err) != kHeraldOk) return err ? err->code : kHeraldStore;
-  sqlite3_stmt *sel = herald_store_stmt(
-      store, "SELECT DISTINCT coalesce(claimed_by, 0) FROM outbox WHERE state = 'CLAIMED'", err);
-  if (sel == NULL) goto fail;
-  int64_t dead[64];
-  int n = 0, rc;
-  while ((rc = sqlite3_step(sel)) == SQLITE_ROW && n < 64) {
-    int64_t pid = sqlite3_column_int64(sel, 0);
-    if (!claimer_alive(pid)) dead[n++] = pid;
-  }
-  sqlite3_reset(sel);
-  if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
-    herald_store_fail(store, err, "recovering claimed rows");
-    goto fail;
-  }
+  if (herald_claimer_reap(store, now_ms, NULL, err) != kHeraldOk) goto fail;
+  /* Every claim registers its claimer in the transaction that stamps the rows, so a claimed
+   * row without one is a reaped claimer's. */
   sqlite3_stmt *st = herald_store_stmt(
       store,
       "UPDATE outbox SET state = 'PENDING', claimed_ms = NULL, claimed_by = NULL"
-      " WHERE state = 'CLAIMED' AND coalesce(claimed_by, 0) = ?1",
+      " WHERE state = 'CLAIMED' AND NOT EXISTS (SELECT 1 FROM claimers c WHERE c.id = outbox.claimed_by)",
       err);
   if (st == NULL) goto fail;
-  for (int i = 0; i < n; i++) {
-    sqlite3_bind_int64(st, 1, dead[i]);
-    if (herald_store_step_done(store, st, err, "recovering claimed rows") != kHeraldOk) goto fail;
-    *count += sqlite3_changes(herald_store_db(store));
-  }
+  if (herald_store_step_done(store, st, err, "recovering claimed rows") != kHeraldOk) goto fail;
+  *count = sqlite3_changes64(herald_store_db(store));
   return herald_store_commit(store, err);
 fail:
   herald_store_rollback(store);

@@ -3,8 +3,9 @@
  * Producer side (campaign engine): a run is created idempotently for (campaign, scheduled
  * time) and its rows are written in the same transaction, so a crash leaves either no run or
  * a whole one. Consumer side (delivery): claim due rows, send, report the outcome. Claimed rows
- * not reported before a crash are in doubt; herald_outbox_recover returns them to PENDING and
- * they are retried with the same message id (the idempotency key). */
+ * of a process that died before reporting them are in doubt; herald_outbox_recover, run at
+ * start and from every running process's loop, returns them to PENDING and they are retried
+ * with the same message id (the idempotency key). */
 #ifndef HERALD_OUTBOX_H
 #define HERALD_OUTBOX_H
 
@@ -178,7 +179,8 @@ int herald_outbox_trigger(HeraldStore *store, const HeraldOutboxTrigger *t, int6
                           HeraldError *err);
 
 /* Claims up to max rows due at now_ms (state PENDING -> CLAIMED, attempts + 1, claimed_ms =
- * now_ms) of the campaigns named in campaigns_json (a JSON array of ids of app; NULL for all).
+ * now_ms, claimed_by = this process's claimer, registered on the way: runtime/claimer.h) of
+ * the campaigns named in campaigns_json (a JSON array of ids of app; NULL for all).
  * Rows of PAUSED, DELETED or INVALID campaigns stay PENDING. In the same transaction, limits are
  * enforced row by row: a row not claimed within its run's max_duration_ms of the time it was
  * first due (retries and deferrals do not extend it) becomes SKIPPED/EXPIRED, a row whose
@@ -190,10 +192,11 @@ int herald_outbox_claim(HeraldStore *store, const char *app, const char *campaig
                         int64_t now_ms, int max, HeraldOutboxClaim *out, int *count,
                         HeraldError *err);
 
-/* Records the outcome of a claimed row: SENT, FAILED (with reason) or PENDING (retry at
- * due_ms). */
-int herald_outbox_report(HeraldStore *store, int64_t id, const char *state, const char *reason,
-                         int64_t due_ms, HeraldError *err);
+/* Records the outcome of a row claimed by claimer (herald_claimer_id): SENT, FAILED (with
+ * reason) or PENDING (retry at due_ms). kHeraldNotFound when the row is not claimed by it (any
+ * more: a claimer taken for dead has had its rows given back). */
+int herald_outbox_report(HeraldStore *store, int64_t claimer, int64_t id, const char *state,
+                         const char *reason, int64_t due_ms, HeraldError *err);
 
 /* Records sent messages as Pinpoint records them: a _campaign.send event, and _email.send for
  * email, with campaign_id, treatment_id, campaign_activity_id, message_id, delivery_type and
@@ -203,10 +206,10 @@ int herald_outbox_report(HeraldStore *store, int64_t id, const char *state, cons
  * (Recency) does not move. */
 int herald_outbox_record_sends(HeraldStore *store, const char *ids_json, HeraldError *err);
 
-/* Returns claimed-but-unreported rows to PENDING (after a crash): those whose claiming process
- * (claimed_by, a pid on this host) no longer runs, so rows in flight in another live herald
- * are left alone. *count says how many. */
-int herald_outbox_recover(HeraldStore *store, int64_t *count, HeraldError *err);
+/* Returns claimed-but-unreported rows to PENDING: those of claimers taken for dead at now_ms
+ * (the system clock; see runtime/claimer.h), so rows in flight in another live herald are left
+ * alone whatever its pid. *count says how many. */
+int herald_outbox_recover(HeraldStore *store, int64_t now_ms, int64_t *count, HeraldError *err);
 
 /* Earliest due time of a PENDING row of the campaigns named (as for claim); *found = 0 when
  * none. */

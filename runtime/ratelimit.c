@@ -1,28 +1,72 @@
+/* Rate limits as sliding windows counted in sub-intervals.
+ *
+ * A window of limit L and period P must never admit more than L in any span of P: it stands
+ * for a provider's quota. A token bucket that starts full with a burst of L does not hold to
+ * that (it lets L through at once and L more as it refills, nearly 2L in the first period).
+ * Keeping the time of every admission would be exact, but a day window of a million would
+ * keep a million times. So a window keeps counts per sub-interval of P / SLICES in a ring,
+ * each with the time of its latest admission, and counts a sub-interval in full for as long as
+ * that latest admission is less than P old. Some of its earlier admissions may have left the
+ * span by then, so the count is never below the truth and the window never admits too many;
+ * what a steady stream loses is the part of one sub-interval that left early, about
+ * L / SLICES per period. A burst is not cut short: L may go at once, as a provider's quota
+ * allows. The next slot is when enough of the oldest counted sub-intervals have left, which
+ * is exact: a sub-interval leaves when its latest admission does.
+ *
+ * Time only moves forward in a window: admissions are recorded at or after the latest one, so
+ * a clock set back admits nothing early, and bookings made ahead by reserve() come before any
+ * later take(). */
 #include "runtime/ratelimit.h"
 
 #include <math.h>
-#include <stdlib.h>
+#include <string.h>
 
-/* Refills are computed in floating point; a bucket within this of n counts as holding n, so
- * that waiting exactly the computed time always succeeds. */
+/* Counts are sums of requested amounts in floating point; a window within this of its limit
+ * counts as at it, so that waiting exactly the computed time always succeeds. */
 #define EPSILON 1e-9
+
+#define SLICES 60
+/* A span of P ms overlaps at most SLICES + 1 sub-intervals of at least P / SLICES ms. */
+#define RING (SLICES + 1)
+
+typedef struct {
+  double count;      /* admitted or booked in the sub-interval */
+  int64_t last_ms;   /* the latest of them: the sub-interval counts until last_ms + period */
+} Slice;
 
 typedef struct {
   double limit;
   int64_t period_ms;
-  double tokens;
-  int64_t at_ms;   /* when tokens was last brought up to date */
-} Bucket;
+  int64_t slice_ms;
+  int64_t head;       /* the sub-interval (time / slice_ms) of latest_ms */
+  int64_t latest_ms;  /* the latest admission recorded; INT64_MIN before the first */
+  Slice ring[RING];   /* sub-interval i at ring[i mod RING], for i in (head - RING, head] */
+} Window;
 
 struct HeraldRateLimit {
-  Bucket b[HERALD_RATELIMIT_MAX_WINDOWS];
-  size_t n;
   HeraldRateLimit *parent;
   int64_t paused_until_ms;
+  size_t n;
+  Window w[];
 };
 
-HeraldRateLimit *herald_ratelimit_new(const HeraldRateWindow *windows, size_t n,
-                                      HeraldRateLimit *parent, int64_t now_ms, HeraldError *err) {
+static int64_t add_sat(int64_t a, int64_t b) { return a > INT64_MAX - b ? INT64_MAX : a + b; }
+static int64_t sub_sat(int64_t a, int64_t b) { return a < INT64_MIN + b ? INT64_MIN : a - b; }
+
+static int64_t floor_div(int64_t a, int64_t b) {
+  int64_t q = a / b;
+  return (a % b != 0 && a < 0) ? q - 1 : q;
+}
+
+static Slice *slice_at(Window *w, int64_t i) {
+  int64_t m = i % RING;
+  return &w->ring[m < 0 ? m + RING : m];
+}
+
+size_t herald_ratelimit_size(size_t n) { return sizeof(HeraldRateLimit) + n * sizeof(Window); }
+
+HeraldRateLimit *herald_ratelimit_init(void *mem, const HeraldRateWindow *windows, size_t n,
+                                       HeraldRateLimit *parent, HeraldError *err) {
   if (n > HERALD_RATELIMIT_MAX_WINDOWS) {
     herald_error_set(err, kHeraldInvalid, "at most %d windows", HERALD_RATELIMIT_MAX_WINDOWS);
     return NULL;
@@ -37,23 +81,21 @@ HeraldRateLimit *herald_ratelimit_new(const HeraldRateWindow *windows, size_t n,
       return NULL;
     }
   }
-  HeraldRateLimit *rl = calloc(1, sizeof *rl);
-  if (rl == NULL) {
-    herald_error_set(err, kHeraldNoMemory, "out of memory");
-    return NULL;
-  }
+  HeraldRateLimit *rl = mem;
+  memset(rl, 0, herald_ratelimit_size(n));
   for (size_t i = 0; i < n; i++) {
-    /* A window's limit is also its burst, so a bucket of less than one token could never send:
-     * a fractional rate (0.5 per second) is one message per 1/limit periods (1 per 2 s). */
+    /* A window with room for less than one message would never send: a fractional rate (0.5
+     * per second) is one message per 1/limit periods (1 per 2 s). */
     double limit = windows[i].limit, period = (double)windows[i].period_ms;
     if (limit < 1) {
       period /= limit;
       limit = 1;
     }
-    rl->b[i].limit = limit;
-    rl->b[i].period_ms = period < 9.2e18 ? (int64_t)period : INT64_MAX;
-    rl->b[i].tokens = limit;
-    rl->b[i].at_ms = now_ms;
+    Window *w = &rl->w[i];
+    w->limit = limit;
+    w->period_ms = period < 9.2e18 ? (int64_t)period : INT64_MAX;
+    w->slice_ms = w->period_ms / SLICES + (w->period_ms % SLICES != 0);
+    w->latest_ms = INT64_MIN;
   }
   rl->n = n;
   rl->parent = parent;
@@ -61,43 +103,78 @@ HeraldRateLimit *herald_ratelimit_new(const HeraldRateWindow *windows, size_t n,
   return rl;
 }
 
-void herald_ratelimit_free(HeraldRateLimit *rl) { free(rl); }
-
-static void refill(Bucket *b, int64_t now_ms) {
-  if (now_ms <= b->at_ms) return;  /* a clock set back refills nothing */
-  b->tokens += (double)(now_ms - b->at_ms) * b->limit / (double)b->period_ms;
-  if (b->tokens > b->limit) b->tokens = b->limit;
-  b->at_ms = now_ms;
+/* What window w counts at `at` (not before its latest admission): the sub-intervals whose
+ * latest admission is less than a period old. */
+static double held(Window *w, int64_t at) {
+  if (w->latest_ms == INT64_MIN) return 0;
+  int64_t since = sub_sat(at, w->period_ms);
+  double sum = 0;
+  for (int k = 0; k < RING; k++)
+    if (w->ring[k].count > 0 && w->ring[k].last_ms > since) sum += w->ring[k].count;
+  return sum;
 }
 
-/* Earliest time >= now_ms at which every bucket of rl and its parents holds n tokens;
- * INT64_MAX when n never fits. Buckets are refilled to now_ms on the way. */
+/* Earliest time >= at (not before w's latest admission) at which w has room for n;
+ * INT64_MAX when n exceeds its limit. Counts only fall as time passes, so w keeps the room. */
+static int64_t window_slot(Window *w, double n, int64_t at) {
+  if (n > w->limit + EPSILON) return INT64_MAX;
+  double excess = held(w, at) + n - w->limit;
+  if (excess <= EPSILON) return at;
+  int64_t since = sub_sat(at, w->period_ms);
+  /* Oldest first: sub-intervals leave in the order of their latest admissions. */
+  for (int64_t i = w->head - SLICES; i <= w->head; i++) {
+    Slice *s = slice_at(w, i);
+    if (!(s->count > 0) || s->last_ms <= since) continue;
+    excess -= s->count;
+    if (excess <= EPSILON) return add_sat(s->last_ms, w->period_ms);
+  }
+  return INT64_MAX;  /* not reached: once they have all left, n <= limit fits */
+}
+
+/* Records n admitted at t (not before w's latest admission). */
+static void record(Window *w, double n, int64_t t) {
+  int64_t i = floor_div(t, w->slice_ms);
+  if (w->latest_ms == INT64_MIN || i - w->head >= RING) {
+    memset(w->ring, 0, sizeof w->ring);
+  } else {
+    for (int64_t j = w->head + 1; j <= i; j++) *slice_at(w, j) = (Slice){0, 0};
+  }
+  w->head = i;
+  Slice *s = slice_at(w, i);
+  s->count += n;
+  s->last_ms = t;
+  w->latest_ms = t;
+}
+
+/* Earliest time >= now_ms at which every window of rl and its parents has room for n;
+ * INT64_MAX when n never fits. */
 static int64_t earliest(HeraldRateLimit *rl, double n, int64_t now_ms) {
-  int64_t t = now_ms;
+  int64_t at = now_ms;
   for (HeraldRateLimit *r = rl; r != NULL; r = r->parent) {
-    if (r->paused_until_ms > t) t = r->paused_until_ms;
+    if (r->paused_until_ms > at) at = r->paused_until_ms;
+    for (size_t i = 0; i < r->n; i++)
+      if (r->w[i].latest_ms > at) at = r->w[i].latest_ms;
+  }
+  int64_t t = at;
+  for (HeraldRateLimit *r = rl; r != NULL; r = r->parent) {
     for (size_t i = 0; i < r->n; i++) {
-      Bucket *b = &r->b[i];
-      if (n > b->limit + EPSILON) return INT64_MAX;
-      refill(b, now_ms);
-      double missing = n - b->tokens;
-      if (missing <= EPSILON) continue;
-      int64_t wait = (int64_t)ceil(missing * (double)b->period_ms / b->limit - EPSILON);
-      if (now_ms + wait > t) t = now_ms + wait;
+      int64_t slot = window_slot(&r->w[i], n, at);
+      if (slot == INT64_MAX) return INT64_MAX;
+      if (slot > t) t = slot;
     }
   }
   return t;
 }
 
-static void debit(HeraldRateLimit *rl, double n) {
+static void record_all(HeraldRateLimit *rl, double n, int64_t t) {
   for (HeraldRateLimit *r = rl; r != NULL; r = r->parent)
-    for (size_t i = 0; i < r->n; i++) r->b[i].tokens -= n;
+    for (size_t i = 0; i < r->n; i++) record(&r->w[i], n, t);
 }
 
 int herald_ratelimit_take(HeraldRateLimit *rl, double n, int64_t now_ms, int64_t *next_slot_ms) {
   int64_t t = earliest(rl, n, now_ms);
   if (t == now_ms) {
-    debit(rl, n);
+    record_all(rl, n, now_ms);
     if (next_slot_ms) *next_slot_ms = now_ms;
     return 1;
   }
@@ -108,9 +185,9 @@ int herald_ratelimit_take(HeraldRateLimit *rl, double n, int64_t now_ms, int64_t
 int64_t herald_ratelimit_reserve(HeraldRateLimit *rl, double n, int64_t now_ms) {
   int64_t t = earliest(rl, n, now_ms);
   if (t == INT64_MAX) return -1;
-  /* Debiting now what the slot will have refilled by then leaves the bucket negative until
-   * the slot, which is what pushes the next reservation later. */
-  debit(rl, n);
+  /* Recorded at the slot: the window counts the booking from then on, which is what pushes
+   * the next reservation (and any take before the slot) later. */
+  record_all(rl, n, t);
   return t;
 }
 
@@ -120,6 +197,6 @@ void herald_ratelimit_pause_until(HeraldRateLimit *rl, int64_t until_ms) {
 
 double herald_ratelimit_tokens(HeraldRateLimit *rl, size_t i, int64_t now_ms) {
   if (i >= rl->n) return 0;
-  refill(&rl->b[i], now_ms);
-  return rl->b[i].tokens;
+  Window *w = &rl->w[i];
+  return w->limit - held(w, now_ms > w->latest_ms ? now_ms : w->latest_ms);
 }

@@ -1,6 +1,8 @@
-/* Rate limits as token buckets over several windows at once (say 10/s, 500/min and
- * 20,000/day), optionally under a parent limit shared by many (a global or per-provider cap).
- * Time is passed in, so the maths is pure and tests drive it with a manual clock.
+/* Rate limits over several windows at once (say 10/s, 500/min and 20,000/day), optionally
+ * under a parent limit shared by many (a global or per-provider cap). A window is a hard cap:
+ * no span of its period admits more than its limit, so a provider's daily quota of N is never
+ * exceeded in any 24 hours. Time is passed in, so the maths is pure and tests drive it with a
+ * manual clock.
  *
  * A message over the limit is not spun on: take() says when the next slot is, and reserve()
  * books that slot so the caller can schedule the message for it. A Retry-After from the
@@ -16,31 +18,37 @@
 #define HERALD_RATELIMIT_MAX_WINDOWS 8
 
 typedef struct {
-  double limit;        /* messages per period (> 0); also the burst the window allows (a limit
-                        * under 1 becomes 1 per period / limit: 0.5/s is 1 per 2 s) */
+  double limit;        /* messages per period (> 0); all of them may go at once (a limit under
+                        * 1 becomes 1 per period / limit: 0.5/s is 1 per 2 s) */
   int64_t period_ms;   /* > 0 */
 } HeraldRateWindow;
 
 typedef struct HeraldRateLimit HeraldRateLimit;
 
-/* Buckets start full at now_ms. parent (may be NULL) must outlive the limit. */
-HeraldRateLimit *herald_ratelimit_new(const HeraldRateWindow *windows, size_t n,
-                                      HeraldRateLimit *parent, int64_t now_ms, HeraldError *err);
-void herald_ratelimit_free(HeraldRateLimit *rl);
+/* Bytes a limit of n windows takes: the same whatever the windows' limits. */
+size_t herald_ratelimit_size(size_t n);
 
-/* Takes n tokens from every window (and the parent's) if all have them: returns 1. Otherwise
- * takes nothing, returns 0 and sets *next_slot_ms to the earliest time all would have them
- * (INT64_MAX when n exceeds a window's limit, so it never fits). */
+/* Makes a limit with nothing admitted yet in mem (herald_ratelimit_size(n) bytes, aligned for
+ * int64_t and double; the caller owns it and frees it). parent (may be NULL) must outlive the
+ * limit. Returns NULL with err set when a window is invalid. */
+HeraldRateLimit *herald_ratelimit_init(void *mem, const HeraldRateWindow *windows, size_t n,
+                                       HeraldRateLimit *parent, HeraldError *err);
+
+/* Admits n messages now in every window (and the parent's) if all have room: returns 1.
+ * Otherwise admits nothing, returns 0 and sets *next_slot_ms to the earliest time all would
+ * have room (INT64_MAX when n exceeds a window's limit, so it never fits). */
 int herald_ratelimit_take(HeraldRateLimit *rl, double n, int64_t now_ms, int64_t *next_slot_ms);
 
-/* Books n tokens at the earliest slot and returns its time (now_ms when they are available):
- * later callers get later slots. -1 when n exceeds a window's limit. */
+/* Books n messages at the earliest slot and returns its time (now_ms when there is room now):
+ * later callers get later slots, and take() waits behind the bookings. -1 when n exceeds a
+ * window's limit. */
 int64_t herald_ratelimit_reserve(HeraldRateLimit *rl, double n, int64_t now_ms);
 
 /* Nothing is granted before until_ms (a Retry-After); an earlier pause is kept if longer. */
 void herald_ratelimit_pause_until(HeraldRateLimit *rl, int64_t until_ms);
 
-/* Tokens window i holds at now_ms (negative while slots are booked ahead). */
+/* How many more messages window i has room for at now_ms (its limit less what it counts in
+ * the last period, bookings ahead included). */
 double herald_ratelimit_tokens(HeraldRateLimit *rl, size_t i, int64_t now_ms);
 
 #endif

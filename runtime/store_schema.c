@@ -268,7 +268,29 @@ const char *const herald_store_migrations[] = {
    * scheduled start time"), but retries and rate-limit deferrals move due_ms; first_due_ms
    * keeps the start. NULL in rows written before: due_ms stands in. */
   "ALTER TABLE outbox ADD COLUMN first_due_ms INTEGER;",
-  /* 12: why delivery paused a campaign (the last of its consecutive systemic failures), kept
+  /* 12: claimers (runtime/claimer.c): each process that claims outbox rows registers with a
+   * random token, its host, pid and PID namespace, and refreshes a heartbeat; claimed_by names
+   * its row instead of a pid, which another PID namespace reuses. A row claimed before by pid
+   * gets a claimer for that pid with no namespace and a heartbeat at the upgrade, which
+   * nothing renews: it goes back to PENDING once that heartbeat is old. */
+  /* AUTOINCREMENT: a settled row's claimed_by never comes to name a later process */
+  "CREATE TABLE claimers ("
+  "  id INTEGER PRIMARY KEY AUTOINCREMENT,"
+  "  token TEXT NOT NULL UNIQUE,"
+  "  host TEXT NOT NULL,"
+  "  pid INTEGER NOT NULL,"
+  "  pid_ns TEXT,"
+  "  started_ms INTEGER NOT NULL,"
+  "  heartbeat_ms INTEGER NOT NULL"
+  ");"
+  "INSERT INTO claimers(token, host, pid, started_ms, heartbeat_ms)"
+  "  SELECT 'pid ' || coalesce(claimed_by, 0), '', coalesce(claimed_by, 0),"
+  "    CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER),"
+  "    CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)"
+  "  FROM outbox WHERE state = 'CLAIMED' GROUP BY coalesce(claimed_by, 0);"
+  "UPDATE outbox SET claimed_by = (SELECT id FROM claimers"
+  "  WHERE token = 'pid ' || coalesce(outbox.claimed_by, 0)) WHERE state = 'CLAIMED';",
+  /* 13: why delivery paused a campaign (the last of its consecutive systemic failures), kept
    * until it is resumed; NULL when paused by hand or not paused. */
   "ALTER TABLE campaigns ADD COLUMN pause_reason TEXT;",
 };

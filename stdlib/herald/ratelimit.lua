@@ -1,5 +1,6 @@
--- herald.ratelimit: token buckets over several windows at once, optionally under a shared
--- parent (a global or per-provider cap), on the runtime clock.
+-- herald.ratelimit: limits over several windows at once, optionally under a shared parent (a
+-- global or per-provider cap), on the runtime clock. Each window is a hard cap: no span of its
+-- period admits more than its limit (a whole limit may go at once).
 --   local rl = herald.ratelimit.new{per_second = 10, per_day = 20000, parent = global}
 --   local ok, next_slot_ms = rl:take()   -- not granted: schedule the message for next_slot_ms
 --   local slot_ms = rl:reserve()         -- book the next slot (later calls get later slots)

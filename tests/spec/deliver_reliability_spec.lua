@@ -163,3 +163,267 @@ describe('delivery reliability', function()
     assert(ok, e)
   end)
 end)
+
+-- Several processes on one store (two `herald run`, or containers sharing a volume): rows in
+-- flight belong to a claimer, a random token with a heartbeat (runtime/claimer.c), not to a
+-- pid that another PID namespace reuses.
+describe('processes sharing a store', function()
+  local task = require 'herald.core.task'
+  local q = h.shell_quote
+  local ng
+
+  setup(function()
+    ng = S.start_nginx { tls = false, locations = [[
+      location = /half { echo_sleep 0.5; echo "done"; }
+      location = /five { echo_sleep 5; echo "done"; }
+    ]] }
+  end)
+  teardown(function() if ng then ng:stop() end end)
+
+  local function count(dir, where)
+    return query(dir, 'SELECT count(*) AS n FROM outbox WHERE ' .. where)[1].n
+  end
+
+  local function campaign(dir, n, path, connections)
+    endpoints_csv(dir .. '/eps.csv', n)
+    local _, code, err = h.herald('--db d.db import endpoints eps.csv', { cwd = dir })
+    assert.are.equal(0, code, err)
+    h.write(dir .. '/c.lua', [[
+      herald.campaign { name = 'shared', segment = herald.segment { name = 'all' },
+        message = { body = 'Hi {{Id}}' }, deliver = 'channels' }
+    ]])
+    h.write(dir .. '/providers.lua', string.format([[
+      return { profiles = { hooks = { type = 'webhook', url = %q, connections = %d } }, channels = { CUSTOM = 'hooks' } }
+    ]], ng.url .. path, connections))
+  end
+
+  -- h.wait_for, polling every 250 ms: each look at the store is a herald process.
+  local function poll(pred, ms, what)
+    local deadline = task.now() + ms
+    while task.now() < deadline do
+      local v = pred()
+      if v then return v end
+      task.sleep(250)
+    end
+    error('timed out waiting for ' .. what, 2)
+  end
+
+  local function running(pid) return select(2, h.sh('kill -0 ' .. pid .. ' 2>/dev/null')) == 0 end
+
+  -- Starts `[prefix] herald --db d.db ARGS` in dir in the background, under a shell that waits
+  -- for it so that its end is reaped at once; name.out and name.err get its output. Returns
+  -- the pid of what was started (prefix's, when there is one).
+  local started = {}
+  local function start(dir, name, args, prefix)
+    local cmd = (prefix or '') .. q(h.exe) .. ' --db d.db ' .. args .. ' >' .. name .. '.out 2>' .. name .. '.err'
+    h.sh('cd ' .. q(dir) .. ' && (sh -c ' .. q(cmd .. ' & echo $! >' .. name .. '.pid; wait') .. ' >/dev/null 2>&1 &)')
+    local pid = tonumber(poll(function() return (h.read(dir .. '/' .. name .. '.pid') or ''):match('%d+') end,
+      5000, name .. ' to start'))
+    started[#started + 1] = pid
+    return pid
+  end
+
+  -- In a PID namespace of its own, herald is pid 1 there and unshare's child here. unshare
+  -- ignores SIGTERM; when it is killed, herald gets SIGTERM.
+  local NEW_NS = 'unshare -pf --mount-proc --kill-child=TERM '
+
+  after_each(function()
+    for _, pid in ipairs(started) do
+      if running(pid) then h.sh('kill -9 ' .. pid) end
+    end
+    started = {}
+  end)
+
+  -- Stops herald started as pid (its prefix's child, when it has one) as SIGTERM does.
+  local function stop(pid)
+    local child = tonumber((h.sh('pgrep -P ' .. pid)):match('%d+'))
+    h.sh('kill -TERM ' .. (child or pid) .. ' 2>/dev/null')
+    poll(function() return not running(pid) end, 30000, 'herald to stop')
+  end
+
+  -- The 200 responses nginx gave, by idempotency key.
+  local function delivered()
+    local keys = {}
+    for _, r in ipairs(ng:requests()) do
+      if r.key and r.status == 200 then keys[r.key] = (keys[r.key] or 0) + 1 end
+    end
+    return keys
+  end
+
+  local function unshare_usable()
+    local _, code = h.sh('unshare -pf --mount-proc true >/dev/null 2>&1')
+    if code == 0 then return true end
+    io.stderr:write('\n  skipped: `unshare -pf --mount-proc` is not usable here (it needs root or user'
+      .. ' namespaces); the liveness rules are still checked with claimers written in the store\n')
+    return false
+  end
+
+  it('gives back the rows of a process killed -9 while another runs, without a restart', function()
+    local dir = h.tmpdir()
+    ng:clear_log()
+    campaign(dir, 200, '/half', 5)
+    local a = start(dir, 'a', 'run c.lua')
+    poll(function() return count(dir, "state = 'CLAIMED'") == 200 end, 30000, 'A to claim the run')
+    local b = start(dir, 'b', 'run c.lua')
+    -- B registers at its first heartbeat: both are live claimers, and A's rows stay A's
+    local claimers = poll(function()
+      local rows = query(dir, 'SELECT id, token, pid FROM claimers ORDER BY id')
+      return #rows == 2 and rows
+    end, 20000, 'B to register as a claimer')
+    assert.are.same({ a, b }, { claimers[1].pid, claimers[2].pid })
+    assert.are_not.equal(claimers[1].token, claimers[2].token)
+    assert.are.equal(0, count(dir, "state = 'CLAIMED' AND claimed_by <> " .. claimers[1].id))
+    local in_flight = count(dir, "state = 'CLAIMED'")
+    assert.is_true(in_flight > 0, 'A sent everything before it was killed')
+
+    h.sh('kill -9 ' .. a)
+    local killed = task.now()
+    poll(function() return count(dir, "state = 'CLAIMED' AND claimed_by = " .. claimers[1].id) == 0 end,
+      60000, "A's rows to be given back")
+    -- in B's own PID namespace A's pid is gone: B gives its rows back at its next heartbeat
+    local took = task.now() - killed
+    assert.is_true(took < 15000, 'given back after ' .. took .. ' ms')
+    poll(function() return count(dir, "state = 'SENT'") == 200 end, 60000, 'B to send the rest')
+    poll(function() return query(dir, 'SELECT state FROM campaign_runs')[1].state == 'COMPLETED' end,
+      10000, 'the run to complete')
+    stop(b)
+    assert.matches('recovered %d+ in%-doubt messages of a process that stopped', h.read(dir .. '/b.err'))
+    local keys = delivered()
+    for _, r in ipairs(query(dir, 'SELECT message_id FROM outbox')) do
+      assert.is_truthy(keys[r.message_id], 'never delivered: ' .. r.message_id)
+    end
+  end)
+
+  it('leaves the rows of a live process in another PID namespace alone, both being pid 1', function()
+    if not unshare_usable() then
+      pending('unshare -pf --mount-proc is not usable')
+      return
+    end
+    local dir = h.tmpdir()
+    ng:clear_log()
+    campaign(dir, 100, '/five', 100)
+    local a = start(dir, 'a', 'run --until-idle --verbose c.lua', NEW_NS)
+    poll(function() return count(dir, "state = 'CLAIMED'") == 100 end, 30000, 'A to claim the run')
+    assert.are.equal(1, query(dir, 'SELECT pid FROM claimers')[1].pid)
+    local b = start(dir, 'b', 'run --until-idle --verbose c.lua', NEW_NS)
+    poll(function() return not running(a) and not running(b) end, 60000, 'A and B to finish')
+    -- B started, looked and ended while A's messages were in flight, and left them to A
+    local b_out = h.read(dir .. '/b.out')
+    assert.matches('CLAIMED 100', b_out)
+    assert.is_nil(b_out:find('recovered', 1, true))
+    assert.are.equal(100, count(dir, "state = 'SENT'"))
+    local requests, keys = 0, {}
+    for _, r in ipairs(ng:requests()) do
+      if r.uri == '/five' then
+        requests = requests + 1
+        keys[r.key] = true
+      end
+    end
+    local distinct = 0
+    for _ in pairs(keys) do distinct = distinct + 1 end
+    assert.are.same({ 100, 100 }, { requests, distinct })
+  end)
+
+  it('gives back the rows of a process killed in another PID namespace once its heartbeat is old', function()
+    if not unshare_usable() then
+      pending('unshare -pf --mount-proc is not usable')
+      return
+    end
+    local dir = h.tmpdir()
+    ng:clear_log()
+    campaign(dir, 100, '/slow', 10)
+    local a = start(dir, 'a', 'run c.lua', NEW_NS)
+    poll(function() return count(dir, "state = 'CLAIMED'") == 100 end, 30000, 'A to claim the run')
+    local mine = "state = 'CLAIMED' AND claimed_by = " .. query(dir, 'SELECT id FROM claimers')[1].id
+    local b = start(dir, 'b', 'run c.lua', NEW_NS)
+    poll(function() return query(dir, 'SELECT count(*) AS n FROM claimers')[1].n == 2 end, 20000,
+      'B to register as a claimer')
+    assert.is_true(count(dir, mine) > 0, 'A sent everything before it was killed')
+    h.sh('kill -9 $(pgrep -P ' .. a .. ')')
+    local killed = task.now()
+    poll(function() return count(dir, mine) == 0 end, 90000, "A's rows to be given back")
+    -- B cannot see A's pid: it waits for A's heartbeat to be 45 s old
+    local took = task.now() - killed
+    assert.is_true(took >= 30000 and took <= 60000, 'given back after ' .. took .. ' ms')
+    poll(function() return count(dir, "state = 'SENT'") == 100 end, 60000, 'B to send them')
+    stop(b)
+    assert.matches('recovered %d+ in%-doubt messages of a process that stopped', h.read(dir .. '/b.err'))
+  end)
+
+  -- A script that makes campaign `cl` with n messages (in one run) and claims them.
+  local function claimed(n)
+    return string.format([[
+      local outbox = require 'herald.core.outbox'
+      local rows = {}
+      for i = 1, %d do
+        assert(herald.endpoints.put { Id = 'e' .. i, ChannelType = 'CUSTOM', Address = 'x' .. i })
+        rows[i] = { endpoint_id = 'e' .. i, treatment = 0, channel = 'CUSTOM', address = 'x' .. i, due_ms = 1000 }
+      end
+      outbox.define_campaign('cl', 'cl', herald.json.encode {
+        Name = 'cl', TreatmentName = 't', AdditionalTreatments = herald.json.array {},
+        MessageConfiguration = { DefaultMessage = { Body = 'b' } } })
+      local seq = outbox.trigger_cursor('cl')
+      outbox.trigger { campaign_id = 'cl', version = 1, now_ms = 1000, from_seq = seq, to_seq = seq + 1, rows = rows }
+      assert(#outbox.claim(herald.now_ms(), 100, '["cl"]') == %d)
+    ]], n, n)
+  end
+
+  it('takes a claimer for dead by its heartbeat, or by its pid only in the same PID namespace', function()
+    local dir = h.tmpdir()
+    h.write(dir .. '/claim.lua', claimed(8))
+    local _, code, err = h.herald('--db d.db claim.lua', { cwd = dir })
+    assert.are.equal(0, code, err)
+    -- the script registered itself; it has ended, so its pid is gone from this namespace
+    local me = query(dir, 'SELECT id, pid, pid_ns FROM claimers')
+    assert.are.equal(1, #me)
+    me = me[1]
+    assert.is_truthy(me.pid_ns, 'no PID namespace read from /proc')
+    local now = "CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)"
+    h.sqlite(dir, 'd.db', string.format([[
+      INSERT INTO claimers(id, token, host, pid, pid_ns, started_ms, heartbeat_ms) VALUES
+        (101, 'alive', 'h', 1, '%s', 0, %s),
+        (102, 'pid 1 elsewhere', 'h', 1, 'another-boot/4:1', 0, %s),
+        (103, 'gone pid elsewhere', 'h', %d, 'another-boot/4:1', 0, %s),
+        (104, 'stale', 'h', 1, '%s', 0, %s - 46000),
+        (105, 'no namespace', 'h', %d, NULL, 0, %s);
+      UPDATE outbox SET claimed_by = CASE endpoint_id WHEN 'e3' THEN 101 WHEN 'e4' THEN 102
+        WHEN 'e5' THEN 103 WHEN 'e6' THEN 104 WHEN 'e7' THEN NULL WHEN 'e8' THEN 105
+        ELSE claimed_by END;
+    ]], me.pid_ns, now, now, me.pid, now, me.pid_ns, now, me.pid, now))
+    local out, code2, err2 = h.herald('--db d.db -e "print(require(\'herald.core.outbox\').recover())"', { cwd = dir })
+    assert.are.equal(0, code2, err2)
+    -- e1, e2: the script's, its pid gone here; e6: a heartbeat 46 s old although pid 1 lives;
+    -- e7: claimed by no claimer. Kept: a live pid here, pid 1 of another namespace, a gone pid
+    -- number of another namespace, and one whose namespace is not known.
+    assert.are.equal('4', out:match('%d+'))
+    assert.are.same({ { endpoint_id = 'e3' }, { endpoint_id = 'e4' }, { endpoint_id = 'e5' }, { endpoint_id = 'e8' } },
+      query(dir, "SELECT endpoint_id FROM outbox WHERE state = 'CLAIMED' ORDER BY endpoint_id"))
+    assert.are.same({ { id = 101 }, { id = 102 }, { id = 103 }, { id = 105 } },
+      query(dir, 'SELECT id FROM claimers ORDER BY id'))
+  end)
+
+  it('does not let a process taken for dead settle the rows given back meanwhile', function()
+    local dir = h.tmpdir()
+    h.write(dir .. '/claim.lua', claimed(3) .. string.format([[
+      -- this process stalls: another sees its heartbeat 46 s old and gives its rows back
+      assert(os.execute("sqlite3 d.db 'UPDATE claimers SET heartbeat_ms = heartbeat_ms - 46000'"))
+      assert(os.execute(%q .. " --db d.db -e \"assert(require('herald.core.outbox').recover() == 3)\""))
+      local rows = herald.db.query("SELECT id FROM outbox ORDER BY id")
+      -- its late outcomes are passed over: the rows may be in flight elsewhere now
+      outbox.report_batch { { id = rows[1].id, state = 'FAILED', reason = 'PERMANENT: late' },
+                            { id = rows[2].id, state = 'PENDING', due_ms = herald.now_ms() + 3600000, reason = 'RETRY: late' } }
+      require('herald.core.deliver').defer_batch { { id = rows[3].id, due_ms = 9000 } }
+      -- claimed again, under a claimer of its own again, they are its own
+      local again = outbox.claim(herald.now_ms(), 100, '["cl"]')
+      assert(#again == 3)
+      local reports = {}
+      for i, r in ipairs(again) do reports[i] = { id = r.id, state = 'SENT' } end
+      outbox.report_batch(reports)
+    ]], h.exe))
+    local _, code, err = h.herald('--db d.db claim.lua', { cwd = dir })
+    assert.are.equal(0, code, err)
+    assert.are.same({ { state = 'SENT', attempts = 2 }, { state = 'SENT', attempts = 2 }, { state = 'SENT', attempts = 2 } },
+      query(dir, 'SELECT state, attempts FROM outbox ORDER BY id'))
+    assert.are.equal(1, query(dir, 'SELECT count(*) AS n FROM claimers')[1].n)
+  end)
+end)

@@ -1,4 +1,5 @@
--- Multi-window token buckets, next slots and Retry-After pauses on a manual clock.
+-- Multi-window limits, next slots and Retry-After pauses on a manual clock. A window is a hard
+-- cap: no span of its period admits more than its limit.
 local ratelimit = require 'herald.ratelimit'
 local clock = require 'herald.core.clock'
 
@@ -14,14 +15,16 @@ describe('herald.ratelimit', function()
     assert.is_true((rl:take()))
     local ok, next_slot = rl:take()
     assert.is_false(ok)
-    assert.are.equal(T0 + 500, next_slot)  -- 2/s refills one token in 500 ms
-    clock.advance(500)
+    assert.are.equal(T0 + 1000, next_slot)  -- the two leave the second's span a second later
+    clock.advance(999)
+    assert.is_false((rl:take()))
+    clock.advance(1)
     assert.is_true((rl:take()))
-    -- the minute window (3/min, a token per 20 s, refilling since T0) is empty too
+    -- the minute window (3/min) is full until the first two are a minute old
     ok, next_slot = rl:take()
     assert.is_false(ok)
-    assert.are.equal(T0 + 20000, next_slot)
-    clock.advance(19499)
+    assert.are.equal(T0 + 60000, next_slot)
+    clock.advance(58999)
     assert.is_false((rl:take()))
     clock.advance(1)
     assert.is_true((rl:take()))
@@ -54,27 +57,26 @@ describe('herald.ratelimit', function()
     for _ = 1, 5 do assert.is_true((rl:take())) end
     local ok, next_slot = rl:take()
     assert.is_false(ok)
-    assert.are.equal(T0 + 86400000 / 5, next_slot)
+    assert.are.equal(T0 + 86400000, next_slot)  -- the five leave the window a day after they went
   end)
 
   it('accepts explicit windows', function()
     local rl = ratelimit.new { windows = { { limit = 3, period_ms = 10000 } } }
     assert.is_true((rl:take(3)))
     local _, next_slot = rl:take()
-    assert.are.equal(T0 + 3334, next_slot)  -- ceil(10000 / 3)
+    assert.are.equal(T0 + 10000, next_slot)
   end)
 
   it('books successive slots with reserve instead of spinning', function()
     local rl = ratelimit.new { per_second = 10 }
     for _ = 1, 10 do assert.are.equal(T0, rl:reserve()) end
-    local slots = {}
-    for i = 1, 5 do slots[i] = rl:reserve() - T0 end
-    assert.are.same({ 100, 200, 300, 400, 500 }, slots)
+    for _ = 1, 10 do assert.are.equal(T0 + 1000, rl:reserve()) end
+    assert.are.equal(T0 + 2000, rl:reserve())
     -- a booked slot is honoured: take refuses until the bookings are paid for
     local ok, next_slot = rl:take()
     assert.is_false(ok)
-    assert.are.equal(T0 + 600, next_slot)
-    clock.advance(600)
+    assert.are.equal(T0 + 2000, next_slot)
+    clock.advance(2000)
     assert.is_true((rl:take()))
   end)
 
@@ -85,8 +87,8 @@ describe('herald.ratelimit', function()
     assert.is_true((a:take(2)))
     assert.is_true((b:take()))
     local ok, next_slot = b:take()
-    assert.is_false(ok)  -- b has a token, the global cap has none
-    assert.are.equal(T0 + 334, next_slot)
+    assert.is_false(ok)  -- b has room for one, the global cap has none
+    assert.are.equal(T0 + 1000, next_slot)
     assert.are.equal(1, math.floor(b:tokens(1) + 0.5))
   end)
 
@@ -117,6 +119,117 @@ describe('herald.ratelimit', function()
     assert.is_false((rl:take()))
     clock.set_manual(T0 + 1000)
     assert.is_true((rl:take()))
+  end)
+
+  -- The most of sorted times that fall in one span [t, t + period).
+  local function most_in_span(times, period)
+    local most, first = 0, 1
+    for last = 1, #times do
+      while times[last] - times[first] >= period do first = first + 1 end
+      most = math.max(most, last - first + 1)
+    end
+    return most
+  end
+
+  -- Asks at each time of `at` (ascending) and returns the times granted.
+  local function ask_at(rl, at)
+    local granted = {}
+    for _, t in ipairs(at) do
+      clock.set_manual(t)
+      if rl:take() then granted[#granted + 1] = t end
+    end
+    return granted
+  end
+
+  local function count_between(times, from, to)
+    local n = 0
+    for _, t in ipairs(times) do
+      if t >= from and t < to then n = n + 1 end
+    end
+    return n
+  end
+
+  it('admits 5 in any minute under per_minute = 5, and 5 every minute to a steady stream', function()
+    -- asked every second for ten minutes: 5 each minute, the first 5 as a burst
+    local at = {}
+    for k = 0, 599 do at[#at + 1] = T0 + k * 1000 end
+    local granted = ask_at(ratelimit.new { per_minute = 5 }, at)
+    assert.are.equal(5, count_between(granted, T0, T0 + 60000))
+    assert.are.equal(5, most_in_span(granted, 60000))
+    assert.are.equal(50, #granted)
+    for m = 0, 9 do
+      assert.are.equal(5, count_between(granted, T0 + m * 60000, T0 + (m + 1) * 60000), 'minute ' .. m)
+    end
+
+    -- a caller that comes back at each next slot it is given
+    clock.set_manual(T0)
+    local rl = ratelimit.new { per_minute = 5 }
+    granted = {}
+    while clock.now() < T0 + 600000 do
+      local ok, next_slot = rl:take()
+      if ok then granted[#granted + 1] = clock.now() else clock.set_manual(next_slot) end
+    end
+    assert.are.equal(5, most_in_span(granted, 60000))
+    assert.are.equal(50, #granted)
+
+    -- at random moments, with bursts, for half an hour
+    math.randomseed(7)
+    at = {}
+    local t = T0
+    while t < T0 + 1800000 do
+      at[#at + 1] = t
+      t = t + (math.random() < 0.2 and 0 or math.random(0, 4000))
+    end
+    granted = ask_at(ratelimit.new { per_minute = 5 }, at)
+    assert.are.equal(5, most_in_span(granted, 60000))
+    assert.is_true(#granted >= 142, #granted .. ' granted in 30 minutes')
+  end)
+
+  it('never admits more than per_day = 1000 in any 24 hours, and close to 1000 a day steadily', function()
+    local DAY = 86400000
+    math.randomseed(11)
+    local at, t = {}, T0
+    -- about 1,400 asks a day for four days, some in bursts of a few hundred
+    while t < T0 + 4 * DAY do
+      if math.random() < 0.002 then
+        for _ = 1, math.random(100, 300) do at[#at + 1] = t end
+      else
+        at[#at + 1] = t
+      end
+      t = t + math.random(0, 120000)
+    end
+    local granted = ask_at(ratelimit.new { per_day = 1000 }, at)
+    assert.is_true(most_in_span(granted, DAY) <= 1000)
+    for d = 0, 3 do
+      local n = count_between(granted, T0 + d * DAY, T0 + (d + 1) * DAY)
+      assert.is_true(n <= 1000 and n >= 970, 'day ' .. d .. ': ' .. n)
+    end
+  end)
+
+  it('keeps the same small state whatever its limit and however much it admitted', function()
+    local function bytes()
+      collectgarbage('collect')
+      collectgarbage('collect')
+      return collectgarbage('count') * 1024
+    end
+    local base = bytes()
+    local small = ratelimit.new { per_day = 10 }
+    local small_size = bytes() - base
+    small = nil  -- luacheck: ignore
+    base = bytes()
+    local big = ratelimit.new { per_day = 1000000 }
+    local big_size = bytes() - base
+    assert.are.equal(small_size, big_size)
+    assert.is_true(big_size < 4096, big_size .. ' bytes')
+    -- 200,000 admissions over two days leave it as it was
+    local granted = 0
+    for _ = 1, 200000 do
+      if big:take() then granted = granted + 1 end
+      clock.advance(864)
+    end
+    local after = bytes() - base
+    assert.are.equal(200000, granted)
+    assert.are.equal(big_size, after)
   end)
 
   it('rejects bad definitions with the field name', function()
