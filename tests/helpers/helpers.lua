@@ -119,15 +119,15 @@ function M.endpoints_sql(dir, db, rows)
   M.sqlite(dir, db, table.concat(lines, '\n'))
 end
 
--- Polls pred every 20 ms inside a herald task until it returns a true value (returned), or
--- raises after ms milliseconds naming what (a string, or a function giving one).
-function M.wait_for(pred, ms, what)
+-- Polls pred every every_ms (default 20) inside a herald task until it returns a true value
+-- (returned), or raises after ms milliseconds naming what (a string, or a function giving one).
+function M.wait_for(pred, ms, what, every_ms)
   local task = require 'herald.core.task'
   local deadline = task.now() + ms
   while task.now() < deadline do
     local v = pred()
     if v then return v end
-    task.sleep(20)
+    task.sleep(every_ms or 20)
   end
   error('timed out waiting for ' .. (type(what) == 'function' and what() or what), 2)
 end

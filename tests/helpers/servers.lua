@@ -188,21 +188,27 @@ http {
   return server
 end
 
+-- A server process started with cmd (its output in log), listening on port: the server
+-- table, its url scheme://127.0.0.1:port, and stop().
+local function spawned(name, cmd, dir, port, log, scheme)
+  local pid = spawn(cmd, log)
+  assert(S.wait_port(port), name .. ' is not listening: ' .. (read(log) or ''))
+  local server = { dir = dir, port = port, pid = pid, url = scheme .. '://127.0.0.1:' .. port }
+  function server:stop()
+    kill_pid(self.pid)
+    reap(self.pid)
+  end
+  return server
+end
+
 -- postfix's smtp-sink: accepts everything and keeps nothing. opts.backlog (default 1024).
 function S.start_smtp_sink(opts)
   opts = opts or {}
   local dir = S.tmpdir('smtp-sink')
   local port = S.free_port()
   local user = capture('id -u'):match('^0') and '-u nobody ' or ''
-  local pid = spawn('exec smtp-sink ' .. user .. '-c 127.0.0.1:' .. port .. ' ' .. (opts.backlog or 1024),
-    dir .. '/sink.log')
-  assert(S.wait_port(port), 'smtp-sink is not listening: ' .. (read(dir .. '/sink.log') or ''))
-  local server = { dir = dir, port = port, pid = pid, url = 'smtp://127.0.0.1:' .. port }
-  function server:stop()
-    kill_pid(self.pid)
-    reap(self.pid)
-  end
-  return server
+  return spawned('smtp-sink', 'exec smtp-sink ' .. user .. '-c 127.0.0.1:' .. port .. ' ' .. (opts.backlog or 1024),
+    dir, port, dir .. '/sink.log', 'smtp')
 end
 
 -- An aiosmtpd server that keeps messages as DIR/N.eml (+ N.json envelopes); recipients
@@ -254,18 +260,12 @@ function S.start_fault_smtp(opts)
   if opts.auth_reply then extra = extra .. ' --auth-reply ' .. q(opts.auth_reply) end
   if opts.idle then extra = extra .. ' --idle ' .. q(opts.idle) end
   local log = dir .. '/commands.log'
-  local pid = spawn('exec /usr/bin/python3 ' .. q(here .. '/faultsmtp.py') .. ' ' .. port .. ' ' .. q(log)
-    .. extra, dir .. '/server.log')
-  assert(S.wait_port(port), 'faultsmtp is not listening: ' .. (read(dir .. '/server.log') or ''))
-  local server = { dir = dir, port = port, pid = pid, url = 'smtp://127.0.0.1:' .. port }
+  local server = spawned('faultsmtp', 'exec /usr/bin/python3 ' .. q(here .. '/faultsmtp.py') .. ' ' .. port .. ' '
+    .. q(log) .. extra, dir, port, dir .. '/server.log', 'smtp')
   function server:commands()
     local lines = {}
     for line in (read(log) or ''):gmatch('[^\n]+') do lines[#lines + 1] = line end
     return lines
-  end
-  function server:stop()
-    kill_pid(self.pid)
-    reap(self.pid)
   end
   return server
 end
@@ -274,14 +274,8 @@ end
 function S.start_fault_http()
   local dir = S.tmpdir('faulthttp')
   local port = S.free_port()
-  local pid = spawn('exec /usr/bin/python3 ' .. q(here .. '/faulthttp.py') .. ' ' .. port, dir .. '/server.log')
-  assert(S.wait_port(port), 'faulthttp is not listening: ' .. (read(dir .. '/server.log') or ''))
-  local server = { dir = dir, port = port, pid = pid, url = 'http://127.0.0.1:' .. port }
-  function server:stop()
-    kill_pid(self.pid)
-    reap(self.pid)
-  end
-  return server
+  return spawned('faulthttp', 'exec /usr/bin/python3 ' .. q(here .. '/faulthttp.py') .. ' ' .. port,
+    dir, port, dir .. '/server.log', 'http')
 end
 
 -- A private Postfix instance (its own configuration, queue and log under a temporary

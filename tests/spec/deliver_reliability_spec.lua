@@ -197,16 +197,8 @@ describe('processes sharing a store', function()
     ]], ng.url .. path, connections))
   end
 
-  -- h.wait_for, polling every 250 ms: each look at the store is a herald process.
-  local function poll(pred, ms, what)
-    local deadline = task.now() + ms
-    while task.now() < deadline do
-      local v = pred()
-      if v then return v end
-      task.sleep(250)
-    end
-    error('timed out waiting for ' .. what, 2)
-  end
+  -- each look at the store is a herald process: every 250 ms is often enough
+  local function poll(pred, ms, what) return h.wait_for(pred, ms, what, 250) end
 
   local function running(pid) return select(2, h.sh('kill -0 ' .. pid .. ' 2>/dev/null')) == 0 end
 
