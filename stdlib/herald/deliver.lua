@@ -50,6 +50,7 @@ local state = {
   global = nil,
   systemic = {},       -- campaign id -> consecutive systemic failures
   paused = {},         -- campaign id -> reason (paused by this process)
+  paced = {},          -- campaign id -> the slot after the last one its deferrals took
   rng = 0x2545F491,
   stats = { sent = 0, retried = 0, failed = 0, dead = 0, deferred = 0 },
 }
@@ -99,14 +100,17 @@ local function profile_limit(profile)
   return l
 end
 
+-- A campaign's MessagesPerSecond limit (or nil) and the time between two of its messages.
+local campaign_steps = {}
 local function campaign_limit(campaign_id, def)
   local l = state.campaign_limits[campaign_id]
   if l == nil then
     local mps = def.Limits and tonumber(def.Limits.MessagesPerSecond)
     l = mps and mps > 0 and ratelimit.new { per_second = mps } or false
     state.campaign_limits[campaign_id] = l
+    campaign_steps[campaign_id] = l and math.max(1, math.ceil(1000 / math.max(mps, 1))) or nil
   end
-  return l or nil
+  return l or nil, campaign_steps[campaign_id]
 end
 
 -- t[k], made an empty table on first use.
@@ -553,16 +557,26 @@ local function prepare_rows(rows, now_ms)
     else
       -- Limits: a row over its campaign's or profile's limit waits for the next slot.
       local granted, slot = true, nil
-      local cl = campaign_limit(row.campaign_id, def)
+      local cl, step = campaign_limit(row.campaign_id, def)
       local pl = profile_limit(profile)
-      if cl then granted, slot = cl:take() end
+      local by_campaign = false
+      if cl then
+        granted, slot = cl:take()
+        by_campaign = not granted
+      end
       if granted then granted, slot = pl:take() end
       if granted then
         items[#items + 1] = { profile = profile, msg = msg, row = row }
       else
+        -- Rows over their campaign's MessagesPerSecond come back one message-interval apart,
+        -- not all at the first free slot, where each would be claimed again only for all but
+        -- one to be deferred again (a backlog claimed over and over at every slot). The limit
+        -- still decides when they go.
         local k = row.campaign_id
-        local at = math.max(slot or (now_ms + 1000), deferred_at[k] or 0)
+        local booked = by_campaign and state.paced[k] or 0
+        local at = math.max(slot or (now_ms + 1000), deferred_at[k] or 0, booked)
         deferred_at[k] = at
+        if by_campaign then state.paced[k] = at + step end
         defers[#defers + 1] = { id = row.id, due_ms = at }
       end
     end

@@ -492,6 +492,25 @@ describe('delivery through providers', function()
     assert.is_true(os.time() - t0 < 30)
   end)
 
+  it('claims a message held back by MessagesPerSecond about once, however large the backlog', function()
+    local dir = h.tmpdir()
+    campaign_file(dir, { n = 1000, channel = 'EMAIL', name = 'paced', addr = "function(i) return 'r' .. i .. '@example.com' end",
+                         limits = '{ messages_per_second = 50 }', deliver = "{ file = 'out.txt' }" })
+    h.sqlite(dir, 'd.db', [[CREATE TABLE claim_log (n INTEGER);
+      CREATE TRIGGER count_claims AFTER UPDATE OF state ON outbox WHEN new.state = 'CLAIMED'
+      BEGIN INSERT INTO claim_log VALUES (1); END;]])
+    local _, code, err = h.herald('--db d.db run --until-idle --clock-start 2027-01-01T10:00:00Z c.lua', { cwd = dir })
+    assert.are.equal(0, code, err)
+    assert.are.same({ { state = 'SENT', n = 1000 } }, query(dir, 'SELECT state, count(*) AS n FROM outbox GROUP BY state'))
+    -- 20 s of sending at 50/s: a held-back row is claimed when first due and once more at a
+    -- slot of its own, one interval after the previous one, instead of all coming back at the
+    -- next free slot, where 256 were claimed every second to send 50 (over 10,000 claims)
+    local claims = query(dir, 'SELECT count(*) AS n FROM claim_log')[1].n
+    assert.is_true(claims <= 2200, claims .. ' claims for 1000 messages')
+    local spread = query(dir, 'SELECT max(updated_ms) - min(updated_ms) AS d FROM outbox')[1].d
+    assert.is_true(spread >= 19000, 'sent within ' .. spread .. ' ms')
+  end)
+
   it("sends the endpoint types of a definition's CustomDeliveryConfiguration to its DeliveryUri", function()
     local dir = h.tmpdir()
     h.write(dir .. '/s.lua', string.format([[
