@@ -149,6 +149,13 @@ local function treatment_config(def, treatment)
   end
 end
 
+-- The MessageConfiguration key of a channel type's own message (EmailMessage, SMSMessage,
+-- APNSMessage, ...), or nil.
+function deliver.message_key(channel)
+  return (channel == 'EMAIL' and 'EmailMessage') or (channel == 'SMS' and 'SMSMessage')
+    or (channel == 'VOICE' and 'VoiceMessage') or (channel == 'CUSTOM' and 'CustomMessage') or PUSH[channel]
+end
+
 local NULL = json.null
 local function present(v) return v ~= nil and v ~= NULL end
 
@@ -340,8 +347,7 @@ local function prepare(row, def, ep, profile)
   local channel = profile.custom_delivery and 'CUSTOM' or row.channel
   local own, default
   if present(config) then
-    local key = (channel == 'EMAIL' and 'EmailMessage') or (channel == 'SMS' and 'SMSMessage')
-      or (channel == 'CUSTOM' and 'CustomMessage') or PUSH[channel]
+    local key = deliver.message_key(channel)
     own = key and present(config[key]) and config[key] or nil
     default = present(config.DefaultMessage) and config.DefaultMessage or nil
   end

@@ -37,8 +37,7 @@ local PUSH = { APNS = 'APNSMessage', APNS_SANDBOX = 'APNSMessage', APNS_VOIP = '
                BAIDU = 'BaiduMessage' }
 
 local function channel_message(config, channel)
-  local key = (channel == 'EMAIL' and 'EmailMessage') or (channel == 'SMS' and 'SMSMessage')
-    or (channel == 'VOICE' and 'VoiceMessage') or (channel == 'CUSTOM' and 'CustomMessage') or PUSH[channel]
+  local key = deliver.message_key(channel)
   local m = key and config[key]
   if m == nil and PUSH[channel] then m = config.DefaultPushNotificationMessage end
   return m or config.DefaultMessage
@@ -91,16 +90,6 @@ local function has_content(m)
     or simple.Subject ~= nil or simple.TextPart ~= nil or simple.HtmlPart ~= nil
 end
 
--- Context (a string map) merged: b's entries over a's.
-local function merged_context(a, b)
-  if type(a) ~= 'table' then a = nil end
-  if type(b) ~= 'table' then b = nil end
-  if a == nil or b == nil then return a or b end
-  local out = {}
-  for k, v in pairs(a) do out[k] = v end
-  for k, v in pairs(b) do out[k] = v end
-  return out
-end
 
 local function status_code(status)
   return ({ SUCCESSFUL = 200, THROTTLED = 429, TEMPORARY_FAILURE = 503, PERMANENT_FAILURE = 400,
@@ -226,7 +215,9 @@ function send.send(req, opts)
       end
       local data = type(m.Data) == 'table' and m.Data or nil
       if PUSH[w.channel] then
-        local context = merged_context(req.Context, w.spec.Context)
+        -- the request's Context under the address's or endpoint's own
+        local function map(t) return type(t) == 'table' and t or nil end
+        local context = merged(map(req.Context), map(w.spec.Context))
         if context then
           local d = {}
           for k, v in pairs(data or {}) do d[k] = v end

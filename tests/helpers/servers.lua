@@ -176,6 +176,20 @@ http {
     end
     return rows
   end
+  -- Requests to uri in the access log, and how many distinct Idempotency-Keys they carried.
+  function server:key_counts(uri)
+    local n, distinct, seen = 0, 0, {}
+    for _, r in ipairs(self:requests()) do
+      if r.uri == uri then
+        n = n + 1
+        if r.key and not seen[r.key] then
+          seen[r.key] = true
+          distinct = distinct + 1
+        end
+      end
+    end
+    return n, distinct
+  end
   function server:clear_log()
     write(self.log, '')
     sh('kill -USR1 $(cat ' .. q(self.dir .. '/nginx.pid') .. ') 2>/dev/null')
@@ -189,11 +203,11 @@ http {
 end
 
 -- A server process started with cmd (its output in log), listening on port: the server
--- table, its url scheme://127.0.0.1:port, and stop().
-local function spawned(name, cmd, dir, port, log, scheme)
+-- table, its url scheme://HOST:port (host default 127.0.0.1), and stop().
+local function spawned(name, cmd, dir, port, log, scheme, host)
   local pid = spawn(cmd, log)
   assert(S.wait_port(port), name .. ' is not listening: ' .. (read(log) or ''))
-  local server = { dir = dir, port = port, pid = pid, url = scheme .. '://127.0.0.1:' .. port }
+  local server = { dir = dir, port = port, pid = pid, url = scheme .. '://' .. (host or '127.0.0.1') .. ':' .. port }
   function server:stop()
     kill_pid(self.pid)
     reap(self.pid)
@@ -225,12 +239,10 @@ function S.start_mailstore(opts)
     extra = ' --' .. opts.tls .. ' ' .. q(certs.cert) .. ' ' .. q(certs.key)
   end
   if opts.auth then extra = extra .. ' --auth ' .. q(opts.auth) end
-  local pid = spawn('exec /usr/bin/python3 ' .. q(here .. '/mailstore.py') .. ' ' .. port .. ' '
-    .. q(dir .. '/mail') .. extra, dir .. '/server.log')
-  assert(S.wait_port(port), 'aiosmtpd is not listening: ' .. (read(dir .. '/server.log') or ''))
-  local scheme = opts.tls == 'smtps' and 'smtps' or 'smtp'
-  local server = { dir = dir, port = port, pid = pid, ca = certs and certs.ca,
-                   url = scheme .. '://' .. (opts.tls and 'localhost' or '127.0.0.1') .. ':' .. port }
+  local server = spawned('aiosmtpd', 'exec /usr/bin/python3 ' .. q(here .. '/mailstore.py') .. ' ' .. port .. ' '
+    .. q(dir .. '/mail') .. extra, dir, port, dir .. '/server.log', opts.tls == 'smtps' and 'smtps' or 'smtp',
+    opts.tls and 'localhost' or nil)
+  server.ca = certs and certs.ca
   -- Message n as {raw =, envelope = json text}, or nil when not (yet) stored.
   function server:message(n)
     local raw = read(self.dir .. '/mail/' .. n .. '.eml')
@@ -241,10 +253,6 @@ function S.start_mailstore(opts)
     local n = 0
     while read(self.dir .. '/mail/' .. (n + 1) .. '.eml') do n = n + 1 end
     return n
-  end
-  function server:stop()
-    kill_pid(self.pid)
-    reap(self.pid)
   end
   return server
 end
