@@ -1166,7 +1166,7 @@ static int l_verdict(lua_State *L) {
   long status = (long)luaL_optinteger(L, 2, 0);
   int smtp = lua_toboolean(L, 3);
   HeraldNetClass c = kHeraldNetProtocol;
-  for (int i = kHeraldNetOk; i <= kHeraldNetCancelled; i++)
+  for (int i = kHeraldNetOk; i <= kHeraldNetHeld; i++)
     if (strcmp(cls, herald_net_class_name((HeraldNetClass)i)) == 0) c = (HeraldNetClass)i;
   lua_pushstring(L, herald_retry_verdict_name(herald_retry_verdict(c, status, smtp)));
   return 1;

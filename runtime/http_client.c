@@ -133,6 +133,7 @@ const char *herald_net_class_name(HeraldNetClass c) {
     case kHeraldNetInvalid: return "invalid";
     case kHeraldNetProtocol: return "protocol";
     case kHeraldNetCancelled: return "cancelled";
+    case kHeraldNetHeld: return "held";
   }
   return "protocol";
 }

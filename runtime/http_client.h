@@ -25,6 +25,7 @@ typedef enum {
   kHeraldNetInvalid,    /* the request itself is bad (URL, option): retrying cannot help */
   kHeraldNetProtocol,   /* any other transport failure */
   kHeraldNetCancelled,
+  kHeraldNetHeld,       /* not sent: its group is held by a server's Retry-After (429, 503) */
 } HeraldNetClass;
 
 const char *herald_net_class_name(HeraldNetClass c);

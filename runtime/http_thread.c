@@ -31,6 +31,7 @@ struct HeraldHttpGroup {
   /* the transport thread's */
   size_t running;
   HeraldHttpJob *head, *tail;   /* waiting for a free place */
+  uint64_t held_until;          /* transport loop time (ms) a server's Retry-After holds it to */
 };
 
 struct HeraldHttpNotify {
@@ -228,10 +229,51 @@ static void group_unlink(HeraldHttpGroup *g, HeraldHttpJob *j) {
   j->gprev = j->gnext = NULL;
 }
 
-/* A place in the group came free: start who waits for it. */
+/* A server that answers 429 or 503 with Retry-After asks for no more requests until then: the
+ * group's jobs not started yet (the rest of a batch, other batches of the same provider) come
+ * back unsent, class kHeraldNetHeld with the time left in retry_after_ms, instead of each
+ * going out to be refused again and spending one of its message's attempts. Jobs already on
+ * the wire are not recalled. */
+static void group_hold(HeraldHttpThread *t, HeraldHttpJob *j, const HeraldHttpResponse *res) {
+  HeraldHttpGroup *g = j->group;
+  if (g == NULL || j->is_smtp || res->error != kHeraldNetOk || res->retry_after_ms <= 0) return;
+  if (res->status != 429 && res->status != 503) return;
+  uint64_t until = uv_now(&t->wloop) + (uint64_t)res->retry_after_ms;
+  if (until > g->held_until) g->held_until = until;
+}
+
+/* How long g is still held (ms), 0 when it is not. */
+static int64_t group_held_for(HeraldHttpThread *t, const HeraldHttpGroup *g) {
+  uint64_t now = uv_now(&t->wloop);
+  return g != NULL && g->held_until > now ? (int64_t)(g->held_until - now) : 0;
+}
+
+/* j comes back unsent: its group is held for left_ms more. */
+static void finish_held(HeraldHttpThread *t, HeraldHttpJob *j, int64_t left_ms) {
+  j->state = kJobDone;
+  if (atomic_load(&j->cancelled)) {
+    drop_cancelled(t, j);
+    return;
+  }
+  j->error = kHeraldNetHeld;
+  j->status = 0;
+  j->retry_after_ms = left_ms;
+  /* without the text the caller learns only the class; an allocation failure loses no more */
+  (void)dup_str(&j->error_text, "not sent: the server asked to wait (Retry-After)");
+  post_completion(t, j);
+}
+
+/* A place in the group came free: start who waits for it (or, while the group is held, give
+ * them all back unsent). */
 static void group_finished(HeraldHttpThread *t, HeraldHttpGroup *g) {
   if (g == NULL) return;
   g->running--;
+  int64_t held = group_held_for(t, g);
+  while (held > 0 && g->head != NULL) {
+    HeraldHttpJob *next = g->head;
+    group_unlink(g, next);
+    finish_held(t, next, held);
+  }
   while (g->head != NULL && g->running < g->limit) {
     HeraldHttpJob *next = g->head;
     group_unlink(g, next);
@@ -251,6 +293,11 @@ static void group_finished(HeraldHttpThread *t, HeraldHttpGroup *g) {
 /* Starts j now, or queues it behind its group's running jobs. */
 static void schedule_job(HeraldHttpThread *t, HeraldHttpJob *j) {
   HeraldHttpGroup *g = j->group;
+  int64_t held = group_held_for(t, g);
+  if (held > 0) {
+    finish_held(t, j, held);
+    return;
+  }
   if (g != NULL && g->running >= g->limit) {
     j->gnext = NULL;
     j->gprev = g->tail;
@@ -269,6 +316,7 @@ static void transport_done(const HeraldHttpResponse *res, void *user) {
   HeraldHttpThread *t = j->owner;
   j->state = kJobDone;
   j->transfer = NULL;
+  group_hold(t, j, res);
   group_finished(t, j->group);
   atomic_store(&t->connections, herald_http_connections_opened(t->client));
   if (atomic_load(&j->cancelled)) {

@@ -646,6 +646,15 @@ function deliver.pump(now_ms, max, ids_json)
         state.systemic[cid] = 0
         state.stats.sent = state.stats.sent + 1
         reports[#reports + 1] = { id = row.id, state = 'SENT' }
+      elseif o.held then
+        -- Never sent: the provider asked this profile to wait (429/503 with Retry-After). The
+        -- message goes back without spending an attempt, due when the wait is over; the
+        -- provider's answer to the request that was sent is what counts towards a pause.
+        local wait = math.max(o.retry_after_ms or 0, 1)
+        profile_limit(it.profile):pause(wait)
+        state.stats.deferred = state.stats.deferred + 1
+        reports[#reports + 1] = { id = row.id, state = 'RELEASED', due_ms = now + wait,
+                                  reason = 'RETRY_AFTER: ' .. tostring(o.reason) }
       else
         if o.systemic then
           state.systemic[cid] = (state.systemic[cid] or 0) + 1

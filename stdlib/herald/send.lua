@@ -259,6 +259,9 @@ function send.send(req, opts)
         r.DeliveryStatus = 'UNKNOWN_FAILURE'
       elseif o.feedback == 'OPT_OUT' then
         r.DeliveryStatus = 'OPT_OUT'
+      elseif o.held then
+        -- not sent: the provider asked to wait (Retry-After) after an earlier request
+        r.DeliveryStatus = 'THROTTLED'
       elseif o.verdict == 'transient' then
         r.DeliveryStatus = 'TEMPORARY_FAILURE'
       elseif o.verdict == 'permanent' then

@@ -95,10 +95,11 @@ end
 --   /ok      200 "ok"                      /echo    200 with the request body
 --   /limited 429 with Retry-After: 7       /fail    500
 --   /limited-long 429 with a Retry-After of more seconds than milliseconds can hold
+--   /limited-1s 429 with Retry-After: 1   /busy-1s 503 with Retry-After: 1
 --   /slow    200 after 2 s                 /headers 200 echoing X-Test and Idempotency-Key
 -- The access log (server.log) has one line per request:
 --   connection serial, requests on it, protocol, method, uri, status, request length,
---   Idempotency-Key.
+--   Idempotency-Key, time the request ended (seconds since the epoch, to the ms).
 -- opts.workers (default 1), opts.tls (default true), opts.locations (more location blocks).
 function S.start_nginx(opts)
   opts = opts or {}
@@ -111,6 +112,8 @@ function S.start_nginx(opts)
       location = /short-keepalive { keepalive_timeout 1s; return 200 "ok\n"; }
       location = /echo { echo_read_request_body; echo_request_body; }
       location = /limited { add_header Retry-After 7 always; return 429 "slow down\n"; }
+      location = /limited-1s { add_header Retry-After 1 always; return 429 "slow down\n"; }
+      location = /busy-1s { add_header Retry-After 1 always; return 503 "busy\n"; }
       location = /limited-long { add_header Retry-After 99999999999999999999 always; return 429 "later\n"; }
       location = /fail { return 500 "broken\n"; }
       location = /slow { echo_sleep 2; echo "done"; }
@@ -135,7 +138,7 @@ error_log %s/error.log warn;
 %s
 events { worker_connections 4096; }
 http {
-  log_format herald '$connection $connection_requests $server_protocol $request_method $uri $status $request_length $http_idempotency_key';
+  log_format herald '$connection $connection_requests $server_protocol $request_method $uri $status $request_length $http_idempotency_key $msec';
   access_log %s;
   client_body_temp_path %s/tmp/body;
   proxy_temp_path %s/tmp/proxy;
@@ -166,12 +169,13 @@ http {
   function server:requests()
     local rows = {}
     for line in (read(self.log) or ''):gmatch('[^\n]+') do
-      local conn, n, proto, method, uri, status, len, key = line:match(
-        '^(%d+) (%d+) (%S+) (%S+) (%S+) (%d+) (%d+) (%S*)$')
+      local conn, n, proto, method, uri, status, len, key, at = line:match(
+        '^(%d+) (%d+) (%S+) (%S+) (%S+) (%d+) (%d+) (%S*) ([%d%.]+)$')
       if conn then
         rows[#rows + 1] = { connection = tonumber(conn), nth = tonumber(n), protocol = proto,
                             method = method, uri = uri, status = tonumber(status),
-                            length = tonumber(len), key = key ~= '-' and key or nil }
+                            length = tonumber(len), key = key ~= '-' and key or nil,
+                            time = tonumber(at) }
       end
     end
     return rows

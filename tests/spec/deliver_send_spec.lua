@@ -280,6 +280,26 @@ describe('herald.send request fields', function()
     ng:stop()
     assert(ok, e)
   end)
+
+  it("answers THROTTLED for addresses held back by the provider's Retry-After, sending them nothing", function()
+    local ng = S.start_nginx { tls = false }
+    local ok, e = pcall(function()
+      local res = send({ Addresses = { a = { ChannelType = 'CUSTOM' }, b = { ChannelType = 'CUSTOM' },
+                                       c = { ChannelType = 'CUSTOM' } },
+                         MessageConfiguration = { CustomMessage = { Data = 'hello' } } },
+                       { providers = { profiles = { hook = { type = 'webhook', url = ng.url .. '/limited', connections = 1 } },
+                                       channels = { CUSTOM = 'hook' } } })
+      local counts = {}
+      for _, r in pairs(res.Result) do counts[r.DeliveryStatus] = (counts[r.DeliveryStatus] or 0) + 1 end
+      -- the one sent was refused with 429; the other two never left
+      assert.are.same({ TEMPORARY_FAILURE = 1, THROTTLED = 2 }, counts)
+      assert.are.equal(1, h.wait_for(function() return #ng:requests() > 0 and #ng:requests() end, 2000, 'the request'))
+      herald.sleep(200)
+      assert.are.equal(1, #ng:requests())
+    end)
+    ng:stop()
+    assert(ok, e)
+  end)
 end)
 
 describe('herald send ids', function()

@@ -474,6 +474,36 @@ describe('delivery through providers', function()
     assert.are.equal(6, #ng:requests())
   end)
 
+  it("sends nothing more to a provider while its 429's Retry-After runs, and spends no attempt on the messages held", function()
+    local dir = h.tmpdir()
+    ng:clear_log()
+    campaign_file(dir, { n = 3, channel = 'CUSTOM', name = 'held', addr = "function(i) return 'x' .. i end" })
+    h.write(dir .. '/providers.lua', string.format([[
+      return { profiles = { hooks = { type = 'webhook', url = %q, connections = 1 } }, channels = { CUSTOM = 'hooks' },
+               retry = { max_attempts = 2, min_ms = 10, max_ms = 20 } }
+    ]], ng.url .. '/limited-1s'))
+    local _, code, err = run(dir, 'c.lua')
+    assert.are.equal(0, code, err)
+    -- every message had its two attempts (a held one used none), no more
+    local rows = query(dir, "SELECT state, reason, attempts FROM outbox")
+    assert.are.equal(3, #rows)
+    for _, r in ipairs(rows) do
+      assert.are.equal(2, r.attempts)
+      assert.matches('^DEAD_LETTER: 2 attempts, last: HTTP 429', r.reason)
+    end
+    -- /limited-1s answers 429 with Retry-After: 1: no request followed another sooner
+    local reqs = h.wait_for(function()
+      local r = ng:requests()
+      return #r >= 6 and r
+    end, 5000, 'six requests in the log')
+    assert.are.equal(6, #reqs)
+    table.sort(reqs, function(a, b) return a.time < b.time end)
+    for i = 2, #reqs do
+      assert.is_true(reqs[i].time - reqs[i - 1].time >= 0.95,
+        string.format('request %d came %.3f s after the one before', i, reqs[i].time - reqs[i - 1].time))
+    end
+  end)
+
   it('keeps to the campaign MessagesPerSecond without spending attempts on waiting', function()
     local dir = h.tmpdir()
     ng:clear_log()

@@ -289,6 +289,45 @@ describe('herald.http', function()
     for i = 1, n do assert.is_true(seen['window-' .. i]) end
   end)
 
+  it("holds a group's requests not yet started while a 429 or 503 Retry-After runs", function()
+    ng:clear_log()
+    local limit = http.limit(1)
+    local b <close> = http.batch { url = ng.url .. '/ok', limit = limit, concurrency = 1,
+                                   key_header = 'Idempotency-Key' }
+    b:add('a', 'held-1', { url = ng.url .. '/limited' })
+    for i = 2, 4 do b:add('x', 'held-' .. i) end
+    local out = b:wait()
+    assert.are.equal(4, out.n)
+    local by_key = {}
+    for i = 1, out.n do by_key[out.key[i]] = i end
+    assert.are.equal(429, out.status[by_key['held-1']])
+    for i = 2, 4 do
+      local k = by_key['held-' .. i]
+      assert.are.equal('held', out.class[k])
+      assert.are.equal('transient', out.verdict[k])
+      assert.is_true(out.retry_after_ms[k] > 6000 and out.retry_after_ms[k] <= 7000, tostring(out.retry_after_ms[k]))
+      assert.matches('Retry%-After', out.detail[k])
+    end
+    -- another batch of the same group is held too; one of a group of its own is not
+    local b2 <close> = http.batch { url = ng.url .. '/ok', limit = limit, key_header = 'Idempotency-Key' }
+    b2:add('y', 'held-5')
+    assert.are.equal('held', b2:wait().class[1])
+    local b3 <close> = http.batch { url = ng.url .. '/ok', key_header = 'Idempotency-Key' }
+    b3:add('z', 'free-1')
+    assert.are.equal(200, b3:wait().status[1])
+    -- a 503 with Retry-After holds as well
+    local b4 <close> = http.batch { url = ng.url .. '/busy-1s', limit = http.limit(1), concurrency = 1,
+                                    key_header = 'Idempotency-Key' }
+    b4:add('u', 'busy-1')
+    b4:add('v', 'busy-2')
+    local out4 = b4:wait()
+    local classes = { [out4.key[1]] = out4.class[1], [out4.key[2]] = out4.class[2] }
+    assert.are.same({ ['busy-1'] = 'ok', ['busy-2'] = 'held' }, classes)
+    local rows = wait_rows(ng, '', 3)
+    assert.are.same({ 'held-1', 'free-1', 'busy-1' }, { rows[1].key, rows[2].key, rows[3].key })
+    assert.are.equal(3, #ng:requests())
+  end)
+
   it('takes a url and headers per batch item', function()
     local b <close> = http.batch { url = ng.url .. '/ok', concurrency = 4, key_header = 'Idempotency-Key' }
     b:add('a', 'item-1')

@@ -89,7 +89,9 @@ function sms:verdicts(res)
   local out = {}
   for i, o in ipairs(res) do
     local r = { verdict = o.verdict, retry_after_ms = o.retry_after_ms }
-    if o.verdict ~= 'delivered' then
+    if o.class == 'held' then
+      r = util.held(o)
+    elseif o.verdict ~= 'delivered' then
       r.reason = util.reason(o)
       local err = util.decode(o.detail)
       -- Only the provider's refusal of this number (a 4xx) can say it opted out: a 5xx or a

@@ -144,8 +144,13 @@ function util.verdicts(res, judge, opts)
   for i, o in ipairs(res) do
     local r = { verdict = o.verdict, retry_after_ms = o.retry_after_ms }
     local why, meaning
-    if o.verdict ~= 'delivered' or ask_delivered then why, meaning = judge(o) end
-    if o.verdict ~= 'delivered' or why then
+    if o.class == 'held' then
+      -- not sent: the provider asked this profile to wait (util.held)
+      r = util.held(o)
+    elseif o.verdict ~= 'delivered' or ask_delivered then
+      why, meaning = judge(o)
+    end
+    if o.class ~= 'held' and (o.verdict ~= 'delivered' or why) then
       r.reason = (why and (why .. ': ') or '') .. util.reason(o)
       if meaning == 'inactive' then
         r.verdict, r.feedback = 'permanent', 'INACTIVE'
@@ -161,6 +166,15 @@ function util.verdicts(res, judge, opts)
     out[i] = r
   end
   return out
+end
+
+-- The verdict of a request the transport held back unsent because the provider answered an
+-- earlier one of the profile with 429 or 503 and Retry-After (class 'held', the time left in
+-- retry_after_ms): transient, not the provider failing (it counts towards no pause), and
+-- marked held so delivery gives the message back without spending an attempt.
+function util.held(o)
+  return { verdict = 'transient', held = true, retry_after_ms = o.retry_after_ms,
+           reason = util.reason(o) }
 end
 
 -- A short reason for a failed outcome: "HTTP 503: body start" or "timeout: text".

@@ -37,6 +37,7 @@ function webhook.payload(group)
 end
 
 local function verdict(o)
+  if o.class == 'held' then return util.held(o) end
   return { verdict = o.verdict, retry_after_ms = o.retry_after_ms,
            reason = o.verdict ~= 'delivered' and util.reason(o) or nil,
            systemic = o.class ~= 'ok' or o.status >= 500 or o.status == 401 or o.status == 403 }
