@@ -101,6 +101,18 @@ static int l_take(lua_State *L) {
   return 2;
 }
 
+/* l:check([n]) -> would_be_granted, next_slot_ms: as take() but admits nothing (a message
+ * under two limits takes from either only once both would grant). */
+static int l_check(lua_State *L) {
+  HeraldRateLimit *rl = check_limit(L, 1);
+  double n = check_count(L, 2);
+  int64_t now = herald_clock_now_ms();
+  int64_t next = herald_ratelimit_next(rl, n, now);
+  lua_pushboolean(L, next == now);
+  if (next == INT64_MAX) lua_pushnil(L); else lua_pushinteger(L, (lua_Integer)next);
+  return 2;
+}
+
 /* l:reserve([n]) -> slot_ms: books the earliest slot (later calls get later slots); nil when
  * n can never fit. */
 static int l_reserve(lua_State *L) {
@@ -131,7 +143,7 @@ static int l_tokens(lua_State *L) {
 
 int luaopen_herald_core_ratelimit(lua_State *L) {
   static const luaL_Reg methods[] = {
-    {"take", l_take}, {"reserve", l_reserve}, {"pause", l_pause}, {"tokens", l_tokens},
+    {"take", l_take}, {"check", l_check}, {"reserve", l_reserve}, {"pause", l_pause}, {"tokens", l_tokens},
     {NULL, NULL},
   };
   luaL_newmetatable(L, LIMIT_MT);

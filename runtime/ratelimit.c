@@ -182,6 +182,10 @@ int herald_ratelimit_take(HeraldRateLimit *rl, double n, int64_t now_ms, int64_t
   return 0;
 }
 
+int64_t herald_ratelimit_next(HeraldRateLimit *rl, double n, int64_t now_ms) {
+  return earliest(rl, n, now_ms);
+}
+
 int64_t herald_ratelimit_reserve(HeraldRateLimit *rl, double n, int64_t now_ms) {
   int64_t t = earliest(rl, n, now_ms);
   if (t == INT64_MAX) return -1;

@@ -39,6 +39,10 @@ HeraldRateLimit *herald_ratelimit_init(void *mem, const HeraldRateWindow *window
  * have room (INT64_MAX when n exceeds a window's limit, so it never fits). */
 int herald_ratelimit_take(HeraldRateLimit *rl, double n, int64_t now_ms, int64_t *next_slot_ms);
 
+/* The earliest time n messages would be admitted in every window (and the parent's): now_ms
+ * when take() would admit them now. Admits nothing. INT64_MAX when n never fits. */
+int64_t herald_ratelimit_next(HeraldRateLimit *rl, double n, int64_t now_ms);
+
 /* Books n messages at the earliest slot and returns its time (now_ms when there is room now):
  * later callers get later slots, and take() waits behind the bookings. -1 when n exceeds a
  * window's limit. */

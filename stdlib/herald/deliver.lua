@@ -228,6 +228,11 @@ function deliver.take(profile)
   return profile_limit(profile):take()
 end
 
+-- Holds the profile for ms (a provider's Retry-After): nothing is sent through it meanwhile.
+function deliver.hold(profile, ms)
+  if ms and ms > 0 then profile_limit(profile):pause(ms) end
+end
+
 -- Builds the message for a claimed row: a table channels understand, or nil, reason.
 -- A treatment's TemplateConfiguration names a stored template per channel type; Pinpoint
 -- uses it where the treatment has no message of its own for the channel. The parts come back
@@ -484,7 +489,9 @@ function deliver.feedback(endpoint_id, kind, app)
   end
 end
 
-local function pause(campaign_id, reason)
+-- Pauses a campaign for reason; why (default: the systemic failures rule) is what campaign
+-- show and status give as its PauseReason.
+local function pause(campaign_id, reason, why)
   if state.paused[campaign_id] then return end
   state.paused[campaign_id] = reason
   -- a campaign deleted (or made invalid) meanwhile stays so: pausing it would let a resume
@@ -492,10 +499,11 @@ local function pause(campaign_id, reason)
   local now = store.query('SELECT state FROM campaigns WHERE app_id = ? AND id = ?', hcore.app(), campaign_id)
   local st = now and now[1] and now[1].state
   if st == 'DELETED' or st == 'INVALID' then return end
-  local why = string.format('%d consecutive systemic failures, the last: %s', deliver.config().pause_after, reason)
-  outbox.set_campaign_state(campaign_id, 'PAUSED', hcore.app(), why)
-  io.stderr:write(string.format('herald: campaign %s paused after %d consecutive systemic failures: %s\n',
-    campaign_id, deliver.config().pause_after, reason))
+  local n = deliver.config().pause_after
+  outbox.set_campaign_state(campaign_id, 'PAUSED', hcore.app(),
+    why or string.format('%d consecutive systemic failures, the last: %s', n, reason))
+  io.stderr:write(why and string.format('herald: campaign %s paused: %s\n', campaign_id, why)
+    or string.format('herald: campaign %s paused after %d consecutive systemic failures: %s\n', campaign_id, n, reason))
 end
 
 -- The campaigns to claim from: ids_json without the paused ones (nil: every campaign not
@@ -558,31 +566,52 @@ local function prepare_rows(rows, now_ms)
     end
     if def and ep then profile, err = route(def, row.channel) end
     if profile then msg, err = prepare(row, def, ep, profile) end
-    if msg == nil then
+    if def and ep and (state.paused[row.campaign_id] or profile == nil) then
+      -- A route the providers file lacks (a misspelt profile, a channel it does not route) is
+      -- no fault of the recipients': rather than fail the whole audience for good, the
+      -- campaign pauses with the reason and its messages wait, unspent, for the providers file
+      -- to be fixed and the campaign resumed. So do the rest of a claim's rows of a campaign
+      -- paused meanwhile.
+      if profile == nil then
+        pause(row.campaign_id, err, 'cannot deliver: ' .. tostring(err)
+          .. ' (fix the providers file, then resume the campaign)')
+      end
+      reports[#reports + 1] = { id = row.id, state = 'RELEASED', due_ms = now_ms,
+                                reason = 'PAUSED: ' .. tostring(err or state.paused[row.campaign_id]) }
+    elseif msg == nil then
       reports[#reports + 1] = { id = row.id, state = 'FAILED', reason = err }
     else
-      -- Limits: a row over its campaign's or profile's limit waits for the next slot.
+      -- Limits: a row over its campaign's or profile's limit waits for the next slot. The
+      -- campaign's limit is only looked at first, and taken from once the profile has granted,
+      -- so a row the profile holds back spends none of the campaign's rate.
       local granted, slot = true, nil
       local cl, step = campaign_limit(row.campaign_id, def)
       local pl = profile_limit(profile)
       local by_campaign = false
       if cl then
-        granted, slot = cl:take()
+        granted, slot = cl:check()
         by_campaign = not granted
       end
       if granted then granted, slot = pl:take() end
+      if granted and cl then cl:take() end
       if granted then
         items[#items + 1] = { profile = profile, msg = msg, row = row }
-      else
+      elseif by_campaign then
         -- Rows over their campaign's MessagesPerSecond come back one message-interval apart,
         -- not all at the first free slot, where each would be claimed again only for all but
         -- one to be deferred again (a backlog claimed over and over at every slot). The limit
         -- still decides when they go.
         local k = row.campaign_id
-        local booked = by_campaign and state.paced[k] or 0
-        local at = math.max(slot or (now_ms + 1000), deferred_at[k] or 0, booked)
+        local at = math.max(slot or (now_ms + 1000), deferred_at[k] or 0, state.paced[k] or 0)
         deferred_at[k] = at
-        if by_campaign then state.paced[k] = at + step end
+        state.paced[k] = at + step
+        defers[#defers + 1] = { id = row.id, due_ms = at }
+      else
+        -- held back by its profile: the profile's slot, whatever the campaign's other
+        -- profiles are waiting for
+        local k = row.campaign_id .. '\0' .. profile.name
+        local at = math.max(slot or (now_ms + 1000), deferred_at[k] or 0)
+        deferred_at[k] = at
         defers[#defers + 1] = { id = row.id, due_ms = at }
       end
     end
@@ -651,7 +680,7 @@ function deliver.pump(now_ms, max, ids_json)
         -- message goes back without spending an attempt, due when the wait is over; the
         -- provider's answer to the request that was sent is what counts towards a pause.
         local wait = math.max(o.retry_after_ms or 0, 1)
-        profile_limit(it.profile):pause(wait)
+        deliver.hold(it.profile, wait)
         state.stats.deferred = state.stats.deferred + 1
         reports[#reports + 1] = { id = row.id, state = 'RELEASED', due_ms = now + wait,
                                   reason = 'RETRY_AFTER: ' .. tostring(o.reason) }
@@ -664,7 +693,7 @@ function deliver.pump(now_ms, max, ids_json)
           state.systemic[cid] = 0
         end
         if o.feedback then fb[#fb + 1] = { row.endpoint_id, o.feedback } end
-        if o.retry_after_ms and o.retry_after_ms > 0 then profile_limit(it.profile):pause(o.retry_after_ms) end
+        deliver.hold(it.profile, o.retry_after_ms)
         if verdict == 'transient' and state.paused[cid] then
           -- Paused while this message was on the wire: it waits for the resume, and the claim
           -- does not count as one of its attempts, so a pause never burns the audience.

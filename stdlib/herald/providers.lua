@@ -178,10 +178,14 @@ function providers.check(cfg, source)
   -- checked here, not at the first retry: a bad bound found mid-delivery would leave the claim's
   -- messages unrecorded
   local rt = cfg.retry
-  if type(rt.min_ms) ~= 'number' or rt.min_ms < 0 then fail(source .. ': retry.min_ms', 'a number >= 0') end
-  if type(rt.max_ms) ~= 'number' or rt.max_ms < rt.min_ms then
-    fail(source .. ': retry.max_ms', 'a number >= retry.min_ms (' .. tostring(rt.min_ms) .. ')')
+  -- whole milliseconds (1000.0 is taken as 1000; 100.5 and math.huge are refused)
+  local min_ms = type(rt.min_ms) == 'number' and math.tointeger(rt.min_ms)
+  if not min_ms or min_ms < 0 then fail(source .. ': retry.min_ms', 'a whole number of milliseconds >= 0') end
+  local max_ms = type(rt.max_ms) == 'number' and math.tointeger(rt.max_ms)
+  if not max_ms or max_ms < min_ms then
+    fail(source .. ': retry.max_ms', 'a whole number of milliseconds >= retry.min_ms (' .. tostring(min_ms) .. ')')
   end
+  rt.min_ms, rt.max_ms = min_ms, max_ms
   if type(rt.jitter) ~= 'number' or rt.jitter < 0 or rt.jitter > 1 then fail(source .. ': retry.jitter', 'a number from 0 to 1') end
   cfg.pause_after = cfg.pause_after or 20
   if math.type(cfg.pause_after) ~= 'integer' or cfg.pause_after < 1 then

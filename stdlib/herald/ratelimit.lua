@@ -3,6 +3,7 @@
 -- period admits more than its limit (a whole limit may go at once).
 --   local rl = herald.ratelimit.new{per_second = 10, per_day = 20000, parent = global}
 --   local ok, next_slot_ms = rl:take()   -- not granted: schedule the message for next_slot_ms
+--   local ok, next_slot_ms = rl:check() -- the same answer as take(), admitting nothing
 --   local slot_ms = rl:reserve()         -- book the next slot (later calls get later slots)
 --   rl:pause(res.retry_after_ms)         -- honour a 429's Retry-After
 local core = require 'herald.core.ratelimit'

@@ -270,6 +270,8 @@ function send.send(req, opts)
         r.DeliveryStatus = 'UNKNOWN_FAILURE'
       end
       r.StatusMessage = o.reason
+      -- the provider's Retry-After holds its profile for later sends too, as for campaigns
+      deliver.hold(it.profile, o.retry_after_ms)
       if o.feedback and it.w.endpoint_id then deliver.feedback(it.w.endpoint_id, o.feedback, app) end
     end
   end

@@ -294,6 +294,10 @@ describe('herald.send request fields', function()
       -- the one sent was refused with 429; the other two never left
       assert.are.same({ TEMPORARY_FAILURE = 1, THROTTLED = 2 }, counts)
       assert.are.equal(1, h.wait_for(function() return #ng:requests() > 0 and #ng:requests() end, 2000, 'the request'))
+      -- the wait holds later sends through the profile as well
+      local again = send({ Addresses = { d = { ChannelType = 'CUSTOM' } },
+                           MessageConfiguration = { CustomMessage = { Data = 'hello' } } })
+      assert.are.equal('THROTTLED', again.Result.d.DeliveryStatus)
       herald.sleep(200)
       assert.are.equal(1, #ng:requests())
     end)

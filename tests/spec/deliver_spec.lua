@@ -409,6 +409,33 @@ describe('delivery through providers', function()
     assert.are.same({ { state = 'SENT', n = 6 } }, query(dir, 'SELECT state, count(*) AS n FROM outbox GROUP BY state'))
   end)
 
+  it('pauses a campaign whose provider the providers file lacks, keeping its messages for the fix', function()
+    local dir = h.tmpdir()
+    campaign_file(dir, { n = 6, channel = 'CUSTOM', name = 'typo', addr = "function(i) return 'x' .. i end",
+                         deliver = "{ provider = 'hook' }" })
+    h.write(dir .. '/providers.lua', string.format([[
+      return { profiles = { hooks = { type = 'webhook', url = %q } }, channels = { CUSTOM = 'hooks' } }
+    ]], ng.url .. '/ok'))
+    local _, code, err = run(dir, 'c.lua')
+    assert.are.equal(0, code, err)
+    assert.matches("campaign typo paused: cannot deliver: NO_PROVIDER: no profile named 'hook'", err, 1, true)
+    local c = query(dir, "SELECT state, pause_reason FROM campaigns WHERE id = 'typo'")[1]
+    assert.are.equal('PAUSED', c.state)
+    assert.matches("NO_PROVIDER: no profile named 'hook'", c.pause_reason, 1, true)
+    -- nothing failed, nothing spent an attempt
+    assert.are.same({ { state = 'PENDING', n = 6, a = 0 } },
+      query(dir, 'SELECT state, count(*) AS n, max(attempts) AS a FROM outbox GROUP BY state'))
+    -- the providers file fixed and the campaign resumed, every message goes
+    h.write(dir .. '/providers.lua', string.format([[
+      return { profiles = { hook = { type = 'webhook', url = %q } }, channels = { CUSTOM = 'hook' } }
+    ]], ng.url .. '/ok'))
+    _, code, err = h.herald('--db d.db campaign resume typo', { cwd = dir })
+    assert.are.equal(0, code, err)
+    _, code, err = run(dir, 'c.lua')
+    assert.are.equal(0, code, err)
+    assert.are.same({ { state = 'SENT', n = 6 } }, query(dir, 'SELECT state, count(*) AS n FROM outbox GROUP BY state'))
+  end)
+
   it('claims a paused campaign again once it is resumed from another process', function()
     local dir = h.tmpdir()
     campaign_file(dir, { n = 5, channel = 'APNS', name = 'later',
@@ -502,6 +529,45 @@ describe('delivery through providers', function()
       assert.is_true(reqs[i].time - reqs[i - 1].time >= 0.95,
         string.format('request %d came %.3f s after the one before', i, reqs[i].time - reqs[i - 1].time))
     end
+  end)
+
+  -- A campaign over two channels, CUSTOM and SMS alternating, each to a profile of its own.
+  local function mixed_campaign(dir, limits, a, b)
+    h.write(dir .. '/c.lua', string.format([[
+      for i = 1, 40 do
+        local sms = i %% 2 == 0
+        assert(herald.endpoints.put { Id = string.format('ep-%%05d', i), ChannelType = sms and 'SMS' or 'CUSTOM',
+          Address = sms and string.format('+1555000%%04d', i) or ('x' .. i) })
+      end
+      herald.campaign { name = 'mix', segment = herald.segment { name = 'all' }, message = { body = 'Hi' },
+        deliver = 'channels', limits = %s }
+    ]], limits))
+    h.write(dir .. '/providers.lua', string.format([[
+      return { profiles = { a = %s, b = { type = 'sms', url = %q, json = { to = '{{Address}}', text = '{{Body}}' }, %s } },
+               channels = { CUSTOM = 'a', SMS = 'b' }, retry = { max_attempts = 2 } }
+    ]], a, ng.url .. '/ok', b))
+    local _, code, err = h.herald('--db d.db run --until-idle --clock-start 2027-01-01T10:00:00Z c.lua', { cwd = dir })
+    assert.are.equal(0, code, err)
+    return query(dir, "SELECT count(*) AS n, (max(updated_ms) - min(updated_ms)) / 1000.0 AS spread"
+      .. " FROM outbox WHERE channel = 'SMS' AND state = 'SENT'")[1]
+  end
+
+  it("spends none of a campaign's MessagesPerSecond on messages their profile holds back", function()
+    -- 10 a second in all; CUSTOM's profile takes 1 a second, so SMS gets the other 9 (about
+    -- 2.5 s for its 20; 7.5 s when the held-back CUSTOM messages used the campaign's rate)
+    local sms = mixed_campaign(h.tmpdir(), '{ messages_per_second = 10 }',
+      string.format('{ type = %q, url = %q, limits = { per_second = 1 } }', 'webhook', ng.url .. '/ok'), '')
+    assert.are.equal(20, sms.n)
+    assert.is_true(sms.spread <= 4, 'the SMS took ' .. sms.spread .. ' s')
+  end)
+
+  it("holds only the profile whose provider sent Retry-After, not the campaign's other profiles", function()
+    -- CUSTOM's provider answers 429 with Retry-After: 7; SMS goes on at its own 5 a second
+    local sms = mixed_campaign(h.tmpdir(), 'nil',
+      string.format('{ type = %q, url = %q, limits = { per_second = 2 } }', 'webhook', ng.url .. '/limited'),
+      'limits = { per_second = 5 }')
+    assert.are.equal(20, sms.n)
+    assert.is_true(sms.spread <= 4, 'the SMS took ' .. sms.spread .. ' s')
   end)
 
   it('keeps to the campaign MessagesPerSecond without spending attempts on waiting', function()
@@ -805,7 +871,18 @@ time.sleep(7); c.execute('COMMIT')
       .. " channels = { CUSTOM = 'hooks' }, retry = { min_ms = 600000 } }")
     _, code, err = h.herald('--db d.db run --until-idle --providers p.lua c.lua', { cwd = dir })
     assert.are.equal(2, code)
-    assert.matches('p.lua: retry.max_ms: a number >= retry.min_ms (600000)', err, 1, true)
+    assert.matches('p.lua: retry.max_ms: a whole number of milliseconds >= retry.min_ms (600000)', err, 1, true)
+    assert.are.equal(0, #query(dir, "SELECT 1 FROM outbox WHERE state != 'PENDING'"))
+    -- so is one the backoff could not compute with (it stopped the run at the first retry,
+    -- with the claim's messages sent and unrecorded)
+    for _, r in ipairs { { 'min_ms = 100.5', 'retry.min_ms: a whole number of milliseconds >= 0' },
+                         { 'max_ms = math.huge', 'retry.max_ms: a whole number of milliseconds' } } do
+      h.write(dir .. '/p.lua', "return { profiles = { hooks = { type = 'webhook', url = 'http://127.0.0.1:9/' } },"
+        .. " channels = { CUSTOM = 'hooks' }, retry = { " .. r[1] .. " } }")
+      _, code, err = h.herald('--db d.db run --until-idle --providers p.lua c.lua', { cwd = dir })
+      assert.are.equal(2, code, err)
+      assert.matches('p.lua: ' .. r[2], err, 1, true)
+    end
     assert.are.equal(0, #query(dir, "SELECT 1 FROM outbox WHERE state != 'PENDING'"))
     -- options a channel would only trip on mid-delivery are checked when the file loads
     local bad = {

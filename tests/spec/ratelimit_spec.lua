@@ -30,6 +30,26 @@ describe('herald.ratelimit', function()
     assert.is_true((rl:take()))
   end)
 
+  it('answers check() as take() would, admitting nothing', function()
+    local parent = ratelimit.new { per_second = 3 }
+    local rl = ratelimit.new { per_second = 2, parent = parent }
+    for _ = 1, 5 do assert.is_true((rl:check())) end
+    assert.is_true((rl:take()))
+    assert.is_true((rl:take()))
+    local ok, next_slot = rl:check()
+    assert.is_false(ok)
+    assert.are.equal(T0 + 1000, next_slot)
+    -- the parent's room is looked at too
+    local other = ratelimit.new { per_second = 5, parent = parent }
+    assert.is_true((other:check()))
+    assert.is_true((other:take()))
+    ok, next_slot = other:check()
+    assert.is_false(ok)
+    assert.are.equal(T0 + 1000, next_slot)
+    rl:pause(5000)
+    assert.are.same({ false, T0 + 5000 }, { rl:check() })
+  end)
+
   it('sends at a fractional rate: half a message a second is one every two seconds', function()
     local rl = ratelimit.new { per_second = 0.5 }
     assert.is_true((rl:take()))
