@@ -459,7 +459,7 @@ static int l_claim(lua_State *L) {
     return raise_error(L, &err);
   lua_createtable(L, count, 0);
   for (int i = 0; i < count; i++) {
-    lua_createtable(L, 0, 9);
+    lua_createtable(L, 0, 12);
     lua_pushinteger(L, rows[i].id); lua_setfield(L, -2, "id");
     lua_pushinteger(L, rows[i].run_id); lua_setfield(L, -2, "run_id");
     lua_pushstring(L, rows[i].campaign_id); lua_setfield(L, -2, "campaign_id");
@@ -470,6 +470,10 @@ static int l_claim(lua_State *L) {
     lua_pushstring(L, rows[i].channel); lua_setfield(L, -2, "channel");
     lua_pushstring(L, rows[i].address); lua_setfield(L, -2, "address");
     lua_pushinteger(L, rows[i].due_ms); lua_setfield(L, -2, "due_ms");
+    if (rows[i].zone[0]) {
+      lua_pushstring(L, rows[i].zone);
+      lua_setfield(L, -2, "zone");
+    }
     lua_pushinteger(L, rows[i].attempts); lua_setfield(L, -2, "attempts");
     lua_rawseti(L, -2, i + 1);
   }

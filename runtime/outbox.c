@@ -143,7 +143,7 @@ int herald_outbox_claim(HeraldStore *store, const char *app, const char *campaig
       store,
       "SELECT o.id, o.run_id, o.endpoint_id, o.treatment, o.message_id, o.channel, o.address,"
       " o.due_ms, o.attempts, r.campaign_id, r.campaign_version, r.daily_cap, r.total_cap,"
-      " r.max_duration_ms, coalesce(o.first_due_ms, o.due_ms)"
+      " r.max_duration_ms, coalesce(o.first_due_ms, o.due_ms), coalesce(o.zone, '')"
       /* CROSS JOIN keeps outbox first: the partial due-time index yields rows in claim order
        * and the LIMIT stops the scan, where starting from the runs would read and sort every
        * row of a large run on each claim. */
@@ -188,6 +188,7 @@ int herald_outbox_claim(HeraldStore *store, const char *app, const char *campaig
       c->total_cap = sqlite3_column_int64(sel, 12);
       c->max_duration_ms = sqlite3_column_int64(sel, 13);
       c->first_due_ms = sqlite3_column_int64(sel, 14);
+      copy_col(sel, 15, c->zone, sizeof c->zone);
       (*count)++;
       selected++;
     }
@@ -263,16 +264,19 @@ int herald_outbox_record_sends(HeraldStore *store, const char *ids_json, HeraldE
 int herald_outbox_report(HeraldStore *store, int64_t claimer, int64_t id, const char *state,
                          const char *reason, int64_t due_ms, HeraldError *err) {
   if (strcmp(state, "SENT") != 0 && strcmp(state, "FAILED") != 0 && strcmp(state, "PENDING") != 0 &&
-      strcmp(state, "RELEASED") != 0)
+      strcmp(state, "RELEASED") != 0 && strcmp(state, "SKIPPED") != 0)
     return herald_error_set(err, kHeraldInvalid,
-                            "outbox state must be SENT, FAILED, PENDING or RELEASED, not %s", state);
+                            "outbox state must be SENT, FAILED, PENDING, RELEASED or SKIPPED, not %s",
+                            state);
   /* RELEASED: PENDING again without the claim counting as an attempt (a message of a campaign
-   * paused while it was on the wire waits for the resume). */
+   * paused while it was on the wire waits for the resume). SKIPPED (in quiet time when claimed,
+   * under the skip policy) was not attempted either. */
   sqlite3_stmt *st = herald_store_stmt(
       store,
       "UPDATE outbox SET state = CASE WHEN ?2 = 'RELEASED' THEN 'PENDING' ELSE ?2 END, reason = ?3,"
       " due_ms = CASE WHEN ?2 IN ('PENDING', 'RELEASED') THEN ?4 ELSE due_ms END,"
-      " attempts = CASE WHEN ?2 = 'RELEASED' AND attempts > 0 THEN attempts - 1 ELSE attempts END,"
+      " attempts = CASE WHEN ?2 IN ('RELEASED', 'SKIPPED') AND attempts > 0 THEN attempts - 1"
+      " ELSE attempts END,"
       " updated_ms = ?5 WHERE id = ?1 AND state = 'CLAIMED' AND claimed_by = ?6",
       err);
   if (st == NULL) return err ? err->code : kHeraldStore;

@@ -28,6 +28,7 @@ typedef struct {
   char address[HERALD_ENDPOINT_ADDRESS_MAX + 1];  /* whole: a push token may be long */
   int64_t due_ms;
   int64_t first_due_ms;  /* when it was first due: retries and deferrals move due_ms */
+  char zone[64];         /* the endpoint's time zone when the run was written; "" when none */
   int attempts;
   int64_t daily_cap, total_cap, max_duration_ms;  /* the run's limits; 0: none */
 } HeraldOutboxClaim;

@@ -28,6 +28,7 @@ local tcore = require 'herald.core.template'
 local endpoints = require 'herald.endpoints'
 local providers = require 'herald.providers'
 local hcore = require 'herald.core'
+local time = require 'herald.time'
 
 local deliver = {}
 
@@ -46,11 +47,13 @@ local state = {
   config = nil,        -- the checked providers table
   channels = {},       -- profile name -> channel object
   limits = {},         -- profile name -> rate limit
-  campaign_limits = {},-- campaign id -> rate limit
+  steps = {},          -- profile name -> ms between two messages at its pace
+  campaign_limits = {},-- campaign id and MessagesPerSecond -> rate limit
   global = nil,
   systemic = {},       -- campaign id -> consecutive systemic failures
   paused = {},         -- campaign id -> reason (paused by this process)
-  paced = {},          -- campaign id -> the slot after the last one its deferrals took
+  paced = {},          -- run (and profile) -> the slot after the last one its deferrals took
+  npaced = 0,
   rng = 0x2545F491,
   stats = { sent = 0, retried = 0, failed = 0, dead = 0, deferred = 0 },
 }
@@ -62,7 +65,7 @@ local routes = setmetatable({}, { __mode = 'k' })
 -- Uses the providers table cfg (from herald.providers.load) from now on.
 function deliver.configure(cfg)
   state.config = cfg or providers.default()
-  state.channels, state.limits, state.campaign_limits = {}, {}, {}
+  state.channels, state.limits, state.campaign_limits, state.steps = {}, {}, {}, {}
   routes = setmetatable({}, { __mode = 'k' })
   state.global = state.config.global and ratelimit.new(state.config.global) or nil
 end
@@ -88,6 +91,26 @@ end
 -- provider alone; it sits under the global cap when there is one.
 local UNLIMITED = { per_second = 1e12 }
 
+local PERIODS = { per_second = 1000, per_minute = 60000, per_hour = 3600000, per_day = 86400000 }
+
+-- The time between two messages at the fastest rate limits (a providers limits table) allow,
+-- in ms (fractional); 0 when they set none.
+local function fastest_step(limits)
+  local step
+  for k, v in pairs(limits or {}) do
+    local s = PERIODS[k] and PERIODS[k] / v
+    if k == 'windows' then
+      for _, w in ipairs(v) do
+        local ws = w.period_ms / w.limit
+        if step == nil or ws < step then step = ws end
+      end
+    elseif s and (step == nil or s < step) then
+      step = s
+    end
+  end
+  return step or 0
+end
+
 local function profile_limit(profile)
   local l = state.limits[profile.name]
   if l == nil then
@@ -96,21 +119,46 @@ local function profile_limit(profile)
     opts.parent = state.global
     l = ratelimit.new(opts)
     state.limits[profile.name] = l
+    -- messages held back by the profile come back this far apart: the profile's own pace, or
+    -- the global cap's when that is slower
+    state.steps[profile.name] = math.max(fastest_step(profile.limits), fastest_step(state.config and state.config.global))
   end
-  return l
+  return l, state.steps[profile.name]
 end
 
--- A campaign's MessagesPerSecond limit (or nil) and the time between two of its messages.
-local campaign_steps = {}
+-- A campaign's MessagesPerSecond limit (or nil) and the time between two of its messages (ms,
+-- fractional: 700 a second is 1.43 ms, not 2). By the limit's value, so a new version of the
+-- campaign with another MessagesPerSecond is held to it at once.
 local function campaign_limit(campaign_id, def)
-  local l = state.campaign_limits[campaign_id]
+  local mps = def.Limits and tonumber(def.Limits.MessagesPerSecond)
+  if not mps or mps <= 0 then return nil end
+  local key = campaign_id .. '\0' .. mps
+  local l = state.campaign_limits[key]
   if l == nil then
-    local mps = def.Limits and tonumber(def.Limits.MessagesPerSecond)
-    l = mps and mps > 0 and ratelimit.new { per_second = mps } or false
-    state.campaign_limits[campaign_id] = l
-    campaign_steps[campaign_id] = l and math.max(1, math.ceil(1000 / math.max(mps, 1))) or nil
+    l = ratelimit.new { per_second = mps }
+    state.campaign_limits[key] = l
   end
-  return l or nil, campaign_steps[campaign_id]
+  return l, 1000 / mps
+end
+
+-- Books the next of the slots, step ms apart, that deferrals under key take: no earlier than
+-- slot. Returns the whole ms the row is due. Keys are per run, so slots booked for rows that
+-- never came back (expired, skipped, their campaign deleted) hold up no later run.
+local function pace(key, slot, step)
+  local at = math.max(slot, state.paced[key] or 0)
+  if state.paced[key] == nil then
+    state.npaced = state.npaced + 1
+    if state.npaced > 4096 then
+      -- a long-running process: forget cursors long past
+      local now, n = clock.now(), 0
+      for k, v in pairs(state.paced) do
+        if v < now - 3600000 then state.paced[k] = nil else n = n + 1 end
+      end
+      state.npaced = n + 1
+    end
+  end
+  state.paced[key] = at + step
+  return math.ceil(at)
 end
 
 -- t[k], made an empty table on first use.
@@ -552,14 +600,67 @@ local function attach_overrides(rows)
   end
 end
 
+-- A row's quiet time, by definition and treatment (a treatment's own schedule without one
+-- keeps the campaign's, as when runs are written): the hours, the zone to fall back on and the
+-- policy; false when it has none.
+local windows = setmetatable({}, { __mode = 'k' })
+local function quiet_window(def, treatment)
+  local by_t = sub(windows, def)
+  local w = by_t[treatment]
+  if w == nil then
+    local sched = type(def.Schedule) == 'table' and def.Schedule or EMPTY
+    local own
+    for _, t in ipairs(treatment ~= 0 and def.AdditionalTreatments or EMPTY) do
+      if tonumber(t.Id) == treatment and type(t.Schedule) == 'table' then own = t.Schedule end
+    end
+    local qt = own and present(own.QuietTime) and own.QuietTime or sched.QuietTime
+    if not present(qt) or qt.Start == nil or qt.End == nil then qt = nil end
+    local ext = type(def.Herald) == 'table' and def.Herald or EMPTY
+    w = qt and { quiet = qt, tz = (own and own.Timezone) or sched.Timezone or 'UTC',
+                 skip = ext.QuietTimePolicy == 'skip', zones = {} } or false
+    by_t[treatment] = w
+  end
+  return w
+end
+
+-- Whether a claimed row is in its quiet time at now_ms: nil when not; else 'QUIET_TIME' and,
+-- under the defer policy, when it ends. Rows wait past their time (a paused campaign resumed,
+-- herald down, a backlog under MessagesPerSecond, retries), so quiet time is looked at again
+-- when they are sent, not only when the run was written: a message due before quiet time must
+-- not go out in it.
+local function in_quiet_time(def, row, now_ms)
+  local w = quiet_window(def, row.treatment)
+  if not w then return nil end
+  -- one answer per zone for the claim's instant
+  local zone = row.zone or ''
+  local z = w.zones[zone]
+  if z == nil or z.at ~= now_ms then
+    local quiet, ends = time.quiet(w.quiet, now_ms, zone ~= '' and zone or nil, w.tz)
+    -- an unusable zone was dealt with when the run was written: the row goes as planned
+    z = { at = now_ms, ends = quiet and ends or false }
+    w.zones[zone] = z
+  end
+  if z.ends then return 'QUIET_TIME', not w.skip and z.ends or nil end
+  return nil
+end
+
 -- Renders and routes a claim's rows: reports (rows that cannot be sent), defers (rows over a
--- limit) and items to send.
+-- limit or in quiet time) and items to send.
 local function prepare_rows(rows, now_ms)
   local reports, defers, items = {}, {}, {}
-  local deferred_at = {}
   for _, row in ipairs(rows) do
     local def, err = definition(row.campaign_id, row.campaign_version)
     local ep, profile, msg
+    local why_not, until_ms
+    if def then why_not, until_ms = in_quiet_time(def, row, now_ms) end
+    if why_not then
+      if until_ms then
+        defers[#defers + 1] = { id = row.id, due_ms = until_ms }
+      else
+        reports[#reports + 1] = { id = row.id, state = 'SKIPPED', reason = why_not }
+      end
+      goto continue
+    end
     if def then
       ep = tcore.endpoint_context(row.endpoint_id)
       if ep == nil then err = 'ENDPOINT_DELETED' end
@@ -585,8 +686,8 @@ local function prepare_rows(rows, now_ms)
       -- campaign's limit is only looked at first, and taken from once the profile has granted,
       -- so a row the profile holds back spends none of the campaign's rate.
       local granted, slot = true, nil
-      local cl, step = campaign_limit(row.campaign_id, def)
-      local pl = profile_limit(profile)
+      local cl, cstep = campaign_limit(row.campaign_id, def)
+      local pl, pstep = profile_limit(profile)
       local by_campaign = false
       if cl then
         granted, slot = cl:check()
@@ -596,25 +697,18 @@ local function prepare_rows(rows, now_ms)
       if granted and cl then cl:take() end
       if granted then
         items[#items + 1] = { profile = profile, msg = msg, row = row }
-      elseif by_campaign then
-        -- Rows over their campaign's MessagesPerSecond come back one message-interval apart,
-        -- not all at the first free slot, where each would be claimed again only for all but
-        -- one to be deferred again (a backlog claimed over and over at every slot). The limit
-        -- still decides when they go.
-        local k = row.campaign_id
-        local at = math.max(slot or (now_ms + 1000), deferred_at[k] or 0, state.paced[k] or 0)
-        deferred_at[k] = at
-        state.paced[k] = at + step
-        defers[#defers + 1] = { id = row.id, due_ms = at }
       else
-        -- held back by its profile: the profile's slot, whatever the campaign's other
-        -- profiles are waiting for
-        local k = row.campaign_id .. '\0' .. profile.name
-        local at = math.max(slot or (now_ms + 1000), deferred_at[k] or 0)
-        deferred_at[k] = at
-        defers[#defers + 1] = { id = row.id, due_ms = at }
+        -- Rows over a limit come back one message-interval apart (the campaign's
+        -- MessagesPerSecond, else the profile's pace), not all at the first free slot, where
+        -- each would be claimed again only for all but one to be deferred again (a backlog
+        -- claimed over and over at every slot). The limit still decides when they go. A row
+        -- held back by its profile keeps to that profile's slots, whatever the campaign's
+        -- other profiles are waiting for.
+        local key = by_campaign and row.run_id or (row.run_id .. '\0' .. profile.name)
+        defers[#defers + 1] = { id = row.id, due_ms = pace(key, slot or (now_ms + 1000), by_campaign and cstep or pstep) }
       end
     end
+    ::continue::
   end
   return reports, defers, items
 end

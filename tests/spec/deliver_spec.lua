@@ -612,6 +612,122 @@ describe('delivery through providers', function()
     assert.is_true(spread >= 19000, 'sent within ' .. spread .. ' ms')
   end)
 
+  it("claims a message held back by its profile's limit about once, however large the backlog", function()
+    local dir = h.tmpdir()
+    campaign_file(dir, { n = 1000, channel = 'EMAIL', name = 'profpaced', addr = "function(i) return 'r' .. i .. '@example.com' end" })
+    h.write(dir .. '/providers.lua', [[
+      return { profiles = { f = { type = 'file', path = 'out.txt', limits = { per_second = 250 } } }, channels = { EMAIL = 'f' } }
+    ]])
+    h.sqlite(dir, 'd.db', [[CREATE TABLE claim_log (n INTEGER);
+      CREATE TRIGGER count_claims AFTER UPDATE OF state ON outbox WHEN new.state = 'CLAIMED'
+      BEGIN INSERT INTO claim_log VALUES (1); END;]])
+    local _, code, err = h.herald('--db d.db run --until-idle --clock-start 2027-01-01T10:00:00Z c.lua', { cwd = dir })
+    assert.are.equal(0, code, err)
+    assert.are.same({ { state = 'SENT', n = 1000 } }, query(dir, 'SELECT state, count(*) AS n FROM outbox GROUP BY state'))
+    -- 4 s at 250/s; held-back rows all came back at the next free slot before, 256 claimed a
+    -- time to send 250 (about 10 claims a message)
+    local claims = query(dir, 'SELECT count(*) AS n FROM claim_log')[1].n
+    assert.is_true(claims <= 2200, claims .. ' claims for 1000 messages')
+    local spread = query(dir, 'SELECT max(updated_ms) - min(updated_ms) AS d FROM outbox')[1].d
+    assert.is_true(spread >= 3000 and spread < 5000, 'sent within ' .. spread .. ' ms')
+  end)
+
+  it('paces a MessagesPerSecond that is not a whole number of milliseconds, or over 1,000, at its rate', function()
+    local dir = h.tmpdir()
+    campaign_file(dir, { n = 6000, channel = 'EMAIL', name = 'fast', addr = "function(i) return 'r' .. i .. '@example.com' end",
+                         limits = '{ messages_per_second = 2000 }', deliver = "{ file = 'out.txt' }" })
+    local _, code, err = h.herald('--db d.db run --until-idle --clock-start 2027-01-01T10:00:00Z c.lua', { cwd = dir })
+    assert.are.equal(0, code, err)
+    assert.are.same({ { state = 'SENT', n = 6000 } }, query(dir, 'SELECT state, count(*) AS n FROM outbox GROUP BY state'))
+    -- 2,000 at once, then from a second later the other 4,000 over two seconds (1,000 a second
+    -- when deferrals were booked a whole millisecond apart: 4 s)
+    local spread = query(dir, 'SELECT max(updated_ms) - min(updated_ms) AS d FROM outbox')[1].d
+    assert.is_true(spread >= 2900 and spread < 3500, 'sent within ' .. spread .. ' ms')
+  end)
+
+  it("holds each run to its own pace: an expired run's bookings do not delay the next", function()
+    local dir = h.tmpdir()
+    h.write(dir .. '/c.lua', [[
+      for i = 1, 4000 do
+        assert(herald.endpoints.put { Id = string.format('ep-%05d', i), ChannelType = 'EMAIL', Address = 'r' .. i .. '@example.com' })
+      end
+      herald.campaign { name = 'hourly', segment = herald.segment { name = 'all' },
+        schedule = { start = '2027-01-01T10:00:00Z', frequency = 'HOURLY' },
+        message = { subject = 's', body = 'Hi {{Id}}' }, deliver = { file = 'out.txt' },
+        limits = { messages_per_second = 1, maximum_duration = 60 } }
+    ]])
+    local _, code, err = h.herald('--db d.db run --clock-start 2027-01-01T10:00:00Z --until 2027-01-01T11:02:00Z c.lua', { cwd = dir })
+    assert.are.equal(0, code, err)
+    -- each run sends for its minute at 1 a second (run 1's 4,000 bookings reach 11:06:40, past
+    -- the second run's start, and held it back when pacing was per campaign)
+    local runs = query(dir, [[SELECT r.scheduled_ms AS at, sum(o.state = 'SENT') AS sent FROM outbox o
+      JOIN campaign_runs r ON r.id = o.run_id GROUP BY r.id ORDER BY r.scheduled_ms]])
+    assert.are.equal(2, #runs)
+    for _, r in ipairs(runs) do assert.is_true(r.sent >= 60 and r.sent <= 62, r.sent .. ' sent') end
+  end)
+
+  it("holds a campaign's messages to the MessagesPerSecond of their own version", function()
+    local dir = h.tmpdir()
+    h.write(dir .. '/s.lua', [[
+      local outbox = require 'herald.core.outbox'
+      local deliver = require 'herald.deliver'
+      local clock = require 'herald.core.clock'
+      clock.set_manual(1767225600000)
+      deliver.configure(require('herald.providers').check({ profiles = { f = { type = 'file', path = 'out.txt' } },
+        channels = { EMAIL = 'f' } }, 'p'))
+      local function version(mps)
+        return herald.json.encode { Name = 'v', TreatmentName = 't', AdditionalTreatments = herald.json.array {},
+          MessageConfiguration = { DefaultMessage = { Body = 'b' } }, Limits = { MessagesPerSecond = mps },
+          Herald = { Deliver = { type = 'channels' } } }
+      end
+      for i = 1, 40 do assert(herald.endpoints.put { Id = 'e' .. i, ChannelType = 'EMAIL', Address = i .. '@example.com' }) end
+      local function rows(from, to)
+        local out = {}
+        for i = from, to do out[#out + 1] = { endpoint_id = 'e' .. i, treatment = 0, channel = 'EMAIL', address = i .. '@example.com', due_ms = 1000 } end
+        return out
+      end
+      outbox.define_campaign('v', 'v', version(1))
+      outbox.trigger_cursor('v')
+      outbox.trigger { campaign_id = 'v', version = 1, now_ms = 1000, from_seq = 0, to_seq = 1, rows = rows(1, 2) }
+      outbox.define_campaign('v', 'v', version(1000))
+      outbox.trigger { campaign_id = 'v', version = 2, now_ms = 1000, from_seq = 1, to_seq = 2, rows = rows(3, 40) }
+      deliver.pump(clock.now(), 256, '["v"]')
+      print(herald.db.query("SELECT count(*) AS n FROM outbox WHERE state = 'SENT'")[1].n)
+    ]])
+    local out, code, err = h.herald('--db d.db s.lua', { cwd = dir })
+    assert.are.equal(0, code, err)
+    -- version 1 sends one now (1 a second); all 38 of version 2 go at once
+    assert.are.equal('39', out:match('%d+'))
+  end)
+
+  it('sends nothing in quiet time, though the message was due before it', function()
+    local dir = h.tmpdir()
+    h.write(dir .. '/c.lua', [[
+      for i = 1, 20 do
+        assert(herald.endpoints.put { Id = string.format('ep%02d', i), ChannelType = 'EMAIL', Address = 'r' .. i .. '@example.com',
+          Demographic = { Timezone = 'UTC' } })
+      end
+      herald.campaign { name = 'qt', segment = herald.segment { name = 'all' },
+        schedule = { start = '2027-01-04T21:59:50Z' }, quiet_time = { start = '22:00', ['end'] = '08:00' },
+        message = { subject = 's', body = 'b' }, deliver = { file = 'out.txt' }, limits = { messages_per_second = 1 } }
+    ]])
+    local _, code, err = h.herald('--db d.db run --until-idle --clock-start 2027-01-04T21:59:50Z c.lua', { cwd = dir })
+    assert.are.equal(0, code, err)
+    -- ten went before 22:00, the other ten when quiet time ended at 08:00
+    local rows = query(dir, [[SELECT strftime('%H', updated_ms / 1000, 'unixepoch') AS hour, count(*) AS n
+      FROM outbox WHERE state = 'SENT' GROUP BY 1 ORDER BY 1]])
+    assert.are.same({ { hour = '08', n = 10 }, { hour = '21', n = 10 } }, rows)
+    -- under the skip policy the ten are skipped, none of their attempts spent
+    local skip = h.tmpdir()
+    h.write(skip .. '/c.lua', (h.read(dir .. '/c.lua'):gsub("%['end'%] = '08:00'", "['end'] = '08:00', policy = 'skip'")))
+    _, code, err = h.herald('--db d.db run --until-idle --clock-start 2027-01-04T21:59:50Z c.lua', { cwd = skip })
+    assert.are.equal(0, code, err)
+    assert.are.same({ { state = 'SENT', reason = '', attempts = 1, n = 10 },
+                      { state = 'SKIPPED', reason = 'QUIET_TIME', attempts = 0, n = 10 } },
+      query(skip, [[SELECT state, coalesce(reason, '') AS reason, attempts, count(*) AS n FROM outbox
+        GROUP BY 1, 2, 3 ORDER BY 1]]))
+  end)
+
   it("sends the endpoint types of a definition's CustomDeliveryConfiguration to its DeliveryUri", function()
     local dir = h.tmpdir()
     h.write(dir .. '/s.lua', string.format([[
