@@ -597,12 +597,6 @@ function Campaign:test_cohorts()
   return out
 end
 
-function Campaign:treatment_name(t)
-  if t < 0 then return 'holdout' end
-  if t == 0 then return self.definition.TreatmentName or 'default' end
-  return self.definition.AdditionalTreatments[t].TreatmentName or ('treatment ' .. t)
-end
-
 -- The schedule of this version. 'IMMEDIATE' stands for when the campaign started: its first
 -- run's time once it has run (a later version, say a corrected message, keeps the cadence
 -- rather than starting it again, which would send a second time that day), else the version's
@@ -869,6 +863,47 @@ local function iso(ms)
   return ms and time.format(ms) or nil
 end
 
+-- The name of treatment t (0-based; -1 the holdout) under a stored definition def: Pinpoint's
+-- shape, or the {treatments = {{name =}}} that databases written by older builds hold. A
+-- definition that is not stored (nil) or names no such treatment gives 'treatment N'. Runs
+-- name their treatments from their own version: a later one may have fewer, or rename them.
+function campaign.treatment_name(def, t)
+  if t < 0 then return 'holdout' end
+  if type(def) == 'table' then
+    if type(def.treatments) == 'table' then
+      local tr = def.treatments[t + 1]
+      if type(tr) == 'table' and type(tr.name) == 'string' then return tr.name end
+    elseif t == 0 then
+      return type(def.TreatmentName) == 'string' and def.TreatmentName or 'default'
+    elseif type(def.AdditionalTreatments) == 'table' then
+      for _, a in ipairs(def.AdditionalTreatments) do
+        if tonumber(a.Id) == t and type(a.TreatmentName) == 'string' then return a.TreatmentName end
+      end
+    end
+  end
+  return 'treatment ' .. t
+end
+
+-- The stored definitions of campaign id (of application app; nil: the current one) by
+-- version: a function(version) -> the decoded definition, or nil when that version is not
+-- stored. Each is read once (a stored version never changes).
+function campaign.versions(id, app)
+  local cache = {}
+  return function(version)
+    local d = cache[version]
+    if d == nil then
+      d = false
+      local text = version and outbox.campaign_definition(id, version, app)
+      if text then
+        local ok, def = pcall(json.decode, text)
+        if ok and type(def) == 'table' then d = def end
+      end
+      cache[version] = d
+    end
+    return d or nil
+  end
+end
+
 -- Pinpoint's ActivityResponse, one per run and treatment, newest run first.
 function campaign.activities(name)
   local out = {}
@@ -931,8 +966,7 @@ local function stored_arm(def, cohort)
     edge = edge + size
     if cohort < edge then arm = i - 1; break end
   end
-  if arm == 0 then return 0, def.TreatmentName or 'default' end
-  return arm, extra[arm].TreatmentName or ('treatment ' .. arm)
+  return arm, campaign.treatment_name(def, arm)
 end
 
 -- For each run of campaign name: what happened to endpoint_id, and why.
@@ -946,14 +980,11 @@ function campaign.why(name, endpoint_id)
     FROM campaign_runs r LEFT JOIN outbox o ON o.run_id = r.id AND o.endpoint_id = ?
     WHERE r.app_id = ? AND r.campaign_id = ? ORDER BY r.scheduled_ms]], endpoint_id, core.app(), name)
   local cohort = q('SELECT cohort_id FROM endpoints WHERE app_id = ? AND id = ?', core.app(), endpoint_id)[1]
-  local defs = {}
+  local defs = campaign.versions(name)
   local function arm_of(version)
-    if cohort == nil then return nil end
-    if defs[version] == nil then
-      defs[version] = json.decode(q('SELECT definition FROM campaign_versions WHERE app_id = ? AND campaign_id = ?'
-        .. ' AND version = ?', core.app(), name, version)[1].definition)
-    end
-    return stored_arm(defs[version], cohort.cohort_id)
+    local def = defs(version)
+    if cohort == nil or def == nil then return nil end
+    return stored_arm(def, cohort.cohort_id)
   end
   for _, r in ipairs(runs) do
     local line = { run = r.id, index = r.run_index, version = r.campaign_version,
@@ -973,17 +1004,13 @@ function campaign.why(name, endpoint_id)
           .. ' this run was for treatments with schedules of their own'
       else
         line.outcome, line.why = 'NOT_IN_RUN', string.format("its arm '%s' follows %s; this run was for other arms",
-          arm_name, arm > 0 and defs[r.campaign_version].AdditionalTreatments[arm].Schedule
+          arm_name, arm > 0 and defs(r.campaign_version).AdditionalTreatments[arm].Schedule
             and 'its own schedule' or "the campaign's schedule")
       end
     else
       -- the row's treatment, which an A/B decision may have changed from the cohort's arm
       line.treatment, line.state, line.reason = r.treatment, r.state, r.reason
-      local def = defs[r.campaign_version]
-      if r.treatment ~= arm and def then
-        line.treatment_name = r.treatment < 0 and 'holdout' or r.treatment == 0 and (def.TreatmentName or 'default')
-          or (def.AdditionalTreatments[r.treatment].TreatmentName or ('treatment ' .. r.treatment))
-      end
+      if r.treatment ~= arm then line.treatment_name = campaign.treatment_name(defs(r.campaign_version), r.treatment) end
       line.due, line.zone, line.zone_note, line.message_id = iso(r.due_ms), r.zone, r.note, r.message_id
       line.outcome = r.state
       line.why = r.reason or (r.state == 'PENDING' and 'due at ' .. iso(r.due_ms)) or r.state

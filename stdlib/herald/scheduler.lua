@@ -402,19 +402,25 @@ function scheduler.describe(id)
   return c and { name = c.name, version = c.version } or nil
 end
 
--- Per campaign: for each run, counts per arm of sent, failed, pending and skip reasons.
+-- Per campaign: for each run, counts per arm of sent, failed, pending and skip reasons, the
+-- arms named by the run's own version (an earlier one may have had other treatments).
 function scheduler.summary()
   local out = {}
   for _, c in ipairs(campaign.order) do
     local runs, by_id = {}, {}
+    local defs, version_of = campaign.versions(c.id), {}
+    for _, r in ipairs(query('SELECT id, campaign_version FROM campaign_runs WHERE app_id = ? AND campaign_id = ?',
+        core.app(), c.id)) do
+      version_of[r.id] = r.campaign_version
+    end
     for _, t in ipairs(outbox.tally(c.id)) do
       local run = by_id[t.run_id]
       if run == nil then
-        run = { run_id = t.run_id, state = t.run_state, arms = {}, order = {} }
+        run = { run_id = t.run_id, state = t.run_state, version = version_of[t.run_id], arms = {}, order = {} }
         by_id[t.run_id] = run
         runs[#runs + 1] = run
       end
-      local name = c:treatment_name(t.treatment)
+      local name = campaign.treatment_name(defs(run.version), t.treatment)
       local arm = run.arms[name]
       if arm == nil then
         arm = { total = 0 }
@@ -434,7 +440,8 @@ function scheduler.print_summary()
   for _, s in ipairs(scheduler.summary()) do
     print(string.format('campaign %s (version %d)', s.campaign, s.version))
     for _, run in ipairs(s.runs) do
-      print(string.format('  run %d: %s', run.run_id, run.state))
+      print(string.format('  run %d: %s%s', run.run_id, run.state,
+        run.version ~= s.version and string.format(' (version %s)', tostring(run.version)) or ''))
       for _, name in ipairs(run.order) do
         local a = run.arms[name]
         local parts = {}

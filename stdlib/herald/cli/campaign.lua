@@ -51,12 +51,14 @@ local function show(name)
   if def.Herald and def.Herald.CopyOf then print('copy of ' .. def.Herald.CopyOf) end
   if st.Error then print('error: ' .. st.Error) end
   if st.PauseReason then print('paused by delivery: ' .. st.PauseReason) end
-  local names = { [-1] = 'holdout', [0] = def.TreatmentName or 'default' }
-  for i, t in ipairs(def.AdditionalTreatments or {}) do names[i] = t.TreatmentName or ('treatment ' .. i) end
+  -- each run's treatments are named by the version it ran (a later one may rename them)
+  local defs = campaign.versions(name)
   for _, a in ipairs(st.Activities) do
     local t = a.TreatmentId == 'holdout' and -1 or tonumber(a.TreatmentId)
-    print(string.format('  %s %-9s %-12s %s: %d of %d sent', a.ScheduledStart, a.State,
-      names[t] or a.TreatmentId, a.Result or '', a.SuccessfulEndpointCount, a.TotalEndpointCount))
+    local version = a.CampaignVersion ~= st.Version and string.format(' (version %d)', a.CampaignVersion) or ''
+    print(string.format('  %s %-9s %-12s %s: %d of %d sent%s', a.ScheduledStart, a.State,
+      campaign.treatment_name(defs(a.CampaignVersion), t), a.Result or '', a.SuccessfulEndpointCount,
+      a.TotalEndpointCount, version))
   end
   return true
 end
