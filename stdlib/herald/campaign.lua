@@ -693,6 +693,14 @@ local function origin(c)
   return #lua > 0 and table.concat(lua, ', ') or nil, audience and json.encode(audience, { sort = true })
 end
 
+-- The time of campaign id's first scheduled run (nil: none yet), where an IMMEDIATE schedule's
+-- cadence starts.
+local function first_run_ms(id)
+  local first = store.query('SELECT min(scheduled_ms) AS at FROM campaign_runs WHERE app_id = ? AND campaign_id = ?'
+    .. ' AND trigger_seq = 0', core.app(), id)
+  return first and first[1] and first[1].at or nil
+end
+
 -- The definition file being loaded (set by the loader): campaigns record it as their source.
 campaign.source = nil
 
@@ -702,9 +710,7 @@ local function register(c, level, stored_copy)
   end
   local version, version_ms = outbox.define_campaign(c.id, c.name, c:definition_json())
   c.version, c.version_ms = version, version_ms
-  local first = store.query('SELECT min(scheduled_ms) AS at FROM campaign_runs WHERE app_id = ? AND campaign_id = ?'
-    .. ' AND trigger_seq = 0', core.app(), c.id)
-  c.started_ms = first and first[1] and first[1].at or nil
+  c.started_ms = first_run_ms(c.id)
   local lua, audience = origin(c)
   outbox.set_campaign_origin(c.id, not stored_copy and campaign.source or nil, audience, lua)
   campaign.defined[c.name] = c
@@ -1057,6 +1063,50 @@ function campaign.load_copies()
     end
   end
   return n, failures
+end
+
+-- Takes the version of loaded campaign c that was stored after c loaded (`herald campaign load`
+-- of an edited file while `herald run` runs, or another process): row is the stored {version,
+-- version_ms, definition, audience, lua}. The stored definition is the version, and a
+-- declarative segment is stored with it; Lua functions are not stored, so they stay those of
+-- the files this process loaded: c's hook, its event predicate, and its Lua-filtered segment
+-- when the version names the same segment. A version that needs one c was not loaded with
+-- cannot be taken. Returns the campaign that replaces c (in campaign.defined and
+-- campaign.order), or nil and why.
+function campaign.adopt(c, row)
+  local loaded = c.loaded or { hook = c.hook, predicate = c.predicate, segment = c.segment }
+  local ok, p = pcall(json.decode, row.definition)
+  if not ok or type(p) ~= 'table' then return nil, 'its stored definition is not JSON' end
+  local lua = row.lua or ''
+  local seg
+  if row.audience then
+    local err
+    seg, err = decode_audience(json.decode(row.audience))
+    if seg == nil then return nil, 'its segment does not load: ' .. tostring(err) end
+  elseif p.SegmentId == loaded.segment.name then
+    seg = loaded.segment
+  else
+    return nil, string.format("its segment '%s' has Lua code (%s) that this process did not load",
+      tostring(p.SegmentId), lua)
+  end
+  local hook = type(p.Hook) == 'table' and loaded.hook or nil
+  if hook == nil and type(p.Hook) == 'table' and p.Hook.Mode == 'FILTER' then
+    return nil, 'its FILTER hook is a Lua function that this process did not load'
+  end
+  local predicate
+  if lua:find('event predicate', 1, true) then
+    predicate = loaded.predicate
+    if predicate == nil then return nil, 'its event predicate is a Lua function that this process did not load' end
+  end
+  local okc, nc = pcall(instantiate, p, seg, hook, false, predicate)
+  if not okc then return nil, type(nc) == 'table' and (nc.path .. ': ' .. nc.msg) or tostring(nc) end
+  nc.version, nc.version_ms, nc.started_ms = row.version, row.version_ms, first_run_ms(c.id)
+  nc.loaded, nc.origin = loaded, { audience = row.audience, lua = row.lua }
+  campaign.defined[nc.name] = nc
+  for i, x in ipairs(campaign.order) do
+    if x == c then campaign.order[i] = nc end
+  end
+  return nc
 end
 
 -- A definition file that fails part-way leaves none of its campaigns behind: the loader

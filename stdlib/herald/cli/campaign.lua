@@ -12,7 +12,8 @@ actions:
   list             every stored campaign: state, version, definition file, error
   show NAME        one campaign: state, version, definition file, error, runs per treatment
   load FILE...     load definition files and store their campaigns' definitions without
-                   running them; a file that fails makes the campaigns it defined INVALID
+                   running them (a running `herald run` takes the new versions for its next
+                   runs); a file that fails makes the campaigns it defined INVALID
   pause NAME       stop new runs and hold the run in progress (its rows are not claimed)
   resume NAME      continue a paused campaign exactly where it stopped
   delete NAME      no more runs; messages not yet sent are recorded CAMPAIGN_DELETED
