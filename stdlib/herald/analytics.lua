@@ -24,6 +24,7 @@ local store = require 'herald.core.store'
 local core = require 'herald.core'
 local json = require 'herald.core.json'
 local ab = require 'herald.ab'
+local campaigns = require 'herald.campaign'
 
 local M = {}
 
@@ -196,23 +197,6 @@ local function campaign_info(app, campaign)
   return { name = rows[1].name, version = rows[1].version, definition = def }
 end
 
--- A treatment's name from the stored definition: Pinpoint's shape (TreatmentName for treatment
--- 0, AdditionalTreatments[].{Id, TreatmentName} for the others), or the earlier
--- {treatments = {{name =}}} that databases written by older builds hold.
-local function treatment_name(info, t)
-  if t < 0 then return 'holdout' end
-  local d = info.definition
-  if t == 0 and type(d.TreatmentName) == 'string' then return d.TreatmentName end
-  if type(d.AdditionalTreatments) == 'table' then
-    for _, a in ipairs(d.AdditionalTreatments) do
-      if tonumber(a.Id) == t and type(a.TreatmentName) == 'string' then return a.TreatmentName end
-    end
-  end
-  local tr = type(d.treatments) == 'table' and d.treatments[t + 1]
-  if type(tr) == 'table' and type(tr.name) == 'string' then return tr.name end
-  return 'treatment ' .. t
-end
-
 local function check_opts(opts)
   if opts == nil then return {} end
   if type(opts) ~= 'table' then error('herald.analytics: options must be a table', 3) end
@@ -238,9 +222,55 @@ end
 
 local METRICS = { 'open', 'click', 'conversion' }
 
+-- An arm of a report across runs is a treatment number with a name: a treatment keeps adding
+-- up across versions while both stay, and a version that renames or renumbers its treatments
+-- (v2's single 'default' where v1 had 'A') starts arms of its own rather than merging figures
+-- of different messages. The holdout is one arm whatever the version.
+local function arm_id(t, name)
+  return t < 0 and 'holdout' or (t .. ':' .. name)
+end
+
+local function sorted_keys(set)
+  local list = {}
+  for k in pairs(set) do list[#list + 1] = k end
+  table.sort(list)
+  return list
+end
+
+-- Orders arms (treatments by their first version, then number; the holdout last) and
+-- labels them: by name, or where two share a name (a treatment moved to another number) with
+-- the versions they ran in, 'A (v1)', and if need be their number. Returns arm key -> label.
+local function label_arms(arms)
+  for _, a in ipairs(arms) do a.version_list = sorted_keys(a.versions) end
+  table.sort(arms, function(a, b)
+    if (a.treatment < 0) ~= (b.treatment < 0) then return b.treatment < 0 end
+    if a.version_list[1] ~= b.version_list[1] then return a.version_list[1] < b.version_list[1] end
+    if a.treatment ~= b.treatment then return a.treatment < b.treatment end
+    return a.name < b.name
+  end)
+  local labels = {}
+  local function clashes(label_of)
+    local seen = {}
+    for _, a in ipairs(arms) do
+      local l = label_of(a)
+      seen[l] = (seen[l] or 0) + 1
+    end
+    return seen
+  end
+  local n = clashes(function(a) return a.name end)
+  for _, a in ipairs(arms) do
+    labels[a.key] = n[a.name] > 1 and string.format('%s (v%s)', a.name, table.concat(a.version_list, ', v')) or a.name
+  end
+  n = clashes(function(a) return labels[a.key] end)
+  for _, a in ipairs(arms) do
+    if n[labels[a.key]] > 1 then labels[a.key] = labels[a.key] .. ' #' .. a.treatment end
+  end
+  return labels
+end
+
 -- The automatic A/B winner's recorded decisions (herald.winner), one per run, with the
 -- figures they were taken on and treatment names.
-local function decisions(info, app, campaign, run)
+local function decisions(name_of, app, campaign, run)
   local out = {}
   local rows = q([[SELECT run_id, decided_ms, metric, decision, winner, policy, released, reason,
       figures FROM ab_decisions WHERE app_id = ?1 AND campaign_id = ?2 AND (?3 IS NULL OR run_id = ?3)
@@ -249,13 +279,13 @@ local function decisions(info, app, campaign, run)
     local f = json.decode(r.figures) or {}
     local d = { run = r.run_id, decided = os.date('!%Y-%m-%dT%H:%M:%SZ', r.decided_ms // 1000),
       metric = r.metric, decision = r.decision, policy = r.policy, released = r.released,
-      reason = r.reason, early = f.early, winner = r.winner and treatment_name(info, r.winner) or nil,
+      reason = r.reason, early = f.early, winner = r.winner and name_of(r.run_id, r.winner) or nil,
       arms = {}, comparisons = {} }
     for i, a in ipairs(f.arms or {}) do
-      d.arms[i] = { name = treatment_name(info, a.id), x = a.x, n = a.n, rate = a.rate, lo = a.lo, hi = a.hi }
+      d.arms[i] = { name = name_of(r.run_id, a.id), x = a.x, n = a.n, rate = a.rate, lo = a.lo, hi = a.hi }
     end
     for i, c in ipairs(f.comparisons or {}) do
-      d.comparisons[i] = { name = treatment_name(info, c.id), against = treatment_name(info, c.against),
+      d.comparisons[i] = { name = name_of(r.run_id, c.id), against = name_of(r.run_id, c.against),
         z = c.z, p_value = c.p_value, significant = c.significant }
     end
     out[#out + 1] = d
@@ -265,7 +295,7 @@ end
 
 -- report(campaign_id, {app =, run =, conversion =, window_days =}) -> report table, or nil, err.
 -- {campaign, name, version, app, runs = {{id, scheduled, state}}, conversion, window_days,
---  arms = {{treatment, name, <counts>, rates = {delivery, open, click, unsubscribe,
+--  arms = {{treatment, name (label), versions, <counts>, rates = {delivery, open, click, unsubscribe,
 --  hard_bounce, conversion = {x, n, rate, lo, hi}}, lift = {lift, lo, hi} (treatments, when
 --  there is a holdout with conversions)}}, tests = {{metric, a, b, z, p_value}},
 --  p_best = {metric = {name = probability}}, daily = {{date, arms = {name = {deliveries,
@@ -283,6 +313,10 @@ function M.report(campaign, opts)
   if ierr then return nil, ierr end
   if info == nil then return nil, string.format("no campaign '%s' in application '%s'", campaign, app) end
   local runs, counts, daily = collect(app, campaign, opts)
+  -- each run's treatments are named by the version it ran
+  local defs, version_of = campaigns.versions(campaign, app), {}
+  for _, r in ipairs(runs) do version_of[r.id] = r.campaign_version end
+  local function name_of(run, t) return campaigns.treatment_name(defs(version_of[run]), t) end
   if opts.run then
     local found
     for _, r in ipairs(runs) do if r.id == opts.run then found = r end end
@@ -292,17 +326,22 @@ function M.report(campaign, opts)
   local wanted = {}
   for _, r in ipairs(runs) do wanted[r.id] = true end
 
-  local by_treatment, order = {}, {}
+  local by_arm, order = {}, {}
   for _, c in pairs(counts) do
     if wanted[c.run] then
-      if not by_treatment[c.treatment] then
-        by_treatment[c.treatment] = {}
-        order[#order + 1] = c.treatment
+      local name = name_of(c.run, c.treatment)
+      local key = arm_id(c.treatment, name)
+      local arm = by_arm[key]
+      if arm == nil then
+        arm = { key = key, treatment = c.treatment, name = name, cells = {}, versions = {} }
+        by_arm[key] = arm
+        order[#order + 1] = arm
       end
-      table.insert(by_treatment[c.treatment], c)
+      arm.cells[#arm.cells + 1] = c
+      arm.versions[version_of[c.run]] = true
     end
   end
-  table.sort(order, function(a, b) return (a < 0 and 1000 or a) < (b < 0 and 1000 or b) end)
+  local labels = label_arms(order)
 
   local report = {
     campaign = campaign, name = info.name, version = info.version, app = app,
@@ -314,12 +353,13 @@ function M.report(campaign, opts)
     report.runs[i] = { id = r.id, scheduled = at, state = r.state, version = r.campaign_version }
   end
   local holdout
-  for _, t in ipairs(order) do
-    local f = figures(by_treatment[t], t < 0)
-    f.treatment = t
-    f.name = treatment_name(info, t)
+  for _, arm in ipairs(order) do
+    local f = figures(arm.cells, arm.treatment < 0)
+    f.treatment = arm.treatment
+    f.name = labels[arm.key]
+    f.versions = arm.version_list
     report.arms[#report.arms + 1] = f
-    if t < 0 then holdout = f end
+    if arm.treatment < 0 then holdout = f end
   end
   local treatments = {}
   for _, a in ipairs(report.arms) do
@@ -352,7 +392,7 @@ function M.report(campaign, opts)
     end
   end
 
-  report.decisions = decisions(info, app, campaign, opts.run)
+  report.decisions = decisions(name_of, app, campaign, opts.run)
 
   local days = {}
   for day in pairs(daily) do days[#days + 1] = day end
@@ -361,7 +401,8 @@ function M.report(campaign, opts)
     local entry = { date = day, arms = {} }
     for _, c in pairs(daily[day]) do
       if wanted[c.run] then
-        local name = treatment_name(info, c.treatment)
+        local name = name_of(c.run, c.treatment)
+        name = labels[arm_id(c.treatment, name)] or name
         local e = entry.arms[name] or { deliveries = 0, conversions = 0 }
         local hard = c.endpoints['_email.hardbounce'] or 0
         e.deliveries = e.deliveries + c.sends - hard

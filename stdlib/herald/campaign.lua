@@ -597,12 +597,6 @@ function Campaign:test_cohorts()
   return out
 end
 
-function Campaign:treatment_name(t)
-  if t < 0 then return 'holdout' end
-  if t == 0 then return self.definition.TreatmentName or 'default' end
-  return self.definition.AdditionalTreatments[t].TreatmentName or ('treatment ' .. t)
-end
-
 -- The schedule of this version. 'IMMEDIATE' stands for when the campaign started: its first
 -- run's time once it has run (a later version, say a corrected message, keeps the cadence
 -- rather than starting it again, which would send a second time that day), else the version's
@@ -699,6 +693,14 @@ local function origin(c)
   return #lua > 0 and table.concat(lua, ', ') or nil, audience and json.encode(audience, { sort = true })
 end
 
+-- The time of campaign id's first scheduled run (nil: none yet), where an IMMEDIATE schedule's
+-- cadence starts.
+local function first_run_ms(id)
+  local first = store.query('SELECT min(scheduled_ms) AS at FROM campaign_runs WHERE app_id = ? AND campaign_id = ?'
+    .. ' AND trigger_seq = 0', core.app(), id)
+  return first and first[1] and first[1].at or nil
+end
+
 -- The definition file being loaded (set by the loader): campaigns record it as their source.
 campaign.source = nil
 
@@ -708,9 +710,7 @@ local function register(c, level, stored_copy)
   end
   local version, version_ms = outbox.define_campaign(c.id, c.name, c:definition_json())
   c.version, c.version_ms = version, version_ms
-  local first = store.query('SELECT min(scheduled_ms) AS at FROM campaign_runs WHERE app_id = ? AND campaign_id = ?'
-    .. ' AND trigger_seq = 0', core.app(), c.id)
-  c.started_ms = first and first[1] and first[1].at or nil
+  c.started_ms = first_run_ms(c.id)
   local lua, audience = origin(c)
   outbox.set_campaign_origin(c.id, not stored_copy and campaign.source or nil, audience, lua)
   campaign.defined[c.name] = c
@@ -869,6 +869,47 @@ local function iso(ms)
   return ms and time.format(ms) or nil
 end
 
+-- The name of treatment t (0-based; -1 the holdout) under a stored definition def: Pinpoint's
+-- shape, or the {treatments = {{name =}}} that databases written by older builds hold. A
+-- definition that is not stored (nil) or names no such treatment gives 'treatment N'. Runs
+-- name their treatments from their own version: a later one may have fewer, or rename them.
+function campaign.treatment_name(def, t)
+  if t < 0 then return 'holdout' end
+  if type(def) == 'table' then
+    if type(def.treatments) == 'table' then
+      local tr = def.treatments[t + 1]
+      if type(tr) == 'table' and type(tr.name) == 'string' then return tr.name end
+    elseif t == 0 then
+      return type(def.TreatmentName) == 'string' and def.TreatmentName or 'default'
+    elseif type(def.AdditionalTreatments) == 'table' then
+      for _, a in ipairs(def.AdditionalTreatments) do
+        if tonumber(a.Id) == t and type(a.TreatmentName) == 'string' then return a.TreatmentName end
+      end
+    end
+  end
+  return 'treatment ' .. t
+end
+
+-- The stored definitions of campaign id (of application app; nil: the current one) by
+-- version: a function(version) -> the decoded definition, or nil when that version is not
+-- stored. Each is read once (a stored version never changes).
+function campaign.versions(id, app)
+  local cache = {}
+  return function(version)
+    local d = cache[version]
+    if d == nil then
+      d = false
+      local text = version and outbox.campaign_definition(id, version, app)
+      if text then
+        local ok, def = pcall(json.decode, text)
+        if ok and type(def) == 'table' then d = def end
+      end
+      cache[version] = d
+    end
+    return d or nil
+  end
+end
+
 -- Pinpoint's ActivityResponse, one per run and treatment, newest run first.
 function campaign.activities(name)
   local out = {}
@@ -931,8 +972,7 @@ local function stored_arm(def, cohort)
     edge = edge + size
     if cohort < edge then arm = i - 1; break end
   end
-  if arm == 0 then return 0, def.TreatmentName or 'default' end
-  return arm, extra[arm].TreatmentName or ('treatment ' .. arm)
+  return arm, campaign.treatment_name(def, arm)
 end
 
 -- For each run of campaign name: what happened to endpoint_id, and why.
@@ -946,14 +986,11 @@ function campaign.why(name, endpoint_id)
     FROM campaign_runs r LEFT JOIN outbox o ON o.run_id = r.id AND o.endpoint_id = ?
     WHERE r.app_id = ? AND r.campaign_id = ? ORDER BY r.scheduled_ms]], endpoint_id, core.app(), name)
   local cohort = q('SELECT cohort_id FROM endpoints WHERE app_id = ? AND id = ?', core.app(), endpoint_id)[1]
-  local defs = {}
+  local defs = campaign.versions(name)
   local function arm_of(version)
-    if cohort == nil then return nil end
-    if defs[version] == nil then
-      defs[version] = json.decode(q('SELECT definition FROM campaign_versions WHERE app_id = ? AND campaign_id = ?'
-        .. ' AND version = ?', core.app(), name, version)[1].definition)
-    end
-    return stored_arm(defs[version], cohort.cohort_id)
+    local def = defs(version)
+    if cohort == nil or def == nil then return nil end
+    return stored_arm(def, cohort.cohort_id)
   end
   for _, r in ipairs(runs) do
     local line = { run = r.id, index = r.run_index, version = r.campaign_version,
@@ -973,17 +1010,13 @@ function campaign.why(name, endpoint_id)
           .. ' this run was for treatments with schedules of their own'
       else
         line.outcome, line.why = 'NOT_IN_RUN', string.format("its arm '%s' follows %s; this run was for other arms",
-          arm_name, arm > 0 and defs[r.campaign_version].AdditionalTreatments[arm].Schedule
+          arm_name, arm > 0 and defs(r.campaign_version).AdditionalTreatments[arm].Schedule
             and 'its own schedule' or "the campaign's schedule")
       end
     else
       -- the row's treatment, which an A/B decision may have changed from the cohort's arm
       line.treatment, line.state, line.reason = r.treatment, r.state, r.reason
-      local def = defs[r.campaign_version]
-      if r.treatment ~= arm and def then
-        line.treatment_name = r.treatment < 0 and 'holdout' or r.treatment == 0 and (def.TreatmentName or 'default')
-          or (def.AdditionalTreatments[r.treatment].TreatmentName or ('treatment ' .. r.treatment))
-      end
+      if r.treatment ~= arm then line.treatment_name = campaign.treatment_name(defs(r.campaign_version), r.treatment) end
       line.due, line.zone, line.zone_note, line.message_id = iso(r.due_ms), r.zone, r.note, r.message_id
       line.outcome = r.state
       line.why = r.reason or (r.state == 'PENDING' and 'due at ' .. iso(r.due_ms)) or r.state
@@ -1030,6 +1063,50 @@ function campaign.load_copies()
     end
   end
   return n, failures
+end
+
+-- Takes the version of loaded campaign c that was stored after c loaded (`herald campaign load`
+-- of an edited file while `herald run` runs, or another process): row is the stored {version,
+-- version_ms, definition, audience, lua}. The stored definition is the version, and a
+-- declarative segment is stored with it; Lua functions are not stored, so they stay those of
+-- the files this process loaded: c's hook, its event predicate, and its Lua-filtered segment
+-- when the version names the same segment. A version that needs one c was not loaded with
+-- cannot be taken. Returns the campaign that replaces c (in campaign.defined and
+-- campaign.order), or nil and why.
+function campaign.adopt(c, row)
+  local loaded = c.loaded or { hook = c.hook, predicate = c.predicate, segment = c.segment }
+  local ok, p = pcall(json.decode, row.definition)
+  if not ok or type(p) ~= 'table' then return nil, 'its stored definition is not JSON' end
+  local lua = row.lua or ''
+  local seg
+  if row.audience then
+    local err
+    seg, err = decode_audience(json.decode(row.audience))
+    if seg == nil then return nil, 'its segment does not load: ' .. tostring(err) end
+  elseif p.SegmentId == loaded.segment.name then
+    seg = loaded.segment
+  else
+    return nil, string.format("its segment '%s' has Lua code (%s) that this process did not load",
+      tostring(p.SegmentId), lua)
+  end
+  local hook = type(p.Hook) == 'table' and loaded.hook or nil
+  if hook == nil and type(p.Hook) == 'table' and p.Hook.Mode == 'FILTER' then
+    return nil, 'its FILTER hook is a Lua function that this process did not load'
+  end
+  local predicate
+  if lua:find('event predicate', 1, true) then
+    predicate = loaded.predicate
+    if predicate == nil then return nil, 'its event predicate is a Lua function that this process did not load' end
+  end
+  local okc, nc = pcall(instantiate, p, seg, hook, false, predicate)
+  if not okc then return nil, type(nc) == 'table' and (nc.path .. ': ' .. nc.msg) or tostring(nc) end
+  nc.version, nc.version_ms, nc.started_ms = row.version, row.version_ms, first_run_ms(c.id)
+  nc.loaded, nc.origin = loaded, { audience = row.audience, lua = row.lua }
+  campaign.defined[nc.name] = nc
+  for i, x in ipairs(campaign.order) do
+    if x == c then campaign.order[i] = nc end
+  end
+  return nc
 end
 
 -- A definition file that fails part-way leaves none of its campaigns behind: the loader

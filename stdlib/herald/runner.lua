@@ -112,6 +112,14 @@ function runner:loop(opts)
     local progressed = false
     local ok, plan = self:step('plan', now)
     if not ok then break end
+    for _, v in ipairs(plan.versions) do
+      if v.error then
+        self.failures = self.failures + 1
+        self.err(string.format('campaign %s: %s', v.id, v.error))
+      else
+        self.log(string.format('campaign %s: version %d stored; new runs use it', v.id, v.version))
+      end
+    end
     for _, d in ipairs(plan.due) do
       local key = d.id .. '@' .. d.at
       if not failed[key] then

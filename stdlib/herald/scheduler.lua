@@ -24,10 +24,52 @@ local function query(sql, ...)
   return rows
 end
 
+-- Versions stored while this process runs (`herald campaign load` of an edited file): each
+-- pass takes the newest stored version of every loaded campaign, so new runs, scheduled or
+-- triggered, use it; runs already materialised keep their own. A version this process cannot
+-- take (it needs a Lua function the files it loaded do not give) makes the campaign INVALID,
+-- and it plans nothing more until restarted: `blocked` holds, per campaign, that version, the
+-- origin it was stored with and the error. `notices` collects what happened for plan to report.
+local blocked, notices = {}, {}
+
+local function newer(c, r)
+  local o = c.origin
+  return r.version ~= c.version or (o ~= nil and (r.audience ~= o.audience or r.lua ~= o.lua))
+end
+
+local function same_origin(b, r)
+  return b.version == r.version and b.audience == r.audience and b.lua == r.lua
+end
+
+-- The stored state of each campaign, after taking the versions stored since the last pass.
 local function states()
   local out = {}
-  for _, r in ipairs(query('SELECT id, state FROM campaigns WHERE app_id = ?', core.app())) do
+  for _, r in ipairs(query('SELECT id, state, version, audience, lua, error FROM campaigns WHERE app_id = ?', core.app())) do
     out[r.id] = r.state
+    local c = campaign.defined[r.id]
+    if c and r.state ~= 'DELETED' and newer(c, r) then
+      local b = blocked[r.id]
+      if b == nil or not same_origin(b, r) then
+        local row = query('SELECT version, last_modified_ms AS version_ms, definition, audience, lua FROM campaigns'
+          .. ' WHERE app_id = ? AND id = ?', core.app(), r.id)[1]
+        local nc, err = campaign.adopt(c, row)
+        if nc then
+          blocked[r.id] = nil
+          notices[#notices + 1] = { id = r.id, version = row.version }
+        else
+          b = { version = r.version, audience = r.audience, lua = r.lua, error = string.format(
+            'version %d, stored after this process loaded the campaign, cannot be run here: %s;'
+            .. ' restart herald run to run it', row.version, err) }
+          blocked[r.id] = b
+          notices[#notices + 1] = { id = r.id, version = row.version, error = b.error }
+        end
+      end
+      -- the error stands until restart, even when a later load clears it
+      if b and r.error ~= b.error then
+        campaign.invalidate(r.id, b.error)
+        if r.state ~= 'PAUSED' then out[r.id] = 'INVALID' end
+      end
+    end
   end
   return out
 end
@@ -90,7 +132,7 @@ function scheduler.plan(now_ms)
   for i, c in ipairs(campaign.order) do
     ids[i] = c.id
     local state = st[c.id]
-    if state ~= 'PAUSED' and state ~= 'DELETED' then
+    if state ~= 'PAUSED' and state ~= 'DELETED' and not blocked[c.id] then
       local run, at = next_run(c, now_ms)
       if run then
         due[#due + 1] = { id = c.id, at = run.at, index = run.index }
@@ -99,7 +141,9 @@ function scheduler.plan(now_ms)
       end
     end
   end
-  return { due = due, ids = ids, next_start = next_start }
+  local taken = notices
+  notices = {}
+  return { due = due, ids = ids, next_start = next_start, versions = taken }
 end
 
 -- Per zone of the audience: when the endpoints of stream s receive its run, in which zone,
@@ -360,7 +404,7 @@ function scheduler.triggers(now_ms)
   local any, more = false, false
   local st = states()
   for _, c in ipairs(campaign.order) do
-    if c:schedule().frequency == 'EVENT' and st[c.id] ~= 'PAUSED' and st[c.id] ~= 'DELETED' then
+    if c:schedule().frequency == 'EVENT' and st[c.id] ~= 'PAUSED' and st[c.id] ~= 'DELETED' and not blocked[c.id] then
       any = true
       if trigger_campaign(c, now_ms) >= TRIGGER_BATCH then more = true end
     end
@@ -371,7 +415,7 @@ end
 -- Moves each campaign to the state its runs say (PAUSED and DELETED stay as they are).
 function scheduler.refresh_states(now_ms)
   for _, c in ipairs(campaign.order) do
-    if invalid[c.id] then goto continue end
+    if invalid[c.id] or blocked[c.id] then goto continue end
     local r = query("SELECT count(*) AS n, sum(state = 'EXECUTING') AS executing FROM campaign_runs"
       .. ' WHERE app_id = ? AND campaign_id = ?', core.app(), c.id)[1]
     local state
@@ -402,19 +446,25 @@ function scheduler.describe(id)
   return c and { name = c.name, version = c.version } or nil
 end
 
--- Per campaign: for each run, counts per arm of sent, failed, pending and skip reasons.
+-- Per campaign: for each run, counts per arm of sent, failed, pending and skip reasons, the
+-- arms named by the run's own version (an earlier one may have had other treatments).
 function scheduler.summary()
   local out = {}
   for _, c in ipairs(campaign.order) do
     local runs, by_id = {}, {}
+    local defs, version_of = campaign.versions(c.id), {}
+    for _, r in ipairs(query('SELECT id, campaign_version FROM campaign_runs WHERE app_id = ? AND campaign_id = ?',
+        core.app(), c.id)) do
+      version_of[r.id] = r.campaign_version
+    end
     for _, t in ipairs(outbox.tally(c.id)) do
       local run = by_id[t.run_id]
       if run == nil then
-        run = { run_id = t.run_id, state = t.run_state, arms = {}, order = {} }
+        run = { run_id = t.run_id, state = t.run_state, version = version_of[t.run_id], arms = {}, order = {} }
         by_id[t.run_id] = run
         runs[#runs + 1] = run
       end
-      local name = c:treatment_name(t.treatment)
+      local name = campaign.treatment_name(defs(run.version), t.treatment)
       local arm = run.arms[name]
       if arm == nil then
         arm = { total = 0 }
@@ -434,7 +484,8 @@ function scheduler.print_summary()
   for _, s in ipairs(scheduler.summary()) do
     print(string.format('campaign %s (version %d)', s.campaign, s.version))
     for _, run in ipairs(s.runs) do
-      print(string.format('  run %d: %s', run.run_id, run.state))
+      print(string.format('  run %d: %s%s', run.run_id, run.state,
+        run.version ~= s.version and string.format(' (version %s)', tostring(run.version)) or ''))
       for _, name in ipairs(run.order) do
         local a = run.arms[name]
         local parts = {}

@@ -572,6 +572,63 @@ c.execute('COMMIT')
   end)
 end)
 
+describe('herald report across campaign versions', function()
+  it("names each run's treatments by its own version and keeps different treatments apart", function()
+    local dir = h.tmpdir()
+    local rows = {}
+    for i = 1, 100 do rows[i] = { id = string.format('e%03d', i), address = string.format('u%03d@example.com', i), cohort = i - 1 } end
+    h.endpoints_sql(dir, 'q.db', rows)
+    local head = [[
+      herald.campaign{ name = 'ver', segment = herald.segment{ name = 'all' }, deliver = { file = 'out.txt' },
+        schedule = { start = '2027-01-04T10:00:00Z', frequency = 'DAILY' }, ]]
+    local abc = head .. [[treatments = { { name = 'A', size = 40, message = { body = 'a' } },
+      { name = 'B', size = 30, message = { body = 'b' } }, { name = 'C', size = 30, message = { body = 'c' } } } }]]
+    -- v1 A/B/C; v2 one message; v3 B and A swapped to other numbers; v4 A/B/C again (A's
+    -- body corrected): one run a day each
+    local versions = { abc, head .. "message = { body = 'only' } }",
+      head .. [[treatments = { { name = 'B', size = 50, message = { body = 'b' } },
+        { name = 'A', size = 50, message = { body = 'a' } } } }]], (abc:gsub("body = 'a'", "body = 'a2'")) }
+    for i, def in ipairs(versions) do
+      h.write(dir .. '/v.lua', def)
+      local _, code, err = h.herald(string.format('--db q.db run --clock-start 2027-01-%02dT09:00:00Z'
+        .. ' --until 2027-01-%02dT12:00:00Z v.lua', 3 + i, 3 + i), { cwd = dir })
+      assert.are.equal(0, code, err)
+    end
+    assert.are.same({ { id = 1, v = 1 }, { id = 2, v = 2 }, { id = 3, v = 3 }, { id = 4, v = 4 } },
+      query(dir, 'SELECT id, campaign_version AS v FROM campaign_runs ORDER BY id'))
+    local function arms(opts)
+      local out, code, err = h.herald('--db q.db -e ' .. h.shell_quote([[
+        local r = assert(herald.analytics.report('ver', ]] .. opts .. [[))
+        local arms = {}
+        for i, a in ipairs(r.arms) do arms[i] = { a.name, a.treatment, a.sends, herald.json.array(a.versions or {}) } end
+        local best = {}
+        for name in pairs(r.p_best.click or {}) do best[#best + 1] = name end
+        table.sort(best)
+        print(herald.json.encode({ arms = arms, p_best = best }))]]), { cwd = dir })
+      assert.are.equal(0, code, err)
+      return json.decode(out)
+    end
+    -- across runs: a treatment adds up while its number and name stay (A and B of v1 and v4);
+    -- v2's 'default' and v3's renumbered B and A are arms of their own, the names that
+    -- repeat labelled with their versions
+    local all = arms('{}')
+    assert.are.same({ { 'A (v1, v4)', 0, 80, { 1, 4 } }, { 'B (v1, v4)', 1, 60, { 1, 4 } }, { 'C', 2, 60, { 1, 4 } },
+                      { 'default', 0, 100, { 2 } }, { 'B (v3)', 0, 50, { 3 } }, { 'A (v3)', 1, 50, { 3 } } }, all.arms)
+    assert.are.same({ 'A (v1, v4)', 'A (v3)', 'B (v1, v4)', 'B (v3)', 'C', 'default' }, all.p_best)
+    -- one run: its own version's names
+    assert.are.same({ { 'A', 0, 40, { 1 } }, { 'B', 1, 30, { 1 } }, { 'C', 2, 30, { 1 } } }, arms('{ run = 1 }').arms)
+    assert.are.same({ { 'default', 0, 100, { 2 } } }, arms('{ run = 2 }').arms)
+    assert.are.same({ { 'B', 0, 50, { 3 } }, { 'A', 1, 50, { 3 } } }, arms('{ run = 3 }').arms)
+    -- the table says which version each run ran
+    local out, code, err = h.herald('--db q.db report ver --run 3', { cwd = dir })
+    assert.are.equal(0, code, err)
+    assert.matches('run 3: scheduled 2027-01-06T10:00:00Z, COMPLETED (version 3)\n', out, 1, true)
+    assert.matches('\nmetric +B +A\nendpoints +50 +50\n', out)
+    out = h.herald('--db q.db report ver --run 1', { cwd = dir })
+    assert.matches('\nmetric +A +B +C\nendpoints +40 +30 +30\n', out)
+  end)
+end)
+
 describe('PutEvents and webhooks', function()
   -- the last user of the fixture's server stops it
   teardown(function()

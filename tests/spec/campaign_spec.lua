@@ -480,6 +480,43 @@ describe('campaign runs', function()
     assert.are.equal(3 * 180, h.count(text, '--- message '))
   end)
 
+  it("names each run's treatments by the version it ran: run summary, campaign show, why", function()
+    local dir = h.tmpdir()
+    simple_endpoints(dir, 100)
+    local head = [[
+      herald.campaign{ name = 'ver', segment = herald.segment{ name = 'all' }, deliver = { file = 'out.txt' },
+        schedule = { start = '2027-01-04T10:00:00Z', frequency = 'DAILY' }, ]]
+    h.write(dir .. '/v.lua', head .. [[
+        treatments = { { name = 'A', size = 40, message = { body = 'a' } }, { name = 'B', size = 30, message = { body = 'b' } },
+                       { name = 'C', size = 30, message = { body = 'c' } } } }
+    ]])
+    local _, code, err = run(dir, '--clock-start 2027-01-04T09:00:00Z --until 2027-01-04T12:00:00Z v.lua')
+    assert.are.equal(0, code, err)
+    -- version 2, the next day, has a single message: treatments 1 and 2 are no more
+    h.write(dir .. '/v.lua', head .. "message = { body = 'only' } }\n")
+    local out
+    out, code, err = run(dir, '--clock-start 2027-01-05T09:00:00Z --until 2027-01-05T12:00:00Z v.lua')
+    assert.are.equal(0, code, err)
+    assert.matches('campaign ver (version 2)\n'
+      .. '  run 1: COMPLETED (version 1)\n'
+      .. '    A               40 endpoints: SENT 40\n'
+      .. '    B               30 endpoints: SENT 30\n'
+      .. '    C               30 endpoints: SENT 30\n'
+      .. '  run 2: COMPLETED\n'
+      .. '    default        100 endpoints: SENT 100\n', out, 1, true)
+    out, code = h.herald('--db c.db campaign show ver', { cwd = dir })
+    assert.are.equal(0, code)
+    local shown = {}
+    for day, name, rest in out:gmatch('\n  2027%-01%-(%d%d)T%S+ COMPLETED (%S+) +SUCCESS: ([^\n]*)') do
+      shown[#shown + 1] = day .. ' ' .. name .. ': ' .. rest
+    end
+    assert.are.same({ '05 default: 100 of 100 sent', '04 A: 40 of 40 sent (version 1)',
+                      '04 B: 30 of 30 sent (version 1)', '04 C: 30 of 30 sent (version 1)' }, shown)
+    out = h.herald('--db c.db why ver e0050', { cwd = dir })
+    assert.matches("run 1 %(#0, version 1, [^)]*%): treatment 1 'B', SENT", out)
+    assert.matches("run 2 %(#1, version 2, [^)]*%): treatment 0 'default', SENT", out)
+  end)
+
   it('deletes (unsent messages recorded CAMPAIGN_DELETED), copies, and lets a treatment keep its own send time', function()
     local dir = h.tmpdir()
     simple_endpoints(dir, 100, function(i, r) r.tz = i % 2 == 0 and 'America/New_York' or 'Asia/Tokyo' end)

@@ -70,6 +70,75 @@ describe('herald run', function()
     end
   end)
 
+  it('takes a version stored by herald campaign load while it runs: new runs use it', function()
+    local dir = h.tmpdir()
+    h.endpoints_sql(dir, 'q.db', { { id = 'ep1', address = 'a@example.com' }, { id = 'ep2', address = 'b@example.com' } })
+    -- v1: 'trig' fires on visits, 'later' is for 2099 with a hook, 'pred' fires on buys
+    local function def(v, later_start, predicate)
+      return string.format([[
+        local all = herald.segment{ name = 'all' }
+        herald.campaign{ name = 'trig', segment = all, deliver = { file = 'trig.txt' },
+          schedule = { event = { types = { 'visit' } } }, message = { subject = 'trig %s', body = 'b' } }
+        herald.campaign{ name = 'later', segment = all, deliver = { file = 'later.txt' }, schedule = %q,
+          message = { subject = 'later %s', body = 'b' },
+          hook = function(eps) local keep = {} for _, e in ipairs(eps) do if e.Id == 'ep1' then keep[#keep + 1] = e end end return keep end }
+        herald.campaign{ name = 'pred', segment = all, deliver = { file = 'pred.txt' },
+          schedule = { event = { types = { 'buy' }%s } }, message = { subject = 'pred %s', body = 'b' } }
+      ]], v, later_start, v, predicate and ', predicate = function() return true end' or '', v)
+    end
+    h.write(dir .. '/c.lua', def('v1', '2099-01-01T00:00:00Z'))
+    local inner = h.shell_quote(h.exe) .. ' --db q.db run --verbose c.lua > out.txt 2> err.txt & echo $! > pid; wait $!; echo $? > rc'
+    os.execute('cd ' .. h.shell_quote(dir) .. ' && sh -c ' .. h.shell_quote(inner) .. ' > /dev/null 2>&1 &')
+    local pid = h.wait_for(function() return tonumber((h.read(dir .. '/pid') or ''):match('%d+')) end, 5000, 'pid')
+    finally(function() os.execute('kill -TERM ' .. pid .. ' 2> /dev/null') end)
+    local function event(ep, type)
+      local _, code, err = h.herald('--db q.db -e ' .. h.shell_quote(string.format([[assert(herald.events.put('%s',
+        { EventId = '%s-%s', EventType = '%s', Timestamp = herald.time.format(require('herald.core.clock').now()) }))]],
+        ep, ep, type, type)), { cwd = dir })
+      assert.are.equal(0, code, err)
+    end
+    local function messages(file) return h.count(h.read(dir .. '/' .. file) or '', '--- message ') end
+    h.wait_for(function() return #h.query(dir, 'q.db', "SELECT id FROM campaigns WHERE source IS NOT NULL") == 3 end,
+      20000, 'the campaigns to load')
+    event('ep1', 'visit')
+    h.wait_for(function() return messages('trig.txt') == 1 end, 20000, 'the first triggered message')
+
+    -- v2 is stored by another process: a new subject for each, 'later' due in a second, and
+    -- 'pred' gets an event predicate, a Lua function the running process never loaded
+    h.write(dir .. '/c.lua', def('v2', os.date('!%Y-%m-%dT%H:%M:%SZ', os.time() + 1), true))
+    local out, code, err = h.herald('--db q.db campaign load c.lua', { cwd = dir })
+    assert.are.equal(0, code, err .. out)
+    event('ep2', 'visit')
+    event('ep1', 'buy')
+    h.wait_for(function() return messages('trig.txt') == 2 and messages('later.txt') == 1 end, 20000,
+      function() return 'v2 messages: ' .. (h.read(dir .. '/err.txt') or '') end)
+    local trig = h.read(dir .. '/trig.txt')
+    assert.are.equal(1, h.count(trig, 'subject: trig v1'))
+    assert.are.equal(1, h.count(trig, 'subject: trig v2'))
+    -- the hook it loaded still filters 'later'
+    local later = h.read(dir .. '/later.txt')
+    assert.matches('to: a@example.com (EMAIL)\nsubject: later v2\n', later, 1, true)
+    local pred = h.wait_for(function()
+      local r = h.query(dir, 'q.db', "SELECT state, error FROM campaigns WHERE id = 'pred'")[1]
+      return r.state == 'INVALID' and r
+    end, 20000, "'pred' to be INVALID")
+    assert.matches('version 2, stored after this process loaded the campaign, cannot be run here: its event predicate is a'
+      .. ' Lua function that this process did not load; restart herald run to run it', pred.error, 1, true)
+    assert.are.same({ { campaign_id = 'later', v = 2 }, { campaign_id = 'trig', v = 1 }, { campaign_id = 'trig', v = 2 } },
+      h.query(dir, 'q.db', 'SELECT campaign_id, campaign_version AS v FROM campaign_runs ORDER BY campaign_id, id'))
+    assert.is_nil(h.read(dir .. '/pred.txt'))
+
+    os.execute('kill -TERM ' .. pid)
+    local rc = h.wait_for(function() return tonumber((h.read(dir .. '/rc') or ''):match('%d+')) end, 20000, 'exit')
+    assert.are.equal(1, rc)
+    assert.matches('campaign trig: version 2 stored; new runs use it', h.read(dir .. '/out.txt'), 1, true)
+    assert.matches('herald run: campaign pred: version 2, stored after', h.read(dir .. '/err.txt'), 1, true)
+    -- restarted, it loads the file and runs version 2 with its predicate: the buy is sent for
+    out, code, err = h.herald('--db q.db run --until-idle c.lua', { cwd = dir })
+    assert.are.equal(0, code, err)
+    assert.matches('subject: pred v2\n', h.read(dir .. '/pred.txt') or '', 1, true)
+  end)
+
   it('reports a definition error with the file and line and exits non-zero', function()
     local dir = h.tmpdir()
     h.write(dir .. '/bad.lua', "local s = herald.segment{ name = 'all' }\nherald.campaign{ name = 'x', segment = s, holdout = 120, message = { body = 'b' } }\n")

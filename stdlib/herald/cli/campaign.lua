@@ -12,7 +12,8 @@ actions:
   list             every stored campaign: state, version, definition file, error
   show NAME        one campaign: state, version, definition file, error, runs per treatment
   load FILE...     load definition files and store their campaigns' definitions without
-                   running them; a file that fails makes the campaigns it defined INVALID
+                   running them (a running `herald run` takes the new versions for its next
+                   runs); a file that fails makes the campaigns it defined INVALID
   pause NAME       stop new runs and hold the run in progress (its rows are not claimed)
   resume NAME      continue a paused campaign exactly where it stopped
   delete NAME      no more runs; messages not yet sent are recorded CAMPAIGN_DELETED
@@ -51,12 +52,14 @@ local function show(name)
   if def.Herald and def.Herald.CopyOf then print('copy of ' .. def.Herald.CopyOf) end
   if st.Error then print('error: ' .. st.Error) end
   if st.PauseReason then print('paused by delivery: ' .. st.PauseReason) end
-  local names = { [-1] = 'holdout', [0] = def.TreatmentName or 'default' }
-  for i, t in ipairs(def.AdditionalTreatments or {}) do names[i] = t.TreatmentName or ('treatment ' .. i) end
+  -- each run's treatments are named by the version it ran (a later one may rename them)
+  local defs = campaign.versions(name)
   for _, a in ipairs(st.Activities) do
     local t = a.TreatmentId == 'holdout' and -1 or tonumber(a.TreatmentId)
-    print(string.format('  %s %-9s %-12s %s: %d of %d sent', a.ScheduledStart, a.State,
-      names[t] or a.TreatmentId, a.Result or '', a.SuccessfulEndpointCount, a.TotalEndpointCount))
+    local version = a.CampaignVersion ~= st.Version and string.format(' (version %d)', a.CampaignVersion) or ''
+    print(string.format('  %s %-9s %-12s %s: %d of %d sent%s', a.ScheduledStart, a.State,
+      campaign.treatment_name(defs(a.CampaignVersion), t), a.Result or '', a.SuccessfulEndpointCount,
+      a.TotalEndpointCount, version))
   end
   return true
 end

@@ -82,7 +82,8 @@ local function header(report)
   local lines = { string.format('campaign %s (version %d), application %s', report.name,
     report.version, report.app) }
   for _, r in ipairs(report.runs) do
-    lines[#lines + 1] = string.format('run %d: scheduled %s, %s', r.id, r.scheduled, r.state)
+    lines[#lines + 1] = string.format('run %d: scheduled %s, %s%s', r.id, r.scheduled, r.state,
+      r.version ~= report.version and string.format(' (version %s)', tostring(r.version)) or '')
   end
   if #report.runs == 0 then lines[#lines + 1] = 'no runs yet' end
   if report.conversion then
