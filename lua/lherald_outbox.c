@@ -9,6 +9,7 @@
 #include "runtime/claimer.h"
 #include "runtime/clock.h"
 #include "runtime/campaign.h"
+#include "runtime/ingest.h"
 #include "runtime/outbox.h"
 
 /* t: an absolute index. A number is converted and stored back into the table, so the text
@@ -480,8 +481,10 @@ static int l_claim(lua_State *L) {
   return 1;
 }
 
-/* report_batch{ {id=, state=, reason=, due_ms=}, ... }: outcomes written in one transaction. A row
- * that is no longer CLAIMED is passed over; any other failure writes nothing and raises. */
+/* report_batch{ {id=, state=, reason=, due_ms=, hard_bounce=}, ... }: outcomes written in one
+ * transaction. hard_bounce (a FAILED row's, the provider's words) records the recipient's refusal
+ * as a hard bounce of the message (herald_ingest_hard_bounce) with the outcome. A row that is no
+ * longer CLAIMED is passed over; any other failure writes nothing and raises. */
 static int l_report_batch(lua_State *L) {
   luaL_checktype(L, 1, LUA_TTABLE);
   HeraldStore *store = herald_context_store(L);
@@ -508,6 +511,7 @@ static int l_report_batch(lua_State *L) {
     lua_pop(L, 2);
     const char *state = opt_field_string(L, r, "state");
     const char *reason = opt_field_string(L, r, "reason");
+    const char *bounce = opt_field_string(L, r, "hard_bounce");
     if (state == NULL) {
       herald_error_set(&err, kHeraldInvalid, "report %lld has no state", (long long)i);
       goto fail;
@@ -522,6 +526,9 @@ static int l_report_batch(lua_State *L) {
       continue;
     }
     if (rc != kHeraldOk) goto fail;
+    if (bounce && strcmp(state, "FAILED") == 0 &&
+        herald_ingest_hard_bounce(store, id, bounce, &err) != kHeraldOk)
+      goto fail;
     lua_pop(L, 1);
     if (strcmp(state, "SENT") == 0)
       used += (size_t)sprintf(sent + used, "%s%lld", nsent++ ? "," : "[", (long long)id);

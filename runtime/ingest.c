@@ -921,6 +921,25 @@ static int check_notification(json_t *n, HeraldError *err) {
   return kHeraldOk;
 }
 
+/* The event of a status notification of a known message, and its endpoint update (NULL: none),
+ * in the caller's transaction. The event id is "<message id>:<event type>", so a notification
+ * given twice is recorded once. */
+static int record_status(HeraldStore *store, const char *app, const char *endpoint, const Origin *o,
+                         const char *type, const char *update, const char *stamp, const char *reason,
+                         HeraldError *err) {
+  char event_id[300];
+  snprintf(event_id, sizeof event_id, "%s:%s", o->message_id, type);
+  json_t *extra = NULL;
+  if (reason) {
+    extra = json_pack("{s:o}", "reason", cut_string(reason, HERALD_EVENT_VALUE_MAX));
+    if (extra == NULL) return herald_error_set(err, kHeraldNoMemory, "out of memory");
+  }
+  int rc = put_engagement(store, app, endpoint, type, event_id, stamp, o, extra, err);
+  if (rc == kHeraldOk && update) rc = mark_endpoint(store, app, endpoint, update, err);
+  json_decref(extra);
+  return rc;
+}
+
 int herald_ingest_status(HeraldStore *store, const char *app, json_t *n, char *event_type_out,
                          char *endpoint_out, HeraldError *err) {
   if (check_notification(n, err) != kHeraldOk) return err->code;
@@ -958,23 +977,52 @@ int herald_ingest_status(HeraldStore *store, const char *app, json_t *n, char *e
   snprintf(campaign, sizeof campaign, "%s", (const char *)sqlite3_column_text(st, 3));
   sqlite3_reset(st);
 
-  char event_id[300];
-  snprintf(event_id, sizeof event_id, "%s:%s", message_id, type);
   Origin o = {campaign, run, treatment, message_id};
   const char *reason = json_string_value(json_object_get(n, "Reason"));
-  json_t *extra = reason ? json_pack("{s:o}", "reason", cut_string(reason, HERALD_EVENT_VALUE_MAX)) : NULL;
   int rc = herald_store_begin(store, err);
   if (rc == kHeraldOk) {
-    rc = put_engagement(store, app, endpoint, type, event_id, stamp, &o, extra, err);
-    if (rc == kHeraldOk && update) rc = mark_endpoint(store, app, endpoint, update, err);
+    rc = record_status(store, app, endpoint, &o, type, update, stamp, reason, err);
     if (rc == kHeraldOk) rc = herald_store_commit(store, err);
     else herald_store_rollback(store);
   }
-  json_decref(extra);
   if (rc != kHeraldOk) return rc;
   if (event_type_out) snprintf(event_type_out, 32, "%s", type);
   if (endpoint_out) snprintf(endpoint_out, HERALD_TRACKING_ID_MAX + 1, "%s", endpoint);
   return kHeraldOk;
+}
+
+int herald_ingest_hard_bounce(HeraldStore *store, int64_t outbox_id, const char *reason,
+                              HeraldError *err) {
+  sqlite3_stmt *st = herald_store_stmt(
+      store, "SELECT r.app_id, o.endpoint_id, o.treatment, o.run_id, r.campaign_id, o.message_id"
+             " FROM outbox o JOIN campaign_runs r ON r.id = o.run_id WHERE o.id = ?1", err);
+  if (st == NULL) return err->code;
+  sqlite3_bind_int64(st, 1, outbox_id);
+  int step = sqlite3_step(st);
+  if (step != SQLITE_ROW) {
+    sqlite3_reset(st);
+    if (step == SQLITE_DONE)
+      return herald_error_set(err, kHeraldNotFound, "no outbox row %lld", (long long)outbox_id);
+    return herald_store_fail(store, err, "looking up a message");
+  }
+  char app[HERALD_TRACKING_ID_MAX + 1], endpoint[HERALD_TRACKING_ID_MAX + 1];
+  char campaign[HERALD_TRACKING_ID_MAX + 1], message_id[HERALD_TRACKING_ID_MAX + 1];
+  snprintf(app, sizeof app, "%s", (const char *)sqlite3_column_text(st, 0));
+  snprintf(endpoint, sizeof endpoint, "%s", (const char *)sqlite3_column_text(st, 1));
+  int treatment = sqlite3_column_int(st, 2);
+  long long run = sqlite3_column_int64(st, 3);
+  snprintf(campaign, sizeof campaign, "%s", (const char *)sqlite3_column_text(st, 4));
+  snprintf(message_id, sizeof message_id, "%s", (const char *)sqlite3_column_text(st, 5));
+  sqlite3_reset(st);
+  /* an endpoint deleted while its message was on the wire: nothing to record, and the failure
+   * must not undo the caller's transaction (the other outcomes it writes) */
+  int found = endpoint_exists(store, app, endpoint, err);
+  if (found < 0) return err->code ? err->code : kHeraldStore;
+  if (found == 0) return kHeraldOk;
+  char stamp[HERALD_DATETIME_LEN];
+  herald_time_format(herald_clock_now_ms(), stamp, sizeof stamp);
+  Origin o = {campaign, run, treatment, message_id};
+  return record_status(store, app, endpoint, &o, "_email.hardbounce", kInactive, stamp, reason, err);
 }
 
 /* HTTP handlers ------------------------------------------------------------------------------ */

@@ -72,6 +72,14 @@ int herald_ingest_put_events(HeraldStore *store, const char *app, json_t *reques
 int herald_ingest_status(HeraldStore *store, const char *app, json_t *notification,
                          char *event_type_out, char *endpoint_out, HeraldError *err);
 
+/* A recipient refused for good when outbox row outbox_id was handed over (an SMTP 550, 551 or
+ * 553 at RCPT), recorded as a BOUNCE/HARD notification of its message is, in the caller's
+ * transaction: _email.hardbounce of the message's endpoint, stamped now, with the campaign
+ * attributes and the reason (may be NULL), and the endpoint INACTIVE. An endpoint deleted
+ * meanwhile gets nothing (kHeraldOk); kHeraldNotFound for an unknown row. */
+int herald_ingest_hard_bounce(HeraldStore *store, int64_t outbox_id, const char *reason,
+                              HeraldError *err);
+
 /* A HeraldTrackingRecorder (ctx: the HeraldIngest): records _email.open, _email.click or
  * _email.unsubscribe (which also sets the endpoint's OptOut to ALL) with the token's ids, at the
  * time of the hit. Each hit is written at once, unless herald_ingest_queue_hits was called:

@@ -4,8 +4,14 @@
 --
 -- Definitions (reference/pinpoint.md §5.3; the counting is done by SQLite):
 --   sends        outbox rows SENT
---   hard bounces endpoints with an _email.hardbounce of the run (once per run and endpoint)
---   deliveries   sends - hard bounces
+--   failed       outbox rows FAILED (refused for good, retries spent, could not be built)
+--   attempted    sends + failed
+--   hard bounces endpoints with an _email.hardbounce of the run (once per run and endpoint):
+--                bounce notices of sent messages, and recipients refused at hand-over (SMTP
+--                RCPT), whose messages are FAILED
+--   deliveries   sends - hard bounces of sent messages; the delivery rate is deliveries /
+--                attempted (Pinpoint's successful-delivery-rate), the hard bounce rate hard
+--                bounces / attempted
 --   opens        endpoints with an _email.open (unique opens); open rate = opens / deliveries
 --   clicks       _email.click events where a recipient's clicks in the same clock hour (UTC)
 --                count once, across links; clickers = endpoints that clicked, and the click
@@ -70,7 +76,7 @@ local function collect(app, campaign, opts)
     local c = t[k]
     if c == nil then
       c = { run = run, treatment = treatment, targeted = 0, sends = 0, failed = 0, skipped = 0,
-            holdout = 0, pending = 0, events = {}, endpoints = {}, hours = {},
+            holdout = 0, pending = 0, events = {}, endpoints = {}, hours = {}, unsent_bounces = 0,
             conversions = 0, conversion_events = 0 }
       t[k] = c
     end
@@ -99,7 +105,10 @@ local function collect(app, campaign, opts)
         CAST(json_extract(attributes, '$.campaign_activity_id') AS INTEGER) AS run,
         CAST(json_extract(attributes, '$.treatment_id') AS INTEGER) AS treatment,
         event_type AS type, %s AS day, count(*) AS events, count(DISTINCT endpoint_id) AS endpoints,
-        count(DISTINCT endpoint_id || '|' || substr(timestamp, 1, 13)) AS hours
+        count(DISTINCT endpoint_id || '|' || substr(timestamp, 1, 13)) AS hours,
+        count(DISTINCT CASE WHEN event_type = '_email.hardbounce' AND EXISTS (SELECT 1 FROM outbox o
+          WHERE o.run_id = CAST(json_extract(events.attributes, '$.campaign_activity_id') AS INTEGER)
+            AND o.endpoint_id = events.endpoint_id AND o.state = 'FAILED') THEN endpoint_id END) AS unsent
       FROM events
       WHERE app_id = ?1 AND event_type IN (%s) AND json_extract(attributes, '$.campaign_id') = ?2
         AND timestamp >= ?3 AND timestamp < ?4
@@ -111,6 +120,8 @@ local function collect(app, campaign, opts)
         c.events[row.type] = row.events
         c.endpoints[row.type] = row.endpoints
         c.hours[row.type] = row.hours
+        -- a hard bounce at hand-over: its message is FAILED, not among the sends
+        if row.type == '_email.hardbounce' then c.unsent_bounces = row.unsent end
       end
     end
   end
@@ -147,15 +158,21 @@ local function collect(app, campaign, opts)
   return runs, counts, daily
 end
 
+-- Sends less the hard bounces of sent messages (a bounce at hand-over failed its message,
+-- which was never among the sends).
+local function deliveries(sends, hard_bounces, unsent_bounces)
+  return math.max(sends - math.max(hard_bounces - unsent_bounces, 0), 0)
+end
+
 -- Figures of one arm from the cells that make it up (one per run).
 local function figures(cells, is_holdout)
   local f = { targeted = 0, sends = 0, failed = 0, skipped = 0, holdout = 0, pending = 0,
-              hard_bounces = 0, soft_bounces = 0, complaints = 0, opens = 0, open_events = 0,
+              hard_bounces = 0, unsent_bounces = 0, soft_bounces = 0, complaints = 0, opens = 0, open_events = 0,
               clicks = 0, clickers = 0, click_events = 0, unsubscribes = 0, push_opens = 0,
               conversions = 0, conversion_events = 0 }
   for _, c in ipairs(cells) do
     for _, k in ipairs({ 'targeted', 'sends', 'failed', 'skipped', 'holdout', 'pending',
-                         'conversions', 'conversion_events' }) do
+                         'unsent_bounces', 'conversions', 'conversion_events' }) do
       f[k] = f[k] + c[k]
     end
     f.hard_bounces = f.hard_bounces + (c.endpoints['_email.hardbounce'] or 0)
@@ -170,13 +187,13 @@ local function figures(cells, is_holdout)
     f.push_opens = f.push_opens + (c.endpoints['_campaign.opened_notification'] or 0)
   end
   f.attempted = f.sends + f.failed
-  f.deliveries = math.max(f.sends - f.hard_bounces, 0)
+  f.deliveries = deliveries(f.sends, f.hard_bounces, f.unsent_bounces)
   -- An endpoint can open a message and later hard-bounce (a provider's late notice), so unique
   -- openers may exceed deliveries; a rate over deliveries is capped at 1.
   local base = is_holdout and f.holdout or f.sends
   f.rates = {
-    delivery = ab.proportion(f.deliveries, f.sends),
-    hard_bounce = ab.proportion(math.min(f.hard_bounces, f.sends), f.sends),
+    delivery = ab.proportion(math.min(f.deliveries, f.attempted), f.attempted),
+    hard_bounce = ab.proportion(math.min(f.hard_bounces, f.attempted), f.attempted),
     open = ab.proportion(math.min(f.opens, f.deliveries), f.deliveries),
     click = ab.proportion(math.min(f.clickers, f.deliveries), f.deliveries),
     unsubscribe = ab.proportion(math.min(f.unsubscribes, f.deliveries), f.deliveries),
@@ -405,7 +422,7 @@ function M.report(campaign, opts)
         name = labels[arm_id(c.treatment, name)] or name
         local e = entry.arms[name] or { deliveries = 0, conversions = 0 }
         local hard = c.endpoints['_email.hardbounce'] or 0
-        e.deliveries = e.deliveries + c.sends - hard
+        e.deliveries = e.deliveries + deliveries(c.sends, hard, c.unsent_bounces)
         e.conversions = e.conversions + c.conversions
         entry.arms[name] = e
       end

@@ -793,11 +793,15 @@ local function stored(name)
 end
 
 -- Pause: no new runs, and the rows of a run in progress are not claimed until resume, which
--- continues exactly where it stopped. Returns true or nil, err.
+-- continues exactly where it stopped. A COMPLETED campaign has nothing left to hold, and a
+-- resume could not tell that it had completed. Returns true or nil, err.
 function campaign.pause(name)
   local c = stored(name)
   if c == nil then return nil, 'unknown campaign ' .. tostring(name) end
   if c.state == 'DELETED' then return nil, 'campaign ' .. name .. ' is deleted' end
+  if c.state == 'COMPLETED' then
+    return nil, 'campaign ' .. name .. ' is COMPLETED: it has no runs left to pause'
+  end
   outbox.set_campaign_state(name, 'PAUSED')
   return true
 end
@@ -910,8 +914,10 @@ function campaign.versions(id, app)
   end
 end
 
--- Pinpoint's ActivityResponse, one per run and treatment, newest run first.
+-- Pinpoint's ActivityResponse, one per run and treatment, newest run first; nil, err for an
+-- unknown campaign.
 function campaign.activities(name)
+  if stored(name) == nil then return nil, 'unknown campaign ' .. tostring(name) end
   local out = {}
   local runs = q('SELECT * FROM campaign_runs WHERE app_id = ? AND campaign_id = ? ORDER BY scheduled_ms DESC',
     core.app(), name)

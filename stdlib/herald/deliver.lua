@@ -786,7 +786,11 @@ function deliver.pump(now_ms, max, ids_json)
           -- the provider answered (a bad address, say): the failures are not consecutive
           state.systemic[cid] = 0
         end
-        if o.feedback then fb[#fb + 1] = { row.endpoint_id, o.feedback } end
+        -- A hard bounce of a message that fails for good is recorded with its outcome, as
+        -- a bounce notice of it would be (an _email.hardbounce with the campaign's attributes,
+        -- the endpoint INACTIVE), so analytics count it; other feedback updates the endpoint.
+        local bounce = verdict == 'permanent' and o.feedback == 'HARD_BOUNCE'
+        if o.feedback and not bounce then fb[#fb + 1] = { row.endpoint_id, o.feedback } end
         deliver.hold(it.profile, o.retry_after_ms)
         if verdict == 'transient' and state.paused[cid] then
           -- Paused while this message was on the wire: it waits for the resume, and the claim
@@ -796,7 +800,8 @@ function deliver.pump(now_ms, max, ids_json)
                                     reason = 'PAUSED: ' .. tostring(o.reason) }
         elseif verdict == 'permanent' then
           state.stats.failed = state.stats.failed + 1
-          reports[#reports + 1] = { id = row.id, state = 'FAILED', reason = 'PERMANENT: ' .. tostring(o.reason) }
+          reports[#reports + 1] = { id = row.id, state = 'FAILED', reason = 'PERMANENT: ' .. tostring(o.reason),
+                                    hard_bounce = bounce and tostring(o.reason) or nil }
         elseif row.attempts >= cfg.retry.max_attempts then
           state.stats.dead = state.stats.dead + 1
           reports[#reports + 1] = { id = row.id, state = 'FAILED',

@@ -535,7 +535,7 @@ c.execute('COMMIT')
         n = n + 1
       end
     end
-    assert.are.equal(3 * 15, n)
+    assert.are.equal(3 * 16, n)
     -- rendered, the page is not blank
     local profile = h.tmpdir()
     local png = f.dir .. '/page.png'
@@ -757,5 +757,123 @@ describe('herald run --serve', function()
     local _, code, err = h.herald('--db q.db run --until-idle --serve nowhere x.lua', { cwd = dir })
     assert.are.equal(1, code)
     assert.matches('--serve', err, 1, true)
+  end)
+end)
+
+describe('herald report with failed messages', function()
+  local S = require 'servers'
+
+  -- 40 email endpoints (every 4th address refused at RCPT) and 8 webhook ones (refused with a
+  -- 400) in two treatments and a holdout, sent through real servers; then a bounce notice of
+  -- one message that was sent comes back by mail.
+  it('shows failures, records RCPT refusals as hard bounces and rates deliveries over the messages attempted', function()
+    local ng = S.start_nginx { tls = false, locations = 'location = /hook-400 { return 400 "bad\\n"; }\n' }
+    local ms = S.start_mailstore()
+    local dir = h.tmpdir()
+    local ok, err = pcall(function()
+      h.write(dir .. '/c.lua', [[
+        for i = 1, 40 do
+          assert(herald.endpoints.put { Id = string.format('e-%02d', i), ChannelType = 'EMAIL',
+            Address = (i % 4 == 0 and 'reject' or 'ok') .. i .. '@example.com' })
+        end
+        for i = 1, 8 do
+          assert(herald.endpoints.put { Id = 'c-' .. i, ChannelType = 'CUSTOM', Address = 'https://x/' .. i })
+        end
+        herald.campaign { name = 'fails', segment = herald.segment { name = 'all' }, holdout = 10,
+          treatments = {
+            { name = 'A', size = 45, message = { subject = 'A', body = 'bodyA' } },
+            { name = 'B', size = 45, message = { subject = 'B', body = 'bodyB' } },
+          },
+          deliver = 'channels' }
+      ]])
+      h.write(dir .. '/providers.lua', string.format([[
+        return { profiles = { hooks = { type = 'webhook', url = %q },
+                              mail = { type = 'smtp', url = %q, from = 'News <news@example.com>' } },
+                 retry = { max_attempts = 2, min_ms = 10, max_ms = 20 },
+                 channels = { CUSTOM = 'hooks', EMAIL = 'mail' } }
+      ]], ng.url .. '/hook-400', ms.url))
+      local _, code, rerr = h.herald('--db q.db run --until-idle --providers providers.lua c.lua', { cwd = dir })
+      assert.are.equal(0, code, rerr)
+      -- the bounce notice of the first message sent
+      local raw = ms:message(1).raw
+      local key = raw:match('\r\nX%-Herald%-Message%-Id: ([^\r\n]+)')
+      local rcpt = assert(query(dir, "SELECT address FROM outbox WHERE message_id = '" .. key .. "'")[1]).address
+      h.write(dir .. '/bounce.eml', (h.read(h.root .. '/tests/fixtures/mail/dsn_hard.eml')
+        :gsub('@@RCPT@@', rcpt):gsub('@@ORIGINAL@@', function() return raw end)))
+      local out, fcode, ferr = h.herald('--db q.db feedback bounce.eml', { cwd = dir })
+      assert.are.equal(0, fcode, ferr .. out)
+      return key
+    end)
+    ng:stop()
+    ms:stop()
+    assert(ok, err)
+    local dsn_message = err
+
+    local rows = query(dir, [[SELECT o.endpoint_id, o.treatment, o.run_id, o.message_id, o.state, o.reason,
+      o.address, e.endpoint_status FROM outbox o JOIN endpoints e ON e.id = o.endpoint_id WHERE o.treatment >= 0]])
+    local events = query(dir, "SELECT endpoint_id, event_type, attributes FROM events WHERE event_type = '_email.hardbounce'")
+    local bounced = {}
+    for _, e in ipairs(events) do
+      assert.is_nil(bounced[e.endpoint_id], 'one hard bounce per endpoint')
+      bounced[e.endpoint_id] = json.decode(e.attributes)
+    end
+    local ex = { [0] = { sends = 0, failed = 0, hard = 0, dsn = 0 }, [1] = { sends = 0, failed = 0, hard = 0, dsn = 0 } }
+    for _, r in ipairs(rows) do
+      local e = ex[r.treatment]
+      if r.state == 'SENT' then e.sends = e.sends + 1 end
+      if r.state == 'FAILED' then e.failed = e.failed + 1 end
+      if r.address:match('^reject') then
+        -- refused at RCPT: a hard bounce of the campaign, recorded as a bounce notice is
+        assert.are.equal('FAILED', r.state)
+        assert.matches('RCPT failed: 550', r.reason, 1, true)
+        e.hard = e.hard + 1
+        local a = assert(bounced[r.endpoint_id], 'no _email.hardbounce for ' .. r.endpoint_id)
+        assert.are.same({ campaign_id = 'fails', treatment_id = tostring(r.treatment),
+          campaign_activity_id = tostring(r.run_id), message_id = r.message_id }, {
+          campaign_id = a.campaign_id, treatment_id = a.treatment_id,
+          campaign_activity_id = a.campaign_activity_id, message_id = a.message_id })
+        assert.matches('5.1.1 no such user', a.reason, 1, true)
+        assert.are.equal('INACTIVE', r.endpoint_status)
+      elseif r.message_id == dsn_message then
+        assert.are.equal('SENT', r.state)
+        assert.is_not_nil(bounced[r.endpoint_id])
+        e.hard, e.dsn = e.hard + 1, 1
+      else
+        assert.is_nil(bounced[r.endpoint_id], r.endpoint_id .. ' did not bounce')
+      end
+    end
+    for t = 0, 1 do
+      local e = ex[t]
+      -- every arm has sends, webhook refusals and RCPT refusals
+      assert.is_true(e.sends > 0 and e.failed > e.hard - e.dsn and e.hard - e.dsn > 0, 'fixture too thin')
+      e.deliveries = e.sends - e.dsn
+      e.attempted = e.sends + e.failed
+    end
+    assert.are.equal(1, ex[0].dsn + ex[1].dsn)
+
+    local out, code, rerr = h.herald('--db q.db report fails', { cwd = dir })
+    assert.are.equal(0, code, rerr)
+    local cells = parse_table(out)
+    for t, name in pairs({ [0] = 'A', [1] = 'B' }) do
+      local e = ex[t]
+      assert.are.equal(tostring(e.sends), cells['sends'][name])
+      assert.are.equal(tostring(e.failed), cells['failed'][name])
+      assert.are.equal(tostring(e.hard), cells['hard bounces'][name])
+      assert.are.equal(tostring(e.deliveries), cells['deliveries'][name])
+      local lo, hi = wilson(e.deliveries, e.attempted)
+      assert.are.equal(string.format('%s [%.1f%%-%.1f%%]', pct(e.deliveries, e.attempted), 100 * lo, 100 * hi),
+        cells['delivery rate'][name])
+    end
+    assert.are.equal('-', cells['failed']['holdout'])
+    -- the KPIs agree with the report
+    local kout, kcode, kerr = h.herald('--db q.db -e ' .. h.shell_quote([[
+      local function v(name) return herald.analytics.kpi('fails', name).KpiResult.Rows[1].Values[1].Value end
+      print(v('successful-delivery-rate'), v('hard-bounce-rate'), v('attempted-deliveries'))]]), { cwd = dir })
+    assert.are.equal(0, kcode, kerr)
+    local rate, hard_rate, attempted = kout:match('^(%S+)\t(%S+)\t(%S+)')
+    local all = ex[0].attempted + ex[1].attempted
+    assert.is_true(math.abs(tonumber(rate) - (ex[0].deliveries + ex[1].deliveries) / all) < 1e-12, kout)
+    assert.is_true(math.abs(tonumber(hard_rate) - (ex[0].hard + ex[1].hard) / all) < 1e-12, kout)
+    assert.are.equal(tostring(all), attempted)
   end)
 end)

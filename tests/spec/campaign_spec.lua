@@ -449,6 +449,34 @@ describe('campaign runs', function()
     assert.are.equal('COMPLETED', q(dir, "SELECT state FROM campaigns")[1].state)
   end)
 
+  it('refuses to pause a COMPLETED campaign, and activities of an unknown one', function()
+    local dir = h.tmpdir()
+    simple_endpoints(dir, 3)
+    h.write(dir .. '/d.lua', [[
+      herald.campaign{ name = 'done', segment = herald.segment{ name = 'all' }, message = { body = 'x' },
+        deliver = { file = 'out.txt' } }
+    ]])
+    local _, code, err = run(dir, '--until-idle d.lua')
+    assert.are.equal(0, code, err)
+    assert.are.equal('COMPLETED', q(dir, "SELECT state FROM campaigns")[1].state)
+    -- a resume could not tell it had completed: it would wait for a next run that never comes
+    local out
+    out, code, err = h.herald('--db c.db campaign pause done', { cwd = dir })
+    assert.are.equal(1, code, out)
+    assert.matches('campaign done is COMPLETED', err, 1, true)
+    assert.are.equal('COMPLETED', q(dir, "SELECT state FROM campaigns")[1].state)
+    -- status and activities answer alike for a campaign that does not exist
+    for _, action in ipairs({ 'status', 'activities' }) do
+      out, code, err = h.herald('--db c.db campaign ' .. action .. ' no-such-campaign', { cwd = dir })
+      assert.are.equal(1, code, action)
+      assert.are.equal('', out)
+      assert.matches('unknown campaign no-such-campaign', err, 1, true)
+    end
+    out, code = h.herald('--db c.db campaign activities done', { cwd = dir })
+    assert.are.equal(0, code)
+    assert.are.equal(3, json.decode(out)[1].SuccessfulEndpointCount)
+  end)
+
   it('keeps arms by cohort across runs and versions; an update makes a new version, the run keeps its own', function()
     local dir = h.tmpdir()
     simple_endpoints(dir, 200)

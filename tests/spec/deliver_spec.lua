@@ -252,12 +252,17 @@ describe('delivery through providers', function()
       assert.matches('550', rows[3].reason)
       assert.are.equal('INACTIVE', query(dir, "SELECT endpoint_status AS s FROM endpoints WHERE id = 'ep-00003'")[1].s)
       -- each sent email is recorded as Pinpoint records it: _campaign.send and _email.send with
-      -- the campaign's attributes; the refused one has none, and sending is not activity
+      -- the campaign's attributes; the one refused at RCPT only as a hard bounce, and neither
+      -- sending nor bouncing is activity
       local ev = query(dir, [[SELECT endpoint_id, event_type, event_id, json_extract(attributes, '$.campaign_id') AS c,
         json_extract(attributes, '$.treatment_id') AS t, json_extract(attributes, '$.campaign_activity_id') AS a,
         json_extract(attributes, '$.message_id') AS m, json_extract(attributes, '$.delivery_type') AS dt,
-        json_extract(attributes, '$.campaign_send_status') AS st FROM events ORDER BY endpoint_id, event_type]])
+        json_extract(attributes, '$.campaign_send_status') AS st FROM events
+        WHERE event_type <> '_email.hardbounce' ORDER BY endpoint_id, event_type]])
       assert.are.equal(4, #ev)
+      assert.are.same({ { endpoint_id = 'ep-00003', m = rows[3].message_id } },
+        query(dir, [[SELECT endpoint_id, json_extract(attributes, '$.message_id') AS m FROM events
+          WHERE event_type = '_email.hardbounce']]))
       local run_id = tostring(query(dir, "SELECT id FROM campaign_runs")[1].id)
       for i, e in ipairs(ev) do
         local row = rows[(i + 1) // 2]

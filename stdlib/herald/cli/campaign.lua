@@ -14,7 +14,8 @@ actions:
   load FILE...     load definition files and store their campaigns' definitions without
                    running them (a running `herald run` takes the new versions for its next
                    runs); a file that fails makes the campaigns it defined INVALID
-  pause NAME       stop new runs and hold the run in progress (its rows are not claimed)
+  pause NAME       stop new runs and hold the run in progress (its rows are not claimed);
+                   not for a COMPLETED or DELETED campaign
   resume NAME      continue a paused campaign exactly where it stopped
   delete NAME      no more runs; messages not yet sent are recorded CAMPAIGN_DELETED
   copy NAME NEW    store a copy of NAME (definition and segment) as NEW (version 1, SCHEDULED);
@@ -101,7 +102,7 @@ function M.run(args)
     if ok then print(string.format('campaign %s copied to %s', name, args[3])) end
   elseif action == 'status' or action == 'activities' then
     local res
-    if action == 'status' then res, err = campaign.status(name) else res = campaign.activities(name) end
+    if action == 'status' then res, err = campaign.status(name) else res, err = campaign.activities(name) end
     if res then
       ok = true
       print(json.encode(res, { sort = true, pretty = true }))

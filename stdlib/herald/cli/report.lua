@@ -7,10 +7,13 @@ local M = {}
 M.usage = [[
 usage: herald report CAMPAIGN [options]
 
-Prints the campaign's figures per treatment and holdout: endpoints, sends, deliveries (sends
-minus hard bounces), unique opens, clicks (a recipient's clicks in one clock hour count once),
-unsubscribes and conversions, with rates, 95% intervals (Wilson), two-proportion tests between
-treatments, P(best) and the lift of each treatment over the holdout.
+Prints the campaign's figures per treatment and holdout: endpoints, sends, failed messages
+(refused for good, retries spent, or not built), hard bounces (bounce notices, and recipients
+refused at SMTP RCPT, whose messages are among the failed), deliveries (sends minus the hard
+bounces of sent messages) and the delivery rate (deliveries over sends and failed), unique
+opens, clicks (a recipient's clicks in one clock hour count once), unsubscribes and
+conversions, with rates, 95% intervals (Wilson), two-proportion tests between treatments,
+P(best) and the lift of each treatment over the holdout.
 
 options:
   --run N              one run (campaign activity) instead of all runs
@@ -53,6 +56,7 @@ local function rows(report)
   local list = {
     { 'endpoints', 'endpoints', function(a) return tostring(a.treatment < 0 and a.holdout or a.targeted) end },
     { 'sends', 'sends', function(a) return count_text(a, 'sends') end },
+    { 'failed', 'failed', function(a) return count_text(a, 'failed') end },
     { 'hard bounces', 'hard_bounces', function(a) return count_text(a, 'hard_bounces') end },
     { 'deliveries', 'deliveries', function(a) return count_text(a, 'deliveries') end },
     { 'delivery rate', 'delivery_rate', function(a) return rate_text(a.treatment >= 0 and a.rates.delivery or nil) end },
