@@ -636,8 +636,7 @@ local function with_retries(what, fn, ...)
     local ok, a, b, c, d = pcall(fn, ...)
     if ok then return a, b, c, d end
     -- only a busy store is waited for: any other failure is raised at once
-    local busy = tostring(a):find('locked', 1, true) or tostring(a):find('busy', 1, true)
-    if attempt == STORE_TRIES or not busy then error(a, 0) end
+    if attempt == STORE_TRIES or not db.busy(a) then error(a, 0) end
     if attempt == 1 or attempt % 10 == 0 then
       io.stderr:write('herald: ' .. what .. ' failed, trying again: ' .. tostring(a) .. '\n')
     end
