@@ -537,8 +537,11 @@ function deliver.feedback(endpoint_id, kind, app)
   end
 end
 
+local with_retries
+
 -- Pauses a campaign for reason; why (default: the systemic failures rule) is what campaign
--- show and status give as its PauseReason.
+-- show and status give as its PauseReason. A busy store is waited for (with_retries), as
+-- for the outcomes, rather than ending delivery with the claim's rows CLAIMED.
 local function pause(campaign_id, reason, why)
   if state.paused[campaign_id] then return end
   state.paused[campaign_id] = reason
@@ -548,7 +551,7 @@ local function pause(campaign_id, reason, why)
   local st = now and now[1] and now[1].state
   if st == 'DELETED' or st == 'INVALID' then return end
   local n = deliver.config().pause_after
-  outbox.set_campaign_state(campaign_id, 'PAUSED', hcore.app(),
+  with_retries('pausing campaign ' .. campaign_id, outbox.set_campaign_state, campaign_id, 'PAUSED', hcore.app(),
     why or string.format('%d consecutive systemic failures, the last: %s', n, reason))
   io.stderr:write(why and string.format('herald: campaign %s paused: %s\n', campaign_id, why)
     or string.format('herald: campaign %s paused after %d consecutive systemic failures: %s\n', campaign_id, n, reason))
@@ -725,13 +728,12 @@ end
 -- minute before the error is raised: a daemon waits for the store rather than dying with its
 -- outcomes unwritten. what says what was being done, for the message.
 local STORE_TRIES = 60
-local function with_retries(what, fn, ...)
+function with_retries(what, fn, ...)
   for attempt = 1, STORE_TRIES do
     local ok, a, b, c, d = pcall(fn, ...)
     if ok then return a, b, c, d end
     -- only a busy store is waited for: any other failure is raised at once
-    local busy = tostring(a):find('locked', 1, true) or tostring(a):find('busy', 1, true)
-    if attempt == STORE_TRIES or not busy then error(a, 0) end
+    if attempt == STORE_TRIES or not db.busy(a) then error(a, 0) end
     if attempt == 1 or attempt % 10 == 0 then
       io.stderr:write('herald: ' .. what .. ' failed, trying again: ' .. tostring(a) .. '\n')
     end
@@ -779,9 +781,10 @@ function deliver.pump(now_ms, max, ids_json)
         reports[#reports + 1] = { id = row.id, state = 'RELEASED', due_ms = now + wait,
                                   reason = 'RETRY_AFTER: ' .. tostring(o.reason) }
       else
+        local pausing = false
         if o.systemic then
           state.systemic[cid] = (state.systemic[cid] or 0) + 1
-          if state.systemic[cid] >= cfg.pause_after then pause(cid, o.reason) end
+          pausing = state.systemic[cid] >= cfg.pause_after
         else
           -- the provider answered (a bad address, say): the failures are not consecutive
           state.systemic[cid] = 0
@@ -792,7 +795,7 @@ function deliver.pump(now_ms, max, ids_json)
         local bounce = verdict == 'permanent' and o.feedback == 'HARD_BOUNCE'
         if o.feedback and not bounce then fb[#fb + 1] = { row.endpoint_id, o.feedback } end
         deliver.hold(it.profile, o.retry_after_ms)
-        if verdict == 'transient' and state.paused[cid] then
+        if verdict == 'transient' and (state.paused[cid] or pausing) then
           -- Paused while this message was on the wire: it waits for the resume, and the claim
           -- does not count as one of its attempts, so a pause never burns the audience.
           state.stats.retried = state.stats.retried + 1
@@ -811,6 +814,15 @@ function deliver.pump(now_ms, max, ids_json)
           local delay = math.max(backoff(row.attempts), o.retry_after_ms or 0)
           reports[#reports + 1] = { id = row.id, state = 'PENDING', due_ms = now + delay,
                                     reason = 'RETRY: ' .. tostring(o.reason) }
+        end
+        -- After the row's own outcome is kept. A pause the store still refuses after the
+        -- retries is reported rather than raised, so the claim's outcomes are written all the
+        -- same (not left CLAIMED); the rule pauses the campaign at its next failures.
+        if pausing then
+          local okp, perr = pcall(pause, cid, o.reason)
+          if not okp then
+            io.stderr:write('herald: campaign ' .. cid .. ' could not be paused: ' .. tostring(perr) .. '\n')
+          end
         end
       end
     end
@@ -841,7 +853,7 @@ function deliver.pump(now_ms, max, ids_json)
   end
   for _, f in ipairs(fb) do deliver.feedback(f[1], f[2]) end
   -- A full claim means more is due at once: runs are closed when the claims run short.
-  if #rows < max then outbox.complete_runs() end
+  if #rows < max then with_retries('closing runs', outbox.complete_runs) end
   return #rows, outbox.next_due(ids_json)
 end
 

@@ -2,7 +2,9 @@
 -- code live in a sandbox; each step that can run user code (materialising a campaign's run,
 -- delivering a batch) is its own sandboxed call, so a failing or runaway campaign fails that
 -- step with its file and line while the loop and the other campaigns go on. A stop request
--- (SIGINT/SIGTERM) cuts the sleep short; the step in hand finishes writing first.
+-- (SIGINT/SIGTERM) cuts the sleep short; the step in hand finishes writing first. A step
+-- that meets a busy store (another process holding it past the busy timeout: an import, a
+-- second herald) fails no campaign: the loop waits a second and tries it again.
 local core = require 'herald.core'
 local task = require 'herald.core.task'
 local clock = require 'herald.core.clock'
@@ -12,6 +14,7 @@ local sandbox_core = require 'herald.core.sandbox'
 local campaign = require 'herald.campaign'
 local deliver = require 'herald.deliver'
 local winner = require 'herald.winner'
+local db = require 'herald.db'
 
 local runner = {}
 runner.__index = runner
@@ -23,6 +26,8 @@ local EVENT_POLL_MS = 20
 -- goes round: event triggers, new runs and A/B decisions are not held up behind a large
 -- campaign's whole audience.
 local DRAIN_BUDGET_MS = 250
+-- How long the loop waits before it tries again what a busy store refused.
+local BUSY_WAIT_MS = 1000
 
 -- new{memory =, budget =, log = function(msg), err = function(msg)}
 function runner.new(opts)
@@ -33,18 +38,25 @@ function runner.new(opts)
     log = opts.log or function() end,
     err = opts.err or function(msg) io.stderr:write('herald run: ' .. msg .. '\n') end,
     failures = 0,
+    busy = nil,        -- {what =, err =}: the first step of this pass that met a busy store
+    busy_passes = 0,   -- passes in a row that met one
   }, runner)
 end
 
 -- Calls scheduler.NAME(...) in the sandbox. Returns true, results... or false, the error
--- after reporting it.
+-- after reporting it (a busy store is noted for the pass's wait instead: db.busy(err) tells).
 function runner:step(name, ...)
   local r = table.pack(self.sb:run('local name = ...; local s = require "herald.scheduler";'
     .. ' return s[name](select(2, ...))', '=(herald run)', name, ...))
   if not r[1] then
-    self.failures = self.failures + 1
-    self.err(tostring(r[2]))
-    return false, tostring(r[2])
+    local err = tostring(r[2])
+    if db.busy(err) then
+      self:met_busy(name, err)
+    else
+      self.failures = self.failures + 1
+      self.err(err)
+    end
+    return false, err
   end
   return table.unpack(r, 1, r.n)
 end
@@ -52,6 +64,24 @@ end
 -- The first line of a load error (file:line: message), without the traceback.
 local function headline(err)
   return (tostring(err):match('^[^\n]*'))
+end
+
+-- Notes a failure of what (a step) on a busy store, for the wait at the end of the pass; it is
+-- no failure of the run.
+function runner:met_busy(what, err)
+  self.busy = self.busy or { what = what, err = err }
+end
+
+-- After a pass that met a busy store: waits, then the loop goes round and tries again. Said
+-- on the first such pass and every tenth, not every second of a long import.
+function runner:wait_busy()
+  self.busy_passes = self.busy_passes + 1
+  if self.busy_passes == 1 or self.busy_passes % 10 == 0 then
+    self.err(string.format('%s: the store is busy (another process holds it), trying again: %s',
+      self.busy.what, headline(self.busy.err)))
+  end
+  self.busy = nil
+  task.sleep(BUSY_WAIT_MS)
 end
 
 -- Loads definition files; a file that fails leaves none of its campaigns behind, and the
@@ -100,18 +130,36 @@ end
 -- when nothing more is due before that instant (for a manual clock running months ahead).
 function runner:loop(opts)
   opts = opts or {}
-  local recovered = outbox.recover()
+  local recovered
+  while true do
+    local okr, r = pcall(outbox.recover)
+    if okr then
+      recovered = r
+      break
+    end
+    if not db.busy(r) then error(r, 0) end
+    self:met_busy('recovering in-doubt messages', r)
+    self:wait_busy()
+    if core.stopping() then return { stopped = true } end
+  end
+  self.busy_passes = 0
   if recovered > 0 then
     self.log(string.format('recovered %d in-doubt messages; they are retried with the same message id',
       recovered))
   end
   local failed = {}
+  -- campaign id -> the error that makes it INVALID, until the store has taken it
+  local invalidate = {}
   local last_refresh
   while not core.stopping() do
     local now = clock.now()
     local progressed = false
     local ok, plan = self:step('plan', now)
-    if not ok then break end
+    if not ok then
+      if not self.busy then break end
+      self:wait_busy()
+      goto continue
+    end
     for _, v in ipairs(plan.versions) do
       if v.error then
         self.failures = self.failures + 1
@@ -129,11 +177,17 @@ function runner:loop(opts)
           if created then
             self.log(string.format('campaign %s: run %d materialised for %d endpoints', d.id, run_id, n))
           end
-        else
+        elseif not db.busy(run_id) then
+          -- the campaign's own failure (its code, its definition); a busy store is not one:
+          -- the run is materialised on a later pass, once the store takes it
           failed[key] = true
-          self:step('mark_invalid', d.id, headline(run_id))
+          invalidate[d.id] = headline(run_id)
         end
       end
+    end
+    for id, err in pairs(invalidate) do
+      local oki, ierr = self:step('mark_invalid', id, err)
+      if oki or not db.busy(ierr) then invalidate[id] = nil end
     end
 
     local okt, events, more_events = self:step('triggers', now)
@@ -144,8 +198,12 @@ function runner:loop(opts)
     -- A/B winners before delivery, so a released rest goes out in this pass
     local okw, made, next_decision = pcall(winner.step, plan.ids, now)
     if not okw then
-      self.failures = self.failures + 1
-      self.err(tostring(made))
+      if db.busy(made) then
+        self:met_busy('A/B decisions', made)
+      else
+        self.failures = self.failures + 1
+        self.err(tostring(made))
+      end
       made, next_decision = {}, nil
     end
     for _, d in ipairs(made) do
@@ -167,6 +225,13 @@ function runner:loop(opts)
       last_refresh = clock.now()
     end
 
+    -- What a busy store refused is tried again after a wait, even on a manual clock (which
+    -- must not move past a run not yet materialised).
+    if self.busy then
+      self:wait_busy()
+      goto continue
+    end
+    self.busy_passes = 0
     local wake = plan.next_start
     if next_due and (wake == nil or next_due < wake) then wake = next_due end
     if next_decision and (wake == nil or next_decision < wake) then wake = next_decision end
@@ -190,6 +255,7 @@ function runner:loop(opts)
       if wake then wait = math.max(0, math.min(poll, wake - clock.now())) end
       task.sleep(wait)
     end
+    ::continue::
   end
   return { stopped = core.stopping() }
 end

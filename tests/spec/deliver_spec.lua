@@ -40,6 +40,7 @@ describe('delivery through providers', function()
       location = /hook-unauth { return 401 "bad token\n"; }
       location = /hook-busy { echo_sleep 0.2; echo "ok"; }
       location = /hook-20ms { echo_sleep 0.02; echo "ok"; }
+      location = /hook-slowfail { echo_status 500; echo_sleep 1; echo "broken"; }
     ]] }
     emu = S.start_emulator()
   end)
@@ -924,6 +925,41 @@ time.sleep(7); c.execute('COMMIT')
     assert.matches('rc 0', out, 1, true)
     assert.are.same({ { state = 'SENT', n = 30 } }, query(dir, 'SELECT state, count(*) AS n FROM outbox GROUP BY state'))
     assert.are.same({ 30, 30 }, { ng:key_counts('/hook-busy') })
+  end)
+
+  it('pauses on systemic failures while another process holds the store, leaving nothing claimed', function()
+    local dir = h.tmpdir()
+    campaign_file(dir, { n = 5, channel = 'CUSTOM', name = 'sf', addr = "function(i) return 'hook-' .. i end" })
+    h.write(dir .. '/providers.lua', string.format([[
+      return { profiles = { hooks = { type = 'webhook', url = %q, connections = 10 } }, channels = { CUSTOM = 'hooks' },
+               pause_after = 3 }
+    ]], ng.url .. '/hook-slowfail'))
+    local _, code, err = h.herald('--db d.db -e "herald.endpoints.count()"', { cwd = dir })
+    assert.are.equal(0, code, err)
+    -- once the messages are claimed (on the wire, refused with a 500 after 1 s), another
+    -- process holds the store for 3 s, past herald's busy timeout: the pause meets it
+    h.write(dir .. '/hold.py', [[
+import sqlite3, time
+c = sqlite3.connect('d.db', isolation_level=None, timeout=30)
+for _ in range(3000):
+    if c.execute("SELECT count(*) FROM outbox WHERE state = 'CLAIMED'").fetchone()[0] == 5: break
+    time.sleep(0.01)
+c.execute('BEGIN IMMEDIATE')
+open('held', 'w').close()
+time.sleep(3)
+c.execute('COMMIT')
+]])
+    local out = h.sh('cd ' .. h.shell_quote(dir) .. ' && (python3 hold.py & HERALD_BUSY_TIMEOUT_MS=200 '
+      .. h.shell_quote(h.exe) .. ' --db d.db run --until-idle c.lua > a.out 2> a.err; echo "rc=$?"; wait)')
+    local stderr = h.read(dir .. '/a.err') or ''
+    assert.is_truthy(h.read(dir .. '/held'), 'the store was not held')
+    assert.matches('database is locked', stderr, 1, true)
+    assert.matches('rc=0', out, 1, true)
+    local c = query(dir, "SELECT state, pause_reason FROM campaigns WHERE id = 'sf'")[1]
+    assert.are.equal('PAUSED', c.state, stderr)
+    assert.matches('3 consecutive systemic failures, the last: HTTP 500', c.pause_reason, 1, true)
+    -- every message's outcome was written: all wait for the resume, none is left claimed
+    assert.are.same({ { state = 'PENDING', n = 5 } }, query(dir, 'SELECT state, count(*) AS n FROM outbox GROUP BY state'))
   end)
 
   it("leaves another application's paused campaign of the same name out of this one's", function()

@@ -139,6 +139,47 @@ describe('herald run', function()
     assert.matches('subject: pred v2\n', h.read(dir .. '/pred.txt') or '', 1, true)
   end)
 
+  it('materialises a run that falls due while another process holds the store, once it is free', function()
+    local dir = h.tmpdir()
+    h.write(dir .. '/c.lua', [[
+      if herald.endpoints.count() == 0 then
+        for i = 1, 20 do assert(herald.endpoints.put{ Id = 'e' .. i, ChannelType = 'EMAIL', Address = 'e' .. i .. '@example.com' }) end
+      end
+      herald.campaign{ name = 'due', segment = herald.segment{ name = 'all' }, message = { body = 'hi {{Id}}' },
+        deliver = { file = 'out.txt' } }
+    ]])
+    for _, args in ipairs({ 'campaign load c.lua', 'campaign pause due' }) do
+      local _, code, err = h.herald('--db q.db ' .. args, { cwd = dir })
+      assert.are.equal(0, code, args .. ': ' .. err)
+    end
+    -- While `herald run` goes round, another process resumes the campaign and, without letting
+    -- go of the store in between, holds it (an import, say) far past herald's busy timeout: the
+    -- run falls due at herald's next pass, with the store busy.
+    h.write(dir .. '/hold.py', [[
+import sqlite3, time
+time.sleep(1.5)
+c = sqlite3.connect('q.db', isolation_level=None, timeout=30)
+c.execute('BEGIN IMMEDIATE')
+c.execute("UPDATE campaigns SET state = 'PENDING_NEXT_RUN', pause_reason = NULL WHERE id = 'due'")
+c.execute('COMMIT')
+c.execute('BEGIN IMMEDIATE')
+time.sleep(2.5)
+open('released', 'w').close()
+c.execute('COMMIT')
+]])
+    local out = h.sh('cd ' .. h.shell_quote(dir) .. ' && (HERALD_BUSY_TIMEOUT_MS=200 ' .. h.shell_quote(h.exe)
+      .. ' --db q.db run c.lua > a.out 2> a.err & pid=$!; python3 hold.py;'
+      .. ' for i in $(seq 100); do [ "$(grep -c "hi e" out.txt 2>/dev/null)" = 20 ] && break; sleep 0.1; done;'
+      .. ' kill -TERM $pid; wait $pid; echo "rc=$?")')
+    local stderr = h.read(dir .. '/a.err') or ''
+    assert.is_truthy(h.read(dir .. '/released'), 'the store was not held')
+    assert.matches('database is locked', stderr, 1, true)
+    -- the run went out whole once the store was free, and the campaign did not fail
+    assert.are.equal(20, h.count(h.read(dir .. '/out.txt') or '', 'hi e'), stderr)
+    assert.matches('rc=0', out, 1, true)
+    assert.are.same({ { state = 'COMPLETED' } }, h.query(dir, 'q.db', "SELECT state, error FROM campaigns WHERE id = 'due'"))
+  end)
+
   it('reports a definition error with the file and line and exits non-zero', function()
     local dir = h.tmpdir()
     h.write(dir .. '/bad.lua', "local s = herald.segment{ name = 'all' }\nherald.campaign{ name = 'x', segment = s, holdout = 120, message = { body = 'b' } }\n")
