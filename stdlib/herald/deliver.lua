@@ -13,7 +13,8 @@
 -- for permanent ones and, after the retry bound, FAILED 'DEAD_LETTER: ...'. After
 -- pause_after consecutive systemic failures (connection, TLS, 5xx, refused credentials) the
 -- campaign is PAUSED with the reason and its rows are no longer claimed. The idempotency key
--- is the outbox message id throughout.
+-- is the outbox message id throughout. Limits are kept in the store (with_limits), so every
+-- process on it counts against the same windows.
 local outbox = require 'herald.core.outbox'
 local core = require 'herald.core.deliver'
 local clock = require 'herald.core.clock'
@@ -84,9 +85,71 @@ local function channel_for(profile)
   return ch
 end
 
+-- Limits are kept in the store (table rate_limits, runtime/ratelimit_store.c) so that every
+-- process on it, and this one after a restart, counts against the same windows and honours
+-- the same Retry-After: limits live in memory only as copies. Within with_limits(fn), a limit
+-- fn uses is read from the store when first used (only when another process wrote it since
+-- this one last read or wrote it) and written back before the commit when it changed; SQLite
+-- serializes writers, so no two processes spend the same room. A claim reads each of its
+-- limits once and writes the ones it took from once, whatever the number of its rows.
+local synced = setmetatable({}, { __mode = 'k' })  -- limit -> { key =, gen =, saved = }
+local session = nil                                -- the limits of the current with_limits
+
+local function sync(l, key)
+  if session[l] then return end
+  session[l] = true
+  session[#session + 1] = l
+  local s = synced[l]
+  if s == nil then
+    -- gen: the stored generation this copy is in step with (-1: none); saved: l:changes()
+    -- when it last was (its changes since are this process's, not yet written)
+    s = { key = key, gen = -1, saved = l:changes() }
+    synced[l] = s
+  end
+  -- a change not written yet (a pause the store refused) is written with the stored state,
+  -- which keeps the longer pause
+  local unwritten = l:changes() ~= s.saved
+  local gen, loaded, err = ratelimit.load(l, hcore.app(), key, s.gen)
+  s.gen = gen
+  if loaded and not unwritten then s.saved = l:changes() end
+  if err then
+    io.stderr:write('herald: ' .. err .. ' (this process\'s count replaces it)\n')
+    s.saved = -1
+  end
+end
+
+-- Runs fn(...) in a store transaction with the limits it uses shared through the store;
+-- returns fn's results (up to four). Inside another with_limits, fn joins it.
+local function with_limits(fn, ...)
+  if session then return fn(...) end
+  session = {}
+  local ok, a, b, c, d = pcall(core.transaction, function(...)
+    local r1, r2, r3, r4 = fn(...)
+    local app = hcore.app()
+    for _, l in ipairs(session) do
+      local s = synced[l]
+      local changes = l:changes()
+      if changes ~= s.saved then
+        s.gen = ratelimit.save(l, app, s.key)
+        s.saved = changes
+      end
+    end
+    return r1, r2, r3, r4
+  end, ...)
+  local used = session
+  session = nil
+  if not ok then
+    -- what was written rolled back: read the stored state again at the next use
+    for _, l in ipairs(used) do synced[l].gen = -1 end
+    error(a, 0)
+  end
+  return a, b, c, d
+end
+deliver.with_limits = with_limits
+
 -- Every profile has a limit of its own, even without windows, so a Retry-After pauses that
 -- provider alone; it sits under the global cap when there is one.
-local UNLIMITED = { per_second = 1e12 }
+local UNLIMITED = { windows = {} }
 
 local function profile_limit(profile)
   local l = state.limits[profile.name]
@@ -96,6 +159,10 @@ local function profile_limit(profile)
     opts.parent = state.global
     l = ratelimit.new(opts)
     state.limits[profile.name] = l
+  end
+  if session then
+    if state.global then sync(state.global, 'global') end
+    sync(l, 'profile:' .. profile.name)
   end
   return l
 end
@@ -110,6 +177,7 @@ local function campaign_limit(campaign_id, def)
     state.campaign_limits[campaign_id] = l
     campaign_steps[campaign_id] = l and math.max(1, math.ceil(1000 / math.max(mps, 1))) or nil
   end
+  if l and session then sync(l, 'campaign:' .. campaign_id) end
   return l or nil, campaign_steps[campaign_id]
 end
 
@@ -223,14 +291,27 @@ function deliver.route_channel(channel)
   return route({ Herald = { Deliver = { type = 'channels' } } }, channel)
 end
 
--- Takes a slot from the profile's limits now: true, or false and the next slot.
+-- Takes a slot from the profile's limits now: true, or false and the next slot. Takes of
+-- many messages go inside one with_limits, which reads and writes the limits once.
 function deliver.take(profile)
-  return profile_limit(profile):take()
+  return with_limits(function() return profile_limit(profile):take() end)
 end
 
--- Holds the profile for ms (a provider's Retry-After): nothing is sent through it meanwhile.
+-- Holds the profile for ms (a provider's Retry-After): nothing is sent through it meanwhile,
+-- by any process on the store. A pause no longer than the one written already is not written
+-- again (a claim's held messages all bring the same Retry-After). When the store cannot take
+-- it, this process still holds the profile, and its next claim writes the pause.
 function deliver.hold(profile, ms)
-  if ms and ms > 0 then profile_limit(profile):pause(ms) end
+  if not (ms and ms > 0) then return end
+  local l = profile_limit(profile)
+  l:pause(ms)
+  local s = synced[l]
+  if s and s.saved == l:changes() then return end
+  local ok, err = pcall(with_limits, function() profile_limit(profile):pause(ms) end)
+  if not ok then
+    io.stderr:write('herald: the Retry-After of profile ' .. profile.name
+      .. ' is not written to the store yet, other processes do not see it: ' .. tostring(err) .. '\n')
+  end
 end
 
 -- Builds the message for a claimed row: a table channels understand, or nil, reason.
@@ -658,7 +739,7 @@ function deliver.pump(now_ms, max, ids_json)
   ids_json = claimable(ids_json)
   local cfg = deliver.config()
   -- a claim that fails leaves nothing claimed (its transaction rolls back): tried again
-  local rows, reports, defers, items = with_retries('claiming', core.transaction, claim_and_prepare, now_ms, max, ids_json)
+  local rows, reports, defers, items = with_retries('claiming', with_limits, claim_and_prepare, now_ms, max, ids_json)
   local fb = {}
   if #items > 0 then
     local settled = {}
