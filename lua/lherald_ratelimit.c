@@ -1,11 +1,14 @@
 /* herald.core.ratelimit: multi-window rate limits (runtime/ratelimit.c) on the runtime clock
- * (manual in tests). A limit lives in its userdata, so Lua's allocator counts its memory. */
+ * (manual in tests), and their state kept in the store (runtime/ratelimit_store.c). A limit
+ * lives in its userdata, so Lua's allocator counts its memory. */
 #include <lauxlib.h>
 #include <stdint.h>
 
+#include "lua/context.h"
 #include "lua/modules.h"
 #include "runtime/clock.h"
 #include "runtime/ratelimit.h"
+#include "runtime/ratelimit_store.h"
 
 #define LIMIT_MT "herald.ratelimit"
 
@@ -32,7 +35,7 @@ static int add_window(lua_State *L, HeraldRateWindow *w, size_t *n, const char *
 }
 
 /* new{per_second=, per_minute=, per_hour=, per_day=, windows={{limit=, period_ms=}...},
- *     parent=limit} -> limit */
+ *     parent=limit} -> limit. windows = {} and nothing else: a limit that only pauses. */
 static int l_new(lua_State *L) {
   luaL_checktype(L, 1, LUA_TTABLE);
   HeraldRateWindow w[HERALD_RATELIMIT_MAX_WINDOWS];
@@ -46,7 +49,8 @@ static int l_new(lua_State *L) {
     lua_pop(L, 1);
   }
   lua_getfield(L, 1, "windows");
-  if (lua_istable(L, -1)) {
+  int listed = lua_istable(L, -1);
+  if (listed) {
     lua_Integer len = (lua_Integer)lua_rawlen(L, -1);
     for (lua_Integer i = 1; i <= len; i++) {
       lua_rawgeti(L, -1, i);
@@ -72,7 +76,7 @@ static int l_new(lua_State *L) {
     if (parent == NULL) return luaL_error(L, "parent: expected an open rate limit");
   }
   int parent_idx = lua_gettop(L);
-  if (n == 0 && parent == NULL)
+  if (n == 0 && parent == NULL && !listed)
     return luaL_error(L, "a rate limit needs a window (per_second, per_minute, per_hour, per_day or windows) or a parent");
   void *mem = lua_newuserdatauv(L, herald_ratelimit_size(n), 1);
   HeraldError err = {0};
@@ -141,16 +145,81 @@ static int l_tokens(lua_State *L) {
   return 1;
 }
 
+/* l:changes() -> how many times the state changed (admissions, pauses, imports) */
+static int l_changes(lua_State *L) {
+  lua_pushinteger(L, (lua_Integer)herald_ratelimit_changes(check_limit(L, 1)));
+  return 1;
+}
+
+/* l:export() -> the state as a string (what each window counts and the pause) */
+static int l_export(lua_State *L) {
+  HeraldRateLimit *rl = check_limit(L, 1);
+  unsigned char buf[HERALD_RATELIMIT_STATE_MAX];
+  size_t len = herald_ratelimit_export(rl, buf, sizeof buf);
+  if (len > sizeof buf) return luaL_error(L, "rate limit state too large");
+  lua_pushlstring(L, (const char *)buf, len);
+  return 1;
+}
+
+/* l:import(state) -> true, or nil, err when state is not one export() made */
+static int l_import(lua_State *L) {
+  HeraldRateLimit *rl = check_limit(L, 1);
+  size_t len;
+  const char *s = luaL_checklstring(L, 2, &len);
+  HeraldError err = {0};
+  if (herald_ratelimit_import(rl, (const unsigned char *)s, len, &err) != kHeraldOk) {
+    lua_pushnil(L);
+    lua_pushstring(L, err.msg);
+    return 2;
+  }
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* load(limit, app, key, gen) -> gen, loaded[, err]: takes the state stored under (app, key)
+ * when its generation is not gen (see runtime/ratelimit_store.h); err when the stored state
+ * could not be taken (the limit keeps its own). A store failure raises. */
+static int l_load(lua_State *L) {
+  HeraldRateLimit *rl = check_limit(L, 1);
+  const char *app = luaL_checkstring(L, 2);
+  const char *key = luaL_checkstring(L, 3);
+  int64_t gen = (int64_t)luaL_checkinteger(L, 4);
+  int loaded = 0;
+  HeraldError err = {0};
+  int rc = herald_ratelimit_store_load(herald_context_store(L), app, key, rl, &gen, &loaded, &err);
+  if (rc != kHeraldOk && rc != kHeraldInvalid) return luaL_error(L, "%s", err.msg);
+  lua_pushinteger(L, (lua_Integer)gen);
+  lua_pushboolean(L, loaded);
+  if (rc == kHeraldOk) return 2;
+  lua_pushstring(L, err.msg);
+  return 3;
+}
+
+/* save(limit, app, key) -> gen: writes the limit's state under (app, key). A store failure
+ * raises. */
+static int l_save(lua_State *L) {
+  HeraldRateLimit *rl = check_limit(L, 1);
+  const char *app = luaL_checkstring(L, 2);
+  const char *key = luaL_checkstring(L, 3);
+  int64_t gen = 0;
+  HeraldError err = {0};
+  if (herald_ratelimit_store_save(herald_context_store(L), app, key, rl, herald_clock_now_ms(), &gen, &err) !=
+      kHeraldOk)
+    return luaL_error(L, "%s", err.msg);
+  lua_pushinteger(L, (lua_Integer)gen);
+  return 1;
+}
+
 int luaopen_herald_core_ratelimit(lua_State *L) {
   static const luaL_Reg methods[] = {
     {"take", l_take}, {"check", l_check}, {"reserve", l_reserve}, {"pause", l_pause}, {"tokens", l_tokens},
-    {NULL, NULL},
+    {"changes", l_changes}, {"export", l_export}, {"import", l_import}, {NULL, NULL},
   };
   luaL_newmetatable(L, LIMIT_MT);
   luaL_newlib(L, methods);
   lua_setfield(L, -2, "__index");
   lua_pop(L, 1);
-  static const luaL_Reg funcs[] = {{"new", l_new}, {NULL, NULL}};
+  static const luaL_Reg funcs[] = {{"new", l_new}, {"load", l_load}, {"save", l_save}, {NULL, NULL}};
   luaL_newlib(L, funcs);
   return 1;
 }

@@ -46,6 +46,7 @@ typedef struct {
 struct HeraldRateLimit {
   HeraldRateLimit *parent;
   int64_t paused_until_ms;
+  uint64_t changes;   /* counts admissions, bookings, pauses and imports (not exported) */
   size_t n;
   Window w[];
 };
@@ -58,9 +59,15 @@ static int64_t floor_div(int64_t a, int64_t b) {
   return (a % b != 0 && a < 0) ? q - 1 : q;
 }
 
-static Slice *slice_at(Window *w, int64_t i) {
+static int64_t ring_index(int64_t i) {
   int64_t m = i % RING;
-  return &w->ring[m < 0 ? m + RING : m];
+  return m < 0 ? m + RING : m;
+}
+
+static Slice *slice_at(Window *w, int64_t i) { return &w->ring[ring_index(i)]; }
+
+static int64_t slice_length(int64_t period_ms) {
+  return period_ms / SLICES + (period_ms % SLICES != 0);
 }
 
 size_t herald_ratelimit_size(size_t n) { return sizeof(HeraldRateLimit) + n * sizeof(Window); }
@@ -94,7 +101,7 @@ HeraldRateLimit *herald_ratelimit_init(void *mem, const HeraldRateWindow *window
     Window *w = &rl->w[i];
     w->limit = limit;
     w->period_ms = period < 9.2e18 ? (int64_t)period : INT64_MAX;
-    w->slice_ms = w->period_ms / SLICES + (w->period_ms % SLICES != 0);
+    w->slice_ms = slice_length(w->period_ms);
     w->latest_ms = INT64_MIN;
   }
   rl->n = n;
@@ -167,8 +174,11 @@ static int64_t earliest(HeraldRateLimit *rl, double n, int64_t now_ms) {
 }
 
 static void record_all(HeraldRateLimit *rl, double n, int64_t t) {
-  for (HeraldRateLimit *r = rl; r != NULL; r = r->parent)
+  for (HeraldRateLimit *r = rl; r != NULL; r = r->parent) {
+    /* a limit without windows records nothing: its state (a pause) has not changed */
+    if (r->n > 0) r->changes++;
     for (size_t i = 0; i < r->n; i++) record(&r->w[i], n, t);
+  }
 }
 
 int herald_ratelimit_take(HeraldRateLimit *rl, double n, int64_t now_ms, int64_t *next_slot_ms) {
@@ -196,11 +206,162 @@ int64_t herald_ratelimit_reserve(HeraldRateLimit *rl, double n, int64_t now_ms) 
 }
 
 void herald_ratelimit_pause_until(HeraldRateLimit *rl, int64_t until_ms) {
-  if (until_ms > rl->paused_until_ms) rl->paused_until_ms = until_ms;
+  if (until_ms > rl->paused_until_ms) {
+    rl->paused_until_ms = until_ms;
+    rl->changes++;
+  }
 }
+
+uint64_t herald_ratelimit_changes(const HeraldRateLimit *rl) { return rl->changes; }
 
 double herald_ratelimit_tokens(HeraldRateLimit *rl, size_t i, int64_t now_ms) {
   if (i >= rl->n) return 0;
   Window *w = &rl->w[i];
   return w->limit - held(w, now_ms > w->latest_ms ? now_ms : w->latest_ms);
+}
+
+/* The exported state, version 1, little-endian whatever the host:
+ *   "HRL" 1, paused_until_ms (8), the number of windows (1), then per window its period_ms
+ *   (8), latest_ms (8), the number of sub-intervals that count something (1) and for each
+ *   its age in sub-intervals before the latest one (1), its count (8, an IEEE double) and
+ *   its latest admission (8).
+ * Only the sub-intervals that count something go out. */
+#define WINDOW_HEAD 17
+#define SLICE_BYTES 17
+_Static_assert(WINDOW_HEAD + RING * SLICE_BYTES == HERALD_RATELIMIT_WINDOW_STATE_MAX,
+               "the bound in ratelimit.h");
+
+static unsigned char *put_u64(unsigned char *p, uint64_t v) {
+  for (int i = 0; i < 8; i++) p[i] = (unsigned char)(v >> (8 * i));
+  return p + 8;
+}
+
+static uint64_t get_u64(const unsigned char *p) {
+  uint64_t v = 0;
+  for (int i = 0; i < 8; i++) v |= (uint64_t)p[i] << (8 * i);
+  return v;
+}
+
+static uint64_t double_bits(double d) {
+  uint64_t v;
+  memcpy(&v, &d, sizeof v);
+  return v;
+}
+
+static double bits_double(uint64_t v) {
+  double d;
+  memcpy(&d, &v, sizeof d);
+  return d;
+}
+
+size_t herald_ratelimit_export(const HeraldRateLimit *rl, unsigned char *buf, size_t cap) {
+  size_t need = 13;
+  int counted[HERALD_RATELIMIT_MAX_WINDOWS] = {0};
+  for (size_t i = 0; i < rl->n; i++) {
+    const Window *w = &rl->w[i];
+    for (int k = 0; k < RING && w->latest_ms != INT64_MIN; k++) counted[i] += w->ring[k].count > 0;
+    need += WINDOW_HEAD + (size_t)counted[i] * SLICE_BYTES;
+  }
+  if (buf == NULL || cap < need) return need;
+  unsigned char *p = buf;
+  memcpy(p, "HRL\1", 4);
+  p = put_u64(p + 4, (uint64_t)rl->paused_until_ms);
+  *p++ = (unsigned char)rl->n;
+  for (size_t i = 0; i < rl->n; i++) {
+    const Window *w = &rl->w[i];
+    p = put_u64(p, (uint64_t)w->period_ms);
+    p = put_u64(p, (uint64_t)w->latest_ms);
+    *p++ = (unsigned char)counted[i];
+    if (w->latest_ms == INT64_MIN) continue;
+    for (int64_t age = 0; age <= SLICES; age++) {
+      const Slice *s = &w->ring[ring_index(w->head - age)];
+      if (!(s->count > 0)) continue;
+      *p++ = (unsigned char)age;
+      p = put_u64(p, double_bits(s->count));
+      p = put_u64(p, (uint64_t)s->last_ms);
+    }
+  }
+  return need;
+}
+
+/* One window as exported, read back and checked. */
+typedef struct {
+  int64_t period_ms;
+  int64_t latest_ms;
+  int n;
+  int64_t index[RING];  /* the sub-interval (time / slice) */
+  Slice slice[RING];
+} Stored;
+
+static int read_window(const unsigned char **pp, const unsigned char *end, Stored *w, size_t nth,
+                       HeraldError *err) {
+  const unsigned char *p = *pp;
+  if (end - p < WINDOW_HEAD) return herald_error_set(err, kHeraldInvalid, "window %zu: truncated", nth);
+  w->period_ms = (int64_t)get_u64(p);
+  w->latest_ms = (int64_t)get_u64(p + 8);
+  w->n = p[16];
+  p += WINDOW_HEAD;
+  if (w->period_ms <= 0) return herald_error_set(err, kHeraldInvalid, "window %zu: period must be positive", nth);
+  if (w->n > RING || (w->n > 0 && w->latest_ms == INT64_MIN))
+    return herald_error_set(err, kHeraldInvalid, "window %zu: %d sub-intervals", nth, w->n);
+  if (end - p < (ptrdiff_t)w->n * SLICE_BYTES)
+    return herald_error_set(err, kHeraldInvalid, "window %zu: truncated", nth);
+  int64_t slice_ms = slice_length(w->period_ms);
+  int64_t head = w->latest_ms == INT64_MIN ? 0 : floor_div(w->latest_ms, slice_ms);
+  if (head < INT64_MIN + RING)
+    return herald_error_set(err, kHeraldInvalid, "window %zu: latest admission out of range", nth);
+  unsigned char seen[RING] = {0};
+  for (int k = 0; k < w->n; k++, p += SLICE_BYTES) {
+    int age = p[0];
+    double count = bits_double(get_u64(p + 1));
+    int64_t last = (int64_t)get_u64(p + 9);
+    /* each sub-interval once, within the ring, counting something, its latest admission in
+     * it and not after the window's latest */
+    if (age > SLICES || seen[age] || !(count > 0) || !isfinite(count) || last > w->latest_ms ||
+        floor_div(last, slice_ms) != head - age)
+      return herald_error_set(err, kHeraldInvalid, "window %zu: sub-interval %d is not consistent", nth, k + 1);
+    seen[age] = 1;
+    w->index[k] = head - age;
+    w->slice[k] = (Slice){count, last};
+  }
+  *pp = p;
+  return kHeraldOk;
+}
+
+int herald_ratelimit_import(HeraldRateLimit *rl, const unsigned char *buf, size_t len, HeraldError *err) {
+  const unsigned char *p = buf, *end = buf + len;
+  if (len < 13 || memcmp(buf, "HRL\1", 4) != 0)
+    return herald_error_set(err, kHeraldInvalid, "not a rate limit's state (version 1)");
+  int64_t paused = (int64_t)get_u64(p + 4);
+  size_t n = p[12];
+  p += 13;
+  if (n > HERALD_RATELIMIT_MAX_WINDOWS)
+    return herald_error_set(err, kHeraldInvalid, "%zu windows: at most %d", n, HERALD_RATELIMIT_MAX_WINDOWS);
+  Stored stored[HERALD_RATELIMIT_MAX_WINDOWS];
+  for (size_t j = 0; j < n; j++)
+    if (read_window(&p, end, &stored[j], j + 1, err) != kHeraldOk) return err ? err->code : kHeraldInvalid;
+  if (p != end) return herald_error_set(err, kHeraldInvalid, "%td bytes after the last window", end - p);
+  /* The configuration may have changed since the state was written (the providers file edited
+   * between two runs, or two processes with different files). What is compatible carries over:
+   * windows are matched by period, and a stored window's counts replace those of the window of
+   * the same period, whatever its limit now (what was sent still counts against the new
+   * limit). A window the stored state lacks keeps what it counts here, so it never counts less
+   * than this process sent; a stored window whose period is no longer configured is dropped. */
+  unsigned char used[HERALD_RATELIMIT_MAX_WINDOWS] = {0};
+  for (size_t i = 0; i < rl->n; i++) {
+    Window *w = &rl->w[i];
+    size_t j = 0;
+    while (j < n && (used[j] || stored[j].period_ms != w->period_ms)) j++;
+    if (j == n) continue;
+    used[j] = 1;
+    memset(w->ring, 0, sizeof w->ring);
+    w->latest_ms = stored[j].latest_ms;
+    w->head = w->latest_ms == INT64_MIN ? 0 : floor_div(w->latest_ms, w->slice_ms);
+    for (int k = 0; k < stored[j].n; k++) *slice_at(w, stored[j].index[k]) = stored[j].slice[k];
+  }
+  /* A pause only ever lengthens: the later of the two holds, so a Retry-After this process
+   * heard and could not write yet is not forgotten. */
+  if (paused > rl->paused_until_ms) rl->paused_until_ms = paused;
+  rl->changes++;
+  return kHeraldOk;
 }

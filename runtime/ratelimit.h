@@ -55,4 +55,24 @@ void herald_ratelimit_pause_until(HeraldRateLimit *rl, int64_t until_ms);
  * the last period, bookings ahead included). */
 double herald_ratelimit_tokens(HeraldRateLimit *rl, size_t i, int64_t now_ms);
 
+/* How many times rl's state has changed (an admission, a booking, a longer pause, an import):
+ * a caller that keeps the state elsewhere writes it again only when this has moved. A limit
+ * without windows changes only when paused. */
+uint64_t herald_ratelimit_changes(const HeraldRateLimit *rl);
+
+/* The state of a limit as bytes, so that every process sharing a store (and a process after
+ * its restart) counts against the same windows: what each window counts and the pause, not
+ * the windows' limits nor the parent (a parent is kept on its own). At most
+ * HERALD_RATELIMIT_STATE_MAX bytes. */
+#define HERALD_RATELIMIT_WINDOW_STATE_MAX 1054
+#define HERALD_RATELIMIT_STATE_MAX (13 + HERALD_RATELIMIT_MAX_WINDOWS * HERALD_RATELIMIT_WINDOW_STATE_MAX)
+
+/* Writes rl's state to buf when cap is enough; returns its length either way. */
+size_t herald_ratelimit_export(const HeraldRateLimit *rl, unsigned char *buf, size_t cap);
+
+/* Replaces rl's state by one herald_ratelimit_export wrote, checked first (malformed: err set,
+ * rl unchanged). Windows are matched by period: a window of rl that the state lacks keeps its
+ * own counts, a stored window rl lacks is dropped; the later of the two pauses holds. */
+int herald_ratelimit_import(HeraldRateLimit *rl, const unsigned char *buf, size_t len, HeraldError *err);
+
 #endif

@@ -293,6 +293,17 @@ const char *const herald_store_migrations[] = {
   /* 13: why delivery paused a campaign (the last of its consecutive systemic failures), kept
    * until it is resumed; NULL when paused by hand or not paused. */
   "ALTER TABLE campaigns ADD COLUMN pause_reason TEXT;",
+  /* 14: rate limits shared by every process on the store (runtime/ratelimit_store.c): the
+   * state of each limit (key 'profile:NAME', 'global' or 'campaign:ID') as
+   * herald_ratelimit_export writes it, and a generation every write moves on. */
+  "CREATE TABLE rate_limits ("
+  "  app_id TEXT NOT NULL,"
+  "  key TEXT NOT NULL,"
+  "  generation INTEGER NOT NULL,"
+  "  state BLOB NOT NULL,"
+  "  updated_ms INTEGER NOT NULL,"
+  "  PRIMARY KEY (app_id, key)"
+  ");",
 };
 
 const int herald_store_migration_count =

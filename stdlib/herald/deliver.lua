@@ -13,7 +13,8 @@
 -- for permanent ones and, after the retry bound, FAILED 'DEAD_LETTER: ...'. After
 -- pause_after consecutive systemic failures (connection, TLS, 5xx, refused credentials) the
 -- campaign is PAUSED with the reason and its rows are no longer claimed. The idempotency key
--- is the outbox message id throughout.
+-- is the outbox message id throughout. Limits are kept in the store (with_limits), so every
+-- process on it counts against the same windows.
 local outbox = require 'herald.core.outbox'
 local core = require 'herald.core.deliver'
 local clock = require 'herald.core.clock'
@@ -47,12 +48,12 @@ local state = {
   config = nil,        -- the checked providers table
   channels = {},       -- profile name -> channel object
   limits = {},         -- profile name -> rate limit
-  steps = {},          -- profile name -> ms between two messages at its pace
+  steps = {},          -- profile name -> the window its held-back messages are paced by, or false
   campaign_limits = {},-- campaign id and MessagesPerSecond -> rate limit
   global = nil,
   systemic = {},       -- campaign id -> consecutive systemic failures
   paused = {},         -- campaign id -> reason (paused by this process)
-  paced = {},          -- run (and profile) -> the slot after the last one its deferrals took
+  paced = {},          -- run (and profile) -> {at =, n =}: the slot its deferrals take now, how many took it
   npaced = 0,
   rng = 0x2545F491,
   stats = { sent = 0, retried = 0, failed = 0, dead = 0, deferred = 0 },
@@ -87,28 +88,92 @@ local function channel_for(profile)
   return ch
 end
 
+-- Limits are kept in the store (table rate_limits, runtime/ratelimit_store.c) so that every
+-- process on it, and this one after a restart, counts against the same windows and honours
+-- the same Retry-After: limits live in memory only as copies. Within with_limits(fn), a limit
+-- fn uses is read from the store when first used (only when another process wrote it since
+-- this one last read or wrote it) and written back before the commit when it changed; SQLite
+-- serializes writers, so no two processes spend the same room. A claim reads each of its
+-- limits once and writes the ones it took from once, whatever the number of its rows.
+local synced = setmetatable({}, { __mode = 'k' })  -- limit -> { key =, gen =, saved = }
+local session = nil                                -- the limits of the current with_limits
+
+local function sync(l, key)
+  if session[l] then return end
+  session[l] = true
+  session[#session + 1] = l
+  local s = synced[l]
+  if s == nil then
+    -- gen: the stored generation this copy is in step with (-1: none); saved: l:changes()
+    -- when it last was (its changes since are this process's, not yet written)
+    s = { key = key, gen = -1, saved = l:changes() }
+    synced[l] = s
+  end
+  -- a change not written yet (a pause the store refused) is written with the stored state,
+  -- which keeps the longer pause
+  local unwritten = l:changes() ~= s.saved
+  local gen, loaded, err = ratelimit.load(l, hcore.app(), key, s.gen)
+  s.gen = gen
+  if loaded and not unwritten then s.saved = l:changes() end
+  if err then
+    io.stderr:write('herald: ' .. err .. ' (this process\'s count replaces it)\n')
+    s.saved = -1
+  end
+end
+
+-- Runs fn(...) in a store transaction with the limits it uses shared through the store;
+-- returns fn's results (up to four). Inside another with_limits, fn joins it.
+local function with_limits(fn, ...)
+  if session then return fn(...) end
+  session = {}
+  local ok, a, b, c, d = pcall(core.transaction, function(...)
+    local r1, r2, r3, r4 = fn(...)
+    local app = hcore.app()
+    for _, l in ipairs(session) do
+      local s = synced[l]
+      local changes = l:changes()
+      if changes ~= s.saved then
+        s.gen = ratelimit.save(l, app, s.key)
+        s.saved = changes
+      end
+    end
+    return r1, r2, r3, r4
+  end, ...)
+  local used = session
+  session = nil
+  if not ok then
+    -- what was written rolled back: read the stored state again at the next use
+    for _, l in ipairs(used) do synced[l].gen = -1 end
+    error(a, 0)
+  end
+  return a, b, c, d
+end
+deliver.with_limits = with_limits
+
 -- Every profile has a limit of its own, even without windows, so a Retry-After pauses that
 -- provider alone; it sits under the global cap when there is one.
-local UNLIMITED = { per_second = 1e12 }
+local UNLIMITED = { windows = {} }
 
 local PERIODS = { per_second = 1000, per_minute = 60000, per_hour = 3600000, per_day = 86400000 }
 
--- The time between two messages at the fastest rate limits (a providers limits table) allow,
--- in ms (fractional); 0 when they set none.
-local function fastest_step(limits)
-  local step
-  for k, v in pairs(limits or {}) do
-    local s = PERIODS[k] and PERIODS[k] / v
-    if k == 'windows' then
-      for _, w in ipairs(v) do
-        local ws = w.period_ms / w.limit
-        if step == nil or ws < step then step = ws end
+-- The window of the shortest period among limits tables (a profile's, the global cap's):
+-- {limit, period_ms}, the pace messages held back by them come back at; nil when none.
+local function shortest_window(...)
+  local best
+  for i = 1, select('#', ...) do
+    for k, v in pairs(select(i, ...) or {}) do
+      local ws = k == 'windows' and v or (PERIODS[k] and { { limit = v, period_ms = PERIODS[k] } }) or {}
+      for _, w in ipairs(ws) do
+        if best == nil or w.period_ms < best.period_ms
+            or (w.period_ms == best.period_ms and w.limit < best.limit) then
+          -- whole messages: half a message a second is one every two seconds
+          best = w.limit < 1 and { limit = 1, period_ms = w.period_ms / w.limit }
+            or { limit = math.floor(w.limit), period_ms = w.period_ms }
+        end
       end
-    elseif s and (step == nil or s < step) then
-      step = s
     end
   end
-  return step or 0
+  return best
 end
 
 local function profile_limit(profile)
@@ -119,11 +184,15 @@ local function profile_limit(profile)
     opts.parent = state.global
     l = ratelimit.new(opts)
     state.limits[profile.name] = l
-    -- messages held back by the profile come back this far apart: the profile's own pace, or
-    -- the global cap's when that is slower
-    state.steps[profile.name] = math.max(fastest_step(profile.limits), fastest_step(state.config and state.config.global))
+    -- messages held back by the profile come back as its shortest window (or the global
+    -- cap's) admits them: so many each period
+    state.steps[profile.name] = shortest_window(profile.limits, state.config and state.config.global) or false
   end
-  return l, state.steps[profile.name]
+  if session then
+    if state.global then sync(state.global, 'global') end
+    sync(l, 'profile:' .. profile.name)
+  end
+  return l, state.steps[profile.name] or nil
 end
 
 -- A campaign's MessagesPerSecond limit (or nil) and the time between two of its messages (ms,
@@ -138,27 +207,36 @@ local function campaign_limit(campaign_id, def)
     l = ratelimit.new { per_second = mps }
     state.campaign_limits[key] = l
   end
+  -- stored by its value too: a version with another limit starts its own count
+  if session then sync(l, 'campaign:' .. campaign_id .. ':' .. mps) end
   return l, 1000 / mps
 end
 
--- Books the next of the slots, step ms apart, that deferrals under key take: no earlier than
--- slot. Returns the whole ms the row is due. Keys are per run, so slots booked for rows that
--- never came back (expired, skipped, their campaign deleted) hold up no later run.
-local function pace(key, slot, step)
-  local at = math.max(slot, state.paced[key] or 0)
-  if state.paced[key] == nil then
+-- Books the next of the slots deferrals under key take, `limit` every `period_ms` (a
+-- campaign's MessagesPerSecond: one every 1000/MPS ms, fractional; a profile's shortest
+-- window: its limit each period), no earlier than slot. Returns the whole ms the row is due.
+-- Keys are per run, so slots booked for rows that never came back (expired, skipped, their
+-- campaign deleted) hold up no later run.
+local function pace(key, slot, limit, period_ms)
+  local c = state.paced[key]
+  if c == nil then
     state.npaced = state.npaced + 1
     if state.npaced > 4096 then
       -- a long-running process: forget cursors long past
       local now, n = clock.now(), 0
       for k, v in pairs(state.paced) do
-        if v < now - 3600000 then state.paced[k] = nil else n = n + 1 end
+        if v.at < now - 3600000 then state.paced[k] = nil else n = n + 1 end
       end
       state.npaced = n + 1
     end
+    c = { at = slot, n = 0 }
+    state.paced[key] = c
+  elseif c.at < slot then
+    c.at, c.n = slot, 0
   end
-  state.paced[key] = at + step
-  return math.ceil(at)
+  if c.n >= limit then c.at, c.n = c.at + period_ms, 0 end
+  c.n = c.n + 1
+  return math.ceil(c.at)
 end
 
 -- t[k], made an empty table on first use.
@@ -271,14 +349,27 @@ function deliver.route_channel(channel)
   return route({ Herald = { Deliver = { type = 'channels' } } }, channel)
 end
 
--- Takes a slot from the profile's limits now: true, or false and the next slot.
+-- Takes a slot from the profile's limits now: true, or false and the next slot. Takes of
+-- many messages go inside one with_limits, which reads and writes the limits once.
 function deliver.take(profile)
-  return profile_limit(profile):take()
+  return with_limits(function() return profile_limit(profile):take() end)
 end
 
--- Holds the profile for ms (a provider's Retry-After): nothing is sent through it meanwhile.
+-- Holds the profile for ms (a provider's Retry-After): nothing is sent through it meanwhile,
+-- by any process on the store. A pause no longer than the one written already is not written
+-- again (a claim's held messages all bring the same Retry-After). When the store cannot take
+-- it, this process still holds the profile, and its next claim writes the pause.
 function deliver.hold(profile, ms)
-  if ms and ms > 0 then profile_limit(profile):pause(ms) end
+  if not (ms and ms > 0) then return end
+  local l = profile_limit(profile)
+  l:pause(ms)
+  local s = synced[l]
+  if s and s.saved == l:changes() then return end
+  local ok, err = pcall(with_limits, function() profile_limit(profile):pause(ms) end)
+  if not ok then
+    io.stderr:write('herald: the Retry-After of profile ' .. profile.name
+      .. ' is not written to the store yet, other processes do not see it: ' .. tostring(err) .. '\n')
+  end
 end
 
 -- Builds the message for a claimed row: a table channels understand, or nil, reason.
@@ -707,8 +798,14 @@ local function prepare_rows(rows, now_ms)
         -- claimed over and over at every slot). The limit still decides when they go. A row
         -- held back by its profile keeps to that profile's slots, whatever the campaign's
         -- other profiles are waiting for.
-        local key = by_campaign and row.run_id or (row.run_id .. '\0' .. profile.name)
-        defers[#defers + 1] = { id = row.id, due_ms = pace(key, slot or (now_ms + 1000), by_campaign and cstep or pstep) }
+        slot = slot or (now_ms + 1000)
+        local due = slot
+        if by_campaign then
+          due = pace(row.run_id, slot, 1, cstep)
+        elseif pstep then
+          due = pace(row.run_id .. '\0' .. profile.name, slot, pstep.limit, pstep.period_ms)
+        end
+        defers[#defers + 1] = { id = row.id, due_ms = due }
       end
     end
     ::continue::
@@ -754,7 +851,7 @@ function deliver.pump(now_ms, max, ids_json)
   ids_json = claimable(ids_json)
   local cfg = deliver.config()
   -- a claim that fails leaves nothing claimed (its transaction rolls back): tried again
-  local rows, reports, defers, items = with_retries('claiming', core.transaction, claim_and_prepare, now_ms, max, ids_json)
+  local rows, reports, defers, items = with_retries('claiming', with_limits, claim_and_prepare, now_ms, max, ids_json)
   local fb = {}
   if #items > 0 then
     local settled = {}

@@ -165,89 +165,93 @@ function send.send(req, opts)
   end
 
   local items = {}
-  for _, w in ipairs(work) do
-    local r = w.result
-    local m = channel_message(config, w.channel)
-    local profile, rerr = deliver.route_channel(w.channel)
-    local subs = merged(merged(config.DefaultMessage and config.DefaultMessage.Substitutions, m and m.Substitutions),
-                        w.spec.Substitutions)
-    local from_template, terr
-    if m == nil or not has_content(m) then
-      from_template, terr = deliver.template_message(tconfig, w.channel, w.ctx, subs)
-    end
-    if terr then
-      r.DeliveryStatus, r.StatusMessage = 'PERMANENT_FAILURE', terr
-    elseif m == nil and from_template == nil then
-      r.DeliveryStatus, r.StatusMessage = 'PERMANENT_FAILURE', 'no message for channel ' .. w.channel
-    elseif profile == nil then
-      r.DeliveryStatus, r.StatusMessage = 'PERMANENT_FAILURE', rerr
-    else
-      m = m or {}
-      local simple = type(m.SimpleEmail) == 'table' and m.SimpleEmail or {}
-      local title, body, html, err
-      if from_template then
-        title, body, html = from_template.Title, from_template.Body, from_template.HtmlBody
-        if w.spec.TitleOverride then title, err = deliver.render_text(w.spec.TitleOverride, w.ctx, false, subs) end
-        if not err and w.spec.BodyOverride then body, err = deliver.render_text(w.spec.BodyOverride, w.ctx, false, subs) end
+  -- one store transaction for the request's takes: each profile limit is read and written once
+  -- (herald.deliver keeps them in the store, shared by every process on it)
+  deliver.with_limits(function()
+    for _, w in ipairs(work) do
+      local r = w.result
+      local m = channel_message(config, w.channel)
+      local profile, rerr = deliver.route_channel(w.channel)
+      local subs = merged(merged(config.DefaultMessage and config.DefaultMessage.Substitutions, m and m.Substitutions),
+                          w.spec.Substitutions)
+      local from_template, terr
+      if m == nil or not has_content(m) then
+        from_template, terr = deliver.template_message(tconfig, w.channel, w.ctx, subs)
+      end
+      if terr then
+        r.DeliveryStatus, r.StatusMessage = 'PERMANENT_FAILURE', terr
+      elseif m == nil and from_template == nil then
+        r.DeliveryStatus, r.StatusMessage = 'PERMANENT_FAILURE', 'no message for channel ' .. w.channel
+      elseif profile == nil then
+        r.DeliveryStatus, r.StatusMessage = 'PERMANENT_FAILURE', rerr
       else
-        local title_t = w.spec.TitleOverride or m.Title or (simple.Subject and simple.Subject.Data)
-        local body_t = w.spec.BodyOverride or m.Body or (simple.TextPart and simple.TextPart.Data)
-        local html_t = m.HtmlBody or (simple.HtmlPart and simple.HtmlPart.Data)
-        local e1, e2, e3
-        title, e1 = deliver.render_text(title_t, w.ctx, false, subs)
-        body, e2 = deliver.render_text(body_t, w.ctx, false, subs)
-        html, e3 = deliver.render_text(html_t, w.ctx, true, subs)
-        err = e1 or e2 or e3
-      end
-      local custom_data
-      if not err and type(m.Data) == 'string' then
-        -- CustomMessage.Data: the string the receiver gets as the payload's Data, rendered
-        custom_data, err = deliver.render_text(m.Data, w.ctx, false, subs)
-      end
-      -- the template's headers, then the message's own over them
-      local headers
-      for _, h in ipairs({ from_template and from_template.Headers, deliver.header_map(simple.Headers),
-                           deliver.header_map(m.Headers) }) do
-        for k, v in pairs(h or {}) do
-          headers = headers or {}
-          headers[k] = v
-        end
-      end
-      local data = type(m.Data) == 'table' and m.Data or nil
-      if PUSH[w.channel] then
-        -- the request's Context under the address's or endpoint's own
-        local function map(t) return type(t) == 'table' and t or nil end
-        local context = merged(map(req.Context), map(w.spec.Context))
-        if context then
-          local d = {}
-          for k, v in pairs(data or {}) do d[k] = v end
-          for k, v in pairs(context) do d[k] = v end
-          data = d
-        end
-      end
-      if err then
-        r.DeliveryStatus, r.StatusMessage = 'PERMANENT_FAILURE', 'RENDER_FAILED: ' .. err
-      else
-        local key = outbox.message_id(app or '', 'send:' .. request_id, 0, w.channel .. ':' .. w.address)
-        r.MessageId = key
-        local granted = deliver.take(profile)
-        if not granted then
-          r.DeliveryStatus, r.StatusMessage = 'THROTTLED', 'over the limits of profile ' .. profile.name
+        m = m or {}
+        local simple = type(m.SimpleEmail) == 'table' and m.SimpleEmail or {}
+        local title, body, html, err
+        if from_template then
+          title, body, html = from_template.Title, from_template.Body, from_template.HtmlBody
+          if w.spec.TitleOverride then title, err = deliver.render_text(w.spec.TitleOverride, w.ctx, false, subs) end
+          if not err and w.spec.BodyOverride then body, err = deliver.render_text(w.spec.BodyOverride, w.ctx, false, subs) end
         else
-          items[#items + 1] = { profile = profile, w = w, msg = {
-            key = key, address = w.address, channel = w.channel, endpoint_id = w.endpoint_id,
-            endpoint = w.ctx, title = title, body = body, html = html, headers = headers, custom_data = custom_data,
-            data = data, from = m.FromAddress,
-            silent = m.SilentPush == true, ttl = tonumber(m.TimeToLive),
-            consolidation_key = m.ConsolidationKey, expires_after = tonumber(m.ExpiresAfter),
-            origination_number = m.OriginationNumber, sender_id = m.SenderId,
-            message_type = m.MessageType, keyword = m.Keyword, campaign_id = req.TraceId,
-            treatment_id = 0,
-          } }
+          local title_t = w.spec.TitleOverride or m.Title or (simple.Subject and simple.Subject.Data)
+          local body_t = w.spec.BodyOverride or m.Body or (simple.TextPart and simple.TextPart.Data)
+          local html_t = m.HtmlBody or (simple.HtmlPart and simple.HtmlPart.Data)
+          local e1, e2, e3
+          title, e1 = deliver.render_text(title_t, w.ctx, false, subs)
+          body, e2 = deliver.render_text(body_t, w.ctx, false, subs)
+          html, e3 = deliver.render_text(html_t, w.ctx, true, subs)
+          err = e1 or e2 or e3
+        end
+        local custom_data
+        if not err and type(m.Data) == 'string' then
+          -- CustomMessage.Data: the string the receiver gets as the payload's Data, rendered
+          custom_data, err = deliver.render_text(m.Data, w.ctx, false, subs)
+        end
+        -- the template's headers, then the message's own over them
+        local headers
+        for _, h in ipairs({ from_template and from_template.Headers, deliver.header_map(simple.Headers),
+                             deliver.header_map(m.Headers) }) do
+          for k, v in pairs(h or {}) do
+            headers = headers or {}
+            headers[k] = v
+          end
+        end
+        local data = type(m.Data) == 'table' and m.Data or nil
+        if PUSH[w.channel] then
+          -- the request's Context under the address's or endpoint's own
+          local function map(t) return type(t) == 'table' and t or nil end
+          local context = merged(map(req.Context), map(w.spec.Context))
+          if context then
+            local d = {}
+            for k, v in pairs(data or {}) do d[k] = v end
+            for k, v in pairs(context) do d[k] = v end
+            data = d
+          end
+        end
+        if err then
+          r.DeliveryStatus, r.StatusMessage = 'PERMANENT_FAILURE', 'RENDER_FAILED: ' .. err
+        else
+          local key = outbox.message_id(app or '', 'send:' .. request_id, 0, w.channel .. ':' .. w.address)
+          r.MessageId = key
+          local granted = deliver.take(profile)
+          if not granted then
+            r.DeliveryStatus, r.StatusMessage = 'THROTTLED', 'over the limits of profile ' .. profile.name
+          else
+            items[#items + 1] = { profile = profile, w = w, msg = {
+              key = key, address = w.address, channel = w.channel, endpoint_id = w.endpoint_id,
+              endpoint = w.ctx, title = title, body = body, html = html, headers = headers, custom_data = custom_data,
+              data = data, from = m.FromAddress,
+              silent = m.SilentPush == true, ttl = tonumber(m.TimeToLive),
+              consolidation_key = m.ConsolidationKey, expires_after = tonumber(m.ExpiresAfter),
+              origination_number = m.OriginationNumber, sender_id = m.SenderId,
+              message_type = m.MessageType, keyword = m.Keyword, campaign_id = req.TraceId,
+              treatment_id = 0,
+            } }
+          end
         end
       end
     end
-  end
+  end)
 
   if #items > 0 then
     local out = deliver.send_items(items)

@@ -734,6 +734,117 @@ describe('delivery through providers', function()
         GROUP BY 1, 2, 3 ORDER BY 1]]))
   end)
 
+  -- Limits are kept in the store: every `herald run` on it, one after the other or at once,
+  -- counts against the same windows and honours the same Retry-After.
+  local function hooks_providers(dir, file, path, extra)
+    h.write(dir .. '/' .. file, string.format([[
+      return { profiles = { hooks = { type = 'webhook', url = %q%s } }, channels = { CUSTOM = 'hooks' } }
+    ]], ng.url .. path, extra or ''))
+  end
+
+  it("keeps a profile's per_day across `herald run` processes one after the other", function()
+    local dir = h.tmpdir()
+    hooks_providers(dir, 'providers.lua', '/hook-ok', ', limits = { per_day = 3 }')
+    campaign_file(dir, { n = 5, channel = 'CUSTOM', name = 'first', addr = "function(i) return 'x' .. i end" })
+    local function run_at(start, until_, file)
+      local _, code, err = h.herald('--db d.db run --clock-start ' .. start .. ' --until ' .. until_ .. ' ' .. file,
+        { cwd = dir })
+      assert.are.equal(0, code, err)
+      return query(dir, "SELECT count(*) AS n FROM outbox WHERE state = 'SENT'")[1].n
+    end
+    assert.are.equal(3, run_at('2027-01-01T10:00:00Z', '2027-01-01T12:00:00Z', 'c.lua'))
+    -- another campaign ten minutes later, from a new process: the day's 3 are spent
+    h.write(dir .. '/second.lua', [[
+      herald.campaign { name = 'second', segment = herald.segment { name = 'all' }, message = { body = 'Hi' },
+        deliver = 'channels' }
+    ]])
+    assert.are.equal(3, run_at('2027-01-01T10:10:00Z', '2027-01-01T12:00:00Z', '--providers providers.lua second.lua'))
+    assert.are.same({ { state = 'PENDING', n = 7 } },
+      query(dir, "SELECT state, count(*) AS n FROM outbox WHERE state != 'SENT' GROUP BY state"))
+    -- a day after the first went, three more go
+    assert.are.equal(6, run_at('2027-01-02T10:10:00Z', '2027-01-02T12:00:00Z', '--providers providers.lua second.lua'))
+  end)
+
+  it("keeps a campaign's MessagesPerSecond with two processes delivering it at once", function()
+    local dir = h.tmpdir()
+    ng:clear_log()
+    -- the messages made and kept PENDING (the campaign's profile is missing), then released
+    -- to two processes, each sending through a location of its own
+    campaign_file(dir, { n = 300, channel = 'CUSTOM', name = 'shared', addr = "function(i) return 'x' .. i end",
+                         limits = '{ messages_per_second = 50 }', deliver = "{ provider = 'hook' }" })
+    hooks_providers(dir, 'providers.lua', '/ok')
+    local _, code, err = run(dir, 'c.lua')
+    assert.are.equal(0, code, err)
+    assert.are.same({ { state = 'PENDING', n = 300 } }, query(dir, 'SELECT state, count(*) AS n FROM outbox GROUP BY state'))
+    for i, path in ipairs({ '/ok', '/hook-ok' }) do
+      h.write(dir .. '/p' .. i .. '.lua', string.format(
+        "return { profiles = { hook = { type = 'webhook', url = %q } } }", ng.url .. path))
+    end
+    _, code, err = h.herald('--db d.db campaign resume shared', { cwd = dir })
+    assert.are.equal(0, code, err)
+    local cmd = function(i)
+      return h.shell_quote(h.exe) .. ' --db d.db run --until-idle --providers p' .. i .. '.lua c.lua > r' .. i
+        .. '.out 2>&1'
+    end
+    local out = h.sh('cd ' .. h.shell_quote(dir) .. ' && (' .. cmd(1) .. '; echo "rc1 $?") & (cd '
+      .. h.shell_quote(dir) .. ' && ' .. cmd(2) .. '; echo "rc2 $?"); wait')
+    assert.matches('rc1 0', out, 1, true)
+    assert.matches('rc2 0', out, 1, true)
+    assert.are.same({ { state = 'SENT', n = 300 } }, query(dir, 'SELECT state, count(*) AS n FROM outbox GROUP BY state'))
+    local reqs = h.wait_for(function()
+      local r = ng:requests()
+      return #r >= 300 and r
+    end, 5000, 'the requests in the log')
+    local times, by_uri = {}, {}
+    for _, r in ipairs(reqs) do
+      times[#times + 1] = r.time
+      by_uri[r.uri] = (by_uri[r.uri] or 0) + 1
+    end
+    -- both processes sent
+    assert.is_true((by_uri['/ok'] or 0) > 0 and (by_uri['/hook-ok'] or 0) > 0)
+    table.sort(times)
+    -- no second had more than 50 (a few more allowed: nginx logs when the answer went, a few
+    -- ms after the limit let the message go); two processes each with a limit of their own
+    -- sent about 100 a second
+    local most, first = 0, 1
+    for last = 1, #times do
+      while times[last] - times[first] >= 1 do first = first + 1 end
+      most = math.max(most, last - first + 1)
+    end
+    assert.is_true(most <= 55, most .. ' requests in one second')
+    assert.is_true(times[#times] - times[1] >= 4.5, 'sent within ' .. (times[#times] - times[1]) .. ' s')
+  end)
+
+  it("holds a profile another process heard a Retry-After for", function()
+    local dir = h.tmpdir()
+    ng:clear_log()
+    -- a direct send is refused with 429 and Retry-After: 7
+    hooks_providers(dir, 'limited.lua', '/limited')
+    hooks_providers(dir, 'providers.lua', '/hook-ok')
+    local out = h.herald('--db d.db send --providers limited.lua --channel CUSTOM --to a --body hi', { cwd = dir })
+    assert.are.equal('TEMPORARY_FAILURE', json.decode(out).Result.a.DeliveryStatus)
+    local refused = h.wait_for(function() return ng:requests()[1] end, 2000, 'the refused request').time
+    -- another process's direct send through the profile is held, nothing sent
+    out = h.herald('--db d.db send --channel CUSTOM --to b --body hi', { cwd = dir })
+    assert.are.equal('THROTTLED', json.decode(out).Result.b.DeliveryStatus)
+    -- and so is a campaign of a third until the wait is over
+    campaign_file(dir, { n = 3, channel = 'CUSTOM', name = 'after', addr = "function(i) return 'x' .. i end" })
+    local _, code, err = run(dir, 'c.lua')
+    assert.are.equal(0, code, err)
+    assert.are.same({ { state = 'SENT', n = 3, a = 1 } },
+      query(dir, 'SELECT state, count(*) AS n, max(attempts) AS a FROM outbox GROUP BY state'))
+    local reqs = h.wait_for(function()
+      local r = ng:requests()
+      return #r >= 4 and r
+    end, 5000, 'the requests in the log')
+    assert.are.equal(4, #reqs)
+    for _, r in ipairs(reqs) do
+      if r.uri == '/hook-ok' then
+        assert.is_true(r.time - refused >= 6.9, string.format('sent %.3f s after the 429', r.time - refused))
+      end
+    end
+  end)
+
   it("sends the endpoint types of a definition's CustomDeliveryConfiguration to its DeliveryUri", function()
     local dir = h.tmpdir()
     h.write(dir .. '/s.lua', string.format([[

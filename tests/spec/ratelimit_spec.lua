@@ -252,6 +252,112 @@ describe('herald.ratelimit', function()
     assert.are.equal(big_size, after)
   end)
 
+  it('carries its state to another limit with export and import: what was taken, the next slot, the pause', function()
+    local a = ratelimit.new { per_second = 2, per_day = 3 }
+    assert.is_true((a:take()))
+    clock.advance(3600000)
+    assert.is_true((a:take(2)))
+    local b = ratelimit.new { per_second = 2, per_day = 3 }
+    assert.is_true(b:import(a:export()))
+    -- b counts what a took: the day is full until the first of them is a day old
+    assert.are.same({ false, T0 + 86400000 }, { b:check() })
+    clock.set_manual(T0 + 86400000)
+    assert.is_true((b:take()))
+    assert.are.same({ false, T0 + 86400000 + 3600000 }, { b:take() })
+    -- a pause goes along, and a later import never shortens one
+    b:pause(7200000)
+    assert.is_true(a:import(b:export()))
+    assert.are.same({ false, clock.now() + 7200000 }, { a:check() })
+    local c = ratelimit.new { per_second = 2, per_day = 3 }
+    c:pause(9000000)
+    assert.is_true(c:import(a:export()))
+    assert.are.same({ false, clock.now() + 9000000 }, { c:check() })
+  end)
+
+  it('never admits more than its limit in any day when two copies pass the state between them', function()
+    -- two processes on one store: each reads the state before taking and writes it after
+    local DAY = 86400000
+    local copies = { ratelimit.new { per_day = 50, per_second = 5 }, ratelimit.new { per_day = 50, per_second = 5 } }
+    local state = copies[1]:export()
+    math.randomseed(5)
+    local granted, t = {}, T0
+    while t < T0 + 3 * DAY do
+      clock.set_manual(t)
+      local rl = copies[math.random(1, 2)]
+      assert.is_true(rl:import(state))
+      if rl:take() then granted[#granted + 1] = t end
+      state = rl:export()
+      t = t + math.random(0, 3000000)
+    end
+    local most, first = 0, 1
+    for last = 1, #granted do
+      while granted[last] - granted[first] >= DAY do first = first + 1 end
+      most = math.max(most, last - first + 1)
+    end
+    assert.are.equal(50, most)
+    -- each copy alone would have let through up to 50 a day of its own
+    assert.is_true(#granted <= 150, #granted .. ' granted')
+  end)
+
+  it('carries over the windows of the same period when the configuration changed', function()
+    local a = ratelimit.new { per_second = 10, per_day = 3 }
+    assert.is_true((a:take(3)))
+    a:pause(2000)
+    -- the day's quota raised to 5 and an hour window added: the 3 sent still count against
+    -- the day, the hour window counts what it counted before
+    local b = ratelimit.new { per_day = 5, per_hour = 4 }
+    assert.is_true((b:take()))
+    assert.is_true(b:import(a:export()))
+    assert.are.same({ false, T0 + 2000 }, { b:check() })
+    clock.advance(2000)
+    assert.is_true((b:take(2)))
+    -- (the day's sub-interval of 24 minutes counts until its latest admission is a day old)
+    assert.are.same({ false, T0 + 86400000 + 2000 }, { b:check() })
+    assert.are.equal(1, math.floor(b:tokens(1) + 0.5))  -- the hour: 3 of its own
+    -- a state without the day window leaves the day's count as it was
+    local c = ratelimit.new { per_minute = 100 }
+    assert.is_true(b:import(c:export()))
+    assert.are.same({ false, T0 + 86400000 + 2000 }, { b:check() })
+  end)
+
+  it('refuses a state it did not export, keeping its own', function()
+    local a = ratelimit.new { per_second = 2 }
+    assert.is_true((a:take()))
+    local good = a:export()
+    local b = ratelimit.new { per_second = 2 }
+    assert.is_true((b:take(2)))
+    for _, bad in ipairs({ '', 'garbage', good:sub(1, -2), good .. 'x', 'HRL\2' .. good:sub(5),
+                           good:sub(1, 12) .. '\9' .. good:sub(14) }) do
+      local ok, err = b:import(bad)
+      assert.is_nil(ok)
+      assert.is_string(err)
+    end
+    -- a sub-interval whose admission is not in it
+    local moved = good:sub(1, -9) .. string.pack('<i8', T0 + 5000)
+    assert.is_nil((b:import(moved)))
+    assert.are.same({ false, T0 + 1000 }, { b:check() })
+  end)
+
+  it('counts its changes: admissions and longer pauses, not refusals, checks or shorter pauses', function()
+    local rl = ratelimit.new { per_second = 1 }
+    local n = rl:changes()
+    rl:check()
+    assert.is_false((rl:take(2)))
+    assert.are.equal(n, rl:changes())
+    assert.is_true((rl:take()))
+    assert.are.equal(n + 1, rl:changes())
+    rl:pause(5000)
+    rl:pause(1000)
+    assert.are.equal(n + 2, rl:changes())
+    -- windows = {}: a limit that only pauses, whose admissions change nothing
+    local free = ratelimit.new { windows = {} }
+    for _ = 1, 100 do assert.is_true((free:take())) end
+    assert.are.equal(0, free:changes())
+    free:pause(1000)
+    assert.are.same({ false, T0 + 1000 }, { free:check() })
+    assert.are.equal(1, free:changes())
+  end)
+
   it('rejects bad definitions with the field name', function()
     assert.has_error(function() ratelimit.new {} end,
       'a rate limit needs a window (per_second, per_minute, per_hour, per_day or windows) or a parent')
