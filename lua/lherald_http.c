@@ -12,7 +12,10 @@
  * which keeps `concurrency` transfers in flight (a group); C collects the outcomes and wait()
  * hands them back as arrays. Bodies stay in a Lua table until they are handed over (a window
  * of a few times the concurrency), so a long queue costs no copies. Batches made with the same
- * limit (limit(n)) share one group: n transfers at once between all of them.
+ * limit (limit(n)) share one group: n transfers at once between all of them. An item or mail
+ * given a gate (gate()) comes back unsent, class "recalled", when the gate closes before the
+ * transport starts it: delivery gives back the messages of a campaign paused meanwhile, or of a
+ * process asked to stop, without waiting for the transfers before them.
  *
  * Completions arrive in libuv callbacks, where a Lua error has no protected call to land in:
  * in a sandbox near its memory cap one would abort the process. So a completion only stores
@@ -37,6 +40,7 @@
 #define SENTINEL_MT "herald.http.sentinel"
 #define SENTINEL_KEY "herald.http.client_user"
 #define LIMIT_MT "herald.http.Limit"
+#define GATE_MT "herald.http.gate"
 #define DEFAULT_MAX_BODY (1024 * 1024)
 #define FAILURE_BODY_MAX 512
 #define MAX_HEADERS 64
@@ -52,6 +56,26 @@ static HeraldHttpGroup *opt_limit(lua_State *L, int t) {
   LimitBox *box = lua_isnil(L, -1) ? NULL : luaL_checkudata(L, -1, LIMIT_MT);
   lua_pop(L, 1);
   return box != NULL ? box->g : NULL;
+}
+
+/* http.gate(): jobs behind it that have not started when it closes come back unsent */
+typedef struct {
+  HeraldHttpGate *g;
+} GateBox;
+
+/* The gate at index i (absolute), or NULL when it is nil; what names the value in the error. */
+static HeraldHttpGate *check_gate(lua_State *L, int i, const char *what) {
+  if (lua_isnil(L, i)) return NULL;
+  GateBox *box = luaL_testudata(L, i, GATE_MT);
+  if (box == NULL) luaL_error(L, "%s: expected a gate (http.gate())", what);
+  return box->g;
+}
+
+static HeraldHttpGate *opt_gate(lua_State *L, int t) {
+  lua_getfield(L, t, "gate");
+  HeraldHttpGate *g = check_gate(L, lua_gettop(L), "field 'gate'");
+  lua_pop(L, 1);  /* the options table keeps the gate alive */
+  return g;
 }
 
 static HeraldHttpThread *client;
@@ -510,7 +534,8 @@ static void mail_done(const HeraldHttpResponse *res, void *user) {
 }
 
 /* send_mail{url=, from=, to=, subject=, text=, html=, message_id=, headers=, list_unsubscribe=,
- * one_click=, envelope_from=, username=, password=, starttls=, ca_file=, timeout_ms=, limit=}
+ * one_click=, envelope_from=, username=, password=, starttls=, ca_file=, timeout_ms=, limit=,
+ * gate=}
  * (starttls 'no', 'try' or 'required': by default 'required' with a username or password,
  * else 'try')
  * -> {status=, message_id=} | nil, err, class[, smtp code]. With limit (http.limit(n)) the mail
@@ -556,6 +581,7 @@ static int l_send_mail(lua_State *L) {
   req.nrcpt = m.nto;
 
   HeraldHttpGroup *limit = opt_limit(L, 1);
+  HeraldHttpGate *gate = opt_gate(L, 1);
   HeraldHttpThread *c = get_client(L);
   check_can_wait(L);
   MailPending *p = calloc(1, sizeof *p);
@@ -571,7 +597,7 @@ static int l_send_mail(lua_State *L) {
   req.message_len = len;
   /* Completions only arrive from the loop, so the wait can be registered after the submit. */
   /* with a limit, the transport starts the mail when one of the limit's places is free */
-  p->t = herald_http_thread_smtp(c, limit, &req, mail_done, p);
+  p->t = herald_http_thread_smtp(c, limit, gate, &req, mail_done, p);
   free(msg);
   if (p->t == NULL) {
     free(p);
@@ -635,6 +661,7 @@ struct Batch {
   int items_ref;          /* registry: {[seq] = body} */
   int keys_ref;           /* registry: {[seq] = key} */
   int opts_ref;           /* registry: {[seq] = "url\0line\0..."} for items with options */
+  int gates_ref;          /* registry: {[seq] = gate} for items behind a gate */
   lua_Integer added;      /* last seq appended */
   lua_Integer started;    /* last seq started */
   size_t in_flight;
@@ -738,7 +765,8 @@ static void batch_hand_over(Batch *b) {
   lua_rawgeti(L, LUA_REGISTRYINDEX, b->items_ref);
   lua_rawgeti(L, LUA_REGISTRYINDEX, b->keys_ref);
   lua_rawgeti(L, LUA_REGISTRYINDEX, b->opts_ref);
-  int items = lua_gettop(L) - 2, keys = items + 1, opts = items + 2;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, b->gates_ref);
+  int items = lua_gettop(L) - 3, keys = items + 1, opts = items + 2, gates = items + 3;
   const char *lines[2 * MAX_HEADERS + 1];
   for (size_t i = 0; i < b->nheaders; i++) lines[i] = b->headers[i];
   while (b->started < b->added && b->in_flight < b->window) {
@@ -780,12 +808,19 @@ static void batch_hand_over(Batch *b) {
       lua_pushnil(L);
       lua_rawseti(L, opts, seq);
     }
+    /* the job holds the gate from here on; the userdata stays on the stack until then */
+    HeraldHttpGate *gate = NULL;
+    if (lua_rawgeti(L, gates, seq) == LUA_TUSERDATA) {
+      gate = ((GateBox *)lua_touserdata(L, -1))->g;
+      lua_pushnil(L);
+      lua_rawseti(L, gates, seq);
+    }
     b->slots[s].b = b;
     b->slots[s].seq = seq;
     b->in_flight++;
     b->slots[s].t = key_failed || c == NULL ? NULL
-                    : herald_http_thread_submit_quiet(c, b->group, b->notify, &req, batch_done,
-                                                      &b->slots[s]);
+                    : herald_http_thread_submit_quiet(c, b->group, b->notify, gate, &req,
+                                                      batch_done, &b->slots[s]);
     lua_settop(L, base);
     lua_pushnil(L);
     lua_rawseti(L, items, seq);  /* the body is copied; release it */
@@ -798,7 +833,7 @@ static void batch_hand_over(Batch *b) {
       o->detail = strdup("cannot start the transfer (out of memory)");
     }
   }
-  lua_pop(L, 3);
+  lua_pop(L, 4);
 }
 
 /* Starts queued items while slots are free, then says when the loop needs waking (also when
@@ -921,6 +956,41 @@ static int l_limit_gc(lua_State *L) {
   return 0;
 }
 
+/* gate() -> a gate: items (batch add's gate=) and mails (send_mail's gate=) behind it that
+ * have not started when it closes come back unsent, class "recalled" */
+static int l_gate(lua_State *L) {
+  GateBox *box = lua_newuserdatauv(L, sizeof *box, 0);
+  box->g = NULL;
+  luaL_setmetatable(L, GATE_MT);
+  box->g = herald_http_gate_new();
+  if (box->g == NULL) return luaL_error(L, "out of memory");
+  return 1;
+}
+
+static GateBox *check_gate_box(lua_State *L) {
+  GateBox *box = luaL_checkudata(L, 1, GATE_MT);
+  if (box->g == NULL) luaL_error(L, "the gate is gone");
+  return box;
+}
+
+/* g:close(): what waits behind it comes back now; what is handed over later comes back too */
+static int l_gate_close(lua_State *L) {
+  herald_http_thread_close_gate(client, check_gate_box(L)->g);
+  return 0;
+}
+
+static int l_gate_closed(lua_State *L) {
+  lua_pushboolean(L, herald_http_gate_closed(check_gate_box(L)->g));
+  return 1;
+}
+
+static int l_gate_gc(lua_State *L) {
+  GateBox *box = luaL_checkudata(L, 1, GATE_MT);
+  herald_http_gate_release(box->g);
+  box->g = NULL;
+  return 0;
+}
+
 /* batch{url=, method=, headers=, concurrency=, timeout_ms=, key_header=, ca_file=, http1=,
  *       limit=} */
 static int l_batch(lua_State *L) {
@@ -932,7 +1002,7 @@ static int l_batch(lua_State *L) {
   field_string(L, 1, "url", 1);
   Batch *b = lua_newuserdatauv(L, sizeof *b, 0);
   memset(b, 0, sizeof *b);
-  b->thread_ref = b->items_ref = b->keys_ref = b->opts_ref = LUA_NOREF;
+  b->thread_ref = b->items_ref = b->keys_ref = b->opts_ref = b->gates_ref = LUA_NOREF;
   luaL_setmetatable(L, BATCH_MT);
   b->L = lua_newthread(L);
   b->thread_ref = luaL_ref(L, LUA_REGISTRYINDEX);
@@ -970,6 +1040,8 @@ static int l_batch(lua_State *L) {
   b->keys_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   lua_newtable(L);
   b->opts_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  lua_newtable(L);
+  b->gates_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   return 1;
 }
 
@@ -1028,17 +1100,25 @@ static void pack_item_opts(lua_State *L, int o, lua_Integer seq) {
   lua_settop(L, url);
 }
 
-/* Appends one item from the values at body_idx, key_idx and opts_idx (0: none). */
+/* Appends one item from the values at body_idx, key_idx and opts_idx (0: none); the batch's
+ * tables of items, keys, options and gates lie from index tables on. */
 static void batch_append(lua_State *L, Batch *b, int body_idx, int key_idx, int opts_idx,
-                         int items, int keys, int opts) {
+                         int tables) {
+  int items = tables, keys = tables + 1, opts = tables + 2, gates = tables + 3;
   lua_Integer seq = b->added + 1;
   if (lua_type(L, body_idx) != LUA_TSTRING) luaL_error(L, "item %d: the body must be a string", (int)seq);
   int has_key = key_idx != 0 && !lua_isnil(L, key_idx);
   if (has_key && (!lua_isstring(L, key_idx) || has_line_break(L, key_idx)))
     luaL_error(L, "item %d: the key must be a string or a number without line breaks", (int)seq);
   int has_opts = opts_idx != 0 && !lua_isnil(L, opts_idx);
+  int has_gate = 0;
   if (has_opts) {
     pack_item_opts(L, opts_idx, seq);
+    lua_getfield(L, opts_idx, "gate");
+    if (!lua_isnil(L, -1) && luaL_testudata(L, -1, GATE_MT) == NULL)
+      luaL_error(L, "item %d: gate must be a gate (http.gate())", (int)seq);
+    has_gate = !lua_isnil(L, -1);
+    if (has_gate) lua_rawseti(L, gates, seq); else lua_pop(L, 1);
     lua_rawseti(L, opts, seq);
   }
   lua_pushvalue(L, body_idx);
@@ -1050,16 +1130,24 @@ static void batch_append(lua_State *L, Batch *b, int body_idx, int key_idx, int 
   b->added = seq;  /* last: an error above leaves the batch as it was */
 }
 
-/* b:add(body[, key[, {url=, headers=}]]) -> seq. The key goes out in the key_header and comes
- * back with the outcome; url and headers override or extend the batch's for this item. */
+/* The batch's tables of items, keys, options and gates, pushed in that order. */
+static void push_tables(lua_State *L, const Batch *b) {
+  lua_rawgeti(L, LUA_REGISTRYINDEX, b->items_ref);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, b->keys_ref);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, b->opts_ref);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, b->gates_ref);
+}
+
+/* b:add(body[, key[, {url=, headers=, gate=}]]) -> seq. The key goes out in the key_header and
+ * comes back with the outcome; url and headers override or extend the batch's for this item;
+ * behind a gate (http.gate()) the item comes back unsent, class "recalled", when the gate
+ * closes before it has started. */
 static int l_batch_add(lua_State *L) {
   Batch *b = check_batch(L);
   get_client(L);
   lua_settop(L, 4);
-  lua_rawgeti(L, LUA_REGISTRYINDEX, b->items_ref);
-  lua_rawgeti(L, LUA_REGISTRYINDEX, b->keys_ref);
-  lua_rawgeti(L, LUA_REGISTRYINDEX, b->opts_ref);
-  batch_append(L, b, 2, 3, 4, 5, 6, 7);
+  push_tables(L, b);
+  batch_append(L, b, 2, 3, 4, 5);
   batch_pump(b);
   lua_pushinteger(L, b->added);
   return 1;
@@ -1073,15 +1161,13 @@ static int l_batch_add_many(lua_State *L) {
   lua_settop(L, 4);
   if (!lua_isnil(L, 3)) luaL_checktype(L, 3, LUA_TTABLE);
   if (!lua_isnil(L, 4)) luaL_checktype(L, 4, LUA_TTABLE);
-  lua_rawgeti(L, LUA_REGISTRYINDEX, b->items_ref);
-  lua_rawgeti(L, LUA_REGISTRYINDEX, b->keys_ref);
-  lua_rawgeti(L, LUA_REGISTRYINDEX, b->opts_ref);
+  push_tables(L, b);
   lua_Integer n = (lua_Integer)lua_rawlen(L, 2);
   for (lua_Integer i = 1; i <= n; i++) {
     lua_rawgeti(L, 2, i);
     if (lua_isnil(L, 3)) lua_pushnil(L); else lua_rawgeti(L, 3, i);
     if (lua_isnil(L, 4)) lua_pushnil(L); else lua_rawgeti(L, 4, i);
-    batch_append(L, b, 8, 9, 10, 5, 6, 7);
+    batch_append(L, b, 9, 10, 11, 5);
     lua_pop(L, 3);
   }
   batch_pump(b);
@@ -1154,6 +1240,7 @@ static int l_batch_close(lua_State *L) {
   luaL_unref(L, LUA_REGISTRYINDEX, b->items_ref);
   luaL_unref(L, LUA_REGISTRYINDEX, b->keys_ref);
   luaL_unref(L, LUA_REGISTRYINDEX, b->opts_ref);
+  luaL_unref(L, LUA_REGISTRYINDEX, b->gates_ref);
   luaL_unref(L, LUA_REGISTRYINDEX, b->thread_ref);
   return 0;
 }
@@ -1166,7 +1253,7 @@ static int l_verdict(lua_State *L) {
   long status = (long)luaL_optinteger(L, 2, 0);
   int smtp = lua_toboolean(L, 3);
   HeraldNetClass c = kHeraldNetProtocol;
-  for (int i = kHeraldNetOk; i <= kHeraldNetHeld; i++)
+  for (int i = kHeraldNetOk; i <= kHeraldNetRecalled; i++)
     if (strcmp(cls, herald_net_class_name((HeraldNetClass)i)) == 0) c = (HeraldNetClass)i;
   lua_pushstring(L, herald_retry_verdict_name(herald_retry_verdict(c, status, smtp)));
   return 1;
@@ -1259,8 +1346,18 @@ int luaopen_herald_core_http(lua_State *L) {
   lua_setfield(L, -2, "__gc");
   lua_pop(L, 1);
 
+  static const luaL_Reg gate_methods[] = {
+    {"close", l_gate_close}, {"closed", l_gate_closed}, {NULL, NULL},
+  };
+  luaL_newmetatable(L, GATE_MT);
+  luaL_newlib(L, gate_methods);
+  lua_setfield(L, -2, "__index");
+  lua_pushcfunction(L, l_gate_gc);
+  lua_setfield(L, -2, "__gc");
+  lua_pop(L, 1);
+
   static const luaL_Reg funcs[] = {
-    {"limit", l_limit},
+    {"limit", l_limit},         {"gate", l_gate},
     {"request", l_request},     {"send_mail", l_send_mail}, {"build_mail", l_build_mail},
     {"batch", l_batch},         {"verdict", l_verdict},     {"backoff", l_backoff},
     {"configure", l_configure}, {"stats", l_stats},         {NULL, NULL},

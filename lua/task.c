@@ -244,16 +244,21 @@ typedef struct {
 
 static void signal_free_cb(uv_handle_t *h) { free(h->data); }
 
+/* The timer fired: after a notify (the waiter gets true) or when a wait's time ran out
+ * (false). */
 static void signal_fire(uv_timer_t *t) {
   SignalCore *c = t->data;
-  if (c->wait == NULL || !c->set) return;
+  if (c->wait == NULL) return;
   HeraldTaskWait *w = c->wait;
+  int notified = c->set;
   c->wait = NULL;
   c->set = 0;
-  herald_task_wait_done(w, 0);
+  lua_pushboolean(herald_task_wait_thread(w), notified);
+  herald_task_wait_done(w, 1);
 }
 
-/* Shutdown drops the waiting task; the timer goes with the userdata. */
+/* Shutdown drops the waiting task, a stop request resumes a timed wait's (see l_signal_wait);
+ * the timer goes with the userdata. */
 static void signal_cancel(HeraldTaskWait *w, void *data) {
   (void)w;
   SignalCore *c = data;
@@ -285,16 +290,27 @@ static int l_signal(lua_State *L) {
   return 1;
 }
 
-/* s:wait(): returns once notify() was called (at once if it was called since the last wait).
- * One task at a time; the wait lasts through a stop request, as the work it waits for does. */
+/* s:wait([timeout_ms]) -> true once notify() was called (at once if it was called since the
+ * last wait). One task at a time. Without a timeout the wait lasts through a stop request, as
+ * the work it waits for does; with one, it returns a false value when the time runs out first
+ * or a stop request (SIGINT/SIGTERM) cuts it short, as it does sleeps: for a task that watches
+ * over work in progress and must act on a stop. */
 static int l_signal_wait(lua_State *L) {
   SignalCore *c = check_signal(L);
+  int timed = !lua_isnoneornil(L, 2);
+  lua_Integer timeout = timed ? luaL_checkinteger(L, 2) : 0;
+  luaL_argcheck(L, timeout >= 0, 2, "must be >= 0");
   if (c->set) {
     c->set = 0;
-    return 0;
+    lua_pushboolean(L, 1);
+    return 1;
   }
   if (c->wait != NULL) return luaL_error(L, "another task waits on this signal");
-  c->wait = herald_task_wait_new(L, 0, signal_cancel, c);
+  c->wait = herald_task_wait_new(L, timed, signal_cancel, c);
+  if (timed) {
+    uv_ref((uv_handle_t *)&c->timer);   /* the time running out is work the loop has to do */
+    uv_timer_start(&c->timer, signal_fire, (uint64_t)timeout, 0);
+  }
   return lua_yield(L, 0);
 }
 

@@ -134,6 +134,7 @@ const char *herald_net_class_name(HeraldNetClass c) {
     case kHeraldNetProtocol: return "protocol";
     case kHeraldNetCancelled: return "cancelled";
     case kHeraldNetHeld: return "held";
+    case kHeraldNetRecalled: return "recalled";
   }
   return "protocol";
 }

@@ -26,6 +26,7 @@ typedef enum {
   kHeraldNetProtocol,   /* any other transport failure */
   kHeraldNetCancelled,
   kHeraldNetHeld,       /* not sent: its group is held by a server's Retry-After (429, 503) */
+  kHeraldNetRecalled,   /* not sent: its gate closed before it started (see http_thread.h) */
 } HeraldNetClass;
 
 const char *herald_net_class_name(HeraldNetClass c);

@@ -1,10 +1,11 @@
 /* The transport engine on its own thread (see http_thread.h).
  *
  * Jobs travel in three queues under one mutex: submits and cancels to the transport thread,
- * completions back; a uv_async on each side wakes the other. A job is shared by both threads,
- * so it is reference counted: one reference for the caller (until its callback has run, or
- * until the transport has seen its cancellation) and one for the transport (until the outcome
- * is handed back, or dropped because the job was cancelled). The transport thread drains
+ * completions back; a uv_async on each side wakes the other (closed gates go to the transport
+ * in a fourth, for it to give back the jobs waiting behind them). A job is shared by both
+ * threads, so it is reference counted: one reference for the caller (until its callback has
+ * run, or until the transport has seen its cancellation) and one for the transport (until the
+ * outcome is handed back, or dropped because the job was cancelled). The transport thread drains
  * submits before cancels, in one grab, so a cancellation always finds its job started.
  *
  * The caller's async handle is referenced only while jobs are outstanding, so an idle engine
@@ -34,6 +35,13 @@ struct HeraldHttpGroup {
   uint64_t held_until;          /* transport loop time (ms) a server's Retry-After holds it to */
 };
 
+struct HeraldHttpGate {
+  atomic_int refs;
+  atomic_int closed;
+  HeraldHttpGate *sweep_link;   /* the gates closed, for the transport to sweep (under lock) */
+  HeraldHttpJob *waiting;       /* the transport thread's: its jobs waiting in their groups */
+};
+
 struct HeraldHttpNotify {
   atomic_int refs;
   atomic_long pending;   /* jobs submitted under it whose outcome is not handed back yet */
@@ -49,6 +57,8 @@ struct HeraldHttpJob {
   HeraldHttpJob *prev, *next;   /* the caller's outstanding jobs */
   HeraldHttpGroup *group;
   HeraldHttpJob *gprev, *gnext; /* the group's waiting jobs (transport thread) */
+  HeraldHttpGate *gate;
+  HeraldHttpJob *wprev, *wnext; /* the gate's waiting jobs (transport thread) */
   atomic_int refs;
   atomic_int cancelled;
   int is_smtp;
@@ -94,6 +104,7 @@ struct HeraldHttpThread {
   uv_mutex_t lock;
   HeraldHttpJob *submits, *submits_tail;
   HeraldHttpJob *cancels;
+  HeraldHttpGate *sweeps;
   HeraldHttpJob *completions, *completions_tail;
   int stopping;
   /* the transport's side */
@@ -143,8 +154,25 @@ void herald_http_group_release(HeraldHttpGroup *g) {
   if (g != NULL && atomic_fetch_sub(&g->refs, 1) == 1) free(g);
 }
 
+HeraldHttpGate *herald_http_gate_new(void) {
+  HeraldHttpGate *g = calloc(1, sizeof *g);
+  if (g == NULL) return NULL;
+  atomic_init(&g->refs, 1);
+  atomic_init(&g->closed, 0);
+  return g;
+}
+
+void herald_http_gate_release(HeraldHttpGate *g) {
+  if (g != NULL && atomic_fetch_sub(&g->refs, 1) == 1) free(g);
+}
+
+int herald_http_gate_closed(const HeraldHttpGate *g) {
+  return g != NULL && atomic_load(&((HeraldHttpGate *)g)->closed);
+}
+
 static void job_free(HeraldHttpJob *j) {
   herald_http_group_release(j->group);
+  herald_http_gate_release(j->gate);
   herald_http_notify_release(j->notify);
   free(j->url);
   free(j->method);
@@ -223,10 +251,49 @@ static void drop_cancelled(HeraldHttpThread *t, HeraldHttpJob *j) {
 
 static void start_job(HeraldHttpThread *t, HeraldHttpJob *j);
 
+/* A job waiting for a place in its group is on two lists: its group's, in order, and its
+ * gate's, so a closed gate finds its jobs without a look at every group. */
+static void group_append(HeraldHttpGroup *g, HeraldHttpJob *j) {
+  j->gnext = NULL;
+  j->gprev = g->tail;
+  if (g->tail) g->tail->gnext = j; else g->head = j;
+  g->tail = j;
+  HeraldHttpGate *gate = j->gate;
+  if (gate != NULL) {
+    j->wprev = NULL;
+    j->wnext = gate->waiting;
+    if (gate->waiting) gate->waiting->wprev = j;
+    gate->waiting = j;
+  }
+}
+
 static void group_unlink(HeraldHttpGroup *g, HeraldHttpJob *j) {
   if (j->gprev) j->gprev->gnext = j->gnext; else g->head = j->gnext;
   if (j->gnext) j->gnext->gprev = j->gprev; else g->tail = j->gprev;
   j->gprev = j->gnext = NULL;
+  HeraldHttpGate *gate = j->gate;
+  if (gate != NULL) {
+    if (j->wprev) j->wprev->wnext = j->wnext; else gate->waiting = j->wnext;
+    if (j->wnext) j->wnext->wprev = j->wprev;
+    j->wprev = j->wnext = NULL;
+  }
+}
+
+static int gate_closed(const HeraldHttpJob *j) { return herald_http_gate_closed(j->gate); }
+
+/* j comes back unsent: its gate closed before it started. */
+static void finish_recalled(HeraldHttpThread *t, HeraldHttpJob *j) {
+  j->state = kJobDone;
+  if (atomic_load(&j->cancelled)) {
+    drop_cancelled(t, j);
+    return;
+  }
+  j->error = kHeraldNetRecalled;
+  j->status = 0;
+  j->retry_after_ms = -1;
+  /* without the text the caller learns only the class; an allocation failure loses no more */
+  (void)dup_str(&j->error_text, "not sent: given back before it started");
+  post_completion(t, j);
 }
 
 /* A server that answers 429 or 503 with Retry-After asks for no more requests until then: the
@@ -285,6 +352,11 @@ static void group_finished(HeraldHttpThread *t, HeraldHttpGroup *g) {
       drop_cancelled(t, next);
       continue;
     }
+    if (gate_closed(next)) {
+      /* its gate's sweep has not come yet */
+      finish_recalled(t, next);
+      continue;
+    }
     g->running++;
     start_job(t, next);
   }
@@ -293,16 +365,17 @@ static void group_finished(HeraldHttpThread *t, HeraldHttpGroup *g) {
 /* Starts j now, or queues it behind its group's running jobs. */
 static void schedule_job(HeraldHttpThread *t, HeraldHttpJob *j) {
   HeraldHttpGroup *g = j->group;
+  if (gate_closed(j)) {
+    finish_recalled(t, j);
+    return;
+  }
   int64_t held = group_held_for(t, g);
   if (held > 0) {
     finish_held(t, j, held);
     return;
   }
   if (g != NULL && g->running >= g->limit) {
-    j->gnext = NULL;
-    j->gprev = g->tail;
-    if (g->tail) g->tail->gnext = j; else g->head = j;
-    g->tail = j;
+    group_append(g, j);
     return;
   }
   if (g != NULL) g->running++;
@@ -397,8 +470,10 @@ static void wake_cb(uv_async_t *a) {
   HeraldHttpThread *t = a->data;
   uv_mutex_lock(&t->lock);
   HeraldHttpJob *submits = t->submits, *cancels = t->cancels;
+  HeraldHttpGate *sweeps = t->sweeps;
   t->submits = t->submits_tail = NULL;
   t->cancels = NULL;
+  t->sweeps = NULL;
   int stopping = t->stopping;
   uv_mutex_unlock(&t->lock);
   while (submits != NULL) {
@@ -410,6 +485,18 @@ static void wake_cb(uv_async_t *a) {
     } else {
       schedule_job(t, j);
     }
+  }
+  /* After the submits: a job submitted before its gate closed is waiting by now, or started. */
+  while (sweeps != NULL) {
+    HeraldHttpGate *gate = sweeps;
+    sweeps = gate->sweep_link;
+    gate->sweep_link = NULL;
+    while (gate->waiting != NULL) {
+      HeraldHttpJob *j = gate->waiting;
+      group_unlink(j->group, j);
+      finish_recalled(t, j);
+    }
+    herald_http_gate_release(gate);  /* the reference that came with the sweep */
   }
   while (cancels != NULL) {
     HeraldHttpJob *j = cancels;
@@ -552,14 +639,18 @@ HeraldHttpThread *herald_http_thread_new(uv_loop_t *loop, const HeraldHttpClient
   return NULL;
 }
 
-static HeraldHttpJob *job_new(HeraldHttpThread *t, HeraldHttpGroup *g, HeraldHttpDone done,
-                             void *user) {
+static HeraldHttpJob *job_new(HeraldHttpThread *t, HeraldHttpGroup *g, HeraldHttpGate *gate,
+                             HeraldHttpDone done, void *user) {
   HeraldHttpJob *j = calloc(1, sizeof *j);
   if (j == NULL) return NULL;
   j->owner = t;
   if (g != NULL) {
     atomic_fetch_add(&g->refs, 1);
     j->group = g;
+  }
+  if (gate != NULL) {
+    atomic_fetch_add(&gate->refs, 1);
+    j->gate = gate;
   }
   atomic_init(&j->refs, 2);
   atomic_init(&j->cancelled, 0);
@@ -586,14 +677,15 @@ static HeraldHttpJob *enqueue(HeraldHttpThread *t, HeraldHttpJob *j) {
 HeraldHttpJob *herald_http_thread_submit(HeraldHttpThread *t, HeraldHttpGroup *g,
                                          const HeraldHttpRequest *req, HeraldHttpDone done,
                                          void *user) {
-  return herald_http_thread_submit_quiet(t, g, NULL, req, done, user);
+  return herald_http_thread_submit_quiet(t, g, NULL, NULL, req, done, user);
 }
 
 HeraldHttpJob *herald_http_thread_submit_quiet(HeraldHttpThread *t, HeraldHttpGroup *g,
-                                               HeraldHttpNotify *n, const HeraldHttpRequest *req,
-                                               HeraldHttpDone done, void *user) {
+                                               HeraldHttpNotify *n, HeraldHttpGate *gate,
+                                               const HeraldHttpRequest *req, HeraldHttpDone done,
+                                               void *user) {
   if (t == NULL || t->free_pending) return NULL;
-  HeraldHttpJob *j = job_new(t, g, done, user);
+  HeraldHttpJob *j = job_new(t, g, gate, done, user);
   if (j == NULL) return NULL;
   j->timeout_ms = req->timeout_ms;
   j->max_body = req->max_body;
@@ -617,10 +709,10 @@ HeraldHttpJob *herald_http_thread_submit_quiet(HeraldHttpThread *t, HeraldHttpGr
 }
 
 HeraldHttpJob *herald_http_thread_smtp(HeraldHttpThread *t, HeraldHttpGroup *g,
-                                       const HeraldSmtpRequest *req, HeraldHttpDone done,
-                                       void *user) {
+                                       HeraldHttpGate *gate, const HeraldSmtpRequest *req,
+                                       HeraldHttpDone done, void *user) {
   if (t == NULL || t->free_pending) return NULL;
-  HeraldHttpJob *j = job_new(t, g, done, user);
+  HeraldHttpJob *j = job_new(t, g, gate, done, user);
   if (j == NULL) return NULL;
   j->is_smtp = 1;
   j->timeout_ms = req->timeout_ms;
@@ -647,6 +739,17 @@ void herald_http_thread_cancel(HeraldHttpThread *t, HeraldHttpJob *j) {
   uv_async_send(&t->wake);
 }
 
+void herald_http_thread_close_gate(HeraldHttpThread *t, HeraldHttpGate *gate) {
+  if (gate == NULL || atomic_exchange(&gate->closed, 1)) return;
+  if (t == NULL) return;
+  atomic_fetch_add(&gate->refs, 1);   /* the sweep's, until the transport has made it */
+  uv_mutex_lock(&t->lock);
+  gate->sweep_link = t->sweeps;
+  t->sweeps = gate;
+  uv_mutex_unlock(&t->lock);
+  uv_async_send(&t->wake);
+}
+
 size_t herald_http_thread_in_flight(const HeraldHttpThread *t) { return t ? t->in_flight : 0; }
 
 uint64_t herald_http_thread_connections(const HeraldHttpThread *t) {
@@ -669,6 +772,12 @@ static void really_free(HeraldHttpThread *t) {
     HeraldHttpJob *j = list;
     list = j->link;
     job_unref(j);
+  }
+  /* gates closed after the transport's last turn: nothing waits behind them any more */
+  while (t->sweeps != NULL) {
+    HeraldHttpGate *gate = t->sweeps;
+    t->sweeps = gate->sweep_link;
+    herald_http_gate_release(gate);
   }
   uv_close((uv_handle_t *)&t->flush, back_closed);
   uv_close((uv_handle_t *)&t->back, back_closed);

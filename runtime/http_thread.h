@@ -38,6 +38,16 @@ void herald_http_notify_set_wake(HeraldHttpNotify *n, int eager, long wake_at);
 /* Jobs submitted under n whose outcome the transport has not handed back yet. */
 long herald_http_notify_pending(HeraldHttpNotify *n);
 
+/* A gate: jobs submitted through it that have not started when it closes come back unsent,
+ * class kHeraldNetRecalled, instead of going out (the messages of a campaign paused meanwhile,
+ * or of a process asked to stop, go back to the outbox rather than to the provider). Jobs on
+ * the wire run their course. A gate stays closed. Jobs keep the gate alive while they need it;
+ * the caller's reference is dropped with herald_http_gate_release. */
+typedef struct HeraldHttpGate HeraldHttpGate;
+HeraldHttpGate *herald_http_gate_new(void);
+void herald_http_gate_release(HeraldHttpGate *g);
+int herald_http_gate_closed(const HeraldHttpGate *g);
+
 /* Starts the thread. NULL when it cannot be started. */
 HeraldHttpThread *herald_http_thread_new(uv_loop_t *loop, const HeraldHttpClientOptions *opt);
 
@@ -55,13 +65,20 @@ void herald_http_thread_free(HeraldHttpThread *t);
 HeraldHttpJob *herald_http_thread_submit(HeraldHttpThread *t, HeraldHttpGroup *g,
                                          const HeraldHttpRequest *req, HeraldHttpDone done,
                                          void *user);
-/* The same, its completion quiet under notifier n (see HeraldHttpNotify; n may be NULL). */
+/* The same, its completion quiet under notifier n (see HeraldHttpNotify) and the job behind
+ * gate (see HeraldHttpGate); n and gate may be NULL. */
 HeraldHttpJob *herald_http_thread_submit_quiet(HeraldHttpThread *t, HeraldHttpGroup *g,
-                                               HeraldHttpNotify *n, const HeraldHttpRequest *req,
-                                               HeraldHttpDone done, void *user);
+                                               HeraldHttpNotify *n, HeraldHttpGate *gate,
+                                               const HeraldHttpRequest *req, HeraldHttpDone done,
+                                               void *user);
 HeraldHttpJob *herald_http_thread_smtp(HeraldHttpThread *t, HeraldHttpGroup *g,
-                                       const HeraldSmtpRequest *req, HeraldHttpDone done,
-                                       void *user);
+                                       HeraldHttpGate *gate, const HeraldSmtpRequest *req,
+                                       HeraldHttpDone done, void *user);
+
+/* Closes gate (see HeraldHttpGate): its jobs waiting for a place in their group come back at
+ * once, those handed over later as the transport takes them. t may be NULL (no transport: no
+ * job can be waiting). */
+void herald_http_thread_close_gate(HeraldHttpThread *t, HeraldHttpGate *gate);
 
 /* Aborts a job; its callback is never called. */
 void herald_http_thread_cancel(HeraldHttpThread *t, HeraldHttpJob *job);

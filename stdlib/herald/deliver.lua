@@ -844,6 +844,101 @@ local function report_all(reports)
   with_retries('recording ' .. #reports .. ' outcomes', outbox.report_batch, reports)
 end
 
+-- A claim's messages not yet on the wire go back to the outbox when their campaign is paused,
+-- deleted or made invalid (by this process or any other) or when the process is asked to stop,
+-- rather than holding the pause, or the stop, until the whole claim has gone out. Each message
+-- carries its campaign's gate (msg.gate, an http gate); channels hand it to the transport with
+-- the request or mail, and closing it brings back unsent ('recalled') every one still waiting
+-- for a connection, which the pump reports RELEASED (PENDING again, no attempt spent). What is
+-- on the wire finishes. While pumps send, a watcher looks up the states of the campaigns being
+-- sent every CHECK_MS, in one query, and closes their gates at once at a stop request.
+local CHECK_MS = 250
+local HOLDING = { PAUSED = true, DELETED = true, INVALID = true }
+local sending = {}                                    -- campaign id -> { gate =, claims = }
+local closed_why = setmetatable({}, { __mode = 'k' }) -- gate -> the campaign state, or STOPPED
+local watch = { running = false, wake = nil, failed = false }
+
+local function close_gate(cid, why)
+  local s = sending[cid]
+  if s == nil then return end
+  sending[cid] = nil
+  closed_why[s.gate] = why
+  s.gate:close()
+end
+
+local function check_gates()
+  if hcore.stopping() then
+    for cid in pairs(sending) do close_gate(cid, 'STOPPED') end
+    return
+  end
+  local ids = {}
+  for cid in pairs(sending) do ids[#ids + 1] = cid end
+  if #ids == 0 then return end
+  local rows, err = store.query('SELECT id, state FROM campaigns WHERE app_id = ? AND id IN (SELECT value FROM json_each(?))',
+    hcore.app(), json.encode(ids))
+  if rows == nil then error(err, 0) end
+  local now = {}
+  for _, r in ipairs(rows) do now[r.id] = r.state end
+  for _, cid in ipairs(ids) do
+    local st = now[cid] or 'DELETED'
+    if HOLDING[st] then
+      close_gate(cid, st)
+      io.stderr:write(string.format('herald: campaign %s is %s: its messages not yet sent go back to the outbox\n', cid, st))
+    end
+  end
+end
+
+local function watcher()
+  repeat
+    watch.wake:wait(CHECK_MS)   -- cut short by a stop request
+    if next(sending) ~= nil then
+      local ok, err = pcall(check_gates)
+      if not ok and not watch.failed then
+        -- the store busy, say: the next look may do
+        watch.failed = true
+        io.stderr:write('herald: looking up the states of the campaigns being sent failed (tried again): '
+          .. tostring(err) .. '\n')
+      end
+    end
+  until next(sending) == nil
+  watch.running = false
+end
+
+-- The gate of a claim's messages of campaign cid, taken for the claim until leave_gates.
+local function enter_gate(cid)
+  local s = sending[cid]
+  if s == nil then
+    local g = http.gate()
+    if hcore.stopping() then
+      -- stopping already: nothing of this claim goes out
+      closed_why[g] = 'STOPPED'
+      g:close()
+      return g
+    end
+    s = { gate = g, claims = 0 }
+    sending[cid] = s
+    if not watch.running then
+      watch.running, watch.failed = true, false
+      watch.wake = watch.wake or task.signal()
+      task.spawn(watcher)
+    end
+  end
+  s.claims = s.claims + 1
+  return s.gate
+end
+
+-- The claim is done with its gates (campaign id -> gate).
+local function leave_gates(gates)
+  for cid, g in pairs(gates) do
+    local s = sending[cid]
+    if s and s.gate == g then
+      s.claims = s.claims - 1
+      if s.claims == 0 then sending[cid] = nil end
+    end
+  end
+  if next(sending) == nil and watch.running then watch.wake:notify() end
+end
+
 -- Outcomes are recorded as the channel tells them (in chunks, each in a transaction of its
 -- own), so the messages sent but not yet recorded when a process is killed, which it sends
 -- again after its restart, are at most a chunk's worth per lane rather than a whole claim.
@@ -854,6 +949,12 @@ function deliver.pump(now_ms, max, ids_json)
   local rows, reports, defers, items = with_retries('claiming', with_limits, claim_and_prepare, now_ms, max, ids_json)
   local fb = {}
   if #items > 0 then
+    local gates = {}
+    for _, it in ipairs(items) do
+      local cid = it.row.campaign_id
+      gates[cid] = gates[cid] or enter_gate(cid)
+      it.msg.gate = gates[cid]
+    end
     local settled = {}
     local function settle(i, o, now)
       settled[i] = true
@@ -877,6 +978,12 @@ function deliver.pump(now_ms, max, ids_json)
         state.stats.deferred = state.stats.deferred + 1
         reports[#reports + 1] = { id = row.id, state = 'RELEASED', due_ms = now + wait,
                                   reason = 'RETRY_AFTER: ' .. tostring(o.reason) }
+      elseif o.recalled then
+        -- Never sent: its campaign's gate closed before the transport started it (see
+        -- check_gates). It goes back without spending an attempt, for the resume or the restart.
+        state.stats.deferred = state.stats.deferred + 1
+        reports[#reports + 1] = { id = row.id, state = 'RELEASED', due_ms = now,
+                                  reason = tostring(closed_why[it.msg.gate] or 'RECALLED') .. ': ' .. tostring(o.reason) }
       else
         local pausing = false
         if o.systemic then
@@ -892,9 +999,11 @@ function deliver.pump(now_ms, max, ids_json)
         local bounce = verdict == 'permanent' and o.feedback == 'HARD_BOUNCE'
         if o.feedback and not bounce then fb[#fb + 1] = { row.endpoint_id, o.feedback } end
         deliver.hold(it.profile, o.retry_after_ms)
-        if verdict == 'transient' and (state.paused[cid] or pausing) then
-          -- Paused while this message was on the wire: it waits for the resume, and the claim
-          -- does not count as one of its attempts, so a pause never burns the audience.
+        local why = closed_why[it.msg.gate]
+        if verdict == 'transient' and (state.paused[cid] or pausing or (why and why ~= 'STOPPED')) then
+          -- Paused (here or elsewhere) while this message was on the wire: it waits for the
+          -- resume, and the claim does not count as one of its attempts, so a pause never burns
+          -- the audience.
           state.stats.retried = state.stats.retried + 1
           reports[#reports + 1] = { id = row.id, state = 'RELEASED', due_ms = now,
                                     reason = 'PAUSED: ' .. tostring(o.reason) }
@@ -920,6 +1029,8 @@ function deliver.pump(now_ms, max, ids_json)
           if not okp then
             io.stderr:write('herald: campaign ' .. cid .. ' could not be paused: ' .. tostring(perr) .. '\n')
           end
+          -- the claim's requests still waiting are not sent only to fail as well
+          close_gate(cid, 'PAUSED')
         end
       end
     end
@@ -932,7 +1043,9 @@ function deliver.pump(now_ms, max, ids_json)
       for _, f in ipairs(fb) do deliver.feedback(f[1], f[2]) end
       fb = {}
     end
-    local out, progress_err = deliver.send_items(items, progress)
+    local ok, out, progress_err = pcall(deliver.send_items, items, progress)
+    leave_gates(gates)
+    if not ok then error(out, 0) end
     if progress_err ~= nil then
       io.stderr:write('herald: recording outcomes as they came failed (retried at the end of the claim): '
         .. tostring(progress_err) .. '\n')

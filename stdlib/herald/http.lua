@@ -1,6 +1,7 @@
 -- herald.http: HTTP(S) and SMTP(S) through the runtime's transport engine (libcurl multi on the
 -- event loop). Calls that wait yield the calling task; runtime failures return nil, err, class
--- where class is one of timeout, connect, reset, tls, status, auth, invalid, protocol.
+-- where class is one of timeout, connect, reset, tls, status, auth, invalid, protocol (and, for
+-- requests never sent, held and recalled).
 --
 -- Batches are the throughput path (and the outbox's seam): no task per request.
 --   local b <close> = http.batch{url=, concurrency=50, key_header='Idempotency-Key', headers=}
@@ -9,6 +10,8 @@
 --   -- out.n, and arrays out.seq, out.key, out.status, out.class, out.verdict,
 --   -- out.retry_after_ms, out.detail (failure text or the start of a failure body)
 -- Batches given the same limit (http.limit(n)) have at most n transfers in flight between them.
+-- An item added with a gate (b:add(body, key, {gate = g}), g = http.gate(); send_mail's gate=)
+-- comes back unsent, class 'recalled', if g:close() comes before the transport has started it.
 local core = require 'herald.core.http'
 
 local http = {
@@ -17,6 +20,7 @@ local http = {
   build_mail = core.build_mail, -- the RFC 5322 text send_mail would send, and its Message-ID
   batch = core.batch,           -- {url=, concurrency=, headers=, key_header=, limit=, ...} -> batch
   limit = core.limit,           -- (n) -> a cap of n transfers at once that batches share (limit=)
+  gate = core.gate,             -- () -> a gate: g:close(), g:closed() (gate= of an item or a mail)
   verdict = core.verdict,       -- (class, status[, smtp]) -> delivered | transient | permanent
   backoff = core.backoff,       -- (attempt, min_ms, max_ms[, jitter]) -> delay ms
   configure = core.configure,   -- {max_host_connections=, max_total_connections=, ...}

@@ -219,13 +219,15 @@ local function spawned(name, cmd, dir, port, log, scheme, host)
   return server
 end
 
--- postfix's smtp-sink: accepts everything and keeps nothing. opts.backlog (default 1024).
+-- postfix's smtp-sink: accepts everything and keeps nothing. opts.backlog (default 1024),
+-- opts.data_delay (seconds before it answers DATA: a mail that stays on the wire that long).
 function S.start_smtp_sink(opts)
   opts = opts or {}
   local dir = S.tmpdir('smtp-sink')
   local port = S.free_port()
   local user = capture('id -u'):match('^0') and '-u nobody ' or ''
-  return spawned('smtp-sink', 'exec smtp-sink ' .. user .. '-c 127.0.0.1:' .. port .. ' ' .. (opts.backlog or 1024),
+  local delay = opts.data_delay and ('-w ' .. opts.data_delay .. ' ') or ''
+  return spawned('smtp-sink', 'exec smtp-sink ' .. user .. delay .. '-c 127.0.0.1:' .. port .. ' ' .. (opts.backlog or 1024),
     dir, port, dir .. '/sink.log', 'smtp')
 end
 

@@ -41,6 +41,7 @@ describe('delivery through providers', function()
       location = /hook-busy { echo_sleep 0.2; echo "ok"; }
       location = /hook-20ms { echo_sleep 0.02; echo "ok"; }
       location = /hook-slowfail { echo_status 500; echo_sleep 1; echo "broken"; }
+      location = /hook-1s { echo_sleep 1; echo "ok"; }
     ]] }
     emu = S.start_emulator()
   end)
@@ -469,6 +470,66 @@ describe('delivery through providers', function()
     end)
     os.execute('kill ' .. pid .. ' 2> /dev/null')
     assert(ok, err)
+  end)
+
+  it('gives back the claimed messages not yet sent when another process pauses the campaign', function()
+    local dir = h.tmpdir()
+    ng:clear_log()
+    campaign_file(dir, { n = 40, channel = 'CUSTOM', name = 'halted', addr = "function(i) return 'x' .. i end" })
+    -- one claim takes all 40; two at a time go out, a second each
+    h.write(dir .. '/providers.lua', string.format([[
+      return { profiles = { hooks = { type = 'webhook', url = %q, connections = 2 } }, channels = { CUSTOM = 'hooks' } }
+    ]], ng.url .. '/hook-1s'))
+    local inner = h.shell_quote(h.exe) .. ' --db d.db run c.lua > run.out 2> run.err & echo $! > run.pid; wait'
+    os.execute('cd ' .. h.shell_quote(dir) .. ' && sh -c ' .. h.shell_quote(inner) .. ' > /dev/null 2>&1 &')
+    local pid = h.wait_for(function() return tonumber((h.read(dir .. '/run.pid') or ''):match('%d+')) end,
+      5000, 'the run pid')
+    local ok, err = pcall(function()
+      h.wait_for(function() return #ng:requests() >= 2 end, 20000, 'the first answers')
+      local _, code, e = h.herald('--db d.db campaign pause halted', { cwd = dir })
+      assert.are.equal(0, code, e)
+      local paused_at = tonumber((h.sh('date +%s.%N')))
+      -- the claim's messages still waiting for a connection come back at once; the two on the
+      -- wire finish
+      h.wait_for(function()
+        return query(dir, "SELECT count(*) AS n FROM outbox WHERE state = 'CLAIMED'")[1].n == 0
+      end, 5000, 'the claimed messages to be given back', 100)
+      herald.sleep(1500)   -- and nothing more goes out
+      local reqs = ng:requests()
+      local started_after = 0
+      for _, r in ipairs(reqs) do
+        if r.time - 1 > paused_at then started_after = started_after + 1 end
+      end
+      assert.is_true(started_after <= 2, started_after .. ' requests started after the pause')
+      local sent = query(dir, "SELECT count(*) AS n FROM outbox WHERE state = 'SENT'")[1].n
+      assert.are.equal(#reqs, sent)
+      assert.is_true(sent <= 8, sent .. ' sent')
+      -- the rest wait for the resume, none of their attempts spent
+      assert.are.same({ { state = 'PENDING', n = 40 - sent, a = 0 } },
+        query(dir, "SELECT state, count(*) AS n, max(attempts) AS a FROM outbox WHERE state != 'SENT' GROUP BY state"))
+      assert.matches('campaign halted is PAUSED: its messages not yet sent go back to the outbox', h.read(dir .. '/run.err'), 1, true)
+    end)
+    os.execute('kill ' .. pid .. ' 2> /dev/null')
+    assert(ok, err)
+    h.wait_for(function() return not h.sh('kill -0 ' .. pid .. ' 2> /dev/null && echo alive'):find('alive') end,
+      10000, 'the run to stop')
+    -- resumed, every message goes out exactly once
+    h.write(dir .. '/providers.lua', string.format([[
+      return { profiles = { hooks = { type = 'webhook', url = %q, connections = 2 } }, channels = { CUSTOM = 'hooks' } }
+    ]], ng.url .. '/hook-ok'))
+    local _, code, e = h.herald('--db d.db campaign resume halted', { cwd = dir })
+    assert.are.equal(0, code, e)
+    _, code, e = run(dir, 'c.lua')
+    assert.are.equal(0, code, e)
+    assert.are.same({ { state = 'SENT', n = 40 } }, query(dir, 'SELECT state, count(*) AS n FROM outbox GROUP BY state'))
+    local slow_n, slow_keys = ng:key_counts('/hook-1s')
+    local ok_n, ok_keys = ng:key_counts('/hook-ok')
+    assert.are.same({ 40, 40 }, { slow_n + ok_n, slow_keys + ok_keys })
+    local seen = {}
+    for _, r in ipairs(ng:requests()) do
+      assert.is_nil(seen[r.key], r.key)
+      seen[r.key] = true
+    end
   end)
 
   it('stops retrying a message once MaximumDuration has passed since it was first due', function()

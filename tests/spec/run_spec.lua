@@ -1,4 +1,5 @@
 local h = require 'helpers'
+local S = require 'servers'
 
 local function quickstart(dir)
   return h.herald('--db q.db run --until-idle ' .. h.shell_quote(h.root .. '/scripts/quickstart.lua'),
@@ -178,6 +179,72 @@ c.execute('COMMIT')
     assert.are.equal(20, h.count(h.read(dir .. '/out.txt') or '', 'hi e'), stderr)
     assert.matches('rc=0', out, 1, true)
     assert.are.same({ { state = 'COMPLETED' } }, h.query(dir, 'q.db', "SELECT state, error FROM campaigns WHERE id = 'due'"))
+  end)
+
+  -- Starts `herald run` delivering 100 messages of channel through profile (one at a time, each
+  -- a while on the wire), sends it SIGTERM once the shell condition ready holds, and checks
+  -- that it stops at once, with the messages not yet sent PENDING again, no attempt spent.
+  -- Returns how many were sent.
+  local function stop_while_sending(channel, profile, ready)
+    local dir = h.tmpdir()
+    h.write(dir .. '/c.lua', string.format([[
+      for i = 1, 100 do
+        assert(herald.endpoints.put { Id = string.format('ep-%%03d', i), ChannelType = %q, Address = 'r' .. i .. '@example.com' })
+      end
+      herald.campaign { name = 'p', segment = herald.segment { name = 'all' },
+        message = { subject = 'Hi', body = 'Hi {{Id}}' }, deliver = 'channels' }
+    ]], channel))
+    -- one claim takes all 100
+    h.write(dir .. '/providers.lua', string.format('return { profiles = { out = %s }, channels = { %s = %q } }',
+      profile, channel, 'out'))
+    local out = h.sh(table.concat({
+      'cd ' .. h.shell_quote(dir),
+      h.shell_quote(h.exe) .. ' --db q.db run c.lua > out.txt 2> err.txt & pid=$!',
+      'for i in $(seq 200); do ' .. ready .. ' && break; sleep 0.05; done',
+      -- a service manager's stop: SIGTERM, and SIGKILL if that takes too long
+      'kill -TERM $pid; start=$(date +%s%N)',
+      '(sleep 10; kill -KILL $pid 2> /dev/null) & dog=$!',
+      'wait $pid; rc=$?; echo "rc=$rc after $(( ($(date +%s%N) - start) / 1000000 )) ms"',
+      'kill $dog 2> /dev/null; wait $dog 2> /dev/null; true',
+    }, '\n'))
+    local rc, ms = out:match('rc=(%d+) after (%d+) ms')
+    assert.are.equal('0', rc, out .. (h.read(dir .. '/err.txt') or ''))
+    -- the message on the wire finishes; nothing waits for the rest
+    assert.is_true(tonumber(ms) < 3000, ms .. ' ms to stop')
+    assert.matches('stopped', h.read(dir .. '/out.txt'))
+    local sent = query(dir, "SELECT count(*) AS n FROM outbox WHERE state = 'SENT'")
+    assert.is_true(sent <= 10, sent .. ' sent')
+    -- the rest are due again with no attempt spent, for the next start
+    assert.are.equal(100 - sent, query(dir, [[SELECT count(*) AS n FROM outbox WHERE state = 'PENDING' AND attempts = 0
+      AND reason LIKE 'STOPPED:%']]))
+    return sent
+  end
+
+  it('gives the messages not yet sent back to the outbox on SIGTERM rather than sending them first', function()
+    local ng = S.start_nginx { tls = false, locations = 'location = /half { echo_sleep 0.5; echo "done"; }\n' }
+    local ok, err = pcall(function()
+      local sent = stop_while_sending('CUSTOM',
+        string.format("{ type = 'webhook', url = %q, connections = 1 }", ng.url .. '/half'),
+        '[ -s ' .. h.shell_quote(ng.log) .. ' ]')
+      -- each message sent is one request
+      assert.are.same({ sent, sent }, { ng:key_counts('/half') })
+    end)
+    ng:stop()
+    assert(ok, err)
+  end)
+
+  it('gives the mails not yet sent back to the outbox on SIGTERM', function()
+    local sink = S.start_smtp_sink { data_delay = 1 }
+    local ok, err = pcall(function()
+      stop_while_sending('EMAIL', string.format("{ type = 'smtp', url = %q, from = 'news@example.com', sessions = 1 }",
+        sink.url), 'sleep 2')
+    end)
+    sink:stop()
+    assert(ok, err)
+  end)
+
+  it('gives the messages a Lua channel has not sent yet back to the outbox on SIGTERM', function()
+    stop_while_sending('EMAIL', "{ type = 'lua', send = function(m) herald.sleep(500); return true end }", 'sleep 2')
   end)
 
   it('reports a definition error with the file and line and exits non-zero', function()

@@ -207,6 +207,46 @@ describe('herald.http.send_mail', function()
     assert.is_true(opened >= 1 and opened <= 2, opened .. ' connections')
   end)
 
+  it("gives back a mail waiting for one of its limit's sessions when its gate closes", function()
+    local slow = S.start_smtp_sink { data_delay = 2 }
+    local ok, err = pcall(function()
+      local limit, gate = http.limit(1), http.gate()
+      local results = {}
+      -- the first holds the limit's one session for 2 s; the second waits behind the gate
+      for i = 1, 2 do
+        herald.spawn(function()
+          results[i] = table.pack(http.send_mail { url = slow.url, from = 'a@herald.example', to = 'b@example.org',
+                                                  text = 'x', message_id = 'gate' .. i, limit = limit,
+                                                  gate = i == 2 and gate or nil })
+        end)
+      end
+      herald.sleep(300)
+      gate:close()
+      for _ = 1, 50 do
+        if results[2] then break end
+        herald.sleep(20)
+      end
+      -- the second mail came back unsent while the first is still on the wire
+      assert.is_table(results[2])
+      assert.is_nil(results[1])
+      assert.is_nil(results[2][1])
+      assert.are.equal('recalled', results[2][3])
+      assert.matches('not sent', results[2][2])
+      for _ = 1, 200 do
+        if results[1] then break end
+        herald.sleep(20)
+      end
+      assert.is_table(results[1] and results[1][1])
+      -- one sent behind the closed gate never goes out
+      local res, _, class = http.send_mail { url = slow.url, from = 'a@herald.example', to = 'b@example.org',
+                                             text = 'x', message_id = 'gate3', limit = limit, gate = gate }
+      assert.is_nil(res)
+      assert.are.equal('recalled', class)
+    end)
+    slow:stop()
+    assert(ok, err)
+  end)
+
   it('classifies a refused connection', function()
     local res, _, class = http.send_mail { url = 'smtp://127.0.0.1:' .. S.free_port(),
                                            from = 'a@herald.example', to = 'b@example.org',

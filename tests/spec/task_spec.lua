@@ -57,6 +57,23 @@ describe('task.signal', function()
     assert.is_true(first_resumed)
   end)
 
+  it('gives up a wait with a timeout when the time runs out, or at a stop request', function()
+    local s = task.signal()
+    local t0 = task.now()
+    assert.is_false(s:wait(50))
+    assert.is_true(task.now() - t0 >= 50)
+    task.spawn(function() herald.sleep(10); s:notify() end)
+    assert.is_true(s:wait(5000))
+    -- a stop request (SIGINT/SIGTERM) cuts it short, as it does sleeps, in a process of its own
+    local out, code = h.herald('-e ' .. h.shell_quote(
+      "local task = require('herald.core.task'); local s = task.signal(); "
+      .. "task.spawn(function() local t0 = task.now(); local r = s:wait(5000); "
+      .. "print(tostring(r), task.now() - t0 < 2000) end); "
+      .. "task.spawn(function() task.sleep(50); task.request_stop() end)"))
+    assert.are.equal(0, code)
+    assert.are.equal('nil\ttrue\n', out)
+  end)
+
   it('resumes its waiter although nothing else keeps the loop running', function()
     local out, code = h.herald('-e ' .. h.shell_quote(
       "local task = require('herald.core.task'); local s = task.signal(); "

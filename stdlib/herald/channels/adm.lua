@@ -47,7 +47,8 @@ local function request(self, m)
   local expires = m.expires_after or m.ttl
   if expires then expires = math.max(60, math.min(MAX_EXPIRES, math.floor(expires))) end
   local body = { data = data, consolidationKey = (m.consolidation_key or m.key):sub(1, 64), expiresAfter = expires }
-  return { key = m.key, url = self.url .. util.urlencode(m.address) .. '/messages', body = json.encode(body) }
+  return { key = m.key, url = self.url .. util.urlencode(m.address) .. '/messages', body = json.encode(body),
+           gate = m.gate }
 end
 
 function adm:send(msgs, progress)

@@ -59,7 +59,7 @@ function apns:request(m, token)
     ['apns-id'] = m.apns_id,
   }
   if m.ttl then headers['apns-expiration'] = tostring(clock.now() // 1000 + m.ttl) end
-  return { key = m.key, body = json.encode(payload), headers = headers,
+  return { key = m.key, body = json.encode(payload), headers = headers, gate = m.gate,
            url = (m.channel:find('SANDBOX') and self.sandbox_url or self.url) .. '/3/device/' .. m.address }
 end
 

@@ -55,7 +55,7 @@ function baidu:request(m)
   local fields = {}
   for k, v in pairs(params) do fields[#fields + 1] = { k, v } end
   table.sort(fields, function(a, b) return a[1] < b[1] end)
-  return { key = m.key, url = self.url, body = util.form(fields) }
+  return { key = m.key, url = self.url, body = util.form(fields), gate = m.gate }
 end
 
 function baidu:send(msgs, progress)

@@ -65,7 +65,7 @@ function fcm:send(msgs, progress)
   local token, err = self:token()
   if not token then return util.fail_all(#msgs, 'transient', err) end
   local reqs = {}
-  for i, m in ipairs(msgs) do reqs[i] = { key = m.key, body = message(m), url = self.url } end
+  for i, m in ipairs(msgs) do reqs[i] = { key = m.key, body = message(m), url = self.url, gate = m.gate } end
   local function judge(o)
     local code = error_code(o.detail)
     if code == 'UNREGISTERED' then

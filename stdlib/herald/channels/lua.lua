@@ -2,6 +2,8 @@
 -- nil, reason[, 'transient' | 'permanent'] (default transient). msg has key, address,
 -- channel, endpoint, title, body, html, data, campaign_id, treatment_id. It runs in the
 -- delivery task, so it may wait (herald.http.request, herald.sleep).
+local util = require 'herald.channels.util'
+
 local luachannel = {}
 luachannel.__index = luachannel
 
@@ -12,13 +14,19 @@ function luachannel:send(msgs)
   for i, m in ipairs(msgs) do
     -- the endpoint as a table for the user's function (delivery carries it as a context)
     if rawget(m, 'endpoint') == nil and rawget(m, 'ctx') ~= nil then m.endpoint = m.ctx:table() end
-    local ok, res, reason, kind = pcall(self.profile.send, m)
-    if not ok then
-      out[i] = { verdict = 'transient', reason = 'send failed: ' .. tostring(res), systemic = true, error = true }
-    elseif res then
-      out[i] = { verdict = 'delivered' }
+    if m.gate and m.gate:closed() then
+      -- messages go one after the other: those whose gate closed meanwhile (the campaign
+      -- paused, the process stopping) are given back unsent, as the transport gives back requests
+      out[i] = util.recalled { class = 'recalled', detail = 'not sent: given back before it started' }
     else
-      out[i] = { verdict = kind == 'permanent' and 'permanent' or 'transient', reason = tostring(reason or 'refused') }
+      local ok, res, reason, kind = pcall(self.profile.send, m)
+      if not ok then
+        out[i] = { verdict = 'transient', reason = 'send failed: ' .. tostring(res), systemic = true, error = true }
+      elseif res then
+        out[i] = { verdict = 'delivered' }
+      else
+        out[i] = { verdict = kind == 'permanent' and 'permanent' or 'transient', reason = tostring(reason or 'refused') }
+      end
     end
   end
   return out

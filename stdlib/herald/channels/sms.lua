@@ -70,10 +70,11 @@ function sms:request(m)
     -- Twilio takes one From: the message's own sender (its SenderId, else its
     -- OriginationNumber) over the profile's defaults
     local sender = m.sender_id or m.origination_number or self.profile.sender_id or self.profile.from
-    return { key = m.key, body = form { { 'To', m.address }, { 'From', sender }, { 'Body', m.body } },
+    return { key = m.key, gate = m.gate, body = form { { 'To', m.address }, { 'From', sender }, { 'Body', m.body } },
              headers = { Authorization = self.auth, ['Content-Type'] = 'application/x-www-form-urlencoded' } }
   end
-  return { key = m.key, body = json.encode(render_json(self.body, vars)), headers = { ['Content-Type'] = 'application/json' } }
+  return { key = m.key, gate = m.gate, body = json.encode(render_json(self.body, vars)),
+           headers = { ['Content-Type'] = 'application/json' } }
 end
 
 function sms:send(msgs, progress)
@@ -88,9 +89,9 @@ end
 function sms:verdicts(res)
   local out = {}
   for i, o in ipairs(res) do
-    local r = { verdict = o.verdict, retry_after_ms = o.retry_after_ms }
-    if o.class == 'held' then
-      r = util.held(o)
+    local r = util.unsent(o) or { verdict = o.verdict, retry_after_ms = o.retry_after_ms }
+    if r.held or r.recalled then
+      -- never sent: nothing for the provider to have said about the number
     elseif o.verdict ~= 'delivered' then
       r.reason = util.reason(o)
       local err = util.decode(o.detail)

@@ -33,9 +33,11 @@ function smtp:send_one(m)
     one_click = p.one_click and self.unsub ~= nil or nil,
     username = p.username, password = p.password, starttls = p.starttls,
     ca_file = p.ca_file, timeout_ms = p.timeout_ms, envelope_from = p.envelope_from,
-    limit = self.limit,
+    limit = self.limit, gate = m.gate,
   }
   if res then return { verdict = 'delivered' } end
+  -- given back before a session took it (its gate closed): never sent
+  if class == 'recalled' then return util.recalled { class = class, detail = err } end
   local verdict = http.verdict(class, code or 0, true)
   local r = { verdict = verdict, reason = 'SMTP ' .. tostring(code or class) .. ': ' .. tostring(err),
               systemic = class ~= 'status' }

@@ -24,10 +24,12 @@ local function profile_limit(profile)
   return l
 end
 
--- Sends reqs ({body=, key=, url=, headers=}) as one batch with profile's connections, method
--- and TLS options; returns the outcomes as the batch gives them, by column (res.n, res.seq[i]
--- the index in reqs, res.verdict[i], res.status[i], res.class[i], res.detail[i],
--- res.retry_after_ms[i]), for callers that make no table per request.
+-- Sends reqs ({body=, key=, url=, headers=, gate=}) as one batch with profile's connections,
+-- method and TLS options; returns the outcomes as the batch gives them, by column (res.n,
+-- res.seq[i] the index in reqs, res.verdict[i], res.status[i], res.class[i], res.detail[i],
+-- res.retry_after_ms[i]), for callers that make no table per request. A request's gate is its
+-- message's (msg.gate, set by delivery): closed before the request starts, it comes back
+-- unsent (class 'recalled', util.recalled).
 local function open_batch(profile, reqs, opts)
   local b = http.batch {
     url = reqs[1].url or profile.url, method = opts.method or 'POST', limit = profile_limit(profile),
@@ -36,8 +38,8 @@ local function open_batch(profile, reqs, opts)
     headers = opts.headers, ca_file = profile.ca_file, http1 = opts.http1,
   }
   for _, r in ipairs(reqs) do
-    if r.url or r.headers then
-      b:add(r.body, r.key, { url = r.url, headers = r.headers })
+    if r.url or r.headers or r.gate then
+      b:add(r.body, r.key, { url = r.url, headers = r.headers, gate = r.gate })
     else
       b:add(r.body, r.key)
     end
@@ -142,15 +144,13 @@ function util.verdicts(res, judge, opts)
   local ask_delivered = opts and opts.delivered
   local out = {}
   for i, o in ipairs(res) do
-    local r = { verdict = o.verdict, retry_after_ms = o.retry_after_ms }
+    local r = util.unsent(o)
     local why, meaning
-    if o.class == 'held' then
-      -- not sent: the provider asked this profile to wait (util.held)
-      r = util.held(o)
-    elseif o.verdict ~= 'delivered' or ask_delivered then
-      why, meaning = judge(o)
+    if r == nil then
+      r = { verdict = o.verdict, retry_after_ms = o.retry_after_ms }
+      if o.verdict ~= 'delivered' or ask_delivered then why, meaning = judge(o) end
     end
-    if o.class ~= 'held' and (o.verdict ~= 'delivered' or why) then
+    if not (r.held or r.recalled) and (o.verdict ~= 'delivered' or why) then
       r.reason = (why and (why .. ': ') or '') .. util.reason(o)
       if meaning == 'inactive' then
         r.verdict, r.feedback = 'permanent', 'INACTIVE'
@@ -175,6 +175,20 @@ end
 function util.held(o)
   return { verdict = 'transient', held = true, retry_after_ms = o.retry_after_ms,
            reason = util.reason(o) }
+end
+
+-- The verdict of a request or mail given back unsent because its message's gate closed
+-- before the transport started it (class 'recalled': the campaign was paused, or the process
+-- is stopping): transient, not the provider failing, and marked recalled so delivery gives the
+-- message back without spending an attempt.
+function util.recalled(o)
+  return { verdict = 'transient', recalled = true, reason = util.reason(o) }
+end
+
+-- The verdict of an outcome that was never sent (util.held, util.recalled), or nil.
+function util.unsent(o)
+  if o.class == 'held' then return util.held(o) end
+  if o.class == 'recalled' then return util.recalled(o) end
 end
 
 -- A short reason for a failed outcome: "HTTP 503: body start" or "timeout: text".

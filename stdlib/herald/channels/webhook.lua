@@ -37,7 +37,8 @@ function webhook.payload(group)
 end
 
 local function verdict(o)
-  if o.class == 'held' then return util.held(o) end
+  local unsent = util.unsent(o)
+  if unsent then return unsent end
   return { verdict = o.verdict, retry_after_ms = o.retry_after_ms,
            reason = o.verdict ~= 'delivered' and util.reason(o) or nil,
            systemic = o.class ~= 'ok' or o.status >= 500 or o.status == 401 or o.status == 403 }
@@ -52,7 +53,7 @@ function webhook:send(msgs, progress)
   local reqs, groups = {}, nil
   if self.per == 1 then
     -- one message per call, its Idempotency-Key the message id
-    for i, m in ipairs(msgs) do reqs[i] = { body = webhook.payload { m }, key = m.key, url = m.url } end
+    for i, m in ipairs(msgs) do reqs[i] = { body = webhook.payload { m }, key = m.key, url = m.url, gate = m.gate } end
   else
     groups = {}
     local open = {}
@@ -70,7 +71,8 @@ function webhook:send(msgs, progress)
     for gi, g in ipairs(groups) do
       local keys = {}
       for k, m in ipairs(g) do keys[k] = m.key end
-      reqs[gi] = { body = webhook.payload(g), key = table.concat(keys, ','), url = g[1].url }
+      -- a call's messages are of one campaign, so behind one gate
+      reqs[gi] = { body = webhook.payload(g), key = table.concat(keys, ','), url = g[1].url, gate = g[1].gate }
     end
   end
   local opts = { key_header = 'Idempotency-Key', headers = self.headers, http1 = self.profile.http1 }
