@@ -325,7 +325,7 @@ static int l_trigger_cursor(lua_State *L) {
 }
 
 /* trigger{campaign_id=, version=, now_ms=, from_seq=, to_seq=, daily_cap=, total_cap=, max_duration_ms=, rows={{endpoint_id=,
- * treatment=, channel=, address=, due_ms=, event_seq=, reason=}}, cancels={endpoint ids}}
+ * treatment=, channel=, address=, due_ms=, event_seq=, reason=, zone=}}, cancels={endpoint ids}}
  * -> run id (0 when the batch made no rows) */
 static int l_trigger(lua_State *L) {
   luaL_checktype(L, 1, LUA_TTABLE);
@@ -352,6 +352,7 @@ static int l_trigger(lua_State *L) {
     r[i].channel = opt_field_string(L, x, "channel");
     r[i].address = opt_field_string(L, x, "address");
     r[i].reason = opt_field_string(L, x, "reason");
+    r[i].zone = opt_field_string(L, x, "zone");
     r[i].treatment = (int)opt_field_integer(L, x, "treatment", 0);
     r[i].due_ms = (int64_t)opt_field_integer(L, x, "due_ms", t.now_ms);
     r[i].event_seq = (int64_t)opt_field_integer(L, x, "event_seq", 0);

@@ -900,7 +900,8 @@ int herald_outbox_trigger(HeraldStore *store, const HeraldOutboxTrigger *t, int6
     st = herald_store_stmt(
         store,
         "INSERT INTO outbox(run_id, endpoint_id, treatment, message_id, channel, address, due_ms,"
-        " first_due_ms, state, reason, note) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?8, ?9, ?10)",
+        " first_due_ms, state, reason, note, zone)"
+        " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?8, ?9, ?10, ?11)",
         err);
     if (st == NULL) goto fail;
     for (int i = 0; i < t->n_rows; i++) {
@@ -919,6 +920,7 @@ int herald_outbox_trigger(HeraldStore *store, const HeraldOutboxTrigger *t, int6
       sqlite3_bind_text(st, 8, r->reason ? "SKIPPED" : "PENDING", -1, SQLITE_STATIC);
       sqlite3_bind_text(st, 9, r->reason, -1, SQLITE_STATIC);
       sqlite3_bind_text(st, 10, note, -1, SQLITE_STATIC);
+      sqlite3_bind_text(st, 11, r->zone, -1, SQLITE_STATIC);
       if (herald_store_step_done(store, st, err, "writing a triggered message") != kHeraldOk) goto fail;
     }
   }

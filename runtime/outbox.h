@@ -157,6 +157,7 @@ typedef struct {
   int64_t due_ms;
   int64_t event_seq;   /* the event that fired: part of the message id */
   const char *reason;  /* NULL: PENDING; else SKIPPED with it (HOLDOUT, OPT_OUT, ...) */
+  const char *zone;    /* the endpoint's time zone, for quiet time when it is sent; may be NULL */
 } HeraldOutboxTriggerRow;
 
 typedef struct {

@@ -370,8 +370,8 @@ local function trigger_campaign(c, now_ms)
           local due, reason = math.max(at + delay_ms, now_ms), skip_reason(c, ep, arm)
           -- quiet time holds for triggered messages as for scheduled ones, in the endpoint's zone
           -- (the campaign's when it has none): deferred to its end, or skipped under 'skip'
+          local zone = ep.Demographic and ep.Demographic.Timezone
           if sched.quiet_time and reason == nil then
-            local zone = ep.Demographic and ep.Demographic.Timezone
             local quiet, ends = time.quiet(sched.quiet_time, due, zone, sched.timezone)
             if quiet == nil then error(ends, 0) end
             if quiet then
@@ -381,6 +381,8 @@ local function trigger_campaign(c, now_ms)
           rows[#rows + 1] = {
             endpoint_id = ep.Id, treatment = arm, channel = ep.ChannelType, address = ep.Address,
             due_ms = due, event_seq = ev.seq, reason = reason,
+            -- kept so quiet time is looked at in the endpoint's zone again when it is sent
+            zone = type(zone) == 'string' and zone or nil,
           }
           by_endpoint[ep.Id] = #rows
         end
