@@ -281,19 +281,25 @@ static void group_unlink(HeraldHttpGroup *g, HeraldHttpJob *j) {
 
 static int gate_closed(const HeraldHttpJob *j) { return herald_http_gate_closed(j->gate); }
 
-/* j comes back unsent: its gate closed before it started. */
-static void finish_recalled(HeraldHttpThread *t, HeraldHttpJob *j) {
+/* j comes back unsent, with class cls (its gate closed, or its group held by a Retry-After
+ * with retry_after_ms left) and why as its text. */
+static void finish_unsent(HeraldHttpThread *t, HeraldHttpJob *j, HeraldNetClass cls,
+                          int64_t retry_after_ms, const char *why) {
   j->state = kJobDone;
   if (atomic_load(&j->cancelled)) {
     drop_cancelled(t, j);
     return;
   }
-  j->error = kHeraldNetRecalled;
+  j->error = cls;
   j->status = 0;
-  j->retry_after_ms = -1;
+  j->retry_after_ms = retry_after_ms;
   /* without the text the caller learns only the class; an allocation failure loses no more */
-  (void)dup_str(&j->error_text, "not sent: given back before it started");
+  (void)dup_str(&j->error_text, why);
   post_completion(t, j);
+}
+
+static void finish_recalled(HeraldHttpThread *t, HeraldHttpJob *j) {
+  finish_unsent(t, j, kHeraldNetRecalled, -1, "not sent: given back before it started");
 }
 
 /* A server that answers 429 or 503 with Retry-After asks for no more requests until then: the
@@ -315,19 +321,8 @@ static int64_t group_held_for(HeraldHttpThread *t, const HeraldHttpGroup *g) {
   return g != NULL && g->held_until > now ? (int64_t)(g->held_until - now) : 0;
 }
 
-/* j comes back unsent: its group is held for left_ms more. */
 static void finish_held(HeraldHttpThread *t, HeraldHttpJob *j, int64_t left_ms) {
-  j->state = kJobDone;
-  if (atomic_load(&j->cancelled)) {
-    drop_cancelled(t, j);
-    return;
-  }
-  j->error = kHeraldNetHeld;
-  j->status = 0;
-  j->retry_after_ms = left_ms;
-  /* without the text the caller learns only the class; an allocation failure loses no more */
-  (void)dup_str(&j->error_text, "not sent: the server asked to wait (Retry-After)");
-  post_completion(t, j);
+  finish_unsent(t, j, kHeraldNetHeld, left_ms, "not sent: the server asked to wait (Retry-After)");
 }
 
 /* A place in the group came free: start who waits for it (or, while the group is held, give

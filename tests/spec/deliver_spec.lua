@@ -10,6 +10,17 @@ local mimecheck = here .. '/../helpers/mimecheck.py'
 
 local function query(dir, sql) return h.query(dir, 'd.db', sql) end
 
+-- Counts the claims of outbox rows in dir's store from now on (claims_logged(dir) tells).
+local function log_claims(dir)
+  h.sqlite(dir, 'd.db', [[CREATE TABLE claim_log (n INTEGER);
+    CREATE TRIGGER count_claims AFTER UPDATE OF state ON outbox WHEN new.state = 'CLAIMED'
+    BEGIN INSERT INTO claim_log VALUES (1); END;]])
+end
+
+local function claims_logged(dir)
+  return query(dir, 'SELECT count(*) AS n FROM claim_log')[1].n
+end
+
 local function run(dir, files, env)
   return h.herald('--db d.db run --until-idle ' .. files, { cwd = dir, env = env })
 end
@@ -664,16 +675,14 @@ describe('delivery through providers', function()
     local dir = h.tmpdir()
     campaign_file(dir, { n = 1000, channel = 'EMAIL', name = 'paced', addr = "function(i) return 'r' .. i .. '@example.com' end",
                          limits = '{ messages_per_second = 50 }', deliver = "{ file = 'out.txt' }" })
-    h.sqlite(dir, 'd.db', [[CREATE TABLE claim_log (n INTEGER);
-      CREATE TRIGGER count_claims AFTER UPDATE OF state ON outbox WHEN new.state = 'CLAIMED'
-      BEGIN INSERT INTO claim_log VALUES (1); END;]])
+    log_claims(dir)
     local _, code, err = h.herald('--db d.db run --until-idle --clock-start 2027-01-01T10:00:00Z c.lua', { cwd = dir })
     assert.are.equal(0, code, err)
     assert.are.same({ { state = 'SENT', n = 1000 } }, query(dir, 'SELECT state, count(*) AS n FROM outbox GROUP BY state'))
     -- 20 s of sending at 50/s: a held-back row is claimed when first due and once more at a
     -- slot of its own, one interval after the previous one, instead of all coming back at the
     -- next free slot, where 256 were claimed every second to send 50 (over 10,000 claims)
-    local claims = query(dir, 'SELECT count(*) AS n FROM claim_log')[1].n
+    local claims = claims_logged(dir)
     assert.is_true(claims <= 2200, claims .. ' claims for 1000 messages')
     local spread = query(dir, 'SELECT max(updated_ms) - min(updated_ms) AS d FROM outbox')[1].d
     assert.is_true(spread >= 19000, 'sent within ' .. spread .. ' ms')
@@ -685,15 +694,13 @@ describe('delivery through providers', function()
     h.write(dir .. '/providers.lua', [[
       return { profiles = { f = { type = 'file', path = 'out.txt', limits = { per_second = 250 } } }, channels = { EMAIL = 'f' } }
     ]])
-    h.sqlite(dir, 'd.db', [[CREATE TABLE claim_log (n INTEGER);
-      CREATE TRIGGER count_claims AFTER UPDATE OF state ON outbox WHEN new.state = 'CLAIMED'
-      BEGIN INSERT INTO claim_log VALUES (1); END;]])
+    log_claims(dir)
     local _, code, err = h.herald('--db d.db run --until-idle --clock-start 2027-01-01T10:00:00Z c.lua', { cwd = dir })
     assert.are.equal(0, code, err)
     assert.are.same({ { state = 'SENT', n = 1000 } }, query(dir, 'SELECT state, count(*) AS n FROM outbox GROUP BY state'))
     -- 4 s at 250/s; held-back rows all came back at the next free slot before, 256 claimed a
     -- time to send 250 (about 10 claims a message)
-    local claims = query(dir, 'SELECT count(*) AS n FROM claim_log')[1].n
+    local claims = claims_logged(dir)
     assert.is_true(claims <= 2200, claims .. ' claims for 1000 messages')
     local spread = query(dir, 'SELECT max(updated_ms) - min(updated_ms) AS d FROM outbox')[1].d
     assert.is_true(spread >= 3000 and spread < 5000, 'sent within ' .. spread .. ' ms')
