@@ -238,8 +238,11 @@ function runner:loop(opts)
     -- More runs due now (a campaign had several, one is materialised per pass): go round.
     if #plan.due > 0 and not all_failed(plan.due, failed) then wake = clock.now() end
     if okt and more_events then wake = clock.now() end
-    -- Something due that nothing could take (its campaign failed): wait rather than spin.
-    if wake and wake <= clock.now() and not progressed then
+    -- Something due when this pass looked that nothing could take (its campaign failed):
+    -- wait rather than spin. What fell due while the pass ran (a timer fires up to a
+    -- millisecond before the wall clock reaches its due time, so a claim at `now` can miss a
+    -- row due a moment later) is taken by going round at once, not a second later.
+    if wake and wake <= now and not progressed then
       if clock.is_manual() then break end
       wake = clock.now() + POLL_MS
     end

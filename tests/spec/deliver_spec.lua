@@ -10,6 +10,25 @@ local mimecheck = here .. '/../helpers/mimecheck.py'
 
 local function query(dir, sql) return h.query(dir, 'd.db', sql) end
 
+-- The most messages sent in any span of 900 ms, counted by when each was claimed. The claim
+-- that sent a message admitted it under its limits in the same transaction, a moment after
+-- the claim's time (once the store was its and the rows before it were rendered), so a limit
+-- of L a second allows at most L claimed within any 900 ms. Not counted by nginx's log: on a
+-- loaded machine a process or nginx that stalls for a second sends or logs a second's
+-- messages late, together with the next second's.
+local function most_claimed_in_900_ms(dir)
+  local claimed = {}
+  for _, r in ipairs(query(dir, "SELECT claimed_ms FROM outbox WHERE state = 'SENT' ORDER BY claimed_ms")) do
+    claimed[#claimed + 1] = r.claimed_ms
+  end
+  local most, first = 0, 1
+  for last = 1, #claimed do
+    while claimed[last] - claimed[first] >= 900 do first = first + 1 end
+    most = math.max(most, last - first + 1)
+  end
+  return most
+end
+
 -- Counts the claims of outbox rows in dir's store from now on (claims_logged(dir) tells).
 local function log_claims(dir)
   h.sqlite(dir, 'd.db', [[CREATE TABLE claim_log (n INTEGER);
@@ -26,19 +45,27 @@ local function run(dir, files, env)
 end
 
 -- A campaign file: n endpoints of channel built by addr(i), one campaign delivered as given.
+-- opts.split writes the endpoints to e.lua instead, for processes that only deliver.
 local function campaign_file(dir, opts)
-  h.write(dir .. '/c.lua', string.format([[
+  local endpoints = string.format([[
     for i = 1, %d do
       local ok, err = herald.endpoints.put { Id = string.format('ep-%%05d', i), ChannelType = %q,
         Address = (%s)(i), User = { UserAttributes = { FirstName = { 'Reader' .. i } } } }
       assert(ok, err)
     end
+  ]], opts.n, opts.channel, opts.addr)
+  local campaign = string.format([[
     herald.campaign { name = %q, segment = herald.segment { name = 'all' }, holdout = %d,
       message = { subject = 'Hello {{User.UserAttributes.FirstName}}', body = 'Hi {{User.UserAttributes.FirstName}}',
                   html = '<p>Hi <b>{{User.UserAttributes.FirstName}}</b></p>' },
       deliver = %s, limits = %s }
-  ]], opts.n, opts.channel, opts.addr, opts.name or 'c1', opts.holdout or 0, opts.deliver or "'channels'",
-    opts.limits or 'nil'))
+  ]], opts.name or 'c1', opts.holdout or 0, opts.deliver or "'channels'", opts.limits or 'nil')
+  if opts.split then
+    h.write(dir .. '/e.lua', endpoints)
+    h.write(dir .. '/c.lua', campaign)
+  else
+    h.write(dir .. '/c.lua', endpoints .. campaign)
+  end
 end
 
 describe('delivery through providers', function()
@@ -833,15 +860,42 @@ describe('delivery through providers', function()
     assert.are.equal(6, run_at('2027-01-02T10:10:00Z', '2027-01-02T12:00:00Z', '--providers providers.lua second.lua'))
   end)
 
+  it('takes messages when they fall due, not a poll later', function()
+    local dir = h.tmpdir()
+    -- messages made and kept PENDING (the profile is missing), then released, each due at a
+    -- time of its own a little ahead: each wait for one ends with a timer, which may fire a
+    -- moment before the wall clock reaches the due time
+    campaign_file(dir, { n = 8, channel = 'CUSTOM', name = 'timed', addr = "function(i) return 'x' .. i end",
+                         deliver = "{ provider = 'hook' }", split = true })
+    hooks_providers(dir, 'providers.lua', '/ok')
+    local _, code, err = run(dir, 'e.lua c.lua')
+    assert.are.equal(0, code, err)
+    h.write(dir .. '/p.lua', string.format("return { profiles = { hook = { type = 'webhook', url = %q } } }",
+      ng.url .. '/hook-ok'))
+    _, code, err = h.herald('--db d.db campaign resume timed', { cwd = dir })
+    assert.are.equal(0, code, err)
+    h.sqlite(dir, 'd.db', [[UPDATE outbox SET due_ms = CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)
+      + 1500 + 250 * (SELECT count(*) FROM outbox o WHERE o.id < outbox.id);]])
+    _, code, err = h.herald('--db d.db run --until-idle --providers p.lua c.lua', { cwd = dir })
+    assert.are.equal(0, code, err)
+    local rows = query(dir, "SELECT state, claimed_ms - due_ms AS late FROM outbox ORDER BY id")
+    assert.are.equal(8, #rows)
+    for i, r in ipairs(rows) do
+      assert.are.equal('SENT', r.state)
+      -- before: a row the pass's claim missed by a millisecond waited for the next poll, 1 s
+      assert.is_true(r.late >= 0 and r.late < 250, 'message ' .. i .. ' claimed ' .. r.late .. ' ms after it was due')
+    end
+  end)
+
   it("keeps a campaign's MessagesPerSecond with two processes delivering it at once", function()
     local dir = h.tmpdir()
     ng:clear_log()
     -- the messages made and kept PENDING (the campaign's profile is missing), then released
     -- to two processes, each sending through a location of its own
     campaign_file(dir, { n = 300, channel = 'CUSTOM', name = 'shared', addr = "function(i) return 'x' .. i end",
-                         limits = '{ messages_per_second = 50 }', deliver = "{ provider = 'hook' }" })
+                         limits = '{ messages_per_second = 50 }', deliver = "{ provider = 'hook' }", split = true })
     hooks_providers(dir, 'providers.lua', '/ok')
-    local _, code, err = run(dir, 'c.lua')
+    local _, code, err = run(dir, 'e.lua c.lua')
     assert.are.equal(0, code, err)
     assert.are.same({ { state = 'PENDING', n = 300 } }, query(dir, 'SELECT state, count(*) AS n FROM outbox GROUP BY state'))
     for i, path in ipairs({ '/ok', '/hook-ok' }) do
@@ -850,6 +904,11 @@ describe('delivery through providers', function()
     end
     _, code, err = h.herald('--db d.db campaign resume shared', { cwd = dir })
     assert.are.equal(0, code, err)
+    -- due three seconds from now, so both processes are up and waiting when they fall due:
+    -- often each claims some at once, and the shared limit, not which came first, decides
+    -- what goes (whether both do is up to the store's lock; with a campaign each, the next
+    -- spec, they always do)
+    h.sqlite(dir, 'd.db', [[UPDATE outbox SET due_ms = CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER) + 3000;]])
     local cmd = function(i)
       return h.shell_quote(h.exe) .. ' --db d.db run --until-idle --providers p' .. i .. '.lua c.lua > r' .. i
         .. '.out 2>&1'
@@ -870,17 +929,65 @@ describe('delivery through providers', function()
     end
     -- both processes sent
     assert.is_true((by_uri['/ok'] or 0) > 0 and (by_uri['/hook-ok'] or 0) > 0)
+    -- two processes each with a limit of their own send up to 100 a second; sharing one, the
+    -- 250 after the first second's 50 take 5 s
     table.sort(times)
-    -- no second had more than 50 (a few more allowed: nginx logs when the answer went, a few
-    -- ms after the limit let the message go); two processes each with a limit of their own
-    -- sent about 100 a second
-    local most, first = 0, 1
-    for last = 1, #times do
-      while times[last] - times[first] >= 1 do first = first + 1 end
-      most = math.max(most, last - first + 1)
-    end
-    assert.is_true(most <= 55, most .. ' requests in one second')
     assert.is_true(times[#times] - times[1] >= 4.5, 'sent within ' .. (times[#times] - times[1]) .. ' s')
+    -- and no second had more than 50
+    local most = most_claimed_in_900_ms(dir)
+    assert.is_true(most <= 50, most .. ' claimed within 900 ms')
+  end)
+
+  it("keeps a profile's per_second with two processes each delivering a campaign of its own", function()
+    local dir = h.tmpdir()
+    ng:clear_log()
+    h.write(dir .. '/e.lua', [[
+      for i = 1, 150 do
+        assert(herald.endpoints.put { Id = string.format('ep-%05d', i), ChannelType = 'CUSTOM', Address = 'x' .. i })
+      end
+    ]])
+    for _, name in ipairs({ 'one', 'two' }) do
+      h.write(dir .. '/' .. name .. '.lua', string.format([[
+        herald.campaign { name = %q, segment = herald.segment { name = 'all' }, message = { body = 'Hi' },
+          deliver = { provider = 'hook' } }
+      ]], name))
+    end
+    -- made and kept PENDING (the profile is missing), then released to two processes, each
+    -- with a campaign of its own and the same provider account (the profile 'hook' and its
+    -- limit of 50 a second), each through a location of its own
+    hooks_providers(dir, 'providers.lua', '/ok')
+    local _, code, err = run(dir, 'e.lua one.lua two.lua')
+    assert.are.equal(0, code, err)
+    assert.are.same({ { state = 'PENDING', n = 300 } }, query(dir, 'SELECT state, count(*) AS n FROM outbox GROUP BY state'))
+    for i, path in ipairs({ '/ok', '/hook-ok' }) do
+      h.write(dir .. '/p' .. i .. '.lua', string.format(
+        "return { profiles = { hook = { type = 'webhook', url = %q, limits = { per_second = 50 } } } }", ng.url .. path))
+    end
+    for _, name in ipairs({ 'one', 'two' }) do
+      _, code, err = h.herald('--db d.db campaign resume ' .. name, { cwd = dir })
+      assert.are.equal(0, code, err)
+    end
+    -- due in three seconds: both processes are up, and each has 150 to send at once
+    h.sqlite(dir, 'd.db', [[UPDATE outbox SET due_ms = CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER) + 3000;]])
+    local cmd = function(i, file)
+      return h.shell_quote(h.exe) .. ' --db d.db run --until-idle --providers p' .. i .. '.lua ' .. file .. ' > r' .. i
+        .. '.out 2>&1'
+    end
+    local out = h.sh('cd ' .. h.shell_quote(dir) .. ' && (' .. cmd(1, 'one.lua') .. '; echo "rc1 $?") & (cd '
+      .. h.shell_quote(dir) .. ' && ' .. cmd(2, 'two.lua') .. '; echo "rc2 $?"); wait')
+    assert.matches('rc1 0', out, 1, true)
+    assert.matches('rc2 0', out, 1, true)
+    assert.are.same({ { state = 'SENT', n = 300 } }, query(dir, 'SELECT state, count(*) AS n FROM outbox GROUP BY state'))
+    local reqs = h.wait_for(function()
+      local r = ng:requests()
+      return #r >= 300 and r
+    end, 5000, 'the requests in the log')
+    local by_uri = {}
+    for _, r in ipairs(reqs) do by_uri[r.uri] = (by_uri[r.uri] or 0) + 1 end
+    assert.are.same({ ['/ok'] = 150, ['/hook-ok'] = 150 }, by_uri)
+    -- each process with a count of its own would have let 100 go in the first second
+    local most = most_claimed_in_900_ms(dir)
+    assert.is_true(most <= 50, most .. ' claimed within 900 ms')
   end)
 
   it("holds a profile another process heard a Retry-After for", function()
