@@ -883,7 +883,7 @@ describe('delivery through providers', function()
     for i, r in ipairs(rows) do
       assert.are.equal('SENT', r.state)
       -- before: a row the pass's claim missed by a millisecond waited for the next poll, 1 s
-      assert.is_true(r.late >= 0 and r.late < 250, 'message ' .. i .. ' claimed ' .. r.late .. ' ms after it was due')
+      assert.is_true(r.late >= 0 and r.late < 500, 'message ' .. i .. ' claimed ' .. r.late .. ' ms after it was due')
     end
   end)
 
