@@ -5,6 +5,27 @@
 
 #include "runtime/clock.h"
 
+/* An event campaign's trigger cursor starts when the campaign is stored as one (its first
+ * version, or the first version that is an event campaign), in the same transaction: the
+ * events stored after that fire, those stored before never do, so a new campaign does not fire
+ * on history and events that come before a runner first looks at it are not lost. Once the row
+ * exists, later versions keep its position. */
+static int start_trigger_cursor(HeraldStore *store, const char *app, const char *id,
+                                const char *definition, HeraldError *err) {
+  sqlite3_stmt *st = herald_store_stmt(
+      store,
+      "INSERT INTO trigger_cursors(app_id, campaign_id, last_seq)"
+      " SELECT ?1, ?2, coalesce((SELECT max(seq) FROM events), 0)"
+      " WHERE CASE WHEN json_valid(?3) THEN json_extract(?3, '$.Schedule.Frequency') END = 'EVENT'"
+      " ON CONFLICT (app_id, campaign_id) DO NOTHING",
+      err);
+  if (st == NULL) return err ? err->code : kHeraldStore;
+  sqlite3_bind_text(st, 1, app, -1, SQLITE_STATIC);
+  sqlite3_bind_text(st, 2, id, -1, SQLITE_STATIC);
+  sqlite3_bind_text(st, 3, definition, -1, SQLITE_STATIC);
+  return herald_store_step_done(store, st, err, "starting a trigger cursor");
+}
+
 int herald_campaign_define(HeraldStore *store, const char *app, const char *id, const char *name,
                            const char *definition, int64_t now_ms, HeraldCampaignVersion *out,
                            HeraldError *err) {
@@ -69,6 +90,7 @@ int herald_campaign_define(HeraldStore *store, const char *app, const char *id, 
     sqlite3_bind_text(ver, 4, definition, -1, SQLITE_STATIC);
     sqlite3_bind_int64(ver, 5, now_ms);
     if (herald_store_step_done(store, ver, err, "storing a campaign version") != kHeraldOk) goto fail;
+    if (start_trigger_cursor(store, app, id, definition, err) != kHeraldOk) goto fail;
   }
   return herald_store_commit(store, err);
 fail:
@@ -256,6 +278,7 @@ int herald_campaign_copy(HeraldStore *store, const char *app, const char *id, co
   sqlite3_bind_text(st, 2, new_id, -1, SQLITE_STATIC);
   sqlite3_bind_int64(st, 3, now_ms);
   if (herald_store_step_done(store, st, err, "copying a campaign") != kHeraldOk) goto fail;
+  if (start_trigger_cursor(store, app, new_id, definition, err) != kHeraldOk) goto fail;
   return herald_store_commit(store, err);
 fail:
   herald_store_rollback(store);

@@ -304,6 +304,21 @@ const char *const herald_store_migrations[] = {
   "  updated_ms INTEGER NOT NULL,"
   "  PRIMARY KEY (app_id, key)"
   ");",
+  /* 15: an event campaign's trigger cursor is created with the campaign (runtime/campaign.c),
+   * no longer when a runner first looks at it, which lost the events stored in between. An
+   * event campaign stored before that no runner has looked at yet gets its cursor here, placed
+   * after the events that arrived before its first event-campaign version was stored. */
+  "INSERT INTO trigger_cursors(app_id, campaign_id, last_seq)"
+  "  SELECT v.app_id, v.campaign_id, coalesce((SELECT max(e.seq) FROM events e"
+  "    WHERE e.arrival <= strftime('%Y-%m-%dT%H:%M:%fZ', v.created_ms / 1000.0, 'unixepoch')), 0)"
+  "  FROM (SELECT app_id, campaign_id, min(created_ms) AS created_ms FROM campaign_versions"
+  "    WHERE CASE WHEN json_valid(definition)"
+  "      THEN json_extract(definition, '$.Schedule.Frequency') END = 'EVENT'"
+  "    GROUP BY app_id, campaign_id) v"
+  "  WHERE EXISTS (SELECT 1 FROM campaigns c WHERE c.app_id = v.app_id AND c.id = v.campaign_id"
+  "    AND CASE WHEN json_valid(c.definition)"
+  "      THEN json_extract(c.definition, '$.Schedule.Frequency') END = 'EVENT')"
+  "  ON CONFLICT (app_id, campaign_id) DO NOTHING;",
 };
 
 const int herald_store_migration_count =

@@ -600,7 +600,9 @@ end
 -- The schedule of this version. 'IMMEDIATE' stands for when the campaign started: its first
 -- run's time once it has run (a later version, say a corrected message, keeps the cadence
 -- rather than starting it again, which would send a second time that day), else the version's
--- creation time.
+-- creation time. An event campaign has no runs of its own: it started when it was first
+-- stored as an event campaign, where its trigger cursor starts, so an edit does not drop the
+-- events from before it that are still to be processed.
 function Campaign:schedule()
   if self._schedule == nil then
     self._schedule = assert(time.check_schedule(self.definition.Schedule, { now_ms = self:immediate_ms() }))
@@ -609,6 +611,7 @@ function Campaign:schedule()
 end
 
 function Campaign:immediate_ms()
+  if self.definition.Schedule.Frequency == 'EVENT' then return self.event_since_ms or self.version_ms end
   return self.started_ms or self.version_ms
 end
 
@@ -701,6 +704,15 @@ local function first_run_ms(id)
   return first and first[1] and first[1].at or nil
 end
 
+-- When campaign id was first stored as an event campaign (nil: never), where an IMMEDIATE
+-- event schedule starts.
+local function event_since_ms(id)
+  local first = store.query('SELECT min(created_ms) AS at FROM campaign_versions WHERE app_id = ? AND campaign_id = ?'
+    .. " AND CASE WHEN json_valid(definition) THEN json_extract(definition, '$.Schedule.Frequency') END = 'EVENT'",
+    core.app(), id)
+  return first and first[1] and first[1].at or nil
+end
+
 -- The definition file being loaded (set by the loader): campaigns record it as their source.
 campaign.source = nil
 
@@ -710,7 +722,7 @@ local function register(c, level, stored_copy)
   end
   local version, version_ms = outbox.define_campaign(c.id, c.name, c:definition_json())
   c.version, c.version_ms = version, version_ms
-  c.started_ms = first_run_ms(c.id)
+  c.started_ms, c.event_since_ms = first_run_ms(c.id), event_since_ms(c.id)
   local lua, audience = origin(c)
   outbox.set_campaign_origin(c.id, not stored_copy and campaign.source or nil, audience, lua)
   campaign.defined[c.name] = c
@@ -1107,6 +1119,7 @@ function campaign.adopt(c, row)
   local okc, nc = pcall(instantiate, p, seg, hook, false, predicate)
   if not okc then return nil, type(nc) == 'table' and (nc.path .. ': ' .. nc.msg) or tostring(nc) end
   nc.version, nc.version_ms, nc.started_ms = row.version, row.version_ms, first_run_ms(c.id)
+  nc.event_since_ms = event_since_ms(c.id)
   nc.loaded, nc.origin = loaded, { audience = row.audience, lua = row.lua }
   campaign.defined[nc.name] = nc
   for i, x in ipairs(campaign.order) do

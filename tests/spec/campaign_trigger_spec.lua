@@ -149,6 +149,87 @@ describe('event-triggered campaigns', function()
   end)
 end)
 
+describe('where an event campaign starts', function()
+  local function herald_ok(dir, args)
+    local out, code, err = h.herald('--db c.db ' .. args, { cwd = dir })
+    assert.are.equal(0, code, err)
+    return out
+  end
+
+  local CARTS = [[
+    for i = 1, 3 do herald.endpoints.put{ Id = 'u' .. i, ChannelType = 'EMAIL', Address = 'u' .. i .. '@example.com' } end
+    for _, name in ipairs({ 'cart', 'held' }) do
+      herald.campaign{ name = name, segment = herald.segment{ name = 'all' }, deliver = { file = 'out.txt' },
+        schedule = { start = '2027-01-01T10:00:00Z', event = { types = { 'cart.add' } } },
+        message = { subject = 'cart', body = 'b' } }
+    end
+  ]]
+
+  it('fires for the events stored since the campaign was, not for those before, whenever a runner first looks', function()
+    local dir = h.tmpdir()
+    h.write(dir .. '/cart.lua', CARTS)
+    herald_ok(dir, "-e \"herald.endpoints.put{ Id = 'u1', ChannelType = 'EMAIL', Address = 'u1@example.com' }\"")
+    -- before the campaigns exist: history, which a new campaign does not fire on
+    events(dir, { { 'u1', 'old', 'cart.add', '2027-01-01T10:01:00Z' } })
+    herald_ok(dir, 'campaign load cart.lua')
+    herald_ok(dir, 'campaign copy cart copy')
+    herald_ok(dir, 'campaign pause held')
+    -- stored, copied or paused, but no runner has looked at them yet
+    events(dir, { { 'u2', 'new', 'cart.add', '2027-01-01T10:01:00Z' } })
+    herald_ok(dir, 'campaign resume held')
+    events(dir, { { 'u3', 'newer', 'cart.add', '2027-01-01T10:01:30Z' } })
+    herald_ok(dir, 'run --clock-start 2027-01-01T10:02:00Z --until 2027-01-01T10:10:00Z cart.lua')
+    local rows = q(dir, "SELECT r.campaign_id AS c, group_concat(o.endpoint_id || ' ' || o.state) AS sent FROM outbox o"
+      .. ' JOIN campaign_runs r ON r.id = o.run_id GROUP BY r.campaign_id ORDER BY r.campaign_id')
+    assert.are.same({ { c = 'cart', sent = 'u2 SENT,u3 SENT' }, { c = 'copy', sent = 'u2 SENT,u3 SENT' },
+                      { c = 'held', sent = 'u2 SENT,u3 SENT' } }, rows)
+  end)
+
+  it('keeps an IMMEDIATE event campaign\'s start at its creation when a later version is stored', function()
+    local dir = h.tmpdir()
+    local src = [[
+      herald.endpoints.put{ Id = 'u1', ChannelType = 'EMAIL', Address = 'u1@example.com' }
+      herald.campaign{ name = 'cart', segment = herald.segment{ name = 'all' }, deliver = { file = 'out.txt' },
+        schedule = { event = { types = { 'cart.add' } } }, message = { subject = '%s', body = 'b' } }
+    ]]
+    h.write(dir .. '/cart.lua', src:format('v1'))
+    herald_ok(dir, 'run --clock-start 2027-01-01T10:00:00Z --until 2027-01-01T10:00:01Z cart.lua')
+    -- while herald is down: an event, then a corrected subject stored by the next run
+    events(dir, { { 'u1', 'e1', 'cart.add', '2027-01-01T10:05:00Z' } })
+    h.write(dir .. '/cart.lua', src:format('v2'))
+    herald_ok(dir, 'run --clock-start 2027-01-01T10:10:00Z --until 2027-01-01T10:11:00Z cart.lua')
+    assert.are.same({ { endpoint_id = 'u1', state = 'SENT', campaign_version = 2 } }, q(dir,
+      'SELECT o.endpoint_id, o.state, r.campaign_version FROM outbox o JOIN campaign_runs r ON r.id = o.run_id'))
+    assert.matches('subject: v2', h.read(dir .. '/out.txt'), 1, true)
+  end)
+
+  it('gives an event campaign stored by an older herald, and not yet looked at, the events that came after it', function()
+    local dir = h.tmpdir()
+    h.write(dir .. '/cart.lua', CARTS .. [[
+      herald.campaign{ name = 'weekly', segment = herald.segment{ name = 'all' }, deliver = { file = 'out.txt' },
+        schedule = { start = '2027-01-01T10:00:00Z', frequency = 'WEEKLY' }, message = { subject = 'w', body = 'b' } }
+    ]])
+    herald_ok(dir, 'campaign load cart.lua')
+    events(dir, { { 'u1', 'before', 'cart.add', '2027-01-01T10:01:00Z' }, { 'u2', 'after', 'cart.add', '2027-01-01T10:01:00Z' } })
+    -- as an older herald left it: no cursor until a runner looked; 'before' arrived before the
+    -- campaigns were stored (2026-06-01), 'after' after
+    h.sqlite(dir, 'c.db', [[
+      DELETE FROM trigger_cursors;
+      UPDATE campaign_versions SET created_ms = 1780272000000;
+      UPDATE events SET arrival = '2026-05-01T00:00:00.000Z' WHERE event_id = 'before';
+      UPDATE events SET arrival = '2026-07-01T00:00:00.000Z' WHERE event_id = 'after';
+      PRAGMA user_version = 14;
+    ]])
+    local before = q(dir, "SELECT seq FROM events WHERE event_id = 'before'")[1].seq
+    assert.are.same({ { campaign_id = 'cart', last_seq = before }, { campaign_id = 'held', last_seq = before } },
+      q(dir, 'SELECT campaign_id, last_seq FROM trigger_cursors ORDER BY campaign_id'))
+    herald_ok(dir, 'run --clock-start 2027-01-01T10:02:00Z --until 2027-01-01T10:10:00Z cart.lua')
+    assert.are.same({ { campaign_id = 'cart', endpoint_id = 'u2' }, { campaign_id = 'held', endpoint_id = 'u2' } },
+      q(dir, "SELECT r.campaign_id, o.endpoint_id FROM outbox o JOIN campaign_runs r ON r.id = o.run_id"
+        .. " WHERE r.campaign_id <> 'weekly' ORDER BY r.campaign_id"))
+  end)
+end)
+
 describe('example scripts', function()
   local function script(name) return h.shell_quote(h.root .. '/scripts/' .. name) end
 
