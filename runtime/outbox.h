@@ -144,8 +144,10 @@ int herald_outbox_run_finish(HeraldStore *store, int64_t run_id, HeraldError *er
 int herald_outbox_cancel(HeraldStore *store, const char *app, const char *campaign_id,
                          const char *reason, HeraldError *err);
 
-/* Event triggers. The position of campaign_id in the events table (created at the current
- * last seq, so history does not fire a new trigger campaign). */
+/* Event triggers. The position of campaign_id in the events table. An event campaign's is
+ * created when the campaign is stored (runtime/campaign.c); one found missing here (a
+ * definition stored without an EVENT schedule) starts at the current last seq, so history
+ * does not fire a new trigger campaign. */
 int herald_outbox_trigger_cursor(HeraldStore *store, const char *app, const char *campaign_id,
                                  int64_t *last_seq, HeraldError *err);
 
