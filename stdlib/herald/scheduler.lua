@@ -81,10 +81,10 @@ local function earliest_of(r) return r.earliest_ms or r.ms end
 -- Where planning stands, from what is stored: runs are written in order of the instant their
 -- earliest zone receives them (a local-time run reaches UTC+14 up to a day before its nominal
 -- time, so it may be written before another stream's run at an earlier instant). `frontier`
--- is the largest such instant among the stored runs (nil: none yet), `stored` the set of
--- stored run instants from it on, `any` whether a run is stored at all. A stored run's
--- earliest instant is that of the streams that fire at it (its own instant when none do, as
--- after a new version moved a schedule).
+-- is the largest such instant among the stored runs (nil: none yet), `last` the latest stored
+-- run instant, `stored` the set of stored run instants from the frontier on, `any` whether a
+-- run is stored at all. A stored run's earliest instant is that of the streams that fire at
+-- it (its own instant when none do, as after a new version moved a schedule).
 local function progress(c)
   local app = core.app()
   local top = query('SELECT max(scheduled_ms) AS ms FROM campaign_runs WHERE app_id = ? AND campaign_id = ?'
@@ -106,18 +106,20 @@ local function progress(c)
     local e = earliest_at(r.scheduled_ms)
     if frontier == nil or e > frontier then frontier = e end
   end
-  return { frontier = frontier, stored = stored, any = true }
+  return { frontier = frontier, last = top.ms, stored = stored, any = true }
 end
 
--- The next run of stream s still to write: the first whose earliest instant is not before
--- the frontier and that is not stored. A one-off schedule runs once: a new version moves its
--- StartTime only if later; an IMMEDIATE one-off does not run again.
+-- The next run of stream s still to write: the first not stored whose earliest instant is not
+-- before the frontier, or that falls after the last stored run (a stream a new version added
+-- or moved: written in order, its earlier runs would already be stored). A one-off schedule
+-- runs once: a new version moves its StartTime only if later; an IMMEDIATE one-off does not
+-- run again.
 local function stream_next(s, p)
   local sched = s.schedule
   if p.frontier == nil then return sched:run(0) end
   if sched.frequency == 'ONCE' and s.immediate and p.any then return nil end
   local r = sched:next_run(p.frontier - 1)
-  while r and (earliest_of(r) < p.frontier or p.stored[r.ms]) do r = sched:next_run(r.ms) end
+  while r and (p.stored[r.ms] or (earliest_of(r) < p.frontier and r.ms <= p.last)) do r = sched:next_run(r.ms) end
   return r
 end
 
@@ -210,6 +212,7 @@ local function next_run(c, now_ms)
     outbox.skip_run(c.id, c.version, best.ms, best.index, 'STALE')
     p.stored[best.ms], p.any = true, true
     if p.frontier == nil or best.earliest > p.frontier then p.frontier = best.earliest end
+    if p.last == nil or best.ms > p.last then p.last = best.ms end
   end
 end
 
