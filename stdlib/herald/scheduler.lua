@@ -2,11 +2,12 @@
 -- runs and materialises them into the outbox. The loop that calls these steps, and delivery,
 -- live in the host (herald.runner, herald.deliver).
 --
--- Planning is driven by what is stored, so a restart continues exactly: a campaign's next run
--- is the first run of its schedule after the last run recorded in campaign_runs. A run whose
--- latest due time is more than the campaign's stale bound (default one hour) in the past when
--- it is planned (herald was down, or the campaign paused) is recorded SKIPPED with reason STALE
--- and the plan moves on; a later one is sent late.
+-- Planning is driven by what is stored, so a restart continues exactly: a campaign's runs are
+-- written in the order their earliest zone receives them, and its next run is the first of
+-- its streams' runs not recorded in campaign_runs from the last one's earliest instant on. A
+-- run whose latest due time, after any quiet-time deferral, is more than the campaign's stale
+-- bound (default one hour) in the past when it is planned (herald was down, or the campaign
+-- paused) is recorded SKIPPED with reason STALE and the plan moves on; a later one is sent late.
 local outbox = require 'herald.core.outbox'
 local core = require 'herald.core'
 local json = require 'herald.core.json'
@@ -74,49 +75,144 @@ local function states()
   return out
 end
 
-local function last_run(c)
-  return query('SELECT scheduled_ms, run_index FROM campaign_runs WHERE app_id = ? AND campaign_id = ?'
-    .. ' ORDER BY scheduled_ms DESC LIMIT 1', core.app(), c.id)[1]
+-- When the earliest zone receives run r of stream s (its instant unless local time shifts it).
+local function earliest_of(r) return r.earliest_ms or r.ms end
+
+-- Where planning stands, from what is stored: runs are written in order of the instant their
+-- earliest zone receives them (a local-time run reaches UTC+14 up to a day before its nominal
+-- time, so it may be written before another stream's run at an earlier instant). `frontier`
+-- is the largest such instant among the stored runs (nil: none yet), `last` the latest stored
+-- run instant, `stored` the set of stored run instants from the frontier on, `any` whether a
+-- run is stored at all. A stored run's earliest instant is that of the streams that fire at
+-- it (its own instant when none do, as after a new version moved a schedule).
+local function progress(c)
+  local app = core.app()
+  local top = query('SELECT max(scheduled_ms) AS ms FROM campaign_runs WHERE app_id = ? AND campaign_id = ?'
+    .. ' AND trigger_seq = 0', app, c.id)[1]
+  if top == nil or top.ms == nil then return { stored = {}, any = false } end
+  local function earliest_at(ms)
+    local e = ms
+    for _, s in ipairs(c:streams()) do
+      local r = s.schedule:next_run(ms - 1)
+      if r and r.ms == ms then e = math.min(e, earliest_of(r)) end
+    end
+    return e
+  end
+  -- a run before the last one's earliest instant cannot have a later earliest instant
+  local frontier, stored = nil, {}
+  for _, r in ipairs(query('SELECT scheduled_ms FROM campaign_runs WHERE app_id = ? AND campaign_id = ?'
+      .. ' AND trigger_seq = 0 AND scheduled_ms >= ?', app, c.id, earliest_at(top.ms))) do
+    stored[r.scheduled_ms] = true
+    local e = earliest_at(r.scheduled_ms)
+    if frontier == nil or e > frontier then frontier = e end
+  end
+  return { frontier = frontier, last = top.ms, stored = stored, any = true }
 end
 
--- The next run of stream s after the run `after` ({scheduled_ms}; nil: none yet). A one-off
--- schedule runs once: a new version moves its StartTime only if later.
-local function stream_next(s, after)
+-- The next run of stream s still to write: the first not stored whose earliest instant is not
+-- before the frontier, or that falls after the last stored run (a stream a new version added
+-- or moved: written in order, its earlier runs would already be stored). A one-off schedule
+-- runs once: a new version moves its StartTime only if later; an IMMEDIATE one-off does not
+-- run again.
+local function stream_next(s, p)
   local sched = s.schedule
-  if after == nil then return sched:run(0) end
-  if sched.frequency == 'ONCE' then
-    if s.immediate or sched.start_ms <= after.scheduled_ms then return nil end
-    return sched:run(0)
+  if p.frontier == nil then return sched:run(0) end
+  if sched.frequency == 'ONCE' and s.immediate and p.any then return nil end
+  local r = sched:next_run(p.frontier - 1)
+  while r and (p.stored[r.ms] or (earliest_of(r) < p.frontier and r.ms <= p.last)) do r = sched:next_run(r.ms) end
+  return r
+end
+
+-- Per zone of the audience, when the endpoints of stream s receive its run: {stream, zone,
+-- due_ms, skip_reason, zone_used, note}, quiet time applied (deferred or skipped). A zone
+-- whose due time, after any deferral, is more than the stale bound before now_ms is STALE,
+-- as a whole run that late would be: sent now, it would arrive at some other hour there.
+-- Nothing when the stream neither follows local time nor has quiet time (the run's own
+-- instant holds for every zone).
+local function zone_dues(c, s, run, now_ms)
+  local out = {}
+  local sched = s.schedule
+  local quiet = sched.quiet_time
+  if not sched.is_local_time and quiet == nil then return out end
+  local policy = c.definition.Herald.QuietTimePolicy
+  local rows = query("SELECT DISTINCT coalesce(timezone, '') AS z FROM endpoints WHERE app_id = ?", core.app())
+  for _, r in ipairs(rows) do
+    local zone = r.z or ''
+    local item = { stream = s.id, zone = zone, due_ms = run.ms }
+    local used, note
+    if sched.is_local_time then
+      local due
+      due, used, note = time.local_delivery(run, zone ~= '' and zone or nil, sched.timezone)
+      if due == nil then error(used, 0) end
+      item.due_ms = due
+    end
+    if quiet then
+      local is_quiet, ends, qused, qnote = time.quiet(quiet, item.due_ms, zone ~= '' and zone or nil, sched.timezone)
+      if is_quiet == nil then error(ends, 0) end
+      used, note = qused, note or qnote
+      if is_quiet then
+        if policy == 'skip' then item.skip_reason = 'QUIET_TIME' else item.due_ms = ends end
+      end
+    end
+    if not s.immediate and now_ms - item.due_ms > c:stale_after_ms() then item.skip_reason = 'STALE' end
+    item.zone_used, item.note = used, note
+    out[#out + 1] = item
   end
-  return sched:next_run(after.scheduled_ms)
+  return out
+end
+
+-- Whether a due run is still to be sent at now_ms: its latest zone's time is within the stale
+-- bound, or quiet time defers some zone to a time that is (that zone was not late yet).
+local function in_time(c, best, now_ms)
+  if best.immediate or now_ms - best.latest <= c:stale_after_ms() then return true end
+  if c.definition.Herald.QuietTimePolicy == 'skip' then return false end
+  for _, f in ipairs(best.fires) do
+    if f.stream.schedule.quiet_time then
+      for _, item in ipairs(zone_dues(c, f.stream, f.run, now_ms)) do
+        if item.skip_reason ~= 'STALE' then return true end
+      end
+    end
+  end
+  return false
 end
 
 -- The next run of c to materialise at now_ms: {at, index} when due, else nil and the instant
 -- it becomes due (nil when the schedule has no more runs). A run is one instant of any of
--- c's streams (its schedule and the treatments' own): arms whose stream fires then. Stale
--- runs are recorded here.
+-- c's streams (its schedule and the treatments' own): arms whose stream fires then. Runs are
+-- taken in order of their earliest zone's time, so a local-time stream's early zones are not
+-- held back behind another stream's later one. Stale runs are recorded here.
 local function next_run(c, now_ms)
   if c:schedule().frequency == 'EVENT' then return nil end
-  local after = last_run(c)
+  local p = progress(c)
   while true do
-    local best
+    local next_of, best = {}, nil
     for _, s in ipairs(c:streams()) do
-      local r = stream_next(s, after)
-      if r and (best == nil or r.ms < best.ms) then
-        best = { ms = r.ms, index = r.index, earliest = r.earliest_ms or r.ms, latest = r.latest_ms or r.ms,
-                 immediate = s.immediate and r.index == 0 }
-      elseif r and r.ms == best.ms then
-        best.earliest = math.min(best.earliest, r.earliest_ms or r.ms)
-        best.latest = math.max(best.latest, r.latest_ms or r.ms)
+      local r = stream_next(s, p)
+      if r then
+        next_of[#next_of + 1] = { stream = s, run = r }
+        local e = earliest_of(r)
+        if best == nil or e < best.earliest or (e == best.earliest and r.ms < best.ms) then
+          best = { ms = r.ms, index = r.index, earliest = e }
+        end
       end
     end
     if best == nil then return nil end
     if best.earliest > now_ms then return nil, best.earliest end
-    if best.immediate or now_ms - best.latest <= c:stale_after_ms() then
-      return { at = best.ms, index = best.index }
+    -- every stream whose next run falls at that instant is part of the run
+    best.latest, best.fires = best.ms, {}
+    for _, f in ipairs(next_of) do
+      local r = f.run
+      if r.ms == best.ms then
+        best.fires[#best.fires + 1] = f
+        best.latest = math.max(best.latest, r.latest_ms or r.ms)
+        if f.stream.immediate and r.index == 0 then best.immediate = true end
+      end
     end
+    if in_time(c, best, now_ms) then return { at = best.ms, index = best.index } end
     outbox.skip_run(c.id, c.version, best.ms, best.index, 'STALE')
-    after = { scheduled_ms = best.ms }
+    p.stored[best.ms], p.any = true, true
+    if p.frontier == nil or best.earliest > p.frontier then p.frontier = best.earliest end
+    if p.last == nil or best.ms > p.last then p.last = best.ms end
   end
 end
 
@@ -146,39 +242,9 @@ function scheduler.plan(now_ms)
   return { due = due, ids = ids, next_start = next_start, versions = taken }
 end
 
--- Per zone of the audience: when the endpoints of stream s receive its run, in which zone,
--- and whether quiet time defers or skips them. Appends to out.
+-- Appends stream s's zones for its run to out (see zone_dues).
 local function zones_of(c, s, run, out)
-  local sched = s.schedule
-  local now_ms = clock.now()
-  local quiet = sched.quiet_time
-  if not sched.is_local_time and quiet == nil then return end
-  local policy = c.definition.Herald.QuietTimePolicy
-  local rows = query("SELECT DISTINCT coalesce(timezone, '') AS z FROM endpoints WHERE app_id = ?", core.app())
-  for _, r in ipairs(rows) do
-    local zone = r.z or ''
-    local item = { stream = s.id, zone = zone, due_ms = run.ms }
-    local used, note
-    if sched.is_local_time then
-      local due
-      due, used, note = time.local_delivery(run, zone ~= '' and zone or nil, sched.timezone)
-      if due == nil then error(used, 0) end
-      item.due_ms = due
-      -- A zone whose local time passed long ago (herald was down through it) is stale, as a
-      -- whole run that late would be: sent now, it would arrive at some other hour there.
-      if not s.immediate and now_ms - due > c:stale_after_ms() then item.skip_reason = 'STALE' end
-    end
-    if quiet then
-      local is_quiet, ends, qused, qnote = time.quiet(quiet, item.due_ms, zone ~= '' and zone or nil, sched.timezone)
-      if is_quiet == nil then error(ends, 0) end
-      used, note = qused, note or qnote
-      if is_quiet then
-        if policy == 'skip' then item.skip_reason = item.skip_reason or 'QUIET_TIME' else item.due_ms = ends end
-      end
-    end
-    item.zone_used, item.note = used, note
-    out[#out + 1] = item
-  end
+  for _, item in ipairs(zone_dues(c, s, run, clock.now())) do out[#out + 1] = item end
 end
 
 local function hook_verdicts(c, eps, idx, verdicts)

@@ -291,6 +291,37 @@ describe('campaign runs', function()
     assert.matches('the whole run was skipped: STALE', out, 1, true)
   end)
 
+  it('measures a run held by quiet time against the end of quiet time, not its own time, for staleness', function()
+    local dir = h.tmpdir()
+    -- 07:00 UTC is in London's quiet time (deferred to 09:00) and 16:00 in Tokyo (not quiet)
+    simple_endpoints(dir, 2, function(i, r) r.tz = i == 1 and 'Europe/London' or 'Asia/Tokyo' end)
+    h.write(dir .. '/q.lua', [[
+      herald.campaign{ name = 'morning', segment = herald.segment{ name = 'all' }, deliver = { file = 'out.txt' },
+        schedule = { start = '2027-01-01T07:00:00Z', frequency = 'DAILY', ['end'] = '2027-01-03T08:00:00Z' },
+        quiet_time = { start = '21:00', ['end'] = '09:00', policy = 'defer' }, message = { body = 'x' } }
+    ]])
+    -- day 1 throughout; day 2 from 08:30, before London's quiet time ends; day 3 from 10:30,
+    -- 90 minutes after it ended
+    for _, span in ipairs({ { '2027-01-01T06:00:00Z', '2027-01-01T12:00:00Z' }, { '2027-01-02T08:30:00Z', '2027-01-02T12:00:00Z' },
+                            { '2027-01-03T10:30:00Z', '2027-01-03T12:00:00Z' } }) do
+      local _, code, err = run(dir, '--clock-start ' .. span[1] .. ' --until ' .. span[2] .. ' q.lua')
+      assert.are.equal(0, code, err)
+    end
+    assert.are.same({
+      { at = 1798786800000, state = 'COMPLETED' }, { at = 1798873200000, state = 'COMPLETED' },
+      { at = 1798959600000, state = 'SKIPPED', reason = 'STALE' },
+    }, q(dir, 'SELECT scheduled_ms AS at, state, reason FROM campaign_runs ORDER BY scheduled_ms'))
+    -- London at 09:00 both days; Tokyo on day 2 was due at 07:00, 90 minutes before the restart
+    assert.are.same({
+      { at = 1798786800000, id = 'e0001', state = 'SENT', due = 1798794000000, on_time = 1 },
+      { at = 1798786800000, id = 'e0002', state = 'SENT', due = 1798786800000, on_time = 1 },
+      { at = 1798873200000, id = 'e0001', state = 'SENT', due = 1798880400000, on_time = 1 },
+      { at = 1798873200000, id = 'e0002', state = 'SKIPPED', reason = 'STALE', due = 1798873200000 },
+    }, q(dir, 'SELECT r.scheduled_ms AS at, o.endpoint_id AS id, o.state, o.reason, o.due_ms AS due,'
+      .. ' o.claimed_ms - o.due_ms BETWEEN 0 AND 999 AS on_time'
+      .. ' FROM outbox o JOIN campaign_runs r ON r.id = o.run_id ORDER BY 1, 2'))
+  end)
+
   it('caps strictly: ten campaigns at the same instant with Daily = 5 send exactly 5 to each endpoint', function()
     local dir = h.tmpdir()
     simple_endpoints(dir, 30)

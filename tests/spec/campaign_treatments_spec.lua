@@ -168,6 +168,46 @@ describe('treatments with schedules of their own', function()
       q(dir, 'SELECT arms FROM campaign_runs ORDER BY scheduled_ms'))
   end)
 
+  it('write a local-time arm when its earliest zone reaches it, before an earlier run of the campaign', function()
+    local dir = h.tmpdir()
+    endpoints(dir)
+    -- the campaign at 08:30 UTC; B at 09:00 on each endpoint's clock: 07:00 UTC in Berlin
+    -- (summer time), 13:00 in New York, and 09:00 at UTC+14 the evening before
+    h.write(dir .. '/m.lua', [[
+      herald.campaign{ name = 'morning', segment = herald.segment{ name = 'all' }, deliver = { file = 'out.txt' },
+        schedule = { start = '2027-05-01T08:30:00Z', frequency = 'DAILY', ['end'] = '2027-05-02T12:00:00Z' },
+        treatments = {
+          { name = 'A', size = 50, message = { subject = 'A', body = 'a' } },
+          { name = 'B', size = 50, message = { subject = 'B', body = 'b' },
+            schedule = { start = '2027-05-01T09:00:00', frequency = 'DAILY', is_local_time = true,
+                         ['end'] = '2027-05-02T12:00:00' } },
+        } }
+    ]])
+    -- two processes: the second resumes from what the first stored
+    local _, code, err = h.herald('--db c.db run --clock-start 2027-05-01T00:00:00Z --until 2027-05-02T00:00:00Z m.lua', { cwd = dir })
+    assert.are.equal(0, code, err)
+    _, code, err = h.herald('--db c.db run --clock-start 2027-05-02T00:00:00Z --until 2027-05-03T00:00:00Z m.lua', { cwd = dir })
+    assert.are.equal(0, code, err)
+    -- B's second run was written at 19:00 UTC on the 1st, when 2 May 09:00 began at UTC+14
+    assert.are.same({
+      { at = '2027-05-01T08:30', written = '2027-05-01T08:30', arms = '[-1,0]' },
+      { at = '2027-05-01T09:00', written = '2027-05-01T00:00', arms = '[1]' },
+      { at = '2027-05-02T08:30', written = '2027-05-02T08:30', arms = '[-1,0]' },
+      { at = '2027-05-02T09:00', written = '2027-05-01T19:00', arms = '[1]' },
+    }, q(dir, 'SELECT ' .. utc('scheduled_ms') .. ' AS at, ' .. utc('started_ms') .. ' AS written, arms'
+      .. ' FROM campaign_runs ORDER BY scheduled_ms'))
+    -- every B endpoint got each day's message at its own 09:00, none skipped STALE
+    assert.are.same({
+      { at = '2027-05-01T09:00', zone = 'America/New_York', due = '2027-05-01T13:00', state = 'SENT', n = 25 },
+      { at = '2027-05-01T09:00', zone = 'Europe/Berlin', due = '2027-05-01T07:00', state = 'SENT', n = 25 },
+      { at = '2027-05-02T09:00', zone = 'America/New_York', due = '2027-05-02T13:00', state = 'SENT', n = 25 },
+      { at = '2027-05-02T09:00', zone = 'Europe/Berlin', due = '2027-05-02T07:00', state = 'SENT', n = 25 },
+    }, q(dir, 'SELECT ' .. utc('r.scheduled_ms') .. ' AS at, o.zone, ' .. utc('o.due_ms') .. ' AS due, o.state, count(*) AS n'
+      .. ' FROM outbox o JOIN campaign_runs r ON r.id = o.run_id WHERE o.treatment = 1 GROUP BY 1, 2, 3, 4 ORDER BY 1, 2'))
+    assert.are.equal(0, q(dir, "SELECT count(*) AS n FROM outbox WHERE state <> 'SENT'")[1].n)
+    assert.are.equal(200, h.count(h.read(dir .. '/out.txt'), '--- message '))
+  end)
+
   it('validates a treatment schedule with its field path', function()
     local dir = h.tmpdir()
     local function pinpoint(schedule3)
