@@ -336,7 +336,7 @@ local function in_segment(seg, ep)
   return q.filter == nil or q.filter(ep)
 end
 
-local function trigger_campaign(c, now_ms)
+local function trigger_campaign(c, now_ms, batch)
   local f = c.definition.Schedule.EventFilter
   local h = c.definition.Herald
   local cancel_types = h.CancelOnEventTypes or {}
@@ -346,7 +346,7 @@ local function trigger_campaign(c, now_ms)
   local sched = c:schedule()
   local cursor = outbox.trigger_cursor(c.id)
   local events = query('SELECT seq, endpoint_id, event_id, event_type, timestamp, attributes, metrics'
-    .. ' FROM events WHERE app_id = ? AND seq > ? ORDER BY seq LIMIT ?', core.app(), cursor, TRIGGER_BATCH)
+    .. ' FROM events WHERE app_id = ? AND seq > ? ORDER BY seq LIMIT ?', core.app(), cursor, batch)
   if #events == 0 then return 0 end
   local rows, by_endpoint, cancels, cancelled = {}, {}, {}, {}
   for _, ev in ipairs(events) do
@@ -400,18 +400,30 @@ local function trigger_campaign(c, now_ms)
   return #events
 end
 
--- Processes new events for every EVENT campaign. Returns whether any campaign is
--- event-triggered, and whether a batch was full (more events are waiting).
-function scheduler.triggers(now_ms)
-  local any, more = false, false
+-- The EVENT campaigns whose new events are to be processed (paused, deleted and INVALID
+-- ones read none: their events wait), and the batch size. The host processes each campaign in
+-- a sandboxed call of its own (scheduler.trigger), so one whose predicate fails or runs past
+-- the budget fails alone.
+function scheduler.triggers()
+  local ids = {}
   local st = states()
   for _, c in ipairs(campaign.order) do
-    if c:schedule().frequency == 'EVENT' and st[c.id] ~= 'PAUSED' and st[c.id] ~= 'DELETED' and not blocked[c.id] then
-      any = true
-      if trigger_campaign(c, now_ms) >= TRIGGER_BATCH then more = true end
+    local state = st[c.id]
+    if c:schedule().frequency == 'EVENT' and state ~= 'PAUSED' and state ~= 'DELETED' and state ~= 'INVALID'
+        and not blocked[c.id] and not invalid[c.id] then
+      ids[#ids + 1] = c.id
     end
   end
-  return any, more
+  return ids, TRIGGER_BATCH
+end
+
+-- Processes up to batch (default TRIGGER_BATCH) new events for EVENT campaign id. Returns how
+-- many events it read and the batch size: a full batch means more are waiting.
+function scheduler.trigger(id, now_ms, batch)
+  local c = campaign.defined[id]
+  if c == nil or c:schedule().frequency ~= 'EVENT' then error('unknown event campaign ' .. tostring(id), 0) end
+  batch = batch or TRIGGER_BATCH
+  return trigger_campaign(c, now_ms, batch), batch
 end
 
 -- Moves each campaign to the state its runs say (PAUSED and DELETED stay as they are).

@@ -139,6 +139,69 @@ describe('event-triggered campaigns', function()
     assert.are.same({ endpoint_id = 'paris', state = 'PENDING', due_ms = 1799647200000 }, rows[2])  -- 07:00 Paris
   end)
 
+  it('makes a campaign whose predicate fails or runs away INVALID alone: the others go on', function()
+    local dir = h.tmpdir()
+    h.write(dir .. '/two.lua', [[
+      for i = 1, 3 do herald.endpoints.put{ Id = 'u' .. i, ChannelType = 'EMAIL', Address = 'u' .. i .. '@example.com' } end
+      local all = herald.segment{ name = 'all' }
+      herald.campaign{ name = 'bad', segment = all, deliver = { file = 'bad.txt' }, message = { body = 'b' },
+        schedule = { event = { types = { 'cart.add' },
+          predicate = function(ev, ep) return ev.attributes.sku:sub(1, 1) == 'X' end } } }
+      herald.campaign{ name = 'spin', segment = all, deliver = { file = 'spin.txt' }, message = { body = 's' },
+        schedule = { event = { types = { 'view' },
+          predicate = function(ev, ep) while ev.attributes.page == 'loop' do end return true end } } }
+      herald.campaign{ name = 'good', segment = all, deliver = { file = 'good.txt' }, message = { body = 'welcome' },
+        schedule = { event = { types = { 'signup' } } } }
+    ]])
+    local _, code, err = h.herald('--db c.db run --clock-start 2027-01-01T10:00:00Z --until 2027-01-01T10:00:01Z two.lua', { cwd = dir })
+    assert.are.equal(0, code, err)
+    -- the events before the failing one still fire
+    events(dir, {
+      { 'u1', 'c1', 'cart.add', '2027-01-01T10:00:00Z', attributes = '{sku="X1"}' },
+      { 'u2', 'c2', 'cart.add', '2027-01-01T10:00:00Z' },
+      { 'u1', 'v1', 'view', '2027-01-01T10:00:00Z', attributes = '{page="home"}' },
+      { 'u2', 'v2', 'view', '2027-01-01T10:00:00Z', attributes = '{page="loop"}' },
+      { 'u3', 's3', 'signup', '2027-01-01T10:00:00Z' },
+      { 'u3', 'c3', 'cart.add', '2027-01-01T10:00:00Z', attributes = '{sku="X3"}' },
+    })
+    _, code, err = h.herald('--db c.db run --clock-start 2027-01-01T10:01:00Z --until 2027-01-01T10:02:00Z two.lua', { cwd = dir })
+    assert.are.equal(1, code, err)
+    assert.matches("two.lua:5: attempt to index a nil value (field 'sku')", err, 1, true)
+    assert.matches('instruction budget exceeded', err, 1, true)
+    assert.are.equal(1, h.count(h.read(dir .. '/good.txt') or '', 'to: u3@'))
+    assert.are.equal(1, h.count(h.read(dir .. '/bad.txt') or '', 'to: u1@'))
+    assert.are.equal(1, h.count(h.read(dir .. '/spin.txt') or '', 'to: u1@'))
+    local rows = q(dir, 'SELECT id, state, error FROM campaigns ORDER BY id')
+    assert.are.same({ 'INVALID', 'PENDING_NEXT_RUN', 'INVALID' }, { rows[1].state, rows[2].state, rows[3].state })
+    assert.matches("two.lua:5: attempt to index a nil value (field 'sku')", rows[1].error, 1, true)
+    assert.matches('two.lua:8: instruction budget exceeded', rows[3].error, 1, true)
+    -- each cursor stops before its campaign's failing event, the good one's after them all
+    assert.are.same({ { campaign_id = 'bad', event = 'c1' }, { campaign_id = 'spin', event = 'v1' } },
+      q(dir, 'SELECT t.campaign_id, e.event_id AS event FROM trigger_cursors t JOIN events e ON e.seq = t.last_seq'
+        .. " WHERE t.campaign_id <> 'good' ORDER BY t.campaign_id"))
+    assert.are.same({ { n = 1 } }, q(dir, "SELECT count(*) AS n FROM trigger_cursors t WHERE t.campaign_id = 'good'"
+      .. " AND t.last_seq >= (SELECT seq FROM events WHERE event_id = 'c3')"))
+  end)
+
+  it('gets a predicate that is slow over a whole batch through in smaller ones', function()
+    local dir = h.tmpdir()
+    -- each call costs about 30 million instructions: four of them exceed a call's budget
+    h.write(dir .. '/slow.lua', [[
+      for i = 1, 4 do herald.endpoints.put{ Id = 'u' .. i, ChannelType = 'EMAIL', Address = 'u' .. i .. '@example.com' } end
+      herald.campaign{ name = 'slow', segment = herald.segment{ name = 'all' }, deliver = { file = 'out.txt' },
+        message = { body = 'b' }, schedule = { event = { types = { 'visit' },
+          predicate = function(ev, ep) local n = 0 for i = 1, 15000000 do n = n + i end return n > 0 end } } }
+    ]])
+    local _, code, err = h.herald('--db c.db run --clock-start 2027-01-01T10:00:00Z --until 2027-01-01T10:00:01Z slow.lua', { cwd = dir })
+    assert.are.equal(0, code, err)
+    events(dir, { { 'u1', 'v1', 'visit', '2027-01-01T10:00:00Z' }, { 'u2', 'v2', 'visit', '2027-01-01T10:00:00Z' },
+                  { 'u3', 'v3', 'visit', '2027-01-01T10:00:00Z' }, { 'u4', 'v4', 'visit', '2027-01-01T10:00:00Z' } })
+    _, code, err = h.herald('--db c.db run --clock-start 2027-01-01T10:01:00Z --until 2027-01-01T10:02:00Z slow.lua', { cwd = dir })
+    assert.are.equal(0, code, err)
+    assert.are.equal(4, h.count(h.read(dir .. '/out.txt') or '', '--- message '))
+    assert.is_nil(q(dir, "SELECT error FROM campaigns WHERE id = 'slow'")[1].error)
+  end)
+
   it('refuses a bad event filter with its field path', function()
     local dir = h.tmpdir()
     h.write(dir .. '/bad.lua', "herald.campaign{ name = 'b', segment = herald.segment{ name = 'all' }, message = { body = 'x' },\n  schedule = { event = { types = { 'a' }, metrics = { total = { '~', 1 } } } } }\n")
