@@ -125,14 +125,15 @@ end
 -- that step only, with its file and line, and the loop goes on.
 
 -- What is due at now_ms: runs to materialise, the next start after now, and the ids of every
--- loaded campaign. Paused and deleted campaigns plan nothing.
+-- loaded campaign. Paused, deleted and INVALID campaigns plan nothing (an INVALID one's missed
+-- runs meet the stale bound once it is back).
 function scheduler.plan(now_ms)
   local due, ids, next_start = {}, {}, nil
   local st = states()
   for i, c in ipairs(campaign.order) do
     ids[i] = c.id
     local state = st[c.id]
-    if state ~= 'PAUSED' and state ~= 'DELETED' and not blocked[c.id] then
+    if state ~= 'PAUSED' and state ~= 'DELETED' and state ~= 'INVALID' and not blocked[c.id] then
       local run, at = next_run(c, now_ms)
       if run then
         due[#due + 1] = { id = c.id, at = run.at, index = run.index }
@@ -426,10 +427,14 @@ function scheduler.trigger(id, now_ms, batch)
   return trigger_campaign(c, now_ms, batch), batch
 end
 
--- Moves each campaign to the state its runs say (PAUSED and DELETED stay as they are).
+-- Moves each campaign to the state its runs say (PAUSED and DELETED stay as they are). An
+-- INVALID one is left alone: looking for its next run would record its missed runs STALE
+-- while it is INVALID.
 function scheduler.refresh_states(now_ms)
+  local stored = {}
+  for _, r in ipairs(query('SELECT id, state FROM campaigns WHERE app_id = ?', core.app())) do stored[r.id] = r.state end
   for _, c in ipairs(campaign.order) do
-    if invalid[c.id] or blocked[c.id] then goto continue end
+    if invalid[c.id] or blocked[c.id] or stored[c.id] == 'INVALID' then goto continue end
     local r = query("SELECT count(*) AS n, sum(state = 'EXECUTING') AS executing FROM campaign_runs"
       .. ' WHERE app_id = ? AND campaign_id = ?', core.app(), c.id)[1]
     local state
