@@ -343,10 +343,11 @@ local function trigger_campaign(c, now_ms, batch)
   local cancel_types = h.CancelOnEventTypes or {}
   local delay_ms = (h.TriggerDelaySeconds or 0) * 1000
   local expiry_ms = h.TriggerExpirySeconds and h.TriggerExpirySeconds * 1000
+  local stale_ms = c:stale_after_ms()
   -- Pinpoint sends for the events that occur between the schedule's StartTime and EndTime
   local sched = c:schedule()
   local cursor = outbox.trigger_cursor(c.id)
-  local events = query('SELECT seq, endpoint_id, event_id, event_type, timestamp, attributes, metrics'
+  local events = query('SELECT seq, endpoint_id, event_id, event_type, timestamp, attributes, metrics, arrival'
     .. ' FROM events WHERE app_id = ? AND seq > ? ORDER BY seq LIMIT ?', core.app(), cursor, batch)
   if #events == 0 then return 0 end
   local rows, by_endpoint, cancels, cancelled = {}, {}, {}, {}
@@ -369,6 +370,11 @@ local function trigger_campaign(c, now_ms, batch)
         if ep and in_segment(c.segment, ep) and (c.predicate == nil or c.predicate(ev, ep)) then
           local arm = c:arm(ep.CohortId)
           local due, reason = math.max(at + delay_ms, now_ms), skip_reason(c, ep, arm)
+          -- read more than the stale bound after it was due (herald down, the campaign paused
+          -- or INVALID): not sent, as a stale run is not; late from its arrival at the earliest
+          if reason == nil and now_ms - math.max(at + delay_ms, time.parse(ev.arrival) or at) > stale_ms then
+            reason = 'STALE'
+          end
           -- quiet time holds for triggered messages as for scheduled ones, in the endpoint's zone
           -- (the campaign's when it has none): deferred to its end, or skipped under 'skip'
           local zone = ep.Demographic and ep.Demographic.Timezone

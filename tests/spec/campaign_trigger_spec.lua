@@ -1,6 +1,7 @@
 -- Event-triggered campaigns: filters, segment membership, delay with cancellation, expiry,
 -- and no event firing twice.
 local h = require 'helpers'
+local json = require 'herald.json'
 
 local function q(dir, sql) return h.query(dir, 'c.db', sql) end
 
@@ -137,6 +138,53 @@ describe('event-triggered campaigns', function()
     local rows = q(dir, 'SELECT endpoint_id, state, due_ms FROM outbox ORDER BY endpoint_id')
     assert.are.same({ endpoint_id = 'nyc', state = 'SENT', due_ms = 1799620200000 }, rows[1])       -- 22:30 UTC
     assert.are.same({ endpoint_id = 'paris', state = 'PENDING', due_ms = 1799647200000 }, rows[2])  -- 07:00 Paris
+  end)
+
+  it('skips a triggered message more than five minutes (or stale_after) late as STALE', function()
+    local dir = h.tmpdir()
+    h.write(dir .. '/late.lua', [[
+      for i = 1, 3 do herald.endpoints.put{ Id = 'u' .. i, ChannelType = 'EMAIL', Address = 'u' .. i .. '@example.com' } end
+      local all = herald.segment{ name = 'all' }
+      herald.campaign{ name = 'cart', segment = all, deliver = { file = 'cart.txt' }, message = { body = 'c' },
+        schedule = { event = { types = { 'cart.add' } } } }
+      herald.campaign{ name = 'patient', segment = all, deliver = { file = 'patient.txt' }, message = { body = 'p' },
+        schedule = { event = { types = { 'cart.add' } } }, stale_after = '3d' }
+      herald.campaign{ name = 'later', segment = all, deliver = { file = 'later.txt' }, message = { body = 'l' },
+        schedule = { event = { types = { 'cart.add' }, delay = '2d' } } }
+    ]])
+    local _, code, err = h.herald('--db c.db run --clock-start 2027-01-01T09:00:00Z --until 2027-01-01T09:00:01Z late.lua', { cwd = dir })
+    assert.are.equal(0, code, err)
+    -- herald is down from 10:00 on Jan 1 to 10:00 on Jan 3; u3's device clock is 13 minutes behind
+    for _, e in ipairs({ { 'u1', 'e1', '2027-01-01T10:05:00Z' }, { 'u2', 'e2', '2027-01-03T09:56:00Z' },
+                         { 'u3', 'e3', '2027-01-03T09:45:00Z', '2027-01-03T09:58:00Z' } }) do
+      local out
+      out, code, err = h.herald('--db c.db -e ' .. h.shell_quote(string.format([[
+        require('herald.core.clock').set_manual(herald.time.parse(%q))
+        assert(herald.events.put(%q, { EventId = %q, EventType = 'cart.add', Timestamp = %q }))]], e[4] or e[3], e[1], e[2], e[3])),
+        { cwd = dir })
+      assert.are.equal(0, code, err .. out)
+    end
+    _, code, err = h.herald('--db c.db run --clock-start 2027-01-03T10:00:00Z --until 2027-01-03T10:10:00Z late.lua', { cwd = dir })
+    assert.are.equal(0, code, err)
+    -- two days late: skipped; four minutes late, or two after its arrival: sent. A 3-day bound
+    -- sends them all, and a message delayed two days is not late at all.
+    assert.are.same({
+      { campaign_id = 'cart', endpoint_id = 'u1', state = 'SKIPPED', reason = 'STALE' },
+      { campaign_id = 'cart', endpoint_id = 'u2', state = 'SENT' },
+      { campaign_id = 'cart', endpoint_id = 'u3', state = 'SENT' },
+      { campaign_id = 'later', endpoint_id = 'u1', state = 'SENT' },
+      { campaign_id = 'later', endpoint_id = 'u2', state = 'PENDING' },
+      { campaign_id = 'later', endpoint_id = 'u3', state = 'PENDING' },
+      { campaign_id = 'patient', endpoint_id = 'u1', state = 'SENT' },
+      { campaign_id = 'patient', endpoint_id = 'u2', state = 'SENT' },
+      { campaign_id = 'patient', endpoint_id = 'u3', state = 'SENT' },
+    }, q(dir, 'SELECT r.campaign_id, o.endpoint_id, o.state, o.reason FROM outbox o JOIN campaign_runs r ON r.id = o.run_id'
+      .. ' ORDER BY r.campaign_id, o.endpoint_id'))
+    assert.is_nil(h.read(dir .. '/cart.txt'):find('to: u1@', 1, true))
+    local st = json.decode((h.herald('--db c.db campaign status cart', { cwd = dir })))
+    local stale = 0
+    for _, a in ipairs(st.Activities) do stale = stale + (a.ExecutionMetrics.STALE or 0) end
+    assert.are.equal(1, stale)
   end)
 
   it('makes a campaign whose predicate fails or runs away INVALID alone: the others go on', function()
