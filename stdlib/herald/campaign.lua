@@ -31,6 +31,11 @@ campaign.order = {}
 -- paused, when it fell due); an older one is recorded SKIPPED with reason STALE. A campaign
 -- changes it with `stale_after` (seconds) or Herald.StaleAfterSeconds.
 campaign.DEFAULT_STALE_AFTER_S = 3600
+-- A triggered message is late from when it was due (its event's time plus the delay, or its
+-- arrival when the device's clock is behind). Pinpoint drops a message of an event-based
+-- campaign that it cannot deliver within five minutes: that is the default bound of an event
+-- campaign, which `stale_after` changes as well.
+campaign.DEFAULT_TRIGGER_STALE_AFTER_S = 300
 campaign.MAX_TREATMENTS = 10
 
 local function fail(path, msg)
@@ -648,7 +653,12 @@ function Campaign:stream_of(t)
 end
 
 function Campaign:stale_after_ms()
-  return (self.definition.Herald.StaleAfterSeconds or campaign.DEFAULT_STALE_AFTER_S) * 1000
+  local s = self.definition.Herald.StaleAfterSeconds
+  if s == nil then
+    s = self.definition.Schedule.Frequency == 'EVENT' and campaign.DEFAULT_TRIGGER_STALE_AFTER_S
+      or campaign.DEFAULT_STALE_AFTER_S
+  end
+  return s * 1000
 end
 
 -- A campaign's audience as stored data, so a stored copy runs without its source's file:

@@ -40,6 +40,7 @@ function runner.new(opts)
     failures = 0,
     busy = nil,        -- {what =, err =}: the first step of this pass that met a busy store
     busy_passes = 0,   -- passes in a row that met one
+    trigger_batch = {}, -- campaign id -> the smaller batch its triggers are processed in
   }, runner)
 end
 
@@ -119,6 +120,35 @@ function runner:load(files)
   return ok_all
 end
 
+-- Processes the new events of event campaign id, a batch in a sandboxed call of its own, so a
+-- predicate that fails or runs past the budget fails this campaign alone. A batch that fails
+-- is tried again halved, and the campaign keeps the smaller batch: the events before a failing
+-- one still fire, and a predicate that is merely slow over a whole batch gets through in
+-- smaller ones. A single event that fails makes the campaign INVALID (its cursor stays before
+-- that event): invalidate[id] gets the error. Returns whether a full batch was read (more
+-- events are waiting).
+function runner:trigger(id, now, full, invalidate)
+  while true do
+    local batch = self.trigger_batch[id]
+    local r = table.pack(self.sb:run('local s = require "herald.scheduler"; return s.trigger(...)',
+      '=(herald run)', id, now, batch))
+    if r[1] then return r[2] >= r[3] end
+    local err = tostring(r[2])
+    if db.busy(err) then
+      self:met_busy('triggers', err)
+      return false
+    end
+    batch = batch or full
+    if batch <= 1 then
+      self.failures = self.failures + 1
+      self.err(string.format('campaign %s: %s', id, err))
+      invalidate[id] = headline(err)
+      return false
+    end
+    self.trigger_batch[id] = batch // 2
+  end
+end
+
 local function all_failed(due, failed)
   for _, d in ipairs(due) do
     if not failed[d.id .. '@' .. d.at] then return false end
@@ -185,13 +215,18 @@ function runner:loop(opts)
         end
       end
     end
+
+    local okt, trigger_ids, full = self:step('triggers')
+    local events, more_events = okt and #trigger_ids > 0, false
+    for _, id in ipairs(okt and trigger_ids or {}) do
+      if not invalidate[id] and self:trigger(id, now, full, invalidate) then more_events = true end
+    end
+    if more_events then progressed = true end
+
     for id, err in pairs(invalidate) do
       local oki, ierr = self:step('mark_invalid', id, err)
       if oki or not db.busy(ierr) then invalidate[id] = nil end
     end
-
-    local okt, events, more_events = self:step('triggers', now)
-    if okt and more_events then progressed = true end
 
     local okids, ids_json = self:step('campaign_ids')
     if not okids then break end
@@ -237,7 +272,7 @@ function runner:loop(opts)
     if next_decision and (wake == nil or next_decision < wake) then wake = next_decision end
     -- More runs due now (a campaign had several, one is materialised per pass): go round.
     if #plan.due > 0 and not all_failed(plan.due, failed) then wake = clock.now() end
-    if okt and more_events then wake = clock.now() end
+    if more_events then wake = clock.now() end
     -- Something due when this pass looked that nothing could take (its campaign failed):
     -- wait rather than spin. What fell due while the pass ran (a timer fires up to a
     -- millisecond before the wall clock reaches its due time, so a claim at `now` can miss a
@@ -253,7 +288,7 @@ function runner:loop(opts)
       clock.advance(math.max(wake - clock.now(), 0))
     else
       -- event campaigns poll the events table often: the trigger latency budget is 100 ms
-      local poll = (okt and events) and EVENT_POLL_MS or POLL_MS
+      local poll = events and EVENT_POLL_MS or POLL_MS
       local wait = poll
       if wake then wait = math.max(0, math.min(poll, wake - clock.now())) end
       task.sleep(wait)

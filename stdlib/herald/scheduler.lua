@@ -221,14 +221,15 @@ end
 -- that step only, with its file and line, and the loop goes on.
 
 -- What is due at now_ms: runs to materialise, the next start after now, and the ids of every
--- loaded campaign. Paused and deleted campaigns plan nothing.
+-- loaded campaign. Paused, deleted and INVALID campaigns plan nothing (an INVALID one's missed
+-- runs meet the stale bound once it is back).
 function scheduler.plan(now_ms)
   local due, ids, next_start = {}, {}, nil
   local st = states()
   for i, c in ipairs(campaign.order) do
     ids[i] = c.id
     local state = st[c.id]
-    if state ~= 'PAUSED' and state ~= 'DELETED' and not blocked[c.id] then
+    if state ~= 'PAUSED' and state ~= 'DELETED' and state ~= 'INVALID' and not blocked[c.id] then
       local run, at = next_run(c, now_ms)
       if run then
         due[#due + 1] = { id = c.id, at = run.at, index = run.index }
@@ -402,17 +403,18 @@ local function in_segment(seg, ep)
   return q.filter == nil or q.filter(ep)
 end
 
-local function trigger_campaign(c, now_ms)
+local function trigger_campaign(c, now_ms, batch)
   local f = c.definition.Schedule.EventFilter
   local h = c.definition.Herald
   local cancel_types = h.CancelOnEventTypes or {}
   local delay_ms = (h.TriggerDelaySeconds or 0) * 1000
   local expiry_ms = h.TriggerExpirySeconds and h.TriggerExpirySeconds * 1000
+  local stale_ms = c:stale_after_ms()
   -- Pinpoint sends for the events that occur between the schedule's StartTime and EndTime
   local sched = c:schedule()
   local cursor = outbox.trigger_cursor(c.id)
-  local events = query('SELECT seq, endpoint_id, event_id, event_type, timestamp, attributes, metrics'
-    .. ' FROM events WHERE app_id = ? AND seq > ? ORDER BY seq LIMIT ?', core.app(), cursor, TRIGGER_BATCH)
+  local events = query('SELECT seq, endpoint_id, event_id, event_type, timestamp, attributes, metrics, arrival'
+    .. ' FROM events WHERE app_id = ? AND seq > ? ORDER BY seq LIMIT ?', core.app(), cursor, batch)
   if #events == 0 then return 0 end
   local rows, by_endpoint, cancels, cancelled = {}, {}, {}, {}
   for _, ev in ipairs(events) do
@@ -434,6 +436,11 @@ local function trigger_campaign(c, now_ms)
         if ep and in_segment(c.segment, ep) and (c.predicate == nil or c.predicate(ev, ep)) then
           local arm = c:arm(ep.CohortId)
           local due, reason = math.max(at + delay_ms, now_ms), skip_reason(c, ep, arm)
+          -- read more than the stale bound after it was due (herald down, the campaign paused
+          -- or INVALID): not sent, as a stale run is not; late from its arrival at the earliest
+          if reason == nil and now_ms - math.max(at + delay_ms, time.parse(ev.arrival) or at) > stale_ms then
+            reason = 'STALE'
+          end
           -- quiet time holds for triggered messages as for scheduled ones, in the endpoint's zone
           -- (the campaign's when it has none): deferred to its end, or skipped under 'skip'
           local zone = ep.Demographic and ep.Demographic.Timezone
@@ -466,24 +473,40 @@ local function trigger_campaign(c, now_ms)
   return #events
 end
 
--- Processes new events for every EVENT campaign. Returns whether any campaign is
--- event-triggered, and whether a batch was full (more events are waiting).
-function scheduler.triggers(now_ms)
-  local any, more = false, false
+-- The EVENT campaigns whose new events are to be processed (paused, deleted and INVALID
+-- ones read none: their events wait), and the batch size. The host processes each campaign in
+-- a sandboxed call of its own (scheduler.trigger), so one whose predicate fails or runs past
+-- the budget fails alone.
+function scheduler.triggers()
+  local ids = {}
   local st = states()
   for _, c in ipairs(campaign.order) do
-    if c:schedule().frequency == 'EVENT' and st[c.id] ~= 'PAUSED' and st[c.id] ~= 'DELETED' and not blocked[c.id] then
-      any = true
-      if trigger_campaign(c, now_ms) >= TRIGGER_BATCH then more = true end
+    local state = st[c.id]
+    if c:schedule().frequency == 'EVENT' and state ~= 'PAUSED' and state ~= 'DELETED' and state ~= 'INVALID'
+        and not blocked[c.id] and not invalid[c.id] then
+      ids[#ids + 1] = c.id
     end
   end
-  return any, more
+  return ids, TRIGGER_BATCH
 end
 
--- Moves each campaign to the state its runs say (PAUSED and DELETED stay as they are).
+-- Processes up to batch (default TRIGGER_BATCH) new events for EVENT campaign id. Returns how
+-- many events it read and the batch size: a full batch means more are waiting.
+function scheduler.trigger(id, now_ms, batch)
+  local c = campaign.defined[id]
+  if c == nil or c:schedule().frequency ~= 'EVENT' then error('unknown event campaign ' .. tostring(id), 0) end
+  batch = batch or TRIGGER_BATCH
+  return trigger_campaign(c, now_ms, batch), batch
+end
+
+-- Moves each campaign to the state its runs say (PAUSED and DELETED stay as they are). An
+-- INVALID one is left alone: looking for its next run would record its missed runs STALE
+-- while it is INVALID.
 function scheduler.refresh_states(now_ms)
+  local stored = {}
+  for _, r in ipairs(query('SELECT id, state FROM campaigns WHERE app_id = ?', core.app())) do stored[r.id] = r.state end
   for _, c in ipairs(campaign.order) do
-    if invalid[c.id] or blocked[c.id] then goto continue end
+    if invalid[c.id] or blocked[c.id] or stored[c.id] == 'INVALID' then goto continue end
     local r = query("SELECT count(*) AS n, sum(state = 'EXECUTING') AS executing FROM campaign_runs"
       .. ' WHERE app_id = ? AND campaign_id = ?', core.app(), c.id)[1]
     local state

@@ -121,6 +121,59 @@ herald.campaign{ name = 'hooked', segment = herald.segment{ name = 'all' }, deli
   end)
 end)
 
+describe('a campaign made INVALID while herald run runs', function()
+  it('plans no run and reads no event until it loads again; then the stale bound applies', function()
+    local dir = h.tmpdir()
+    local GOOD_FILE = [[
+herald.endpoints.put{ Id = 'a', ChannelType = 'EMAIL', Address = 'a@example.com' }
+local all = herald.segment{ name = 'all' }
+herald.campaign{ name = 'daily', segment = all, deliver = { file = 'out.txt' }, message = { subject = 'd', body = 'b' },
+  schedule = { start = '2027-01-01T09:00:00Z', frequency = 'DAILY' } }
+herald.campaign{ name = 'cart', segment = all, deliver = { file = 'cart.txt' }, message = { subject = 'c', body = 'b' },
+  schedule = { start = '2027-01-01T00:00:00Z', event = { types = { 'cart.add' } }, }, stale_after = '3d' }
+]]
+    h.write(dir .. '/daily.lua', GOOD_FILE)
+    h.write(dir .. '/good.lua', GOOD_FILE)
+    -- one `herald run` on a manual clock; another process loads the file broken, then fixed
+    h.write(dir .. '/drive.lua', [[
+local clock = require 'herald.core.clock'
+local runner = require 'herald.runner'
+local exe = ...
+local function at(iso) return herald.time.parse(iso) end
+clock.set_manual(at('2027-01-01T08:00:00Z'))
+local r = runner.new {}
+assert(r:load { 'daily.lua' })
+local function loop_until(iso) r:loop { until_ms = at(iso) }; clock.set_manual(at(iso)) end
+local function load(file)
+  os.execute('cp ' .. file .. ' daily.lua && ' .. exe .. ' --db c.db campaign load daily.lua 2> /dev/null')
+end
+loop_until('2027-01-01T10:00:00Z')
+local f = io.open('broken.lua', 'w'); f:write('herald.campaign{ name =\n'); f:close()
+load('broken.lua')
+loop_until('2027-01-02T12:00:00Z')
+assert(herald.events.put('a', { EventId = 'e1', EventType = 'cart.add', Timestamp = '2027-01-02T12:00:00Z' }))
+loop_until('2027-01-03T09:30:00Z')
+local n = herald.db.query("SELECT count(*) AS n FROM campaign_runs WHERE campaign_id = 'daily'")[1].n
+local c = herald.db.query("SELECT count(*) AS n FROM trigger_cursors WHERE campaign_id = 'cart'"
+  .. " AND last_seq >= (SELECT seq FROM events WHERE event_id = 'e1')")[1].n
+print(string.format('while INVALID: %d runs, %d cursors moved', n, c))
+load('good.lua')
+loop_until('2027-01-03T10:00:00Z')
+r:close()
+]])
+    local out, code, err = h.herald('--db c.db drive.lua ' .. h.shell_quote(h.shell_quote(h.exe)), { cwd = dir })
+    assert.are.equal(0, code, err)
+    assert.matches('while INVALID: 1 runs, 0 cursors moved', out, 1, true)
+    -- Jan 2's run is past the stale bound when the campaign is back, Jan 3's (30 min late) is
+    -- sent; the event read once the campaign is back fires (within its 3 days' bound)
+    assert.are.same({ { at = '2027-01-01 09:00:00', state = 'COMPLETED' }, { at = '2027-01-02 09:00:00', state = 'SKIPPED', reason = 'STALE' },
+      { at = '2027-01-03 09:00:00', state = 'COMPLETED' } },
+      q(dir, "SELECT datetime(scheduled_ms / 1000, 'unixepoch') AS at, state, reason FROM campaign_runs WHERE campaign_id = 'daily' ORDER BY id"))
+    assert.are.equal(2, h.count(h.read(dir .. '/out.txt'), '--- message '))
+    assert.are.equal(1, h.count(h.read(dir .. '/cart.txt') or '', '--- message '))
+  end)
+end)
+
 describe('stored copies', function()
   it('run in a later process on their own; campaigns with Lua functions are copied in Lua', function()
     local dir = h.tmpdir()

@@ -1,6 +1,7 @@
 -- Event-triggered campaigns: filters, segment membership, delay with cancellation, expiry,
 -- and no event firing twice.
 local h = require 'helpers'
+local json = require 'herald.json'
 
 local function q(dir, sql) return h.query(dir, 'c.db', sql) end
 
@@ -137,6 +138,116 @@ describe('event-triggered campaigns', function()
     local rows = q(dir, 'SELECT endpoint_id, state, due_ms FROM outbox ORDER BY endpoint_id')
     assert.are.same({ endpoint_id = 'nyc', state = 'SENT', due_ms = 1799620200000 }, rows[1])       -- 22:30 UTC
     assert.are.same({ endpoint_id = 'paris', state = 'PENDING', due_ms = 1799647200000 }, rows[2])  -- 07:00 Paris
+  end)
+
+  it('skips a triggered message more than five minutes (or stale_after) late as STALE', function()
+    local dir = h.tmpdir()
+    h.write(dir .. '/late.lua', [[
+      for i = 1, 3 do herald.endpoints.put{ Id = 'u' .. i, ChannelType = 'EMAIL', Address = 'u' .. i .. '@example.com' } end
+      local all = herald.segment{ name = 'all' }
+      herald.campaign{ name = 'cart', segment = all, deliver = { file = 'cart.txt' }, message = { body = 'c' },
+        schedule = { event = { types = { 'cart.add' } } } }
+      herald.campaign{ name = 'patient', segment = all, deliver = { file = 'patient.txt' }, message = { body = 'p' },
+        schedule = { event = { types = { 'cart.add' } } }, stale_after = '3d' }
+      herald.campaign{ name = 'later', segment = all, deliver = { file = 'later.txt' }, message = { body = 'l' },
+        schedule = { event = { types = { 'cart.add' }, delay = '2d' } } }
+    ]])
+    local _, code, err = h.herald('--db c.db run --clock-start 2027-01-01T09:00:00Z --until 2027-01-01T09:00:01Z late.lua', { cwd = dir })
+    assert.are.equal(0, code, err)
+    -- herald is down from 10:00 on Jan 1 to 10:00 on Jan 3; u3's device clock is 13 minutes behind
+    for _, e in ipairs({ { 'u1', 'e1', '2027-01-01T10:05:00Z' }, { 'u2', 'e2', '2027-01-03T09:56:00Z' },
+                         { 'u3', 'e3', '2027-01-03T09:45:00Z', '2027-01-03T09:58:00Z' } }) do
+      local out
+      out, code, err = h.herald('--db c.db -e ' .. h.shell_quote(string.format([[
+        require('herald.core.clock').set_manual(herald.time.parse(%q))
+        assert(herald.events.put(%q, { EventId = %q, EventType = 'cart.add', Timestamp = %q }))]], e[4] or e[3], e[1], e[2], e[3])),
+        { cwd = dir })
+      assert.are.equal(0, code, err .. out)
+    end
+    _, code, err = h.herald('--db c.db run --clock-start 2027-01-03T10:00:00Z --until 2027-01-03T10:10:00Z late.lua', { cwd = dir })
+    assert.are.equal(0, code, err)
+    -- two days late: skipped; four minutes late, or two after its arrival: sent. A 3-day bound
+    -- sends them all, and a message delayed two days is not late at all.
+    assert.are.same({
+      { campaign_id = 'cart', endpoint_id = 'u1', state = 'SKIPPED', reason = 'STALE' },
+      { campaign_id = 'cart', endpoint_id = 'u2', state = 'SENT' },
+      { campaign_id = 'cart', endpoint_id = 'u3', state = 'SENT' },
+      { campaign_id = 'later', endpoint_id = 'u1', state = 'SENT' },
+      { campaign_id = 'later', endpoint_id = 'u2', state = 'PENDING' },
+      { campaign_id = 'later', endpoint_id = 'u3', state = 'PENDING' },
+      { campaign_id = 'patient', endpoint_id = 'u1', state = 'SENT' },
+      { campaign_id = 'patient', endpoint_id = 'u2', state = 'SENT' },
+      { campaign_id = 'patient', endpoint_id = 'u3', state = 'SENT' },
+    }, q(dir, 'SELECT r.campaign_id, o.endpoint_id, o.state, o.reason FROM outbox o JOIN campaign_runs r ON r.id = o.run_id'
+      .. ' ORDER BY r.campaign_id, o.endpoint_id'))
+    assert.is_nil(h.read(dir .. '/cart.txt'):find('to: u1@', 1, true))
+    local st = json.decode((h.herald('--db c.db campaign status cart', { cwd = dir })))
+    local stale = 0
+    for _, a in ipairs(st.Activities) do stale = stale + (a.ExecutionMetrics.STALE or 0) end
+    assert.are.equal(1, stale)
+  end)
+
+  it('makes a campaign whose predicate fails or runs away INVALID alone: the others go on', function()
+    local dir = h.tmpdir()
+    h.write(dir .. '/two.lua', [[
+      for i = 1, 3 do herald.endpoints.put{ Id = 'u' .. i, ChannelType = 'EMAIL', Address = 'u' .. i .. '@example.com' } end
+      local all = herald.segment{ name = 'all' }
+      herald.campaign{ name = 'bad', segment = all, deliver = { file = 'bad.txt' }, message = { body = 'b' },
+        schedule = { event = { types = { 'cart.add' },
+          predicate = function(ev, ep) return ev.attributes.sku:sub(1, 1) == 'X' end } } }
+      herald.campaign{ name = 'spin', segment = all, deliver = { file = 'spin.txt' }, message = { body = 's' },
+        schedule = { event = { types = { 'view' },
+          predicate = function(ev, ep) while ev.attributes.page == 'loop' do end return true end } } }
+      herald.campaign{ name = 'good', segment = all, deliver = { file = 'good.txt' }, message = { body = 'welcome' },
+        schedule = { event = { types = { 'signup' } } } }
+    ]])
+    local _, code, err = h.herald('--db c.db run --clock-start 2027-01-01T10:00:00Z --until 2027-01-01T10:00:01Z two.lua', { cwd = dir })
+    assert.are.equal(0, code, err)
+    -- the events before the failing one still fire
+    events(dir, {
+      { 'u1', 'c1', 'cart.add', '2027-01-01T10:00:00Z', attributes = '{sku="X1"}' },
+      { 'u2', 'c2', 'cart.add', '2027-01-01T10:00:00Z' },
+      { 'u1', 'v1', 'view', '2027-01-01T10:00:00Z', attributes = '{page="home"}' },
+      { 'u2', 'v2', 'view', '2027-01-01T10:00:00Z', attributes = '{page="loop"}' },
+      { 'u3', 's3', 'signup', '2027-01-01T10:00:00Z' },
+      { 'u3', 'c3', 'cart.add', '2027-01-01T10:00:00Z', attributes = '{sku="X3"}' },
+    })
+    _, code, err = h.herald('--db c.db run --clock-start 2027-01-01T10:01:00Z --until 2027-01-01T10:02:00Z two.lua', { cwd = dir })
+    assert.are.equal(1, code, err)
+    assert.matches("two.lua:5: attempt to index a nil value (field 'sku')", err, 1, true)
+    assert.matches('instruction budget exceeded', err, 1, true)
+    assert.are.equal(1, h.count(h.read(dir .. '/good.txt') or '', 'to: u3@'))
+    assert.are.equal(1, h.count(h.read(dir .. '/bad.txt') or '', 'to: u1@'))
+    assert.are.equal(1, h.count(h.read(dir .. '/spin.txt') or '', 'to: u1@'))
+    local rows = q(dir, 'SELECT id, state, error FROM campaigns ORDER BY id')
+    assert.are.same({ 'INVALID', 'PENDING_NEXT_RUN', 'INVALID' }, { rows[1].state, rows[2].state, rows[3].state })
+    assert.matches("two.lua:5: attempt to index a nil value (field 'sku')", rows[1].error, 1, true)
+    assert.matches('two.lua:8: instruction budget exceeded', rows[3].error, 1, true)
+    -- each cursor stops before its campaign's failing event, the good one's after them all
+    assert.are.same({ { campaign_id = 'bad', event = 'c1' }, { campaign_id = 'spin', event = 'v1' } },
+      q(dir, 'SELECT t.campaign_id, e.event_id AS event FROM trigger_cursors t JOIN events e ON e.seq = t.last_seq'
+        .. " WHERE t.campaign_id <> 'good' ORDER BY t.campaign_id"))
+    assert.are.same({ { n = 1 } }, q(dir, "SELECT count(*) AS n FROM trigger_cursors t WHERE t.campaign_id = 'good'"
+      .. " AND t.last_seq >= (SELECT seq FROM events WHERE event_id = 'c3')"))
+  end)
+
+  it('gets a predicate that is slow over a whole batch through in smaller ones', function()
+    local dir = h.tmpdir()
+    -- each call costs about 30 million instructions: four of them exceed a call's budget
+    h.write(dir .. '/slow.lua', [[
+      for i = 1, 4 do herald.endpoints.put{ Id = 'u' .. i, ChannelType = 'EMAIL', Address = 'u' .. i .. '@example.com' } end
+      herald.campaign{ name = 'slow', segment = herald.segment{ name = 'all' }, deliver = { file = 'out.txt' },
+        message = { body = 'b' }, schedule = { event = { types = { 'visit' },
+          predicate = function(ev, ep) local n = 0 for i = 1, 15000000 do n = n + i end return n > 0 end } } }
+    ]])
+    local _, code, err = h.herald('--db c.db run --clock-start 2027-01-01T10:00:00Z --until 2027-01-01T10:00:01Z slow.lua', { cwd = dir })
+    assert.are.equal(0, code, err)
+    events(dir, { { 'u1', 'v1', 'visit', '2027-01-01T10:00:00Z' }, { 'u2', 'v2', 'visit', '2027-01-01T10:00:00Z' },
+                  { 'u3', 'v3', 'visit', '2027-01-01T10:00:00Z' }, { 'u4', 'v4', 'visit', '2027-01-01T10:00:00Z' } })
+    _, code, err = h.herald('--db c.db run --clock-start 2027-01-01T10:01:00Z --until 2027-01-01T10:02:00Z slow.lua', { cwd = dir })
+    assert.are.equal(0, code, err)
+    assert.are.equal(4, h.count(h.read(dir .. '/out.txt') or '', '--- message '))
+    assert.is_nil(q(dir, "SELECT error FROM campaigns WHERE id = 'slow'")[1].error)
   end)
 
   it('refuses a bad event filter with its field path', function()
