@@ -245,6 +245,14 @@ int herald_ingest_put_events(HeraldStore *store, const char *app, json_t *reques
           refused = 1;
         }
       }
+      /* checked before the Endpoint is written, so that the answer never calls a stored
+       * endpoint refused: the item is refused whole */
+      json_t *events = json_object_get(item, "Events");
+      if (!refused && events != NULL && !json_is_object(events)) {
+        snprintf(reason, sizeof reason, "Events: expected an object of event id -> Event; "
+                 "nothing of this item is stored");
+        refused = 1;
+      }
       if (!refused)
         refused = put_item_endpoint(store, w, app, endpoint_id, item, reason, sizeof reason, err);
       if (refused < 0) {
@@ -258,11 +266,7 @@ int herald_ingest_put_events(HeraldStore *store, const char *app, json_t *reques
     if (events == NULL) continue;
     json_t *answers = json_object();
     json_object_set_new(answer, "EventsItemResponse", answers);
-    if (!json_is_object(events)) {
-      json_object_set_new(answer, "EndpointItemResponse",
-                          item_status(400, "Events: expected an object of event id -> Event"));
-      continue;
-    }
+    if (!json_is_object(events)) continue; /* the item was refused for it */
     rc = put_item_events(store, app, endpoint_id, events, refused ? reason : NULL, answers, accepted,
                          err);
     if (rc != kHeraldOk) break;

@@ -347,6 +347,29 @@ print("idle_s\t%.2f" % (time.time() - t0))
     assert.is_true(tonumber(kv.idle_s) >= 0.7 and tonumber(kv.idle_s) < 3, kv.idle_s)
   end)
 
+  it('refuses a PutEvents item whose Events is not an object whole, storing nothing of it', function()
+    local kv = py(s.port, string.format([[
+import http.client, json, sqlite3
+c = http.client.HTTPConnection(HOST, PORT, timeout=5)
+c.request("POST", "/v1/apps/default/events", body=json.dumps({"BatchItem": {
+    "pe-list": {"Endpoint": {"ChannelType": "EMAIL", "Address": "pe-list@example.com"}, "Events": []},
+    "pe-null": {"Endpoint": {"ChannelType": "EMAIL", "Address": "bad@"}, "Events": None}}}))
+r = c.getresponse()
+res = json.loads(r.read())["Results"]
+print("status\t%%d" %% r.status)
+for k in ("pe-list", "pe-null"):
+    e = res[k]["EndpointItemResponse"]
+    print(k.replace("-", "_") + "\t%%d|%%s|%%s" %% (e["StatusCode"], e["Message"], json.dumps(res[k].get("EventsItemResponse"))))
+n = sqlite3.connect(%q).execute("SELECT count(*) FROM endpoints WHERE id LIKE 'pe-%%'").fetchone()[0]
+print("stored\t%%d" %% n)
+]], s.dir .. '/h.db'))
+    assert.are.equal('202', kv.status)
+    assert.are.equal('400|Events: expected an object of event id -> Event; nothing of this item is stored|{}',
+      kv.pe_list)
+    assert.are.equal(kv.pe_list, kv.pe_null)
+    assert.are.equal('0', kv.stored)
+  end)
+
   it('closes after a response when the client asks, and speaks HTTP/1.0 keep-alive', function()
     local kv = py(s.port, [[
 import socket
