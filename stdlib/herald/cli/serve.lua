@@ -19,7 +19,7 @@ Runs the engagement server until SIGINT or SIGTERM:
   POST /v1/apps/APP/webhooks/status  a provider notification {"MessageId", "Type": DELIVERY |
                                      BOUNCE | COMPLAINT | SMS, "BounceType": HARD | SOFT,
                                      "Status": SUCCESS | FAILURE | OPTOUT, "Timestamp", "Reason"}
-  GET  /v1/apps/APP/campaigns/CAMPAIGN/kpis/daily/KPI?start-time=ISO&end-time=ISO
+  GET  /v1/apps/APP/campaigns/CAMPAIGN/kpis/daterange/KPI?start-time=ISO&end-time=ISO
                                      Pinpoint GetCampaignDateRangeKpi (CampaignDateRangeKpiResponse;
                                      the KPIs of herald.analytics.kpi, e.g. clicks-grouped-by-date)
   POST /v1/apps/APP/webhooks/mail    a bounce (RFC 3464 DSN) or complaint (RFC 5965 ARF) as
