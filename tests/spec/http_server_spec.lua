@@ -370,6 +370,44 @@ print("stored\t%%d" %% n)
     assert.are.equal('0', kv.stored)
   end)
 
+  it('answers Expect: 100-continue before the body is sent, and 413 unread for a body over the cap', function()
+    local kv = py(s.port, [[
+import socket, time
+def head(body_len, version=b"HTTP/1.1", expect=b"100-continue"):
+    return (b"POST /v1/apps/default/events " + version + b"\r\nHost: x\r\nExpect: " + expect +
+            b"\r\nContent-Length: %d\r\n\r\n" % body_len)
+def first(s, wait):
+    s.settimeout(wait)
+    try:
+        return s.recv(65536)
+    except socket.timeout:
+        return b""
+body = b'{"BatchItem": {}}'
+s = socket.create_connection((HOST, PORT), timeout=5)
+s.sendall(head(len(body)))
+t0 = time.time()
+print("interim\t%r" % first(s, 0.5))
+print("interim_fast\t%s" % (time.time() - t0 < 0.4))
+s.sendall(body)
+print("final\t" + first(s, 5).split(b"\r\n")[0].decode())
+s = socket.create_connection((HOST, PORT), timeout=5)
+s.sendall(head(len(body), expect=b"100-Continue"))
+print("case\t%r" % first(s, 0.5))
+s = socket.create_connection((HOST, PORT), timeout=5)
+s.sendall(head(len(body), version=b"HTTP/1.0"))
+print("http10\t%r" % first(s, 0.3))
+s = socket.create_connection((HOST, PORT), timeout=5)
+s.sendall(head(200000))
+print("large\t" + first(s, 5).split(b"\r\n")[0].decode())
+]])
+    assert.are.equal("b'HTTP/1.1 100 Continue\\r\\n\\r\\n'", kv.interim)
+    assert.are.equal('True', kv.interim_fast)
+    assert.are.equal('HTTP/1.1 202 Accepted', kv.final)
+    assert.are.equal(kv.interim, kv.case)
+    assert.are.equal("b''", kv.http10)
+    assert.are.equal('HTTP/1.1 413 Payload Too Large', kv.large)
+  end)
+
   it('closes after a response when the client asks, and speaks HTTP/1.0 keep-alive', function()
     local kv = py(s.port, [[
 import socket

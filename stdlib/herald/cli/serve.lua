@@ -35,7 +35,9 @@ Errors are JSON bodies {"Message": ..., "RequestID": ...}.
 
 options:
   --listen HOST:PORT      address to listen on (default 127.0.0.1:8080; port 0: any free)
-  --max-body BYTES        request body cap (default 4194304, Pinpoint's PutEvents limit)
+  --max-body BYTES        request body cap (default 4194304, Pinpoint's PutEvents limit); a
+                          larger Content-Length is answered 413 at once (without the 100
+                          Continue a client sending Expect: 100-continue waits for)
   --idle-timeout MS       close keep-alive connections idle this long (default 60000)
   --request-timeout MS    a request must arrive whole within this (default 30000)
   --max-connections N     default 10000
