@@ -576,6 +576,31 @@ print("status\t" + data.split(b"\r\n")[0].decode())
   end)
 end)
 
+describe('herald serve on a busy store', function()
+  it('answers PutEvents 503 with Retry-After while another writer holds the store', function()
+    local s = start_serve(nil, 'HERALD_TRACKING_KEY=' .. h.shell_quote(KEY) .. ' HERALD_BUSY_TIMEOUT_MS=200')
+    local kv = py(s.port, string.format([[
+import http.client, json, sqlite3
+lock = sqlite3.connect(%q, isolation_level=None, timeout=5)
+lock.execute("BEGIN IMMEDIATE")
+c = http.client.HTTPConnection(HOST, PORT, timeout=10)
+for name, path, body in (("events", "/v1/apps/default/events", {"BatchItem": {"b1": {
+        "Endpoint": {"ChannelType": "EMAIL", "Address": "b1@example.com"},
+        "Events": {"v": {"EventType": "x", "Timestamp": "2026-11-01T00:00:00Z"}}}}}),):
+    c.request("POST", path, body=json.dumps(body))
+    r = c.getresponse()
+    print(name + "\t%%d|%%s|%%s" %% (r.status, r.headers.get("Retry-After"), "database is locked" in json.loads(r.read())["Message"]))
+lock.execute("ROLLBACK")
+c.request("POST", "/v1/apps/default/events", body=json.dumps({"BatchItem": {"b1": {
+    "Endpoint": {"ChannelType": "EMAIL", "Address": "b1@example.com"}}}}))
+print("after\t%%d" %% c.getresponse().status)
+]], s.dir .. '/h.db'))
+    assert.are.equal(0, (stop_serve(s)))
+    assert.are.equal('503|1|True', kv.events)
+    assert.are.equal('202', kv.after)
+  end)
+end)
+
 describe('herald serve hit journal', function()
   -- A busy iteration's hits are answered once they are in <db>-hits; a server killed before
   -- it stored them leaves them there, and the next server stores them before it listens.
