@@ -110,7 +110,15 @@ static int table_to_json(lua_State *L, int idx, json_t **out, char *path, size_t
     char numkey[32];
     const char *key;
     if (lua_type(L, -2) == LUA_TSTRING) {
-      key = lua_tostring(L, -2);
+      size_t klen;
+      key = lua_tolstring(L, -2, &klen);
+      /* a JSON object's keys are C strings here: one with a NUL would be cut and could
+       * replace another ("a\0x" and "a") */
+      if (strlen(key) != klen) {
+        lua_pop(L, 2);
+        json_decref(obj);
+        return fail_at(err, path, "an object key contains a NUL character (\\u0000)");
+      }
     } else if (lua_isinteger(L, -2)) {
       /* A table mixing list and named entries: its integer keys become strings. */
       snprintf(numkey, sizeof numkey, LUA_INTEGER_FMT, lua_tointeger(L, -2));

@@ -12,8 +12,17 @@
 #include "runtime/event.h"
 #include "runtime/import.h"
 
+/* A string with a NUL inside is cut there when bound as text: an id "vip\0-x" would name
+ * endpoint vip. */
+static int nul_inside(lua_State *L, int idx) {
+  size_t len;
+  const char *s = lua_tolstring(L, idx, &len);
+  return s != NULL && strlen(s) != len;
+}
+
 static const char *app_arg(lua_State *L, int idx) {
   const char *app = luaL_optstring(L, idx, NULL);
+  luaL_argcheck(L, app == NULL || !nul_inside(L, idx), idx, "contains a NUL character");
   return app ? app : herald_context()->app;
 }
 
@@ -22,6 +31,15 @@ static int push_error(lua_State *L, const HeraldError *err) {
   lua_pushstring(L, err->msg);
   lua_pushstring(L, herald_error_code_name(err->code));
   return 3;
+}
+
+/* The id argument at idx (already checked to be a string) names what it says or nothing:
+ * pushes nil, err and returns their count when it has a NUL inside, else returns 0. */
+static int refuse_nul(lua_State *L, int idx, const char *field) {
+  if (!nul_inside(L, idx)) return 0;
+  HeraldError err = {0};
+  herald_error_set(&err, kHeraldInvalid, "%s: contains a NUL character (\\u0000)", field);
+  return push_error(L, &err);
 }
 
 /* Pushes a json result and releases it. */
@@ -47,6 +65,7 @@ static int l_endpoint_put(lua_State *L) {
 static int l_endpoint_get(lua_State *L) {
   const char *id = luaL_checkstring(L, 1);
   const char *app = app_arg(L, 2);
+  if (refuse_nul(L, 1, "Id")) return 3;
   HeraldError err = {0};
   json_t *out = NULL;
   int rc = herald_endpoint_get(herald_context_store(L), app, id, &out, &err);
@@ -56,6 +75,7 @@ static int l_endpoint_get(lua_State *L) {
 static int l_endpoint_delete(lua_State *L) {
   const char *id = luaL_checkstring(L, 1);
   const char *app = app_arg(L, 2);
+  if (refuse_nul(L, 1, "Id")) return 3;
   HeraldError err = {0};
   json_t *out = NULL;
   int rc = herald_endpoint_delete(herald_context_store(L), app, id, &out, &err);
@@ -65,6 +85,7 @@ static int l_endpoint_delete(lua_State *L) {
 static int l_endpoint_by_user(lua_State *L) {
   const char *user = luaL_checkstring(L, 1);
   const char *app = app_arg(L, 2);
+  if (refuse_nul(L, 1, "User.UserId")) return 3;
   HeraldError err = {0};
   json_t *out = NULL;
   int rc = herald_endpoint_by_user(herald_context_store(L), app, user, &out, &err);
@@ -101,6 +122,7 @@ static int l_event_put(lua_State *L) {
   const char *endpoint_id = luaL_checkstring(L, 1);
   luaL_checktype(L, 2, LUA_TTABLE);
   const char *app = app_arg(L, 3);
+  if (refuse_nul(L, 1, "EndpointId")) return 3;
   HeraldStore *store = herald_context_store(L);
   HeraldError err = {0};
   json_t *ev = NULL;
@@ -140,6 +162,9 @@ static int l_event_for_endpoint(lua_State *L) {
   const char *type = luaL_optstring(L, 3, NULL);
   lua_Integer limit = luaL_optinteger(L, 4, 0);
   const char *app = app_arg(L, 5);
+  if (refuse_nul(L, 1, "EndpointId")) return 3;
+  if (since != NULL && refuse_nul(L, 2, "since")) return 3;
+  if (type != NULL && refuse_nul(L, 3, "type")) return 3;
   HeraldError err = {0};
   json_t *out = NULL;
   int rc = herald_event_for_endpoint(herald_context_store(L), app, id, since, type,
@@ -150,6 +175,8 @@ static int l_event_for_endpoint(lua_State *L) {
 static int l_app_create(lua_State *L) {
   const char *id = luaL_checkstring(L, 1);
   const char *name = luaL_optstring(L, 2, NULL);
+  if (refuse_nul(L, 1, "Id")) return 3;
+  if (name != NULL && refuse_nul(L, 2, "Name")) return 3;
   HeraldError err = {0};
   if (herald_app_create(herald_context_store(L), id, name, &err) != kHeraldOk)
     return push_error(L, &err);

@@ -318,11 +318,19 @@ static int load_countries(HeraldError *err) {
 
 /* ---- request validation ---- */
 
+/* A string with a NUL inside is cut there wherever it is used as C text (bound to a statement,
+ * compared, a key): an id "vip\0-x" would name endpoint vip. Such strings are refused. */
+static int nul_inside(json_t *v) {
+  return json_is_string(v) && strlen(json_string_value(v)) != json_string_length(v);
+}
+static const char kNulInside[] = "contains a NUL character (\\u0000)";
+
 static int expect_string(json_t *v, const char *path, size_t max_chars, int allow_null,
                          HeraldError *err) {
   if (json_is_null(v) && allow_null) return kHeraldOk;
   if (!json_is_string(v))
     return invalid(err, kHeraldInvalid, path, "expected a string%s", allow_null ? " or null" : "");
+  if (nul_inside(v)) return invalid(err, kHeraldInvalid, path, "%s", kNulInside);
   if (max_chars && herald_utf8_chars(json_string_value(v)) > max_chars)
     return invalid(err, kHeraldLimit, path, "longer than %zu characters", max_chars);
   return kHeraldOk;
@@ -330,6 +338,7 @@ static int expect_string(json_t *v, const char *path, size_t max_chars, int allo
 
 static int expect_enum(json_t *v, const char *path, const char *const *values, size_t n,
                        HeraldError *err) {
+  if (nul_inside(v)) return invalid(err, kHeraldInvalid, path, "%s", kNulInside);
   if (json_is_string(v)) {
     for (size_t i = 0; i < n; i++)
       if (strcmp(json_string_value(v), values[i]) == 0) return kHeraldOk;
@@ -380,6 +389,7 @@ static int check_attribute_map(json_t *map, const char *path, HeraldError *err) 
     json_array_foreach(values, i, v) {
       if (!json_is_string(v))
         return invalid_key(err, kHeraldInvalid, path, name, (long)i, "expected a string");
+      if (nul_inside(v)) return invalid_key(err, kHeraldInvalid, path, name, (long)i, "%s", kNulInside);
       if (json_string_length(v) > 100 && herald_utf8_chars(json_string_value(v)) > 100)
         return invalid_key(err, kHeraldLimit, path, name, (long)i,
                            "attribute value longer than 100 characters");
@@ -409,6 +419,7 @@ static int check_date_field(json_t *obj, const char *key, const char *path, Hera
   char norm[HERALD_DATETIME_LEN], buf[96];
   if (!json_is_string(v))
     return invalid(err, kHeraldInvalid, path, "expected an ISO-8601 date string");
+  if (nul_inside(v)) return invalid(err, kHeraldInvalid, path, "%s", kNulInside);
   if (herald_datetime_parse(json_string_value(v), norm) != 0)
     return invalid(err, kHeraldInvalid, path, "'%s' is not an ISO-8601 date",
                    quoted(json_string_value(v), buf, sizeof buf));
@@ -429,6 +440,7 @@ static int check_demographic(HeraldEndpointChecker *c, json_t *d, HeraldError *e
       return invalid_key(err, kHeraldInvalid, "Demographic", key, -1, "unknown field");
     if (!json_is_string(v) && !json_is_null(v))
       return invalid_key(err, kHeraldInvalid, "Demographic", key, -1, "expected a string or null");
+    if (nul_inside(v)) return invalid_key(err, kHeraldInvalid, "Demographic", key, -1, "%s", kNulInside);
     if (i == kDemographicCount - 1 && json_is_string(v) && !zone_exists(c, json_string_value(v))) {
       char buf[96];
       return invalid_key(err, kHeraldInvalid, "Demographic", key, -1,
@@ -469,6 +481,7 @@ static int check_location(json_t *l, HeraldError *err) {
       return invalid_key(err, kHeraldInvalid, "Location", key, -1, "unknown field");
     if (!json_is_string(v) && !json_is_null(v))
       return invalid_key(err, kHeraldInvalid, "Location", key, -1, "expected a string or null");
+    if (nul_inside(v)) return invalid_key(err, kHeraldInvalid, "Location", key, -1, "%s", kNulInside);
     if (strcmp(key, "Country") != 0 || json_is_null(v)) continue;
     char code[4] = "";
     const char *s = json_string_value(v);

@@ -24,8 +24,16 @@ static const char *const client_fields[] = {"AppPackageName", "AppTitle", "AppVe
                                             "ClientSdkVersion", "SdkName"};
 enum { kClientFieldCount = 5 };
 
+/* A string with a NUL inside is cut there wherever it is used as C text (an id bound to a
+ * statement): such strings are refused. */
+static int nul_inside(json_t *v) {
+  return json_is_string(v) && strlen(json_string_value(v)) != json_string_length(v);
+}
+static const char kNulInside[] = "contains a NUL character (\\u0000)";
+
 static int check_string(json_t *v, const char *path, size_t max, HeraldError *err) {
   if (!json_is_string(v)) return invalid(err, kHeraldInvalid, path, "expected a string");
+  if (nul_inside(v)) return invalid(err, kHeraldInvalid, path, "%s", kNulInside);
   if (json_string_length(v) == 0) return invalid(err, kHeraldInvalid, path, "must not be empty");
   if (max && herald_utf8_chars(json_string_value(v)) > max)
     return invalid(err, kHeraldLimit, path, "longer than %zu characters", max);
@@ -38,7 +46,7 @@ static int check_date(json_t *obj, const char *key, const char *path, int requir
   json_t *v = json_object_get(obj, key);
   if (v == NULL) return required ? invalid(err, kHeraldInvalid, path, "required") : kHeraldOk;
   char norm[HERALD_DATETIME_LEN];
-  if (!json_is_string(v) || herald_datetime_parse(json_string_value(v), norm) != 0)
+  if (!json_is_string(v) || nul_inside(v) || herald_datetime_parse(json_string_value(v), norm) != 0)
     return invalid(err, kHeraldInvalid, path, "expected an ISO-8601 date such as "
                    "2026-11-29T10:00:00Z");
   json_object_set_new(obj, key, json_string(norm));
@@ -101,6 +109,8 @@ static int check_event(json_t *e, HeraldError *err) {
             rc = invalid(err, kHeraldInvalid, p, "expected a finite number");
           else if (!metrics && !json_is_string(x))
             rc = invalid(err, kHeraldInvalid, p, "expected a string");
+          else if (nul_inside(x))
+            rc = invalid(err, kHeraldInvalid, p, "%s", kNulInside);
           else if (!metrics && herald_utf8_chars(json_string_value(x)) > HERALD_EVENT_VALUE_MAX)
             rc = invalid(err, kHeraldLimit, p, "value longer than %d characters (Pinpoint drops "
                          "such events)", HERALD_EVENT_VALUE_MAX);

@@ -471,6 +471,24 @@ static int on_header_value(http_parser *p, const char *at, size_t len) {
   return 0;
 }
 
+/* A client that sends "Expect: 100-continue" waits for this before its body (curl a second,
+ * then sends anyway). It goes out only for a body that will be read: one over the limit is
+ * refused with 413 instead, unread. It takes its place in the session's output after the
+ * answers to earlier requests, as RFC 9110 wants. */
+static const char kContinue[] = "HTTP/1.1 100 Continue\r\n\r\n";
+
+static int expects_continue(HeraldHttpSession *s, const http_parser *p) {
+  if (p->http_major != 1 || p->http_minor < 1) return 0; /* HTTP/1.0 knows no 100 */
+  if (!(p->flags & F_CHUNKED) && !((p->flags & F_CONTENTLENGTH) && p->content_length > 0))
+    return 0;
+  const char *base = s->req.data;
+  for (int i = 0; i < s->nheaders; i++)
+    if (strcasecmp(base + s->headers[i].name_off, "Expect") == 0 &&
+        strcasecmp(base + s->headers[i].value_off, "100-continue") == 0)
+      return 1;
+  return 0;
+}
+
 static int on_headers_complete(http_parser *p) {
   HeraldHttpSession *s = p->data;
   if (end_piece(s) != 0) return s->oom = 1;
@@ -487,6 +505,8 @@ static int on_headers_complete(http_parser *p) {
     return -1; /* an error (1 would mean "no body"): the body is never read */
   }
   s->body_off = s->req.len;
+  if (expects_continue(s, p) && buf_add(&s->out, kContinue, sizeof kContinue - 1) != 0)
+    return s->oom = 1;
   return 0;
 }
 

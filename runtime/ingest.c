@@ -245,6 +245,14 @@ int herald_ingest_put_events(HeraldStore *store, const char *app, json_t *reques
           refused = 1;
         }
       }
+      /* checked before the Endpoint is written, so that the answer never calls a stored
+       * endpoint refused: the item is refused whole */
+      json_t *events = json_object_get(item, "Events");
+      if (!refused && events != NULL && !json_is_object(events)) {
+        snprintf(reason, sizeof reason, "Events: expected an object of event id -> Event; "
+                 "nothing of this item is stored");
+        refused = 1;
+      }
       if (!refused)
         refused = put_item_endpoint(store, w, app, endpoint_id, item, reason, sizeof reason, err);
       if (refused < 0) {
@@ -258,11 +266,7 @@ int herald_ingest_put_events(HeraldStore *store, const char *app, json_t *reques
     if (events == NULL) continue;
     json_t *answers = json_object();
     json_object_set_new(answer, "EventsItemResponse", answers);
-    if (!json_is_object(events)) {
-      json_object_set_new(answer, "EndpointItemResponse",
-                          item_status(400, "Events: expected an object of event id -> Event"));
-      continue;
-    }
+    if (!json_is_object(events)) continue; /* the item was refused for it */
     rc = put_item_events(store, app, endpoint_id, events, refused ? reason : NULL, answers, accepted,
                          err);
     if (rc != kHeraldOk) break;
@@ -1037,6 +1041,17 @@ static int status_of(int code) {
   }
 }
 
+/* Answers a failed request. A busy store (another process writing past the busy timeout)
+ * passes: 503 with Retry-After tells the client to send the same request again. */
+static void answer_error(HeraldHttpResponse *res, int rc, const HeraldError *err) {
+  if (herald_store_error_busy(err)) {
+    herald_http_response_error(res, 503, err->msg);
+    herald_http_response_header(res, "Retry-After", "1");
+    return;
+  }
+  herald_http_response_error(res, status_of(rc), err->msg);
+}
+
 static json_t *parse_body(const HeraldHttpRequest *req, HeraldHttpResponse *res) {
   json_error_t jerr;
   json_t *body = json_loadb(req->body, req->body_len, 0, &jerr);
@@ -1060,7 +1075,7 @@ static void handle_put_events(void *ctx, const HeraldHttpRequest *req, HeraldHtt
   int rc = store ? herald_ingest_put_events(store, app, body, &answer, &err) : (int)err.code;
   json_decref(body);
   if (rc != kHeraldOk) {
-    herald_http_response_error(res, status_of(rc), err.msg);
+    answer_error(res, rc, &err);
     return;
   }
   herald_http_response_json(res, 202, answer);
@@ -1078,7 +1093,7 @@ static void handle_status(void *ctx, const HeraldHttpRequest *req, HeraldHttpRes
   int rc = store ? herald_ingest_status(store, app, body, type, endpoint, &err) : (int)err.code;
   json_decref(body);
   if (rc != kHeraldOk) {
-    herald_http_response_error(res, status_of(rc), err.msg);
+    answer_error(res, rc, &err);
     return;
   }
   json_t *answer = json_pack("{s:s, s:s, s:s}", "EventType", type, "EndpointId", endpoint,

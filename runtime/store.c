@@ -29,6 +29,15 @@ int herald_store_fail(HeraldStore *store, HeraldError *err, const char *doing) {
   return herald_error_set(err, code, "%s: %s: %s", store->path, doing, msg);
 }
 
+int herald_store_error_busy(const HeraldError *err) {
+  static const char *const words[] = {"database is locked", "database table is locked",
+                                      "database schema is locked"};
+  if (err == NULL || err->code != kHeraldStore) return 0;
+  for (size_t i = 0; i < sizeof words / sizeof words[0]; i++)
+    if (strstr(err->msg, words[i]) != NULL) return 1;
+  return 0;
+}
+
 static int exec_sql(HeraldStore *store, const char *sql, HeraldError *err, const char *doing) {
   char *msg = NULL;
   if (sqlite3_exec(store->db, sql, NULL, NULL, &msg) != SQLITE_OK) {

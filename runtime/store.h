@@ -41,6 +41,10 @@ void herald_store_rollback_to(HeraldStore *store, int mark);
 /* Fills err from the database's last error, naming what was being done. */
 int herald_store_fail(HeraldStore *store, HeraldError *err, const char *doing);
 
+/* Whether err is a busy store's (another connection held it past the busy timeout): no fault
+ * of the request, and it passes. SQLite's own words are matched, as herald.db.busy does. */
+int herald_store_error_busy(const HeraldError *err);
+
 /* Steps a bound statement that returns no rows and resets it; on failure fills err from the
  * database, naming what was being done. */
 int herald_store_step_done(HeraldStore *store, sqlite3_stmt *st, HeraldError *err,

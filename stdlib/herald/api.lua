@@ -1,8 +1,9 @@
 -- herald.api: routes of Pinpoint's REST API that are answered in Lua, mounted on the engagement
 -- server by `herald serve` and `herald run --serve` (server.start{routes = api.routes()}).
 --
--- GET /v1/apps/{app}/campaigns/{campaign}/kpis/daily/{kpi}?start-time=ISO&end-time=ISO
---   Pinpoint's GetCampaignDateRangeKpi. The answer (200) is a CampaignDateRangeKpiResponse
+-- GET /v1/apps/{app}/campaigns/{campaign}/kpis/daterange/{kpi}?start-time=ISO&end-time=ISO
+--   Pinpoint's GetCampaignDateRangeKpi (kpis/daily/{kpi}, herald's first path for it, answers
+--   the same). The answer is one page: there is no NextToken. The answer (200) is a CampaignDateRangeKpiResponse
 --   {ApplicationId, CampaignId, KpiName, StartTime, EndTime, KpiResult = {Rows = {{GroupedBys,
 --   Values = {{Key, Type, Value}}}}}}, computed by herald.analytics.kpi (the KPIs of the REPL
 --   and of `herald report`). start-time and end-time bound the period, [start, end), with
@@ -97,6 +98,8 @@ end
 -- The routes, for herald.core.server.start{routes = ...}.
 function M.routes()
   return {
+    { method = 'GET', pattern = '/v1/apps/{app}/campaigns/{campaign}/kpis/daterange/{kpi}',
+      handler = M.campaign_kpi },
     { method = 'GET', pattern = '/v1/apps/{app}/campaigns/{campaign}/kpis/daily/{kpi}',
       handler = M.campaign_kpi },
   }

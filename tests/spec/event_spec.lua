@@ -117,4 +117,42 @@ describe('herald.events', function()
     assert.matches('[2].Timestamp: required', v.msg, 1, true)
     assert.are.equal(2, v.total)
   end)
+  it('refuses ids and values with a NUL inside, naming the field, instead of cutting them', function()
+    local dir = s.db():match('^(.*)/[^/]*$')
+    -- the line a JSON import reads decodes to an Id with a NUL in it
+    local f = assert(io.open(dir .. '/list.ndjson', 'w'))
+    f:write('{"Id":"vip\\u0000-x","ChannelType":"EMAIL","Address":"other@example.com"}\n')
+    f:close()
+    local v, rc, err = s.run(dir .. '/herald.db', [[
+      must(herald.endpoints.put{Id="vip", ChannelType="EMAIL", Address="vip@example.com", Attributes={tier={"gold"}}})
+      local function refused(f, ...) local ok, msg = f(...) return ok == nil and msg or 'accepted' end
+      local r = {
+        id = refused(herald.endpoints.put, {Id="vip\0-x", ChannelType="EMAIL", Address="other@example.com"}),
+        address = refused(herald.endpoints.put, {Id="n2", ChannelType="EMAIL", Address="a@example.com\0x"}),
+        channel = refused(herald.endpoints.put, {Id="n3", ChannelType="EMAIL\0x", Address="b@example.com"}),
+        user = refused(herald.endpoints.put, {Id="n4", ChannelType="EMAIL", Address="c@example.com", User={UserId="u\0v"}}),
+        value = refused(herald.endpoints.put, {Id="n5", ChannelType="EMAIL", Address="d@example.com", Attributes={tier={"a\0b"}}}),
+        name = refused(herald.endpoints.put, {Id="n6", ChannelType="EMAIL", Address="e@example.com", Attributes={["tier\0x"]={"free"}}}),
+        city = refused(herald.endpoints.put, {Id="n7", ChannelType="EMAIL", Address="f@example.com", Location={City="P\0x"}}),
+        get = refused(herald.endpoints.get, "vip\0-x"),
+        delete = refused(herald.endpoints.delete, "vip\0-x"),
+        event_endpoint = refused(herald.events.put, "vip\0zz", {EventType="buy", Timestamp="2026-11-01T00:00:00Z"}),
+        event_type = refused(herald.events.put, "vip", {EventType="buy\0x", Timestamp="2026-11-01T00:00:00Z"}),
+        event_value = refused(herald.events.put, "vip", {EventType="buy", Timestamp="2026-11-01T00:00:00Z", Attributes={k="a\0b"}}),
+        import = select(2, herald.segment.import("list.ndjson")),
+      }
+      emit({r = r, endpoints = must(herald.db.query("SELECT id, address, attributes FROM endpoints")),
+            events = must(herald.db.query("SELECT count(*) AS n FROM events"))[1].n})]], { cwd = dir })
+    assert.are.equal(0, rc, err)
+    local nul = 'contains a NUL character (\\u0000)'
+    local want = { id = 'Id', address = 'Address', channel = 'ChannelType', user = 'User.UserId',
+      value = 'Attributes.tier[0]', name = 'Attributes', city = 'Location.City', get = 'Id', delete = 'Id',
+      event_endpoint = 'EndpointId', event_type = 'EventType', event_value = 'Attributes.k',
+      import = 'list.ndjson:1: Id' }
+    for k, field in pairs(want) do
+      assert.are.equal(field .. ': ' .. (k == 'name' and 'an object key ' or '') .. nul, v.r[k], k)
+    end
+    assert.are.same({ { id = 'vip', address = 'vip@example.com', attributes = '{"tier":["gold"]}' } }, v.endpoints)
+    assert.are.equal(0, v.events)
+  end)
 end)

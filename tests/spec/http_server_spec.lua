@@ -347,6 +347,67 @@ print("idle_s\t%.2f" % (time.time() - t0))
     assert.is_true(tonumber(kv.idle_s) >= 0.7 and tonumber(kv.idle_s) < 3, kv.idle_s)
   end)
 
+  it('refuses a PutEvents item whose Events is not an object whole, storing nothing of it', function()
+    local kv = py(s.port, string.format([[
+import http.client, json, sqlite3
+c = http.client.HTTPConnection(HOST, PORT, timeout=5)
+c.request("POST", "/v1/apps/default/events", body=json.dumps({"BatchItem": {
+    "pe-list": {"Endpoint": {"ChannelType": "EMAIL", "Address": "pe-list@example.com"}, "Events": []},
+    "pe-null": {"Endpoint": {"ChannelType": "EMAIL", "Address": "bad@"}, "Events": None}}}))
+r = c.getresponse()
+res = json.loads(r.read())["Results"]
+print("status\t%%d" %% r.status)
+for k in ("pe-list", "pe-null"):
+    e = res[k]["EndpointItemResponse"]
+    print(k.replace("-", "_") + "\t%%d|%%s|%%s" %% (e["StatusCode"], e["Message"], json.dumps(res[k].get("EventsItemResponse"))))
+n = sqlite3.connect(%q).execute("SELECT count(*) FROM endpoints WHERE id LIKE 'pe-%%'").fetchone()[0]
+print("stored\t%%d" %% n)
+]], s.dir .. '/h.db'))
+    assert.are.equal('202', kv.status)
+    assert.are.equal('400|Events: expected an object of event id -> Event; nothing of this item is stored|{}',
+      kv.pe_list)
+    assert.are.equal(kv.pe_list, kv.pe_null)
+    assert.are.equal('0', kv.stored)
+  end)
+
+  it('answers Expect: 100-continue before the body is sent, and 413 unread for a body over the cap', function()
+    local kv = py(s.port, [[
+import socket, time
+def head(body_len, version=b"HTTP/1.1", expect=b"100-continue"):
+    return (b"POST /v1/apps/default/events " + version + b"\r\nHost: x\r\nExpect: " + expect +
+            b"\r\nContent-Length: %d\r\n\r\n" % body_len)
+def first(s, wait):
+    s.settimeout(wait)
+    try:
+        return s.recv(65536)
+    except socket.timeout:
+        return b""
+body = b'{"BatchItem": {}}'
+s = socket.create_connection((HOST, PORT), timeout=5)
+s.sendall(head(len(body)))
+t0 = time.time()
+print("interim\t%r" % first(s, 0.5))
+print("interim_fast\t%s" % (time.time() - t0 < 0.4))
+s.sendall(body)
+print("final\t" + first(s, 5).split(b"\r\n")[0].decode())
+s = socket.create_connection((HOST, PORT), timeout=5)
+s.sendall(head(len(body), expect=b"100-Continue"))
+print("case\t%r" % first(s, 0.5))
+s = socket.create_connection((HOST, PORT), timeout=5)
+s.sendall(head(len(body), version=b"HTTP/1.0"))
+print("http10\t%r" % first(s, 0.3))
+s = socket.create_connection((HOST, PORT), timeout=5)
+s.sendall(head(200000))
+print("large\t" + first(s, 5).split(b"\r\n")[0].decode())
+]])
+    assert.are.equal("b'HTTP/1.1 100 Continue\\r\\n\\r\\n'", kv.interim)
+    assert.are.equal('True', kv.interim_fast)
+    assert.are.equal('HTTP/1.1 202 Accepted', kv.final)
+    assert.are.equal(kv.interim, kv.case)
+    assert.are.equal("b''", kv.http10)
+    assert.are.equal('HTTP/1.1 413 Payload Too Large', kv.large)
+  end)
+
   it('closes after a response when the client asks, and speaks HTTP/1.0 keep-alive', function()
     local kv = py(s.port, [[
 import socket
@@ -512,6 +573,31 @@ while True:
 print("status\t" + data.split(b"\r\n")[0].decode())
 ]], path_of()))
     assert.are.equal('HTTP/1.1 302 Found', kv.status)
+  end)
+end)
+
+describe('herald serve on a busy store', function()
+  it('answers PutEvents 503 with Retry-After while another writer holds the store', function()
+    local s = start_serve(nil, 'HERALD_TRACKING_KEY=' .. h.shell_quote(KEY) .. ' HERALD_BUSY_TIMEOUT_MS=200')
+    local kv = py(s.port, string.format([[
+import http.client, json, sqlite3
+lock = sqlite3.connect(%q, isolation_level=None, timeout=5)
+lock.execute("BEGIN IMMEDIATE")
+c = http.client.HTTPConnection(HOST, PORT, timeout=10)
+for name, path, body in (("events", "/v1/apps/default/events", {"BatchItem": {"b1": {
+        "Endpoint": {"ChannelType": "EMAIL", "Address": "b1@example.com"},
+        "Events": {"v": {"EventType": "x", "Timestamp": "2026-11-01T00:00:00Z"}}}}}),):
+    c.request("POST", path, body=json.dumps(body))
+    r = c.getresponse()
+    print(name + "\t%%d|%%s|%%s" %% (r.status, r.headers.get("Retry-After"), "database is locked" in json.loads(r.read())["Message"]))
+lock.execute("ROLLBACK")
+c.request("POST", "/v1/apps/default/events", body=json.dumps({"BatchItem": {"b1": {
+    "Endpoint": {"ChannelType": "EMAIL", "Address": "b1@example.com"}}}}))
+print("after\t%%d" %% c.getresponse().status)
+]], s.dir .. '/h.db'))
+    assert.are.equal(0, (stop_serve(s)))
+    assert.are.equal('503|1|True', kv.events)
+    assert.are.equal('202', kv.after)
   end)
 end)
 

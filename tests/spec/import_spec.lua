@@ -89,6 +89,8 @@ describe('herald import endpoints', function()
       'e.ndjson:2: invalid JSON'},
     {'a JSON line with a bad field', 'e.ndjson', '{"ChannelType":"EMAIL","Address":"a@example.com"}\n\n{"ChannelType":"EMAIL","Address":"b@example.com","Demographic":{"Timezone":"Moon/Base"}}\n',
       "e.ndjson:3: Demographic.Timezone: 'Moon/Base' is not a time zone"},
+    {'an Id with a NUL byte (cut there, it would name endpoint seed)', 'nul.csv', 'Id,ChannelType,Address\nseed\0-x,EMAIL,x@example.com\n',
+      'nul.csv:2: Id: contains a NUL character (\\u0000)'},
     {'a JSON line that is not an object', 'e.ndjson', '{"ChannelType":"EMAIL","Address":"a@example.com"}\n[1,2]\n',
       'e.ndjson:2: endpoint: expected an object'},
   }

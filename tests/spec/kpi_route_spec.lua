@@ -1,5 +1,5 @@
 -- Pinpoint's GetCampaignDateRangeKpi over real HTTP: `herald serve` and `herald run --serve`
--- answer GET /v1/apps/{app}/campaigns/{campaign}/kpis/daily/{kpi} with a
+-- answer GET /v1/apps/{app}/campaigns/{campaign}/kpis/daterange/{kpi} (and kpis/daily/{kpi}) with a
 -- CampaignDateRangeKpiResponse; values are checked against counts made here from the events
 -- the fixture writes, and against herald.analytics.kpi in the REPL.
 local h = require 'helpers'
@@ -75,7 +75,7 @@ local function setup()
   return fixture
 end
 
-local BASE = '/v1/apps/default/campaigns/kpis/kpis/daily/'
+local BASE = '/v1/apps/default/campaigns/kpis/kpis/daterange/'
 local RANGE = '?start-time=2027-03-01T00:00:00Z&end-time=2027-03-03T00:00:00Z'
 
 local function value(body, i)
@@ -131,13 +131,18 @@ describe('KPI route', function()
     assert.are.equal(200, status)
     assert.are.same(json.decode(out), body.KpiResult.Rows)
     assert.are.equal('16', value(body).Value)
+
+    -- kpis/daily/ (herald's first path) answers the same
+    local daily_status, daily = get(f.srv.port, BASE:gsub('/daterange/$', '/daily/') .. 'clicks-grouped-by-campaign-activity' .. RANGE)
+    assert.are.equal(200, daily_status)
+    assert.are.same(body, daily)
   end)
 
   it('refuses unknown names and bad dates with a Pinpoint error body', function()
     local f = setup()
     local cases = {
-      { '/v1/apps/nope/campaigns/kpis/kpis/daily/clicks', 404, "application 'nope' not found" },
-      { '/v1/apps/default/campaigns/nope/kpis/daily/clicks', 404, "campaign 'nope' not found" },
+      { '/v1/apps/nope/campaigns/kpis/kpis/daterange/clicks', 404, "application 'nope' not found" },
+      { '/v1/apps/default/campaigns/nope/kpis/daterange/clicks', 404, "campaign 'nope' not found" },
       { BASE .. 'likes', 400, "unknown KPI 'likes'" },
       { BASE .. 'clicks?start-time=yesterday', 400, 'start-time: not an ISO-8601' },
       { BASE .. 'clicks?end-time=2027-02-30T00:00:00Z', 400, 'end-time: not an ISO-8601' },
@@ -149,7 +154,7 @@ describe('KPI route', function()
       assert.truthy(body.Message:find(c[3], 1, true), body.Message)
       assert.truthy(type(body.RequestID) == 'string' and #body.RequestID > 0)
     end
-    local status = get(f.srv.port, BASE:gsub('/daily/$', '') .. '/clicks')
+    local status = get(f.srv.port, BASE:gsub('/daterange/$', '') .. '/clicks')
     assert.are.equal(404, status)
   end)
 

@@ -19,7 +19,7 @@ Runs the engagement server until SIGINT or SIGTERM:
   POST /v1/apps/APP/webhooks/status  a provider notification {"MessageId", "Type": DELIVERY |
                                      BOUNCE | COMPLAINT | SMS, "BounceType": HARD | SOFT,
                                      "Status": SUCCESS | FAILURE | OPTOUT, "Timestamp", "Reason"}
-  GET  /v1/apps/APP/campaigns/CAMPAIGN/kpis/daily/KPI?start-time=ISO&end-time=ISO
+  GET  /v1/apps/APP/campaigns/CAMPAIGN/kpis/daterange/KPI?start-time=ISO&end-time=ISO
                                      Pinpoint GetCampaignDateRangeKpi (CampaignDateRangeKpiResponse;
                                      the KPIs of herald.analytics.kpi, e.g. clicks-grouped-by-date)
   POST /v1/apps/APP/webhooks/mail    a bounce (RFC 3464 DSN) or complaint (RFC 5965 ARF) as
@@ -35,7 +35,9 @@ Errors are JSON bodies {"Message": ..., "RequestID": ...}.
 
 options:
   --listen HOST:PORT      address to listen on (default 127.0.0.1:8080; port 0: any free)
-  --max-body BYTES        request body cap (default 4194304, Pinpoint's PutEvents limit)
+  --max-body BYTES        request body cap (default 4194304, Pinpoint's PutEvents limit); a
+                          larger Content-Length is answered 413 at once (without the 100
+                          Continue a client sending Expect: 100-continue waits for)
   --idle-timeout MS       close keep-alive connections idle this long (default 60000)
   --request-timeout MS    a request must arrive whole within this (default 30000)
   --max-connections N     default 10000
