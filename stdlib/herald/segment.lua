@@ -981,6 +981,19 @@ local function new_view(app, fields, on_miss)
   return top, tables, current
 end
 
+-- view([opts]) -> function(id [, ep]) returning the filter's view of endpoint id: the view
+-- contains() and campaign runs evaluate a filter on, the one stream() gives its rows (with
+-- ep:events, and Demographic, Location, User and the maps always tables). Nothing is read
+-- until the filter reads a field; then the endpoint is loaded once (ep, when the caller holds
+-- it already, saves that read). The one view is reused for each id: a filter must not keep it.
+function segment.view(opts)
+  local top, _, current = new_view(app_of(opts), {})
+  return function(id, ep)
+    current.id, current.rowid, current.full = id, nil, ep
+    return top
+  end
+end
+
 -- Streams the SQL survivors of seg and calls on_member(rowid, id) for each member. With a
 -- filter, the fields it reads are pushed as SQL columns as they are discovered.
 local function stream(seg, opts, on_member, without_ids)
@@ -1156,9 +1169,7 @@ function Segment:contains(id, opts)
   cache.st:bind(cache.params)
   local found = cache.st:first() ~= nil
   if not found or cache.filter == nil then return found end
-  local view, _, current = new_view(app, {})
-  current.id = id
-  return cache.filter(view) and true or false
+  return cache.filter(segment.view { app = app }(id)) and true or false
 end
 
 local explain_mt = {
