@@ -20,6 +20,18 @@ HeraldStateInfo *herald_state_info(lua_State *L) {
   return info ? info : &host_info;
 }
 
+int herald_host_path_below_cwd(const char *path) {
+  if (path[0] == '\0' || path[0] == '/') return 0;
+  const char *s = path;
+  while ((s = strstr(s, "..")) != NULL) {
+    int starts = (s == path || s[-1] == '/');
+    int ends = (s[2] == '\0' || s[2] == '/');
+    if (starts && ends) return 0;
+    s += 2;
+  }
+  return 1;
+}
+
 int herald_host_traceback(lua_State *L) {
   const char *msg = lua_tostring(L, 1);
   if (msg == NULL) {

@@ -21,6 +21,10 @@ lua_State *herald_host_new(void);
 /* Adds the stdlib directory to package.path and preloads herald's C modules. */
 void herald_host_open_modules(lua_State *L);
 
+/* True when campaign code may name path: a relative path that stays below the working
+ * directory (not empty, no leading '/', no ".." component). */
+int herald_host_path_below_cwd(const char *path);
+
 /* lua_pcall with a traceback appended to the error message. */
 int herald_host_pcall(lua_State *L, int nargs, int nresults);
 

@@ -6,19 +6,8 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "lua/host.h"
 #include "lua/modules.h"
-
-static int path_allowed(const char *p) {
-  if (p[0] == '\0' || p[0] == '/') return 0;
-  const char *s = p;
-  while ((s = strstr(s, "..")) != NULL) {
-    int starts = (s == p || s[-1] == '/');
-    int ends = (s[2] == '\0' || s[2] == '/');
-    if (starts && ends) return 0;
-    s += 2;
-  }
-  return 1;
-}
 
 /* write(path_or_nil, text) -> true | nil, err */
 static int l_write(lua_State *L) {
@@ -34,7 +23,7 @@ static int l_write(lua_State *L) {
     return 1;
   }
   const char *path = luaL_checkstring(L, 1);
-  if (!path_allowed(path)) {
+  if (!herald_host_path_below_cwd(path)) {
     lua_pushnil(L);
     lua_pushfstring(L, "file channel path '%s' must be relative and stay below the working directory",
                     path);

@@ -7,7 +7,11 @@
 #include <string.h>
 
 #include "lua/context.h"
+#include "lua/host.h"
+#include "lua/lherald_json.h"
 #include "lua/modules.h"
+#include "lua/sandbox.h"
+#include "runtime/import.h"
 #include "runtime/segment.h"
 
 #define STMT_TYPE "herald.segment.stmt"
@@ -302,6 +306,69 @@ static int l_index_drop(lua_State *L) {
   return 1;
 }
 
+typedef struct {
+  lua_State *L;
+  int fn;          /* stack index of the Lua function */
+} EachCtx;
+
+/* Protected: fn(request) with the row (a light userdata) as a Lua table. */
+static int call_with_row(lua_State *L) {
+  json_t *row = lua_touserdata(L, 2);
+  lua_settop(L, 1);
+  herald_lua_pushjson(L, row);
+  lua_call(L, 1, 2);
+  return 2;
+}
+
+/* fn returns true to go on, or nil, message; a raised error stops the read as well. */
+static int each_request(void *ctx, json_t *row, HeraldError *err) {
+  EachCtx *e = ctx;
+  lua_State *L = e->L;
+  lua_pushcfunction(L, call_with_row);
+  lua_pushvalue(L, e->fn);
+  lua_pushlightuserdata(L, row);
+  int status = lua_pcall(L, 2, 2, 0);
+  if (status == LUA_OK && lua_toboolean(L, -2)) {
+    lua_pop(L, 2);
+    return kHeraldOk;
+  }
+  const char *msg = lua_tostring(L, -1);
+  herald_error_set(err, kHeraldInvalid, "%s", msg ? msg : "refused");
+  lua_pop(L, status == LUA_OK ? 2 : 1);
+  return err->code;
+}
+
+/* each_endpoint_request(path, format | nil, fn) -> 'csv' | 'json', or nil, "FILE:LINE: ...".
+ * Reads an endpoint file as `herald import endpoints` does (runtime/import.c) and calls fn on
+ * each EndpointRequest in file order; fn returns true, or nil, message to stop. Campaign code
+ * has no io library, so the host reads the file: there, only a relative path below the working
+ * directory, as for the file channel (lherald_filechannel.c); host code names any path. */
+static int l_each_endpoint_request(lua_State *L) {
+  const char *path = luaL_checkstring(L, 1);
+  const char *fmt = luaL_optstring(L, 2, NULL);
+  luaL_checktype(L, 3, LUA_TFUNCTION);
+  HeraldImportFormat format = kHeraldImportAuto;
+  if (fmt != NULL && strcmp(fmt, "csv") == 0) format = kHeraldImportCsv;
+  else if (fmt != NULL && strcmp(fmt, "json") == 0) format = kHeraldImportJson;
+  else if (fmt != NULL) return luaL_argerror(L, 2, "'csv' or 'json'");
+  if (herald_sandbox_is(L) && !herald_host_path_below_cwd(path)) {
+    lua_pushnil(L);
+    lua_pushfstring(L, "%s: campaign code reads only relative paths below the working directory",
+                    path);
+    return 2;
+  }
+  EachCtx e = {L, 3};
+  HeraldError err = {0};
+  HeraldImportFormat read = format;
+  if (herald_import_read_endpoints(path, format, each_request, &e, &read, &err) != kHeraldOk) {
+    lua_pushnil(L);
+    lua_pushstring(L, err.msg);
+    return 2;
+  }
+  lua_pushstring(L, read == kHeraldImportCsv ? "csv" : "json");
+  return 1;
+}
+
 static int l_app(lua_State *L) {
   lua_pushstring(L, herald_context()->app);
   return 1;
@@ -316,7 +383,7 @@ int luaopen_herald_core_segment(lua_State *L) {
     {"prepare", l_prepare}, {"save", l_save}, {"add_members", l_add_members},
     {"atomic", l_atomic},   {"instant", l_instant}, {"km", l_km},
     {"app", l_app},         {"index_check", l_index_check}, {"index_add", l_index_add},
-    {"index_drop", l_index_drop}, {NULL, NULL},
+    {"index_drop", l_index_drop}, {"each_endpoint_request", l_each_endpoint_request}, {NULL, NULL},
   };
   if (luaL_newmetatable(L, STMT_TYPE)) {
     luaL_newlib(L, stmt_methods);

@@ -639,3 +639,33 @@ int herald_import_events(HeraldStore *store, const char *app, const char *path,
                          HeraldImportResult *result, HeraldError *err) {
   return run_import(store, app, path, 1, kHeraldImportJson, result, err);
 }
+
+/* ---- reading without writing (herald.segment.import) ---- */
+
+typedef struct {
+  HeraldImportRequestFn fn;
+  void *ctx;
+} ReadCtx;
+
+static int read_request(void *ctx, json_t *row, const HeraldEndpointRow *columns,
+                        HeraldError *err) {
+  (void)columns;
+  ReadCtx *r = ctx;
+  return r->fn(r->ctx, row, err);
+}
+
+int herald_import_read_endpoints(const char *path, HeraldImportFormat format,
+                                 HeraldImportRequestFn fn, void *ctx,
+                                 HeraldImportFormat *detected, HeraldError *err) {
+  Mapped m;
+  if (map_file(path, &m, err) != kHeraldOk) return err->code;
+  if (format == kHeraldImportAuto) format = detect(path, &m);
+  if (detected != NULL) *detected = format;
+  HeraldProgress quiet = {0}; /* never drawn: the caller is a script, not the CLI */
+  ReadCtx r = {fn, ctx};
+  long long rows = 0;
+  int rc = each_row(path, &m, format == kHeraldImportCsv, &quiet, NULL, NULL, read_request, &r,
+                    &rows, err);
+  unmap_file(&m);
+  return rc;
+}

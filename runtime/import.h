@@ -10,6 +10,8 @@
 #ifndef HERALD_IMPORT_H
 #define HERALD_IMPORT_H
 
+#include <jansson.h>
+
 #include "runtime/store.h"
 
 typedef enum { kHeraldImportAuto, kHeraldImportCsv, kHeraldImportJson } HeraldImportFormat;
@@ -27,5 +29,16 @@ int herald_import_endpoints(HeraldStore *store, const char *app, const char *pat
                             HeraldError *err);
 int herald_import_events(HeraldStore *store, const char *app, const char *path,
                          HeraldImportResult *result, HeraldError *err);
+
+/* Called for each EndpointRequest of a file in order; an error stops the read and comes back
+ * prefixed with "FILE:LINE: ". row is borrowed. */
+typedef int (*HeraldImportRequestFn)(void *ctx, json_t *row, HeraldError *err);
+
+/* Reads an endpoint file exactly as herald_import_endpoints does (format detection, CSV
+ * headers and fields, one JSON object per line with duplicate keys refused) and writes
+ * nothing: fn gets each row. detected (may be NULL) receives the format read. */
+int herald_import_read_endpoints(const char *path, HeraldImportFormat format,
+                                 HeraldImportRequestFn fn, void *ctx,
+                                 HeraldImportFormat *detected, HeraldError *err);
 
 #endif

@@ -271,15 +271,20 @@ local function hook_verdicts(c, eps, idx, verdicts)
 end
 
 -- The Lua side of materialisation: the segment's filter (rows it rejects are not members) and
--- the FILTER hook (audience it drops is FILTERED_BY_HOOK), on batches of 50 rows.
+-- the FILTER hook (audience it drops is FILTERED_BY_HOOK), on batches of 50 rows. The filter
+-- sees the view count(), ids() and contains() give it (segment.view), so a segment has the
+-- same members in a run; the endpoint is read only when the filter reads a field or the hook
+-- needs it.
 local function row_filter(c, seg_filter)
+  local view = seg_filter and require('herald.segment').view()
   return function(rows)
     local verdicts, eps, idx = {}, {}, {}
     for i, r in ipairs(rows) do
-      local ep = endpoints.get(r.endpoint_id)
-      if ep == nil or (seg_filter and not seg_filter(ep)) then
+      local hooked = c.hook and r.state == 'PENDING'
+      local ep = hooked and endpoints.get(r.endpoint_id) or nil
+      if (hooked and ep == nil) or (seg_filter and not seg_filter(view(r.endpoint_id, ep))) then
         verdicts[i] = 'drop'
-      elseif c.hook and r.state == 'PENDING' then
+      elseif hooked then
         eps[#eps + 1] = ep
         idx[ep.Id] = i
       end

@@ -981,6 +981,19 @@ local function new_view(app, fields, on_miss)
   return top, tables, current
 end
 
+-- view([opts]) -> function(id [, ep]) returning the filter's view of endpoint id: the view
+-- contains() and campaign runs evaluate a filter on, the one stream() gives its rows (with
+-- ep:events, and Demographic, Location, User and the maps always tables). Nothing is read
+-- until the filter reads a field; then the endpoint is loaded once (ep, when the caller holds
+-- it already, saves that read). The one view is reused for each id: a filter must not keep it.
+function segment.view(opts)
+  local top, _, current = new_view(app_of(opts), {})
+  return function(id, ep)
+    current.id, current.rowid, current.full = id, nil, ep
+    return top
+  end
+end
+
 -- Streams the SQL survivors of seg and calls on_member(rowid, id) for each member. With a
 -- filter, the fields it reads are pushed as SQL columns as they are discovered.
 local function stream(seg, opts, on_member, without_ids)
@@ -1156,9 +1169,7 @@ function Segment:contains(id, opts)
   cache.st:bind(cache.params)
   local found = cache.st:first() ~= nil
   if not found or cache.filter == nil then return found end
-  local view, _, current = new_view(app, {})
-  current.id = id
-  return cache.filter(view) and true or false
+  return cache.filter(segment.view { app = app }(id)) and true or false
 end
 
 local explain_mt = {
@@ -1299,159 +1310,52 @@ function segment.versions(id, opts)
   return out
 end
 
--- The records of a CSV text (RFC 4180: quoted fields, "" escapes, line breaks inside quotes,
--- CRLF or LF, a UTF-8 byte order mark skipped): an iterator of (fields, line the record starts
--- on); blank lines are skipped. Malformed text raises naming path and line.
-local function csv_records(text, path)
-  local pos, line, n = 1, 1, #text
-  if text:sub(1, 3) == '\239\187\191' then pos = 4 end
-  return function()
-    while pos <= n and (text:sub(pos, pos) == '\n' or text:sub(pos, pos) == '\r') do
-      if text:sub(pos, pos) == '\n' then line = line + 1 end
-      pos = pos + 1
-    end
-    if pos > n then return nil end
-    local start_line, out = line, {}
-    while true do
-      if text:sub(pos, pos) == '"' then
-        local buf, j = {}, pos + 1
-        while true do
-          local q = text:find('"', j, true)
-          if q == nil then error(string.format('%s:%d: unterminated quoted field', path, start_line), 0) end
-          local chunk = text:sub(j, q - 1)
-          local _, breaks = chunk:gsub('\n', '')
-          line = line + breaks
-          buf[#buf + 1] = chunk
-          if text:sub(q + 1, q + 1) == '"' then
-            buf[#buf + 1] = '"'
-            j = q + 2
-          else
-            pos = q + 1
-            break
-          end
-        end
-        out[#out + 1] = table.concat(buf)
-        local c = text:sub(pos, pos)
-        if pos <= n and c ~= ',' and c ~= '\n' and c ~= '\r' then
-          error(string.format('%s:%d: text after a quoted field', path, line), 0)
-        end
-      else
-        local e = text:find('[,\r\n]', pos) or n + 1
-        local field = text:sub(pos, e - 1)
-        if field:find('"', 1, true) then
-          error(string.format('%s:%d: a quote inside an unquoted field (quote the whole field and double the quote)',
-            path, line), 0)
-        end
-        out[#out + 1] = field
-        pos = e
-      end
-      if text:sub(pos, pos) == ',' then
-        pos = pos + 1
-      else
-        break
-      end
-    end
-    if text:sub(pos, pos) == '\r' then pos = pos + 1 end
-    if text:sub(pos, pos) == '\n' then pos = pos + 1 end
-    line = line + 1
-    return out, start_line
-  end
-end
-
--- A CSV row under dotted headers -> an EndpointRequest (repeated headers make lists).
-local function csv_endpoint(headers, fields)
-  local ep = {}
-  for i, h in ipairs(headers) do
-    local v = fields[i]
-    if v ~= nil and v ~= '' then
-      local parts = {}
-      for p in h:gmatch('[^.]+') do parts[#parts + 1] = p end
-      local t = ep
-      for k = 1, #parts - 1 do
-        t[parts[k]] = t[parts[k]] or {}
-        t = t[parts[k]]
-      end
-      local last, parent = parts[#parts], parts[#parts - 1]
-      if parent == 'Attributes' or parent == 'UserAttributes' then
-        t[last] = t[last] or {}
-        table.insert(t[last], v)
-      elseif parent == 'Metrics' or
-          (parent == 'Location' and (last == 'Latitude' or last == 'Longitude')) then
-        t[last] = tonumber(v) or v
-      else
-        t[last] = v
-      end
-    end
-  end
-  return ep
-end
-
 -- import(path, {name =, id =, format = 'csv'|'json', app =}) -> segment, or nil, err.
--- Endpoint rows are registered (created or updated) and become the members; a file whose only
--- column is User.UserId adds every endpoint of each user. All or nothing: any bad row leaves
--- the store unchanged and the error names the line.
+-- The file is read as `herald import endpoints` reads it (runtime/import.c, through the host,
+-- so campaign code can import too: there, paths are relative, below the working directory):
+-- the format from the extension, any case (.csv; .json, .jsonl, .ndjson), else from the
+-- content. Endpoint rows are registered (created or updated) and become the members; a file
+-- whose only column is User.UserId adds every endpoint of each user. All or nothing: any bad
+-- row leaves the store unchanged and the error names the file and line.
 function segment.import(path, opts)
   opts = opts or {}
   if type(path) ~= 'string' then error('herald.segment.import: path: expected a file name', 2) end
   local name = opts.name or path:match('([^/]+)%.%w+$') or path
   local id = opts.id or name
   local app = app_of(opts)
-  local format = opts.format or (path:match('%.csv$') and 'csv' or 'json')
-  if format ~= 'csv' and format ~= 'json' then
+  local format = opts.format
+  if format ~= nil and format ~= 'csv' and format ~= 'json' then
     error("herald.segment.import: format: '" .. tostring(format) .. "' is not one of csv, json", 2)
   end
-  local f, ferr = io.open(path, 'r')
-  if f == nil then return nil, ferr end
   local endpoints = require('herald.endpoints')
   local ok, res = pcall(core.atomic, function()
-    local members, headers, lineno = {}, nil, 0
+    local members = {}
+    -- nil, err stops the read; C prefixes err with the file and line
     local function add_row(req)
+      if type(req) ~= 'table' or json.is_array(req) then return nil, 'not a JSON object' end
       local keys = {}
       for k in pairs(req) do keys[#keys + 1] = k end
-      local user = req.User and req.User.UserId
+      local user = type(req.User) == 'table' and req.User.UserId
       if #keys == 1 and keys[1] == 'User' and user and next(req.User, next(req.User)) == nil then
         local list, err = endpoints.by_user(user, { app = app })
-        if list == nil then error(string.format('%s:%d: %s', path, lineno, err), 0) end
+        if list == nil then return nil, err end
         for _, ep in ipairs(list) do members[#members + 1] = ep.Id end
-        return
+        return true
       end
       local ep, err = endpoints.put(req, { app = app })
-      if ep == nil then error(string.format('%s:%d: %s', path, lineno, err), 0) end
+      if ep == nil then return nil, err end
       members[#members + 1] = ep.Id
+      return true
     end
-    if format == 'csv' then
-      for fields, at in csv_records(f:read('a'), path) do
-        lineno = at
-        if headers == nil then
-          headers = fields
-        elseif #fields ~= #headers then
-          -- a field too many or too few is a row misread, never data to drop or leave out
-          error(string.format('%s:%d: %d fields; the header has %d', path, at, #fields, #headers), 0)
-        else
-          add_row(csv_endpoint(headers, fields))
-        end
-      end
-    else
-      for line in f:lines() do
-        lineno = lineno + 1
-        line = line:gsub('\r$', '')
-        if line ~= '' then
-          local dok, req = pcall(json.decode, line)
-          if not dok or type(req) ~= 'table' then
-            error(string.format('%s:%d: not a JSON object', path, lineno), 0)
-          end
-          add_row(req)
-        end
-      end
-    end
+    local read, rerr = core.each_endpoint_request(path, format, add_row)
+    if read == nil then error(rerr, 0) end
     local version, err = core.save(id, name, 'IMPORT', json.encode { Name = name, Format =
-      format:upper() }, app)
+      read:upper() }, app)
     if version == nil then error(err, 0) end
     local added, aerr = core.add_members(id, version, members, app)
     if not added then error(aerr, 0) end
     return version
   end)
-  f:close()
   if not ok then return nil, tostring(res) end
   return new_segment { name = name, id = id, version = res, static = true, definition = {} }
 end

@@ -165,6 +165,46 @@ describe('campaign runs', function()
     assert.are.equal(0, n(dir, "SELECT count(*) AS n FROM campaign_runs WHERE campaign_id = 'bad'"))
   end)
 
+  it("runs a segment filter on the view count(), ids() and contains() give it: ep:events, absent Demographic", function()
+    local dir = h.tmpdir()
+    h.write(dir .. '/f.lua', [[
+      if herald.endpoints.count() == 0 then
+        for i, p in ipairs { 'ios', 'ios', 'android', false } do
+          assert(herald.endpoints.put{ Id = 'e' .. i, ChannelType = 'EMAIL', Address = 'u' .. i .. '@example.com',
+            Demographic = p and { Platform = p } or nil })
+        end
+        assert(herald.events.put('e2', { EventType = 'buy', Timestamp = '2026-11-01T00:00:00Z' }))
+        assert(herald.events.put('e3', { EventType = 'buy', Timestamp = '2026-11-01T00:00:00Z' }))
+      end
+      local function bought(ep)
+        for _, ev in ipairs(ep:events{ limit = 5 }) do
+          if ev.EventType == 'buy' then return true end
+        end
+        return false
+      end
+      local buyers = herald.segment{ name = 'buyers', filter = bought }
+      local ios = herald.segment{ name = 'ios', filter = function(ep)
+        return ep.Demographic.Platform == 'ios' and ep.Location.Country == nil and ep.User.UserId == nil end }
+      print('buyers', buyers:count(), table.concat(buyers:ids(), ','), tostring(buyers:contains('e2')))
+      print('ios', ios:count(), table.concat(ios:ids(), ','), tostring(ios:contains('e1')))
+      herald.campaign{ name = 'buyers', segment = buyers, message = { body = 'x' }, deliver = { file = 'out.txt' } }
+      -- with a hook, the filter and the hook read the same endpoint
+      herald.campaign{ name = 'ios', segment = ios, message = { body = 'x' }, deliver = { file = 'out.txt' },
+        hook = function(eps) return eps end }
+    ]])
+    local out, code, err = run(dir, '--until-idle f.lua')
+    assert.are.equal(0, code, err)
+    assert.matches('buyers\t2\te2,e3\ttrue', out)
+    assert.matches('ios\t2\te1,e2\ttrue', out)
+    local sent = {}
+    for _, r in ipairs(q(dir, "SELECT c, group_concat(endpoint_id) AS ids FROM (SELECT r.campaign_id AS c, o.endpoint_id FROM outbox o"
+      .. " JOIN campaign_runs r ON r.id = o.run_id WHERE o.state = 'SENT' ORDER BY o.endpoint_id) GROUP BY c")) do
+      sent[r.c] = r.ids
+    end
+    assert.are.same({ buyers = 'e2,e3', ios = 'e1,e2' }, sent)
+    assert.are.equal(0, n(dir, "SELECT count(*) AS n FROM campaigns WHERE state = 'INVALID'"))
+  end)
+
   it('records why each endpoint is not sent to, and herald why explains it', function()
     local dir = h.tmpdir()
     h.endpoints_sql(dir, 'c.db', {

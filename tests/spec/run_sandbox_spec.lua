@@ -107,6 +107,32 @@ describe('herald run with bad campaign code', function()
   end)
 end)
 
+describe('herald.segment.import in campaign code', function()
+  it('reads files below the working directory through the host, and no other', function()
+    local dir = h.tmpdir()
+    h.write(dir .. '/vip.csv', 'Id,ChannelType,Address\nv1,EMAIL,v1@example.com\nv2,EMAIL,v2@example.com\n')
+    os.execute('mkdir -p ' .. dir .. '/lists')
+    h.write(dir .. '/lists/more.ndjson', '{"Id":"m1","ChannelType":"EMAIL","Address":"m1@example.com"}\n')
+    h.write(dir .. '/vip.lua', [[
+      local vip = assert(herald.segment.import('vip.csv'))
+      local more = assert(herald.segment.import('lists/more.ndjson'))
+      print('more', more:count())
+      print('absolute', select(2, herald.segment.import(]] .. string.format('%q', dir .. '/vip.csv') .. [[)))
+      print('up', select(2, herald.segment.import('../vip.csv')))
+      herald.campaign{ name = 'vip', segment = vip, message = { subject = 's', body = 'hi' }, deliver = { file = 'vip.txt' } }
+    ]])
+    local out, code, err = h.herald('--db q.db run --until-idle vip.lua', { cwd = dir })
+    assert.are.equal(0, code, err)
+    assert.matches('more\t1', out, 1, true)
+    assert.matches('absolute\t' .. dir .. '/vip.csv: campaign code reads only relative paths below the working directory', out, 1, true)
+    assert.matches('up\t../vip.csv: campaign code reads only relative paths below the working directory', out, 1, true)
+    local sent = h.read(dir .. '/vip.txt') or ''
+    assert.are.equal(2, h.count(sent, '--- message '))
+    assert.matches('to: v1@example.com', sent, 1, true)
+    assert.matches('to: v2@example.com', sent, 1, true)
+  end)
+end)
+
 -- Outcomes of HTTP transfers reach a task from the event loop; in a sandbox at its memory cap
 -- the tables that carry them may not fit. The task gets the memory error, not the process.
 describe('herald run with campaign code at its memory cap', function()

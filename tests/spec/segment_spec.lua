@@ -284,6 +284,23 @@ describe('imported segments', function()
         dir .. '/q.csv', dir .. '/wide.csv'))
     assert.are.same({ 'q1,q2', 'Paris, France', 'two\nlines', true, dir .. '/wide.csv:3: 5 fields; the header has 4', true }, v)
   end)
+  it('tells CSV from JSON as `herald import endpoints` does: extension in any case, duplicate JSON keys refused', function()
+    local dir = h.tmpdir()
+    h.write(dir .. '/VIP.CSV', 'Id,ChannelType,Address\nu1,EMAIL,u1@example.com\n')
+    h.write(dir .. '/list.txt', 'Id,ChannelType,Address\nu2,EMAIL,u2@example.com\n')
+    h.write(dir .. '/dup.ndjson', '{"Id":"d1","ChannelType":"EMAIL","Address":"d1@example.com"}\n' ..
+      '{"Id":"d2","ChannelType":"EMAIL","Address":"a@example.com","Address":"b@example.com"}\n')
+    local v = run(([[
+      local up = must(S.import(%q))
+      local txt = must(S.import(%q))
+      local bad, err = S.import(%q)
+      emit { ids(up), up.name, ids(txt), bad == nil, err, herald.endpoints.get('d1') == nil }]]):format(
+        dir .. '/VIP.CSV', dir .. '/list.txt', dir .. '/dup.ndjson'))
+    assert.are.same({ 'u1', 'VIP', 'u2', true }, { v[1], v[2], v[3], v[4] })
+    assert.matches(dir .. '/dup.ndjson:2: invalid JSON at column', v[5], 1, true)
+    assert.matches('duplicate object key', v[5], 1, true)
+    assert.is_true(v[6])
+  end)
   it('is all or nothing: a bad row leaves no segment and no endpoint, naming the line', function()
     local dir = h.tmpdir()
     h.write(dir .. '/bad.ndjson', '{"Id":"n1","ChannelType":"EMAIL","Address":"n1@example.com"}\n' ..
