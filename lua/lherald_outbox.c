@@ -588,6 +588,18 @@ static int l_message_id(lua_State *L) {
   return 1;
 }
 
+/* record_direct(message_id, endpoint_id, channel, address [, app]): endpoint_id may be nil;
+ * inside the caller's transaction (herald.send's). */
+static int l_record_direct(lua_State *L) {
+  HeraldError err = {0};
+  if (herald_outbox_record_direct(herald_context_store(L), luaL_optstring(L, 5, herald_context()->app),
+                                  luaL_checkstring(L, 1), luaL_optstring(L, 2, NULL),
+                                  luaL_checkstring(L, 3), luaL_checkstring(L, 4),
+                                  herald_clock_now_ms(), &err) != kHeraldOk)
+    return raise_error(L, &err);
+  return 0;
+}
+
 static void push_tally(const HeraldOutboxTally *t, void *ctx) {
   lua_State *L = ctx;
   lua_createtable(L, 0, 7);
@@ -720,7 +732,7 @@ int luaopen_herald_core_outbox(lua_State *L) {
     {"materialize_run", l_materialize_run}, {"skip_run", l_skip_run},
     {"trigger", l_trigger}, {"trigger_cursor", l_trigger_cursor}, {"claim", l_claim},         {"report_batch", l_report_batch},
     {"recover", l_recover},         {"next_due", l_next_due},   {"complete_runs", l_complete_runs},
-    {"message_id", l_message_id},   {"tally", l_tally},
+    {"message_id", l_message_id},   {"tally", l_tally}, {"record_direct", l_record_direct},
     {"define_campaign", l_define_campaign}, {"set_campaign_state", l_set_campaign_state},
     {"campaign_definition", l_campaign_definition},
     {"advance_campaign_state", l_advance_campaign_state}, {"copy_campaign", l_copy_campaign},

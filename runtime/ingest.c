@@ -309,8 +309,11 @@ static int put_engagement(HeraldStore *store, const char *app, const char *endpo
   char run[24], treatment[16];
   snprintf(run, sizeof run, "%lld", o->run);
   snprintf(treatment, sizeof treatment, "%d", o->treatment);
-  json_t *attrs = json_pack("{s:s, s:s, s:s, s:s}", "campaign_id", o->campaign, "treatment_id",
-                            treatment, "campaign_activity_id", run, "message_id", o->message_id);
+  /* a direct message (no campaign) is known by its message id alone */
+  json_t *attrs = o->campaign == NULL
+                      ? json_pack("{s:s}", "message_id", o->message_id)
+                      : json_pack("{s:s, s:s, s:s, s:s}", "campaign_id", o->campaign, "treatment_id",
+                                  treatment, "campaign_activity_id", run, "message_id", o->message_id);
   if (attrs == NULL) return herald_error_set(err, kHeraldNoMemory, "out of memory");
   if (extra) json_object_update(attrs, extra);
   json_t *ev = json_pack("{s:s, s:s, s:s, s:o}", "EventId", event_id, "EventType", event_type,
@@ -944,6 +947,102 @@ static int record_status(HeraldStore *store, const char *app, const char *endpoi
   return rc;
 }
 
+/* The endpoints a direct message's receipt is for, as a JSON array of ids: its endpoint, or
+ * for a message to an address the request named, the endpoints of the app with its channel
+ * and address (Pinpoint keeps an opt-out per address). NULL on a store failure. */
+static json_t *direct_endpoints(HeraldStore *store, const char *app, const char *endpoint,
+                                const char *channel, const char *address, HeraldError *err) {
+  json_t *ids = json_array();
+  if (ids == NULL) {
+    herald_error_set(err, kHeraldNoMemory, "out of memory");
+    return NULL;
+  }
+  if (endpoint) {
+    if (json_array_append_new(ids, json_string(endpoint)) != 0) goto oom;
+    return ids;
+  }
+  sqlite3_stmt *st = herald_store_stmt(
+      store, "SELECT id FROM endpoints WHERE app_id = ?1 AND address = ?2 AND channel_type = ?3"
+             " ORDER BY id", err);
+  if (st == NULL) goto fail;
+  sqlite3_bind_text(st, 1, app, -1, SQLITE_STATIC);
+  sqlite3_bind_text(st, 2, address, -1, SQLITE_STATIC);
+  sqlite3_bind_text(st, 3, channel, -1, SQLITE_STATIC);
+  int step;
+  /* collected before anything is written: the writes change the rows this reads */
+  while ((step = sqlite3_step(st)) == SQLITE_ROW) {
+    if (json_array_append_new(ids, json_string((const char *)sqlite3_column_text(st, 0))) != 0) {
+      sqlite3_reset(st);
+      goto oom;
+    }
+  }
+  sqlite3_reset(st);
+  if (step != SQLITE_DONE) {
+    herald_store_fail(store, err, "looking up endpoints by address");
+    goto fail;
+  }
+  return ids;
+oom:
+  herald_error_set(err, kHeraldNoMemory, "out of memory");
+fail:
+  json_decref(ids);
+  return NULL;
+}
+
+/* A status notification of a direct message (herald.send: table direct_messages) recorded on
+ * its endpoints in one transaction. Returns 1 when done, 0 when message_id is no direct
+ * message of app, -1 on failure (err set). */
+static int status_direct(HeraldStore *store, const char *app, const char *message_id,
+                         const char *type, const char *update, const char *stamp,
+                         const char *reason, char *endpoint_out, HeraldError *err) {
+  sqlite3_stmt *st = herald_store_stmt(
+      store, "SELECT endpoint_id, channel, address FROM direct_messages"
+             " WHERE app_id = ?1 AND message_id = ?2", err);
+  if (st == NULL) return -1;
+  sqlite3_bind_text(st, 1, app, -1, SQLITE_STATIC);
+  sqlite3_bind_text(st, 2, message_id, -1, SQLITE_STATIC);
+  int step = sqlite3_step(st);
+  if (step != SQLITE_ROW) {
+    sqlite3_reset(st);
+    if (step == SQLITE_DONE) return 0;
+    herald_store_fail(store, err, "looking up a direct message");
+    return -1;
+  }
+  char endpoint[HERALD_TRACKING_ID_MAX + 1], channel[64];
+  int has_endpoint = sqlite3_column_type(st, 0) != SQLITE_NULL;
+  snprintf(endpoint, sizeof endpoint, "%s", has_endpoint ? (const char *)sqlite3_column_text(st, 0) : "");
+  snprintf(channel, sizeof channel, "%s", (const char *)sqlite3_column_text(st, 1));
+  char *address = strdup((const char *)sqlite3_column_text(st, 2));
+  sqlite3_reset(st);
+  if (address == NULL) {
+    herald_error_set(err, kHeraldNoMemory, "out of memory");
+    return -1;
+  }
+  json_t *ids = direct_endpoints(store, app, has_endpoint ? endpoint : NULL, channel, address, err);
+  int rc = ids ? kHeraldOk : (int)err->code;
+  if (rc == kHeraldOk && json_array_size(ids) == 0)
+    rc = herald_error_set(err, kHeraldNotFound, "MessageId: message '%s' went to %s address '%s', "
+                          "which no endpoint of application '%s' has: nothing to record",
+                          message_id, channel, address, app);
+  free(address);
+  if (rc == kHeraldOk) rc = herald_store_begin(store, err);
+  if (rc == kHeraldOk) {
+    Origin o = {NULL, 0, 0, message_id};
+    size_t i;
+    json_t *id;
+    json_array_foreach(ids, i, id) {
+      rc = record_status(store, app, json_string_value(id), &o, type, update, stamp, reason, err);
+      if (rc != kHeraldOk) break;
+    }
+    if (rc == kHeraldOk) rc = herald_store_commit(store, err);
+    else herald_store_rollback(store);
+  }
+  if (rc == kHeraldOk && endpoint_out)
+    snprintf(endpoint_out, HERALD_TRACKING_ID_MAX + 1, "%s", json_string_value(json_array_get(ids, 0)));
+  json_decref(ids);
+  return rc == kHeraldOk ? 1 : -1;
+}
+
 int herald_ingest_status(HeraldStore *store, const char *app, json_t *n, char *event_type_out,
                          char *endpoint_out, HeraldError *err) {
   if (check_notification(n, err) != kHeraldOk) return err->code;
@@ -960,6 +1059,13 @@ int herald_ingest_status(HeraldStore *store, const char *app, json_t *n, char *e
   }
   const char *message_id = json_string_value(json_object_get(n, "MessageId"));
   if (herald_store_app_exists(store, app, err) != kHeraldOk) return err->code;
+  const char *reason = json_string_value(json_object_get(n, "Reason"));
+  int direct = status_direct(store, app, message_id, type, update, stamp, reason, endpoint_out, err);
+  if (direct < 0) return err->code;
+  if (direct) {
+    if (event_type_out) snprintf(event_type_out, 32, "%s", type);
+    return kHeraldOk;
+  }
   sqlite3_stmt *st = herald_store_stmt(
       store, "SELECT o.endpoint_id, o.treatment, o.run_id, r.campaign_id FROM outbox o "
              "JOIN campaign_runs r ON r.id = o.run_id WHERE o.message_id = ?1 AND r.app_id = ?2", err);
@@ -982,7 +1088,6 @@ int herald_ingest_status(HeraldStore *store, const char *app, json_t *n, char *e
   sqlite3_reset(st);
 
   Origin o = {campaign, run, treatment, message_id};
-  const char *reason = json_string_value(json_object_get(n, "Reason"));
   int rc = herald_store_begin(store, err);
   if (rc == kHeraldOk) {
     rc = record_status(store, app, endpoint, &o, type, update, stamp, reason, err);

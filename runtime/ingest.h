@@ -14,14 +14,17 @@
  * (404). The 4 MB body cap is the server's (413).
  *
  * Status webhooks: POST /v1/apps/{app}/webhooks/status with one notification
- *   {"MessageId": "<the outbox message id>" (required),
+ *   {"MessageId": "<the outbox or direct message id>" (required),
  *    "Type": "DELIVERY" | "BOUNCE" | "COMPLAINT" | "SMS" (required),
  *    "BounceType": "HARD" | "SOFT" (BOUNCE only, required there),
  *    "Status": "SUCCESS" | "FAILURE" | "OPTOUT" (SMS only, required there),
  *    "Timestamp": ISO-8601 (default: now), "Reason": string (optional, kept 200 characters)}
  * becomes the event _email.delivered, _email.hardbounce, _email.softbounce, _email.complaint,
  * _SMS.SUCCESS, _SMS.FAILURE or _SMS.OPTOUT of the message's endpoint, with the campaign
- * attributes below. Its EventId is "<MessageId>:<event type>", so a provider that retries a
+ * attributes below. A direct message (herald.send, recorded 30 days in direct_messages: see
+ * runtime/outbox.h) has no campaign: its events carry message_id alone; one sent to an address
+ * the request named goes to every endpoint of the app with that channel and address (none:
+ * 404, nothing recorded), as Pinpoint's opt-out is the address's. Its EventId is "<MessageId>:<event type>", so a provider that retries a
  * notification records it once. Endpoint updates:
  *   - hard bounce: EndpointStatus INACTIVE (the address does not exist; campaigns skip the
  *     endpoint until it is written again, e.g. with a corrected address, which makes it ACTIVE);

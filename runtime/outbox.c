@@ -261,6 +261,33 @@ int herald_outbox_record_sends(HeraldStore *store, const char *ids_json, HeraldE
   return herald_store_step_done(store, st, err, "recording send events");
 }
 
+int herald_outbox_record_direct(HeraldStore *store, const char *app, const char *message_id,
+                                const char *endpoint_id, const char *channel, const char *address,
+                                int64_t now_ms, HeraldError *err) {
+  /* the expired rows go as new ones come: an index seek when there are none */
+  sqlite3_stmt *st = herald_store_stmt(store, "DELETE FROM direct_messages WHERE sent_ms < ?1", err);
+  if (st == NULL) return err ? err->code : kHeraldStore;
+  sqlite3_bind_int64(st, 1, now_ms - HERALD_OUTBOX_DIRECT_KEEP_MS);
+  int rc = herald_store_step_done(store, st, err, "removing expired direct messages");
+  if (rc != kHeraldOk) return rc;
+  st = herald_store_stmt(
+      store,
+      "INSERT INTO direct_messages(app_id, message_id, endpoint_id, channel, address, sent_ms)"
+      " VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (app_id, message_id) DO UPDATE SET"
+      " endpoint_id = excluded.endpoint_id, channel = excluded.channel,"
+      " address = excluded.address, sent_ms = excluded.sent_ms",
+      err);
+  if (st == NULL) return err ? err->code : kHeraldStore;
+  sqlite3_bind_text(st, 1, app, -1, SQLITE_STATIC);
+  sqlite3_bind_text(st, 2, message_id, -1, SQLITE_STATIC);
+  if (endpoint_id) sqlite3_bind_text(st, 3, endpoint_id, -1, SQLITE_STATIC);
+  else sqlite3_bind_null(st, 3);
+  sqlite3_bind_text(st, 4, channel, -1, SQLITE_STATIC);
+  sqlite3_bind_text(st, 5, address, -1, SQLITE_STATIC);
+  sqlite3_bind_int64(st, 6, now_ms);
+  return herald_store_step_done(store, st, err, "recording a direct message");
+}
+
 int herald_outbox_report(HeraldStore *store, int64_t claimer, int64_t id, const char *state,
                          const char *reason, int64_t due_ms, HeraldError *err) {
   if (strcmp(state, "SENT") != 0 && strcmp(state, "FAILED") != 0 && strcmp(state, "PENDING") != 0 &&

@@ -210,6 +210,19 @@ int herald_outbox_report(HeraldStore *store, int64_t claimer, int64_t id, const 
  * (Recency) does not move. */
 int herald_outbox_record_sends(HeraldStore *store, const char *ids_json, HeraldError *err);
 
+/* How long a direct message's record is kept: receipts (SMS opt-outs, bounces, complaints)
+ * for it are recorded within that time. */
+#define HERALD_OUTBOX_DIRECT_KEEP_MS (30LL * 24 * 3600 * 1000)
+
+/* Records a direct message (herald.send) sent at now_ms, so a status webhook or a bounce or
+ * complaint mail of its message id finds it: its endpoint (NULL for an address the request
+ * named: receipts go to the endpoints with its channel and address), channel and address.
+ * Recording the same message id again replaces its row. Records older than
+ * HERALD_OUTBOX_DIRECT_KEEP_MS are removed. Call inside the transaction that sends it. */
+int herald_outbox_record_direct(HeraldStore *store, const char *app, const char *message_id,
+                                const char *endpoint_id, const char *channel, const char *address,
+                                int64_t now_ms, HeraldError *err);
+
 /* Returns claimed-but-unreported rows to PENDING: those of claimers taken for dead at now_ms
  * (the system clock; see runtime/claimer.h), so rows in flight in another live herald are left
  * alone whatever its pid. *count says how many. */

@@ -319,6 +319,21 @@ const char *const herald_store_migrations[] = {
   "    AND CASE WHEN json_valid(c.definition)"
   "      THEN json_extract(c.definition, '$.Schedule.Frequency') END = 'EVENT')"
   "  ON CONFLICT (app_id, campaign_id) DO NOTHING;",
+  /* 16: direct messages (herald.send, `herald send`), which have no outbox row: each sent one
+   * is recorded so a provider's status webhook or a bounce or complaint mail (found by message
+   * id) reaches its endpoint. endpoint_id is NULL for an Addresses entry: the endpoints with
+   * its channel and address are looked up when a receipt comes. Rows older than
+   * HERALD_OUTBOX_DIRECT_KEEP_MS are removed as new ones are written (runtime/outbox.c). */
+  "CREATE TABLE direct_messages ("
+  "  app_id TEXT NOT NULL,"
+  "  message_id TEXT NOT NULL,"
+  "  endpoint_id TEXT,"
+  "  channel TEXT NOT NULL,"
+  "  address TEXT NOT NULL,"
+  "  sent_ms INTEGER NOT NULL,"
+  "  PRIMARY KEY (app_id, message_id)"
+  ") WITHOUT ROWID;"
+  "CREATE INDEX direct_messages_sent ON direct_messages(sent_ms);",
 };
 
 const int herald_store_migration_count =

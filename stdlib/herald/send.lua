@@ -8,14 +8,23 @@
 --                              DefaultMessage = { Body = '...' } },
 --     TraceId = 'order-1234',                              -- part of every message's id
 --   }
---   res.Result[address].DeliveryStatus, res.EndpointResult[id], res.UsersResult[user][endpoint]
+--   res.Result[address].DeliveryStatus, res.EndpointResult[id]      -- MessageResponse
+--   res.Result[user][endpoint].DeliveryStatus                       -- with Users: SendUsersMessageResponse
+--
+-- A request with Users is a SendUsersMessages request and answers its response
+-- ({ApplicationId, RequestId, Result = {user = {endpoint = result}}}); it cannot also have
+-- Addresses or Endpoints, as the two Pinpoint requests cannot be combined.
 --
 -- DeliveryStatus is SUCCESSFUL, THROTTLED (over a provider limit: not sent), TEMPORARY_FAILURE,
--- PERMANENT_FAILURE, UNKNOWN_FAILURE, OPT_OUT (the endpoint opted out, or the provider says the
--- recipient did) or DUPLICATE (the same channel and address earlier in the request). Messages
+-- PERMANENT_FAILURE, UNKNOWN_FAILURE, OPT_OUT (the endpoint opted out; for an address, an
+-- endpoint of the app with that channel and address opted out; or the provider says the
+-- recipient did) or DUPLICATE (a message to the same channel and address is sent by an entry
+-- before it: Addresses, then Endpoints, then Users, each in sorted order). Messages
 -- go through the providers file herald.deliver is configured with (opts.providers: a path or a
 -- table), concurrently; the call waits, so it runs in a task. The MessageId of each is its
--- idempotency key, derived from TraceId (or a fresh random request id) and the address.
+-- idempotency key, derived from TraceId (or a fresh random request id) and the address. Each
+-- message sent is recorded (direct_messages, runtime/outbox.h: 30 days) so provider receipts
+-- and bounce or complaint mail of its id reach its endpoint.
 --
 -- TemplateConfiguration names a stored template per channel kind (EmailTemplate,
 -- SMSTemplate, PushTemplate, with an optional Version): a channel whose message gives no
@@ -29,6 +38,7 @@ local providers = require 'herald.providers'
 local outbox = require 'herald.core.outbox'
 local endpoints = require 'herald.endpoints'
 local json = require 'herald.json'
+local store = require 'herald.core.store'
 
 local send = {}
 
@@ -91,6 +101,15 @@ local function has_content(m)
 end
 
 
+-- Whether an endpoint of app with this channel and address opted out: an address the request
+-- names is refused as its endpoint would be.
+local function address_opted_out(app, channel, address)
+  local rows, err = store.query("SELECT 1 AS x FROM endpoints WHERE app_id = ? AND address = ? AND channel_type = ?"
+                                .. " AND opt_out = 'ALL' LIMIT 1", app, address, channel)
+  if rows == nil then error('herald.send: ' .. tostring(err), 0) end
+  return rows[1] ~= nil
+end
+
 local function status_code(status)
   return ({ SUCCESSFUL = 200, THROTTLED = 429, TEMPORARY_FAILURE = 503, PERMANENT_FAILURE = 400,
             UNKNOWN_FAILURE = 500, OPT_OUT = 400, DUPLICATE = 400 })[status]
@@ -113,9 +132,12 @@ function send.send(req, opts)
   local request_id = req.TraceId or fresh_request_id()
   local app = opts.app or require('herald.core').app()
 
+  if req.Users ~= nil and (req.Addresses ~= nil or req.Endpoints ~= nil) then
+    fail('Users (SendUsersMessages) cannot be combined with Addresses or Endpoints (SendMessages): send them apart')
+  end
+
   -- One entry per message to send: {address=, channel=, ctx=, subs=, override=, result=}
   local work = {}
-  local seen = {}
   local function add(address, channel, ctx, spec, endpoint_id, result_slot)
     local r = { Address = address }
     result_slot(r)
@@ -123,14 +145,13 @@ function send.send(req, opts)
       r.DeliveryStatus, r.StatusMessage = 'PERMANENT_FAILURE', 'ChannelType is required'
       return
     end
-    local dkey = channel .. '\0' .. address
-    if seen[dkey] then
-      r.DeliveryStatus, r.StatusMessage = 'DUPLICATE', 'the same message to this address is earlier in the request'
-      return
-    end
-    seen[dkey] = true
     if ctx and ctx.OptOut == 'ALL' then
       r.DeliveryStatus, r.StatusMessage = 'OPT_OUT', 'the endpoint opted out'
+      return
+    end
+    if ctx == nil and address_opted_out(app, channel, address) then
+      -- Pinpoint keeps opt-outs per address: a STOP recorded on an endpoint holds for its number
+      r.DeliveryStatus, r.StatusMessage = 'OPT_OUT', 'an endpoint with this address opted out'
       return
     end
     -- EndpointStatus is not looked at: Pinpoint's SendMessages ignores it (only campaigns and
@@ -140,8 +161,18 @@ function send.send(req, opts)
                         spec = spec or {}, endpoint_id = endpoint_id, result = r }
   end
 
+  -- sorted keys: which of two entries to one address is sent (the other DUPLICATE) must not
+  -- depend on hash order
+  local function sorted(t)
+    local keys = {}
+    for k in pairs(t or {}) do keys[#keys + 1] = k end
+    table.sort(keys, function(a, b) return tostring(a) < tostring(b) end)
+    return keys
+  end
+
   local result, endpoint_result, users_result = {}, {}, {}
-  for address, spec in pairs(req.Addresses or {}) do
+  for _, address in ipairs(sorted(req.Addresses)) do
+    local spec = req.Addresses[address]
     if type(spec) ~= 'table' then fail('Addresses.' .. tostring(address) .. ': expected a table with ChannelType') end
     add(address, spec.ChannelType, nil, spec, nil, function(r) result[address] = r end)
   end
@@ -153,17 +184,21 @@ function send.send(req, opts)
     end
     add(ep.Address, ep.ChannelType, ep, spec, id, slot)
   end
-  for id, spec in pairs(req.Endpoints or {}) do
-    add_endpoint(id, spec, function(r) endpoint_result[id] = r end)
+  for _, id in ipairs(sorted(req.Endpoints)) do
+    add_endpoint(id, req.Endpoints[id], function(r) endpoint_result[id] = r end)
   end
-  for user, spec in pairs(req.Users or {}) do
+  for _, user in ipairs(sorted(req.Users)) do
     users_result[user] = {}
+    -- the user's endpoints oldest first
     local eps = endpoints.by_user(user, app and { app = app } or nil) or {}
     for _, ep in ipairs(eps) do
-      add_endpoint(ep.Id, spec, function(r) users_result[user][ep.Id] = r end)
+      add_endpoint(ep.Id, req.Users[user], function(r) users_result[user][ep.Id] = r end)
     end
   end
 
+  -- channel and address of the messages going out: an entry is a DUPLICATE only of one that is
+  -- sent, not of one refused (opted out, unroutable, failing to render)
+  local seen = {}
   local items = {}
   -- one store transaction for the request's takes: each profile limit is read and written once
   -- (herald.deliver keeps them in the store, shared by every process on it)
@@ -231,12 +266,20 @@ function send.send(req, opts)
         if err then
           r.DeliveryStatus, r.StatusMessage = 'PERMANENT_FAILURE', 'RENDER_FAILED: ' .. err
         else
+          local dkey = w.channel .. '\0' .. w.address
           local key = outbox.message_id(app or '', 'send:' .. request_id, 0, w.channel .. ':' .. w.address)
-          r.MessageId = key
-          local granted = deliver.take(profile)
-          if not granted then
+          local granted = not seen[dkey] and deliver.take(profile)
+          if seen[dkey] then
+            r.DeliveryStatus, r.StatusMessage = 'DUPLICATE', 'a message to this address is sent by an entry before it'
+          elseif not granted then
+            r.MessageId = key
             r.DeliveryStatus, r.StatusMessage = 'THROTTLED', 'over the limits of profile ' .. profile.name
           else
+            seen[dkey] = true
+            r.MessageId = key
+            -- in the limits' transaction, before the message leaves: a receipt may come back
+            -- before this call returns
+            outbox.record_direct(key, w.endpoint_id, w.channel, w.address, app)
             items[#items + 1] = { profile = profile, w = w, msg = {
               key = key, address = w.address, channel = w.channel, endpoint_id = w.endpoint_id,
               endpoint = w.ctx, title = title, body = body, html = html, headers = headers, custom_data = custom_data,
@@ -286,8 +329,10 @@ function send.send(req, opts)
   finish(result)
   finish(endpoint_result)
   for _, t in pairs(users_result) do finish(t) end
-  return { RequestId = request_id, ApplicationId = app, Result = result, EndpointResult = endpoint_result,
-           UsersResult = users_result }
+  if req.Users ~= nil then
+    return { RequestId = request_id, ApplicationId = app, Result = users_result }
+  end
+  return { RequestId = request_id, ApplicationId = app, Result = result, EndpointResult = endpoint_result }
 end
 
 return setmetatable(send, { __call = function(_, req, opts) return send.send(req, opts) end })

@@ -322,13 +322,15 @@ describe('where an event campaign starts', function()
     ]])
     herald_ok(dir, 'campaign load cart.lua')
     events(dir, { { 'u1', 'before', 'cart.add', '2027-01-01T10:01:00Z' }, { 'u2', 'after', 'cart.add', '2027-01-01T10:01:00Z' } })
-    -- as an older herald left it: no cursor until a runner looked; 'before' arrived before the
-    -- campaigns were stored (2026-06-01), 'after' after
+    -- as an older herald left it (without the tables of later migrations): no cursor until a
+    -- runner looked; 'before' arrived before the campaigns were stored (2026-06-01), 'after'
+    -- after
     h.sqlite(dir, 'c.db', [[
       DELETE FROM trigger_cursors;
       UPDATE campaign_versions SET created_ms = 1780272000000;
       UPDATE events SET arrival = '2026-05-01T00:00:00.000Z' WHERE event_id = 'before';
       UPDATE events SET arrival = '2026-07-01T00:00:00.000Z' WHERE event_id = 'after';
+      DROP TABLE direct_messages;
       PRAGMA user_version = 14;
     ]])
     local before = q(dir, "SELECT seq FROM events WHERE event_id = 'before'")[1].seq

@@ -41,9 +41,10 @@ describe('herald.send', function()
     assert.are.equal('SUCCESSFUL', res.Result['+15550000012'].DeliveryStatus)
     assert.are.equal(200, res.Result['+15550000012'].StatusCode)
     assert.are.equal('OPT_OUT', res.Result['+15550000099'].DeliveryStatus)
-    -- the address and the endpoint are the same phone: one of them is the duplicate
-    local a, e = res.Result['+15550000011'].DeliveryStatus, res.EndpointResult['send-ep1'].DeliveryStatus
-    assert.is_true((a == 'SUCCESSFUL' and e == 'DUPLICATE') or (a == 'DUPLICATE' and e == 'SUCCESSFUL'), a .. ' ' .. e)
+    -- the address and the endpoint are the same phone: Addresses come first, the endpoint is
+    -- the duplicate
+    assert.are.equal('SUCCESSFUL', res.Result['+15550000011'].DeliveryStatus)
+    assert.are.equal('DUPLICATE', res.EndpointResult['send-ep1'].DeliveryStatus)
     local bodies = {}
     for _, r in ipairs(emu:requests()) do
       if r.path == '/sms' then bodies[#bodies + 1] = json.decode(r.body) end
@@ -134,8 +135,17 @@ describe('herald.send', function()
     assert(endpoints.put { Id = 'u-sms2', ChannelType = 'SMS', Address = '+15550000099', User = { UserId = 'user-7' } })
     local res = send({ Users = { ['user-7'] = { Substitutions = { Code = { '1234' } } } },
                        MessageConfiguration = { SMSMessage = { Body = 'Code {{Code}}' } } }, { providers = sms_providers() })
-    assert.are.equal('SUCCESSFUL', res.UsersResult['user-7']['u-sms'].DeliveryStatus)
-    assert.are.equal('OPT_OUT', res.UsersResult['user-7']['u-sms2'].DeliveryStatus)
+    -- SendUsersMessageResponse: Result is user -> endpoint -> result
+    local keys = {}
+    for k in pairs(res) do keys[#keys + 1] = k end
+    table.sort(keys)
+    assert.are.same({ 'ApplicationId', 'RequestId', 'Result' }, keys)
+    assert.are.equal('SUCCESSFUL', res.Result['user-7']['u-sms'].DeliveryStatus)
+    assert.are.equal('OPT_OUT', res.Result['user-7']['u-sms2'].DeliveryStatus)
+    local ok, err = pcall(send, { Users = { ['user-7'] = {} }, Endpoints = { ['u-sms'] = {} },
+                                  MessageConfiguration = { SMSMessage = { Body = 'x' } } })
+    assert.is_false(ok)
+    assert.matches('herald.send: Users (SendUsersMessages) cannot be combined with Addresses or Endpoints', err, 1, true)
     -- the provider's opt-out reply opts the endpoint out, as Pinpoint does on STOP
     assert.are.equal('ALL', endpoints.get('u-sms2').OptOut)
     local texts = {}
@@ -268,6 +278,37 @@ describe('herald.send request fields', function()
     assert.are_not.equal(r1.Result['tok-1'].MessageId, r2.Result['tok-1'].MessageId)
   end)
 
+  it('gives DUPLICATE only to an entry after one that is sent, whatever the hash order', function()
+    -- the older endpoint of each address opted out: the newer one is a valid recipient
+    for i = 1, 6 do
+      local addr = 'shared' .. i .. '@example.com'
+      assert(endpoints.put { Id = 'dup-old' .. i, ChannelType = 'EMAIL', Address = addr, OptOut = 'ALL' })
+      assert(endpoints.put { Id = 'dup-new' .. i, ChannelType = 'EMAIL', Address = addr })
+      local res = send({ Endpoints = { ['dup-old' .. i] = {}, ['dup-new' .. i] = {} },
+                         MessageConfiguration = { DefaultMessage = { Title = 't', Body = 'b' } } },
+                       { providers = recorder { 'EMAIL' } })
+      assert.are.equal('OPT_OUT', res.EndpointResult['dup-old' .. i].DeliveryStatus)
+      assert.are.equal('SUCCESSFUL', res.EndpointResult['dup-new' .. i].DeliveryStatus)
+      assert.are.equal(1, #got)
+    end
+    -- an entry that fails to render is not sent either: the next one to the address is
+    assert(endpoints.put { Id = 'dup-sms', ChannelType = 'SMS', Address = '+15550000081' })
+    local res = send({ Addresses = { ['+15550000081'] = { ChannelType = 'SMS', BodyOverride = '{{#if}}' } },
+                       Endpoints = { ['dup-sms'] = {} },
+                       MessageConfiguration = { DefaultMessage = { Body = 'b' } } },
+                     { providers = recorder { 'SMS' } })
+    assert.are.equal('PERMANENT_FAILURE', res.Result['+15550000081'].DeliveryStatus)
+    assert.are.equal('SUCCESSFUL', res.EndpointResult['dup-sms'].DeliveryStatus)
+    -- two entries that are both sent: the one earlier in sorted order wins, every time
+    for _ = 1, 4 do
+      local r = send({ Addresses = { ['+15550000081'] = { ChannelType = 'SMS' } }, Endpoints = { ['dup-sms'] = {} },
+                       MessageConfiguration = { DefaultMessage = { Body = 'b' } } }, { providers = recorder { 'SMS' } })
+      assert.are.equal('SUCCESSFUL', r.Result['+15550000081'].DeliveryStatus)
+      assert.are.equal('DUPLICATE', r.EndpointResult['dup-sms'].DeliveryStatus)
+      assert.are.equal(1, #got)
+    end
+  end)
+
   it('sends a CUSTOM message to an address through a webhook', function()
     local ng = S.start_nginx { tls = false }
     local ok, e = pcall(function()
@@ -303,6 +344,116 @@ describe('herald.send request fields', function()
     end)
     ng:stop()
     assert(ok, e)
+  end)
+end)
+
+describe('herald send receipts', function()
+  -- Starts `herald serve` on dir/d.db; returns its pid and port.
+  local function start_serve(dir)
+    local inner = h.shell_quote(h.exe) .. ' --db d.db serve --listen 127.0.0.1:0 > serve.out 2> serve.err & echo $! > serve.pid; wait'
+    os.execute('cd ' .. h.shell_quote(dir) .. ' && sh -c ' .. h.shell_quote(inner) .. ' > /dev/null 2>&1 &')
+    local port = h.wait_for(function()
+      return tonumber((h.read(dir .. '/serve.out') or ''):match('listening on http://127%.0%.0%.1:(%d+)'))
+    end, 20000, 'herald serve to listen')
+    local pid = h.wait_for(function() return tonumber((h.read(dir .. '/serve.pid') or ''):match('%d+')) end, 5000, 'its pid')
+    return pid, port
+  end
+
+  local function post_status(port, note)
+    local out = h.sh('curl -s -w "\\n%{http_code}" -X POST -H "Content-Type: application/json" --data-binary '
+      .. h.shell_quote(json.encode(note)) .. ' http://127.0.0.1:' .. port .. '/v1/apps/default/webhooks/status')
+    local body, code = out:match('^(.*)\n(%d+)%s*$')
+    return tonumber(code), body
+  end
+
+  local function file_providers(dir)
+    h.write(dir .. '/providers.lua', [[
+      return { profiles = { out = { type = 'file', path = 'out.txt' } }, channels = { EMAIL = 'out', SMS = 'out' } }
+    ]])
+  end
+
+  it("records a provider's STOP for a direct message and sends nothing more to the number", function()
+    local dir = h.tmpdir()
+    file_providers(dir)
+    local _, c0, e0 = h.herald([[--db d.db -e "assert(herald.endpoints.put{ Id='bob-sms', ChannelType='SMS', Address='+15550003333' })
+      assert(herald.endpoints.put{ Id='cy-sms', ChannelType='SMS', Address='+15550004444' })"]], { cwd = dir })
+    assert.are.equal(0, c0, e0)
+    local out1, c1, e1 = h.herald('--db d.db send --endpoint bob-sms --body Promo1', { cwd = dir })
+    assert.are.equal(0, c1, e1)
+    local mid = json.decode(out1).EndpointResult['bob-sms'].MessageId
+    local out2, c2, e2 = h.herald('--db d.db send --channel SMS --to +15550004444 --body Promo2', { cwd = dir })
+    assert.are.equal(0, c2, e2)
+    local mid2 = json.decode(out2).Result['+15550004444'].MessageId
+    local pid, port = start_serve(dir)
+    local ok, e = pcall(function()
+      local code, body = post_status(port, { MessageId = mid, Type = 'SMS', Status = 'OPTOUT' })
+      assert.are.equal(202, code, body)
+      assert.are.same({ EventType = '_SMS.OPTOUT', EndpointId = 'bob-sms', Message = 'Accepted' }, json.decode(body))
+      -- a message to an address reaches the endpoint with that channel and address
+      local code2, body2 = post_status(port, { MessageId = mid2, Type = 'SMS', Status = 'SUCCESS' })
+      assert.are.equal(202, code2, body2)
+      assert.are.equal('cy-sms', json.decode(body2).EndpointId)
+    end)
+    os.execute('kill ' .. pid)
+    assert(ok, e)
+    local ev = h.query(dir, 'd.db', "SELECT endpoint_id, event_type, attributes FROM events WHERE event_type LIKE '_SMS.%' ORDER BY endpoint_id")
+    assert.are.equal(2, #ev)
+    assert.are.same({ 'bob-sms', '_SMS.OPTOUT', mid }, { ev[1].endpoint_id, ev[1].event_type, json.decode(ev[1].attributes).message_id })
+    assert.are.same({ 'cy-sms', '_SMS.SUCCESS', mid2 }, { ev[2].endpoint_id, ev[2].event_type, json.decode(ev[2].attributes).message_id })
+    assert.are.equal('ALL', h.query(dir, 'd.db', "SELECT opt_out FROM endpoints WHERE id = 'bob-sms'")[1].opt_out)
+    -- the number opted out: neither its endpoint nor the bare address is sent to
+    local out3, c3 = h.herald('--db d.db send --endpoint bob-sms --body Promo3', { cwd = dir })
+    assert.are.equal(1, c3)
+    assert.are.equal('OPT_OUT', json.decode(out3).EndpointResult['bob-sms'].DeliveryStatus)
+    local out4, c4 = h.herald('--db d.db send --channel SMS --to +15550003333 --body Promo4', { cwd = dir })
+    assert.are.equal(1, c4)
+    local r4 = json.decode(out4).Result['+15550003333']
+    assert.are.equal('OPT_OUT', r4.DeliveryStatus)
+    assert.is_nil(r4.MessageId)
+    local sent = h.read(dir .. '/out.txt')
+    assert.are.same({ 1, 1, 0, 0 }, { h.count(sent, 'Promo1'), h.count(sent, 'Promo2'), h.count(sent, 'Promo3'), h.count(sent, 'Promo4') })
+  end)
+
+  it('prints the SendUsersMessageResponse for --user', function()
+    local dir = h.tmpdir()
+    file_providers(dir)
+    local _, c0, e0 = h.herald([[--db d.db -e "assert(herald.endpoints.put{ Id='u1-mail', ChannelType='EMAIL', Address='ann@example.com', User={UserId='ann'} })"]], { cwd = dir })
+    assert.are.equal(0, c0, e0)
+    local out, code, err = h.herald('--db d.db send --user ann --body Hi', { cwd = dir })
+    assert.are.equal(0, code, err)
+    local res = json.decode(out)
+    assert.are.equal('SUCCESSFUL', res.Result.ann['u1-mail'].DeliveryStatus)
+    assert.are.equal('default', res.ApplicationId)
+    assert.is_nil(res.EndpointResult)
+    assert.is_nil(res.UsersResult)
+    local _, code2, err2 = h.herald('--db d.db send --user ann --channel SMS --to +15550001111 --body Hi', { cwd = dir })
+    assert.are.equal(2, code2)
+    assert.matches('cannot be combined with Addresses or Endpoints', err2, 1, true)
+  end)
+
+  it('keeps the record of a direct message 30 days', function()
+    local dir = h.tmpdir()
+    h.write(dir .. '/s.lua', [[
+      local clock = require 'herald.core.clock'
+      local cfg = { profiles = { rec = { type = 'lua', send = function() return true end } }, channels = { SMS = 'rec' } }
+      local function one(a)
+        local r = herald.send({ Addresses = { [a] = { ChannelType = 'SMS' } },
+                                MessageConfiguration = { DefaultMessage = { Body = 'b' } } }, { providers = cfg })
+        return r.Result[a].MessageId
+      end
+      clock.set_manual(clock.now())
+      local first = one('+15550000001')
+      clock.advance(30 * 86400 * 1000)
+      local second = one('+15550000002')
+      clock.advance(1)
+      local third = one('+15550000003')
+      local ids = {}
+      for _, r in ipairs(herald.db.query('SELECT message_id FROM direct_messages ORDER BY sent_ms')) do ids[#ids + 1] = r.message_id end
+      print(table.concat(ids, ' ') == second .. ' ' .. third, #ids)
+    ]])
+    local out, code, err = h.herald('--db d.db s.lua', { cwd = dir })
+    assert.are.equal(0, code, err)
+    assert.are.equal('true\t2', out:match('^(.-)%s*$'))
   end)
 end)
 

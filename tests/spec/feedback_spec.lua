@@ -296,3 +296,45 @@ describe('bounces and complaints by mail', function()
     assert(ok, e)
   end)
 end)
+
+describe('bounces and complaints of direct mail', function()
+  it('reach the endpoint a `herald send` mail went to, or the endpoint with its address', function()
+    local store = S.start_mailstore()
+    local ok, e = pcall(function()
+      local dir = h.tmpdir()
+      h.write(dir .. '/providers.lua', string.format([[
+        return { profiles = { mail = { type = 'smtp', url = %q, from = 'News <news@example.com>' } },
+                 channels = { EMAIL = 'mail' } }
+      ]], store.url))
+      local _, c0, e0 = h.herald([[--db d.db -e "assert(herald.endpoints.put{ Id='d-1', ChannelType='EMAIL', Address='reader@example.org' })
+        assert(herald.endpoints.put{ Id='d-2', ChannelType='EMAIL', Address='other@example.org' })"]], { cwd = dir })
+      assert.are.equal(0, c0, e0)
+      local out1, c1, e1 = h.herald('--db d.db send --endpoint d-1 --title Hi --body Hello', { cwd = dir })
+      assert.are.equal(0, c1, e1)
+      local out2, c2, e2 = h.herald('--db d.db send --channel EMAIL --to other@example.org --title Hi --body Hello', { cwd = dir })
+      assert.are.equal(0, c2, e2)
+      local mid1 = json.decode(out1).EndpointResult['d-1'].MessageId
+      local mid2 = json.decode(out2).Result['other@example.org'].MessageId
+      assert.are.equal(2, store:count())
+      local raw = {}
+      for i = 1, 2 do
+        local r = store:message(i).raw
+        raw[r:match('\r\nX%-Herald%-Message%-Id: ([^\r\n]+)')] = r
+      end
+      h.write(dir .. '/1.hard', hard_bounce('reader@example.org', raw[mid1]))
+      h.write(dir .. '/2.abuse', arf('other@example.org', 'abuse', without_x_header(raw[mid2])))
+      local out, code, err = h.herald('--db d.db feedback 1.hard 2.abuse', { cwd = dir })
+      assert.are.equal(0, code, out .. err)
+      assert.matches('RECORDED _email.hardbounce endpoint d%-1 message ' .. mid1:gsub('%p', '%%%0'), out)
+      assert.matches('RECORDED _email.complaint endpoint d%-2 message ' .. mid2:gsub('%p', '%%%0'), out)
+      local eps = {}
+      for _, r in ipairs(query(dir, 'SELECT id, endpoint_status AS s, opt_out AS o FROM endpoints')) do eps[r.id] = r.s .. ' ' .. r.o end
+      assert.are.same({ ['d-1'] = 'INACTIVE NONE', ['d-2'] = 'ACTIVE ALL' }, eps)
+      local ev = query(dir, "SELECT endpoint_id, attributes FROM events WHERE event_type IN ('_email.hardbounce', '_email.complaint')"
+        .. ' ORDER BY endpoint_id')
+      assert.are.same({ mid1, mid2 }, { json.decode(ev[1].attributes).message_id, json.decode(ev[2].attributes).message_id })
+    end)
+    store:stop()
+    assert(ok, e)
+  end)
+end)

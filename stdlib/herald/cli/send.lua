@@ -8,9 +8,11 @@ M.usage = [[
 usage: herald send [options]
 
 Sends one message now, through the providers file, and prints Pinpoint's MessageResponse
-(or SendUsersMessageResponse) as JSON: a DeliveryStatus per address, endpoint or user
-endpoint (SUCCESSFUL, THROTTLED, TEMPORARY_FAILURE, PERMANENT_FAILURE, UNKNOWN_FAILURE,
-OPT_OUT, DUPLICATE). The exit status is 0 when every message was SUCCESSFUL, 1 otherwise.
+(or with --user, SendUsersMessageResponse: Result is user -> endpoint -> result) as JSON: a
+DeliveryStatus per address, endpoint or user endpoint (SUCCESSFUL, THROTTLED,
+TEMPORARY_FAILURE, PERMANENT_FAILURE, UNKNOWN_FAILURE, OPT_OUT, DUPLICATE). --user cannot be
+combined with --to or --endpoint (two Pinpoint requests). The exit status is 0 when every
+message was SUCCESSFUL, 1 otherwise.
 
 options:
   --providers FILE   the providers file (default: ./providers.lua)
@@ -101,9 +103,12 @@ function M.run(args)
   local function check(t)
     for _, r in pairs(t) do if r.DeliveryStatus ~= 'SUCCESSFUL' then all = false end end
   end
-  check(res.Result)
-  check(res.EndpointResult)
-  for _, t in pairs(res.UsersResult) do check(t) end
+  if req.Users ~= nil then
+    for _, t in pairs(res.Result) do check(t) end
+  else
+    check(res.Result)
+    check(res.EndpointResult)
+  end
   return all and 0 or 1
 end
 
