@@ -160,8 +160,14 @@ function cli.run(args)
     io.stdout:write(cli.usage())
     return 0
   end
+  -- `herald help --help` and `herald help help` describe help itself, as every command
+  -- answers --help
+  if name == 'help' or name == '-h' or name == '--help' then
+    io.stdout:write(cli.usage_text)
+    return 0
+  end
   local spec = cli.commands[name]
-  if spec == nil or name == 'help' then
+  if spec == nil then
     eprintf('herald help: unknown command %s\n', tostring(name))
     return 2
   end
@@ -169,7 +175,7 @@ function cli.run(args)
   io.stdout:write(m.usage)
   return 0
 end
-cli.usage_text = 'usage: herald help COMMAND\n'
+cli.usage_text = 'usage: herald help COMMAND\n\nDescribes COMMAND (the same text as `herald COMMAND --help`).\n'
 
 function cli.main(argv)
   local first, code, chunks = global_options(argv)
@@ -188,7 +194,7 @@ function cli.main(argv)
   for j = first + 1, #argv do rest[#rest + 1] = argv[j] end
   local spec = cli.commands[target]
   if spec and not target:match('%.lua$') then
-    if target == 'help' then return cli.run(rest) end
+    if target == 'help' then return cli.run(rest) end   -- `help --help` included
     local m = require(spec.module)
     if cli.wants_help(rest) then
       io.stdout:write(m.usage)

@@ -246,8 +246,14 @@ describe('campaign runs', function()
     local out, code2 = h.herald('--db c.db why why dup2', { cwd = dir })
     assert.are.equal(0, code2)
     assert.matches('SKIPPED: DUPLICATE_ADDRESS', out, 1, true)
-    out = h.herald('--db c.db why why nobody', { cwd = dir })
+    -- an endpoint stored after the run was not targeted by it; an id nobody has is an error
+    local _, pc, perr = h.herald([[--db c.db -e "assert(herald.endpoints.put{Id='late', ChannelType='EMAIL', Address='late@example.com'})"]], { cwd = dir })
+    assert.are.equal(0, pc, perr)
+    out = h.herald('--db c.db why why late', { cwd = dir })
     assert.matches('NOT_TARGETED', out, 1, true)
+    local _, nc, nerr = h.herald('--db c.db why why nobody', { cwd = dir })
+    assert.are.equal(1, nc)
+    assert.matches("herald why: no endpoint 'nobody' in the application", nerr, 1, true)
     local acts = json.decode((h.herald('--db c.db campaign activities why', { cwd = dir })))
     local metrics = {}
     for _, a in ipairs(acts) do

@@ -44,11 +44,16 @@ describe('herald binary', function()
   it('answers --help for every command', function()
     local cli = require 'herald.cli'
     for _, name in ipairs(cli.order) do
-      if name ~= 'help' then
-        local out, code = h.herald(name .. ' --help')
-        assert.are.equal(0, code, name)
-        assert.matches('usage: herald ' .. name, out, 1, true)
-      end
+      local out, code = h.herald(name .. ' --help')
+      assert.are.equal(0, code, name)
+      assert.matches('usage: herald ' .. name, out, 1, true)
     end
+    -- help describes itself too, and still refuses a command it does not know
+    local out, code = h.herald('help help')
+    assert.are.equal(0, code)
+    assert.matches('usage: herald help COMMAND', out, 1, true)
+    local _, bad, err = h.herald('help frobnicate')
+    assert.are.equal(2, bad)
+    assert.matches('herald help: unknown command frobnicate', err, 1, true)
   end)
 end)

@@ -25,12 +25,9 @@ options:
   --providers F  the providers file (channel profiles; see herald.providers); by default
                  providers.lua next to the first FILE when there is one
   --serve HOST:PORT
-                 also run the engagement server (tracking links, PutEvents, status webhooks,
-                 campaign KPIs; see `herald serve --help`) on the same loop; it stops with
-                 the scheduler
                  also run the engagement server (tracking links, PutEvents, status and mail
-                 webhooks; see `herald serve --help`) on the same loop; it stops with the
-                 scheduler
+                 webhooks, campaign KPIs; see `herald serve --help`) on the same loop; it
+                 stops with the scheduler
   --clock-start ISO  run on a manual clock starting at ISO (or $HERALD_CLOCK_START): the loop
                  jumps from one due instant to the next, so months of a recurring schedule run
                  in seconds; implies exiting when nothing more is due

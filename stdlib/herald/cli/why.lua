@@ -1,5 +1,6 @@
 -- `herald why CAMPAIGN ENDPOINT`: for each run, what happened to the endpoint and why.
 local campaign = require 'herald.campaign'
+local endpoints = require 'herald.endpoints'
 
 local M = {}
 
@@ -21,6 +22,15 @@ function M.run(args)
   local lines, err = campaign.why(args[1], args[2])
   if lines == nil then
     io.stderr:write('herald why: ' .. err .. '\n')
+    return 1
+  end
+  -- An endpoint no run ever wrote a message for and that is not stored (a misspelt id) is an
+  -- error, not "not in the segment" for every run. One deleted since its messages were written
+  -- is still explained by them.
+  local any_message = false
+  for _, l in ipairs(lines) do any_message = any_message or l.state ~= nil end
+  if not any_message and endpoints.get(args[2]) == nil then
+    io.stderr:write(string.format("herald why: no endpoint '%s' in the application\n", args[2]))
     return 1
   end
   if #lines == 0 then print(string.format('campaign %s has no runs yet', args[1])) end
