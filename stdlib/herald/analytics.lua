@@ -10,13 +10,19 @@
 --                bounce notices of sent messages, and recipients refused at hand-over (SMTP
 --                RCPT), whose messages are FAILED
 --   deliveries   sends - hard bounces of sent messages; the delivery rate is deliveries /
---                attempted (Pinpoint's successful-delivery-rate), the hard bounce rate hard
---                bounces / attempted
---   opens        endpoints with an _email.open (unique opens); open rate = opens / deliveries
+--                attempted (Pinpoint's successful-delivery-rate), over every channel
+--   per channel  sends, failed, attempted and deliveries are also kept for email (EMAIL) and
+--                push (GCM, APNS*, ADM, BAIDU) alone: the email figures are over email
+--                messages only, so a campaign's SMS do not dilute them. The hard bounce rate
+--                is hard bounces / email attempted
+--   unique deliveries  distinct endpoints with a delivered message (SENT, no hard bounce of
+--                its run) in the group: a campaign's runs or a date count an endpoint once
+--   opens        endpoints with an _email.open (unique opens); open rate = opens / email
+--                deliveries; push opens (_campaign.opened_notification) over push deliveries
 --   clicks       _email.click events where a recipient's clicks in the same clock hour (UTC)
 --                count once, across links; clickers = endpoints that clicked, and the click
---                rate is clickers / deliveries
---   unsubscribes endpoints with an _email.unsubscribe; rate over deliveries
+--                rate is clickers / email deliveries
+--   unsubscribes endpoints with an _email.unsubscribe; rate over email deliveries
 --   conversions  endpoints with an event of the conversion type (opts.conversion) attributed
 --                to the campaign: each such event goes to the last message the endpoint got
 --                from the campaign before it, if that message is less than the window old
@@ -57,6 +63,10 @@ end
 
 local SEND_TIME = "coalesce(o.updated_ms, o.due_ms)"
 
+-- Pinpoint's push channel types (deliver.lua's PUSH); opened_notification is theirs alone.
+local PUSH_CHANNELS = { GCM = true, APNS = true, APNS_SANDBOX = true, APNS_VOIP = true,
+                        APNS_VOIP_SANDBOX = true, ADM = true, BAIDU = true }
+
 local function arm_key(run, treatment) return run .. ':' .. treatment end
 
 -- The raw counts of a campaign: per (run, treatment), and per (run, treatment, date).
@@ -76,6 +86,7 @@ local function collect(app, campaign, opts)
     local c = t[k]
     if c == nil then
       c = { run = run, treatment = treatment, targeted = 0, sends = 0, failed = 0, skipped = 0,
+            email_sends = 0, email_failed = 0, push_sends = 0, push_failed = 0,
             holdout = 0, pending = 0, events = {}, endpoints = {}, hours = {}, unsent_bounces = 0,
             conversions = 0, conversion_events = 0 }
       t[k] = c
@@ -84,13 +95,18 @@ local function collect(app, campaign, opts)
   end
   local sent_at = "strftime('%Y-%m-%dT%H:%M:%fZ', " .. SEND_TIME .. " / 1000.0, 'unixepoch')"
   local outbox_sql = string.format([[SELECT o.run_id AS run, o.treatment, o.state, o.reason,
-      substr(%s, 1, 10) AS day, count(*) AS n
+      substr(%s, 1, 10) AS day, o.channel, count(*) AS n
     FROM outbox o JOIN campaign_runs r ON r.id = o.run_id
     WHERE r.app_id = ?1 AND r.campaign_id = ?2 AND %s >= ?3 AND %s < ?4
-    GROUP BY 1, 2, 3, 4, 5]], sent_at, sent_at, sent_at)
+    GROUP BY 1, 2, 3, 4, 5, 6]], sent_at, sent_at, sent_at)
   for _, row in ipairs(q(outbox_sql, app, campaign, since, till)) do
+    local kind = row.channel == 'EMAIL' and 'email_' or PUSH_CHANNELS[row.channel] and 'push_' or nil
     for _, c in ipairs({ cell(row.run, row.treatment), cell(row.run, row.treatment, row.day) }) do
       c.targeted = c.targeted + row.n
+      if kind and (row.state == 'SENT' or row.state == 'FAILED') then
+        local k = kind .. (row.state == 'SENT' and 'sends' or 'failed')
+        c[k] = c[k] + row.n
+      end
       if row.state == 'SENT' then c.sends = c.sends + row.n
       elseif row.state == 'FAILED' then c.failed = c.failed + row.n
       elseif row.reason == 'HOLDOUT' then c.holdout = c.holdout + row.n
@@ -167,12 +183,13 @@ end
 -- Figures of one arm from the cells that make it up (one per run).
 local function figures(cells, is_holdout)
   local f = { targeted = 0, sends = 0, failed = 0, skipped = 0, holdout = 0, pending = 0,
+              email_sends = 0, email_failed = 0, push_sends = 0, push_failed = 0,
               hard_bounces = 0, unsent_bounces = 0, soft_bounces = 0, complaints = 0, opens = 0, open_events = 0,
               clicks = 0, clickers = 0, click_events = 0, unsubscribes = 0, push_opens = 0,
               conversions = 0, conversion_events = 0 }
   for _, c in ipairs(cells) do
     for _, k in ipairs({ 'targeted', 'sends', 'failed', 'skipped', 'holdout', 'pending',
-                         'unsent_bounces', 'conversions', 'conversion_events' }) do
+                         'email_sends', 'email_failed', 'push_sends', 'push_failed', 'unsent_bounces', 'conversions', 'conversion_events' }) do
       f[k] = f[k] + c[k]
     end
     f.hard_bounces = f.hard_bounces + (c.endpoints['_email.hardbounce'] or 0)
@@ -188,15 +205,23 @@ local function figures(cells, is_holdout)
   end
   f.attempted = f.sends + f.failed
   f.deliveries = deliveries(f.sends, f.hard_bounces, f.unsent_bounces)
+  -- hard bounces are email's (_email.hardbounce), so they come off the email sends alone
+  f.email_attempted = f.email_sends + f.email_failed
+  f.email_deliveries = deliveries(f.email_sends, f.hard_bounces, f.unsent_bounces)
+  f.push_attempted = f.push_sends + f.push_failed
+  f.push_deliveries = f.push_sends
   -- An endpoint can open a message and later hard-bounce (a provider's late notice), so unique
-  -- openers may exceed deliveries; a rate over deliveries is capped at 1.
+  -- openers may exceed deliveries; a rate over deliveries is capped at 1. Email engagement is
+  -- over email messages only: a campaign's SMS are never opened nor clicked through email.
   local base = is_holdout and f.holdout or f.sends
+  local email = f.email_deliveries
   f.rates = {
     delivery = ab.proportion(math.min(f.deliveries, f.attempted), f.attempted),
-    hard_bounce = ab.proportion(math.min(f.hard_bounces, f.attempted), f.attempted),
-    open = ab.proportion(math.min(f.opens, f.deliveries), f.deliveries),
-    click = ab.proportion(math.min(f.clickers, f.deliveries), f.deliveries),
-    unsubscribe = ab.proportion(math.min(f.unsubscribes, f.deliveries), f.deliveries),
+    hard_bounce = ab.proportion(math.min(f.hard_bounces, f.email_attempted), f.email_attempted),
+    open = ab.proportion(math.min(f.opens, email), email),
+    click = ab.proportion(math.min(f.clickers, email), email),
+    unsubscribe = ab.proportion(math.min(f.unsubscribes, email), email),
+    push_open = ab.proportion(math.min(f.push_opens, f.push_deliveries), f.push_deliveries),
     conversion = ab.proportion(math.min(f.conversions, base), base),
   }
   return f
@@ -440,14 +465,15 @@ local function ratio(x, n) return n > 0 and x / n or 0 end
 local KPI_VALUES = {
   ['successful-delivery-rate'] = { 'SuccessfulDeliveryRate', 'Double',
     function(f) return ratio(f.deliveries, f.attempted) end },
-  ['hard-bounce-rate'] = { 'HardBounceRate', 'Double', function(f) return ratio(f.hard_bounces, f.attempted) end },
-  ['email-open-rate'] = { 'EmailOpenRate', 'Double', function(f) return ratio(f.opens, f.deliveries) end },
+  ['hard-bounce-rate'] = { 'HardBounceRate', 'Double', function(f) return f.rates.hard_bounce.rate or 0 end },
+  ['email-open-rate'] = { 'EmailOpenRate', 'Double', function(f) return f.rates.open.rate or 0 end },
   ['direct-email-opens'] = { 'DirectEmailOpens', 'Long', function(f) return f.open_events end },
-  ['unique-deliveries'] = { 'UniqueDeliveries', 'Long', function(f) return f.deliveries end },
+  -- distinct endpoints: counted by unique_deliveries, not from the per-run figures
+  ['unique-deliveries'] = { 'UniqueDeliveries', 'Long', function(_, unique) return unique end },
   ['clicks'] = { 'Clicks', 'Long', function(f) return f.clicks end },
   ['successful-deliveries'] = { 'SuccessfulDeliveries', 'Long', function(f) return f.deliveries end },
   ['attempted-deliveries'] = { 'AttemptedDeliveries', 'Long', function(f) return f.attempted end },
-  ['push-open-rate'] = { 'PushOpenRate', 'Double', function(f) return ratio(f.push_opens, f.deliveries) end },
+  ['push-open-rate'] = { 'PushOpenRate', 'Double', function(f) return f.rates.push_open.rate or 0 end },
   ['direct-push-opens'] = { 'DirectPushOpens', 'Long', function(f) return f.push_opens end },
 }
 
@@ -458,6 +484,32 @@ for base in pairs(KPI_VALUES) do
   M.KPIS[#M.KPIS + 1] = base .. '-grouped-by-date'
 end
 table.sort(M.KPIS)
+
+-- Pinpoint's unique-deliveries: "the number of unique endpoints that messages were delivered
+-- to", so an endpoint reached by several runs counts once for the campaign (once a date in
+-- -grouped-by-date, once a run in -grouped-by-campaign-activity). Delivered is SENT with no
+-- hard bounce of its run in the period, as deliveries are counted. Returns group key -> count.
+local function unique_deliveries(app, campaign, opts, group)
+  local sent_at = "strftime('%Y-%m-%dT%H:%M:%fZ', " .. SEND_TIME .. " / 1000.0, 'unixepoch')"
+  local key = group == 'date' and ('substr(' .. sent_at .. ', 1, 10)')
+    or group == 'campaign-activity' and 'CAST(o.run_id AS TEXT)' or "''"
+  local sql = string.format([[WITH bounced AS (
+      SELECT DISTINCT CAST(json_extract(attributes, '$.campaign_activity_id') AS INTEGER) AS run,
+             endpoint_id AS ep
+      FROM events WHERE app_id = ?1 AND event_type = '_email.hardbounce'
+        AND json_extract(attributes, '$.campaign_id') = ?2 AND timestamp >= ?3 AND timestamp < ?4)
+    SELECT %s AS k, count(DISTINCT o.endpoint_id) AS n
+    FROM outbox o JOIN campaign_runs r ON r.id = o.run_id
+    WHERE r.app_id = ?1 AND r.campaign_id = ?2 AND o.state = 'SENT' AND o.treatment >= 0
+      AND (?5 IS NULL OR o.run_id = ?5) AND %s >= ?3 AND %s < ?4
+      AND NOT EXISTS (SELECT 1 FROM bounced b WHERE b.run = o.run_id AND b.ep = o.endpoint_id)
+    GROUP BY 1]], key, sent_at, sent_at)
+  local out = {}
+  for _, row in ipairs(q(sql, app, campaign, opts.start_time or '0000', opts.end_time or '9999', opts.run)) do
+    out[row.k] = row.n
+  end
+  return out
+end
 
 local function value_text(v, typ)
   if typ == 'Long' then return tostring(math.tointeger(v) or math.floor(v)) end
@@ -509,11 +561,12 @@ function M.kpi(campaign, name, opts)
     if group == 'campaign-activity' then return tonumber(a) < tonumber(b) end
     return a < b
   end)
+  local unique = base == 'unique-deliveries' and unique_deliveries(app, campaign, opts, group) or {}
   local rows = {}
   for _, key in ipairs(keys) do
     local f = figures(groups[key], false)
     local row = { GroupedBys = {}, Values = { { Key = spec[1], Type = spec[2],
-      Value = value_text(spec[3](f), spec[2]) } } }
+      Value = value_text(spec[3](f, unique[key] or 0), spec[2]) } } }
     if group then
       row.GroupedBys[1] = { Key = group == 'date' and 'Date' or 'CampaignActivity', Type = 'String', Value = key }
     end

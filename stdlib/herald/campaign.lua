@@ -417,6 +417,16 @@ local function check_winner(p, lua, n_treatments)
   if not lua then only(base, w, WINNER_FIELDS) end
   if n_treatments < 2 then fail(base, 'an A/B winner needs at least two treatments') end
   if p.Schedule.Frequency == 'EVENT' then fail(base, 'an event-triggered campaign has no test share to decide on') end
+  -- A treatment on a schedule of its own is sent in runs of its own, and a run is decided on
+  -- the treatments it holds: no run would hold them all to compare, and each would hold back
+  -- its rest for a winner decided without the other treatments' figures.
+  for i, t in ipairs(p.AdditionalTreatments or {}) do
+    if t.Schedule ~= nil then
+      fail(base, string.format('cannot be used with %s (a treatment on its own schedule runs apart '
+        .. 'from the others, so no run holds every treatment to compare; give it the campaign\'s schedule)',
+        lua and ('treatments[' .. (i + 1) .. '].schedule') or ('AdditionalTreatments[' .. (i - 1) .. '].Schedule')))
+    end
+  end
   int_field(path('TestPercent'), w.TestPercent, 1, 99)
   if w.TestPercent == nil then fail(path('TestPercent'), 'required: the share of the audience (1-99) that tests the treatments') end
   w.Metric = w.Metric or 'clicks'

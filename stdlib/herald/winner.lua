@@ -12,7 +12,7 @@
 --     significantly. An early look that finds no significant winner waits for the decide time,
 --     where the policy applies: the policy is never applied early.
 -- The figures are analytics' (herald.analytics.report for the run): opens and clicks over
--- deliveries (unique openers and clickers), conversions over sends. At decision time the rest
+-- email deliveries (unique openers and clickers), conversions over sends. At decision time the rest
 -- is still WAITING, so the figures are the test share's alone.
 --
 -- The decision (time, metric, per-arm x/n, rates with intervals, comparisons with p-values,

@@ -344,6 +344,16 @@ herald.campaign { name = 'bad', segment = seg, treatments = {
     local _, code, err = h.herald('--db w.db run --until-idle one.lua', { cwd = dir })
     assert.are_not.equal(0, code)
     assert.truthy(err:find('winner: an A/B winner needs at least two treatments', 1, true), err)
+    -- a treatment on its own schedule runs apart from the others: no run could compare them
+    h.write(dir .. '/own.lua', [[herald.campaign { name = 'own', segment = herald.segment { name = 'x' },
+      schedule = '2027-01-01T10:00:00Z', treatments = {
+        { name = 'A', size = 50, message = { body = 'a' } },
+        { name = 'B', size = 50, message = { body = 'b' }, schedule = { start = '2027-01-01T18:00:00Z' } } },
+      winner = { test_percent = 20 } }]])
+    _, code, err = h.herald('--db w.db own.lua', { cwd = dir })
+    assert.are_not.equal(0, code)
+    assert.truthy(err:find('own%.lua:%d+'), err)
+    assert.truthy(err:find('winner: cannot be used with treatments[2].schedule (', 1, true), err)
     -- Pinpoint's shape carries it under the Herald extension object
     h.write(dir .. '/pp.lua', [[
 local seg = herald.segment { name = 'all' }
@@ -356,12 +366,17 @@ print(e)
 doc.Name = 'pp2'
 doc.Herald.Winner = { TestPercent = 10, Metric = 'opens', DecideAfterSeconds = 600, Policy = 'stop' }
 local c = herald.campaign.from_pinpoint(doc, { segment = seg })
-print(c.definition.Herald.Winner.Metric, table.concat(c:test_cohorts(), ','))]])
+print(c.definition.Herald.Winner.Metric, table.concat(c:test_cohorts(), ','))
+doc.Name = 'pp3'
+doc.AdditionalTreatments[1].Schedule = { StartTime = '2027-01-01T18:00:00Z', Frequency = 'ONCE' }
+ok, e = pcall(herald.campaign.from_pinpoint, doc, { segment = seg })
+print(ok, e)]])
     local out
     out, code, err = h.herald('--db w.db pp.lua', { cwd = dir })
     assert.are.equal(0, code, err)
     assert.truthy(out:find("Herald.Winner.Policy: 'send_best', 'send_default' or 'stop'", 1, true), out)
     -- 50 cohorts per treatment, 10% of each: 0-4 and 50-54
     assert.truthy(out:find('opens\t0,1,2,3,4,50,51,52,53,54', 1, true), out)
+    assert.truthy(out:find('false\t[^\n]*Herald%.Winner: cannot be used with AdditionalTreatments%[0%]%.Schedule %('), out)
   end)
 end)

@@ -873,7 +873,13 @@ describe('herald report with failed messages', function()
     local rate, hard_rate, attempted = kout:match('^(%S+)\t(%S+)\t(%S+)')
     local all = ex[0].attempted + ex[1].attempted
     assert.is_true(math.abs(tonumber(rate) - (ex[0].deliveries + ex[1].deliveries) / all) < 1e-12, kout)
-    assert.is_true(math.abs(tonumber(hard_rate) - (ex[0].hard + ex[1].hard) / all) < 1e-12, kout)
+    -- hard bounces are email's: over the email messages attempted, not the webhook ones
+    local email = 0
+    for _, r in ipairs(rows) do
+      if r.endpoint_id:match('^e%-') and (r.state == 'SENT' or r.state == 'FAILED') then email = email + 1 end
+    end
+    assert.is_true(email < all, 'fixture too thin')
+    assert.is_true(math.abs(tonumber(hard_rate) - (ex[0].hard + ex[1].hard) / email) < 1e-12, kout)
     assert.are.equal(tostring(all), attempted)
   end)
 end)

@@ -171,6 +171,99 @@ describe('KPI route', function()
   end)
 end)
 
+-- Three HOURLY runs (22:00 and 23:00 on 2027-01-01, 00:00 on 01-02) to 10 EMAIL, 10 SMS and 5
+-- GCM endpoints; m10's first message hard-bounces, every other email is opened, and p01-p02
+-- open their notification of each run.
+local MIXED = [[
+for i = 1, 10 do
+  assert(herald.endpoints.put { Id = string.format('m%02d', i), ChannelType = 'EMAIL',
+    Address = string.format('u%02d@example.com', i) })
+  assert(herald.endpoints.put { Id = string.format('s%02d', i), ChannelType = 'SMS',
+    Address = string.format('+1555000%04d', i) })
+end
+for i = 1, 5 do
+  assert(herald.endpoints.put { Id = string.format('p%02d', i), ChannelType = 'GCM',
+    Address = string.format('token-%02d', i) })
+end
+herald.campaign {
+  name = 'mixed', segment = herald.segment { name = 'everyone' },
+  message = { subject = 'Hi', body = 'Hello' },
+  schedule = { start = '2027-01-01T22:00:00Z', ['end'] = '2027-01-02T00:30:00Z', frequency = 'HOURLY' },
+  deliver = { file = 'out.txt' },
+}
+]]
+
+local MIXED_EVENTS = [[
+local n = 0
+for _, r in ipairs(herald.db.query("SELECT * FROM outbox WHERE state = 'SENT' ORDER BY run_id, endpoint_id")) do
+  local type
+  if r.channel == 'EMAIL' then
+    type = (r.endpoint_id == 'm10' and r.run_id == 1) and '_email.hardbounce' or '_email.open'
+  elseif r.endpoint_id == 'p01' or r.endpoint_id == 'p02' then
+    type = '_campaign.opened_notification'
+  end
+  if type then
+    n = n + 1
+    assert(herald.events.put(r.endpoint_id, { EventId = 'm' .. n, EventType = type,
+      Timestamp = os.date('!%Y-%m-%dT%H:%M:%SZ', r.updated_ms // 1000 + 300),
+      Attributes = { campaign_id = 'mixed', treatment_id = tostring(r.treatment),
+                     campaign_activity_id = tostring(r.run_id), message_id = r.message_id } }))
+  end
+end
+local out = {}
+for _, k in ipairs({ 'unique-deliveries', 'unique-deliveries-grouped-by-date',
+    'unique-deliveries-grouped-by-campaign-activity', 'successful-deliveries', 'attempted-deliveries',
+    'email-open-rate', 'email-open-rate-grouped-by-campaign-activity', 'hard-bounce-rate',
+    'push-open-rate', 'direct-push-opens' }) do
+  local vals = {}
+  for _, row in ipairs(assert(herald.analytics.kpi('mixed', k)).KpiResult.Rows) do
+    vals[#vals + 1] = ((row.GroupedBys[1] or {}).Value or '') .. '=' .. row.Values[1].Value
+  end
+  out[k] = table.concat(vals, ' ')
+end
+local arm = assert(herald.analytics.report('mixed')).arms[1]
+out.report = { open = arm.rates.open, click = arm.rates.click, hard_bounce = arm.rates.hard_bounce,
+  delivery = arm.rates.delivery, email_deliveries = arm.email_deliveries, deliveries = arm.deliveries }
+print(herald.json.encode(out))
+]]
+
+describe('KPI definitions across runs and channels', function()
+  it('counts unique endpoints and rates email and push over their own channel', function()
+    local dir = h.tmpdir()
+    h.write(dir .. '/mixed.lua', MIXED)
+    h.write(dir .. '/events.lua', MIXED_EVENTS)
+    local _, code, err = h.herald('--db m.db run --until-idle --clock-start 2027-01-01T21:59:00Z '
+      .. '--until 2027-01-02T01:00:00Z mixed.lua', { cwd = dir })
+    assert.are.equal(0, code, err)
+    local out
+    out, code, err = h.herald('--db m.db events.lua', { cwd = dir })
+    assert.are.equal(0, code, err)
+    local k = json.decode(out)
+    -- 25 endpoints a run, 3 runs; m10's first message bounced
+    assert.are.equal('=75', k['attempted-deliveries'])
+    assert.are.equal('=74', k['successful-deliveries'])
+    -- Pinpoint: "the number of unique endpoints that messages were delivered to"
+    assert.are.equal('=25', k['unique-deliveries'])
+    assert.are.equal('2027-01-01=25 2027-01-02=25', k['unique-deliveries-grouped-by-date'])
+    assert.are.equal('1=24 2=25 3=25', k['unique-deliveries-grouped-by-campaign-activity'])
+    -- 29 opens of 29 delivered emails; the SMS and push messages are not in the denominator
+    assert.are.equal('=1', k['email-open-rate'])
+    assert.are.equal('1=1 2=1 3=1', k['email-open-rate-grouped-by-campaign-activity'])
+    assert.are.equal(1 / 30, tonumber(k['hard-bounce-rate']:match('=(.*)')))
+    -- 2 of 5 notifications opened in each run
+    assert.are.equal('=6', k['direct-push-opens'])
+    assert.are.equal(0.4, tonumber(k['push-open-rate']:match('=(.*)')))
+    -- the report's rates per treatment agree
+    local r = k.report
+    assert.are.equal(29, r.email_deliveries)
+    assert.are.equal(74, r.deliveries)
+    assert.are.same({ 29, 29 }, { r.open.x, r.open.n })
+    assert.are.same({ 0, 29 }, { r.click.x, r.click.n })
+    assert.are.same({ 1, 30 }, { r.hard_bounce.x, r.hard_bounce.n })
+    assert.are.same({ 74, 75 }, { r.delivery.x, r.delivery.n })
+  end)
+end)
+
 describe('herald.core.server routes answered in Lua', function()
   it('passes the request to the handler and answers 500 when the handler fails', function()
     local server = require 'herald.core.server'
