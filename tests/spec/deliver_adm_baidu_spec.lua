@@ -85,7 +85,10 @@ describe('ADM and Baidu push', function()
     local b = json.decode(one.body)
     assert.are.equal('Hello Reader1', b.data['pinpoint.notification.title'])
     assert.are.equal('Spring sale', b.data['pinpoint.notification.body'])
+    -- the campaign's attribution, for the SDK's _campaign.opened_notification
     assert.are.equal('push', b.data['pinpoint.campaign.campaign_id'])
+    assert.are.equal('0', b.data['pinpoint.campaign.treatment_id'])
+    assert.are.equal(tostring(query(dir, 'SELECT id FROM campaign_runs')[1].id), b.data['pinpoint.campaign.campaign_activity_id'])
     -- a campaign message has no ConsolidationKey: the message id is, so a retry collapses
     assert.are.equal(r['ep-1'].message_id, b.consolidationKey)
     assert.are.equal(3600, b.expiresAfter)
@@ -142,6 +145,9 @@ describe('ADM and Baidu push', function()
     local msg = json.decode(form.msg)
     assert.are.equal('Hello Reader1', msg.title)
     assert.are.equal('A & B ~ 100% 3957217761224410001', msg.description)
+    assert.are.equal('0', msg.custom_content['pinpoint.campaign.treatment_id'])
+    assert.are.equal(tostring(query(dir, 'SELECT id FROM campaign_runs')[1].id),
+      msg.custom_content['pinpoint.campaign.campaign_activity_id'])
   end)
 
   it("retries a Baidu message refused for the profile's wrong secret key: the refusal is systemic, not the recipient's", function()
@@ -191,6 +197,7 @@ describe('ADM and Baidu push', function()
     assert.are.equal('direct-1', adm_body.consolidationKey)
     assert.are.equal(120, adm_body.expiresAfter)
     assert.are.equal('Direct', adm_body.data['pinpoint.notification.title'])
+    assert.is_nil(adm_body.data['pinpoint.campaign.campaign_id'])   -- no campaign to attribute
     assert.are.equal('SPRING', adm_body.data.promo)
     assert.are.equal('3', adm_body.data.n)
     -- a silent Baidu push is a pass-through message (msg_type 0) carrying the data

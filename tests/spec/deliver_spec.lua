@@ -219,8 +219,13 @@ describe('delivery through providers', function()
         assert.are.equal('alert', r.headers['apns-push-type'])
         assert.are.equal('10', r.headers['apns-priority'])
         assert.are.equal('HTTP/2.0', r.headers['x-proto'])
-        local aps = json.decode(r.body).aps
+        local payload = json.decode(r.body)
+        local aps = payload.aps
         assert.matches('^Hello Reader%d$', aps.alert.title)
+        -- the campaign's attribution as Pinpoint's iOS payloads carry it
+        assert.are.same({ campaign_id = 'apns-c', treatment_id = '0',
+          campaign_activity_id = tostring(query(dir, 'SELECT id FROM campaign_runs')[1].id) },
+          payload.data.pinpoint.campaign)
         local found = false
         for _, row in ipairs(rows) do if row.message_id == r.headers['apns-collapse-id'] then found = true end end
         assert.is_true(found)
@@ -245,11 +250,20 @@ describe('delivery through providers', function()
     assert.are.equal('FAILED', rows[5].state)
     assert.matches('UNREGISTERED', rows[5].reason)
     assert.are.equal('INACTIVE', query(dir, "SELECT endpoint_status AS s FROM endpoints WHERE id = 'ep-00005'")[1].s)
-    local tokens = 0
+    local tokens, sent = 0, 0
+    local run_id = tostring(query(dir, 'SELECT id FROM campaign_runs')[1].id)
     for _, r in ipairs(emu:requests()) do
       if r.path == '/token' and r.status == 200 then tokens = tokens + 1 end
+      if r.status == 200 and r.body:find('"tok%-') then
+        -- the campaign's attribution as Pinpoint's Android payloads carry it
+        local data = json.decode(r.body).message.data
+        assert.are.same({ 'fcm-c', '0', run_id }, { data['pinpoint.campaign.campaign_id'],
+          data['pinpoint.campaign.treatment_id'], data['pinpoint.campaign.campaign_activity_id'] })
+        sent = sent + 1
+      end
     end
     assert.is_true(tokens >= 1)
+    assert.is_true(sent >= 4)
   end)
 
   it('sends SMS through the Twilio-style preset; an opted-out number opts the endpoint out', function()

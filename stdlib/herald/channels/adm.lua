@@ -43,7 +43,7 @@ local function request(self, m)
     data['pinpoint.notification.title'] = m.title
     data['pinpoint.notification.body'] = m.body
   end
-  if m.campaign_id then data['pinpoint.campaign.campaign_id'] = tostring(m.campaign_id) end
+  util.add_campaign_keys(data, m)
   local expires = m.expires_after or m.ttl
   if expires then expires = math.max(60, math.min(MAX_EXPIRES, math.floor(expires))) end
   local body = { data = data, consolidationKey = (m.consolidation_key or m.key):sub(1, 64), expiresAfter = expires }

@@ -50,6 +50,18 @@ function apns:request(m, token)
   end
   local payload = { aps = aps }
   for k, v in pairs(m.data or {}) do if k ~= 'aps' then payload[k] = v end end
+  -- iOS's form of the campaign attribution: data.pinpoint.campaign (beside the message's own
+  -- data.* keys when it has a `data` object; a `data` of another type is the message's)
+  local a = util.campaign_attribution(m)
+  if a and (payload.data == nil or type(payload.data) == 'table') then
+    -- copies: the message's data table is its treatment's, shared by every message
+    local data, pinpoint = {}, {}
+    for k, v in pairs(payload.data or {}) do data[k] = v end
+    if type(data.pinpoint) == 'table' then for k, v in pairs(data.pinpoint) do pinpoint[k] = v end end
+    pinpoint.campaign = a
+    data.pinpoint = pinpoint
+    payload.data = data
+  end
   local headers = {
     authorization = 'bearer ' .. token,
     ['apns-topic'] = m.channel:find('VOIP') and (p.topic .. '.voip') or p.topic,

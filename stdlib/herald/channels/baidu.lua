@@ -42,9 +42,10 @@ function baidu:request(m)
   local p = self.profile
   local msg
   if m.silent then
-    msg = util.strings(m.data) or {}
+    msg = util.add_campaign_keys(util.strings(m.data), m) or {}
   else
-    msg = { title = m.title, description = m.body or '', custom_content = util.strings(m.data) }
+    msg = { title = m.title, description = m.body or '',
+            custom_content = util.add_campaign_keys(util.strings(m.data), m) }
   end
   local params = {
     apikey = p.api_key, timestamp = tostring(clock.now() // 1000), channel_id = m.address,

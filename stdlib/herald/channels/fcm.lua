@@ -41,7 +41,7 @@ function fcm:token()
 end
 
 local function message(m)
-  local msg = { token = m.address, data = util.strings(m.data) }
+  local msg = { token = m.address, data = util.add_campaign_keys(util.strings(m.data), m) }
   if not m.silent then msg.notification = { title = m.title, body = m.body } end
   local android = {}
   if m.ttl then android.ttl = tostring(m.ttl) .. 's' end

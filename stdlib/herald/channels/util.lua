@@ -212,6 +212,26 @@ function util.strings(t)
   return out
 end
 
+-- A campaign message's attribution as Pinpoint's push payloads carry it, so the mobile SDKs
+-- can record _campaign.opened_notification (and the other push events) against the
+-- campaign, treatment and run: {campaign_id=, treatment_id=, campaign_activity_id=} for a
+-- campaign message (one with a run), nil for a direct one.
+function util.campaign_attribution(m)
+  if m.activity_id == nil or m.campaign_id == nil then return nil end
+  return { campaign_id = tostring(m.campaign_id), treatment_id = tostring(m.treatment_id or 0),
+           campaign_activity_id = tostring(m.activity_id) }
+end
+
+-- Android's form of it (FCM, ADM, Baidu data): flat `pinpoint.campaign.*` keys added to the
+-- string map data (made when nil and there is something to add). Returns data.
+function util.add_campaign_keys(data, m)
+  local a = util.campaign_attribution(m)
+  if a == nil then return data end
+  data = data or {}
+  for k, v in pairs(a) do data['pinpoint.campaign.' .. k] = v end
+  return data
+end
+
 -- A JWS compact token: header and claims JSON, signed with alg.
 function util.jwt(alg, header, claims, pem)
   local input = core.b64url(json.encode(header)) .. '.' .. core.b64url(json.encode(claims))
