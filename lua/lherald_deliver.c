@@ -117,10 +117,22 @@ static int l_sign(lua_State *L) {
 }
 
 /* defer_batch{{id=, due_ms=}, ...}: claimed rows waiting for a rate-limit slot go back to
- * PENDING at their slot, in one transaction, without the claims counting as attempts. */
+ * PENDING at their slot, in one transaction, without the claims counting as attempts. The list
+ * is read before the transaction begins: reading it can raise, which must not leave it open. */
 static int l_defer_batch(lua_State *L) {
   luaL_checktype(L, 1, LUA_TTABLE);
   HeraldStore *store = herald_context_store(L);
+  lua_Integer n = luaL_len(L, 1);
+  int64_t *rows = lua_newuserdatauv(L, sizeof *rows * 2 * (size_t)(n > 0 ? n : 1), 0);
+  for (lua_Integer i = 0; i < n; i++) {
+    lua_rawgeti(L, 1, i + 1);
+    luaL_argcheck(L, lua_istable(L, -1), 1, "a list of {id=, due_ms=}");
+    lua_getfield(L, -1, "id");
+    lua_getfield(L, -2, "due_ms");
+    rows[2 * i] = (int64_t)lua_tointeger(L, -2);
+    rows[2 * i + 1] = (int64_t)lua_tointeger(L, -1);
+    lua_pop(L, 3);
+  }
   HeraldError err = {0};
   if (herald_store_begin(store, &err) != kHeraldOk) return luaL_error(L, "%s", err.msg);
   int64_t claimer = 0;
@@ -128,14 +140,8 @@ static int l_defer_batch(lua_State *L) {
     herald_store_rollback(store);
     return luaL_error(L, "%s", err.msg);
   }
-  lua_Integer n = luaL_len(L, 1);
-  for (lua_Integer i = 1; i <= n; i++) {
-    lua_rawgeti(L, 1, i);
-    lua_getfield(L, -1, "id");
-    lua_getfield(L, -2, "due_ms");
-    int64_t id = (int64_t)lua_tointeger(L, -2), due = (int64_t)lua_tointeger(L, -1);
-    lua_pop(L, 3);
-    if (herald_deliver_defer(store, claimer, id, due, &err) != kHeraldOk) {
+  for (lua_Integer i = 0; i < n; i++) {
+    if (herald_deliver_defer(store, claimer, rows[2 * i], rows[2 * i + 1], &err) != kHeraldOk) {
       herald_store_rollback(store);
       return luaL_error(L, "%s", err.msg);
     }

@@ -94,6 +94,14 @@ static void push_row(int64_t id, const char *endpoint_id, const char *state, voi
 
 #define FILTER_BATCH 50
 
+static const char *endpoint_id_of(lua_State *L, int rows, lua_Integer i) {
+  lua_rawgeti(L, rows, i);
+  lua_getfield(L, -1, "endpoint_id");
+  const char *id = lua_tostring(L, -1);
+  lua_pop(L, 2);  /* the row keeps the string alive */
+  return id ? id : "?";
+}
+
 /* Runs filter over the run's rows in batches of FILTER_BATCH: filter(rows) returns a table
  * whose entry i is the verdict on rows[i]: nil or true (keep), "drop" (not a member), a
  * reason string (skip), or {TitleOverride =, BodyOverride =} (keep, overridden). */
@@ -135,6 +143,18 @@ static int run_filter(lua_State *L, HeraldStore *store, int64_t run_id, int filt
         else rc = herald_outbox_row_skip(store, id, v, err);
       } else if (lua_istable(L, -1)) {
         int t = lua_gettop(L);
+        static const char *const fields[] = {"TitleOverride", "BodyOverride"};
+        for (int f = 0; f < 2 && rc == kHeraldOk; f++) {
+          int type = lua_getfield(L, t, fields[f]);
+          lua_pop(L, 1);
+          if (type != LUA_TNIL && type != LUA_TSTRING && type != LUA_TNUMBER)
+            rc = herald_error_set(err, kHeraldInvalid, "endpoint %s: %s must be a string, not %s",
+                                  endpoint_id_of(L, rows, i), fields[f], lua_typename(L, type));
+        }
+        if (rc != kHeraldOk) {
+          lua_pop(L, 1);
+          break;
+        }
         const char *title = opt_field_string(L, t, "TitleOverride");
         const char *body = opt_field_string(L, t, "BodyOverride");
         if (title || body) rc = herald_outbox_row_override(store, id, title, body, err);
@@ -145,6 +165,32 @@ static int run_filter(lua_State *L, HeraldStore *store, int64_t run_id, int filt
     if (rc != kHeraldOk) return rc;
     if (n < FILTER_BATCH) return kHeraldOk;
   }
+}
+
+/* run_filter under lua_pcall: run_filter(L, store, run_id, 2, err) with a FilterCall at 1. It
+ * runs inside materialize_run's transaction, and building the rows' tables can raise (memory):
+ * raised, the error would leave the transaction open for whatever this process does next. */
+typedef struct {
+  HeraldStore *store;
+  int64_t run_id;
+  HeraldError *err;
+  int rc;
+} FilterCall;
+
+static int filter_protected(lua_State *L) {
+  FilterCall *c = lua_touserdata(L, 1);
+  c->rc = run_filter(L, c->store, c->run_id, 2, c->err);
+  return 0;
+}
+
+static int run_filter_protected(lua_State *L, HeraldStore *store, int64_t run_id, int filter,
+                                HeraldError *err) {
+  FilterCall c = {store, run_id, err, kHeraldOk};
+  lua_pushcfunction(L, filter_protected);
+  lua_pushlightuserdata(L, &c);
+  lua_pushvalue(L, filter);
+  if (lua_pcall(L, 2, 0, 0) != LUA_OK) return -1;  /* the error is on the stack */
+  return c.rc;
 }
 
 /* materialize_run{campaign_id=, version=, scheduled_ms=, run_index=, where=, params=,
@@ -245,7 +291,12 @@ static int l_materialize_run(lua_State *L) {
   if (herald_store_begin(store, &err) != kHeraldOk) return raise_error(L, &err);
   if (herald_outbox_materialize(store, &spec, &run_id, &created, &err) != kHeraldOk) goto fail;
   if (created && filter) {
-    if (run_filter(L, store, run_id, filter, &err) != kHeraldOk) goto fail;
+    int rc = run_filter_protected(L, store, run_id, filter, &err);
+    if (rc == -1) {
+      herald_store_rollback(store);
+      return lua_error(L);
+    }
+    if (rc != kHeraldOk) goto fail;
     if (herald_outbox_run_finish(store, run_id, &err) != kHeraldOk) goto fail;
   }
   /* after the filters, so the hook judges the whole audience, test share and rest alike */
@@ -485,54 +536,62 @@ static int l_claim(lua_State *L) {
 /* report_batch{ {id=, state=, reason=, due_ms=, hard_bounce=}, ... }: outcomes written in one
  * transaction. hard_bounce (a FAILED row's, the provider's words) records the recipient's refusal
  * as a hard bounce of the message (herald_ingest_hard_bounce) with the outcome. A row that is no
- * longer CLAIMED is passed over; any other failure writes nothing and raises. */
+ * longer CLAIMED is passed over; any other failure writes nothing and raises. The reports are
+ * read before the transaction begins: reading them can raise, which must not leave it open. */
+typedef struct {
+  int64_t id, due;
+  const char *state, *reason, *bounce;
+} Report;
+
 static int l_report_batch(lua_State *L) {
   luaL_checktype(L, 1, LUA_TTABLE);
   HeraldStore *store = herald_context_store(L);
-  HeraldError err = {0};
-  if (herald_store_begin(store, &err) != kHeraldOk) return raise_error(L, &err);
   lua_Integer n = luaL_len(L, 1);
+  Report *reports = lua_newuserdatauv(L, sizeof *reports * (size_t)(n > 0 ? n : 1), 0);
+  for (lua_Integer i = 1; i <= n; i++) {
+    lua_rawgeti(L, 1, i);
+    int r = lua_gettop(L);
+    luaL_argcheck(L, lua_istable(L, r), 1, "a list of reports");
+    Report *x = &reports[i - 1];
+    lua_getfield(L, r, "id");
+    x->id = (int64_t)lua_tointeger(L, -1);
+    lua_getfield(L, r, "due_ms");
+    x->due = (int64_t)lua_tointeger(L, -1);
+    lua_pop(L, 2);
+    x->state = opt_field_string(L, r, "state");
+    x->reason = opt_field_string(L, r, "reason");
+    x->bounce = opt_field_string(L, r, "hard_bounce");
+    if (x->state == NULL) return luaL_error(L, "report %d has no state", (int)i);
+    lua_pop(L, 1);  /* the list keeps the strings alive */
+  }
   /* the ids reported SENT, as a JSON array: their send events are written in one statement */
   char *sent = malloc((size_t)n * 21 + 3);
-  if (sent == NULL) {
-    herald_store_rollback(store);
-    return luaL_error(L, "out of memory");
+  if (sent == NULL) return luaL_error(L, "out of memory");
+  HeraldError err = {0};
+  if (herald_store_begin(store, &err) != kHeraldOk) {
+    free(sent);
+    return raise_error(L, &err);
   }
   size_t used = 0;
   int nsent = 0;
   int64_t claimer = 0;
   if (herald_claimer_id(store, &claimer, &err) != kHeraldOk) goto fail;
-  for (lua_Integer i = 1; i <= n; i++) {
-    lua_rawgeti(L, 1, i);
-    int r = lua_gettop(L);
-    lua_getfield(L, r, "id");
-    int64_t id = (int64_t)lua_tointeger(L, -1);
-    lua_getfield(L, r, "due_ms");
-    int64_t due = (int64_t)lua_tointeger(L, -1);
-    lua_pop(L, 2);
-    const char *state = opt_field_string(L, r, "state");
-    const char *reason = opt_field_string(L, r, "reason");
-    const char *bounce = opt_field_string(L, r, "hard_bounce");
-    if (state == NULL) {
-      herald_error_set(&err, kHeraldInvalid, "report %lld has no state", (long long)i);
-      goto fail;
-    }
-    int rc = herald_outbox_report(store, claimer, id, state, reason, due, &err);
+  for (lua_Integer i = 0; i < n; i++) {
+    const Report *x = &reports[i];
+    int rc = herald_outbox_report(store, claimer, x->id, x->state, x->reason, x->due, &err);
     if (rc == kHeraldNotFound) {
       /* Not CLAIMED by this process: settled already (reported twice), or given back by a
        * recovery that took this process for dead (another may have it in flight now). The
        * other outcomes of the batch must not be lost with it, nor kept back to fail again. */
       memset(&err, 0, sizeof err);
-      lua_pop(L, 1);
       continue;
     }
     if (rc != kHeraldOk) goto fail;
-    if (bounce && strcmp(state, "FAILED") == 0 &&
-        herald_ingest_hard_bounce(store, id, bounce, &err) != kHeraldOk)
+    if (x->bounce && strcmp(x->state, "FAILED") == 0 &&
+        herald_ingest_hard_bounce(store, x->id, x->bounce, &err) != kHeraldOk)
       goto fail;
-    lua_pop(L, 1);
-    if (strcmp(state, "SENT") == 0)
-      used += (size_t)sprintf(sent + used, "%s%lld", nsent++ ? "," : "[", (long long)id);
+    if (strcmp(x->state, "SENT") == 0)
+      used += (size_t)sprintf(sent + used, "%s%lld", nsent++ ? "," : "[", (long long)x->id);
   }
   if (nsent > 0) {
     strcpy(sent + used, "]");

@@ -256,6 +256,15 @@ static int l_catch_interrupt(lua_State *L) {
   return 0;
 }
 
+int herald_readline_catching(void) { return catching; }
+int herald_readline_interrupted(void) { return catching && interrupted; }
+
+int herald_readline_take_interrupt(void) {
+  int was = catching && interrupted;
+  interrupted = 0;
+  return was;
+}
+
 static void interrupt_hook(lua_State *L, lua_Debug *ar) {
   (void)ar;
   if (!interrupted) return;

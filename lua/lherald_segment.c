@@ -123,7 +123,7 @@ static int step_error(lua_State *L, SegmentStmt *s) {
 
 /* stmt:fetch(limit) -> n, column1, column2, ...: up to limit rows as one array per column
  * (NULL leaves a hole). n is 0 once the rows are exhausted. */
-static int l_fetch(lua_State *L) {
+static int fetch_rows(lua_State *L) {
   SegmentStmt *s = check_stmt(L);
   int limit = (int)luaL_checkinteger(L, 2);
   luaL_argcheck(L, limit > 0 && limit <= 100000, 2, "must be 1..100000");
@@ -151,7 +151,7 @@ static int l_fetch(lua_State *L) {
 }
 
 /* stmt:first() -> the first row's columns (nothing when there is no row); resets. */
-static int l_first(lua_State *L) {
+static int first_row(lua_State *L) {
   SegmentStmt *s = check_stmt(L);
   int rc = sqlite3_step(s->st);
   if (rc == SQLITE_DONE) {
@@ -165,6 +165,25 @@ static int l_first(lua_State *L) {
   sqlite3_reset(s->st);
   return ncols;
 }
+
+/* Runs body over the arguments under lua_pcall: the rows' values are pushed between steps, and
+ * a memory error there would leave the statement stepped, holding its read snapshot (no write
+ * of this connection could commit) until the statement is next bound or collected. */
+static int step_protected(lua_State *L, lua_CFunction body) {
+  SegmentStmt *s = check_stmt(L);
+  int nargs = lua_gettop(L);
+  lua_pushcfunction(L, body);
+  lua_insert(L, 1);
+  if (lua_pcall(L, nargs, LUA_MULTRET, 0) != LUA_OK) {
+    if (s->st != NULL) sqlite3_reset(s->st);
+    s->done = 1;
+    return lua_error(L);
+  }
+  return lua_gettop(L);
+}
+
+static int l_fetch(lua_State *L) { return step_protected(L, fetch_rows); }
+static int l_first(lua_State *L) { return step_protected(L, first_row); }
 
 static int l_sql(lua_State *L) {
   SegmentStmt *s = check_stmt(L);

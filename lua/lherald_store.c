@@ -7,6 +7,8 @@
 #include "lua/context.h"
 #include "lua/lherald_json.h"
 #include "lua/modules.h"
+#include "lua/sandbox.h"
+#include "lua/task.h"
 #include "runtime/app.h"
 #include "runtime/endpoint.h"
 #include "runtime/event.h"
@@ -208,8 +210,59 @@ static int bind_value(lua_State *L, sqlite3_stmt *st, int i, int idx) {
   }
 }
 
+/* A query's rows become Lua tables as they are stepped; this runs under lua_pcall so that a
+ * memory error (the sandbox's cap) returns to l_query, which finalizes the statement: left
+ * open, it would keep its read snapshot and the connection could write no more. */
+static int query_rows(lua_State *L) {
+  sqlite3_stmt *st = lua_touserdata(L, 1);
+  int *rc = lua_touserdata(L, 2);
+  lua_newtable(L);
+  int ncols = sqlite3_column_count(st);
+  lua_Integer row = 0;
+  while ((*rc = sqlite3_step(st)) == SQLITE_ROW) {
+    lua_createtable(L, 0, ncols);
+    for (int c = 0; c < ncols; c++) {
+      switch (sqlite3_column_type(st, c)) {
+        case SQLITE_INTEGER: lua_pushinteger(L, sqlite3_column_int64(st, c)); break;
+        case SQLITE_FLOAT: lua_pushnumber(L, sqlite3_column_double(st, c)); break;
+        case SQLITE_NULL: continue;
+        default:
+          lua_pushlstring(L, (const char *)sqlite3_column_blob(st, c),
+                          (size_t)sqlite3_column_bytes(st, c));
+      }
+      lua_setfield(L, -2, sqlite3_column_name(st, c));
+    }
+    lua_rawseti(L, -2, ++row);
+  }
+  return 1;
+}
+
+/* A query runs in C, where neither the sandbox's count hook nor the REPL's Ctrl-C hook fires,
+ * and a recursive CTE can run forever. SQLite calls this every QUERY_PROGRESS_STEP virtual
+ * machine steps (a few microseconds of work, so the checks cost nothing measurable); a non-zero
+ * return interrupts the query. It is set only for herald.db.query from campaign code or the
+ * REPL, never for the runtime's own statements. */
+#define QUERY_PROGRESS_STEP 10000
+
+typedef enum { kQueryRunning, kQuerySpent, kQueryStopping, kQueryInterrupted } QueryStop;
+
+typedef struct {
+  lua_State *L;
+  int sandboxed;
+  QueryStop stop;
+} QueryWatch;
+
+static int query_progress(void *ud) {
+  QueryWatch *w = ud;
+  if (w->sandboxed && herald_sandbox_spent(w->L)) w->stop = kQuerySpent;
+  else if (w->sandboxed && herald_task_stop_requested()) w->stop = kQueryStopping;
+  else if (herald_readline_interrupted()) w->stop = kQueryInterrupted;
+  return w->stop != kQueryRunning;
+}
+
 /* Read-only SQL for the REPL and reports: one statement, refused unless SQLite says it does
- * not write, parameters bound (never spliced into the text). */
+ * not write, parameters bound (never spliced into the text). In campaign code the query ends
+ * with the call's time limit and when herald stops (SIGTERM); in the REPL, with Ctrl-C. */
 static int l_query(lua_State *L) {
   size_t len;
   const char *sql = luaL_checklstring(L, 1, &len);
@@ -246,29 +299,31 @@ static int l_query(lua_State *L) {
     return 2;
   }
   for (int i = 1; i <= nparams; i++) bind_value(L, st, i, i + 1);
-  lua_newtable(L);
-  int ncols = sqlite3_column_count(st), rc;
-  lua_Integer row = 0;
-  while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-    lua_createtable(L, 0, ncols);
-    for (int c = 0; c < ncols; c++) {
-      switch (sqlite3_column_type(st, c)) {
-        case SQLITE_INTEGER: lua_pushinteger(L, sqlite3_column_int64(st, c)); break;
-        case SQLITE_FLOAT: lua_pushnumber(L, sqlite3_column_double(st, c)); break;
-        case SQLITE_NULL: continue;
-        default:
-          lua_pushlstring(L, (const char *)sqlite3_column_blob(st, c),
-                          (size_t)sqlite3_column_bytes(st, c));
-      }
-      lua_setfield(L, -2, sqlite3_column_name(st, c));
-    }
-    lua_rawseti(L, -2, ++row);
+  QueryWatch watch = {L, herald_sandbox_is(L), kQueryRunning};
+  int watched = watch.sandboxed || herald_readline_catching();
+  if (watched) sqlite3_progress_handler(db, QUERY_PROGRESS_STEP, query_progress, &watch);
+  int rc = SQLITE_OK;
+  lua_pushcfunction(L, query_rows);
+  lua_pushlightuserdata(L, st);
+  lua_pushlightuserdata(L, &rc);
+  int status = lua_pcall(L, 2, 1, 0);
+  if (watched) sqlite3_progress_handler(db, 0, NULL, NULL);
+  if (status != LUA_OK) {
+    sqlite3_finalize(st);
+    return lua_error(L);
   }
   if (rc != SQLITE_DONE) {
     lua_pushnil(L);
     lua_pushfstring(L, "query: %s", sqlite3_errmsg(db));
     sqlite3_finalize(st);
-    return 2;
+    switch (watch.stop) {
+      case kQuerySpent: return herald_sandbox_raise_spent(L);
+      case kQueryStopping: return luaL_error(L, "query: interrupted: herald is stopping");
+      case kQueryInterrupted:
+        herald_readline_take_interrupt();
+        return luaL_error(L, "interrupted");
+      case kQueryRunning: return 2;
+    }
   }
   sqlite3_finalize(st);
   return 1;

@@ -10,6 +10,11 @@ int luaopen_herald_core_outbox(lua_State *L); /* lua/lherald_outbox.c */
 int luaopen_herald_core_clock(lua_State *L);  /* lua/lherald_clock.c */
 int luaopen_herald_core_filechannel(lua_State *L); /* lua/lherald_filechannel.c */
 int luaopen_herald_core_readline(lua_State *L); /* lua/lherald_readline.c: REPL line input */
+/* For C work no count hook reaches (a long query): whether catch_interrupt is on, whether a
+ * Ctrl-C it caught is waiting, and taking (clearing) it. */
+int herald_readline_catching(void);
+int herald_readline_interrupted(void);
+int herald_readline_take_interrupt(void);
 int luaopen_herald_core_template(lua_State *L);    /* lua/lherald_template.c */
 int luaopen_herald_core_http(lua_State *L);        /* lua/lherald_http.c: HTTP/SMTP engine */
 int luaopen_herald_core_ratelimit(lua_State *L);   /* lua/lherald_ratelimit.c */

@@ -257,6 +257,17 @@ static void charge(lua_State *L, double instructions) {
   sb->remaining -= (long long)instructions;
 }
 
+int herald_sandbox_spent(lua_State *L) {
+  HeraldSandbox *sb = sandbox_of(L);
+  if (sb->depth == 0) return 0;
+  if (sb->exhausted) return 1;
+  if (elapsed_ms(sb) <= sb->time_limit_ms) return 0;
+  exhaust_time(L, sb);
+  return 1;
+}
+
+int herald_sandbox_raise_spent(lua_State *L) { return raise_exhausted(L, sandbox_of(L)); }
+
 /* Starts a call or resume on thread L; a top-level one gets a fresh budget. */
 static void call_begin(HeraldSandbox *sb, lua_State *L) {
   if (sb->depth++ == 0) {

@@ -32,6 +32,13 @@ int herald_sandbox_loadfile(lua_State *L, const char *path);
  * ("instruction budget exceeded", "memory limit exceeded"). The state stays usable. */
 int herald_sandbox_pcall(lua_State *L, int nargs, int nresults);
 
+/* For C functions that run long work no hook reaches (an SQL query): true once the current
+ * call's time limit has passed or its budget is spent, the failure then recorded as the hook
+ * records it; herald_sandbox_raise_spent raises it (never returns), and the call fails with
+ * that message however the script tries to catch it. False outside a call. */
+int herald_sandbox_spent(lua_State *L);
+int herald_sandbox_raise_spent(lua_State *L);
+
 /* Bytes the sandboxed state holds now. */
 size_t herald_sandbox_memory(lua_State *L);
 

@@ -221,6 +221,9 @@ static int l_sleep(lua_State *L) {
   }
   s->timer.data = s;
   s->wait = herald_task_wait_new(L, 1, sleep_cancel, s);
+  /* The loop's clock is the time its iteration began: stale after a long computation or a
+   * REPL prompt that blocked, which would end the sleep that much early. */
+  uv_update_time(&herald_context()->loop);
   uv_timer_start(&s->timer, sleep_timer_cb, (uint64_t)ms, 0);
   return lua_yield(L, 0);
 }
@@ -379,6 +382,29 @@ static int l_failures(lua_State *L) {
 static uv_signal_t sigint_handle, sigterm_handle;
 static int signals_on;
 
+/* libuv's signal handler only wakes the loop, and its callback runs when the loop next turns:
+ * not while a long query blocks it. Our handler, installed over libuv's, notes the signal for
+ * herald_task_stop_requested (the query's progress handler) and hands it on to libuv's. */
+static volatile sig_atomic_t stop_signalled;
+static struct sigaction uv_sigint_action, uv_sigterm_action;
+
+static void stop_signal_handler(int signum, siginfo_t *info, void *uctx) {
+  stop_signalled = 1;
+  const struct sigaction *a = signum == SIGINT ? &uv_sigint_action : &uv_sigterm_action;
+  if (a->sa_flags & SA_SIGINFO) a->sa_sigaction(signum, info, uctx);
+  else if (a->sa_handler != SIG_DFL && a->sa_handler != SIG_IGN) a->sa_handler(signum);
+}
+
+static int chain_signal(int signum, struct sigaction *uv_action) {
+  if (sigaction(signum, NULL, uv_action) != 0) return -1;
+  struct sigaction sa = *uv_action;
+  sa.sa_flags |= SA_SIGINFO;
+  sa.sa_sigaction = stop_signal_handler;
+  return sigaction(signum, &sa, NULL);
+}
+
+int herald_task_stop_requested(void) { return stop_signalled || herald_context()->stopping; }
+
 /* SIGINT/SIGTERM: mark the context stopping and cut every sleep short, so tasks see the stop
  * at their next step and finish what they were writing. */
 static void signal_cb(uv_signal_t *h, int signum) {
@@ -405,6 +431,8 @@ static int l_watch_signals(lua_State *L) {
     return luaL_error(L, "cannot watch signals");
   uv_signal_start(&sigint_handle, signal_cb, SIGINT);
   uv_signal_start(&sigterm_handle, signal_cb, SIGTERM);
+  if (chain_signal(SIGINT, &uv_sigint_action) != 0 || chain_signal(SIGTERM, &uv_sigterm_action) != 0)
+    return luaL_error(L, "cannot watch signals");
   /* Watching for a stop must not keep an otherwise idle loop alive. */
   uv_unref((uv_handle_t *)&sigint_handle);
   uv_unref((uv_handle_t *)&sigterm_handle);

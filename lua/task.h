@@ -31,4 +31,8 @@ void herald_task_cancel_all(void);
  * state is closed. */
 void herald_task_cancel_state(lua_State *main);
 
+/* True once a stop was requested (SIGINT/SIGTERM or request_stop), including a signal that
+ * arrived while the loop was not running (during a long query), before its callback ran. */
+int herald_task_stop_requested(void);
+
 #endif

@@ -305,6 +305,33 @@ describe('herald repl on a terminal', function()
     assert.is_nil(term:screen():find('dropped"$'), 'the dropped line ran')
   end)
 
+  it('sleeps the full time after a prompt sat idle, and Ctrl-C stops a runaway query', function()
+    if not have_tmux() then
+      pending('tmux is not installed')
+      return
+    end
+    local term = Term.start({ HERALD_HISTORY = '', HERALD_DB = h.tmpdir() .. '/q.db' })
+    finally(function() term:close() end)
+    term:wait_for('the prompt', prompted)
+    os.execute('sleep 3')
+    term:type('local c = os.time() herald.sleep(2500) return "slept", os.time() - c >= 2')
+    term:keys('Enter')
+    term:wait_for('the sleep', function(s) return s:find('\nslept%s+%a') end)
+    assert.matches('\nslept%s+true', term:screen())
+
+    term:type('io.write("querying\\n") io.flush() return herald.db.query("WITH RECURSIVE c(x) AS '
+      .. '(SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT max(x) FROM c")')
+    term:keys('Enter')
+    term:wait_for('the query', function(s) return count_lines(s, 'querying') == 1 end)
+    term:keys('C-c')
+    term:wait_for('the interruption', function(s) return s:find('interrupted', 1, true) end)
+    term:type('return "after"')
+    term:keys('Enter')
+    term:wait_for('the next input', function(s) return count_lines(s, 'after') == 1 end)
+    term:keys('C-d')
+    assert.are.equal(0, term:wait_exit())
+  end)
+
   it('completes global names and fields with Tab', function()
     if not have_tmux() then
       pending('tmux is not installed')

@@ -208,3 +208,77 @@ end)
     assert.are.equal('the runtime goes on; the task ended ok:\tfalse\n', out)
   end)
 end)
+
+describe('herald run with a hook that fails inside its run\'s transaction', function()
+  it('fails that campaign alone when TitleOverride is not a string, and keeps the others\' records', function()
+    local dir, out, code, err = run_with([[
+      herald.campaign{ name = 'override', segment = herald.segment{ name = 'all' },
+        message = { subject = 'x', body = 'x' }, deliver = { file = 'override.txt' },
+        hook = function(eps)
+          for _, e in ipairs(eps) do e.TitleOverride = { 'a', 'list' } end
+          return eps
+        end }
+    ]])
+    assert.are_not.equal(0, code)
+    assert.matches('TitleOverride must be a string', err, 1, true)
+    good_was_delivered(dir)
+    assert.are.equal('INVALID', h.query(dir, 'q.db', "SELECT state FROM campaigns WHERE id = 'override'")[1].state)
+    -- what this process sent is stored: a second run sends nothing again
+    assert.are.equal(1, h.query(dir, 'q.db', "SELECT count(*) AS n FROM outbox o JOIN campaign_runs r ON r.id = o.run_id WHERE r.campaign_id = 'good' AND o.state = 'SENT'")[1].n)
+    h.write(dir .. '/good.txt', '')
+    local _, code2 = h.herald('--db q.db run --until-idle good.lua', { cwd = dir })
+    assert.are.equal(0, code2)
+    assert.are.equal(0, h.count(h.read(dir .. '/good.txt') or '', '--- message '))
+  end)
+end)
+
+describe('herald.db.query in campaign code', function()
+  local SPIN = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT max(x) FROM c"
+
+  it('ends a runaway query at the sandbox time limit, however the script catches it', function()
+    local dir = h.tmpdir()
+    h.write(dir .. '/spin.lua', string.format([[
+local sb = herald.sandbox.new { time_ms = 300 }
+local c = os.clock()
+local ok, err = sb:run([==[local ok = pcall(herald.db.query, %q) return 'swallowed']==], 'q.lua')
+print(ok, err, os.clock() - c < 5)
+]], SPIN))
+    local out = h.sh('cd ' .. h.shell_quote(dir) .. ' && timeout -s KILL 30 ' .. h.shell_quote(h.exe) .. ' --db q.db spin.lua 2>&1')
+    assert.matches('^false\tq.lua:1: time limit exceeded %(300 ms%)', out)
+    assert.matches('\ttrue\n$', out)
+  end)
+
+  it('is stopped by SIGTERM and the run ends', function()
+    local dir = h.tmpdir()
+    h.write(dir .. '/good.lua', GOOD)
+    h.write(dir .. '/spin.lua', string.format([[
+herald.campaign{ name = 'spin', segment = herald.segment{ name = 'all' },
+  message = { subject = 'x', body = 'x' }, deliver = { file = 'spin.txt' },
+  hook = function(eps) herald.db.query(%q) return eps end }
+]], SPIN))
+    -- SIGTERM 3 s in; the run must end within 4 s of it (before the 10 s time limit)
+    local out = h.sh('cd ' .. h.shell_quote(dir) .. ' && { ' .. h.shell_quote(h.exe)
+      .. ' --db q.db run --until-idle good.lua spin.lua >out 2>err & P=$!; sleep 3; kill -TERM $P; i=0;'
+      .. ' while kill -0 $P 2>/dev/null && [ $i -lt 40 ]; do sleep 0.1; i=$((i+1)); done;'
+      .. ' if kill -0 $P 2>/dev/null; then echo still running; kill -KILL $P; fi; wait $P; }')
+    assert.are.equal('', out)
+    assert.matches('interrupted: herald is stopping', h.read(dir .. '/err'), 1, true)
+  end)
+
+  it('finalizes its statement when the rows pass the memory cap, so the store stays writable', function()
+    local dir = h.tmpdir()
+    h.write(dir .. '/big.lua', [[
+for i = 1, 40 do herald.endpoints.put{ Id = 'e' .. i, ChannelType = 'EMAIL', Address = i .. '@example.com' } end
+local sb = herald.sandbox.new { memory = 8 * 2^20 }
+print(sb:run("return herald.db.query('SELECT a.id, b.id AS b, c.id AS c, d.id AS d FROM endpoints a, endpoints b, endpoints c, endpoints d')", 'q.lua'))
+-- another process writes; this one must see it and still write
+os.execute(string.format('%q --db q.db put.lua', require('herald.core').exe_path()))
+print(#herald.db.query('SELECT id FROM endpoints'))
+print(herald.endpoints.put{ Id = 'last', ChannelType = 'EMAIL', Address = 'l@example.com' } ~= nil)
+]])
+    h.write(dir .. '/put.lua', "herald.endpoints.put{ Id = 'other', ChannelType = 'EMAIL', Address = 'o@example.com' }\n")
+    local out = h.sh('cd ' .. h.shell_quote(dir) .. ' && timeout -s KILL 60 ' .. h.shell_quote(h.exe) .. ' --db q.db big.lua 2>&1')
+    assert.matches('^false\tmemory limit exceeded', out)
+    assert.matches('\n41\ntrue\n$', out)
+  end)
+end)
