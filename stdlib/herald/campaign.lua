@@ -726,15 +726,31 @@ end
 -- The definition file being loaded (set by the loader): campaigns record it as their source.
 campaign.source = nil
 
-local function register(c, level, stored_copy)
-  if campaign.defined[c.name] then
-    error('herald.campaign: a campaign named ' .. c.name .. ' is already defined', level + 1)
-  end
+-- While the loader runs a definition file (from mark() to commit() or rollback()), the
+-- campaigns it defines are collected here and stored only once the whole file has loaded, all
+-- in one transaction: a file that fails part-way stores nothing, so no process (a running
+-- `herald run` takes stored versions at its next pass) adopts or sends what it defined.
+local pending = nil
+
+-- Stores campaign c's definition (a new version when it changed) and its origin: the file
+-- that defines it (source; nil for a stored copy), its audience and the Lua it needs.
+local function store_campaign(c, source)
   local version, version_ms = outbox.define_campaign(c.id, c.name, c:definition_json())
   c.version, c.version_ms = version, version_ms
   c.started_ms, c.event_since_ms = first_run_ms(c.id), event_since_ms(c.id)
   local lua, audience = origin(c)
-  outbox.set_campaign_origin(c.id, not stored_copy and campaign.source or nil, audience, lua)
+  outbox.set_campaign_origin(c.id, source, audience, lua)
+end
+
+local function register(c, level, stored_copy)
+  if campaign.defined[c.name] then
+    error('herald.campaign: a campaign named ' .. c.name .. ' is already defined', level + 1)
+  end
+  if pending and not stored_copy then
+    pending[#pending + 1] = c
+  else
+    store_campaign(c, not stored_copy and campaign.source or nil)
+  end
   campaign.defined[c.name] = c
   campaign.order[#campaign.order + 1] = c
   return c
@@ -1139,12 +1155,25 @@ function campaign.adopt(c, row)
 end
 
 -- A definition file that fails part-way leaves none of its campaigns behind: the loader
--- takes a mark before the file and rolls back to it on failure.
+-- takes a mark before the file, which starts collecting its campaigns; once the file has
+-- loaded, commit() stores them (the loader holds a store transaction around it), and on
+-- failure rollback(mark) drops them, nothing of them stored.
 function campaign.mark()
+  pending = {}
   return #campaign.order
 end
 
+-- Stores the campaigns collected since mark(), with source as their definition file.
+-- Returns how many.
+function campaign.commit(source)
+  local list = pending or {}
+  pending = nil
+  for _, c in ipairs(list) do store_campaign(c, source) end
+  return #list
+end
+
 function campaign.rollback(mark)
+  pending = nil
   for i = #campaign.order, mark + 1, -1 do
     campaign.defined[campaign.order[i].name] = nil
     campaign.order[i] = nil

@@ -15,6 +15,7 @@ local campaign = require 'herald.campaign'
 local deliver = require 'herald.deliver'
 local winner = require 'herald.winner'
 local db = require 'herald.db'
+local store_transaction = require('herald.core.deliver').transaction
 
 local runner = {}
 runner.__index = runner
@@ -85,9 +86,19 @@ function runner:wait_busy()
   task.sleep(BUSY_WAIT_MS)
 end
 
--- Loads definition files; a file that fails leaves none of its campaigns behind, and the
--- campaigns it defined before (stored with it as their source) become INVALID with the
--- error until it loads again. Then the stored copies load.
+-- A load error that does not name its file (a memory or time limit, a store error) gets the
+-- file's name in front, so the report says which file failed.
+local function naming(f, err)
+  err = tostring(err)
+  local base = f:match('[^/]*$')
+  if headline(err):find(base .. ':', 1, true) then return err end
+  return f .. ': ' .. err
+end
+
+-- Loads definition files; a file that fails leaves none of its campaigns behind (they are
+-- stored only once the whole file has loaded, together in one transaction), and the
+-- campaigns it defined before (stored with it as their source) keep their stored version and
+-- become INVALID with the error until it loads again. Then the stored copies load.
 function runner:load(files)
   local ok_all = true
   for _, f in ipairs(files) do
@@ -95,8 +106,15 @@ function runner:load(files)
     local _, mark = self.sb:run('local c = require("herald.campaign"); c.source = ...; return c.mark()',
       '=(herald run)', source)
     local ok, err = self.sb:run_file(f)
+    if ok then
+      ok, err = pcall(store_transaction, function()
+        local okc, cerr = self.sb:run('return require("herald.campaign").commit(...)', '=(herald run)', source)
+        if not okc then error(cerr, 0) end
+      end)
+    end
     self.sb:run('require("herald.campaign").source = nil')
     if not ok then
+      err = naming(f, err)
       self.sb:run('require("herald.campaign").rollback(...)', '=(herald run)', mark)
       self.failures = self.failures + 1
       self.err(tostring(err))
