@@ -764,6 +764,15 @@ local function raise(name, e, level)
   error(e, level + 1)
 end
 
+-- "file:line: " of the function `level` levels up from the caller, as error(msg, level) would
+-- name it there ('' when that is not Lua code). Campaign code has no debug library: this is
+-- where a campaign is defined, which errors about what its hook returns name (the hook's own
+-- line is not known once it has returned).
+local function where(level)
+  local _, w = pcall(error, '', level + 2)
+  return w
+end
+
 local function define(def)
   local ok, c = pcall(function()
     local p, predicate = from_lua(def)
@@ -771,6 +780,7 @@ local function define(def)
     return instantiate(p, def.segment, def.hook, true, predicate)
   end)
   if not ok then raise(type(def) == 'table' and def.name or '?', c, 3) end
+  c.where = where(3)
   return register(c, 3)
 end
 
@@ -799,6 +809,7 @@ function campaign.from_pinpoint(doc, opts)
     return instantiate(p, seg, opts.hook, false, opts.predicate)
   end)
   if not ok then raise(name, c, 2) end
+  c.where = where(2)
   return register(c, 2)
 end
 
@@ -813,6 +824,7 @@ function campaign.copy(name, new_name)
   p.Herald.CopyOf = name
   local ok, c = pcall(instantiate, p, src.segment, src.hook, false, src.predicate)
   if not ok then raise(new_name, c, 2) end
+  c.where = src.where
   return register(c, 2)
 end
 
@@ -1118,7 +1130,7 @@ end
 -- cannot be taken. Returns the campaign that replaces c (in campaign.defined and
 -- campaign.order), or nil and why.
 function campaign.adopt(c, row)
-  local loaded = c.loaded or { hook = c.hook, predicate = c.predicate, segment = c.segment }
+  local loaded = c.loaded or { hook = c.hook, predicate = c.predicate, segment = c.segment, where = c.where }
   local ok, p = pcall(json.decode, row.definition)
   if not ok or type(p) ~= 'table' then return nil, 'its stored definition is not JSON' end
   local lua = row.lua or ''
@@ -1146,7 +1158,7 @@ function campaign.adopt(c, row)
   if not okc then return nil, type(nc) == 'table' and (nc.path .. ': ' .. nc.msg) or tostring(nc) end
   nc.version, nc.version_ms, nc.started_ms = row.version, row.version_ms, first_run_ms(c.id)
   nc.event_since_ms = event_since_ms(c.id)
-  nc.loaded, nc.origin = loaded, { audience = row.audience, lua = row.lua }
+  nc.loaded, nc.origin, nc.where = loaded, { audience = row.audience, lua = row.lua }, loaded.where
   campaign.defined[nc.name] = nc
   for i, x in ipairs(campaign.order) do
     if x == c then campaign.order[i] = nc end

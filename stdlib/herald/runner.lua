@@ -167,6 +167,45 @@ function runner:trigger(id, now, full, invalidate)
   end
 end
 
+-- Materialises campaign id's run `index` at `at`: the sandbox prepares it, the host writes it
+-- (outbox.materialize_run, one transaction) and the segment's Lua filter and the hook judge its
+-- rows in batches, each batch a sandboxed call of its own with its own instruction budget and
+-- time limit, as event batches are (Pinpoint gives a hook 15 s per batch of endpoints): a
+-- filter or hook over a large audience gets through, and one that fails or runs away on a
+-- batch fails the run, with its own file:line. Returns as step: true, run id, created, total
+-- rows; or false and the error, reported (a busy store noted for the pass's wait).
+function runner:materialize(id, at, index)
+  local ok, spec, lua = self:step('materialize_spec', id, at, index)
+  if not ok then return false, spec end
+  local failure
+  if lua then
+    spec.filter = function(rows)
+      local okf, verdicts = self.sb:run('local s = require "herald.scheduler"; return s.filter_rows(...)',
+        '=(herald run)', id, rows)
+      if not okf then
+        failure = tostring(verdicts)
+        error(failure, 0)
+      end
+      return verdicts
+    end
+  end
+  local okm, run_id, created = pcall(outbox.materialize_run, spec)
+  local okt, total = self:step('materialized', okm and run_id or nil)
+  if not okm then
+    -- the filter's or hook's own error as the sandbox gave it (its file:line, its traceback)
+    local err = failure or tostring(run_id)
+    if db.busy(err) then
+      self:met_busy('materialize', err)
+    else
+      self.failures = self.failures + 1
+      self.err(string.format('campaign %s: %s', id, err))
+    end
+    return false, err
+  end
+  if not okt then return false, total end
+  return true, run_id, created, total
+end
+
 local function all_failed(due, failed)
   for _, d in ipairs(due) do
     if not failed[d.id .. '@' .. d.at] then return false end
@@ -219,7 +258,7 @@ function runner:loop(opts)
     for _, d in ipairs(plan.due) do
       local key = d.id .. '@' .. d.at
       if not failed[key] then
-        local okm, run_id, created, n = self:step('materialize', d.id, d.at, d.index)
+        local okm, run_id, created, n = self:materialize(d.id, d.at, d.index)
         if okm then
           progressed = true
           if created then
