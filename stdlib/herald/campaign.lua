@@ -736,15 +736,31 @@ end
 -- The definition file being loaded (set by the loader): campaigns record it as their source.
 campaign.source = nil
 
-local function register(c, level, stored_copy)
-  if campaign.defined[c.name] then
-    error('herald.campaign: a campaign named ' .. c.name .. ' is already defined', level + 1)
-  end
+-- While the loader runs a definition file (from mark() to commit() or rollback()), the
+-- campaigns it defines are collected here and stored only once the whole file has loaded, all
+-- in one transaction: a file that fails part-way stores nothing, so no process (a running
+-- `herald run` takes stored versions at its next pass) adopts or sends what it defined.
+local pending = nil
+
+-- Stores campaign c's definition (a new version when it changed) and its origin: the file
+-- that defines it (source; nil for a stored copy), its audience and the Lua it needs.
+local function store_campaign(c, source)
   local version, version_ms = outbox.define_campaign(c.id, c.name, c:definition_json())
   c.version, c.version_ms = version, version_ms
   c.started_ms, c.event_since_ms = first_run_ms(c.id), event_since_ms(c.id)
   local lua, audience = origin(c)
-  outbox.set_campaign_origin(c.id, not stored_copy and campaign.source or nil, audience, lua)
+  outbox.set_campaign_origin(c.id, source, audience, lua)
+end
+
+local function register(c, level, stored_copy)
+  if campaign.defined[c.name] then
+    error('herald.campaign: a campaign named ' .. c.name .. ' is already defined', level + 1)
+  end
+  if pending and not stored_copy then
+    pending[#pending + 1] = c
+  else
+    store_campaign(c, not stored_copy and campaign.source or nil)
+  end
   campaign.defined[c.name] = c
   campaign.order[#campaign.order + 1] = c
   return c
@@ -758,6 +774,15 @@ local function raise(name, e, level)
   error(e, level + 1)
 end
 
+-- "file:line: " of the function `level` levels up from the caller, as error(msg, level) would
+-- name it there ('' when that is not Lua code). Campaign code has no debug library: this is
+-- where a campaign is defined, which errors about what its hook returns name (the hook's own
+-- line is not known once it has returned).
+local function where(level)
+  local _, w = pcall(error, '', level + 2)
+  return w
+end
+
 local function define(def)
   local ok, c = pcall(function()
     local p, predicate = from_lua(def)
@@ -765,6 +790,7 @@ local function define(def)
     return instantiate(p, def.segment, def.hook, true, predicate)
   end)
   if not ok then raise(type(def) == 'table' and def.name or '?', c, 3) end
+  c.where = where(3)
   return register(c, 3)
 end
 
@@ -793,6 +819,7 @@ function campaign.from_pinpoint(doc, opts)
     return instantiate(p, seg, opts.hook, false, opts.predicate)
   end)
   if not ok then raise(name, c, 2) end
+  c.where = where(2)
   return register(c, 2)
 end
 
@@ -807,6 +834,7 @@ function campaign.copy(name, new_name)
   p.Herald.CopyOf = name
   local ok, c = pcall(instantiate, p, src.segment, src.hook, false, src.predicate)
   if not ok then raise(new_name, c, 2) end
+  c.where = src.where
   return register(c, 2)
 end
 
@@ -1112,7 +1140,7 @@ end
 -- cannot be taken. Returns the campaign that replaces c (in campaign.defined and
 -- campaign.order), or nil and why.
 function campaign.adopt(c, row)
-  local loaded = c.loaded or { hook = c.hook, predicate = c.predicate, segment = c.segment }
+  local loaded = c.loaded or { hook = c.hook, predicate = c.predicate, segment = c.segment, where = c.where }
   local ok, p = pcall(json.decode, row.definition)
   if not ok or type(p) ~= 'table' then return nil, 'its stored definition is not JSON' end
   local lua = row.lua or ''
@@ -1140,7 +1168,7 @@ function campaign.adopt(c, row)
   if not okc then return nil, type(nc) == 'table' and (nc.path .. ': ' .. nc.msg) or tostring(nc) end
   nc.version, nc.version_ms, nc.started_ms = row.version, row.version_ms, first_run_ms(c.id)
   nc.event_since_ms = event_since_ms(c.id)
-  nc.loaded, nc.origin = loaded, { audience = row.audience, lua = row.lua }
+  nc.loaded, nc.origin, nc.where = loaded, { audience = row.audience, lua = row.lua }, loaded.where
   campaign.defined[nc.name] = nc
   for i, x in ipairs(campaign.order) do
     if x == c then campaign.order[i] = nc end
@@ -1149,12 +1177,25 @@ function campaign.adopt(c, row)
 end
 
 -- A definition file that fails part-way leaves none of its campaigns behind: the loader
--- takes a mark before the file and rolls back to it on failure.
+-- takes a mark before the file, which starts collecting its campaigns; once the file has
+-- loaded, commit() stores them (the loader holds a store transaction around it), and on
+-- failure rollback(mark) drops them, nothing of them stored.
 function campaign.mark()
+  pending = {}
   return #campaign.order
 end
 
+-- Stores the campaigns collected since mark(), with source as their definition file.
+-- Returns how many.
+function campaign.commit(source)
+  local list = pending or {}
+  pending = nil
+  for _, c in ipairs(list) do store_campaign(c, source) end
+  return #list
+end
+
 function campaign.rollback(mark)
+  pending = nil
   for i = #campaign.order, mark + 1, -1 do
     campaign.defined[campaign.order[i].name] = nil
     campaign.order[i] = nil

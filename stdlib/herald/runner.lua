@@ -15,6 +15,7 @@ local campaign = require 'herald.campaign'
 local deliver = require 'herald.deliver'
 local winner = require 'herald.winner'
 local db = require 'herald.db'
+local store_transaction = require('herald.core.deliver').transaction
 
 local runner = {}
 runner.__index = runner
@@ -85,9 +86,19 @@ function runner:wait_busy()
   task.sleep(BUSY_WAIT_MS)
 end
 
--- Loads definition files; a file that fails leaves none of its campaigns behind, and the
--- campaigns it defined before (stored with it as their source) become INVALID with the
--- error until it loads again. Then the stored copies load.
+-- A load error that does not name its file (a memory or time limit, a store error) gets the
+-- file's name in front, so the report says which file failed.
+local function naming(f, err)
+  err = tostring(err)
+  local base = f:match('[^/]*$')
+  if headline(err):find(base .. ':', 1, true) then return err end
+  return f .. ': ' .. err
+end
+
+-- Loads definition files; a file that fails leaves none of its campaigns behind (they are
+-- stored only once the whole file has loaded, together in one transaction), and the
+-- campaigns it defined before (stored with it as their source) keep their stored version and
+-- become INVALID with the error until it loads again. Then the stored copies load.
 function runner:load(files)
   local ok_all = true
   for _, f in ipairs(files) do
@@ -95,8 +106,15 @@ function runner:load(files)
     local _, mark = self.sb:run('local c = require("herald.campaign"); c.source = ...; return c.mark()',
       '=(herald run)', source)
     local ok, err = self.sb:run_file(f)
+    if ok then
+      ok, err = pcall(store_transaction, function()
+        local okc, cerr = self.sb:run('return require("herald.campaign").commit(...)', '=(herald run)', source)
+        if not okc then error(cerr, 0) end
+      end)
+    end
     self.sb:run('require("herald.campaign").source = nil')
     if not ok then
+      err = naming(f, err)
       self.sb:run('require("herald.campaign").rollback(...)', '=(herald run)', mark)
       self.failures = self.failures + 1
       self.err(tostring(err))
@@ -147,6 +165,45 @@ function runner:trigger(id, now, full, invalidate)
     end
     self.trigger_batch[id] = batch // 2
   end
+end
+
+-- Materialises campaign id's run `index` at `at`: the sandbox prepares it, the host writes it
+-- (outbox.materialize_run, one transaction) and the segment's Lua filter and the hook judge its
+-- rows in batches, each batch a sandboxed call of its own with its own instruction budget and
+-- time limit, as event batches are (Pinpoint gives a hook 15 s per batch of endpoints): a
+-- filter or hook over a large audience gets through, and one that fails or runs away on a
+-- batch fails the run, with its own file:line. Returns as step: true, run id, created, total
+-- rows; or false and the error, reported (a busy store noted for the pass's wait).
+function runner:materialize(id, at, index)
+  local ok, spec, lua = self:step('materialize_spec', id, at, index)
+  if not ok then return false, spec end
+  local failure
+  if lua then
+    spec.filter = function(rows)
+      local okf, verdicts = self.sb:run('local s = require "herald.scheduler"; return s.filter_rows(...)',
+        '=(herald run)', id, rows)
+      if not okf then
+        failure = tostring(verdicts)
+        error(failure, 0)
+      end
+      return verdicts
+    end
+  end
+  local okm, run_id, created = pcall(outbox.materialize_run, spec)
+  local okt, total = self:step('materialized', okm and run_id or nil)
+  if not okm then
+    -- the filter's or hook's own error as the sandbox gave it (its file:line, its traceback)
+    local err = failure or tostring(run_id)
+    if db.busy(err) then
+      self:met_busy('materialize', err)
+    else
+      self.failures = self.failures + 1
+      self.err(string.format('campaign %s: %s', id, err))
+    end
+    return false, err
+  end
+  if not okt then return false, total end
+  return true, run_id, created, total
 end
 
 local function all_failed(due, failed)
@@ -201,7 +258,7 @@ function runner:loop(opts)
     for _, d in ipairs(plan.due) do
       local key = d.id .. '@' .. d.at
       if not failed[key] then
-        local okm, run_id, created, n = self:step('materialize', d.id, d.at, d.index)
+        local okm, run_id, created, n = self:materialize(d.id, d.at, d.index)
         if okm then
           progressed = true
           if created then

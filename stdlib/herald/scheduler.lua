@@ -248,23 +248,45 @@ local function zones_of(c, s, run, out)
   for _, item in ipairs(zone_dues(c, s, run, clock.now())) do out[#out + 1] = item end
 end
 
+-- What a FILTER hook returns: a list of the endpoints (or ids) to keep, or a map of id to an
+-- endpoint (kept, maybe with TitleOverride / BodyOverride), true (kept) or false (dropped).
+-- Anything else is an error naming where the campaign giving the hook is defined.
 local function hook_verdicts(c, eps, idx, verdicts)
   local kept = c.hook(eps)
+  local function wrong(fmt, ...)
+    error(string.format('%s' .. fmt, c.where or '', ...), 0)
+  end
   if type(kept) ~= 'table' then
-    error(string.format('campaign %s: the hook must return the endpoints to keep (a list or a map'
-      .. ' of id to endpoint), not a %s', c.name, type(kept)), 0)
+    wrong('the hook must return the endpoints to keep (a list of endpoints or ids, or a map of id'
+      .. ' to an endpoint, true or false), not a %s', type(kept))
   end
   local keep = {}
   for k, v in pairs(kept) do
-    local id = type(v) == 'table' and v.Id or v
-    if type(k) == 'string' then id = k end
-    if type(id) == 'string' then keep[id] = type(v) == 'table' and v or true end
+    if type(k) == 'string' then
+      if type(v) == 'table' or v == true then
+        keep[k] = v
+      elseif v ~= false then
+        wrong("the hook's entry for '%s' must be an endpoint, true (keep) or false (drop), not a %s", k, type(v))
+      end
+    elseif math.type(k) == 'integer' and type(v) == 'table' and type(v.Id) == 'string' then
+      keep[v.Id] = v
+    elseif math.type(k) == 'integer' and type(v) == 'string' then
+      keep[v] = true
+    else
+      wrong("the hook's entry %s must be an endpoint or an endpoint id (in a list), not a %s",
+        tostring(k), type(v) == 'table' and 'table without an Id' or type(v))
+    end
   end
   for id, i in pairs(idx) do
     local v = keep[id]
     if v == nil then
       verdicts[i] = 'FILTERED_BY_HOOK'
-    elseif type(v) == 'table' and (v.TitleOverride or v.BodyOverride) then
+    elseif type(v) == 'table' and (v.TitleOverride ~= nil or v.BodyOverride ~= nil) then
+      for _, field in ipairs({ 'TitleOverride', 'BodyOverride' }) do
+        if v[field] ~= nil and type(v[field]) ~= 'string' then
+          wrong("the hook's %s for endpoint '%s' must be a string, not a %s", field, id, type(v[field]))
+        end
+      end
       verdicts[i] = { TitleOverride = v.TitleOverride, BodyOverride = v.BodyOverride }
     end
   end
@@ -294,10 +316,17 @@ local function row_filter(c, seg_filter)
   end
 end
 
--- Materialises campaign id's run `index` at `at` (a no-op when it exists): the arms whose
--- stream has a run at that instant, the holdout when the campaign's own schedule has. Returns
--- run id, created, total rows.
-function scheduler.materialize(id, at, index)
+-- The run being materialised: {id =, filter =} while its rows go through the segment's Lua
+-- filter and the hook (filter_rows), nil otherwise.
+local materializing = nil
+
+-- What outbox.materialize_run needs for campaign id's run `index` at `at` (the arms whose
+-- stream has a run at that instant, the holdout when the campaign's own schedule has), and
+-- whether its rows go through Lua (a segment filter, a hook). The host materialises the run
+-- and calls filter_rows for each batch of rows, each batch a sandboxed call of its own with
+-- its own instruction budget and time limit (herald.runner), so a filter or hook gets through
+-- an audience of any size.
+function scheduler.materialize_spec(id, at, index)
   local c = campaign.defined[id]
   if c == nil then error('unknown campaign ' .. tostring(id)) end
   local zones, fires = {}, {}
@@ -319,9 +348,9 @@ function scheduler.materialize(id, at, index)
   end
   local q = c.segment:compile()
   local limits = c.definition.Limits or {}
-  local filter
-  if q.filter or c.hook then filter = row_filter(c, q.filter) end
-  local run_id, created = outbox.materialize_run {
+  materializing = nil
+  if q.filter or c.hook then materializing = { id = c.id, filter = row_filter(c, q.filter) } end
+  return {
     campaign_id = c.id, version = c.version, scheduled_ms = at, run_index = index or 0,
     where = q.where, params = q.params, holdout = c.holdout, sizes = c.sizes,
     zones = zones, default_due_ms = at,
@@ -330,10 +359,24 @@ function scheduler.materialize(id, at, index)
     arms = not every and json.encode(json.array(arms)) or nil,
     daily_cap = limits.Daily, total_cap = limits.Total,
     max_duration_ms = limits.MaximumDuration and limits.MaximumDuration * 1000 or nil,
-    filter = filter, test_cohorts = c:test_cohorts(),
-  }
-  local total = query('SELECT total FROM campaign_runs WHERE id = ?', run_id)[1].total
-  return run_id, created, total
+    test_cohorts = c:test_cohorts(),
+  }, materializing ~= nil
+end
+
+-- The verdicts on a batch of the rows of the run materialize_spec(id, ...) prepared (see
+-- outbox.materialize_run's filter).
+function scheduler.filter_rows(id, rows)
+  local m = materializing
+  if m == nil or m.id ~= id then error('no run of campaign ' .. tostring(id) .. ' is being materialised', 0) end
+  return m.filter(rows)
+end
+
+-- After the host materialised (or failed to materialise) the run: the Lua side is let go.
+-- Returns run run_id's total rows (nil without one).
+function scheduler.materialized(run_id)
+  materializing = nil
+  if run_id == nil then return nil end
+  return query('SELECT total FROM campaign_runs WHERE id = ?', run_id)[1].total
 end
 
 local invalid = {}

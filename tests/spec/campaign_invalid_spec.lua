@@ -121,6 +121,47 @@ herald.campaign{ name = 'hooked', segment = herald.segment{ name = 'all' }, deli
   end)
 end)
 
+describe('a definition file that fails part-way', function()
+  it('stores none of its definitions: its campaigns keep their stored version and become INVALID', function()
+    local dir = h.tmpdir()
+    endpoints(dir, 4)
+    local head = [[
+local all = herald.segment{ name = 'all' }
+herald.campaign{ name = 'pa', segment = all, deliver = { file = 'out.txt' }, message = { body = 'version %s' },
+  schedule = { start = '2027-05-01T12:00:00Z' } }
+]]
+    h.write(dir .. '/p.lua', head:format('one'))
+    local _, code, err = herald(dir, 'campaign load p.lua')
+    assert.are.equal(0, code, err)
+    -- a new version of pa, a new campaign pb and a Lua copy of pa, then an error
+    h.write(dir .. '/p.lua', head:format('TWO') .. [[
+herald.campaign{ name = 'pb', segment = all, deliver = { file = 'out.txt' }, message = { body = 'b' },
+  schedule = { start = '2027-05-01T12:00:00Z' } }
+herald.campaign.copy('pa', 'pc')
+error('a mistake further down')
+]])
+    for _, args in ipairs({ 'campaign load p.lua', 'run --until-idle p.lua' }) do
+      _, code, err = herald(dir, args, { HERALD_CLOCK_START = '2027-05-01T11:00:00Z' })
+      assert.are_not.equal(0, code)
+      assert.matches('p.lua:7: a mistake further down', err, 1, true)
+      assert.are.same({ { id = 'pa', state = 'INVALID', version = 1 } },
+        q(dir, 'SELECT id, state, version FROM campaigns ORDER BY id'))
+      assert.are.same({ { campaign_id = 'pa', version = 1 } },
+        q(dir, 'SELECT campaign_id, version FROM campaign_versions ORDER BY 1, 2'))
+    end
+    assert.are.equal(0, n(dir, 'SELECT count(*) AS n FROM campaign_runs'))
+    assert.is_nil(h.read(dir .. '/out.txt'))
+  end)
+
+  it('is named in a load error that names no file (a memory limit)', function()
+    local dir = h.tmpdir()
+    h.write(dir .. '/mem.lua', "local t = {} for i = 1, 1e8 do t[i] = ('x'):rep(64) .. i end\n")
+    local _, code, err = herald(dir, 'campaign load mem.lua')
+    assert.are_not.equal(0, code)
+    assert.matches('herald campaign load: mem.lua: memory limit exceeded', err, 1, true)
+  end)
+end)
+
 describe('a campaign made INVALID while herald run runs', function()
   it('plans no run and reads no event until it loads again; then the stale bound applies', function()
     local dir = h.tmpdir()

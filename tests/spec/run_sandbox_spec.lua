@@ -107,6 +107,44 @@ describe('herald run with bad campaign code', function()
   end)
 end)
 
+describe('a segment filter or hook over a large audience', function()
+  it('gets a fresh instruction budget for each batch of rows, not one for the whole run', function()
+    local dir = h.tmpdir()
+    local rows = {}
+    for i = 1, 600 do rows[i] = { id = string.format('e%04d', i), address = string.format('u%d@example.com', i) } end
+    h.endpoints_sql(dir, 'q.db', rows)
+    -- each endpoint costs the filter and the hook some 20000 instructions: a batch of 50 rows
+    -- about a million, well inside the budget of 4 million; all 600 rows 12 million, past it
+    h.write(dir .. '/big.lua', [[
+local function spin() local n = 0 for i = 1, 5000 do n = n + i end return n end
+herald.campaign{ name = 'filtered', message = { body = 'f' }, deliver = { file = 'f.txt' },
+  segment = herald.segment{ name = 'some', filter = function(ep) spin() return ep.Id <= 'e0300' end } }
+herald.campaign{ name = 'hooked', message = { body = 'h' }, deliver = { file = 'h.txt' },
+  segment = herald.segment{ name = 'all' },
+  hook = function(eps)
+    local keep = {}
+    for _, e in ipairs(eps) do spin() if e.Id > 'e0300' then keep[#keep + 1] = e end end
+    return keep
+  end }
+]])
+    h.write(dir .. '/drive.lua', [[
+local r = require('herald.runner').new { budget = 4000000 }
+assert(r:load { 'big.lua' })
+r:loop { until_idle = true }
+print('failures: ' .. r.failures)
+r:close()
+]])
+    local out, code, err = h.herald('--db q.db drive.lua', { cwd = dir })
+    assert.are.equal(0, code, err)
+    assert.matches('failures: 0', out, 1, true)
+    assert.are.same({ { campaign_id = 'filtered', state = 'SENT', n = 300 },
+                      { campaign_id = 'hooked', state = 'SENT', n = 300 },
+                      { campaign_id = 'hooked', state = 'SKIPPED', n = 300 } },
+      h.query(dir, 'q.db', 'SELECT r.campaign_id, o.state, count(*) AS n FROM outbox o'
+        .. ' JOIN campaign_runs r ON r.id = o.run_id GROUP BY 1, 2 ORDER BY 1, 2'))
+  end)
+end)
+
 describe('herald.segment.import in campaign code', function()
   it('reads files below the working directory through the host, and no other', function()
     local dir = h.tmpdir()
