@@ -258,7 +258,8 @@ describe('herald run with a hook that fails inside its run\'s transaction', func
         end }
     ]])
     assert.are_not.equal(0, code)
-    assert.matches('TitleOverride must be a string', err, 1, true)
+    -- named by the hook's checks (or, behind them, by the run's writer in C)
+    assert.matches("TitleOverride[^\n]* must be a string", err)
     good_was_delivered(dir)
     assert.are.equal('INVALID', h.query(dir, 'q.db', "SELECT state FROM campaigns WHERE id = 'override'")[1].state)
     -- what this process sent is stored: a second run sends nothing again
