@@ -147,11 +147,12 @@ describe('herald.events', function()
     local nul = 'contains a NUL character (\\u0000)'
     local want = { id = 'Id', address = 'Address', channel = 'ChannelType', user = 'User.UserId',
       value = 'Attributes.tier[0]', name = 'Attributes', city = 'Location.City', get = 'Id', delete = 'Id',
-      event_endpoint = 'EndpointId', event_type = 'EventType', event_value = 'Attributes.k',
-      import = 'list.ndjson:1: Id' }
+      event_endpoint = 'EndpointId', event_type = 'EventType', event_value = 'Attributes.k' }
     for k, field in pairs(want) do
       assert.are.equal(field .. ': ' .. (k == 'name' and 'an object key ' or '') .. nul, v.r[k], k)
     end
+    -- an import line is refused by the reader `herald import endpoints` uses, at its line
+    assert.matches('^list%.ndjson:1: invalid JSON at column %d+: \\u0000 is not allowed', v.r.import)
     assert.are.same({ { id = 'vip', address = 'vip@example.com', attributes = '{"tier":["gold"]}' } }, v.endpoints)
     assert.are.equal(0, v.events)
   end)
