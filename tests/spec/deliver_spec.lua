@@ -901,6 +901,25 @@ describe('delivery through providers', function()
     end
   end)
 
+  -- Makes the outbox's 300 rows due three seconds from now, runs two `herald run --until-idle`
+  -- processes at once (process i with providers file p<i>.lua and its campaign file), checks
+  -- both ended well and everything was sent, and returns nginx's log of the requests.
+  local function deliver_in_two_processes(dir, file1, file2)
+    h.sqlite(dir, 'd.db', [[UPDATE outbox SET due_ms = CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER) + 3000;]])
+    local cmd = function(i, file)
+      return 'cd ' .. h.shell_quote(dir) .. ' && ' .. h.shell_quote(h.exe) .. ' --db d.db run --until-idle --providers p'
+        .. i .. '.lua ' .. file .. ' > r' .. i .. '.out 2>&1; echo "rc' .. i .. ' $?"'
+    end
+    local out = h.sh('(' .. cmd(1, file1) .. ') & (' .. cmd(2, file2) .. '); wait')
+    assert.matches('rc1 0', out, 1, true)
+    assert.matches('rc2 0', out, 1, true)
+    assert.are.same({ { state = 'SENT', n = 300 } }, query(dir, 'SELECT state, count(*) AS n FROM outbox GROUP BY state'))
+    return h.wait_for(function()
+      local r = ng:requests()
+      return #r >= 300 and r
+    end, 5000, 'the requests in the log')
+  end
+
   it("keeps a campaign's MessagesPerSecond with two processes delivering it at once", function()
     local dir = h.tmpdir()
     ng:clear_log()
@@ -922,20 +941,7 @@ describe('delivery through providers', function()
     -- often each claims some at once, and the shared limit, not which came first, decides
     -- what goes (whether both do is up to the store's lock; with a campaign each, the next
     -- spec, they always do)
-    h.sqlite(dir, 'd.db', [[UPDATE outbox SET due_ms = CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER) + 3000;]])
-    local cmd = function(i)
-      return h.shell_quote(h.exe) .. ' --db d.db run --until-idle --providers p' .. i .. '.lua c.lua > r' .. i
-        .. '.out 2>&1'
-    end
-    local out = h.sh('cd ' .. h.shell_quote(dir) .. ' && (' .. cmd(1) .. '; echo "rc1 $?") & (cd '
-      .. h.shell_quote(dir) .. ' && ' .. cmd(2) .. '; echo "rc2 $?"); wait')
-    assert.matches('rc1 0', out, 1, true)
-    assert.matches('rc2 0', out, 1, true)
-    assert.are.same({ { state = 'SENT', n = 300 } }, query(dir, 'SELECT state, count(*) AS n FROM outbox GROUP BY state'))
-    local reqs = h.wait_for(function()
-      local r = ng:requests()
-      return #r >= 300 and r
-    end, 5000, 'the requests in the log')
+    local reqs = deliver_in_two_processes(dir, 'c.lua', 'c.lua')
     local times, by_uri = {}, {}
     for _, r in ipairs(reqs) do
       times[#times + 1] = r.time
@@ -981,21 +987,9 @@ describe('delivery through providers', function()
       _, code, err = h.herald('--db d.db campaign resume ' .. name, { cwd = dir })
       assert.are.equal(0, code, err)
     end
-    -- due in three seconds: both processes are up, and each has 150 to send at once
-    h.sqlite(dir, 'd.db', [[UPDATE outbox SET due_ms = CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER) + 3000;]])
-    local cmd = function(i, file)
-      return h.shell_quote(h.exe) .. ' --db d.db run --until-idle --providers p' .. i .. '.lua ' .. file .. ' > r' .. i
-        .. '.out 2>&1'
-    end
-    local out = h.sh('cd ' .. h.shell_quote(dir) .. ' && (' .. cmd(1, 'one.lua') .. '; echo "rc1 $?") & (cd '
-      .. h.shell_quote(dir) .. ' && ' .. cmd(2, 'two.lua') .. '; echo "rc2 $?"); wait')
-    assert.matches('rc1 0', out, 1, true)
-    assert.matches('rc2 0', out, 1, true)
-    assert.are.same({ { state = 'SENT', n = 300 } }, query(dir, 'SELECT state, count(*) AS n FROM outbox GROUP BY state'))
-    local reqs = h.wait_for(function()
-      local r = ng:requests()
-      return #r >= 300 and r
-    end, 5000, 'the requests in the log')
+    -- due in three seconds (deliver_in_two_processes): both processes are up, and each has
+    -- 150 to send at once
+    local reqs = deliver_in_two_processes(dir, 'one.lua', 'two.lua')
     local by_uri = {}
     for _, r in ipairs(reqs) do by_uri[r.uri] = (by_uri[r.uri] or 0) + 1 end
     assert.are.same({ ['/ok'] = 150, ['/hook-ok'] = 150 }, by_uri)
