@@ -901,6 +901,15 @@ describe('delivery through providers', function()
     end
   end)
 
+  -- Providers files p1.lua and p2.lua: the profile 'hook' (with `extra` fields) to a location
+  -- of its own in each, so nginx's log tells which process sent what.
+  local function two_locations(dir, extra)
+    for i, path in ipairs({ '/ok', '/hook-ok' }) do
+      h.write(dir .. '/p' .. i .. '.lua', string.format(
+        "return { profiles = { hook = { type = 'webhook', url = %q%s } } }", ng.url .. path, extra))
+    end
+  end
+
   -- Makes the outbox's 300 rows due three seconds from now, runs two `herald run --until-idle`
   -- processes at once (process i with providers file p<i>.lua and its campaign file), checks
   -- both ended well and everything was sent, and returns nginx's log of the requests.
@@ -931,10 +940,7 @@ describe('delivery through providers', function()
     local _, code, err = run(dir, 'e.lua c.lua')
     assert.are.equal(0, code, err)
     assert.are.same({ { state = 'PENDING', n = 300 } }, query(dir, 'SELECT state, count(*) AS n FROM outbox GROUP BY state'))
-    for i, path in ipairs({ '/ok', '/hook-ok' }) do
-      h.write(dir .. '/p' .. i .. '.lua', string.format(
-        "return { profiles = { hook = { type = 'webhook', url = %q } } }", ng.url .. path))
-    end
+    two_locations(dir, '')
     _, code, err = h.herald('--db d.db campaign resume shared', { cwd = dir })
     assert.are.equal(0, code, err)
     -- due three seconds from now, so both processes are up and waiting when they fall due:
@@ -979,10 +985,7 @@ describe('delivery through providers', function()
     local _, code, err = run(dir, 'e.lua one.lua two.lua')
     assert.are.equal(0, code, err)
     assert.are.same({ { state = 'PENDING', n = 300 } }, query(dir, 'SELECT state, count(*) AS n FROM outbox GROUP BY state'))
-    for i, path in ipairs({ '/ok', '/hook-ok' }) do
-      h.write(dir .. '/p' .. i .. '.lua', string.format(
-        "return { profiles = { hook = { type = 'webhook', url = %q, limits = { per_second = 50 } } } }", ng.url .. path))
-    end
+    two_locations(dir, ', limits = { per_second = 50 }')
     for _, name in ipairs({ 'one', 'two' }) do
       _, code, err = h.herald('--db d.db campaign resume ' .. name, { cwd = dir })
       assert.are.equal(0, code, err)
