@@ -1068,7 +1068,12 @@ int herald_ingest_status(HeraldStore *store, const char *app, json_t *n, char *e
   }
   sqlite3_stmt *st = herald_store_stmt(
       store, "SELECT o.endpoint_id, o.treatment, o.run_id, r.campaign_id FROM outbox o "
-             "JOIN campaign_runs r ON r.id = o.run_id WHERE o.message_id = ?1 AND r.app_id = ?2", err);
+             "JOIN campaign_runs r ON r.id = o.run_id"
+             /* through outbox_message_claimed: a message never claimed was never sent. The
+              * unary + keeps SQLite from propagating message_id = ?1 into the indexed
+              * expression, which would then no longer match the index. */
+             " WHERE substr(o.message_id, 1, 8) = substr(?1, 1, 8) AND o.claimed_ms IS NOT NULL"
+             " AND +o.message_id = ?1 AND r.app_id = ?2", err);
   if (st == NULL) return err->code;
   sqlite3_bind_text(st, 1, message_id, -1, SQLITE_STATIC);
   sqlite3_bind_text(st, 2, app, -1, SQLITE_STATIC);
