@@ -331,6 +331,7 @@ describe('where an event campaign starts', function()
       UPDATE events SET arrival = '2026-05-01T00:00:00.000Z' WHERE event_id = 'before';
       UPDATE events SET arrival = '2026-07-01T00:00:00.000Z' WHERE event_id = 'after';
       DROP TABLE direct_messages;
+      DROP INDEX outbox_message_claimed;
       PRAGMA user_version = 14;
     ]])
     local before = q(dir, "SELECT seq FROM events WHERE event_id = 'before'")[1].seq
