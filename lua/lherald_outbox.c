@@ -659,6 +659,22 @@ static int l_record_direct(lua_State *L) {
   return 0;
 }
 
+/* lift_optout(channel, address [, app]) -> whether the address was on the opt-out list;
+ * nil, message when the store fails. */
+static int l_lift_optout(lua_State *L) {
+  HeraldError err = {0};
+  int lifted = 0;
+  if (herald_outbox_optout_lift(herald_context_store(L), luaL_optstring(L, 3, herald_context()->app),
+                                luaL_checkstring(L, 1), luaL_checkstring(L, 2), &lifted, &err) !=
+      kHeraldOk) {
+    lua_pushnil(L);
+    lua_pushstring(L, err.msg);
+    return 2;
+  }
+  lua_pushboolean(L, lifted);
+  return 1;
+}
+
 static void push_tally(const HeraldOutboxTally *t, void *ctx) {
   lua_State *L = ctx;
   lua_createtable(L, 0, 7);
@@ -792,6 +808,7 @@ int luaopen_herald_core_outbox(lua_State *L) {
     {"trigger", l_trigger}, {"trigger_cursor", l_trigger_cursor}, {"claim", l_claim},         {"report_batch", l_report_batch},
     {"recover", l_recover},         {"next_due", l_next_due},   {"complete_runs", l_complete_runs},
     {"message_id", l_message_id},   {"tally", l_tally}, {"record_direct", l_record_direct},
+    {"lift_optout", l_lift_optout},
     {"define_campaign", l_define_campaign}, {"set_campaign_state", l_set_campaign_state},
     {"campaign_definition", l_campaign_definition},
     {"advance_campaign_state", l_advance_campaign_state}, {"copy_campaign", l_copy_campaign},

@@ -9,6 +9,7 @@
 #include "runtime/endpoint.h"
 #include "runtime/event.h"
 #include "runtime/hit_journal.h"
+#include "runtime/outbox.h"
 #include "runtime/utf8.h"
 
 struct HeraldIngest {
@@ -990,11 +991,16 @@ fail:
 }
 
 /* A status notification of a direct message (herald.send: table direct_messages) recorded on
- * its endpoints in one transaction. Returns 1 when done, 0 when message_id is no direct
- * message of app, -1 on failure (err set). */
+ * its endpoints in one transaction. An opt-out (update kOptOutAll: an SMS OPTOUT, an email
+ * COMPLAINT) of a message to an address the request named also puts the address on the app's
+ * opt-out list, endpoints or none: no endpoint may have it, and the recipient's request must
+ * hold for the next direct message all the same. *optout_out (when optout_out is not NULL) is
+ * then {"ChannelType", "Address"}, else NULL. Returns 1 when done, 0 when message_id is no
+ * direct message of app, -1 on failure (err set). */
 static int status_direct(HeraldStore *store, const char *app, const char *message_id,
                          const char *type, const char *update, const char *stamp,
-                         const char *reason, char *endpoint_out, HeraldError *err) {
+                         const char *reason, char *endpoint_out, json_t **optout_out,
+                         HeraldError *err) {
   sqlite3_stmt *st = herald_store_stmt(
       store, "SELECT endpoint_id, channel, address FROM direct_messages"
              " WHERE app_id = ?1 AND message_id = ?2", err);
@@ -1018,13 +1024,14 @@ static int status_direct(HeraldStore *store, const char *app, const char *messag
     herald_error_set(err, kHeraldNoMemory, "out of memory");
     return -1;
   }
+  /* a message to an endpoint: its OptOut is the record, which OptOut NONE lifts */
+  int optout = !has_endpoint && update == kOptOutAll;
   json_t *ids = direct_endpoints(store, app, has_endpoint ? endpoint : NULL, channel, address, err);
   int rc = ids ? kHeraldOk : (int)err->code;
-  if (rc == kHeraldOk && json_array_size(ids) == 0)
+  if (rc == kHeraldOk && json_array_size(ids) == 0 && !optout)
     rc = herald_error_set(err, kHeraldNotFound, "MessageId: message '%s' went to %s address '%s', "
                           "which no endpoint of application '%s' has: nothing to record",
                           message_id, channel, address, app);
-  free(address);
   if (rc == kHeraldOk) rc = herald_store_begin(store, err);
   if (rc == kHeraldOk) {
     Origin o = {NULL, 0, 0, message_id};
@@ -1034,17 +1041,29 @@ static int status_direct(HeraldStore *store, const char *app, const char *messag
       rc = record_status(store, app, json_string_value(id), &o, type, update, stamp, reason, err);
       if (rc != kHeraldOk) break;
     }
+    if (rc == kHeraldOk && optout)
+      rc = herald_outbox_optout_add(store, app, channel, address, type, message_id, reason, stamp, err);
     if (rc == kHeraldOk) rc = herald_store_commit(store, err);
     else herald_store_rollback(store);
   }
-  if (rc == kHeraldOk && endpoint_out)
-    snprintf(endpoint_out, HERALD_TRACKING_ID_MAX + 1, "%s", json_string_value(json_array_get(ids, 0)));
+  if (rc == kHeraldOk && endpoint_out) {
+    const char *first = json_string_value(json_array_get(ids, 0));
+    snprintf(endpoint_out, HERALD_TRACKING_ID_MAX + 1, "%s", first ? first : "");
+  }
+  if (rc == kHeraldOk && optout_out && optout) {
+    *optout_out = json_pack("{s:s, s:s}", "ChannelType", channel, "Address", address);
+    if (*optout_out == NULL) rc = herald_error_set(err, kHeraldNoMemory, "out of memory");
+  }
+  free(address);
   json_decref(ids);
   return rc == kHeraldOk ? 1 : -1;
 }
 
-int herald_ingest_status(HeraldStore *store, const char *app, json_t *n, char *event_type_out,
-                         char *endpoint_out, HeraldError *err) {
+/* herald_ingest_status, and for the webhook's answer the address put on the opt-out list
+ * (*optout_out, may be NULL: see status_direct). */
+static int ingest_status(HeraldStore *store, const char *app, json_t *n, char *event_type_out,
+                         char *endpoint_out, json_t **optout_out, HeraldError *err) {
+  if (optout_out) *optout_out = NULL;
   if (check_notification(n, err) != kHeraldOk) return err->code;
   const char *update;
   const char *type = status_event(n, &update, err);
@@ -1060,7 +1079,8 @@ int herald_ingest_status(HeraldStore *store, const char *app, json_t *n, char *e
   const char *message_id = json_string_value(json_object_get(n, "MessageId"));
   if (herald_store_app_exists(store, app, err) != kHeraldOk) return err->code;
   const char *reason = json_string_value(json_object_get(n, "Reason"));
-  int direct = status_direct(store, app, message_id, type, update, stamp, reason, endpoint_out, err);
+  int direct = status_direct(store, app, message_id, type, update, stamp, reason, endpoint_out,
+                             optout_out, err);
   if (direct < 0) return err->code;
   if (direct) {
     if (event_type_out) snprintf(event_type_out, 32, "%s", type);
@@ -1103,6 +1123,11 @@ int herald_ingest_status(HeraldStore *store, const char *app, json_t *n, char *e
   if (event_type_out) snprintf(event_type_out, 32, "%s", type);
   if (endpoint_out) snprintf(endpoint_out, HERALD_TRACKING_ID_MAX + 1, "%s", endpoint);
   return kHeraldOk;
+}
+
+int herald_ingest_status(HeraldStore *store, const char *app, json_t *n, char *event_type_out,
+                         char *endpoint_out, HeraldError *err) {
+  return ingest_status(store, app, n, event_type_out, endpoint_out, NULL, err);
 }
 
 int herald_ingest_hard_bounce(HeraldStore *store, int64_t outbox_id, const char *reason,
@@ -1200,14 +1225,25 @@ static void handle_status(void *ctx, const HeraldHttpRequest *req, HeraldHttpRes
   HeraldError err = {0};
   char type[32], endpoint[HERALD_TRACKING_ID_MAX + 1];
   HeraldStore *store = in->store(in->store_arg, &err);
-  int rc = store ? herald_ingest_status(store, app, body, type, endpoint, &err) : (int)err.code;
+  json_t *optout = NULL;
+  int rc = store ? ingest_status(store, app, body, type, endpoint, &optout, &err) : (int)err.code;
   json_decref(body);
   if (rc != kHeraldOk) {
     answer_error(res, rc, &err);
     return;
   }
-  json_t *answer = json_pack("{s:s, s:s, s:s}", "EventType", type, "EndpointId", endpoint,
-                             "Message", "Accepted");
+  /* EndpointId names the (first) endpoint the event went to: none for an address put on the
+   * opt-out list that no endpoint has; OptOut names the address put on it */
+  json_t *answer = json_pack("{s:s, s:s}", "EventType", type, "Message", "Accepted");
+  if (answer && endpoint[0] && json_object_set_new(answer, "EndpointId", json_string(endpoint)) != 0) {
+    json_decref(answer);
+    answer = NULL;
+  }
+  if (answer && optout && json_object_set(answer, "OptOut", optout) != 0) {
+    json_decref(answer);
+    answer = NULL;
+  }
+  json_decref(optout);
   if (answer == NULL) {
     herald_http_response_error(res, 503, "out of memory");
     return;

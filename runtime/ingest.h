@@ -23,16 +23,20 @@
  * _SMS.SUCCESS, _SMS.FAILURE or _SMS.OPTOUT of the message's endpoint, with the campaign
  * attributes below. A direct message (herald.send, recorded 30 days in direct_messages: see
  * runtime/outbox.h) has no campaign: its events carry message_id alone; one sent to an address
- * the request named goes to every endpoint of the app with that channel and address (none:
- * 404, nothing recorded), as Pinpoint's opt-out is the address's. Its EventId is "<MessageId>:<event type>", so a provider that retries a
+ * the request named goes to every endpoint of the app with that channel and address, as
+ * Pinpoint's opt-out is the address's, and its SMS OPTOUT or COMPLAINT also puts the address on
+ * the app's opt-out list (address_optouts), which direct messages are refused for, whether or
+ * not an endpoint has it (another notification for an address no endpoint has: 404, nothing
+ * recorded). Its EventId is "<MessageId>:<event type>", so a provider that retries a
  * notification records it once. Endpoint updates:
  *   - hard bounce: EndpointStatus INACTIVE (the address does not exist; campaigns skip the
  *     endpoint until it is written again, e.g. with a corrected address, which makes it ACTIVE);
  *   - complaint and SMS OPTOUT: OptOut ALL (the recipient asked for no more messages; only an
  *     explicit OptOut NONE undoes it);
  *   - soft bounce, delivery, SMS SUCCESS/FAILURE: nothing.
- * The answer is 202 {"EventType", "EndpointId", "Message": "Accepted"}; an unknown message id is
- * 404, a bad field 400 naming it.
+ * The answer is 202 {"EventType", "EndpointId", "Message": "Accepted"}, with
+ * "OptOut": {"ChannelType", "Address"} when the address was put on the opt-out list (and no
+ * EndpointId when no endpoint has it); an unknown message id is 404, a bad field 400 naming it.
  *
  * Every engagement event carries the attributes campaign_id, treatment_id ("0", "1", ...),
  * campaign_activity_id (the run id) and message_id; clicks also url (the link, cut to the
@@ -71,7 +75,8 @@ int herald_ingest_put_events(HeraldStore *store, const char *app, json_t *reques
 
 /* A status notification (shape above) of app. event_type_out (may be NULL, 32 bytes) and
  * endpoint_out (may be NULL, HERALD_TRACKING_ID_MAX + 1 bytes) receive the event recorded and
- * its endpoint. kHeraldNotFound for an unknown message id. */
+ * its endpoint ("" when the notification only put an address on the opt-out list).
+ * kHeraldNotFound for an unknown message id. */
 int herald_ingest_status(HeraldStore *store, const char *app, json_t *notification,
                          char *event_type_out, char *endpoint_out, HeraldError *err);
 

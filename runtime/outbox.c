@@ -288,6 +288,40 @@ int herald_outbox_record_direct(HeraldStore *store, const char *app, const char 
   return herald_store_step_done(store, st, err, "recording a direct message");
 }
 
+int herald_outbox_optout_add(HeraldStore *store, const char *app, const char *channel,
+                             const char *address, const char *source, const char *message_id,
+                             const char *reason, const char *at, HeraldError *err) {
+  sqlite3_stmt *st = herald_store_stmt(
+      store,
+      "INSERT INTO address_optouts(app_id, channel, address, source, message_id, reason, opted_out_at)"
+      " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (app_id, channel, address) DO NOTHING",
+      err);
+  if (st == NULL) return err ? err->code : kHeraldStore;
+  sqlite3_bind_text(st, 1, app, -1, SQLITE_STATIC);
+  sqlite3_bind_text(st, 2, channel, -1, SQLITE_STATIC);
+  sqlite3_bind_text(st, 3, address, -1, SQLITE_STATIC);
+  sqlite3_bind_text(st, 4, source, -1, SQLITE_STATIC);
+  sqlite3_bind_text(st, 5, message_id, -1, SQLITE_STATIC);
+  if (reason) sqlite3_bind_text(st, 6, reason, -1, SQLITE_STATIC);
+  else sqlite3_bind_null(st, 6);
+  sqlite3_bind_text(st, 7, at, -1, SQLITE_STATIC);
+  return herald_store_step_done(store, st, err, "recording an address opt-out");
+}
+
+int herald_outbox_optout_lift(HeraldStore *store, const char *app, const char *channel,
+                              const char *address, int *lifted, HeraldError *err) {
+  *lifted = 0;
+  sqlite3_stmt *st = herald_store_stmt(
+      store, "DELETE FROM address_optouts WHERE app_id = ?1 AND channel = ?2 AND address = ?3", err);
+  if (st == NULL) return err ? err->code : kHeraldStore;
+  sqlite3_bind_text(st, 1, app, -1, SQLITE_STATIC);
+  sqlite3_bind_text(st, 2, channel, -1, SQLITE_STATIC);
+  sqlite3_bind_text(st, 3, address, -1, SQLITE_STATIC);
+  int rc = herald_store_step_done(store, st, err, "lifting an address opt-out");
+  if (rc == kHeraldOk) *lifted = sqlite3_changes(herald_store_db(store)) > 0;
+  return rc;
+}
+
 int herald_outbox_report(HeraldStore *store, int64_t claimer, int64_t id, const char *state,
                          const char *reason, int64_t due_ms, HeraldError *err) {
   if (strcmp(state, "SENT") != 0 && strcmp(state, "FAILED") != 0 && strcmp(state, "PENDING") != 0 &&

@@ -223,6 +223,19 @@ int herald_outbox_record_direct(HeraldStore *store, const char *app, const char 
                                 const char *endpoint_id, const char *channel, const char *address,
                                 int64_t now_ms, HeraldError *err);
 
+/* Puts channel and address on app's opt-out list (migration 18), which direct messages
+ * (herald.send) are refused for: the recipient of a direct message to that address asked for
+ * no more (source: the event, _SMS.OPTOUT or _email.complaint, of message_id's receipt; reason
+ * may be NULL; at: an ISO-8601 time). An address already on the list keeps its first entry, so
+ * a notification given twice changes nothing. Call in the receipt's transaction. */
+int herald_outbox_optout_add(HeraldStore *store, const char *app, const char *channel,
+                             const char *address, const char *source, const char *message_id,
+                             const char *reason, const char *at, HeraldError *err);
+
+/* Takes channel and address off app's opt-out list; *lifted = 1 when it was on it. */
+int herald_outbox_optout_lift(HeraldStore *store, const char *app, const char *channel,
+                              const char *address, int *lifted, HeraldError *err);
+
 /* Returns claimed-but-unreported rows to PENDING: those of claimers taken for dead at now_ms
  * (the system clock; see runtime/claimer.h), so rows in flight in another live herald are left
  * alone whatever its pid. *count says how many. */

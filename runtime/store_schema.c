@@ -343,6 +343,23 @@ const char *const herald_store_migrations[] = {
    * id) and keep the index small. */
   "CREATE INDEX outbox_message_claimed ON outbox(substr(message_id, 1, 8))"
   "  WHERE claimed_ms IS NOT NULL;",
+  /* 18: the application's address opt-out list. An SMS OPTOUT (a STOP reply) or an email
+   * COMPLAINT of a direct message to an address the request named was recorded only on the
+   * endpoints with that address, and with none it was lost: the next direct message went to
+   * the recipient who had asked for none. Pinpoint keeps SMS opt-outs per number; herald keeps
+   * them per channel and address here (runtime/ingest.c writes them, herald.send refuses them,
+   * herald.send.lift_optout removes one). source is the event (_SMS.OPTOUT, _email.complaint),
+   * message_id the message whose receipt it was, opted_out_at the notification's Timestamp. */
+  "CREATE TABLE address_optouts ("
+  "  app_id TEXT NOT NULL,"
+  "  channel TEXT NOT NULL,"
+  "  address TEXT NOT NULL,"
+  "  source TEXT NOT NULL,"
+  "  message_id TEXT NOT NULL,"
+  "  reason TEXT,"
+  "  opted_out_at TEXT NOT NULL,"
+  "  PRIMARY KEY (app_id, channel, address)"
+  ") WITHOUT ROWID;",
 };
 
 const int herald_store_migration_count =

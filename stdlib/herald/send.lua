@@ -16,15 +16,23 @@
 -- Addresses or Endpoints, as the two Pinpoint requests cannot be combined.
 --
 -- DeliveryStatus is SUCCESSFUL, THROTTLED (over a provider limit: not sent), TEMPORARY_FAILURE,
--- PERMANENT_FAILURE, UNKNOWN_FAILURE, OPT_OUT (the endpoint opted out; for an address, an
--- endpoint of the app with that channel and address opted out; or the provider says the
--- recipient did) or DUPLICATE (a message to the same channel and address is sent by an entry
+-- PERMANENT_FAILURE, UNKNOWN_FAILURE, OPT_OUT (the endpoint opted out; the address is on the
+-- app's opt-out list; for an address, an endpoint of the app with that channel and address
+-- opted out; or the provider says the recipient did) or DUPLICATE (a message to the same channel and address is sent by an entry
 -- before it: Addresses, then Endpoints, then Users, each in sorted order). Messages
 -- go through the providers file herald.deliver is configured with (opts.providers: a path or a
 -- table), concurrently; the call waits, so it runs in a task. The MessageId of each is its
 -- idempotency key, derived from TraceId (or a fresh random request id) and the address. Each
 -- message sent is recorded (direct_messages, runtime/outbox.h: 30 days) so provider receipts
 -- and bounce or complaint mail of its id reach its endpoint.
+--
+-- The opt-out list: an SMS OPTOUT (a STOP reply) or an email COMPLAINT of a message sent to an
+-- address the request named puts its channel and address on the app's list (the status webhook,
+-- runtime/ingest.c), whether or not an endpoint has the address; a message to the address,
+-- named or an endpoint's, is then OPT_OUT and not sent.
+--   herald.send.optouts { channel = 'SMS', address = '+15550101' }   -- both optional
+--     -> { { ChannelType, Address, Source = '_SMS.OPTOUT', MessageId, Reason, Timestamp }, ... }
+--   herald.send.lift_optout('SMS', '+15550101')   -- true when it was on the list
 --
 -- TemplateConfiguration names a stored template per channel kind (EmailTemplate,
 -- SMSTemplate, PushTemplate, with an optional Version): a channel whose message gives no
@@ -110,6 +118,14 @@ local function address_opted_out(app, channel, address)
   return rows[1] ~= nil
 end
 
+-- The app's opt-out list entry for channel and address, or nil.
+local function listed_optout(app, channel, address)
+  local rows, err = store.query('SELECT source, message_id, opted_out_at FROM address_optouts'
+                                .. ' WHERE app_id = ? AND channel = ? AND address = ?', app, channel, address)
+  if rows == nil then error('herald.send: ' .. tostring(err), 0) end
+  return rows[1]
+end
+
 local function status_code(status)
   return ({ SUCCESSFUL = 200, THROTTLED = 429, TEMPORARY_FAILURE = 503, PERMANENT_FAILURE = 400,
             UNKNOWN_FAILURE = 500, OPT_OUT = 400, DUPLICATE = 400 })[status]
@@ -147,6 +163,13 @@ function send.send(req, opts)
     end
     if ctx and ctx.OptOut == 'ALL' then
       r.DeliveryStatus, r.StatusMessage = 'OPT_OUT', 'the endpoint opted out'
+      return
+    end
+    local listed = listed_optout(app, channel, address)
+    if listed then
+      r.DeliveryStatus, r.StatusMessage = 'OPT_OUT', string.format(
+        'the address is on the opt-out list (%s of message %s at %s; herald.send.lift_optout takes it off)',
+        listed.source, listed.message_id, listed.opted_out_at)
       return
     end
     if ctx == nil and address_opted_out(app, channel, address) then
@@ -333,6 +356,44 @@ function send.send(req, opts)
     return { RequestId = request_id, ApplicationId = app, Result = users_result }
   end
   return { RequestId = request_id, ApplicationId = app, Result = result, EndpointResult = endpoint_result }
+end
+
+local function optional_string(fn, name, v)
+  if v ~= nil and type(v) ~= 'string' then error(string.format('%s: %s: expected a string', fn, name), 3) end
+end
+
+-- The app's opt-out list (opts.channel, opts.address: only those; opts.app: another app's),
+-- sorted by channel and address; nil, err when the store fails.
+function send.optouts(opts)
+  if opts ~= nil and type(opts) ~= 'table' then
+    error('herald.send.optouts: expected a table { channel =, address =, app = } or nothing', 2)
+  end
+  opts = opts or {}
+  for _, k in ipairs({ 'channel', 'address', 'app' }) do optional_string('herald.send.optouts', k, opts[k]) end
+  local rows, err = store.query('SELECT channel, address, source, message_id, reason, opted_out_at FROM address_optouts'
+                                .. ' WHERE app_id = ? AND (?2 IS NULL OR channel = ?2) AND (?3 IS NULL OR address = ?3)'
+                                .. ' ORDER BY channel, address',
+                                opts.app or require('herald.core').app(), opts.channel, opts.address)
+  if rows == nil then return nil, 'herald.send.optouts: ' .. tostring(err) end
+  local out = {}
+  for i, r in ipairs(rows) do
+    out[i] = { ChannelType = r.channel, Address = r.address, Source = r.source, MessageId = r.message_id,
+               Reason = r.reason, Timestamp = r.opted_out_at }
+  end
+  return json.array(out)
+end
+
+-- Takes channel and address off the app's opt-out list (opts.app: another app's), when the
+-- recipient asked for messages again: true when it was on it, false when not; nil, err when the
+-- store fails.
+function send.lift_optout(channel, address, opts)
+  if type(channel) ~= 'string' then error('herald.send.lift_optout: channel: expected a string such as \'SMS\'', 2) end
+  if type(address) ~= 'string' then error('herald.send.lift_optout: address: expected a string', 2) end
+  if opts ~= nil and type(opts) ~= 'table' then error('herald.send.lift_optout: expected a table { app = } or nothing', 2) end
+  optional_string('herald.send.lift_optout', 'app', opts and opts.app)
+  local lifted, err = outbox.lift_optout(channel, address, opts and opts.app or require('herald.core').app())
+  if lifted == nil then return nil, 'herald.send.lift_optout: ' .. tostring(err) end
+  return lifted
 end
 
 return setmetatable(send, { __call = function(_, req, opts) return send.send(req, opts) end })

@@ -414,6 +414,99 @@ describe('herald send receipts', function()
     assert.are.same({ 1, 1, 0, 0 }, { h.count(sent, 'Promo1'), h.count(sent, 'Promo2'), h.count(sent, 'Promo3'), h.count(sent, 'Promo4') })
   end)
 
+  it("keeps a STOP or a complaint of a message to an address on the app's opt-out list, endpoint or none", function()
+    local dir = h.tmpdir()
+    file_providers(dir)
+    local _, c0, e0 = h.herald([[--db d.db -e "assert(herald.endpoints.put{ Id='dee-sms', ChannelType='SMS', Address='+15550005555' })"]],
+                               { cwd = dir })
+    assert.are.equal(0, c0, e0)
+    local function sent(args, key)
+      local out, code, err = h.herald('--db d.db send ' .. args, { cwd = dir })
+      assert.are.equal(0, code, err)
+      return json.decode(out).Result[key].MessageId
+    end
+    -- two addresses no endpoint has, and one an endpoint has
+    local sms = sent('--channel SMS --to +15550006666 --body Promo1', '+15550006666')
+    local mail = sent('--channel EMAIL --to eve@example.com --title Hi --body Mail1', 'eve@example.com')
+    local dee = sent('--channel SMS --to +15550005555 --body Promo2', '+15550005555')
+    local pid, port = start_serve(dir)
+    local ok, e = pcall(function()
+      local code, body = post_status(port, { MessageId = sms, Type = 'SMS', Status = 'OPTOUT', Reason = 'STOP',
+                                             Timestamp = '2026-03-01T10:00:00Z' })
+      assert.are.equal(202, code, body)
+      assert.are.same({ EventType = '_SMS.OPTOUT', OptOut = { ChannelType = 'SMS', Address = '+15550006666' },
+                        Message = 'Accepted' }, json.decode(body))
+      -- the provider's retry changes nothing
+      local again, body_again = post_status(port, { MessageId = sms, Type = 'SMS', Status = 'OPTOUT',
+                                                    Timestamp = '2026-03-02T10:00:00Z' })
+      assert.are.equal(202, again, body_again)
+      local code2, body2 = post_status(port, { MessageId = mail, Type = 'COMPLAINT' })
+      assert.are.equal(202, code2, body2)
+      assert.are.same({ EventType = '_email.complaint', OptOut = { ChannelType = 'EMAIL', Address = 'eve@example.com' },
+                        Message = 'Accepted' }, json.decode(body2))
+      -- the endpoint with the address is opted out as before, and the address listed as well
+      local code3, body3 = post_status(port, { MessageId = dee, Type = 'SMS', Status = 'OPTOUT' })
+      assert.are.equal(202, code3, body3)
+      assert.are.same({ EventType = '_SMS.OPTOUT', EndpointId = 'dee-sms',
+                        OptOut = { ChannelType = 'SMS', Address = '+15550005555' }, Message = 'Accepted' }, json.decode(body3))
+      -- a receipt that asks for nothing still has nothing to record without an endpoint
+      local code4, body4 = post_status(port, { MessageId = sms, Type = 'SMS', Status = 'SUCCESS' })
+      assert.are.equal(404, code4, body4)
+      assert.matches('which no endpoint of application', body4, 1, true)
+    end)
+    os.execute('kill ' .. pid)
+    assert(ok, e)
+    assert.are.equal('ALL', h.query(dir, 'd.db', "SELECT opt_out FROM endpoints WHERE id = 'dee-sms'")[1].opt_out)
+    assert.are.same({ { channel = 'EMAIL', address = 'eve@example.com', source = '_email.complaint', message_id = mail },
+                      { channel = 'SMS', address = '+15550005555', source = '_SMS.OPTOUT', message_id = dee },
+                      { channel = 'SMS', address = '+15550006666', source = '_SMS.OPTOUT', message_id = sms, reason = 'STOP',
+                        opted_out_at = '2026-03-01T10:00:00.000Z' } },
+      h.query(dir, 'd.db', "SELECT channel, address, source, message_id, reason,"
+        .. " CASE WHEN message_id = '" .. sms .. "' THEN opted_out_at END AS opted_out_at"
+        .. " FROM address_optouts ORDER BY channel, address"))
+
+    -- nothing more goes to a listed address, whether the request names it or an endpoint has it
+    local out1, c1 = h.herald('--db d.db send --channel SMS --to +15550006666 --body Promo3', { cwd = dir })
+    assert.are.equal(1, c1)
+    local r1 = json.decode(out1).Result['+15550006666']
+    assert.are.same({ 'OPT_OUT', 400 }, { r1.DeliveryStatus, r1.StatusCode })
+    assert.is_nil(r1.MessageId)
+    assert.matches('on the opt-out list (_SMS.OPTOUT of message ' .. sms, r1.StatusMessage, 1, true)
+    assert.matches('herald.send.lift_optout', r1.StatusMessage, 1, true)
+    h.write(dir .. '/s.lua', [[
+      assert(herald.endpoints.put { Id = 'eve-mail', ChannelType = 'EMAIL', Address = 'eve@example.com' })
+      local cfg = herald.providers.load('providers.lua')
+      local res = herald.send({ Addresses = { ['eve@example.com'] = { ChannelType = 'EMAIL' } },
+                                Endpoints = { ['eve-mail'] = {} },
+                                MessageConfiguration = { DefaultMessage = { Title = 'Hi', Body = 'Mail2' } } }, { providers = cfg })
+      print(res.Result['eve@example.com'].DeliveryStatus, res.EndpointResult['eve-mail'].DeliveryStatus,
+            res.EndpointResult['eve-mail'].StatusMessage)
+      local list = herald.send.optouts { channel = 'SMS' }
+      print(#list, list[2].Address, list[2].Source, list[2].MessageId == ']] .. sms .. [[', list[2].Reason, list[2].Timestamp)
+      print(#herald.send.optouts(), #herald.send.optouts { address = 'nobody@example.com' })
+      print(herald.send.lift_optout('SMS', '+15550006666'), herald.send.lift_optout('SMS', '+15550006666'))
+      print(select(2, pcall(function() herald.send.lift_optout('SMS') end)))
+      print(select(2, pcall(function() herald.send.optouts { channel = 1 } end)))
+    ]])
+    local out2, c2, e2 = h.herald('--db d.db s.lua', { cwd = dir })
+    assert.are.equal(0, c2, e2)
+    local lines = {}
+    for l in out2:gmatch('[^\n]+') do lines[#lines + 1] = l end
+    assert.matches('^OPT_OUT\tOPT_OUT\tthe address is on the opt%-out list %(_email%.complaint of message ', lines[1])
+    assert.are.equal('2\t+15550006666\t_SMS.OPTOUT\ttrue\tSTOP\t2026-03-01T10:00:00.000Z', lines[2])
+    assert.are.equal('3\t0', lines[3])
+    assert.are.equal('true\tfalse', lines[4])
+    assert.matches('s.lua:12: herald.send.lift_optout: address: expected a string', lines[5], 1, true)
+    assert.matches('s.lua:13: herald.send.optouts: channel: expected a string', lines[6], 1, true)
+    -- lifted: the number is sent to again
+    local out3, c3, e3 = h.herald('--db d.db send --channel SMS --to +15550006666 --body Promo4', { cwd = dir })
+    assert.are.equal(0, c3, e3)
+    assert.are.equal('SUCCESSFUL', json.decode(out3).Result['+15550006666'].DeliveryStatus)
+    local out_txt = h.read(dir .. '/out.txt')
+    assert.are.same({ 1, 1, 0, 0, 1 }, { h.count(out_txt, 'Promo1'), h.count(out_txt, 'Mail1'), h.count(out_txt, 'Promo3'),
+                                         h.count(out_txt, 'Mail2'), h.count(out_txt, 'Promo4') })
+  end)
+
   it('prints the SendUsersMessageResponse for --user', function()
     local dir = h.tmpdir()
     file_providers(dir)

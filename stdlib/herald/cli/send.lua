@@ -14,6 +14,12 @@ TEMPORARY_FAILURE, PERMANENT_FAILURE, UNKNOWN_FAILURE, OPT_OUT, DUPLICATE). --us
 combined with --to or --endpoint (two Pinpoint requests). The exit status is 0 when every
 message was SUCCESSFUL, 1 otherwise.
 
+An address on the application's opt-out list (an SMS STOP or an email complaint of an earlier
+direct message to it, posted to `herald serve`'s status webhook) is OPT_OUT and not sent to,
+whether named by --to or an endpoint's. See the list and lift an entry with
+  herald -e "print(herald.json.encode(herald.send.optouts()))"
+  herald -e "print(herald.send.lift_optout('SMS', '+15550101'))"
+
 options:
   --providers FILE   the providers file (default: ./providers.lua)
   --to ADDRESS       an address (repeatable); needs --channel
