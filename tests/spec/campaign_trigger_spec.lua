@@ -332,6 +332,7 @@ describe('where an event campaign starts', function()
       UPDATE events SET arrival = '2026-07-01T00:00:00.000Z' WHERE event_id = 'after';
       DROP TABLE direct_messages;
       DROP INDEX outbox_message_claimed;
+      DROP TABLE address_optouts;
       PRAGMA user_version = 14;
     ]])
     local before = q(dir, "SELECT seq FROM events WHERE event_id = 'before'")[1].seq
