@@ -512,7 +512,7 @@ static int l_claim(lua_State *L) {
     return raise_error(L, &err);
   lua_createtable(L, count, 0);
   for (int i = 0; i < count; i++) {
-    lua_createtable(L, 0, 12);
+    lua_createtable(L, 0, 13);
     lua_pushinteger(L, rows[i].id); lua_setfield(L, -2, "id");
     lua_pushinteger(L, rows[i].run_id); lua_setfield(L, -2, "run_id");
     lua_pushstring(L, rows[i].campaign_id); lua_setfield(L, -2, "campaign_id");
@@ -523,6 +523,7 @@ static int l_claim(lua_State *L) {
     lua_pushstring(L, rows[i].channel); lua_setfield(L, -2, "channel");
     lua_pushstring(L, rows[i].address); lua_setfield(L, -2, "address");
     lua_pushinteger(L, rows[i].due_ms); lua_setfield(L, -2, "due_ms");
+    lua_pushinteger(L, rows[i].first_due_ms); lua_setfield(L, -2, "first_due_ms");
     if (rows[i].zone[0]) {
       lua_pushstring(L, rows[i].zone);
       lua_setfield(L, -2, "zone");

@@ -30,6 +30,7 @@ local endpoints = require 'herald.endpoints'
 local providers = require 'herald.providers'
 local hcore = require 'herald.core'
 local time = require 'herald.time'
+local campaign = require 'herald.campaign'
 
 local deliver = {}
 
@@ -738,6 +739,36 @@ local function in_quiet_time(def, row, now_ms)
   return nil
 end
 
+-- Whether a claimed row of an event-triggered campaign is stale at now_ms. Pinpoint drops a
+-- message of an event-based campaign it cannot deliver within five minutes, and the bound
+-- (Herald.StaleAfterSeconds, 5 minutes by default) holds until the message goes out, not only
+-- when it is written: one written in time but left waiting (herald stopped, the campaign
+-- paused, a backlog under MessagesPerSecond, a provider's Retry-After) is not sent hours late.
+-- Late counts from its first due time, which retries and rate-limit deferrals leave as it
+-- was: a retry past the bound is not tried again either (Pinpoint does not redeliver then).
+-- Quiet time under the defer policy is the one wait by design: as a scheduled run's staleness
+-- counts from its deferred due time, a message that quiet time holds when its bound runs out
+-- (in time when quiet time began) is due when quiet time ends and has the bound again from
+-- then: 21:58's message caught at 22:00 goes at 07:00, 21:00's does not. Only once, or a bound
+-- longer than the hours outside quiet time would be renewed every night.
+local function is_stale(def, row, now_ms)
+  local sched = type(def.Schedule) == 'table' and def.Schedule or EMPTY
+  if sched.Frequency ~= 'EVENT' then return false end
+  local ext = type(def.Herald) == 'table' and def.Herald or EMPTY
+  local bound = (tonumber(ext.StaleAfterSeconds) or campaign.DEFAULT_TRIGGER_STALE_AFTER_S) * 1000
+  local due = row.first_due_ms
+  if now_ms - due <= bound then return false end
+  local w = quiet_window(def, row.treatment)
+  if not w or w.skip then return true end
+  -- an unusable zone was dealt with when the row was written: no quiet time to wait for
+  local quiet, ends = time.quiet(w.quiet, due, row.zone, w.tz)
+  if quiet then due = ends end
+  local deadline = due + bound
+  quiet, ends = time.quiet(w.quiet, deadline, row.zone, w.tz)
+  if quiet then deadline = ends + bound end
+  return now_ms > deadline
+end
+
 -- Renders and routes a claim's rows: reports (rows that cannot be sent), defers (rows over a
 -- limit or in quiet time) and items to send.
 local function prepare_rows(rows, now_ms)
@@ -746,6 +777,11 @@ local function prepare_rows(rows, now_ms)
     local def, err = definition(row.campaign_id, row.campaign_version)
     local ep, profile, msg
     local why_not, until_ms
+    -- stale first: a message too late to go is not held to the end of quiet time either
+    if def and is_stale(def, row, now_ms) then
+      reports[#reports + 1] = { id = row.id, state = 'SKIPPED', reason = 'STALE' }
+      goto continue
+    end
     if def then why_not, until_ms = in_quiet_time(def, row, now_ms) end
     if why_not then
       if until_ms then

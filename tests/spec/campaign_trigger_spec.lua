@@ -187,6 +187,140 @@ describe('event-triggered campaigns', function()
     assert.are.equal(1, stale)
   end)
 
+  -- The bound holds until the message goes out, not only when it is written.
+  local function stale_states(dir)
+    return q(dir, 'SELECT r.campaign_id, o.endpoint_id, o.state, o.reason, o.attempts FROM outbox o'
+      .. ' JOIN campaign_runs r ON r.id = o.run_id ORDER BY r.campaign_id, o.endpoint_id')
+  end
+
+  it('skips a triggered message written in time but still waiting past the bound (herald stopped, the campaign paused) as STALE', function()
+    local dir = h.tmpdir()
+    h.write(dir .. '/cart.lua', [[
+      for i = 1, 3 do herald.endpoints.put{ Id = 'u' .. i, ChannelType = 'EMAIL', Address = 'u' .. i .. '@example.com' } end
+      herald.campaign{ name = 'cart', segment = herald.segment{ name = 'all' }, deliver = { file = 'out.txt' },
+        message = { subject = 'Your cart', body = 'Still thinking?' },
+        schedule = { event = { types = { 'cart.add' }, delay = '1h' } } }
+    ]])
+    local function run(args)
+      local _, code, err = h.herald('--db c.db run ' .. args .. ' cart.lua', { cwd = dir })
+      assert.are.equal(0, code, err)
+    end
+    run('--clock-start 2027-01-01T09:00:00Z --until 2027-01-01T09:00:01Z')
+    events(dir, { { 'u1', 'a1', 'cart.add', '2027-01-01T10:00:00Z' }, { 'u2', 'a2', 'cart.add', '2027-01-01T10:30:00Z' },
+                  { 'u3', 'a3', 'cart.add', '2027-01-01T10:50:00Z' } })
+    -- written in time, due at 11:00, 11:30 and 11:50
+    run('--clock-start 2027-01-01T10:51:00Z --until 2027-01-01T10:52:00Z')
+    assert.are.same({ { n = 3 } }, q(dir, "SELECT count(*) AS n FROM outbox WHERE state = 'PENDING'"))
+    -- herald stopped until 11:03: u1's message is three minutes late, within the five
+    run('--clock-start 2027-01-01T11:03:00Z --until 2027-01-01T11:04:00Z')
+    -- the campaign paused from 11:04 to 11:40: u2's message, due at 11:30, is ten minutes late
+    -- when it is resumed; u3's falls due after that
+    local _, code, err = h.herald('--db c.db campaign pause cart', { cwd = dir })
+    assert.are.equal(0, code, err)
+    run('--clock-start 2027-01-01T11:30:00Z --until 2027-01-01T11:35:00Z')
+    _, code, err = h.herald('--db c.db campaign resume cart', { cwd = dir })
+    assert.are.equal(0, code, err)
+    run('--until-idle --clock-start 2027-01-01T11:40:00Z')
+    assert.are.same({
+      { campaign_id = 'cart', endpoint_id = 'u1', state = 'SENT', attempts = 1 },
+      { campaign_id = 'cart', endpoint_id = 'u2', state = 'SKIPPED', reason = 'STALE', attempts = 0 },
+      { campaign_id = 'cart', endpoint_id = 'u3', state = 'SENT', attempts = 1 },
+    }, stale_states(dir))
+    local text = h.read(dir .. '/out.txt')
+    assert.are.equal(2, h.count(text, '--- message '))
+    assert.is_nil(text:find('to: u2@', 1, true))
+    local st = json.decode((h.herald('--db c.db campaign status cart', { cwd = dir })))
+    local stale = 0
+    for _, a in ipairs(st.Activities) do stale = stale + (a.ExecutionMetrics.STALE or 0) end
+    assert.are.equal(1, stale)
+  end)
+
+  it('skips a triggered message held back past the bound by MessagesPerSecond as STALE', function()
+    local dir = h.tmpdir()
+    h.write(dir .. '/rush.lua', [[
+      for i = 1, 10 do herald.endpoints.put{ Id = string.format('u%02d', i), ChannelType = 'EMAIL', Address = i .. '@example.com' } end
+      herald.campaign{ name = 'rush', segment = herald.segment{ name = 'all' }, deliver = { file = 'out.txt' },
+        message = { body = 'Welcome' }, schedule = { event = { types = { 'signup' } } },
+        limits = { messages_per_second = 1 }, stale_after = 5 }
+    ]])
+    local _, code, err = h.herald('--db c.db run --clock-start 2027-01-01T09:00:00Z --until 2027-01-01T09:00:01Z rush.lua', { cwd = dir })
+    assert.are.equal(0, code, err)
+    local list = {}
+    for i = 1, 10 do list[i] = { string.format('u%02d', i), 's' .. i, 'signup', '2027-01-01T10:00:00Z' } end
+    events(dir, list)
+    _, code, err = h.herald('--db c.db run --until-idle --clock-start 2027-01-01T10:00:00Z rush.lua', { cwd = dir })
+    assert.are.equal(0, code, err)
+    -- one a second from 10:00:00: those of the first five seconds go, the four after are stale
+    assert.are.same({ { state = 'SENT', reason = '', attempts = 1, n = 6 },
+                      { state = 'SKIPPED', reason = 'STALE', attempts = 0, n = 4 } },
+      q(dir, "SELECT state, coalesce(reason, '') AS reason, attempts, count(*) AS n FROM outbox GROUP BY 1, 2, 3 ORDER BY 1"))
+    assert.are.same({ { late = 5000 } }, q(dir, "SELECT max(updated_ms - first_due_ms) AS late FROM outbox WHERE state = 'SENT'"))
+    assert.are.equal(6, h.count(h.read(dir .. '/out.txt'), '--- message '))
+  end)
+
+  it('gives a triggered message that quiet time holds when its bound runs out the bound again from the end of quiet time', function()
+    local dir = h.tmpdir()
+    h.write(dir .. '/night.lua', [[
+      for i = 1, 2 do
+        herald.endpoints.put{ Id = 'u' .. i, ChannelType = 'EMAIL', Address = 'u' .. i .. '@example.com', Demographic = { Timezone = 'UTC' } }
+      end
+      for name, bound in pairs({ night = 300, brief = 120 }) do
+        herald.campaign{ name = name, segment = herald.segment{ name = 'all' }, deliver = { file = name .. '.txt' },
+          message = { body = 'Still thinking?' }, quiet_time = { start = '22:00', ['end'] = '07:00' },
+          schedule = { event = { types = { 'cart.add' }, delay = '1h' } }, stale_after = bound }
+      end
+    ]])
+    local function run(args)
+      local _, code, err = h.herald('--db c.db run ' .. args .. ' night.lua', { cwd = dir })
+      assert.are.equal(0, code, err)
+    end
+    run('--clock-start 2027-01-01T19:00:00Z --until 2027-01-01T19:00:01Z')
+    events(dir, { { 'u1', 'a1', 'cart.add', '2027-01-01T20:00:00Z' }, { 'u2', 'a2', 'cart.add', '2027-01-01T20:58:30Z' } })
+    -- written in time, due at 21:00 and 21:58:30
+    run('--clock-start 2027-01-01T20:59:00Z --until 2027-01-01T20:59:30Z')
+    -- herald stopped until 22:01: u1's message was late before quiet time began; u2's was in
+    -- time when it began (its bounds of 5 and 2 minutes run out at 22:03:30 and 22:00:30, in
+    -- quiet time), so it is held to 07:00 as one triggered in quiet time would be
+    run('--clock-start 2027-01-01T22:01:00Z --until 2027-01-01T22:02:00Z')
+    assert.are.same({
+      { campaign_id = 'brief', endpoint_id = 'u1', state = 'SKIPPED', reason = 'STALE', attempts = 0 },
+      { campaign_id = 'brief', endpoint_id = 'u2', state = 'PENDING', attempts = 0 },
+      { campaign_id = 'night', endpoint_id = 'u1', state = 'SKIPPED', reason = 'STALE', attempts = 0 },
+      { campaign_id = 'night', endpoint_id = 'u2', state = 'PENDING', attempts = 0 },
+    }, stale_states(dir))
+    -- herald stopped again until 07:03: within five minutes of the end of quiet time, not two
+    run('--until-idle --clock-start 2027-01-02T07:03:00Z')
+    assert.are.same({
+      { campaign_id = 'brief', endpoint_id = 'u1', state = 'SKIPPED', reason = 'STALE', attempts = 0 },
+      { campaign_id = 'brief', endpoint_id = 'u2', state = 'SKIPPED', reason = 'STALE', attempts = 0 },
+      { campaign_id = 'night', endpoint_id = 'u1', state = 'SKIPPED', reason = 'STALE', attempts = 0 },
+      { campaign_id = 'night', endpoint_id = 'u2', state = 'SENT', attempts = 1 },
+    }, stale_states(dir))
+    assert.is_nil(h.read(dir .. '/brief.txt'))
+    assert.are.equal(1, h.count(h.read(dir .. '/night.txt'), 'to: u2@'))
+  end)
+
+  it('does not retry a triggered message once the bound has run out: STALE, its attempts kept', function()
+    local dir = h.tmpdir()
+    h.write(dir .. '/flaky.lua', [[
+      herald.endpoints.put{ Id = 'u1', ChannelType = 'EMAIL', Address = 'u1@example.com' }
+      herald.campaign{ name = 'cart', segment = herald.segment{ name = 'all' }, deliver = 'channels',
+        message = { subject = 'Your cart', body = 'Still thinking?' }, schedule = { event = { types = { 'cart.add' } } } }
+    ]])
+    -- every attempt fails for a while; retries come four minutes apart
+    h.write(dir .. '/providers.lua', [[
+      return { profiles = { busy = { type = 'lua', send = function() return nil, 'mailbox busy', 'transient' end } },
+               channels = { EMAIL = 'busy' }, retry = { max_attempts = 5, min_ms = 240000, max_ms = 240000, jitter = 0 } }
+    ]])
+    local _, code, err = h.herald('--db c.db run --clock-start 2027-01-01T09:00:00Z --until 2027-01-01T09:00:01Z flaky.lua', { cwd = dir })
+    assert.are.equal(0, code, err)
+    events(dir, { { 'u1', 'a1', 'cart.add', '2027-01-01T10:00:00Z' } })
+    _, code, err = h.herald('--db c.db run --until-idle --clock-start 2027-01-01T10:00:00Z flaky.lua', { cwd = dir })
+    assert.are.equal(0, code, err)
+    -- tried at 10:00 and 10:04; the third try, at 10:08, would be eight minutes late
+    assert.are.same({ { state = 'SKIPPED', reason = 'STALE', attempts = 2 } }, q(dir, 'SELECT state, reason, attempts FROM outbox'))
+  end)
+
   it('makes a campaign whose predicate fails or runs away INVALID alone: the others go on', function()
     local dir = h.tmpdir()
     h.write(dir .. '/two.lua', [[
