@@ -405,10 +405,20 @@ static void handle_mail(void *ctx, const HeraldHttpRequest *req, HeraldHttpRespo
     if (rc != kHeraldOk) {
       herald_http_response_error(res, rc == kHeraldNotFound ? 404 : rc == kHeraldInvalid ? 400 : 500, err.msg);
     } else {
-      json_t *answer = json_pack("{s:s, s:s, s:s, s:s}", "EventType", type, "EndpointId", endpoint,
-                                 "MessageId", r->message_id, "Message", "Accepted");
-      herald_http_response_json(res, 202, answer);
-      json_decref(answer);
+      json_t *answer = json_pack("{s:s, s:s, s:s}", "EventType", type, "MessageId", r->message_id,
+                                 "Message", "Accepted");
+      /* no endpoint: a complaint of a direct mail to an address no endpoint has, which went on
+       * the application's opt-out list (runtime/ingest.c) */
+      if (answer && endpoint[0] && json_object_set_new(answer, "EndpointId", json_string(endpoint)) != 0) {
+        json_decref(answer);
+        answer = NULL;
+      }
+      if (answer == NULL) {
+        herald_http_response_error(res, 503, "out of memory");
+      } else {
+        herald_http_response_json(res, 202, answer);
+        json_decref(answer);
+      }
     }
   }
   free(r);

@@ -333,6 +333,38 @@ describe('bounces and complaints of direct mail', function()
       local ev = query(dir, "SELECT endpoint_id, attributes FROM events WHERE event_type IN ('_email.hardbounce', '_email.complaint')"
         .. ' ORDER BY endpoint_id')
       assert.are.same({ mid1, mid2 }, { json.decode(ev[1].attributes).message_id, json.decode(ev[2].attributes).message_id })
+
+      -- a complaint of a mail to an address no endpoint has puts the address on the opt-out list
+      local out3, c3, e3 = h.herald('--db d.db send --channel EMAIL --to nobody@example.org --title Hi --body Hello', { cwd = dir })
+      assert.are.equal(0, c3, e3)
+      local mid3 = json.decode(out3).Result['nobody@example.org'].MessageId
+      local r3 = store:message(3).raw
+      assert.are.equal(mid3, r3:match('\r\nX%-Herald%-Message%-Id: ([^\r\n]+)'))
+      h.write(dir .. '/3.abuse', arf('nobody@example.org', 'abuse', r3))
+      out, code, err = h.herald('--db d.db feedback 3.abuse', { cwd = dir })
+      assert.are.equal(0, code, out .. err)
+      assert.matches('RECORDED _email.complaint address on the opt-out list message ' .. mid3, out, 1, true)
+      -- (other@example.org's complaint above was of a mail sent --to the address: listed too)
+      local listed = query(dir, 'SELECT channel, address, source FROM address_optouts ORDER BY address')
+      assert.are.same({ { channel = 'EMAIL', address = 'nobody@example.org', source = '_email.complaint' },
+                        { channel = 'EMAIL', address = 'other@example.org', source = '_email.complaint' } }, listed)
+      -- posted to the server again: accepted (recorded once), no EndpointId where there is none
+      local inner = h.shell_quote(h.exe) .. ' --db d.db serve --listen 127.0.0.1:0 > serve.out 2> serve.err & echo $! > serve.pid; wait'
+      os.execute('cd ' .. h.shell_quote(dir) .. ' && sh -c ' .. h.shell_quote(inner) .. ' > /dev/null 2>&1 &')
+      local port = h.wait_for(function()
+        return tonumber((h.read(dir .. '/serve.out') or ''):match('listening on http://127%.0%.0%.1:(%d+)'))
+      end, 20000, 'herald serve to listen')
+      local pid = h.wait_for(function() return tonumber((h.read(dir .. '/serve.pid') or ''):match('%d+')) end,
+        5000, 'the server pid')
+      h.write(dir .. '/requests.json', json.encode({ { method = 'POST', path = '/v1/apps/default/webhooks/mail',
+        body = arf('nobody@example.org', 'abuse', r3) } }))
+      local answers, hc = h.sh('python3 ' .. h.shell_quote(h.root .. '/tests/helpers/http_batch.py') .. ' ' .. port
+        .. ' ' .. h.shell_quote(dir .. '/requests.json') .. ' 2>&1')
+      os.execute('kill ' .. pid)
+      assert.are.equal(0, hc, answers)
+      local a = json.decode(answers)[1]
+      assert.are.equal(202, a.status, a.body)
+      assert.are.same({ EventType = '_email.complaint', MessageId = mid3, Message = 'Accepted' }, json.decode(a.body))
     end)
     store:stop()
     assert(ok, e)

@@ -50,7 +50,10 @@ local function report(path, r, as_json)
   end
   local detail
   if r.result == 'RECORDED' then
-    detail = string.format('%s endpoint %s message %s: %s', r.event_type, r.endpoint_id, r.message_id, r.reason or '')
+    -- no endpoint: the address went on the application's opt-out list (a complaint of a direct
+    -- mail to an address no endpoint has)
+    local who = (r.endpoint_id or '') ~= '' and ('endpoint ' .. r.endpoint_id) or 'address on the opt-out list'
+    detail = string.format('%s %s message %s: %s', r.event_type, who, r.message_id, r.reason or '')
   elseif r.result == 'UNMATCHED' and r.message_id then
     detail = 'message ' .. r.message_id .. ': ' .. (r.reason or '')
   else
