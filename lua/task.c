@@ -121,14 +121,20 @@ static lua_State *main_thread(lua_State *L) {
   return m;
 }
 
-/* spawn(fn, ...) -> handle. The task starts at once and runs until it first waits. */
-static int l_spawn(lua_State *L) {
+/* Starts fn(...) (at 1..top) as a task and returns its handle. observed is set before the
+ * first step, which runs the task at once: a task that fails before it first waits is
+ * otherwise reported here too, as well as by the spawner that reads the handle. */
+static int spawn(lua_State *L, int observed) {
   luaL_checktype(L, 1, LUA_TFUNCTION);
   int nargs = lua_gettop(L) - 1;
   lua_State *co = lua_newthread(L);
   lua_newtable(L);  /* handle */
   lua_pushboolean(L, 0);
   lua_setfield(L, -2, "done");
+  if (observed) {
+    lua_pushboolean(L, 1);
+    lua_setfield(L, -2, "observed");
+  }
   lua_getfield(L, LUA_REGISTRYINDEX, TASKS_KEY);
   lua_pushvalue(L, -3);  /* thread */
   lua_pushvalue(L, -3);  /* handle */
@@ -141,6 +147,14 @@ static int l_spawn(lua_State *L) {
   task_step(L, co, nargs);
   return 1;
 }
+
+/* spawn(fn, ...) -> handle. The task starts at once and runs until it first waits; a failure
+ * nobody reads from the handle (handle.observed unset) is printed when it happens. */
+static int l_spawn(lua_State *L) { return spawn(L, 0); }
+
+/* spawn_observed(fn, ...) -> handle: as spawn, for a spawner that reports the failure itself
+ * (handle.error once handle.done), from the first step on. */
+static int l_spawn_observed(lua_State *L) { return spawn(L, 1); }
 
 static int in_task(lua_State *L) {
   if (!lua_isyieldable(L)) return 0;
@@ -472,7 +486,8 @@ int luaopen_herald_core_task(lua_State *L) {
   luaL_getsubtable(L, LUA_REGISTRYINDEX, TASKS_KEY);
   lua_pop(L, 1);
   static const luaL_Reg funcs[] = {
-    {"spawn", l_spawn},     {"sleep", l_sleep}, {"run", l_run},           {"run_once", l_run_once},
+    {"spawn", l_spawn},     {"spawn_observed", l_spawn_observed},
+    {"sleep", l_sleep},     {"run", l_run},     {"run_once", l_run_once},
     {"stop", l_stop},       {"now", l_now},     {"in_task", l_in_task},   {"failures", l_failures},
     {"watch_signals", l_watch_signals},         {"request_stop", l_request_stop},
     {"signal", l_signal},

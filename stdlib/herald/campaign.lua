@@ -752,9 +752,10 @@ local function store_campaign(c, source)
   outbox.set_campaign_origin(c.id, source, audience, lua)
 end
 
+-- Its callers tail-call it, so their caller (the definition's line) is `level` up from here.
 local function register(c, level, stored_copy)
   if campaign.defined[c.name] then
-    error('herald.campaign: a campaign named ' .. c.name .. ' is already defined', level + 1)
+    error('herald.campaign: a campaign named ' .. c.name .. ' is already defined', level)
   end
   if pending and not stored_copy then
     pending[#pending + 1] = c

@@ -1,6 +1,7 @@
 -- Command-line interface: global options, then a subcommand or a script to run.
 local core = require 'herald.core'
 local task = require 'herald.core.task'
+local sandbox_core = require 'herald.core.sandbox'
 
 local cli = {}
 
@@ -57,16 +58,29 @@ end
 -- Runs fn(...) as the main task, drives the loop until idle, and reports a failure.
 -- Returns true, results or false, error message.
 function cli.run_task(fn, ...)
-  local handle = task.spawn(function(...)
+  local handle = task.spawn_observed(function(...)
     return fn(...)
   end, ...)
-  handle.observed = true
   task.run()
   if not handle.done then
     return false, 'the main task did not finish (the loop stopped while it waited)'
   end
   if not handle.ok then return false, handle.error end
   return true, handle.results
+end
+
+-- files without the repeats: a file named twice (by whatever path) is loaded once, as its
+-- campaigns would otherwise clash with themselves. The first naming of each is kept, in order.
+function cli.distinct_files(files)
+  local seen, out = {}, {}
+  for _, f in ipairs(files) do
+    local key = sandbox_core.realpath(f) or f
+    if not seen[key] then
+      seen[key] = true
+      out[#out + 1] = f
+    end
+  end
+  return out
 end
 
 local function run_script(path, script_args, argv)

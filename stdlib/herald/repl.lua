@@ -12,7 +12,8 @@
 --
 -- On a terminal there is a banner, a prompt, line editing and a history kept in
 -- $HERALD_HISTORY (empty: no file) or ~/.herald_history. With stdin not a terminal the REPL
--- reads plain lines and prints only results, so `echo 'return 1+1' | herald repl` prints 2.
+-- reads plain lines and prints only results, so `echo 'return 1+1' | herald repl` prints 2;
+-- it reads to the end after an error too, and then exits 1.
 local core = require 'herald.core'
 local task = require 'herald.core.task'
 local readline = require 'herald.core.readline'
@@ -83,14 +84,13 @@ end
 function repl.execute(fn, interruptible)
   local result
   local driving = false
-  local handle = task.spawn(function()
+  local handle = task.spawn_observed(function()
     if interruptible then readline.watch_interrupt() end
     result = table.pack(xpcall(fn, traceback))
     -- Stop only a loop we are driving: a stop requested while the loop is idle would make its
     -- next run return at once.
     if driving then task.stop() end
   end)
-  handle.observed = true
   local failure
   while not handle.done do
     driving = true
@@ -257,12 +257,17 @@ function repl.run()
     local src, fn, msg = read_input(prompt, prompt2)
     if src then
       if history then history:add(src) end
+      local failed = fn == nil
       if fn then
         local result = repl.execute(fn, interactive)
         if result[1] then repl.show(result) else report(result[2]) end
+        failed = not result[1]
       else
         report(msg)
       end
+      -- Piped input goes on after an error, but its exit status says one happened (as
+      -- `lua - < file` would fail), so a script that feeds the REPL can tell.
+      if failed and not interactive then code = 1 end
     elseif fn == INTERRUPTED then
       -- Ctrl-C at a prompt drops what was typed, as a shell does.
       io.stdout:write('^C\n')

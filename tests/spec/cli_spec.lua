@@ -57,3 +57,83 @@ describe('herald binary', function()
     assert.matches('herald help: unknown command frobnicate', err, 1, true)
   end)
 end)
+
+describe('an error raised before the main task first waits', function()
+  -- the task runs at once when spawned: its failure was reported as an unobserved task's too
+  local function once(err, msg)
+    assert.are.equal(1, h.count(err, msg), err)
+    assert.are.equal(1, h.count(err, 'stack traceback:'), err)
+    assert.is_nil(err:find('task failed', 1, true), err)
+  end
+
+  it('is printed once for a script', function()
+    local dir = h.tmpdir()
+    local path = h.write(dir .. '/b.lua', 'error("boom")\n')
+    local _, code, err = h.herald(path)
+    assert.are.equal(1, code)
+    once(err, 'b.lua:1: boom')
+  end)
+
+  it('is printed once for -e', function()
+    local _, code, err = h.herald([[-e 'error("boom")']])
+    assert.are.equal(1, code)
+    once(err, '(command line):1: boom')
+  end)
+
+  it('is printed once for herald send', function()
+    local dir = h.tmpdir()
+    h.write(dir .. '/r.json', '{"TraceId": 5}')
+    local _, code, err = h.herald('--db s.db send --request r.json --to a@example.com --channel EMAIL --body hi',
+      { cwd = dir })
+    assert.are_not.equal(0, code)
+    once(err, 'herald.send: TraceId: expected a string')
+  end)
+end)
+
+describe('herald campaign', function()
+  local DEFS = [[
+local all = herald.segment{ name = 'all' }
+for _, name in ipairs{ 'dd', 'vipc' } do
+  herald.campaign{ name = name, segment = all, deliver = { file = 'out.txt' }, message = { body = 'hi' },
+    schedule = { start = '2099-05-03T09:00:00Z' } }
+end
+]]
+
+  it('refuses an unknown option or an extra argument with the usage and exit 2, and changes nothing', function()
+    local dir = h.tmpdir()
+    h.write(dir .. '/d.lua', DEFS)
+    local out, code, err = h.herald('--db c.db campaign load d.lua', { cwd = dir })
+    assert.are.equal(0, code, err)
+    local before = h.herald('--db c.db campaign list', { cwd = dir })
+    assert.matches('dd%s+SCHEDULED', before)
+    local cases = {
+      { 'delete dd --dry-run', 'unknown option --dry-run' },
+      { 'delete dd vipc', 'unexpected argument vipc' },
+      { 'delete -f dd', 'unknown option -f' },
+      { 'pause dd vipc', 'unexpected argument vipc' },
+      { 'pause dd --now', 'unknown option --now' },
+      { 'resume dd vipc', 'unexpected argument vipc' },
+      { 'show dd vipc', 'unexpected argument vipc' },
+      { 'status dd --json', 'unknown option --json' },
+      { 'activities dd vipc', 'unexpected argument vipc' },
+      { 'copy dd dd2 dd3', 'unexpected argument dd3' },
+      { 'copy dd --force dd2', 'unknown option --force' },
+      { 'copy dd', 'needs NAME and NEW_NAME' },
+      { 'delete', 'needs NAME' },
+      { 'list dd', 'unexpected argument dd' },
+      { 'load --dry-run d.lua', 'unknown option --dry-run' },
+    }
+    for _, case in ipairs(cases) do
+      out, code, err = h.herald('--db c.db campaign ' .. case[1], { cwd = dir })
+      assert.are.equal(2, code, case[1])
+      assert.are.equal('', out, case[1])
+      assert.matches(case[2], err, 1, true)
+      assert.matches('usage: herald campaign ACTION', err, 1, true)
+    end
+    assert.are.equal(before, (h.herald('--db c.db campaign list', { cwd = dir })))
+    -- the same actions well formed still work
+    out, code, err = h.herald('--db c.db campaign delete dd', { cwd = dir })
+    assert.are.equal(0, code, err)
+    assert.are.equal('campaign dd: deleted\n', out)
+  end)
+end)

@@ -255,4 +255,38 @@ c.execute('COMMIT')
     assert.matches('bad.lua:2:', err, 1, true)
     assert.matches('holdout: a whole percentage 0%-100', err)
   end)
+
+  it('loads a file named twice (by any path) once, as herald campaign load does', function()
+    local dir = h.tmpdir()
+    h.endpoints_sql(dir, 'q.db', { { id = 'e1', address = 'ann@example.com' } })
+    h.write(dir .. '/d.lua', [[
+local all = herald.segment{ name = 'all' }
+herald.campaign{ name = 'dd', segment = all, deliver = { file = 'out.txt' }, message = { body = 'hi' },
+  schedule = { start = '2027-05-01T12:00:00Z' } }
+]])
+    local out, code, err = h.herald('--db q.db campaign load d.lua ./d.lua ' .. h.shell_quote(dir .. '/d.lua'),
+      { cwd = dir })
+    assert.are.equal(0, code, err)
+    assert.are.equal('loaded 1 file\n', out)
+    out, code, err = h.herald('--db q.db run --clock-start 2027-05-01T00:00:00Z d.lua ./d.lua', { cwd = dir })
+    assert.are.equal(0, code, err)
+    assert.are.equal('', err)
+    assert.matches('default%s+1 endpoints: SENT 1', out)
+    assert.are.equal(1, h.count(h.read(dir .. '/out.txt'), '--- message '))
+    assert.are.equal(0, query(dir, "SELECT count(*) AS n FROM campaigns WHERE state = 'INVALID'"))
+  end)
+
+  it('names the second file and its line when two files define one campaign name', function()
+    local dir = h.tmpdir()
+    local def = "local all = herald.segment{ name = 'all' }\n"
+      .. "herald.campaign{ name = 'dd', segment = all, deliver = { file = 'out.txt' }, message = { body = 'hi' } }\n"
+    h.write(dir .. '/one.lua', def)
+    h.write(dir .. '/two.lua', '\n' .. def)
+    local _, code, err = h.herald('--db q.db run --until-idle one.lua two.lua', { cwd = dir })
+    assert.are.equal(1, code)
+    assert.matches('two.lua:3: herald.campaign: a campaign named dd is already defined', err, 1, true)
+    _, code, err = h.herald('--db q.db campaign load two.lua one.lua', { cwd = dir })
+    assert.are.equal(1, code)
+    assert.matches('one.lua:2: herald.campaign: a campaign named dd is already defined', err, 1, true)
+  end)
 end)

@@ -2,6 +2,7 @@
 -- the store.
 local campaign = require 'herald.campaign'
 local json = require 'herald.core.json'
+local cli = require 'herald.cli'
 
 local M = {}
 
@@ -77,16 +78,50 @@ local function load(files)
   return ok and 0 or 1
 end
 
+-- The operands each action takes: how many (max nil: any number) and what an error calls
+-- them. Anything else on the line is refused before the store is touched: a misspelt option
+-- or a second name must not be taken for a plain delete of the first.
+local OPERANDS = {
+  list = { min = 0, max = 0 },
+  load = { min = 1, needs = 'FILE...' },
+  show = { min = 1, max = 1, needs = 'NAME' },
+  pause = { min = 1, max = 1, needs = 'NAME' },
+  resume = { min = 1, max = 1, needs = 'NAME' },
+  delete = { min = 1, max = 1, needs = 'NAME' },
+  status = { min = 1, max = 1, needs = 'NAME' },
+  activities = { min = 1, max = 1, needs = 'NAME' },
+  copy = { min = 2, max = 2, needs = 'NAME and NEW_NAME' },
+}
+
+local function usage_error(action, fmt, ...)
+  io.stderr:write('herald campaign ' .. action .. ': ' .. string.format(fmt, ...) .. '\n' .. M.usage)
+  return 2
+end
+
 function M.run(args)
-  local action, name = args[1], args[2]
-  if action == 'list' then return list() end
-  if action == 'load' and name ~= nil then
-    return load(table.move(args, 2, #args, 1, {}))
-  end
-  if action == nil or name == nil then
+  local action = args[1]
+  if action == nil then
     io.stderr:write(M.usage)
     return 2
   end
+  local operands = OPERANDS[action]
+  if operands == nil then
+    io.stderr:write('herald campaign: unknown action ' .. action .. '\n' .. M.usage)
+    return 2
+  end
+  -- campaign names start with a letter or digit (and a file can be named ./-f), so a
+  -- leading '-' is always an option
+  for i = 2, #args do
+    if args[i]:sub(1, 1) == '-' then return usage_error(action, 'unknown option %s', args[i]) end
+  end
+  local n = #args - 1
+  if n < operands.min then return usage_error(action, 'needs %s', operands.needs) end
+  if operands.max and n > operands.max then
+    return usage_error(action, 'unexpected argument %s', args[operands.max + 2])
+  end
+  local name = args[2]
+  if action == 'list' then return list() end
+  if action == 'load' then return load(cli.distinct_files(table.move(args, 2, #args, 1, {}))) end
   local ok, err
   if action == 'show' then
     ok, err = show(name)
@@ -94,22 +129,15 @@ function M.run(args)
     ok, err = ACTIONS[action](name)
     if ok then print(string.format('campaign %s: %s', name, action == 'delete' and 'deleted' or action .. 'd')) end
   elseif action == 'copy' then
-    if args[3] == nil then
-      io.stderr:write('herald campaign copy: needs NAME and NEW_NAME\n')
-      return 2
-    end
     ok, err = campaign.copy_stored(name, args[3])
     if ok then print(string.format('campaign %s copied to %s', name, args[3])) end
-  elseif action == 'status' or action == 'activities' then
+  else -- status or activities
     local res
     if action == 'status' then res, err = campaign.status(name) else res, err = campaign.activities(name) end
     if res then
       ok = true
       print(json.encode(res, { sort = true, pretty = true }))
     end
-  else
-    io.stderr:write('herald campaign: unknown action ' .. action .. '\n' .. M.usage)
-    return 2
   end
   if not ok then
     io.stderr:write('herald campaign: ' .. tostring(err) .. '\n')

@@ -16,6 +16,7 @@ Ctrl-C drops the line or stops the running input, Ctrl-D ends the session. Histo
 in $HERALD_HISTORY, or ~/.herald_history when that is unset (set it empty to keep none).
 With stdin not a terminal, lines are read plainly and only results are printed:
   echo 'return 1+1' | herald repl      prints 2
+An error there prints and the input goes on; the exit status is then 1.
 ]]
 
 function command.run(args)
