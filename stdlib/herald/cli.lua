@@ -83,6 +83,16 @@ function cli.distinct_files(files)
   return out
 end
 
+-- The exit code of a script or chunk whose main task finished: 1 when a task it spawned and
+-- nobody waited for failed meanwhile (its error is printed as it happens), as a script's
+-- failure must not pass unnoticed in a shell or a CI job. before: task.failures() at its start.
+local function background_failures(before)
+  local n = task.failures() - before
+  if n == 0 then return 0 end
+  eprintf('herald: %d background task%s failed (above)\n', n, n == 1 and '' or 's')
+  return 1
+end
+
 local function run_script(path, script_args, argv)
   _G.herald = require 'herald'
   local fn, err = loadfile(path, 't')
@@ -93,12 +103,13 @@ local function run_script(path, script_args, argv)
   local a = { [0] = path, [-1] = argv[0] }
   for i, v in ipairs(script_args) do a[i] = v end
   _G.arg = a
+  local failed = task.failures()
   local ok, res = cli.run_task(fn, table.unpack(script_args))
   if not ok then
     eprintf('herald: %s\n', res)
     return 1
   end
-  return 0
+  return background_failures(failed)
 end
 
 local function run_chunk(chunk)
@@ -108,12 +119,13 @@ local function run_chunk(chunk)
     eprintf('herald: %s\n', err)
     return 1
   end
+  local failed = task.failures()
   local ok, res = cli.run_task(fn)
   if not ok then
     eprintf('herald: %s\n', res)
     return 1
   end
-  return 0
+  return background_failures(failed)
 end
 
 -- Reads the global options; returns the index of the first remaining argument, or nil and an

@@ -90,6 +90,28 @@ describe('an error raised before the main task first waits', function()
   end)
 end)
 
+describe('a task a script spawns and nobody waits for', function()
+  it('makes the script exit 1 when it fails, after the script went on to its end', function()
+    local dir = h.tmpdir()
+    local path = h.write(dir .. '/bg.lua', [[
+herald.spawn(function() herald.sleep(10); error('background boom') end)
+herald.sleep(50)
+print('main done')
+]])
+    local out, code, err = h.herald(path)
+    assert.are.equal(1, code, err)
+    assert.matches('main done', out, 1, true)
+    assert.are.equal(1, h.count(err, 'herald: task failed: ' .. path .. ':1: background boom'), err)
+    assert.matches('herald: 1 background task failed (above)', err, 1, true)
+    -- one that ends well leaves the exit code alone
+    local ok_path = h.write(dir .. '/fine.lua', "herald.spawn(function() herald.sleep(10) end)\nherald.sleep(50)\n")
+    local _, code2, err2 = h.herald(ok_path)
+    assert.are.equal(0, code2, err2)
+    local _, code3, err3 = h.herald([[-e 'herald.spawn(function() error("x") end); herald.sleep(20)']])
+    assert.are.equal(1, code3, err3)
+  end)
+end)
+
 describe('herald campaign', function()
   local DEFS = [[
 local all = herald.segment{ name = 'all' }
