@@ -66,6 +66,61 @@ local function set(...)
   return s
 end
 
+local function kind(v)
+  if v == nil then return 'nothing' end
+  if v == '' then return 'an empty string' end
+  return 'a ' .. type(v)
+end
+
+-- A text field read as is (a description, a treatment's name): absent, JSON null or a
+-- string. Anything else would be stored and reach reports and messages as a table or number.
+local function opt_string(path, v)
+  if v ~= nil and v ~= json.null and type(v) ~= 'string' then fail(path, 'expected a string, got ' .. kind(v)) end
+end
+
+local function opt_boolean(path, v)
+  if v ~= nil and v ~= json.null and type(v) ~= 'boolean' then fail(path, 'expected true or false, got ' .. kind(v)) end
+end
+
+-- The path of element i of a list: counted from 1 in the Lua form, from 0 in Pinpoint's JSON
+-- (as AdditionalTreatments[0]).
+local function at(path, i, pinpoint)
+  return path .. '[' .. (pinpoint and i - 1 or i) .. ']'
+end
+
+-- A list is read from 1 to #t: a value under any other key would be dropped unseen.
+local function only_list(path, t, pinpoint)
+  local n = #t
+  for k in pairs(t) do
+    if math.type(k) ~= 'integer' then
+      fail(path .. '.' .. tostring(k), 'unknown field (expected a list)')
+    elseif k < 1 or k > n then
+      fail(at(path, k, pinpoint), string.format('outside the list of %d', n))
+    end
+  end
+end
+
+-- Event types, as events carry them: a non-empty list of non-empty strings. Another value
+-- (a number, say) would never equal an event's type and its trigger would never fire.
+local function event_types(path, v, pinpoint)
+  if type(v) ~= 'table' or #v == 0 then fail(path, 'a non-empty list of event types') end
+  only_list(path, v, pinpoint)
+  for i = 1, #v do
+    if type(v[i]) ~= 'string' or v[i] == '' then
+      fail(at(path, i, pinpoint), 'expected an event type (a non-empty string), got ' .. kind(v[i]))
+    end
+  end
+end
+
+-- An event attribute's values: strings, as events carry them.
+local function attribute_values(path, v, pinpoint)
+  if type(v) ~= 'table' then fail(path, 'a list of values') end
+  only_list(path, v, pinpoint)
+  for i = 1, #v do
+    if type(v[i]) ~= 'string' then fail(at(path, i, pinpoint), 'expected a string, got ' .. kind(v[i])) end
+  end
+end
+
 ---------------------------------------------------------------------------------------------
 -- The Lua form -> Pinpoint's shape
 
@@ -111,6 +166,9 @@ local function message_configuration(path, m)
     if s.type ~= nil and s.type ~= 'TRANSACTIONAL' and s.type ~= 'PROMOTIONAL' then
       fail(p .. '.type', "'TRANSACTIONAL' or 'PROMOTIONAL'")
     end
+    opt_string(p .. '.origination_number', s.origination_number)
+    opt_string(p .. '.sender_id', s.sender_id)
+    opt_string(p .. '.keyword', s.keyword)
     config.SMSMessage = { Body = s.body, MessageType = s.type,
                           OriginationNumber = s.origination_number, SenderId = s.sender_id,
                           Keyword = s.keyword }
@@ -125,6 +183,10 @@ local function message_configuration(path, m)
     if s.action ~= nil and s.action ~= 'OPEN_APP' and s.action ~= 'DEEP_LINK' and s.action ~= 'URL' then
       fail(p .. '.action', "'OPEN_APP', 'DEEP_LINK' or 'URL'")
     end
+    opt_string(p .. '.url', s.url)
+    opt_string(p .. '.image_url', s.image_url)
+    opt_string(p .. '.sound', s.sound)
+    opt_boolean(p .. '.silent', s.silent)
     local msg = { Title = s.title, Body = s.body, Action = s.action, Url = s.url,
                   ImageUrl = s.image_url, Sound = s.sound, SilentPush = s.silent }
     for _, k in ipairs(PUSH_KEYS) do config[k] = msg end
@@ -168,7 +230,7 @@ local function duration_s(path, v)
   if math.type(v) == 'integer' and v > 0 then return v end
   if type(v) == 'string' then
     local n, unit = v:match('^(%d+)%s*([smhd])$')
-    if n then return tonumber(n) * ({ s = 1, m = 60, h = 3600, d = 86400 })[unit] end
+    if n and tonumber(n) > 0 then return tonumber(n) * ({ s = 1, m = 60, h = 3600, d = 86400 })[unit] end
   end
   fail(path, "a positive number of seconds, or '30m', '2h', '1d'")
 end
@@ -182,15 +244,17 @@ local OPERATORS = { ['>'] = 'GREATER_THAN', ['>='] = 'GREATER_THAN_OR_EQUAL', ['
 local function lua_event(path, e)
   if type(e) ~= 'table' then fail(path, 'expected a table { types = {...}, ... }') end
   only(path, e, set('types', 'attributes', 'metrics', 'filter_type', 'predicate', 'delay', 'cancel_on', 'expiry'))
-  if type(e.types) ~= 'table' or #e.types == 0 then fail(path .. '.types', 'a non-empty list of event types') end
+  event_types(path .. '.types', e.types)
   local dims = { EventType = { DimensionType = 'INCLUSIVE', Values = e.types } }
   if e.attributes ~= nil then
     if type(e.attributes) ~= 'table' then fail(path .. '.attributes', 'expected { name = {values} }') end
     dims.Attributes = {}
     for k, v in pairs(e.attributes) do
       if type(v) == 'table' and v.AttributeType then dims.Attributes[k] = v
-      elseif type(v) == 'table' then dims.Attributes[k] = { AttributeType = 'INCLUSIVE', Values = v }
-      else fail(path .. '.attributes.' .. tostring(k), 'a list of values') end
+      else
+        attribute_values(path .. '.attributes.' .. tostring(k), v)
+        dims.Attributes[k] = { AttributeType = 'INCLUSIVE', Values = v }
+      end
     end
   end
   if e.metrics ~= nil then
@@ -203,12 +267,15 @@ local function lua_event(path, e)
       else fail(path .. '.metrics.' .. tostring(k), "{'>', number} (>, >=, <, <=, ==)") end
     end
   end
+  if e.filter_type ~= nil and e.filter_type ~= 'ENDPOINT' and e.filter_type ~= 'SYSTEM' then
+    fail(path .. '.filter_type', "'ENDPOINT' or 'SYSTEM'")
+  end
   if e.predicate ~= nil and type(e.predicate) ~= 'function' then fail(path .. '.predicate', 'a function(event, endpoint) -> boolean') end
   local extra = { predicate = e.predicate, trigger = {} }
   if e.delay ~= nil then extra.trigger.TriggerDelaySeconds = duration_s(path .. '.delay', e.delay) end
   if e.expiry ~= nil then extra.trigger.TriggerExpirySeconds = duration_s(path .. '.expiry', e.expiry) end
   if e.cancel_on ~= nil then
-    if type(e.cancel_on) ~= 'table' or #e.cancel_on == 0 then fail(path .. '.cancel_on', 'a list of event types') end
+    event_types(path .. '.cancel_on', e.cancel_on)
     extra.trigger.CancelOnEventTypes = e.cancel_on
   end
   return { FilterType = e.filter_type or 'ENDPOINT', Dimensions = dims }, extra
@@ -219,6 +286,10 @@ local function lua_schedule(path, s)
   if type(s) == 'string' then return { StartTime = s, Frequency = 'ONCE' } end
   if type(s) ~= 'table' then fail(path, "expected 'IMMEDIATE', an ISO 8601 time or a table") end
   only(path, s, set('start', 'end', 'frequency', 'timezone', 'is_local_time', 'event'))
+  -- another frequency would send on its runs and drop the trigger (and its delay, cancel_on)
+  if s.event ~= nil and s.frequency ~= nil and s.frequency ~= 'EVENT' then
+    fail(path .. '.frequency', "'EVENT' (or leave it out) with an event trigger, not " .. tostring(s.frequency))
+  end
   local filter, extra
   if s.event ~= nil then filter, extra = lua_event(path .. '.event', s.event) end
   return { StartTime = s.start or 'IMMEDIATE', EndTime = s['end'], Frequency = s.frequency or (s.event and 'EVENT') or 'ONCE',
@@ -230,6 +301,8 @@ local function from_lua(def)
   only('campaign', def, set('name', 'description', 'segment', 'schedule', 'quiet_time',
     'holdout', 'treatments', 'message', 'template', 'limits', 'hook', 'deliver', 'stale_after',
     'treatment_name', 'winner'))
+  opt_string('description', def.description)
+  opt_string('treatment_name', def.treatment_name)
   local p = {
     Name = def.name, Description = def.description, HoldoutPercent = def.holdout or 0,
     TreatmentName = def.treatment_name, Herald = {},
@@ -285,17 +358,23 @@ local function from_lua(def)
       fail('message', 'give either message/template or treatments, not both')
     end
     if type(def.treatments) ~= 'table' or #def.treatments == 0 then fail('treatments', 'a non-empty list') end
+    only_list('treatments', def.treatments)
+    -- the first treatment is the default one, and it names itself
+    if def.treatment_name ~= nil then fail('treatment_name', 'with treatments, name the first one: treatments[1].name') end
     local additional = {}
-    for i, t in ipairs(def.treatments) do
-      local path = 'treatments[' .. i .. ']'
+    for i = 1, #def.treatments do
+      local t, path = def.treatments[i], 'treatments[' .. i .. ']'
       if type(t) ~= 'table' then fail(path, 'expected a table') end
       only(path, t, set('name', 'size', 'message', 'template', 'schedule', 'quiet_time', 'description'))
+      opt_string(path .. '.name', t.name)
+      opt_string(path .. '.description', t.description)
       if math.type(t.size) ~= 'integer' or t.size < 1 or t.size > 100 then
         fail(path .. '.size', 'a whole percentage 1-100')
       end
       local m, tpl = message_and_template(path, t, true)
       if i == 1 then
         if t.schedule ~= nil then fail(path .. '.schedule', "the first treatment follows the campaign's schedule") end
+        if t.quiet_time ~= nil then fail(path .. '.quiet_time', "the first treatment follows the campaign's quiet_time") end
         p.TreatmentName = t.name or 'default'
         p.TreatmentDescription = t.description
         p.MessageConfiguration, p.TemplateConfiguration = m, tpl
@@ -337,14 +416,24 @@ local TOP = set('Name', 'Description', 'SegmentId', 'SegmentVersion', 'HoldoutPe
 local MESSAGE_KEYS = set('EmailMessage', 'SMSMessage', 'DefaultMessage', 'GCMMessage',
   'APNSMessage', 'ADMMessage', 'BaiduMessage', 'CustomMessage', 'InAppMessage')
 
+-- The settings delivery passes on to a channel as they are.
+local MESSAGE_STRINGS = { 'FromAddress', 'OriginationNumber', 'SenderId', 'Keyword' }
+
 local function check_config(path, config)
   if config == nil then return end
   if type(config) ~= 'table' then fail(path, 'expected an object') end
   only(path, config, MESSAGE_KEYS)
   for k, m in pairs(config) do
-    if type(m) ~= 'table' then fail(path .. '.' .. k, 'expected an object') end
+    local mp = path .. '.' .. k
+    if type(m) ~= 'table' then fail(mp, 'expected an object') end
     for _, f in ipairs({ 'Title', 'Body', 'HtmlBody', 'Data' }) do
-      check_template(path .. '.' .. k .. '.' .. f, m[f] ~= json.null and m[f] or nil)
+      check_template(mp .. '.' .. f, m[f] ~= json.null and m[f] or nil)
+    end
+    for _, f in ipairs(MESSAGE_STRINGS) do opt_string(mp .. '.' .. f, m[f]) end
+    opt_boolean(mp .. '.SilentPush', m.SilentPush)
+    local mt = m.MessageType
+    if mt ~= nil and mt ~= json.null and mt ~= 'TRANSACTIONAL' and mt ~= 'PROMOTIONAL' then
+      fail(mp .. '.MessageType', "'TRANSACTIONAL' or 'PROMOTIONAL'")
     end
   end
 end
@@ -374,18 +463,26 @@ local function check_template_config(path, tc)
   end
 end
 
+-- The keys of each kind of destination: another key would be dropped unread ({ file =,
+-- provider = } would send to the file only), so it is an error.
+local DELIVER_SHAPES = { stdout = set('type'), channels = set('type'), file = set('type', 'path'),
+                         provider = set('type', 'provider') }
+
 -- Where messages go: the built-in stdout or file channel, 'channels' (each endpoint's channel
 -- type routed through the providers file) or one named provider profile.
 local function check_deliver(path, d)
   if d == nil or d == 'stdout' then return { type = 'stdout' } end
   if d == 'channels' then return { type = 'channels' } end
+  if type(d) == 'table' and d.type ~= nil and DELIVER_SHAPES[d.type] then only(path, d, DELIVER_SHAPES[d.type]) end
   if type(d) == 'table' and (d.type == 'stdout' or d.type == 'channels') then return d end
   if type(d) == 'table' and d.type == 'file' and type(d.path) == 'string' then return d end
   if type(d) == 'table' and d.type == 'provider' and type(d.provider) == 'string' then return d end
-  if type(d) == 'table' and type(d.file) == 'string' and d.file ~= '' then
+  if type(d) == 'table' and d.type == nil and type(d.file) == 'string' and d.file ~= '' then
+    only(path, d, set('file'))
     return { type = 'file', path = d.file }
   end
-  if type(d) == 'table' and type(d.provider) == 'string' and d.provider ~= '' then
+  if type(d) == 'table' and d.type == nil and type(d.provider) == 'string' and d.provider ~= '' then
+    only(path, d, set('provider'))
     return { type = 'provider', provider = d.provider }
   end
   fail(path, "expected 'stdout', 'channels' (route by channel type through the providers file), "
@@ -464,7 +561,12 @@ local function build(p, lua)
   if math.type(holdout) ~= 'integer' or holdout < 0 or holdout > 100 then
     fail(lua and 'holdout' or 'HoldoutPercent', 'a whole percentage 0-100')
   end
+  -- the Lua form checked these under its own names (description, treatments[1].name, ...)
+  opt_string('Description', p.Description)
+  opt_string('TreatmentName', p.TreatmentName)
+  opt_string('TreatmentDescription', p.TreatmentDescription)
   p.Herald = p.Herald or {}
+  if type(p.Herald) ~= 'table' then fail('Herald', 'expected an object') end
   check_config('MessageConfiguration', p.MessageConfiguration)
   check_template_config('TemplateConfiguration', p.TemplateConfiguration)
   local additional = p.AdditionalTreatments or {}
@@ -479,6 +581,8 @@ local function build(p, lua)
     if type(t) ~= 'table' then fail(path, 'expected an object') end
     t.Id = t.Id or tostring(i)
     if t.Id ~= tostring(i) then fail(path .. '.Id', "treatment ids are '1', '2', ... in order") end
+    opt_string(path .. (lua and '.name' or '.TreatmentName'), t.TreatmentName)
+    opt_string(path .. (lua and '.description' or '.TreatmentDescription'), t.TreatmentDescription)
     if math.type(t.SizePercent) ~= 'integer' or t.SizePercent < 1 or t.SizePercent > 100 then
       fail(path .. (lua and '.size' or '.SizePercent'), 'a whole percentage 1-100')
     end
@@ -528,21 +632,34 @@ local function build(p, lua)
       fail(fp .. '.FilterType', "'ENDPOINT' or 'SYSTEM'")
     end
     local d = f.Dimensions
-    if type(d) ~= 'table' or type(d.EventType) ~= 'table' or type(d.EventType.Values) ~= 'table' or #d.EventType.Values == 0 then
-      fail(fp .. '.Dimensions.EventType.Values', 'a non-empty list of event types')
+    local dp = fp .. '.Dimensions'
+    if type(d) ~= 'table' or type(d.EventType) ~= 'table' then
+      fail(dp .. '.EventType.Values', 'a non-empty list of event types')
     end
+    event_types(dp .. '.EventType.Values', d.EventType.Values, true)
+    local dt = d.EventType.DimensionType
+    -- anything but INCLUSIVE is matched as EXCLUSIVE: a misspelt INCLUSIVE would invert it
+    if dt ~= nil and dt ~= 'INCLUSIVE' and dt ~= 'EXCLUSIVE' then
+      fail(dp .. '.EventType.DimensionType', "'INCLUSIVE' or 'EXCLUSIVE'")
+    end
+    if d.Metrics ~= nil and type(d.Metrics) ~= 'table' then fail(dp .. '.Metrics', 'expected an object') end
     for k, m in pairs(d.Metrics or {}) do
+      local mp = dp .. '.Metrics.' .. tostring(k)
+      if type(m) ~= 'table' then fail(mp, 'expected an object { ComparisonOperator =, Value = }') end
       local ok_op = false
       for _, op in pairs(OPERATORS) do if m.ComparisonOperator == op then ok_op = true end end
-      if not ok_op then fail(fp .. '.Dimensions.Metrics.' .. k .. '.ComparisonOperator', 'GREATER_THAN, GREATER_THAN_OR_EQUAL, LESS_THAN, LESS_THAN_OR_EQUAL or EQUAL') end
-      if type(m.Value) ~= 'number' then fail(fp .. '.Dimensions.Metrics.' .. k .. '.Value', 'a number') end
+      if not ok_op then fail(mp .. '.ComparisonOperator', 'GREATER_THAN, GREATER_THAN_OR_EQUAL, LESS_THAN, LESS_THAN_OR_EQUAL or EQUAL') end
+      if type(m.Value) ~= 'number' then fail(mp .. '.Value', 'a number') end
     end
+    if d.Attributes ~= nil and type(d.Attributes) ~= 'table' then fail(dp .. '.Attributes', 'expected an object') end
     for k, a in pairs(d.Attributes or {}) do
+      local ap = dp .. '.Attributes.' .. tostring(k)
+      if type(a) ~= 'table' then fail(ap, 'expected an object { AttributeType =, Values = }') end
       local t = a.AttributeType or 'INCLUSIVE'
       if t ~= 'INCLUSIVE' and t ~= 'EXCLUSIVE' and t ~= 'CONTAINS' then
-        fail(fp .. '.Dimensions.Attributes.' .. k .. '.AttributeType', 'INCLUSIVE, EXCLUSIVE or CONTAINS')
+        fail(ap .. '.AttributeType', 'INCLUSIVE, EXCLUSIVE or CONTAINS')
       end
-      if type(a.Values) ~= 'table' then fail(fp .. '.Dimensions.Attributes.' .. k .. '.Values', 'a list') end
+      attribute_values(ap .. '.Values', a.Values, true)
     end
   end
   local policy = p.Herald.QuietTimePolicy
@@ -562,6 +679,14 @@ local function build(p, lua)
     int_field(lp .. (lua and 'messages_per_second' or 'MessagesPerSecond'), l.MessagesPerSecond, 1, 20000)
     int_field(lp .. (lua and 'maximum_duration' or 'MaximumDuration'), l.MaximumDuration, 60)
     int_field(lp .. (lua and 'session' or 'Session'), l.Session, 0)
+  end
+  -- herald's trigger and staleness settings (the Lua form made them from durations)
+  local hs = p.Herald
+  int_field(lua and 'stale_after' or 'Herald.StaleAfterSeconds', hs.StaleAfterSeconds, 1)
+  int_field(lua and 'schedule.event.delay' or 'Herald.TriggerDelaySeconds', hs.TriggerDelaySeconds, 0)
+  int_field(lua and 'schedule.event.expiry' or 'Herald.TriggerExpirySeconds', hs.TriggerExpirySeconds, 1)
+  if hs.CancelOnEventTypes ~= nil then
+    event_types(lua and 'schedule.event.cancel_on' or 'Herald.CancelOnEventTypes', hs.CancelOnEventTypes, not lua)
   end
   if p.Hook ~= nil and (type(p.Hook) ~= 'table' or (p.Hook.Mode ~= nil and p.Hook.Mode ~= 'FILTER' and p.Hook.Mode ~= 'DELIVERY')) then
     fail('Hook.Mode', "'FILTER' or 'DELIVERY'")

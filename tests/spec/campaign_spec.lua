@@ -41,6 +41,39 @@ describe('campaign definitions', function()
       { "treatments = { { size = 60, message = { body = 'a' } }, { size = 30, message = { body = 'b' } } }", 'must add up to 100, not 90' },
       { "treatments = { { size = 50, message = { body = 'a' } }, { size = 50, message = { body = 'b' }, schedule = { start = 'x' } } }", 'treatments%[2%]%.schedule%.StartTime' },
       { "message = { body = 'x' }, colour = 'red'", 'campaign%.colour: unknown field' },
+      -- every field of the Lua form is checked for its type when it is defined, not when it is
+      -- first used (an event type that is a number would never match an event)
+      { "message = { body = 'x' }, schedule = { event = { types = { 5 } } }",
+        'schedule%.event%.types%[1%]: expected an event type %(a non%-empty string%), got a number' },
+      { "message = { body = 'x' }, schedule = { event = { types = { 'cart', '' } } }",
+        'schedule%.event%.types%[2%]: expected an event type %(a non%-empty string%), got an empty string' },
+      { "message = { body = 'x' }, schedule = { event = { types = { 'cart' }, cancel_on = { 'buy', true } } }",
+        'schedule%.event%.cancel_on%[2%]: expected an event type %(a non%-empty string%), got a boolean' },
+      { "message = { body = 'x' }, schedule = { event = { types = { 'cart' }, cancel_on = { 'buy', also = 'refund' } } }",
+        'schedule%.event%.cancel_on%.also: unknown field' },
+      { "message = { body = 'x' }, schedule = { event = { types = { 'cart' }, attributes = { store = { 'web', 1 } } } }",
+        'schedule%.event%.attributes%.store%[2%]: expected a string, got a number' },
+      { "message = { body = 'x' }, schedule = { event = { types = { 'cart' }, filter_type = 'USER' } }",
+        "schedule%.event%.filter_type: 'ENDPOINT' or 'SYSTEM'" },
+      { "message = { body = 'x' }, schedule = { start = '2020-01-01T00:00:00Z', ['end'] = '2020-01-02T00:00:00Z', frequency = 'DAILY',"
+        .. " event = { types = { 'cart' } } }",
+        "schedule%.frequency: 'EVENT' %(or leave it out%) with an event trigger, not DAILY" },
+      { "message = { body = 'x' }, treatment_name = 5", 'treatment_name: expected a string, got a number' },
+      { "message = { body = 'x' }, description = {}", 'description: expected a string, got a table' },
+      { "treatments = { { size = 50, name = {}, message = { body = 'a' } }, { size = 50, message = { body = 'b' } } }",
+        'treatments%[1%]%.name: expected a string, got a table' },
+      { "treatments = { { size = 50, message = { body = 'a' } }, { size = 50, description = 3, message = { body = 'b' } } }",
+        'treatments%[2%]%.description: expected a string, got a number' },
+      { "treatment_name = 'A', treatments = { { size = 100, message = { body = 'a' } } }",
+        'treatment_name: with treatments, name the first one: treatments%[1%]%.name' },
+      { "treatments = { { size = 100, message = { body = 'a' }, quiet_time = { start = '22:00', ['end'] = '07:00' } } }",
+        "treatments%[1%]%.quiet_time: the first treatment follows the campaign's quiet_time" },
+      { "treatments = { { size = 100, message = { body = 'a' } }, b = { size = 10, message = { body = 'b' } } }",
+        'treatments%.b: unknown field' },
+      { "message = { sms = { body = 'x', sender_id = 5 } }", 'message%.sms%.sender_id: expected a string, got a number' },
+      { "message = { push = { body = 'x', silent = 'yes' } }", 'message%.push%.silent: expected true or false, got a string' },
+      { "message = { body = 'x' }, deliver = { file = 'out.txt', provider = 'ses' }", 'deliver%.provider: unknown field' },
+      { "message = { body = 'x' }, stale_after = '0m'", "stale_after: a positive number of seconds" },
     }
     for i, case in ipairs(cases) do
       local file = 'bad' .. i .. '.lua'
@@ -56,6 +89,58 @@ describe('campaign definitions', function()
     local _, code, err = run(dir, '--until-idle long.lua')
     assert.are_not.equal(0, code)
     assert.matches('name: required: up to 255 letters', err, 1, true)
+  end)
+
+  it('names the field path of a bad field of a Pinpoint definition', function()
+    local dir = h.tmpdir()
+    local function doc(edit)
+      local d = {
+        Name = 'pp', SegmentId = 'all', Description = 'ok', TreatmentName = 'A',
+        MessageConfiguration = { SMSMessage = { Body = 'x' } },
+        Schedule = { StartTime = 'IMMEDIATE', Frequency = 'EVENT',
+          EventFilter = { FilterType = 'ENDPOINT', Dimensions = { EventType = { DimensionType = 'INCLUSIVE', Values = { 'cart' } } } } },
+        AdditionalTreatments = { { SizePercent = 50, TreatmentName = 'B', MessageConfiguration = { SMSMessage = { Body = 'y' } } } },
+        Herald = { DefaultSizePercent = 50 },
+      }
+      edit(d)
+      return json.encode(d)
+    end
+    local cases = {
+      { function() end, nil },
+      { function(d) d.Description = { 'x' } end, 'Description: expected a string, got a table' },
+      { function(d) d.TreatmentName = 5 end, 'TreatmentName: expected a string, got a number' },
+      { function(d) d.AdditionalTreatments[1].TreatmentName = true end,
+        'AdditionalTreatments%[0%]%.TreatmentName: expected a string, got a boolean' },
+      { function(d) d.Schedule.EventFilter.Dimensions.EventType.Values = { 5 } end,
+        'Schedule%.EventFilter%.Dimensions%.EventType%.Values%[0%]: expected an event type' },
+      { function(d) d.Schedule.EventFilter.Dimensions.EventType.DimensionType = 'INCLUDE' end,
+        "Schedule%.EventFilter%.Dimensions%.EventType%.DimensionType: 'INCLUSIVE' or 'EXCLUSIVE'" },
+      { function(d) d.Schedule.EventFilter.Dimensions.Metrics = { total = 5 } end,
+        'Schedule%.EventFilter%.Dimensions%.Metrics%.total: expected an object' },
+      { function(d) d.Schedule.EventFilter.Dimensions.Attributes = { store = { Values = { 'web', 2 } } } end,
+        'Schedule%.EventFilter%.Dimensions%.Attributes%.store%.Values%[1%]: expected a string, got a number' },
+      { function(d) d.Herald.CancelOnEventTypes = { 3 } end, 'Herald%.CancelOnEventTypes%[0%]: expected an event type' },
+      { function(d) d.Herald.StaleAfterSeconds = 'soon' end, 'Herald%.StaleAfterSeconds: a whole number >= 1' },
+      { function(d) d.Herald.TriggerDelaySeconds = 1.5 end, 'Herald%.TriggerDelaySeconds: a whole number >= 0' },
+      { function(d) d.MessageConfiguration.SMSMessage.SenderId = 5 end,
+        'MessageConfiguration%.SMSMessage%.SenderId: expected a string, got a number' },
+      { function(d) d.MessageConfiguration.SMSMessage.MessageType = 'LOUD' end,
+        "MessageConfiguration%.SMSMessage%.MessageType: 'TRANSACTIONAL' or 'PROMOTIONAL'" },
+    }
+    for i, case in ipairs(cases) do
+      local file = 'p' .. i .. '.lua'
+      h.write(dir .. '/' .. file, "local s = herald.segment{ name = 'all' }\nlocal doc = [==[" .. doc(case[1])
+        .. "]==]\nherald.campaign.from_pinpoint(doc, { segment = s })\n")
+      local _, code, err = run(dir, '--until-idle ' .. file)
+      if case[2] == nil then
+        -- the document the others spoil is a good one
+        assert.are.equal(0, code, err)
+      else
+        assert.are_not.equal(0, code)
+        assert.matches('herald run: ' .. file .. ':3: herald.campaign pp: ', err, 1, true)
+        assert.matches(case[2], err)
+      end
+    end
   end)
 
   it('takes per-channel messages, templates, limits and ten treatments, stored in Pinpoint shape', function()
