@@ -226,13 +226,17 @@ local function template_configuration(path, t)
   return config
 end
 
-local function duration_s(path, v)
-  if math.type(v) == 'integer' and v > 0 then return v end
+-- A duration in seconds from a number of seconds or '30m', '2h', '1d'. Positive, except where
+-- zero means something (an event campaign's delay: none, the message goes at once).
+local function duration_s(path, v, zero_ok)
+  local least = zero_ok and 0 or 1
+  if math.type(v) == 'integer' and v >= least then return v end
   if type(v) == 'string' then
     local n, unit = v:match('^(%d+)%s*([smhd])$')
-    if n and tonumber(n) > 0 then return tonumber(n) * ({ s = 1, m = 60, h = 3600, d = 86400 })[unit] end
+    if n and tonumber(n) >= least then return tonumber(n) * ({ s = 1, m = 60, h = 3600, d = 86400 })[unit] end
   end
-  fail(path, "a positive number of seconds, or '30m', '2h', '1d'")
+  fail(path, zero_ok and "a number of seconds (0 or more), or '30m', '2h', '1d'"
+    or "a positive number of seconds, or '30m', '2h', '1d'")
 end
 
 local OPERATORS = { ['>'] = 'GREATER_THAN', ['>='] = 'GREATER_THAN_OR_EQUAL', ['<'] = 'LESS_THAN',
@@ -272,7 +276,7 @@ local function lua_event(path, e)
   end
   if e.predicate ~= nil and type(e.predicate) ~= 'function' then fail(path .. '.predicate', 'a function(event, endpoint) -> boolean') end
   local extra = { predicate = e.predicate, trigger = {} }
-  if e.delay ~= nil then extra.trigger.TriggerDelaySeconds = duration_s(path .. '.delay', e.delay) end
+  if e.delay ~= nil then extra.trigger.TriggerDelaySeconds = duration_s(path .. '.delay', e.delay, true) end
   if e.expiry ~= nil then extra.trigger.TriggerExpirySeconds = duration_s(path .. '.expiry', e.expiry) end
   if e.cancel_on ~= nil then
     event_types(path .. '.cancel_on', e.cancel_on)

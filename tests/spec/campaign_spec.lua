@@ -74,6 +74,8 @@ describe('campaign definitions', function()
       { "message = { push = { body = 'x', silent = 'yes' } }", 'message%.push%.silent: expected true or false, got a string' },
       { "message = { body = 'x' }, deliver = { file = 'out.txt', provider = 'ses' }", 'deliver%.provider: unknown field' },
       { "message = { body = 'x' }, stale_after = '0m'", "stale_after: a positive number of seconds" },
+      { "message = { body = 'x' }, schedule = { event = { types = { 'cart' }, delay = '-1s' } } ",
+        "schedule%.event%.delay: a number of seconds %(0 or more%)" },
     }
     for i, case in ipairs(cases) do
       local file = 'bad' .. i .. '.lua'
@@ -84,6 +86,14 @@ describe('campaign definitions', function()
       assert.matches('herald run: ' .. file .. ':3: herald.campaign c' .. i .. ': ', err, 1, true)
       assert.matches(case[2], err)
     end
+    -- an event campaign's delay of 0 is no delay (the message goes at once), not an error
+    h.write(dir .. '/nodelay.lua', "herald.campaign{ name = 'nd', segment = herald.segment{ name = 'all' },"
+      .. " message = { body = 'x' }, schedule = { event = { types = { 'cart' }, delay = '0s' } } }")
+    local _, c0, e0 = h.herald('--db d.db campaign load nodelay.lua', { cwd = dir })
+    assert.are.equal(0, c0, e0)
+    local shown = h.herald('--db d.db -e ' .. h.shell_quote("print(herald.json.decode(herald.db.query("
+      .. "\"SELECT definition FROM campaigns WHERE id = 'nd'\")[1].definition).Herald.TriggerDelaySeconds)"), { cwd = dir })
+    assert.are.equal('0', shown:match('%S+'))
     -- a name is the campaign's id, which delivery keeps in 255 bytes
     h.write(dir .. '/long.lua', "herald.campaign{ name = string.rep('n', 256), segment = herald.segment{ name = 'all' }, message = { body = 'x' } }")
     local _, code, err = run(dir, '--until-idle long.lua')
