@@ -115,17 +115,34 @@ static void fold_list(Buf *b, size_t col, const char *v) {
   }
 }
 
+/* Addresses are ASCII: a UTF-8 one (RFC 6531) needs the server's SMTPUTF8 and headers in UTF-8
+ * (RFC 6532). libcurl sends such an address whether or not the server offered SMTPUTF8, and
+ * does not tell which it was, so a refusal could not be told from a bad mailbox: the message
+ * is refused here, saying why, rather than sent to a server that may misread it. */
 static int check_addr(const char *a, size_t n, const char *field, HeraldError *err) {
   const char *at = memchr(a, '@', n);
   if (n == 0 || at == NULL || at == a || at == a + n - 1)
     return herald_error_set(err, kHeraldInvalid, "%s: '%.*s' is not an address (user@domain)",
                             field, (int)n, a);
+  int local_utf8 = 0, domain_utf8 = 0;
   for (size_t i = 0; i < n; i++) {
     unsigned char ch = (unsigned char)a[i];
-    if (ch <= 32 || ch >= 127 || ch == '<' || ch == '>' || ch == ',' || ch == '"')
+    if (ch >= 128) {
+      if (a + i < at) local_utf8 = 1; else domain_utf8 = 1;
+    } else if (ch <= 32 || ch == 127 || ch == '<' || ch == '>' || ch == ',' || ch == '"') {
       return herald_error_set(err, kHeraldInvalid, "%s: '%.*s' is not an address (user@domain)",
                               field, (int)n, a);
+    }
   }
+  if (local_utf8)
+    return herald_error_set(err, kHeraldInvalid,
+                            "%s: '%.*s': a non-ASCII address needs SMTPUTF8, which this channel "
+                            "does not speak", field, (int)n, a);
+  if (domain_utf8)
+    return herald_error_set(err, kHeraldInvalid,
+                            "%s: '%.*s': a non-ASCII domain needs SMTPUTF8, which this channel "
+                            "does not speak (give the domain in its ASCII form, xn--...)",
+                            field, (int)n, a);
   return kHeraldOk;
 }
 
@@ -201,6 +218,49 @@ static int mailbox_header(Buf *b, const char *mb, const char *field, HeraldError
   buf_add(b, addr, al);
   buf_str(b, ">");
   return kHeraldOk;
+}
+
+/* Headers whose value is a list of mailboxes (RFC 5322 §3.6.2, §3.6.6; RFC 8098; common
+ * extensions): a display name in them may be encoded, the addresses may not. To, Cc and Bcc
+ * are the message's own (RESERVED). */
+static const char *const ADDRESS_HEADERS[] = {
+  "reply-to", "sender", "resent-from", "resent-sender", "resent-to", "resent-cc", "resent-bcc",
+  "disposition-notification-to", "return-receipt-to", "errors-to", "mail-followup-to",
+  "mail-reply-to",
+};
+
+static int is_address_header(const char *name) {
+  for (size_t k = 0; k < sizeof ADDRESS_HEADERS / sizeof ADDRESS_HEADERS[0]; k++)
+    if (strcasecmp(name, ADDRESS_HEADERS[k]) == 0) return 1;
+  return 0;
+}
+
+/* A mailbox list with non-ASCII display names: each mailbox written as From's is (its name
+ * encoded, its address as is), one a line. Encoding the whole value instead would make it a
+ * single encoded word, which readers take for a display name without an address. Commas
+ * inside a quoted name or the angle brackets do not separate mailboxes. */
+static int address_header(Buf *b, const char *v, const char *field, HeraldError *err) {
+  const char *start = v;
+  int quoted = 0, angle = 0, first = 1;
+  for (const char *p = v;; p++) {
+    if (quoted && *p == '\\' && p[1] != '\0') {
+      p++;
+      continue;
+    }
+    if (*p == '"') quoted = !quoted;
+    else if (!quoted && *p == '<') angle = 1;
+    else if (!quoted && *p == '>') angle = 0;
+    if (*p != '\0' && (*p != ',' || quoted || angle)) continue;
+    char *mb = strndup(start, (size_t)(p - start));
+    if (mb == NULL) return herald_error_set(err, kHeraldNoMemory, "out of memory");
+    if (!first) buf_str(b, ",\r\n ");
+    int rc = mailbox_header(b, mb, field, err);
+    free(mb);
+    if (rc != kHeraldOk) return rc;
+    first = 0;
+    if (*p == '\0') return kHeraldOk;
+    start = p + 1;
+  }
 }
 
 /* Quoted-printable (RFC 2045 §6.7) with every line break made CRLF. Because '=' is always
@@ -290,18 +350,34 @@ static uint64_t fnv1a(const char *s) {
 }
 
 /* Every header line must stay under the RFC's 998 characters; folded lines are measured
- * piecewise. */
-static int check_lines(const char *s, size_t n, HeraldError *err) {
+ * piecewise. The header written since offset `from` of b is checked, so the error can name its
+ * field. */
+static int check_lines(const Buf *b, size_t from, const char *field, HeraldError *err) {
   size_t col = 0;
-  for (size_t i = 0; i < n; i++) {
-    if (s[i] == '\n') {
+  for (size_t i = from; i < b->text.len; i++) {
+    if (b->text.data[i] == '\n') {
       col = 0;
     } else if (++col > MAX_LINE) {
-      return herald_error_set(err, kHeraldInvalid, "a header line is longer than %d characters",
-                              MAX_LINE);
+      return herald_error_set(err, kHeraldInvalid, "%s: a header line is longer than %d characters",
+                              field, MAX_LINE);
     }
   }
   return kHeraldOk;
+}
+
+/* s on one line: a line break would end the header (and could start another one, such as a
+ * Bcc from an endpoint's attribute); every control character, CR LF as one, becomes a space. */
+static char *one_line(const char *s) {
+  char *out = strdup(s);
+  if (out == NULL) return NULL;
+  char *w = out;
+  for (const char *p = s; *p; p++) {
+    unsigned char ch = (unsigned char)*p;
+    if (ch == '\r' && p[1] == '\n') continue;
+    *w++ = ch < 32 || ch == 127 ? ' ' : (char)ch;
+  }
+  *w = '\0';
+  return out;
 }
 
 int herald_smtp_message_build(const HeraldMailMessage *m, char **out, size_t *out_len,
@@ -313,8 +389,6 @@ int herald_smtp_message_build(const HeraldMailMessage *m, char **out, size_t *ou
   if (m->nto == 0) return herald_error_set(err, kHeraldInvalid, "to: at least one recipient");
   if (m->message_key == NULL || *m->message_key == '\0')
     return herald_error_set(err, kHeraldInvalid, "message_id: missing (the idempotency key)");
-  if (m->subject != NULL && has_line_break(m->subject))
-    return herald_error_set(err, kHeraldInvalid, "subject: line breaks are not allowed");
   if (m->list_unsubscribe != NULL &&
       (has_line_break(m->list_unsubscribe) || !is_ascii_printable(m->list_unsubscribe)))
     return herald_error_set(err, kHeraldInvalid, "list_unsubscribe: ASCII URIs without line breaks");
@@ -347,17 +421,30 @@ int herald_smtp_message_build(const HeraldMailMessage *m, char **out, size_t *ou
                                        "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"};
   buf_fmt(&b, "Date: %s, %02d %s %04d %02d:%02d:%02d +0000\r\n", days[tm.tm_wday], tm.tm_mday,
           months[tm.tm_mon], tm.tm_year + 1900, tm.tm_hour, tm.tm_min, tm.tm_sec);
+  size_t at = b.text.len;
   buf_str(&b, "From: ");
   if ((rc = mailbox_header(&b, m->from, "from", err)) != kHeraldOk) goto fail;
-  buf_str(&b, "\r\nTo: ");
+  if ((rc = check_lines(&b, at, "from", err)) != kHeraldOk) goto fail;
   for (size_t i = 0; i < m->nto; i++) {
     char field[32];
     snprintf(field, sizeof field, "to[%zu]", i + 1);
-    if (i > 0) buf_str(&b, ",\r\n ");
+    at = b.text.len;
+    buf_str(&b, i == 0 ? "\r\nTo: " : ",\r\n ");
     if ((rc = mailbox_header(&b, m->to[i], field, err)) != kHeraldOk) goto fail;
+    if ((rc = check_lines(&b, at, field, err)) != kHeraldOk) goto fail;
   }
+  at = b.text.len;
   buf_str(&b, "\r\nSubject: ");
-  header_text(&b, m->subject ? m->subject : "");
+  if (m->subject != NULL) {
+    char *subject = one_line(m->subject);
+    if (subject == NULL) {
+      rc = herald_error_set(err, kHeraldNoMemory, "out of memory");
+      goto fail;
+    }
+    header_text(&b, subject);
+    free(subject);
+    if ((rc = check_lines(&b, at, "subject", err)) != kHeraldOk) goto fail;
+  }
   buf_fmt(&b, "\r\nMessage-ID: %s\r\n", message_id);
   /* The key again, verbatim: relays that rewrite Message-ID keep other headers, and bounces and
    * complaints quote them back (runtime/feedback.h matches on it first). */
@@ -365,19 +452,31 @@ int herald_smtp_message_build(const HeraldMailMessage *m, char **out, size_t *ou
   header_text(&b, m->message_key);
   buf_str(&b, "\r\n");
   if (m->list_unsubscribe != NULL) {
+    at = b.text.len;
     buf_str(&b, "List-Unsubscribe: ");
     fold_list(&b, strlen("List-Unsubscribe: "), m->list_unsubscribe);
+    if ((rc = check_lines(&b, at, "list_unsubscribe", err)) != kHeraldOk) goto fail;
     buf_str(&b, "\r\n");
     if (m->one_click) buf_str(&b, "List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n");
   }
   for (size_t i = 0; i < m->nheaders; i++) {
-    buf_str(&b, m->headers[i].name);
+    const HeraldMailHeader *h = &m->headers[i];
+    char field[160];
+    snprintf(field, sizeof field, "headers['%s']", h->name);
+    at = b.text.len;
+    buf_str(&b, h->name);
     buf_str(&b, ": ");
-    header_text(&b, m->headers[i].value);
+    /* plain ASCII goes as given (a group, a comment, what the caller wrote) */
+    if (is_address_header(h->name) && (!is_ascii_printable(h->value) || strstr(h->value, "=?"))) {
+      if ((rc = address_header(&b, h->value, field, err)) != kHeraldOk) goto fail;
+    } else {
+      header_text(&b, h->value);
+    }
+    if ((rc = check_lines(&b, at, field, err)) != kHeraldOk) goto fail;
     buf_str(&b, "\r\n");
   }
   buf_str(&b, "MIME-Version: 1.0\r\n");
-  if ((rc = check_lines(b.text.data, b.text.len, err)) != kHeraldOk) goto fail;
+  if ((rc = check_lines(&b, 0, "message_id", err)) != kHeraldOk) goto fail;
   if (m->text != NULL && m->html != NULL) {
     char boundary[64];
     snprintf(boundary, sizeof boundary, "=_herald_%016llx", (unsigned long long)fnv1a(m->message_key));

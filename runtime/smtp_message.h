@@ -20,11 +20,13 @@ typedef struct {
   const char *from;                 /* "Display Name <addr@domain>" or "addr@domain" */
   const char *const *to;            /* mailboxes, as from */
   size_t nto;
-  const char *subject;              /* UTF-8 */
+  const char *subject;              /* UTF-8; control characters (line breaks) become spaces */
   const char *text;                 /* at least one of text and html */
   const char *html;
   const char *message_key;          /* the idempotency key: Message-ID <key@from-domain> */
-  const HeraldMailHeader *headers;  /* extra headers; may not replace the structural ones */
+  const HeraldMailHeader *headers;  /* extra headers; may not replace the structural ones.
+                                     * In an address header (Reply-To, Sender, ...) only the
+                                     * display names are encoded */
   size_t nheaders;
   const char *list_unsubscribe;     /* the header's value, e.g. "<https://x/u?t=1>" (or NULL) */
   int one_click;                    /* List-Unsubscribe-Post: List-Unsubscribe=One-Click */
@@ -32,11 +34,14 @@ typedef struct {
 } HeraldMailMessage;
 
 /* Builds the message into *out (malloc'd, CRLF line ends, caller frees; *out_len its length).
- * message_id receives "<...>" (give 512 bytes). Errors name the field. */
+ * message_id receives "<...>" (give 512 bytes). Errors start with the field they concern
+ * ("from: ", "to[1]: ", "subject: ", "headers['Reply-To']: ", ...): the email channel tells
+ * a sender's mistake from a recipient's by it. Addresses must be ASCII (no SMTPUTF8). */
 int herald_smtp_message_build(const HeraldMailMessage *m, char **out, size_t *out_len,
                               char *message_id, size_t message_id_size, HeraldError *err);
 
-/* The addr-spec of a mailbox ("Name <a@b>" -> "a@b"), checked; field names it in errors. */
+/* The addr-spec of a mailbox ("Name <a@b>" -> "a@b"), checked (ASCII only); field names it in
+ * errors. */
 int herald_smtp_address(const char *mailbox, const char *field, char *out, size_t size,
                         HeraldError *err);
 

@@ -66,12 +66,84 @@ local REQUIRED = {
   file = { 'path' }, lua = {}, stdout = {},
 }
 
+-- The fields each type of profile reads (its channel module, herald.channels.<module>, and
+-- delivery's rate limits): anything else is a misspelling that would otherwise run with the
+-- defaults (no auth header, no rate limit), so it stops the load. Types sending over HTTP
+-- share the transport's fields.
+local HTTP = { 'url', 'connections', 'timeout_ms', 'ca_file' }
+local FIELDS = {
+  smtp = { 'url', 'from', 'envelope_from', 'username', 'password', 'starttls', 'ca_file', 'timeout_ms',
+           'sessions', 'headers', 'list_unsubscribe', 'one_click' },
+  sms = { 'preset', 'account_sid', 'auth_token', 'json', 'from', 'sender_id', 'opt_out_pattern', 'headers', HTTP },
+  webhook = { 'headers', 'endpoints_per_call', 'http1', HTTP },
+  fcm = { 'project_id', 'service_account', 'token_uri', HTTP },
+  apns = { 'team_id', 'key_id', 'key', 'key_file', 'topic', 'sandbox_url', HTTP },
+  adm = { 'client_id', 'client_secret', 'token_uri', HTTP },
+  baidu = { 'api_key', 'secret_key', 'device_type', HTTP },
+  lua = { 'send' }, file = { 'path' }, stdout = {},
+}
+FIELDS.http = FIELDS.webhook
+local ALLOWED = {}   -- type -> { set = { field = true }, list = { 'type', 'limits', ... } }
+for t, own in pairs(FIELDS) do
+  local a = { set = { name = true } }   -- name: set by the loader from the profile's key
+  local list = {}
+  local function add(k)
+    if type(k) == 'table' then
+      for _, x in ipairs(k) do add(x) end
+    elseif not a.set[k] then
+      a.set[k], list[#list + 1] = true, k
+    end
+  end
+  add { 'type', 'limits' }
+  add(own)
+  a.list = list
+  ALLOWED[t] = a
+end
+
+-- Edit distance, for a hint at the field a misspelt one was meant to be.
+local function distance(a, b)
+  local prev = {}
+  for j = 0, #b do prev[j] = j end
+  for i = 1, #a do
+    local cur = { [0] = i }
+    for j = 1, #b do
+      cur[j] = math.min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (a:byte(i) == b:byte(j) and 0 or 1))
+    end
+    prev = cur
+  end
+  return prev[#b]
+end
+
+local function check_fields(where, p)
+  local allowed = ALLOWED[p.type]
+  local unknown = {}
+  for k in pairs(p) do
+    if not allowed.set[k] then unknown[#unknown + 1] = k end
+  end
+  if #unknown == 0 then return end
+  -- the first in name order, so the same file always gets the same error
+  table.sort(unknown, function(a, b) return tostring(a) < tostring(b) end)
+  local k = unknown[1]
+  local hint = ''
+  if type(k) == 'string' then
+    local best, best_d
+    for _, known in ipairs(allowed.list) do
+      local d = distance(k, known)
+      if d <= 2 and d < #known and (best_d == nil or d < best_d) then best, best_d = known, d end
+    end
+    if best then hint = "; did you mean '" .. best .. "'?" end
+  end
+  fail(where .. (type(k) == 'string' and '.' .. k or '[' .. tostring(k) .. ']'),
+    'unknown field (a ' .. p.type .. ' profile has ' .. table.concat(allowed.list, ', ') .. ')' .. hint)
+end
+
 local function check_profile(where, p)
   if type(p) ~= 'table' then fail(where, 'expected a table with a type') end
   if not TYPES[p.type] then
     fail(where .. '.type', "one of smtp, sms, fcm, apns, adm, baidu, webhook, http, lua, file, stdout, not '"
       .. tostring(p.type) .. "'")
   end
+  check_fields(where, p)
   for _, k in ipairs(REQUIRED[p.type]) do need_string(where, p, k) end
   if p.type == 'lua' and type(p.send) ~= 'function' then fail(where .. '.send', 'required (a function(msg))') end
   if p.type == 'sms' and p.preset ~= nil and p.preset ~= 'twilio' then

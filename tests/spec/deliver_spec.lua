@@ -412,6 +412,110 @@ describe('delivery through providers', function()
     assert(ok, e)
   end)
 
+  -- endpoints with the given first names and addresses, one email campaign greeting them by
+  -- name in its subject
+  local function greeting_campaign(dir, name, people)
+    local rows = {}
+    for i, p in ipairs(people) do
+      rows[i] = string.format("{ Id = 'ep-%05d', ChannelType = 'EMAIL', Address = %q, "
+        .. "User = { UserAttributes = { FirstName = { %q } } } }", i, p[2], p[1])
+    end
+    h.write(dir .. '/c.lua', string.format([[
+      for _, ep in ipairs { %s } do assert(herald.endpoints.put(ep)) end
+      herald.campaign { name = %q, segment = herald.segment { name = 'all' },
+        message = { subject = 'Hi {{User.UserAttributes.FirstName}}', body = 'Hello' }, deliver = 'channels' }
+    ]], table.concat(rows, ', '), name))
+  end
+
+  it("fails only the message whose recipient's data cannot be sent: the campaign does not pause", function()
+    local mail = S.start_mailstore {}
+    local ok, e = pcall(function()
+      local dir = h.tmpdir()
+      -- endpoints.put takes these; a subject rendered from the first two had a line break and
+      -- the next two have addresses that need SMTPUTF8: each counted as the provider failing
+      greeting_campaign(dir, 'people', {
+        { 'Ann\nBcc: victim@evil.test', 'ann@example.com' }, { 'Bo\r\nBcc: victim@evil.test', 'bo@example.com' },
+        { 'Jürgen', 'jürgen@example.com' }, { 'Kai', 'kai@bücher.example' },
+        { 'Lu', 'lu@example.com' }, { 'Mo', 'mo@example.com' } })
+      h.write(dir .. '/providers.lua', string.format([[
+        return { profiles = { mail = { type = 'smtp', url = %q, from = 'News <news@example.com>', sessions = 1 } },
+          channels = { EMAIL = 'mail' }, pause_after = 3, retry = { max_attempts = 2, min_ms = 0, max_ms = 0 } }
+      ]], mail.url))
+      local _, code, err = run(dir, 'c.lua')
+      assert.are.equal(0, code, err)
+      assert.is_nil(err:find('paused', 1, true), err)
+      assert.are.equal('COMPLETED', query(dir, "SELECT state FROM campaigns WHERE id = 'people'")[1].state)
+      local rows = query(dir, "SELECT endpoint_id AS id, state, reason, attempts FROM outbox ORDER BY endpoint_id")
+      for _, i in ipairs { 1, 2, 5, 6 } do assert.are.equal('SENT', rows[i].state, tostring(rows[i].reason)) end
+      -- an address the channel cannot send to fails its message at once, saying why
+      for _, i in ipairs { 3, 4 } do
+        assert.are.equal('FAILED', rows[i].state)
+        assert.are.equal(1, rows[i].attempts)
+        assert.matches('needs SMTPUTF8, which this channel does not speak', rows[i].reason, 1, true)
+      end
+      assert.matches("to[1]: 'jürgen@example.com'", rows[3].reason, 1, true)
+      assert.matches('xn--', rows[4].reason, 1, true)
+      -- the line break became a space: one Subject line, no header made of the attribute, and
+      -- nothing sent to the address it named
+      assert.are.equal(4, mail:count())
+      local subjects = {}
+      for n = 1, 4 do
+        local m = mail:message(n)
+        local head = m.raw:match('^(.-)\r\n\r\n')
+        assert.is_nil(head:find('\r\nBcc:', 1, true), head)
+        assert.is_nil(m.envelope:find('victim', 1, true), m.envelope)
+        subjects[#subjects + 1] = head:match('\r\nSubject: ([^\r]*)')
+      end
+      table.sort(subjects)
+      assert.are.same({ 'Hi Ann Bcc: victim@evil.test', 'Hi Bo Bcc: victim@evil.test', 'Hi Lu', 'Hi Mo' }, subjects)
+    end)
+    mail:stop()
+    assert(ok, e)
+  end)
+
+  it("keeps the address of a Reply-To with a non-ASCII name, and pauses on one the channel cannot send", function()
+    local mail = S.start_mailstore {}
+    local ok, e = pcall(function()
+      local dir = h.tmpdir()
+      greeting_campaign(dir, 'reply', { { 'Ann', 'ann@example.com' } })
+      h.write(dir .. '/providers.lua', string.format([[
+        return { profiles = { mail = { type = 'smtp', url = %q, from = 'News <news@example.com>',
+          headers = { ['Reply-To'] = 'Zoë Support <support@example.com>, "Desk, Ann" <desk@example.com>' } } },
+          channels = { EMAIL = 'mail' } }
+      ]], mail.url))
+      local _, code, err = run(dir, 'c.lua')
+      assert.are.equal(0, code, err)
+      assert.are.equal(1, mail:count())
+      -- read back by Python's email package: the names decoded, each with its address
+      local py = [[
+import sys
+from email import policy
+from email.parser import BytesParser
+msg = BytesParser(policy=policy.default).parse(open(sys.argv[1], 'rb'))
+for a in msg['Reply-To'].addresses: print(a.display_name + '|' + a.addr_spec)
+print('defects=%d' % (len(msg.defects) + len(msg['Reply-To'].defects)))
+]]
+      local out = h.sh('/usr/bin/python3 -c ' .. h.shell_quote(py) .. ' ' .. h.shell_quote(mail.dir .. '/mail/1.eml'))
+      assert.are.equal('Zoë Support|support@example.com\nDesk, Ann|desk@example.com\ndefects=0\n', out)
+      -- the profile's own header with an address the channel cannot send: every message
+      -- would fail alike, so it counts towards the pause and fails no one
+      local dir2 = h.tmpdir()
+      greeting_campaign(dir2, 'reply2', { { 'Ann', 'ann@example.com' }, { 'Bo', 'bo@example.com' } })
+      h.write(dir2 .. '/providers.lua', string.format([[
+        return { profiles = { mail = { type = 'smtp', url = %q, from = 'News <news@example.com>',
+          headers = { ['Reply-To'] = 'Zoë <zoë@example.com>' } } },
+          channels = { EMAIL = 'mail' }, pause_after = 2 }
+      ]], mail.url))
+      _, code, err = run(dir2, 'c.lua')
+      assert.are.equal(0, code, err)
+      assert.matches("campaign reply2 paused after 2 consecutive systemic failures: SMTP invalid: headers['Reply-To']", err, 1, true)
+      assert.are.same({ { state = 'PENDING', n = 2 } }, h.query(dir2, 'd.db', 'SELECT state, count(*) AS n FROM outbox GROUP BY state'))
+      assert.are.equal(1, mail:count())
+    end)
+    mail:stop()
+    assert(ok, e)
+  end)
+
   it('retries transient failures with backoff, dead-letters after the bound and pauses the campaign', function()
     local dir = h.tmpdir()
     campaign_file(dir, { n = 30, channel = 'CUSTOM', name = 'failing', addr = "function(i) return 'x' .. i end" })
@@ -1369,6 +1473,72 @@ c.execute('COMMIT')
     assert.are.equal(2, code)
     assert.matches('p.lua: channels: expected a table', err, 1, true)
     assert.are.equal(0, #query(dir, "SELECT 1 FROM outbox WHERE state != 'PENDING'"))
+  end)
+
+  it('refuses a profile field its type does not read, naming the file, the field and the fields it has', function()
+    local dir = h.tmpdir()
+    campaign_file(dir, { n = 1, channel = 'CUSTOM', addr = "function(i) return 'x' end" })
+    -- each of these ran with the defaults: no rate limit, no Authorization header, one
+    -- endpoint per call
+    local bad = {
+      { "hooks = { type = 'webhook', url = 'http://127.0.0.1:9/', limit = { per_second = 1 } }",
+        "profiles.hooks.limit: unknown field (a webhook profile has type, limits, headers, endpoints_per_call, http1, url, connections, timeout_ms, ca_file); did you mean 'limits'?" },
+      { "hooks = { type = 'webhook', url = 'http://127.0.0.1:9/', header = { Authorization = 'Bearer s3cret' } }",
+        "profiles.hooks.header: unknown field (a webhook profile has type, limits, headers, endpoints_per_call, http1, url, connections, timeout_ms, ca_file); did you mean 'headers'?" },
+      { "hooks = { type = 'webhook', url = 'http://127.0.0.1:9/', endpoint_per_call = 10 }",
+        "profiles.hooks.endpoint_per_call: unknown field (a webhook profile has type, limits, headers, endpoints_per_call, http1, url, connections, timeout_ms, ca_file); did you mean 'endpoints_per_call'?" },
+      -- a field of another type: SMTP counts sessions, HTTP channels connections
+      { "mail = { type = 'smtp', url = 'smtp://127.0.0.1:9', from = 'a@example.com', connections = 4 }",
+        'profiles.mail.connections: unknown field (a smtp profile has type, limits, url, from, envelope_from, username, password, starttls, ca_file, timeout_ms, sessions, headers, list_unsubscribe, one_click)' },
+      { "push = { type = 'fcm', project_id = 'p', service_account = 'sa.json', headers = { ['X-A'] = 'b' } }",
+        'profiles.push.headers: unknown field (a fcm profile has type, limits, project_id, service_account, token_uri, url, connections, timeout_ms, ca_file)' },
+      { "out = { type = 'stdout', path = 'm.txt' }", 'profiles.out.path: unknown field (a stdout profile has type, limits)' },
+      { "mine = { type = 'lua', send = print, 'positional' }", 'profiles.mine[1]: unknown field (a lua profile has type, limits, send)' },
+    }
+    for _, b in ipairs(bad) do
+      h.write(dir .. '/p.lua', 'return { profiles = { ' .. b[1] .. ' } }')
+      local _, code, err = h.herald('--db d.db run --until-idle --providers p.lua c.lua', { cwd = dir })
+      assert.are.equal(2, code, b[1])
+      assert.matches('p.lua: ' .. b[2], err, 1, true)
+    end
+    -- herald.send checks the table it is given the same way
+    h.write(dir .. '/s.lua', [[
+      local ok, err = pcall(herald.send, { Addresses = { x = { ChannelType = 'CUSTOM' } }, MessageConfiguration = {
+        DefaultMessage = { Body = 'b' } } }, { providers = { profiles = { hooks = { type = 'webhook',
+        url = 'http://127.0.0.1:9/', retries = 3 } }, channels = { CUSTOM = 'hooks' } } })
+      print(ok, err)
+    ]])
+    local out, code, err = h.herald('--db d.db s.lua', { cwd = dir })
+    assert.are.equal(0, code, err)
+    assert.matches('providers: profiles.hooks.retries: unknown field (a webhook profile has', out, 1, true)
+    -- every field each type reads is taken
+    h.write(dir .. '/p.lua', [[
+      local lim = { per_second = 5 }
+      local http = { connections = 2, timeout_ms = 1000, ca_file = 'ca.pem', limits = lim }
+      local function with(t) for k, v in pairs(http) do t[k] = v end return t end
+      return { profiles = {
+        mail = { type = 'smtp', url = 'smtp://127.0.0.1:9', from = 'a@example.com', envelope_from = 'b@example.com',
+                 username = 'u', password = 'p', starttls = 'try', ca_file = 'ca.pem', timeout_ms = 1000, sessions = 2,
+                 headers = { ['Reply-To'] = 'r@example.com' }, list_unsubscribe = 'https://x/{{Id}}', one_click = true,
+                 limits = lim },
+        tw = with { type = 'sms', preset = 'twilio', url = 'http://127.0.0.1:9/', account_sid = 'AC', auth_token = 't',
+                    from = '+15550100', sender_id = 'BRAND', opt_out_pattern = 'STOP', headers = { ['X-A'] = 'b' } },
+        js = with { type = 'sms', url = 'http://127.0.0.1:9/', json = { to = '{{Address}}' } },
+        hooks = with { type = 'webhook', url = 'http://127.0.0.1:9/', headers = { ['X-A'] = 'b' },
+                       endpoints_per_call = 5, http1 = true },
+        raw = with { type = 'http', url = 'http://127.0.0.1:9/' },
+        fcm = with { type = 'fcm', project_id = 'p', service_account = 'sa.json', url = 'http://127.0.0.1:9', token_uri = 'http://127.0.0.1:9/t' },
+        apns = with { type = 'apns', team_id = 'T', key_id = 'K', key = 'k', key_file = 'k.p8', topic = 'com.x',
+                      url = 'http://127.0.0.1:9', sandbox_url = 'http://127.0.0.1:9' },
+        adm = with { type = 'adm', client_id = 'c', client_secret = 's', url = 'http://127.0.0.1:9', token_uri = 'http://127.0.0.1:9/t' },
+        baidu = with { type = 'baidu', api_key = 'a', secret_key = 's', device_type = 4, url = 'http://127.0.0.1:9' },
+        mine = { type = 'lua', send = function() return true end, limits = lim },
+        out = { type = 'file', path = 'm.txt', limits = lim },
+        std = { type = 'stdout', limits = lim },
+      }, channels = { CUSTOM = 'std' } }
+    ]])
+    _, code, err = h.herald('--db d.db run --until-idle --providers p.lua c.lua', { cwd = dir })
+    assert.are.equal(0, code, err)
   end)
 
   it('retries the messages of an APNs profile whose key cannot be used, and pauses', function()

@@ -21,6 +21,24 @@ function smtp.new(profile)
   return self
 end
 
+-- Fields of a refused message that are this message's own: the recipient, what was rendered
+-- for it (subject, body, unsubscribe link) and its own headers. The message builder starts
+-- each refusal with the field it concerns (runtime/smtp_message.h).
+local MESSAGE_FIELDS = { subject = true, ['text or html'] = true, list_unsubscribe = true, message_id = true }
+
+-- Whether the transport's refusal to build m (class 'invalid') is m's alone. Then m fails for
+-- good and the campaign goes on: one endpoint's bad address or attribute must not pause it.
+-- The sender (from, envelope_from), the profile's headers and whatever the transport itself
+-- refused are the same for every message: systemic, retried and counted towards the pause.
+local function message_fault(err, m)
+  err = tostring(err)
+  if err:find('^to%[%d+%]: ') then return true end
+  local header = err:match("^headers%['(.-)'%]: ")
+  if header then return m.headers ~= nil and m.headers[header] ~= nil end
+  local field = err:match('^([%w_ ]-): ')
+  return field ~= nil and MESSAGE_FIELDS[field] == true
+end
+
 function smtp:send_one(m)
   local p = self.profile
   local headers = {}
@@ -40,7 +58,7 @@ function smtp:send_one(m)
   if class == 'recalled' then return util.recalled { class = class, detail = err } end
   local verdict = http.verdict(class, code or 0, true)
   local r = { verdict = verdict, reason = 'SMTP ' .. tostring(code or class) .. ': ' .. tostring(err),
-              systemic = class ~= 'status' }
+              systemic = class ~= 'status' and not (class == 'invalid' and message_fault(err, m)) }
   -- Only a refusal of the recipient (at RCPT) is a hard bounce. The same codes at MAIL FROM or
   -- after DATA refuse the sender or the content (a DMARC or policy rejection): every message
   -- would fail alike, so they count towards the pause and leave the endpoint as it is. The
@@ -64,7 +82,7 @@ function smtp:send(msgs, progress)
   for i, m in ipairs(msgs) do
     task.spawn(function()
       local ok, r = pcall(self.send_one, self, m)
-      -- a raise (a bad option, a message the builder refuses) fails every message alike: it is
+      -- a raise (a bad option, a field of the wrong type) fails every message alike: it is
       -- retried and counts towards the campaign's pause, as deliver.send_items does for a
       -- channel that raises
       out[i] = ok and r or { verdict = 'transient', reason = 'channel ' .. self.profile.name .. ': ' .. tostring(r),
