@@ -84,6 +84,9 @@ describe('delivery through providers', function()
       location = /twilio-21212 { default_type application/json; return 400 '{"code":21212,"message":"The From number +15550100 is not a valid phone number, shortcode, or alphanumeric sender ID.","status":400}'; }
       location = /twilio-21603 { default_type application/json; return 400 '{"code":21603,"message":"A From or MessagingServiceSid must be supplied","status":400}'; }
       location = /twilio-21659 { default_type application/json; return 400 '{"code":21659,"message":"Source +15550100 is not a Twilio phone number or short code country mismatch","status":400}'; }
+      location ^~ /apns-nft/3/device/ { default_type application/json; return 400 '{"reason":"DeviceTokenNotForTopic"}'; }
+      location /apns-mix/3/device/ { return 200 ""; }
+      location ~ ^/apns-mix/3/device/other { default_type application/json; return 400 '{"reason":"DeviceTokenNotForTopic"}'; }
       location = /twilio-21211 { default_type application/json; return 400 '{"code":21211,"message":"The To number is not a valid phone number.","status":400}'; }
     ]] }
     emu = S.start_emulator()
@@ -323,6 +326,40 @@ describe('delivery through providers', function()
       end
     end
     assert.is_true(seen >= 3)
+  end)
+
+  it("takes APNs's refusal of the profile's topic for the profile's, not the devices': the campaign pauses", function()
+    local function apns_run(name, url, ca, topic, addr)
+      local dir = h.tmpdir()
+      campaign_file(dir, { n = 3, channel = 'APNS', name = name, addr = addr })
+      h.write(dir .. '/providers.lua', string.format([[
+        return { profiles = { apns = { type = 'apns', url = %q, ca_file = %q, team_id = %q, key_id = %q,
+          key_file = %q, topic = %q, connections = 1 } }, channels = { APNS = 'apns' },
+          pause_after = 2, retry = { min_ms = 0, max_ms = 0 } }
+      ]], url, ca, emu.team_id, emu.key_id, emu.apns_key, topic))
+      local _, code, err = run(dir, 'c.lua')
+      assert.are.equal(0, code, err)
+      return dir
+    end
+    local token = "function(i) return 'beef' .. string.rep(string.format('%02x', i), 30) end"
+    -- a topic the key may not push to (the emulator answers TopicDisallowed), and
+    -- DeviceTokenNotForTopic from every token
+    for _, case in ipairs({ { 'topic', emu.tls_url, emu.ca, 'com.example.other', 'TopicDisallowed' },
+                            { 'nft', ng.tls_url .. '/apns-nft', ng.ca, emu.topic, 'DeviceTokenNotForTopic' } }) do
+      local dir = apns_run(case[1], case[2], case[3], case[4], token)
+      local c = query(dir, "SELECT state, pause_reason FROM campaigns")[1]
+      assert.are.equal('PAUSED', c.state, case[1])
+      assert.matches('PROFILE_REFUSED: ' .. case[5], c.pause_reason, 1, true)
+      assert.are.same({ { state = 'PENDING', n = 3 } }, query(dir, 'SELECT state, count(*) AS n FROM outbox GROUP BY state'))
+      assert.are.same({ { s = 'ACTIVE', n = 3 } }, query(dir, 'SELECT endpoint_status AS s, count(*) AS n FROM endpoints GROUP BY 1'))
+    end
+    -- DeviceTokenNotForTopic from one token of several is that token's app's: its message fails
+    local dir = apns_run('mix', ng.tls_url .. '/apns-mix', ng.ca, emu.topic,
+      "function(i) return (i == 2 and 'other' or 'beef') .. string.rep(string.format('%02x', i), 30) end")
+    assert.are.equal('COMPLETED', query(dir, "SELECT state FROM campaigns")[1].state)
+    local rows = query(dir, 'SELECT endpoint_id, state, reason FROM outbox ORDER BY endpoint_id')
+    assert.are.same({ 'SENT', 'FAILED', 'SENT' }, { rows[1].state, rows[2].state, rows[3].state })
+    assert.matches('DeviceTokenNotForTopic', rows[2].reason, 1, true)
   end)
 
   it('pushes through FCM HTTP v1 with an OAuth2 token from a signed JWT; UNREGISTERED makes the endpoint INACTIVE', function()

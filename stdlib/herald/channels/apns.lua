@@ -3,13 +3,26 @@
 -- than every 20 minutes), one POST per device to /3/device/TOKEN with apns-topic,
 -- apns-push-type (background for silent pushes), apns-priority, apns-expiration from
 -- TimeToLive and apns-collapse-id. 410 Unregistered and 400 BadDeviceToken make the endpoint
--- INACTIVE; 403 ExpiredProviderToken renews the token and retries.
+-- INACTIVE; 403 ExpiredProviderToken renews the token and retries. A refusal of the profile's
+-- configuration (PROFILE_REFUSED: its topic, certificate or key) is systemic: retried and
+-- counted towards the campaign's pause rather than failing the audience for good.
 local clock = require 'herald.core.clock'
 local json = require 'herald.json'
 local util = require 'herald.channels.util'
 
 local apns = {}
 apns.__index = apns
+
+-- Apple's reasons that every message of the profile would meet alike: the topic (the bundle
+-- id the key may not push to, or none), the certificate, a key of another team or environment,
+-- and requests APNs cannot route (BadPath, MethodNotAllowed) or read (DuplicateHeaders,
+-- InvalidPushType, MissingProviderToken: herald writes them the same for every message).
+local PROFILE_REFUSED = {
+  TopicDisallowed = true, BadTopic = true, MissingTopic = true, BadCertificate = true,
+  BadCertificateEnvironment = true, Forbidden = true, MissingProviderToken = true,
+  UnrelatedKeyIdInToken = true, BadEnvironmentKeyInToken = true, BadPath = true,
+  MethodNotAllowed = true, DuplicateHeaders = true, InvalidPushType = true,
+}
 
 local RENEW_MS = 40 * 60 * 1000
 local MIN_RENEW_MS = 20 * 60 * 1000  -- APNs answers faster renewals with TooManyProviderTokenUpdates
@@ -82,22 +95,40 @@ function apns:send(msgs, progress)
   if not token then return util.fail_all(#msgs, 'transient', err) end
   local reqs = {}
   for i, m in ipairs(msgs) do reqs[i] = self:request(m, token) end
+  -- DeviceTokenNotForTopic from a token or two is their app's, not this one's; from every
+  -- token of a batch (of several) the topic is what is wrong
+  local not_for_topic
   local function judge(o)
     local body = util.decode(o.detail)
     local why = body and body.reason
-    if o.status == 410 or why == 'BadDeviceToken' or why == 'Unregistered' then
+    if o.status == 410 or why == 'BadDeviceToken' or why == 'Unregistered' or why == 'ExpiredToken' then
       return why, 'inactive'
+    elseif PROFILE_REFUSED[why] or (why == 'DeviceTokenNotForTopic' and not_for_topic) then
+      return 'PROFILE_REFUSED: ' .. why, 'profile'
     elseif why == 'ExpiredProviderToken' or why == 'InvalidProviderToken' then
       -- a fresh token only once the current one may be replaced: a token refused for its key
       -- or team (a configuration mistake) must not be minted again on every claim
       if self.minted_ms == nil or clock.now() - self.minted_ms >= MIN_RENEW_MS then self.jwt = nil end
       return why, 'token'
-    elseif why == 'TooManyProviderTokenUpdates' then
+    elseif why == 'TooManyProviderTokenUpdates' or why == 'IdleTimeout' then
       return why, 'retry'
     end
+    -- the rest concern the message (BadCollapseId, BadExpirationDate, BadPriority,
+    -- PayloadEmpty, PayloadTooLarge, ...) or its device (TooManyRequests: a 429, retried)
     return why
   end
-  local function verdicts(res) return util.verdicts(res, judge) end
+  local function verdicts(res)
+    local answered, refused = 0, 0
+    for _, o in ipairs(res) do
+      if o.class == 'ok' then
+        answered = answered + 1
+        local body = o.status == 400 and util.decode(o.detail)
+        if body and body.reason == 'DeviceTokenNotForTopic' then refused = refused + 1 end
+      end
+    end
+    not_for_topic = refused >= 2 and refused == answered
+    return util.verdicts(res, judge)
+  end
   local res = util.send_http(self.profile, reqs, { headers = { ['Content-Type'] = 'application/json' } },
     progress, verdicts)
   return verdicts(res)
