@@ -84,9 +84,13 @@ describe('delivery through providers', function()
       location = /twilio-21212 { default_type application/json; return 400 '{"code":21212,"message":"The From number +15550100 is not a valid phone number, shortcode, or alphanumeric sender ID.","status":400}'; }
       location = /twilio-21603 { default_type application/json; return 400 '{"code":21603,"message":"A From or MessagingServiceSid must be supplied","status":400}'; }
       location = /twilio-21659 { default_type application/json; return 400 '{"code":21659,"message":"Source +15550100 is not a Twilio phone number or short code country mismatch","status":400}'; }
-      location ^~ /apns-nft/3/device/ { default_type application/json; return 400 '{"reason":"DeviceTokenNotForTopic"}'; }
-      location /apns-mix/3/device/ { return 200 ""; }
-      location ~ ^/apns-mix/3/device/other { default_type application/json; return 400 '{"reason":"DeviceTokenNotForTopic"}'; }
+      location ^~ /apns-nft/3/device/ {
+        default_type application/json; echo_read_request_body; echo_status 400; echo '{"reason":"DeviceTokenNotForTopic"}';
+      }
+      location /apns-mix/3/device/ { echo_read_request_body; echo ""; }
+      location ~ ^/apns-mix/3/device/other {
+        default_type application/json; echo_read_request_body; echo_status 400; echo '{"reason":"DeviceTokenNotForTopic"}';
+      }
       location = /twilio-21211 { default_type application/json; return 400 '{"code":21211,"message":"The To number is not a valid phone number.","status":400}'; }
     ]] }
     emu = S.start_emulator()
@@ -341,7 +345,7 @@ describe('delivery through providers', function()
       assert.are.equal(0, code, err)
       return dir
     end
-    local token = "function(i) return 'beef' .. string.rep(string.format('%02x', i), 30) end"
+    local token = "function(i) return 'cafe' .. string.rep(string.format('%02x', i), 30) end"
     -- a topic the key may not push to (the emulator answers TopicDisallowed), and
     -- DeviceTokenNotForTopic from every token
     for _, case in ipairs({ { 'topic', emu.tls_url, emu.ca, 'com.example.other', 'TopicDisallowed' },
@@ -355,7 +359,7 @@ describe('delivery through providers', function()
     end
     -- DeviceTokenNotForTopic from one token of several is that token's app's: its message fails
     local dir = apns_run('mix', ng.tls_url .. '/apns-mix', ng.ca, emu.topic,
-      "function(i) return (i == 2 and 'other' or 'beef') .. string.rep(string.format('%02x', i), 30) end")
+      "function(i) return (i == 2 and 'other' or 'cafe') .. string.rep(string.format('%02x', i), 30) end")
     assert.are.equal('COMPLETED', query(dir, "SELECT state FROM campaigns")[1].state)
     local rows = query(dir, 'SELECT endpoint_id, state, reason FROM outbox ORDER BY endpoint_id')
     assert.are.same({ 'SENT', 'FAILED', 'SENT' }, { rows[1].state, rows[2].state, rows[3].state })
@@ -391,6 +395,55 @@ describe('delivery through providers', function()
     end
     assert.is_true(tokens >= 1)
     assert.is_true(sent >= 4)
+  end)
+
+  it("sends a push message's RawContent as its payload, over its other fields, with the campaign's attribution", function()
+    local function raw_campaign(name, config)
+      local dir = h.tmpdir()
+      h.write(dir .. '/c.lua', string.format([=[
+        assert(herald.endpoints.put { Id = 'ios', ChannelType = 'APNS', Address = string.rep('be', 32) })
+        assert(herald.endpoints.put { Id = 'android', ChannelType = 'GCM', Address = 'raw-gcm-token' })
+        herald.campaign.from_pinpoint({ Name = %q, SegmentId = 'all', Schedule = { StartTime = 'IMMEDIATE' },
+          MessageConfiguration = %s, Herald = { Deliver = { type = 'channels' } } },
+          { segment = herald.segment { name = 'all' } })
+      ]=], name, config))
+      h.write(dir .. '/providers.lua', string.format([[
+        return { profiles = { apns = { type = 'apns', url = %q, ca_file = %q, team_id = %q, key_id = %q,
+          key_file = %q, topic = %q }, fcm = { type = 'fcm', url = %q, project_id = %q, service_account = %q } },
+          channels = { APNS = 'apns', GCM = 'fcm' } }
+      ]], emu.tls_url, emu.ca, emu.team_id, emu.key_id, emu.apns_key, emu.topic, emu.url, emu.project_id,
+        emu.service_account))
+      local _, code, err = run(dir, 'c.lua')
+      assert.are.equal(0, code, err)
+      return dir
+    end
+    local dir = raw_campaign('raw', [==[{
+      APNSMessage = { Title = 'ignored', Body = 'ignored', SilentPush = true,
+        RawContent = '{"aps":{"alert":{"title":"Sale","body":"50% off"},"badge":3},"deeplink":"app://sale"}' },
+      GCMMessage = { Title = 'ignored', Body = 'ignored',
+        RawContent = '{"notification":{"title":"Sale","body":"50% off","icon":"sale"},"data":{"deeplink":"app://sale","n":2},"priority":"high","time_to_live":600}' } }]==])
+    assert.are.same({ { state = 'SENT', n = 2 } }, query(dir, 'SELECT state, count(*) AS n FROM outbox GROUP BY state'))
+    local run_id = tostring(query(dir, 'SELECT id FROM campaign_runs')[1].id)
+    local ios, android
+    for _, r in ipairs(emu:requests()) do
+      if r.path == '/3/device/' .. string.rep('be', 32) then ios = r end
+      if r.status == 200 and r.body:find('"raw-gcm-token"', 1, true) then android = json.decode(r.body).message end
+    end
+    assert.are.equal('alert', ios.headers['apns-push-type'])
+    assert.are.same({ aps = { alert = { title = 'Sale', body = '50% off' }, badge = 3 }, deeplink = 'app://sale',
+      data = { pinpoint = { campaign = { campaign_id = 'raw', treatment_id = '0', campaign_activity_id = run_id } } } },
+      json.decode(ios.body))
+    assert.are.same({ token = 'raw-gcm-token', notification = { title = 'Sale', body = '50% off' },
+      data = { deeplink = 'app://sale', n = '2', ['pinpoint.campaign.campaign_id'] = 'raw',
+               ['pinpoint.campaign.treatment_id'] = '0', ['pinpoint.campaign.campaign_activity_id'] = run_id },
+      android = { priority = 'high', ttl = '600s', notification = { icon = 'sale' } } }, android)
+
+    -- RawContent that is not a JSON object fails its messages, naming the field
+    dir = raw_campaign('bad-raw', [==[{ APNSMessage = { RawContent = '{"aps":' }, GCMMessage = { RawContent = '[1]' } }]==])
+    local rows = query(dir, 'SELECT endpoint_id, state, reason FROM outbox ORDER BY endpoint_id')
+    assert.are.same({ 'FAILED', 'FAILED' }, { rows[1].state, rows[2].state })
+    assert.matches('INVALID_MESSAGE: GCMMessage.RawContent: expected a JSON object', rows[1].reason, 1, true)
+    assert.matches('INVALID_MESSAGE: APNSMessage.RawContent: ', rows[2].reason, 1, true)
   end)
 
   it('sends SMS through the Twilio-style preset; an opted-out number opts the endpoint out', function()

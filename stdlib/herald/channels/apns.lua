@@ -55,18 +55,29 @@ end
 
 function apns:request(m, token)
   local p = self.profile
-  local aps
-  if m.silent then
-    aps = { ['content-available'] = 1 }
+  local payload, silent
+  if m.raw then
+    -- RawContent is the whole payload (a copy: the decoded table is the configuration's); a
+    -- payload that only wakes the app (content-available, nothing to show) is a background push
+    payload = {}
+    for k, v in pairs(m.raw) do payload[k] = v end
+    local aps = type(payload.aps) == 'table' and payload.aps or {}
+    silent = aps['content-available'] == 1 and aps.alert == nil and aps.sound == nil and aps.badge == nil
   else
-    aps = { alert = { title = m.title, body = m.body }, sound = m.sound }
+    silent = m.silent
+    local aps
+    if silent then
+      aps = { ['content-available'] = 1 }
+    else
+      aps = { alert = { title = m.title, body = m.body }, sound = m.sound }
+    end
+    payload = { aps = aps }
+    for k, v in pairs(m.data or {}) do if k ~= 'aps' then payload[k] = v end end
   end
-  local payload = { aps = aps }
-  for k, v in pairs(m.data or {}) do if k ~= 'aps' then payload[k] = v end end
   -- iOS's form of the campaign attribution: data.pinpoint.campaign (beside the message's own
   -- data.* keys when it has a `data` object; a `data` of another type is the message's)
   local a = util.campaign_attribution(m)
-  if a and (payload.data == nil or type(payload.data) == 'table') then
+  if a and (payload.data == nil or (type(payload.data) == 'table' and not json.is_array(payload.data))) then
     -- copies: the message's data table is its treatment's, shared by every message
     local data, pinpoint = {}, {}
     for k, v in pairs(payload.data or {}) do data[k] = v end
@@ -78,8 +89,8 @@ function apns:request(m, token)
   local headers = {
     authorization = 'bearer ' .. token,
     ['apns-topic'] = m.channel:find('VOIP') and (p.topic .. '.voip') or p.topic,
-    ['apns-push-type'] = m.channel:find('VOIP') and 'voip' or (m.silent and 'background' or 'alert'),
-    ['apns-priority'] = m.silent and '5' or '10',
+    ['apns-push-type'] = m.channel:find('VOIP') and 'voip' or (silent and 'background' or 'alert'),
+    ['apns-priority'] = silent and '5' or '10',
     ['apns-collapse-id'] = m.key:sub(1, 64),
     ['apns-id'] = m.apns_id,
   }
