@@ -476,8 +476,30 @@ end
 -- it).
 local function has_content(m)
   return present(m.Title) or present(m.Body) or present(m.HtmlBody) or present(m.Subject)
-    or type(m.Data) == 'string'
+    or type(m.Data) == 'string' or present(m.RawContent)
 end
+
+-- A push message's RawContent decoded (once per message configuration: channels copy what
+-- they change): a JSON object, or nil and the reason, the field named by path.
+local RAW = setmetatable({}, { __mode = 'k' })
+local function raw_content(m, path)
+  local r = RAW[m]
+  if r == nil then
+    local v, err = nil, nil
+    if type(m.RawContent) ~= 'string' then
+      err = 'expected a string of JSON, not a ' .. type(m.RawContent)
+    else
+      v, err = json.decode(m.RawContent)
+      if v ~= nil and (type(v) ~= 'table' or v == json.null or json.is_array(v)) then
+        v, err = nil, 'expected a JSON object'
+      end
+    end
+    r = { value = v, err = err and (path .. '.RawContent: ' .. tostring(err)) }
+    RAW[m] = r
+  end
+  return r.value, r.err
+end
+deliver.raw_content = raw_content
 
 local EMPTY = {}
 
@@ -504,6 +526,12 @@ local function prepare(row, def, ep, profile)
   end
   local m = rendered or (own and has_content(own) and own) or default or own
   if m == nil then return nil, 'NO_MESSAGE_FOR_CHANNEL' end
+  -- Pinpoint: a push message's RawContent is its whole payload, over every other field
+  local raw, rerr
+  if PUSH[channel] and not rendered and present(m.RawContent) then
+    raw, rerr = raw_content(m, m == own and deliver.message_key(channel) or 'DefaultMessage')
+    if rerr then return nil, 'INVALID_MESSAGE: ' .. rerr end
+  end
   local settings = own or default
   local title, body, html, err
   if rendered then
@@ -539,7 +567,7 @@ local function prepare(row, def, ep, profile)
     campaign_id = row.campaign_id, treatment_id = row.treatment,
     activity_id = row.run_id and tostring(row.run_id) or nil,
     scheduled_time = scheduled_time(row.due_ms),
-    title = title, body = body, html = html, custom_data = custom_data,
+    title = title, body = body, html = html, custom_data = custom_data, raw = raw,
   }, static)
   if rendered and rendered.Headers then
     -- the template's headers, under the message's own

@@ -151,6 +151,23 @@ function send.send(req, opts)
   if req.Users ~= nil and (req.Addresses ~= nil or req.Endpoints ~= nil) then
     fail('Users (SendUsersMessages) cannot be combined with Addresses or Endpoints (SendMessages): send them apart')
   end
+  -- RawContent (a push message's, or an address's or endpoint's over it) must be a JSON
+  -- object: refused with the request rather than sent as something else
+  local function check_raw(m, path)
+    if type(m) == 'table' and m.RawContent ~= nil then
+      local _, err = deliver.raw_content(m, path)
+      if err then fail(err) end
+    end
+  end
+  for _, key in ipairs({ 'APNSMessage', 'GCMMessage', 'ADMMessage', 'BaiduMessage', 'DefaultPushNotificationMessage',
+                         'DefaultMessage' }) do
+    check_raw(config[key], 'MessageConfiguration.' .. key)
+  end
+  for _, field in ipairs({ 'Addresses', 'Endpoints', 'Users' }) do
+    if type(req[field]) == 'table' then
+      for k, spec in pairs(req[field]) do check_raw(spec, field .. '.' .. tostring(k)) end
+    end
+  end
 
   -- One entry per message to send: {address=, channel=, ctx=, subs=, override=, result=}
   local work = {}
@@ -232,13 +249,20 @@ function send.send(req, opts)
       local profile, rerr = deliver.route_channel(w.channel)
       local subs = merged(merged(config.DefaultMessage and config.DefaultMessage.Substitutions, m and m.Substitutions),
                           w.spec.Substitutions)
+      -- Pinpoint: a push message's RawContent (the address's or endpoint's over the
+      -- message's) is its whole payload, over every other field
+      local raw
+      if PUSH[w.channel] then
+        local owner = w.spec.RawContent ~= nil and w.spec or (m and m.RawContent ~= nil and m) or nil
+        if owner then raw = deliver.raw_content(owner, '') end
+      end
       local from_template, terr
-      if m == nil or not has_content(m) then
+      if (m == nil or not has_content(m)) and raw == nil then
         from_template, terr = deliver.template_message(tconfig, w.channel, w.ctx, subs)
       end
       if terr then
         r.DeliveryStatus, r.StatusMessage = 'PERMANENT_FAILURE', terr
-      elseif m == nil and from_template == nil then
+      elseif m == nil and from_template == nil and raw == nil then
         r.DeliveryStatus, r.StatusMessage = 'PERMANENT_FAILURE', 'no message for channel ' .. w.channel
       elseif profile == nil then
         r.DeliveryStatus, r.StatusMessage = 'PERMANENT_FAILURE', rerr
@@ -306,6 +330,7 @@ function send.send(req, opts)
             items[#items + 1] = { profile = profile, w = w, msg = {
               key = key, address = w.address, channel = w.channel, endpoint_id = w.endpoint_id,
               endpoint = w.ctx, title = title, body = body, html = html, headers = headers, custom_data = custom_data,
+              raw = raw,
               data = data, from = m.FromAddress,
               silent = m.SilentPush == true, ttl = tonumber(m.TimeToLive),
               consolidation_key = m.ConsolidationKey, expires_after = tonumber(m.ExpiresAfter),

@@ -150,6 +150,66 @@ describe('ADM and Baidu push', function()
       msg.custom_content['pinpoint.campaign.campaign_activity_id'])
   end)
 
+  -- The form of the Baidu request whose body has needle.
+  local function baidu_form(needle)
+    local got
+    for _, q in ipairs(emu:requests()) do
+      if q.path == '/rest/3.0/push/single_device' and q.body:find(needle, 1, true) then got = q end
+    end
+    local form = {}
+    for k, v in got.body:gmatch('([^&=]+)=([^&]*)') do
+      form[k] = v:gsub('+', ' '):gsub('%%(%x%x)', function(x) return string.char(tonumber(x, 16)) end)
+    end
+    return form, got.status
+  end
+
+  it("sends ADM's and Baidu's RawContent as the message, over its other fields, with the campaign's attribution", function()
+    local dir = campaign_dir('ADM', { 'amzn1.adm-registration.v3.raw' }, [==[{ ADMMessage = {
+        Title = 'ignored', Body = 'ignored', ExpiresAfter = 120,
+        RawContent = '{"data":{"offer":"Sale","pct":50},"expiresAfter":3600}' } }]==])
+    adm_providers(dir, 'TEST_ADM_SECRET')
+    local _, code, err = h.herald('--db d.db run --until-idle c.lua', { cwd = dir, env = ADM_ENV })
+    assert.are.equal(0, code, err)
+    local r = rows(dir)['ep-1']
+    assert.are.equal('SENT', r.state, tostring(r.reason))
+    local b
+    for _, q in ipairs(emu:requests()) do
+      if q.path == '/messaging/registrations/amzn1.adm-registration.v3.raw/messages' then b = json.decode(q.body) end
+    end
+    local run = tostring(query(dir, 'SELECT id FROM campaign_runs')[1].id)
+    -- ADM takes string values only
+    assert.are.same({ offer = 'Sale', pct = '50', ['pinpoint.campaign.campaign_id'] = 'push',
+      ['pinpoint.campaign.treatment_id'] = '0', ['pinpoint.campaign.campaign_activity_id'] = run }, b.data)
+    assert.are.equal(3600, b.expiresAfter)
+    assert.are.equal(r.message_id, b.consolidationKey)
+
+    -- Baidu: a notification (it has a description) and a pass-through message
+    dir = campaign_dir('BAIDU', { '3957217761224410031', '3957217761224410032' }, [==[{ BaiduMessage = {
+        Title = 'ignored', Body = 'ignored',
+        RawContent = '{"title":"Sale","description":"50% off","custom_content":{"deeplink":"app://sale"}}' } }]==])
+    local env = baidu_providers(dir, 'baidu-secret-key')
+    _, code, err = h.herald('--db d.db run --until-idle c.lua', { cwd = dir, env = env })
+    assert.are.equal(0, code, err)
+    assert.are.same({ { state = 'SENT', n = 2 } }, query(dir, 'SELECT state, count(*) AS n FROM outbox GROUP BY state'))
+    run = tostring(query(dir, 'SELECT id FROM campaign_runs')[1].id)
+    local form, status = baidu_form('3957217761224410031')
+    assert.are.equal(200, status)
+    assert.are.equal('1', form.msg_type)
+    assert.are.same({ title = 'Sale', description = '50% off', custom_content = { deeplink = 'app://sale',
+      ['pinpoint.campaign.campaign_id'] = 'push', ['pinpoint.campaign.treatment_id'] = '0',
+      ['pinpoint.campaign.campaign_activity_id'] = run } }, json.decode(form.msg))
+
+    dir = campaign_dir('BAIDU', { '3957217761224410033' }, [==[{ BaiduMessage = {
+        RawContent = '{"sync":"inbox"}' } }]==])
+    env = baidu_providers(dir, 'baidu-secret-key')
+    _, code, err = h.herald('--db d.db run --until-idle c.lua', { cwd = dir, env = env })
+    assert.are.equal(0, code, err)
+    form = baidu_form('3957217761224410033')
+    assert.are.equal('0', form.msg_type)
+    assert.are.equal('inbox', json.decode(form.msg).sync)
+    assert.are.equal('push', json.decode(form.msg)['pinpoint.campaign.campaign_id'])
+  end)
+
   it("retries a Baidu message refused for the profile's wrong secret key: the refusal is systemic, not the recipient's", function()
     local dir = campaign_dir('BAIDU', { '3957217761224410009' }, [[{ BaiduMessage = { Title = 't', Body = 'b' } }]])
     local env = baidu_providers(dir, 'not-the-secret')

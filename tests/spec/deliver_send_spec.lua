@@ -175,6 +175,35 @@ describe('herald.send', function()
     assert.are.equal('inbox', body.sync)
   end)
 
+  it("sends an APNs RawContent as the whole payload, an address's over the message's, and refuses one not JSON", function()
+    local one, two = string.rep('c1', 32), string.rep('c2', 32)
+    local apns = { profiles = { apns = { type = 'apns', url = emu.tls_url, ca_file = emu.ca, team_id = emu.team_id,
+                   key_id = emu.key_id, key_file = emu.apns_key, topic = emu.topic } }, channels = { APNS = 'apns' } }
+    local raw = '{"aps":{"alert":{"title":"Sale","body":"50% off"},"badge":3},"deeplink":"app://sale"}'
+    local res = send({ Addresses = { [one] = { ChannelType = 'APNS' },
+                                     [two] = { ChannelType = 'APNS', RawContent = '{"aps":{"content-available":1},"sync":"inbox"}' } },
+                       MessageConfiguration = { APNSMessage = { RawContent = raw } } }, { providers = apns })
+    assert.are.equal('SUCCESSFUL', res.Result[one].DeliveryStatus, res.Result[one].StatusMessage)
+    assert.are.equal('SUCCESSFUL', res.Result[two].DeliveryStatus, res.Result[two].StatusMessage)
+    local got = {}
+    for _, r in ipairs(emu:requests()) do got[r.path] = r end
+    assert.are.same(json.decode(raw), json.decode(got['/3/device/' .. one].body))
+    assert.are.equal('alert', got['/3/device/' .. one].headers['apns-push-type'])
+    -- only wakes the app: a background push
+    assert.are.same({ aps = { ['content-available'] = 1 }, sync = 'inbox' }, json.decode(got['/3/device/' .. two].body))
+    assert.are.equal('background', got['/3/device/' .. two].headers['apns-push-type'])
+    assert.are.equal('5', got['/3/device/' .. two].headers['apns-priority'])
+    -- not a JSON object: the request is refused, naming the field
+    local ok, err = pcall(send, { Addresses = { [one] = { ChannelType = 'APNS' } },
+      MessageConfiguration = { APNSMessage = { RawContent = '{"aps":{"alert":' } } }, { providers = apns })
+    assert.is_false(ok)
+    assert.matches('herald.send: MessageConfiguration.APNSMessage.RawContent: ', err, 1, true)
+    ok, err = pcall(send, { Addresses = { [one] = { ChannelType = 'APNS', RawContent = '"text"' } },
+      MessageConfiguration = { APNSMessage = { Body = 'b' } } }, { providers = apns })
+    assert.is_false(ok)
+    assert.matches('Addresses.' .. one .. '.RawContent: expected a JSON object', err, 1, true)
+  end)
+
   it('sends through a Lua channel and keeps message ids stable for a TraceId', function()
     local got = {}
     local cfg = { profiles = { mine = { type = 'lua', send = function(m) got[#got + 1] = m; return true end } },

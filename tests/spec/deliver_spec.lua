@@ -80,6 +80,18 @@ describe('delivery through providers', function()
       location = /hook-20ms { echo_sleep 0.02; echo "ok"; }
       location = /hook-slowfail { echo_status 500; echo_sleep 1; echo "broken"; }
       location = /hook-1s { echo_sleep 1; echo "ok"; }
+      location = /twilio-21606 { default_type application/json; return 400 '{"code":21606,"message":"The From phone number +15550100 is not a valid, SMS-capable inbound phone number or short code for your account.","status":400}'; }
+      location = /twilio-21212 { default_type application/json; return 400 '{"code":21212,"message":"The From number +15550100 is not a valid phone number, shortcode, or alphanumeric sender ID.","status":400}'; }
+      location = /twilio-21603 { default_type application/json; return 400 '{"code":21603,"message":"A From or MessagingServiceSid must be supplied","status":400}'; }
+      location = /twilio-21659 { default_type application/json; return 400 '{"code":21659,"message":"Source +15550100 is not a Twilio phone number or short code country mismatch","status":400}'; }
+      location ^~ /apns-nft/3/device/ {
+        default_type application/json; echo_read_request_body; echo_status 400; echo '{"reason":"DeviceTokenNotForTopic"}';
+      }
+      location /apns-mix/3/device/ { echo_read_request_body; echo ""; }
+      location ~ ^/apns-mix/3/device/other {
+        default_type application/json; echo_read_request_body; echo_status 400; echo '{"reason":"DeviceTokenNotForTopic"}';
+      }
+      location = /twilio-21211 { default_type application/json; return 400 '{"code":21211,"message":"The To number is not a valid phone number.","status":400}'; }
     ]] }
     emu = S.start_emulator()
   end)
@@ -198,6 +210,91 @@ describe('delivery through providers', function()
     assert.are.equal(3, got)
   end)
 
+  -- The /hook calls of campaign name, decoded.
+  local function hook_calls(name)
+    local calls = {}
+    for _, r in ipairs(emu:requests()) do
+      if r.path == '/hook' then
+        local p = json.decode(r.body)
+        if p.CampaignId == name then calls[#calls + 1] = p end
+      end
+    end
+    return calls
+  end
+
+  it('puts in one webhook call only the endpoints whose Data and Message it carries', function()
+    local dir = h.tmpdir()
+    h.write(dir .. '/c.lua', [[
+      for i = 1, 4 do
+        assert(herald.endpoints.put { Id = 'ep-' .. i, ChannelType = 'CUSTOM', Address = 'hook-' .. i,
+          User = { UserAttributes = { FirstName = { 'Reader' .. i } } } })
+      end
+      herald.campaign { name = 'mine', segment = herald.segment { name = 'all' }, deliver = 'channels',
+        message = { custom = { data = '{"greeting":"Hi {{User.UserAttributes.FirstName}}"}' } } }
+      herald.campaign { name = 'shared', segment = herald.segment { name = 'all' }, deliver = 'channels',
+        message = { custom = { data = '{"greeting":"Hi all"}' } } }
+    ]])
+    h.write(dir .. '/providers.lua', string.format([[
+      return { profiles = { hooks = { type = 'webhook', url = %q, endpoints_per_call = 10 } },
+               channels = { CUSTOM = 'hooks' } }
+    ]], emu.url .. '/hook'))
+    local _, code, err = run(dir, 'c.lua')
+    assert.are.equal(0, code, err)
+    assert.are.equal(8, query(dir, "SELECT count(*) AS n FROM outbox WHERE state = 'SENT'")[1].n)
+    -- each endpoint is in one call, and that call's Data is its own greeting
+    local seen = {}
+    for _, p in ipairs(hook_calls('mine')) do
+      for id in pairs(p.Endpoints) do
+        assert.is_nil(seen[id], id .. ' is in two calls')
+        seen[id] = p.Data
+      end
+    end
+    for i = 1, 4 do assert.are.equal('{"greeting":"Hi Reader' .. i .. '"}', seen['ep-' .. i]) end
+    -- one Data for all: one call
+    local shared = hook_calls('shared')
+    assert.are.equal(1, #shared)
+    local n = 0
+    for _ in pairs(shared[1].Endpoints) do n = n + 1 end
+    assert.are.equal(4, n)
+    assert.are.equal('{"greeting":"Hi all"}', shared[1].Data)
+  end)
+
+  it('sends two runs of a campaign to one endpoint in webhook calls of their own', function()
+    local dir = h.tmpdir()
+    h.write(dir .. '/s.lua', string.format([[
+      local outbox = require 'herald.core.outbox'
+      local deliver = require 'herald.deliver'
+      local providers = require 'herald.providers'
+      deliver.configure(providers.check({ profiles = { hooks = { type = 'webhook', url = %q, endpoints_per_call = 10 } },
+                                          channels = { CUSTOM = 'hooks' } }, 'spec'))
+      assert(herald.endpoints.put { Id = 'ep-1', ChannelType = 'CUSTOM', Address = 'hook-1' })
+      outbox.define_campaign('runs', 'runs', herald.json.encode {
+        Name = 'runs', TreatmentName = 't', AdditionalTreatments = herald.json.array {},
+        MessageConfiguration = { CustomMessage = { Data = 'same' } }, Herald = { Deliver = { type = 'channels' } } })
+      for _ = 1, 2 do
+        local seq = outbox.trigger_cursor('runs')
+        outbox.trigger { campaign_id = 'runs', version = 1, now_ms = 1000, from_seq = seq, to_seq = seq + 1, rows = {
+          { endpoint_id = 'ep-1', treatment = 0, channel = 'CUSTOM', address = 'hook-1', due_ms = 1000,
+            event_seq = seq + 1 } } }
+      end
+      print(deliver.pump(herald.now_ms(), 10, '["runs"]'))
+    ]], emu.url .. '/hook'))
+    local out, code, err = h.herald('--db d.db s.lua', { cwd = dir })
+    assert.are.equal(0, code, err)
+    assert.matches('^2', out)
+    local runs = query(dir, "SELECT run_id, state FROM outbox ORDER BY run_id")
+    assert.are.same({ 'SENT', 'SENT' }, { runs[1].state, runs[2].state })
+    assert.are_not.equal(runs[1].run_id, runs[2].run_id)
+    -- each message went out, credited to its own run
+    local activities = {}
+    for _, p in ipairs(hook_calls('runs')) do
+      assert.is_table(p.Endpoints['ep-1'])
+      activities[#activities + 1] = p.ActivityId
+    end
+    table.sort(activities)
+    assert.are.same({ tostring(runs[1].run_id), tostring(runs[2].run_id) }, activities)
+  end)
+
   it('pushes through APNs over HTTP/2 with an ES256 token; 410 makes the endpoint INACTIVE', function()
     local dir = h.tmpdir()
     campaign_file(dir, { n = 4, channel = 'APNS', name = 'apns-c',
@@ -235,6 +332,40 @@ describe('delivery through providers', function()
     assert.is_true(seen >= 3)
   end)
 
+  it("takes APNs's refusal of the profile's topic for the profile's, not the devices': the campaign pauses", function()
+    local function apns_run(name, url, ca, topic, addr)
+      local dir = h.tmpdir()
+      campaign_file(dir, { n = 3, channel = 'APNS', name = name, addr = addr })
+      h.write(dir .. '/providers.lua', string.format([[
+        return { profiles = { apns = { type = 'apns', url = %q, ca_file = %q, team_id = %q, key_id = %q,
+          key_file = %q, topic = %q, connections = 1 } }, channels = { APNS = 'apns' },
+          pause_after = 2, retry = { min_ms = 0, max_ms = 0 } }
+      ]], url, ca, emu.team_id, emu.key_id, emu.apns_key, topic))
+      local _, code, err = run(dir, 'c.lua')
+      assert.are.equal(0, code, err)
+      return dir
+    end
+    local token = "function(i) return 'cafe' .. string.rep(string.format('%02x', i), 30) end"
+    -- a topic the key may not push to (the emulator answers TopicDisallowed), and
+    -- DeviceTokenNotForTopic from every token
+    for _, case in ipairs({ { 'topic', emu.tls_url, emu.ca, 'com.example.other', 'TopicDisallowed' },
+                            { 'nft', ng.tls_url .. '/apns-nft', ng.ca, emu.topic, 'DeviceTokenNotForTopic' } }) do
+      local dir = apns_run(case[1], case[2], case[3], case[4], token)
+      local c = query(dir, "SELECT state, pause_reason FROM campaigns")[1]
+      assert.are.equal('PAUSED', c.state, case[1])
+      assert.matches('PROFILE_REFUSED: ' .. case[5], c.pause_reason, 1, true)
+      assert.are.same({ { state = 'PENDING', n = 3 } }, query(dir, 'SELECT state, count(*) AS n FROM outbox GROUP BY state'))
+      assert.are.same({ { s = 'ACTIVE', n = 3 } }, query(dir, 'SELECT endpoint_status AS s, count(*) AS n FROM endpoints GROUP BY 1'))
+    end
+    -- DeviceTokenNotForTopic from one token of several is that token's app's: its message fails
+    local dir = apns_run('mix', ng.tls_url .. '/apns-mix', ng.ca, emu.topic,
+      "function(i) return (i == 2 and 'other' or 'cafe') .. string.rep(string.format('%02x', i), 30) end")
+    assert.are.equal('COMPLETED', query(dir, "SELECT state FROM campaigns")[1].state)
+    local rows = query(dir, 'SELECT endpoint_id, state, reason FROM outbox ORDER BY endpoint_id')
+    assert.are.same({ 'SENT', 'FAILED', 'SENT' }, { rows[1].state, rows[2].state, rows[3].state })
+    assert.matches('DeviceTokenNotForTopic', rows[2].reason, 1, true)
+  end)
+
   it('pushes through FCM HTTP v1 with an OAuth2 token from a signed JWT; UNREGISTERED makes the endpoint INACTIVE', function()
     local dir = h.tmpdir()
     campaign_file(dir, { n = 5, channel = 'GCM', name = 'fcm-c',
@@ -266,6 +397,55 @@ describe('delivery through providers', function()
     assert.is_true(sent >= 4)
   end)
 
+  it("sends a push message's RawContent as its payload, over its other fields, with the campaign's attribution", function()
+    local function raw_campaign(name, config)
+      local dir = h.tmpdir()
+      h.write(dir .. '/c.lua', string.format([=[
+        assert(herald.endpoints.put { Id = 'ios', ChannelType = 'APNS', Address = string.rep('be', 32) })
+        assert(herald.endpoints.put { Id = 'android', ChannelType = 'GCM', Address = 'raw-gcm-token' })
+        herald.campaign.from_pinpoint({ Name = %q, SegmentId = 'all', Schedule = { StartTime = 'IMMEDIATE' },
+          MessageConfiguration = %s, Herald = { Deliver = { type = 'channels' } } },
+          { segment = herald.segment { name = 'all' } })
+      ]=], name, config))
+      h.write(dir .. '/providers.lua', string.format([[
+        return { profiles = { apns = { type = 'apns', url = %q, ca_file = %q, team_id = %q, key_id = %q,
+          key_file = %q, topic = %q }, fcm = { type = 'fcm', url = %q, project_id = %q, service_account = %q } },
+          channels = { APNS = 'apns', GCM = 'fcm' } }
+      ]], emu.tls_url, emu.ca, emu.team_id, emu.key_id, emu.apns_key, emu.topic, emu.url, emu.project_id,
+        emu.service_account))
+      local _, code, err = run(dir, 'c.lua')
+      assert.are.equal(0, code, err)
+      return dir
+    end
+    local dir = raw_campaign('raw', [==[{
+      APNSMessage = { Title = 'ignored', Body = 'ignored', SilentPush = true,
+        RawContent = '{"aps":{"alert":{"title":"Sale","body":"50% off"},"badge":3},"deeplink":"app://sale"}' },
+      GCMMessage = { Title = 'ignored', Body = 'ignored',
+        RawContent = '{"notification":{"title":"Sale","body":"50% off","icon":"sale"},"data":{"deeplink":"app://sale","n":2},"priority":"high","time_to_live":600}' } }]==])
+    assert.are.same({ { state = 'SENT', n = 2 } }, query(dir, 'SELECT state, count(*) AS n FROM outbox GROUP BY state'))
+    local run_id = tostring(query(dir, 'SELECT id FROM campaign_runs')[1].id)
+    local ios, android
+    for _, r in ipairs(emu:requests()) do
+      if r.path == '/3/device/' .. string.rep('be', 32) then ios = r end
+      if r.status == 200 and r.body:find('"raw-gcm-token"', 1, true) then android = json.decode(r.body).message end
+    end
+    assert.are.equal('alert', ios.headers['apns-push-type'])
+    assert.are.same({ aps = { alert = { title = 'Sale', body = '50% off' }, badge = 3 }, deeplink = 'app://sale',
+      data = { pinpoint = { campaign = { campaign_id = 'raw', treatment_id = '0', campaign_activity_id = run_id } } } },
+      json.decode(ios.body))
+    assert.are.same({ token = 'raw-gcm-token', notification = { title = 'Sale', body = '50% off' },
+      data = { deeplink = 'app://sale', n = '2', ['pinpoint.campaign.campaign_id'] = 'raw',
+               ['pinpoint.campaign.treatment_id'] = '0', ['pinpoint.campaign.campaign_activity_id'] = run_id },
+      android = { priority = 'high', ttl = '600s', notification = { icon = 'sale' } } }, android)
+
+    -- RawContent that is not a JSON object fails its messages, naming the field
+    dir = raw_campaign('bad-raw', [==[{ APNSMessage = { RawContent = '{"aps":' }, GCMMessage = { RawContent = '[1]' } }]==])
+    local rows = query(dir, 'SELECT endpoint_id, state, reason FROM outbox ORDER BY endpoint_id')
+    assert.are.same({ 'FAILED', 'FAILED' }, { rows[1].state, rows[2].state })
+    assert.matches('INVALID_MESSAGE: GCMMessage.RawContent: expected a JSON object', rows[1].reason, 1, true)
+    assert.matches('INVALID_MESSAGE: APNSMessage.RawContent: ', rows[2].reason, 1, true)
+  end)
+
   it('sends SMS through the Twilio-style preset; an opted-out number opts the endpoint out', function()
     local dir = h.tmpdir()
     campaign_file(dir, { n = 3, channel = 'SMS', name = 'sms-c',
@@ -283,6 +463,37 @@ describe('delivery through providers', function()
     assert.are.equal('FAILED', rows[3].state)
     assert.matches('OPT_OUT', rows[3].reason)
     assert.are.equal('ALL', query(dir, "SELECT opt_out AS o FROM endpoints WHERE id = 'ep-00003'")[1].o)
+  end)
+
+  it("takes Twilio's refusal of the From for the profile's, not the recipients': the campaign pauses", function()
+    for _, code in ipairs({ 21606, 21212, 21603, 21659 }) do
+      local dir = h.tmpdir()
+      campaign_file(dir, { n = 3, channel = 'SMS', name = 'from-' .. code,
+        addr = "function(i) return '+1555000001' .. i end" })
+      h.write(dir .. '/providers.lua', string.format([[
+        return { profiles = { sms = { type = 'sms', preset = 'twilio', url = %q,
+          account_sid = 'AC_test', auth_token = 'secret', from = '+15550100', connections = 1 } },
+          channels = { SMS = 'sms' }, pause_after = 2, retry = { min_ms = 0, max_ms = 0 } }
+      ]], ng.url .. '/twilio-' .. code))
+      local _, status, err = run(dir, 'c.lua')
+      assert.are.equal(0, status, err)
+      local c = query(dir, "SELECT state, pause_reason FROM campaigns")[1]
+      assert.are.equal('PAUSED', c.state, code)
+      assert.matches('SENDER_REFUSED: HTTP 400', c.pause_reason, 1, true)
+      assert.matches(tostring(code), c.pause_reason, 1, true)
+      -- nobody's message failed: all wait for the fix and the resume
+      assert.are.same({ { state = 'PENDING', n = 3 } }, query(dir, 'SELECT state, count(*) AS n FROM outbox GROUP BY state'))
+    end
+    -- a refused recipient is still that message's permanent failure
+    local dir = h.tmpdir()
+    campaign_file(dir, { n = 2, channel = 'SMS', name = 'to', addr = "function(i) return '+1555000001' .. i end" })
+    h.write(dir .. '/providers.lua', string.format([[
+      return { profiles = { sms = { type = 'sms', preset = 'twilio', url = %q,
+        account_sid = 'AC_test', auth_token = 'secret', from = '+15550100' } }, channels = { SMS = 'sms' } }
+    ]], ng.url .. '/twilio-21211'))
+    local _, status, err = run(dir, 'c.lua')
+    assert.are.equal(0, status, err)
+    assert.are.same({ { state = 'FAILED', n = 2 } }, query(dir, 'SELECT state, count(*) AS n FROM outbox GROUP BY state'))
   end)
 
   it('sends email over SMTP with MIME parts, List-Unsubscribe one-click and a Message-ID from the message id', function()

@@ -36,6 +36,17 @@ function adm:token()
 end
 
 local function request(self, m)
+  if m.raw then
+    -- RawContent is ADM's message body (data, consolidationKey, expiresAfter), a copy with
+    -- the attribution in its data; without a consolidationKey of its own a retry collapses
+    -- into the first as any other message's does
+    local body = {}
+    for k, v in pairs(m.raw) do body[k] = v end
+    body.data = util.add_campaign_keys(util.strings(body.data) or {}, m)
+    if body.consolidationKey == nil then body.consolidationKey = m.key:sub(1, 64) end
+    return { key = m.key, url = self.url .. util.urlencode(m.address) .. '/messages', body = json.encode(body),
+             gate = m.gate }
+  end
   local data = util.strings(m.data) or {}
   if m.silent then
     data['pinpoint.notification.silentPush'] = '1'

@@ -3,13 +3,26 @@
 -- than every 20 minutes), one POST per device to /3/device/TOKEN with apns-topic,
 -- apns-push-type (background for silent pushes), apns-priority, apns-expiration from
 -- TimeToLive and apns-collapse-id. 410 Unregistered and 400 BadDeviceToken make the endpoint
--- INACTIVE; 403 ExpiredProviderToken renews the token and retries.
+-- INACTIVE; 403 ExpiredProviderToken renews the token and retries. A refusal of the profile's
+-- configuration (PROFILE_REFUSED: its topic, certificate or key) is systemic: retried and
+-- counted towards the campaign's pause rather than failing the audience for good.
 local clock = require 'herald.core.clock'
 local json = require 'herald.json'
 local util = require 'herald.channels.util'
 
 local apns = {}
 apns.__index = apns
+
+-- Apple's reasons that every message of the profile would meet alike: the topic (the bundle
+-- id the key may not push to, or none), the certificate, a key of another team or environment,
+-- and requests APNs cannot route (BadPath, MethodNotAllowed) or read (DuplicateHeaders,
+-- InvalidPushType, MissingProviderToken: herald writes them the same for every message).
+local PROFILE_REFUSED = {
+  TopicDisallowed = true, BadTopic = true, MissingTopic = true, BadCertificate = true,
+  BadCertificateEnvironment = true, Forbidden = true, MissingProviderToken = true,
+  UnrelatedKeyIdInToken = true, BadEnvironmentKeyInToken = true, BadPath = true,
+  MethodNotAllowed = true, DuplicateHeaders = true, InvalidPushType = true,
+}
 
 local RENEW_MS = 40 * 60 * 1000
 local MIN_RENEW_MS = 20 * 60 * 1000  -- APNs answers faster renewals with TooManyProviderTokenUpdates
@@ -42,18 +55,29 @@ end
 
 function apns:request(m, token)
   local p = self.profile
-  local aps
-  if m.silent then
-    aps = { ['content-available'] = 1 }
+  local payload, silent
+  if m.raw then
+    -- RawContent is the whole payload (a copy: the decoded table is the configuration's); a
+    -- payload that only wakes the app (content-available, nothing to show) is a background push
+    payload = {}
+    for k, v in pairs(m.raw) do payload[k] = v end
+    local aps = type(payload.aps) == 'table' and payload.aps or {}
+    silent = aps['content-available'] == 1 and aps.alert == nil and aps.sound == nil and aps.badge == nil
   else
-    aps = { alert = { title = m.title, body = m.body }, sound = m.sound }
+    silent = m.silent
+    local aps
+    if silent then
+      aps = { ['content-available'] = 1 }
+    else
+      aps = { alert = { title = m.title, body = m.body }, sound = m.sound }
+    end
+    payload = { aps = aps }
+    for k, v in pairs(m.data or {}) do if k ~= 'aps' then payload[k] = v end end
   end
-  local payload = { aps = aps }
-  for k, v in pairs(m.data or {}) do if k ~= 'aps' then payload[k] = v end end
   -- iOS's form of the campaign attribution: data.pinpoint.campaign (beside the message's own
   -- data.* keys when it has a `data` object; a `data` of another type is the message's)
   local a = util.campaign_attribution(m)
-  if a and (payload.data == nil or type(payload.data) == 'table') then
+  if a and (payload.data == nil or (type(payload.data) == 'table' and not json.is_array(payload.data))) then
     -- copies: the message's data table is its treatment's, shared by every message
     local data, pinpoint = {}, {}
     for k, v in pairs(payload.data or {}) do data[k] = v end
@@ -65,8 +89,8 @@ function apns:request(m, token)
   local headers = {
     authorization = 'bearer ' .. token,
     ['apns-topic'] = m.channel:find('VOIP') and (p.topic .. '.voip') or p.topic,
-    ['apns-push-type'] = m.channel:find('VOIP') and 'voip' or (m.silent and 'background' or 'alert'),
-    ['apns-priority'] = m.silent and '5' or '10',
+    ['apns-push-type'] = m.channel:find('VOIP') and 'voip' or (silent and 'background' or 'alert'),
+    ['apns-priority'] = silent and '5' or '10',
     ['apns-collapse-id'] = m.key:sub(1, 64),
     ['apns-id'] = m.apns_id,
   }
@@ -82,22 +106,40 @@ function apns:send(msgs, progress)
   if not token then return util.fail_all(#msgs, 'transient', err) end
   local reqs = {}
   for i, m in ipairs(msgs) do reqs[i] = self:request(m, token) end
+  -- DeviceTokenNotForTopic from a token or two is their app's, not this one's; from every
+  -- token of a batch (of several) the topic is what is wrong
+  local not_for_topic
   local function judge(o)
     local body = util.decode(o.detail)
     local why = body and body.reason
-    if o.status == 410 or why == 'BadDeviceToken' or why == 'Unregistered' then
+    if o.status == 410 or why == 'BadDeviceToken' or why == 'Unregistered' or why == 'ExpiredToken' then
       return why, 'inactive'
+    elseif PROFILE_REFUSED[why] or (why == 'DeviceTokenNotForTopic' and not_for_topic) then
+      return 'PROFILE_REFUSED: ' .. why, 'profile'
     elseif why == 'ExpiredProviderToken' or why == 'InvalidProviderToken' then
       -- a fresh token only once the current one may be replaced: a token refused for its key
       -- or team (a configuration mistake) must not be minted again on every claim
       if self.minted_ms == nil or clock.now() - self.minted_ms >= MIN_RENEW_MS then self.jwt = nil end
       return why, 'token'
-    elseif why == 'TooManyProviderTokenUpdates' then
+    elseif why == 'TooManyProviderTokenUpdates' or why == 'IdleTimeout' then
       return why, 'retry'
     end
+    -- the rest concern the message (BadCollapseId, BadExpirationDate, BadPriority,
+    -- PayloadEmpty, PayloadTooLarge, ...) or its device (TooManyRequests: a 429, retried)
     return why
   end
-  local function verdicts(res) return util.verdicts(res, judge) end
+  local function verdicts(res)
+    local answered, refused = 0, 0
+    for _, o in ipairs(res) do
+      if o.class == 'ok' then
+        answered = answered + 1
+        local body = o.status == 400 and util.decode(o.detail)
+        if body and body.reason == 'DeviceTokenNotForTopic' then refused = refused + 1 end
+      end
+    end
+    not_for_topic = refused >= 2 and refused == answered
+    return util.verdicts(res, judge)
+  end
   local res = util.send_http(self.profile, reqs, { headers = { ['Content-Type'] = 'application/json' } },
     progress, verdicts)
   return verdicts(res)

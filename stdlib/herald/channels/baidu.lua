@@ -41,7 +41,22 @@ end
 function baidu:request(m)
   local p = self.profile
   local msg
-  if m.silent then
+  local silent = m.silent
+  if m.raw then
+    -- RawContent is Baidu's msg: a notification when it has a description (Baidu's required
+    -- field of one), else a pass-through message; a copy, with the attribution in its
+    -- custom_content or, passed through, beside its keys
+    msg = {}
+    for k, v in pairs(m.raw) do msg[k] = v end
+    silent = type(msg.description) ~= 'string'
+    if silent then
+      util.add_campaign_keys(msg, m)
+    elseif msg.custom_content == nil or (type(msg.custom_content) == 'table' and not json.is_array(msg.custom_content)) then
+      local cc = {}
+      for k, v in pairs(msg.custom_content or {}) do cc[k] = v end
+      msg.custom_content = util.add_campaign_keys(next(cc) and cc or nil, m)
+    end
+  elseif silent then
     msg = util.add_campaign_keys(util.strings(m.data), m) or {}
   else
     msg = { title = m.title, description = m.body or '',
@@ -49,7 +64,7 @@ function baidu:request(m)
   end
   local params = {
     apikey = p.api_key, timestamp = tostring(clock.now() // 1000), channel_id = m.address,
-    device_type = tostring(self.device_type), msg_type = m.silent and '0' or '1', msg = json.encode(msg),
+    device_type = tostring(self.device_type), msg_type = silent and '0' or '1', msg = json.encode(msg),
   }
   if m.ttl then params.msg_expires = tostring(math.max(1, math.min(MAX_EXPIRES, math.floor(m.ttl)))) end
   params.sign = baidu.sign('POST', self.url, params, p.secret_key)

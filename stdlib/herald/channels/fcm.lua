@@ -40,7 +40,43 @@ function fcm:token()
   end)
 end
 
+-- The FCM message of a RawContent: an FCM v1 message (under `message`, or SNS's
+-- `fcmV1Message.message`), or Pinpoint's GCM payload (notification, data, priority,
+-- time_to_live, collapse_key, restricted_package_name) in its v1 form.
+local function raw_message(r)
+  local v1 = type(r.fcmV1Message) == 'table' and r.fcmV1Message.message or r.message
+  local msg = {}
+  if type(v1) == 'table' then
+    for k, v in pairs(v1) do msg[k] = v end
+    return msg
+  end
+  msg.data = r.data
+  local android = {}
+  if type(r.notification) == 'table' then
+    -- v1's notification holds title, body and image; the rest is Android's
+    local n, an = r.notification, {}
+    msg.notification = { title = n.title, body = n.body, image = n.image }
+    for k, v in pairs(n) do
+      if k ~= 'title' and k ~= 'body' and k ~= 'image' then an[k == 'android_channel_id' and 'channel_id' or k] = v end
+    end
+    if next(an) then android.notification = an end
+  end
+  if r.priority ~= nil then android.priority = r.priority == 'high' and 'high' or 'normal' end
+  if math.type(r.time_to_live) == 'integer' then android.ttl = r.time_to_live .. 's' end
+  android.collapse_key = r.collapse_key
+  android.restricted_package_name = r.restricted_package_name
+  if next(android) then msg.android = android end
+  return msg
+end
+
 local function message(m)
+  if m.raw then
+    -- RawContent over every other field; sent to this endpoint only, with the attribution
+    local msg = raw_message(m.raw)
+    msg.token, msg.topic, msg.condition = m.address, nil, nil
+    msg.data = util.add_campaign_keys(util.strings(msg.data), m)
+    return json.encode { message = msg }
+  end
   local msg = { token = m.address, data = util.add_campaign_keys(util.strings(m.data), m) }
   if not m.silent then msg.notification = { title = m.title, body = m.body } end
   local android = {}

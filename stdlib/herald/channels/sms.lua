@@ -2,13 +2,21 @@
 -- account_sid:auth_token) or a JSON body whose string values are templates over the message
 -- (Address, Body, OriginationNumber, SenderId, MessageType, Keyword). A refusal because the
 -- recipient opted out (Twilio error 21610, or profile.opt_out_pattern in the body) opts the
--- endpoint out of everything, as Pinpoint does on a STOP reply.
+-- endpoint out of everything, as Pinpoint does on a STOP reply. A refusal of the sender (the
+-- From number or sender id: Twilio errors in SENDER_REFUSED) is the profile's, not the
+-- recipient's: systemic, as SMTP's refused MAIL FROM is.
 local json = require 'herald.json'
 local template = require 'herald.template'
 local util = require 'herald.channels.util'
 
 local sms = {}
 sms.__index = sms
+
+-- Twilio error codes that refuse the From rather than the recipient: 21212 invalid From,
+-- 21603 From missing, 21606 From not SMS-capable, 21659 From not a Twilio number, 21660 From
+-- not of this account, 21611 From's queue full.
+local SENDER_REFUSED = { [21212] = true, [21603] = true, [21606] = true, [21611] = true, [21659] = true,
+                         [21660] = true }
 
 -- The JSON body's shape with every string in it (at any depth: a batch API may take `to` as a
 -- list or nest the message) compiled as a template; other values stay as they are.
@@ -98,10 +106,15 @@ function sms:verdicts(res)
       -- Only the provider's refusal of this number (a 4xx) can say it opted out: a 5xx or a
       -- failed connection that happens to quote the message ("reply STOP to opt out") cannot.
       local refused = o.class == 'ok' and o.status >= 400 and o.status < 500
-      if refused and ((err and tonumber(err.code) == 21610) or (o.detail and o.detail:find(self.opt_out))) then
+      local code = err and tonumber(err.code)
+      if refused and self.auth and SENDER_REFUSED[code] then
+        -- the same refusal awaits every message of the profile: retried, counted towards
+        -- the campaign's pause, never the audience's permanent failure
+        r.verdict, r.systemic, r.reason = 'transient', true, 'SENDER_REFUSED: ' .. r.reason
+      elseif refused and (code == 21610 or (o.detail and o.detail:find(self.opt_out))) then
         r.verdict, r.feedback, r.reason = 'permanent', 'OPT_OUT', 'OPT_OUT: ' .. r.reason
       end
-      r.systemic = o.class ~= 'ok' or o.status >= 500 or o.status == 401 or o.status == 403
+      r.systemic = r.systemic or o.class ~= 'ok' or o.status >= 500 or o.status == 401 or o.status == 403
     end
     out[i] = r
   end

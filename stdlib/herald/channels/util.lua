@@ -137,7 +137,9 @@ end
 -- reason; a delivered outcome given one is refused) and what the refusal means: 'inactive'
 -- (the device is gone: permanent, the endpoint made INACTIVE), 'token' (the credentials were
 -- refused: transient and systemic; judge drops the cached token), 'retry' (the provider asks
--- to come back: transient and systemic), 'refused' (permanent, and the provider refuses the
+-- to come back: transient and systemic), 'profile' (the provider refuses the profile's
+-- configuration, a topic or certificate, which the next message would meet too: transient and
+-- systemic), 'refused' (permanent, and the provider refuses the
 -- whole batch), 'systemic' (the provider cannot take the batch) or nil (transport failures and
 -- 5xx are systemic, the rest concern the message only).
 function util.verdicts(res, judge, opts)
@@ -154,7 +156,7 @@ function util.verdicts(res, judge, opts)
       r.reason = (why and (why .. ': ') or '') .. util.reason(o)
       if meaning == 'inactive' then
         r.verdict, r.feedback = 'permanent', 'INACTIVE'
-      elseif meaning == 'token' or meaning == 'retry' then
+      elseif meaning == 'token' or meaning == 'retry' or meaning == 'profile' then
         r.verdict, r.systemic = 'transient', true
       elseif meaning == 'refused' then
         r.verdict, r.systemic = 'permanent', true

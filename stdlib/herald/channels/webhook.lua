@@ -1,6 +1,9 @@
 -- CUSTOM / webhook channel: Pinpoint's custom-channel payload POSTed to a URL, at most 50
 -- endpoints per call (profile.endpoints_per_call, default 1 so each call carries exactly one
--- message and its Idempotency-Key is the message id; with more, the key lists the ids).
+-- message and its Idempotency-Key is the message id; with more, the key lists the ids). A call
+-- of several carries one Message and Data for all its Endpoints, as Pinpoint's does, so it
+-- groups only messages that share all of them and their campaign, treatment and run, and
+-- never one endpoint twice.
 local json = require 'herald.json'
 local util = require 'herald.channels.util'
 
@@ -36,6 +39,22 @@ function webhook.payload(group)
   }
 end
 
+-- What the messages of one call must share: every field the payload takes from its first
+-- message (Data and Message are rendered per endpoint, and a hook's overrides are per
+-- endpoint too), each length-prefixed so no two different tuples make the same key.
+local function group_key(m)
+  local data = m.custom_data
+  if data == nil and m.data ~= nil then data = json.encode(m.data) end
+  local parts = {}
+  for i, v in ipairs({ m.campaign_id or false, m.treatment_id or false, m.activity_id or false,
+                       m.scheduled_time or false, m.url or false, m.title or false, m.body or false,
+                       data or false }) do
+    local s = v == false and '' or tostring(v)
+    parts[i] = (v == false and '-' or '+') .. #s .. ':' .. s
+  end
+  return table.concat(parts)
+end
+
 local function verdict(o)
   local unsent = util.unsent(o)
   if unsent then return unsent end
@@ -58,15 +77,17 @@ function webhook:send(msgs, progress)
     groups = {}
     local open = {}
     for i, m in ipairs(msgs) do
-      local gk = tostring(m.campaign_id) .. '\0' .. tostring(m.treatment_id) .. '\0' .. (m.url or '')
+      local gk = group_key(m)
       local g = open[gk]
-      if g == nil or #g >= self.per then
-        g = { idx = {} }
+      local id = m.endpoint_id or m.address
+      if g == nil or #g >= self.per or g.ids[id] then
+        g = { idx = {}, ids = {} }
         open[gk] = g
         groups[#groups + 1] = g
       end
       g[#g + 1] = m
       g.idx[#g.idx + 1] = i
+      g.ids[id] = true
     end
     for gi, g in ipairs(groups) do
       local keys = {}
