@@ -25,6 +25,7 @@
 local core = require 'herald.core.segment'
 local json = require 'herald.core.json'
 local clock = require 'herald.core.clock'
+local digest = require 'herald.core.digest'
 
 local segment = {}
 
@@ -1417,13 +1418,27 @@ function segment.versions(id, opts)
   return out
 end
 
+-- Set by the loader of definition files (runner:load) while one runs. A definition file runs
+-- again on every `herald run` and `herald campaign load`; registering its import's rows each
+-- time would undo every later change to those endpoints, so there an import is applied only
+-- when its data changed since the stored version.
+segment.loading_definitions = false
+
+-- The digest of one more endpoint request after digest h: canonical JSON (sorted keys), so
+-- the same rows give the same digest whatever order their keys were read in.
+local function digest_step(h, req)
+  return digest.md5_hex(h .. json.encode(req, { sort = true }))
+end
+
 -- import(path, {name =, id =, format = 'csv'|'json', app =}) -> segment, or nil, err.
 -- The file is read as `herald import endpoints` reads it (runtime/import.c, through the host,
 -- so campaign code can import too: there, paths are relative, below the working directory):
 -- the format from the extension, any case (.csv; .json, .jsonl, .ndjson), else from the
 -- content. Endpoint rows are registered (created or updated) and become the members; a file
 -- whose only column is User.UserId adds every endpoint of each user. All or nothing: any bad
--- row leaves the store unchanged and the error names the file and line.
+-- row leaves the store unchanged and the error names the file and line. The version records
+-- a digest of the rows; while a definition file loads, an import whose name, format and
+-- digest match the stored version returns that version and writes nothing.
 function segment.import(path, opts)
   opts = opts or {}
   if type(path) ~= 'string' then error('herald.segment.import: path: expected a file name', 2) end
@@ -1434,12 +1449,27 @@ function segment.import(path, opts)
   if format ~= nil and format ~= 'csv' and format ~= 'json' then
     error("herald.segment.import: format: '" .. tostring(format) .. "' is not one of csv, json", 2)
   end
+  if segment.loading_definitions then
+    local h = ''
+    local read, rerr = core.each_endpoint_request(path, format, function(req)
+      h = digest_step(h, req)
+      return true
+    end)
+    if read == nil then return nil, rerr end
+    local row = stored(id, nil, app)
+    if row and row.type == 'IMPORT' and row.name == name and row.definition.Digest == h and
+        row.definition.Format == read:upper() then
+      return new_segment { name = name, id = id, version = row.version, static = true,
+        definition = {} }
+    end
+  end
   local endpoints = require('herald.endpoints')
   local ok, res = pcall(core.atomic, function()
-    local members = {}
+    local members, h = {}, ''
     -- nil, err stops the read; C prefixes err with the file and line
     local function add_row(req)
       if type(req) ~= 'table' or json.is_array(req) then return nil, 'not a JSON object' end
+      h = digest_step(h, req)
       local keys = {}
       for k in pairs(req) do keys[#keys + 1] = k end
       local user = type(req.User) == 'table' and req.User.UserId
@@ -1457,7 +1487,7 @@ function segment.import(path, opts)
     local read, rerr = core.each_endpoint_request(path, format, add_row)
     if read == nil then error(rerr, 0) end
     local version, err = core.save(id, name, 'IMPORT', json.encode { Name = name, Format =
-      read:upper() }, app)
+      read:upper(), Digest = h }, app)
     if version == nil then error(err, 0) end
     local added, aerr = core.add_members(id, version, members, app)
     if not added then error(aerr, 0) end

@@ -340,6 +340,88 @@ describe('imported segments', function()
   end)
 end)
 
+describe('imports in definition files', function()
+  local function herald(dir, args, env)
+    return h.herald('--db c.db ' .. args, { cwd = dir, env = env })
+  end
+  local function state(dir)
+    local v = h.query(dir, 'c.db', "SELECT (SELECT json_extract(attributes, '$.tier[0]') FROM endpoints WHERE id = 'v1') AS tier, " ..
+      "(SELECT group_concat(version) FROM segments WHERE id = 'vip') AS versions, " ..
+      "(SELECT count(*) FROM endpoints WHERE id = 'w1') AS w1, (SELECT count(*) FROM segments WHERE id = 'more') AS more, " ..
+      "(SELECT count(*) FROM campaigns WHERE id = 'late') AS late")
+    return v[1]
+  end
+  it('apply only when the file changed, so a reload keeps later endpoint changes', function()
+    local dir = h.tmpdir()
+    h.write(dir .. '/vip.csv', 'Id,ChannelType,Address,Attributes.tier\nv1,EMAIL,v1@example.com,gold\n')
+    h.write(dir .. '/c.lua', [[
+local vip = herald.segment.import('vip.csv')
+herald.campaign{ name = 'vipc', segment = vip, deliver = { file = 'out.txt' }, message = { body = 'hi' },
+  schedule = { start = '2027-05-01T12:00:00Z' } }
+]])
+    local _, code, err = herald(dir, 'campaign load c.lua')
+    assert.are.equal(0, code, err)
+    _, code, err = herald(dir, '-e ' .. h.shell_quote("assert(herald.endpoints.put{ Id = 'v1', Attributes = { tier = { 'silver' } } })"))
+    assert.are.equal(0, code, err)
+    _, code, err = herald(dir, 'campaign load c.lua')
+    assert.are.equal(0, code, err)
+    _, code, err = herald(dir, 'run --until 2027-05-01T00:00:00Z c.lua', { HERALD_CLOCK_START = '2027-04-30T00:00:00Z' })
+    assert.are.equal(0, code, err)
+    assert.are.same({ tier = 'silver', versions = '1', w1 = 0, more = 0, late = 0 }, state(dir))
+    -- the same rows written differently (other column order, a BOM) are the same data
+    h.write(dir .. '/vip.csv', '\239\187\191Address,Id,Attributes.tier,ChannelType\r\nv1@example.com,v1,gold,EMAIL\r\n')
+    _, code, err = herald(dir, 'campaign load c.lua')
+    assert.are.equal(0, code, err)
+    assert.are.same({ tier = 'silver', versions = '1', w1 = 0, more = 0, late = 0 }, state(dir))
+    -- changed data is a new version, applied
+    h.write(dir .. '/vip.csv', 'Id,ChannelType,Address,Attributes.tier\nv1,EMAIL,v1@example.com,platinum\n')
+    _, code, err = herald(dir, 'campaign load c.lua')
+    assert.are.equal(0, code, err)
+    assert.are.same({ tier = 'platinum', versions = '1,2', w1 = 0, more = 0, late = 0 }, state(dir))
+    -- outside definition files an import is an explicit act: applied every time
+    _, code, err = herald(dir, '-e ' .. h.shell_quote("assert(herald.endpoints.put{ Id = 'v1', Attributes = { tier = { 'silver' } } }) " ..
+      "assert(herald.segment.import('vip.csv'))"))
+    assert.are.equal(0, code, err)
+    assert.are.same({ tier = 'platinum', versions = '1,2,3', w1 = 0, more = 0, late = 0 }, state(dir))
+  end)
+  it('are undone with the campaigns of a file that fails after them', function()
+    local dir = h.tmpdir()
+    h.write(dir .. '/vip.csv', 'Id,ChannelType,Address,Attributes.tier\nv1,EMAIL,v1@example.com,gold\n')
+    h.write(dir .. '/more.csv', 'Id,ChannelType,Address\nw1,EMAIL,w1@example.com\n')
+    h.write(dir .. '/c.lua', [[
+local vip = herald.segment.import('vip.csv')
+herald.campaign{ name = 'vipc', segment = vip, deliver = { file = 'out.txt' }, message = { body = 'hi' },
+  schedule = { start = '2027-05-01T12:00:00Z' } }
+]])
+    local _, code, err = herald(dir, 'campaign load c.lua')
+    assert.are.equal(0, code, err)
+    h.write(dir .. '/vip.csv', 'Id,ChannelType,Address,Attributes.tier\nv1,EMAIL,v1@example.com,platinum\n')
+    h.write(dir .. '/c.lua', [[
+local vip = herald.segment.import('vip.csv')
+local more = herald.segment.import('more.csv')
+herald.campaign{ name = 'late', segment = more, deliver = { file = 'out.txt' }, message = { body = 'hi' },
+  schedule = { start = '2027-05-01T12:00:00Z' } }
+error('broken after the imports')
+]])
+    _, code, err = herald(dir, 'campaign load c.lua')
+    assert.are_not.equal(0, code)
+    assert.matches('c.lua:5: broken after the imports', err, 1, true)
+    _, code, err = herald(dir, 'run --until 2027-05-01T00:00:00Z c.lua', { HERALD_CLOCK_START = '2027-04-30T00:00:00Z' })
+    assert.are_not.equal(0, code)
+    assert.are.same({ tier = 'gold', versions = '1', w1 = 0, more = 0, late = 0 }, state(dir))
+    -- a failed import the file handles still fails the file: its writes are all or nothing
+    h.write(dir .. '/bad.csv', 'Id,ChannelType,Address\nb1,EMAIL,not-an-address\n')
+    h.write(dir .. '/h.lua', [[
+local seg = herald.segment.import('more.csv')
+local bad = herald.segment.import('bad.csv') or seg
+]])
+    _, code, err = herald(dir, 'campaign load h.lua')
+    assert.are_not.equal(0, code)
+    assert.matches('h.lua: a write of this file to the store failed and the file went on', err, 1, true)
+    assert.are.same({ tier = 'gold', versions = '1', w1 = 0, more = 0, late = 0 }, state(dir))
+  end)
+end)
+
 describe('segment Lua forms', function()
   it('the concise form means the same as the Pinpoint form', function()
     local v = run [[
