@@ -86,6 +86,9 @@ function runner:wait_busy()
   task.sleep(BUSY_WAIT_MS)
 end
 
+-- What the store's commit says when a write inside the transaction failed (runtime/store.c).
+local INNER_FAILURE = 'transaction rolled back by an inner failure'
+
 -- A load error that does not name its file (a memory or time limit, a store error) gets the
 -- file's name in front, so the report says which file failed.
 local function naming(f, err)
@@ -99,20 +102,30 @@ end
 -- stored only once the whole file has loaded, together in one transaction), and the
 -- campaigns it defined before (stored with it as their source) keep their stored version and
 -- become INVALID with the error until it loads again. Then the stored copies load.
+-- The file runs inside that transaction too, so what it writes as it runs (a segment import
+-- registers its endpoints there and then) is undone with its campaigns when it fails; imports
+-- apply only when their data changed (herald.segment.loading_definitions).
 function runner:load(files)
   local ok_all = true
   for _, f in ipairs(files) do
     local source = sandbox_core.realpath(f) or f
-    local _, mark = self.sb:run('local c = require("herald.campaign"); c.source = ...; return c.mark()',
+    local _, mark = self.sb:run('local c = require("herald.campaign"); c.source = ...; ' ..
+      'require("herald.segment").loading_definitions = true; return c.mark()',
       '=(herald run)', source)
-    local ok, err = self.sb:run_file(f)
-    if ok then
-      ok, err = pcall(store_transaction, function()
-        local okc, cerr = self.sb:run('return require("herald.campaign").commit(...)', '=(herald run)', source)
-        if not okc then error(cerr, 0) end
-      end)
+    local ok, err = pcall(store_transaction, function()
+      local okf, ferr = self.sb:run_file(f)
+      if not okf then error(ferr, 0) end
+      local okc, cerr = self.sb:run('return require("herald.campaign").commit(...)', '=(herald run)', source)
+      if not okc then error(cerr, 0) end
+    end)
+    self.sb:run('require("herald.campaign").source = nil; ' ..
+      'require("herald.segment").loading_definitions = false')
+    if not ok and tostring(err):find(INNER_FAILURE, 1, true) then
+      -- The file ran to its end, but a write it made failed and it went on (it handled the
+      -- error): the store rolled the whole file back, so say why in the file's terms.
+      err = 'a write of this file to the store failed and the file went on; a definition ' ..
+        'file is stored whole or not at all, so nothing of it was stored'
     end
-    self.sb:run('require("herald.campaign").source = nil')
     if not ok then
       err = naming(f, err)
       self.sb:run('require("herald.campaign").rollback(...)', '=(herald run)', mark)

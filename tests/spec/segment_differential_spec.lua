@@ -180,7 +180,11 @@ local function dims()
         local v
         if t == 'CONTAINS' then v = values(R(1, 2), function() return pick(PIECES) end)
         elseif t == 'BEFORE' or t == 'AFTER' then v = { date(true) }
-        elseif t == 'BETWEEN' then v = { date(true), date(true) }
+        elseif t == 'BETWEEN' then
+          -- In order: a start after the end is refused (a date-only end is its whole day).
+          v = { date(true), date(true) }
+          local b = ref.instant(v[2]) + (v[2]:find('T', 1, true) and 0 or 86400000)
+          if ref.instant(v[1]) >= b then v = { v[2], v[1] } end
         elseif t == 'ON' then v = values(R(1, 2), function() return date(true) end)
         else v = values(R(1, 3), function() return pick(WORDS) end) end
         d[kind[1]][pick(kind[2])] = { AttributeType = t, Values = v }

@@ -74,6 +74,10 @@ describe('segment dimensions', function()
       assert.are.equal('e2', members [[{ Demographic = { Model = { Values = { 'Galaxy' } } } }]])
       assert.are.equal('e1', members [[{ Demographic = { DeviceType = { Values = { 'iPhone' } } } }]])
     end)
+    it('Channel values are read in any case, as Country codes are', function()
+      assert.are.equal('e1,e3,e5', members [[{ Demographic = { Channel = { Values = { 'email' } } } }]])
+      assert.are.equal('e1,e3,e4,e5', members [[{ Demographic = { Channel = { DimensionType = 'EXCLUSIVE', Values = { 'sms' } } } }]])
+    end)
     it('several demographic fields must all hold', function()
       assert.are.equal('e2', members [[{ Demographic = { Channel = { Values = { 'SMS', 'EMAIL' } }, Make = { Values = { 'samsung' } } } }]])
     end)
@@ -140,6 +144,14 @@ describe('segment dimensions', function()
     it('BETWEEN is inclusive at both ends', function()
       assert.are.equal('e1,e3', members(a:format('signup', 'BETWEEN', "'2026-01-15T10:00:00Z', '2026-01-16T04:30:00Z'")))
       assert.are.equal('e1', members(a:format('signup', 'BETWEEN', "'2026-01-15', '2026-01-16T04:29:59.999Z'")))
+    end)
+    it('BETWEEN with a date-only end includes that whole day (UTC)', function()
+      -- e1 signed up at 2026-01-15T10:00Z, e3 at 2026-01-16T04:30Z, e2 on 2026-02-01 (midnight)
+      assert.are.equal('e1', members(a:format('signup', 'BETWEEN', "'2026-01-01', '2026-01-15'")))
+      assert.are.equal('e1', members(a:format('signup', 'BETWEEN', "'2026-01-15', '2026-01-15'")))
+      assert.are.equal('e1,e3', members(a:format('signup', 'BETWEEN', "'2026-01-01', '2026-01-16'")))
+      assert.are.equal('', members(a:format('signup', 'BETWEEN', "'2026-01-15T10:00:00.001Z', '2026-01-15'")))
+      assert.are.equal('e1,e3', members(a:format('signup', 'BETWEEN', "'2026-01-15T10:00:00Z', '2026-01-31'")))
     end)
     it('ON compares the date as written, ignoring the time', function()
       assert.are.equal('e1,e3', members(a:format('signup', 'ON', "'2026-01-15T08:00:00Z'")))
@@ -233,6 +245,19 @@ describe('stored segments', function()
     assert.matches("no segment 'one' version 7", v[4], 1, true)
     assert.is_true(v[5])
   end)
+  it('a stored version that no longer passes the checks is reported, not raised', function()
+    local v = run [[
+      local core = require 'herald.core.segment'
+      must(core.save('old', 'old', 'DIMENSIONAL', herald.json.encode { Name = 'old', Dimensions = { Attributes = {
+        signup = { AttributeType = 'BETWEEN', Values = { '2026-02-01', '2026-01-01' } } } } }, 'default'))
+      local seg, err = S.load('old')
+      local ok, err2 = pcall(S.from_pinpoint, { Name = 'x', SegmentGroups = { Groups = { { SourceSegments = { { Id = 'old' } } } } } })
+      emit { seg == nil, err, ok, err2 }]]
+    assert.is_true(v[1])
+    assert.are.equal("segment 'old' version 1: Dimensions.Attributes.signup.Values: BETWEEN's start '2026-02-01' is after its end '2026-01-01'", v[2])
+    assert.is_false(v[3])
+    assert.matches("SegmentGroups.Groups[1].SourceSegments[1]: segment 'old' version 1: Dimensions.Attributes.signup.Values: BETWEEN's start", v[4], 1, true)
+  end)
   it('a segment that refers to itself is refused', function()
     local v = run [[
       must(S.save(S.from_pinpoint { Name = 'loop', Dimensions = {} }))
@@ -315,6 +340,88 @@ describe('imported segments', function()
   end)
 end)
 
+describe('imports in definition files', function()
+  local function herald(dir, args, env)
+    return h.herald('--db c.db ' .. args, { cwd = dir, env = env })
+  end
+  local function state(dir)
+    local v = h.query(dir, 'c.db', "SELECT (SELECT json_extract(attributes, '$.tier[0]') FROM endpoints WHERE id = 'v1') AS tier, " ..
+      "(SELECT group_concat(version) FROM segments WHERE id = 'vip') AS versions, " ..
+      "(SELECT count(*) FROM endpoints WHERE id = 'w1') AS w1, (SELECT count(*) FROM segments WHERE id = 'more') AS more, " ..
+      "(SELECT count(*) FROM campaigns WHERE id = 'late') AS late")
+    return v[1]
+  end
+  it('apply only when the file changed, so a reload keeps later endpoint changes', function()
+    local dir = h.tmpdir()
+    h.write(dir .. '/vip.csv', 'Id,ChannelType,Address,Attributes.tier\nv1,EMAIL,v1@example.com,gold\n')
+    h.write(dir .. '/c.lua', [[
+local vip = herald.segment.import('vip.csv')
+herald.campaign{ name = 'vipc', segment = vip, deliver = { file = 'out.txt' }, message = { body = 'hi' },
+  schedule = { start = '2027-05-01T12:00:00Z' } }
+]])
+    local _, code, err = herald(dir, 'campaign load c.lua')
+    assert.are.equal(0, code, err)
+    _, code, err = herald(dir, '-e ' .. h.shell_quote("assert(herald.endpoints.put{ Id = 'v1', Attributes = { tier = { 'silver' } } })"))
+    assert.are.equal(0, code, err)
+    _, code, err = herald(dir, 'campaign load c.lua')
+    assert.are.equal(0, code, err)
+    _, code, err = herald(dir, 'run --until 2027-05-01T00:00:00Z c.lua', { HERALD_CLOCK_START = '2027-04-30T00:00:00Z' })
+    assert.are.equal(0, code, err)
+    assert.are.same({ tier = 'silver', versions = '1', w1 = 0, more = 0, late = 0 }, state(dir))
+    -- the same rows written differently (other column order, a BOM) are the same data
+    h.write(dir .. '/vip.csv', '\239\187\191Address,Id,Attributes.tier,ChannelType\r\nv1@example.com,v1,gold,EMAIL\r\n')
+    _, code, err = herald(dir, 'campaign load c.lua')
+    assert.are.equal(0, code, err)
+    assert.are.same({ tier = 'silver', versions = '1', w1 = 0, more = 0, late = 0 }, state(dir))
+    -- changed data is a new version, applied
+    h.write(dir .. '/vip.csv', 'Id,ChannelType,Address,Attributes.tier\nv1,EMAIL,v1@example.com,platinum\n')
+    _, code, err = herald(dir, 'campaign load c.lua')
+    assert.are.equal(0, code, err)
+    assert.are.same({ tier = 'platinum', versions = '1,2', w1 = 0, more = 0, late = 0 }, state(dir))
+    -- outside definition files an import is an explicit act: applied every time
+    _, code, err = herald(dir, '-e ' .. h.shell_quote("assert(herald.endpoints.put{ Id = 'v1', Attributes = { tier = { 'silver' } } }) " ..
+      "assert(herald.segment.import('vip.csv'))"))
+    assert.are.equal(0, code, err)
+    assert.are.same({ tier = 'platinum', versions = '1,2,3', w1 = 0, more = 0, late = 0 }, state(dir))
+  end)
+  it('are undone with the campaigns of a file that fails after them', function()
+    local dir = h.tmpdir()
+    h.write(dir .. '/vip.csv', 'Id,ChannelType,Address,Attributes.tier\nv1,EMAIL,v1@example.com,gold\n')
+    h.write(dir .. '/more.csv', 'Id,ChannelType,Address\nw1,EMAIL,w1@example.com\n')
+    h.write(dir .. '/c.lua', [[
+local vip = herald.segment.import('vip.csv')
+herald.campaign{ name = 'vipc', segment = vip, deliver = { file = 'out.txt' }, message = { body = 'hi' },
+  schedule = { start = '2027-05-01T12:00:00Z' } }
+]])
+    local _, code, err = herald(dir, 'campaign load c.lua')
+    assert.are.equal(0, code, err)
+    h.write(dir .. '/vip.csv', 'Id,ChannelType,Address,Attributes.tier\nv1,EMAIL,v1@example.com,platinum\n')
+    h.write(dir .. '/c.lua', [[
+local vip = herald.segment.import('vip.csv')
+local more = herald.segment.import('more.csv')
+herald.campaign{ name = 'late', segment = more, deliver = { file = 'out.txt' }, message = { body = 'hi' },
+  schedule = { start = '2027-05-01T12:00:00Z' } }
+error('broken after the imports')
+]])
+    _, code, err = herald(dir, 'campaign load c.lua')
+    assert.are_not.equal(0, code)
+    assert.matches('c.lua:5: broken after the imports', err, 1, true)
+    _, code, err = herald(dir, 'run --until 2027-05-01T00:00:00Z c.lua', { HERALD_CLOCK_START = '2027-04-30T00:00:00Z' })
+    assert.are_not.equal(0, code)
+    assert.are.same({ tier = 'gold', versions = '1', w1 = 0, more = 0, late = 0 }, state(dir))
+    -- a failed import the file handles still fails the file: its writes are all or nothing
+    h.write(dir .. '/bad.csv', 'Id,ChannelType,Address\nb1,EMAIL,not-an-address\n')
+    h.write(dir .. '/h.lua', [[
+local seg = herald.segment.import('more.csv')
+local bad = herald.segment.import('bad.csv') or seg
+]])
+    _, code, err = herald(dir, 'campaign load h.lua')
+    assert.are_not.equal(0, code)
+    assert.matches('h.lua: a write of this file to the store failed and the file went on', err, 1, true)
+    assert.are.same({ tier = 'gold', versions = '1', w1 = 0, more = 0, late = 0 }, state(dir))
+  end)
+end)
+
 describe('segment Lua forms', function()
   it('the concise form means the same as the Pinpoint form', function()
     local v = run [[
@@ -323,6 +430,19 @@ describe('segment Lua forms', function()
       local pinpoint = S.from_pinpoint(herald.json.encode(concise:to_pinpoint()))
       emit { ids(concise), ids(pinpoint), concise:to_pinpoint().Dimensions.Location.Country.DimensionType }]]
     assert.are.same({ 'e1,e3', 'e1,e3', 'EXCLUSIVE' }, v)
+  end)
+  it('channel values are read in any case, in and out', function()
+    local v = run [[
+      emit { ids(S{ name = 'a', channel = 'email' }), ids(S{ name = 'b', channel = { not_in = 'sms' } }),
+             ids(S{ name = 'c', channel = { 'Sms', 'custom' } }), S{ name = 'd', channel = 'email' }:to_pinpoint().Dimensions.Demographic.Channel.Values }]]
+    assert.are.same({ 'e1,e3,e5', 'e1,e3,e4,e5', 'e2,e4', { 'EMAIL' } }, v)
+  end)
+  it('between with a date-only end includes that whole day, as on does', function()
+    local v = run [[
+      emit { ids(S{ name = 'a', attributes = { signup = { between = { '2026-01-01', '2026-01-15' } } } }),
+             ids(S{ name = 'b', attributes = { signup = { on = '2026-01-15' } } }),
+             ids(S{ name = 'c', user_attributes = { born = { between = { '1990-05-01', '1990-05-01' } } } }) }]]
+    assert.are.same({ 'e1', 'e1,e3', 'e1' }, v)
   end)
   it('concise near, inactive, user_attributes and the other attribute words', function()
     local v = run [[
@@ -474,14 +594,48 @@ describe('segment definition errors', function()
       err_of [[S.from_pinpoint { Name = 'x', Dimensions = { Attributes = { signup = { AttributeType = 'AFTER', Values = { '2026-02-30' } } } } }]], 1, true)
     assert.matches("Dimensions.Attributes.signup.Values: BETWEEN takes two dates (start and end), got 1 values",
       err_of [[S.from_pinpoint { Name = 'x', Dimensions = { Attributes = { signup = { AttributeType = 'BETWEEN', Values = { '2026-01-01' } } } } }]], 1, true)
-    -- The concise form is checked as the Pinpoint request it stands for.
-    assert.matches("Dimensions.Attributes.signup.Values[1]: 'soon' is not an ISO-8601 date",
+    -- The concise form is checked as the Pinpoint request it stands for, under its own keys.
+    assert.matches("attributes.signup.before: 'soon' is not an ISO-8601 date",
       err_of [[S{ name = 'x', attributes = { signup = { before = 'soon' } } }]], 1, true)
+  end)
+  it('refuse a BETWEEN whose start is after its end, naming the field', function()
+    assert.matches("Dimensions.Attributes.signup.Values: BETWEEN's start '2026-01-03' is after its end '2025-12-01'",
+      err_of [[S.from_pinpoint { Name = 'x', Dimensions = { Attributes = { signup = { AttributeType = 'BETWEEN', Values = { '2026-01-03', '2025-12-01' } } } } }]], 1, true)
+    assert.matches("SegmentGroups.Groups[1].Dimensions[1].UserAttributes.born.Values: BETWEEN's start '2026-01-16' is after its end '2026-01-15'",
+      err_of [[S.from_pinpoint { Name = 'x', SegmentGroups = { Groups = { { Dimensions = { { UserAttributes = { born = { AttributeType = 'BETWEEN', Values = { '2026-01-16', '2026-01-15' } } } } } } } } }]], 1, true)
+    assert.matches("script.lua:%d+: herald.segment: attributes.signup.between: BETWEEN's start '2026%-01%-03' is after its end '2025%-12%-01'",
+      err_of [[S{ name = 'x', attributes = { signup = { between = { '2026-01-03', '2025-12-01' } } } }]])
+  end)
+  it('refuse a Channel that is no endpoint ChannelType, listing them', function()
+    assert.matches("Dimensions.Demographic.Channel.Values[2]: 'FAX' is not a ChannelType (one of PUSH, GCM, APNS, APNS_SANDBOX, APNS_VOIP, APNS_VOIP_SANDBOX, ADM, SMS, VOICE, EMAIL, BAIDU, CUSTOM, IN_APP)",
+      err_of [[S.from_pinpoint { Name = 'x', Dimensions = { Demographic = { Channel = { Values = { 'EMAIL', 'FAX' } } } } }]], 1, true)
+    assert.matches("channel: 'mail' is not a ChannelType (one of PUSH,", err_of [[S{ name = 'x', channel = 'mail' }]], 1, true)
+    assert.matches("channel.not_in[2]: 'fax' is not a ChannelType", err_of [[S{ name = 'x', channel = { not_in = { 'sms', 'fax' } } }]], 1, true)
+  end)
+  it('concise form errors name the key the user wrote, at the script line', function()
+    local function at_line(want, code)
+      assert.matches('script.lua:%d+: herald.segment: ' .. want:gsub('%p', '%%%0') .. '$', err_of(code))
+    end
+    at_line('near.lat: outside -90..90', [[S{ name = 'x', near = { lat = 100, lon = 2, km = 5 } }]])
+    at_line('near.lon: required, a finite number', [[S{ name = 'x', near = { lat = 10, km = 5 } }]])
+    at_line('near.km: must not be negative', [[S{ name = 'x', near = { lat = 10, lon = 2, km = -1 } }]])
+    at_line('metrics.v.gt: expected a finite number', [[S{ name = 'x', metrics = { v = { gt = '3' } } }]])
+    at_line('metrics.v: expected a finite number', [[S{ name = 'x', metrics = { v = 0/0 } }]])
+    at_line("active: 'DAY_8' is not one of HR_24, DAY_7, DAY_14, DAY_30", [[S{ name = 'x', active = 'DAY_8' }]])
+    at_line("inactive: 'week' is not one of HR_24, DAY_7, DAY_14, DAY_30", [[S{ name = 'x', inactive = 'week' }]])
+    at_line('attributes.plan[2]: expected a string', [[S{ name = 'x', attributes = { plan = { 'pro', 7 } } }]])
+    at_line("attributes.signup.between[2]: '2026-13-01' is not an ISO-8601 date or date-time (2026-11-29 or 2026-11-29T10:00:00Z)",
+      [[S{ name = 'x', attributes = { signup = { between = { '2026-01-01', '2026-13-01' } } } }]])
+    at_line('user_attributes.born.after: AFTER takes exactly one date, got 2 values',
+      [[S{ name = 'x', user_attributes = { born = { after = { '2026-01-01', '2026-02-01' } } } }]])
+    at_line('country.not_in: required, a non-empty list of strings', [[S{ name = 'x', country = { not_in = {} } }]])
+    at_line("country[2]: 'France' is not an ISO 3166-1 alpha-2 code", [[S{ name = 'x', country = { 'FR', 'France' } }]])
+    at_line("platform.not_in[1]: expected a string", [[S{ name = 'x', platform = { not_in = { true } } }]])
   end)
   it('concise form errors name the key; definitions fail at the script line', function()
     assert.matches("colour: unknown field", err_of [[S{ name = 'x', colour = 'red' }]], 1, true)
     assert.matches("metrics.score: expected a number or one of", err_of [[S{ name = 'x', metrics = { score = { above = 1 } } }]], 1, true)
-    assert.matches("Location.Country.Values[1]: 'France' is not an ISO 3166-1 alpha-2 code", err_of [[S{ name = 'x', country = 'France' }]], 1, true)
+    assert.matches("country: 'France' is not an ISO 3166-1 alpha-2 code", err_of [[S{ name = 'x', country = 'France' }]], 1, true)
     assert.matches('script.lua:%d+: herald.segment: colour', err_of [[S{ name = 'x', colour = 'red' }]])
     assert.matches('not a JSON object', err_of [[S.from_pinpoint('{"Name": ')]], 1, true)
   end)
