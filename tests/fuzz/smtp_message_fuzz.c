@@ -268,7 +268,18 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   require(seen == ne);
   require(subject_value != NULL);
   char *subject = decode_unstructured(subject_value, subject_len);
-  require(strcmp(subject, m.subject) == 0);
+  /* the subject is one line: each control character (CR LF as one) was written as a space */
+  char *want = malloc(strlen(m.subject) + 1);
+  require(want != NULL);
+  size_t w = 0;
+  for (const char *p = m.subject; *p; p++) {
+    unsigned char ch = (unsigned char)*p;
+    if (ch == '\r' && p[1] == '\n') continue;
+    want[w++] = ch < 32 || ch == 127 ? ' ' : (char)ch;
+  }
+  want[w] = '\0';
+  require(strcmp(subject, want) == 0);
+  free(want);
   free(subject);
   free(subject_value);
 
