@@ -1089,20 +1089,25 @@ static int ingest_status(HeraldStore *store, const char *app, json_t *n, char *e
   sqlite3_stmt *st = herald_store_stmt(
       store, "SELECT o.endpoint_id, o.treatment, o.run_id, r.campaign_id FROM outbox o "
              "JOIN campaign_runs r ON r.id = o.run_id"
-             /* through outbox_message_claimed: a message never claimed was never sent. The
-              * unary + keeps SQLite from propagating message_id = ?1 into the indexed
-              * expression, which would then no longer match the index. */
+             /* through outbox_message_claimed: a message never claimed was never sent, and a
+              * notification is of an email (DELIVERY, BOUNCE, COMPLAINT) or an SMS (SMS): a
+              * bounce naming a push message must not make its device INACTIVE. The unary +
+              * keeps SQLite from propagating message_id = ?1 and channel = ?3 into the index's
+              * expression and condition, which would then no longer match them. */
              " WHERE substr(o.message_id, 1, 8) = substr(?1, 1, 8) AND o.claimed_ms IS NOT NULL"
+             " AND o.channel IN ('EMAIL', 'SMS') AND +o.channel = ?3"
              " AND +o.message_id = ?1 AND r.app_id = ?2", err);
   if (st == NULL) return err->code;
+  const char *channel = strncmp(type, "_SMS.", 5) == 0 ? "SMS" : "EMAIL";
   sqlite3_bind_text(st, 1, message_id, -1, SQLITE_STATIC);
   sqlite3_bind_text(st, 2, app, -1, SQLITE_STATIC);
+  sqlite3_bind_text(st, 3, channel, -1, SQLITE_STATIC);
   int step = sqlite3_step(st);
   if (step != SQLITE_ROW) {
     sqlite3_reset(st);
     if (step == SQLITE_DONE)
-      return herald_error_set(err, kHeraldNotFound, "MessageId: no message '%s' in application '%s'",
-                              message_id, app);
+      return herald_error_set(err, kHeraldNotFound, "MessageId: no message '%s' in application '%s'"
+                              " (of the %s messages it sent)", message_id, app, channel);
     return herald_store_fail(store, err, "looking up a message");
   }
   char endpoint[HERALD_TRACKING_ID_MAX + 1], campaign[HERALD_TRACKING_ID_MAX + 1];

@@ -460,6 +460,9 @@ describe('herald report', function()
       .. s20.endpoint_id .. "'")
     local before = last_activity(s20.endpoint_id)
     assert.are.equal('2020-01-01T00:00:00.000Z', before)
+    -- an SMS receipt is of an SMS message: the fixture's are email, so this one becomes an SMS
+    -- (its entry in the index of sendable messages with it)
+    h.sqlite(f.dir, 'q.db', "UPDATE outbox SET channel = 'SMS' WHERE message_id = '" .. s20.message_id .. "'")
     local answers = http(f.srv.port, {
       { method = 'POST', path = '/v1/apps/default/webhooks/status',
         body = json.encode({ MessageId = s20.message_id, Type = 'SMS', Status = 'SUCCESS' }) },
@@ -745,12 +748,19 @@ describe('PutEvents and webhooks', function()
     assert.are.equal(0, rows[1].n)
     local ep = query(f.dir, "SELECT endpoint_status FROM endpoints WHERE id = '" .. held.endpoint_id .. "'")
     assert.are.equal('ACTIVE', ep[1].endpoint_status)
+    -- an SMS receipt names an SMS message: this email is not one
+    local wrong = http(srv().port, { { method = 'POST', path = '/v1/apps/default/webhooks/status',
+      body = json.encode({ MessageId = f.sent[3].message_id, Type = 'SMS', Status = 'OPTOUT' }) } })
+    assert.are.equal(404, wrong[1].status, wrong[1].body)
+    assert.matches('(of the SMS messages it sent)', body_of(wrong[1]).Message, 1, true)
+    local ep3 = query(f.dir, "SELECT opt_out FROM endpoints WHERE id = '" .. f.sent[3].endpoint_id .. "'")
+    assert.are.equal('NONE', ep3[1].opt_out)
     -- the messages sent are indexed by the start of their id (a scan of a million-row outbox took
     -- ~200 ms a receipt); the lookup's shape uses that index
     local plan = query(f.dir, "EXPLAIN QUERY PLAN SELECT o.endpoint_id FROM outbox o JOIN campaign_runs r"
       .. " ON r.id = o.run_id WHERE substr(o.message_id, 1, 8) = substr('" .. f.sent[2].message_id
-      .. "', 1, 8) AND o.claimed_ms IS NOT NULL AND +o.message_id = '" .. f.sent[2].message_id
-      .. "' AND r.app_id = 'default'")
+      .. "', 1, 8) AND o.claimed_ms IS NOT NULL AND o.channel IN ('EMAIL', 'SMS') AND +o.channel = 'EMAIL'"
+      .. " AND +o.message_id = '" .. f.sent[2].message_id .. "' AND r.app_id = 'default'")
     local details = {}
     for _, p in ipairs(plan) do details[#details + 1] = p.detail end
     assert.matches('SEARCH o USING INDEX outbox_message_claimed', table.concat(details, '\n'), 1, true)
