@@ -132,4 +132,18 @@ function M.wait_for(pred, ms, what, every_ms)
   error('timed out waiting for ' .. (type(what) == 'function' and what() or what), 2)
 end
 
+-- Starts `herald --db DB serve` in dir on a free port (env: 'NAME=value ...' put before the
+-- command, or nil); returns { pid =, port = }. The caller stops it with os.execute('kill ' .. pid).
+function M.start_serve(dir, db, env)
+  local inner = (env and (env .. ' ') or '') .. M.shell_quote(M.exe) .. ' --db ' .. M.shell_quote(db)
+    .. ' serve --listen 127.0.0.1:0 > serve.out 2> serve.err & echo $! > serve.pid; wait'
+  os.execute('cd ' .. M.shell_quote(dir) .. ' && sh -c ' .. M.shell_quote(inner) .. ' > /dev/null 2>&1 &')
+  local port = M.wait_for(function()
+    return tonumber((M.read(dir .. '/serve.out') or ''):match('listening on http://127%.0%.0%.1:(%d+)'))
+  end, 20000, function() return 'herald serve to listen: ' .. tostring(M.read(dir .. '/serve.err')) end)
+  local pid = M.wait_for(function() return tonumber((M.read(dir .. '/serve.pid') or ''):match('%d+')) end,
+    5000, 'the server pid')
+  return { pid = pid, port = port }
+end
+
 return M

@@ -41,15 +41,7 @@ end
 
 -- Starts `herald serve` on the fixture's database; returns {pid =, port =}.
 local function start_serve(dir)
-  local inner = 'HERALD_TRACKING_KEY=' .. h.shell_quote(KEY) .. ' ' .. h.shell_quote(h.exe) ..
-    ' --db q.db serve --listen 127.0.0.1:0 > serve.out 2> serve.err & echo $! > serve.pid; wait'
-  os.execute('cd ' .. h.shell_quote(dir) .. ' && sh -c ' .. h.shell_quote(inner) .. ' > /dev/null 2>&1 &')
-  local port = h.wait_for(function()
-    return tonumber((h.read(dir .. '/serve.out') or ''):match('listening on http://127%.0%.0%.1:(%d+)'))
-  end, 20000, 'herald serve to listen')
-  local pid = h.wait_for(function() return tonumber((h.read(dir .. '/serve.pid') or ''):match('%d+')) end,
-    5000, 'the server pid')
-  return { pid = pid, port = port }
+  return h.start_serve(dir, 'q.db', 'HERALD_TRACKING_KEY=' .. h.shell_quote(KEY))
 end
 
 -- Sends requests ({method, path, body, headers}) over one connection; returns the answers.

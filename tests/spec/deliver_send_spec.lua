@@ -379,13 +379,8 @@ end)
 describe('herald send receipts', function()
   -- Starts `herald serve` on dir/d.db; returns its pid and port.
   local function start_serve(dir)
-    local inner = h.shell_quote(h.exe) .. ' --db d.db serve --listen 127.0.0.1:0 > serve.out 2> serve.err & echo $! > serve.pid; wait'
-    os.execute('cd ' .. h.shell_quote(dir) .. ' && sh -c ' .. h.shell_quote(inner) .. ' > /dev/null 2>&1 &')
-    local port = h.wait_for(function()
-      return tonumber((h.read(dir .. '/serve.out') or ''):match('listening on http://127%.0%.0%.1:(%d+)'))
-    end, 20000, 'herald serve to listen')
-    local pid = h.wait_for(function() return tonumber((h.read(dir .. '/serve.pid') or ''):match('%d+')) end, 5000, 'its pid')
-    return pid, port
+    local srv = h.start_serve(dir, 'd.db')
+    return srv.pid, srv.port
   end
 
   local function post_status(port, note)

@@ -174,16 +174,8 @@ describe('bounces and complaints by mail', function()
   it('takes reports over HTTP at /v1/apps/APP/webhooks/mail', function()
     local m5, m6 = f.mail['reader5@example.org'], f.mail['reader6@example.org']
     local dir = f.dir
-    local inner = h.shell_quote(h.exe) .. ' --db d.db serve --listen 127.0.0.1:0 > serve.out 2> serve.err & echo $! > serve.pid; wait'
-    os.execute('cd ' .. h.shell_quote(dir) .. ' && sh -c ' .. h.shell_quote(inner) .. ' > /dev/null 2>&1 &')
-    local port, pid
-    for _ = 1, 500 do
-      port = tonumber((h.read(dir .. '/serve.out') or ''):match('listening on http://127%.0%.0%.1:(%d+)'))
-      pid = tonumber((h.read(dir .. '/serve.pid') or ''):match('%d+'))
-      if port and pid then break end
-      task.sleep(20)
-    end
-    assert(port and pid, 'herald serve did not start: ' .. tostring(h.read(dir .. '/serve.err')))
+    local srv = h.start_serve(dir, 'd.db')
+    local port, pid = srv.port, srv.pid
     local ok, e = pcall(function()
       local reqs = {
         { method = 'POST', path = '/v1/apps/default/webhooks/mail', body = arf('reader5@example.org', 'fraud', m5.raw),
@@ -349,13 +341,8 @@ describe('bounces and complaints of direct mail', function()
       assert.are.same({ { channel = 'EMAIL', address = 'nobody@example.org', source = '_email.complaint' },
                         { channel = 'EMAIL', address = 'other@example.org', source = '_email.complaint' } }, listed)
       -- posted to the server again: accepted (recorded once), no EndpointId where there is none
-      local inner = h.shell_quote(h.exe) .. ' --db d.db serve --listen 127.0.0.1:0 > serve.out 2> serve.err & echo $! > serve.pid; wait'
-      os.execute('cd ' .. h.shell_quote(dir) .. ' && sh -c ' .. h.shell_quote(inner) .. ' > /dev/null 2>&1 &')
-      local port = h.wait_for(function()
-        return tonumber((h.read(dir .. '/serve.out') or ''):match('listening on http://127%.0%.0%.1:(%d+)'))
-      end, 20000, 'herald serve to listen')
-      local pid = h.wait_for(function() return tonumber((h.read(dir .. '/serve.pid') or ''):match('%d+')) end,
-        5000, 'the server pid')
+      local srv = h.start_serve(dir, 'd.db')
+      local port, pid = srv.port, srv.pid
       h.write(dir .. '/requests.json', json.encode({ { method = 'POST', path = '/v1/apps/default/webhooks/mail',
         body = arf('nobody@example.org', 'abuse', r3) } }))
       local answers, hc = h.sh('python3 ' .. h.shell_quote(h.root .. '/tests/helpers/http_batch.py') .. ' ' .. port
