@@ -581,10 +581,10 @@ describe('delivery through providers', function()
       local wrong = apns.new { name = 'w', type = 'apns', url = %q, ca_file = %q, team_id = %q,
                                key_id = 'NOT-THE-KEY', key = key, topic = %q }
       clock.set_manual(clock.now())
-      local v1 = wrong:send({ { key = 'w1', channel = 'APNS', address = 'beef01', title = 't', body = 'b' } })[1]
-      wrong:send({ { key = 'w2', channel = 'APNS', address = 'beef02', title = 't', body = 'b' } })
+      local v1 = wrong:send({ { key = 'w1', channel = 'APNS', address = 'facade01', title = 't', body = 'b' } })[1]
+      wrong:send({ { key = 'w2', channel = 'APNS', address = 'facade02', title = 't', body = 'b' } })
       clock.advance(20 * 60 * 1000)
-      wrong:send({ { key = 'w3', channel = 'APNS', address = 'beef03', title = 't', body = 'b' } })
+      wrong:send({ { key = 'w3', channel = 'APNS', address = 'facade03', title = 't', body = 'b' } })
       print(prod:request(m, 'x').url, prod:request(live, 'x').url, v1.verdict, tostring(v1.systemic))
     ]], emu.apns_key, emu.tls_url, emu.ca, emu.team_id, emu.topic))
     local out, code, err = h.herald('--db d.db s.lua', { cwd = dir })
@@ -593,14 +593,20 @@ describe('delivery through providers', function()
     for w in out:gmatch('%S+') do words[#words + 1] = w end
     assert.are.same({ 'https://api.sandbox.push.apple.com/3/device/beef', 'https://api.push.apple.com/3/device/beef',
                       'transient', 'true' }, words)
-    -- three refused sends, two tokens: the second send reused the first token
-    local tokens = {}
+    -- three refused sends (addresses no other spec sends to), two tokens: the second send
+    -- reused the first token, the third, 20 minutes on, minted a new one
+    local token = {}
     for _, r in ipairs(emu:requests()) do
-      if r.path:find('^/3/device/beef0[123]') then tokens[r.headers['authorization']] = true end
+      local i = r.path:match('^/3/device/facade0([123])$')
+      if i then
+        assert.is_nil(token[tonumber(i)], 'one request to facade0' .. i)
+        token[tonumber(i)] = r.headers['authorization']
+      end
     end
-    local n = 0
-    for _ in pairs(tokens) do n = n + 1 end
-    assert.are.equal(2, n)
+    assert.is_string(token[1])
+    assert.is_string(token[3])
+    assert.are.equal(token[1], token[2])
+    assert.are_not.equal(token[1], token[3])
   end)
 
   it('does not take a refused sender for bounced recipients: the campaign pauses, the endpoints stay', function()

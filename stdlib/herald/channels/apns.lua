@@ -45,11 +45,14 @@ end
 
 function apns:token()
   local now = clock.now()
-  if self.jwt and now < self.renew_ms then return self.jwt end
+  -- a token APNs refused is replaced as soon as it may be (20 minutes after it was minted),
+  -- not sent again until its own renewal
+  local refused_may_go = self.refused and now - self.minted_ms >= MIN_RENEW_MS
+  if self.jwt and now < self.renew_ms and not refused_may_go then return self.jwt end
   local t, err = util.jwt('ES256', { alg = 'ES256', kid = self.profile.key_id },
     { iss = self.profile.team_id, iat = now // 1000 }, self.key)
   if not t then return nil, 'APNs token: ' .. err end
-  self.jwt, self.renew_ms, self.minted_ms = t, now + RENEW_MS, now
+  self.jwt, self.renew_ms, self.minted_ms, self.refused = t, now + RENEW_MS, now, false
   return t
 end
 
@@ -117,9 +120,10 @@ function apns:send(msgs, progress)
     elseif PROFILE_REFUSED[why] or (why == 'DeviceTokenNotForTopic' and not_for_topic) then
       return 'PROFILE_REFUSED: ' .. why, 'profile'
     elseif why == 'ExpiredProviderToken' or why == 'InvalidProviderToken' then
-      -- a fresh token only once the current one may be replaced: a token refused for its key
-      -- or team (a configuration mistake) must not be minted again on every claim
-      if self.minted_ms == nil or clock.now() - self.minted_ms >= MIN_RENEW_MS then self.jwt = nil end
+      -- a fresh token at the next send once the current one may be replaced (see token()): a
+      -- token refused for its key or team (a configuration mistake) is not minted again on
+      -- every claim
+      self.refused = true
       return why, 'token'
     elseif why == 'TooManyProviderTokenUpdates' or why == 'IdleTimeout' then
       return why, 'retry'
