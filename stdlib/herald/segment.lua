@@ -13,8 +13,9 @@
 -- - List-valued attributes match when any value matches (INCLUSIVE, CONTAINS, dates); EXCLUSIVE
 --   keeps an endpoint when no value is in the list.
 -- - BEFORE, AFTER and BETWEEN compare instants (ISO-8601 date or date-time, UTC without a
---   zone, milliseconds); BETWEEN is inclusive, a date-only end stands for that whole day (UTC),
---   and a start after the end is refused; ON compares the calendar date as written.
+--   zone, milliseconds); BETWEEN is inclusive, a date-only end and a date-only AFTER value stand
+--   for that whole day (UTC: AFTER 2026-01-31 starts on 2026-02-01), and a start after the end is
+--   refused; ON compares the calendar date as written.
 --   Values that are not dates never match a date operator.
 -- - A metric that is absent never matches.
 -- - An empty combination (no groups, no dimensions, no base segments) keeps every endpoint;
@@ -128,8 +129,9 @@ local function instant(path, s)
   return ms, day
 end
 
--- The last instant a BETWEEN end stands for: a date-only end is the whole of that day (UTC),
--- as ON would read it, so { '2026-01-01', '2026-01-31' } includes 2026-01-31T10:00:00Z.
+-- The last instant a BETWEEN end or an AFTER value stands for: a date-only one is the whole of
+-- that day (UTC), as ON would read it, so { '2026-01-01', '2026-01-31' } includes
+-- 2026-01-31T10:00:00Z and AFTER '2026-01-31' does not.
 -- Instants are whole milliseconds, so the day's last one is the next midnight less 1.
 local function between_end(s)
   local ms = core.instant(s)
@@ -631,7 +633,7 @@ function Compiler:attribute(kind, name, d)
     local instant = index and 'indexed_values.instant' or 'herald_instant(j.value)'
     local a = self:param((core.instant(values[1])))
     if t == 'BEFORE' then cond = instant .. ' < ' .. a
-    elseif t == 'AFTER' then cond = instant .. ' > ' .. a
+    elseif t == 'AFTER' then cond = instant .. ' > ' .. self:param(between_end(values[1]))
     else cond = instant .. ' BETWEEN ' .. a .. ' AND ' .. self:param(between_end(values[2])) end
   end
   local drivable = t ~= 'EXCLUSIVE' and t ~= 'CONTAINS' and t ~= 'ON'

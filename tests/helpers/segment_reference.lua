@@ -124,13 +124,14 @@ local function attribute_match(list, d)
   end
   local a = M.instant(d.Values[1])
   local b = d.Values[2] and M.instant(d.Values[2])
-  -- A BETWEEN end written as a date alone stands for that whole day (UTC).
+  -- A BETWEEN end or an AFTER value written as a date alone stands for that whole day (UTC).
   local whole_day = t == 'BETWEEN' and not d.Values[2]:find('T', 1, true)
+  local after_day = t == 'AFTER' and not d.Values[1]:find('T', 1, true)
   return any_value(list, function(v)
     local x = M.instant(v)
     if x == nil then return false end
     if t == 'BEFORE' then return x < a end
-    if t == 'AFTER' then return x > a end
+    if t == 'AFTER' then return x > (after_day and a + 86400000 - 1 or a) end
     if whole_day then return x >= a and x < b + 86400000 end
     return x >= a and x <= b
   end)
