@@ -881,11 +881,33 @@ local function store_campaign(c, source)
   outbox.set_campaign_origin(c.id, source, audience, lua)
 end
 
+-- "file:line: " of the function `level` levels up from the caller, as error(msg, level) would
+-- name it there ('' when that is not Lua code). Campaign code has no debug library: this is
+-- where a campaign is defined, which errors about what its hook returns name (the hook's own
+-- line is not known once it has returned).
+local function where(level)
+  local _, w = pcall(error, '', level + 2)
+  return w
+end
+
+-- Where campaign c was defined, for an error about a second definition of its name.
+-- c.defined_at is false for a stored copy, which no file defines.
+local function defined_at(c)
+  if c.defined_at == false then return ' (a stored copy: herald campaign copy)' end
+  if c.defined_at == nil or c.defined_at == '' then return '' end
+  return ' at ' .. c.defined_at:gsub(': $', '')
+end
+
 -- Its callers tail-call it, so their caller (the definition's line) is `level` up from here.
+-- The error about a name defined twice names both definitions: the second at its line, the
+-- first in the message, since two files (or two copies) may clash far apart.
 local function register(c, level, stored_copy)
-  if campaign.defined[c.name] then
-    error('herald.campaign: a campaign named ' .. c.name .. ' is already defined', level)
+  local first = campaign.defined[c.name]
+  if first then
+    error('herald.campaign: a campaign named ' .. c.name .. ' is already defined'
+      .. defined_at(first), level)
   end
+  c.defined_at = not stored_copy and where(level)
   if pending and not stored_copy then
     pending[#pending + 1] = c
   else
@@ -902,15 +924,6 @@ local function raise(name, e, level)
     error(string.format('herald.campaign %s: %s: %s', tostring(name), path, e.msg), level + 1)
   end
   error(e, level + 1)
-end
-
--- "file:line: " of the function `level` levels up from the caller, as error(msg, level) would
--- name it there ('' when that is not Lua code). Campaign code has no debug library: this is
--- where a campaign is defined, which errors about what its hook returns name (the hook's own
--- line is not known once it has returned).
-local function where(level)
-  local _, w = pcall(error, '', level + 2)
-  return w
 end
 
 local function define(def)
@@ -1299,6 +1312,7 @@ function campaign.adopt(c, row)
   nc.version, nc.version_ms, nc.started_ms = row.version, row.version_ms, first_run_ms(c.id)
   nc.event_since_ms = event_since_ms(c.id)
   nc.loaded, nc.origin, nc.where = loaded, { audience = row.audience, lua = row.lua }, loaded.where
+  nc.defined_at = c.defined_at
   campaign.defined[nc.name] = nc
   for i, x in ipairs(campaign.order) do
     if x == c then campaign.order[i] = nc end

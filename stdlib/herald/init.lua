@@ -2,12 +2,18 @@
 -- a script pays only for what it touches.
 local core = require 'herald.core'
 local task = require 'herald.core.task'
+local clock = require 'herald.core.clock'
 
+-- now_ms is the runtime's clock, the one the scheduler and the store read: milliseconds since
+-- the epoch (what an event's Timestamp or a segment's now_ms means), the manual clock under
+-- `herald run --clock-start`. monotonic_ms is the loop's clock, which herald.sleep's timers
+-- follow: for measuring how long something took, as the wall clock may be stepped.
 local herald = {
   version = core.version(),
   sleep = task.sleep,
   spawn = task.spawn,
-  now_ms = task.now,
+  now_ms = clock.now,
+  monotonic_ms = task.now,
 }
 
 -- name -> module that provides it

@@ -30,9 +30,48 @@ describe('herald binary', function()
   end)
 
   it('lets a script sleep on the loop', function()
-    local out, code = h.herald([[-e 'local t0 = herald.now_ms(); herald.sleep(30); print(herald.now_ms() - t0 >= 30)']])
+    local out, code = h.herald([[-e 'local t0 = herald.monotonic_ms(); herald.sleep(30); print(herald.monotonic_ms() - t0 >= 30)']])
     assert.are.equal(0, code)
     assert.are.equal('true\n', out)
+  end)
+
+  -- herald.now_ms() is "now" for scripts: an event stamped with it must land today, not at
+  -- the loop's monotonic count since boot (1970), and follow the manual clock as the
+  -- scheduler does.
+  it('gives herald.now_ms() as milliseconds since the epoch: an event stamped with it is stored now', function()
+    local dir = h.tmpdir()
+    local before = (os.time() - 1) * 1000
+    local out, code, err = h.herald([[--db t.db -e '
+      assert(herald.endpoints.put { Id = "e1", ChannelType = "EMAIL", Address = "ann@example.com" })
+      local now = herald.now_ms()
+      assert(herald.events.put("e1", { EventId = "v1", EventType = "visit", Timestamp = herald.time.format(now) }))
+      print(now, herald.events.for_endpoint("e1")[1].Timestamp)']], { cwd = dir })
+    local after = (os.time() + 1) * 1000
+    assert.are.equal(0, code, err)
+    local now, stamp = out:match('^(%d+)\t(%S+)\n$')
+    now = tonumber(now)
+    assert.is_true(now ~= nil and now >= before and now <= after,
+      string.format('herald.now_ms() %s is not between %d and %d', out, before, after))
+    assert.are.equal(now, herald.time.parse(stamp))
+  end)
+
+  it('gives herald.now_ms() from the manual clock, in scripts and in campaign files under --clock-start', function()
+    local dir = h.tmpdir()
+    local out, code, err = h.herald([[-e '
+      require("herald.core.clock").set_manual(1800000000000)
+      print(herald.now_ms())']])
+    assert.are.equal(0, code, err)
+    assert.are.equal('1800000000000\n', out)
+    h.write(dir .. '/stamp.lua', [[
+assert(herald.endpoints.put { Id = 'e1', ChannelType = 'EMAIL', Address = 'ann@example.com' })
+assert(herald.events.put('e1', { EventId = 'v1', EventType = 'visit', Timestamp = herald.time.format(herald.now_ms()) }))
+]])
+    out, code, err = h.herald('--db t.db run --clock-start 2027-05-01T00:00:00Z stamp.lua', { cwd = dir })
+    assert.are.equal(0, code, err)
+    out, code, err = h.herald([[--db t.db -e 'print(herald.events.for_endpoint("e1")[1].Timestamp)']],
+      { cwd = dir })
+    assert.are.equal(0, code, err)
+    assert.are.equal('2027-05-01T00:00:00.000Z\n', out)
   end)
 
   it('refuses an unknown option with the usage', function()

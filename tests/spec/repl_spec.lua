@@ -124,9 +124,9 @@ describe('herald repl with piped input', function()
   end)
 
   it('lets an input sleep on the loop', function()
-    local out, code, err = repl('local t0 = herald.now_ms()\n'
+    local out, code, err = repl('local t0 = herald.monotonic_ms()\n'
       .. 'herald.sleep(100)\nreturn "slept"\n'
-      .. 'do local t0 = herald.now_ms(); herald.sleep(100); return herald.now_ms() - t0 >= 100 end\n')
+      .. 'do local t0 = herald.monotonic_ms(); herald.sleep(100); return herald.monotonic_ms() - t0 >= 100 end\n')
     assert.are.equal('slept\ntrue\n', out)
     assert.are.equal('', err)
     assert.are.equal(0, code)

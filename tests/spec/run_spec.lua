@@ -276,7 +276,7 @@ herald.campaign{ name = 'dd', segment = all, deliver = { file = 'out.txt' }, mes
     assert.are.equal(0, query(dir, "SELECT count(*) AS n FROM campaigns WHERE state = 'INVALID'"))
   end)
 
-  it('names the second file and its line when two files define one campaign name', function()
+  it('names both files and lines when two files define one campaign name', function()
     local dir = h.tmpdir()
     local def = "local all = herald.segment{ name = 'all' }\n"
       .. "herald.campaign{ name = 'dd', segment = all, deliver = { file = 'out.txt' }, message = { body = 'hi' } }\n"
@@ -284,9 +284,35 @@ herald.campaign{ name = 'dd', segment = all, deliver = { file = 'out.txt' }, mes
     h.write(dir .. '/two.lua', '\n' .. def)
     local _, code, err = h.herald('--db q.db run --until-idle one.lua two.lua', { cwd = dir })
     assert.are.equal(1, code)
-    assert.matches('two.lua:3: herald.campaign: a campaign named dd is already defined', err, 1, true)
+    assert.matches('two.lua:3: herald.campaign: a campaign named dd is already defined at one.lua:2\n',
+      err, 1, true)
     _, code, err = h.herald('--db q.db campaign load two.lua one.lua', { cwd = dir })
     assert.are.equal(1, code)
-    assert.matches('one.lua:2: herald.campaign: a campaign named dd is already defined', err, 1, true)
+    assert.matches('one.lua:2: herald.campaign: a campaign named dd is already defined at two.lua:3\n',
+      err, 1, true)
+  end)
+
+  it('names both lines when one file defines a campaign name twice, by any form', function()
+    local dir = h.tmpdir()
+    h.write(dir .. '/twice.lua', [[
+local all = herald.segment{ name = 'all' }
+herald.campaign{ name = 'dd', segment = all, deliver = { file = 'out.txt' }, message = { body = 'hi' } }
+herald.campaign.copy('dd', 'ee')
+herald.campaign.from_pinpoint({ Name = 'ee', MessageConfiguration = { DefaultMessage = { Body = 'hi' } },
+  Schedule = { StartTime = 'IMMEDIATE' } }, { segment = all })
+]])
+    local _, code, err = h.herald('--db q.db campaign load twice.lua', { cwd = dir })
+    assert.are.equal(1, code)
+    assert.matches('twice.lua:4: herald.campaign: a campaign named ee is already defined at twice.lua:3\n',
+      err, 1, true)
+    h.write(dir .. '/again.lua', [[
+local all = herald.segment{ name = 'all' }
+herald.campaign{ name = 'dd', segment = all, deliver = { file = 'out.txt' }, message = { body = 'hi' } }
+herald.campaign{ name = 'dd', segment = all, deliver = { file = 'out.txt' }, message = { body = 'hi' } }
+]])
+    _, code, err = h.herald('--db q.db campaign load again.lua', { cwd = dir })
+    assert.are.equal(1, code)
+    assert.matches('again.lua:3: herald.campaign: a campaign named dd is already defined at again.lua:2\n',
+      err, 1, true)
   end)
 end)

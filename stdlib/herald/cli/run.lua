@@ -10,14 +10,15 @@ local M = {}
 M.usage = [[
 usage: herald run [options] FILE...
 
-Loads each FILE as campaign code (sandboxed: no io, os.execute or debug; an instruction
-budget per call and a memory cap), then runs the scheduler: due runs are materialised into the
-outbox and delivered. A file named twice (by any path) loads once; two files that define one
-campaign name are an error at the second's line. A file that fails to load is reported with
-its line and leaves none of its campaigns behind; a campaign whose code fails at run time is
-reported and the others go on; the exit status is then 1. SIGINT or SIGTERM stops the loop
-cleanly: messages claimed but not yet sent go back to the outbox (no attempt spent), those
-already sent have their outcome written, and the next `herald run` continues where it stopped.
+Loads each FILE as campaign code (sandboxed: no io, os.execute or debug; an instruction budget
+per call and a memory cap), then runs the scheduler: due runs are materialised into the outbox
+and delivered. A file named twice (by any path) loads once; two files that define one campaign
+name are an error at the second's line that names the first's. A file that fails to load is
+reported with its line and leaves none of its campaigns behind; a campaign whose code fails at
+run time is reported and the others go on; the exit status is then 1. SIGINT or SIGTERM stops
+the loop cleanly: messages claimed but not yet sent go back to the outbox (no attempt spent),
+those already sent have their outcome written, and the next `herald run` continues where it
+stopped.
 
 options:
   --until-idle   exit when nothing more is due (otherwise run until stopped)
