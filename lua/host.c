@@ -32,6 +32,51 @@ int herald_host_path_below_cwd(const char *path) {
   return 1;
 }
 
+/* Whether a traceback line is one of herald's own frames: the stdlib's Lua, or the C function
+ * `error` it raises a definition error with. */
+static int own_frame(const char *line, size_t len, const char *stdlib, size_t stdlib_len) {
+  static const char raise[] = "\t[C]: in function 'error'";
+  if (len == sizeof raise - 1 && memcmp(line, raise, len) == 0) return 1;
+  return len > stdlib_len + 1 && line[0] == '\t' && memcmp(line + 1, stdlib, stdlib_len) == 0 &&
+         line[1 + stdlib_len] == '/';
+}
+
+/* The traceback at the top of the stack without herald's own frames, when the error is the
+ * user's (its message names their file:line, as a definition error raised by the stdlib does):
+ * the frames of campaign.lua that checked a definition say nothing about the script, and a
+ * traceback left with no frame is dropped. An error raised in the stdlib itself (a fault of
+ * herald's) keeps every frame. */
+static void drop_own_frames(lua_State *L, const char *msg) {
+  const char *stdlib = herald_context()->stdlib_dir;
+  if (stdlib == NULL || strncmp(msg, stdlib, strlen(stdlib)) == 0) return;
+  size_t stdlib_len = strlen(stdlib), len;
+  const char *tb = lua_tostring(L, -1);
+  if (tb == NULL) return;
+  len = lua_rawlen(L, -1);
+  static const char head[] = "\nstack traceback:";
+  const char *frames = NULL;
+  for (const char *p = tb; (p = strstr(p, head)) != NULL; p++) frames = p;
+  if (frames == NULL) return;
+  luaL_Buffer b;
+  luaL_buffinit(L, &b);
+  luaL_addlstring(&b, tb, (size_t)(frames - tb));
+  int kept = 0;
+  const char *line = frames + sizeof head - 1, *end = tb + len;
+  while (line < end) {
+    if (*line == '\n') line++;
+    const char *nl = memchr(line, '\n', (size_t)(end - line));
+    size_t n = nl ? (size_t)(nl - line) : (size_t)(end - line);
+    if (n > 0 && !own_frame(line, n, stdlib, stdlib_len)) {
+      if (kept++ == 0) luaL_addlstring(&b, head, sizeof head - 1);
+      luaL_addchar(&b, '\n');
+      luaL_addlstring(&b, line, n);
+    }
+    line += n;
+  }
+  luaL_pushresult(&b);
+  lua_remove(L, -2);
+}
+
 int herald_host_traceback(lua_State *L) {
   const char *msg = lua_tostring(L, 1);
   if (msg == NULL) {
@@ -39,6 +84,7 @@ int herald_host_traceback(lua_State *L) {
     msg = lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, 1));
   }
   luaL_traceback(L, L, msg, 1);
+  drop_own_frames(L, msg);
   return 1;
 }
 

@@ -315,4 +315,27 @@ herald.campaign{ name = 'dd', segment = all, deliver = { file = 'out.txt' }, mes
     assert.matches('again.lua:3: herald.campaign: a campaign named dd is already defined at again.lua:2\n',
       err, 1, true)
   end)
+
+  it("shows a definition error's traceback with the script's frames, not herald's own", function()
+    local dir = h.tmpdir()
+    h.write(dir .. '/bad.lua', [[
+local function define(name)
+  herald.campaign{ name = name, segment = herald.segment{ name = 'all' }, deliver = 'nowhere',
+    message = { body = 'hi' } }
+end
+define('dd')
+]])
+    local _, code, err = h.herald('--db q.db run --until-idle bad.lua', { cwd = dir })
+    assert.are.equal(1, code)
+    assert.matches("bad.lua:2: herald.campaign dd: deliver: expected 'stdout'", err, 1, true)
+    -- the script's two frames, in order, and none of the stdlib's that checked the definition
+    assert.matches("stack traceback:\n\tbad.lua:2: in [^\n]*define[^\n]*\n\tbad.lua:5: in main chunk", err)
+    assert.is_nil(err:find('stdlib/herald/', 1, true), err)
+    assert.is_nil(err:find("[C]: in function 'error'", 1, true), err)
+    -- an error of the script's own keeps its frames
+    h.write(dir .. '/oops.lua', "local function f() local x = nil; return x.y end\nf()\n")
+    _, code, err = h.herald('--db q.db run --until-idle oops.lua', { cwd = dir })
+    assert.are.equal(1, code)
+    assert.matches("oops.lua:1: attempt to index a nil value %(local 'x'%)\nstack traceback:\n\toops.lua:1: in [^\n]*f[^\n]*\n\toops.lua:2: in main chunk", err)
+  end)
 end)
