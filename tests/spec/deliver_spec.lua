@@ -397,6 +397,81 @@ describe('delivery through providers', function()
     assert.is_true(sent >= 4)
   end)
 
+  it("fails an FCM message alone for a token of another project, and makes a token FCM calls invalid INACTIVE", function()
+    local function fcm_run(name, addr, n, opts)
+      opts = opts or {}
+      local dir = h.tmpdir()
+      if opts.raw then
+        h.write(dir .. '/c.lua', string.format([=[
+          for i = 1, %d do
+            assert(herald.endpoints.put { Id = string.format('ep-%%05d', i), ChannelType = 'GCM', Address = (%s)(i) })
+          end
+          herald.campaign.from_pinpoint({ Name = %q, SegmentId = 'all', Schedule = { StartTime = 'IMMEDIATE' },
+            MessageConfiguration = { GCMMessage = { RawContent = %q } }, Herald = { Deliver = { type = 'channels' } } },
+            { segment = herald.segment { name = 'all' } })
+        ]=], n, addr, name, opts.raw))
+      else
+        campaign_file(dir, { n = n, channel = 'GCM', name = name, addr = addr })
+      end
+      h.write(dir .. '/providers.lua', string.format([[
+        return { profiles = { fcm = { type = 'fcm', url = %q, project_id = %q, service_account = %q } },
+                 channels = { GCM = 'fcm' }, pause_after = 2, retry = { min_ms = 0, max_ms = 0 } }
+      ]], emu.url, opts.project or emu.project_id, emu.service_account))
+      local _, code, err = run(dir, 'c.lua')
+      assert.are.equal(0, code, err)
+      return dir
+    end
+    local function requests_for(token)
+      local n = 0
+      for _, r in ipairs(emu:requests()) do
+        if r.path:find('/messages:send', 1, true) and r.body:find('"' .. token .. '"', 1, true) then n = n + 1 end
+      end
+      return n
+    end
+
+    -- two stale tokens of another project and one FCM calls invalid among good ones: the
+    -- campaign goes on, each of them fails once, and only the invalid token's endpoint is INACTIVE
+    local dir = fcm_run('stale', "function(i) return ({ 'mismatch-a1', 'mismatch-a2', 'invalid-a3' })[i] or ('tok-a' .. i) end", 6)
+    assert.are.equal('COMPLETED', query(dir, 'SELECT state FROM campaigns')[1].state)
+    local rows = query(dir, 'SELECT endpoint_id, state, reason FROM outbox ORDER BY endpoint_id')
+    assert.are.same({ 'FAILED', 'FAILED', 'FAILED', 'SENT', 'SENT', 'SENT' },
+      { rows[1].state, rows[2].state, rows[3].state, rows[4].state, rows[5].state, rows[6].state })
+    assert.matches('PERMANENT: SENDER_ID_MISMATCH: HTTP 403', rows[1].reason, 1, true)
+    assert.matches('PERMANENT: SENDER_ID_MISMATCH: HTTP 403', rows[2].reason, 1, true)
+    assert.matches('not a valid FCM registration token', rows[3].reason, 1, true)
+    assert.are.same({ 'ACTIVE', 'ACTIVE', 'INACTIVE', 'ACTIVE' }, (function()
+      local s = {}
+      for i, r in ipairs(query(dir, 'SELECT endpoint_status AS s FROM endpoints ORDER BY id')) do
+        if i <= 4 then s[i] = r.s end
+      end
+      return s
+    end)())
+    assert.are.equal(1, requests_for('mismatch-a1'))
+    assert.are.equal(1, requests_for('mismatch-a2'))
+
+    -- SENDER_ID_MISMATCH from every token: the profile's project is wrong, not the tokens
+    dir = fcm_run('all-stale', "function(i) return 'mismatch-b' .. i end", 3)
+    local c = query(dir, 'SELECT state, pause_reason FROM campaigns')[1]
+    assert.are.equal('PAUSED', c.state)
+    assert.matches('PROFILE_REFUSED: SENDER_ID_MISMATCH', c.pause_reason, 1, true)
+    assert.are.same({ { state = 'PENDING', n = 3 } }, query(dir, 'SELECT state, count(*) AS n FROM outbox GROUP BY state'))
+
+    -- a 403 on the project (PERMISSION_DENIED) holds for every message: the campaign pauses
+    dir = fcm_run('denied', "function(i) return 'tok-c' .. i end", 3, { project = 'other-project' })
+    c = query(dir, 'SELECT state, pause_reason FROM campaigns')[1]
+    assert.are.equal('PAUSED', c.state)
+    assert.matches('PERMISSION_DENIED: HTTP 403', c.pause_reason, 1, true)
+    assert.are.same({ { state = 'PENDING', n = 3 } }, query(dir, 'SELECT state, count(*) AS n FROM outbox GROUP BY state'))
+    assert.are.same({ { s = 'ACTIVE', n = 3 } }, query(dir, 'SELECT endpoint_status AS s, count(*) AS n FROM endpoints GROUP BY 1'))
+
+    -- another INVALID_ARGUMENT (a bad payload) fails the message and leaves the endpoint alone
+    dir = fcm_run('bad-ttl', "function(i) return 'tok-d' .. i end", 2, { raw = '{"message":{"android":{"ttl":"forever"}}}' })
+    rows = query(dir, 'SELECT state, reason FROM outbox ORDER BY endpoint_id')
+    assert.are.same({ 'FAILED', 'FAILED' }, { rows[1].state, rows[2].state })
+    assert.matches("message.android.ttl", rows[1].reason, 1, true)
+    assert.are.same({ { s = 'ACTIVE', n = 2 } }, query(dir, 'SELECT endpoint_status AS s, count(*) AS n FROM endpoints GROUP BY 1'))
+  end)
+
   it("sends a push message's RawContent as its payload, over its other fields, with the campaign's attribution", function()
     local function raw_campaign(name, config)
       local dir = h.tmpdir()
