@@ -366,6 +366,41 @@ describe('delivery through providers', function()
     assert.matches('DeviceTokenNotForTopic', rows[2].reason, 1, true)
   end)
 
+  it("sends no APNs message whose token would change the request path: no other path or device gets it", function()
+    local other, good = string.rep('ab', 32), string.rep('be', 32)
+    local tokens = { '../../hook', '../../3/device/' .. other, string.rep('cd', 32) .. '?x=1',
+                     string.rep('ef', 32) .. '#frag', string.rep('12', 32) .. '%2F..%2F..%2Fhook', '..' }
+    local list = {}
+    for i, t in ipairs(tokens) do list[i] = string.format('%q', t) end
+    local dir = h.tmpdir()
+    campaign_file(dir, { n = #tokens + 1, channel = 'APNS', name = 'apns-path',
+      addr = 'function(i) return ({ ' .. table.concat(list, ', ') .. ', ' .. string.format('%q', good) .. ' })[i] end' })
+    h.write(dir .. '/providers.lua', string.format([[
+      return { profiles = { apns = { type = 'apns', url = %q, ca_file = %q, team_id = %q, key_id = %q,
+        key_file = %q, topic = %q } }, channels = { APNS = 'apns' } }
+    ]], emu.tls_url, emu.ca, emu.team_id, emu.key_id, emu.apns_key, emu.topic))
+    local before = #emu:requests()
+    local _, code, err = run(dir, 'c.lua')
+    assert.are.equal(0, code, err)
+    assert.are.equal('COMPLETED', query(dir, 'SELECT state FROM campaigns')[1].state)
+    local rows = query(dir, [[SELECT o.state, o.reason, e.endpoint_status AS status FROM outbox o
+      JOIN endpoints e ON e.id = o.endpoint_id ORDER BY o.endpoint_id]])
+    for i = 1, #tokens do
+      assert.are.same({ 'FAILED', 'INACTIVE' }, { rows[i].state, rows[i].status }, tokens[i])
+      assert.matches('INVALID_DEVICE_TOKEN: not sent', rows[i].reason, 1, true)
+    end
+    assert.matches("holds '/'", rows[1].reason, 1, true)
+    assert.matches("holds '?'", rows[3].reason, 1, true)
+    assert.matches('is a dot segment', rows[6].reason, 1, true)
+    assert.are.same({ 'SENT', 'ACTIVE' }, { rows[#tokens + 1].state, rows[#tokens + 1].status })
+    -- the one request of the run is the good token's: nothing reached /hook or another device
+    local paths = {}
+    for n, r in ipairs(emu:requests()) do
+      if n > before then paths[#paths + 1] = r.path end
+    end
+    assert.are.same({ '/3/device/' .. good }, paths)
+  end)
+
   it('pushes through FCM HTTP v1 with an OAuth2 token from a signed JWT; UNREGISTERED makes the endpoint INACTIVE', function()
     local dir = h.tmpdir()
     campaign_file(dir, { n = 5, channel = 'GCM', name = 'fcm-c',
