@@ -575,6 +575,31 @@ describe('delivery through providers', function()
     assert.are.equal('ALL', query(dir, "SELECT opt_out AS o FROM endpoints WHERE id = 'ep-00003'")[1].o)
   end)
 
+  it("gives a JSON SMS body a campaign's EntityId and TemplateId (India's DLT registration)", function()
+    local dir = h.tmpdir()
+    h.write(dir .. '/c.lua', [=[
+      assert(herald.endpoints.put { Id = 'in', ChannelType = 'SMS', Address = '+919800000001' })
+      herald.campaign.from_pinpoint({ Name = 'dlt', SegmentId = 'all', Schedule = { StartTime = 'IMMEDIATE' },
+        MessageConfiguration = { SMSMessage = { Body = 'Your code is 1234', MessageType = 'TRANSACTIONAL',
+          SenderId = 'HERALD', EntityId = '1201159100000000001', TemplateId = '1207161700000000002' } },
+        Herald = { Deliver = { type = 'channels' } } }, { segment = herald.segment { name = 'all' } })
+    ]=])
+    h.write(dir .. '/providers.lua', string.format([[
+      return { profiles = { sms = { type = 'sms', url = %q, json = { to = '{{Address}}', text = '{{Body}}',
+        sender = '{{SenderId}}', dlt = { entity = '{{EntityId}}', template = '{{TemplateId}}' } } } },
+        channels = { SMS = 'sms' } }
+    ]], emu.url .. '/sms'))
+    local _, code, err = run(dir, 'c.lua')
+    assert.are.equal(0, code, err)
+    assert.are.same({ { state = 'SENT', n = 1 } }, query(dir, 'SELECT state, count(*) AS n FROM outbox GROUP BY state'))
+    local body
+    for _, r in ipairs(emu:requests()) do
+      if r.path == '/sms' and r.body:find('+919800000001', 1, true) then body = json.decode(r.body) end
+    end
+    assert.are.same({ to = '+919800000001', text = 'Your code is 1234', sender = 'HERALD',
+                      dlt = { entity = '1201159100000000001', template = '1207161700000000002' } }, body)
+  end)
+
   it("takes Twilio's refusal of the From for the profile's, not the recipients': the campaign pauses", function()
     for _, code in ipairs({ 21606, 21212, 21603, 21659 }) do
       local dir = h.tmpdir()
