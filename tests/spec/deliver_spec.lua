@@ -1821,6 +1821,30 @@ c.execute('COMMIT')
     assert.are.equal(0, #query(dir, "SELECT 1 FROM outbox WHERE state != 'PENDING'"))
   end)
 
+  it("refuses a List-Unsubscribe whose own text is not printable ASCII when the providers file loads", function()
+    local dir = h.tmpdir()
+    campaign_file(dir, { n = 2, channel = 'EMAIL', addr = "function(i) return 'r' .. i .. '@example.com' end" })
+    local function load(unsub)
+      h.write(dir .. '/p.lua', string.format([[
+        return { profiles = { mail = { type = 'smtp', url = 'smtp://127.0.0.1:9', from = 'a@example.com',
+          list_unsubscribe = %q } }, channels = { EMAIL = 'mail' } }
+      ]], unsub))
+      return h.herald('--db d.db run --until-idle --providers p.lua c.lua', { cwd = dir })
+    end
+    for _, case in ipairs({ { 'https://exämple.com/u/{{Id}}', 'byte 11 is 0xC3' },
+                            { '<https://example.com/u/{{Id}}>,\n<mailto:u@example.com>', 'byte 32 is 0x0A' },
+                            { '{{#if Id}}https://example.com/désabonner/{{Id}}{{/if}}', 'byte 32 is 0xC3' } }) do
+      local _, code, err = load(case[1])
+      assert.are.equal(2, code, case[1])
+      assert.matches('p.lua: profiles.mail.list_unsubscribe: URIs in printable ASCII on one line (RFC 2369), but '
+        .. case[2], err, 1, true)
+    end
+    assert.are.equal(0, #query(dir, "SELECT 1 FROM outbox WHERE state != 'PENDING'"))
+    -- what a tag renders is the endpoint's, checked with its message: the file loads
+    local _, code, err = load('https://example.com/u/{{Id}}?n={{User.UserAttributes.[Prénom]}}{{!-- é --}}')
+    assert.are.equal(0, code, err)
+  end)
+
   it('refuses a profile field its type does not read, naming the file, the field and the fields it has', function()
     local dir = h.tmpdir()
     campaign_file(dir, { n = 1, channel = 'CUSTOM', addr = "function(i) return 'x' end" })
