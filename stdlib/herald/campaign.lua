@@ -421,7 +421,7 @@ local MESSAGE_KEYS = set('EmailMessage', 'SMSMessage', 'DefaultMessage', 'GCMMes
   'APNSMessage', 'ADMMessage', 'BaiduMessage', 'CustomMessage', 'InAppMessage')
 
 -- The settings delivery passes on to a channel as they are.
-local MESSAGE_STRINGS = { 'FromAddress', 'OriginationNumber', 'SenderId', 'Keyword' }
+local MESSAGE_STRINGS = { 'FromAddress', 'OriginationNumber', 'SenderId', 'Keyword', 'EntityId', 'TemplateId' }
 
 local function check_config(path, config)
   if config == nil then return end

@@ -452,6 +452,8 @@ local function static_fields(m, def, name, key)
       sender_id = present(m.SenderId) and m.SenderId or nil,
       message_type = present(m.MessageType) and m.MessageType or nil,
       keyword = present(m.Keyword) and m.Keyword or nil,
+      entity_id = present(m.EntityId) and m.EntityId or nil,
+      template_id = present(m.TemplateId) and m.TemplateId or nil,
       headers = header_map(m.Headers),
       app_id = hcore.app(),
     }

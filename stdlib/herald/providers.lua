@@ -55,6 +55,23 @@ local function check_limits(where, l)
   return l
 end
 
+-- The byte offset of the first character of template text s outside its tags ({{...}},
+-- {{!-- ... --}}) that is not printable ASCII, or nil.
+local function first_unprintable_literal(s)
+  local i = 1
+  while true do
+    local open = s:find('{{', i, true)
+    local bad = s:find('[^\32-\126]', i)
+    if bad and (open == nil or bad < open) then return bad end
+    if open == nil then return nil end
+    local comment = s:sub(open, open + 4) == '{{!--'
+    local close = comment and s:find('--}}', open + 5, true) or s:find('}}', open + 2, true)
+    -- an unclosed tag: template.check has refused it
+    if close == nil then return nil end
+    i = close + (comment and 4 or 2)
+  end
+end
+
 local function need_string(where, p, k)
   if type(p[k]) ~= 'string' or p[k] == '' then fail(where .. '.' .. k, 'required (a string)') end
 end
@@ -192,6 +209,15 @@ local function check_profile(where, p)
     if type(p.list_unsubscribe) ~= 'string' then fail(where .. '.list_unsubscribe', 'a URL template (a string)') end
     local ok, err = template.check(p.list_unsubscribe)
     if not ok then fail(where .. '.list_unsubscribe', err) end
+    -- The header carries URIs in printable ASCII on one line (RFC 2369), and the message builder
+    -- refuses anything else: every message of the profile would fail for good, one by one.
+    -- The template's own text is checked here; what its tags render comes from each endpoint
+    -- and fails that endpoint's message alone.
+    local at = first_unprintable_literal(p.list_unsubscribe)
+    if at then
+      fail(where .. '.list_unsubscribe', string.format('URIs in printable ASCII on one line (RFC 2369), but byte %d '
+        .. 'is 0x%02X: percent-encode it', at, p.list_unsubscribe:byte(at)))
+    end
   end
   if p.headers ~= nil then
     if type(p.headers) ~= 'table' then fail(where .. '.headers', 'expected a table name = value') end

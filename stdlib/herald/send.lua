@@ -335,7 +335,8 @@ function send.send(req, opts)
               silent = m.SilentPush == true, ttl = tonumber(m.TimeToLive),
               consolidation_key = m.ConsolidationKey, expires_after = tonumber(m.ExpiresAfter),
               origination_number = m.OriginationNumber, sender_id = m.SenderId,
-              message_type = m.MessageType, keyword = m.Keyword, campaign_id = req.TraceId,
+              message_type = m.MessageType, keyword = m.Keyword, entity_id = m.EntityId,
+              template_id = m.TemplateId, campaign_id = req.TraceId,
               treatment_id = 0,
             } }
           end

@@ -134,6 +134,8 @@ describe('campaign definitions', function()
       { function(d) d.Herald.TriggerDelaySeconds = 1.5 end, 'Herald%.TriggerDelaySeconds: a whole number >= 0' },
       { function(d) d.MessageConfiguration.SMSMessage.SenderId = 5 end,
         'MessageConfiguration%.SMSMessage%.SenderId: expected a string, got a number' },
+      { function(d) d.MessageConfiguration.SMSMessage.EntityId = 1201159100000000001 end,
+        'MessageConfiguration%.SMSMessage%.EntityId: expected a string, got a number' },
       { function(d) d.MessageConfiguration.SMSMessage.MessageType = 'LOUD' end,
         "MessageConfiguration%.SMSMessage%.MessageType: 'TRANSACTIONAL' or 'PROMOTIONAL'" },
     }

@@ -117,6 +117,19 @@ describe('herald.send', function()
       if r.path == '/sms' and r.body:find('+15550000061', 1, true) then found = json.decode(r.body) end
     end
     assert.are.same({ tags = { 'PROMOTIONAL', 'fixed' }, from = '+15550177', n = 3 }, found.meta)
+    -- India's DLT registration ids, as a campaign's SMSMessage gives them too
+    local dlt = send({ Addresses = { ['+919800000002'] = { ChannelType = 'SMS' } },
+                       MessageConfiguration = { SMSMessage = { Body = 'otp', EntityId = '1201159100000000001',
+                                                               TemplateId = '1207161700000000002' } } },
+                     { providers = sms_providers { json = { to = '{{Address}}', text = '{{Body}}',
+                       pe_id = '{{EntityId}}', template_id = '{{TemplateId}}' } } })
+    assert.are.equal('SUCCESSFUL', dlt.Result['+919800000002'].DeliveryStatus)
+    found = nil
+    for _, r in ipairs(emu:requests()) do
+      if r.path == '/sms' and r.body:find('+919800000002', 1, true) then found = json.decode(r.body) end
+    end
+    assert.are.same({ to = '+919800000002', text = 'otp', pe_id = '1201159100000000001',
+                      template_id = '1207161700000000002' }, found)
     local tw = send({ Addresses = { ['+15550000062'] = { ChannelType = 'SMS' } },
                       MessageConfiguration = { SMSMessage = { Body = 'hi', OriginationNumber = '+15550177' } } },
                     { providers = { profiles = { sms = { type = 'sms', preset = 'twilio', url = emu.url .. '/twilio/Messages.json',

@@ -366,6 +366,41 @@ describe('delivery through providers', function()
     assert.matches('DeviceTokenNotForTopic', rows[2].reason, 1, true)
   end)
 
+  it("sends no APNs message whose token would change the request path: no other path or device gets it", function()
+    local other, good = string.rep('ab', 32), string.rep('be', 32)
+    local tokens = { '../../hook', '../../3/device/' .. other, string.rep('cd', 32) .. '?x=1',
+                     string.rep('ef', 32) .. '#frag', string.rep('12', 32) .. '%2F..%2F..%2Fhook', '..' }
+    local list = {}
+    for i, t in ipairs(tokens) do list[i] = string.format('%q', t) end
+    local dir = h.tmpdir()
+    campaign_file(dir, { n = #tokens + 1, channel = 'APNS', name = 'apns-path',
+      addr = 'function(i) return ({ ' .. table.concat(list, ', ') .. ', ' .. string.format('%q', good) .. ' })[i] end' })
+    h.write(dir .. '/providers.lua', string.format([[
+      return { profiles = { apns = { type = 'apns', url = %q, ca_file = %q, team_id = %q, key_id = %q,
+        key_file = %q, topic = %q } }, channels = { APNS = 'apns' } }
+    ]], emu.tls_url, emu.ca, emu.team_id, emu.key_id, emu.apns_key, emu.topic))
+    local before = #emu:requests()
+    local _, code, err = run(dir, 'c.lua')
+    assert.are.equal(0, code, err)
+    assert.are.equal('COMPLETED', query(dir, 'SELECT state FROM campaigns')[1].state)
+    local rows = query(dir, [[SELECT o.state, o.reason, e.endpoint_status AS status FROM outbox o
+      JOIN endpoints e ON e.id = o.endpoint_id ORDER BY o.endpoint_id]])
+    for i = 1, #tokens do
+      assert.are.same({ 'FAILED', 'INACTIVE' }, { rows[i].state, rows[i].status }, tokens[i])
+      assert.matches('INVALID_DEVICE_TOKEN: not sent', rows[i].reason, 1, true)
+    end
+    assert.matches("holds '/'", rows[1].reason, 1, true)
+    assert.matches("holds '?'", rows[3].reason, 1, true)
+    assert.matches('is a dot segment', rows[6].reason, 1, true)
+    assert.are.same({ 'SENT', 'ACTIVE' }, { rows[#tokens + 1].state, rows[#tokens + 1].status })
+    -- the one request of the run is the good token's: nothing reached /hook or another device
+    local paths = {}
+    for n, r in ipairs(emu:requests()) do
+      if n > before then paths[#paths + 1] = r.path end
+    end
+    assert.are.same({ '/3/device/' .. good }, paths)
+  end)
+
   it('pushes through FCM HTTP v1 with an OAuth2 token from a signed JWT; UNREGISTERED makes the endpoint INACTIVE', function()
     local dir = h.tmpdir()
     campaign_file(dir, { n = 5, channel = 'GCM', name = 'fcm-c',
@@ -395,6 +430,81 @@ describe('delivery through providers', function()
     end
     assert.is_true(tokens >= 1)
     assert.is_true(sent >= 4)
+  end)
+
+  it("fails an FCM message alone for a token of another project, and makes a token FCM calls invalid INACTIVE", function()
+    local function fcm_run(name, addr, n, opts)
+      opts = opts or {}
+      local dir = h.tmpdir()
+      if opts.raw then
+        h.write(dir .. '/c.lua', string.format([=[
+          for i = 1, %d do
+            assert(herald.endpoints.put { Id = string.format('ep-%%05d', i), ChannelType = 'GCM', Address = (%s)(i) })
+          end
+          herald.campaign.from_pinpoint({ Name = %q, SegmentId = 'all', Schedule = { StartTime = 'IMMEDIATE' },
+            MessageConfiguration = { GCMMessage = { RawContent = %q } }, Herald = { Deliver = { type = 'channels' } } },
+            { segment = herald.segment { name = 'all' } })
+        ]=], n, addr, name, opts.raw))
+      else
+        campaign_file(dir, { n = n, channel = 'GCM', name = name, addr = addr })
+      end
+      h.write(dir .. '/providers.lua', string.format([[
+        return { profiles = { fcm = { type = 'fcm', url = %q, project_id = %q, service_account = %q } },
+                 channels = { GCM = 'fcm' }, pause_after = 2, retry = { min_ms = 0, max_ms = 0 } }
+      ]], emu.url, opts.project or emu.project_id, emu.service_account))
+      local _, code, err = run(dir, 'c.lua')
+      assert.are.equal(0, code, err)
+      return dir
+    end
+    local function requests_for(token)
+      local n = 0
+      for _, r in ipairs(emu:requests()) do
+        if r.path:find('/messages:send', 1, true) and r.body:find('"' .. token .. '"', 1, true) then n = n + 1 end
+      end
+      return n
+    end
+
+    -- two stale tokens of another project and one FCM calls invalid among good ones: the
+    -- campaign goes on, each of them fails once, and only the invalid token's endpoint is INACTIVE
+    local dir = fcm_run('stale', "function(i) return ({ 'mismatch-a1', 'mismatch-a2', 'invalid-a3' })[i] or ('tok-a' .. i) end", 6)
+    assert.are.equal('COMPLETED', query(dir, 'SELECT state FROM campaigns')[1].state)
+    local rows = query(dir, 'SELECT endpoint_id, state, reason FROM outbox ORDER BY endpoint_id')
+    assert.are.same({ 'FAILED', 'FAILED', 'FAILED', 'SENT', 'SENT', 'SENT' },
+      { rows[1].state, rows[2].state, rows[3].state, rows[4].state, rows[5].state, rows[6].state })
+    assert.matches('PERMANENT: SENDER_ID_MISMATCH: HTTP 403', rows[1].reason, 1, true)
+    assert.matches('PERMANENT: SENDER_ID_MISMATCH: HTTP 403', rows[2].reason, 1, true)
+    assert.matches('not a valid FCM registration token', rows[3].reason, 1, true)
+    assert.are.same({ 'ACTIVE', 'ACTIVE', 'INACTIVE', 'ACTIVE' }, (function()
+      local s = {}
+      for i, r in ipairs(query(dir, 'SELECT endpoint_status AS s FROM endpoints ORDER BY id')) do
+        if i <= 4 then s[i] = r.s end
+      end
+      return s
+    end)())
+    assert.are.equal(1, requests_for('mismatch-a1'))
+    assert.are.equal(1, requests_for('mismatch-a2'))
+
+    -- SENDER_ID_MISMATCH from every token: the profile's project is wrong, not the tokens
+    dir = fcm_run('all-stale', "function(i) return 'mismatch-b' .. i end", 3)
+    local c = query(dir, 'SELECT state, pause_reason FROM campaigns')[1]
+    assert.are.equal('PAUSED', c.state)
+    assert.matches('PROFILE_REFUSED: SENDER_ID_MISMATCH', c.pause_reason, 1, true)
+    assert.are.same({ { state = 'PENDING', n = 3 } }, query(dir, 'SELECT state, count(*) AS n FROM outbox GROUP BY state'))
+
+    -- a 403 on the project (PERMISSION_DENIED) holds for every message: the campaign pauses
+    dir = fcm_run('denied', "function(i) return 'tok-c' .. i end", 3, { project = 'other-project' })
+    c = query(dir, 'SELECT state, pause_reason FROM campaigns')[1]
+    assert.are.equal('PAUSED', c.state)
+    assert.matches('PERMISSION_DENIED: HTTP 403', c.pause_reason, 1, true)
+    assert.are.same({ { state = 'PENDING', n = 3 } }, query(dir, 'SELECT state, count(*) AS n FROM outbox GROUP BY state'))
+    assert.are.same({ { s = 'ACTIVE', n = 3 } }, query(dir, 'SELECT endpoint_status AS s, count(*) AS n FROM endpoints GROUP BY 1'))
+
+    -- another INVALID_ARGUMENT (a bad payload) fails the message and leaves the endpoint alone
+    dir = fcm_run('bad-ttl', "function(i) return 'tok-d' .. i end", 2, { raw = '{"message":{"android":{"ttl":"forever"}}}' })
+    rows = query(dir, 'SELECT state, reason FROM outbox ORDER BY endpoint_id')
+    assert.are.same({ 'FAILED', 'FAILED' }, { rows[1].state, rows[2].state })
+    assert.matches("message.android.ttl", rows[1].reason, 1, true)
+    assert.are.same({ { s = 'ACTIVE', n = 2 } }, query(dir, 'SELECT endpoint_status AS s, count(*) AS n FROM endpoints GROUP BY 1'))
   end)
 
   it("sends a push message's RawContent as its payload, over its other fields, with the campaign's attribution", function()
@@ -463,6 +573,31 @@ describe('delivery through providers', function()
     assert.are.equal('FAILED', rows[3].state)
     assert.matches('OPT_OUT', rows[3].reason)
     assert.are.equal('ALL', query(dir, "SELECT opt_out AS o FROM endpoints WHERE id = 'ep-00003'")[1].o)
+  end)
+
+  it("gives a JSON SMS body a campaign's EntityId and TemplateId (India's DLT registration)", function()
+    local dir = h.tmpdir()
+    h.write(dir .. '/c.lua', [=[
+      assert(herald.endpoints.put { Id = 'in', ChannelType = 'SMS', Address = '+919800000001' })
+      herald.campaign.from_pinpoint({ Name = 'dlt', SegmentId = 'all', Schedule = { StartTime = 'IMMEDIATE' },
+        MessageConfiguration = { SMSMessage = { Body = 'Your code is 1234', MessageType = 'TRANSACTIONAL',
+          SenderId = 'HERALD', EntityId = '1201159100000000001', TemplateId = '1207161700000000002' } },
+        Herald = { Deliver = { type = 'channels' } } }, { segment = herald.segment { name = 'all' } })
+    ]=])
+    h.write(dir .. '/providers.lua', string.format([[
+      return { profiles = { sms = { type = 'sms', url = %q, json = { to = '{{Address}}', text = '{{Body}}',
+        sender = '{{SenderId}}', dlt = { entity = '{{EntityId}}', template = '{{TemplateId}}' } } } },
+        channels = { SMS = 'sms' } }
+    ]], emu.url .. '/sms'))
+    local _, code, err = run(dir, 'c.lua')
+    assert.are.equal(0, code, err)
+    assert.are.same({ { state = 'SENT', n = 1 } }, query(dir, 'SELECT state, count(*) AS n FROM outbox GROUP BY state'))
+    local body
+    for _, r in ipairs(emu:requests()) do
+      if r.path == '/sms' and r.body:find('+919800000001', 1, true) then body = json.decode(r.body) end
+    end
+    assert.are.same({ to = '+919800000001', text = 'Your code is 1234', sender = 'HERALD',
+                      dlt = { entity = '1201159100000000001', template = '1207161700000000002' } }, body)
   end)
 
   it("takes Twilio's refusal of the From for the profile's, not the recipients': the campaign pauses", function()
@@ -1690,6 +1825,30 @@ c.execute('COMMIT')
     assert.are.equal(2, code)
     assert.matches('p.lua: channels: expected a table', err, 1, true)
     assert.are.equal(0, #query(dir, "SELECT 1 FROM outbox WHERE state != 'PENDING'"))
+  end)
+
+  it("refuses a List-Unsubscribe whose own text is not printable ASCII when the providers file loads", function()
+    local dir = h.tmpdir()
+    campaign_file(dir, { n = 2, channel = 'EMAIL', addr = "function(i) return 'r' .. i .. '@example.com' end" })
+    local function load(unsub)
+      h.write(dir .. '/p.lua', string.format([[
+        return { profiles = { mail = { type = 'smtp', url = 'smtp://127.0.0.1:9', from = 'a@example.com',
+          list_unsubscribe = %q } }, channels = { EMAIL = 'mail' } }
+      ]], unsub))
+      return h.herald('--db d.db run --until-idle --providers p.lua c.lua', { cwd = dir })
+    end
+    for _, case in ipairs({ { 'https://exämple.com/u/{{Id}}', 'byte 11 is 0xC3' },
+                            { '<https://example.com/u/{{Id}}>,\n<mailto:u@example.com>', 'byte 32 is 0x0A' },
+                            { '{{#if Id}}https://example.com/désabonner/{{Id}}{{/if}}', 'byte 32 is 0xC3' } }) do
+      local _, code, err = load(case[1])
+      assert.are.equal(2, code, case[1])
+      assert.matches('p.lua: profiles.mail.list_unsubscribe: URIs in printable ASCII on one line (RFC 2369), but '
+        .. case[2], err, 1, true)
+    end
+    assert.are.equal(0, #query(dir, "SELECT 1 FROM outbox WHERE state != 'PENDING'"))
+    -- what a tag renders is the endpoint's, checked with its message: the file loads
+    local _, code, err = load('https://example.com/u/{{Id}}?n={{User.UserAttributes.[Prénom]}}{{!-- é --}}')
+    assert.are.equal(0, code, err)
   end)
 
   it('refuses a profile field its type does not read, naming the file, the field and the fields it has', function()

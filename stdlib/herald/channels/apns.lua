@@ -3,9 +3,10 @@
 -- than every 20 minutes), one POST per device to /3/device/TOKEN with apns-topic,
 -- apns-push-type (background for silent pushes), apns-priority, apns-expiration from
 -- TimeToLive and apns-collapse-id. 410 Unregistered and 400 BadDeviceToken make the endpoint
--- INACTIVE; 403 ExpiredProviderToken renews the token and retries. A refusal of the profile's
--- configuration (PROFILE_REFUSED: its topic, certificate or key) is systemic: retried and
--- counted towards the campaign's pause rather than failing the audience for good.
+-- INACTIVE, as does an Address that would change the request path (not sent); 403
+-- ExpiredProviderToken renews the token and retries. A refusal of the profile's configuration
+-- (PROFILE_REFUSED: its topic, certificate or key) is systemic: retried and counted towards
+-- the campaign's pause rather than failing the audience for good.
 local clock = require 'herald.core.clock'
 local json = require 'herald.json'
 local util = require 'herald.channels.util'
@@ -54,6 +55,18 @@ function apns:token()
   if not t then return nil, 'APNs token: ' .. err end
   self.jwt, self.renew_ms, self.minted_ms, self.refused = t, now + RENEW_MS, now, false
   return t
+end
+
+-- Why an address cannot go into the request path /3/device/TOKEN as it is, or nil. Apple's
+-- device tokens are hexadecimal, while an endpoint's Address may hold any character but
+-- whitespace: a '/', '?', '#' or '%' (percent-encoding it is no cure: a server or proxy on the
+-- way may decode it) or a dot segment would take the message to another path of the host,
+-- another device's or none. Letters, digits and "-._~" never change a path.
+local function unfit_token(address)
+  if address == '.' or address == '..' then return 'is a dot segment' end
+  local c = address:match('[^0-9A-Za-z._~%-]')
+  if c == nil then return nil end
+  return 'holds ' .. (c:match('^%p$') and ("'" .. c .. "'") or string.format('byte 0x%02X', c:byte()))
 end
 
 function apns:request(m, token)
@@ -107,8 +120,20 @@ function apns:send(msgs, progress)
   -- a signing key that cannot be read or used fails every message alike: retried, and counted
   -- towards the campaign's pause rather than failing the audience for good
   if not token then return util.fail_all(#msgs, 'transient', err) end
-  local reqs = {}
-  for i, m in ipairs(msgs) do reqs[i] = self:request(m, token) end
+  -- an address that would change the request path is not sent: it fails for good with the
+  -- endpoint made INACTIVE, as APNs's BadDeviceToken does for any token that is not one
+  local reqs, sent, out = {}, {}, {}
+  for i, m in ipairs(msgs) do
+    local why = unfit_token(m.address)
+    if why then
+      out[i] = { verdict = 'permanent', feedback = 'INACTIVE',
+                 reason = 'INVALID_DEVICE_TOKEN: not sent: an APNs device token is hexadecimal, and this Address '
+                   .. why .. ', which would change the request path /3/device/TOKEN' }
+    else
+      reqs[#reqs + 1] = self:request(m, token)
+      sent[#reqs] = i
+    end
+  end
   -- DeviceTokenNotForTopic from a token or two is their app's, not this one's; from every
   -- token of a batch (of several) the topic is what is wrong
   local not_for_topic
@@ -144,9 +169,16 @@ function apns:send(msgs, progress)
     not_for_topic = refused >= 2 and refused == answered
     return util.verdicts(res, judge)
   end
+  local told = progress and function(idx, vs)
+    local at = {}
+    for k, j in ipairs(idx) do at[k] = sent[j] end
+    progress(at, vs)
+  end
   local res = util.send_http(self.profile, reqs, { headers = { ['Content-Type'] = 'application/json' } },
-    progress, verdicts)
-  return verdicts(res)
+    told, verdicts)
+  local vs = verdicts(res)
+  for j = 1, #reqs do out[sent[j]] = vs[j] end
+  return out
 end
 
 return apns

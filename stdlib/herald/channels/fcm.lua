@@ -1,7 +1,10 @@
 -- PUSH through FCM HTTP v1: an OAuth2 access token obtained by posting an RS256-signed JWT
 -- (the service account's client_email and private_key) to the token URI, cached until shortly
--- before it expires; then one POST per device to projects/ID/messages:send. UNREGISTERED makes
--- the endpoint INACTIVE; a 401 drops the cached token and retries.
+-- before it expires; then one POST per device to projects/ID/messages:send. UNREGISTERED, and
+-- INVALID_ARGUMENT for a token that is not an FCM registration token, make the endpoint
+-- INACTIVE; a 401 drops the cached token and retries. SENDER_ID_MISMATCH (a 403 about one
+-- token, registered to another Firebase project) fails that message alone; another 403
+-- (PERMISSION_DENIED on the project) is the profile's: systemic.
 local json = require 'herald.json'
 local util = require 'herald.channels.util'
 
@@ -86,15 +89,23 @@ local function message(m)
   return json.encode { message = msg }
 end
 
--- The error status FCM puts in details[].errorCode (or error.status).
-local function error_code(detail)
+-- FCM's error answer: its error object, and the error code it puts in details[].errorCode
+-- (or error.status). -> code, message | nil
+local function fcm_error(detail)
   local e = util.decode(detail)
   e = e and e.error
   if type(e) ~= 'table' then return nil end
-  for _, d in ipairs(e.details or {}) do
-    if type(d) == 'table' and d.errorCode then return d.errorCode end
+  local message = type(e.message) == 'string' and e.message or ''
+  for _, d in ipairs(type(e.details) == 'table' and e.details or {}) do
+    if type(d) == 'table' and d.errorCode then return d.errorCode, message end
   end
-  return e.status
+  return e.status, message
+end
+
+-- FCM answers a token that is no FCM registration token (truncated, of another service) with
+-- INVALID_ARGUMENT and this message; a bad payload gets INVALID_ARGUMENT with another one.
+local function bad_token(message)
+  return message:lower():find('not a valid fcm registration token', 1, true) ~= nil
 end
 
 function fcm:send(msgs, progress)
@@ -102,18 +113,36 @@ function fcm:send(msgs, progress)
   if not token then return util.fail_all(#msgs, 'transient', err) end
   local reqs = {}
   for i, m in ipairs(msgs) do reqs[i] = { key = m.key, body = message(m), url = self.url, gate = m.gate } end
+  -- SENDER_ID_MISMATCH from a token or two is theirs (registered to another project); from
+  -- every token of a batch (of several) the profile's project is what is wrong, and failing
+  -- the whole audience for good would not undo it
+  local mismatch_all
   local function judge(o)
-    local code = error_code(o.detail)
-    if code == 'UNREGISTERED' then
+    local code, why = fcm_error(o.detail)
+    if code == 'UNREGISTERED' or (code == 'INVALID_ARGUMENT' and bad_token(why)) then
       return code, 'inactive'
     elseif o.status == 401 then
       self.access = nil
       return code, 'token'
+    elseif code == 'SENDER_ID_MISMATCH' then
+      if mismatch_all then return 'PROFILE_REFUSED: ' .. code, 'profile' end
+      return code
     end
-    -- a 403 (permission denied on the project) holds for every message of the batch
+    -- another 403 (PERMISSION_DENIED: the service account may not send for the project)
+    -- holds for every message of the batch
     return code, o.status == 403 and 'systemic' or nil
   end
-  local function verdicts(res) return util.verdicts(res, judge) end
+  local function verdicts(res)
+    local answered, mismatched = 0, 0
+    for _, o in ipairs(res) do
+      if o.class == 'ok' then
+        answered = answered + 1
+        if o.status == 403 and fcm_error(o.detail) == 'SENDER_ID_MISMATCH' then mismatched = mismatched + 1 end
+      end
+    end
+    mismatch_all = mismatched >= 2 and mismatched == answered
+    return util.verdicts(res, judge)
+  end
   local res = util.send_http(self.profile, reqs, {
     headers = { Authorization = 'Bearer ' .. token, ['Content-Type'] = 'application/json' } }, progress, verdicts)
   return verdicts(res)

@@ -1,8 +1,9 @@
 -- SMS through an HTTP provider: the Twilio-style form preset (To, From, Body; basic auth with
 -- account_sid:auth_token) or a JSON body whose string values are templates over the message
--- (Address, Body, OriginationNumber, SenderId, MessageType, Keyword). A refusal because the
--- recipient opted out (Twilio error 21610, or profile.opt_out_pattern in the body) opts the
--- endpoint out of everything, as Pinpoint does on a STOP reply. A refusal of the sender (the
+-- (Address, Body, OriginationNumber, SenderId, MessageType, Keyword, EntityId and TemplateId,
+-- the ids India's DLT registration gives, and MessageId). A refusal because the recipient
+-- opted out (Twilio error 21610, or profile.opt_out_pattern in the body) opts the endpoint
+-- out of everything, as Pinpoint does on a STOP reply. A refusal of the sender (the
 -- From number or sender id: Twilio errors in SENDER_REFUSED) is the profile's, not the
 -- recipient's: systemic, as SMTP's refused MAIL FROM is.
 local json = require 'herald.json'
@@ -73,7 +74,7 @@ function sms:request(m)
   local from = m.origination_number or self.profile.from
   local vars = { Address = m.address, Body = m.body, OriginationNumber = from,
                  SenderId = m.sender_id or self.profile.sender_id, MessageType = m.message_type or 'TRANSACTIONAL',
-                 Keyword = m.keyword, MessageId = m.key }
+                 Keyword = m.keyword, EntityId = m.entity_id, TemplateId = m.template_id, MessageId = m.key }
   if self.auth then
     -- Twilio takes one From: the message's own sender (its SenderId, else its
     -- OriginationNumber) over the profile's defaults
