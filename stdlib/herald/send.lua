@@ -15,7 +15,9 @@
 -- ({ApplicationId, RequestId, Result = {user = {endpoint = result}}}); it cannot also have
 -- Addresses or Endpoints, as the two Pinpoint requests cannot be combined.
 --
--- DeliveryStatus is SUCCESSFUL, THROTTLED (over a provider limit: not sent), TEMPORARY_FAILURE,
+-- DeliveryStatus is SUCCESSFUL, THROTTLED (over a provider limit: not sent), TEMPORARY_FAILURE
+-- (worth sending again: a provider fault, or a systemic refusal such as refused credentials or
+-- a refused sender, with the provider's reason, to send again once the profile is fixed),
 -- PERMANENT_FAILURE, UNKNOWN_FAILURE, OPT_OUT (the endpoint opted out; the address is on the
 -- app's opt-out list; for an address, an endpoint of the app with that channel and address
 -- opted out; or the provider says the recipient did) or DUPLICATE (a message to the same channel and address is sent by an entry
@@ -348,7 +350,12 @@ function send.send(req, opts)
     local out = deliver.send_items(items)
     for i, it in ipairs(items) do
       local o, r = out[i], it.w.result
-      if o.verdict == 'delivered' then
+      -- A systemic refusal (the profile's credentials, a refused sender) is the profile's
+      -- fault, not the recipient's: the same message goes once the profile is fixed, as a
+      -- campaign retries it (herald.deliver's settle).
+      local verdict = o.verdict
+      if verdict == 'permanent' and o.systemic then verdict = 'transient' end
+      if verdict == 'delivered' then
         r.DeliveryStatus = 'SUCCESSFUL'
       elseif o.error then
         r.DeliveryStatus = 'UNKNOWN_FAILURE'
@@ -357,9 +364,9 @@ function send.send(req, opts)
       elseif o.held then
         -- not sent: the provider asked to wait (Retry-After) after an earlier request
         r.DeliveryStatus = 'THROTTLED'
-      elseif o.verdict == 'transient' then
+      elseif verdict == 'transient' then
         r.DeliveryStatus = 'TEMPORARY_FAILURE'
-      elseif o.verdict == 'permanent' then
+      elseif verdict == 'permanent' then
         r.DeliveryStatus = 'PERMANENT_FAILURE'
       else
         r.DeliveryStatus = 'UNKNOWN_FAILURE'

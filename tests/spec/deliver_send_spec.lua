@@ -105,6 +105,26 @@ describe('herald.send', function()
     assert.matches('exploded', res3.Result['x@example.com'].StatusMessage)
   end)
 
+  it("answers TEMPORARY_FAILURE with the provider's reason when it refuses the profile, not the recipient", function()
+    -- Twilio refusing the credentials (401, 20003), Baidu the apikey (30603): every message of
+    -- the profile meets the same refusal until the profile is fixed
+    local res = send({ Addresses = { ['+15550000073'] = { ChannelType = 'SMS' },
+                                     ['3957217761224410071'] = { ChannelType = 'BAIDU' } },
+                       MessageConfiguration = { DefaultMessage = { Body = 'x' }, BaiduMessage = { Title = 't', Body = 'b' } } },
+                     { providers = { profiles = {
+                         sms = { type = 'sms', preset = 'twilio', url = emu.url .. '/twilio/Messages.json',
+                                 account_sid = 'AC_test', auth_token = 'not-the-token', from = '+15550100' },
+                         baidu = { type = 'baidu', url = emu.direct_url .. '/rest/3.0/push/single_device',
+                                   api_key = 'not-the-key', secret_key = 'baidu-secret-key' } },
+                       channels = { SMS = 'sms', BAIDU = 'baidu' } } })
+    local sms, baidu = res.Result['+15550000073'], res.Result['3957217761224410071']
+    assert.are.same({ 'TEMPORARY_FAILURE', 503 }, { sms.DeliveryStatus, sms.StatusCode })
+    assert.matches('HTTP 401', sms.StatusMessage, 1, true)
+    assert.matches('Authenticate', sms.StatusMessage, 1, true)
+    assert.are.same({ 'TEMPORARY_FAILURE', 503 }, { baidu.DeliveryStatus, baidu.StatusCode })
+    assert.matches('30603 Authentication Failed, apikey not found', baidu.StatusMessage, 1, true)
+  end)
+
   it("renders the JSON SMS body's strings at any depth and gives Twilio the message's own sender", function()
     local res = send({ Addresses = { ['+15550000061'] = { ChannelType = 'SMS' } },
                        MessageConfiguration = { SMSMessage = { Body = 'nested', MessageType = 'PROMOTIONAL',
