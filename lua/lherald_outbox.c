@@ -660,6 +660,25 @@ static int l_record_direct(lua_State *L) {
   return 0;
 }
 
+/* add_optout(channel, address, source, message_id [, reason [, app]]) -> true, or nil, message
+ * when the store fails: puts the address on the app's opt-out list now (an address already on
+ * it keeps its first entry). */
+static int l_add_optout(lua_State *L) {
+  HeraldError err = {0};
+  char stamp[32];
+  herald_time_format(herald_clock_now_ms(), stamp, sizeof stamp);
+  if (herald_outbox_optout_add(herald_context_store(L), luaL_optstring(L, 6, herald_context()->app),
+                               luaL_checkstring(L, 1), luaL_checkstring(L, 2), luaL_checkstring(L, 3),
+                               luaL_checkstring(L, 4), luaL_optstring(L, 5, NULL), stamp, &err) !=
+      kHeraldOk) {
+    lua_pushnil(L);
+    lua_pushstring(L, err.msg);
+    return 2;
+  }
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
 /* lift_optout(channel, address [, app]) -> whether the address was on the opt-out list;
  * nil, message when the store fails. */
 static int l_lift_optout(lua_State *L) {
@@ -809,7 +828,7 @@ int luaopen_herald_core_outbox(lua_State *L) {
     {"trigger", l_trigger}, {"trigger_cursor", l_trigger_cursor}, {"claim", l_claim},         {"report_batch", l_report_batch},
     {"recover", l_recover},         {"next_due", l_next_due},   {"complete_runs", l_complete_runs},
     {"message_id", l_message_id},   {"tally", l_tally}, {"record_direct", l_record_direct},
-    {"lift_optout", l_lift_optout},
+    {"add_optout", l_add_optout}, {"lift_optout", l_lift_optout},
     {"define_campaign", l_define_campaign}, {"set_campaign_state", l_set_campaign_state},
     {"campaign_definition", l_campaign_definition},
     {"advance_campaign_state", l_advance_campaign_state}, {"copy_campaign", l_copy_campaign},

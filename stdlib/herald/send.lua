@@ -30,8 +30,10 @@
 --
 -- The opt-out list: an SMS OPTOUT (a STOP reply) or an email COMPLAINT of a message sent to an
 -- address the request named puts its channel and address on the app's list (the status webhook,
--- runtime/ingest.c), whether or not an endpoint has the address; a message to the address,
--- named or an endpoint's, is then OPT_OUT and not sent.
+-- runtime/ingest.c), whether or not an endpoint has the address, and so does the provider's own
+-- answer to such a message that the recipient opted out (Source 'provider:' and the profile's
+-- name, Reason the answer); a message to the address, named or an endpoint's, is then OPT_OUT
+-- and not sent. A message to an endpoint records an opt-out on the endpoint instead.
 --   herald.send.optouts { channel = 'SMS', address = '+15550101' }   -- both optional
 --     -> { { ChannelType, Address, Source = '_SMS.OPTOUT', MessageId, Reason, Timestamp }, ... }
 --   herald.send.lift_optout('SMS', '+15550101')   -- true when it was on the list
@@ -355,12 +357,21 @@ function send.send(req, opts)
       -- campaign retries it (herald.deliver's settle).
       local verdict = o.verdict
       if verdict == 'permanent' and o.systemic then verdict = 'transient' end
+      r.StatusMessage = o.reason
       if verdict == 'delivered' then
         r.DeliveryStatus = 'SUCCESSFUL'
       elseif o.error then
         r.DeliveryStatus = 'UNKNOWN_FAILURE'
       elseif o.feedback == 'OPT_OUT' then
         r.DeliveryStatus = 'OPT_OUT'
+        if it.w.endpoint_id == nil then
+          -- The provider's answer that a named address opted out holds as its STOP would
+          -- (runtime/ingest.c): on the app's list, the next message to it is refused unsent.
+          -- An endpoint's opt-out is recorded on the endpoint (deliver.feedback below).
+          local ok, err = outbox.add_optout(it.w.channel, it.w.address, 'provider:' .. it.profile.name,
+                                            it.msg.key, o.reason, app)
+          if not ok then r.StatusMessage = tostring(o.reason) .. ' (not put on the opt-out list: ' .. tostring(err) .. ')' end
+        end
       elseif o.held then
         -- not sent: the provider asked to wait (Retry-After) after an earlier request
         r.DeliveryStatus = 'THROTTLED'
@@ -371,7 +382,6 @@ function send.send(req, opts)
       else
         r.DeliveryStatus = 'UNKNOWN_FAILURE'
       end
-      r.StatusMessage = o.reason
       -- the provider's Retry-After holds its profile for later sends too, as for campaigns
       deliver.hold(it.profile, o.retry_after_ms)
       if o.feedback and it.w.endpoint_id then deliver.feedback(it.w.endpoint_id, o.feedback, app) end
