@@ -147,6 +147,10 @@ describe('herald.send', function()
     assert.are.equal('OPT_OUT', again.DeliveryStatus)
     assert.matches('the address is on the opt-out list (provider:sms of message ' .. first.MessageId, again.StatusMessage, 1, true)
     assert.are.equal(1, requests_to('+15550000399'))
+    -- an address with a NUL inside is refused, not cut to lift this one
+    assert.are.same({ nil, 'herald.send.lift_optout: address: contains a NUL character (\\u0000)' },
+                    { send.lift_optout('SMS', '+15550000399\0-x') })
+    assert.are.equal(1, #send.optouts { channel = 'SMS', address = '+15550000399' })
     -- an endpoint's opt-out is recorded on the endpoint, as before, not on the list
     assert(endpoints.put { Id = 'send-optout-ep', ChannelType = 'SMS', Address = '+15550000499' })
     local ep = send({ Endpoints = { ['send-optout-ep'] = {} }, MessageConfiguration = { DefaultMessage = { Body = 'x' } } },
