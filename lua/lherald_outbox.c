@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "lua/args.h"
 #include "lua/context.h"
 #include "lua/modules.h"
 #include "runtime/claimer.h"
@@ -13,7 +14,8 @@
 #include "runtime/outbox.h"
 
 /* t: an absolute index. A number is converted and stored back into the table, so the text
- * outlives the pop as a string field's does (lua_tostring converts only the stack's copy). */
+ * outlives the pop as a string field's does (lua_tostring converts only the stack's copy). A
+ * string with a NUL inside raises: the C string would be cut there. */
 static const char *opt_field_string(lua_State *L, int t, const char *k) {
   lua_getfield(L, t, k);
   if (lua_type(L, -1) == LUA_TNUMBER) {
@@ -22,6 +24,7 @@ static const char *opt_field_string(lua_State *L, int t, const char *k) {
     lua_setfield(L, t, k);
   }
   const char *s = lua_isnil(L, -1) ? NULL : luaL_checkstring(L, -1);
+  if (herald_lua_nul_inside(L, -1)) luaL_error(L, "%s: contains a NUL character (\\u0000)", k);
   lua_pop(L, 1);  /* the table keeps the string alive */
   return s;
 }
@@ -368,8 +371,9 @@ static int l_decide(lua_State *L) {
 static int l_trigger_cursor(lua_State *L) {
   int64_t seq = 0;
   HeraldError err = {0};
-  if (herald_outbox_trigger_cursor(herald_context_store(L), luaL_optstring(L, 2, herald_context()->app),
-                                   luaL_checkstring(L, 1), &seq, &err) != kHeraldOk)
+  if (herald_outbox_trigger_cursor(herald_context_store(L),
+                                   herald_lua_optname(L, 2, "app", herald_context()->app),
+                                   herald_lua_checkname(L, 1, "campaign_id"), &seq, &err) != kHeraldOk)
     return raise_error(L, &err);
   lua_pushinteger(L, (lua_Integer)seq);
   return 1;
@@ -419,6 +423,8 @@ static int l_trigger(lua_State *L) {
   for (lua_Integer i = 0; i < nc; i++) {
     lua_rawgeti(L, cancels, i + 1);
     c[i] = luaL_checkstring(L, -1);
+    if (herald_lua_nul_inside(L, -1))
+      return luaL_error(L, "cancels[%d]: contains a NUL character (\\u0000)", (int)i + 1);
     lua_pop(L, 1);
   }
   t.cancels = c;
@@ -434,8 +440,8 @@ static int l_trigger(lua_State *L) {
 /* skip_run(campaign_id, version, scheduled_ms, run_index, reason [, app]) */
 static int l_skip_run(lua_State *L) {
   HeraldError err = {0};
-  if (herald_outbox_run_skip(herald_context_store(L), luaL_optstring(L, 6, herald_context()->app),
-                             luaL_checkstring(L, 1), (int)luaL_checkinteger(L, 2),
+  if (herald_outbox_run_skip(herald_context_store(L), herald_lua_optname(L, 6, "app", herald_context()->app),
+                             herald_lua_checkname(L, 1, "campaign_id"), (int)luaL_checkinteger(L, 2),
                              (int64_t)luaL_checkinteger(L, 3), (int64_t)luaL_checkinteger(L, 4),
                              luaL_checkstring(L, 5), &err) != kHeraldOk)
     return raise_error(L, &err);
@@ -501,7 +507,7 @@ static int l_claim(lua_State *L) {
   int64_t now = (int64_t)luaL_checkinteger(L, 1);
   int max = (int)luaL_optinteger(L, 2, 256);
   const char *campaigns = luaL_optstring(L, 3, NULL);
-  const char *app = luaL_optstring(L, 4, herald_context()->app);
+  const char *app = herald_lua_optname(L, 4, "app", herald_context()->app);
   luaL_argcheck(L, max > 0 && max <= 10000, 2, "must be 1..10000");
   HeraldStore *store = herald_context_store(L);
   watch_claimers(L);
@@ -624,7 +630,7 @@ static int l_next_due(lua_State *L) {
   int found = 0;
   HeraldError err = {0};
   const char *campaigns = luaL_optstring(L, 1, NULL);
-  const char *app = luaL_optstring(L, 2, herald_context()->app);
+  const char *app = herald_lua_optname(L, 2, "app", herald_context()->app);
   if (herald_outbox_next_due(herald_context_store(L), app, campaigns, &due, &found, &err) !=
       kHeraldOk)
     return raise_error(L, &err);
@@ -660,9 +666,38 @@ static int l_record_direct(lua_State *L) {
   return 0;
 }
 
+/* add_optout(channel, address, source, message_id [, reason [, app]]) -> true, or nil, message
+ * when the store fails: puts the address on the app's opt-out list now (an address already on
+ * it keeps its first entry). */
+static int l_add_optout(lua_State *L) {
+  luaL_checkstring(L, 1);
+  luaL_checkstring(L, 2);
+  if (herald_lua_refuse_nul(L, 1, "channel") || herald_lua_refuse_nul(L, 2, "address") ||
+      herald_lua_refuse_nul(L, 6, "app"))
+    return 2;
+  HeraldError err = {0};
+  char stamp[32];
+  herald_time_format(herald_clock_now_ms(), stamp, sizeof stamp);
+  if (herald_outbox_optout_add(herald_context_store(L), luaL_optstring(L, 6, herald_context()->app),
+                               luaL_checkstring(L, 1), luaL_checkstring(L, 2), luaL_checkstring(L, 3),
+                               luaL_checkstring(L, 4), luaL_optstring(L, 5, NULL), stamp, &err) !=
+      kHeraldOk) {
+    lua_pushnil(L);
+    lua_pushstring(L, err.msg);
+    return 2;
+  }
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
 /* lift_optout(channel, address [, app]) -> whether the address was on the opt-out list;
  * nil, message when the store fails. */
 static int l_lift_optout(lua_State *L) {
+  luaL_checkstring(L, 1);
+  luaL_checkstring(L, 2);
+  if (herald_lua_refuse_nul(L, 1, "channel") || herald_lua_refuse_nul(L, 2, "address") ||
+      herald_lua_refuse_nul(L, 3, "app"))
+    return 2;
   HeraldError err = {0};
   int lifted = 0;
   if (herald_outbox_optout_lift(herald_context_store(L), luaL_optstring(L, 3, herald_context()->app),
@@ -691,8 +726,8 @@ static void push_tally(const HeraldOutboxTally *t, void *ctx) {
 
 /* tally(campaign_id [, app]) -> list of {run_id, treatment, state, reason, count, ...} */
 static int l_tally(lua_State *L) {
-  const char *campaign_id = luaL_checkstring(L, 1);
-  const char *app = luaL_optstring(L, 2, herald_context()->app);
+  const char *campaign_id = herald_lua_checkname(L, 1, "campaign_id");
+  const char *app = herald_lua_optname(L, 2, "app", herald_context()->app);
   HeraldStore *store = herald_context_store(L);
   lua_newtable(L);
   HeraldError err = {0};
@@ -703,10 +738,10 @@ static int l_tally(lua_State *L) {
 
 /* define_campaign(id, name, definition_json [, app]) -> version, version_ms, changed */
 static int l_define_campaign(lua_State *L) {
-  const char *id = luaL_checkstring(L, 1);
-  const char *name = luaL_checkstring(L, 2);
+  const char *id = herald_lua_checkname(L, 1, "id");
+  const char *name = herald_lua_checkname(L, 2, "name");
   const char *definition = luaL_checkstring(L, 3);
-  const char *app = luaL_optstring(L, 4, herald_context()->app);
+  const char *app = herald_lua_optname(L, 4, "app", herald_context()->app);
   HeraldCampaignVersion v;
   HeraldError err = {0};
   if (herald_campaign_define(herald_context_store(L), app, id, name, definition,
@@ -723,6 +758,7 @@ static int l_campaign_definition(lua_State *L) {
   const char *id = luaL_checkstring(L, 1);
   int version = (int)luaL_checkinteger(L, 2);
   const char *app = luaL_optstring(L, 3, herald_context()->app);
+  if (herald_lua_refuse_nul(L, 1, "id") || herald_lua_refuse_nul(L, 3, "app")) return 2;
   char *def = NULL;
   HeraldError err = {0};
   if (herald_campaign_version_definition(herald_context_store(L), app, id, version, &def, &err) !=
@@ -739,8 +775,8 @@ static int l_campaign_definition(lua_State *L) {
 static int l_advance_campaign_state(lua_State *L) {
   HeraldError err = {0};
   if (herald_campaign_advance_state(herald_context_store(L),
-                                    luaL_optstring(L, 3, herald_context()->app),
-                                    luaL_checkstring(L, 1), luaL_checkstring(L, 2), &err) !=
+                                    herald_lua_optname(L, 3, "app", herald_context()->app),
+                                    herald_lua_checkname(L, 1, "id"), luaL_checkstring(L, 2), &err) !=
       kHeraldOk)
     return raise_error(L, &err);
   return 0;
@@ -748,6 +784,11 @@ static int l_advance_campaign_state(lua_State *L) {
 
 /* copy_campaign(id, new_id, definition_json [, app]) -> true | nil, err */
 static int l_copy_campaign(lua_State *L) {
+  luaL_checkstring(L, 1);
+  luaL_checkstring(L, 2);
+  if (herald_lua_refuse_nul(L, 1, "id") || herald_lua_refuse_nul(L, 2, "new_id") ||
+      herald_lua_refuse_nul(L, 4, "app"))
+    return 2;
   HeraldError err = {0};
   if (herald_campaign_copy(herald_context_store(L), luaL_optstring(L, 4, herald_context()->app),
                            luaL_checkstring(L, 1), luaL_checkstring(L, 2), luaL_checkstring(L, 3),
@@ -763,8 +804,9 @@ static int l_copy_campaign(lua_State *L) {
 /* cancel(campaign_id, reason [, app]): PENDING rows of its runs become SKIPPED with reason. */
 static int l_cancel(lua_State *L) {
   HeraldError err = {0};
-  if (herald_outbox_cancel(herald_context_store(L), luaL_optstring(L, 3, herald_context()->app),
-                           luaL_checkstring(L, 1), luaL_checkstring(L, 2), &err) != kHeraldOk)
+  if (herald_outbox_cancel(herald_context_store(L), herald_lua_optname(L, 3, "app", herald_context()->app),
+                           herald_lua_checkname(L, 1, "campaign_id"), luaL_checkstring(L, 2), &err) !=
+      kHeraldOk)
     return raise_error(L, &err);
   return 0;
 }
@@ -773,8 +815,8 @@ static int l_cancel(lua_State *L) {
  * be nil. */
 static int l_set_campaign_origin(lua_State *L) {
   HeraldError err = {0};
-  if (herald_campaign_set_origin(herald_context_store(L), luaL_optstring(L, 5, herald_context()->app),
-                                 luaL_checkstring(L, 1), luaL_optstring(L, 2, NULL),
+  if (herald_campaign_set_origin(herald_context_store(L), herald_lua_optname(L, 5, "app", herald_context()->app),
+                                 herald_lua_checkname(L, 1, "id"), herald_lua_optname(L, 2, "source", NULL),
                                  luaL_optstring(L, 3, NULL), luaL_optstring(L, 4, NULL),
                                  &err) != kHeraldOk)
     return raise_error(L, &err);
@@ -786,8 +828,8 @@ static int l_set_campaign_origin(lua_State *L) {
 static int l_invalidate_campaigns(lua_State *L) {
   HeraldError err = {0};
   int count = 0;
-  if (herald_campaign_invalidate(herald_context_store(L), luaL_optstring(L, 4, herald_context()->app),
-                                 luaL_optstring(L, 1, NULL), luaL_optstring(L, 2, NULL),
+  if (herald_campaign_invalidate(herald_context_store(L), herald_lua_optname(L, 4, "app", herald_context()->app),
+                                 herald_lua_optname(L, 1, "id", NULL), herald_lua_optname(L, 2, "source", NULL),
                                  luaL_checkstring(L, 3), &count, &err) != kHeraldOk)
     return raise_error(L, &err);
   lua_pushinteger(L, count);
@@ -796,8 +838,8 @@ static int l_invalidate_campaigns(lua_State *L) {
 
 static int l_set_campaign_state(lua_State *L) {
   HeraldError err = {0};
-  if (herald_campaign_set_state(herald_context_store(L), luaL_optstring(L, 3, herald_context()->app),
-                                luaL_checkstring(L, 1), luaL_checkstring(L, 2),
+  if (herald_campaign_set_state(herald_context_store(L), herald_lua_optname(L, 3, "app", herald_context()->app),
+                                herald_lua_checkname(L, 1, "id"), luaL_checkstring(L, 2),
                                 luaL_optstring(L, 4, NULL), &err) != kHeraldOk)
     return raise_error(L, &err);
   return 0;
@@ -809,7 +851,7 @@ int luaopen_herald_core_outbox(lua_State *L) {
     {"trigger", l_trigger}, {"trigger_cursor", l_trigger_cursor}, {"claim", l_claim},         {"report_batch", l_report_batch},
     {"recover", l_recover},         {"next_due", l_next_due},   {"complete_runs", l_complete_runs},
     {"message_id", l_message_id},   {"tally", l_tally}, {"record_direct", l_record_direct},
-    {"lift_optout", l_lift_optout},
+    {"add_optout", l_add_optout}, {"lift_optout", l_lift_optout},
     {"define_campaign", l_define_campaign}, {"set_campaign_state", l_set_campaign_state},
     {"campaign_definition", l_campaign_definition},
     {"advance_campaign_state", l_advance_campaign_state}, {"copy_campaign", l_copy_campaign},

@@ -6,6 +6,7 @@
 #include <lauxlib.h>
 #include <string.h>
 
+#include "lua/args.h"
 #include "lua/context.h"
 #include "lua/host.h"
 #include "lua/lherald_json.h"
@@ -210,6 +211,10 @@ static int l_save(lua_State *L) {
   const char *id = luaL_checkstring(L, 1), *name = luaL_checkstring(L, 2);
   const char *type = luaL_checkstring(L, 3), *def = luaL_checkstring(L, 4);
   const char *app = app_arg(L, 5);
+  if (herald_lua_refuse_nul(L, 1, "id") || herald_lua_refuse_nul(L, 2, "name") ||
+      herald_lua_refuse_nul(L, 3, "type") || herald_lua_refuse_nul(L, 4, "definition") ||
+      herald_lua_refuse_nul(L, 5, "app"))
+    return 2;
   HeraldError err = {0};
   int version = 0;
   if (herald_segment_save(herald_context_store(L), app, id, name, type, def, &version, &err) !=
@@ -228,9 +233,21 @@ static int l_add_members(lua_State *L) {
   int version = (int)luaL_checkinteger(L, 2);
   luaL_checktype(L, 3, LUA_TTABLE);
   const char *app = app_arg(L, 4);
+  if (herald_lua_refuse_nul(L, 1, "id") || herald_lua_refuse_nul(L, 4, "app")) return 2;
   HeraldStore *store = herald_context_store(L);
   HeraldError err = {0};
   lua_Integer n = luaL_len(L, 3);
+  /* all checked before any is added: a refused list adds none */
+  for (lua_Integer i = 1; i <= n; i++) {
+    lua_rawgeti(L, 3, i);
+    int nul = herald_lua_nul_inside(L, -1);
+    lua_pop(L, 1);
+    if (nul) {
+      lua_pushnil(L);
+      lua_pushfstring(L, "members[%d]: contains a NUL character (\\u0000)", (int)i);
+      return 2;
+    }
+  }
   for (lua_Integer i = 1; i <= n; i++) {
     lua_rawgeti(L, 3, i);
     const char *ep = lua_tostring(L, -1);
@@ -282,7 +299,10 @@ static int l_km(lua_State *L) {
 /* index_check(kind, name) -> true, or nil, message */
 static int l_index_check(lua_State *L) {
   HeraldError err = {0};
-  if (herald_segment_index_check(luaL_checkstring(L, 1), luaL_checkstring(L, 2), &err) !=
+  luaL_checkstring(L, 1);
+  luaL_checkstring(L, 2);
+  if (herald_lua_refuse_nul(L, 1, "kind") || herald_lua_refuse_nul(L, 2, "name")) return 2;
+  if (herald_segment_index_check(lua_tostring(L, 1), lua_tostring(L, 2), &err) !=
       kHeraldOk) {
     lua_pushnil(L);
     lua_pushstring(L, err.msg);
@@ -297,6 +317,9 @@ static int l_index_check(lua_State *L) {
 static int l_index_add(lua_State *L) {
   const char *kind = luaL_checkstring(L, 1), *name = luaL_checkstring(L, 2);
   const char *app = app_arg(L, 3), *origin = luaL_optstring(L, 4, "lua");
+  if (herald_lua_refuse_nul(L, 1, "kind") || herald_lua_refuse_nul(L, 2, "name") ||
+      herald_lua_refuse_nul(L, 3, "app"))
+    return 2;
   HeraldError err = {0};
   int created = 0;
   if (herald_segment_index_add(herald_context_store(L), app, kind, name, origin, &created,
@@ -313,6 +336,9 @@ static int l_index_add(lua_State *L) {
 static int l_index_drop(lua_State *L) {
   const char *kind = luaL_checkstring(L, 1), *name = luaL_checkstring(L, 2);
   const char *app = app_arg(L, 3);
+  if (herald_lua_refuse_nul(L, 1, "kind") || herald_lua_refuse_nul(L, 2, "name") ||
+      herald_lua_refuse_nul(L, 3, "app"))
+    return 2;
   HeraldError err = {0};
   int dropped = 0;
   if (herald_segment_index_drop(herald_context_store(L), app, kind, name, &dropped, &err) !=
@@ -366,6 +392,7 @@ static int l_each_endpoint_request(lua_State *L) {
   const char *path = luaL_checkstring(L, 1);
   const char *fmt = luaL_optstring(L, 2, NULL);
   luaL_checktype(L, 3, LUA_TFUNCTION);
+  if (herald_lua_refuse_nul(L, 1, "path")) return 2;
   HeraldImportFormat format = kHeraldImportAuto;
   if (fmt != NULL && strcmp(fmt, "csv") == 0) format = kHeraldImportCsv;
   else if (fmt != NULL && strcmp(fmt, "json") == 0) format = kHeraldImportJson;

@@ -13,13 +13,14 @@
  * set_active(name, type, version) -> true | nil, err
  * render(name, type, ctx [, version [, substitutions]]) -> rendered parts | nil, err
  *
- * Runtime failures (bad template text, unknown template, limits) return nil, err; argument
- * misuse raises. Compiled store versions are cached per state and recompiled when the stored
- * revision changes. */
+ * Runtime failures (bad template text, unknown template, limits, a name or type with a NUL
+ * inside) return nil, err; argument misuse raises. Compiled store versions are cached per
+ * state and recompiled when the stored revision changes. */
 #include <lauxlib.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "lua/args.h"
 #include "lua/context.h"
 #include "lua/lherald_json.h"
 #include "lua/modules.h"
@@ -107,6 +108,13 @@ static json_t *to_json(lua_State *L, int idx, int depth, int empty_list, char *w
     char keybuf[64];
     if (lua_type(L, -2) == LUA_TSTRING) {
       key = lua_tostring(L, -2);
+      if (herald_lua_nul_inside(L, -2)) {
+        /* cut there, "Subject\0x" would set Subject */
+        snprintf(why, whylen, "a table key contains a NUL character (\\u0000)");
+        lua_pop(L, 2);
+        json_decref(o);
+        return NULL;
+      }
     } else if (lua_type(L, -2) == LUA_TNUMBER) {
       /* converting the key in place would confuse lua_next */
       if (lua_isinteger(L, -2)) snprintf(keybuf, sizeof keybuf, "%lld", (long long)lua_tointeger(L, -2));
@@ -275,6 +283,7 @@ static int l_context(lua_State *L) {
 static int l_endpoint_context(lua_State *L) {
   const char *id = luaL_checkstring(L, 1);
   const char *app = luaL_optstring(L, 2, herald_context()->app);
+  if (herald_lua_refuse_nul(L, 1, "id") || herald_lua_refuse_nul(L, 2, "app")) return 2;
   HeraldStore *store = herald_context_store(L);
   ContextBox *box = lua_newuserdatauv(L, sizeof *box, 0);
   box->j = NULL;
@@ -334,6 +343,14 @@ static int parts_gc(lua_State *L) {
 
 /* ---- the store ---- */
 
+/* The name and type arguments (1 and 2) of a store call, which answers nil, err for a NUL in
+ * either: returns 2 when it pushed that answer, else 0. */
+static int refuse_nul_name(lua_State *L) {
+  luaL_checkstring(L, 1);
+  luaL_checkstring(L, 2);
+  return herald_lua_refuse_nul(L, 1, "name") || herald_lua_refuse_nul(L, 2, "type") ? 2 : 0;
+}
+
 static json_t *arg_parts(lua_State *L, int idx, HeraldError *err) {
   luaL_checktype(L, idx, LUA_TTABLE);
   char why[256] = "";
@@ -343,6 +360,7 @@ static json_t *arg_parts(lua_State *L, int idx, HeraldError *err) {
 }
 
 static int l_create(lua_State *L) {
+  if (refuse_nul_name(L)) return 2;
   const char *name = luaL_checkstring(L, 1);
   const char *type = luaL_checkstring(L, 2);
   HeraldError err = {0};
@@ -356,6 +374,7 @@ static int l_create(lua_State *L) {
 }
 
 static int l_update(lua_State *L) {
+  if (refuse_nul_name(L)) return 2;
   const char *name = luaL_checkstring(L, 1);
   const char *type = luaL_checkstring(L, 2);
   int create_new = lua_toboolean(L, 4);
@@ -374,6 +393,7 @@ static int l_update(lua_State *L) {
 }
 
 static int l_get(lua_State *L) {
+  if (refuse_nul_name(L)) return 2;
   const char *name = luaL_checkstring(L, 1);
   const char *type = luaL_checkstring(L, 2);
   int version = (int)luaL_optinteger(L, 3, 0);
@@ -394,6 +414,7 @@ static int l_get(lua_State *L) {
 }
 
 static int l_versions(lua_State *L) {
+  if (refuse_nul_name(L)) return 2;
   json_t *list = NULL;
   HeraldError err = {0};
   if (herald_template_store_versions(herald_context_store(L), luaL_checkstring(L, 1), luaL_checkstring(L, 2),
@@ -405,6 +426,7 @@ static int l_versions(lua_State *L) {
 }
 
 static int l_set_active(lua_State *L) {
+  if (refuse_nul_name(L)) return 2;
   HeraldError err = {0};
   if (herald_template_store_set_active(herald_context_store(L), luaL_checkstring(L, 1), luaL_checkstring(L, 2),
                                        (int)luaL_checkinteger(L, 3), &err) != kHeraldOk)
@@ -455,6 +477,7 @@ static HeraldTemplateParts *cached_parts(lua_State *L, const char *name, const c
 }
 
 static int l_render(lua_State *L) {
+  if (refuse_nul_name(L)) return 2;
   const char *name = luaL_checkstring(L, 1);
   const char *type = luaL_checkstring(L, 2);
   int version = (int)luaL_optinteger(L, 4, 0);

@@ -15,7 +15,9 @@
 -- ({ApplicationId, RequestId, Result = {user = {endpoint = result}}}); it cannot also have
 -- Addresses or Endpoints, as the two Pinpoint requests cannot be combined.
 --
--- DeliveryStatus is SUCCESSFUL, THROTTLED (over a provider limit: not sent), TEMPORARY_FAILURE,
+-- DeliveryStatus is SUCCESSFUL, THROTTLED (over a provider limit: not sent), TEMPORARY_FAILURE
+-- (worth sending again: a provider fault, or a systemic refusal such as refused credentials or
+-- a refused sender, with the provider's reason, to send again once the profile is fixed),
 -- PERMANENT_FAILURE, UNKNOWN_FAILURE, OPT_OUT (the endpoint opted out; the address is on the
 -- app's opt-out list; for an address, an endpoint of the app with that channel and address
 -- opted out; or the provider says the recipient did) or DUPLICATE (a message to the same channel and address is sent by an entry
@@ -28,8 +30,10 @@
 --
 -- The opt-out list: an SMS OPTOUT (a STOP reply) or an email COMPLAINT of a message sent to an
 -- address the request named puts its channel and address on the app's list (the status webhook,
--- runtime/ingest.c), whether or not an endpoint has the address; a message to the address,
--- named or an endpoint's, is then OPT_OUT and not sent.
+-- runtime/ingest.c), whether or not an endpoint has the address, and so does the provider's own
+-- answer to such a message that the recipient opted out (Source 'provider:' and the profile's
+-- name, Reason the answer); a message to the address, named or an endpoint's, is then OPT_OUT
+-- and not sent. A message to an endpoint records an opt-out on the endpoint instead.
 --   herald.send.optouts { channel = 'SMS', address = '+15550101' }   -- both optional
 --     -> { { ChannelType, Address, Source = '_SMS.OPTOUT', MessageId, Reason, Timestamp }, ... }
 --   herald.send.lift_optout('SMS', '+15550101')   -- true when it was on the list
@@ -349,23 +353,36 @@ function send.send(req, opts)
     local out = deliver.send_items(items)
     for i, it in ipairs(items) do
       local o, r = out[i], it.w.result
-      if o.verdict == 'delivered' then
+      -- A systemic refusal (the profile's credentials, a refused sender) is the profile's
+      -- fault, not the recipient's: the same message goes once the profile is fixed, as a
+      -- campaign retries it (herald.deliver's settle).
+      local verdict = o.verdict
+      if verdict == 'permanent' and o.systemic then verdict = 'transient' end
+      r.StatusMessage = o.reason
+      if verdict == 'delivered' then
         r.DeliveryStatus = 'SUCCESSFUL'
       elseif o.error then
         r.DeliveryStatus = 'UNKNOWN_FAILURE'
       elseif o.feedback == 'OPT_OUT' then
         r.DeliveryStatus = 'OPT_OUT'
+        if it.w.endpoint_id == nil then
+          -- The provider's answer that a named address opted out holds as its STOP would
+          -- (runtime/ingest.c): on the app's list, the next message to it is refused unsent.
+          -- An endpoint's opt-out is recorded on the endpoint (deliver.feedback below).
+          local ok, err = outbox.add_optout(it.w.channel, it.w.address, 'provider:' .. it.profile.name,
+                                            it.msg.key, o.reason, app)
+          if not ok then r.StatusMessage = tostring(o.reason) .. ' (not put on the opt-out list: ' .. tostring(err) .. ')' end
+        end
       elseif o.held then
         -- not sent: the provider asked to wait (Retry-After) after an earlier request
         r.DeliveryStatus = 'THROTTLED'
-      elseif o.verdict == 'transient' then
+      elseif verdict == 'transient' then
         r.DeliveryStatus = 'TEMPORARY_FAILURE'
-      elseif o.verdict == 'permanent' then
+      elseif verdict == 'permanent' then
         r.DeliveryStatus = 'PERMANENT_FAILURE'
       else
         r.DeliveryStatus = 'UNKNOWN_FAILURE'
       end
-      r.StatusMessage = o.reason
       -- the provider's Retry-After holds its profile for later sends too, as for campaigns
       deliver.hold(it.profile, o.retry_after_ms)
       if o.feedback and it.w.endpoint_id then deliver.feedback(it.w.endpoint_id, o.feedback, app) end

@@ -101,6 +101,39 @@ describe('campaign definitions', function()
     assert.matches('name: required: up to 255 letters', err, 1, true)
   end)
 
+  it('refuses a campaign id or name with a NUL inside, naming it, rather than cut to reach another campaign', function()
+    local s = require 'store_helpers'
+    local v, code, err = s.run(s.db(), [[
+      local outbox = require 'herald.core.outbox'
+      local function stored()
+        return must(herald.db.query('SELECT id, name, version, state, definition, error FROM campaigns ORDER BY id'))
+      end
+      outbox.define_campaign('vip', 'vip', '{"Name":"vip"}')
+      local before = stored()
+      local function raised(f, ...) local ok, e = pcall(f, ...) return ok and 'accepted' or e end
+      local function answered(f, ...) local ok, e = f(...) return ok == nil and e or 'accepted' end
+      local r = {
+        define = raised(outbox.define_campaign, 'vip\0-x', 'vip\0-x', '{"Name":"other"}'),
+        name = raised(outbox.define_campaign, 'vip2', 'vip\0-x', '{"Name":"vip2"}'),
+        state = raised(outbox.set_campaign_state, 'vip\0-x', 'PAUSED'),
+        invalidate = raised(herald.campaign.invalidate, 'vip\0-x', 'broken'),
+        definition = answered(outbox.campaign_definition, 'vip\0-x', 1),
+        copy = answered(outbox.copy_campaign, 'vip\0-x', 'copy', '{"Name":"copy"}'),
+      }
+      emit { r = r, before = before, after = stored() }]])
+    assert.are.equal(0, code, err)
+    local nul = 'contains a NUL character (\\u0000)'
+    assert.matches("bad argument #1 to 'herald.core.outbox.define_campaign' (id: " .. nul .. ')', v.r.define, 1, true)
+    assert.matches("bad argument #2 to 'herald.core.outbox.define_campaign' (name: " .. nul .. ')', v.r.name, 1, true)
+    assert.matches("bad argument #1 to 'herald.core.outbox.set_campaign_state' (id: " .. nul .. ')', v.r.state, 1, true)
+    assert.matches("bad argument #1 to 'invalidate_campaigns' (id: " .. nul .. ')', v.r.invalidate, 1, true)
+    assert.are.same({ definition = 'id: ' .. nul, copy = 'id: ' .. nul },
+                    { definition = v.r.definition, copy = v.r.copy })
+    -- vip is as it was, and nothing else was made
+    assert.are.same(v.before, v.after)
+    assert.are.equal(1, #v.after)
+  end)
+
   it('names the field path of a bad field of a Pinpoint definition', function()
     local dir = h.tmpdir()
     local function doc(edit)

@@ -105,6 +105,61 @@ describe('herald.send', function()
     assert.matches('exploded', res3.Result['x@example.com'].StatusMessage)
   end)
 
+  it("answers TEMPORARY_FAILURE with the provider's reason when it refuses the profile, not the recipient", function()
+    -- Twilio refusing the credentials (401, 20003), Baidu the apikey (30603): every message of
+    -- the profile meets the same refusal until the profile is fixed
+    local res = send({ Addresses = { ['+15550000073'] = { ChannelType = 'SMS' },
+                                     ['3957217761224410071'] = { ChannelType = 'BAIDU' } },
+                       MessageConfiguration = { DefaultMessage = { Body = 'x' }, BaiduMessage = { Title = 't', Body = 'b' } } },
+                     { providers = { profiles = {
+                         sms = { type = 'sms', preset = 'twilio', url = emu.url .. '/twilio/Messages.json',
+                                 account_sid = 'AC_test', auth_token = 'not-the-token', from = '+15550100' },
+                         baidu = { type = 'baidu', url = emu.direct_url .. '/rest/3.0/push/single_device',
+                                   api_key = 'not-the-key', secret_key = 'baidu-secret-key' } },
+                       channels = { SMS = 'sms', BAIDU = 'baidu' } } })
+    local sms, baidu = res.Result['+15550000073'], res.Result['3957217761224410071']
+    assert.are.same({ 'TEMPORARY_FAILURE', 503 }, { sms.DeliveryStatus, sms.StatusCode })
+    assert.matches('HTTP 401', sms.StatusMessage, 1, true)
+    assert.matches('Authenticate', sms.StatusMessage, 1, true)
+    assert.are.same({ 'TEMPORARY_FAILURE', 503 }, { baidu.DeliveryStatus, baidu.StatusCode })
+    assert.matches('30603 Authentication Failed, apikey not found', baidu.StatusMessage, 1, true)
+  end)
+
+  it("puts an address the provider answers opted out on the app's opt-out list, so nothing more goes to it", function()
+    local function requests_to(number)
+      local n = 0
+      for _, r in ipairs(emu:requests()) do
+        if r.path == '/sms' and r.body:find(number, 1, true) then n = n + 1 end
+      end
+      return n
+    end
+    local req = { Addresses = { ['+15550000399'] = { ChannelType = 'SMS' } },
+                  MessageConfiguration = { DefaultMessage = { Body = 'x' } } }
+    local first = send(req, { providers = sms_providers() }).Result['+15550000399']
+    assert.are.same({ 'OPT_OUT', 400 }, { first.DeliveryStatus, first.StatusCode })
+    assert.are.equal(1, requests_to('+15550000399'))
+    local listed = send.optouts { channel = 'SMS', address = '+15550000399' }
+    assert.are.equal(1, #listed)
+    assert.are.equal('provider:sms', listed[1].Source)
+    assert.are.equal(first.MessageId, listed[1].MessageId)
+    assert.matches('recipient has opted out', listed[1].Reason, 1, true)
+    local again = send(req, { providers = sms_providers() }).Result['+15550000399']
+    assert.are.equal('OPT_OUT', again.DeliveryStatus)
+    assert.matches('the address is on the opt-out list (provider:sms of message ' .. first.MessageId, again.StatusMessage, 1, true)
+    assert.are.equal(1, requests_to('+15550000399'))
+    -- an address with a NUL inside is refused, not cut to lift this one
+    assert.are.same({ nil, 'herald.send.lift_optout: address: contains a NUL character (\\u0000)' },
+                    { send.lift_optout('SMS', '+15550000399\0-x') })
+    assert.are.equal(1, #send.optouts { channel = 'SMS', address = '+15550000399' })
+    -- an endpoint's opt-out is recorded on the endpoint, as before, not on the list
+    assert(endpoints.put { Id = 'send-optout-ep', ChannelType = 'SMS', Address = '+15550000499' })
+    local ep = send({ Endpoints = { ['send-optout-ep'] = {} }, MessageConfiguration = { DefaultMessage = { Body = 'x' } } },
+                    { providers = sms_providers() }).EndpointResult['send-optout-ep']
+    assert.are.equal('OPT_OUT', ep.DeliveryStatus)
+    assert.are.equal('ALL', endpoints.get('send-optout-ep').OptOut)
+    assert.are.equal(0, #send.optouts { address = '+15550000499' })
+  end)
+
   it("renders the JSON SMS body's strings at any depth and gives Twilio the message's own sender", function()
     local res = send({ Addresses = { ['+15550000061'] = { ChannelType = 'SMS' } },
                        MessageConfiguration = { SMSMessage = { Body = 'nested', MessageType = 'PROMOTIONAL',
@@ -145,7 +200,7 @@ describe('herald.send', function()
 
   it('sends to every endpoint of a user (SendUsersMessages)', function()
     assert(endpoints.put { Id = 'u-sms', ChannelType = 'SMS', Address = '+15550000071', User = { UserId = 'user-7' } })
-    assert(endpoints.put { Id = 'u-sms2', ChannelType = 'SMS', Address = '+15550000099', User = { UserId = 'user-7' } })
+    assert(endpoints.put { Id = 'u-sms2', ChannelType = 'SMS', Address = '+15550000199', User = { UserId = 'user-7' } })
     local res = send({ Users = { ['user-7'] = { Substitutions = { Code = { '1234' } } } },
                        MessageConfiguration = { SMSMessage = { Body = 'Code {{Code}}' } } }, { providers = sms_providers() })
     -- SendUsersMessageResponse: Result is user -> endpoint -> result
@@ -159,7 +214,8 @@ describe('herald.send', function()
                                   MessageConfiguration = { SMSMessage = { Body = 'x' } } })
     assert.is_false(ok)
     assert.matches('herald.send: Users (SendUsersMessages) cannot be combined with Addresses or Endpoints', err, 1, true)
-    -- the provider's opt-out reply opts the endpoint out, as Pinpoint does on STOP
+    -- the provider's opt-out reply opts the endpoint out, as Pinpoint does on STOP (a number of
+    -- its own: the first spec's +15550000099 is on the app's opt-out list, so not sent to)
     assert.are.equal('ALL', endpoints.get('u-sms2').OptOut)
     local texts = {}
     for _, r in ipairs(emu:requests()) do

@@ -264,6 +264,27 @@ describe('stored segments', function()
     assert.is_false(v[3])
     assert.matches("SegmentGroups.Groups[1].SourceSegments[1]: segment 'old' version 1: Dimensions.Attributes.signup.Values: BETWEEN's start", v[4], 1, true)
   end)
+  it('an id, name, member or index name with a NUL inside is refused, naming it, not cut to reach another', function()
+    local v = run [[
+      local core = require 'herald.core.segment'
+      must(S.save(S{ name = 'vip', country = 'FR' }))
+      local function refused(f, ...) local ok, msg = f(...) return ok == nil and msg or 'accepted' end
+      local r = {
+        id = refused(S.save, S{ name = 'vip', country = 'DE' }, { id = 'vip\0-x' }),
+        by_name = refused(S.save, S{ name = 'vip\0-x', country = 'DE' }),   -- its id unless given one
+        index = refused(S.index_add, 'Attributes.tier\0-x'),
+        drop = refused(S.index_drop, 'Attributes.tier\0-x'),
+        members = refused(core.add_members, 'vip', 1, { 'e1', 'e2\0-x' }),
+      }
+      emit { r = r, versions = #S.versions('vip'), members = ids(must(S.load('vip'))),
+             indexes = must(herald.db.query('SELECT count(*) AS n FROM value_indexes'))[1].n,
+             rows = must(herald.db.query('SELECT count(*) AS n FROM segment_members'))[1].n }]]
+    local nul = 'contains a NUL character (\\u0000)'
+    assert.are.same({ id = 'id: ' .. nul, by_name = 'id: ' .. nul, index = 'name: ' .. nul, drop = 'name: ' .. nul,
+                      members = 'members[2]: ' .. nul }, v.r)
+    -- vip keeps its one version, its members and no index was made
+    assert.are.same({ 1, 'e2,e3', 0, 0 }, { v.versions, v.members, v.indexes, v.rows })
+  end)
   it('a segment that refers to itself is refused', function()
     local v = run [[
       must(S.save(S.from_pinpoint { Name = 'loop', Dimensions = {} }))

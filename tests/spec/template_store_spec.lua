@@ -182,6 +182,27 @@ describe('template store', function()
     assert.are.equal(1, template.create { name = '9_a-b', Subject = 's' })
   end)
 
+  it('refuses a name, type or part name with a NUL inside, naming it, rather than cut to reach another template', function()
+    assert.are.equal(1, template.create { name = 'vip', Subject = 'for vip' })
+    local nul = 'contains a NUL character (\\u0000)'
+    local function refused(f, ...)
+      local ok, err = f(...)
+      assert.is_nil(ok)
+      return err
+    end
+    assert.are.equal('name: ' .. nul, refused(template.create, { name = 'vip\0-x', Subject = 'other' }))
+    assert.are.equal('type: ' .. nul, refused(template.create, { name = 'vip2', type = 'EMAIL\0-x', Subject = 'other' }))
+    assert.are.equal('name: ' .. nul, refused(template.update, 'vip\0-x', 'EMAIL', { Subject = 'other' }))
+    assert.are.equal('parts: a table key ' .. nul, refused(template.update, 'vip', 'EMAIL', { ['Subject\0-x'] = 'other' }))
+    assert.are.equal('name: ' .. nul, refused(template.get, 'vip\0-x', 'EMAIL'))
+    assert.are.equal('name: ' .. nul, refused(template.versions, 'vip\0-x', 'EMAIL'))
+    assert.are.equal('name: ' .. nul, refused(template.set_active, 'vip\0-x', 'EMAIL', 1))
+    assert.are.equal('name: ' .. nul, refused(template.render, 'vip\0-x', 'EMAIL', endpoint))
+    local t = assert(template.get('vip', 'EMAIL'))
+    assert.are.same({ 1, 1, 'for vip' }, { t.Version, t.LatestVersion, t.Subject })
+    assert.is_nil(template.get('vip2', 'EMAIL'))
+  end)
+
   it('renders every templated part of a push template', function()
     assert.are.equal(1, template.create {
       name = 'promo', type = 'PUSH',
