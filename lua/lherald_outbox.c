@@ -648,8 +648,9 @@ static int l_complete_runs(lua_State *L) {
 
 static int l_message_id(lua_State *L) {
   char id[40];
-  herald_outbox_message_id(luaL_checkstring(L, 1), luaL_checkstring(L, 2),
-                           (int64_t)luaL_checkinteger(L, 3), luaL_checkstring(L, 4), id);
+  /* a NUL would cut a part short and give another message's id */
+  herald_outbox_message_id(herald_lua_checkname(L, 1, "app"), herald_lua_checkname(L, 2, "run"),
+                           (int64_t)luaL_checkinteger(L, 3), herald_lua_checkname(L, 4, "key"), id);
   lua_pushstring(L, id);
   return 1;
 }
@@ -855,8 +856,7 @@ int luaopen_herald_core_outbox(lua_State *L) {
     {"define_campaign", l_define_campaign}, {"set_campaign_state", l_set_campaign_state},
     {"campaign_definition", l_campaign_definition},
     {"advance_campaign_state", l_advance_campaign_state}, {"copy_campaign", l_copy_campaign},
-    {"cancel", l_cancel}, {"decide", l_decide},
-    {"cancel", l_cancel}, {"set_campaign_origin", l_set_campaign_origin},
+    {"cancel", l_cancel}, {"decide", l_decide}, {"set_campaign_origin", l_set_campaign_origin},
     {"invalidate_campaigns", l_invalidate_campaigns},
     {NULL, NULL},
   };

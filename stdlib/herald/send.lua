@@ -149,6 +149,19 @@ function send.send(req, opts)
   local tconfig = req.TemplateConfiguration
   if tconfig ~= nil and type(tconfig) ~= 'table' then fail('TemplateConfiguration: expected a table') end
   if req.TraceId ~= nil and type(req.TraceId) ~= 'string' then fail('TraceId: expected a string') end
+  -- A message's id (its idempotency key) is made from the TraceId and the address as C strings:
+  -- cut at a NUL, 'order-1\0b' would give order-1's ids, and its messages would be taken for
+  -- those already sent.
+  if req.TraceId and req.TraceId:find('\0', 1, true) then fail('TraceId: contains a NUL character (\\u0000)') end
+  for _, field in ipairs({ 'Addresses', 'Endpoints', 'Users' }) do
+    if type(req[field]) == 'table' then
+      for k in pairs(req[field]) do
+        if type(k) == 'string' and k:find('\0', 1, true) then
+          fail(string.format('%s: %q contains a NUL character (\\u0000)', field, k))
+        end
+      end
+    end
+  end
   local request_id = req.TraceId or fresh_request_id()
   local app = opts.app or require('herald.core').app()
 

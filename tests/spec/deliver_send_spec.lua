@@ -287,6 +287,25 @@ describe('herald.send', function()
     assert.are.equal(got[1].key, got[2].key)
   end)
 
+  it('refuses a TraceId or an address with a NUL inside, which would give another message its id', function()
+    local got = {}
+    local cfg = { profiles = { mine = { type = 'lua', send = function(m) got[#got + 1] = m; return true end } },
+                  channels = { EMAIL = 'mine' } }
+    local config = { EmailMessage = { Title = 'T', Body = 'B' } }
+    local r = send({ Addresses = { ['a@example.com'] = { ChannelType = 'EMAIL' } }, TraceId = 'order-1',
+                     MessageConfiguration = config }, { providers = cfg })
+    assert.are.equal('SUCCESSFUL', r.Result['a@example.com'].DeliveryStatus)
+    local ok, err = pcall(send, { Addresses = { ['a@example.com'] = { ChannelType = 'EMAIL' } },
+                                  TraceId = 'order-1\0b', MessageConfiguration = config })
+    assert.is_false(ok)
+    assert.matches('herald.send: TraceId: contains a NUL character', err, 1, true)
+    ok, err = pcall(send, { Addresses = { ['a@example.com\0x'] = { ChannelType = 'EMAIL' } },
+                            TraceId = 'order-1', MessageConfiguration = config })
+    assert.is_false(ok)
+    assert.matches('herald.send: Addresses: "a@example.com\\0x" contains a NUL character', err, 1, true)
+    assert.are.equal(1, #got)
+  end)
+
   it('sends a message whose Substitutions are empty, as Pinpoint accepts them', function()
     local got = {}
     local cfg = { profiles = { mine = { type = 'lua', send = function(m) got[#got + 1] = m; return true end } },
