@@ -26,8 +26,10 @@
 --   conversions  endpoints with an event of the conversion type (opts.conversion) attributed
 --                to the campaign: each such event goes to the last message the endpoint got
 --                from the campaign before it, if that message is less than the window old
---                (opts.window_days, default 7). A holdout endpoint's "message" is its run's
---                scheduled time, so the holdout is watched over the same window. The rate is
+--                (opts.window_days, default 7). A holdout endpoint's "message" is its own
+--                row's due time (as a treatment's is its actual send: in a local-time run,
+--                when the run reached the member's zone), so the holdout is watched over the
+--                same window. The rate is
 --                conversions / sends (holdout: / holdout members), so every arm counts the
 --                endpoints it was meant to reach, whatever happened to the message.
 -- Engagement events are tied to a run and treatment by their attributes campaign_id,
@@ -97,7 +99,7 @@ local function collect(app, campaign, opts)
   local outbox_sql = string.format([[SELECT o.run_id AS run, o.treatment, o.state, o.reason,
       substr(%s, 1, 10) AS day, o.channel, count(*) AS n
     FROM outbox o JOIN campaign_runs r ON r.id = o.run_id
-    WHERE r.app_id = ?1 AND r.campaign_id = ?2 AND %s >= ?3 AND %s < ?4
+    WHERE r.app_id = ?1 AND r.campaign_id = ?2 AND %s >= ?3 AND %s <= ?4
     GROUP BY 1, 2, 3, 4, 5, 6]], sent_at, sent_at, sent_at)
   for _, row in ipairs(q(outbox_sql, app, campaign, since, till)) do
     local kind = row.channel == 'EMAIL' and 'email_' or PUSH_CHANNELS[row.channel] and 'push_' or nil
@@ -127,7 +129,7 @@ local function collect(app, campaign, opts)
             AND o.endpoint_id = events.endpoint_id AND o.state = 'FAILED') THEN endpoint_id END) AS unsent
       FROM events
       WHERE app_id = ?1 AND event_type IN (%s) AND json_extract(attributes, '$.campaign_id') = ?2
-        AND timestamp >= ?3 AND timestamp < ?4
+        AND timestamp >= ?3 AND timestamp <= ?4
       GROUP BY run, treatment, type%s]], by_day and 'substr(timestamp, 1, 10)' or 'NULL',
       in_list(ENGAGEMENT), day)
     for _, row in ipairs(q(sql, app, campaign, since, till)) do
@@ -147,14 +149,14 @@ local function collect(app, campaign, opts)
     for _, by_day in ipairs({ false, true }) do
       local sql = string.format([[WITH msgs AS (
           SELECT o.endpoint_id AS ep, o.run_id AS run, o.treatment AS t,
-                 CASE WHEN o.treatment < 0 THEN r.scheduled_ms ELSE %s END AS at
+                 CASE WHEN o.treatment < 0 THEN coalesce(o.first_due_ms, o.due_ms) ELSE %s END AS at
           FROM outbox o JOIN campaign_runs r ON r.id = o.run_id
           WHERE r.app_id = ?1 AND r.campaign_id = ?2 AND (o.state = 'SENT' OR o.reason = 'HOLDOUT')),
         conv AS (
           SELECT e.endpoint_id AS ep, e.timestamp AS ts,
                  CAST(round((julianday(e.timestamp) - 2440587.5) * 86400000.0) AS INTEGER) AS ms
           FROM events e
-          WHERE e.app_id = ?1 AND e.event_type = ?3 AND e.timestamp >= ?5 AND e.timestamp < ?6
+          WHERE e.app_id = ?1 AND e.event_type = ?3 AND e.timestamp >= ?5 AND e.timestamp <= ?6
             AND e.endpoint_id IN (SELECT ep FROM msgs)),
         hit AS (
           SELECT c.ep, c.ts, m.run, m.t FROM conv c
@@ -497,11 +499,11 @@ local function unique_deliveries(app, campaign, opts, group)
       SELECT DISTINCT CAST(json_extract(attributes, '$.campaign_activity_id') AS INTEGER) AS run,
              endpoint_id AS ep
       FROM events WHERE app_id = ?1 AND event_type = '_email.hardbounce'
-        AND json_extract(attributes, '$.campaign_id') = ?2 AND timestamp >= ?3 AND timestamp < ?4)
+        AND json_extract(attributes, '$.campaign_id') = ?2 AND timestamp >= ?3 AND timestamp <= ?4)
     SELECT %s AS k, count(DISTINCT o.endpoint_id) AS n
     FROM outbox o JOIN campaign_runs r ON r.id = o.run_id
     WHERE r.app_id = ?1 AND r.campaign_id = ?2 AND o.state = 'SENT' AND o.treatment >= 0
-      AND (?5 IS NULL OR o.run_id = ?5) AND %s >= ?3 AND %s < ?4
+      AND (?5 IS NULL OR o.run_id = ?5) AND %s >= ?3 AND %s <= ?4
       AND NOT EXISTS (SELECT 1 FROM bounced b WHERE b.run = o.run_id AND b.ep = o.endpoint_id)
     GROUP BY 1]], key, sent_at, sent_at)
   local out = {}
@@ -522,7 +524,9 @@ end
 -- name is one of M.KPIS: a base name alone (one row for the campaign), or with
 -- -grouped-by-campaign-activity (a row per run, GroupedBys CampaignActivity) or
 -- -grouped-by-date (a row per UTC date, GroupedBys Date; deliveries on the date they were
--- sent, opens and clicks on the date they happened).
+-- sent, opens and clicks on the date they happened). start_time and end_time (instants in the
+-- stored form, YYYY-MM-DDTHH:MM:SS.sssZ) bound the period with both ends included, as
+-- Pinpoint's inclusive date range.
 function M.kpi(campaign, name, opts)
   if type(campaign) ~= 'string' or type(name) ~= 'string' then
     error('herald.analytics.kpi: expects a campaign id and a KPI name', 2)

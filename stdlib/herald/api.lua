@@ -6,7 +6,8 @@
 --   the same). The answer is one page: there is no NextToken. The answer (200) is a CampaignDateRangeKpiResponse
 --   {ApplicationId, CampaignId, KpiName, StartTime, EndTime, KpiResult = {Rows = {{GroupedBys,
 --   Values = {{Key, Type, Value}}}}}}, computed by herald.analytics.kpi (the KPIs of the REPL
---   and of `herald report`). start-time and end-time bound the period, [start, end), with
+--   and of `herald report`). start-time and end-time bound the period, [start, end]: as in
+--   Pinpoint, an inclusive range, so what happened at end-time itself counts. They are
 --   ISO-8601 instants (an offset or Z; a time without one is UTC); without start-time the
 --   period starts with the campaign, without end-time it ends now. Errors are Pinpoint-style
 --   {"Message", "RequestID"}: 404 for an unknown application or campaign, 400 for an unknown

@@ -4,7 +4,8 @@
 -- test share of its audience (the first TestPercent of every treatment's cohorts, so the split
 -- is deterministic like the arms); the rest is materialised WAITING (reason AB_WAITING). The
 -- run is decided:
---   * at its decide time (run start + DecideAfterSeconds): herald.ab.decide with final = true,
+--   * at its decide time (when the test share is due, plus DecideAfterSeconds): herald.ab.decide
+--     with final = true,
 --     so a significant leader wins and otherwise the policy applies (send_best: the leader,
 --     send_default: treatment 0, stop: the rest is SKIPPED with reason AB_STOPPED);
 --   * earlier, only when MinSample is set, every treatment has at least MinSample trials on
@@ -29,6 +30,12 @@ local time = require 'herald.time'
 
 local M = {}
 
+-- When a run's test share is due, by run id (false: the run has no test rows). A run is
+-- written in one transaction and its test rows' first due times never change after (retries,
+-- rate limits and claim-time quiet time move due_ms alone), so a run's is looked up once
+-- rather than scanning its rows on every pass of the runner.
+local test_due = {}
+
 local RATE = { opens = 'open', clicks = 'click', conversions = 'conversion' }
 
 local function q(sql, ...)
@@ -37,8 +44,24 @@ local function q(sql, ...)
   return rows
 end
 
+-- The instant a run's test share is due: the latest first due time of its rows not WAITING
+-- for the decision (the holdout aside). That is its last zone's send in a local-time run,
+-- which is written up to a day before it, and the end of quiet time for rows it holds; the
+-- first due time, so that a retry or a rate limit does not put the decision off again and
+-- again. nil when the run has no test rows.
+local function test_due_ms(run)
+  local due = test_due[run]
+  if due == nil then
+    due = q([[SELECT max(coalesce(first_due_ms, due_ms)) AS due FROM outbox
+      WHERE run_id = ?1 AND state <> 'WAITING' AND treatment >= 0]], run)[1].due or false
+    test_due[run] = due
+  end
+  return due or nil
+end
+
 -- Runs of the given campaigns (a list of ids; nil: all of the app) whose rest waits for a
--- decision, with their version's Winner settings and decide time. Only runs in progress of
+-- decision, with their version's Winner settings and decide time: DecideAfterSeconds after
+-- the test share is due (after the run's start when it has none). Only runs in progress of
 -- versions with a winner are looked at (a run with WAITING rows is never COMPLETED), so the
 -- runner's pass does not scan finished runs.
 function M.pending(ids)
@@ -58,7 +81,7 @@ function M.pending(ids)
     local def = json.decode(r.definition)
     local w = def.Herald and def.Herald.Winner
     if w then
-      local start = r.started_ms or r.scheduled_ms
+      local start = test_due_ms(r.id) or r.started_ms or r.scheduled_ms
       out[#out + 1] = {
         run = r.id, campaign = r.campaign_id, winner = w,
         treatments = #(def.AdditionalTreatments or {}) + 1,
@@ -136,6 +159,7 @@ function M.decide(p, now_ms)
     decision = r.decision, winner = r.winner, policy = w.Policy, reason = r.reason,
     figures = encode(r), quiet = r.winner ~= nil and r.winner >= 0 and quiet_moves(p, r.winner, now_ms) or nil,
   }
+  test_due[p.run] = nil
   if not recorded then return nil, 'decided already' end
   r.released = released
   return r

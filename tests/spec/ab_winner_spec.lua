@@ -13,30 +13,33 @@ end
 
 local function q(dir, sql) return h.query(dir, 'w.db', sql) end
 
--- 1000 endpoints, 10 per cohort: endpoint e0001 has cohort 0, e0002 cohort 1, ...
-local function endpoints(dir)
+-- 1000 endpoints, 10 per cohort: endpoint e0001 has cohort 0, e0002 cohort 1, ...; zone(i)
+-- names endpoint i's Demographic.Timezone (none without it).
+local function endpoints(dir, zone)
   local rows = {}
   for i = 1, 1000 do
-    rows[i] = { id = string.format('e%04d', i), address = string.format('u%04d@example.com', i), cohort = (i - 1) % 100 }
+    rows[i] = { id = string.format('e%04d', i), address = string.format('u%04d@example.com', i), cohort = (i - 1) % 100,
+      tz = zone and zone(i) }
   end
   h.endpoints_sql(dir, 'w.db', rows)
 end
 
 -- Campaigns over the same audience: holdout 10 (cohorts 0-9), A 45 (10-54), B 45 (55-99);
--- a 20% test share is cohorts 10-18 of A and 55-63 of B (90 endpoints each).
+-- a 20% test share is cohorts 10-18 of A and 55-63 of B (90 endpoints each). A campaign's
+-- schedule (Lua source) is T0 unless it gives one.
 local function definitions(dir, campaigns)
   local src = { "local everyone = herald.segment { name = 'everyone' }" }
   for _, c in ipairs(campaigns) do
     src[#src + 1] = string.format([[
 herald.campaign {
-  name = %q, segment = everyone, schedule = %q, holdout = 10,
+  name = %q, segment = everyone, schedule = %s, holdout = 10,
   treatments = {
     { name = 'A', size = 45, message = { subject = 'Subject A', body = 'a' } },
     { name = 'B', size = 45, message = { subject = 'Subject B', body = 'b' } },
   },
   winner = { test_percent = 20, metric = %q, decide_after = %q, policy = %q%s%s },
   deliver = { file = %q },%s
-}]], c.name, T0, c.metric or 'clicks', c.decide_after or '4h', c.policy or 'send_best',
+}]], c.name, c.schedule or string.format('%q', T0), c.metric or 'clicks', c.decide_after or '4h', c.policy or 'send_best',
       c.min_sample and (', min_sample = ' .. c.min_sample) or '',
       c.conversion and (', conversion = ' .. string.format('%q', c.conversion)) or '', c.name .. '.txt',
       c.quiet and ('\n  quiet_time = ' .. c.quiet .. ',') or '')
@@ -112,6 +115,57 @@ describe('automatic A/B winner', function()
     _, code, err = run(dir, '--until-idle --clock-start 2027-01-01T13:30:00Z def.lua')
     assert.are.equal(0, code, err)
     assert.are.equal(720 + 180, count_lines(dir .. '/q.txt', '--- message '))
+  end)
+
+  it("counts decide_after from when the test share's last zone is due, not from when the run was written", function()
+    local dir = h.tmpdir()
+    -- 09:00 local: 00:00Z in Tokyo, 17:00Z in Los Angeles; the run is written when 09:00
+    -- reaches UTC+14, at 2027-01-04T19:00Z, 22 hours before the last test message is due
+    endpoints(dir, function(i) return i % 2 == 1 and 'Asia/Tokyo' or 'America/Los_Angeles' end)
+    definitions(dir, { { name = 'l',
+      schedule = "{ start = '2027-01-05T09:00:00', timezone = 'UTC', is_local_time = true }" } })
+    local _, code, err = run(dir, '--clock-start 2027-01-04T00:00:00Z --until 2027-01-04T20:00:00Z def.lua')
+    assert.are.equal(0, code, err)
+    assert.are.equal(ms('2027-01-04T19:00'), q(dir, 'SELECT started_ms FROM campaign_runs')[1].started_ms)
+    -- a test message that a retry or a rate limit moves keeps its first due time: the decision
+    -- does not wait for it
+    local moved = q(dir, [[SELECT endpoint_id, due_ms FROM outbox WHERE treatment = 1 AND state = 'PENDING'
+      AND zone = 'America/Los_Angeles' ORDER BY endpoint_id LIMIT 1]])[1]
+    assert.are.equal(ms('2027-01-05T17:00'), moved.due_ms)
+    h.sqlite(dir, 'w.db', string.format("UPDATE outbox SET due_ms = %d WHERE endpoint_id = '%s'",
+      ms('2027-01-06T03:00'), moved.endpoint_id))
+    _, code, err = run(dir, '--clock-start 2027-01-04T20:00:00Z --until 2027-01-05T20:00:00Z def.lua')
+    assert.are.equal(0, code, err)
+    -- both zones' test messages went out; decide_after (4h) runs from 17:00Z
+    assert.are.equal(0, select(2, decision(dir, 'l')))
+    assert.are.same({ { zone = 'America/Los_Angeles', sent = ms('2027-01-05T17:00'), n = 89 },
+                      { zone = 'Asia/Tokyo', sent = ms('2027-01-05T00:00'), n = 90 } },
+      q(dir, [[SELECT zone, max(updated_ms) AS sent, count(*) AS n FROM outbox WHERE state = 'SENT'
+        GROUP BY zone ORDER BY zone]]))
+    _, code, err = run(dir, '--until-idle --clock-start 2027-01-05T20:00:00Z def.lua')
+    assert.are.equal(0, code, err)
+    local d = decision(dir, 'l')
+    assert.are.equal(ms('2027-01-05T21:00'), d.decided_ms)
+    assert.are.equal(ms('2027-01-05T21:00'), d.figures.decide_ms)
+    assert.are.same({ 0, 90 }, { d.figures.arms[1].id, d.figures.arms[1].n })
+    assert.are.same({ 1, 89 }, { d.figures.arms[2].id, d.figures.arms[2].n })
+    assert.are.equal(720, d.released)
+  end)
+
+  it('counts decide_after from the end of the quiet time that holds the test share', function()
+    local dir = h.tmpdir()
+    endpoints(dir)
+    -- a 23:00 run in quiet time 22:00-07:00 sends its test share at 07:00
+    definitions(dir, { { name = 'n', schedule = "'2027-01-05T23:00:00Z'",
+      quiet = "{ start = '22:00', ['end'] = '07:00' }" } })
+    local _, code, err = run(dir, '--until-idle --clock-start 2027-01-05T22:00:00Z def.lua')
+    assert.are.equal(0, code, err)
+    local d = decision(dir, 'n')
+    assert.are.equal(ms('2027-01-06T11:00'), d.decided_ms)
+    assert.are.same({ 90, 90 }, { d.figures.arms[1].n, d.figures.arms[2].n })
+    assert.are.same({ { sent = ms('2027-01-06T07:00'), n = 180 }, { sent = ms('2027-01-06T11:00'), n = 720 } },
+      q(dir, [[SELECT updated_ms AS sent, count(*) AS n FROM outbox WHERE state = 'SENT'
+        GROUP BY 1 ORDER BY 1]]))
   end)
 
   it('sends the test share, holds the rest WAITING, then sends the clear winner B to the rest', function()

@@ -201,7 +201,7 @@ local function expected(f, window_days)
     elseif r.reason == 'HOLDOUT' then
       arm(-1).holdout = arm(-1).holdout + 1
       touches[r.endpoint_id] = touches[r.endpoint_id] or {}
-      table.insert(touches[r.endpoint_id], { at = r.scheduled_ms, t = -1 })
+      table.insert(touches[r.endpoint_id], { at = r.due_ms, t = -1 })
     end
   end
   for _, e in ipairs(f.events) do
@@ -564,6 +564,48 @@ c.execute('COMMIT')
     _, code, err = h.herald('--db q.db report spring --window -1', { cwd = f.dir })
     assert.are.equal(2, code)
     assert.matches('--window needs a positive number', err, 1, true)
+  end)
+end)
+
+describe('herald report of a local-time run', function()
+  it("watches each holdout member for conversions from its own zone's send time", function()
+    local dir = h.tmpdir()
+    -- cohort i - 1: e001-e010 are the holdout; odd ones in Tokyo (09:00 local is 00:00Z),
+    -- even ones in Los Angeles (17:00Z); the run's nominal time is 09:00Z
+    local rows = {}
+    for i = 1, 100 do
+      rows[i] = { id = string.format('e%03d', i), address = string.format('u%03d@example.com', i), cohort = i - 1,
+        tz = i % 2 == 1 and 'Asia/Tokyo' or 'America/Los_Angeles' }
+    end
+    h.endpoints_sql(dir, 'q.db', rows)
+    h.write(dir .. '/l.lua', [[
+      herald.campaign { name = 'local', segment = herald.segment { name = 'all' }, holdout = 10,
+        schedule = { start = '2027-03-01T09:00:00', timezone = 'UTC', is_local_time = true },
+        treatments = { { name = 'A', size = 90, message = { body = 'a' } } }, deliver = { file = 'out.txt' } }]])
+    local _, code, err = h.herald('--db q.db run --until-idle --clock-start 2027-02-28T18:00:00Z l.lua', { cwd = dir })
+    assert.are.equal(0, code, err)
+    assert.are.same({ { zone = 'America/Los_Angeles', due = ms_of('2027-03-01T17:00:00.000Z'), n = 5 },
+                      { zone = 'Asia/Tokyo', due = ms_of('2027-03-01T00:00:00.000Z'), n = 5 } },
+      query(dir, [[SELECT zone, due_ms AS due, count(*) AS n FROM outbox WHERE reason = 'HOLDOUT'
+        GROUP BY 1, 2 ORDER BY 1]]))
+    -- Tokyo: e001, e003, e005 buy at 05:00Z, after their 00:00Z; Los Angeles: e002, e004
+    -- at 12:00Z, before their 17:00Z, and e006 at 20:00Z, after it
+    local buys = { e001 = '05:00', e003 = '05:00', e005 = '05:00', e002 = '12:00', e004 = '12:00', e006 = '20:00' }
+    local src = {}
+    for ep, at in pairs(buys) do
+      src[#src + 1] = string.format('assert(herald.events.put(%q, { EventId = %q, EventType = "purchase",'
+        .. ' Timestamp = "2027-03-01T%s:00Z" }))', ep, 'buy-' .. ep, at)
+    end
+    h.write(dir .. '/buys.lua', table.concat(src, '\n'))
+    _, code, err = h.herald('--db q.db buys.lua', { cwd = dir })
+    assert.are.equal(0, code, err)
+    local out
+    out, code, err = h.herald('--db q.db -e ' .. h.shell_quote([[
+      for _, a in ipairs(assert(herald.analytics.report('local', { conversion = 'purchase' })).arms) do
+        print(a.name, a.conversions)
+      end]]), { cwd = dir })
+    assert.are.equal(0, code, err)
+    assert.are.equal('A\t0\nholdout\t4\n', out)
   end)
 end)
 

@@ -138,6 +138,28 @@ describe('KPI route', function()
     assert.are.same(body, daily)
   end)
 
+  it('takes start-time and end-time as an inclusive range, as Pinpoint documents them', function()
+    local f = setup()
+    -- e002-e010 clicked at 13:00:00 exactly: an end-time of 13:00 counts them
+    local status, body = get(f.srv.port, BASE .. 'clicks?start-time=2027-03-01T00:00:00Z&end-time=2027-03-01T13:00:00Z')
+    assert.are.equal(200, status)
+    assert.are.equal('2027-03-01T13:00:00Z', body.EndTime)
+    assert.are.equal('11', value(body).Value)
+    -- the messages went out at 10:00:00: a range of that one instant holds them all
+    local at = '?start-time=2027-03-01T10:00:00Z&end-time=2027-03-01T10:00:00Z'
+    for kpi, want in pairs({ ['attempted-deliveries'] = '100', ['successful-deliveries'] = '100',
+                             ['unique-deliveries'] = '100' }) do
+      status, body = get(f.srv.port, BASE .. kpi .. at)
+      assert.are.equal(200, status)
+      assert.are.equal(want, value(body).Value, kpi)
+    end
+    -- the bounces came at 10:01: one millisecond earlier leaves them out, 10:01 takes them in
+    status, body = get(f.srv.port, BASE .. 'successful-deliveries?end-time=2027-03-01T10:00:59.999Z')
+    assert.are.equal('100', value(body).Value)
+    status, body = get(f.srv.port, BASE .. 'successful-deliveries?end-time=2027-03-01T10:01:00Z')
+    assert.are.equal('96', value(body).Value)
+  end)
+
   it('refuses unknown names and bad dates with a Pinpoint error body', function()
     local f = setup()
     local cases = {

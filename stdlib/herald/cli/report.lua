@@ -19,7 +19,8 @@ options:
   --run N              one run (campaign activity) instead of all runs
   --conversion TYPE    the event type that counts as a conversion (e.g. purchase); each one is
                        credited to the last message the endpoint got from the campaign within
-                       the window; holdout endpoints are watched from their run's start
+                       the window; holdout endpoints are watched from when their run was
+                       due for them (in a local-time run, their zone's send time)
   --window DAYS        the conversion window (default 7)
   --html FILE          also write a self-contained HTML page with charts to FILE
 ]]
