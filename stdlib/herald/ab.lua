@@ -429,7 +429,8 @@ local METRICS = { opens = true, clicks = true, conversions = true }
 --   final       true when the test window is over: decide even below min_sample
 -- Returns a table that can be recorded as is:
 --   {decision = 'wait'|'winner'|'send_best'|'send_default'|'stop', winner = id or nil,
---    reason = text, metric, alpha, alpha_per_comparison, min_sample, policy, leader = id,
+--    reason = text, metric, alpha, alpha_per_comparison, min_sample, policy,
+--    leader = id (nil when no arm has a trial: then the default is sent, or nothing under stop),
 --    arms = {{id, n, x, rate, lo, hi, p_best, expected_loss}...},
 --    comparisons = {{id, against = leader id, z, p_value, significant, diff, diff_lo, diff_hi}...}}
 function ab.decide(opts)
@@ -514,6 +515,25 @@ function ab.decide(opts)
       if not c.significant then all_significant = false end
       out.comparisons[#out.comparisons + 1] = c
     end
+  end
+
+  local trials = 0
+  for _, a in ipairs(arms) do trials = trials + a.n end
+  if trials == 0 then
+    -- Nothing measured in any arm (opens or clicks of a campaign that delivered no email, say):
+    -- there is no leader to send, only the default, and the reason says why.
+    local why = string.format('no trials on %s in any treatment%s', metric,
+      metric ~= 'conversions' and ' (opens and clicks count email deliveries)' or '')
+    if policy == 'stop' then
+      out.decision = 'stop'
+      out.reason = why .. '; stopping'
+    else
+      out.decision = policy == 'send_default' and 'send_default' or 'send_best'
+      out.winner = opts.default ~= nil and opts.default or arms[1].id
+      out.reason = string.format('%s; sending the default %s', why, tostring(out.winner))
+    end
+    out.leader = nil
+    return out
   end
 
   if all_significant then

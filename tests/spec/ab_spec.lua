@@ -334,6 +334,25 @@ describe('herald.ab automatic winner', function()
     assert.matches('no significant winner', stop.reason)
   end)
 
+  it('sends the default, saying so, when no arm has a single trial', function()
+    -- opens of a campaign that delivered no email: nothing to lead on
+    local none = { { id = 0, n = 0, x = 0 }, { id = 1, n = 0, x = 0 }, { id = 2, n = 0, x = 0 } }
+    local best = ab.decide { arms = none, metric = 'opens', policy = 'send_best', default = 1, final = true }
+    assert.are.equal('send_best', best.decision)
+    assert.are.equal(1, best.winner)
+    assert.is_nil(best.leader)
+    assert.are.equal('no trials on opens in any treatment (opens and clicks count email deliveries); sending the default 1',
+      best.reason)
+    local stop = ab.decide { arms = none, metric = 'conversions', policy = 'stop', final = true }
+    assert.are.equal('stop', stop.decision)
+    assert.is_nil(stop.winner)
+    assert.are.equal('no trials on conversions in any treatment; stopping', stop.reason)
+    -- one trial anywhere is data: the usual rules apply
+    local one = ab.decide { arms = { { id = 0, n = 0, x = 0 }, { id = 1, n = 1, x = 1 } }, policy = 'send_best', final = true }
+    assert.are.equal(1, one.winner)
+    assert.matches('no significant winner', one.reason)
+  end)
+
   it('decides below the minimum sample once the test window is over', function()
     local d = ab.decide { arms = close, min_sample = 10000, final = true, policy = 'send_best' }
     assert.are.equal('send_best', d.decision)
