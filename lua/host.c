@@ -32,11 +32,12 @@ int herald_host_path_below_cwd(const char *path) {
   return 1;
 }
 
-/* Whether a traceback line is one of herald's own frames: the stdlib's Lua, or the C function
- * `error` it raises a definition error with. */
+/* Whether a traceback line is one of herald's own frames: the stdlib's Lua, the C function
+ * `error` it raises a definition error with, or the runtime's tail calls into a script. */
 static int own_frame(const char *line, size_t len, const char *stdlib, size_t stdlib_len) {
-  static const char raise[] = "\t[C]: in function 'error'";
+  static const char raise[] = "\t[C]: in function 'error'", tail[] = "\t(...tail calls...)";
   if (len == sizeof raise - 1 && memcmp(line, raise, len) == 0) return 1;
+  if (len == sizeof tail - 1 && memcmp(line, tail, len) == 0) return 1;
   return len > stdlib_len + 1 && line[0] == '\t' && memcmp(line + 1, stdlib, stdlib_len) == 0 &&
          line[1 + stdlib_len] == '/';
 }
@@ -46,7 +47,7 @@ static int own_frame(const char *line, size_t len, const char *stdlib, size_t st
  * the frames of campaign.lua that checked a definition say nothing about the script, and a
  * traceback left with no frame is dropped. An error raised in the stdlib itself (a fault of
  * herald's) keeps every frame. */
-static void drop_own_frames(lua_State *L, const char *msg) {
+void herald_host_drop_own_frames(lua_State *L, const char *msg) {
   const char *stdlib = herald_context()->stdlib_dir;
   if (stdlib == NULL || strncmp(msg, stdlib, strlen(stdlib)) == 0) return;
   size_t stdlib_len = strlen(stdlib), len;
@@ -84,7 +85,7 @@ int herald_host_traceback(lua_State *L) {
     msg = lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, 1));
   }
   luaL_traceback(L, L, msg, 1);
-  drop_own_frames(L, msg);
+  herald_host_drop_own_frames(L, msg);
   return 1;
 }
 

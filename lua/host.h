@@ -31,4 +31,9 @@ int herald_host_pcall(lua_State *L, int nargs, int nresults);
 /* The message handler herald_host_pcall uses; exported for coroutine resumes. */
 int herald_host_traceback(lua_State *L);
 
+/* Replaces the traceback at the top of the stack, made for the error msg, by one without
+ * herald's own frames (the stdlib's, and the `error` call) when msg is the user's (it does not
+ * name a stdlib file); a traceback left with no frame loses its "stack traceback:" line. */
+void herald_host_drop_own_frames(lua_State *L, const char *msg);
+
 #endif

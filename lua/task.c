@@ -92,6 +92,7 @@ static void task_step(lua_State *L, lua_State *co, int nargs) {
     const char *msg = lua_tostring(co, -1);
     if (msg == NULL) msg = "(error object is not a string)";
     luaL_traceback(L, co, msg, 0);
+    herald_host_drop_own_frames(L, msg);
     lua_pushboolean(L, 0);
     lua_setfield(L, handle, "ok");
     lua_setfield(L, handle, "error");

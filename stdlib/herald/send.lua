@@ -130,6 +130,118 @@ local function listed_optout(app, channel, address)
   return rows[1]
 end
 
+-- The request's shape, checked before anything is sent: a field of the wrong type is refused
+-- with its path (MessageConfiguration.SMSMessage.Body: expected a string), as a campaign
+-- definition's is, rather than failing inside rendering or being passed on to a provider.
+local function refuse(msg) error('herald.send: ' .. msg, 0) end
+
+local MESSAGE_KEYS = { ADMMessage = true, APNSMessage = true, BaiduMessage = true, DefaultMessage = true,
+  DefaultPushNotificationMessage = true, EmailMessage = true, GCMMessage = true, SMSMessage = true,
+  VoiceMessage = true, CustomMessage = true }
+local STRING_FIELDS = { 'Action', 'Body', 'Title', 'HtmlBody', 'Url', 'ImageUrl', 'ImageIconUrl',
+  'SmallImageIconUrl', 'IconReference', 'Sound', 'Priority', 'RestrictedPackageName', 'RawContent',
+  'APNSPushType', 'Category', 'ThreadId', 'CollapseId', 'MediaUrl', 'PreferredAuthenticationMethod',
+  'ConsolidationKey', 'ExpiresAfter', 'MD5', 'Keyword', 'OriginationNumber', 'SenderId', 'EntityId',
+  'TemplateId', 'FromAddress', 'FeedbackForwardingAddress', 'LanguageCode', 'VoiceId' }
+
+local function check_map(path, t, what)
+  if type(t) ~= 'table' then refuse(path .. ': expected an object of ' .. what) end
+  for k, v in pairs(t) do
+    if type(k) ~= 'string' then refuse(path .. ': expected an object of ' .. what .. ', not a list') end
+    if type(v) ~= 'string' then refuse(path .. '.' .. k .. ': expected a string') end
+  end
+end
+
+-- Substitutions: name -> list of strings (Pinpoint's), or a string
+local function check_substitutions(path, t)
+  if t == nil then return end
+  if type(t) ~= 'table' then refuse(path .. ': expected an object of name = { values }') end
+  for k, v in pairs(t) do
+    if type(k) ~= 'string' then refuse(path .. ': expected an object of name = { values }, not a list') end
+    if type(v) == 'table' then
+      for i, x in pairs(v) do
+        if math.type(i) ~= 'integer' or type(x) ~= 'string' then refuse(path .. '.' .. k .. ': expected a list of strings') end
+      end
+    elseif type(v) ~= 'string' then
+      refuse(path .. '.' .. k .. ': expected a list of strings')
+    end
+  end
+end
+
+local function check_part(path, t)
+  if t == nil then return end
+  if type(t) ~= 'table' then refuse(path .. ': expected an object { Data =, Charset = }') end
+  for _, f in ipairs({ 'Data', 'Charset' }) do
+    if t[f] ~= nil and type(t[f]) ~= 'string' then refuse(path .. '.' .. f .. ': expected a string') end
+  end
+end
+
+local function check_message(path, m)
+  if type(m) ~= 'table' then refuse(path .. ': expected an object') end
+  for _, f in ipairs(STRING_FIELDS) do
+    if m[f] ~= nil and type(m[f]) ~= 'string' then refuse(path .. '.' .. f .. ': expected a string') end
+  end
+  if m.MessageType ~= nil and m.MessageType ~= 'TRANSACTIONAL' and m.MessageType ~= 'PROMOTIONAL' then
+    refuse(path .. ".MessageType: 'TRANSACTIONAL' or 'PROMOTIONAL', not " .. tostring(m.MessageType))
+  end
+  if m.SilentPush ~= nil and type(m.SilentPush) ~= 'boolean' then refuse(path .. '.SilentPush: expected true or false') end
+  for _, f in ipairs({ 'TimeToLive', 'Badge' }) do
+    if m[f] ~= nil and math.type(m[f]) ~= 'integer' then refuse(path .. '.' .. f .. ': expected a whole number') end
+  end
+  if m.Data ~= nil and type(m.Data) ~= 'string' then check_map(path .. '.Data', m.Data, 'strings') end
+  check_substitutions(path .. '.Substitutions', m.Substitutions)
+  if m.Headers ~= nil and type(m.Headers) ~= 'table' then refuse(path .. '.Headers: expected a list of { Name =, Value = }') end
+  if m.SimpleEmail ~= nil then
+    local se = m.SimpleEmail
+    if type(se) ~= 'table' then refuse(path .. '.SimpleEmail: expected an object') end
+    for _, f in ipairs({ 'Subject', 'TextPart', 'HtmlPart' }) do check_part(path .. '.SimpleEmail.' .. f, se[f]) end
+    if se.Headers ~= nil then
+      if type(se.Headers) ~= 'table' then refuse(path .. '.SimpleEmail.Headers: expected a list of { Name =, Value = }') end
+      for i, h in ipairs(se.Headers) do
+        local hp = string.format('%s.SimpleEmail.Headers[%d]', path, i - 1)
+        if type(h) ~= 'table' or type(h.Name) ~= 'string' or type(h.Value) ~= 'string' then
+          refuse(hp .. ': expected { Name = string, Value = string }')
+        end
+      end
+    end
+  end
+end
+
+-- An entry of Addresses, Endpoints or Users: its overrides
+local function check_entry(path, spec)
+  if type(spec) ~= 'table' then refuse(path .. ': expected an object') end
+  for _, f in ipairs({ 'ChannelType', 'BodyOverride', 'TitleOverride', 'RawContent' }) do
+    if spec[f] ~= nil and type(spec[f]) ~= 'string' then refuse(path .. '.' .. f .. ': expected a string') end
+  end
+  check_substitutions(path .. '.Substitutions', spec.Substitutions)
+  if spec.Context ~= nil then check_map(path .. '.Context', spec.Context, 'strings') end
+end
+
+local function check_request(req)
+  local config = req.MessageConfiguration
+  if type(config) ~= 'table' then refuse('MessageConfiguration is required') end
+  local known = {}
+  for k in pairs(MESSAGE_KEYS) do known[#known + 1] = k end
+  table.sort(known)
+  for k, m in pairs(config) do
+    if not MESSAGE_KEYS[k] then
+      refuse(string.format('MessageConfiguration.%s: not a message type (%s)', tostring(k), table.concat(known, ', ')))
+    end
+    check_message('MessageConfiguration.' .. k, m)
+  end
+  if req.Context ~= nil then check_map('Context', req.Context, 'strings') end
+  for _, field in ipairs({ 'Addresses', 'Endpoints', 'Users' }) do
+    local t = req[field]
+    if t ~= nil then
+      if type(t) ~= 'table' then refuse(field .. ': expected an object') end
+      for k, spec in pairs(t) do
+        if type(k) ~= 'string' then refuse(field .. ': expected an object keyed by ' .. (field == 'Addresses' and 'address' or 'id')) end
+        check_entry(field .. '.' .. k, spec)
+      end
+    end
+  end
+end
+
 local function status_code(status)
   return ({ SUCCESSFUL = 200, THROTTLED = 429, TEMPORARY_FAILURE = 503, PERMANENT_FAILURE = 400,
             UNKNOWN_FAILURE = 500, OPT_OUT = 400, DUPLICATE = 400 })[status]
@@ -144,8 +256,10 @@ function send.send(req, opts)
     cfg = type(cfg) == 'string' and providers.load(cfg) or providers.check(cfg, 'providers')
     deliver.configure(cfg)
   end
+  -- the caller's line, not this file's, with the field path
+  local okc, cerr = pcall(check_request, req)
+  if not okc then error(cerr, 2) end
   local config = req.MessageConfiguration
-  if type(config) ~= 'table' then fail('MessageConfiguration is required') end
   local tconfig = req.TemplateConfiguration
   if tconfig ~= nil and type(tconfig) ~= 'table' then fail('TemplateConfiguration: expected a table') end
   if req.TraceId ~= nil and type(req.TraceId) ~= 'string' then fail('TraceId: expected a string') end

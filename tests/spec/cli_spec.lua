@@ -99,9 +99,9 @@ end)
 
 describe('an error raised before the main task first waits', function()
   -- the task runs at once when spawned: its failure was reported as an unobserved task's too
-  local function once(err, msg)
+  local function once(err, msg, tracebacks)
     assert.are.equal(1, h.count(err, msg), err)
-    assert.are.equal(1, h.count(err, 'stack traceback:'), err)
+    assert.are.equal(tracebacks or 1, h.count(err, 'stack traceback:'), err)
     assert.is_nil(err:find('task failed', 1, true), err)
   end
 
@@ -125,7 +125,8 @@ describe('an error raised before the main task first waits', function()
     local _, code, err = h.herald('--db s.db send --request r.json --to a@example.com --channel EMAIL --body hi',
       { cwd = dir })
     assert.are_not.equal(0, code)
-    once(err, 'herald.send: TraceId: expected a string')
+    -- a request refused by the command's own code: no frame of the user's, so no traceback
+    once(err, 'herald.send: TraceId: expected a string', 0)
   end)
 end)
 

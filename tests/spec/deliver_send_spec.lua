@@ -287,6 +287,52 @@ describe('herald.send', function()
     assert.are.equal(got[1].key, got[2].key)
   end)
 
+  it('refuses a request field of the wrong type with its path, sending nothing', function()
+    local got = {}
+    local cfg = { profiles = { mine = { type = 'lua', send = function(m) got[#got + 1] = m; return true end } },
+                  channels = { SMS = 'mine', EMAIL = 'mine', GCM = 'mine' } }
+    local to = { ['+15550001111'] = { ChannelType = 'SMS' }, ['a@example.com'] = { ChannelType = 'EMAIL' } }
+    local cases = {
+      { { SMSMessage = { Body = 5 } }, 'MessageConfiguration.SMSMessage.Body: expected a string' },
+      { { SMSMessage = { Body = 'x', EntityId = {} } }, 'MessageConfiguration.SMSMessage.EntityId: expected a string' },
+      { { SMSMessage = { Body = 'x', MessageType = 'LOUD' } },
+        "MessageConfiguration.SMSMessage.MessageType: 'TRANSACTIONAL' or 'PROMOTIONAL', not LOUD" },
+      { { SMSMessage = { Body = 'x', Substitutions = 'no' } },
+        'MessageConfiguration.SMSMessage.Substitutions: expected an object of name = { values }' },
+      { { SMSMessage = { Body = 'x', Substitutions = { n = { 1 } } } },
+        'MessageConfiguration.SMSMessage.Substitutions.n: expected a list of strings' },
+      { { EmailMessage = { SimpleEmail = { Subject = { Data = 5 } } } },
+        'MessageConfiguration.EmailMessage.SimpleEmail.Subject.Data: expected a string' },
+      { { EmailMessage = { SimpleEmail = { Headers = { { Name = 'X-A' } } } } },
+        'MessageConfiguration.EmailMessage.SimpleEmail.Headers[0]: expected { Name = string, Value = string }' },
+      { { EmailMessage = { Body = 'x', FromAddress = 7 } }, 'MessageConfiguration.EmailMessage.FromAddress: expected a string' },
+      { { GCMMessage = { Body = 'x', TimeToLive = '1h' } }, 'MessageConfiguration.GCMMessage.TimeToLive: expected a whole number' },
+      { { GCMMessage = { Body = 'x', Data = { k = 1 } } }, 'MessageConfiguration.GCMMessage.Data.k: expected a string' },
+      { { SmsMessage = { Body = 'x' } }, 'MessageConfiguration.SmsMessage: not a message type (ADMMessage, APNSMessage,' },
+    }
+    for _, c in ipairs(cases) do
+      local ok, err = pcall(send, { Addresses = to, MessageConfiguration = c[1] }, { providers = cfg })
+      assert.is_false(ok, c[2])
+      assert.matches('herald.send: ' .. c[2], err, 1, true)
+    end
+    local ok, err = pcall(send, { Addresses = { ['a@example.com'] = { ChannelType = 'EMAIL', BodyOverride = 3 } },
+                                  MessageConfiguration = { DefaultMessage = { Body = 'x' } } })
+    assert.is_false(ok)
+    assert.matches('herald.send: Addresses.a@example.com.BodyOverride: expected a string', err, 1, true)
+    ok, err = pcall(send, { Addresses = to, Context = { n = 1 }, MessageConfiguration = { DefaultMessage = { Body = 'x' } } })
+    assert.is_false(ok)
+    assert.matches('herald.send: Context.n: expected a string', err, 1, true)
+    assert.are.equal(0, #got)
+    -- the right types go out
+    local r = send({ Addresses = to, MessageConfiguration = {
+      SMSMessage = { Body = 'Hi {{n}}', MessageType = 'PROMOTIONAL', Substitutions = { n = { 'Ann' } } },
+      EmailMessage = { SimpleEmail = { Subject = { Data = 'S' }, TextPart = { Data = 'T' },
+                                       Headers = { { Name = 'X-A', Value = '1' } } } } } })
+    assert.are.equal('SUCCESSFUL', r.Result['+15550001111'].DeliveryStatus)
+    assert.are.equal('SUCCESSFUL', r.Result['a@example.com'].DeliveryStatus)
+    assert.are.equal(2, #got)
+  end)
+
   it('refuses a TraceId or an address with a NUL inside, which would give another message its id', function()
     local got = {}
     local cfg = { profiles = { mine = { type = 'lua', send = function(m) got[#got + 1] = m; return true end } },

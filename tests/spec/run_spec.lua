@@ -332,6 +332,13 @@ define('dd')
     assert.matches("stack traceback:\n\tbad.lua:2: in [^\n]*define[^\n]*\n\tbad.lua:5: in main chunk", err)
     assert.is_nil(err:find('stdlib/herald/', 1, true), err)
     assert.is_nil(err:find("[C]: in function 'error'", 1, true), err)
+    -- the same from a plain script (run as a task) and a herald.send request refused
+    h.write(dir .. '/send.lua', "\nherald.send { Addresses = { ['+15550001111'] = { ChannelType = 'SMS' } },\n"
+      .. "  MessageConfiguration = { SMSMessage = { Body = 5 } } }\n")
+    _, code, err = h.herald('--db q.db send.lua', { cwd = dir })
+    assert.are.equal(1, code)
+    assert.are.equal('herald: send.lua:2: herald.send: MessageConfiguration.SMSMessage.Body: expected a string\n'
+      .. 'stack traceback:\n\tsend.lua:2: in main chunk\n', err)
     -- an error of the script's own keeps its frames
     h.write(dir .. '/oops.lua', "local function f() local x = nil; return x.y end\nf()\n")
     _, code, err = h.herald('--db q.db run --until-idle oops.lua', { cwd = dir })
