@@ -370,6 +370,30 @@ print("stored\t%%d" %% n)
     assert.are.equal('0', kv.stored)
   end)
 
+  it('records an attribute key an accepted item brings after a refused item brought it', function()
+    -- the refused item's key is rolled back with it; the accepted one must record it again,
+    -- or the application's key count (250 at most) misses a key its endpoints hold
+    local kv = py(s.port, string.format([[
+import http.client, json, sqlite3
+c = http.client.HTTPConnection(HOST, PORT, timeout=5)
+c.request("POST", "/v1/apps/default/events", body=json.dumps({"BatchItem": {
+    "ak-bad": {"Endpoint": {"ChannelType": "EMAIL", "Address": "bad@", "Attributes": {"ghostkey": ["x"]}}},
+    "ak-good": {"Endpoint": {"ChannelType": "EMAIL", "Address": "ak-good@example.com",
+                             "Attributes": {"ghostkey": ["y"]}}}}}))
+r = c.getresponse()
+res = json.loads(r.read())["Results"]
+print("bad\t%%d" %% res["ak-bad"]["EndpointItemResponse"]["StatusCode"])
+print("good\t%%d" %% res["ak-good"]["EndpointItemResponse"]["StatusCode"])
+db = sqlite3.connect(%q)
+print("keys\t%%d" %% db.execute("SELECT count(*) FROM attribute_keys WHERE app_id = 'default' AND name = 'ghostkey'").fetchone()[0])
+print("stored\t%%s" %% db.execute("SELECT group_concat(id) FROM endpoints WHERE id LIKE 'ak-%%'").fetchone()[0])
+]], s.dir .. '/h.db'))
+    assert.are.equal('400', kv.bad)
+    assert.are.equal('202', kv.good)
+    assert.are.equal('ak-good', kv.stored)
+    assert.are.equal('1', kv.keys)
+  end)
+
   it('answers Expect: 100-continue before the body is sent, and 413 unread for a body over the cap', function()
     local kv = py(s.port, [[
 import socket, time
