@@ -37,6 +37,10 @@ struct HeraldEndpointWriter {
   HeraldStore *store;
   char *app;
   json_t *keys;   /* "a:Name" / "m:Name" / "u:Name" -> true: the application's attribute keys */
+  /* The keys the put in progress added to keys (NULL until a put adds one). A failed put is
+   * rolled back by its caller (a savepoint or the transaction), its attribute_keys rows with
+   * it: the put forgets them here too, or a later put would take them as recorded. */
+  json_t *added_keys;
   HeraldEndpointChecker checker;
   HeraldEndpointRow *row; /* reused for rows not prepared by the caller */
   /* The application had no endpoint when the writer opened (a first import): every endpoint
@@ -738,6 +742,7 @@ int herald_endpoint_writer_open(HeraldStore *store, const char *app, HeraldEndpo
 void herald_endpoint_writer_close(HeraldEndpointWriter *w) {
   if (w == NULL) return;
   json_decref(w->keys);
+  json_decref(w->added_keys);
   herald_segment_indexes_close(w->indexes);
   herald_endpoint_checker_clear(&w->checker);
   hash_count_free(&w->addresses);
@@ -791,6 +796,10 @@ static int track_keys(HeraldEndpointWriter *w, json_t *map, int kind, const char
                      "application '%s' already has %d attribute, metric and user attribute "
                      "keys (Pinpoint's limit)", w->app, HERALD_ATTRIBUTE_KEYS_PER_APP);
     }
+    /* noted before the insert: a key that could not be forgotten must not be recorded */
+    if (w->added_keys == NULL && (w->added_keys = json_array()) == NULL) return oom(err);
+    if (json_array_append_new(w->added_keys, json_stringn_nocheck(key, len + 2)) != 0)
+      return oom(err);
     sqlite3_stmt *st = herald_store_stmt(
         w->store, "INSERT OR IGNORE INTO attribute_keys(app_id, kind, name) VALUES (?1, ?2, ?3)",
         err);
@@ -1260,9 +1269,8 @@ static int own_row(HeraldEndpointWriter *w, json_t *obj, HeraldError *err) {
   return row_fill(w->row, obj) == 0 ? kHeraldOk : oom(err);
 }
 
-int herald_endpoint_writer_put_checked(HeraldEndpointWriter *w, json_t *req,
-                                       const HeraldEndpointRow *row, char *id_out,
-                                       HeraldError *err) {
+static int put_row(HeraldEndpointWriter *w, json_t *req, const HeraldEndpointRow *row,
+                   char *id_out, HeraldError *err) {
   if (row == NULL) {
     if (own_row(w, req, err) != kHeraldOk) return err->code;
     row = w->row;
@@ -1340,6 +1348,28 @@ int herald_endpoint_writer_put_checked(HeraldEndpointWriter *w, json_t *req,
   if (rc == kHeraldOk) rc = after_write(w, w->row, &m, old_user, err);
   free(old_user);
   json_decref(cur);
+  return rc;
+}
+
+/* Forgets the keys a failed put added: its caller rolls their rows back. */
+static void forget_added_keys(HeraldEndpointWriter *w) {
+  size_t i;
+  json_t *key;
+  json_array_foreach(w->added_keys, i, key) json_object_del(w->keys, json_string_value(key));
+  /* the recent names may hold a forgotten one; they are only a shortcut, so drop them all */
+  for (int k = 0; k < 3; k++)
+    for (int j = 0; j < 8; j++) {
+      free(w->recent[k][j]);
+      w->recent[k][j] = NULL;
+    }
+}
+
+int herald_endpoint_writer_put_checked(HeraldEndpointWriter *w, json_t *req,
+                                       const HeraldEndpointRow *row, char *id_out,
+                                       HeraldError *err) {
+  if (json_array_size(w->added_keys) > 0) json_array_clear(w->added_keys);
+  int rc = put_row(w, req, row, id_out, err);
+  if (rc != kHeraldOk && json_array_size(w->added_keys) > 0) forget_added_keys(w);
   return rc;
 }
 

@@ -48,7 +48,9 @@ int herald_endpoint_writer_open(HeraldStore *store, const char *app, HeraldEndpo
 /* Validates request (an EndpointRequest plus "Id"; an id is generated when absent), applies
  * Pinpoint's rules and upserts. request is normalised in place (dates, a generated Id).
  * The endpoint's id is copied to id_out (HERALD_ENDPOINT_ID_MAX + 1 bytes) when not NULL.
- * Error messages start with the field path ("Address: ..."). Must run inside a transaction. */
+ * Error messages start with the field path ("Address: ..."). Must run inside a transaction;
+ * after a failure the caller rolls back what the put wrote (to a savepoint, or the whole
+ * transaction), as the writer then forgets what the put taught it. */
 int herald_endpoint_writer_put(HeraldEndpointWriter *w, json_t *request, char *id_out,
                                HeraldError *err);
 /* The column values of a request herald_endpoint_check has accepted (its attribute maps

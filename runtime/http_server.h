@@ -66,7 +66,7 @@ void herald_http_router_free(HeraldHttpRouter *router);
 /* Adds a route. pattern is an absolute path whose segments are literals or {name} (one whole
  * segment each), e.g. "/v1/apps/{app}/campaigns/{campaign}". A path that matches no pattern
  * is answered 404; one that matches only for other methods, 405 with Allow. HEAD is served by
- * the GET route without the body. */
+ * the GET route without the body: a GET handler with side effects checks req->method. */
 int herald_http_router_add(HeraldHttpRouter *router, const char *method, const char *pattern,
                            HeraldHttpHandler handler, void *ctx, HeraldError *err);
 

@@ -330,6 +330,10 @@ static int parse_header(const char *path, long line, HeraldCsv *csv, size_t n, C
     const char *h = herald_csv_field(csv, i);
     Column *c = &cols[i];
     c->header = strdup(h);
+    if (c->header == NULL) {
+      *out = cols;
+      return herald_error_set(err, kHeraldNoMemory, "out of memory");
+    }
     const char *rest = NULL;
     int ok = 0;
     for (size_t k = 0; k < sizeof top / sizeof top[0] && !ok; k++)
@@ -362,6 +366,16 @@ static int parse_header(const char *path, long line, HeraldCsv *csv, size_t n, C
                               "Pinpoint's dotted paths such as Address, ChannelType, "
                               "User.UserId, Attributes.Name, Metrics.Name, "
                               "Demographic.Timezone, Location.Country)", path, line, i + 1, h);
+    }
+    /* A row sets such a field once: a repeated column would keep one of its values and
+     * silently drop the others. Only attribute columns are lists, one value a column. */
+    if (c->kind == kColList) continue;
+    for (size_t j = 0; j < i; j++) {
+      if (cols[j].kind != kColList && strcmp(cols[j].header, h) == 0) {
+        *out = cols;
+        return herald_error_set(err, kHeraldInvalid, "%s:%ld: column %zu: '%s' repeats column %zu",
+                                path, line, i + 1, h, j + 1);
+      }
     }
   }
   *out = cols;

@@ -352,6 +352,11 @@ static int take_token(HeraldTracker *t, const HeraldHttpRequest *req, HeraldHttp
   return 0;
 }
 
+/* HEAD is served by the GET handlers (the router's fallback) and answered as GET without the
+ * body. Link scanners and proxies send it before or instead of a person's visit: it must not
+ * count as an open or a click, which feed the reports, the KPIs and the A/B winner. */
+static int is_head(const HeraldHttpRequest *req) { return strcmp(req->method, "HEAD") == 0; }
+
 static void record(HeraldTracker *t, const HeraldHttpRequest *req, HeraldTrackingKind kind,
                    const HeraldTrackingToken *token) {
   if (t->recorder == NULL) return;
@@ -363,8 +368,10 @@ static void handle_open(void *ctx, const HeraldHttpRequest *req, HeraldHttpRespo
   HeraldTracker *t = ctx;
   HeraldTrackingParsed parsed;
   if (take_token(t, req, res, kHeraldTrackOpen, &parsed) != 0) return;
-  t->counts.opens++;
-  record(t, req, kHeraldTrackOpen, &parsed.token);
+  if (!is_head(req)) {
+    t->counts.opens++;
+    record(t, req, kHeraldTrackOpen, &parsed.token);
+  }
   no_store(res);
   herald_http_response_body(res, pixel_gif, sizeof pixel_gif, "image/gif");
 }
@@ -373,8 +380,10 @@ static void handle_click(void *ctx, const HeraldHttpRequest *req, HeraldHttpResp
   HeraldTracker *t = ctx;
   HeraldTrackingParsed parsed;
   if (take_token(t, req, res, kHeraldTrackClick, &parsed) != 0) return;
-  t->counts.clicks++;
-  record(t, req, kHeraldTrackClick, &parsed.token);
+  if (!is_head(req)) {
+    t->counts.clicks++;
+    record(t, req, kHeraldTrackClick, &parsed.token);
+  }
   herald_http_response_status(res, 302);
   herald_http_response_header(res, "Location", parsed.token.url);
   herald_http_response_header(res, "Cache-Control", "no-store");

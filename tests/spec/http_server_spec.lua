@@ -370,6 +370,30 @@ print("stored\t%%d" %% n)
     assert.are.equal('0', kv.stored)
   end)
 
+  it('records an attribute key an accepted item brings after a refused item brought it', function()
+    -- the refused item's key is rolled back with it; the accepted one must record it again,
+    -- or the application's key count (250 at most) misses a key its endpoints hold
+    local kv = py(s.port, string.format([[
+import http.client, json, sqlite3
+c = http.client.HTTPConnection(HOST, PORT, timeout=5)
+c.request("POST", "/v1/apps/default/events", body=json.dumps({"BatchItem": {
+    "ak-bad": {"Endpoint": {"ChannelType": "EMAIL", "Address": "bad@", "Attributes": {"ghostkey": ["x"]}}},
+    "ak-good": {"Endpoint": {"ChannelType": "EMAIL", "Address": "ak-good@example.com",
+                             "Attributes": {"ghostkey": ["y"]}}}}}))
+r = c.getresponse()
+res = json.loads(r.read())["Results"]
+print("bad\t%%d" %% res["ak-bad"]["EndpointItemResponse"]["StatusCode"])
+print("good\t%%d" %% res["ak-good"]["EndpointItemResponse"]["StatusCode"])
+db = sqlite3.connect(%q)
+print("keys\t%%d" %% db.execute("SELECT count(*) FROM attribute_keys WHERE app_id = 'default' AND name = 'ghostkey'").fetchone()[0])
+print("stored\t%%s" %% db.execute("SELECT group_concat(id) FROM endpoints WHERE id LIKE 'ak-%%'").fetchone()[0])
+]], s.dir .. '/h.db'))
+    assert.are.equal('400', kv.bad)
+    assert.are.equal('202', kv.good)
+    assert.are.equal('ak-good', kv.stored)
+    assert.are.equal('1', kv.keys)
+  end)
+
   it('answers Expect: 100-continue before the body is sent, and 413 unread for a body over the cap', function()
     local kv = py(s.port, [[
 import socket, time
@@ -443,7 +467,7 @@ describe('herald serve group commit', function()
     base = 'http://127.0.0.1:' .. s.port
     db = s.dir .. '/h.db'
     local _, code, err = h.herald('--db ' .. h.shell_quote(db) .. [[ -e "
-      for _, id in ipairs{'ep-42', 'ep-7', 'ep-trap'} do
+      for _, id in ipairs{'ep-42', 'ep-7', 'ep-trap', 'ep-head'} do
         assert(herald.endpoints.put{Id = id, ChannelType = 'EMAIL', Address = id .. '@example.com'})
       end"]])
     assert.are.equal(0, code, err)
@@ -497,6 +521,32 @@ print("stored\t%%d" %% n)
     assert.are.equal('0', kv.early)
     assert.are.equal('HTTP/1.1 302 Found', kv.status)
     assert.are.equal('1', kv.stored)
+  end)
+
+  it('answers HEAD on an open or click link as GET does, without a body, and records nothing', function()
+    -- link scanners and proxies send HEAD: an open or a click counted for it would feed the
+    -- reports, the KPIs and the A/B winner
+    local open = tracking.open_url(ids { base = base, endpoint = 'ep-head' }):gsub('^http://[^/]+', '')
+    local kv = py(s.port, string.format([[
+import http.client, sqlite3
+c = http.client.HTTPConnection(HOST, PORT, timeout=5)
+for name, path in (("open", %q), ("click", %q)):
+    c.request("HEAD", path)
+    r = c.getresponse(); b = r.read()
+    print(name + "\t%%d|%%s|%%s|%%s|%%d" %% (r.status, r.headers["Content-Type"], r.headers["Location"],
+          r.headers["Cache-Control"], len(b)))
+# a hit is stored before its answer (a quiet iteration): any event of the HEADs is there now
+n = sqlite3.connect(%q).execute("SELECT count(*) FROM events WHERE endpoint_id = 'ep-head'").fetchone()[0]
+print("after_head\t%%d" %% n)
+c.request("GET", %q)
+r = c.getresponse(); r.read()
+rows = sqlite3.connect(%q).execute("SELECT event_type, count(*) FROM events WHERE endpoint_id = 'ep-head' GROUP BY 1").fetchall()
+print("after_get\t%%d|%%s" %% (r.status, ",".join("%%s=%%d" %% row for row in rows)))
+]], open, path_of { endpoint = 'ep-head' }, db, path_of { endpoint = 'ep-head' }, db))
+    assert.are.equal('200|image/gif|None|no-store, no-cache, must-revalidate, private|0', kv.open)
+    assert.are.equal('302|None|https://example.com/landing|no-store|0', kv.click)
+    assert.are.equal('0', kv.after_head)
+    assert.are.equal('302|_email.click=1', kv.after_get)
   end)
 
   it('stores every click of a pipelined burst it answered (journaled first: a busy iteration)', function()

@@ -81,6 +81,18 @@ describe('herald import endpoints', function()
       "head.csv:1: column 3: unknown header 'Colour'"},
     {'an unknown header after blank lines', 'head.csv', '\n\nChannelType,Address,Colour\nEMAIL,a@example.com,red\n',
       "head.csv:3: column 3: unknown header 'Colour'"},
+    -- only Attributes.X and User.UserAttributes.X are lists; another repeated column would keep
+    -- one of its values and drop the others
+    {'a repeated Address column', 'dup.csv', 'Id,ChannelType,Address,Address\nc1,EMAIL,ann@example.com,bob@example.com\n',
+      "dup.csv:1: column 4: 'Address' repeats column 3"},
+    {'a repeated User.UserId column', 'dup.csv', 'User.UserId,ChannelType,Address,User.UserId\nu1,EMAIL,ann@example.com,u2\n',
+      "dup.csv:1: column 4: 'User.UserId' repeats column 1"},
+    {'a repeated Demographic column', 'dup.csv', '\nChannelType,Demographic.Timezone,Address,Demographic.Timezone\nEMAIL,Europe/Paris,ann@example.com,Asia/Tokyo\n',
+      "dup.csv:2: column 4: 'Demographic.Timezone' repeats column 2"},
+    {'a repeated Location column', 'dup.csv', 'ChannelType,Address,Location.Latitude,Attributes.A,Attributes.A,Location.Latitude\nEMAIL,ann@example.com,1,x,y,2\n',
+      "dup.csv:1: column 6: 'Location.Latitude' repeats column 3"},
+    {'a repeated Metrics column', 'dup.csv', 'ChannelType,Metrics.score,Address,Metrics.score\nEMAIL,1,ann@example.com,2\n',
+      "dup.csv:1: column 4: 'Metrics.score' repeats column 2"},
     {'a metric that is not a number', 'm.csv', 'ChannelType,Address,Metrics.score\nEMAIL,a@example.com,high\n',
       "m.csv:2: Metrics.score: 'high' is not a number"},
     {'an attribute value over 100 characters', 'long.csv', 'ChannelType,Address,Attributes.Bio\nEMAIL,a@example.com,' .. string.rep('x', 101) .. '\n',

@@ -15,8 +15,9 @@ endpoints  CSV with Pinpoint's dotted headers, e.g.
              Id,ChannelType,Address,User.UserId,User.UserAttributes.FirstName,
              Attributes.Interests,Attributes.Interests,Metrics.score,Demographic.Timezone,
              Location.Country
-           (a repeated Attributes.X / User.UserAttributes.X column adds a value to that list;
-           an empty cell is left out), or newline-delimited JSON endpoint objects
+           (a repeated Attributes.X / User.UserAttributes.X column adds a value to that list,
+           any other column may appear once; an empty cell is left out), or newline-delimited
+           JSON endpoint objects
            ({"Id": ..., "ChannelType": "EMAIL", "Address": ..., "Attributes": {...}, ...}).
            The format follows the extension (.csv; .json .jsonl .ndjson) or the content.
 events     newline-delimited JSON events, one object per line:
