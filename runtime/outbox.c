@@ -131,7 +131,15 @@ static int count_claims(HeraldStore *store, const char *app, const char *campaig
   return kHeraldOk;
 }
 
-#define DAY_MS (24 * 3600 * 1000LL)
+
+/* The daily cap's window: a day less an hour. A once-a-day campaign's next message is due a
+ * little less than 24 hours after the last one when a local-time schedule crosses the spring
+ * DST change (23 hours), or when the last one went a few seconds late (a MessagesPerSecond
+ * backlog, a retry): over a full 24 hours the cap would skip that day's message, and holding it
+ * until the window frees would move every later day's message an hour too (a 9:00 campaign
+ * sent at 10:00 until the clocks go back). Two messages of one endpoint are still at least 23
+ * hours apart under Daily = 1. */
+#define DAILY_WINDOW_MS (23 * 3600 * 1000LL)
 
 int herald_outbox_claim(HeraldStore *store, const char *app, const char *campaigns_json,
                         int64_t now_ms, int max, HeraldOutboxClaim *out, int *count,
@@ -214,7 +222,8 @@ int herald_outbox_claim(HeraldStore *store, const char *app, const char *campaig
         if (n >= c->total_cap) reason = "TOTAL_CAP";
       }
       if (reason == NULL && c->daily_cap > 0) {
-        if (count_claims(store, app, NULL, c->endpoint_id, now_ms - DAY_MS, &n, err) != kHeraldOk)
+        if (count_claims(store, app, NULL, c->endpoint_id, now_ms - DAILY_WINDOW_MS, &n, err) !=
+            kHeraldOk)
           goto fail;
         if (n >= c->daily_cap) reason = "DAILY_CAP";
       }

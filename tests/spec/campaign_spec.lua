@@ -24,6 +24,14 @@ local function simple_endpoints(dir, count, extra)
   return rows
 end
 
+-- The most messages any endpoint was sent within `hours` (claims after t - hours up to t, at
+-- the time of each of its claims: a window holds the most when it ends at one).
+local function most_within(dir, hours)
+  return n(dir, string.format([[SELECT coalesce(max(k), 0) AS n FROM (SELECT (SELECT count(*) FROM outbox b
+    WHERE b.endpoint_id = a.endpoint_id AND b.state = 'SENT' AND b.claimed_ms > a.claimed_ms - %d
+    AND b.claimed_ms <= a.claimed_ms) AS k FROM outbox a WHERE a.state = 'SENT')]], hours * 3600000))
+end
+
 describe('campaign definitions', function()
   it('names the field path and the file:line of a bad definition', function()
     local dir = h.tmpdir()
@@ -515,18 +523,109 @@ describe('campaign runs', function()
       assert.are.equal(5, r.capped)
     end
     assert.are.equal(150, h.count(h.read(dir .. '/out.txt'), '--- message '))
-    -- 24 hours later the window has rolled: the next day's campaigns send again
-    local src2 = { "local all = herald.segment{ name = 'all' }" }
-    for i = 1, 2 do
-      src2[#src2 + 1] = string.format("herald.campaign{ name = 'next%d', segment = all, message = { body = 'x' },"
-        .. " schedule = { start = '2027-02-02T09:59:00Z' }, limits = { daily = 5 }, deliver = { file = 'out.txt' } }", i)
-    end
-    h.write(dir .. '/caps2.lua', table.concat(src2, '\n'))
-    _, code, err = run(dir, '--until-idle --clock-start 2027-02-02T09:58:00Z caps2.lua')
+    -- The window is 23 hours: the next day a campaign at 08:59 still finds the day's five,
+    -- one at 09:00:01 finds them gone
+    h.write(dir .. '/caps2.lua', [[
+      local all = herald.segment{ name = 'all' }
+      herald.campaign{ name = 'early', segment = all, message = { body = 'x' },
+        schedule = { start = '2027-02-02T08:59:00Z' }, limits = { daily = 5 }, deliver = { file = 'out.txt' } }
+      herald.campaign{ name = 'later', segment = all, message = { body = 'x' },
+        schedule = { start = '2027-02-02T09:00:01Z' }, limits = { daily = 5 }, deliver = { file = 'out.txt' } }
+    ]])
+    _, code, err = run(dir, '--until-idle --clock-start 2027-02-02T08:58:00Z caps2.lua')
     assert.are.equal(0, code, err)
-    assert.are.equal(60, n(dir, "SELECT count(*) AS n FROM outbox o JOIN campaign_runs r ON r.id = o.run_id WHERE r.campaign_id LIKE 'next%' AND o.reason = 'DAILY_CAP'"))
-    _, code, err = run(dir, '--until-idle --clock-start 2027-02-02T10:00:01Z caps2.lua')
+    assert.are.same({ { id = 'early', state = 'SKIPPED', reason = 'DAILY_CAP', n = 30 },
+                      { id = 'later', state = 'SENT', n = 30 } },
+      q(dir, "SELECT r.campaign_id AS id, o.state, o.reason, count(*) AS n"
+        .. " FROM outbox o JOIN campaign_runs r ON r.id = o.run_id WHERE r.campaign_id IN ('early', 'later')"
+        .. " GROUP BY 1, 2, 3 ORDER BY 1"))
+    assert.are.equal(5, most_within(dir, 23))
+  end)
+
+  it("reaches a daily local-time campaign's audience at 09:00 on the day the clocks go forward, Daily = 1", function()
+    -- 09:00 in New York is 14:00 UTC until 14 March, then 13:00: that day's message is due 23
+    -- hours after the last one, and every later day's at 09:00 still
+    local dir = h.tmpdir()
+    simple_endpoints(dir, 3, function(_, r) r.tz = 'America/New_York' end)
+    h.write(dir .. '/d.lua', [[
+      herald.campaign{ name = 'daily', segment = herald.segment{ name = 'all' }, message = { body = 'x' },
+        schedule = { start = '2027-03-12T09:00:00', frequency = 'DAILY', is_local_time = true,
+          timezone = 'America/New_York', ['end'] = '2027-03-16T10:00:00' },
+        limits = { daily = 1 }, deliver = { file = 'out.txt' } }
+    ]])
+    local _, code, err = run(dir, '--until-idle --clock-start 2027-03-12T00:00:00Z d.lua')
     assert.are.equal(0, code, err)
+    local hour = 3600000
+    assert.are.same({
+      { day = '2027-03-12', state = 'SENT', n = 3, at = 1804860000000 },             -- 14:00 UTC
+      { day = '2027-03-13', state = 'SENT', n = 3, at = 1804860000000 + 24 * hour },
+      { day = '2027-03-14', state = 'SENT', n = 3, at = 1804860000000 + 47 * hour }, -- 13:00 UTC
+      { day = '2027-03-15', state = 'SENT', n = 3, at = 1804860000000 + 71 * hour },
+      { day = '2027-03-16', state = 'SENT', n = 3, at = 1804860000000 + 95 * hour },
+    }, q(dir, "SELECT date(r.scheduled_ms / 1000, 'unixepoch') AS day, o.state, count(*) AS n,"
+      .. " min(o.claimed_ms) AS at FROM outbox o JOIN campaign_runs r ON r.id = o.run_id"
+      .. " GROUP BY 1, 2 ORDER BY 1"))
+    assert.are.equal(15, h.count(h.read(dir .. '/out.txt'), '--- message '))
+    assert.are.equal(1, most_within(dir, 23))
+  end)
+
+  it('reaches everyone of a daily campaign sent a second late the day before, Daily = 1', function()
+    -- MessagesPerSecond = 1 sent day 1 at 09:00:00 to 09:00:03; e0001 opts out, so day 2
+    -- reaches each of the others a second earlier than 24 hours after day 1
+    local dir = h.tmpdir()
+    simple_endpoints(dir, 4)
+    h.write(dir .. '/d.lua', [[
+      herald.campaign{ name = 'daily', segment = herald.segment{ name = 'all' }, message = { body = 'x' },
+        schedule = { start = '2027-01-10T09:00:00Z', frequency = 'DAILY', ['end'] = '2027-01-11T10:00:00Z' },
+        limits = { daily = 1, messages_per_second = 1 }, deliver = { file = 'out.txt' } }
+    ]])
+    local _, code, err = run(dir, '--clock-start 2027-01-10T08:00:00Z --until 2027-01-10T12:00:00Z d.lua')
+    assert.are.equal(0, code, err)
+    h.sqlite(dir, 'c.db', "UPDATE endpoints SET opt_out = 'ALL' WHERE id = 'e0001';")
+    _, code, err = run(dir, '--until-idle --clock-start 2027-01-10T12:00:00Z d.lua')
+    assert.are.equal(0, code, err)
+    local day1, day2 = 1799571600000, 1799658000000  -- 09:00 UTC
+    assert.are.same({
+      { at = day1, id = 'e0001', state = 'SENT', sent = day1 },
+      { at = day1, id = 'e0002', state = 'SENT', sent = day1 + 1000 },
+      { at = day1, id = 'e0003', state = 'SENT', sent = day1 + 2000 },
+      { at = day1, id = 'e0004', state = 'SENT', sent = day1 + 3000 },
+      { at = day2, id = 'e0001', state = 'SKIPPED', reason = 'OPT_OUT' },
+      { at = day2, id = 'e0002', state = 'SENT', sent = day2 },
+      { at = day2, id = 'e0003', state = 'SENT', sent = day2 + 1000 },
+      { at = day2, id = 'e0004', state = 'SENT', sent = day2 + 2000 },
+    }, q(dir, 'SELECT r.scheduled_ms AS at, o.endpoint_id AS id, o.state, o.reason, o.claimed_ms AS sent'
+      .. ' FROM outbox o JOIN campaign_runs r ON r.id = o.run_id ORDER BY 1, 2'))
+    assert.are.equal(1, most_within(dir, 23))
+  end)
+
+  it("caps another campaign's message within 23 hours of the endpoint's last", function()
+    local dir = h.tmpdir()
+    simple_endpoints(dir, 3)
+    h.write(dir .. '/d.lua', [[
+      local all = herald.segment{ name = 'all' }
+      herald.campaign{ name = 'morning', segment = all, message = { body = 'x' },
+        schedule = { start = '2027-01-10T09:00:00Z', frequency = 'DAILY', ['end'] = '2027-01-11T10:00:00Z' },
+        limits = { daily = 1 }, deliver = { file = 'out.txt' } }
+      herald.campaign{ name = 'evening', segment = all, message = { body = 'y' },
+        schedule = { start = '2027-01-10T18:00:00Z' }, limits = { daily = 1 }, deliver = { file = 'out.txt' } }
+      herald.campaign{ name = 'dawn', segment = all, message = { body = 'z' },
+        schedule = { start = '2027-01-11T08:30:00Z' }, limits = { daily = 1 }, deliver = { file = 'out.txt' } }
+    ]])
+    local _, code, err = run(dir, '--until-idle --clock-start 2027-01-10T08:00:00Z d.lua')
+    assert.are.equal(0, code, err)
+    -- evening: 9 hours after the morning's, capped. dawn: 23.5 hours after it, sent; the
+    -- morning campaign's second run half an hour later then finds the endpoint had its message.
+    assert.are.same({
+      { day = '2027-01-10', id = 'evening', state = 'SKIPPED', reason = 'DAILY_CAP', n = 3 },
+      { day = '2027-01-10', id = 'morning', state = 'SENT', n = 3, at = 1799571600000 },
+      { day = '2027-01-11', id = 'dawn', state = 'SENT', n = 3, at = 1799571600000 + 23.5 * 3600000 },
+      { day = '2027-01-11', id = 'morning', state = 'SKIPPED', reason = 'DAILY_CAP', n = 3 },
+    }, q(dir, "SELECT date(r.scheduled_ms / 1000, 'unixepoch') AS day, r.campaign_id AS id, o.state,"
+      .. " o.reason, count(*) AS n, min(o.claimed_ms) AS at FROM outbox o JOIN campaign_runs r ON r.id = o.run_id"
+      .. " GROUP BY 1, 2, 3, 4 ORDER BY 1, 2"))
+    assert.are.equal(6, h.count(h.read(dir .. '/out.txt'), '--- message '))
+    assert.are.equal(1, most_within(dir, 23))
   end)
 
   it('caps strictly across processes: two herald runs with five campaigns each, Daily = 5', function()
