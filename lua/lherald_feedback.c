@@ -2,8 +2,10 @@
  * `herald feedback` and scripts.
  *   parse(text) -> {kind =, message_id =, matched_by =, status =, action =, recipient =,
  *                   feedback_type =, reason =} | nil, err
- *   process(text [, app]) -> {result = 'RECORDED' | 'IGNORED' | 'UNMATCHED' | 'MALFORMED',
+ *   process(text [, app]) -> {result = 'RECORDED' | 'IGNORED' | 'UNMATCHED' | 'MALFORMED' | 'BUSY',
  *                             event_type =, endpoint_id =, message_id =, reason =}
+ *     BUSY: another process held the store past the busy timeout; nothing was recorded and
+ *     the same text may be processed again. Any other store failure raises.
  *   entries(dir) -> sorted names of the regular files in dir (a maildir's new/) | nil, err */
 #include <dirent.h>
 #include <errno.h>
@@ -69,6 +71,8 @@ static int l_process(lua_State *L) {
     HeraldStore *store = herald_context_store(L);
     int rc = herald_feedback_record(store, app, r, type, endpoint, &err);
     if (rc == kHeraldNotFound) result = "UNMATCHED";
+    /* no fault of the mail: the caller keeps it for another try */
+    else if (rc != kHeraldOk && herald_store_error_busy(&err)) result = "BUSY";
     else if (rc != kHeraldOk) return luaL_error(L, "recording a report: %s", err.msg);
     else {
       result = "RECORDED";

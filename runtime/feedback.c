@@ -402,7 +402,12 @@ static void handle_mail(void *ctx, const HeraldHttpRequest *req, HeraldHttpRespo
     char type[32], endpoint[HERALD_TRACKING_ID_MAX + 1];
     HeraldStore *store = herald_ingest_store(in, &err);
     int rc = store ? herald_feedback_record(store, app, r, type, endpoint, &err) : (int)err.code;
-    if (rc != kHeraldOk) {
+    if (rc != kHeraldOk && herald_store_error_busy(&err)) {
+      /* another process held the store past the busy timeout: nothing was recorded, and the
+       * same report may be posted again (as the status webhook answers) */
+      herald_http_response_error(res, 503, err.msg);
+      herald_http_response_header(res, "Retry-After", "1");
+    } else if (rc != kHeraldOk) {
       herald_http_response_error(res, rc == kHeraldNotFound ? 404 : rc == kHeraldInvalid ? 400 : 500, err.msg);
     } else {
       json_t *answer = json_pack("{s:s, s:s, s:s}", "EventType", type, "MessageId", r->message_id,

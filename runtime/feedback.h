@@ -18,7 +18,9 @@
  * HTTP: POST /v1/apps/{app}/webhooks/mail with the whole mail (message/rfc822) as the body:
  *   202 {"EventType", "EndpointId", "MessageId", "Message": "Accepted"}, recorded;
  *   200 {"Message": "Ignored: ..."}, a report that asks for nothing;
- *   400 not a report (the reason names the part or field); 404 no message matches. */
+ *   400 not a report (the reason names the part or field); 404 no message matches;
+ *   503 with Retry-After: 1, the store busy (another process writing past the busy timeout):
+ *   nothing recorded, the same mail may be posted again. */
 #ifndef HERALD_FEEDBACK_H
 #define HERALD_FEEDBACK_H
 

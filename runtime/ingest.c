@@ -297,11 +297,13 @@ typedef struct {
 } Origin;
 
 /* Stores event_type for endpoint with the campaign attributes; extra (may be NULL) adds more.
- * A provider's receipt (delivered, bounced, complained) is not the endpoint's own doing, so it
- * does not move the endpoint's last activity, which Recency segments read. */
+ * *inserted is 0 when the event id was stored before (a repeat). A provider's receipt
+ * (delivered, bounced, complained) is not the endpoint's own doing, so it does not move the
+ * endpoint's last activity, which Recency segments read. */
 static int put_engagement(HeraldStore *store, const char *app, const char *endpoint,
                           const char *event_type, const char *event_id, const char *timestamp,
-                          const Origin *o, json_t *extra, HeraldError *err) {
+                          const Origin *o, json_t *extra, int *inserted, HeraldError *err) {
+  *inserted = 0;
   int found = endpoint_exists(store, app, endpoint, err);
   if (found < 0) return err->code ? err->code : kHeraldStore;
   if (found == 0)
@@ -320,28 +322,35 @@ static int put_engagement(HeraldStore *store, const char *app, const char *endpo
   json_t *ev = json_pack("{s:s, s:s, s:s, s:o}", "EventId", event_id, "EventType", event_type,
                          "Timestamp", timestamp, "Attributes", attrs);
   if (ev == NULL) return herald_error_set(err, kHeraldNoMemory, "out of memory");
-  int rc = herald_event_put_known(store, app, endpoint, ev, NULL, err);
+  int rc = herald_event_put_known(store, app, endpoint, ev, inserted, err);
   json_decref(ev);
   return rc;
 }
 
 /* A direct update rather than an endpoint write: a write would make the endpoint ACTIVE again
- * (Pinpoint's rule for UpdateEndpoint), which must not undo a hard bounce. */
+ * (Pinpoint's rule for UpdateEndpoint), which must not undo a hard bounce. address (NULL for
+ * the statements without ?3) is bound as ?3. */
 static int mark_endpoint(HeraldStore *store, const char *app, const char *endpoint,
-                         const char *column_sql, HeraldError *err) {
+                         const char *address, const char *column_sql, HeraldError *err) {
   sqlite3_stmt *st = herald_store_stmt(store, column_sql, err);
   if (st == NULL) return err ? err->code : kHeraldStore;
   sqlite3_bind_text(st, 1, app, -1, SQLITE_STATIC);
   sqlite3_bind_text(st, 2, endpoint, -1, SQLITE_STATIC);
+  if (address) sqlite3_bind_text(st, 3, address, -1, SQLITE_STATIC);
   int rc = sqlite3_step(st);
   sqlite3_reset(st);
   return rc == SQLITE_DONE ? kHeraldOk : herald_store_fail(store, err, "updating an endpoint");
 }
 
+/* An unsubscribe link opts its endpoint out whatever its address now: the recipient asked. */
 static const char kOptOutAll[] =
     "UPDATE endpoints SET opt_out = 'ALL' WHERE app_id = ?1 AND id = ?2";
-static const char kInactive[] =
-    "UPDATE endpoints SET endpoint_status = 'INACTIVE' WHERE app_id = ?1 AND id = ?2";
+/* A receipt is of the address the message went to (?3): an endpoint whose address was
+ * corrected since is not the one that bounced or complained. */
+static const char kReceiptOptOut[] =
+    "UPDATE endpoints SET opt_out = 'ALL' WHERE app_id = ?1 AND id = ?2 AND address = ?3";
+static const char kReceiptInactive[] =
+    "UPDATE endpoints SET endpoint_status = 'INACTIVE' WHERE app_id = ?1 AND id = ?2 AND address = ?3";
 
 /* Tracking hits ------------------------------------------------------------------------------
  *
@@ -485,7 +494,7 @@ static int store_hit(HeraldStore *store, const QueuedHit *q, const char *arrival
   /* a hit replayed from the journal after it was stored changes nothing twice (the endpoint
    * may have opted in again since) */
   if (rc == kHeraldOk && inserted && q->kind == kHeraldTrackUnsubscribe)
-    rc = mark_endpoint(store, q->app, q->endpoint, kOptOutAll, err);
+    rc = mark_endpoint(store, q->app, q->endpoint, NULL, kOptOutAll, err);
   free(attrs);
   return rc;
 }
@@ -885,12 +894,12 @@ static const char *status_event(json_t *n, const char **update, HeraldError *err
   }
   if (strcmp(type, "DELIVERY") == 0) return "_email.delivered";
   if (strcmp(type, "COMPLAINT") == 0) {
-    *update = kOptOutAll;
+    *update = kReceiptOptOut;
     return "_email.complaint";
   }
   if (strcmp(type, "BOUNCE") == 0) {
     if (bounce && strcmp(bounce, "HARD") == 0) {
-      *update = kInactive;
+      *update = kReceiptInactive;
       return "_email.hardbounce";
     }
     if (bounce && strcmp(bounce, "SOFT") == 0) return "_email.softbounce";
@@ -901,7 +910,7 @@ static const char *status_event(json_t *n, const char **update, HeraldError *err
     if (status && strcmp(status, "SUCCESS") == 0) return "_SMS.SUCCESS";
     if (status && strcmp(status, "FAILURE") == 0) return "_SMS.FAILURE";
     if (status && strcmp(status, "OPTOUT") == 0) {
-      *update = kOptOutAll;
+      *update = kReceiptOptOut;
       return "_SMS.OPTOUT";
     }
     herald_error_set(err, kHeraldInvalid, "Status: required for an SMS, SUCCESS, FAILURE or OPTOUT");
@@ -929,12 +938,14 @@ static int check_notification(json_t *n, HeraldError *err) {
   return kHeraldOk;
 }
 
-/* The event of a status notification of a known message, and its endpoint update (NULL: none),
- * in the caller's transaction. The event id is "<message id>:<event type>", so a notification
- * given twice is recorded once. */
+/* The event of a status notification of a known message, sent to address, and its endpoint
+ * update (NULL: none), in the caller's transaction. The event id is "<message id>:<event
+ * type>", so a notification given twice is recorded once, and its update is made once: a
+ * provider's retry must not undo what the endpoint's owner did since (a corrected address, an
+ * OptOut NONE). *inserted (may be NULL) is 0 for such a repeat. */
 static int record_status(HeraldStore *store, const char *app, const char *endpoint, const Origin *o,
-                         const char *type, const char *update, const char *stamp, const char *reason,
-                         HeraldError *err) {
+                         const char *address, const char *type, const char *update,
+                         const char *stamp, const char *reason, int *inserted, HeraldError *err) {
   char event_id[300];
   snprintf(event_id, sizeof event_id, "%s:%s", o->message_id, type);
   json_t *extra = NULL;
@@ -942,9 +953,11 @@ static int record_status(HeraldStore *store, const char *app, const char *endpoi
     extra = json_pack("{s:o}", "reason", cut_string(reason, HERALD_EVENT_VALUE_MAX));
     if (extra == NULL) return herald_error_set(err, kHeraldNoMemory, "out of memory");
   }
-  int rc = put_engagement(store, app, endpoint, type, event_id, stamp, o, extra, err);
-  if (rc == kHeraldOk && update) rc = mark_endpoint(store, app, endpoint, update, err);
+  int fresh = 0;
+  int rc = put_engagement(store, app, endpoint, type, event_id, stamp, o, extra, &fresh, err);
+  if (rc == kHeraldOk && update && fresh) rc = mark_endpoint(store, app, endpoint, address, update, err);
   json_decref(extra);
+  if (inserted) *inserted = fresh;
   return rc;
 }
 
@@ -991,12 +1004,14 @@ fail:
 }
 
 /* A status notification of a direct message (herald.send: table direct_messages) recorded on
- * its endpoints in one transaction. An opt-out (update kOptOutAll: an SMS OPTOUT, an email
+ * its endpoints in one transaction. An opt-out (update kReceiptOptOut: an SMS OPTOUT, an email
  * COMPLAINT) of a message to an address the request named also puts the address on the app's
  * opt-out list, endpoints or none: no endpoint may have it, and the recipient's request must
- * hold for the next direct message all the same. *optout_out (when optout_out is not NULL) is
- * then {"ChannelType", "Address"}, else NULL. Returns 1 when done, 0 when message_id is no
- * direct message of app, -1 on failure (err set). */
+ * hold for the next direct message all the same. A repeat of a notification its endpoints
+ * recorded (a provider's retry) lists the address no more than it opts them out again: it
+ * stays off the list once herald.send.lift_optout took it off. *optout_out (when optout_out is
+ * not NULL) is then {"ChannelType", "Address"}, else NULL. Returns 1 when done, 0 when
+ * message_id is no direct message of app, -1 on failure (err set). */
 static int status_direct(HeraldStore *store, const char *app, const char *message_id,
                          const char *type, const char *update, const char *stamp,
                          const char *reason, char *endpoint_out, json_t **optout_out,
@@ -1025,7 +1040,7 @@ static int status_direct(HeraldStore *store, const char *app, const char *messag
     return -1;
   }
   /* a message to an endpoint: its OptOut is the record, which OptOut NONE lifts */
-  int optout = !has_endpoint && update == kOptOutAll;
+  int optout = !has_endpoint && update == kReceiptOptOut;
   json_t *ids = direct_endpoints(store, app, has_endpoint ? endpoint : NULL, channel, address, err);
   int rc = ids ? kHeraldOk : (int)err->code;
   if (rc == kHeraldOk && json_array_size(ids) == 0 && !optout)
@@ -1037,10 +1052,17 @@ static int status_direct(HeraldStore *store, const char *app, const char *messag
     Origin o = {NULL, 0, 0, message_id};
     size_t i;
     json_t *id;
+    int fresh = 0;
     json_array_foreach(ids, i, id) {
-      rc = record_status(store, app, json_string_value(id), &o, type, update, stamp, reason, err);
+      int inserted;
+      rc = record_status(store, app, json_string_value(id), &o, address, type, update, stamp, reason,
+                         &inserted, err);
       if (rc != kHeraldOk) break;
+      fresh |= inserted;
     }
+    /* with no endpoint to keep the event the list is the record: a repeat finds the address
+     * on it (and changes nothing) unless it was lifted since, which no record tells */
+    if (json_array_size(ids) > 0 && !fresh) optout = 0;
     if (rc == kHeraldOk && optout)
       rc = herald_outbox_optout_add(store, app, channel, address, type, message_id, reason, stamp, err);
     if (rc == kHeraldOk) rc = herald_store_commit(store, err);
@@ -1087,7 +1109,7 @@ static int ingest_status(HeraldStore *store, const char *app, json_t *n, char *e
     return kHeraldOk;
   }
   sqlite3_stmt *st = herald_store_stmt(
-      store, "SELECT o.endpoint_id, o.treatment, o.run_id, r.campaign_id FROM outbox o "
+      store, "SELECT o.endpoint_id, o.treatment, o.run_id, r.campaign_id, o.address FROM outbox o "
              "JOIN campaign_runs r ON r.id = o.run_id"
              /* through outbox_message_claimed: a message never claimed was never sent, and a
               * notification is of an email (DELIVERY, BOUNCE, COMPLAINT) or an SMS (SMS): a
@@ -1115,15 +1137,20 @@ static int ingest_status(HeraldStore *store, const char *app, json_t *n, char *e
   int treatment = sqlite3_column_int(st, 1);
   long long run = sqlite3_column_int64(st, 2);
   snprintf(campaign, sizeof campaign, "%s", (const char *)sqlite3_column_text(st, 3));
+  /* a claimed email or SMS row has its address (one without is never claimed) */
+  const unsigned char *sent_to = sqlite3_column_text(st, 4);
+  char *address = strdup(sent_to ? (const char *)sent_to : "");
   sqlite3_reset(st);
+  if (address == NULL) return herald_error_set(err, kHeraldNoMemory, "out of memory");
 
   Origin o = {campaign, run, treatment, message_id};
   int rc = herald_store_begin(store, err);
   if (rc == kHeraldOk) {
-    rc = record_status(store, app, endpoint, &o, type, update, stamp, reason, err);
+    rc = record_status(store, app, endpoint, &o, address, type, update, stamp, reason, NULL, err);
     if (rc == kHeraldOk) rc = herald_store_commit(store, err);
     else herald_store_rollback(store);
   }
+  free(address);
   if (rc != kHeraldOk) return rc;
   if (event_type_out) snprintf(event_type_out, 32, "%s", type);
   if (endpoint_out) snprintf(endpoint_out, HERALD_TRACKING_ID_MAX + 1, "%s", endpoint);
@@ -1138,8 +1165,8 @@ int herald_ingest_status(HeraldStore *store, const char *app, json_t *n, char *e
 int herald_ingest_hard_bounce(HeraldStore *store, int64_t outbox_id, const char *reason,
                               HeraldError *err) {
   sqlite3_stmt *st = herald_store_stmt(
-      store, "SELECT r.app_id, o.endpoint_id, o.treatment, o.run_id, r.campaign_id, o.message_id"
-             " FROM outbox o JOIN campaign_runs r ON r.id = o.run_id WHERE o.id = ?1", err);
+      store, "SELECT r.app_id, o.endpoint_id, o.treatment, o.run_id, r.campaign_id, o.message_id,"
+             " coalesce(o.address, '') FROM outbox o JOIN campaign_runs r ON r.id = o.run_id WHERE o.id = ?1", err);
   if (st == NULL) return err->code;
   sqlite3_bind_int64(st, 1, outbox_id);
   int step = sqlite3_step(st);
@@ -1157,16 +1184,22 @@ int herald_ingest_hard_bounce(HeraldStore *store, int64_t outbox_id, const char 
   long long run = sqlite3_column_int64(st, 3);
   snprintf(campaign, sizeof campaign, "%s", (const char *)sqlite3_column_text(st, 4));
   snprintf(message_id, sizeof message_id, "%s", (const char *)sqlite3_column_text(st, 5));
+  char *address = strdup((const char *)sqlite3_column_text(st, 6));
   sqlite3_reset(st);
+  if (address == NULL) return herald_error_set(err, kHeraldNoMemory, "out of memory");
   /* an endpoint deleted while its message was on the wire: nothing to record, and the failure
    * must not undo the caller's transaction (the other outcomes it writes) */
   int found = endpoint_exists(store, app, endpoint, err);
-  if (found < 0) return err->code ? err->code : kHeraldStore;
-  if (found == 0) return kHeraldOk;
-  char stamp[HERALD_DATETIME_LEN];
-  herald_time_format(herald_clock_now_ms(), stamp, sizeof stamp);
-  Origin o = {campaign, run, treatment, message_id};
-  return record_status(store, app, endpoint, &o, "_email.hardbounce", kInactive, stamp, reason, err);
+  int rc = found < 0 ? (err->code ? err->code : kHeraldStore) : kHeraldOk;
+  if (found == 1) {
+    char stamp[HERALD_DATETIME_LEN];
+    herald_time_format(herald_clock_now_ms(), stamp, sizeof stamp);
+    Origin o = {campaign, run, treatment, message_id};
+    rc = record_status(store, app, endpoint, &o, address, "_email.hardbounce", kReceiptInactive, stamp,
+                       reason, NULL, err);
+  }
+  free(address);
+  return rc;
 }
 
 /* HTTP handlers ------------------------------------------------------------------------------ */
@@ -1192,9 +1225,11 @@ static void answer_error(HeraldHttpResponse *res, int rc, const HeraldError *err
   herald_http_response_error(res, status_of(rc), err->msg);
 }
 
+/* A key given twice is refused, as imports refuse it: jansson would keep the last value, and
+ * the first (a whole batch item, say) would be lost while the answer said Accepted. */
 static json_t *parse_body(const HeraldHttpRequest *req, HeraldHttpResponse *res) {
   json_error_t jerr;
-  json_t *body = json_loadb(req->body, req->body_len, 0, &jerr);
+  json_t *body = json_loadb(req->body, req->body_len, JSON_REJECT_DUPLICATES, &jerr);
   if (body == NULL) {
     char msg[300];
     snprintf(msg, sizeof msg, "malformed JSON at line %d, column %d: %s", jerr.line, jerr.column,

@@ -9,8 +9,8 @@
  *                                 "EventsItemResponse": {"<eventId>": {"Message", "StatusCode"}}}}}
  * where a bad item (an endpoint that fails validation, an event without a Timestamp, an attribute
  * value over 200 characters, ...) gets 400 and its message, and the rest of the batch is stored.
- * The request as a whole is refused (4xx, {"Message", "RequestID"}) when its JSON is malformed,
- * it has no BatchItem object, it holds more than 100 events, or the application is unknown
+ * The request as a whole is refused (4xx, {"Message", "RequestID"}) when its JSON is malformed
+ * (a key given twice in one object included: the message names it), it has no BatchItem object, it holds more than 100 events, or the application is unknown
  * (404). The 4 MB body cap is the server's (413).
  *
  * Status webhooks: POST /v1/apps/{app}/webhooks/status with one notification
@@ -28,7 +28,10 @@
  * the app's opt-out list (address_optouts), which direct messages are refused for, whether or
  * not an endpoint has it (another notification for an address no endpoint has: 404, nothing
  * recorded). Its EventId is "<MessageId>:<event type>", so a provider that retries a
- * notification records it once. Endpoint updates:
+ * notification records it once, and makes its endpoint update once: a retry after the endpoint
+ * was written again (a corrected address, OptOut NONE) leaves it alone. A receipt is of the
+ * address the message went to: it changes an endpoint only while the endpoint still has that
+ * address (its event is recorded all the same). Endpoint updates:
  *   - hard bounce: EndpointStatus INACTIVE (the address does not exist; campaigns skip the
  *     endpoint until it is written again, e.g. with a corrected address, which makes it ACTIVE);
  *   - complaint and SMS OPTOUT: OptOut ALL (the recipient asked for no more messages; only an

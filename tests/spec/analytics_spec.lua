@@ -959,3 +959,102 @@ describe('herald report with failed messages', function()
     assert.are.equal(tostring(all), attempted)
   end)
 end)
+
+describe('status notifications and the endpoints they change', function()
+  -- e1, e2 and e3 get a campaign message each (to a file); notifications about them are posted
+  -- while their owners write the endpoints again.
+  local function setup_campaign()
+    local dir = h.tmpdir()
+    h.write(dir .. '/c.lua', [[
+      assert(herald.endpoints.put { Id = 'e1', ChannelType = 'EMAIL', Address = 'ann@example.com' })
+      assert(herald.endpoints.put { Id = 'e2', ChannelType = 'EMAIL', Address = 'bob@example.com' })
+      assert(herald.endpoints.put { Id = 'e3', ChannelType = 'EMAIL', Address = 'cy@example.com' })
+      herald.campaign { name = 'c1', segment = herald.segment { name = 'all' },
+        message = { subject = 'Hi', body = 'b' }, deliver = { file = 'msgs.txt' } }
+    ]])
+    local _, code, err = h.herald('--db q.db run --until-idle c.lua', { cwd = dir })
+    assert.are.equal(0, code, err)
+    local mid = {}
+    for _, r in ipairs(query(dir, "SELECT endpoint_id, message_id FROM outbox WHERE state = 'SENT'")) do
+      mid[r.endpoint_id] = r.message_id
+    end
+    assert.is_truthy(mid.e1 and mid.e2 and mid.e3, 'the campaign sent three messages')
+    return dir, mid
+  end
+
+  local function put(dir, fields)
+    local _, code, err = h.herald('--db q.db -e ' .. h.shell_quote('assert(herald.endpoints.put ' .. fields .. ')'),
+      { cwd = dir })
+    assert.are.equal(0, code, err)
+  end
+
+  local function state(dir, id)
+    local r = query(dir, "SELECT endpoint_status AS s, opt_out AS o FROM endpoints WHERE id = '" .. id .. "'")[1]
+    return r.s .. ' ' .. r.o
+  end
+
+  local function post(port, note)
+    local a = http(port, { { method = 'POST', path = '/v1/apps/default/webhooks/status', body = json.encode(note) } })[1]
+    assert.are.equal(202, a.status, a.body)
+  end
+
+  it("change an endpoint once, and only while it has the address the message went to", function()
+    local dir, mid = setup_campaign()
+    local srv = start_serve(dir)
+    local ok, e = pcall(function()
+      -- a hard bounce, the address corrected, then the provider's retry of the bounce
+      post(srv.port, { MessageId = mid.e1, Type = 'BOUNCE', BounceType = 'HARD' })
+      assert.are.equal('INACTIVE NONE', state(dir, 'e1'))
+      put(dir, "{ Id = 'e1', ChannelType = 'EMAIL', Address = 'ann2@example.com' }")
+      assert.are.equal('ACTIVE NONE', state(dir, 'e1'))
+      post(srv.port, { MessageId = mid.e1, Type = 'BOUNCE', BounceType = 'HARD' })
+      assert.are.equal('ACTIVE NONE', state(dir, 'e1'))
+      -- a complaint, the recipient opting in again, then the complaint again
+      post(srv.port, { MessageId = mid.e3, Type = 'COMPLAINT' })
+      assert.are.equal('ACTIVE ALL', state(dir, 'e3'))
+      put(dir, "{ Id = 'e3', ChannelType = 'EMAIL', Address = 'cy@example.com', OptOut = 'NONE' }")
+      post(srv.port, { MessageId = mid.e3, Type = 'COMPLAINT' })
+      assert.are.equal('ACTIVE NONE', state(dir, 'e3'))
+      -- the first bounce and complaint of the old address, arriving after it was changed
+      put(dir, "{ Id = 'e2', ChannelType = 'EMAIL', Address = 'bob2@example.com' }")
+      post(srv.port, { MessageId = mid.e2, Type = 'BOUNCE', BounceType = 'HARD' })
+      post(srv.port, { MessageId = mid.e2, Type = 'COMPLAINT' })
+      assert.are.equal('ACTIVE NONE', state(dir, 'e2'))
+    end)
+    os.execute('kill ' .. srv.pid)
+    assert(ok, e)
+    -- each notification is recorded once, the old address's ones too
+    assert.are.same({ { endpoint_id = 'e1', event_type = '_email.hardbounce', n = 1 },
+                      { endpoint_id = 'e2', event_type = '_email.complaint', n = 1 },
+                      { endpoint_id = 'e2', event_type = '_email.hardbounce', n = 1 },
+                      { endpoint_id = 'e3', event_type = '_email.complaint', n = 1 } },
+      query(dir, "SELECT endpoint_id, event_type, count(*) AS n FROM events WHERE event_type IN"
+        .. " ('_email.hardbounce', '_email.complaint') GROUP BY 1, 2 ORDER BY 1, 2"))
+  end)
+
+  it('refuses a request with a key given twice, naming it, and stores nothing of it', function()
+    local dir, mid = setup_campaign()
+    local srv = start_serve(dir)
+    local answers
+    local ok, e = pcall(function()
+      answers = http(srv.port, {
+        { method = 'POST', path = '/v1/apps/default/events', body = '{"BatchItem": {'
+          .. '"e2": {"Events": {"d1": {"EventType": "buy", "Timestamp": "2026-01-01T00:00:00Z"}}},'
+          .. '"e2": {"Events": {"d2": {"EventType": "buy", "Timestamp": "2026-01-02T00:00:00Z"}}}}}' },
+        { method = 'POST', path = '/v1/apps/default/webhooks/status',
+          body = '{"MessageId": "' .. mid.e1 .. '", "Type": "DELIVERY", "Type": "COMPLAINT"}' },
+      })
+    end)
+    os.execute('kill ' .. srv.pid)
+    assert(ok, e)
+    for i, key in ipairs({ 'e2', 'Type' }) do
+      assert.are.equal(400, answers[i].status, answers[i].body)
+      local b = json.decode(answers[i].body)
+      assert.matches('duplicate object key near \'"' .. key .. '"\'', b.Message, 1, true)
+      assert.matches('^[%x-]+$', b.RequestID)
+    end
+    assert.are.same({}, query(dir, "SELECT event_id FROM events WHERE event_type IN ('buy', '_email.delivered',"
+      .. " '_email.complaint')"))
+    assert.are.equal('ACTIVE NONE', state(dir, 'e1'))
+  end)
+end)

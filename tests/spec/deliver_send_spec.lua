@@ -665,6 +665,53 @@ describe('herald send receipts', function()
                                          h.count(out_txt, 'Mail2'), h.count(out_txt, 'Promo4') })
   end)
 
+  it("changes an endpoint and the opt-out list once, and only while it has the message's address", function()
+    local dir = h.tmpdir()
+    file_providers(dir)
+    local _, c0, e0 = h.herald([[--db d.db -e "assert(herald.endpoints.put{ Id='fay-sms', ChannelType='SMS', Address='+15550007001' })
+      assert(herald.endpoints.put{ Id='gil-sms', ChannelType='SMS', Address='+15550007002' })"]], { cwd = dir })
+    assert.are.equal(0, c0, e0)
+    local function sent(args, key, res)
+      local out, code, err = h.herald('--db d.db send ' .. args, { cwd = dir })
+      assert.are.equal(0, code, err)
+      return json.decode(out)[res][key].MessageId
+    end
+    local function run(src)
+      local _, code, err = h.herald('--db d.db -e ' .. h.shell_quote(src), { cwd = dir })
+      assert.are.equal(0, code, err)
+    end
+    local function opt_out(id)
+      return h.query(dir, 'd.db', "SELECT opt_out FROM endpoints WHERE id = '" .. id .. "'")[1].opt_out
+    end
+    local fay = sent('--endpoint fay-sms --body Promo1', 'fay-sms', 'EndpointResult')
+    local gil = sent('--channel SMS --to +15550007002 --body Promo2', '+15550007002', 'Result')
+    -- fay's number changed after her message went out: the old number's STOP is not hers
+    run("assert(herald.endpoints.put{ Id='fay-sms', ChannelType='SMS', Address='+15550007009' })")
+    local pid, port = start_serve(dir)
+    local ok, e = pcall(function()
+      local code, body = post_status(port, { MessageId = fay, Type = 'SMS', Status = 'OPTOUT' })
+      assert.are.equal(202, code, body)
+      assert.are.equal('NONE', opt_out('fay-sms'))
+      -- gil's STOP opts his endpoint out and lists his number; he asks for messages again
+      code, body = post_status(port, { MessageId = gil, Type = 'SMS', Status = 'OPTOUT' })
+      assert.are.equal(202, code, body)
+      assert.are.equal('ALL', opt_out('gil-sms'))
+      run([[assert(herald.send.lift_optout('SMS', '+15550007002'))
+        assert(herald.endpoints.put{ Id='gil-sms', ChannelType='SMS', Address='+15550007002', OptOut='NONE' })]])
+      -- the provider's retry of the STOP changes neither
+      code, body = post_status(port, { MessageId = gil, Type = 'SMS', Status = 'OPTOUT' })
+      assert.are.equal(202, code, body)
+      assert.are.same({ EventType = '_SMS.OPTOUT', EndpointId = 'gil-sms', Message = 'Accepted' }, json.decode(body))
+    end)
+    os.execute('kill ' .. pid)
+    assert(ok, e)
+    assert.are.equal('NONE', opt_out('gil-sms'))
+    assert.are.same({}, h.query(dir, 'd.db', 'SELECT address FROM address_optouts'))
+    assert.are.same({ { endpoint_id = 'fay-sms', n = 1 }, { endpoint_id = 'gil-sms', n = 1 } },
+      h.query(dir, 'd.db', "SELECT endpoint_id, count(*) AS n FROM events WHERE event_type = '_SMS.OPTOUT'"
+        .. ' GROUP BY 1 ORDER BY 1'))
+  end)
+
   it('prints the SendUsersMessageResponse for --user', function()
     local dir = h.tmpdir()
     file_providers(dir)

@@ -357,3 +357,138 @@ describe('bounces and complaints of direct mail', function()
     assert(ok, e)
   end)
 end)
+
+describe('bounces of mail sent to a file', function()
+  -- A campaign that wrote its mail to a file: a report quotes the X-Herald-Message-Id header
+  -- alone. Returns the directory and the message id per endpoint.
+  local function file_campaign()
+    local dir = h.tmpdir()
+    h.write(dir .. '/c.lua', [[
+      assert(herald.endpoints.put { Id = 'e1', ChannelType = 'EMAIL', Address = 'ann@example.com' })
+      assert(herald.endpoints.put { Id = 'e2', ChannelType = 'EMAIL', Address = 'bob@example.com' })
+      herald.campaign { name = 'c1', segment = herald.segment { name = 'all' },
+        message = { subject = 'Hi', body = 'b' }, deliver = { file = 'msgs.txt' } }
+    ]])
+    local _, code, err = h.herald('--db d.db run --until-idle c.lua', { cwd = dir })
+    assert.are.equal(0, code, err)
+    local mid = {}
+    for _, r in ipairs(query(dir, "SELECT endpoint_id, message_id FROM outbox WHERE state = 'SENT'")) do
+      mid[r.endpoint_id] = r.message_id
+    end
+    assert.is_truthy(mid.e1 and mid.e2, 'the campaign sent two messages')
+    return dir, mid
+  end
+
+  local function bounce_of(rcpt, message_id)
+    return hard_bounce(rcpt, 'X-Herald-Message-Id: ' .. message_id .. '\r\nSubject: Hi\r\n\r\nb\r\n')
+  end
+
+  local function status(dir, id)
+    return query(dir, "SELECT endpoint_status AS s FROM endpoints WHERE id = '" .. id .. "'")[1].s
+  end
+
+  local function hardbounces(dir)
+    return query(dir, "SELECT count(*) AS n FROM events WHERE event_type = '_email.hardbounce'")[1].n
+  end
+
+  -- Runs the python3 script with the store held by another writer (BEGIN IMMEDIATE, released
+  -- when the script ends unless it did: lock.execute('ROLLBACK')); EXE is herald. The script's
+  -- lines "name\tvalue" come back as a table.
+  local function while_held(dir, script)
+    h.write(dir .. '/held.py', [[
+import json, os, sqlite3, subprocess, sys
+lock = sqlite3.connect(os.path.join(sys.argv[1], 'd.db'), isolation_level=None, timeout=5)
+lock.execute('BEGIN IMMEDIATE')
+EXE = sys.argv[2]
+]] .. script .. [[
+
+if lock.in_transaction: lock.execute('ROLLBACK')
+]])
+    local out, code = h.sh('cd ' .. h.shell_quote(dir) .. ' && python3 held.py ' .. h.shell_quote(dir) .. ' '
+      .. h.shell_quote(h.exe) .. ' 2>&1')
+    assert.are.equal(0, code, out)
+    local kv = {}
+    for k, v in out:gmatch('([%w_]+)\t([^\n]*)') do kv[k] = v end
+    return kv
+  end
+
+  it("a report read again changes nothing the endpoint's owner changed since", function()
+    local dir, mid = file_campaign()
+    h.write(dir .. '/1.hard', bounce_of('ann@example.com', mid.e1))
+    local out, code, err = h.herald('--db d.db feedback 1.hard', { cwd = dir })
+    assert.are.equal(0, code, out .. err)
+    assert.are.equal('INACTIVE', status(dir, 'e1'))
+    -- the address corrected, then the same report read again
+    local _, c1, e1 = h.herald([[--db d.db -e "assert(herald.endpoints.put{ Id='e1', ChannelType='EMAIL', Address='ann2@example.com' })"]],
+      { cwd = dir })
+    assert.are.equal(0, c1, e1)
+    assert.are.equal('ACTIVE', status(dir, 'e1'))
+    out, code, err = h.herald('--db d.db feedback 1.hard', { cwd = dir })
+    assert.are.equal(0, code, out .. err)
+    assert.are.equal('ACTIVE', status(dir, 'e1'))
+    -- a first bounce of an address the endpoint no longer has
+    local _, c2, e2 = h.herald([[--db d.db -e "assert(herald.endpoints.put{ Id='e2', ChannelType='EMAIL', Address='bob2@example.com' })"]],
+      { cwd = dir })
+    assert.are.equal(0, c2, e2)
+    h.write(dir .. '/2.hard', bounce_of('bob@example.com', mid.e2))
+    out, code, err = h.herald('--db d.db feedback 2.hard', { cwd = dir })
+    assert.are.equal(0, code, out .. err)
+    assert.matches('2.hard RECORDED _email.hardbounce endpoint e2', out, 1, true)
+    assert.are.equal('ACTIVE', status(dir, 'e2'))
+    assert.are.equal(2, hardbounces(dir))
+  end)
+
+  it('keeps the mail and exits 75 while another process holds the store, and records it the next time', function()
+    local dir, mid = file_campaign()
+    local md = dir .. '/Maildir'
+    assert(os.execute('mkdir -p ' .. md .. '/new ' .. md .. '/cur ' .. md .. '/tmp'))
+    h.write(md .. '/new/1.hard', bounce_of('ann@example.com', mid.e1))
+    h.write(md .. '/new/2.hard', bounce_of('bob@example.com', mid.e2))
+    local kv = while_held(dir, [[
+p = subprocess.run([EXE, '--db', 'd.db', 'feedback', 'Maildir'], capture_output=True, text=True,
+                   env=dict(os.environ, HERALD_BUSY_TIMEOUT_MS='200'))
+print('rc\t%d' % p.returncode)
+print('out\t' + json.dumps(p.stdout))
+print('err\t' + json.dumps(p.stderr))
+]])
+    local out, err = json.decode(kv.out), json.decode(kv.err)
+    assert.are.equal('75', kv.rc, out .. err)
+    -- one line for the mail it met; it read no further
+    assert.matches('^Maildir/new/1%.hard BUSY the store is busy %(.*database is locked.*%): nothing recorded, the mail stays\n$', out)
+    assert.matches('0 recorded, 0 ignored, 0 unmatched, 0 malformed\n', err, 1, true)
+    assert.matches('herald feedback: stopped: the store is busy', err, 1, true)
+    assert.is_nil(err:find('traceback', 1, true))
+    assert.are.same({ '1.hard', '2.hard' }, feedback.entries(md .. '/new'))
+    assert.are.equal(0, hardbounces(dir))
+    -- the store free again, the same run records both
+    local out2, code2, err2 = h.herald('--db d.db feedback Maildir', { cwd = dir })
+    assert.are.equal(0, code2, out2 .. err2)
+    assert.are.same({}, feedback.entries(md .. '/new'))
+    assert.are.equal(2, hardbounces(dir))
+  end)
+
+  it('answers a report posted while another process holds the store 503 with Retry-After', function()
+    local dir, mid = file_campaign()
+    h.write(dir .. '/1.hard', bounce_of('ann@example.com', mid.e1))
+    local srv = h.start_serve(dir, 'd.db', 'HERALD_BUSY_TIMEOUT_MS=200')
+    local ok, kv = pcall(while_held, dir, string.format([[
+import http.client
+body = open('1.hard', 'rb').read()
+def post():
+    c = http.client.HTTPConnection('127.0.0.1', %d, timeout=10)
+    c.request('POST', '/v1/apps/default/webhooks/mail', body=body)
+    r = c.getresponse()
+    msg = json.loads(r.read())['Message']
+    return '%%d|%%s|%%s' %% (r.status, r.headers.get('Retry-After'), 'database is locked' in msg)
+print('held\t' + post())
+lock.execute('ROLLBACK')
+print('free\t' + post())
+]], srv.port))
+    os.execute('kill ' .. srv.pid)
+    assert(ok, kv)
+    assert.are.equal('503|1|True', kv.held)
+    assert.are.equal('202|None|False', kv.free)
+    assert.are.equal('INACTIVE', status(dir, 'e1'))
+    assert.are.equal(1, hardbounces(dir))
+  end)
+end)

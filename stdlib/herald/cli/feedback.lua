@@ -26,16 +26,23 @@ One line per message: PATH RESULT details, RESULT one of
   IGNORED    a well-formed report that asks for nothing (relayed, not-spam, ...)
   UNMATCHED  no message herald sent matches (the mail stays)
   MALFORMED  not a delivery status or feedback report; the reason names the part or field
+  BUSY       the store was busy (another process held it past the busy timeout,
+             HERALD_BUSY_TIMEOUT_MS): nothing recorded, the mail stays, and herald feedback
+             stops there; what it did not read stays where it is too, for the next run
 options:
   --json   one JSON object per line instead ({path, result, event_type, endpoint_id, ...})
 Exit status: 0 when every message was recorded or ignored, 1 when any was unmatched or
-malformed, 2 for a usage error or an unreadable path.
+malformed, 2 for a usage error or an unreadable path, 75 (EX_TEMPFAIL, "try again later")
+when the store was busy: run it again once the other process is done.
 ]]
 
 local function fail(fmt, ...)
   io.stderr:write('herald feedback: ' .. string.format(fmt, ...) .. '\n')
   return 2
 end
+
+-- sysexits.h's EX_TEMPFAIL: a temporary failure, the same run later may succeed
+local EXIT_BUSY = 75
 
 local function is_dir(path)
   return feedback.entries(path) ~= nil
@@ -56,6 +63,8 @@ local function report(path, r, as_json)
     detail = string.format('%s %s message %s: %s', r.event_type, who, r.message_id, r.reason or '')
   elseif r.result == 'UNMATCHED' and r.message_id then
     detail = 'message ' .. r.message_id .. ': ' .. (r.reason or '')
+  elseif r.result == 'BUSY' then
+    detail = 'the store is busy (' .. (r.reason or '') .. '): nothing recorded, the mail stays'
   else
     detail = r.reason or ''
   end
@@ -70,7 +79,7 @@ function M.run(args)
     else paths[#paths + 1] = a end
   end
   if #paths == 0 then return fail('give at least one maildir or message file') end
-  local counts = { RECORDED = 0, IGNORED = 0, UNMATCHED = 0, MALFORMED = 0 }
+  local counts = { RECORDED = 0, IGNORED = 0, UNMATCHED = 0, MALFORMED = 0, BUSY = 0 }
   local function one(path, text)
     local r = feedback.process(text)
     counts[r.result] = counts[r.result] + 1
@@ -78,12 +87,15 @@ function M.run(args)
     return r.result == 'RECORDED' or r.result == 'IGNORED'
   end
   for _, p in ipairs(paths) do
+    -- the next message would wait out the busy timeout again, most likely for nothing
+    if counts.BUSY > 0 then break end
     if is_dir(p) then
       local new = p .. '/new'
       local names, err = feedback.entries(new)
       if not names then return fail('%s is not a maildir (%s)', p, err) end
       if not is_dir(p .. '/cur') then return fail('%s is not a maildir: no cur/', p) end
       for _, name in ipairs(names) do
+        if counts.BUSY > 0 then break end
         local path = new .. '/' .. name
         local text, rerr = read(path)
         if not text then return fail('%s', rerr) end
@@ -103,6 +115,11 @@ function M.run(args)
   if not as_json then
     io.stderr:write(string.format('herald feedback: %d recorded, %d ignored, %d unmatched, %d malformed\n',
       counts.RECORDED, counts.IGNORED, counts.UNMATCHED, counts.MALFORMED))
+  end
+  if counts.BUSY > 0 then
+    io.stderr:write('herald feedback: stopped: the store is busy (another process holds it past the busy '
+      .. 'timeout); the mail not recorded stays where it is: run herald feedback again later\n')
+    return EXIT_BUSY
   end
   return (counts.UNMATCHED + counts.MALFORMED > 0) and 1 or 0
 end
