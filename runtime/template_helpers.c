@@ -8,15 +8,18 @@
  *   are strings: "10" > 9), otherwise as text;
  * - math helpers read numeric strings; a value that is not a number, or a division by zero,
  *   renders nothing, like a missing variable;
- * - string helpers work on bytes for ASCII case changes and on UTF-8 characters for widths
- *   and positions;
+ * - string helpers work on UTF-8 characters: case changes for the letters of every script,
+ *   widths and positions in characters;
  * - date helpers render nothing for a date they cannot read or a zone that does not exist,
  *   while a literal pattern or zone they cannot use is refused when the template compiles. */
-#include <ctype.h>
+#include <locale.h>
 #include <math.h>
 #include <openssl/evp.h>
 #include <openssl/rand.h>
+#include <pthread.h>
+#include <stdint.h>
 #include <string.h>
+#include <wctype.h>
 
 #include "runtime/clock.h"
 #include "runtime/template_internal.h"
@@ -177,65 +180,171 @@ static size_t utf8_offset(const char *s, size_t len, size_t chars) {
   return i;
 }
 
-static int copy_text(TemplateRender *r, const TemplateValue *v, char **d, size_t *len) {
+/* ---- case ----
+ *
+ * Letters of every script change case, as Java's String methods do in Pinpoint's helpers, by
+ * glibc's towupper/towlower in the C.UTF-8 locale, held as a locale object so that the process's
+ * own locale (setlocale) is left alone. Where C.UTF-8 cannot be opened (a libc or an image
+ * without it) only ASCII letters change case. One character maps to one, as towupper gives it:
+ * Java writes SS for an upper-case ß and ς for a final σ, we keep ß and write σ; and a word's
+ * first letter is upper-cased where Java title-cases it, which differs only for the digraphs
+ * (ǆ gives Ǆ, Java ǅ). Bytes that are not UTF-8 pass through unchanged. */
+
+static locale_t utf8_locale;
+
+static void open_utf8_locale(void) { utf8_locale = newlocale(LC_CTYPE_MASK, "C.UTF-8", (locale_t)0); }
+
+/* The C.UTF-8 locale, or (locale_t)0 for ASCII only. */
+static locale_t text_locale(void) {
+  static pthread_once_t once = PTHREAD_ONCE_INIT;
+  if (pthread_once(&once, open_utf8_locale) != 0) return (locale_t)0;
+  return utf8_locale;
+}
+
+/* The length of the well-formed UTF-8 character at s, len > 0 bytes before the end, with its
+ * code point in *cp; 0 for a byte that starts none (a stray continuation byte, an overlong
+ * form, a surrogate, a sequence cut off by the end). */
+static int utf8_decode(const unsigned char *s, size_t len, uint32_t *cp) {
+  static const uint32_t least[] = {0, 0, 0x80, 0x800, 0x10000};
+  unsigned c = s[0];
+  if (c < 0x80) {
+    *cp = c;
+    return 1;
+  }
+  int n = c >= 0xF0 ? 4 : c >= 0xE0 ? 3 : c >= 0xC0 ? 2 : 0;
+  if (n == 0 || c > 0xF4 || (size_t)n > len) return 0;
+  uint32_t v = c & (0x7Fu >> n);
+  for (int i = 1; i < n; i++) {
+    if ((s[i] & 0xC0) != 0x80) return 0;
+    v = (v << 6) | (s[i] & 0x3Fu);
+  }
+  if (v < least[n] || v > 0x10FFFF || (v >= 0xD800 && v <= 0xDFFF)) return 0;
+  *cp = v;
+  return n;
+}
+
+/* Writes c (a code point outside the surrogates, up to U+10FFFF) to d when d is not NULL;
+ * returns its length. */
+static size_t utf8_encode(uint32_t c, char *d) {
+  unsigned char b[4];
+  size_t n;
+  if (c < 0x80) {
+    b[0] = (unsigned char)c;
+    n = 1;
+  } else if (c < 0x800) {
+    b[0] = (unsigned char)(0xC0 | (c >> 6));
+    b[1] = (unsigned char)(0x80 | (c & 0x3F));
+    n = 2;
+  } else if (c < 0x10000) {
+    b[0] = (unsigned char)(0xE0 | (c >> 12));
+    b[1] = (unsigned char)(0x80 | ((c >> 6) & 0x3F));
+    b[2] = (unsigned char)(0x80 | (c & 0x3F));
+    n = 3;
+  } else {
+    b[0] = (unsigned char)(0xF0 | (c >> 18));
+    b[1] = (unsigned char)(0x80 | ((c >> 12) & 0x3F));
+    b[2] = (unsigned char)(0x80 | ((c >> 6) & 0x3F));
+    b[3] = (unsigned char)(0x80 | (c & 0x3F));
+    n = 4;
+  }
+  if (d != NULL) memcpy(d, b, n);
+  return n;
+}
+
+/* c in upper case (up) or lower case. */
+static uint32_t change_case(locale_t loc, uint32_t c, int up) {
+  uint32_t m;
+  if (loc != (locale_t)0) m = (uint32_t)(up ? towupper_l((wint_t)c, loc) : towlower_l((wint_t)c, loc));
+  else if (up) m = c >= 'a' && c <= 'z' ? c - ('a' - 'A') : c;
+  else m = c >= 'A' && c <= 'Z' ? c + ('a' - 'A') : c;
+  return m > 0x10FFFF || (m >= 0xD800 && m <= 0xDFFF) ? c : m;
+}
+
+static int is_space(locale_t loc, uint32_t c) {
+  if (loc != (locale_t)0) return iswspace_l((wint_t)c, loc) != 0;
+  return c == ' ' || (c >= '\t' && c <= '\r');
+}
+
+static int is_word_char(locale_t loc, uint32_t c) {
+  if (c == '_') return 1;
+  if (loc != (locale_t)0) return iswalnum_l((wint_t)c, loc) != 0;
+  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9');
+}
+
+typedef enum {
+  kCaseUpper,
+  kCaseLower,
+  kCaseFirst,       /* the first character upper-cased (capitalizeFirst) */
+  kCaseWords,       /* the first letter of each word (capitalize) */
+  kCaseWordsFully,  /* ... and the rest lower-cased (capitalize fully=true) */
+} CaseChange;
+
+/* Writes s with its case changed to d, or only measures it when d is NULL: a character's other
+ * case may be longer or shorter (ı is 2 bytes, I is 1). Returns the length. */
+static size_t recase(locale_t loc, const char *s, size_t len, CaseChange how, char *d) {
+  size_t o = 0;
+  int word_start = 1;
+  for (size_t i = 0; i < len;) {
+    uint32_t c;
+    int n = utf8_decode((const unsigned char *)s + i, len - i, &c);
+    if (n == 0) {
+      if (d != NULL) d[o] = s[i];
+      o++;
+      i++;
+      word_start = 0;
+      continue;
+    }
+    i += (size_t)n;
+    uint32_t m = c;
+    if (how == kCaseUpper || how == kCaseLower) {
+      m = change_case(loc, c, how == kCaseUpper);
+    } else if (how == kCaseFirst) {
+      if (word_start) m = change_case(loc, c, 1);
+      word_start = 0;
+    } else if (is_space(loc, c)) {
+      word_start = 1;
+    } else {
+      if (word_start) m = change_case(loc, c, 1);
+      else if (how == kCaseWordsFully) m = change_case(loc, c, 0);
+      word_start = 0;
+    }
+    o += utf8_encode(m, d != NULL ? d + o : NULL);
+  }
+  return o;
+}
+
+static int case_helper(TemplateRender *r, const TemplateValue *v, CaseChange how, TemplateValue *out) {
   const char *s;
-  if (text_of(r, v, &s, len) != 0) return -1;
-  *d = template_scratch(r, *len + 1);
-  if (*d == NULL) return -1;
-  memcpy(*d, s, *len);
+  size_t len;
+  if (text_of(r, v, &s, &len) != 0) return -1;
+  locale_t loc = text_locale();
+  size_t size = recase(loc, s, len, how, NULL);
+  char *d = template_scratch(r, size + 1);
+  if (d == NULL) return -1;
+  set_string(out, d, recase(loc, s, len, how, d));
   return 0;
 }
 
 static int h_upper(TemplateRender *r, const TemplateExpr *c, const TemplateValue *p, int n, TemplateValue *out) {
-  char *d;
-  size_t len;
-  if (copy_text(r, &p[0], &d, &len) != 0) return -1;
-  for (size_t i = 0; i < len; i++) d[i] = (char)toupper((unsigned char)d[i]);
-  set_string(out, d, len);
-  return 0;
+  return case_helper(r, &p[0], kCaseUpper, out);
 }
 
 static int h_lower(TemplateRender *r, const TemplateExpr *c, const TemplateValue *p, int n, TemplateValue *out) {
-  char *d;
-  size_t len;
-  if (copy_text(r, &p[0], &d, &len) != 0) return -1;
-  for (size_t i = 0; i < len; i++) d[i] = (char)tolower((unsigned char)d[i]);
-  set_string(out, d, len);
-  return 0;
+  return case_helper(r, &p[0], kCaseLower, out);
 }
 
 static int h_capitalize_first(TemplateRender *r, const TemplateExpr *c, const TemplateValue *p, int n,
                               TemplateValue *out) {
-  char *d;
-  size_t len;
-  if (copy_text(r, &p[0], &d, &len) != 0) return -1;
-  if (len > 0) d[0] = (char)toupper((unsigned char)d[0]);
-  set_string(out, d, len);
-  return 0;
+  return case_helper(r, &p[0], kCaseFirst, out);
 }
 
-/* Upper-cases the first letter of every word; fully=true lower-cases the rest first. */
+/* Upper-cases the first letter of every word (words end at white space); fully=true
+ * lower-cases the rest. */
 static int h_capitalize(TemplateRender *r, const TemplateExpr *c, const TemplateValue *p, int n,
                         TemplateValue *out) {
   TemplateValue fully;
   if (template_hash_get(r, c, "fully", &fully) != 0) return -1;
-  int lower_rest = template_value_truthy(&fully);
-  char *d;
-  size_t len;
-  if (copy_text(r, &p[0], &d, &len) != 0) return -1;
-  int start = 1;
-  for (size_t i = 0; i < len; i++) {
-    unsigned char ch = (unsigned char)d[i];
-    if (isspace(ch)) {
-      start = 1;
-      continue;
-    }
-    if (start) d[i] = (char)toupper(ch);
-    else if (lower_rest) d[i] = (char)tolower(ch);
-    start = 0;
-  }
-  set_string(out, d, len);
-  return 0;
+  return case_helper(r, &p[0], template_value_truthy(&fully) ? kCaseWordsFully : kCaseWords, out);
 }
 
 /* Reads an integer argument: the positional one at index i, or the hash argument name. */
@@ -408,27 +517,44 @@ static int h_join(TemplateRender *r, const TemplateExpr *c, const TemplateValue 
   return 0;
 }
 
-/* Lower-case ASCII words joined by '-': other characters are dropped. */
+/* Writes the slug of s to d, or only measures it when d is NULL; returns its length. */
+static size_t slug(locale_t loc, const char *s, size_t len, char *d) {
+  size_t o = 0;
+  int dash = 0;
+  for (size_t i = 0; i < len;) {
+    uint32_t c;
+    int n = utf8_decode((const unsigned char *)s + i, len - i, &c);
+    if (n == 0) {
+      i++;
+      continue;
+    }
+    i += (size_t)n;
+    if (is_word_char(loc, c)) {
+      if (dash && o > 0) {
+        if (d != NULL) d[o] = '-';
+        o++;
+      }
+      dash = 0;
+      o += utf8_encode(change_case(loc, c, 0), d != NULL ? d + o : NULL);
+    } else if (c == '-' || is_space(loc, c)) {
+      dash = 1;
+    }
+  }
+  return o;
+}
+
+/* Lower-case words (letters and digits of any script, and '_') joined by one '-' where white
+ * space or dashes separated them; other characters are dropped. Handlebars.java's slugify
+ * drops digits and '_' as well; Pinpoint documents that it keeps word characters. */
 static int h_slugify(TemplateRender *r, const TemplateExpr *c, const TemplateValue *p, int n,
                      TemplateValue *out) {
   const char *s;
   size_t len;
   if (text_of(r, &p[0], &s, &len) != 0) return -1;
-  char *d = template_scratch(r, len + 1);
+  locale_t loc = text_locale();
+  char *d = template_scratch(r, slug(loc, s, len, NULL) + 1);
   if (d == NULL) return -1;
-  size_t o = 0;
-  int dash = 0;
-  for (size_t i = 0; i < len; i++) {
-    unsigned char ch = (unsigned char)s[i];
-    if (isalnum(ch) || ch == '_') {
-      if (dash && o > 0) d[o++] = '-';
-      dash = 0;
-      d[o++] = (char)tolower(ch);
-    } else if (isspace(ch) || ch == '-') {
-      dash = 1;
-    }
-  }
-  set_string(out, d, o);
+  set_string(out, d, slug(loc, s, len, d));
   return 0;
 }
 
@@ -616,17 +742,59 @@ static int h_inflect(TemplateRender *r, const TemplateExpr *c, const TemplateVal
 
 /* ---- dates ---- */
 
-/* What now and dateFormat print when given no format: ISO 8601 with milliseconds and the
- * zone's offset, Z in UTC (2026-11-29T15:04:05.000Z), the form herald writes dates in. */
-#define DEFAULT_DATE_PATTERN "yyyy-MM-dd'T'HH:mm:ss.SSSXXX"
+/* What now and dateFormat print when given no format: the medium style (Nov 29, 2026), as
+ * Pinpoint documents ("If a format is not passed, then medium is used by default") and
+ * Handlebars.java's dateFormat does. */
+#define DEFAULT_DATE_PATTERN "medium"
+
+static const TemplateExpr *hash_expr(const TemplateExpr *c, const char *name) {
+  for (int i = 0; i < c->nhash; i++)
+    if (strcmp(c->hash[i].name, name) == 0) return c->hash[i].value;
+  return NULL;
+}
+
+/* The fields of an endpoint, where a variable path starts. */
+static int is_endpoint_field(const char *name) {
+  static const char *const fields[] = {"Address", "ApplicationId", "Attributes", "ChannelType",
+                                       "CohortId", "CreationDate", "Demographic", "EffectiveDate",
+                                       "EndpointStatus", "Id", "Location", "Metrics", "OptOut",
+                                       "RequestId", "User", NULL};
+  for (const char *const *f = fields; *f != NULL; f++)
+    if (strcmp(*f, name) == 0) return 1;
+  return 0;
+}
+
+/* The zone a tz= path names when read as a zone name: Pinpoint's own examples write
+ * tz=America/Los_Angeles without quotes, which Handlebars reads as a path (with '/' and '.'
+ * alike as separators) that no endpoint has. NULL for a path that names no zone, and for one
+ * from an endpoint field (tz=Demographic.Timezone), which is a variable and nothing else. */
+static const HeraldTz *zone_of_path(const TemplateExpr *e) {
+  if (e == NULL || e->kind != kExprPath || e->up != 0 || e->scoped || e->data != kDataNone ||
+      e->nsegs == 0 || is_endpoint_field(e->segs[0].text))
+    return NULL;
+  char name[128];
+  size_t o = 0;
+  for (int i = 0; i < e->nsegs; i++) {
+    if (o + e->segs[i].len + 1 >= sizeof name) return NULL;
+    if (i > 0) name[o++] = '/';
+    memcpy(name + o, e->segs[i].text, e->segs[i].len);
+    o += e->segs[i].len;
+  }
+  name[o] = '\0';
+  HeraldError err;
+  return herald_tz_get(name, &err);
+}
 
 /* The zone tz= names, UTC when it names none. *tz is NULL for a name that is no zone: the
- * helper then renders nothing, as for a missing value, rather than a time in the wrong zone. */
+ * helper then renders nothing, as for a missing value, rather than a time in the wrong zone.
+ * A path is a variable first; when it has no value it may be a zone name written without
+ * quotes. */
 static int zone_arg(TemplateRender *r, const TemplateExpr *c, const HeraldTz **tz) {
   TemplateValue v;
   const char *s;
   size_t len;
   if (template_hash_get(r, c, "tz", &v) != 0 || text_of(r, &v, &s, &len) != 0) return -1;
+  if (len == 0 && (*tz = zone_of_path(hash_expr(c, "tz"))) != NULL) return 0;
   if (len == 0) {
     s = "UTC";
     len = 3;
@@ -706,12 +874,6 @@ static int h_date_format(TemplateRender *r, const TemplateExpr *c, const Templat
   int64_t ms;
   if (tz == NULL || read_date(r, &p[0], &input, tz, &ms) != 0) return 0;
   return template_date_format(r, ms, tz, pat, plen, out);
-}
-
-static const TemplateExpr *hash_expr(const TemplateExpr *c, const char *name) {
-  for (int i = 0; i < c->nhash; i++)
-    if (strcmp(c->hash[i].name, name) == 0) return c->hash[i].value;
-  return NULL;
 }
 
 static int is_text_literal(const TemplateExpr *e) {

@@ -237,6 +237,24 @@ describe('template string and math helpers', function()
   it('uses helpers inside blocks and their results in comparisons', function()
     assert.are.equal('big spender', R('{{#if (gt (multiply Metrics.spend 2) 20)}}big spender{{/if}}'))
   end)
+
+  it('changes the case of letters in every script, as Java does, and keeps bytes that are not UTF-8', function()
+    assert.are.equal('MÜLLER|ålesund|Élodie|Élodie Dupré|Иван Петров|Élodie Dupré',
+      R('{{upper "Müller"}}|{{lower "ÅLESUND"}}|{{capitalizeFirst "élodie"}}|{{capitalize "élodie dupré"}}|'
+        .. '{{capitalize "иван петров"}}|{{capitalize "ÉLODIE DUPRÉ" fully=true}}'))
+    -- a word may start after any space, here an ideographic one
+    assert.are.equal('Élan\u{3000}Über', R('{{capitalize "élan\u{3000}über"}}'))
+    -- a character whose other case is longer or shorter in UTF-8 (ı is 2 bytes, I 1; Ⱥ 2, ⱥ 3)
+    assert.are.equal('II|ⱥb', R('{{upper "ıi"}}|{{lower "ȺB"}}'))
+    -- one character for one: Java's toUpperCase writes SS for ß, towupper keeps ß
+    assert.are.equal('STRAßE', R('{{upper "Straße"}}'))
+    -- a\x80 é \xff \xc3: the stray and cut-off bytes pass through, the letters change
+    assert.are.equal('A\x80\xc3\x89\xff\xc3|X\xc3', R('{{{upper (decode64 "YYDDqf/D")}}}|{{{capitalizeFirst (decode64 "eMM=")}}}'))
+  end)
+
+  it('slugify keeps letters and digits of every script', function()
+    assert.are.equal('zürich-straße-8|東京-タワー|ålesund', R('{{slugify "Zürich Straße 8"}}|{{slugify "東京\u{3000}タワー"}}|{{slugify " ÅLESUND! "}}'))
+  end)
 end)
 
 describe('template date, digest and id helpers', function()
@@ -257,15 +275,17 @@ describe('template date, digest and id helpers', function()
     end
   end)
 
-  it('now prints the clock in ISO 8601, or with a Java pattern or a style, in a zone', function()
-    assert.are.equal('2026-11-29T15:04:05.007Z', R('{{now}}'))
+  it('now prints the clock in the medium style, or with a Java pattern or a style, in a zone', function()
+    assert.are.equal('Nov 29, 2026', R('{{now}}'))
+    local iso = [["yyyy-MM-dd'T'HH:mm:ss.SSSXXX"]]
+    assert.are.equal('2026-11-29T15:04:05.007Z', R('{{now ' .. iso .. '}}'))
     assert.are.equal('2026-11-29', R('{{now "yyyy-MM-dd"}}'))
     assert.are.equal('Sunday, November 29, 2026 3:04:05.007 PM UTC +0000 Z',
       R('{{now "EEEE, MMMM d, yyyy h:mm:ss.SSS a z Z XXX"}}'))
     assert.are.equal('Sun Nov 29 26 10 10 10 04 5 7 EST -05 -0500 -05:00',
       R('{{now "EEE MMM dd yy HH H hh mm s S z X XX XXX" tz="America/New_York"}}'))
-    assert.are.equal('2026-11-29T10:04:05.007-05:00', R('{{now tz="America/New_York"}}'))
-    assert.are.equal('2026-11-29T20:34:05.007+05:30', R('{{now tz="UTC+05:30"}}'))
+    assert.are.equal('2026-11-29T10:04:05.007-05:00', R('{{now ' .. iso .. ' tz="America/New_York"}}'))
+    assert.are.equal('2026-11-29T20:34:05.007+05:30', R('{{now ' .. iso .. ' tz="UTC+05:30"}}'))
     assert.are.equal('Sunday, November 29, 2026|November 29, 2026|Nov 29, 2026|11/29/26',
       R('{{now "full"}}|{{now "long"}}|{{now "medium"}}|{{now "short"}}'))
     assert.are.equal("3 o'clock PM, '26", R([[{{now "h 'o''clock' a, ''yy"}}]], nil, nil, { name = 'q', escape = false }))
@@ -276,7 +296,7 @@ describe('template date, digest and id helpers', function()
   end)
 
   it('dateFormat reads ISO 8601, an inputFormat or milliseconds, and renders nothing for what it cannot read', function()
-    assert.are.equal('2026-11-01T10:00:00.000Z', R('{{dateFormat EffectiveDate}}'))
+    assert.are.equal('Nov 1, 2026', R('{{dateFormat EffectiveDate}}'))
     assert.are.equal('Sunday, November 1, 2026', R('{{dateFormat EffectiveDate "full"}}'))
     assert.are.equal('Nov 1, 2026 10:00', R('{{dateFormat EffectiveDate outputFormat="MMM d, yyyy HH:mm"}}'))
     -- an instant is shown in the zone; a date without a zone is read in it
@@ -287,8 +307,8 @@ describe('template date, digest and id helpers', function()
     assert.are.equal('Mar 5, 2026', R('{{dateFormat "03/05/2026" "medium" inputFormat="MM/dd/yyyy"}}'))
     assert.are.equal('5 Mar 2026', R('{{dateFormat "20260305" "d MMM yyyy" inputFormat="yyyyMMdd"}}'))
     assert.are.equal('2026-03-05 15:07', R('{{dateFormat "5 march 26 3:07 pm" "yyyy-MM-dd HH:mm" inputFormat="d MMMM yy h:mm a"}}'))
-    assert.are.equal('2026-03-05T09:00:00.000Z',
-      R('{{dateFormat "Thu, 05 Mar 2026 10:00:00 +0100" inputFormat="EEE, dd MMM yyyy HH:mm:ss Z"}}'))
+    assert.are.equal('2026-03-05 09:00 Z',
+      R('{{dateFormat "Thu, 05 Mar 2026 10:00:00 +0100" "yyyy-MM-dd HH:mm XXX" inputFormat="EEE, dd MMM yyyy HH:mm:ss Z"}}'))
     assert.are.equal('1970-01-01', R('{{dateFormat 0 "yyyy-MM-dd"}}'))
     assert.are.equal('July 14', R('{{dateFormat Attributes.birthday "MMMM d"}}', { Attributes = { birthday = { '1990-07-14' } } }))
     assert.are.equal('[][][][]', R('[{{dateFormat "soon"}}][{{dateFormat "2026-02-30"}}][{{dateFormat Nope}}]'
@@ -333,6 +353,26 @@ describe('template date, digest and id helpers', function()
     assert.matches(shape, b)
     assert.are_not.equal(a, b)
     assert.are.equal(a:lower(), a)
+  end)
+
+  it('now and dateFormat print the medium style when given no format, as Pinpoint documents', function()
+    assert.are.equal('Nov 29, 2026|Nov 30, 2026|Sep 19, 2020|Nov 1, 2026',
+      R('{{now}}|{{now tz="Asia/Tokyo"}}|{{dateFormat User.UserAttributes.StartDate.[0] inputFormat="MM/dd/yyyy"}}|'
+        .. '{{dateFormat EffectiveDate}}',
+        { User = { UserAttributes = { StartDate = { '09/19/2020' } } }, EffectiveDate = '2026-11-01T10:00:00.000Z' }))
+  end)
+
+  it('reads tz= written without quotes as the zone it names (Pinpoint examples), and a variable as a variable', function()
+    assert.are.equal('Nov 29, 2026 7:04 AM PST|Sep 18, 2020|00:04|15:04 UTC',
+      R('{{now "MMM d, yyyy h:mm a z" tz=America/Los_Angeles}}|{{dateFormat "2020-09-19T03:00:00Z" tz=America/Los_Angeles}}|'
+        .. '{{now "HH:mm" tz=Asia/Tokyo}}|{{now "HH:mm z" tz=UTC}}'))
+    -- inside a block too, where paths are relative to the item
+    assert.are.equal('[-05:00][-05:00]',
+      R('{{#each Attributes.list}}[{{now "XXX" tz=America/New_York}}]{{/each}}', { Attributes = { list = { 'a', 'b' } } }))
+    -- a variable that has a value wins; an endpoint field is a variable even when it is missing
+    assert.are.equal('09:04 CST|15:04 UTC',
+      R('{{now "HH:mm z" tz=America/New_York}}|{{now "HH:mm z" tz=Demographic.Timezone}}',
+        { America = { New_York = 'America/Chicago' } }))
   end)
 end)
 
