@@ -8,15 +8,18 @@
  * gt, gte, lt, lte, and, or, not (inline, with yes= no=, or as blocks); the string, date
  * (now, dateFormat with Java date patterns), math, encoding and digest helpers and uuid, with
  * key=value arguments; subexpressions; comments {{! }} and {{!-- --}}; whitespace control
- * {{~ ~}}. Partials and decorators are not supported.
+ * {{~ ~}}; inline partials {{#* inline "name"}}...{{/inline}} called as {{> name}}, {{> name
+ * ctx}} or {{> name key=value}}. Partials registered from outside the template, partial blocks
+ * ({{#> name}}) and other decorators are not supported (Pinpoint has none of them).
  *
  * Variable precedence (see herald_template_render): per-message substitutions, then the
  * endpoint, then the template's DefaultSubstitutions.
  *
- * Hostile input is bounded: template size, block and subexpression nesting, each-items (15,
- * as Pinpoint), rendering steps, helper scratch memory and output size all have limits that
- * fail with kHeraldLimit and a message naming the template and the line and column of the tag
- * (or helper call) that passed the limit. */
+ * Hostile input is bounded: template size, block and subexpression nesting, partial calls
+ * inside partial calls (a partial may call itself), each-items (15, as Pinpoint), rendering
+ * steps, helper scratch memory and output size all have limits that fail with kHeraldLimit and
+ * a message naming the template and the line and column of the tag (or helper call) that
+ * passed the limit. */
 #ifndef HERALD_TEMPLATE_H
 #define HERALD_TEMPLATE_H
 
@@ -27,6 +30,7 @@
 
 #define HERALD_TEMPLATE_MAX_SOURCE (1024 * 1024)     /* bytes of template text */
 #define HERALD_TEMPLATE_MAX_DEPTH 32                 /* nested blocks or subexpressions */
+#define HERALD_TEMPLATE_MAX_PARTIALS 32              /* partial calls one inside another */
 #define HERALD_TEMPLATE_MAX_EACH 15                  /* items an #each visits (Pinpoint) */
 #define HERALD_TEMPLATE_MAX_OUTPUT (4 * 1024 * 1024) /* bytes one render may produce */
 #define HERALD_TEMPLATE_MAX_STEPS 1000000L           /* nodes and expressions one render visits */
@@ -75,8 +79,10 @@ int herald_template_vars(const json_t *map, json_t **out, HeraldError *err);
  * that has a value wins. A value is present unless it is missing, null, "" or an empty list, so
  * a default fills an attribute the endpoint has but left empty. Message-level substitutions win
  * over the endpoint because Pinpoint documents them as taking "precedence over all other
- * variables"; defaults lose to the endpoint because they exist to fill gaps. Paths read inside
- * #each/#with are relative to the item and use no fallback. */
+ * variables"; defaults lose to the endpoint because they exist to fill gaps. Inside #each and
+ * #with a name is read on the item first; one the item lacks (missing or null) is read on the
+ * enclosing scopes in turn, ending at the top level, as Handlebars.java's Context does. Paths
+ * that start with this, ./ or ../ are read on that scope only. */
 int herald_template_render(const HeraldTemplate *t, const json_t *ctx, const json_t *subs,
                            const json_t *defaults, HeraldTemplateOutput *out, HeraldError *err);
 

@@ -34,6 +34,8 @@ typedef struct {
 typedef struct TemplateExpr TemplateExpr;
 typedef struct TemplateRender TemplateRender;
 
+#define TEMPLATE_MAX_HASH 32   /* key=value arguments of one call */
+
 typedef struct {
   const char *name;
   TemplateExpr *value;
@@ -87,6 +89,8 @@ struct TemplateExpr {
   /* kExprPath */
   int up;              /* number of ../ */
   int scoped;          /* starts with this, ./ or [name]: never a helper */
+  int local;           /* starts with this or ./: read on the current scope only, while a
+                          plain name the scope lacks is read on the scopes around it */
   TemplateDataVar data;
   TemplatePathSeg *segs;
   int nsegs;
@@ -100,22 +104,41 @@ struct TemplateExpr {
   int nhash;
 };
 
-typedef enum { kNodeText, kNodeOutput, kNodeBlock } TemplateNodeKind;
+typedef enum { kNodeText, kNodeOutput, kNodeBlock, kNodePartial } TemplateNodeKind;
 typedef enum { kBlockIf, kBlockUnless, kBlockEach, kBlockWith, kBlockHelper } TemplateBlockKind;
+
+struct TemplateNode;
+
+/* An inline partial, {{#* inline "name"}}...{{/inline}}: one per name in a template, visible
+ * throughout it. Calls point at it; the compiler's table of them is dropped after compiling. */
+typedef struct TemplatePartial {
+  const char *name;
+  size_t len;
+  size_t offset;       /* of its {{#* inline}} tag */
+  struct TemplateNode *body;
+  struct TemplatePartial *next;  /* in the compiler's hash chain */
+} TemplatePartial;
 
 typedef struct TemplateNode {
   TemplateNodeKind kind;
   struct TemplateNode *next;
   size_t offset;
-  /* kNodeText */
+  /* kNodeText: the text; kNodeBlock: the block's name, which its close tag repeats */
   const char *text;
   size_t len;
-  /* kNodeOutput: expr; kNodeBlock: expr is the argument (if/unless/each/with) or the call */
+  /* kNodeOutput: expr; kNodeBlock: expr is the argument (if/unless/each/with) or the call;
+   * kNodePartial: expr is the context argument or NULL */
   TemplateExpr *expr;
   int raw;
   TemplateBlockKind block;
   struct TemplateNode *body;
   struct TemplateNode *inverse;
+  int chained;         /* inverse is the next block of an {{else if}} chain: the renderer walks
+                          a chain in a loop, so its length is not nesting */
+  /* kNodePartial */
+  const TemplatePartial *partial;
+  TemplateHashArg *hash;
+  int nhash;
 } TemplateNode;
 
 typedef struct TemplateArenaChunk TemplateArenaChunk;
@@ -137,6 +160,10 @@ typedef struct TemplateFrame {
   size_t index;
   int first, last;
   TemplateValue key;
+  /* a partial called with key=value arguments: names read before self */
+  const TemplateHashArg *hash;
+  const TemplateValue *hash_values;
+  int nhash;
 } TemplateFrame;
 
 struct TemplateRender {
@@ -150,6 +177,7 @@ struct TemplateRender {
   size_t at;           /* source offset of the node or expression being evaluated: where a
                           limit on output or scratch memory is reported */
   const TemplateFrame *frame;
+  int partial_depth;   /* partials being rendered, one inside another */
   int failed;
 };
 

@@ -6,9 +6,16 @@
  * {{else if x}}). Paths are split into segments once, list indexes are pre-parsed and helper
  * names resolved, so rendering never looks at the source again. Everything the tree holds
  * lives in one arena freed with the template. Block and subexpression nesting is bounded
- * (HERALD_TEMPLATE_MAX_DEPTH), so the recursion here and in the renderer is bounded too. */
+ * (HERALD_TEMPLATE_MAX_DEPTH), so the recursion here and in the renderer is bounded too; an
+ * {{else if}} chain is a list walked in a loop, not nesting, so its length is not bounded.
+ *
+ * Inline partials ({{#* inline "name"}}...{{/inline}}) are parsed into the template's table of
+ * partials and produce no node where they stand; a call ({{> name}}) becomes a partial node,
+ * resolved against the table once the whole template is read, since a partial may be defined
+ * after its first use. */
 #include <ctype.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -33,7 +40,19 @@ typedef struct {
   int strip_next;      /* the previous tag ended with ~}}: trim the next text's leading space */
   size_t tag;          /* where the tag being parsed starts */
   size_t paren;        /* where the innermost open subexpression starts */
+  struct PartialCall *calls, **calls_tail;  /* partial calls to resolve, in source order */
+  TemplatePartial **partials;  /* hash table of PARTIAL_BUCKETS chains, made at the first
+                                  definition: a 1 MiB template may define thousands */
 } Parser;
+
+#define PARTIAL_BUCKETS 1024
+
+typedef struct PartialCall {
+  TemplateNode *node;
+  const char *name;
+  size_t len;
+  struct PartialCall *next;
+} PartialCall;
 
 /* What ended a sequence of nodes. */
 typedef enum { kStopEof, kStopElse, kStopClose } StopKind;
@@ -105,6 +124,21 @@ static int oom(Parser *p) {
   return -1;
 }
 
+/* The tag being parsed runs to the end of the source. */
+static int fail_unterminated(Parser *p) {
+  int raw = p->tag + 2 < p->len && p->src[p->tag + 2] == '{';
+  return fail_at(p, p->tag, kHeraldInvalid, "unterminated tag: expected %s", raw ? "}}}" : "}}");
+}
+
+/* A byte for a message: a NUL or a control or non-ASCII byte printed as is would cut or garble
+ * the message. */
+static const char *shown(char c, char buf[16]) {
+  unsigned char u = (unsigned char)c;
+  if (u >= 0x20 && u < 0x7F) snprintf(buf, 16, "'%c'", c);
+  else snprintf(buf, 16, "byte 0x%02X", u);
+  return buf;
+}
+
 static char *arena_strndup(Parser *p, const char *s, size_t n) {
   char *d = arena_alloc(p->t, n + 1);
   if (d == NULL) {
@@ -137,8 +171,9 @@ static int at_tag_end(Parser *p, int raw) {
 static int expect_tag_end(Parser *p, int raw) {
   skip_space(p);
   if (!at_tag_end(p, raw)) {
-    if (p->pos >= p->len) return fail_at(p, p->tag, kHeraldInvalid, "unterminated tag: expected %s", raw ? "}}}" : "}}");
-    return fail_at(p, p->pos, kHeraldInvalid, "unexpected '%c': expected %s", p->src[p->pos],
+    if (p->pos >= p->len) return fail_unterminated(p);
+    char b[16];
+    return fail_at(p, p->pos, kHeraldInvalid, "unexpected %s: expected %s", shown(p->src[p->pos], b),
                    raw ? "}}}" : "}}");
   }
   if (p->src[p->pos] == '~') {
@@ -307,12 +342,14 @@ static TemplateExpr *parse_path(Parser *p) {
     if (p->pos < p->len && p->src[p->pos] == '.' &&
         (delimiter_at(p, p->pos + 1) || p->src[p->pos + 1] == '/' || p->src[p->pos + 1] == '.')) {
       e->scoped = 1;
+      e->local = 1;
       p->pos++;
       if (delimiter_at(p, p->pos)) return e;
       p->pos++;
     } else if (p->len - p->pos >= 4 && memcmp(p->src + p->pos, "this", 4) == 0 &&
                (delimiter_at(p, p->pos + 4) || p->src[p->pos + 4] == '.' || p->src[p->pos + 4] == '/')) {
       e->scoped = 1;
+      e->local = 1;
       p->pos += 4;
       if (delimiter_at(p, p->pos)) return e;
       p->pos++;
@@ -333,8 +370,9 @@ static TemplateExpr *parse_path(Parser *p) {
     } else {
       while (p->pos < p->len && is_id_char((unsigned char)p->src[p->pos])) p->pos++;
       if (p->pos == seg_start) {
-        if (p->pos >= p->len) fail_at(p, p->tag, kHeraldInvalid, "unterminated tag");
-        else fail_at(p, seg_start, kHeraldInvalid, "unexpected '%c' in a path", p->src[seg_start]);
+        char b[16];
+        if (p->pos >= p->len) fail_unterminated(p);
+        else fail_at(p, seg_start, kHeraldInvalid, "unexpected %s in a path", shown(p->src[seg_start], b));
         return NULL;
       }
       if (add_segment(p, &e->segs, &e->nsegs, &cap, p->src + seg_start, p->pos - seg_start,
@@ -348,7 +386,8 @@ static TemplateExpr *parse_path(Parser *p) {
     break;
   }
   if (!delimiter_at(p, p->pos) && p->src[p->pos] != '(') {
-    fail_at(p, p->pos, kHeraldInvalid, "unexpected '%c' in a path", p->src[p->pos]);
+    char b[16];
+    fail_at(p, p->pos, kHeraldInvalid, "unexpected %s in a path", shown(p->src[p->pos], b));
     return NULL;
   }
   return e;
@@ -364,7 +403,7 @@ static TemplateExpr *parse_call_rest(Parser *p, TemplateExpr *head, int depth, i
 static TemplateExpr *parse_param(Parser *p, int depth) {
   skip_space(p);
   if (p->pos >= p->len) {
-    fail_at(p, p->tag, kHeraldInvalid, "unterminated tag");
+    fail_unterminated(p);
     return NULL;
   }
   char c = p->src[p->pos];
@@ -411,64 +450,81 @@ static TemplateExpr *parse_param(Parser *p, int depth) {
     }
   }
   if (c == '@' || c == '[' || c == '.' || is_id_char((unsigned char)c)) return parse_path(p);
-  fail_at(p, p->pos, kHeraldInvalid, "unexpected '%c'", c);
+  char b[16];
+  fail_at(p, p->pos, kHeraldInvalid, "unexpected %s", shown(c, b));
   return NULL;
 }
 
-/* Parses params and hash arguments after head until the tag end or ')'. With allow_path, a
- * head that names no helper and has no arguments stays a plain path. */
-static TemplateExpr *parse_call_rest(Parser *p, TemplateExpr *head, int depth, int raw,
-                                     int in_subexpr, int allow_path) {
+/* Arguments of a helper call or a partial call, as parsed. */
+typedef struct {
   TemplateExpr *params[64];
-  TemplateHashArg hash[32];
+  TemplateHashArg hash[TEMPLATE_MAX_HASH];
+  int np, nh;
+} Args;
+
+/* Parses params and hash arguments until the tag end or ')'. */
+static int parse_args(Parser *p, int depth, int raw, int in_subexpr, Args *a) {
+  TemplateExpr **params = a->params;
+  TemplateHashArg *hash = a->hash;
   int np = 0, nh = 0;
+  a->np = a->nh = 0;
   for (;;) {
     skip_space(p);
     if (p->pos >= p->len) {
-      if (in_subexpr) fail_at(p, p->paren, kHeraldInvalid, "unclosed '('");
-      else fail_at(p, p->tag, kHeraldInvalid, "unterminated tag: expected %s", raw ? "}}}" : "}}");
-      return NULL;
+      if (in_subexpr) return fail_at(p, p->paren, kHeraldInvalid, "unclosed '('");
+      return fail_unterminated(p);
     }
     if (in_subexpr ? p->src[p->pos] == ')' : at_tag_end(p, raw)) break;
-    if (in_subexpr && at_tag_end(p, 0)) {
-      fail_at(p, p->paren, kHeraldInvalid, "unclosed '('");
-      return NULL;
-    }
-    if (raw && at_tag_end(p, 0)) {
-      fail_at(p, p->pos, kHeraldInvalid, "unexpected '}': expected }}}");
-      return NULL;
-    }
+    if (in_subexpr && at_tag_end(p, 0)) return fail_at(p, p->paren, kHeraldInvalid, "unclosed '('");
+    if (raw && at_tag_end(p, 0))
+      return fail_at(p, p->pos, kHeraldInvalid, "unexpected '}': expected }}}");
     /* key=value? */
     size_t save = p->pos, i = p->pos;
     while (i < p->len && is_id_char((unsigned char)p->src[i])) i++;
     size_t j = i;
     while (j < p->len && isspace((unsigned char)p->src[j])) j++;
     if (i > save && j < p->len && p->src[j] == '=') {
-      if (nh == (int)(sizeof hash / sizeof hash[0])) {
-        fail_at(p, save, kHeraldLimit, "too many hash arguments");
-        return NULL;
-      }
+      if (nh == (int)(sizeof a->hash / sizeof a->hash[0]))
+        return fail_at(p, save, kHeraldLimit, "too many hash arguments");
       hash[nh].name = arena_strndup(p, p->src + save, i - save);
-      if (hash[nh].name == NULL) return NULL;
+      if (hash[nh].name == NULL) return -1;
       hash[nh].offset = save;
       p->pos = j + 1;
       hash[nh].value = parse_param(p, depth);
-      if (hash[nh].value == NULL) return NULL;
-      nh++;
+      if (hash[nh].value == NULL) return -1;
+      a->nh = ++nh;
       continue;
     }
-    if (nh > 0) {
-      fail_at(p, save, kHeraldInvalid, "positional argument after a key=value argument");
-      return NULL;
-    }
-    if (np == (int)(sizeof params / sizeof params[0])) {
-      fail_at(p, save, kHeraldLimit, "too many arguments");
-      return NULL;
-    }
+    if (nh > 0) return fail_at(p, save, kHeraldInvalid, "positional argument after a key=value argument");
+    if (np == (int)(sizeof a->params / sizeof a->params[0]))
+      return fail_at(p, save, kHeraldLimit, "too many arguments");
     params[np] = parse_param(p, depth);
-    if (params[np] == NULL) return NULL;
-    np++;
+    if (params[np] == NULL) return -1;
+    a->np = ++np;
   }
+  return 0;
+}
+
+/* The hash arguments moved into the arena; NULL (failed) only when there are some. */
+static TemplateHashArg *hash_copy(Parser *p, const Args *a) {
+  if (a->nh == 0) return NULL;
+  TemplateHashArg *h = arena_alloc(p->t, sizeof *h * (size_t)a->nh);
+  if (h == NULL) {
+    oom(p);
+    return NULL;
+  }
+  memcpy(h, a->hash, sizeof *h * (size_t)a->nh);
+  return h;
+}
+
+/* Parses params and hash arguments after head until the tag end or ')'. With allow_path, a
+ * head that names no helper and has no arguments stays a plain path. */
+static TemplateExpr *parse_call_rest(Parser *p, TemplateExpr *head, int depth, int raw,
+                                     int in_subexpr, int allow_path) {
+  Args a;
+  if (parse_args(p, depth, raw, in_subexpr, &a) != 0) return NULL;
+  TemplateExpr **params = a.params;
+  int np = a.np, nh = a.nh;
   const TemplateHelper *h = NULL;
   if (is_simple_name(head)) h = template_helper_find(head->segs[0].text, head->segs[0].len);
   if (h == NULL) {
@@ -506,12 +562,8 @@ static TemplateExpr *parse_call_rest(Parser *p, TemplateExpr *head, int depth, i
     memcpy(call->params, params, sizeof *params * (size_t)np);
   }
   if (nh) {
-    call->hash = arena_alloc(p->t, sizeof *call->hash * (size_t)nh);
-    if (call->hash == NULL) {
-      oom(p);
-      return NULL;
-    }
-    memcpy(call->hash, hash, sizeof *hash * (size_t)nh);
+    call->hash = hash_copy(p, &a);
+    if (call->hash == NULL) return NULL;
   }
   if (h->check != NULL) {
     char why[256];
@@ -527,6 +579,10 @@ static TemplateExpr *parse_call_rest(Parser *p, TemplateExpr *head, int depth, i
 /* A tag's expression: a literal, a path, or a helper call. */
 static TemplateExpr *parse_tag_expr(Parser *p, int raw) {
   skip_space(p);
+  if (p->pos >= p->len) {
+    fail_unterminated(p);
+    return NULL;
+  }
   if (at_tag_end(p, raw)) {
     fail_at(p, p->pos, kHeraldInvalid, "empty tag");
     return NULL;
@@ -599,16 +655,14 @@ static int block_kind(Parser *p, const TemplateExpr *head, TemplateBlockKind *ki
 
 static int parse_seq(Parser *p, int depth, TemplateNode **head, Stop *stop);
 
-/* Parses a block's head expression (after the name), then its body, else-chain and close tag.
- * open_name is the name its close tag must carry. */
-static TemplateNode *parse_block(Parser *p, size_t tag_offset, int depth, const char *open_name,
-                                 size_t open_offset) {
-  if (depth + 1 > HERALD_TEMPLATE_MAX_DEPTH) {
-    fail_at(p, tag_offset, kHeraldLimit, "blocks nested deeper than %d", HERALD_TEMPLATE_MAX_DEPTH);
+/* Parses a block's name and argument (or helper call) up to and past the end of its tag. */
+static TemplateNode *parse_block_head(Parser *p, size_t tag_offset) {
+  skip_space(p);
+  if (p->pos >= p->len) {
+    fail_unterminated(p);
     return NULL;
   }
-  skip_space(p);
-  if (p->pos >= p->len || at_tag_end(p, 0)) {
+  if (at_tag_end(p, 0)) {
     fail_at(p, p->pos, kHeraldInvalid, "expected a block helper name");
     return NULL;
   }
@@ -625,12 +679,19 @@ static TemplateNode *parse_block(Parser *p, size_t tag_offset, int depth, const 
   n->kind = kNodeBlock;
   n->offset = tag_offset;
   n->block = kind;
+  /* the name, for the close tag: the path's segment lives in the arena */
+  n->text = name->segs[0].text;
+  n->len = name->segs[0].len;
   if (kind == kBlockHelper) {
     n->expr = parse_call_rest(p, name, 0, 0, 0, 0);
     if (n->expr == NULL) return NULL;
   } else {
     TemplateExpr *arg = NULL;
     skip_space(p);
+    if (p->pos >= p->len) {
+      fail_unterminated(p);
+      return NULL;
+    }
     if (!at_tag_end(p, 0)) arg = parse_param(p, 0);
     else {
       fail_at(p, name->offset, kHeraldInvalid, "#%s needs one argument", name->segs[0].text);
@@ -638,44 +699,218 @@ static TemplateNode *parse_block(Parser *p, size_t tag_offset, int depth, const 
     }
     if (arg == NULL) return NULL;
     skip_space(p);
-    if (!at_tag_end(p, 0)) {
+    if (p->pos < p->len && !at_tag_end(p, 0)) {
       fail_at(p, p->pos, kHeraldInvalid, "#%s takes one argument", name->segs[0].text);
       return NULL;
     }
     n->expr = arg;
   }
   if (expect_tag_end(p, 0) != 0) return NULL;
-  const char *close_name = open_name ? open_name : name->segs[0].text;
-  size_t close_offset = open_name ? open_offset : tag_offset;
+  return n;
+}
 
-  Stop stop;
-  if (parse_seq(p, depth + 1, &n->body, &stop) != 0) return NULL;
-  if (stop.kind == kStopElse) {
-    if (stop.name != NULL) {
-      /* {{else if x}}: the rest is a block of its own that shares our close tag */
-      p->pos = stop.content;
-      n->inverse = parse_block(p, stop.offset, depth + 1, close_name, close_offset);
-      if (n->inverse == NULL) return NULL;
-      return n;
-    }
-    if (parse_seq(p, depth + 1, &n->inverse, &stop) != 0) return NULL;
-    if (stop.kind == kStopElse) {
-      fail_at(p, stop.offset, kHeraldInvalid, "a second {{else}} in {{#%s}}", close_name);
-      return NULL;
-    }
-  }
-  if (stop.kind == kStopEof) {
-    fail_at(p, close_offset, kHeraldInvalid, "unclosed {{#%s}}", close_name);
+/* Parses a block from after its "{{#": its head, body, {{else}} or chain of {{else if x}} and
+ * close tag. A chain's blocks share the close tag of the first; each is the inverse of the one
+ * before it, and all sit at the same depth. */
+static TemplateNode *parse_block(Parser *p, size_t tag_offset, int depth) {
+  if (depth + 1 > HERALD_TEMPLATE_MAX_DEPTH) {
+    fail_at(p, tag_offset, kHeraldLimit, "blocks nested deeper than %d", HERALD_TEMPLATE_MAX_DEPTH);
     return NULL;
   }
-  if (stop.name_len != strlen(close_name) || memcmp(stop.name, close_name, stop.name_len) != 0) {
+  TemplateNode *first = NULL, *prev = NULL;
+  size_t at = tag_offset;
+  Stop stop;
+  for (;;) {
+    TemplateNode *n = parse_block_head(p, at);
+    if (n == NULL) return NULL;
+    if (prev == NULL) {
+      first = n;
+    } else {
+      prev->inverse = n;
+      prev->chained = 1;
+    }
+    if (parse_seq(p, depth + 1, &n->body, &stop) != 0) return NULL;
+    if (stop.kind != kStopElse || stop.name == NULL) {
+      if (stop.kind == kStopElse) {
+        if (parse_seq(p, depth + 1, &n->inverse, &stop) != 0) return NULL;
+        if (stop.kind == kStopElse) {
+          fail_at(p, stop.offset, kHeraldInvalid, "a second {{else}} in {{#%s}}", first->text);
+          return NULL;
+        }
+      }
+      break;
+    }
+    /* {{else if x}}: the next block of the chain starts at "if" */
+    p->pos = stop.content;
+    at = stop.offset;
+    prev = n;
+  }
+  const char *close_name = first->text;
+  if (stop.kind == kStopEof) {
+    fail_at(p, tag_offset, kHeraldInvalid, "unclosed {{#%s}}", close_name);
+    return NULL;
+  }
+  if (stop.name_len != first->len || memcmp(stop.name, close_name, stop.name_len) != 0) {
     int line, col;
-    template_position(p->src, p->len, close_offset, &line, &col);
+    template_position(p->src, p->len, tag_offset, &line, &col);
     fail_at(p, stop.offset, kHeraldInvalid, "{{/%.*s}} does not close {{#%s}} (opened at line %d, column %d)",
             (int)stop.name_len, stop.name, close_name, line, col);
     return NULL;
   }
+  return first;
+}
+
+static size_t partial_bucket(const char *name, size_t len) {
+  uint32_t h = 2166136261u;  /* FNV-1a */
+  for (size_t i = 0; i < len; i++) h = (h ^ (unsigned char)name[i]) * 16777619u;
+  return h % PARTIAL_BUCKETS;
+}
+
+static const TemplatePartial *partial_find(const Parser *p, const char *name, size_t len) {
+  if (p->partials == NULL) return NULL;
+  for (const TemplatePartial *d = p->partials[partial_bucket(name, len)]; d != NULL; d = d->next)
+    if (d->len == len && memcmp(d->name, name, len) == 0) return d;
+  return NULL;
+}
+
+/* {{#* inline "name"}}body{{/inline}}, from after the "*": the body goes into the template's
+ * table of partials. Handlebars has other decorators, Pinpoint documents none. */
+static int parse_inline(Parser *p, size_t tag, int depth) {
+  if (depth + 1 > HERALD_TEMPLATE_MAX_DEPTH)
+    return fail_at(p, tag, kHeraldLimit, "blocks nested deeper than %d", HERALD_TEMPLATE_MAX_DEPTH);
+  skip_space(p);
+  size_t word = p->pos;
+  while (p->pos < p->len && is_id_char((unsigned char)p->src[p->pos])) p->pos++;
+  if (p->pos - word != 6 || memcmp(p->src + word, "inline", 6) != 0) {
+    if (p->pos >= p->len) return fail_unterminated(p);
+    return fail_at(p, tag, kHeraldInvalid,
+                   "decorators are not supported, except inline partials: {{#* inline \"name\"}}...{{/inline}}");
+  }
+  skip_space(p);
+  if (p->pos >= p->len) return fail_unterminated(p);
+  if (p->src[p->pos] != '"' && p->src[p->pos] != '\'')
+    return fail_at(p, p->pos, kHeraldInvalid, "expected the partial's name in quotes: {{#* inline \"name\"}}");
+  TemplateExpr *name = parse_string(p);
+  if (name == NULL) return -1;
+  if (name->lit.len == 0) return fail_at(p, name->offset, kHeraldInvalid, "empty partial name");
+  skip_space(p);
+  if (p->pos < p->len && !at_tag_end(p, 0))
+    return fail_at(p, p->pos, kHeraldInvalid, "{{#* inline}} takes only the partial's name");
+  if (expect_tag_end(p, 0) != 0) return -1;
+  const TemplatePartial *dup = partial_find(p, name->lit.s, name->lit.len);
+  if (dup != NULL) {
+    int line, col;
+    template_position(p->src, p->len, dup->offset, &line, &col);
+    return fail_at(p, tag, kHeraldInvalid, "partial '%s' is already defined at line %d, column %d",
+                   name->lit.s, line, col);
+  }
+  if (p->partials == NULL && (p->partials = arena_alloc(p->t, sizeof *p->partials * PARTIAL_BUCKETS)) == NULL)
+    return oom(p);
+  TemplatePartial *d = arena_alloc(p->t, sizeof *d);
+  if (d == NULL) return oom(p);
+  d->name = name->lit.s;
+  d->len = name->lit.len;
+  d->offset = tag;
+  size_t b = partial_bucket(d->name, d->len);
+  d->next = p->partials[b];
+  p->partials[b] = d;
+  Stop stop;
+  if (parse_seq(p, depth + 1, &d->body, &stop) != 0) return -1;
+  if (stop.kind == kStopElse)
+    return fail_at(p, stop.offset, kHeraldInvalid, "{{else}} in {{#* inline \"%s\"}}", d->name);
+  if (stop.kind == kStopEof)
+    return fail_at(p, tag, kHeraldInvalid, "unclosed {{#* inline \"%s\"}}", d->name);
+  if (stop.name_len != 6 || memcmp(stop.name, "inline", 6) != 0) {
+    int line, col;
+    template_position(p->src, p->len, tag, &line, &col);
+    return fail_at(p, stop.offset, kHeraldInvalid,
+                   "{{/%.*s}} does not close {{#* inline \"%s\"}} (opened at line %d, column %d)",
+                   (int)stop.name_len, stop.name, d->name, line, col);
+  }
+  return 0;
+}
+
+/* {{> name}}, {{> name ctx}}, {{> name key=value ...}} from after the ">". The name is resolved
+ * when the whole template has been read. */
+static TemplateNode *parse_partial_call(Parser *p, size_t tag) {
+  skip_space(p);
+  if (p->pos >= p->len) {
+    fail_unterminated(p);
+    return NULL;
+  }
+  const char *name;
+  size_t len;
+  char c = p->src[p->pos];
+  if (c == '"' || c == '\'') {
+    TemplateExpr *lit = parse_string(p);
+    if (lit == NULL) return NULL;
+    name = lit->lit.s;
+    len = lit->lit.len;
+  } else if (c == '(') {
+    fail_at(p, p->pos, kHeraldInvalid, "dynamic partial names ({{> (expr)}}) are not supported");
+    return NULL;
+  } else {
+    /* a name as Handlebars writes one: id characters, and / or . as in "emails/footer" */
+    size_t s = p->pos;
+    while (p->pos < p->len && (is_id_char((unsigned char)p->src[p->pos]) || p->src[p->pos] == '/' ||
+                               p->src[p->pos] == '.'))
+      p->pos++;
+    if (p->pos == s) {
+      char b[16];
+      if (at_tag_end(p, 0)) fail_at(p, p->pos, kHeraldInvalid, "expected a partial name after {{>");
+      else fail_at(p, p->pos, kHeraldInvalid, "unexpected %s: expected a partial name", shown(c, b));
+      return NULL;
+    }
+    name = arena_strndup(p, p->src + s, p->pos - s);
+    if (name == NULL) return NULL;
+    len = p->pos - s;
+  }
+  if (!delimiter_at(p, p->pos)) {
+    char b[16];
+    fail_at(p, p->pos, kHeraldInvalid, "unexpected %s after the partial name", shown(p->src[p->pos], b));
+    return NULL;
+  }
+  if (len == 0) {
+    fail_at(p, tag, kHeraldInvalid, "empty partial name");
+    return NULL;
+  }
+  Args a;
+  if (parse_args(p, 0, 0, 0, &a) != 0) return NULL;
+  if (a.np > 1) {
+    fail_at(p, a.params[1]->offset, kHeraldInvalid,
+            "a partial takes at most one context argument and key=value arguments, got %d arguments", a.np);
+    return NULL;
+  }
+  if (expect_tag_end(p, 0) != 0) return NULL;
+  TemplateNode *n = arena_alloc(p->t, sizeof *n);
+  PartialCall *call = arena_alloc(p->t, sizeof *call);
+  if (n == NULL || call == NULL) {
+    oom(p);
+    return NULL;
+  }
+  n->kind = kNodePartial;
+  n->offset = tag;
+  n->expr = a.np ? a.params[0] : NULL;
+  n->nhash = a.nh;
+  if (a.nh && (n->hash = hash_copy(p, &a)) == NULL) return NULL;
+  call->node = n;
+  call->name = name;
+  call->len = len;
+  *p->calls_tail = call;
+  p->calls_tail = &call->next;
   return n;
+}
+
+/* Points every partial call at its partial, now that all are defined. */
+static int resolve_partials(Parser *p) {
+  for (const PartialCall *c = p->calls; c != NULL; c = c->next) {
+    c->node->partial = partial_find(p, c->name, c->len);
+    if (c->node->partial == NULL)
+      return fail_at(p, c->node->offset, kHeraldInvalid,
+                     "unknown partial '%.*s' (a template defines its partials with {{#* inline \"%.*s\"}})",
+                     (int)c->len, c->name, (int)c->len, c->name);
+  }
+  return 0;
 }
 
 /* Length of a tag opener at i: whether it strips whitespace before it. */
@@ -771,12 +1006,27 @@ static int parse_seq(Parser *p, int depth, TemplateNode **head, Stop *stop) {
       if (parse_comment(p, tag) != 0) return -1;
       continue;
     }
-    if (c == '>') return fail_at(p, tag, kHeraldInvalid, "partials ({{> name}}) are not supported");
-    if (c == '*' || (c == '#' && p->pos + 1 < p->len && p->src[p->pos + 1] == '*'))
-      return fail_at(p, tag, kHeraldInvalid, "inline partials and decorators are not supported");
+    if (c == '>') {
+      p->pos++;
+      TemplateNode *n = parse_partial_call(p, tag);
+      if (n == NULL) return -1;
+      *tail = n;
+      tail = &n->next;
+      continue;
+    }
+    if (c == '*')
+      return fail_at(p, tag, kHeraldInvalid,
+                     "decorators are not supported, except inline partials: {{#* inline \"name\"}}...{{/inline}}");
+    if (c == '#' && p->pos + 1 < p->len && p->src[p->pos + 1] == '*') {
+      p->pos += 2;
+      if (parse_inline(p, tag, depth) != 0) return -1;
+      continue;
+    }
+    if (c == '#' && p->pos + 1 < p->len && p->src[p->pos + 1] == '>')
+      return fail_at(p, tag, kHeraldInvalid, "partial blocks ({{#> name}}) are not supported");
     if (c == '#') {
       p->pos++;
-      TemplateNode *n = parse_block(p, tag, depth, NULL, 0);
+      TemplateNode *n = parse_block(p, tag, depth);
       if (n == NULL) return -1;
       *tail = n;
       tail = &n->next;
@@ -785,6 +1035,7 @@ static int parse_seq(Parser *p, int depth, TemplateNode **head, Stop *stop) {
     if (c == '/') {
       p->pos++;
       skip_space(p);
+      if (p->pos >= p->len) return fail_unterminated(p);
       size_t s = p->pos;
       while (p->pos < p->len && is_id_char((unsigned char)p->src[p->pos])) p->pos++;
       stop->kind = kStopClose;
@@ -805,6 +1056,7 @@ static int parse_seq(Parser *p, int depth, TemplateNode **head, Stop *stop) {
     if (c == '^') {
       p->pos++;
       skip_space(p);
+      if (p->pos >= p->len) return fail_unterminated(p);
       if (!at_tag_end(p, 0)) return fail_at(p, tag, kHeraldInvalid, "inverted sections ({{^name}}) are not supported");
       is_else = 1;
     } else if (p->len - p->pos >= 4 && memcmp(p->src + p->pos, "else", 4) == 0 &&
@@ -861,8 +1113,9 @@ int herald_template_compile(const char *name, const char *text, size_t len, int 
   t->source_len = len;
   t->escape = escape;
   Parser p = {.t = t, .src = t->source, .len = len, .err = err};
+  p.calls_tail = &p.calls;
   Stop stop;
-  if (parse_seq(&p, 0, &t->root, &stop) != 0) {
+  if (parse_seq(&p, 0, &t->root, &stop) != 0 || resolve_partials(&p) != 0) {
     HeraldErrorCode code = err ? err->code : kHeraldInvalid;
     herald_template_free(t);
     return (int)code;

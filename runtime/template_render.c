@@ -343,6 +343,54 @@ static void lookup_root(TemplateRender *r, const TemplateExpr *e, TemplateValue 
   }
 }
 
+static int found(const TemplateValue *v) { return v->kind != kValMissing && v->kind != kValNull; }
+
+/* Reads the rest of e's path (after its first segment) from base. */
+static void lookup_rest(const TemplateValue *base, const TemplateExpr *e, TemplateValue *v) {
+  memset(v, 0, sizeof *v);
+  if (e->nsegs == 1) {
+    *v = *base;
+    return;
+  }
+  if (base->kind == kValObject || base->kind == kValArray) {
+    TemplateValue len = {0};
+    const json_t *j = walk(base->j, e->segs + 1, e->nsegs - 1, base->vars, &len);
+    if (len.kind == kValNumber) {
+      *v = len;
+      return;
+    }
+    template_value_from_json(j, v);
+    v->vars = base->vars;
+    return;
+  }
+  /* a single substitution value reads as a list of one (see walk) */
+  if (base->vars && e->nsegs == 2 && e->segs[1].index == 0) *v = *base;
+}
+
+/* A name among the key=value arguments of the partial that made frame f. */
+static int lookup_hash(const TemplateFrame *f, const TemplateExpr *e, TemplateValue *v) {
+  for (int i = 0; i < f->nhash; i++) {
+    const char *name = f->hash[i].name;
+    if (strlen(name) != e->segs[0].len || memcmp(name, e->segs[0].text, e->segs[0].len) != 0) continue;
+    lookup_rest(&f->hash_values[i], e, v);
+    return 1;
+  }
+  return 0;
+}
+
+static void lookup_self(const TemplateFrame *f, const TemplateExpr *e, TemplateValue *v) {
+  memset(v, 0, sizeof *v);
+  if (f->self.kind != kValObject && f->self.kind != kValArray) return;
+  TemplateValue len = {0};
+  const json_t *j = walk(f->self.j, e->segs, e->nsegs, f->self.vars, &len);
+  if (len.kind == kValNumber) {
+    *v = len;
+    return;
+  }
+  template_value_from_json(j, v);
+  v->vars = f->self.vars;
+}
+
 static void lookup_path(TemplateRender *r, const TemplateExpr *e, TemplateValue *v) {
   memset(v, 0, sizeof *v);
   const TemplateFrame *f = r->frame;
@@ -366,27 +414,24 @@ static void lookup_path(TemplateRender *r, const TemplateExpr *e, TemplateValue 
       f = f->parent;
     }
   }
-  if (f->parent == NULL) {
-    if (e->nsegs == 0) {
-      template_value_from_json(r->ctx, v);
+  if (e->nsegs == 0) {
+    if (f->parent == NULL) template_value_from_json(r->ctx, v);
+    else *v = f->self;
+    return;
+  }
+  /* A name the scope lacks is read on the scopes around it, ending at the top level, as
+   * Handlebars.java's Context does: {{#each Colors}}{{this}} for {{FirstName}}{{/each}} reads
+   * FirstName from the endpoint or the substitutions. this, ./ and ../ name one scope. */
+  int fallback = e->up == 0 && !e->local;
+  for (;; f = f->parent) {
+    if (e->up >= 0 && lookup_hash(f, e, v) && (found(v) || !fallback)) return;
+    if (f->parent == NULL) {
+      lookup_root(r, e, v);
       return;
     }
-    lookup_root(r, e, v);
-    return;
+    lookup_self(f, e, v);
+    if (found(v) || !fallback) return;
   }
-  if (e->nsegs == 0) {
-    *v = f->self;
-    return;
-  }
-  if (f->self.kind != kValObject && f->self.kind != kValArray) return;
-  TemplateValue len = {0};
-  const json_t *j = walk(f->self.j, e->segs, e->nsegs, f->self.vars, &len);
-  if (len.kind == kValNumber) {
-    *v = len;
-    return;
-  }
-  template_value_from_json(j, v);
-  v->vars = f->self.vars;
 }
 
 static int eval(TemplateRender *r, const TemplateExpr *e, TemplateValue *v);
@@ -434,11 +479,15 @@ int template_hash_get(TemplateRender *r, const TemplateExpr *call, const char *n
 
 static int render_nodes(TemplateRender *r, const TemplateNode *n);
 
+static size_t each_count(const TemplateValue *v) {
+  if (v->kind == kValArray) return json_array_size(v->j);
+  if (v->kind == kValObject) return json_object_size(v->j);
+  return 0;
+}
+
+/* Renders n's body for each item of v, which has some. */
 static int render_each(TemplateRender *r, const TemplateNode *n, const TemplateValue *v) {
-  size_t count = 0;
-  if (v->kind == kValArray) count = json_array_size(v->j);
-  else if (v->kind == kValObject) count = json_object_size(v->j);
-  if (count == 0) return render_nodes(r, n->inverse);
+  size_t count = each_count(v);
   if (count > HERALD_TEMPLATE_MAX_EACH) count = HERALD_TEMPLATE_MAX_EACH;
   TemplateFrame f = {.parent = r->frame, .has_index = 1};
   const TemplateFrame *saved = r->frame;
@@ -477,29 +526,74 @@ static int render_each(TemplateRender *r, const TemplateNode *n, const TemplateV
   return rc;
 }
 
+/* Renders a block, or the first block of an {{else if}} chain whose test passes: the chain is
+ * walked here in a loop, so a long chain costs steps, not stack. */
 static int render_block(TemplateRender *r, const TemplateNode *n) {
-  TemplateValue v;
-  if (n->block == kBlockHelper) {
-    if (step(r, n->expr->offset) != 0 || eval_call(r, n->expr, 1, &v) != 0) return -1;
-  } else if (eval(r, n->expr, &v) != 0) {
-    return -1;
-  }
-  switch (n->block) {
-    case kBlockIf:
-    case kBlockHelper: return render_nodes(r, template_value_truthy(&v) ? n->body : n->inverse);
-    case kBlockUnless: return render_nodes(r, template_value_truthy(&v) ? n->inverse : n->body);
-    case kBlockEach: return render_each(r, n, &v);
-    case kBlockWith: {
-      if (!template_value_truthy(&v)) return render_nodes(r, n->inverse);
-      TemplateFrame f = {.self = v, .parent = r->frame};
-      const TemplateFrame *saved = r->frame;
-      r->frame = &f;
-      int rc = render_nodes(r, n->body);
-      r->frame = saved;
-      return rc;
+  for (;;) {
+    TemplateValue v;
+    if (n->block == kBlockHelper) {
+      if (step(r, n->expr->offset) != 0 || eval_call(r, n->expr, 1, &v) != 0) return -1;
+    } else if (eval(r, n->expr, &v) != 0) {
+      return -1;
+    }
+    int body;
+    switch (n->block) {
+      case kBlockUnless: body = !template_value_truthy(&v); break;
+      case kBlockEach: body = each_count(&v) > 0; break;
+      default: body = template_value_truthy(&v); break;
+    }
+    if (!body) {
+      if (!n->chained) return render_nodes(r, n->inverse);
+      n = n->inverse;
+      if (step(r, n->offset) != 0) return -1;
+      continue;
+    }
+    switch (n->block) {
+      case kBlockEach: return render_each(r, n, &v);
+      case kBlockWith: {
+        TemplateFrame f = {.self = v, .parent = r->frame};
+        const TemplateFrame *saved = r->frame;
+        r->frame = &f;
+        int rc = render_nodes(r, n->body);
+        r->frame = saved;
+        return rc;
+      }
+      default: return render_nodes(r, n->body);
     }
   }
-  return 0;
+}
+
+/* {{> name ctx key=value}}: the partial's body, read against ctx when given (a scope inside the
+ * caller's), or else against the caller's scope, with the key=value names read first. */
+static int render_partial(TemplateRender *r, const TemplateNode *n) {
+  const TemplatePartial *d = n->partial;
+  if (r->partial_depth >= HERALD_TEMPLATE_MAX_PARTIALS)
+    return template_render_fail(r, n->offset, kHeraldLimit,
+                                "partial '%s' called inside %d partials (does a partial call itself?)",
+                                d->name, HERALD_TEMPLATE_MAX_PARTIALS);
+  TemplateValue values[TEMPLATE_MAX_HASH];
+  TemplateFrame f;
+  if (n->expr != NULL) {
+    TemplateValue ctx;
+    if (eval(r, n->expr, &ctx) != 0) return -1;
+    f = (TemplateFrame){.self = ctx, .parent = r->frame};
+  } else {
+    f = *r->frame;
+  }
+  for (int i = 0; i < n->nhash; i++)
+    if (eval(r, n->hash[i].value, &values[i]) != 0) return -1;
+  const TemplateFrame *saved = r->frame;
+  if (n->expr != NULL || n->nhash > 0) {
+    f.hash = n->hash;
+    f.hash_values = values;
+    f.nhash = n->nhash;
+    r->frame = &f;
+  }
+  r->partial_depth++;
+  int rc = render_nodes(r, d->body);
+  r->partial_depth--;
+  r->frame = saved;
+  return rc;
 }
 
 static int render_nodes(TemplateRender *r, const TemplateNode *n) {
@@ -522,6 +616,9 @@ static int render_nodes(TemplateRender *r, const TemplateNode *n) {
       }
       case kNodeBlock:
         if (render_block(r, n) != 0) return -1;
+        break;
+      case kNodePartial:
+        if (render_partial(r, n) != 0) return -1;
         break;
     }
   }

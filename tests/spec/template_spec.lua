@@ -86,6 +86,25 @@ describe('template variables', function()
   it('treats \\{{ as literal braces', function()
     assert.are.equal('{{Id}} ep-1', R('\\{{Id}} {{Id}}'))
   end)
+
+  it('reads a name the #each item or #with object lacks from the scopes around it, as Handlebars.java', function()
+    assert.are.equal('hiking for jane; cooking for jane; jazz for jane; ',
+      R('{{#each User.UserAttributes.Interests}}{{this}} for {{User.UserAttributes.FirstName.[0]}}; {{/each}}'))
+    assert.are.equal('Lisbon / jane / ep-1',
+      R('{{#with Location}}{{City}} / {{User.UserAttributes.FirstName.[0]}} / {{[Id]}}{{/with}}'))
+    -- the top level includes the substitutions
+    assert.are.equal('hiking-Sub;cooking-Sub;',
+      R('{{#each L}}{{this}}-{{Name}};{{/each}}', { L = { 'hiking', 'cooking' } }, { Name = { 'Sub' } }))
+    -- the nearest scope that has the name wins, the item first
+    assert.are.equal('Porto/PT Paris/FR ',
+      R('{{#with Location}}{{#each @root.Trips}}{{City}}/{{Country}} {{/each}}{{/with}}',
+        { Country = 'US', Location = { City = 'Lisbon', Country = 'PT' },
+          Trips = { { City = 'Porto' }, { City = 'Paris', Country = 'FR' } } }))
+    -- an empty value is a value; only a missing one is looked for further out
+    assert.are.equal('[][x]', R('{{#each L}}[{{Name}}]{{/each}}', { Name = 'x', L = { { Name = '' }, { Other = 1 } } }))
+    -- this, ./ and ../ name one scope
+    assert.are.equal('[][][]ep-1', R('{{#with Location}}[{{this.Id}}][{{./Id}}][{{../City}}]{{Id}}{{/with}}'))
+  end)
 end)
 
 describe('template blocks', function()
@@ -142,6 +161,24 @@ describe('template blocks', function()
     assert.are.equal('<li>hiking</li><li>cooking</li><li>jazz</li>',
       R('{{#each User.UserAttributes.Interests~}}\n  <li>{{this}}</li>\n{{~/each}}'))
     assert.are.equal('ab', R('a {{~!-- x --~}}   {{"b"}}'))
+  end)
+
+  it('takes an {{else if}} chain of any length: a chain is not nesting', function()
+    local parts = { '{{#if Nope}}0' }
+    for i = 1, 300 do parts[#parts + 1] = '{{else if Attributes.n' .. i .. '}}' .. i end
+    parts[#parts + 1] = '{{else}}none{{/if}}'
+    local chain = table.concat(parts)
+    assert.are.equal('300', R(chain, { Attributes = { n300 = { 'x' } } }))
+    assert.are.equal('40', R(chain, { Attributes = { n40 = { 'x' }, n41 = { 'x' } } }))
+    assert.are.equal('none', R(chain, {}))
+    -- the chain counts as one block inside 31 others
+    local deep = ('{{#if Id}}'):rep(31) .. chain .. ('{{/if}}'):rep(31)
+    assert.are.equal('7', R(deep, { Id = 'x', Attributes = { n7 = { 'x' } } }))
+    -- chained after #each and #with too, sharing the first block's close tag
+    assert.are.equal('b', R('{{#each Nope}}a{{else if Id}}b{{else}}c{{/each}}'))
+    assert.are.equal('Lisbon', R('{{#with Nope}}a{{else with Location}}{{City}}{{else}}c{{/with}}'))
+    assert.are.equal('welcome(v2): line 1, column 31: {{/each}} does not close {{#if}} (opened at line 1, column 1)',
+      compile_error('{{#if Nope}}a{{else if Nope}}b{{/each}}'))
   end)
 end)
 
@@ -464,7 +501,8 @@ describe('template compile errors', function()
     assert.are.equal('welcome(v2): line 1, column 12: unterminated string', compile_error('{{lower Id "abc}}'))
     assert.are.equal("welcome(v2): line 1, column 3: unclosed '('", compile_error('{{(lower Id}}'))
     assert.are.equal('welcome(v2): line 1, column 1: unclosed comment', compile_error('{{!-- no end }}'))
-    assert.are.equal('welcome(v2): line 1, column 1: partials ({{> name}}) are not supported', compile_error('{{> footer}}'))
+    assert.are.equal('welcome(v2): line 1, column 1: unknown partial \'footer\' (a template defines its partials with {{#* inline "footer"}})',
+      compile_error('{{> footer}}'))
     assert.are.equal("welcome(v2): line 1, column 3: unknown data variable '@foo' (known: @index, @first, @last, @key, @root)",
       compile_error('{{@foo}}'))
     assert.are.equal('welcome(v2): line 1, column 14: positional argument after a key=value argument',
@@ -477,6 +515,17 @@ describe('template compile errors', function()
     local ok, err = template.check('{{#if x}}')
     assert.is_nil(ok)
     assert.are.equal('template: line 1, column 1: unclosed {{#if}}', err)
+  end)
+
+  it('reports a tag cut off by the end of the text as unterminated, and shows an unprintable byte', function()
+    assert.are.equal('welcome(v2): line 2, column 7: unterminated tag: expected }}', compile_error('Hello\nthere {{'))
+    assert.are.equal('welcome(v2): line 1, column 7: unterminated tag: expected }}}', compile_error('Hello {{{'))
+    assert.are.equal('welcome(v2): line 1, column 4: unterminated tag: expected }}', compile_error('Hi {{User.'))
+    for _, text in ipairs { '{{~', '{{#', '{{/', '{{^', '{{&', '{{>', '{{#*', '{{#* inline "p"', '{{lower x=' } do
+      assert.are.equal('welcome(v2): line 1, column 1: unterminated tag: expected }}', compile_error(text), text)
+    end
+    assert.are.equal('welcome(v2): line 1, column 11: unterminated tag: expected }}', compile_error('{{#if Id}}{{else'))
+    assert.are.equal('welcome(v2): line 1, column 4: unexpected byte 0x00 in a path', compile_error('{{a\0}}'))
   end)
 end)
 
@@ -598,5 +647,98 @@ describe('template.render for campaign messages', function()
     local out, err = template.compile('{{x}}'):render({ x = print })
     assert.is_nil(out)
     assert.are.equal('cannot use a function as template data', err)
+  end)
+end)
+
+describe('template inline partials', function()
+  it('renders an inline partial with the scope it is called in (Pinpoint example)', function()
+    assert.are.equal('Hello jane',
+      R('{{#* inline "fullName"}}{{User.UserAttributes.FirstName.[0]}}{{/inline}}Hello {{> fullName}}'))
+    -- defined after its use, called for each item
+    assert.are.equal('<hiking><cooking><jazz>',
+      R('{{#each User.UserAttributes.Interests}}{{> item}}{{/each}}{{#*inline "item"}}<{{this}}>{{/inline}}'))
+    -- escapes as the template does; the definition leaves nothing where it stands
+    assert.are.equal('[&lt;b&gt;|<b>]', R('{{~#*inline "x"~}}\n {{x}}|{{{x}}}\n{{~/inline~}}\n[{{> x}}]', { x = '<b>' }))
+    assert.are.equal('Lisbon-ep-1-ep-1',
+      R('{{#*inline "p"}}{{#with Location}}{{City}}-{{../Id}}-{{@root.Id}}{{/with}}{{/inline}}{{> p}}'))
+  end)
+
+  it('takes a context argument and key=value arguments', function()
+    assert.are.equal('Lisbon, PT', R('{{#*inline "place"}}{{City}}, {{Country}}{{/inline}}{{> place Location}}'))
+    assert.are.equal('Olá jane',
+      R('{{#*inline "greet"}}{{greeting}} {{User.UserAttributes.FirstName.[0]}}{{/inline}}{{> greet greeting="Olá"}}'))
+    assert.are.equal('Lisbon X cooking 3', R('{{#*inline "p"}}{{City}} {{label}} {{list.[1]}} {{list.length}}{{/inline}}'
+      .. '{{> p Location label=(upper "x") list=User.UserAttributes.Interests}}'))
+    -- what the context lacks is read from the scopes around it
+    assert.are.equal('Lisbon/ep-1', R('{{#*inline "p"}}{{City}}/{{Id}}{{/inline}}{{> p Location}}'))
+    -- a single substitution value reads with .[0] through an argument too
+    assert.are.equal('Sub|Sub', R('{{#*inline "p"}}{{v.[0]}}|{{v}}{{/inline}}{{> p v=Name}}', {}, { Name = 'Sub' }))
+    -- partials call partials; a name may be quoted
+    assert.are.equal('[ep-1]', R('{{#*inline "a"}}[{{> "b-c"}}]{{/inline}}{{#*inline "b-c"}}{{Id}}{{/inline}}{{> a}}'))
+  end)
+
+  it('renders a partial that calls itself until the data ends, and stops one that never ends', function()
+    assert.are.equal('a(b(c()))', R('{{#*inline "node"}}{{name}}({{#each ./kids}}{{> node}}{{/each}}){{/inline}}{{> node}}',
+      { name = 'a', kids = { { name = 'b', kids = { { name = 'c' } } } } }))
+    assert.are.equal("render error: spec: line 1, column 21: partial 'loop' called inside 32 partials (does a partial call itself?)",
+      R('{{#*inline "loop"}}x{{> loop}}{{/inline}}{{> loop}}'))
+    -- each call fans out: the step budget ends it
+    local fan = {}
+    for i = 1, 20 do fan[#fan + 1] = ('{{#*inline "p%d"}}{{> p%d}}{{> p%d}}{{/inline}}'):format(i, i + 1, i + 1) end
+    fan[#fan + 1] = '{{#*inline "p21"}}x{{/inline}}{{> p1}}'
+    assert.matches('^render error: spec: line 1, column %d+: rendering took more than 1000000 steps$', R(table.concat(fan)))
+  end)
+
+  it('reports unknown and duplicate partials and what is not supported, with line and column', function()
+    assert.are.equal([[welcome(v2): line 2, column 3: unknown partial 'footer' (a template defines its partials with {{#* inline "footer"}})]],
+      compile_error('Hi\n  {{> footer}}'))
+    assert.are.equal("welcome(v2): line 2, column 1: partial 'a' is already defined at line 1, column 1",
+      compile_error('{{#*inline "a"}}x{{/inline}}\n{{#*inline "a"}}y{{/inline}}'))
+    assert.are.equal('welcome(v2): line 1, column 1: unclosed {{#* inline "a"}}', compile_error('{{#*inline "a"}}x'))
+    assert.are.equal('welcome(v2): line 1, column 18: {{/if}} does not close {{#* inline "a"}} (opened at line 1, column 1)',
+      compile_error('{{#*inline "a"}}x{{/if}}'))
+    assert.are.equal('welcome(v2): line 1, column 18: {{else}} in {{#* inline "a"}}', compile_error('{{#*inline "a"}}x{{else}}y{{/inline}}'))
+    assert.are.equal([[welcome(v2): line 1, column 12: expected the partial's name in quotes: {{#* inline "name"}}]],
+      compile_error('{{#*inline a}}x{{/inline}}'))
+    assert.are.equal("welcome(v2): line 1, column 16: {{#* inline}} takes only the partial's name",
+      compile_error('{{#*inline "a" b}}x{{/inline}}'))
+    local decorators = 'decorators are not supported, except inline partials: {{#* inline "name"}}...{{/inline}}'
+    assert.are.equal('welcome(v2): line 1, column 1: ' .. decorators, compile_error('{{* log}}'))
+    assert.are.equal('welcome(v2): line 1, column 1: ' .. decorators, compile_error('{{#* log "x"}}{{/log}}'))
+    assert.are.equal('welcome(v2): line 1, column 1: partial blocks ({{#> name}}) are not supported',
+      compile_error('{{#> footer}}x{{/footer}}'))
+    assert.are.equal('welcome(v2): line 1, column 5: dynamic partial names ({{> (expr)}}) are not supported',
+      compile_error('{{> (lookup)}}'))
+    assert.are.equal('welcome(v2): line 1, column 43: a partial takes at most one context argument and key=value arguments, got 2 arguments',
+      compile_error('{{#*inline "a"}}{{/inline}}{{> a Location User}}'))
+    local ok, err = template.check('{{> nope}}')
+    assert.is_nil(ok)
+    assert.are.equal([[template: line 1, column 1: unknown partial 'nope' (a template defines its partials with {{#* inline "nope"}})]], err)
+  end)
+
+  it('survives arbitrary partial syntax', function()
+    local seed = 54321
+    local function rnd(n)
+      seed = (seed * 1103515245 + 12345) % 2147483648
+      return seed // 65536 % n   -- the high bits: the low ones of this generator repeat quickly
+    end
+    local alphabet = { '{{#*inline "p"}}', '{{#* inline "q"}}', '{{/inline}}', '{{> p}}', '{{> q Location}}',
+      '{{> p x=Id}}', '{{>', '{{#*', '"', 'inline', '{{#if Id}}', '{{else if x}}', '{{else}}', '{{/if}}',
+      '{{#each L}}', '{{/each}}', '{{x}}', '{{this}}', '}}', ' ', '\0',
+      '{{#*inline "r"}}{{> p}}{{/inline}}', '{{#*inline "p"}}{{> r}}{{/inline}}', '{{#*inline "q"}}{{x}}{{/inline}}' }
+    local compiled = 0
+    for _ = 1, 2000 do
+      local parts = {}
+      for i = 1, rnd(8) + 1 do parts[i] = alphabet[rnd(#alphabet) + 1] end
+      local t, err = template.compile(table.concat(parts), { name = 'fuzz' })
+      if t then
+        compiled = compiled + 1
+        local out, rerr = t:render({ Id = 'i', L = { 1, 2 }, x = 'y' })
+        assert.is_true(type(out) == 'string' or rerr:match('^fuzz: ') ~= nil, rerr)
+      else
+        assert.matches('^fuzz: ', err)
+      end
+    end
+    assert.is_true(compiled > 50, compiled)
   end)
 end)
