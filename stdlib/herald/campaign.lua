@@ -472,6 +472,15 @@ end
 local DELIVER_SHAPES = { stdout = set('type'), channels = set('type'), file = set('type', 'path'),
                          provider = set('type', 'provider') }
 
+-- The file channel writes only below the working directory (herald.core.filechannel refuses
+-- any other path when it sends): a path that leaves it is refused with the definition, not
+-- found out at the first send, with attempts spent and the campaign paused.
+local function check_file_path(path, f)
+  if f == '' or f:sub(1, 1) == '/' or ('/' .. f .. '/'):find('/../', 1, true) then
+    fail(path, string.format("'%s': the file must be relative and stay below the working directory", f))
+  end
+end
+
 -- Where messages go: the built-in stdout or file channel, 'channels' (each endpoint's channel
 -- type routed through the providers file) or one named provider profile.
 local function check_deliver(path, d)
@@ -479,10 +488,14 @@ local function check_deliver(path, d)
   if d == 'channels' then return { type = 'channels' } end
   if type(d) == 'table' and d.type ~= nil and DELIVER_SHAPES[d.type] then only(path, d, DELIVER_SHAPES[d.type]) end
   if type(d) == 'table' and (d.type == 'stdout' or d.type == 'channels') then return d end
-  if type(d) == 'table' and d.type == 'file' and type(d.path) == 'string' then return d end
+  if type(d) == 'table' and d.type == 'file' and type(d.path) == 'string' then
+    check_file_path(path .. '.path', d.path)
+    return d
+  end
   if type(d) == 'table' and d.type == 'provider' and type(d.provider) == 'string' then return d end
   if type(d) == 'table' and d.type == nil and type(d.file) == 'string' and d.file ~= '' then
     only(path, d, set('file'))
+    check_file_path(path .. '.file', d.file)
     return { type = 'file', path = d.file }
   end
   if type(d) == 'table' and d.type == nil and type(d.provider) == 'string' and d.provider ~= '' then
@@ -1055,7 +1068,8 @@ function campaign.copy_stored(name, new_name)
 end
 
 -- Every campaign of definition file source becomes INVALID with err (the load failure, with
--- its file:line); its pending rows are held until the file loads again. Returns how many.
+-- its file:line); its pending rows are held until the file loads again. Returns how many, or
+-- nil and the store's error.
 function campaign.invalidate_source(source, err)
   return outbox.invalidate_campaigns(nil, source, err)
 end
@@ -1117,10 +1131,28 @@ function campaign.versions(id, app)
   end
 end
 
+-- Pinpoint's activity State and Result of activity a (a run's treatment) of run r, its
+-- campaign in state cstate. Pinpoint's states, not the store's: a run in progress is RUNNING,
+-- or PAUSED while its campaign is paused (or INVALID: its messages are held alike); what a
+-- deletion cut short is CANCELLED, as is a run skipped whole (STALE, in its
+-- ExecutionMetrics); a finished run is COMPLETED with its Result. Only a finished run has a
+-- Result.
+local function activity_state(r, a, cstate)
+  if r.state == 'SKIPPED' then return 'CANCELLED', nil end
+  if cstate == 'DELETED' and (r.state == 'EXECUTING' or a.ExecutionMetrics.CAMPAIGN_DELETED) then
+    return 'CANCELLED', nil
+  end
+  if r.state == 'EXECUTING' then
+    return (cstate == 'PAUSED' or cstate == 'INVALID') and 'PAUSED' or 'RUNNING', nil
+  end
+  return 'COMPLETED', r.result
+end
+
 -- Pinpoint's ActivityResponse, one per run and treatment, newest run first; nil, err for an
 -- unknown campaign.
 function campaign.activities(name)
-  if stored(name) == nil then return nil, 'unknown campaign ' .. tostring(name) end
+  local c = stored(name)
+  if c == nil then return nil, 'unknown campaign ' .. tostring(name) end
   local out = {}
   local runs = q('SELECT * FROM campaign_runs WHERE app_id = ? AND campaign_id = ? ORDER BY scheduled_ms DESC',
     core.app(), name)
@@ -1136,7 +1168,7 @@ function campaign.activities(name)
       if a == nil then
         a = {
           ApplicationId = core.app(), CampaignId = name, Id = r.id .. ':' .. t,
-          TreatmentId = t < 0 and 'holdout' or tostring(t), State = r.state, Result = r.result,
+          TreatmentId = t < 0 and 'holdout' or tostring(t),
           ScheduledStart = iso(r.scheduled_ms), Start = iso(r.started_ms), End = r.ended_at,
           TotalEndpointCount = 0, SuccessfulEndpointCount = 0, TimezonesTotalCount = 0,
           TimezonesCompletedCount = 0, ExecutionMetrics = {}, CampaignVersion = r.campaign_version,
@@ -1164,6 +1196,7 @@ function campaign.activities(name)
       a.TimezonesTotalCount = z.total
       a.TimezonesCompletedCount = z.total - z.open
     end
+    for _, a in pairs(by) do a.State, a.Result = activity_state(r, a, c.state) end
   end
   return out
 end
@@ -1243,9 +1276,27 @@ end
 function campaign.status(name)
   local c = stored(name)
   if c == nil then return nil, 'unknown campaign ' .. tostring(name) end
+  local activities, err = campaign.activities(name)
+  if activities == nil then error(err, 0) end
   return { Id = c.id, Name = c.name, State = c.state, Version = c.version, Source = c.source,
            Error = c.error, PauseReason = c.pause_reason, Definition = json.decode(c.definition),
-           Activities = campaign.activities(name) }
+           Activities = activities }
+end
+
+-- The lifecycle and report calls above fail at run time as Lua's convention has it: nil and
+-- the store's message (a busy, read-only or missing database: it names the database and what
+-- failed), not a raised error with a traceback, so the CLI or a script reports it in a line.
+-- They are written raising; these wrappers answer.
+for _, name in ipairs({ 'pause', 'resume', 'delete', 'copy_stored', 'invalidate_source', 'list', 'activities',
+    'why', 'status' }) do
+  local raising = campaign[name]
+  campaign[name] = function(...)
+    local r = table.pack(pcall(raising, ...))
+    if not r[1] then
+      return nil, (tostring(r[2]):match('^[^\n]*'):gsub('^[^\n]-%.lua:%d+: ', ''))
+    end
+    return table.unpack(r, 2, r.n)
+  end
 end
 
 -- Loads the stored copies (`herald campaign copy`): each runs with its own stored definition

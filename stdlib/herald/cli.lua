@@ -2,6 +2,7 @@
 local core = require 'herald.core'
 local task = require 'herald.core.task'
 local sandbox_core = require 'herald.core.sandbox'
+local store = require 'herald.core.store'
 
 local cli = {}
 
@@ -67,6 +68,22 @@ function cli.run_task(fn, ...)
   end
   if not handle.ok then return false, handle.error end
   return true, handle.results
+end
+
+-- A store error as one line: without the Lua position a raising call puts in front and the
+-- traceback after (the store's message names the database and what failed).
+local function store_message(err)
+  return (tostring(err):match('^[^\n]*'):gsub('^[^\n]-%.lua:%d+: ', ''))
+end
+
+-- Opens the store now (it opens on first use otherwise), so that a command says that the
+-- database cannot be opened (a missing directory, a read-only file system, another process
+-- holding it exclusively, not a database) in one line naming it, before it loads or reads
+-- anything that would take the blame. Returns true, or nil and the store's message.
+function cli.open_store()
+  local ok, rows, err = pcall(store.query, 'SELECT 1')
+  if ok and rows then return true end
+  return nil, store_message(ok and err or rows)
 end
 
 -- files without the repeats: a file named twice (by whatever path) is loaded once, as its

@@ -4,7 +4,8 @@
 -- step with its file and line while the loop and the other campaigns go on. A stop request
 -- (SIGINT/SIGTERM) cuts the sleep short; the step in hand finishes writing first. A step
 -- that meets a busy store (another process holding it past the busy timeout: an import, a
--- second herald) fails no campaign: the loop waits a second and tries it again.
+-- second herald) or a failing one (disk full, I/O error, read-only) fails no campaign: the
+-- loop waits a second and tries it again.
 local core = require 'herald.core'
 local task = require 'herald.core.task'
 local clock = require 'herald.core.clock'
@@ -27,8 +28,19 @@ local EVENT_POLL_MS = 20
 -- goes round: event triggers, new runs and A/B decisions are not held up behind a large
 -- campaign's whole audience.
 local DRAIN_BUDGET_MS = 250
--- How long the loop waits before it tries again what a busy store refused.
+-- How long the loop waits before it tries again what a busy or failing store refused.
 local BUSY_WAIT_MS = 1000
+-- How many times loading tries a file again while the store is busy, a second apart (as
+-- delivery does with what it must write): a minute, then the load fails, the store blamed.
+local LOAD_TRIES = 60
+
+-- What the store's failure err is (nil: err is not one, it is the failure of what ran): a
+-- busy store, or one that failed itself. Neither is a campaign's fault.
+local function store_trouble(err)
+  if db.busy(err) then return 'the store is busy (another process holds it)' end
+  if db.unavailable(err) then return 'the store failed (no fault of the campaigns)' end
+  return nil
+end
 
 -- new{memory =, budget =, log = function(msg), err = function(msg)}
 function runner.new(opts)
@@ -39,20 +51,21 @@ function runner.new(opts)
     log = opts.log or function() end,
     err = opts.err or function(msg) io.stderr:write('herald run: ' .. msg .. '\n') end,
     failures = 0,
-    busy = nil,        -- {what =, err =}: the first step of this pass that met a busy store
+    busy = nil,        -- {what =, err =}: the first step of this pass the store refused
     busy_passes = 0,   -- passes in a row that met one
     trigger_batch = {}, -- campaign id -> the smaller batch its triggers are processed in
   }, runner)
 end
 
 -- Calls scheduler.NAME(...) in the sandbox. Returns true, results... or false, the error
--- after reporting it (a busy store is noted for the pass's wait instead: db.busy(err) tells).
+-- after reporting it (the store's failure, busy or not, is noted for the pass's wait instead:
+-- store_trouble(err) tells).
 function runner:step(name, ...)
   local r = table.pack(self.sb:run('local name = ...; local s = require "herald.scheduler";'
     .. ' return s[name](select(2, ...))', '=(herald run)', name, ...))
   if not r[1] then
     local err = tostring(r[2])
-    if db.busy(err) then
+    if store_trouble(err) then
       self:met_busy(name, err)
     else
       self.failures = self.failures + 1
@@ -68,19 +81,19 @@ local function headline(err)
   return (tostring(err):match('^[^\n]*'))
 end
 
--- Notes a failure of what (a step) on a busy store, for the wait at the end of the pass; it is
--- no failure of the run.
+-- Notes a failure of what (a step) on a busy or failing store, for the wait at the end of
+-- the pass; it is no failure of the run.
 function runner:met_busy(what, err)
   self.busy = self.busy or { what = what, err = err }
 end
 
--- After a pass that met a busy store: waits, then the loop goes round and tries again. Said
--- on the first such pass and every tenth, not every second of a long import.
+-- After a pass that met a busy or failing store: waits, then the loop goes round and tries
+-- again. Said on the first such pass and every tenth, not every second of a long import.
 function runner:wait_busy()
   self.busy_passes = self.busy_passes + 1
   if self.busy_passes == 1 or self.busy_passes % 10 == 0 then
-    self.err(string.format('%s: the store is busy (another process holds it), trying again: %s',
-      self.busy.what, headline(self.busy.err)))
+    self.err(string.format('%s: %s, trying again: %s', self.busy.what, store_trouble(self.busy.err),
+      headline(self.busy.err)))
   end
   self.busy = nil
   task.sleep(BUSY_WAIT_MS)
@@ -98,6 +111,57 @@ local function naming(f, err)
   return f .. ': ' .. err
 end
 
+-- Runs definition file f (source: its real path) inside one store transaction, which stores
+-- its campaigns once it has loaded. Returns true, or false and the error with the file's
+-- campaigns dropped again (nothing of them was stored).
+function runner:load_file(f, source)
+  local _, mark = self.sb:run('local c = require("herald.campaign"); c.source = ...; ' ..
+    'require("herald.segment").loading_definitions = true; return c.mark()',
+    '=(herald run)', source)
+  local ok, err = pcall(store_transaction, function()
+    local okf, ferr = self.sb:run_file(f)
+    if not okf then error(ferr, 0) end
+    local okc, cerr = self.sb:run('return require("herald.campaign").commit(...)', '=(herald run)', source)
+    if not okc then error(cerr, 0) end
+  end)
+  self.sb:run('require("herald.campaign").source = nil; ' ..
+    'require("herald.segment").loading_definitions = false')
+  if ok then return true end
+  if tostring(err):find(INNER_FAILURE, 1, true) then
+    -- The file ran to its end, but a write it made failed and it went on (it handled the
+    -- error): the store rolled the whole file back, so say why in the file's terms.
+    err = 'a write of this file to the store failed and the file went on; a definition ' ..
+      'file is stored whole or not at all, so nothing of it was stored'
+  end
+  self.sb:run('require("herald.campaign").rollback(...)', '=(herald run)', mark)
+  return false, tostring(err)
+end
+
+-- Calls fn(...) (which answers a result, or false or nil and the error) again while the
+-- store is busy, a second apart, at most LOAD_TRIES times, saying so (what names the work) on
+-- the first wait and every tenth. Returns fn's last answer.
+function runner:patiently(what, fn, ...)
+  for attempt = 1, LOAD_TRIES do
+    local r = table.pack(fn(...))
+    if r[1] or not db.busy(r[2]) or attempt == LOAD_TRIES or core.stopping() then
+      return table.unpack(r, 1, r.n)
+    end
+    if attempt == 1 or attempt % 10 == 0 then
+      self.err(string.format('%s: %s, trying again: %s', what, store_trouble(r[2]), headline(r[2])))
+    end
+    task.sleep(BUSY_WAIT_MS)
+  end
+end
+
+-- Reports err, the store's failure that stopped loading file f (nil: the stored copies):
+-- nothing is made INVALID for it, and what was stored stays as it was.
+function runner:store_failed(f, err)
+  self.failures = self.failures + 1
+  self.err(string.format('%s: %s; %s', store_trouble(err), headline(err),
+    f and (f .. ' was not loaded: nothing of it was stored and its stored campaigns are as they were')
+      or 'the stored copies were not loaded'))
+end
+
 -- Loads definition files; a file that fails leaves none of its campaigns behind (they are
 -- stored only once the whole file has loaded, together in one transaction), and the
 -- campaigns it defined before (stored with it as their source) keep their stored version and
@@ -105,41 +169,43 @@ end
 -- The file runs inside that transaction too, so what it writes as it runs (a segment import
 -- registers its endpoints there and then) is undone with its campaigns when it fails; imports
 -- apply only when their data changed (herald.segment.loading_definitions).
+-- A busy store is no failure of a file: the file is tried again a second later, for up to a
+-- minute. A store that stays busy, or fails itself (disk full, I/O error, read-only), stops
+-- the load with nothing made INVALID. Runs in a task (it waits). Returns whether every file
+-- loaded, and the store's error when the store stopped it.
 function runner:load(files)
   local ok_all = true
   for _, f in ipairs(files) do
     local source = sandbox_core.realpath(f) or f
-    local _, mark = self.sb:run('local c = require("herald.campaign"); c.source = ...; ' ..
-      'require("herald.segment").loading_definitions = true; return c.mark()',
-      '=(herald run)', source)
-    local ok, err = pcall(store_transaction, function()
-      local okf, ferr = self.sb:run_file(f)
-      if not okf then error(ferr, 0) end
-      local okc, cerr = self.sb:run('return require("herald.campaign").commit(...)', '=(herald run)', source)
-      if not okc then error(cerr, 0) end
-    end)
-    self.sb:run('require("herald.campaign").source = nil; ' ..
-      'require("herald.segment").loading_definitions = false')
-    if not ok and tostring(err):find(INNER_FAILURE, 1, true) then
-      -- The file ran to its end, but a write it made failed and it went on (it handled the
-      -- error): the store rolled the whole file back, so say why in the file's terms.
-      err = 'a write of this file to the store failed and the file went on; a definition ' ..
-        'file is stored whole or not at all, so nothing of it was stored'
+    local ok, err = self:patiently(f, self.load_file, self, f, source)
+    if not ok and store_trouble(err) then
+      self:store_failed(f, err)
+      return false, err
     end
     if not ok then
       err = naming(f, err)
-      self.sb:run('require("herald.campaign").rollback(...)', '=(herald run)', mark)
       self.failures = self.failures + 1
-      self.err(tostring(err))
-      local n = campaign.invalidate_source(source, headline(err))
-      if n > 0 then
+      self.err(err)
+      ok_all = false
+      local n, ierr = self:patiently(f .. ': marking its stored campaigns INVALID',
+        campaign.invalidate_source, source, headline(err))
+      if n == nil then
+        self.failures = self.failures + 1
+        self.err(string.format('%s: its stored campaigns could not be marked INVALID: %s', f, ierr))
+        if store_trouble(ierr) then return false, ierr end
+      elseif n > 0 then
         self.err(string.format('%s: %d stored campaign%s of this file %s INVALID; their pending messages are held',
           f, n, n == 1 and '' or 's', n == 1 and 'is' or 'are'))
       end
-      ok_all = false
     end
   end
-  local ok, n, failures = self.sb:run('return require("herald.campaign").load_copies()')
+  local ok, n, failures = self:patiently('loading stored copies', function()
+    return self.sb:run('return require("herald.campaign").load_copies()')
+  end)
+  if not ok and store_trouble(n) then
+    self:store_failed(nil, n)
+    return false, n
+  end
   if not ok then
     failures = { n }
   end
@@ -165,7 +231,7 @@ function runner:trigger(id, now, full, invalidate)
       '=(herald run)', id, now, batch))
     if r[1] then return r[2] >= r[3] end
     local err = tostring(r[2])
-    if db.busy(err) then
+    if store_trouble(err) then
       self:met_busy('triggers', err)
       return false
     end
@@ -186,7 +252,7 @@ end
 -- time limit, as event batches are (Pinpoint gives a hook 15 s per batch of endpoints): a
 -- filter or hook over a large audience gets through, and one that fails or runs away on a
 -- batch fails the run, with its own file:line. Returns as step: true, run id, created, total
--- rows; or false and the error, reported (a busy store noted for the pass's wait).
+-- rows; or false and the error, reported (the store's failure noted for the pass's wait).
 function runner:materialize(id, at, index)
   local ok, spec, lua = self:step('materialize_spec', id, at, index)
   if not ok then return false, spec end
@@ -207,8 +273,8 @@ function runner:materialize(id, at, index)
   if not okm then
     -- the filter's or hook's own error as the sandbox gave it (its file:line, its traceback)
     local err = failure or tostring(run_id)
-    if db.busy(err) then
-      self:met_busy('materialize', err)
+    if store_trouble(err) then
+      self:met_busy('campaign ' .. id .. ': materialising a run', err)
     else
       self.failures = self.failures + 1
       self.err(string.format('campaign %s: %s', id, err))
@@ -237,7 +303,7 @@ function runner:loop(opts)
       recovered = r
       break
     end
-    if not db.busy(r) then error(r, 0) end
+    if not store_trouble(r) then error(r, 0) end
     self:met_busy('recovering in-doubt messages', r)
     self:wait_busy()
     if core.stopping() then return { stopped = true } end
@@ -277,9 +343,10 @@ function runner:loop(opts)
           if created then
             self.log(string.format('campaign %s: run %d materialised for %d endpoints', d.id, run_id, n))
           end
-        elseif not db.busy(run_id) then
-          -- the campaign's own failure (its code, its definition); a busy store is not one:
-          -- the run is materialised on a later pass, once the store takes it
+        elseif not store_trouble(run_id) then
+          -- the campaign's own failure (its code, its definition); the store's (busy, its disk
+          -- full, an I/O error) is not one: the run is materialised on a later pass, once the
+          -- store takes it
           failed[key] = true
           invalidate[d.id] = headline(run_id)
         end
@@ -295,15 +362,19 @@ function runner:loop(opts)
 
     for id, err in pairs(invalidate) do
       local oki, ierr = self:step('mark_invalid', id, err)
-      if oki or not db.busy(ierr) then invalidate[id] = nil end
+      if oki or not store_trouble(ierr) then invalidate[id] = nil end
     end
 
     local okids, ids_json = self:step('campaign_ids')
-    if not okids then break end
+    if not okids then
+      if not self.busy then break end
+      self:wait_busy()
+      goto continue
+    end
     -- A/B winners before delivery, so a released rest goes out in this pass
     local okw, made, next_decision = pcall(winner.step, plan.ids, now)
     if not okw then
-      if db.busy(made) then
+      if store_trouble(made) then
         self:met_busy('A/B decisions', made)
       else
         self.failures = self.failures + 1

@@ -277,3 +277,123 @@ herald.campaign{ name = 'unrelated', segment = herald.segment{ name = 'none', ch
     assert.are.equal(1, st.Version)
   end)
 end)
+
+-- A store that is busy (another process holds it past the busy timeout) or fails itself (its
+-- disk full, an I/O error) is no fault of a campaign: nothing is made INVALID for it.
+describe("the store's failures", function()
+  local FILE = [[
+herald.campaign{ name = 'due', segment = herald.segment{ name = 'all' }, message = { body = '%s {{Id}}' },
+  deliver = { file = 'out.txt' } }
+]]
+
+  local function setup(count, body)
+    local dir = h.tmpdir()
+    local rows = {}
+    for i = 1, count do rows[i] = { id = string.format('e%04d', i), address = string.format('u%04d@example.com', i) } end
+    h.endpoints_sql(dir, 'c.db', rows)
+    h.write(dir .. '/c.lua', string.format(FILE, body or 'hi'))
+    local _, code, err = herald(dir, 'campaign load c.lua')
+    assert.are.equal(0, code, err)
+    return dir
+  end
+
+  -- Runs `herald --db c.db ARGS` while another process holds the store (BEGIN IMMEDIATE), far
+  -- past herald's busy timeout: the holder lets go once herald says it is waiting for the
+  -- store, or once herald has ended without waiting. Returns herald's exit code, stdout and
+  -- stderr, and whether the holder saw herald wait.
+  local function while_held(dir, args)
+    h.write(dir .. '/hold.py', [[
+import os, sqlite3, time
+c = sqlite3.connect('c.db', isolation_level=None, timeout=30)
+c.execute('BEGIN IMMEDIATE')
+open('held', 'w').close()
+for _ in range(600):
+    if os.path.exists('done'):
+        break
+    if os.path.exists('a.err') and 'trying again' in open('a.err').read():
+        open('seen', 'w').close()
+        break
+    time.sleep(0.05)
+c.execute('COMMIT')
+]])
+    local out = h.sh('cd ' .. h.shell_quote(dir) .. ' && rm -f held seen done a.err; python3 hold.py & hp=$!;'
+      .. ' for i in $(seq 200); do [ -e held ] && break; sleep 0.05; done;'
+      .. ' HERALD_BUSY_TIMEOUT_MS=200 ' .. h.shell_quote(h.exe) .. ' --db c.db ' .. args .. ' > a.out 2> a.err < /dev/null;'
+      .. ' echo "rc=$?"; touch done; wait $hp')
+    assert.is_truthy(h.read(dir .. '/held'), 'the store was not held')
+    return tonumber(out:match('rc=(%d+)')), h.read(dir .. '/a.out') or '', h.read(dir .. '/a.err') or '',
+      h.read(dir .. '/seen') ~= nil
+  end
+
+  it('are waited for when a definition file loads while another process holds the store', function()
+    local dir = setup(5)
+    -- `herald run`: the file loads once the store is free, and its campaign runs
+    local code, _, err, seen = while_held(dir, 'run --until-idle c.lua')
+    assert.is_true(seen, err)
+    assert.matches('herald run: c.lua: the store is busy (another process holds it), trying again: '
+      .. 'c.db: starting a transaction: database is locked\n', err, 1, true)
+    assert.are.equal(0, code, err)
+    assert.is_nil(err:find('INVALID', 1, true))
+    assert.are.same({ { state = 'COMPLETED', version = 1 } }, q(dir, 'SELECT state, version, error FROM campaigns'))
+    assert.are.equal(5, h.count(h.read(dir .. '/out.txt') or '', 'hi e'))
+    -- `herald campaign load` of an edited file: version 2 is stored once the store is free
+    h.write(dir .. '/c.lua', string.format(FILE, 'hello'))
+    local out
+    code, out, err, seen = while_held(dir, 'campaign load c.lua')
+    assert.is_true(seen, err)
+    assert.matches('herald campaign load: c.lua: the store is busy (another process holds it), trying again: ',
+      err, 1, true)
+    assert.are.equal(0, code, err)
+    assert.are.equal('loaded 1 file\n', out)
+    assert.are.same({ { state = 'COMPLETED', version = 2 } }, q(dir, 'SELECT state, version, error FROM campaigns'))
+  end)
+
+  it('are reported in a line, not a traceback, when a failing file cannot make its campaigns INVALID', function()
+    local dir = setup(3)
+    h.write(dir .. '/c.lua', "local s = herald.segment{ name = 'all' }\n"
+      .. "herald.campaign{ name = 'due', segment = s, holdout = 120, message = { body = 'b' } }\n")
+    -- Another process keeps the database open (its -wal and -shm files stay), and herald may
+    -- not write past the first 512 bytes of a file: it opens and reads the store, but no
+    -- write reaches it (SQLite's "disk I/O error", as on a failing disk).
+    h.write(dir .. '/keep.py', [[
+import os, sqlite3, time
+c = sqlite3.connect('c.db', isolation_level=None)
+c.execute('SELECT count(*) FROM campaigns').fetchall()
+open('open', 'w').close()
+for _ in range(600):
+    if os.path.exists('done'):
+        break
+    time.sleep(0.05)
+]])
+    local out = h.sh('cd ' .. h.shell_quote(dir) .. ' && python3 keep.py & kp=$!;'
+      .. ' cd ' .. h.shell_quote(dir) .. ' && for i in $(seq 200); do [ -e open ] && break; sleep 0.05; done;'
+      .. " sh -c \"trap '' XFSZ; ulimit -S -f 1; exec " .. h.shell_quote(h.exe)
+      .. ' --db c.db run --until-idle c.lua < /dev/null 2>&1"; echo "rc=$?"; touch done; wait $kp')
+    assert.matches('c.lua:2: herald.campaign due: holdout', out, 1, true)
+    assert.matches('herald run: c.lua: its stored campaigns could not be marked INVALID: c.db: ', out, 1, true)
+    assert.matches('disk I/O error', out, 1, true)
+    -- the file's own error has its traceback (its line); herald's frames have no place here
+    assert.is_nil(out:find('[C]', 1, true), out)
+    assert.is_nil(out:find('stdlib/herald', 1, true), out)
+    assert.matches('rc=1\n', out, 1, true)
+  end)
+
+  it('make no campaign INVALID when its run cannot be written (disk failing): the run is written once it can', function()
+    local dir = setup(1000)
+    -- herald may write no more than 64 KB into any file at first (128 blocks of 512 bytes):
+    -- the store opens and the file loads, but the run's rows do not fit (SQLite says "disk I/O
+    -- error", as on a failing disk). Once herald says it waits for the store, the limit is lifted.
+    local out = h.sh('cd ' .. h.shell_quote(dir) .. ' && { sh -c "trap \'\' XFSZ; ulimit -S -f 128; '
+      .. h.shell_quote(h.exe) .. ' --db c.db run --until-idle c.lua < /dev/null & echo \\$! > pid; wait \\$!; echo rc=\\$?" 2>&1 | cat > all.txt & };'
+      .. ' for i in $(seq 600); do grep -q "trying again\\|^rc=" all.txt 2> /dev/null && break; sleep 0.05; done;'
+      .. ' python3 -c "import resource; resource.prlimit($(cat pid), resource.RLIMIT_FSIZE,'
+      .. ' (resource.RLIM_INFINITY, resource.RLIM_INFINITY))" 2>&1; wait; cat all.txt')
+    assert.matches('herald run: campaign due: materialising a run: the store failed (no fault of the campaigns), '
+      .. 'trying again: c.db: ', out, 1, true)
+    assert.is_nil(out:find('INVALID', 1, true), out)
+    assert.matches('rc=0\n', out, 1, true)
+    assert.are.same({ { state = 'COMPLETED' } }, q(dir, 'SELECT state, error FROM campaigns'))
+    assert.are.equal(1000, n(dir, "SELECT count(*) AS n FROM outbox WHERE state = 'SENT'"))
+    assert.are.equal(1000, h.count(h.read(dir .. '/out.txt') or '', 'hi e'))
+  end)
+end)

@@ -81,6 +81,11 @@ describe('campaign definitions', function()
       { "message = { sms = { body = 'x', sender_id = 5 } }", 'message%.sms%.sender_id: expected a string, got a number' },
       { "message = { push = { body = 'x', silent = 'yes' } }", 'message%.push%.silent: expected true or false, got a string' },
       { "message = { body = 'x' }, deliver = { file = 'out.txt', provider = 'ses' }", 'deliver%.provider: unknown field' },
+      -- the file channel writes only below the working directory: refused here, not at each send
+      { "message = { body = 'x' }, deliver = { file = '/tmp/out.txt' }",
+        "deliver%.file: '/tmp/out%.txt': the file must be relative and stay below the working directory" },
+      { "message = { body = 'x' }, deliver = { file = 'logs/../../out.txt' }",
+        "deliver%.file: 'logs/%.%./%.%./out%.txt': the file must be relative and stay below the working directory" },
       { "message = { body = 'x' }, stale_after = '0m'", "stale_after: a positive number of seconds" },
       { "message = { body = 'x' }, schedule = { event = { types = { 'cart' }, delay = '-1s' } } ",
         "schedule%.event%.delay: a number of seconds %(0 or more%)" },
@@ -179,6 +184,8 @@ describe('campaign definitions', function()
         'MessageConfiguration%.SMSMessage%.EntityId: expected a string, got a number' },
       { function(d) d.MessageConfiguration.SMSMessage.MessageType = 'LOUD' end,
         "MessageConfiguration%.SMSMessage%.MessageType: 'TRANSACTIONAL' or 'PROMOTIONAL'" },
+      { function(d) d.Herald.Deliver = { type = 'file', path = '/var/out.txt' } end,
+        "Herald%.Deliver%.path: '/var/out%.txt': the file must be relative and stay below the working directory" },
     }
     for i, case in ipairs(cases) do
       local file = 'p' .. i .. '.lua'
@@ -781,6 +788,98 @@ describe('campaign runs', function()
     out, code = h.herald('--db c.db campaign activities done', { cwd = dir })
     assert.are.equal(0, code)
     assert.are.equal(3, json.decode(out)[1].SuccessfulEndpointCount)
+  end)
+
+  it('says in one line, not a traceback, that the store cannot be opened or stays busy', function()
+    local dir = h.tmpdir()
+    simple_endpoints(dir, 3)
+    h.write(dir .. '/d.lua', [[
+      herald.campaign{ name = 'later', segment = herald.segment{ name = 'all' }, message = { body = 'x' },
+        schedule = { start = '2099-01-01T00:00:00Z' }, deliver = { file = 'out.txt' } }
+    ]])
+    local _, code, err = h.herald('--db c.db campaign load d.lua', { cwd = dir })
+    assert.are.equal(0, code, err)
+    local out
+    for _, action in ipairs({ 'list', 'show later', 'status later', 'activities later', 'pause later',
+        'resume later', 'delete later', 'copy later later-2', 'load d.lua' }) do
+      out, code, err = h.herald('--db missing/c.db campaign ' .. action, { cwd = dir })
+      assert.are.equal(1, code, action)
+      assert.are.equal('', out, action)
+      assert.are.equal('herald campaign: missing/c.db: cannot open database: unable to open database file\n', err, action)
+    end
+    -- another process holds the store past the busy timeout: what writes fails, in a line
+    h.write(dir .. '/hold.py', [[
+import os, sqlite3, time
+c = sqlite3.connect('c.db', isolation_level=None, timeout=30)
+c.execute('BEGIN IMMEDIATE')
+open('held', 'w').close()
+for _ in range(600):
+    if os.path.exists('done'):
+        break
+    time.sleep(0.05)
+c.execute('COMMIT')
+]])
+    local actions = { 'pause later', 'delete later', 'copy later later-2' }
+    local script = { 'cd ' .. h.shell_quote(dir), 'python3 hold.py & hp=$!',
+      'for i in $(seq 200); do [ -e held ] && break; sleep 0.05; done' }
+    for i, action in ipairs(actions) do
+      script[#script + 1] = string.format('HERALD_BUSY_TIMEOUT_MS=100 %s --db c.db campaign %s > %d.out 2> %d.err < /dev/null;'
+        .. ' echo $? > %d.rc', h.shell_quote(h.exe), action, i, i, i)
+    end
+    script[#script + 1] = 'touch done; wait $hp'
+    h.sh(table.concat(script, '\n'))
+    assert.is_truthy(h.read(dir .. '/held'), 'the store was not held')
+    for i, action in ipairs(actions) do
+      err = h.read(dir .. '/' .. i .. '.err')
+      assert.are.equal('1\n', h.read(dir .. '/' .. i .. '.rc'), action .. ': ' .. err)
+      assert.are.equal('', h.read(dir .. '/' .. i .. '.out'), action)
+      assert.matches('^herald campaign: c%.db: [^\n]*: database is locked\n$', err)
+    end
+    assert.are.same({ { id = 'later', state = 'SCHEDULED' } }, q(dir, 'SELECT id, state FROM campaigns'))
+  end)
+
+  it("gives activities Pinpoint's states: RUNNING, PAUSED, CANCELLED, COMPLETED", function()
+    local dir = h.tmpdir()
+    simple_endpoints(dir, 4, function(i, r) r.tz = i % 2 == 1 and 'Asia/Tokyo' or 'America/New_York' end)
+    h.write(dir .. '/a.lua', [[
+      local all = herald.segment{ name = 'all' }
+      -- 09:00 on each endpoint's clock: Tokyo's at 00:00 UTC, New York's at 13:00 UTC
+      herald.campaign{ name = 'hold', segment = all, message = { body = 'h' }, deliver = { file = 'out.txt' },
+        schedule = { start = '2027-05-03T09:00:00', is_local_time = true } }
+      herald.campaign{ name = 'done', segment = all, message = { body = 'd' }, deliver = { file = 'out.txt' },
+        schedule = { start = '2027-05-02T07:00:00Z' } }
+      -- six hours late when herald first looks: skipped whole, STALE
+      herald.campaign{ name = 'late', segment = all, message = { body = 'l' }, deliver = { file = 'out.txt' },
+        schedule = { start = '2027-05-02T00:00:00Z' } }
+    ]])
+    local _, code, err = run(dir, '--clock-start 2027-05-02T06:00:00Z --until 2027-05-03T08:00:00Z a.lua')
+    assert.are.equal(0, code, err)
+    local function states(name)
+      local out, c, e = h.herald('--db c.db campaign activities ' .. name, { cwd = dir })
+      assert.are.equal(0, c, e)
+      local got = {}
+      for _, a in ipairs(json.decode(out)) do got[#got + 1] = { State = a.State, Result = a.Result } end
+      return got
+    end
+    assert.are.same({ { State = 'COMPLETED', Result = 'SUCCESS' } }, states('done'))
+    local late = json.decode((h.herald('--db c.db campaign activities late', { cwd = dir })))
+    assert.are.equal(1, #late)
+    assert.are.same({ State = 'CANCELLED', STALE = 1 },
+      { State = late[1].State, Result = late[1].Result, STALE = late[1].ExecutionMetrics.STALE })
+    -- Tokyo has had its message, New York waits: the run is in progress
+    assert.are.same({ { State = 'RUNNING' } }, states('hold'))
+    for _, step in ipairs({ { 'pause', 'PAUSED' }, { 'resume', 'RUNNING' }, { 'delete', 'CANCELLED' } }) do
+      _, code, err = h.herald('--db c.db campaign ' .. step[1] .. ' hold', { cwd = dir })
+      assert.are.equal(0, code, err)
+      assert.are.same({ { State = step[2] } }, states('hold'))
+    end
+    -- a later herald run completes the deleted campaign's run: what the deletion cut short stays CANCELLED
+    _, code, err = run(dir, '--until-idle --clock-start 2027-05-03T14:00:00Z a.lua')
+    assert.are.equal(0, code, err)
+    assert.are.same({ { state = 'COMPLETED' } }, q(dir, "SELECT state FROM campaign_runs r WHERE campaign_id = 'hold'"))
+    assert.are.same({ { State = 'CANCELLED' } }, states('hold'))
+    assert.are.equal(2, n(dir, "SELECT count(*) AS n FROM outbox o JOIN campaign_runs r ON r.id = o.run_id"
+      .. " WHERE r.campaign_id = 'hold' AND o.reason = 'CAMPAIGN_DELETED'"))
   end)
 
   it('keeps arms by cohort across runs and versions; an update makes a new version, the run keeps its own', function()

@@ -35,14 +35,15 @@ out when it leaves INVALID (the file loads again), subject to MaximumDuration.
 local ACTIONS = { pause = campaign.pause, resume = campaign.resume, delete = campaign.delete }
 
 local function list()
-  local rows = campaign.list()
+  local rows, err = campaign.list()
+  if rows == nil then return nil, err end
   if #rows == 0 then print('no campaigns') end
   for _, r in ipairs(rows) do
     local from = r.source or (r.copy_of and ('stored copy of ' .. r.copy_of)) or '-'
     print(string.format('%-24s %-16s v%-4d %s', r.id, r.state, r.version, from))
     if r.error then print('  error: ' .. r.error) end
   end
-  return 0
+  return true
 end
 
 local function show(name)
@@ -66,14 +67,19 @@ local function show(name)
   return true
 end
 
--- Loads FILEs as `herald run` does (a campaign that loads leaves INVALID), without running
--- or planning anything.
+-- Loads FILEs as `herald run` does (a campaign that loads leaves INVALID; a busy store is
+-- waited for), without running or planning anything.
 local function load(files)
   local runner = require('herald.runner').new {
     err = function(msg) io.stderr:write('herald campaign load: ' .. msg .. '\n') end,
   }
-  local ok = runner:load(files)
+  local done, res = cli.run_task(function() return runner:load(files) end)
   runner:close()
+  if not done then
+    io.stderr:write('herald campaign load: ' .. tostring(res) .. '\n')
+    return 1
+  end
+  local ok = res[1]
   if ok then print(string.format('loaded %d file%s', #files, #files == 1 and '' or 's')) end
   return ok and 0 or 1
 end
@@ -120,10 +126,18 @@ function M.run(args)
     return usage_error(action, 'unexpected argument %s', args[operands.max + 2])
   end
   local name = args[2]
-  if action == 'list' then return list() end
+  -- a database that cannot be opened is said as such, in one line, before anything is read
+  -- or a file loads and takes the blame
+  local opened, oerr = cli.open_store()
+  if not opened then
+    io.stderr:write('herald campaign: ' .. oerr .. '\n')
+    return 1
+  end
   if action == 'load' then return load(cli.distinct_files(table.move(args, 2, #args, 1, {}))) end
   local ok, err
-  if action == 'show' then
+  if action == 'list' then
+    ok, err = list()
+  elseif action == 'show' then
     ok, err = show(name)
   elseif ACTIONS[action] then
     ok, err = ACTIONS[action](name)

@@ -4,6 +4,7 @@ local clock = require 'herald.core.clock'
 local time = require 'herald.time'
 local runner = require 'herald.runner'
 local server = require 'herald.core.server'
+local cli = require 'herald.cli'
 
 local M = {}
 
@@ -85,7 +86,7 @@ function M.run(args)
     if not fh then return fail('cannot open %s', f) end
     fh:close()
   end
-  files = require('herald.cli').distinct_files(files)
+  files = cli.distinct_files(files)
 
   local pfile = opts.providers
   if pfile == nil then
@@ -109,6 +110,13 @@ function M.run(args)
     opts.clock_start = ms
   end
   if opts.clock_start then clock.set_manual(opts.clock_start) end
+  -- a database that cannot be opened is the store's failure, said as such, before any file
+  -- loads and would take the blame for it
+  local opened, oerr = cli.open_store()
+  if not opened then
+    io.stderr:write('herald run: ' .. oerr .. '\n')
+    return 1
+  end
   local r = runner.new {
     memory = math.floor(memory * 1024 * 1024),
     log = opts.verbose and function(msg) print(msg) end or nil,
@@ -125,10 +133,12 @@ function M.run(args)
     io.stdout:write(string.format('herald run: serving on http://%s\n', srv:address()))
     io.stdout:flush()
   end
-  r:load(files)
   task.watch_signals()
-  local ok, res = require('herald.cli').run_task(function()
-    local result = r:loop(opts)
+  -- loading waits (in a task) while the store is busy; a store that stays busy or fails
+  -- stops herald run before the loop, nothing made INVALID for it
+  local ok, res = cli.run_task(function()
+    local _, store_err = r:load(files)
+    local result = store_err and { store_failed = true } or r:loop(opts)
     if srv then srv:stop() end
     return result
   end)
@@ -139,6 +149,10 @@ function M.run(args)
     return 1
   end
   local result = res[1]
+  if result.store_failed then
+    r:close()
+    return 1
+  end
   r:print_summary()
   if result.stopped then print('stopped: work in hand was written; run again to continue') end
   r:close()
