@@ -144,11 +144,14 @@ local STRING_FIELDS = { 'Action', 'Body', 'Title', 'HtmlBody', 'Url', 'ImageUrl'
   'ConsolidationKey', 'ExpiresAfter', 'MD5', 'Keyword', 'OriginationNumber', 'SenderId', 'EntityId',
   'TemplateId', 'FromAddress', 'FeedbackForwardingAddress', 'LanguageCode', 'VoiceId' }
 
+-- An object of name = value; values are strings, or numbers and booleans a channel writes as
+-- strings (push data goes out as strings)
+local SCALAR = { string = true, number = true, boolean = true }
 local function check_map(path, t, what)
   if type(t) ~= 'table' then refuse(path .. ': expected an object of ' .. what) end
   for k, v in pairs(t) do
     if type(k) ~= 'string' then refuse(path .. ': expected an object of ' .. what .. ', not a list') end
-    if type(v) ~= 'string' then refuse(path .. '.' .. k .. ': expected a string') end
+    if not SCALAR[type(v)] then refuse(path .. '.' .. k .. ': expected a string, number or boolean') end
   end
 end
 

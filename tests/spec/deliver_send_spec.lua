@@ -307,7 +307,8 @@ describe('herald.send', function()
         'MessageConfiguration.EmailMessage.SimpleEmail.Headers[0]: expected { Name = string, Value = string }' },
       { { EmailMessage = { Body = 'x', FromAddress = 7 } }, 'MessageConfiguration.EmailMessage.FromAddress: expected a string' },
       { { GCMMessage = { Body = 'x', TimeToLive = '1h' } }, 'MessageConfiguration.GCMMessage.TimeToLive: expected a whole number' },
-      { { GCMMessage = { Body = 'x', Data = { k = 1 } } }, 'MessageConfiguration.GCMMessage.Data.k: expected a string' },
+      { { GCMMessage = { Body = 'x', Data = { k = { 1 } } } },
+        'MessageConfiguration.GCMMessage.Data.k: expected a string, number or boolean' },
       { { SmsMessage = { Body = 'x' } }, 'MessageConfiguration.SmsMessage: not a message type (ADMMessage, APNSMessage,' },
     }
     for _, c in ipairs(cases) do
@@ -319,9 +320,9 @@ describe('herald.send', function()
                                   MessageConfiguration = { DefaultMessage = { Body = 'x' } } })
     assert.is_false(ok)
     assert.matches('herald.send: Addresses.a@example.com.BodyOverride: expected a string', err, 1, true)
-    ok, err = pcall(send, { Addresses = to, Context = { n = 1 }, MessageConfiguration = { DefaultMessage = { Body = 'x' } } })
+    ok, err = pcall(send, { Addresses = to, Context = { n = { 1 } }, MessageConfiguration = { DefaultMessage = { Body = 'x' } } })
     assert.is_false(ok)
-    assert.matches('herald.send: Context.n: expected a string', err, 1, true)
+    assert.matches('herald.send: Context.n: expected a string, number or boolean', err, 1, true)
     assert.are.equal(0, #got)
     -- the right types go out
     local r = send({ Addresses = to, MessageConfiguration = {
