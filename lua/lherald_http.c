@@ -15,7 +15,9 @@
  * limit (limit(n)) share one group: n transfers at once between all of them. An item or mail
  * given a gate (gate()) comes back unsent, class "recalled", when the gate closes before the
  * transport starts it: delivery gives back the messages of a campaign paused meanwhile, or of a
- * process asked to stop, without waiting for the transfers before them.
+ * process asked to stop, without waiting for the transfers before them. A wait that asks for
+ * them (wait(min, {recalled = true})) ends when they come back, not only at min outcomes, so
+ * those messages are given back while the transfers before them are still on the wire.
  *
  * Completions arrive in libuv callbacks, where a Lua error has no protected call to land in:
  * in a sandbox near its memory cap one would abort the process. So a completion only stores
@@ -641,6 +643,14 @@ static int l_build_mail(lua_State *L) {
 
 typedef struct Batch Batch;
 
+/* Wakes a batch's waiter for its recalled outcomes on the loop's next turn rather than at the
+ * first: a gate's requests come back together, one completion each, and go to the waiter in
+ * one. Allocated apart from the batch, as the timer outlives it until its close callback. */
+typedef struct {
+  uv_timer_t timer;
+  Batch *b;  /* NULL once the batch is closed */
+} RecallWake;
+
 typedef struct {
   Batch *b;
   lua_Integer seq;
@@ -685,6 +695,9 @@ struct Batch {
   size_t nout, cap;
   HeraldTaskWait *wait;
   size_t wait_min;
+  int wait_recalled;      /* the waiter also ends at outcomes of class recalled */
+  size_t nrecalled;       /* of those among out */
+  RecallWake *recall_wake; /* made by the first wait that asks for them */
   int closed;
 };
 
@@ -851,6 +864,17 @@ static void batch_maybe_wake(Batch *b) {
   herald_task_wait_done(w, 0);  /* batch_wait_k hands the outcomes over, on the task's thread */
 }
 
+static void recall_wake_fire(uv_timer_t *t) {
+  RecallWake *rw = t->data;
+  Batch *b = rw->b;
+  if (b == NULL || b->wait == NULL || !b->wait_recalled || b->nrecalled == 0) return;
+  HeraldTaskWait *w = b->wait;
+  b->wait = NULL;
+  herald_task_wait_done(w, 0);  /* batch_wait_k hands the outcomes over */
+}
+
+static void recall_wake_free(uv_handle_t *h) { free(h->data); }
+
 static void batch_done(const HeraldHttpResponse *res, void *user) {
   Slot *slot = user;
   Batch *b = slot->b;
@@ -860,6 +884,11 @@ static void batch_done(const HeraldHttpResponse *res, void *user) {
   o->seq = slot->seq;
   o->status = res->status;
   o->cls = res->error;
+  if (o->cls == kHeraldNetRecalled) {
+    b->nrecalled++;
+    if (b->wait != NULL && b->wait_recalled)
+      uv_timer_start(&b->recall_wake->timer, recall_wake_fire, 0, 0);
+  }
   o->retry_after_ms = res->retry_after_ms;
   if (res->error != kHeraldNetOk) {
     o->detail = strdup(res->error_text);
@@ -921,6 +950,7 @@ static int batch_push_outcomes(lua_State *L, Batch *b) {
     free(o->detail);
   }
   b->nout = 0;
+  b->nrecalled = 0;
   lua_settop(L, t);
   return 1;
 }
@@ -1179,6 +1209,7 @@ static void batch_wait_cancel(HeraldTaskWait *w, void *data) {
   (void)w;
   Batch *b = data;
   b->wait = NULL;
+  if (b->recall_wake != NULL) uv_timer_stop(&b->recall_wake->timer);
 }
 
 static int batch_wait_k(lua_State *L, int status, lua_KContext ctx) {
@@ -1186,16 +1217,37 @@ static int batch_wait_k(lua_State *L, int status, lua_KContext ctx) {
   return batch_push_outcomes(L, (Batch *)ctx);  /* the waiter's argument holds the batch */
 }
 
-/* b:wait([min]) -> outcomes. Waits until min outcomes are ready (default: everything added),
- * or nothing is outstanding. */
+/* b:wait([min[, {recalled = true}]]) -> outcomes. Waits until min outcomes are ready
+ * (default: everything added), or nothing is outstanding; with recalled, also until items come
+ * back recalled (their gate closed), with every outcome ready by then. */
 static int l_batch_wait(lua_State *L) {
   Batch *b = check_batch(L);
   if (b->wait != NULL) return luaL_error(L, "another task is waiting on this batch");
   size_t all = b->nout + batch_outstanding(b);
   lua_Integer min = luaL_optinteger(L, 2, (lua_Integer)all);
   luaL_argcheck(L, min >= 0, 2, "must be >= 0");
+  int recalled = 0;
+  if (!lua_isnoneornil(L, 3)) {
+    luaL_checktype(L, 3, LUA_TTABLE);
+    lua_getfield(L, 3, "recalled");
+    recalled = lua_toboolean(L, -1);
+    lua_pop(L, 1);
+  }
+  if (recalled && b->recall_wake == NULL) {
+    RecallWake *rw = calloc(1, sizeof *rw);
+    if (rw == NULL) return luaL_error(L, "out of memory");
+    if (uv_timer_init(&herald_context()->loop, &rw->timer) != 0) {
+      free(rw);
+      return luaL_error(L, "cannot create a timer");
+    }
+    rw->timer.data = rw;
+    rw->b = b;
+    b->recall_wake = rw;
+  }
   b->wait_min = (size_t)min;
-  if (b->nout >= b->wait_min || batch_outstanding(b) == 0) return batch_push_outcomes(L, b);
+  b->wait_recalled = recalled;
+  if (b->nout >= b->wait_min || batch_outstanding(b) == 0 || (recalled && b->nrecalled > 0))
+    return batch_push_outcomes(L, b);
   b->wait = herald_task_wait_new(L, 0, batch_wait_cancel, b);
   batch_update_wake(b);
   /* Outcomes that finished quietly (nobody was waiting) count towards min but are not in yet:
@@ -1221,6 +1273,11 @@ static int l_batch_close(lua_State *L) {
    * waiter would never be resumed. */
   if (b->wait != NULL) return luaL_error(L, "cannot close a batch while a task waits on it");
   b->closed = 1;
+  if (b->recall_wake != NULL) {
+    b->recall_wake->b = NULL;
+    uv_close((uv_handle_t *)&b->recall_wake->timer, recall_wake_free);
+    b->recall_wake = NULL;
+  }
   for (size_t i = 0; i < b->window && b->slots; i++)
     if (b->slots[i].t != NULL && client != NULL) herald_http_thread_cancel(client, b->slots[i].t);
   herald_http_group_release(b->group);

@@ -236,8 +236,10 @@ static void post_completion(HeraldHttpThread *t, HeraldHttpJob *j) {
   t->completions_tail = j;
   /* Decided under the lock, after queueing: herald_http_thread_hand_back, which sets a new
    * threshold and then looks at the queue under this lock, either sees this outcome queued or
-   * had its threshold in place before this decision. */
-  int wake = job_settled(j);
+   * had its threshold in place before this decision. A recalled job wakes it whatever the
+   * threshold: the caller may give its message back without waiting for the transfers still
+   * on the wire (a campaign paused meanwhile). */
+  int wake = job_settled(j) || j->error == kHeraldNetRecalled;
   uv_mutex_unlock(&t->lock);
   if (wake) uv_async_send(&t->back);
 }

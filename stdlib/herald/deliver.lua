@@ -916,8 +916,11 @@ end
 -- carries its campaign's gate (msg.gate, an http gate); channels hand it to the transport with
 -- the request or mail, and closing it brings back unsent ('recalled') every one still waiting
 -- for a connection, which the pump reports RELEASED (PENDING again, no attempt spent). What is
--- on the wire finishes. While pumps send, a watcher looks up the states of the campaigns being
--- sent every CHECK_MS, in one query, and closes their gates at once at a stop request.
+-- on the wire finishes; the channels tell the recalled outcomes as they come back, not with
+-- the chunk of the answers before them (util.send_http_taking, smtp:send), so those messages
+-- are PENDING again about CHECK_MS after the pause. While pumps send, a watcher looks up the
+-- states of the campaigns being sent every CHECK_MS, in one query, and closes their gates at
+-- once at a stop request.
 local CHECK_MS = 250
 local HOLDING = { PAUSED = true, DELETED = true, INVALID = true }
 local sending = {}                                    -- campaign id -> { gate =, claims = }

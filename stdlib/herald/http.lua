@@ -7,6 +7,7 @@
 --   local b <close> = http.batch{url=, concurrency=50, key_header='Idempotency-Key', headers=}
 --   b:add(body, key[, {url=, headers=}])       -- or b:add_many(bodies, keys[, options])
 --   local out = b:wait([min])                  -- yields until min outcomes (default: all)
+--   local out = b:wait(min, {recalled = true}) -- or until items come back recalled (below)
 --   -- out.n, and arrays out.seq, out.key, out.status, out.class, out.verdict,
 --   -- out.retry_after_ms, out.detail (failure text or the start of a failure body)
 -- Batches given the same limit (http.limit(n)) have at most n transfers in flight between them.

@@ -80,6 +80,7 @@ describe('delivery through providers', function()
       location = /hook-20ms { echo_sleep 0.02; echo "ok"; }
       location = /hook-slowfail { echo_status 500; echo_sleep 1; echo "broken"; }
       location = /hook-1s { echo_sleep 1; echo "ok"; }
+      location = /hook-8s { echo_sleep 8; echo "ok"; }
       location = /twilio-21606 { default_type application/json; return 400 '{"code":21606,"message":"The From phone number +15550100 is not a valid, SMS-capable inbound phone number or short code for your account.","status":400}'; }
       location = /twilio-21212 { default_type application/json; return 400 '{"code":21212,"message":"The From number +15550100 is not a valid phone number, shortcode, or alphanumeric sender ID.","status":400}'; }
       location = /twilio-21603 { default_type application/json; return 400 '{"code":21603,"message":"A From or MessagingServiceSid must be supplied","status":400}'; }
@@ -1038,6 +1039,124 @@ print('defects=%d' % (len(msg.defects) + len(msg['Reply-To'].defects)))
       assert.is_nil(seen[r.key], r.key)
       seen[r.key] = true
     end
+  end)
+
+  -- `herald run c.lua` in dir in the background; returns its pid.
+  local function run_in_background(dir)
+    local inner = h.shell_quote(h.exe) .. ' --db d.db run c.lua > run.out 2> run.err & echo $! > run.pid; wait'
+    os.execute('cd ' .. h.shell_quote(dir) .. ' && sh -c ' .. h.shell_quote(inner) .. ' > /dev/null 2>&1 &')
+    return h.wait_for(function() return tonumber((h.read(dir .. '/run.pid') or ''):match('%d+')) end,
+      5000, 'the run pid')
+  end
+
+  local function stop_run(pid)
+    os.execute('kill ' .. pid .. ' 2> /dev/null')
+    h.wait_for(function() return not h.sh('kill -0 ' .. pid .. ' 2> /dev/null && echo alive'):find('alive') end,
+      10000, 'the run to stop')
+  end
+
+  -- The outbox's rows by state: {CLAIMED = n, ...}.
+  local function outbox_states(dir)
+    local by = {}
+    for _, r in ipairs(query(dir, 'SELECT state, count(*) AS n FROM outbox GROUP BY state')) do by[r.state] = r.n end
+    return by
+  end
+
+  -- Once the run in dir has claimed all n messages of campaign name, on_wire of them going out
+  -- at once to a server that answers after 8 s, pauses the campaign from another process and
+  -- returns the outbox's states as soon as the others are given back, or anything is sent.
+  local function pause_mid_claim(dir, name, n, on_wire)
+    h.wait_for(function() return outbox_states(dir).CLAIMED == n end, 20000, 'the claim', 50)
+    local _, code, e = h.herald('--db d.db campaign pause ' .. name, { cwd = dir })
+    assert.are.equal(0, code, e)
+    local states
+    h.wait_for(function()
+      states = outbox_states(dir)
+      return (states.CLAIMED or 0) <= on_wire or (states.SENT or 0) > 0
+    end, 30000, 'the claimed messages not yet sent to be given back', 50)
+    return states
+  end
+
+  -- A claim smaller than a chunk of outcomes (util.CHUNK) was recorded only when its last
+  -- request had its answer, and one giving back fewer than a chunk when a chunk was complete:
+  -- the messages given back stayed CLAIMED (and `campaign status` showed them in flight) until
+  -- the requests on the wire before them were answered.
+  it('gives back the messages not yet sent while those on the wire still wait for their answers', function()
+    local dir = h.tmpdir()
+    ng:clear_log()
+    campaign_file(dir, { n = 40, channel = 'CUSTOM', name = 'waits', addr = "function(i) return 'x' .. i end" })
+    -- one claim takes all 40; four at a time go out, each answered after 8 s
+    h.write(dir .. '/providers.lua', string.format([[
+      return { profiles = { hooks = { type = 'webhook', url = %q, connections = 4 } }, channels = { CUSTOM = 'hooks' } }
+    ]], ng.url .. '/hook-8s'))
+    local pid = run_in_background(dir)
+    local ok, err = pcall(function()
+      local states = pause_mid_claim(dir, 'waits', 40, 4)
+      -- the 36 not yet sent are PENDING again, none of their attempts spent, while the four on
+      -- the wire wait for their answers
+      assert.are.same({ CLAIMED = 4, PENDING = 36 }, states)
+      assert.are.same({ { n = 36, a = 0 } },
+        query(dir, "SELECT count(*) AS n, max(attempts) AS a FROM outbox WHERE state = 'PENDING'"))
+      -- those four finish
+      h.wait_for(function() return outbox_states(dir).SENT == 4 end, 30000, 'the requests on the wire', 100)
+      assert.are.same({ PENDING = 36, SENT = 4 }, outbox_states(dir))
+    end)
+    stop_run(pid)
+    assert(ok, err)
+    -- resumed, every message goes out exactly once
+    h.write(dir .. '/providers.lua', string.format([[
+      return { profiles = { hooks = { type = 'webhook', url = %q } }, channels = { CUSTOM = 'hooks' } }
+    ]], ng.url .. '/hook-ok'))
+    local _, code, e = h.herald('--db d.db campaign resume waits', { cwd = dir })
+    assert.are.equal(0, code, e)
+    _, code, e = run(dir, 'c.lua')
+    assert.are.equal(0, code, e)
+    assert.are.same({ SENT = 40 }, outbox_states(dir))
+    local slow_n, slow_keys = ng:key_counts('/hook-8s')
+    local ok_n, ok_keys = ng:key_counts('/hook-ok')
+    assert.are.same({ 4, 4, 36, 36 }, { slow_n, slow_keys, ok_n, ok_keys })
+    local seen = {}
+    for _, r in ipairs(ng:requests()) do
+      assert.is_nil(seen[r.key], r.key)
+      seen[r.key] = true
+    end
+  end)
+
+  it('gives back the mails not yet sent while those in a session still wait for their answers', function()
+    local slow = S.start_smtp_sink { data_delay = 8 }
+    local mail = S.start_mailstore {}
+    local ok, err = pcall(function()
+      local dir = h.tmpdir()
+      campaign_file(dir, { n = 40, channel = 'EMAIL', name = 'mails',
+        addr = "function(i) return 'reader' .. i .. '@example.com' end" })
+      -- one claim takes all 40; four sessions, each mail answered after 8 s
+      h.write(dir .. '/providers.lua', string.format([[
+        return { profiles = { mail = { type = 'smtp', url = %q, from = 'news@example.com', sessions = 4 } },
+          channels = { EMAIL = 'mail' } }
+      ]], slow.url))
+      local pid = run_in_background(dir)
+      local ok2, err2 = pcall(function()
+        assert.are.same({ CLAIMED = 4, PENDING = 36 }, pause_mid_claim(dir, 'mails', 40, 4))
+        h.wait_for(function() return outbox_states(dir).SENT == 4 end, 30000, 'the mails in a session', 100)
+        assert.are.same({ PENDING = 36, SENT = 4 }, outbox_states(dir))
+      end)
+      stop_run(pid)
+      assert(ok2, err2)
+      -- resumed, the 36 go out once each
+      h.write(dir .. '/providers.lua', string.format([[
+        return { profiles = { mail = { type = 'smtp', url = %q, from = 'news@example.com' } }, channels = { EMAIL = 'mail' } }
+      ]], mail.url))
+      local _, code, e = h.herald('--db d.db campaign resume mails', { cwd = dir })
+      assert.are.equal(0, code, e)
+      _, code, e = run(dir, 'c.lua')
+      assert.are.equal(0, code, e)
+      assert.are.same({ { state = 'SENT', n = 40, a = 1 } },
+        query(dir, 'SELECT state, count(*) AS n, max(attempts) AS a FROM outbox GROUP BY state'))
+      assert.are.equal(36, mail:count())
+    end)
+    slow:stop()
+    mail:stop()
+    assert(ok, err)
   end)
 
   it('stops retrying a message once MaximumDuration has passed since it was first due', function()

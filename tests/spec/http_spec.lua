@@ -332,6 +332,37 @@ describe('herald.http', function()
     assert.are.same({ 'open-1', 'open-5' }, sent)
   end)
 
+  -- Delivery waits for a chunk of outcomes at a time: one asking for recalled ones as well gives
+  -- a paused campaign's messages back while the requests on the wire before them still run.
+  it('ends a wait that asks for them when requests come back recalled, the requests on the wire still running', function()
+    local gate = http.gate()
+    local b <close> = http.batch { url = ng.url .. '/slow', limit = http.limit(2), concurrency = 2,
+                                   key_header = 'Idempotency-Key' }
+    b:add('a', 'wire-1')   -- /slow: 2 s on the wire
+    b:add('b', 'wire-2')
+    for i = 1, 5 do b:add('x', 'back-' .. i, { gate = gate }) end
+    herald.spawn(function() herald.sleep(300); gate:close() end)
+    -- asked for all seven, the waits end with the five given back while the two run on
+    local back = {}
+    while #back < 5 do
+      local out = b:wait(7 - #back, { recalled = true })
+      assert.is_true(out.n >= 1)
+      for i = 1, out.n do
+        assert.are.equal('recalled', out.class[i])
+        back[#back + 1] = out.key[i]
+      end
+    end
+    table.sort(back)
+    assert.are.same({ 'back-1', 'back-2', 'back-3', 'back-4', 'back-5' }, back)
+    local queued, in_flight, ready = b:stats()
+    assert.are.same({ 0, 2, 0 }, { queued, in_flight, ready })
+    local rest = b:wait(2, { recalled = true })
+    assert.are.same({ 2, 200, 200 }, { rest.n, rest.status[1], rest.status[2] })
+    local okw, werr = pcall(b.wait, b, 1, true)
+    assert.is_false(okw)
+    assert.matches('table expected, got boolean', werr, 1, true)
+  end)
+
   it("holds a group's requests not yet started while a 429 or 503 Retry-After runs", function()
     ng:clear_log()
     local limit = http.limit(1)

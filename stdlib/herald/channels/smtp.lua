@@ -75,10 +75,19 @@ end
 -- Every message is handed to the transport at once, in a task of its own; the channel's limit
 -- keeps profile.sessions of them in flight and starts the next as one finishes. Outcomes come
 -- to progress(indexes, outcomes) in chunks as they finish (util.CHUNK), when a progress
--- function is given; the whole list is returned as well.
+-- function is given; the whole list is returned as well. Mails given back unsent (their gate
+-- closed: a paused campaign's) are told on the loop's next turn, with the others the gate gave
+-- back meanwhile, rather than when a chunk is full, so their messages go back to PENDING while
+-- the mails on the wire before them finish.
 function smtp:send(msgs, progress)
   local out, done, all_done = {}, 0, task.signal()
-  local told_idx, told_out = {}, {}
+  local told_idx, told_out, telling = {}, {}, false
+  local function tell()
+    if #told_idx == 0 then return end
+    local idx, outs = told_idx, told_out
+    told_idx, told_out = {}, {}
+    progress(idx, outs)
+  end
   for i, m in ipairs(msgs) do
     task.spawn(function()
       local ok, r = pcall(self.send_one, self, m)
@@ -91,9 +100,15 @@ function smtp:send(msgs, progress)
       if progress and done < #msgs then
         told_idx[#told_idx + 1], told_out[#told_out + 1] = i, out[i]
         if #told_idx >= util.CHUNK then
-          local idx, outs = told_idx, told_out
-          told_idx, told_out = {}, {}
-          progress(idx, outs)
+          tell()
+        elseif out[i].recalled and not telling then
+          telling = true
+          task.spawn(function()
+            task.sleep(0)
+            telling = false
+            -- the last outcome came meanwhile: the caller takes the rest from send's result
+            if done < #msgs then tell() end
+          end)
         end
       end
       if done == #msgs then all_done:notify() end

@@ -59,21 +59,25 @@ end
 -- messages sent but unrecorded, which it would send again after its restart.
 util.CHUNK = 64
 
--- The same, handing the outcome columns to take(res): all at once, or, when told is given and
--- there is more than a chunk, a chunk at a time as they finish, each followed by told(res).
+-- The same, handing the outcome columns to take(res): all at once, or, when told is given, a
+-- chunk at a time as they finish, each followed by told(res) unless it is every outcome. The
+-- requests given back unsent when their gate closes end a chunk early: the caller gives their
+-- messages back at once (a paused campaign's go back to PENDING), not when the requests on
+-- the wire before them have finished too.
+local RECALLED = { recalled = true }
 function util.send_http_taking(profile, reqs, opts, take, told)
-  if told == nil or #reqs <= util.CHUNK then
+  if told == nil then
     take(util.send_http_columns(profile, reqs, opts))
     return
   end
   local b <close> = open_batch(profile, reqs, opts or {})
   local left = #reqs
   while left > 0 do
-    local res = b:wait(math.min(util.CHUNK, left))
+    local res = b:wait(math.min(util.CHUNK, left), RECALLED)
     if res.n == 0 then break end   -- nothing outstanding: a closed batch
     left = left - res.n
     take(res)
-    told(res)
+    if res.n < #reqs then told(res) end
   end
 end
 
