@@ -146,4 +146,53 @@ function M.start_serve(dir, db, env)
   return { pid = pid, port = port }
 end
 
+-- Stores EMAIL endpoints { {id, address}, ... } in a fresh directory's store db and sends each
+-- one message of campaign c1 to the file msgs.txt. Returns the directory and the message id
+-- per endpoint id.
+function M.file_campaign(db, people)
+  local dir = M.tmpdir()
+  local src = {}
+  for _, p in ipairs(people) do
+    src[#src + 1] = string.format("assert(herald.endpoints.put { Id = %q, ChannelType = 'EMAIL', Address = %q })", p[1], p[2])
+  end
+  src[#src + 1] = "herald.campaign { name = 'c1', segment = herald.segment { name = 'all' },"
+    .. " message = { subject = 'Hi', body = 'b' }, deliver = { file = 'msgs.txt' } }"
+  M.write(dir .. '/c.lua', table.concat(src, '\n') .. '\n')
+  local _, code, err = M.herald('--db ' .. db .. ' run --until-idle c.lua', { cwd = dir })
+  assert(code == 0, err)
+  local mid, n = {}, 0
+  for _, r in ipairs(M.query(dir, db, "SELECT endpoint_id, message_id FROM outbox WHERE state = 'SENT'")) do
+    mid[r.endpoint_id], n = r.message_id, n + 1
+  end
+  assert(n == #people, 'the campaign sent ' .. n .. ' of ' .. #people .. ' messages')
+  return dir, mid
+end
+
+-- Runs the shell commands in dir while another process holds the store db (BEGIN IMMEDIATE).
+-- The holder lets go once the commands are done or, with release_on = { FILE, TEXT }, as soon
+-- as FILE (in dir) holds TEXT (herald saying it waits for the store, say). Returns the commands'
+-- output and whether the holder let go on release_on's text.
+function M.hold_store(dir, db, commands, release_on)
+  M.write(dir .. '/hold.py', string.format([[
+import os, sqlite3, time
+c = sqlite3.connect(%q, isolation_level=None, timeout=30)
+c.execute('BEGIN IMMEDIATE')
+open('held', 'w').close()
+watch, text = %q, %q
+for _ in range(600):
+    if os.path.exists('done'):
+        break
+    if watch and os.path.exists(watch) and text in open(watch).read():
+        open('seen', 'w').close()
+        break
+    time.sleep(0.05)
+c.execute('COMMIT')
+]], db, release_on and release_on[1] or '', release_on and release_on[2] or ''))
+  local out = M.sh('cd ' .. M.shell_quote(dir) .. ' && rm -f held seen done' ..
+    (release_on and (' ' .. M.shell_quote(release_on[1])) or '') .. '; python3 hold.py & hp=$!;'
+    .. ' for i in $(seq 200); do [ -e held ] && break; sleep 0.05; done;\n' .. commands .. '\ntouch done; wait $hp')
+  assert(M.read(dir .. '/held'), 'the store was not held')
+  return out, M.read(dir .. '/seen') ~= nil
+end
+
 return M

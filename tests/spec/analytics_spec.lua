@@ -964,22 +964,7 @@ describe('status notifications and the endpoints they change', function()
   -- e1, e2 and e3 get a campaign message each (to a file); notifications about them are posted
   -- while their owners write the endpoints again.
   local function setup_campaign()
-    local dir = h.tmpdir()
-    h.write(dir .. '/c.lua', [[
-      assert(herald.endpoints.put { Id = 'e1', ChannelType = 'EMAIL', Address = 'ann@example.com' })
-      assert(herald.endpoints.put { Id = 'e2', ChannelType = 'EMAIL', Address = 'bob@example.com' })
-      assert(herald.endpoints.put { Id = 'e3', ChannelType = 'EMAIL', Address = 'cy@example.com' })
-      herald.campaign { name = 'c1', segment = herald.segment { name = 'all' },
-        message = { subject = 'Hi', body = 'b' }, deliver = { file = 'msgs.txt' } }
-    ]])
-    local _, code, err = h.herald('--db q.db run --until-idle c.lua', { cwd = dir })
-    assert.are.equal(0, code, err)
-    local mid = {}
-    for _, r in ipairs(query(dir, "SELECT endpoint_id, message_id FROM outbox WHERE state = 'SENT'")) do
-      mid[r.endpoint_id] = r.message_id
-    end
-    assert.is_truthy(mid.e1 and mid.e2 and mid.e3, 'the campaign sent three messages')
-    return dir, mid
+    return h.file_campaign('q.db', { { 'e1', 'ann@example.com' }, { 'e2', 'bob@example.com' }, { 'e3', 'cy@example.com' } })
   end
 
   local function put(dir, fields)

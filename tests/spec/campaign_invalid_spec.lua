@@ -302,27 +302,9 @@ herald.campaign{ name = 'due', segment = herald.segment{ name = 'all' }, message
   -- store, or once herald has ended without waiting. Returns herald's exit code, stdout and
   -- stderr, and whether the holder saw herald wait.
   local function while_held(dir, args)
-    h.write(dir .. '/hold.py', [[
-import os, sqlite3, time
-c = sqlite3.connect('c.db', isolation_level=None, timeout=30)
-c.execute('BEGIN IMMEDIATE')
-open('held', 'w').close()
-for _ in range(600):
-    if os.path.exists('done'):
-        break
-    if os.path.exists('a.err') and 'trying again' in open('a.err').read():
-        open('seen', 'w').close()
-        break
-    time.sleep(0.05)
-c.execute('COMMIT')
-]])
-    local out = h.sh('cd ' .. h.shell_quote(dir) .. ' && rm -f held seen done a.err; python3 hold.py & hp=$!;'
-      .. ' for i in $(seq 200); do [ -e held ] && break; sleep 0.05; done;'
-      .. ' HERALD_BUSY_TIMEOUT_MS=200 ' .. h.shell_quote(h.exe) .. ' --db c.db ' .. args .. ' > a.out 2> a.err < /dev/null;'
-      .. ' echo "rc=$?"; touch done; wait $hp')
-    assert.is_truthy(h.read(dir .. '/held'), 'the store was not held')
-    return tonumber(out:match('rc=(%d+)')), h.read(dir .. '/a.out') or '', h.read(dir .. '/a.err') or '',
-      h.read(dir .. '/seen') ~= nil
+    local out, seen = h.hold_store(dir, 'c.db', 'HERALD_BUSY_TIMEOUT_MS=200 ' .. h.shell_quote(h.exe)
+      .. ' --db c.db ' .. args .. ' > a.out 2> a.err < /dev/null; echo "rc=$?"', { 'a.err', 'trying again' })
+    return tonumber(out:match('rc=(%d+)')), h.read(dir .. '/a.out') or '', h.read(dir .. '/a.err') or '', seen
   end
 
   it('are waited for when a definition file loads while another process holds the store', function()

@@ -808,27 +808,13 @@ describe('campaign runs', function()
       assert.are.equal('herald campaign: missing/c.db: cannot open database: unable to open database file\n', err, action)
     end
     -- another process holds the store past the busy timeout: what writes fails, in a line
-    h.write(dir .. '/hold.py', [[
-import os, sqlite3, time
-c = sqlite3.connect('c.db', isolation_level=None, timeout=30)
-c.execute('BEGIN IMMEDIATE')
-open('held', 'w').close()
-for _ in range(600):
-    if os.path.exists('done'):
-        break
-    time.sleep(0.05)
-c.execute('COMMIT')
-]])
     local actions = { 'pause later', 'delete later', 'copy later later-2' }
-    local script = { 'cd ' .. h.shell_quote(dir), 'python3 hold.py & hp=$!',
-      'for i in $(seq 200); do [ -e held ] && break; sleep 0.05; done' }
+    local script = {}
     for i, action in ipairs(actions) do
       script[#script + 1] = string.format('HERALD_BUSY_TIMEOUT_MS=100 %s --db c.db campaign %s > %d.out 2> %d.err < /dev/null;'
         .. ' echo $? > %d.rc', h.shell_quote(h.exe), action, i, i, i)
     end
-    script[#script + 1] = 'touch done; wait $hp'
-    h.sh(table.concat(script, '\n'))
-    assert.is_truthy(h.read(dir .. '/held'), 'the store was not held')
+    h.hold_store(dir, 'c.db', table.concat(script, '\n'))
     for i, action in ipairs(actions) do
       err = h.read(dir .. '/' .. i .. '.err')
       assert.are.equal('1\n', h.read(dir .. '/' .. i .. '.rc'), action .. ': ' .. err)

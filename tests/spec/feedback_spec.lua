@@ -362,21 +362,7 @@ describe('bounces of mail sent to a file', function()
   -- A campaign that wrote its mail to a file: a report quotes the X-Herald-Message-Id header
   -- alone. Returns the directory and the message id per endpoint.
   local function file_campaign()
-    local dir = h.tmpdir()
-    h.write(dir .. '/c.lua', [[
-      assert(herald.endpoints.put { Id = 'e1', ChannelType = 'EMAIL', Address = 'ann@example.com' })
-      assert(herald.endpoints.put { Id = 'e2', ChannelType = 'EMAIL', Address = 'bob@example.com' })
-      herald.campaign { name = 'c1', segment = herald.segment { name = 'all' },
-        message = { subject = 'Hi', body = 'b' }, deliver = { file = 'msgs.txt' } }
-    ]])
-    local _, code, err = h.herald('--db d.db run --until-idle c.lua', { cwd = dir })
-    assert.are.equal(0, code, err)
-    local mid = {}
-    for _, r in ipairs(query(dir, "SELECT endpoint_id, message_id FROM outbox WHERE state = 'SENT'")) do
-      mid[r.endpoint_id] = r.message_id
-    end
-    assert.is_truthy(mid.e1 and mid.e2, 'the campaign sent two messages')
-    return dir, mid
+    return h.file_campaign('d.db', { { 'e1', 'ann@example.com' }, { 'e2', 'bob@example.com' } })
   end
 
   local function bounce_of(rcpt, message_id)
