@@ -4,6 +4,7 @@
 #include <lauxlib.h>
 #include <string.h>
 
+#include "lua/args.h"
 #include "lua/context.h"
 #include "lua/lherald_json.h"
 #include "lua/modules.h"
@@ -14,17 +15,9 @@
 #include "runtime/event.h"
 #include "runtime/import.h"
 
-/* A string with a NUL inside is cut there when bound as text: an id "vip\0-x" would name
- * endpoint vip. */
-static int nul_inside(lua_State *L, int idx) {
-  size_t len;
-  const char *s = lua_tolstring(L, idx, &len);
-  return s != NULL && strlen(s) != len;
-}
-
 static const char *app_arg(lua_State *L, int idx) {
   const char *app = luaL_optstring(L, idx, NULL);
-  luaL_argcheck(L, app == NULL || !nul_inside(L, idx), idx, "contains a NUL character");
+  luaL_argcheck(L, app == NULL || !herald_lua_nul_inside(L, idx), idx, "contains a NUL character");
   return app ? app : herald_context()->app;
 }
 
@@ -38,7 +31,7 @@ static int push_error(lua_State *L, const HeraldError *err) {
 /* The id argument at idx (already checked to be a string) names what it says or nothing:
  * pushes nil, err and returns their count when it has a NUL inside, else returns 0. */
 static int refuse_nul(lua_State *L, int idx, const char *field) {
-  if (!nul_inside(L, idx)) return 0;
+  if (!herald_lua_nul_inside(L, idx)) return 0;
   HeraldError err = {0};
   herald_error_set(&err, kHeraldInvalid, "%s: contains a NUL character (\\u0000)", field);
   return push_error(L, &err);

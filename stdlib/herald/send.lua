@@ -223,11 +223,11 @@ end
 local function check_request(req)
   local config = req.MessageConfiguration
   if type(config) ~= 'table' then refuse('MessageConfiguration is required') end
-  local known = {}
-  for k in pairs(MESSAGE_KEYS) do known[#known + 1] = k end
-  table.sort(known)
   for k, m in pairs(config) do
     if not MESSAGE_KEYS[k] then
+      local known = {}
+      for name in pairs(MESSAGE_KEYS) do known[#known + 1] = name end
+      table.sort(known)
       refuse(string.format('MessageConfiguration.%s: not a message type (%s)', tostring(k), table.concat(known, ', ')))
     end
     check_message('MessageConfiguration.' .. k, m)

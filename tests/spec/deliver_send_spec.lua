@@ -6,6 +6,15 @@ local json = require 'herald.json'
 local send = require 'herald.send'
 local endpoints = require 'herald.endpoints'
 
+-- A providers table whose profile `mine`, a Lua channel, keeps every message it is given in
+-- `got` and routes the given channel types to it. Returns got and the table.
+local function recording(...)
+  local got, channels = {}, {}
+  for _, ch in ipairs({ ... }) do channels[ch] = 'mine' end
+  return got, { profiles = { mine = { type = 'lua', send = function(m) got[#got + 1] = m; return true end } },
+                channels = channels }
+end
+
 describe('herald.send', function()
   local emu, ng
 
@@ -274,9 +283,7 @@ describe('herald.send', function()
   end)
 
   it('sends through a Lua channel and keeps message ids stable for a TraceId', function()
-    local got = {}
-    local cfg = { profiles = { mine = { type = 'lua', send = function(m) got[#got + 1] = m; return true end } },
-                  channels = { EMAIL = 'mine' } }
+    local got, cfg = recording('EMAIL')
     local req = { Addresses = { ['a@example.com'] = { ChannelType = 'EMAIL' } }, TraceId = 'same',
                   MessageConfiguration = { EmailMessage = { Title = 'T', Body = 'B {{Address}}' } } }
     local r1 = send(req, { providers = cfg })
@@ -288,9 +295,7 @@ describe('herald.send', function()
   end)
 
   it('refuses a request field of the wrong type with its path, sending nothing', function()
-    local got = {}
-    local cfg = { profiles = { mine = { type = 'lua', send = function(m) got[#got + 1] = m; return true end } },
-                  channels = { SMS = 'mine', EMAIL = 'mine', GCM = 'mine' } }
+    local got, cfg = recording('SMS', 'EMAIL', 'GCM')
     local to = { ['+15550001111'] = { ChannelType = 'SMS' }, ['a@example.com'] = { ChannelType = 'EMAIL' } }
     local cases = {
       { { SMSMessage = { Body = 5 } }, 'MessageConfiguration.SMSMessage.Body: expected a string' },
@@ -335,9 +340,7 @@ describe('herald.send', function()
   end)
 
   it('refuses a TraceId or an address with a NUL inside, which would give another message its id', function()
-    local got = {}
-    local cfg = { profiles = { mine = { type = 'lua', send = function(m) got[#got + 1] = m; return true end } },
-                  channels = { EMAIL = 'mine' } }
+    local got, cfg = recording('EMAIL')
     local config = { EmailMessage = { Title = 'T', Body = 'B' } }
     local r = send({ Addresses = { ['a@example.com'] = { ChannelType = 'EMAIL' } }, TraceId = 'order-1',
                      MessageConfiguration = config }, { providers = cfg })
@@ -354,9 +357,7 @@ describe('herald.send', function()
   end)
 
   it('sends a message whose Substitutions are empty, as Pinpoint accepts them', function()
-    local got = {}
-    local cfg = { profiles = { mine = { type = 'lua', send = function(m) got[#got + 1] = m; return true end } },
-                  channels = { SMS = 'mine' } }
+    local got, cfg = recording('SMS')
     local req = json.decode([[{
       "Addresses": { "+15550000061": { "ChannelType": "SMS", "Substitutions": {} } },
       "MessageConfiguration": { "SMSMessage": { "Body": "Hello {{Address}}", "Substitutions": {} } } }]])

@@ -981,6 +981,20 @@ print('defects=%d' % (len(msg.defects) + len(msg['Reply-To'].defects)))
     assert(ok, err)
   end)
 
+  -- `herald run c.lua` in dir in the background; returns its pid.
+  local function run_in_background(dir)
+    local inner = h.shell_quote(h.exe) .. ' --db d.db run c.lua > run.out 2> run.err & echo $! > run.pid; wait'
+    os.execute('cd ' .. h.shell_quote(dir) .. ' && sh -c ' .. h.shell_quote(inner) .. ' > /dev/null 2>&1 &')
+    return h.wait_for(function() return tonumber((h.read(dir .. '/run.pid') or ''):match('%d+')) end,
+      5000, 'the run pid')
+  end
+
+  local function stop_run(pid)
+    os.execute('kill ' .. pid .. ' 2> /dev/null')
+    h.wait_for(function() return not h.sh('kill -0 ' .. pid .. ' 2> /dev/null && echo alive'):find('alive') end,
+      10000, 'the run to stop')
+  end
+
   it('gives back the claimed messages not yet sent when another process pauses the campaign', function()
     local dir = h.tmpdir()
     ng:clear_log()
@@ -989,10 +1003,7 @@ print('defects=%d' % (len(msg.defects) + len(msg['Reply-To'].defects)))
     h.write(dir .. '/providers.lua', string.format([[
       return { profiles = { hooks = { type = 'webhook', url = %q, connections = 2 } }, channels = { CUSTOM = 'hooks' } }
     ]], ng.url .. '/hook-1s'))
-    local inner = h.shell_quote(h.exe) .. ' --db d.db run c.lua > run.out 2> run.err & echo $! > run.pid; wait'
-    os.execute('cd ' .. h.shell_quote(dir) .. ' && sh -c ' .. h.shell_quote(inner) .. ' > /dev/null 2>&1 &')
-    local pid = h.wait_for(function() return tonumber((h.read(dir .. '/run.pid') or ''):match('%d+')) end,
-      5000, 'the run pid')
+    local pid = run_in_background(dir)
     local ok, err = pcall(function()
       h.wait_for(function() return #ng:requests() >= 2 end, 20000, 'the first answers')
       local _, code, e = h.herald('--db d.db campaign pause halted', { cwd = dir })
@@ -1018,10 +1029,8 @@ print('defects=%d' % (len(msg.defects) + len(msg['Reply-To'].defects)))
         query(dir, "SELECT state, count(*) AS n, max(attempts) AS a FROM outbox WHERE state != 'SENT' GROUP BY state"))
       assert.matches('campaign halted is PAUSED: its messages not yet sent go back to the outbox', h.read(dir .. '/run.err'), 1, true)
     end)
-    os.execute('kill ' .. pid .. ' 2> /dev/null')
+    stop_run(pid)
     assert(ok, err)
-    h.wait_for(function() return not h.sh('kill -0 ' .. pid .. ' 2> /dev/null && echo alive'):find('alive') end,
-      10000, 'the run to stop')
     -- resumed, every message goes out exactly once
     h.write(dir .. '/providers.lua', string.format([[
       return { profiles = { hooks = { type = 'webhook', url = %q, connections = 2 } }, channels = { CUSTOM = 'hooks' } }
@@ -1040,20 +1049,6 @@ print('defects=%d' % (len(msg.defects) + len(msg['Reply-To'].defects)))
       seen[r.key] = true
     end
   end)
-
-  -- `herald run c.lua` in dir in the background; returns its pid.
-  local function run_in_background(dir)
-    local inner = h.shell_quote(h.exe) .. ' --db d.db run c.lua > run.out 2> run.err & echo $! > run.pid; wait'
-    os.execute('cd ' .. h.shell_quote(dir) .. ' && sh -c ' .. h.shell_quote(inner) .. ' > /dev/null 2>&1 &')
-    return h.wait_for(function() return tonumber((h.read(dir .. '/run.pid') or ''):match('%d+')) end,
-      5000, 'the run pid')
-  end
-
-  local function stop_run(pid)
-    os.execute('kill ' .. pid .. ' 2> /dev/null')
-    h.wait_for(function() return not h.sh('kill -0 ' .. pid .. ' 2> /dev/null && echo alive'):find('alive') end,
-      10000, 'the run to stop')
-  end
 
   -- The outbox's rows by state: {CLAIMED = n, ...}.
   local function outbox_states(dir)
