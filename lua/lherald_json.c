@@ -255,20 +255,24 @@ static int out_char(Out *o, char c) {
   return 0;
 }
 
+/* Whether any of the eight bytes at p is one a JSON string cannot hold as it is: from 0x80
+ * (its own high bit), below 0x20 (the subtraction borrows), '"' or '\\' (a zero byte of q or b,
+ * which the subtraction turns into 0xff). Once no byte has its high bit set, each test is exact. */
+static int special8(const unsigned char *p) {
+  const uint64_t ones = 0x0101010101010101ULL;
+  uint64_t x;
+  memcpy(&x, p, 8);
+  uint64_t q = x ^ (ones * '"'), b = x ^ (ones * '\\');
+  return ((x | (x - ones * 0x20) | ((q - ones) & ~q) | ((b - ones) & ~b)) & (ones * 0x80)) != 0;
+}
+
 /* The length of the run at the start of s[0..len) that a JSON string holds as it is: ASCII
  * from 0x20 up, but for '"' and '\\'. Eight bytes at a time: most text is such runs. */
 static size_t plain_run(const unsigned char *s, size_t len) {
-  const uint64_t ones = 0x0101010101010101ULL, highs = 0x8080808080808080ULL;
   size_t i = 0;
-  for (; i + 8 <= len; i += 8) {
-    uint64_t x;
-    memcpy(&x, s + i, 8);
-    uint64_t q = x ^ (ones * '"'), b = x ^ (ones * '\\');
-    /* A byte from 0x80 (its own high bit), below 0x20 (the subtraction borrows), or equal to
-     * '"' or '\\' (a zero byte of q or b, which the subtraction turns into 0xff). Once no byte
-     * has its high bit set, each test is exact. */
-    if ((x | (x - ones * 0x20) | ((q - ones) & ~q) | ((b - ones) & ~b)) & highs) break;
-  }
+  while (i + 8 <= len && !special8(s + i)) i += 8;
+  /* fewer than eight left: the last eight bytes, overlapping some already checked */
+  if (i < len && i + 8 > len && len >= 8 && !special8(s + len - 8)) return len;
   while (i < len && s[i] >= 0x20 && s[i] < 0x80 && s[i] != '"' && s[i] != '\\') i++;
   return i;
 }
