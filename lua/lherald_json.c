@@ -316,8 +316,8 @@ static int put_string(Out *o, const char *str, size_t len) {
     size_t elen = strlen(e);
     o->len = (size_t)(d - o->data);
     /* the escape for this byte, the rest of the text as it is, the closing quote */
-    if (o->cap - o->len < elen + (len - i - 1) + 1 && herald_buf_reserve(o, elen + (len - i - 1) + 1))
-      return -1;
+    size_t need = elen + (len - i - 1) + 1;
+    if (o->cap - o->len < need && herald_buf_reserve(o, need)) return -1;
     d = o->data + o->len;
     memcpy(d, e, elen);
     d += elen;
