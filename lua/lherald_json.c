@@ -3,6 +3,7 @@
 
 #include <lauxlib.h>
 #include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -239,27 +240,67 @@ void herald_lua_pushjson(lua_State *L, json_t *v) {
  * integer and string keys, where jansson merges "1" and 1, a key with a NUL in it) it leaves
  * to the jansson path. */
 
-typedef HeraldBuf Out;
+typedef HeraldBuf Out;   /* text in data[0..len); no NUL kept after it */
 
-static int out_reserve(Out *o, size_t extra) { return herald_buf_reserve(o, extra); }
+static int out_put(Out *o, const char *s, size_t n) {
+  if (o->cap - o->len < n && herald_buf_reserve(o, n)) return -1;
+  memcpy(o->data + o->len, s, n);
+  o->len += n;
+  return 0;
+}
 
-static int out_put(Out *o, const char *s, size_t n) { return herald_buf_add(o, s, n); }
+static int out_char(Out *o, char c) {
+  if (o->len == o->cap && herald_buf_reserve(o, 1)) return -1;
+  o->data[o->len++] = c;
+  return 0;
+}
+
+/* Whether any of the eight bytes at p is one a JSON string cannot hold as it is: from 0x80
+ * (its own high bit), below 0x20 (the subtraction borrows), '"' or '\\' (a zero byte of q or b,
+ * which the subtraction turns into 0xff). Once no byte has its high bit set, each test is exact. */
+static int special8(const unsigned char *p) {
+  const uint64_t ones = 0x0101010101010101ULL;
+  uint64_t x;
+  memcpy(&x, p, 8);
+  uint64_t q = x ^ (ones * '"'), b = x ^ (ones * '\\');
+  return ((x | (x - ones * 0x20) | ((q - ones) & ~q) | ((b - ones) & ~b)) & (ones * 0x80)) != 0;
+}
+
+/* The length of the run at the start of s[0..len) that a JSON string holds as it is: ASCII
+ * from 0x20 up, but for '"' and '\\'. Eight bytes at a time: most text is such runs. */
+static size_t plain_run(const unsigned char *s, size_t len) {
+  size_t i = 0;
+  while (i + 8 <= len && !special8(s + i)) i += 8;
+  /* fewer than eight left: the last eight bytes, overlapping some already checked */
+  if (i < len && i + 8 > len && len >= 8 && !special8(s + len - 8)) return len;
+  while (i < len && s[i] >= 0x20 && s[i] < 0x80 && s[i] != '"' && s[i] != '\\') i++;
+  return i;
+}
 
 static int put_string(Out *o, const char *str, size_t len) {
   const unsigned char *s = (const unsigned char *)str;
-  if (out_reserve(o, len + 2)) return -1;
-  o->data[o->len++] = '"';
-  size_t run = 0, i = 0;
-  while (i < len) {
+  /* Room for the text as it is and its quotes; only an escape, which writes more than it
+   * reads, asks for more. */
+  if (o->cap - o->len < len + 2 && herald_buf_reserve(o, len + 2)) return -1;
+  char *d = o->data + o->len;
+  *d++ = '"';
+  size_t i = 0;
+  for (;;) {
+    size_t n = plain_run(s + i, len - i);
+    memcpy(d, s + i, n);
+    d += n;
+    i += n;
+    if (i == len) break;
     unsigned c = s[i];
-    if (c >= 0x20 && c != '"' && c != '\\') {
+    if (c >= 0x80) {
       /* the sequences jansson accepts; a Lua string ends in a NUL, which stops the check */
-      size_t k = c < 0x80 ? 1 : (size_t)herald_utf8_sequence(s + i);
+      int k = herald_utf8_sequence(s + i);
       if (k == 0) return -1;
-      i += k;
+      memcpy(d, s + i, (size_t)k);
+      d += k;
+      i += (size_t)k;
       continue;
     }
-    if (out_put(o, str + run, i - run)) return -1;
     char esc[8];
     const char *e = esc;
     switch (c) {
@@ -272,10 +313,18 @@ static int put_string(Out *o, const char *str, size_t len) {
       case '\t': e = "\\t"; break;
       default: snprintf(esc, sizeof esc, "\\u%04X", c); break;
     }
-    if (out_put(o, e, strlen(e))) return -1;
-    run = ++i;
+    size_t elen = strlen(e);
+    o->len = (size_t)(d - o->data);
+    /* the escape for this byte, the rest of the text as it is, the closing quote */
+    size_t need = elen + (len - i - 1) + 1;
+    if (o->cap - o->len < need && herald_buf_reserve(o, need)) return -1;
+    d = o->data + o->len;
+    memcpy(d, e, elen);
+    d += elen;
+    i++;
   }
-  if (out_put(o, str + run, len - run) || out_put(o, "\"", 1)) return -1;
+  *d++ = '"';
+  o->len = (size_t)(d - o->data);
   return 0;
 }
 
@@ -311,24 +360,24 @@ static int put_json(Out *o, const json_t *v, int depth) {
   if (depth > MAX_DEPTH) return -1;
   switch (json_typeof(v)) {
     case JSON_OBJECT: {
-      if (out_put(o, "{", 1)) return -1;
-      const char *k;
-      size_t klen;
-      json_t *m;
+      if (out_char(o, '{')) return -1;
+      /* json_object_keylen_foreach looks each key's entry up again: walked here instead */
       int first = 1;
-      json_object_keylen_foreach((json_t *)v, k, klen, m) {
-        if ((!first && out_put(o, ",", 1)) || put_string(o, k, klen) || out_put(o, ":", 1) ||
-            put_json(o, m, depth + 1))
+      for (void *it = json_object_iter((json_t *)v); it != NULL;
+           it = json_object_iter_next((json_t *)v, it)) {
+        if ((!first && out_char(o, ',')) ||
+            put_string(o, json_object_iter_key(it), json_object_iter_key_len(it)) ||
+            out_char(o, ':') || put_json(o, json_object_iter_value(it), depth + 1))
           return -1;
         first = 0;
       }
-      return out_put(o, "}", 1);
+      return out_char(o, '}');
     }
     case JSON_ARRAY: {
-      if (out_put(o, "[", 1)) return -1;
+      if (out_char(o, '[')) return -1;
       for (size_t i = 0; i < json_array_size(v); i++)
-        if ((i > 0 && out_put(o, ",", 1)) || put_json(o, json_array_get(v, i), depth + 1)) return -1;
-      return out_put(o, "]", 1);
+        if ((i > 0 && out_char(o, ',')) || put_json(o, json_array_get(v, i), depth + 1)) return -1;
+      return out_char(o, ']');
     }
     case JSON_STRING: return put_string(o, json_string_value(v), json_string_length(v));
     case JSON_INTEGER: {
@@ -353,17 +402,17 @@ static int fast_table(lua_State *L, int idx, Out *o, int depth) {
   if (kind == 0) kind = looks_like_array(L, idx, &n) ? 1 : 2;
   else if (kind == 1) n = (lua_Integer)lua_rawlen(L, idx);
   if (kind == 1) {
-    if (out_put(o, "[", 1)) return -1;
+    if (out_char(o, '[')) return -1;
     for (lua_Integer i = 1; i <= n; i++) {
-      if (i > 1 && out_put(o, ",", 1)) return -1;
+      if (i > 1 && out_char(o, ',')) return -1;
       lua_rawgeti(L, idx, i);
       int rc = fast_value(L, lua_gettop(L), o, depth + 1);
       lua_pop(L, 1);
       if (rc) return -1;
     }
-    return out_put(o, "]", 1);
+    return out_char(o, ']');
   }
-  if (out_put(o, "{", 1)) return -1;
+  if (out_char(o, '{')) return -1;
   int first = 1;
   lua_pushnil(L);
   while (lua_next(L, idx)) {
@@ -374,15 +423,15 @@ static int fast_table(lua_State *L, int idx, Out *o, int depth) {
     size_t klen;
     const char *k = lua_tolstring(L, -2, &klen);
     /* jansson's keys end at a NUL, which can merge two keys: left to jansson */
-    if (strlen(k) != klen || (!first && out_put(o, ",", 1)) || put_string(o, k, klen) ||
-        out_put(o, ":", 1) || fast_value(L, lua_gettop(L), o, depth + 1)) {
+    if (strlen(k) != klen || (!first && out_char(o, ',')) || put_string(o, k, klen) ||
+        out_char(o, ':') || fast_value(L, lua_gettop(L), o, depth + 1)) {
       lua_pop(L, 2);
       return -1;
     }
     first = 0;
     lua_pop(L, 1);
   }
-  return out_put(o, "}", 1);
+  return out_char(o, '}');
 }
 
 static int fast_value(lua_State *L, int idx, Out *o, int depth) {

@@ -4,6 +4,7 @@
 #include <math.h>
 #include <pthread.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -623,57 +624,109 @@ int herald_endpoint_cohort(const char *app, const char *id) {
 
 /* ---- rows <-> EndpointResponse ---- */
 
-static void set_text(json_t *obj, const char *key, sqlite3_stmt *st, int col) {
-  const char *s = (const char *)sqlite3_column_text(st, col);
-  if (s != NULL) json_object_set_new(obj, key, json_string(s));
+/* Whether the n bytes at s are ASCII with no NUL, eight at a time. Such text is valid UTF-8 and
+ * as long as its strlen: jansson need not check it again. */
+static int plain_ascii(const unsigned char *s, size_t n) {
+  const uint64_t ones = 0x0101010101010101ULL, highs = 0x8080808080808080ULL;
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    uint64_t x;
+    memcpy(&x, s + i, 8);
+    /* a byte with its high bit set, or a zero byte (which the subtraction turns into one) */
+    if ((x | ((x - ones) & ~x)) & highs) return 0;
+  }
+  for (; i < n; i++)
+    if (s[i] == 0 || s[i] >= 0x80) return 0;
+  return 1;
 }
 
+/* A C string as a JSON string, as json_string makes it (NULL for text that is not valid UTF-8),
+ * with jansson's check and strlen skipped for the plain ASCII that stored rows mostly hold. */
+static json_t *string_value(const char *s, size_t n) {
+  if (plain_ascii((const unsigned char *)s, n)) return json_stringn_nocheck(s, n);
+  return json_string(s);
+}
+
+static json_t *text_value(sqlite3_stmt *st, int col) {
+  const char *s = (const char *)sqlite3_column_text(st, col);
+  return s != NULL ? string_value(s, (size_t)sqlite3_column_bytes(st, col)) : NULL;
+}
+
+/* Keys are literals: their length is known and they need no UTF-8 check. A value that is NULL
+ * (no text) leaves the key out. */
+#define SET_NEW(obj, key, value) json_object_setn_new_nocheck(obj, key, sizeof key - 1, value)
+
+/* An attributes column's JSON, or NULL for the stored "{}" that most endpoints have for a kind
+ * (no parser and no object for it) and for text that does not parse. */
 static json_t *load_json_column(sqlite3_stmt *st, int col) {
   const char *s = (const char *)sqlite3_column_text(st, col);
-  /* most endpoints have no attributes of a kind: no parser for the stored "{}" */
-  json_t *v = s && strcmp(s, "{}") != 0 ? json_loads(s, 0, NULL) : NULL;
+  if (s == NULL || (s[0] == '{' && s[1] == '}' && s[2] == '\0')) return NULL;
+  return json_loads(s, 0, NULL);
+}
+
+static json_t *json_column_or_empty(sqlite3_stmt *st, int col) {
+  json_t *v = load_json_column(st, col);
   return v ? v : json_object();
+}
+
+/* An integer as a JSON string, as snprintf("%d") writes it. */
+static json_t *int_string(int v) {
+  char buf[16], *p = buf + sizeof buf;
+  unsigned u = v < 0 ? 0u - (unsigned)v : (unsigned)v;
+  do *--p = (char)('0' + u % 10); while ((u /= 10) != 0);
+  if (v < 0) *--p = '-';
+  return json_stringn_nocheck(p, (size_t)(buf + sizeof buf - p));
+}
+
+/* Adds v under name to *group, which the first value makes; a NULL v (no value) adds nothing, so
+ * a group with no values is never made. */
+static void group_add(json_t **group, const char *name, json_t *v) {
+  if (v == NULL) return;
+  if (*group == NULL && (*group = json_object()) == NULL) {
+    json_decref(v);
+    return;
+  }
+  json_object_set_new_nocheck(*group, name, v);
 }
 
 static json_t *row_to_json(sqlite3_stmt *st, const char *app) {
   json_t *e = json_object();
   if (e == NULL) return NULL;
-  set_text(e, "Id", st, 0);
-  json_object_set_new(e, "ApplicationId", json_string(app));
-  char cohort[8];
-  snprintf(cohort, sizeof cohort, "%d", sqlite3_column_int(st, 6));
-  json_object_set_new(e, "CohortId", json_string(cohort));
-  set_text(e, "CreationDate", st, 8);
-  set_text(e, "EffectiveDate", st, 7);
-  set_text(e, "EndpointStatus", st, 3);
-  set_text(e, "OptOut", st, 4);
-  set_text(e, "ChannelType", st, 1);
-  set_text(e, "Address", st, 2);
+  SET_NEW(e, "Id", text_value(st, 0));
+  SET_NEW(e, "ApplicationId", string_value(app, strlen(app)));
+  SET_NEW(e, "CohortId", int_string(sqlite3_column_int(st, 6)));
+  SET_NEW(e, "CreationDate", text_value(st, 8));
+  SET_NEW(e, "EffectiveDate", text_value(st, 7));
+  SET_NEW(e, "EndpointStatus", text_value(st, 3));
+  SET_NEW(e, "OptOut", text_value(st, 4));
+  SET_NEW(e, "ChannelType", text_value(st, 1));
+  SET_NEW(e, "Address", text_value(st, 2));
   json_t *uattrs = load_json_column(st, 26);
   if (sqlite3_column_type(st, 5) != SQLITE_NULL || json_object_size(uattrs) > 0) {
     json_t *user = json_object();
-    set_text(user, "UserId", st, 5);
-    if (json_object_size(uattrs) > 0) json_object_set(user, "UserAttributes", uattrs);
-    json_object_set_new(e, "User", user);
+    SET_NEW(user, "UserId", text_value(st, 5));
+    if (json_object_size(uattrs) > 0) SET_NEW(user, "UserAttributes", json_incref(uattrs));
+    SET_NEW(e, "User", user);
   }
   json_decref(uattrs);
-  json_object_set_new(e, "Attributes", load_json_column(st, 24));
-  json_object_set_new(e, "Metrics", load_json_column(st, 25));
-  json_t *demo = json_object();
+  SET_NEW(e, "Attributes", json_column_or_empty(st, 24));
+  SET_NEW(e, "Metrics", json_column_or_empty(st, 25));
+  json_t *demo = NULL;
   for (int i = 0; i < kDemographicCount; i++)
-    set_text(demo, demographic_fields[i], st, kDemographicFirstCol + i);
-  if (json_object_size(demo) > 0) json_object_set_new(e, "Demographic", demo);
-  else json_decref(demo);
-  json_t *loc = json_object();
+    group_add(&demo, demographic_fields[i], text_value(st, kDemographicFirstCol + i));
+  if (demo != NULL) SET_NEW(e, "Demographic", demo);
+  json_t *loc = NULL;
   for (int i = 0; i < kLocationCount; i++) {
     int col = kLocationFirstCol + i;
-    if (sqlite3_column_type(st, col) == SQLITE_NULL) continue;
-    if (i == 2 || i == 3) json_object_set_new(loc, location_fields[i], json_real(sqlite3_column_double(st, col)));
-    else set_text(loc, location_fields[i], st, col);
+    if (i == 2 || i == 3)
+      group_add(&loc, location_fields[i], sqlite3_column_type(st, col) == SQLITE_NULL
+                                              ? NULL
+                                              : json_real(sqlite3_column_double(st, col)));
+    else
+      group_add(&loc, location_fields[i], text_value(st, col));
   }
-  if (json_object_size(loc) > 0) json_object_set_new(e, "Location", loc);
-  else json_decref(loc);
-  set_text(e, "RequestId", st, 9);
+  if (loc != NULL) SET_NEW(e, "Location", loc);
+  SET_NEW(e, "RequestId", text_value(st, 9));
   return e;
 }
 

@@ -55,6 +55,28 @@ describe('json.encode', function()
     assert.are.equal(0, differ)
   end)
 
+  it('writes what jansson writes for long strings, whatever byte comes where', function()
+    -- plain text is copied eight bytes at a time: a byte to escape or check at every offset,
+    -- in strings, keys and template contexts
+    local specials = { '"', '\\', '\n', '\1', '\31', '\0', '\127', ' ', '~', '\u{e9}', '\u{65e5}',
+                       '\u{1F600}', '\255', '\xed\xa0\x80' }
+    for len = 0, 40 do
+      for _, c in ipairs(specials) do
+        for at = 0, len do
+          local s = ('abcdefghijklmnopqrstuvwxyz0123456789ABCD'):sub(1, len)
+          s = s:sub(1, at) .. c .. s:sub(at + 1)
+          for _, v in ipairs({ s, { [s] = s }, { s, s .. s } }) do
+            local a, ea = json.encode(v)
+            local b, eb = json.encode(v, { jansson = true })
+            if a ~= b or ea ~= eb then assert.are.equal(b or eb, a or ea) end
+          end
+        end
+      end
+    end
+    local ctx = require('herald.core.template').context { Address = ('x'):rep(30) .. '"\u{e9}\t' .. ('y'):rep(9) }
+    assert.are.equal(json.encode({ ctx }, { jansson = true }), json.encode { ctx })
+  end)
+
   it('words bad values as jansson does, with the path', function()
     local cases = {
       { { 'a\255' }, '[1]: string is not valid UTF-8' },
