@@ -489,8 +489,13 @@ int herald_outbox_complete_runs(HeraldStore *store, int64_t now_ms, HeraldError 
       store,
       "UPDATE campaign_runs SET state = 'COMPLETED', result = 'SUCCESS', ended_at = ?1"
       " WHERE state = 'EXECUTING'"
+      /* claimed rows first, through their index: a run with messages in flight is passed
+       * over without reading its rows, which the second test reads one by one (the settled
+       * ones first) until an open one */
       " AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.run_id = campaign_runs.id"
-      " AND o.state IN ('PENDING', 'CLAIMED', 'WAITING'))",
+      " AND o.state = 'CLAIMED')"
+      " AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.run_id = campaign_runs.id"
+      " AND o.state IN ('PENDING', 'WAITING'))",
       err);
   if (st == NULL) return err ? err->code : kHeraldStore;
   sqlite3_bind_text(st, 1, now, -1, SQLITE_STATIC);
