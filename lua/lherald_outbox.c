@@ -571,15 +571,14 @@ static int l_report_batch(lua_State *L) {
     if (x->state == NULL) return luaL_error(L, "report %d has no state", (int)i);
     lua_pop(L, 1);  /* the list keeps the strings alive */
   }
-  /* the ids reported SENT, as a JSON array: their send events are written in one statement */
-  char *sent = malloc((size_t)n * 21 + 3);
+  /* the ids reported SENT: their send events are written after the outcomes */
+  int64_t *sent = malloc(sizeof *sent * (size_t)(n > 0 ? n : 1));
   if (sent == NULL) return luaL_error(L, "out of memory");
   HeraldError err = {0};
   if (herald_store_begin(store, &err) != kHeraldOk) {
     free(sent);
     return raise_error(L, &err);
   }
-  size_t used = 0;
   int nsent = 0;
   int64_t claimer = 0;
   if (herald_claimer_id(store, &claimer, &err) != kHeraldOk) goto fail;
@@ -597,13 +596,9 @@ static int l_report_batch(lua_State *L) {
     if (x->bounce && strcmp(x->state, "FAILED") == 0 &&
         herald_ingest_hard_bounce(store, x->id, x->bounce, &err) != kHeraldOk)
       goto fail;
-    if (strcmp(x->state, "SENT") == 0)
-      used += (size_t)sprintf(sent + used, "%s%lld", nsent++ ? "," : "[", (long long)x->id);
+    if (strcmp(x->state, "SENT") == 0) sent[nsent++] = x->id;
   }
-  if (nsent > 0) {
-    strcpy(sent + used, "]");
-    if (herald_outbox_record_sends(store, sent, &err) != kHeraldOk) goto fail;
-  }
+  if (herald_outbox_record_sends(store, sent, nsent, &err) != kHeraldOk) goto fail;
   free(sent);
   if (herald_store_commit(store, &err) != kHeraldOk) return raise_error(L, &err);
   return 0;
