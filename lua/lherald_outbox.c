@@ -503,6 +503,33 @@ static void watch_claimers(lua_State *L) {
   watching = 1;
 }
 
+/* The claimed rows' field names are the claim's upvalues: each row's table is filled by
+ * lua_rawset with these strings, where lua_setfield looked each name up again. */
+enum {
+  kFieldId = 1, kFieldRunId, kFieldCampaignId, kFieldCampaignVersion, kFieldEndpointId,
+  kFieldTreatment, kFieldMessageId, kFieldChannel, kFieldAddress, kFieldDueMs, kFieldFirstDueMs,
+  kFieldZone, kFieldAttempts, kClaimFields = kFieldAttempts
+};
+static const char *const kClaimFieldNames[kClaimFields + 1] = {
+  [kFieldId] = "id", [kFieldRunId] = "run_id", [kFieldCampaignId] = "campaign_id",
+  [kFieldCampaignVersion] = "campaign_version", [kFieldEndpointId] = "endpoint_id",
+  [kFieldTreatment] = "treatment", [kFieldMessageId] = "message_id", [kFieldChannel] = "channel",
+  [kFieldAddress] = "address", [kFieldDueMs] = "due_ms", [kFieldFirstDueMs] = "first_due_ms",
+  [kFieldZone] = "zone", [kFieldAttempts] = "attempts",
+};
+
+static void set_integer(lua_State *L, int field, lua_Integer v) {
+  lua_pushvalue(L, lua_upvalueindex(field));
+  lua_pushinteger(L, v);
+  lua_rawset(L, -3);
+}
+
+static void set_string(lua_State *L, int field, const char *v) {
+  lua_pushvalue(L, lua_upvalueindex(field));
+  lua_pushstring(L, v);
+  lua_rawset(L, -3);
+}
+
 static int l_claim(lua_State *L) {
   int64_t now = (int64_t)luaL_checkinteger(L, 1);
   int max = (int)luaL_optinteger(L, 2, 256);
@@ -518,23 +545,21 @@ static int l_claim(lua_State *L) {
     return raise_error(L, &err);
   lua_createtable(L, count, 0);
   for (int i = 0; i < count; i++) {
-    lua_createtable(L, 0, 13);
-    lua_pushinteger(L, rows[i].id); lua_setfield(L, -2, "id");
-    lua_pushinteger(L, rows[i].run_id); lua_setfield(L, -2, "run_id");
-    lua_pushstring(L, rows[i].campaign_id); lua_setfield(L, -2, "campaign_id");
-    lua_pushinteger(L, rows[i].campaign_version); lua_setfield(L, -2, "campaign_version");
-    lua_pushstring(L, rows[i].endpoint_id); lua_setfield(L, -2, "endpoint_id");
-    lua_pushinteger(L, rows[i].treatment); lua_setfield(L, -2, "treatment");
-    lua_pushstring(L, rows[i].message_id); lua_setfield(L, -2, "message_id");
-    lua_pushstring(L, rows[i].channel); lua_setfield(L, -2, "channel");
-    lua_pushstring(L, rows[i].address); lua_setfield(L, -2, "address");
-    lua_pushinteger(L, rows[i].due_ms); lua_setfield(L, -2, "due_ms");
-    lua_pushinteger(L, rows[i].first_due_ms); lua_setfield(L, -2, "first_due_ms");
-    if (rows[i].zone[0]) {
-      lua_pushstring(L, rows[i].zone);
-      lua_setfield(L, -2, "zone");
-    }
-    lua_pushinteger(L, rows[i].attempts); lua_setfield(L, -2, "attempts");
+    const HeraldOutboxClaim *r = &rows[i];
+    lua_createtable(L, 0, kClaimFields);
+    set_integer(L, kFieldId, r->id);
+    set_integer(L, kFieldRunId, r->run_id);
+    set_string(L, kFieldCampaignId, r->campaign_id);
+    set_integer(L, kFieldCampaignVersion, r->campaign_version);
+    set_string(L, kFieldEndpointId, r->endpoint_id);
+    set_integer(L, kFieldTreatment, r->treatment);
+    set_string(L, kFieldMessageId, r->message_id);
+    set_string(L, kFieldChannel, r->channel);
+    set_string(L, kFieldAddress, r->address);
+    set_integer(L, kFieldDueMs, r->due_ms);
+    set_integer(L, kFieldFirstDueMs, r->first_due_ms);
+    if (r->zone[0]) set_string(L, kFieldZone, r->zone);
+    set_integer(L, kFieldAttempts, r->attempts);
     lua_rawseti(L, -2, i + 1);
   }
   return 1;
@@ -571,15 +596,14 @@ static int l_report_batch(lua_State *L) {
     if (x->state == NULL) return luaL_error(L, "report %d has no state", (int)i);
     lua_pop(L, 1);  /* the list keeps the strings alive */
   }
-  /* the ids reported SENT, as a JSON array: their send events are written in one statement */
-  char *sent = malloc((size_t)n * 21 + 3);
+  /* the ids reported SENT: their send events are written after the outcomes */
+  int64_t *sent = malloc(sizeof *sent * (size_t)(n > 0 ? n : 1));
   if (sent == NULL) return luaL_error(L, "out of memory");
   HeraldError err = {0};
   if (herald_store_begin(store, &err) != kHeraldOk) {
     free(sent);
     return raise_error(L, &err);
   }
-  size_t used = 0;
   int nsent = 0;
   int64_t claimer = 0;
   if (herald_claimer_id(store, &claimer, &err) != kHeraldOk) goto fail;
@@ -597,13 +621,9 @@ static int l_report_batch(lua_State *L) {
     if (x->bounce && strcmp(x->state, "FAILED") == 0 &&
         herald_ingest_hard_bounce(store, x->id, x->bounce, &err) != kHeraldOk)
       goto fail;
-    if (strcmp(x->state, "SENT") == 0)
-      used += (size_t)sprintf(sent + used, "%s%lld", nsent++ ? "," : "[", (long long)x->id);
+    if (strcmp(x->state, "SENT") == 0) sent[nsent++] = x->id;
   }
-  if (nsent > 0) {
-    strcpy(sent + used, "]");
-    if (herald_outbox_record_sends(store, sent, &err) != kHeraldOk) goto fail;
-  }
+  if (herald_outbox_record_sends(store, sent, nsent, &err) != kHeraldOk) goto fail;
   free(sent);
   if (herald_store_commit(store, &err) != kHeraldOk) return raise_error(L, &err);
   return 0;
@@ -849,7 +869,7 @@ static int l_set_campaign_state(lua_State *L) {
 int luaopen_herald_core_outbox(lua_State *L) {
   static const luaL_Reg funcs[] = {
     {"materialize_run", l_materialize_run}, {"skip_run", l_skip_run},
-    {"trigger", l_trigger}, {"trigger_cursor", l_trigger_cursor}, {"claim", l_claim},         {"report_batch", l_report_batch},
+    {"trigger", l_trigger}, {"trigger_cursor", l_trigger_cursor}, {"report_batch", l_report_batch},
     {"recover", l_recover},         {"next_due", l_next_due},   {"complete_runs", l_complete_runs},
     {"message_id", l_message_id},   {"tally", l_tally}, {"record_direct", l_record_direct},
     {"add_optout", l_add_optout}, {"lift_optout", l_lift_optout},
@@ -861,5 +881,8 @@ int luaopen_herald_core_outbox(lua_State *L) {
     {NULL, NULL},
   };
   luaL_newlib(L, funcs);
+  for (int i = 1; i <= kClaimFields; i++) lua_pushstring(L, kClaimFieldNames[i]);
+  lua_pushcclosure(L, l_claim, kClaimFields);
+  lua_setfield(L, -2, "claim");
   return 1;
 }

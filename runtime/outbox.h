@@ -204,11 +204,11 @@ int herald_outbox_report(HeraldStore *store, int64_t claimer, int64_t id, const 
 
 /* Records sent messages as Pinpoint records them: a _campaign.send event, and _email.send for
  * email, with campaign_id, treatment_id, campaign_activity_id, message_id, delivery_type and
- * campaign_send_status. ids_json is a JSON array of the outbox row ids reported SENT; call it in
- * the report's transaction. Event ids derive from the message id, so a message reported again
- * after a crash is not counted twice. Sending is not the endpoint's activity: last_activity
+ * campaign_send_status. ids are the n outbox row ids reported SENT, in the order their events
+ * take; call it in the report's transaction. Event ids derive from the message id, so a message
+ * reported again after a crash is not counted twice. Sending is not the endpoint's activity: last_activity
  * (Recency) does not move. */
-int herald_outbox_record_sends(HeraldStore *store, const char *ids_json, HeraldError *err);
+int herald_outbox_record_sends(HeraldStore *store, const int64_t *ids, int n, HeraldError *err);
 
 /* How long a direct message's record is kept: receipts (SMS opt-outs, bounces, complaints)
  * for it are recorded within that time. */
