@@ -94,6 +94,8 @@ struct HeraldHttpTransfer {
   int configured;
   int cfg_body, cfg_http1, cfg_pipewait;
   char *cfg_method, *cfg_ca_file;
+  CURLU *url;                /* the URL of the handle's last HTTP request, parsed (see http_set_url) */
+  char *url_text;
   int requests;              /* requests libcurl made for the transfer (retries count again) */
   HeraldHttpTransfer *prev, *next;
 };
@@ -447,6 +449,8 @@ static void transfer_forget_config(HeraldHttpTransfer *t) {
 
 static void transfer_destroy(HeraldHttpTransfer *t) {
   curl_easy_cleanup(t->easy);
+  curl_url_cleanup(t->url);
+  free(t->url_text);
   curl_slist_free_all(t->list);
   transfer_forget_config(t);
   free(t->send);
@@ -980,6 +984,37 @@ static void http_configure(HeraldHttpClient *c, HeraldHttpTransfer *t, const cha
   t->configured = t->cfg_method != NULL && (ca_file == NULL || t->cfg_ca_file != NULL);
 }
 
+/* Gives the handle url, as text and parsed (CURLOPT_CURLU), parsing it only when it is not
+ * the URL of the handle's last request: libcurl parses the text of a URL for every transfer
+ * (and writes it out again, normalised), while a parsed one it only copies. The text is given
+ * too, so what libcurl keeps as the transfer's URL is this request's (libcurl 7.88 takes the
+ * text from a parsed URL only on a handle's first transfer). Parsed as libcurl parses the text;
+ * a URL that does not parse goes as text alone, for libcurl to refuse with its own error. */
+static void http_set_url(HeraldHttpTransfer *t, const char *url) {
+  CURL *e = t->easy;
+  curl_easy_setopt(e, CURLOPT_URL, url);
+  if (t->url != NULL && strcmp(t->url_text, url) == 0) {
+    curl_easy_setopt(e, CURLOPT_CURLU, t->url);
+    return;
+  }
+  CURLU *parsed = curl_url();
+  char *text = strdup(url);
+  if (parsed == NULL || text == NULL ||
+      curl_url_set(parsed, CURLUPART_URL, url, CURLU_GUESS_SCHEME | CURLU_NON_SUPPORT_SCHEME) !=
+          CURLUE_OK) {
+    curl_url_cleanup(parsed);
+    free(text);
+    parsed = NULL;
+    text = NULL;
+  }
+  curl_easy_setopt(e, CURLOPT_CURLU, parsed);
+  /* the handle no longer points to the previous one */
+  curl_url_cleanup(t->url);
+  free(t->url_text);
+  t->url = parsed;
+  t->url_text = text;
+}
+
 HeraldHttpTransfer *herald_http_submit(HeraldHttpClient *c, const HeraldHttpRequest *req,
                                        HeraldHttpDone done, void *user) {
   if (c->closing) return NULL;
@@ -1003,8 +1038,8 @@ HeraldHttpTransfer *herald_http_submit(HeraldHttpClient *c, const HeraldHttpRequ
   }
   if (!http_configured(t, method, has_body, req->ca_file, req->http1_only, may_multiplex))
     http_configure(c, t, method, has_body, req->ca_file, req->http1_only, may_multiplex);
+  http_set_url(t, req->url);
   CURL *e = t->easy;
-  curl_easy_setopt(e, CURLOPT_URL, req->url);
   curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, req->timeout_ms > 0 ? req->timeout_ms : DEFAULT_TIMEOUT_MS);
   if (has_body) {
     curl_easy_setopt(e, CURLOPT_POSTFIELDS, t->send);
