@@ -8,8 +8,13 @@
  * never call back into libcurl from inside its callbacks.
  *
  * A transfer owns an easy handle and its buffers; finished transfers go to a free list and
- * are reused (curl_easy_reset keeps the handle's allocations but clears its options), so a
- * steady stream of requests allocates almost nothing.
+ * are reused, so a steady stream of requests allocates almost nothing. A reused handle keeps
+ * its options when the next request is alike (same method, TLS options, HTTP version), and
+ * only what changes per request (URL, body, headers, timeout) is set: curl_easy_reset and the
+ * options set after it cost about as much as writing the request. libcurl carries nothing else
+ * from one transfer to the next but its count of retries on dead connections, which only
+ * curl_easy_reset clears: a handle is kept as it is only after a transfer that succeeded with
+ * a single request (CURLOPT_PREREQFUNCTION counts them), any other is reset.
  *
  * Handles are closed asynchronously: herald_http_client_free starts the closes and the last
  * close callback frees the client.
@@ -66,7 +71,7 @@ struct HeraldHttpTransfer {
   int may_multiplex;         /* HTTP/2 possible (https, not http1 only) */
   int queued;                /* waiting in host's queue, not handed to libcurl yet */
   HeraldHttpTransfer *qprev, *qnext;
-  struct curl_slist *list;   /* request headers, or SMTP recipients */
+  struct curl_slist *list;   /* request headers, or SMTP recipients (the handle points to it) */
   char *send;                /* request body / SMTP message */
   size_t send_len, send_cap, send_pos;
   char *recv;
@@ -85,6 +90,13 @@ struct HeraldHttpTransfer {
   void *user;
   char errbuf[CURL_ERROR_SIZE];
   char errtext[CURL_ERROR_SIZE + SMTP_REPLY_MAX + 16];
+  /* The HTTP options the easy handle has (see the top of the file); 0: reset it first. */
+  int configured;
+  int cfg_body, cfg_http1, cfg_pipewait;
+  char *cfg_method, *cfg_ca_file;
+  CURLU *url;                /* the URL of the handle's last HTTP request, parsed (see http_set_url) */
+  char *url_text;
+  int requests;              /* requests libcurl made for the transfer (retries count again) */
   HeraldHttpTransfer *prev, *next;
 };
 
@@ -284,7 +296,17 @@ static int host_key(const char *url, char *key, size_t cap) {
     char ch = auth[i];
     key[i] = (ch >= 'A' && ch <= 'Z') ? (char)(ch + 32) : ch;
   }
-  snprintf(key + hlen, cap - hlen, ":%ld", port);
+  /* ":port" in decimal, by hand: this runs for every request, and snprintf costs more than
+   * the rest of the key */
+  char digits[24];
+  size_t n = 0;
+  unsigned long u = port < 0 ? 0UL - (unsigned long)port : (unsigned long)port;
+  do digits[n++] = (char)('0' + u % 10); while ((u /= 10) != 0);
+  char *p = key + hlen;
+  *p++ = ':';
+  if (port < 0) *p++ = '-';
+  while (n > 0) *p++ = digits[--n];
+  *p = '\0';
   return 0;
 }
 
@@ -418,16 +440,30 @@ static void hosts_free(HeraldHttpClient *c) {
   c->idle_head = c->idle_tail = NULL;
 }
 
-static void transfer_release(HeraldHttpClient *c, HeraldHttpTransfer *t) {
+static void transfer_forget_config(HeraldHttpTransfer *t) {
+  t->configured = 0;
+  free(t->cfg_method);
+  free(t->cfg_ca_file);
+  t->cfg_method = t->cfg_ca_file = NULL;
+}
+
+static void transfer_destroy(HeraldHttpTransfer *t) {
+  curl_easy_cleanup(t->easy);
+  curl_url_cleanup(t->url);
+  free(t->url_text);
   curl_slist_free_all(t->list);
-  t->list = NULL;
+  transfer_forget_config(t);
+  free(t->send);
+  free(t->recv);
+  free(t->hdrs);
+  free(t);
+}
+
+/* To the free list; its handle keeps its options and its header list (see transfer_get). */
+static void transfer_release(HeraldHttpClient *c, HeraldHttpTransfer *t) {
   t->host = NULL;
   if (c->closing || c->nfree >= FREE_LIST_MAX) {
-    curl_easy_cleanup(t->easy);
-    free(t->send);
-    free(t->recv);
-    free(t->hdrs);
-    free(t);
+    transfer_destroy(t);
     return;
   }
   t->next = c->free_list;
@@ -452,6 +488,7 @@ static void transfer_fail_to_start(HeraldHttpClient *c, HeraldHttpTransfer *t) {
   res.retry_after_ms = -1;
   res.http_version = 1;
   transfer_unlink(c, t);
+  t->configured = 0;
   t->done(&res, t->user);
   transfer_release(c, t);
 }
@@ -478,6 +515,7 @@ static void check_completions(HeraldHttpClient *c) {
     curl_easy_getinfo(easy, CURLINFO_TOTAL_TIME_T, &total_us);
     c->connections += (uint64_t)connects;
     curl_multi_remove_handle(c->multi, easy);
+    if (rc != CURLE_OK || t->requests != 1) t->configured = 0;
     if (t->host != NULL) {
       if (t->may_multiplex && version != 0) t->host->multiplex = version >= CURL_HTTP_VERSION_2_0;
       host_finished(c, t->host);
@@ -684,11 +722,7 @@ void herald_http_client_free(HeraldHttpClient *c) {
   while (c->free_list != NULL) {
     HeraldHttpTransfer *t = c->free_list;
     c->free_list = t->next;
-    curl_easy_cleanup(t->easy);
-    free(t->send);
-    free(t->recv);
-    free(t->hdrs);
-    free(t);
+    transfer_destroy(t);
   }
   c->nfree = 0;
   curl_multi_cleanup(c->multi);  /* closes pooled connections, may report sockets removed */
@@ -800,13 +834,23 @@ static size_t read_cb(char *buf, size_t size, size_t n, void *userp) {
   return k;
 }
 
-/* A transfer from the free list, or a new one; its easy handle is reset and bound to t. */
+static int prereq_cb(void *userp, char *remote_ip, char *local_ip, int remote_port,
+                     int local_port) {
+  (void)remote_ip;
+  (void)local_ip;
+  (void)remote_port;
+  (void)local_port;
+  HeraldHttpTransfer *t = userp;
+  t->requests++;
+  return CURL_PREREQFUNC_OK;
+}
+
+/* A transfer from the free list (its handle as the last transfer left it), or a new one. */
 static HeraldHttpTransfer *transfer_get(HeraldHttpClient *c, const char *data, size_t len) {
   HeraldHttpTransfer *t = c->free_list;
   if (t != NULL) {
     c->free_list = t->next;
     c->nfree--;
-    curl_easy_reset(t->easy);
   } else {
     t = calloc(1, sizeof *t);
     if (t == NULL) return NULL;
@@ -828,6 +872,7 @@ static HeraldHttpTransfer *transfer_get(HeraldHttpClient *c, const char *data, s
   t->reply_len = 0;
   t->reply_open = 0;
   t->refusal[0] = '\0';
+  t->requests = 0;
   if (len > 0) {
     if (grow(&t->send, &t->send_cap, len) != 0) {
       transfer_release(c, t);
@@ -836,7 +881,17 @@ static HeraldHttpTransfer *transfer_get(HeraldHttpClient *c, const char *data, s
     memcpy(t->send, data, len);
   }
   t->send_len = len;
+  return t;
+}
+
+/* Clears the handle's options (and the list they pointed to) and sets those every transfer
+ * of t has. */
+static void transfer_reset(HeraldHttpClient *c, HeraldHttpTransfer *t) {
   CURL *e = t->easy;
+  curl_easy_reset(e);
+  curl_slist_free_all(t->list);
+  t->list = NULL;
+  transfer_forget_config(t);
   curl_easy_setopt(e, CURLOPT_PRIVATE, (char *)t);
   curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
   curl_easy_setopt(e, CURLOPT_ERRORBUFFER, t->errbuf);
@@ -844,7 +899,8 @@ static HeraldHttpTransfer *transfer_get(HeraldHttpClient *c, const char *data, s
   curl_easy_setopt(e, CURLOPT_WRITEDATA, t);
   curl_easy_setopt(e, CURLOPT_CLOSESOCKETFUNCTION, curl_close_cb);
   curl_easy_setopt(e, CURLOPT_CLOSESOCKETDATA, c);
-  return t;
+  curl_easy_setopt(e, CURLOPT_PREREQFUNCTION, prereq_cb);
+  curl_easy_setopt(e, CURLOPT_PREREQDATA, t);
 }
 
 /* Hands t to libcurl, or queues it behind its host's transfers (see the top of the file). */
@@ -884,6 +940,81 @@ static int append_header(struct curl_slist **list, const char *line) {
   return 0;
 }
 
+static int same_string(const char *a, const char *b) {
+  return a == NULL || b == NULL ? a == b : strcmp(a, b) == 0;
+}
+
+/* Whether t's handle has the options of an HTTP request with these settings. */
+static int http_configured(const HeraldHttpTransfer *t, const char *method, int has_body,
+                           const char *ca_file, int http1_only, int pipewait) {
+  return t->configured && t->cfg_body == has_body && t->cfg_http1 == http1_only &&
+         t->cfg_pipewait == pipewait && same_string(t->cfg_method, method) &&
+         same_string(t->cfg_ca_file, ca_file);
+}
+
+/* Resets t's handle and sets the options HTTP requests with these settings share. */
+static void http_configure(HeraldHttpClient *c, HeraldHttpTransfer *t, const char *method,
+                           int has_body, const char *ca_file, int http1_only, int pipewait) {
+  transfer_reset(c, t);
+  CURL *e = t->easy;
+  curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, header_cb);
+  curl_easy_setopt(e, CURLOPT_HEADERDATA, t);
+  curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
+  /* Over TLS, wait for a multiplexable connection instead of opening one per stream. Not in
+   * cleartext, where every connection is HTTP/1.1 and waiting would serialise transfers. */
+  if (pipewait) curl_easy_setopt(e, CURLOPT_PIPEWAIT, 1L);
+  /* HTTP/2 only where ALPN negotiates it: cleartext prior knowledge is broken on reused
+   * connections in libcurl 7.88. */
+  curl_easy_setopt(e, CURLOPT_HTTP_VERSION,
+                   http1_only ? (long)CURL_HTTP_VERSION_1_1 : (long)CURL_HTTP_VERSION_2TLS);
+  if (ca_file) curl_easy_setopt(e, CURLOPT_CAINFO, ca_file);
+  if (has_body) {
+    if (strcmp(method, "POST") != 0) curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, method);
+  } else if (strcmp(method, "HEAD") == 0) {
+    curl_easy_setopt(e, CURLOPT_NOBODY, 1L);
+  } else if (strcmp(method, "GET") != 0) {
+    curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, method);
+  }
+  /* remembered for the next request; out of memory, that one resets the handle again */
+  t->cfg_method = strdup(method);
+  t->cfg_ca_file = ca_file ? strdup(ca_file) : NULL;
+  t->cfg_body = has_body;
+  t->cfg_http1 = http1_only;
+  t->cfg_pipewait = pipewait;
+  t->configured = t->cfg_method != NULL && (ca_file == NULL || t->cfg_ca_file != NULL);
+}
+
+/* Gives the handle url, as text and parsed (CURLOPT_CURLU), parsing it only when it is not
+ * the URL of the handle's last request: libcurl parses the text of a URL for every transfer
+ * (and writes it out again, normalised), while a parsed one it only copies. The text is given
+ * too, so what libcurl keeps as the transfer's URL is this request's (libcurl 7.88 takes the
+ * text from a parsed URL only on a handle's first transfer). Parsed as libcurl parses the text;
+ * a URL that does not parse goes as text alone, for libcurl to refuse with its own error. */
+static void http_set_url(HeraldHttpTransfer *t, const char *url) {
+  CURL *e = t->easy;
+  curl_easy_setopt(e, CURLOPT_URL, url);
+  if (t->url != NULL && strcmp(t->url_text, url) == 0) {
+    curl_easy_setopt(e, CURLOPT_CURLU, t->url);
+    return;
+  }
+  CURLU *parsed = curl_url();
+  char *text = strdup(url);
+  if (parsed == NULL || text == NULL ||
+      curl_url_set(parsed, CURLUPART_URL, url, CURLU_GUESS_SCHEME | CURLU_NON_SUPPORT_SCHEME) !=
+          CURLUE_OK) {
+    curl_url_cleanup(parsed);
+    free(text);
+    parsed = NULL;
+    text = NULL;
+  }
+  curl_easy_setopt(e, CURLOPT_CURLU, parsed);
+  /* the handle no longer points to the previous one */
+  curl_url_cleanup(t->url);
+  free(t->url_text);
+  t->url = parsed;
+  t->url_text = text;
+}
+
 HeraldHttpTransfer *herald_http_submit(HeraldHttpClient *c, const HeraldHttpRequest *req,
                                        HeraldHttpDone done, void *user) {
   if (c->closing) return NULL;
@@ -892,42 +1023,31 @@ HeraldHttpTransfer *herald_http_submit(HeraldHttpClient *c, const HeraldHttpRequ
   t->is_smtp = 0;
   t->max_body = req->max_body;
   t->want_headers = req->want_headers;
-  CURL *e = t->easy;
-  curl_easy_setopt(e, CURLOPT_URL, req->url);
-  curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, header_cb);
-  curl_easy_setopt(e, CURLOPT_HEADERDATA, t);
-  curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, req->timeout_ms > 0 ? req->timeout_ms : DEFAULT_TIMEOUT_MS);
-  curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
-  /* Over TLS, wait for a multiplexable connection instead of opening one per stream. Not in
-   * cleartext, where every connection is HTTP/1.1 and waiting would serialise transfers. */
-  if (!req->http1_only && strncasecmp(req->url, "https:", 6) == 0)
-    curl_easy_setopt(e, CURLOPT_PIPEWAIT, 1L);
-  /* HTTP/2 only where ALPN negotiates it: cleartext prior knowledge is broken on reused
-   * connections in libcurl 7.88. */
-  curl_easy_setopt(e, CURLOPT_HTTP_VERSION,
-                   req->http1_only ? (long)CURL_HTTP_VERSION_1_1 : (long)CURL_HTTP_VERSION_2TLS);
-  if (req->ca_file) curl_easy_setopt(e, CURLOPT_CAINFO, req->ca_file);
   int has_body = req->body != NULL;
   const char *method = req->method ? req->method : (has_body ? "POST" : "GET");
-  if (has_body) {
-    curl_easy_setopt(e, CURLOPT_POSTFIELDS, t->send);
-    curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)t->send_len);
-    if (strcmp(method, "POST") != 0) curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, method);
-  } else if (strcmp(method, "HEAD") == 0) {
-    curl_easy_setopt(e, CURLOPT_NOBODY, 1L);
-  } else if (strcmp(method, "GET") != 0) {
-    curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, method);
-  }
+  int may_multiplex = !req->http1_only && strncasecmp(req->url, "https:", 6) == 0;
+  struct curl_slist *list = NULL;
   int bad = 0;
-  for (size_t i = 0; i < req->nheaders && !bad; i++) bad = append_header(&t->list, req->headers[i]);
+  for (size_t i = 0; i < req->nheaders && !bad; i++) bad = append_header(&list, req->headers[i]);
   /* A round trip for 100-continue buys nothing for small bodies. */
-  if (!bad && has_body) bad = append_header(&t->list, "Expect:");
+  if (!bad && has_body) bad = append_header(&list, "Expect:");
   if (bad) {
+    curl_slist_free_all(list);
     transfer_release(c, t);
     return NULL;
   }
-  if (t->list) curl_easy_setopt(e, CURLOPT_HTTPHEADER, t->list);
-  int may_multiplex = !req->http1_only && strncasecmp(req->url, "https:", 6) == 0;
+  if (!http_configured(t, method, has_body, req->ca_file, req->http1_only, may_multiplex))
+    http_configure(c, t, method, has_body, req->ca_file, req->http1_only, may_multiplex);
+  http_set_url(t, req->url);
+  CURL *e = t->easy;
+  curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, req->timeout_ms > 0 ? req->timeout_ms : DEFAULT_TIMEOUT_MS);
+  if (has_body) {
+    curl_easy_setopt(e, CURLOPT_POSTFIELDS, t->send);
+    curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)t->send_len);
+  }
+  curl_easy_setopt(e, CURLOPT_HTTPHEADER, list);
+  curl_slist_free_all(t->list);  /* the previous request's, which the handle no longer uses */
+  t->list = list;
   return transfer_start(c, t, req->url, may_multiplex, done, user);
 }
 
@@ -936,6 +1056,7 @@ HeraldHttpTransfer *herald_smtp_submit(HeraldHttpClient *c, const HeraldSmtpRequ
   if (c->closing) return NULL;
   HeraldHttpTransfer *t = transfer_get(c, req->message, req->message_len);
   if (t == NULL) return NULL;
+  transfer_reset(c, t);
   t->is_smtp = 1;
   t->max_body = 0;
   t->want_headers = 0;
@@ -974,6 +1095,7 @@ void herald_http_cancel(HeraldHttpClient *c, HeraldHttpTransfer *t) {
     host_settle(c, h);
   } else {
     curl_multi_remove_handle(c->multi, t->easy);
+    t->configured = 0;  /* cut short: libcurl may have counted a retry */
     if (h != NULL) host_finished(c, h);
   }
   transfer_unlink(c, t);

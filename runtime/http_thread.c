@@ -62,7 +62,8 @@ struct HeraldHttpJob {
   atomic_int refs;
   atomic_int cancelled;
   int is_smtp;
-  /* the request, copied */
+  /* the request, copied: the strings and lines in the job's own allocation, after it (one
+   * allocation, not one per string); the body apart, freed once it is handed to libcurl */
   char *url, *method, *body, *ca_file, *mail_from, *username, *password;
   size_t body_len;
   char **lines;                 /* header lines, or SMTP recipients */
@@ -174,15 +175,7 @@ static void job_free(HeraldHttpJob *j) {
   herald_http_group_release(j->group);
   herald_http_gate_release(j->gate);
   herald_http_notify_release(j->notify);
-  free(j->url);
-  free(j->method);
   free(j->body);
-  free(j->ca_file);
-  free(j->mail_from);
-  free(j->username);
-  free(j->password);
-  for (size_t i = 0; i < j->nlines; i++) free(j->lines[i]);
-  free(j->lines);
   free(j->error_text);
   free(j->rbody);
   free(j->rheaders);
@@ -199,14 +192,33 @@ static int dup_str(char **dst, const char *s) {
   return *dst == NULL ? -1 : 0;
 }
 
-static int dup_lines(HeraldHttpJob *j, const char *const *lines, size_t n) {
-  if (n == 0) return 0;
-  j->lines = calloc(n, sizeof *j->lines);
-  if (j->lines == NULL) return -1;
-  for (; j->nlines < n; j->nlines++) {
-    if ((j->lines[j->nlines] = strdup(lines[j->nlines])) == NULL) return -1;
-  }
-  return 0;
+/* The room a string or a list of lines takes in a job's allocation (see job_new). */
+static size_t str_room(const char *s) { return s != NULL ? strlen(s) + 1 : 0; }
+
+static size_t lines_room(const char *const *lines, size_t n) {
+  size_t room = n * sizeof(char *);
+  for (size_t i = 0; i < n; i++) room += strlen(lines[i]) + 1;
+  return room;
+}
+
+/* Copies s to *at, which moves past it; NULL stays NULL. */
+static char *put_str(char **at, const char *s) {
+  if (s == NULL) return NULL;
+  size_t n = strlen(s) + 1;
+  char *copy = memcpy(*at, s, n);
+  *at += n;
+  return copy;
+}
+
+/* The lines go first, right after the job: the array of pointers needs their alignment. */
+static char *put_lines(HeraldHttpJob *j, const char *const *lines, size_t n) {
+  char *at = (char *)(j + 1);
+  if (n == 0) return at;
+  j->lines = (char **)(void *)at;
+  at += n * sizeof(char *);
+  for (size_t i = 0; i < n; i++) j->lines[i] = put_str(&at, lines[i]);
+  j->nlines = n;
+  return at;
 }
 
 static int dup_bytes(char **dst, const char *p, size_t n) {
@@ -636,10 +648,12 @@ HeraldHttpThread *herald_http_thread_new(uv_loop_t *loop, const HeraldHttpClient
   return NULL;
 }
 
+/* A job with room bytes after it for its request's strings (put_lines, then put_str). */
 static HeraldHttpJob *job_new(HeraldHttpThread *t, HeraldHttpGroup *g, HeraldHttpGate *gate,
-                             HeraldHttpDone done, void *user) {
-  HeraldHttpJob *j = calloc(1, sizeof *j);
+                             HeraldHttpDone done, void *user, size_t room) {
+  HeraldHttpJob *j = malloc(sizeof *j + room);
   if (j == NULL) return NULL;
+  memset(j, 0, sizeof *j);
   j->owner = t;
   if (g != NULL) {
     atomic_fetch_add(&g->refs, 1);
@@ -682,17 +696,21 @@ HeraldHttpJob *herald_http_thread_submit_quiet(HeraldHttpThread *t, HeraldHttpGr
                                                const HeraldHttpRequest *req, HeraldHttpDone done,
                                                void *user) {
   if (t == NULL || t->free_pending) return NULL;
-  HeraldHttpJob *j = job_new(t, g, gate, done, user);
+  size_t room = lines_room(req->headers, req->nheaders) + str_room(req->url) +
+                str_room(req->method) + str_room(req->ca_file);
+  HeraldHttpJob *j = job_new(t, g, gate, done, user, room);
   if (j == NULL) return NULL;
+  char *at = put_lines(j, req->headers, req->nheaders);
+  j->url = put_str(&at, req->url);
+  j->method = put_str(&at, req->method);
+  j->ca_file = put_str(&at, req->ca_file);
   j->timeout_ms = req->timeout_ms;
   j->max_body = req->max_body;
   j->want_headers = req->want_headers;
   j->http1_only = req->http1_only;
   j->has_body = req->body != NULL;
   j->body_len = req->body ? req->body_len : 0;
-  if (dup_str(&j->url, req->url) || dup_str(&j->method, req->method) ||
-      dup_str(&j->ca_file, req->ca_file) || dup_lines(j, req->headers, req->nheaders) ||
-      (j->has_body && dup_bytes(&j->body, req->body, j->body_len))) {
+  if (j->has_body && dup_bytes(&j->body, req->body, j->body_len)) {
     job_free(j);
     return NULL;
   }
@@ -709,16 +727,22 @@ HeraldHttpJob *herald_http_thread_smtp(HeraldHttpThread *t, HeraldHttpGroup *g,
                                        HeraldHttpGate *gate, const HeraldSmtpRequest *req,
                                        HeraldHttpDone done, void *user) {
   if (t == NULL || t->free_pending) return NULL;
-  HeraldHttpJob *j = job_new(t, g, gate, done, user);
+  size_t room = lines_room(req->rcpt, req->nrcpt) + str_room(req->url) +
+                str_room(req->mail_from) + str_room(req->username) + str_room(req->password) +
+                str_room(req->ca_file);
+  HeraldHttpJob *j = job_new(t, g, gate, done, user, room);
   if (j == NULL) return NULL;
+  char *at = put_lines(j, req->rcpt, req->nrcpt);
+  j->url = put_str(&at, req->url);
+  j->mail_from = put_str(&at, req->mail_from);
+  j->username = put_str(&at, req->username);
+  j->password = put_str(&at, req->password);
+  j->ca_file = put_str(&at, req->ca_file);
   j->is_smtp = 1;
   j->timeout_ms = req->timeout_ms;
   j->starttls = req->starttls;
   j->body_len = req->message_len;
-  if (dup_str(&j->url, req->url) || dup_str(&j->mail_from, req->mail_from) ||
-      dup_str(&j->username, req->username) || dup_str(&j->password, req->password) ||
-      dup_str(&j->ca_file, req->ca_file) || dup_lines(j, req->rcpt, req->nrcpt) ||
-      dup_bytes(&j->body, req->message, req->message_len)) {
+  if (dup_bytes(&j->body, req->message, req->message_len)) {
     job_free(j);
     return NULL;
   }

@@ -187,6 +187,37 @@ describe('herald.http', function()
     assert.are.equal('delivered', res.verdict)
   end)
 
+  -- One request at a time reuses one transfer and its easy handle, which keeps its options
+  -- from one request to the next when they are alike: nothing of a request may reach the next.
+  it('sends each request with its own method, body, headers and URL on a reused handle', function()
+    local function send(req, key)
+      req.headers = req.headers or {}
+      req.headers['Idempotency-Key'] = key
+      return http.request(req)
+    end
+    assert(send({ url = ng.url .. '/echo', method = 'PUT', body = 'one' }, 'reuse-1'))
+    local res = assert(send({ url = ng.url .. '/echo', body = 'two' }, 'reuse-2'))
+    assert.are.equal('two', res.body)
+    res = assert(send({ url = ng.url .. '/headers', headers = { ['X-Test'] = 'three' } }, 'reuse-3'))
+    assert.are.equal('three', res.body)
+    res = assert(send({ url = ng.url .. '/headers' }, 'reuse-4'))
+    assert.are.equal('', res.body)   -- the previous request's X-Test is not sent again
+    assert(send({ url = ng.url .. '/ok', method = 'HEAD' }, 'reuse-5'))
+    res = assert(send({ url = ng.url .. '/ok' }, 'reuse-6'))
+    assert.are.equal('ok\n', res.body)
+    assert.is_nil(send({ url = 'http://127.0.0.1:1/refused', body = 'x' }, 'reuse-7'))
+    assert(send({ url = ng.url .. '/echo', method = 'DELETE' }, 'reuse-8'))
+    res = assert(send({ url = ng.url .. '/echo', body = 'nine' }, 'reuse-9'))
+    assert.are.equal('nine', res.body)
+    local rows = wait_rows(ng, 'reuse-', 8)
+    table.sort(rows, function(a, b) return a.key < b.key end)
+    local seen = {}
+    for _, r in ipairs(rows) do seen[#seen + 1] = r.key .. ' ' .. r.method .. ' ' .. r.uri end
+    assert.are.same({ 'reuse-1 PUT /echo', 'reuse-2 POST /echo', 'reuse-3 GET /headers',
+                      'reuse-4 GET /headers', 'reuse-5 HEAD /ok', 'reuse-6 GET /ok',
+                      'reuse-8 DELETE /echo', 'reuse-9 POST /echo' }, seen)
+  end)
+
   it('raises on a request definition error', function()
     assert.has_error(function() http.request {} end, "field 'url' is required")
     assert.has_error(function() http.request { url = ng.url, headers = { 'X: a\r\nY: b' } } end,
