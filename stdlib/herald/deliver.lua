@@ -191,7 +191,8 @@ local function profile_limit(profile)
   end
   if session then
     if state.global then sync(state.global, 'global') end
-    sync(l, 'profile:' .. profile.name)
+    -- the key is made only when the limit is first used in the session, not for every row
+    if not session[l] then sync(l, 'profile:' .. profile.name) end
   end
   return l, state.steps[profile.name] or nil
 end
@@ -209,7 +210,7 @@ local function campaign_limit(campaign_id, def)
     state.campaign_limits[key] = l
   end
   -- stored by its value too: a version with another limit starts its own count
-  if session then sync(l, 'campaign:' .. campaign_id .. ':' .. mps) end
+  if session and not session[l] then sync(l, 'campaign:' .. campaign_id .. ':' .. mps) end
   return l, 1000 / mps
 end
 
@@ -1037,7 +1038,7 @@ function deliver.pump(now_ms, max, ids_json)
       if verdict == 'delivered' then
         state.systemic[cid] = 0
         state.stats.sent = state.stats.sent + 1
-        reports[#reports + 1] = { id = row.id, state = 'SENT' }
+        reports[#reports + 1] = row.id   -- a bare id is reported SENT (outbox.report_batch)
       elseif o.held then
         -- Never sent: the provider asked this profile to wait (429/503 with Retry-After). The
         -- message goes back without spending an attempt, due when the wait is over; the

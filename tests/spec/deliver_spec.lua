@@ -1664,6 +1664,21 @@ print('defects=%d' % (len(msg.defects) + len(msg['Reply-To'].defects)))
     assert.are.equal(1, query(dir, "SELECT count(*) AS n FROM events WHERE event_type = '_campaign.send'")[1].n)
   end)
 
+  it('takes a bare id as a row reported SENT, beside full reports, and refuses an id that is not an integer', function()
+    local dir = h.tmpdir()
+    h.write(dir .. '/s.lua', two_claimed('bare', [[
+      local ok, err = pcall(outbox.report_batch, { c[1].id + 0.5 })
+      assert(not ok and tostring(err):match('integer'), tostring(err))
+      outbox.report_batch { c[1].id, { id = c[2].id, state = 'FAILED', reason = 'PERMANENT: x' } }
+    ]]))
+    local _, code, err = h.herald('--db d.db s.lua', { cwd = dir })
+    assert.are.equal(0, code, err)
+    assert.are.same({ { state = 'SENT' }, { state = 'FAILED', reason = 'PERMANENT: x' } },
+      query(dir, 'SELECT state, reason FROM outbox ORDER BY id'))
+    -- the bare id's message is recorded as sent, as a full SENT report's is
+    assert.are.equal(1, query(dir, "SELECT count(*) AS n FROM events WHERE event_type = '_campaign.send'")[1].n)
+  end)
+
   it('cancels a message that comes back for a retry after its campaign was deleted, so its run completes', function()
     local dir = h.tmpdir()
     h.write(dir .. '/s.lua', two_claimed('gone', [[
