@@ -995,15 +995,43 @@ print('defects=%d' % (len(msg.defects) + len(msg['Reply-To'].defects)))
       10000, 'the run to stop')
   end
 
-  it('gives back the claimed messages not yet sent when another process pauses the campaign', function()
+  -- A run in the background of a 40-message CUSTOM campaign called name, its webhook answering
+  -- at path with connections requests at once: returns the store's directory and the run's pid.
+  local function start_hooks_run(name, connections, path)
     local dir = h.tmpdir()
     ng:clear_log()
-    campaign_file(dir, { n = 40, channel = 'CUSTOM', name = 'halted', addr = "function(i) return 'x' .. i end" })
-    -- one claim takes all 40; two at a time go out, a second each
+    campaign_file(dir, { n = 40, channel = 'CUSTOM', name = name, addr = "function(i) return 'x' .. i end" })
     h.write(dir .. '/providers.lua', string.format([[
-      return { profiles = { hooks = { type = 'webhook', url = %q, connections = 2 } }, channels = { CUSTOM = 'hooks' } }
-    ]], ng.url .. '/hook-1s'))
-    local pid = run_in_background(dir)
+      return { profiles = { hooks = { type = 'webhook', url = %q, connections = %d } }, channels = { CUSTOM = 'hooks' } }
+    ]], ng.url .. path, connections))
+    return dir, run_in_background(dir)
+  end
+
+  -- Resumes the campaign name of start_hooks_run with a webhook that answers at once and runs it
+  -- to the end: every message is SENT, no key went out twice. Returns the requests and keys
+  -- seen at slow_path, then at the quick one.
+  local function resume_to_end(dir, name, slow_path)
+    h.write(dir .. '/providers.lua', string.format([[
+      return { profiles = { hooks = { type = 'webhook', url = %q } }, channels = { CUSTOM = 'hooks' } }
+    ]], ng.url .. '/hook-ok'))
+    local _, code, e = h.herald('--db d.db campaign resume ' .. name, { cwd = dir })
+    assert.are.equal(0, code, e)
+    _, code, e = run(dir, 'c.lua')
+    assert.are.equal(0, code, e)
+    assert.are.same({ { state = 'SENT', n = 40 } }, query(dir, 'SELECT state, count(*) AS n FROM outbox GROUP BY state'))
+    local seen = {}
+    for _, r in ipairs(ng:requests()) do
+      assert.is_nil(seen[r.key], r.key)
+      seen[r.key] = true
+    end
+    local slow_n, slow_keys = ng:key_counts(slow_path)
+    local ok_n, ok_keys = ng:key_counts('/hook-ok')
+    return slow_n, slow_keys, ok_n, ok_keys
+  end
+
+  it('gives back the claimed messages not yet sent when another process pauses the campaign', function()
+    -- one claim takes all 40; two at a time go out, a second each
+    local dir, pid = start_hooks_run('halted', 2, '/hook-1s')
     local ok, err = pcall(function()
       h.wait_for(function() return #ng:requests() >= 2 end, 20000, 'the first answers')
       local _, code, e = h.herald('--db d.db campaign pause halted', { cwd = dir })
@@ -1032,22 +1060,8 @@ print('defects=%d' % (len(msg.defects) + len(msg['Reply-To'].defects)))
     stop_run(pid)
     assert(ok, err)
     -- resumed, every message goes out exactly once
-    h.write(dir .. '/providers.lua', string.format([[
-      return { profiles = { hooks = { type = 'webhook', url = %q, connections = 2 } }, channels = { CUSTOM = 'hooks' } }
-    ]], ng.url .. '/hook-ok'))
-    local _, code, e = h.herald('--db d.db campaign resume halted', { cwd = dir })
-    assert.are.equal(0, code, e)
-    _, code, e = run(dir, 'c.lua')
-    assert.are.equal(0, code, e)
-    assert.are.same({ { state = 'SENT', n = 40 } }, query(dir, 'SELECT state, count(*) AS n FROM outbox GROUP BY state'))
-    local slow_n, slow_keys = ng:key_counts('/hook-1s')
-    local ok_n, ok_keys = ng:key_counts('/hook-ok')
+    local slow_n, slow_keys, ok_n, ok_keys = resume_to_end(dir, 'halted', '/hook-1s')
     assert.are.same({ 40, 40 }, { slow_n + ok_n, slow_keys + ok_keys })
-    local seen = {}
-    for _, r in ipairs(ng:requests()) do
-      assert.is_nil(seen[r.key], r.key)
-      seen[r.key] = true
-    end
   end)
 
   -- The outbox's rows by state: {CLAIMED = n, ...}.
@@ -1077,14 +1091,8 @@ print('defects=%d' % (len(msg.defects) + len(msg['Reply-To'].defects)))
   -- the messages given back stayed CLAIMED (and `campaign status` showed them in flight) until
   -- the requests on the wire before them were answered.
   it('gives back the messages not yet sent while those on the wire still wait for their answers', function()
-    local dir = h.tmpdir()
-    ng:clear_log()
-    campaign_file(dir, { n = 40, channel = 'CUSTOM', name = 'waits', addr = "function(i) return 'x' .. i end" })
     -- one claim takes all 40; four at a time go out, each answered after 8 s
-    h.write(dir .. '/providers.lua', string.format([[
-      return { profiles = { hooks = { type = 'webhook', url = %q, connections = 4 } }, channels = { CUSTOM = 'hooks' } }
-    ]], ng.url .. '/hook-8s'))
-    local pid = run_in_background(dir)
+    local dir, pid = start_hooks_run('waits', 4, '/hook-8s')
     local ok, err = pcall(function()
       local states = pause_mid_claim(dir, 'waits', 40, 4)
       -- the 36 not yet sent are PENDING again, none of their attempts spent, while the four on
@@ -1099,22 +1107,7 @@ print('defects=%d' % (len(msg.defects) + len(msg['Reply-To'].defects)))
     stop_run(pid)
     assert(ok, err)
     -- resumed, every message goes out exactly once
-    h.write(dir .. '/providers.lua', string.format([[
-      return { profiles = { hooks = { type = 'webhook', url = %q } }, channels = { CUSTOM = 'hooks' } }
-    ]], ng.url .. '/hook-ok'))
-    local _, code, e = h.herald('--db d.db campaign resume waits', { cwd = dir })
-    assert.are.equal(0, code, e)
-    _, code, e = run(dir, 'c.lua')
-    assert.are.equal(0, code, e)
-    assert.are.same({ SENT = 40 }, outbox_states(dir))
-    local slow_n, slow_keys = ng:key_counts('/hook-8s')
-    local ok_n, ok_keys = ng:key_counts('/hook-ok')
-    assert.are.same({ 4, 4, 36, 36 }, { slow_n, slow_keys, ok_n, ok_keys })
-    local seen = {}
-    for _, r in ipairs(ng:requests()) do
-      assert.is_nil(seen[r.key], r.key)
-      seen[r.key] = true
-    end
+    assert.are.same({ 4, 4, 36, 36 }, { resume_to_end(dir, 'waits', '/hook-8s') })
   end)
 
   it('gives back the mails not yet sent while those in a session still wait for their answers', function()
