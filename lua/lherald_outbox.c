@@ -566,9 +566,9 @@ static int l_claim(lua_State *L) {
 }
 
 /* report_batch{ {id=, state=, reason=, due_ms=, hard_bounce=} or id, ... }: outcomes written in
- * one transaction. A bare id is a row reported SENT: most outcomes are deliveries, and a table for
- * each would cost delivery an allocation and five field reads per message. hard_bounce (a FAILED row's, the provider's words) records the recipient's refusal
- * as a hard bounce of the message (herald_ingest_hard_bounce) with the outcome. A row that is no
+ * one transaction. A bare id is a row reported SENT: most outcomes are deliveries, and a table
+ * for each would cost delivery an allocation and five field reads per message. hard_bounce (a
+ * FAILED row's, the provider's words) records the recipient's refusal as a hard bounce of the message (herald_ingest_hard_bounce) with the outcome. A row that is no
  * longer CLAIMED is passed over; any other failure writes nothing and raises. The reports are
  * read before the transaction begins: reading them can raise, which must not leave it open. */
 typedef struct {

@@ -671,11 +671,8 @@ static json_t *json_column_or_empty(sqlite3_stmt *st, int col) {
 
 /* An integer as a JSON string, as snprintf("%d") writes it. */
 static json_t *int_string(int v) {
-  char buf[16], *p = buf + sizeof buf;
-  unsigned u = v < 0 ? 0u - (unsigned)v : (unsigned)v;
-  do *--p = (char)('0' + u % 10); while ((u /= 10) != 0);
-  if (v < 0) *--p = '-';
-  return json_stringn_nocheck(p, (size_t)(buf + sizeof buf - p));
+  char buf[HERALD_DECIMAL_MAX];
+  return json_stringn_nocheck(buf, herald_decimal(buf, v));
 }
 
 /* Adds v under name to *group, which the first value makes; a NULL v (no value) adds nothing, so

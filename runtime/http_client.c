@@ -40,6 +40,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "runtime/buffer.h"
+
 #define FREE_LIST_MAX 1024
 #define DEFAULT_TIMEOUT_MS 30000L
 #define MAX_HEADER_BYTES (64 * 1024)
@@ -296,16 +298,11 @@ static int host_key(const char *url, char *key, size_t cap) {
     char ch = auth[i];
     key[i] = (ch >= 'A' && ch <= 'Z') ? (char)(ch + 32) : ch;
   }
-  /* ":port" in decimal, by hand: this runs for every request, and snprintf costs more than
-   * the rest of the key */
-  char digits[24];
-  size_t n = 0;
-  unsigned long u = port < 0 ? 0UL - (unsigned long)port : (unsigned long)port;
-  do digits[n++] = (char)('0' + u % 10); while ((u /= 10) != 0);
+  /* ":port" without snprintf: this runs for every request, and snprintf costs more than the
+   * rest of the key */
   char *p = key + hlen;
   *p++ = ':';
-  if (port < 0) *p++ = '-';
-  while (n > 0) *p++ = digits[--n];
+  p += herald_decimal(p, port);
   *p = '\0';
   return 0;
 }

@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "runtime/buffer.h"
 #include "runtime/claimer.h"
 #include "runtime/clock.h"
 #include "runtime/datetime.h"
@@ -155,19 +156,11 @@ typedef struct {
   int n;
 } IdsJson;
 
-#define IDS_JSON_SIZE(n) ((size_t)(n) * 21 + 3)
+#define IDS_JSON_SIZE(n) ((size_t)(n) * (HERALD_DECIMAL_MAX + 1) + 3)
 
 static void ids_json_add(IdsJson *ids, int64_t id) {
-  char digits[20];
-  int k = 0;
-  uint64_t v = id < 0 ? 0 - (uint64_t)id : (uint64_t)id;
-  do {
-    digits[k++] = (char)('0' + v % 10);
-    v /= 10;
-  } while (v > 0);
   ids->json[ids->used++] = ids->n++ ? ',' : '[';
-  if (id < 0) ids->json[ids->used++] = '-';
-  while (k > 0) ids->json[ids->used++] = digits[--k];
+  ids->used += herald_decimal(ids->json + ids->used, (long long)id);
 }
 
 /* after one id at least */
