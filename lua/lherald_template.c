@@ -9,12 +9,15 @@
  * create(name, type, parts) -> 1 | nil, err
  * update(name, type, parts, create_new_version, version) -> version | nil, err
  * get(name, type [, version]) -> {Name, Type, Version, ActiveVersion, LatestVersion, ...parts}
+ *   | nil, err [, 'NOT_FOUND']
  * versions(name, type) -> { {Version, Active, CreationDate, LastModifiedDate}, ... }
  * set_active(name, type, version) -> true | nil, err
- * render(name, type, ctx [, version [, substitutions]]) -> rendered parts | nil, err
+ * render(name, type, ctx [, version [, substitutions]]) -> rendered parts | nil, err [, 'NOT_FOUND']
  *
  * Runtime failures (bad template text, unknown template, limits, a name or type with a NUL
- * inside) return nil, err; argument misuse raises. Compiled store versions are cached per
+ * inside) return nil, err; argument misuse raises. get and render add 'NOT_FOUND' when the
+ * template or the version asked for does not exist, which callers tell from a failing store
+ * (a campaign naming a missing template is paused rather than failing every message). Compiled store versions are cached per
  * state and recompiled when the stored revision changes. */
 #include <lauxlib.h>
 #include <stdlib.h>
@@ -50,6 +53,14 @@ static int push_fail(lua_State *L, const char *msg) {
   lua_pushnil(L);
   lua_pushstring(L, msg);
   return 2;
+}
+
+/* nil, err, and 'NOT_FOUND' when the store has no such template or version */
+static int push_store_fail(lua_State *L, const HeraldError *err) {
+  push_fail(L, err->msg);
+  if (err->code != kHeraldNotFound) return 2;
+  lua_pushliteral(L, "NOT_FOUND");
+  return 3;
 }
 
 /* ---- Lua <-> JSON ---- */
@@ -400,7 +411,7 @@ static int l_get(lua_State *L) {
   HeraldTemplateInfo info;
   HeraldError err = {0};
   if (herald_template_store_get(herald_context_store(L), name, type, version, &info, &err) != kHeraldOk)
-    return push_fail(L, err.msg);
+    return push_store_fail(L, &err);
   push_json(L, info.parts);
   json_decref(info.parts);
   lua_pushstring(L, name); lua_setfield(L, -2, "Name");
@@ -484,7 +495,7 @@ static int l_render(lua_State *L) {
   check_substitutions(L, 5);
   HeraldError err = {0};
   HeraldTemplateParts *parts = cached_parts(L, name, type, version, &err);
-  if (parts == NULL) return push_fail(L, err.msg);
+  if (parts == NULL) return push_store_fail(L, &err);
   char why[256] = "";
   int owned = 0;
   json_t *ctx = arg_context(L, 3, &owned, why, sizeof why);

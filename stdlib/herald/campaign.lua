@@ -203,6 +203,23 @@ local function message_configuration(path, m)
   return config
 end
 
+-- A stored template a campaign names must exist when the campaign is defined (a misspelt
+-- name is said now, with its field, rather than found when the messages go). One deleted or
+-- never written later pauses the campaign at delivery. The store's own failures (busy, say) are
+-- not the definition's: delivery looks again. name_path and version_path are the fields to
+-- blame; kind is the TemplateConfiguration key.
+local STORE_TYPE = { EmailTemplate = 'EMAIL', SMSTemplate = 'SMS', PushTemplate = 'PUSH' }
+local function check_template_exists(name_path, version_path, kind, name, version)
+  local type_ = STORE_TYPE[kind]
+  if type_ == nil then return end
+  local found, err, code = template.get(name, type_)
+  if found == nil and code == 'NOT_FOUND' then fail(name_path, err) end
+  if found and version ~= nil then
+    found, err, code = template.get(name, type_, math.tointeger(tonumber(version)))
+    if found == nil and code == 'NOT_FOUND' then fail(version_path, err) end
+  end
+end
+
 -- template = { email = 'name' or {name =, version =}, sms =, push =, voice = }
 local TEMPLATE_KEYS = { email = 'EmailTemplate', sms = 'SMSTemplate', push = 'PushTemplate',
                         voice = 'VoiceTemplate', in_app = 'InAppTemplate' }
@@ -221,6 +238,8 @@ local function template_configuration(path, t)
         or (type(version) == 'string' and not version:match('^%d+$')) or type(version) == 'boolean') then
       fail(path .. '.' .. k .. '.version', 'a version number from 1 (or leave it out for the active version), not ' .. tostring(version))
     end
+    check_template_exists(type(t[k]) == 'string' and path .. '.' .. k or path .. '.' .. k .. '.name',
+      path .. '.' .. k .. '.version', key, v.name, version)
     config[key] = { Name = v.name, Version = version and tostring(math.tointeger(tonumber(version))) or nil }
   end
   return config
@@ -446,7 +465,7 @@ end
 -- string in Pinpoint's JSON) pins a version and must be a whole number from 1, or delivery
 -- could not tell which version to render.
 local TEMPLATE_CONFIG_KEYS = set('EmailTemplate', 'SMSTemplate', 'PushTemplate', 'VoiceTemplate', 'InAppTemplate')
-local function check_template_config(path, tc)
+local function check_template_config(path, tc, lua)
   if tc == nil or tc == json.null then return end
   if type(tc) ~= 'table' then fail(path, 'expected an object') end
   only(path, tc, TEMPLATE_CONFIG_KEYS)
@@ -463,6 +482,8 @@ local function check_template_config(path, tc)
           fail(p .. '.Version', 'a version number from 1 (or leave it out for the active version), not ' .. tostring(v))
         end
       end
+      -- the Lua form looked when it made this, and blamed its own field
+      if not lua then check_template_exists(p .. '.Name', p .. '.Version', k, ref.Name, v ~= json.null and v or nil) end
     end
   end
 end
@@ -585,7 +606,7 @@ local function build(p, lua)
   p.Herald = p.Herald or {}
   if type(p.Herald) ~= 'table' then fail('Herald', 'expected an object') end
   check_config('MessageConfiguration', p.MessageConfiguration)
-  check_template_config('TemplateConfiguration', p.TemplateConfiguration)
+  check_template_config('TemplateConfiguration', p.TemplateConfiguration, lua)
   local additional = p.AdditionalTreatments or {}
   if type(additional) ~= 'table' then fail('AdditionalTreatments', 'expected a list') end
   if #additional + 1 > campaign.MAX_TREATMENTS then
@@ -604,7 +625,7 @@ local function build(p, lua)
       fail(path .. (lua and '.size' or '.SizePercent'), 'a whole percentage 1-100')
     end
     check_config(path .. '.MessageConfiguration', t.MessageConfiguration)
-    check_template_config(path .. '.TemplateConfiguration', t.TemplateConfiguration)
+    check_template_config(path .. '.TemplateConfiguration', t.TemplateConfiguration, lua)
     sizes[i + 1] = t.SizePercent
     total = total + t.SizePercent
   end

@@ -402,7 +402,9 @@ deliver.header_map = header_map
 
 -- The parts of the stored template a TemplateConfiguration names for a channel, rendered for
 -- ctx with substitutions subs (the template's DefaultSubstitutions under them): nil when it
--- names none for the channel, or nil, reason.
+-- names none for the channel, or nil, reason [, true when the template or the version it pins
+-- does not exist: no message of the campaign can be rendered, which is the campaign's fault,
+-- not the recipient's].
 local function template_message(tconfig, channel, ep, subs)
   if not present(tconfig) or type(tconfig) ~= 'table' then return nil end
   local kind = TEMPLATE_KIND[channel] or (PUSH[channel] and { 'PushTemplate', 'PUSH' })
@@ -418,8 +420,11 @@ local function template_message(tconfig, channel, ep, subs)
         .. tostring(ref.Version)
     end
   end
-  local parts, err = template.render(ref.Name, kind[2], ep, { version = version, substitutions = subs })
-  if not parts then return nil, 'RENDER_FAILED: ' .. tostring(err) end
+  local parts, err, code = template.render(ref.Name, kind[2], ep, { version = version, substitutions = subs })
+  if not parts then
+    if code == 'NOT_FOUND' then return nil, 'TEMPLATE_NOT_FOUND: ' .. tostring(err), true end
+    return nil, 'RENDER_FAILED: ' .. tostring(err)
+  end
   if kind[2] == 'EMAIL' then
     return { Title = parts.Subject, Body = parts.TextPart, HtmlBody = parts.HtmlPart, Headers = header_map(parts.Headers) }
   elseif kind[2] == 'SMS' then
@@ -509,7 +514,8 @@ local EMPTY = {}
 -- The message for a row. Its content comes from the channel's own message when that has any,
 -- else from the stored template the treatment's TemplateConfiguration names for the channel,
 -- else from DefaultMessage; its settings (sender, TTL, headers, ...) from the channel's own
--- message, else DefaultMessage.
+-- message, else DefaultMessage. Returns the message, or nil, reason [, true when the fault is
+-- the campaign's: a stored template it names is missing].
 local function prepare(row, def, ep, profile)
   local name, config, tconfig = treatment_config(def, row.treatment)
   if config == nil and tconfig == nil then return nil, 'NO_TREATMENT' end
@@ -523,9 +529,9 @@ local function prepare(row, def, ep, profile)
   end
   local rendered
   if own == nil or not has_content(own) then
-    local terr
-    rendered, terr = template_message(tconfig, row.channel, ep)
-    if terr then return nil, terr end
+    local terr, missing
+    rendered, terr, missing = template_message(tconfig, row.channel, ep)
+    if terr then return nil, terr, missing end
   end
   local m = rendered or (own and has_content(own) and own) or default or own
   if m == nil then return nil, 'NO_MESSAGE_FOR_CHANNEL' end
@@ -806,7 +812,7 @@ local function prepare_rows(rows, now_ms)
   local reports, defers, items = {}, {}, {}
   for _, row in ipairs(rows) do
     local def, err = definition(row.campaign_id, row.campaign_version)
-    local ep, profile, msg
+    local ep, profile, msg, missing
     local why_not, until_ms
     -- stale first: a message too late to go is not held to the end of quiet time either
     if def and is_stale(def, row, now_ms) then
@@ -827,16 +833,20 @@ local function prepare_rows(rows, now_ms)
       if ep == nil then err = 'ENDPOINT_DELETED' end
     end
     if def and ep then profile, err = route(def, row.channel) end
-    if profile then msg, err = prepare(row, def, ep, profile) end
-    if def and ep and (state.paused[row.campaign_id] or profile == nil) then
-      -- A route the providers file lacks (a misspelt profile, a channel it does not route) is
-      -- no fault of the recipients': rather than fail the whole audience for good, the
-      -- campaign pauses with the reason and its messages wait, unspent, for the providers file
-      -- to be fixed and the campaign resumed. So do the rest of a claim's rows of a campaign
+    if profile then msg, err, missing = prepare(row, def, ep, profile) end
+    if def and ep and (state.paused[row.campaign_id] or profile == nil or missing) then
+      -- A route the providers file lacks (a misspelt profile, a channel it does not route), or
+      -- a stored template the campaign names that does not exist (not yet created, a version
+      -- that was never written), is no fault of the recipients': rather than fail the whole
+      -- audience for good, the campaign pauses with the reason and its messages wait,
+      -- unspent, for the fix and the resume. So do the rest of a claim's rows of a campaign
       -- paused meanwhile.
       if profile == nil then
         pause(row.campaign_id, err, 'cannot deliver: ' .. tostring(err)
           .. ' (fix the providers file, then resume the campaign)')
+      elseif missing then
+        pause(row.campaign_id, err, 'cannot deliver: ' .. tostring(err)
+          .. ' (create the template, then resume the campaign)')
       end
       reports[#reports + 1] = { id = row.id, state = 'RELEASED', due_ms = now_ms,
                                 reason = 'PAUSED: ' .. tostring(err or state.paused[row.campaign_id]) }

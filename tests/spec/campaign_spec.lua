@@ -206,6 +206,10 @@ describe('campaign definitions', function()
   it('takes per-channel messages, templates, limits and ten treatments, stored in Pinpoint shape', function()
     local dir = h.tmpdir()
     h.write(dir .. '/def.lua', [[
+      -- the templates a campaign names must exist
+      assert(herald.template.create{ name = 'welcome', type = 'EMAIL', Subject = 'Welcome', TextPart = 'hi' })
+      assert(herald.template.create{ name = 'welcome-sms', type = 'SMS', Body = 'v1' })
+      assert(herald.template.update('welcome-sms', 'SMS', { Body = 'v2' }, { create_new_version = true }))
       local s = herald.segment{ name = 'all' }
       local t = {}
       for i = 1, 10 do

@@ -185,4 +185,94 @@ describe('treatments that name a stored template', function()
       assert.matches('Version is not a version number: 1.5', r.reason, 1, true)
     end
   end)
+
+  it('refuse a campaign naming a template or a version that does not exist, with its field', function()
+    local dir = h.tmpdir()
+    h.write(dir .. '/t.lua', [[
+      assert(herald.template.create{ name = 'mail', type = 'EMAIL', Subject = 's', TextPart = 't' })
+    ]])
+    local _, code, err = h.herald('--db c.db t.lua', { cwd = dir })
+    assert.are.equal(0, code, err)
+    local cases = {
+      { [[herald.campaign{ name = 'c', segment = herald.segment{ name = 'all' }, deliver = 'channels',
+            template = { email = 'mial' } }]], "herald.campaign c: campaign.template.email: no EMAIL template 'mial'" },
+      { [[herald.campaign{ name = 'c', segment = herald.segment{ name = 'all' }, deliver = 'channels',
+            template = { sms = { name = 'mail' } } }]], "herald.campaign c: campaign.template.sms.name: no SMS template 'mail'" },
+      { [[herald.campaign{ name = 'c', segment = herald.segment{ name = 'all' }, deliver = 'channels',
+            treatments = { { size = 50, template = { email = 'mail' } },
+                           { size = 50, template = { email = { name = 'mail', version = 3 } } } } }]],
+        "herald.campaign c: treatments[2].template.email.version: EMAIL template 'mail' has no version 3" },
+      { [[herald.campaign.from_pinpoint(herald.json.encode{ Name = 'p', Schedule = { StartTime = 'IMMEDIATE' },
+            TemplateConfiguration = { EmailTemplate = { Name = 'mail', Version = '2' } } },
+            { segment = herald.segment{ name = 'all' } })]], "TemplateConfiguration.EmailTemplate.Version: EMAIL template 'mail' has no version 2" },
+      { [[herald.campaign.from_pinpoint(herald.json.encode{ Name = 'p', Schedule = { StartTime = 'IMMEDIATE' },
+            AdditionalTreatments = { { SizePercent = 50, TemplateConfiguration = { PushTemplate = { Name = 'mail' } } } } },
+            { segment = herald.segment{ name = 'all' } })]],
+        "AdditionalTreatments[0].TemplateConfiguration.PushTemplate.Name: no PUSH template 'mail'" },
+    }
+    for i, case in ipairs(cases) do
+      h.write(dir .. '/bad' .. i .. '.lua', case[1] .. '\n')
+      _, code, err = h.herald('--db c.db run --until-idle bad' .. i .. '.lua', { cwd = dir })
+      assert.are.equal(1, code, 'case ' .. i)
+      assert.matches('bad' .. i .. '.lua:1:', err, 1, true)
+      assert.matches(case[2], err, 1, true)
+    end
+    -- nothing of them was stored
+    assert.are.equal(0, h.query(dir, 'c.db', 'SELECT count(*) AS n FROM campaigns')[1].n)
+  end)
+
+  it('pause a campaign whose template is missing when its messages go, and send them all once it exists and the campaign is resumed', function()
+    local dir = h.tmpdir()
+    -- stored as it is (as by an older herald, which did not look): no check on the way in
+    h.write(dir .. '/c.lua', [[
+      local outbox = require 'herald.core.outbox'
+      for i = 1, 5 do assert(herald.endpoints.put{ Id = 'e' .. i, ChannelType = 'EMAIL', Address = 'e' .. i .. '@example.com' }) end
+      local function define(id, def)
+        def.Name, def.TreatmentName, def.AdditionalTreatments = id, 'default', herald.json.array{}
+        outbox.define_campaign(id, id, herald.json.encode(def))
+        local rows = {}
+        for i = 1, 5 do rows[i] = { endpoint_id = 'e' .. i, treatment = 0, channel = 'EMAIL', address = 'e' .. i .. '@example.com', due_ms = 0 } end
+        local seq = outbox.trigger_cursor(id)
+        outbox.trigger{ campaign_id = id, version = 1, now_ms = 0, from_seq = seq, to_seq = seq + 1, rows = rows }
+      end
+      define('later', { TemplateConfiguration = { EmailTemplate = { Name = 'news' } },
+                        Herald = { Deliver = { type = 'file', path = 'out.txt' } } })
+      define('pinned', { TemplateConfiguration = { EmailTemplate = { Name = 'mail', Version = '4' } },
+                         Herald = { Deliver = { type = 'file', path = 'pinned.txt' } } })
+      assert(herald.template.create{ name = 'mail', type = 'EMAIL', Subject = 'v1 {{Id}}', TextPart = 'text v1' })
+      require('herald.deliver').drain(require('herald.core.clock').now(), 256, nil)
+    ]])
+    local _, code, err = h.herald('--db d.db c.lua', { cwd = dir })
+    assert.are.equal(0, code, err)
+    assert.matches("campaign later paused: cannot deliver: TEMPLATE_NOT_FOUND: no EMAIL template 'news' (create the template, then resume the campaign)", err, 1, true)
+    assert.matches("campaign pinned paused: cannot deliver: TEMPLATE_NOT_FOUND: EMAIL template 'mail' has no version 4", err, 1, true)
+    assert.is_nil(h.read(dir .. '/out.txt'))
+    assert.is_nil(h.read(dir .. '/pinned.txt'))
+    -- every message waits, not one attempt spent
+    for _, r in ipairs(h.query(dir, 'd.db', [[SELECT r.campaign_id, o.state, o.attempts, o.reason FROM outbox o
+        JOIN campaign_runs r ON r.id = o.run_id]])) do
+      assert.are.same({ 'PENDING', 0 }, { r.state, r.attempts }, r.campaign_id)
+      assert.matches('PAUSED: TEMPLATE_NOT_FOUND: ', r.reason, 1, true)
+    end
+    local st = h.query(dir, 'd.db', "SELECT id, state FROM campaigns ORDER BY id")
+    assert.are.same({ { id = 'later', state = 'PAUSED' }, { id = 'pinned', state = 'PAUSED' } }, st)
+    -- the template is created and the campaign resumed: every message goes, once
+    h.write(dir .. '/fix.lua', [[
+      assert(herald.template.create{ name = 'news', type = 'EMAIL', Subject = 'news for {{Id}}', TextPart = 'n' })
+      assert(herald.campaign.resume('later'))
+      require('herald.deliver').drain(require('herald.core.clock').now(), 256, nil)
+    ]])
+    _, code, err = h.herald('--db d.db fix.lua', { cwd = dir })
+    assert.are.equal(0, code, err)
+    local out = h.read(dir .. '/out.txt') or ''
+    local seen = {}
+    for id in out:gmatch('subject: news for (e%d)') do seen[#seen + 1] = id end
+    table.sort(seen)
+    assert.are.same({ 'e1', 'e2', 'e3', 'e4', 'e5' }, seen)
+    assert.are.equal(5, h.query(dir, 'd.db', [[SELECT count(*) AS n FROM outbox o JOIN campaign_runs r ON r.id = o.run_id
+      WHERE r.campaign_id = 'later' AND o.state = 'SENT' AND o.attempts = 1]])[1].n)
+    -- the pinned one stays paused, its messages held
+    assert.is_nil(h.read(dir .. '/pinned.txt'))
+    assert.are.equal('PAUSED', h.query(dir, 'd.db', "SELECT state FROM campaigns WHERE id = 'pinned'")[1].state)
+  end)
 end)
