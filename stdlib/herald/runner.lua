@@ -440,7 +440,8 @@ function runner:loop(opts)
 end
 
 function runner:print_summary()
-  self:step('print_summary')
+  local ok, notices = self:step('print_summary')
+  for _, line in ipairs(ok and notices or {}) do self.err(line) end
 end
 
 function runner:close()

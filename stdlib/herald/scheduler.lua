@@ -614,12 +614,22 @@ function scheduler.summary()
       local key = t.state == 'SKIPPED' and t.reason or t.state
       arm[key] = (arm[key] or 0) + t.count
     end
-    out[#out + 1] = { campaign = c.name, version = c.version, runs = runs }
+    -- a paused campaign's messages wait for its resume: how many, and why it paused
+    local paused
+    local st = query('SELECT state, pause_reason FROM campaigns WHERE app_id = ? AND id = ?', core.app(), c.id)[1]
+    if st and st.state == 'PAUSED' then
+      local waiting = query([[SELECT count(*) AS n FROM outbox o JOIN campaign_runs r ON r.id = o.run_id
+        WHERE r.app_id = ? AND r.campaign_id = ? AND o.state IN ('PENDING', 'CLAIMED')]], core.app(), c.id)[1].n
+      paused = { reason = st.pause_reason, waiting = waiting }
+    end
+    out[#out + 1] = { campaign = c.name, version = c.version, runs = runs, paused = paused }
   end
   return out
 end
 
+-- Prints the summary; returns the lines the caller should also say on stderr.
 function scheduler.print_summary()
+  local notices = {}
   for _, s in ipairs(scheduler.summary()) do
     print(string.format('campaign %s (version %d)', s.campaign, s.version))
     for _, run in ipairs(s.runs) do
@@ -635,7 +645,18 @@ function scheduler.print_summary()
         print(string.format('    %-12s %5d endpoints: %s', name, a.total, table.concat(parts, ', ')))
       end
     end
+    -- said on stderr too: a run that ends (--until-idle) with a paused campaign has not sent
+    -- everything, though nothing more was due
+    local p = s.paused
+    if p then
+      local why = type(p.reason) == 'string' and (': ' .. p.reason) or ''
+      local line = string.format('campaign %s is PAUSED%s; %d messages wait for `herald campaign resume %s`',
+        s.campaign, why, p.waiting, s.campaign)
+      print('  ' .. line)
+      notices[#notices + 1] = line
+    end
   end
+  return notices
 end
 
 return scheduler

@@ -935,6 +935,9 @@ print('defects=%d' % (len(msg.defects) + len(msg['Reply-To'].defects)))
     local _, code, err = run(dir, 'c.lua')
     assert.are.equal(0, code, err)
     assert.matches("campaign typo paused: cannot deliver: NO_PROVIDER: no profile named 'hook'", err, 1, true)
+    -- --until-idle ends with nothing due, and says what waits for the resume
+    assert.matches("herald run: campaign typo is PAUSED: cannot deliver: NO_PROVIDER: no profile named 'hook'"
+      .. " in the providers file (fix the providers file, then resume the campaign); 6 messages wait for `herald campaign resume typo`", err, 1, true)
     local c = query(dir, "SELECT state, pause_reason FROM campaigns WHERE id = 'typo'")[1]
     assert.are.equal('PAUSED', c.state)
     assert.matches("NO_PROVIDER: no profile named 'hook'", c.pause_reason, 1, true)
@@ -949,6 +952,7 @@ print('defects=%d' % (len(msg.defects) + len(msg['Reply-To'].defects)))
     assert.are.equal(0, code, err)
     _, code, err = run(dir, 'c.lua')
     assert.are.equal(0, code, err)
+    assert.is_nil(err:find('PAUSED', 1, true), err)
     assert.are.same({ { state = 'SENT', n = 6 } }, query(dir, 'SELECT state, count(*) AS n FROM outbox GROUP BY state'))
   end)
 

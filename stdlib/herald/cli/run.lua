@@ -22,7 +22,8 @@ those already sent have their outcome written, and the next `herald run` continu
 stopped.
 
 options:
-  --until-idle   exit when nothing more is due (otherwise run until stopped)
+  --until-idle   exit when nothing more is due (otherwise run until stopped); a campaign
+                 left PAUSED is named on stderr with the messages waiting for its resume
   --verbose      log each run materialised and each recovery
   --memory MB    memory cap of the sandbox (default 64)
   --providers F  the providers file (channel profiles; see herald.providers); by default
