@@ -342,6 +342,32 @@ describe('automatic A/B winner', function()
     assert.are.same({ ['-1:SKIPPED:HOLDOUT'] = 100, ['0:SENT'] = 90, ['1:SENT'] = 810 }, tally(dir, 'buy'))
   end)
 
+  it("holds back and releases the rest of a large run (statements past SQLite's journal spill size)", function()
+    -- 60,000 endpoints: holding back the rest changes tens of thousands of outbox rows in one
+    -- statement, whose statement journal outgrows memory and spills to a temporary file
+    -- (a spill setting SQLite 3.40 mishandled failed this with "database or disk is full")
+    local dir = h.tmpdir()
+    local rows = {}
+    for i = 1, 60000 do
+      rows[i] = { id = string.format('e%05d', i), address = string.format('u%05d@example.com', i), cohort = (i - 1) % 100 }
+    end
+    h.endpoints_sql(dir, 'w.db', rows)
+    definitions(dir, { { name = 'big' } })
+    local _, code, err = run(dir, '--clock-start ' .. T0 .. ' --until 2027-01-01T10:00:00Z def.lua')
+    assert.are.equal(0, code, err)
+    assert.is_nil(err:find('full', 1, true), err)
+    assert.are.same({ ['-1:SKIPPED:HOLDOUT'] = 6000, ['0:SENT'] = 5400, ['1:SENT'] = 5400,
+      ['0:WAITING:AB_WAITING'] = 21600, ['1:WAITING:AB_WAITING'] = 21600 }, tally(dir, 'big'))
+    _, code, err = run(dir, '--until-idle --clock-start 2027-01-01T10:00:00Z def.lua')
+    assert.are.equal(0, code, err)
+    assert.are.equal(43200, decision(dir, 'big').released)
+    local t = tally(dir, 'big')
+    assert.are.equal(54000, (t['0:SENT'] or 0) + (t['1:SENT'] or 0))
+    assert.is_nil(t['0:WAITING:AB_WAITING'])
+    assert.is_nil(t['1:WAITING:AB_WAITING'])
+    assert.are.equal(54000, count_lines(dir .. '/big.txt', '--- message'))
+  end)
+
   it('decides once and loses no endpoint when releasing the rest fails', function()
     local dir = h.tmpdir()
     endpoints(dir)
