@@ -33,6 +33,11 @@ local BUSY_WAIT_MS = 1000
 -- How many times loading tries a file again while the store is busy, a second apart (as
 -- delivery does with what it must write): a minute, then the load fails, the store blamed.
 local LOAD_TRIES = 60
+-- A run that is to end (--until-idle, --until, a manual clock) gives up after the store has
+-- failed or stayed busy this long without a break, rather than wait for ever as a daemon
+-- does: a batch job on a full disk exits 1 instead of hanging. HERALD_STORE_PATIENCE_MS sets
+-- it (specs shorten it).
+local STORE_PATIENCE_MS = tonumber(os.getenv('HERALD_STORE_PATIENCE_MS') or '') or 10 * 60 * 1000
 
 -- What the store's failure err is (nil: err is not one, it is the failure of what ran): a
 -- busy store, or one that failed itself. Neither is a campaign's fault.
@@ -89,14 +94,24 @@ end
 
 -- After a pass that met a busy or failing store: waits, then the loop goes round and tries
 -- again. Said on the first such pass and every tenth, not every second of a long import.
+-- Returns false, without waiting, once a run that is to end has met the store's failures for
+-- longer than its patience (self.patience_ms): the loop then gives up.
 function runner:wait_busy()
   self.busy_passes = self.busy_passes + 1
+  if self.busy_passes == 1 then self.trouble_since = task.now() end
+  if self.patience_ms and task.now() - self.trouble_since >= self.patience_ms then
+    self.gave_up = string.format('%s: %s for %d s, giving up: %s', self.busy.what, store_trouble(self.busy.err),
+      (task.now() - self.trouble_since) // 1000, headline(self.busy.err))
+    self.busy = nil
+    return false
+  end
   if self.busy_passes == 1 or self.busy_passes % 10 == 0 then
     self.err(string.format('%s: %s, trying again: %s', self.busy.what, store_trouble(self.busy.err),
       headline(self.busy.err)))
   end
   self.busy = nil
   task.sleep(BUSY_WAIT_MS)
+  return true
 end
 
 -- What the store's commit says when a write inside the transaction failed (runtime/store.c).
@@ -296,6 +311,7 @@ end
 -- when nothing more is due before that instant (for a manual clock running months ahead).
 function runner:loop(opts)
   opts = opts or {}
+  if opts.until_idle or opts.until_ms or clock.is_manual() then self.patience_ms = STORE_PATIENCE_MS end
   local recovered
   while true do
     local okr, r = pcall(outbox.recover)
@@ -305,7 +321,7 @@ function runner:loop(opts)
     end
     if not store_trouble(r) then error(r, 0) end
     self:met_busy('recovering in-doubt messages', r)
-    self:wait_busy()
+    if not self:wait_busy() then return { gave_up = self.gave_up } end
     if core.stopping() then return { stopped = true } end
   end
   self.busy_passes = 0
@@ -323,7 +339,7 @@ function runner:loop(opts)
     local ok, plan = self:step('plan', now)
     if not ok then
       if not self.busy then break end
-      self:wait_busy()
+      if not self:wait_busy() then return { gave_up = self.gave_up } end
       goto continue
     end
     for _, v in ipairs(plan.versions) do
@@ -368,7 +384,7 @@ function runner:loop(opts)
     local okids, ids_json = self:step('campaign_ids')
     if not okids then
       if not self.busy then break end
-      self:wait_busy()
+      if not self:wait_busy() then return { gave_up = self.gave_up } end
       goto continue
     end
     -- A/B winners before delivery, so a released rest goes out in this pass
@@ -404,7 +420,7 @@ function runner:loop(opts)
     -- What a busy store refused is tried again after a wait, even on a manual clock (which
     -- must not move past a run not yet materialised).
     if self.busy then
-      self:wait_busy()
+      if not self:wait_busy() then return { gave_up = self.gave_up } end
       goto continue
     end
     self.busy_passes = 0

@@ -378,4 +378,24 @@ for _ in range(600):
     assert.are.equal(1000, n(dir, "SELECT count(*) AS n FROM outbox WHERE state = 'SENT'"))
     assert.are.equal(1000, h.count(h.read(dir .. '/out.txt') or '', 'hi e'))
   end)
+
+  it('end a run that is to end (--until-idle) once the store has failed past its patience, and lose nothing', function()
+    local dir = setup(1000)
+    -- the disk stays failing (the run's rows never fit): the run gives up after 3 s, not never
+    local out = h.sh('cd ' .. h.shell_quote(dir) .. ' && sh -c "trap \'\' XFSZ; ulimit -S -f 128;'
+      .. ' HERALD_STORE_PATIENCE_MS=3000 ' .. h.shell_quote(h.exe) .. ' --db c.db run --until-idle c.lua < /dev/null;'
+      .. ' echo rc=\\$?" 2>&1')
+    assert.matches('herald run: campaign due: materialising a run: the store failed (no fault of the campaigns), '
+      .. 'trying again: c.db: ', out, 1, true)
+    assert.matches('herald run: campaign due: materialising a run: the store failed %(no fault of the campaigns%) for %d+ s, '
+      .. 'giving up: c%.db: .*; run again once the store is fixed\n', out)
+    assert.matches('rc=1\n', out, 1, true)
+    assert.is_nil(out:find('INVALID', 1, true), out)
+    assert.are.equal(0, n(dir, 'SELECT count(*) AS n FROM outbox'))
+    -- the disk fixed, the next run sends every message
+    local _, code, err = herald(dir, 'run --until-idle c.lua')
+    assert.are.equal(0, code, err)
+    assert.are.equal(1000, n(dir, "SELECT count(*) AS n FROM outbox WHERE state = 'SENT'"))
+    assert.are.equal(1000, h.count(h.read(dir .. '/out.txt') or '', 'hi e'))
+  end)
 end)

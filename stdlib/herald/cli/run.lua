@@ -23,7 +23,9 @@ stopped.
 
 options:
   --until-idle   exit when nothing more is due (otherwise run until stopped); a campaign
-                 left PAUSED is named on stderr with the messages waiting for its resume
+                 left PAUSED is named on stderr with the messages waiting for its resume. A
+                 store that fails or stays busy for 10 minutes without a break ends such a
+                 run with status 1 (a run without an end waits for it)
   --verbose      log each run materialised and each recovery
   --memory MB    memory cap of the sandbox (default 64)
   --providers F  the providers file (channel profiles; see herald.providers); by default
@@ -151,6 +153,12 @@ function M.run(args)
   end
   local result = res[1]
   if result.store_failed then
+    r:close()
+    return 1
+  end
+  if result.gave_up then
+    -- claimed messages go back at the next start (recovery), as after a kill
+    io.stderr:write('herald run: ' .. result.gave_up .. '; run again once the store is fixed\n')
     r:close()
     return 1
   end
