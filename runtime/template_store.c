@@ -460,6 +460,35 @@ int herald_template_store_get(HeraldStore *store, const char *name, const char *
   return herald_error_set(err, kHeraldNotFound, "%s template '%s' has no version %d", type, name, version);
 }
 
+int herald_template_store_revision(HeraldStore *store, const char *name, const char *type, int version,
+                                   int *resolved, int64_t *revision, HeraldError *err) {
+  *resolved = 0;
+  *revision = 0;
+  /* the parts are not read: a renderer checks its compiled copy with this on every message */
+  sqlite3_stmt *st = herald_store_stmt(
+      store,
+      "SELECT v.version, v.revision FROM templates t JOIN template_versions v"
+      " ON v.name = t.name AND v.type = t.type"
+      " WHERE t.name = ?1 AND t.type = ?2 AND v.version = CASE WHEN ?3 > 0 THEN ?3 ELSE t.active_version END",
+      err);
+  if (st == NULL) return err ? err->code : kHeraldStore;
+  sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
+  sqlite3_bind_text(st, 2, type, -1, SQLITE_STATIC);
+  sqlite3_bind_int(st, 3, version);
+  int step = sqlite3_step(st);
+  if (step == SQLITE_ROW) {
+    *resolved = sqlite3_column_int(st, 0);
+    *revision = sqlite3_column_int64(st, 1);
+    sqlite3_reset(st);
+    return kHeraldOk;
+  }
+  sqlite3_reset(st);
+  if (step != SQLITE_DONE) return herald_store_fail(store, err, "reading a template");
+  int rc = template_missing(store, name, type, err);
+  if (rc != kHeraldOk) return rc;
+  return herald_error_set(err, kHeraldNotFound, "%s template '%s' has no version %d", type, name, version);
+}
+
 int herald_template_store_versions(HeraldStore *store, const char *name, const char *type, json_t **out,
                                    HeraldError *err) {
   *out = NULL;

@@ -51,6 +51,11 @@ int herald_template_store_update(HeraldStore *store, const char *name, const cha
                            const json_t *parts, int create_new_version, int version,
                            int *out_version, HeraldError *err);
 
+/* The version that version (0: the active one) names and its revision, which changes with every
+ * write of its parts; without reading the parts. kHeraldNotFound as herald_template_store_get. */
+int herald_template_store_revision(HeraldStore *store, const char *name, const char *type, int version,
+                                   int *resolved, int64_t *revision, HeraldError *err);
+
 /* version 0 means the active version. */
 int herald_template_store_get(HeraldStore *store, const char *name, const char *type, int version,
                         HeraldTemplateInfo *out, HeraldError *err);
