@@ -1158,13 +1158,19 @@ function deliver.drain(now_ms, max, ids_json, stop)
   local lanes = deliver.config().lanes or 4
   local total, next_due, failure, live = 0, nil, nil, lanes
   local all_done = task.signal()
+  -- once a claim came back short, everything due at now_ms is taken: a lane that has not
+  -- claimed yet would only claim nothing (a transaction, a look for the next due time and a
+  -- pass over the runs to close, each time a rate limit lets a few rows through)
+  local drained = false
   local function lane()
     local ok, err = pcall(function()
-      repeat
+      while not drained do
         local n, nd = deliver.pump(now_ms, max, ids_json)
         total = total + n
         next_due = nd   -- the lane that finishes last has looked last
-      until n < max or (stop and stop())
+        if n < max then drained = true end
+        if stop and stop() then break end
+      end
     end)
     if not ok and failure == nil then failure = err end
     live = live - 1

@@ -68,33 +68,57 @@ local function test_due_ms(run)
   return due or nil
 end
 
+-- A stored version never changes: its definition and Winner settings (false: none) by
+-- app, campaign and version, decoded once rather than on every pass of the runner.
+local versions = {}
+local function version_winner(app, campaign, version)
+  local key = app .. '\0' .. campaign .. '\0' .. version
+  local v = versions[key]
+  if v == nil then
+    local row = q([[SELECT definition FROM campaign_versions WHERE app_id = ?1 AND campaign_id = ?2
+      AND version = ?3]], app, campaign, version)[1]
+    local def = row and json.decode(row.definition) or {}
+    v = { def = def, winner = def.Herald and def.Herald.Winner or false }
+    versions[key] = v
+  end
+  return v
+end
+
+-- Runs whose rows include none WAITING: a run's rows are written with it, in one
+-- transaction, so one found without any never has some (it has no test, or was decided).
+local none_waiting = {}
+local function waiting(run)
+  if none_waiting[run] then return false end
+  if q("SELECT 1 AS y FROM outbox WHERE run_id = ?1 AND state = 'WAITING' LIMIT 1", run)[1] then return true end
+  none_waiting[run] = true
+  return false
+end
+
 -- Runs of the given campaigns (a list of ids; nil: all of the app) whose rest waits for a
 -- decision, with their version's Winner settings and decide time: DecideAfterSeconds after
 -- the test share is due (after the run's start when it has none). Only runs in progress of
--- versions with a winner are looked at (a run with WAITING rows is never COMPLETED), so the
--- runner's pass does not scan finished runs.
+-- versions with a winner are looked at (a run with WAITING rows is never COMPLETED). The
+-- runner asks on every pass: a run without a winner costs a lookup in memory, not a read of
+-- its rows.
 function M.pending(ids)
-  local rows = q([[SELECT r.id, r.campaign_id, r.scheduled_ms, r.started_ms, v.definition
+  local app = core.app()
+  local rows = q([[SELECT r.id, r.campaign_id, r.campaign_version, r.scheduled_ms, r.started_ms
     FROM campaign_runs r
-    JOIN campaign_versions v ON v.app_id = r.app_id AND v.campaign_id = r.campaign_id
-      AND v.version = r.campaign_version
     JOIN campaigns c ON c.app_id = r.app_id AND c.id = r.campaign_id
     WHERE r.app_id = ?1 AND r.state = 'EXECUTING' AND c.state NOT IN ('PAUSED', 'DELETED')
-      AND json_extract(v.definition, '$.Herald.Winner') IS NOT NULL
       AND (?2 IS NULL OR r.campaign_id IN (SELECT value FROM json_each(?2)))
       AND NOT EXISTS (SELECT 1 FROM ab_decisions d WHERE d.run_id = r.id)
-      AND EXISTS (SELECT 1 FROM outbox o WHERE o.run_id = r.id AND o.state = 'WAITING')
-    ORDER BY r.id]], core.app(), ids and json.encode(json.array(ids)) or nil)
+    ORDER BY r.id]], app, ids and json.encode(json.array(ids)) or nil)
   local out = {}
   for _, r in ipairs(rows) do
-    local def = json.decode(r.definition)
-    local w = def.Herald and def.Herald.Winner
-    if w then
+    local v = version_winner(app, r.campaign_id, r.campaign_version)
+    local w = v.winner
+    if w and waiting(r.id) then
       local start = test_due_ms(r.id) or r.started_ms or r.scheduled_ms
       out[#out + 1] = {
         run = r.id, campaign = r.campaign_id, winner = w,
-        treatments = #(def.AdditionalTreatments or {}) + 1,
-        decide_ms = start + w.DecideAfterSeconds * 1000, definition = def,
+        treatments = #(v.def.AdditionalTreatments or {}) + 1,
+        decide_ms = start + w.DecideAfterSeconds * 1000, definition = v.def,
       }
     end
   end
