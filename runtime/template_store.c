@@ -422,37 +422,22 @@ done:
   return kHeraldOk;
 }
 
-int herald_template_store_get(HeraldStore *store, const char *name, const char *type, int version,
-                              HeraldTemplateInfo *out, HeraldError *err) {
-  memset(out, 0, sizeof *out);
-  sqlite3_stmt *st = herald_store_stmt(
-      store,
-      "SELECT v.version, t.active_version, t.latest_version, v.revision, v.parts, v.creation_date,"
-      " v.last_modified_date FROM templates t JOIN template_versions v"
-      " ON v.name = t.name AND v.type = t.type"
-      " WHERE t.name = ?1 AND t.type = ?2 AND v.version = CASE WHEN ?3 > 0 THEN ?3 ELSE t.active_version END",
-      err);
-  if (st == NULL) return err ? err->code : kHeraldStore;
+/* The FROM and WHERE of a statement that reads a version of a template (?3; 0: the active
+ * one) by name (?1) and type (?2). */
+#define TEMPLATE_VERSION_SQL                                                                  \
+  " FROM templates t JOIN template_versions v ON v.name = t.name AND v.type = t.type"       \
+  " WHERE t.name = ?1 AND t.type = ?2 AND v.version = CASE WHEN ?3 > 0 THEN ?3 ELSE t.active_version END"
+
+/* Binds and steps st, a TEMPLATE_VERSION_SQL statement: kHeraldOk with its row current (the
+ * caller resets st), else the failure with st reset, kHeraldNotFound naming whether the
+ * template or the version is missing. */
+static int template_version_row(HeraldStore *store, sqlite3_stmt *st, const char *name, const char *type,
+                                int version, HeraldError *err) {
   sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
   sqlite3_bind_text(st, 2, type, -1, SQLITE_STATIC);
   sqlite3_bind_int(st, 3, version);
   int step = sqlite3_step(st);
-  if (step == SQLITE_ROW) {
-    out->version = sqlite3_column_int(st, 0);
-    out->active_version = sqlite3_column_int(st, 1);
-    out->latest_version = sqlite3_column_int(st, 2);
-    out->revision = sqlite3_column_int64(st, 3);
-    const char *text = (const char *)sqlite3_column_text(st, 4);
-    json_error_t jerr;
-    out->parts = text ? json_loads(text, 0, &jerr) : NULL;
-    snprintf(out->creation_date, sizeof out->creation_date, "%s", (const char *)sqlite3_column_text(st, 5));
-    snprintf(out->last_modified_date, sizeof out->last_modified_date, "%s", (const char *)sqlite3_column_text(st, 6));
-    sqlite3_reset(st);
-    if (out->parts == NULL)
-      return herald_error_set(err, kHeraldStore, "%s template '%s' version %d: stored parts are not JSON", type,
-                              name, out->version);
-    return kHeraldOk;
-  }
+  if (step == SQLITE_ROW) return kHeraldOk;
   sqlite3_reset(st);
   if (step != SQLITE_DONE) return herald_store_fail(store, err, "reading a template");
   int rc = template_missing(store, name, type, err);
@@ -460,33 +445,46 @@ int herald_template_store_get(HeraldStore *store, const char *name, const char *
   return herald_error_set(err, kHeraldNotFound, "%s template '%s' has no version %d", type, name, version);
 }
 
+int herald_template_store_get(HeraldStore *store, const char *name, const char *type, int version,
+                              HeraldTemplateInfo *out, HeraldError *err) {
+  memset(out, 0, sizeof *out);
+  sqlite3_stmt *st = herald_store_stmt(
+      store,
+      "SELECT v.version, t.active_version, t.latest_version, v.revision, v.parts, v.creation_date,"
+      " v.last_modified_date" TEMPLATE_VERSION_SQL,
+      err);
+  if (st == NULL) return err ? err->code : kHeraldStore;
+  int rc = template_version_row(store, st, name, type, version, err);
+  if (rc != kHeraldOk) return rc;
+  out->version = sqlite3_column_int(st, 0);
+  out->active_version = sqlite3_column_int(st, 1);
+  out->latest_version = sqlite3_column_int(st, 2);
+  out->revision = sqlite3_column_int64(st, 3);
+  const char *text = (const char *)sqlite3_column_text(st, 4);
+  json_error_t jerr;
+  out->parts = text ? json_loads(text, 0, &jerr) : NULL;
+  snprintf(out->creation_date, sizeof out->creation_date, "%s", (const char *)sqlite3_column_text(st, 5));
+  snprintf(out->last_modified_date, sizeof out->last_modified_date, "%s", (const char *)sqlite3_column_text(st, 6));
+  sqlite3_reset(st);
+  if (out->parts == NULL)
+    return herald_error_set(err, kHeraldStore, "%s template '%s' version %d: stored parts are not JSON", type,
+                            name, out->version);
+  return kHeraldOk;
+}
+
 int herald_template_store_revision(HeraldStore *store, const char *name, const char *type, int version,
                                    int *resolved, int64_t *revision, HeraldError *err) {
   *resolved = 0;
   *revision = 0;
   /* the parts are not read: a renderer checks its compiled copy with this on every message */
-  sqlite3_stmt *st = herald_store_stmt(
-      store,
-      "SELECT v.version, v.revision FROM templates t JOIN template_versions v"
-      " ON v.name = t.name AND v.type = t.type"
-      " WHERE t.name = ?1 AND t.type = ?2 AND v.version = CASE WHEN ?3 > 0 THEN ?3 ELSE t.active_version END",
-      err);
+  sqlite3_stmt *st = herald_store_stmt(store, "SELECT v.version, v.revision" TEMPLATE_VERSION_SQL, err);
   if (st == NULL) return err ? err->code : kHeraldStore;
-  sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
-  sqlite3_bind_text(st, 2, type, -1, SQLITE_STATIC);
-  sqlite3_bind_int(st, 3, version);
-  int step = sqlite3_step(st);
-  if (step == SQLITE_ROW) {
-    *resolved = sqlite3_column_int(st, 0);
-    *revision = sqlite3_column_int64(st, 1);
-    sqlite3_reset(st);
-    return kHeraldOk;
-  }
-  sqlite3_reset(st);
-  if (step != SQLITE_DONE) return herald_store_fail(store, err, "reading a template");
-  int rc = template_missing(store, name, type, err);
+  int rc = template_version_row(store, st, name, type, version, err);
   if (rc != kHeraldOk) return rc;
-  return herald_error_set(err, kHeraldNotFound, "%s template '%s' has no version %d", type, name, version);
+  *resolved = sqlite3_column_int(st, 0);
+  *revision = sqlite3_column_int64(st, 1);
+  sqlite3_reset(st);
+  return kHeraldOk;
 }
 
 int herald_template_store_versions(HeraldStore *store, const char *name, const char *type, json_t **out,

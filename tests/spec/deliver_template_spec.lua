@@ -2,6 +2,20 @@
 -- active version, or the version the reference pins.
 local h = require 'helpers'
 
+-- Script text that stores a campaign definition as it is, with no check on the way in (as an
+-- older herald did), and writes a run of it for endpoints e1..en: define(id, def, n).
+local STORE_RAW = [[
+  local outbox = require 'herald.core.outbox'
+  local function define(id, def, n)
+    def.Name, def.TreatmentName, def.AdditionalTreatments = id, 'default', herald.json.array{}
+    outbox.define_campaign(id, id, herald.json.encode(def))
+    local rows = {}
+    for i = 1, n do rows[i] = { endpoint_id = 'e' .. i, treatment = 0, channel = 'EMAIL', address = 'e' .. i .. '@example.com', due_ms = 0 } end
+    local seq = outbox.trigger_cursor(id)
+    outbox.trigger{ campaign_id = id, version = 1, now_ms = 0, from_seq = seq, to_seq = seq + 1, rows = rows }
+  end
+]]
+
 describe('treatments that name a stored template', function()
   it("send a push template's part for the endpoint's service over Default, and an email template's headers", function()
     local dir = h.tmpdir()
@@ -152,22 +166,13 @@ describe('treatments that name a stored template', function()
     assert.matches('TemplateConfiguration.EmailTemplate.Version', err, 1, true)
     -- A definition stored as it is (no check on the way in): its rows fail, the other
     -- campaign's are sent in the same delivery.
-    h.write(dir .. '/c.lua', [[
-      local outbox = require 'herald.core.outbox'
+    h.write(dir .. '/c.lua', STORE_RAW .. [[
       assert(herald.template.create{ name = 'mail', type = 'EMAIL', Subject = 'v1 {{Id}}', TextPart = 'text v1' })
       for i = 1, 3 do assert(herald.endpoints.put{ Id = 'e' .. i, ChannelType = 'EMAIL', Address = 'e' .. i .. '@example.com' }) end
-      local function define(id, def)
-        def.Name, def.TreatmentName, def.AdditionalTreatments = id, 'default', herald.json.array{}
-        outbox.define_campaign(id, id, herald.json.encode(def))
-        local rows = {}
-        for i = 1, 3 do rows[i] = { endpoint_id = 'e' .. i, treatment = 0, channel = 'EMAIL', address = 'e' .. i .. '@example.com', due_ms = 0 } end
-        local seq = outbox.trigger_cursor(id)
-        outbox.trigger{ campaign_id = id, version = 1, now_ms = 0, from_seq = seq, to_seq = seq + 1, rows = rows }
-      end
       define('raw', { TemplateConfiguration = { EmailTemplate = { Name = 'mail', Version = '1.5' } },
-                      Herald = { Deliver = { type = 'file', path = 'out.txt' } } })
+                      Herald = { Deliver = { type = 'file', path = 'out.txt' } } }, 3)
       define('other', { MessageConfiguration = { EmailMessage = { Title = 'other {{Id}}', Body = 'b' } },
-                        Herald = { Deliver = { type = 'file', path = 'other.txt' } } })
+                        Herald = { Deliver = { type = 'file', path = 'other.txt' } } }, 3)
       require('herald.deliver').drain(require('herald.core.clock').now(), 256, nil)
     ]])
     _, code, err = h.herald('--db d.db c.lua', { cwd = dir })
@@ -224,21 +229,12 @@ describe('treatments that name a stored template', function()
   it('pause a campaign whose template is missing when its messages go, and send them all once it exists and the campaign is resumed', function()
     local dir = h.tmpdir()
     -- stored as it is (as by an older herald, which did not look): no check on the way in
-    h.write(dir .. '/c.lua', [[
-      local outbox = require 'herald.core.outbox'
+    h.write(dir .. '/c.lua', STORE_RAW .. [[
       for i = 1, 5 do assert(herald.endpoints.put{ Id = 'e' .. i, ChannelType = 'EMAIL', Address = 'e' .. i .. '@example.com' }) end
-      local function define(id, def)
-        def.Name, def.TreatmentName, def.AdditionalTreatments = id, 'default', herald.json.array{}
-        outbox.define_campaign(id, id, herald.json.encode(def))
-        local rows = {}
-        for i = 1, 5 do rows[i] = { endpoint_id = 'e' .. i, treatment = 0, channel = 'EMAIL', address = 'e' .. i .. '@example.com', due_ms = 0 } end
-        local seq = outbox.trigger_cursor(id)
-        outbox.trigger{ campaign_id = id, version = 1, now_ms = 0, from_seq = seq, to_seq = seq + 1, rows = rows }
-      end
       define('later', { TemplateConfiguration = { EmailTemplate = { Name = 'news' } },
-                        Herald = { Deliver = { type = 'file', path = 'out.txt' } } })
+                        Herald = { Deliver = { type = 'file', path = 'out.txt' } } }, 5)
       define('pinned', { TemplateConfiguration = { EmailTemplate = { Name = 'mail', Version = '4' } },
-                         Herald = { Deliver = { type = 'file', path = 'pinned.txt' } } })
+                         Herald = { Deliver = { type = 'file', path = 'pinned.txt' } } }, 5)
       assert(herald.template.create{ name = 'mail', type = 'EMAIL', Subject = 'v1 {{Id}}', TextPart = 'text v1' })
       require('herald.deliver').drain(require('herald.core.clock').now(), 256, nil)
     ]])
