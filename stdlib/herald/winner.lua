@@ -75,9 +75,9 @@ local function version_winner(app, campaign, version)
   local key = app .. '\0' .. campaign .. '\0' .. version
   local v = versions[key]
   if v == nil then
-    local row = q([[SELECT definition FROM campaign_versions WHERE app_id = ?1 AND campaign_id = ?2
-      AND version = ?3]], app, campaign, version)[1]
-    local def = row and json.decode(row.definition) or {}
+    local text, err = outbox.campaign_definition(campaign, version, app)
+    if text == nil then error('herald.winner: ' .. err, 0) end
+    local def = json.decode(text)
     v = { def = def, winner = def.Herald and def.Herald.Winner or false }
     versions[key] = v
   end
