@@ -915,10 +915,43 @@ function with_retries(what, fn, ...)
   end
 end
 
+-- How long a claim's outcomes wait for a store that refuses them (busy, or failing: disk full,
+-- I/O errors) before the error is raised; nil waits until they are written. `herald run`
+-- sets it to its own patience (a run that is to end gives up, a daemon waits).
+deliver.store_patience_ms = nil
+
+-- Writes what must be written, fn(...), once the messages it is about are out: the outcomes of
+-- sent messages (else their rows stay CLAIMED and the next start sends them again: duplicates)
+-- and rows put back for their rate-limit slot (else they stay CLAIMED by this live process,
+-- which no recovery gives back while it runs). A busy or failing store is waited for in place,
+-- a second between tries, saying so now and then, until it takes them, the patience runs out
+-- or the process is asked to stop; meanwhile this lane claims nothing more.
+local function until_written(what, fn, ...)
+  local since, attempt = clock.now(), 0
+  while true do
+    local ok, err = pcall(fn, ...)
+    if ok then
+      if attempt > 0 then io.stderr:write('herald: ' .. what .. ': written after ' .. attempt .. ' tries\n') end
+      return
+    end
+    attempt = attempt + 1
+    local patience = deliver.store_patience_ms
+    if not (db.busy(err) or db.unavailable(err)) or hcore.stopping()
+        or (patience and clock.now() - since >= patience) then
+      error(err, 0)
+    end
+    if attempt == 1 or attempt % 10 == 0 then
+      io.stderr:write(string.format('herald: %s failed, trying again (the messages are out, their outcomes '
+        .. 'wait here): %s\n', what, tostring(err)))
+    end
+    task.sleep(1000)
+  end
+end
+
 -- The claim's last outcomes: they must be written, or the rows stay CLAIMED and a restart
 -- sends them again.
 local function report_all(reports)
-  with_retries('recording ' .. #reports .. ' outcomes', outbox.report_batch, reports)
+  until_written('recording ' .. #reports .. ' outcomes', outbox.report_batch, reports)
 end
 
 -- A claim's messages not yet on the wire go back to the outbox when their campaign is paused,
@@ -1139,7 +1172,7 @@ function deliver.pump(now_ms, max, ids_json)
   report_all(reports)
   if #defers > 0 then
     state.stats.deferred = state.stats.deferred + #defers
-    with_retries('deferring ' .. #defers .. ' messages to their rate-limit slots', core.defer_batch, defers)
+    until_written('deferring ' .. #defers .. ' messages to their rate-limit slots', core.defer_batch, defers)
   end
   for _, f in ipairs(fb) do deliver.feedback(f[1], f[2]) end
   -- A full claim means more is due at once: runs are closed when the claims run short.

@@ -314,6 +314,8 @@ end
 function runner:loop(opts)
   opts = opts or {}
   if opts.until_idle or opts.until_ms or clock.is_manual() then self.patience_ms = STORE_PATIENCE_MS end
+  -- a claim's outcomes wait for the store as long as the loop would (nil: for ever)
+  deliver.store_patience_ms = self.patience_ms
   local recovered
   while true do
     local okr, r = pcall(outbox.recover)
@@ -411,7 +413,15 @@ function runner:loop(opts)
     local function enough()
       return core.stopping() or clock.now() - drain_start >= DRAIN_BUDGET_MS
     end
-    local n, next_due = deliver.drain(now, CLAIM_BATCH, ids_json, enough)
+    -- A store that fails under the delivery (disk full, I/O errors) is waited for like one that
+    -- fails elsewhere in the pass: a claim it refused left nothing claimed, and the outcomes
+    -- of messages already out were waited for in place (deliver.store_patience_ms).
+    local okd, n, next_due = pcall(deliver.drain, now, CLAIM_BATCH, ids_json, enough)
+    if not okd then
+      if not store_trouble(n) then error(n, 0) end
+      self:met_busy('delivering', n)
+      n, next_due = 0, nil
+    end
     if n > 0 then progressed = true end
     -- states follow the runs; between events they change only with what was done
     if progressed or last_refresh == nil or clock.now() - last_refresh >= POLL_MS then

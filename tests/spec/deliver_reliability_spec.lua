@@ -250,6 +250,52 @@ describe('processes sharing a store', function()
     return false
   end
 
+  it('waits with sent messages for a store that fails under them (disk full), then records them: none sent twice', function()
+    local dir = h.tmpdir()
+    ng:clear_log()
+    campaign(dir, 100, '/five', 100)
+    -- All 100 are claimed and on the wire (nginx answers after 5 s) when herald may write no
+    -- more than 4 KB into any file: SQLite can no longer write its log, as on a full disk.
+    -- SIGXFSZ is ignored, so writes fail instead of killing herald. The limit is lifted once
+    -- herald says the outcomes wait.
+    local cmd = 'trap "" XFSZ; echo $$ >a.pid; exec ' .. q(h.exe) .. ' --db d.db run --until-idle c.lua'
+    h.sh('cd ' .. q(dir) .. ' && ({ sh -c ' .. q(cmd) .. ' 2>&1; echo rc=$?; } | cat >a.err &) >/dev/null 2>&1')
+    local pid = tonumber(poll(function() return (h.read(dir .. '/a.pid') or ''):match('%d+') end, 5000,
+      'herald to start'))
+    started[#started + 1] = pid
+    poll(function() return count(dir, "state = 'CLAIMED'") == 100 end, 30000, 'herald to claim the run')
+    local _, code, err = h.sh('python3 -c ' .. q('import resource; resource.prlimit(' .. pid
+      .. ', resource.RLIMIT_FSIZE, (4096, resource.RLIM_INFINITY))'))
+    assert.are.equal(0, code, err)
+    poll(function() return (h.read(dir .. '/a.err') or ''):find('outcomes wait here', 1, true) end, 30000,
+      'herald to wait with the outcomes')
+    -- the messages are out, not yet recorded
+    assert.are.equal(100, count(dir, "state = 'CLAIMED'"))
+    task.sleep(1500)
+    _, code, err = h.sh('python3 -c ' .. q('import resource; resource.prlimit(' .. pid
+      .. ', resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))'))
+    assert.are.equal(0, code, err)
+    poll(function() return (h.read(dir .. '/a.err') or ''):find('rc=', 1, true) end, 60000, 'herald to end')
+    local out = h.read(dir .. '/a.err')
+    assert.matches('rc=0\n', out, 1, true)
+    assert.matches('herald: recording %d+ outcomes failed, trying again %(the messages are out, their outcomes '
+      .. 'wait here%): .*disk I/O error', out)
+    assert.matches('herald: recording %d+ outcomes: written after %d+ tries', out)
+    assert.are.equal(100, count(dir, "state = 'SENT'"))
+    assert.are.equal('COMPLETED', query(dir, 'SELECT state FROM campaign_runs')[1].state)
+    local keys, requests = delivered(), 0
+    for _, r in ipairs(query(dir, 'SELECT message_id FROM outbox')) do
+      assert.are.equal(1, keys[r.message_id], 'delivered ' .. tostring(keys[r.message_id]) .. ' times: ' .. r.message_id)
+    end
+    for _ in pairs(keys) do requests = requests + 1 end
+    assert.are.equal(100, requests)
+    -- the same store again: nothing was left in doubt to send a second time
+    local _, code2, err2 = h.herald('--db d.db run --until-idle c.lua', { cwd = dir })
+    assert.are.equal(0, code2, err2)
+    assert.is_nil(err2:find('recovered', 1, true), err2)
+    assert.are.equal(100, #ng:requests())
+  end)
+
   it('gives back the rows of a process killed -9 while another runs, without a restart', function()
     local dir = h.tmpdir()
     ng:clear_log()
