@@ -920,14 +920,22 @@ end
 -- sets it to its own patience (a run that is to end gives up, a daemon waits).
 deliver.store_patience_ms = nil
 
+-- What until_written gave up on (the patience spent, or a stop requested, while the store
+-- refused it), oldest first: {what =, fn =, args =, outcomes = n}. It is written before
+-- anything more is claimed (deliver.drain), and counted by deliver.in_doubt().
+local unwritten = {}
+
 -- Writes what must be written, fn(...), once the messages it is about are out: the outcomes of
 -- sent messages (else their rows stay CLAIMED and the next start sends them again: duplicates)
 -- and rows put back for their rate-limit slot (else they stay CLAIMED by this live process,
 -- which no recovery gives back while it runs). A busy or failing store is waited for in place,
 -- a second between tries, saying so now and then, until it takes them, the patience runs out
--- or the process is asked to stop; meanwhile this lane claims nothing more.
-local function until_written(what, fn, ...)
-  local since, attempt = clock.now(), 0
+-- (real time: a manual clock stands still meanwhile) or the process is asked to stop;
+-- meanwhile this lane claims nothing more. Given up on, the write is kept for later
+-- (unwritten) and the store's error raised. outcomes: how many sent messages' outcomes it
+-- holds (0 for rows deferred unsent, which a restart gives back unsent).
+local function until_written(what, outcomes, fn, ...)
+  local since, attempt = task.now(), 0
   while true do
     local ok, err = pcall(fn, ...)
     if ok then
@@ -936,8 +944,9 @@ local function until_written(what, fn, ...)
     end
     attempt = attempt + 1
     local patience = deliver.store_patience_ms
-    if not (db.busy(err) or db.unavailable(err)) or hcore.stopping()
-        or (patience and clock.now() - since >= patience) then
+    if not (db.busy(err) or db.unavailable(err)) then error(err, 0) end
+    if hcore.stopping() or (patience and task.now() - since >= patience) then
+      unwritten[#unwritten + 1] = { what = what, fn = fn, args = table.pack(...), outcomes = outcomes }
       error(err, 0)
     end
     if attempt == 1 or attempt % 10 == 0 then
@@ -948,10 +957,30 @@ local function until_written(what, fn, ...)
   end
 end
 
+-- How many messages were sent whose outcomes could not be written (see until_written): their
+-- rows stay CLAIMED, and if this process ends before it writes them, the next start sends
+-- them again.
+function deliver.in_doubt()
+  local n = 0
+  for _, u in ipairs(unwritten) do n = n + u.outcomes end
+  return n
+end
+
+-- Writes what until_written gave up on, oldest first; raises the store's error at the first
+-- that it still refuses.
+function deliver.write_unwritten()
+  while unwritten[1] do
+    local u = unwritten[1]
+    u.fn(table.unpack(u.args, 1, u.args.n))
+    table.remove(unwritten, 1)
+    io.stderr:write('herald: ' .. u.what .. ': written at last\n')
+  end
+end
+
 -- The claim's last outcomes: they must be written, or the rows stay CLAIMED and a restart
 -- sends them again.
 local function report_all(reports)
-  until_written('recording ' .. #reports .. ' outcomes', outbox.report_batch, reports)
+  until_written('recording ' .. #reports .. ' outcomes', #reports, outbox.report_batch, reports)
 end
 
 -- A claim's messages not yet on the wire go back to the outbox when their campaign is paused,
@@ -1172,7 +1201,7 @@ function deliver.pump(now_ms, max, ids_json)
   report_all(reports)
   if #defers > 0 then
     state.stats.deferred = state.stats.deferred + #defers
-    until_written('deferring ' .. #defers .. ' messages to their rate-limit slots', core.defer_batch, defers)
+    until_written('deferring ' .. #defers .. ' messages to their rate-limit slots', 0, core.defer_batch, defers)
   end
   for _, f in ipairs(fb) do deliver.feedback(f[1], f[2]) end
   -- A full claim means more is due at once: runs are closed when the claims run short.
@@ -1188,6 +1217,8 @@ end
 -- at its first short claim (or when stop() says so). Messages in flight at once: at most
 -- lanes * max. Returns how many rows were claimed and the next due time.
 function deliver.drain(now_ms, max, ids_json, stop)
+  -- what an earlier drain could not write goes first: its rows stay CLAIMED until then
+  deliver.write_unwritten()
   local lanes = deliver.config().lanes or 4
   local total, next_due, failure, live = 0, nil, nil, lanes
   local all_done = task.signal()

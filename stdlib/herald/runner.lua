@@ -419,6 +419,11 @@ function runner:loop(opts)
     local okd, n, next_due = pcall(deliver.drain, now, CLAIM_BATCH, ids_json, enough)
     if not okd then
       if not store_trouble(n) then error(n, 0) end
+      if self.patience_ms and deliver.in_doubt() > 0 and not core.stopping() then
+        -- the outcomes waited in place for the whole patience already: no second window
+        self.gave_up = string.format('delivering: %s, giving up: %s', store_trouble(n), headline(n))
+        return { gave_up = self.gave_up, in_doubt = deliver.in_doubt() }
+      end
       self:met_busy('delivering', n)
       n, next_due = 0, nil
     end
@@ -469,7 +474,9 @@ function runner:loop(opts)
     end
     ::continue::
   end
-  return { stopped = core.stopping() }
+  -- one last try for outcomes a stop found unwritten
+  pcall(deliver.write_unwritten)
+  return { stopped = core.stopping(), in_doubt = deliver.in_doubt() }
 end
 
 function runner:print_summary()

@@ -250,33 +250,44 @@ describe('processes sharing a store', function()
     return false
   end
 
-  it('waits with sent messages for a store that fails under them (disk full), then records them: none sent twice', function()
-    local dir = h.tmpdir()
-    ng:clear_log()
-    campaign(dir, 100, '/five', 100)
-    -- All 100 are claimed and on the wire (nginx answers after 5 s) when herald may write no
-    -- more than 4 KB into any file: SQLite can no longer write its log, as on a full disk.
-    -- SIGXFSZ is ignored, so writes fail instead of killing herald. The limit is lifted once
-    -- herald says the outcomes wait.
-    local cmd = 'trap "" XFSZ; echo $$ >a.pid; exec ' .. q(h.exe) .. ' --db d.db run --until-idle c.lua'
+  -- Starts `herald run --until-idle c.lua [args]` in dir (env before it) so that it can be made
+  -- to fail its writes: once all n rows are claimed and on the wire, herald may write no more
+  -- than 4 KB into any file, so SQLite can no longer write its log, as on a full disk. SIGXFSZ
+  -- is ignored, so writes fail instead of killing herald. Returns its pid once it says the
+  -- outcomes wait; a.err gets its output and then "rc=N".
+  local function run_on_failing_disk(dir, n, env, args)
+    local cmd = 'trap "" XFSZ; echo $$ >a.pid; ' .. (env or '') .. ' exec ' .. q(h.exe)
+      .. ' --db d.db run --until-idle ' .. (args or '') .. ' c.lua'
     h.sh('cd ' .. q(dir) .. ' && ({ sh -c ' .. q(cmd) .. ' 2>&1; echo rc=$?; } | cat >a.err &) >/dev/null 2>&1')
     local pid = tonumber(poll(function() return (h.read(dir .. '/a.pid') or ''):match('%d+') end, 5000,
       'herald to start'))
     started[#started + 1] = pid
-    poll(function() return count(dir, "state = 'CLAIMED'") == 100 end, 30000, 'herald to claim the run')
+    poll(function() return count(dir, "state = 'CLAIMED'") == n end, 30000, 'herald to claim the run')
     local _, code, err = h.sh('python3 -c ' .. q('import resource; resource.prlimit(' .. pid
       .. ', resource.RLIMIT_FSIZE, (4096, resource.RLIM_INFINITY))'))
     assert.are.equal(0, code, err)
     poll(function() return (h.read(dir .. '/a.err') or ''):find('outcomes wait here', 1, true) end, 30000,
       'herald to wait with the outcomes')
+    return pid
+  end
+
+  local function ended(dir)
+    poll(function() return (h.read(dir .. '/a.err') or ''):find('rc=', 1, true) end, 60000, 'herald to end')
+    return h.read(dir .. '/a.err')
+  end
+
+  it('waits with sent messages for a store that fails under them (disk full), then records them: none sent twice', function()
+    local dir = h.tmpdir()
+    ng:clear_log()
+    campaign(dir, 100, '/five', 100)
+    local pid = run_on_failing_disk(dir, 100)
     -- the messages are out, not yet recorded
     assert.are.equal(100, count(dir, "state = 'CLAIMED'"))
     task.sleep(1500)
-    _, code, err = h.sh('python3 -c ' .. q('import resource; resource.prlimit(' .. pid
+    local _, code, err = h.sh('python3 -c ' .. q('import resource; resource.prlimit(' .. pid
       .. ', resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))'))
     assert.are.equal(0, code, err)
-    poll(function() return (h.read(dir .. '/a.err') or ''):find('rc=', 1, true) end, 60000, 'herald to end')
-    local out = h.read(dir .. '/a.err')
+    local out = ended(dir)
     assert.matches('rc=0\n', out, 1, true)
     assert.matches('herald: recording %d+ outcomes failed, trying again %(the messages are out, their outcomes '
       .. 'wait here%): .*disk I/O error', out)
@@ -294,6 +305,33 @@ describe('processes sharing a store', function()
     assert.are.equal(0, code2, err2)
     assert.is_nil(err2:find('recovered', 1, true), err2)
     assert.are.equal(100, #ng:requests())
+  end)
+
+  it('gives up on outcomes the store refuses past its patience, on a manual clock too, and says they are in doubt', function()
+    local dir = h.tmpdir()
+    ng:clear_log()
+    campaign(dir, 100, '/five', 100)
+    -- the manual clock stands still while herald waits: the patience is real time
+    run_on_failing_disk(dir, 100, 'HERALD_STORE_PATIENCE_MS=2000', '--clock-start 2026-01-01T00:00:00Z')
+    local out = ended(dir)
+    assert.matches('rc=1\n', out, 1, true)
+    assert.matches('herald run: delivering: the store failed %(no fault of the campaigns%), giving up: .*disk I/O error', out)
+    assert.matches('herald run: 100 messages were sent but the store refused their outcomes: their rows stay '
+      .. 'CLAIMED, and the next start sends them again\n', out, 1, true)
+    assert.are.equal(100, count(dir, "state = 'CLAIMED'"))
+  end)
+
+  it('says which outcomes a stop left unwritten when the store refuses them, and fails the run', function()
+    local dir = h.tmpdir()
+    ng:clear_log()
+    campaign(dir, 100, '/five', 100)
+    local pid = run_on_failing_disk(dir, 100)
+    h.sh('kill -TERM ' .. pid)
+    local out = ended(dir)
+    assert.matches('rc=1\n', out, 1, true)
+    assert.matches('herald run: 100 messages were sent but the store refused their outcomes', out, 1, true)
+    assert.matches('stopped: run again to continue', out, 1, true)
+    assert.is_nil(out:find('work in hand was written', 1, true), out)
   end)
 
   it('gives back the rows of a process killed -9 while another runs, without a restart', function()

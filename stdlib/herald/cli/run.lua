@@ -156,13 +156,23 @@ function M.run(args)
     r:close()
     return 1
   end
+  -- messages sent whose outcomes the store refused to the end: said, and the run fails
+  local in_doubt = (result.in_doubt or 0) > 0 and string.format('herald run: %d messages were sent but the store '
+    .. 'refused their outcomes: their rows stay CLAIMED, and the next start sends them again\n', result.in_doubt)
   if result.gave_up then
     -- claimed messages go back at the next start (recovery), as after a kill
     io.stderr:write('herald run: ' .. result.gave_up .. '; run again once the store is fixed\n')
+    if in_doubt then io.stderr:write(in_doubt) end
     r:close()
     return 1
   end
   r:print_summary()
+  if in_doubt then
+    io.stderr:write(in_doubt)
+    if result.stopped then print('stopped: run again to continue') end
+    r:close()
+    return 1
+  end
   if result.stopped then print('stopped: work in hand was written; run again to continue') end
   r:close()
   return r.failures > 0 and 1 or 0
