@@ -95,7 +95,7 @@ local function collect(app, campaign, opts)
     end
     return c
   end
-  -- A row's day is its UTC day number (send times are after 1970), named once per group: a
+  -- A row's day is its UTC day number (floored, for times before 1970 too), named once per group: a
   -- date text made for every row, three times with the bounds, took two thirds of a report's
   -- time (0.58 s of 0.84 s for a 200,000-endpoint run). The bounds compare texts, as the
   -- events' do, and only when they are given.
@@ -104,10 +104,10 @@ local function collect(app, campaign, opts)
   if opts.start_time then bounds = bounds .. ' AND ' .. sent_at .. ' >= ?3' end
   if opts.end_time then bounds = bounds .. ' AND ' .. sent_at .. ' <= ?4' end
   local outbox_sql = string.format([[SELECT o.run_id AS run, o.treatment, o.state, o.reason,
-      %s / 86400000 AS day, o.channel, count(*) AS n
+      (%s - ((%s %% 86400000) + 86400000) %% 86400000) / 86400000 AS day, o.channel, count(*) AS n
     FROM outbox o JOIN campaign_runs r ON r.id = o.run_id
     WHERE r.app_id = ?1 AND r.campaign_id = ?2%s
-    GROUP BY 1, 2, 3, 4, 5, 6]], SEND_TIME, bounds)
+    GROUP BY 1, 2, 3, 4, 5, 6]], SEND_TIME, SEND_TIME, bounds)
   local day_names = {}
   -- the statement takes as many parameters as its highest number
   local nparams = opts.end_time and 4 or opts.start_time and 3 or 2

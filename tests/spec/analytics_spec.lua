@@ -568,6 +568,29 @@ c.execute('COMMIT')
 end)
 
 describe('herald report of a local-time run', function()
+  it('dates sends by their UTC day, before 1970 too, alike in the report and the KPIs', function()
+    local dir = h.tmpdir()
+    h.endpoints_sql(dir, 'q.db', { { id = 'e1', address = 'a@example.com' }, { id = 'e2', address = 'b@example.com' } })
+    h.write(dir .. '/c.lua', [[
+      herald.campaign { name = 'c', segment = herald.segment { name = 'all' }, message = { body = 'hi' },
+        deliver = { file = 'out.txt' } }]])
+    local _, code, err = h.herald('--db q.db run --until-idle --clock-start 1969-12-31T12:00:00Z c.lua', { cwd = dir })
+    assert.are.equal(0, code, err)
+    local out
+    out, code, err = h.herald('--db q.db -e ' .. h.shell_quote([[
+      local json = require 'herald.core.json'
+      for _, d in ipairs(herald.analytics.report('c').daily) do print('report', d.date) end
+      for _, name in ipairs { 'successful-delivery-rate-grouped-by-date', 'unique-deliveries-grouped-by-date' } do
+        for _, row in ipairs(herald.analytics.kpi('c', name).KpiResult.Rows) do
+          print(name, row.GroupedBys[1].Value, row.Values[1].Value)
+        end
+      end]]), { cwd = dir })
+    assert.are.equal(0, code, err)
+    assert.are.equal('report\t1969-12-31\n'
+      .. 'successful-delivery-rate-grouped-by-date\t1969-12-31\t1\n'
+      .. 'unique-deliveries-grouped-by-date\t1969-12-31\t2\n', out)
+  end)
+
   it("watches each holdout member for conversions from its own zone's send time", function()
     local dir = h.tmpdir()
     -- cohort i - 1: e001-e010 are the holdout; odd ones in Tokyo (09:00 local is 00:00Z),
