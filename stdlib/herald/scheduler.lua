@@ -614,12 +614,13 @@ function scheduler.summary()
       local key = t.state == 'SKIPPED' and t.reason or t.state
       arm[key] = (arm[key] or 0) + t.count
     end
-    -- a paused campaign's messages wait for its resume: how many, and why it paused
+    -- a paused campaign's messages wait for its resume: how many (an A/B run's rest too, whose
+    -- decision waits for the resume as well), and why it paused
     local paused
     local st = query('SELECT state, pause_reason FROM campaigns WHERE app_id = ? AND id = ?', core.app(), c.id)[1]
     if st and st.state == 'PAUSED' then
       local waiting = query([[SELECT count(*) AS n FROM outbox o JOIN campaign_runs r ON r.id = o.run_id
-        WHERE r.app_id = ? AND r.campaign_id = ? AND o.state IN ('PENDING', 'CLAIMED')]], core.app(), c.id)[1].n
+        WHERE r.app_id = ? AND r.campaign_id = ? AND o.state IN ('PENDING', 'CLAIMED', 'WAITING')]], core.app(), c.id)[1].n
       paused = { reason = st.pause_reason, waiting = waiting }
     end
     out[#out + 1] = { campaign = c.name, version = c.version, runs = runs, paused = paused }

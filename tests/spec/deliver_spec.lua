@@ -925,6 +925,27 @@ print('defects=%d' % (len(msg.defects) + len(msg['Reply-To'].defects)))
     assert.are.same({ { state = 'SENT', n = 6 } }, query(dir, 'SELECT state, count(*) AS n FROM outbox GROUP BY state'))
   end)
 
+  it("counts an A/B run's rest among the messages a paused campaign keeps waiting", function()
+    local dir = h.tmpdir()
+    h.write(dir .. '/c.lua', [[
+      for i = 1, 50 do
+        assert(herald.endpoints.put { Id = string.format('e%02d', i), ChannelType = 'CUSTOM', Address = 'x' .. i })
+      end
+      herald.campaign { name = 'ab', segment = herald.segment { name = 'all' },
+        treatments = { { name = 'A', size = 50, message = { body = 'a' } }, { name = 'B', size = 50, message = { body = 'b' } } },
+        winner = { test_percent = 20, metric = 'clicks', decide_after = '4h' }, deliver = 'channels' }
+    ]])
+    -- the providers file routes no CUSTOM channel: the test group's messages pause the campaign
+    h.write(dir .. '/providers.lua', string.format([[
+      return { profiles = { hooks = { type = 'webhook', url = %q } }, channels = { SMS = 'hooks' } }
+    ]], ng.url .. '/ok'))
+    local _, code, err = run(dir, 'c.lua')
+    assert.are.equal(0, code, err)
+    local waiting = query(dir, "SELECT count(*) AS n FROM outbox WHERE state = 'WAITING'")[1].n
+    assert.is_true(waiting > 30, waiting .. ' rows wait for the A/B decision')
+    assert.matches('; 50 messages wait for `herald campaign resume ab`', err, 1, true)
+  end)
+
   it('pauses a campaign whose provider the providers file lacks, keeping its messages for the fix', function()
     local dir = h.tmpdir()
     campaign_file(dir, { n = 6, channel = 'CUSTOM', name = 'typo', addr = "function(i) return 'x' .. i end",
