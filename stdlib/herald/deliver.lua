@@ -917,8 +917,9 @@ end
 
 -- How long a claim's outcomes wait for a store that refuses them (busy, or failing: disk full,
 -- I/O errors) before the error is raised; nil waits until they are written. `herald run`
--- sets it to its own patience (a run that is to end gives up, a daemon waits).
-deliver.store_patience_ms = nil
+-- sets it to its own patience (a run that is to end gives up, a daemon waits); a script that
+-- drains by itself waits a minute, as for a busy store before.
+deliver.store_patience_ms = 60000
 
 -- What until_written gave up on (the patience spent, or a stop requested, while the store
 -- refused it), oldest first: {what =, fn =, args =, outcomes = n}. It is written before
