@@ -82,10 +82,18 @@ function M.count(haystack, needle)
 end
 
 -- Rows of a read-only query on the store DB (a path relative to dir), decoded from JSON.
+-- Opening the store was once refused as locked past the 5 s busy timeout while a `herald run`
+-- of deliver_spec paused a campaign on a loaded machine (a reader of a WAL store, cause not
+-- found): such a refusal is said on stderr and the query tried again, twice at most.
 function M.query(dir, db, sql)
-  local out, code, err = M.herald('--db ' .. M.shell_quote(db) .. ' -e ' .. M.shell_quote(
-    'print(herald.json.encode(herald.json.array(assert(herald.db.query([[' .. sql .. ']])))))'),
-    { cwd = dir })
+  local out, code, err
+  for attempt = 1, 3 do
+    out, code, err = M.herald('--db ' .. M.shell_quote(db) .. ' -e ' .. M.shell_quote(
+      'print(herald.json.encode(herald.json.array(assert(herald.db.query([[' .. sql .. ']])))))'),
+      { cwd = dir })
+    if code == 0 or attempt == 3 or not err:find('opening: database is locked', 1, true) then break end
+    io.stderr:write('\n  query: opening ' .. db .. ' was refused as locked, trying again: ' .. err .. '\n')
+  end
   if code ~= 0 then error('query failed (exit ' .. tostring(code) .. '): ' .. err, 2) end
   return require('herald.json').decode(out)
 end
