@@ -902,17 +902,29 @@ end
 -- minute before the error is raised: a daemon waits for the store rather than dying with its
 -- outcomes unwritten. what says what was being done, for the message.
 local STORE_TRIES = 60
-function with_retries(what, fn, ...)
-  for attempt = 1, STORE_TRIES do
+
+-- Calls fn(...) until the store takes it, a second between tries, while waits(err, attempt)
+-- says the refusal is worth waiting for, saying so (what, then note) at the first refusal and
+-- every tenth; raises the store's error once it does not. Returns fn's results (up to four).
+local function retry_store(what, note, waits, fn, ...)
+  local attempt = 0
+  while true do
     local ok, a, b, c, d = pcall(fn, ...)
     if ok then return a, b, c, d end
-    -- only a busy store is waited for: any other failure is raised at once
-    if attempt == STORE_TRIES or not db.busy(a) then error(a, 0) end
+    attempt = attempt + 1
+    if not waits(a, attempt) then error(a, 0) end
     if attempt == 1 or attempt % 10 == 0 then
-      io.stderr:write('herald: ' .. what .. ' failed, trying again: ' .. tostring(a) .. '\n')
+      io.stderr:write('herald: ' .. what .. ' failed, trying again' .. note .. ': ' .. tostring(a) .. '\n')
     end
     task.sleep(1000)
   end
+end
+
+-- only a busy store is waited for, STORE_TRIES times: any other failure is raised at once
+local function busy_for_a_while(err, attempt) return attempt < STORE_TRIES and db.busy(err) end
+
+function with_retries(what, fn, ...)
+  return retry_store(what, '', busy_for_a_while, fn, ...)
 end
 
 -- How long a claim's outcomes wait for a store that refuses them (busy, or failing: disk full,
@@ -936,26 +948,18 @@ local unwritten = {}
 -- (unwritten) and the store's error raised. outcomes: how many sent messages' outcomes it
 -- holds (0 for rows deferred unsent, which a restart gives back unsent).
 local function until_written(what, outcomes, fn, ...)
-  local since, attempt = task.now(), 0
-  while true do
-    local ok, err = pcall(fn, ...)
-    if ok then
-      if attempt > 0 then io.stderr:write('herald: ' .. what .. ': written after ' .. attempt .. ' tries\n') end
-      return
-    end
-    attempt = attempt + 1
+  local since, refused, args = task.now(), 0, table.pack(...)
+  retry_store(what, ' (the messages are out, their outcomes wait here)', function(err, attempt)
+    if not (db.busy(err) or db.unavailable(err)) then return false end
     local patience = deliver.store_patience_ms
-    if not (db.busy(err) or db.unavailable(err)) then error(err, 0) end
     if hcore.stopping() or (patience and task.now() - since >= patience) then
-      unwritten[#unwritten + 1] = { what = what, fn = fn, args = table.pack(...), outcomes = outcomes }
-      error(err, 0)
+      unwritten[#unwritten + 1] = { what = what, fn = fn, args = args, outcomes = outcomes }
+      return false
     end
-    if attempt == 1 or attempt % 10 == 0 then
-      io.stderr:write(string.format('herald: %s failed, trying again (the messages are out, their outcomes '
-        .. 'wait here): %s\n', what, tostring(err)))
-    end
-    task.sleep(1000)
-  end
+    refused = attempt
+    return true
+  end, fn, ...)
+  if refused > 0 then io.stderr:write('herald: ' .. what .. ': written after ' .. refused .. ' tries\n') end
 end
 
 -- How many messages were sent whose outcomes could not be written (see until_written): their
