@@ -643,70 +643,69 @@ int herald_template_render(const HeraldTemplate *t, const json_t *ctx, const jso
   return kHeraldOk;
 }
 
-/* Inserts value at the path named by key, creating objects on the way. */
-static int vars_put(json_t *tree, const char *key, json_t *value, HeraldError *err) {
+static int vars_fill(json_t *node, const json_t *map, int depth, HeraldError *err);
+
+/* Sets key to value under node. A key with a '.' or brackets is a path (Attributes.Plan,
+ * User.[Last Name]) made of objects on the way; any other key, and one that is no path
+ * ("a.b c"), is one name as it is ("Last Name", "round"): Pinpoint's Substitutions are a plain
+ * map of names, and a name that no variable of the template uses is simply unused (a name that
+ * is not a path, or a helper's, is reached as {{[Last Name]}}). An object value is merged. */
+static int vars_set(json_t *node, const char *key, json_t *value, int depth, HeraldError *err) {
   HeraldTemplate *t = NULL;
-  size_t klen = strlen(key);
-  char *src = malloc(klen + 5);
-  if (src == NULL) return herald_error_set(err, kHeraldNoMemory, "out of memory");
-  /* parse the key with the template path syntax: "{{" key "}}" */
-  memcpy(src, "{{", 2);
-  memcpy(src + 2, key, klen);
-  memcpy(src + 2 + klen, "}}", 3);
-  HeraldError perr = {0};
-  int rc = herald_template_compile("substitution", src, klen + 4, 0, &t, &perr);
-  free(src);
   const TemplateExpr *e = NULL;
-  if (rc == kHeraldOk && t->root != NULL && t->root->next == NULL && t->root->kind == kNodeOutput)
-    e = t->root->expr;
-  if (e == NULL || e->kind != kExprPath || e->nsegs == 0 || e->up != 0 || e->data != kDataNone) {
-    herald_template_free(t);
-    return herald_error_set(err, kHeraldInvalid, "substitution key '%s' is not a variable path", key);
+  if (strpbrk(key, ".[]") != NULL) {
+    size_t klen = strlen(key);
+    char *src = malloc(klen + 5);
+    if (src == NULL) return herald_error_set(err, kHeraldNoMemory, "out of memory");
+    /* parse the key with the template path syntax: "{{" key "}}" */
+    memcpy(src, "{{", 2);
+    memcpy(src + 2, key, klen);
+    memcpy(src + 2 + klen, "}}", 3);
+    HeraldError perr = {0};
+    int rc = herald_template_compile("substitution", src, klen + 4, 0, &t, &perr);
+    free(src);
+    if (rc == kHeraldOk && t->root != NULL && t->root->next == NULL && t->root->kind == kNodeOutput)
+      e = t->root->expr;
+    if (e != NULL && (e->kind != kExprPath || e->nsegs == 0 || e->up != 0 || e->data != kDataNone))
+      e = NULL;
   }
-  json_t *cur = tree;
-  for (int i = 0; i < e->nsegs; i++) {
-    const char *seg = e->segs[i].text;
-    if (i == e->nsegs - 1) {
-      if (json_object_set(cur, seg, value) != 0) {
-        herald_template_free(t);
-        return herald_error_set(err, kHeraldNoMemory, "out of memory");
-      }
-      break;
-    }
-    json_t *next = json_object_get(cur, seg);
+  json_t *cur = node;
+  const char *name = key;
+  int rc = kHeraldOk;
+  for (int i = 0; e != NULL && i < e->nsegs; i++) {
+    name = e->segs[i].text;
+    if (i == e->nsegs - 1) break;
+    json_t *next = json_object_get(cur, name);
     if (!json_is_object(next)) {
       next = json_object();
-      if (next == NULL || json_object_set_new(cur, seg, next) != 0) {
-        herald_template_free(t);
-        return herald_error_set(err, kHeraldNoMemory, "out of memory");
+      if (next == NULL || json_object_set_new(cur, name, next) != 0) {
+        rc = herald_error_set(err, kHeraldNoMemory, "out of memory");
+        break;
       }
     }
     cur = next;
   }
+  if (rc == kHeraldOk && json_is_object(value)) {
+    json_t *sub = json_object_get(cur, name);
+    if (!json_is_object(sub) && ((sub = json_object()) == NULL || json_object_set_new(cur, name, sub) != 0))
+      rc = herald_error_set(err, kHeraldNoMemory, "out of memory");
+    else
+      rc = vars_fill(sub, value, depth + 1, err);
+  } else if (rc == kHeraldOk && json_object_set(cur, name, value) != 0) {
+    rc = herald_error_set(err, kHeraldNoMemory, "out of memory");
+  }
   herald_template_free(t);
-  return kHeraldOk;
+  return rc;
 }
 
-static int vars_fill(json_t *tree, const json_t *map, const char *prefix, int depth,
-                     HeraldError *err) {
+static int vars_fill(json_t *node, const json_t *map, int depth, HeraldError *err) {
   if (depth > HERALD_TEMPLATE_MAX_DEPTH)
     return herald_error_set(err, kHeraldLimit, "substitutions nested deeper than %d",
                             HERALD_TEMPLATE_MAX_DEPTH);
   const char *key;
   json_t *value;
   json_object_foreach((json_t *)map, key, value) {
-    size_t n = strlen(prefix) + strlen(key) + 4;
-    char *full = malloc(n);
-    if (full == NULL) return herald_error_set(err, kHeraldNoMemory, "out of memory");
-    /* a key with a '.' of its own is already a path; nested keys are single names */
-    if (*prefix)
-      snprintf(full, n, strpbrk(key, ".[]") ? "%s.%s" : "%s.[%s]", prefix, key);
-    else
-      snprintf(full, n, "%s", key);
-    int rc;
-    if (json_is_object(value)) rc = vars_fill(tree, value, full, depth + 1, err);
-    else rc = vars_put(tree, full, value, err);
-    free(full);
+    int rc = vars_set(node, key, value, depth, err);
     if (rc != kHeraldOk) return rc;
   }
   return kHeraldOk;
@@ -719,7 +718,7 @@ int herald_template_vars(const json_t *map, json_t **out, HeraldError *err) {
     return herald_error_set(err, kHeraldInvalid, "substitutions must be an object of name -> values");
   json_t *tree = json_object();
   if (tree == NULL) return herald_error_set(err, kHeraldNoMemory, "out of memory");
-  int rc = vars_fill(tree, map, "", 0, err);
+  int rc = vars_fill(tree, map, 0, err);
   if (rc != kHeraldOk) {
     json_decref(tree);
     return rc;

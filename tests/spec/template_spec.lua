@@ -454,10 +454,16 @@ describe('template substitutions', function()
     assert.are.equal('free', R('{{#with Attributes}}{{Plan.[0]}}{{/with}}', {}, { Attributes = { Plan = 'free' } }))
   end)
 
-  it('rejects a substitution key that is not a variable path', function()
-    local out, err = t:render(endpoint, { ['a..b'] = 'x' })
-    assert.is_nil(out)
-    assert.matches("substitution key 'a..b' is not a variable path", err, 1, true)
+  -- Pinpoint's Substitutions are a plain map of names to values: a key that is no variable path
+  -- (a space in it, a helper's name, "a..b") is a name as it is, reached as {{[name]}} and
+  -- otherwise unused, never a failure of the whole message.
+  it('takes any substitution key: one that is no path is a name as it is', function()
+    local n = assert(template.compile('{{[Last Name]}}|{{[round]}}|{{[if]}}|{{[a..b]}}|{{FirstName}}|{{User.[Last Name]}}',
+      { name = 'names', escape = false }))
+    assert.are.equal('Lee|r|i|x|Jo|U', n:render(endpoint, { ['Last Name'] = { 'Lee' }, round = { 'r' }, ['if'] = 'i',
+      ['a..b'] = 'x', FirstName = { 'Jo' }, ['User.[Last Name]'] = 'U' }))
+    -- unused names change nothing
+    assert.are.equal('|jane|gold', t:render(endpoint, { ['a..b'] = 'x', ['Last Name'] = 'Lee', now = 'n' }))
   end)
 end)
 
