@@ -54,6 +54,7 @@ local state = {
   global = nil,
   systemic = {},       -- campaign id -> consecutive systemic failures
   paused = {},         -- campaign id -> reason (paused by this process)
+  throttled = {},     -- profile name -> the provider's throttle refusals since its last delivery
   paced = {},          -- run (and profile) -> {at =, n =}: the slot its deferrals take now, how many took it
   npaced = 0,
   rng = 0x2545F491,
@@ -217,8 +218,12 @@ end
 -- Books the next of the slots deferrals under key take, `limit` every `period_ms` (a
 -- campaign's MessagesPerSecond: one every 1000/MPS ms, fractional; a profile's shortest
 -- window: its limit each period), no earlier than slot. Returns the whole ms the row is due.
--- Keys are per run, so slots booked for rows that never came back (expired, skipped, their
--- campaign deleted) hold up no later run.
+-- Keys are per campaign (and profile), not per run: an event-triggered campaign makes a run
+-- per event, and cursors of their own put every run's held rows on the same next slot, where
+-- all but a few were claimed only to be deferred again (a backlog of 60 triggered messages at
+-- 2 a second took 119 claims). Slots booked for rows that never come back (expired, skipped)
+-- delay only their own campaign's later rows, and a cursor behind the limit's next slot
+-- starts again there.
 local function pace(key, slot, limit, period_ms)
   local c = state.paced[key]
   if c == nil then
@@ -878,9 +883,9 @@ local function prepare_rows(rows, now_ms)
         slot = slot or (now_ms + 1000)
         local due = slot
         if by_campaign then
-          due = pace(row.run_id, slot, 1, cstep)
+          due = pace(row.campaign_id, slot, 1, cstep)
         elseif pstep then
-          due = pace(row.run_id .. '\0' .. profile.name, slot, pstep.limit, pstep.period_ms)
+          due = pace(row.campaign_id .. '\0' .. profile.name, slot, pstep.limit, pstep.period_ms)
         end
         defers[#defers + 1] = { id = row.id, due_ms = due }
       end
@@ -1114,17 +1119,28 @@ function deliver.pump(now_ms, max, ids_json)
       if verdict == 'permanent' and o.systemic then verdict = 'transient' end
       if verdict == 'delivered' then
         state.systemic[cid] = 0
+        state.throttled[it.profile.name] = nil
         state.stats.sent = state.stats.sent + 1
         reports[#reports + 1] = row.id   -- a bare id is reported SENT (outbox.report_batch)
       elseif o.held then
-        -- Never sent: the provider asked this profile to wait (429/503 with Retry-After). The
-        -- message goes back without spending an attempt, due when the wait is over; the
-        -- provider's answer to the request that was sent is what counts towards a pause.
-        local wait = math.max(o.retry_after_ms or 0, 1)
-        deliver.hold(it.profile, wait)
+        -- Never sent (the provider asked this profile to wait: 429/503 with Retry-After), or
+        -- refused by the provider's throttle (util.throttled). The message goes back without
+        -- spending an attempt, due when the wait is over, and the profile is held as long:
+        -- the Retry-After, else a wait that doubles (the retry settings' backoff) with each
+        -- refusal until the provider delivers again. Neither counts towards a pause.
+        local wait = o.retry_after_ms
+        if wait == nil then
+          local n = (state.throttled[it.profile.name] or 0) + 1
+          state.throttled[it.profile.name] = n
+          wait = backoff(n)
+        end
+        wait = math.max(wait, 1)
+        -- a throttle of one recipient's (APNs's TooManyRequests: too many to one device) holds
+        -- back that message alone
+        if not o.per_recipient then deliver.hold(it.profile, wait) end
         state.stats.deferred = state.stats.deferred + 1
         reports[#reports + 1] = { id = row.id, state = 'RELEASED', due_ms = now + wait,
-                                  reason = 'RETRY_AFTER: ' .. tostring(o.reason) }
+                                  reason = (o.throttled and 'THROTTLED: ' or 'RETRY_AFTER: ') .. tostring(o.reason) }
       elseif o.recalled then
         -- Never sent: its campaign's gate closed before the transport started it (see
         -- check_gates). It goes back without spending an attempt, for the resume or the restart.
@@ -1135,7 +1151,15 @@ function deliver.pump(now_ms, max, ids_json)
         local pausing = false
         if o.systemic then
           state.systemic[cid] = (state.systemic[cid] or 0) + 1
+          -- A systemic failure is never the message's: one that has had all its attempts
+          -- pauses the campaign, as pause_after of them in a row do, rather than failing for
+          -- good (a campaign of a few messages to a profile with a bad token would otherwise
+          -- lose them all before the rule's count was reached).
           pausing = state.systemic[cid] >= cfg.pause_after
+          if not pausing and verdict == 'transient' and row.attempts >= cfg.retry.max_attempts then
+            pausing = string.format('a message failed all its %d attempts for a reason not its own, the last: %s',
+              row.attempts, tostring(o.reason))
+          end
         else
           -- the provider answered (a bad address, say): the failures are not consecutive
           state.systemic[cid] = 0
@@ -1172,7 +1196,7 @@ function deliver.pump(now_ms, max, ids_json)
         -- retries is reported rather than raised, so the claim's outcomes are written all the
         -- same (not left CLAIMED); the rule pauses the campaign at its next failures.
         if pausing then
-          local okp, perr = pcall(pause, cid, o.reason)
+          local okp, perr = pcall(pause, cid, o.reason, type(pausing) == 'string' and pausing or nil)
           if not okp then
             io.stderr:write('herald: campaign ' .. cid .. ' could not be paused: ' .. tostring(perr) .. '\n')
           end

@@ -100,7 +100,8 @@ end
 -- The access log (server.log) has one line per request:
 --   connection serial, requests on it, protocol, method, uri, status, request length,
 --   Idempotency-Key, time the request ended (seconds since the epoch, to the ms).
--- opts.workers (default 1), opts.tls (default true), opts.locations (more location blocks).
+-- opts.workers (default 1), opts.tls (default true), opts.locations (more location blocks),
+-- opts.http (directives of the http block, such as a limit_req_zone).
 function S.start_nginx(opts)
   opts = opts or {}
   local dir = S.tmpdir('nginx')
@@ -148,13 +149,14 @@ http {
   keepalive_requests 10000000;
   keepalive_timeout 120s;
   client_body_buffer_size 64k;
+%s
   server {
     listen 127.0.0.1:%d;
 %s  }
 %s}
 ]], opts.workers or 1, dir, dir, (capture('id -u'):match('^0') and 'user root;' or ''),
     opts.access_log == false and 'off' or (dir .. '/access.log herald'),
-    dir, dir, dir, dir, dir, port, locations, tls_server)
+    dir, dir, dir, dir, dir, opts.http or '', port, locations, tls_server)
   write(dir .. '/nginx.conf', conf)
   local ok = sh('nginx -p ' .. q(dir) .. ' -c ' .. q(dir .. '/nginx.conf') .. ' -e ' .. q(dir .. '/error.log')
     .. ' >' .. q(dir .. '/start.log') .. ' 2>&1')

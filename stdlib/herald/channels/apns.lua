@@ -167,7 +167,13 @@ function apns:send(msgs, progress)
       end
     end
     not_for_topic = refused >= 2 and refused == answered
-    return util.verdicts(res, judge)
+    local vs = util.verdicts(res, judge)
+    -- APNs's 429 (TooManyRequests) is of one device token sent too many in a row: that
+    -- message waits, the profile's other devices do not
+    for i, o in ipairs(res) do
+      if vs[i].throttled and o.status == 429 then vs[i].per_recipient = true end
+    end
+    return vs
   end
   local told = progress and function(idx, vs)
     local at = {}

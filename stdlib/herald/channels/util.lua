@@ -191,10 +191,25 @@ function util.recalled(o)
   return { verdict = 'transient', recalled = true, reason = util.reason(o) }
 end
 
--- The verdict of an outcome that was never sent (util.held, util.recalled), or nil.
+-- The verdict of a request the provider refused with its throttle: a 429, or a 503 with
+-- Retry-After (a 503 without one is the provider failing). The message is not at fault, nor is
+-- the profile: like a held one it goes back without spending an attempt (a provider that
+-- allows 10 a second would otherwise see a claim's burst refused and fail most of it for good
+-- within seconds) and counts towards no pause; delivery holds the profile for the Retry-After,
+-- or for a wait of its own that grows while the provider keeps refusing.
+function util.throttled(o)
+  return { verdict = 'transient', held = true, throttled = true, retry_after_ms = o.retry_after_ms,
+           reason = util.reason(o) }
+end
+
+-- The verdict of an outcome that was never sent (util.held, util.recalled) or that the
+-- provider's throttle refused (util.throttled), or nil.
 function util.unsent(o)
   if o.class == 'held' then return util.held(o) end
   if o.class == 'recalled' then return util.recalled(o) end
+  if o.class == 'ok' and (o.status == 429 or (o.status == 503 and o.retry_after_ms)) then
+    return util.throttled(o)
+  end
 end
 
 -- A short reason for a failed outcome: "HTTP 503: body start" or "timeout: text".
