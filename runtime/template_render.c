@@ -2,8 +2,8 @@
  *
  * Values are views (a json_t, or bytes in the context, the template or scratch memory), so a
  * render allocates nothing but the output and the strings helpers build. Work is bounded: a
- * step budget counts nodes and expressions, #each visits at most HERALD_TEMPLATE_MAX_EACH
- * items, the output and the helpers' scratch memory have byte limits. */
+ * step budget counts nodes, expressions and the bytes helpers read, #each visits at most
+ * HERALD_TEMPLATE_MAX_EACH items, the output and the helpers' scratch memory have byte limits. */
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -271,11 +271,46 @@ int template_value_text(TemplateRender *r, const TemplateValue *v, const char **
   return 0;
 }
 
+static int over_steps(TemplateRender *r, size_t offset) {
+  return template_render_fail(r, offset, kHeraldLimit, "rendering took more than %ld steps",
+                              HERALD_TEMPLATE_MAX_STEPS);
+}
+
 static int step(TemplateRender *r, size_t offset) {
   r->at = offset;
-  if (++r->steps > HERALD_TEMPLATE_MAX_STEPS)
-    return template_render_fail(r, offset, kHeraldLimit, "rendering took more than %ld steps",
-                                HERALD_TEMPLATE_MAX_STEPS);
+  if (++r->steps > HERALD_TEMPLATE_MAX_STEPS) return over_steps(r, offset);
+  return 0;
+}
+
+/* A helper reads its arguments whole (md5 of 200 KB, a replace that finds nothing and builds
+ * nothing), so one step per call let a template of nested #each spend minutes in helpers. At
+ * this rate the budget allows 16 MB of helper input per render, far more than real messages
+ * pass to helpers, and the slowest helper per byte (slugify, which classifies every character
+ * and may build nothing) stays within a fraction of a second. */
+#define HELPER_BYTES_PER_STEP 16
+
+/* Charges the step budget for n bytes of helper input; -1 past the budget. */
+static int charge(TemplateRender *r, size_t n) {
+  r->helper_bytes += n;
+  size_t steps = r->helper_bytes / HELPER_BYTES_PER_STEP;
+  if (steps == 0) return 0;
+  r->helper_bytes %= HELPER_BYTES_PER_STEP;
+  if (steps > (size_t)(HERALD_TEMPLATE_MAX_STEPS - r->steps)) {
+    r->steps = HERALD_TEMPLATE_MAX_STEPS + 1;
+    return over_steps(r, r->at);
+  }
+  r->steps += (long)steps;
+  return 0;
+}
+
+/* The bytes of text a helper reads from v. A list of one string reads as that string without a
+ * copy; other lists and numbers are built as text in scratch memory, which has its own limit. */
+static size_t text_bytes(const TemplateValue *v) {
+  if (v->kind == kValString) return v->len;
+  if (v->kind == kValArray && json_array_size(v->j) == 1) {
+    const json_t *only = json_array_get(v->j, 0);
+    if (json_is_string(only)) return json_string_length(only);
+  }
   return 0;
 }
 
@@ -444,7 +479,9 @@ static int eval_call(TemplateRender *r, const TemplateExpr *e, int as_block, Tem
     if (eval(r, e->params[i], &params[i]) != 0) return -1;
   memset(v, 0, sizeof *v);
   r->at = e->offset;   /* the arguments moved it; what the helper builds is the call's */
-  if (e->helper->fn(r, e, params, e->nparams, v) != 0) return -1;
+  size_t bytes = 0;
+  for (int i = 0; i < e->nparams; i++) bytes += text_bytes(&params[i]);
+  if (charge(r, bytes) != 0 || e->helper->fn(r, e, params, e->nparams, v) != 0) return -1;
   if (e->helper->kind == kHelperConditional && !as_block) {
     TemplateValue pick;
     if (template_hash_get(r, e, v->b ? "yes" : "no", &pick) != 0) return -1;
@@ -472,7 +509,7 @@ int template_hash_get(TemplateRender *r, const TemplateExpr *call, const char *n
     size_t at = r->at;
     int rc = eval(r, call->hash[i].value, out);
     r->at = at;
-    return rc;
+    return rc != 0 ? rc : charge(r, text_bytes(out));
   }
   return 0;
 }

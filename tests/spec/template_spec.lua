@@ -558,6 +558,36 @@ describe('template limits on hostile input', function()
     assert.matches('^bomb: line %d+, column %d+: rendering took more than 1000000 steps$', err)
   end)
 
+  it('charges helpers for the bytes they read, so big arguments in nested #each end at the step budget', function()
+    local l = {}
+    for i = 1, 15 do l[i] = i end
+    local function nest(depth, body)
+      return ('{{#each @root.l}}'):rep(depth) .. body .. ('{{/each}}'):rep(depth)
+    end
+    local limit = '^render error: spec: line 1, column %d+: rendering took more than 1000000 steps$'
+    -- 50,625 digests of 200 KB: 10 GB hashed, 13 s of CPU when a call cost one step
+    assert.matches(limit, R(nest(4, '{{#if (eq (md5 "' .. ('a'):rep(200000) .. '") "x")}}y{{/if}}'), { l = l }))
+    -- a list of one string is read as the string, and costs as much
+    assert.matches(limit, R(nest(2, '{{sha256 big}}'), { l = l, big = { ('a'):rep(4 * 1024 * 1024) } }))
+    -- a replace that finds nothing builds nothing, so the memory limit never stopped it
+    assert.matches(limit, R(nest(3, '{{#if (eq (replace big "b" "x") "")}}{{/if}}'), { l = l, big = ('a'):rep(1024 * 1024) }))
+    -- the same helpers on ordinary text stay well within the budget
+    assert.are.equal(('0cc175b9c0f1b6a831c399e269772661'):rep(15 ^ 3),
+      R(nest(3, '{{md5 (replace "ab" "b" "")}}'), { l = l }))
+  end)
+
+  it('replaces and strips tags in time linear in the text', function()
+    -- comparing the target at every position took 1.65 s for this one call
+    local a = ('a'):rep(600000)
+    assert.are.equal(a, R('{{replace "' .. a .. '" "' .. ('a'):rep(300000) .. 'b" "x"}}'))
+    assert.are.equal('bb|ba|axx|aa', R('{{replace "aaaa" "aa" "b"}}|{{replace "aaa" "aa" "b"}}|'
+      .. '{{replace "aabab" "ab" "x"}}|{{replace "aa" "aaa" "x"}}'))
+    -- looking for a '>' after each '<' made a text of many '<' quadratic
+    local lt = ('<'):rep(300000)
+    assert.are.equal(lt .. 'x', R('{{{stripTags "' .. lt .. 'x"}}}'))
+    assert.are.equal('ac<d', R('{{{stripTags "a<b>c<d"}}}'))
+  end)
+
   it('stops output past 4 MiB', function()
     local big = ('x'):rep(1024 * 1024)
     local out, err = template.compile('{{#each L}}{{{this}}}{{/each}}', { name = 'big' })
