@@ -332,6 +332,28 @@ static int h_abbreviate(TemplateRender *r, const TemplateExpr *c, const Template
   return 0;
 }
 
+/* Characters in s as utf8_offset steps over them: a lead byte and its continuation bytes, or a
+ * stray byte, each count one. */
+static size_t utf8_chars(const char *s, size_t len) {
+  size_t chars = 0;
+  for (size_t i = 0; i < len; chars++) {
+    i++;
+    while (i < len && ((unsigned char)s[i] & 0xC0) == 0x80) i++;
+  }
+  return chars;
+}
+
+/* Bytes of fill characters of pad (pchars characters in plen bytes) repeated, written to d
+ * when d is not NULL. Whole characters: writing the pad a byte at a time cut "é" in two. */
+static size_t pad_fill(const char *pad, size_t plen, size_t pchars, size_t fill, char *d) {
+  size_t whole = fill / pchars, part = utf8_offset(pad, plen, fill % pchars);
+  if (d != NULL) {
+    for (size_t i = 0; i < whole; i++) memcpy(d + i * plen, pad, plen);
+    memcpy(d + whole * plen, pad, part);
+  }
+  return whole * plen + part;
+}
+
 /* Pads s to width characters with pad repeated, left (align<0), right (align>0) or both. */
 static int pad_text(TemplateRender *r, const TemplateExpr *c, const TemplateValue *p, int n, int align,
                     TemplateValue *out) {
@@ -353,17 +375,17 @@ static int pad_text(TemplateRender *r, const TemplateExpr *c, const TemplateValu
     set_string(out, s, len);
     return 0;
   }
-  size_t fill = (size_t)width - chars;
+  size_t fill = (size_t)width - chars, pchars = utf8_chars(pad, plen);
   size_t left = align < 0 ? 0 : align > 0 ? fill : fill / 2;
   size_t right = fill - left;
-  char *d = template_scratch(r, len + fill * plen);
+  size_t lbytes = pad_fill(pad, plen, pchars, left, NULL);
+  size_t rbytes = pad_fill(pad, plen, pchars, right, NULL);
+  char *d = template_scratch(r, lbytes + len + rbytes);
   if (d == NULL) return -1;
-  size_t o = 0;
-  for (size_t i = 0; i < left; i++) d[o++] = pad[i % plen];
-  memcpy(d + o, s, len);
-  o += len;
-  for (size_t i = 0; i < right; i++) d[o++] = pad[i % plen];
-  set_string(out, d, o);
+  pad_fill(pad, plen, pchars, left, d);
+  memcpy(d + lbytes, s, len);
+  pad_fill(pad, plen, pchars, right, d + lbytes + len);
+  set_string(out, d, lbytes + len + rbytes);
   return 0;
 }
 

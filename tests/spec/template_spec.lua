@@ -236,6 +236,9 @@ describe('template string and math helpers', function()
     assert.are.equal('#################13', R('{{rjust "13" size=19 pad="#"}}'))
     assert.are.equal('[ab   ][   ab][  ab  ]', R('[{{ljust "ab" 5}}][{{rjust "ab" 5}}][{{center "ab" 6}}]'))
     assert.are.equal('toolong', R('{{ljust "toolong" 3}}'))
+    -- the fill counts characters of the pad, and a pad of several repeats from its start
+    assert.are.equal('abééé|——ab——|çéab|abxyzx|xabxy|ab\x80\x80\x80', R('{{ljust "ab" 5 "é"}}|{{center "ab" 6 "—"}}|'
+      .. '{{rjust "ab" 4 pad="çé"}}|{{ljust "ab" 6 "xyz"}}|{{center "ab" 5 "xyz"}}|{{{ljust "ab" 5 (decode64 "gA==")}}}'))
     assert.are.equal('Fi...|First Last|Now is the t...', R('{{abbreviate "First Last" 5}}|{{abbreviate "First Last" 10}}|{{abbreviate "Now is the time for all good men" 15}}'))
   end)
 
