@@ -173,16 +173,57 @@ int template_value_number(const TemplateValue *v, double *out) {
   return 1;
 }
 
-/* Shortest text that reads back as the same double, integers without a fraction (as JS). */
+/* d as JavaScript's Number.prototype.toString writes it (ECMA-262 Number::toString), as
+ * Handlebars.js prints numbers: the fewest digits that read back as d, in fixed notation for
+ * 1e-7 < |d| < 1e21 (0.00001, 100000000000000000000) and in exponent form outside (1e-7,
+ * 1.5e+21); -0 prints 0. printf's %g switches to exponents at other bounds (1e-05, 1e+20). */
 static size_t format_number(double d, char *buf, size_t size) {
   if (isnan(d)) return (size_t)snprintf(buf, size, "NaN");
   if (isinf(d)) return (size_t)snprintf(buf, size, d > 0 ? "Infinity" : "-Infinity");
   if (d == floor(d) && fabs(d) < 1e15) return (size_t)snprintf(buf, size, "%lld", (long long)d);
+  char e[40];
   for (int prec = 1; prec <= 17; prec++) {
-    int n = snprintf(buf, size, "%.*g", prec, d);
-    if (strtod(buf, NULL) == d) return (size_t)n;
+    snprintf(e, sizeof e, "%.*e", prec - 1, d);
+    if (strtod(e, NULL) == d) break;
   }
-  return (size_t)snprintf(buf, size, "%.17g", d);
+  /* e is [-]D[.DDD]e(+|-)XX: the digits, and n such that d = 0.DIGITS x 10^n */
+  const char *q = e + (e[0] == '-');
+  char digits[24];
+  int k = 0;
+  for (; *q != 'e'; q++)
+    if (*q != '.') digits[k++] = *q;
+  int n = atoi(q + 1) + 1;
+  while (k > 1 && digits[k - 1] == '0') k--;
+  char t[48];
+  int o = 0;
+  if (e[0] == '-') t[o++] = '-';
+  if (k <= n && n <= 21) {
+    memcpy(t + o, digits, (size_t)k);
+    o += k;
+    for (int i = k; i < n; i++) t[o++] = '0';
+  } else if (0 < n && n <= 21) {
+    memcpy(t + o, digits, (size_t)n);
+    o += n;
+    t[o++] = '.';
+    memcpy(t + o, digits + n, (size_t)(k - n));
+    o += k - n;
+  } else if (-6 < n && n <= 0) {
+    t[o++] = '0';
+    t[o++] = '.';
+    for (int i = n; i < 0; i++) t[o++] = '0';
+    memcpy(t + o, digits, (size_t)k);
+    o += k;
+  } else {
+    t[o++] = digits[0];
+    if (k > 1) {
+      t[o++] = '.';
+      memcpy(t + o, digits + 1, (size_t)(k - 1));
+      o += k - 1;
+    }
+    o += snprintf(t + o, sizeof t - (size_t)o, "e%c%d", n - 1 < 0 ? '-' : '+', abs(n - 1));
+  }
+  t[o] = '\0';
+  return (size_t)snprintf(buf, size, "%s", t);
 }
 
 static int json_text_append(TemplateRender *r, const json_t *j, char **buf, size_t *len,

@@ -54,6 +54,13 @@ describe('template variables', function()
   it('renders numbers as JavaScript prints them', function()
     assert.are.equal('17 12.5 0', R('{{Metrics.visits}} {{Metrics.spend}} {{Metrics.zero}}'))
     assert.are.equal('0.30000000000000004', R('{{add 0.1 0.2}}'))
+    -- fixed notation from 1e-7 to 1e21 (printf's %g switched at 1e-5 and 1e17), shortest digits
+    assert.are.equal('0.00001|100000000000000000000|123456789012345680|1000000000000000|0.000001',
+      R('{{a}}|{{b}}|{{c}}|{{multiply 1000000 1000000000}}|{{d}}', { a = 0.00001, b = 1e20, c = 123456789012345678, d = 1e-6 }))
+    assert.are.equal('1e-7|1e+21|-1.5e-7|1.7976931348623157e+308|-0.5|0|-12.25|5e-324',
+      R('{{a}}|{{b}}|{{c}}|{{d}}|{{e}}|{{f}}|{{g}}|{{h}}',
+        { a = 1e-7, b = 1e21, c = -1.5e-7, d = 1.7976931348623157e308, e = -0.5, f = -0.0, g = -12.25, h = 5e-324 }))
+    assert.are.equal('1,0.00001,2e+21', R('{{l}}', { l = { 1, 0.00001, 2e21 } }))
   end)
 
   it('renders a missing value as nothing, at any depth', function()
