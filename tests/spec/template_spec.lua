@@ -170,6 +170,17 @@ describe('template blocks', function()
     assert.are.equal('ab', R('a {{~!-- x --~}}   {{"b"}}'))
   end)
 
+  it('strips whitespace around a triple-stash written as Handlebars does, {{~{x}~}}', function()
+    assert.are.equal('[<b>]|[<b> ]|[ <b>]', R('[ {{~{x}~}} ]|[ {{~{x}}} ]|[ {{{x}~}} ]', { x = '<b>' }))
+    assert.are.equal('[<b>]', R('[\n  {{~{ lower x }~}}\n]', { x = '<B>' }))
+    -- Handlebars refuses a ~ inside the braces
+    assert.are.equal('welcome(v2): line 1, column 6: whitespace control on {{{x}}} is written {{~{x}~}}',
+      compile_error('[ {{{~x}}} ]'))
+    assert.are.equal('welcome(v2): line 1, column 7: whitespace control on {{{x}}} is written {{~{x}~}}',
+      compile_error('[ {{{x~}}} ]'))
+    assert.are.equal('welcome(v2): line 1, column 1: unterminated tag: expected }}}', compile_error('{{~{x'))
+  end)
+
   it('takes an {{else if}} chain of any length: a chain is not nesting', function()
     local parts = { '{{#if Nope}}0' }
     for i = 1, 300 do parts[#parts + 1] = '{{else if Attributes.n' .. i .. '}}' .. i end
