@@ -974,6 +974,13 @@ static int parse_seq(Parser *p, int depth, TemplateNode **head, Stop *stop) {
       if (q == NULL) break;
       i = (size_t)(q - p->src);
       if (p->src[i + 1] == '{') {
+        if (i >= text_start + 2 && p->src[i - 1] == '\\' && p->src[i - 2] == '\\') {
+          /* \\{{ is an escaped backslash before a real tag: Handlebars' lexer drops one of the
+           * two backslashes and reads the tag */
+          tag = i;
+          out_end = i - 1;
+          break;
+        }
         if (i > 0 && p->src[i - 1] == '\\') {
           /* \{{ is a literal "{{": emit the text before the backslash, then the braces as text */
           if (append_text(p, &tail, text_start, i - 1, 0) != 0) return -1;

@@ -94,6 +94,10 @@ describe('template variables', function()
     assert.are.equal('{{Id}} ep-1', R('\\{{Id}} {{Id}}'))
   end)
 
+  it('reads \\\\{{ as a backslash and then a tag, as Handlebars does', function()
+    assert.are.equal('\\1|{{x}}|a\\\\1|\\1', R('\\\\{{x}}|\\{{x}}|a\\\\\\{{x}}|\\\\{{~ x}}', { x = 1 }))
+  end)
+
   it('reads a name the #each item or #with object lacks from the scopes around it, as Handlebars.java', function()
     assert.are.equal('hiking for jane; cooking for jane; jazz for jane; ',
       R('{{#each User.UserAttributes.Interests}}{{this}} for {{User.UserAttributes.FirstName.[0]}}; {{/each}}'))
