@@ -1005,10 +1005,14 @@ static int h_floor(TemplateRender *r, const TemplateExpr *c, const TemplateValue
   return 0;
 }
 
-/* Half up, as JavaScript's and Java's Math.round. */
+/* Half up (ties toward +infinity: -2.5 gives -2), as JavaScript's Math.round. floor(a + 0.5)
+ * is not that: the sum rounds, so 0.49999999999999994 gave 1 and odd integers past 2^52 gave
+ * the next even one. a - floor(a) is exact. */
 static int h_round(TemplateRender *r, const TemplateExpr *c, const TemplateValue *p, int n, TemplateValue *out) {
   double a;
-  if (template_value_number(&p[0], &a)) set_number(out, floor(a + 0.5));
+  if (!template_value_number(&p[0], &a)) return 0;
+  double f = floor(a);
+  set_number(out, a - f >= 0.5 ? f + 1 : f);
   return 0;
 }
 

@@ -294,6 +294,10 @@ describe('template string and math helpers', function()
     assert.are.equal('19 15 34 8.5 1', R('{{add Metrics.visits 2}} {{subtract Metrics.visits 2}} {{multiply Metrics.visits 2}} {{divide Metrics.visits 2}} {{modulo Metrics.visits 2}}'))
     assert.are.equal('31 2 1 3 -2', R('{{add Attributes.age.[0] 1}} {{ceiling 1.1}} {{floor 1.9}} {{round 2.5}} {{round -2.5}}'))
     assert.are.equal('[][]', R('[{{divide 1 0}}][{{add Nope 1}}]'))
+    -- Math.round: floor(a + 0.5) rounded the sum, giving 1 and the even neighbour of an odd integer past 2^52
+    assert.are.equal('0|4503599627370497|-9007199254740991|3|-3|0|1',
+      R('{{round 0.49999999999999994}}|{{round 4503599627370497}}|{{round -9007199254740991}}|{{round 2.5}}|'
+        .. '{{round -2.6}}|{{round -0.4}}|{{round 0.5}}'))
   end)
 
   it('uses helpers inside blocks and their results in comparisons', function()
