@@ -33,7 +33,8 @@
 #define HERALD_TEMPLATE_MAX_PARTIALS 32              /* partial calls one inside another */
 #define HERALD_TEMPLATE_MAX_EACH 15                  /* items an #each visits (Pinpoint) */
 #define HERALD_TEMPLATE_MAX_OUTPUT (4 * 1024 * 1024) /* bytes one render may produce */
-#define HERALD_TEMPLATE_MAX_STEPS 1000000L           /* nodes and expressions one render visits */
+#define HERALD_TEMPLATE_MAX_STEPS 1000000L           /* nodes and expressions one render visits,
+                                                        and helper input (16 bytes a step) */
 
 typedef struct HeraldTemplate HeraldTemplate;
 

@@ -174,6 +174,7 @@ struct TemplateRender {
   size_t max_out;
   size_t scratch_used;
   long steps;
+  size_t helper_bytes; /* bytes helpers were given, not yet charged as steps */
   size_t at;           /* source offset of the node or expression being evaluated: where a
                           limit on output or scratch memory is reported */
   const TemplateFrame *frame;

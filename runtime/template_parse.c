@@ -124,9 +124,16 @@ static int oom(Parser *p) {
   return -1;
 }
 
+/* Does the tag at i open a triple-stash: "{{{" or "{{~{"? */
+static int raw_opener(Parser *p, size_t i) {
+  i += 2;
+  if (i < p->len && p->src[i] == '~') i++;
+  return i < p->len && p->src[i] == '{';
+}
+
 /* The tag being parsed runs to the end of the source. */
 static int fail_unterminated(Parser *p) {
-  int raw = p->tag + 2 < p->len && p->src[p->tag + 2] == '{';
+  int raw = raw_opener(p, p->tag);
   return fail_at(p, p->tag, kHeraldInvalid, "unterminated tag: expected %s", raw ? "}}}" : "}}");
 }
 
@@ -160,12 +167,23 @@ static void skip_space(Parser *p) {
   while (p->pos < p->len && isspace((unsigned char)p->src[p->pos])) p->pos++;
 }
 
-/* Does the tag end here: "}}" or "~}}" (or "}}}" / "~}}}" for raw tags)? */
+/* Does the tag end here: "}}" or "~}}", or for raw tags "}}}" or "}~}}"? Handlebars' lexer puts
+ * the ~ of a triple-stash inside its outer braces, {{~{x}~}}. */
 static int at_tag_end(Parser *p, int raw) {
   size_t i = p->pos;
+  if (raw) {
+    if (i < p->len && p->src[i] == '}') i++;
+    else return 0;
+  }
   if (i < p->len && p->src[i] == '~') i++;
-  if (raw) return p->len - i >= 3 && memcmp(p->src + i, "}}}", 3) == 0;
   return p->len - i >= 2 && memcmp(p->src + i, "}}", 2) == 0;
+}
+
+/* A raw tag that does not end with "}}}" or "}~}}". */
+static int fail_raw_end(Parser *p) {
+  if (p->len - p->pos >= 4 && memcmp(p->src + p->pos, "~}}}", 4) == 0)
+    return fail_at(p, p->pos, kHeraldInvalid, "whitespace control on {{{x}}} is written {{~{x}~}}");
+  return fail_at(p, p->pos, kHeraldInvalid, "unexpected '}': expected }}}");
 }
 
 static int expect_tag_end(Parser *p, int raw) {
@@ -176,13 +194,14 @@ static int expect_tag_end(Parser *p, int raw) {
     return fail_at(p, p->pos, kHeraldInvalid, "unexpected %s: expected %s", shown(p->src[p->pos], b),
                    raw ? "}}}" : "}}");
   }
+  if (raw) p->pos++;
   if (p->src[p->pos] == '~') {
     p->strip_next = 1;
     p->pos++;
   } else {
     p->strip_next = 0;
   }
-  p->pos += raw ? 3 : 2;
+  p->pos += 2;
   return 0;
 }
 
@@ -476,8 +495,7 @@ static int parse_args(Parser *p, int depth, int raw, int in_subexpr, Args *a) {
     }
     if (in_subexpr ? p->src[p->pos] == ')' : at_tag_end(p, raw)) break;
     if (in_subexpr && at_tag_end(p, 0)) return fail_at(p, p->paren, kHeraldInvalid, "unclosed '('");
-    if (raw && at_tag_end(p, 0))
-      return fail_at(p, p->pos, kHeraldInvalid, "unexpected '}': expected }}}");
+    if (raw && at_tag_end(p, 0)) return fail_raw_end(p);
     /* key=value? */
     size_t save = p->pos, i = p->pos;
     while (i < p->len && is_id_char((unsigned char)p->src[i])) i++;
@@ -594,7 +612,8 @@ static TemplateExpr *parse_tag_expr(Parser *p, int raw) {
     if (head == NULL) return NULL;
     skip_space(p);
     if (!at_tag_end(p, raw)) {
-      fail_at(p, p->pos, kHeraldInvalid, "expected a helper name before arguments");
+      if (raw && at_tag_end(p, 0)) fail_raw_end(p);
+      else fail_at(p, p->pos, kHeraldInvalid, "expected a helper name before arguments");
       return NULL;
     }
     return head;
@@ -913,10 +932,9 @@ static int resolve_partials(Parser *p) {
   return 0;
 }
 
-/* Length of a tag opener at i: whether it strips whitespace before it. */
+/* Does the tag opener at i ("{{~", "{{~{") strip whitespace before it? */
 static int tag_strips_left(Parser *p, size_t i) {
   i += 2;
-  if (i < p->len && p->src[i] == '{') i++;
   return i < p->len && p->src[i] == '~';
 }
 
@@ -956,6 +974,13 @@ static int parse_seq(Parser *p, int depth, TemplateNode **head, Stop *stop) {
       if (q == NULL) break;
       i = (size_t)(q - p->src);
       if (p->src[i + 1] == '{') {
+        if (i >= text_start + 2 && p->src[i - 1] == '\\' && p->src[i - 2] == '\\') {
+          /* \\{{ is an escaped backslash before a real tag: Handlebars' lexer drops one of the
+           * two backslashes and reads the tag */
+          tag = i;
+          out_end = i - 1;
+          break;
+        }
         if (i > 0 && p->src[i - 1] == '\\') {
           /* \{{ is a literal "{{": emit the text before the backslash, then the braces as text */
           if (append_text(p, &tail, text_start, i - 1, 0) != 0) return -1;
@@ -983,12 +1008,14 @@ static int parse_seq(Parser *p, int depth, TemplateNode **head, Stop *stop) {
     }
     p->pos = tag + 2;
     p->tag = tag;
+    if (p->pos < p->len && p->src[p->pos] == '~') p->pos++;
     int raw = 0;
     if (p->pos < p->len && p->src[p->pos] == '{') {
       raw = 1;
       p->pos++;
+      if (p->pos < p->len && p->src[p->pos] == '~')
+        return fail_at(p, p->pos, kHeraldInvalid, "whitespace control on {{{x}}} is written {{~{x}~}}");
     }
-    if (p->pos < p->len && p->src[p->pos] == '~') p->pos++;
     if (raw) {
       TemplateNode *n = arena_alloc(p->t, sizeof *n);
       if (n == NULL) return oom(p);

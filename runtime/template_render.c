@@ -2,8 +2,8 @@
  *
  * Values are views (a json_t, or bytes in the context, the template or scratch memory), so a
  * render allocates nothing but the output and the strings helpers build. Work is bounded: a
- * step budget counts nodes and expressions, #each visits at most HERALD_TEMPLATE_MAX_EACH
- * items, the output and the helpers' scratch memory have byte limits. */
+ * step budget counts nodes, expressions and the bytes helpers read, #each visits at most
+ * HERALD_TEMPLATE_MAX_EACH items, the output and the helpers' scratch memory have byte limits. */
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -173,16 +173,57 @@ int template_value_number(const TemplateValue *v, double *out) {
   return 1;
 }
 
-/* Shortest text that reads back as the same double, integers without a fraction (as JS). */
+/* d as JavaScript's Number.prototype.toString writes it (ECMA-262 Number::toString), as
+ * Handlebars.js prints numbers: the fewest digits that read back as d, in fixed notation for
+ * 1e-7 < |d| < 1e21 (0.00001, 100000000000000000000) and in exponent form outside (1e-7,
+ * 1.5e+21); -0 prints 0. printf's %g switches to exponents at other bounds (1e-05, 1e+20). */
 static size_t format_number(double d, char *buf, size_t size) {
   if (isnan(d)) return (size_t)snprintf(buf, size, "NaN");
   if (isinf(d)) return (size_t)snprintf(buf, size, d > 0 ? "Infinity" : "-Infinity");
   if (d == floor(d) && fabs(d) < 1e15) return (size_t)snprintf(buf, size, "%lld", (long long)d);
+  char e[40];
   for (int prec = 1; prec <= 17; prec++) {
-    int n = snprintf(buf, size, "%.*g", prec, d);
-    if (strtod(buf, NULL) == d) return (size_t)n;
+    snprintf(e, sizeof e, "%.*e", prec - 1, d);
+    if (strtod(e, NULL) == d) break;
   }
-  return (size_t)snprintf(buf, size, "%.17g", d);
+  /* e is [-]D[.DDD]e(+|-)XX: the digits, and n such that d = 0.DIGITS x 10^n */
+  const char *q = e + (e[0] == '-');
+  char digits[24];
+  int k = 0;
+  for (; *q != 'e'; q++)
+    if (*q != '.') digits[k++] = *q;
+  int n = atoi(q + 1) + 1;
+  while (k > 1 && digits[k - 1] == '0') k--;
+  char t[48];
+  int o = 0;
+  if (e[0] == '-') t[o++] = '-';
+  if (k <= n && n <= 21) {
+    memcpy(t + o, digits, (size_t)k);
+    o += k;
+    for (int i = k; i < n; i++) t[o++] = '0';
+  } else if (0 < n && n <= 21) {
+    memcpy(t + o, digits, (size_t)n);
+    o += n;
+    t[o++] = '.';
+    memcpy(t + o, digits + n, (size_t)(k - n));
+    o += k - n;
+  } else if (-6 < n && n <= 0) {
+    t[o++] = '0';
+    t[o++] = '.';
+    for (int i = n; i < 0; i++) t[o++] = '0';
+    memcpy(t + o, digits, (size_t)k);
+    o += k;
+  } else {
+    t[o++] = digits[0];
+    if (k > 1) {
+      t[o++] = '.';
+      memcpy(t + o, digits + 1, (size_t)(k - 1));
+      o += k - 1;
+    }
+    o += snprintf(t + o, sizeof t - (size_t)o, "e%c%d", n - 1 < 0 ? '-' : '+', abs(n - 1));
+  }
+  t[o] = '\0';
+  return (size_t)snprintf(buf, size, "%s", t);
 }
 
 static int json_text_append(TemplateRender *r, const json_t *j, char **buf, size_t *len,
@@ -271,11 +312,46 @@ int template_value_text(TemplateRender *r, const TemplateValue *v, const char **
   return 0;
 }
 
+static int over_steps(TemplateRender *r, size_t offset) {
+  return template_render_fail(r, offset, kHeraldLimit, "rendering took more than %ld steps",
+                              HERALD_TEMPLATE_MAX_STEPS);
+}
+
 static int step(TemplateRender *r, size_t offset) {
   r->at = offset;
-  if (++r->steps > HERALD_TEMPLATE_MAX_STEPS)
-    return template_render_fail(r, offset, kHeraldLimit, "rendering took more than %ld steps",
-                                HERALD_TEMPLATE_MAX_STEPS);
+  if (++r->steps > HERALD_TEMPLATE_MAX_STEPS) return over_steps(r, offset);
+  return 0;
+}
+
+/* A helper reads its arguments whole (md5 of 200 KB, a replace that finds nothing and builds
+ * nothing), so one step per call let a template of nested #each spend minutes in helpers. At
+ * this rate the budget allows 16 MB of helper input per render, far more than real messages
+ * pass to helpers, and the slowest helper per byte (slugify, which classifies every character
+ * and may build nothing) stays within a fraction of a second. */
+#define HELPER_BYTES_PER_STEP 16
+
+/* Charges the step budget for n bytes of helper input; -1 past the budget. */
+static int charge(TemplateRender *r, size_t n) {
+  r->helper_bytes += n;
+  size_t steps = r->helper_bytes / HELPER_BYTES_PER_STEP;
+  if (steps == 0) return 0;
+  r->helper_bytes %= HELPER_BYTES_PER_STEP;
+  if (steps > (size_t)(HERALD_TEMPLATE_MAX_STEPS - r->steps)) {
+    r->steps = HERALD_TEMPLATE_MAX_STEPS + 1;
+    return over_steps(r, r->at);
+  }
+  r->steps += (long)steps;
+  return 0;
+}
+
+/* The bytes of text a helper reads from v. A list of one string reads as that string without a
+ * copy; other lists and numbers are built as text in scratch memory, which has its own limit. */
+static size_t text_bytes(const TemplateValue *v) {
+  if (v->kind == kValString) return v->len;
+  if (v->kind == kValArray && json_array_size(v->j) == 1) {
+    const json_t *only = json_array_get(v->j, 0);
+    if (json_is_string(only)) return json_string_length(only);
+  }
   return 0;
 }
 
@@ -444,7 +520,9 @@ static int eval_call(TemplateRender *r, const TemplateExpr *e, int as_block, Tem
     if (eval(r, e->params[i], &params[i]) != 0) return -1;
   memset(v, 0, sizeof *v);
   r->at = e->offset;   /* the arguments moved it; what the helper builds is the call's */
-  if (e->helper->fn(r, e, params, e->nparams, v) != 0) return -1;
+  size_t bytes = 0;
+  for (int i = 0; i < e->nparams; i++) bytes += text_bytes(&params[i]);
+  if (charge(r, bytes) != 0 || e->helper->fn(r, e, params, e->nparams, v) != 0) return -1;
   if (e->helper->kind == kHelperConditional && !as_block) {
     TemplateValue pick;
     if (template_hash_get(r, e, v->b ? "yes" : "no", &pick) != 0) return -1;
@@ -472,7 +550,7 @@ int template_hash_get(TemplateRender *r, const TemplateExpr *call, const char *n
     size_t at = r->at;
     int rc = eval(r, call->hash[i].value, out);
     r->at = at;
-    return rc;
+    return rc != 0 ? rc : charge(r, text_bytes(out));
   }
   return 0;
 }

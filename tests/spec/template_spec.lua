@@ -54,6 +54,13 @@ describe('template variables', function()
   it('renders numbers as JavaScript prints them', function()
     assert.are.equal('17 12.5 0', R('{{Metrics.visits}} {{Metrics.spend}} {{Metrics.zero}}'))
     assert.are.equal('0.30000000000000004', R('{{add 0.1 0.2}}'))
+    -- fixed notation from 1e-7 to 1e21 (printf's %g switched at 1e-5 and 1e17), shortest digits
+    assert.are.equal('0.00001|100000000000000000000|123456789012345680|1000000000000000|0.000001',
+      R('{{a}}|{{b}}|{{c}}|{{multiply 1000000 1000000000}}|{{d}}', { a = 0.00001, b = 1e20, c = 123456789012345678, d = 1e-6 }))
+    assert.are.equal('1e-7|1e+21|-1.5e-7|1.7976931348623157e+308|-0.5|0|-12.25|5e-324',
+      R('{{a}}|{{b}}|{{c}}|{{d}}|{{e}}|{{f}}|{{g}}|{{h}}',
+        { a = 1e-7, b = 1e21, c = -1.5e-7, d = 1.7976931348623157e308, e = -0.5, f = -0.0, g = -12.25, h = 5e-324 }))
+    assert.are.equal('1,0.00001,2e+21', R('{{l}}', { l = { 1, 0.00001, 2e21 } }))
   end)
 
   it('renders a missing value as nothing, at any depth', function()
@@ -85,6 +92,10 @@ describe('template variables', function()
 
   it('treats \\{{ as literal braces', function()
     assert.are.equal('{{Id}} ep-1', R('\\{{Id}} {{Id}}'))
+  end)
+
+  it('reads \\\\{{ as a backslash and then a tag, as Handlebars does', function()
+    assert.are.equal('\\1|{{x}}|a\\\\1|\\1', R('\\\\{{x}}|\\{{x}}|a\\\\\\{{x}}|\\\\{{~ x}}', { x = 1 }))
   end)
 
   it('reads a name the #each item or #with object lacks from the scopes around it, as Handlebars.java', function()
@@ -163,6 +174,17 @@ describe('template blocks', function()
     assert.are.equal('ab', R('a {{~!-- x --~}}   {{"b"}}'))
   end)
 
+  it('strips whitespace around a triple-stash written as Handlebars does, {{~{x}~}}', function()
+    assert.are.equal('[<b>]|[<b> ]|[ <b>]', R('[ {{~{x}~}} ]|[ {{~{x}}} ]|[ {{{x}~}} ]', { x = '<b>' }))
+    assert.are.equal('[<b>]', R('[\n  {{~{ lower x }~}}\n]', { x = '<B>' }))
+    -- Handlebars refuses a ~ inside the braces
+    assert.are.equal('welcome(v2): line 1, column 6: whitespace control on {{{x}}} is written {{~{x}~}}',
+      compile_error('[ {{{~x}}} ]'))
+    assert.are.equal('welcome(v2): line 1, column 7: whitespace control on {{{x}}} is written {{~{x}~}}',
+      compile_error('[ {{{x~}}} ]'))
+    assert.are.equal('welcome(v2): line 1, column 1: unterminated tag: expected }}}', compile_error('{{~{x'))
+  end)
+
   it('takes an {{else if}} chain of any length: a chain is not nesting', function()
     local parts = { '{{#if Nope}}0' }
     for i = 1, 300 do parts[#parts + 1] = '{{else if Attributes.n' .. i .. '}}' .. i end
@@ -236,6 +258,9 @@ describe('template string and math helpers', function()
     assert.are.equal('#################13', R('{{rjust "13" size=19 pad="#"}}'))
     assert.are.equal('[ab   ][   ab][  ab  ]', R('[{{ljust "ab" 5}}][{{rjust "ab" 5}}][{{center "ab" 6}}]'))
     assert.are.equal('toolong', R('{{ljust "toolong" 3}}'))
+    -- the fill counts characters of the pad, and a pad of several repeats from its start
+    assert.are.equal('abééé|——ab——|çéab|abxyzx|xabxy|ab\x80\x80\x80', R('{{ljust "ab" 5 "é"}}|{{center "ab" 6 "—"}}|'
+      .. '{{rjust "ab" 4 pad="çé"}}|{{ljust "ab" 6 "xyz"}}|{{center "ab" 5 "xyz"}}|{{{ljust "ab" 5 (decode64 "gA==")}}}'))
     assert.are.equal('Fi...|First Last|Now is the t...', R('{{abbreviate "First Last" 5}}|{{abbreviate "First Last" 10}}|{{abbreviate "Now is the time for all good men" 15}}'))
   end)
 
@@ -269,6 +294,10 @@ describe('template string and math helpers', function()
     assert.are.equal('19 15 34 8.5 1', R('{{add Metrics.visits 2}} {{subtract Metrics.visits 2}} {{multiply Metrics.visits 2}} {{divide Metrics.visits 2}} {{modulo Metrics.visits 2}}'))
     assert.are.equal('31 2 1 3 -2', R('{{add Attributes.age.[0] 1}} {{ceiling 1.1}} {{floor 1.9}} {{round 2.5}} {{round -2.5}}'))
     assert.are.equal('[][]', R('[{{divide 1 0}}][{{add Nope 1}}]'))
+    -- Math.round: floor(a + 0.5) rounded the sum, giving 1 and the even neighbour of an odd integer past 2^52
+    assert.are.equal('0|4503599627370497|-9007199254740991|3|-3|0|1',
+      R('{{round 0.49999999999999994}}|{{round 4503599627370497}}|{{round -9007199254740991}}|{{round 2.5}}|'
+        .. '{{round -2.6}}|{{round -0.4}}|{{round 0.5}}'))
   end)
 
   it('uses helpers inside blocks and their results in comparisons', function()
@@ -556,6 +585,36 @@ describe('template limits on hostile input', function()
     local out, err = template.compile(text, { name = 'bomb' }):render({ L = list })
     assert.is_nil(out)
     assert.matches('^bomb: line %d+, column %d+: rendering took more than 1000000 steps$', err)
+  end)
+
+  it('charges helpers for the bytes they read, so big arguments in nested #each end at the step budget', function()
+    local l = {}
+    for i = 1, 15 do l[i] = i end
+    local function nest(depth, body)
+      return ('{{#each @root.l}}'):rep(depth) .. body .. ('{{/each}}'):rep(depth)
+    end
+    local limit = '^render error: spec: line 1, column %d+: rendering took more than 1000000 steps$'
+    -- 50,625 digests of 200 KB: 10 GB hashed, 13 s of CPU when a call cost one step
+    assert.matches(limit, R(nest(4, '{{#if (eq (md5 "' .. ('a'):rep(200000) .. '") "x")}}y{{/if}}'), { l = l }))
+    -- a list of one string is read as the string, and costs as much
+    assert.matches(limit, R(nest(2, '{{sha256 big}}'), { l = l, big = { ('a'):rep(4 * 1024 * 1024) } }))
+    -- a replace that finds nothing builds nothing, so the memory limit never stopped it
+    assert.matches(limit, R(nest(3, '{{#if (eq (replace big "b" "x") "")}}{{/if}}'), { l = l, big = ('a'):rep(1024 * 1024) }))
+    -- the same helpers on ordinary text stay well within the budget
+    assert.are.equal(('0cc175b9c0f1b6a831c399e269772661'):rep(15 ^ 3),
+      R(nest(3, '{{md5 (replace "ab" "b" "")}}'), { l = l }))
+  end)
+
+  it('replaces and strips tags in time linear in the text', function()
+    -- comparing the target at every position took 1.65 s for this one call
+    local a = ('a'):rep(600000)
+    assert.are.equal(a, R('{{replace "' .. a .. '" "' .. ('a'):rep(300000) .. 'b" "x"}}'))
+    assert.are.equal('bb|ba|axx|aa', R('{{replace "aaaa" "aa" "b"}}|{{replace "aaa" "aa" "b"}}|'
+      .. '{{replace "aabab" "ab" "x"}}|{{replace "aa" "aaa" "x"}}'))
+    -- looking for a '>' after each '<' made a text of many '<' quadratic
+    local lt = ('<'):rep(300000)
+    assert.are.equal(lt .. 'x', R('{{{stripTags "' .. lt .. 'x"}}}'))
+    assert.are.equal('ac<d', R('{{{stripTags "a<b>c<d"}}}'))
   end)
 
   it('stops output past 4 MiB', function()
