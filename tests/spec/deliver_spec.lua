@@ -765,6 +765,34 @@ describe('delivery through providers', function()
     assert(ok, e)
   end)
 
+  it('does not take a relay refused at RCPT for bounced recipients: the campaign pauses, the endpoints stay', function()
+    local mail = S.start_mailstore {}
+    local ok, e = pcall(function()
+      local dir = h.tmpdir()
+      -- the server answers every recipient "550 5.7.1 Relaying denied" (a relay that does not
+      -- take this sender's mail): a mistake of the profile, not of the audience
+      campaign_file(dir, { n = 4, channel = 'EMAIL', name = 'relay',
+        addr = "function(i) return 'relaydenied' .. i .. '@example.com' end" })
+      h.write(dir .. '/providers.lua', string.format([[
+        return { profiles = { mail = { type = 'smtp', url = %q, from = 'news@example.com', sessions = 1 } },
+          channels = { EMAIL = 'mail' }, pause_after = 2 }
+      ]], mail.url))
+      local _, code, err = run(dir, 'c.lua')
+      assert.are.equal(0, code, err)
+      assert.matches('campaign relay paused after 2 consecutive systemic failures', err, 1, true)
+      local c = query(dir, "SELECT state, pause_reason FROM campaigns WHERE id = 'relay'")[1]
+      assert.are.equal('PAUSED', c.state)
+      assert.matches('5.7.1 Relaying denied', c.pause_reason, 1, true)
+      assert.are.same({ { s = 'ACTIVE', n = 4 } },
+        query(dir, 'SELECT endpoint_status AS s, count(*) AS n FROM endpoints GROUP BY 1'))
+      assert.are.equal(0, query(dir, "SELECT count(*) AS n FROM events WHERE event_type = '_email.hardbounce'")[1].n)
+      -- nobody's message failed: all wait for the fix and the resume
+      assert.are.same({ { state = 'PENDING', n = 4 } }, query(dir, 'SELECT state, count(*) AS n FROM outbox GROUP BY state'))
+    end)
+    mail:stop()
+    assert(ok, e)
+  end)
+
   -- endpoints with the given first names and addresses, one email campaign greeting them by
   -- name in its subject
   local function greeting_campaign(dir, name, people)

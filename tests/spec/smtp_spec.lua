@@ -197,6 +197,31 @@ describe('herald.http.send_mail', function()
     assert.matches('5.1.1 no such user', out[1].reason, 1, true)
   end)
 
+  it('takes only a refusal of the mailbox at RCPT for a hard bounce, not one on policy', function()
+    local smtp = require 'herald.channels.smtp'
+    local ch = smtp.new { name = 'store', url = store.url, from = 'a@herald.example' }
+    local addrs = { 'reject@example.org', 'plainnouser.relay.sender@example.org', 'relaydenied@example.org',
+                    'senderpolicy@example.org', 'sysfull@example.org', 'plainrelay@example.org' }
+    local msgs = {}
+    for i, a in ipairs(addrs) do msgs[i] = { address = a, body = 'x', title = 's', key = 'policy-' .. i } end
+    local out = ch:send(msgs)
+    local got = {}
+    for i, o in ipairs(out) do
+      got[i] = { o.verdict, o.feedback or 'none', o.systemic and 'systemic' or 'own', o.reason:match('%(server: (%d+ %S*)') }
+    end
+    assert.are.same({
+      -- 5.1.1 and a plain 550 naming the mailbox (the words of the address it quotes aside)
+      { 'permanent', 'HARD_BOUNCE', 'own', '550 5.1.1' },
+      { 'permanent', 'HARD_BOUNCE', 'own', '550 <plainnouser.relay.sender@example.org>:' },
+      -- 5.7.1 (relaying, Postfix's sender checks at RCPT), 5.3.x, and a plain 550 naming
+      -- relaying: every recipient would meet them, none is bounced
+      { 'permanent', 'none', 'systemic', '550 5.7.1' },
+      { 'permanent', 'none', 'systemic', '553 5.7.1' },
+      { 'permanent', 'none', 'systemic', '550 5.3.4' },
+      { 'permanent', 'none', 'systemic', '550 relaying' },
+    }, got)
+  end)
+
   it('reuses the SMTP connection across messages', function()
     local before = http.stats().connections
     for i = 1, 25 do
