@@ -365,6 +365,17 @@ static int check_lines(const Buf *b, size_t from, const char *field, HeraldError
   return kHeraldOk;
 }
 
+/* Whether a List-Unsubscribe value ("<uri>, <uri>") holds an https: URI: RFC 8058 §3.1 has the
+ * one-click POST sent to it, so List-Unsubscribe-Post goes only with one. */
+static int has_https_uri(const char *v) {
+  for (const char *p = v; p != NULL; p = strchr(p, ',')) {
+    if (*p == ',') p++;
+    p += strspn(p, " \t<");
+    if (strncasecmp(p, "https:", 6) == 0) return 1;
+  }
+  return 0;
+}
+
 /* s on one line: a line break would end the header (and could start another one, such as a
  * Bcc from an endpoint's attribute); every control character, CR LF as one, becomes a space. */
 static char *one_line(const char *s) {
@@ -457,7 +468,8 @@ int herald_smtp_message_build(const HeraldMailMessage *m, char **out, size_t *ou
     fold_list(&b, strlen("List-Unsubscribe: "), m->list_unsubscribe);
     if ((rc = check_lines(&b, at, "list_unsubscribe", err)) != kHeraldOk) goto fail;
     buf_str(&b, "\r\n");
-    if (m->one_click) buf_str(&b, "List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n");
+    if (m->one_click && has_https_uri(m->list_unsubscribe))
+      buf_str(&b, "List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n");
   }
   for (size_t i = 0; i < m->nheaders; i++) {
     const HeraldMailHeader *h = &m->headers[i];

@@ -2026,6 +2026,35 @@ c.execute('COMMIT')
     assert.are.equal(0, code, err)
   end)
 
+  it('refuses one_click without an https: URI in list_unsubscribe (RFC 8058)', function()
+    local providers = require 'herald.providers'
+    local function check(unsub, one_click)
+      return pcall(providers.check, { profiles = { mail = { type = 'smtp', url = 'smtp://127.0.0.1:9',
+        from = 'a@example.com', list_unsubscribe = unsub, one_click = one_click } }, channels = { EMAIL = 'mail' } }, 'p.lua')
+    end
+    local want = 'p.lua: profiles.mail.one_click: needs an https: URI in list_unsubscribe (RFC 8058)'
+    for _, unsub in ipairs { 'mailto:u@example.com?subject={{Id}}', '<mailto:u@example.com>, <http://example.com/u/{{Id}}>',
+                             'mailto:u@example.com{{!-- , https://example.com/u --}}', 'mailto:u@example.com?body=https:' } do
+      local ok, err = check(unsub, true)
+      assert.is_false(ok, unsub)
+      assert.are.equal(want, err)
+    end
+    local ok, err = check(nil, true)
+    assert.is_false(ok)
+    assert.are.equal(want, err)
+    ok, err = check('https://example.com/u', 'yes')
+    assert.is_false(ok)
+    assert.are.equal('p.lua: profiles.mail.one_click: true or false', err)
+    -- an https: URI, or one a tag gives (the message builder checks what it renders), or no
+    -- one-click at all
+    for _, c in ipairs { { '<mailto:u@example.com>, <HTTPS://example.com/u/{{Id}}>', true },
+                         { '{{Attributes.UnsubscribeUrl}}', true }, { 'mailto:u@example.com, {{#if Id}}x{{/if}}', true },
+                         { 'mailto:u@example.com', false } } do
+      ok, err = check(c[1], c[2])
+      assert.is_true(ok, err)
+    end
+  end)
+
   it('refuses a profile field its type does not read, naming the file, the field and the fields it has', function()
     local dir = h.tmpdir()
     campaign_file(dir, { n = 1, channel = 'CUSTOM', addr = "function(i) return 'x' end" })

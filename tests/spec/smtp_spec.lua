@@ -73,6 +73,21 @@ describe('herald.http.send_mail', function()
     for line in msg.raw:gmatch('[^\n]*') do assert.is_true(#line <= 78, line) end
   end)
 
+  it('sends List-Unsubscribe-Post only with an https: URI to post to (RFC 8058)', function()
+    local function headers(unsub, key)
+      assert(http.send_mail { url = store.url, from = 'a@herald.example', to = 'b@example.org', text = 'x',
+                              message_id = key, list_unsubscribe = unsub, one_click = true })
+      return parse(store.dir .. '/mail/' .. store:count() .. '.eml')
+    end
+    local f = headers('mailto:unsub@herald.example', 'oc-1')
+    assert.are.equal('<mailto:unsub@herald.example>', f['list-unsubscribe'])
+    assert.is_nil(f['list-unsubscribe-post'])
+    f = headers('<http://herald.example/u>, <mailto:u@herald.example?subject=https:>', 'oc-2')
+    assert.is_nil(f['list-unsubscribe-post'])
+    f = headers({ 'mailto:unsub@herald.example', 'HTTPS://herald.example/u?t=1' }, 'oc-3')
+    assert.are.equal('List-Unsubscribe=One-Click', f['list-unsubscribe-post'])
+  end)
+
   it('sends a text-only message as a single part', function()
     local res = assert(http.send_mail { url = store.url, from = 'a@herald.example',
                                         to = 'b@example.org', subject = 'plain', text = 'just text',
