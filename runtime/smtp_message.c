@@ -146,12 +146,14 @@ static int check_addr(const char *a, size_t n, const char *field, HeraldError *e
   return kHeraldOk;
 }
 
-/* Splits "Name <addr>" into name (possibly empty, quotes removed) and addr. */
+/* Splits "Name <addr>" into name (possibly empty, quotes removed: *quoted says so, and its
+ * quoted-pairs are still escaped) and addr. */
 static int parse_mailbox(const char *mb, const char *field, const char **name, size_t *name_len,
-                         const char **addr, size_t *addr_len, HeraldError *err) {
+                         int *quoted, const char **addr, size_t *addr_len, HeraldError *err) {
   if (mb == NULL || *mb == '\0') return herald_error_set(err, kHeraldInvalid, "%s: missing", field);
   if (has_line_break(mb))
     return herald_error_set(err, kHeraldInvalid, "%s: line breaks are not allowed", field);
+  *quoted = 0;
   const char *lt = strrchr(mb, '<');
   if (lt == NULL) {
     while (*mb == ' ') mb++;
@@ -171,6 +173,7 @@ static int parse_mailbox(const char *mb, const char *field, const char **name, s
     if (e - s >= 2 && *s == '"' && e[-1] == '"') {
       s++;
       e--;
+      *quoted = 1;
     }
     *name = s;
     *name_len = (size_t)(e - s);
@@ -184,7 +187,8 @@ int herald_smtp_address(const char *mailbox, const char *field, char *out, size_
                         HeraldError *err) {
   const char *name, *addr;
   size_t nl, al;
-  int rc = parse_mailbox(mailbox, field, &name, &nl, &addr, &al, err);
+  int quoted;
+  int rc = parse_mailbox(mailbox, field, &name, &nl, &quoted, &addr, &al, err);
   if (rc != kHeraldOk) return rc;
   if (al + 1 > size) return herald_error_set(err, kHeraldInvalid, "%s: address too long", field);
   memcpy(out, addr, al);
@@ -195,11 +199,23 @@ int herald_smtp_address(const char *mailbox, const char *field, char *out, size_
 static int mailbox_header(Buf *b, const char *mb, const char *field, HeraldError *err) {
   const char *name, *addr;
   size_t nl, al;
-  int rc = parse_mailbox(mb, field, &name, &nl, &addr, &al, err);
+  int quoted;
+  int rc = parse_mailbox(mb, field, &name, &nl, &quoted, &addr, &al, err);
   if (rc != kHeraldOk) return rc;
   if (nl > 0) {
     char *n = strndup(name, nl);
     if (n == NULL) return herald_error_set(err, kHeraldNoMemory, "out of memory");
+    /* The name as the reader sees it: a quoted string's quoted-pairs (\" and \\) stand for the
+     * character after the backslash (RFC 5322 §3.2.4). It is quoted or encoded again below, so
+     * escaping the written escapes would show the backslashes. */
+    if (quoted) {
+      char *w = n;
+      for (const char *p = n; *p; p++) {
+        if (*p == '\\' && p[1] != '\0') p++;
+        *w++ = *p;
+      }
+      *w = '\0';
+    }
     if (!is_ascii_printable(n)) {
       encoded_words(b, n);
     } else {

@@ -165,6 +165,23 @@ describe('herald.http.send_mail', function()
     assert.matches("headers['Reply-To']", out[2].reason, 1, true)
   end)
 
+  it('takes the quoted-pairs of a quoted display name for what they stand for, escaping them once', function()
+    local cases = {
+      { '"A \\"Q\\" B" <news@herald.example>', 'A "Q" B', '\r\nFrom: "A \\"Q\\" B" <news@herald.example>\r\n' },
+      { '"C:\\\\dir \\x" <news@herald.example>', 'C:\\dir x', '\r\nFrom: "C:\\\\dir x" <news@herald.example>\r\n' },
+      -- a non-ASCII name is one encoded word of the name itself, no backslash in it
+      { '"Zoë \\"Q\\"" <news@herald.example>', 'Zoë "Q"', '\r\nFrom: =?UTF-8?B?Wm/DqyAiUSI=?= <news@herald.example>\r\n' },
+    }
+    for i, c in ipairs(cases) do
+      assert(http.send_mail { url = store.url, from = c[1], to = 'b@example.org', text = 'x', message_id = 'qp-' .. i })
+      local n = store:count()
+      local f = parse(store.dir .. '/mail/' .. n .. '.eml')
+      assert.are.equal('0', f.defects)
+      assert.are.equal(c[2], f['from-name'])
+      assert.matches(c[3], store:message(n).raw, 1, true)
+    end
+  end)
+
   it('keeps the Message-ID of a retried message', function()
     local a = assert(http.send_mail { url = store.url, from = 'a@herald.example', to = 'b@example.org',
                                       text = 'x', message_id = 'same key' })
