@@ -99,6 +99,43 @@ static void header_text(Buf *b, const char *s) {
   if (is_ascii_printable(s) && strstr(s, "=?") == NULL) buf_str(b, s); else encoded_words(b, s);
 }
 
+/* Plain ASCII header text folded at white space (RFC 5322 §2.2.3): each line break goes before
+ * a space or tab, which stays, so unfolding gives the text back as it was. A line is broken
+ * where the next word would take it past 78 characters; a word longer than that stays whole.
+ * col is where the text starts on its first line. Writes into b unless it is NULL; returns
+ * the length of the longest line. */
+static size_t fold_words(Buf *b, size_t col, const char *s) {
+  size_t at = col, longest = col;
+  int written = 0; /* some of s is on the current line: a break before it would leave it empty */
+  for (const char *p = s; *p;) {
+    size_t ws = strspn(p, " \t");
+    size_t word = strcspn(p + ws, " \t");
+    size_t n = ws + word;
+    /* never before trailing white space: a folded line may not be white space only */
+    if (written && ws > 0 && word > 0 && at + n > 78) {
+      if (b != NULL) buf_str(b, "\r\n");
+      at = 0;
+    }
+    if (b != NULL) buf_add(b, p, n);
+    at += n;
+    if (at > longest) longest = at;
+    written = 1;
+    p += n;
+  }
+  return longest;
+}
+
+/* Unstructured header text that may be long (a subject, a header of the caller's), starting at
+ * column col: plain ASCII folded at white space, else encoded words (see header_text). With
+ * encode_long, ASCII text with a word too long for any line (998 characters) is encoded words
+ * too, which may break anywhere; without it, such a line is refused by check_lines, naming
+ * the field, as the value may be structured and encoded words would change it. */
+static void folded_text(Buf *b, size_t col, const char *s, int encode_long) {
+  if (!is_ascii_printable(s) || strstr(s, "=?") != NULL) encoded_words(b, s);
+  else if (encode_long && fold_words(NULL, col, s) > MAX_LINE) encoded_words(b, s);
+  else fold_words(b, col, s);
+}
+
 /* A comma-separated header value, folded after commas where a line would pass 78 characters. */
 static void fold_list(Buf *b, size_t col, const char *v) {
   while (*v) {
@@ -468,7 +505,7 @@ int herald_smtp_message_build(const HeraldMailMessage *m, char **out, size_t *ou
       rc = herald_error_set(err, kHeraldNoMemory, "out of memory");
       goto fail;
     }
-    header_text(&b, subject);
+    folded_text(&b, strlen("Subject: "), subject, 1);
     free(subject);
     if ((rc = check_lines(&b, at, "subject", err)) != kHeraldOk) goto fail;
   }
@@ -498,7 +535,7 @@ int herald_smtp_message_build(const HeraldMailMessage *m, char **out, size_t *ou
     if (is_address_header(h->name) && (!is_ascii_printable(h->value) || strstr(h->value, "=?"))) {
       if ((rc = address_header(&b, h->value, field, err)) != kHeraldOk) goto fail;
     } else {
-      header_text(&b, h->value);
+      folded_text(&b, strlen(h->name) + 2, h->value, 0);
     }
     if ((rc = check_lines(&b, at, field, err)) != kHeraldOk) goto fail;
     buf_str(&b, "\r\n");

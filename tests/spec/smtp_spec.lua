@@ -142,6 +142,36 @@ describe('herald.http.send_mail', function()
     assert.are.equal('Hi Ann Bcc: victim@evil.test  and  Zoë', f.subject)
   end)
 
+  it('folds a long ASCII subject and header at white space, and encodes a subject word too long for a line', function()
+    local words = {}
+    for i = 1, 160 do words[i] = 'w' .. i end
+    local long = table.concat(words, ' ')           -- about 700 characters
+    local subject = long .. '  ' .. long            -- over 1,100, two spaces in the middle
+    local token = string.rep('x', 1100)             -- no white space to fold at
+    for i, c in ipairs { { subject, long }, { 'Code ' .. token, 'short' } } do
+      assert(http.send_mail { url = store.url, from = 'a@herald.example', to = 'b@example.org', text = 'x',
+                              message_id = 'long-' .. i, subject = c[1], headers = { ['X-Offer'] = c[2] } })
+      local n = store:count()
+      local f = parse(store.dir .. '/mail/' .. n .. '.eml')
+      assert.are.equal('0', f.defects)
+      assert.are.equal(c[1], f.subject)
+      assert.are.equal(c[2], f['x-offer'])
+      local head = store:message(n).raw:match('^(.-)\r\n\r\n')
+      for line in (head .. '\r\n'):gmatch('(.-)\r\n') do assert.is_true(#line <= 78, line) end
+    end
+    -- the ASCII subject is folded, not encoded: unfolding gives it back
+    local head = store:message(store:count() - 1).raw:match('^(.-)\r\n\r\n')
+    local folded = head:match('\r\nSubject: (.-)\r\n%S')
+    assert.is_nil(folded:find('=?', 1, true))
+    assert.are.equal(subject, (folded:gsub('\r\n', '')))
+    -- a header of the caller's may be structured: a word too long for a line is refused
+    local res, err, class = http.send_mail { url = store.url, from = 'a@herald.example', to = 'b@example.org',
+                                             text = 'x', message_id = 'long-3', headers = { ['X-Offer'] = token } }
+    assert.is_nil(res)
+    assert.are.equal('invalid', class)
+    assert.matches("headers['X-Offer']: a header line is longer than 998 characters", err, 1, true)
+  end)
+
   it('encodes only the names in an address header, as in From', function()
     local res = assert(http.send_mail { url = store.url, from = 'a@herald.example', to = 'b@example.org',
                                         text = 'x', message_id = 'reply-1',
