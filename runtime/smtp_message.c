@@ -99,6 +99,43 @@ static void header_text(Buf *b, const char *s) {
   if (is_ascii_printable(s) && strstr(s, "=?") == NULL) buf_str(b, s); else encoded_words(b, s);
 }
 
+/* Plain ASCII header text folded at white space (RFC 5322 §2.2.3): each line break goes before
+ * a space or tab, which stays, so unfolding gives the text back as it was. A line is broken
+ * where the next word would take it past 78 characters; a word longer than that stays whole.
+ * col is where the text starts on its first line. Writes into b unless it is NULL; returns
+ * the length of the longest line. */
+static size_t fold_words(Buf *b, size_t col, const char *s) {
+  size_t at = col, longest = col;
+  int written = 0; /* some of s is on the current line: a break before it would leave it empty */
+  for (const char *p = s; *p;) {
+    size_t ws = strspn(p, " \t");
+    size_t word = strcspn(p + ws, " \t");
+    size_t n = ws + word;
+    /* never before trailing white space: a folded line may not be white space only */
+    if (written && ws > 0 && word > 0 && at + n > 78) {
+      if (b != NULL) buf_str(b, "\r\n");
+      at = 0;
+    }
+    if (b != NULL) buf_add(b, p, n);
+    at += n;
+    if (at > longest) longest = at;
+    written = 1;
+    p += n;
+  }
+  return longest;
+}
+
+/* Unstructured header text that may be long (a subject, a header of the caller's), starting at
+ * column col: plain ASCII folded at white space, else encoded words (see header_text). With
+ * encode_long, ASCII text with a word too long for any line (998 characters) is encoded words
+ * too, which may break anywhere; without it, such a line is refused by check_lines, naming
+ * the field, as the value may be structured and encoded words would change it. */
+static void folded_text(Buf *b, size_t col, const char *s, int encode_long) {
+  if (!is_ascii_printable(s) || strstr(s, "=?") != NULL) encoded_words(b, s);
+  else if (encode_long && fold_words(NULL, col, s) > MAX_LINE) encoded_words(b, s);
+  else fold_words(b, col, s);
+}
+
 /* A comma-separated header value, folded after commas where a line would pass 78 characters. */
 static void fold_list(Buf *b, size_t col, const char *v) {
   while (*v) {
@@ -146,12 +183,14 @@ static int check_addr(const char *a, size_t n, const char *field, HeraldError *e
   return kHeraldOk;
 }
 
-/* Splits "Name <addr>" into name (possibly empty, quotes removed) and addr. */
+/* Splits "Name <addr>" into name (possibly empty, quotes removed: *quoted says so, and its
+ * quoted-pairs are still escaped) and addr. */
 static int parse_mailbox(const char *mb, const char *field, const char **name, size_t *name_len,
-                         const char **addr, size_t *addr_len, HeraldError *err) {
+                         int *quoted, const char **addr, size_t *addr_len, HeraldError *err) {
   if (mb == NULL || *mb == '\0') return herald_error_set(err, kHeraldInvalid, "%s: missing", field);
   if (has_line_break(mb))
     return herald_error_set(err, kHeraldInvalid, "%s: line breaks are not allowed", field);
+  *quoted = 0;
   const char *lt = strrchr(mb, '<');
   if (lt == NULL) {
     while (*mb == ' ') mb++;
@@ -171,6 +210,7 @@ static int parse_mailbox(const char *mb, const char *field, const char **name, s
     if (e - s >= 2 && *s == '"' && e[-1] == '"') {
       s++;
       e--;
+      *quoted = 1;
     }
     *name = s;
     *name_len = (size_t)(e - s);
@@ -184,7 +224,8 @@ int herald_smtp_address(const char *mailbox, const char *field, char *out, size_
                         HeraldError *err) {
   const char *name, *addr;
   size_t nl, al;
-  int rc = parse_mailbox(mailbox, field, &name, &nl, &addr, &al, err);
+  int quoted;
+  int rc = parse_mailbox(mailbox, field, &name, &nl, &quoted, &addr, &al, err);
   if (rc != kHeraldOk) return rc;
   if (al + 1 > size) return herald_error_set(err, kHeraldInvalid, "%s: address too long", field);
   memcpy(out, addr, al);
@@ -195,11 +236,23 @@ int herald_smtp_address(const char *mailbox, const char *field, char *out, size_
 static int mailbox_header(Buf *b, const char *mb, const char *field, HeraldError *err) {
   const char *name, *addr;
   size_t nl, al;
-  int rc = parse_mailbox(mb, field, &name, &nl, &addr, &al, err);
+  int quoted;
+  int rc = parse_mailbox(mb, field, &name, &nl, &quoted, &addr, &al, err);
   if (rc != kHeraldOk) return rc;
   if (nl > 0) {
     char *n = strndup(name, nl);
     if (n == NULL) return herald_error_set(err, kHeraldNoMemory, "out of memory");
+    /* The name as the reader sees it: a quoted string's quoted-pairs (\" and \\) stand for the
+     * character after the backslash (RFC 5322 §3.2.4). It is quoted or encoded again below, so
+     * escaping the written escapes would show the backslashes. */
+    if (quoted) {
+      char *w = n;
+      for (const char *p = n; *p; p++) {
+        if (*p == '\\' && p[1] != '\0') p++;
+        *w++ = *p;
+      }
+      *w = '\0';
+    }
     if (!is_ascii_printable(n)) {
       encoded_words(b, n);
     } else {
@@ -365,6 +418,17 @@ static int check_lines(const Buf *b, size_t from, const char *field, HeraldError
   return kHeraldOk;
 }
 
+/* Whether a List-Unsubscribe value ("<uri>, <uri>") holds an https: URI: RFC 8058 §3.1 has the
+ * one-click POST sent to it, so List-Unsubscribe-Post goes only with one. */
+static int has_https_uri(const char *v) {
+  for (const char *p = v; p != NULL; p = strchr(p, ',')) {
+    if (*p == ',') p++;
+    p += strspn(p, " \t<");
+    if (strncasecmp(p, "https:", 6) == 0) return 1;
+  }
+  return 0;
+}
+
 /* s on one line: a line break would end the header (and could start another one, such as a
  * Bcc from an endpoint's attribute); every control character, CR LF as one, becomes a space. */
 static char *one_line(const char *s) {
@@ -441,7 +505,7 @@ int herald_smtp_message_build(const HeraldMailMessage *m, char **out, size_t *ou
       rc = herald_error_set(err, kHeraldNoMemory, "out of memory");
       goto fail;
     }
-    header_text(&b, subject);
+    folded_text(&b, strlen("Subject: "), subject, 1);
     free(subject);
     if ((rc = check_lines(&b, at, "subject", err)) != kHeraldOk) goto fail;
   }
@@ -457,7 +521,8 @@ int herald_smtp_message_build(const HeraldMailMessage *m, char **out, size_t *ou
     fold_list(&b, strlen("List-Unsubscribe: "), m->list_unsubscribe);
     if ((rc = check_lines(&b, at, "list_unsubscribe", err)) != kHeraldOk) goto fail;
     buf_str(&b, "\r\n");
-    if (m->one_click) buf_str(&b, "List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n");
+    if (m->one_click && has_https_uri(m->list_unsubscribe))
+      buf_str(&b, "List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n");
   }
   for (size_t i = 0; i < m->nheaders; i++) {
     const HeraldMailHeader *h = &m->headers[i];
@@ -470,7 +535,7 @@ int herald_smtp_message_build(const HeraldMailMessage *m, char **out, size_t *ou
     if (is_address_header(h->name) && (!is_ascii_printable(h->value) || strstr(h->value, "=?"))) {
       if ((rc = address_header(&b, h->value, field, err)) != kHeraldOk) goto fail;
     } else {
-      header_text(&b, h->value);
+      folded_text(&b, strlen(h->name) + 2, h->value, 0);
     }
     if ((rc = check_lines(&b, at, field, err)) != kHeraldOk) goto fail;
     buf_str(&b, "\r\n");

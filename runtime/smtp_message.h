@@ -29,7 +29,8 @@ typedef struct {
                                      * display names are encoded */
   size_t nheaders;
   const char *list_unsubscribe;     /* the header's value, e.g. "<https://x/u?t=1>" (or NULL) */
-  int one_click;                    /* List-Unsubscribe-Post: List-Unsubscribe=One-Click */
+  int one_click;                    /* List-Unsubscribe-Post: List-Unsubscribe=One-Click,
+                                     * when list_unsubscribe holds an https: URI (RFC 8058) */
   int64_t date_ms;                  /* the Date header */
 } HeraldMailMessage;
 

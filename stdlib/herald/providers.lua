@@ -72,6 +72,30 @@ local function first_unprintable_literal(s)
   end
 end
 
+-- Whether a List-Unsubscribe template may give an https: URI (RFC 8058 §3.1: the one-click
+-- POST goes to it). Its URIs are separated by commas; one that a tag starts (rendered per
+-- endpoint) cannot be told here, and the message builder leaves the POST header out of a
+-- rendered value without one.
+local function may_give_https(s)
+  if s == nil then return false end
+  local marked, i = {}, 1
+  while true do
+    local open = s:find('{{', i, true)
+    marked[#marked + 1] = s:sub(i, (open or 0) - 1)
+    if open == nil then break end
+    local comment = s:sub(open, open + 4) == '{{!--'
+    local close = comment and s:find('--}}', open + 5, true) or s:find('}}', open + 2, true)
+    if close == nil then break end
+    if not comment then marked[#marked + 1] = '\1' end
+    i = close + (comment and 4 or 2)
+  end
+  for uri in (table.concat(marked) .. ','):gmatch('([^,]*),') do
+    uri = uri:gsub('^[%s<]*', '')
+    if uri:sub(1, 1) == '\1' or uri:sub(1, 6):lower() == 'https:' then return true end
+  end
+  return false
+end
+
 local function need_string(where, p, k)
   if type(p[k]) ~= 'string' or p[k] == '' then fail(where .. '.' .. k, 'required (a string)') end
 end
@@ -217,6 +241,13 @@ local function check_profile(where, p)
     if at then
       fail(where .. '.list_unsubscribe', string.format('URIs in printable ASCII on one line (RFC 2369), but byte %d '
         .. 'is 0x%02X: percent-encode it', at, p.list_unsubscribe:byte(at)))
+    end
+  end
+  if p.type == 'smtp' and p.one_click ~= nil then
+    if type(p.one_click) ~= 'boolean' then fail(where .. '.one_click', 'true or false') end
+    -- List-Unsubscribe-Post without an https: URI to post to is a header receivers distrust
+    if p.one_click and not may_give_https(p.list_unsubscribe) then
+      fail(where .. '.one_click', 'needs an https: URI in list_unsubscribe (RFC 8058)')
     end
   end
   if p.headers ~= nil then

@@ -6,7 +6,12 @@ usage: mailstore.py PORT DIR [--starttls CERT KEY | --smtps CERT KEY] [--auth US
 AUTH (PLAIN or LOGIN, over TLS) with these credentials. Each accepted message is written to DIR/N.eml (the DATA as received) and DIR/N.json (the
 envelope). Recipients whose local part starts with "tempfail" get 451, "reject" get 550, and a
 sender whose local part starts with "blocked" gets 550 at MAIL FROM, so specs can see how the
-client classifies SMTP refusals.
+client classifies SMTP refusals. Refusals at RCPT that are not about the recipient's mailbox,
+by the recipient's local part: "relaydenied" gets "550 5.7.1 Relaying denied", "senderpolicy"
+Postfix's "553 5.7.1 ... Sender address rejected" (its sender checks answer at RCPT),
+"sysfull" "550 5.3.4 ..." (the server's own limit), "plainrelay" a 550 without an enhanced
+code naming relaying, "plainnouser" a 550 without one that quotes the address and names the
+mailbox.
 """
 import asyncio
 import json
@@ -38,6 +43,17 @@ class Store:
             return "451 4.3.0 try again later"
         if local.startswith("reject"):
             return "550 5.1.1 no such user"
+        if local.startswith("relaydenied"):
+            return "550 5.7.1 Relaying denied"
+        if local.startswith("senderpolicy"):
+            return ("553 5.7.1 <%s>: Sender address rejected: not owned by user %s"
+                    % (envelope.mail_from, envelope.mail_from))
+        if local.startswith("sysfull"):
+            return "550 5.3.4 Message too big for system"
+        if local.startswith("plainrelay"):
+            return "550 relaying not permitted"
+        if local.startswith("plainnouser"):
+            return "550 <%s>: Recipient address rejected: mailbox unavailable" % address
         envelope.rcpt_tos.append(address)
         return "250 OK"
 

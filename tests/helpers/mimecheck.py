@@ -19,6 +19,8 @@ def main():
                  "List-Unsubscribe-Post", "MIME-Version", "X-Campaign", "X-Offer"):
         if msg[name] is not None:
             out(name.lower(), str(msg[name]))
+    if msg["From"] is not None and msg["From"].addresses:
+        out("from-name", msg["From"].addresses[0].display_name)
     out("content-type", msg.get_content_type())
     out("defects", len(msg.defects))
     parts = list(msg.iter_parts()) if msg.is_multipart() else [msg]

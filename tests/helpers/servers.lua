@@ -234,7 +234,8 @@ function S.start_smtp_sink(opts)
 end
 
 -- An aiosmtpd server that keeps messages as DIR/N.eml (+ N.json envelopes); recipients
--- tempfail*@ get 451 and reject*@ get 550. opts.tls = 'starttls' (required) or 'smtps' (with a
+-- tempfail*@ get 451 and reject*@ get 550 (and the refusals at RCPT that are not the mailbox's,
+-- by local part: see mailstore.py). opts.tls = 'starttls' (required) or 'smtps' (with a
 -- test CA at server.ca), opts.auth = 'user:password' (AUTH required).
 function S.start_mailstore(opts)
   opts = opts or {}

@@ -169,6 +169,34 @@ describe('herald.send', function()
     assert.are.equal(0, #send.optouts { address = '+15550000499' })
   end)
 
+  it("takes a refusal that quotes the message (\"Reply STOP to opt out\") for the message's failure, not an opt-out", function()
+    local twilio = { profiles = { sms = { type = 'sms', preset = 'twilio', url = emu.url .. '/twilio/Messages.json',
+                     account_sid = 'AC_test', auth_token = 'secret', from = '+15550100' } }, channels = { SMS = 'sms' } }
+    local msg = { DefaultMessage = { Body = 'Sale! Reply STOP to opt out' } }
+    -- the JSON API quotes the text in its error and echoes the request; Twilio in its message
+    for _, case in ipairs { { 'send-echo-json', '+15550000597', sms_providers(), 'CONTENT_REFUSED' },
+                            { 'send-echo-tw', '+15550000697', twilio, '21617' } } do
+      local id, number, providers, why = case[1], case[2], case[3], case[4]
+      assert(endpoints.put { Id = id, ChannelType = 'SMS', Address = number })
+      local r = send({ Endpoints = { [id] = {} }, MessageConfiguration = msg }, { providers = providers }).EndpointResult[id]
+      assert.are.same({ 'PERMANENT_FAILURE', 400 }, { r.DeliveryStatus, r.StatusCode }, id)
+      assert.matches(why, r.StatusMessage, 1, true)
+      assert.is_nil(r.StatusMessage:find('OPT_OUT', 1, true), r.StatusMessage)
+      assert.are.equal('NONE', endpoints.get(id).OptOut)
+      assert.are.equal(0, #send.optouts { address = number })
+    end
+    -- the provider's error in words of its own: a profile's opt_out_pattern reads its code
+    assert(endpoints.put { Id = 'send-unsub', ChannelType = 'SMS', Address = '+15550000596' })
+    local plain = send({ Endpoints = { ['send-unsub'] = {} }, MessageConfiguration = { DefaultMessage = { Body = 'x' } } },
+                       { providers = sms_providers() }).EndpointResult['send-unsub']
+    assert.are.equal('PERMANENT_FAILURE', plain.DeliveryStatus)
+    assert.are.equal('NONE', endpoints.get('send-unsub').OptOut)
+    local told = send({ Endpoints = { ['send-unsub'] = {} }, MessageConfiguration = { DefaultMessage = { Body = 'x' } } },
+                      { providers = sms_providers { opt_out_pattern = 'UNSUBSCRIBED' } }).EndpointResult['send-unsub']
+    assert.are.equal('OPT_OUT', told.DeliveryStatus)
+    assert.are.equal('ALL', endpoints.get('send-unsub').OptOut)
+  end)
+
   it("renders the JSON SMS body's strings at any depth and gives Twilio the message's own sender", function()
     local res = send({ Addresses = { ['+15550000061'] = { ChannelType = 'SMS' } },
                        MessageConfiguration = { SMSMessage = { Body = 'nested', MessageType = 'PROMOTIONAL',

@@ -766,6 +766,34 @@ describe('delivery through providers', function()
     assert(ok, e)
   end)
 
+  it('does not take a relay refused at RCPT for bounced recipients: the campaign pauses, the endpoints stay', function()
+    local mail = S.start_mailstore {}
+    local ok, e = pcall(function()
+      local dir = h.tmpdir()
+      -- the server answers every recipient "550 5.7.1 Relaying denied" (a relay that does not
+      -- take this sender's mail): a mistake of the profile, not of the audience
+      campaign_file(dir, { n = 4, channel = 'EMAIL', name = 'relay',
+        addr = "function(i) return 'relaydenied' .. i .. '@example.com' end" })
+      h.write(dir .. '/providers.lua', string.format([[
+        return { profiles = { mail = { type = 'smtp', url = %q, from = 'news@example.com', sessions = 1 } },
+          channels = { EMAIL = 'mail' }, pause_after = 2 }
+      ]], mail.url))
+      local _, code, err = run(dir, 'c.lua')
+      assert.are.equal(0, code, err)
+      assert.matches('campaign relay paused after 2 consecutive systemic failures', err, 1, true)
+      local c = query(dir, "SELECT state, pause_reason FROM campaigns WHERE id = 'relay'")[1]
+      assert.are.equal('PAUSED', c.state)
+      assert.matches('5.7.1 Relaying denied', c.pause_reason, 1, true)
+      assert.are.same({ { s = 'ACTIVE', n = 4 } },
+        query(dir, 'SELECT endpoint_status AS s, count(*) AS n FROM endpoints GROUP BY 1'))
+      assert.are.equal(0, query(dir, "SELECT count(*) AS n FROM events WHERE event_type = '_email.hardbounce'")[1].n)
+      -- nobody's message failed: all wait for the fix and the resume
+      assert.are.same({ { state = 'PENDING', n = 4 } }, query(dir, 'SELECT state, count(*) AS n FROM outbox GROUP BY state'))
+    end)
+    mail:stop()
+    assert(ok, e)
+  end)
+
   -- endpoints with the given first names and addresses, one email campaign greeting them by
   -- name in its subject
   local function greeting_campaign(dir, name, people)
@@ -2089,6 +2117,35 @@ c.execute('COMMIT')
     -- what a tag renders is the endpoint's, checked with its message: the file loads
     local _, code, err = load('https://example.com/u/{{Id}}?n={{User.UserAttributes.[Prénom]}}{{!-- é --}}')
     assert.are.equal(0, code, err)
+  end)
+
+  it('refuses one_click without an https: URI in list_unsubscribe (RFC 8058)', function()
+    local providers = require 'herald.providers'
+    local function check(unsub, one_click)
+      return pcall(providers.check, { profiles = { mail = { type = 'smtp', url = 'smtp://127.0.0.1:9',
+        from = 'a@example.com', list_unsubscribe = unsub, one_click = one_click } }, channels = { EMAIL = 'mail' } }, 'p.lua')
+    end
+    local want = 'p.lua: profiles.mail.one_click: needs an https: URI in list_unsubscribe (RFC 8058)'
+    for _, unsub in ipairs { 'mailto:u@example.com?subject={{Id}}', '<mailto:u@example.com>, <http://example.com/u/{{Id}}>',
+                             'mailto:u@example.com{{!-- , https://example.com/u --}}', 'mailto:u@example.com?body=https:' } do
+      local ok, err = check(unsub, true)
+      assert.is_false(ok, unsub)
+      assert.are.equal(want, err)
+    end
+    local ok, err = check(nil, true)
+    assert.is_false(ok)
+    assert.are.equal(want, err)
+    ok, err = check('https://example.com/u', 'yes')
+    assert.is_false(ok)
+    assert.are.equal('p.lua: profiles.mail.one_click: true or false', err)
+    -- an https: URI, or one a tag gives (the message builder checks what it renders), or no
+    -- one-click at all
+    for _, c in ipairs { { '<mailto:u@example.com>, <HTTPS://example.com/u/{{Id}}>', true },
+                         { '{{Attributes.UnsubscribeUrl}}', true }, { 'mailto:u@example.com, {{#if Id}}x{{/if}}', true },
+                         { 'mailto:u@example.com', false } } do
+      ok, err = check(c[1], c[2])
+      assert.is_true(ok, err)
+    end
   end)
 
   it('refuses a profile field its type does not read, naming the file, the field and the fields it has', function()

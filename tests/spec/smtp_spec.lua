@@ -73,6 +73,21 @@ describe('herald.http.send_mail', function()
     for line in msg.raw:gmatch('[^\n]*') do assert.is_true(#line <= 78, line) end
   end)
 
+  it('sends List-Unsubscribe-Post only with an https: URI to post to (RFC 8058)', function()
+    local function headers(unsub, key)
+      assert(http.send_mail { url = store.url, from = 'a@herald.example', to = 'b@example.org', text = 'x',
+                              message_id = key, list_unsubscribe = unsub, one_click = true })
+      return parse(store.dir .. '/mail/' .. store:count() .. '.eml')
+    end
+    local f = headers('mailto:unsub@herald.example', 'oc-1')
+    assert.are.equal('<mailto:unsub@herald.example>', f['list-unsubscribe'])
+    assert.is_nil(f['list-unsubscribe-post'])
+    f = headers('<http://herald.example/u>, <mailto:u@herald.example?subject=https:>', 'oc-2')
+    assert.is_nil(f['list-unsubscribe-post'])
+    f = headers({ 'mailto:unsub@herald.example', 'HTTPS://herald.example/u?t=1' }, 'oc-3')
+    assert.are.equal('List-Unsubscribe=One-Click', f['list-unsubscribe-post'])
+  end)
+
   it('sends a text-only message as a single part', function()
     local res = assert(http.send_mail { url = store.url, from = 'a@herald.example',
                                         to = 'b@example.org', subject = 'plain', text = 'just text',
@@ -127,6 +142,36 @@ describe('herald.http.send_mail', function()
     assert.are.equal('Hi Ann Bcc: victim@evil.test  and  Zoë', f.subject)
   end)
 
+  it('folds a long ASCII subject and header at white space, and encodes a subject word too long for a line', function()
+    local words = {}
+    for i = 1, 160 do words[i] = 'w' .. i end
+    local long = table.concat(words, ' ')           -- about 700 characters
+    local subject = long .. '  ' .. long            -- over 1,100, two spaces in the middle
+    local token = string.rep('x', 1100)             -- no white space to fold at
+    for i, c in ipairs { { subject, long }, { 'Code ' .. token, 'short' } } do
+      assert(http.send_mail { url = store.url, from = 'a@herald.example', to = 'b@example.org', text = 'x',
+                              message_id = 'long-' .. i, subject = c[1], headers = { ['X-Offer'] = c[2] } })
+      local n = store:count()
+      local f = parse(store.dir .. '/mail/' .. n .. '.eml')
+      assert.are.equal('0', f.defects)
+      assert.are.equal(c[1], f.subject)
+      assert.are.equal(c[2], f['x-offer'])
+      local head = store:message(n).raw:match('^(.-)\r\n\r\n')
+      for line in (head .. '\r\n'):gmatch('(.-)\r\n') do assert.is_true(#line <= 78, line) end
+    end
+    -- the ASCII subject is folded, not encoded: unfolding gives it back
+    local head = store:message(store:count() - 1).raw:match('^(.-)\r\n\r\n')
+    local folded = head:match('\r\nSubject: (.-)\r\n%S')
+    assert.is_nil(folded:find('=?', 1, true))
+    assert.are.equal(subject, (folded:gsub('\r\n', '')))
+    -- a header of the caller's may be structured: a word too long for a line is refused
+    local res, err, class = http.send_mail { url = store.url, from = 'a@herald.example', to = 'b@example.org',
+                                             text = 'x', message_id = 'long-3', headers = { ['X-Offer'] = token } }
+    assert.is_nil(res)
+    assert.are.equal('invalid', class)
+    assert.matches("headers['X-Offer']: a header line is longer than 998 characters", err, 1, true)
+  end)
+
   it('encodes only the names in an address header, as in From', function()
     local res = assert(http.send_mail { url = store.url, from = 'a@herald.example', to = 'b@example.org',
                                         text = 'x', message_id = 'reply-1',
@@ -148,6 +193,23 @@ describe('herald.http.send_mail', function()
     assert.are.equal('permanent', out[2].verdict)
     assert.is_false(out[2].systemic)
     assert.matches("headers['Reply-To']", out[2].reason, 1, true)
+  end)
+
+  it('takes the quoted-pairs of a quoted display name for what they stand for, escaping them once', function()
+    local cases = {
+      { '"A \\"Q\\" B" <news@herald.example>', 'A "Q" B', '\r\nFrom: "A \\"Q\\" B" <news@herald.example>\r\n' },
+      { '"C:\\\\dir \\x" <news@herald.example>', 'C:\\dir x', '\r\nFrom: "C:\\\\dir x" <news@herald.example>\r\n' },
+      -- a non-ASCII name is one encoded word of the name itself, no backslash in it
+      { '"Zoë \\"Q\\"" <news@herald.example>', 'Zoë "Q"', '\r\nFrom: =?UTF-8?B?Wm/DqyAiUSI=?= <news@herald.example>\r\n' },
+    }
+    for i, c in ipairs(cases) do
+      assert(http.send_mail { url = store.url, from = c[1], to = 'b@example.org', text = 'x', message_id = 'qp-' .. i })
+      local n = store:count()
+      local f = parse(store.dir .. '/mail/' .. n .. '.eml')
+      assert.are.equal('0', f.defects)
+      assert.are.equal(c[2], f['from-name'])
+      assert.matches(c[3], store:message(n).raw, 1, true)
+    end
   end)
 
   it('keeps the Message-ID of a retried message', function()
@@ -195,6 +257,31 @@ describe('herald.http.send_mail', function()
     assert.are.equal('permanent', out[1].verdict)
     assert.are.equal('HARD_BOUNCE', out[1].feedback)
     assert.matches('5.1.1 no such user', out[1].reason, 1, true)
+  end)
+
+  it('takes only a refusal of the mailbox at RCPT for a hard bounce, not one on policy', function()
+    local smtp = require 'herald.channels.smtp'
+    local ch = smtp.new { name = 'store', url = store.url, from = 'a@herald.example' }
+    local addrs = { 'reject@example.org', 'plainnouser.relay.sender@example.org', 'relaydenied@example.org',
+                    'senderpolicy@example.org', 'sysfull@example.org', 'plainrelay@example.org' }
+    local msgs = {}
+    for i, a in ipairs(addrs) do msgs[i] = { address = a, body = 'x', title = 's', key = 'policy-' .. i } end
+    local out = ch:send(msgs)
+    local got = {}
+    for i, o in ipairs(out) do
+      got[i] = { o.verdict, o.feedback or 'none', o.systemic and 'systemic' or 'own', o.reason:match('%(server: (%d+ %S*)') }
+    end
+    assert.are.same({
+      -- 5.1.1 and a plain 550 naming the mailbox (the words of the address it quotes aside)
+      { 'permanent', 'HARD_BOUNCE', 'own', '550 5.1.1' },
+      { 'permanent', 'HARD_BOUNCE', 'own', '550 <plainnouser.relay.sender@example.org>:' },
+      -- 5.7.1 (relaying, Postfix's sender checks at RCPT), 5.3.x, and a plain 550 naming
+      -- relaying: every recipient would meet them, none is bounced
+      { 'permanent', 'none', 'systemic', '550 5.7.1' },
+      { 'permanent', 'none', 'systemic', '553 5.7.1' },
+      { 'permanent', 'none', 'systemic', '550 5.3.4' },
+      { 'permanent', 'none', 'systemic', '550 relaying' },
+    }, got)
   end)
 
   it('reuses the SMTP connection across messages', function()

@@ -2,8 +2,11 @@
 -- account_sid:auth_token) or a JSON body whose string values are templates over the message
 -- (Address, Body, OriginationNumber, SenderId, MessageType, Keyword, EntityId and TemplateId,
 -- the ids India's DLT registration gives, and MessageId). A refusal because the recipient
--- opted out (Twilio error 21610, or profile.opt_out_pattern in the body) opts the endpoint
--- out of everything, as Pinpoint does on a STOP reply. A refusal of the sender (the
+-- opted out (Twilio error 21610; with the JSON body, profile.opt_out_pattern, by default any
+-- "opt out"/"opted out"/"opt_out", in the provider's error code or message; with the Twilio
+-- preset, in its error message only when a pattern is given) opts the endpoint out of
+-- everything, as Pinpoint does on a STOP reply. A refusal that merely quotes the message
+-- ("Reply STOP to opt out") fails that message alone. A refusal of the sender (the
 -- From number or sender id: Twilio errors in SENDER_REFUSED) is the profile's, not the
 -- recipient's: systemic, as SMTP's refused MAIL FROM is.
 local json = require 'herald.json'
@@ -54,8 +57,53 @@ function sms.new(profile)
   else
     self.body = compile_json(profile.json, 'profiles.' .. profile.name .. '.json')
   end
-  self.opt_out = profile.opt_out_pattern or '[Oo]pt%a*[%s_%-]?[Oo]ut'
+  -- Twilio says an opt-out with its own code (21610): a pattern is read only when given
+  self.opt_out = profile.opt_out_pattern or (not self.auth and '[Oo]pt%a*[%s_%-]?[Oo]ut') or nil
   return self
+end
+
+-- Fields of a provider's error body that are its own words about the refusal: its code and
+-- message, at the top or in an `error` object or an `errors` list. Other fields may quote the
+-- request (the message's text) back.
+local ERROR_FIELDS = { 'code', 'error', 'error_code', 'errorCode', 'message', 'error_message', 'errorMessage',
+                       'reason', 'detail', 'description', 'title', 'type' }
+
+local function error_words(v, into, depth)
+  if depth > 4 then return into end
+  if type(v) == 'string' or math.type(v) then
+    into[#into + 1] = tostring(v)
+  elseif type(v) == 'table' and v ~= json.null then
+    for _, k in ipairs(ERROR_FIELDS) do
+      if v[k] ~= nil then error_words(v[k], into, depth + 1) end
+    end
+    if type(v.errors) == 'table' then
+      for _, e in ipairs(v.errors) do error_words(e, into, depth + 1) end
+    end
+  end
+  return into
+end
+
+-- Whether the provider's refusal (detail: its body, err: that body decoded) says the recipient
+-- opted out by the pattern. A message's own text ("Reply STOP to opt out"), quoted in the
+-- words, is no part of them: the texts of the batch's messages are taken out before a match
+-- is believed.
+function sms:says_opted_out(detail, err, msgs)
+  if not self.opt_out or not detail then return false end
+  local words = err and table.concat(error_words(err, {}, 0), '\n') or detail
+  if not words:find(self.opt_out) then return false end
+  local seen = {}
+  for _, m in ipairs(msgs or {}) do
+    local text = m.body and tostring(m.body)
+    if text and text ~= '' and not seen[text] then
+      seen[text] = true
+      local i = words:find(text, 1, true)
+      while i do
+        words = words:sub(1, i - 1) .. '\n' .. words:sub(i + #text)
+        i = words:find(text, i, true)
+      end
+    end
+  end
+  return words:find(self.opt_out) ~= nil
 end
 
 local function form(t)
@@ -89,13 +137,13 @@ end
 function sms:send(msgs, progress)
   local reqs = {}
   for i, m in ipairs(msgs) do reqs[i] = self:request(m) end
-  local function verdicts(res) return self:verdicts(res) end
+  local function verdicts(res) return self:verdicts(res, msgs) end
   local res = util.send_http(self.profile, reqs, { key_header = 'Idempotency-Key', headers = self.profile.headers },
     progress, verdicts)
   return verdicts(res)
 end
 
-function sms:verdicts(res)
+function sms:verdicts(res, msgs)
   local out = {}
   for i, o in ipairs(res) do
     local r = util.unsent(o) or { verdict = o.verdict, retry_after_ms = o.retry_after_ms }
@@ -112,7 +160,7 @@ function sms:verdicts(res)
         -- the same refusal awaits every message of the profile: retried, counted towards
         -- the campaign's pause, never the audience's permanent failure
         r.verdict, r.systemic, r.reason = 'transient', true, 'SENDER_REFUSED: ' .. r.reason
-      elseif refused and (code == 21610 or (o.detail and o.detail:find(self.opt_out))) then
+      elseif refused and (code == 21610 or self:says_opted_out(o.detail, err, msgs)) then
         r.verdict, r.feedback, r.reason = 'permanent', 'OPT_OUT', 'OPT_OUT: ' .. r.reason
       end
       r.systemic = r.systemic or o.class ~= 'ok' or o.status >= 500 or o.status == 401 or o.status == 403

@@ -2,7 +2,8 @@
 -- Headers, List-Unsubscribe with the One-Click POST header, a Message-ID from the message id),
 -- at most profile.sessions at once (the channel's, shared by every batch and delivery lane
 -- that sends through it), so as many connections are opened and then reused. A 5xx reply is
--- permanent; 550/551/553 (no such mailbox) is a hard bounce and the endpoint goes INACTIVE.
+-- permanent; 550/551/553 at RCPT refusing the mailbox (no such user) is a hard bounce and the
+-- endpoint goes INACTIVE; one refusing on policy (relaying denied) is systemic.
 local http = require 'herald.core.http'
 local task = require 'herald.core.task'
 local template = require 'herald.template'
@@ -39,6 +40,34 @@ local function message_fault(err, m)
   return field ~= nil and MESSAGE_FIELDS[field] == true
 end
 
+-- Words of a refusal without an enhanced status code that say it is the server's policy
+-- (relaying, the sender, spam filtering, a blocklist), not the recipient's mailbox.
+local POLICY_WORDS = { 'relay', 'polic', 'sender', 'spam', 'block', 'blacklist', 'authenticat', 'reputation' }
+
+-- Whose a 5xx refusal at RCPT is: 'recipient' (the mailbox or its address), 'systemic' (the
+-- same for every recipient) or 'message' (neither: this message fails alone). By the RFC 3463
+-- enhanced code, at the reply's start (RFC 2034) or, as qmail writes it, "(#5.7.1)" at the
+-- end: X.1.x addresses the recipient but X.1.7/X.1.8 the sender (Postfix reports its sender
+-- checks at RCPT), X.2.x is the mailbox; X.3.x (the mail system), X.4.x (network and routing),
+-- X.5.x (protocol) and X.7.x (security and policy: "550 5.7.1 Relaying denied") are not the
+-- recipient's doing, and every message meets them alike. A reply without one is the
+-- mailbox's unless its words say policy; addresses it quotes are left out of that reading.
+local function rcpt_refusal(err)
+  local text = tostring(err):match('%(server: (.*)$') or tostring(err)
+  local subject, detail = text:match('^%d%d%d[ %-][245]%.(%d%d?%d?)%.(%d%d?%d?)')
+  if not subject then subject, detail = text:match('#[245]%.(%d%d?%d?)%.(%d%d?%d?)') end
+  subject, detail = tonumber(subject), tonumber(detail)
+  if subject == 1 then return (detail == 7 or detail == 8) and 'systemic' or 'recipient' end
+  if subject == 2 then return 'recipient' end
+  if subject == 3 or subject == 4 or subject == 5 or subject == 7 then return 'systemic' end
+  if subject then return 'message' end
+  local words = text:gsub('<[^>]*>', ''):lower()
+  for _, w in ipairs(POLICY_WORDS) do
+    if words:find(w, 1, true) then return 'systemic' end
+  end
+  return 'recipient'
+end
+
 function smtp:send_one(m)
   local p = self.profile
   local headers = {}
@@ -61,11 +90,17 @@ function smtp:send_one(m)
               systemic = class ~= 'status' and not (class == 'invalid' and message_fault(err, m)) }
   -- Only a refusal of the recipient (at RCPT) is a hard bounce. The same codes at MAIL FROM or
   -- after DATA refuse the sender or the content (a DMARC or policy rejection): every message
-  -- would fail alike, so they count towards the pause and leave the endpoint as it is. The
-  -- transport's text starts with the command that failed; the server's own words follow.
+  -- would fail alike, so they count towards the pause and leave the endpoint as it is. So do
+  -- refusals at RCPT that are not about the mailbox (rcpt_refusal). The transport's text
+  -- starts with the command that failed; the server's own words follow.
   local at_rcpt = tostring(err):find('^RCPT failed') ~= nil
-  if verdict == 'permanent' and at_rcpt and (code == 550 or code == 551 or code == 553) then
-    r.feedback = 'HARD_BOUNCE'
+  if verdict == 'permanent' and at_rcpt then
+    local whose = rcpt_refusal(err)
+    if whose == 'systemic' then
+      r.systemic = true
+    elseif whose == 'recipient' and (code == 550 or code == 551 or code == 553) then
+      r.feedback = 'HARD_BOUNCE'
+    end
   elseif class == 'status' and not at_rcpt then
     r.systemic = true
   end
