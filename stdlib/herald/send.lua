@@ -189,6 +189,13 @@ local function check_message(path, m)
     refuse(path .. ".MessageType: 'TRANSACTIONAL' or 'PROMOTIONAL', not " .. tostring(m.MessageType))
   end
   if m.SilentPush ~= nil and type(m.SilentPush) ~= 'boolean' then refuse(path .. '.SilentPush: expected true or false') end
+  if m.Action ~= nil and m.Action ~= 'OPEN_APP' and m.Action ~= 'DEEP_LINK' and m.Action ~= 'URL' then
+    refuse(path .. ".Action: 'OPEN_APP', 'DEEP_LINK' or 'URL', not " .. m.Action)
+  end
+  local prio = m.Priority and m.Priority:lower()
+  if prio ~= nil and prio ~= 'normal' and prio ~= 'high' and prio ~= '5' and prio ~= '10' then
+    refuse(path .. ".Priority: 'normal' or 'high' (or APNs's '5' or '10'), not " .. m.Priority)
+  end
   for _, f in ipairs({ 'TimeToLive', 'Badge' }) do
     if m[f] ~= nil and math.type(m[f]) ~= 'integer' then refuse(path .. '.' .. f .. ': expected a whole number') end
   end

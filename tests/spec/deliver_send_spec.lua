@@ -378,6 +378,11 @@ describe('herald.send', function()
       { { GCMMessage = { Body = 'x', Data = { k = { 1 } } } },
         'MessageConfiguration.GCMMessage.Data.k: expected a string, number or boolean' },
       { { SmsMessage = { Body = 'x' } }, 'MessageConfiguration.SmsMessage: not a message type (ADMMessage, APNSMessage,' },
+      { { GCMMessage = { Body = 'x', Priority = 'urgent' } },
+        "MessageConfiguration.GCMMessage.Priority: 'normal' or 'high' (or APNs's '5' or '10'), not urgent" },
+      { { APNSMessage = { Body = 'x', Action = 'OPEN_URL' } },
+        "MessageConfiguration.APNSMessage.Action: 'OPEN_APP', 'DEEP_LINK' or 'URL', not OPEN_URL" },
+      { { APNSMessage = { Body = 'x', Badge = 1.5 } }, 'MessageConfiguration.APNSMessage.Badge: expected a whole number' },
     }
     for _, c in ipairs(cases) do
       local ok, err = pcall(send, { Addresses = to, MessageConfiguration = c[1] }, { providers = cfg })
