@@ -440,7 +440,13 @@ local MESSAGE_KEYS = set('EmailMessage', 'SMSMessage', 'DefaultMessage', 'GCMMes
   'APNSMessage', 'ADMMessage', 'BaiduMessage', 'CustomMessage', 'InAppMessage')
 
 -- The settings delivery passes on to a channel as they are.
-local MESSAGE_STRINGS = { 'FromAddress', 'OriginationNumber', 'SenderId', 'Keyword', 'EntityId', 'TemplateId' }
+local MESSAGE_STRINGS = { 'FromAddress', 'OriginationNumber', 'SenderId', 'Keyword', 'EntityId', 'TemplateId',
+  -- a push message's (Message, APNSMessage, GCMMessage)
+  'Url', 'ImageUrl', 'ImageIconUrl', 'ImageSmallIconUrl', 'SmallImageIconUrl', 'MediaUrl', 'Sound',
+  'CollapseId', 'CollapseKey', 'ThreadId', 'Category', 'APNSPushType', 'RestrictedPackageName', 'IconReference' }
+local PUSH_ACTIONS = set('OPEN_APP', 'DEEP_LINK', 'URL')
+-- Priority: Pinpoint's normal and high, or APNs's 5 and 10 it converts
+local PUSH_PRIORITIES = set('normal', 'high', '5', '10')
 
 local function check_config(path, config)
   if config == nil then return end
@@ -454,6 +460,17 @@ local function check_config(path, config)
     end
     for _, f in ipairs(MESSAGE_STRINGS) do opt_string(mp .. '.' .. f, m[f]) end
     opt_boolean(mp .. '.SilentPush', m.SilentPush)
+    local action, prio, badge = m.Action, m.Priority, m.Badge
+    if action ~= nil and action ~= json.null and not PUSH_ACTIONS[action] then
+      fail(mp .. '.Action', "'OPEN_APP', 'DEEP_LINK' or 'URL', not " .. tostring(action))
+    end
+    if prio ~= nil and prio ~= json.null
+        and not PUSH_PRIORITIES[type(prio) == 'string' and prio:lower() or tostring(math.tointeger(prio))] then
+      fail(mp .. '.Priority', "'normal' or 'high' (or APNs's '5' or '10'), not " .. tostring(prio))
+    end
+    if badge ~= nil and badge ~= json.null and (type(badge) ~= 'number' or math.tointeger(badge) == nil) then
+      fail(mp .. '.Badge', 'expected a whole number, got ' .. kind(badge))
+    end
     local mt = m.MessageType
     if mt ~= nil and mt ~= json.null and mt ~= 'TRANSACTIONAL' and mt ~= 'PROMOTIONAL' then
       fail(mp .. '.MessageType', "'TRANSACTIONAL' or 'PROMOTIONAL'")

@@ -450,6 +450,37 @@ deliver.template_message = template_message
 -- the template context read from the store (msg.ctx: channels send it as stored); a Lua
 -- channel gets msg.endpoint as a table (channels/lua.lua).
 local STATIC = setmetatable({}, { __mode = 'k' })
+
+-- A push message's own settings (Pinpoint's Message, APNSMessage, GCMMessage and
+-- DefaultPushNotificationMessage) under the names the push channels read: what a tap does
+-- (action, and the action_url it opens for URL and DEEP_LINK; not `url`, which a webhook
+-- takes for its destination), images and media, sound, badge, priority (normal/high or
+-- APNs's 5/10), collapse ids, thread and category. Fields of another type than Pinpoint's
+-- are left out. Campaign messages call ImageSmallIconUrl what GCMMessage calls
+-- SmallImageIconUrl.
+local function push_fields(m, into)
+  into = into or {}
+  local function str(k) local v = m[k]; if type(v) == 'string' and v ~= '' then return v end end
+  into.action = str('Action')
+  into.action_url = str('Url')
+  into.image_url = str('ImageUrl')
+  into.image_icon_url = str('ImageIconUrl')
+  into.small_image_icon_url = str('SmallImageIconUrl') or str('ImageSmallIconUrl')
+  into.media_url = str('MediaUrl')
+  into.sound = str('Sound')
+  into.badge = math.tointeger(tonumber(m.Badge))
+  into.priority = str('Priority') or (math.type(m.Priority) == 'integer' and tostring(m.Priority) or nil)
+  into.collapse_id = str('CollapseId')
+  into.collapse_key = str('CollapseKey')
+  into.thread_id = str('ThreadId')
+  into.category = str('Category')
+  into.push_type = str('APNSPushType')
+  into.restricted_package_name = str('RestrictedPackageName')
+  into.icon_reference = str('IconReference')
+  return into
+end
+deliver.push_fields = push_fields
+
 local function static_fields(m, def, name, key)
   local s = STATIC[key]
   if s == nil then
@@ -468,6 +499,7 @@ local function static_fields(m, def, name, key)
       headers = header_map(m.Headers),
       app_id = hcore.app(),
     }
+    push_fields(m, s)
     s.__index = s
     STATIC[key] = s
   end
@@ -581,6 +613,8 @@ local function prepare(row, def, ep, profile)
     campaign_id = row.campaign_id, treatment_id = row.treatment,
     activity_id = row.run_id and tostring(row.run_id) or nil,
     scheduled_time = scheduled_time(row.due_ms),
+    -- when the message was first due: a push's TimeToLive counts from then, not from a retry
+    first_due_ms = row.first_due_ms or row.due_ms,
     title = title, body = body, html = html, custom_data = custom_data, raw = raw,
   }, static)
   if rendered and rendered.Headers then

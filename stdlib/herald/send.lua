@@ -51,6 +51,7 @@ local outbox = require 'herald.core.outbox'
 local endpoints = require 'herald.endpoints'
 local json = require 'herald.json'
 local store = require 'herald.core.store'
+local clock = require 'herald.core.clock'
 
 local send = {}
 
@@ -188,6 +189,13 @@ local function check_message(path, m)
     refuse(path .. ".MessageType: 'TRANSACTIONAL' or 'PROMOTIONAL', not " .. tostring(m.MessageType))
   end
   if m.SilentPush ~= nil and type(m.SilentPush) ~= 'boolean' then refuse(path .. '.SilentPush: expected true or false') end
+  if m.Action ~= nil and m.Action ~= 'OPEN_APP' and m.Action ~= 'DEEP_LINK' and m.Action ~= 'URL' then
+    refuse(path .. ".Action: 'OPEN_APP', 'DEEP_LINK' or 'URL', not " .. m.Action)
+  end
+  local prio = m.Priority and m.Priority:lower()
+  if prio ~= nil and prio ~= 'normal' and prio ~= 'high' and prio ~= '5' and prio ~= '10' then
+    refuse(path .. ".Priority: 'normal' or 'high' (or APNs's '5' or '10'), not " .. m.Priority)
+  end
   for _, f in ipairs({ 'TimeToLive', 'Badge' }) do
     if m[f] ~= nil and math.type(m[f]) ~= 'integer' then refuse(path .. '.' .. f .. ': expected a whole number') end
   end
@@ -461,7 +469,7 @@ function send.send(req, opts)
             -- in the limits' transaction, before the message leaves: a receipt may come back
             -- before this call returns
             outbox.record_direct(key, w.endpoint_id, w.channel, w.address, app)
-            items[#items + 1] = { profile = profile, w = w, msg = {
+            local msg = {
               key = key, address = w.address, channel = w.channel, endpoint_id = w.endpoint_id,
               endpoint = w.ctx, title = title, body = body, html = html, headers = headers, custom_data = custom_data,
               raw = raw,
@@ -471,8 +479,11 @@ function send.send(req, opts)
               origination_number = m.OriginationNumber, sender_id = m.SenderId,
               message_type = m.MessageType, keyword = m.Keyword, entity_id = m.EntityId,
               template_id = m.TemplateId, campaign_id = req.TraceId,
-              treatment_id = 0,
-            } }
+              treatment_id = 0, first_due_ms = clock.now(),
+            }
+            -- a push message's own settings (Sound, Badge, Url, MediaUrl, Priority, ...)
+            if PUSH[w.channel] then deliver.push_fields(m, msg) end
+            items[#items + 1] = { profile = profile, w = w, msg = msg }
           end
         end
       end

@@ -281,6 +281,69 @@ describe('herald.send', function()
     assert.are.equal('inbox', body.sync)
   end)
 
+  it("carries APNSMessage's and GCMMessage's push fields into the APNs request and the FCM message", function()
+    local ios, ios2, android = string.rep('d1', 32), string.rep('d2', 32), 'send-fields-tok'
+    local cfg = { profiles = {
+      apns = { type = 'apns', url = emu.tls_url, ca_file = emu.ca, team_id = emu.team_id,
+               key_id = emu.key_id, key_file = emu.apns_key, topic = emu.topic },
+      fcm = { type = 'fcm', url = emu.url, project_id = emu.project_id, service_account = emu.service_account } },
+      channels = { APNS = 'apns', GCM = 'fcm' } }
+    local res = send({ Addresses = { [ios] = { ChannelType = 'APNS' }, [android] = { ChannelType = 'GCM' } },
+      MessageConfiguration = {
+        APNSMessage = { Title = 'T', Body = 'B', Sound = 'chime.caf', Badge = 3, Priority = 'normal',
+                        CollapseId = 'news', ThreadId = 'thread-1', Category = 'NEWS', TimeToLive = 0,
+                        MediaUrl = 'https://cdn.example.com/a.png', Action = 'URL', Url = 'https://example.com/sale',
+                        Data = { k = 'v' } },
+        GCMMessage = { Title = 'T', Body = 'B', Sound = 'chime', ImageUrl = 'https://cdn.example.com/big.png',
+                       ImageIconUrl = 'https://cdn.example.com/icon.png', SmallImageIconUrl = 'https://cdn.example.com/small.png',
+                       IconReference = 'ic_news', CollapseKey = 'news', RestrictedPackageName = 'com.example.app',
+                       Priority = 'normal', TimeToLive = 600, Action = 'DEEP_LINK', Url = 'app://sale' } } },
+      { providers = cfg })
+    assert.are.equal('SUCCESSFUL', res.Result[ios].DeliveryStatus, res.Result[ios].StatusMessage)
+    assert.are.equal('SUCCESSFUL', res.Result[android].DeliveryStatus, res.Result[android].StatusMessage)
+    local a, f
+    for _, r in ipairs(emu:requests()) do
+      if r.path == '/3/device/' .. ios then a = r end
+      if r.status == 200 and r.body:find('"' .. android .. '"', 1, true) then f = json.decode(r.body).message end
+    end
+    assert.are.equal('5', a.headers['apns-priority'])
+    assert.are.equal('news', a.headers['apns-collapse-id'])
+    -- TimeToLive 0: delivered once, not stored
+    assert.are.equal('0', a.headers['apns-expiration'])
+    assert.are.equal('alert', a.headers['apns-push-type'])
+    assert.are.same({ aps = { alert = { title = 'T', body = 'B' }, sound = 'chime.caf', badge = 3,
+                              ['thread-id'] = 'thread-1', category = 'NEWS', ['mutable-content'] = 1 },
+                      k = 'v', data = { ['media-url'] = 'https://cdn.example.com/a.png',
+                                        pinpoint = { deeplink = 'https://example.com/sale' } } },
+                    json.decode(a.body))
+    assert.are.same({ title = 'T', body = 'B', image = 'https://cdn.example.com/big.png' }, f.notification)
+    local ttl = f.android.ttl
+    f.android.ttl = nil
+    assert.matches('^%d+s$', ttl)
+    assert.is_true(tonumber(ttl:sub(1, -2)) <= 600 and tonumber(ttl:sub(1, -2)) >= 590, ttl)
+    assert.are.same({ priority = 'normal', collapse_key = 'news', restricted_package_name = 'com.example.app',
+                      notification = { sound = 'chime', icon = 'ic_news', image = 'https://cdn.example.com/big.png' } },
+                    f.android)
+    assert.are.same({ ['pinpoint.deeplink'] = 'app://sale',
+                      ['pinpoint.notification.imageUrl'] = 'https://cdn.example.com/big.png',
+                      ['pinpoint.notification.imageIconUrl'] = 'https://cdn.example.com/icon.png',
+                      ['pinpoint.notification.imageSmallIconUrl'] = 'https://cdn.example.com/small.png' }, f.data)
+
+    -- DefaultPushNotificationMessage's fields, for a channel without its own message; Priority
+    -- high, and no CollapseId: the message id, which makes a resent copy replace the first
+    res = send({ Addresses = { [ios2] = { ChannelType = 'APNS' } },
+      MessageConfiguration = { DefaultPushNotificationMessage = { Body = 'B', Sound = 'default', Priority = 'high',
+                                                                   Action = 'DEEP_LINK', Url = 'app://inbox' } } },
+      { providers = cfg })
+    assert.are.equal('SUCCESSFUL', res.Result[ios2].DeliveryStatus, res.Result[ios2].StatusMessage)
+    for _, r in ipairs(emu:requests()) do if r.path == '/3/device/' .. ios2 then a = r end end
+    assert.are.equal('10', a.headers['apns-priority'])
+    assert.are.equal(res.Result[ios2].MessageId, a.headers['apns-collapse-id'])
+    assert.is_nil(a.headers['apns-expiration'])
+    assert.are.same({ aps = { alert = { body = 'B' }, sound = 'default' }, data = { pinpoint = { deeplink = 'app://inbox' } } },
+                    json.decode(a.body))
+  end)
+
   it("sends an APNs RawContent as the whole payload, an address's over the message's, and refuses one not JSON", function()
     local one, two = string.rep('c1', 32), string.rep('c2', 32)
     local apns = { profiles = { apns = { type = 'apns', url = emu.tls_url, ca_file = emu.ca, team_id = emu.team_id,
@@ -343,6 +406,11 @@ describe('herald.send', function()
       { { GCMMessage = { Body = 'x', Data = { k = { 1 } } } },
         'MessageConfiguration.GCMMessage.Data.k: expected a string, number or boolean' },
       { { SmsMessage = { Body = 'x' } }, 'MessageConfiguration.SmsMessage: not a message type (ADMMessage, APNSMessage,' },
+      { { GCMMessage = { Body = 'x', Priority = 'urgent' } },
+        "MessageConfiguration.GCMMessage.Priority: 'normal' or 'high' (or APNs's '5' or '10'), not urgent" },
+      { { APNSMessage = { Body = 'x', Action = 'OPEN_URL' } },
+        "MessageConfiguration.APNSMessage.Action: 'OPEN_APP', 'DEEP_LINK' or 'URL', not OPEN_URL" },
+      { { APNSMessage = { Body = 'x', Badge = 1.5 } }, 'MessageConfiguration.APNSMessage.Badge: expected a whole number' },
     }
     for _, c in ipairs(cases) do
       local ok, err = pcall(send, { Addresses = to, MessageConfiguration = c[1] }, { providers = cfg })

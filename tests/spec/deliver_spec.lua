@@ -558,6 +558,79 @@ describe('delivery through providers', function()
     assert.matches('INVALID_MESSAGE: APNSMessage.RawContent: ', rows[2].reason, 1, true)
   end)
 
+  it("carries a push message's sound, action, URL, image, priority and collapse settings to APNs and FCM", function()
+    local function push_campaign(name, campaign_def)
+      local dir = h.tmpdir()
+      h.write(dir .. '/c.lua', string.format([=[
+        assert(herald.endpoints.put { Id = 'ios', ChannelType = 'APNS', Address = string.rep('fe', 32) })
+        assert(herald.endpoints.put { Id = 'android', ChannelType = 'GCM', Address = 'fields-gcm-token' })
+        %s
+      ]=], campaign_def))
+      h.write(dir .. '/providers.lua', string.format([[
+        return { profiles = { apns = { type = 'apns', url = %q, ca_file = %q, team_id = %q, key_id = %q,
+          key_file = %q, topic = %q }, fcm = { type = 'fcm', url = %q, project_id = %q, service_account = %q } },
+          channels = { APNS = 'apns', GCM = 'fcm' } }
+      ]], emu.tls_url, emu.ca, emu.team_id, emu.key_id, emu.apns_key, emu.topic, emu.url, emu.project_id,
+        emu.service_account))
+      local _, code, err = run(dir, 'c.lua')
+      assert.are.equal(0, code, err)
+      assert.are.same({ { state = 'SENT', n = 2 } }, query(dir, 'SELECT state, count(*) AS n FROM outbox GROUP BY state'))
+      local ios, android
+      for _, r in ipairs(emu:requests()) do
+        if r.path == '/3/device/' .. string.rep('fe', 32) and r.body:find(name, 1, true) then ios = r end
+        if r.status == 200 and r.body:find('"fields-gcm-token"', 1, true) and r.body:find(name, 1, true) then
+          android = json.decode(r.body).message
+        end
+      end
+      return dir, ios, android
+    end
+
+    -- the Lua form: push = { title, body, action, url, image_url, sound }
+    local dir, ios, android = push_campaign('lua-push', [[
+      herald.campaign { name = 'lua-push', segment = herald.segment { name = 'all' }, deliver = 'channels',
+        message = { push = { title = 'T', body = 'B', action = 'URL', url = 'https://example.com/sale',
+                             image_url = 'https://cdn.example.com/sale.png', sound = 'chime.caf' } } }]])
+    local run_id = tostring(query(dir, 'SELECT id FROM campaign_runs')[1].id)
+    local campaign = { campaign_id = 'lua-push', treatment_id = '0', campaign_activity_id = run_id }
+    assert.are.equal('10', ios.headers['apns-priority'])
+    assert.are.same({ aps = { alert = { title = 'T', body = 'B' }, sound = 'chime.caf', ['mutable-content'] = 1 },
+                      data = { ['media-url'] = 'https://cdn.example.com/sale.png',
+                               pinpoint = { deeplink = 'https://example.com/sale', campaign = campaign } } },
+                    json.decode(ios.body))
+    assert.are.same({ title = 'T', body = 'B', image = 'https://cdn.example.com/sale.png' }, android.notification)
+    assert.are.same({ priority = 'high', notification = { sound = 'chime.caf', image = 'https://cdn.example.com/sale.png' } },
+                    android.android)
+    assert.are.equal('https://example.com/sale', android.data['pinpoint.url'])
+    assert.are.equal('https://cdn.example.com/sale.png', android.data['pinpoint.notification.imageUrl'])
+
+    -- Pinpoint's form: APNSMessage and GCMMessage with their own settings
+    dir, ios, android = push_campaign('pp-push', [[
+      herald.campaign.from_pinpoint({ Name = 'pp-push', SegmentId = 'all', Schedule = { StartTime = 'IMMEDIATE' },
+        MessageConfiguration = {
+          APNSMessage = { Title = 'T', Body = 'B', Sound = 'default', Badge = 7, Priority = 'normal',
+                          CollapseId = 'sale', ThreadId = 'offers', Category = 'SALE', TimeToLive = 3600,
+                          MediaUrl = 'https://cdn.example.com/v.mp4', Action = 'DEEP_LINK', Url = 'app://sale' },
+          GCMMessage = { Title = 'T', Body = 'B', Sound = 'default', Priority = 'normal', CollapseKey = 'sale',
+                         RestrictedPackageName = 'com.example.app', IconReference = 'ic_sale', TimeToLive = 0,
+                         ImageIconUrl = 'https://cdn.example.com/i.png', Action = 'OPEN_APP' } },
+        Herald = { Deliver = { type = 'channels' } } }, { segment = herald.segment { name = 'all' } })]])
+    assert.are.equal('5', ios.headers['apns-priority'])
+    assert.are.equal('sale', ios.headers['apns-collapse-id'])
+    -- TimeToLive from when the message was first due
+    local due = query(dir, "SELECT coalesce(first_due_ms, due_ms) AS d FROM outbox WHERE endpoint_id = 'ios'")[1].d
+    assert.are.equal(tostring(due // 1000 + 3600), ios.headers['apns-expiration'])
+    local body = json.decode(ios.body)
+    assert.are.same({ alert = { title = 'T', body = 'B' }, sound = 'default', badge = 7, ['thread-id'] = 'offers',
+                      category = 'SALE', ['mutable-content'] = 1 }, body.aps)
+    assert.are.equal('app://sale', body.data.pinpoint.deeplink)
+    assert.are.equal('https://cdn.example.com/v.mp4', body.data['media-url'])
+    assert.are.same({ priority = 'normal', ttl = '0s', collapse_key = 'sale', restricted_package_name = 'com.example.app',
+                      notification = { sound = 'default', icon = 'ic_sale' } }, android.android)
+    assert.are.equal('true', android.data['pinpoint.openApp'])
+    assert.are.equal('https://cdn.example.com/i.png', android.data['pinpoint.notification.imageIconUrl'])
+    assert.is_nil(android.data['pinpoint.url'])
+  end)
+
   it('sends SMS through the Twilio-style preset; an opted-out number opts the endpoint out', function()
     local dir = h.tmpdir()
     campaign_file(dir, { n = 3, channel = 'SMS', name = 'sms-c',

@@ -1,10 +1,13 @@
 -- PUSH through APNs over HTTP/2: a provider token (ES256 JWT with the team id and key id)
 -- renewed every 40 minutes (APNs refuses tokens older than an hour and renewals more often
 -- than every 20 minutes), one POST per device to /3/device/TOKEN with apns-topic,
--- apns-push-type (background for silent pushes), apns-priority, apns-expiration from
--- TimeToLive and apns-collapse-id. 410 Unregistered and 400 BadDeviceToken make the endpoint
--- INACTIVE, as does an Address that would change the request path (not sent); 403
--- ExpiredProviderToken renews the token and retries. A refusal of the profile's configuration
+-- apns-push-type (APNSPushType, else background for silent pushes), apns-priority (Priority,
+-- 5 for a background push), apns-expiration from TimeToLive and apns-collapse-id
+-- (CollapseId, else the message id). The payload carries Sound, Badge, ThreadId and Category
+-- in aps, MediaUrl as data.media-url with mutable-content, and a URL or DEEP_LINK action's Url
+-- as data.pinpoint.deeplink, as Pinpoint's iOS payloads do. 410 Unregistered and 400
+-- BadDeviceToken make the endpoint INACTIVE, as does an Address that would change the request
+-- path (not sent); 403 ExpiredProviderToken renews the token and retries. A refusal of the profile's configuration
 -- (PROFILE_REFUSED: its topic, certificate or key) is systemic: retried and counted towards
 -- the campaign's pause rather than failing the audience for good.
 local clock = require 'herald.core.clock'
@@ -69,9 +72,27 @@ local function unfit_token(address)
   return 'holds ' .. (c:match('^%p$') and ("'" .. c .. "'") or string.format('byte 0x%02X', c:byte()))
 end
 
+-- Pinpoint's Priority: normal or high, or APNs's own 5 and 10 (FCM's names are taken too).
+local PRIORITY = { normal = '5', ['5'] = '5', high = '10', ['10'] = '10' }
+apns.PRIORITY = PRIORITY
+
+-- The apns-expiration of a message with TimeToLive ttl (seconds) first due at first_ms: 0
+-- for a TimeToLive of 0 (Apple: deliver once, do not store), else the moment the TimeToLive
+-- runs out counted from when the message was first due, so that a retried message does not
+-- outlive it. nil without a TimeToLive.
+function apns.expiration(ttl, first_ms)
+  if ttl == nil then return nil end
+  ttl = math.tointeger(ttl) or math.floor(ttl)
+  if ttl <= 0 then return '0' end
+  return tostring((first_ms or clock.now()) // 1000 + ttl)
+end
+
 function apns:request(m, token)
   local p = self.profile
   local payload, silent
+  -- Pinpoint's keys of an iOS payload, under data.pinpoint (the campaign's attribution, the
+  -- link a tap opens) and data (media-url, which a notification service extension fetches)
+  local pinpoint, extra = {}, {}
   if m.raw then
     -- RawContent is the whole payload (a copy: the decoded table is the configuration's); a
     -- payload that only wakes the app (content-available, nothing to show) is a background push
@@ -85,32 +106,59 @@ function apns:request(m, token)
     if silent then
       aps = { ['content-available'] = 1 }
     else
-      aps = { alert = { title = m.title, body = m.body }, sound = m.sound }
+      aps = { alert = { title = m.title, body = m.body }, sound = m.sound, badge = m.badge,
+              ['thread-id'] = m.thread_id, category = m.category }
+      -- a campaign's image (ImageUrl, the only image its Lua form has) stands for MediaUrl
+      local media = m.media_url or m.image_url
+      if media then
+        aps['mutable-content'] = 1
+        extra['media-url'] = media
+      end
+      -- iOS's SDK opens data.pinpoint.deeplink on a tap, for a web URL as for a deep link;
+      -- OPEN_APP (the default action) opens the app, with no link
+      if (m.action == 'URL' or m.action == 'DEEP_LINK') and m.action_url then pinpoint.deeplink = m.action_url end
     end
     payload = { aps = aps }
     for k, v in pairs(m.data or {}) do if k ~= 'aps' then payload[k] = v end end
   end
   -- iOS's form of the campaign attribution: data.pinpoint.campaign (beside the message's own
   -- data.* keys when it has a `data` object; a `data` of another type is the message's)
-  local a = util.campaign_attribution(m)
-  if a and (payload.data == nil or (type(payload.data) == 'table' and not json.is_array(payload.data))) then
+  pinpoint.campaign = util.campaign_attribution(m)
+  if next(pinpoint) then extra.pinpoint = pinpoint end
+  if next(extra) and (payload.data == nil or (type(payload.data) == 'table' and not json.is_array(payload.data))) then
     -- copies: the message's data table is its treatment's, shared by every message
-    local data, pinpoint = {}, {}
+    local data = {}
     for k, v in pairs(payload.data or {}) do data[k] = v end
-    if type(data.pinpoint) == 'table' then for k, v in pairs(data.pinpoint) do pinpoint[k] = v end end
-    pinpoint.campaign = a
-    data.pinpoint = pinpoint
+    for k, v in pairs(extra) do
+      if k == 'pinpoint' and type(data.pinpoint) == 'table' then
+        local merged = {}
+        for pk, pv in pairs(data.pinpoint) do merged[pk] = pv end
+        for pk, pv in pairs(v) do merged[pk] = pv end
+        v = merged
+      end
+      data[k] = v
+    end
     payload.data = data
   end
+  local voip = m.channel:find('VOIP') ~= nil
+  local push_type = voip and 'voip' or m.push_type or (silent and 'background' or 'alert')
+  -- a background push must go at priority 5; otherwise the message's Priority, high (10) by
+  -- default
+  local priority = (silent or push_type == 'background') and '5'
+    or PRIORITY[m.priority and m.priority:lower() or ''] or '10'
   local headers = {
     authorization = 'bearer ' .. token,
-    ['apns-topic'] = m.channel:find('VOIP') and (p.topic .. '.voip') or p.topic,
-    ['apns-push-type'] = m.channel:find('VOIP') and 'voip' or (silent and 'background' or 'alert'),
-    ['apns-priority'] = silent and '5' or '10',
-    ['apns-collapse-id'] = m.key:sub(1, 64),
+    ['apns-topic'] = voip and (p.topic .. '.voip') or p.topic,
+    ['apns-push-type'] = push_type,
+    ['apns-priority'] = priority,
+    -- the message's CollapseId (as given: one over APNs's 64 bytes is refused as
+    -- BadCollapseId rather than cut to a prefix another id may share); without one, its id:
+    -- a message sent again (a retry after a lost answer) replaces the copy the device may
+    -- already show rather than showing twice
+    ['apns-collapse-id'] = m.collapse_id or m.key:sub(1, 64),
     ['apns-id'] = m.apns_id,
+    ['apns-expiration'] = apns.expiration(m.ttl, m.first_due_ms),
   }
-  if m.ttl then headers['apns-expiration'] = tostring(clock.now() // 1000 + m.ttl) end
   return { key = m.key, body = json.encode(payload), headers = headers, gate = m.gate,
            url = (m.channel:find('SANDBOX') and self.sandbox_url or self.url) .. '/3/device/' .. m.address }
 end

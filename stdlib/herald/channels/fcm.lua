@@ -4,7 +4,11 @@
 -- INVALID_ARGUMENT for a token that is not an FCM registration token, make the endpoint
 -- INACTIVE; a 401 drops the cached token and retries. SENDER_ID_MISMATCH (a 403 about one
 -- token, registered to another Firebase project) fails that message alone; another 403
--- (PERMISSION_DENIED on the project) is the profile's: systemic.
+-- (PERMISSION_DENIED on the project) is the profile's: systemic. A message's ImageUrl goes
+-- in notification.image, its Sound and IconReference in android.notification, Priority,
+-- CollapseKey, RestrictedPackageName and TimeToLive (what is left of it) in android, and what
+-- a tap does (Url, Action) and its images in the data keys Pinpoint's Android SDK reads.
+local clock = require 'herald.core.clock'
 local json = require 'herald.json'
 local util = require 'herald.channels.util'
 
@@ -72,6 +76,36 @@ local function raw_message(r)
   return msg
 end
 
+-- Pinpoint's Priority: normal or high (APNs's 5 and 10 are taken too), in the form of
+-- Firebase's examples of android.priority.
+local PRIORITY = { normal = 'normal', ['5'] = 'normal', high = 'high', ['10'] = 'high' }
+
+-- The keys Pinpoint's Android payloads carry in data for what a tap does and the images the
+-- SDK draws: pinpoint.url (Action URL), pinpoint.deeplink (DEEP_LINK), pinpoint.openApp
+-- (OPEN_APP) and pinpoint.notification.imageUrl, imageIconUrl and imageSmallIconUrl.
+local function add_pinpoint_keys(data, m)
+  local keys = {}
+  if m.action == 'URL' and m.action_url then keys['pinpoint.url'] = m.action_url
+  elseif m.action == 'DEEP_LINK' and m.action_url then keys['pinpoint.deeplink'] = m.action_url
+  elseif m.action == 'OPEN_APP' then keys['pinpoint.openApp'] = 'true' end
+  keys['pinpoint.notification.imageUrl'] = m.image_url
+  keys['pinpoint.notification.imageIconUrl'] = m.image_icon_url
+  keys['pinpoint.notification.imageSmallIconUrl'] = m.small_image_icon_url
+  if next(keys) == nil then return data end
+  data = data or {}
+  for k, v in pairs(keys) do data[k] = v end
+  return data
+end
+
+-- The seconds of TimeToLive ttl left at now_ms for a message first due at first_ms: a retried
+-- message does not outlive its TimeToLive (0 once it has run out: FCM's "now or never").
+local function ttl_left(ttl, first_ms, now_ms)
+  ttl = math.tointeger(ttl) or math.floor(ttl)
+  if first_ms == nil or ttl <= 0 then return math.max(ttl, 0) end
+  return math.max(ttl - math.max(now_ms - first_ms, 0) // 1000, 0)
+end
+fcm.ttl_left = ttl_left
+
 local function message(m)
   if m.raw then
     -- RawContent over every other field; sent to this endpoint only, with the attribution
@@ -80,11 +114,21 @@ local function message(m)
     msg.data = util.add_campaign_keys(util.strings(msg.data), m)
     return json.encode { message = msg }
   end
-  local msg = { token = m.address, data = util.add_campaign_keys(util.strings(m.data), m) }
-  if not m.silent then msg.notification = { title = m.title, body = m.body } end
-  local android = {}
-  if m.ttl then android.ttl = tostring(m.ttl) .. 's' end
-  if m.silent then android.priority = 'normal' else android.priority = 'high' end
+  local data = add_pinpoint_keys(util.strings(m.data), m)
+  local msg = { token = m.address, data = util.add_campaign_keys(data, m) }
+  local android = {
+    ttl = m.ttl and (ttl_left(m.ttl, m.first_due_ms, clock.now()) .. 's') or nil,
+    priority = PRIORITY[m.priority and m.priority:lower() or ''] or (m.silent and 'normal' or 'high'),
+    collapse_key = m.collapse_key,
+    restricted_package_name = m.restricted_package_name,
+  }
+  if not m.silent then
+    msg.notification = { title = m.title, body = m.body, image = m.image_url }
+    -- Android's own: the sound (a raw resource, or "default"), the small icon (a drawable,
+    -- IconReference) and the image again for Android's own notification
+    local an = { sound = m.sound, icon = m.icon_reference, image = m.image_url }
+    if next(an) then android.notification = an end
+  end
   msg.android = android
   return json.encode { message = msg }
 end
