@@ -9,7 +9,8 @@ sender whose local part starts with "blocked" gets 550 at MAIL FROM, so specs ca
 client classifies SMTP refusals. Refusals at RCPT that are not about the recipient's mailbox,
 by the recipient's local part: "relaydenied" gets "550 5.7.1 Relaying denied", "senderpolicy"
 Postfix's "553 5.7.1 ... Sender address rejected" (its sender checks answer at RCPT),
-"sysfull" "550 5.3.4 ..." (the server's own limit), "plainrelay" a 550 without an enhanced
+"sysfull" "550 5.3.4 ..." (the server's own limit), "exonouser" Exchange Online's "550 5.4.1
+Recipient address rejected" for an address it does not know, "plainrelay" a 550 without an enhanced
 code naming relaying, "plainnouser" a 550 without one that quotes the address and names the
 mailbox.
 """
@@ -52,6 +53,8 @@ class Store:
             return "550 5.3.4 Message too big for system"
         if local.startswith("plainrelay"):
             return "550 relaying not permitted"
+        if local.startswith("exonouser"):
+            return "550 5.4.1 Recipient address rejected: Access denied"
         if local.startswith("plainnouser"):
             return "550 <%s>: Recipient address rejected: mailbox unavailable" % address
         envelope.rcpt_tos.append(address)

@@ -263,7 +263,8 @@ describe('herald.http.send_mail', function()
     local smtp = require 'herald.channels.smtp'
     local ch = smtp.new { name = 'store', url = store.url, from = 'a@herald.example' }
     local addrs = { 'reject@example.org', 'plainnouser.relay.sender@example.org', 'relaydenied@example.org',
-                    'senderpolicy@example.org', 'sysfull@example.org', 'plainrelay@example.org' }
+                    'senderpolicy@example.org', 'sysfull@example.org', 'plainrelay@example.org',
+                    'exonouser@example.org' }
     local msgs = {}
     for i, a in ipairs(addrs) do msgs[i] = { address = a, body = 'x', title = 's', key = 'policy-' .. i } end
     local out = ch:send(msgs)
@@ -281,6 +282,9 @@ describe('herald.http.send_mail', function()
       { 'permanent', 'none', 'systemic', '553 5.7.1' },
       { 'permanent', 'none', 'systemic', '550 5.3.4' },
       { 'permanent', 'none', 'systemic', '550 relaying' },
+      -- Exchange Online's answer for an address it does not know (5.4.x: routing to the
+      -- recipient) is the recipient's
+      { 'permanent', 'HARD_BOUNCE', 'own', '550 5.4.1' },
     }, got)
   end)
 

@@ -48,7 +48,9 @@ local POLICY_WORDS = { 'relay', 'polic', 'sender', 'spam', 'block', 'blacklist',
 -- same for every recipient) or 'message' (neither: this message fails alone). By the RFC 3463
 -- enhanced code, at the reply's start (RFC 2034) or, as qmail writes it, "(#5.7.1)" at the
 -- end: X.1.x addresses the recipient but X.1.7/X.1.8 the sender (Postfix reports its sender
--- checks at RCPT), X.2.x is the mailbox; X.3.x (the mail system), X.4.x (network and routing),
+-- checks at RCPT), X.2.x is the mailbox, and so is X.4.x (routing) at RCPT: the recipient's
+-- domain cannot be reached ("5.4.4 Unable to route"), or, as Exchange Online answers for an
+-- address it does not know, "550 5.4.1 Recipient address rejected"; X.3.x (the mail system),
 -- X.5.x (protocol) and X.7.x (security and policy: "550 5.7.1 Relaying denied") are not the
 -- recipient's doing, and every message meets them alike. A reply without one is the
 -- mailbox's unless its words say policy; addresses it quotes are left out of that reading.
@@ -58,8 +60,8 @@ local function rcpt_refusal(err)
   if not subject then subject, detail = text:match('#[245]%.(%d%d?%d?)%.(%d%d?%d?)') end
   subject, detail = tonumber(subject), tonumber(detail)
   if subject == 1 then return (detail == 7 or detail == 8) and 'systemic' or 'recipient' end
-  if subject == 2 then return 'recipient' end
-  if subject == 3 or subject == 4 or subject == 5 or subject == 7 then return 'systemic' end
+  if subject == 2 or subject == 4 then return 'recipient' end
+  if subject == 3 or subject == 5 or subject == 7 then return 'systemic' end
   if subject then return 'message' end
   local words = text:gsub('<[^>]*>', ''):lower()
   for _, w in ipairs(POLICY_WORDS) do
