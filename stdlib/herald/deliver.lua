@@ -218,12 +218,11 @@ end
 -- Books the next of the slots deferrals under key take, `limit` every `period_ms` (a
 -- campaign's MessagesPerSecond: one every 1000/MPS ms, fractional; a profile's shortest
 -- window: its limit each period), no earlier than slot. Returns the whole ms the row is due.
--- Keys are per campaign (and profile), not per run: an event-triggered campaign makes a run
--- per event, and cursors of their own put every run's held rows on the same next slot, where
--- all but a few were claimed only to be deferred again (a backlog of 60 triggered messages at
--- 2 a second took 119 claims). Slots booked for rows that never come back (expired, skipped)
--- delay only their own campaign's later rows, and a cursor behind the limit's next slot
--- starts again there.
+-- Keys are per run (pace_key), so slots booked for rows that never come back (a run expired
+-- with its backlog) hold up no later run; but an event-triggered campaign's runs, one per
+-- event, go on at once, and cursors of their own put every run's held rows on the same next
+-- slot, where all but a few were claimed only to be deferred again (a backlog of 40 triggered
+-- messages at 5 a second took 167 claims): its key is the campaign.
 local function pace(key, slot, limit, period_ms)
   local c = state.paced[key]
   if c == nil then
@@ -244,6 +243,13 @@ local function pace(key, slot, limit, period_ms)
   if c.n >= limit then c.at, c.n = c.at + period_ms, 0 end
   c.n = c.n + 1
   return math.ceil(c.at)
+end
+
+-- The key a row's held-back messages are paced under (pace), with suffix for a profile's.
+local function pace_key(def, row, suffix)
+  local key = def.Schedule and def.Schedule.Frequency == 'EVENT' and ('campaign ' .. row.campaign_id)
+    or ('run ' .. row.run_id)
+  return suffix and (key .. '\0' .. suffix) or key
 end
 
 -- t[k], made an empty table on first use.
@@ -917,9 +923,9 @@ local function prepare_rows(rows, now_ms)
         slot = slot or (now_ms + 1000)
         local due = slot
         if by_campaign then
-          due = pace(row.campaign_id, slot, 1, cstep)
+          due = pace(pace_key(def, row), slot, 1, cstep)
         elseif pstep then
-          due = pace(row.campaign_id .. '\0' .. profile.name, slot, pstep.limit, pstep.period_ms)
+          due = pace(pace_key(def, row, profile.name), slot, pstep.limit, pstep.period_ms)
         end
         defers[#defers + 1] = { id = row.id, due_ms = due }
       end

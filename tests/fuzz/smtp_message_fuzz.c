@@ -173,6 +173,17 @@ static void check_part(const char *p, const char *msg_end, const char *boundary,
   free(norm);
 }
 
+/* Whether a List-Unsubscribe value names an https: URI among its "<uri>, <uri>": only then does
+ * a one-click message carry List-Unsubscribe-Post (RFC 8058 §3.1). */
+static int names_https(const char *v) {
+  for (const char *p = v; p != NULL; p = strchr(p, ',')) {
+    if (*p == ',') p++;
+    while (*p == ' ' || *p == '\t' || *p == '<') p++;
+    if (strncasecmp(p, "https:", 6) == 0) return 1;
+  }
+  return 0;
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   if (size < 1) return 0;
   int flags = data[0];
@@ -225,7 +236,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   expect[ne++] = "X-Herald-Message-Id";
   if (m.list_unsubscribe) {
     expect[ne++] = "List-Unsubscribe";
-    if (m.one_click) expect[ne++] = "List-Unsubscribe-Post";
+    if (m.one_click && names_https(m.list_unsubscribe)) expect[ne++] = "List-Unsubscribe-Post";
   }
   if (m.nheaders) expect[ne++] = extra.name;
   expect[ne++] = "MIME-Version";

@@ -66,9 +66,10 @@ describe('ADM and Baidu push', function()
     assert.matches('InvalidRegistrationId', r['ep-3'].reason)
     assert.are.equal('FAILED', r['ep-4'].state)
     assert.matches('Unregistered', r['ep-4'].reason)
-    -- 429 MaxRateExceeded is transient: the second attempt went out after Retry-After
+    -- 429 MaxRateExceeded is ADM's throttle: the second request went out after Retry-After,
+    -- and the refused one spent no attempt
     assert.are.equal('SENT', r['ep-5'].state)
-    assert.are.equal(2, r['ep-5'].attempts)
+    assert.are.equal(1, r['ep-5'].attempts)
     local st = {}
     for _, e in ipairs(query(dir, 'SELECT id, endpoint_status AS s FROM endpoints')) do st[e.id] = e.s end
     assert.are.same({ ['ep-1'] = 'ACTIVE', ['ep-2'] = 'ACTIVE', ['ep-3'] = 'INACTIVE', ['ep-4'] = 'INACTIVE',
@@ -96,15 +97,20 @@ describe('ADM and Baidu push', function()
     assert.are.equal('com.amazon.device.messaging.ADMMessage@1.0', one.headers['x-amzn-type-version'])
   end)
 
-  it('retries ADM messages while the token is refused, then dead-letters them with the reason', function()
+  -- The campaign's one message had its three attempts refused for the profile's fault: it
+  -- waits for the fix, and the campaign pauses with the reason, rather than it failing for good.
+  it('retries ADM messages while the token is refused, then pauses the campaign with the reason', function()
     local dir = campaign_dir('ADM', { 'amzn1.adm-registration.v3.x' }, [[{ ADMMessage = { Title = 't', Body = 'b' } }]])
     adm_providers(dir, 'TEST_WRONG_SECRET')
     local _, code, err = h.herald('--db d.db run --until-idle c.lua', { cwd = dir, env = ADM_ENV })
     assert.are.equal(0, code, err)
     local r = rows(dir)['ep-1']
-    assert.are.equal('FAILED', r.state)
-    assert.matches('DEAD_LETTER: 3 attempts', r.reason, 1, true)
+    assert.are.equal('PENDING', r.state)
     assert.matches('ADM token: HTTP 401: invalid_client', r.reason, 1, true)
+    local c = query(dir, "SELECT state, pause_reason FROM campaigns WHERE id = 'push'")[1]
+    assert.are.equal('PAUSED', c.state)
+    assert.matches('a message failed all its 3 attempts for a reason not its own, the last: ADM token: HTTP 401: invalid_client',
+      c.pause_reason, 1, true)
   end)
 
   local function baidu_providers(dir, secret)
@@ -216,10 +222,12 @@ describe('ADM and Baidu push', function()
     local _, code, err = h.herald('--db d.db run --until-idle c.lua', { cwd = dir, env = env })
     assert.are.equal(0, code, err)
     local r = rows(dir)['ep-1']
-    -- retried up to the bound (the campaign would pause first with more messages in flight)
-    assert.are.equal('FAILED', r.state)
-    assert.are.equal(2, r.attempts)
-    assert.matches('DEAD_LETTER: 2 attempts, last: 30603 Authentication Failed, sign not valid', r.reason, 1, true)
+    -- retried up to the bound, then the campaign pauses: the message waits for the fix
+    assert.are.equal('PENDING', r.state)
+    local c = query(dir, "SELECT state, pause_reason FROM campaigns WHERE id = 'push'")[1]
+    assert.are.equal('PAUSED', c.state)
+    assert.matches('a message failed all its 2 attempts for a reason not its own, the last: 30603 Authentication Failed, sign not valid',
+      c.pause_reason, 1, true)
   end)
 
   it('sends ADM and Baidu direct messages through herald.send with per-address results', function()
