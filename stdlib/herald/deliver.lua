@@ -936,10 +936,16 @@ local function prepare_rows(rows, now_ms)
 end
 
 -- Claims and prepares in one transaction: if preparing fails, the rows are not left claimed.
+-- Rows held back by a limit go back to PENDING at their slots in the same transaction: left
+-- CLAIMED until the claim's sends finished (seconds, with a slow provider), they counted as
+-- messages in flight towards their endpoints' Daily and Total caps meanwhile, and another
+-- campaign's message to the endpoint claimed then was skipped for a cap it had not reached.
 local function claim_and_prepare(now_ms, max, ids_json)
   local rows = outbox.claim(now_ms, max, ids_json)
   attach_overrides(rows)
-  return rows, prepare_rows(rows, now_ms)
+  local reports, defers, items = prepare_rows(rows, now_ms)
+  if #defers > 0 then core.defer_batch(defers) end
+  return rows, reports, defers, items
 end
 
 -- A store write that fails (the store busy past its timeout while another process writes a
@@ -984,14 +990,13 @@ deliver.store_patience_ms = 60000
 local unwritten = {}
 
 -- Writes what must be written, fn(...), once the messages it is about are out: the outcomes of
--- sent messages (else their rows stay CLAIMED and the next start sends them again: duplicates)
--- and rows put back for their rate-limit slot (else they stay CLAIMED by this live process,
--- which no recovery gives back while it runs). A busy or failing store is waited for in place,
+-- sent messages (else their rows stay CLAIMED and the next start sends them again:
+-- duplicates). A busy or failing store is waited for in place,
 -- a second between tries, saying so now and then, until it takes them, the patience runs out
 -- (real time: a manual clock stands still meanwhile) or the process is asked to stop;
 -- meanwhile this lane claims nothing more. Given up on, the write is kept for later
 -- (unwritten) and the store's error raised. outcomes: how many sent messages' outcomes it
--- holds (0 for rows deferred unsent, which a restart gives back unsent).
+-- holds.
 local function until_written(what, outcomes, fn, ...)
   local since, refused, args = task.now(), 0, table.pack(...)
   retry_store(what, ' (the messages are out, their outcomes wait here)', function(err, attempt)
@@ -1268,10 +1273,8 @@ function deliver.pump(now_ms, max, ids_json)
   end
   -- the outcomes first: messages already delivered must be recorded whatever happens next
   report_all(reports)
-  if #defers > 0 then
-    state.stats.deferred = state.stats.deferred + #defers
-    until_written('deferring ' .. #defers .. ' messages to their rate-limit slots', 0, core.defer_batch, defers)
-  end
+  -- (the rows held back by a limit were given back with the claim)
+  state.stats.deferred = state.stats.deferred + #defers
   for _, f in ipairs(fb) do deliver.feedback(f[1], f[2]) end
   -- A full claim means more is due at once: runs are closed when the claims run short.
   if #rows < max then with_retries('closing runs', outbox.complete_runs) end

@@ -1456,6 +1456,30 @@ print('defects=%d' % (len(msg.defects) + len(msg['Reply-To'].defects)))
 
   -- An event-triggered campaign makes a run per event: rows held back by MessagesPerSecond
   -- were paced per run, every run's on the same next slot, and claimed again at each slot.
+  -- Rows held back by a limit once stayed CLAIMED until the claim's sends were answered, and
+  -- counted meanwhile as messages in flight towards their endpoints' Daily and Total caps.
+  it('gives rows held back by a limit back at once, not when the messages sent with them are answered', function()
+    local dir = h.tmpdir()
+    campaign_file(dir, { n = 10, channel = 'CUSTOM', name = 'slowpaced', addr = "function(i) return 'x' .. i end",
+                         limits = '{ messages_per_second = 2 }' })
+    h.write(dir .. '/providers.lua', string.format([[
+      return { profiles = { hooks = { type = 'webhook', url = %q } }, channels = { CUSTOM = 'hooks' } }
+    ]], ng.url .. '/hook-8s'))
+    local pid = run_in_background(dir)
+    local ok, e = pcall(function()
+      -- the first two are on the wire for 8 s; the other eight wait for their slots, PENDING
+      local states = h.wait_for(function()
+        local st = outbox_states(dir)
+        return (st.CLAIMED or 0) > 0 and st
+      end, 20000, 'the claim', 50)
+      herald.sleep(500)
+      states = outbox_states(dir)
+      assert.are.same({ CLAIMED = 2, PENDING = 8 }, states)
+    end)
+    stop_run(pid)
+    assert(ok, e)
+  end)
+
   it('claims a triggered message held back by MessagesPerSecond about once, however many runs wait', function()
     local dir = h.tmpdir()
     h.write(dir .. '/c.lua', [[
