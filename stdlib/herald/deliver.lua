@@ -1196,12 +1196,15 @@ function deliver.pump(now_ms, max, ids_json)
         local pausing = false
         if o.systemic then
           state.systemic[cid] = (state.systemic[cid] or 0) + 1
-          -- A systemic failure is never the message's: one that has had all its attempts
-          -- pauses the campaign, as pause_after of them in a row do, rather than failing for
-          -- good (a campaign of a few messages to a profile with a bad token would otherwise
-          -- lose them all before the rule's count was reached).
+          -- A refusal of the profile (a bad token, a refused sender) is never the message's:
+          -- one refused on all its attempts pauses the campaign, as pause_after systemic
+          -- failures in a row do, rather than failing for good (a campaign of a few messages
+          -- to a profile with a bad token would otherwise lose them all before the rule's
+          -- count was reached). A provider unavailable (5xx, timeouts, broken connections)
+          -- on all of them dead-letters the message.
           pausing = state.systemic[cid] >= cfg.pause_after
-          if not pausing and verdict == 'transient' and row.attempts >= cfg.retry.max_attempts then
+          if not pausing and verdict == 'transient' and not o.unavailable
+              and row.attempts >= cfg.retry.max_attempts then
             pausing = string.format('a message failed all its %d attempts for a reason not its own, the last: %s',
               row.attempts, tostring(o.reason))
           end

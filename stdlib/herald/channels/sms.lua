@@ -163,6 +163,7 @@ function sms:verdicts(res, msgs)
       elseif refused and (code == 21610 or self:says_opted_out(o.detail, err, msgs)) then
         r.verdict, r.feedback, r.reason = 'permanent', 'OPT_OUT', 'OPT_OUT: ' .. r.reason
       end
+      r.unavailable = not r.systemic and util.unavailable(o) or nil
       r.systemic = r.systemic or o.class ~= 'ok' or o.status >= 500 or o.status == 401 or o.status == 403
     end
     out[i] = r

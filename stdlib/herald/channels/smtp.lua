@@ -89,7 +89,8 @@ function smtp:send_one(m)
   if class == 'recalled' then return util.recalled { class = class, detail = err } end
   local verdict = http.verdict(class, code or 0, true)
   local r = { verdict = verdict, reason = 'SMTP ' .. tostring(code or class) .. ': ' .. tostring(err),
-              systemic = class ~= 'status' and not (class == 'invalid' and message_fault(err, m)) }
+              systemic = class ~= 'status' and not (class == 'invalid' and message_fault(err, m)),
+              unavailable = util.unavailable { class = class } or nil }
   -- Only a refusal of the recipient (at RCPT) is a hard bounce. The same codes at MAIL FROM or
   -- after DATA refuse the sender or the content (a DMARC or policy rejection): every message
   -- would fail alike, so they count towards the pause and leave the endpoint as it is. So do

@@ -161,12 +161,14 @@ function util.verdicts(res, judge, opts)
       if meaning == 'inactive' then
         r.verdict, r.feedback = 'permanent', 'INACTIVE'
       elseif meaning == 'token' or meaning == 'retry' or meaning == 'profile' then
-        r.verdict, r.systemic = 'transient', true
+        -- 'retry': the provider's passing state (APNs's IdleTimeout), no refusal
+        r.verdict, r.systemic, r.unavailable = 'transient', true, meaning == 'retry' or nil
       elseif meaning == 'refused' then
         r.verdict, r.systemic = 'permanent', true
       else
         if r.verdict == 'delivered' then r.verdict = 'permanent' end
         r.systemic = meaning == 'systemic' or o.class ~= 'ok' or o.status >= 500
+        r.unavailable = meaning ~= 'systemic' and util.unavailable(o) or nil
       end
     end
     out[i] = r
@@ -189,6 +191,16 @@ end
 -- message back without spending an attempt.
 function util.recalled(o)
   return { verdict = 'transient', recalled = true, reason = util.reason(o) }
+end
+
+-- Whether a failed outcome is the provider unavailable (down, unreachable, a connection
+-- broken, a 5xx) rather than refusing the profile (a refused token, sender or topic): both are
+-- systemic, but a message that meets unavailability on all its attempts is dead-lettered,
+-- while one refused on all of them pauses its campaign (deliver.lua), as the same refusal
+-- awaits every message.
+local UNAVAILABLE = { timeout = true, connect = true, reset = true, protocol = true }
+function util.unavailable(o)
+  return UNAVAILABLE[o.class] == true or (o.class == 'ok' and (o.status or 0) >= 500)
 end
 
 -- The verdict of a request the provider refused with its throttle: a 429, or a 503 with

@@ -60,7 +60,8 @@ local function verdict(o)
   if unsent then return unsent end
   return { verdict = o.verdict, retry_after_ms = o.retry_after_ms,
            reason = o.verdict ~= 'delivered' and util.reason(o) or nil,
-           systemic = o.class ~= 'ok' or o.status >= 500 or o.status == 401 or o.status == 403 }
+           systemic = o.class ~= 'ok' or o.status >= 500 or o.status == 401 or o.status == 403,
+           unavailable = util.unavailable(o) or nil }
 end
 
 -- Outcomes are read-only to the caller: every plain delivery shares one.
