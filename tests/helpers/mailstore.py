@@ -26,6 +26,20 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
 
+# Replies to RCPT by the recipient's local part (see the top of this file); the first prefix
+# that matches answers.
+RCPT_REFUSALS = [
+    ("tempfail", "451 4.3.0 try again later"),
+    ("reject", "550 5.1.1 no such user"),
+    ("relaydenied", "550 5.7.1 Relaying denied"),
+    ("senderpolicy", "553 5.7.1 <{sender}>: Sender address rejected: not owned by user {sender}"),
+    ("sysfull", "550 5.3.4 Message too big for system"),
+    ("plainrelay", "550 relaying not permitted"),
+    ("exonouser", "550 5.4.1 Recipient address rejected: Access denied"),
+    ("plainnouser", "550 <{address}>: Recipient address rejected: mailbox unavailable"),
+]
+
+
 class Store:
     def __init__(self, directory):
         self.directory = directory
@@ -40,23 +54,9 @@ class Store:
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
         local = address.split("@", 1)[0]
-        if local.startswith("tempfail"):
-            return "451 4.3.0 try again later"
-        if local.startswith("reject"):
-            return "550 5.1.1 no such user"
-        if local.startswith("relaydenied"):
-            return "550 5.7.1 Relaying denied"
-        if local.startswith("senderpolicy"):
-            return ("553 5.7.1 <%s>: Sender address rejected: not owned by user %s"
-                    % (envelope.mail_from, envelope.mail_from))
-        if local.startswith("sysfull"):
-            return "550 5.3.4 Message too big for system"
-        if local.startswith("plainrelay"):
-            return "550 relaying not permitted"
-        if local.startswith("exonouser"):
-            return "550 5.4.1 Recipient address rejected: Access denied"
-        if local.startswith("plainnouser"):
-            return "550 <%s>: Recipient address rejected: mailbox unavailable" % address
+        for prefix, reply in RCPT_REFUSALS:
+            if local.startswith(prefix):
+                return reply.format(address=address, sender=envelope.mail_from)
         envelope.rcpt_tos.append(address)
         return "250 OK"
 
