@@ -242,7 +242,7 @@ end
 -- What requests cost nginx between two nginx_worker readings: "N us, asleep after 1 in M".
 local function server_cost(before, after, requests)
   local cpu, sleeps = after[1] - before[1], after[2] - before[2]
-  return string.format('%.1f us a request, asleep after 1 in %.0f', cpu * 1e6 / requests,
+  return string.format('%.1f us a request, asleep after 1 in %.1f', cpu * 1e6 / requests,
     requests / math.max(sleeps, 1))
 end
 
