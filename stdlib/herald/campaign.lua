@@ -445,8 +445,15 @@ local MESSAGE_STRINGS = { 'FromAddress', 'OriginationNumber', 'SenderId', 'Keywo
   'Url', 'ImageUrl', 'ImageIconUrl', 'ImageSmallIconUrl', 'SmallImageIconUrl', 'MediaUrl', 'Sound',
   'CollapseId', 'CollapseKey', 'ThreadId', 'Category', 'APNSPushType', 'RestrictedPackageName', 'IconReference' }
 local PUSH_ACTIONS = set('OPEN_APP', 'DEEP_LINK', 'URL')
--- Priority: Pinpoint's normal and high, or APNs's 5 and 10 it converts
-local PUSH_PRIORITIES = set('normal', 'high', '5', '10')
+
+-- A push message's Priority as delivery reads it, 'normal' or 'high': Pinpoint's names (any
+-- case) or APNs's 5 and 10, which Pinpoint converts; nil for anything else.
+local PUSH_PRIORITIES = { normal = 'normal', high = 'high', ['5'] = 'normal', ['10'] = 'high' }
+function campaign.push_priority(v)
+  if type(v) == 'string' then return PUSH_PRIORITIES[v:lower()] end
+  if math.tointeger(v) then return PUSH_PRIORITIES[tostring(math.tointeger(v))] end
+  return nil
+end
 
 local function check_config(path, config)
   if config == nil then return end
@@ -464,8 +471,7 @@ local function check_config(path, config)
     if action ~= nil and action ~= json.null and not PUSH_ACTIONS[action] then
       fail(mp .. '.Action', "'OPEN_APP', 'DEEP_LINK' or 'URL', not " .. tostring(action))
     end
-    if prio ~= nil and prio ~= json.null
-        and not PUSH_PRIORITIES[type(prio) == 'string' and prio:lower() or tostring(math.tointeger(prio))] then
+    if prio ~= nil and prio ~= json.null and campaign.push_priority(prio) == nil then
       fail(mp .. '.Priority', "'normal' or 'high' (or APNs's '5' or '10'), not " .. tostring(prio))
     end
     if badge ~= nil and badge ~= json.null and (type(badge) ~= 'number' or math.tointeger(badge) == nil) then

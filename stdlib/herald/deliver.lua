@@ -460,8 +460,8 @@ local STATIC = setmetatable({}, { __mode = 'k' })
 -- A push message's own settings (Pinpoint's Message, APNSMessage, GCMMessage and
 -- DefaultPushNotificationMessage) under the names the push channels read: what a tap does
 -- (action, and the action_url it opens for URL and DEEP_LINK; not `url`, which a webhook
--- takes for its destination), images and media, sound, badge, priority (normal/high or
--- APNs's 5/10), collapse ids, thread and category. Fields of another type than Pinpoint's
+-- takes for its destination), images and media, sound, badge, priority ('normal' or 'high':
+-- campaign.push_priority), collapse ids, thread and category. Fields of another type than Pinpoint's
 -- are left out. Campaign messages call ImageSmallIconUrl what GCMMessage calls
 -- SmallImageIconUrl.
 local function push_fields(m, into)
@@ -475,7 +475,7 @@ local function push_fields(m, into)
   into.media_url = str('MediaUrl')
   into.sound = str('Sound')
   into.badge = math.tointeger(tonumber(m.Badge))
-  into.priority = str('Priority') or (math.type(m.Priority) == 'integer' and tostring(m.Priority) or nil)
+  into.priority = campaign.push_priority(m.Priority)
   into.collapse_id = str('CollapseId')
   into.collapse_key = str('CollapseKey')
   into.thread_id = str('ThreadId')

@@ -52,6 +52,7 @@ local endpoints = require 'herald.endpoints'
 local json = require 'herald.json'
 local store = require 'herald.core.store'
 local clock = require 'herald.core.clock'
+local campaign = require 'herald.campaign'
 
 local send = {}
 
@@ -192,9 +193,8 @@ local function check_message(path, m)
   if m.Action ~= nil and m.Action ~= 'OPEN_APP' and m.Action ~= 'DEEP_LINK' and m.Action ~= 'URL' then
     refuse(path .. ".Action: 'OPEN_APP', 'DEEP_LINK' or 'URL', not " .. m.Action)
   end
-  local prio = m.Priority and m.Priority:lower()
-  if prio ~= nil and prio ~= 'normal' and prio ~= 'high' and prio ~= '5' and prio ~= '10' then
-    refuse(path .. ".Priority: 'normal' or 'high' (or APNs's '5' or '10'), not " .. m.Priority)
+  if m.Priority ~= nil and campaign.push_priority(m.Priority) == nil then
+    refuse(path .. ".Priority: 'normal' or 'high' (or APNs's '5' or '10'), not " .. tostring(m.Priority))
   end
   for _, f in ipairs({ 'TimeToLive', 'Badge' }) do
     if m[f] ~= nil and math.type(m[f]) ~= 'integer' then refuse(path .. '.' .. f .. ': expected a whole number') end

@@ -72,15 +72,11 @@ local function unfit_token(address)
   return 'holds ' .. (c:match('^%p$') and ("'" .. c .. "'") or string.format('byte 0x%02X', c:byte()))
 end
 
--- Pinpoint's Priority: normal or high, or APNs's own 5 and 10 (FCM's names are taken too).
-local PRIORITY = { normal = '5', ['5'] = '5', high = '10', ['10'] = '10' }
-apns.PRIORITY = PRIORITY
-
 -- The apns-expiration of a message with TimeToLive ttl (seconds) first due at first_ms: 0
 -- for a TimeToLive of 0 (Apple: deliver once, do not store), else the moment the TimeToLive
 -- runs out counted from when the message was first due, so that a retried message does not
 -- outlive it. nil without a TimeToLive.
-function apns.expiration(ttl, first_ms)
+local function expiration(ttl, first_ms)
   if ttl == nil then return nil end
   ttl = math.tointeger(ttl) or math.floor(ttl)
   if ttl <= 0 then return '0' end
@@ -142,10 +138,9 @@ function apns:request(m, token)
   end
   local voip = m.channel:find('VOIP') ~= nil
   local push_type = voip and 'voip' or m.push_type or (silent and 'background' or 'alert')
-  -- a background push must go at priority 5; otherwise the message's Priority, high (10) by
-  -- default
-  local priority = (silent or push_type == 'background') and '5'
-    or PRIORITY[m.priority and m.priority:lower() or ''] or '10'
+  -- a background push must go at priority 5; otherwise the message's Priority (normal: 5),
+  -- high (10) by default
+  local priority = (silent or push_type == 'background' or m.priority == 'normal') and '5' or '10'
   local headers = {
     authorization = 'bearer ' .. token,
     ['apns-topic'] = voip and (p.topic .. '.voip') or p.topic,
@@ -157,7 +152,7 @@ function apns:request(m, token)
     -- already show rather than showing twice
     ['apns-collapse-id'] = m.collapse_id or m.key:sub(1, 64),
     ['apns-id'] = m.apns_id,
-    ['apns-expiration'] = apns.expiration(m.ttl, m.first_due_ms),
+    ['apns-expiration'] = expiration(m.ttl, m.first_due_ms),
   }
   return { key = m.key, body = json.encode(payload), headers = headers, gate = m.gate,
            url = (m.channel:find('SANDBOX') and self.sandbox_url or self.url) .. '/3/device/' .. m.address }

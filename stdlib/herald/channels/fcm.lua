@@ -76,10 +76,6 @@ local function raw_message(r)
   return msg
 end
 
--- Pinpoint's Priority: normal or high (APNs's 5 and 10 are taken too), in the form of
--- Firebase's examples of android.priority.
-local PRIORITY = { normal = 'normal', ['5'] = 'normal', high = 'high', ['10'] = 'high' }
-
 -- The keys Pinpoint's Android payloads carry in data for what a tap does and the images the
 -- SDK draws: pinpoint.url (Action URL), pinpoint.deeplink (DEEP_LINK), pinpoint.openApp
 -- (OPEN_APP) and pinpoint.notification.imageUrl, imageIconUrl and imageSmallIconUrl.
@@ -104,7 +100,6 @@ local function ttl_left(ttl, first_ms, now_ms)
   if first_ms == nil or ttl <= 0 then return math.max(ttl, 0) end
   return math.max(ttl - math.max(now_ms - first_ms, 0) // 1000, 0)
 end
-fcm.ttl_left = ttl_left
 
 local function message(m)
   if m.raw then
@@ -118,7 +113,8 @@ local function message(m)
   local msg = { token = m.address, data = util.add_campaign_keys(data, m) }
   local android = {
     ttl = m.ttl and (ttl_left(m.ttl, m.first_due_ms, clock.now()) .. 's') or nil,
-    priority = PRIORITY[m.priority and m.priority:lower() or ''] or (m.silent and 'normal' or 'high'),
+    -- the message's Priority ('normal' or 'high', as Firebase's examples of android.priority)
+    priority = m.priority or (m.silent and 'normal' or 'high'),
     collapse_key = m.collapse_key,
     restricted_package_name = m.restricted_package_name,
   }
