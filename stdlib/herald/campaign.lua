@@ -735,8 +735,10 @@ local function build(p, lua)
     if type(l) ~= 'table' then fail('Limits', 'expected an object') end
     local lp = lua and 'limits.' or 'Limits.'
     only(lua and 'limits' or 'Limits', l, set('Daily', 'Total', 'MessagesPerSecond', 'MaximumDuration', 'Session'))
-    int_field(lp .. (lua and 'daily' or 'Daily'), l.Daily, 0)
-    int_field(lp .. (lua and 'total' or 'Total'), l.Total, 0)
+    -- Pinpoint refuses caps above 100 messages to one endpoint (a day, or over the campaign's
+    -- life): a definition carried over from it never has one, and a larger cap is a typo
+    int_field(lp .. (lua and 'daily' or 'Daily'), l.Daily, 0, 100)
+    int_field(lp .. (lua and 'total' or 'Total'), l.Total, 0, 100)
     int_field(lp .. (lua and 'messages_per_second' or 'MessagesPerSecond'), l.MessagesPerSecond, 1, 20000)
     int_field(lp .. (lua and 'maximum_duration' or 'MaximumDuration'), l.MaximumDuration, 60)
     int_field(lp .. (lua and 'session' or 'Session'), l.Session, 0)
