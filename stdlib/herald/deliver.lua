@@ -416,6 +416,16 @@ deliver.header_map = header_map
 -- names none for the channel, or nil, reason [, true when the template or the version it pins
 -- does not exist: no message of the campaign can be rendered, which is the campaign's fault,
 -- not the recipient's].
+-- The fields of a push template's part (Pinpoint's PushNotificationTemplate: Default, APNS,
+-- GCM, ADM, Baidu) a message takes: its content, what a tap does, its images, sound and
+-- RawContent, the payload that overrides all the rest.
+local TEMPLATE_PUSH_FIELDS = { 'Title', 'Body', 'Action', 'Url', 'ImageUrl', 'ImageIconUrl',
+                               'SmallImageIconUrl', 'MediaUrl', 'Sound', 'RawContent' }
+-- ... and the message's names for its settings (push_fields)
+local TEMPLATE_PUSH_SETTINGS = { Action = 'action', Url = 'action_url', ImageUrl = 'image_url',
+                                 ImageIconUrl = 'image_icon_url', SmallImageIconUrl = 'small_image_icon_url',
+                                 MediaUrl = 'media_url', Sound = 'sound' }
+
 local function template_message(tconfig, channel, ep, subs)
   if not present(tconfig) or type(tconfig) ~= 'table' then return nil end
   local kind = TEMPLATE_KIND[channel] or (PUSH[channel] and { 'PushTemplate', 'PUSH' })
@@ -445,10 +455,24 @@ local function template_message(tconfig, channel, ep, subs)
   -- service's part, where it gives a field, wins over Default, as in Pinpoint.
   local d = present(parts.Default) and parts.Default or {}
   local own = parts[PUSH_PART[channel] or ''] or {}
-  local function field(k) if present(own[k]) then return own[k] end return d[k] end
-  return { Title = field('Title'), Body = field('Body') }
+  local out = {}
+  for _, k in ipairs(TEMPLATE_PUSH_FIELDS) do
+    if present(own[k]) then out[k] = own[k] else out[k] = d[k] end
+  end
+  return out
 end
 deliver.template_message = template_message
+
+-- A push template's settings (template_message's Action, Url, images, Sound), rendered for the
+-- endpoint, into msg under the message's own: a field msg already has (its own, or through its
+-- metatable the campaign message's) is kept, as an email template's headers are under the
+-- message's.
+function deliver.template_push_settings(rendered, msg)
+  for field, key in pairs(TEMPLATE_PUSH_SETTINGS) do
+    local v = rendered[field]
+    if type(v) == 'string' and v ~= '' and msg[key] == nil then msg[key] = v end
+  end
+end
 
 -- A message's fields that come from its message configuration alone (the sender, TTL,
 -- headers, ...) are worked out once per configuration and reached through the message's
@@ -578,10 +602,12 @@ local function prepare(row, def, ep, profile)
   end
   local m = rendered or (own and has_content(own) and own) or default or own
   if m == nil then return nil, 'NO_MESSAGE_FOR_CHANNEL' end
-  -- Pinpoint: a push message's RawContent is its whole payload, over every other field
+  -- Pinpoint: a push message's RawContent is its whole payload, over every other field; so is
+  -- a push template's
   local raw, rerr
-  if PUSH[channel] and not rendered and present(m.RawContent) then
-    raw, rerr = raw_content(m, m == own and deliver.message_key(channel) or 'DefaultMessage')
+  if PUSH[channel] and present(m.RawContent) then
+    raw, rerr = raw_content(m, (rendered and 'TemplateConfiguration.PushTemplate')
+      or (m == own and deliver.message_key(channel)) or 'DefaultMessage')
     if rerr then return nil, 'INVALID_MESSAGE: ' .. rerr end
   end
   local settings = own or default
@@ -623,6 +649,7 @@ local function prepare(row, def, ep, profile)
     first_due_ms = row.first_due_ms or row.due_ms,
     title = title, body = body, html = html, custom_data = custom_data, raw = raw,
   }, static)
+  if rendered and PUSH[channel] then deliver.template_push_settings(rendered, msg) end
   if rendered and rendered.Headers then
     -- the template's headers, under the message's own
     local h = {}

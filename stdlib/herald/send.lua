@@ -416,6 +416,10 @@ function send.send(req, opts)
           title, body, html = from_template.Title, from_template.Body, from_template.HtmlBody
           if w.spec.TitleOverride then title, err = deliver.render_text(w.spec.TitleOverride, w.ctx, false, subs) end
           if not err and w.spec.BodyOverride then body, err = deliver.render_text(w.spec.BodyOverride, w.ctx, false, subs) end
+          -- a push template's RawContent is the whole payload, as a message's is
+          if not err and PUSH[w.channel] and from_template.RawContent ~= nil then
+            raw, err = deliver.raw_content(from_template, 'TemplateConfiguration.PushTemplate')
+          end
         else
           local title_t = w.spec.TitleOverride or m.Title or (simple.Subject and simple.Subject.Data)
           local body_t = w.spec.BodyOverride or m.Body or (simple.TextPart and simple.TextPart.Data)
@@ -482,7 +486,10 @@ function send.send(req, opts)
               treatment_id = 0, first_due_ms = clock.now(),
             }
             -- a push message's own settings (Sound, Badge, Url, MediaUrl, Priority, ...)
-            if PUSH[w.channel] then deliver.push_fields(m, msg) end
+            if PUSH[w.channel] then
+              deliver.push_fields(m, msg)
+              if from_template then deliver.template_push_settings(from_template, msg) end
+            end
             items[#items + 1] = { profile = profile, w = w, msg = msg }
           end
         end

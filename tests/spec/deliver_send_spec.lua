@@ -523,6 +523,27 @@ describe('herald.send request fields', function()
     assert.are.same({ ['X-From-Template'] = 'yes', ['X-Tag'] = 'spring' }, by['cy@example.com'].headers)
   end)
 
+  it("takes a push template's tap action, URL, sound and RawContent under the message's own settings", function()
+    assert(require('herald.template').create { name = 'send-push', type = 'PUSH',
+      Default = { Title = 'Sale', Body = 'starts now', Action = 'DEEP_LINK', Url = 'shop://sale/{{Address}}', Sound = 'chime' },
+      ADM = { RawContent = '{"data": {"to": "{{Address}}"}}' } })
+    local seen = {}
+    local providers = { profiles = { rec = { type = 'lua', send = function(m)
+      seen[m.address] = { action = m.action, url = m.action_url, sound = m.sound, raw = m.raw, title = m.title }
+      return true
+    end } }, channels = { GCM = 'rec', ADM = 'rec' } }
+    local res = send({
+      Addresses = { ['tok-a'] = { ChannelType = 'GCM' }, ['tok-k'] = { ChannelType = 'ADM' } },
+      MessageConfiguration = { GCMMessage = { Sound = 'bell' } },
+      TemplateConfiguration = { PushTemplate = { Name = 'send-push' } },
+    }, { providers = providers })
+    assert.are.equal('SUCCESSFUL', res.Result['tok-a'].DeliveryStatus, res.Result['tok-a'].StatusMessage)
+    assert.are.equal('SUCCESSFUL', res.Result['tok-k'].DeliveryStatus, res.Result['tok-k'].StatusMessage)
+    -- the message's own Sound over the template's
+    assert.are.same({ action = 'DEEP_LINK', url = 'shop://sale/tok-a', sound = 'bell', title = 'Sale' }, seen['tok-a'])
+    assert.are.same({ data = { to = 'tok-k' } }, seen['tok-k'].raw)
+  end)
+
   it('adds Context to push data, takes JSON nulls as absent and gives requests without a TraceId ids of their own', function()
     local req = json.decode [[{
       "Addresses": { "tok-1": { "ChannelType": "GCM", "Context": { "orderId": "o-1" }, "BodyOverride": null } },

@@ -58,6 +58,57 @@ describe('treatments that name a stored template', function()
     assert.are.equal('gold', seen.EMAIL.plan)
   end)
 
+  it("send a push template's tap action, URL, images, sound and RawContent, rendered per endpoint, under the message's own settings", function()
+    local dir = h.tmpdir()
+    h.write(dir .. '/c.lua', [[
+      assert(herald.template.create{ name = 'alert', type = 'PUSH',
+        Default = { Title = 'Your order', Body = 'is on its way', Action = 'URL',
+                    Url = 'https://example.com/o/{{Id}}', Sound = 'default' },
+        APNS = { MediaUrl = 'https://cdn.example.com/{{Id}}.png' },
+        GCM = { ImageUrl = 'https://cdn.example.com/{{Id}}-wide.png', SmallImageIconUrl = 'https://cdn.example.com/i.png',
+                Sound = 'chime' },
+        ADM = { RawContent = '{"data": {"order": "{{Id}}"}}' } })
+      assert(herald.endpoints.put{ Id = 'ios', ChannelType = 'APNS', Address = 'aa' })
+      assert(herald.endpoints.put{ Id = 'android', ChannelType = 'GCM', Address = 'bb' })
+      assert(herald.endpoints.put{ Id = 'kindle', ChannelType = 'ADM', Address = 'cc' })
+      herald.campaign.from_pinpoint(herald.json.encode{
+        Name = 'push-settings', Schedule = { StartTime = 'IMMEDIATE' },
+        -- settings only: the content comes from the template, this sound over the template's
+        MessageConfiguration = { GCMMessage = { Sound = 'bell' } },
+        TemplateConfiguration = { PushTemplate = { Name = 'alert' } },
+        Herald = { Deliver = { type = 'channels' } },
+      }, { segment = herald.segment{ name = 'all' } })
+    ]])
+    h.write(dir .. '/providers.lua', [[
+      local json = require 'herald.json'
+      local function record(m)
+        local f = assert(io.open('seen.txt', 'a'))
+        local N = json.null
+        f:write(json.encode { ch = m.channel, title = m.title or N, action = m.action or N, url = m.action_url or N,
+                              sound = m.sound or N, media = m.media_url or N, image = m.image_url or N,
+                              small = m.small_image_icon_url or N, raw = m.raw and json.encode(m.raw) or N }, '\n')
+        f:close()
+        return true
+      end
+      return { profiles = { rec = { type = 'lua', send = record } },
+               channels = { APNS = 'rec', GCM = 'rec', ADM = 'rec' } }
+    ]])
+    local _, code, err = h.herald('--db c.db run --until-idle c.lua', { cwd = dir })
+    assert.are.equal(0, code, err)
+    local seen = {}
+    for line in io.lines(dir .. '/seen.txt') do
+      local r = require('herald.json').decode(line)
+      seen[r.ch] = r
+    end
+    local null = require('herald.json').null
+    assert.are.same({ 'Your order', 'URL', 'https://example.com/o/ios', 'default', 'https://cdn.example.com/ios.png', null },
+      { seen.APNS.title, seen.APNS.action, seen.APNS.url, seen.APNS.sound, seen.APNS.media, seen.APNS.raw })
+    assert.are.same({ 'URL', 'https://example.com/o/android', 'bell', 'https://cdn.example.com/android-wide.png',
+                      'https://cdn.example.com/i.png' },
+      { seen.GCM.action, seen.GCM.url, seen.GCM.sound, seen.GCM.image, seen.GCM.small })
+    assert.are.same({ data = { order = 'kindle' } }, require('herald.json').decode(seen.ADM.raw))
+  end)
+
   it('render the active version, or a pinned one, per treatment', function()
     local dir = h.tmpdir()
     h.write(dir .. '/c.lua', [[
