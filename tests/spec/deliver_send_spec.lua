@@ -222,6 +222,17 @@ describe('herald.send', function()
     end
     assert.are.same({ to = '+919800000002', text = 'otp', pe_id = '1201159100000000001',
                       template_id = '1207161700000000002' }, found)
+    -- a member rendering empty is left out, not sent as ""; a list keeps its items
+    local bare = send({ Addresses = { ['+15550000063'] = { ChannelType = 'SMS' } },
+                        MessageConfiguration = { SMSMessage = { Body = 'no sender' } } },
+                      { providers = sms_providers { json = { to = '{{Address}}', text = '{{Body}}', tags = { '{{SenderId}}', 'x' },
+                        sender = '{{SenderId}}', keyword = '{{Keyword}}', note = '' } } })
+    assert.are.equal('SUCCESSFUL', bare.Result['+15550000063'].DeliveryStatus)
+    found = nil
+    for _, r in ipairs(emu:requests()) do
+      if r.path == '/sms' and r.body:find('+15550000063', 1, true) then found = json.decode(r.body) end
+    end
+    assert.are.same({ to = '+15550000063', text = 'no sender', tags = { '', 'x' }, note = '' }, found)
     local tw = send({ Addresses = { ['+15550000062'] = { ChannelType = 'SMS' } },
                       MessageConfiguration = { SMSMessage = { Body = 'hi', OriginationNumber = '+15550177' } } },
                     { providers = { profiles = { sms = { type = 'sms', preset = 'twilio', url = emu.url .. '/twilio/Messages.json',

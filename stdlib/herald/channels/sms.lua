@@ -22,11 +22,12 @@ sms.__index = sms
 local SENDER_REFUSED = { [21212] = true, [21603] = true, [21606] = true, [21611] = true, [21659] = true,
                          [21660] = true }
 
--- The JSON body's shape with every string in it (at any depth: a batch API may take `to` as a
--- list or nest the message) compiled as a template; other values stay as they are.
+-- The JSON body's shape with every string in it that has a tag (at any depth: a batch API may
+-- take `to` as a list or nest the message) compiled as a template; other values stay as they
+-- are.
 local COMPILED = {}
 local function compile_json(v, name)
-  if type(v) == 'string' then
+  if type(v) == 'string' and v:find('{{', 1, true) then
     local t, err = template.compile(v, { name = name, escape = false })
     if not t then error(err, 0) end
     return setmetatable({ t = t }, COMPILED)
@@ -38,11 +39,17 @@ local function compile_json(v, name)
   return v
 end
 
+-- A member of an object whose template renders empty (a SenderId the message and profile do
+-- not give) is left out rather than sent as "": providers refuse an empty sender or type where
+-- an absent one takes the account's default. List items stay, so positions keep their meaning.
 local function render_json(c, vars)
   if type(c) ~= 'table' or c == json.null then return c end
   if getmetatable(c) == COMPILED then return c.t:render(vars) end
   local out = {}
-  for k, x in pairs(c) do out[k] = render_json(x, vars) end
+  for k, x in pairs(c) do
+    local v = render_json(x, vars)
+    if not (v == '' and type(k) == 'string' and getmetatable(x) == COMPILED) then out[k] = v end
+  end
   return setmetatable(out, getmetatable(c))
 end
 
