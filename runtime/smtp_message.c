@@ -152,23 +152,62 @@ static void fold_list(Buf *b, size_t col, const char *v) {
   }
 }
 
-/* Addresses are ASCII: a UTF-8 one (RFC 6531) needs the server's SMTPUTF8 and headers in UTF-8
+/* atext (RFC 5322 §3.2.3): what an unquoted local part or domain is made of, with dots between. */
+static int is_atext(unsigned char ch) {
+  return (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+         (ch != '\0' && strchr("!#$%&'*+-/=?^_`{|}~", ch) != NULL);
+}
+
+/* Whether s[0..n) is a dot-atom: atext runs joined by single dots, none at either end (RFC 5321
+ * Dot-string for a local part, RFC 5322 §3.4.1 dot-atom for a domain). Bytes of 128 and over
+ * pass here: check_addr refuses them apart, saying SMTPUTF8 would be needed. */
+static int is_dot_atom(const char *s, size_t n) {
+  if (n == 0 || s[0] == '.' || s[n - 1] == '.') return 0;
+  for (size_t i = 0; i < n; i++) {
+    unsigned char ch = (unsigned char)s[i];
+    if (ch == '.' ? s[i + 1] == '.' : ch < 128 && !is_atext(ch)) return 0;
+  }
+  return 1;
+}
+
+/* Whether s[0..n) is a domain literal such as [192.0.2.1] or [IPv6:2001:db8::1] (RFC 5321
+ * address-literal, read as RFC 5322 §3.4.1 dtext: printable ASCII but [ ] and \). */
+static int is_domain_literal(const char *s, size_t n) {
+  if (n < 3 || s[0] != '[' || s[n - 1] != ']') return 0;
+  for (size_t i = 1; i + 1 < n; i++) {
+    unsigned char ch = (unsigned char)s[i];
+    if (ch < 33 || ch > 126 || ch == '[' || ch == ']' || ch == '\\') return 0;
+  }
+  return 1;
+}
+
+/* An address is local-part "@" domain (RFC 5321 §4.1.2 Mailbox), with an unquoted local part:
+ * a quoted one ("a b"@example.com) is not supported, so a local part cannot hold an '@', a
+ * space or a special, nor start or end with a dot or hold two in a row, and the address has
+ * exactly one '@'. The domain is a dot-atom, or a domain literal: no empty label, so no
+ * leading or trailing dot either. A trailing dot makes a fully qualified name in DNS, but RFC
+ * 5321's Domain has none and servers refuse or misroute "user@example.com.", so it is refused
+ * here, naming the address, rather than by the server at RCPT, which would read as a bounce.
+ *
+ * Addresses are ASCII: a UTF-8 one (RFC 6531) needs the server's SMTPUTF8 and headers in UTF-8
  * (RFC 6532). libcurl sends such an address whether or not the server offered SMTPUTF8, and
  * does not tell which it was, so a refusal could not be told from a bad mailbox: the message
  * is refused here, saying why, rather than sent to a server that may misread it. */
 static int check_addr(const char *a, size_t n, const char *field, HeraldError *err) {
   const char *at = memchr(a, '@', n);
-  if (n == 0 || at == NULL || at == a || at == a + n - 1)
+  if (at == NULL)
+    return herald_error_set(err, kHeraldInvalid, "%s: '%.*s' is not an address (user@domain)",
+                            field, (int)n, a);
+  size_t local_len = (size_t)(at - a), domain_len = n - local_len - 1;
+  const char *domain = at + 1;
+  if (!is_dot_atom(a, local_len) ||
+      (!is_dot_atom(domain, domain_len) && !is_domain_literal(domain, domain_len)))
     return herald_error_set(err, kHeraldInvalid, "%s: '%.*s' is not an address (user@domain)",
                             field, (int)n, a);
   int local_utf8 = 0, domain_utf8 = 0;
   for (size_t i = 0; i < n; i++) {
-    unsigned char ch = (unsigned char)a[i];
-    if (ch >= 128) {
+    if ((unsigned char)a[i] >= 128) {
       if (a + i < at) local_utf8 = 1; else domain_utf8 = 1;
-    } else if (ch <= 32 || ch == 127 || ch == '<' || ch == '>' || ch == ',' || ch == '"') {
-      return herald_error_set(err, kHeraldInvalid, "%s: '%.*s' is not an address (user@domain)",
-                              field, (int)n, a);
     }
   }
   if (local_utf8)

@@ -421,6 +421,45 @@ describe('herald.http.send_mail', function()
     assert.has_error(function() http.send_mail(with('starttls', 'maybe')) end,
       "field 'starttls': expected 'no', 'try' or 'required', got 'maybe'")
   end)
+
+  it('refuses an address with a second @, an empty domain label or a misplaced dot in its local part', function()
+    local base = { url = store.url, from = 'a@herald.example', to = 'b@example.org', text = 'x', message_id = 'addr' }
+    local function with(k, v)
+      local t = {}
+      for key, val in pairs(base) do t[key] = val end
+      t[k] = v
+      return t
+    end
+    local before = store:count()
+    for _, c in ipairs {
+      { 'to', 'ab@cd@example.com', "to[1]: 'ab@cd@example.com' is not an address (user@domain)" },
+      { 'to', 'Ann <a@b@c>', "to[1]: 'a@b@c' is not an address (user@domain)" },
+      { 'to', 'a@.example.com', "to[1]: 'a@.example.com' is not an address (user@domain)" },
+      { 'to', 'a@example..com', "to[1]: 'a@example..com' is not an address (user@domain)" },
+      -- a fully qualified name in DNS, but no Domain of RFC 5321
+      { 'to', 'a@example.com.', "to[1]: 'a@example.com.' is not an address (user@domain)" },
+      { 'to', '.ann@example.com', "to[1]: '.ann@example.com' is not an address (user@domain)" },
+      { 'to', 'ann.@example.com', "to[1]: 'ann.@example.com' is not an address (user@domain)" },
+      { 'to', 'ann..lee@example.com', "to[1]: 'ann..lee@example.com' is not an address (user@domain)" },
+      { 'to', 'ann(x)@example.com', "to[1]: 'ann(x)@example.com' is not an address (user@domain)" },
+      { 'from', 'News <news@@herald.example>', "from: 'news@@herald.example' is not an address (user@domain)" },
+      { 'envelope_from', 'bounce@x@herald.example', "envelope_from: 'bounce@x@herald.example' is not an address (user@domain)" },
+    } do
+      local res, err, class = http.send_mail(with(c[1], c[2]))
+      assert.is_nil(res, c[2])
+      assert.are.equal('invalid', class)
+      assert.are.equal(c[3], err)
+    end
+    assert.are.equal(before, store:count())
+    -- dots, plus tags, apostrophes and a domain literal are fine
+    for i, a in ipairs { 'first.last+tag@sub.example.co.uk', "o'brien@example.com", 'ann@[192.0.2.1]' } do
+      assert(http.send_mail(with('to', 'Ann <' .. a .. '>')))
+      local msg = store:message(store:count())
+      assert.matches('"rcpt_tos": ["' .. a .. '"]', msg.envelope, 1, true)
+      assert.matches('\r\nTo: "Ann" <' .. a .. '>\r\n', msg.raw, 1, true)
+      assert.are.equal(before + i, store:count())
+    end
+  end)
 end)
 
 describe('herald.http.send_mail over TLS with AUTH', function()
