@@ -312,13 +312,12 @@ static int mailbox_header(Buf *b, const char *mb, const char *field, HeraldError
   return kHeraldOk;
 }
 
-/* Headers whose value is a list of mailboxes (RFC 5322 §3.6.2, §3.6.6; RFC 8098; common
- * extensions): a display name in them may be encoded, the addresses may not. To, Cc and Bcc
- * are the message's own (RESERVED). */
+/* Headers whose value is a list of mailboxes (RFC 5322 §3.6.2; RFC 8098; common extensions):
+ * a display name in them may be encoded, the addresses may not. To, Cc, Bcc and the Resent-
+ * fields are refused (RESERVED). */
 static const char *const ADDRESS_HEADERS[] = {
-  "reply-to", "sender", "resent-from", "resent-sender", "resent-to", "resent-cc", "resent-bcc",
-  "disposition-notification-to", "return-receipt-to", "errors-to", "mail-followup-to",
-  "mail-reply-to",
+  "reply-to", "sender", "disposition-notification-to", "return-receipt-to", "errors-to",
+  "mail-followup-to", "mail-reply-to",
 };
 
 static int is_address_header(const char *name) {
@@ -396,10 +395,52 @@ static void part(Buf *b, const char *type, const char *content) {
   quoted_printable(b, content);
 }
 
-static const char *const RESERVED[] = {
-  "from", "to", "cc", "bcc", "subject", "date", "message-id", "mime-version", "content-type",
-  "content-transfer-encoding", "list-unsubscribe", "list-unsubscribe-post", "x-herald-message-id",
+/* Header names a message's or a profile's own headers may not use, and why. A name ending in
+ * '-' stands for every name it starts. */
+typedef struct {
+  const char *name;
+  const char *why;
+} Reserved;
+
+static const Reserved RESERVED[] = {
+  /* Written by herald_smtp_message_build itself, from the message's own fields: a second one
+   * would make the header appear twice (RFC 5322 §3.6 allows one Date, From, To, Subject and
+   * Message-ID; RFC 2045 one MIME-Version and Content-Type), or, for Content-*,
+   * describe a body other than the one built. Cc and Bcc are not written, but recipients go in
+   * the envelope from `to` alone: a Cc or Bcc header would name people who never get it. */
+  {"date", "set by the message itself (use its own field)"},
+  {"from", "set by the message itself (use its own field)"},
+  {"to", "set by the message itself (use its own field)"},
+  {"cc", "set by the message itself (use its own field)"},
+  {"bcc", "set by the message itself (use its own field)"},
+  {"subject", "set by the message itself (use its own field)"},
+  {"message-id", "set by the message itself (use its own field)"},
+  {"x-herald-message-id", "set by the message itself (use its own field)"},
+  {"list-unsubscribe", "set by the message itself (use its own field)"},
+  {"list-unsubscribe-post", "set by the message itself (use its own field)"},
+  {"mime-version", "set by the message itself (use its own field)"},
+  {"content-type", "set by the message itself (use its own field)"},
+  {"content-transfer-encoding", "set by the message itself (use its own field)"},
+  /* Trace fields (RFC 5322 §3.6.7): written by the servers the message passes through, never by
+   * its author. The delivering server writes Return-Path from the envelope sender (RFC 5321
+   * §4.4), so one in the message is either doubled or taken for the real one: set the sender
+   * with envelope_from. A Received written by the sender forges a hop. */
+  {"return-path", "written by the delivering server from the envelope sender (use envelope_from)"},
+  {"received", "a trace field, written by each server the message passes through"},
+  /* Resent fields (RFC 5322 §3.6.6) mark a message a user sends again, and readers show them as
+   * who resent it; a campaign's messages are new, so any would be false. */
+  {"resent-", "marks a message resent by a user; a campaign's messages are new ones"},
 };
+
+const char *herald_smtp_header_reserved(const char *name) {
+  for (size_t k = 0; k < sizeof RESERVED / sizeof RESERVED[0]; k++) {
+    const char *r = RESERVED[k].name;
+    size_t n = strlen(r);
+    if (r[n - 1] == '-' ? strncasecmp(name, r, n) == 0 : strcasecmp(name, r) == 0)
+      return RESERVED[k].why;
+  }
+  return NULL;
+}
 
 static int check_header(const HeraldMailHeader *h, size_t i, HeraldError *err) {
   if (h->name == NULL || *h->name == '\0')
@@ -407,10 +448,8 @@ static int check_header(const HeraldMailHeader *h, size_t i, HeraldError *err) {
   for (const unsigned char *p = (const unsigned char *)h->name; *p; p++)
     if (*p < 33 || *p > 126 || *p == ':')
       return herald_error_set(err, kHeraldInvalid, "headers['%s']: invalid header name", h->name);
-  for (size_t k = 0; k < sizeof RESERVED / sizeof RESERVED[0]; k++)
-    if (strcasecmp(h->name, RESERVED[k]) == 0)
-      return herald_error_set(err, kHeraldInvalid,
-                              "headers['%s']: set by the message itself (use its own field)", h->name);
+  const char *why = herald_smtp_header_reserved(h->name);
+  if (why != NULL) return herald_error_set(err, kHeraldInvalid, "headers['%s']: %s", h->name, why);
   if (h->value == NULL || has_line_break(h->value))
     return herald_error_set(err, kHeraldInvalid, "headers['%s']: value missing or has a line break",
                             h->name);

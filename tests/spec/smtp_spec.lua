@@ -460,6 +460,39 @@ describe('herald.http.send_mail', function()
       assert.are.equal(before + i, store:count())
     end
   end)
+
+  it('refuses the trace and resent headers servers or users write, as it refuses the ones it writes itself', function()
+    local base = { url = store.url, from = 'a@herald.example', to = 'b@example.org', text = 'x', message_id = 'trace' }
+    for _, c in ipairs {
+      { 'Return-Path', "headers['Return-Path']: written by the delivering server from the envelope sender (use envelope_from)" },
+      { 'received', "headers['received']: a trace field, written by each server the message passes through" },
+      { 'Resent-From', "headers['Resent-From']: marks a message resent by a user; a campaign's messages are new ones" },
+      { 'RESENT-MESSAGE-ID', "headers['RESENT-MESSAGE-ID']: marks a message resent by a user; a campaign's messages are new ones" },
+      { 'List-Unsubscribe-Post', "headers['List-Unsubscribe-Post']: set by the message itself (use its own field)" },
+      { 'X-Herald-Message-Id', "headers['X-Herald-Message-Id']: set by the message itself (use its own field)" },
+    } do
+      local t = {}
+      for k, v in pairs(base) do t[k] = v end
+      t.headers = { [c[1]] = 'x@example.com' }
+      local res, err, class = http.send_mail(t)
+      assert.is_nil(res, c[1])
+      assert.are.equal('invalid', class)
+      assert.are.equal(c[2], err)
+    end
+    -- a message's own fails alone; the same from its profile would fail every message
+    local smtp = require 'herald.channels.smtp'
+    local ch = smtp.new { name = 'trace', url = store.url, from = 'a@herald.example', headers = { Received = 'from x' } }
+    local out = ch:send { { address = 'b@example.org', body = 'x', title = 's', key = 'trace-1' } }
+    assert.are.equal('permanent', out[1].verdict)
+    assert.is_true(out[1].systemic)
+    assert.matches("headers['Received']: a trace field", out[1].reason, 1, true)
+    ch = smtp.new { name = 'trace', url = store.url, from = 'a@herald.example' }
+    out = ch:send { { address = 'b@example.org', body = 'x', title = 's', key = 'trace-2',
+                      headers = { ['Return-Path'] = '<other@example.org>' } } }
+    assert.are.equal('permanent', out[1].verdict)
+    assert.is_false(out[1].systemic)
+    assert.matches("headers['Return-Path']: written by the delivering server", out[1].reason, 1, true)
+  end)
 end)
 
 describe('herald.http.send_mail over TLS with AUTH', function()
