@@ -136,12 +136,14 @@ static void folded_text(Buf *b, size_t col, const char *s, int encode_long) {
   else fold_words(b, col, s);
 }
 
-/* A comma-separated header value, folded after commas where a line would pass 78 characters. */
+/* A comma-separated header value, folded after commas where a line would pass 78 characters.
+ * Never before the first item: the field name's line would hold no value, and a reader
+ * unfolding it gets the value with a space in front. */
 static void fold_list(Buf *b, size_t col, const char *v) {
-  while (*v) {
+  for (const char *start = v; *v;) {
     const char *comma = strchr(v, ',');
     size_t n = comma ? (size_t)(comma - v) + 1 : strlen(v);
-    if (col > 1 && col + n > 78) {
+    if (v > start && col > 1 && col + n > 78) {
       /* A continuation line must start with white space. */
       buf_str(b, *v == ' ' || *v == '\t' ? "\r\n" : "\r\n ");
       col = 1;

@@ -493,6 +493,42 @@ describe('herald.http.send_mail', function()
     assert.is_false(out[1].systemic)
     assert.matches("headers['Return-Path']: written by the delivering server", out[1].reason, 1, true)
   end)
+
+  it("percent-encodes what the List-Unsubscribe template substitutes, keeping its own text and {{{x}}} as written", function()
+    local smtp = require 'herald.channels.smtp'
+    local context = require('herald.core.template').context
+    local ch = smtp.new { name = 'unsub', url = store.url, from = 'a@herald.example', one_click = true,
+      list_unsubscribe = '<https://herald.example/u?e={{Address}}&c={{Attributes.Code}}>, '
+        .. '<mailto:unsub@herald.example?subject=unsubscribe-{{Id}}>' }
+    local ep = { Id = 'ép 1', Address = 'ann+news@example.org', Attributes = { Code = { 'a b,<c>"d"#e?f&g%h' } } }
+    -- delivery gives the endpoint as a stored template context, herald.send as a table
+    local out = ch:send { { address = 'ann@example.org', body = 'x', title = 's', key = 'unsub-1', ctx = context(ep) },
+                          { address = 'ann@example.org', body = 'x', title = 's', key = 'unsub-2', endpoint = ep } }
+    local want = '<https://herald.example/u?e=ann%2Bnews%40example.org&c=a%20b%2C%3Cc%3E%22d%22%23e%3Ff%26g%25h>, '
+      .. '<mailto:unsub@herald.example?subject=unsubscribe-%C3%A9p%201>'
+    for i = 1, 2 do
+      assert.are.equal('delivered', out[i].verdict, out[i].reason)
+      local n = store:count() - 2 + i
+      local f = parse(store.dir .. '/mail/' .. n .. '.eml')
+      assert.are.equal('0', f.defects)
+      assert.are.equal(want, f['list-unsubscribe'])
+      assert.are.equal('List-Unsubscribe=One-Click', f['list-unsubscribe-post'])
+    end
+    -- a triple-stash is the author's: as it is, and the message builder still checks it
+    ch = smtp.new { name = 'raw', url = store.url, from = 'a@herald.example', one_click = true,
+                    list_unsubscribe = '{{{Attributes.Url}}}' }
+    out = ch:send { { address = 'ann@example.org', body = 'x', title = 's', key = 'unsub-3',
+                      endpoint = { Attributes = { Url = { 'https://herald.example/u?t=1&v=2' } } } },
+                    { address = 'ann@example.org', body = 'x', title = 's', key = 'unsub-4',
+                      endpoint = { Attributes = { Url = { 'https://herald.example/désabonner' } } } } }
+    assert.are.equal('delivered', out[1].verdict, out[1].reason)
+    local f = parse(store.dir .. '/mail/' .. store:count() .. '.eml')
+    assert.are.equal('<https://herald.example/u?t=1&v=2>', f['list-unsubscribe'])
+    assert.are.equal('List-Unsubscribe=One-Click', f['list-unsubscribe-post'])
+    assert.are.equal('permanent', out[2].verdict)
+    assert.is_false(out[2].systemic)
+    assert.matches('list_unsubscribe: ASCII URIs without line breaks', out[2].reason, 1, true)
+  end)
 end)
 
 describe('herald.http.send_mail over TLS with AUTH', function()
