@@ -639,6 +639,16 @@ static int l_build_mail(lua_State *L) {
   return 2;
 }
 
+/* mail_header_reserved(name) -> why | nil: why a mail's own headers may not use the name (the
+ * message builder writes it, or servers on the way do), so a profile's headers are refused
+ * when its file loads rather than with every message. */
+static int l_mail_header_reserved(lua_State *L) {
+  const char *why = herald_smtp_header_reserved(luaL_checkstring(L, 1));
+  if (why == NULL) return 0;
+  lua_pushstring(L, why);
+  return 1;
+}
+
 /* ---- batches ---- */
 
 typedef struct Batch Batch;
@@ -1417,7 +1427,8 @@ int luaopen_herald_core_http(lua_State *L) {
     {"limit", l_limit},         {"gate", l_gate},
     {"request", l_request},     {"send_mail", l_send_mail}, {"build_mail", l_build_mail},
     {"batch", l_batch},         {"verdict", l_verdict},     {"backoff", l_backoff},
-    {"configure", l_configure}, {"stats", l_stats},         {NULL, NULL},
+    {"configure", l_configure}, {"stats", l_stats},
+    {"mail_header_reserved", l_mail_header_reserved},       {NULL, NULL},
   };
   luaL_newlib(L, funcs);
   return 1;

@@ -136,12 +136,14 @@ static void folded_text(Buf *b, size_t col, const char *s, int encode_long) {
   else fold_words(b, col, s);
 }
 
-/* A comma-separated header value, folded after commas where a line would pass 78 characters. */
+/* A comma-separated header value, folded after commas where a line would pass 78 characters.
+ * Never before the first item: the field name's line would hold no value, and a reader
+ * unfolding it gets the value with a space in front. */
 static void fold_list(Buf *b, size_t col, const char *v) {
-  while (*v) {
+  for (const char *start = v; *v;) {
     const char *comma = strchr(v, ',');
     size_t n = comma ? (size_t)(comma - v) + 1 : strlen(v);
-    if (col > 1 && col + n > 78) {
+    if (v > start && col > 1 && col + n > 78) {
       /* A continuation line must start with white space. */
       buf_str(b, *v == ' ' || *v == '\t' ? "\r\n" : "\r\n ");
       col = 1;
@@ -152,23 +154,62 @@ static void fold_list(Buf *b, size_t col, const char *v) {
   }
 }
 
-/* Addresses are ASCII: a UTF-8 one (RFC 6531) needs the server's SMTPUTF8 and headers in UTF-8
+/* atext (RFC 5322 §3.2.3): what an unquoted local part or domain is made of, with dots between. */
+static int is_atext(unsigned char ch) {
+  return (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+         (ch != '\0' && strchr("!#$%&'*+-/=?^_`{|}~", ch) != NULL);
+}
+
+/* Whether s[0..n) is a dot-atom: atext runs joined by single dots, none at either end (RFC 5321
+ * Dot-string for a local part, RFC 5322 §3.4.1 dot-atom for a domain). Bytes of 128 and over
+ * pass here: check_addr refuses them apart, saying SMTPUTF8 would be needed. */
+static int is_dot_atom(const char *s, size_t n) {
+  if (n == 0 || s[0] == '.' || s[n - 1] == '.') return 0;
+  for (size_t i = 0; i < n; i++) {
+    unsigned char ch = (unsigned char)s[i];
+    if (ch == '.' ? s[i + 1] == '.' : ch < 128 && !is_atext(ch)) return 0;
+  }
+  return 1;
+}
+
+/* Whether s[0..n) is a domain literal such as [192.0.2.1] or [IPv6:2001:db8::1] (RFC 5321
+ * address-literal, read as RFC 5322 §3.4.1 dtext: printable ASCII but [ ] and \). */
+static int is_domain_literal(const char *s, size_t n) {
+  if (n < 3 || s[0] != '[' || s[n - 1] != ']') return 0;
+  for (size_t i = 1; i + 1 < n; i++) {
+    unsigned char ch = (unsigned char)s[i];
+    if (ch < 33 || ch > 126 || ch == '[' || ch == ']' || ch == '\\') return 0;
+  }
+  return 1;
+}
+
+/* An address is local-part "@" domain (RFC 5321 §4.1.2 Mailbox), with an unquoted local part:
+ * a quoted one ("a b"@example.com) is not supported, so a local part cannot hold an '@', a
+ * space or a special, nor start or end with a dot or hold two in a row, and the address has
+ * exactly one '@'. The domain is a dot-atom, or a domain literal: no empty label, so no
+ * leading or trailing dot either. A trailing dot makes a fully qualified name in DNS, but RFC
+ * 5321's Domain has none and servers refuse or misroute "user@example.com.", so it is refused
+ * here, naming the address, rather than by the server at RCPT, which would read as a bounce.
+ *
+ * Addresses are ASCII: a UTF-8 one (RFC 6531) needs the server's SMTPUTF8 and headers in UTF-8
  * (RFC 6532). libcurl sends such an address whether or not the server offered SMTPUTF8, and
  * does not tell which it was, so a refusal could not be told from a bad mailbox: the message
  * is refused here, saying why, rather than sent to a server that may misread it. */
 static int check_addr(const char *a, size_t n, const char *field, HeraldError *err) {
   const char *at = memchr(a, '@', n);
-  if (n == 0 || at == NULL || at == a || at == a + n - 1)
+  if (at == NULL)
+    return herald_error_set(err, kHeraldInvalid, "%s: '%.*s' is not an address (user@domain)",
+                            field, (int)n, a);
+  size_t local_len = (size_t)(at - a), domain_len = n - local_len - 1;
+  const char *domain = at + 1;
+  if (!is_dot_atom(a, local_len) ||
+      (!is_dot_atom(domain, domain_len) && !is_domain_literal(domain, domain_len)))
     return herald_error_set(err, kHeraldInvalid, "%s: '%.*s' is not an address (user@domain)",
                             field, (int)n, a);
   int local_utf8 = 0, domain_utf8 = 0;
   for (size_t i = 0; i < n; i++) {
-    unsigned char ch = (unsigned char)a[i];
-    if (ch >= 128) {
+    if ((unsigned char)a[i] >= 128) {
       if (a + i < at) local_utf8 = 1; else domain_utf8 = 1;
-    } else if (ch <= 32 || ch == 127 || ch == '<' || ch == '>' || ch == ',' || ch == '"') {
-      return herald_error_set(err, kHeraldInvalid, "%s: '%.*s' is not an address (user@domain)",
-                              field, (int)n, a);
     }
   }
   if (local_utf8)
@@ -273,13 +314,12 @@ static int mailbox_header(Buf *b, const char *mb, const char *field, HeraldError
   return kHeraldOk;
 }
 
-/* Headers whose value is a list of mailboxes (RFC 5322 §3.6.2, §3.6.6; RFC 8098; common
- * extensions): a display name in them may be encoded, the addresses may not. To, Cc and Bcc
- * are the message's own (RESERVED). */
+/* Headers whose value is a list of mailboxes (RFC 5322 §3.6.2; RFC 8098; common extensions):
+ * a display name in them may be encoded, the addresses may not. To, Cc, Bcc and the Resent-
+ * fields are refused (RESERVED). */
 static const char *const ADDRESS_HEADERS[] = {
-  "reply-to", "sender", "resent-from", "resent-sender", "resent-to", "resent-cc", "resent-bcc",
-  "disposition-notification-to", "return-receipt-to", "errors-to", "mail-followup-to",
-  "mail-reply-to",
+  "reply-to", "sender", "disposition-notification-to", "return-receipt-to", "errors-to",
+  "mail-followup-to", "mail-reply-to",
 };
 
 static int is_address_header(const char *name) {
@@ -357,10 +397,52 @@ static void part(Buf *b, const char *type, const char *content) {
   quoted_printable(b, content);
 }
 
-static const char *const RESERVED[] = {
-  "from", "to", "cc", "bcc", "subject", "date", "message-id", "mime-version", "content-type",
-  "content-transfer-encoding", "list-unsubscribe", "list-unsubscribe-post", "x-herald-message-id",
+/* Header names a message's or a profile's own headers may not use, and why. A name ending in
+ * '-' stands for every name it starts. */
+typedef struct {
+  const char *name;
+  const char *why;
+} Reserved;
+
+static const Reserved RESERVED[] = {
+  /* Written by herald_smtp_message_build itself, from the message's own fields: a second one
+   * would make the header appear twice (RFC 5322 §3.6 allows one Date, From, To, Subject and
+   * Message-ID; RFC 2045 one MIME-Version and Content-Type), or, for Content-*,
+   * describe a body other than the one built. Cc and Bcc are not written, but recipients go in
+   * the envelope from `to` alone: a Cc or Bcc header would name people who never get it. */
+  {"date", "set by the message itself (use its own field)"},
+  {"from", "set by the message itself (use its own field)"},
+  {"to", "set by the message itself (use its own field)"},
+  {"cc", "set by the message itself (use its own field)"},
+  {"bcc", "set by the message itself (use its own field)"},
+  {"subject", "set by the message itself (use its own field)"},
+  {"message-id", "set by the message itself (use its own field)"},
+  {"x-herald-message-id", "set by the message itself (use its own field)"},
+  {"list-unsubscribe", "set by the message itself (use its own field)"},
+  {"list-unsubscribe-post", "set by the message itself (use its own field)"},
+  {"mime-version", "set by the message itself (use its own field)"},
+  {"content-type", "set by the message itself (use its own field)"},
+  {"content-transfer-encoding", "set by the message itself (use its own field)"},
+  /* Trace fields (RFC 5322 §3.6.7): written by the servers the message passes through, never by
+   * its author. The delivering server writes Return-Path from the envelope sender (RFC 5321
+   * §4.4), so one in the message is either doubled or taken for the real one: set the sender
+   * with envelope_from. A Received written by the sender forges a hop. */
+  {"return-path", "written by the delivering server from the envelope sender (use envelope_from)"},
+  {"received", "a trace field, written by each server the message passes through"},
+  /* Resent fields (RFC 5322 §3.6.6) mark a message a user sends again, and readers show them as
+   * who resent it; a campaign's messages are new, so any would be false. */
+  {"resent-", "marks a message resent by a user; a campaign's messages are new ones"},
 };
+
+const char *herald_smtp_header_reserved(const char *name) {
+  for (size_t k = 0; k < sizeof RESERVED / sizeof RESERVED[0]; k++) {
+    const char *r = RESERVED[k].name;
+    size_t n = strlen(r);
+    if (r[n - 1] == '-' ? strncasecmp(name, r, n) == 0 : strcasecmp(name, r) == 0)
+      return RESERVED[k].why;
+  }
+  return NULL;
+}
 
 static int check_header(const HeraldMailHeader *h, size_t i, HeraldError *err) {
   if (h->name == NULL || *h->name == '\0')
@@ -368,10 +450,8 @@ static int check_header(const HeraldMailHeader *h, size_t i, HeraldError *err) {
   for (const unsigned char *p = (const unsigned char *)h->name; *p; p++)
     if (*p < 33 || *p > 126 || *p == ':')
       return herald_error_set(err, kHeraldInvalid, "headers['%s']: invalid header name", h->name);
-  for (size_t k = 0; k < sizeof RESERVED / sizeof RESERVED[0]; k++)
-    if (strcasecmp(h->name, RESERVED[k]) == 0)
-      return herald_error_set(err, kHeraldInvalid,
-                              "headers['%s']: set by the message itself (use its own field)", h->name);
+  const char *why = herald_smtp_header_reserved(h->name);
+  if (why != NULL) return herald_error_set(err, kHeraldInvalid, "headers['%s']: %s", h->name, why);
   if (h->value == NULL || has_line_break(h->value))
     return herald_error_set(err, kHeraldInvalid, "headers['%s']: value missing or has a line break",
                             h->name);

@@ -41,6 +41,12 @@ typedef struct {
 int herald_smtp_message_build(const HeraldMailMessage *m, char **out, size_t *out_len,
                               char *message_id, size_t message_id_size, HeraldError *err);
 
+/* Why a message's own headers may not use the header name (case-insensitive), or NULL when
+ * they may: the builder writes it itself, or servers on the way do (trace fields), or it would
+ * say the message was resent. Its text follows "headers['Name']: " in the builder's refusal;
+ * a profile's headers are checked with it when they are defined. */
+const char *herald_smtp_header_reserved(const char *name);
+
 /* The addr-spec of a mailbox ("Name <a@b>" -> "a@b"), checked (ASCII only); field names it in
  * errors. */
 int herald_smtp_address(const char *mailbox, const char *field, char *out, size_t size,

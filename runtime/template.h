@@ -51,8 +51,20 @@ typedef struct {
 
 void herald_template_output_free(HeraldTemplateOutput *out);
 
+/* What {{x}} does to the text it outputs; {{{x}}} and {{&x}} output it as it is, in every mode
+ * (the template's author asked for it), and the template's own text is never changed. */
+enum {
+  HERALD_TEMPLATE_ESCAPE_NONE = 0,  /* as it is (plain-text parts) */
+  HERALD_TEMPLATE_ESCAPE_HTML = 1,  /* Handlebars' HTML escaping (HTML parts) */
+  HERALD_TEMPLATE_ESCAPE_URI = 2,   /* percent-encoded (RFC 3986 §2.1) but the unreserved
+                                     * A-Z a-z 0-9 - . _ ~, byte by byte, so UTF-8 becomes
+                                     * %XX%XX: a value is one URI component, whatever it holds
+                                     * (templates of URIs: List-Unsubscribe) */
+};
+
 /* Compiles text. name labels errors: "welcome(v2): line 3, column 14: unclosed {{#if}}".
- * escape selects Handlebars' behaviour for {{x}} (HTML-escape) or none (plain-text parts). */
+ * escape is one of HERALD_TEMPLATE_ESCAPE_*: what {{x}} does (HTML for HTML parts, none for
+ * plain-text ones). */
 int herald_template_compile(const char *name, const char *text, size_t len, int escape,
                             HeraldTemplate **out, HeraldError *err);
 void herald_template_free(HeraldTemplate *t);

@@ -1124,6 +1124,9 @@ int herald_template_compile(const char *name, const char *text, size_t len, int 
                             HeraldTemplate **out, HeraldError *err) {
   *out = NULL;
   if (name == NULL) name = "template";
+  if (escape != HERALD_TEMPLATE_ESCAPE_NONE && escape != HERALD_TEMPLATE_ESCAPE_HTML &&
+      escape != HERALD_TEMPLATE_ESCAPE_URI)
+    return herald_error_set(err, kHeraldInvalid, "%s: unknown escape mode %d", name, escape);
   if (len > HERALD_TEMPLATE_MAX_SOURCE)
     return herald_error_set(err, kHeraldLimit, "%s: template is %zu bytes, more than the %d allowed",
                             name, len, HERALD_TEMPLATE_MAX_SOURCE);

@@ -118,6 +118,26 @@ static int out_escaped(TemplateRender *r, const char *s, size_t n) {
   return out_append(r, s + start, n - start);
 }
 
+/* Percent-encodes every byte but RFC 3986's unreserved characters: a value output into a URI
+ * stays one component of it. Encoding the reserved characters too (/ ? # & = + , and the
+ * rest) keeps a value from ending the query, adding a parameter, or, as a ',' does in
+ * List-Unsubscribe (RFC 2369), starting another URI; '%' itself is encoded, so a value already
+ * holding %XX keeps it as written rather than having it decoded at the other end. */
+static int out_uri_encoded(TemplateRender *r, const char *s, size_t n) {
+  static const char hex[] = "0123456789ABCDEF";
+  size_t start = 0;
+  for (size_t i = 0; i < n; i++) {
+    unsigned char ch = (unsigned char)s[i];
+    if ((ch >= 'A' && ch <= 'Z') || (ch >= 'a' && ch <= 'z') || (ch >= '0' && ch <= '9') ||
+        ch == '-' || ch == '.' || ch == '_' || ch == '~')
+      continue;
+    char enc[3] = {'%', hex[ch >> 4], hex[ch & 15]};
+    if (out_append(r, s + start, i - start) != 0 || out_append(r, enc, 3) != 0) return -1;
+    start = i + 1;
+  }
+  return out_append(r, s + start, n - start);
+}
+
 void template_value_from_json(const json_t *j, TemplateValue *v) {
   memset(v, 0, sizeof *v);
   if (j == NULL) return;
@@ -688,8 +708,11 @@ static int render_nodes(TemplateRender *r, const TemplateNode *n) {
         if (eval(r, n->expr, &v) != 0) return -1;
         r->at = n->offset;
         if (template_value_text(r, &v, &s, &len) != 0) return -1;
-        if ((r->t->escape && !n->raw ? out_escaped(r, s, len) : out_append(r, s, len)) != 0)
-          return -1;
+        int rc;
+        if (n->raw || r->t->escape == HERALD_TEMPLATE_ESCAPE_NONE) rc = out_append(r, s, len);
+        else if (r->t->escape == HERALD_TEMPLATE_ESCAPE_URI) rc = out_uri_encoded(r, s, len);
+        else rc = out_escaped(r, s, len);
+        if (rc != 0) return -1;
         break;
       }
       case kNodeBlock:

@@ -33,6 +33,7 @@
 --   }
 local template = require 'herald.template'
 local json = require 'herald.json'
+local core_http = require 'herald.core.http'
 
 local providers = {}
 
@@ -259,6 +260,10 @@ local function check_profile(where, p)
       if type(v) ~= 'string' or v:find('[\r\n%z]') then
         fail(where .. '.headers.' .. k, 'a string on one line')
       end
+      -- the message builder refuses these in every message of the profile (a header it writes
+      -- itself, a trace or a resent field): said now, not by a campaign pausing mid-delivery
+      local reserved = p.type == 'smtp' and core_http.mail_header_reserved(k)
+      if reserved then fail(where .. '.headers.' .. k, reserved) end
     end
   end
   if p.timeout_ms ~= nil and (math.type(p.timeout_ms) ~= 'integer' or p.timeout_ms < 1) then

@@ -3,14 +3,16 @@
  * template API, and the renderer runs inside the delivery loop, so a template must never crash
  * it, loop without bound or write past its limits.
  *
- * Input: one flags byte (bit 0: HTML-escape, bit 1: the JSON becomes per-message substitutions,
- * bit 2: it becomes DefaultSubstitutions), then the template text, then optionally a NUL and a
- * JSON object.
+ * Input: one flags byte (bit 0: escape {{x}}, as HTML or, with bit 3, percent-encoded for a
+ * URI; bit 1: the JSON becomes per-message substitutions, bit 2: it becomes
+ * DefaultSubstitutions), then the template text, then optionally a NUL and a JSON object.
  * Invariants checked: a compile error names the template and a line and column; a render either
  * fails with a message naming the template or yields NUL-terminated text within the output
  * limit; rendering the same template again into the reused output gives the same text (helpers'
  * scratch memory and the output buffer carry nothing from one render to the next), unless it
- * may call uuid, which is random by design; the clock is manual so now renders the same. Build
+ * may call uuid, which is random by design; the clock is manual so now renders the same; a
+ * template of printable ASCII without a raw tag ({{{x}}}, {{&x}}) renders printable ASCII when
+ * it percent-encodes (what a List-Unsubscribe value needs), whatever the endpoint holds. Build
  * and run with tools/fuzz. */
 #define _GNU_SOURCE /* memmem */
 #include <jansson.h>
@@ -76,7 +78,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
 
   HeraldTemplate *t = NULL;
   HeraldError err = {0};
-  if (herald_template_compile(NAME, text, len, flags & 1, &t, &err) != kHeraldOk) {
+  int escape = !(flags & 1) ? HERALD_TEMPLATE_ESCAPE_NONE
+               : (flags & 8) ? HERALD_TEMPLATE_ESCAPE_URI : HERALD_TEMPLATE_ESCAPE_HTML;
+  if (herald_template_compile(NAME, text, len, escape, &t, &err) != kHeraldOk) {
     check_message(&err);
     /* Only a limit or a syntax error carries a position; running out of memory does not. */
     if (err.code != kHeraldNoMemory && strstr(err.msg, ": line ") == NULL &&
@@ -92,6 +96,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   char *first = NULL;
   size_t first_len = 0;
   int draws_uuid = memmem(text, len, "uuid", 4) != NULL;
+  /* Raw tags start "{{{", "{{~{" or "{{&" (spaces may come before the '&'): text without '&'
+   * or a second '{' after "{{" has none. */
+  int printable = escape == HERALD_TEMPLATE_ESCAPE_URI && memchr(text, '&', len) == NULL &&
+                  memmem(text, len, "{{{", 3) == NULL && memmem(text, len, "{{~{", 4) == NULL;
+  for (size_t i = 0; printable && i < len; i++)
+    if ((unsigned char)text[i] < 32 || (unsigned char)text[i] > 126) printable = 0;
   for (int round = 0; round < 2; round++) {
     HeraldError rerr = {0};
     int rc = herald_template_render(t, endpoint, subs, defaults, &out, &rerr);
@@ -101,6 +111,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
       break;
     }
     if (out.len > out.max || out.data == NULL || out.data[out.len] != '\0') abort();
+    for (size_t i = 0; printable && i < out.len; i++)
+      if ((unsigned char)out.data[i] < 32 || (unsigned char)out.data[i] > 126) abort();
     if (round == 0) {
       first = malloc(out.len + 1);
       if (first == NULL) abort();

@@ -2238,6 +2238,30 @@ c.execute('COMMIT')
     end
   end)
 
+  it('refuses an smtp profile header the message builder writes itself, or servers on the way write, when the file loads', function()
+    local providers = require 'herald.providers'
+    local function check(p)
+      return pcall(providers.check, { profiles = { p = p } }, 'p.lua')
+    end
+    local function mail(headers)
+      return { type = 'smtp', url = 'smtp://127.0.0.1:9', from = 'a@example.com', headers = headers }
+    end
+    for _, c in ipairs {
+      { 'Return-Path', 'written by the delivering server from the envelope sender (use envelope_from)' },
+      { 'Received', 'a trace field, written by each server the message passes through' },
+      { 'resent-to', "marks a message resent by a user; a campaign's messages are new ones" },
+      { 'Subject', 'set by the message itself (use its own field)' },
+      { 'List-Unsubscribe-Post', 'set by the message itself (use its own field)' },
+    } do
+      local ok, err = check(mail { [c[1]] = 'x@example.com' })
+      assert.is_false(ok, c[1])
+      assert.are.equal('p.lua: profiles.p.headers.' .. c[1] .. ': ' .. c[2], err)
+    end
+    -- headers of its own are fine, and an HTTP profile's headers are HTTP's
+    assert(check(mail { ['Reply-To'] = 'r@example.com', ['X-Campaign'] = 'spring' }))
+    assert(check { type = 'webhook', url = 'http://127.0.0.1:9/', headers = { Date = 'today', Received = 'x' } })
+  end)
+
   it('refuses a profile field its type does not read, naming the file, the field and the fields it has', function()
     local dir = h.tmpdir()
     campaign_file(dir, { n = 1, channel = 'CUSTOM', addr = "function(i) return 'x' end" })

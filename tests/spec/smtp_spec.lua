@@ -421,6 +421,114 @@ describe('herald.http.send_mail', function()
     assert.has_error(function() http.send_mail(with('starttls', 'maybe')) end,
       "field 'starttls': expected 'no', 'try' or 'required', got 'maybe'")
   end)
+
+  it('refuses an address with a second @, an empty domain label or a misplaced dot in its local part', function()
+    local base = { url = store.url, from = 'a@herald.example', to = 'b@example.org', text = 'x', message_id = 'addr' }
+    local function with(k, v)
+      local t = {}
+      for key, val in pairs(base) do t[key] = val end
+      t[k] = v
+      return t
+    end
+    local before = store:count()
+    for _, c in ipairs {
+      { 'to', 'ab@cd@example.com', "to[1]: 'ab@cd@example.com' is not an address (user@domain)" },
+      { 'to', 'Ann <a@b@c>', "to[1]: 'a@b@c' is not an address (user@domain)" },
+      { 'to', 'a@.example.com', "to[1]: 'a@.example.com' is not an address (user@domain)" },
+      { 'to', 'a@example..com', "to[1]: 'a@example..com' is not an address (user@domain)" },
+      -- a fully qualified name in DNS, but no Domain of RFC 5321
+      { 'to', 'a@example.com.', "to[1]: 'a@example.com.' is not an address (user@domain)" },
+      { 'to', '.ann@example.com', "to[1]: '.ann@example.com' is not an address (user@domain)" },
+      { 'to', 'ann.@example.com', "to[1]: 'ann.@example.com' is not an address (user@domain)" },
+      { 'to', 'ann..lee@example.com', "to[1]: 'ann..lee@example.com' is not an address (user@domain)" },
+      { 'to', 'ann(x)@example.com', "to[1]: 'ann(x)@example.com' is not an address (user@domain)" },
+      { 'from', 'News <news@@herald.example>', "from: 'news@@herald.example' is not an address (user@domain)" },
+      { 'envelope_from', 'bounce@x@herald.example', "envelope_from: 'bounce@x@herald.example' is not an address (user@domain)" },
+    } do
+      local res, err, class = http.send_mail(with(c[1], c[2]))
+      assert.is_nil(res, c[2])
+      assert.are.equal('invalid', class)
+      assert.are.equal(c[3], err)
+    end
+    assert.are.equal(before, store:count())
+    -- dots, plus tags, apostrophes and a domain literal are fine
+    for i, a in ipairs { 'first.last+tag@sub.example.co.uk', "o'brien@example.com", 'ann@[192.0.2.1]' } do
+      assert(http.send_mail(with('to', 'Ann <' .. a .. '>')))
+      local msg = store:message(store:count())
+      assert.matches('"rcpt_tos": ["' .. a .. '"]', msg.envelope, 1, true)
+      assert.matches('\r\nTo: "Ann" <' .. a .. '>\r\n', msg.raw, 1, true)
+      assert.are.equal(before + i, store:count())
+    end
+  end)
+
+  it('refuses the trace and resent headers servers or users write, as it refuses the ones it writes itself', function()
+    local base = { url = store.url, from = 'a@herald.example', to = 'b@example.org', text = 'x', message_id = 'trace' }
+    for _, c in ipairs {
+      { 'Return-Path', "headers['Return-Path']: written by the delivering server from the envelope sender (use envelope_from)" },
+      { 'received', "headers['received']: a trace field, written by each server the message passes through" },
+      { 'Resent-From', "headers['Resent-From']: marks a message resent by a user; a campaign's messages are new ones" },
+      { 'RESENT-MESSAGE-ID', "headers['RESENT-MESSAGE-ID']: marks a message resent by a user; a campaign's messages are new ones" },
+      { 'List-Unsubscribe-Post', "headers['List-Unsubscribe-Post']: set by the message itself (use its own field)" },
+      { 'X-Herald-Message-Id', "headers['X-Herald-Message-Id']: set by the message itself (use its own field)" },
+    } do
+      local t = {}
+      for k, v in pairs(base) do t[k] = v end
+      t.headers = { [c[1]] = 'x@example.com' }
+      local res, err, class = http.send_mail(t)
+      assert.is_nil(res, c[1])
+      assert.are.equal('invalid', class)
+      assert.are.equal(c[2], err)
+    end
+    -- a message's own fails alone; the same from its profile would fail every message
+    local smtp = require 'herald.channels.smtp'
+    local ch = smtp.new { name = 'trace', url = store.url, from = 'a@herald.example', headers = { Received = 'from x' } }
+    local out = ch:send { { address = 'b@example.org', body = 'x', title = 's', key = 'trace-1' } }
+    assert.are.equal('permanent', out[1].verdict)
+    assert.is_true(out[1].systemic)
+    assert.matches("headers['Received']: a trace field", out[1].reason, 1, true)
+    ch = smtp.new { name = 'trace', url = store.url, from = 'a@herald.example' }
+    out = ch:send { { address = 'b@example.org', body = 'x', title = 's', key = 'trace-2',
+                      headers = { ['Return-Path'] = '<other@example.org>' } } }
+    assert.are.equal('permanent', out[1].verdict)
+    assert.is_false(out[1].systemic)
+    assert.matches("headers['Return-Path']: written by the delivering server", out[1].reason, 1, true)
+  end)
+
+  it("percent-encodes what the List-Unsubscribe template substitutes, keeping its own text and {{{x}}} as written", function()
+    local smtp = require 'herald.channels.smtp'
+    local context = require('herald.core.template').context
+    local ch = smtp.new { name = 'unsub', url = store.url, from = 'a@herald.example', one_click = true,
+      list_unsubscribe = '<https://herald.example/u?e={{Address}}&c={{Attributes.Code}}>, '
+        .. '<mailto:unsub@herald.example?subject=unsubscribe-{{Id}}>' }
+    local ep = { Id = 'ép 1', Address = 'ann+news@example.org', Attributes = { Code = { 'a b,<c>"d"#e?f&g%h' } } }
+    -- delivery gives the endpoint as a stored template context, herald.send as a table
+    local out = ch:send { { address = 'ann@example.org', body = 'x', title = 's', key = 'unsub-1', ctx = context(ep) },
+                          { address = 'ann@example.org', body = 'x', title = 's', key = 'unsub-2', endpoint = ep } }
+    local want = '<https://herald.example/u?e=ann%2Bnews%40example.org&c=a%20b%2C%3Cc%3E%22d%22%23e%3Ff%26g%25h>, '
+      .. '<mailto:unsub@herald.example?subject=unsubscribe-%C3%A9p%201>'
+    for i = 1, 2 do
+      assert.are.equal('delivered', out[i].verdict, out[i].reason)
+      local n = store:count() - 2 + i
+      local f = parse(store.dir .. '/mail/' .. n .. '.eml')
+      assert.are.equal('0', f.defects)
+      assert.are.equal(want, f['list-unsubscribe'])
+      assert.are.equal('List-Unsubscribe=One-Click', f['list-unsubscribe-post'])
+    end
+    -- a triple-stash is the author's: as it is, and the message builder still checks it
+    ch = smtp.new { name = 'raw', url = store.url, from = 'a@herald.example', one_click = true,
+                    list_unsubscribe = '{{{Attributes.Url}}}' }
+    out = ch:send { { address = 'ann@example.org', body = 'x', title = 's', key = 'unsub-3',
+                      endpoint = { Attributes = { Url = { 'https://herald.example/u?t=1&v=2' } } } },
+                    { address = 'ann@example.org', body = 'x', title = 's', key = 'unsub-4',
+                      endpoint = { Attributes = { Url = { 'https://herald.example/désabonner' } } } } }
+    assert.are.equal('delivered', out[1].verdict, out[1].reason)
+    local f = parse(store.dir .. '/mail/' .. store:count() .. '.eml')
+    assert.are.equal('<https://herald.example/u?t=1&v=2>', f['list-unsubscribe'])
+    assert.are.equal('List-Unsubscribe=One-Click', f['list-unsubscribe-post'])
+    assert.are.equal('permanent', out[2].verdict)
+    assert.is_false(out[2].systemic)
+    assert.matches('list_unsubscribe: ASCII URIs without line breaks', out[2].reason, 1, true)
+  end)
 end)
 
 describe('herald.http.send_mail over TLS with AUTH', function()

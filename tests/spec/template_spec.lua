@@ -82,6 +82,24 @@ describe('template variables', function()
       R('{{Attributes.html.[0]}}', nil, nil, { name = 'text', escape = false }))
   end)
 
+  it('percent-encodes {{x}} in a URI template (herald.core.uritemplate), keeping its own text and {{{x}}} as written', function()
+    local uri = require 'herald.core.uritemplate'
+    local context = require('herald.core.template').context
+    local t = assert(uri.compile('<https://example.com/u?e={{Address}}&n={{User.UserAttributes.[Last Name]}}'
+      .. '&k={{Attributes.keep.[0]}}&r={{{Attributes.html.[0]}}}>, <mailto:u@example.com?subject=u-{{lower Id}}'
+      .. '{{#each Attributes.list}},{{this}}{{/each}}>', 'spec'))
+    local ep = context { Id = 'ÉP 1', Address = 'a+b c@x.com', User = { UserAttributes = { ['Last Name'] = { 'Zoë, 100%' } } },
+                         Attributes = { keep = { 'Az09-._~' }, html = { '<"#?&>' }, list = { 'a/b', 'c=d' } } }
+    -- every byte but A-Z a-z 0-9 - . _ ~ encoded, UTF-8 byte by byte; a helper's output too
+    assert.are.equal('<https://example.com/u?e=a%2Bb%20c%40x.com&n=Zo%C3%AB%2C%20100%25&k=Az09-._~&r=<"#?&>>, '
+      .. '<mailto:u@example.com?subject=u-%C3%A9p%201,a%2Fb,c%3Dd>', t:render(ep))
+    -- missing values render as nothing; errors name the template
+    assert.are.equal('<https://example.com/u?e=&n=&k=&r=>, <mailto:u@example.com?subject=u->', t:render())
+    local bad, err = uri.compile('x{{#if}}', 'profiles.mail.list_unsubscribe')
+    assert.is_nil(bad)
+    assert.are.equal('profiles.mail.list_unsubscribe: line 1, column 5: #if needs one argument', err)
+  end)
+
   it('reads this, ../ and @root', function()
     assert.are.equal('user-42 ep-1 ep-1', R('{{#with User}}{{this.UserId}} {{../Id}} {{@root.Id}}{{/with}}'))
   end)

@@ -6,7 +6,8 @@
 -- endpoint goes INACTIVE; one refusing on policy (relaying denied) is systemic.
 local http = require 'herald.core.http'
 local task = require 'herald.core.task'
-local template = require 'herald.template'
+local core_template = require 'herald.core.template'
+local uritemplate = require 'herald.core.uritemplate'
 local util = require 'herald.channels.util'
 
 local smtp = {}
@@ -15,7 +16,11 @@ smtp.__index = smtp
 function smtp.new(profile)
   local self = setmetatable({ profile = profile, limit = http.limit(profile.sessions or 10) }, smtp)
   if profile.list_unsubscribe then
-    local t, err = template.compile(profile.list_unsubscribe, { name = 'profiles.' .. profile.name .. '.list_unsubscribe', escape = false })
+    -- What its tags give is percent-encoded (its own text stays as written): an endpoint's
+    -- value is one URI component, so a space, '>', ',' (between URIs, RFC 2369), '&' or '#'
+    -- cannot break the header or unsubscribe another value; {{{x}}} stays raw, the author's
+    -- choice, and the message builder still refuses a value that is not printable ASCII.
+    local t, err = uritemplate.compile(profile.list_unsubscribe, 'profiles.' .. profile.name .. '.list_unsubscribe')
     if not t then error(err, 0) end
     self.unsub = t
   end
@@ -70,6 +75,18 @@ local function rcpt_refusal(err)
   return 'recipient'
 end
 
+-- m's List-Unsubscribe, rendered with its endpoint: the stored template context delivery
+-- gives, or a table (herald.send's), converted as the message's other templates convert it.
+local function unsubscribe(self, m)
+  local ctx = m.ctx or m.endpoint
+  if type(ctx) == 'table' then
+    local err
+    ctx, err = core_template.context(ctx)
+    if not ctx then return nil, err end
+  end
+  return self.unsub:render(ctx)
+end
+
 function smtp:send_one(m)
   local p = self.profile
   local headers = {}
@@ -78,7 +95,7 @@ function smtp:send_one(m)
   local res, err, class, code = http.send_mail {
     url = p.url, from = m.from or p.from, to = { m.address }, subject = m.title or '',
     text = m.body, html = m.html, message_id = m.key, headers = headers,
-    list_unsubscribe = self.unsub and self.unsub:render(m.ctx or m.endpoint) or nil,
+    list_unsubscribe = self.unsub and unsubscribe(self, m) or nil,
     one_click = p.one_click and self.unsub ~= nil or nil,
     username = p.username, password = p.password, starttls = p.starttls,
     ca_file = p.ca_file, timeout_ms = p.timeout_ms, envelope_from = p.envelope_from,
