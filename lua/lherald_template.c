@@ -1,6 +1,7 @@
 /* herald.core.template: the C template engine and the template store for Lua.
  *
- * compile(text [, name [, escape]]) -> template | nil, err
+ * compile(text [, name [, escape]]) -> template | nil, err   (escape: true (default) HTML-escapes
+ *   {{x}}, false leaves it as it is, 'uri' percent-encodes it: HERALD_TEMPLATE_ESCAPE_*)
  *   template:render([ctx [, substitutions]]) -> text | nil, err
  *   template:memory() -> bytes the compiled template holds
  * context(table) -> ctx   (an endpoint converted once, to render several templates with)
@@ -222,7 +223,14 @@ static int l_compile(lua_State *L) {
   size_t len;
   const char *text = luaL_checklstring(L, 1, &len);
   const char *name = luaL_optstring(L, 2, "template");
-  int escape = lua_isnoneornil(L, 3) ? 1 : lua_toboolean(L, 3);
+  int escape = HERALD_TEMPLATE_ESCAPE_HTML;
+  if (lua_type(L, 3) == LUA_TSTRING) {
+    if (strcmp(lua_tostring(L, 3), "uri") != 0)
+      return luaL_argerror(L, 3, "true, false or 'uri'");
+    escape = HERALD_TEMPLATE_ESCAPE_URI;
+  } else if (!lua_isnoneornil(L, 3)) {
+    escape = lua_toboolean(L, 3) ? HERALD_TEMPLATE_ESCAPE_HTML : HERALD_TEMPLATE_ESCAPE_NONE;
+  }
   TemplateBox *box = lua_newuserdatauv(L, sizeof *box, 0);
   box->t = NULL;
   luaL_setmetatable(L, TEMPLATE_MT);

@@ -16,7 +16,6 @@ static const ModuleEntry modules[] = {
   {"herald.core.filechannel", luaopen_herald_core_filechannel, 1},
   {"herald.core.readline", luaopen_herald_core_readline, 0},
   {"herald.core.template", luaopen_herald_core_template, 1},
-  {"herald.core.uritemplate", luaopen_herald_core_uritemplate, 1},
   {"herald.core.http", luaopen_herald_core_http, 1},
   {"herald.core.ratelimit", luaopen_herald_core_ratelimit, 1},
   {"herald.core.sandbox", luaopen_herald_core_sandbox, 0},

@@ -16,7 +16,6 @@ int herald_readline_catching(void);
 int herald_readline_interrupted(void);
 int herald_readline_take_interrupt(void);
 int luaopen_herald_core_template(lua_State *L);    /* lua/lherald_template.c */
-int luaopen_herald_core_uritemplate(lua_State *L); /* lua/lherald_uritemplate.c: URI templates */
 int luaopen_herald_core_http(lua_State *L);        /* lua/lherald_http.c: HTTP/SMTP engine */
 int luaopen_herald_core_ratelimit(lua_State *L);   /* lua/lherald_ratelimit.c */
 int luaopen_herald_core_sandbox(lua_State *L); /* lua/lherald_sandbox.c: host-mode sandboxes */

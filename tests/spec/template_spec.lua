@@ -82,12 +82,12 @@ describe('template variables', function()
       R('{{Attributes.html.[0]}}', nil, nil, { name = 'text', escape = false }))
   end)
 
-  it('percent-encodes {{x}} in a URI template (herald.core.uritemplate), keeping its own text and {{{x}}} as written', function()
-    local uri = require 'herald.core.uritemplate'
-    local context = require('herald.core.template').context
-    local t = assert(uri.compile('<https://example.com/u?e={{Address}}&n={{User.UserAttributes.[Last Name]}}'
+  it("percent-encodes {{x}} in a URI template (escape 'uri'), keeping its own text and {{{x}}} as written", function()
+    local core = require 'herald.core.template'
+    local context = core.context
+    local t = assert(core.compile('<https://example.com/u?e={{Address}}&n={{User.UserAttributes.[Last Name]}}'
       .. '&k={{Attributes.keep.[0]}}&r={{{Attributes.html.[0]}}}>, <mailto:u@example.com?subject=u-{{lower Id}}'
-      .. '{{#each Attributes.list}},{{this}}{{/each}}>', 'spec'))
+      .. '{{#each Attributes.list}},{{this}}{{/each}}>', 'spec', 'uri'))
     local ep = context { Id = 'ÉP 1', Address = 'a+b c@x.com', User = { UserAttributes = { ['Last Name'] = { 'Zoë, 100%' } } },
                          Attributes = { keep = { 'Az09-._~' }, html = { '<"#?&>' }, list = { 'a/b', 'c=d' } } }
     -- every byte but A-Z a-z 0-9 - . _ ~ encoded, UTF-8 byte by byte; a helper's output too
@@ -95,7 +95,7 @@ describe('template variables', function()
       .. '<mailto:u@example.com?subject=u-%C3%A9p%201,a%2Fb,c%3Dd>', t:render(ep))
     -- missing values render as nothing; errors name the template
     assert.are.equal('<https://example.com/u?e=&n=&k=&r=>, <mailto:u@example.com?subject=u->', t:render())
-    local bad, err = uri.compile('x{{#if}}', 'profiles.mail.list_unsubscribe')
+    local bad, err = core.compile('x{{#if}}', 'profiles.mail.list_unsubscribe', 'uri')
     assert.is_nil(bad)
     assert.are.equal('profiles.mail.list_unsubscribe: line 1, column 5: #if needs one argument', err)
   end)

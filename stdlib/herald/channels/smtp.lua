@@ -7,7 +7,6 @@
 local http = require 'herald.core.http'
 local task = require 'herald.core.task'
 local core_template = require 'herald.core.template'
-local uritemplate = require 'herald.core.uritemplate'
 local util = require 'herald.channels.util'
 
 local smtp = {}
@@ -20,7 +19,7 @@ function smtp.new(profile)
     -- value is one URI component, so a space, '>', ',' (between URIs, RFC 2369), '&' or '#'
     -- cannot break the header or unsubscribe another value; {{{x}}} stays raw, the author's
     -- choice, and the message builder still refuses a value that is not printable ASCII.
-    local t, err = uritemplate.compile(profile.list_unsubscribe, 'profiles.' .. profile.name .. '.list_unsubscribe')
+    local t, err = core_template.compile(profile.list_unsubscribe, 'profiles.' .. profile.name .. '.list_unsubscribe', 'uri')
     if not t then error(err, 0) end
     self.unsub = t
   end
@@ -76,15 +75,9 @@ local function rcpt_refusal(err)
 end
 
 -- m's List-Unsubscribe, rendered with its endpoint: the stored template context delivery
--- gives, or a table (herald.send's), converted as the message's other templates convert it.
+-- gives, or a table (herald.send's), which render converts as for the message's other templates.
 local function unsubscribe(self, m)
-  local ctx = m.ctx or m.endpoint
-  if type(ctx) == 'table' then
-    local err
-    ctx, err = core_template.context(ctx)
-    if not ctx then return nil, err end
-  end
-  return self.unsub:render(ctx)
+  return self.unsub:render(m.ctx or m.endpoint)
 end
 
 function smtp:send_one(m)
