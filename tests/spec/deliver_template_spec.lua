@@ -16,6 +16,34 @@ local STORE_RAW = [[
   end
 ]]
 
+-- Runs c.lua in dir (`herald run --until-idle`) with the given channels routed to a Lua
+-- channel that writes, for each message m, the JSON object `fields` (a Lua table constructor
+-- over m, hd = m.headers or {}, and N = json.null) to seen.txt. Returns those objects by channel.
+local function run_recorded(dir, fields, channels)
+  h.write(dir .. '/providers.lua', string.format([[
+    local json = require 'herald.json'
+    local N = json.null
+    local function record(m)
+      local hd = m.headers or {}
+      local f = assert(io.open('seen.txt', 'a'))
+      f:write(json.encode(%s), '\n')
+      f:close()
+      return true
+    end
+    local channels = {}
+    for _, c in ipairs { %s } do channels[c] = 'rec' end
+    return { profiles = { rec = { type = 'lua', send = record } }, channels = channels }
+  ]], fields, "'" .. table.concat(channels, "', '") .. "'"))
+  local _, code, err = h.herald('--db c.db run --until-idle c.lua', { cwd = dir })
+  assert.are.equal(0, code, err)
+  local seen = {}
+  for line in io.lines(dir .. '/seen.txt') do
+    local r = require('herald.json').decode(line)
+    seen[r.ch] = r
+  end
+  return seen
+end
+
 describe('treatments that name a stored template', function()
   it("send a push template's part for the endpoint's service over Default, and an email template's headers", function()
     local dir = h.tmpdir()
@@ -33,25 +61,8 @@ describe('treatments that name a stored template', function()
       herald.campaign{ name = 'tp', segment = herald.segment{ name = 'all' }, deliver = 'channels',
         template = { push = 'alert', email = 'mail' } }
     ]])
-    h.write(dir .. '/providers.lua', [[
-      local json = require 'herald.json'
-      local function record(m)
-        local f = assert(io.open('seen.txt', 'a'))
-        f:write(json.encode { ch = m.channel, title = m.title, body = m.body,
-                              plan = m.headers and m.headers['X-Plan'] or json.null }, '\n')
-        f:close()
-        return true
-      end
-      return { profiles = { rec = { type = 'lua', send = record } },
-               channels = { APNS = 'rec', GCM = 'rec', ADM = 'rec', EMAIL = 'rec' } }
-    ]])
-    local _, code, err = h.herald('--db c.db run --until-idle c.lua', { cwd = dir })
-    assert.are.equal(0, code, err)
-    local seen = {}
-    for line in io.lines(dir .. '/seen.txt') do
-      local r = require('herald.json').decode(line)
-      seen[r.ch] = r
-    end
+    local seen = run_recorded(dir, "{ ch = m.channel, title = m.title, body = m.body, plan = hd['X-Plan'] or N }",
+      { 'APNS', 'GCM', 'ADM', 'EMAIL' })
     assert.are.same({ 'Default title', 'iOS body for ios' }, { seen.APNS.title, seen.APNS.body })
     assert.are.same({ 'Android title', 'Android body' }, { seen.GCM.title, seen.GCM.body })
     assert.are.same({ 'Default title', 'default body' }, { seen.ADM.title, seen.ADM.body })
@@ -79,27 +90,9 @@ describe('treatments that name a stored template', function()
         Herald = { Deliver = { type = 'channels' } },
       }, { segment = herald.segment{ name = 'all' } })
     ]])
-    h.write(dir .. '/providers.lua', [[
-      local json = require 'herald.json'
-      local function record(m)
-        local f = assert(io.open('seen.txt', 'a'))
-        local N = json.null
-        f:write(json.encode { ch = m.channel, title = m.title or N, action = m.action or N, url = m.action_url or N,
-                              sound = m.sound or N, media = m.media_url or N, image = m.image_url or N,
-                              small = m.small_image_icon_url or N, raw = m.raw and json.encode(m.raw) or N }, '\n')
-        f:close()
-        return true
-      end
-      return { profiles = { rec = { type = 'lua', send = record } },
-               channels = { APNS = 'rec', GCM = 'rec', ADM = 'rec' } }
-    ]])
-    local _, code, err = h.herald('--db c.db run --until-idle c.lua', { cwd = dir })
-    assert.are.equal(0, code, err)
-    local seen = {}
-    for line in io.lines(dir .. '/seen.txt') do
-      local r = require('herald.json').decode(line)
-      seen[r.ch] = r
-    end
+    local seen = run_recorded(dir, [[{ ch = m.channel, title = m.title or N, action = m.action or N,
+      url = m.action_url or N, sound = m.sound or N, media = m.media_url or N, image = m.image_url or N,
+      small = m.small_image_icon_url or N, raw = m.raw and json.encode(m.raw) or N }]], { 'APNS', 'GCM', 'ADM' })
     local null = require('herald.json').null
     assert.are.same({ 'Your order', 'URL', 'https://example.com/o/ios', 'default', 'https://cdn.example.com/ios.png', null },
       { seen.APNS.title, seen.APNS.action, seen.APNS.url, seen.APNS.sound, seen.APNS.media, seen.APNS.raw })
@@ -170,27 +163,9 @@ describe('treatments that name a stored template', function()
         Herald = { Deliver = { type = 'channels' } },
       }, { segment = herald.segment{ name = 'all' } })
     ]])
-    h.write(dir .. '/providers.lua', [[
-      local json = require 'herald.json'
-      local function record(m)
-        local f = assert(io.open('seen.txt', 'a'))
-        local hd = m.headers or {}
-        f:write(json.encode { ch = m.channel, title = m.title or json.null, body = m.body or json.null,
-                              html = m.html or json.null, from = m.from or json.null,
-                              tag = hd['X-Tag'] or json.null, plan = hd['X-Plan'] or json.null,
-                              type = m.message_type or json.null, number = m.origination_number or json.null }, '\n')
-        f:close()
-        return true
-      end
-      return { profiles = { rec = { type = 'lua', send = record } }, channels = { EMAIL = 'rec', SMS = 'rec' } }
-    ]])
-    local _, code, err = h.herald('--db c.db run --until-idle c.lua', { cwd = dir })
-    assert.are.equal(0, code, err)
-    local seen = {}
-    for line in io.lines(dir .. '/seen.txt') do
-      local r = require('herald.json').decode(line)
-      seen[r.ch] = r
-    end
+    local seen = run_recorded(dir, [[{ ch = m.channel, title = m.title or N, body = m.body or N,
+      html = m.html or N, from = m.from or N, tag = hd['X-Tag'] or N, plan = hd['X-Plan'] or N,
+      type = m.message_type or N, number = m.origination_number or N }]], { 'EMAIL', 'SMS' })
     assert.are.same({ 'Hi Ann', 'text for mail-1', '<p>html</p>', 'news@example.com' },
       { seen.EMAIL.title, seen.EMAIL.body, seen.EMAIL.html, seen.EMAIL.from })
     -- the message's headers over the template's

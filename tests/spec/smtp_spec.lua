@@ -22,6 +22,16 @@ local TEXT = 'Hallo Zoë,\n.a line that starts with a dot\n' .. string.rep('long
   .. '\ntrailing spaces   \n= equals =\n'
 local HTML = '<p>Hallo <b>Zoë</b> — <a href="https://example.com/?a=1&b=2">link</a></p>\n'
 
+-- with(k, v): a copy of the send_mail request base with field k set to v.
+local function mail_with(base)
+  return function(k, v)
+    local t = {}
+    for key, val in pairs(base) do t[key] = val end
+    t[k] = v
+    return t
+  end
+end
+
 describe('herald.http.send_mail', function()
   local store, sink
 
@@ -395,14 +405,8 @@ describe('herald.http.send_mail', function()
   end)
 
   it('returns bad message data as invalid, naming the field', function()
-    local base = { url = store.url, from = 'a@herald.example', to = 'b@example.org', text = 'x',
-                   message_id = 'bad' }
-    local function with(k, v)
-      local t = {}
-      for key, val in pairs(base) do t[key] = val end
-      t[k] = v
-      return t
-    end
+    local with = mail_with { url = store.url, from = 'a@herald.example', to = 'b@example.org', text = 'x',
+                             message_id = 'bad' }
     local cases = {
       { with('to', 'not an address'), "to[1]: 'not an address' is not an address" },
       { with('from', 'Ann <ann@>'), "from: 'ann@' is not an address" },
@@ -423,13 +427,8 @@ describe('herald.http.send_mail', function()
   end)
 
   it('refuses an address with a second @, an empty domain label or a misplaced dot in its local part', function()
-    local base = { url = store.url, from = 'a@herald.example', to = 'b@example.org', text = 'x', message_id = 'addr' }
-    local function with(k, v)
-      local t = {}
-      for key, val in pairs(base) do t[key] = val end
-      t[k] = v
-      return t
-    end
+    local with = mail_with { url = store.url, from = 'a@herald.example', to = 'b@example.org', text = 'x',
+                             message_id = 'addr' }
     local before = store:count()
     for _, c in ipairs {
       { 'to', 'ab@cd@example.com', "to[1]: 'ab@cd@example.com' is not an address (user@domain)" },
@@ -462,7 +461,8 @@ describe('herald.http.send_mail', function()
   end)
 
   it('refuses the trace and resent headers servers or users write, as it refuses the ones it writes itself', function()
-    local base = { url = store.url, from = 'a@herald.example', to = 'b@example.org', text = 'x', message_id = 'trace' }
+    local with = mail_with { url = store.url, from = 'a@herald.example', to = 'b@example.org', text = 'x',
+                             message_id = 'trace' }
     for _, c in ipairs {
       { 'Return-Path', "headers['Return-Path']: written by the delivering server from the envelope sender (use envelope_from)" },
       { 'received', "headers['received']: a trace field, written by each server the message passes through" },
@@ -471,10 +471,7 @@ describe('herald.http.send_mail', function()
       { 'List-Unsubscribe-Post', "headers['List-Unsubscribe-Post']: set by the message itself (use its own field)" },
       { 'X-Herald-Message-Id', "headers['X-Herald-Message-Id']: set by the message itself (use its own field)" },
     } do
-      local t = {}
-      for k, v in pairs(base) do t[k] = v end
-      t.headers = { [c[1]] = 'x@example.com' }
-      local res, err, class = http.send_mail(t)
+      local res, err, class = http.send_mail(with('headers', { [c[1]] = 'x@example.com' }))
       assert.is_nil(res, c[1])
       assert.are.equal('invalid', class)
       assert.are.equal(c[2], err)
