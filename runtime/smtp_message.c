@@ -404,25 +404,26 @@ typedef struct {
   const char *why;
 } Reserved;
 
+#define BUILT "set by the message itself (use its own field)"
 static const Reserved RESERVED[] = {
   /* Written by herald_smtp_message_build itself, from the message's own fields: a second one
    * would make the header appear twice (RFC 5322 §3.6 allows one Date, From, To, Subject and
    * Message-ID; RFC 2045 one MIME-Version and Content-Type), or, for Content-*,
    * describe a body other than the one built. Cc and Bcc are not written, but recipients go in
    * the envelope from `to` alone: a Cc or Bcc header would name people who never get it. */
-  {"date", "set by the message itself (use its own field)"},
-  {"from", "set by the message itself (use its own field)"},
-  {"to", "set by the message itself (use its own field)"},
-  {"cc", "set by the message itself (use its own field)"},
-  {"bcc", "set by the message itself (use its own field)"},
-  {"subject", "set by the message itself (use its own field)"},
-  {"message-id", "set by the message itself (use its own field)"},
-  {"x-herald-message-id", "set by the message itself (use its own field)"},
-  {"list-unsubscribe", "set by the message itself (use its own field)"},
-  {"list-unsubscribe-post", "set by the message itself (use its own field)"},
-  {"mime-version", "set by the message itself (use its own field)"},
-  {"content-type", "set by the message itself (use its own field)"},
-  {"content-transfer-encoding", "set by the message itself (use its own field)"},
+  {"date", BUILT},
+  {"from", BUILT},
+  {"to", BUILT},
+  {"cc", BUILT},
+  {"bcc", BUILT},
+  {"subject", BUILT},
+  {"message-id", BUILT},
+  {"x-herald-message-id", BUILT},
+  {"list-unsubscribe", BUILT},
+  {"list-unsubscribe-post", BUILT},
+  {"mime-version", BUILT},
+  {"content-type", BUILT},
+  {"content-transfer-encoding", BUILT},
   /* Trace fields (RFC 5322 §3.6.7): written by the servers the message passes through, never by
    * its author. The delivering server writes Return-Path from the envelope sender (RFC 5321
    * §4.4), so one in the message is either doubled or taken for the real one: set the sender
@@ -433,6 +434,7 @@ static const Reserved RESERVED[] = {
    * who resent it; a campaign's messages are new, so any would be false. */
   {"resent-", "marks a message resent by a user; a campaign's messages are new ones"},
 };
+#undef BUILT
 
 const char *herald_smtp_header_reserved(const char *name) {
   for (size_t k = 0; k < sizeof RESERVED / sizeof RESERVED[0]; k++) {

@@ -411,11 +411,6 @@ local function header_map(h)
 end
 deliver.header_map = header_map
 
--- The parts of the stored template a TemplateConfiguration names for a channel, rendered for
--- ctx with substitutions subs (the template's DefaultSubstitutions under them): nil when it
--- names none for the channel, or nil, reason [, true when the template or the version it pins
--- does not exist: no message of the campaign can be rendered, which is the campaign's fault,
--- not the recipient's].
 -- The fields of a push template's part (Pinpoint's PushNotificationTemplate: Default, APNS,
 -- GCM, ADM, Baidu) a message takes: its content, what a tap does, its images, sound and
 -- RawContent, the payload that overrides all the rest.
@@ -426,6 +421,11 @@ local TEMPLATE_PUSH_SETTINGS = { Action = 'action', Url = 'action_url', ImageUrl
                                  ImageIconUrl = 'image_icon_url', SmallImageIconUrl = 'small_image_icon_url',
                                  MediaUrl = 'media_url', Sound = 'sound' }
 
+-- The parts of the stored template a TemplateConfiguration names for a channel, rendered for
+-- ctx with substitutions subs (the template's DefaultSubstitutions under them): nil when it
+-- names none for the channel, or nil, reason [, true when the template or the version it pins
+-- does not exist: no message of the campaign can be rendered, which is the campaign's fault,
+-- not the recipient's].
 local function template_message(tconfig, channel, ep, subs)
   if not present(tconfig) or type(tconfig) ~= 'table' then return nil end
   local kind = TEMPLATE_KIND[channel] or (PUSH[channel] and { 'PushTemplate', 'PUSH' })

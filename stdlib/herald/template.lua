@@ -32,7 +32,8 @@ local function compiled(text, escape)
 end
 
 -- Compiles text once; opts.name labels errors, opts.escape = false turns off HTML escaping
--- of {{x}} (on by default, as in Handlebars). Returns an object with :render(ctx, subs).
+-- of {{x}} (on by default, as in Handlebars) and opts.escape = 'uri' percent-encodes it
+-- instead (templates of URIs). Returns an object with :render(ctx, subs).
 function template.compile(text, opts)
   if type(text) ~= 'string' then error('template.compile: text must be a string', 2) end
   opts = opts or {}

@@ -6,7 +6,7 @@
 -- endpoint goes INACTIVE; one refusing on policy (relaying denied) is systemic.
 local http = require 'herald.core.http'
 local task = require 'herald.core.task'
-local core_template = require 'herald.core.template'
+local template = require 'herald.template'
 local util = require 'herald.channels.util'
 
 local smtp = {}
@@ -19,7 +19,8 @@ function smtp.new(profile)
     -- value is one URI component, so a space, '>', ',' (between URIs, RFC 2369), '&' or '#'
     -- cannot break the header or unsubscribe another value; {{{x}}} stays raw, the author's
     -- choice, and the message builder still refuses a value that is not printable ASCII.
-    local t, err = core_template.compile(profile.list_unsubscribe, 'profiles.' .. profile.name .. '.list_unsubscribe', 'uri')
+    local t, err = template.compile(profile.list_unsubscribe,
+      { name = 'profiles.' .. profile.name .. '.list_unsubscribe', escape = 'uri' })
     if not t then error(err, 0) end
     self.unsub = t
   end
@@ -74,12 +75,6 @@ local function rcpt_refusal(err)
   return 'recipient'
 end
 
--- m's List-Unsubscribe, rendered with its endpoint: the stored template context delivery
--- gives, or a table (herald.send's), which render converts as for the message's other templates.
-local function unsubscribe(self, m)
-  return self.unsub:render(m.ctx or m.endpoint)
-end
-
 function smtp:send_one(m)
   local p = self.profile
   local headers = {}
@@ -88,7 +83,7 @@ function smtp:send_one(m)
   local res, err, class, code = http.send_mail {
     url = p.url, from = m.from or p.from, to = { m.address }, subject = m.title or '',
     text = m.body, html = m.html, message_id = m.key, headers = headers,
-    list_unsubscribe = self.unsub and unsubscribe(self, m) or nil,
+    list_unsubscribe = self.unsub and self.unsub:render(m.ctx or m.endpoint) or nil,
     one_click = p.one_click and self.unsub ~= nil or nil,
     username = p.username, password = p.password, starttls = p.starttls,
     ca_file = p.ca_file, timeout_ms = p.timeout_ms, envelope_from = p.envelope_from,
