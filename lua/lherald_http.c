@@ -649,6 +649,24 @@ static int l_mail_header_reserved(lua_State *L) {
   return 1;
 }
 
+/* mail_header_problem(name, value) -> nil | why, 'Name' or 'Value': why a mail may not carry
+ * the header (a bad name, a reserved one, a value with a line break) and which of the two is
+ * at fault, so campaigns, templates and direct messages refuse it with their definition rather
+ * than failing every message at send time. */
+static int l_mail_header_problem(lua_State *L) {
+  const char *name = luaL_checkstring(L, 1), *value = luaL_optstring(L, 2, NULL);
+  const char *why = herald_smtp_header_problem(name, "");
+  const char *field = "Name";
+  if (why == NULL) {
+    why = herald_smtp_header_problem(name, value);
+    field = "Value";
+  }
+  if (why == NULL) return 0;
+  lua_pushstring(L, why);
+  lua_pushstring(L, field);
+  return 2;
+}
+
 /* ---- batches ---- */
 
 typedef struct Batch Batch;
@@ -1428,7 +1446,8 @@ int luaopen_herald_core_http(lua_State *L) {
     {"request", l_request},     {"send_mail", l_send_mail}, {"build_mail", l_build_mail},
     {"batch", l_batch},         {"verdict", l_verdict},     {"backoff", l_backoff},
     {"configure", l_configure}, {"stats", l_stats},
-    {"mail_header_reserved", l_mail_header_reserved},       {NULL, NULL},
+    {"mail_header_reserved", l_mail_header_reserved},
+    {"mail_header_problem", l_mail_header_problem},       {NULL, NULL},
   };
   luaL_newlib(L, funcs);
   return 1;

@@ -446,17 +446,24 @@ const char *herald_smtp_header_reserved(const char *name) {
   return NULL;
 }
 
+const char *herald_smtp_header_problem(const char *name, const char *value) {
+  if (name == NULL || *name == '\0') return "missing name";
+  /* a field name is printable ASCII without ':' (RFC 5322 §2.2): a space or a control byte
+   * would end the name early or inject a line */
+  for (const unsigned char *p = (const unsigned char *)name; *p; p++)
+    if (*p < 33 || *p > 126 || *p == ':')
+      return "invalid header name (printable ASCII without spaces or ':')";
+  const char *why = herald_smtp_header_reserved(name);
+  if (why != NULL) return why;
+  if (value == NULL || has_line_break(value)) return "value missing or has a line break";
+  return NULL;
+}
+
 static int check_header(const HeraldMailHeader *h, size_t i, HeraldError *err) {
   if (h->name == NULL || *h->name == '\0')
     return herald_error_set(err, kHeraldInvalid, "headers[%zu]: missing name", i + 1);
-  for (const unsigned char *p = (const unsigned char *)h->name; *p; p++)
-    if (*p < 33 || *p > 126 || *p == ':')
-      return herald_error_set(err, kHeraldInvalid, "headers['%s']: invalid header name", h->name);
-  const char *why = herald_smtp_header_reserved(h->name);
+  const char *why = herald_smtp_header_problem(h->name, h->value);
   if (why != NULL) return herald_error_set(err, kHeraldInvalid, "headers['%s']: %s", h->name, why);
-  if (h->value == NULL || has_line_break(h->value))
-    return herald_error_set(err, kHeraldInvalid, "headers['%s']: value missing or has a line break",
-                            h->name);
   return kHeraldOk;
 }
 

@@ -47,6 +47,12 @@ int herald_smtp_message_build(const HeraldMailMessage *m, char **out, size_t *ou
  * a profile's headers are checked with it when they are defined. */
 const char *herald_smtp_header_reserved(const char *name);
 
+/* Why a message's own header name: value may not be sent, or NULL when it may: a missing or
+ * invalid name, a reserved one (herald_smtp_header_reserved), a value missing or with a line
+ * break. Its text follows "headers['Name']: " in the builder's refusal; campaigns, templates
+ * and direct messages check their headers with it when they are defined. */
+const char *herald_smtp_header_problem(const char *name, const char *value);
+
 /* The addr-spec of a mailbox ("Name <a@b>" -> "a@b"), checked (ASCII only); field names it in
  * errors. */
 int herald_smtp_address(const char *mailbox, const char *field, char *out, size_t size,

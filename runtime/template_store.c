@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "runtime/clock.h"
+#include "runtime/smtp_message.h"
 
 typedef struct {
   const char *group;   /* push platform (Default, APNS, ...) or NULL */
@@ -120,6 +121,10 @@ static int compile_headers(HeraldTemplateParts *p, const char *base, const json_
     const json_t *name = json_object_get(h, "Name");
     if (!json_is_string(name) || json_string_length(name) == 0)
       return herald_error_set(err, kHeraldInvalid, "%s.Name: required string", label);
+    /* the name is checked now, as the message builder would at every send; the Value is a
+     * template, checked once rendered */
+    const char *why = herald_smtp_header_problem(json_string_value(name), "");
+    if (why != NULL) return herald_error_set(err, kHeraldInvalid, "%s.Name: %s", label, why);
     snprintf(label, sizeof label, "%s.Headers[%zu].Value", base, i + 1);
     if (add_entry(p, label, NULL, "Value", (int)i, json_object_get(h, "Value"), 0, err) != kHeraldOk)
       return err ? err->code : kHeraldInvalid;

@@ -18,6 +18,7 @@ local json = require 'herald.core.json'
 local outbox = require 'herald.core.outbox'
 local store = require 'herald.core.store'
 local core = require 'herald.core'
+local core_http = require 'herald.core.http'
 
 local campaign = {}
 
@@ -121,13 +122,43 @@ local function attribute_values(path, v, pinpoint)
   end
 end
 
+-- An email's Headers, Pinpoint's list of { Name =, Value = } (at most 15): nil when the
+-- message builder takes every one, else the path of the one at fault (counted from 0, as in
+-- Pinpoint's JSON) and why. Said with the definition: found at send time, a reserved or
+-- malformed header would fail every message. A name given twice (in any case) is refused as
+-- well, since one of the two would be dropped unseen.
+function campaign.header_list_problem(path, list)
+  local shape = 'expected a list of { Name =, Value = }'
+  if type(list) ~= 'table' then return path, shape end
+  local n = #list
+  for k in pairs(list) do
+    if math.type(k) ~= 'integer' or k < 1 or k > n then return path, shape end
+  end
+  if n > 15 then return path, 'at most 15 headers, got ' .. n end
+  local seen = {}
+  for i, h in ipairs(list) do
+    local hp = path .. '[' .. (i - 1) .. ']'
+    if type(h) ~= 'table' or type(h.Name) ~= 'string' or type(h.Value) ~= 'string' then
+      return hp, 'expected { Name = string, Value = string }'
+    end
+    for k in pairs(h) do
+      if k ~= 'Name' and k ~= 'Value' then return hp .. '.' .. tostring(k), 'unknown field (allowed: Name, Value)' end
+    end
+    local why, field = core_http.mail_header_problem(h.Name, h.Value)
+    if why then return hp .. '.' .. field, why end
+    local lower = h.Name:lower()
+    if seen[lower] then return hp .. '.Name', string.format("'%s' is given twice", h.Name) end
+    seen[lower] = true
+  end
+end
+
 ---------------------------------------------------------------------------------------------
 -- The Lua form -> Pinpoint's shape
 
 local PUSH_KEYS = { 'GCMMessage', 'APNSMessage', 'ADMMessage', 'BaiduMessage' }
 
 -- message = { subject =, body =, html = }  (every channel), or per channel:
--- { email = {subject, text, html, from}, sms = {body, type, origination_number, sender_id},
+-- { email = {subject, text, html, from, headers}, sms = {body, type, origination_number, sender_id},
 --   push = {title, body, action, url, image_url, sound}, custom = {data} }
 local function message_configuration(path, m)
   if type(m) ~= 'table' then fail(path, 'expected a table') end
@@ -146,7 +177,7 @@ local function message_configuration(path, m)
   if m.email ~= nil then
     local p, e = path .. '.email', m.email
     if type(e) ~= 'table' then fail(p, 'expected a table { subject =, text =, html =, from = }') end
-    only(p, e, set('subject', 'text', 'html', 'from'))
+    only(p, e, set('subject', 'text', 'html', 'from', 'headers'))
     if e.text == nil and e.html == nil then fail(p, 'needs text or html') end
     if e.subject == nil then fail(p .. '.subject', 'required') end
     check_template(p .. '.subject', e.subject)
@@ -155,7 +186,24 @@ local function message_configuration(path, m)
     if e.from ~= nil and (type(e.from) ~= 'string' or not e.from:find('@', 1, true)) then
       fail(p .. '.from', 'an email address')
     end
-    config.EmailMessage = { Title = e.subject, Body = e.text, HtmlBody = e.html, FromAddress = e.from }
+    local headers
+    if e.headers ~= nil then
+      -- headers = { ['X-Campaign'] = 'spring' }: Pinpoint's Headers list, in name order
+      if type(e.headers) ~= 'table' then fail(p .. '.headers', "expected a table { ['Name'] = 'value' }") end
+      local names = {}
+      for name, value in pairs(e.headers) do
+        if type(name) ~= 'string' then fail(p .. '.headers', "expected a table { ['Name'] = 'value' }, not a list") end
+        if type(value) ~= 'string' then fail(p .. '.headers.' .. name, 'expected a string, got ' .. kind(value)) end
+        local why = core_http.mail_header_problem(name, value)
+        if why then fail(p .. '.headers.' .. name, why) end
+        names[#names + 1] = name
+      end
+      table.sort(names)
+      headers = {}
+      for i, name in ipairs(names) do headers[i] = { Name = name, Value = e.headers[name] } end
+    end
+    config.EmailMessage = { Title = e.subject, Body = e.text, HtmlBody = e.html, FromAddress = e.from,
+                            Headers = headers }
   end
   if m.sms ~= nil then
     local p, s = path .. '.sms', m.sms
@@ -480,6 +528,10 @@ local function check_config(path, config)
     local mt = m.MessageType
     if mt ~= nil and mt ~= json.null and mt ~= 'TRANSACTIONAL' and mt ~= 'PROMOTIONAL' then
       fail(mp .. '.MessageType', "'TRANSACTIONAL' or 'PROMOTIONAL'")
+    end
+    if k == 'EmailMessage' and m.Headers ~= nil and m.Headers ~= json.null then
+      local hp, why = campaign.header_list_problem(mp .. '.Headers', m.Headers)
+      if hp then fail(hp, why) end
     end
   end
 end

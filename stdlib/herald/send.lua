@@ -201,19 +201,17 @@ local function check_message(path, m)
   end
   if m.Data ~= nil and type(m.Data) ~= 'string' then check_map(path .. '.Data', m.Data, 'strings') end
   check_substitutions(path .. '.Substitutions', m.Substitutions)
-  if m.Headers ~= nil and type(m.Headers) ~= 'table' then refuse(path .. '.Headers: expected a list of { Name =, Value = }') end
+  if m.Headers ~= nil then
+    local hp, why = campaign.header_list_problem(path .. '.Headers', m.Headers)
+    if hp then refuse(hp .. ': ' .. why) end
+  end
   if m.SimpleEmail ~= nil then
     local se = m.SimpleEmail
     if type(se) ~= 'table' then refuse(path .. '.SimpleEmail: expected an object') end
     for _, f in ipairs({ 'Subject', 'TextPart', 'HtmlPart' }) do check_part(path .. '.SimpleEmail.' .. f, se[f]) end
     if se.Headers ~= nil then
-      if type(se.Headers) ~= 'table' then refuse(path .. '.SimpleEmail.Headers: expected a list of { Name =, Value = }') end
-      for i, h in ipairs(se.Headers) do
-        local hp = string.format('%s.SimpleEmail.Headers[%d]', path, i - 1)
-        if type(h) ~= 'table' or type(h.Name) ~= 'string' or type(h.Value) ~= 'string' then
-          refuse(hp .. ': expected { Name = string, Value = string }')
-        end
-      end
+      local hp, why = campaign.header_list_problem(path .. '.SimpleEmail.Headers', se.Headers)
+      if hp then refuse(hp .. ': ' .. why) end
     end
   end
 end

@@ -38,6 +38,15 @@ describe('campaign definitions', function()
     local cases = {
       { "message = { body = 'x' }, holdout = 120", 'holdout: a whole percentage 0%-100' },
       { "message = { email = { text = 'x' } }", 'message%.email%.subject: required' },
+      -- an email's own headers: refused with the definition, not by every message at send time
+      { "message = { email = { subject = 's', text = 'x', headers = { From = 'boss@example.com' } } }",
+        'message%.email%.headers%.From: set by the message itself %(use its own field%)' },
+      { "message = { email = { subject = 's', text = 'x', headers = { ['X Tag'] = 'v' } } }",
+        "message%.email%.headers%.X Tag: invalid header name %(printable ASCII without spaces or ':'%)" },
+      { "message = { email = { subject = 's', text = 'x', headers = { ['X-Tag'] = 'a\\r\\nBcc: all@example.com' } } }",
+        'message%.email%.headers%.X%-Tag: value missing or has a line break' },
+      { "message = { email = { subject = 's', text = 'x', headers = { 'X-Tag' } } }",
+        'message%.email%.headers: expected a table { %[\'Name\'%] = \'value\' }, not a list' },
       { "message = { sms = { body = 'x', type = 'LOUD' } }", "message%.sms%.type: 'TRANSACTIONAL' or 'PROMOTIONAL'" },
       { "message = { body = '{{#if}}' }", 'message%.body' },
       { "message = { body = 'x' }, schedule = { start = '2026-13-01T00:00:00Z' }", 'schedule%.StartTime' },
@@ -195,6 +204,19 @@ describe('campaign definitions', function()
         "MessageConfiguration%.GCMMessage%.Priority: 'normal' or 'high'" },
       { function(d) d.MessageConfiguration.GCMMessage = { Body = 'x', Action = 'OPEN' } end,
         "MessageConfiguration%.GCMMessage%.Action: 'OPEN_APP', 'DEEP_LINK' or 'URL'" },
+      { function(d) d.MessageConfiguration.EmailMessage = { Body = 'x', Headers = { { Name = 'X-A', Value = '1' },
+          { Name = 'Received', Value = 'from nowhere' } } } end,
+        'MessageConfiguration%.EmailMessage%.Headers%[1%]%.Name: a trace field, written by each server' },
+      { function(d) d.MessageConfiguration.EmailMessage = { Body = 'x', Headers = { { Name = 'X-A', Value = '1' },
+          { Name = 'x-a', Value = '2' } } } end,
+        "MessageConfiguration%.EmailMessage%.Headers%[1%]%.Name: 'x%-a' is given twice" },
+      { function(d) d.MessageConfiguration.EmailMessage = { Body = 'x', Headers = { { Name = 'X-A' } } } end,
+        'MessageConfiguration%.EmailMessage%.Headers%[0%]: expected { Name = string, Value = string }' },
+      { function(d)
+          local list = {}
+          for i = 1, 16 do list[i] = { Name = 'X-H' .. i, Value = 'v' } end
+          d.MessageConfiguration.EmailMessage = { Body = 'x', Headers = list }
+        end, 'MessageConfiguration%.EmailMessage%.Headers: at most 15 headers, got 16' },
       { function(d) d.Herald.Deliver = { type = 'file', path = '/var/out.txt' } end,
         "Herald%.Deliver%.path: '/var/out%.txt': the file must be relative and stay below the working directory" },
     }

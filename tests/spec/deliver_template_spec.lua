@@ -173,6 +173,20 @@ describe('treatments that name a stored template', function()
     assert.are.same({ 'Code for sms-1', 'TRANSACTIONAL', '+15550100' }, { seen.SMS.body, seen.SMS.type, seen.SMS.number })
   end)
 
+  it("send a Lua campaign's email headers, stored as Pinpoint's Headers list in name order", function()
+    local dir = h.tmpdir()
+    h.write(dir .. '/c.lua', [[
+      assert(herald.endpoints.put{ Id = 'mail-1', ChannelType = 'EMAIL', Address = 'm1@example.com' })
+      herald.campaign{ name = 'tagged', segment = herald.segment{ name = 'all' }, deliver = 'channels',
+        message = { email = { subject = 'Hi', text = 'body', headers = { ['X-Tag'] = 'spring', ['X-Plan'] = 'gold' } } } }
+    ]])
+    local seen = run_recorded(dir, [[{ ch = m.channel, tag = hd['X-Tag'] or N, plan = hd['X-Plan'] or N }]], { 'EMAIL' })
+    assert.are.same({ 'spring', 'gold' }, { seen.EMAIL.tag, seen.EMAIL.plan })
+    local def = require('herald.json').decode(h.query(dir, 'c.db', "SELECT definition FROM campaigns WHERE id = 'tagged'")[1].definition)
+    assert.are.same({ { Name = 'X-Plan', Value = 'gold' }, { Name = 'X-Tag', Value = 'spring' } },
+      def.MessageConfiguration.EmailMessage.Headers)
+  end)
+
   it('refuse a TemplateConfiguration version that is not a version number, and fail the rows of one stored before', function()
     local dir = h.tmpdir()
     h.write(dir .. '/bad.lua', [[
