@@ -3,6 +3,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "runtime/clock.h"
 #include "runtime/smtp_message.h"
@@ -125,6 +126,13 @@ static int compile_headers(HeraldTemplateParts *p, const char *base, const json_
      * template, checked once rendered */
     const char *why = herald_smtp_header_problem(json_string_value(name), "");
     if (why != NULL) return herald_error_set(err, kHeraldInvalid, "%s.Name: %s", label, why);
+    /* one of two headers of a name would be dropped unseen when the message is built */
+    for (size_t k = 0; k < i; k++) {
+      const json_t *other = json_object_get(json_array_get(headers, k), "Name");
+      if (strcasecmp(json_string_value(other), json_string_value(name)) == 0)
+        return herald_error_set(err, kHeraldInvalid, "%s.Name: '%s' is given twice", label,
+                                json_string_value(name));
+    }
     snprintf(label, sizeof label, "%s.Headers[%zu].Value", base, i + 1);
     if (add_entry(p, label, NULL, "Value", (int)i, json_object_get(h, "Value"), 0, err) != kHeraldOk)
       return err ? err->code : kHeraldInvalid;

@@ -170,6 +170,8 @@ describe('template store', function()
       { { name = 'x', Subject = 's', Headers = { { Name = 'X-A' } } }, 'x(v1).Headers[1].Value: must be a string' },
       { { name = 'x', Subject = 's', Headers = { { Name = 'Message-ID', Value = '<{{Id}}@example.com>' } } },
         'x(v1).Headers[1].Name: set by the message itself (use its own field)' },
+      { { name = 'x', Subject = 's', Headers = { { Name = 'X-Plan', Value = 'gold' }, { Name = 'x-plan', Value = 'silver' } } },
+        "x(v1).Headers[2].Name: 'x-plan' is given twice" },
       { { name = 'x', Subject = 's', Headers = { { Name = 'X Plan', Value = 'gold' } } },
         "x(v1).Headers[1].Name: invalid header name (printable ASCII without spaces or ':')" },
       { { name = 'x', type = 'PUSH', Default = { Title = 't', Action = 'JUMP' } },
