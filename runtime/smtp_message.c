@@ -433,6 +433,14 @@ static const Reserved RESERVED[] = {
   /* Resent fields (RFC 5322 §3.6.6) mark a message a user sends again, and readers show them as
    * who resent it; a campaign's messages are new, so any would be false. */
   {"resent-", "marks a message resent by a user; a campaign's messages are new ones"},
+  /* Written by the servers that check or pass the message on, after it is sent: the receiving
+   * server's verdict on SPF, DKIM and DMARC (RFC 8601 §5 has it remove any it did not write,
+   * so one written here is dropped or taken for a forgery), ARC sets of the servers that
+   * forward it (RFC 8617), and the DKIM signature, computed over each message as it leaves by
+   * the signing server: a fixed one never matches and fails the message's DKIM. */
+  {"authentication-results", "written by the receiving server once it has checked the message (RFC 8601)"},
+  {"arc-", "written by servers that forward the message (RFC 8617)"},
+  {"dkim-signature", "computed over each message by the signing server as it leaves (set up DKIM signing there)"},
 };
 #undef BUILT
 

@@ -460,7 +460,7 @@ describe('herald.http.send_mail', function()
     end
   end)
 
-  it('refuses the trace and resent headers servers or users write, as it refuses the ones it writes itself', function()
+  it('refuses the trace, resent and authentication headers servers or users write, as it refuses the ones it writes itself', function()
     local with = mail_with { url = store.url, from = 'a@herald.example', to = 'b@example.org', text = 'x',
                              message_id = 'trace' }
     for _, c in ipairs {
@@ -470,6 +470,9 @@ describe('herald.http.send_mail', function()
       { 'RESENT-MESSAGE-ID', "headers['RESENT-MESSAGE-ID']: marks a message resent by a user; a campaign's messages are new ones" },
       { 'List-Unsubscribe-Post', "headers['List-Unsubscribe-Post']: set by the message itself (use its own field)" },
       { 'X-Herald-Message-Id', "headers['X-Herald-Message-Id']: set by the message itself (use its own field)" },
+      { 'Authentication-Results', "headers['Authentication-Results']: written by the receiving server once it has checked the message (RFC 8601)" },
+      { 'ARC-Seal', "headers['ARC-Seal']: written by servers that forward the message (RFC 8617)" },
+      { 'DKIM-Signature', "headers['DKIM-Signature']: computed over each message by the signing server as it leaves (set up DKIM signing there)" },
     } do
       local res, err, class = http.send_mail(with('headers', { [c[1]] = 'x@example.com' }))
       assert.is_nil(res, c[1])
