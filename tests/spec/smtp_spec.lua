@@ -529,6 +529,28 @@ describe('herald.http.send_mail', function()
     assert.is_false(out[2].systemic)
     assert.matches('list_unsubscribe: ASCII URIs without line breaks', out[2].reason, 1, true)
   end)
+
+  it('fails a message alone, unsent, when its List-Unsubscribe cannot be rendered, rather than send it without one', function()
+    local smtp = require 'herald.channels.smtp'
+    -- six nested #each over 15 items is 15^6 steps: past the engine's bound for this endpoint only
+    local each = ('{{#each Attributes.T}}'):rep(6) .. 'x' .. ('{{/each}}'):rep(6)
+    local ch = smtp.new { name = 'deep', url = store.url, from = 'a@herald.example',
+                          list_unsubscribe = '<https://herald.example/u?i={{Id}}&n=' .. each .. '>' }
+    local many = {}
+    for i = 1, 15 do many[i] = 't' .. i end
+    local before = store:count()
+    local out = ch:send { { address = 'ann@example.org', body = 'x', title = 's', key = 'deep-1',
+                            endpoint = { Id = 'big', Attributes = { T = many } } },
+                          { address = 'bob@example.org', body = 'x', title = 's', key = 'deep-2',
+                            endpoint = { Id = 'small', Attributes = { T = { 'a' } } } } }
+    assert.are.equal('permanent', out[1].verdict)
+    assert.is_false(out[1].systemic)
+    assert.matches('^RENDER_FAILED: list_unsubscribe: .*steps', out[1].reason)
+    assert.are.equal('delivered', out[2].verdict, out[2].reason)
+    assert.are.equal(before + 1, store:count())
+    local f = parse(store.dir .. '/mail/' .. store:count() .. '.eml')
+    assert.are.equal('<https://herald.example/u?i=small&n=x>', f['list-unsubscribe'])
+  end)
 end)
 
 describe('herald.http.send_mail over TLS with AUTH', function()

@@ -77,13 +77,24 @@ end
 
 function smtp:send_one(m)
   local p = self.profile
+  local unsub
+  if self.unsub then
+    -- Sent without it, a bulk message would leave its recipient no way out and break the
+    -- mailbox providers' bulk-sender rules: a render that fails (an engine limit this
+    -- endpoint's data reaches) fails the message alone.
+    local rerr
+    unsub, rerr = self.unsub:render(m.ctx or m.endpoint)
+    if unsub == nil then
+      return { verdict = 'permanent', reason = 'RENDER_FAILED: list_unsubscribe: ' .. tostring(rerr), systemic = false }
+    end
+  end
   local headers = {}
   for k, v in pairs(p.headers or {}) do headers[k] = v end
   for k, v in pairs(m.headers or {}) do headers[k] = v end
   local res, err, class, code = http.send_mail {
     url = p.url, from = m.from or p.from, to = { m.address }, subject = m.title or '',
     text = m.body, html = m.html, message_id = m.key, headers = headers,
-    list_unsubscribe = self.unsub and self.unsub:render(m.ctx or m.endpoint) or nil,
+    list_unsubscribe = unsub,
     one_click = p.one_click and self.unsub ~= nil or nil,
     username = p.username, password = p.password, starttls = p.starttls,
     ca_file = p.ca_file, timeout_ms = p.timeout_ms, envelope_from = p.envelope_from,
