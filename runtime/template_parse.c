@@ -38,6 +38,7 @@ typedef struct {
   HeraldError *err;
   int failed;
   int strip_next;      /* the previous tag ended with ~}}: trim the next text's leading space */
+  TemplateNode *last_text;  /* the text node made last, which a standalone tag may trim */
   size_t tag;          /* where the tag being parsed starts */
   size_t paren;        /* where the innermost open subexpression starts */
   struct PartialCall *calls, **calls_tail;  /* partial calls to resolve, in source order */
@@ -645,7 +646,31 @@ static int append_text(Parser *p, TemplateNode ***tail, size_t start, size_t end
   n->len = end - start;
   **tail = n;
   *tail = &n->next;
+  p->last_text = n;
   return 0;
+}
+
+static int is_blank(char c) { return c == ' ' || c == '\t'; }
+
+/* Handlebars' standalone lines: a block's tags ({{#x}}, {{else}}, {{^}}, {{/x}}), a comment or
+ * an inline partial's tags alone on their line, with only spaces or tabs beside them, take the
+ * line's indentation and line break with them, so "{{#if vip}}\nGold\n{{/if}}\n" renders
+ * "Gold\n" rather than "\nGold\n\n" (an SMS one segment longer, a text email full of blank
+ * lines). Called with p->pos just past the tag that starts at tag. Partial calls keep their
+ * line: Handlebars would also indent the partial's every line. */
+static void standalone(Parser *p, size_t tag) {
+  size_t line = tag;
+  while (line > 0 && is_blank(p->src[line - 1])) line--;
+  if (line > 0 && p->src[line - 1] != '\n') return;
+  size_t end = p->pos;
+  while (end < p->len && is_blank(p->src[end])) end++;
+  if (end + 1 < p->len && p->src[end] == '\r' && p->src[end + 1] == '\n') end += 2;
+  else if (end < p->len && p->src[end] == '\n') end++;
+  else if (end < p->len) return;
+  /* the indentation went into the text made last, unless something else came after it */
+  TemplateNode *t = p->last_text;
+  if (t != NULL && t->offset + t->len > line) t->len = t->offset < line ? line - t->offset : 0;
+  p->pos = end;
 }
 
 /* Block names and what they become. */
@@ -742,6 +767,7 @@ static TemplateNode *parse_block(Parser *p, size_t tag_offset, int depth) {
   for (;;) {
     TemplateNode *n = parse_block_head(p, at);
     if (n == NULL) return NULL;
+    standalone(p, at);
     if (prev == NULL) {
       first = n;
     } else {
@@ -816,6 +842,7 @@ static int parse_inline(Parser *p, size_t tag, int depth) {
   if (p->pos < p->len && !at_tag_end(p, 0))
     return fail_at(p, p->pos, kHeraldInvalid, "{{#* inline}} takes only the partial's name");
   if (expect_tag_end(p, 0) != 0) return -1;
+  standalone(p, tag);
   const TemplatePartial *dup = partial_find(p, name->lit.s, name->lit.len);
   if (dup != NULL) {
     int line, col;
@@ -1031,6 +1058,7 @@ static int parse_seq(Parser *p, int depth, TemplateNode **head, Stop *stop) {
     char c = p->pos < p->len ? p->src[p->pos] : '\0';
     if (c == '!') {
       if (parse_comment(p, tag) != 0) return -1;
+      standalone(p, tag);
       continue;
     }
     if (c == '>') {
@@ -1071,6 +1099,7 @@ static int parse_seq(Parser *p, int depth, TemplateNode **head, Stop *stop) {
       stop->name_len = p->pos - s;
       if (stop->name_len == 0) return fail_at(p, s, kHeraldInvalid, "expected a block name after {{/");
       if (expect_tag_end(p, 0) != 0) return -1;
+      standalone(p, tag);
       if (depth == 0)
         return fail_at(p, tag, kHeraldInvalid, "{{/%.*s}} closes no open block", (int)stop->name_len,
                        stop->name);
@@ -1100,6 +1129,7 @@ static int parse_seq(Parser *p, int depth, TemplateNode **head, Stop *stop) {
       skip_space(p);
       if (at_tag_end(p, 0)) {
         if (expect_tag_end(p, 0) != 0) return -1;
+        standalone(p, tag);
         return 0;
       }
       stop->name = p->src + p->pos;

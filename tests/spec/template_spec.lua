@@ -192,6 +192,25 @@ describe('template blocks', function()
     assert.are.equal('ab', R('a {{~!-- x --~}}   {{"b"}}'))
   end)
 
+  it("drops a block tag's or comment's line when the tag stands alone on it, as Handlebars does", function()
+    local vip = { Attributes = { vip = { 'yes' }, items = { 'a', 'b' } } }
+    -- the tags' lines go, indentation and line break with them
+    assert.are.equal('Hi\nGold\nBye\n', R('Hi\n{{#if Attributes.vip}}\nGold\n{{/if}}\nBye\n', vip))
+    assert.are.equal('Hi\nBye\n', R('Hi\n{{#if Attributes.vip}}\nGold\n{{/if}}\nBye\n', {}))
+    assert.are.equal('<ul>\n  <li>a</li>\n  <li>b</li>\n</ul>',
+      R('<ul>\n  {{#each Attributes.items}}\n  <li>{{this}}</li>\n  {{/each}}\n</ul>', vip))
+    assert.are.equal('no\n', R('{{#if Attributes.vip}}\nyes\n{{else}}\nno\n{{/if}}', {}))
+    assert.are.equal('two\n', R('{{#if Nope}}\none\n\t{{else if Attributes.vip}} \ntwo\n{{/if}}\n', vip))
+    assert.are.equal('Hi\nThere', R('Hi\n  {{! a note }}  \nThere'))
+    assert.are.equal('yes\r\n', R('{{#if Attributes.vip}}\r\nyes\r\n{{/if}}\r\n', vip))
+    assert.are.equal('a\nb', R('a\n{{#* inline "p"}}\nx\n{{/inline}}\nb'))
+    -- a tag with text beside it keeps its line, and so does an output tag or a partial call
+    assert.are.equal('x yes\n', R('x {{#if Attributes.vip}}yes{{/if}}\n', vip))
+    assert.are.equal('yes z\n', R('{{#if Attributes.vip}}\nyes {{/if}}z\n', vip))
+    assert.are.equal('ep-1\n', R('{{Id}}\n'))
+    assert.are.equal('x\n\n', R('{{#* inline "p"}}x{{/inline}}{{> p}}\n\n'))
+  end)
+
   it('strips whitespace around a triple-stash written as Handlebars does, {{~{x}~}}', function()
     assert.are.equal('[<b>]|[<b> ]|[ <b>]', R('[ {{~{x}~}} ]|[ {{~{x}}} ]|[ {{{x}~}} ]', { x = '<b>' }))
     assert.are.equal('[<b>]', R('[\n  {{~{ lower x }~}}\n]', { x = '<B>' }))
