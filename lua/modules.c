@@ -28,6 +28,7 @@ static const ModuleEntry modules[] = {
   {"herald.core.deliver", luaopen_herald_core_deliver, 0},
   {"herald.core.feedback", luaopen_herald_core_feedback, 0},
   {"herald.core.digest", luaopen_herald_core_digest, 1},
+  {"herald.core.guard", luaopen_herald_core_guard, 0},
 };
 
 void herald_modules_preload(lua_State *L, int sandbox_safe) {

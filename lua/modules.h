@@ -28,6 +28,7 @@ int luaopen_herald_core_progress(lua_State *L); /* lua/lherald_progress.c: progr
 int luaopen_herald_core_deliver(lua_State *L);  /* lua/lherald_deliver.c: JWS signing */
 int luaopen_herald_core_feedback(lua_State *L); /* lua/lherald_feedback.c: bounce/complaint mail */
 int luaopen_herald_core_digest(lua_State *L);   /* lua/lherald_digest.c: MD5 */
+int luaopen_herald_core_guard(lua_State *L);    /* lua/lherald_guard.c: bounded calls */
 
 /* Preloads every module into package.preload. sandbox_safe limits it to the modules campaign
  * code may reach. */

@@ -122,7 +122,7 @@ local FIELDS = {
   apns = { 'team_id', 'key_id', 'key', 'key_file', 'topic', 'sandbox_url', HTTP },
   adm = { 'client_id', 'client_secret', 'token_uri', HTTP },
   baidu = { 'api_key', 'secret_key', 'device_type', HTTP },
-  lua = { 'send' }, file = { 'path' }, stdout = {},
+  lua = { 'send', 'max_instructions', 'max_seconds' }, file = { 'path' }, stdout = {},
 }
 FIELDS.http = FIELDS.webhook
 local ALLOWED = {}   -- type -> { set = { field = true }, list = { 'type', 'limits', ... } }
@@ -188,6 +188,12 @@ local function check_profile(where, p)
   check_fields(where, p)
   for _, k in ipairs(REQUIRED[p.type]) do need_string(where, p, k) end
   if p.type == 'lua' and type(p.send) ~= 'function' then fail(where .. '.send', 'required (a function(msg))') end
+  if p.max_instructions ~= nil and (math.type(p.max_instructions) ~= 'integer' or p.max_instructions < 1) then
+    fail(where .. '.max_instructions', 'a positive whole number (Lua instructions a send may run)')
+  end
+  if p.max_seconds ~= nil and (type(p.max_seconds) ~= 'number' or p.max_seconds * 1000 < 1 or p.max_seconds > 86400) then
+    fail(where .. '.max_seconds', 'seconds a send may take, from 0.001 to 86400')
+  end
   if p.type == 'sms' and p.preset ~= nil and p.preset ~= 'twilio' then
     fail(where .. '.preset', "'twilio' or absent (then json = {...} is the body template)")
   end

@@ -134,6 +134,45 @@ describe('delivery through providers', function()
     assert.are.equal(2, #query(dir, "SELECT id FROM outbox WHERE state = 'SENT'"))
   end)
 
+  it("stops a Lua channel's send that never returns, failing its message with the reason, and goes on", function()
+    local dir = h.tmpdir()
+    campaign_file(dir, { n = 4, channel = 'EMAIL', addr = "function(i) return ({ 'spin', 'catch', 'wait', 'ok' })[i] .. '@example.com' end" })
+    -- a loop; one that catches the error it is stopped with; one that waits (herald.sleep
+    -- yields) and works between the waits, past its time; and a plain send that returns
+    h.write(dir .. '/providers.lua', [[
+      return { profiles = { mine = { type = 'lua', max_instructions = 2000000, max_seconds = 0.3, send = function(m)
+        local who = m.address:match('^(%a+)@')
+        if who == 'spin' then while true do end end
+        if who == 'catch' then while true do pcall(function() while true do end end) end end
+        if who == 'wait' then
+          while true do
+            local x = 0
+            for i = 1, 5000 do x = x + i end
+            herald.sleep(20)
+          end
+        end
+        local f = assert(io.open('seen.txt', 'a'))
+        f:write(m.address, '\n')
+        f:close()
+        return true
+      end } }, channels = { EMAIL = 'mine' } }
+    ]])
+    local t0 = os.time()
+    local _, code, err = run(dir, 'c.lua')
+    assert.are.equal(0, code, err)
+    assert.is_true(os.time() - t0 < 60)
+    assert.are.equal('ok@example.com\n', h.read(dir .. '/seen.txt'))
+    local rows = query(dir, "SELECT address, state, reason FROM outbox ORDER BY address")
+    local by = {}
+    for _, r in ipairs(rows) do by[r.address] = r end
+    assert.are.equal('SENT', by['ok@example.com'].state)
+    for _, who in ipairs { 'spin', 'catch' } do
+      assert.matches('profiles.mine.send: ran more than 2000000 Lua instructions (does it loop forever?)',
+        by[who .. '@example.com'].reason, 1, true)
+    end
+    assert.matches('profiles.mine.send: still running after 300 ms', by['wait@example.com'].reason, 1, true)
+  end)
+
   it('hands a channel the whole address, however long a push token is', function()
     local dir = h.tmpdir()
     campaign_file(dir, { n = 2, channel = 'GCM', addr = "function(i) return string.rep(string.char(96 + i), 4000) end" })
@@ -2280,7 +2319,8 @@ c.execute('COMMIT')
       { "push = { type = 'fcm', project_id = 'p', service_account = 'sa.json', headers = { ['X-A'] = 'b' } }",
         'profiles.push.headers: unknown field (a fcm profile has type, limits, project_id, service_account, token_uri, url, connections, timeout_ms, ca_file)' },
       { "out = { type = 'stdout', path = 'm.txt' }", 'profiles.out.path: unknown field (a stdout profile has type, limits)' },
-      { "mine = { type = 'lua', send = print, 'positional' }", 'profiles.mine[1]: unknown field (a lua profile has type, limits, send)' },
+      { "mine = { type = 'lua', send = print, 'positional' }", 'profiles.mine[1]: unknown field (a lua profile has type, limits, send, max_instructions, max_seconds)' },
+      { "mine = { type = 'lua', send = print, max_seconds = 0 }", 'profiles.mine.max_seconds: seconds a send may take, from 0.001 to 86400' },
     }
     for _, b in ipairs(bad) do
       h.write(dir .. '/p.lua', 'return { profiles = { ' .. b[1] .. ' } }')

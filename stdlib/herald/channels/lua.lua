@@ -3,11 +3,23 @@
 -- channel, endpoint, title, body, html, data, campaign_id, treatment_id. It runs in the
 -- delivery task, so it may wait (herald.http.request, herald.sleep).
 local util = require 'herald.channels.util'
+local guard = require 'herald.core.guard'
 
 local luachannel = {}
 luachannel.__index = luachannel
 
-function luachannel.new(profile) return setmetatable({ profile = profile }, luachannel) end
+-- A send function runs on the delivery task: one that never returned (a loop that does not
+-- end) would hold the task, and with it the whole process, which would then not even stop on
+-- SIGTERM. Each call may run profile.max_instructions Lua instructions (default 100 million)
+-- and profile.max_seconds (default 300, counting the waits it makes, checked as it runs):
+-- past either it fails with the reason, as a transient failure of the profile's (retried, and
+-- counting towards the campaign's pause).
+function luachannel.new(profile)
+  local bounds = { name = 'profiles.' .. tostring(profile.name) .. '.send',
+                   instructions = profile.max_instructions or 100000000,
+                   ms = math.floor((profile.max_seconds or 300) * 1000) }
+  return setmetatable({ profile = profile, bounds = bounds }, luachannel)
+end
 
 function luachannel:send(msgs)
   local out = {}
@@ -19,7 +31,7 @@ function luachannel:send(msgs)
       -- paused, the process stopping) are given back unsent, as the transport gives back requests
       out[i] = util.recalled { class = 'recalled', detail = 'not sent: given back before it started' }
     else
-      local ok, res, reason, kind = pcall(self.profile.send, m)
+      local ok, res, reason, kind = guard.call(self.bounds, self.profile.send, m)
       if not ok then
         out[i] = { verdict = 'transient', reason = 'send failed: ' .. tostring(res), systemic = true, error = true }
       elseif res then
