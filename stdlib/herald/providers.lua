@@ -345,7 +345,9 @@ function providers.load(path)
   local env = setmetatable({ herald = require 'herald' }, { __index = _G })
   local chunk, err = loadfile(path, 't', env)
   if not chunk then error(err, 0) end
-  local ok, cfg = pcall(chunk)
+  -- bounded as a Lua channel's send is: a file that never finishes loading would hang the
+  -- command, which could not then be stopped by SIGTERM either
+  local ok, cfg = require('herald.core.guard').call({ name = path, instructions = 100000000, ms = 60000 }, chunk)
   if not ok then error(tostring(cfg), 0) end
   return providers.check(cfg, path)
 end

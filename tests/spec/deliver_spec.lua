@@ -2321,6 +2321,8 @@ c.execute('COMMIT')
       { "out = { type = 'stdout', path = 'm.txt' }", 'profiles.out.path: unknown field (a stdout profile has type, limits)' },
       { "mine = { type = 'lua', send = print, 'positional' }", 'profiles.mine[1]: unknown field (a lua profile has type, limits, send, max_instructions, max_seconds)' },
       { "mine = { type = 'lua', send = print, max_seconds = 0 }", 'profiles.mine.max_seconds: seconds a send may take, from 0.001 to 86400' },
+      -- a file that never finishes loading is stopped, naming it
+      { "mine = (function() while true do end end)()", 'ran more than 100000000 Lua instructions (does it loop forever?)' },
     }
     for _, b in ipairs(bad) do
       h.write(dir .. '/p.lua', 'return { profiles = { ' .. b[1] .. ' } }')
