@@ -117,7 +117,7 @@ local FIELDS = {
   smtp = { 'url', 'from', 'envelope_from', 'username', 'password', 'starttls', 'ca_file', 'timeout_ms',
            'sessions', 'headers', 'list_unsubscribe', 'one_click' },
   sms = { 'preset', 'account_sid', 'auth_token', 'json', 'from', 'sender_id', 'opt_out_pattern', 'headers', HTTP },
-  webhook = { 'headers', 'endpoints_per_call', 'http1', HTTP },
+  webhook = { 'headers', 'endpoints_per_call', 'http1', 'signing_secret', HTTP },
   fcm = { 'project_id', 'service_account', 'token_uri', HTTP },
   apns = { 'team_id', 'key_id', 'key', 'key_file', 'topic', 'sandbox_url', HTTP },
   adm = { 'client_id', 'client_secret', 'token_uri', HTTP },
@@ -188,6 +188,9 @@ local function check_profile(where, p)
   check_fields(where, p)
   for _, k in ipairs(REQUIRED[p.type]) do need_string(where, p, k) end
   if p.type == 'lua' and type(p.send) ~= 'function' then fail(where .. '.send', 'required (a function(msg))') end
+  if p.signing_secret ~= nil and (type(p.signing_secret) ~= 'string' or p.signing_secret == '') then
+    fail(where .. '.signing_secret', 'a non-empty string (os.getenv of a variable that is set)')
+  end
   if p.max_instructions ~= nil and (math.type(p.max_instructions) ~= 'integer' or p.max_instructions < 1) then
     fail(where .. '.max_instructions', 'a positive whole number (Lua instructions a send may run)')
   end

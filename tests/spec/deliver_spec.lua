@@ -251,6 +251,44 @@ describe('delivery through providers', function()
     assert.are.equal(3, got)
   end)
 
+  it('signs every webhook call with the profile signing_secret, as HMAC-SHA256 over its time and body', function()
+    local dir = h.tmpdir()
+    campaign_file(dir, { n = 3, channel = 'CUSTOM', addr = "function(i) return 'hook-' .. i end", name = 'signed' })
+    h.write(dir .. '/providers.lua', string.format([[
+      return { profiles = { hooks = { type = 'webhook', url = %q, signing_secret = 's3cret' } }, channels = { CUSTOM = 'hooks' } }
+    ]], emu.url .. '/hook'))
+    local before = os.time()
+    local _, code, err = run(dir, 'c.lua')
+    assert.are.equal(0, code, err)
+    local got = 0
+    for _, r in ipairs(emu:requests()) do
+      if r.path == '/hook' and r.body:find('"signed"', 1, true) then
+        local t, v1 = (r.headers['herald-signature'] or ''):match('^t=(%d+),v1=(%x+)$')
+        assert.is_truthy(t, r.headers['herald-signature'])
+        assert.is_true(tonumber(t) >= before - 1 and tonumber(t) <= os.time() + 1)
+        -- checked by another implementation: openssl's
+        h.write(dir .. '/signed.txt', t .. '.' .. r.body)
+        local p = assert(io.popen('openssl dgst -sha256 -hmac s3cret -r ' .. dir .. '/signed.txt'))
+        local want = p:read('a'):match('^(%x+)')
+        p:close()
+        assert.are.equal(want, v1)
+        -- alongside the call's other headers
+        assert.matches('^%x+%-%x+%-', r.headers['idempotency-key'])
+        assert.are.equal('application/json', r.headers['content-type'])
+        got = got + 1
+      end
+    end
+    assert.are.equal(3, got)
+    -- a secret that is not a string (os.getenv of an unset variable gives nil, which leaves
+    -- the calls unsigned: say so in the file) is refused
+    h.write(dir .. '/providers.lua', string.format([[
+      return { profiles = { hooks = { type = 'webhook', url = %q, signing_secret = '' } }, channels = { CUSTOM = 'hooks' } }
+    ]], emu.url .. '/hook'))
+    _, code, err = run(dir, 'c.lua')
+    assert.are.equal(2, code)
+    assert.matches('profiles.hooks.signing_secret: a non-empty string', err, 1, true)
+  end)
+
   -- The /hook calls of campaign name, decoded.
   local function hook_calls(name)
     local calls = {}
@@ -2308,11 +2346,11 @@ c.execute('COMMIT')
     -- endpoint per call
     local bad = {
       { "hooks = { type = 'webhook', url = 'http://127.0.0.1:9/', limit = { per_second = 1 } }",
-        "profiles.hooks.limit: unknown field (a webhook profile has type, limits, headers, endpoints_per_call, http1, url, connections, timeout_ms, ca_file); did you mean 'limits'?" },
+        "profiles.hooks.limit: unknown field (a webhook profile has type, limits, headers, endpoints_per_call, http1, signing_secret, url, connections, timeout_ms, ca_file); did you mean 'limits'?" },
       { "hooks = { type = 'webhook', url = 'http://127.0.0.1:9/', header = { Authorization = 'Bearer s3cret' } }",
-        "profiles.hooks.header: unknown field (a webhook profile has type, limits, headers, endpoints_per_call, http1, url, connections, timeout_ms, ca_file); did you mean 'headers'?" },
+        "profiles.hooks.header: unknown field (a webhook profile has type, limits, headers, endpoints_per_call, http1, signing_secret, url, connections, timeout_ms, ca_file); did you mean 'headers'?" },
       { "hooks = { type = 'webhook', url = 'http://127.0.0.1:9/', endpoint_per_call = 10 }",
-        "profiles.hooks.endpoint_per_call: unknown field (a webhook profile has type, limits, headers, endpoints_per_call, http1, url, connections, timeout_ms, ca_file); did you mean 'endpoints_per_call'?" },
+        "profiles.hooks.endpoint_per_call: unknown field (a webhook profile has type, limits, headers, endpoints_per_call, http1, signing_secret, url, connections, timeout_ms, ca_file); did you mean 'endpoints_per_call'?" },
       -- a field of another type: SMTP counts sessions, HTTP channels connections
       { "mail = { type = 'smtp', url = 'smtp://127.0.0.1:9', from = 'a@example.com', connections = 4 }",
         'profiles.mail.connections: unknown field (a smtp profile has type, limits, url, from, envelope_from, username, password, starttls, ca_file, timeout_ms, sessions, headers, list_unsubscribe, one_click)' },

@@ -6,6 +6,8 @@
 -- never one endpoint twice.
 local json = require 'herald.json'
 local util = require 'herald.channels.util'
+local digest = require 'herald.core.digest'
+local clock = require 'herald.core.clock'
 
 local webhook = {}
 webhook.__index = webhook
@@ -17,7 +19,20 @@ function webhook.new(profile)
   end
   local headers = { ['Content-Type'] = 'application/json' }
   for k, v in pairs(profile.headers or {}) do headers[k] = v end
-  return setmetatable({ profile = profile, per = per, headers = headers }, webhook)
+  return setmetatable({ profile = profile, per = per, headers = headers, secret = profile.signing_secret }, webhook)
+end
+
+-- With a signing_secret, every call carries Herald-Signature: t=<unix seconds>,v1=<hex
+-- HMAC-SHA256 of "<t>.<body>" under the secret>, so the receiver can tell herald's calls from
+-- anyone else's who knows the URL, and refuse an old one replayed (by t).
+function webhook.signature(secret, body, now_s)
+  return string.format('t=%d,v1=%s', now_s, digest.hmac_sha256_hex(secret, now_s .. '.' .. body))
+end
+
+local function sign(self, reqs)
+  if self.secret == nil then return end
+  local now_s = clock.now() // 1000
+  for _, r in ipairs(reqs) do r.headers = { ['Herald-Signature'] = webhook.signature(self.secret, r.body, now_s) } end
 end
 
 -- Endpoints go out as stored: a campaign message carries its endpoint as a template context
@@ -97,6 +112,7 @@ function webhook:send(msgs, progress)
       reqs[gi] = { body = webhook.payload(g), key = table.concat(keys, ','), url = g[1].url, gate = g[1].gate }
     end
   end
+  sign(self, reqs)
   local opts = { key_header = 'Idempotency-Key', headers = self.headers, http1 = self.profile.http1 }
   local out = {}
   if groups == nil then
