@@ -649,16 +649,17 @@ static int l_mail_header_reserved(lua_State *L) {
   return 1;
 }
 
-/* mail_header_problem(name, value) -> nil | why, 'Name' or 'Value': why a mail may not carry
- * the header (a bad name, a reserved one, a value with a line break) and which of the two is
- * at fault, so campaigns, templates and direct messages refuse it with their definition rather
- * than failing every message at send time. */
+/* mail_header_problem(name, value) -> nil | why, 'Name' or 'Value': why a campaign's, a
+ * template's or a direct message's headers may not carry the header (a bad name, a reserved
+ * one, a value with a line break; List-Unsubscribe and its -Post are taken, see
+ * herald_smtp_header_given_problem) and which of the two is at fault, so they are refused with
+ * their definition rather than failing every message at send time. */
 static int l_mail_header_problem(lua_State *L) {
   const char *name = luaL_checkstring(L, 1), *value = luaL_optstring(L, 2, NULL);
-  const char *why = herald_smtp_header_problem(name, "");
+  const char *why = herald_smtp_header_given_problem(name, NULL);
   const char *field = "Name";
   if (why == NULL) {
-    why = herald_smtp_header_problem(name, value);
+    why = herald_smtp_header_given_problem(name, value != NULL ? value : "");
     field = "Value";
   }
   if (why == NULL) return 0;

@@ -467,6 +467,20 @@ const char *herald_smtp_header_problem(const char *name, const char *value) {
   return NULL;
 }
 
+const char *herald_smtp_header_given_problem(const char *name, const char *value) {
+  if (name != NULL && strcasecmp(name, "list-unsubscribe") == 0) {
+    if (value != NULL && (has_line_break(value) || !is_ascii_printable(value)))
+      return "ASCII URIs without line breaks";
+    return NULL;
+  }
+  if (name != NULL && strcasecmp(name, "list-unsubscribe-post") == 0) {
+    if (value != NULL && strcmp(value, "List-Unsubscribe=One-Click") != 0)
+      return "must be List-Unsubscribe=One-Click (RFC 8058)";
+    return NULL;
+  }
+  return herald_smtp_header_problem(name, value != NULL ? value : "");
+}
+
 static int check_header(const HeraldMailHeader *h, size_t i, HeraldError *err) {
   if (h->name == NULL || *h->name == '\0')
     return herald_error_set(err, kHeraldInvalid, "headers[%zu]: missing name", i + 1);

@@ -53,6 +53,13 @@ const char *herald_smtp_header_reserved(const char *name);
  * and direct messages check their headers with it when they are defined. */
 const char *herald_smtp_header_problem(const char *name, const char *value);
 
+/* The same for a header as a campaign, a stored template or a direct message gives it, value
+ * NULL to check the name alone: List-Unsubscribe and List-Unsubscribe-Post are taken there,
+ * as Pinpoint's messages give them, and the email channel makes them the message's own
+ * list_unsubscribe and one_click (a List-Unsubscribe-Post other than RFC 8058's
+ * "List-Unsubscribe=One-Click" is refused). */
+const char *herald_smtp_header_given_problem(const char *name, const char *value);
+
 /* The addr-spec of a mailbox ("Name <a@b>" -> "a@b"), checked (ASCII only); field names it in
  * errors. */
 int herald_smtp_address(const char *mailbox, const char *field, char *out, size_t size,

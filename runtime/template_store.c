@@ -124,7 +124,7 @@ static int compile_headers(HeraldTemplateParts *p, const char *base, const json_
       return herald_error_set(err, kHeraldInvalid, "%s.Name: required string", label);
     /* the name is checked now, as the message builder would at every send; the Value is a
      * template, checked once rendered */
-    const char *why = herald_smtp_header_problem(json_string_value(name), "");
+    const char *why = herald_smtp_header_given_problem(json_string_value(name), NULL);
     if (why != NULL) return herald_error_set(err, kHeraldInvalid, "%s.Name: %s", label, why);
     /* one of two headers of a name would be dropped unseen when the message is built */
     for (size_t k = 0; k < i; k++) {

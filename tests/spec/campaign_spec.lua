@@ -210,6 +210,9 @@ describe('campaign definitions', function()
       { function(d) d.MessageConfiguration.EmailMessage = { Body = 'x', Headers = { { Name = 'X-A', Value = '1' },
           { Name = 'x-a', Value = '2' } } } end,
         "MessageConfiguration%.EmailMessage%.Headers%[1%]%.Name: 'x%-a' is given twice" },
+      { function(d) d.MessageConfiguration.EmailMessage = { Body = 'x', Headers = {
+          { Name = 'List-Unsubscribe', Value = '<https://shop.example/u?e=1>' }, { Name = 'List-Unsubscribe-Post', Value = 'yes' } } } end,
+        'MessageConfiguration%.EmailMessage%.Headers%[1%]%.Value: must be List%-Unsubscribe=One%-Click %(RFC 8058%)' },
       { function(d) d.MessageConfiguration.EmailMessage = { Body = 'x', Headers = { { Name = 'X-A' } } } end,
         'MessageConfiguration%.EmailMessage%.Headers%[0%]: expected { Name = string, Value = string }' },
       { function(d)

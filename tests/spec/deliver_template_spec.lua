@@ -178,13 +178,16 @@ describe('treatments that name a stored template', function()
     h.write(dir .. '/c.lua', [[
       assert(herald.endpoints.put{ Id = 'mail-1', ChannelType = 'EMAIL', Address = 'm1@example.com' })
       herald.campaign{ name = 'tagged', segment = herald.segment{ name = 'all' }, deliver = 'channels',
-        message = { email = { subject = 'Hi', text = 'body', headers = { ['X-Tag'] = 'spring', ['X-Plan'] = 'gold' } } } }
+        message = { email = { subject = 'Hi', text = 'body', headers = { ['X-Tag'] = 'spring', ['X-Plan'] = 'gold',
+          -- taken as Pinpoint's messages give it: the email channel makes it the message's own
+          ['List-Unsubscribe'] = '<https://shop.example/u?e=1>' } } } }
     ]])
-    local seen = run_recorded(dir, [[{ ch = m.channel, tag = hd['X-Tag'] or N, plan = hd['X-Plan'] or N }]], { 'EMAIL' })
-    assert.are.same({ 'spring', 'gold' }, { seen.EMAIL.tag, seen.EMAIL.plan })
+    local seen = run_recorded(dir, [[{ ch = m.channel, tag = hd['X-Tag'] or N, plan = hd['X-Plan'] or N,
+      unsub = hd['List-Unsubscribe'] or N }]], { 'EMAIL' })
+    assert.are.same({ 'spring', 'gold', '<https://shop.example/u?e=1>' }, { seen.EMAIL.tag, seen.EMAIL.plan, seen.EMAIL.unsub })
     local def = require('herald.json').decode(h.query(dir, 'c.db', "SELECT definition FROM campaigns WHERE id = 'tagged'")[1].definition)
-    assert.are.same({ { Name = 'X-Plan', Value = 'gold' }, { Name = 'X-Tag', Value = 'spring' } },
-      def.MessageConfiguration.EmailMessage.Headers)
+    assert.are.same({ { Name = 'List-Unsubscribe', Value = '<https://shop.example/u?e=1>' }, { Name = 'X-Plan', Value = 'gold' },
+      { Name = 'X-Tag', Value = 'spring' } }, def.MessageConfiguration.EmailMessage.Headers)
   end)
 
   it('refuse a TemplateConfiguration version that is not a version number, and fail the rows of one stored before', function()

@@ -530,6 +530,37 @@ describe('herald.http.send_mail', function()
     assert.matches('list_unsubscribe: ASCII URIs without line breaks', out[2].reason, 1, true)
   end)
 
+  it("takes a message's own List-Unsubscribe and List-Unsubscribe-Post headers, as Pinpoint's messages give them, over the profile's", function()
+    local smtp = require 'herald.channels.smtp'
+    local ch = smtp.new { name = 'own', url = store.url, from = 'a@herald.example', one_click = true,
+                          list_unsubscribe = '<https://herald.example/u?i={{Id}}>' }
+    local own = { ['list-unsubscribe'] = '<https://shop.example/unsub?u=7>, <mailto:unsub@shop.example>',
+                  ['List-Unsubscribe-Post'] = 'List-Unsubscribe=One-Click', ['X-Campaign'] = 'spring' }
+    local out = ch:send {
+      { address = 'ann@example.org', body = 'x', title = 's', key = 'own-1', endpoint = { Id = 'e1' }, headers = own },
+      -- its own link without -Post: no One-Click, whatever the profile says of its own link
+      { address = 'ann@example.org', body = 'x', title = 's', key = 'own-2', endpoint = { Id = 'e2' },
+        headers = { ['List-Unsubscribe'] = '<https://shop.example/unsub?u=8>' } },
+      -- none of its own: the profile's
+      { address = 'ann@example.org', body = 'x', title = 's', key = 'own-3', endpoint = { Id = 'e3' } },
+      -- a -Post that is not RFC 8058's fails alone
+      { address = 'ann@example.org', body = 'x', title = 's', key = 'own-4', endpoint = { Id = 'e4' },
+        headers = { ['List-Unsubscribe-Post'] = 'yes' } } }
+    for i = 1, 3 do assert.are.equal('delivered', out[i].verdict, out[i].reason) end
+    local n = store:count()
+    local f1, f2, f3 = parse(store.dir .. '/mail/' .. (n - 2) .. '.eml'), parse(store.dir .. '/mail/' .. (n - 1) .. '.eml'),
+      parse(store.dir .. '/mail/' .. n .. '.eml')
+    assert.are.equal('0', f1.defects)
+    assert.are.same({ '<https://shop.example/unsub?u=7>, <mailto:unsub@shop.example>', 'List-Unsubscribe=One-Click', 'spring' },
+      { f1['list-unsubscribe'], f1['list-unsubscribe-post'], f1['x-campaign'] })
+    assert.are.same({ '<https://shop.example/unsub?u=8>' }, { f2['list-unsubscribe'], f2['list-unsubscribe-post'] })
+    assert.are.same({ '<https://herald.example/u?i=e3>', 'List-Unsubscribe=One-Click' },
+      { f3['list-unsubscribe'], f3['list-unsubscribe-post'] })
+    assert.are.equal('permanent', out[4].verdict)
+    assert.is_false(out[4].systemic)
+    assert.matches('must be List-Unsubscribe=One-Click (RFC 8058)', out[4].reason, 1, true)
+  end)
+
   it('fails a message alone, unsent, when its List-Unsubscribe cannot be rendered, rather than send it without one', function()
     local smtp = require 'herald.channels.smtp'
     -- six nested #each over 15 items is 15^6 steps: past the engine's bound for this endpoint only

@@ -186,6 +186,10 @@ describe('template store', function()
     end
     assert.are.equal(1, template.create { name = ('n'):rep(128), Subject = 's' })
     assert.are.equal(1, template.create { name = '9_a-b', Subject = 's' })
+    -- List-Unsubscribe and its -Post, as Pinpoint's templates give them, are taken
+    assert.are.equal(1, template.create { name = 'unsub', Subject = 's', Headers = {
+      { Name = 'List-Unsubscribe', Value = '<https://shop.example/u?e={{Id}}>' },
+      { Name = 'List-Unsubscribe-Post', Value = 'List-Unsubscribe=One-Click' } } })
   end)
 
   it('refuses a name, type or part name with a NUL inside, naming it, rather than cut to reach another template', function()

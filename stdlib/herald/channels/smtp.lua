@@ -77,8 +77,25 @@ end
 
 function smtp:send_one(m)
   local p = self.profile
-  local unsub
-  if self.unsub then
+  local headers = {}
+  for k, v in pairs(p.headers or {}) do headers[k] = v end
+  -- Pinpoint's messages give List-Unsubscribe and List-Unsubscribe-Post as headers (a
+  -- campaign's, a template's, a request's): they become the message's own unsubscribe fields,
+  -- over the profile's list_unsubscribe, and the builder writes the headers from them.
+  local own_unsub, post
+  for k, v in pairs(m.headers or {}) do
+    local lk = k:lower()
+    if lk == 'list-unsubscribe' then own_unsub = v
+    elseif lk == 'list-unsubscribe-post' then post = v
+    else headers[k] = v end
+  end
+  if post ~= nil and post ~= 'List-Unsubscribe=One-Click' then
+    -- a template's rendered value: this message's own fault
+    return { verdict = 'permanent', systemic = false,
+             reason = "SMTP invalid: headers['List-Unsubscribe-Post']: must be List-Unsubscribe=One-Click (RFC 8058)" }
+  end
+  local unsub, one_click = own_unsub, post ~= nil
+  if unsub == nil and self.unsub then
     -- Sent without it, a bulk message would leave its recipient no way out and break the
     -- mailbox providers' bulk-sender rules: a render that fails (an engine limit this
     -- endpoint's data reaches) fails the message alone.
@@ -87,15 +104,13 @@ function smtp:send_one(m)
     if unsub == nil then
       return { verdict = 'permanent', reason = 'RENDER_FAILED: list_unsubscribe: ' .. tostring(rerr), systemic = false }
     end
+    one_click = one_click or p.one_click
   end
-  local headers = {}
-  for k, v in pairs(p.headers or {}) do headers[k] = v end
-  for k, v in pairs(m.headers or {}) do headers[k] = v end
   local res, err, class, code = http.send_mail {
     url = p.url, from = m.from or p.from, to = { m.address }, subject = m.title or '',
     text = m.body, html = m.html, message_id = m.key, headers = headers,
     list_unsubscribe = unsub,
-    one_click = p.one_click and self.unsub ~= nil or nil,
+    one_click = (one_click and unsub ~= nil) or nil,
     username = p.username, password = p.password, starttls = p.starttls,
     ca_file = p.ca_file, timeout_ms = p.timeout_ms, envelope_from = p.envelope_from,
     limit = self.limit, gate = m.gate,
