@@ -32,6 +32,14 @@ local function mail_with(base)
   end
 end
 
+-- That a channel's outcome o failed for good and alone (the message's own fault, not the
+-- profile's: no pause), for a reason holding text (plain), or matching pattern when plain is false.
+local function fails_alone(o, text, plain)
+  assert.are.equal('permanent', o.verdict, o.reason)
+  assert.is_false(o.systemic)
+  assert.matches(text, o.reason, 1, plain ~= false)
+end
+
 describe('herald.http.send_mail', function()
   local store, sink
 
@@ -200,9 +208,7 @@ describe('herald.http.send_mail', function()
     assert.are.equal('permanent', out[1].verdict)
     assert.is_true(out[1].systemic)
     assert.matches("headers['Sender']: 'zoë@example.com': a non-ASCII address", out[1].reason, 1, true)
-    assert.are.equal('permanent', out[2].verdict)
-    assert.is_false(out[2].systemic)
-    assert.matches("headers['Reply-To']", out[2].reason, 1, true)
+    fails_alone(out[2], "headers['Reply-To']")
   end)
 
   it('takes the quoted-pairs of a quoted display name for what they stand for, escaping them once', function()
@@ -489,9 +495,7 @@ describe('herald.http.send_mail', function()
     ch = smtp.new { name = 'trace', url = store.url, from = 'a@herald.example' }
     out = ch:send { { address = 'b@example.org', body = 'x', title = 's', key = 'trace-2',
                       headers = { ['Return-Path'] = '<other@example.org>' } } }
-    assert.are.equal('permanent', out[1].verdict)
-    assert.is_false(out[1].systemic)
-    assert.matches("headers['Return-Path']: written by the delivering server", out[1].reason, 1, true)
+    fails_alone(out[1], "headers['Return-Path']: written by the delivering server")
   end)
 
   it("percent-encodes what the List-Unsubscribe template substitutes, keeping its own text and {{{x}}} as written", function()
@@ -525,9 +529,7 @@ describe('herald.http.send_mail', function()
     local f = parse(store.dir .. '/mail/' .. store:count() .. '.eml')
     assert.are.equal('<https://herald.example/u?t=1&v=2>', f['list-unsubscribe'])
     assert.are.equal('List-Unsubscribe=One-Click', f['list-unsubscribe-post'])
-    assert.are.equal('permanent', out[2].verdict)
-    assert.is_false(out[2].systemic)
-    assert.matches('list_unsubscribe: ASCII URIs without line breaks', out[2].reason, 1, true)
+    fails_alone(out[2], 'list_unsubscribe: ASCII URIs without line breaks')
   end)
 
   it("takes a message's own List-Unsubscribe and List-Unsubscribe-Post headers, as Pinpoint's messages give them, over the profile's", function()
@@ -556,9 +558,7 @@ describe('herald.http.send_mail', function()
     assert.are.same({ '<https://shop.example/unsub?u=8>' }, { f2['list-unsubscribe'], f2['list-unsubscribe-post'] })
     assert.are.same({ '<https://herald.example/u?i=e3>', 'List-Unsubscribe=One-Click' },
       { f3['list-unsubscribe'], f3['list-unsubscribe-post'] })
-    assert.are.equal('permanent', out[4].verdict)
-    assert.is_false(out[4].systemic)
-    assert.matches('must be List-Unsubscribe=One-Click (RFC 8058)', out[4].reason, 1, true)
+    fails_alone(out[4], 'must be List-Unsubscribe=One-Click (RFC 8058)')
   end)
 
   it('fails a message alone, unsent, when its List-Unsubscribe cannot be rendered, rather than send it without one', function()
@@ -574,9 +574,7 @@ describe('herald.http.send_mail', function()
                             endpoint = { Id = 'big', Attributes = { T = many } } },
                           { address = 'bob@example.org', body = 'x', title = 's', key = 'deep-2',
                             endpoint = { Id = 'small', Attributes = { T = { 'a' } } } } }
-    assert.are.equal('permanent', out[1].verdict)
-    assert.is_false(out[1].systemic)
-    assert.matches('^RENDER_FAILED: list_unsubscribe: .*steps', out[1].reason)
+    fails_alone(out[1], '^RENDER_FAILED: list_unsubscribe: .*steps', false)
     assert.are.equal('delivered', out[2].verdict, out[2].reason)
     assert.are.equal(before + 1, store:count())
     local f = parse(store.dir .. '/mail/' .. store:count() .. '.eml')
