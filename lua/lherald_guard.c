@@ -24,11 +24,13 @@
 #define STEP 10000
 #define GUARD_MT "herald.guard"
 
+typedef enum { kWithin, kOverInstructions, kOverTime } Bound;
+
 typedef struct {
   lua_Integer left;      /* instructions still allowed */
   int64_t deadline_ns;   /* monotonic */
   lua_Integer max_instructions, max_ms;
-  const char *why;       /* set once a bound is passed */
+  Bound passed;          /* which bound the call went past, once it has */
   char name[96];
   lua_Hook saved_hook;   /* the thread's hook before the call, restored after */
   int saved_mask, saved_count;
@@ -60,13 +62,13 @@ static void guard_hook(lua_State *L, lua_Debug *ar) {
   (void)ar;
   Guard *g = guard_of(L);
   if (g == NULL) return;
-  if (g->why == NULL) {
+  if (g->passed == kWithin) {
     g->left -= STEP;
-    if (g->left <= 0) g->why = "instructions";
-    else if (now_ns() > g->deadline_ns) g->why = "time";
-    if (g->why != NULL) lua_sethook(L, guard_hook, LUA_MASKCOUNT, 1);
+    if (g->left <= 0) g->passed = kOverInstructions;
+    else if (now_ns() > g->deadline_ns) g->passed = kOverTime;
+    if (g->passed != kWithin) lua_sethook(L, guard_hook, LUA_MASKCOUNT, 1);
   }
-  if (g->why != NULL) luaL_error(L, "guard");  /* the message is made in finish */
+  if (g->passed != kWithin) luaL_error(L, "guard");  /* the message is made in finish */
 }
 
 /* After the protected call (at once, or when fn returns after yielding): the thread's hook as
@@ -82,9 +84,9 @@ static int finish(lua_State *L, int status, lua_KContext ctx) {
   }
   lua_pop(L, 1);
   if (status != LUA_OK && status != LUA_YIELD) {
-    if (g->why != NULL) {
+    if (g->passed != kWithin) {
       lua_pop(L, 1);
-      if (strcmp(g->why, "instructions") == 0)
+      if (g->passed == kOverInstructions)
         lua_pushfstring(L, "%s: ran more than %I Lua instructions (does it loop forever?)", g->name,
                         g->max_instructions);
       else
