@@ -89,10 +89,11 @@ function smtp:send_one(m)
     elseif lk == 'list-unsubscribe-post' then post = v
     else headers[k] = v end
   end
-  if post ~= nil and post ~= 'List-Unsubscribe=One-Click' then
+  local bad_post = post ~= nil and http.mail_header_problem('List-Unsubscribe-Post', post)
+  if bad_post then
     -- a template's rendered value: this message's own fault
     return { verdict = 'permanent', systemic = false,
-             reason = "SMTP invalid: headers['List-Unsubscribe-Post']: must be List-Unsubscribe=One-Click (RFC 8058)" }
+             reason = "SMTP invalid: headers['List-Unsubscribe-Post']: " .. bad_post }
   end
   local unsub, one_click = own_unsub, post ~= nil
   if unsub == nil and self.unsub then

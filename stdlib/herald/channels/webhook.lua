@@ -25,14 +25,14 @@ end
 -- With a signing_secret, every call carries Herald-Signature: t=<unix seconds>,v1=<hex
 -- HMAC-SHA256 of "<t>.<body>" under the secret>, so the receiver can tell herald's calls from
 -- anyone else's who knows the URL, and refuse an old one replayed (by t).
-function webhook.signature(secret, body, now_s)
+local function signature(secret, body, now_s)
   return string.format('t=%d,v1=%s', now_s, digest.hmac_sha256_hex(secret, now_s .. '.' .. body))
 end
 
 local function sign(self, reqs)
   if self.secret == nil then return end
   local now_s = clock.now() // 1000
-  for _, r in ipairs(reqs) do r.headers = { ['Herald-Signature'] = webhook.signature(self.secret, r.body, now_s) } end
+  for _, r in ipairs(reqs) do r.headers = { ['Herald-Signature'] = signature(self.secret, r.body, now_s) } end
 end
 
 -- Endpoints go out as stored: a campaign message carries its endpoint as a template context
