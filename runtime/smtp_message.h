@@ -53,7 +53,16 @@ const char *herald_smtp_header_reserved(const char *name);
  * and direct messages check their headers with it when they are defined. */
 const char *herald_smtp_header_problem(const char *name, const char *value);
 
-/* The same for a header as a campaign, a stored template or a direct message gives it, value
+/* Pinpoint's limits on a MessageHeader: a name of up to 126 characters, a value of up to 870
+ * once its message variables are rendered. */
+#define HERALD_SMTP_GIVEN_NAME_MAX 126
+#define HERALD_SMTP_GIVEN_VALUE_MAX 870
+
+/* The characters of UTF-8 text s, as those limits count them (not its bytes). */
+size_t herald_smtp_chars(const char *s);
+
+/* The same for a header as a campaign, a stored template or a direct message gives it (within
+ * the limits above), value
  * NULL to check the name alone: List-Unsubscribe and List-Unsubscribe-Post are taken there,
  * as Pinpoint's messages give them, and the email channel makes them the message's own
  * list_unsubscribe and one_click (a List-Unsubscribe-Post other than RFC 8058's

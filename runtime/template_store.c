@@ -134,7 +134,17 @@ static int compile_headers(HeraldTemplateParts *p, const char *base, const json_
                                 json_string_value(name));
     }
     snprintf(label, sizeof label, "%s.Headers[%zu].Value", base, i + 1);
-    if (add_entry(p, label, NULL, "Value", (int)i, json_object_get(h, "Value"), 0, err) != kHeraldOk)
+    /* the limit holds for the rendered value too (checked at each send); a longer text could
+     * only render shorter through a section left out */
+    const json_t *text = json_object_get(h, "Value");
+    if (json_is_string(text) && herald_smtp_chars(json_string_value(text)) > HERALD_SMTP_GIVEN_VALUE_MAX)
+      return herald_error_set(err, kHeraldLimit, "%s: at most %d characters, rendered attributes included",
+                              label, HERALD_SMTP_GIVEN_VALUE_MAX);
+    /* what a List-Unsubscribe substitutes is percent-encoded, as in a profile's list_unsubscribe:
+     * an attribute with '&' or '>' in it stays one URI parameter */
+    int escape = strcasecmp(json_string_value(name), "List-Unsubscribe") == 0 ? HERALD_TEMPLATE_ESCAPE_URI
+                                                                              : HERALD_TEMPLATE_ESCAPE_NONE;
+    if (add_entry(p, label, NULL, "Value", (int)i, json_object_get(h, "Value"), escape, err) != kHeraldOk)
       return err ? err->code : kHeraldInvalid;
   }
   return kHeraldOk;

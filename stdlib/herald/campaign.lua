@@ -146,6 +146,9 @@ function campaign.header_list_problem(path, list)
     end
     local why, field = core_http.mail_header_problem(h.Name, h.Value)
     if why then return hp .. '.' .. field, why end
+    -- a value is a template, rendered for each recipient
+    local ok, terr = template.check(h.Value)
+    if not ok then return hp .. '.Value', terr end
     local lower = h.Name:lower()
     if seen[lower] then return hp .. '.Name', string.format("'%s' is given twice", h.Name) end
     seen[lower] = true
@@ -196,6 +199,7 @@ local function message_configuration(path, m)
         if type(value) ~= 'string' then fail(p .. '.headers.' .. name, 'expected a string, got ' .. kind(value)) end
         local why = core_http.mail_header_problem(name, value)
         if why then fail(p .. '.headers.' .. name, why) end
+        check_template(p .. '.headers.' .. name, value)
         names[#names + 1] = name
       end
       table.sort(names)

@@ -296,20 +296,22 @@ function deliver.message_key(channel)
 end
 
 local NULL = json.null
+local EMPTY = {}
 local function present(v) return v ~= nil and v ~= NULL end
 
--- Compiled templates by text, HTML-escaping and not (template.compile caches nothing, so
--- keep them here); the text itself is the key, so a lookup copies nothing.
-local compiled, ncompiled = { [true] = {}, [false] = {} }, 0
+-- Compiled templates by text, by escaping (true: HTML, 'uri': percent-encoded, false: none;
+-- template.compile caches nothing, so keep them here); the text itself is the key, so a
+-- lookup copies nothing.
+local compiled, ncompiled = { [true] = {}, [false] = {}, uri = {} }, 0
 local function render_text(text, ctx, escape, subs)
   if not present(text) then return nil end
-  escape = escape == true
+  if escape ~= 'uri' then escape = escape == true end
   local t = compiled[escape][text]
   if t == nil then
     local err
     t, err = template.compile(text, { escape = escape })
     if not t then return nil, err end
-    if ncompiled > 1024 then compiled, ncompiled = { [true] = {}, [false] = {} }, 0 end
+    if ncompiled > 1024 then compiled, ncompiled = { [true] = {}, [false] = {}, uri = {} }, 0 end
     compiled[escape][text] = t
     ncompiled = ncompiled + 1
   end
@@ -410,6 +412,33 @@ local function header_map(h)
   return out
 end
 deliver.header_map = header_map
+
+-- An email's headers for one recipient, name -> value: the message's own (own_h) over the
+-- template's (template_h, rendered already), a name matched whatever its case. The message's
+-- values are templates, as its body is (Pinpoint renders a header's message variables: a
+-- List-Unsubscribe URL of the recipient's own), rendered here for ctx with subs. Each value is
+-- checked once rendered, as an attribute can bring a line break or go past Pinpoint's 870
+-- characters: nil, reason then. nil when there are none.
+local function email_headers(template_h, own_h, ctx, subs)
+  if template_h == nil and own_h == nil then return nil end
+  local out, names = {}, {}
+  for k, v in pairs(template_h or EMPTY) do out[k] = v; names[k:lower()] = k end
+  for k, v in pairs(own_h or EMPTY) do
+    local lower = k:lower()
+    -- what a List-Unsubscribe substitutes is percent-encoded, as in a profile's
+    -- list_unsubscribe: an attribute with '&' or '>' in it stays one URI parameter
+    local text, err = render_text(v, ctx, lower == 'list-unsubscribe' and 'uri', subs)
+    if err then return nil, "headers['" .. k .. "']: " .. err end
+    if names[lower] then out[names[lower]] = nil end
+    out[k], names[lower] = text or '', k
+  end
+  for k, v in pairs(out) do
+    local why = http.mail_header_problem(k, v)
+    if why then return nil, "headers['" .. k .. "']: " .. why end
+  end
+  return out
+end
+deliver.email_headers = email_headers
 
 -- The fields of a push template's part (Pinpoint's PushNotificationTemplate: Default, APNS,
 -- GCM, ADM, Baidu) a message takes: its content, what a tap does, its images, sound and
@@ -529,6 +558,10 @@ local function static_fields(m, def, name, key)
       headers = header_map(m.Headers),
       app_id = hcore.app(),
     }
+    -- headers with message variables are rendered for each recipient (prepare)
+    for _, v in pairs(s.headers or EMPTY) do
+      if v:find('{{', 1, true) then s.header_variables = true end
+    end
     push_fields(m, s)
     s.__index = s
     STATIC[key] = s
@@ -575,8 +608,6 @@ local function raw_content(m, path)
   return r.value, r.err
 end
 deliver.raw_content = raw_content
-
-local EMPTY = {}
 
 -- The message for a row. Its content comes from the channel's own message when that has any,
 -- else from the stored template the treatment's TemplateConfiguration names for the channel,
@@ -650,11 +681,11 @@ local function prepare(row, def, ep, profile)
     title = title, body = body, html = html, custom_data = custom_data, raw = raw,
   }, static)
   if rendered and PUSH[channel] then deliver.template_push_settings(rendered, msg) end
-  if rendered and rendered.Headers then
-    -- the template's headers, under the message's own
-    local h = {}
-    for k, v in pairs(rendered.Headers) do h[k] = v end
-    for k, v in pairs(static.headers or EMPTY) do h[k] = v end
+  if (rendered and rendered.Headers) or static.header_variables then
+    -- the template's headers, under the message's own, rendered for the endpoint (the
+    -- message's own without variables are the same for all, reached through static)
+    local h, herr = email_headers(rendered and rendered.Headers, static.headers, ep)
+    if herr then return nil, 'RENDER_FAILED: ' .. herr end
     msg.headers = h
   end
   return msg

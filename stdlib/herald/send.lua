@@ -433,14 +433,19 @@ function send.send(req, opts)
           -- CustomMessage.Data: the string the receiver gets as the payload's Data, rendered
           custom_data, err = deliver.render_text(m.Data, w.ctx, false, subs)
         end
-        -- the template's headers, then the message's own over them
+        -- the template's headers, then the message's own over them (Headers over
+        -- SimpleEmail.Headers), rendered as the body is
         local headers
-        for _, h in ipairs({ from_template and from_template.Headers, deliver.header_map(simple.Headers),
-                             deliver.header_map(m.Headers) }) do
-          for k, v in pairs(h or {}) do
-            headers = headers or {}
-            headers[k] = v
+        if not err then
+          local own = deliver.header_map(simple.Headers)
+          for k, v in pairs(deliver.header_map(m.Headers) or {}) do
+            for name in pairs(own or {}) do
+              if name:lower() == k:lower() then own[name] = nil end
+            end
+            own = own or {}
+            own[k] = v
           end
+          headers, err = deliver.email_headers(from_template and from_template.Headers, own, w.ctx, subs)
         end
         local data = type(m.Data) == 'table' and m.Data or nil
         if PUSH[w.channel] then

@@ -215,6 +215,20 @@ describe('campaign definitions', function()
         'MessageConfiguration%.EmailMessage%.Headers%[1%]%.Value: must be List%-Unsubscribe=One%-Click %(RFC 8058%)' },
       { function(d) d.MessageConfiguration.EmailMessage = { Body = 'x', Headers = { { Name = 'X-A' } } } end,
         'MessageConfiguration%.EmailMessage%.Headers%[0%]: expected { Name = string, Value = string }' },
+      -- Pinpoint's limits on a MessageHeader: 126 characters of name, 870 of value
+      { function(d) d.MessageConfiguration.EmailMessage = { Body = 'x', Headers = {
+          { Name = 'X-' .. string.rep('n', 125), Value = '1' } } } end,
+        'MessageConfiguration%.EmailMessage%.Headers%[0%]%.Name: at most 126 characters' },
+      { function(d) d.MessageConfiguration.EmailMessage = { Body = 'x', Headers = {
+          { Name = 'X-A', Value = string.rep('é', 871) } } } end,
+        'MessageConfiguration%.EmailMessage%.Headers%[0%]%.Value: at most 870 characters, rendered attributes included' },
+      -- characters, not bytes: 870 of two bytes each are within it
+      { function(d) d.MessageConfiguration.EmailMessage = { Body = 'x', Headers = {
+          { Name = 'X-A', Value = string.rep('é', 870) } } } end },
+      -- a value is a template, rendered for each recipient: one that cannot compile is refused
+      { function(d) d.MessageConfiguration.EmailMessage = { Body = 'x', Headers = {
+          { Name = 'X-A', Value = '1' }, { Name = 'X-Plan', Value = '{{#if Attributes.plan}}gold' } } } end,
+        'MessageConfiguration%.EmailMessage%.Headers%[1%]%.Value: .*if' },
       { function(d)
           local list = {}
           for i = 1, 16 do list[i] = { Name = 'X-H' .. i, Value = 'v' } end

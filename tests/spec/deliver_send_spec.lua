@@ -538,6 +538,27 @@ describe('herald.send request fields', function()
     assert.are.same({ ['X-From-Template'] = 'yes', ['X-Tag'] = 'spring' }, by['cy@example.com'].headers)
   end)
 
+  it("renders an email's header values as its body is, and fails alone the address one renders badly for", function()
+    local res = send({
+      Addresses = { ['bo@example.com'] = { ChannelType = 'EMAIL', Substitutions = { Token = { 'tk bo&1' } } },
+                    ['cy@example.com'] = { ChannelType = 'EMAIL', Substitutions = { Token = { 'a\r\nBcc: x@example.com' } } } },
+      MessageConfiguration = { EmailMessage = { FromAddress = 'news@example.com',
+        SimpleEmail = { Subject = { Data = 'Hi' }, TextPart = { Data = 'body' },
+                        Headers = { { Name = 'X-Tag', Value = 'spring' }, { Name = 'x-to', Value = 'simple' } } },
+        -- Headers over SimpleEmail.Headers, a name matched whatever its case
+        Headers = { { Name = 'List-Unsubscribe', Value = '<https://shop.example/u?t={{Token}}>' },
+                    { Name = 'X-To', Value = '{{Address}}' }, { Name = 'X-Token', Value = '{{Token}}' } } } },
+    }, { providers = recorder { 'EMAIL' } })
+    assert.are.equal('SUCCESSFUL', res.Result['bo@example.com'].DeliveryStatus, res.Result['bo@example.com'].StatusMessage)
+    assert.are.equal(1, #got)
+    -- what List-Unsubscribe substitutes is percent-encoded, as in a profile's list_unsubscribe
+    assert.are.same({ ['X-Tag'] = 'spring', ['X-To'] = 'bo@example.com', ['X-Token'] = 'tk bo&1',
+                      ['List-Unsubscribe'] = '<https://shop.example/u?t=tk%20bo%261>' }, got[1].headers)
+    assert.are.equal('PERMANENT_FAILURE', res.Result['cy@example.com'].DeliveryStatus)
+    assert.matches("RENDER_FAILED: headers['X-Token']: value missing or has a line break",
+      res.Result['cy@example.com'].StatusMessage, 1, true)
+  end)
+
   it("takes a push template's tap action, URL, sound and RawContent under the message's own settings", function()
     assert(require('herald.template').create { name = 'send-push', type = 'PUSH',
       Default = { Title = 'Sale', Body = 'starts now', Action = 'DEEP_LINK', Url = 'shop://sale/{{Address}}', Sound = 'chime' },

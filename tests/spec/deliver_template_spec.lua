@@ -190,6 +190,46 @@ describe('treatments that name a stored template', function()
       { Name = 'X-Tag', Value = 'spring' } }, def.MessageConfiguration.EmailMessage.Headers)
   end)
 
+  it("render a campaign's email header values for each endpoint, and fail alone a message whose header renders badly", function()
+    local dir = h.tmpdir()
+    h.write(dir .. '/c.lua', [[
+      assert(herald.endpoints.put{ Id = 'ann', ChannelType = 'EMAIL', Address = 'ann@example.com',
+        Attributes = { token = { 'tk-ann' } } })
+      assert(herald.endpoints.put{ Id = 'bob', ChannelType = 'EMAIL', Address = 'bob@example.com',
+        Attributes = { token = { 'a b&c>' } } })
+      -- an attribute that would inject a header line, and one past Pinpoint's 870 characters
+      assert(herald.endpoints.put{ Id = 'eve', ChannelType = 'EMAIL', Address = 'eve@example.com',
+        Attributes = { token = { 'x\r\nBcc: all@example.com' } } })
+      assert(herald.endpoints.put{ Id = 'long', ChannelType = 'EMAIL', Address = 'long@example.com',
+        Attributes = { token = { string.rep('t', 100), string.rep('u', 100), string.rep('v', 100), string.rep('w', 100),
+          string.rep('x', 100), string.rep('y', 100), string.rep('z', 100), string.rep('s', 100), string.rep('r', 100) } } })
+      herald.campaign.from_pinpoint(herald.json.encode{
+        Name = 'per-recipient', Schedule = { StartTime = 'IMMEDIATE' },
+        MessageConfiguration = { EmailMessage = { Title = 'Hi', Body = 'body', Headers = {
+          { Name = 'List-Unsubscribe', Value = '<https://shop.example/u?t={{#each Attributes.token}}{{this}}{{/each}}>' },
+          { Name = 'X-Recipient', Value = '{{Id}}' }, { Name = 'X-Token', Value = '{{Attributes.token.[0]}}' },
+          { Name = 'X-Tag', Value = 'spring' } } } },
+        Herald = { Deliver = { type = 'channels' } },
+      }, { segment = herald.segment{ name = 'all' } })
+    ]])
+    local seen = run_recorded(dir, [[{ ch = m.endpoint_id, unsub = hd['List-Unsubscribe'] or N,
+      who = hd['X-Recipient'] or N, tag = hd['X-Tag'] or N, token = hd['X-Token'] or N }]], { 'EMAIL' })
+    assert.are.same({ ch = 'ann', unsub = '<https://shop.example/u?t=tk-ann>', who = 'ann', tag = 'spring',
+                      token = 'tk-ann' }, seen.ann)
+    -- what List-Unsubscribe substitutes is percent-encoded, as in a profile's list_unsubscribe
+    assert.are.same({ ch = 'bob', unsub = '<https://shop.example/u?t=a%20b%26c%3E>', who = 'bob', tag = 'spring',
+                      token = 'a b&c>' }, seen.bob)
+    assert.is_nil(seen.eve)
+    assert.is_nil(seen.long)
+    local rows = {}
+    for _, r in ipairs(h.query(dir, 'c.db', 'SELECT endpoint_id, state, reason FROM outbox')) do rows[r.endpoint_id] = r end
+    assert.are.equal('SENT', rows.ann.state)
+    assert.are.equal('FAILED', rows.eve.state)
+    assert.matches("RENDER_FAILED: headers['X-Token']: value missing or has a line break", rows.eve.reason, 1, true)
+    assert.are.equal('FAILED', rows.long.state)
+    assert.matches("RENDER_FAILED: headers['List-Unsubscribe']: at most 870 characters", rows.long.reason, 1, true)
+  end)
+
   it('refuse a TemplateConfiguration version that is not a version number, and fail the rows of one stored before', function()
     local dir = h.tmpdir()
     h.write(dir .. '/bad.lua', [[

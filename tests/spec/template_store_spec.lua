@@ -41,6 +41,15 @@ describe('template store', function()
     assert.is_nil(r.DefaultSubstitutions)
   end)
 
+  it("percent-encodes what a List-Unsubscribe header substitutes, as a profile's list_unsubscribe does", function()
+    assert.are.equal(1, template.create { name = 'unsub-enc', Subject = 's', Headers = {
+      { Name = 'list-unsubscribe', Value = '<https://shop.example/u?p={{Attributes.plan.[0]}}>' },
+      { Name = 'X-Plan', Value = '{{Attributes.plan.[0]}}' } } })
+    local r = assert(template.render('unsub-enc', 'EMAIL', endpoint))
+    assert.are.same({ { Name = 'list-unsubscribe', Value = '<https://shop.example/u?p=gold%20%3Cvip%3E>' },
+                      { Name = 'X-Plan', Value = 'gold <vip>' } }, r.Headers)
+  end)
+
   it('fills missing and empty values from DefaultSubstitutions; the endpoint wins over them', function()
     welcome()
     local r = assert(template.render('welcome', 'EMAIL', { Attributes = { plan = {} } }))
@@ -174,6 +183,11 @@ describe('template store', function()
         "x(v1).Headers[2].Name: 'x-plan' is given twice" },
       { { name = 'x', Subject = 's', Headers = { { Name = 'X Plan', Value = 'gold' } } },
         "x(v1).Headers[1].Name: invalid header name (printable ASCII without spaces or ':')" },
+      -- Pinpoint's limits on a MessageHeader: 126 characters of name, 870 of value
+      { { name = 'x', Subject = 's', Headers = { { Name = 'X-' .. string.rep('n', 125), Value = 'gold' } } },
+        'x(v1).Headers[1].Name: at most 126 characters' },
+      { { name = 'x', Subject = 's', Headers = { { Name = 'X-Plan', Value = string.rep('g', 871) } } },
+        'x(v1).Headers[1].Value: at most 870 characters, rendered attributes included' },
       { { name = 'x', type = 'PUSH', Default = { Title = 't', Action = 'JUMP' } },
         "x(v1).Default.Action: must be OPEN_APP, DEEP_LINK or URL, got 'JUMP'" },
       { { name = 'x', type = 'PUSH', APNS = { Colour = 'red' } },
