@@ -6,13 +6,15 @@
  * herald.http.request does). The providers file's Lua channels run their send functions this
  * way, so one that never returns cannot hold the delivery task, and with it the process.
  *
- * Why C. A count hook on the calling thread checks the bounds every STEP instructions; once
+ * Why C. A count hook on the calling thread checks the bounds every STEP instructions, and
+ * the time when its task wakes from a wait (herald_guard_resuming); once
  * one is passed it raises at every instruction, so a pcall inside fn cannot swallow the error.
  * It must stop raising the moment the protected call is over: a hook set from Lua would still
  * be installed for the instructions between pcall's return and the call that removes it, and
  * would raise there, outside the pcall. Here the call's continuation restores the thread's
  * previous hook before any Lua instruction runs. A coroutine fn creates inherits the hook
- * (lua_newthread copies it) but is not bounded: the hook finds no guard for it and returns. */
+ * (lua_newthread copies it) and counts against fn's bounds while fn waits in its resume; one
+ * resumed once no guarded call is waiting for it (kept past the call's end) runs unbounded. */
 #include <lauxlib.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -58,17 +60,57 @@ static Guard *guard_of(lua_State *L) {
   return g;
 }
 
+/* The guard of the call waiting for coroutine L to yield or return, and its thread in *owner;
+ * NULL when there is none. Lua runs one thread at a time, so a guarded thread that is neither
+ * running nor suspended (status LUA_OK, where one that yielded back to its task is LUA_YIELD)
+ * is in the chain of resumes that reached L. Leaves the stack as it was. */
+static Guard *resumer_guard(lua_State *L, lua_State **owner) {
+  Guard *found = NULL;
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &guards_key) == LUA_TTABLE) {
+    lua_pushnil(L);
+    while (lua_next(L, -2) != 0) {
+      lua_State *t = lua_tothread(L, -2);
+      if (t != NULL && t != L && lua_status(t) == LUA_OK) {
+        found = lua_touserdata(L, -1);
+        *owner = t;
+        lua_pop(L, 2);
+        break;
+      }
+      lua_pop(L, 1);
+    }
+  }
+  lua_pop(L, 1);
+  return found;
+}
+
 static void guard_hook(lua_State *L, lua_Debug *ar) {
   (void)ar;
+  lua_State *owner = L;
   Guard *g = guard_of(L);
+  if (g == NULL) g = resumer_guard(L, &owner);  /* a coroutine the guarded call created */
   if (g == NULL) return;
   if (g->passed == kWithin) {
-    g->left -= STEP;
-    if (g->left <= 0) g->passed = kOverInstructions;
+    if ((g->left -= STEP) <= 0) g->passed = kOverInstructions;
     else if (now_ns() > g->deadline_ns) g->passed = kOverTime;
-    if (g->passed != kWithin) lua_sethook(L, guard_hook, LUA_MASKCOUNT, 1);
+    /* from here on every instruction raises, in the call's thread too once the coroutine's
+     * error reaches it, so no pcall on the way swallows the stop */
+    if (g->passed != kWithin && owner != L) lua_sethook(owner, guard_hook, LUA_MASKCOUNT, 1);
   }
-  if (g->passed != kWithin) luaL_error(L, "guard");  /* the message is made in finish */
+  if (g->passed != kWithin) {
+    lua_sethook(L, guard_hook, LUA_MASKCOUNT, 1);
+    luaL_error(L, "guard");  /* the message is made in finish */
+  }
+}
+
+void herald_guard_resuming(lua_State *co) {
+  /* a loop of a few instructions and a wait would run STEP instructions, thousands of waits,
+   * before the hook looked at the time */
+  if (!lua_checkstack(co, 2)) return;
+  Guard *g = guard_of(co);
+  if (g != NULL && g->passed == kWithin && now_ns() > g->deadline_ns) {
+    g->passed = kOverTime;
+    lua_sethook(co, guard_hook, LUA_MASKCOUNT, 1);
+  }
 }
 
 /* After the protected call (at once, or when fn returns after yielding): the thread's hook as

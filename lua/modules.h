@@ -29,6 +29,9 @@ int luaopen_herald_core_deliver(lua_State *L);  /* lua/lherald_deliver.c: JWS si
 int luaopen_herald_core_feedback(lua_State *L); /* lua/lherald_feedback.c: bounce/complaint mail */
 int luaopen_herald_core_digest(lua_State *L);   /* lua/lherald_digest.c: MD5 */
 int luaopen_herald_core_guard(lua_State *L);    /* lua/lherald_guard.c: bounded calls */
+/* Before the task thread co is resumed: a guarded call in it whose time is up is stopped at
+ * its next instruction, so a call that mostly waits meets its time bound when it wakes. */
+void herald_guard_resuming(lua_State *co);
 
 /* Preloads every module into package.preload. sandbox_safe limits it to the modules campaign
  * code may reach. */

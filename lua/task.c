@@ -69,6 +69,7 @@ static void unanchor(lua_State *L, lua_State *co) {
 /* Resumes co with nargs values on its stack and records how it ended. */
 static void task_step(lua_State *L, lua_State *co, int nargs) {
   int nres = 0;
+  herald_guard_resuming(co);
   int status = herald_state_info(L)->resume(L, co, nargs, &nres);
   if (status == LUA_YIELD) {
     lua_pop(co, nres);

@@ -136,14 +136,23 @@ describe('delivery through providers', function()
 
   it("stops a Lua channel's send that never returns, failing its message with the reason, and goes on", function()
     local dir = h.tmpdir()
-    campaign_file(dir, { n = 4, channel = 'EMAIL', addr = "function(i) return ({ 'spin', 'catch', 'wait', 'ok' })[i] .. '@example.com' end" })
+    campaign_file(dir, { n = 7, channel = 'EMAIL',
+      addr = "function(i) return ({ 'spin', 'catch', 'wait', 'nap', 'co', 'cocatch', 'ok' })[i] .. '@example.com' end" })
     -- a loop; one that catches the error it is stopped with; one that waits (herald.sleep
-    -- yields) and works between the waits, past its time; and a plain send that returns
+    -- yields) and works between the waits, past its time; one that only waits, a few
+    -- instructions between its waits (its time is up long before 10,000 of them); loops in coroutines the send
+    -- creates, one of them resumed again and again after each error; and a plain send that
+    -- returns
     h.write(dir .. '/providers.lua', [[
       return { profiles = { mine = { type = 'lua', max_instructions = 2000000, max_seconds = 0.3, send = function(m)
         local who = m.address:match('^(%a+)@')
         if who == 'spin' then while true do end end
         if who == 'catch' then while true do pcall(function() while true do end end) end end
+        if who == 'nap' then while true do herald.sleep(100) end end
+        if who == 'co' then coroutine.wrap(function() while true do end end)() end
+        if who == 'cocatch' then
+          while true do coroutine.resume(coroutine.create(function() while true do end end)) end
+        end
         if who == 'wait' then
           while true do
             local x = 0
@@ -166,11 +175,13 @@ describe('delivery through providers', function()
     local by = {}
     for _, r in ipairs(rows) do by[r.address] = r end
     assert.are.equal('SENT', by['ok@example.com'].state)
-    for _, who in ipairs { 'spin', 'catch' } do
+    for _, who in ipairs { 'spin', 'catch', 'co', 'cocatch' } do
       assert.matches('profiles.mine.send: ran more than 2000000 Lua instructions (does it loop forever?)',
         by[who .. '@example.com'].reason, 1, true)
     end
-    assert.matches('profiles.mine.send: still running after 300 ms', by['wait@example.com'].reason, 1, true)
+    for _, who in ipairs { 'wait', 'nap' } do
+      assert.matches('profiles.mine.send: still running after 300 ms', by[who .. '@example.com'].reason, 1, true)
+    end
   end)
 
   it('hands a channel the whole address, however long a push token is', function()
