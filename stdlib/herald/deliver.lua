@@ -413,26 +413,31 @@ local function header_map(h)
 end
 deliver.header_map = header_map
 
--- An email's headers for one recipient, name -> value: the message's own (own_h) over the
--- template's (template_h, rendered already), a name matched whatever its case. The message's
--- values are templates, as its body is (Pinpoint renders a header's message variables: a
--- List-Unsubscribe URL of the recipient's own), rendered here for ctx with subs. Each value is
--- checked once rendered, as an attribute can bring a line break or go past Pinpoint's 870
--- characters: nil, reason then. nil when there are none.
-local function email_headers(template_h, own_h, ctx, subs)
-  if template_h == nil and own_h == nil then return nil end
-  local out, names = {}, {}
-  for k, v in pairs(template_h or EMPTY) do out[k] = v; names[k:lower()] = k end
-  for k, v in pairs(own_h or EMPTY) do
-    local lower = k:lower()
-    -- what a List-Unsubscribe substitutes is percent-encoded, as in a profile's
-    -- list_unsubscribe: an attribute with '&' or '>' in it stays one URI parameter
-    local text, err = render_text(v, ctx, lower == 'list-unsubscribe' and 'uri', subs)
-    if err then return nil, "headers['" .. k .. "']: " .. err end
-    if names[lower] then out[names[lower]] = nil end
-    out[k], names[lower] = text or '', k
+-- An email's headers for one recipient, name -> value: the message's own (each map of ...
+-- over the one before it) over the template's (template_h, rendered already), a name matched
+-- whatever its case. The message's values are templates, as its body is (Pinpoint renders a
+-- header's message variables: a List-Unsubscribe URL of the recipient's own), rendered here
+-- for ctx with subs. Each value is checked once rendered, as an attribute can bring a line
+-- break or go past Pinpoint's 870 characters: nil, reason then. nil when there are none.
+local function email_headers(ctx, subs, template_h, ...)
+  local out, names = nil, {}
+  for k, v in pairs(template_h or EMPTY) do
+    out = out or {}
+    out[k], names[k:lower()] = v, k
   end
-  for k, v in pairs(out) do
+  for i = 1, select('#', ...) do
+    for k, v in pairs(select(i, ...) or EMPTY) do
+      local lower = k:lower()
+      -- what a List-Unsubscribe substitutes is percent-encoded, as in a profile's
+      -- list_unsubscribe: an attribute with '&' or '>' in it stays one URI parameter
+      local text, err = render_text(v, ctx, lower == 'list-unsubscribe' and 'uri', subs)
+      if err then return nil, "headers['" .. k .. "']: " .. err end
+      out = out or {}
+      if names[lower] then out[names[lower]] = nil end
+      out[k], names[lower] = text or '', k
+    end
+  end
+  for k, v in pairs(out or EMPTY) do
     local why = http.mail_header_problem(k, v)
     if why then return nil, "headers['" .. k .. "']: " .. why end
   end
@@ -684,7 +689,7 @@ local function prepare(row, def, ep, profile)
   if (rendered and rendered.Headers) or static.header_variables then
     -- the template's headers, under the message's own, rendered for the endpoint (the
     -- message's own without variables are the same for all, reached through static)
-    local h, herr = email_headers(rendered and rendered.Headers, static.headers, ep)
+    local h, herr = email_headers(ep, nil, rendered and rendered.Headers, static.headers)
     if herr then return nil, 'RENDER_FAILED: ' .. herr end
     msg.headers = h
   end

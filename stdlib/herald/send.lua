@@ -437,15 +437,8 @@ function send.send(req, opts)
         -- SimpleEmail.Headers), rendered as the body is
         local headers
         if not err then
-          local own = deliver.header_map(simple.Headers)
-          for k, v in pairs(deliver.header_map(m.Headers) or {}) do
-            for name in pairs(own or {}) do
-              if name:lower() == k:lower() then own[name] = nil end
-            end
-            own = own or {}
-            own[k] = v
-          end
-          headers, err = deliver.email_headers(from_template and from_template.Headers, own, w.ctx, subs)
+          headers, err = deliver.email_headers(w.ctx, subs, from_template and from_template.Headers,
+            deliver.header_map(simple.Headers), deliver.header_map(m.Headers))
         end
         local data = type(m.Data) == 'table' and m.Data or nil
         if PUSH[w.channel] then
