@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <signal.h>
 #include <stdlib.h>
+#include <unistd.h>
 
 #include "lua/context.h"
 #include "lua/host.h"
@@ -408,6 +409,11 @@ static volatile sig_atomic_t stop_signalled;
 static struct sigaction uv_sigint_action, uv_sigterm_action;
 
 static void stop_signal_handler(int signum, siginfo_t *info, void *uctx) {
+  /* A second stop signal ends the process at once, as a service manager's SIGKILL would: the
+   * first asks tasks to finish what they are writing, which one stuck in a Lua channel's send
+   * may not do for a long while. The outbox does not depend on a clean stop: rows claimed and
+   * not reported go back at the next start, and any sent again carry their idempotency key. */
+  if (stop_signalled) _exit(128 + signum);
   stop_signalled = 1;
   const struct sigaction *a = signum == SIGINT ? &uv_sigint_action : &uv_sigterm_action;
   if (a->sa_flags & SA_SIGINFO) a->sa_sigaction(signum, info, uctx);

@@ -71,6 +71,48 @@ describe('herald run', function()
     end
   end)
 
+  it('stops at once on a second SIGTERM while a Lua channel holds the first, and the message is delivered after the restart', function()
+    local dir = h.tmpdir()
+    h.write(dir .. '/c.lua', [[
+      assert(herald.endpoints.put{ Id = 'a', ChannelType = 'EMAIL', Address = 'a@example.com' })
+      herald.campaign{ name = 'held', segment = herald.segment{ name = 'all' },
+        message = { subject = 'Hi', body = 'Hi {{Id}}' }, deliver = 'channels' }
+    ]])
+    -- a send that waits on and on (within its bounds for an hour), after saying it started
+    h.write(dir .. '/providers.lua', [[
+      return { profiles = { stuck = { type = 'lua', max_seconds = 3600, send = function(m)
+        local f = assert(io.open('started.txt', 'w')); f:close()
+        while true do herald.sleep(50) end
+      end } }, channels = { EMAIL = 'stuck' } }
+    ]])
+    local out = h.sh(table.concat({
+      'cd ' .. h.shell_quote(dir),
+      h.shell_quote(h.exe) .. ' --db q.db run c.lua > out.txt 2> err.txt & pid=$!',
+      'for i in $(seq 200); do [ -f started.txt ] && break; sleep 0.05; done',
+      'kill -TERM $pid; sleep 1',
+      'kill -0 $pid 2> /dev/null && echo "running after the first"',
+      'kill -TERM $pid; start=$(date +%s%N)',
+      '(sleep 10; kill -KILL $pid 2> /dev/null) & dog=$!',
+      'wait $pid; rc=$?; echo "rc=$rc after $(( ($(date +%s%N) - start) / 1000000 )) ms"',
+      'kill $dog 2> /dev/null; wait $dog 2> /dev/null; true',
+    }, '\n'))
+    assert.matches('running after the first', out, 1, true)
+    local rc, ms = out:match('rc=(%d+) after (%d+) ms')
+    assert.are.equal('143', rc, out)
+    assert.is_true(tonumber(ms) < 2000, ms .. ' ms to stop')
+    -- nothing was lost: started again with a channel that delivers, the message goes out
+    h.write(dir .. '/providers.lua', [[
+      return { profiles = { ok = { type = 'lua', send = function(m)
+        local f = assert(io.open('sent.txt', 'a')); f:write(m.address, '\n'); f:close()
+        return true
+      end } }, channels = { EMAIL = 'ok' } }
+    ]])
+    local _, code, err = h.herald('--db q.db run --until-idle c.lua', { cwd = dir })
+    assert.are.equal(0, code, err)
+    assert.are.equal('a@example.com\n', h.read(dir .. '/sent.txt'))
+    assert.are.equal(1, query(dir, "SELECT count(*) AS n FROM outbox WHERE state = 'SENT'"))
+  end)
+
   it('takes a version stored by herald campaign load while it runs: new runs use it', function()
     local dir = h.tmpdir()
     h.endpoints_sql(dir, 'q.db', { { id = 'ep1', address = 'a@example.com' }, { id = 'ep2', address = 'b@example.com' } })
