@@ -470,18 +470,25 @@ const char *herald_smtp_header_problem(const char *name, const char *value) {
 #define LIMIT_DIGITS(n) #n
 #define LIMIT_TEXT(n) LIMIT_DIGITS(n)
 
-size_t herald_smtp_chars(const char *s) {
+/* Characters, not bytes: Pinpoint counts a header's characters, and a value may be UTF-8. */
+static size_t utf8_chars(const char *s) {
   size_t n = 0;
   for (const unsigned char *p = (const unsigned char *)s; *p; p++)
     if ((*p & 0xC0) != 0x80) n++;
   return n;
 }
 
-const char *herald_smtp_header_given_problem(const char *name, const char *value) {
-  if (name != NULL && herald_smtp_chars(name) > HERALD_SMTP_GIVEN_NAME_MAX)
-    return "at most " LIMIT_TEXT(HERALD_SMTP_GIVEN_NAME_MAX) " characters";
-  if (value != NULL && herald_smtp_chars(value) > HERALD_SMTP_GIVEN_VALUE_MAX)
+const char *herald_smtp_given_value_too_long(const char *value) {
+  if (value != NULL && utf8_chars(value) > HERALD_SMTP_GIVEN_VALUE_MAX)
     return "at most " LIMIT_TEXT(HERALD_SMTP_GIVEN_VALUE_MAX) " characters, rendered attributes included";
+  return NULL;
+}
+
+const char *herald_smtp_header_given_problem(const char *name, const char *value) {
+  if (name != NULL && utf8_chars(name) > HERALD_SMTP_GIVEN_NAME_MAX)
+    return "at most " LIMIT_TEXT(HERALD_SMTP_GIVEN_NAME_MAX) " characters";
+  const char *too_long = herald_smtp_given_value_too_long(value);
+  if (too_long != NULL) return too_long;
   if (name != NULL && strcasecmp(name, "list-unsubscribe") == 0) {
     if (value != NULL && (has_line_break(value) || !is_ascii_printable(value)))
       return "ASCII URIs without line breaks";

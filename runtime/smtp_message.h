@@ -58,8 +58,9 @@ const char *herald_smtp_header_problem(const char *name, const char *value);
 #define HERALD_SMTP_GIVEN_NAME_MAX 126
 #define HERALD_SMTP_GIVEN_VALUE_MAX 870
 
-/* The characters of UTF-8 text s, as those limits count them (not its bytes). */
-size_t herald_smtp_chars(const char *s);
+/* The reason value (a template's text, or what it rendered) is past the value limit,
+ * counted in UTF-8 characters, not bytes; NULL within it. */
+const char *herald_smtp_given_value_too_long(const char *value);
 
 /* The same for a header as a campaign, a stored template or a direct message gives it (within
  * the limits above), value

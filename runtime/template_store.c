@@ -137,9 +137,8 @@ static int compile_headers(HeraldTemplateParts *p, const char *base, const json_
     /* the limit holds for the rendered value too (checked at each send); a longer text could
      * only render shorter through a section left out */
     const json_t *text = json_object_get(h, "Value");
-    if (json_is_string(text) && herald_smtp_chars(json_string_value(text)) > HERALD_SMTP_GIVEN_VALUE_MAX)
-      return herald_error_set(err, kHeraldLimit, "%s: at most %d characters, rendered attributes included",
-                              label, HERALD_SMTP_GIVEN_VALUE_MAX);
+    const char *too_long = json_is_string(text) ? herald_smtp_given_value_too_long(json_string_value(text)) : NULL;
+    if (too_long != NULL) return herald_error_set(err, kHeraldLimit, "%s: %s", label, too_long);
     /* what a List-Unsubscribe substitutes is percent-encoded, as in a profile's list_unsubscribe:
      * an attribute with '&' or '>' in it stays one URI parameter */
     int escape = strcasecmp(json_string_value(name), "List-Unsubscribe") == 0 ? HERALD_TEMPLATE_ESCAPE_URI
