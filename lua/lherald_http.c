@@ -1212,6 +1212,30 @@ static int l_batch_add(lua_State *L) {
   return 1;
 }
 
+void herald_lua_batch_add(lua_State *L, int bi, int body, int key, int gate) {
+  bi = lua_absindex(L, bi);
+  body = lua_absindex(L, body);
+  key = key != 0 ? lua_absindex(L, key) : 0;
+  gate = gate != 0 ? lua_absindex(L, gate) : 0;
+  Batch *b = luaL_checkudata(L, bi, BATCH_MT);
+  if (b->closed) luaL_error(L, "the batch is closed");
+  if (gate != 0 && luaL_testudata(L, gate, GATE_MT) == NULL) luaL_error(L, "not a gate (http.gate())");
+  get_client(L);
+  int top = lua_gettop(L);
+  push_tables(L, b);
+  batch_append(L, b, body, key, 0, top + 1);
+  if (gate != 0) {
+    lua_pushvalue(L, gate);
+    lua_rawseti(L, top + 4, b->added);
+  }
+  lua_settop(L, top);
+}
+
+void herald_lua_batch_pump(lua_State *L, int bi) {
+  Batch *b = luaL_checkudata(L, bi, BATCH_MT);
+  if (!b->closed) batch_pump(b);
+}
+
 /* b:add_many(bodies[, keys[, options]]) -> last seq (lists in step, as add takes them) */
 static int l_batch_add_many(lua_State *L) {
   Batch *b = check_batch(L);

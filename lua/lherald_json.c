@@ -393,6 +393,12 @@ static int put_json(Out *o, const json_t *v, int depth) {
   return -1;
 }
 
+int herald_lua_json_put(HeraldBuf *o, const json_t *v) { return put_json(o, v, 0); }
+
+int herald_lua_json_put_string(HeraldBuf *o, const char *s, size_t len) {
+  return put_string(o, s, len);
+}
+
 static int fast_value(lua_State *L, int idx, Out *o, int depth);
 
 static int fast_table(lua_State *L, int idx, Out *o, int depth) {

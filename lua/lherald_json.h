@@ -13,12 +13,20 @@
 #include <jansson.h>
 #include <lua.h>
 
+#include "runtime/buffer.h"
 #include "runtime/error.h"
+#include "runtime/template.h"
 
 /* Converts the value at idx; on failure err names the path ("Attributes.x[2]: ..."). */
 int herald_lua_tojson(lua_State *L, int idx, json_t **out, HeraldError *err);
 /* The JSON a template context at idx holds (borrowed), or NULL when idx is not one. */
 json_t *herald_lua_template_context(lua_State *L, int idx);
+/* The compiled template (herald.core.template's compile) at idx, or NULL when idx is not one. */
+HeraldTemplate *herald_lua_template(lua_State *L, int idx);
+/* Appends v, or the string s[0..len), to o as json.encode writes them (compact, keys in
+ * insertion order); -1 when out of memory or v cannot be written. */
+int herald_lua_json_put(HeraldBuf *o, const json_t *v);
+int herald_lua_json_put_string(HeraldBuf *o, const char *s, size_t len);
 /* Pushes v (NULL pushes nil). */
 void herald_lua_pushjson(lua_State *L, json_t *v);
 

@@ -6,6 +6,7 @@
 
 #include "lua/args.h"
 #include "lua/context.h"
+#include "lua/lherald_lane.h"
 #include "lua/modules.h"
 #include "runtime/claimer.h"
 #include "runtime/clock.h"
@@ -543,9 +544,58 @@ static int l_claim(lua_State *L) {
   HeraldError err = {0};
   if (herald_outbox_claim(store, app, campaigns, now, max, rows, &count, &err) != kHeraldOk)
     return raise_error(L, &err);
+  /* choose(campaign_id, version, treatment, channel) -> a webhook lane spec or nil, asked once
+   * per group of rows: the rows it gives a spec go to the lane (the second result) */
+  int choose = !lua_isnoneornil(L, 5);
+  if (choose) luaL_checktype(L, 5, LUA_TFUNCTION);
+  lua_settop(L, 5);
+  int lane = 0;
+  if (choose) {
+    herald_lua_lane_new(L, count);
+    lane = lua_gettop(L);
+  }
+  /* the groups asked about so far, their answers on the stack from groups_at on */
+  enum { kMaxGroups = 16 };
+  struct { const HeraldOutboxClaim *first; int spec; } groups[kMaxGroups];
+  int ngroups = 0;
   lua_createtable(L, count, 0);
+  int list = lua_gettop(L);
+  int listed = 0;
   for (int i = 0; i < count; i++) {
     const HeraldOutboxClaim *r = &rows[i];
+    if (choose) {
+      int g = 0;
+      while (g < ngroups && !(groups[g].first->campaign_version == r->campaign_version &&
+                              groups[g].first->treatment == r->treatment &&
+                              strcmp(groups[g].first->campaign_id, r->campaign_id) == 0 &&
+                              strcmp(groups[g].first->channel, r->channel) == 0))
+        g++;
+      int spec = 0, uncached = 0;
+      if (g < ngroups) {
+        spec = groups[g].spec;
+      } else {
+        luaL_checkstack(L, 6, "claim");
+        lua_pushvalue(L, 5);
+        lua_pushstring(L, r->campaign_id);
+        lua_pushinteger(L, r->campaign_version);
+        lua_pushinteger(L, r->treatment);
+        lua_pushstring(L, r->channel);
+        lua_call(L, 4, 1);
+        if (!lua_isnil(L, -1)) spec = lua_gettop(L); else lua_pop(L, 1);
+        /* past kMaxGroups groups, the rest are asked about row by row */
+        if (ngroups < kMaxGroups) {
+          groups[ngroups].first = r;
+          groups[ngroups].spec = spec;
+          ngroups++;
+        } else {
+          uncached = spec != 0;
+        }
+      }
+      int taken = spec != 0 && herald_lua_lane_take(L, lane, spec, r, store, app);
+      if (uncached) lua_pop(L, 1);
+      if (taken) continue;
+    }
+    lua_pushvalue(L, list);
     lua_createtable(L, 0, kClaimFields);
     set_integer(L, kFieldId, r->id);
     set_integer(L, kFieldRunId, r->run_id);
@@ -560,9 +610,13 @@ static int l_claim(lua_State *L) {
     set_integer(L, kFieldFirstDueMs, r->first_due_ms);
     if (r->zone[0]) set_string(L, kFieldZone, r->zone);
     set_integer(L, kFieldAttempts, r->attempts);
-    lua_rawseti(L, -2, i + 1);
+    lua_rawseti(L, -2, ++listed);
+    lua_pop(L, 1);
   }
-  return 1;
+  lua_pushvalue(L, list);
+  if (!choose) return 1;
+  lua_pushvalue(L, lane);
+  return 2;
 }
 
 /* report_batch{ {id=, state=, reason=, due_ms=, hard_bounce=} or id, ... }: outcomes written in

@@ -317,6 +317,11 @@ json_t *herald_lua_template_context(lua_State *L, int idx) {
   return box != NULL ? box->j : NULL;
 }
 
+HeraldTemplate *herald_lua_template(lua_State *L, int idx) {
+  TemplateBox *box = luaL_testudata(L, idx, TEMPLATE_MT);
+  return box != NULL ? box->t : NULL;
+}
+
 static ContextBox *check_context(lua_State *L) {
   ContextBox *box = luaL_checkudata(L, 1, CONTEXT_MT);
   luaL_argcheck(L, box->j != NULL, 1, "context is closed");

@@ -29,6 +29,7 @@ static const ModuleEntry modules[] = {
   {"herald.core.feedback", luaopen_herald_core_feedback, 0},
   {"herald.core.digest", luaopen_herald_core_digest, 1},
   {"herald.core.guard", luaopen_herald_core_guard, 0},
+  {"herald.core.lane", luaopen_herald_core_lane, 0},
 };
 
 void herald_modules_preload(lua_State *L, int sandbox_safe) {

@@ -33,6 +33,13 @@ int luaopen_herald_core_guard(lua_State *L);    /* lua/lherald_guard.c: bounded 
  * its next instruction, so a call that mostly waits meets its time bound when it wakes. */
 void herald_guard_resuming(lua_State *co);
 
+/* For delivery's webhook lane (lua/lherald_lane.h): appends the string at index body to the
+ * http batch at index bi, as b:add does, with the key at index key and the gate at index gate
+ * (0: none); then lets the batch start what was added. Both raise on misuse. */
+void herald_lua_batch_add(lua_State *L, int bi, int body, int key, int gate);
+void herald_lua_batch_pump(lua_State *L, int bi);
+int luaopen_herald_core_lane(lua_State *L);     /* lua/lherald_lane.c: the webhook lane */
+
 /* Preloads every module into package.preload. sandbox_safe limits it to the modules campaign
  * code may reach. */
 void herald_modules_preload(lua_State *L, int sandbox_safe);

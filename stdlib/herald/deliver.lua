@@ -26,6 +26,8 @@ local json = require 'herald.json'
 local db = require 'herald.db'
 local template = require 'herald.template'
 local tcore = require 'herald.core.template'
+local lane = require 'herald.core.lane'
+local util = require 'herald.channels.util'
 local endpoints = require 'herald.endpoints'
 local providers = require 'herald.providers'
 local hcore = require 'herald.core'
@@ -58,18 +60,22 @@ local state = {
   paced = {},          -- run (and profile) -> {at =, n =}: the slot its deferrals take now, how many took it
   npaced = 0,
   rng = 0x2545F491,
-  stats = { sent = 0, retried = 0, failed = 0, dead = 0, deferred = 0 },
+  -- lane: of the messages sent, those the webhook lane sent (herald.core.lane)
+  stats = { sent = 0, retried = 0, failed = 0, dead = 0, deferred = 0, lane = 0 },
 }
 deliver.stats = state.stats
 
--- Routes by definition and channel, for the providers table in use (configure starts afresh).
+-- Routes by definition and channel, for the providers table in use (configure starts afresh);
+-- so are the webhook lane's specs (lane_choice), by definition and treatment.
 local routes = setmetatable({}, { __mode = 'k' })
+local lane_specs = setmetatable({}, { __mode = 'k' })
 
 -- Uses the providers table cfg (from herald.providers.load) from now on.
 function deliver.configure(cfg)
   state.config = cfg or providers.default()
   state.channels, state.limits, state.campaign_limits, state.steps = {}, {}, {}, {}
   routes = setmetatable({}, { __mode = 'k' })
+  lane_specs = setmetatable({}, { __mode = 'k' })
   state.global = state.config.global and ratelimit.new(state.config.global) or nil
 end
 
@@ -303,8 +309,7 @@ local function present(v) return v ~= nil and v ~= NULL end
 -- template.compile caches nothing, so keep them here); the text itself is the key, so a
 -- lookup copies nothing.
 local compiled, ncompiled = { [true] = {}, [false] = {}, uri = {} }, 0
-local function render_text(text, ctx, escape, subs)
-  if not present(text) then return nil end
+local function compiled_text(text, escape)
   if escape ~= 'uri' then escape = escape == true end
   local t = compiled[escape][text]
   if t == nil then
@@ -315,6 +320,13 @@ local function render_text(text, ctx, escape, subs)
     compiled[escape][text] = t
     ncompiled = ncompiled + 1
   end
+  return t
+end
+
+local function render_text(text, ctx, escape, subs)
+  if not present(text) then return nil end
+  local t, err = compiled_text(text, escape)
+  if not t then return nil, err end
   return t:render(ctx, subs)
 end
 deliver.render_text = render_text
@@ -914,6 +926,71 @@ local function is_stale(def, row, now_ms)
   return now_ms > deadline
 end
 
+-- The webhook lane (herald.core.lane): a claim's rows that need nothing but their endpoint
+-- read, their text rendered and Pinpoint's custom-channel payload written are prepared, sent
+-- and, when delivered, settled without a Lua table each; everything else about them (quiet
+-- time, staleness, limits, hooks, stored templates, signing, failures) is the general path's,
+-- which the rows of any campaign that needs one of those take. A spec says how to write a
+-- group's payloads: one per definition and treatment, false when its rows take the general
+-- path. It is made from the same parts prepare reads, so the payload is the one
+-- webhook.payload writes for them.
+local function text_part(v)
+  if not present(v) then return nil end
+  if type(v) ~= 'string' then return false end
+  return compiled_text(v, false) or false
+end
+
+local function make_lane_spec(def, campaign_id, treatment)
+  local sched = type(def.Schedule) == 'table' and def.Schedule or EMPTY
+  if def.Hook ~= nil or sched.Frequency == 'EVENT' or quiet_window(def, treatment) then return false end
+  local mps = type(def.Limits) == 'table' and tonumber(def.Limits.MessagesPerSecond)
+  if mps and mps > 0 then return false end
+  local profile = route(def, 'CUSTOM')
+  if profile == nil or CHANNEL_MODULES[profile.type] ~= 'herald.channels.webhook'
+      or profile.limits ~= nil or deliver.config().global ~= nil then
+    return false
+  end
+  local okc, ch = pcall(channel_for, profile)
+  if not okc or not ch:lane_ok() then return false end
+  local name, config, tconfig = treatment_config(def, treatment)
+  if not present(config) or type(config) ~= 'table' then return false end
+  local own = present(config.CustomMessage) and config.CustomMessage or nil
+  local default = present(config.DefaultMessage) and config.DefaultMessage or nil
+  local m = (own and has_content(own) and own) or default or own
+  if type(m) ~= 'table' or present(m.HtmlBody) then return false end
+  local title, body = text_part(m.Title or m.Subject), text_part(m.Body)
+  local data = nil
+  if type(m.Data) == 'string' then data = text_part(m.Data) end
+  if title == false or body == false or data == false then return false end
+  local settings = own or default
+  local static = static_fields(settings or EMPTY, def, name, settings or tconfig or config)
+  if static.header_variables then return false end
+  local data_json
+  if data == nil and static.data ~= nil then
+    data_json = json.encode(static.data)
+    if data_json == nil then return false end
+  end
+  return { profile = profile, spec = lane.spec {
+    app_id = static.app_id, profile = profile, body = body, title = title, data = data, data_json = data_json,
+  } }
+end
+
+-- outbox.claim's chooser: the lane spec for a group of claimed rows, or nil.
+local function lane_choice(campaign_id, version, treatment, channel)
+  if channel ~= 'CUSTOM' or state.paused[campaign_id] then return nil end
+  local def = definition(campaign_id, version)
+  if def == nil then return nil end
+  local by_t = sub(lane_specs, def)
+  local s = by_t[treatment]
+  if s == nil then
+    s = make_lane_spec(def, campaign_id, treatment)
+    by_t[treatment] = s
+  end
+  -- a profile held by a Retry-After sends nothing now: the general path defers its rows
+  if not s or not profile_limit(s.profile):check() then return nil end
+  return s.spec
+end
+
 -- Renders and routes a claim's rows: reports (rows that cannot be sent), defers (rows over a
 -- limit or in quiet time) and items to send.
 local function prepare_rows(rows, now_ms)
@@ -1004,11 +1081,17 @@ end
 -- messages in flight towards their endpoints' Daily and Total caps meanwhile, and another
 -- campaign's message to the endpoint claimed then was skipped for a cap it had not reached.
 local function claim_and_prepare(now_ms, max, ids_json)
-  local rows = outbox.claim(now_ms, max, ids_json)
+  local rows, fast = outbox.claim(now_ms, max, ids_json, nil, lane_choice)
   attach_overrides(rows)
   local reports, defers, items = prepare_rows(rows, now_ms)
+  local claimed = #rows
+  if fast then
+    claimed = claimed + fast:total()
+    for _, r in ipairs(fast:failures()) do reports[#reports + 1] = r end
+    if fast:count() == 0 then fast = nil end
+  end
   if #defers > 0 then core.defer_batch(defers) end
-  return rows, reports, defers, items
+  return { claimed = claimed, reports = reports, defers = defers, items = items, fast = fast }
 end
 
 -- A store write that fails (the store busy past its timeout while another process writes a
@@ -1199,6 +1282,55 @@ local function leave_gates(gates)
   if next(sending) == nil and watch.running then watch.wake:notify() end
 end
 
+-- Sends the lane's requests through its profile's webhook channel and settles their outcomes
+-- as they come, a chunk at a time (util.CHUNK), as deliver.send_items does the general path's:
+-- a delivery by delivered(campaign_id, row_id, profile_name), anything else by settle(item, o,
+-- now) with the outcome the channel would give it; after each chunk, flush() records them.
+-- A request with no outcome (the batch failed) is retried, as send_items has it. Returns the
+-- error of the last flush when it raised (what it could not write is written later).
+local function send_lane(fast, gates, settle, delivered, flush)
+  local profile = fast:profile()
+  local n, ids, cids = fast:count(), fast:ids(), fast:cids()
+  local done, flush_err = {}, nil
+  local function item(s)
+    return { row = fast:row(s), profile = profile, msg = { gate = gates[cids[s]] } }
+  end
+  local ok, err = pcall(function()
+    local ch = channel_for(profile)
+    local b <close> = ch:lane_batch(n)
+    fast:submit(b, gates)
+    local left = n
+    while left > 0 do
+      local res = b:wait(math.min(util.CHUNK, left), util.RECALLED)
+      if res.n == 0 then break end
+      left = left - res.n
+      local now = clock.now()
+      local seq, verdicts, after = res.seq, res.verdict, res.retry_after_ms
+      for i = 1, res.n do
+        local s = seq[i]
+        done[s] = true
+        if verdicts[i] == 'delivered' and after[i] == nil then
+          delivered(cids[s], ids[s], profile.name)
+        else
+          settle(item(s), ch.verdict { verdict = verdicts[i], status = res.status[i], class = res.class[i],
+                                       detail = res.detail[i], retry_after_ms = after[i] }, now)
+        end
+      end
+      local fok, ferr = pcall(flush)
+      flush_err = not fok and ferr or nil
+    end
+  end)
+  local now = clock.now()
+  for s = 1, n do
+    if not done[s] then
+      settle(item(s), ok and { verdict = 'transient', reason = 'no outcome' }
+        or { verdict = 'transient', reason = 'channel ' .. profile.name .. ': ' .. tostring(err),
+             systemic = true, error = true }, now)
+    end
+  end
+  return flush_err
+end
+
 -- Outcomes are recorded as the channel tells them (in chunks, each in a transaction of its
 -- own), so the messages sent but not yet recorded when a process is killed, which it sends
 -- again after its restart, are at most a chunk's worth per lane rather than a whole claim.
@@ -1206,19 +1338,20 @@ function deliver.pump(now_ms, max, ids_json)
   ids_json = claimable(ids_json)
   local cfg = deliver.config()
   -- a claim that fails leaves nothing claimed (its transaction rolls back): tried again
-  local rows, reports, defers, items = with_retries('claiming', with_limits, claim_and_prepare, now_ms, max, ids_json)
+  local c = with_retries('claiming', with_limits, claim_and_prepare, now_ms, max, ids_json)
+  local reports, defers, items, fast = c.reports, c.defers, c.items, c.fast
   local fb = {}
-  if #items > 0 then
+  if #items > 0 or fast then
     local gates = {}
     for _, it in ipairs(items) do
       local cid = it.row.campaign_id
       gates[cid] = gates[cid] or enter_gate(cid)
       it.msg.gate = gates[cid]
     end
-    local settled = {}
-    local function settle(i, o, now)
-      settled[i] = true
-      local it = items[i]
+    if fast then
+      for _, cid in ipairs(fast:campaigns()) do gates[cid] = gates[cid] or enter_gate(cid) end
+    end
+    local function settle(it, o, now)
       local row = it.row
       local cid = row.campaign_id
       -- A systemic refusal (credentials, a refused sender, a channel that cannot start) is
@@ -1316,25 +1449,57 @@ function deliver.pump(now_ms, max, ids_json)
         end
       end
     end
-    local function progress(idx, outs)
-      local now = clock.now()
-      for j, i in ipairs(idx) do settle(i, outs[j], now) end
+    -- a delivery the lane settles: what settle does for one, from the row's id alone
+    local function delivered(cid, id, profile_name)
+      state.systemic[cid] = 0
+      state.throttled[profile_name] = nil
+      state.stats.sent = state.stats.sent + 1
+      state.stats.lane = state.stats.lane + 1
+      reports[#reports + 1] = id
+    end
+    local function flush()
       -- kept until written: if this write fails, the next chunk's (or the last) carries them
       outbox.report_batch(reports)
       reports = {}
       for _, f in ipairs(fb) do deliver.feedback(f[1], f[2]) end
       fb = {}
     end
-    local ok, out, progress_err = pcall(deliver.send_items, items, progress)
+    local settled = {}
+    local function progress(idx, outs)
+      local now = clock.now()
+      for j, i in ipairs(idx) do
+        settled[i] = true
+        settle(items[i], outs[j], now)
+      end
+      flush()
+    end
+    -- the lane's requests go out beside the general path's, in a task of their own
+    local lane_done, lane_err, lane_fail, lane_live = nil, nil, nil, fast ~= nil
+    if fast then
+      task.spawn(function()
+        local okl, r = pcall(send_lane, fast, gates, settle, delivered, flush)
+        if okl then lane_err = r else lane_fail = r end
+        lane_live = false
+        if lane_done then lane_done:notify() end
+      end)
+    end
+    local ok, out, progress_err = true, {}, nil
+    if #items > 0 then ok, out, progress_err = pcall(deliver.send_items, items, progress) end
+    if lane_live then
+      lane_done = task.signal()
+      lane_done:wait()
+    end
     leave_gates(gates)
     if not ok then error(out, 0) end
+    if lane_fail ~= nil then error(lane_fail, 0) end
+    progress_err = progress_err or lane_err
     if progress_err ~= nil then
       io.stderr:write('herald: recording outcomes as they came failed (retried at the end of the claim): '
         .. tostring(progress_err) .. '\n')
     end
     local now = clock.now()
     for i = 1, #items do
-      if not settled[i] then settle(i, out[i], now) end
+      if not settled[i] then settle(items[i], out[i], now) end
     end
   end
   -- the outcomes first: messages already delivered must be recorded whatever happens next
@@ -1343,8 +1508,8 @@ function deliver.pump(now_ms, max, ids_json)
   state.stats.deferred = state.stats.deferred + #defers
   for _, f in ipairs(fb) do deliver.feedback(f[1], f[2]) end
   -- A full claim means more is due at once: runs are closed when the claims run short.
-  if #rows < max then with_retries('closing runs', outbox.complete_runs) end
-  return #rows, outbox.next_due(ids_json)
+  if c.claimed < max then with_retries('closing runs', outbox.complete_runs) end
+  return c.claimed, outbox.next_due(ids_json)
 end
 
 -- Delivers everything due at now_ms: the providers file's `lanes` pumps (default 4) claim in

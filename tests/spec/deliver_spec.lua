@@ -262,6 +262,104 @@ describe('delivery through providers', function()
     assert.are.equal(3, got)
   end)
 
+  -- The webhook lane (herald.core.lane) writes, sends and settles plain webhook campaign
+  -- messages in C; a campaign with a MessagesPerSecond limit takes the general path. Twins of
+  -- each kind of message, one through each, must give the receiver the same payloads and the
+  -- store the same outcomes.
+  it('sends the same payloads and records the same outcomes through the webhook lane as through the general path', function()
+    local dir = h.tmpdir()
+    h.write(dir .. '/lane.lua', [[
+      local outbox = require 'herald.core.outbox'
+      local json = require 'herald.json'
+      local deliver = require 'herald.deliver'
+      local providers = require 'herald.providers'
+      for i = 1, 3 do
+        assert(herald.endpoints.put { Id = 'ep-' .. i, ChannelType = 'CUSTOM', Address = 'hook-' .. i,
+          Attributes = { Note = { 'a "quoted" <b>' .. i .. '</b>\n' } },
+          User = { UserAttributes = { FirstName = { 'Reader' .. i } } } })
+      end
+      deliver.configure(providers.check({ profiles = { hooks = { type = 'webhook', url = arg[1] } },
+                                          channels = { CUSTOM = 'hooks' } }, 'test'))
+      local messages = {
+        default = { DefaultMessage = { Title = 'T {{Id}}', Body = 'Hi {{User.UserAttributes.FirstName}} {{Attributes.Note}}' } },
+        custom = { CustomMessage = { Data = 'D {{Address}} {{{Attributes.Note}}}' } },
+      }
+      local base = 1767225600000
+      for kind, mc in pairs(messages) do
+        for _, path in ipairs { 'lane', 'general' } do
+          local id = kind .. '-' .. path
+          outbox.define_campaign(id, id, json.encode {
+            Name = id, TreatmentName = 'default', AdditionalTreatments = json.array {},
+            MessageConfiguration = mc, Herald = { Deliver = { type = 'channels' } },
+            Limits = path == 'general' and { MessagesPerSecond = 20000 } or nil,
+          })
+          local rows = {}
+          for i = 1, 4 do   -- ep-4 does not exist
+            rows[i] = { endpoint_id = 'ep-' .. i, treatment = 0, channel = 'CUSTOM', address = 'hook-' .. i, due_ms = base }
+          end
+          local seq = outbox.trigger_cursor(id)
+          assert(outbox.trigger { campaign_id = id, version = 1, now_ms = base, from_seq = seq, to_seq = seq + 1,
+                                  rows = rows } > 0)
+        end
+      end
+      while true do
+        local claimed, next_due = deliver.drain(require('herald.core.clock').now(), 256)
+        if claimed == 0 and next_due == nil then break end
+        if claimed == 0 then herald.sleep(20) end
+      end
+      print('lane ' .. deliver.stats.lane .. ' sent ' .. deliver.stats.sent)
+    ]])
+    local out, code, err = h.herald('--db d.db lane.lua ' .. emu.url .. '/hook', { cwd = dir })
+    assert.are.equal(0, code, err)
+    -- 3 messages of each lane campaign went through the lane, none of the general ones did
+    assert.matches('lane 6 sent 12', out)
+    local by = {}
+    for _, r in ipairs(emu:requests()) do
+      if r.path == '/hook' and (r.body:find('"CampaignId":"%a+%-lane"') or r.body:find('"CampaignId":"%a+%-general"')) then
+        local p = json.decode(r.body)
+        local id = next(p.Endpoints)
+        local kind, path = p.CampaignId:match('^(%a+)%-(%a+)$')
+        by[kind] = by[kind] or {}
+        by[kind][path] = by[kind][path] or {}
+        assert.is_nil(by[kind][path][id], 'sent twice')
+        assert.are.equal(r.headers['idempotency-key'], query(dir, string.format(
+          "SELECT message_id FROM outbox o JOIN campaign_runs r ON r.id = o.run_id WHERE r.campaign_id = '%s' AND endpoint_id = '%s'",
+          p.CampaignId, id))[1].message_id)
+        -- what differs between twins: the campaign and its run
+        assert.is_truthy(tonumber(p.ActivityId))
+        p.CampaignId, p.ActivityId = nil, nil
+        by[kind][path][id] = p
+      end
+    end
+    for _, kind in ipairs { 'default', 'custom' } do
+      for i = 1, 3 do
+        local lane, general = by[kind].lane['ep-' .. i], by[kind].general['ep-' .. i]
+        assert.is_table(lane)
+        assert.are.same(general, lane)
+      end
+    end
+    local d = by.default.lane['ep-2']
+    -- webhook text is not HTML: {{x}} is not escaped
+    assert.are.same({ Body = 'Hi Reader2 a "quoted" <b>2</b>\n', Title = 'T ep-2' }, d.Message)
+    assert.are.equal(d.Message.Body, d.Data)
+    assert.are.equal('2026-01-01T00:00:00.000Z', d.ScheduledTime)
+    local c = by.custom.lane['ep-3']
+    assert.are.same({}, c.Message)
+    assert.are.equal('D hook-3 a "quoted" <b>3</b>\n', c.Data)
+    -- the same outcomes: 3 sent, the missing endpoint failed, a _campaign.send for each sent
+    local rows = query(dir, [[SELECT r.campaign_id AS c, o.state AS s, coalesce(o.reason, '') AS why, count(*) AS n
+      FROM outbox o JOIN campaign_runs r ON r.id = o.run_id GROUP BY 1, 2, 3 ORDER BY 1, 2]])
+    local got = {}
+    for _, r in ipairs(rows) do got[#got + 1] = table.concat({ r.c, r.s, r.why, r.n }, ' ') end
+    assert.are.same({
+      'custom-general FAILED ENDPOINT_DELETED 1', 'custom-general SENT  3',
+      'custom-lane FAILED ENDPOINT_DELETED 1', 'custom-lane SENT  3',
+      'default-general FAILED ENDPOINT_DELETED 1', 'default-general SENT  3',
+      'default-lane FAILED ENDPOINT_DELETED 1', 'default-lane SENT  3',
+    }, got)
+    assert.are.equal(12, query(dir, "SELECT count(*) AS n FROM events WHERE event_type = '_campaign.send'")[1].n)
+  end)
+
   it('signs every webhook call with the profile signing_secret, as HMAC-SHA256 over its time and body', function()
     local dir = h.tmpdir()
     campaign_file(dir, { n = 3, channel = 'CUSTOM', addr = "function(i) return 'hook-' .. i end", name = 'signed' })

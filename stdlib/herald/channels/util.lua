@@ -30,13 +30,18 @@ end
 -- res.retry_after_ms[i]), for callers that make no table per request. A request's gate is its
 -- message's (msg.gate, set by delivery): closed before the request starts, it comes back
 -- unsent (class 'recalled', util.recalled).
-local function open_batch(profile, reqs, opts)
-  local b = http.batch {
-    url = reqs[1].url or profile.url, method = opts.method or 'POST', limit = profile_limit(profile),
-    concurrency = math.min(profile.connections or 50, #reqs),
+-- An empty batch for n requests to url (default the profile's), with the profile's options.
+function util.http_batch(profile, n, url, opts)
+  return http.batch {
+    url = url or profile.url, method = opts.method or 'POST', limit = profile_limit(profile),
+    concurrency = math.min(profile.connections or 50, n),
     timeout_ms = profile.timeout_ms or 30000, key_header = opts.key_header,
     headers = opts.headers, ca_file = profile.ca_file, http1 = opts.http1,
   }
+end
+
+local function open_batch(profile, reqs, opts)
+  local b = util.http_batch(profile, #reqs, reqs[1].url, opts)
   for _, r in ipairs(reqs) do
     if r.url or r.headers or r.gate then
       b:add(r.body, r.key, { url = r.url, headers = r.headers, gate = r.gate })
@@ -65,6 +70,7 @@ util.CHUNK = 64
 -- messages back at once (a paused campaign's go back to PENDING), not when the requests on
 -- the wire before them have finished too.
 local RECALLED = { recalled = true }
+util.RECALLED = RECALLED
 function util.send_http_taking(profile, reqs, opts, take, told)
   if told == nil then
     take(util.send_http_columns(profile, reqs, opts))

@@ -79,6 +79,20 @@ local function verdict(o)
            unavailable = util.unavailable(o) or nil }
 end
 
+webhook.verdict = verdict
+
+-- Whether delivery's webhook lane (herald.core.lane) may send this channel's campaign
+-- messages: it writes one-endpoint calls and does not sign them.
+function webhook:lane_ok()
+  return self.per == 1 and self.secret == nil
+end
+
+-- An empty batch for n of the lane's requests, with the options send gives its own.
+function webhook:lane_batch(n)
+  return util.http_batch(self.profile, n, nil,
+    { key_header = 'Idempotency-Key', headers = self.headers, http1 = self.profile.http1 })
+end
+
 -- Outcomes are read-only to the caller: every plain delivery shares one.
 local DELIVERED = { verdict = 'delivered', systemic = false }
 
