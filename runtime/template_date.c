@@ -9,6 +9,7 @@
  * styles of java.text.DateFormat. Names are English. Other letters are refused when a template
  * is compiled with a literal pattern (template_date_check_pattern); in a pattern that only
  * arrives at render time they are printed as they are, since a stored template must render. */
+#include <limits.h>
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>
@@ -213,11 +214,13 @@ static int is_numeric(const Token *t) {
   return strchr("ydHhmsS", t->letter) != NULL;
 }
 
-/* Digits at s[*i]: exactly width of them, or with width 0 from one to nine. */
+/* Digits at s[*i]: exactly width of them, or with width 0 from one to nine. A field written
+ * wider than a long holds (a pattern of 30 S) matches only while its value fits. */
 static int read_number(const char *s, size_t len, size_t *i, size_t width, long *out) {
   size_t max = width ? width : 9, n = 0;
   long v = 0;
   while (n < max && *i + n < len && s[*i + n] >= '0' && s[*i + n] <= '9') {
+    if (v > (LONG_MAX - 9) / 10) return -1;
     v = v * 10 + (s[*i + n] - '0');
     n++;
   }

@@ -416,6 +416,10 @@ describe('template date, digest and id helpers', function()
     assert.are.equal('July 14', R('{{dateFormat Attributes.birthday "MMMM d"}}', { Attributes = { birthday = { '1990-07-14' } } }))
     assert.are.equal('[][][][]', R('[{{dateFormat "soon"}}][{{dateFormat "2026-02-30"}}][{{dateFormat Nope}}]'
       .. '[{{dateFormat "03/05/2026" inputFormat="yyyy-MM-dd"}}]'))
+    -- a field wider than a number holds (found by the template fuzzer: the value overflowed)
+    assert.are.equal('[]', R('[{{dateFormat "' .. string.rep('0', 30) .. '1' .. string.rep('0', 24)
+      .. 'y" inputFormat="' .. string.rep('S', 55) .. 'y"}}]'))
+    assert.are.equal('[2026]', R('[{{dateFormat "0000000000000000012026" "yyyy" inputFormat="SSSSSSSSSSSSSSSSSSyyyy"}}]'))
   end)
 
   it('refuses a literal date pattern or zone it cannot use, or an unknown argument, when compiling', function()
