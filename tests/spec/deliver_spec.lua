@@ -283,6 +283,7 @@ describe('delivery through providers', function()
       local messages = {
         default = { DefaultMessage = { Title = 'T {{Id}}', Body = 'Hi {{User.UserAttributes.FirstName}} {{Attributes.Note}}' } },
         custom = { CustomMessage = { Data = 'D {{Address}} {{{Attributes.Note}}}' } },
+        empty = { DefaultMessage = { Body = '{{Attributes.Missing}}' } },
       }
       local base = 1767225600000
       for kind, mc in pairs(messages) do
@@ -312,7 +313,7 @@ describe('delivery through providers', function()
     local out, code, err = h.herald('--db d.db lane.lua ' .. emu.url .. '/hook', { cwd = dir })
     assert.are.equal(0, code, err)
     -- 3 messages of each lane campaign went through the lane, none of the general ones did
-    assert.matches('lane 6 sent 12', out)
+    assert.matches('lane 9 sent 18', out)
     local by = {}
     for _, r in ipairs(emu:requests()) do
       if r.path == '/hook' and (r.body:find('"CampaignId":"%a+%-lane"') or r.body:find('"CampaignId":"%a+%-general"')) then
@@ -331,7 +332,7 @@ describe('delivery through providers', function()
         by[kind][path][id] = p
       end
     end
-    for _, kind in ipairs { 'default', 'custom' } do
+    for _, kind in ipairs { 'default', 'custom', 'empty' } do
       for i = 1, 3 do
         local lane, general = by[kind].lane['ep-' .. i], by[kind].general['ep-' .. i]
         assert.is_table(lane)
@@ -346,6 +347,10 @@ describe('delivery through providers', function()
     local c = by.custom.lane['ep-3']
     assert.are.same({}, c.Message)
     assert.are.equal('D hook-3 a "quoted" <b>3</b>\n', c.Data)
+    -- a body that renders empty is still the message's Body and Data
+    local e = by.empty.lane['ep-1']
+    assert.are.same({ Body = '' }, e.Message)
+    assert.are.equal('', e.Data)
     -- the same outcomes: 3 sent, the missing endpoint failed, a _campaign.send for each sent
     local rows = query(dir, [[SELECT r.campaign_id AS c, o.state AS s, coalesce(o.reason, '') AS why, count(*) AS n
       FROM outbox o JOIN campaign_runs r ON r.id = o.run_id GROUP BY 1, 2, 3 ORDER BY 1, 2]])
@@ -356,8 +361,10 @@ describe('delivery through providers', function()
       'custom-lane FAILED ENDPOINT_DELETED 1', 'custom-lane SENT  3',
       'default-general FAILED ENDPOINT_DELETED 1', 'default-general SENT  3',
       'default-lane FAILED ENDPOINT_DELETED 1', 'default-lane SENT  3',
+      'empty-general FAILED ENDPOINT_DELETED 1', 'empty-general SENT  3',
+      'empty-lane FAILED ENDPOINT_DELETED 1', 'empty-lane SENT  3',
     }, got)
-    assert.are.equal(12, query(dir, "SELECT count(*) AS n FROM events WHERE event_type = '_campaign.send'")[1].n)
+    assert.are.equal(18, query(dir, "SELECT count(*) AS n FROM events WHERE event_type = '_campaign.send'")[1].n)
   end)
 
   it('signs every webhook call with the profile signing_secret, as HMAC-SHA256 over its time and body', function()
