@@ -626,6 +626,14 @@ local function raw_content(m, path)
 end
 deliver.raw_content = raw_content
 
+-- A message configuration's own message for channel and its DefaultMessage, each nil when absent.
+local function channel_messages(config, channel)
+  if not present(config) then return nil, nil end
+  local key = deliver.message_key(channel)
+  return key and present(config[key]) and config[key] or nil,
+         present(config.DefaultMessage) and config.DefaultMessage or nil
+end
+
 -- The message for a row. Its content comes from the channel's own message when that has any,
 -- else from the stored template the treatment's TemplateConfiguration names for the channel,
 -- else from DefaultMessage; its settings (sender, TTL, headers, ...) from the channel's own
@@ -636,12 +644,7 @@ local function prepare(row, def, ep, profile)
   if config == nil and tconfig == nil then return nil, 'NO_TREATMENT' end
   -- endpoints routed to a CustomDeliveryConfiguration get the CustomMessage, as in Pinpoint
   local channel = profile.custom_delivery and 'CUSTOM' or row.channel
-  local own, default
-  if present(config) then
-    local key = deliver.message_key(channel)
-    own = key and present(config[key]) and config[key] or nil
-    default = present(config.DefaultMessage) and config.DefaultMessage or nil
-  end
+  local own, default = channel_messages(config, channel)
   local rendered
   if own == nil or not has_content(own) then
     local terr, missing
@@ -708,6 +711,15 @@ local function prepare(row, def, ep, profile)
   return msg
 end
 
+-- The outcome of a message its channel told none of: retried. When the channel raised err
+-- (raised: a key file it cannot read, a bug in a Lua channel) it has sent nothing we know of:
+-- the failure counts towards the campaign's pause, rather than the whole group failing for good.
+local function no_outcome(profile, raised, err)
+  if not raised then return { verdict = 'transient', reason = 'no outcome' } end
+  return { verdict = 'transient', reason = 'channel ' .. profile.name .. ': ' .. tostring(err),
+           systemic = true, error = true }
+end
+
 -- Sends prepared messages grouped by profile, every profile's batch in its own task so they
 -- overlap on the loop; returns outcomes by the index of `items` ({profile=, msg=}). A channel
 -- that can tell outcomes as they finish (all but a Lua channel and a webhook with several
@@ -739,17 +751,7 @@ function deliver.send_items(items, progress)
       end
     end
     local ok, res = pcall(function() return channel_for(g.profile):send(g.msgs, told) end)
-    for k, i in ipairs(g.idx) do
-      if ok then
-        out[i] = res[k] or { verdict = 'transient', reason = 'no outcome' }
-      else
-        -- A channel that raises (a key file it cannot read, a bug in a Lua channel) has sent
-        -- nothing we know of: the message is retried, and the failures count towards the
-        -- campaign's pause, rather than the whole group failing for good.
-        out[i] = { verdict = 'transient', reason = 'channel ' .. g.profile.name .. ': ' .. tostring(res),
-                   systemic = true, error = true }
-      end
-    end
+    for k, i in ipairs(g.idx) do out[i] = ok and res[k] or no_outcome(g.profile, not ok, res) end
     pending = pending - 1
     if pending == 0 and all_done then all_done:notify() end
   end
@@ -954,8 +956,8 @@ local function make_lane_spec(def, campaign_id, treatment)
   if not okc or not ch:lane_ok() then return false end
   local name, config, tconfig = treatment_config(def, treatment)
   if not present(config) or type(config) ~= 'table' then return false end
-  local own = present(config.CustomMessage) and config.CustomMessage or nil
-  local default = present(config.DefaultMessage) and config.DefaultMessage or nil
+  -- as prepare chooses (no stored template has a CUSTOM part)
+  local own, default = channel_messages(config, 'CUSTOM')
   local m = (own and has_content(own) and own) or default or own
   if type(m) ~= 'table' or present(m.HtmlBody) then return false end
   local title, body = text_part(m.Title or m.Subject), text_part(m.Body)
@@ -1323,9 +1325,7 @@ local function send_lane(fast, gates, settle, delivered, flush)
   local now = clock.now()
   for s = 1, n do
     if not done[s] then
-      settle(item(s), ok and { verdict = 'transient', reason = 'no outcome' }
-        or { verdict = 'transient', reason = 'channel ' .. profile.name .. ': ' .. tostring(err),
-             systemic = true, error = true }, now)
+      settle(item(s), no_outcome(profile, not ok, err), now)
     end
   end
   return flush_err
