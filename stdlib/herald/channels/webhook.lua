@@ -87,10 +87,14 @@ function webhook:lane_ok()
   return self.per == 1 and self.secret == nil
 end
 
--- An empty batch for n of the lane's requests, with the options send gives its own.
+-- The batch options of every call: send's and the lane's requests go out alike.
+local function batch_opts(self)
+  return { key_header = 'Idempotency-Key', headers = self.headers, http1 = self.profile.http1 }
+end
+
+-- An empty batch for n of the lane's requests.
 function webhook:lane_batch(n)
-  return util.http_batch(self.profile, n, nil,
-    { key_header = 'Idempotency-Key', headers = self.headers, http1 = self.profile.http1 })
+  return util.http_batch(self.profile, n, nil, batch_opts(self))
 end
 
 -- Outcomes are read-only to the caller: every plain delivery shares one.
@@ -127,7 +131,7 @@ function webhook:send(msgs, progress)
     end
   end
   sign(self, reqs)
-  local opts = { key_header = 'Idempotency-Key', headers = self.headers, http1 = self.profile.http1 }
+  local opts = batch_opts(self)
   local out = {}
   if groups == nil then
     local function take(res)
