@@ -23,6 +23,7 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 
 typedef enum { kJobQueued = 0, kJobRunning, kJobDone } JobState;
 
@@ -532,6 +533,7 @@ static void wake_cb(uv_async_t *a) {
 
 static void transport_main(void *arg) {
   HeraldHttpThread *t = arg;
+  (void)prctl(PR_SET_NAME, "herald-http");  /* tells the thread apart in /proc and top */
   uv_run(&t->wloop, UV_RUN_DEFAULT);
 }
 

@@ -511,6 +511,32 @@ describe('herald.http', function()
     assert.are.equal(200, b:wait().status[1])
   end)
 
+  -- libcurl reads the proxy variables on every transfer unless told there is no proxy; the
+  -- client tells it so only when the environment names none (runtime/http_client.c).
+  it('sends through the proxy the environment names, and goes direct when it names none', function()
+    local dir = h.tmpdir()
+    local script = h.write(dir .. '/proxy.lua', [[
+      local res, err, class = herald.http.request{ url = 'http://hook.invalid/ok', timeout_ms = 10000,
+                                                    headers = { ['Idempotency-Key'] = 'proxy-request-' .. arg[1] } }
+      local b <close> = herald.http.batch{ url = 'http://hook.invalid/ok', concurrency = 2, key_header = 'Idempotency-Key' }
+      b:add('{}', 'proxy-batch-' .. arg[1])
+      local out = b:wait()
+      print(res and res.status or class, out.status[1] or out.class[1])
+    ]])
+    -- nginx takes the absolute-form requests a client sends its proxy and answers /ok itself
+    local out, code, err = h.herald(h.shell_quote(script) .. ' a', { env = { http_proxy = ng.url } })
+    assert.are.equal(0, code, err)
+    assert.are.equal('200\t200\n', out)
+    assert.are.equal(1, #wait_rows(ng, 'proxy-request-a', 1))
+    assert.are.equal(1, #wait_rows(ng, 'proxy-batch-a', 1))
+    -- without it the host does not resolve: nothing reaches nginx
+    out, code, err = h.herald(h.shell_quote(script) .. ' b', { env = { http_proxy = '' } })
+    assert.are.equal(0, code, err)
+    assert.are_not.equal('200\t200\n', out)
+    assert.are.equal(0, #rows_with(ng, 'proxy-request-b'))
+    assert.are.equal(0, #rows_with(ng, 'proxy-batch-b'))
+  end)
+
   it('reports refused connections per request in a batch', function()
     local b <close> = http.batch { url = 'http://127.0.0.1:' .. S.free_port() .. '/', concurrency = 3 }
     b:add_many({ 'a', 'b', 'c', 'd' })
