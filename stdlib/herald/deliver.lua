@@ -1351,6 +1351,14 @@ function deliver.pump(now_ms, max, ids_json)
     if fast then
       for _, cid in ipairs(fast:campaigns()) do gates[cid] = gates[cid] or enter_gate(cid) end
     end
+    -- a delivery: the campaign's systemic count and the profile's throttle start over, and a
+    -- bare id is reported SENT (outbox.report_batch)
+    local function sent(cid, id, profile_name)
+      state.systemic[cid] = 0
+      state.throttled[profile_name] = nil
+      state.stats.sent = state.stats.sent + 1
+      reports[#reports + 1] = id
+    end
     local function settle(it, o, now)
       local row = it.row
       local cid = row.campaign_id
@@ -1359,10 +1367,7 @@ function deliver.pump(now_ms, max, ids_json)
       local verdict = o.verdict
       if verdict == 'permanent' and o.systemic then verdict = 'transient' end
       if verdict == 'delivered' then
-        state.systemic[cid] = 0
-        state.throttled[it.profile.name] = nil
-        state.stats.sent = state.stats.sent + 1
-        reports[#reports + 1] = row.id   -- a bare id is reported SENT (outbox.report_batch)
+        sent(cid, row.id, it.profile.name)
       elseif o.held then
         -- Never sent (the provider asked this profile to wait: 429/503 with Retry-After), or
         -- refused by the provider's throttle (util.throttled). The message goes back without
@@ -1451,11 +1456,8 @@ function deliver.pump(now_ms, max, ids_json)
     end
     -- a delivery the lane settles: what settle does for one, from the row's id alone
     local function delivered(cid, id, profile_name)
-      state.systemic[cid] = 0
-      state.throttled[profile_name] = nil
-      state.stats.sent = state.stats.sent + 1
+      sent(cid, id, profile_name)
       state.stats.lane = state.stats.lane + 1
-      reports[#reports + 1] = id
     end
     local function flush()
       -- kept until written: if this write fails, the next chunk's (or the last) carries them
