@@ -1099,6 +1099,11 @@ HeraldHttpTransfer *herald_smtp_submit(HeraldHttpClient *c, const HeraldSmtpRequ
   curl_easy_setopt(e, CURLOPT_MAIL_FROM, req->mail_from);
   curl_easy_setopt(e, CURLOPT_MAIL_RCPT, t->list);
   curl_easy_setopt(e, CURLOPT_UPLOAD, 1L);
+  /* libcurl's smallest upload buffer (16 KiB, against 64 KiB by default): a campaign email is a
+   * few KB, and libcurl 7.88 takes a dot-stuffing buffer of twice this size for each mail.
+   * About 6% fewer transport instructions a 2 KB mail (callgrind); larger mails take more
+   * reads of the same bytes. */
+  curl_easy_setopt(e, CURLOPT_UPLOAD_BUFFERSIZE, 16384L);
   curl_easy_setopt(e, CURLOPT_READFUNCTION, read_cb);
   curl_easy_setopt(e, CURLOPT_READDATA, t);
   curl_easy_setopt(e, CURLOPT_INFILESIZE_LARGE, (curl_off_t)t->send_len);

@@ -410,6 +410,26 @@ describe('herald.http.send_mail', function()
     assert.are.equal('tls', class)
   end)
 
+  it('sends a message of many upload buffers intact, its lines that start with a dot included', function()
+    -- Some 160 KB of lines that each start with a dot, one of them a lone dot (the end of data
+    -- unless stuffed): whatever the size of libcurl's upload buffer, its boundaries fall next
+    -- to a line start, where the stuffing has to carry across two reads.
+    local lines = {}
+    for i = 1, 30000 do lines[i] = (i % 3 == 0) and '.' or (i % 3 == 1 and '..' or '.x' .. i) end
+    local text = table.concat(lines, '\n') .. '\n'
+    local res, err = http.send_mail { url = store.url, from = 'a@herald.example', to = 'b@example.org',
+                                      subject = 'dots', text = text, message_id = 'dots-1' }
+    assert.is_nil(err)
+    assert.are.equal(250, res.status)
+    local n = store:count()
+    local msg = assert(store:message(n))
+    assert.is_true(#msg.raw > 2 * 65536, 'the message spans several upload buffers')
+    assert.matches('\n%.\r?\n', msg.raw)   -- a lone dot reached the server as a line of its own
+    local f = parse(store.dir .. '/mail/' .. n .. '.eml')
+    assert.are.equal('0', f.defects)
+    assert.are.equal(text, f['part1-body'])
+  end)
+
   it('returns bad message data as invalid, naming the field', function()
     local with = mail_with { url = store.url, from = 'a@herald.example', to = 'b@example.org', text = 'x',
                              message_id = 'bad' }
