@@ -75,6 +75,9 @@ struct HeraldHttpTransfer {
   int queued;                /* waiting in host's queue, not handed to libcurl yet */
   HeraldHttpTransfer *qprev, *qnext;
   struct curl_slist *list;   /* request headers, or SMTP recipients (the handle points to it) */
+  int tls_required;          /* an SMTP mail that may go only over TLS (starttls required) */
+  int plain_refused;         /* prereq_cb found it on a session without TLS and stopped it */
+  int fresh_tried;           /* sent once more on a new connection after that */
   char *send;                /* request body / SMTP message */
   size_t send_len, send_cap, send_pos;
   char *recv;
@@ -514,6 +517,16 @@ static void check_completions(HeraldHttpClient *c) {
     curl_easy_getinfo(easy, CURLINFO_TOTAL_TIME_T, &total_us);
     c->connections += (uint64_t)connects;
     curl_multi_remove_handle(c->multi, easy);
+    if (t->plain_refused && !t->fresh_tried) {
+      /* stopped before it sent anything (see prereq_cb): once more, on a connection of its own,
+       * still counted as running against its host */
+      t->plain_refused = 0;
+      t->fresh_tried = 1;
+      t->configured = 0;
+      curl_easy_setopt(easy, CURLOPT_FRESH_CONNECT, 1L);
+      if (curl_multi_add_handle(c->multi, easy) == CURLM_OK) continue;
+      t->plain_refused = 1;
+    }
     if (rc != CURLE_OK || t->requests != 1) t->configured = 0;
     if (t->host != NULL) {
       if (t->may_multiplex && version != 0) t->host->multiplex = version >= CURL_HTTP_VERSION_2_0;
@@ -522,6 +535,10 @@ static void check_completions(HeraldHttpClient *c) {
     transfer_unlink(c, t);
     res.error = classify_curl(rc, t->is_smtp, res.status, reached);
     res.error_text = rc == CURLE_OK ? "" : (t->errbuf[0] ? t->errbuf : curl_easy_strerror(rc));
+    if (t->plain_refused) {
+      res.error = kHeraldNetTls;
+      res.error_text = "STARTTLS is required, and the connection to the server is not encrypted";
+    }
     /* libcurl says which command an SMTP server refused ("RCPT failed: 550"), the server says
      * why ("5.1.1 no such user", "5.7.1 content rejected"): a failure reason needs both. Only
      * the reply that carries the refusal's code, not an earlier one of the session. */
@@ -861,6 +878,20 @@ static int prereq_cb(void *userp, char *remote_ip, char *local_ip, int remote_po
   (void)remote_port;
   (void)local_port;
   HeraldHttpTransfer *t = userp;
+  /* libcurl 7.88 pools smtp:// sessions by host and port whatever CURLOPT_USE_SSL says: a mail
+   * that requires STARTTLS would reuse a plain-text session another mail to the same server
+   * left open (one whose profile only tries STARTTLS, say) and go out unencrypted. The check
+   * comes here, after libcurl has picked the connection and before it sends a command for
+   * this mail; check_completions then sends the mail on a new connection, which either
+   * upgrades or fails. */
+  if (t->tls_required) {
+    struct curl_tlssessioninfo *tls = NULL;
+    if (curl_easy_getinfo(t->easy, CURLINFO_TLS_SSL_PTR, &tls) != CURLE_OK || tls == NULL ||
+        tls->internals == NULL) {
+      t->plain_refused = 1;
+      return CURL_PREREQFUNC_ABORT;
+    }
+  }
   t->requests++;
   return CURL_PREREQFUNC_OK;
 }
@@ -911,6 +942,7 @@ static void transfer_reset(HeraldHttpClient *c, HeraldHttpTransfer *t) {
   curl_easy_reset(e);
   curl_slist_free_all(t->list);
   t->list = NULL;
+  t->tls_required = t->plain_refused = t->fresh_tried = 0;
   transfer_forget_config(t);
   curl_easy_setopt(e, CURLOPT_PRIVATE, (char *)t);
   curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
@@ -1112,6 +1144,7 @@ HeraldHttpTransfer *herald_smtp_submit(HeraldHttpClient *c, const HeraldSmtpRequ
   long ssl = req->starttls == 2 ? (long)CURLUSESSL_ALL
              : req->starttls == 1 ? (long)CURLUSESSL_TRY : (long)CURLUSESSL_NONE;
   curl_easy_setopt(e, CURLOPT_USE_SSL, ssl);
+  t->tls_required = req->starttls == 2;
   if (req->username) curl_easy_setopt(e, CURLOPT_USERNAME, req->username);
   if (req->password) curl_easy_setopt(e, CURLOPT_PASSWORD, req->password);
   if (req->ca_file) curl_easy_setopt(e, CURLOPT_CAINFO, req->ca_file);

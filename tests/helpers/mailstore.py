@@ -1,10 +1,12 @@
 """An SMTP server that keeps every message it accepts, for specs that check MIME content.
 
-usage: mailstore.py PORT DIR [--starttls CERT KEY | --smtps CERT KEY] [--auth USER:PASSWORD]
+usage: mailstore.py PORT DIR [--starttls CERT KEY | --starttls-optional CERT KEY | --smtps CERT KEY]
+                   [--auth USER:PASSWORD]
 
---starttls offers and requires STARTTLS; --smtps speaks TLS from the first byte; --auth requires
+--starttls offers and requires STARTTLS, --starttls-optional offers it and takes mail without it
+too; --smtps speaks TLS from the first byte; --auth requires
 AUTH (PLAIN or LOGIN, over TLS) with these credentials. Each accepted message is written to DIR/N.eml (the DATA as received) and DIR/N.json (the
-envelope). Recipients whose local part starts with "tempfail" get 451, "reject" get 550, and a
+envelope, with "starttls": whether the session was upgraded with STARTTLS). Recipients whose local part starts with "tempfail" get 451, "reject" get 550, and a
 sender whose local part starts with "blocked" gets 550 at MAIL FROM, so specs can see how the
 client classifies SMTP refusals. Refusals at RCPT that are not about the recipient's mailbox,
 by the recipient's local part: "relaydenied" gets "550 5.7.1 Relaying denied", "senderpolicy"
@@ -66,7 +68,8 @@ class Store:
         with open(base + ".eml.tmp", "wb") as f:
             f.write(envelope.original_content or envelope.content)
         with open(base + ".json", "w") as f:
-            json.dump({"mail_from": envelope.mail_from, "rcpt_tos": envelope.rcpt_tos}, f)
+            json.dump({"mail_from": envelope.mail_from, "rcpt_tos": envelope.rcpt_tos,
+                       "starttls": session.ssl is not None}, f)
         os.rename(base + ".eml.tmp", base + ".eml")
         return "250 OK queued as " + str(self.count)
 
@@ -86,13 +89,13 @@ def main():
     kwargs = {}
     while args:
         opt = args.pop(0)
-        if opt in ("--starttls", "--smtps"):
+        if opt in ("--starttls", "--starttls-optional", "--smtps"):
             cert, key = args.pop(0), args.pop(0)
             context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             context.load_cert_chain(cert, key)
-            if opt == "--starttls":
+            if opt in ("--starttls", "--starttls-optional"):
                 kwargs["tls_context"] = context
-                kwargs["require_starttls"] = True
+                kwargs["require_starttls"] = opt == "--starttls"
             else:
                 kwargs["ssl_context"] = context
                 # The server object cannot see that the transport is TLS from the start.

@@ -235,8 +235,9 @@ end
 
 -- An aiosmtpd server that keeps messages as DIR/N.eml (+ N.json envelopes); recipients
 -- tempfail*@ get 451 and reject*@ get 550 (and the refusals at RCPT that are not the mailbox's,
--- by local part: see mailstore.py). opts.tls = 'starttls' (required) or 'smtps' (with a
--- test CA at server.ca), opts.auth = 'user:password' (AUTH required).
+-- by local part: see mailstore.py). opts.tls = 'starttls' (required), 'starttls-optional'
+-- (offered, not required) or 'smtps' (with a test CA at server.ca), opts.auth =
+-- 'user:password' (AUTH required). Each envelope records whether its session used STARTTLS.
 function S.start_mailstore(opts)
   opts = opts or {}
   local dir = S.tmpdir('mailstore')

@@ -410,6 +410,21 @@ describe('herald.http.send_mail', function()
     assert.are.equal('tls', class)
   end)
 
+  it('does not send a mail that requires STARTTLS over a session another mail opened without it', function()
+    -- the first mail only tries STARTTLS, which this server does not offer: its session stays
+    -- plain text, open in the pool
+    assert(http.send_mail { url = store.url, from = 'a@herald.example', to = 'b@example.org', text = 'x',
+                            message_id = 'plain-before-tls' })
+    local n = store:count()
+    local res, err, class = http.send_mail { url = store.url, from = 'a@herald.example',
+                                             to = 'b@example.org', text = 'secret', message_id = 'tls2',
+                                             starttls = 'required' }
+    assert.is_nil(res)
+    assert.are.equal('tls', class)
+    assert.matches('STARTTLS', err, 1, true)
+    assert.are.equal(n, store:count())
+  end)
+
   it('sends a message of many upload buffers intact, its lines that start with a dot included', function()
     -- Some 160 KB of lines that each start with a dot, one of them a lone dot (the end of data
     -- unless stuffed): whatever the size of libcurl's upload buffer, its boundaries fall next
@@ -630,6 +645,30 @@ describe('herald.http.send_mail over TLS with AUTH', function()
     assert.are.equal(250, res.status)
     assert.are.equal(1, starttls:count())
     assert.matches('secret text', starttls:message(1).raw, 1, true)
+  end)
+
+  it('sends a mail that requires STARTTLS on a session of its own, not on a plain-text one another mail left open', function()
+    local optional = S.start_mailstore { tls = 'starttls-optional' }
+    local function send(key, mode)
+      return http.send_mail { url = optional.url, from = 'a@herald.example', to = 'b@example.org',
+                              text = 'text of ' .. key, message_id = key, ca_file = optional.ca,
+                              starttls = mode }
+    end
+    local ok, err = pcall(function()
+      assert(send('plain-1', 'no'))
+      local before = http.stats().connections
+      local res, e = send('tls-1', 'required')
+      assert.is_nil(e)
+      assert.are.equal(250, res.status)
+      assert.are.equal(before + 1, http.stats().connections)
+      assert.matches('"starttls": false', optional:message(1).envelope, 1, true)
+      assert.matches('"starttls": true', optional:message(2).envelope, 1, true)
+      -- mail that does not require TLS still goes
+      assert(send('plain-2', 'no'))
+      assert.are.equal(3, optional:count())
+    end)
+    optional:stop()
+    assert(ok, err)
   end)
 
   it('speaks implicit TLS on smtps://', function()
