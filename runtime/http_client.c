@@ -522,7 +522,6 @@ static void check_completions(HeraldHttpClient *c) {
        * still counted as running against its host */
       t->plain_refused = 0;
       t->fresh_tried = 1;
-      t->configured = 0;
       curl_easy_setopt(easy, CURLOPT_FRESH_CONNECT, 1L);
       if (curl_multi_add_handle(c->multi, easy) == CURLM_OK) continue;
       t->plain_refused = 1;

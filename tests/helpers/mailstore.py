@@ -4,11 +4,12 @@ usage: mailstore.py PORT DIR [--starttls CERT KEY | --starttls-optional CERT KEY
                    [--auth USER:PASSWORD]
 
 --starttls offers and requires STARTTLS, --starttls-optional offers it and takes mail without it
-too; --smtps speaks TLS from the first byte; --auth requires
-AUTH (PLAIN or LOGIN, over TLS) with these credentials. Each accepted message is written to DIR/N.eml (the DATA as received) and DIR/N.json (the
-envelope, with "starttls": whether the session was upgraded with STARTTLS). Recipients whose local part starts with "tempfail" get 451, "reject" get 550, and a
-sender whose local part starts with "blocked" gets 550 at MAIL FROM, so specs can see how the
-client classifies SMTP refusals. Refusals at RCPT that are not about the recipient's mailbox,
+too; --smtps speaks TLS from the first byte; --auth requires AUTH (PLAIN or LOGIN, over TLS)
+with these credentials. Each accepted message is written to DIR/N.eml (the DATA as received)
+and DIR/N.json (the envelope, with "starttls": whether the session was upgraded with STARTTLS).
+Recipients whose local part starts with "tempfail" get 451, "reject" get 550, and a sender whose
+local part starts with "blocked" gets 550 at MAIL FROM, so specs can see how the client
+classifies SMTP refusals. Refusals at RCPT that are not about the recipient's mailbox,
 by the recipient's local part: "relaydenied" gets "550 5.7.1 Relaying denied", "senderpolicy"
 Postfix's "553 5.7.1 ... Sender address rejected" (its sender checks answer at RCPT),
 "sysfull" "550 5.3.4 ..." (the server's own limit), "exonouser" Exchange Online's "550 5.4.1
