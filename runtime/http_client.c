@@ -31,7 +31,9 @@
  * (max_total_connections) is still libcurl's to keep. */
 #include "runtime/http_client.h"
 
+#include <arpa/inet.h>
 #include <curl/curl.h>
+#include <netinet/in.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -62,10 +64,21 @@ typedef struct Socket {
   int events;      /* what the poll watches now; 0 = stopped */
   int wanted;      /* libcurl watches it (not CURL_POLL_REMOVE'd since) */
   int quiet;       /* idle in the pool, its server speaks only when spoken to (SMTP, HTTP/1) */
+  /* SMTP over TLS: the CA file the server's certificate was verified against when the session
+   * was opened (NULL: the system's trust store), once ca_known says it was recorded */
+  int ca_known;
+  char *ca_file;
+  /* the connection's addresses, read once when a mail first asks which socket it is on */
+  int named;
+  char local_ip[INET6_ADDRSTRLEN], remote_ip[INET6_ADDRSTRLEN];
+  int local_port, remote_port;
   struct Socket *prev, *next;
 } Socket;
 
 typedef struct Host Host;
+
+/* Why prereq_cb stopped an SMTP mail on the session libcurl picked for it. */
+typedef enum { kRefusedNone = 0, kRefusedPlain, kRefusedOtherCa } Refusal;
 
 struct HeraldHttpTransfer {
   HeraldHttpClient *c;
@@ -76,7 +89,9 @@ struct HeraldHttpTransfer {
   HeraldHttpTransfer *qprev, *qnext;
   struct curl_slist *list;   /* request headers, or SMTP recipients (the handle points to it) */
   int tls_required;          /* an SMTP mail that may go only over TLS (starttls required) */
-  int plain_refused;         /* prereq_cb found it on a session without TLS and stopped it */
+  int tls_wanted;            /* an SMTP mail that goes over TLS where the server offers it */
+  char *smtp_ca_file;        /* that mail's CA file (NULL: the system's trust store) */
+  Refusal refused;           /* prereq_cb stopped it on a pooled session it may not use */
   int fresh_tried;           /* sent once more on a new connection after that */
   char *send;                /* request body / SMTP message */
   size_t send_len, send_cap, send_pos;
@@ -176,6 +191,7 @@ static void client_maybe_release(HeraldHttpClient *c) {
 static void socket_closed_cb(uv_handle_t *h) {
   Socket *s = h->data;
   HeraldHttpClient *c = s->c;
+  free(s->ca_file);
   free(s);
   c->open_handles--;
   client_maybe_release(c);
@@ -458,6 +474,7 @@ static void transfer_destroy(HeraldHttpTransfer *t) {
   free(t->send);
   free(t->recv);
   free(t->hdrs);
+  free(t->smtp_ca_file);
   free(t);
 }
 
@@ -517,14 +534,15 @@ static void check_completions(HeraldHttpClient *c) {
     curl_easy_getinfo(easy, CURLINFO_TOTAL_TIME_T, &total_us);
     c->connections += (uint64_t)connects;
     curl_multi_remove_handle(c->multi, easy);
-    if (t->plain_refused && !t->fresh_tried) {
+    if (t->refused != kRefusedNone && !t->fresh_tried) {
       /* stopped before it sent anything (see prereq_cb): once more, on a connection of its own,
        * still counted as running against its host */
-      t->plain_refused = 0;
+      Refusal why = t->refused;
+      t->refused = kRefusedNone;
       t->fresh_tried = 1;
       curl_easy_setopt(easy, CURLOPT_FRESH_CONNECT, 1L);
       if (curl_multi_add_handle(c->multi, easy) == CURLM_OK) continue;
-      t->plain_refused = 1;
+      t->refused = why;
     }
     if (rc != CURLE_OK || t->requests != 1) t->configured = 0;
     if (t->host != NULL) {
@@ -534,9 +552,12 @@ static void check_completions(HeraldHttpClient *c) {
     transfer_unlink(c, t);
     res.error = classify_curl(rc, t->is_smtp, res.status, reached);
     res.error_text = rc == CURLE_OK ? "" : (t->errbuf[0] ? t->errbuf : curl_easy_strerror(rc));
-    if (t->plain_refused) {
+    if (t->refused == kRefusedPlain) {
       res.error = kHeraldNetTls;
       res.error_text = "STARTTLS is required, and the connection to the server is not encrypted";
+    } else if (t->refused == kRefusedOtherCa) {
+      res.error = kHeraldNetTls;
+      res.error_text = "the server's certificate was verified against another CA file than this mail's";
     }
     /* libcurl says which command an SMTP server refused ("RCPT failed: 550"), the server says
      * why ("5.1.1 no such user", "5.7.1 content rejected"): a failure reason needs both. Only
@@ -870,24 +891,96 @@ static size_t read_cb(char *buf, size_t size, size_t n, void *userp) {
   return k;
 }
 
+/* Reads s's addresses (once), as libcurl gives them to the pre-request callback. */
+static int socket_name(Socket *s) {
+  if (s->named) return 0;
+  struct sockaddr_storage a;
+  socklen_t len = sizeof a;
+  for (int peer = 0; peer < 2; peer++) {
+    len = sizeof a;
+    if ((peer ? getpeername(s->fd, (struct sockaddr *)&a, &len)
+              : getsockname(s->fd, (struct sockaddr *)&a, &len)) != 0)
+      return -1;
+    char *ip = peer ? s->remote_ip : s->local_ip;
+    int port;
+    if (a.ss_family == AF_INET) {
+      const struct sockaddr_in *in = (const struct sockaddr_in *)&a;
+      if (inet_ntop(AF_INET, &in->sin_addr, ip, INET6_ADDRSTRLEN) == NULL) return -1;
+      port = ntohs(in->sin_port);
+    } else if (a.ss_family == AF_INET6) {
+      const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)&a;
+      if (inet_ntop(AF_INET6, &in6->sin6_addr, ip, INET6_ADDRSTRLEN) == NULL) return -1;
+      port = ntohs(in6->sin6_port);
+    } else {
+      return -1;
+    }
+    if (peer) s->remote_port = port; else s->local_port = port;
+  }
+  s->named = 1;
+  return 0;
+}
+
+/* The socket of the connection with these addresses (the pre-request callback's), or NULL.
+ * libcurl 7.88 does not say which socket a transfer is on until the transfer is done. */
+static Socket *socket_by_addresses(HeraldHttpClient *c, const char *remote_ip,
+                                   const char *local_ip, int remote_port, int local_port) {
+  for (Socket *s = c->sockets; s != NULL; s = s->next) {
+    if (socket_name(s) != 0) continue;
+    if (s->local_port == local_port && s->remote_port == remote_port &&
+        strcmp(s->local_ip, local_ip) == 0 && strcmp(s->remote_ip, remote_ip) == 0)
+      return s;
+  }
+  return NULL;
+}
+
+static int same_string(const char *a, const char *b) {
+  return a == NULL || b == NULL ? a == b : strcmp(a, b) == 0;
+}
+
+/* Whether an SMTP mail over TLS may go on the session libcurl picked: libcurl 7.88 compares
+ * the TLS settings of pooled connections only for smtps://, so a mail whose CA file does not
+ * vouch for the server would reuse an smtp:// session that STARTTLS upgraded and another
+ * profile's CA file verified. A session's CA file is recorded by the mail that opened it; a
+ * mail with another one (or on a session nobody recorded) is stopped here and sent on a
+ * connection of its own, which verifies the server against its own CA file. */
+static int tls_session_fits(HeraldHttpTransfer *t, const char *remote_ip, const char *local_ip,
+                            int remote_port, int local_port) {
+  long connects = 0;
+  if (curl_easy_getinfo(t->easy, CURLINFO_NUM_CONNECTS, &connects) != CURLE_OK) return 0;
+  Socket *s = socket_by_addresses(t->c, remote_ip, local_ip, remote_port, local_port);
+  if (connects > 0) {
+    /* opened for this mail, its server verified against this mail's CA file */
+    if (s != NULL) {
+      free(s->ca_file);
+      s->ca_file = t->smtp_ca_file ? strdup(t->smtp_ca_file) : NULL;
+      s->ca_known = t->smtp_ca_file == NULL || s->ca_file != NULL;
+    }
+    return 1;
+  }
+  return s != NULL && s->ca_known && same_string(s->ca_file, t->smtp_ca_file);
+}
+
 static int prereq_cb(void *userp, char *remote_ip, char *local_ip, int remote_port,
                      int local_port) {
-  (void)remote_ip;
-  (void)local_ip;
-  (void)remote_port;
-  (void)local_port;
   HeraldHttpTransfer *t = userp;
   /* libcurl 7.88 pools smtp:// sessions by host and port whatever CURLOPT_USE_SSL says: a mail
    * that requires STARTTLS would reuse a plain-text session another mail to the same server
-   * left open (one whose profile only tries STARTTLS, say) and go out unencrypted. The check
-   * comes here, after libcurl has picked the connection and before it sends a command for
-   * this mail; check_completions then sends the mail on a new connection, which either
-   * upgrades or fails. */
-  if (t->tls_required) {
+   * left open (one whose profile only tries STARTTLS, say) and go out unencrypted, and does
+   * not compare CA files for a session STARTTLS upgraded (see tls_session_fits). The checks
+   * come here, after libcurl has picked the connection and before it sends a command for this
+   * mail; check_completions then sends the mail on a new connection, which either upgrades and
+   * verifies the server against the mail's own CA file or fails. libcurl closes the session a
+   * mail was stopped on. */
+  if (t->tls_wanted) {
     struct curl_tlssessioninfo *tls = NULL;
-    if (curl_easy_getinfo(t->easy, CURLINFO_TLS_SSL_PTR, &tls) != CURLE_OK || tls == NULL ||
-        tls->internals == NULL) {
-      t->plain_refused = 1;
+    int encrypted = curl_easy_getinfo(t->easy, CURLINFO_TLS_SSL_PTR, &tls) == CURLE_OK &&
+                    tls != NULL && tls->internals != NULL;
+    if (!encrypted && t->tls_required) {
+      t->refused = kRefusedPlain;
+      return CURL_PREREQFUNC_ABORT;
+    }
+    if (encrypted && !tls_session_fits(t, remote_ip, local_ip, remote_port, local_port)) {
+      t->refused = kRefusedOtherCa;
       return CURL_PREREQFUNC_ABORT;
     }
   }
@@ -941,7 +1034,10 @@ static void transfer_reset(HeraldHttpClient *c, HeraldHttpTransfer *t) {
   curl_easy_reset(e);
   curl_slist_free_all(t->list);
   t->list = NULL;
-  t->tls_required = t->plain_refused = t->fresh_tried = 0;
+  t->tls_required = t->tls_wanted = t->fresh_tried = 0;
+  t->refused = kRefusedNone;
+  free(t->smtp_ca_file);
+  t->smtp_ca_file = NULL;
   transfer_forget_config(t);
   curl_easy_setopt(e, CURLOPT_PRIVATE, (char *)t);
   curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
@@ -995,9 +1091,6 @@ static int append_header(struct curl_slist **list, const char *line) {
   return 0;
 }
 
-static int same_string(const char *a, const char *b) {
-  return a == NULL || b == NULL ? a == b : strcmp(a, b) == 0;
-}
 
 /* Whether t's handle has the options of an HTTP request with these settings. */
 static int http_configured(const HeraldHttpTransfer *t, const char *method, int has_body,
@@ -1144,6 +1237,11 @@ HeraldHttpTransfer *herald_smtp_submit(HeraldHttpClient *c, const HeraldSmtpRequ
              : req->starttls == 1 ? (long)CURLUSESSL_TRY : (long)CURLUSESSL_NONE;
   curl_easy_setopt(e, CURLOPT_USE_SSL, ssl);
   t->tls_required = req->starttls == 2;
+  t->tls_wanted = req->starttls != 0 || strncasecmp(req->url, "smtps:", 6) == 0;
+  if (req->ca_file != NULL && (t->smtp_ca_file = strdup(req->ca_file)) == NULL) {
+    transfer_release(c, t);
+    return NULL;
+  }
   if (req->username) curl_easy_setopt(e, CURLOPT_USERNAME, req->username);
   if (req->password) curl_easy_setopt(e, CURLOPT_PASSWORD, req->password);
   if (req->ca_file) curl_easy_setopt(e, CURLOPT_CAINFO, req->ca_file);

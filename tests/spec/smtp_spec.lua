@@ -671,6 +671,28 @@ describe('herald.http.send_mail over TLS with AUTH', function()
     assert(ok, err)
   end)
 
+  it('verifies the server against the mail\'s own CA file, never by a session another CA file verified', function()
+    -- a CA that did not sign the mailstore's certificate
+    local other = S.make_ca(S.tmpdir('other-ca')).ca
+    for _, mode in ipairs { 'required', 'try' } do
+      assert(mail(starttls, { starttls = 'required' }))
+      local stored, opened = starttls:count(), http.stats().connections
+      -- the session the first mail left open was verified against the server's CA; this mail's
+      -- CA file does not vouch for the server, so it goes nowhere
+      local res, err, class = mail(starttls, { starttls = mode, ca_file = other })
+      assert.is_nil(res, mode)
+      assert.are.equal('tls', class, err)
+      assert.are.equal(stored, starttls:count())
+      assert.are.equal(opened + 1, http.stats().connections)
+      -- libcurl closes the session a mail was stopped on; a mail of the first CA file opens
+      -- the next, and the mail after it reuses that one, verified against the same CA file
+      assert(mail(starttls, { starttls = 'required' }))
+      assert(mail(starttls, { starttls = mode }))
+      assert.are.equal(opened + 2, http.stats().connections)
+      assert.are.equal(stored + 2, starttls:count())
+    end
+  end)
+
   it('speaks implicit TLS on smtps://', function()
     local res, err = mail(smtps)
     assert.is_nil(err)
