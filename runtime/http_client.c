@@ -894,10 +894,9 @@ static size_t read_cb(char *buf, size_t size, size_t n, void *userp) {
 /* Reads s's addresses (once), as libcurl gives them to the pre-request callback. */
 static int socket_name(Socket *s) {
   if (s->named) return 0;
-  struct sockaddr_storage a;
-  socklen_t len = sizeof a;
   for (int peer = 0; peer < 2; peer++) {
-    len = sizeof a;
+    struct sockaddr_storage a;
+    socklen_t len = sizeof a;
     if ((peer ? getpeername(s->fd, (struct sockaddr *)&a, &len)
               : getsockname(s->fd, (struct sockaddr *)&a, &len)) != 0)
       return -1;
