@@ -86,6 +86,13 @@ assert(herald.events.put('e1', { EventId = 'v1', EventType = 'visit', Timestamp 
       local out, code = h.herald(name .. ' --help')
       assert.are.equal(0, code, name)
       assert.matches('usage: herald ' .. name, out, 1, true)
+      -- wrapped for a terminal: no line of the text runs past 100 columns
+      local n = 0
+      for line in (out .. '\n'):gmatch('(.-)\n') do
+        n = n + 1
+        local width = utf8.len(line) or #line
+        assert(width <= 100, string.format('herald %s --help, line %d is %d columns: %s', name, n, width, line))
+      end
     end
     -- help describes itself too, and still refuses a command it does not know
     local out, code = h.herald('help help')

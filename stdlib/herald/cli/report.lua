@@ -12,8 +12,9 @@ Prints the campaign's figures per treatment and holdout: endpoints, sends, faile
 refused at SMTP RCPT, whose messages are among the failed), deliveries (sends minus the hard
 bounces of sent messages) and the delivery rate (deliveries over sends and failed), unique
 opens, clicks (a recipient's clicks in one clock hour count once), unsubscribes and
-conversions, with rates (opens, clicks and unsubscribes over email deliveries alone), 95% intervals (Wilson), two-proportion tests between treatments,
-P(best) and the lift of each treatment over the holdout.
+conversions, with rates (opens, clicks and unsubscribes over email deliveries alone), 95%
+intervals (Wilson), two-proportion tests between treatments, P(best) and the lift of each
+treatment over the holdout.
 
 options:
   --run N              one run (campaign activity) instead of all runs
