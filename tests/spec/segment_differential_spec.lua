@@ -4,9 +4,9 @@
 -- segment_reference.lua). Any disagreement fails with the seed that reproduces it
 -- (HERALD_SEGMENT_SEED=n pins the seeds; HERALD_SEGMENT_ROUNDS and HERALD_SEGMENT_PER_ROUND
 -- change the default 4 rounds of 1,000 definitions, each round on its own database). The seeds
--- change with every run, so each run of the suite checks definitions the last did not; 1,000 a
--- round keeps the file near 6 minutes of the suite on a slow host under the sanitizers (2,500
--- took 14.5 minutes there, and the whole CI run past its 30).
+-- change with every run, so each run of the suite checks definitions the last did not. 2,500 a
+-- round took 14.5 minutes on a slow host under the sanitizers and carried the CI run past its
+-- 30; with 1,000 that run took 27.
 -- Rounds take turns over the value indexes (runtime/segment.c): none (JSON only), indexes
 -- created before the endpoints are written (the writer keeps them), indexes created after
 -- (filled from the stored endpoints), and indexes created on demand by the segments. In every
